@@ -1,0 +1,92 @@
+/* emberfs common helpers: cleanup attributes, logging, names, files, digests. */
+#pragma once
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#define _cleanup_(f) __attribute__((cleanup(f)))
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+static inline void freep(void *p)
+{
+	free(*(void **)p);
+}
+static inline void closep(int *fd)
+{
+	if (*fd >= 0) {
+		int saved = errno;
+		close(*fd);
+		errno = saved;
+	}
+}
+#define _cleanup_free_ _cleanup_(freep)
+#define _cleanup_close_ _cleanup_(closep)
+
+/* Hand ownership over: returns the value and clears the variable. */
+#define TAKE_PTR(p)                          \
+	({                                   \
+		__typeof__(p) _tp = (p);     \
+		(p) = NULL;                  \
+		_tp;                         \
+	})
+#define TAKE_FD(fd)                          \
+	({                                   \
+		int _tf = (fd);              \
+		(fd) = -1;                   \
+		_tf;                         \
+	})
+
+/* Logging: the daemon sets the level and sink once; libraries log at debug. */
+enum log_level { LOG_ERR_ = 0, LOG_WARN_ = 1, LOG_INFO_ = 2, LOG_DEBUG_ = 3 };
+void log_set_level(enum log_level lvl);
+void log_msg(enum log_level lvl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define log_error(...) log_msg(LOG_ERR_, __VA_ARGS__)
+#define log_warn(...) log_msg(LOG_WARN_, __VA_ARGS__)
+#define log_info(...) log_msg(LOG_INFO_, __VA_ARGS__)
+#define log_debug(...) log_msg(LOG_DEBUG_, __VA_ARGS__)
+
+/* Monotonic time in nanoseconds and milliseconds (as double). */
+uint64_t now_ns(void);
+static inline double ns_to_ms(uint64_t ns)
+{
+	return (double)ns / 1e6;
+}
+
+/*
+ * Object names (templates, sandboxes) end up in paths, netns names and rule
+ * comments: allow [A-Za-z0-9][A-Za-z0-9_-]{0,63}. Returns 0, -EINVAL, or
+ * -ENAMETOOLONG (longer than 255 bytes, the kernel's NAME_MAX).
+ */
+#define NAME_MAX_LEN 64
+int name_validate(const char *name);
+
+/* Files. All return 0 or a negative errno. */
+int write_file_atomic(const char *path, const void *data, size_t len);
+int read_file(const char *path, size_t max, char **ret_data, size_t *ret_len);
+int mkdir_p(const char *path, mode_t mode);
+int rm_rf(const char *path);
+char *strjoin(const char *a, ...) __attribute__((sentinel));
+
+/* SHA-256. */
+#define SHA256_LEN 32
+#define SHA256_HEX_LEN 64
+struct sha256_ctx {
+	uint32_t h[8];
+	uint64_t len;
+	uint8_t buf[64];
+	size_t used;
+};
+void sha256_init(struct sha256_ctx *c);
+void sha256_update(struct sha256_ctx *c, const void *data, size_t len);
+void sha256_final(struct sha256_ctx *c, uint8_t out[SHA256_LEN]);
+void sha256_hex(const uint8_t d[SHA256_LEN], char out[SHA256_HEX_LEN + 1]);
+int sha256_file(const char *path, char out_hex[SHA256_HEX_LEN + 1]);
+
+/* Base64 (standard alphabet, padded). Decode returns length or -EINVAL. */
+char *base64_encode(const void *data, size_t len);
+ssize_t base64_decode(const char *in, size_t inlen, uint8_t **ret);

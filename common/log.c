@@ -1,0 +1,38 @@
+/* Logging to stderr with a monotonic timestamp; one line per call. */
+#include <pthread.h>
+#include <stdio.h>
+#include <time.h>
+
+#include "common.h"
+
+static enum log_level level = LOG_INFO_;
+static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void log_set_level(enum log_level lvl)
+{
+	level = lvl;
+}
+
+uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+void log_msg(enum log_level lvl, const char *fmt, ...)
+{
+	static const char *const names[] = { "error", "warn", "info", "debug" };
+	va_list ap;
+
+	if (lvl > level)
+		return;
+	pthread_mutex_lock(&log_lock);
+	fprintf(stderr, "emberfs[%.3f] %s: ", ns_to_ms(now_ns()) / 1000.0, names[lvl]);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	pthread_mutex_unlock(&log_lock);
+}

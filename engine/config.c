@@ -1,0 +1,202 @@
+/* Template configuration: strict JSON parsing with clear errors. */
+#include <stdio.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define MAX_VCPUS 64
+#define MIN_MEM_MIB 32
+#define MAX_MEM_MIB (1024 * 1024)
+#define MAX_CMDLINE 2048
+
+void template_config_clear(struct template_config *cfg)
+{
+	free(cfg->kernel);
+	free(cfg->initrd);
+	free(cfg->rootfs);
+	free(cfg->cmdline);
+	free(cfg->backend);
+	memset(cfg, 0, sizeof(*cfg));
+}
+
+static int fail(char **ret_error, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int fail(char **ret_error, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (ret_error) {
+		va_start(ap, fmt);
+		if (vasprintf(ret_error, fmt, ap) < 0)
+			*ret_error = NULL;
+		va_end(ap);
+	}
+	return -EINVAL;
+}
+
+static int get_path(json_object *o, const char *key, bool required, char **dst, char **ret_error)
+{
+	json_object *v;
+	const char *s;
+
+	if (!json_object_object_get_ex(o, key, &v))
+		return required ? fail(ret_error, "config: \"%s\" is required", key) : 0;
+	if (!json_object_is_type(v, json_type_string))
+		return fail(ret_error, "config: \"%s\" must be a string", key);
+	s = json_object_get_string(v);
+	if (s[0] != '/' || strlen(s) >= 4096 || strstr(s, "/../") || strchr(s, ','))
+		return fail(ret_error, "config: \"%s\" must be an absolute path without \"..\" or \",\"", key);
+	*dst = strdup(s);
+	return *dst ? 0 : -ENOMEM;
+}
+
+static int get_uint(json_object *o, const char *key, unsigned lo, unsigned hi, unsigned *dst, char **ret_error)
+{
+	json_object *v;
+	int64_t n;
+
+	if (!json_object_object_get_ex(o, key, &v))
+		return 0;
+	if (!json_object_is_type(v, json_type_int))
+		return fail(ret_error, "config: \"%s\" must be an integer", key);
+	n = json_object_get_int64(v);
+	if (n < lo || n > hi)
+		return fail(ret_error, "config: \"%s\" must be between %u and %u", key, lo, hi);
+	*dst = (unsigned)n;
+	return 0;
+}
+
+static int check_keys(json_object *o, char **ret_error)
+{
+	static const char *const known[] = { "kernel", "initrd", "rootfs", "cmdline", "vcpus",
+					     "mem_mib", "backend", "accel" };
+
+	json_object_object_foreach(o, key, val) {
+		bool ok = false;
+
+		(void)val;
+		for (size_t i = 0; i < ARRAY_SIZE(known); i++)
+			ok = ok || strcmp(key, known[i]) == 0;
+		if (!ok)
+			return fail(ret_error, "config: unknown key \"%s\"", key);
+	}
+	return 0;
+}
+
+static int parse_strings(json_object *o, struct template_config *cfg, char **ret_error)
+{
+	json_object *v;
+	const char *s;
+	int r;
+
+	if ((r = get_path(o, "kernel", true, &cfg->kernel, ret_error)) < 0 ||
+	    (r = get_path(o, "initrd", false, &cfg->initrd, ret_error)) < 0 ||
+	    (r = get_path(o, "rootfs", false, &cfg->rootfs, ret_error)) < 0)
+		return r;
+	s = "";
+	if (json_object_object_get_ex(o, "cmdline", &v)) {
+		if (!json_object_is_type(v, json_type_string))
+			return fail(ret_error, "config: \"cmdline\" must be a string");
+		s = json_object_get_string(v);
+		if (strlen(s) > MAX_CMDLINE || strpbrk(s, "\n\r\t"))
+			return fail(ret_error, "config: \"cmdline\" too long or has control characters");
+	}
+	cfg->cmdline = strdup(s);
+	s = "qemu";
+	if (json_object_object_get_ex(o, "backend", &v)) {
+		s = json_object_get_string(v);
+		if (!json_object_is_type(v, json_type_string) || strcmp(s, "qemu") != 0)
+			return fail(ret_error, "config: \"backend\" must be \"qemu\" (the only driver built)");
+	}
+	cfg->backend = strdup(s);
+	return cfg->cmdline && cfg->backend ? 0 : -ENOMEM;
+}
+
+static int parse_accel(json_object *o, struct template_config *cfg, char **ret_error)
+{
+	json_object *v;
+	const char *s;
+
+	cfg->accel = ACCEL_AUTO;
+	if (!json_object_object_get_ex(o, "accel", &v))
+		return 0;
+	s = json_object_is_type(v, json_type_string) ? json_object_get_string(v) : "";
+	if (strcmp(s, "auto") == 0)
+		cfg->accel = ACCEL_AUTO;
+	else if (strcmp(s, "kvm") == 0)
+		cfg->accel = ACCEL_KVM;
+	else if (strcmp(s, "tcg") == 0)
+		cfg->accel = ACCEL_TCG;
+	else
+		return fail(ret_error, "config: \"accel\" must be \"auto\", \"kvm\" or \"tcg\"");
+	return 0;
+}
+
+int template_config_parse(const char *json, size_t len, struct template_config *cfg, char **ret_error)
+{
+	_cleanup_json_ json_object *o = NULL;
+	json_tokener *tok;
+	enum json_tokener_error jerr;
+	int r;
+
+	if (len > 65536)
+		return fail(ret_error, "config: larger than 64 KiB");
+	tok = json_tokener_new();
+	if (!tok)
+		return -ENOMEM;
+	o = json_tokener_parse_ex(tok, json, (int)len);
+	jerr = json_tokener_get_error(tok);
+	if (o && jerr == json_tokener_success && tok->char_offset < (int)len &&
+	    strspn(json + tok->char_offset, " \t\r\n") != len - (size_t)tok->char_offset)
+		jerr = json_tokener_error_parse_unexpected;
+	json_tokener_free(tok);
+	if (!o || jerr != json_tokener_success)
+		return fail(ret_error, "config: malformed JSON (%s)",
+			    jerr == json_tokener_continue ? "unexpected end" : json_tokener_error_desc(jerr));
+	if (!json_object_is_type(o, json_type_object))
+		return fail(ret_error, "config: must be a JSON object");
+	cfg->vcpus = 1;
+	cfg->mem_mib = 256;
+	if ((r = check_keys(o, ret_error)) < 0 || (r = parse_strings(o, cfg, ret_error)) < 0 ||
+	    (r = get_uint(o, "vcpus", 1, MAX_VCPUS, &cfg->vcpus, ret_error)) < 0 ||
+	    (r = get_uint(o, "mem_mib", MIN_MEM_MIB, MAX_MEM_MIB, &cfg->mem_mib, ret_error)) < 0 ||
+	    (r = parse_accel(o, cfg, ret_error)) < 0) {
+		template_config_clear(cfg);
+		return r;
+	}
+	return 0;
+}
+
+static const char *accel_mode_name(enum accel_mode m)
+{
+	return m == ACCEL_KVM ? "kvm" : m == ACCEL_TCG ? "tcg" : "auto";
+}
+
+char *template_config_render(const struct template_config *cfg)
+{
+	_cleanup_json_ json_object *o = json_object_new_object();
+	char *s;
+
+	json_object_object_add(o, "kernel", json_object_new_string(cfg->kernel));
+	if (cfg->initrd)
+		json_object_object_add(o, "initrd", json_object_new_string(cfg->initrd));
+	if (cfg->rootfs)
+		json_object_object_add(o, "rootfs", json_object_new_string(cfg->rootfs));
+	json_object_object_add(o, "cmdline", json_object_new_string(cfg->cmdline));
+	json_object_object_add(o, "vcpus", json_object_new_int((int)cfg->vcpus));
+	json_object_object_add(o, "mem_mib", json_object_new_int((int)cfg->mem_mib));
+	json_object_object_add(o, "backend", json_object_new_string(cfg->backend));
+	json_object_object_add(o, "accel", json_object_new_string(accel_mode_name(cfg->accel)));
+	s = strjoin(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE),
+		    "\n", NULL);
+	return s;
+}
+
+int template_config_copy(const struct template_config *src, struct template_config *dst)
+{
+	_cleanup_free_ char *s = template_config_render(src);
+
+	if (!s)
+		return -ENOMEM;
+	memset(dst, 0, sizeof(*dst));
+	return template_config_parse(s, strlen(s), dst, NULL);
+}

@@ -1,0 +1,504 @@
+/* The engine object: options, accelerator choice, store, template registry, the cold-work reservation. */
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "config.h"
+#include "internal.h"
+
+#define SOCKET_PATH_MAX 107
+
+void strv_free(char **v)
+{
+	if (!v)
+		return;
+	for (char **p = v; *p; p++)
+		free(*p);
+	free(v);
+}
+
+/* KVM only where it can run a normal guest: /dev/kvm opens and the CPU has vmx or svm. */
+static bool kvm_usable(void)
+{
+	_cleanup_free_ char *cpuinfo = NULL;
+	_cleanup_close_ int fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+
+	if (fd < 0 || read_file("/proc/cpuinfo", 16 << 20, &cpuinfo, NULL) < 0)
+		return false;
+	return strstr(cpuinfo, " vmx") || strstr(cpuinfo, " svm");
+}
+
+int engine_resolve_accel(enum accel_mode m, const char **ret)
+{
+	if (m == ACCEL_TCG || (m == ACCEL_AUTO && !kvm_usable())) {
+		*ret = "tcg";
+		return 0;
+	}
+	if (m == ACCEL_KVM && access("/dev/kvm", R_OK | W_OK) < 0)
+		return -ENODEV;
+	*ret = "kvm";
+	return 0;
+}
+
+const char *engine_accel_name(struct engine *e)
+{
+	return e->accel;
+}
+
+const char *engine_store_method(struct engine *e)
+{
+	if (!e->store.reflink)
+		return "copy";
+	return e->store.mounted ? "reflink (loop-mounted XFS store)" : "reflink";
+}
+
+/* Waits for the reserved place; gives up when *cancel turns true (cold_wake() then). */
+int cold_acquire(struct engine *e, const atomic_bool *cancel)
+{
+	int r = 0;
+
+	pthread_mutex_lock(&e->cold_lock);
+	while (e->cold_busy >= e->opts.cold_slots && !(cancel && atomic_load(cancel)))
+		pthread_cond_wait(&e->cold_cond, &e->cold_lock);
+	if (cancel && atomic_load(cancel))
+		r = -ECANCELED;
+	else
+		e->cold_busy++;
+	pthread_mutex_unlock(&e->cold_lock);
+	return r;
+}
+
+void cold_wake(struct engine *e)
+{
+	pthread_mutex_lock(&e->cold_lock);
+	pthread_cond_broadcast(&e->cold_cond);
+	pthread_mutex_unlock(&e->cold_lock);
+}
+
+void cold_release(struct engine *e)
+{
+	pthread_mutex_lock(&e->cold_lock);
+	e->cold_busy--;
+	pthread_cond_signal(&e->cold_cond);
+	pthread_mutex_unlock(&e->cold_lock);
+}
+
+/* The default template's config, from the image's manifest. */
+static int load_default_config(struct engine *e)
+{
+	_cleanup_free_ char *mpath = strjoin(e->image_dir, "/manifest.json", NULL);
+	_cleanup_free_ char *k = strjoin(e->image_dir, "/vmlinuz", NULL);
+	_cleanup_free_ char *i = strjoin(e->image_dir, "/initrd.cpio", NULL);
+	_cleanup_free_ char *f = strjoin(e->image_dir, "/rootfs.ext4", NULL);
+	_cleanup_free_ char *text = NULL;
+	_cleanup_json_ json_object *m = NULL, *cfg = NULL;
+	json_object *cmd;
+	int r;
+
+	if (!mpath || !k || !i || !f)
+		return -ENOMEM;
+	r = read_file(mpath, 1 << 20, &text, NULL);
+	if (r < 0) {
+		log_error("cannot read %s: %s (build the image with contrib/build-image.sh)", mpath, strerror(-r));
+		return r;
+	}
+	m = json_tokener_parse(text);
+	if (!m || !json_object_object_get_ex(m, "cmdline", &cmd) || !json_object_is_type(cmd, json_type_string)) {
+		log_error("%s: malformed manifest (no \"cmdline\")", mpath);
+		return -EINVAL;
+	}
+	cfg = json_object_new_object();
+	json_object_object_add(cfg, "kernel", json_object_new_string(k));
+	json_object_object_add(cfg, "initrd", json_object_new_string(i));
+	json_object_object_add(cfg, "rootfs", json_object_new_string(f));
+	json_object_object_add(cfg, "cmdline", json_object_get(cmd));
+	json_object_object_add(cfg, "vcpus", json_object_new_int(1));
+	json_object_object_add(cfg, "mem_mib", json_object_new_int(256));
+	e->default_config = strdup(json_object_to_json_string_ext(cfg, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE));
+	return e->default_config ? 0 : -ENOMEM;
+}
+
+/* A process recorded by an earlier run is ours only if pid and start time both match. */
+static void reap_recorded_vmm(const char *record)
+{
+	_cleanup_free_ char *text = NULL, *stat = NULL, *spath = NULL;
+	_cleanup_json_ json_object *o = NULL;
+	json_object *pv, *sv;
+	unsigned long long start = 0;
+	char *p;
+	pid_t pid;
+
+	if (read_file(record, 1 << 16, &text, NULL) < 0 || !(o = json_tokener_parse(text)) ||
+	    !json_object_object_get_ex(o, "vmm_pid", &pv) || !json_object_object_get_ex(o, "vmm_start", &sv))
+		return;
+	pid = (pid_t)json_object_get_int(pv);
+	if (pid <= 1 || asprintf(&spath, "/proc/%d/stat", pid) < 0 || read_file(spath, 1 << 16, &stat, NULL) < 0)
+		return;
+	p = strrchr(stat, ')');
+	/* field 22 (starttime) is the 20th after the ")" */
+	for (int f = 0; p && f < 20; f++)
+		p = strchr(p + 1, ' ');
+	if (p && sscanf(p + 1, "%llu", &start) == 1 && start == (unsigned long long)json_object_get_int64(sv)) {
+		log_warn("killing VMM pid %d left by an earlier run (%s)", pid, record);
+		kill(pid, SIGKILL);
+	}
+}
+
+/* Sandboxes do not outlive the daemon yet: finish what a crashed run left. */
+static void sweep_leftovers(struct engine *e)
+{
+	_cleanup_free_ char *sbroot = strjoin(e->store.root, "/sandboxes", NULL);
+	_cleanup_free_ char *run = strjoin(e->state_dir, "/run", NULL);
+	DIR *d = sbroot ? opendir(sbroot) : NULL;
+	struct dirent *de;
+
+	while (d && (de = readdir(d))) {
+		_cleanup_free_ char *tdir = NULL;
+		DIR *td;
+		struct dirent *se;
+
+		if (de->d_name[0] == '.' || !(tdir = strjoin(sbroot, "/", de->d_name, NULL)))
+			continue;
+		td = opendir(tdir);
+		while (td && (se = readdir(td))) {
+			_cleanup_free_ char *rec = NULL;
+
+			if (se->d_name[0] != '.' && (rec = strjoin(tdir, "/", se->d_name, "/record.json", NULL)))
+				reap_recorded_vmm(rec);
+		}
+		if (td)
+			closedir(td);
+	}
+	if (d)
+		closedir(d);
+	if (sbroot)
+		rm_rf(sbroot);
+	if (run)
+		rm_rf(run);
+}
+
+static int engine_setup(struct engine *e, const struct engine_options *o)
+{
+	_cleanup_free_ char *err = NULL;
+	int r;
+
+	e->state_dir = realpath(o->state_dir, NULL);
+	if (!e->state_dir)
+		return -errno;
+	if (strlen(e->state_dir) + strlen("/run/18446744073709551615/agent.sock") > SOCKET_PATH_MAX) {
+		log_error("--state-dir %s is too long for unix socket paths (at most %zu bytes)", e->state_dir,
+			  SOCKET_PATH_MAX - strlen("/run/18446744073709551615/agent.sock"));
+		return -ENAMETOOLONG;
+	}
+	if (o->image_dir && !(e->image_dir = realpath(o->image_dir, NULL))) {
+		r = -errno;
+		log_error("image directory %s: %s", o->image_dir, strerror(-r));
+		return r;
+	}
+	e->qemu_binary = strdup(o->qemu_binary ? o->qemu_binary : QEMU_BINARY);
+	e->vmm = &qemu_ops;
+	r = e->vmm->version(e->qemu_binary, &e->vmm_version);
+	if (r < 0) {
+		log_error("cannot run %s --version: %s (is qemu-system-x86 installed?)", e->qemu_binary, strerror(-r));
+		return r;
+	}
+	r = engine_resolve_accel(o->accel, &e->accel);
+	if (r < 0) {
+		log_error("KVM was requested but /dev/kvm is not usable");
+		return r;
+	}
+	r = store_open(e->state_dir, o->store_size_mib, o->no_loop_store, &e->store, &err);
+	if (r < 0) {
+		log_error("%s: %s", err ? err : "store", strerror(-r));
+		return r;
+	}
+	if (!e->store.reflink)
+		log_warn("store %s cannot reflink: clones are full copies (reported in every status)", e->store.root);
+	sweep_leftovers(e);
+	return e->image_dir ? load_default_config(e) : 0;
+}
+
+/* ---- template registry (all under e->lock) ---- */
+
+static struct template *find_template(struct engine *e, const char *name)
+{
+	for (size_t i = 0; i < e->n_templates; i++)
+		if (strcmp(e->templates[i]->name, name) == 0)
+			return e->templates[i];
+	return NULL;
+}
+
+
+static int register_template(struct engine *e, struct template *t)
+{
+	struct template **n = realloc(e->templates, (e->n_templates + 1) * sizeof(*n));
+
+	if (!n)
+		return -ENOMEM;
+	e->templates = n;
+	e->templates[e->n_templates++] = t;
+	return 0;
+}
+
+static int load_templates(struct engine *e)
+{
+	_cleanup_free_ char *root = strjoin(e->store.root, "/templates", NULL);
+	DIR *d;
+	struct dirent *de;
+	int r = 0;
+
+	if (!root || mkdir_p(root, 0700) < 0 || !(d = opendir(root)))
+		return -EIO;
+	while ((de = readdir(d))) {
+		_cleanup_free_ char *cpath = NULL, *text = NULL;
+		struct template *t;
+
+		if (name_validate(de->d_name) < 0 || !(cpath = strjoin(root, "/", de->d_name, "/config.json", NULL)))
+			continue;
+		if (read_file(cpath, 65536, &text, NULL) < 0 || template_new(e, de->d_name, text, false, &t) < 0) {
+			log_warn("template %s: unreadable config, ignored", de->d_name);
+			continue;
+		}
+		if ((r = register_template(e, t)) < 0) {
+			template_free(t);
+			break;
+		}
+	}
+	closedir(d);
+	return r;
+}
+
+int engine_new(const struct engine_options *opts, struct engine **ret)
+{
+	struct engine *e = calloc(1, sizeof(*e));
+	struct template *t;
+	int r;
+
+	if (!e)
+		return -ENOMEM;
+	e->opts = *opts;
+	if (!e->opts.cold_slots)
+		e->opts.cold_slots = 1;
+	if (!e->opts.max_sandboxes)
+		e->opts.max_sandboxes = 64;
+	if (!e->opts.store_size_mib)
+		e->opts.store_size_mib = 32768;
+	pthread_mutex_init(&e->lock, NULL);
+	pthread_mutex_init(&e->cold_lock, NULL);
+	pthread_mutex_init(&e->digest_lock, NULL);
+	pthread_cond_init(&e->cold_cond, NULL);
+	atomic_init(&e->next_id, 1);
+	r = engine_setup(e, &e->opts);
+	if (r < 0 || (r = load_templates(e)) < 0)
+		goto fail;
+	pthread_mutex_lock(&e->lock);
+	t = find_template(e, "default");
+	if (!t && e->default_config) {
+		r = template_new(e, "default", e->default_config, true, &t);
+		if (r == 0 && (r = register_template(e, t)) < 0)
+			template_free(t);
+	}
+	if (r == 0 && t && e->opts.bake_default &&
+	    (t->state == TPL_NEW || t->state == TPL_STALE || t->state == TPL_FAILED))
+		template_start_bake(t);
+	pthread_mutex_unlock(&e->lock);
+	if (r < 0)
+		goto fail;
+	*ret = e;
+	return 0;
+fail:
+	engine_free(e);
+	return r;
+}
+
+void engine_free(struct engine *e)
+{
+	if (!e)
+		return;
+	pthread_mutex_lock(&e->lock);
+	e->shutting_down = true;
+	pthread_mutex_unlock(&e->lock);
+	/* Templates destroy their sandboxes and join their bakes. */
+	for (size_t i = 0; i < e->n_templates; i++)
+		template_free(e->templates[i]);
+	/* Exec threads fail fast once the agents are shut down. */
+	while (atomic_load(&e->execs) > 0)
+		usleep(1000);
+	free(e->templates);
+	if (e->store.root) {
+		_cleanup_free_ char *run = strjoin(e->state_dir, "/run", NULL);
+
+		if (run)
+			rm_rf(run);
+		store_close(&e->store);
+	}
+	free(e->state_dir);
+	free(e->image_dir);
+	free(e->qemu_binary);
+	free(e->vmm_version);
+	free(e->default_config);
+	while (e->digests) {
+		struct digest_entry *d = e->digests;
+
+		e->digests = d->next;
+		free(d->path);
+		free(d);
+	}
+	pthread_mutex_destroy(&e->digest_lock);
+	pthread_mutex_destroy(&e->lock);
+	pthread_mutex_destroy(&e->cold_lock);
+	pthread_cond_destroy(&e->cold_cond);
+	free(e);
+}
+
+int engine_template_create(struct engine *e, const char *name, struct template **ret)
+{
+	struct template *t;
+	int r = name_validate(name);
+
+	if (r < 0)
+		return r;
+	if (!e->default_config)
+		return -ENOENT;
+	pthread_mutex_lock(&e->lock);
+	if (e->shutting_down)
+		r = -ESHUTDOWN;
+	else if (find_template(e, name))
+		r = -EEXIST;
+	else if ((r = template_new(e, name, e->default_config, true, &t)) == 0 &&
+		 (r = register_template(e, t)) < 0)
+		template_free(t);
+	if (r == 0 && ret) {
+		atomic_fetch_add(&t->refs, 1);
+		*ret = t;
+	}
+	pthread_mutex_unlock(&e->lock);
+	return r;
+}
+
+int engine_template_remove(struct engine *e, const char *name)
+{
+	struct template *t;
+	size_t i;
+
+	pthread_mutex_lock(&e->lock);
+	t = find_template(e, name);
+	if (!t) {
+		pthread_mutex_unlock(&e->lock);
+		return -ENOENT;
+	}
+	if (t->n_sandboxes > 0 || t->bake_running) {
+		pthread_mutex_unlock(&e->lock);
+		return -EBUSY;
+	}
+	for (i = 0; e->templates[i] != t; i++)
+		;
+	memmove(e->templates + i, e->templates + i + 1, (e->n_templates - i - 1) * sizeof(*e->templates));
+	e->n_templates--;
+	t->removed = true;
+	pthread_mutex_unlock(&e->lock);
+	rm_rf(t->dir);
+	template_unref(t);
+	return 0;
+}
+
+struct template *engine_template_get(struct engine *e, const char *name)
+{
+	struct template *t;
+
+	pthread_mutex_lock(&e->lock);
+	t = find_template(e, name);
+	if (t)
+		atomic_fetch_add(&t->refs, 1);
+	pthread_mutex_unlock(&e->lock);
+	return t;
+}
+
+struct template *engine_template_by_id(struct engine *e, uint64_t id)
+{
+	struct template *t = NULL;
+
+	pthread_mutex_lock(&e->lock);
+	for (size_t i = 0; i < e->n_templates && !t; i++)
+		if (e->templates[i]->id == id)
+			t = e->templates[i];
+	if (t)
+		atomic_fetch_add(&t->refs, 1);
+	pthread_mutex_unlock(&e->lock);
+	return t;
+}
+
+struct sandbox *engine_sandbox_by_id(struct engine *e, uint64_t id)
+{
+	struct sandbox *s = NULL;
+
+	pthread_mutex_lock(&e->lock);
+	for (size_t i = 0; i < e->n_templates && !s; i++) {
+		struct template *t = e->templates[i];
+
+		for (size_t j = 0; j < t->n_sandboxes && !s; j++)
+			if (t->sandboxes[j]->id == id)
+				s = t->sandboxes[j];
+	}
+	if (s)
+		atomic_fetch_add(&s->refs, 1);
+	pthread_mutex_unlock(&e->lock);
+	return s;
+}
+
+char **engine_template_list(struct engine *e)
+{
+	char **v;
+
+	pthread_mutex_lock(&e->lock);
+	v = calloc(e->n_templates + 1, sizeof(char *));
+	for (size_t i = 0; v && i < e->n_templates; i++)
+		v[i] = strdup(e->templates[i]->name);
+	pthread_mutex_unlock(&e->lock);
+	return v;
+}
+
+/* Digests are cached by (path, device, inode, size, mtime): files are hashed once. */
+int engine_file_digest(struct engine *e, const char *path, char out[65])
+{
+	struct digest_entry *d;
+	struct stat st;
+	int64_t mt;
+	int r;
+
+	if (stat(path, &st) < 0)
+		return -errno;
+	if (!S_ISREG(st.st_mode))
+		return -EINVAL;
+	mt = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+	pthread_mutex_lock(&e->digest_lock);
+	for (d = e->digests; d; d = d->next)
+		if (strcmp(d->path, path) == 0 && d->dev == st.st_dev && d->ino == st.st_ino &&
+		    d->size == st.st_size && d->mtime_ns == mt) {
+			memcpy(out, d->hex, 65);
+			pthread_mutex_unlock(&e->digest_lock);
+			return 0;
+		}
+	pthread_mutex_unlock(&e->digest_lock);
+	r = sha256_file(path, out);
+	if (r < 0)
+		return r;
+	d = calloc(1, sizeof(*d));
+	if (d && (d->path = strdup(path))) {
+		d->dev = st.st_dev;
+		d->ino = st.st_ino;
+		d->size = st.st_size;
+		d->mtime_ns = mt;
+		memcpy(d->hex, out, 65);
+		pthread_mutex_lock(&e->digest_lock);
+		d->next = e->digests;
+		e->digests = d;
+		pthread_mutex_unlock(&e->digest_lock);
+	} else {
+		free(d);
+	}
+	return 0;
+}

@@ -1,0 +1,175 @@
+/*
+ * emberfs engine: templates, sandboxes, VMM drivers, storage and the agent
+ * protocol. No FUSE in here: the fs layer maps file operations onto these calls.
+ *
+ * Objects are reference counted; every object has a unique, never reused
+ * 64-bit id the fs layer uses for inode numbers. All functions return 0 (or a
+ * count) on success and a negative errno on failure.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+struct engine;
+struct template;
+struct sandbox;
+
+enum accel_mode { ACCEL_AUTO = 0, ACCEL_KVM, ACCEL_TCG };
+
+struct engine_options {
+	const char *state_dir;	   /* persistent artifacts, records, sockets */
+	const char *image_dir;	   /* default guest image (vmlinuz, initrd.cpio, rootfs.ext4, manifest.json) */
+	const char *qemu_binary;   /* default QEMU_BINARY */
+	enum accel_mode accel;	   /* auto: KVM only where it can run a normal guest */
+	unsigned max_sandboxes;	   /* mkdir fails with ENOSPC beyond this */
+	unsigned cold_slots;	   /* cold boots and bakes allowed at once (the one reserved place) */
+	uint64_t store_size_mib;   /* size of the loop-mounted XFS store when needed */
+	bool no_loop_store;	   /* never create a loop store; full copies are then reported */
+	bool bake_default;	   /* bake the default template at start */
+};
+
+/* Sandbox states; see docs/interface.md for their meaning. */
+enum sandbox_state {
+	SB_CREATING = 0,
+	SB_READY,
+	SB_FAILED,
+	SB_DESTROYING,
+	_SB_STATE_MAX,
+};
+
+enum sandbox_event {
+	SB_EV_CREATED = 0, /* the guest agent answered */
+	SB_EV_FAILED,	   /* the create failed, or the VMM died */
+	SB_EV_DESTROY,	   /* rmdir */
+	_SB_EV_MAX,
+};
+
+const char *sandbox_state_name(enum sandbox_state s);
+/* The state machine as a pure function: the next state, or -EBUSY if the event is refused. */
+int sandbox_state_next(enum sandbox_state s, enum sandbox_event ev);
+
+enum template_state {
+	TPL_NEW = 0,  /* defined, never baked */
+	TPL_BAKING,
+	TPL_READY,    /* snapshot present and matching the identity */
+	TPL_FAILED,   /* last bake failed; creates boot cold */
+	TPL_STALE,    /* config changed since the bake; creates boot cold until rebake */
+};
+const char *template_state_name(enum template_state s);
+
+/* Template configuration, parsed and validated from JSON. */
+struct template_config {
+	char *kernel;
+	char *initrd;
+	char *rootfs;
+	char *cmdline;
+	unsigned vcpus;
+	unsigned mem_mib;
+	char *backend; /* "qemu" */
+	enum accel_mode accel;
+};
+/* Parse JSON text into *cfg (which must be zeroed); on error sets *ret_error. */
+int template_config_parse(const char *json, size_t len, struct template_config *cfg, char **ret_error);
+char *template_config_render(const struct template_config *cfg);
+void template_config_clear(struct template_config *cfg);
+int template_config_copy(const struct template_config *src, struct template_config *dst);
+
+/*
+ * The identity: a digest over everything that changes start-up. Inputs are
+ * the file digests (hex), the config, the resolved accelerator, the VMM's
+ * version string and the restore capability.
+ */
+struct identity_inputs {
+	const char *kernel_digest;
+	const char *initrd_digest;
+	const char *rootfs_digest;
+	const char *cmdline;
+	unsigned vcpus;
+	unsigned mem_mib;
+	const char *backend;
+	const char *accel;
+	const char *vmm_version;
+	const char *restore_capability;
+};
+void identity_digest(const struct identity_inputs *in, char out[65]);
+
+/* Engine lifecycle. */
+int engine_new(const struct engine_options *opts, struct engine **ret);
+/* Destroys every sandbox, stops bakes, unmounts the store. */
+void engine_free(struct engine *e);
+const char *engine_accel_name(struct engine *e);
+const char *engine_store_method(struct engine *e);
+
+/* Callback for asynchronous completions: result 0 or negative errno. */
+typedef void (*engine_done_fn)(void *arg, int result);
+
+/* Templates. */
+int engine_template_create(struct engine *e, const char *name, struct template **ret);
+int engine_template_remove(struct engine *e, const char *name);
+struct template *engine_template_get(struct engine *e, const char *name); /* ref'd or NULL */
+struct template *engine_template_by_id(struct engine *e, uint64_t id);	  /* ref'd or NULL */
+/* Names of all templates (or of a template's sandboxes); free with strv_free. */
+char **engine_template_list(struct engine *e);
+void strv_free(char **v);
+void template_unref(struct template *t);
+uint64_t template_id(const struct template *t);
+const char *template_name(const struct template *t);
+/* Rendered files: malloc'd strings. */
+char *template_render_status(struct template *t);
+char *template_render_config(struct template *t);
+char *template_render_identity(struct template *t);
+int template_write_config(struct template *t, const char *data, size_t len);
+/* ctl: "bake" or "rebake". */
+int template_ctl(struct template *t, const char *cmd, size_t len);
+/* Blocks until the template is no longer baking (for the daemon's start). */
+int template_wait_baked(struct template *t, unsigned timeout_ms);
+enum template_state template_get_state(struct template *t);
+
+/* Sandboxes. */
+int engine_sandbox_create(struct engine *e, struct template *t, const char *name, struct sandbox **ret);
+/* Destroy: kills the VMM, removes every file; 0, or -ENOENT. */
+int engine_sandbox_destroy(struct engine *e, struct template *t, const char *name);
+struct sandbox *template_sandbox_get(struct template *t, const char *name); /* ref'd or NULL */
+struct sandbox *engine_sandbox_by_id(struct engine *e, uint64_t id);	    /* ref'd or NULL */
+char **template_sandbox_list(struct template *t);
+void sandbox_unref(struct sandbox *s);
+uint64_t sandbox_id(const struct sandbox *s);
+const char *sandbox_name(const struct sandbox *s);
+const char *sandbox_template_name(const struct sandbox *s);
+enum sandbox_state sandbox_get_state(struct sandbox *s);
+char *sandbox_render_status(struct sandbox *s);
+char *sandbox_render_timings(struct sandbox *s);
+/* Path of the guest serial log file. */
+const char *sandbox_console_path(struct sandbox *s);
+
+/*
+ * Waiting: fn(arg, 0) once the sandbox is ready, fn(arg, -EIO) if it failed
+ * or was destroyed. Called at once (from the caller's thread) if already
+ * decided, else later from an engine thread. Returns a token for cancel.
+ */
+uint64_t sandbox_wait_async(struct sandbox *s, engine_done_fn fn, void *arg);
+/* True if cancelled before the callback ran (then it never runs). */
+bool sandbox_wait_cancel(struct sandbox *s, uint64_t token);
+
+/* Exec through the agent, after waiting for readiness. */
+struct exec_result {
+	int exit_code; /* -1 if killed by a signal */
+	int signal;
+	bool truncated;
+	uint8_t *out;
+	size_t out_len;
+	uint8_t *err;
+	size_t err_len;
+	double duration_ms;
+};
+void exec_result_clear(struct exec_result *r);
+/*
+ * request: a JSON object with "sh" or "argv" (and optional env, cwd,
+ * timeout_ms), as the agent protocol defines. done(arg, 0) with *res filled,
+ * or done(arg, -errno). res must stay valid until done runs.
+ */
+int sandbox_exec_async(struct sandbox *s, const char *request_json, struct exec_result *res,
+		       engine_done_fn done, void *arg);

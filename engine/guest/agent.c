@@ -1,0 +1,1780 @@
+/*
+ * emberfs-agent: the in-guest agent of an emberfs microVM, and its /init.
+ *
+ * As PID 1 it mounts the kernel filesystems, loads the virtio modules named
+ * in /etc/emberfs/modules, switches to the root disk given by emberfs.root=,
+ * opens the virtio-serial port named by emberfs.port= and then serves the
+ * host over that port forever.
+ *
+ * Protocol: one JSON object per '\n'-terminated line in each direction.
+ * The first line the agent writes is {"event":"ready","version":1,"boot_ms":N}.
+ * Every request {"id":N,"op":"..."} gets exactly one reply carrying the same
+ * id and "ok"; a failed request is answered with
+ * {"id":N,"ok":false,"errno":E,"error":"text"} (id 0 when the line was not
+ * JSON).  Ops: ping, exec, attach.  A reply is only delivered on the host
+ * connection that carried its request: after the host hangs up, replies still
+ * owed to it are dropped rather than handed to the next client.
+ *
+ * Build: cc -static -O2 -Wall -Wextra -Werror -o emberfs-agent agent.c -ljson-c
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <net/if.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <linux/random.h>
+
+#include <json-c/json.h>
+
+#define AGENT_PROTO_VERSION	1
+#define AGENT_DEFAULT_PORT	"org.emberfs.agent"
+#define AGENT_MODULES_LIST	"/etc/emberfs/modules"
+#define AGENT_MODULES_DIR	"/lib/modules/"
+#define AGENT_NEWROOT		"/newroot"
+
+#define DEVICE_WAIT_MS		3000
+#define LINE_MAX_BYTES		(1u << 20)	/* host->guest line, without '\n' */
+#define STREAM_CAP		(16u << 20)	/* kept output per stream */
+#define READ_CHUNK		(64u << 10)
+#define READ_BUDGET		(1u << 20)	/* per fd per loop turn, for fairness */
+#define CHILD_PIPE_SIZE		(1 << 20)
+#define MAX_JOBS		64
+#define TIMEOUT_GRACE_MS	200
+#define ENTROPY_MIN		16
+#define ENTROPY_MAX		512
+
+#define JSON_FLAGS	(JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE)
+
+#define _cleanup_(f)	__attribute__((cleanup(f)))
+#define _cleanup_free_	_cleanup_(freep)
+#define _cleanup_close_	_cleanup_(closep)
+#define _cleanup_json_	_cleanup_(json_putp)
+
+#define MIN(a, b)	((a) < (b) ? (a) : (b))
+
+static inline void freep(void *p)
+{
+	free(*(void **)p);
+}
+
+static inline void closep(int *fd)
+{
+	if (*fd >= 0)
+		close(*fd);
+}
+
+static inline void json_putp(struct json_object **o)
+{
+	json_object_put(*o);
+}
+
+static int console_fd = -1;
+
+static void agent_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* One write() per line so lines from the agent never interleave. */
+static void agent_log(const char *fmt, ...)
+{
+	static const char prefix[] = "emberfs-agent: ";
+	char line[512];
+	size_t n = sizeof(prefix) - 1;
+	va_list ap;
+	int r;
+
+	memcpy(line, prefix, n);
+	va_start(ap, fmt);
+	r = vsnprintf(line + n, sizeof(line) - n - 1, fmt, ap);
+	va_end(ap);
+	if (r > 0)
+		n += MIN((size_t)r, sizeof(line) - n - 2);
+	line[n++] = '\n';
+	if (write(console_fd >= 0 ? console_fd : STDERR_FILENO, line, n) < 0)
+		return;
+}
+
+static uint64_t clock_ms(clockid_t clk)
+{
+	struct timespec ts;
+
+	clock_gettime(clk, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(unsigned int ms)
+{
+	struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L };
+
+	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+		;
+}
+
+/* ------------------------------------------------------------------ */
+/* Growable byte buffers and string vectors                            */
+
+struct buf {
+	char *data;
+	size_t len;
+	size_t cap;
+};
+
+static void buf_free(struct buf *b)
+{
+	free(b->data);
+	*b = (struct buf){ 0 };
+}
+
+/* Make room for @extra more bytes; never grows the buffer past @limit. */
+static int buf_reserve(struct buf *b, size_t extra, size_t limit)
+{
+	size_t want = b->len + extra;
+	size_t cap;
+	char *p;
+
+	if (want <= b->cap)
+		return 0;
+	if (want > limit)
+		return -ENOBUFS;
+	cap = b->cap ? b->cap : 4096;
+	while (cap < want)
+		cap = cap > SIZE_MAX / 2 ? SIZE_MAX : cap * 2;
+	cap = MIN(cap, limit);
+	p = realloc(b->data, cap);
+	if (!p)
+		return -ENOMEM;
+	b->data = p;
+	b->cap = cap;
+	return 0;
+}
+
+static int buf_append(struct buf *b, const void *p, size_t n, size_t limit)
+{
+	int r = buf_reserve(b, n, limit);
+
+	if (r < 0)
+		return r;
+	memcpy(b->data + b->len, p, n);
+	b->len += n;
+	return 0;
+}
+
+/* A NULL-terminated vector of malloc'd strings, as execve() wants them. */
+struct strv {
+	char **v;
+	size_t n;
+};
+
+static void strv_free(struct strv *s)
+{
+	for (size_t i = 0; i < s->n; i++)
+		free(s->v[i]);
+	free(s->v);
+	*s = (struct strv){ 0 };
+}
+
+/* Takes ownership of @str, also on failure. */
+static int strv_push(struct strv *s, char *str)
+{
+	char **v;
+
+	if (!str)
+		return -ENOMEM;
+	v = realloc(s->v, (s->n + 2) * sizeof(*v));
+	if (!v) {
+		free(str);
+		return -ENOMEM;
+	}
+	v[s->n++] = str;
+	v[s->n] = NULL;
+	s->v = v;
+	return 0;
+}
+
+/* Set KEY=VALUE, replacing an earlier entry of the same key. */
+static int env_set(struct strv *env, const char *key, size_t klen, const char *val)
+{
+	char *kv;
+
+	if (asprintf(&kv, "%.*s=%s", (int)klen, key, val) < 0)
+		return -ENOMEM;
+	for (size_t i = 0; i < env->n; i++) {
+		if (!strncmp(env->v[i], kv, klen + 1)) {
+			free(env->v[i]);
+			env->v[i] = kv;
+			return 0;
+		}
+	}
+	return strv_push(env, kv);
+}
+
+/* Apply entries "K=V" of @from onto @env. */
+static int env_merge(struct strv *env, const struct strv *from)
+{
+	for (size_t i = 0; i < from->n; i++) {
+		const char *eq = strchr(from->v[i], '=');
+		int r;
+
+		if (!eq)
+			continue;
+		r = env_set(env, from->v[i], eq - from->v[i], eq + 1);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Base64 (RFC 4648, standard alphabet, padded on output)              */
+
+static const char b64_chars[] =
+	"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+static size_t b64_encoded_len(size_t n)
+{
+	return (n + 2) / 3 * 4;
+}
+
+static void b64_encode(const unsigned char *in, size_t n, char *out)
+{
+	size_t i;
+
+	for (i = 0; i + 3 <= n; i += 3) {
+		uint32_t v = in[i] << 16 | in[i + 1] << 8 | in[i + 2];
+
+		*out++ = b64_chars[v >> 18];
+		*out++ = b64_chars[(v >> 12) & 63];
+		*out++ = b64_chars[(v >> 6) & 63];
+		*out++ = b64_chars[v & 63];
+	}
+	if (i < n) {
+		uint32_t v = in[i] << 16 | (i + 1 < n ? in[i + 1] << 8 : 0);
+
+		*out++ = b64_chars[v >> 18];
+		*out++ = b64_chars[(v >> 12) & 63];
+		*out++ = i + 1 < n ? b64_chars[(v >> 6) & 63] : '=';
+		*out++ = '=';
+	}
+}
+
+static int b64_value(unsigned char c)
+{
+	const char *p = c ? strchr(b64_chars, c) : NULL;
+
+	return p ? (int)(p - b64_chars) : -1;
+}
+
+/* Accepts padded and unpadded input; anything else is -EINVAL. */
+static int b64_decode(const char *in, size_t n, unsigned char **ret, size_t *ret_len)
+{
+	_cleanup_free_ unsigned char *out = NULL;
+	uint32_t acc = 0;
+	size_t len = 0, bits = 0;
+
+	while (n > 0 && in[n - 1] == '=' && n % 4 != 1)
+		n--;
+	if (n % 4 == 1)
+		return -EINVAL;
+	out = malloc(n / 4 * 3 + 3);
+	if (!out)
+		return -ENOMEM;
+	for (size_t i = 0; i < n; i++) {
+		int v = b64_value(in[i]);
+
+		if (v < 0)
+			return -EINVAL;
+		acc = acc << 6 | v;
+		bits += 6;
+		if (bits >= 8) {
+			bits -= 8;
+			out[len++] = acc >> bits;
+		}
+	}
+	*ret = out;
+	out = NULL;
+	*ret_len = len;
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Boot: mounts, modules, root switch, loopback, port                  */
+
+static char kernel_cmdline[4096];
+
+static int mount_at(const char *src, const char *dst, const char *type,
+		    unsigned long flags, const char *data)
+{
+	if (mkdir(dst, 0755) < 0 && errno != EEXIST)
+		return -errno;
+	if (mount(src, dst, type, flags, data) < 0 && errno != EBUSY)
+		return -errno;
+	return 0;
+}
+
+/*
+ * The kernel leaves fds 0-2 closed when the initramfs has no /dev/console.
+ * Fill them so that pipes never land on 0-2, where the child's dup2() onto
+ * the same number would be a no-op that keeps O_CLOEXEC.
+ */
+static void init_stdio(void)
+{
+	for (int fd = 0; fd < 3; fd++) {
+		int n;
+
+		if (fcntl(fd, F_GETFD) >= 0)
+			continue;
+		n = open("/dev/null", O_RDWR | O_CLOEXEC);
+		if (n >= 0 && n != fd) {
+			dup3(n, fd, O_CLOEXEC);
+			close(n);
+		}
+	}
+}
+
+static void init_early(void)
+{
+	static const struct {
+		const char *src, *dst, *type;
+		unsigned long flags;
+	} fs[] = {
+		{ "devtmpfs", "/dev", "devtmpfs", MS_NOSUID },
+		{ "proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC },
+		{ "sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC },
+	};
+	int errs[3];
+
+	for (size_t i = 0; i < 3; i++)
+		errs[i] = mount_at(fs[i].src, fs[i].dst, fs[i].type, fs[i].flags, NULL);
+	init_stdio();
+	console_fd = open("/dev/console", O_WRONLY | O_NOCTTY | O_CLOEXEC);
+	for (size_t i = 0; i < 3; i++)
+		if (errs[i] < 0)
+			agent_log("mount %s: %s", fs[i].dst, strerror(-errs[i]));
+}
+
+static int module_load(const char *name)
+{
+	char path[PATH_MAX];
+	_cleanup_close_ int fd = -1;
+
+	/* Names are relative to the module directory: no way out of it. */
+	if (name[0] == '/' || strstr(name, ".."))
+		return -EINVAL;
+	if (snprintf(path, sizeof(path), AGENT_MODULES_DIR "%s", name) >= (int)sizeof(path))
+		return -ENAMETOOLONG;
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (syscall(SYS_finit_module, fd, "", 0) < 0 && errno != EEXIST)
+		return -errno;
+	return 0;
+}
+
+/* The list is in dependency order; a failed module is logged, not fatal. */
+static void init_modules(void)
+{
+	_cleanup_free_ char *line = NULL;
+	size_t size = 0;
+	FILE *f;
+
+	f = fopen(AGENT_MODULES_LIST, "re");
+	if (!f)
+		return;
+	while (getline(&line, &size, f) > 0) {
+		char *name = line + strspn(line, " \t");
+		int r;
+
+		name[strcspn(name, " \t\r\n")] = '\0';
+		if (!name[0] || name[0] == '#')
+			continue;
+		r = module_load(name);
+		if (r < 0)
+			agent_log("module %s: %s", name, strerror(-r));
+	}
+	fclose(f);
+}
+
+static void cmdline_read(void)
+{
+	_cleanup_close_ int fd = open("/proc/cmdline", O_RDONLY | O_CLOEXEC);
+	ssize_t n;
+
+	if (fd < 0)
+		return;
+	n = read(fd, kernel_cmdline, sizeof(kernel_cmdline) - 1);
+	kernel_cmdline[n > 0 ? n : 0] = '\0';
+}
+
+/* The value of the last "key=value" word on the kernel command line. */
+static int cmdline_get(const char *key, char *out, size_t size)
+{
+	size_t klen = strlen(key);
+	const char *p = kernel_cmdline;
+	int r = -ENOENT;
+
+	while (*p) {
+		size_t wlen;
+
+		p += strspn(p, " \t\n");
+		wlen = strcspn(p, " \t\n");
+		if (wlen > klen && !strncmp(p, key, klen) && p[klen] == '=') {
+			size_t vlen = wlen - klen - 1;
+
+			if (vlen >= size)
+				return -ENAMETOOLONG;
+			memcpy(out, p + klen + 1, vlen);
+			out[vlen] = '\0';
+			r = 0;
+		}
+		p += wlen;
+	}
+	return r;
+}
+
+/*
+ * Devices appear asynchronously after their module loads: retry @probe
+ * every millisecond until it stops saying -EAGAIN or @timeout_ms passes.
+ */
+static int wait_until(int (*probe)(void *ctx), void *ctx, unsigned int timeout_ms)
+{
+	uint64_t deadline = clock_ms(CLOCK_MONOTONIC) + timeout_ms;
+	int r;
+
+	for (;;) {
+		r = probe(ctx);
+		if (r != -EAGAIN || clock_ms(CLOCK_MONOTONIC) >= deadline)
+			return r;
+		sleep_ms(1);
+	}
+}
+
+static int probe_path(void *ctx)
+{
+	return access(ctx, F_OK) == 0 ? 0 : -EAGAIN;
+}
+
+static int root_switch(const char *dev)
+{
+	static const char *const moves[] = { "/dev", "/proc", "/sys" };
+	char dst[64];
+	int r;
+
+	r = wait_until(probe_path, (void *)dev, DEVICE_WAIT_MS);
+	if (r < 0)
+		return r == -EAGAIN ? -ENODEV : r;
+	r = mount_at(dev, AGENT_NEWROOT, "ext4", 0, NULL);
+	if (r < 0)
+		return r;
+	for (size_t i = 0; i < 3; i++) {
+		snprintf(dst, sizeof(dst), AGENT_NEWROOT "%s", moves[i]);
+		r = mount_at(moves[i], dst, NULL, MS_MOVE, NULL);
+		if (r < 0)
+			return r;
+	}
+	if (chdir(AGENT_NEWROOT) < 0 || mount(".", "/", NULL, MS_MOVE, NULL) < 0 ||
+	    chroot(".") < 0 || chdir("/") < 0)
+		return -errno;
+	return 0;
+}
+
+static void init_root(void)
+{
+	static const struct {
+		const char *dir, *opts;
+	} tmpfs[] = { { "/tmp", "mode=1777" }, { "/run", "mode=0755" } };
+	char dev[256];
+	struct stat st;
+	int r;
+
+	if (cmdline_get("emberfs.root", dev, sizeof(dev)) == 0) {
+		r = root_switch(dev);
+		if (r < 0)
+			agent_log("root %s: %s (staying in the initramfs)", dev, strerror(-r));
+	}
+	for (size_t i = 0; i < 2; i++) {
+		if (stat(tmpfs[i].dir, &st) < 0 || !S_ISDIR(st.st_mode))
+			continue;
+		if (mount("tmpfs", tmpfs[i].dir, "tmpfs", MS_NOSUID | MS_NODEV, tmpfs[i].opts) < 0)
+			agent_log("mount %s: %m", tmpfs[i].dir);
+	}
+}
+
+static int net_lo_up(void)
+{
+	_cleanup_close_ int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	struct ifreq ifr = { 0 };
+
+	if (fd < 0)
+		return -errno;
+	strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
+	if (ioctl(fd, SIOCGIFFLAGS, &ifr) < 0)
+		return -errno;
+	ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+	if (ioctl(fd, SIOCSIFFLAGS, &ifr) < 0)
+		return -errno;
+	return 0;
+}
+
+struct port_probe {
+	const char *name;
+	int fd;
+};
+
+static bool port_name_is(const char *dev, const char *name)
+{
+	char path[PATH_MAX], got[256];
+	_cleanup_close_ int fd = -1;
+	ssize_t n;
+
+	snprintf(path, sizeof(path), "/sys/class/virtio-ports/%s/name", dev);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return false;
+	n = read(fd, got, sizeof(got) - 1);
+	if (n <= 0)
+		return false;
+	got[n] = '\0';
+	got[strcspn(got, "\n")] = '\0';
+	return !strcmp(got, name);
+}
+
+/* The port's name arrives from the host after the port itself: rescan. */
+static int probe_port(void *ctx)
+{
+	struct port_probe *pp = ctx;
+	char path[PATH_MAX];
+	struct dirent *de;
+	DIR *d;
+	int r = -EAGAIN;
+
+	d = opendir("/sys/class/virtio-ports");
+	if (!d)
+		return -EAGAIN;
+	while ((de = readdir(d))) {
+		if (de->d_name[0] == '.' || !port_name_is(de->d_name, pp->name))
+			continue;
+		snprintf(path, sizeof(path), "/dev/%s", de->d_name);
+		pp->fd = open(path, O_RDWR | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+		if (pp->fd >= 0)
+			r = 0;
+		else if (errno != ENOENT)
+			r = -errno;
+		break;
+	}
+	closedir(d);
+	return r;
+}
+
+/* Without its port the agent is useless, but PID 1 must stay: keep trying. */
+static int port_open(void)
+{
+	char name[256] = AGENT_DEFAULT_PORT;
+	struct port_probe pp = { .name = name, .fd = -1 };
+	int r;
+
+	cmdline_get("emberfs.port", name, sizeof(name));
+	r = wait_until(probe_port, &pp, DEVICE_WAIT_MS);
+	if (r == 0)
+		return pp.fd;
+	agent_log("port %s: %s after %d ms, still waiting", name,
+		  r == -EAGAIN ? "not found" : strerror(-r), DEVICE_WAIT_MS);
+	for (;;) {
+		while (waitpid(-1, NULL, WNOHANG) > 0)
+			;
+		sleep_ms(10);
+		if (probe_port(&pp) == 0)
+			return pp.fd;
+	}
+}
+
+/* ------------------------------------------------------------------ */
+/* Agent state                                                          */
+
+struct stream {
+	int fd;
+	struct buf buf;
+};
+
+struct job {
+	uint64_t id;
+	unsigned int gen;		/* connection that asked */
+	pid_t pid;
+	int status;
+	bool exited;
+	bool timed_out;
+	bool truncated;
+	struct stream out[2];		/* stdout, stderr */
+	int in_fd;
+	unsigned char *in_data;
+	size_t in_len;
+	size_t in_off;
+	uint64_t start_ms;
+	uint64_t deadline_ms;		/* 0: none */
+	uint64_t grace_ms;		/* after a timeout kill */
+};
+
+struct agent {
+	int port_fd;
+	int sig_fd;
+	/*
+	 * The port reports POLLHUP while no host is connected.  connected is
+	 * what we last saw; gen counts hangups so that replies owed to a
+	 * vanished host are not delivered to the next one.
+	 */
+	bool connected;
+	bool port_idle;
+	unsigned int gen;
+	struct buf line;		/* partial request line */
+	bool discarding;		/* rest of an oversized line */
+	struct buf out;			/* pending output, from out_head */
+	size_t out_head;
+	uint64_t out_written;
+	size_t ready_len;		/* the ready line must survive hangups */
+	struct json_tokener *tok;
+	struct job *jobs[MAX_JOBS];
+	struct strv extra_env;		/* from the last attach */
+};
+
+struct request {
+	uint64_t id;
+	unsigned int gen;
+	struct json_object *msg;
+	char error[256];
+};
+
+static int request_fail(struct request *rq, int err, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+/* Record why @rq failed; returns -@err for the handler to pass up. */
+static int request_fail(struct request *rq, int err, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(rq->error, sizeof(rq->error), fmt, ap);
+	va_end(ap);
+	return -err;
+}
+
+/* ------------------------------------------------------------------ */
+/* Output queue towards the host                                       */
+
+static bool outq_pending(const struct agent *a)
+{
+	return a->out.len > a->out_head;
+}
+
+/* Room for @n more bytes at the tail; compacts before growing. */
+static char *outq_reserve(struct agent *a, size_t n)
+{
+	if (a->out_head > 0 && a->out.len + n > a->out.cap) {
+		memmove(a->out.data, a->out.data + a->out_head, a->out.len - a->out_head);
+		a->out.len -= a->out_head;
+		a->out_head = 0;
+	}
+	if (buf_reserve(&a->out, n, SIZE_MAX) < 0)
+		return NULL;
+	return a->out.data + a->out.len;
+}
+
+/* Queue a line of @n bytes plus its '\n', whole or not at all. */
+static void outq_line(struct agent *a, unsigned int gen, const char *s, size_t n)
+{
+	char *p;
+
+	if (gen != a->gen)
+		return;
+	p = outq_reserve(a, n + 1);
+	if (!p) {
+		agent_log("out of memory queueing a %zu byte reply", n);
+		return;
+	}
+	memcpy(p, s, n);
+	p[n] = '\n';
+	a->out.len += n + 1;
+}
+
+static void outq_json(struct agent *a, unsigned int gen, struct json_object *o)
+{
+	size_t n;
+	const char *s = json_object_to_json_string_length(o, JSON_FLAGS, &n);
+
+	if (s)
+		outq_line(a, gen, s, n);
+}
+
+/* Drop what the vanished host did not read; keep an unsent ready line. */
+static void outq_reset(struct agent *a)
+{
+	size_t keep = 0;
+
+	if (a->out_written < a->ready_len)
+		keep = a->ready_len - a->out_written;
+	a->out.len = a->out_head + keep;
+	if (!keep) {
+		a->out_head = a->out.len = 0;
+		if (a->out.cap > (1u << 20))
+			buf_free(&a->out);
+	}
+}
+
+static void port_hangup(struct agent *a)
+{
+	if (a->connected) {
+		a->connected = false;
+		a->gen++;
+		a->line.len = 0;
+		a->discarding = false;
+		outq_reset(a);
+	}
+	a->port_idle = true;
+}
+
+/* Non-blocking: whatever the port takes now; the rest waits for POLLOUT. */
+static void outq_flush(struct agent *a)
+{
+	while (outq_pending(a)) {
+		ssize_t n = write(a->port_fd, a->out.data + a->out_head,
+				  a->out.len - a->out_head);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			if (errno != EAGAIN) {
+				agent_log("port write: %m");
+				port_hangup(a);
+			}
+			return;
+		}
+		a->connected = true;
+		a->out_head += n;
+		a->out_written += n;
+	}
+	a->out_head = a->out.len = 0;
+	if (a->out.cap > (1u << 20))
+		buf_free(&a->out);
+}
+
+static void reply_error(struct agent *a, unsigned int gen, uint64_t id, int err,
+			const char *msg)
+{
+	_cleanup_json_ struct json_object *o = json_object_new_object();
+
+	if (!o)
+		return;
+	json_object_object_add(o, "id", json_object_new_uint64(id));
+	json_object_object_add(o, "ok", json_object_new_boolean(false));
+	json_object_object_add(o, "errno", json_object_new_int(err));
+	json_object_object_add(o, "error", json_object_new_string(msg && *msg ? msg : strerror(err)));
+	outq_json(a, gen, o);
+}
+
+/* ------------------------------------------------------------------ */
+/* JSON field access                                                    */
+
+static struct json_object *json_field(struct json_object *o, const char *key)
+{
+	struct json_object *v = NULL;
+
+	if (!json_object_object_get_ex(o, key, &v) || json_object_is_type(v, json_type_null))
+		return NULL;
+	return v;
+}
+
+/* -ENOENT when absent (or null), -EINVAL when not a non-negative integer. */
+static int json_get_u64(struct json_object *o, const char *key, uint64_t *ret)
+{
+	struct json_object *v = json_field(o, key);
+
+	if (!v)
+		return -ENOENT;
+	if (!json_object_is_type(v, json_type_int) || json_object_get_int64(v) < 0)
+		return -EINVAL;
+	*ret = json_object_get_uint64(v);
+	return 0;
+}
+
+/* Strings with embedded NULs are refused: they cannot reach the kernel. */
+static int json_get_str(struct json_object *o, const char *key, const char **ret, size_t *ret_len)
+{
+	struct json_object *v = json_field(o, key);
+	size_t len;
+
+	if (!v)
+		return -ENOENT;
+	if (!json_object_is_type(v, json_type_string))
+		return -EINVAL;
+	len = json_object_get_string_len(v);
+	*ret = json_object_get_string(v);
+	if (strlen(*ret) != len)
+		return -EINVAL;
+	if (ret_len)
+		*ret_len = len;
+	return 0;
+}
+
+/* An {"K":"V"} object as "K=V" strings. */
+static int json_get_env(struct json_object *o, const char *key, struct strv *ret)
+{
+	struct json_object *v = json_field(o, key);
+	struct strv env = { 0 };
+
+	if (!v)
+		return -ENOENT;
+	if (!json_object_is_type(v, json_type_object))
+		return -EINVAL;
+	json_object_object_foreach(v, k, val) {
+		const char *s;
+		int r = -EINVAL;
+
+		if (json_object_is_type(val, json_type_string)) {
+			s = json_object_get_string(val);
+			if (k[0] && !strchr(k, '=') && strlen(s) == (size_t)json_object_get_string_len(val))
+				r = env_set(&env, k, strlen(k), s);
+		}
+		if (r < 0) {
+			strv_free(&env);
+			return r;
+		}
+	}
+	strv_free(ret);
+	*ret = env;
+	return 0;
+}
+
+static int json_get_b64(struct json_object *o, const char *key, unsigned char **ret, size_t *ret_len)
+{
+	const char *s;
+	size_t len;
+	int r = json_get_str(o, key, &s, &len);
+
+	if (r < 0)
+		return r;
+	return b64_decode(s, len, ret, ret_len);
+}
+
+/* ------------------------------------------------------------------ */
+/* exec                                                                 */
+
+struct exec_spec {
+	struct strv argv;
+	struct strv env;
+	const char *cwd;
+	unsigned char *stdin_data;
+	size_t stdin_len;
+	uint64_t timeout_ms;
+};
+
+static void exec_spec_done(struct exec_spec *s)
+{
+	strv_free(&s->argv);
+	strv_free(&s->env);
+	free(s->stdin_data);
+}
+
+static int exec_parse_argv(struct request *rq, struct strv *argv)
+{
+	struct json_object *arr = json_field(rq->msg, "argv");
+	const char *sh;
+	int r = json_get_str(rq->msg, "sh", &sh, NULL);
+
+	if (r == -EINVAL || (r == 0) == (arr != NULL))
+		return request_fail(rq, EINVAL, "exec needs exactly one of \"sh\" (string) and \"argv\"");
+	if (r == 0) {
+		if (strv_push(argv, strdup("/bin/sh")) < 0 || strv_push(argv, strdup("-c")) < 0 ||
+		    strv_push(argv, strdup(sh)) < 0)
+			return -ENOMEM;
+		return 0;
+	}
+	if (!json_object_is_type(arr, json_type_array) || json_object_array_length(arr) == 0)
+		return request_fail(rq, EINVAL, "\"argv\" must be a non-empty array of strings");
+	for (size_t i = 0; i < json_object_array_length(arr); i++) {
+		struct json_object *e = json_object_array_get_idx(arr, i);
+		const char *s = json_object_get_string(e);
+
+		if (!json_object_is_type(e, json_type_string) ||
+		    strlen(s) != (size_t)json_object_get_string_len(e))
+			return request_fail(rq, EINVAL, "\"argv\" must be a non-empty array of strings");
+		if (strv_push(argv, strdup(s)) < 0)
+			return -ENOMEM;
+	}
+	return 0;
+}
+
+/* Environment: the fixed base, then the last attach's, then the request's. */
+static int exec_build_env(struct agent *a, struct request *rq, struct strv *env)
+{
+	static const char *const base[] = {
+		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+		"HOME=/root",
+		"TERM=linux",
+	};
+	struct strv req = { 0 };
+	int r;
+
+	for (size_t i = 0; i < 3; i++)
+		if (strv_push(env, strdup(base[i])) < 0)
+			return -ENOMEM;
+	r = env_merge(env, &a->extra_env);
+	if (r < 0)
+		return r;
+	r = json_get_env(rq->msg, "env", &req);
+	if (r == -ENOENT)
+		return 0;
+	if (r == -EINVAL)
+		return request_fail(rq, EINVAL, "\"env\" must be an object of strings with valid names");
+	if (r == 0)
+		r = env_merge(env, &req);
+	strv_free(&req);
+	return r;
+}
+
+static int exec_parse(struct agent *a, struct request *rq, struct exec_spec *s)
+{
+	struct stat st;
+	int r;
+
+	r = exec_parse_argv(rq, &s->argv);
+	if (r < 0)
+		return r;
+	r = exec_build_env(a, rq, &s->env);
+	if (r < 0)
+		return r;
+	s->cwd = "/";
+	r = json_get_str(rq->msg, "cwd", &s->cwd, NULL);
+	if (r == -EINVAL)
+		return request_fail(rq, EINVAL, "\"cwd\" must be a string");
+	if (stat(s->cwd, &st) < 0)
+		return request_fail(rq, errno, "cwd %s: %s", s->cwd, strerror(errno));
+	if (!S_ISDIR(st.st_mode))
+		return request_fail(rq, ENOTDIR, "cwd %s: not a directory", s->cwd);
+	r = json_get_b64(rq->msg, "stdin", &s->stdin_data, &s->stdin_len);
+	if (r == -EINVAL)
+		return request_fail(rq, EINVAL, "\"stdin\" must be a base64 string");
+	if (r < 0 && r != -ENOENT)
+		return r;
+	r = json_get_u64(rq->msg, "timeout_ms", &s->timeout_ms);
+	if (r == -EINVAL)
+		return request_fail(rq, EINVAL, "\"timeout_ms\" must be a non-negative integer");
+	return 0;
+}
+
+static void close_fds_from(int first)
+{
+	if (close_range(first, ~0U, 0) == 0)
+		return;
+	for (int fd = first; fd < 65536; fd++)
+		close(fd);
+}
+
+/* In the child between fork() and exec: async-signal-safe calls only. */
+static void __attribute__((noreturn)) child_exec(int in, int out, int err, struct exec_spec *s)
+{
+	sigset_t none;
+	int e;
+
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+	signal(SIGPIPE, SIG_DFL);
+	setsid();
+	if (dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0)
+		_exit(127);
+	close_fds_from(3);
+	if (chdir(s->cwd) < 0) {
+		dprintf(2, "emberfs-agent: chdir %s: %s\n", s->cwd, strerror(errno));
+		_exit(127);
+	}
+	/* execvp() searches the PATH of environ, so make it the child's. */
+	environ = s->env.v;
+	execvp(s->argv.v[0], s->argv.v);
+	e = errno;
+	dprintf(2, "emberfs-agent: exec %s: %s\n", s->argv.v[0], strerror(e));
+	_exit(e == ENOENT ? 127 : 126);
+}
+
+static void fds_close(int *fds, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (fds[i] >= 0)
+			close(fds[i]);
+}
+
+static void fd_nonblock(int fd)
+{
+	int fl = fcntl(fd, F_GETFL);
+
+	if (fl >= 0)
+		fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+}
+
+/* fds[]: stdin read, stdin write, stdout read/write, stderr read/write. */
+static int job_spawn(struct job *j, struct exec_spec *s)
+{
+	int fds[6] = { -1, -1, -1, -1, -1, -1 };
+	pid_t pid;
+
+	if (s->stdin_len ? pipe2(&fds[0], O_CLOEXEC) < 0 :
+			   (fds[0] = open("/dev/null", O_RDONLY | O_CLOEXEC)) < 0)
+		goto fail;
+	if (pipe2(&fds[2], O_CLOEXEC) < 0 || pipe2(&fds[4], O_CLOEXEC) < 0)
+		goto fail;
+	pid = fork();
+	if (pid < 0)
+		goto fail;
+	if (pid == 0)
+		child_exec(fds[0], fds[3], fds[5], s);
+	close(fds[0]);
+	close(fds[3]);
+	close(fds[5]);
+	j->pid = pid;
+	j->in_fd = fds[1];
+	j->out[0].fd = fds[2];
+	j->out[1].fd = fds[4];
+	if (j->in_fd >= 0)
+		fd_nonblock(j->in_fd);
+	fd_nonblock(j->out[0].fd);
+	fd_nonblock(j->out[1].fd);
+	/* Fewer wakeups for chatty children; a failure only costs speed. */
+	fcntl(fds[2], F_SETPIPE_SZ, CHILD_PIPE_SIZE);
+	fcntl(fds[4], F_SETPIPE_SZ, CHILD_PIPE_SIZE);
+	return 0;
+fail:
+	{
+		int e = errno;
+
+		fds_close(fds, 6);
+		return -e;
+	}
+}
+
+static void job_free(struct job *j)
+{
+	if (!j)
+		return;
+	for (int i = 0; i < 2; i++) {
+		if (j->out[i].fd >= 0)
+			close(j->out[i].fd);
+		buf_free(&j->out[i].buf);
+	}
+	if (j->in_fd >= 0)
+		close(j->in_fd);
+	free(j->in_data);
+	free(j);
+}
+
+static struct job *job_new(uint64_t id, unsigned int gen)
+{
+	struct job *j = calloc(1, sizeof(*j));
+
+	if (!j)
+		return NULL;
+	j->id = id;
+	j->gen = gen;
+	j->pid = -1;
+	j->in_fd = j->out[0].fd = j->out[1].fd = -1;
+	j->start_ms = clock_ms(CLOCK_MONOTONIC);
+	return j;
+}
+
+static int op_exec(struct agent *a, struct request *rq, struct json_object *reply)
+{
+	_cleanup_(exec_spec_done) struct exec_spec s = { 0 };
+	struct job *j;
+	size_t slot;
+	int r;
+
+	(void)reply;
+	r = exec_parse(a, rq, &s);
+	if (r < 0)
+		return r;
+	for (slot = 0; slot < MAX_JOBS && a->jobs[slot]; slot++)
+		;
+	if (slot == MAX_JOBS)
+		return request_fail(rq, EAGAIN, "too many running execs (%d)", MAX_JOBS);
+	j = job_new(rq->id, rq->gen);
+	if (!j)
+		return -ENOMEM;
+	r = job_spawn(j, &s);
+	if (r < 0) {
+		job_free(j);
+		return request_fail(rq, -r, "spawn: %s", strerror(-r));
+	}
+	if (s.timeout_ms)
+		j->deadline_ms = j->start_ms + s.timeout_ms;
+	j->in_data = s.stdin_data;
+	j->in_len = s.stdin_len;
+	s.stdin_data = NULL;
+	a->jobs[slot] = j;
+	return 1;
+}
+
+/* ------------------------------------------------------------------ */
+/* Job servicing                                                        */
+
+static void stream_close(struct stream *st)
+{
+	if (st->fd >= 0)
+		close(st->fd);
+	st->fd = -1;
+}
+
+/* Keep up to STREAM_CAP bytes, drain and count the rest as truncation. */
+static void stream_read(struct job *j, struct stream *st)
+{
+	static char discard[READ_CHUNK];
+	size_t budget = READ_BUDGET;
+
+	while (st->fd >= 0 && budget > 0) {
+		char *dst = discard;
+		size_t room = sizeof(discard);
+		ssize_t n;
+
+		if (buf_reserve(&st->buf, MIN(READ_CHUNK, STREAM_CAP - st->buf.len), STREAM_CAP) == 0 &&
+		    st->buf.len < STREAM_CAP) {
+			dst = st->buf.data + st->buf.len;
+			room = st->buf.cap - st->buf.len;
+		}
+		n = read(st->fd, dst, room);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno == EAGAIN)
+			return;
+		if (n <= 0) {
+			stream_close(st);
+			return;
+		}
+		if (dst == discard)
+			j->truncated = true;
+		else
+			st->buf.len += n;
+		budget -= MIN((size_t)n, budget);
+	}
+}
+
+static void job_close_stdin(struct job *j)
+{
+	if (j->in_fd >= 0)
+		close(j->in_fd);
+	j->in_fd = -1;
+	free(j->in_data);
+	j->in_data = NULL;
+}
+
+/* A child that stops reading its stdin just gets the pipe closed. */
+static void job_feed_stdin(struct job *j)
+{
+	while (j->in_off < j->in_len) {
+		ssize_t n = write(j->in_fd, j->in_data + j->in_off, j->in_len - j->in_off);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno == EAGAIN)
+			return;
+		if (n <= 0)
+			break;
+		j->in_off += n;
+	}
+	job_close_stdin(j);
+}
+
+/*
+ * Rendered by hand rather than through json-c: two 16 MiB streams would
+ * otherwise be held three times over (raw, base64 object, rendered text).
+ * base64 needs no JSON escaping.
+ */
+static void job_reply(struct agent *a, struct job *j, uint64_t now)
+{
+	char head[160], tail[128];
+	const char *mid = "\",\"stderr\":\"";
+	int code = -1, sig = 0, hn, tn;
+	size_t total;
+	char *p;
+
+	if (j->gen != a->gen)
+		return;
+	if (WIFEXITED(j->status))
+		code = WEXITSTATUS(j->status);
+	else if (WIFSIGNALED(j->status))
+		sig = WTERMSIG(j->status);
+	hn = snprintf(head, sizeof(head),
+		      "{\"id\":%" PRIu64 ",\"ok\":true,\"exit_code\":%d,\"signal\":%d,\"stdout\":\"",
+		      j->id, code, sig);
+	tn = snprintf(tail, sizeof(tail),
+		      "\",\"truncated\":%s,\"timed_out\":%s,\"duration_ms\":%" PRIu64 "}\n",
+		      j->truncated ? "true" : "false", j->timed_out ? "true" : "false",
+		      now - j->start_ms);
+	total = hn + b64_encoded_len(j->out[0].buf.len) + strlen(mid) +
+		b64_encoded_len(j->out[1].buf.len) + tn;
+	p = outq_reserve(a, total);
+	if (!p) {
+		reply_error(a, j->gen, j->id, ENOMEM, "out of memory rendering the exec reply");
+		return;
+	}
+	memcpy(p, head, hn);
+	p += hn;
+	b64_encode((unsigned char *)j->out[0].buf.data, j->out[0].buf.len, p);
+	p += b64_encoded_len(j->out[0].buf.len);
+	memcpy(p, mid, strlen(mid));
+	p += strlen(mid);
+	b64_encode((unsigned char *)j->out[1].buf.data, j->out[1].buf.len, p);
+	p += b64_encoded_len(j->out[1].buf.len);
+	memcpy(p, tail, tn);
+	a->out.len += total;
+}
+
+static struct job *job_by_pid(struct agent *a, pid_t pid)
+{
+	for (size_t i = 0; i < MAX_JOBS; i++)
+		if (a->jobs[i] && a->jobs[i]->pid == pid && !a->jobs[i]->exited)
+			return a->jobs[i];
+	return NULL;
+}
+
+/* As PID 1 we inherit every orphan: reap them all, note our own. */
+static void reap_children(struct agent *a)
+{
+	struct signalfd_siginfo si;
+	struct job *j;
+	pid_t pid;
+	int status;
+
+	while (read(a->sig_fd, &si, sizeof(si)) == sizeof(si))
+		;
+	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+		j = job_by_pid(a, pid);
+		if (!j)
+			continue;
+		j->exited = true;
+		j->status = status;
+		job_close_stdin(j);
+	}
+}
+
+static void job_kill(struct job *j, uint64_t now)
+{
+	kill(-j->pid, SIGKILL);
+	kill(j->pid, SIGKILL);
+	j->timed_out = true;
+	j->grace_ms = now + TIMEOUT_GRACE_MS;
+}
+
+/*
+ * Timeouts, and replies for jobs that exited with both pipes at EOF.  After
+ * a timeout kill, a process that left the session may still hold the pipes:
+ * take what they hold and stop waiting once the grace period is over.
+ */
+static void jobs_tick(struct agent *a)
+{
+	uint64_t now = clock_ms(CLOCK_MONOTONIC);
+
+	for (size_t i = 0; i < MAX_JOBS; i++) {
+		struct job *j = a->jobs[i];
+
+		if (!j)
+			continue;
+		if (!j->exited && !j->timed_out && j->deadline_ms && now >= j->deadline_ms)
+			job_kill(j, now);
+		if (j->exited && j->timed_out && now >= j->grace_ms) {
+			for (int s = 0; s < 2; s++) {
+				stream_read(j, &j->out[s]);
+				stream_close(&j->out[s]);
+			}
+		}
+		if (j->exited && j->out[0].fd < 0 && j->out[1].fd < 0) {
+			job_reply(a, j, now);
+			job_free(j);
+			a->jobs[i] = NULL;
+		}
+	}
+}
+
+/* ------------------------------------------------------------------ */
+/* ping, attach                                                          */
+
+static int op_ping(struct agent *a, struct request *rq, struct json_object *reply)
+{
+	(void)a;
+	(void)rq;
+	json_object_object_add(reply, "op", json_object_new_string("pong"));
+	json_object_object_add(reply, "uptime_ms", json_object_new_uint64(clock_ms(CLOCK_BOOTTIME)));
+	return 0;
+}
+
+/* Crediting the entropy is what makes clones of one snapshot diverge. */
+static int rng_add_entropy(const unsigned char *data, size_t len)
+{
+	_cleanup_free_ struct rand_pool_info *info = malloc(sizeof(*info) + len);
+	_cleanup_close_ int fd = -1;
+
+	if (!info)
+		return -ENOMEM;
+	info->entropy_count = (int)len * 8;
+	info->buf_size = (int)len;
+	memcpy(info->buf, data, len);
+	fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (ioctl(fd, RNDADDENTROPY, info) < 0)
+		return -errno;
+	return 0;
+}
+
+struct attach_spec {
+	const char *hostname;
+	size_t hostname_len;
+	bool has_env;
+	struct strv env;
+	unsigned char *entropy;
+	size_t entropy_len;
+	bool has_time;
+	uint64_t time_ns;
+};
+
+static void attach_spec_done(struct attach_spec *s)
+{
+	strv_free(&s->env);
+	free(s->entropy);
+}
+
+/* Everything is checked before anything is applied. */
+static int attach_parse(struct request *rq, struct attach_spec *s)
+{
+	int r;
+
+	r = json_get_str(rq->msg, "hostname", &s->hostname, &s->hostname_len);
+	if (r == -EINVAL || (r == 0 && s->hostname_len > HOST_NAME_MAX))
+		return request_fail(rq, EINVAL, "\"hostname\" must be a string of at most %d bytes",
+				    HOST_NAME_MAX);
+	r = json_get_env(rq->msg, "env", &s->env);
+	if (r == -EINVAL)
+		return request_fail(rq, EINVAL, "\"env\" must be an object of strings with valid names");
+	s->has_env = r == 0;
+	r = json_get_b64(rq->msg, "entropy", &s->entropy, &s->entropy_len);
+	if (r == -EINVAL || (r == 0 && (s->entropy_len < ENTROPY_MIN || s->entropy_len > ENTROPY_MAX)))
+		return request_fail(rq, EINVAL, "\"entropy\" must be base64 of %d..%d bytes",
+				    ENTROPY_MIN, ENTROPY_MAX);
+	if (r < 0 && r != -ENOENT)
+		return r;
+	r = json_get_u64(rq->msg, "time_unix_ns", &s->time_ns);
+	if (r == -EINVAL)
+		return request_fail(rq, EINVAL, "\"time_unix_ns\" must be a non-negative integer");
+	s->has_time = r == 0;
+	return 0;
+}
+
+static int op_attach(struct agent *a, struct request *rq, struct json_object *reply)
+{
+	_cleanup_(attach_spec_done) struct attach_spec s = { 0 };
+	int r;
+
+	(void)reply;
+	r = attach_parse(rq, &s);
+	if (r < 0)
+		return r;
+	if (s.hostname && sethostname(s.hostname, s.hostname_len) < 0)
+		return request_fail(rq, errno, "sethostname: %m");
+	if (s.has_env) {
+		strv_free(&a->extra_env);
+		a->extra_env = s.env;
+		s.env = (struct strv){ 0 };
+	}
+	if (s.entropy) {
+		r = rng_add_entropy(s.entropy, s.entropy_len);
+		if (r < 0)
+			return request_fail(rq, -r, "RNDADDENTROPY: %s", strerror(-r));
+	}
+	if (s.has_time) {
+		struct timespec ts = {
+			.tv_sec = (time_t)(s.time_ns / 1000000000u),
+			.tv_nsec = (long)(s.time_ns % 1000000000u),
+		};
+
+		if (clock_settime(CLOCK_REALTIME, &ts) < 0)
+			return request_fail(rq, errno, "clock_settime: %m");
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Requests                                                             */
+
+static const struct agent_op {
+	const char *name;
+	/* 0: reply now with @reply; 1: replies later; <0: -errno */
+	int (*fn)(struct agent *a, struct request *rq, struct json_object *reply);
+} agent_ops[] = {
+	{ "ping", op_ping },
+	{ "exec", op_exec },
+	{ "attach", op_attach },
+};
+
+static const struct agent_op *op_find(const char *name)
+{
+	for (size_t i = 0; i < sizeof(agent_ops) / sizeof(agent_ops[0]); i++)
+		if (!strcmp(agent_ops[i].name, name))
+			return &agent_ops[i];
+	return NULL;
+}
+
+static bool all_space(const char *s, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (s[i] != ' ' && s[i] != '\t' && s[i] != '\r' && s[i] != '\n')
+			return false;
+	return true;
+}
+
+/* One whole object and nothing but whitespace around it. */
+static struct json_object *request_parse(struct agent *a, const char *line, size_t len)
+{
+	struct json_object *o;
+
+	json_tokener_reset(a->tok);
+	o = json_tokener_parse_ex(a->tok, line, (int)len);
+	if (!o)
+		return NULL;
+	if (json_tokener_get_error(a->tok) != json_tokener_success ||
+	    !json_object_is_type(o, json_type_object) ||
+	    !all_space(line + json_tokener_get_parse_end(a->tok),
+			len - json_tokener_get_parse_end(a->tok))) {
+		json_object_put(o);
+		return NULL;
+	}
+	return o;
+}
+
+static void request_dispatch(struct agent *a, struct request *rq)
+{
+	_cleanup_json_ struct json_object *reply = NULL;
+	const struct agent_op *op;
+	const char *name;
+	int r;
+
+	if (json_get_u64(rq->msg, "id", &rq->id) < 0) {
+		rq->id = 0;
+		reply_error(a, rq->gen, 0, EINVAL, "missing or invalid \"id\"");
+		return;
+	}
+	if (json_get_str(rq->msg, "op", &name, NULL) < 0) {
+		reply_error(a, rq->gen, rq->id, EINVAL, "missing or invalid \"op\"");
+		return;
+	}
+	op = op_find(name);
+	if (!op) {
+		request_fail(rq, EINVAL, "unknown op \"%.64s\"", name);
+		reply_error(a, rq->gen, rq->id, EINVAL, rq->error);
+		return;
+	}
+	reply = json_object_new_object();
+	if (!reply)
+		return;
+	json_object_object_add(reply, "id", json_object_new_uint64(rq->id));
+	json_object_object_add(reply, "ok", json_object_new_boolean(true));
+	r = op->fn(a, rq, reply);
+	if (r < 0)
+		reply_error(a, rq->gen, rq->id, -r, rq->error);
+	else if (r == 0)
+		outq_json(a, rq->gen, reply);
+}
+
+static void request_handle(struct agent *a, const char *line, size_t len)
+{
+	struct request rq = { .gen = a->gen };
+
+	if (all_space(line, len))
+		return;
+	rq.msg = request_parse(a, line, len);
+	if (!rq.msg) {
+		reply_error(a, rq.gen, 0, EBADMSG, "malformed request: not one JSON object");
+		return;
+	}
+	request_dispatch(a, &rq);
+	json_object_put(rq.msg);
+}
+
+/* Best effort for an oversized line: its id, if it leads the object. */
+static uint64_t line_guess_id(const char *s, size_t n)
+{
+	static const char key[] = "\"id\"";
+	uint64_t id = 0;
+	size_t i = 0;
+
+#define SKIP_WS() while (i < n && (s[i] == ' ' || s[i] == '\t')) i++
+	SKIP_WS();
+	if (i >= n || s[i++] != '{')
+		return 0;
+	SKIP_WS();
+	if (n - i < sizeof(key) - 1 || memcmp(s + i, key, sizeof(key) - 1))
+		return 0;
+	i += sizeof(key) - 1;
+	SKIP_WS();
+	if (i >= n || s[i++] != ':')
+		return 0;
+	SKIP_WS();
+#undef SKIP_WS
+	for (; i < n && s[i] >= '0' && s[i] <= '9'; i++) {
+		if (id > (UINT64_MAX - 9) / 10)
+			return 0;
+		id = id * 10 + (uint64_t)(s[i] - '0');
+	}
+	return id;
+}
+
+static void line_too_long(struct agent *a, const char *p, size_t n)
+{
+	char head[64];
+	size_t hn = MIN(a->line.len, sizeof(head));
+
+	if (hn)
+		memcpy(head, a->line.data, hn);
+	memcpy(head + hn, p, MIN(n, sizeof(head) - hn));
+	hn += MIN(n, sizeof(head) - hn);
+	reply_error(a, a->gen, line_guess_id(head, hn), EMSGSIZE,
+		    "request line longer than 1 MiB");
+}
+
+/* Split the byte stream into lines; a line is handled without copying when it can be. */
+static void lines_feed(struct agent *a, const char *p, size_t n)
+{
+	while (n > 0) {
+		const char *nl = memchr(p, '\n', n);
+		size_t seg = nl ? (size_t)(nl - p) : n;
+
+		if (a->discarding) {
+			/* the rest of an oversized line */
+		} else if (a->line.len + seg > LINE_MAX_BYTES) {
+			line_too_long(a, p, seg);
+			a->discarding = true;
+		} else if (nl && a->line.len == 0) {
+			request_handle(a, p, seg);
+		} else if (buf_append(&a->line, p, seg, LINE_MAX_BYTES) < 0) {
+			reply_error(a, a->gen, 0, ENOMEM, "out of memory buffering a request");
+			a->discarding = true;
+		} else if (nl) {
+			request_handle(a, a->line.data, a->line.len);
+		}
+		if (nl) {
+			a->discarding = false;
+			a->line.len = 0;
+			if (a->line.cap > READ_CHUNK)
+				buf_free(&a->line);
+			seg++;
+		}
+		if (a->discarding)
+			a->line.len = 0;
+		p += seg;
+		n -= seg;
+	}
+}
+
+static void port_read(struct agent *a)
+{
+	static char chunk[READ_CHUNK];
+	size_t budget = READ_BUDGET;
+
+	while (budget > 0) {
+		ssize_t n = read(a->port_fd, chunk, sizeof(chunk));
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno == EAGAIN)
+			return;
+		if (n < 0)
+			agent_log("port read: %m");
+		if (n <= 0) {
+			port_hangup(a);
+			return;
+		}
+		a->connected = true;
+		lines_feed(a, chunk, n);
+		budget -= MIN((size_t)n, budget);
+	}
+}
+
+/* ------------------------------------------------------------------ */
+/* Event loop                                                           */
+
+enum { SLOT_STDOUT, SLOT_STDERR, SLOT_STDIN };
+
+struct poll_slot {
+	struct job *job;
+	int what;
+};
+
+static int poll_timeout(struct agent *a)
+{
+	uint64_t now = clock_ms(CLOCK_MONOTONIC);
+	int64_t best = a->port_idle ? 1 : -1;
+
+	for (size_t i = 0; i < MAX_JOBS; i++) {
+		struct job *j = a->jobs[i];
+		uint64_t at = 0;
+
+		if (!j)
+			continue;
+		if (!j->exited && !j->timed_out && j->deadline_ms)
+			at = j->deadline_ms;
+		else if (j->exited && j->timed_out)
+			at = j->grace_ms;
+		if (!at)
+			continue;
+		if (at <= now)
+			return 0;
+		if (best < 0 || (int64_t)(at - now) < best)
+			best = (int64_t)MIN(at - now, (uint64_t)INT_MAX);
+	}
+	return (int)best;
+}
+
+static size_t poll_fill(struct agent *a, struct pollfd *pfd, struct poll_slot *slot)
+{
+	size_t n = 2;
+
+	/* While no host is connected the port reports POLLHUP at once: rest it a turn. */
+	pfd[0] = (struct pollfd){ .fd = a->port_idle ? -1 : a->port_fd,
+				  .events = POLLIN | (outq_pending(a) ? POLLOUT : 0) };
+	pfd[1] = (struct pollfd){ .fd = a->sig_fd, .events = POLLIN };
+	for (size_t i = 0; i < MAX_JOBS; i++) {
+		struct job *j = a->jobs[i];
+
+		if (!j)
+			continue;
+		for (int s = 0; s < 2; s++) {
+			if (j->out[s].fd < 0)
+				continue;
+			pfd[n] = (struct pollfd){ .fd = j->out[s].fd, .events = POLLIN };
+			slot[n++] = (struct poll_slot){ j, s };
+		}
+		if (j->in_fd >= 0) {
+			pfd[n] = (struct pollfd){ .fd = j->in_fd, .events = POLLOUT };
+			slot[n++] = (struct poll_slot){ j, SLOT_STDIN };
+		}
+	}
+	return n;
+}
+
+static void port_service(struct agent *a, short revents)
+{
+	if (revents & POLLIN)
+		port_read(a);
+	if (revents & (POLLHUP | POLLERR | POLLNVAL)) {
+		port_hangup(a);
+		return;
+	}
+	if (revents & POLLOUT)
+		a->connected = true;
+}
+
+static void __attribute__((noreturn)) agent_loop(struct agent *a)
+{
+	static struct pollfd pfd[2 + 3 * MAX_JOBS];
+	static struct poll_slot slot[2 + 3 * MAX_JOBS];
+
+	for (;;) {
+		size_t n = poll_fill(a, pfd, slot);
+		int r;
+
+		a->port_idle = false;
+		r = poll(pfd, n, poll_timeout(a));
+		if (r < 0 && errno != EINTR) {
+			agent_log("poll: %m");
+			sleep_ms(1);
+			continue;
+		}
+		if (r > 0 && pfd[1].revents)
+			reap_children(a);
+		for (size_t i = 2; r > 0 && i < n; i++) {
+			struct job *j = slot[i].job;
+
+			if (!pfd[i].revents)
+				continue;
+			if (slot[i].what == SLOT_STDIN)
+				job_feed_stdin(j);
+			else
+				stream_read(j, &j->out[slot[i].what]);
+		}
+		if (r > 0 && pfd[0].revents)
+			port_service(a, pfd[0].revents);
+		jobs_tick(a);
+		if (outq_pending(a))
+			outq_flush(a);
+	}
+}
+
+static int agent_setup(struct agent *a, int port_fd)
+{
+	sigset_t mask;
+
+	*a = (struct agent){ .port_fd = port_fd, .sig_fd = -1 };
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGCHLD);
+	a->sig_fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+	if (a->sig_fd < 0)
+		return -errno;
+	a->tok = json_tokener_new();
+	if (!a->tok)
+		return -ENOMEM;
+	return 0;
+}
+
+static void agent_ready(struct agent *a)
+{
+	_cleanup_json_ struct json_object *o = json_object_new_object();
+	uint64_t boot_ms = clock_ms(CLOCK_BOOTTIME);
+	size_t before = a->out.len;
+
+	json_object_object_add(o, "event", json_object_new_string("ready"));
+	json_object_object_add(o, "version", json_object_new_int(AGENT_PROTO_VERSION));
+	json_object_object_add(o, "boot_ms", json_object_new_uint64(boot_ms));
+	outq_json(a, a->gen, o);
+	a->ready_len = a->out.len - before;
+	outq_flush(a);
+	agent_log("ready in %" PRIu64 " ms", boot_ms);
+}
+
+int main(void)
+{
+	static struct agent agent;
+	sigset_t mask;
+	int port_fd, r;
+
+	/* SIGCHLD is read from a signalfd, so it must never be delivered. */
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGCHLD);
+	sigprocmask(SIG_BLOCK, &mask, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	init_early();
+	init_modules();
+	cmdline_read();
+	init_root();
+	r = net_lo_up();
+	if (r < 0)
+		agent_log("loopback: %s", strerror(-r));
+	port_fd = port_open();
+	r = agent_setup(&agent, port_fd);
+	if (r < 0) {
+		agent_log("setup: %s", strerror(-r));
+		exit(EXIT_FAILURE);
+	}
+	agent_ready(&agent);
+	agent_loop(&agent);
+}

@@ -1,0 +1,220 @@
+/* Engine internals shared between the engine sources; not part of the public API. */
+#pragma once
+
+#include <json-c/json.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "common.h"
+#include "engine.h"
+
+static inline void json_object_putp(json_object **o)
+{
+	if (*o)
+		json_object_put(*o);
+}
+#define _cleanup_json_ _cleanup_(json_object_putp)
+
+/* ---- timings ---- */
+#define MAX_PHASES 16
+struct phase {
+	const char *name;
+	double ms;
+};
+struct timings {
+	struct phase p[MAX_PHASES];
+	unsigned n;
+	uint64_t mark; /* start of the phase being timed */
+};
+void timings_start(struct timings *t);
+/* Closes the current phase under `name` and starts the next one. */
+void timings_lap(struct timings *t, const char *name);
+double timings_total(const struct timings *t);
+json_object *timings_json(const struct timings *t);
+char *timings_lines(const struct timings *t);
+
+/* ---- storage: copy-on-write clones ---- */
+enum clone_method { CLONE_REFLINK = 0, CLONE_COPY };
+const char *clone_method_name(enum clone_method m);
+struct store {
+	char *root;	 /* directory artifacts live in */
+	char *image;	 /* loop image file, if we mounted one */
+	bool mounted;	 /* we mounted root from image and must unmount it */
+	bool reflink;	 /* FICLONE works in root */
+};
+int store_open(const char *state_dir, uint64_t size_mib, bool no_loop, struct store *s, char **ret_error);
+void store_close(struct store *s);
+/* Clone src to dst (reflink if possible, else a full sparse copy); reports the method. */
+int store_clone(const struct store *s, const char *src, const char *dst, enum clone_method *ret_method);
+
+/* ---- host side of the agent protocol ---- */
+struct agent_client;
+/* Connects to a unix socket, retrying until timeout (the VMM may not have made it yet). */
+int agent_connect(const char *path, unsigned timeout_ms, const atomic_bool *cancel, struct agent_client **ret);
+/* Sends req (an "id" is added) and waits for the reply with that id. */
+int agent_call(struct agent_client *c, json_object *req, unsigned timeout_ms, json_object **ret_resp);
+/* Makes every pending and later call fail with -ECONNRESET; safe from any thread. */
+void agent_shutdown(struct agent_client *c);
+void agent_free(struct agent_client *c);
+
+/* ---- VMM drivers ---- */
+struct vmm_spec {
+	const struct template_config *cfg;
+	const char *accel;     /* "kvm" or "tcg" */
+	const char *name;      /* for the process name */
+	const char *mem_path;  /* guest RAM file (shared mapping) */
+	const char *disk_path;
+	const char *qmp_path;
+	const char *agent_path;
+	const char *console_path;
+	const char *log_path;  /* VMM's own stdout/stderr */
+	int incoming_fd;       /* restore device state from this fd; -1 boots cold */
+};
+struct vmm;
+struct vmm_ops {
+	const char *name;
+	/* Version string of the VMM binary (part of the identity). */
+	int (*version)(const char *binary, char **ret);
+	int (*spawn)(const char *binary, const struct vmm_spec *spec, struct vmm **ret);
+	/* Control channel up; bounded; gives up early if *cancel turns true. */
+	int (*connect)(struct vmm *v, unsigned timeout_ms, const atomic_bool *cancel);
+	/* Waits until the guest's vCPUs run (after a restore). */
+	int (*wait_running)(struct vmm *v, unsigned timeout_ms);
+	/* Pauses and writes device state to state_path (guest RAM stays in mem_path). */
+	int (*snapshot)(struct vmm *v, const char *state_path, unsigned timeout_ms);
+	pid_t (*pid)(struct vmm *v);
+	/* Waits for the process to exit (blocking); returns a wait status. */
+	int (*wait_exit)(struct vmm *v);
+	/* SIGKILL (idempotent). */
+	void (*kill)(struct vmm *v);
+	void (*free)(struct vmm *v);
+};
+extern const struct vmm_ops qemu_ops;
+#define RESTORE_CAPABILITY "qemu-x-ignore-shared-v1"
+
+/* ---- engine objects ---- */
+struct waiter {
+	uint64_t token;
+	engine_done_fn fn;
+	void *arg;
+	struct waiter *next;
+};
+
+struct bake_info {
+	char identity[65];
+	char state_digest[65];
+	uint64_t mem_size;
+	struct timings timings;
+	char *baked_at; /* ISO 8601 */
+};
+
+struct template {
+	atomic_int refs;
+	uint64_t id;
+	char name[NAME_MAX_LEN + 1];
+	struct engine *e;
+	char *dir;	/* store/templates/NAME */
+	char *snapdir;	/* dir/snapshot */
+	pthread_rwlock_t snap_lock; /* held for reading while a create clones the snapshot */
+
+	/* protected by e->lock */
+	struct template_config cfg;
+	char identity[65];
+	enum template_state state;
+	char *error;
+	bool has_bake;
+	struct bake_info bake;
+	struct sandbox **sandboxes;
+	size_t n_sandboxes;
+	bool removed;
+	bool bake_running;
+	bool bake_joinable;
+	atomic_bool bake_cancel;
+	struct vmm *bake_vmm;
+	pthread_t bake_thread;
+	pthread_cond_t cond;
+};
+
+struct sandbox {
+	atomic_int refs;
+	uint64_t id;
+	char name[NAME_MAX_LEN + 1];
+	struct engine *e;
+	struct template *tpl; /* ref */
+	char *dir;	/* store/sandboxes/TEMPLATE/NAME: disk, memory, logs, record */
+	char *rundir;	/* state/run/ID: sockets */
+	char *console_path;
+	atomic_bool cancel;
+
+	/* protected by e->lock */
+	enum sandbox_state state;
+	const char *path; /* "restore" | "cold" | NULL before the job decides */
+	char *path_reason;
+	char identity[65];
+	char *error;
+	struct timings timings;
+	uint64_t created_realtime_ms;
+	const char *clone_method;
+	pid_t vmm_pid;
+	struct waiter *waiters;
+	uint64_t next_token;
+	struct vmm *vmm;
+	struct agent_client *agent;
+	bool thread_started;
+	pthread_t thread;
+	pthread_cond_t cond;
+};
+
+struct engine {
+	struct engine_options opts;
+	char *state_dir;
+	char *image_dir;
+	char *qemu_binary;
+	char *vmm_version;
+	const char *accel;
+	const struct vmm_ops *vmm;
+	struct store store;
+	char *default_config; /* JSON text for new templates */
+
+	pthread_mutex_t lock;
+	atomic_uint_fast64_t next_id;
+	struct template **templates; /* protected by lock */
+	size_t n_templates;
+	unsigned n_sandboxes; /* protected by lock */
+	bool shutting_down;
+
+	pthread_mutex_t digest_lock;
+	struct digest_entry *digests; /* protected by digest_lock */
+
+	/* The reserved place for cold work (cold boots and bakes). */
+	pthread_mutex_t cold_lock;
+	pthread_cond_t cold_cond;
+	unsigned cold_busy; /* protected by cold_lock */
+
+	atomic_int execs; /* exec threads in flight; engine_free waits for them */
+};
+
+struct digest_entry {
+	char *path;
+	dev_t dev;
+	ino_t ino;
+	off_t size;
+	int64_t mtime_ns;
+	char hex[65];
+	struct digest_entry *next;
+};
+
+/* Shared helpers. */
+int engine_file_digest(struct engine *e, const char *path, char out[65]);
+int template_new(struct engine *e, const char *name, const char *config, bool persist, struct template **ret);
+void template_free(struct template *t);
+int sandbox_destroy_locked_release(struct sandbox *s);
+char *iso8601_now(void);
+int engine_resolve_accel(enum accel_mode m, const char **ret);
+int template_compute_identity(struct engine *e, struct template *t, char **ret_error);
+void template_start_bake(struct template *t); /* e->lock held */
+int template_load_bake(struct template *t);
+int cold_acquire(struct engine *e, const atomic_bool *cancel);
+void cold_release(struct engine *e);
+void cold_wake(struct engine *e);
+void sandbox_run_job(struct sandbox *s); /* the per-sandbox thread body */

@@ -1,0 +1,438 @@
+/*
+ * QEMU driver: spawns qemu-system with -M microvm, talks QMP (JSON over a unix
+ * socket) with bounded waits.
+ *
+ * Guest RAM lives in a file mapped shared (memory-backend-file, share=on) and
+ * migration runs with x-ignore-shared, so a snapshot carries only device state
+ * (tens of KiB) and a restore maps the RAM file lazily instead of reading it.
+ * The process is tracked through a pidfd: signals and waits can never reach a
+ * reused pid.
+ */
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+
+#include "internal.h"
+
+extern char **environ;
+
+struct vmm {
+	pid_t pid;
+	int pidfd;
+	int qmp;
+	bool exited;
+	int status; /* exit code, or 128 + signal */
+	char *qmp_path;
+	char buf[65536];
+	size_t len;
+};
+
+static int pidfd_open_(pid_t pid)
+{
+	return (int)syscall(SYS_pidfd_open, pid, 0);
+}
+
+static int qemu_version(const char *binary, char **ret)
+{
+	char *argv[] = { (char *)binary, "--version", NULL };
+	posix_spawn_file_actions_t fa;
+	int p[2], st;
+	pid_t pid;
+	char buf[256] = "";
+	ssize_t n;
+	int r;
+
+	if (pipe2(p, O_CLOEXEC) < 0)
+		return -errno;
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_adddup2(&fa, p[1], 1);
+	r = posix_spawnp(&pid, binary, &fa, NULL, argv, environ);
+	posix_spawn_file_actions_destroy(&fa);
+	close(p[1]);
+	if (r) {
+		close(p[0]);
+		return -r;
+	}
+	n = read(p[0], buf, sizeof(buf) - 1);
+	close(p[0]);
+	waitpid(pid, &st, 0);
+	if (n <= 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+		return -ENOEXEC;
+	buf[n] = '\0';
+	buf[strcspn(buf, "\n")] = '\0';
+	*ret = strdup(buf);
+	return *ret ? 0 : -ENOMEM;
+}
+
+/* argv builder with owned strings */
+struct args {
+	char *v[64];
+	int n;
+};
+
+static void args_add(struct args *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void args_add(struct args *a, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (a->n >= (int)ARRAY_SIZE(a->v) - 1)
+		return;
+	va_start(ap, fmt);
+	if (vasprintf(&a->v[a->n], fmt, ap) >= 0)
+		a->n++;
+	va_end(ap);
+}
+
+static void args_free(struct args *a)
+{
+	for (int i = 0; i < a->n; i++)
+		free(a->v[i]);
+}
+
+static void build_args(const char *binary, const struct vmm_spec *s, struct args *a)
+{
+	const struct template_config *c = s->cfg;
+
+	args_add(a, "%s", binary);
+	args_add(a, "-name");
+	args_add(a, "emberfs-%s", s->name);
+	args_add(a, "-M");
+	args_add(a, "microvm,rtc=on,memory-backend=mem");
+	args_add(a, "-accel");
+	/* TCG reserves 1 GiB of translation buffer per process by default. */
+	args_add(a, "%s", strcmp(s->accel, "kvm") == 0 ? "kvm" : "tcg,tb-size=64");
+	args_add(a, "-cpu");
+	args_add(a, "%s", strcmp(s->accel, "kvm") == 0 ? "host" : "max");
+	args_add(a, "-smp");
+	args_add(a, "%u", c->vcpus);
+	args_add(a, "-m");
+	args_add(a, "%uM", c->mem_mib);
+	args_add(a, "-object");
+	args_add(a, "memory-backend-file,id=mem,size=%uM,mem-path=%s,share=on", c->mem_mib, s->mem_path);
+	args_add(a, "-nodefaults");
+	args_add(a, "-no-user-config");
+	args_add(a, "-display");
+	args_add(a, "none");
+	args_add(a, "-kernel");
+	args_add(a, "%s", c->kernel);
+	if (c->initrd) {
+		args_add(a, "-initrd");
+		args_add(a, "%s", c->initrd);
+	}
+	args_add(a, "-append");
+	args_add(a, "%s", c->cmdline);
+	args_add(a, "-chardev");
+	args_add(a, "file,id=con,path=%s", s->console_path);
+	args_add(a, "-serial");
+	args_add(a, "chardev:con");
+	if (s->disk_path) {
+		args_add(a, "-drive");
+		args_add(a, "id=root,file=%s,format=raw,if=none,discard=unmap", s->disk_path);
+		args_add(a, "-device");
+		args_add(a, "virtio-blk-device,drive=root");
+	}
+	args_add(a, "-device");
+	args_add(a, "virtio-serial-device");
+	args_add(a, "-chardev");
+	args_add(a, "socket,id=agent,path=%s,server=on,wait=off", s->agent_path);
+	args_add(a, "-device");
+	args_add(a, "virtserialport,chardev=agent,name=org.emberfs.agent");
+	args_add(a, "-qmp");
+	args_add(a, "unix:%s,server=on,wait=off", s->qmp_path);
+	args_add(a, "-global");
+	args_add(a, "migration.x-ignore-shared=on");
+	args_add(a, "-sandbox");
+	args_add(a, "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
+	if (s->incoming_fd >= 0) {
+		args_add(a, "-incoming");
+		args_add(a, "fd:3");
+	}
+	a->v[a->n] = NULL;
+}
+
+static int qemu_spawn(const char *binary, const struct vmm_spec *s, struct vmm **ret)
+{
+	_cleanup_free_ struct vmm *v = calloc(1, sizeof(*v));
+	struct args a = { .n = 0 };
+	posix_spawn_file_actions_t fa;
+	posix_spawnattr_t attr;
+	sigset_t none, def;
+	int r;
+
+	if (!v)
+		return -ENOMEM;
+	v->qmp = -1;
+	v->pidfd = -1;
+	build_args(binary, s, &a);
+	posix_spawn_file_actions_init(&fa);
+	posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+	posix_spawn_file_actions_addopen(&fa, 1, s->log_path, O_WRONLY | O_CREAT | O_APPEND, 0600);
+	posix_spawn_file_actions_adddup2(&fa, 1, 2);
+	if (s->incoming_fd >= 0)
+		posix_spawn_file_actions_adddup2(&fa, s->incoming_fd, 3);
+	posix_spawnattr_init(&attr);
+	sigemptyset(&none);
+	sigfillset(&def);
+	posix_spawnattr_setsigmask(&attr, &none);
+	posix_spawnattr_setsigdefault(&attr, &def);
+	posix_spawnattr_setpgroup(&attr, 0);
+	posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP);
+	r = posix_spawnp(&v->pid, binary, &fa, &attr, a.v, environ);
+	posix_spawnattr_destroy(&attr);
+	posix_spawn_file_actions_destroy(&fa);
+	args_free(&a);
+	if (r)
+		return -r;
+	v->pidfd = pidfd_open_(v->pid);
+	if (v->pidfd < 0) {
+		r = -errno;
+		kill(v->pid, SIGKILL);
+		waitpid(v->pid, NULL, 0);
+		return r;
+	}
+	v->qmp_path = strdup(s->qmp_path);
+	*ret = TAKE_PTR(v);
+	return 0;
+}
+
+static bool vmm_dead(struct vmm *v, int wait_ms)
+{
+	struct pollfd p = { .fd = v->pidfd, .events = POLLIN };
+
+	return poll(&p, 1, wait_ms) > 0;
+}
+
+static int read_line(struct vmm *v, uint64_t deadline, char **ret)
+{
+	for (;;) {
+		char *nl = memchr(v->buf, '\n', v->len);
+		struct pollfd p = { .fd = v->qmp, .events = POLLIN };
+		int64_t left = (int64_t)(deadline - now_ns()) / 1000000;
+		ssize_t n;
+
+		if (nl) {
+			size_t l = (size_t)(nl - v->buf);
+
+			*ret = strndup(v->buf, l);
+			memmove(v->buf, nl + 1, v->len - l - 1);
+			v->len -= l + 1;
+			return *ret ? 0 : -ENOMEM;
+		}
+		if (v->len == sizeof(v->buf))
+			return -EMSGSIZE;
+		if (left <= 0)
+			return -ETIMEDOUT;
+		if (poll(&p, 1, (int)left) < 0 && errno != EINTR)
+			return -errno;
+		n = read(v->qmp, v->buf + v->len, sizeof(v->buf) - v->len);
+		if (n == 0)
+			return -ECONNRESET;
+		if (n < 0) {
+			if (errno == EAGAIN || errno == EINTR)
+				continue;
+			return -errno;
+		}
+		v->len += (size_t)n;
+	}
+}
+
+/* Sends one command (optionally with an fd) and returns its "return" value. */
+static int qmp_exec(struct vmm *v, const char *cmd, int pass_fd, unsigned timeout_ms, json_object **ret)
+{
+	uint64_t deadline = now_ns() + (uint64_t)timeout_ms * 1000000;
+	size_t len = strlen(cmd);
+	struct iovec iov = { .iov_base = (void *)cmd, .iov_len = len };
+	char cbuf[CMSG_SPACE(sizeof(int))] = { 0 };
+	struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1 };
+
+	if (pass_fd >= 0) {
+		struct cmsghdr *c;
+
+		m.msg_control = cbuf;
+		m.msg_controllen = sizeof(cbuf);
+		c = CMSG_FIRSTHDR(&m);
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(c), &pass_fd, sizeof(int));
+	}
+	if (sendmsg(v->qmp, &m, MSG_NOSIGNAL) != (ssize_t)len)
+		return -EIO;
+	for (;;) {
+		_cleanup_free_ char *line = NULL;
+		_cleanup_json_ json_object *o = NULL;
+		json_object *x;
+		int r = read_line(v, deadline, &line);
+
+		if (r < 0)
+			return r;
+		o = json_tokener_parse(line);
+		if (!o)
+			return -EPROTO;
+		if (json_object_object_get_ex(o, "return", &x)) {
+			if (ret)
+				*ret = json_object_get(x);
+			return 0;
+		}
+		if (json_object_object_get_ex(o, "error", &x)) {
+			log_debug("qmp: %s failed: %s", cmd, json_object_to_json_string(x));
+			return -EIO;
+		}
+		/* events: skip */
+	}
+}
+
+static int qemu_connect(struct vmm *v, unsigned timeout_ms, const atomic_bool *cancel)
+{
+	uint64_t deadline = now_ns() + (uint64_t)timeout_ms * 1000000;
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	_cleanup_free_ char *greeting = NULL;
+
+	if (strlen(v->qmp_path) >= sizeof(sa.sun_path))
+		return -ENAMETOOLONG;
+	strcpy(sa.sun_path, v->qmp_path);
+	v->qmp = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (v->qmp < 0)
+		return -errno;
+	/* QEMU makes its socket during start-up: retry, sleeping on the pidfd so a dying VMM is seen at once. */
+	while (connect(v->qmp, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		if (errno != ENOENT && errno != ECONNREFUSED)
+			return -errno;
+		if (cancel && atomic_load(cancel))
+			return -ECANCELED;
+		if (vmm_dead(v, 1))
+			return -ECHILD;
+		if (now_ns() > deadline)
+			return -ETIMEDOUT;
+	}
+	if (read_line(v, deadline, &greeting) < 0 || !strstr(greeting, "\"QMP\""))
+		return -EPROTO;
+	return qmp_exec(v, "{\"execute\":\"qmp_capabilities\"}", -1, timeout_ms, NULL);
+}
+
+static int query_string(struct vmm *v, const char *cmd, const char *key, unsigned timeout_ms, char *out,
+			size_t outlen)
+{
+	_cleanup_json_ json_object *r = NULL;
+	json_object *x;
+	int rc = qmp_exec(v, cmd, -1, timeout_ms, &r);
+
+	if (rc < 0)
+		return rc;
+	if (!json_object_object_get_ex(r, key, &x))
+		return -EPROTO;
+	snprintf(out, outlen, "%s", json_object_get_string(x));
+	return 0;
+}
+
+static int qemu_wait_running(struct vmm *v, unsigned timeout_ms)
+{
+	uint64_t deadline = now_ns() + (uint64_t)timeout_ms * 1000000;
+
+	for (;;) {
+		char st[64];
+		int r = query_string(v, "{\"execute\":\"query-status\"}", "status", timeout_ms, st, sizeof(st));
+
+		if (r < 0)
+			return r;
+		if (strcmp(st, "running") == 0)
+			return 0;
+		if (strcmp(st, "inmigrate") != 0 && strcmp(st, "prelaunch") != 0 && strcmp(st, "restore-vm") != 0)
+			return -EIO;
+		if (now_ns() > deadline)
+			return -ETIMEDOUT;
+		if (vmm_dead(v, 1))
+			return -ECHILD;
+	}
+}
+
+static int qemu_snapshot(struct vmm *v, const char *state_path, unsigned timeout_ms)
+{
+	uint64_t deadline = now_ns() + (uint64_t)timeout_ms * 1000000;
+	_cleanup_close_ int fd = open(state_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	int r;
+
+	if (fd < 0)
+		return -errno;
+	if ((r = qmp_exec(v, "{\"execute\":\"stop\"}", -1, timeout_ms, NULL)) < 0 ||
+	    (r = qmp_exec(v, "{\"execute\":\"getfd\",\"arguments\":{\"fdname\":\"snap\"}}", fd, timeout_ms, NULL)) < 0 ||
+	    (r = qmp_exec(v, "{\"execute\":\"migrate\",\"arguments\":{\"uri\":\"fd:snap\"}}", -1, timeout_ms, NULL)) < 0)
+		return r;
+	for (;;) {
+		char st[64];
+
+		r = query_string(v, "{\"execute\":\"query-migrate\"}", "status", timeout_ms, st, sizeof(st));
+		if (r < 0)
+			return r;
+		if (strcmp(st, "completed") == 0)
+			break;
+		if (strcmp(st, "failed") == 0 || strcmp(st, "cancelled") == 0)
+			return -EIO;
+		if (now_ns() > deadline)
+			return -ETIMEDOUT;
+		if (vmm_dead(v, 1))
+			return -ECHILD;
+	}
+	return fsync(fd) < 0 ? -errno : 0;
+}
+
+static pid_t qemu_pid(struct vmm *v)
+{
+	return v->pid;
+}
+
+static int qemu_wait_exit(struct vmm *v)
+{
+	siginfo_t si = { 0 };
+
+	if (v->exited)
+		return v->status;
+	while (waitid(P_PIDFD, (id_t)v->pidfd, &si, WEXITED) < 0)
+		if (errno != EINTR)
+			return -errno;
+	v->status = si.si_code == CLD_EXITED ? si.si_status : 128 + si.si_status;
+	v->exited = true;
+	return v->status;
+}
+
+static void qemu_kill(struct vmm *v)
+{
+	if (!v->exited && v->pidfd >= 0)
+		syscall(SYS_pidfd_send_signal, v->pidfd, SIGKILL, NULL, 0);
+}
+
+static void qemu_free(struct vmm *v)
+{
+	if (!v)
+		return;
+	if (!v->exited) {
+		qemu_kill(v);
+		qemu_wait_exit(v);
+	}
+	if (v->qmp >= 0)
+		close(v->qmp);
+	if (v->pidfd >= 0)
+		close(v->pidfd);
+	free(v->qmp_path);
+	free(v);
+}
+
+const struct vmm_ops qemu_ops = {
+	.name = "qemu",
+	.version = qemu_version,
+	.spawn = qemu_spawn,
+	.connect = qemu_connect,
+	.wait_running = qemu_wait_running,
+	.snapshot = qemu_snapshot,
+	.pid = qemu_pid,
+	.wait_exit = qemu_wait_exit,
+	.kill = qemu_kill,
+	.free = qemu_free,
+};

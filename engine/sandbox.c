@@ -1,0 +1,806 @@
+/*
+ * Sandboxes: reservation (in mkdir), then one thread per sandbox that runs
+ * the create (restore from the template's snapshot, else cold boot) and then
+ * supervises the VMM until it exits. States and transitions are a pure
+ * function (sandbox_state_next) so they are unit-tested apart from any VMM.
+ */
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "internal.h"
+
+#define QMP_TIMEOUT_MS 10000
+#define RESTORE_TIMEOUT_MS 30000
+#define AGENT_RESTORE_TIMEOUT_MS 30000
+#define AGENT_BOOT_TIMEOUT_MS 120000
+#define EXEC_DEFAULT_TIMEOUT_MS 600000
+
+const char *sandbox_state_name(enum sandbox_state s)
+{
+	static const char *const n[] = { "creating", "ready", "failed", "destroying" };
+
+	return s < _SB_STATE_MAX ? n[s] : "unknown";
+}
+
+int sandbox_state_next(enum sandbox_state s, enum sandbox_event ev)
+{
+	switch (ev) {
+	case SB_EV_CREATED:
+		return s == SB_CREATING ? SB_READY : -EBUSY;
+	case SB_EV_FAILED:
+		return s == SB_CREATING || s == SB_READY ? SB_FAILED : -EBUSY;
+	case SB_EV_DESTROY:
+		return s == SB_DESTROYING || s >= _SB_STATE_MAX ? -EBUSY : SB_DESTROYING;
+	default:
+		return -EINVAL;
+	}
+}
+
+uint64_t sandbox_id(const struct sandbox *s)
+{
+	return s->id;
+}
+
+const char *sandbox_name(const struct sandbox *s)
+{
+	return s->name;
+}
+
+const char *sandbox_template_name(const struct sandbox *s)
+{
+	return s->tpl->name;
+}
+
+const char *sandbox_console_path(struct sandbox *s)
+{
+	return s->console_path;
+}
+
+enum sandbox_state sandbox_get_state(struct sandbox *s)
+{
+	enum sandbox_state st;
+
+	pthread_mutex_lock(&s->e->lock);
+	st = s->state;
+	pthread_mutex_unlock(&s->e->lock);
+	return st;
+}
+
+void sandbox_unref(struct sandbox *s)
+{
+	if (!s || atomic_fetch_sub(&s->refs, 1) != 1)
+		return;
+	agent_free(s->agent);
+	if (s->vmm)
+		s->e->vmm->free(s->vmm);
+	template_unref(s->tpl);
+	free(s->dir);
+	free(s->rundir);
+	free(s->console_path);
+	free(s->path_reason);
+	free(s->error);
+	pthread_cond_destroy(&s->cond);
+	free(s);
+}
+
+/* Moves to the state the event leads to; wakes waiters when the outcome is decided. e->lock held. */
+static struct waiter *apply_event(struct sandbox *s, enum sandbox_event ev)
+{
+	int next = sandbox_state_next(s->state, ev);
+	struct waiter *w = NULL;
+
+	if (next < 0)
+		return NULL;
+	s->state = (enum sandbox_state)next;
+	pthread_cond_broadcast(&s->cond);
+	if (s->state != SB_CREATING) {
+		w = s->waiters;
+		s->waiters = NULL;
+	}
+	return w;
+}
+
+static void run_waiters(struct waiter *w, int result)
+{
+	while (w) {
+		struct waiter *n = w->next;
+
+		w->fn(w->arg, result);
+		free(w);
+		w = n;
+	}
+}
+
+uint64_t sandbox_wait_async(struct sandbox *s, engine_done_fn fn, void *arg)
+{
+	struct waiter *w = calloc(1, sizeof(*w));
+	enum sandbox_state st;
+	uint64_t token = 0;
+
+	pthread_mutex_lock(&s->e->lock);
+	st = s->state;
+	if (st == SB_CREATING && w) {
+		w->token = token = ++s->next_token;
+		w->fn = fn;
+		w->arg = arg;
+		w->next = s->waiters;
+		s->waiters = TAKE_PTR(w);
+	}
+	pthread_mutex_unlock(&s->e->lock);
+	free(w);
+	if (st != SB_CREATING)
+		fn(arg, st == SB_READY ? 0 : -EIO);
+	else if (!token)
+		fn(arg, -ENOMEM);
+	return token;
+}
+
+bool sandbox_wait_cancel(struct sandbox *s, uint64_t token)
+{
+	struct waiter *found = NULL;
+
+	pthread_mutex_lock(&s->e->lock);
+	for (struct waiter **pp = &s->waiters; *pp; pp = &(*pp)->next)
+		if ((*pp)->token == token) {
+			found = *pp;
+			*pp = found->next;
+			break;
+		}
+	pthread_mutex_unlock(&s->e->lock);
+	free(found);
+	return found != NULL;
+}
+
+/* ---- the create job ---- */
+
+static void sb_fail(struct sandbox *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sb_fail(struct sandbox *s, const char *fmt, ...)
+{
+	va_list ap;
+	char *m = NULL;
+	struct waiter *w;
+
+	va_start(ap, fmt);
+	if (vasprintf(&m, fmt, ap) < 0)
+		m = NULL;
+	va_end(ap);
+	pthread_mutex_lock(&s->e->lock);
+	if (!s->error)
+		s->error = TAKE_PTR(m);
+	w = apply_event(s, SB_EV_FAILED);
+	pthread_mutex_unlock(&s->e->lock);
+	if (w || s->state == SB_FAILED)
+		log_warn("sandbox %s/%s failed: %s", s->tpl->name, s->name, s->error ? s->error : "?");
+	free(m);
+	run_waiters(w, -EIO);
+}
+
+struct job {
+	struct sandbox *s;
+	bool restore;
+	struct template_config cfg;
+	char *mem, *disk, *state_path, *qmp, *agent_sock, *log;
+	int state_fd;
+	enum clone_method method;
+};
+
+static void job_clear(struct job *j)
+{
+	template_config_clear(&j->cfg);
+	free(j->mem);
+	free(j->disk);
+	free(j->state_path);
+	free(j->qmp);
+	free(j->agent_sock);
+	free(j->log);
+	if (j->state_fd >= 0)
+		close(j->state_fd);
+}
+
+/* Picks restore or cold under the lock, with the reason. */
+static void job_decide(struct job *j)
+{
+	struct sandbox *s = j->s;
+	struct template *t = s->tpl;
+	const char *why = NULL;
+
+	pthread_mutex_lock(&s->e->lock);
+	template_config_copy(&t->cfg, &j->cfg);
+	memcpy(s->identity, t->identity, 65);
+	if (t->state == TPL_READY && strcmp(t->bake.identity, t->identity) == 0)
+		j->restore = true;
+	else
+		why = t->state == TPL_BAKING ? "template is baking" :
+		      t->state == TPL_STALE  ? "snapshot is stale (identity changed)" :
+		      t->state == TPL_FAILED ? "template bake failed" : "template not baked";
+	s->path = j->restore ? "restore" : "cold";
+	free(s->path_reason);
+	s->path_reason = why ? strdup(why) : NULL;
+	pthread_mutex_unlock(&s->e->lock);
+}
+
+/* Checks the snapshot before any VMM maps it: state digest and RAM file size. */
+static int verify_snapshot(struct template *t, const char *state, const char *mem, uint64_t mem_size,
+			   const char *want, char **why)
+{
+	char got[65];
+	struct stat st;
+
+	if (stat(mem, &st) < 0 || (uint64_t)st.st_size != mem_size) {
+		*why = strdup("snapshot memory file missing or of the wrong size");
+		return -EINVAL;
+	}
+	if (sha256_file(state, got) < 0 || strcmp(got, want) != 0) {
+		*why = strdup("snapshot state digest mismatch (corrupt or truncated)");
+		return -EINVAL;
+	}
+	(void)t;
+	return 0;
+}
+
+static int job_clone_snapshot(struct job *j)
+{
+	struct sandbox *s = j->s;
+	struct template *t = s->tpl;
+	struct engine *e = s->e;
+	_cleanup_free_ char *smem = strjoin(t->snapdir, "/mem", NULL);
+	_cleanup_free_ char *sdisk = strjoin(t->snapdir, "/disk.img", NULL);
+	_cleanup_free_ char *sstate = strjoin(t->snapdir, "/state", NULL);
+	char *why = NULL;
+	char want[65];
+	uint64_t mem_size;
+	int r;
+
+	pthread_mutex_lock(&e->lock);
+	memcpy(want, t->bake.state_digest, 65);
+	mem_size = t->bake.mem_size;
+	pthread_mutex_unlock(&e->lock);
+	pthread_rwlock_rdlock(&t->snap_lock);
+	r = verify_snapshot(t, sstate, smem, mem_size, want, &why);
+	if (r == 0)
+		r = store_clone(&e->store, smem, j->mem, &j->method);
+	if (r == 0 && j->disk)
+		r = store_clone(&e->store, sdisk, j->disk, &j->method);
+	if (r == 0 && (j->state_fd = open(sstate, O_RDONLY | O_CLOEXEC)) < 0)
+		r = -errno;
+	pthread_rwlock_unlock(&t->snap_lock);
+	if (r < 0) {
+		/* A bad snapshot is a reason to boot cold, never to fail the create. */
+		pthread_mutex_lock(&e->lock);
+		free(s->path_reason);
+		s->path_reason = why ? why : strdup("snapshot clone failed");
+		s->path = "cold";
+		pthread_mutex_unlock(&e->lock);
+		log_warn("sandbox %s/%s: %s; booting cold", t->name, s->name, s->path_reason);
+		unlink(j->mem);
+		if (j->disk)
+			unlink(j->disk);
+		j->restore = false;
+	}
+	return 0;
+}
+
+static int job_prepare_cold(struct job *j)
+{
+	struct engine *e = j->s->e;
+	_cleanup_close_ int fd = open(j->mem, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+
+	if (fd < 0 || ftruncate(fd, (off_t)j->cfg.mem_mib << 20) < 0)
+		return -errno;
+	return j->disk ? store_clone(&e->store, j->cfg.rootfs, j->disk, &j->method) : 0;
+}
+
+static unsigned long long proc_start_time(pid_t pid)
+{
+	_cleanup_free_ char *path = NULL, *stat = NULL;
+	unsigned long long start = 0;
+	char *p;
+
+	if (asprintf(&path, "/proc/%d/stat", pid) < 0 || read_file(path, 1 << 16, &stat, NULL) < 0)
+		return 0;
+	p = strrchr(stat, ')');
+	for (int f = 0; p && f < 20; f++)
+		p = strchr(p + 1, ' ');
+	if (!p || sscanf(p + 1, "%llu", &start) != 1)
+		return 0;
+	return start;
+}
+
+/* The record lets a restarted daemon find (and, for now, reap) what this run left. */
+static int write_record(struct sandbox *s, pid_t pid)
+{
+	_cleanup_free_ char *p = strjoin(s->dir, "/record.json", NULL);
+	_cleanup_json_ json_object *o = json_object_new_object();
+	const char *txt;
+
+	if (!p || !o)
+		return -ENOMEM;
+	json_object_object_add(o, "template", json_object_new_string(s->tpl->name));
+	json_object_object_add(o, "name", json_object_new_string(s->name));
+	json_object_object_add(o, "vmm_pid", json_object_new_int(pid));
+	json_object_object_add(o, "vmm_start", json_object_new_int64((int64_t)proc_start_time(pid)));
+	json_object_object_add(o, "run_dir", json_object_new_string(s->rundir));
+	txt = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY);
+	return write_file_atomic(p, txt, strlen(txt));
+}
+
+static int job_spawn(struct job *j)
+{
+	struct sandbox *s = j->s;
+	struct engine *e = s->e;
+	struct vmm_spec spec = { .cfg = &j->cfg, .accel = e->accel, .name = s->name, .mem_path = j->mem,
+				 .disk_path = j->disk, .qmp_path = j->qmp, .agent_path = j->agent_sock,
+				 .console_path = s->console_path, .log_path = j->log,
+				 .incoming_fd = j->restore ? j->state_fd : -1 };
+	struct vmm *v = NULL;
+	int r;
+
+	engine_resolve_accel(j->cfg.accel, &spec.accel);
+	r = e->vmm->spawn(e->qemu_binary, &spec, &v);
+	if (r < 0)
+		return r;
+	pthread_mutex_lock(&e->lock);
+	s->vmm = v;
+	s->vmm_pid = e->vmm->pid(v);
+	if (atomic_load(&s->cancel))
+		e->vmm->kill(v);
+	pthread_mutex_unlock(&e->lock);
+	write_record(s, s->vmm_pid);
+	return e->vmm->connect(v, QMP_TIMEOUT_MS, &s->cancel);
+}
+
+/* Hostname, environment, fresh entropy and the clock: what makes this clone itself. */
+static int job_attach(struct job *j, unsigned timeout_ms)
+{
+	struct sandbox *s = j->s;
+	_cleanup_json_ json_object *req = json_object_new_object();
+	_cleanup_free_ char *b64 = NULL;
+	json_object *env = json_object_new_object();
+	uint8_t rnd[64];
+	struct timespec ts;
+
+	if (getrandom(rnd, sizeof(rnd), 0) != sizeof(rnd) || !(b64 = base64_encode(rnd, sizeof(rnd)))) {
+		json_object_put(env);
+		return -EIO;
+	}
+	clock_gettime(CLOCK_REALTIME, &ts);
+	json_object_object_add(env, "EMBERFS_SANDBOX", json_object_new_string(s->name));
+	json_object_object_add(env, "EMBERFS_TEMPLATE", json_object_new_string(s->tpl->name));
+	json_object_object_add(req, "op", json_object_new_string("attach"));
+	json_object_object_add(req, "hostname", json_object_new_string(s->name));
+	json_object_object_add(req, "env", env);
+	json_object_object_add(req, "entropy", json_object_new_string(b64));
+	json_object_object_add(req, "time_unix_ns", json_object_new_int64((int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec));
+	return agent_call(s->agent, req, timeout_ms, NULL);
+}
+
+static int job_agent(struct job *j)
+{
+	struct sandbox *s = j->s;
+	struct agent_client *ac = NULL;
+	int r = agent_connect(j->agent_sock, QMP_TIMEOUT_MS, &s->cancel, &ac);
+
+	if (r < 0)
+		return r;
+	pthread_mutex_lock(&s->e->lock);
+	s->agent = ac;
+	if (atomic_load(&s->cancel))
+		agent_shutdown(ac);
+	pthread_mutex_unlock(&s->e->lock);
+	return job_attach(j, j->restore ? AGENT_RESTORE_TIMEOUT_MS : AGENT_BOOT_TIMEOUT_MS);
+}
+
+static int job_paths(struct job *j)
+{
+	struct sandbox *s = j->s;
+
+	j->state_fd = -1;
+	j->mem = strjoin(s->dir, "/mem", NULL);
+	j->disk = strjoin(s->dir, "/disk.img", NULL);
+	j->qmp = strjoin(s->rundir, "/qmp.sock", NULL);
+	j->agent_sock = strjoin(s->rundir, "/agent.sock", NULL);
+	j->log = strjoin(s->dir, "/vmm.log", NULL);
+	if (!j->mem || !j->disk || !j->qmp || !j->agent_sock || !j->log)
+		return -ENOMEM;
+	if (mkdir_p(s->dir, 0700) < 0 || mkdir_p(s->rundir, 0700) < 0)
+		return -errno;
+	return 0;
+}
+
+static int run_create(struct job *j, const char **step)
+{
+	struct sandbox *s = j->s;
+	struct engine *e = s->e;
+	bool cold_held = false;
+	int r;
+
+	*step = "prepare";
+	if ((r = job_paths(j)) < 0)
+		return r;
+	job_decide(j);
+	if (!j->cfg.rootfs) {
+		free(j->disk);
+		j->disk = NULL;
+	}
+	if (j->restore) {
+		*step = "clone";
+		job_clone_snapshot(j);
+		timings_lap(&s->timings, "clone");
+	}
+	if (!j->restore) {
+		/* The one reserved place for cold work: cold boots queue rather than race. */
+		if ((r = cold_acquire(e, &s->cancel)) < 0)
+			return r;
+		cold_held = true;
+		timings_lap(&s->timings, "queue_cold");
+		*step = "prepare";
+		r = job_prepare_cold(j);
+		timings_lap(&s->timings, "prepare");
+	}
+	pthread_mutex_lock(&e->lock);
+	s->clone_method = j->disk || j->restore ? clone_method_name(j->method) : "none";
+	pthread_mutex_unlock(&e->lock);
+	if (r == 0) {
+		*step = "spawn";
+		r = job_spawn(j);
+		timings_lap(&s->timings, "spawn");
+	}
+	if (r == 0 && j->restore) {
+		*step = "restore";
+		r = e->vmm->wait_running(s->vmm, RESTORE_TIMEOUT_MS);
+		timings_lap(&s->timings, "restore");
+	}
+	if (r == 0) {
+		*step = j->restore ? "agent" : "boot";
+		r = job_agent(j);
+		timings_lap(&s->timings, j->restore ? "agent" : "boot");
+	}
+	if (cold_held)
+		cold_release(e);
+	return r;
+}
+
+static void *sandbox_main(void *arg)
+{
+	struct sandbox *s = arg;
+	struct engine *e = s->e;
+	struct job j = { .s = s, .state_fd = -1 };
+	const char *step = "start";
+	struct waiter *w;
+	int r, st;
+
+	pthread_mutex_lock(&e->lock);
+	timings_lap(&s->timings, "queue");
+	pthread_mutex_unlock(&e->lock);
+	r = atomic_load(&s->cancel) ? -ECANCELED : run_create(&j, &step);
+	job_clear(&j);
+	if (r < 0) {
+		if (!atomic_load(&s->cancel))
+			sb_fail(s, "create failed at %s: %s (see console and %s/vmm.log)", step, strerror(-r), s->dir);
+		if (s->vmm)
+			e->vmm->kill(s->vmm);
+	} else {
+		pthread_mutex_lock(&e->lock);
+		w = apply_event(s, SB_EV_CREATED);
+		pthread_mutex_unlock(&e->lock);
+		log_info("sandbox %s/%s ready via %s in %.1f ms", s->tpl->name, s->name, s->path,
+			 timings_total(&s->timings));
+		run_waiters(w, 0);
+	}
+	if (!s->vmm)
+		return NULL;
+	/* Supervise: the VMM exiting on its own fails the sandbox, with the reason. */
+	st = e->vmm->wait_exit(s->vmm);
+	if (!atomic_load(&s->cancel) && r == 0)
+		sb_fail(s, "VMM exited unexpectedly (%s %d)", st >= 128 ? "signal" : "status",
+			st >= 128 ? st - 128 : st);
+	return NULL;
+}
+
+int engine_sandbox_create(struct engine *e, struct template *t, const char *name, struct sandbox **ret)
+{
+	struct sandbox *s, **n;
+	char idbuf[32];
+	int r = name_validate(name);
+
+	if (r < 0)
+		return r;
+	s = calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	atomic_init(&s->refs, 2); /* the template's list and the caller */
+	s->id = atomic_fetch_add(&e->next_id, 1);
+	snprintf(s->name, sizeof(s->name), "%s", name);
+	snprintf(idbuf, sizeof(idbuf), "%" PRIu64, s->id);
+	s->e = e;
+	s->state = SB_CREATING;
+	pthread_cond_init(&s->cond, NULL);
+	timings_start(&s->timings);
+	s->created_realtime_ms = (uint64_t)time(NULL) * 1000;
+	s->dir = strjoin(e->store.root, "/sandboxes/", t->name, "/", name, NULL);
+	s->rundir = strjoin(e->state_dir, "/run/", idbuf, NULL);
+	s->console_path = strjoin(s->dir, "/console.log", NULL);
+	if (!s->dir || !s->rundir || !s->console_path) {
+		r = -ENOMEM;
+		goto free;
+	}
+	pthread_mutex_lock(&e->lock);
+	if (e->shutting_down || t->removed)
+		r = -ENOENT;
+	else if (e->n_sandboxes >= e->opts.max_sandboxes)
+		r = -ENOSPC;
+	for (size_t i = 0; r == 0 && i < t->n_sandboxes; i++)
+		if (strcmp(t->sandboxes[i]->name, name) == 0)
+			r = -EEXIST;
+	if (r == 0 && !(n = realloc(t->sandboxes, (t->n_sandboxes + 1) * sizeof(*n))))
+		r = -ENOMEM;
+	if (r == 0) {
+		t->sandboxes = n;
+		atomic_fetch_add(&t->refs, 1);
+		s->tpl = t;
+		if (pthread_create(&s->thread, NULL, sandbox_main, s) != 0) {
+			r = -EAGAIN;
+		} else {
+			s->thread_started = true;
+			t->sandboxes[t->n_sandboxes++] = s;
+			e->n_sandboxes++;
+		}
+	}
+	pthread_mutex_unlock(&e->lock);
+	if (r < 0)
+		goto free;
+	*ret = s;
+	return 0;
+free:
+	atomic_store(&s->refs, 1);
+	sandbox_unref(s);
+	return r;
+}
+
+int engine_sandbox_destroy(struct engine *e, struct template *t, const char *name)
+{
+	struct sandbox *s = NULL;
+	struct waiter *w = NULL;
+	int next;
+
+	pthread_mutex_lock(&e->lock);
+	for (size_t i = 0; i < t->n_sandboxes && !s; i++)
+		if (strcmp(t->sandboxes[i]->name, name) == 0)
+			s = t->sandboxes[i];
+	next = s ? sandbox_state_next(s->state, SB_EV_DESTROY) : -ENOENT;
+	if (next < 0) {
+		pthread_mutex_unlock(&e->lock);
+		return -ENOENT; /* gone, or another rmdir is on it */
+	}
+	s->state = SB_DESTROYING;
+	w = TAKE_PTR(s->waiters);
+	pthread_cond_broadcast(&s->cond);
+	atomic_store(&s->cancel, true);
+	if (s->vmm)
+		e->vmm->kill(s->vmm);
+	agent_shutdown(s->agent);
+	pthread_mutex_unlock(&e->lock);
+	cold_wake(e);
+
+	run_waiters(w, -EIO);
+	if (s->thread_started)
+		pthread_join(s->thread, NULL);
+	rm_rf(s->dir);
+	rm_rf(s->rundir);
+
+	pthread_mutex_lock(&e->lock);
+	for (size_t i = 0; i < t->n_sandboxes; i++)
+		if (t->sandboxes[i] == s) {
+			memmove(t->sandboxes + i, t->sandboxes + i + 1, (t->n_sandboxes - i - 1) * sizeof(s));
+			t->n_sandboxes--;
+			break;
+		}
+	e->n_sandboxes--;
+	pthread_mutex_unlock(&e->lock);
+	log_info("sandbox %s/%s destroyed", t->name, name);
+	sandbox_unref(s);
+	return 0;
+}
+
+struct sandbox *template_sandbox_get(struct template *t, const char *name)
+{
+	struct sandbox *s = NULL;
+
+	pthread_mutex_lock(&t->e->lock);
+	for (size_t i = 0; i < t->n_sandboxes && !s; i++)
+		if (strcmp(t->sandboxes[i]->name, name) == 0)
+			s = t->sandboxes[i];
+	if (s)
+		atomic_fetch_add(&s->refs, 1);
+	pthread_mutex_unlock(&t->e->lock);
+	return s;
+}
+
+char **template_sandbox_list(struct template *t)
+{
+	char **v;
+
+	pthread_mutex_lock(&t->e->lock);
+	v = calloc(t->n_sandboxes + 1, sizeof(char *));
+	for (size_t i = 0; v && i < t->n_sandboxes; i++)
+		v[i] = strdup(t->sandboxes[i]->name);
+	pthread_mutex_unlock(&t->e->lock);
+	return v;
+}
+
+/* ---- files ---- */
+
+char *sandbox_render_status(struct sandbox *s)
+{
+	_cleanup_json_ json_object *o = json_object_new_object();
+	struct engine *e = s->e;
+	char *txt;
+
+	pthread_mutex_lock(&e->lock);
+	json_object_object_add(o, "name", json_object_new_string(s->name));
+	json_object_object_add(o, "template", json_object_new_string(s->tpl->name));
+	json_object_object_add(o, "state", json_object_new_string(sandbox_state_name(s->state)));
+	json_object_object_add(o, "path", s->path ? json_object_new_string(s->path) : NULL);
+	json_object_object_add(o, "path_reason", s->path_reason ? json_object_new_string(s->path_reason) : NULL);
+	json_object_object_add(o, "identity", json_object_new_string(s->identity));
+	json_object_object_add(o, "backend", json_object_new_string(e->vmm->name));
+	json_object_object_add(o, "accel", json_object_new_string(e->accel));
+	json_object_object_add(o, "clone", s->clone_method ? json_object_new_string(s->clone_method) : NULL);
+	json_object_object_add(o, "vmm_pid", s->vmm_pid ? json_object_new_int(s->vmm_pid) : NULL);
+	json_object_object_add(o, "created_at_unix_ms", json_object_new_int64((int64_t)s->created_realtime_ms));
+	json_object_object_add(o, "timings", timings_json(&s->timings));
+	json_object_object_add(o, "ready_ms", s->state == SB_READY || s->state == SB_FAILED ?
+						 json_object_new_double(timings_total(&s->timings)) : NULL);
+	json_object_object_add(o, "error", s->error ? json_object_new_string(s->error) : NULL);
+	pthread_mutex_unlock(&e->lock);
+	txt = strjoin(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE),
+		      "\n", NULL);
+	return txt;
+}
+
+char *sandbox_render_timings(struct sandbox *s)
+{
+	char *txt;
+
+	pthread_mutex_lock(&s->e->lock);
+	txt = timings_lines(&s->timings);
+	pthread_mutex_unlock(&s->e->lock);
+	return txt;
+}
+
+/* ---- exec ---- */
+
+void exec_result_clear(struct exec_result *r)
+{
+	free(r->out);
+	free(r->err);
+	memset(r, 0, sizeof(*r));
+}
+
+struct exec_job {
+	struct sandbox *s;
+	json_object *req;
+	struct exec_result *res;
+	engine_done_fn done;
+	void *arg;
+};
+
+static int decode_field(json_object *resp, const char *key, uint8_t **out, size_t *len)
+{
+	json_object *v;
+	ssize_t n;
+
+	if (!json_object_object_get_ex(resp, key, &v) || !json_object_is_type(v, json_type_string))
+		return -EPROTO;
+	n = base64_decode(json_object_get_string(v), (size_t)json_object_get_string_len(v), out);
+	if (n < 0)
+		return (int)n;
+	*len = (size_t)n;
+	return 0;
+}
+
+static int exec_parse(json_object *resp, struct exec_result *res)
+{
+	json_object *v;
+	int r;
+
+	if ((r = decode_field(resp, "stdout", &res->out, &res->out_len)) < 0 ||
+	    (r = decode_field(resp, "stderr", &res->err, &res->err_len)) < 0)
+		return r;
+	res->exit_code = json_object_object_get_ex(resp, "exit_code", &v) ? json_object_get_int(v) : -1;
+	res->signal = json_object_object_get_ex(resp, "signal", &v) ? json_object_get_int(v) : 0;
+	res->truncated = json_object_object_get_ex(resp, "truncated", &v) && json_object_get_boolean(v);
+	res->duration_ms = json_object_object_get_ex(resp, "duration_ms", &v) ? json_object_get_double(v) : 0;
+	return 0;
+}
+
+/* Waits for a decided state (the exec path waits for readiness by itself). */
+static int wait_ready(struct sandbox *s)
+{
+	int r;
+
+	pthread_mutex_lock(&s->e->lock);
+	while (s->state == SB_CREATING)
+		pthread_cond_wait(&s->cond, &s->e->lock);
+	r = s->state == SB_READY ? 0 : -EIO;
+	pthread_mutex_unlock(&s->e->lock);
+	return r;
+}
+
+static void *exec_main(void *arg)
+{
+	struct exec_job *x = arg;
+	_cleanup_json_ json_object *resp = NULL;
+	json_object *tv;
+	unsigned timeout = EXEC_DEFAULT_TIMEOUT_MS;
+	int r = wait_ready(x->s);
+
+	if (json_object_object_get_ex(x->req, "timeout_ms", &tv) && json_object_get_int64(tv) > 0)
+		timeout = (unsigned)json_object_get_int64(tv) + 5000;
+	if (r == 0)
+		r = agent_call(x->s->agent, x->req, timeout, &resp);
+	if (r == 0)
+		r = exec_parse(resp, x->res);
+	struct engine *e = x->s->e;
+
+	x->done(x->arg, r);
+	json_object_put(x->req);
+	sandbox_unref(x->s);
+	free(x);
+	atomic_fetch_sub(&e->execs, 1);
+	return NULL;
+}
+
+static int exec_validate(json_object *req)
+{
+	json_object *v;
+
+	if (!json_object_is_type(req, json_type_object))
+		return -EINVAL;
+	if (json_object_object_get_ex(req, "sh", &v))
+		return json_object_is_type(v, json_type_string) && json_object_get_string_len(v) > 0 ? 0 : -EINVAL;
+	if (json_object_object_get_ex(req, "argv", &v))
+		return json_object_is_type(v, json_type_array) && json_object_array_length(v) > 0 ? 0 : -EINVAL;
+	return -EINVAL;
+}
+
+int sandbox_exec_async(struct sandbox *s, const char *request_json, struct exec_result *res, engine_done_fn done,
+		       void *arg)
+{
+	struct exec_job *x;
+	json_object *req = json_tokener_parse(request_json);
+	pthread_attr_t attr;
+	pthread_t th;
+	int r;
+
+	if (!req || exec_validate(req) < 0) {
+		json_object_put(req);
+		return -EINVAL;
+	}
+	json_object_object_add(req, "op", json_object_new_string("exec"));
+	x = calloc(1, sizeof(*x));
+	if (!x) {
+		json_object_put(req);
+		return -ENOMEM;
+	}
+	atomic_fetch_add(&s->refs, 1);
+	atomic_fetch_add(&s->e->execs, 1);
+	*x = (struct exec_job){ .s = s, .req = req, .res = res, .done = done, .arg = arg };
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	r = pthread_create(&th, &attr, exec_main, x);
+	pthread_attr_destroy(&attr);
+	if (r) {
+		json_object_put(req);
+		sandbox_unref(s);
+		free(x);
+		atomic_fetch_sub(&s->e->execs, 1);
+		return -EAGAIN;
+	}
+	return 0;
+}

@@ -1,0 +1,579 @@
+/*
+ * Templates: a config, its identity, and a baked snapshot (cold boot, wait
+ * for the agent, pause, save device state; guest RAM stays in its file).
+ * Layout in the store: templates/NAME/config.json and templates/NAME/snapshot/
+ * {mem, disk.img, state, bake.json}. A bake writes snapshot.new/ and swaps it
+ * in under snap_lock, so a create never clones half of two snapshots.
+ */
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "internal.h"
+
+#define BAKE_BOOT_TIMEOUT_MS 120000
+#define QMP_TIMEOUT_MS 10000
+
+const char *template_state_name(enum template_state s)
+{
+	static const char *const n[] = { "new", "baking", "ready", "failed", "stale" };
+
+	return s <= TPL_STALE ? n[s] : "unknown";
+}
+
+uint64_t template_id(const struct template *t)
+{
+	return t->id;
+}
+
+const char *template_name(const struct template *t)
+{
+	return t->name;
+}
+
+enum template_state template_get_state(struct template *t)
+{
+	enum template_state s;
+
+	pthread_mutex_lock(&t->e->lock);
+	s = t->state;
+	pthread_mutex_unlock(&t->e->lock);
+	return s;
+}
+
+static void set_error(char **slot, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void set_error(char **slot, const char *fmt, ...)
+{
+	va_list ap;
+	char *m = NULL;
+
+	va_start(ap, fmt);
+	if (vasprintf(&m, fmt, ap) < 0)
+		m = NULL;
+	va_end(ap);
+	free(*slot);
+	*slot = m;
+}
+
+/* Identity of cfg, computed without the engine lock (hashing takes time). */
+static int compute_identity(struct engine *e, const struct template_config *cfg, char out[65], char **ret_error)
+{
+	char dk[65] = "", di[65] = "", dr[65] = "";
+	const char *accel;
+	struct identity_inputs in;
+	int r;
+
+	if ((r = engine_file_digest(e, cfg->kernel, dk)) < 0) {
+		set_error(ret_error, "kernel %s: %s", cfg->kernel, strerror(-r));
+		return r;
+	}
+	if (cfg->initrd && (r = engine_file_digest(e, cfg->initrd, di)) < 0) {
+		set_error(ret_error, "initrd %s: %s", cfg->initrd, strerror(-r));
+		return r;
+	}
+	if (cfg->rootfs && (r = engine_file_digest(e, cfg->rootfs, dr)) < 0) {
+		set_error(ret_error, "rootfs %s: %s", cfg->rootfs, strerror(-r));
+		return r;
+	}
+	if ((r = engine_resolve_accel(cfg->accel, &accel)) < 0) {
+		set_error(ret_error, "accel kvm requested but /dev/kvm is not usable");
+		return r;
+	}
+	in = (struct identity_inputs){ .kernel_digest = dk, .initrd_digest = di, .rootfs_digest = dr,
+				       .cmdline = cfg->cmdline, .vcpus = cfg->vcpus, .mem_mib = cfg->mem_mib,
+				       .backend = cfg->backend, .accel = accel, .vmm_version = e->vmm_version,
+				       .restore_capability = RESTORE_CAPABILITY };
+	identity_digest(&in, out);
+	return 0;
+}
+
+static void bake_info_clear(struct bake_info *b)
+{
+	free(b->baked_at);
+	memset(b, 0, sizeof(*b));
+}
+
+/* Reads snapshot/bake.json; the snapshot counts only if its identity matches. */
+int template_load_bake(struct template *t)
+{
+	_cleanup_free_ char *p = strjoin(t->snapdir, "/bake.json", NULL), *text = NULL;
+	_cleanup_json_ json_object *o = NULL;
+	json_object *v, *tm;
+	struct bake_info b = { 0 };
+
+	if (!p || read_file(p, 1 << 16, &text, NULL) < 0 || !(o = json_tokener_parse(text)))
+		return -ENOENT;
+	if (!json_object_object_get_ex(o, "identity", &v) || strlen(json_object_get_string(v)) != 64)
+		return -EINVAL;
+	memcpy(b.identity, json_object_get_string(v), 65);
+	if (!json_object_object_get_ex(o, "state_sha256", &v) || strlen(json_object_get_string(v)) != 64)
+		return -EINVAL;
+	memcpy(b.state_digest, json_object_get_string(v), 65);
+	if (json_object_object_get_ex(o, "mem_size", &v))
+		b.mem_size = (uint64_t)json_object_get_int64(v);
+	if (json_object_object_get_ex(o, "baked_at", &v))
+		b.baked_at = strdup(json_object_get_string(v));
+	if (json_object_object_get_ex(o, "timings", &tm)) {
+		static const char *const names[] = { "queue", "prepare", "spawn", "boot", "snapshot", "sync" };
+
+		for (size_t i = 0; i < ARRAY_SIZE(names); i++)
+			if (json_object_object_get_ex(tm, names[i], &v) && b.timings.n < MAX_PHASES)
+				b.timings.p[b.timings.n++] = (struct phase){ names[i], json_object_get_double(v) };
+	}
+	bake_info_clear(&t->bake);
+	t->bake = b;
+	t->has_bake = true;
+	return 0;
+}
+
+int template_new(struct engine *e, const char *name, const char *config, bool persist, struct template **ret)
+{
+	_cleanup_free_ char *err = NULL, *cpath = NULL, *rendered = NULL;
+	struct template *t;
+	int r;
+
+	if ((r = name_validate(name)) < 0)
+		return r;
+	t = calloc(1, sizeof(*t));
+	if (!t)
+		return -ENOMEM;
+	atomic_init(&t->refs, 1);
+	t->id = atomic_fetch_add(&e->next_id, 1);
+	snprintf(t->name, sizeof(t->name), "%s", name);
+	t->e = e;
+	pthread_rwlock_init(&t->snap_lock, NULL);
+	pthread_cond_init(&t->cond, NULL);
+	t->dir = strjoin(e->store.root, "/templates/", name, NULL);
+	t->snapdir = strjoin(t->dir, "/snapshot", NULL);
+	cpath = strjoin(t->dir, "/config.json", NULL);
+	if (!t->dir || !t->snapdir || !cpath)
+		goto nomem;
+	r = template_config_parse(config, strlen(config), &t->cfg, &err);
+	if (r < 0) {
+		log_warn("template %s: %s", name, err ? err : "bad config");
+		template_free(t);
+		return r;
+	}
+	if (persist && ((r = mkdir_p(t->dir, 0700)) < 0 || !(rendered = template_config_render(&t->cfg)) ||
+			(r = write_file_atomic(cpath, rendered, strlen(rendered))) < 0)) {
+		template_free(t);
+		return r < 0 ? r : -ENOMEM;
+	}
+	if (compute_identity(e, &t->cfg, t->identity, &t->error) < 0) {
+		t->state = TPL_FAILED;
+	} else if (template_load_bake(t) == 0) {
+		t->state = strcmp(t->bake.identity, t->identity) == 0 ? TPL_READY : TPL_STALE;
+	}
+	*ret = t;
+	return 0;
+nomem:
+	template_free(t);
+	return -ENOMEM;
+}
+
+void template_unref(struct template *t)
+{
+	if (t && atomic_fetch_sub(&t->refs, 1) == 1) {
+		template_config_clear(&t->cfg);
+		bake_info_clear(&t->bake);
+		free(t->error);
+		free(t->sandboxes);
+		free(t->dir);
+		free(t->snapdir);
+		pthread_rwlock_destroy(&t->snap_lock);
+		pthread_cond_destroy(&t->cond);
+		free(t);
+	}
+}
+
+/* Engine shutdown: stop the bake, destroy every sandbox, drop the registry's ref. */
+void template_free(struct template *t)
+{
+	struct engine *e = t->e;
+
+	pthread_mutex_lock(&e->lock);
+	atomic_store(&t->bake_cancel, true);
+	if (t->bake_vmm)
+		e->vmm->kill(t->bake_vmm);
+	pthread_mutex_unlock(&e->lock);
+	cold_wake(e);
+	if (t->bake_joinable)
+		pthread_join(t->bake_thread, NULL);
+	for (;;) {
+		char name[NAME_MAX_LEN + 1];
+
+		pthread_mutex_lock(&e->lock);
+		if (t->n_sandboxes == 0) {
+			pthread_mutex_unlock(&e->lock);
+			break;
+		}
+		snprintf(name, sizeof(name), "%s", t->sandboxes[0]->name);
+		pthread_mutex_unlock(&e->lock);
+		engine_sandbox_destroy(e, t, name);
+	}
+	template_unref(t);
+}
+
+/* ---- bake ---- */
+
+struct bake_ctx {
+	struct template *t;
+	struct template_config cfg; /* a copy: the bake runs without the lock */
+	char identity[65];
+	char *newdir, *rundir;
+	struct timings tm;
+	char *error;
+};
+
+static int bake_prepare(struct bake_ctx *b, char **mem, char **disk)
+{
+	struct engine *e = b->t->e;
+	enum clone_method m;
+	_cleanup_close_ int fd = -1;
+	int r;
+
+	rm_rf(b->newdir);
+	if ((r = mkdir_p(b->newdir, 0700)) < 0 || (r = mkdir_p(b->rundir, 0700)) < 0)
+		return r;
+	*mem = strjoin(b->newdir, "/mem", NULL);
+	*disk = b->cfg.rootfs ? strjoin(b->newdir, "/disk.img", NULL) : NULL;
+	if (!*mem || (b->cfg.rootfs && !*disk))
+		return -ENOMEM;
+	fd = open(*mem, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0 || ftruncate(fd, (off_t)b->cfg.mem_mib << 20) < 0)
+		return -errno;
+	if (*disk && (r = store_clone(&e->store, b->cfg.rootfs, *disk, &m)) < 0)
+		set_error(&b->error, "copy of rootfs %s failed: %s", b->cfg.rootfs, strerror(-r));
+	return r;
+}
+
+static int bake_boot_and_snapshot(struct bake_ctx *b, const char *mem, const char *disk)
+{
+	struct template *t = b->t;
+	struct engine *e = t->e;
+	_cleanup_free_ char *qmp = strjoin(b->rundir, "/qmp.sock", NULL);
+	_cleanup_free_ char *agent = strjoin(b->rundir, "/agent.sock", NULL);
+	_cleanup_free_ char *con = strjoin(b->newdir, "/console.log", NULL);
+	_cleanup_free_ char *log = strjoin(b->newdir, "/vmm.log", NULL);
+	_cleanup_free_ char *state = strjoin(b->newdir, "/state", NULL);
+	_cleanup_json_ json_object *ping = json_object_new_object();
+	struct agent_client *ac = NULL;
+	struct vmm *v = NULL;
+	struct vmm_spec spec = { .cfg = &b->cfg, .accel = e->accel, .name = t->name, .mem_path = mem,
+				 .disk_path = disk, .qmp_path = qmp, .agent_path = agent, .console_path = con,
+				 .log_path = log, .incoming_fd = -1 };
+	const char *step = "spawn";
+	int r;
+
+	if (!qmp || !agent || !con || !log || !state || !ping)
+		return -ENOMEM;
+	engine_resolve_accel(b->cfg.accel, &spec.accel);
+	r = e->vmm->spawn(e->qemu_binary, &spec, &v);
+	if (r == 0) {
+		pthread_mutex_lock(&e->lock);
+		t->bake_vmm = v;
+		if (atomic_load(&t->bake_cancel))
+			e->vmm->kill(v);
+		pthread_mutex_unlock(&e->lock);
+		r = e->vmm->connect(v, QMP_TIMEOUT_MS, &t->bake_cancel);
+	}
+	timings_lap(&b->tm, "spawn");
+	if (r == 0) {
+		step = "boot (agent)";
+		json_object_object_add(ping, "op", json_object_new_string("ping"));
+		r = agent_connect(agent, QMP_TIMEOUT_MS, &t->bake_cancel, &ac);
+		if (r == 0)
+			r = agent_call(ac, ping, BAKE_BOOT_TIMEOUT_MS, NULL);
+		timings_lap(&b->tm, "boot");
+	}
+	if (r == 0) {
+		step = "snapshot";
+		r = e->vmm->snapshot(v, state, QMP_TIMEOUT_MS);
+		timings_lap(&b->tm, "snapshot");
+	}
+	if (r < 0)
+		set_error(&b->error, "bake failed at %s: %s (see %s and %s)", step, strerror(-r), con, log);
+	agent_free(ac);
+	pthread_mutex_lock(&e->lock);
+	t->bake_vmm = NULL;
+	pthread_mutex_unlock(&e->lock);
+	if (v)
+		e->vmm->free(v); /* kills the paused VMM: RAM file and state are complete */
+	return r;
+}
+
+static int fsync_path(const char *path)
+{
+	_cleanup_close_ int fd = path ? open(path, O_RDONLY | O_CLOEXEC) : -1;
+
+	if (!path)
+		return 0;
+	return fd < 0 || fsync(fd) < 0 ? -errno : 0;
+}
+
+/* Flush and digest the artifacts, write bake.json, swap the snapshot in. */
+static int bake_commit(struct bake_ctx *b, const char *mem, const char *disk)
+{
+	struct template *t = b->t;
+	_cleanup_free_ char *state = strjoin(b->newdir, "/state", NULL);
+	_cleanup_free_ char *bj = strjoin(b->newdir, "/bake.json", NULL);
+	_cleanup_free_ char *old = strjoin(t->dir, "/snapshot.old", NULL);
+	_cleanup_free_ char *at = iso8601_now();
+	_cleanup_json_ json_object *o = json_object_new_object();
+	char sd[65];
+	const char *txt;
+	int r;
+
+	/* A clone of a file with dirty pages would copy them first: flush once, here. */
+	if ((r = fsync_path(mem)) < 0 || (r = fsync_path(disk)) < 0 || (r = sha256_file(state, sd)) < 0)
+		return r;
+	timings_lap(&b->tm, "sync");
+	json_object_object_add(o, "identity", json_object_new_string(b->identity));
+	json_object_object_add(o, "state_sha256", json_object_new_string(sd));
+	json_object_object_add(o, "mem_size", json_object_new_int64((int64_t)b->cfg.mem_mib << 20));
+	json_object_object_add(o, "baked_at", json_object_new_string(at ? at : ""));
+	json_object_object_add(o, "timings", timings_json(&b->tm));
+	txt = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY);
+	if ((r = write_file_atomic(bj, txt, strlen(txt))) < 0)
+		return r;
+	pthread_rwlock_wrlock(&t->snap_lock);
+	rm_rf(old);
+	if (rename(t->snapdir, old) < 0 && errno != ENOENT)
+		r = -errno;
+	if (r == 0 && rename(b->newdir, t->snapdir) < 0)
+		r = -errno;
+	pthread_rwlock_unlock(&t->snap_lock);
+	rm_rf(old);
+	return r;
+}
+
+static void *bake_main(void *arg)
+{
+	struct bake_ctx *b = arg;
+	struct template *t = b->t;
+	struct engine *e = t->e;
+	_cleanup_free_ char *mem = NULL, *disk = NULL;
+	int r;
+
+	timings_start(&b->tm);
+	r = cold_acquire(e, &t->bake_cancel);
+	timings_lap(&b->tm, "queue");
+	if (r < 0) {
+		/* cancelled while queued: nothing to release */
+		pthread_mutex_lock(&e->lock);
+		t->bake_running = false;
+		t->state = t->has_bake && strcmp(t->bake.identity, t->identity) == 0 ? TPL_READY : TPL_NEW;
+		pthread_cond_broadcast(&t->cond);
+		pthread_mutex_unlock(&e->lock);
+		goto out;
+	}
+	r = bake_prepare(b, &mem, &disk);
+	timings_lap(&b->tm, "prepare");
+	if (r == 0)
+		r = bake_boot_and_snapshot(b, mem, disk);
+	if (r == 0)
+		r = bake_commit(b, mem, disk);
+	cold_release(e);
+	rm_rf(b->rundir);
+	if (r < 0)
+		rm_rf(b->newdir);
+
+	pthread_mutex_lock(&e->lock);
+	t->bake_running = false;
+	if (r == 0 && template_load_bake(t) == 0) {
+		t->state = strcmp(t->bake.identity, t->identity) == 0 ? TPL_READY : TPL_STALE;
+		free(t->error);
+		t->error = NULL;
+		log_info("template %s baked in %.0f ms", t->name, timings_total(&b->tm));
+	} else {
+		t->state = TPL_FAILED;
+		if (!b->error)
+			set_error(&b->error, "bake failed: %s", strerror(r < 0 ? -r : EIO));
+		free(t->error);
+		t->error = TAKE_PTR(b->error);
+		log_error("template %s: %s", t->name, t->error ? t->error : "bake failed");
+	}
+	pthread_cond_broadcast(&t->cond);
+	pthread_mutex_unlock(&e->lock);
+out:
+	template_config_clear(&b->cfg);
+	free(b->newdir);
+	free(b->rundir);
+	free(b->error);
+	free(b);
+	template_unref(t);
+	return NULL;
+}
+
+/* Starts a bake in the background. e->lock held. */
+void template_start_bake(struct template *t)
+{
+	struct engine *e = t->e;
+	struct bake_ctx *b = calloc(1, sizeof(*b));
+	char idbuf[32];
+
+	if (!b || template_config_copy(&t->cfg, &b->cfg) < 0) {
+		free(b);
+		set_error(&t->error, "bake: out of memory");
+		t->state = TPL_FAILED;
+		return;
+	}
+	snprintf(idbuf, sizeof(idbuf), "%" PRIu64, t->id);
+	b->t = t;
+	memcpy(b->identity, t->identity, 65);
+	b->newdir = strjoin(t->dir, "/snapshot.new", NULL);
+	b->rundir = strjoin(e->state_dir, "/run/", idbuf, NULL);
+	if (t->bake_joinable) {
+		/* the previous bake has finished (bake_running was false): reap it */
+		pthread_join(t->bake_thread, NULL);
+		t->bake_joinable = false;
+	}
+	atomic_fetch_add(&t->refs, 1);
+	t->bake_running = true;
+	t->state = TPL_BAKING;
+	if (!b->newdir || !b->rundir || pthread_create(&t->bake_thread, NULL, bake_main, b)) {
+		t->bake_running = false;
+		t->state = TPL_FAILED;
+		set_error(&t->error, "bake: cannot start");
+		template_config_clear(&b->cfg);
+		free(b->newdir);
+		free(b->rundir);
+		free(b);
+		atomic_fetch_sub(&t->refs, 1);
+		return;
+	}
+	t->bake_joinable = true;
+}
+
+/* ---- files ---- */
+
+char *template_render_status(struct template *t)
+{
+	_cleanup_json_ json_object *o = json_object_new_object();
+	struct engine *e = t->e;
+	char *s;
+
+	pthread_mutex_lock(&e->lock);
+	json_object_object_add(o, "name", json_object_new_string(t->name));
+	json_object_object_add(o, "state", json_object_new_string(template_state_name(t->state)));
+	json_object_object_add(o, "identity", json_object_new_string(t->identity));
+	json_object_object_add(o, "sandboxes", json_object_new_int((int)t->n_sandboxes));
+	if (t->has_bake) {
+		json_object *b = json_object_new_object();
+
+		json_object_object_add(b, "identity", json_object_new_string(t->bake.identity));
+		json_object_object_add(b, "baked_at", json_object_new_string(t->bake.baked_at ? t->bake.baked_at : ""));
+		json_object_object_add(b, "state_sha256", json_object_new_string(t->bake.state_digest));
+		json_object_object_add(b, "timings", timings_json(&t->bake.timings));
+		json_object_object_add(o, "bake", b);
+	}
+	json_object_object_add(o, "store", json_object_new_string(engine_store_method(e)));
+	json_object_object_add(o, "error", t->error ? json_object_new_string(t->error) : NULL);
+	pthread_mutex_unlock(&e->lock);
+	s = strjoin(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE),
+		    "\n", NULL);
+	return s;
+}
+
+char *template_render_config(struct template *t)
+{
+	char *s;
+
+	pthread_mutex_lock(&t->e->lock);
+	s = template_config_render(&t->cfg);
+	pthread_mutex_unlock(&t->e->lock);
+	return s;
+}
+
+char *template_render_identity(struct template *t)
+{
+	char *s;
+
+	pthread_mutex_lock(&t->e->lock);
+	s = strjoin(t->identity, "\n", NULL);
+	pthread_mutex_unlock(&t->e->lock);
+	return s;
+}
+
+/* A new config: parsed and checked first, so a bad one changes nothing. */
+int template_write_config(struct template *t, const char *data, size_t len)
+{
+	struct engine *e = t->e;
+	_cleanup_free_ char *err = NULL, *cpath = strjoin(t->dir, "/config.json", NULL), *txt = NULL;
+	struct template_config cfg = { 0 };
+	char ident[65];
+	int r;
+
+	if (!cpath)
+		return -ENOMEM;
+	r = template_config_parse(data, len, &cfg, &err);
+	if (r == 0 && (r = compute_identity(e, &cfg, ident, &err)) < 0)
+		template_config_clear(&cfg);
+	pthread_mutex_lock(&e->lock);
+	if (r < 0) {
+		free(t->error);
+		t->error = TAKE_PTR(err);
+	} else if (t->bake_running) {
+		template_config_clear(&cfg);
+		free(t->error);
+		t->error = strdup("config: refused while a bake runs");
+		r = -EBUSY;
+	} else if (!(txt = template_config_render(&cfg)) || (r = write_file_atomic(cpath, txt, strlen(txt))) < 0) {
+		template_config_clear(&cfg);
+		r = r < 0 ? r : -ENOMEM;
+	} else {
+		template_config_clear(&t->cfg);
+		t->cfg = cfg;
+		memcpy(t->identity, ident, 65);
+		free(t->error);
+		t->error = NULL;
+		if (t->has_bake)
+			t->state = strcmp(t->bake.identity, ident) == 0 ? TPL_READY : TPL_STALE;
+		else if (t->state == TPL_FAILED)
+			t->state = TPL_NEW;
+	}
+	pthread_mutex_unlock(&e->lock);
+	return r;
+}
+
+/* ctl: "bake" bakes unless a matching snapshot exists; "rebake" always bakes. */
+int template_ctl(struct template *t, const char *cmd, size_t len)
+{
+	struct engine *e = t->e;
+	bool force;
+	int r = 0;
+
+	while (len > 0 && (cmd[len - 1] == '\n' || cmd[len - 1] == ' '))
+		len--;
+	if (len == 4 && memcmp(cmd, "bake", 4) == 0)
+		force = false;
+	else if (len == 6 && memcmp(cmd, "rebake", 6) == 0)
+		force = true;
+	else
+		return -EINVAL;
+	pthread_mutex_lock(&e->lock);
+	if (t->bake_running || e->shutting_down)
+		r = -EBUSY;
+	else if (force || t->state != TPL_READY)
+		template_start_bake(t);
+	pthread_mutex_unlock(&e->lock);
+	return r;
+}
+
+int template_wait_baked(struct template *t, unsigned timeout_ms)
+{
+	struct engine *e = t->e;
+	struct timespec ts;
+	int r = 0;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += timeout_ms / 1000;
+	pthread_mutex_lock(&e->lock);
+	while (t->bake_running && r == 0)
+		r = pthread_cond_timedwait(&t->cond, &e->lock, &ts);
+	r = t->state == TPL_READY ? 0 : t->bake_running ? -ETIMEDOUT : -EIO;
+	pthread_mutex_unlock(&e->lock);
+	return r;
+}

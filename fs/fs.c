@@ -1,0 +1,599 @@
+/*
+ * The mount's tree. Inodes encode (object id, file index), so lookup and
+ * readdir are table-driven and a stale inode of a destroyed object simply
+ * answers ENOENT. See docs/interface.md for the contract.
+ */
+#include <dirent.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+
+#include "config.h"
+#include "fs.h"
+#include "fs_internal.h"
+
+static const struct file_def root_files[] = {
+	{ "README", IDX_README, 0444, F_STATIC, NULL, NULL },
+	{ "version", IDX_VERSION, 0444, F_STATIC, NULL, NULL },
+};
+
+static const struct file_def tpl_files[] = {
+	{ "config", 1, 0644, F_CONFIG, template_render_config, NULL },
+	{ "identity", 2, 0444, F_RENDER, template_render_identity, NULL },
+	{ "status", 3, 0444, F_RENDER, template_render_status, NULL },
+	{ "ctl", 4, 0200, F_CTL, NULL, NULL },
+};
+
+static const struct file_def sb_files[] = {
+	{ "status", 1, 0444, F_RENDER, NULL, sandbox_render_status },
+	{ "timings", 2, 0444, F_RENDER, NULL, sandbox_render_timings },
+	{ "wait", 3, 0444, F_WAIT, NULL, NULL },
+	{ "exec", 4, 0600, F_EXEC, NULL, NULL },
+	{ "console", 5, 0444, F_CONSOLE, NULL, NULL },
+};
+
+static const struct file_def *find_def(const struct file_def *defs, size_t n, const char *name, unsigned idx)
+{
+	for (size_t i = 0; i < n; i++)
+		if (name ? strcmp(defs[i].name, name) == 0 : defs[i].idx == idx)
+			return &defs[i];
+	return NULL;
+}
+
+void node_put(struct node *n)
+{
+	template_unref(n->t);
+	sandbox_unref(n->s);
+	n->t = NULL;
+	n->s = NULL;
+}
+
+int node_get(struct fs *f, fuse_ino_t ino, struct node *n)
+{
+	uint64_t obj = INO_OBJ(ino);
+	unsigned idx = INO_IDX(ino);
+
+	memset(n, 0, sizeof(*n));
+	n->ino = ino;
+	if (obj == 0) {
+		n->kind = idx == IDX_ROOT ? K_ROOT : idx == IDX_TEMPLATES ? K_TEMPLATES : K_STATIC_FILE;
+		n->file = find_def(root_files, ARRAY_SIZE(root_files), NULL, idx);
+		return n->kind != K_STATIC_FILE || n->file ? 0 : -ENOENT;
+	}
+	if ((n->t = engine_template_by_id(f->e, obj))) {
+		n->kind = idx == IDX_DIR ? K_TPL_DIR : idx == IDX_TPL_SANDBOXES ? K_TPL_SANDBOXES : K_TPL_FILE;
+		n->file = n->kind == K_TPL_FILE ? find_def(tpl_files, ARRAY_SIZE(tpl_files), NULL, idx) : NULL;
+	} else if ((n->s = engine_sandbox_by_id(f->e, obj))) {
+		n->kind = idx == IDX_DIR ? K_SB_DIR : K_SB_FILE;
+		n->file = n->kind == K_SB_FILE ? find_def(sb_files, ARRAY_SIZE(sb_files), NULL, idx) : NULL;
+	} else {
+		return -ENOENT;
+	}
+	if ((n->kind == K_TPL_FILE || n->kind == K_SB_FILE) && !n->file) {
+		node_put(n);
+		return -ENOENT;
+	}
+	return 0;
+}
+
+static bool is_dir(const struct node *n)
+{
+	return n->kind != K_STATIC_FILE && n->kind != K_TPL_FILE && n->kind != K_SB_FILE;
+}
+
+static void fill_attr(const struct node *n, struct stat *st)
+{
+	memset(st, 0, sizeof(*st));
+	st->st_ino = n->ino;
+	st->st_uid = 0;
+	st->st_gid = 0;
+	if (is_dir(n)) {
+		st->st_mode = S_IFDIR | 0755;
+		st->st_nlink = 2;
+	} else {
+		st->st_mode = S_IFREG | n->file->mode;
+		st->st_nlink = 1;
+		/* Generated files have no size until read; they are served with direct_io. */
+		st->st_size = 0;
+	}
+}
+
+/* Object directories are not cached: they come and go outside the kernel's sight. */
+static void reply_entry(fuse_req_t req, const struct node *n)
+{
+	struct fuse_entry_param ep = { 0 };
+	bool object_dir = n->kind == K_TPL_DIR || n->kind == K_SB_DIR;
+
+	ep.ino = n->ino;
+	ep.generation = 1;
+	fill_attr(n, &ep.attr);
+	ep.attr_timeout = object_dir ? 0.0 : 1.0;
+	ep.entry_timeout = object_dir ? 0.0 : 1.0;
+	fuse_reply_entry(req, &ep);
+}
+
+static int lookup_child(struct fs *f, const struct node *p, const char *name, struct node *out)
+{
+	const struct file_def *d;
+	struct template *t;
+	struct sandbox *s;
+	int r = -ENOENT;
+
+	memset(out, 0, sizeof(*out));
+	switch (p->kind) {
+	case K_ROOT:
+		if (strcmp(name, "templates") == 0)
+			return node_get(f, INO(0, IDX_TEMPLATES), out);
+		d = find_def(root_files, ARRAY_SIZE(root_files), name, 0);
+		return d ? node_get(f, INO(0, d->idx), out) : -ENOENT;
+	case K_TEMPLATES:
+		if (!(t = engine_template_get(f->e, name)))
+			return -ENOENT;
+		r = node_get(f, INO(template_id(t), IDX_DIR), out);
+		template_unref(t);
+		return r;
+	case K_TPL_DIR:
+		if (strcmp(name, "sandboxes") == 0)
+			return node_get(f, INO(template_id(p->t), IDX_TPL_SANDBOXES), out);
+		d = find_def(tpl_files, ARRAY_SIZE(tpl_files), name, 0);
+		return d ? node_get(f, INO(template_id(p->t), d->idx), out) : -ENOENT;
+	case K_TPL_SANDBOXES:
+		if (!(s = template_sandbox_get(p->t, name)))
+			return -ENOENT;
+		r = node_get(f, INO(sandbox_id(s), IDX_DIR), out);
+		sandbox_unref(s);
+		return r;
+	case K_SB_DIR:
+		d = find_def(sb_files, ARRAY_SIZE(sb_files), name, 0);
+		return d ? node_get(f, INO(sandbox_id(p->s), d->idx), out) : -ENOENT;
+	default:
+		return -ENOTDIR;
+	}
+}
+
+static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct fs *f = fuse_req_userdata(req);
+	struct node p, c;
+	int r = node_get(f, parent, &p);
+
+	if (r == 0) {
+		r = lookup_child(f, &p, name, &c);
+		node_put(&p);
+	}
+	if (r < 0) {
+		fuse_reply_err(req, -r);
+		return;
+	}
+	reply_entry(req, &c);
+	node_put(&c);
+}
+
+static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct fs *f = fuse_req_userdata(req);
+	struct node n;
+	struct stat st;
+	int r = node_get(f, ino, &n);
+
+	(void)fi;
+	if (r < 0) {
+		fuse_reply_err(req, -r);
+		return;
+	}
+	fill_attr(&n, &st);
+	node_put(&n);
+	fuse_reply_attr(req, &st, 0.0);
+}
+
+/* ---- directories ---- */
+
+struct dirbuf {
+	char *p;
+	size_t size;
+};
+
+static void dirbuf_add(fuse_req_t req, struct dirbuf *b, const char *name, fuse_ino_t ino, bool dir)
+{
+	struct stat st = { .st_ino = ino, .st_mode = dir ? S_IFDIR : S_IFREG };
+	size_t old = b->size, n = fuse_add_direntry(req, NULL, 0, name, NULL, 0);
+	char *np = realloc(b->p, old + n);
+
+	if (!np)
+		return;
+	b->p = np;
+	b->size += n;
+	fuse_add_direntry(req, b->p + old, n, name, &st, (off_t)b->size);
+}
+
+static void add_defs(fuse_req_t req, struct dirbuf *b, uint64_t obj, const struct file_def *d, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		dirbuf_add(req, b, d[i].name, INO(obj, d[i].idx), false);
+}
+
+/* Object names listed under a lock, then mapped to inodes. */
+static void add_templates(fuse_req_t req, struct fs *f, struct dirbuf *b)
+{
+	char **names = engine_template_list(f->e);
+
+	for (char **p = names; p && *p; p++) {
+		struct template *t = engine_template_get(f->e, *p);
+
+		if (t) {
+			dirbuf_add(req, b, *p, INO(template_id(t), IDX_DIR), true);
+			template_unref(t);
+		}
+	}
+	strv_free(names);
+}
+
+static void add_sandboxes(fuse_req_t req, struct template *t, struct dirbuf *b)
+{
+	char **names = template_sandbox_list(t);
+
+	for (char **p = names; p && *p; p++) {
+		struct sandbox *s = template_sandbox_get(t, *p);
+
+		if (s) {
+			dirbuf_add(req, b, *p, INO(sandbox_id(s), IDX_DIR), true);
+			sandbox_unref(s);
+		}
+	}
+	strv_free(names);
+}
+
+static int build_dir(fuse_req_t req, struct fs *f, struct node *n, struct dirbuf *b)
+{
+	dirbuf_add(req, b, ".", n->ino, true);
+	dirbuf_add(req, b, "..", FUSE_ROOT_ID, true);
+	switch (n->kind) {
+	case K_ROOT:
+		dirbuf_add(req, b, "templates", INO(0, IDX_TEMPLATES), true);
+		add_defs(req, b, 0, root_files, ARRAY_SIZE(root_files));
+		return 0;
+	case K_TEMPLATES:
+		add_templates(req, f, b);
+		return 0;
+	case K_TPL_DIR:
+		add_defs(req, b, template_id(n->t), tpl_files, ARRAY_SIZE(tpl_files));
+		dirbuf_add(req, b, "sandboxes", INO(template_id(n->t), IDX_TPL_SANDBOXES), true);
+		return 0;
+	case K_TPL_SANDBOXES:
+		add_sandboxes(req, n->t, b);
+		return 0;
+	case K_SB_DIR:
+		add_defs(req, b, sandbox_id(n->s), sb_files, ARRAY_SIZE(sb_files));
+		return 0;
+	default:
+		return -ENOTDIR;
+	}
+}
+
+/* The listing is taken once at opendir, so readdir offsets stay consistent. */
+static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct fs *f = fuse_req_userdata(req);
+	struct dirbuf *b = calloc(1, sizeof(*b));
+	struct node n;
+	int r = b ? node_get(f, ino, &n) : -ENOMEM;
+
+	if (r == 0) {
+		r = build_dir(req, f, &n, b);
+		node_put(&n);
+	}
+	if (r < 0) {
+		if (b)
+			free(b->p);
+		free(b);
+		fuse_reply_err(req, -r);
+		return;
+	}
+	fi->fh = (uint64_t)(uintptr_t)b;
+	fi->cache_readdir = 0;
+	fuse_reply_open(req, fi);
+}
+
+static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	struct dirbuf *b = (struct dirbuf *)(uintptr_t)fi->fh;
+	size_t o = (size_t)off;
+
+	(void)ino;
+	if (o >= b->size)
+		fuse_reply_buf(req, NULL, 0);
+	else
+		fuse_reply_buf(req, b->p + o, b->size - o < size ? b->size - o : size);
+}
+
+static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct dirbuf *b = (struct dirbuf *)(uintptr_t)fi->fh;
+
+	(void)ino;
+	free(b->p);
+	free(b);
+	fuse_reply_err(req, 0);
+}
+
+/* ---- mkdir / rmdir / unlink ---- */
+
+static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
+{
+	struct fs *f = fuse_req_userdata(req);
+	struct node p, c;
+	struct sandbox *s = NULL;
+	struct template *t = NULL;
+	int r = node_get(f, parent, &p);
+
+	(void)mode;
+	if (r < 0) {
+		fuse_reply_err(req, -r);
+		return;
+	}
+	if (p.kind == K_TEMPLATES)
+		r = engine_template_create(f->e, name, &t);
+	else if (p.kind == K_TPL_SANDBOXES)
+		r = engine_sandbox_create(f->e, p.t, name, &s); /* reserves and returns: the create runs behind */
+	else
+		r = -EPERM;
+	node_put(&p);
+	if (r == 0)
+		r = node_get(f, INO(t ? template_id(t) : sandbox_id(s), IDX_DIR), &c);
+	template_unref(t);
+	sandbox_unref(s);
+	if (r < 0) {
+		fuse_reply_err(req, -r);
+		return;
+	}
+	reply_entry(req, &c);
+	node_put(&c);
+}
+
+static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct fs *f = fuse_req_userdata(req);
+	struct node p;
+	int r = node_get(f, parent, &p);
+
+	if (r < 0) {
+		fuse_reply_err(req, -r);
+		return;
+	}
+	if (p.kind == K_TEMPLATES)
+		r = engine_template_remove(f->e, name);
+	else if (p.kind == K_TPL_SANDBOXES)
+		r = engine_sandbox_destroy(f->e, p.t, name);
+	else if (p.kind == K_TPL_DIR && strcmp(name, "sandboxes") == 0)
+		r = 0; /* part of the template: goes with it (so rm -rf of a template works) */
+	else {
+		struct node c;
+
+		r = lookup_child(f, &p, name, &c) == 0 ? -EPERM : -ENOENT;
+		node_put(&c);
+	}
+	node_put(&p);
+	fuse_reply_err(req, -r);
+}
+
+/*
+ * Attribute files are part of their object and go with its rmdir. unlink of
+ * one inside a template or sandbox succeeds without effect, so `rm -rf` of
+ * the object works; anywhere else it is refused.
+ */
+static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct fs *f = fuse_req_userdata(req);
+	struct node p, c;
+	int r = node_get(f, parent, &p);
+
+	if (r == 0) {
+		r = lookup_child(f, &p, name, &c);
+		if (r == 0) {
+			r = (p.kind == K_SB_DIR || p.kind == K_TPL_DIR) && !is_dir(&c) ? 0 : -EPERM;
+			node_put(&c);
+		}
+		node_put(&p);
+	}
+	fuse_reply_err(req, -r);
+}
+
+/* ---- files ---- */
+
+static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct fs *f = fuse_req_userdata(req);
+	struct node n;
+	int r = node_get(f, ino, &n);
+
+	if (r < 0) {
+		fuse_reply_err(req, -r);
+		return;
+	}
+	if (is_dir(&n)) {
+		node_put(&n);
+		fuse_reply_err(req, EISDIR);
+		return;
+	}
+	fh_open(f, req, &n, fi); /* takes the node's references */
+}
+
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	(void)ino;
+	fh_read(req, size, off, fi);
+}
+
+static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
+		     struct fuse_file_info *fi)
+{
+	(void)ino;
+	fh_write(req, buf, size, off, fi);
+}
+
+static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)ino;
+	fh_flush(req, fi);
+}
+
+static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)ino;
+	fh_release(req, fi);
+}
+
+/* Truncation only makes sense for files that are written whole (config, ctl, exec). */
+static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set, struct fuse_file_info *fi)
+{
+	struct fs *f = fuse_req_userdata(req);
+	struct node n;
+	struct stat st;
+	int r = node_get(f, ino, &n);
+
+	(void)attr;
+	(void)fi;
+	if (r == 0 && (to_set & ~(FUSE_SET_ATTR_SIZE | FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME |
+				  FUSE_SET_ATTR_ATIME_NOW | FUSE_SET_ATTR_MTIME_NOW | FUSE_SET_ATTR_CTIME)))
+		r = -EPERM;
+	if (r == 0 && (to_set & FUSE_SET_ATTR_SIZE) && (is_dir(&n) || !(n.file->mode & 0200)))
+		r = -EACCES;
+	if (r < 0) {
+		node_put(&n);
+		fuse_reply_err(req, -r);
+		return;
+	}
+	fill_attr(&n, &st);
+	node_put(&n);
+	fuse_reply_attr(req, &st, 0.0);
+}
+
+static void op_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+	struct statvfs sv = { .f_bsize = 4096, .f_namemax = 255 };
+
+	(void)ino;
+	fuse_reply_statfs(req, &sv);
+}
+
+static void op_init(void *userdata, struct fuse_conn_info *conn)
+{
+	(void)userdata;
+	/* Requests that park (wait, exec) must not hold up others. */
+	if (conn->capable & FUSE_CAP_ASYNC_READ)
+		conn->want |= FUSE_CAP_ASYNC_READ;
+	conn->want &= ~(unsigned)FUSE_CAP_WRITEBACK_CACHE;
+}
+
+static const struct fuse_lowlevel_ops ops = {
+	.init = op_init,
+	.lookup = op_lookup,
+	.getattr = op_getattr,
+	.setattr = op_setattr,
+	.opendir = op_opendir,
+	.readdir = op_readdir,
+	.releasedir = op_releasedir,
+	.mkdir = op_mkdir,
+	.rmdir = op_rmdir,
+	.unlink = op_unlink,
+	.open = op_open,
+	.read = op_read,
+	.write = op_write,
+	.flush = op_flush,
+	.release = op_release,
+	.statfs = op_statfs,
+};
+
+static void fuse_log_to_ours(enum fuse_log_level level, const char *fmt, va_list ap)
+{
+	char buf[512];
+
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	buf[strcspn(buf, "\n")] = '\0';
+	log_msg(level <= FUSE_LOG_ERR ? LOG_ERR_ : level <= FUSE_LOG_WARNING ? LOG_WARN_ : LOG_DEBUG_, "fuse: %s",
+		buf);
+}
+
+int fs_new(struct engine *e, int argc, char **argv, struct fs **ret)
+{
+	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
+	struct fs *f = calloc(1, sizeof(*f));
+
+	if (!f)
+		return -ENOMEM;
+	fuse_set_log_func(fuse_log_to_ours);
+	f->e = e;
+	/*
+	 * default_permissions: the kernel checks modes itself, so no cached answer
+	 * is reused for another user. No auto_unmount: a crashed daemon leaves a
+	 * mount that answers ENOTCONN, never one that looks empty.
+	 */
+	if (fuse_opt_add_arg(&args, "-o") < 0 ||
+	    fuse_opt_add_arg(&args, "fsname=emberfs,subtype=emberfs,default_permissions,allow_other") < 0) {
+		free(f);
+		return -ENOMEM;
+	}
+	f->se = fuse_session_new(&args, &ops, sizeof(ops), f);
+	fuse_opt_free_args(&args);
+	if (!f->se) {
+		free(f);
+		return -EINVAL;
+	}
+	*ret = f;
+	return 0;
+}
+
+/* A mount left by a daemon that died answers ENOTCONN: detach it before mounting again. */
+static void clear_stale_mount(const char *mp)
+{
+	struct stat st;
+
+	if (stat(mp, &st) < 0 && errno == ENOTCONN) {
+		log_warn("%s: stale FUSE mount from an earlier run, detaching it", mp);
+		umount2(mp, MNT_DETACH);
+	}
+}
+
+int fs_mount(struct fs *f, const char *mountpoint)
+{
+	clear_stale_mount(mountpoint);
+	if (fuse_session_mount(f->se, mountpoint) != 0)
+		return -EIO;
+	f->mountpoint = strdup(mountpoint);
+	f->mounted = true;
+	return 0;
+}
+
+int fs_loop(struct fs *f)
+{
+	struct fuse_loop_config *cfg = fuse_loop_cfg_create();
+	int r;
+
+	if (!cfg)
+		return -ENOMEM;
+	fuse_loop_cfg_set_clone_fd(cfg, 0);
+	fuse_loop_cfg_set_max_threads(cfg, 64);
+	fuse_loop_cfg_set_idle_threads(cfg, 8);
+	r = fuse_session_loop_mt(f->se, cfg);
+	fuse_loop_cfg_destroy(cfg);
+	return r < 0 ? r : 0;
+}
+
+void fs_unmount(struct fs *f)
+{
+	if (f && f->mounted) {
+		fuse_session_unmount(f->se);
+		f->mounted = false;
+	}
+}
+
+void fs_free(struct fs *f)
+{
+	if (!f)
+		return;
+	fs_unmount(f);
+	fuse_session_destroy(f->se);
+	free(f->mountpoint);
+	free(f);
+}

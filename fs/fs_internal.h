@@ -1,0 +1,57 @@
+/* Shared between fs.c (tree, lookup, dispatch) and handles.c (open files). */
+#pragma once
+
+#define FUSE_USE_VERSION 312
+#include <fuse_lowlevel.h>
+#include <pthread.h>
+
+#include "common.h"
+#include "engine.h"
+
+/* Inode numbers: (object id << 4) | index. Object 0 is the static tree. */
+#define INO(obj, idx) (((fuse_ino_t)(obj) << 4) | (idx))
+#define INO_OBJ(ino) ((uint64_t)(ino) >> 4)
+#define INO_IDX(ino) ((unsigned)((ino)&15))
+
+enum { IDX_ROOT = 1, IDX_TEMPLATES = 2, IDX_README = 3, IDX_VERSION = 4 };
+enum { IDX_DIR = 0, IDX_TPL_SANDBOXES = 5 };
+
+enum ftype { F_STATIC, F_RENDER, F_CONFIG, F_CTL, F_WAIT, F_EXEC, F_CONSOLE };
+
+struct file_def {
+	const char *name;
+	unsigned idx;
+	mode_t mode;
+	enum ftype type;
+	char *(*render_t)(struct template *t);
+	char *(*render_s)(struct sandbox *s);
+};
+
+enum kind { K_ROOT, K_TEMPLATES, K_STATIC_FILE, K_TPL_DIR, K_TPL_FILE, K_TPL_SANDBOXES, K_SB_DIR, K_SB_FILE };
+
+/* A decoded inode; holds references to its objects. */
+struct node {
+	enum kind kind;
+	fuse_ino_t ino;
+	struct template *t;
+	struct sandbox *s;
+	const struct file_def *file;
+};
+
+struct fs {
+	struct engine *e;
+	struct fuse_session *se;
+	char *mountpoint;
+	bool mounted;
+};
+
+int node_get(struct fs *f, fuse_ino_t ino, struct node *n);
+void node_put(struct node *n);
+
+/* File handle operations (handles.c). */
+void fh_open(struct fs *f, fuse_req_t req, struct node *n, struct fuse_file_info *fi);
+void fh_read(fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi);
+void fh_write(fuse_req_t req, const char *buf, size_t size, off_t off, struct fuse_file_info *fi);
+void fh_flush(fuse_req_t req, struct fuse_file_info *fi);
+void fh_release(fuse_req_t req, struct fuse_file_info *fi);
+extern const char fs_readme[];

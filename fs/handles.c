@@ -1,0 +1,522 @@
+/*
+ * Open files. Generated files are rendered once at open into the handle and
+ * served with direct_io. `wait` and `exec` reads park their request and are
+ * answered from an engine thread when the outcome is known, so no FUSE worker
+ * is held while a guest boots or a command runs; both honour interrupts.
+ */
+#include <fcntl.h>
+#include <json-c/json.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "config.h"
+#include "fs_internal.h"
+
+#define WRITE_MAX (64 * 1024)
+
+enum exec_phase { EX_IDLE = 0, EX_RUNNING, EX_DONE };
+
+struct fh {
+	enum ftype type;
+	struct node node;
+	char *buf; /* rendered content, or bytes written */
+	size_t len;
+	int fd;	   /* console */
+	int accmode;
+
+	pthread_mutex_t lock;
+	int refs; /* the open file, and an exec in flight; protected by lock */
+	/* wait */
+	fuse_req_t wait_req;  /* protected by lock */
+	uint64_t wait_token;  /* protected by lock */
+	bool interrupted;     /* protected by lock */
+	/* exec */
+	enum exec_phase phase; /* protected by lock */
+	bool json_mode;
+	struct exec_result res;
+	int exec_err;
+	char *out; /* the response: stdout then stderr, or JSON */
+	size_t out_len, rpos;
+	bool failed_exit;      /* plain mode: non-zero exit -> EIO at the end */
+	fuse_req_t read_req;   /* protected by lock */
+	size_t read_size;
+	fuse_req_t flush_req;  /* protected by lock */
+};
+
+const char fs_readme[] =
+	"emberfs: microVM sandboxes as files. See docs/interface.md for the whole contract.\n"
+	"\n"
+	"  templates/T/config          JSON: kernel, initrd, rootfs, cmdline, vcpus, mem_mib, backend, accel\n"
+	"  templates/T/identity        digest over everything that changes start-up\n"
+	"  templates/T/status          JSON: state (new|baking|ready|failed|stale), bake timings, error\n"
+	"  templates/T/ctl             write: bake | rebake\n"
+	"  templates/T/sandboxes/NAME  mkdir = create (returns at once), rmdir or rm -rf = destroy\n"
+	"    status   JSON: state, path (restore|cold), identity, timings, error\n"
+	"    timings  one \"phase milliseconds\" line per phase\n"
+	"    wait     read blocks until ready; fails with EIO if the create failed\n"
+	"    exec     write a command, read its output on the same open file\n"
+	"    console  the guest's serial log\n";
+
+static struct fh *fh_of(struct fuse_file_info *fi)
+{
+	return (struct fh *)(uintptr_t)fi->fh;
+}
+
+static void fh_free(struct fh *h)
+{
+	node_put(&h->node);
+	if (h->fd >= 0)
+		close(h->fd);
+	exec_result_clear(&h->res);
+	free(h->buf);
+	free(h->out);
+	pthread_mutex_destroy(&h->lock);
+	free(h);
+}
+
+static void fh_unref(struct fh *h)
+{
+	int n;
+
+	pthread_mutex_lock(&h->lock);
+	n = --h->refs;
+	pthread_mutex_unlock(&h->lock);
+	if (n == 0)
+		fh_free(h);
+}
+
+static int render(struct fh *h)
+{
+	const struct file_def *d = h->node.file;
+
+	if (h->accmode == O_WRONLY)
+		return 0; /* written whole: nothing to render */
+	if (d->idx == IDX_VERSION && h->node.kind == K_STATIC_FILE)
+		h->buf = strdup("emberfs " EMBERFS_VERSION "\n");
+	else if (h->node.kind == K_STATIC_FILE)
+		h->buf = strdup(fs_readme);
+	else if (d->render_t)
+		h->buf = d->render_t(h->node.t);
+	else if (d->render_s)
+		h->buf = d->render_s(h->node.s);
+	else
+		return 0;
+	if (!h->buf)
+		return -ENOMEM;
+	h->len = strlen(h->buf);
+	return 0;
+}
+
+void fh_open(struct fs *f, fuse_req_t req, struct node *n, struct fuse_file_info *fi)
+{
+	struct fh *h = calloc(1, sizeof(*h));
+	int r = 0;
+
+	(void)f;
+	if (!h) {
+		node_put(n);
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	h->node = *n;
+	h->type = n->file->type;
+	h->fd = -1;
+	h->refs = 1;
+	h->accmode = fi->flags & O_ACCMODE;
+	pthread_mutex_init(&h->lock, NULL);
+	if (h->accmode != O_RDONLY && !(n->file->mode & 0200))
+		r = -EACCES;
+	else if (h->accmode != O_WRONLY && !(n->file->mode & 0400))
+		r = -EACCES;
+	else if (h->type == F_CONSOLE)
+		h->fd = open(sandbox_console_path(n->s), O_RDONLY | O_CLOEXEC); /* absent until the VMM starts */
+	else
+		r = render(h);
+	if (r < 0) {
+		fh_free(h);
+		fuse_reply_err(req, -r);
+		return;
+	}
+	fi->fh = (uint64_t)(uintptr_t)h;
+	fi->direct_io = 1;
+	fi->keep_cache = 0;
+	fi->nonseekable = h->type == F_WAIT || h->type == F_EXEC;
+	fuse_reply_open(req, fi);
+}
+
+static void reply_slice(fuse_req_t req, const char *buf, size_t len, size_t off, size_t size)
+{
+	if (off >= len)
+		fuse_reply_buf(req, NULL, 0);
+	else
+		fuse_reply_buf(req, buf + off, len - off < size ? len - off : size);
+}
+
+/* ---- wait ---- */
+
+static void wait_done(void *arg, int result)
+{
+	struct fh *h = arg;
+	fuse_req_t req;
+
+	pthread_mutex_lock(&h->lock);
+	req = TAKE_PTR(h->wait_req);
+	h->wait_token = 0;
+	pthread_mutex_unlock(&h->lock);
+	if (!req)
+		return;
+	if (result < 0)
+		fuse_reply_err(req, -result);
+	else
+		fuse_reply_buf(req, "ready\n", 6);
+}
+
+static void wait_interrupt(fuse_req_t req, void *arg)
+{
+	struct fh *h = arg;
+	uint64_t token;
+	fuse_req_t r = NULL;
+
+	(void)req;
+	pthread_mutex_lock(&h->lock);
+	h->interrupted = true;
+	token = h->wait_token;
+	pthread_mutex_unlock(&h->lock);
+	if (token && sandbox_wait_cancel(h->node.s, token)) {
+		pthread_mutex_lock(&h->lock);
+		r = TAKE_PTR(h->wait_req);
+		pthread_mutex_unlock(&h->lock);
+	}
+	if (r)
+		fuse_reply_err(r, EINTR);
+}
+
+static void wait_read(fuse_req_t req, struct fh *h, off_t off)
+{
+	uint64_t token;
+	bool cancel_now;
+
+	if (off > 0) {
+		fuse_reply_buf(req, NULL, 0);
+		return;
+	}
+	pthread_mutex_lock(&h->lock);
+	if (h->wait_req) {
+		pthread_mutex_unlock(&h->lock);
+		fuse_reply_err(req, EBUSY);
+		return;
+	}
+	h->wait_req = req;
+	h->interrupted = false;
+	pthread_mutex_unlock(&h->lock);
+	fuse_req_interrupt_func(req, wait_interrupt, h);
+	token = sandbox_wait_async(h->node.s, wait_done, h); /* may answer right here */
+	pthread_mutex_lock(&h->lock);
+	if (h->wait_req == req)
+		h->wait_token = token;
+	cancel_now = h->wait_req == req && h->interrupted;
+	pthread_mutex_unlock(&h->lock);
+	if (cancel_now && sandbox_wait_cancel(h->node.s, token)) {
+		pthread_mutex_lock(&h->lock);
+		h->wait_req = NULL;
+		pthread_mutex_unlock(&h->lock);
+		fuse_reply_err(req, EINTR);
+	}
+}
+
+/* ---- exec ---- */
+
+static int build_output(struct fh *h)
+{
+	struct exec_result *r = &h->res;
+
+	if (h->json_mode) {
+		char *o = NULL, *e = NULL;
+		int n;
+
+		o = base64_encode(r->out ? r->out : (uint8_t *)"", r->out_len);
+		e = base64_encode(r->err ? r->err : (uint8_t *)"", r->err_len);
+		n = o && e ? asprintf(&h->out,
+				      "{\"exit_code\":%d,\"signal\":%d,\"truncated\":%s,\"duration_ms\":%.3f,"
+				      "\"stdout\":\"%s\",\"stderr\":\"%s\"}\n",
+				      r->exit_code, r->signal, r->truncated ? "true" : "false", r->duration_ms, o, e)
+				: -1;
+		free(o);
+		free(e);
+		if (n < 0)
+			return -ENOMEM;
+		h->out_len = (size_t)n;
+		return 0;
+	}
+	h->out = malloc(r->out_len + r->err_len + 1);
+	if (!h->out)
+		return -ENOMEM;
+	if (r->out_len)
+		memcpy(h->out, r->out, r->out_len);
+	if (r->err_len)
+		memcpy(h->out + r->out_len, r->err, r->err_len);
+	h->out_len = r->out_len + r->err_len;
+	h->failed_exit = r->exit_code != 0 || r->signal != 0;
+	return 0;
+}
+
+/* Reads return the response from the handle's own cursor (writes moved the file offset). */
+static void exec_serve(fuse_req_t req, struct fh *h, size_t size)
+{
+	if (h->exec_err) {
+		fuse_reply_err(req, h->exec_err);
+		return;
+	}
+	if (h->rpos >= h->out_len) {
+		if (h->failed_exit)
+			fuse_reply_err(req, EIO);
+		else
+			fuse_reply_buf(req, NULL, 0);
+		return;
+	}
+	size = h->out_len - h->rpos < size ? h->out_len - h->rpos : size;
+	fuse_reply_buf(req, h->out + h->rpos, size);
+	h->rpos += size;
+}
+
+static void exec_done(void *arg, int result)
+{
+	struct fh *h = arg;
+	fuse_req_t rd, fl;
+	size_t size;
+
+	pthread_mutex_lock(&h->lock);
+	h->exec_err = result < 0 ? -result : 0;
+	if (!h->exec_err && build_output(h) < 0)
+		h->exec_err = ENOMEM;
+	if (h->exec_err)
+		log_debug("exec in %s failed: %s", sandbox_name(h->node.s), strerror(h->exec_err));
+	h->phase = EX_DONE;
+	rd = TAKE_PTR(h->read_req);
+	fl = TAKE_PTR(h->flush_req);
+	size = h->read_size;
+	if (rd)
+		exec_serve(rd, h, size);
+	pthread_mutex_unlock(&h->lock);
+	if (fl)
+		fuse_reply_err(fl, 0);
+	fh_unref(h); /* the exec's reference */
+}
+
+static void exec_interrupt(fuse_req_t req, void *arg)
+{
+	struct fh *h = arg;
+	fuse_req_t r;
+
+	/* The command keeps running; a later read on this handle gets its output. */
+	pthread_mutex_lock(&h->lock);
+	r = h->read_req == req ? TAKE_PTR(h->read_req) : NULL;
+	pthread_mutex_unlock(&h->lock);
+	if (r)
+		fuse_reply_err(r, EINTR);
+}
+
+/* Starts the command written so far. h->lock held. */
+static int exec_start(struct fh *h)
+{
+	_cleanup_free_ char *req = NULL;
+	size_t n = h->len;
+	int r;
+
+	while (n > 0 && (h->buf[n - 1] == '\n' || h->buf[n - 1] == '\r'))
+		n--;
+	if (n == 0)
+		return -EINVAL;
+	h->buf[n] = '\0';
+	h->json_mode = h->buf[0] == '{';
+	if (h->json_mode) {
+		req = strdup(h->buf);
+	} else {
+		json_object *s = json_object_new_string_len(h->buf, (int)n);
+
+		if (asprintf(&req, "{\"sh\":%s}", json_object_to_json_string_ext(s, JSON_C_TO_STRING_PLAIN)) < 0)
+			req = NULL;
+		json_object_put(s);
+	}
+	if (!req)
+		return -ENOMEM;
+	h->refs++;
+	r = sandbox_exec_async(h->node.s, req, &h->res, exec_done, h);
+	if (r == 0)
+		h->phase = EX_RUNNING;
+	else
+		h->refs--;
+	return r;
+}
+
+static void exec_read(fuse_req_t req, struct fh *h, size_t size)
+{
+	int r = 0;
+
+	pthread_mutex_lock(&h->lock);
+	if (h->phase == EX_IDLE)
+		r = exec_start(h);
+	if (r == 0 && h->phase == EX_RUNNING && h->read_req)
+		r = -EBUSY;
+	if (r < 0) {
+		pthread_mutex_unlock(&h->lock);
+		fuse_reply_err(req, -r);
+		return;
+	}
+	if (h->phase == EX_DONE) {
+		exec_serve(req, h, size);
+		pthread_mutex_unlock(&h->lock);
+		return;
+	}
+	h->read_req = req;
+	h->read_size = size;
+	pthread_mutex_unlock(&h->lock);
+	fuse_req_interrupt_func(req, exec_interrupt, h);
+}
+
+/* ---- dispatch ---- */
+
+void fh_read(fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	struct fh *h = fh_of(fi);
+	char *buf;
+	ssize_t n;
+
+	switch (h->type) {
+	case F_WAIT:
+		wait_read(req, h, off);
+		return;
+	case F_EXEC:
+		exec_read(req, h, size);
+		return;
+	case F_CONSOLE:
+		if (h->fd < 0) {
+			fuse_reply_buf(req, NULL, 0);
+			return;
+		}
+		buf = malloc(size);
+		n = buf ? pread(h->fd, buf, size, off) : -1;
+		if (n < 0)
+			fuse_reply_err(req, buf ? errno : ENOMEM);
+		else
+			fuse_reply_buf(req, buf, (size_t)n);
+		free(buf);
+		return;
+	default:
+		if (h->accmode == O_WRONLY)
+			fuse_reply_err(req, EBADF);
+		else
+			reply_slice(req, h->buf, h->len, (size_t)off, size);
+	}
+}
+
+static int append(struct fh *h, const char *buf, size_t size)
+{
+	char *nb;
+
+	if (h->len + size > WRITE_MAX)
+		return -EFBIG;
+	nb = realloc(h->buf, h->len + size + 1);
+	if (!nb)
+		return -ENOMEM;
+	h->buf = nb;
+	memcpy(h->buf + h->len, buf, size);
+	h->len += size;
+	h->buf[h->len] = '\0';
+	return 0;
+}
+
+/* config is applied when the bytes written so far form a whole JSON value. */
+static int config_write(struct fh *h, const char *buf, size_t size, off_t off)
+{
+	json_tokener *tok;
+	json_object *o;
+	bool complete;
+	int r;
+
+	if (off == 0 && h->accmode != O_WRONLY) {
+		free(h->buf); /* an O_RDWR handle held the rendered text */
+		h->buf = NULL;
+		h->len = 0;
+	}
+	if ((r = append(h, buf, size)) < 0)
+		return r;
+	tok = json_tokener_new();
+	o = tok ? json_tokener_parse_ex(tok, h->buf, (int)h->len) : NULL;
+	complete = json_tokener_get_error(tok) != json_tokener_continue;
+	json_object_put(o);
+	json_tokener_free(tok);
+	if (!complete)
+		return 0;
+	r = template_write_config(h->node.t, h->buf, h->len);
+	h->len = 0;
+	return r;
+}
+
+void fh_write(fuse_req_t req, const char *buf, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	struct fh *h = fh_of(fi);
+	int r;
+
+	switch (h->type) {
+	case F_CTL:
+		r = template_ctl(h->node.t, buf, size);
+		break;
+	case F_CONFIG:
+		r = config_write(h, buf, size, off);
+		break;
+	case F_EXEC:
+		pthread_mutex_lock(&h->lock);
+		r = h->phase == EX_IDLE ? append(h, buf, size) : -EBUSY;
+		pthread_mutex_unlock(&h->lock);
+		break;
+	default:
+		r = -EACCES;
+	}
+	if (r < 0)
+		fuse_reply_err(req, -r);
+	else
+		fuse_reply_write(req, size);
+}
+
+/* Closing an exec file that was written but never read runs the command and waits for it. */
+void fh_flush(fuse_req_t req, struct fuse_file_info *fi)
+{
+	struct fh *h = fh_of(fi);
+	int r = 0;
+
+	if (h->type == F_CONFIG && h->len > 0) {
+		h->len = 0;
+		fuse_reply_err(req, EINVAL); /* an incomplete JSON value was written */
+		return;
+	}
+	if (h->type != F_EXEC) {
+		fuse_reply_err(req, 0);
+		return;
+	}
+	pthread_mutex_lock(&h->lock);
+	if (h->phase == EX_IDLE && h->len > 0)
+		r = exec_start(h);
+	if (r == 0 && h->phase == EX_RUNNING && !h->flush_req) {
+		h->flush_req = req;
+		req = NULL;
+	}
+	pthread_mutex_unlock(&h->lock);
+	if (req)
+		fuse_reply_err(req, -r);
+}
+
+void fh_release(fuse_req_t req, struct fuse_file_info *fi)
+{
+	struct fh *h = fh_of(fi);
+	uint64_t token;
+
+	pthread_mutex_lock(&h->lock);
+	token = h->wait_token;
+	pthread_mutex_unlock(&h->lock);
+	if (token)
+		sandbox_wait_cancel(h->node.s, token);
+	/* An exec still running keeps the handle until its completion arrives. */
+	fh_unref(h);
+	fuse_reply_err(req, 0);
+}

@@ -1,0 +1,113 @@
+/* Template config parsing: every error is clear and leaves nothing allocated. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "engine.h"
+
+static int parse(const char *json, struct template_config *cfg, char **err)
+{
+	memset(cfg, 0, sizeof(*cfg));
+	*err = NULL;
+	return template_config_parse(json, strlen(json), cfg, err);
+}
+
+static void parses_full(void **state)
+{
+	struct template_config c;
+	char *err;
+
+	(void)state;
+	assert_int_equal(parse("{\"kernel\":\"/k\",\"initrd\":\"/i\",\"rootfs\":\"/r\",\"cmdline\":\"console=ttyS0\","
+			       "\"vcpus\":2,\"mem_mib\":512,\"backend\":\"qemu\",\"accel\":\"tcg\"}",
+			       &c, &err),
+			 0);
+	assert_string_equal(c.kernel, "/k");
+	assert_string_equal(c.initrd, "/i");
+	assert_string_equal(c.rootfs, "/r");
+	assert_string_equal(c.cmdline, "console=ttyS0");
+	assert_int_equal(c.vcpus, 2);
+	assert_int_equal(c.mem_mib, 512);
+	assert_int_equal(c.accel, ACCEL_TCG);
+	template_config_clear(&c);
+}
+
+static void defaults(void **state)
+{
+	struct template_config c;
+	char *err;
+
+	(void)state;
+	assert_int_equal(parse("{\"kernel\":\"/k\"}", &c, &err), 0);
+	assert_int_equal(c.vcpus, 1);
+	assert_int_equal(c.mem_mib, 256);
+	assert_string_equal(c.backend, "qemu");
+	assert_null(c.initrd);
+	assert_int_equal(c.accel, ACCEL_AUTO);
+	template_config_clear(&c);
+}
+
+static void roundtrip(void **state)
+{
+	struct template_config a, b;
+	char *err, *s1, *s2;
+
+	(void)state;
+	assert_int_equal(parse("{\"kernel\":\"/k\",\"rootfs\":\"/r\",\"vcpus\":3}", &a, &err), 0);
+	assert_int_equal(template_config_copy(&a, &b), 0);
+	s1 = template_config_render(&a);
+	s2 = template_config_render(&b);
+	assert_string_equal(s1, s2);
+	free(s1);
+	free(s2);
+	template_config_clear(&a);
+	template_config_clear(&b);
+}
+
+static void rejects(void **state)
+{
+	static const char *const bad[] = {
+		"",
+		"{",
+		"not json",
+		"[1,2]",
+		"{\"kernel\":\"/k\"} trailing",
+		"{}",
+		"{\"kernel\":\"relative\"}",
+		"{\"kernel\":\"/a/../b\"}",
+		"{\"kernel\":\"/a,b\"}",
+		"{\"kernel\":5}",
+		"{\"kernel\":\"/k\",\"vcpus\":0}",
+		"{\"kernel\":\"/k\",\"vcpus\":\"2\"}",
+		"{\"kernel\":\"/k\",\"mem_mib\":1}",
+		"{\"kernel\":\"/k\",\"backend\":\"firecracker\"}",
+		"{\"kernel\":\"/k\",\"accel\":\"hvf\"}",
+		"{\"kernel\":\"/k\",\"unknown\":1}",
+		"{\"kernel\":\"/k\",\"cmdline\":\"a\\nb\"}",
+	};
+	(void)state;
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		struct template_config c;
+		char *err;
+
+		assert_int_equal(parse(bad[i], &c, &err), -EINVAL);
+		assert_non_null(err);
+		assert_null(c.kernel); /* nothing half-parsed is left */
+		free(err);
+	}
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(parses_full),
+		cmocka_unit_test(defaults),
+		cmocka_unit_test(roundtrip),
+		cmocka_unit_test(rejects),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
