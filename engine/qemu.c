@@ -28,6 +28,7 @@ struct vmm {
 	int pidfd;
 	int qmp;
 	bool exited;
+	bool incoming; /* restore: started with -incoming defer */
 	int status; /* exit code, or 128 + signal */
 	char *qmp_path;
 	char buf[65536];
@@ -146,13 +147,12 @@ static void build_args(const char *binary, const struct vmm_spec *s, struct args
 	args_add(a, "virtserialport,chardev=agent,name=org.emberfs.agent");
 	args_add(a, "-qmp");
 	args_add(a, "unix:%s,server=on,wait=off", s->qmp_path);
-	args_add(a, "-global");
-	args_add(a, "migration.x-ignore-shared=on");
 	args_add(a, "-sandbox");
 	args_add(a, "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
 	if (s->incoming_fd >= 0) {
+		/* capabilities must be set before the stream is read: see qemu_connect */
 		args_add(a, "-incoming");
-		args_add(a, "fd:3");
+		args_add(a, "defer");
 	}
 	a->v[a->n] = NULL;
 }
@@ -198,6 +198,7 @@ static int qemu_spawn(const char *binary, const struct vmm_spec *s, struct vmm *
 		return r;
 	}
 	v->qmp_path = strdup(s->qmp_path);
+	v->incoming = s->incoming_fd >= 0;
 	*ret = TAKE_PTR(v);
 	return 0;
 }
@@ -294,6 +295,7 @@ static int qemu_connect(struct vmm *v, unsigned timeout_ms, const atomic_bool *c
 	uint64_t deadline = now_ns() + (uint64_t)timeout_ms * 1000000;
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	_cleanup_free_ char *greeting = NULL;
+	int r;
 
 	if (strlen(v->qmp_path) >= sizeof(sa.sun_path))
 		return -ENAMETOOLONG;
@@ -313,8 +315,17 @@ static int qemu_connect(struct vmm *v, unsigned timeout_ms, const atomic_bool *c
 			return -ETIMEDOUT;
 	}
 	if (read_line(v, deadline, &greeting) < 0 || !strstr(greeting, "\"QMP\""))
-		return -EPROTO;
-	return qmp_exec(v, "{\"execute\":\"qmp_capabilities\"}", -1, timeout_ms, NULL);
+		return vmm_dead(v, 0) ? -ECHILD : -EPROTO;
+	r = qmp_exec(v, "{\"execute\":\"qmp_capabilities\"}", -1, timeout_ms, NULL);
+	/* RAM is in a shared file: migrate device state only, in both directions. */
+	if (r == 0)
+		r = qmp_exec(v, "{\"execute\":\"migrate-set-capabilities\",\"arguments\":{\"capabilities\":"
+				"[{\"capability\":\"x-ignore-shared\",\"state\":true}]}}", -1, timeout_ms, NULL);
+	/* The snapshot's state file is fd 3 in the VMM. */
+	if (r == 0 && v->incoming)
+		r = qmp_exec(v, "{\"execute\":\"migrate-incoming\",\"arguments\":{\"uri\":\"fd:3\"}}", -1,
+			     timeout_ms, NULL);
+	return r;
 }
 
 static int query_string(struct vmm *v, const char *cmd, const char *key, unsigned timeout_ms, char *out,
@@ -344,7 +355,10 @@ static int qemu_wait_running(struct vmm *v, unsigned timeout_ms)
 			return r;
 		if (strcmp(st, "running") == 0)
 			return 0;
-		if (strcmp(st, "inmigrate") != 0 && strcmp(st, "prelaunch") != 0 && strcmp(st, "restore-vm") != 0)
+		/* A stream saved from a paused VM leaves the restored one paused. */
+		if (strcmp(st, "paused") == 0 && (r = qmp_exec(v, "{\"execute\":\"cont\"}", -1, timeout_ms, NULL)) < 0)
+			return r;
+		if (strcmp(st, "paused") != 0 && strcmp(st, "inmigrate") != 0 && strcmp(st, "prelaunch") != 0 && strcmp(st, "restore-vm") != 0)
 			return -EIO;
 		if (now_ns() > deadline)
 			return -ETIMEDOUT;
@@ -361,8 +375,12 @@ static int qemu_snapshot(struct vmm *v, const char *state_path, unsigned timeout
 
 	if (fd < 0)
 		return -errno;
-	if ((r = qmp_exec(v, "{\"execute\":\"stop\"}", -1, timeout_ms, NULL)) < 0 ||
-	    (r = qmp_exec(v, "{\"execute\":\"getfd\",\"arguments\":{\"fdname\":\"snap\"}}", fd, timeout_ms, NULL)) < 0 ||
+	/*
+	 * No "stop" first: migration stops the vCPUs itself before it saves device
+	 * state, and a stream from a running VM makes the restored one run without
+	 * a "cont" round trip.
+	 */
+	if ((r = qmp_exec(v, "{\"execute\":\"getfd\",\"arguments\":{\"fdname\":\"snap\"}}", fd, timeout_ms, NULL)) < 0 ||
 	    (r = qmp_exec(v, "{\"execute\":\"migrate\",\"arguments\":{\"uri\":\"fd:snap\"}}", -1, timeout_ms, NULL)) < 0)
 		return r;
 	for (;;) {

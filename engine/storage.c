@@ -72,6 +72,7 @@ static bool is_mountpoint(const char *dir)
 	return parent && stat(dir, &a) == 0 && stat(parent, &b) == 0 && a.st_dev != b.st_dev;
 }
 
+/* Returns the open loop fd: with autoclear, closing it before the mount would detach the device. */
 static int loop_attach(const char *image, char *dev, size_t devlen)
 {
 	_cleanup_close_ int ctl = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
@@ -94,7 +95,7 @@ static int loop_attach(const char *image, char *dev, size_t devlen)
 		lc.info.lo_flags = LO_FLAGS_AUTOCLEAR;
 		snprintf((char *)lc.info.lo_file_name, LO_NAME_SIZE, "emberfs-store");
 		if (ioctl(lfd, LOOP_CONFIGURE, &lc) == 0)
-			return 0;
+			return TAKE_FD(lfd);
 		if (errno != EBUSY)
 			return -errno;
 	}
@@ -124,6 +125,7 @@ static int mount_loop_store(struct store *s, uint64_t size_mib, char **ret_error
 {
 	char dev[64];
 	struct stat st;
+	_cleanup_close_ int lfd = -1;
 	int r;
 
 	if (stat(s->image, &st) < 0) {
@@ -133,7 +135,7 @@ static int mount_loop_store(struct store *s, uint64_t size_mib, char **ret_error
 			return r;
 		}
 	}
-	r = loop_attach(s->image, dev, sizeof(dev));
+	r = lfd = loop_attach(s->image, dev, sizeof(dev));
 	if (r < 0) {
 		*ret_error = strdup("store: cannot attach a loop device to the store image");
 		return r;
@@ -182,11 +184,34 @@ void store_close(struct store *s)
 	memset(s, 0, sizeof(*s));
 }
 
+/* Copies [o, end) with copy_file_range, or read/write across filesystems. */
+static int copy_range(int in, int out, off_t o, off_t end)
+{
+	static __thread char buf[1 << 16];
+
+	while (o < end) {
+		loff_t io = o, oo = o;
+		size_t want = (size_t)(end - o);
+		ssize_t n = copy_file_range(in, &io, out, &oo, want, 0);
+
+		if (n < 0 && (errno == EXDEV || errno == EINVAL || errno == EOPNOTSUPP || errno == ENOSYS)) {
+			n = pread(in, buf, want < sizeof(buf) ? want : sizeof(buf), o);
+			if (n > 0 && pwrite(out, buf, (size_t)n, o) != n)
+				return -EIO;
+		}
+		if (n <= 0)
+			return n < 0 ? -errno : -EIO;
+		o += n;
+	}
+	return 0;
+}
+
 /* A full copy that keeps holes: only data extents are copied. */
 static int copy_sparse(int in, int out)
 {
 	struct stat st;
 	off_t pos = 0;
+	int r;
 
 	if (fstat(in, &st) < 0 || ftruncate(out, st.st_size) < 0)
 		return -errno;
@@ -198,14 +223,9 @@ static int copy_sparse(int in, int out)
 		hole = lseek(in, data, SEEK_HOLE);
 		if (hole < 0)
 			return -errno;
-		for (off_t o = data; o < hole;) {
-			loff_t io = o, oo = o;
-			ssize_t n = copy_file_range(in, &io, out, &oo, (size_t)(hole - o), 0);
-
-			if (n <= 0)
-				return n < 0 ? -errno : -EIO;
-			o += n;
-		}
+		r = copy_range(in, out, data, hole);
+		if (r < 0)
+			return r;
 		pos = hole;
 	}
 	return 0;

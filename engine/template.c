@@ -294,7 +294,8 @@ static int bake_boot_and_snapshot(struct bake_ctx *b, const char *mem, const cha
 		timings_lap(&b->tm, "snapshot");
 	}
 	if (r < 0)
-		set_error(&b->error, "bake failed at %s: %s (see %s and %s)", step, strerror(-r), con, log);
+		set_error(&b->error, "bake failed at %s: %s (see %s/bake-console.log and %s/bake-vmm.log)", step,
+			  strerror(-r), t->dir, t->dir);
 	agent_free(ac);
 	pthread_mutex_lock(&e->lock);
 	t->bake_vmm = NULL;
@@ -349,6 +350,16 @@ static int bake_commit(struct bake_ctx *b, const char *mem, const char *disk)
 	return r;
 }
 
+/* A failed bake's logs outlive its directory: the error points at them. */
+static void keep_log(struct bake_ctx *b, const char *from, const char *to)
+{
+	_cleanup_free_ char *src = strjoin(b->newdir, "/", from, NULL);
+	_cleanup_free_ char *dst = strjoin(b->t->dir, "/", to, NULL);
+
+	if (src && dst)
+		rename(src, dst);
+}
+
 static void *bake_main(void *arg)
 {
 	struct bake_ctx *b = arg;
@@ -377,8 +388,11 @@ static void *bake_main(void *arg)
 		r = bake_commit(b, mem, disk);
 	cold_release(e);
 	rm_rf(b->rundir);
-	if (r < 0)
+	if (r < 0) {
+		keep_log(b, "console.log", "bake-console.log");
+		keep_log(b, "vmm.log", "bake-vmm.log");
 		rm_rf(b->newdir);
+	}
 
 	pthread_mutex_lock(&e->lock);
 	t->bake_running = false;

@@ -517,11 +517,17 @@ static void fuse_log_to_ours(enum fuse_log_level level, const char *fmt, va_list
 
 int fs_new(struct engine *e, int argc, char **argv, struct fs **ret)
 {
-	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
+	struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
 	struct fs *f = calloc(1, sizeof(*f));
 
 	if (!f)
 		return -ENOMEM;
+	for (int i = 0; i < argc; i++)
+		if (fuse_opt_add_arg(&args, argv[i]) < 0) {
+			fuse_opt_free_args(&args);
+			free(f);
+			return -ENOMEM;
+		}
 	fuse_set_log_func(fuse_log_to_ours);
 	f->e = e;
 	/*
@@ -531,6 +537,7 @@ int fs_new(struct engine *e, int argc, char **argv, struct fs **ret)
 	 */
 	if (fuse_opt_add_arg(&args, "-o") < 0 ||
 	    fuse_opt_add_arg(&args, "fsname=emberfs,subtype=emberfs,default_permissions,allow_other") < 0) {
+		fuse_opt_free_args(&args);
 		free(f);
 		return -ENOMEM;
 	}
