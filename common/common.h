@@ -66,7 +66,12 @@ static inline double ns_to_ms(uint64_t ns)
 int name_validate(const char *name);
 
 /* Files. All return 0 or a negative errno. */
-int write_file_atomic(const char *path, const void *data, size_t len);
+/*
+ * Temp file + rename: readers see the old or the new content, never a mix.
+ * durable also fsyncs (survives power loss); records that only need to
+ * survive a daemon crash skip it, the page cache outlives the process.
+ */
+int write_file_atomic(const char *path, const void *data, size_t len, bool durable);
 int read_file(const char *path, size_t max, char **ret_data, size_t *ret_len);
 int mkdir_p(const char *path, mode_t mode);
 int rm_rf(const char *path);

@@ -47,7 +47,7 @@ static int write_all(int fd, const void *data, size_t len)
 	return 0;
 }
 
-int write_file_atomic(const char *path, const void *data, size_t len)
+int write_file_atomic(const char *path, const void *data, size_t len, bool durable)
 {
 	_cleanup_free_ char *tmp = strjoin(path, ".tmp", NULL);
 	_cleanup_close_ int fd = -1;
@@ -59,7 +59,7 @@ int write_file_atomic(const char *path, const void *data, size_t len)
 	if (fd < 0)
 		return -errno;
 	r = write_all(fd, data, len);
-	if (r == 0 && fsync(fd) < 0)
+	if (r == 0 && durable && fsync(fd) < 0)
 		r = -errno;
 	if (r == 0 && rename(tmp, path) < 0)
 		r = -errno;

@@ -150,32 +150,21 @@ static void reap_recorded_vmm(const char *record)
 /* Sandboxes do not outlive the daemon yet: finish what a crashed run left. */
 static void sweep_leftovers(struct engine *e)
 {
-	_cleanup_free_ char *sbroot = strjoin(e->store.root, "/sandboxes", NULL);
+	_cleanup_free_ char *vms = strjoin(e->store.root, "/vms", NULL);
 	_cleanup_free_ char *run = strjoin(e->state_dir, "/run", NULL);
-	DIR *d = sbroot ? opendir(sbroot) : NULL;
+	DIR *d = vms ? opendir(vms) : NULL;
 	struct dirent *de;
 
 	while (d && (de = readdir(d))) {
-		_cleanup_free_ char *tdir = NULL;
-		DIR *td;
-		struct dirent *se;
+		_cleanup_free_ char *rec = NULL;
 
-		if (de->d_name[0] == '.' || !(tdir = strjoin(sbroot, "/", de->d_name, NULL)))
-			continue;
-		td = opendir(tdir);
-		while (td && (se = readdir(td))) {
-			_cleanup_free_ char *rec = NULL;
-
-			if (se->d_name[0] != '.' && (rec = strjoin(tdir, "/", se->d_name, "/record.json", NULL)))
-				reap_recorded_vmm(rec);
-		}
-		if (td)
-			closedir(td);
+		if (de->d_name[0] != '.' && (rec = strjoin(vms, "/", de->d_name, "/record.json", NULL)))
+			reap_recorded_vmm(rec);
 	}
 	if (d)
 		closedir(d);
-	if (sbroot)
-		rm_rf(sbroot);
+	if (vms)
+		rm_rf(vms);
 	if (run)
 		rm_rf(run);
 }
@@ -400,6 +389,7 @@ int engine_template_remove(struct engine *e, const char *name)
 	e->n_templates--;
 	t->removed = true;
 	pthread_mutex_unlock(&e->lock);
+	spares_stop(t);
 	rm_rf(t->dir);
 	template_unref(t);
 	return 0;

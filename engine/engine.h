@@ -29,6 +29,7 @@ struct engine_options {
 	uint64_t store_size_mib;   /* size of the loop-mounted XFS store when needed */
 	bool no_loop_store;	   /* never create a loop store; full copies are then reported */
 	bool bake_default;	   /* bake the default template at start */
+	unsigned spares;	   /* VMMs spawned ahead per template for restores; 0: none */
 };
 
 /* Sandbox states; see docs/interface.md for their meaning. */

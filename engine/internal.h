@@ -78,11 +78,15 @@ struct vmm_ops {
 	int (*spawn)(const char *binary, const struct vmm_spec *spec, struct vmm **ret);
 	/* Control channel up; bounded; gives up early if *cancel turns true. */
 	int (*connect)(struct vmm *v, unsigned timeout_ms, const atomic_bool *cancel);
+	/* Starts loading the snapshot (spec.incoming_fd) into a connected VMM. */
+	int (*restore)(struct vmm *v, unsigned timeout_ms);
 	/* Waits until the guest's vCPUs run (after a restore). */
 	int (*wait_running)(struct vmm *v, unsigned timeout_ms);
 	/* Pauses and writes device state to state_path (guest RAM stays in mem_path). */
 	int (*snapshot)(struct vmm *v, const char *state_path, unsigned timeout_ms);
 	pid_t (*pid)(struct vmm *v);
+	/* False once the process has exited (not reaped yet, or reaped). */
+	bool (*alive)(struct vmm *v);
 	/* Waits for the process to exit (blocking); returns a wait status. */
 	int (*wait_exit)(struct vmm *v);
 	/* SIGKILL (idempotent). */
@@ -108,6 +112,39 @@ struct bake_info {
 	char *baked_at; /* ISO 8601 */
 };
 
+/*
+ * A spare: a VMM spawned ahead for a template's current snapshot, with its
+ * own clones of the snapshot's memory and disk, waiting in -incoming mode.
+ * A restore claims one and only loads device state into it.
+ */
+struct spare {
+	uint64_t id;
+	struct vmm *vmm;
+	char *dir;    /* store/sandboxes/TEMPLATE/.spare-ID: mem, disk, console, log */
+	char *rundir; /* state/run/ID: sockets */
+	char identity[65];
+	char state_digest[65];
+	const char *clone_method;
+	double prepare_ms;
+	struct spare *next;
+};
+void spare_free(struct engine *e, struct spare *sp);
+int record_write(const char *dir, const char *tpl, const char *name, pid_t pid, const char *rundir);
+void spares_free_list(struct engine *e, struct spare *list);
+/* Detaches spares that no longer match the template's snapshot. e->lock held. */
+struct spare *spares_take_stale(struct template *t);
+/* Pops a live spare matching the current snapshot, or NULL. e->lock held. */
+struct spare *spare_claim(struct template *t, struct spare **ret_dead);
+void spares_start(struct template *t);
+void spares_stop(struct template *t);
+
+/*
+ * Clones the template's snapshot (checked first: state digest, memory size)
+ * into mem_dst and disk_dst (disk_dst may be NULL), and opens its device state.
+ */
+int template_snapshot_clone(struct template *t, const char *mem_dst, const char *disk_dst,
+			    enum clone_method *ret_method, int *ret_state_fd, char **ret_why);
+
 struct template {
 	atomic_int refs;
 	uint64_t id;
@@ -127,6 +164,12 @@ struct template {
 	struct sandbox **sandboxes;
 	size_t n_sandboxes;
 	bool removed;
+	struct spare *spares; /* ready to claim */
+	unsigned n_spares;
+	bool spare_stop;
+	bool spare_thread_started;
+	pthread_t spare_thread;
+	pthread_cond_t spare_cond;
 	bool bake_running;
 	bool bake_joinable;
 	atomic_bool bake_cancel;
@@ -145,6 +188,7 @@ struct sandbox {
 	char *rundir;	/* state/run/ID: sockets */
 	char *console_path;
 	atomic_bool cancel;
+	struct spare *spare; /* claimed in mkdir, consumed by the job */
 
 	/* protected by e->lock */
 	enum sandbox_state state;

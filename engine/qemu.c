@@ -29,6 +29,7 @@ struct vmm {
 	int qmp;
 	bool exited;
 	bool incoming; /* restore: started with -incoming defer */
+	bool resumed;  /* a RESUME event was seen */
 	int status; /* exit code, or 128 + signal */
 	char *qmp_path;
 	char buf[65536];
@@ -215,8 +216,9 @@ static int read_line(struct vmm *v, uint64_t deadline, char **ret)
 	for (;;) {
 		char *nl = memchr(v->buf, '\n', v->len);
 		struct pollfd p = { .fd = v->qmp, .events = POLLIN };
-		int64_t left = (int64_t)(deadline - now_ns()) / 1000000;
+		int64_t left = ((int64_t)deadline - (int64_t)now_ns()) / 1000000;
 		ssize_t n;
+		int pr;
 
 		if (nl) {
 			size_t l = (size_t)(nl - v->buf);
@@ -230,8 +232,11 @@ static int read_line(struct vmm *v, uint64_t deadline, char **ret)
 			return -EMSGSIZE;
 		if (left <= 0)
 			return -ETIMEDOUT;
-		if (poll(&p, 1, (int)left) < 0 && errno != EINTR)
+		pr = poll(&p, 1, (int)left);
+		if (pr < 0 && errno != EINTR)
 			return -errno;
+		if (pr <= 0)
+			continue; /* timed out or interrupted: the deadline check decides */
 		n = read(v->qmp, v->buf + v->len, sizeof(v->buf) - v->len);
 		if (n == 0)
 			return -ECONNRESET;
@@ -286,7 +291,9 @@ static int qmp_exec(struct vmm *v, const char *cmd, int pass_fd, unsigned timeou
 			log_debug("qmp: %s failed: %s", cmd, json_object_to_json_string(x));
 			return -EIO;
 		}
-		/* events: skip */
+		/* events: remember the one wait_running needs */
+		if (json_object_object_get_ex(o, "event", &x) && strcmp(json_object_get_string(x), "RESUME") == 0)
+			v->resumed = true;
 	}
 }
 
@@ -321,11 +328,16 @@ static int qemu_connect(struct vmm *v, unsigned timeout_ms, const atomic_bool *c
 	if (r == 0)
 		r = qmp_exec(v, "{\"execute\":\"migrate-set-capabilities\",\"arguments\":{\"capabilities\":"
 				"[{\"capability\":\"x-ignore-shared\",\"state\":true}]}}", -1, timeout_ms, NULL);
-	/* The snapshot's state file is fd 3 in the VMM. */
-	if (r == 0 && v->incoming)
-		r = qmp_exec(v, "{\"execute\":\"migrate-incoming\",\"arguments\":{\"uri\":\"fd:3\"}}", -1,
-			     timeout_ms, NULL);
 	return r;
+}
+
+/* Starts reading the snapshot's device state, which is fd 3 in the VMM. */
+static int qemu_restore(struct vmm *v, unsigned timeout_ms)
+{
+	if (!v->incoming)
+		return -EINVAL;
+	return qmp_exec(v, "{\"execute\":\"migrate-incoming\",\"arguments\":{\"uri\":\"fd:3\"}}", -1,
+			timeout_ms, NULL);
 }
 
 static int query_string(struct vmm *v, const char *cmd, const char *key, unsigned timeout_ms, char *out,
@@ -343,27 +355,53 @@ static int query_string(struct vmm *v, const char *cmd, const char *key, unsigne
 	return 0;
 }
 
+/* Waits for the RESUME event the restored VM sends when its vCPUs start. */
+static int wait_resume_event(struct vmm *v, unsigned slice_ms)
+{
+	uint64_t deadline = now_ns() + (uint64_t)slice_ms * 1000000;
+
+	while (!v->resumed) {
+		_cleanup_free_ char *line = NULL;
+		_cleanup_json_ json_object *o = NULL;
+		json_object *x;
+		int r = read_line(v, deadline, &line);
+
+		if (r < 0)
+			return r;
+		o = json_tokener_parse(line);
+		if (o && json_object_object_get_ex(o, "event", &x) && strcmp(json_object_get_string(x), "RESUME") == 0)
+			v->resumed = true;
+	}
+	return 0;
+}
+
 static int qemu_wait_running(struct vmm *v, unsigned timeout_ms)
 {
 	uint64_t deadline = now_ns() + (uint64_t)timeout_ms * 1000000;
 
 	for (;;) {
 		char st[64];
-		int r = query_string(v, "{\"execute\":\"query-status\"}", "status", timeout_ms, st, sizeof(st));
+		int r = wait_resume_event(v, 50);
 
+		if (r == 0)
+			return 0;
+		if (r != -ETIMEDOUT)
+			return vmm_dead(v, 0) ? -ECHILD : r;
+		/* No event yet: ask, and start a VM that a paused stream left paused. */
+		r = query_string(v, "{\"execute\":\"query-status\"}", "status", timeout_ms, st, sizeof(st));
 		if (r < 0)
 			return r;
 		if (strcmp(st, "running") == 0)
 			return 0;
-		/* A stream saved from a paused VM leaves the restored one paused. */
 		if (strcmp(st, "paused") == 0 && (r = qmp_exec(v, "{\"execute\":\"cont\"}", -1, timeout_ms, NULL)) < 0)
 			return r;
-		if (strcmp(st, "paused") != 0 && strcmp(st, "inmigrate") != 0 && strcmp(st, "prelaunch") != 0 && strcmp(st, "restore-vm") != 0)
+		if (strcmp(st, "paused") != 0 && strcmp(st, "inmigrate") != 0 && strcmp(st, "prelaunch") != 0 &&
+		    strcmp(st, "restore-vm") != 0) {
+			log_debug("qemu: unexpected run state \"%s\" while restoring", st);
 			return -EIO;
+		}
 		if (now_ns() > deadline)
 			return -ETIMEDOUT;
-		if (vmm_dead(v, 1))
-			return -ECHILD;
 	}
 }
 
@@ -399,6 +437,11 @@ static int qemu_snapshot(struct vmm *v, const char *state_path, unsigned timeout
 			return -ECHILD;
 	}
 	return fsync(fd) < 0 ? -errno : 0;
+}
+
+static bool qemu_alive(struct vmm *v)
+{
+	return !v->exited && !vmm_dead(v, 0);
 }
 
 static pid_t qemu_pid(struct vmm *v)
@@ -447,9 +490,11 @@ const struct vmm_ops qemu_ops = {
 	.version = qemu_version,
 	.spawn = qemu_spawn,
 	.connect = qemu_connect,
+	.restore = qemu_restore,
 	.wait_running = qemu_wait_running,
 	.snapshot = qemu_snapshot,
 	.pid = qemu_pid,
+	.alive = qemu_alive,
 	.wait_exit = qemu_wait_exit,
 	.kill = qemu_kill,
 	.free = qemu_free,

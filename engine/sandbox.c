@@ -78,6 +78,7 @@ void sandbox_unref(struct sandbox *s)
 	agent_free(s->agent);
 	if (s->vmm)
 		s->e->vmm->free(s->vmm);
+	spare_free(s->e, s->spare);
 	template_unref(s->tpl);
 	free(s->dir);
 	free(s->rundir);
@@ -101,6 +102,7 @@ static struct waiter *apply_event(struct sandbox *s, enum sandbox_event ev)
 	if (s->state != SB_CREATING) {
 		w = s->waiters;
 		s->waiters = NULL;
+		pthread_cond_broadcast(&s->tpl->spare_cond); /* the filler waits for creates to settle */
 	}
 	return w;
 }
@@ -224,63 +226,23 @@ static void job_decide(struct job *j)
 	pthread_mutex_unlock(&s->e->lock);
 }
 
-/* Checks the snapshot before any VMM maps it: state digest and RAM file size. */
-static int verify_snapshot(struct template *t, const char *state, const char *mem, uint64_t mem_size,
-			   const char *want, char **why)
-{
-	char got[65];
-	struct stat st;
-
-	if (stat(mem, &st) < 0 || (uint64_t)st.st_size != mem_size) {
-		*why = strdup("snapshot memory file missing or of the wrong size");
-		return -EINVAL;
-	}
-	if (sha256_file(state, got) < 0 || strcmp(got, want) != 0) {
-		*why = strdup("snapshot state digest mismatch (corrupt or truncated)");
-		return -EINVAL;
-	}
-	(void)t;
-	return 0;
-}
-
 static int job_clone_snapshot(struct job *j)
 {
 	struct sandbox *s = j->s;
-	struct template *t = s->tpl;
 	struct engine *e = s->e;
-	_cleanup_free_ char *smem = strjoin(t->snapdir, "/mem", NULL);
-	_cleanup_free_ char *sdisk = strjoin(t->snapdir, "/disk.img", NULL);
-	_cleanup_free_ char *sstate = strjoin(t->snapdir, "/state", NULL);
 	char *why = NULL;
-	char want[65];
-	uint64_t mem_size;
-	int r;
 
-	pthread_mutex_lock(&e->lock);
-	memcpy(want, t->bake.state_digest, 65);
-	mem_size = t->bake.mem_size;
-	pthread_mutex_unlock(&e->lock);
-	pthread_rwlock_rdlock(&t->snap_lock);
-	r = verify_snapshot(t, sstate, smem, mem_size, want, &why);
-	if (r == 0)
-		r = store_clone(&e->store, smem, j->mem, &j->method);
-	if (r == 0 && j->disk)
-		r = store_clone(&e->store, sdisk, j->disk, &j->method);
-	if (r == 0 && (j->state_fd = open(sstate, O_RDONLY | O_CLOEXEC)) < 0)
-		r = -errno;
-	pthread_rwlock_unlock(&t->snap_lock);
-	if (r < 0) {
+	if (template_snapshot_clone(s->tpl, j->mem, j->disk, &j->method, &j->state_fd, &why) < 0) {
 		/* A bad snapshot is a reason to boot cold, never to fail the create. */
 		pthread_mutex_lock(&e->lock);
 		free(s->path_reason);
-		s->path_reason = why ? why : strdup("snapshot clone failed");
+		s->path_reason = why;
 		s->path = "cold";
 		pthread_mutex_unlock(&e->lock);
-		log_warn("sandbox %s/%s: %s; booting cold", t->name, s->name, s->path_reason);
-		unlink(j->mem);
-		if (j->disk)
-			unlink(j->disk);
+		log_warn("sandbox %s/%s: %s; booting cold", s->tpl->name, s->name, why ? why : "?");
 		j->restore = false;
+	} else {
+		free(why);
 	}
 	return 0;
 }
@@ -312,21 +274,21 @@ static unsigned long long proc_start_time(pid_t pid)
 }
 
 /* The record lets a restarted daemon find (and, for now, reap) what this run left. */
-static int write_record(struct sandbox *s, pid_t pid)
+int record_write(const char *dir, const char *tpl, const char *name, pid_t pid, const char *rundir)
 {
-	_cleanup_free_ char *p = strjoin(s->dir, "/record.json", NULL);
+	_cleanup_free_ char *p = strjoin(dir, "/record.json", NULL);
 	_cleanup_json_ json_object *o = json_object_new_object();
 	const char *txt;
 
 	if (!p || !o)
 		return -ENOMEM;
-	json_object_object_add(o, "template", json_object_new_string(s->tpl->name));
-	json_object_object_add(o, "name", json_object_new_string(s->name));
+	json_object_object_add(o, "template", json_object_new_string(tpl));
+	json_object_object_add(o, "name", name ? json_object_new_string(name) : NULL);
 	json_object_object_add(o, "vmm_pid", json_object_new_int(pid));
 	json_object_object_add(o, "vmm_start", json_object_new_int64((int64_t)proc_start_time(pid)));
-	json_object_object_add(o, "run_dir", json_object_new_string(s->rundir));
+	json_object_object_add(o, "run_dir", json_object_new_string(rundir));
 	txt = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY);
-	return write_file_atomic(p, txt, strlen(txt));
+	return write_file_atomic(p, txt, strlen(txt), false);
 }
 
 static int job_spawn(struct job *j)
@@ -350,7 +312,7 @@ static int job_spawn(struct job *j)
 	if (atomic_load(&s->cancel))
 		e->vmm->kill(v);
 	pthread_mutex_unlock(&e->lock);
-	write_record(s, s->vmm_pid);
+	record_write(s->dir, s->tpl->name, s->name, s->vmm_pid, s->rundir);
 	return e->vmm->connect(v, QMP_TIMEOUT_MS, &s->cancel);
 }
 
@@ -412,6 +374,39 @@ static int job_paths(struct job *j)
 	return 0;
 }
 
+/*
+ * Restore into the spare VMM claimed in mkdir: its clones and process are
+ * ready, so only device state is loaded. Its directory becomes the sandbox's.
+ */
+static int run_restore_spare(struct job *j, const char **step)
+{
+	struct sandbox *s = j->s;
+	struct engine *e = s->e;
+	struct spare *sp = s->spare;
+	int r;
+
+	j->restore = true;
+	pthread_mutex_lock(&e->lock);
+	s->vmm = TAKE_PTR(sp->vmm);
+	s->vmm_pid = e->vmm->pid(s->vmm);
+	s->clone_method = sp->clone_method;
+	if (atomic_load(&s->cancel))
+		e->vmm->kill(s->vmm);
+	pthread_mutex_unlock(&e->lock);
+	record_write(s->dir, s->tpl->name, s->name, s->vmm_pid, s->rundir);
+	*step = "restore";
+	r = e->vmm->restore(s->vmm, QMP_TIMEOUT_MS);
+	if (r == 0)
+		r = e->vmm->wait_running(s->vmm, RESTORE_TIMEOUT_MS);
+	timings_lap(&s->timings, "restore");
+	if (r == 0) {
+		*step = "agent";
+		r = job_agent(j);
+		timings_lap(&s->timings, "agent");
+	}
+	return r;
+}
+
 static int run_create(struct job *j, const char **step)
 {
 	struct sandbox *s = j->s;
@@ -422,6 +417,8 @@ static int run_create(struct job *j, const char **step)
 	*step = "prepare";
 	if ((r = job_paths(j)) < 0)
 		return r;
+	if (s->spare)
+		return run_restore_spare(j, step);
 	job_decide(j);
 	if (!j->cfg.rootfs) {
 		free(j->disk);
@@ -452,7 +449,9 @@ static int run_create(struct job *j, const char **step)
 	}
 	if (r == 0 && j->restore) {
 		*step = "restore";
-		r = e->vmm->wait_running(s->vmm, RESTORE_TIMEOUT_MS);
+		r = e->vmm->restore(s->vmm, QMP_TIMEOUT_MS);
+		if (r == 0)
+			r = e->vmm->wait_running(s->vmm, RESTORE_TIMEOUT_MS);
 		timings_lap(&s->timings, "restore");
 	}
 	if (r == 0) {
@@ -505,6 +504,7 @@ static void *sandbox_main(void *arg)
 int engine_sandbox_create(struct engine *e, struct template *t, const char *name, struct sandbox **ret)
 {
 	struct sandbox *s, **n;
+	struct spare *dead = NULL;
 	char idbuf[32];
 	int r = name_validate(name);
 
@@ -522,7 +522,7 @@ int engine_sandbox_create(struct engine *e, struct template *t, const char *name
 	pthread_cond_init(&s->cond, NULL);
 	timings_start(&s->timings);
 	s->created_realtime_ms = (uint64_t)time(NULL) * 1000;
-	s->dir = strjoin(e->store.root, "/sandboxes/", t->name, "/", name, NULL);
+	s->dir = strjoin(e->store.root, "/vms/", idbuf, NULL);
 	s->rundir = strjoin(e->state_dir, "/run/", idbuf, NULL);
 	s->console_path = strjoin(s->dir, "/console.log", NULL);
 	if (!s->dir || !s->rundir || !s->console_path) {
@@ -539,6 +539,19 @@ int engine_sandbox_create(struct engine *e, struct template *t, const char *name
 			r = -EEXIST;
 	if (r == 0 && !(n = realloc(t->sandboxes, (t->n_sandboxes + 1) * sizeof(*n))))
 		r = -ENOMEM;
+	if (r == 0 && t->state == TPL_READY && (s->spare = spare_claim(t, &dead))) {
+		/* the reservation: a spare VMM for this exact snapshot, or none and a fresh one later */
+		/* QEMU reopens its disk by path when the guest starts: the spare's directory stays where it is. */
+		free(s->rundir);
+		free(s->dir);
+		free(s->console_path);
+		s->rundir = strdup(s->spare->rundir);
+		s->dir = strdup(s->spare->dir);
+		s->console_path = strjoin(s->spare->dir, "/console.log", NULL);
+		s->path = "restore";
+		memcpy(s->identity, s->spare->identity, 65);
+		timings_lap(&s->timings, "claim");
+	}
 	if (r == 0) {
 		t->sandboxes = n;
 		atomic_fetch_add(&t->refs, 1);
@@ -552,6 +565,7 @@ int engine_sandbox_create(struct engine *e, struct template *t, const char *name
 		}
 	}
 	pthread_mutex_unlock(&e->lock);
+	spares_free_list(e, dead);
 	if (r < 0)
 		goto free;
 	*ret = s;

@@ -145,6 +145,7 @@ int template_new(struct engine *e, const char *name, const char *config, bool pe
 	t->e = e;
 	pthread_rwlock_init(&t->snap_lock, NULL);
 	pthread_cond_init(&t->cond, NULL);
+	pthread_cond_init(&t->spare_cond, NULL);
 	t->dir = strjoin(e->store.root, "/templates/", name, NULL);
 	t->snapdir = strjoin(t->dir, "/snapshot", NULL);
 	cpath = strjoin(t->dir, "/config.json", NULL);
@@ -157,7 +158,7 @@ int template_new(struct engine *e, const char *name, const char *config, bool pe
 		return r;
 	}
 	if (persist && ((r = mkdir_p(t->dir, 0700)) < 0 || !(rendered = template_config_render(&t->cfg)) ||
-			(r = write_file_atomic(cpath, rendered, strlen(rendered))) < 0)) {
+			(r = write_file_atomic(cpath, rendered, strlen(rendered), true)) < 0)) {
 		template_free(t);
 		return r < 0 ? r : -ENOMEM;
 	}
@@ -166,6 +167,7 @@ int template_new(struct engine *e, const char *name, const char *config, bool pe
 	} else if (template_load_bake(t) == 0) {
 		t->state = strcmp(t->bake.identity, t->identity) == 0 ? TPL_READY : TPL_STALE;
 	}
+	spares_start(t); /* idles until the template is ready */
 	*ret = t;
 	return 0;
 nomem:
@@ -184,6 +186,7 @@ void template_unref(struct template *t)
 		free(t->snapdir);
 		pthread_rwlock_destroy(&t->snap_lock);
 		pthread_cond_destroy(&t->cond);
+		pthread_cond_destroy(&t->spare_cond);
 		free(t);
 	}
 }
@@ -201,6 +204,7 @@ void template_free(struct template *t)
 	cold_wake(e);
 	if (t->bake_joinable)
 		pthread_join(t->bake_thread, NULL);
+	spares_stop(t);
 	for (;;) {
 		char name[NAME_MAX_LEN + 1];
 
@@ -214,6 +218,63 @@ void template_free(struct template *t)
 		engine_sandbox_destroy(e, t, name);
 	}
 	template_unref(t);
+}
+
+/* ---- snapshot clones ---- */
+
+/* Checks the snapshot before any VMM maps it: state digest and RAM file size. */
+static int verify_snapshot(const char *state, const char *mem, uint64_t mem_size, const char *want, char **why)
+{
+	char got[65];
+	struct stat st;
+
+	if (stat(mem, &st) < 0 || (uint64_t)st.st_size != mem_size) {
+		*why = strdup("snapshot memory file missing or of the wrong size");
+		return -EINVAL;
+	}
+	if (sha256_file(state, got) < 0 || strcmp(got, want) != 0) {
+		*why = strdup("snapshot state digest mismatch (corrupt or truncated)");
+		return -EINVAL;
+	}
+	return 0;
+}
+
+int template_snapshot_clone(struct template *t, const char *mem_dst, const char *disk_dst,
+			    enum clone_method *ret_method, int *ret_state_fd, char **ret_why)
+{
+	struct engine *e = t->e;
+	_cleanup_free_ char *smem = strjoin(t->snapdir, "/mem", NULL);
+	_cleanup_free_ char *sdisk = strjoin(t->snapdir, "/disk.img", NULL);
+	_cleanup_free_ char *sstate = strjoin(t->snapdir, "/state", NULL);
+	char want[65];
+	uint64_t mem_size;
+	int r, fd = -1;
+
+	if (!smem || !sdisk || !sstate)
+		return -ENOMEM;
+	pthread_mutex_lock(&e->lock);
+	memcpy(want, t->bake.state_digest, 65);
+	mem_size = t->bake.mem_size;
+	pthread_mutex_unlock(&e->lock);
+	pthread_rwlock_rdlock(&t->snap_lock);
+	r = verify_snapshot(sstate, smem, mem_size, want, ret_why);
+	if (r == 0)
+		r = store_clone(&e->store, smem, mem_dst, ret_method);
+	if (r == 0 && disk_dst)
+		r = store_clone(&e->store, sdisk, disk_dst, ret_method);
+	if (r == 0 && (fd = open(sstate, O_RDONLY | O_CLOEXEC)) < 0)
+		r = -errno;
+	pthread_rwlock_unlock(&t->snap_lock);
+	if (r < 0) {
+		unlink(mem_dst);
+		if (disk_dst)
+			unlink(disk_dst);
+		if (!*ret_why)
+			*ret_why = strdup("snapshot clone failed");
+		return r;
+	}
+	*ret_state_fd = fd;
+	return 0;
 }
 
 /* ---- bake ---- */
@@ -337,7 +398,7 @@ static int bake_commit(struct bake_ctx *b, const char *mem, const char *disk)
 	json_object_object_add(o, "baked_at", json_object_new_string(at ? at : ""));
 	json_object_object_add(o, "timings", timings_json(&b->tm));
 	txt = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY);
-	if ((r = write_file_atomic(bj, txt, strlen(txt))) < 0)
+	if ((r = write_file_atomic(bj, txt, strlen(txt), true)) < 0)
 		return r;
 	pthread_rwlock_wrlock(&t->snap_lock);
 	rm_rf(old);
@@ -366,6 +427,7 @@ static void *bake_main(void *arg)
 	struct template *t = b->t;
 	struct engine *e = t->e;
 	_cleanup_free_ char *mem = NULL, *disk = NULL;
+	struct spare *stale = NULL;
 	int r;
 
 	timings_start(&b->tm);
@@ -409,8 +471,11 @@ static void *bake_main(void *arg)
 		t->error = TAKE_PTR(b->error);
 		log_error("template %s: %s", t->name, t->error ? t->error : "bake failed");
 	}
+	stale = spares_take_stale(t);
 	pthread_cond_broadcast(&t->cond);
+	pthread_cond_broadcast(&t->spare_cond);
 	pthread_mutex_unlock(&e->lock);
+	spares_free_list(e, stale);
 out:
 	template_config_clear(&b->cfg);
 	free(b->newdir);
@@ -517,6 +582,7 @@ int template_write_config(struct template *t, const char *data, size_t len)
 	struct engine *e = t->e;
 	_cleanup_free_ char *err = NULL, *cpath = strjoin(t->dir, "/config.json", NULL), *txt = NULL;
 	struct template_config cfg = { 0 };
+	struct spare *stale = NULL;
 	char ident[65];
 	int r;
 
@@ -534,7 +600,7 @@ int template_write_config(struct template *t, const char *data, size_t len)
 		free(t->error);
 		t->error = strdup("config: refused while a bake runs");
 		r = -EBUSY;
-	} else if (!(txt = template_config_render(&cfg)) || (r = write_file_atomic(cpath, txt, strlen(txt))) < 0) {
+	} else if (!(txt = template_config_render(&cfg)) || (r = write_file_atomic(cpath, txt, strlen(txt), true)) < 0) {
 		template_config_clear(&cfg);
 		r = r < 0 ? r : -ENOMEM;
 	} else {
@@ -547,8 +613,10 @@ int template_write_config(struct template *t, const char *data, size_t len)
 			t->state = strcmp(t->bake.identity, ident) == 0 ? TPL_READY : TPL_STALE;
 		else if (t->state == TPL_FAILED)
 			t->state = TPL_NEW;
+		stale = spares_take_stale(t);
 	}
 	pthread_mutex_unlock(&e->lock);
+	spares_free_list(e, stale);
 	return r;
 }
 

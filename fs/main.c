@@ -34,6 +34,7 @@ static void usage(FILE *out)
 		"      --accel MODE        auto | kvm | tcg (default auto: KVM only where it runs a guest)\n"
 		"      --max-sandboxes N   mkdir fails with ENOSPC beyond N sandboxes (default 64)\n"
 		"      --cold-slots N      cold boots and bakes at once (default 1)\n"
+		"      --spares N          VMMs spawned ahead per baked template for restores (default 2, 0: none)\n"
 		"      --store-size MIB    size of the loop-mounted XFS store, when one is needed (default 32768)\n"
 		"      --no-loop-store     never loop-mount a store: clones are then full copies\n"
 		"      --log FILE          log here once detached (default: discard)\n"
@@ -61,7 +62,7 @@ static int parse_uint(const char *s, unsigned long max, unsigned long *out)
 }
 
 enum { OPT_STATE = 256, OPT_IMAGE, OPT_NOBAKE, OPT_QEMU, OPT_ACCEL, OPT_MAXSB, OPT_COLD, OPT_STORE, OPT_NOLOOP,
-       OPT_LOG, OPT_PID };
+       OPT_LOG, OPT_PID, OPT_SPARES };
 
 static int parse_opt(int c, const char *arg, struct options *o)
 {
@@ -88,6 +89,15 @@ static int parse_opt(int c, const char *arg, struct options *o)
 			return -EINVAL;
 		o->eng.max_sandboxes = (unsigned)v;
 		return 0;
+	case OPT_SPARES:
+		if (strcmp(arg, "0") == 0) {
+			o->eng.spares = 0;
+			return 0;
+		}
+		if (parse_uint(arg, 64, &v) < 0)
+			return -EINVAL;
+		o->eng.spares = (unsigned)v;
+		return 0;
 	case OPT_COLD:
 		if (parse_uint(arg, 64, &v) < 0)
 			return -EINVAL;
@@ -111,6 +121,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 		{ "qemu", required_argument, NULL, OPT_QEMU }, { "accel", required_argument, NULL, OPT_ACCEL },
 		{ "max-sandboxes", required_argument, NULL, OPT_MAXSB },
 		{ "cold-slots", required_argument, NULL, OPT_COLD },
+		{ "spares", required_argument, NULL, OPT_SPARES },
 		{ "store-size", required_argument, NULL, OPT_STORE },
 		{ "no-loop-store", no_argument, NULL, OPT_NOLOOP }, { "log", required_argument, NULL, OPT_LOG },
 		{ "pid-file", required_argument, NULL, OPT_PID }, { "verbose", no_argument, NULL, 'v' },
@@ -189,12 +200,12 @@ static int write_pid(const char *path)
 	char buf[32];
 	int n = snprintf(buf, sizeof(buf), "%d\n", getpid());
 
-	return path ? write_file_atomic(path, buf, (size_t)n) : 0;
+	return path ? write_file_atomic(path, buf, (size_t)n, false) : 0;
 }
 
 int main(int argc, char **argv)
 {
-	struct options o = { .eng = { .state_dir = "/var/lib/emberfs", .bake_default = true }, .level = LOG_INFO_ };
+	struct options o = { .eng = { .state_dir = "/var/lib/emberfs", .bake_default = true, .spares = 2 }, .level = LOG_INFO_ };
 	struct engine *e = NULL;
 	struct fs *f = NULL;
 	int notify = -1, r;
