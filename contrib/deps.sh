@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what emberfs needs to build, run and test, from Debian's packages only.
+# Idempotent: does nothing when everything is already installed.
+set -euo pipefail
+
+PKGS=(
+	# build
+	meson ninja-build pkg-config gcc libc6-dev
+	libfuse3-dev libjson-c-dev libcmocka-dev
+	# run
+	fuse3 qemu-system-x86 xfsprogs util-linux
+	# guest image (contrib/build-image.sh)
+	busybox-static e2fsprogs cpio dpkg apt
+	# tests
+	python3 valgrind
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+	exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+	echo "contrib/deps.sh: need root to install: ${missing[*]}" >&2
+	exit 1
+fi
+echo "installing: ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q >&2
+apt-get install -y -q --no-install-recommends "${missing[@]}" >&2

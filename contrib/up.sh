@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# One command from a fresh Debian machine to a running emberfs:
+# installs dependencies, builds, builds the default guest image, starts the
+# daemon on MOUNTPOINT (default /tmp/emberfs) and waits until the template
+# `default` is baked and ready.
+#
+#   sudo contrib/up.sh [MOUNTPOINT]
+#
+# Stop it with `fusermount3 -u MOUNTPOINT` (or kill the pid it prints).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+MNT=${1:-/tmp/emberfs}
+STATE=${EMBERFS_STATE_DIR:-/var/lib/emberfs}
+LOG=${EMBERFS_LOG:-$STATE/emberfs.log}
+
+if [ "$(id -u)" -ne 0 ]; then
+	echo "up.sh: run as root (FUSE mounts, loop devices and VMMs need it): sudo $0 $*" >&2
+	exit 1
+fi
+contrib/deps.sh
+if [ ! -f build/build.ninja ]; then
+	meson setup build >/dev/null
+fi
+ninja -C build >/dev/null
+image=$(contrib/build-image.sh build/engine/guest/emberfs-agent .image | tail -n 1)
+
+if grep -qs " $MNT fuse.emberfs " /proc/mounts; then
+	echo "up.sh: emberfs is already mounted on $MNT (stop it: fusermount3 -u $MNT)" >&2
+	exit 1
+fi
+mkdir -p "$MNT" "$STATE"
+build/fs/emberfs --state-dir "$STATE" --image-dir "$image" --log "$LOG" --pid-file "$STATE/emberfs.pid" "$MNT"
+
+# The default template bakes in the background (a few seconds under TCG).
+for _ in $(seq 1 600); do
+	state=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["state"])' \
+		"$MNT/templates/default/status" 2>/dev/null || true)
+	case "$state" in
+	ready) break ;;
+	failed)
+		echo "up.sh: baking the default template failed:" >&2
+		cat "$MNT/templates/default/status" >&2
+		exit 1
+		;;
+	esac
+	sleep 0.2
+done
+if [ "$state" != ready ]; then
+	echo "up.sh: template default not ready after 120 s (log: $LOG)" >&2
+	exit 1
+fi
+
+cat <<MSG
+emberfs is running on $MNT (pid $(cat "$STATE/emberfs.pid"), log $LOG), template default ready.
+
+  mkdir $MNT/templates/default/sandboxes/a      # create (returns at once)
+  cat $MNT/templates/default/sandboxes/a/wait   # blocks until ready
+  printf 'touch /root/hello' > $MNT/templates/default/sandboxes/a/exec   # runs; close returns when done
+  exec 3<>$MNT/templates/default/sandboxes/a/exec; printf 'uname -r' >&3; cat <&3; exec 3>&-
+  cat $MNT/templates/default/sandboxes/a/status
+  rm -rf $MNT/templates/default/sandboxes/a     # destroy
+
+Stop: fusermount3 -u $MNT
+MSG
