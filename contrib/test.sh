@@ -27,7 +27,7 @@ build() { # dir, extra meson args...
 echo "== build (werror)" >&2
 build build
 echo "== build (ASan + UBSan)" >&2
-build build-asan -Db_sanitize=address,undefined -Db_lundef=false -Dbuildtype=debug
+build build-asan -Db_sanitize=address,undefined -Db_lundef=false
 
 echo "== guest image" >&2
 image=$(contrib/build-image.sh build/engine/guest/emberfs-agent .image | tail -n 1)

@@ -278,11 +278,21 @@ int engine_new(const struct engine_options *opts, struct engine **ret)
 	pthread_mutex_init(&e->lock, NULL);
 	pthread_mutex_init(&e->cold_lock, NULL);
 	pthread_mutex_init(&e->digest_lock, NULL);
+	pthread_mutex_init(&e->base_lock, NULL);
 	pthread_cond_init(&e->cold_cond, NULL);
 	atomic_init(&e->next_id, 1);
 	r = engine_setup(e, &e->opts);
 	if (r < 0 || (r = load_templates(e)) < 0)
 		goto fail;
+	/* The default template follows --image-dir: a rebuilt image is a new identity. */
+	t = e->default_config ? engine_template_get(e, "default") : NULL;
+	if (t) {
+		r = template_write_config(t, e->default_config, strlen(e->default_config));
+		template_unref(t);
+		if (r < 0)
+			log_warn("template default: cannot apply the image's config: %s", strerror(-r));
+		r = 0;
+	}
 	pthread_mutex_lock(&e->lock);
 	t = find_template(e, "default");
 	if (!t && e->default_config) {
@@ -337,6 +347,7 @@ void engine_free(struct engine *e)
 		free(d);
 	}
 	pthread_mutex_destroy(&e->digest_lock);
+	pthread_mutex_destroy(&e->base_lock);
 	pthread_mutex_destroy(&e->lock);
 	pthread_mutex_destroy(&e->cold_lock);
 	pthread_cond_destroy(&e->cold_cond);

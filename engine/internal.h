@@ -145,6 +145,8 @@ void spares_stop(struct template *t);
 int template_snapshot_clone(struct template *t, const char *mem_dst, const char *disk_dst,
 			    enum clone_method *ret_method, int *ret_state_fd, char **ret_why);
 
+int template_clone_rootfs(struct template *t, const char *rootfs, const char *dst, enum clone_method *ret_method);
+
 struct template {
 	atomic_int refs;
 	uint64_t id;
@@ -227,6 +229,7 @@ struct engine {
 	unsigned n_sandboxes; /* protected by lock */
 	bool shutting_down;
 
+	pthread_mutex_t base_lock; /* serializes making the store's rootfs copies */
 	pthread_mutex_t digest_lock;
 	struct digest_entry *digests; /* protected by digest_lock */
 

@@ -17,7 +17,7 @@
 #define QMP_TIMEOUT_MS 10000
 #define RESTORE_TIMEOUT_MS 30000
 #define AGENT_RESTORE_TIMEOUT_MS 30000
-#define AGENT_BOOT_TIMEOUT_MS 120000
+#define AGENT_BOOT_TIMEOUT_MS 60000
 #define EXEC_DEFAULT_TIMEOUT_MS 600000
 
 const char *sandbox_state_name(enum sandbox_state s)
@@ -249,12 +249,11 @@ static int job_clone_snapshot(struct job *j)
 
 static int job_prepare_cold(struct job *j)
 {
-	struct engine *e = j->s->e;
 	_cleanup_close_ int fd = open(j->mem, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 
 	if (fd < 0 || ftruncate(fd, (off_t)j->cfg.mem_mib << 20) < 0)
 		return -errno;
-	return j->disk ? store_clone(&e->store, j->cfg.rootfs, j->disk, &j->method) : 0;
+	return j->disk ? template_clone_rootfs(j->s->tpl, j->cfg.rootfs, j->disk, &j->method) : 0;
 }
 
 static unsigned long long proc_start_time(pid_t pid)

@@ -13,7 +13,7 @@
 
 #include "internal.h"
 
-#define BAKE_BOOT_TIMEOUT_MS 120000
+#define BAKE_BOOT_TIMEOUT_MS 60000
 #define QMP_TIMEOUT_MS 10000
 
 const char *template_state_name(enum template_state s)
@@ -277,6 +277,38 @@ int template_snapshot_clone(struct template *t, const char *mem_dst, const char 
 	return 0;
 }
 
+/*
+ * A pristine disk clone for a cold boot or a bake. The rootfs usually lives
+ * outside the store (no reflink across filesystems), so it is copied into the
+ * store once, under a name that carries its digest, and cloned from there.
+ */
+int template_clone_rootfs(struct template *t, const char *rootfs, const char *dst, enum clone_method *ret_method)
+{
+	struct engine *e = t->e;
+	_cleanup_free_ char *base = NULL, *tmp = NULL;
+	char digest[65];
+	enum clone_method m;
+	int r = engine_file_digest(e, rootfs, digest);
+
+	if (r < 0)
+		return r;
+	base = strjoin(t->dir, "/rootfs-", digest, ".img", NULL);
+	tmp = strjoin(t->dir, "/rootfs-", digest, ".tmp", NULL);
+	if (!base || !tmp)
+		return -ENOMEM;
+	pthread_mutex_lock(&e->base_lock);
+	if (access(base, F_OK) < 0) {
+		unlink(tmp);
+		r = mkdir_p(t->dir, 0700);
+		if (r == 0 && (r = store_clone(&e->store, rootfs, tmp, &m)) == 0 && rename(tmp, base) < 0)
+			r = -errno;
+		if (r < 0)
+			unlink(tmp);
+	}
+	pthread_mutex_unlock(&e->base_lock);
+	return r < 0 ? r : store_clone(&e->store, base, dst, ret_method);
+}
+
 /* ---- bake ---- */
 
 struct bake_ctx {
@@ -290,7 +322,6 @@ struct bake_ctx {
 
 static int bake_prepare(struct bake_ctx *b, char **mem, char **disk)
 {
-	struct engine *e = b->t->e;
 	enum clone_method m;
 	_cleanup_close_ int fd = -1;
 	int r;
@@ -305,7 +336,7 @@ static int bake_prepare(struct bake_ctx *b, char **mem, char **disk)
 	fd = open(*mem, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (fd < 0 || ftruncate(fd, (off_t)b->cfg.mem_mib << 20) < 0)
 		return -errno;
-	if (*disk && (r = store_clone(&e->store, b->cfg.rootfs, *disk, &m)) < 0)
+	if (*disk && (r = template_clone_rootfs(b->t, b->cfg.rootfs, *disk, &m)) < 0)
 		set_error(&b->error, "copy of rootfs %s failed: %s", b->cfg.rootfs, strerror(-r));
 	return r;
 }
