@@ -169,6 +169,8 @@ static void sweep_leftovers(struct engine *e)
 		rm_rf(run);
 }
 
+static void digests_load(struct engine *e);
+
 static int engine_setup(struct engine *e, const struct engine_options *o)
 {
 	_cleanup_free_ char *err = NULL;
@@ -207,6 +209,7 @@ static int engine_setup(struct engine *e, const struct engine_options *o)
 	if (!e->store.reflink)
 		log_warn("store %s cannot reflink: clones are full copies (reported in every status)", e->store.root);
 	sweep_leftovers(e);
+	digests_load(e);
 	return e->image_dir ? load_default_config(e) : 0;
 }
 
@@ -462,23 +465,99 @@ char **engine_template_list(struct engine *e)
 	return v;
 }
 
-/* Digests are cached by (path, device, inode, size, mtime): files are hashed once. */
+/*
+ * Digests are cached by (path, device, inode, size, mtime), in memory and in
+ * STATE/digests.json, so an image is hashed once, not at every start (the
+ * same trust git's index puts in stat data).
+ */
+static void digest_add(struct engine *e, const char *path, const struct stat *st, const char *hex)
+{
+	struct digest_entry *d = calloc(1, sizeof(*d));
+
+	if (!d || !(d->path = strdup(path))) {
+		free(d);
+		return;
+	}
+	d->dev = st->st_dev;
+	d->ino = st->st_ino;
+	d->size = st->st_size;
+	d->mtime_ns = (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec;
+	memcpy(d->hex, hex, 65);
+	d->next = e->digests;
+	e->digests = d;
+}
+
+static bool digest_matches(const struct digest_entry *d, const char *path, const struct stat *st)
+{
+	return strcmp(d->path, path) == 0 && d->dev == st->st_dev && d->ino == st->st_ino &&
+	       d->size == st->st_size &&
+	       d->mtime_ns == (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec;
+}
+
+static void digests_save(struct engine *e)
+{
+	_cleanup_json_ json_object *a = json_object_new_array();
+	_cleanup_free_ char *p = strjoin(e->state_dir, "/digests.json", NULL);
+	const char *txt;
+
+	if (!a || !p)
+		return;
+	pthread_mutex_lock(&e->digest_lock);
+	for (struct digest_entry *d = e->digests; d; d = d->next) {
+		json_object *o = json_object_new_object();
+
+		json_object_object_add(o, "path", json_object_new_string(d->path));
+		json_object_object_add(o, "dev", json_object_new_int64((int64_t)d->dev));
+		json_object_object_add(o, "ino", json_object_new_int64((int64_t)d->ino));
+		json_object_object_add(o, "size", json_object_new_int64((int64_t)d->size));
+		json_object_object_add(o, "mtime_ns", json_object_new_int64(d->mtime_ns));
+		json_object_object_add(o, "sha256", json_object_new_string(d->hex));
+		json_object_array_add(a, o);
+	}
+	pthread_mutex_unlock(&e->digest_lock);
+	txt = json_object_to_json_string_ext(a, JSON_C_TO_STRING_PLAIN);
+	write_file_atomic(p, txt, strlen(txt), false);
+}
+
+static void digests_load(struct engine *e)
+{
+	_cleanup_free_ char *p = strjoin(e->state_dir, "/digests.json", NULL), *text = NULL;
+	_cleanup_json_ json_object *a = NULL;
+
+	if (!p || read_file(p, 1 << 20, &text, NULL) < 0 || !(a = json_tokener_parse(text)) ||
+	    !json_object_is_type(a, json_type_array))
+		return;
+	for (size_t i = 0; i < json_object_array_length(a); i++) {
+		json_object *o = json_object_array_get_idx(a, i), *v[6];
+		static const char *const k[] = { "path", "dev", "ino", "size", "mtime_ns", "sha256" };
+		struct stat st = { 0 };
+		bool ok = true;
+
+		for (int j = 0; j < 6; j++)
+			ok = ok && json_object_object_get_ex(o, k[j], &v[j]);
+		if (!ok || strlen(json_object_get_string(v[5])) != 64)
+			continue;
+		st.st_dev = (dev_t)json_object_get_int64(v[1]);
+		st.st_ino = (ino_t)json_object_get_int64(v[2]);
+		st.st_size = (off_t)json_object_get_int64(v[3]);
+		st.st_mtim.tv_sec = json_object_get_int64(v[4]) / 1000000000;
+		st.st_mtim.tv_nsec = json_object_get_int64(v[4]) % 1000000000;
+		digest_add(e, json_object_get_string(v[0]), &st, json_object_get_string(v[5]));
+	}
+}
+
 int engine_file_digest(struct engine *e, const char *path, char out[65])
 {
-	struct digest_entry *d;
 	struct stat st;
-	int64_t mt;
 	int r;
 
 	if (stat(path, &st) < 0)
 		return -errno;
 	if (!S_ISREG(st.st_mode))
 		return -EINVAL;
-	mt = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
 	pthread_mutex_lock(&e->digest_lock);
-	for (d = e->digests; d; d = d->next)
-		if (strcmp(d->path, path) == 0 && d->dev == st.st_dev && d->ino == st.st_ino &&
-		    d->size == st.st_size && d->mtime_ns == mt) {
+	for (struct digest_entry *d = e->digests; d; d = d->next)
+		if (digest_matches(d, path, &st)) {
 			memcpy(out, d->hex, 65);
 			pthread_mutex_unlock(&e->digest_lock);
 			return 0;
@@ -487,19 +566,9 @@ int engine_file_digest(struct engine *e, const char *path, char out[65])
 	r = sha256_file(path, out);
 	if (r < 0)
 		return r;
-	d = calloc(1, sizeof(*d));
-	if (d && (d->path = strdup(path))) {
-		d->dev = st.st_dev;
-		d->ino = st.st_ino;
-		d->size = st.st_size;
-		d->mtime_ns = mt;
-		memcpy(d->hex, out, 65);
-		pthread_mutex_lock(&e->digest_lock);
-		d->next = e->digests;
-		e->digests = d;
-		pthread_mutex_unlock(&e->digest_lock);
-	} else {
-		free(d);
-	}
+	pthread_mutex_lock(&e->digest_lock);
+	digest_add(e, path, &st, out);
+	pthread_mutex_unlock(&e->digest_lock);
+	digests_save(e);
 	return 0;
 }
