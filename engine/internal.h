@@ -80,6 +80,11 @@ struct vmm_ops {
 	int (*connect)(struct vmm *v, unsigned timeout_ms, const atomic_bool *cancel);
 	/* Starts loading the snapshot (spec.incoming_fd) into a connected VMM. */
 	int (*restore)(struct vmm *v, unsigned timeout_ms);
+	/* Run state as the VMM names it ("running", "paused", ...). */
+	int (*query)(struct vmm *v, char *state, size_t len, unsigned timeout_ms);
+	/* Stops and restarts the vCPUs; memory stays resident. */
+	int (*pause)(struct vmm *v, unsigned timeout_ms);
+	int (*resume)(struct vmm *v, unsigned timeout_ms);
 	/* Waits until the guest's vCPUs run (after a restore). */
 	int (*wait_running)(struct vmm *v, unsigned timeout_ms);
 	/* Pauses and writes device state to state_path (guest RAM stays in mem_path). */

@@ -131,7 +131,7 @@ static void build_args(const char *binary, const struct vmm_spec *s, struct args
 	args_add(a, "-append");
 	args_add(a, "%s", c->cmdline);
 	args_add(a, "-chardev");
-	args_add(a, "file,id=con,path=%s", s->console_path);
+	args_add(a, "file,id=con,path=%s,append=on", s->console_path);
 	args_add(a, "-serial");
 	args_add(a, "chardev:con");
 	if (s->disk_path) {
@@ -375,6 +375,21 @@ static int wait_resume_event(struct vmm *v, unsigned slice_ms)
 	return 0;
 }
 
+static int qemu_query(struct vmm *v, char *state, size_t len, unsigned timeout_ms)
+{
+	return query_string(v, "{\"execute\":\"query-status\"}", "status", timeout_ms, state, len);
+}
+
+static int qemu_pause(struct vmm *v, unsigned timeout_ms)
+{
+	return qmp_exec(v, "{\"execute\":\"stop\"}", -1, timeout_ms, NULL);
+}
+
+static int qemu_resume(struct vmm *v, unsigned timeout_ms)
+{
+	return qmp_exec(v, "{\"execute\":\"cont\"}", -1, timeout_ms, NULL);
+}
+
 static int qemu_wait_running(struct vmm *v, unsigned timeout_ms)
 {
 	uint64_t deadline = now_ns() + (uint64_t)timeout_ms * 1000000;
@@ -388,12 +403,12 @@ static int qemu_wait_running(struct vmm *v, unsigned timeout_ms)
 		if (r != -ETIMEDOUT)
 			return vmm_dead(v, 0) ? -ECHILD : r;
 		/* No event yet: ask, and start a VM that a paused stream left paused. */
-		r = query_string(v, "{\"execute\":\"query-status\"}", "status", timeout_ms, st, sizeof(st));
+		r = qemu_query(v, st, sizeof(st), timeout_ms);
 		if (r < 0)
 			return r;
 		if (strcmp(st, "running") == 0)
 			return 0;
-		if (strcmp(st, "paused") == 0 && (r = qmp_exec(v, "{\"execute\":\"cont\"}", -1, timeout_ms, NULL)) < 0)
+		if (strcmp(st, "paused") == 0 && (r = qemu_resume(v, timeout_ms)) < 0)
 			return r;
 		if (strcmp(st, "paused") != 0 && strcmp(st, "inmigrate") != 0 && strcmp(st, "prelaunch") != 0 &&
 		    strcmp(st, "restore-vm") != 0) {
@@ -492,6 +507,9 @@ const struct vmm_ops qemu_ops = {
 	.connect = qemu_connect,
 	.restore = qemu_restore,
 	.wait_running = qemu_wait_running,
+	.query = qemu_query,
+	.pause = qemu_pause,
+	.resume = qemu_resume,
 	.snapshot = qemu_snapshot,
 	.pid = qemu_pid,
 	.alive = qemu_alive,

@@ -356,6 +356,19 @@ static int job_agent(struct job *j)
 	return job_attach(j, j->restore ? AGENT_RESTORE_TIMEOUT_MS : AGENT_BOOT_TIMEOUT_MS);
 }
 
+/* A restored guest prints nothing until it does something: say where it came from. */
+static void console_note(struct sandbox *s)
+{
+	_cleanup_close_ int fd = open(s->console_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+	char line[256];
+	int n;
+
+	n = snprintf(line, sizeof(line), "emberfs: %s restored from the snapshot of template %s (identity %.16s)\r\n",
+		     s->name, s->tpl->name, s->identity);
+	if (fd >= 0 && n > 0 && write(fd, line, (size_t)n) < 0)
+		log_debug("console note: %s", strerror(errno));
+}
+
 static int job_paths(struct job *j)
 {
 	struct sandbox *s = j->s;
@@ -393,6 +406,7 @@ static int run_restore_spare(struct job *j, const char **step)
 		e->vmm->kill(s->vmm);
 	pthread_mutex_unlock(&e->lock);
 	record_write(s->dir, s->tpl->name, s->name, s->vmm_pid, s->rundir);
+	console_note(s);
 	*step = "restore";
 	r = e->vmm->restore(s->vmm, QMP_TIMEOUT_MS);
 	if (r == 0)
@@ -448,6 +462,7 @@ static int run_create(struct job *j, const char **step)
 	}
 	if (r == 0 && j->restore) {
 		*step = "restore";
+		console_note(s);
 		r = e->vmm->restore(s->vmm, QMP_TIMEOUT_MS);
 		if (r == 0)
 			r = e->vmm->wait_running(s->vmm, RESTORE_TIMEOUT_MS);
