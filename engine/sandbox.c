@@ -763,6 +763,7 @@ static int wait_ready(struct sandbox *s)
 static void *exec_main(void *arg)
 {
 	struct exec_job *x = arg;
+	struct engine *e = x->s->e;
 	_cleanup_json_ json_object *resp = NULL;
 	json_object *tv;
 	unsigned timeout = EXEC_DEFAULT_TIMEOUT_MS;
@@ -774,8 +775,8 @@ static void *exec_main(void *arg)
 		r = agent_call(x->s->agent, x->req, timeout, &resp);
 	if (r == 0)
 		r = exec_parse(resp, x->res);
-	struct engine *e = x->s->e;
-
+	if (r == -ECONNRESET || r == -EPROTO || r == -EPIPE)
+		r = -EIO; /* the guest went away: destroyed, or its VMM died */
 	x->done(x->arg, r);
 	json_object_put(x->req);
 	sandbox_unref(x->s);
