@@ -10,7 +10,7 @@ PKGS=(
 	# run
 	fuse3 qemu-system-x86 xfsprogs util-linux
 	# guest image (contrib/build-image.sh)
-	busybox-static e2fsprogs cpio dpkg apt
+	busybox-static e2fsprogs cpio dpkg apt lz4
 	# tests
 	python3 valgrind
 )

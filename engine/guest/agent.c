@@ -7,13 +7,16 @@
  * host over that port forever.
  *
  * Protocol: one JSON object per '\n'-terminated line in each direction.
- * The first line the agent writes is {"event":"ready","version":1,"boot_ms":N}.
- * Every request {"id":N,"op":"..."} gets exactly one reply carrying the same
- * id and "ok"; a failed request is answered with
- * {"id":N,"ok":false,"errno":E,"error":"text"} (id 0 when the line was not
- * JSON).  Ops: ping, exec, attach.  A reply is only delivered on the host
- * connection that carried its request: after the host hangs up, replies still
- * owed to it are dropped rather than handed to the next client.
+ * The first line the agent writes is {"event":"ready","version":1,"boot_ms":N};
+ * it waits in the queue until a host connects.  Every request
+ * {"id":N,"op":"..."} gets exactly one reply carrying the same id and "ok";
+ * a failed request is answered with {"id":N,"ok":false,"errno":E,"error":"text"}:
+ * EBADMSG with id 0 when the line is not one JSON object, EMSGSIZE for a
+ * line over 1 MiB (with its id when "id" is the first key, else 0), EINVAL
+ * for a missing or bad field or an unknown op.  Ops: ping, exec, attach; an
+ * exec reply also carries "timed_out".  A reply is only delivered on the
+ * host connection that carried its request: after the host hangs up,
+ * replies still owed to it are dropped rather than handed to the next client.
  *
  * Build: cc -static -O2 -Wall -Wextra -Werror -o emberfs-agent agent.c -ljson-c
  */
@@ -60,6 +63,8 @@
 #define CHILD_PIPE_SIZE		(1 << 20)
 #define MAX_JOBS		64
 #define TIMEOUT_GRACE_MS	200
+#define PORT_RECHECK_MS		1	/* no host: poll the port again after */
+#define PORT_RECHECK_ASYNC_MS	20	/* the same once SIGIO reports connects */
 #define ENTROPY_MIN		16
 #define ENTROPY_MAX		512
 
@@ -637,10 +642,15 @@ struct agent {
 	/*
 	 * The port reports POLLHUP while no host is connected.  connected is
 	 * what we last saw; gen counts hangups so that replies owed to a
-	 * vanished host are not delivered to the next one.
+	 * vanished host are not delivered to the next one.  While no host is
+	 * connected the port rests out of the poll set (port_idle); the
+	 * kernel's SIGIO on a connection change (port_async) ends the rest
+	 * early, so the periodic recheck can be slow.
 	 */
 	bool connected;
 	bool port_idle;
+	bool port_async;
+	bool port_async_failed;
 	unsigned int gen;
 	struct buf line;		/* partial request line */
 	bool discarding;		/* rest of an oversized line */
@@ -736,6 +746,24 @@ static void outq_reset(struct agent *a)
 	}
 }
 
+static int port_set_async(struct agent *a, bool on)
+{
+	int fl = fcntl(a->port_fd, F_GETFL);
+
+	if (fl < 0 || fcntl(a->port_fd, F_SETFL, on ? fl | O_ASYNC : fl & ~O_ASYNC) < 0)
+		return -errno;
+	a->port_async = on;
+	return 0;
+}
+
+/* Data or room on the port: a host is there, and SIGIO is not needed. */
+static void port_connected(struct agent *a)
+{
+	a->connected = true;
+	if (a->port_async)
+		port_set_async(a, false);
+}
+
 static void port_hangup(struct agent *a)
 {
 	if (a->connected) {
@@ -744,6 +772,16 @@ static void port_hangup(struct agent *a)
 		a->line.len = 0;
 		a->discarding = false;
 		outq_reset(a);
+	}
+	/*
+	 * Arm SIGIO before resting, then look at the port once more: a host
+	 * that connected in between sent no signal.
+	 */
+	if (!a->port_async && !a->port_async_failed) {
+		if (port_set_async(a, true) == 0)
+			return;
+		agent_log("port O_ASYNC: %m (rechecking every %d ms)", PORT_RECHECK_MS);
+		a->port_async_failed = true;
 	}
 	a->port_idle = true;
 }
@@ -764,7 +802,7 @@ static void outq_flush(struct agent *a)
 			}
 			return;
 		}
-		a->connected = true;
+		port_connected(a);
 		a->out_head += n;
 		a->out_written += n;
 	}
@@ -1248,8 +1286,12 @@ static struct job *job_by_pid(struct agent *a, pid_t pid)
 	return NULL;
 }
 
-/* As PID 1 we inherit every orphan: reap them all, note our own. */
-static void reap_children(struct agent *a)
+/*
+ * SIGCHLD: as PID 1 we inherit every orphan, so reap them all and note our
+ * own.  SIGIO (a host came or went) only had to end the poll: the port is
+ * polled again on the next turn anyway.
+ */
+static void signals_read(struct agent *a)
 {
 	struct signalfd_siginfo si;
 	struct job *j;
@@ -1603,7 +1645,7 @@ static void port_read(struct agent *a)
 			port_hangup(a);
 			return;
 		}
-		a->connected = true;
+		port_connected(a);
 		lines_feed(a, chunk, n);
 		budget -= MIN((size_t)n, budget);
 	}
@@ -1622,7 +1664,10 @@ struct poll_slot {
 static int poll_timeout(struct agent *a)
 {
 	uint64_t now = clock_ms(CLOCK_MONOTONIC);
-	int64_t best = a->port_idle ? 1 : -1;
+	int64_t best = -1;
+
+	if (a->port_idle)
+		best = a->port_async ? PORT_RECHECK_ASYNC_MS : PORT_RECHECK_MS;
 
 	for (size_t i = 0; i < MAX_JOBS; i++) {
 		struct job *j = a->jobs[i];
@@ -1680,7 +1725,7 @@ static void port_service(struct agent *a, short revents)
 		return;
 	}
 	if (revents & POLLOUT)
-		a->connected = true;
+		port_connected(a);
 }
 
 static void __attribute__((noreturn)) agent_loop(struct agent *a)
@@ -1690,17 +1735,18 @@ static void __attribute__((noreturn)) agent_loop(struct agent *a)
 
 	for (;;) {
 		size_t n = poll_fill(a, pfd, slot);
-		int r;
+		int r = poll_timeout(a);
 
+		/* Rested or not, the port is polled again on the next turn. */
 		a->port_idle = false;
-		r = poll(pfd, n, poll_timeout(a));
+		r = poll(pfd, n, r);
 		if (r < 0 && errno != EINTR) {
 			agent_log("poll: %m");
 			sleep_ms(1);
 			continue;
 		}
 		if (r > 0 && pfd[1].revents)
-			reap_children(a);
+			signals_read(a);
 		for (size_t i = 2; r > 0 && i < n; i++) {
 			struct job *j = slot[i].job;
 
@@ -1726,6 +1772,9 @@ static int agent_setup(struct agent *a, int port_fd)
 	*a = (struct agent){ .port_fd = port_fd, .sig_fd = -1 };
 	sigemptyset(&mask);
 	sigaddset(&mask, SIGCHLD);
+	sigaddset(&mask, SIGIO);
+	if (fcntl(port_fd, F_SETOWN, getpid()) < 0)
+		a->port_async_failed = true;
 	a->sig_fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
 	if (a->sig_fd < 0)
 		return -errno;
@@ -1756,9 +1805,10 @@ int main(void)
 	sigset_t mask;
 	int port_fd, r;
 
-	/* SIGCHLD is read from a signalfd, so it must never be delivered. */
+	/* SIGCHLD and SIGIO are read from a signalfd: never delivered. */
 	sigemptyset(&mask);
 	sigaddset(&mask, SIGCHLD);
+	sigaddset(&mask, SIGIO);
 	sigprocmask(SIG_BLOCK, &mask, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
