@@ -61,6 +61,7 @@ void agent_free(struct agent_client *c);
 struct vmm_spec {
 	const struct template_config *cfg;
 	const char *accel;     /* "kvm" or "tcg" */
+	const char *cmdline;   /* the kernel command line as booted (engine_spec_init) */
 	const char *name;      /* for the process name */
 	const char *mem_path;  /* guest RAM file (shared mapping) */
 	const char *disk_path;
@@ -222,6 +223,7 @@ struct engine {
 	char *image_dir;
 	char *qemu_binary;
 	char *vmm_version;
+	char *tsc_khz; /* host TSC frequency, for TCG guests; NULL if unknown */
 	const char *accel;
 	const struct vmm_ops *vmm;
 	struct store store;
@@ -255,6 +257,14 @@ struct digest_entry {
 	char hex[65];
 	struct digest_entry *next;
 };
+
+/*
+ * Fills spec's accelerator and kernel command line for cfg. The command line
+ * is the config's plus what this host needs (under TCG, the TSC frequency:
+ * microvm gives the guest nothing to calibrate against, and a guest that
+ * guesses hangs in calibrate_delay). Free *owned after the spawn.
+ */
+int engine_spec_init(struct engine *e, const struct template_config *cfg, struct vmm_spec *spec, char **owned);
 
 /* Shared helpers. */
 int engine_file_digest(struct engine *e, const char *path, char out[65]);

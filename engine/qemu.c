@@ -119,6 +119,7 @@ static void build_args(const char *binary, const struct vmm_spec *s, struct args
 	args_add(a, "-object");
 	args_add(a, "memory-backend-file,id=mem,size=%uM,mem-path=%s,share=on", c->mem_mib, s->mem_path);
 	args_add(a, "-nodefaults");
+	args_add(a, "-no-reboot"); /* a guest that panics or reboots ends its VMM: the supervisor sees it */
 	args_add(a, "-no-user-config");
 	args_add(a, "-display");
 	args_add(a, "none");
@@ -129,7 +130,7 @@ static void build_args(const char *binary, const struct vmm_spec *s, struct args
 		args_add(a, "%s", c->initrd);
 	}
 	args_add(a, "-append");
-	args_add(a, "%s", c->cmdline);
+	args_add(a, "%s", s->cmdline);
 	args_add(a, "-chardev");
 	args_add(a, "file,id=con,path=%s,append=on", s->console_path);
 	args_add(a, "-serial");

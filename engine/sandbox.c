@@ -298,11 +298,12 @@ static int job_spawn(struct job *j)
 				 .disk_path = j->disk, .qmp_path = j->qmp, .agent_path = j->agent_sock,
 				 .console_path = s->console_path, .log_path = j->log,
 				 .incoming_fd = j->restore ? j->state_fd : -1 };
+	_cleanup_free_ char *cmdline = NULL;
 	struct vmm *v = NULL;
-	int r;
+	int r = engine_spec_init(e, &j->cfg, &spec, &cmdline);
 
-	engine_resolve_accel(j->cfg.accel, &spec.accel);
-	r = e->vmm->spawn(e->qemu_binary, &spec, &v);
+	if (r == 0)
+		r = e->vmm->spawn(e->qemu_binary, &spec, &v);
 	if (r < 0)
 		return r;
 	pthread_mutex_lock(&e->lock);

@@ -139,9 +139,11 @@ static int spare_build(struct template *t, struct spare_job *j, struct spare **r
 		struct vmm_spec spec = { .cfg = &j->cfg, .accel = e->accel, .name = t->name, .mem_path = mem,
 					 .disk_path = disk, .qmp_path = qmp, .agent_path = agent,
 					 .console_path = con, .log_path = log, .incoming_fd = state_fd };
+		_cleanup_free_ char *cmdline = NULL;
 
-		engine_resolve_accel(j->cfg.accel, &spec.accel);
-		r = e->vmm->spawn(e->qemu_binary, &spec, &sp->vmm);
+		r = engine_spec_init(e, &j->cfg, &spec, &cmdline);
+		if (r == 0)
+			r = e->vmm->spawn(e->qemu_binary, &spec, &sp->vmm);
 		if (r == 0)
 			record_write(sp->dir, t->name, NULL, e->vmm->pid(sp->vmm), sp->rundir);
 	}

@@ -61,7 +61,8 @@ static void set_error(char **slot, const char *fmt, ...)
 static int compute_identity(struct engine *e, const struct template_config *cfg, char out[65], char **ret_error)
 {
 	char dk[65] = "", di[65] = "", dr[65] = "";
-	const char *accel;
+	_cleanup_free_ char *cmdline = NULL;
+	struct vmm_spec spec = { 0 };
 	struct identity_inputs in;
 	int r;
 
@@ -77,13 +78,14 @@ static int compute_identity(struct engine *e, const struct template_config *cfg,
 		set_error(ret_error, "rootfs %s: %s", cfg->rootfs, strerror(-r));
 		return r;
 	}
-	if ((r = engine_resolve_accel(cfg->accel, &accel)) < 0) {
+	if ((r = engine_spec_init(e, cfg, &spec, &cmdline)) < 0) {
 		set_error(ret_error, "accel kvm requested but /dev/kvm is not usable");
 		return r;
 	}
+	/* the command line as booted: what this host adds changes start-up too */
 	in = (struct identity_inputs){ .kernel_digest = dk, .initrd_digest = di, .rootfs_digest = dr,
-				       .cmdline = cfg->cmdline, .vcpus = cfg->vcpus, .mem_mib = cfg->mem_mib,
-				       .backend = cfg->backend, .accel = accel, .vmm_version = e->vmm_version,
+				       .cmdline = spec.cmdline, .vcpus = cfg->vcpus, .mem_mib = cfg->mem_mib,
+				       .backend = cfg->backend, .accel = spec.accel, .vmm_version = e->vmm_version,
 				       .restore_capability = RESTORE_CAPABILITY };
 	identity_digest(&in, out);
 	return 0;
@@ -356,13 +358,15 @@ static int bake_boot_and_snapshot(struct bake_ctx *b, const char *mem, const cha
 	struct vmm_spec spec = { .cfg = &b->cfg, .accel = e->accel, .name = t->name, .mem_path = mem,
 				 .disk_path = disk, .qmp_path = qmp, .agent_path = agent, .console_path = con,
 				 .log_path = log, .incoming_fd = -1 };
+	_cleanup_free_ char *cmdline = NULL;
 	const char *step = "spawn";
 	int r;
 
 	if (!qmp || !agent || !con || !log || !state || !ping)
 		return -ENOMEM;
-	engine_resolve_accel(b->cfg.accel, &spec.accel);
-	r = e->vmm->spawn(e->qemu_binary, &spec, &v);
+	r = engine_spec_init(e, &b->cfg, &spec, &cmdline);
+	if (r == 0)
+		r = e->vmm->spawn(e->qemu_binary, &spec, &v);
 	if (r == 0) {
 		pthread_mutex_lock(&e->lock);
 		t->bake_vmm = v;

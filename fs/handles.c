@@ -23,6 +23,7 @@ struct fh {
 	size_t len;
 	int fd;	   /* console */
 	int accmode;
+	bool partial; /* config: bytes written that do not form a whole JSON value yet */
 
 	pthread_mutex_t lock;
 	int refs; /* the open file, and an exec in flight; protected by lock */
@@ -446,6 +447,7 @@ static int config_write(struct fh *h, const char *buf, size_t size, off_t off)
 	complete = json_tokener_get_error(tok) != json_tokener_continue;
 	json_object_put(o);
 	json_tokener_free(tok);
+	h->partial = !complete;
 	if (!complete)
 		return 0;
 	r = template_write_config(h->node.t, h->buf, h->len);
@@ -485,7 +487,8 @@ void fh_flush(fuse_req_t req, struct fuse_file_info *fi)
 	struct fh *h = fh_of(fi);
 	int r = 0;
 
-	if (h->type == F_CONFIG && h->len > 0) {
+	if (h->type == F_CONFIG && h->partial) {
+		h->partial = false;
 		h->len = 0;
 		fuse_reply_err(req, EINVAL); /* an incomplete JSON value was written */
 		return;
