@@ -1,0 +1,803 @@
+"""
+Integration test harness for emberfs (Python standard library only).
+
+It starts a real daemon (foreground, stderr to a log file) on a temporary
+mount point and a temporary state directory, waits for the default template
+to be baked, offers small helpers for the mount's files (JSON status, wait,
+exec in plain and JSON mode, errno assertions), and keeps a LEAK INVENTORY of
+everything the daemon creates on the host:
+
+  qemu       QEMU processes whose command line mentions the state dir
+  mounts     mounts (/proc/self/mountinfo) at or under the mount point or state dir
+  loops      loop devices backed by STATE/store.xfs
+  run        entries under STATE/run
+  sandboxes  per-VM directories of sandboxes: STATE/store/vms/ID whose
+             record.json names the sandbox (older layout:
+             STATE/store/sandboxes/T/NAME), listed as "T/NAME"
+  zombies    zombie children of the daemon
+  spares     the daemon's standby VMMs, if it keeps any: per-VM dirs whose
+             record names no sandbox, their run dirs and QEMU processes
+
+Teardown sends SIGTERM, waits (bounded), requires exit code 0, no mount left
+(so `fusermount3 -u` is never needed), an empty inventory, and no line with
+"error:" in the daemon log other than those a test declared as expected.
+
+Test files call harness.main() (arguments, if any, name classes or
+Class.test_method to run alone): exit 0 when everything passed, 77 (the
+meson/automake skip code) when a capability is missing, 1 otherwise, and one
+summary line on stdout.
+
+Environment: EMBERFS_BIN (default <repo>/build/fs/emberfs), EMBERFS_IMAGE_DIR
+(default <repo>/.image/current), EMBERFS_KEEP=1 keeps the temp dirs of a
+failed daemon teardown for inspection. Daemon logs (/tmp/eflog*.log) are
+removed after a run where every test passed and kept (paths printed) otherwise.
+"""
+
+import atexit
+import base64
+import ctypes
+import errno
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.environ.get("EMBERFS_BIN") or os.path.join(REPO, "build", "fs", "emberfs")
+IMAGE_DIR = os.environ.get("EMBERFS_IMAGE_DIR") or os.path.join(REPO, ".image", "current")
+IMAGE_FILES = ("vmlinuz", "initrd.cpio", "rootfs.ext4", "manifest.json")
+SKIP_EXIT = 77
+
+# Generous bounds: everything runs under TCG on a small machine.
+START_TIMEOUT = 30.0  # daemon up and mounted
+BAKE_TIMEOUT = 180.0  # a template bake (about 4 s when the machine is idle)
+STOP_TIMEOUT = 60.0  # SIGTERM to exit
+TEST_TIMEOUT = 300  # per test method (SIGALRM), so a hung FUSE request cannot hang the suite
+
+
+# ---------------------------------------------------------------------------
+# capabilities
+
+def missing_capability():
+    """The reason the suite cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "not root (emberfs mounts FUSE with allow_other, attaches loop devices, mounts XFS)"
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse missing"
+    if not shutil.which("qemu-system-x86_64"):
+        return "qemu-system-x86_64 missing (install qemu-system-x86)"
+    if not shutil.which("fusermount3"):
+        return "fusermount3 missing (install fuse3)"
+    missing = [f for f in IMAGE_FILES if not os.path.isfile(os.path.join(IMAGE_DIR, f))]
+    if missing:
+        return "guest image missing in %s (%s); build it with contrib/build-image.sh" % (
+            IMAGE_DIR, ", ".join(missing))
+    return None
+
+
+# ---------------------------------------------------------------------------
+# processes
+
+_libc = ctypes.CDLL(None, use_errno=True)
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper():
+    """VMMs orphaned by a kill -9 of the daemon become our children (and our
+    zombies to reap) instead of init's, so "the old VMM is gone" is decidable."""
+    _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def proc_stat(pid):
+    """(state, ppid, starttime) from /proc/PID/stat, or None if there is no such process."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            data = f.read().decode("ascii", "replace")
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    except OSError:
+        return None
+    rest = data[data.rfind(")") + 2:].split()
+    # rest[0] is field 3 (state); starttime is field 22
+    return rest[0], int(rest[1]), int(rest[19])
+
+
+def proc_cmdline(pid):
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            return [a.decode("utf-8", "replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def all_pids():
+    return [int(d) for d in os.listdir("/proc") if d.isdigit()]
+
+
+_popen_pids = set()  # children whose zombies subprocess.Popen reaps itself
+
+
+def reap_orphans():
+    """Reap zombies that are our children by adoption (subreaper), never a Popen's."""
+    me = os.getpid()
+    for pid in all_pids():
+        if pid in _popen_pids:
+            continue
+        st = proc_stat(pid)
+        if st and st[0] == "Z" and st[1] == me:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+
+
+def pid_alive(pid, starttime=None):
+    """True if pid runs (not a zombie) and, if given, started at starttime."""
+    reap_orphans()
+    st = proc_stat(pid)
+    if st is None or st[0] in ("Z", "X"):
+        return False
+    return starttime is None or st[2] == starttime
+
+
+def wait_pid_gone(pid, starttime=None, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid, starttime):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+# ---------------------------------------------------------------------------
+# mounts and loop devices
+
+def _unescape_mountinfo(s):
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
+
+
+def mounts(with_ids=False):
+    """[(mount point, fs type, source)] from /proc/self/mountinfo
+    ([(mount id, mount point, fs type, source)] with with_ids)."""
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields = left.split()
+            rfields = right.split()
+            m = (_unescape_mountinfo(fields[4]), rfields[0], rfields[1] if len(rfields) > 1 else "")
+            out.append((int(fields[0]),) + m if with_ids else m)
+    return out
+
+
+def _under(path, root):
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def loop_devices_backed_by(path):
+    devs = []
+    want = os.path.realpath(path)
+    try:
+        names = os.listdir("/sys/block")
+    except OSError:
+        return devs
+    for n in names:
+        if not n.startswith("loop"):
+            continue
+        try:
+            with open("/sys/block/%s/loop/backing_file" % n) as f:
+                backing = f.read().strip()
+        except OSError:
+            continue
+        if backing.endswith(" (deleted)"):
+            backing = backing[: -len(" (deleted)")]
+        if backing == want:
+            devs.append("/dev/" + n)
+    return sorted(devs)
+
+
+# ---------------------------------------------------------------------------
+# errno assertions
+
+def errno_name(e):
+    return errno.errorcode.get(e, str(e))
+
+
+def expect_errno(expected, fn, *args, **kwargs):
+    """Calls fn; it must raise OSError with errno in expected (an int or a tuple)."""
+    exp = expected if isinstance(expected, tuple) else (expected,)
+    try:
+        r = fn(*args, **kwargs)
+    except OSError as e:
+        if e.errno not in exp:
+            raise AssertionError("%s%r: expected %s, got %s (%s)" % (
+                getattr(fn, "__name__", fn), args, "|".join(map(errno_name, exp)), errno_name(e.errno), e))
+        return e
+    raise AssertionError("%s%r: expected %s, but it succeeded (returned %r)" % (
+        getattr(fn, "__name__", fn), args, "|".join(map(errno_name, exp)), r))
+
+
+# ---------------------------------------------------------------------------
+# the daemon
+
+_live = []  # daemons to clean up at exit, whatever happened
+_logs = set()  # daemon logs of cleaned-up daemons: removed by main() after a clean run, else kept
+
+
+class DaemonError(AssertionError):
+    pass
+
+
+class Daemon:
+    """One emberfs daemon on its own temp mount point and state dir.
+
+    Daemon(reuse=other) runs on the same mount point and state dir as an
+    earlier (dead) daemon, for restart tests; the directories then belong to
+    the last daemon started on them.
+    """
+
+    def __init__(self, extra_args=(), reuse=None):
+        self.extra_args = list(extra_args)
+        if reuse is not None:
+            self.mount, self.state, self.log_path = reuse.mount, reuse.state, reuse.log_path
+            reuse.owns_dirs = False
+        else:
+            self.mount = os.path.realpath(tempfile.mkdtemp(prefix="ef", dir="/tmp"))
+            self.state = os.path.realpath(tempfile.mkdtemp(prefix="ef", dir="/tmp"))
+            fd, self.log_path = tempfile.mkstemp(prefix="eflog", suffix=".log", dir="/tmp")
+            os.close(fd)
+        self.owns_dirs = True
+        self.proc = None
+        self.expected_errors = []  # regexes for "error:" log lines a test provoked on purpose
+        self.log_offset = os.path.getsize(self.log_path)  # a restarted daemon appends
+        _live.append(self)
+
+    # ---- paths ----
+    def tpl(self, t="default", *rest):
+        return os.path.join(self.mount, "templates", t, *rest)
+
+    def sbdir(self, t="default"):
+        return self.tpl(t, "sandboxes")
+
+    def sb(self, name, *rest, t="default"):
+        return os.path.join(self.sbdir(t), name, *rest)
+
+    # ---- lifecycle ----
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc else None
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, wait_default=True):
+        become_subreaper()
+        self.log_file = open(self.log_path, "ab")
+        argv = [BIN, "-f", "--state-dir", self.state, "--image-dir", IMAGE_DIR] + self.extra_args + [self.mount]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.log_file, stderr=self.log_file)
+        _popen_pids.add(self.proc.pid)
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self.mounted():
+            self._check_alive("while starting")
+            if time.monotonic() > deadline:
+                raise DaemonError("daemon not mounted on %s after %.0f s\n%s" % (
+                    self.mount, START_TIMEOUT, self.log_tail()))
+            time.sleep(0.02)
+        if wait_default:
+            self.wait_template_ready("default")
+        return self
+
+    def mounted(self):
+        """Our FUSE mount is there and answers (a stale one left by a crashed daemon does not count)."""
+        if not any(mp == self.mount and fs.startswith("fuse") for mp, fs, _ in mounts()):
+            return False
+        # mount ids are reused at once, so liveness decides: a stale mount answers ENOTCONN
+        try:
+            os.stat(self.mount)
+        except OSError:
+            return False
+        return True
+
+    def _check_alive(self, what):
+        if not self.alive():
+            rc = self.proc.returncode if self.proc else None
+            raise DaemonError("daemon died %s (exit %s)\n%s" % (what, rc, self.log_tail()))
+
+    def log_text(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self.log_offset)
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, n=40):
+        lines = self.log_text().splitlines()
+        return "--- daemon log (%s), last %d lines ---\n%s" % (self.log_path, n, "\n".join(lines[-n:]))
+
+    def expect_log_error(self, regex):
+        self.expected_errors.append(re.compile(regex))
+
+    def unexpected_log_errors(self):
+        bad = []
+        for line in self.log_text().splitlines():
+            # case-insensitive: also catches ASan/UBSan reports ("ERROR: AddressSanitizer", "runtime error:")
+            if "error:" in line.lower() and not any(r.search(line) for r in self.expected_errors):
+                bad.append(line)
+        return bad
+
+    def kill9(self):
+        """SIGKILL the daemon (no cleanup of its own happens)."""
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+        _popen_pids.discard(self.proc.pid)
+        self.log_file.close()
+        if self in _live:
+            _live.remove(self)
+
+    def stop(self, check=True):
+        """SIGTERM, bounded wait, then every check of a clean shutdown. Raises on any problem."""
+        problems = []
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                problems.append("daemon did not exit within %.0f s of SIGTERM" % STOP_TIMEOUT)
+                self.proc.kill()
+                self.proc.wait(timeout=30)
+        rc = self.proc.returncode
+        _popen_pids.discard(self.proc.pid)
+        self.log_file.close()
+        if rc != 0:
+            problems.append("daemon exit code %s, expected 0" % rc)
+        if self.mounted():
+            problems.append("FUSE mount %s still present after exit (fusermount3 -u would be needed)" % self.mount)
+        inv = self.wait_inventory(EMPTY_INVENTORY, timeout=5.0, with_spares=True)
+        if inv != EMPTY_INVENTORY:
+            problems.append("leaks after exit: %s" % describe_inventory(inv))
+        if check:
+            bad = self.unexpected_log_errors()
+            if bad:
+                problems.append("unexpected error lines in the daemon log:\n  " + "\n  ".join(bad))
+        if self in _live:
+            _live.remove(self)
+        if problems:
+            msg = "\n".join(problems) + "\n" + self.log_tail()
+            self.force_cleanup(keep=os.environ.get("EMBERFS_KEEP") == "1")
+            raise DaemonError(msg)
+        self.force_cleanup()
+
+    def force_cleanup(self, keep=False):
+        """Best effort: nothing of this daemon survives (used after failures and at exit)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+        for pid in self._qemu_pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for pid in self._qemu_pids():
+            wait_pid_gone(pid, timeout=5)
+        for mp, fs, _ in sorted(mounts(), key=lambda m: -len(m[0])):
+            if _under(mp, self.mount) or _under(mp, self.state):
+                if fs.startswith("fuse"):
+                    subprocess.run(["fusermount3", "-uz", mp], stderr=subprocess.DEVNULL)
+                if any(m[0] == mp for m in mounts()):
+                    subprocess.run(["umount", "-l", mp], stderr=subprocess.DEVNULL)
+        for dev in loop_devices_backed_by(os.path.join(self.state, "store.xfs")):
+            subprocess.run(["losetup", "-d", dev], stderr=subprocess.DEVNULL)
+        reap_orphans()
+        if self in _live:
+            _live.remove(self)
+        if keep:
+            sys.stderr.write("kept for inspection: mount %s, state %s, log %s\n" % (
+                self.mount, self.state, self.log_path))
+            return
+        if self.owns_dirs and not any(_under(mp, self.mount) or _under(mp, self.state) for mp, _, _ in mounts()):
+            shutil.rmtree(self.state, ignore_errors=True)
+            try:
+                os.rmdir(self.mount)
+            except OSError:
+                pass
+            _logs.add(self.log_path)  # main() removes the logs when every test passed
+
+    # ---- inventory ----
+    def _qemu_pids(self):
+        pids = []
+        for pid in all_pids():
+            argv = proc_cmdline(pid)
+            if argv and "qemu" in os.path.basename(argv[0]) and any(self.state + "/" in a for a in argv):
+                pids.append(pid)
+        return pids
+
+    def vm_dirs(self):
+        """{dir: record or None} of every per-VM directory in the store:
+        STATE/store/vms/ID (record.json names template and sandbox; "name" is
+        null for a spare) or, in the older layout, STATE/store/sandboxes/T/NAME."""
+        out = {}
+        vms = os.path.join(self.state, "store", "vms")
+        cands = [os.path.join(vms, n) for n in _listdir(vms)]
+        sbroot = os.path.join(self.state, "store", "sandboxes")
+        for t in _listdir(sbroot):
+            cands += [os.path.join(sbroot, t, n) for n in _listdir(os.path.join(sbroot, t))]
+        for d in cands:
+            if not os.path.isdir(d):
+                continue
+            try:
+                rec = read_json(os.path.join(d, "record.json"))
+            except (OSError, ValueError):
+                rec = None
+            out[d] = rec
+        return out
+
+    def _vm_kind(self, d, rec):
+        """("sandbox", "T/NAME") or ("spare", description)."""
+        rel = os.path.relpath(d, os.path.join(self.state, "store"))
+        if rel.startswith("sandboxes" + os.sep):
+            t, n = rel.split(os.sep)[1:3]
+            return ("spare", rel) if n.startswith(".") else ("sandbox", "%s/%s" % (t, n))
+        if rec and rec.get("name"):
+            return "sandbox", "%s/%s" % (rec.get("template"), rec["name"])
+        # a spare (record without a name), or a VM dir whose record is not written yet
+        return "spare", rel
+
+    def sandbox_vm_dir(self, name, t="default"):
+        """The per-VM directory of sandbox T/NAME, or None."""
+        for d, rec in self.vm_dirs().items():
+            if self._vm_kind(d, rec) == ("sandbox", "%s/%s" % (t, name)):
+                return d
+        return None
+
+    def inventory(self):
+        """Everything of this daemon on the host. The daemon's standby VMMs
+        ("spares": per-VM dirs whose record names no sandbox, their run dirs
+        and QEMU processes) are listed apart under "spares": their number
+        changes on its own, so per-test comparisons use core(); a stopped
+        daemon must leave both empty."""
+        reap_orphans()
+        run = os.path.join(self.state, "run")
+        sbs, spares = [], []
+        spare_dirs, spare_runs, spare_pids = set(), set(), set()
+        for d, rec in self.vm_dirs().items():
+            kind, desc = self._vm_kind(d, rec)
+            if kind == "sandbox":
+                sbs.append(desc)
+                continue
+            spares.append(desc)
+            spare_dirs.add(d)
+            spare_runs.add(os.path.basename(d))
+            if rec:
+                if rec.get("run_dir"):
+                    spare_runs.add(os.path.basename(rec["run_dir"].rstrip("/")))
+                if rec.get("vmm_pid"):
+                    spare_pids.add(rec["vmm_pid"])
+        qemu = []
+        for p in self._qemu_pids():
+            argv = proc_cmdline(p)
+            desc = "%d %s" % (p, " ".join(argv[:3]))
+            m = re.search(r"mem-path=([^,]+)", " ".join(argv))
+            memdir = os.path.dirname(m.group(1)) if m else ""
+            if p in spare_pids or memdir in spare_dirs:
+                spares.append("qemu " + desc)
+            else:
+                qemu.append(desc)
+        run_entries = _listdir(run)
+        inv = {}
+        inv["qemu"] = sorted(qemu)
+        inv["mounts"] = sorted("%s (%s)" % (mp, fs) for mp, fs, _ in mounts()
+                               if _under(mp, self.mount) or _under(mp, self.state))
+        inv["loops"] = loop_devices_backed_by(os.path.join(self.state, "store.xfs"))
+        inv["run"] = [r for r in run_entries if r not in spare_runs]
+        inv["sandboxes"] = sorted(sbs)
+        zombies = []
+        if self.alive():
+            for pid in all_pids():
+                st = proc_stat(pid)
+                if st and st[0] == "Z" and st[1] == self.pid:
+                    zombies.append(str(pid))
+        inv["zombies"] = sorted(zombies)
+        inv["spares"] = sorted(spares + ["run/" + r for r in run_entries if r in spare_runs])
+        return inv
+
+    def wait_quiet(self, quiet_for=1.0, timeout=15.0):
+        """Waits until the inventory (spares included) stays unchanged for
+        quiet_for seconds: background work (destroys, spare refills) is done."""
+        deadline = time.monotonic() + timeout
+        last, since = None, time.monotonic()
+        while time.monotonic() < deadline:
+            inv = self.inventory()
+            if inv != last:
+                last, since = inv, time.monotonic()
+            elif time.monotonic() - since >= quiet_for:
+                return inv
+            time.sleep(0.05)
+        return last
+
+    @staticmethod
+    def core(inv):
+        """The inventory without the daemon's standby spares."""
+        return {k: v for k, v in inv.items() if k != "spares"}
+
+    def wait_inventory(self, expected, timeout=5.0, with_spares=False):
+        """Polls until the inventory (core() of it unless with_spares) equals
+        expected; returns the last one seen."""
+        deadline = time.monotonic() + timeout
+        while True:
+            inv = self.inventory()
+            if not with_spares:
+                inv = self.core(inv)
+                expected = self.core(expected)
+            if inv == expected or time.monotonic() > deadline:
+                return inv
+            time.sleep(0.05)
+
+    def assert_inventory(self, expected, timeout=5.0):
+        """The inventory, spares aside, is back to expected (e.g. the baseline)."""
+        inv = self.wait_inventory(expected, timeout)
+        if inv != self.core(expected):
+            raise AssertionError("inventory differs:\n  expected %s\n  got      %s" % (
+                describe_inventory(expected), describe_inventory(inv)))
+
+    # ---- templates ----
+    def template_status(self, t="default"):
+        return read_json(self.tpl(t, "status"))
+
+    def wait_template_ready(self, t="default", timeout=BAKE_TIMEOUT):
+        deadline = time.monotonic() + timeout
+        while True:
+            self._check_alive("while waiting for template %s" % t)
+            st = self.template_status(t)
+            if st["state"] == "ready":
+                return st
+            if st["state"] == "failed":
+                con = os.path.join(self.state, "store", "templates", t, "bake-console.log")
+                try:
+                    with open(con, "rb") as f:
+                        tail = f.read()[-1500:].decode("utf-8", "replace")
+                except OSError:
+                    tail = "(none)"
+                raise DaemonError("template %s failed: %s\n--- bake console (tail) ---\n%s\n%s" % (
+                    t, st.get("error"), tail, self.log_tail()))
+            if time.monotonic() > deadline:
+                raise DaemonError("template %s not ready after %.0f s: %s\n%s" % (
+                    t, timeout, st, self.log_tail()))
+            time.sleep(0.1)
+
+    def ctl(self, cmd, t="default"):
+        write_file(self.tpl(t, "ctl"), cmd)
+
+    # ---- sandboxes ----
+    def create(self, name, t="default"):
+        os.mkdir(self.sb(name, t=t))
+
+    def status(self, name, t="default"):
+        return read_json(self.sb(name, "status", t=t))
+
+    def wait(self, name, t="default"):
+        """Reads the wait file (blocks until decided); returns its text or raises OSError."""
+        with open(self.sb(name, "wait", t=t), "rb", buffering=0) as f:
+            return f.read().decode()
+
+    def wait_ready(self, name, t="default"):
+        """Reads wait; it must say ready. On EIO the failure names the status and the logs."""
+        try:
+            got = self.wait(name, t=t)
+        except OSError as e:
+            try:
+                st = self.status(name, t=t)
+            except OSError:
+                st = "(status unreadable)"
+            raise AssertionError("wait of %s/%s failed (%s); status: %s\n%s" % (
+                t, name, errno_name(e.errno), st, self.log_tail())) from None
+        if got != "ready\n":
+            raise AssertionError("wait of %s returned %r" % (name, got))
+        return self.status(name, t=t)
+
+    def create_ready(self, name, t="default"):
+        self.create(name, t=t)
+        return self.wait_ready(name, t=t)
+
+    def destroy(self, name, t="default"):
+        os.rmdir(self.sb(name, t=t))
+
+    def sandboxes(self, t="default"):
+        return sorted(os.listdir(self.sbdir(t)))
+
+    def exec_plain(self, name, cmd, t="default"):
+        """Plain mode: returns (output, ok). output is stdout then stderr; ok is False
+        when the read after the last byte failed with EIO (non-zero exit or killed)."""
+        fd = os.open(self.sb(name, "exec", t=t), os.O_RDWR)
+        try:
+            os.write(fd, cmd.encode() if isinstance(cmd, str) else cmd)
+            out = b""
+            while True:
+                try:
+                    b = os.read(fd, 1 << 16)
+                except OSError as e:
+                    if e.errno == errno.EIO:
+                        return out, False
+                    raise
+                if not b:
+                    return out, True
+                out += b
+        finally:
+            os.close(fd)
+
+    def sh(self, name, cmd, t="default"):
+        """Plain exec that must succeed; returns its output as text."""
+        out, ok = self.exec_plain(name, cmd, t=t)
+        if not ok:
+            raise AssertionError("exec %r in %s failed: %r" % (cmd, name, out))
+        return out.decode("utf-8", "replace")
+
+    def exec_json(self, name, req, t="default"):
+        """JSON mode: returns the response with stdout/stderr base64-decoded (bytes)."""
+        fd = os.open(self.sb(name, "exec", t=t), os.O_RDWR)
+        try:
+            os.write(fd, (json.dumps(req) if not isinstance(req, str) else req).encode())
+            data = b""
+            while True:
+                b = os.read(fd, 1 << 16)
+                if not b:
+                    break
+                data += b
+        finally:
+            os.close(fd)
+        lines = data.decode().splitlines()
+        if len(lines) != 1:
+            raise AssertionError("JSON exec answered %d lines: %r" % (len(lines), data[:500]))
+        r = json.loads(lines[0])
+        r["stdout"] = base64.b64decode(r["stdout"])
+        r["stderr"] = base64.b64decode(r["stderr"])
+        return r
+
+    def exec_write_only(self, name, cmd, t="default"):
+        """`printf cmd > exec`: runs on close; returns the seconds close took."""
+        fd = os.open(self.sb(name, "exec", t=t), os.O_WRONLY)
+        os.write(fd, cmd.encode())
+        t0 = time.monotonic()
+        os.close(fd)
+        return time.monotonic() - t0
+
+
+EMPTY_INVENTORY = {"qemu": [], "mounts": [], "loops": [], "run": [], "sandboxes": [], "zombies": [], "spares": []}
+
+
+def describe_inventory(inv):
+    parts = ["%s=%s" % (k, v) for k, v in inv.items() if v]
+    return ", ".join(parts) if parts else "(empty)"
+
+
+def _listdir(path):
+    try:
+        return sorted(os.listdir(path))
+    except OSError:
+        return []
+
+
+def read_json(path):
+    with open(path, "rb", buffering=0) as f:
+        return json.loads(f.read().decode())
+
+
+def read_text(path):
+    with open(path, "rb", buffering=0) as f:
+        return f.read().decode("utf-8", "replace")
+
+
+def write_file(path, data, flags=os.O_WRONLY):
+    """open / one write / close, like `printf data > path`; errors of write or close raise."""
+    fd = os.open(path, flags)
+    try:
+        os.write(fd, data.encode() if isinstance(data, str) else data)
+    except BaseException:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+        raise
+    os.close(fd)
+
+
+def parse_timings(text):
+    """The timings file: {phase: ms} and the total (last line)."""
+    lines = [l.split() for l in text.strip().splitlines()]
+    if not lines or lines[-1][0] != "total":
+        raise AssertionError("timings file does not end with a total line: %r" % text)
+    phases = {}
+    for name, ms in lines[:-1]:
+        phases[name] = float(ms)
+    return phases, float(lines[-1][1]), [l[0] for l in lines[:-1]]
+
+
+def _cleanup_all():
+    for d in list(_live):
+        try:
+            d.force_cleanup()
+        except Exception as e:  # noqa: BLE001 - best effort at exit
+            sys.stderr.write("cleanup of %s failed: %s\n" % (d.mount, e))
+
+
+atexit.register(_cleanup_all)
+
+
+# ---------------------------------------------------------------------------
+# test base and runner
+
+class _Timeout(Exception):
+    pass
+
+
+def _on_alarm(signum, frame):
+    raise _Timeout("test exceeded %d s (a FUSE request or the daemon hung?)" % TEST_TIMEOUT)
+
+
+class TestCase(unittest.TestCase):
+    """A per-test alarm (TEST_TIMEOUT) and errno assertions."""
+
+    def setUp(self):
+        signal.signal(signal.SIGALRM, _on_alarm)
+        signal.alarm(TEST_TIMEOUT)
+
+    def tearDown(self):
+        signal.alarm(0)
+
+    def assertErrno(self, expected, fn, *args, **kwargs):
+        return expect_errno(expected, fn, *args, **kwargs)
+
+
+def _on_term(signum, frame):
+    # meson kills a test that times out with SIGTERM: clean up on the way out
+    raise KeyboardInterrupt("SIGTERM")
+
+
+def main():
+    name = os.path.splitext(os.path.basename(sys.argv[0]))[0]
+    reason = missing_capability()
+    if reason:
+        print("%s: SKIP: %s" % (name, reason))
+        sys.exit(SKIP_EXIT)
+    if not os.access(BIN, os.X_OK):
+        print("%s: FAIL: emberfs binary %s not found (ninja -C build, or set EMBERFS_BIN)" % (name, BIN))
+        sys.exit(1)
+    signal.signal(signal.SIGTERM, _on_term)
+    t0 = time.monotonic()
+    main_mod = sys.modules["__main__"]
+    if len(sys.argv) > 1:  # e.g. test_robustness.py DaemonCrash, or Class.test_method
+        suite = unittest.defaultTestLoader.loadTestsFromNames(sys.argv[1:], main_mod)
+    else:
+        suite = unittest.defaultTestLoader.loadTestsFromModule(main_mod)
+    result = unittest.TextTestRunner(stream=sys.stderr, verbosity=2).run(suite)
+    _cleanup_all()
+    n_fail = len(result.failures) + len(result.errors) + len(result.unexpectedSuccesses)
+    n_skip = len(result.skipped)
+    # setUpModule/setUpClass errors are not tests that ran: only real tests count against passes
+    ran_and_failed = {getattr(t, "test_case", t).id() for t, _ in result.failures + result.errors
+                      if isinstance(t, unittest.TestCase)}
+    n_pass = max(0, result.testsRun - len(ran_and_failed) - n_skip)
+    verdict = "FAIL" if n_fail else ("SKIP" if result.testsRun == n_skip else "PASS")
+    print("%s: %s: %d passed, %d failed, %d skipped in %.1f s" % (
+        name, verdict, n_pass, n_fail, n_skip, time.monotonic() - t0))
+    if n_fail:
+        for path in sorted(_logs):
+            sys.stderr.write("daemon log kept: %s\n" % path)
+    else:
+        for path in _logs:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+    sys.exit(1 if n_fail else SKIP_EXIT if verdict == "SKIP" else 0)

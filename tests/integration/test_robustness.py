@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""
+Robustness against a real daemon; each class has its own daemon so the ones
+that kill things cannot hurt the others:
+
+- VmmDeath: kill -9 of a ready sandbox's VMM turns its status "failed" with
+  an error about the VMM exit within 10 s; wait fails with EIO; rmdir works
+  and leaves nothing; the same name can be created again and works.
+- Shutdown: SIGTERM with two ready sandboxes: exit 0, nothing left.
+- DaemonCrash: kill -9 of the daemon with a ready sandbox (once idle, once
+  right after the create, while it still works in the background): the mount
+  answers ENOTCONN; a daemon restarted on the same state dir and mount point
+  starts, the old VMM is gone, a new sandbox works, and the final shutdown is
+  clean (nothing of either run left).
+"""
+import errno
+import os
+import signal
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+
+
+def vmm_identity(status):
+    pid = status["vmm_pid"]
+    st = harness.proc_stat(pid)
+    return pid, (st[2] if st else None)
+
+
+class VmmDeath(harness.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.d = harness.Daemon().start()
+        cls.base = cls.d.core(cls.d.wait_inventory({**cls.d.inventory(), "qemu": [], "run": [], "zombies": []}))
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.d.stop()
+
+    def test_kill9_vmm(self):
+        d = self.d
+        st = d.create_ready("victim")
+        pid, start = vmm_identity(st)
+        self.assertTrue(harness.pid_alive(pid, start))
+        t0 = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        while True:
+            st = d.status("victim")
+            if st["state"] == "failed" or time.monotonic() - t0 > 10:
+                break
+            time.sleep(0.05)
+        self.assertEqual(st["state"], "failed", "status 10 s after the VMM was killed: %s" % st)
+        self.assertRegex(st["error"] or "", r"(?i)vmm.*exit", st)
+        sys.stderr.write("\n  failed after %.0f ms: %s\n" % ((time.monotonic() - t0) * 1000, st["error"]))
+        self.assertErrno(errno.EIO, d.wait, "victim")
+        # exec on a failed sandbox: the read fails with EIO before any output (JSON mode
+        # tells that apart from a command that failed: no JSON line at all)
+        self.assertErrno(errno.EIO, d.exec_json, "victim", {"sh": "true"})
+        # the daemon reaped it: no zombie child
+        self.assertEqual(d.inventory()["zombies"], [])
+        d.destroy("victim")
+        self.assertNotIn("victim", d.sandboxes())
+        d.assert_inventory(self.base)
+        # the name is free again and a new sandbox under it works
+        st = d.create_ready("victim")
+        self.assertEqual(st["state"], "ready")
+        self.assertIsNone(st["error"])
+        self.assertNotEqual(vmm_identity(st), (pid, start))
+        self.assertEqual(d.sh("victim", "hostname").strip(), "victim")
+        d.destroy("victim")
+        d.assert_inventory(self.base)
+
+
+class Shutdown(harness.TestCase):
+    def test_sigterm_with_two_ready_sandboxes(self):
+        d = harness.Daemon().start()
+        try:
+            sa = d.create_ready("s1")
+            sb = d.create_ready("s2")
+            vmms = [vmm_identity(sa), vmm_identity(sb)]
+            self.assertTrue(all(harness.pid_alive(p, s) for p, s in vmms))
+            self.assertEqual(len(d.inventory()["qemu"]), 2)
+        except BaseException:
+            d.force_cleanup()
+            raise
+        # stop(): SIGTERM, exit 0, no mount, no loop device, no process, no file left
+        d.stop()
+        for p, s in vmms:
+            self.assertFalse(harness.pid_alive(p, s), "VMM %d survived the daemon" % p)
+
+
+class DaemonCrash(harness.TestCase):
+    def crash_and_restart(self, settle):
+        d = harness.Daemon().start()
+        d2 = None
+        try:
+            st = d.create_ready("keep")
+            pid, start = vmm_identity(st)
+            record = os.path.join(d.sandbox_vm_dir("keep"), "record.json")
+            rec = harness.read_json(record)
+            self.assertEqual(rec["vmm_pid"], pid)
+            self.assertEqual(rec["vmm_start"], start)
+            if settle:
+                d.wait_quiet()
+            d.kill9()
+            # the mount stays, answering ENOTCONN (no auto_unmount): never an empty-looking directory
+            self.assertErrno(errno.ENOTCONN, os.stat, d.mount)
+            self.assertErrno(errno.ENOTCONN, os.listdir, d.mount)
+            # the VMM outlives the daemon until someone reaps it
+            self.assertTrue(harness.pid_alive(pid, start))
+
+            d2 = harness.Daemon(reuse=d)
+            d2.start()  # detaches the stale mount, sweeps leftovers, default still baked
+            self.assertTrue(harness.wait_pid_gone(pid, start, timeout=10),
+                            "the VMM of the crashed run still runs after the restart")
+            self.assertEqual(d2.sandboxes(), [])
+            inv = d2.core(d2.inventory())
+            self.assertEqual((inv["qemu"], inv["run"], inv["sandboxes"]), ([], [], []),
+                             "left by the crashed run and not cleaned by the restart: %s" % inv)
+            self.assertEqual(len([m for m in inv["mounts"] if "fuse" in m]), 1, inv)
+            self.assertLessEqual(len(inv["loops"]), 1, inv)
+            self.assertEqual(d2.template_status()["state"], "ready")
+
+            st = d2.create_ready("fresh")
+            self.assertEqual(st["path"], "restore")
+            self.assertEqual(d2.sh("fresh", "hostname").strip(), "fresh")
+            # the old name is free again too
+            st = d2.create_ready("keep")
+            self.assertEqual(d2.sh("keep", "hostname").strip(), "keep")
+        except BaseException:
+            (d2 or d).force_cleanup()
+            raise
+        d2.stop()  # everything gone, the crashed run's leftovers included
+
+    def test_kill9_daemon_then_restart(self):
+        # the daemon is idle when it dies (its background work has settled)
+        self.crash_and_restart(settle=True)
+
+    def test_kill9_daemon_right_after_a_create(self):
+        # dies while it still works in the background (e.g. spawning standby VMMs
+        # right after a create settled): the restart must clean that up too
+        self.crash_and_restart(settle=False)
+
+
+if __name__ == "__main__":
+    harness.main()
