@@ -91,6 +91,7 @@ void sha256_update(struct sha256_ctx *c, const void *data, size_t len);
 void sha256_final(struct sha256_ctx *c, uint8_t out[SHA256_LEN]);
 void sha256_hex(const uint8_t d[SHA256_LEN], char out[SHA256_HEX_LEN + 1]);
 int sha256_file(const char *path, char out_hex[SHA256_HEX_LEN + 1]);
+int sha256_fd(int fd, char out_hex[SHA256_HEX_LEN + 1]);
 
 /* Base64 (standard alphabet, padded). Decode returns length or -EINVAL. */
 char *base64_encode(const void *data, size_t len);

@@ -100,20 +100,19 @@ void sha256_hex(const uint8_t d[SHA256_LEN], char out[SHA256_HEX_LEN + 1])
 		snprintf(out + 2 * i, 3, "%02x", d[i]);
 }
 
-int sha256_file(const char *path, char out_hex[SHA256_HEX_LEN + 1])
+/* Digest of an open file's whole content; pread, so the file offset is left alone. */
+int sha256_fd(int fd, char out_hex[SHA256_HEX_LEN + 1])
 {
-	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
 	_cleanup_free_ uint8_t *buf = malloc(1 << 20);
 	struct sha256_ctx c;
 	uint8_t d[SHA256_LEN];
+	off_t off = 0;
 
-	if (fd < 0)
-		return -errno;
 	if (!buf)
 		return -ENOMEM;
 	sha256_init(&c);
 	for (;;) {
-		ssize_t n = read(fd, buf, 1 << 20);
+		ssize_t n = pread(fd, buf, 1 << 20, off);
 
 		if (n < 0) {
 			if (errno == EINTR)
@@ -123,8 +122,18 @@ int sha256_file(const char *path, char out_hex[SHA256_HEX_LEN + 1])
 		if (n == 0)
 			break;
 		sha256_update(&c, buf, (size_t)n);
+		off += n;
 	}
 	sha256_final(&c, d);
 	sha256_hex(d, out_hex);
 	return 0;
+}
+
+int sha256_file(const char *path, char out_hex[SHA256_HEX_LEN + 1])
+{
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		return -errno;
+	return sha256_fd(fd, out_hex);
 }

@@ -208,6 +208,37 @@ static void reap_recorded_vmm(const char *record)
 	}
 }
 
+/*
+ * A VMM spawned just before a crash may have no record yet. Every VMM this
+ * store ever ran names a file in it on its command line (its RAM file), so
+ * any process whose command line contains the store's path is one of ours.
+ */
+static void reap_unrecorded_vmms(struct engine *e)
+{
+	_cleanup_free_ char *needle = strjoin(e->store.root, "/", NULL);
+	DIR *d = opendir("/proc");
+	struct dirent *de;
+
+	while (needle && d && (de = readdir(d))) {
+		_cleanup_free_ char *path = NULL, *cmd = NULL;
+		pid_t pid = (pid_t)atoi(de->d_name);
+		size_t len = 0;
+
+		if (pid <= 1 || pid == getpid() || asprintf(&path, "/proc/%d/cmdline", pid) < 0 ||
+		    read_file(path, 1 << 16, &cmd, &len) < 0)
+			continue;
+		for (size_t i = 0; i + 1 < len; i++)
+			if (cmd[i] == '\0')
+				cmd[i] = ' ';
+		if (strstr(cmd, needle) && strstr(cmd, "emberfs-")) {
+			log_warn("killing unrecorded VMM pid %d left by an earlier run", pid);
+			kill(pid, SIGKILL);
+		}
+	}
+	if (d)
+		closedir(d);
+}
+
 /* Sandboxes do not outlive the daemon yet: finish what a crashed run left. */
 static void sweep_leftovers(struct engine *e)
 {
@@ -224,6 +255,7 @@ static void sweep_leftovers(struct engine *e)
 	}
 	if (d)
 		closedir(d);
+	reap_unrecorded_vmms(e);
 	if (vms)
 		rm_rf(vms);
 	if (run)

@@ -130,6 +130,7 @@ struct spare {
 	char *rundir; /* state/run/ID: sockets */
 	char identity[65];
 	char state_digest[65];
+	int state_fd; /* the device state the VMM will read as its fd 3 (same open file) */
 	const char *clone_method;
 	double prepare_ms;
 	struct spare *next;

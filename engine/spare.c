@@ -24,6 +24,8 @@ void spare_free(struct engine *e, struct spare *sp)
 		return;
 	if (sp->vmm)
 		e->vmm->free(sp->vmm); /* kills and reaps */
+	if (sp->state_fd >= 0)
+		close(sp->state_fd);
 	if (sp->dir)
 		rm_rf(sp->dir);
 	if (sp->rundir)
@@ -118,6 +120,7 @@ static int spare_build(struct template *t, struct spare_job *j, struct spare **r
 
 	if (!sp)
 		return -ENOMEM;
+	sp->state_fd = -1;
 	sp->id = atomic_fetch_add(&e->next_id, 1);
 	snprintf(idbuf, sizeof(idbuf), "%" PRIu64, sp->id);
 	memcpy(sp->identity, j->identity, 65);
@@ -149,6 +152,7 @@ static int spare_build(struct template *t, struct spare_job *j, struct spare **r
 	}
 	if (r == 0)
 		r = e->vmm->connect(sp->vmm, QMP_TIMEOUT_MS, NULL);
+	sp->state_fd = TAKE_FD(state_fd);
 	if (r < 0) {
 		spare_free(e, sp);
 		return r;

@@ -498,6 +498,10 @@ static void *bake_main(void *arg)
 		free(t->error);
 		t->error = NULL;
 		log_info("template %s baked in %.0f ms", t->name, timings_total(&b->tm));
+	} else if (atomic_load(&t->bake_cancel)) {
+		/* shutting down: not a failure of the template */
+		t->state = t->has_bake && strcmp(t->bake.identity, t->identity) == 0 ? TPL_READY : TPL_NEW;
+		log_info("template %s: bake cancelled", t->name);
 	} else {
 		t->state = TPL_FAILED;
 		if (!b->error)

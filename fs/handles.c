@@ -75,6 +75,14 @@ static void fh_free(struct fh *h)
 	free(h);
 }
 
+static struct fh *fh_ref(struct fh *h)
+{
+	pthread_mutex_lock(&h->lock);
+	h->refs++;
+	pthread_mutex_unlock(&h->lock);
+	return h;
+}
+
 static void fh_unref(struct fh *h)
 {
 	int n;
@@ -155,43 +163,51 @@ static void reply_slice(fuse_req_t req, const char *buf, size_t len, size_t off,
 
 /* ---- wait ---- */
 
+/* Takes the parked wait request, if any, with the reference it holds on the handle. */
+static fuse_req_t wait_take(struct fh *h)
+{
+	fuse_req_t r;
+
+	pthread_mutex_lock(&h->lock);
+	r = TAKE_PTR(h->wait_req);
+	h->wait_token = 0;
+	pthread_mutex_unlock(&h->lock);
+	return r;
+}
+
+static void wait_answer(struct fh *h, fuse_req_t r, int result)
+{
+	if (!r)
+		return;
+	if (result < 0)
+		fuse_reply_err(r, -result);
+	else
+		fuse_reply_buf(r, "ready\n", 6);
+	fh_unref(h);
+}
+
 static void wait_done(void *arg, int result)
 {
 	struct fh *h = arg;
-	fuse_req_t req;
 
-	pthread_mutex_lock(&h->lock);
-	req = TAKE_PTR(h->wait_req);
-	h->wait_token = 0;
-	pthread_mutex_unlock(&h->lock);
-	if (!req)
-		return;
-	if (result < 0)
-		fuse_reply_err(req, -result);
-	else
-		fuse_reply_buf(req, "ready\n", 6);
+	wait_answer(h, wait_take(h), result);
 }
 
 static void wait_interrupt(fuse_req_t req, void *arg)
 {
 	struct fh *h = arg;
 	uint64_t token;
-	fuse_req_t r = NULL;
 
 	(void)req;
 	pthread_mutex_lock(&h->lock);
 	h->interrupted = true;
 	token = h->wait_token;
 	pthread_mutex_unlock(&h->lock);
-	if (token && sandbox_wait_cancel(h->node.s, token)) {
-		pthread_mutex_lock(&h->lock);
-		r = TAKE_PTR(h->wait_req);
-		pthread_mutex_unlock(&h->lock);
-	}
-	if (r)
-		fuse_reply_err(r, EINTR);
+	if (token && sandbox_wait_cancel(h->node.s, token))
+		wait_answer(h, wait_take(h), -EINTR);
 }
 
+/* A parked read holds a reference: a reader killed meanwhile releases the file before we answer. */
 static void wait_read(fuse_req_t req, struct fh *h, off_t off)
 {
 	uint64_t token;
@@ -208,6 +224,7 @@ static void wait_read(fuse_req_t req, struct fh *h, off_t off)
 		return;
 	}
 	h->wait_req = req;
+	h->refs++;
 	h->interrupted = false;
 	pthread_mutex_unlock(&h->lock);
 	fuse_req_interrupt_func(req, wait_interrupt, h);
@@ -217,12 +234,8 @@ static void wait_read(fuse_req_t req, struct fh *h, off_t off)
 		h->wait_token = token;
 	cancel_now = h->wait_req == req && h->interrupted;
 	pthread_mutex_unlock(&h->lock);
-	if (cancel_now && sandbox_wait_cancel(h->node.s, token)) {
-		pthread_mutex_lock(&h->lock);
-		h->wait_req = NULL;
-		pthread_mutex_unlock(&h->lock);
-		fuse_reply_err(req, EINTR);
-	}
+	if (cancel_now && sandbox_wait_cancel(h->node.s, token))
+		wait_answer(h, wait_take(h), -EINTR);
 }
 
 /* ---- exec ---- */
@@ -354,6 +367,8 @@ static void exec_read(fuse_req_t req, struct fh *h, size_t size)
 {
 	int r = 0;
 
+	/* before the request is published: once it is, exec_done may answer (and free) it */
+	fuse_req_interrupt_func(req, exec_interrupt, h);
 	pthread_mutex_lock(&h->lock);
 	if (h->phase == EX_IDLE)
 		r = exec_start(h);
@@ -372,28 +387,27 @@ static void exec_read(fuse_req_t req, struct fh *h, size_t size)
 	h->read_req = req;
 	h->read_size = size;
 	pthread_mutex_unlock(&h->lock);
-	fuse_req_interrupt_func(req, exec_interrupt, h);
 }
 
 /* ---- dispatch ---- */
 
 void fh_read(fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi)
 {
-	struct fh *h = fh_of(fi);
+	struct fh *h = fh_ref(fh_of(fi)); /* a release may arrive while this runs */
 	char *buf;
 	ssize_t n;
 
 	switch (h->type) {
 	case F_WAIT:
 		wait_read(req, h, off);
-		return;
+		break;
 	case F_EXEC:
 		exec_read(req, h, size);
-		return;
+		break;
 	case F_CONSOLE:
 		if (h->fd < 0) {
 			fuse_reply_buf(req, NULL, 0);
-			return;
+			break;
 		}
 		buf = malloc(size);
 		n = buf ? pread(h->fd, buf, size, off) : -1;
@@ -402,13 +416,14 @@ void fh_read(fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi)
 		else
 			fuse_reply_buf(req, buf, (size_t)n);
 		free(buf);
-		return;
+		break;
 	default:
 		if (h->accmode == O_WRONLY)
 			fuse_reply_err(req, EBADF);
 		else
 			reply_slice(req, h->buf, h->len, (size_t)off, size);
 	}
+	fh_unref(h);
 }
 
 static int append(struct fh *h, const char *buf, size_t size)
@@ -457,7 +472,7 @@ static int config_write(struct fh *h, const char *buf, size_t size, off_t off)
 
 void fh_write(fuse_req_t req, const char *buf, size_t size, off_t off, struct fuse_file_info *fi)
 {
-	struct fh *h = fh_of(fi);
+	struct fh *h = fh_ref(fh_of(fi));
 	int r;
 
 	switch (h->type) {
@@ -479,6 +494,20 @@ void fh_write(fuse_req_t req, const char *buf, size_t size, off_t off, struct fu
 		fuse_reply_err(req, -r);
 	else
 		fuse_reply_write(req, size);
+	fh_unref(h);
+}
+
+/* close() waiting for a command gives up on a signal; the command keeps running. */
+static void flush_interrupt(fuse_req_t req, void *arg)
+{
+	struct fh *h = arg;
+	fuse_req_t r;
+
+	pthread_mutex_lock(&h->lock);
+	r = h->flush_req == req ? TAKE_PTR(h->flush_req) : NULL;
+	pthread_mutex_unlock(&h->lock);
+	if (r)
+		fuse_reply_err(r, EINTR);
 }
 
 /* Closing an exec file that was written but never read runs the command and waits for it. */
@@ -497,6 +526,8 @@ void fh_flush(fuse_req_t req, struct fuse_file_info *fi)
 		fuse_reply_err(req, 0);
 		return;
 	}
+	/* before the request is published: once it is, exec_done may answer (and free) it */
+	fuse_req_interrupt_func(req, flush_interrupt, h);
 	pthread_mutex_lock(&h->lock);
 	if (h->phase == EX_IDLE && h->len > 0)
 		r = exec_start(h);
@@ -517,8 +548,8 @@ void fh_release(fuse_req_t req, struct fuse_file_info *fi)
 	pthread_mutex_lock(&h->lock);
 	token = h->wait_token;
 	pthread_mutex_unlock(&h->lock);
-	if (token)
-		sandbox_wait_cancel(h->node.s, token);
+	if (token && sandbox_wait_cancel(h->node.s, token))
+		wait_answer(h, wait_take(h), -EINTR);
 	/* An exec still running keeps the handle until its completion arrives. */
 	fh_unref(h);
 	fuse_reply_err(req, 0);

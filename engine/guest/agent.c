@@ -1376,6 +1376,13 @@ static int rng_add_entropy(const unsigned char *data, size_t len)
 		return -errno;
 	if (ioctl(fd, RNDADDENTROPY, info) < 0)
 		return -errno;
+	/*
+	 * On an initialised pool, added entropy only reaches the CRNG at its
+	 * next scheduled reseed: clones of one snapshot would read the same
+	 * bytes until then. Reseed now.
+	 */
+	if (ioctl(fd, RNDRESEEDCRNG) < 0)
+		return -errno;
 	return 0;
 }
 
