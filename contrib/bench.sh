@@ -33,6 +33,9 @@
 # Percentiles (p50, p99, and the per-phase p50) use the nearest-rank method:
 # the ceil(p/100 * n)-th smallest sample, always one of the samples.
 #
+# BENCH_SPARES (default 2) is passed as --spares: 0 measures restores into a
+# freshly spawned VMM instead of a spare one.
+#
 # Needs root (FUSE, loop devices, QEMU), like the daemon.
 set -euo pipefail
 
@@ -140,7 +143,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 log "daemon: $bin, image $image, mount $mnt, state $state"
-"$bin" -f --state-dir "$state" --image-dir "$image" "$mnt" 2>"$daemon_log" &
+"$bin" -f --state-dir "$state" --image-dir "$image" --spares "${BENCH_SPARES:-2}" "$mnt" 2>"$daemon_log" &
 pid=$!
 
 # The benchmark runs in the background and the shell waits for it: `wait`,
