@@ -133,6 +133,7 @@ struct spare {
 	int state_fd; /* the device state the VMM will read as its fd 3 (same open file) */
 	const char *clone_method;
 	double prepare_ms;
+	uint64_t ready_ns; /* when it became claimable */
 	struct spare *next;
 };
 void spare_free(struct engine *e, struct spare *sp);
@@ -208,6 +209,7 @@ struct sandbox {
 	struct timings timings;
 	uint64_t created_realtime_ms;
 	const char *clone_method;
+	double spare_age_ms; /* how long the claimed spare VMM had waited; <0: none */
 	pid_t vmm_pid;
 	struct waiter *waiters;
 	uint64_t next_token;

@@ -597,6 +597,7 @@ int engine_sandbox_create(struct engine *e, struct template *t, const char *name
 	snprintf(s->name, sizeof(s->name), "%s", name);
 	s->e = e;
 	s->state = SB_CREATING;
+	s->spare_age_ms = -1;
 	pthread_cond_init(&s->cond, NULL);
 	timings_start(&s->timings);
 	clock_gettime(CLOCK_REALTIME, &now);
@@ -617,6 +618,7 @@ int engine_sandbox_create(struct engine *e, struct template *t, const char *name
 		/* the reservation: a spare VMM for this exact snapshot, or none and a fresh one later */
 		r = sandbox_set_dirs(s, s->spare);
 		s->path = "restore";
+		s->spare_age_ms = ns_to_ms(now_ns() - s->spare->ready_ns);
 		memcpy(s->identity, s->spare->identity, 65);
 		timings_lap(&s->timings, "claim");
 	}
@@ -733,6 +735,8 @@ char *sandbox_render_status(struct sandbox *s)
 	json_object_object_add(o, "backend", json_object_new_string(e->vmm->name));
 	json_object_object_add(o, "accel", json_object_new_string(e->accel));
 	json_object_object_add(o, "clone", s->clone_method ? json_object_new_string(s->clone_method) : NULL);
+	json_object_object_add(o, "vmm", json_object_new_string(s->spare_age_ms >= 0 ? "spare" : "fresh"));
+	json_object_object_add(o, "spare_age_ms", s->spare_age_ms >= 0 ? json_object_new_double(s->spare_age_ms) : NULL);
 	json_object_object_add(o, "vmm_pid", s->vmm_pid ? json_object_new_int(s->vmm_pid) : NULL);
 	json_object_object_add(o, "created_at_unix_ms", json_object_new_int64((int64_t)s->created_realtime_ms));
 	json_object_object_add(o, "timings", timings_json(&s->timings));

@@ -159,6 +159,7 @@ static int spare_build(struct template *t, struct spare_job *j, struct spare **r
 	}
 	sp->clone_method = clone_method_name(m);
 	sp->prepare_ms = ns_to_ms(now_ns() - t0);
+	sp->ready_ns = now_ns();
 	*ret = sp;
 	return 0;
 }

@@ -4,6 +4,7 @@
  * answers ENOENT. See docs/interface.md for the contract.
  */
 #include <dirent.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mount.h>
@@ -189,10 +190,25 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 
 /* ---- directories ---- */
 
+/*
+ * A listing, taken at opendir. Reference counted: once the kernel has a
+ * reply the caller may close the directory, and the releasedir must not free
+ * the buffer under a reply still returning (ASan checks writev's buffer
+ * after the call).
+ */
 struct dirbuf {
 	char *p;
 	size_t size;
+	atomic_int refs;
 };
+
+static void dirbuf_unref(struct dirbuf *b)
+{
+	if (atomic_fetch_sub(&b->refs, 1) == 1) {
+		free(b->p);
+		free(b);
+	}
+}
 
 static void dirbuf_add(fuse_req_t req, struct dirbuf *b, const char *name, fuse_ino_t ino, bool dir)
 {
@@ -290,6 +306,7 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		fuse_reply_err(req, -r);
 		return;
 	}
+	atomic_init(&b->refs, 1);
 	fi->fh = (uint64_t)(uintptr_t)b;
 	fi->cache_readdir = 0;
 	fuse_reply_open(req, fi);
@@ -301,10 +318,12 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, s
 	size_t o = (size_t)off;
 
 	(void)ino;
+	atomic_fetch_add(&b->refs, 1);
 	if (o >= b->size)
 		fuse_reply_buf(req, NULL, 0);
 	else
 		fuse_reply_buf(req, b->p + o, b->size - o < size ? b->size - o : size);
+	dirbuf_unref(b);
 }
 
 static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -312,8 +331,7 @@ static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info 
 	struct dirbuf *b = (struct dirbuf *)(uintptr_t)fi->fh;
 
 	(void)ino;
-	free(b->p);
-	free(b);
+	dirbuf_unref(b);
 	fuse_reply_err(req, 0);
 }
 
