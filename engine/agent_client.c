@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 
 #include "internal.h"
@@ -117,6 +118,8 @@ int agent_connect(const char *path, unsigned timeout_ms, const atomic_bool *canc
 			return cancel && atomic_load(cancel) ? -ECANCELED : -ETIMEDOUT;
 		poll(NULL, 0, 1);
 	}
+	/* a guest that stops reading must not block a sender forever */
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &(struct timeval){ .tv_sec = 10 }, sizeof(struct timeval));
 	c = calloc(1, sizeof(*c));
 	if (!c)
 		return -ENOMEM;

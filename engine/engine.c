@@ -390,13 +390,13 @@ int engine_new(const struct engine_options *opts, struct engine **ret)
 			log_warn("template default: cannot apply the image's config: %s", strerror(-r));
 		r = 0;
 	}
+	if (!t && e->default_config) {
+		r = engine_template_create(e, "default", NULL);
+		if (r < 0)
+			log_error("template default: %s", strerror(-r));
+	}
 	pthread_mutex_lock(&e->lock);
 	t = find_template(e, "default");
-	if (!t && e->default_config) {
-		r = template_new(e, "default", e->default_config, true, &t);
-		if (r == 0 && (r = register_template(e, t)) < 0)
-			template_free(t);
-	}
 	if (r == 0 && t && e->opts.bake_default &&
 	    (t->state == TPL_NEW || t->state == TPL_STALE || t->state == TPL_FAILED))
 		template_start_bake(t);
@@ -462,18 +462,23 @@ int engine_template_create(struct engine *e, const char *name, struct template *
 	if (!e->default_config)
 		return -ENOENT;
 	pthread_mutex_lock(&e->lock);
-	if (e->shutting_down)
-		r = -ESHUTDOWN;
-	else if (find_template(e, name))
-		r = -EEXIST;
-	else if ((r = template_new(e, name, e->default_config, true, &t)) == 0 &&
-		 (r = register_template(e, t)) < 0)
-		template_free(t);
+	r = e->shutting_down ? -ESHUTDOWN : find_template(e, name) ? -EEXIST : 0;
+	pthread_mutex_unlock(&e->lock);
+	if (r < 0)
+		return r;
+	/* Hashing and writing the config take time: not under the lock. */
+	r = template_new(e, name, e->default_config, true, &t);
+	if (r < 0)
+		return r;
+	pthread_mutex_lock(&e->lock);
+	r = e->shutting_down ? -ESHUTDOWN : find_template(e, name) ? -EEXIST : register_template(e, t);
 	if (r == 0 && ret) {
 		atomic_fetch_add(&t->refs, 1);
 		*ret = t;
 	}
 	pthread_mutex_unlock(&e->lock);
+	if (r < 0)
+		template_free(t); /* joins its spare filler, which takes the lock */
 	return r;
 }
 
@@ -498,6 +503,7 @@ int engine_template_remove(struct engine *e, const char *name)
 	e->n_templates--;
 	t->removed = true;
 	pthread_mutex_unlock(&e->lock);
+	template_reap_bake(t);
 	spares_stop(t);
 	rm_rf(t->dir);
 	template_unref(t);
@@ -597,6 +603,7 @@ static void digests_save(struct engine *e)
 
 	if (!a || !p)
 		return;
+	/* one writer at a time: they share the temporary file name */
 	pthread_mutex_lock(&e->digest_lock);
 	for (struct digest_entry *d = e->digests; d; d = d->next) {
 		json_object *o = json_object_new_object();
@@ -609,9 +616,9 @@ static void digests_save(struct engine *e)
 		json_object_object_add(o, "sha256", json_object_new_string(d->hex));
 		json_object_array_add(a, o);
 	}
-	pthread_mutex_unlock(&e->digest_lock);
 	txt = json_object_to_json_string_ext(a, JSON_C_TO_STRING_PLAIN);
 	write_file_atomic(p, txt, strlen(txt), false);
+	pthread_mutex_unlock(&e->digest_lock);
 }
 
 static void digests_load(struct engine *e)

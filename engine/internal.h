@@ -277,7 +277,8 @@ int sandbox_destroy_locked_release(struct sandbox *s);
 char *iso8601_now(void);
 int engine_resolve_accel(enum accel_mode m, const char **ret);
 int template_compute_identity(struct engine *e, struct template *t, char **ret_error);
-void template_start_bake(struct template *t); /* e->lock held */
+void template_start_bake(struct template *t); /* e->lock held; the previous bake reaped */
+void template_reap_bake(struct template *t);
 int template_load_bake(struct template *t);
 int cold_acquire(struct engine *e, const atomic_bool *cancel);
 void cold_release(struct engine *e);

@@ -160,6 +160,14 @@ bool sandbox_wait_cancel(struct sandbox *s, uint64_t token)
 
 /* ---- the create job ---- */
 
+/* Status readers see timings under the lock. */
+static void sb_lap(struct sandbox *s, const char *phase)
+{
+	pthread_mutex_lock(&s->e->lock);
+	timings_lap(&s->timings, phase);
+	pthread_mutex_unlock(&s->e->lock);
+}
+
 static void sb_fail(struct sandbox *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void sb_fail(struct sandbox *s, const char *fmt, ...)
 {
@@ -469,11 +477,11 @@ static int run_restore_spare(struct job *j, const char **step)
 	r = e->vmm->restore(s->vmm, QMP_TIMEOUT_MS);
 	if (r == 0)
 		r = e->vmm->wait_running(s->vmm, RESTORE_TIMEOUT_MS);
-	timings_lap(&s->timings, "restore");
+	sb_lap(s, "restore");
 	if (r == 0) {
 		*step = "agent";
 		r = job_agent(j);
-		timings_lap(&s->timings, "agent");
+		sb_lap(s, "agent");
 	}
 	return r;
 }
@@ -505,17 +513,17 @@ static int run_create(struct job *j, const char **step)
 	if (j->restore) {
 		*step = "clone";
 		job_clone_snapshot(j);
-		timings_lap(&s->timings, "clone");
+		sb_lap(s, "clone");
 	}
 	if (!j->restore) {
 		/* The one reserved place for cold work: cold boots queue rather than race. */
 		if ((r = cold_acquire(e, &s->cancel)) < 0)
 			return r;
 		cold_held = true;
-		timings_lap(&s->timings, "queue_cold");
+		sb_lap(s, "queue_cold");
 		*step = "prepare";
 		r = job_prepare_cold(j);
-		timings_lap(&s->timings, "prepare");
+		sb_lap(s, "prepare");
 	}
 	pthread_mutex_lock(&e->lock);
 	s->clone_method = j->disk || j->restore ? clone_method_name(j->method) : "none";
@@ -523,7 +531,7 @@ static int run_create(struct job *j, const char **step)
 	if (r == 0) {
 		*step = "spawn";
 		r = job_spawn(j);
-		timings_lap(&s->timings, "spawn");
+		sb_lap(s, "spawn");
 	}
 	if (r == 0 && j->restore) {
 		*step = "restore";
@@ -531,12 +539,12 @@ static int run_create(struct job *j, const char **step)
 		r = e->vmm->restore(s->vmm, QMP_TIMEOUT_MS);
 		if (r == 0)
 			r = e->vmm->wait_running(s->vmm, RESTORE_TIMEOUT_MS);
-		timings_lap(&s->timings, "restore");
+		sb_lap(s, "restore");
 	}
 	if (r == 0) {
 		*step = j->restore ? "agent" : "boot";
 		r = job_agent(j);
-		timings_lap(&s->timings, j->restore ? "agent" : "boot");
+		sb_lap(s, j->restore ? "agent" : "boot");
 	}
 	if (cold_held)
 		cold_release(e);
@@ -614,6 +622,8 @@ int engine_sandbox_create(struct engine *e, struct template *t, const char *name
 			r = -EEXIST;
 	if (r == 0 && !(n = realloc(t->sandboxes, (t->n_sandboxes + 1) * sizeof(*n))))
 		r = -ENOMEM;
+	else if (r == 0)
+		t->sandboxes = n;
 	if (r == 0 && t->state == TPL_READY && (s->spare = spare_claim(t, &dead))) {
 		/* the reservation: a spare VMM for this exact snapshot, or none and a fresh one later */
 		r = sandbox_set_dirs(s, s->spare);
@@ -623,7 +633,6 @@ int engine_sandbox_create(struct engine *e, struct template *t, const char *name
 		timings_lap(&s->timings, "claim");
 	}
 	if (r == 0) {
-		t->sandboxes = n;
 		atomic_fetch_add(&t->refs, 1);
 		s->tpl = t;
 		if (pthread_create(&s->thread, NULL, sandbox_main, s) != 0) {
@@ -664,6 +673,7 @@ int engine_sandbox_destroy(struct engine *e, struct template *t, const char *nam
 	s->state = SB_DESTROYING;
 	w = TAKE_PTR(s->waiters);
 	pthread_cond_broadcast(&s->cond);
+	pthread_cond_broadcast(&t->spare_cond);
 	atomic_store(&s->cancel, true);
 	if (s->vmm)
 		e->vmm->kill(s->vmm);
@@ -674,6 +684,8 @@ int engine_sandbox_destroy(struct engine *e, struct template *t, const char *nam
 	run_waiters(w, -EIO);
 	if (s->thread_started)
 		pthread_join(s->thread, NULL);
+	/* a spare claimed in mkdir but never used (rmdir came first) dies with the sandbox */
+	spare_free(e, TAKE_PTR(s->spare));
 	rm_rf(s->dir);
 	rm_rf(s->rundir);
 
@@ -828,7 +840,7 @@ static void *exec_main(void *arg)
 	int r = wait_ready(x->s);
 
 	if (json_object_object_get_ex(x->req, "timeout_ms", &tv) && json_object_get_int64(tv) > 0)
-		timeout = (unsigned)json_object_get_int64(tv) + 5000;
+		timeout = (unsigned)(json_object_get_int64(tv) < 86400000 ? json_object_get_int64(tv) : 86400000) + 5000;
 	if (r == 0)
 		r = agent_call(x->s->agent, x->req, timeout, &resp);
 	if (r == 0)

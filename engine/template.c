@@ -156,12 +156,12 @@ int template_new(struct engine *e, const char *name, const char *config, bool pe
 	r = template_config_parse(config, strlen(config), &t->cfg, &err);
 	if (r < 0) {
 		log_warn("template %s: %s", name, err ? err : "bad config");
-		template_free(t);
+		template_unref(t); /* no thread started yet */
 		return r;
 	}
 	if (persist && ((r = mkdir_p(t->dir, 0700)) < 0 || !(rendered = template_config_render(&t->cfg)) ||
 			(r = write_file_atomic(cpath, rendered, strlen(rendered), true)) < 0)) {
-		template_free(t);
+		template_unref(t); /* no thread started yet */
 		return r < 0 ? r : -ENOMEM;
 	}
 	if (compute_identity(e, &t->cfg, t->identity, &t->error) < 0) {
@@ -173,7 +173,7 @@ int template_new(struct engine *e, const char *name, const char *config, bool pe
 	*ret = t;
 	return 0;
 nomem:
-	template_free(t);
+	template_unref(t); /* no thread started yet */
 	return -ENOMEM;
 }
 
@@ -543,11 +543,7 @@ void template_start_bake(struct template *t)
 	memcpy(b->identity, t->identity, 65);
 	b->newdir = strjoin(t->dir, "/snapshot.new", NULL);
 	b->rundir = strjoin(e->state_dir, "/run/", idbuf, NULL);
-	if (t->bake_joinable) {
-		/* the previous bake has finished (bake_running was false): reap it */
-		pthread_join(t->bake_thread, NULL);
-		t->bake_joinable = false;
-	}
+	/* the previous bake thread was reaped by template_reap_bake() */
 	atomic_fetch_add(&t->refs, 1);
 	t->bake_running = true;
 	t->state = TPL_BAKING;
@@ -628,10 +624,15 @@ int template_write_config(struct template *t, const char *data, size_t len)
 	if (!cpath)
 		return -ENOMEM;
 	r = template_config_parse(data, len, &cfg, &err);
-	if (r == 0 && (r = compute_identity(e, &cfg, ident, &err)) < 0)
+	if (r == 0 && compute_identity(e, &cfg, ident, &err) < 0) {
 		template_config_clear(&cfg);
+		r = -EINVAL; /* a missing file or an unusable accelerator is a bad value */
+	}
 	pthread_mutex_lock(&e->lock);
-	if (r < 0) {
+	if (r == 0 && t->removed) {
+		template_config_clear(&cfg);
+		r = -ENOENT;
+	} else if (r < 0) {
 		free(t->error);
 		t->error = TAKE_PTR(err);
 	} else if (t->bake_running) {
@@ -653,10 +654,31 @@ int template_write_config(struct template *t, const char *data, size_t len)
 		else if (t->state == TPL_FAILED)
 			t->state = TPL_NEW;
 		stale = spares_take_stale(t);
+		pthread_cond_broadcast(&t->spare_cond); /* ready again: the filler may start */
 	}
 	pthread_mutex_unlock(&e->lock);
 	spares_free_list(e, stale);
 	return r;
+}
+
+/*
+ * Joins a bake thread that has finished (bake_running false), outside the
+ * lock: its tail frees stale spares, which kills and reaps VMMs.
+ */
+void template_reap_bake(struct template *t)
+{
+	struct engine *e = t->e;
+	pthread_t th;
+	bool join;
+
+	pthread_mutex_lock(&e->lock);
+	join = t->bake_joinable && !t->bake_running;
+	th = t->bake_thread;
+	if (join)
+		t->bake_joinable = false;
+	pthread_mutex_unlock(&e->lock);
+	if (join)
+		pthread_join(th, NULL);
 }
 
 /* ctl: "bake" bakes unless a matching snapshot exists; "rebake" always bakes. */
@@ -674,8 +696,11 @@ int template_ctl(struct template *t, const char *cmd, size_t len)
 		force = true;
 	else
 		return -EINVAL;
+	template_reap_bake(t);
 	pthread_mutex_lock(&e->lock);
-	if (t->bake_running || e->shutting_down)
+	if (t->removed)
+		r = -ENOENT;
+	else if (t->bake_running || t->bake_joinable || e->shutting_down)
 		r = -EBUSY;
 	else if (force || t->state != TPL_READY)
 		template_start_bake(t);

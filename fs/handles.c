@@ -30,6 +30,7 @@ struct fh {
 	/* wait */
 	fuse_req_t wait_req;  /* protected by lock */
 	uint64_t wait_token;  /* protected by lock */
+	size_t wait_size;
 	bool interrupted;     /* protected by lock */
 	/* exec */
 	enum exec_phase phase; /* protected by lock */
@@ -42,6 +43,7 @@ struct fh {
 	fuse_req_t read_req;   /* protected by lock */
 	size_t read_size;
 	fuse_req_t flush_req;  /* protected by lock */
+	fuse_req_t early_intr; /* interrupted before it was parked; protected by lock */
 };
 
 const char fs_readme[] =
@@ -182,7 +184,7 @@ static void wait_answer(struct fh *h, fuse_req_t r, int result)
 	if (result < 0)
 		fuse_reply_err(r, -result);
 	else
-		fuse_reply_buf(r, "ready\n", 6);
+		fuse_reply_buf(r, "ready\n", h->wait_size < 6 ? h->wait_size : 6);
 	fh_unref(h);
 }
 
@@ -208,7 +210,7 @@ static void wait_interrupt(fuse_req_t req, void *arg)
 }
 
 /* A parked read holds a reference: a reader killed meanwhile releases the file before we answer. */
-static void wait_read(fuse_req_t req, struct fh *h, off_t off)
+static void wait_read(fuse_req_t req, struct fh *h, size_t size, off_t off)
 {
 	uint64_t token;
 	bool cancel_now;
@@ -224,6 +226,7 @@ static void wait_read(fuse_req_t req, struct fh *h, off_t off)
 		return;
 	}
 	h->wait_req = req;
+	h->wait_size = size;
 	h->refs++;
 	h->interrupted = false;
 	pthread_mutex_unlock(&h->lock);
@@ -317,17 +320,38 @@ static void exec_done(void *arg, int result)
 	fh_unref(h); /* the exec's reference */
 }
 
+/*
+ * A read or close waiting for a command gives up on a signal; the command
+ * keeps running and a later read on this handle gets its output. The
+ * interrupt can come before the request is parked (it is registered first):
+ * then it is remembered, and parking answers it at once.
+ */
 static void exec_interrupt(fuse_req_t req, void *arg)
 {
 	struct fh *h = arg;
-	fuse_req_t r;
+	fuse_req_t r = NULL;
 
-	/* The command keeps running; a later read on this handle gets its output. */
 	pthread_mutex_lock(&h->lock);
-	r = h->read_req == req ? TAKE_PTR(h->read_req) : NULL;
+	if (h->read_req == req)
+		r = TAKE_PTR(h->read_req);
+	else if (h->flush_req == req)
+		r = TAKE_PTR(h->flush_req);
+	else
+		h->early_intr = req;
 	pthread_mutex_unlock(&h->lock);
 	if (r)
 		fuse_reply_err(r, EINTR);
+}
+
+/* Parks req in *slot unless it was interrupted already. h->lock held; false: answer EINTR. */
+static bool exec_park(struct fh *h, fuse_req_t *slot, fuse_req_t req)
+{
+	bool interrupted = h->early_intr == req;
+
+	h->early_intr = NULL;
+	if (!interrupted)
+		*slot = req;
+	return !interrupted;
 }
 
 /* Starts the command written so far. h->lock held. */
@@ -384,8 +408,12 @@ static void exec_read(fuse_req_t req, struct fh *h, size_t size)
 		pthread_mutex_unlock(&h->lock);
 		return;
 	}
-	h->read_req = req;
 	h->read_size = size;
+	if (!exec_park(h, &h->read_req, req)) {
+		pthread_mutex_unlock(&h->lock);
+		fuse_reply_err(req, EINTR);
+		return;
+	}
 	pthread_mutex_unlock(&h->lock);
 }
 
@@ -399,7 +427,7 @@ void fh_read(fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi)
 
 	switch (h->type) {
 	case F_WAIT:
-		wait_read(req, h, off);
+		wait_read(req, h, size, off);
 		break;
 	case F_EXEC:
 		exec_read(req, h, size);
@@ -418,10 +446,12 @@ void fh_read(fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi)
 		free(buf);
 		break;
 	default:
+		pthread_mutex_lock(&h->lock); /* a config write on the same handle replaces buf */
 		if (h->accmode == O_WRONLY)
 			fuse_reply_err(req, EBADF);
 		else
 			reply_slice(req, h->buf, h->len, (size_t)off, size);
+		pthread_mutex_unlock(&h->lock);
 	}
 	fh_unref(h);
 }
@@ -480,7 +510,9 @@ void fh_write(fuse_req_t req, const char *buf, size_t size, off_t off, struct fu
 		r = template_ctl(h->node.t, buf, size);
 		break;
 	case F_CONFIG:
+		pthread_mutex_lock(&h->lock);
 		r = config_write(h, buf, size, off);
+		pthread_mutex_unlock(&h->lock);
 		break;
 	case F_EXEC:
 		pthread_mutex_lock(&h->lock);
@@ -495,19 +527,6 @@ void fh_write(fuse_req_t req, const char *buf, size_t size, off_t off, struct fu
 	else
 		fuse_reply_write(req, size);
 	fh_unref(h);
-}
-
-/* close() waiting for a command gives up on a signal; the command keeps running. */
-static void flush_interrupt(fuse_req_t req, void *arg)
-{
-	struct fh *h = arg;
-	fuse_req_t r;
-
-	pthread_mutex_lock(&h->lock);
-	r = h->flush_req == req ? TAKE_PTR(h->flush_req) : NULL;
-	pthread_mutex_unlock(&h->lock);
-	if (r)
-		fuse_reply_err(r, EINTR);
 }
 
 /* Closing an exec file that was written but never read runs the command and waits for it. */
@@ -527,16 +546,13 @@ void fh_flush(fuse_req_t req, struct fuse_file_info *fi)
 		return;
 	}
 	/* before the request is published: once it is, exec_done may answer (and free) it */
-	fuse_req_interrupt_func(req, flush_interrupt, h);
+	fuse_req_interrupt_func(req, exec_interrupt, h);
 	pthread_mutex_lock(&h->lock);
-	if (h->phase == EX_IDLE && h->len > 0)
-		r = exec_start(h);
-	if (r == 0 && h->phase == EX_RUNNING && !h->flush_req) {
-		h->flush_req = req;
-		req = NULL;
-	}
+	/* only a close that starts the command waits for it (`printf cmd > exec`) */
+	if (h->phase == EX_IDLE && h->len > 0 && (r = exec_start(h)) == 0 && !h->flush_req)
+		r = exec_park(h, &h->flush_req, req) ? 1 : -EINTR;
 	pthread_mutex_unlock(&h->lock);
-	if (req)
+	if (r <= 0)
 		fuse_reply_err(req, -r);
 }
 
