@@ -171,6 +171,32 @@ class Errors(harness.TestCase):
         self.assertEqual(after["state"], "ready")
         self.assertEqual(after["bake"], before["bake"])
 
+    def test_removed_template_refuses_ctl_and_config(self):
+        # a handle opened before rmdir must not start a bake for a template that is gone
+        os.mkdir(D.tpl("gone"))
+        ctl = os.open(D.tpl("gone", "ctl"), os.O_WRONLY)
+        cfg = os.open(D.tpl("gone", "config"), os.O_RDWR)
+        try:
+            text = os.read(cfg, 1 << 16)
+            os.rmdir(D.tpl("gone"))
+            self.assertErrno(errno.ENOENT, os.write, ctl, b"bake\n")
+            self.assertErrno(errno.ENOENT, os.pwrite, cfg, text, 0)
+        finally:
+            os.close(ctl)
+            os.close(cfg)
+        self.assertNotIn("gone", os.listdir(D.tpl()))
+        self.assertFalse(os.path.exists(os.path.join(D.state, "store", "templates", "gone")))
+        D.assert_inventory(BASE)
+
+    def test_config_naming_a_missing_file_is_einval(self):
+        cfg_path = D.tpl("default", "config")
+        before = harness.read_text(cfg_path)
+        bad = json.loads(before)
+        bad["kernel"] = "/nonexistent/vmlinux"
+        self.assertErrno(errno.EINVAL, harness.write_file, cfg_path, json.dumps(bad), os.O_WRONLY | os.O_TRUNC)
+        self.assertEqual(harness.read_text(cfg_path), before)
+        self.assertIn("/nonexistent/vmlinux", D.template_status()["error"])
+
     def test_config_read_then_close(self):
         # reading the config must not fail, close() included: `cat config` exits 0
         p = subprocess.run(["cat", D.tpl("default", "config")], capture_output=True, timeout=30)

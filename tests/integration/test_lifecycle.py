@@ -10,6 +10,7 @@ is back to the daemon's baseline once its sandboxes are gone.
 """
 import errno
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -203,6 +204,37 @@ class Exec(harness.TestCase):
     def tearDownClass(cls):
         D.destroy("ex")
         D.assert_inventory(BASE)
+
+    def test_interrupted_read_then_close_does_not_wait(self):
+        # a signal interrupts a read waiting for a long command (EINTR), and
+        # closing the handle then does not wait for the command either
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        # SIGUSR1 to this thread (SIGALRM is the harness's per-test timeout)
+        old = signal.signal(signal.SIGUSR1, lambda *a: None)
+        timer = threading.Timer(2, signal.pthread_kill, (threading.get_ident(), signal.SIGUSR1))
+        fd = os.open(D.sb("ex", "exec"), os.O_RDWR)
+        try:
+            os.write(fd, b"sleep 20")
+            timer.start()
+            buf = ctypes.create_string_buffer(4096)
+            t0 = time.monotonic()
+            n = libc.read(fd, buf, 4096)  # raw read: Python would retry on EINTR
+            self.assertEqual((n, ctypes.get_errno()), (-1, errno.EINTR))
+            self.assertLess(time.monotonic() - t0, 10)
+        finally:
+            timer.cancel()
+            signal.signal(signal.SIGUSR1, old)
+            t0 = time.monotonic()
+            os.close(fd)
+        self.assertLess(time.monotonic() - t0, 5, "close waited for the command")
+
+    def test_wait_honours_small_reads(self):
+        fd = os.open(D.sb("ex", "wait"), os.O_RDONLY)
+        try:
+            self.assertEqual(os.read(fd, 1), b"r")
+        finally:
+            os.close(fd)
 
     def test_uname_is_6_1(self):
         out = D.sh("ex", "uname -r").strip()
