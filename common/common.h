@@ -96,3 +96,11 @@ int sha256_fd(int fd, char out_hex[SHA256_HEX_LEN + 1]);
 /* Base64 (standard alphabet, padded). Decode returns length or -EINVAL. */
 char *base64_encode(const void *data, size_t len);
 ssize_t base64_decode(const char *in, size_t inlen, uint8_t **ret);
+
+/*
+ * pthread_create for the daemon's own threads: they start with every signal
+ * blocked, so SIGINT/SIGTERM always land on a FUSE thread, whose interrupted
+ * read is what ends the session loop. Returns 0 or a positive error number.
+ */
+#include <pthread.h>
+int thread_create(pthread_t *t, const pthread_attr_t *attr, void *(*fn)(void *), void *arg);

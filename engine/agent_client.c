@@ -128,7 +128,7 @@ int agent_connect(const char *path, unsigned timeout_ms, const atomic_bool *canc
 	pthread_mutex_init(&c->lock, NULL);
 	pthread_mutex_init(&c->write_lock, NULL);
 	pthread_cond_init(&c->cond, NULL);
-	if (pthread_create(&c->reader, NULL, reader_main, c)) {
+	if (thread_create(&c->reader, NULL, reader_main, c)) {
 		close(c->fd);
 		free(c);
 		return -EAGAIN;

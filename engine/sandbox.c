@@ -635,7 +635,7 @@ int engine_sandbox_create(struct engine *e, struct template *t, const char *name
 	if (r == 0) {
 		atomic_fetch_add(&t->refs, 1);
 		s->tpl = t;
-		if (pthread_create(&s->thread, NULL, sandbox_main, s) != 0) {
+		if (thread_create(&s->thread, NULL, sandbox_main, s) != 0) {
 			r = -EAGAIN;
 		} else {
 			s->thread_started = true;
@@ -892,7 +892,7 @@ int sandbox_exec_async(struct sandbox *s, const char *request_json, struct exec_
 	*x = (struct exec_job){ .s = s, .req = req, .res = res, .done = done, .arg = arg };
 	pthread_attr_init(&attr);
 	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-	r = pthread_create(&th, &attr, exec_main, x);
+	r = thread_create(&th, &attr, exec_main, x);
 	pthread_attr_destroy(&attr);
 	if (r) {
 		json_object_put(req);

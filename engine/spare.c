@@ -232,7 +232,7 @@ void spares_start(struct template *t)
 	if (t->spare_thread_started || t->e->opts.spares == 0)
 		return;
 	t->spare_stop = false;
-	if (pthread_create(&t->spare_thread, NULL, spare_main, t) == 0)
+	if (thread_create(&t->spare_thread, NULL, spare_main, t) == 0)
 		t->spare_thread_started = true;
 	else
 		log_warn("template %s: cannot start the spare filler", t->name);

@@ -547,7 +547,7 @@ void template_start_bake(struct template *t)
 	atomic_fetch_add(&t->refs, 1);
 	t->bake_running = true;
 	t->state = TPL_BAKING;
-	if (!b->newdir || !b->rundir || pthread_create(&t->bake_thread, NULL, bake_main, b)) {
+	if (!b->newdir || !b->rundir || thread_create(&t->bake_thread, NULL, bake_main, b)) {
 		t->bake_running = false;
 		t->state = TPL_FAILED;
 		set_error(&t->error, "bake: cannot start");
