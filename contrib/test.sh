@@ -5,7 +5,7 @@
 # Installs what it needs first (contrib/deps.sh). Needs root (FUSE mounts,
 # loop devices, QEMU).
 #
-#   sudo contrib/test.sh            everything
+#   contrib/test.sh                 everything (as root)
 #   SUITES="unit" contrib/test.sh   only some suites
 set -euo pipefail
 cd "$(dirname "$0")/.."

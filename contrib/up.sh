@@ -4,7 +4,7 @@
 # daemon on MOUNTPOINT (default /tmp/emberfs) and waits until the template
 # `default` is baked and ready.
 #
-#   sudo contrib/up.sh [MOUNTPOINT]
+#   contrib/up.sh [MOUNTPOINT]     (as root)
 #
 # Stop it with `fusermount3 -u MOUNTPOINT` (or kill the pid it prints).
 set -euo pipefail
