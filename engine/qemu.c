@@ -250,6 +250,24 @@ static int read_line(struct vmm *v, uint64_t deadline, char **ret)
 	}
 }
 
+/* The next JSON object from QMP, noting a RESUME event on the way. */
+static int qmp_next(struct vmm *v, uint64_t deadline, json_object **ret)
+{
+	_cleanup_free_ char *line = NULL;
+	json_object *o, *x;
+	int r = read_line(v, deadline, &line);
+
+	if (r < 0)
+		return r;
+	o = json_tokener_parse(line);
+	if (!o)
+		return -EPROTO;
+	if (json_object_object_get_ex(o, "event", &x) && strcmp(json_object_get_string(x), "RESUME") == 0)
+		v->resumed = true;
+	*ret = o;
+	return 0;
+}
+
 /* Sends one command (optionally with an fd) and returns its "return" value. */
 static int qmp_exec(struct vmm *v, const char *cmd, int pass_fd, unsigned timeout_ms, json_object **ret)
 {
@@ -273,16 +291,12 @@ static int qmp_exec(struct vmm *v, const char *cmd, int pass_fd, unsigned timeou
 	if (sendmsg(v->qmp, &m, MSG_NOSIGNAL) != (ssize_t)len)
 		return -EIO;
 	for (;;) {
-		_cleanup_free_ char *line = NULL;
 		_cleanup_json_ json_object *o = NULL;
 		json_object *x;
-		int r = read_line(v, deadline, &line);
+		int r = qmp_next(v, deadline, &o);
 
 		if (r < 0)
 			return r;
-		o = json_tokener_parse(line);
-		if (!o)
-			return -EPROTO;
 		if (json_object_object_get_ex(o, "return", &x)) {
 			if (ret)
 				*ret = json_object_get(x);
@@ -292,9 +306,7 @@ static int qmp_exec(struct vmm *v, const char *cmd, int pass_fd, unsigned timeou
 			log_debug("qmp: %s failed: %s", cmd, json_object_to_json_string(x));
 			return -EIO;
 		}
-		/* events: remember the one wait_running needs */
-		if (json_object_object_get_ex(o, "event", &x) && strcmp(json_object_get_string(x), "RESUME") == 0)
-			v->resumed = true;
+		/* an event: qmp_next noted it */
 	}
 }
 
@@ -362,16 +374,11 @@ static int wait_resume_event(struct vmm *v, unsigned slice_ms)
 	uint64_t deadline = now_ns() + (uint64_t)slice_ms * 1000000;
 
 	while (!v->resumed) {
-		_cleanup_free_ char *line = NULL;
 		_cleanup_json_ json_object *o = NULL;
-		json_object *x;
-		int r = read_line(v, deadline, &line);
+		int r = qmp_next(v, deadline, &o);
 
 		if (r < 0)
 			return r;
-		o = json_tokener_parse(line);
-		if (o && json_object_object_get_ex(o, "event", &x) && strcmp(json_object_get_string(x), "RESUME") == 0)
-			v->resumed = true;
 	}
 	return 0;
 }

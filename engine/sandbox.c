@@ -452,28 +452,15 @@ static bool spare_still_good(struct sandbox *s)
 	return false;
 }
 
-/*
- * Restore into the spare VMM claimed in mkdir: its clones and process are
- * ready, so only device state is loaded. Its directory becomes the sandbox's.
- */
-static int run_restore_spare(struct job *j, const char **step)
+/* Loads device state into the VMM (up and connected), then the agent attach. */
+static int job_restore(struct job *j, const char **step)
 {
 	struct sandbox *s = j->s;
 	struct engine *e = s->e;
-	struct spare *sp = s->spare;
 	int r;
 
-	j->restore = true;
-	pthread_mutex_lock(&e->lock);
-	s->vmm = TAKE_PTR(sp->vmm);
-	s->vmm_pid = e->vmm->pid(s->vmm);
-	s->clone_method = sp->clone_method;
-	if (atomic_load(&s->cancel))
-		e->vmm->kill(s->vmm);
-	pthread_mutex_unlock(&e->lock);
-	record_write(s->dir, s->tpl->name, s->name, s->vmm_pid, s->rundir);
-	console_note(s);
 	*step = "restore";
+	console_note(s);
 	r = e->vmm->restore(s->vmm, QMP_TIMEOUT_MS);
 	if (r == 0)
 		r = e->vmm->wait_running(s->vmm, RESTORE_TIMEOUT_MS);
@@ -484,6 +471,28 @@ static int run_restore_spare(struct job *j, const char **step)
 		sb_lap(s, "agent");
 	}
 	return r;
+}
+
+/*
+ * Restore into the spare VMM claimed in mkdir: its clones and process are
+ * ready, so only device state is loaded. Its directories are the sandbox's.
+ */
+static int run_restore_spare(struct job *j, const char **step)
+{
+	struct sandbox *s = j->s;
+	struct engine *e = s->e;
+	struct spare *sp = s->spare;
+
+	j->restore = true;
+	pthread_mutex_lock(&e->lock);
+	s->vmm = TAKE_PTR(sp->vmm);
+	s->vmm_pid = e->vmm->pid(s->vmm);
+	s->clone_method = sp->clone_method;
+	if (atomic_load(&s->cancel))
+		e->vmm->kill(s->vmm);
+	pthread_mutex_unlock(&e->lock);
+	record_write(s->dir, s->tpl->name, s->name, s->vmm_pid, s->rundir);
+	return job_restore(j, step);
 }
 
 static int run_create(struct job *j, const char **step)
@@ -534,17 +543,11 @@ static int run_create(struct job *j, const char **step)
 		sb_lap(s, "spawn");
 	}
 	if (r == 0 && j->restore) {
-		*step = "restore";
-		console_note(s);
-		r = e->vmm->restore(s->vmm, QMP_TIMEOUT_MS);
-		if (r == 0)
-			r = e->vmm->wait_running(s->vmm, RESTORE_TIMEOUT_MS);
-		sb_lap(s, "restore");
-	}
-	if (r == 0) {
-		*step = j->restore ? "agent" : "boot";
+		r = job_restore(j, step);
+	} else if (r == 0) {
+		*step = "boot";
 		r = job_agent(j);
-		sb_lap(s, j->restore ? "agent" : "boot");
+		sb_lap(s, "boot");
 	}
 	if (cold_held)
 		cold_release(e);
