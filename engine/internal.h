@@ -273,14 +273,11 @@ int engine_spec_init(struct engine *e, const struct template_config *cfg, struct
 int engine_file_digest(struct engine *e, const char *path, char out[65]);
 int template_new(struct engine *e, const char *name, const char *config, bool persist, struct template **ret);
 void template_free(struct template *t);
-int sandbox_destroy_locked_release(struct sandbox *s);
 char *iso8601_now(void);
 int engine_resolve_accel(enum accel_mode m, const char **ret);
-int template_compute_identity(struct engine *e, struct template *t, char **ret_error);
 void template_start_bake(struct template *t); /* e->lock held; the previous bake reaped */
 void template_reap_bake(struct template *t);
 int template_load_bake(struct template *t);
 int cold_acquire(struct engine *e, const atomic_bool *cancel);
 void cold_release(struct engine *e);
 void cold_wake(struct engine *e);
-void sandbox_run_job(struct sandbox *s); /* the per-sandbox thread body */
