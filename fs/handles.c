@@ -529,7 +529,7 @@ void fh_write(fuse_req_t req, const char *buf, size_t size, off_t off, struct fu
 	fh_unref(h);
 }
 
-/* Closing an exec file that was written but never read runs the command and waits for it. */
+/* Closing a write-only exec handle runs the command written and waits for it. */
 void fh_flush(fuse_req_t req, struct fuse_file_info *fi)
 {
 	struct fh *h = fh_of(fi);
@@ -548,8 +548,14 @@ void fh_flush(fuse_req_t req, struct fuse_file_info *fi)
 	/* before the request is published: once it is, exec_done may answer (and free) it */
 	fuse_req_interrupt_func(req, exec_interrupt, h);
 	pthread_mutex_lock(&h->lock);
-	/* only a close that starts the command waits for it (`printf cmd > exec`) */
-	if (h->phase == EX_IDLE && h->len > 0 && (r = exec_start(h)) == 0 && !h->flush_req)
+	/*
+	 * Only a write-only handle runs its command on close (`printf cmd > exec`),
+	 * and that close waits for it. A read-write handle runs it on the first
+	 * read: every close of a duplicate (a fork's close_fds, dup2) flushes, and
+	 * must not start or wait for anything.
+	 */
+	if (h->accmode == O_WRONLY && h->phase == EX_IDLE && h->len > 0 && (r = exec_start(h)) == 0 &&
+	    !h->flush_req)
 		r = exec_park(h, &h->flush_req, req) ? 1 : -EINTR;
 	pthread_mutex_unlock(&h->lock);
 	if (r <= 0)

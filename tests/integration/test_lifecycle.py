@@ -229,6 +229,24 @@ class Exec(harness.TestCase):
             os.close(fd)
         self.assertLess(time.monotonic() - t0, 5, "close waited for the command")
 
+    def test_killed_reader_dies_at_once(self):
+        # `cat <&3` on a long command, then SIGTERM: the reader ends at once.
+        # The fork's close of its copy of the fd must not start the command
+        # or wait for it either (that once held the child for the whole run).
+        fd = os.open(D.sb("ex", "exec"), os.O_RDWR)
+        try:
+            os.write(fd, b"sleep 20")
+            t0 = time.monotonic()
+            p = subprocess.Popen(["cat"], stdin=fd, stdout=subprocess.DEVNULL)
+            self.assertLess(time.monotonic() - t0, 5, "spawning the reader waited for the command")
+            time.sleep(1)
+            p.terminate()
+            t0 = time.monotonic()
+            self.assertEqual(p.wait(timeout=15), -signal.SIGTERM)
+            self.assertLess(time.monotonic() - t0, 5)
+        finally:
+            os.close(fd)
+
     def test_wait_honours_small_reads(self):
         fd = os.open(D.sb("ex", "wait"), os.O_RDONLY)
         try:
