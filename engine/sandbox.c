@@ -390,8 +390,10 @@ static int job_paths(struct job *j)
 	j->log = strjoin(s->dir, "/vmm.log", NULL);
 	if (!j->mem || !j->disk || !j->qmp || !j->agent_sock || !j->log)
 		return -ENOMEM;
-	if (mkdir_p(s->dir, 0700) < 0 || mkdir_p(s->rundir, 0700) < 0)
-		return -errno;
+	/* the record first (no VMM yet), then what it accounts for */
+	if (mkdir_p(s->dir, 0700) < 0 || record_write(s->dir, s->tpl->name, s->name, 0, s->rundir) < 0 ||
+	    mkdir_p(s->rundir, 0700) < 0)
+		return -EIO;
 	return 0;
 }
 
@@ -689,8 +691,9 @@ int engine_sandbox_destroy(struct engine *e, struct template *t, const char *nam
 		pthread_join(s->thread, NULL);
 	/* a spare claimed in mkdir but never used (rmdir came first) dies with the sandbox */
 	spare_free(e, TAKE_PTR(s->spare));
-	rm_rf(s->dir);
+	/* the record's directory is the anchor: made first, removed last */
 	rm_rf(s->rundir);
+	rm_rf(s->dir);
 
 	pthread_mutex_lock(&e->lock);
 	for (size_t i = 0; i < t->n_sandboxes; i++)

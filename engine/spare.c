@@ -26,10 +26,11 @@ void spare_free(struct engine *e, struct spare *sp)
 		e->vmm->free(sp->vmm); /* kills and reaps */
 	if (sp->state_fd >= 0)
 		close(sp->state_fd);
-	if (sp->dir)
-		rm_rf(sp->dir);
+	/* the record's directory is the anchor: made first, removed last */
 	if (sp->rundir)
 		rm_rf(sp->rundir);
+	if (sp->dir)
+		rm_rf(sp->dir);
 	free(sp->dir);
 	free(sp->rundir);
 	free(sp);
@@ -134,8 +135,11 @@ static int spare_build(struct template *t, struct spare_job *j, struct spare **r
 	con = strjoin(sp->dir ? sp->dir : "", "/console.log", NULL);
 	log = strjoin(sp->dir ? sp->dir : "", "/vmm.log", NULL);
 	r = !sp->dir || !sp->rundir || !mem || !qmp || !agent || !con || !log ? -ENOMEM : 0;
-	if (r == 0 && ((r = mkdir_p(sp->dir, 0700)) < 0 || (r = mkdir_p(sp->rundir, 0700)) < 0))
-		log_debug("spare: mkdir failed");
+	/* the record first (no VMM yet), then what it accounts for */
+	if (r == 0 && ((r = mkdir_p(sp->dir, 0700)) < 0 ||
+		       (r = record_write(sp->dir, t->name, NULL, 0, sp->rundir)) < 0 ||
+		       (r = mkdir_p(sp->rundir, 0700)) < 0))
+		log_debug("spare: cannot make its directories: %s", strerror(-r));
 	if (r == 0 && (r = template_snapshot_clone(t, mem, disk, &m, &state_fd, &why)) < 0)
 		log_warn("template %s: cannot prepare a spare VMM: %s", t->name, why ? why : strerror(-r));
 	if (r == 0) {

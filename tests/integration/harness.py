@@ -469,6 +469,10 @@ class Daemon:
         daemon must leave both empty."""
         reap_orphans()
         run = os.path.join(self.state, "run")
+        # run/ID before vms/ID: the daemon makes vms/ID (with its record) first
+        # and removes it last, so every run entry listed here has its vms dir
+        # in the listing below
+        run_entries = _listdir(run)
         sbs, spares = [], []
         spare_dirs, spare_runs, spare_pids = set(), set(), set()
         for d, rec in self.vm_dirs().items():
@@ -494,7 +498,6 @@ class Daemon:
                 spares.append("qemu " + desc)
             else:
                 qemu.append(desc)
-        run_entries = _listdir(run)
         inv = {}
         inv["qemu"] = sorted(qemu)
         inv["mounts"] = sorted("%s (%s)" % (mp, fs) for mp, fs, _ in mounts()
