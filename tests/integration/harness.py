@@ -740,6 +740,14 @@ atexit.register(_cleanup_all)
 # ---------------------------------------------------------------------------
 # test base and runner
 
+def start_shared():
+    """A daemon for a whole test module, and its baseline inventory once it
+    is quiet (no VMM of a sandbox, nothing in run/ but spares, no zombies)."""
+    d = Daemon().start()
+    base = d.core(d.wait_inventory({**d.inventory(), "qemu": [], "run": [], "zombies": []}))
+    return d, base
+
+
 class _Timeout(Exception):
     pass
 

@@ -31,8 +31,7 @@ BASE = None
 
 def setUpModule():
     global D, BASE
-    D = harness.Daemon().start()
-    BASE = D.core(D.wait_inventory({**D.inventory(), "qemu": [], "run": [], "zombies": []}))
+    D, BASE = harness.start_shared()
 
 
 def tearDownModule():

@@ -53,8 +53,7 @@ INVALID_NAMES = [
 
 def setUpModule():
     global D, BASE
-    D = harness.Daemon().start()
-    BASE = D.core(D.wait_inventory({**D.inventory(), "qemu": [], "run": [], "zombies": []}))
+    D, BASE = harness.start_shared()
 
 
 def tearDownModule():

@@ -28,8 +28,7 @@ SB_FILES = ["console", "exec", "status", "timings", "wait"]
 
 def setUpModule():
     global D, BASE
-    D = harness.Daemon().start()
-    BASE = D.core(D.wait_inventory({**D.inventory(), "qemu": [], "run": [], "zombies": []}))
+    D, BASE = harness.start_shared()
     # baseline: our FUSE mount, the store (and its loop device if loop-mounted), nothing else
     st = D.template_status()
     assert any(m.startswith(D.mount + " (fuse") for m in BASE["mounts"]), BASE
