@@ -197,6 +197,7 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
  * after the call).
  */
 struct dirbuf {
+	struct open_handle oh; /* first: the list entry */
 	char *p;
 	size_t size;
 	atomic_int refs;
@@ -287,6 +288,50 @@ static int build_dir(fuse_req_t req, struct fs *f, struct node *n, struct dirbuf
 	}
 }
 
+void fs_handle_add(struct fs *f, struct open_handle *oh, void (*release)(struct open_handle *oh))
+{
+	oh->release = release;
+	pthread_mutex_lock(&f->handles_lock);
+	oh->next = f->handles.next;
+	oh->prev = &f->handles;
+	f->handles.next->prev = oh;
+	f->handles.next = oh;
+	pthread_mutex_unlock(&f->handles_lock);
+}
+
+void fs_handle_del(struct fs *f, struct open_handle *oh)
+{
+	pthread_mutex_lock(&f->handles_lock);
+	oh->prev->next = oh->next;
+	oh->next->prev = oh->prev;
+	oh->prev = oh->next = oh;
+	pthread_mutex_unlock(&f->handles_lock);
+}
+
+void fs_release_handles(struct fs *f)
+{
+	for (;;) {
+		struct open_handle *oh;
+
+		pthread_mutex_lock(&f->handles_lock);
+		oh = f->handles.next;
+		if (oh == &f->handles) {
+			pthread_mutex_unlock(&f->handles_lock);
+			return;
+		}
+		oh->prev->next = oh->next;
+		oh->next->prev = oh->prev;
+		oh->prev = oh->next = oh;
+		pthread_mutex_unlock(&f->handles_lock);
+		oh->release(oh);
+	}
+}
+
+static void dirbuf_release(struct open_handle *oh)
+{
+	dirbuf_unref((struct dirbuf *)oh);
+}
+
 /* The listing is taken once at opendir, so readdir offsets stay consistent. */
 static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
@@ -307,6 +352,7 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		return;
 	}
 	atomic_init(&b->refs, 1);
+	fs_handle_add(f, &b->oh, dirbuf_release);
 	fi->fh = (uint64_t)(uintptr_t)b;
 	fi->cache_readdir = 0;
 	fuse_reply_open(req, fi);
@@ -331,6 +377,7 @@ static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info 
 	struct dirbuf *b = (struct dirbuf *)(uintptr_t)fi->fh;
 
 	(void)ino;
+	fs_handle_del(fuse_req_userdata(req), &b->oh);
 	dirbuf_unref(b);
 	fuse_reply_err(req, 0);
 }
@@ -548,6 +595,8 @@ int fs_new(struct engine *e, int argc, char **argv, struct fs **ret)
 		}
 	fuse_set_log_func(fuse_log_to_ours);
 	f->e = e;
+	pthread_mutex_init(&f->handles_lock, NULL);
+	f->handles.next = f->handles.prev = &f->handles;
 	/*
 	 * default_permissions: the kernel checks modes itself, so no cached answer
 	 * is reused for another user. No auto_unmount: a crashed daemon leaves a
@@ -618,7 +667,9 @@ void fs_free(struct fs *f)
 	if (!f)
 		return;
 	fs_unmount(f);
+	fs_release_handles(f);
 	fuse_session_destroy(f->se);
+	pthread_mutex_destroy(&f->handles_lock);
 	free(f->mountpoint);
 	free(f);
 }

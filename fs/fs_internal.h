@@ -38,12 +38,27 @@ struct node {
 	const struct file_def *file;
 };
 
+/*
+ * Every open file and directory is on its fs's list until released, so a
+ * shutdown releases what the kernel never did (handles still open when the
+ * mount went away).
+ */
+struct open_handle {
+	struct open_handle *prev, *next;
+	void (*release)(struct open_handle *oh);
+};
+
 struct fs {
 	struct engine *e;
 	struct fuse_session *se;
 	char *mountpoint;
 	bool mounted;
+	pthread_mutex_t handles_lock;
+	struct open_handle handles; /* list head; protected by handles_lock */
 };
+
+void fs_handle_add(struct fs *f, struct open_handle *oh, void (*release)(struct open_handle *oh));
+void fs_handle_del(struct fs *f, struct open_handle *oh);
 
 int node_get(struct fs *f, fuse_ino_t ino, struct node *n);
 void node_put(struct node *n);

@@ -17,6 +17,8 @@
 enum exec_phase { EX_IDLE = 0, EX_RUNNING, EX_DONE };
 
 struct fh {
+	struct open_handle oh; /* first: the list entry */
+	struct fs *fs;
 	enum ftype type;
 	struct node node;
 	char *buf; /* rendered content, or bytes written */
@@ -96,6 +98,12 @@ static void fh_unref(struct fh *h)
 		fh_free(h);
 }
 
+/* The open file's reference, dropped by release (or at shutdown if none came). */
+static void fh_release_open(struct open_handle *oh)
+{
+	fh_unref((struct fh *)oh);
+}
+
 static int render(struct fh *h)
 {
 	const struct file_def *d = h->node.file;
@@ -123,13 +131,14 @@ void fh_open(struct fs *f, fuse_req_t req, struct node *n, struct fuse_file_info
 	struct fh *h = calloc(1, sizeof(*h));
 	int r = 0;
 
-	(void)f;
 	if (!h) {
 		node_put(n);
 		fuse_reply_err(req, ENOMEM);
 		return;
 	}
 	h->node = *n;
+	h->fs = f;
+	h->oh.prev = h->oh.next = &h->oh;
 	h->type = n->file->type;
 	h->fd = -1;
 	h->refs = 1;
@@ -148,6 +157,7 @@ void fh_open(struct fs *f, fuse_req_t req, struct node *n, struct fuse_file_info
 		fuse_reply_err(req, -r);
 		return;
 	}
+	fs_handle_add(f, &h->oh, fh_release_open);
 	fi->fh = (uint64_t)(uintptr_t)h;
 	fi->direct_io = 1;
 	fi->keep_cache = 0;
@@ -573,6 +583,7 @@ void fh_release(fuse_req_t req, struct fuse_file_info *fi)
 	if (token && sandbox_wait_cancel(h->node.s, token))
 		wait_answer(h, wait_take(h), -EINTR);
 	/* An exec still running keeps the handle until its completion arrives. */
+	fs_handle_del(h->fs, &h->oh);
 	fh_unref(h);
 	fuse_reply_err(req, 0);
 }

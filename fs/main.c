@@ -252,6 +252,7 @@ int main(int argc, char **argv)
 	log_info("shutting down");
 	fuse_remove_signal_handlers(f->se);
 	fs_unmount(f);
+	fs_release_handles(f); /* they hold sandboxes: before the engine goes */
 	engine_free(e);
 	fs_free(f);
 	if (o.pid_file)
