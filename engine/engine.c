@@ -389,8 +389,7 @@ int engine_new(const struct engine_options *opts, struct engine **ret)
 		if (r < 0)
 			log_warn("template default: cannot apply the image's config: %s", strerror(-r));
 		r = 0;
-	}
-	if (!t && e->default_config) {
+	} else if (e->default_config) {
 		r = engine_template_create(e, "default", NULL);
 		if (r < 0)
 			log_error("template default: %s", strerror(-r));

@@ -117,7 +117,6 @@ char **engine_template_list(struct engine *e);
 void strv_free(char **v);
 void template_unref(struct template *t);
 uint64_t template_id(const struct template *t);
-const char *template_name(const struct template *t);
 /* Rendered files: malloc'd strings. */
 char *template_render_status(struct template *t);
 char *template_render_config(struct template *t);
@@ -125,9 +124,6 @@ char *template_render_identity(struct template *t);
 int template_write_config(struct template *t, const char *data, size_t len);
 /* ctl: "bake" or "rebake". */
 int template_ctl(struct template *t, const char *cmd, size_t len);
-/* Blocks until the template is no longer baking (for the daemon's start). */
-int template_wait_baked(struct template *t, unsigned timeout_ms);
-enum template_state template_get_state(struct template *t);
 
 /* Sandboxes. */
 int engine_sandbox_create(struct engine *e, struct template *t, const char *name, struct sandbox **ret);
@@ -139,8 +135,6 @@ char **template_sandbox_list(struct template *t);
 void sandbox_unref(struct sandbox *s);
 uint64_t sandbox_id(const struct sandbox *s);
 const char *sandbox_name(const struct sandbox *s);
-const char *sandbox_template_name(const struct sandbox *s);
-enum sandbox_state sandbox_get_state(struct sandbox *s);
 char *sandbox_render_status(struct sandbox *s);
 char *sandbox_render_timings(struct sandbox *s);
 /* Path of the guest serial log file. */

@@ -51,24 +51,9 @@ const char *sandbox_name(const struct sandbox *s)
 	return s->name;
 }
 
-const char *sandbox_template_name(const struct sandbox *s)
-{
-	return s->tpl->name;
-}
-
 const char *sandbox_console_path(struct sandbox *s)
 {
 	return s->console_path;
-}
-
-enum sandbox_state sandbox_get_state(struct sandbox *s)
-{
-	enum sandbox_state st;
-
-	pthread_mutex_lock(&s->e->lock);
-	st = s->state;
-	pthread_mutex_unlock(&s->e->lock);
-	return st;
 }
 
 void sandbox_unref(struct sandbox *s)

@@ -28,21 +28,6 @@ uint64_t template_id(const struct template *t)
 	return t->id;
 }
 
-const char *template_name(const struct template *t)
-{
-	return t->name;
-}
-
-enum template_state template_get_state(struct template *t)
-{
-	enum template_state s;
-
-	pthread_mutex_lock(&t->e->lock);
-	s = t->state;
-	pthread_mutex_unlock(&t->e->lock);
-	return s;
-}
-
 static void set_error(char **slot, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void set_error(char **slot, const char *fmt, ...)
 {
@@ -708,18 +693,3 @@ int template_ctl(struct template *t, const char *cmd, size_t len)
 	return r;
 }
 
-int template_wait_baked(struct template *t, unsigned timeout_ms)
-{
-	struct engine *e = t->e;
-	struct timespec ts;
-	int r = 0;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	ts.tv_sec += timeout_ms / 1000;
-	pthread_mutex_lock(&e->lock);
-	while (t->bake_running && r == 0)
-		r = pthread_cond_timedwait(&t->cond, &e->lock, &ts);
-	r = t->state == TPL_READY ? 0 : t->bake_running ? -ETIMEDOUT : -EIO;
-	pthread_mutex_unlock(&e->lock);
-	return r;
-}
