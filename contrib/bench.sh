@@ -7,11 +7,21 @@
 #   create   mkdir of a sandbox until its `wait` file returns "ready", timed by
 #            the caller (time.perf_counter around os.mkdir and the read of
 #            wait); each sandbox is destroyed afterwards (rmdir, not timed).
-#            restore path: template "default" (baked at start), BENCH_N
-#            samples (default 30) after 2 warm-up creates that are not counted.
+#            warm path: template "default" (baked at start) with its pool at
+#            BENCH_POOL (default 4); before each sample the script waits until
+#            the pool is full again, so every sample claims a warm slot.
+#            restore path: the same template with its pool set to 0.
+#            Both: BENCH_N samples (default 30) after 2 warm-up creates that
+#            are not counted.
 #            cold path: template "coldbench", made with mkdir and never baked,
 #            so every create boots the kernel: BENCH_COLD_N samples (default 8),
 #            no warm-up (each cold boot starts from nothing anyway).
+#   burst16  16 concurrent mkdirs (one thread each, released together) against
+#            a full pool of 16 warm slots, until all 16 `wait` reads returned;
+#            BENCH_BURST_RUNS runs (default 5), the median wall time reported.
+#   slot     resident memory of idle warm slots (the pool at 8): RSS from
+#            /proc/PID/status and PSS from /proc/PID/smaps_rollup of each
+#            slot's VMM, the median reported.
 #            Between samples the script idles BENCH_SETTLE_MS (default 500) so
 #            every create starts from a quiet daemon (destroys finished,
 #            standby VMMs refilled) rather than racing the previous sample's
@@ -24,24 +34,25 @@
 # everything down (trap), also on errors and Ctrl-C.
 #
 # Output: a human-readable table on stderr; on stdout one JSON object per line:
-#   {"bench":"create","path":"restore","n":30,"p50_ms":..,"p99_ms":..,"mean_ms":..,"min_ms":..,"max_ms":..}
-#   {"bench":"create","path":"restore","phases_p50_ms":{"claim":..,...}}
-#   the same two for "cold", then
+#   {"bench":"create","path":"warm","n":30,"p50_ms":..,"p99_ms":..,"mean_ms":..,"min_ms":..,"max_ms":..}
+#   {"bench":"create","path":"warm","phases_p50_ms":{"claim":..,...}}
+#   the same two for "restore" and "cold", then
+#   {"bench":"create","metric":"ratio_restore_over_warm","value":..}   (p50 restore / p50 warm)
 #   {"bench":"create","metric":"ratio_cold_over_restore","value":..}   (p50 cold / p50 restore)
+#   {"bench":"burst16","path":"warm","wall_ms":..,"runs_ms":[..],"warm_served":[..]}
+#   {"bench":"slot","metric":"rss_mib","value":..,"pss_mib":..,"n":..}
 # Creates that fail are retried (at most 3 failures per path) and reported as
 #   {"bench":"create","path":"cold","failed_creates":K,"errors":[...]}
 # Percentiles (p50, p99, and the per-phase p50) use the nearest-rank method:
 # the ceil(p/100 * n)-th smallest sample, always one of the samples.
 #
-# BENCH_SPARES (default 2) is passed as --spares: 0 measures restores into a
-# freshly spawned VMM instead of a spare one.
 #
 # Needs root (FUSE, loop devices, QEMU), like the daemon.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 top=$PWD
-ALL_BENCHES=(create)
+ALL_BENCHES=(create burst16 slot)
 
 log() { echo "bench: $*" >&2; }
 die() {
@@ -143,7 +154,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 log "daemon: $bin, image $image, mount $mnt, state $state"
-"$bin" -f --state-dir "$state" --image-dir "$image" --spares "${BENCH_SPARES:-2}" "$mnt" 2>"$daemon_log" &
+"$bin" -f --state-dir "$state" --image-dir "$image" --pool 0 "$mnt" 2>"$daemon_log" &
 pid=$!
 
 # The benchmark runs in the background and the shell waits for it: `wait`,
@@ -156,7 +167,9 @@ mnt, daemon_pid, benches = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 N = int(os.environ.get("BENCH_N", "30"))
 COLD_N = int(os.environ.get("BENCH_COLD_N", "8"))
 SETTLE = int(os.environ.get("BENCH_SETTLE_MS", "500")) / 1000.0
-WARMUP = 2          # restore path only
+POOL = int(os.environ.get("BENCH_POOL", "4"))
+BURST_RUNS = int(os.environ.get("BENCH_BURST_RUNS", "5"))
+WARMUP = 2          # warm and restore paths
 MAX_FAILURES = 3    # per path: a create that fails is retried, at most this often
 
 
@@ -225,6 +238,29 @@ def wait_template(t, timeout=300):
         time.sleep(0.1)
 
 
+def pool_status(t):
+    return json.loads(read("%s/templates/%s/status" % (mnt, t)))["pool"]
+
+
+def set_pool(t, n, timeout=120):
+    """Sets the pool's target and waits until it holds exactly n warm slots."""
+    write("%s/templates/%s/pool" % (mnt, t), "%d\n" % n)
+    wait_pool(t, n, timeout)
+
+
+def wait_pool(t, n, timeout=120):
+    deadline = time.monotonic() + timeout
+    while True:
+        p = pool_status(t)
+        if p["warm"] == n and p["preparing"] == 0:
+            return
+        if not alive():
+            raise SystemExit("bench: error: the daemon died")
+        if time.monotonic() > deadline:
+            raise SystemExit("bench: error: pool of %s not at %d after %d s: %s" % (t, n, timeout, p))
+        time.sleep(0.05)
+
+
 def nearest_rank(sorted_vals, p):
     """Nearest-rank percentile: the ceil(p/100 * n)-th smallest value (1-based)."""
     k = max(1, math.ceil(p / 100.0 * len(sorted_vals)))
@@ -261,11 +297,12 @@ def create_once(t, name):
     return ms, status, phases
 
 
-def run_path(t, path, n, warmup):
+def run_path(t, path, n, warmup, before=None):
     samples, phase_samples, errors = [], {}, []
-    spare_claims = 0
     i = 0
     while len(samples) < n:
+        if before:
+            before()
         name = "b%s%d" % (path[0], i)
         i += 1
         try:
@@ -287,52 +324,139 @@ def run_path(t, path, n, warmup):
             samples.append(ms)
             for k, v in ph.items():
                 phase_samples.setdefault(k, []).append(v)
-            spare_claims += "claim" in ph
         time.sleep(SETTLE)
     s = sorted(samples)
     res = {"bench": "create", "path": path, "n": len(s),
            "p50_ms": round(nearest_rank(s, 50), 3), "p99_ms": round(nearest_rank(s, 99), 3),
            "mean_ms": round(statistics.fmean(s), 3), "min_ms": round(s[0], 3), "max_ms": round(s[-1], 3)}
     phases = {k: round(nearest_rank(sorted(v), 50), 3) for k, v in phase_samples.items()}
-    return res, phases, errors, spare_claims
+    return res, phases, errors
 
 
 def bench_create():
     out = []
     wait_template("default")
-    res_r, ph_r, err_r, claims = run_path("default", "restore", N, WARMUP)
+    set_pool("default", POOL)
+    res_w, ph_w, err_w = run_path("default", "warm", N, WARMUP, lambda: wait_pool("default", POOL))
+    set_pool("default", 0)
+    res_r, ph_r, err_r = run_path("default", "restore", N, WARMUP)
     os.mkdir("%s/templates/coldbench" % mnt)  # never baked: every create boots cold
     st = json.loads(read("%s/templates/coldbench/status" % mnt))
     if st["state"] != "new":
         raise SystemExit("bench: error: template coldbench is %s, expected new" % st["state"])
-    res_c, ph_c, err_c, _ = run_path("coldbench", "cold", COLD_N, 0)
+    res_c, ph_c, err_c = run_path("coldbench", "cold", COLD_N, 0)
     os.rmdir("%s/templates/coldbench" % mnt)
     ratio = res_c["p50_ms"] / res_r["p50_ms"]
+    ratio_w = res_r["p50_ms"] / res_w["p50_ms"]
 
     print("", file=sys.stderr)
     print("create: mkdir until `wait` answers, timed outside the daemon (ms; p50/p99 nearest-rank)",
           file=sys.stderr)
     print("  %-8s %4s %9s %9s %9s %9s %9s" % ("path", "n", "p50", "p99", "mean", "min", "max"), file=sys.stderr)
-    for r in (res_r, res_c):
+    for r in (res_w, res_r, res_c):
         print("  %-8s %4d %9.1f %9.1f %9.1f %9.1f %9.1f" % (
             r["path"], r["n"], r["p50_ms"], r["p99_ms"], r["mean_ms"], r["min_ms"], r["max_ms"]), file=sys.stderr)
-    print("  restore: %d warm-up creates not counted; %d of %d counted restores used a spare VMM (claim phase)"
-          % (WARMUP, claims, res_r["n"]), file=sys.stderr)
-    print("  cold/restore p50 ratio: %.1f" % ratio, file=sys.stderr)
-    for label, ph in (("restore", ph_r), ("cold", ph_c)):
+    print("  warm and restore: %d warm-up creates each, not counted; warm with a pool of %d, full before each"
+          % (WARMUP, POOL), file=sys.stderr)
+    print("  restore/warm p50 ratio: %.1f, cold/restore p50 ratio: %.1f" % (ratio_w, ratio), file=sys.stderr)
+    for label, ph in (("warm", ph_w), ("restore", ph_r), ("cold", ph_c)):
         print("  %s phases, p50 (from the sandboxes' timings files): %s" % (
             label, ", ".join("%s %.1f" % kv for kv in ph.items())), file=sys.stderr)
     print("", file=sys.stderr)
 
+    out.append(res_w)
+    out.append({"bench": "create", "path": "warm", "phases_p50_ms": ph_w})
     out.append(res_r)
     out.append({"bench": "create", "path": "restore", "phases_p50_ms": ph_r})
     out.append(res_c)
     out.append({"bench": "create", "path": "cold", "phases_p50_ms": ph_c})
+    out.append({"bench": "create", "metric": "ratio_restore_over_warm", "value": round(ratio_w, 3)})
     out.append({"bench": "create", "metric": "ratio_cold_over_restore", "value": round(ratio, 3)})
-    for path, errs in (("restore", err_r), ("cold", err_c)):
+    for path, errs in (("warm", err_w), ("restore", err_r), ("cold", err_c)):
         if errs:
             out.append({"bench": "create", "path": path, "failed_creates": len(errs), "errors": errs})
     return out
+
+
+def bench_burst16():
+    import threading
+    wait_template("default")
+    runs, warm_served = [], []
+    for run in range(BURST_RUNS):
+        set_pool("default", 16, timeout=300)
+        names = ["burst%d_%d" % (run, i) for i in range(16)]
+        go = threading.Barrier(17)
+        results = [None] * 16
+
+        def one(i):
+            d = "%s/templates/default/sandboxes/%s" % (mnt, names[i])
+            go.wait()
+            try:
+                os.mkdir(d)
+                fd = os.open(d + "/wait", os.O_RDONLY)
+                try:
+                    results[i] = os.read(fd, 64)
+                finally:
+                    os.close(fd)
+            except OSError as e:
+                results[i] = str(e).encode()
+            results[i] = (results[i], time.perf_counter())
+
+        th = [threading.Thread(target=one, args=(i,)) for i in range(16)]
+        for x in th:
+            x.start()
+        go.wait()
+        t0 = time.perf_counter()
+        for x in th:
+            x.join()
+        wall = (max(r[1] for r in results) - t0) * 1000.0
+        bad = [n for n, r in zip(names, results) if r[0] != b"ready\n"]
+        paths = [json.loads(read("%s/templates/default/sandboxes/%s/status" % (mnt, n)))["path"] for n in names]
+        for n in names:
+            os.rmdir("%s/templates/default/sandboxes/%s" % (mnt, n))
+        if bad:
+            raise SystemExit("bench: error: burst creates failed: %s" % bad)
+        runs.append(round(wall, 3))
+        warm_served.append(paths.count("warm"))
+        err("burst16 run %d: %.1f ms wall, %d of 16 warm" % (run, wall, paths.count("warm")))
+        time.sleep(SETTLE)
+    set_pool("default", 0)
+    med = nearest_rank(sorted(runs), 50)
+    print("burst16: 16 concurrent mkdir+wait against a full pool of 16: median %.1f ms wall over %d runs (%s)"
+          % (med, len(runs), ", ".join("%.1f" % r for r in runs)), file=sys.stderr)
+    return [{"bench": "burst16", "path": "warm", "wall_ms": med, "runs_ms": runs, "warm_served": warm_served}]
+
+
+def bench_slot():
+    wait_template("default")
+    set_pool("default", 8, timeout=300)
+    time.sleep(2)  # idle: nothing touches the slots
+    rss, pss = [], []
+    base = "%s/templates/default/slots" % mnt
+    for sid in os.listdir(base):
+        st = json.loads(read("%s/%s/status" % (base, sid)))
+        pid = st["vmm_pid"]
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    rss.append(int(line.split()[1]) / 1024.0)
+        try:
+            with open("/proc/%d/smaps_rollup" % pid) as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        pss.append(int(line.split()[1]) / 1024.0)
+        except OSError:
+            pass
+    set_pool("default", 0)
+    rss.sort()
+    pss.sort()
+    r = {"bench": "slot", "metric": "rss_mib", "value": round(nearest_rank(rss, 50), 1), "n": len(rss),
+         "max_mib": round(rss[-1], 1)}
+    if pss:
+        r["pss_mib"] = round(nearest_rank(pss, 50), 1)
+    print("slot: idle warm slot (256 MiB guest), %d slots: RSS median %.1f MiB (max %.1f), PSS median %s MiB"
+          % (len(rss), r["value"], r["max_mib"], r.get("pss_mib")), file=sys.stderr)
+    return [r]
 
 
 deadline = time.monotonic() + 60
@@ -344,7 +468,7 @@ while not mounted():
     time.sleep(0.05)
 
 for b in benches:
-    for line in {"create": bench_create}[b]():
+    for line in {"create": bench_create, "burst16": bench_burst16, "slot": bench_slot}[b]():
         print(json.dumps(line), flush=True)
 PY
 pypid=$!

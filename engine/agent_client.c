@@ -191,6 +191,12 @@ static int wait_reply(struct agent_client *c, struct pending *p, unsigned timeou
 
 int agent_call(struct agent_client *c, json_object *req, unsigned timeout_ms, json_object **ret_resp)
 {
+	return agent_call_then(c, req, timeout_ms, NULL, NULL, ret_resp);
+}
+
+int agent_call_then(struct agent_client *c, json_object *req, unsigned timeout_ms, int (*then)(void *arg),
+		    void *arg, json_object **ret_resp)
+{
 	struct pending p = { 0 };
 	json_object *okv;
 	int r;
@@ -207,6 +213,8 @@ int agent_call(struct agent_client *c, json_object *req, unsigned timeout_ms, js
 
 	json_object_object_add(req, "id", json_object_new_int64((int64_t)p.id));
 	r = send_line(c, json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN));
+	if (r == 0 && then)
+		r = then(arg);
 
 	pthread_mutex_lock(&c->lock);
 	if (r == 0)

@@ -370,6 +370,8 @@ int engine_new(const struct engine_options *opts, struct engine **ret)
 		e->opts.cold_slots = 1;
 	if (!e->opts.max_sandboxes)
 		e->opts.max_sandboxes = 64;
+	if (!e->opts.pool_parallel)
+		e->opts.pool_parallel = 1;
 	if (!e->opts.store_size_mib)
 		e->opts.store_size_mib = 32768;
 	pthread_mutex_init(&e->lock, NULL);
@@ -477,7 +479,7 @@ int engine_template_create(struct engine *e, const char *name, struct template *
 	}
 	pthread_mutex_unlock(&e->lock);
 	if (r < 0)
-		template_free(t); /* joins its spare filler, which takes the lock */
+		template_free(t); /* joins its pool filler, which takes the lock */
 	return r;
 }
 
@@ -503,7 +505,7 @@ int engine_template_remove(struct engine *e, const char *name)
 	t->removed = true;
 	pthread_mutex_unlock(&e->lock);
 	template_reap_bake(t);
-	spares_stop(t);
+	pool_stop(t);
 	rm_rf(t->dir);
 	template_unref(t);
 	return 0;

@@ -29,7 +29,9 @@ struct engine_options {
 	uint64_t store_size_mib;   /* size of the loop-mounted XFS store when needed */
 	bool no_loop_store;	   /* never create a loop store; full copies are then reported */
 	bool bake_default;	   /* bake the default template at start */
-	unsigned spares;	   /* VMMs spawned ahead per template for restores; 0: none */
+	unsigned pool_depth;	   /* default warm-pool target per template (templates/T/pool overrides) */
+	unsigned pool_parallel;	   /* warm slots prepared at once across all templates (default 1) */
+	unsigned slot_max_age_s;   /* warm slots older than this are replaced; 0: never */
 };
 
 /* Sandbox states; see docs/interface.md for their meaning. */
@@ -124,6 +126,17 @@ char *template_render_identity(struct template *t);
 int template_write_config(struct template *t, const char *data, size_t len);
 /* ctl: "bake" or "rebake". */
 int template_ctl(struct template *t, const char *cmd, size_t len);
+
+/* The warm pool: its target depth ("N\n", 0..256, saved with the template). */
+char *template_render_pool(struct template *t);
+int template_pool_write(struct template *t, const char *data, size_t len);
+/* Warm slots are listed by id; ids are unique engine ids, never reused. */
+uint64_t *template_slot_ids(struct template *t, size_t *ret_n); /* free() */
+bool template_has_slot(struct template *t, uint64_t slot_id);
+struct template *engine_slot_template(struct engine *e, uint64_t slot_id); /* ref'd or NULL */
+char *template_render_slot(struct template *t, uint64_t slot_id);	    /* NULL: gone */
+/* Recycles a warm slot (rmdir slots/ID); -EBUSY while it is being prepared. */
+int template_slot_drop(struct template *t, uint64_t slot_id);
 
 /* Sandboxes. */
 int engine_sandbox_create(struct engine *e, struct template *t, const char *name, struct sandbox **ret);

@@ -31,6 +31,8 @@ void timings_start(struct timings *t);
 void timings_lap(struct timings *t, const char *name);
 double timings_total(const struct timings *t);
 json_object *timings_json(const struct timings *t);
+/* A millisecond figure as JSON, printed with 3 decimals. */
+json_object *ms_json(double ms);
 char *timings_lines(const struct timings *t);
 
 /* ---- storage: copy-on-write clones ---- */
@@ -53,6 +55,13 @@ struct agent_client;
 int agent_connect(const char *path, unsigned timeout_ms, const atomic_bool *cancel, struct agent_client **ret);
 /* Sends req (an "id" is added) and waits for the reply with that id. */
 int agent_call(struct agent_client *c, json_object *req, unsigned timeout_ms, json_object **ret_resp);
+/*
+ * The same, calling then(arg) between sending and waiting (its error ends the
+ * call): a warm slot's activation sends the attach to the paused guest, then
+ * resumes it, so the request is already queued when the vCPUs start.
+ */
+int agent_call_then(struct agent_client *c, json_object *req, unsigned timeout_ms, int (*then)(void *arg),
+		    void *arg, json_object **ret_resp);
 /* Makes every pending and later call fail with -ECONNRESET; safe from any thread. */
 void agent_shutdown(struct agent_client *c);
 void agent_free(struct agent_client *c);
@@ -119,32 +128,46 @@ struct bake_info {
 };
 
 /*
- * A spare: a VMM spawned ahead for a template's current snapshot, with its
- * own clones of the snapshot's memory and disk, waiting in -incoming mode.
- * A restore claims one and only loads device state into it.
+ * A warm slot: a VMM restored from a template's snapshot ahead of any request
+ * (its own clones of the snapshot's memory and disk), warmed up through its
+ * guest agent and paused. A create claims one in mkdir and only resumes it
+ * and attaches identity. See pool.c.
  */
-struct spare {
+enum slot_state { SLOT_PREPARING = 0, SLOT_WARM };
+struct slot {
 	uint64_t id;
+	enum slot_state state;
 	struct vmm *vmm;
-	char *dir;    /* store/sandboxes/TEMPLATE/.spare-ID: mem, disk, console, log */
+	struct agent_client *agent; /* connected during the warm-up; the sandbox's once claimed */
+	pid_t vmm_pid;
+	char *dir;    /* store/vms/ID: mem, disk, console, log, record */
 	char *rundir; /* state/run/ID: sockets */
 	char identity[65];
 	char state_digest[65];
-	int state_fd; /* the device state the VMM will read as its fd 3 (same open file) */
 	const char *clone_method;
-	double prepare_ms;
-	uint64_t ready_ns; /* when it became claimable */
-	struct spare *next;
+	struct timings timings; /* how it was prepared */
+	uint64_t warm_ns;	/* when it became claimable */
+	struct slot *next;
 };
-void spare_free(struct engine *e, struct spare *sp);
+struct pool_stats {
+	uint64_t prepared, prepare_failed;
+	uint64_t served_warm, served_restore, served_cold;
+	uint64_t recycled_stale, recycled_dead, recycled_aged, recycled_excess, recycled_removed;
+};
+const char *slot_state_name(enum slot_state s);
+void slot_free(struct engine *e, struct slot *sl);
+void slots_free_list(struct engine *e, struct slot *list);
+bool slot_matches(const struct template *t, const struct slot *sl);
 int record_write(const char *dir, const char *tpl, const char *name, pid_t pid, const char *rundir);
-void spares_free_list(struct engine *e, struct spare *list);
-/* Detaches spares that no longer match the template's snapshot. e->lock held. */
-struct spare *spares_take_stale(struct template *t);
-/* Pops a live spare matching the current snapshot, or NULL. e->lock held. */
-struct spare *spare_claim(struct template *t, struct spare **ret_dead);
-void spares_start(struct template *t);
-void spares_stop(struct template *t);
+/* Detaches slots that must not be served (stale, dead, aged, excess). e->lock held. */
+struct slot *pool_take_unfit(struct template *t);
+/* Pops the oldest healthy slot matching the current snapshot, or NULL. e->lock held. */
+struct slot *slot_claim(struct template *t, struct slot **ret_dead);
+void pool_start(struct template *t);
+void pool_stop(struct template *t);
+void pool_wake_all(struct engine *e);
+int template_pool_load(struct template *t);
+json_object *pool_status_json(struct template *t);
 
 /*
  * Clones the template's snapshot (checked first: state digest, memory size)
@@ -174,12 +197,17 @@ struct template {
 	struct sandbox **sandboxes;
 	size_t n_sandboxes;
 	bool removed;
-	struct spare *spares; /* ready to claim */
-	unsigned n_spares;
-	bool spare_stop;
-	bool spare_thread_started;
-	pthread_t spare_thread;
-	pthread_cond_t spare_cond;
+	struct slot *slots;	/* warm, claimable, oldest first */
+	unsigned n_slots;
+	struct slot *preparing; /* being prepared by the filler: listed, not claimable */
+	unsigned pool_target;
+	struct pool_stats pool_stats;
+	char *pool_error;	/* the last preparation failure */
+	bool pool_stop;
+	atomic_bool pool_cancel;
+	bool pool_thread_started;
+	pthread_t pool_thread;
+	pthread_cond_t pool_cond;
 	bool bake_running;
 	bool bake_joinable;
 	atomic_bool bake_cancel;
@@ -198,7 +226,7 @@ struct sandbox {
 	char *rundir;	/* state/run/ID: sockets */
 	char *console_path;
 	atomic_bool cancel;
-	struct spare *spare; /* claimed in mkdir, consumed by the job */
+	struct slot *slot; /* claimed in mkdir, consumed by the job */
 
 	/* protected by e->lock */
 	enum sandbox_state state;
@@ -209,7 +237,9 @@ struct sandbox {
 	struct timings timings;
 	uint64_t created_realtime_ms;
 	const char *clone_method;
-	double spare_age_ms; /* how long the claimed spare VMM had waited; <0: none */
+	uint64_t slot_id;      /* the warm slot it was activated from; 0: none */
+	double slot_age_ms;    /* how long that slot had waited */
+	double slot_prepare_ms;
 	pid_t vmm_pid;
 	struct waiter *waiters;
 	uint64_t next_token;
@@ -247,6 +277,9 @@ struct engine {
 	pthread_mutex_t cold_lock;
 	pthread_cond_t cold_cond;
 	unsigned cold_busy; /* protected by cold_lock */
+
+	unsigned slots_preparing; /* across templates, protected by lock; at most opts.pool_parallel */
+	uint64_t last_settled_ns; /* when a create last left `creating` (protected by lock) */
 
 	atomic_int execs; /* exec threads in flight; engine_free waits for them */
 };

@@ -1,7 +1,8 @@
 /*
  * Sandboxes: reservation (in mkdir), then one thread per sandbox that runs
- * the create (restore from the template's snapshot, else cold boot) and then
- * supervises the VMM until it exits. States and transitions are a pure
+ * the create (activate a warm slot claimed in mkdir, else restore from the
+ * template's snapshot, else cold boot) and then supervises the VMM until it
+ * exits. States and transitions are a pure
  * function (sandbox_state_next) so they are unit-tested apart from any VMM.
  */
 #include <fcntl.h>
@@ -17,6 +18,7 @@
 #define QMP_TIMEOUT_MS 10000
 #define RESTORE_TIMEOUT_MS 30000
 #define AGENT_RESTORE_TIMEOUT_MS 30000
+#define AGENT_WARM_TIMEOUT_MS 10000
 #define AGENT_BOOT_TIMEOUT_MS 60000
 #define EXEC_DEFAULT_TIMEOUT_MS 600000
 
@@ -63,7 +65,7 @@ void sandbox_unref(struct sandbox *s)
 	agent_free(s->agent);
 	if (s->vmm)
 		s->e->vmm->free(s->vmm);
-	spare_free(s->e, s->spare);
+	slot_free(s->e, s->slot);
 	template_unref(s->tpl);
 	free(s->dir);
 	free(s->rundir);
@@ -87,7 +89,8 @@ static struct waiter *apply_event(struct sandbox *s, enum sandbox_event ev)
 	if (s->state != SB_CREATING) {
 		w = s->waiters;
 		s->waiters = NULL;
-		pthread_cond_broadcast(&s->tpl->spare_cond); /* the filler waits for creates to settle */
+		s->e->last_settled_ns = now_ns();
+		pool_wake_all(s->e); /* fillers wait for creates to settle */
 	}
 	return w;
 }
@@ -309,8 +312,11 @@ static int job_spawn(struct job *j)
 	return e->vmm->connect(v, QMP_TIMEOUT_MS, &s->cancel);
 }
 
-/* Hostname, environment, fresh entropy and the clock: what makes this clone itself. */
-static int job_attach(struct job *j, unsigned timeout_ms)
+/*
+ * Hostname, environment, fresh entropy and the clock: what makes this clone
+ * itself. then(arg), if given, runs once the request is sent.
+ */
+static int job_attach(struct job *j, unsigned timeout_ms, int (*then)(void *arg), void *arg)
 {
 	struct sandbox *s = j->s;
 	_cleanup_json_ json_object *req = json_object_new_object();
@@ -331,7 +337,7 @@ static int job_attach(struct job *j, unsigned timeout_ms)
 	json_object_object_add(req, "env", env);
 	json_object_object_add(req, "entropy", json_object_new_string(b64));
 	json_object_object_add(req, "time_unix_ns", json_object_new_int64((int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec));
-	return agent_call(s->agent, req, timeout_ms, NULL);
+	return agent_call_then(s->agent, req, timeout_ms, then, arg, NULL);
 }
 
 static int job_agent(struct job *j)
@@ -347,18 +353,18 @@ static int job_agent(struct job *j)
 	if (atomic_load(&s->cancel))
 		agent_shutdown(ac);
 	pthread_mutex_unlock(&s->e->lock);
-	return job_attach(j, j->restore ? AGENT_RESTORE_TIMEOUT_MS : AGENT_BOOT_TIMEOUT_MS);
+	return job_attach(j, j->restore ? AGENT_RESTORE_TIMEOUT_MS : AGENT_BOOT_TIMEOUT_MS, NULL, NULL);
 }
 
 /* A restored guest prints nothing until it does something: say where it came from. */
-static void console_note(struct sandbox *s)
+static void console_note(struct sandbox *s, const char *how)
 {
 	_cleanup_close_ int fd = open(s->console_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
 	char line[256];
 	int n;
 
-	n = snprintf(line, sizeof(line), "emberfs: %s restored from the snapshot of template %s (identity %.16s)\r\n",
-		     s->name, s->tpl->name, s->identity);
+	n = snprintf(line, sizeof(line), "emberfs: %s %s, snapshot of template %s (identity %.16s)\r\n", s->name,
+		     how, s->tpl->name, s->identity);
 	if (fd >= 0 && n > 0 && write(fd, line, (size_t)n) < 0)
 		log_debug("console note: %s", strerror(errno));
 }
@@ -383,11 +389,10 @@ static int job_paths(struct job *j)
 }
 
 /*
- * The sandbox's files live in the spare's directories if it has one (QEMU
- * reopens its disk by path when the guest starts, so they stay where they
- * are), else in its own. e->lock held, or s not published yet.
+ * The sandbox's files live in its warm slot's directories if it has one (the
+ * VMM has them open), else in its own. e->lock held, or s not published yet.
  */
-static int sandbox_set_dirs(struct sandbox *s, const struct spare *sp)
+static int sandbox_set_dirs(struct sandbox *s, const struct slot *sp)
 {
 	char idbuf[32];
 	char *dir, *rundir, *con;
@@ -411,34 +416,6 @@ static int sandbox_set_dirs(struct sandbox *s, const struct spare *sp)
 	return 0;
 }
 
-/*
- * The snapshot may have changed on disk since the spare was made: check the
- * device state the VMM is about to read against the bake's digest (about
- * 50 KiB; a fraction of a millisecond). A bad one drops the spare and the
- * create takes the ordinary path, which checks the snapshot again and boots
- * cold with the reason.
- */
-static bool spare_still_good(struct sandbox *s)
-{
-	struct engine *e = s->e;
-	struct spare *sp = s->spare;
-	char got[65], want[65];
-
-	pthread_mutex_lock(&e->lock);
-	memcpy(want, s->tpl->bake.state_digest, 65);
-	pthread_mutex_unlock(&e->lock);
-	if (sha256_fd(sp->state_fd, got) == 0 && strcmp(got, want) == 0)
-		return true;
-	log_warn("sandbox %s/%s: the snapshot's device state changed on disk; not using spare VMM %" PRIu64,
-		 s->tpl->name, s->name, sp->id);
-	pthread_mutex_lock(&e->lock);
-	s->spare = NULL;
-	s->path = NULL;
-	pthread_mutex_unlock(&e->lock);
-	spare_free(e, sp);
-	return false;
-}
-
 /* Loads device state into the VMM (up and connected), then the agent attach. */
 static int job_restore(struct job *j, const char **step)
 {
@@ -447,7 +424,7 @@ static int job_restore(struct job *j, const char **step)
 	int r;
 
 	*step = "restore";
-	console_note(s);
+	console_note(s, "restored");
 	r = e->vmm->restore(s->vmm, QMP_TIMEOUT_MS);
 	if (r == 0)
 		r = e->vmm->wait_running(s->vmm, RESTORE_TIMEOUT_MS);
@@ -461,25 +438,95 @@ static int job_restore(struct job *j, const char **step)
 }
 
 /*
- * Restore into the spare VMM claimed in mkdir: its clones and process are
- * ready, so only device state is loaded. Its directories are the sandbox's.
+ * Activation of the warm slot claimed in mkdir: its guest is restored, warmed
+ * up and paused, its agent connected. Resume it and attach identity; the
+ * attach's answer is the readiness. The slot's directories are the sandbox's.
  */
-static int run_restore_spare(struct job *j, const char **step)
+static int warm_resume(void *arg)
+{
+	struct sandbox *s = arg;
+	int r = s->e->vmm->resume(s->vmm, QMP_TIMEOUT_MS);
+
+	sb_lap(s, "resume");
+	return r;
+}
+
+static int run_warm(struct job *j, const char **step)
 {
 	struct sandbox *s = j->s;
 	struct engine *e = s->e;
-	struct spare *sp = s->spare;
+	struct slot *sl;
+	int r;
 
 	j->restore = true;
 	pthread_mutex_lock(&e->lock);
-	s->vmm = TAKE_PTR(sp->vmm);
+	sl = TAKE_PTR(s->slot);
+	s->vmm = TAKE_PTR(sl->vmm);
+	s->agent = TAKE_PTR(sl->agent);
 	s->vmm_pid = e->vmm->pid(s->vmm);
-	s->clone_method = sp->clone_method;
-	if (atomic_load(&s->cancel))
+	s->clone_method = sl->clone_method;
+	if (atomic_load(&s->cancel)) {
 		e->vmm->kill(s->vmm);
+		agent_shutdown(s->agent);
+	}
 	pthread_mutex_unlock(&e->lock);
+	/* the slot's process, agent and directories are the sandbox's now */
+	free(sl->dir);
+	free(sl->rundir);
+	free(sl);
+	/* the record names the sandbox before the guest is its */
 	record_write(s->dir, s->tpl->name, s->name, s->vmm_pid, s->rundir);
-	return job_restore(j, step);
+	/* the attach waits in the paused guest's queue; the resume starts it */
+	*step = "activation (resume, attach)";
+	r = job_attach(j, AGENT_WARM_TIMEOUT_MS, warm_resume, s);
+	if (r == 0)
+		sb_lap(s, "agent");
+	if (r == 0)
+		console_note(s, "activated from warm slot");
+	return r;
+}
+
+/*
+ * A slot that fails activation (its VMM died or stopped answering between
+ * the claim's health check and the resume) is dropped with its files, and
+ * the create takes the restore path in the sandbox's own directories, with
+ * the reason.
+ */
+static int warm_fallback(struct sandbox *s, int err, const char *step)
+{
+	struct engine *e = s->e;
+	struct vmm *v;
+	struct agent_client *ac;
+	_cleanup_free_ char *dir = NULL, *rundir = NULL;
+	char *why = NULL;
+	int r;
+
+	pthread_mutex_lock(&e->lock);
+	v = TAKE_PTR(s->vmm);
+	ac = TAKE_PTR(s->agent);
+	s->vmm_pid = 0;
+	s->path = "restore";
+	if (asprintf(&why, "warm slot %" PRIu64 " failed at %s: %s", s->slot_id, step, strerror(-err)) < 0)
+		why = NULL;
+	free(s->path_reason);
+	s->path_reason = why;
+	s->slot_id = 0;
+	dir = strdup(s->dir);
+	rundir = strdup(s->rundir);
+	r = sandbox_set_dirs(s, NULL);
+	pthread_mutex_unlock(&e->lock);
+	log_warn("sandbox %s/%s: %s; restoring instead", s->tpl->name, s->name, why ? why : "warm slot failed");
+	if (ac) {
+		agent_shutdown(ac);
+		agent_free(ac);
+	}
+	if (v)
+		e->vmm->free(v);
+	if (rundir)
+		rm_rf(rundir);
+	if (dir)
+		rm_rf(dir);
+	return r;
 }
 
 static int run_create(struct job *j, const char **step)
@@ -489,18 +536,14 @@ static int run_create(struct job *j, const char **step)
 	bool cold_held = false;
 	int r;
 
-	*step = "prepare";
-	if (s->spare && !spare_still_good(s)) {
-		pthread_mutex_lock(&e->lock);
-		r = sandbox_set_dirs(s, NULL);
-		pthread_mutex_unlock(&e->lock);
-		if (r < 0)
+	if (s->slot) {
+		r = run_warm(j, step);
+		if (r == 0 || atomic_load(&s->cancel) || (r = warm_fallback(s, r, *step)) < 0)
 			return r;
 	}
+	*step = "prepare";
 	if ((r = job_paths(j)) < 0)
 		return r;
-	if (s->spare)
-		return run_restore_spare(j, step);
 	job_decide(j);
 	if (!j->cfg.rootfs) {
 		free(j->disk);
@@ -563,6 +606,12 @@ static void *sandbox_main(void *arg)
 	} else {
 		pthread_mutex_lock(&e->lock);
 		w = apply_event(s, SB_EV_CREATED);
+		if (w || s->state == SB_READY) {
+			struct pool_stats *ps = &s->tpl->pool_stats;
+
+			(*(strcmp(s->path, "warm") == 0 ? &ps->served_warm :
+			   strcmp(s->path, "restore") == 0 ? &ps->served_restore : &ps->served_cold))++;
+		}
 		pthread_mutex_unlock(&e->lock);
 		log_info("sandbox %s/%s ready via %s in %.1f ms", s->tpl->name, s->name, s->path,
 			 timings_total(&s->timings));
@@ -581,7 +630,7 @@ static void *sandbox_main(void *arg)
 int engine_sandbox_create(struct engine *e, struct template *t, const char *name, struct sandbox **ret)
 {
 	struct sandbox *s, **n;
-	struct spare *dead = NULL;
+	struct slot *dead = NULL;
 	struct timespec now;
 	int r = name_validate(name);
 
@@ -595,7 +644,6 @@ int engine_sandbox_create(struct engine *e, struct template *t, const char *name
 	snprintf(s->name, sizeof(s->name), "%s", name);
 	s->e = e;
 	s->state = SB_CREATING;
-	s->spare_age_ms = -1;
 	pthread_cond_init(&s->cond, NULL);
 	timings_start(&s->timings);
 	clock_gettime(CLOCK_REALTIME, &now);
@@ -614,12 +662,14 @@ int engine_sandbox_create(struct engine *e, struct template *t, const char *name
 		r = -ENOMEM;
 	else if (r == 0)
 		t->sandboxes = n;
-	if (r == 0 && t->state == TPL_READY && (s->spare = spare_claim(t, &dead))) {
-		/* the reservation: a spare VMM for this exact snapshot, or none and a fresh one later */
-		r = sandbox_set_dirs(s, s->spare);
-		s->path = "restore";
-		s->spare_age_ms = ns_to_ms(now_ns() - s->spare->ready_ns);
-		memcpy(s->identity, s->spare->identity, 65);
+	if (r == 0 && t->state == TPL_READY && (s->slot = slot_claim(t, &dead))) {
+		/* the reservation: a warm slot of this exact identity, or none and a restore later */
+		r = sandbox_set_dirs(s, s->slot);
+		s->path = "warm";
+		s->slot_id = s->slot->id;
+		s->slot_age_ms = ns_to_ms(now_ns() - s->slot->warm_ns);
+		s->slot_prepare_ms = timings_total(&s->slot->timings);
+		memcpy(s->identity, s->slot->identity, 65);
 		timings_lap(&s->timings, "claim");
 	}
 	if (r == 0) {
@@ -634,7 +684,7 @@ int engine_sandbox_create(struct engine *e, struct template *t, const char *name
 		}
 	}
 	pthread_mutex_unlock(&e->lock);
-	spares_free_list(e, dead);
+	slots_free_list(e, dead);
 	if (r < 0)
 		goto free;
 	*ret = s;
@@ -663,7 +713,7 @@ int engine_sandbox_destroy(struct engine *e, struct template *t, const char *nam
 	s->state = SB_DESTROYING;
 	w = TAKE_PTR(s->waiters);
 	pthread_cond_broadcast(&s->cond);
-	pthread_cond_broadcast(&t->spare_cond);
+	pool_wake_all(e);
 	atomic_store(&s->cancel, true);
 	if (s->vmm)
 		e->vmm->kill(s->vmm);
@@ -674,8 +724,8 @@ int engine_sandbox_destroy(struct engine *e, struct template *t, const char *nam
 	run_waiters(w, -EIO);
 	if (s->thread_started)
 		pthread_join(s->thread, NULL);
-	/* a spare claimed in mkdir but never used (rmdir came first) dies with the sandbox */
-	spare_free(e, TAKE_PTR(s->spare));
+	/* a slot claimed in mkdir but never activated (rmdir came first) dies with the sandbox */
+	slot_free(e, TAKE_PTR(s->slot));
 	/* the record's directory is the anchor: made first, removed last */
 	rm_rf(s->rundir);
 	rm_rf(s->dir);
@@ -738,8 +788,16 @@ char *sandbox_render_status(struct sandbox *s)
 	json_object_object_add(o, "backend", json_object_new_string(e->vmm->name));
 	json_object_object_add(o, "accel", json_object_new_string(e->accel));
 	json_object_object_add(o, "clone", s->clone_method ? json_object_new_string(s->clone_method) : NULL);
-	json_object_object_add(o, "vmm", json_object_new_string(s->spare_age_ms >= 0 ? "spare" : "fresh"));
-	json_object_object_add(o, "spare_age_ms", s->spare_age_ms >= 0 ? json_object_new_double(s->spare_age_ms) : NULL);
+	if (s->slot_id) {
+		json_object *sl = json_object_new_object();
+
+		json_object_object_add(sl, "id", json_object_new_int64((int64_t)s->slot_id));
+		json_object_object_add(sl, "age_ms", ms_json(s->slot_age_ms));
+		json_object_object_add(sl, "prepare_ms", ms_json(s->slot_prepare_ms));
+		json_object_object_add(o, "slot", sl);
+	} else {
+		json_object_object_add(o, "slot", NULL);
+	}
 	json_object_object_add(o, "vmm_pid", s->vmm_pid ? json_object_new_int(s->vmm_pid) : NULL);
 	json_object_object_add(o, "created_at_unix_ms", json_object_new_int64((int64_t)s->created_realtime_ms));
 	json_object_object_add(o, "timings", timings_json(&s->timings));

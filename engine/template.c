@@ -132,7 +132,7 @@ int template_new(struct engine *e, const char *name, const char *config, bool pe
 	t->e = e;
 	pthread_rwlock_init(&t->snap_lock, NULL);
 	pthread_cond_init(&t->cond, NULL);
-	pthread_cond_init(&t->spare_cond, NULL);
+	pthread_cond_init(&t->pool_cond, NULL);
 	t->dir = strjoin(e->store.root, "/templates/", name, NULL);
 	t->snapdir = strjoin(t->dir, "/snapshot", NULL);
 	cpath = strjoin(t->dir, "/config.json", NULL);
@@ -154,7 +154,8 @@ int template_new(struct engine *e, const char *name, const char *config, bool pe
 	} else if (template_load_bake(t) == 0) {
 		t->state = strcmp(t->bake.identity, t->identity) == 0 ? TPL_READY : TPL_STALE;
 	}
-	spares_start(t); /* idles until the template is ready */
+	template_pool_load(t);
+	pool_start(t); /* idles until the template is ready */
 	*ret = t;
 	return 0;
 nomem:
@@ -173,7 +174,8 @@ void template_unref(struct template *t)
 		free(t->snapdir);
 		pthread_rwlock_destroy(&t->snap_lock);
 		pthread_cond_destroy(&t->cond);
-		pthread_cond_destroy(&t->spare_cond);
+		pthread_cond_destroy(&t->pool_cond);
+		free(t->pool_error);
 		free(t);
 	}
 }
@@ -191,7 +193,7 @@ void template_free(struct template *t)
 	cold_wake(e);
 	if (t->bake_joinable)
 		pthread_join(t->bake_thread, NULL);
-	spares_stop(t);
+	pool_stop(t);
 	for (;;) {
 		char name[NAME_MAX_LEN + 1];
 
@@ -447,7 +449,7 @@ static void *bake_main(void *arg)
 	struct template *t = b->t;
 	struct engine *e = t->e;
 	_cleanup_free_ char *mem = NULL, *disk = NULL;
-	struct spare *stale = NULL;
+	struct slot *stale = NULL;
 	int r;
 
 	timings_start(&b->tm);
@@ -495,11 +497,11 @@ static void *bake_main(void *arg)
 		t->error = TAKE_PTR(b->error);
 		log_error("template %s: %s", t->name, t->error ? t->error : "bake failed");
 	}
-	stale = spares_take_stale(t);
+	stale = pool_take_unfit(t); /* a new snapshot: the old one's slots go now */
 	pthread_cond_broadcast(&t->cond);
-	pthread_cond_broadcast(&t->spare_cond);
+	pthread_cond_broadcast(&t->pool_cond);
 	pthread_mutex_unlock(&e->lock);
-	spares_free_list(e, stale);
+	slots_free_list(e, stale);
 out:
 	template_config_clear(&b->cfg);
 	free(b->newdir);
@@ -568,6 +570,7 @@ char *template_render_status(struct template *t)
 		json_object_object_add(b, "timings", timings_json(&t->bake.timings));
 		json_object_object_add(o, "bake", b);
 	}
+	json_object_object_add(o, "pool", pool_status_json(t));
 	json_object_object_add(o, "store", json_object_new_string(engine_store_method(e)));
 	json_object_object_add(o, "error", t->error ? json_object_new_string(t->error) : NULL);
 	pthread_mutex_unlock(&e->lock);
@@ -602,7 +605,7 @@ int template_write_config(struct template *t, const char *data, size_t len)
 	struct engine *e = t->e;
 	_cleanup_free_ char *err = NULL, *cpath = strjoin(t->dir, "/config.json", NULL), *txt = NULL;
 	struct template_config cfg = { 0 };
-	struct spare *stale = NULL;
+	struct slot *stale = NULL;
 	char ident[65];
 	int r;
 
@@ -638,17 +641,17 @@ int template_write_config(struct template *t, const char *data, size_t len)
 			t->state = strcmp(t->bake.identity, ident) == 0 ? TPL_READY : TPL_STALE;
 		else if (t->state == TPL_FAILED)
 			t->state = TPL_NEW;
-		stale = spares_take_stale(t);
-		pthread_cond_broadcast(&t->spare_cond); /* ready again: the filler may start */
+		stale = pool_take_unfit(t); /* a new identity: the old one's slots go now */
+		pthread_cond_broadcast(&t->pool_cond); /* ready again: the filler may start */
 	}
 	pthread_mutex_unlock(&e->lock);
-	spares_free_list(e, stale);
+	slots_free_list(e, stale);
 	return r;
 }
 
 /*
  * Joins a bake thread that has finished (bake_running false), outside the
- * lock: its tail frees stale spares, which kills and reaps VMMs.
+ * lock: its tail frees stale slots, which kills and reaps VMMs.
  */
 void template_reap_bake(struct template *t)
 {

@@ -32,7 +32,7 @@ double timings_total(const struct timings *t)
 	return sum;
 }
 
-static json_object *ms_json(double ms)
+json_object *ms_json(double ms)
 {
 	char buf[32];
 

@@ -4,6 +4,7 @@
  * answers ENOENT. See docs/interface.md for the contract.
  */
 #include <dirent.h>
+#include <inttypes.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
@@ -15,23 +16,28 @@
 #include "fs_internal.h"
 
 static const struct file_def root_files[] = {
-	{ "README", IDX_README, 0444, F_STATIC, NULL, NULL },
-	{ "version", IDX_VERSION, 0444, F_STATIC, NULL, NULL },
+	{ "README", IDX_README, 0444, F_STATIC, NULL, NULL, NULL },
+	{ "version", IDX_VERSION, 0444, F_STATIC, NULL, NULL, NULL },
 };
 
 static const struct file_def tpl_files[] = {
-	{ "config", 1, 0644, F_CONFIG, template_render_config, NULL },
-	{ "identity", 2, 0444, F_RENDER, template_render_identity, NULL },
-	{ "status", 3, 0444, F_RENDER, template_render_status, NULL },
-	{ "ctl", 4, 0200, F_CTL, NULL, NULL },
+	{ "config", 1, 0644, F_CONFIG, template_render_config, NULL, NULL },
+	{ "identity", 2, 0444, F_RENDER, template_render_identity, NULL, NULL },
+	{ "status", 3, 0444, F_RENDER, template_render_status, NULL, NULL },
+	{ "ctl", 4, 0200, F_CTL, NULL, NULL, NULL },
+	{ "pool", 7, 0644, F_POOL, template_render_pool, NULL, NULL },
 };
 
 static const struct file_def sb_files[] = {
-	{ "status", 1, 0444, F_RENDER, NULL, sandbox_render_status },
-	{ "timings", 2, 0444, F_RENDER, NULL, sandbox_render_timings },
-	{ "wait", 3, 0444, F_WAIT, NULL, NULL },
-	{ "exec", 4, 0600, F_EXEC, NULL, NULL },
-	{ "console", 5, 0444, F_CONSOLE, NULL, NULL },
+	{ "status", 1, 0444, F_RENDER, NULL, sandbox_render_status, NULL },
+	{ "timings", 2, 0444, F_RENDER, NULL, sandbox_render_timings, NULL },
+	{ "wait", 3, 0444, F_WAIT, NULL, NULL, NULL },
+	{ "exec", 4, 0600, F_EXEC, NULL, NULL, NULL },
+	{ "console", 5, 0444, F_CONSOLE, NULL, NULL, NULL },
+};
+
+static const struct file_def slot_files[] = {
+	{ "status", 1, 0444, F_RENDER, NULL, NULL, template_render_slot },
 };
 
 static const struct file_def *find_def(const struct file_def *defs, size_t n, const char *name, unsigned idx)
@@ -63,15 +69,20 @@ int node_get(struct fs *f, fuse_ino_t ino, struct node *n)
 		return n->kind != K_STATIC_FILE || n->file ? 0 : -ENOENT;
 	}
 	if ((n->t = engine_template_by_id(f->e, obj))) {
-		n->kind = idx == IDX_DIR ? K_TPL_DIR : idx == IDX_TPL_SANDBOXES ? K_TPL_SANDBOXES : K_TPL_FILE;
+		n->kind = idx == IDX_DIR ? K_TPL_DIR : idx == IDX_TPL_SANDBOXES ? K_TPL_SANDBOXES :
+			  idx == IDX_TPL_SLOTS ? K_TPL_SLOTS : K_TPL_FILE;
 		n->file = n->kind == K_TPL_FILE ? find_def(tpl_files, ARRAY_SIZE(tpl_files), NULL, idx) : NULL;
 	} else if ((n->s = engine_sandbox_by_id(f->e, obj))) {
 		n->kind = idx == IDX_DIR ? K_SB_DIR : K_SB_FILE;
 		n->file = n->kind == K_SB_FILE ? find_def(sb_files, ARRAY_SIZE(sb_files), NULL, idx) : NULL;
+	} else if ((n->t = engine_slot_template(f->e, obj))) {
+		n->slot_id = obj;
+		n->kind = idx == IDX_DIR ? K_SLOT_DIR : K_SLOT_FILE;
+		n->file = n->kind == K_SLOT_FILE ? find_def(slot_files, ARRAY_SIZE(slot_files), NULL, idx) : NULL;
 	} else {
 		return -ENOENT;
 	}
-	if ((n->kind == K_TPL_FILE || n->kind == K_SB_FILE) && !n->file) {
+	if ((n->kind == K_TPL_FILE || n->kind == K_SB_FILE || n->kind == K_SLOT_FILE) && !n->file) {
 		node_put(n);
 		return -ENOENT;
 	}
@@ -80,7 +91,7 @@ int node_get(struct fs *f, fuse_ino_t ino, struct node *n)
 
 static bool is_dir(const struct node *n)
 {
-	return n->kind != K_STATIC_FILE && n->kind != K_TPL_FILE && n->kind != K_SB_FILE;
+	return n->kind != K_STATIC_FILE && n->kind != K_TPL_FILE && n->kind != K_SB_FILE && n->kind != K_SLOT_FILE;
 }
 
 static void fill_attr(const struct node *n, struct stat *st)
@@ -104,7 +115,7 @@ static void fill_attr(const struct node *n, struct stat *st)
 static void reply_entry(fuse_req_t req, const struct node *n)
 {
 	struct fuse_entry_param ep = { 0 };
-	bool object_dir = n->kind == K_TPL_DIR || n->kind == K_SB_DIR;
+	bool object_dir = n->kind == K_TPL_DIR || n->kind == K_SB_DIR || n->kind == K_SLOT_DIR;
 
 	ep.ino = n->ino;
 	ep.generation = 1;
@@ -137,8 +148,25 @@ static int lookup_child(struct fs *f, const struct node *p, const char *name, st
 	case K_TPL_DIR:
 		if (strcmp(name, "sandboxes") == 0)
 			return node_get(f, INO(template_id(p->t), IDX_TPL_SANDBOXES), out);
+		if (strcmp(name, "slots") == 0)
+			return node_get(f, INO(template_id(p->t), IDX_TPL_SLOTS), out);
 		d = find_def(tpl_files, ARRAY_SIZE(tpl_files), name, 0);
 		return d ? node_get(f, INO(template_id(p->t), d->idx), out) : -ENOENT;
+	case K_TPL_SLOTS: {
+		char *end;
+		unsigned long long id;
+
+		if (name[0] < '1' || name[0] > '9')
+			return -ENOENT;
+		errno = 0;
+		id = strtoull(name, &end, 10);
+		if (errno || *end || !template_has_slot(p->t, id))
+			return -ENOENT;
+		return node_get(f, INO(id, IDX_DIR), out);
+	}
+	case K_SLOT_DIR:
+		d = find_def(slot_files, ARRAY_SIZE(slot_files), name, 0);
+		return d ? node_get(f, INO(p->slot_id, d->idx), out) : -ENOENT;
 	case K_TPL_SANDBOXES:
 		if (!(s = template_sandbox_get(p->t, name)))
 			return -ENOENT;
@@ -261,6 +289,19 @@ static void add_sandboxes(fuse_req_t req, struct template *t, struct dirbuf *b)
 	strv_free(names);
 }
 
+static void add_slots(fuse_req_t req, struct template *t, struct dirbuf *b)
+{
+	size_t n = 0;
+	uint64_t *ids = template_slot_ids(t, &n);
+	char name[32];
+
+	for (size_t i = 0; ids && i < n; i++) {
+		snprintf(name, sizeof(name), "%" PRIu64, ids[i]);
+		dirbuf_add(req, b, name, INO(ids[i], IDX_DIR), true);
+	}
+	free(ids);
+}
+
 static int build_dir(fuse_req_t req, struct fs *f, struct node *n, struct dirbuf *b)
 {
 	dirbuf_add(req, b, ".", n->ino, true);
@@ -276,9 +317,16 @@ static int build_dir(fuse_req_t req, struct fs *f, struct node *n, struct dirbuf
 	case K_TPL_DIR:
 		add_defs(req, b, template_id(n->t), tpl_files, ARRAY_SIZE(tpl_files));
 		dirbuf_add(req, b, "sandboxes", INO(template_id(n->t), IDX_TPL_SANDBOXES), true);
+		dirbuf_add(req, b, "slots", INO(template_id(n->t), IDX_TPL_SLOTS), true);
 		return 0;
 	case K_TPL_SANDBOXES:
 		add_sandboxes(req, n->t, b);
+		return 0;
+	case K_TPL_SLOTS:
+		add_slots(req, n->t, b);
+		return 0;
+	case K_SLOT_DIR:
+		add_defs(req, b, n->slot_id, slot_files, ARRAY_SIZE(slot_files));
 		return 0;
 	case K_SB_DIR:
 		add_defs(req, b, sandbox_id(n->s), sb_files, ARRAY_SIZE(sb_files));
@@ -430,7 +478,14 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 		r = engine_template_remove(f->e, name);
 	else if (p.kind == K_TPL_SANDBOXES)
 		r = engine_sandbox_destroy(f->e, p.t, name);
-	else if (p.kind == K_TPL_DIR && strcmp(name, "sandboxes") == 0)
+	else if (p.kind == K_TPL_SLOTS) {
+		struct node c;
+
+		r = lookup_child(f, &p, name, &c);
+		if (r == 0)
+			r = template_slot_drop(p.t, c.slot_id);
+		node_put(&c);
+	} else if (p.kind == K_TPL_DIR && (strcmp(name, "sandboxes") == 0 || strcmp(name, "slots") == 0))
 		r = 0; /* part of the template: goes with it (so rm -rf of a template works) */
 	else {
 		struct node c;
@@ -456,7 +511,7 @@ static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 	if (r == 0) {
 		r = lookup_child(f, &p, name, &c);
 		if (r == 0) {
-			r = (p.kind == K_SB_DIR || p.kind == K_TPL_DIR) && !is_dir(&c) ? 0 : -EPERM;
+			r = (p.kind == K_SB_DIR || p.kind == K_TPL_DIR || p.kind == K_SLOT_DIR) && !is_dir(&c) ? 0 : -EPERM;
 			node_put(&c);
 		}
 		node_put(&p);

@@ -14,9 +14,9 @@
 #define INO_IDX(ino) ((unsigned)((ino)&15))
 
 enum { IDX_ROOT = 1, IDX_TEMPLATES = 2, IDX_README = 3, IDX_VERSION = 4 };
-enum { IDX_DIR = 0, IDX_TPL_SANDBOXES = 5 };
+enum { IDX_DIR = 0, IDX_TPL_SANDBOXES = 5, IDX_TPL_SLOTS = 6 };
 
-enum ftype { F_STATIC, F_RENDER, F_CONFIG, F_CTL, F_WAIT, F_EXEC, F_CONSOLE };
+enum ftype { F_STATIC, F_RENDER, F_CONFIG, F_CTL, F_POOL, F_WAIT, F_EXEC, F_CONSOLE };
 
 struct file_def {
 	const char *name;
@@ -25,9 +25,13 @@ struct file_def {
 	enum ftype type;
 	char *(*render_t)(struct template *t);
 	char *(*render_s)(struct sandbox *s);
+	char *(*render_slot)(struct template *t, uint64_t slot_id);
 };
 
-enum kind { K_ROOT, K_TEMPLATES, K_STATIC_FILE, K_TPL_DIR, K_TPL_FILE, K_TPL_SANDBOXES, K_SB_DIR, K_SB_FILE };
+enum kind {
+	K_ROOT, K_TEMPLATES, K_STATIC_FILE, K_TPL_DIR, K_TPL_FILE, K_TPL_SANDBOXES, K_SB_DIR, K_SB_FILE,
+	K_TPL_SLOTS, K_SLOT_DIR, K_SLOT_FILE,
+};
 
 /* A decoded inode; holds references to its objects. */
 struct node {
@@ -35,6 +39,7 @@ struct node {
 	fuse_ino_t ino;
 	struct template *t;
 	struct sandbox *s;
+	uint64_t slot_id; /* K_SLOT_*: the slot, within template t */
 	const struct file_def *file;
 };
 

@@ -114,6 +114,8 @@ static int render(struct fh *h)
 		h->buf = strdup("emberfs " EMBERFS_VERSION "\n");
 	else if (h->node.kind == K_STATIC_FILE)
 		h->buf = strdup(fs_readme);
+	else if (d->render_slot)
+		h->buf = d->render_slot(h->node.t, h->node.slot_id);
 	else if (d->render_t)
 		h->buf = d->render_t(h->node.t);
 	else if (d->render_s)
@@ -121,7 +123,7 @@ static int render(struct fh *h)
 	else
 		return 0;
 	if (!h->buf)
-		return -ENOMEM;
+		return d->render_slot ? -ENOENT : -ENOMEM; /* a slot claimed or recycled meanwhile */
 	h->len = strlen(h->buf);
 	return 0;
 }
@@ -518,6 +520,9 @@ void fh_write(fuse_req_t req, const char *buf, size_t size, off_t off, struct fu
 	switch (h->type) {
 	case F_CTL:
 		r = template_ctl(h->node.t, buf, size);
+		break;
+	case F_POOL:
+		r = template_pool_write(h->node.t, buf, size);
 		break;
 	case F_CONFIG:
 		pthread_mutex_lock(&h->lock);

@@ -34,7 +34,10 @@ static void usage(FILE *out)
 		"      --accel MODE        auto | kvm | tcg (default auto: KVM only where it runs a guest)\n"
 		"      --max-sandboxes N   mkdir fails with ENOSPC beyond N sandboxes (default 64)\n"
 		"      --cold-slots N      cold boots and bakes at once (default 1)\n"
-		"      --spares N          VMMs spawned ahead per baked template for restores (default 2, 0: none)\n"
+		"      --pool N            warm slots kept per baked template unless its pool file says\n"
+		"                          otherwise (default 2, 0: none)\n"
+		"      --pool-parallel N   warm slots prepared at once, all templates together (default 1)\n"
+		"      --slot-max-age S    replace warm slots older than S seconds (default 3600, 0: never)\n"
 		"      --store-size MIB    size of the loop-mounted XFS store, when one is needed (default 32768)\n"
 		"      --no-loop-store     never loop-mount a store: clones are then full copies\n"
 		"      --log FILE          log here once detached (default: discard)\n"
@@ -62,7 +65,7 @@ static int parse_uint(const char *s, unsigned long max, unsigned long *out)
 }
 
 enum { OPT_STATE = 256, OPT_IMAGE, OPT_NOBAKE, OPT_QEMU, OPT_ACCEL, OPT_MAXSB, OPT_COLD, OPT_STORE, OPT_NOLOOP,
-       OPT_LOG, OPT_PID, OPT_SPARES };
+       OPT_LOG, OPT_PID, OPT_POOL, OPT_POOL_PAR, OPT_SLOT_AGE };
 
 static int parse_opt(int c, const char *arg, struct options *o)
 {
@@ -89,14 +92,20 @@ static int parse_opt(int c, const char *arg, struct options *o)
 			return -EINVAL;
 		o->eng.max_sandboxes = (unsigned)v;
 		return 0;
-	case OPT_SPARES:
-		if (strcmp(arg, "0") == 0) {
-			o->eng.spares = 0;
-			return 0;
-		}
-		if (parse_uint(arg, 64, &v) < 0)
+	case OPT_POOL:
+		if (strcmp(arg, "0") && parse_uint(arg, 256, &v) < 0)
 			return -EINVAL;
-		o->eng.spares = (unsigned)v;
+		o->eng.pool_depth = strcmp(arg, "0") ? (unsigned)v : 0;
+		return 0;
+	case OPT_POOL_PAR:
+		if (parse_uint(arg, 16, &v) < 0)
+			return -EINVAL;
+		o->eng.pool_parallel = (unsigned)v;
+		return 0;
+	case OPT_SLOT_AGE:
+		if (strcmp(arg, "0") && parse_uint(arg, 30 * 86400, &v) < 0)
+			return -EINVAL;
+		o->eng.slot_max_age_s = strcmp(arg, "0") ? (unsigned)v : 0;
 		return 0;
 	case OPT_COLD:
 		if (parse_uint(arg, 64, &v) < 0)
@@ -121,7 +130,9 @@ static int parse_args(int argc, char **argv, struct options *o)
 		{ "qemu", required_argument, NULL, OPT_QEMU }, { "accel", required_argument, NULL, OPT_ACCEL },
 		{ "max-sandboxes", required_argument, NULL, OPT_MAXSB },
 		{ "cold-slots", required_argument, NULL, OPT_COLD },
-		{ "spares", required_argument, NULL, OPT_SPARES },
+		{ "pool", required_argument, NULL, OPT_POOL },
+		{ "pool-parallel", required_argument, NULL, OPT_POOL_PAR },
+		{ "slot-max-age", required_argument, NULL, OPT_SLOT_AGE },
 		{ "store-size", required_argument, NULL, OPT_STORE },
 		{ "no-loop-store", no_argument, NULL, OPT_NOLOOP }, { "log", required_argument, NULL, OPT_LOG },
 		{ "pid-file", required_argument, NULL, OPT_PID }, { "verbose", no_argument, NULL, 'v' },
@@ -205,7 +216,8 @@ static int write_pid(const char *path)
 
 int main(int argc, char **argv)
 {
-	struct options o = { .eng = { .state_dir = "/var/lib/emberfs", .bake_default = true, .spares = 2 }, .level = LOG_INFO_ };
+	struct options o = { .eng = { .state_dir = "/var/lib/emberfs", .bake_default = true, .pool_depth = 2,
+			      .pool_parallel = 1, .slot_max_age_s = 3600 }, .level = LOG_INFO_ };
 	struct engine *e = NULL;
 	struct fs *f = NULL;
 	int notify = -1, r;

@@ -1,0 +1,685 @@
+/*
+ * Warm slots: VMMs restored from a template's snapshot ahead of any request,
+ * warmed up and paused, so a create only resumes one and attaches identity.
+ *
+ * A slot is prepared as a create would be (clones of the snapshot's memory
+ * and disk, a VMM loading its device state), then its guest agent answers
+ * WARMUP_ROUNDS identity attaches, and the VMM is paused. The rounds are
+ * what make activation cheap under TCG: the guest code on the path
+ * (interrupt, scheduler, agent, the attach's system calls) is already
+ * translated in this process, so after `cont` the guest answers in a few
+ * milliseconds instead of the tens a fresh restore needs. An exec in the
+ * warm-up would also translate fork and exec, but it cost 15 MiB of
+ * resident memory per slot (60.6 -> 75.3 MiB RSS), so the first exec after
+ * activation pays that translation instead.
+ *
+ * One filler thread per template keeps the pool at its target depth. It
+ * prepares one slot at a time, only while no create of any template is in
+ * flight and none settled in the last QUIET_MS (a burst's last waiters and
+ * its callers' next steps get the CPU first), and the number of slots being prepared across all templates is
+ * bounded (--pool-parallel), so replenishing never competes with a create.
+ * The filler also recycles: slots whose identity or snapshot no longer match
+ * the template (stale), whose VMM died or was stopped (dead), that are older
+ * than --slot-max-age (aged), or beyond the target (excess).
+ *
+ * Claiming (slot_claim) pops the oldest warm slot under the engine lock, so
+ * no slot is handed out twice. All slot fields are protected by e->lock while
+ * the slot is on a template's list; a claimed slot belongs to its sandbox.
+ */
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include "internal.h"
+
+#define QMP_TIMEOUT_MS 10000
+#define RESTORE_TIMEOUT_MS 30000
+#define AGENT_TIMEOUT_MS 30000
+#define WARMUP_ROUNDS 4
+#define HEALTH_PERIOD_MS 500
+/* Quiet time after the last create settled before a slot is prepared: a burst finishes first. */
+#define QUIET_MS 100
+#define POOL_MAX 256
+
+const char *slot_state_name(enum slot_state s)
+{
+	return s == SLOT_WARM ? "warm" : "preparing";
+}
+
+void slot_free(struct engine *e, struct slot *sl)
+{
+	if (!sl)
+		return;
+	if (sl->agent) {
+		agent_shutdown(sl->agent);
+		agent_free(sl->agent);
+	}
+	if (sl->vmm)
+		e->vmm->free(sl->vmm); /* kills and reaps */
+	/* the record's directory is the anchor: made first, removed last */
+	if (sl->rundir)
+		rm_rf(sl->rundir);
+	if (sl->dir)
+		rm_rf(sl->dir);
+	free(sl->dir);
+	free(sl->rundir);
+	free(sl);
+}
+
+void slots_free_list(struct engine *e, struct slot *list)
+{
+	while (list) {
+		struct slot *n = list->next;
+
+		slot_free(e, list);
+		list = n;
+	}
+}
+
+bool slot_matches(const struct template *t, const struct slot *sl)
+{
+	return t->state == TPL_READY && strcmp(sl->identity, t->identity) == 0 &&
+	       strcmp(sl->state_digest, t->bake.state_digest) == 0;
+}
+
+/* The process state letter from /proc/PID/stat ('R', 'S', 'T', 'Z', ...), or 0. */
+static char proc_state(pid_t pid)
+{
+	char path[64], buf[512], *p;
+	_cleanup_close_ int fd = -1;
+	ssize_t n;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0 || (n = read(fd, buf, sizeof(buf) - 1)) <= 0)
+		return 0;
+	buf[n] = '\0';
+	p = strrchr(buf, ')');
+	return p && p[1] == ' ' ? p[2] : 0;
+}
+
+/* A slot's VMM is healthy while it runs and is not stopped (SIGSTOP) or a zombie. */
+static bool slot_healthy(struct engine *e, struct slot *sl)
+{
+	char st;
+
+	if (!e->vmm->alive(sl->vmm))
+		return false;
+	st = proc_state(sl->vmm_pid);
+	return st != 0 && st != 'T' && st != 't' && st != 'Z' && st != 'X';
+}
+
+static void list_push_tail(struct slot **head, struct slot *sl)
+{
+	while (*head)
+		head = &(*head)->next;
+	sl->next = NULL;
+	*head = sl;
+}
+
+/*
+ * Detaches every slot that must not be served: stale, dead or stopped, too
+ * old, or beyond the target (the oldest go first). e->lock held.
+ */
+struct slot *pool_take_unfit(struct template *t)
+{
+	struct engine *e = t->e;
+	struct slot *drop = NULL, **pp = &t->slots;
+	uint64_t now = now_ns(), max_age = (uint64_t)e->opts.slot_max_age_s * 1000000000ull;
+	unsigned excess = t->n_slots > t->pool_target ? t->n_slots - t->pool_target : 0;
+
+	while (*pp) {
+		struct slot *sl = *pp;
+		uint64_t *counter = NULL;
+
+		if (!slot_matches(t, sl))
+			counter = &t->pool_stats.recycled_stale;
+		else if (!slot_healthy(e, sl))
+			counter = &t->pool_stats.recycled_dead;
+		else if (max_age && now - sl->warm_ns > max_age)
+			counter = &t->pool_stats.recycled_aged;
+		else if (excess > 0)
+			counter = &t->pool_stats.recycled_excess;
+		if (!counter) {
+			pp = &sl->next;
+			continue;
+		}
+		if (excess > 0)
+			excess--; /* whatever goes counts toward the target */
+		(*counter)++;
+		*pp = sl->next;
+		sl->next = drop;
+		drop = sl;
+		t->n_slots--;
+	}
+	return drop;
+}
+
+struct slot *slot_claim(struct template *t, struct slot **ret_dead)
+{
+	struct engine *e = t->e;
+
+	while (t->slots) {
+		struct slot *sl = t->slots;
+
+		t->slots = sl->next;
+		t->n_slots--;
+		sl->next = NULL;
+		pthread_cond_broadcast(&t->pool_cond);
+		if (slot_matches(t, sl) && slot_healthy(e, sl))
+			return sl;
+		/* stale or dead: never handed out */
+		if (slot_matches(t, sl))
+			t->pool_stats.recycled_dead++;
+		else
+			t->pool_stats.recycled_stale++;
+		sl->next = *ret_dead;
+		*ret_dead = sl;
+	}
+	return NULL;
+}
+
+/* Any create of any template still deciding? e->lock held. */
+static bool creates_in_flight(struct engine *e)
+{
+	for (size_t i = 0; i < e->n_templates; i++) {
+		struct template *t = e->templates[i];
+
+		for (size_t k = 0; k < t->n_sandboxes; k++)
+			if (t->sandboxes[k]->state == SB_CREATING)
+				return true;
+	}
+	return false;
+}
+
+/* Wakes every filler: a create settled, or a preparation slot came free. e->lock held. */
+void pool_wake_all(struct engine *e)
+{
+	for (size_t i = 0; i < e->n_templates; i++)
+		pthread_cond_broadcast(&e->templates[i]->pool_cond);
+}
+
+static int warmup_attach(struct slot *sl, const char *tpl)
+{
+	_cleanup_json_ json_object *req = json_object_new_object();
+	_cleanup_free_ char *b64 = NULL;
+	json_object *env = json_object_new_object();
+	char host[64];
+	uint8_t rnd[64];
+	struct timespec ts;
+
+	if (getrandom(rnd, sizeof(rnd), 0) != sizeof(rnd) || !(b64 = base64_encode(rnd, sizeof(rnd))) || !req ||
+	    !env) {
+		json_object_put(env);
+		return -EIO;
+	}
+	snprintf(host, sizeof(host), "slot-%" PRIu64, sl->id);
+	clock_gettime(CLOCK_REALTIME, &ts);
+	json_object_object_add(env, "EMBERFS_TEMPLATE", json_object_new_string(tpl));
+	json_object_object_add(req, "op", json_object_new_string("attach"));
+	json_object_object_add(req, "hostname", json_object_new_string(host));
+	json_object_object_add(req, "env", env);
+	json_object_object_add(req, "entropy", json_object_new_string(b64));
+	json_object_object_add(req, "time_unix_ns", json_object_new_int64((int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec));
+	return agent_call(sl->agent, req, AGENT_TIMEOUT_MS, NULL);
+}
+
+struct slot_job {
+	struct template_config cfg;
+	char identity[65];
+	char state_digest[65];
+};
+
+/* Publishes what the shutdown path must be able to kill. */
+static void slot_publish(struct template *t, struct slot *sl, struct vmm *v, struct agent_client *ac)
+{
+	struct engine *e = t->e;
+
+	pthread_mutex_lock(&e->lock);
+	if (v) {
+		sl->vmm = v;
+		sl->vmm_pid = e->vmm->pid(v);
+	}
+	if (ac)
+		sl->agent = ac;
+	if (t->pool_stop) {
+		if (sl->vmm)
+			e->vmm->kill(sl->vmm);
+		if (sl->agent)
+			agent_shutdown(sl->agent);
+	}
+	pthread_mutex_unlock(&e->lock);
+}
+
+static void slot_lap(struct template *t, struct slot *sl, const char *phase)
+{
+	pthread_mutex_lock(&t->e->lock);
+	timings_lap(&sl->timings, phase);
+	pthread_mutex_unlock(&t->e->lock);
+}
+
+/* Builds t->preparing into a warm, paused slot. Not under the lock. */
+static int slot_prepare(struct template *t, struct slot_job *j, struct slot *sl, char **ret_why)
+{
+	struct engine *e = t->e;
+	_cleanup_free_ char *mem = NULL, *disk = NULL, *qmp = NULL, *agent = NULL, *con = NULL, *log = NULL;
+	_cleanup_close_ int state_fd = -1;
+	enum clone_method m = CLONE_COPY;
+	struct agent_client *ac = NULL;
+	struct vmm *v = NULL;
+	int r;
+
+	mem = strjoin(sl->dir, "/mem", NULL);
+	disk = j->cfg.rootfs ? strjoin(sl->dir, "/disk.img", NULL) : NULL;
+	qmp = strjoin(sl->rundir, "/qmp.sock", NULL);
+	agent = strjoin(sl->rundir, "/agent.sock", NULL);
+	con = strjoin(sl->dir, "/console.log", NULL);
+	log = strjoin(sl->dir, "/vmm.log", NULL);
+	if (!mem || !qmp || !agent || !con || !log || (j->cfg.rootfs && !disk))
+		return -ENOMEM;
+	/* the record first (no VMM yet), then what it accounts for */
+	if ((r = mkdir_p(sl->dir, 0700)) < 0 || (r = record_write(sl->dir, t->name, NULL, 0, sl->rundir)) < 0 ||
+	    (r = mkdir_p(sl->rundir, 0700)) < 0) {
+		*ret_why = strdup("cannot make its directories");
+		return r;
+	}
+	if ((r = template_snapshot_clone(t, mem, disk, &m, &state_fd, ret_why)) < 0)
+		return r;
+	sl->clone_method = clone_method_name(m);
+	slot_lap(t, sl, "clone");
+	{
+		struct vmm_spec spec = { .cfg = &j->cfg, .accel = e->accel, .name = t->name, .mem_path = mem,
+					 .disk_path = disk, .qmp_path = qmp, .agent_path = agent,
+					 .console_path = con, .log_path = log, .incoming_fd = state_fd };
+		_cleanup_free_ char *cmdline = NULL;
+
+		r = engine_spec_init(e, &j->cfg, &spec, &cmdline);
+		if (r == 0)
+			r = e->vmm->spawn(e->qemu_binary, &spec, &v);
+	}
+	if (r < 0)
+		return r;
+	slot_publish(t, sl, v, NULL);
+	record_write(sl->dir, t->name, NULL, sl->vmm_pid, sl->rundir);
+	r = e->vmm->connect(v, QMP_TIMEOUT_MS, &t->pool_cancel);
+	slot_lap(t, sl, "spawn");
+	if (r == 0 && (r = e->vmm->restore(v, QMP_TIMEOUT_MS)) == 0)
+		r = e->vmm->wait_running(v, RESTORE_TIMEOUT_MS);
+	slot_lap(t, sl, "restore");
+	if (r < 0)
+		return r;
+	if ((r = agent_connect(agent, QMP_TIMEOUT_MS, &t->pool_cancel, &ac)) < 0)
+		return r;
+	slot_publish(t, sl, NULL, ac);
+	for (int i = 0; r == 0 && i < WARMUP_ROUNDS; i++)
+		r = warmup_attach(sl, t->name);
+	slot_lap(t, sl, "warmup");
+	if (r < 0)
+		return r;
+	r = e->vmm->pause(v, QMP_TIMEOUT_MS);
+	slot_lap(t, sl, "pause");
+	return r;
+}
+
+static struct slot *slot_new(struct template *t)
+{
+	struct engine *e = t->e;
+	struct slot *sl = calloc(1, sizeof(*sl));
+	char idbuf[32];
+
+	if (!sl)
+		return NULL;
+	sl->id = atomic_fetch_add(&e->next_id, 1);
+	snprintf(idbuf, sizeof(idbuf), "%" PRIu64, sl->id);
+	sl->dir = strjoin(e->store.root, "/vms/", idbuf, NULL);
+	sl->rundir = strjoin(e->state_dir, "/run/", idbuf, NULL);
+	if (!sl->dir || !sl->rundir) {
+		free(sl->dir);
+		free(sl->rundir);
+		free(sl);
+		return NULL;
+	}
+	sl->state = SLOT_PREPARING;
+	timings_start(&sl->timings);
+	return sl;
+}
+
+static void wait_a_while(struct template *t, unsigned ms)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_nsec += (long)ms * 1000000;
+	ts.tv_sec += ts.tv_nsec / 1000000000;
+	ts.tv_nsec %= 1000000000;
+	pthread_cond_timedwait(&t->pool_cond, &t->e->lock, &ts);
+}
+
+static void *pool_main(void *arg)
+{
+	struct template *t = arg;
+	struct engine *e = t->e;
+	unsigned failures = 0;
+
+	pthread_mutex_lock(&e->lock);
+	while (!t->pool_stop) {
+		struct slot_job j = { 0 };
+		struct slot *sl, *drop = pool_take_unfit(t);
+		_cleanup_free_ char *why = NULL;
+		int r;
+
+		if (drop) {
+			pthread_mutex_unlock(&e->lock);
+			slots_free_list(e, drop);
+			pthread_mutex_lock(&e->lock);
+			continue;
+		}
+		if (t->state == TPL_READY && t->n_slots < t->pool_target && !creates_in_flight(e) &&
+		    now_ns() - e->last_settled_ns < QUIET_MS * 1000000ull) {
+			wait_a_while(t, QUIET_MS);
+			continue;
+		}
+		if (t->state != TPL_READY || t->n_slots >= t->pool_target || creates_in_flight(e) ||
+		    e->slots_preparing >= e->opts.pool_parallel) {
+			/* a periodic look: health and age of the slots held */
+			if (t->n_slots > 0)
+				wait_a_while(t, HEALTH_PERIOD_MS);
+			else
+				pthread_cond_wait(&t->pool_cond, &e->lock);
+			continue;
+		}
+		if (!(sl = slot_new(t)) || template_config_copy(&t->cfg, &j.cfg) < 0) {
+			free(sl);
+			wait_a_while(t, 1000);
+			continue;
+		}
+		memcpy(j.identity, t->identity, 65);
+		memcpy(j.state_digest, t->bake.state_digest, 65);
+		memcpy(sl->identity, t->identity, 65);
+		memcpy(sl->state_digest, t->bake.state_digest, 65);
+		t->preparing = sl;
+		e->slots_preparing++;
+		pthread_mutex_unlock(&e->lock);
+
+		r = slot_prepare(t, &j, sl, &why);
+		template_config_clear(&j.cfg);
+
+		pthread_mutex_lock(&e->lock);
+		t->preparing = NULL;
+		e->slots_preparing--;
+		pool_wake_all(e);
+		if (r == 0 && slot_matches(t, sl) && !t->pool_stop) {
+			sl->state = SLOT_WARM;
+			sl->warm_ns = now_ns();
+			list_push_tail(&t->slots, sl);
+			t->n_slots++;
+			t->pool_stats.prepared++;
+			failures = 0;
+			continue;
+		}
+		if (r < 0 && !t->pool_stop) {
+			t->pool_stats.prepare_failed++;
+			free(t->pool_error);
+			if (asprintf(&t->pool_error, "slot %" PRIu64 ": %s", sl->id, why ? why : strerror(-r)) < 0)
+				t->pool_error = NULL;
+			log_warn("template %s: cannot prepare warm slot %" PRIu64 ": %s", t->name, sl->id,
+				 why ? why : strerror(-r));
+		}
+		pthread_mutex_unlock(&e->lock);
+		slot_free(e, sl);
+		pthread_mutex_lock(&e->lock);
+		if (r < 0 && !t->pool_stop) {
+			/* a failing snapshot must not spin: back off up to 8 s */
+			failures++;
+			wait_a_while(t, 250u << (failures < 5 ? failures : 5));
+		}
+	}
+	{
+		struct slot *drop = TAKE_PTR(t->slots);
+
+		t->n_slots = 0;
+		pthread_mutex_unlock(&e->lock);
+		slots_free_list(e, drop);
+	}
+	return NULL;
+}
+
+/* e->lock held */
+void pool_start(struct template *t)
+{
+	if (t->pool_thread_started)
+		return;
+	t->pool_stop = false;
+	atomic_store(&t->pool_cancel, false);
+	if (thread_create(&t->pool_thread, NULL, pool_main, t) == 0)
+		t->pool_thread_started = true;
+	else
+		log_warn("template %s: cannot start the warm pool's filler", t->name);
+}
+
+/* Stops the filler (killing a slot being prepared) and frees every slot; e->lock not held. */
+void pool_stop(struct template *t)
+{
+	struct engine *e = t->e;
+	bool started;
+
+	pthread_mutex_lock(&e->lock);
+	t->pool_stop = true;
+	atomic_store(&t->pool_cancel, true);
+	if (t->preparing && t->preparing->vmm)
+		e->vmm->kill(t->preparing->vmm);
+	if (t->preparing && t->preparing->agent)
+		agent_shutdown(t->preparing->agent);
+	started = t->pool_thread_started;
+	t->pool_thread_started = false;
+	pthread_cond_broadcast(&t->pool_cond);
+	pthread_mutex_unlock(&e->lock);
+	if (started)
+		pthread_join(t->pool_thread, NULL);
+}
+
+/* ---- the pool file and the slots directory ---- */
+
+int template_pool_load(struct template *t)
+{
+	_cleanup_free_ char *p = strjoin(t->dir, "/pool", NULL), *txt = NULL;
+	char *end;
+	unsigned long v;
+
+	t->pool_target = t->e->opts.pool_depth;
+	if (!p || read_file(p, 64, &txt, NULL) < 0)
+		return 0;
+	errno = 0;
+	v = strtoul(txt, &end, 10);
+	if (errno || end == txt || (*end && *end != '\n') || v > POOL_MAX) {
+		log_warn("template %s: ignoring a bad pool file (%s)", t->name, p);
+		return 0;
+	}
+	t->pool_target = (unsigned)v;
+	return 0;
+}
+
+/* "N\n": a depth from 0 to POOL_MAX; saved with the template. */
+int template_pool_write(struct template *t, const char *data, size_t len)
+{
+	struct engine *e = t->e;
+	_cleanup_free_ char *p = strjoin(t->dir, "/pool", NULL);
+	char buf[32], *end;
+	unsigned long v;
+	size_t n = len;
+	int r;
+
+	while (n > 0 && (data[n - 1] == '\n' || data[n - 1] == ' '))
+		n--;
+	if (n == 0 || n >= sizeof(buf))
+		return -EINVAL;
+	memcpy(buf, data, n);
+	buf[n] = '\0';
+	for (size_t i = 0; i < n; i++)
+		if (buf[i] < '0' || buf[i] > '9')
+			return -EINVAL;
+	errno = 0;
+	v = strtoul(buf, &end, 10);
+	if (errno || *end || v > POOL_MAX)
+		return -EINVAL;
+	if (!p)
+		return -ENOMEM;
+	snprintf(buf, sizeof(buf), "%lu\n", v);
+	pthread_mutex_lock(&e->lock);
+	r = t->removed ? -ENOENT : write_file_atomic(p, buf, strlen(buf), false);
+	if (r == 0) {
+		t->pool_target = (unsigned)v;
+		pthread_cond_broadcast(&t->pool_cond);
+	}
+	pthread_mutex_unlock(&e->lock);
+	return r;
+}
+
+char *template_render_pool(struct template *t)
+{
+	char *s = NULL;
+
+	pthread_mutex_lock(&t->e->lock);
+	if (asprintf(&s, "%u\n", t->pool_target) < 0)
+		s = NULL;
+	pthread_mutex_unlock(&t->e->lock);
+	return s;
+}
+
+/* e->lock held */
+json_object *pool_status_json(struct template *t)
+{
+	json_object *o = json_object_new_object(), *rec = json_object_new_object(), *cr = json_object_new_object();
+	const struct pool_stats *s = &t->pool_stats;
+
+	json_object_object_add(o, "target", json_object_new_int((int)t->pool_target));
+	json_object_object_add(o, "warm", json_object_new_int((int)t->n_slots));
+	json_object_object_add(o, "preparing", json_object_new_int(t->preparing ? 1 : 0));
+	json_object_object_add(o, "prepared", json_object_new_int64((int64_t)s->prepared));
+	json_object_object_add(o, "prepare_failed", json_object_new_int64((int64_t)s->prepare_failed));
+	json_object_object_add(cr, "warm", json_object_new_int64((int64_t)s->served_warm));
+	json_object_object_add(cr, "restore", json_object_new_int64((int64_t)s->served_restore));
+	json_object_object_add(cr, "cold", json_object_new_int64((int64_t)s->served_cold));
+	json_object_object_add(o, "creates", cr);
+	json_object_object_add(rec, "stale", json_object_new_int64((int64_t)s->recycled_stale));
+	json_object_object_add(rec, "dead", json_object_new_int64((int64_t)s->recycled_dead));
+	json_object_object_add(rec, "aged", json_object_new_int64((int64_t)s->recycled_aged));
+	json_object_object_add(rec, "excess", json_object_new_int64((int64_t)s->recycled_excess));
+	json_object_object_add(rec, "removed", json_object_new_int64((int64_t)s->recycled_removed));
+	json_object_object_add(o, "recycled", rec);
+	json_object_object_add(o, "error", t->pool_error ? json_object_new_string(t->pool_error) : NULL);
+	return o;
+}
+
+/* e->lock held */
+static struct slot *find_slot(struct template *t, uint64_t id)
+{
+	if (t->preparing && t->preparing->id == id)
+		return t->preparing;
+	for (struct slot *sl = t->slots; sl; sl = sl->next)
+		if (sl->id == id)
+			return sl;
+	return NULL;
+}
+
+struct template *engine_slot_template(struct engine *e, uint64_t slot_id)
+{
+	struct template *found = NULL;
+
+	pthread_mutex_lock(&e->lock);
+	for (size_t i = 0; i < e->n_templates && !found; i++)
+		if (find_slot(e->templates[i], slot_id))
+			found = e->templates[i];
+	if (found)
+		atomic_fetch_add(&found->refs, 1);
+	pthread_mutex_unlock(&e->lock);
+	return found;
+}
+
+bool template_has_slot(struct template *t, uint64_t slot_id)
+{
+	bool r;
+
+	pthread_mutex_lock(&t->e->lock);
+	r = find_slot(t, slot_id) != NULL;
+	pthread_mutex_unlock(&t->e->lock);
+	return r;
+}
+
+uint64_t *template_slot_ids(struct template *t, size_t *ret_n)
+{
+	uint64_t *v;
+	size_t n = 0;
+
+	pthread_mutex_lock(&t->e->lock);
+	v = calloc(t->n_slots + 2, sizeof(*v));
+	if (v && t->preparing)
+		v[n++] = t->preparing->id;
+	for (struct slot *sl = t->slots; v && sl; sl = sl->next)
+		v[n++] = sl->id;
+	pthread_mutex_unlock(&t->e->lock);
+	*ret_n = n;
+	return v;
+}
+
+char *template_render_slot(struct template *t, uint64_t slot_id)
+{
+	struct engine *e = t->e;
+	_cleanup_json_ json_object *o = NULL;
+	struct slot *sl;
+	char *txt = NULL;
+
+	pthread_mutex_lock(&e->lock);
+	sl = find_slot(t, slot_id);
+	if (sl) {
+		o = json_object_new_object();
+		json_object_object_add(o, "id", json_object_new_int64((int64_t)sl->id));
+		json_object_object_add(o, "template", json_object_new_string(t->name));
+		json_object_object_add(o, "state", json_object_new_string(sl->state == SLOT_WARM && !slot_matches(t, sl) ?
+										  "stale" : slot_state_name(sl->state)));
+		json_object_object_add(o, "identity", json_object_new_string(sl->identity));
+		json_object_object_add(o, "state_sha256", json_object_new_string(sl->state_digest));
+		json_object_object_add(o, "backend", json_object_new_string(e->vmm->name));
+		json_object_object_add(o, "accel", json_object_new_string(e->accel));
+		json_object_object_add(o, "age_ms", sl->state == SLOT_WARM ?
+							   ms_json(ns_to_ms(now_ns() - sl->warm_ns)) : NULL);
+		json_object_object_add(o, "vmm_pid", sl->vmm_pid ? json_object_new_int(sl->vmm_pid) : NULL);
+		json_object_object_add(o, "clone", sl->clone_method ? json_object_new_string(sl->clone_method) : NULL);
+		json_object_object_add(o, "prepared_by", json_object_new_string(
+			"restore from the snapshot, agent warm-up (attach x4), pause"));
+		json_object_object_add(o, "timings", timings_json(&sl->timings));
+		json_object_object_add(o, "prepare_ms", sl->state == SLOT_WARM ?
+							       ms_json(timings_total(&sl->timings)) : NULL);
+		txt = strjoin(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE),
+			      "\n", NULL);
+	}
+	pthread_mutex_unlock(&e->lock);
+	return txt;
+}
+
+/* rmdir slots/ID: the slot is recycled (the filler replaces it); one being prepared: EBUSY. */
+int template_slot_drop(struct template *t, uint64_t slot_id)
+{
+	struct engine *e = t->e;
+	struct slot *found = NULL;
+	int r = -ENOENT;
+
+	pthread_mutex_lock(&e->lock);
+	if (t->preparing && t->preparing->id == slot_id)
+		r = -EBUSY;
+	for (struct slot **pp = &t->slots; *pp && r == -ENOENT; pp = &(*pp)->next)
+		if ((*pp)->id == slot_id) {
+			found = *pp;
+			*pp = found->next;
+			found->next = NULL;
+			t->n_slots--;
+			t->pool_stats.recycled_removed++;
+			pthread_cond_broadcast(&t->pool_cond);
+			r = 0;
+		}
+	pthread_mutex_unlock(&e->lock);
+	slot_free(e, found);
+	return r;
+}
