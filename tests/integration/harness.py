@@ -15,7 +15,7 @@ everything the daemon creates on the host:
              record.json names the sandbox (older layout:
              STATE/store/sandboxes/T/NAME), listed as "T/NAME"
   zombies    zombie children of the daemon
-  spares     the daemon's standby VMMs, if it keeps any: per-VM dirs whose
+  slots     the daemon's warm slots, if it keeps any: per-VM dirs whose
              record names no sandbox, their run dirs and QEMU processes
 
 Teardown sends SIGTERM, waits (bounded), requires exit code 0, no mount left
@@ -242,8 +242,10 @@ class Daemon:
     the last daemon started on them.
     """
 
-    def __init__(self, extra_args=(), reuse=None):
-        self.extra_args = list(extra_args)
+    def __init__(self, extra_args=(), reuse=None, pool=0):
+        # pool: --pool for the daemon. 0 by default, so tests that check the
+        # restore path get it; test_warm.py sets pools through the pool file.
+        self.extra_args = (["--pool", str(pool)] if pool is not None else []) + list(extra_args)
         if reuse is not None:
             self.mount, self.state, self.log_path = reuse.mount, reuse.state, reuse.log_path
             reuse.owns_dirs = False
@@ -361,7 +363,7 @@ class Daemon:
             problems.append("daemon exit code %s, expected 0" % rc)
         if self.mounted():
             problems.append("FUSE mount %s still present after exit (fusermount3 -u would be needed)" % self.mount)
-        inv = self.wait_inventory(EMPTY_INVENTORY, timeout=5.0, with_spares=True)
+        inv = self.wait_inventory(EMPTY_INVENTORY, timeout=5.0, with_slots=True)
         if inv != EMPTY_INVENTORY:
             problems.append("leaks after exit: %s" % describe_inventory(inv))
         if check:
@@ -426,7 +428,7 @@ class Daemon:
     def vm_dirs(self):
         """{dir: record or None} of every per-VM directory in the store:
         STATE/store/vms/ID (record.json names template and sandbox; "name" is
-        null for a spare) or, in the older layout, STATE/store/sandboxes/T/NAME."""
+        null for a warm slot) or, in the older layout, STATE/store/sandboxes/T/NAME."""
         out = {}
         vms = os.path.join(self.state, "store", "vms")
         cands = [os.path.join(vms, n) for n in _listdir(vms)]
@@ -444,15 +446,15 @@ class Daemon:
         return out
 
     def _vm_kind(self, d, rec):
-        """("sandbox", "T/NAME") or ("spare", description)."""
+        """("sandbox", "T/NAME") or ("slot", description)."""
         rel = os.path.relpath(d, os.path.join(self.state, "store"))
         if rel.startswith("sandboxes" + os.sep):
             t, n = rel.split(os.sep)[1:3]
-            return ("spare", rel) if n.startswith(".") else ("sandbox", "%s/%s" % (t, n))
+            return ("slot", rel) if n.startswith(".") else ("sandbox", "%s/%s" % (t, n))
         if rec and rec.get("name"):
             return "sandbox", "%s/%s" % (rec.get("template"), rec["name"])
-        # a spare (record without a name), or a VM dir whose record is not written yet
-        return "spare", rel
+        # a warm slot (record without a name), or a VM dir whose record is not written yet
+        return "slot", rel
 
     def sandbox_vm_dir(self, name, t="default"):
         """The per-VM directory of sandbox T/NAME, or None."""
@@ -462,9 +464,9 @@ class Daemon:
         return None
 
     def inventory(self):
-        """Everything of this daemon on the host. The daemon's standby VMMs
-        ("spares": per-VM dirs whose record names no sandbox, their run dirs
-        and QEMU processes) are listed apart under "spares": their number
+        """Everything of this daemon on the host. The daemon's warm slots
+        ("slots": per-VM dirs whose record names no sandbox, their run dirs
+        and QEMU processes) are listed apart under "slots": their number
         changes on its own, so per-test comparisons use core(); a stopped
         daemon must leave both empty."""
         reap_orphans()
@@ -473,29 +475,29 @@ class Daemon:
         # and removes it last, so every run entry listed here has its vms dir
         # in the listing below
         run_entries = _listdir(run)
-        sbs, spares = [], []
-        spare_dirs, spare_runs, spare_pids = set(), set(), set()
+        sbs, slots = [], []
+        slot_dirs, slot_runs, slot_pids = set(), set(), set()
         for d, rec in self.vm_dirs().items():
             kind, desc = self._vm_kind(d, rec)
             if kind == "sandbox":
                 sbs.append(desc)
                 continue
-            spares.append(desc)
-            spare_dirs.add(d)
-            spare_runs.add(os.path.basename(d))
+            slots.append(desc)
+            slot_dirs.add(d)
+            slot_runs.add(os.path.basename(d))
             if rec:
                 if rec.get("run_dir"):
-                    spare_runs.add(os.path.basename(rec["run_dir"].rstrip("/")))
+                    slot_runs.add(os.path.basename(rec["run_dir"].rstrip("/")))
                 if rec.get("vmm_pid"):
-                    spare_pids.add(rec["vmm_pid"])
+                    slot_pids.add(rec["vmm_pid"])
         qemu = []
         for p in self._qemu_pids():
             argv = proc_cmdline(p)
             desc = "%d %s" % (p, " ".join(argv[:3]))
             m = re.search(r"mem-path=([^,]+)", " ".join(argv))
             memdir = os.path.dirname(m.group(1)) if m else ""
-            if p in spare_pids or memdir in spare_dirs:
-                spares.append("qemu " + desc)
+            if p in slot_pids or memdir in slot_dirs:
+                slots.append("qemu " + desc)
             else:
                 qemu.append(desc)
         inv = {}
@@ -503,7 +505,7 @@ class Daemon:
         inv["mounts"] = sorted("%s (%s)" % (mp, fs) for mp, fs, _ in mounts()
                                if _under(mp, self.mount) or _under(mp, self.state))
         inv["loops"] = loop_devices_backed_by(os.path.join(self.state, "store.xfs"))
-        inv["run"] = [r for r in run_entries if r not in spare_runs]
+        inv["run"] = [r for r in run_entries if r not in slot_runs]
         inv["sandboxes"] = sorted(sbs)
         zombies = []
         if self.alive():
@@ -512,12 +514,12 @@ class Daemon:
                 if st and st[0] == "Z" and st[1] == self.pid:
                     zombies.append(str(pid))
         inv["zombies"] = sorted(zombies)
-        inv["spares"] = sorted(spares + ["run/" + r for r in run_entries if r in spare_runs])
+        inv["slots"] = sorted(slots + ["run/" + r for r in run_entries if r in slot_runs])
         return inv
 
     def wait_quiet(self, quiet_for=1.0, timeout=15.0):
-        """Waits until the inventory (spares included) stays unchanged for
-        quiet_for seconds: background work (destroys, spare refills) is done."""
+        """Waits until the inventory (slots included) stays unchanged for
+        quiet_for seconds: background work (destroys, slot refills) is done."""
         deadline = time.monotonic() + timeout
         last, since = None, time.monotonic()
         while time.monotonic() < deadline:
@@ -531,16 +533,16 @@ class Daemon:
 
     @staticmethod
     def core(inv):
-        """The inventory without the daemon's standby spares."""
-        return {k: v for k, v in inv.items() if k != "spares"}
+        """The inventory without the daemon's standby slots."""
+        return {k: v for k, v in inv.items() if k != "slots"}
 
-    def wait_inventory(self, expected, timeout=5.0, with_spares=False):
-        """Polls until the inventory (core() of it unless with_spares) equals
+    def wait_inventory(self, expected, timeout=5.0, with_slots=False):
+        """Polls until the inventory (core() of it unless with_slots) equals
         expected; returns the last one seen."""
         deadline = time.monotonic() + timeout
         while True:
             inv = self.inventory()
-            if not with_spares:
+            if not with_slots:
                 inv = self.core(inv)
                 expected = self.core(expected)
             if inv == expected or time.monotonic() > deadline:
@@ -548,7 +550,7 @@ class Daemon:
             time.sleep(0.05)
 
     def assert_inventory(self, expected, timeout=5.0):
-        """The inventory, spares aside, is back to expected (e.g. the baseline)."""
+        """The inventory, slots aside, is back to expected (e.g. the baseline)."""
         inv = self.wait_inventory(expected, timeout)
         if inv != self.core(expected):
             raise AssertionError("inventory differs:\n  expected %s\n  got      %s" % (
@@ -581,6 +583,36 @@ class Daemon:
 
     def ctl(self, cmd, t="default"):
         write_file(self.tpl(t, "ctl"), cmd)
+
+    # ---- warm pool ----
+    def pool(self, t="default"):
+        return self.template_status(t)["pool"]
+
+    def set_pool(self, n, t="default"):
+        write_file(self.tpl(t, "pool"), "%d\n" % n)
+
+    def slots(self, t="default"):
+        """{id: status} of the template's slots."""
+        out = {}
+        for sid in os.listdir(self.tpl(t, "slots")):
+            try:
+                out[int(sid)] = read_json(self.tpl(t, "slots", sid, "status"))
+            except FileNotFoundError:
+                pass  # claimed or recycled between the listing and the read
+        return out
+
+    def wait_pool(self, warm, t="default", timeout=60.0):
+        """Waits until the pool holds exactly `warm` warm slots and prepares none."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._check_alive("while waiting for the pool of %s" % t)
+            p = self.pool(t)
+            if p["warm"] == warm and p["preparing"] == 0:
+                return p
+            if time.monotonic() > deadline:
+                raise AssertionError("pool of %s not at %d warm after %.0f s: %s\n%s" % (
+                    t, warm, timeout, p, self.log_tail()))
+            time.sleep(0.05)
 
     # ---- sandboxes ----
     def create(self, name, t="default"):
@@ -676,7 +708,7 @@ class Daemon:
         return time.monotonic() - t0
 
 
-EMPTY_INVENTORY = {"qemu": [], "mounts": [], "loops": [], "run": [], "sandboxes": [], "zombies": [], "spares": []}
+EMPTY_INVENTORY = {"qemu": [], "mounts": [], "loops": [], "run": [], "sandboxes": [], "zombies": [], "slots": []}
 
 
 def describe_inventory(inv):
@@ -742,7 +774,7 @@ atexit.register(_cleanup_all)
 
 def start_shared():
     """A daemon for a whole test module, and its baseline inventory once it
-    is quiet (no VMM of a sandbox, nothing in run/ but spares, no zombies)."""
+    is quiet (no VMM of a sandbox, nothing in run/ but slots, no zombies)."""
     d = Daemon().start()
     base = d.core(d.wait_inventory({**d.inventory(), "qemu": [], "run": [], "zombies": []}))
     return d, base

@@ -61,7 +61,7 @@ class ColdPath(harness.TestCase):
                          json.loads(harness.read_text(D.tpl("default", "config"))))
         ident = harness.read_text(D.tpl(T, "identity")).strip()
         self.assertRegex(ident, r"^[0-9a-f]{64}$")
-        self.assertEqual(sorted(os.listdir(D.tpl(T))), ["config", "ctl", "identity", "sandboxes", "status"])
+        self.assertEqual(sorted(os.listdir(D.tpl(T))), ["config", "ctl", "identity", "pool", "sandboxes", "slots", "status"])
         self.assertEqual(os.listdir(D.sbdir(T)), [])
 
         # ---- cold create; the mount answers quickly meanwhile
@@ -122,16 +122,6 @@ class ColdPath(harness.TestCase):
         D.assert_inventory(BASE)
 
         # ---- corrupt the snapshot's device state: the next create boots cold, and works.
-        # A daemon that keeps standby VMMs ("spares") for a ready template gets
-        # a moment to have one for t2, so the corruption reliably happens after
-        # a spare was made from the good snapshot: such a spare must not be
-        # used either.
-        if D.inventory()["spares"]:
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and not any(
-                    rec and rec.get("template") == T and not rec.get("name") and rec.get("vmm_pid")
-                    for rec in D.vm_dirs().values()):
-                time.sleep(0.05)
         state_file = os.path.join(D.state, "store", "templates", T, "snapshot", "state")
         self.assertTrue(os.path.isfile(state_file))
         with open(state_file, "r+b") as f:
@@ -146,6 +136,18 @@ class ColdPath(harness.TestCase):
             finally:
                 if "r2" in D.sandboxes(t=T):
                     D.destroy("r2", t=T)
+        with self.subTest(step="warm slots are never prepared from the corrupt snapshot"):
+            harness.write_file(D.tpl(T, "pool"), "1\n")
+            try:
+                deadline = time.monotonic() + 20
+                while D.pool(T)["prepare_failed"] == 0 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                p = D.pool(T)
+                self.assertGreaterEqual(p["prepare_failed"], 1, p)
+                self.assertIn("digest", p["error"] or "", p)
+                self.assertEqual((p["warm"], D.slots(T)), (0, {}))
+            finally:
+                harness.write_file(D.tpl(T, "pool"), "0\n")
 
         # ---- the template goes away once empty
         os.rmdir(D.tpl(T))

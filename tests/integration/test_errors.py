@@ -62,7 +62,7 @@ def tearDownModule():
 
 
 def state_entries():
-    """What the state dir holds for templates and sandboxes (the daemon's spares aside)."""
+    """What the state dir holds for templates and sandboxes (the daemon's warm slots aside)."""
     inv = D.core(D.inventory())
     templates = sorted(os.listdir(os.path.join(D.state, "store", "templates")))
     return {"templates": templates, "sandboxes": inv["sandboxes"], "run": inv["run"], "qemu": inv["qemu"]}

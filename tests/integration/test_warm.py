@@ -1,0 +1,341 @@
+#!/usr/bin/env python3
+"""
+Warm slots against a real daemon and real guests (docs/interface.md, "Warm
+slots"):
+
+- Pool: the pool file reads and sets the target; bad values fail with EINVAL
+  and change nothing; the value is saved with the template; 0 drains the pool
+  and frees every slot's process and files.
+- Slots: slots/ID/status describes each slot; rmdir slots/ID recycles one;
+  lookups of ids that are not slots fail with ENOENT.
+- Claims: 32 concurrent creates against a pool of 8 are served exactly 8 warm
+  (by 8 distinct slots) and 24 restore, all ready, nothing left afterwards.
+- Identity: two sandboxes activated from slots of one snapshot read different
+  bytes from /dev/urandom; hostname and environment are each its own.
+- Staleness: a rebake or an identity change recycles the old slots at once
+  and no create is ever served by one; the pool refills from the new snapshot.
+- Health: a slot whose VMM is killed (SIGKILL) or stopped (SIGSTOP) is
+  replaced and never handed out.
+- Age and restart (own daemons): --slot-max-age replaces old slots; kill -9
+  of the daemon with warm slots, then a restart, leaves nothing of them.
+"""
+import errno
+import os
+import signal
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+
+D = BASE = None
+
+
+def setUpModule():
+    global D, BASE
+    D, BASE = harness.start_shared()
+
+
+def tearDownModule():
+    if D:
+        D.stop()
+
+
+def wait_for(pred, timeout, what):
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError("not within %.0f s: %s" % (timeout, what))
+        time.sleep(0.05)
+
+
+class Pool(harness.TestCase):
+    def tearDown(self):
+        try:
+            D.set_pool(0)
+            D.wait_pool(0)
+        finally:
+            super().tearDown()
+
+    def test_pool_file_values(self):
+        self.assertEqual(harness.read_text(D.tpl("default", "pool")), "0\n")
+        D.set_pool(1)
+        self.assertEqual(harness.read_text(D.tpl("default", "pool")), "1\n")
+        saved = os.path.join(D.state, "store", "templates", "default", "pool")
+        self.assertEqual(harness.read_text(saved), "1\n")
+        # an empty write never reaches the daemon (the kernel sends none): nothing changes
+        harness.write_file(D.tpl("default", "pool"), "")
+        self.assertEqual(harness.read_text(D.tpl("default", "pool")), "1\n")
+        for bad in ("abc", "-1", "257", "\n", "1 2", "0x5", "1.5", "auto", "99999999999999999999"):
+            with self.subTest(value=bad):
+                self.assertErrno(errno.EINVAL, harness.write_file, D.tpl("default", "pool"), bad)
+                self.assertEqual(harness.read_text(D.tpl("default", "pool")), "1\n")
+        self.assertEqual(D.pool()["target"], 1)
+        D.wait_pool(1)
+
+    def test_slot_files(self):
+        D.set_pool(2)
+        D.wait_pool(2)
+        slots = D.slots()
+        self.assertEqual(len(slots), 2)
+        tst = D.template_status()
+        for sid, st in slots.items():
+            self.assertEqual(st["id"], sid)
+            self.assertEqual(st["state"], "warm")
+            self.assertEqual(st["template"], "default")
+            self.assertEqual(st["identity"], tst["identity"])
+            self.assertEqual(st["state_sha256"], tst["bake"]["state_sha256"])
+            self.assertGreaterEqual(st["age_ms"], 0)
+            self.assertEqual(list(st["timings"]), ["clone", "spawn", "restore", "warmup", "pause"])
+            self.assertTrue(harness.pid_alive(st["vmm_pid"]))
+        # not slots
+        for name in ("abc", "0", "01", str(max(slots) + 1000), "-1"):
+            with self.subTest(name=name):
+                self.assertErrno(errno.ENOENT, os.stat, D.tpl("default", "slots", name))
+        self.assertErrno(errno.EPERM, os.mkdir, D.tpl("default", "slots", "5"))
+        self.assertErrno(errno.EACCES, harness.write_file, D.tpl("default", "slots", str(min(slots)), "status"), "x")
+        # rmdir recycles one; the filler replaces it
+        victim = min(slots)
+        pid = slots[victim]["vmm_pid"]
+        os.rmdir(D.tpl("default", "slots", str(victim)))
+        self.assertNotIn(victim, D.slots())
+        wait_for(lambda: not harness.pid_alive(pid), 5, "the recycled slot's VMM exits")
+        p = D.wait_pool(2)
+        self.assertGreaterEqual(p["recycled"]["removed"], 1)
+        self.assertNotIn(victim, D.slots())
+
+    def test_pool_zero_drains(self):
+        D.set_pool(3)
+        D.wait_pool(3)
+        pids = [st["vmm_pid"] for st in D.slots().values()]
+        self.assertEqual(len(pids), 3)
+        self.assertEqual(len(D.inventory()["slots"]) > 0, True)
+        D.set_pool(0)
+        D.wait_pool(0, timeout=10)
+        self.assertEqual(D.slots(), {})
+        for pid in pids:
+            wait_for(lambda: not harness.pid_alive(pid), 5, "slot VMM %d exits" % pid)
+        inv = D.wait_inventory(BASE, timeout=5, with_slots=True)
+        self.assertEqual(inv, {**BASE, "slots": []})
+
+
+class Claims(harness.TestCase):
+    def tearDown(self):
+        try:
+            D.set_pool(0)
+            D.wait_pool(0)
+        finally:
+            super().tearDown()
+
+    def test_32_concurrent_against_8(self):
+        D.set_pool(8)
+        D.wait_pool(8, timeout=120)
+        names = ["c%02d" % i for i in range(32)]
+        go = threading.Barrier(len(names))
+        errors = {}
+
+        def one(n):
+            go.wait()
+            try:
+                D.create(n)
+            except OSError as e:
+                errors[n] = "mkdir: %s" % e
+
+        th = [threading.Thread(target=one, args=(n,)) for n in names]
+        for x in th:
+            x.start()
+        for x in th:
+            x.join()
+        self.assertEqual(errors, {})
+        try:
+            sts = {n: D.wait_ready(n) for n in names}
+            paths = [st["path"] for st in sts.values()]
+            self.assertEqual(paths.count("warm"), 8, paths)
+            self.assertEqual(paths.count("restore"), 24, paths)
+            ids = [st["slot"]["id"] for st in sts.values() if st["path"] == "warm"]
+            self.assertEqual(len(set(ids)), 8, ids)
+            for st in sts.values():
+                if st["path"] == "restore":
+                    self.assertIsNone(st["slot"])
+            # every guest is its own and answers
+            n = names[0]
+            self.assertEqual(D.sh(n, "hostname").strip(), n)
+        finally:
+            for n in names:
+                D.destroy(n)
+        p = D.pool()
+        self.assertGreaterEqual(p["creates"]["warm"], 8)
+        D.set_pool(0)
+        D.wait_pool(0)
+        D.assert_inventory(BASE, timeout=10)
+
+    def test_identity_and_entropy(self):
+        D.set_pool(2)
+        D.wait_pool(2)
+        a, b = D.create_ready("ea"), D.create_ready("eb")
+        try:
+            self.assertEqual((a["path"], b["path"]), ("warm", "warm"))
+            self.assertNotEqual(a["slot"]["id"], b["slot"]["id"])
+            ra = D.exec_json("ea", {"sh": "head -c 32 /dev/urandom"})
+            rb = D.exec_json("eb", {"sh": "head -c 32 /dev/urandom"})
+            self.assertEqual((ra["exit_code"], rb["exit_code"]), (0, 0))
+            self.assertEqual((len(ra["stdout"]), len(rb["stdout"])), (32, 32))
+            self.assertNotEqual(ra["stdout"], rb["stdout"])
+            for n in ("ea", "eb"):
+                self.assertEqual(D.sh(n, "hostname").strip(), n)
+                self.assertEqual(D.sh(n, "echo $EMBERFS_SANDBOX $EMBERFS_TEMPLATE").strip(), n + " default")
+                # the guest clock was set at activation, not left at the bake's time
+                guest = int(D.sh(n, "date +%s").strip())
+                self.assertLess(abs(guest - time.time()), 5)
+                con = harness.read_text(D.sb(n, "console"))
+                self.assertIn("%s activated from warm slot" % n, con)
+                self.assertEqual(D.status(n)["timings"].keys(), {"claim", "queue", "resume", "agent"})
+        finally:
+            D.destroy("ea")
+            D.destroy("eb")
+        D.assert_inventory(BASE, timeout=10)
+
+
+class Staleness(harness.TestCase):
+    def tearDown(self):
+        try:
+            D.set_pool(0)
+            D.wait_pool(0)
+        finally:
+            super().tearDown()
+
+    def test_rebake_recycles(self):
+        D.set_pool(2)
+        D.wait_pool(2)
+        old = D.slots()
+        old_digest = D.template_status()["bake"]["state_sha256"]
+        D.ctl("rebake\n")
+        # during the bake: never an old slot (the template is not ready: cold)
+        D.create("during")
+        try:
+            st = D.wait_ready("during")
+            self.assertNotEqual(st["path"], "warm", st)
+        finally:
+            D.destroy("during")
+        wait_for(lambda: not (set(D.slots()) & set(old)), 2, "old slots recycled after the rebake started")
+        D.wait_template_ready()
+        new_digest = D.template_status()["bake"]["state_sha256"]
+        D.wait_pool(2, timeout=60)
+        for sid, st in D.slots().items():
+            self.assertNotIn(sid, old)
+            self.assertEqual(st["state_sha256"], new_digest)
+        st = D.create_ready("after")
+        try:
+            self.assertEqual(st["path"], "warm")
+            self.assertNotIn(st["slot"]["id"], old)
+        finally:
+            D.destroy("after")
+        self.assertGreaterEqual(D.pool()["recycled"]["stale"], 2)
+        for s in old.values():
+            wait_for(lambda: not harness.pid_alive(s["vmm_pid"]), 5, "old slot VMM exits")
+        sys.stderr.write("\n  rebake: state %s.. -> %s..\n" % (old_digest[:12], new_digest[:12]))
+
+    def test_identity_change_recycles(self):
+        D.set_pool(2)
+        D.wait_pool(2)
+        old = set(D.slots())
+        cfg = harness.read_json(D.tpl("default", "config"))
+        changed = dict(cfg, cmdline=cfg["cmdline"] + " emberfs.test=1")
+        harness.write_file(D.tpl("default", "config"), __import__("json").dumps(changed))
+        try:
+            self.assertEqual(D.template_status()["state"], "stale")
+            self.assertEqual(D.slots(), {})  # at once, within the write
+            st = D.create_ready("x")
+            try:
+                self.assertEqual(st["path"], "cold")
+            finally:
+                D.destroy("x")
+        finally:
+            harness.write_file(D.tpl("default", "config"), __import__("json").dumps(cfg))
+        self.assertEqual(D.template_status()["state"], "ready")
+        D.wait_pool(2, timeout=60)
+        self.assertFalse(set(D.slots()) & old)
+
+
+class Health(harness.TestCase):
+    def tearDown(self):
+        try:
+            D.set_pool(0)
+            D.wait_pool(0)
+        finally:
+            super().tearDown()
+
+    def _replaced(self, sig):
+        D.set_pool(1)
+        D.wait_pool(1)
+        (sid, st), = D.slots().items()
+        dead0 = D.pool()["recycled"]["dead"]
+        os.kill(st["vmm_pid"], sig)
+        # a create right away never gets the slot: it is checked at the claim
+        D.create("h")
+        try:
+            got = D.wait_ready("h")
+            self.assertTrue(got["path"] == "restore" or got["slot"]["id"] != sid, got)
+        finally:
+            D.destroy("h")
+        wait_for(lambda: D.pool()["recycled"]["dead"] > dead0, 5, "the slot recycled as dead")
+        wait_for(lambda: not harness.pid_alive(st["vmm_pid"]), 5, "its VMM gone")
+        D.wait_pool(1, timeout=60)
+        self.assertNotIn(sid, D.slots())
+        st2 = D.create_ready("h2")
+        try:
+            self.assertEqual(st2["path"], "warm")
+        finally:
+            D.destroy("h2")
+        D.set_pool(0)
+        D.wait_pool(0)
+        D.assert_inventory(BASE, timeout=10)
+
+    def test_killed_slot_replaced(self):
+        self._replaced(signal.SIGKILL)
+
+    def test_stopped_slot_replaced(self):
+        self._replaced(signal.SIGSTOP)
+
+
+class OwnDaemons(harness.TestCase):
+    def test_max_age(self):
+        d = harness.Daemon(pool=1, extra_args=["--slot-max-age", "2"]).start()
+        try:
+            d.wait_pool(1, timeout=60)
+            first = set(d.slots())
+            wait_for(lambda: d.pool()["recycled"]["aged"] >= 1, 10, "a slot recycled for its age")
+            d.wait_pool(1, timeout=60)
+            self.assertFalse(set(d.slots()) & first)
+        except BaseException:
+            d.force_cleanup()
+            raise
+        d.stop()
+
+    def test_daemon_kill9_with_slots(self):
+        d = harness.Daemon(pool=2).start()
+        d2 = None
+        try:
+            d.wait_pool(2, timeout=60)
+            pids = [st["vmm_pid"] for st in d.slots().values()]
+            d.kill9()
+            d2 = harness.Daemon(reuse=d, pool=2).start()
+            for pid in pids:
+                wait_for(lambda: not harness.pid_alive(pid), 10, "the old slot VMM %d reaped" % pid)
+            d2.wait_pool(2, timeout=60)
+            self.assertEqual(len(d2.inventory()["slots"]) > 0, True)
+            st = d2.create_ready("r")
+            self.assertEqual(st["path"], "warm")
+            d2.destroy("r")
+        except BaseException:
+            (d2 or d).force_cleanup()
+            raise
+        d2.stop()
+
+
+if __name__ == "__main__":
+    harness.main()
