@@ -32,6 +32,7 @@ struct engine_options {
 	unsigned pool_depth;	   /* default warm-pool target per template (templates/T/pool overrides) */
 	unsigned pool_parallel;	   /* warm slots prepared at once across all templates (default 1) */
 	unsigned slot_max_age_s;   /* warm slots older than this are replaced; 0: never */
+	bool warmup_exec;	   /* warm slots also run one exec ahead (first exec fast, ~15 MiB more each) */
 };
 
 /* Sandbox states; see docs/interface.md for their meaning. */

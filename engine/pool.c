@@ -8,10 +8,10 @@
  * what make activation cheap under TCG: the guest code on the path
  * (interrupt, scheduler, agent, the attach's system calls) is already
  * translated in this process, so after `cont` the guest answers in a few
- * milliseconds instead of the tens a fresh restore needs. An exec in the
- * warm-up would also translate fork and exec, but it cost 15 MiB of
- * resident memory per slot (60.6 -> 75.3 MiB RSS), so the first exec after
- * activation pays that translation instead.
+ * milliseconds instead of the tens a fresh restore needs. With
+ * --warmup-exec, one exec in the warm-up translates fork and exec too: the
+ * first exec after activation then takes ~15 ms instead of ~140, for about
+ * 15 MiB more resident memory per idle slot (docs/benchmarks.md).
  *
  * One filler thread per template keeps the pool at its target depth. It
  * prepares one slot at a time, only while no create of any template is in
@@ -226,6 +226,14 @@ static int warmup_attach(struct slot *sl, const char *tpl)
 	return agent_call(sl->agent, req, AGENT_TIMEOUT_MS, NULL);
 }
 
+static int warmup_exec(struct slot *sl)
+{
+	_cleanup_json_ json_object *req = json_tokener_parse("{\"op\":\"exec\",\"sh\":\"true\"}");
+	_cleanup_json_ json_object *resp = NULL;
+
+	return req ? agent_call(sl->agent, req, AGENT_TIMEOUT_MS, &resp) : -ENOMEM;
+}
+
 struct slot_job {
 	struct template_config cfg;
 	char identity[65];
@@ -313,8 +321,12 @@ static int slot_prepare(struct template *t, struct slot_job *j, struct slot *sl,
 	if ((r = agent_connect(agent, QMP_TIMEOUT_MS, &t->pool_cancel, &ac)) < 0)
 		return r;
 	slot_publish(t, sl, NULL, ac);
-	for (int i = 0; r == 0 && i < WARMUP_ROUNDS; i++)
+	for (int i = 0; r == 0 && i < WARMUP_ROUNDS; i++) {
 		r = warmup_attach(sl, t->name);
+		/* optional: fork and exec translated too; the attach path stays the freshest */
+		if (r == 0 && i == WARMUP_ROUNDS - 2 && e->opts.warmup_exec)
+			r = warmup_exec(sl);
+	}
 	slot_lap(t, sl, "warmup");
 	if (r < 0)
 		return r;
@@ -648,7 +660,8 @@ char *template_render_slot(struct template *t, uint64_t slot_id)
 		json_object_object_add(o, "vmm_pid", sl->vmm_pid ? json_object_new_int(sl->vmm_pid) : NULL);
 		json_object_object_add(o, "clone", sl->clone_method ? json_object_new_string(sl->clone_method) : NULL);
 		json_object_object_add(o, "prepared_by", json_object_new_string(
-			"restore from the snapshot, agent warm-up (attach x4), pause"));
+			e->opts.warmup_exec ? "restore from the snapshot, agent warm-up (attach x4, exec x1), pause" :
+					      "restore from the snapshot, agent warm-up (attach x4), pause"));
 		json_object_object_add(o, "timings", timings_json(&sl->timings));
 		json_object_object_add(o, "prepare_ms", sl->state == SLOT_WARM ?
 							       ms_json(timings_total(&sl->timings)) : NULL);

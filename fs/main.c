@@ -38,6 +38,8 @@ static void usage(FILE *out)
 		"                          otherwise (default 2, 0: none)\n"
 		"      --pool-parallel N   warm slots prepared at once, all templates together (default 1)\n"
 		"      --slot-max-age S    replace warm slots older than S seconds (default 3600, 0: never)\n"
+		"      --warmup-exec       warm slots also run one command ahead: a sandbox's first exec\n"
+		"                          is fast too, at ~15 MiB more memory per idle slot under TCG\n"
 		"      --store-size MIB    size of the loop-mounted XFS store, when one is needed (default 32768)\n"
 		"      --no-loop-store     never loop-mount a store: clones are then full copies\n"
 		"      --log FILE          log here once detached (default: discard)\n"
@@ -65,7 +67,7 @@ static int parse_uint(const char *s, unsigned long max, unsigned long *out)
 }
 
 enum { OPT_STATE = 256, OPT_IMAGE, OPT_NOBAKE, OPT_QEMU, OPT_ACCEL, OPT_MAXSB, OPT_COLD, OPT_STORE, OPT_NOLOOP,
-       OPT_LOG, OPT_PID, OPT_POOL, OPT_POOL_PAR, OPT_SLOT_AGE };
+       OPT_LOG, OPT_PID, OPT_POOL, OPT_POOL_PAR, OPT_SLOT_AGE, OPT_WARMUP_EXEC };
 
 static int parse_opt(int c, const char *arg, struct options *o)
 {
@@ -80,6 +82,7 @@ static int parse_opt(int c, const char *arg, struct options *o)
 	case OPT_NOBAKE: o->eng.bake_default = false; return 0;
 	case OPT_QEMU: o->eng.qemu_binary = arg; return 0;
 	case OPT_NOLOOP: o->eng.no_loop_store = true; return 0;
+	case OPT_WARMUP_EXEC: o->eng.warmup_exec = true; return 0;
 	case OPT_LOG: o->log_file = arg; return 0;
 	case OPT_PID: o->pid_file = arg; return 0;
 	case OPT_ACCEL:
@@ -133,6 +136,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 		{ "pool", required_argument, NULL, OPT_POOL },
 		{ "pool-parallel", required_argument, NULL, OPT_POOL_PAR },
 		{ "slot-max-age", required_argument, NULL, OPT_SLOT_AGE },
+		{ "warmup-exec", no_argument, NULL, OPT_WARMUP_EXEC },
 		{ "store-size", required_argument, NULL, OPT_STORE },
 		{ "no-loop-store", no_argument, NULL, OPT_NOLOOP }, { "log", required_argument, NULL, OPT_LOG },
 		{ "pid-file", required_argument, NULL, OPT_PID }, { "verbose", no_argument, NULL, 'v' },

@@ -16,7 +16,8 @@ slots"):
   and no create is ever served by one; the pool refills from the new snapshot.
 - Health: a slot whose VMM is killed (SIGKILL) or stopped (SIGSTOP) is
   replaced and never handed out.
-- Age and restart (own daemons): --slot-max-age replaces old slots; kill -9
+- Age and restart (own daemons): --slot-max-age replaces old slots (and
+  --warmup-exec slots work); kill -9
   of the daemon with warm slots, then a restart, leaves nothing of them.
 """
 import errno
@@ -303,14 +304,19 @@ class Health(harness.TestCase):
 
 
 class OwnDaemons(harness.TestCase):
-    def test_max_age(self):
-        d = harness.Daemon(pool=1, extra_args=["--slot-max-age", "2"]).start()
+    def test_max_age_and_warmup_exec(self):
+        d = harness.Daemon(pool=1, extra_args=["--slot-max-age", "2", "--warmup-exec"]).start()
         try:
             d.wait_pool(1, timeout=60)
             first = set(d.slots())
+            self.assertIn("exec", list(d.slots().values())[0]["prepared_by"])
             wait_for(lambda: d.pool()["recycled"]["aged"] >= 1, 10, "a slot recycled for its age")
             d.wait_pool(1, timeout=60)
             self.assertFalse(set(d.slots()) & first)
+            st = d.create_ready("x")
+            self.assertEqual(st["path"], "warm")
+            self.assertEqual(d.sh("x", "hostname").strip(), "x")
+            d.destroy("x")
         except BaseException:
             d.force_cleanup()
             raise
