@@ -6,13 +6,13 @@ set -euo pipefail
 PKGS=(
 	# build
 	meson ninja-build pkg-config gcc libc6-dev
-	libfuse3-dev libjson-c-dev libcmocka-dev
+	libfuse3-dev libjson-c-dev libcmocka-dev libnl-3-dev libnl-route-3-dev libnftables-dev
 	# run
 	fuse3 qemu-system-x86 xfsprogs util-linux
 	# guest image (contrib/build-image.sh)
 	busybox-static e2fsprogs cpio dpkg apt lz4
-	# tests
-	python3 valgrind
+	# tests (ip and nft count namespaces, links and rules before and after)
+	python3 valgrind iproute2 nftables
 )
 
 missing=()

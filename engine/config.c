@@ -68,7 +68,7 @@ static int get_uint(json_object *o, const char *key, unsigned lo, unsigned hi, u
 static int check_keys(json_object *o, char **ret_error)
 {
 	static const char *const known[] = { "kernel", "initrd", "rootfs", "cmdline", "vcpus",
-					     "mem_mib", "backend", "accel" };
+					     "mem_mib", "backend", "accel", "net", "ready_tcp_port" };
 
 	json_object_object_foreach(o, key, val) {
 		bool ok = false;
@@ -131,6 +131,21 @@ static int parse_accel(json_object *o, struct template_config *cfg, char **ret_e
 	return 0;
 }
 
+static int parse_net(json_object *o, struct template_config *cfg, char **ret_error)
+{
+	json_object *v;
+
+	cfg->net = false;
+	if (json_object_object_get_ex(o, "net", &v)) {
+		if (!json_object_is_type(v, json_type_boolean))
+			return fail(ret_error, "config: \"net\" must be true or false");
+		cfg->net = json_object_get_boolean(v);
+	}
+	if (cfg->ready_tcp_port && !cfg->net)
+		return fail(ret_error, "config: \"ready_tcp_port\" needs \"net\": true");
+	return 0;
+}
+
 int template_config_parse(const char *json, size_t len, struct template_config *cfg, char **ret_error)
 {
 	_cleanup_json_ json_object *o = NULL;
@@ -159,7 +174,9 @@ int template_config_parse(const char *json, size_t len, struct template_config *
 	if ((r = check_keys(o, ret_error)) < 0 || (r = parse_strings(o, cfg, ret_error)) < 0 ||
 	    (r = get_uint(o, "vcpus", 1, MAX_VCPUS, &cfg->vcpus, ret_error)) < 0 ||
 	    (r = get_uint(o, "mem_mib", MIN_MEM_MIB, MAX_MEM_MIB, &cfg->mem_mib, ret_error)) < 0 ||
-	    (r = parse_accel(o, cfg, ret_error)) < 0) {
+	    (r = parse_accel(o, cfg, ret_error)) < 0 ||
+	    (r = get_uint(o, "ready_tcp_port", 0, 65535, &cfg->ready_tcp_port, ret_error)) < 0 ||
+	    (r = parse_net(o, cfg, ret_error)) < 0) {
 		template_config_clear(cfg);
 		return r;
 	}
@@ -186,6 +203,11 @@ char *template_config_render(const struct template_config *cfg)
 	json_object_object_add(o, "mem_mib", json_object_new_int((int)cfg->mem_mib));
 	json_object_object_add(o, "backend", json_object_new_string(cfg->backend));
 	json_object_object_add(o, "accel", json_object_new_string(accel_mode_name(cfg->accel)));
+	/* only when set: configs without networking render as before */
+	if (cfg->net)
+		json_object_object_add(o, "net", json_object_new_boolean(true));
+	if (cfg->ready_tcp_port)
+		json_object_object_add(o, "ready_tcp_port", json_object_new_int((int)cfg->ready_tcp_port));
 	s = strjoin(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE),
 		    "\n", NULL);
 	return s;

@@ -140,6 +140,14 @@ int engine_spec_init(struct engine *e, const struct template_config *cfg, struct
 		*owned = strjoin(cfg->cmdline, cfg->cmdline[0] ? " " : "", "tsc_early_khz=", e->tsc_khz, NULL);
 	else
 		*owned = strdup(cfg->cmdline);
+	/* the guest's fixed address, configured by its agent at boot (so it is in every snapshot) */
+	if (*owned && cfg->net) {
+		char *n = strjoin(*owned, (*owned)[0] ? " " : "", "emberfs.net=" NETPOOL_GUEST_CIDR "," NETPOOL_GW_ADDR,
+				  NULL);
+
+		free(*owned);
+		*owned = n;
+	}
 	spec->cmdline = *owned;
 	return *owned ? 0 : -ENOMEM;
 }
@@ -178,6 +186,8 @@ static int load_default_config(struct engine *e)
 	json_object_object_add(cfg, "cmdline", json_object_get(cmd));
 	json_object_object_add(cfg, "vcpus", json_object_new_int(1));
 	json_object_object_add(cfg, "mem_mib", json_object_new_int(256));
+	if (e->opts.net)
+		json_object_object_add(cfg, "net", json_object_new_boolean(true));
 	e->default_config = strdup(json_object_to_json_string_ext(cfg, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE));
 	return e->default_config ? 0 : -ENOMEM;
 }
@@ -303,6 +313,29 @@ static int engine_setup(struct engine *e, const struct engine_options *o)
 	if (!e->store.reflink)
 		log_warn("store %s cannot reflink: clones are full copies (reported in every status)", e->store.root);
 	sweep_leftovers(e);
+	if (o->net) {
+		struct netpool_options no = { .range = o->net_range, .depth = o->net_pool, .egress = !o->net_no_egress };
+		_cleanup_free_ char *nerr = NULL;
+		struct sha256_ctx c;
+		uint8_t dg[SHA256_LEN];
+		char d[65], tag[5];
+
+		/* the instance tag in every name: 4 hex digits of the state directory's path */
+		sha256_init(&c);
+		sha256_update(&c, e->state_dir, strlen(e->state_dir));
+		sha256_final(&c, dg);
+		sha256_hex(dg, d);
+		memcpy(tag, d, 4);
+		tag[4] = '\0';
+		no.tag = tag;
+		r = netpool_new(&no, &e->net, &nerr);
+		if (r < 0) {
+			log_error("networking: %s", nerr ? nerr : strerror(-r));
+			return r;
+		}
+		log_info("networking: range %s, tag %s, %u slots kept ready, egress %s", o->net_range ? o->net_range :
+			 NETPOOL_DEFAULT_RANGE, tag, o->net_pool, o->net_no_egress ? "off" : "on");
+	}
 	digests_load(e);
 	return e->image_dir ? load_default_config(e) : 0;
 }
@@ -425,6 +458,7 @@ void engine_free(struct engine *e)
 	while (atomic_load(&e->execs) > 0)
 		usleep(1000);
 	free(e->templates);
+	netpool_free(e->net); /* every VMM is gone: no namespace is in use */
 	if (e->store.root) {
 		_cleanup_free_ char *run = strjoin(e->state_dir, "/run", NULL);
 

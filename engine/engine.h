@@ -33,6 +33,10 @@ struct engine_options {
 	unsigned pool_parallel;	   /* warm slots prepared at once across all templates (default 1) */
 	unsigned slot_max_age_s;   /* warm slots older than this are replaced; 0: never */
 	bool warmup_exec;	   /* warm slots also run one exec ahead (first exec fast, ~15 MiB more each) */
+	bool net;		   /* networking: templates may set "net"; the default template does */
+	const char *net_range;	   /* host range for network slots (default 10.200.0.0/16) */
+	unsigned net_pool;	   /* network slots kept ready */
+	bool net_no_egress;	   /* sandboxes reach nothing beyond their host end */
 };
 
 /* Sandbox states; see docs/interface.md for their meaning. */
@@ -74,6 +78,8 @@ struct template_config {
 	unsigned mem_mib;
 	char *backend; /* "qemu" */
 	enum accel_mode accel;
+	bool net;		 /* a NIC (virtio-net) on a network slot; see netpool/netpool.h */
+	unsigned ready_tcp_port; /* also wait for a TCP connect to this guest port (needs net); 0: no */
 };
 /* Parse JSON text into *cfg (which must be zeroed); on error sets *ret_error. */
 int template_config_parse(const char *json, size_t len, struct template_config *cfg, char **ret_error);

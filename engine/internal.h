@@ -7,6 +7,7 @@
 
 #include "common.h"
 #include "engine.h"
+#include "netpool.h"
 
 static inline void json_object_putp(json_object **o)
 {
@@ -79,6 +80,7 @@ struct vmm_spec {
 	const char *console_path;
 	const char *log_path;  /* VMM's own stdout/stderr */
 	int incoming_fd;       /* restore device state from this fd; -1 boots cold */
+	int netns_fd;	       /* cfg->net: the network slot's namespace, where the VMM runs (its tap is there) */
 };
 struct vmm;
 struct vmm_ops {
@@ -147,6 +149,7 @@ struct slot {
 	const char *clone_method;
 	struct timings timings; /* how it was prepared */
 	uint64_t warm_ns;	/* when it became claimable */
+	struct netslot *net;	/* its network slot, if the template has "net" */
 	struct slot *next;
 };
 struct pool_stats {
@@ -227,6 +230,7 @@ struct sandbox {
 	char *console_path;
 	atomic_bool cancel;
 	struct slot *slot; /* claimed in mkdir, consumed by the job */
+	struct netslot *net; /* its network slot (from the warm slot, or claimed by the job) */
 
 	/* protected by e->lock */
 	enum sandbox_state state;
@@ -260,6 +264,7 @@ struct engine {
 	const char *accel;
 	const struct vmm_ops *vmm;
 	struct store store;
+	struct netpool *net; /* NULL unless --net */
 	char *default_config; /* JSON text for new templates */
 
 	pthread_mutex_t lock;

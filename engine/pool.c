@@ -58,6 +58,8 @@ void slot_free(struct engine *e, struct slot *sl)
 	}
 	if (sl->vmm)
 		e->vmm->free(sl->vmm); /* kills and reaps */
+	if (sl->net)
+		netpool_release(e->net, sl->net); /* no process is in it any more */
 	/* the record's directory is the anchor: made first, removed last */
 	if (sl->rundir)
 		rm_rf(sl->rundir);
@@ -297,10 +299,18 @@ static int slot_prepare(struct template *t, struct slot_job *j, struct slot *sl,
 		return r;
 	sl->clone_method = clone_method_name(m);
 	slot_lap(t, sl, "clone");
+	if (j->cfg.net) {
+		bool built;
+
+		if ((r = netpool_claim(e->net, &sl->net, &built, ret_why)) < 0)
+			return r;
+		slot_lap(t, sl, "net");
+	}
 	{
 		struct vmm_spec spec = { .cfg = &j->cfg, .accel = e->accel, .name = t->name, .mem_path = mem,
 					 .disk_path = disk, .qmp_path = qmp, .agent_path = agent,
-					 .console_path = con, .log_path = log, .incoming_fd = state_fd };
+					 .console_path = con, .log_path = log, .incoming_fd = state_fd,
+					 .netns_fd = sl->net ? sl->net->netns_fd : -1 };
 		_cleanup_free_ char *cmdline = NULL;
 
 		r = engine_spec_init(e, &j->cfg, &spec, &cmdline);

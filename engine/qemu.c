@@ -10,6 +10,7 @@
  */
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -141,6 +142,13 @@ static void build_args(const char *binary, const struct vmm_spec *s, struct args
 		args_add(a, "-device");
 		args_add(a, "virtio-blk-device,drive=root");
 	}
+	if (c->net) {
+		/* the tap of the network slot whose namespace the VMM runs in; MAC as baked */
+		args_add(a, "-netdev");
+		args_add(a, "tap,id=net0,ifname=" NETPOOL_TAP ",script=no,downscript=no");
+		args_add(a, "-device");
+		args_add(a, "virtio-net-device,netdev=net0,mac=" NETPOOL_GUEST_MAC);
+	}
 	args_add(a, "-device");
 	args_add(a, "virtio-serial-device");
 	args_add(a, "-chardev");
@@ -166,7 +174,7 @@ static int qemu_spawn(const char *binary, const struct vmm_spec *s, struct vmm *
 	posix_spawn_file_actions_t fa;
 	posix_spawnattr_t attr;
 	sigset_t none, def;
-	int r;
+	int saved_ns = -1, r;
 
 	if (!v)
 		return -ENOMEM;
@@ -186,7 +194,29 @@ static int qemu_spawn(const char *binary, const struct vmm_spec *s, struct vmm *
 	posix_spawnattr_setsigdefault(&attr, &def);
 	posix_spawnattr_setpgroup(&attr, 0);
 	posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP);
+	/*
+	 * A networked VMM runs in its slot's namespace: this thread enters it
+	 * for the spawn (the child inherits the spawning thread's namespaces)
+	 * and leaves it right after.
+	 */
+	if (s->cfg->net) {
+		saved_ns = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+		if (saved_ns < 0 || setns(s->netns_fd, CLONE_NEWNET) < 0) {
+			r = errno;
+			if (saved_ns >= 0)
+				close(saved_ns);
+			posix_spawnattr_destroy(&attr);
+			posix_spawn_file_actions_destroy(&fa);
+			args_free(&a);
+			return -r;
+		}
+	}
 	r = posix_spawnp(&v->pid, binary, &fa, &attr, a.v, environ);
+	if (saved_ns >= 0) {
+		if (setns(saved_ns, CLONE_NEWNET) < 0)
+			abort(); /* never leave an engine thread in a sandbox's namespace */
+		close(saved_ns);
+	}
 	posix_spawnattr_destroy(&attr);
 	posix_spawn_file_actions_destroy(&fa);
 	args_free(&a);

@@ -5,8 +5,12 @@
  * exits. States and transitions are a pure
  * function (sandbox_state_next) so they are unit-tested apart from any VMM.
  */
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/random.h>
@@ -65,6 +69,8 @@ void sandbox_unref(struct sandbox *s)
 	agent_free(s->agent);
 	if (s->vmm)
 		s->e->vmm->free(s->vmm);
+	if (s->net)
+		netpool_release(s->e->net, s->net);
 	slot_free(s->e, s->slot);
 	template_unref(s->tpl);
 	free(s->dir);
@@ -293,11 +299,29 @@ static int job_spawn(struct job *j)
 	struct vmm_spec spec = { .cfg = &j->cfg, .accel = e->accel, .name = s->name, .mem_path = j->mem,
 				 .disk_path = j->disk, .qmp_path = j->qmp, .agent_path = j->agent_sock,
 				 .console_path = s->console_path, .log_path = j->log,
-				 .incoming_fd = j->restore ? j->state_fd : -1 };
+				 .incoming_fd = j->restore ? j->state_fd : -1, .netns_fd = -1 };
 	_cleanup_free_ char *cmdline = NULL;
 	struct vmm *v = NULL;
 	int r = engine_spec_init(e, &j->cfg, &spec, &cmdline);
 
+	if (r == 0 && j->cfg.net) {
+		if (!s->net) {
+			struct netslot *ns = NULL;
+			_cleanup_free_ char *why = NULL;
+			bool built;
+
+			r = netpool_claim(e->net, &ns, &built, &why);
+			if (r < 0) {
+				log_warn("sandbox %s/%s: no network slot: %s", s->tpl->name, s->name, why ? why : strerror(-r));
+				return r;
+			}
+			pthread_mutex_lock(&e->lock);
+			s->net = ns;
+			timings_lap(&s->timings, built ? "net_build" : "net");
+			pthread_mutex_unlock(&e->lock);
+		}
+		spec.netns_fd = s->net->netns_fd;
+	}
 	if (r == 0)
 		r = e->vmm->spawn(e->qemu_binary, &spec, &v);
 	if (r < 0)
@@ -338,6 +362,42 @@ static int job_attach(struct job *j, unsigned timeout_ms, int (*then)(void *arg)
 	json_object_object_add(req, "entropy", json_object_new_string(b64));
 	json_object_object_add(req, "time_unix_ns", json_object_new_int64((int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec));
 	return agent_call_then(s->agent, req, timeout_ms, then, arg, NULL);
+}
+
+/*
+ * "ready_tcp_port": readiness also needs a TCP connect from the host to that
+ * guest port (through the slot's forwarding), retried every 20 ms.
+ */
+static int job_tcp_ready(struct sandbox *s)
+{
+	struct engine *e = s->e;
+	struct sockaddr_in sa = { .sin_family = AF_INET };
+	uint64_t deadline = now_ns() + (uint64_t)AGENT_RESTORE_TIMEOUT_MS * 1000000;
+	unsigned port;
+
+	pthread_mutex_lock(&e->lock);
+	port = s->tpl->cfg.ready_tcp_port;
+	pthread_mutex_unlock(&e->lock);
+	if (!port || !s->net)
+		return 0;
+	sa.sin_port = htons((uint16_t)port);
+	if (inet_pton(AF_INET, s->net->addr, &sa.sin_addr) != 1)
+		return -EINVAL;
+	for (;;) {
+		_cleanup_close_ int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+		if (fd < 0)
+			return -errno;
+		if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0)
+			break;
+		if (atomic_load(&s->cancel))
+			return -ECANCELED;
+		if (now_ns() > deadline)
+			return -ETIMEDOUT;
+		poll(NULL, 0, 20);
+	}
+	sb_lap(s, "tcp");
+	return 0;
 }
 
 static int job_agent(struct job *j)
@@ -434,6 +494,10 @@ static int job_restore(struct job *j, const char **step)
 		r = job_agent(j);
 		sb_lap(s, "agent");
 	}
+	if (r == 0) {
+		*step = "tcp";
+		r = job_tcp_ready(s);
+	}
 	return r;
 }
 
@@ -463,6 +527,7 @@ static int run_warm(struct job *j, const char **step)
 	sl = TAKE_PTR(s->slot);
 	s->vmm = TAKE_PTR(sl->vmm);
 	s->agent = TAKE_PTR(sl->agent);
+	s->net = TAKE_PTR(sl->net);
 	s->vmm_pid = e->vmm->pid(s->vmm);
 	s->clone_method = sl->clone_method;
 	if (atomic_load(&s->cancel)) {
@@ -481,6 +546,10 @@ static int run_warm(struct job *j, const char **step)
 	r = job_attach(j, AGENT_WARM_TIMEOUT_MS, warm_resume, s);
 	if (r == 0)
 		sb_lap(s, "agent");
+	if (r == 0) {
+		*step = "tcp";
+		r = job_tcp_ready(s);
+	}
 	if (r == 0)
 		console_note(s, "activated from warm slot");
 	return r;
@@ -497,6 +566,7 @@ static int warm_fallback(struct sandbox *s, int err, const char *step)
 	struct engine *e = s->e;
 	struct vmm *v;
 	struct agent_client *ac;
+	struct netslot *ns;
 	_cleanup_free_ char *dir = NULL, *rundir = NULL;
 	char *why = NULL;
 	int r;
@@ -504,6 +574,7 @@ static int warm_fallback(struct sandbox *s, int err, const char *step)
 	pthread_mutex_lock(&e->lock);
 	v = TAKE_PTR(s->vmm);
 	ac = TAKE_PTR(s->agent);
+	ns = TAKE_PTR(s->net);
 	s->vmm_pid = 0;
 	s->path = "restore";
 	if (asprintf(&why, "warm slot %" PRIu64 " failed at %s: %s", s->slot_id, step, strerror(-err)) < 0)
@@ -522,6 +593,8 @@ static int warm_fallback(struct sandbox *s, int err, const char *step)
 	}
 	if (v)
 		e->vmm->free(v);
+	if (ns)
+		netpool_release(e->net, ns);
 	if (rundir)
 		rm_rf(rundir);
 	if (dir)
@@ -578,6 +651,10 @@ static int run_create(struct job *j, const char **step)
 		*step = "boot";
 		r = job_agent(j);
 		sb_lap(s, "boot");
+		if (r == 0) {
+			*step = "tcp";
+			r = job_tcp_ready(s);
+		}
 	}
 	if (cold_held)
 		cold_release(e);
@@ -726,6 +803,11 @@ int engine_sandbox_destroy(struct engine *e, struct template *t, const char *nam
 		pthread_join(s->thread, NULL);
 	/* a slot claimed in mkdir but never activated (rmdir came first) dies with the sandbox */
 	slot_free(e, TAKE_PTR(s->slot));
+	/* the VMM has exited (the thread reaped it): its network slot is free */
+	if (s->vmm)
+		e->vmm->free(TAKE_PTR(s->vmm));
+	if (s->net)
+		netpool_release(e->net, TAKE_PTR(s->net));
 	/* the record's directory is the anchor: made first, removed last */
 	rm_rf(s->rundir);
 	rm_rf(s->dir);
@@ -799,6 +881,19 @@ char *sandbox_render_status(struct sandbox *s)
 		json_object_object_add(o, "slot", NULL);
 	}
 	json_object_object_add(o, "vmm_pid", s->vmm_pid ? json_object_new_int(s->vmm_pid) : NULL);
+	if (s->net) {
+		json_object *n = json_object_new_object();
+
+		/* address: where the host reaches the guest (every port is forwarded to it) */
+		json_object_object_add(n, "address", json_object_new_string(s->net->addr));
+		json_object_object_add(n, "host_address", json_object_new_string(s->net->host_addr));
+		json_object_object_add(n, "guest_address", json_object_new_string(NETPOOL_GUEST_ADDR));
+		json_object_object_add(n, "netns", json_object_new_string(s->net->netns));
+		json_object_object_add(n, "host_if", json_object_new_string(s->net->host_if));
+		json_object_object_add(o, "net", n);
+	} else {
+		json_object_object_add(o, "net", NULL);
+	}
 	json_object_object_add(o, "created_at_unix_ms", json_object_new_int64((int64_t)s->created_realtime_ms));
 	json_object_object_add(o, "timings", timings_json(&s->timings));
 	json_object_object_add(o, "ready_ms", s->state == SB_READY || s->state == SB_FAILED ?

@@ -63,6 +63,10 @@ static int compute_identity(struct engine *e, const struct template_config *cfg,
 		set_error(ret_error, "rootfs %s: %s", cfg->rootfs, strerror(-r));
 		return r;
 	}
+	if (cfg->net && !e->net) {
+		set_error(ret_error, "\"net\": networking is off (start emberfs with --net)");
+		return -EINVAL;
+	}
 	if ((r = engine_spec_init(e, cfg, &spec, &cmdline)) < 0) {
 		set_error(ret_error, "accel kvm requested but /dev/kvm is not usable");
 		return r;
@@ -341,6 +345,7 @@ static int bake_boot_and_snapshot(struct bake_ctx *b, const char *mem, const cha
 	_cleanup_free_ char *state = strjoin(b->newdir, "/state", NULL);
 	_cleanup_json_ json_object *ping = json_object_new_object();
 	struct agent_client *ac = NULL;
+	struct netslot *net = NULL;
 	struct vmm *v = NULL;
 	struct vmm_spec spec = { .cfg = &b->cfg, .accel = e->accel, .name = t->name, .mem_path = mem,
 				 .disk_path = disk, .qmp_path = qmp, .agent_path = agent, .console_path = con,
@@ -352,6 +357,16 @@ static int bake_boot_and_snapshot(struct bake_ctx *b, const char *mem, const cha
 	if (!qmp || !agent || !con || !log || !state || !ping)
 		return -ENOMEM;
 	r = engine_spec_init(e, &b->cfg, &spec, &cmdline);
+	if (r == 0 && b->cfg.net) {
+		bool built;
+
+		step = "network slot";
+		r = netpool_claim(e->net, &net, &built, &b->error);
+		if (r == 0) {
+			spec.netns_fd = net->netns_fd;
+			step = "spawn";
+		}
+	}
 	if (r == 0)
 		r = e->vmm->spawn(e->qemu_binary, &spec, &v);
 	if (r == 0) {
@@ -385,6 +400,8 @@ static int bake_boot_and_snapshot(struct bake_ctx *b, const char *mem, const cha
 	pthread_mutex_unlock(&e->lock);
 	if (v)
 		e->vmm->free(v); /* kills the paused VMM: RAM file and state are complete */
+	if (net)
+		netpool_release(e->net, net);
 	return r;
 }
 
@@ -571,6 +588,11 @@ char *template_render_status(struct template *t)
 		json_object_object_add(o, "bake", b);
 	}
 	json_object_object_add(o, "pool", pool_status_json(t));
+	if (e->net) {
+		_cleanup_free_ char *ns = netpool_status_json(e->net);
+
+		json_object_object_add(o, "netpool", ns ? json_tokener_parse(ns) : NULL);
+	}
 	json_object_object_add(o, "store", json_object_new_string(engine_store_method(e)));
 	json_object_object_add(o, "error", t->error ? json_object_new_string(t->error) : NULL);
 	pthread_mutex_unlock(&e->lock);

@@ -40,6 +40,11 @@ static void usage(FILE *out)
 		"      --slot-max-age S    replace warm slots older than S seconds (default 3600, 0: never)\n"
 		"      --warmup-exec       warm slots also run one command ahead: a sandbox's first exec\n"
 		"                          is fast too, at ~15 MiB more memory per idle slot under TCG\n"
+		"      --net               networking: network slots (netns, veth, tap, NAT) built ahead;\n"
+		"                          templates with \"net\": true (the default template) get a NIC\n"
+		"      --net-range CIDR    host addresses for network slots, one /30 each (default 10.200.0.0/16)\n"
+		"      --net-pool N        network slots kept ready (default 4)\n"
+		"      --net-no-egress     sandboxes reach nothing but their host end (no NAT to the world)\n"
 		"      --store-size MIB    size of the loop-mounted XFS store, when one is needed (default 32768)\n"
 		"      --no-loop-store     never loop-mount a store: clones are then full copies\n"
 		"      --log FILE          log here once detached (default: discard)\n"
@@ -67,7 +72,8 @@ static int parse_uint(const char *s, unsigned long max, unsigned long *out)
 }
 
 enum { OPT_STATE = 256, OPT_IMAGE, OPT_NOBAKE, OPT_QEMU, OPT_ACCEL, OPT_MAXSB, OPT_COLD, OPT_STORE, OPT_NOLOOP,
-       OPT_LOG, OPT_PID, OPT_POOL, OPT_POOL_PAR, OPT_SLOT_AGE, OPT_WARMUP_EXEC };
+       OPT_LOG, OPT_PID, OPT_POOL, OPT_POOL_PAR, OPT_SLOT_AGE, OPT_WARMUP_EXEC, OPT_NET, OPT_NET_RANGE,
+       OPT_NET_POOL, OPT_NET_NO_EGRESS };
 
 static int parse_opt(int c, const char *arg, struct options *o)
 {
@@ -83,6 +89,14 @@ static int parse_opt(int c, const char *arg, struct options *o)
 	case OPT_QEMU: o->eng.qemu_binary = arg; return 0;
 	case OPT_NOLOOP: o->eng.no_loop_store = true; return 0;
 	case OPT_WARMUP_EXEC: o->eng.warmup_exec = true; return 0;
+	case OPT_NET: o->eng.net = true; return 0;
+	case OPT_NET_RANGE: o->eng.net_range = arg; return 0;
+	case OPT_NET_NO_EGRESS: o->eng.net_no_egress = true; return 0;
+	case OPT_NET_POOL:
+		if (strcmp(arg, "0") && parse_uint(arg, 1024, &v) < 0)
+			return -EINVAL;
+		o->eng.net_pool = strcmp(arg, "0") ? (unsigned)v : 0;
+		return 0;
 	case OPT_LOG: o->log_file = arg; return 0;
 	case OPT_PID: o->pid_file = arg; return 0;
 	case OPT_ACCEL:
@@ -137,6 +151,10 @@ static int parse_args(int argc, char **argv, struct options *o)
 		{ "pool-parallel", required_argument, NULL, OPT_POOL_PAR },
 		{ "slot-max-age", required_argument, NULL, OPT_SLOT_AGE },
 		{ "warmup-exec", no_argument, NULL, OPT_WARMUP_EXEC },
+		{ "net", no_argument, NULL, OPT_NET },
+		{ "net-range", required_argument, NULL, OPT_NET_RANGE },
+		{ "net-pool", required_argument, NULL, OPT_NET_POOL },
+		{ "net-no-egress", no_argument, NULL, OPT_NET_NO_EGRESS },
 		{ "store-size", required_argument, NULL, OPT_STORE },
 		{ "no-loop-store", no_argument, NULL, OPT_NOLOOP }, { "log", required_argument, NULL, OPT_LOG },
 		{ "pid-file", required_argument, NULL, OPT_PID }, { "verbose", no_argument, NULL, 'v' },
@@ -221,7 +239,7 @@ static int write_pid(const char *path)
 int main(int argc, char **argv)
 {
 	struct options o = { .eng = { .state_dir = "/var/lib/emberfs", .bake_default = true, .pool_depth = 2,
-			      .pool_parallel = 1, .slot_max_age_s = 3600 }, .level = LOG_INFO_ };
+			      .pool_parallel = 1, .slot_max_age_s = 3600, .net_pool = 4 }, .level = LOG_INFO_ };
 	struct engine *e = NULL;
 	struct fs *f = NULL;
 	int notify = -1, r;

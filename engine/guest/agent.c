@@ -26,7 +26,10 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <arpa/inet.h>
 #include <net/if.h>
+#include <net/route.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -534,6 +537,65 @@ static int net_lo_up(void)
 		return -errno;
 	ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
 	if (ioctl(fd, SIOCSIFFLAGS, &ifr) < 0)
+		return -errno;
+	return 0;
+}
+
+/* Sets an IPv4 address on ifr's interface; fd is an AF_INET socket. */
+static int ifr_set_addr(int fd, struct ifreq *ifr, unsigned long req, in_addr_t a)
+{
+	struct sockaddr_in *sin = (struct sockaddr_in *)&ifr->ifr_addr;
+
+	memset(sin, 0, sizeof(*sin));
+	sin->sin_family = AF_INET;
+	sin->sin_addr.s_addr = a;
+	return ioctl(fd, req, ifr) < 0 ? -errno : 0;
+}
+
+/*
+ * emberfs.net=ADDR/PREFIX,GATEWAY (e.g. 172.16.0.2/30,172.16.0.1): eth0 gets
+ * the address, comes up, and the gateway becomes the default route. Done at
+ * boot, before the bake's snapshot, so every restored guest keeps it.
+ */
+static int net_eth0_setup(void)
+{
+	char spec[96], *slash, *comma;
+	_cleanup_close_ int fd = -1;
+	struct ifreq ifr = { 0 };
+	struct rtentry rt = { 0 };
+	struct in_addr addr, gw;
+	unsigned long prefix;
+	int r;
+
+	if (cmdline_get("emberfs.net", spec, sizeof(spec)) < 0)
+		return 0;
+	slash = strchr(spec, '/');
+	comma = strchr(spec, ',');
+	if (!slash || !comma || comma < slash)
+		return -EINVAL;
+	*slash = *comma = '\0';
+	prefix = strtoul(slash + 1, NULL, 10);
+	if (inet_pton(AF_INET, spec, &addr) != 1 || inet_pton(AF_INET, comma + 1, &gw) != 1 || prefix < 1 ||
+	    prefix > 32)
+		return -EINVAL;
+	fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	strncpy(ifr.ifr_name, "eth0", IFNAMSIZ - 1);
+	if ((r = ifr_set_addr(fd, &ifr, SIOCSIFADDR, addr.s_addr)) < 0 ||
+	    (r = ifr_set_addr(fd, &ifr, SIOCSIFNETMASK, htonl(~0u << (32 - prefix)))) < 0)
+		return r;
+	if (ioctl(fd, SIOCGIFFLAGS, &ifr) < 0)
+		return -errno;
+	ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+	if (ioctl(fd, SIOCSIFFLAGS, &ifr) < 0)
+		return -errno;
+	((struct sockaddr_in *)&rt.rt_dst)->sin_family = AF_INET;
+	((struct sockaddr_in *)&rt.rt_genmask)->sin_family = AF_INET;
+	((struct sockaddr_in *)&rt.rt_gateway)->sin_family = AF_INET;
+	((struct sockaddr_in *)&rt.rt_gateway)->sin_addr = gw;
+	rt.rt_flags = RTF_UP | RTF_GATEWAY;
+	if (ioctl(fd, SIOCADDRT, &rt) < 0 && errno != EEXIST)
 		return -errno;
 	return 0;
 }
@@ -1826,6 +1888,9 @@ int main(void)
 	r = net_lo_up();
 	if (r < 0)
 		agent_log("loopback: %s", strerror(-r));
+	r = net_eth0_setup();
+	if (r < 0)
+		agent_log("eth0: %s", strerror(-r));
 	port_fd = port_open();
 	r = agent_setup(&agent, port_fd);
 	if (r < 0) {
