@@ -68,6 +68,28 @@ static void roundtrip(void **state)
 	template_config_clear(&b);
 }
 
+static void net(void **state)
+{
+	struct template_config c, d;
+	char *err, *s;
+
+	(void)state;
+	assert_int_equal(parse("{\"kernel\":\"/k\"}", &c, &err), 0);
+	assert_false(c.net);
+	s = template_config_render(&c);
+	assert_null(strstr(s, "net")); /* configs without networking render as before */
+	free(s);
+	template_config_clear(&c);
+	assert_int_equal(parse("{\"kernel\":\"/k\",\"net\":true,\"ready_tcp_port\":8080}", &c, &err), 0);
+	assert_true(c.net);
+	assert_int_equal(c.ready_tcp_port, 8080);
+	assert_int_equal(template_config_copy(&c, &d), 0);
+	assert_true(d.net);
+	assert_int_equal(d.ready_tcp_port, 8080);
+	template_config_clear(&c);
+	template_config_clear(&d);
+}
+
 static void rejects(void **state)
 {
 	static const char *const bad[] = {
@@ -88,6 +110,11 @@ static void rejects(void **state)
 		"{\"kernel\":\"/k\",\"accel\":\"hvf\"}",
 		"{\"kernel\":\"/k\",\"unknown\":1}",
 		"{\"kernel\":\"/k\",\"cmdline\":\"a\\nb\"}",
+		"{\"kernel\":\"/k\",\"net\":1}",
+		"{\"kernel\":\"/k\",\"net\":\"yes\"}",
+		"{\"kernel\":\"/k\",\"ready_tcp_port\":8080}",
+		"{\"kernel\":\"/k\",\"net\":true,\"ready_tcp_port\":65536}",
+		"{\"kernel\":\"/k\",\"net\":true,\"ready_tcp_port\":-1}",
 	};
 	(void)state;
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -108,6 +135,7 @@ int main(void)
 		cmocka_unit_test(defaults),
 		cmocka_unit_test(roundtrip),
 		cmocka_unit_test(rejects),
+		cmocka_unit_test(net),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
