@@ -21,6 +21,15 @@
 #   burst16  16 concurrent mkdirs (one thread each, released together) against
 #            a full pool of 16 warm slots, until all 16 `wait` reads returned;
 #            BENCH_BURST_RUNS runs (default 5), the median wall time reported.
+#   netslot  build/netpool/netpool-bench: BENCH_N network slots built one
+#            after another (namespace, veth pair, tap, addresses, routes, NAT
+#            rules), then BENCH_N claims from a ready pool of 8; its own
+#            range 10.231.0.0/16 and instance tag, so it never meets the
+#            daemon's slots.
+#   netcreate the create benchmark's warm and restore paths with networking
+#            (the daemon runs with --net --net-range 10.234.0.0/16): template
+#            "default" (net) against "nonet" (the same config without
+#            "net"), BENCH_N samples each, in alternating blocks of 5.
 #   slot     resident memory of idle warm slots (the pool at 8): RSS from
 #            /proc/PID/status and PSS from /proc/PID/smaps_rollup of each
 #            slot's VMM, the median reported.
@@ -44,6 +53,10 @@
 #   {"bench":"create","metric":"ratio_cold_over_restore","value":..}   (p50 cold / p50 restore)
 #   {"bench":"burst16","path":"warm","wall_ms":..,"runs_ms":[..],"warm_served":[..]}
 #   {"bench":"slot","metric":"rss_mib","value":..,"pss_mib":..,"n":..}
+#   {"bench":"netslot","metric":"claim"|"build","n":..,"p50_ms":..,"p99_ms":..}
+#   {"bench":"netslot","metric":"ratio_build_over_claim","value":..}
+#   {"bench":"netcreate","path":"warm"|"restore","net":true|false,"n":..,"p50_ms":..,"p99_ms":..}
+#   {"bench":"netcreate","path":"warm"|"restore","metric":"net_added_p50_ms","value":..}
 # Creates that fail are retried (at most 3 failures per path) and reported as
 #   {"bench":"create","path":"cold","failed_creates":K,"errors":[...]}
 # Percentiles (p50, p99, and the per-phase p50) use the nearest-rank method:
@@ -55,7 +68,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 top=$PWD
-ALL_BENCHES=(create burst16 slot)
+ALL_BENCHES=(create burst16 slot netslot netcreate)
 
 log() { echo "bench: $*" >&2; }
 die() {
@@ -156,14 +169,18 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-log "daemon: $bin, image $image, mount $mnt, state $state"
-"$bin" -f --state-dir "$state" --image-dir "$image" --pool 0 ${BENCH_WARMUP_EXEC:+--warmup-exec} "$mnt" 2>"$daemon_log" &
+net_args=
+case " ${benches[*]} " in
+*" netcreate "*) net_args="--net --net-range 10.234.0.0/16" ;;
+esac
+log "daemon: $bin, image $image, mount $mnt, state $state ${net_args:+(networking on)}"
+"$bin" -f --state-dir "$state" --image-dir "$image" --pool 0 ${BENCH_WARMUP_EXEC:+--warmup-exec} $net_args "$mnt" 2>"$daemon_log" &
 pid=$!
 
 # The benchmark runs in the background and the shell waits for it: `wait`,
 # unlike a foreground command, returns as soon as a trapped signal arrives,
 # so Ctrl-C or a SIGTERM tears everything down at once.
-python3 - "$mnt" "$pid" "${benches[@]}" <<'PY' &
+BENCH_TOP=$top python3 - "$mnt" "$pid" "${benches[@]}" <<'PY' &
 import json, math, os, statistics, sys, time
 
 mnt, daemon_pid, benches = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
@@ -346,6 +363,7 @@ def run_path(t, path, n, warmup, before=None):
            "p50_ms": round(nearest_rank(s, 50), 3), "p99_ms": round(nearest_rank(s, 99), 3),
            "mean_ms": round(statistics.fmean(s), 3), "min_ms": round(s[0], 3), "max_ms": round(s[-1], 3)}
     phases = {k: round(nearest_rank(sorted(v), 50), 3) for k, v in phase_samples.items()}
+    res["_samples"] = samples
     res["first_exec_p50_ms"] = round(nearest_rank(first, 50), 3)
     res["first_exec_p99_ms"] = round(nearest_rank(first, 99), 3)
     return res, phases, errors
@@ -479,6 +497,76 @@ def bench_slot():
     return [r]
 
 
+def bench_netslot():
+    import subprocess
+    exe = os.path.join(os.environ.get("BENCH_TOP", "."), "build", "netpool", "netpool-bench")
+    p = subprocess.run([exe, "-n", str(N)], capture_output=True, text=True, timeout=600)
+    sys.stderr.write(p.stderr)
+    if p.returncode != 0:
+        raise SystemExit("bench: error: netpool-bench failed (exit %d)" % p.returncode)
+    return [json.loads(line) for line in p.stdout.splitlines() if line.strip()]
+
+
+def bench_netcreate():
+    wait_template("default")
+    cfg = json.loads(read("%s/templates/default/config" % mnt))
+    if not cfg.get("net"):
+        raise SystemExit("bench: error: template default has no \"net\" (daemon without --net?)")
+    os.mkdir("%s/templates/nonet" % mnt)
+    plain = dict(cfg)
+    del plain["net"]
+    write("%s/templates/nonet/config" % mnt, json.dumps(plain))
+    write("%s/templates/nonet/ctl" % mnt, "bake\n")
+    wait_template("nonet")
+    out = []
+    for path in ("warm", "restore"):
+        pool = POOL if path == "warm" else 0
+        for t in ("default", "nonet"):
+            set_pool(t, pool)
+        samples = {"default": [], "nonet": []}
+        phases = {"default": [], "nonet": []}
+        block = 5
+
+        def count(t):
+            return sum(len(b["_samples"]) for b in samples[t])
+
+        def both_full():
+            # both pools full: no slot is being prepared while a sample runs
+            wait_pool("default", pool)
+            wait_pool("nonet", pool)
+
+        while count("default") < N or count("nonet") < N:
+            for t in ("default", "nonet"):
+                k = min(block, N - count(t))
+                if k <= 0:
+                    continue
+                res, ph, _ = run_path(t, path, k, 1 if not samples[t] else 0, both_full)
+                samples[t].append(res)
+                phases[t].append(ph)
+        for t in ("default", "nonet"):
+            err("netcreate %s %s: phases p50 per block: %s" % (path, t, phases[t]))
+        for t in ("default", "nonet"):
+            set_pool(t, 0)
+        out.extend(merge_blocks(path, samples))
+    os.rmdir("%s/templates/nonet" % mnt)
+    return out
+
+
+def merge_blocks(path, samples):
+    res = []
+    p50 = {}
+    for t, blocks in samples.items():
+        vals = sorted(v for b in blocks for v in b["_samples"])
+        p50[t] = nearest_rank(vals, 50)
+        res.append({"bench": "netcreate", "path": path, "net": t == "default", "n": len(vals),
+                    "p50_ms": round(p50[t], 3), "p99_ms": round(nearest_rank(vals, 99), 3)})
+    added = p50["default"] - p50["nonet"]
+    res.append({"bench": "netcreate", "path": path, "metric": "net_added_p50_ms", "value": round(added, 3)})
+    print("netcreate %s: p50 with net %.2f ms, without %.2f ms: networking adds %.2f ms" % (
+        path, p50["default"], p50["nonet"], added), file=sys.stderr)
+    return res
+
+
 deadline = time.monotonic() + 60
 while not mounted():
     if not alive():
@@ -488,8 +576,9 @@ while not mounted():
     time.sleep(0.05)
 
 for b in benches:
-    for line in {"create": bench_create, "burst16": bench_burst16, "slot": bench_slot}[b]():
-        print(json.dumps(line), flush=True)
+    for line in {"create": bench_create, "burst16": bench_burst16, "slot": bench_slot, "netslot": bench_netslot,
+                 "netcreate": bench_netcreate}[b]():
+        print(json.dumps({k: v for k, v in line.items() if not k.startswith("_")}), flush=True)
 PY
 pypid=$!
 wait "$pypid"

@@ -30,7 +30,9 @@ if grep -qs " $MNT fuse.emberfs " /proc/mounts; then
 	exit 1
 fi
 mkdir -p "$MNT" "$STATE"
-build/fs/emberfs --state-dir "$STATE" --image-dir "$image" --log "$LOG" --pid-file "$STATE/emberfs.pid" "$MNT"
+# --net: sandboxes get a network slot each (EMBERFS_NET_RANGE, default 10.200.0.0/16)
+build/fs/emberfs --state-dir "$STATE" --image-dir "$image" --log "$LOG" --pid-file "$STATE/emberfs.pid" \
+	--net --net-range "${EMBERFS_NET_RANGE:-10.200.0.0/16}" "$MNT"
 
 # The default template bakes in the background (a few seconds under TCG).
 for _ in $(seq 1 600); do
@@ -57,6 +59,7 @@ emberfs is running on $MNT (pid $(cat "$STATE/emberfs.pid"), log $LOG), template
   mkdir $MNT/templates/default/sandboxes/a      # create (returns at once)
   cat $MNT/templates/default/sandboxes/a/wait   # blocks until ready
   printf 'touch /root/hello' > $MNT/templates/default/sandboxes/a/exec   # runs; close returns when done
+  grep -A1 '"address"' $MNT/templates/default/sandboxes/a/status       # where the host reaches it
   exec 3<>$MNT/templates/default/sandboxes/a/exec; printf 'uname -r' >&3; cat <&3; exec 3>&-
   cat $MNT/templates/default/sandboxes/a/status
   rm -rf $MNT/templates/default/sandboxes/a     # destroy
