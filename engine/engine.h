@@ -45,6 +45,8 @@ enum sandbox_state {
 	SB_READY,
 	SB_FAILED,
 	SB_DESTROYING,
+	SB_PAUSED,	/* vCPUs stopped, memory resident (ctl pause) */
+	SB_HIBERNATED,	/* memory and device state on disk, no VMM (ctl hibernate) */
 	_SB_STATE_MAX,
 };
 
@@ -52,6 +54,10 @@ enum sandbox_event {
 	SB_EV_CREATED = 0, /* the guest agent answered */
 	SB_EV_FAILED,	   /* the create failed, or the VMM died */
 	SB_EV_DESTROY,	   /* rmdir */
+	SB_EV_PAUSE,	   /* ctl pause */
+	SB_EV_RESUME,	   /* ctl resume of a paused one (or an access that needs the guest) */
+	SB_EV_HIBERNATE,   /* ctl hibernate */
+	SB_EV_WAKE,	   /* ctl resume of a hibernated one (or an access that needs the guest) */
 	_SB_EV_MAX,
 };
 
@@ -157,6 +163,13 @@ uint64_t sandbox_id(const struct sandbox *s);
 const char *sandbox_name(const struct sandbox *s);
 char *sandbox_render_status(struct sandbox *s);
 char *sandbox_render_timings(struct sandbox *s);
+/*
+ * ctl: "pause", "resume", "hibernate" (trailing newline allowed). Runs the
+ * transition before returning: 0, -EINVAL (unknown verb), -EBUSY (refused
+ * in this state; the reason lands in status "ctl_error"), or another errno
+ * if the operation failed.
+ */
+int sandbox_ctl(struct sandbox *s, const char *cmd, size_t len);
 /* Path of the guest serial log file. */
 const char *sandbox_console_path(struct sandbox *s);
 

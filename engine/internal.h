@@ -252,6 +252,18 @@ struct sandbox {
 	bool thread_started;
 	pthread_t thread;
 	pthread_cond_t cond;
+
+	/* lifecycle operations (lifecycle.c) */
+	pthread_mutex_t op_lock;   /* one at a time: ctl, a wake on access, destroy */
+	struct vmm *vmm_retiring;  /* e->lock: ended on purpose (hibernate); its exit is no failure */
+	bool vmm_exited;	   /* e->lock: the supervisor saw vmm_retiring exit */
+	unsigned execs_running;	   /* e->lock: hibernate waits for none */
+	uint64_t sleeping_since_ms; /* e->lock: realtime ms when paused or hibernated */
+	char *ctl_error;	   /* e->lock: why the last ctl write was refused or failed */
+	const char *last_op;	   /* e->lock */
+	double last_op_ms;
+	double hibernate_ms, wake_ms; /* the last ones */
+	uint64_t wakes;
 };
 
 struct engine {
@@ -306,6 +318,14 @@ struct digest_entry {
  * guesses hangs in calibrate_delay). Free *owned after the spawn.
  */
 int engine_spec_init(struct engine *e, const struct template_config *cfg, struct vmm_spec *spec, char **owned);
+
+/* Identity attach (hostname, env, fresh entropy, clock); then(arg) runs once it is sent. */
+int sandbox_attach(struct sandbox *s, unsigned timeout_ms, int (*then)(void *arg), void *arg);
+/* Lifecycle (lifecycle.c): the VMM supervisor loop, and making sure a guest runs for an access. */
+void sandbox_supervise(struct sandbox *s);
+/* Resumes or wakes the sandbox if it sleeps and counts an exec in; 0 or -EIO. */
+int sandbox_exec_enter(struct sandbox *s);
+void sandbox_exec_leave(struct sandbox *s);
 
 /* Shared helpers. */
 int engine_file_digest(struct engine *e, const char *path, char out[65]);

@@ -28,7 +28,7 @@
 
 const char *sandbox_state_name(enum sandbox_state s)
 {
-	static const char *const n[] = { "creating", "ready", "failed", "destroying" };
+	static const char *const n[] = { "creating", "ready", "failed", "destroying", "paused", "hibernated" };
 
 	return s < _SB_STATE_MAX ? n[s] : "unknown";
 }
@@ -39,9 +39,17 @@ int sandbox_state_next(enum sandbox_state s, enum sandbox_event ev)
 	case SB_EV_CREATED:
 		return s == SB_CREATING ? SB_READY : -EBUSY;
 	case SB_EV_FAILED:
-		return s == SB_CREATING || s == SB_READY ? SB_FAILED : -EBUSY;
+		return s == SB_CREATING || s == SB_READY || s == SB_PAUSED || s == SB_HIBERNATED ? SB_FAILED : -EBUSY;
 	case SB_EV_DESTROY:
 		return s == SB_DESTROYING || s >= _SB_STATE_MAX ? -EBUSY : SB_DESTROYING;
+	case SB_EV_PAUSE:
+		return s == SB_READY ? SB_PAUSED : -EBUSY;
+	case SB_EV_RESUME:
+		return s == SB_PAUSED ? SB_READY : -EBUSY;
+	case SB_EV_HIBERNATE:
+		return s == SB_READY || s == SB_PAUSED ? SB_HIBERNATED : -EBUSY;
+	case SB_EV_WAKE:
+		return s == SB_HIBERNATED ? SB_READY : -EBUSY;
 	default:
 		return -EINVAL;
 	}
@@ -79,6 +87,8 @@ void sandbox_unref(struct sandbox *s)
 	free(s->path_reason);
 	free(s->error);
 	pthread_cond_destroy(&s->cond);
+	pthread_mutex_destroy(&s->op_lock);
+	free(s->ctl_error);
 	free(s);
 }
 
@@ -130,7 +140,7 @@ uint64_t sandbox_wait_async(struct sandbox *s, engine_done_fn fn, void *arg)
 	pthread_mutex_unlock(&s->e->lock);
 	free(w);
 	if (st != SB_CREATING)
-		fn(arg, st == SB_READY ? 0 : -EIO);
+		fn(arg, st == SB_READY || st == SB_PAUSED || st == SB_HIBERNATED ? 0 : -EIO);
 	else if (!token)
 		fn(arg, -ENOMEM);
 	return token;
@@ -340,9 +350,8 @@ static int job_spawn(struct job *j)
  * Hostname, environment, fresh entropy and the clock: what makes this clone
  * itself. then(arg), if given, runs once the request is sent.
  */
-static int job_attach(struct job *j, unsigned timeout_ms, int (*then)(void *arg), void *arg)
+int sandbox_attach(struct sandbox *s, unsigned timeout_ms, int (*then)(void *arg), void *arg)
 {
-	struct sandbox *s = j->s;
 	_cleanup_json_ json_object *req = json_object_new_object();
 	_cleanup_free_ char *b64 = NULL;
 	json_object *env = json_object_new_object();
@@ -413,7 +422,7 @@ static int job_agent(struct job *j)
 	if (atomic_load(&s->cancel))
 		agent_shutdown(ac);
 	pthread_mutex_unlock(&s->e->lock);
-	return job_attach(j, j->restore ? AGENT_RESTORE_TIMEOUT_MS : AGENT_BOOT_TIMEOUT_MS, NULL, NULL);
+	return sandbox_attach(j->s, j->restore ? AGENT_RESTORE_TIMEOUT_MS : AGENT_BOOT_TIMEOUT_MS, NULL, NULL);
 }
 
 /* A restored guest prints nothing until it does something: say where it came from. */
@@ -543,7 +552,7 @@ static int run_warm(struct job *j, const char **step)
 	record_write(s->dir, s->tpl->name, s->name, s->vmm_pid, s->rundir);
 	/* the attach waits in the paused guest's queue; the resume starts it */
 	*step = "activation (resume, attach)";
-	r = job_attach(j, AGENT_WARM_TIMEOUT_MS, warm_resume, s);
+	r = sandbox_attach(j->s, AGENT_WARM_TIMEOUT_MS, warm_resume, s);
 	if (r == 0)
 		sb_lap(s, "agent");
 	if (r == 0) {
@@ -668,7 +677,7 @@ static void *sandbox_main(void *arg)
 	struct job j = { .s = s, .state_fd = -1 };
 	const char *step = "start";
 	struct waiter *w;
-	int r, st;
+	int r;
 
 	pthread_mutex_lock(&e->lock);
 	timings_lap(&s->timings, "queue");
@@ -694,13 +703,13 @@ static void *sandbox_main(void *arg)
 			 timings_total(&s->timings));
 		run_waiters(w, 0);
 	}
-	if (!s->vmm)
+	if (r < 0) {
+		if (s->vmm)
+			e->vmm->wait_exit(s->vmm);
 		return NULL;
+	}
 	/* Supervise: the VMM exiting on its own fails the sandbox, with the reason. */
-	st = e->vmm->wait_exit(s->vmm);
-	if (!atomic_load(&s->cancel) && r == 0)
-		sb_fail(s, "VMM exited unexpectedly (%s %d)", st >= 128 ? "signal" : "status",
-			st >= 128 ? st - 128 : st);
+	sandbox_supervise(s);
 	return NULL;
 }
 
@@ -722,6 +731,7 @@ int engine_sandbox_create(struct engine *e, struct template *t, const char *name
 	s->e = e;
 	s->state = SB_CREATING;
 	pthread_cond_init(&s->cond, NULL);
+	pthread_mutex_init(&s->op_lock, NULL);
 	timings_start(&s->timings);
 	clock_gettime(CLOCK_REALTIME, &now);
 	s->created_realtime_ms = (uint64_t)now.tv_sec * 1000 + (uint64_t)now.tv_nsec / 1000000;
@@ -799,6 +809,9 @@ int engine_sandbox_destroy(struct engine *e, struct template *t, const char *nam
 	cold_wake(e);
 
 	run_waiters(w, -EIO);
+	/* a lifecycle operation in flight ends fast (its VMM is killed, cancel is set): wait for it */
+	pthread_mutex_lock(&s->op_lock);
+	pthread_mutex_unlock(&s->op_lock);
 	if (s->thread_started)
 		pthread_join(s->thread, NULL);
 	/* a slot claimed in mkdir but never activated (rmdir came first) dies with the sandbox */
@@ -896,9 +909,17 @@ char *sandbox_render_status(struct sandbox *s)
 	}
 	json_object_object_add(o, "created_at_unix_ms", json_object_new_int64((int64_t)s->created_realtime_ms));
 	json_object_object_add(o, "timings", timings_json(&s->timings));
-	json_object_object_add(o, "ready_ms", s->state == SB_READY || s->state == SB_FAILED ?
+	json_object_object_add(o, "ready_ms", s->state != SB_CREATING && s->state != SB_DESTROYING ?
 						 json_object_new_double(timings_total(&s->timings)) : NULL);
 	json_object_object_add(o, "error", s->error ? json_object_new_string(s->error) : NULL);
+	json_object_object_add(o, "sleeping_since_unix_ms", s->sleeping_since_ms ?
+				   json_object_new_int64((int64_t)s->sleeping_since_ms) : NULL);
+	json_object_object_add(o, "last_op", s->last_op ? json_object_new_string(s->last_op) : NULL);
+	json_object_object_add(o, "last_op_ms", s->last_op ? ms_json(s->last_op_ms) : NULL);
+	json_object_object_add(o, "hibernate_ms", s->hibernate_ms > 0 ? ms_json(s->hibernate_ms) : NULL);
+	json_object_object_add(o, "wake_ms", s->wake_ms > 0 ? ms_json(s->wake_ms) : NULL);
+	json_object_object_add(o, "wakes", json_object_new_int64((int64_t)s->wakes));
+	json_object_object_add(o, "ctl_error", s->ctl_error ? json_object_new_string(s->ctl_error) : NULL);
 	pthread_mutex_unlock(&e->lock);
 	txt = strjoin(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE),
 		      "\n", NULL);
@@ -969,7 +990,7 @@ static int wait_ready(struct sandbox *s)
 	pthread_mutex_lock(&s->e->lock);
 	while (s->state == SB_CREATING)
 		pthread_cond_wait(&s->cond, &s->e->lock);
-	r = s->state == SB_READY ? 0 : -EIO;
+	r = s->state == SB_READY || s->state == SB_PAUSED || s->state == SB_HIBERNATED ? 0 : -EIO;
 	pthread_mutex_unlock(&s->e->lock);
 	return r;
 }
@@ -985,8 +1006,10 @@ static void *exec_main(void *arg)
 
 	if (json_object_object_get_ex(x->req, "timeout_ms", &tv) && json_object_get_int64(tv) > 0)
 		timeout = (unsigned)(json_object_get_int64(tv) < 86400000 ? json_object_get_int64(tv) : 86400000) + 5000;
-	if (r == 0)
+	if (r == 0 && (r = sandbox_exec_enter(x->s)) == 0) {
 		r = agent_call(x->s->agent, x->req, timeout, &resp);
+		sandbox_exec_leave(x->s);
+	}
 	if (r == 0)
 		r = exec_parse(resp, x->res);
 	if (r == -ECONNRESET || r == -EPROTO || r == -EPIPE)

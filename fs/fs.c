@@ -34,6 +34,7 @@ static const struct file_def sb_files[] = {
 	{ "wait", 3, 0444, F_WAIT, NULL, NULL, NULL },
 	{ "exec", 4, 0600, F_EXEC, NULL, NULL, NULL },
 	{ "console", 5, 0444, F_CONSOLE, NULL, NULL, NULL },
+	{ "ctl", 6, 0200, F_SBCTL, NULL, NULL, NULL },
 };
 
 static const struct file_def slot_files[] = {

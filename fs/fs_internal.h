@@ -16,7 +16,7 @@
 enum { IDX_ROOT = 1, IDX_TEMPLATES = 2, IDX_README = 3, IDX_VERSION = 4 };
 enum { IDX_DIR = 0, IDX_TPL_SANDBOXES = 5, IDX_TPL_SLOTS = 6 };
 
-enum ftype { F_STATIC, F_RENDER, F_CONFIG, F_CTL, F_POOL, F_WAIT, F_EXEC, F_CONSOLE };
+enum ftype { F_STATIC, F_RENDER, F_CONFIG, F_CTL, F_POOL, F_WAIT, F_EXEC, F_CONSOLE, F_SBCTL };
 
 struct file_def {
 	const char *name;

@@ -524,6 +524,9 @@ void fh_write(fuse_req_t req, const char *buf, size_t size, off_t off, struct fu
 	case F_POOL:
 		r = template_pool_write(h->node.t, buf, size);
 		break;
+	case F_SBCTL:
+		r = sandbox_ctl(h->node.s, buf, size);
+		break;
 	case F_CONFIG:
 		pthread_mutex_lock(&h->lock);
 		r = config_write(h, buf, size, off);

@@ -16,6 +16,15 @@ static void transitions(void **state)
 	assert_int_equal(sandbox_state_next(SB_READY, SB_EV_FAILED), SB_FAILED); /* VMM died */
 	assert_int_equal(sandbox_state_next(SB_READY, SB_EV_DESTROY), SB_DESTROYING);
 	assert_int_equal(sandbox_state_next(SB_FAILED, SB_EV_DESTROY), SB_DESTROYING);
+	assert_int_equal(sandbox_state_next(SB_READY, SB_EV_PAUSE), SB_PAUSED);
+	assert_int_equal(sandbox_state_next(SB_PAUSED, SB_EV_RESUME), SB_READY);
+	assert_int_equal(sandbox_state_next(SB_READY, SB_EV_HIBERNATE), SB_HIBERNATED);
+	assert_int_equal(sandbox_state_next(SB_PAUSED, SB_EV_HIBERNATE), SB_HIBERNATED);
+	assert_int_equal(sandbox_state_next(SB_HIBERNATED, SB_EV_WAKE), SB_READY);
+	assert_int_equal(sandbox_state_next(SB_PAUSED, SB_EV_DESTROY), SB_DESTROYING);
+	assert_int_equal(sandbox_state_next(SB_HIBERNATED, SB_EV_DESTROY), SB_DESTROYING);
+	assert_int_equal(sandbox_state_next(SB_PAUSED, SB_EV_FAILED), SB_FAILED);
+	assert_int_equal(sandbox_state_next(SB_HIBERNATED, SB_EV_FAILED), SB_FAILED); /* a wake that failed */
 }
 
 static void refusals(void **state)
@@ -28,6 +37,22 @@ static void refusals(void **state)
 	assert_int_equal(sandbox_state_next(SB_DESTROYING, SB_EV_CREATED), -EBUSY);
 	assert_int_equal(sandbox_state_next(SB_DESTROYING, SB_EV_FAILED), -EBUSY);
 	assert_int_equal(sandbox_state_next(SB_READY, (enum sandbox_event)99), -EINVAL);
+	/* every lifecycle verb in a state that does not allow it */
+	assert_int_equal(sandbox_state_next(SB_READY, SB_EV_RESUME), -EBUSY);
+	assert_int_equal(sandbox_state_next(SB_READY, SB_EV_WAKE), -EBUSY);
+	assert_int_equal(sandbox_state_next(SB_PAUSED, SB_EV_PAUSE), -EBUSY);
+	assert_int_equal(sandbox_state_next(SB_PAUSED, SB_EV_WAKE), -EBUSY);
+	assert_int_equal(sandbox_state_next(SB_HIBERNATED, SB_EV_HIBERNATE), -EBUSY);
+	assert_int_equal(sandbox_state_next(SB_HIBERNATED, SB_EV_PAUSE), -EBUSY);
+	assert_int_equal(sandbox_state_next(SB_HIBERNATED, SB_EV_RESUME), -EBUSY);
+	for (int st = SB_CREATING; st < _SB_STATE_MAX; st++) {
+		if (st == SB_READY || st == SB_PAUSED)
+			continue;
+		assert_int_equal(sandbox_state_next((enum sandbox_state)st, SB_EV_HIBERNATE), -EBUSY);
+	}
+	assert_int_equal(sandbox_state_next(SB_CREATING, SB_EV_PAUSE), -EBUSY);
+	assert_int_equal(sandbox_state_next(SB_FAILED, SB_EV_PAUSE), -EBUSY);
+	assert_int_equal(sandbox_state_next(SB_DESTROYING, SB_EV_WAKE), -EBUSY);
 }
 
 static void names(void **state)
@@ -37,6 +62,8 @@ static void names(void **state)
 	assert_string_equal(sandbox_state_name(SB_READY), "ready");
 	assert_string_equal(sandbox_state_name(SB_FAILED), "failed");
 	assert_string_equal(sandbox_state_name(SB_DESTROYING), "destroying");
+	assert_string_equal(sandbox_state_name(SB_PAUSED), "paused");
+	assert_string_equal(sandbox_state_name(SB_HIBERNATED), "hibernated");
 	assert_string_equal(template_state_name(TPL_STALE), "stale");
 }
 

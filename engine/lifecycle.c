@@ -1,0 +1,382 @@
+/*
+ * Sandbox lifecycle after the create: pause, resume, hibernate and wake,
+ * through the sandbox's ctl file or on demand (an exec into a sleeping
+ * sandbox wakes it first).
+ *
+ * One operation at a time per sandbox (s->op_lock; destroy takes it too,
+ * after killing the VMM so a running operation ends fast). States change at
+ * the end of an operation, through the pure sandbox_state_next.
+ *
+ * Hibernate writes the device state next to the guest RAM file (which the
+ * VMM maps shared, so it is already complete on disk), then ends the VMM on
+ * purpose: the supervisor (sandbox_supervise) sees vmm_retiring and does not
+ * fail the sandbox. Wake is a restore from the sandbox's own files, in its
+ * own network slot (kept while it sleeps), followed by an identity attach
+ * that sets the clock.
+ */
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "internal.h"
+
+#define QMP_TIMEOUT_MS 10000
+#define RESTORE_TIMEOUT_MS 30000
+#define AGENT_TIMEOUT_MS 30000
+
+static uint64_t realtime_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* ---- the supervisor ---- */
+
+void sandbox_supervise(struct sandbox *s)
+{
+	struct engine *e = s->e;
+	int st = 0;
+	bool failed = false;
+
+	pthread_mutex_lock(&e->lock);
+	for (;;) {
+		struct vmm *v;
+
+		while (!s->vmm && !atomic_load(&s->cancel))
+			pthread_cond_wait(&s->cond, &e->lock); /* hibernated: until a wake spawns one */
+		if (!s->vmm)
+			break;
+		v = s->vmm;
+		pthread_mutex_unlock(&e->lock);
+		st = e->vmm->wait_exit(v);
+		pthread_mutex_lock(&e->lock);
+		if (atomic_load(&s->cancel))
+			break;
+		if (s->vmm_retiring == v) {
+			/* ended on purpose: the operation takes it away */
+			s->vmm_retiring = NULL;
+			s->vmm_exited = true;
+			pthread_cond_broadcast(&s->cond);
+			while (s->vmm == v && !atomic_load(&s->cancel))
+				pthread_cond_wait(&s->cond, &e->lock);
+			continue;
+		}
+		failed = true;
+		break;
+	}
+	pthread_mutex_unlock(&e->lock);
+	if (failed) {
+		pthread_mutex_lock(&e->lock);
+		/* the VMM exiting on its own fails the sandbox, with the reason */
+		if (!s->error && asprintf(&s->error, "VMM exited unexpectedly (%s %d)", st >= 128 ? "signal" : "status",
+					  st >= 128 ? st - 128 : st) < 0)
+			s->error = NULL;
+		if (sandbox_state_next(s->state, SB_EV_FAILED) == SB_FAILED)
+			s->state = SB_FAILED;
+		pthread_cond_broadcast(&s->cond);
+		pthread_mutex_unlock(&e->lock);
+		log_warn("sandbox %s/%s failed: %s", s->tpl->name, s->name, s->error ? s->error : "?");
+	}
+}
+
+/* ---- operations (s->op_lock held) ---- */
+
+static void set_ctl_error(struct sandbox *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void set_ctl_error(struct sandbox *s, const char *fmt, ...)
+{
+	va_list ap;
+	char *m = NULL;
+
+	va_start(ap, fmt);
+	if (vasprintf(&m, fmt, ap) < 0)
+		m = NULL;
+	va_end(ap);
+	pthread_mutex_lock(&s->e->lock);
+	free(s->ctl_error);
+	s->ctl_error = m;
+	pthread_mutex_unlock(&s->e->lock);
+}
+
+/* Moves to the state ev leads to, if it still does. */
+static int transition(struct sandbox *s, enum sandbox_event ev)
+{
+	int next;
+
+	pthread_mutex_lock(&s->e->lock);
+	next = sandbox_state_next(s->state, ev);
+	if (next >= 0) {
+		s->state = (enum sandbox_state)next;
+		s->sleeping_since_ms = next == SB_PAUSED || next == SB_HIBERNATED ? realtime_ms() : 0;
+		pthread_cond_broadcast(&s->cond);
+	}
+	pthread_mutex_unlock(&s->e->lock);
+	return next < 0 ? next : 0;
+}
+
+static int op_pause(struct sandbox *s)
+{
+	int r = s->e->vmm->pause(s->vmm, QMP_TIMEOUT_MS);
+
+	return r < 0 ? r : transition(s, SB_EV_PAUSE);
+}
+
+static int do_resume(void *arg)
+{
+	struct sandbox *s = arg;
+
+	return s->e->vmm->resume(s->vmm, QMP_TIMEOUT_MS);
+}
+
+/* The attach is queued, then the vCPUs start; its answer sets the clock. */
+static int op_resume(struct sandbox *s)
+{
+	int r = sandbox_attach(s, AGENT_TIMEOUT_MS, do_resume, s);
+
+	return r < 0 ? r : transition(s, SB_EV_RESUME);
+}
+
+static int op_hibernate(struct sandbox *s)
+{
+	struct engine *e = s->e;
+	_cleanup_free_ char *state = strjoin(s->dir, "/hibernate.state", NULL), *tmp = NULL;
+	uint64_t t0 = now_ns();
+	struct agent_client *ac;
+	struct vmm *v;
+	int r;
+
+	if (!state || !(tmp = strjoin(state, ".tmp", NULL)))
+		return -ENOMEM;
+	pthread_mutex_lock(&e->lock);
+	r = s->execs_running ? -EBUSY : 0;
+	pthread_mutex_unlock(&e->lock);
+	if (r < 0) {
+		set_ctl_error(s, "hibernate: refused while an exec runs in the sandbox");
+		return r;
+	}
+	/* device state: migration stops the vCPUs; the RAM is in its file already */
+	r = e->vmm->snapshot(s->vmm, tmp, QMP_TIMEOUT_MS);
+	if (r == 0 && rename(tmp, state) < 0)
+		r = -errno;
+	if (r < 0) {
+		unlink(tmp);
+		set_ctl_error(s, "hibernate: snapshot failed: %s", strerror(-r));
+		/* a migration that stopped the vCPUs leaves them stopped: start them again if it was running */
+		if (s->state == SB_READY)
+			e->vmm->resume(s->vmm, QMP_TIMEOUT_MS);
+		return r;
+	}
+	pthread_mutex_lock(&e->lock);
+	v = s->vmm;
+	s->vmm_retiring = v;
+	s->vmm_exited = false;
+	e->vmm->kill(v);
+	while (!s->vmm_exited && !atomic_load(&s->cancel))
+		pthread_cond_wait(&s->cond, &e->lock);
+	if (atomic_load(&s->cancel)) {
+		pthread_mutex_unlock(&e->lock);
+		return -ECANCELED; /* destroy frees the VMM */
+	}
+	s->vmm = NULL;
+	s->vmm_pid = 0;
+	s->vmm_exited = false;
+	ac = TAKE_PTR(s->agent);
+	pthread_cond_broadcast(&s->cond);
+	pthread_mutex_unlock(&e->lock);
+	agent_shutdown(ac);
+	agent_free(ac);
+	e->vmm->free(v); /* reaped by the supervisor already */
+	record_write(s->dir, s->tpl->name, s->name, 0, s->rundir);
+	r = transition(s, SB_EV_HIBERNATE);
+	pthread_mutex_lock(&e->lock);
+	s->hibernate_ms = ns_to_ms(now_ns() - t0);
+	pthread_mutex_unlock(&e->lock);
+	return r;
+}
+
+static int op_wake(struct sandbox *s)
+{
+	struct engine *e = s->e;
+	struct template_config cfg = { 0 };
+	_cleanup_free_ char *state = strjoin(s->dir, "/hibernate.state", NULL);
+	_cleanup_free_ char *mem = strjoin(s->dir, "/mem", NULL), *disk = strjoin(s->dir, "/disk.img", NULL);
+	_cleanup_free_ char *qmp = strjoin(s->rundir, "/qmp.sock", NULL);
+	_cleanup_free_ char *agent = strjoin(s->rundir, "/agent.sock", NULL);
+	_cleanup_free_ char *log = strjoin(s->dir, "/vmm.log", NULL), *cmdline = NULL;
+	_cleanup_close_ int state_fd = -1;
+	struct agent_client *ac = NULL;
+	struct vmm *v = NULL;
+	uint64_t t0 = now_ns();
+	const char *step = "spawn";
+	int r;
+
+	if (!state || !mem || !disk || !qmp || !agent || !log)
+		return -ENOMEM;
+	pthread_mutex_lock(&e->lock);
+	r = template_config_copy(&s->tpl->cfg, &cfg);
+	pthread_mutex_unlock(&e->lock);
+	if (r < 0)
+		return r;
+	state_fd = open(state, O_RDONLY | O_CLOEXEC);
+	if (state_fd < 0) {
+		r = -errno;
+		template_config_clear(&cfg);
+		set_ctl_error(s, "wake: %s: %s", state, strerror(-r));
+		return r;
+	}
+	{
+		struct vmm_spec spec = { .cfg = &cfg, .accel = e->accel, .name = s->name, .mem_path = mem,
+					 .disk_path = cfg.rootfs ? disk : NULL, .qmp_path = qmp, .agent_path = agent,
+					 .console_path = s->console_path, .log_path = log, .incoming_fd = state_fd,
+					 .netns_fd = s->net ? s->net->netns_fd : -1 };
+
+		r = engine_spec_init(e, &cfg, &spec, &cmdline);
+		if (r == 0)
+			r = e->vmm->spawn(e->qemu_binary, &spec, &v);
+	}
+	template_config_clear(&cfg);
+	if (r == 0) {
+		pthread_mutex_lock(&e->lock);
+		s->vmm = v;
+		s->vmm_pid = e->vmm->pid(v);
+		if (atomic_load(&s->cancel))
+			e->vmm->kill(v);
+		pthread_cond_broadcast(&s->cond); /* the supervisor watches it from now on */
+		pthread_mutex_unlock(&e->lock);
+		record_write(s->dir, s->tpl->name, s->name, s->vmm_pid, s->rundir);
+		r = e->vmm->connect(v, QMP_TIMEOUT_MS, &s->cancel);
+	}
+	if (r == 0) {
+		step = "restore";
+		if ((r = e->vmm->restore(v, QMP_TIMEOUT_MS)) == 0)
+			r = e->vmm->wait_running(v, RESTORE_TIMEOUT_MS);
+	}
+	if (r == 0) {
+		step = "agent";
+		r = agent_connect(agent, QMP_TIMEOUT_MS, &s->cancel, &ac);
+	}
+	if (r == 0) {
+		pthread_mutex_lock(&e->lock);
+		s->agent = ac;
+		if (atomic_load(&s->cancel))
+			agent_shutdown(ac);
+		pthread_mutex_unlock(&e->lock);
+		r = sandbox_attach(s, AGENT_TIMEOUT_MS, NULL, NULL);
+	}
+	if (r < 0) {
+		set_ctl_error(s, "wake failed at %s: %s (see console and %s/vmm.log)", step, strerror(-r), s->dir);
+		/* a sandbox that cannot wake is failed; its files stay until rmdir */
+		pthread_mutex_lock(&e->lock);
+		if (!s->error && asprintf(&s->error, "wake from hibernation failed at %s: %s", step, strerror(-r)) < 0)
+			s->error = NULL;
+		if (s->vmm)
+			e->vmm->kill(s->vmm);
+		if (sandbox_state_next(s->state, SB_EV_FAILED) == SB_FAILED)
+			s->state = SB_FAILED;
+		pthread_cond_broadcast(&s->cond);
+		pthread_mutex_unlock(&e->lock);
+		return r;
+	}
+	unlink(state);
+	r = transition(s, SB_EV_WAKE);
+	pthread_mutex_lock(&e->lock);
+	s->wake_ms = ns_to_ms(now_ns() - t0);
+	s->wakes++;
+	pthread_mutex_unlock(&e->lock);
+	log_info("sandbox %s/%s woke from hibernation in %.1f ms", s->tpl->name, s->name, s->wake_ms);
+	return r;
+}
+
+/* Runs the verb with s->op_lock held; the state check is in the op's transition and here. */
+static int run_op(struct sandbox *s, const char *verb)
+{
+	struct engine *e = s->e;
+	enum sandbox_state st;
+	enum sandbox_event ev;
+	uint64_t t0 = now_ns();
+	int r;
+
+	pthread_mutex_lock(&e->lock);
+	st = s->state;
+	pthread_mutex_unlock(&e->lock);
+	if (strcmp(verb, "pause") == 0)
+		ev = SB_EV_PAUSE;
+	else if (strcmp(verb, "hibernate") == 0)
+		ev = SB_EV_HIBERNATE;
+	else if (strcmp(verb, "resume") == 0)
+		ev = st == SB_HIBERNATED ? SB_EV_WAKE : SB_EV_RESUME;
+	else
+		return -EINVAL;
+	if (atomic_load(&s->cancel) || sandbox_state_next(st, ev) < 0) {
+		set_ctl_error(s, "%s: refused while the sandbox is %s", verb, sandbox_state_name(st));
+		return -EBUSY;
+	}
+	r = ev == SB_EV_PAUSE ? op_pause(s) : ev == SB_EV_RESUME ? op_resume(s) :
+	    ev == SB_EV_HIBERNATE ? op_hibernate(s) : op_wake(s);
+	pthread_mutex_lock(&e->lock);
+	s->last_op = ev == SB_EV_PAUSE ? "pause" : ev == SB_EV_RESUME ? "resume" : ev == SB_EV_HIBERNATE ? "hibernate" :
+		     "wake";
+	s->last_op_ms = ns_to_ms(now_ns() - t0);
+	if (r == 0) {
+		free(s->ctl_error);
+		s->ctl_error = NULL;
+	}
+	pthread_mutex_unlock(&e->lock);
+	return r;
+}
+
+int sandbox_ctl(struct sandbox *s, const char *cmd, size_t len)
+{
+	char verb[32];
+	int r;
+
+	while (len > 0 && (cmd[len - 1] == '\n' || cmd[len - 1] == ' '))
+		len--;
+	if (len == 0 || len >= sizeof(verb)) {
+		set_ctl_error(s, "ctl: expected pause, resume or hibernate");
+		return -EINVAL;
+	}
+	memcpy(verb, cmd, len);
+	verb[len] = '\0';
+	if (strcmp(verb, "pause") && strcmp(verb, "resume") && strcmp(verb, "hibernate")) {
+		set_ctl_error(s, "ctl: unknown verb \"%.31s\" (expected pause, resume or hibernate)", verb);
+		return -EINVAL;
+	}
+	pthread_mutex_lock(&s->op_lock);
+	r = run_op(s, verb);
+	pthread_mutex_unlock(&s->op_lock);
+	return r;
+}
+
+/* ---- an access that needs the guest ---- */
+
+int sandbox_exec_enter(struct sandbox *s)
+{
+	struct engine *e = s->e;
+	enum sandbox_state st;
+	int r = 0;
+
+	pthread_mutex_lock(&s->op_lock);
+	pthread_mutex_lock(&e->lock);
+	st = s->state;
+	pthread_mutex_unlock(&e->lock);
+	if (st == SB_PAUSED || st == SB_HIBERNATED)
+		r = run_op(s, "resume"); /* documented: an exec wakes a sleeping sandbox */
+	pthread_mutex_lock(&e->lock);
+	if (r == 0 && s->state == SB_READY)
+		s->execs_running++;
+	else
+		r = -EIO;
+	pthread_mutex_unlock(&e->lock);
+	pthread_mutex_unlock(&s->op_lock);
+	return r;
+}
+
+void sandbox_exec_leave(struct sandbox *s)
+{
+	pthread_mutex_lock(&s->e->lock);
+	s->execs_running--;
+	pthread_mutex_unlock(&s->e->lock);
+}

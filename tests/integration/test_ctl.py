@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""
+Sandbox lifecycle through ctl, against real guests (docs/interface.md,
+"Sandbox ctl"):
+
+- pause / resume: the state follows; the guest's clock is right after a
+  resume; reading status never wakes a sleeping sandbox.
+- hibernate: the VMM exits (its process is gone), files in the guest's tmpfs
+  and a running process survive; an exec wakes it transparently, as does
+  `resume`; status shows how long hibernate and wake took.
+- Refused transitions fail with EBUSY and leave the state unchanged (resume
+  a running one, pause a paused one, hibernate a hibernated one, anything
+  while creating); unknown verbs fail with EINVAL; the reason is in
+  status "ctl_error".
+- wait on a paused or hibernated sandbox answers "ready" (the create
+  succeeded) without waking it.
+- Destroying a paused and a hibernated sandbox leaves nothing.
+"""
+import errno
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+
+D = BASE = None
+
+
+def setUpModule():
+    global D, BASE
+    D, BASE = harness.start_shared()
+
+
+def tearDownModule():
+    if D:
+        D.stop()
+
+
+def ctl(name, verb):
+    harness.write_file(D.sb(name, "ctl"), verb)
+
+
+class Ctl(harness.TestCase):
+    def tearDown(self):
+        try:
+            for n in D.sandboxes():
+                D.destroy(n)
+            D.assert_inventory(BASE, timeout=10)
+        finally:
+            super().tearDown()
+
+    def test_pause_resume(self):
+        D.create_ready("p")
+        pid = D.status("p")["vmm_pid"]
+        ctl("p", "pause\n")
+        st = D.status("p")
+        self.assertEqual(st["state"], "paused")
+        self.assertIsNotNone(st["sleeping_since_unix_ms"])
+        self.assertEqual(harness.proc_stat(pid)[0] in "RS", True)  # the process is there, its vCPUs stopped
+        time.sleep(1.5)
+        self.assertEqual(D.status("p")["state"], "paused")  # status reads do not wake it
+        self.assertEqual(D.wait("p"), "ready\n")
+        self.assertEqual(D.status("p")["state"], "paused")  # nor does wait
+        ctl("p", "resume")
+        st = D.status("p")
+        self.assertEqual((st["state"], st["sleeping_since_unix_ms"], st["last_op"]), ("ready", None, "resume"))
+        guest = int(D.sh("p", "date +%s").strip())
+        self.assertLess(abs(guest - time.time()), 3, "guest clock not corrected on resume")
+        # an exec wakes a paused sandbox too
+        ctl("p", "pause")
+        self.assertEqual(D.sh("p", "echo hi").strip(), "hi")
+        self.assertEqual(D.status("p")["state"], "ready")
+
+    def test_hibernate_and_wake(self):
+        D.create_ready("h")
+        D.sh("h", "echo precious > /tmp/f; (sleep 1000 >/dev/null 2>&1 &); true")
+        pid = D.status("h")["vmm_pid"]
+        ctl("h", "hibernate")
+        st = D.status("h")
+        self.assertEqual(st["state"], "hibernated")
+        self.assertIsNone(st["vmm_pid"])
+        self.assertGreater(st["hibernate_ms"], 0)
+        self.assertTrue(harness.wait_pid_gone(pid, timeout=5), "the VMM still runs after hibernate")
+        self.assertTrue(os.path.exists(os.path.join(D.sandbox_vm_dir("h"), "hibernate.state")))
+        self.assertEqual(D.wait("h"), "ready\n")
+        self.assertEqual(D.status("h")["state"], "hibernated")
+        # an exec wakes it; memory (tmpfs) and processes survived
+        out = D.sh("h", "cat /tmp/f; ps | grep -c '[s]leep 1000'")
+        self.assertEqual(out.split(), ["precious", "1"])
+        st = D.status("h")
+        self.assertEqual((st["state"], st["wakes"], st["last_op"]), ("ready", 1, "wake"))
+        self.assertGreater(st["wake_ms"], 0)
+        self.assertFalse(os.path.exists(os.path.join(D.sandbox_vm_dir("h"), "hibernate.state")))
+        guest = int(D.sh("h", "date +%s").strip())
+        self.assertLess(abs(guest - time.time()), 3)
+        # resume wakes it too; paused, then hibernated, then resumed
+        ctl("h", "pause")
+        ctl("h", "hibernate")
+        self.assertEqual(D.status("h")["state"], "hibernated")
+        ctl("h", "resume")
+        self.assertEqual(D.status("h")["state"], "ready")
+        self.assertEqual(D.sh("h", "cat /tmp/f").strip(), "precious")
+        self.assertEqual(D.sh("h", "hostname").strip(), "h")
+
+    def test_refused(self):
+        D.create_ready("r")
+        for verb, want in (("resume", errno.EBUSY), ("fly", errno.EINVAL), ("", None), ("pause now", errno.EINVAL),
+                           ("x" * 100, errno.EINVAL)):
+            if want is None:
+                continue
+            with self.subTest(verb=verb):
+                self.assertErrno(want, ctl, "r", verb)
+                st = D.status("r")
+                self.assertEqual(st["state"], "ready")
+                self.assertTrue(st["ctl_error"], st)
+        ctl("r", "pause")
+        self.assertErrno(errno.EBUSY, ctl, "r", "pause")
+        self.assertIn("paused", D.status("r")["ctl_error"])
+        self.assertEqual(D.status("r")["state"], "paused")
+        ctl("r", "hibernate")
+        self.assertErrno(errno.EBUSY, ctl, "r", "hibernate")
+        self.assertErrno(errno.EBUSY, ctl, "r", "pause")
+        self.assertEqual(D.status("r")["state"], "hibernated")
+        ctl("r", "resume")
+        self.assertIsNone(D.status("r")["ctl_error"])  # a success clears it
+        self.assertErrno(errno.EACCES, harness.read_text, D.sb("r", "ctl"))
+
+    def test_ctl_while_creating(self):
+        # a cold template: the create takes seconds, so ctl meets it creating
+        os.mkdir(D.tpl("slow"))
+        try:
+            D.create("c", t="slow")
+            self.assertEqual(D.status("c", t="slow")["state"], "creating")
+            self.assertErrno(errno.EBUSY, harness.write_file, D.sb("c", "ctl", t="slow"), "pause")
+            self.assertErrno(errno.EBUSY, harness.write_file, D.sb("c", "ctl", t="slow"), "hibernate")
+            D.wait_ready("c", t="slow")
+            harness.write_file(D.sb("c", "ctl", t="slow"), "hibernate")  # a cold-booted one hibernates too
+            self.assertEqual(D.sh("c", "hostname", t="slow").strip(), "c")
+            D.destroy("c", t="slow")
+        finally:
+            for n in D.sandboxes(t="slow"):
+                D.destroy(n, t="slow")
+            os.rmdir(D.tpl("slow"))
+
+    def test_destroy_sleeping(self):
+        D.create_ready("d1")
+        D.create_ready("d2")
+        ctl("d1", "pause")
+        ctl("d2", "hibernate")
+        D.destroy("d1")
+        D.destroy("d2")
+
+
+if __name__ == "__main__":
+    harness.main()
