@@ -30,6 +30,10 @@
 #            (the daemon runs with --net --net-range 10.234.0.0/16): template
 #            "default" (net) against "nonet" (the same config without
 #            "net"), BENCH_N samples each, in alternating blocks of 5.
+#   lifecycle one sandbox of "default", BENCH_N times each: `pause` then
+#            `resume` written to its ctl (timed together), `hibernate`
+#            (timed), `resume` of the hibernated sandbox until its guest
+#            answered (timed: the wake).
 #   slot     resident memory of idle warm slots (the pool at 8): RSS from
 #            /proc/PID/status and PSS from /proc/PID/smaps_rollup of each
 #            slot's VMM, the median reported.
@@ -57,6 +61,7 @@
 #   {"bench":"netslot","metric":"ratio_build_over_claim","value":..}
 #   {"bench":"netcreate","path":"warm"|"restore","net":true|false,"n":..,"p50_ms":..,"p99_ms":..}
 #   {"bench":"netcreate","path":"warm"|"restore","metric":"net_added_p50_ms","value":..}
+#   {"bench":"pause_resume","n":..,"p50_ms":..,"p99_ms":..}, the same for "hibernate" and "wake"
 # Creates that fail are retried (at most 3 failures per path) and reported as
 #   {"bench":"create","path":"cold","failed_creates":K,"errors":[...]}
 # Percentiles (p50, p99, and the per-phase p50) use the nearest-rank method:
@@ -68,7 +73,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 top=$PWD
-ALL_BENCHES=(create burst16 slot netslot netcreate)
+ALL_BENCHES=(create burst16 slot netslot netcreate lifecycle)
 
 log() { echo "bench: $*" >&2; }
 die() {
@@ -552,6 +557,41 @@ def bench_netcreate():
     return out
 
 
+def bench_lifecycle():
+    wait_template("default")
+    d = "%s/templates/default/sandboxes/life" % mnt
+    os.mkdir(d)
+    if read(d + "/wait") != "ready\n":
+        raise SystemExit("bench: error: sandbox for the lifecycle bench failed")
+
+    def timed(*verbs):
+        t0 = time.perf_counter()
+        for v in verbs:
+            write(d + "/ctl", v)
+        return (time.perf_counter() - t0) * 1000.0
+
+    pr, hib, wake = [], [], []
+    for i in range(N):
+        pr.append(timed("pause", "resume"))
+        time.sleep(SETTLE / 5)
+        hib.append(timed("hibernate"))
+        time.sleep(SETTLE / 5)
+        wake.append(timed("resume"))
+        time.sleep(SETTLE / 5)
+    st = json.loads(read(d + "/status"))
+    os.rmdir(d)
+    if st["state"] != "ready":
+        raise SystemExit("bench: error: the lifecycle sandbox ended %s: %s" % (st["state"], st.get("error")))
+    out = []
+    for name, v in (("pause_resume", pr), ("hibernate", hib), ("wake", wake)):
+        v.sort()
+        out.append({"bench": name, "n": len(v), "p50_ms": round(nearest_rank(v, 50), 3),
+                    "p99_ms": round(nearest_rank(v, 99), 3)})
+        print("%s: p50 %.2f ms, p99 %.2f ms (n=%d)" % (name, nearest_rank(v, 50), nearest_rank(v, 99), len(v)),
+              file=sys.stderr)
+    return out
+
+
 def merge_blocks(path, samples):
     res = []
     p50 = {}
@@ -577,7 +617,7 @@ while not mounted():
 
 for b in benches:
     for line in {"create": bench_create, "burst16": bench_burst16, "slot": bench_slot, "netslot": bench_netslot,
-                 "netcreate": bench_netcreate}[b]():
+                 "netcreate": bench_netcreate, "lifecycle": bench_lifecycle}[b]():
         print(json.dumps({k: v for k, v in line.items() if not k.startswith("_")}), flush=True)
 PY
 pypid=$!
