@@ -264,6 +264,10 @@ struct sandbox {
 	double last_op_ms;
 	double hibernate_ms, wake_ms; /* the last ones */
 	uint64_t wakes;
+	/* a fork's child: its files are made by the parent's ctl write, then it restores them */
+	char *fork_of;	  /* the parent's name; NULL if not a fork */
+	bool fork_ready;  /* e->lock: the parent's part is done */
+	int fork_result;  /* e->lock: and how it went */
 };
 
 struct engine {
@@ -319,6 +323,9 @@ struct digest_entry {
  */
 int engine_spec_init(struct engine *e, const struct template_config *cfg, struct vmm_spec *spec, char **owned);
 
+/* engine_sandbox_create, or (fork_src set) the reservation of a fork's child, which then waits for fork_ready. */
+int sandbox_create_internal(struct engine *e, struct template *t, const char *name, struct sandbox *fork_src,
+			    struct sandbox **ret);
 /* Identity attach (hostname, env, fresh entropy, clock); then(arg) runs once it is sent. */
 int sandbox_attach(struct sandbox *s, unsigned timeout_ms, int (*then)(void *arg), void *arg);
 /* Lifecycle (lifecycle.c): the VMM supervisor loop, and making sure a guest runs for an access. */

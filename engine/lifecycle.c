@@ -289,6 +289,62 @@ static int op_wake(struct sandbox *s)
 	return r;
 }
 
+/*
+ * fork NAME: reserve the child (name checks, capacity), save the parent's
+ * device state into the child's directory (the vCPUs stop for it), clone the
+ * parent's memory and disk there (reflinks: copy-on-write from now on), let
+ * the parent run again, and hand over to the child's create thread, which
+ * restores the files under its own identity and network slot. On failure
+ * the child is removed: nothing is left.
+ */
+static int op_fork(struct sandbox *s, const char *name)
+{
+	struct engine *e = s->e;
+	struct template *t = s->tpl;
+	struct sandbox *c = NULL;
+	_cleanup_free_ char *state = NULL, *mem = NULL, *cmem = NULL, *disk = NULL, *cdisk = NULL;
+	enum clone_method m;
+	bool was_running, has_disk;
+	int r;
+
+	r = sandbox_create_internal(e, t, name, s, &c);
+	if (r < 0) {
+		set_ctl_error(s, "fork %s: %s", name, r == -EEXIST ? "a sandbox of that name exists" :
+					       r == -EINVAL ? "bad name" : strerror(-r));
+		return r;
+	}
+	state = strjoin(c->dir, "/fork.state", NULL);
+	mem = strjoin(s->dir, "/mem", NULL);
+	cmem = strjoin(c->dir, "/mem", NULL);
+	disk = strjoin(s->dir, "/disk.img", NULL);
+	cdisk = strjoin(c->dir, "/disk.img", NULL);
+	pthread_mutex_lock(&e->lock);
+	was_running = s->state == SB_READY;
+	has_disk = s->tpl->cfg.rootfs != NULL;
+	pthread_mutex_unlock(&e->lock);
+	r = !state || !mem || !cmem || !disk || !cdisk ? -ENOMEM : mkdir_p(c->dir, 0700);
+	if (r == 0 && (r = e->vmm->snapshot(s->vmm, state, QMP_TIMEOUT_MS)) < 0)
+		set_ctl_error(s, "fork %s: snapshot failed: %s", name, strerror(-r));
+	/* the parent is stopped now: its memory and disk files are consistent */
+	if (r == 0 && (r = store_clone(&e->store, mem, cmem, &m)) < 0)
+		set_ctl_error(s, "fork %s: cloning memory failed: %s", name, strerror(-r));
+	if (r == 0 && has_disk && (r = store_clone(&e->store, disk, cdisk, &m)) < 0)
+		set_ctl_error(s, "fork %s: cloning the disk failed: %s", name, strerror(-r));
+	if (was_running && e->vmm->resume(s->vmm, QMP_TIMEOUT_MS) < 0 && r == 0) {
+		r = -EIO;
+		set_ctl_error(s, "fork %s: the parent did not resume", name);
+	}
+	pthread_mutex_lock(&e->lock);
+	c->fork_result = r;
+	c->fork_ready = true;
+	pthread_cond_broadcast(&c->cond);
+	pthread_mutex_unlock(&e->lock);
+	sandbox_unref(c);
+	if (r < 0)
+		engine_sandbox_destroy(e, t, name); /* nothing half-made is left */
+	return r;
+}
+
 /* Runs the verb with s->op_lock held; the state check is in the op's transition and here. */
 static int run_op(struct sandbox *s, const char *verb)
 {
@@ -301,6 +357,22 @@ static int run_op(struct sandbox *s, const char *verb)
 	pthread_mutex_lock(&e->lock);
 	st = s->state;
 	pthread_mutex_unlock(&e->lock);
+	if (strncmp(verb, "fork ", 5) == 0) {
+		if (atomic_load(&s->cancel) || (st != SB_READY && st != SB_PAUSED)) {
+			set_ctl_error(s, "fork: refused while the sandbox is %s", sandbox_state_name(st));
+			return -EBUSY;
+		}
+		r = op_fork(s, verb + 5);
+		pthread_mutex_lock(&e->lock);
+		s->last_op = "fork";
+		s->last_op_ms = ns_to_ms(now_ns() - t0);
+		if (r == 0) {
+			free(s->ctl_error);
+			s->ctl_error = NULL;
+		}
+		pthread_mutex_unlock(&e->lock);
+		return r;
+	}
 	if (strcmp(verb, "pause") == 0)
 		ev = SB_EV_PAUSE;
 	else if (strcmp(verb, "hibernate") == 0)
@@ -329,19 +401,24 @@ static int run_op(struct sandbox *s, const char *verb)
 
 int sandbox_ctl(struct sandbox *s, const char *cmd, size_t len)
 {
-	char verb[32];
+	char verb[128];
 	int r;
 
 	while (len > 0 && (cmd[len - 1] == '\n' || cmd[len - 1] == ' '))
 		len--;
-	if (len == 0 || len >= sizeof(verb)) {
-		set_ctl_error(s, "ctl: expected pause, resume or hibernate");
+	if (len == 0 || len >= sizeof(verb) || memchr(cmd, '\0', len)) {
+		set_ctl_error(s, "ctl: expected pause, resume, hibernate or fork NAME");
 		return -EINVAL;
 	}
 	memcpy(verb, cmd, len);
 	verb[len] = '\0';
-	if (strcmp(verb, "pause") && strcmp(verb, "resume") && strcmp(verb, "hibernate")) {
-		set_ctl_error(s, "ctl: unknown verb \"%.31s\" (expected pause, resume or hibernate)", verb);
+	if (strncmp(verb, "fork ", 5) == 0) {
+		if (name_validate(verb + 5) < 0) {
+			set_ctl_error(s, "fork: bad name (allowed: [A-Za-z0-9][A-Za-z0-9_-]{0,63})");
+			return -EINVAL;
+		}
+	} else if (strcmp(verb, "pause") && strcmp(verb, "resume") && strcmp(verb, "hibernate")) {
+		set_ctl_error(s, "ctl: unknown verb \"%.31s\" (expected pause, resume, hibernate or fork NAME)", verb);
 		return -EINVAL;
 	}
 	pthread_mutex_lock(&s->op_lock);

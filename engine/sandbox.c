@@ -89,6 +89,7 @@ void sandbox_unref(struct sandbox *s)
 	pthread_cond_destroy(&s->cond);
 	pthread_mutex_destroy(&s->op_lock);
 	free(s->ctl_error);
+	free(s->fork_of);
 	free(s);
 }
 
@@ -493,7 +494,7 @@ static int job_restore(struct job *j, const char **step)
 	int r;
 
 	*step = "restore";
-	console_note(s, "restored");
+	console_note(s, s->fork_of ? "forked" : "restored");
 	r = e->vmm->restore(s->vmm, QMP_TIMEOUT_MS);
 	if (r == 0)
 		r = e->vmm->wait_running(s->vmm, RESTORE_TIMEOUT_MS);
@@ -591,6 +592,7 @@ static int warm_fallback(struct sandbox *s, int err, const char *step)
 	free(s->path_reason);
 	s->path_reason = why;
 	s->slot_id = 0;
+	s->tpl->pool_stats.recycled_dead++; /* it failed its activation: as good as dead */
 	dir = strdup(s->dir);
 	rundir = strdup(s->rundir);
 	r = sandbox_set_dirs(s, NULL);
@@ -611,6 +613,49 @@ static int warm_fallback(struct sandbox *s, int err, const char *step)
 	return r;
 }
 
+/*
+ * A fork's child: the parent's ctl write saved its device state and cloned
+ * its memory and disk into this sandbox's directory; restore them here.
+ */
+static int run_fork(struct job *j, const char **step)
+{
+	struct sandbox *s = j->s;
+	struct engine *e = s->e;
+	_cleanup_free_ char *state = strjoin(s->dir, "/fork.state", NULL);
+	int r;
+
+	*step = "fork (the parent's snapshot)";
+	pthread_mutex_lock(&e->lock);
+	while (!s->fork_ready && !atomic_load(&s->cancel))
+		pthread_cond_wait(&s->cond, &e->lock);
+	r = atomic_load(&s->cancel) ? -ECANCELED : s->fork_result;
+	if (r == 0) {
+		timings_lap(&s->timings, "parent");
+		r = template_config_copy(&s->tpl->cfg, &j->cfg);
+		memcpy(s->identity, s->tpl->identity, 65);
+		s->clone_method = clone_method_name(e->store.reflink ? CLONE_REFLINK : CLONE_COPY);
+	}
+	pthread_mutex_unlock(&e->lock);
+	if (r < 0 || (r = job_paths(j)) < 0)
+		return r;
+	if (!j->cfg.rootfs) {
+		free(j->disk);
+		j->disk = NULL;
+	}
+	j->restore = true;
+	j->state_fd = state ? open(state, O_RDONLY | O_CLOEXEC) : -1;
+	if (j->state_fd < 0)
+		return -errno;
+	*step = "spawn";
+	r = job_spawn(j);
+	sb_lap(s, "spawn");
+	if (r == 0)
+		r = job_restore(j, step);
+	if (r == 0)
+		unlink(state);
+	return r;
+}
+
 static int run_create(struct job *j, const char **step)
 {
 	struct sandbox *s = j->s;
@@ -618,6 +663,8 @@ static int run_create(struct job *j, const char **step)
 	bool cold_held = false;
 	int r;
 
+	if (s->fork_of)
+		return run_fork(j, step);
 	if (s->slot) {
 		r = run_warm(j, step);
 		if (r == 0 || atomic_load(&s->cancel) || (r = warm_fallback(s, r, *step)) < 0)
@@ -695,8 +742,12 @@ static void *sandbox_main(void *arg)
 		if (w || s->state == SB_READY) {
 			struct pool_stats *ps = &s->tpl->pool_stats;
 
-			(*(strcmp(s->path, "warm") == 0 ? &ps->served_warm :
-			   strcmp(s->path, "restore") == 0 ? &ps->served_restore : &ps->served_cold))++;
+			if (strcmp(s->path, "warm") == 0)
+				ps->served_warm++;
+			else if (strcmp(s->path, "restore") == 0)
+				ps->served_restore++;
+			else if (strcmp(s->path, "cold") == 0)
+				ps->served_cold++;
 		}
 		pthread_mutex_unlock(&e->lock);
 		log_info("sandbox %s/%s ready via %s in %.1f ms", s->tpl->name, s->name, s->path,
@@ -714,6 +765,12 @@ static void *sandbox_main(void *arg)
 }
 
 int engine_sandbox_create(struct engine *e, struct template *t, const char *name, struct sandbox **ret)
+{
+	return sandbox_create_internal(e, t, name, NULL, ret);
+}
+
+int sandbox_create_internal(struct engine *e, struct template *t, const char *name, struct sandbox *fork_src,
+			    struct sandbox **ret)
 {
 	struct sandbox *s, **n;
 	struct slot *dead = NULL;
@@ -737,6 +794,14 @@ int engine_sandbox_create(struct engine *e, struct template *t, const char *name
 	s->created_realtime_ms = (uint64_t)now.tv_sec * 1000 + (uint64_t)now.tv_nsec / 1000000;
 	if ((r = sandbox_set_dirs(s, NULL)) < 0)
 		goto free;
+	if (fork_src) {
+		s->fork_of = strdup(fork_src->name);
+		s->path = "fork";
+		if (!s->fork_of || asprintf(&s->path_reason, "fork of %s", fork_src->name) < 0) {
+			r = -ENOMEM;
+			goto free;
+		}
+	}
 	pthread_mutex_lock(&e->lock);
 	if (e->shutting_down || t->removed)
 		r = -ENOENT;
@@ -749,7 +814,7 @@ int engine_sandbox_create(struct engine *e, struct template *t, const char *name
 		r = -ENOMEM;
 	else if (r == 0)
 		t->sandboxes = n;
-	if (r == 0 && t->state == TPL_READY && (s->slot = slot_claim(t, &dead))) {
+	if (r == 0 && !fork_src && t->state == TPL_READY && (s->slot = slot_claim(t, &dead))) {
 		/* the reservation: a warm slot of this exact identity, or none and a restore later */
 		r = sandbox_set_dirs(s, s->slot);
 		s->path = "warm";

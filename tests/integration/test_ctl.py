@@ -14,6 +14,10 @@ Sandbox lifecycle through ctl, against real guests (docs/interface.md,
   status "ctl_error".
 - wait on a paused or hibernated sandbox answers "ready" (the create
   succeeded) without waking it.
+- fork NEW: the copy has the parent's memory, disk and running processes,
+  its own hostname and entropy; writes after the fork are not shared; forks
+  to an existing or bad name, or of a hibernated sandbox, are refused and
+  change nothing; a paused parent stays paused.
 - Destroying a paused and a hibernated sandbox leaves nothing.
 """
 import errno
@@ -142,6 +146,47 @@ class Ctl(harness.TestCase):
             for n in D.sandboxes(t="slow"):
                 D.destroy(n, t="slow")
             os.rmdir(D.tpl("slow"))
+
+    def test_fork(self):
+        D.create_ready("f")
+        D.sh("f", "echo before > /tmp/x; echo diskbefore > /root/d; sync; "
+                  "(i=0; while true; do i=$((i+1)); echo $i > /tmp/c; sleep 0.1; done) >/dev/null 2>&1 &")
+        ctl("f", "fork f2\n")
+        st = D.status("f")
+        self.assertEqual((st["state"], st["last_op"]), ("ready", "fork"))
+        c = D.wait_ready("f2")
+        self.assertEqual((c["path"], c["path_reason"]), ("fork", "fork of f"))
+        self.assertEqual(D.sh("f2", "hostname").strip(), "f2")
+        self.assertEqual(D.sh("f", "hostname").strip(), "f")
+        # both copies have the memory and the running process from before the fork
+        for n in ("f", "f2"):
+            self.assertEqual(D.sh(n, "cat /tmp/x").strip(), "before")
+            self.assertEqual(D.sh(n, "cat /root/d").strip(), "diskbefore")
+            a = int(D.sh(n, "cat /tmp/c").strip())
+            time.sleep(0.5)
+            b = int(D.sh(n, "cat /tmp/c").strip())
+            self.assertGreater(b, a, "the loop started before the fork does not run in %s" % n)
+        # after the fork, memory and disk are each their own
+        D.sh("f", "echo parent > /tmp/x; echo parentdisk > /root/d; sync")
+        D.sh("f2", "echo child > /tmp/x")
+        self.assertEqual(D.sh("f", "cat /tmp/x").strip(), "parent")
+        self.assertEqual(D.sh("f2", "cat /tmp/x").strip(), "child")
+        self.assertEqual(D.sh("f2", "cat /root/d").strip(), "diskbefore")
+        ra = D.exec_json("f", {"sh": "head -c 32 /dev/urandom"})["stdout"]
+        rb = D.exec_json("f2", {"sh": "head -c 32 /dev/urandom"})["stdout"]
+        self.assertNotEqual(ra, rb)
+        # refusals change nothing
+        self.assertErrno(errno.EEXIST, ctl, "f", "fork f2")
+        self.assertErrno(errno.EINVAL, ctl, "f", "fork ../x")
+        self.assertErrno(errno.EINVAL, ctl, "f", "fork ")
+        ctl("f", "hibernate")
+        self.assertErrno(errno.EBUSY, ctl, "f", "fork f3")
+        self.assertEqual(D.sandboxes(), ["f", "f2"])
+        # a paused parent can fork, and stays paused
+        ctl("f2", "pause")
+        ctl("f2", "fork f4")
+        self.assertEqual(D.status("f2")["state"], "paused")
+        self.assertEqual(D.sh("f4", "cat /tmp/x").strip(), "child")
 
     def test_destroy_sleeping(self):
         D.create_ready("d1")

@@ -136,7 +136,7 @@ class Errors(harness.TestCase):
             self.assertErrno(errno.EPERM, os.rmdir, os.path.join(D.mount, "templates"))
             # unlink outside an object directory is refused
             self.assertErrno(errno.EPERM, os.unlink, os.path.join(D.mount, "version"))
-            self.assertEqual(sorted(os.listdir(D.sb("host"))), ["console", "exec", "status", "timings", "wait"])
+            self.assertEqual(sorted(os.listdir(D.sb("host"))), ["console", "ctl", "exec", "status", "timings", "wait"])
             self.assertEqual(D.status("host")["state"], "ready")
         finally:
             D.destroy("host")
