@@ -30,7 +30,9 @@
 #            (the daemon runs with --net --net-range 10.234.0.0/16): template
 #            "default" (net) against "nonet" (the same config without
 #            "net"), BENCH_N samples each, in alternating blocks of 5.
-#   lifecycle one sandbox of "default", BENCH_N times each: `pause` then
+#   lifecycle one sandbox of "default", BENCH_N times each: `fork NAME` until
+#            the child's wait answered (timed; also how long the parent's
+#            ctl write took: "fork_parent_stopped"), `pause` then
 #            `resume` written to its ctl (timed together), `hibernate`
 #            (timed), `resume` of the hibernated sandbox until its guest
 #            answered (timed: the wake).
@@ -61,7 +63,8 @@
 #   {"bench":"netslot","metric":"ratio_build_over_claim","value":..}
 #   {"bench":"netcreate","path":"warm"|"restore","net":true|false,"n":..,"p50_ms":..,"p99_ms":..}
 #   {"bench":"netcreate","path":"warm"|"restore","metric":"net_added_p50_ms","value":..}
-#   {"bench":"pause_resume","n":..,"p50_ms":..,"p99_ms":..}, the same for "hibernate" and "wake"
+#   {"bench":"fork","n":..,"p50_ms":..,"p99_ms":..}, the same for "fork_parent_stopped",
+#   "pause_resume", "hibernate" and "wake"
 # Creates that fail are retried (at most 3 failures per path) and reported as
 #   {"bench":"create","path":"cold","failed_creates":K,"errors":[...]}
 # Percentiles (p50, p99, and the per-phase p50) use the nearest-rank method:
@@ -570,8 +573,18 @@ def bench_lifecycle():
             write(d + "/ctl", v)
         return (time.perf_counter() - t0) * 1000.0
 
-    pr, hib, wake = [], [], []
+    pr, hib, wake, fork, fork_parent = [], [], [], [], []
     for i in range(N):
+        child = "%s/templates/default/sandboxes/fk%d" % (mnt, i)
+        t0 = time.perf_counter()
+        write(d + "/ctl", "fork fk%d" % i)
+        ok = read(child + "/wait") == "ready\n"
+        fork.append((time.perf_counter() - t0) * 1000.0)
+        fork_parent.append(json.loads(read(d + "/status"))["last_op_ms"])
+        os.rmdir(child)
+        if not ok:
+            raise SystemExit("bench: error: fork %d failed" % i)
+        time.sleep(SETTLE)
         pr.append(timed("pause", "resume"))
         time.sleep(SETTLE / 5)
         hib.append(timed("hibernate"))
@@ -583,7 +596,8 @@ def bench_lifecycle():
     if st["state"] != "ready":
         raise SystemExit("bench: error: the lifecycle sandbox ended %s: %s" % (st["state"], st.get("error")))
     out = []
-    for name, v in (("pause_resume", pr), ("hibernate", hib), ("wake", wake)):
+    for name, v in (("fork", fork), ("fork_parent_stopped", fork_parent), ("pause_resume", pr),
+                    ("hibernate", hib), ("wake", wake)):
         v.sort()
         out.append({"bench": name, "n": len(v), "p50_ms": round(nearest_rank(v, 50), 3),
                     "p99_ms": round(nearest_rank(v, 99), 3)})
