@@ -13,6 +13,8 @@ PKGS=(
 	busybox-static e2fsprogs cpio dpkg apt lz4
 	# tests (ip and nft count namespaces, links and rules before and after)
 	python3 valgrind iproute2 nftables
+	# the metrics test parses MOUNT/metrics with the reference OpenMetrics parser
+	python3-prometheus-client
 )
 
 missing=()

@@ -122,6 +122,9 @@ const char *engine_store_method(struct engine *e);
 /* Callback for asynchronous completions: result 0 or negative errno. */
 typedef void (*engine_done_fn)(void *arg, int result);
 
+/* OpenMetrics text (MOUNT/metrics); malloc'd. */
+char *engine_render_metrics(struct engine *e);
+
 /* Templates. */
 int engine_template_create(struct engine *e, const char *name, struct template **ret);
 int engine_template_remove(struct engine *e, const char *name);

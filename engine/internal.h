@@ -155,6 +155,7 @@ struct slot {
 struct pool_stats {
 	uint64_t prepared, prepare_failed;
 	uint64_t served_warm, served_restore, served_cold;
+	uint64_t misses; /* creates of a ready template that found no warm slot */
 	uint64_t recycled_stale, recycled_dead, recycled_aged, recycled_excess, recycled_removed;
 };
 const char *slot_state_name(enum slot_state s);
@@ -270,6 +271,16 @@ struct sandbox {
 	int fork_result;  /* e->lock: and how it went */
 };
 
+/* Latency histograms for the metrics file (e->lock). */
+#define HIST_BUCKETS 14
+struct hist {
+	uint64_t b[HIST_BUCKETS]; /* not cumulative */
+	uint64_t count;
+	double sum_s;
+};
+enum { H_CREATE_WARM, H_CREATE_RESTORE, H_CREATE_COLD, H_CREATE_FORK, H_FORK, H_HIBERNATE, H_WAKE, H_MAX };
+void hist_add(struct hist *h, double ms); /* e->lock held */
+
 struct engine {
 	struct engine_options opts;
 	char *state_dir;
@@ -301,6 +312,7 @@ struct engine {
 
 	unsigned slots_preparing; /* across templates, protected by lock; at most opts.pool_parallel */
 	uint64_t last_settled_ns; /* when a create last left `creating` (protected by lock) */
+	struct hist hist[H_MAX];  /* protected by lock */
 
 	atomic_int execs; /* exec threads in flight; engine_free waits for them */
 };

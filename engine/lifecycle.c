@@ -192,6 +192,7 @@ static int op_hibernate(struct sandbox *s)
 	r = transition(s, SB_EV_HIBERNATE);
 	pthread_mutex_lock(&e->lock);
 	s->hibernate_ms = ns_to_ms(now_ns() - t0);
+	hist_add(&e->hist[H_HIBERNATE], s->hibernate_ms);
 	pthread_mutex_unlock(&e->lock);
 	return r;
 }
@@ -284,6 +285,7 @@ static int op_wake(struct sandbox *s)
 	pthread_mutex_lock(&e->lock);
 	s->wake_ms = ns_to_ms(now_ns() - t0);
 	s->wakes++;
+	hist_add(&e->hist[H_WAKE], s->wake_ms);
 	pthread_mutex_unlock(&e->lock);
 	log_info("sandbox %s/%s woke from hibernation in %.1f ms", s->tpl->name, s->name, s->wake_ms);
 	return r;
@@ -366,6 +368,8 @@ static int run_op(struct sandbox *s, const char *verb)
 		pthread_mutex_lock(&e->lock);
 		s->last_op = "fork";
 		s->last_op_ms = ns_to_ms(now_ns() - t0);
+		if (r == 0)
+			hist_add(&e->hist[H_FORK], s->last_op_ms);
 		if (r == 0) {
 			free(s->ctl_error);
 			s->ctl_error = NULL;

@@ -585,6 +585,7 @@ json_object *pool_status_json(struct template *t)
 	json_object_object_add(cr, "restore", json_object_new_int64((int64_t)s->served_restore));
 	json_object_object_add(cr, "cold", json_object_new_int64((int64_t)s->served_cold));
 	json_object_object_add(o, "creates", cr);
+	json_object_object_add(o, "misses", json_object_new_int64((int64_t)s->misses));
 	json_object_object_add(rec, "stale", json_object_new_int64((int64_t)s->recycled_stale));
 	json_object_object_add(rec, "dead", json_object_new_int64((int64_t)s->recycled_dead));
 	json_object_object_add(rec, "aged", json_object_new_int64((int64_t)s->recycled_aged));

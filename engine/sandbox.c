@@ -742,12 +742,20 @@ static void *sandbox_main(void *arg)
 		if (w || s->state == SB_READY) {
 			struct pool_stats *ps = &s->tpl->pool_stats;
 
-			if (strcmp(s->path, "warm") == 0)
+			double ms = timings_total(&s->timings);
+
+			if (strcmp(s->path, "warm") == 0) {
 				ps->served_warm++;
-			else if (strcmp(s->path, "restore") == 0)
+				hist_add(&e->hist[H_CREATE_WARM], ms);
+			} else if (strcmp(s->path, "restore") == 0) {
 				ps->served_restore++;
-			else if (strcmp(s->path, "cold") == 0)
+				hist_add(&e->hist[H_CREATE_RESTORE], ms);
+			} else if (strcmp(s->path, "cold") == 0) {
 				ps->served_cold++;
+				hist_add(&e->hist[H_CREATE_COLD], ms);
+			} else {
+				hist_add(&e->hist[H_CREATE_FORK], ms);
+			}
 		}
 		pthread_mutex_unlock(&e->lock);
 		log_info("sandbox %s/%s ready via %s in %.1f ms", s->tpl->name, s->name, s->path,
@@ -823,6 +831,8 @@ int sandbox_create_internal(struct engine *e, struct template *t, const char *na
 		s->slot_prepare_ms = timings_total(&s->slot->timings);
 		memcpy(s->identity, s->slot->identity, 65);
 		timings_lap(&s->timings, "claim");
+	} else if (r == 0 && !fork_src && t->state == TPL_READY) {
+		t->pool_stats.misses++;
 	}
 	if (r == 0) {
 		atomic_fetch_add(&t->refs, 1);

@@ -18,6 +18,7 @@
 static const struct file_def root_files[] = {
 	{ "README", IDX_README, 0444, F_STATIC, NULL, NULL, NULL },
 	{ "version", IDX_VERSION, 0444, F_STATIC, NULL, NULL, NULL },
+	{ "metrics", IDX_METRICS, 0444, F_STATIC, NULL, NULL, NULL },
 };
 
 static const struct file_def tpl_files[] = {

@@ -112,6 +112,8 @@ static int render(struct fh *h)
 		return 0; /* written whole: nothing to render */
 	if (d->idx == IDX_VERSION && h->node.kind == K_STATIC_FILE)
 		h->buf = strdup("emberfs " EMBERFS_VERSION "\n");
+	else if (d->idx == IDX_METRICS && h->node.kind == K_STATIC_FILE)
+		h->buf = engine_render_metrics(h->fs->e);
 	else if (h->node.kind == K_STATIC_FILE)
 		h->buf = strdup(fs_readme);
 	else if (d->render_slot)

@@ -18,6 +18,8 @@ Sandbox lifecycle through ctl, against real guests (docs/interface.md,
   its own hostname and entropy; writes after the fork are not shared; forks
   to an existing or bad name, or of a hibernated sandbox, are refused and
   change nothing; a paused parent stays paused.
+- MOUNT/metrics parses with the reference OpenMetrics parser (strict) and
+  counts sandboxes by state, creates by path, operations and misses.
 - Destroying a paused and a hibernated sandbox leaves nothing.
 """
 import errno
@@ -187,6 +189,49 @@ class Ctl(harness.TestCase):
         ctl("f2", "fork f4")
         self.assertEqual(D.status("f2")["state"], "paused")
         self.assertEqual(D.sh("f4", "cat /tmp/x").strip(), "child")
+
+    def test_metrics(self):
+        try:
+            from prometheus_client.openmetrics.parser import text_string_to_metric_families
+        except ImportError:
+            sys.path.append("/usr/lib/python3/dist-packages")  # Debian's python3-prometheus-client
+            from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+        def scrape():
+            text = harness.read_text(os.path.join(D.mount, "metrics"))
+            self.assertTrue(text.endswith("# EOF\n"), text[-200:])
+            out = {}
+            for fam in text_string_to_metric_families(text):  # strict: raises on any format error
+                for smp in fam.samples:
+                    out[(smp.name, tuple(sorted(smp.labels.items())))] = smp.value
+            return out
+
+        def val(m, name, **labels):
+            return m.get((name, tuple(sorted(labels.items()))), 0)
+
+        m0 = scrape()
+        D.create_ready("m1")
+        ctl("m1", "hibernate")
+        ctl("m1", "resume")
+        ctl("m1", "fork m2")
+        D.wait_ready("m2")
+        ctl("m2", "pause")
+        m1 = scrape()
+        self.assertEqual(val(m1, "emberfs_creates_total", template="default", path="restore") -
+                         val(m0, "emberfs_creates_total", template="default", path="restore"), 1)
+        self.assertEqual(val(m1, "emberfs_sandboxes", template="default", state="ready"), 1)
+        self.assertEqual(val(m1, "emberfs_sandboxes", template="default", state="paused"), 1)
+        for op in ("fork", "hibernate", "wake"):
+            self.assertEqual(val(m1, "emberfs_operation_seconds_count", op=op) -
+                             val(m0, "emberfs_operation_seconds_count", op=op), 1, op)
+        self.assertEqual(val(m1, "emberfs_create_seconds_count", path="fork") -
+                         val(m0, "emberfs_create_seconds_count", path="fork"), 1)
+        self.assertEqual(val(m1, "emberfs_pool_target", template="default"), 0)
+        # a ready template with an empty pool: every create is a miss
+        self.assertGreaterEqual(val(m1, "emberfs_pool_misses_total", template="default") -
+                                val(m0, "emberfs_pool_misses_total", template="default"), 1)
+        # reading metrics never wakes anything
+        self.assertEqual(D.status("m2")["state"], "paused")
 
     def test_destroy_sleeping(self):
         D.create_ready("d1")

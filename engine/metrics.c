@@ -1,0 +1,135 @@
+/*
+ * MOUNT/metrics: OpenMetrics text exposition (application/openmetrics-text;
+ * version=1.0.0). Rendered under the engine lock from counters the engine
+ * keeps anyway; reading it never touches a VMM.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "internal.h"
+
+/* upper bounds in seconds; the last bucket is +Inf */
+static const double bounds[HIST_BUCKETS - 1] = { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+						 0.25,	0.5,	1.0,   2.5,  5.0,   10.0 - 0.0 };
+
+void hist_add(struct hist *h, double ms)
+{
+	double s = ms / 1000.0;
+	unsigned i = 0;
+
+	while (i < HIST_BUCKETS - 1 && s > bounds[i])
+		i++;
+	h->b[i]++;
+	h->count++;
+	h->sum_s += s;
+}
+
+struct buf {
+	char *p;
+	size_t len, cap;
+	bool oom;
+};
+
+static void put(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void put(struct buf *b, const char *fmt, ...)
+{
+	va_list ap;
+	int n;
+
+	for (;;) {
+		va_start(ap, fmt);
+		n = vsnprintf(b->p ? b->p + b->len : NULL, b->p ? b->cap - b->len : 0, fmt, ap);
+		va_end(ap);
+		if (n < 0) {
+			b->oom = true;
+			return;
+		}
+		if (b->p && b->len + (size_t)n < b->cap) {
+			b->len += (size_t)n;
+			return;
+		}
+		size_t cap = (b->cap ? b->cap * 2 : 4096) + (size_t)n;
+		char *np = realloc(b->p, cap);
+
+		if (!np) {
+			b->oom = true;
+			return;
+		}
+		b->p = np;
+		b->cap = cap;
+	}
+}
+
+static void put_hist(struct buf *b, const char *name, const char *label, const char *value, const struct hist *h)
+{
+	uint64_t cum = 0;
+
+	for (unsigned i = 0; i < HIST_BUCKETS; i++) {
+		cum += h->b[i];
+		if (i < HIST_BUCKETS - 1)
+			put(b, "%s_bucket{%s=\"%s\",le=\"%g\"} %llu\n", name, label, value, bounds[i],
+			    (unsigned long long)cum);
+		else
+			put(b, "%s_bucket{%s=\"%s\",le=\"+Inf\"} %llu\n", name, label, value, (unsigned long long)cum);
+	}
+	put(b, "%s_sum{%s=\"%s\"} %.6f\n", name, label, value, h->sum_s);
+	put(b, "%s_count{%s=\"%s\"} %llu\n", name, label, value, (unsigned long long)h->count);
+}
+
+char *engine_render_metrics(struct engine *e)
+{
+	static const char *const paths[] = { "warm", "restore", "cold", "fork" };
+	static const char *const ops[] = { "fork", "hibernate", "wake" };
+	struct buf b = { 0 };
+
+	pthread_mutex_lock(&e->lock);
+	put(&b, "# TYPE emberfs_sandboxes gauge\n# HELP emberfs_sandboxes Sandboxes by template and state.\n");
+	for (size_t i = 0; i < e->n_templates; i++) {
+		struct template *t = e->templates[i];
+		unsigned n[_SB_STATE_MAX] = { 0 };
+
+		for (size_t k = 0; k < t->n_sandboxes; k++)
+			n[t->sandboxes[k]->state]++;
+		for (int st = 0; st < _SB_STATE_MAX; st++)
+			put(&b, "emberfs_sandboxes{template=\"%s\",state=\"%s\"} %u\n", t->name,
+			    sandbox_state_name((enum sandbox_state)st), n[st]);
+	}
+	put(&b, "# TYPE emberfs_creates counter\n# HELP emberfs_creates Creates that became ready, by path.\n");
+	for (size_t i = 0; i < e->n_templates; i++) {
+		const struct template *t = e->templates[i];
+
+		put(&b, "emberfs_creates_total{template=\"%s\",path=\"warm\"} %llu\n", t->name,
+		    (unsigned long long)t->pool_stats.served_warm);
+		put(&b, "emberfs_creates_total{template=\"%s\",path=\"restore\"} %llu\n", t->name,
+		    (unsigned long long)t->pool_stats.served_restore);
+		put(&b, "emberfs_creates_total{template=\"%s\",path=\"cold\"} %llu\n", t->name,
+		    (unsigned long long)t->pool_stats.served_cold);
+	}
+	put(&b, "# TYPE emberfs_pool_target gauge\n# HELP emberfs_pool_target Warm pool target depth.\n");
+	for (size_t i = 0; i < e->n_templates; i++)
+		put(&b, "emberfs_pool_target{template=\"%s\"} %u\n", e->templates[i]->name, e->templates[i]->pool_target);
+	put(&b, "# TYPE emberfs_pool_warm gauge\n# HELP emberfs_pool_warm Warm slots ready to claim.\n");
+	for (size_t i = 0; i < e->n_templates; i++)
+		put(&b, "emberfs_pool_warm{template=\"%s\"} %u\n", e->templates[i]->name, e->templates[i]->n_slots);
+	put(&b, "# TYPE emberfs_pool_misses counter\n"
+		"# HELP emberfs_pool_misses Creates of a ready template that found no warm slot.\n");
+	for (size_t i = 0; i < e->n_templates; i++)
+		put(&b, "emberfs_pool_misses_total{template=\"%s\"} %llu\n", e->templates[i]->name,
+		    (unsigned long long)e->templates[i]->pool_stats.misses);
+	put(&b, "# TYPE emberfs_create_seconds histogram\n"
+		"# HELP emberfs_create_seconds From mkdir (or a fork's ctl write) until ready, by path.\n");
+	for (int p = 0; p < 4; p++)
+		put_hist(&b, "emberfs_create_seconds", "path", paths[p], &e->hist[H_CREATE_WARM + p]);
+	put(&b, "# TYPE emberfs_operation_seconds histogram\n"
+		"# HELP emberfs_operation_seconds Lifecycle operations: the parent's part of a fork, hibernate, wake.\n");
+	for (int o = 0; o < 3; o++)
+		put_hist(&b, "emberfs_operation_seconds", "op", ops[o], &e->hist[H_FORK + o]);
+	pthread_mutex_unlock(&e->lock);
+	put(&b, "# EOF\n");
+	if (b.oom) {
+		free(b.p);
+		return NULL;
+	}
+	return b.p;
+}
