@@ -68,7 +68,8 @@ static int get_uint(json_object *o, const char *key, unsigned lo, unsigned hi, u
 static int check_keys(json_object *o, char **ret_error)
 {
 	static const char *const known[] = { "kernel", "initrd", "rootfs", "cmdline", "vcpus",
-					     "mem_mib", "backend", "accel", "net", "ready_tcp_port" };
+					     "mem_mib", "backend", "accel", "net", "ready_tcp_port",
+					     "idle_timeout_s" };
 
 	json_object_object_foreach(o, key, val) {
 		bool ok = false;
@@ -176,6 +177,7 @@ int template_config_parse(const char *json, size_t len, struct template_config *
 	    (r = get_uint(o, "mem_mib", MIN_MEM_MIB, MAX_MEM_MIB, &cfg->mem_mib, ret_error)) < 0 ||
 	    (r = parse_accel(o, cfg, ret_error)) < 0 ||
 	    (r = get_uint(o, "ready_tcp_port", 0, 65535, &cfg->ready_tcp_port, ret_error)) < 0 ||
+	    (r = get_uint(o, "idle_timeout_s", 0, 30 * 86400, &cfg->idle_timeout_s, ret_error)) < 0 ||
 	    (r = parse_net(o, cfg, ret_error)) < 0) {
 		template_config_clear(cfg);
 		return r;
@@ -208,6 +210,8 @@ char *template_config_render(const struct template_config *cfg)
 		json_object_object_add(o, "net", json_object_new_boolean(true));
 	if (cfg->ready_tcp_port)
 		json_object_object_add(o, "ready_tcp_port", json_object_new_int((int)cfg->ready_tcp_port));
+	if (cfg->idle_timeout_s)
+		json_object_object_add(o, "idle_timeout_s", json_object_new_int((int)cfg->idle_timeout_s));
 	s = strjoin(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE),
 		    "\n", NULL);
 	return s;

@@ -437,6 +437,7 @@ int engine_new(const struct engine_options *opts, struct engine **ret)
 	pthread_mutex_unlock(&e->lock);
 	if (r < 0)
 		goto fail;
+	engine_idler_start(e);
 	*ret = e;
 	return 0;
 fail:
@@ -451,6 +452,7 @@ void engine_free(struct engine *e)
 	pthread_mutex_lock(&e->lock);
 	e->shutting_down = true;
 	pthread_mutex_unlock(&e->lock);
+	engine_idler_stop(e);
 	/* Templates destroy their sandboxes and join their bakes. */
 	for (size_t i = 0; i < e->n_templates; i++)
 		template_free(e->templates[i]);

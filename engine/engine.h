@@ -47,6 +47,7 @@ enum sandbox_state {
 	SB_DESTROYING,
 	SB_PAUSED,	/* vCPUs stopped, memory resident (ctl pause) */
 	SB_HIBERNATED,	/* memory and device state on disk, no VMM (ctl hibernate) */
+	SB_STOPPED,	/* no VMM, the disk kept (ctl stop); start boots it again */
 	_SB_STATE_MAX,
 };
 
@@ -57,7 +58,9 @@ enum sandbox_event {
 	SB_EV_PAUSE,	   /* ctl pause */
 	SB_EV_RESUME,	   /* ctl resume of a paused one (or an access that needs the guest) */
 	SB_EV_HIBERNATE,   /* ctl hibernate */
-	SB_EV_WAKE,	   /* ctl resume of a hibernated one (or an access that needs the guest) */
+	SB_EV_WAKE,	   /* ctl resume or start of a hibernated one (or an access that needs the guest) */
+	SB_EV_STOP,	   /* ctl stop */
+	SB_EV_START,	   /* ctl start of a stopped one: a cold boot from its disk */
 	_SB_EV_MAX,
 };
 
@@ -86,6 +89,7 @@ struct template_config {
 	enum accel_mode accel;
 	bool net;		 /* a NIC (virtio-net) on a network slot; see netpool/netpool.h */
 	unsigned ready_tcp_port; /* also wait for a TCP connect to this guest port (needs net); 0: no */
+	unsigned idle_timeout_s; /* hibernate a sandbox after this long without an exec; 0: never */
 };
 /* Parse JSON text into *cfg (which must be zeroed); on error sets *ret_error. */
 int template_config_parse(const char *json, size_t len, struct template_config *cfg, char **ret_error);

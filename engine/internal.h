@@ -264,6 +264,8 @@ struct sandbox {
 	const char *last_op;	   /* e->lock */
 	double last_op_ms;
 	double hibernate_ms, wake_ms; /* the last ones */
+	uint64_t active_ns;	   /* e->lock: last time it was running and used (ready, an exec's end); idle runs from here */
+	uint64_t idle_hibernations;
 	uint64_t wakes;
 	/* a fork's child: its files are made by the parent's ctl write, then it restores them */
 	char *fork_of;	  /* the parent's name; NULL if not a fork */
@@ -313,6 +315,9 @@ struct engine {
 	unsigned slots_preparing; /* across templates, protected by lock; at most opts.pool_parallel */
 	uint64_t last_settled_ns; /* when a create last left `creating` (protected by lock) */
 	struct hist hist[H_MAX];  /* protected by lock */
+	pthread_t idler;	  /* idle timeouts (lifecycle.c) */
+	pthread_cond_t idler_cond;
+	bool idler_started, idler_stop;
 
 	atomic_int execs; /* exec threads in flight; engine_free waits for them */
 };
@@ -345,6 +350,8 @@ void sandbox_supervise(struct sandbox *s);
 /* Resumes or wakes the sandbox if it sleeps and counts an exec in; 0 or -EIO. */
 int sandbox_exec_enter(struct sandbox *s);
 void sandbox_exec_leave(struct sandbox *s);
+void engine_idler_start(struct engine *e);
+void engine_idler_stop(struct engine *e);
 
 /* Shared helpers. */
 int engine_file_digest(struct engine *e, const char *path, char out[65]);

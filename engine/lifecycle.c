@@ -24,6 +24,8 @@
 #define QMP_TIMEOUT_MS 10000
 #define RESTORE_TIMEOUT_MS 30000
 #define AGENT_TIMEOUT_MS 30000
+#define BOOT_TIMEOUT_MS 60000
+#define IDLE_PERIOD_MS 250
 
 static uint64_t realtime_ms(void)
 {
@@ -138,13 +140,160 @@ static int op_resume(struct sandbox *s)
 	return r < 0 ? r : transition(s, SB_EV_RESUME);
 }
 
+/* Ends the VMM on purpose (the supervisor hands it back) and drops the agent connection. */
+static int retire_vmm(struct sandbox *s)
+{
+	struct engine *e = s->e;
+	struct agent_client *ac;
+	struct vmm *v;
+
+	pthread_mutex_lock(&e->lock);
+	v = s->vmm;
+	s->vmm_retiring = v;
+	s->vmm_exited = false;
+	e->vmm->kill(v);
+	while (!s->vmm_exited && !atomic_load(&s->cancel))
+		pthread_cond_wait(&s->cond, &e->lock);
+	if (atomic_load(&s->cancel)) {
+		pthread_mutex_unlock(&e->lock);
+		return -ECANCELED; /* destroy frees the VMM */
+	}
+	s->vmm = NULL;
+	s->vmm_pid = 0;
+	s->vmm_exited = false;
+	ac = TAKE_PTR(s->agent);
+	pthread_cond_broadcast(&s->cond);
+	pthread_mutex_unlock(&e->lock);
+	agent_shutdown(ac);
+	agent_free(ac);
+	e->vmm->free(v); /* reaped by the supervisor already */
+	record_write(s->dir, s->tpl->name, s->name, 0, s->rundir);
+	return 0;
+}
+
+static void mark_active(struct sandbox *s)
+{
+	pthread_mutex_lock(&s->e->lock);
+	s->active_ns = now_ns();
+	pthread_mutex_unlock(&s->e->lock);
+}
+
+/* stop: the VMM ends, the disk stays; memory (and a hibernation image) are dropped. */
+static int op_stop(struct sandbox *s)
+{
+	_cleanup_free_ char *state = strjoin(s->dir, "/hibernate.state", NULL), *mem = strjoin(s->dir, "/mem", NULL);
+	int r = 0;
+
+	if (!state || !mem)
+		return -ENOMEM;
+	if (s->vmm && (r = retire_vmm(s)) < 0)
+		return r;
+	unlink(state);
+	unlink(mem);
+	return transition(s, SB_EV_STOP);
+}
+
+/* start: a cold boot from the sandbox's own disk, in its own network slot, in the cold-work place. */
+static int op_start(struct sandbox *s)
+{
+	struct engine *e = s->e;
+	struct template_config cfg = { 0 };
+	_cleanup_free_ char *mem = strjoin(s->dir, "/mem", NULL), *disk = strjoin(s->dir, "/disk.img", NULL);
+	_cleanup_free_ char *qmp = strjoin(s->rundir, "/qmp.sock", NULL);
+	_cleanup_free_ char *agent = strjoin(s->rundir, "/agent.sock", NULL);
+	_cleanup_free_ char *log = strjoin(s->dir, "/vmm.log", NULL), *cmdline = NULL;
+	_cleanup_close_ int memfd = -1;
+	struct agent_client *ac = NULL;
+	struct vmm *v = NULL;
+	const char *step = "queue";
+	int r;
+
+	if (!mem || !disk || !qmp || !agent || !log)
+		return -ENOMEM;
+	pthread_mutex_lock(&e->lock);
+	r = template_config_copy(&s->tpl->cfg, &cfg);
+	pthread_mutex_unlock(&e->lock);
+	if (r < 0)
+		return r;
+	if ((r = cold_acquire(e, &s->cancel)) < 0) {
+		template_config_clear(&cfg);
+		return r;
+	}
+	step = "prepare";
+	unlink(mem);
+	memfd = open(mem, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (memfd < 0 || ftruncate(memfd, (off_t)cfg.mem_mib << 20) < 0)
+		r = -errno;
+	if (r == 0) {
+		struct vmm_spec spec = { .cfg = &cfg, .accel = e->accel, .name = s->name, .mem_path = mem,
+					 .disk_path = cfg.rootfs ? disk : NULL, .qmp_path = qmp, .agent_path = agent,
+					 .console_path = s->console_path, .log_path = log, .incoming_fd = -1,
+					 .netns_fd = s->net ? s->net->netns_fd : -1 };
+
+		step = "spawn";
+		r = engine_spec_init(e, &cfg, &spec, &cmdline);
+		if (r == 0)
+			r = e->vmm->spawn(e->qemu_binary, &spec, &v);
+	}
+	template_config_clear(&cfg);
+	if (r == 0) {
+		pthread_mutex_lock(&e->lock);
+		s->vmm = v;
+		s->vmm_pid = e->vmm->pid(v);
+		if (atomic_load(&s->cancel))
+			e->vmm->kill(v);
+		pthread_cond_broadcast(&s->cond);
+		pthread_mutex_unlock(&e->lock);
+		record_write(s->dir, s->tpl->name, s->name, s->vmm_pid, s->rundir);
+		r = e->vmm->connect(v, QMP_TIMEOUT_MS, &s->cancel);
+	}
+	if (r == 0) {
+		step = "boot";
+		r = agent_connect(agent, QMP_TIMEOUT_MS, &s->cancel, &ac);
+	}
+	if (r == 0) {
+		pthread_mutex_lock(&e->lock);
+		s->agent = ac;
+		if (atomic_load(&s->cancel))
+			agent_shutdown(ac);
+		pthread_mutex_unlock(&e->lock);
+		r = sandbox_attach(s, BOOT_TIMEOUT_MS, NULL, NULL);
+	}
+	cold_release(e);
+	if (r < 0) {
+		set_ctl_error(s, "start failed at %s: %s (see console and %s/vmm.log)", step, strerror(-r), s->dir);
+		pthread_mutex_lock(&e->lock);
+		if (s->vmm) {
+			/* no longer a sandbox that runs: the supervisor must not call its exit a crash */
+			s->vmm_retiring = s->vmm;
+			e->vmm->kill(s->vmm);
+		}
+		pthread_mutex_unlock(&e->lock);
+		if (s->vmm) {
+			pthread_mutex_lock(&e->lock);
+			while (!s->vmm_exited && !atomic_load(&s->cancel))
+				pthread_cond_wait(&s->cond, &e->lock);
+			v = atomic_load(&s->cancel) ? NULL : TAKE_PTR(s->vmm);
+			ac = v ? TAKE_PTR(s->agent) : NULL;
+			s->vmm_exited = false;
+			s->vmm_pid = 0;
+			pthread_cond_broadcast(&s->cond);
+			pthread_mutex_unlock(&e->lock);
+			agent_shutdown(ac);
+			agent_free(ac);
+			if (v)
+				e->vmm->free(v);
+		}
+		return r; /* still stopped: start may be tried again */
+	}
+	return transition(s, SB_EV_START);
+}
+
 static int op_hibernate(struct sandbox *s)
 {
 	struct engine *e = s->e;
 	_cleanup_free_ char *state = strjoin(s->dir, "/hibernate.state", NULL), *tmp = NULL;
 	uint64_t t0 = now_ns();
-	struct agent_client *ac;
-	struct vmm *v;
 	int r;
 
 	if (!state || !(tmp = strjoin(state, ".tmp", NULL)))
@@ -168,27 +317,8 @@ static int op_hibernate(struct sandbox *s)
 			e->vmm->resume(s->vmm, QMP_TIMEOUT_MS);
 		return r;
 	}
-	pthread_mutex_lock(&e->lock);
-	v = s->vmm;
-	s->vmm_retiring = v;
-	s->vmm_exited = false;
-	e->vmm->kill(v);
-	while (!s->vmm_exited && !atomic_load(&s->cancel))
-		pthread_cond_wait(&s->cond, &e->lock);
-	if (atomic_load(&s->cancel)) {
-		pthread_mutex_unlock(&e->lock);
-		return -ECANCELED; /* destroy frees the VMM */
-	}
-	s->vmm = NULL;
-	s->vmm_pid = 0;
-	s->vmm_exited = false;
-	ac = TAKE_PTR(s->agent);
-	pthread_cond_broadcast(&s->cond);
-	pthread_mutex_unlock(&e->lock);
-	agent_shutdown(ac);
-	agent_free(ac);
-	e->vmm->free(v); /* reaped by the supervisor already */
-	record_write(s->dir, s->tpl->name, s->name, 0, s->rundir);
+	if ((r = retire_vmm(s)) < 0)
+		return r;
 	r = transition(s, SB_EV_HIBERNATE);
 	pthread_mutex_lock(&e->lock);
 	s->hibernate_ms = ns_to_ms(now_ns() - t0);
@@ -383,6 +513,10 @@ static int run_op(struct sandbox *s, const char *verb)
 		ev = SB_EV_HIBERNATE;
 	else if (strcmp(verb, "resume") == 0)
 		ev = st == SB_HIBERNATED ? SB_EV_WAKE : SB_EV_RESUME;
+	else if (strcmp(verb, "stop") == 0)
+		ev = SB_EV_STOP;
+	else if (strcmp(verb, "start") == 0)
+		ev = st == SB_HIBERNATED ? SB_EV_WAKE : SB_EV_START;
 	else
 		return -EINVAL;
 	if (atomic_load(&s->cancel) || sandbox_state_next(st, ev) < 0) {
@@ -390,10 +524,13 @@ static int run_op(struct sandbox *s, const char *verb)
 		return -EBUSY;
 	}
 	r = ev == SB_EV_PAUSE ? op_pause(s) : ev == SB_EV_RESUME ? op_resume(s) :
-	    ev == SB_EV_HIBERNATE ? op_hibernate(s) : op_wake(s);
+	    ev == SB_EV_HIBERNATE ? op_hibernate(s) : ev == SB_EV_STOP ? op_stop(s) :
+	    ev == SB_EV_START ? op_start(s) : op_wake(s);
+	if (r == 0 && (ev == SB_EV_RESUME || ev == SB_EV_WAKE || ev == SB_EV_START))
+		mark_active(s);
 	pthread_mutex_lock(&e->lock);
 	s->last_op = ev == SB_EV_PAUSE ? "pause" : ev == SB_EV_RESUME ? "resume" : ev == SB_EV_HIBERNATE ? "hibernate" :
-		     "wake";
+		     ev == SB_EV_STOP ? "stop" : ev == SB_EV_START ? "start" : "wake";
 	s->last_op_ms = ns_to_ms(now_ns() - t0);
 	if (r == 0) {
 		free(s->ctl_error);
@@ -411,7 +548,7 @@ int sandbox_ctl(struct sandbox *s, const char *cmd, size_t len)
 	while (len > 0 && (cmd[len - 1] == '\n' || cmd[len - 1] == ' '))
 		len--;
 	if (len == 0 || len >= sizeof(verb) || memchr(cmd, '\0', len)) {
-		set_ctl_error(s, "ctl: expected pause, resume, hibernate or fork NAME");
+		set_ctl_error(s, "ctl: expected pause, resume, hibernate, stop, start or fork NAME");
 		return -EINVAL;
 	}
 	memcpy(verb, cmd, len);
@@ -421,8 +558,10 @@ int sandbox_ctl(struct sandbox *s, const char *cmd, size_t len)
 			set_ctl_error(s, "fork: bad name (allowed: [A-Za-z0-9][A-Za-z0-9_-]{0,63})");
 			return -EINVAL;
 		}
-	} else if (strcmp(verb, "pause") && strcmp(verb, "resume") && strcmp(verb, "hibernate")) {
-		set_ctl_error(s, "ctl: unknown verb \"%.31s\" (expected pause, resume, hibernate or fork NAME)", verb);
+	} else if (strcmp(verb, "pause") && strcmp(verb, "resume") && strcmp(verb, "hibernate") && strcmp(verb, "stop") &&
+		   strcmp(verb, "start")) {
+		set_ctl_error(s, "ctl: unknown verb \"%.31s\" (expected pause, resume, hibernate, stop, start or fork NAME)",
+			      verb);
 		return -EINVAL;
 	}
 	pthread_mutex_lock(&s->op_lock);
@@ -446,10 +585,12 @@ int sandbox_exec_enter(struct sandbox *s)
 	if (st == SB_PAUSED || st == SB_HIBERNATED)
 		r = run_op(s, "resume"); /* documented: an exec wakes a sleeping sandbox */
 	pthread_mutex_lock(&e->lock);
-	if (r == 0 && s->state == SB_READY)
+	if (r == 0 && s->state == SB_READY) {
 		s->execs_running++;
-	else
-		r = -EIO;
+		s->active_ns = now_ns();
+	} else {
+		r = -EIO; /* failed, stopped (start it first) or going away */
+	}
 	pthread_mutex_unlock(&e->lock);
 	pthread_mutex_unlock(&s->op_lock);
 	return r;
@@ -459,5 +600,104 @@ void sandbox_exec_leave(struct sandbox *s)
 {
 	pthread_mutex_lock(&s->e->lock);
 	s->execs_running--;
+	s->active_ns = now_ns();
 	pthread_mutex_unlock(&s->e->lock);
+}
+
+/* ---- idle timeout: scale to zero ---- */
+
+/* Hibernates sandboxes idle longer than their template's idle_timeout_s (running ones only). */
+static void idle_scan(struct engine *e)
+{
+	uint64_t now = now_ns();
+	struct sandbox **due = NULL;
+	size_t n = 0, cap = 0;
+
+	pthread_mutex_lock(&e->lock);
+	for (size_t i = 0; i < e->n_templates; i++) {
+		struct template *t = e->templates[i];
+		uint64_t limit = (uint64_t)t->cfg.idle_timeout_s * 1000000000ull;
+
+		for (size_t k = 0; limit && k < t->n_sandboxes; k++) {
+			struct sandbox *s = t->sandboxes[k];
+
+			if (s->state != SB_READY || s->execs_running || now - s->active_ns < limit)
+				continue;
+			if (n == cap) {
+				struct sandbox **nd = realloc(due, (cap = cap ? cap * 2 : 8) * sizeof(*nd));
+
+				if (!nd)
+					break;
+				due = nd;
+			}
+			atomic_fetch_add(&s->refs, 1);
+			due[n++] = s;
+		}
+	}
+	pthread_mutex_unlock(&e->lock);
+	for (size_t i = 0; i < n; i++) {
+		struct sandbox *s = due[i];
+
+		/* never wait behind an operation: the next scan tries again */
+		if (pthread_mutex_trylock(&s->op_lock) == 0) {
+			bool still;
+
+			pthread_mutex_lock(&e->lock);
+			still = s->state == SB_READY && !s->execs_running && !atomic_load(&s->cancel);
+			pthread_mutex_unlock(&e->lock);
+			if (still && run_op(s, "hibernate") == 0) {
+				pthread_mutex_lock(&e->lock);
+				s->idle_hibernations++;
+				pthread_mutex_unlock(&e->lock);
+				log_info("sandbox %s/%s idle for %u s: hibernated", s->tpl->name, s->name,
+					 s->tpl->cfg.idle_timeout_s);
+			}
+			pthread_mutex_unlock(&s->op_lock);
+		}
+		sandbox_unref(s);
+	}
+	free(due);
+}
+
+static void *idler_main(void *arg)
+{
+	struct engine *e = arg;
+
+	pthread_mutex_lock(&e->lock);
+	while (!e->idler_stop) {
+		struct timespec ts;
+
+		pthread_mutex_unlock(&e->lock);
+		idle_scan(e);
+		pthread_mutex_lock(&e->lock);
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += IDLE_PERIOD_MS * 1000000L;
+		ts.tv_sec += ts.tv_nsec / 1000000000;
+		ts.tv_nsec %= 1000000000;
+		if (!e->idler_stop)
+			pthread_cond_timedwait(&e->idler_cond, &e->lock, &ts);
+	}
+	pthread_mutex_unlock(&e->lock);
+	return NULL;
+}
+
+void engine_idler_start(struct engine *e)
+{
+	pthread_cond_init(&e->idler_cond, NULL);
+	e->idler_started = thread_create(&e->idler, NULL, idler_main, e) == 0;
+	if (!e->idler_started)
+		log_warn("cannot start the idle-timeout thread: idle sandboxes will not hibernate");
+}
+
+void engine_idler_stop(struct engine *e)
+{
+	if (!e->idler_started)
+		return;
+	pthread_mutex_lock(&e->lock);
+	e->idler_stop = true;
+	pthread_cond_broadcast(&e->idler_cond);
+	pthread_mutex_unlock(&e->lock);
+	pthread_join(e->idler, NULL);
+	e->idler_started = false;
+	pthread_cond_destroy(&e->idler_cond);
 }

@@ -28,7 +28,7 @@
 
 const char *sandbox_state_name(enum sandbox_state s)
 {
-	static const char *const n[] = { "creating", "ready", "failed", "destroying", "paused", "hibernated" };
+	static const char *const n[] = { "creating", "ready", "failed", "destroying", "paused", "hibernated", "stopped" };
 
 	return s < _SB_STATE_MAX ? n[s] : "unknown";
 }
@@ -39,7 +39,8 @@ int sandbox_state_next(enum sandbox_state s, enum sandbox_event ev)
 	case SB_EV_CREATED:
 		return s == SB_CREATING ? SB_READY : -EBUSY;
 	case SB_EV_FAILED:
-		return s == SB_CREATING || s == SB_READY || s == SB_PAUSED || s == SB_HIBERNATED ? SB_FAILED : -EBUSY;
+		return s == SB_CREATING || s == SB_READY || s == SB_PAUSED || s == SB_HIBERNATED || s == SB_STOPPED ?
+			       SB_FAILED : -EBUSY;
 	case SB_EV_DESTROY:
 		return s == SB_DESTROYING || s >= _SB_STATE_MAX ? -EBUSY : SB_DESTROYING;
 	case SB_EV_PAUSE:
@@ -50,6 +51,10 @@ int sandbox_state_next(enum sandbox_state s, enum sandbox_event ev)
 		return s == SB_READY || s == SB_PAUSED ? SB_HIBERNATED : -EBUSY;
 	case SB_EV_WAKE:
 		return s == SB_HIBERNATED ? SB_READY : -EBUSY;
+	case SB_EV_STOP:
+		return s == SB_READY || s == SB_PAUSED || s == SB_HIBERNATED ? SB_STOPPED : -EBUSY;
+	case SB_EV_START:
+		return s == SB_STOPPED ? SB_READY : -EBUSY;
 	default:
 		return -EINVAL;
 	}
@@ -141,7 +146,7 @@ uint64_t sandbox_wait_async(struct sandbox *s, engine_done_fn fn, void *arg)
 	pthread_mutex_unlock(&s->e->lock);
 	free(w);
 	if (st != SB_CREATING)
-		fn(arg, st == SB_READY || st == SB_PAUSED || st == SB_HIBERNATED ? 0 : -EIO);
+		fn(arg, st == SB_READY || st == SB_PAUSED || st == SB_HIBERNATED || st == SB_STOPPED ? 0 : -EIO);
 	else if (!token)
 		fn(arg, -ENOMEM);
 	return token;
@@ -739,6 +744,7 @@ static void *sandbox_main(void *arg)
 	} else {
 		pthread_mutex_lock(&e->lock);
 		w = apply_event(s, SB_EV_CREATED);
+		s->active_ns = now_ns();
 		if (w || s->state == SB_READY) {
 			struct pool_stats *ps = &s->tpl->pool_stats;
 
@@ -994,6 +1000,10 @@ char *sandbox_render_status(struct sandbox *s)
 	json_object_object_add(o, "hibernate_ms", s->hibernate_ms > 0 ? ms_json(s->hibernate_ms) : NULL);
 	json_object_object_add(o, "wake_ms", s->wake_ms > 0 ? ms_json(s->wake_ms) : NULL);
 	json_object_object_add(o, "wakes", json_object_new_int64((int64_t)s->wakes));
+	json_object_object_add(o, "idle_timeout_s", json_object_new_int((int)s->tpl->cfg.idle_timeout_s));
+	json_object_object_add(o, "idle_ms", s->state == SB_READY && s->active_ns ?
+				 ms_json(ns_to_ms(now_ns() - s->active_ns)) : NULL);
+	json_object_object_add(o, "idle_hibernations", json_object_new_int64((int64_t)s->idle_hibernations));
 	json_object_object_add(o, "ctl_error", s->ctl_error ? json_object_new_string(s->ctl_error) : NULL);
 	pthread_mutex_unlock(&e->lock);
 	txt = strjoin(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE),
@@ -1067,7 +1077,7 @@ static int wait_ready(struct sandbox *s)
 		pthread_cond_wait(&s->cond, &s->e->lock);
 	r = s->state == SB_READY || s->state == SB_PAUSED || s->state == SB_HIBERNATED ? 0 : -EIO;
 	pthread_mutex_unlock(&s->e->lock);
-	return r;
+	return r; /* stopped: EIO (start it first) */
 }
 
 static void *exec_main(void *arg)

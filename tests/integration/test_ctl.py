@@ -20,7 +20,12 @@ Sandbox lifecycle through ctl, against real guests (docs/interface.md,
   change nothing; a paused parent stays paused.
 - MOUNT/metrics parses with the reference OpenMetrics parser (strict) and
   counts sandboxes by state, creates by path, operations and misses.
-- Destroying a paused and a hibernated sandbox leaves nothing.
+- stop / start: the VMM ends and its memory is freed, the disk stays; an exec
+  fails with EIO; start cold-boots it from its disk (or restores a
+  hibernated one); every other verb is refused while stopped.
+- idle_timeout_s hibernates an idle sandbox, an exec wakes it, use keeps it
+  awake, and the timeout does not run down while it is paused.
+- Destroying a paused, a hibernated and a stopped sandbox leaves nothing.
 """
 import errno
 import os
@@ -233,13 +238,80 @@ class Ctl(harness.TestCase):
         # reading metrics never wakes anything
         self.assertEqual(D.status("m2")["state"], "paused")
 
+    def test_stop_start(self):
+        D.create_ready("s")
+        D.sh("s", "echo kept > /root/persist; echo lost > /tmp/x; sync")
+        pid = D.status("s")["vmm_pid"]
+        ctl("s", "stop")
+        st = D.status("s")
+        self.assertEqual((st["state"], st["vmm_pid"]), ("stopped", None))
+        self.assertTrue(harness.wait_pid_gone(pid, timeout=5))
+        self.assertFalse(os.path.exists(os.path.join(D.sandbox_vm_dir("s"), "mem")))  # its memory is freed
+        # a stopped sandbox is not started by an exec: the read fails with EIO (exec_plain: ok False, no output)
+        self.assertEqual(D.exec_plain("s", "true"), (b"", False))
+        for verb in ("stop", "pause", "resume", "hibernate", "fork s2"):
+            with self.subTest(verb=verb):
+                self.assertErrno(errno.EBUSY, ctl, "s", verb)
+                self.assertEqual(D.status("s")["state"], "stopped")
+        ctl("s", "start")  # a cold boot from its own disk
+        st = D.status("s")
+        self.assertEqual((st["state"], st["last_op"]), ("ready", "start"))
+        self.assertEqual(D.sh("s", "cat /root/persist; cat /tmp/x 2>/dev/null; hostname").split(), ["kept", "s"])
+        self.assertErrno(errno.EBUSY, ctl, "s", "start")
+        # start of a hibernated sandbox restores it; stop drops a hibernation image
+        D.sh("s", "echo mem > /tmp/y")
+        ctl("s", "hibernate")
+        ctl("s", "start")
+        self.assertEqual(D.sh("s", "cat /tmp/y").strip(), "mem")
+        ctl("s", "hibernate")
+        ctl("s", "stop")
+        self.assertFalse(os.path.exists(os.path.join(D.sandbox_vm_dir("s"), "hibernate.state")))
+        self.assertEqual(D.status("s")["state"], "stopped")
+
+    def test_idle_timeout(self):
+        cfg = harness.read_json(D.tpl("default", "config"))
+        os.mkdir(D.tpl("idle"))
+        try:
+            harness.write_file(D.tpl("idle", "config"), __import__("json").dumps(dict(cfg, idle_timeout_s=2)))
+            D.ctl("bake\n", t="idle")
+            D.wait_template_ready("idle")
+            st = D.create_ready("i", t="idle")
+            self.assertEqual(st["idle_timeout_s"], 2)
+            deadline = time.monotonic() + 10
+            while D.status("i", t="idle")["state"] != "hibernated" and time.monotonic() < deadline:
+                time.sleep(0.1)
+            st = D.status("i", t="idle")
+            self.assertEqual((st["state"], st["idle_hibernations"]), ("hibernated", 1), st)
+            # an exec wakes it, and using it keeps it awake
+            for _ in range(3):
+                self.assertEqual(D.sh("i", "hostname", t="idle").strip(), "i")
+                time.sleep(1.0)
+            self.assertEqual(D.status("i", t="idle")["state"], "ready")
+            # the timeout does not run down while it sleeps: paused for 3 s, it stays paused
+            harness.write_file(D.sb("i", "ctl", t="idle"), "pause")
+            time.sleep(3.0)
+            self.assertEqual(D.status("i", t="idle")["state"], "paused")
+            harness.write_file(D.sb("i", "ctl", t="idle"), "resume")
+            self.assertEqual(D.status("i", t="idle")["state"], "ready")
+            deadline = time.monotonic() + 10
+            while D.status("i", t="idle")["state"] != "hibernated" and time.monotonic() < deadline:
+                time.sleep(0.1)
+            self.assertEqual(D.status("i", t="idle")["idle_hibernations"], 2)
+        finally:
+            for n in D.sandboxes(t="idle"):
+                D.destroy(n, t="idle")
+            os.rmdir(D.tpl("idle"))
+
     def test_destroy_sleeping(self):
         D.create_ready("d1")
         D.create_ready("d2")
+        D.create_ready("d3")
         ctl("d1", "pause")
         ctl("d2", "hibernate")
+        ctl("d3", "stop")
         D.destroy("d1")
         D.destroy("d2")
+        D.destroy("d3")
 
 
 if __name__ == "__main__":
