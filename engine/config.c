@@ -16,6 +16,7 @@ void template_config_clear(struct template_config *cfg)
 	free(cfg->rootfs);
 	free(cfg->cmdline);
 	free(cfg->backend);
+	free(cfg->derived_from);
 	memset(cfg, 0, sizeof(*cfg));
 }
 
@@ -69,7 +70,7 @@ static int check_keys(json_object *o, char **ret_error)
 {
 	static const char *const known[] = { "kernel", "initrd", "rootfs", "cmdline", "vcpus",
 					     "mem_mib", "backend", "accel", "net", "ready_tcp_port",
-					     "idle_timeout_s" };
+					     "idle_timeout_s", "derived_from" };
 
 	json_object_object_foreach(o, key, val) {
 		bool ok = false;
@@ -109,6 +110,14 @@ static int parse_strings(json_object *o, struct template_config *cfg, char **ret
 			return fail(ret_error, "config: \"backend\" must be \"qemu\" (the only driver built)");
 	}
 	cfg->backend = strdup(s);
+	if (json_object_object_get_ex(o, "derived_from", &v)) {
+		const char *d = json_object_is_type(v, json_type_string) ? json_object_get_string(v) : NULL;
+
+		if (!d || !*d || strlen(d) > 256 || strpbrk(d, "\n\r\t"))
+			return fail(ret_error, "config: \"derived_from\" must be a short string");
+		if (!(cfg->derived_from = strdup(d)))
+			return -ENOMEM;
+	}
 	return cfg->cmdline && cfg->backend ? 0 : -ENOMEM;
 }
 
@@ -212,6 +221,8 @@ char *template_config_render(const struct template_config *cfg)
 		json_object_object_add(o, "ready_tcp_port", json_object_new_int((int)cfg->ready_tcp_port));
 	if (cfg->idle_timeout_s)
 		json_object_object_add(o, "idle_timeout_s", json_object_new_int((int)cfg->idle_timeout_s));
+	if (cfg->derived_from)
+		json_object_object_add(o, "derived_from", json_object_new_string(cfg->derived_from));
 	s = strjoin(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE),
 		    "\n", NULL);
 	return s;

@@ -491,12 +491,17 @@ void engine_free(struct engine *e)
 
 int engine_template_create(struct engine *e, const char *name, struct template **ret)
 {
+	return engine_template_create_config(e, name, NULL, ret);
+}
+
+int engine_template_create_config(struct engine *e, const char *name, const char *config, struct template **ret)
+{
 	struct template *t;
 	int r = name_validate(name);
 
 	if (r < 0)
 		return r;
-	if (!e->default_config)
+	if (!config && !(config = e->default_config))
 		return -ENOENT;
 	pthread_mutex_lock(&e->lock);
 	r = e->shutting_down ? -ESHUTDOWN : find_template(e, name) ? -EEXIST : 0;
@@ -504,7 +509,7 @@ int engine_template_create(struct engine *e, const char *name, struct template *
 	if (r < 0)
 		return r;
 	/* Hashing and writing the config take time: not under the lock. */
-	r = template_new(e, name, e->default_config, true, &t);
+	r = template_new(e, name, config, true, &t);
 	if (r < 0)
 		return r;
 	pthread_mutex_lock(&e->lock);

@@ -90,6 +90,7 @@ struct template_config {
 	bool net;		 /* a NIC (virtio-net) on a network slot; see netpool/netpool.h */
 	unsigned ready_tcp_port; /* also wait for a TCP connect to this guest port (needs net); 0: no */
 	unsigned idle_timeout_s; /* hibernate a sandbox after this long without an exec; 0: never */
+	char *derived_from;	 /* set by ctl "template NEW": the snapshot came from a sandbox, not a boot */
 };
 /* Parse JSON text into *cfg (which must be zeroed); on error sets *ret_error. */
 int template_config_parse(const char *json, size_t len, struct template_config *cfg, char **ret_error);
@@ -113,6 +114,7 @@ struct identity_inputs {
 	const char *accel;
 	const char *vmm_version;
 	const char *restore_capability;
+	const char *derived; /* a template made from a sandbox: where its snapshot came from; NULL otherwise */
 };
 void identity_digest(const struct identity_inputs *in, char out[65]);
 
@@ -131,6 +133,8 @@ char *engine_render_metrics(struct engine *e);
 
 /* Templates. */
 int engine_template_create(struct engine *e, const char *name, struct template **ret);
+/* The same with a given config (JSON text) instead of the default one. */
+int engine_template_create_config(struct engine *e, const char *name, const char *config, struct template **ret);
 int engine_template_remove(struct engine *e, const char *name);
 struct template *engine_template_get(struct engine *e, const char *name); /* ref'd or NULL */
 struct template *engine_template_by_id(struct engine *e, uint64_t id);	  /* ref'd or NULL */

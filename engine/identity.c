@@ -37,6 +37,8 @@ void identity_digest(const struct identity_inputs *in, char out[65])
 	put(&c, "accel", in->accel);
 	put(&c, "vmm", in->vmm_version);
 	put(&c, "restore", in->restore_capability);
+	if (in->derived) /* only then: the identities of ordinary templates stay what they were */
+		put(&c, "derived", in->derived);
 	sha256_final(&c, d);
 	sha256_hex(d, out);
 }

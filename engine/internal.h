@@ -181,6 +181,7 @@ int template_snapshot_clone(struct template *t, const char *mem_dst, const char 
 			    enum clone_method *ret_method, int *ret_state_fd, char **ret_why);
 
 int template_clone_rootfs(struct template *t, const char *rootfs, const char *dst, enum clone_method *ret_method);
+int template_install_snapshot(struct template *t, const char *newdir, struct timings *tm);
 
 struct template {
 	atomic_int refs;

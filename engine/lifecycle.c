@@ -477,6 +477,73 @@ static int op_fork(struct sandbox *s, const char *name)
 	return r;
 }
 
+/*
+ * template NEW: the sandbox's current state becomes template NEW's snapshot.
+ * NEW's config is this template's plus "derived_from" (so its identity is
+ * its own, and a boot can never replace its snapshot); the device state is
+ * saved (the vCPUs stop for it), memory and disk are reflinked into NEW's
+ * snapshot, and the sandbox runs again. On failure NEW is removed.
+ */
+static int op_template(struct sandbox *s, const char *name)
+{
+	struct engine *e = s->e;
+	struct template *nt = NULL;
+	struct template_config cfg = { 0 };
+	_cleanup_free_ char *text = NULL, *newdir = NULL, *state = NULL, *mem = NULL, *cmem = NULL;
+	_cleanup_free_ char *disk = NULL, *cdisk = NULL;
+	_cleanup_free_ char *at = NULL;
+	struct timings tm;
+	enum clone_method m;
+	bool was_running;
+	int r;
+
+	timings_start(&tm);
+	pthread_mutex_lock(&e->lock);
+	r = template_config_copy(&s->tpl->cfg, &cfg);
+	was_running = s->state == SB_READY;
+	pthread_mutex_unlock(&e->lock);
+	if (r < 0)
+		return r;
+	free(cfg.derived_from);
+	at = iso8601_now();
+	if (asprintf(&cfg.derived_from, "%s/%s@%s", s->tpl->name, s->name, at ? at : "?") < 0)
+		cfg.derived_from = NULL;
+	text = cfg.derived_from ? template_config_render(&cfg) : NULL;
+	r = text ? engine_template_create_config(e, name, text, &nt) : -ENOMEM;
+	if (r < 0) {
+		template_config_clear(&cfg);
+		set_ctl_error(s, "template %s: %s", name, r == -EEXIST ? "a template of that name exists" : strerror(-r));
+		return r;
+	}
+	newdir = strjoin(nt->dir, "/snapshot.new", NULL);
+	state = newdir ? strjoin(newdir, "/state", NULL) : NULL;
+	mem = strjoin(s->dir, "/mem", NULL);
+	cmem = newdir ? strjoin(newdir, "/mem", NULL) : NULL;
+	disk = strjoin(s->dir, "/disk.img", NULL);
+	cdisk = newdir ? strjoin(newdir, "/disk.img", NULL) : NULL;
+	r = !newdir || !state || !mem || !cmem || !disk || !cdisk ? -ENOMEM : mkdir_p(newdir, 0700);
+	if (r == 0 && (r = e->vmm->snapshot(s->vmm, state, QMP_TIMEOUT_MS)) < 0)
+		set_ctl_error(s, "template %s: snapshot failed: %s", name, strerror(-r));
+	if (r == 0 && (r = store_clone(&e->store, mem, cmem, &m)) < 0)
+		set_ctl_error(s, "template %s: cloning memory failed: %s", name, strerror(-r));
+	if (r == 0 && cfg.rootfs && (r = store_clone(&e->store, disk, cdisk, &m)) < 0)
+		set_ctl_error(s, "template %s: cloning the disk failed: %s", name, strerror(-r));
+	if (was_running && e->vmm->resume(s->vmm, QMP_TIMEOUT_MS) < 0 && r == 0) {
+		r = -EIO;
+		set_ctl_error(s, "template %s: the sandbox did not resume", name);
+	}
+	timings_lap(&tm, "snapshot");
+	template_config_clear(&cfg);
+	if (r == 0 && (r = template_install_snapshot(nt, newdir, &tm)) < 0)
+		set_ctl_error(s, "template %s: installing the snapshot failed: %s", name, strerror(-r));
+	if (r < 0 && newdir)
+		rm_rf(newdir);
+	template_unref(nt);
+	if (r < 0)
+		engine_template_remove(e, name);
+	return r;
+}
+
 /* Runs the verb with s->op_lock held; the state check is in the op's transition and here. */
 static int run_op(struct sandbox *s, const char *verb)
 {
@@ -489,16 +556,19 @@ static int run_op(struct sandbox *s, const char *verb)
 	pthread_mutex_lock(&e->lock);
 	st = s->state;
 	pthread_mutex_unlock(&e->lock);
-	if (strncmp(verb, "fork ", 5) == 0) {
+	if (strncmp(verb, "fork ", 5) == 0 || strncmp(verb, "template ", 9) == 0) {
+		bool fork = verb[0] == 'f';
+
 		if (atomic_load(&s->cancel) || (st != SB_READY && st != SB_PAUSED)) {
-			set_ctl_error(s, "fork: refused while the sandbox is %s", sandbox_state_name(st));
+			set_ctl_error(s, "%s: refused while the sandbox is %s", fork ? "fork" : "template",
+				      sandbox_state_name(st));
 			return -EBUSY;
 		}
-		r = op_fork(s, verb + 5);
+		r = fork ? op_fork(s, verb + 5) : op_template(s, verb + 9);
 		pthread_mutex_lock(&e->lock);
-		s->last_op = "fork";
+		s->last_op = fork ? "fork" : "template";
 		s->last_op_ms = ns_to_ms(now_ns() - t0);
-		if (r == 0)
+		if (r == 0 && fork)
 			hist_add(&e->hist[H_FORK], s->last_op_ms);
 		if (r == 0) {
 			free(s->ctl_error);
@@ -548,19 +618,19 @@ int sandbox_ctl(struct sandbox *s, const char *cmd, size_t len)
 	while (len > 0 && (cmd[len - 1] == '\n' || cmd[len - 1] == ' '))
 		len--;
 	if (len == 0 || len >= sizeof(verb) || memchr(cmd, '\0', len)) {
-		set_ctl_error(s, "ctl: expected pause, resume, hibernate, stop, start or fork NAME");
+		set_ctl_error(s, "ctl: expected pause, resume, hibernate, stop, start, fork NAME or template NAME");
 		return -EINVAL;
 	}
 	memcpy(verb, cmd, len);
 	verb[len] = '\0';
-	if (strncmp(verb, "fork ", 5) == 0) {
-		if (name_validate(verb + 5) < 0) {
-			set_ctl_error(s, "fork: bad name (allowed: [A-Za-z0-9][A-Za-z0-9_-]{0,63})");
+	if (strncmp(verb, "fork ", 5) == 0 || strncmp(verb, "template ", 9) == 0) {
+		if (name_validate(strchr(verb, ' ') + 1) < 0) {
+			set_ctl_error(s, "%.8s: bad name (allowed: [A-Za-z0-9][A-Za-z0-9_-]{0,63})", verb);
 			return -EINVAL;
 		}
 	} else if (strcmp(verb, "pause") && strcmp(verb, "resume") && strcmp(verb, "hibernate") && strcmp(verb, "stop") &&
 		   strcmp(verb, "start")) {
-		set_ctl_error(s, "ctl: unknown verb \"%.31s\" (expected pause, resume, hibernate, stop, start or fork NAME)",
+		set_ctl_error(s, "ctl: unknown verb \"%.31s\" (expected pause, resume, hibernate, stop, start, fork NAME or template NAME)",
 			      verb);
 		return -EINVAL;
 	}

@@ -688,6 +688,11 @@ static int run_create(struct job *j, const char **step)
 		job_clone_snapshot(j);
 		sb_lap(s, "clone");
 	}
+	if (!j->restore && j->cfg.derived_from) {
+		/* its state came from a sandbox: booting the base image would silently lose it */
+		*step = "restore (a template made from a sandbox never boots cold; its snapshot is unusable)";
+		return -EIO;
+	}
 	if (!j->restore) {
 		/* The one reserved place for cold work: cold boots queue rather than race. */
 		if ((r = cold_acquire(e, &s->cancel)) < 0)

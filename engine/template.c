@@ -75,7 +75,7 @@ static int compute_identity(struct engine *e, const struct template_config *cfg,
 	in = (struct identity_inputs){ .kernel_digest = dk, .initrd_digest = di, .rootfs_digest = dr,
 				       .cmdline = spec.cmdline, .vcpus = cfg->vcpus, .mem_mib = cfg->mem_mib,
 				       .backend = cfg->backend, .accel = spec.accel, .vmm_version = e->vmm_version,
-				       .restore_capability = RESTORE_CAPABILITY };
+				       .restore_capability = RESTORE_CAPABILITY, .derived = cfg->derived_from };
 	identity_digest(&in, out);
 	return 0;
 }
@@ -450,6 +450,64 @@ static int bake_commit(struct bake_ctx *b, const char *mem, const char *disk)
 	return r;
 }
 
+/*
+ * Makes newdir (mem, disk.img, state, written by the caller) this template's
+ * snapshot, as a bake's commit does: files flushed, bake.json written with
+ * the template's identity and the state's digest, swapped in atomically;
+ * the template turns ready. Used by ctl "template NEW".
+ */
+int template_install_snapshot(struct template *t, const char *newdir, struct timings *tm)
+{
+	struct engine *e = t->e;
+	_cleanup_free_ char *state = strjoin(newdir, "/state", NULL), *bj = strjoin(newdir, "/bake.json", NULL);
+	_cleanup_free_ char *mem = strjoin(newdir, "/mem", NULL), *disk = strjoin(newdir, "/disk.img", NULL);
+	_cleanup_free_ char *at = iso8601_now();
+	_cleanup_json_ json_object *o = json_object_new_object();
+	struct slot *stale;
+	char sd[65], ident[65];
+	uint64_t mem_size;
+	bool has_disk;
+	const char *txt;
+	int r;
+
+	if (!state || !bj || !mem || !disk || !o)
+		return -ENOMEM;
+	pthread_mutex_lock(&e->lock);
+	memcpy(ident, t->identity, 65);
+	mem_size = (uint64_t)t->cfg.mem_mib << 20;
+	has_disk = t->cfg.rootfs != NULL;
+	pthread_mutex_unlock(&e->lock);
+	if ((r = fsync_path(mem)) < 0 || (has_disk && (r = fsync_path(disk)) < 0) || (r = fsync_path(state)) < 0 ||
+	    (r = sha256_file(state, sd)) < 0)
+		return r;
+	timings_lap(tm, "sync");
+	json_object_object_add(o, "identity", json_object_new_string(ident));
+	json_object_object_add(o, "state_sha256", json_object_new_string(sd));
+	json_object_object_add(o, "mem_size", json_object_new_int64((int64_t)mem_size));
+	json_object_object_add(o, "baked_at", json_object_new_string(at ? at : ""));
+	json_object_object_add(o, "timings", timings_json(tm));
+	txt = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY);
+	if ((r = write_file_atomic(bj, txt, strlen(txt), true)) < 0)
+		return r;
+	pthread_rwlock_wrlock(&t->snap_lock);
+	rm_rf(t->snapdir);
+	if (rename(newdir, t->snapdir) < 0)
+		r = -errno;
+	pthread_rwlock_unlock(&t->snap_lock);
+	if (r < 0)
+		return r;
+	pthread_mutex_lock(&e->lock);
+	r = template_load_bake(t);
+	if (r == 0)
+		t->state = strcmp(t->bake.identity, t->identity) == 0 ? TPL_READY : TPL_STALE;
+	stale = pool_take_unfit(t);
+	pthread_cond_broadcast(&t->cond);
+	pthread_cond_broadcast(&t->pool_cond);
+	pthread_mutex_unlock(&e->lock);
+	slots_free_list(e, stale);
+	return r;
+}
+
 /* A failed bake's logs outlive its directory: the error points at them. */
 static void keep_log(struct bake_ctx *b, const char *from, const char *to)
 {
@@ -710,7 +768,12 @@ int template_ctl(struct template *t, const char *cmd, size_t len)
 	pthread_mutex_lock(&e->lock);
 	if (t->removed)
 		r = -ENOENT;
-	else if (t->bake_running || t->bake_joinable || e->shutting_down)
+	else if (t->cfg.derived_from) {
+		/* its snapshot is a sandbox's state: a boot cannot make it again */
+		free(t->error);
+		t->error = strdup("bake: refused: this template was made from a sandbox (derived_from); its snapshot cannot be rebuilt by booting");
+		r = -EINVAL;
+	} else if (t->bake_running || t->bake_joinable || e->shutting_down)
 		r = -EBUSY;
 	else if (force || t->state != TPL_READY)
 		template_start_bake(t);

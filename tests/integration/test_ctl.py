@@ -18,6 +18,9 @@ Sandbox lifecycle through ctl, against real guests (docs/interface.md,
   its own hostname and entropy; writes after the fork are not shared; forks
   to an existing or bad name, or of a hibernated sandbox, are refused and
   change nothing; a paused parent stays paused.
+- template NEW: a new template whose snapshot is the sandbox's state (disk
+  and memory); creates under it find that state; it cannot be rebaked;
+  existing or bad names are refused.
 - MOUNT/metrics parses with the reference OpenMetrics parser (strict) and
   counts sandboxes by state, creates by path, operations and misses.
 - stop / start: the VMM ends and its memory is freed, the disk stays; an exec
@@ -301,6 +304,33 @@ class Ctl(harness.TestCase):
             for n in D.sandboxes(t="idle"):
                 D.destroy(n, t="idle")
             os.rmdir(D.tpl("idle"))
+
+    def test_template_from_sandbox(self):
+        D.create_ready("t")
+        D.sh("t", "echo setup > /root/setup; echo inmem > /tmp/m; sync")
+        ctl("t", "template tnew")
+        try:
+            self.assertEqual(D.status("t")["state"], "ready")  # the source runs on
+            st = D.template_status("tnew")
+            self.assertEqual(st["state"], "ready", st)
+            self.assertNotEqual(st["identity"], D.template_status()["identity"])
+            cfg = harness.read_json(D.tpl("tnew", "config"))
+            self.assertTrue(cfg["derived_from"].startswith("default/t@"), cfg)
+            x = D.create_ready("x", t="tnew")
+            self.assertEqual(x["path"], "restore")
+            self.assertEqual(D.sh("x", "cat /root/setup /tmp/m; hostname", t="tnew").split(), ["setup", "inmem", "x"])
+            # refusals
+            self.assertErrno(errno.EEXIST, ctl, "t", "template tnew")
+            self.assertErrno(errno.EINVAL, ctl, "t", "template ../x")
+            self.assertErrno(errno.EINVAL, harness.write_file, D.tpl("tnew", "ctl"), "rebake")
+            self.assertIn("derived_from", D.template_status("tnew")["error"])
+            self.assertEqual(D.template_status("tnew")["state"], "ready")
+            D.destroy("x", t="tnew")
+        finally:
+            for n in D.sandboxes(t="tnew"):
+                D.destroy(n, t="tnew")
+            os.rmdir(D.tpl("tnew"))
+        self.assertNotIn("tnew", os.listdir(os.path.join(D.mount, "templates")))
 
     def test_destroy_sleeping(self):
         D.create_ready("d1")

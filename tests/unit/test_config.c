@@ -115,6 +115,9 @@ static void rejects(void **state)
 		"{\"kernel\":\"/k\",\"ready_tcp_port\":8080}",
 		"{\"kernel\":\"/k\",\"net\":true,\"ready_tcp_port\":65536}",
 		"{\"kernel\":\"/k\",\"net\":true,\"ready_tcp_port\":-1}",
+		"{\"kernel\":\"/k\",\"idle_timeout_s\":-5}",
+		"{\"kernel\":\"/k\",\"derived_from\":\"\"}",
+		"{\"kernel\":\"/k\",\"derived_from\":7}",
 	};
 	(void)state;
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {

@@ -55,6 +55,8 @@ static void each_input_matters(void **state)
 	CHANGE(vmm_version, "QEMU 8.0");
 	CHANGE(restore_capability, "cap2");
 	CHANGE(initrd_digest, "");
+	CHANGE(derived, "default/a@2026-11-23T21:00:00.000Z"); /* a template made from a sandbox */
+	CHANGE(derived, ""); /* present but empty differs from absent */
 }
 
 static void no_field_ambiguity(void **state)
