@@ -25,6 +25,11 @@ static void transitions(void **state)
 	assert_int_equal(sandbox_state_next(SB_HIBERNATED, SB_EV_DESTROY), SB_DESTROYING);
 	assert_int_equal(sandbox_state_next(SB_PAUSED, SB_EV_FAILED), SB_FAILED);
 	assert_int_equal(sandbox_state_next(SB_HIBERNATED, SB_EV_FAILED), SB_FAILED); /* a wake that failed */
+	assert_int_equal(sandbox_state_next(SB_READY, SB_EV_STOP), SB_STOPPED);
+	assert_int_equal(sandbox_state_next(SB_PAUSED, SB_EV_STOP), SB_STOPPED);
+	assert_int_equal(sandbox_state_next(SB_HIBERNATED, SB_EV_STOP), SB_STOPPED);
+	assert_int_equal(sandbox_state_next(SB_STOPPED, SB_EV_START), SB_READY);
+	assert_int_equal(sandbox_state_next(SB_STOPPED, SB_EV_DESTROY), SB_DESTROYING);
 }
 
 static void refusals(void **state)
@@ -53,6 +58,11 @@ static void refusals(void **state)
 	assert_int_equal(sandbox_state_next(SB_CREATING, SB_EV_PAUSE), -EBUSY);
 	assert_int_equal(sandbox_state_next(SB_FAILED, SB_EV_PAUSE), -EBUSY);
 	assert_int_equal(sandbox_state_next(SB_DESTROYING, SB_EV_WAKE), -EBUSY);
+	for (int ev = SB_EV_PAUSE; ev < _SB_EV_MAX; ev++)
+		if (ev != SB_EV_START)
+			assert_int_equal(sandbox_state_next(SB_STOPPED, (enum sandbox_event)ev), -EBUSY);
+	assert_int_equal(sandbox_state_next(SB_READY, SB_EV_START), -EBUSY);
+	assert_int_equal(sandbox_state_next(SB_STOPPED, SB_EV_STOP), -EBUSY);
 }
 
 static void names(void **state)
@@ -64,6 +74,7 @@ static void names(void **state)
 	assert_string_equal(sandbox_state_name(SB_DESTROYING), "destroying");
 	assert_string_equal(sandbox_state_name(SB_PAUSED), "paused");
 	assert_string_equal(sandbox_state_name(SB_HIBERNATED), "hibernated");
+	assert_string_equal(sandbox_state_name(SB_STOPPED), "stopped");
 	assert_string_equal(template_state_name(TPL_STALE), "stale");
 }
 
