@@ -11,6 +11,8 @@ nftables, and real guests (docs/interface.md, "Networking"):
 - The slot's namespace holds the tap (MAC as baked) and the veth; the guest
   has the address it was baked with.
 - ready_tcp_port holds readiness until the port answers.
+- A fork gets its own network slot (and its copy of the parent's server
+  answers there); hibernate and wake keep the sandbox's address.
 - Bad configuration fails at start with a clear error (range syntax, a range
   too small for the pool, a range overlapping the host's routes), and "net"
   on a daemon without --net is refused.
@@ -185,6 +187,24 @@ class Net(harness.TestCase):
                 D.destroy(n, t="tcp")
             os.rmdir(D.tpl("tcp"))
 
+    def test_fork_gets_its_own_network_slot(self):
+        a = D.create_ready("fa")
+        serve("fa", "parent")
+        harness.write_file(D.sb("fa", "ctl"), "fork fb")
+        b = D.wait_ready("fb")
+        self.assertNotEqual(a["net"]["address"], b["net"]["address"])
+        self.assertNotEqual(a["net"]["netns"], b["net"]["netns"])
+        # the child's memory has the running httpd too: it answers at the child's own address
+        self.assertEqual(http_get(b["net"]["address"]), "parent\n")
+        ex("fb", "echo child > /tmp/index.html")
+        self.assertEqual(http_get(a["net"]["address"]), "parent\n")
+        self.assertEqual(http_get(b["net"]["address"]), "child\n")
+        # hibernate and wake keep the address
+        harness.write_file(D.sb("fb", "ctl"), "hibernate")
+        harness.write_file(D.sb("fb", "ctl"), "resume")
+        self.assertEqual(D.status("fb")["net"]["address"], b["net"]["address"])
+        self.assertEqual(http_get(b["net"]["address"]), "child\n")
+
     def test_netpool_status_and_release(self):
         st = D.template_status()["netpool"]
         self.assertEqual(st["range"], RANGE)
@@ -201,31 +221,64 @@ class Net(harness.TestCase):
         self.assertEqual(D.template_status()["netpool"]["in_use"], in_use - 1)
 
 
+def remove_tag(tag):
+    """After a failed test whose daemon was killed: what it left on the host."""
+    for n in os.listdir("/run/netns") if os.path.isdir("/run/netns") else []:
+        if n.startswith("ef%s-" % tag):
+            subprocess.run(["ip", "netns", "del", n], capture_output=True)
+    for line in subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout.splitlines():
+        name = line.split()[0].split("@")[0]
+        if name.startswith("ef%sh" % tag):
+            subprocess.run(["ip", "link", "del", name], capture_output=True)
+    subprocess.run(["nft", "delete", "table", "ip", "emberfs_%s" % tag], capture_output=True)
+
+
+def netns_inodes(tag):
+    base = "/run/netns"
+    return {os.stat(os.path.join(base, n)).st_ino for n in os.listdir(base) if n.startswith("ef%s-" % tag)}
+
+
 class Restart(harness.TestCase):
     def test_kill9_then_restart_removes_old_slots(self):
         args = ["--net", "--net-range", "10.233.0.0/16", "--net-pool", "2"]
         d = harness.Daemon(extra_args=args).start()
         d2 = None
+        tag = None
         try:
             st = d.create_ready("k")
-            old_ns = st["net"]["netns"]
-            tag = old_ns[2:6]
-            mine = [n for n in os.listdir("/run/netns") if n.startswith("ef%s-" % tag)]
-            self.assertGreaterEqual(len(mine), 3)  # the sandbox's and the ready ones
+            tag = st["net"]["netns"][2:6]
+            wait_for_netpool(d, 2)
+            old = netns_inodes(tag)
+            self.assertEqual(len(old), 3)  # the sandbox's and the two ready ones
             d.kill9()
             d2 = harness.Daemon(reuse=d, extra_args=args).start()
-            now = [n for n in os.listdir("/run/netns") if n.startswith("ef%s-" % tag)]
+            wait_for_netpool(d2, 2)
+            now = netns_inodes(tag)
             # the earlier run's namespaces went at start; the new pool built its own
             self.assertEqual(len(now), 2, now)
+            self.assertFalse(now & old, "a namespace of the killed run survived the restart")
             st = d2.create_ready("k2")
             serve_d = d2.exec_plain("k2", "echo again > /tmp/index.html && httpd -p 8080 -h /tmp")
             self.assertTrue(serve_d[1], serve_d)
             self.assertEqual(http_get(st["net"]["address"]), "again\n")
         except BaseException:
             (d2 or d).force_cleanup()
+            if tag:
+                remove_tag(tag)
             raise
         d2.stop()
-        self.assertEqual([n for n in os.listdir("/run/netns") if n.startswith("ef%s-" % tag)], [])
+        self.assertEqual(netns_inodes(tag), set())
+
+
+def wait_for_netpool(d, ready, timeout=30):
+    deadline = time.monotonic() + timeout
+    while True:
+        st = d.template_status()["netpool"]
+        if st["ready"] == ready and st["building"] == 0:
+            return st
+        if time.monotonic() > deadline:
+            raise AssertionError("netpool not at %d ready after %d s: %s" % (ready, timeout, st))
+        time.sleep(0.05)
 
 
 class Config(harness.TestCase):
