@@ -193,98 +193,102 @@ static int op_stop(struct sandbox *s)
 	return transition(s, SB_EV_STOP);
 }
 
-/* start: a cold boot from the sandbox's own disk, in its own network slot, in the cold-work place. */
-static int op_start(struct sandbox *s)
+/*
+ * A VMM for the sandbox's own files (its memory, disk, sockets and network
+ * slot): spawned, published for the supervisor, connected; with state_fd it
+ * loads that device state (a wake), else it boots (a start). Then the agent
+ * and the identity attach, which also sets the clock. On failure *step says
+ * where; a VMM already published stays in s->vmm for the caller.
+ */
+static int run_own_vmm(struct sandbox *s, const char *mem, int state_fd, const char **step)
 {
 	struct engine *e = s->e;
 	struct template_config cfg = { 0 };
-	_cleanup_free_ char *mem = strjoin(s->dir, "/mem", NULL), *disk = strjoin(s->dir, "/disk.img", NULL);
+	_cleanup_free_ char *disk = strjoin(s->dir, "/disk.img", NULL), *log = strjoin(s->dir, "/vmm.log", NULL);
 	_cleanup_free_ char *qmp = strjoin(s->rundir, "/qmp.sock", NULL);
-	_cleanup_free_ char *agent = strjoin(s->rundir, "/agent.sock", NULL);
-	_cleanup_free_ char *log = strjoin(s->dir, "/vmm.log", NULL), *cmdline = NULL;
-	_cleanup_close_ int memfd = -1;
+	_cleanup_free_ char *agent = strjoin(s->rundir, "/agent.sock", NULL), *cmdline = NULL;
 	struct agent_client *ac = NULL;
 	struct vmm *v = NULL;
-	const char *step = "queue";
 	int r;
 
-	if (!mem || !disk || !qmp || !agent || !log)
+	*step = "spawn";
+	if (!disk || !log || !qmp || !agent)
 		return -ENOMEM;
 	pthread_mutex_lock(&e->lock);
 	r = template_config_copy(&s->tpl->cfg, &cfg);
 	pthread_mutex_unlock(&e->lock);
 	if (r < 0)
 		return r;
-	if ((r = cold_acquire(e, &s->cancel)) < 0) {
-		template_config_clear(&cfg);
-		return r;
-	}
-	step = "prepare";
-	unlink(mem);
-	memfd = open(mem, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-	if (memfd < 0 || ftruncate(memfd, (off_t)cfg.mem_mib << 20) < 0)
-		r = -errno;
-	if (r == 0) {
+	{
 		struct vmm_spec spec = { .cfg = &cfg, .accel = e->accel, .name = s->name, .mem_path = mem,
 					 .disk_path = cfg.rootfs ? disk : NULL, .qmp_path = qmp, .agent_path = agent,
-					 .console_path = s->console_path, .log_path = log, .incoming_fd = -1,
+					 .console_path = s->console_path, .log_path = log, .incoming_fd = state_fd,
 					 .netns_fd = s->net ? s->net->netns_fd : -1 };
 
-		step = "spawn";
 		r = engine_spec_init(e, &cfg, &spec, &cmdline);
 		if (r == 0)
 			r = e->vmm->spawn(e->qemu_binary, &spec, &v);
 	}
 	template_config_clear(&cfg);
-	if (r == 0) {
-		pthread_mutex_lock(&e->lock);
-		s->vmm = v;
-		s->vmm_pid = e->vmm->pid(v);
-		if (atomic_load(&s->cancel))
-			e->vmm->kill(v);
-		pthread_cond_broadcast(&s->cond);
-		pthread_mutex_unlock(&e->lock);
-		record_write(s->dir, s->tpl->name, s->name, s->vmm_pid, s->rundir);
-		r = e->vmm->connect(v, QMP_TIMEOUT_MS, &s->cancel);
+	if (r < 0)
+		return r;
+	pthread_mutex_lock(&e->lock);
+	s->vmm = v;
+	s->vmm_pid = e->vmm->pid(v);
+	if (atomic_load(&s->cancel))
+		e->vmm->kill(v);
+	pthread_cond_broadcast(&s->cond); /* the supervisor watches it from now on */
+	pthread_mutex_unlock(&e->lock);
+	record_write(s->dir, s->tpl->name, s->name, s->vmm_pid, s->rundir);
+	if ((r = e->vmm->connect(v, QMP_TIMEOUT_MS, &s->cancel)) < 0)
+		return r;
+	if (state_fd >= 0) {
+		*step = "restore";
+		if ((r = e->vmm->restore(v, QMP_TIMEOUT_MS)) < 0 || (r = e->vmm->wait_running(v, RESTORE_TIMEOUT_MS)) < 0)
+			return r;
 	}
-	if (r == 0) {
-		step = "boot";
-		r = agent_connect(agent, QMP_TIMEOUT_MS, &s->cancel, &ac);
-	}
-	if (r == 0) {
-		pthread_mutex_lock(&e->lock);
-		s->agent = ac;
-		if (atomic_load(&s->cancel))
-			agent_shutdown(ac);
-		pthread_mutex_unlock(&e->lock);
-		r = sandbox_attach(s, BOOT_TIMEOUT_MS, NULL, NULL);
-	}
+	*step = state_fd >= 0 ? "agent" : "boot";
+	if ((r = agent_connect(agent, QMP_TIMEOUT_MS, &s->cancel, &ac)) < 0)
+		return r;
+	pthread_mutex_lock(&e->lock);
+	s->agent = ac;
+	if (atomic_load(&s->cancel))
+		agent_shutdown(ac);
+	pthread_mutex_unlock(&e->lock);
+	return sandbox_attach(s, state_fd >= 0 ? AGENT_TIMEOUT_MS : BOOT_TIMEOUT_MS, NULL, NULL);
+}
+
+/* start: a cold boot from the sandbox's own disk, in its own network slot, in the cold-work place. */
+static int op_start(struct sandbox *s)
+{
+	struct engine *e = s->e;
+	_cleanup_free_ char *mem = strjoin(s->dir, "/mem", NULL);
+	_cleanup_close_ int memfd = -1;
+	const char *step = "prepare";
+	unsigned mem_mib;
+	int r;
+
+	if (!mem)
+		return -ENOMEM;
+	pthread_mutex_lock(&e->lock);
+	mem_mib = s->tpl->cfg.mem_mib;
+	pthread_mutex_unlock(&e->lock);
+	if ((r = cold_acquire(e, &s->cancel)) < 0)
+		return r;
+	/* a fresh, zeroed memory file */
+	unlink(mem);
+	memfd = open(mem, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (memfd < 0 || ftruncate(memfd, (off_t)mem_mib << 20) < 0)
+		r = -errno;
+	if (r == 0)
+		r = run_own_vmm(s, mem, -1, &step);
 	cold_release(e);
 	if (r < 0) {
 		set_ctl_error(s, "start failed at %s: %s (see console and %s/vmm.log)", step, strerror(-r), s->dir);
-		pthread_mutex_lock(&e->lock);
-		if (s->vmm) {
-			/* no longer a sandbox that runs: the supervisor must not call its exit a crash */
-			s->vmm_retiring = s->vmm;
-			e->vmm->kill(s->vmm);
-		}
-		pthread_mutex_unlock(&e->lock);
-		if (s->vmm) {
-			pthread_mutex_lock(&e->lock);
-			while (!s->vmm_exited && !atomic_load(&s->cancel))
-				pthread_cond_wait(&s->cond, &e->lock);
-			v = atomic_load(&s->cancel) ? NULL : TAKE_PTR(s->vmm);
-			ac = v ? TAKE_PTR(s->agent) : NULL;
-			s->vmm_exited = false;
-			s->vmm_pid = 0;
-			pthread_cond_broadcast(&s->cond);
-			pthread_mutex_unlock(&e->lock);
-			agent_shutdown(ac);
-			agent_free(ac);
-			if (v)
-				e->vmm->free(v);
-		}
-		return r; /* still stopped: start may be tried again */
+		/* still stopped, and may be tried again: its VMM is ended on purpose, not as a crash */
+		if (s->vmm)
+			retire_vmm(s);
+		return r;
 	}
 	return transition(s, SB_EV_START);
 }
@@ -330,72 +334,21 @@ static int op_hibernate(struct sandbox *s)
 static int op_wake(struct sandbox *s)
 {
 	struct engine *e = s->e;
-	struct template_config cfg = { 0 };
-	_cleanup_free_ char *state = strjoin(s->dir, "/hibernate.state", NULL);
-	_cleanup_free_ char *mem = strjoin(s->dir, "/mem", NULL), *disk = strjoin(s->dir, "/disk.img", NULL);
-	_cleanup_free_ char *qmp = strjoin(s->rundir, "/qmp.sock", NULL);
-	_cleanup_free_ char *agent = strjoin(s->rundir, "/agent.sock", NULL);
-	_cleanup_free_ char *log = strjoin(s->dir, "/vmm.log", NULL), *cmdline = NULL;
+	_cleanup_free_ char *state = strjoin(s->dir, "/hibernate.state", NULL), *mem = strjoin(s->dir, "/mem", NULL);
 	_cleanup_close_ int state_fd = -1;
-	struct agent_client *ac = NULL;
-	struct vmm *v = NULL;
 	uint64_t t0 = now_ns();
 	const char *step = "spawn";
 	int r;
 
-	if (!state || !mem || !disk || !qmp || !agent || !log)
+	if (!state || !mem)
 		return -ENOMEM;
-	pthread_mutex_lock(&e->lock);
-	r = template_config_copy(&s->tpl->cfg, &cfg);
-	pthread_mutex_unlock(&e->lock);
-	if (r < 0)
-		return r;
 	state_fd = open(state, O_RDONLY | O_CLOEXEC);
 	if (state_fd < 0) {
 		r = -errno;
-		template_config_clear(&cfg);
 		set_ctl_error(s, "wake: %s: %s", state, strerror(-r));
 		return r;
 	}
-	{
-		struct vmm_spec spec = { .cfg = &cfg, .accel = e->accel, .name = s->name, .mem_path = mem,
-					 .disk_path = cfg.rootfs ? disk : NULL, .qmp_path = qmp, .agent_path = agent,
-					 .console_path = s->console_path, .log_path = log, .incoming_fd = state_fd,
-					 .netns_fd = s->net ? s->net->netns_fd : -1 };
-
-		r = engine_spec_init(e, &cfg, &spec, &cmdline);
-		if (r == 0)
-			r = e->vmm->spawn(e->qemu_binary, &spec, &v);
-	}
-	template_config_clear(&cfg);
-	if (r == 0) {
-		pthread_mutex_lock(&e->lock);
-		s->vmm = v;
-		s->vmm_pid = e->vmm->pid(v);
-		if (atomic_load(&s->cancel))
-			e->vmm->kill(v);
-		pthread_cond_broadcast(&s->cond); /* the supervisor watches it from now on */
-		pthread_mutex_unlock(&e->lock);
-		record_write(s->dir, s->tpl->name, s->name, s->vmm_pid, s->rundir);
-		r = e->vmm->connect(v, QMP_TIMEOUT_MS, &s->cancel);
-	}
-	if (r == 0) {
-		step = "restore";
-		if ((r = e->vmm->restore(v, QMP_TIMEOUT_MS)) == 0)
-			r = e->vmm->wait_running(v, RESTORE_TIMEOUT_MS);
-	}
-	if (r == 0) {
-		step = "agent";
-		r = agent_connect(agent, QMP_TIMEOUT_MS, &s->cancel, &ac);
-	}
-	if (r == 0) {
-		pthread_mutex_lock(&e->lock);
-		s->agent = ac;
-		if (atomic_load(&s->cancel))
-			agent_shutdown(ac);
-		pthread_mutex_unlock(&e->lock);
-		r = sandbox_attach(s, AGENT_TIMEOUT_MS, NULL, NULL);
-	}
+	r = run_own_vmm(s, mem, state_fd, &step);
 	if (r < 0) {
 		set_ctl_error(s, "wake failed at %s: %s (see console and %s/vmm.log)", step, strerror(-r), s->dir);
 		/* a sandbox that cannot wake is failed; its files stay until rmdir */

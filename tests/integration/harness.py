@@ -34,6 +34,7 @@ removed after a run where every test passed and kept (paths printed) otherwise.
 """
 
 import atexit
+import contextlib
 import base64
 import ctypes
 import errno
@@ -584,6 +585,26 @@ class Daemon:
     def ctl(self, cmd, t="default"):
         write_file(self.tpl(t, "ctl"), cmd)
 
+    @contextlib.contextmanager
+    def template(self, name, bake=False, **config):
+        """A template for one test: made with mkdir (the default's config, with
+        `config` keys set), baked if asked; on the way out its sandboxes are
+        destroyed and it is removed."""
+        os.mkdir(self.tpl(name))
+        try:
+            if config:
+                cfg = read_json(self.tpl("default", "config"))
+                cfg.update(config)
+                write_file(self.tpl(name, "config"), json.dumps(cfg))
+            if bake:
+                self.ctl("bake\n", t=name)
+                self.wait_template_ready(name)
+            yield name
+        finally:
+            for n in self.sandboxes(t=name):
+                self.destroy(n, t=name)
+            os.rmdir(self.tpl(name))
+
     # ---- warm pool ----
     def pool(self, t="default"):
         return self.template_status(t)["pool"]
@@ -721,6 +742,18 @@ def _listdir(path):
         return sorted(os.listdir(path))
     except OSError:
         return []
+
+
+def wait_for(pred, timeout, what):
+    """Polls pred until it returns something true (returned); fails after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError("not within %.0f s: %s" % (timeout, what))
+        time.sleep(0.05)
 
 
 def read_json(path):

@@ -142,8 +142,7 @@ class Ctl(harness.TestCase):
 
     def test_ctl_while_creating(self):
         # a cold template: the create takes seconds, so ctl meets it creating
-        os.mkdir(D.tpl("slow"))
-        try:
+        with D.template("slow"):
             D.create("c", t="slow")
             self.assertEqual(D.status("c", t="slow")["state"], "creating")
             self.assertErrno(errno.EBUSY, harness.write_file, D.sb("c", "ctl", t="slow"), "pause")
@@ -152,10 +151,6 @@ class Ctl(harness.TestCase):
             harness.write_file(D.sb("c", "ctl", t="slow"), "hibernate")  # a cold-booted one hibernates too
             self.assertEqual(D.sh("c", "hostname", t="slow").strip(), "c")
             D.destroy("c", t="slow")
-        finally:
-            for n in D.sandboxes(t="slow"):
-                D.destroy(n, t="slow")
-            os.rmdir(D.tpl("slow"))
 
     def test_fork(self):
         D.create_ready("f")
@@ -272,12 +267,7 @@ class Ctl(harness.TestCase):
         self.assertEqual(D.status("s")["state"], "stopped")
 
     def test_idle_timeout(self):
-        cfg = harness.read_json(D.tpl("default", "config"))
-        os.mkdir(D.tpl("idle"))
-        try:
-            harness.write_file(D.tpl("idle", "config"), __import__("json").dumps(dict(cfg, idle_timeout_s=2)))
-            D.ctl("bake\n", t="idle")
-            D.wait_template_ready("idle")
+        with D.template("idle", bake=True, idle_timeout_s=2):
             st = D.create_ready("i", t="idle")
             self.assertEqual(st["idle_timeout_s"], 2)
             deadline = time.monotonic() + 10
@@ -300,10 +290,6 @@ class Ctl(harness.TestCase):
             while D.status("i", t="idle")["state"] != "hibernated" and time.monotonic() < deadline:
                 time.sleep(0.1)
             self.assertEqual(D.status("i", t="idle")["idle_hibernations"], 2)
-        finally:
-            for n in D.sandboxes(t="idle"):
-                D.destroy(n, t="idle")
-            os.rmdir(D.tpl("idle"))
 
     def test_template_from_sandbox(self):
         D.create_ready("t")

@@ -165,12 +165,7 @@ class Net(harness.TestCase):
         self.assertIn("from-b", out)
 
     def test_ready_tcp_port_holds_readiness(self):
-        cfg = harness.read_json(D.tpl("default", "config"))
-        os.mkdir(D.tpl("tcp"))
-        try:
-            harness.write_file(D.tpl("tcp", "config"), json.dumps(dict(cfg, ready_tcp_port=8081)))
-            D.ctl("bake\n", t="tcp")
-            D.wait_template_ready("tcp")
+        with D.template("tcp", bake=True, ready_tcp_port=8081):
             D.create("t1", t="tcp")
             # the agent answers within a second or so; nothing serves 8081, so it stays creating
             deadline = time.monotonic() + 30
@@ -182,10 +177,6 @@ class Net(harness.TestCase):
             self.assertEqual(st["state"], "creating", st)
             self.assertNotIn("tcp", st["timings"])
             D.destroy("t1", t="tcp")
-        finally:
-            for n in D.sandboxes(t="tcp"):
-                D.destroy(n, t="tcp")
-            os.rmdir(D.tpl("tcp"))
 
     def test_fork_gets_its_own_network_slot(self):
         a = D.create_ready("fa")

@@ -43,24 +43,21 @@ def tearDownModule():
         D.stop()
 
 
-def wait_for(pred, timeout, what):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError("not within %.0f s: %s" % (timeout, what))
-        time.sleep(0.05)
+wait_for = harness.wait_for
 
 
-class Pool(harness.TestCase):
+class PoolTest(harness.TestCase):
+    """Every test leaves the shared daemon's pool at 0, drained."""
+
     def tearDown(self):
         try:
             D.set_pool(0)
             D.wait_pool(0)
         finally:
             super().tearDown()
+
+
+class Pool(PoolTest):
 
     def test_pool_file_values(self):
         self.assertEqual(harness.read_text(D.tpl("default", "pool")), "0\n")
@@ -124,14 +121,7 @@ class Pool(harness.TestCase):
         self.assertEqual(inv, {**BASE, "slots": []})
 
 
-class Claims(harness.TestCase):
-    def tearDown(self):
-        try:
-            D.set_pool(0)
-            D.wait_pool(0)
-        finally:
-            super().tearDown()
-
+class Claims(PoolTest):
     def test_32_concurrent_against_8(self):
         D.set_pool(8)
         D.wait_pool(8, timeout=120)
@@ -201,14 +191,7 @@ class Claims(harness.TestCase):
         D.assert_inventory(BASE, timeout=10)
 
 
-class Staleness(harness.TestCase):
-    def tearDown(self):
-        try:
-            D.set_pool(0)
-            D.wait_pool(0)
-        finally:
-            super().tearDown()
-
+class Staleness(PoolTest):
     def test_rebake_recycles(self):
         D.set_pool(2)
         D.wait_pool(2)
@@ -262,14 +245,7 @@ class Staleness(harness.TestCase):
         self.assertFalse(set(D.slots()) & old)
 
 
-class Health(harness.TestCase):
-    def tearDown(self):
-        try:
-            D.set_pool(0)
-            D.wait_pool(0)
-        finally:
-            super().tearDown()
-
+class Health(PoolTest):
     def _replaced(self, sig):
         D.set_pool(1)
         D.wait_pool(1)
