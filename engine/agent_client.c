@@ -1,13 +1,16 @@
 /*
- * Host side of the agent protocol (engine/guest/agent.c is the guest side):
- * one JSON object per line over a byte stream. Calls are multiplexed by "id";
- * a reader thread hands each reply to the call waiting for it.
+ * Host side of the agent protocol (engine/guest/agent.c is the guest side;
+ * docs/protocol.md the contract): one JSON object per line over a byte
+ * stream, a line with "bin": N followed by N raw bytes. Calls are
+ * multiplexed by "id"; a reader thread hands each reply to the call waiting
+ * for it, or to the callback of an asynchronous call.
  */
 #include <poll.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 
 #include "internal.h"
@@ -17,7 +20,11 @@
 struct pending {
 	uint64_t id;
 	json_object *resp;
+	uint8_t *data; /* the reply's binary payload */
+	size_t data_len;
 	bool done;
+	agent_async_fn cb; /* asynchronous: called instead of waking a waiter */
+	void *arg;
 	struct pending *next;
 };
 
@@ -30,15 +37,57 @@ struct agent_client {
 	uint64_t next_id;	 /* protected by lock */
 	struct pending *pending; /* protected by lock */
 	bool broken;		 /* protected by lock */
+	bool reader_done;	 /* protected by lock */
+	/*
+	 * The owner's, the reader thread's (it may outlive every other user:
+	 * an asynchronous callback can drop the last outside reference), and one
+	 * per call in flight on another thread. The last one frees.
+	 */
+	atomic_int refs;
 };
 
-static void deliver(struct agent_client *c, json_object *o)
+static void unlink_pending(struct agent_client *c, struct pending *p)
 {
+	for (struct pending **pp = &c->pending; *pp; pp = &(*pp)->next)
+		if (*pp == p) {
+			*pp = p->next;
+			break;
+		}
+}
+
+/* 0 for "ok": true, else the reply's errno (negative). */
+static int reply_result(json_object *resp)
+{
+	json_object *okv, *ev;
+	int e;
+
+	if (json_object_object_get_ex(resp, "ok", &okv) && json_object_get_boolean(okv))
+		return 0;
+	e = json_object_object_get_ex(resp, "errno", &ev) ? json_object_get_int(ev) : EIO;
+	log_debug("agent: call failed: %s", json_object_to_json_string(resp));
+	return -(e > 0 && e < 4096 ? e : EIO);
+}
+
+static void async_finish(struct pending *p, int r)
+{
+	if (r == 0)
+		r = reply_result(p->resp);
+	p->cb(p->arg, r, r == 0 ? p->resp : NULL, r == 0 ? p->data : NULL, r == 0 ? p->data_len : 0);
+	json_object_put(p->resp);
+	free(p->data);
+	free(p);
+}
+
+/* Takes o and data. */
+static void deliver(struct agent_client *c, json_object *o, uint8_t *data, size_t len)
+{
+	struct pending *async = NULL;
 	json_object *idv;
 	uint64_t id;
 
 	if (!json_object_object_get_ex(o, "id", &idv)) {
 		json_object_put(o); /* unsolicited event, e.g. "ready" after a cold boot */
+		free(data);
 		return;
 	}
 	id = (uint64_t)json_object_get_int64(idv);
@@ -46,13 +95,35 @@ static void deliver(struct agent_client *c, json_object *o)
 	for (struct pending *p = c->pending; p; p = p->next)
 		if (p->id == id && !p->done) {
 			p->resp = TAKE_PTR(o);
+			p->data = TAKE_PTR(data);
+			p->data_len = len;
 			p->done = true;
-			pthread_cond_broadcast(&c->cond);
+			if (p->cb) {
+				unlink_pending(c, p);
+				async = p;
+			} else {
+				pthread_cond_broadcast(&c->cond);
+			}
 			break;
 		}
 	pthread_mutex_unlock(&c->lock);
+	if (async)
+		async_finish(async, 0);
 	if (o)
 		json_object_put(o);
+	free(data);
+}
+
+/* The payload length a line announces: 0 without "bin", -1 if out of range. */
+static ssize_t line_bin(json_object *o)
+{
+	json_object *v;
+	int64_t n;
+
+	if (!json_object_object_get_ex(o, "bin", &v))
+		return 0;
+	n = json_object_get_int64(v);
+	return json_object_is_type(v, json_type_int) && n >= 0 && n <= (int64_t)AGENT_BIN_MAX ? (ssize_t)n : -1;
 }
 
 static void *reader_main(void *arg)
@@ -60,6 +131,8 @@ static void *reader_main(void *arg)
 	struct agent_client *c = arg;
 	size_t cap = 65536, len = 0;
 	char *buf = malloc(cap);
+	json_object *held = NULL; /* a line whose payload is still arriving */
+	size_t want = 0;
 
 	while (buf) {
 		char *nl;
@@ -79,22 +152,70 @@ static void *reader_main(void *arg)
 		if (n <= 0)
 			break;
 		len += (size_t)n;
-		while ((nl = memchr(buf, '\n', len))) {
+		for (;;) {
 			json_object *o;
+			ssize_t bin;
+			uint8_t *data = NULL;
 
+			if (held) {
+				if (len < want)
+					break;
+				data = want ? malloc(want) : NULL;
+				if (want && !data)
+					goto out;
+				memcpy(data, buf, want);
+				len -= want;
+				memmove(buf, buf + want, len);
+				deliver(c, TAKE_PTR(held), data, want);
+				continue;
+			}
+			if (!(nl = memchr(buf, '\n', len)))
+				break;
 			*nl = '\0';
 			o = json_tokener_parse(buf);
-			if (o)
-				deliver(c, o);
 			len -= (size_t)(nl + 1 - buf);
 			memmove(buf, nl + 1, len);
+			if (!o)
+				continue;
+			bin = line_bin(o);
+			if (bin < 0) {
+				log_warn("agent: a reply announced an out-of-range payload; dropping the connection");
+				json_object_put(o);
+				goto out;
+			}
+			if (bin == 0) {
+				deliver(c, o, NULL, 0);
+				continue;
+			}
+			held = o;
+			want = (size_t)bin;
 		}
 	}
+out:
+	json_object_put(held);
 	free(buf);
 	pthread_mutex_lock(&c->lock);
 	c->broken = true;
 	pthread_cond_broadcast(&c->cond);
+	for (;;) {
+		struct pending *p = NULL;
+
+		for (struct pending *q = c->pending; q; q = q->next)
+			if (q->cb) {
+				p = q;
+				break;
+			}
+		if (!p)
+			break;
+		unlink_pending(c, p);
+		pthread_mutex_unlock(&c->lock);
+		async_finish(p, -ECONNRESET);
+		pthread_mutex_lock(&c->lock);
+	}
+	c->reader_done = true;
+	pthread_cond_broadcast(&c->cond);
 	pthread_mutex_unlock(&c->lock);
+	agent_unref(c);
 	return NULL;
 }
 
@@ -125,10 +246,18 @@ int agent_connect(const char *path, unsigned timeout_ms, const atomic_bool *canc
 		return -ENOMEM;
 	c->fd = TAKE_FD(fd);
 	c->next_id = 1;
+	atomic_init(&c->refs, 2);
 	pthread_mutex_init(&c->lock, NULL);
 	pthread_mutex_init(&c->write_lock, NULL);
 	pthread_cond_init(&c->cond, NULL);
-	if (thread_create(&c->reader, NULL, reader_main, c)) {
+	pthread_attr_t attr;
+	int r;
+
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	r = thread_create(&c->reader, &attr, reader_main, c);
+	pthread_attr_destroy(&attr);
+	if (r) {
 		close(c->fd);
 		free(c);
 		return -EAGAIN;
@@ -137,37 +266,47 @@ int agent_connect(const char *path, unsigned timeout_ms, const atomic_bool *canc
 	return 0;
 }
 
-static int send_line(struct agent_client *c, const char *s)
+static int send_all(int fd, struct iovec *iov, int n)
 {
-	size_t len = strlen(s);
-	int r = 0;
+	while (n > 0) {
+		ssize_t w = sendmsg(fd, &(struct msghdr){ .msg_iov = iov, .msg_iovlen = (size_t)n }, MSG_NOSIGNAL);
 
-	pthread_mutex_lock(&c->write_lock);
-	while (len > 0) {
-		ssize_t n = send(c->fd, s, len, MSG_NOSIGNAL);
-
-		if (n < 0 && errno == EINTR)
+		if (w < 0 && errno == EINTR)
 			continue;
-		if (n < 0) {
-			r = -errno;
-			break;
+		if (w < 0)
+			return errno == EAGAIN ? -ETIMEDOUT : -errno;
+		while (n > 0 && (size_t)w >= iov->iov_len) {
+			w -= (ssize_t)iov->iov_len;
+			iov++;
+			n--;
 		}
-		s += n;
-		len -= (size_t)n;
+		if (n > 0) {
+			iov->iov_base = (char *)iov->iov_base + w;
+			iov->iov_len -= (size_t)w;
+		}
 	}
-	if (r == 0 && send(c->fd, "\n", 1, MSG_NOSIGNAL) != 1)
-		r = -EIO;
-	pthread_mutex_unlock(&c->write_lock);
-	return r;
+	return 0;
 }
 
-static void unlink_pending(struct agent_client *c, struct pending *p)
+/* The request line, then its payload, as one unit on the stream. */
+static int send_request(struct agent_client *c, json_object *req, const void *bin, size_t bin_len)
 {
-	for (struct pending **pp = &c->pending; *pp; pp = &(*pp)->next)
-		if (*pp == p) {
-			*pp = p->next;
-			break;
-		}
+	const char *s;
+	struct iovec iov[3];
+	int r;
+
+	if (bin)
+		json_object_object_add(req, "bin", json_object_new_int64((int64_t)bin_len));
+	s = json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN);
+	iov[0] = (struct iovec){ (void *)s, strlen(s) };
+	iov[1] = (struct iovec){ (void *)"\n", 1 };
+	iov[2] = (struct iovec){ (void *)bin, bin ? bin_len : 0 };
+	pthread_mutex_lock(&c->write_lock);
+	r = send_all(c->fd, iov, bin && bin_len ? 3 : 2);
+	if (r < 0)
+		shutdown(c->fd, SHUT_RDWR); /* a frame cut short: the stream cannot be resynchronised */
+	pthread_mutex_unlock(&c->write_lock);
+	return r;
 }
 
 static int wait_reply(struct agent_client *c, struct pending *p, unsigned timeout_ms)
@@ -189,30 +328,44 @@ static int wait_reply(struct agent_client *c, struct pending *p, unsigned timeou
 	return c->broken ? -ECONNRESET : -ETIMEDOUT;
 }
 
-int agent_call(struct agent_client *c, json_object *req, unsigned timeout_ms, json_object **ret_resp)
+static int register_pending(struct agent_client *c, struct pending *p)
 {
-	return agent_call_then(c, req, timeout_ms, NULL, NULL, ret_resp);
-}
-
-int agent_call_then(struct agent_client *c, json_object *req, unsigned timeout_ms, int (*then)(void *arg),
-		    void *arg, json_object **ret_resp)
-{
-	struct pending p = { 0 };
-	json_object *okv;
-	int r;
-
 	pthread_mutex_lock(&c->lock);
 	if (c->broken) {
 		pthread_mutex_unlock(&c->lock);
 		return -ECONNRESET;
 	}
-	p.id = c->next_id++;
-	p.next = c->pending;
-	c->pending = &p;
+	p->id = c->next_id++;
+	p->next = c->pending;
+	c->pending = p;
 	pthread_mutex_unlock(&c->lock);
+	return 0;
+}
 
+int agent_call(struct agent_client *c, json_object *req, unsigned timeout_ms, json_object **ret_resp)
+{
+	return agent_call_full(c, req, NULL, 0, timeout_ms, NULL, NULL, ret_resp, NULL, NULL);
+}
+
+int agent_call_then(struct agent_client *c, json_object *req, unsigned timeout_ms, int (*then)(void *arg),
+		    void *arg, json_object **ret_resp)
+{
+	return agent_call_full(c, req, NULL, 0, timeout_ms, then, arg, ret_resp, NULL, NULL);
+}
+
+int agent_call_full(struct agent_client *c, json_object *req, const void *bin, size_t bin_len, unsigned timeout_ms,
+		    int (*then)(void *arg), void *arg, json_object **ret_resp, uint8_t **ret_data, size_t *ret_len)
+{
+	struct pending p = { 0 };
+	int r;
+
+	if (bin && bin_len > AGENT_BIN_MAX)
+		return -EMSGSIZE;
+	r = register_pending(c, &p);
+	if (r < 0)
+		return r;
 	json_object_object_add(req, "id", json_object_new_int64((int64_t)p.id));
-	r = send_line(c, json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN));
+	r = send_request(c, req, bin, bin_len);
 	if (r == 0 && then)
 		r = then(arg);
 
@@ -221,23 +374,58 @@ int agent_call_then(struct agent_client *c, json_object *req, unsigned timeout_m
 		r = wait_reply(c, &p, timeout_ms);
 	unlink_pending(c, &p);
 	pthread_mutex_unlock(&c->lock);
+	if (r == 0)
+		r = reply_result(p.resp);
+	if (r == 0 && ret_resp)
+		*ret_resp = TAKE_PTR(p.resp);
+	if (r == 0 && ret_data) {
+		*ret_data = TAKE_PTR(p.data);
+		*ret_len = p.data_len;
+	}
+	json_object_put(p.resp);
+	free(p.data);
+	return r;
+}
+
+int agent_call_async(struct agent_client *c, json_object *req, const void *bin, size_t bin_len, agent_async_fn cb,
+		     void *arg)
+{
+	struct pending *p;
+	uint64_t id;
+	int r;
+
+	if (bin && bin_len > AGENT_BIN_MAX)
+		return -EMSGSIZE;
+	p = calloc(1, sizeof(*p));
+	if (!p)
+		return -ENOMEM;
+	p->cb = cb;
+	p->arg = arg;
+	r = register_pending(c, p);
 	if (r < 0) {
-		if (p.resp)
-			json_object_put(p.resp);
+		free(p);
 		return r;
 	}
-	if (!json_object_object_get_ex(p.resp, "ok", &okv) || !json_object_get_boolean(okv)) {
-		json_object *ev;
-		int e = json_object_object_get_ex(p.resp, "errno", &ev) ? json_object_get_int(ev) : EIO;
+	id = p->id; /* p may be finished and freed by the reader as soon as the request is out */
+	json_object_object_add(req, "id", json_object_new_int64((int64_t)id));
+	r = send_request(c, req, bin, bin_len);
+	if (r < 0) {
+		bool mine = false;
 
-		log_debug("agent: call failed: %s", json_object_to_json_string(p.resp));
-		json_object_put(p.resp);
-		return -(e > 0 ? e : EIO);
+		pthread_mutex_lock(&c->lock);
+		for (struct pending *q = c->pending; q; q = q->next)
+			if (q->id == id && q->cb) {
+				unlink_pending(c, q);
+				mine = true;
+				break;
+			}
+		pthread_mutex_unlock(&c->lock);
+		if (mine) {
+			free(p);
+			return r;
+		}
+		/* the reader failed it already (the callback ran): done */
 	}
-	if (ret_resp)
-		*ret_resp = p.resp;
-	else
-		json_object_put(p.resp);
 	return 0;
 }
 
@@ -247,12 +435,32 @@ void agent_shutdown(struct agent_client *c)
 		shutdown(c->fd, SHUT_RDWR);
 }
 
+struct agent_client *agent_ref(struct agent_client *c)
+{
+	if (c)
+		atomic_fetch_add(&c->refs, 1);
+	return c;
+}
+
+/* Also waits for the reader to end (every asynchronous callback has run), unless called from one. */
 void agent_free(struct agent_client *c)
 {
 	if (!c)
 		return;
 	shutdown(c->fd, SHUT_RDWR);
-	pthread_join(c->reader, NULL);
+	if (!pthread_equal(pthread_self(), c->reader)) {
+		pthread_mutex_lock(&c->lock);
+		while (!c->reader_done)
+			pthread_cond_wait(&c->cond, &c->lock);
+		pthread_mutex_unlock(&c->lock);
+	}
+	agent_unref(c);
+}
+
+void agent_unref(struct agent_client *c)
+{
+	if (!c || atomic_fetch_sub(&c->refs, 1) != 1)
+		return;
 	close(c->fd);
 	pthread_mutex_destroy(&c->lock);
 	pthread_mutex_destroy(&c->write_lock);
