@@ -29,7 +29,12 @@ struct engine_options {
 	uint64_t store_size_mib;   /* size of the loop-mounted XFS store when needed */
 	bool no_loop_store;	   /* never create a loop store; full copies are then reported */
 	bool bake_default;	   /* bake the default template at start */
-	unsigned pool_depth;	   /* default warm-pool target per template (templates/T/pool overrides) */
+	unsigned pool_depth;	   /* with pool_pinned: the pinned depth of templates without a pool file */
+	bool pool_pinned;	   /* --pool N; else (--pool auto, the default) the capacity controller decides */
+	uint64_t pool_budget_mib;  /* memory for warm slots of all templates; 0: a quarter of host memory */
+	unsigned pool_max_slots;   /* warm slots of all templates; 0: 64 */
+	double pool_miss_target;   /* wanted chance that a create finds no warm slot; 0: 0.01 */
+	unsigned pool_idle_decay_s; /* no create for this long: no slots (auto only); 0: 600 */
 	unsigned pool_parallel;	   /* warm slots prepared at once across all templates (default 1) */
 	unsigned slot_max_age_s;   /* warm slots older than this are replaced; 0: never */
 	bool warmup_exec;	   /* warm slots also run one exec ahead (first exec fast, ~15 MiB more each) */
@@ -128,6 +133,16 @@ const char *engine_store_method(struct engine *e);
 /* Callback for asynchronous completions: result 0 or negative errno. */
 typedef void (*engine_done_fn)(void *arg, int result);
 
+/*
+ * Lifecycle events (MOUNT/events): fn gets one JSON object per event, as a
+ * line without its newline, and the id of the object it concerns. It runs
+ * with engine locks held, so it must only queue and wake.
+ */
+typedef void (*engine_event_fn)(void *arg, uint64_t object_id, const char *line);
+void engine_set_event_fn(struct engine *e, engine_event_fn fn, void *arg);
+/* Changes whenever the sandbox's state does (poll on status). */
+uint64_t sandbox_status_seq(struct sandbox *s);
+
 /* OpenMetrics text (MOUNT/metrics); malloc'd. */
 char *engine_render_metrics(struct engine *e);
 
@@ -151,8 +166,13 @@ int template_write_config(struct template *t, const char *data, size_t len);
 /* ctl: "bake" or "rebake". */
 int template_ctl(struct template *t, const char *cmd, size_t len);
 
-/* The warm pool: its target depth ("N\n", 0..256, saved with the template). */
+/*
+ * The warm pool: "N\n" (0..256) pins the depth, "auto\n" leaves it to the
+ * capacity controller; saved with the template. Reading says which is in force.
+ */
 char *template_render_pool(struct template *t);
+/* templates/T/stats: hit rate, misses by reason, depth and why, demand (JSON). */
+char *template_render_stats(struct template *t);
 int template_pool_write(struct template *t, const char *data, size_t len);
 /* Warm slots are listed by id; ids are unique engine ids, never reused. */
 uint64_t *template_slot_ids(struct template *t, size_t *ret_n); /* free() */

@@ -7,6 +7,7 @@
 
 #include "common.h"
 #include "engine.h"
+#include "capacity.h"
 #include "netpool.h"
 
 static inline void json_object_putp(json_object **o)
@@ -63,9 +64,32 @@ int agent_call(struct agent_client *c, json_object *req, unsigned timeout_ms, js
  */
 int agent_call_then(struct agent_client *c, json_object *req, unsigned timeout_ms, int (*then)(void *arg),
 		    void *arg, json_object **ret_resp);
+/*
+ * The general call: bin (bin_len bytes, at most AGENT_BIN_MAX) goes with the
+ * request as its payload; a reply's payload is returned in *ret_data
+ * (malloc'd, NULL if none) when ret_data is given.
+ */
+#define AGENT_BIN_MAX (1u << 20)
+int agent_call_full(struct agent_client *c, json_object *req, const void *bin, size_t bin_len, unsigned timeout_ms,
+		    int (*then)(void *arg), void *arg, json_object **ret_resp, uint8_t **ret_data, size_t *ret_len);
+/*
+ * Asynchronous: cb runs once, from the reader thread, with the result (0 or
+ * -errno; -ECONNRESET when the connection ends first) and, on success, the
+ * reply and its payload, both owned by the caller of cb only during the call.
+ * No timeout: the reply or the end of the connection ends it. If this returns
+ * an error, cb never runs. cb must not block or call into this client
+ * synchronously (it may start another asynchronous call).
+ */
+typedef void (*agent_async_fn)(void *arg, int result, json_object *resp, const uint8_t *data, size_t len);
+int agent_call_async(struct agent_client *c, json_object *req, const void *bin, size_t bin_len, agent_async_fn cb,
+		     void *arg);
 /* Makes every pending and later call fail with -ECONNRESET; safe from any thread. */
 void agent_shutdown(struct agent_client *c);
+/* Shuts the connection down and drops the owner's reference. */
 void agent_free(struct agent_client *c);
+/* Calls made from another thread than the owner's hold a reference. */
+struct agent_client *agent_ref(struct agent_client *c);
+void agent_unref(struct agent_client *c);
 
 /* ---- VMM drivers ---- */
 struct vmm_spec {
@@ -152,6 +176,10 @@ struct slot {
 	struct netslot *net;	/* its network slot, if the template has "net" */
 	struct slot *next;
 };
+/* Why a create was not served warm (templates/T/stats). */
+enum miss_reason { MISS_EMPTY = 0, MISS_STALE, MISS_NO_SNAPSHOT, MISS_BUDGET, MISS_UNHEALTHY, _MISS_MAX };
+const char *miss_reason_name(enum miss_reason r);
+
 struct pool_stats {
 	uint64_t prepared, prepare_failed;
 	uint64_t served_warm, served_restore, served_cold;
@@ -165,8 +193,16 @@ bool slot_matches(const struct template *t, const struct slot *sl);
 int record_write(const char *dir, const char *tpl, const char *name, pid_t pid, const char *rundir);
 /* Detaches slots that must not be served (stale, dead, aged, excess). e->lock held. */
 struct slot *pool_take_unfit(struct template *t);
-/* Pops the oldest healthy slot matching the current snapshot, or NULL. e->lock held. */
-struct slot *slot_claim(struct template *t, struct slot **ret_dead);
+/*
+ * Pops the oldest healthy slot matching the current snapshot, or NULL; the
+ * reason there was none goes to *ret_miss. Also records the create's arrival
+ * for the capacity controller. e->lock held.
+ */
+struct slot *slot_claim(struct template *t, struct slot **ret_dead, enum miss_reason *ret_miss);
+/* A create that could not even try a slot (template not ready): counts the miss. e->lock held. */
+void pool_note_create(struct template *t, bool claimed, enum miss_reason why);
+/* The capacity controller: new targets for every template (about once a second). e->lock not held. */
+void pool_plan(struct engine *e);
 void pool_start(struct template *t);
 void pool_stop(struct template *t);
 void pool_wake_all(struct engine *e);
@@ -205,7 +241,16 @@ struct template {
 	struct slot *slots;	/* warm, claimable, oldest first */
 	unsigned n_slots;
 	struct slot *preparing; /* being prepared by the filler: listed, not claimable */
-	unsigned pool_target;
+	unsigned pool_target;	/* in force: the pin, or the controller's answer */
+	bool pool_pinned;	/* a number in force (pool file or --pool N); else the controller's */
+	unsigned pool_pin;
+	struct capacity_history *demand; /* arrival times of creates */
+	uint64_t last_demand_ms;	 /* monotonic: the last create, or when it became ready */
+	uint32_t prep_ms[16];		 /* the last slot preparations (ms) */
+	unsigned n_prep;
+	uint32_t slot_mib;		 /* measured PSS of a warm slot; 0: not yet */
+	struct capacity_output plan;	 /* the controller's last answer */
+	uint64_t miss[_MISS_MAX];	 /* creates not served warm, by reason */
 	struct pool_stats pool_stats;
 	char *pool_error;	/* the last preparation failure */
 	bool pool_stop;
@@ -238,6 +283,7 @@ struct sandbox {
 	enum sandbox_state state;
 	const char *path; /* "restore" | "cold" | NULL before the job decides */
 	char *path_reason;
+	const char *miss_reason; /* not served warm: why (static) */
 	char identity[65];
 	char *error;
 	struct timings timings;
@@ -271,6 +317,9 @@ struct sandbox {
 	/* a fork's child: its files are made by the parent's ctl write, then it restores them */
 	char *fork_of;	  /* the parent's name; NULL if not a fork */
 	bool fork_ready;  /* e->lock: the parent's part is done */
+	struct proc **procs; /* e->lock: procs/ID (guest.c) */
+	atomic_uint_fast64_t status_seq;
+	size_t n_procs;
 	int fork_result;  /* e->lock: and how it went */
 };
 
@@ -321,6 +370,11 @@ struct engine {
 	bool idler_started, idler_stop;
 
 	atomic_int execs; /* exec threads in flight; engine_free waits for them */
+	uint64_t pool_budget_mib; /* resolved from the options (host memory) */
+	unsigned pool_max_slots;
+	uint64_t last_plan_ns;	  /* the idler runs the capacity controller about once a second */
+	engine_event_fn event_fn; /* set before the mount serves */
+	void *event_arg;
 };
 
 struct digest_entry {
@@ -353,6 +407,11 @@ int sandbox_exec_enter(struct sandbox *s);
 void sandbox_exec_leave(struct sandbox *s);
 void engine_idler_start(struct engine *e);
 void engine_idler_stop(struct engine *e);
+
+/* Events: every sandbox and template state change goes through these (e->lock held). */
+void sandbox_set_state(struct sandbox *s, enum sandbox_state st);
+void template_set_state(struct template *t, enum template_state st);
+void engine_emit(struct engine *e, uint64_t id, json_object *o); /* takes o; adds "time" */
 
 /* Shared helpers. */
 int engine_file_digest(struct engine *e, const char *path, char out[65]);

@@ -77,7 +77,7 @@ void sandbox_supervise(struct sandbox *s)
 					  st >= 128 ? st - 128 : st) < 0)
 			s->error = NULL;
 		if (sandbox_state_next(s->state, SB_EV_FAILED) == SB_FAILED)
-			s->state = SB_FAILED;
+			sandbox_set_state(s, SB_FAILED);
 		pthread_cond_broadcast(&s->cond);
 		pthread_mutex_unlock(&e->lock);
 		log_warn("sandbox %s/%s failed: %s", s->tpl->name, s->name, s->error ? s->error : "?");
@@ -110,7 +110,7 @@ static int transition(struct sandbox *s, enum sandbox_event ev)
 	pthread_mutex_lock(&s->e->lock);
 	next = sandbox_state_next(s->state, ev);
 	if (next >= 0) {
-		s->state = (enum sandbox_state)next;
+		sandbox_set_state(s, (enum sandbox_state)next);
 		s->sleeping_since_ms = next == SB_PAUSED || next == SB_HIBERNATED ? realtime_ms() : 0;
 		pthread_cond_broadcast(&s->cond);
 	}
@@ -358,7 +358,7 @@ static int op_wake(struct sandbox *s)
 		if (s->vmm)
 			e->vmm->kill(s->vmm);
 		if (sandbox_state_next(s->state, SB_EV_FAILED) == SB_FAILED)
-			s->state = SB_FAILED;
+			sandbox_set_state(s, SB_FAILED);
 		pthread_cond_broadcast(&s->cond);
 		pthread_mutex_unlock(&e->lock);
 		return r;
@@ -692,6 +692,10 @@ static void *idler_main(void *arg)
 
 		pthread_mutex_unlock(&e->lock);
 		idle_scan(e);
+		if (now_ns() - e->last_plan_ns >= 1000000000ull) {
+			e->last_plan_ns = now_ns();
+			pool_plan(e); /* the capacity controller, about once a second */
+		}
 		pthread_mutex_lock(&e->lock);
 		clock_gettime(CLOCK_REALTIME, &ts);
 		ts.tv_nsec += IDLE_PERIOD_MS * 1000000L;

@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "guest.h"
 #include "internal.h"
 
 #define QMP_TIMEOUT_MS 10000
@@ -95,6 +96,7 @@ void sandbox_unref(struct sandbox *s)
 	pthread_mutex_destroy(&s->op_lock);
 	free(s->ctl_error);
 	free(s->fork_of);
+	free(s->procs);
 	free(s);
 }
 
@@ -106,7 +108,7 @@ static struct waiter *apply_event(struct sandbox *s, enum sandbox_event ev)
 
 	if (next < 0)
 		return NULL;
-	s->state = (enum sandbox_state)next;
+	sandbox_set_state(s, (enum sandbox_state)next);
 	pthread_cond_broadcast(&s->cond);
 	if (s->state != SB_CREATING) {
 		w = s->waiters;
@@ -791,6 +793,7 @@ int engine_sandbox_create(struct engine *e, struct template *t, const char *name
 int sandbox_create_internal(struct engine *e, struct template *t, const char *name, struct sandbox *fork_src,
 			    struct sandbox **ret)
 {
+	enum miss_reason miss = MISS_EMPTY;
 	struct sandbox *s, **n;
 	struct slot *dead = NULL;
 	struct timespec now;
@@ -826,14 +829,16 @@ int sandbox_create_internal(struct engine *e, struct template *t, const char *na
 		r = -ENOENT;
 	else if (e->n_sandboxes >= e->opts.max_sandboxes)
 		r = -ENOSPC;
-	for (size_t i = 0; r == 0 && i < t->n_sandboxes; i++)
-		if (strcmp(t->sandboxes[i]->name, name) == 0)
-			r = -EEXIST;
+	/* names are unique across templates: live/NAME and the guest's network names use them */
+	for (size_t k = 0; r == 0 && k < e->n_templates; k++)
+		for (size_t i = 0; r == 0 && i < e->templates[k]->n_sandboxes; i++)
+			if (strcmp(e->templates[k]->sandboxes[i]->name, name) == 0)
+				r = -EEXIST;
 	if (r == 0 && !(n = realloc(t->sandboxes, (t->n_sandboxes + 1) * sizeof(*n))))
 		r = -ENOMEM;
 	else if (r == 0)
 		t->sandboxes = n;
-	if (r == 0 && !fork_src && t->state == TPL_READY && (s->slot = slot_claim(t, &dead))) {
+	if (r == 0 && !fork_src && t->state == TPL_READY && (s->slot = slot_claim(t, &dead, &miss))) {
 		/* the reservation: a warm slot of this exact identity, or none and a restore later */
 		r = sandbox_set_dirs(s, s->slot);
 		s->path = "warm";
@@ -844,6 +849,13 @@ int sandbox_create_internal(struct engine *e, struct template *t, const char *na
 		timings_lap(&s->timings, "claim");
 	} else if (r == 0 && !fork_src && t->state == TPL_READY) {
 		t->pool_stats.misses++;
+	} else if (r == 0 && !fork_src) {
+		miss = t->state == TPL_STALE ? MISS_STALE : MISS_NO_SNAPSHOT;
+	}
+	if (r == 0 && !fork_src) {
+		pool_note_create(t, s->slot != NULL, miss);
+		if (!s->slot)
+			s->miss_reason = miss_reason_name(miss);
 	}
 	if (r == 0) {
 		atomic_fetch_add(&t->refs, 1);
@@ -854,6 +866,7 @@ int sandbox_create_internal(struct engine *e, struct template *t, const char *na
 			s->thread_started = true;
 			t->sandboxes[t->n_sandboxes++] = s;
 			e->n_sandboxes++;
+			sandbox_set_state(s, SB_CREATING); /* the event */
 		}
 	}
 	pthread_mutex_unlock(&e->lock);
@@ -883,7 +896,7 @@ int engine_sandbox_destroy(struct engine *e, struct template *t, const char *nam
 		pthread_mutex_unlock(&e->lock);
 		return -ENOENT; /* gone, or another rmdir is on it */
 	}
-	s->state = SB_DESTROYING;
+	sandbox_set_state(s, SB_DESTROYING);
 	w = TAKE_PTR(s->waiters);
 	pthread_cond_broadcast(&s->cond);
 	pool_wake_all(e);
@@ -895,6 +908,7 @@ int engine_sandbox_destroy(struct engine *e, struct template *t, const char *nam
 	cold_wake(e);
 
 	run_waiters(w, -EIO);
+	sandbox_procs_free(s);
 	/* a lifecycle operation in flight ends fast (its VMM is killed, cancel is set): wait for it */
 	pthread_mutex_lock(&s->op_lock);
 	pthread_mutex_unlock(&s->op_lock);
@@ -919,6 +933,15 @@ int engine_sandbox_destroy(struct engine *e, struct template *t, const char *nam
 			break;
 		}
 	e->n_sandboxes--;
+	{
+		json_object *ev = json_object_new_object();
+
+		json_object_object_add(ev, "type", json_object_new_string("sandbox"));
+		json_object_object_add(ev, "template", json_object_new_string(t->name));
+		json_object_object_add(ev, "name", json_object_new_string(s->name));
+		json_object_object_add(ev, "state", json_object_new_string("destroyed"));
+		engine_emit(e, s->id, ev);
+	}
 	pthread_mutex_unlock(&e->lock);
 	log_info("sandbox %s/%s destroyed", t->name, name);
 	sandbox_unref(s);
@@ -965,6 +988,7 @@ char *sandbox_render_status(struct sandbox *s)
 	json_object_object_add(o, "state", json_object_new_string(sandbox_state_name(s->state)));
 	json_object_object_add(o, "path", s->path ? json_object_new_string(s->path) : NULL);
 	json_object_object_add(o, "path_reason", s->path_reason ? json_object_new_string(s->path_reason) : NULL);
+	json_object_object_add(o, "pool_miss", s->miss_reason ? json_object_new_string(s->miss_reason) : NULL);
 	json_object_object_add(o, "identity", json_object_new_string(s->identity));
 	json_object_object_add(o, "backend", json_object_new_string(e->vmm->name));
 	json_object_object_add(o, "accel", json_object_new_string(e->accel));
@@ -1096,9 +1120,11 @@ static void *exec_main(void *arg)
 
 	if (json_object_object_get_ex(x->req, "timeout_ms", &tv) && json_object_get_int64(tv) > 0)
 		timeout = (unsigned)(json_object_get_int64(tv) < 86400000 ? json_object_get_int64(tv) : 86400000) + 5000;
-	if (r == 0 && (r = sandbox_exec_enter(x->s)) == 0) {
-		r = agent_call(x->s->agent, x->req, timeout, &resp);
-		sandbox_exec_leave(x->s);
+	struct guest_conn c;
+
+	if (r == 0 && (r = guest_conn_get(x->s, &c)) == 0) {
+		r = agent_call(c.agent, x->req, timeout, &resp);
+		guest_conn_put(&c);
 	}
 	if (r == 0)
 		r = exec_parse(resp, x->res);
@@ -1159,4 +1185,50 @@ int sandbox_exec_async(struct sandbox *s, const char *request_json, struct exec_
 		return -EAGAIN;
 	}
 	return 0;
+}
+
+void engine_set_event_fn(struct engine *e, engine_event_fn fn, void *arg)
+{
+	e->event_fn = fn;
+	e->event_arg = arg;
+}
+
+void engine_emit(struct engine *e, uint64_t id, json_object *o)
+{
+	_cleanup_free_ char *at = iso8601_now();
+	json_object *ev = json_object_new_object();
+
+	/* "time" first, then the event's own fields */
+	json_object_object_add(ev, "time", at ? json_object_new_string(at) : NULL);
+	json_object_object_foreach(o, k, v)
+		json_object_object_add(ev, k, json_object_get(v));
+	json_object_put(o);
+	if (e->event_fn)
+		e->event_fn(e->event_arg, id, json_object_to_json_string_ext(ev, JSON_C_TO_STRING_PLAIN |
+									   JSON_C_TO_STRING_NOSLASHESCAPE));
+	json_object_put(ev);
+}
+
+uint64_t sandbox_status_seq(struct sandbox *s)
+{
+	return atomic_load(&s->status_seq);
+}
+
+void sandbox_set_state(struct sandbox *s, enum sandbox_state st)
+{
+	json_object *ev;
+
+	s->state = st;
+	atomic_fetch_add(&s->status_seq, 1);
+	if (!s->tpl)
+		return; /* not registered yet: its creating event comes with the registration */
+	ev = json_object_new_object();
+	json_object_object_add(ev, "type", json_object_new_string("sandbox"));
+	json_object_object_add(ev, "template", json_object_new_string(s->tpl->name));
+	json_object_object_add(ev, "name", json_object_new_string(s->name));
+	json_object_object_add(ev, "state", json_object_new_string(sandbox_state_name(st)));
+	json_object_object_add(ev, "path", s->path ? json_object_new_string(s->path) : NULL);
+	if (st == SB_FAILED && s->error)
+		json_object_object_add(ev, "error", json_object_new_string(s->error));
+	engine_emit(s->e, s->id, ev);
 }

@@ -154,9 +154,9 @@ int template_new(struct engine *e, const char *name, const char *config, bool pe
 		return r < 0 ? r : -ENOMEM;
 	}
 	if (compute_identity(e, &t->cfg, t->identity, &t->error) < 0) {
-		t->state = TPL_FAILED;
+		template_set_state(t, TPL_FAILED);
 	} else if (template_load_bake(t) == 0) {
-		t->state = strcmp(t->bake.identity, t->identity) == 0 ? TPL_READY : TPL_STALE;
+		template_set_state(t, strcmp(t->bake.identity, t->identity) == 0 ? TPL_READY : TPL_STALE);
 	}
 	template_pool_load(t);
 	pool_start(t); /* idles until the template is ready */
@@ -180,6 +180,7 @@ void template_unref(struct template *t)
 		pthread_cond_destroy(&t->cond);
 		pthread_cond_destroy(&t->pool_cond);
 		free(t->pool_error);
+		free(t->demand);
 		free(t);
 	}
 }
@@ -499,7 +500,7 @@ int template_install_snapshot(struct template *t, const char *newdir, struct tim
 	pthread_mutex_lock(&e->lock);
 	r = template_load_bake(t);
 	if (r == 0)
-		t->state = strcmp(t->bake.identity, t->identity) == 0 ? TPL_READY : TPL_STALE;
+		template_set_state(t, strcmp(t->bake.identity, t->identity) == 0 ? TPL_READY : TPL_STALE);
 	stale = pool_take_unfit(t);
 	pthread_cond_broadcast(&t->cond);
 	pthread_cond_broadcast(&t->pool_cond);
@@ -534,7 +535,7 @@ static void *bake_main(void *arg)
 		/* cancelled while queued: nothing to release */
 		pthread_mutex_lock(&e->lock);
 		t->bake_running = false;
-		t->state = t->has_bake && strcmp(t->bake.identity, t->identity) == 0 ? TPL_READY : TPL_NEW;
+		template_set_state(t, t->has_bake && strcmp(t->bake.identity, t->identity) == 0 ? TPL_READY : TPL_NEW);
 		pthread_cond_broadcast(&t->cond);
 		pthread_mutex_unlock(&e->lock);
 		goto out;
@@ -556,16 +557,16 @@ static void *bake_main(void *arg)
 	pthread_mutex_lock(&e->lock);
 	t->bake_running = false;
 	if (r == 0 && template_load_bake(t) == 0) {
-		t->state = strcmp(t->bake.identity, t->identity) == 0 ? TPL_READY : TPL_STALE;
+		template_set_state(t, strcmp(t->bake.identity, t->identity) == 0 ? TPL_READY : TPL_STALE);
 		free(t->error);
 		t->error = NULL;
 		log_info("template %s baked in %.0f ms", t->name, timings_total(&b->tm));
 	} else if (atomic_load(&t->bake_cancel)) {
 		/* shutting down: not a failure of the template */
-		t->state = t->has_bake && strcmp(t->bake.identity, t->identity) == 0 ? TPL_READY : TPL_NEW;
+		template_set_state(t, t->has_bake && strcmp(t->bake.identity, t->identity) == 0 ? TPL_READY : TPL_NEW);
 		log_info("template %s: bake cancelled", t->name);
 	} else {
-		t->state = TPL_FAILED;
+		template_set_state(t, TPL_FAILED);
 		if (!b->error)
 			set_error(&b->error, "bake failed: %s", strerror(r < 0 ? -r : EIO));
 		free(t->error);
@@ -597,7 +598,7 @@ void template_start_bake(struct template *t)
 	if (!b || template_config_copy(&t->cfg, &b->cfg) < 0) {
 		free(b);
 		set_error(&t->error, "bake: out of memory");
-		t->state = TPL_FAILED;
+		template_set_state(t, TPL_FAILED);
 		return;
 	}
 	snprintf(idbuf, sizeof(idbuf), "%" PRIu64, t->id);
@@ -608,10 +609,10 @@ void template_start_bake(struct template *t)
 	/* the previous bake thread was reaped by template_reap_bake() */
 	atomic_fetch_add(&t->refs, 1);
 	t->bake_running = true;
-	t->state = TPL_BAKING;
+	template_set_state(t, TPL_BAKING);
 	if (!b->newdir || !b->rundir || thread_create(&t->bake_thread, NULL, bake_main, b)) {
 		t->bake_running = false;
-		t->state = TPL_FAILED;
+		template_set_state(t, TPL_FAILED);
 		set_error(&t->error, "bake: cannot start");
 		template_config_clear(&b->cfg);
 		free(b->newdir);
@@ -718,9 +719,9 @@ int template_write_config(struct template *t, const char *data, size_t len)
 		free(t->error);
 		t->error = NULL;
 		if (t->has_bake)
-			t->state = strcmp(t->bake.identity, ident) == 0 ? TPL_READY : TPL_STALE;
+			template_set_state(t, strcmp(t->bake.identity, ident) == 0 ? TPL_READY : TPL_STALE);
 		else if (t->state == TPL_FAILED)
-			t->state = TPL_NEW;
+			template_set_state(t, TPL_NEW);
 		stale = pool_take_unfit(t); /* a new identity: the old one's slots go now */
 		pthread_cond_broadcast(&t->pool_cond); /* ready again: the filler may start */
 	}
@@ -781,3 +782,19 @@ int template_ctl(struct template *t, const char *cmd, size_t len)
 	return r;
 }
 
+
+void template_set_state(struct template *t, enum template_state st)
+{
+	json_object *ev;
+
+	if (t->state == st && st != TPL_BAKING)
+		return;
+	t->state = st;
+	if (st == TPL_READY)
+		t->last_demand_ms = now_ns() / 1000000; /* a template that just became ready gets its first slot */
+	ev = json_object_new_object();
+	json_object_object_add(ev, "type", json_object_new_string("template"));
+	json_object_object_add(ev, "template", json_object_new_string(t->name));
+	json_object_object_add(ev, "state", json_object_new_string(template_state_name(st)));
+	engine_emit(t->e, t->id, ev);
+}

@@ -4,6 +4,7 @@
  * answers ENOENT. See docs/interface.md for the contract.
  */
 #include <dirent.h>
+#include <poll.h>
 #include <inttypes.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -16,30 +17,41 @@
 #include "fs_internal.h"
 
 static const struct file_def root_files[] = {
-	{ "README", IDX_README, 0444, F_STATIC, NULL, NULL, NULL },
-	{ "version", IDX_VERSION, 0444, F_STATIC, NULL, NULL, NULL },
-	{ "metrics", IDX_METRICS, 0444, F_STATIC, NULL, NULL, NULL },
+	{ "README", IDX_README, 0444, F_STATIC, NULL, NULL, NULL, NULL },
+	{ "version", IDX_VERSION, 0444, F_STATIC, NULL, NULL, NULL, NULL },
+	{ "metrics", IDX_METRICS, 0444, F_STATIC, NULL, NULL, NULL, NULL },
+	{ "events", IDX_EVENTS, 0444, F_EVENTS, NULL, NULL, NULL, NULL },
 };
 
 static const struct file_def tpl_files[] = {
-	{ "config", 1, 0644, F_CONFIG, template_render_config, NULL, NULL },
-	{ "identity", 2, 0444, F_RENDER, template_render_identity, NULL, NULL },
-	{ "status", 3, 0444, F_RENDER, template_render_status, NULL, NULL },
-	{ "ctl", 4, 0200, F_CTL, NULL, NULL, NULL },
-	{ "pool", 7, 0644, F_POOL, template_render_pool, NULL, NULL },
+	{ "config", 1, 0644, F_CONFIG, template_render_config, NULL, NULL, NULL },
+	{ "identity", 2, 0444, F_RENDER, template_render_identity, NULL, NULL, NULL },
+	{ "status", 3, 0444, F_RENDER, template_render_status, NULL, NULL, NULL },
+	{ "ctl", 4, 0200, F_CTL, NULL, NULL, NULL, NULL },
+	{ "pool", 7, 0644, F_POOL, template_render_pool, NULL, NULL, NULL },
+	{ "stats", 8, 0444, F_RENDER, template_render_stats, NULL, NULL, NULL },
 };
 
 static const struct file_def sb_files[] = {
-	{ "status", 1, 0444, F_RENDER, NULL, sandbox_render_status, NULL },
-	{ "timings", 2, 0444, F_RENDER, NULL, sandbox_render_timings, NULL },
-	{ "wait", 3, 0444, F_WAIT, NULL, NULL, NULL },
-	{ "exec", 4, 0600, F_EXEC, NULL, NULL, NULL },
-	{ "console", 5, 0444, F_CONSOLE, NULL, NULL, NULL },
-	{ "ctl", 6, 0200, F_SBCTL, NULL, NULL, NULL },
+	{ "status", 1, 0444, F_RENDER, NULL, sandbox_render_status, NULL, NULL },
+	{ "timings", 2, 0444, F_RENDER, NULL, sandbox_render_timings, NULL, NULL },
+	{ "wait", 3, 0444, F_WAIT, NULL, NULL, NULL, NULL },
+	{ "exec", 4, 0600, F_EXEC, NULL, NULL, NULL, NULL },
+	{ "console", 5, 0444, F_CONSOLE, NULL, NULL, NULL, NULL },
+	{ "ctl", 6, 0200, F_SBCTL, NULL, NULL, NULL, NULL },
+};
+
+static const struct file_def proc_files[] = {
+	{ "cmd", 1, 0200, F_PCMD, NULL, NULL, NULL, NULL },
+	{ "stdin", 2, 0200, F_PSTDIN, NULL, NULL, NULL, NULL },
+	{ "stdout", 3, 0444, F_POUT, NULL, NULL, NULL, NULL },
+	{ "stderr", 4, 0444, F_PERR, NULL, NULL, NULL, NULL },
+	{ "status", 5, 0444, F_RENDER, NULL, NULL, NULL, proc_render_status },
+	{ "signal", 6, 0200, F_PSIGNAL, NULL, NULL, NULL, NULL },
 };
 
 static const struct file_def slot_files[] = {
-	{ "status", 1, 0444, F_RENDER, NULL, NULL, template_render_slot },
+	{ "status", 1, 0444, F_RENDER, NULL, NULL, template_render_slot, NULL },
 };
 
 static const struct file_def *find_def(const struct file_def *defs, size_t n, const char *name, unsigned idx)
@@ -54,8 +66,10 @@ void node_put(struct node *n)
 {
 	template_unref(n->t);
 	sandbox_unref(n->s);
+	proc_unref(n->p);
 	n->t = NULL;
 	n->s = NULL;
+	n->p = NULL;
 }
 
 int node_get(struct fs *f, fuse_ino_t ino, struct node *n)
@@ -65,8 +79,11 @@ int node_get(struct fs *f, fuse_ino_t ino, struct node *n)
 
 	memset(n, 0, sizeof(*n));
 	n->ino = ino;
+	if (IS_LIVE(ino))
+		return -ENOENT; /* live.c's own */
 	if (obj == 0) {
-		n->kind = idx == IDX_ROOT ? K_ROOT : idx == IDX_TEMPLATES ? K_TEMPLATES : K_STATIC_FILE;
+		n->kind = idx == IDX_ROOT ? K_ROOT : idx == IDX_TEMPLATES ? K_TEMPLATES : idx == IDX_LIVE ? K_LIVE :
+			  K_STATIC_FILE;
 		n->file = find_def(root_files, ARRAY_SIZE(root_files), NULL, idx);
 		return n->kind != K_STATIC_FILE || n->file ? 0 : -ENOENT;
 	}
@@ -75,16 +92,21 @@ int node_get(struct fs *f, fuse_ino_t ino, struct node *n)
 			  idx == IDX_TPL_SLOTS ? K_TPL_SLOTS : K_TPL_FILE;
 		n->file = n->kind == K_TPL_FILE ? find_def(tpl_files, ARRAY_SIZE(tpl_files), NULL, idx) : NULL;
 	} else if ((n->s = engine_sandbox_by_id(f->e, obj))) {
-		n->kind = idx == IDX_DIR ? K_SB_DIR : K_SB_FILE;
+		n->kind = idx == IDX_DIR ? K_SB_DIR : idx == IDX_SB_PROCS ? K_SB_PROCS : idx == IDX_SB_ROOT ? K_SB_ROOT :
+			  K_SB_FILE;
 		n->file = n->kind == K_SB_FILE ? find_def(sb_files, ARRAY_SIZE(sb_files), NULL, idx) : NULL;
 	} else if ((n->t = engine_slot_template(f->e, obj))) {
 		n->slot_id = obj;
 		n->kind = idx == IDX_DIR ? K_SLOT_DIR : K_SLOT_FILE;
 		n->file = n->kind == K_SLOT_FILE ? find_def(slot_files, ARRAY_SIZE(slot_files), NULL, idx) : NULL;
+	} else if ((n->p = engine_proc_by_id(f->e, obj))) {
+		n->kind = idx == IDX_DIR ? K_PROC_DIR : K_PROC_FILE;
+		n->file = n->kind == K_PROC_FILE ? find_def(proc_files, ARRAY_SIZE(proc_files), NULL, idx) : NULL;
 	} else {
 		return -ENOENT;
 	}
-	if ((n->kind == K_TPL_FILE || n->kind == K_SB_FILE || n->kind == K_SLOT_FILE) && !n->file) {
+	if ((n->kind == K_TPL_FILE || n->kind == K_SB_FILE || n->kind == K_SLOT_FILE || n->kind == K_PROC_FILE) &&
+	    !n->file) {
 		node_put(n);
 		return -ENOENT;
 	}
@@ -93,7 +115,16 @@ int node_get(struct fs *f, fuse_ino_t ino, struct node *n)
 
 static bool is_dir(const struct node *n)
 {
-	return n->kind != K_STATIC_FILE && n->kind != K_TPL_FILE && n->kind != K_SB_FILE && n->kind != K_SLOT_FILE;
+	return n->kind != K_STATIC_FILE && n->kind != K_TPL_FILE && n->kind != K_SB_FILE && n->kind != K_SLOT_FILE &&
+	       n->kind != K_PROC_FILE && n->kind != K_SB_ROOT;
+}
+
+/* templates/T/sandboxes/NAME/root: the sandbox's live/NAME, by a link that rm -rf never follows. */
+static char *root_link(const struct node *n)
+{
+	char *t;
+
+	return asprintf(&t, "../../../../live/%s", sandbox_name(n->s)) < 0 ? NULL : t;
 }
 
 static void fill_attr(const struct node *n, struct stat *st)
@@ -102,7 +133,14 @@ static void fill_attr(const struct node *n, struct stat *st)
 	st->st_ino = n->ino;
 	st->st_uid = 0;
 	st->st_gid = 0;
-	if (is_dir(n)) {
+	if (n->kind == K_SB_ROOT) {
+		char *t = root_link(n);
+
+		st->st_mode = S_IFLNK | 0777;
+		st->st_nlink = 1;
+		st->st_size = t ? (off_t)strlen(t) : 0;
+		free(t);
+	} else if (is_dir(n)) {
 		st->st_mode = S_IFDIR | 0755;
 		st->st_nlink = 2;
 	} else {
@@ -117,7 +155,7 @@ static void fill_attr(const struct node *n, struct stat *st)
 static void reply_entry(fuse_req_t req, const struct node *n)
 {
 	struct fuse_entry_param ep = { 0 };
-	bool object_dir = n->kind == K_TPL_DIR || n->kind == K_SB_DIR || n->kind == K_SLOT_DIR;
+	bool object_dir = n->kind == K_TPL_DIR || n->kind == K_SB_DIR || n->kind == K_SLOT_DIR || n->kind == K_PROC_DIR;
 
 	ep.ino = n->ino;
 	ep.generation = 1;
@@ -139,6 +177,8 @@ static int lookup_child(struct fs *f, const struct node *p, const char *name, st
 	case K_ROOT:
 		if (strcmp(name, "templates") == 0)
 			return node_get(f, INO(0, IDX_TEMPLATES), out);
+		if (strcmp(name, "live") == 0)
+			return node_get(f, INO(0, IDX_LIVE), out);
 		d = find_def(root_files, ARRAY_SIZE(root_files), name, 0);
 		return d ? node_get(f, INO(0, d->idx), out) : -ENOENT;
 	case K_TEMPLATES:
@@ -176,8 +216,24 @@ static int lookup_child(struct fs *f, const struct node *p, const char *name, st
 		sandbox_unref(s);
 		return r;
 	case K_SB_DIR:
+		if (strcmp(name, "procs") == 0)
+			return node_get(f, INO(sandbox_id(p->s), IDX_SB_PROCS), out);
+		if (strcmp(name, "root") == 0)
+			return node_get(f, INO(sandbox_id(p->s), IDX_SB_ROOT), out);
 		d = find_def(sb_files, ARRAY_SIZE(sb_files), name, 0);
 		return d ? node_get(f, INO(sandbox_id(p->s), d->idx), out) : -ENOENT;
+	case K_SB_PROCS: {
+		struct proc *pr = sandbox_proc_get(p->s, name);
+
+		if (!pr)
+			return -ENOENT;
+		r = node_get(f, INO(proc_id(pr), IDX_DIR), out);
+		proc_unref(pr);
+		return r;
+	}
+	case K_PROC_DIR:
+		d = find_def(proc_files, ARRAY_SIZE(proc_files), name, 0);
+		return d ? node_get(f, INO(proc_id(p->p), d->idx), out) : -ENOENT;
 	default:
 		return -ENOTDIR;
 	}
@@ -187,8 +243,18 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct fs *f = fuse_req_userdata(req);
 	struct node p, c;
-	int r = node_get(f, parent, &p);
+	int r;
 
+	if (IS_LIVE(parent)) {
+		live_lookup(req, f, parent, name);
+		return;
+	}
+	r = node_get(f, parent, &p);
+	if (r == 0 && p.kind == K_LIVE) {
+		node_put(&p);
+		live_lookup_root(req, f, name);
+		return;
+	}
 	if (r == 0) {
 		r = lookup_child(f, &p, name, &c);
 		node_put(&p);
@@ -206,9 +272,14 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	struct fs *f = fuse_req_userdata(req);
 	struct node n;
 	struct stat st;
-	int r = node_get(f, ino, &n);
+	int r;
 
 	(void)fi;
+	if (IS_LIVE(ino)) {
+		live_getattr(req, f, ino);
+		return;
+	}
+	r = node_get(f, ino, &n);
 	if (r < 0) {
 		fuse_reply_err(req, -r);
 		return;
@@ -241,9 +312,9 @@ static void dirbuf_unref(struct dirbuf *b)
 	}
 }
 
-static void dirbuf_add(fuse_req_t req, struct dirbuf *b, const char *name, fuse_ino_t ino, bool dir)
+static void dirbuf_add_mode(fuse_req_t req, struct dirbuf *b, const char *name, fuse_ino_t ino, mode_t mode)
 {
-	struct stat st = { .st_ino = ino, .st_mode = dir ? S_IFDIR : S_IFREG };
+	struct stat st = { .st_ino = ino, .st_mode = mode };
 	size_t old = b->size, n = fuse_add_direntry(req, NULL, 0, name, NULL, 0);
 	char *np = realloc(b->p, old + n);
 
@@ -252,6 +323,38 @@ static void dirbuf_add(fuse_req_t req, struct dirbuf *b, const char *name, fuse_
 	b->p = np;
 	b->size += n;
 	fuse_add_direntry(req, b->p + old, n, name, &st, (off_t)b->size);
+}
+
+static void dirbuf_add(fuse_req_t req, struct dirbuf *b, const char *name, fuse_ino_t ino, bool dir)
+{
+	dirbuf_add_mode(req, b, name, ino, dir ? S_IFDIR : S_IFREG);
+}
+
+struct add_ctx {
+	fuse_req_t req;
+	struct dirbuf *b;
+};
+
+static void add_cb(void *ctx, const char *name, fuse_ino_t ino, bool dir)
+{
+	struct add_ctx *c = ctx;
+
+	dirbuf_add(c->req, c->b, name, ino, dir);
+}
+
+static void add_procs(fuse_req_t req, struct sandbox *s, struct dirbuf *b)
+{
+	char **names = sandbox_proc_list(s);
+
+	for (char **p = names; p && *p; p++) {
+		struct proc *pr = sandbox_proc_get(s, *p);
+
+		if (pr) {
+			dirbuf_add(req, b, *p, INO(proc_id(pr), IDX_DIR), true);
+			proc_unref(pr);
+		}
+	}
+	strv_free(names);
 }
 
 static void add_defs(fuse_req_t req, struct dirbuf *b, uint64_t obj, const struct file_def *d, size_t n)
@@ -311,7 +414,20 @@ static int build_dir(fuse_req_t req, struct fs *f, struct node *n, struct dirbuf
 	switch (n->kind) {
 	case K_ROOT:
 		dirbuf_add(req, b, "templates", INO(0, IDX_TEMPLATES), true);
+		dirbuf_add(req, b, "live", INO(0, IDX_LIVE), true);
 		add_defs(req, b, 0, root_files, ARRAY_SIZE(root_files));
+		return 0;
+	case K_LIVE: {
+		struct add_ctx c = { req, b };
+
+		live_list_root(f, add_cb, &c);
+		return 0;
+	}
+	case K_SB_PROCS:
+		add_procs(req, n->s, b);
+		return 0;
+	case K_PROC_DIR:
+		add_defs(req, b, proc_id(n->p), proc_files, ARRAY_SIZE(proc_files));
 		return 0;
 	case K_TEMPLATES:
 		add_templates(req, f, b);
@@ -332,6 +448,8 @@ static int build_dir(fuse_req_t req, struct fs *f, struct node *n, struct dirbuf
 		return 0;
 	case K_SB_DIR:
 		add_defs(req, b, sandbox_id(n->s), sb_files, ARRAY_SIZE(sb_files));
+		dirbuf_add(req, b, "procs", INO(sandbox_id(n->s), IDX_SB_PROCS), true);
+		dirbuf_add_mode(req, b, "root", INO(sandbox_id(n->s), IDX_SB_ROOT), S_IFLNK);
 		return 0;
 	default:
 		return -ENOTDIR;
@@ -386,9 +504,16 @@ static void dirbuf_release(struct open_handle *oh)
 static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct fs *f = fuse_req_userdata(req);
-	struct dirbuf *b = calloc(1, sizeof(*b));
+	struct dirbuf *b;
 	struct node n;
-	int r = b ? node_get(f, ino, &n) : -ENOMEM;
+	int r;
+
+	if (IS_LIVE(ino)) {
+		live_opendir(req, f, ino, fi);
+		return;
+	}
+	b = calloc(1, sizeof(*b));
+	r = b ? node_get(f, ino, &n) : -ENOMEM;
 
 	if (r == 0) {
 		r = build_dir(req, f, &n, b);
@@ -413,7 +538,10 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, s
 	struct dirbuf *b = (struct dirbuf *)(uintptr_t)fi->fh;
 	size_t o = (size_t)off;
 
-	(void)ino;
+	if (IS_LIVE(ino)) {
+		live_readdir(req, size, off, fi);
+		return;
+	}
 	atomic_fetch_add(&b->refs, 1);
 	if (o >= b->size)
 		fuse_reply_buf(req, NULL, 0);
@@ -426,7 +554,10 @@ static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info 
 {
 	struct dirbuf *b = (struct dirbuf *)(uintptr_t)fi->fh;
 
-	(void)ino;
+	if (IS_LIVE(ino)) {
+		live_releasedir(req, fuse_req_userdata(req), fi);
+		return;
+	}
 	fs_handle_del(fuse_req_userdata(req), &b->oh);
 	dirbuf_unref(b);
 	fuse_reply_err(req, 0);
@@ -440,9 +571,14 @@ static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 	struct node p, c;
 	struct sandbox *s = NULL;
 	struct template *t = NULL;
-	int r = node_get(f, parent, &p);
+	struct proc *pr = NULL;
+	int r;
 
-	(void)mode;
+	if (IS_LIVE(parent)) {
+		live_mkdir(req, f, parent, name, mode);
+		return;
+	}
+	r = node_get(f, parent, &p);
 	if (r < 0) {
 		fuse_reply_err(req, -r);
 		return;
@@ -451,13 +587,16 @@ static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 		r = engine_template_create(f->e, name, &t);
 	else if (p.kind == K_TPL_SANDBOXES)
 		r = engine_sandbox_create(f->e, p.t, name, &s); /* reserves and returns: the create runs behind */
+	else if (p.kind == K_SB_PROCS)
+		r = sandbox_proc_create(p.s, name, &pr);
 	else
 		r = -EPERM;
 	node_put(&p);
 	if (r == 0)
-		r = node_get(f, INO(t ? template_id(t) : sandbox_id(s), IDX_DIR), &c);
+		r = node_get(f, INO(t ? template_id(t) : s ? sandbox_id(s) : proc_id(pr), IDX_DIR), &c);
 	template_unref(t);
 	sandbox_unref(s);
+	proc_unref(pr);
 	if (r < 0) {
 		fuse_reply_err(req, -r);
 		return;
@@ -470,14 +609,23 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct fs *f = fuse_req_userdata(req);
 	struct node p;
-	int r = node_get(f, parent, &p);
+	int r;
 
+	if (IS_LIVE(parent)) {
+		live_remove(req, f, parent, name, true);
+		return;
+	}
+	r = node_get(f, parent, &p);
 	if (r < 0) {
 		fuse_reply_err(req, -r);
 		return;
 	}
 	if (p.kind == K_TEMPLATES)
 		r = engine_template_remove(f->e, name);
+	else if (p.kind == K_SB_PROCS)
+		r = sandbox_proc_remove(p.s, name);
+	else if (p.kind == K_SB_DIR && strcmp(name, "procs") == 0)
+		r = 0; /* part of the sandbox: goes with it */
 	else if (p.kind == K_TPL_SANDBOXES)
 		r = engine_sandbox_destroy(f->e, p.t, name);
 	else if (p.kind == K_TPL_SLOTS) {
@@ -508,12 +656,20 @@ static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct fs *f = fuse_req_userdata(req);
 	struct node p, c;
-	int r = node_get(f, parent, &p);
+	int r;
 
+	if (IS_LIVE(parent)) {
+		live_remove(req, f, parent, name, false);
+		return;
+	}
+	r = node_get(f, parent, &p);
 	if (r == 0) {
 		r = lookup_child(f, &p, name, &c);
 		if (r == 0) {
-			r = (p.kind == K_SB_DIR || p.kind == K_TPL_DIR || p.kind == K_SLOT_DIR) && !is_dir(&c) ? 0 : -EPERM;
+			r = (p.kind == K_SB_DIR || p.kind == K_TPL_DIR || p.kind == K_SLOT_DIR || p.kind == K_PROC_DIR) &&
+					    !is_dir(&c) ?
+				    0 :
+				    -EPERM;
 			node_put(&c);
 		}
 		node_put(&p);
@@ -527,10 +683,25 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct fs *f = fuse_req_userdata(req);
 	struct node n;
-	int r = node_get(f, ino, &n);
+	int r;
 
+	if (IS_LIVE(ino)) {
+		live_open(req, f, ino, fi);
+		return;
+	}
+	r = node_get(f, ino, &n);
 	if (r < 0) {
 		fuse_reply_err(req, -r);
+		return;
+	}
+	if (n.kind == K_STATIC_FILE && n.file->type == F_EVENTS) {
+		node_put(&n);
+		events_open(f, req, fi);
+		return;
+	}
+	if (n.kind == K_SB_ROOT) {
+		node_put(&n);
+		fuse_reply_err(req, ELOOP);
 		return;
 	}
 	if (is_dir(&n)) {
@@ -543,27 +714,140 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
 {
-	(void)ino;
-	fh_read(req, size, off, fi);
+	if (IS_LIVE(ino))
+		live_read(req, size, off, fi);
+	else if (events_is(fi))
+		events_read(req, size, fi);
+	else
+		fh_read(req, size, off, fi);
 }
 
 static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
 		     struct fuse_file_info *fi)
 {
-	(void)ino;
-	fh_write(req, buf, size, off, fi);
+	if (IS_LIVE(ino))
+		live_write(req, buf, size, off, fi);
+	else if (events_is(fi))
+		fuse_reply_err(req, EBADF);
+	else
+		fh_write(req, buf, size, off, fi);
 }
 
 static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	(void)ino;
-	fh_flush(req, fi);
+	if (IS_LIVE(ino) || events_is(fi))
+		fuse_reply_err(req, 0);
+	else
+		fh_flush(req, fi);
 }
 
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	(void)ino;
-	fh_release(req, fi);
+	if (IS_LIVE(ino))
+		live_release(req, fuse_req_userdata(req), fi);
+	else if (events_is(fi))
+		events_release(req, fi);
+	else
+		fh_release(req, fi);
+}
+
+static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+	(void)datasync;
+	if (IS_LIVE(ino))
+		live_fsync(req, fi);
+	else
+		fuse_reply_err(req, 0);
+}
+
+static void op_poll(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi, struct fuse_pollhandle *ph)
+{
+	if (IS_LIVE(ino)) {
+		if (ph)
+			fuse_pollhandle_destroy(ph);
+		fuse_reply_poll(req, POLLIN | POLLOUT | POLLRDNORM | POLLWRNORM); /* regular files: always ready */
+	} else if (events_is(fi)) {
+		events_poll(req, fi, ph);
+	} else {
+		fh_poll(req, fi, ph);
+	}
+}
+
+static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
+{
+	if (IS_LIVE(ino))
+		live_forget(ino, nlookup);
+	fuse_reply_none(req);
+}
+
+static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets)
+{
+	for (size_t i = 0; i < count; i++)
+		if (IS_LIVE(forgets[i].ino))
+			live_forget(forgets[i].ino, forgets[i].nlookup);
+	fuse_reply_none(req);
+}
+
+static void op_readlink(fuse_req_t req, fuse_ino_t ino)
+{
+	struct fs *f = fuse_req_userdata(req);
+	struct node n;
+	char *t;
+	int r;
+
+	if (IS_LIVE(ino)) {
+		live_readlink(req, f, ino);
+		return;
+	}
+	r = node_get(f, ino, &n);
+	if (r == 0 && n.kind != K_SB_ROOT)
+		r = -EINVAL;
+	if (r < 0) {
+		node_put(&n);
+		fuse_reply_err(req, -r);
+		return;
+	}
+	t = root_link(&n);
+	node_put(&n);
+	if (t)
+		fuse_reply_readlink(req, t);
+	else
+		fuse_reply_err(req, ENOMEM);
+	free(t);
+}
+
+/* Creating files, links and renames: only inside a guest (live/); the rest of the tree is made by mkdir. */
+static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, struct fuse_file_info *fi)
+{
+	if (IS_LIVE(parent))
+		live_create(req, fuse_req_userdata(req), parent, name, mode, fi);
+	else
+		fuse_reply_err(req, EPERM);
+}
+
+static void op_symlink(fuse_req_t req, const char *target, fuse_ino_t parent, const char *name)
+{
+	if (IS_LIVE(parent))
+		live_symlink(req, fuse_req_userdata(req), target, parent, name);
+	else
+		fuse_reply_err(req, EPERM);
+}
+
+static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
+{
+	if (IS_LIVE(ino) && IS_LIVE(newparent))
+		live_link(req, fuse_req_userdata(req), ino, newparent, newname);
+	else
+		fuse_reply_err(req, IS_LIVE(ino) || IS_LIVE(newparent) ? EXDEV : EPERM);
+}
+
+static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent, const char *newname,
+		      unsigned int flags)
+{
+	if (IS_LIVE(parent) && IS_LIVE(newparent))
+		live_rename(req, fuse_req_userdata(req), parent, name, newparent, newname, flags);
+	else
+		fuse_reply_err(req, IS_LIVE(parent) || IS_LIVE(newparent) ? EXDEV : EPERM);
 }
 
 /* Truncation only makes sense for files that are written whole (config, ctl, exec). */
@@ -572,10 +856,14 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 	struct fs *f = fuse_req_userdata(req);
 	struct node n;
 	struct stat st;
-	int r = node_get(f, ino, &n);
+	int r;
 
-	(void)attr;
 	(void)fi;
+	if (IS_LIVE(ino)) {
+		live_setattr(req, f, ino, attr, to_set);
+		return;
+	}
+	r = node_get(f, ino, &n);
 	if (r == 0 && (to_set & ~(FUSE_SET_ATTR_SIZE | FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_MTIME |
 				  FUSE_SET_ATTR_ATIME_NOW | FUSE_SET_ATTR_MTIME_NOW | FUSE_SET_ATTR_CTIME)))
 		r = -EPERM;
@@ -595,7 +883,10 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 {
 	struct statvfs sv = { .f_bsize = 4096, .f_namemax = 255 };
 
-	(void)ino;
+	if (IS_LIVE(ino)) {
+		live_statfs(req, fuse_req_userdata(req), ino);
+		return;
+	}
 	fuse_reply_statfs(req, &sv);
 }
 
@@ -606,6 +897,9 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 	if (conn->capable & FUSE_CAP_ASYNC_READ)
 		conn->want |= FUSE_CAP_ASYNC_READ;
 	conn->want &= ~(unsigned)FUSE_CAP_WRITEBACK_CACHE;
+	/* 1 MiB requests (max_pages 256): live/ reads and writes move in the agent's 1 MiB frames */
+	conn->max_write = 1u << 20;
+	conn->max_readahead = 1u << 20;
 }
 
 static const struct fuse_lowlevel_ops ops = {
@@ -625,6 +919,15 @@ static const struct fuse_lowlevel_ops ops = {
 	.flush = op_flush,
 	.release = op_release,
 	.statfs = op_statfs,
+	.fsync = op_fsync,
+	.poll = op_poll,
+	.forget = op_forget,
+	.forget_multi = op_forget_multi,
+	.readlink = op_readlink,
+	.create = op_create,
+	.symlink = op_symlink,
+	.link = op_link,
+	.rename = op_rename,
 };
 
 static void fuse_log_to_ours(enum fuse_log_level level, const char *fmt, va_list ap)
@@ -670,6 +973,11 @@ int fs_new(struct engine *e, int argc, char **argv, struct fs **ret)
 	if (!f->se) {
 		free(f);
 		return -EINVAL;
+	}
+	if (events_init(f) < 0) {
+		fuse_session_destroy(f->se);
+		free(f);
+		return -ENOMEM;
 	}
 	*ret = f;
 	return 0;
@@ -725,6 +1033,7 @@ void fs_free(struct fs *f)
 		return;
 	fs_unmount(f);
 	fs_release_handles(f);
+	events_free(f);
 	fuse_session_destroy(f->se);
 	pthread_mutex_destroy(&f->handles_lock);
 	free(f->mountpoint);

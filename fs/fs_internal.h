@@ -7,16 +7,23 @@
 
 #include "common.h"
 #include "engine.h"
+#include "guest.h"
 
 /* Inode numbers: (object id << 4) | index. Object 0 is the static tree. */
 #define INO(obj, idx) (((fuse_ino_t)(obj) << 4) | (idx))
 #define INO_OBJ(ino) ((uint64_t)(ino) >> 4)
 #define INO_IDX(ino) ((unsigned)((ino)&15))
 
-enum { IDX_ROOT = 1, IDX_TEMPLATES = 2, IDX_README = 3, IDX_VERSION = 4, IDX_METRICS = 5 };
-enum { IDX_DIR = 0, IDX_TPL_SANDBOXES = 5, IDX_TPL_SLOTS = 6 };
+/* live/NAME/...: path-based inodes of the guest's own files (live.c) */
+#define LIVE_INO_BIT ((fuse_ino_t)1 << 63)
+#define IS_LIVE(ino) (((fuse_ino_t)(ino)&LIVE_INO_BIT) != 0)
 
-enum ftype { F_STATIC, F_RENDER, F_CONFIG, F_CTL, F_POOL, F_WAIT, F_EXEC, F_CONSOLE, F_SBCTL };
+enum { IDX_ROOT = 1, IDX_TEMPLATES = 2, IDX_README = 3, IDX_VERSION = 4, IDX_METRICS = 5, IDX_LIVE = 6,
+       IDX_EVENTS = 7 };
+enum { IDX_DIR = 0, IDX_TPL_SANDBOXES = 5, IDX_TPL_SLOTS = 6, IDX_SB_PROCS = 8, IDX_SB_ROOT = 9 };
+
+enum ftype { F_STATIC, F_RENDER, F_CONFIG, F_CTL, F_POOL, F_WAIT, F_EXEC, F_CONSOLE, F_SBCTL, F_EVENTS,
+	     F_PCMD, F_PSTDIN, F_POUT, F_PERR, F_PSIGNAL };
 
 struct file_def {
 	const char *name;
@@ -26,11 +33,12 @@ struct file_def {
 	char *(*render_t)(struct template *t);
 	char *(*render_s)(struct sandbox *s);
 	char *(*render_slot)(struct template *t, uint64_t slot_id);
+	char *(*render_p)(struct proc *p);
 };
 
 enum kind {
 	K_ROOT, K_TEMPLATES, K_STATIC_FILE, K_TPL_DIR, K_TPL_FILE, K_TPL_SANDBOXES, K_SB_DIR, K_SB_FILE,
-	K_TPL_SLOTS, K_SLOT_DIR, K_SLOT_FILE,
+	K_TPL_SLOTS, K_SLOT_DIR, K_SLOT_FILE, K_LIVE, K_SB_PROCS, K_SB_ROOT, K_PROC_DIR, K_PROC_FILE,
 };
 
 /* A decoded inode; holds references to its objects. */
@@ -40,6 +48,7 @@ struct node {
 	struct template *t;
 	struct sandbox *s;
 	uint64_t slot_id; /* K_SLOT_*: the slot, within template t */
+	struct proc *p;	  /* K_PROC_* */
 	const struct file_def *file;
 };
 
@@ -60,6 +69,7 @@ struct fs {
 	bool mounted;
 	pthread_mutex_t handles_lock;
 	struct open_handle handles; /* list head; protected by handles_lock */
+	struct events *events;	    /* events.c */
 };
 
 void fs_handle_add(struct fs *f, struct open_handle *oh, void (*release)(struct open_handle *oh));
@@ -75,3 +85,43 @@ void fh_write(fuse_req_t req, const char *buf, size_t size, off_t off, struct fu
 void fh_flush(fuse_req_t req, struct fuse_file_info *fi);
 void fh_release(fuse_req_t req, struct fuse_file_info *fi);
 extern const char fs_readme[];
+
+/* live/ (live.c): every inode with LIVE_INO_BIT. */
+void live_lookup_root(fuse_req_t req, struct fs *f, const char *name);
+void live_list_root(struct fs *f, void (*add)(void *ctx, const char *name, fuse_ino_t ino, bool dir), void *ctx);
+void live_forget(fuse_ino_t ino, uint64_t nlookup);
+void live_lookup(fuse_req_t req, struct fs *f, fuse_ino_t parent, const char *name);
+void live_getattr(fuse_req_t req, struct fs *f, fuse_ino_t ino);
+void live_setattr(fuse_req_t req, struct fs *f, fuse_ino_t ino, struct stat *attr, int to_set);
+void live_opendir(fuse_req_t req, struct fs *f, fuse_ino_t ino, struct fuse_file_info *fi);
+void live_readdir(fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi);
+void live_releasedir(fuse_req_t req, struct fs *f, struct fuse_file_info *fi);
+void live_mkdir(fuse_req_t req, struct fs *f, fuse_ino_t parent, const char *name, mode_t mode);
+void live_remove(fuse_req_t req, struct fs *f, fuse_ino_t parent, const char *name, bool dir);
+void live_symlink(fuse_req_t req, struct fs *f, const char *target, fuse_ino_t parent, const char *name);
+void live_link(fuse_req_t req, struct fs *f, fuse_ino_t ino, fuse_ino_t newparent, const char *newname);
+void live_rename(fuse_req_t req, struct fs *f, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
+		 const char *newname, unsigned int flags);
+void live_readlink(fuse_req_t req, struct fs *f, fuse_ino_t ino);
+void live_statfs(fuse_req_t req, struct fs *f, fuse_ino_t ino);
+void live_open(fuse_req_t req, struct fs *f, fuse_ino_t ino, struct fuse_file_info *fi);
+void live_create(fuse_req_t req, struct fs *f, fuse_ino_t parent, const char *name, mode_t mode,
+		 struct fuse_file_info *fi);
+void live_read(fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi);
+void live_write(fuse_req_t req, const char *buf, size_t size, off_t off, struct fuse_file_info *fi);
+void live_fsync(fuse_req_t req, struct fuse_file_info *fi);
+void live_release(fuse_req_t req, struct fs *f, struct fuse_file_info *fi);
+
+/* events and poll (events.c) */
+int events_init(struct fs *f);
+void events_free(struct fs *f);
+/* The events file: a subscriber per open handle. */
+void events_open(struct fs *f, fuse_req_t req, struct fuse_file_info *fi);
+void events_read(fuse_req_t req, size_t size, struct fuse_file_info *fi);
+void events_release(fuse_req_t req, struct fuse_file_info *fi);
+void events_poll(fuse_req_t req, struct fuse_file_info *fi, struct fuse_pollhandle *ph);
+bool events_is(struct fuse_file_info *fi);
+/* poll on a sandbox's status: ph is notified at its next state change. */
+void status_poll_add(struct fs *f, uint64_t sandbox_id, struct fuse_pollhandle *ph);
+/* poll on generated files (handles.c) */
+void fh_poll(fuse_req_t req, struct fuse_file_info *fi, struct fuse_pollhandle *ph);

@@ -5,6 +5,7 @@
  * is held while a guest boots or a command runs; both honour interrupts.
  */
 #include <fcntl.h>
+#include <poll.h>
 #include <json-c/json.h>
 #include <stdio.h>
 #include <string.h>
@@ -46,6 +47,13 @@ struct fh {
 	size_t read_size;
 	fuse_req_t flush_req;  /* protected by lock */
 	fuse_req_t early_intr; /* interrupted before it was parked; protected by lock */
+	/* procs/ID/stdout, stderr: a parked read */
+	fuse_req_t pread_req;  /* protected by lock */
+	uint64_t pread_token;  /* protected by lock */
+	bool pstarted;	       /* cmd: the process was started through this handle */
+	bool pwritten;	       /* stdin: written to (a close then sends EOF) */
+	/* status: the sandbox's status_seq when rendered */
+	uint64_t seq;
 };
 
 const char fs_readme[] =
@@ -56,11 +64,16 @@ const char fs_readme[] =
 	"  templates/T/status          JSON: state (new|baking|ready|failed|stale), bake timings, error\n"
 	"  templates/T/ctl             write: bake | rebake\n"
 	"  templates/T/sandboxes/NAME  mkdir = create (returns at once), rmdir or rm -rf = destroy\n"
-	"    status   JSON: state, path (restore|cold), identity, timings, error\n"
+	"    status   JSON: state, path (warm|restore|cold|fork), identity, timings, error; poll wakes on change\n"
 	"    timings  one \"phase milliseconds\" line per phase\n"
 	"    wait     read blocks until ready; fails with EIO if the create failed\n"
 	"    exec     write a command, read its output on the same open file\n"
-	"    console  the guest's serial log\n";
+	"    console  the guest's serial log\n"
+	"    ctl      pause | resume | hibernate | stop | start | fork NEW | template NEW\n"
+	"    root     symlink to live/NAME\n"
+	"    procs/ID/  mkdir = process slot: cmd (write to start), stdin, stdout, stderr (stream), status, signal\n"
+	"  live/NAME/  the running guest's own filesystem\n"
+	"  events      JSON lines, one per lifecycle event (follows like tail -f)\n";
 
 static struct fh *fh_of(struct fuse_file_info *fi)
 {
@@ -122,10 +135,14 @@ static int render(struct fh *h)
 		h->buf = d->render_t(h->node.t);
 	else if (d->render_s)
 		h->buf = d->render_s(h->node.s);
+	else if (d->render_p)
+		h->buf = d->render_p(h->node.p);
 	else
 		return 0;
 	if (!h->buf)
 		return d->render_slot ? -ENOENT : -ENOMEM; /* a slot claimed or recycled meanwhile */
+	if (h->node.s)
+		h->seq = sandbox_status_seq(h->node.s);
 	h->len = strlen(h->buf);
 	return 0;
 }
@@ -165,7 +182,8 @@ void fh_open(struct fs *f, fuse_req_t req, struct node *n, struct fuse_file_info
 	fi->fh = (uint64_t)(uintptr_t)h;
 	fi->direct_io = 1;
 	fi->keep_cache = 0;
-	fi->nonseekable = h->type == F_WAIT || h->type == F_EXEC;
+	fi->nonseekable = h->type == F_WAIT || h->type == F_EXEC || h->type == F_POUT || h->type == F_PERR ||
+			  h->type == F_PSTDIN;
 	fuse_reply_open(req, fi);
 }
 
@@ -431,6 +449,196 @@ static void exec_read(fuse_req_t req, struct fh *h, size_t size)
 	pthread_mutex_unlock(&h->lock);
 }
 
+static int append(struct fh *h, const char *buf, size_t size);
+
+/* ---- procs/ID ---- */
+
+static fuse_req_t pread_take(struct fh *h)
+{
+	fuse_req_t r;
+
+	pthread_mutex_lock(&h->lock);
+	r = TAKE_PTR(h->pread_req);
+	h->pread_token = 0;
+	pthread_mutex_unlock(&h->lock);
+	return r;
+}
+
+static void pread_done(void *arg, int result, const uint8_t *data, size_t len)
+{
+	struct fh *h = arg;
+	fuse_req_t r = pread_take(h);
+
+	if (r && result < 0)
+		fuse_reply_err(r, -result);
+	else if (r)
+		fuse_reply_buf(r, (const char *)data, len);
+	fh_unref(h); /* the parked read's */
+}
+
+static void pread_interrupt(fuse_req_t req, void *arg)
+{
+	struct fh *h = arg;
+	uint64_t token;
+
+	(void)req;
+	pthread_mutex_lock(&h->lock);
+	token = h->pread_token;
+	pthread_mutex_unlock(&h->lock);
+	/* a cancelled read loses nothing: what arrives stays for the next one */
+	if (token && proc_read_cancel(h->node.p, token)) {
+		fuse_req_t r = pread_take(h);
+
+		if (r)
+			fuse_reply_err(r, EINTR);
+		fh_unref(h);
+	}
+}
+
+/* stdout and stderr stream: a read parks until output arrives, 0 bytes at the end. */
+static void pout_read(fuse_req_t req, struct fh *h, size_t size)
+{
+	uint64_t token = 0;
+	int r;
+
+	fuse_req_interrupt_func(req, pread_interrupt, h);
+	pthread_mutex_lock(&h->lock);
+	if (h->pread_req) {
+		pthread_mutex_unlock(&h->lock);
+		fuse_reply_err(req, EBUSY);
+		return;
+	}
+	h->pread_req = req;
+	h->refs++;
+	pthread_mutex_unlock(&h->lock);
+	r = proc_read(h->node.p, h->type == F_POUT ? 1 : 2, size, pread_done, h, &token);
+	if (r < 0) {
+		fuse_req_t q = pread_take(h);
+
+		if (q)
+			fuse_reply_err(q, r == -EAGAIN ? EAGAIN : -r);
+		fh_unref(h);
+		return;
+	}
+	pthread_mutex_lock(&h->lock);
+	if (h->pread_req == req)
+		h->pread_token = token;
+	pthread_mutex_unlock(&h->lock);
+	if (fuse_req_interrupted(req))
+		pread_interrupt(req, h);
+}
+
+struct pwrite_ctx {
+	fuse_req_t req;
+};
+
+static void pwrite_done(void *arg, ssize_t result)
+{
+	struct pwrite_ctx *c = arg;
+
+	if (c->req && result < 0)
+		fuse_reply_err(c->req, (int)-result);
+	else if (c->req)
+		fuse_reply_write(c->req, (size_t)result);
+	free(c);
+}
+
+/* stdin: answered once the bytes are in the process's pipe (back-pressure). */
+static void pin_write(fuse_req_t req, struct fh *h, const char *buf, size_t size)
+{
+	struct pwrite_ctx *c = calloc(1, sizeof(*c));
+	int r;
+
+	if (!c) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	c->req = req;
+	pthread_mutex_lock(&h->lock);
+	h->pwritten = true;
+	pthread_mutex_unlock(&h->lock);
+	r = proc_write(h->node.p, buf, size, false, pwrite_done, c);
+	if (r < 0) {
+		free(c);
+		fuse_reply_err(req, -r);
+	}
+}
+
+static void eof_done(void *arg, ssize_t result)
+{
+	(void)arg;
+	(void)result;
+}
+
+static int pcmd_start(struct fh *h)
+{
+	int r;
+
+	if (h->len == 0)
+		return 0;
+	r = proc_start(h->node.p, h->buf, h->len);
+	h->len = 0;
+	if (r == 0)
+		h->pstarted = true;
+	return r;
+}
+
+/* A whole command (a line ending in a newline, or a complete JSON object) starts at once; else at close. */
+static int pcmd_write(struct fh *h, const char *buf, size_t size)
+{
+	json_tokener *tok;
+	json_object *o;
+	size_t i = 0;
+	int r;
+
+	if (h->pstarted)
+		return -EBUSY;
+	if ((r = append(h, buf, size)) < 0)
+		return r;
+	while (i < h->len && (h->buf[i] == ' ' || h->buf[i] == '\t' || h->buf[i] == '\n'))
+		i++;
+	if (i < h->len && h->buf[i] == '{') {
+		tok = json_tokener_new();
+		o = tok ? json_tokener_parse_ex(tok, h->buf, (int)h->len) : NULL;
+		r = tok && json_tokener_get_error(tok) == json_tokener_continue ? 1 : 0;
+		json_object_put(o);
+		if (tok)
+			json_tokener_free(tok);
+		return r ? 0 : pcmd_start(h);
+	}
+	return h->len && h->buf[h->len - 1] == '\n' ? pcmd_start(h) : 0;
+}
+
+/* ---- poll ---- */
+
+/*
+ * A sandbox's status is readable (POLLIN, POLLPRI) once its state changed
+ * since this handle rendered it; reading it again from offset 0 renders the
+ * new one. Everything else is always readable.
+ */
+void fh_poll(fuse_req_t req, struct fuse_file_info *fi, struct fuse_pollhandle *ph)
+{
+	struct fh *h = fh_of(fi);
+	unsigned ev = POLLIN | POLLRDNORM | (h->accmode != O_RDONLY ? POLLOUT | POLLWRNORM : 0);
+
+	if (h->type == F_RENDER && h->node.kind == K_SB_FILE && h->node.s) {
+		if (sandbox_status_seq(h->node.s) != h->seq) {
+			ev = POLLIN | POLLRDNORM | POLLPRI;
+		} else {
+			ev = 0;
+			if (ph) {
+				status_poll_add(h->fs, sandbox_id(h->node.s), TAKE_PTR(ph));
+				/* a change between the check and the registration notifies nothing: check again */
+				if (sandbox_status_seq(h->node.s) != h->seq)
+					ev = POLLIN | POLLRDNORM | POLLPRI;
+			}
+		}
+	}
+	if (ph)
+		fuse_pollhandle_destroy(ph);
+	fuse_reply_poll(req, ev);
+}
+
 /* ---- dispatch ---- */
 
 void fh_read(fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi)
@@ -445,6 +653,10 @@ void fh_read(fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi)
 		break;
 	case F_EXEC:
 		exec_read(req, h, size);
+		break;
+	case F_POUT:
+	case F_PERR:
+		pout_read(req, h, size);
 		break;
 	case F_CONSOLE:
 		if (h->fd < 0) {
@@ -461,6 +673,14 @@ void fh_read(fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi)
 		break;
 	default:
 		pthread_mutex_lock(&h->lock); /* a config write on the same handle replaces buf */
+		if (off == 0 && h->type == F_RENDER && h->node.kind == K_SB_FILE && h->accmode != O_WRONLY &&
+		    sandbox_status_seq(h->node.s) != h->seq) {
+			/* re-read after a change (poll): the new rendering */
+			free(h->buf);
+			h->buf = NULL;
+			h->len = 0;
+			render(h);
+		}
 		if (h->accmode == O_WRONLY)
 			fuse_reply_err(req, EBADF);
 		else
@@ -539,6 +759,18 @@ void fh_write(fuse_req_t req, const char *buf, size_t size, off_t off, struct fu
 		r = h->phase == EX_IDLE ? append(h, buf, size) : -EBUSY;
 		pthread_mutex_unlock(&h->lock);
 		break;
+	case F_PCMD:
+		pthread_mutex_lock(&h->lock);
+		r = pcmd_write(h, buf, size);
+		pthread_mutex_unlock(&h->lock);
+		break;
+	case F_PSIGNAL:
+		r = proc_signal(h->node.p, buf, size);
+		break;
+	case F_PSTDIN:
+		pin_write(req, h, buf, size);
+		fh_unref(h);
+		return;
 	default:
 		r = -EACCES;
 	}
@@ -559,6 +791,13 @@ void fh_flush(fuse_req_t req, struct fuse_file_info *fi)
 		h->partial = false;
 		h->len = 0;
 		fuse_reply_err(req, EINVAL); /* an incomplete JSON value was written */
+		return;
+	}
+	if (h->type == F_PCMD) {
+		pthread_mutex_lock(&h->lock);
+		r = pcmd_start(h); /* a command without a final newline starts at close */
+		pthread_mutex_unlock(&h->lock);
+		fuse_reply_err(req, -r);
 		return;
 	}
 	if (h->type != F_EXEC) {
@@ -592,6 +831,9 @@ void fh_release(fuse_req_t req, struct fuse_file_info *fi)
 	pthread_mutex_unlock(&h->lock);
 	if (token && sandbox_wait_cancel(h->node.s, token))
 		wait_answer(h, wait_take(h), -EINTR);
+	/* closing a stdin opened for writing sends EOF */
+	if (h->type == F_PSTDIN && (h->pwritten || h->accmode != O_RDONLY))
+		proc_write(h->node.p, NULL, 0, true, eof_done, NULL);
 	/* An exec still running keeps the handle until its completion arrives. */
 	fs_handle_del(h->fs, &h->oh);
 	fh_unref(h);

@@ -1,0 +1,901 @@
+/*
+ * Calls into a sandbox's guest agent for the live filesystem, and the
+ * streaming processes of procs/ID (see guest.h).
+ *
+ * A process's output is pulled, never pushed: an "out" call is in flight
+ * only while a reader waits and nothing is buffered, so the daemon holds at
+ * most one reply (1 MiB) per stream, and a process nobody reads blocks in the
+ * guest on a full pipe (the agent stops reading at 256 KiB).
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+#include "guest.h"
+#include "internal.h"
+
+#define PROCS_MAX 256
+
+int guest_conn_get(struct sandbox *s, struct guest_conn *c)
+{
+	struct engine *e = s->e;
+	int r;
+
+	*c = (struct guest_conn){ 0 };
+	pthread_mutex_lock(&e->lock);
+	while (s->state == SB_CREATING)
+		pthread_cond_wait(&s->cond, &e->lock);
+	r = s->state == SB_READY || s->state == SB_PAUSED || s->state == SB_HIBERNATED ? 0 : -EIO;
+	pthread_mutex_unlock(&e->lock);
+	if (r < 0)
+		return r; /* failed, stopped (start it first), or going away */
+	r = sandbox_exec_enter(s);
+	if (r < 0)
+		return r;
+	pthread_mutex_lock(&e->lock);
+	c->agent = agent_ref(s->agent);
+	pthread_mutex_unlock(&e->lock);
+	if (!c->agent) {
+		sandbox_exec_leave(s);
+		return -EIO;
+	}
+	atomic_fetch_add(&s->refs, 1);
+	c->s = s;
+	return 0;
+}
+
+void guest_conn_put(struct guest_conn *c)
+{
+	if (!c->s)
+		return;
+	agent_unref(c->agent);
+	sandbox_exec_leave(c->s);
+	sandbox_unref(c->s);
+	*c = (struct guest_conn){ 0 };
+}
+
+/* A connection that ended is the guest gone (destroyed, stopped, its VMM died): EIO. */
+static int conn_errno(int r)
+{
+	return r == -ECONNRESET || r == -EPIPE || r == -EPROTO || r == -ETIMEDOUT ? -EIO : r;
+}
+
+int guest_call(struct guest_conn *c, const char *op, json_object *req, const void *bin, size_t bin_len,
+	       json_object **resp, uint8_t **data, size_t *data_len)
+{
+	json_object_object_add(req, "op", json_object_new_string(op));
+	return conn_errno(agent_call_full(c->agent, req, bin, bin_len, GUEST_CALL_TIMEOUT_MS, NULL, NULL, resp, data,
+					  data_len));
+}
+
+struct async_call {
+	guest_async_fn cb;
+	void *arg;
+};
+
+static void on_async(void *arg, int result, json_object *resp, const uint8_t *data, size_t len)
+{
+	struct async_call *a = arg;
+
+	a->cb(a->arg, conn_errno(result), resp, data, len);
+	free(a);
+}
+
+int guest_call_async(struct guest_conn *c, const char *op, json_object *req, guest_async_fn cb, void *arg)
+{
+	struct async_call *a = malloc(sizeof(*a));
+	int r;
+
+	if (!a)
+		return -ENOMEM;
+	*a = (struct async_call){ cb, arg };
+	json_object_object_add(req, "op", json_object_new_string(op));
+	r = agent_call_async(c->agent, req, NULL, 0, on_async, a);
+	if (r < 0)
+		free(a);
+	return conn_errno(r);
+}
+
+int sandbox_guest_call(struct sandbox *s, const char *op, json_object *req, const void *bin, size_t bin_len,
+		       json_object **resp, uint8_t **data, size_t *data_len)
+{
+	struct guest_conn c;
+	int r = guest_conn_get(s, &c);
+
+	if (r < 0)
+		return r;
+	r = guest_call(&c, op, req, bin, bin_len, resp, data, data_len);
+	guest_conn_put(&c);
+	return r;
+}
+
+/* ------------------------------------------------------------------ */
+/* Processes                                                            */
+
+enum proc_state { PROC_NEW = 0, PROC_STARTING, PROC_RUNNING, PROC_EXITED, PROC_LOST };
+
+static const char *const proc_state_names[] = { "new", "starting", "running", "exited", "lost" };
+
+struct reader {
+	proc_read_fn cb;
+	void *arg;
+	size_t max;
+	uint64_t token;
+	struct reader *next;
+};
+
+struct pstream {
+	uint8_t *buf; /* received, not yet read */
+	size_t len, off;
+	bool eof;
+	bool inflight; /* an "out" call */
+	int error;     /* the call failed: every later read gets it */
+	struct reader *readers; /* FIFO */
+};
+
+struct writer {
+	proc_write_fn cb;
+	void *arg;
+	size_t len;
+	bool eof;
+};
+
+struct proc {
+	atomic_int refs;
+	uint64_t id;
+	char *name;
+	struct sandbox *s; /* ref'd */
+	pthread_mutex_t lock;
+	enum proc_state state;	 /* lock */
+	struct guest_conn conn;	 /* held from start until exit: the sandbox stays awake */
+	struct agent_client *agent; /* the connection it runs on, for its whole life (job handles are per connection) */
+	uint64_t job;
+	int64_t pid;
+	uint64_t start_unix_ms;
+	uint64_t start_ns;
+	int exit_code, signal;
+	double duration_ms;
+	char *cmd;   /* as given */
+	char *error; /* why it failed or was lost */
+	bool removed;
+	bool stdin_closed;
+	struct pstream out[2];
+	struct writer *writer; /* the stdin write in flight */
+	uint64_t next_token;
+};
+
+static void proc_free(struct proc *p)
+{
+	for (int i = 0; i < 2; i++)
+		free(p->out[i].buf);
+	free(p->name);
+	free(p->cmd);
+	free(p->error);
+	free(p->writer);
+	agent_unref(p->agent);
+	sandbox_unref(p->s);
+	pthread_mutex_destroy(&p->lock);
+	free(p);
+}
+
+void proc_unref(struct proc *p)
+{
+	if (p && atomic_fetch_sub(&p->refs, 1) == 1)
+		proc_free(p);
+}
+
+static struct proc *proc_ref(struct proc *p)
+{
+	atomic_fetch_add(&p->refs, 1);
+	return p;
+}
+
+uint64_t proc_id(const struct proc *p)
+{
+	return p->id;
+}
+
+struct sandbox *proc_sandbox(const struct proc *p)
+{
+	return p->s;
+}
+
+int sandbox_proc_create(struct sandbox *s, const char *name, struct proc **ret)
+{
+	struct engine *e = s->e;
+	struct proc *p, **n;
+	int r = name_validate(name);
+
+	if (r < 0)
+		return r;
+	p = calloc(1, sizeof(*p));
+	if (!p || !(p->name = strdup(name))) {
+		free(p);
+		return -ENOMEM;
+	}
+	atomic_init(&p->refs, 1);
+	pthread_mutex_init(&p->lock, NULL);
+	p->id = atomic_fetch_add(&e->next_id, 1);
+	p->exit_code = -1;
+	pthread_mutex_lock(&e->lock);
+	if (s->state == SB_DESTROYING || s->state == SB_FAILED)
+		r = -ENOENT;
+	else if (s->n_procs >= PROCS_MAX)
+		r = -ENOSPC;
+	for (size_t i = 0; r == 0 && i < s->n_procs; i++)
+		if (strcmp(s->procs[i]->name, name) == 0)
+			r = -EEXIST;
+	if (r == 0 && !(n = realloc(s->procs, (s->n_procs + 1) * sizeof(*n))))
+		r = -ENOMEM;
+	if (r == 0) {
+		s->procs = n;
+		s->procs[s->n_procs++] = p;
+		atomic_fetch_add(&s->refs, 1);
+		p->s = s;
+		if (ret)
+			*ret = proc_ref(p);
+	}
+	pthread_mutex_unlock(&e->lock);
+	if (r < 0) {
+		pthread_mutex_destroy(&p->lock);
+		free(p->name);
+		free(p);
+	}
+	return r;
+}
+
+struct proc *sandbox_proc_get(struct sandbox *s, const char *name)
+{
+	struct proc *p = NULL;
+
+	pthread_mutex_lock(&s->e->lock);
+	for (size_t i = 0; i < s->n_procs && !p; i++)
+		if (strcmp(s->procs[i]->name, name) == 0)
+			p = proc_ref(s->procs[i]);
+	pthread_mutex_unlock(&s->e->lock);
+	return p;
+}
+
+struct proc *engine_proc_by_id(struct engine *e, uint64_t id)
+{
+	struct proc *p = NULL;
+
+	pthread_mutex_lock(&e->lock);
+	for (size_t i = 0; i < e->n_templates && !p; i++) {
+		struct template *t = e->templates[i];
+
+		for (size_t j = 0; j < t->n_sandboxes && !p; j++)
+			for (size_t k = 0; k < t->sandboxes[j]->n_procs && !p; k++)
+				if (t->sandboxes[j]->procs[k]->id == id)
+					p = proc_ref(t->sandboxes[j]->procs[k]);
+	}
+	pthread_mutex_unlock(&e->lock);
+	return p;
+}
+
+char **sandbox_proc_list(struct sandbox *s)
+{
+	char **v;
+
+	pthread_mutex_lock(&s->e->lock);
+	v = calloc(s->n_procs + 1, sizeof(*v));
+	for (size_t i = 0; v && i < s->n_procs; i++)
+		if (!(v[i] = strdup(s->procs[i]->name))) {
+			strv_free(v);
+			v = NULL;
+		}
+	pthread_mutex_unlock(&s->e->lock);
+	return v;
+}
+
+/* Readers and a writer still waiting, failed with err; lock held. Returns them for the caller to run. */
+struct pending_cbs {
+	struct reader *readers;
+	struct writer *writer;
+	int err;
+};
+
+static void take_waiters(struct proc *p, int err, struct pending_cbs *pc)
+{
+	struct reader **tail = &pc->readers;
+
+	pc->err = err;
+	for (int i = 0; i < 2; i++) {
+		*tail = TAKE_PTR(p->out[i].readers);
+		while (*tail)
+			tail = &(*tail)->next;
+		if (!p->out[i].error)
+			p->out[i].error = err;
+	}
+	pc->writer = TAKE_PTR(p->writer);
+}
+
+static void run_failed(struct pending_cbs *pc)
+{
+	while (pc->readers) {
+		struct reader *r = pc->readers;
+
+		pc->readers = r->next;
+		r->cb(r->arg, pc->err, NULL, 0);
+		free(r);
+	}
+	if (pc->writer) {
+		pc->writer->cb(pc->writer->arg, pc->err);
+		free(pc->writer);
+	}
+}
+
+/* The process is over for the host (exited and reported, lost, removed): the sandbox may sleep again. */
+static void proc_unpin(struct proc *p)
+{
+	struct guest_conn c;
+
+	pthread_mutex_lock(&p->lock);
+	c = p->conn;
+	p->conn = (struct guest_conn){ 0 };
+	pthread_mutex_unlock(&p->lock);
+	guest_conn_put(&c);
+}
+
+static void set_lost(struct proc *p, const char *why)
+{
+	if (p->state == PROC_STARTING || p->state == PROC_RUNNING) {
+		p->state = PROC_LOST;
+		free(p->error);
+		p->error = strdup(why);
+		p->duration_ms = (double)(now_ns() - p->start_ns) / 1e6;
+	}
+}
+
+/* A call about the process on the connection it was started on. */
+static int proc_call(struct proc *p, const char *op, json_object *req)
+{
+	json_object_object_add(req, "op", json_object_new_string(op));
+	json_object_object_add(req, "job", json_object_new_uint64(p->job));
+	return conn_errno(agent_call_full(p->agent, req, NULL, 0, GUEST_CALL_TIMEOUT_MS, NULL, NULL, NULL, NULL, NULL));
+}
+
+int sandbox_proc_remove(struct sandbox *s, const char *name)
+{
+	struct engine *e = s->e;
+	struct proc *p = NULL;
+	struct pending_cbs pc = { 0 };
+	bool running;
+
+	pthread_mutex_lock(&e->lock);
+	for (size_t i = 0; i < s->n_procs && !p; i++)
+		if (strcmp(s->procs[i]->name, name) == 0) {
+			p = s->procs[i];
+			s->procs[i] = s->procs[--s->n_procs];
+		}
+	pthread_mutex_unlock(&e->lock);
+	if (!p)
+		return -ENOENT;
+	pthread_mutex_lock(&p->lock);
+	p->removed = true;
+	running = p->state == PROC_RUNNING || p->state == PROC_STARTING;
+	take_waiters(p, -EIO, &pc);
+	pthread_mutex_unlock(&p->lock);
+	run_failed(&pc);
+	if (p->agent) {
+		json_object *req = json_object_new_object();
+
+		/* kills it (its process group) if it runs, frees what the agent keeps; a guest already gone is fine */
+		proc_call(p, "release", req);
+		json_object_put(req);
+	}
+	(void)running;
+	proc_unpin(p);
+	proc_unref(p);
+	return 0;
+}
+
+void sandbox_procs_free(struct sandbox *s)
+{
+	char **names = sandbox_proc_list(s);
+
+	for (char **n = names; n && *n; n++)
+		sandbox_proc_remove(s, *n);
+	strv_free(names);
+}
+
+/* ---- start ---- */
+
+static json_object *parse_cmd(const char *text, size_t len)
+{
+	size_t i = 0;
+	json_object *req, *v;
+
+	while (i < len && (text[i] == ' ' || text[i] == '\t' || text[i] == '\n'))
+		i++;
+	if (i == len || memchr(text, '\0', len))
+		return NULL;
+	if (text[i] == '{') {
+		json_tokener *tok = json_tokener_new();
+
+		req = tok ? json_tokener_parse_ex(tok, text, (int)len) : NULL;
+		if (req && (json_tokener_get_error(tok) != json_tokener_success ||
+			    !json_object_is_type(req, json_type_object))) {
+			json_object_put(req);
+			req = NULL;
+		}
+		if (tok)
+			json_tokener_free(tok);
+		if (!req)
+			return NULL;
+		json_object_object_foreach(req, key, val) {
+			(void)val;
+			if (strcmp(key, "argv") && strcmp(key, "sh") && strcmp(key, "env") && strcmp(key, "cwd")) {
+				json_object_put(req);
+				return NULL;
+			}
+		}
+		if (json_object_object_get_ex(req, "sh", &v) ?
+			    !json_object_is_type(v, json_type_string) || json_object_get_string_len(v) == 0 :
+		    !json_object_object_get_ex(req, "argv", &v) || !json_object_is_type(v, json_type_array) ||
+			    json_object_array_length(v) == 0) {
+			json_object_put(req);
+			return NULL;
+		}
+		return req;
+	}
+	while (len > 0 && text[len - 1] == '\n')
+		len--;
+	req = json_object_new_object();
+	json_object_object_add(req, "sh", json_object_new_string_len(text, (int)len));
+	return req;
+}
+
+static void on_exit_reply(void *arg, int result, json_object *resp, const uint8_t *data, size_t len);
+
+static int64_t get_i64(json_object *o, const char *key, int64_t dflt)
+{
+	json_object *v;
+
+	return json_object_object_get_ex(o, key, &v) ? json_object_get_int64(v) : dflt;
+}
+
+int proc_start(struct proc *p, const char *text, size_t len)
+{
+	_cleanup_json_ json_object *req = parse_cmd(text, len);
+	_cleanup_json_ json_object *resp = NULL;
+	struct guest_conn c;
+	json_object *wreq;
+	int r;
+
+	if (!req)
+		return -EINVAL;
+	pthread_mutex_lock(&p->lock);
+	r = p->state != PROC_NEW || p->removed ? -EBUSY : 0;
+	if (r == 0) {
+		p->state = PROC_STARTING;
+		p->cmd = strndup(text, len);
+		p->start_ns = now_ns();
+	}
+	pthread_mutex_unlock(&p->lock);
+	if (r < 0)
+		return r;
+	r = guest_conn_get(p->s, &c);
+	if (r == 0)
+		r = guest_call(&c, "spawn", req, NULL, 0, &resp, NULL, NULL);
+	pthread_mutex_lock(&p->lock);
+	if (r < 0) {
+		p->state = PROC_LOST;
+		free(p->error);
+		if (asprintf(&p->error, "start failed: %s", strerror(-r)) < 0)
+			p->error = NULL;
+		pthread_mutex_unlock(&p->lock);
+		guest_conn_put(&c);
+		return r;
+	}
+	p->conn = c;
+	p->agent = agent_ref(c.agent);
+	p->job = (uint64_t)get_i64(resp, "job", 0);
+	p->pid = get_i64(resp, "pid", 0);
+	p->start_unix_ms = (uint64_t)get_i64(resp, "start_unix_ms", 0);
+	p->state = PROC_RUNNING;
+	if (p->removed) {
+		/* an rmdir came while it started: it must not run on */
+		json_object *rel = json_object_new_object();
+
+		pthread_mutex_unlock(&p->lock);
+		proc_call(p, "release", rel);
+		json_object_put(rel);
+		proc_unpin(p);
+		return -ENOENT;
+	}
+	pthread_mutex_unlock(&p->lock);
+
+	/* told when it exits: the status is the host's own from then on */
+	wreq = json_object_new_object();
+	json_object_object_add(wreq, "op", json_object_new_string("wait"));
+	json_object_object_add(wreq, "job", json_object_new_uint64(p->job));
+	r = agent_call_async(c.agent, wreq, NULL, 0, on_exit_reply, proc_ref(p));
+	json_object_put(wreq);
+	if (r < 0) {
+		pthread_mutex_lock(&p->lock);
+		set_lost(p, "the guest connection ended");
+		pthread_mutex_unlock(&p->lock);
+		proc_unref(p);
+	}
+	return 0;
+}
+
+static void on_exit_reply(void *arg, int result, json_object *resp, const uint8_t *data, size_t len)
+{
+	struct proc *p = arg;
+
+	(void)data;
+	(void)len;
+	pthread_mutex_lock(&p->lock);
+	if (result == 0 && p->state == PROC_RUNNING) {
+		p->state = PROC_EXITED;
+		p->exit_code = (int)get_i64(resp, "exit_code", -1);
+		p->signal = (int)get_i64(resp, "signal", 0);
+		p->duration_ms = (double)get_i64(resp, "duration_ms", 0);
+	} else if (result < 0 && !p->removed) {
+		set_lost(p, "the guest connection ended (the sandbox was stopped, or its VMM died)");
+	}
+	pthread_mutex_unlock(&p->lock);
+	/*
+	 * Unpinning takes the engine lock, which is fine from the reader thread;
+	 * dropping the connection's last reference is not (it joins this thread),
+	 * and cannot happen here: the sandbox still holds its own.
+	 */
+	proc_unpin(p);
+	proc_unref(p);
+}
+
+char *proc_render_status(struct proc *p)
+{
+	_cleanup_json_ json_object *o = json_object_new_object();
+	char *s;
+
+	pthread_mutex_lock(&p->lock);
+	json_object_object_add(o, "name", json_object_new_string(p->name));
+	json_object_object_add(o, "state", json_object_new_string(proc_state_names[p->state]));
+	json_object_object_add(o, "cmd", p->cmd ? json_object_new_string(p->cmd) : NULL);
+	json_object_object_add(o, "pid", p->pid ? json_object_new_int64(p->pid) : NULL);
+	json_object_object_add(o, "start_unix_ms",
+			       p->start_unix_ms ? json_object_new_int64((int64_t)p->start_unix_ms) : NULL);
+	json_object_object_add(o, "exit_code", p->state == PROC_EXITED ? json_object_new_int(p->exit_code) : NULL);
+	json_object_object_add(o, "signal", p->state == PROC_EXITED ? json_object_new_int(p->signal) : NULL);
+	json_object_object_add(o, "duration_ms",
+			       p->state == PROC_RUNNING ? ms_json((double)(now_ns() - p->start_ns) / 1e6) :
+			       p->state >= PROC_EXITED ? ms_json(p->duration_ms) : NULL);
+	json_object_object_add(o, "stdin_closed", json_object_new_boolean(p->stdin_closed));
+	json_object_object_add(o, "error", p->error ? json_object_new_string(p->error) : NULL);
+	pthread_mutex_unlock(&p->lock);
+	s = strdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE));
+	if (s) {
+		char *n = realloc(s, strlen(s) + 2);
+
+		if (n) {
+			strcat(n, "\n");
+			s = n;
+		}
+	}
+	return s;
+}
+
+/* ---- signals ---- */
+
+static const struct {
+	const char *name;
+	int sig;
+} signals[] = {
+	{ "HUP", SIGHUP },   { "INT", SIGINT },	  { "QUIT", SIGQUIT }, { "KILL", SIGKILL },
+	{ "USR1", SIGUSR1 }, { "USR2", SIGUSR2 }, { "PIPE", SIGPIPE }, { "ALRM", SIGALRM },
+	{ "TERM", SIGTERM }, { "CONT", SIGCONT }, { "STOP", SIGSTOP }, { "TSTP", SIGTSTP },
+	{ "WINCH", SIGWINCH },
+};
+
+static int parse_signal(const char *text, size_t len)
+{
+	char buf[16];
+	char *end;
+	long n;
+
+	while (len > 0 && (text[len - 1] == '\n' || text[len - 1] == ' '))
+		len--;
+	if (len == 0 || len >= sizeof(buf) || memchr(text, '\0', len))
+		return -EINVAL;
+	memcpy(buf, text, len);
+	buf[len] = '\0';
+	if (buf[0] >= '0' && buf[0] <= '9') {
+		errno = 0;
+		n = strtol(buf, &end, 10);
+		return errno || *end || n < 1 || n > 64 ? -EINVAL : (int)n;
+	}
+	for (size_t i = 0; i < ARRAY_SIZE(signals); i++)
+		if (strcasecmp(buf, signals[i].name) == 0 ||
+		    (strncasecmp(buf, "SIG", 3) == 0 && strcasecmp(buf + 3, signals[i].name) == 0))
+			return signals[i].sig;
+	return -EINVAL;
+}
+
+int proc_signal(struct proc *p, const char *text, size_t len)
+{
+	int sig = parse_signal(text, len);
+	json_object *req;
+	int r;
+
+	if (sig < 0)
+		return sig;
+	pthread_mutex_lock(&p->lock);
+	r = p->state == PROC_RUNNING ? 0 : -ESRCH;
+	pthread_mutex_unlock(&p->lock);
+	if (r < 0)
+		return r;
+	req = json_object_new_object();
+	json_object_object_add(req, "sig", json_object_new_int(sig));
+	r = proc_call(p, "signal", req);
+	json_object_put(req);
+	return r;
+}
+
+/* ---- output ---- */
+
+struct served {
+	struct reader *r;
+	uint8_t *data;
+	size_t len;
+	int err;
+	struct served *next;
+};
+
+/*
+ * Hands buffered data (or EOF, or the stream's error) to waiting readers in
+ * order; lock held. Returns what to call once the lock is dropped, and
+ * whether another "out" call is needed.
+ */
+static struct served *serve(struct pstream *st, bool *need_call)
+{
+	struct served *head = NULL, **tail = &head;
+
+	while (st->readers && (st->len > st->off || st->eof || st->error)) {
+		struct reader *r = st->readers;
+		struct served *sv = calloc(1, sizeof(*sv));
+
+		if (!sv)
+			break;
+		st->readers = r->next;
+		sv->r = r;
+		if (st->len > st->off) {
+			sv->len = r->max < st->len - st->off ? r->max : st->len - st->off;
+			sv->data = malloc(sv->len);
+			if (sv->data)
+				memcpy(sv->data, st->buf + st->off, sv->len);
+			else
+				sv->err = -ENOMEM;
+			st->off += sv->len;
+			if (st->off == st->len) {
+				free(st->buf);
+				st->buf = NULL;
+				st->len = st->off = 0;
+			}
+		} else if (!st->eof) {
+			sv->err = st->error;
+		}
+		*tail = sv;
+		tail = &sv->next;
+	}
+	*need_call = st->readers && !st->inflight && !st->eof && !st->error;
+	return head;
+}
+
+static void run_served(struct served *sv)
+{
+	while (sv) {
+		struct served *n = sv->next;
+
+		sv->r->cb(sv->r->arg, sv->err, sv->data, sv->err ? 0 : sv->len);
+		free(sv->data);
+		free(sv->r);
+		free(sv);
+		sv = n;
+	}
+}
+
+struct out_call {
+	struct proc *p;
+	int stream;
+};
+
+static void out_call(struct proc *p, int stream);
+
+static void on_out_reply(void *arg, int result, json_object *resp, const uint8_t *data, size_t len)
+{
+	struct out_call *oc = arg;
+	struct proc *p = oc->p;
+	struct pstream *st = &p->out[oc->stream - 1];
+	struct served *sv;
+	json_object *v;
+	bool again;
+
+	pthread_mutex_lock(&p->lock);
+	st->inflight = false;
+	if (result < 0) {
+		st->error = result == -ECONNRESET ? -EIO : result;
+	} else {
+		if (len > 0 && (st->buf = malloc(len))) {
+			memcpy(st->buf, data, len);
+			st->len = len;
+			st->off = 0;
+		} else if (len > 0) {
+			st->error = -ENOMEM;
+		}
+		if (json_object_object_get_ex(resp, "eof", &v) && json_object_get_boolean(v))
+			st->eof = len == 0 || st->eof;
+		if (len == 0)
+			st->eof = true;
+	}
+	sv = serve(st, &again);
+	pthread_mutex_unlock(&p->lock);
+	run_served(sv);
+	if (again)
+		out_call(p, oc->stream);
+	proc_unref(p);
+	free(oc);
+}
+
+/* One "out" call for the stream, if none is in flight and the process is reachable. */
+static void out_call(struct proc *p, int stream)
+{
+	struct pstream *st = &p->out[stream - 1];
+	struct out_call *oc;
+	struct served *sv;
+	json_object *req;
+	bool again;
+	int r;
+
+	pthread_mutex_lock(&p->lock);
+	if (st->inflight || !p->agent) {
+		if (!st->inflight && !p->agent && p->state != PROC_STARTING)
+			st->error = st->error ? st->error : -EIO; /* never started, or it failed to */
+		sv = serve(st, &again);
+		pthread_mutex_unlock(&p->lock);
+		run_served(sv);
+		return;
+	}
+	st->inflight = true;
+	req = json_object_new_object();
+	json_object_object_add(req, "op", json_object_new_string("out"));
+	json_object_object_add(req, "job", json_object_new_uint64(p->job));
+	json_object_object_add(req, "stream", json_object_new_int(stream));
+	json_object_object_add(req, "max", json_object_new_int64(AGENT_BIN_MAX));
+	oc = malloc(sizeof(*oc));
+	if (oc) {
+		*oc = (struct out_call){ proc_ref(p), stream };
+		r = agent_call_async(p->agent, req, NULL, 0, on_out_reply, oc);
+	} else {
+		r = -ENOMEM;
+	}
+	pthread_mutex_unlock(&p->lock);
+	json_object_put(req);
+	if (r < 0) {
+		if (oc) {
+			proc_unref(p);
+			free(oc);
+		}
+		pthread_mutex_lock(&p->lock);
+		st->inflight = false;
+		st->error = -EIO;
+		sv = serve(st, &again);
+		pthread_mutex_unlock(&p->lock);
+		run_served(sv);
+	}
+}
+
+int proc_read(struct proc *p, int stream, size_t max, proc_read_fn cb, void *arg, uint64_t *token)
+{
+	struct pstream *st;
+	struct reader *rd, **tail;
+	struct served *sv;
+	bool again;
+
+	if (stream != 1 && stream != 2)
+		return -EINVAL;
+	st = &p->out[stream - 1];
+	rd = calloc(1, sizeof(*rd));
+	if (!rd)
+		return -ENOMEM;
+	*rd = (struct reader){ .cb = cb, .arg = arg, .max = max ? max : 1 };
+	pthread_mutex_lock(&p->lock);
+	if (p->state == PROC_NEW || p->removed) {
+		pthread_mutex_unlock(&p->lock);
+		free(rd);
+		return p->removed ? -EIO : -EAGAIN; /* not started yet: nothing will ever come */
+	}
+	rd->token = ++p->next_token;
+	*token = rd->token;
+	for (tail = &st->readers; *tail; tail = &(*tail)->next)
+		;
+	*tail = rd;
+	sv = serve(st, &again);
+	pthread_mutex_unlock(&p->lock);
+	run_served(sv);
+	if (again)
+		out_call(p, stream);
+	return 0;
+}
+
+bool proc_read_cancel(struct proc *p, uint64_t token)
+{
+	bool found = false;
+
+	pthread_mutex_lock(&p->lock);
+	for (int i = 0; i < 2 && !found; i++)
+		for (struct reader **rr = &p->out[i].readers; *rr; rr = &(*rr)->next)
+			if ((*rr)->token == token) {
+				struct reader *r = *rr;
+
+				*rr = r->next;
+				free(r);
+				found = true;
+				break;
+			}
+	pthread_mutex_unlock(&p->lock);
+	return found;
+}
+
+/* ---- stdin ---- */
+
+static void on_in_reply(void *arg, int result, json_object *resp, const uint8_t *data, size_t len)
+{
+	struct proc *p = arg;
+	struct writer *w;
+
+	(void)data;
+	(void)len;
+	pthread_mutex_lock(&p->lock);
+	w = TAKE_PTR(p->writer);
+	if (w && w->eof && result == 0)
+		p->stdin_closed = true;
+	pthread_mutex_unlock(&p->lock);
+	if (w) {
+		w->cb(w->arg, result < 0 ? (result == -ECONNRESET ? -EIO : result) :
+					   (ssize_t)get_i64(resp, "written", (int64_t)w->len));
+		free(w);
+	}
+	proc_unref(p);
+}
+
+int proc_write(struct proc *p, const void *data, size_t len, bool eof, proc_write_fn cb, void *arg)
+{
+	struct writer *w;
+	json_object *req;
+	int r;
+
+	if (len > AGENT_BIN_MAX)
+		len = AGENT_BIN_MAX; /* a short write; the caller writes the rest */
+	w = calloc(1, sizeof(*w));
+	if (!w)
+		return -ENOMEM;
+	*w = (struct writer){ .cb = cb, .arg = arg, .len = len, .eof = eof };
+	pthread_mutex_lock(&p->lock);
+	r = p->state == PROC_NEW ? -EAGAIN :
+	    p->state != PROC_RUNNING || !p->agent || p->stdin_closed ? -EPIPE :
+	    p->writer ? -EBUSY : 0;
+	if (r < 0) {
+		pthread_mutex_unlock(&p->lock);
+		free(w);
+		return r;
+	}
+	p->writer = w;
+	req = json_object_new_object();
+	json_object_object_add(req, "op", json_object_new_string("in"));
+	json_object_object_add(req, "job", json_object_new_uint64(p->job));
+	if (eof)
+		json_object_object_add(req, "eof", json_object_new_boolean(true));
+	r = agent_call_async(p->agent, req, data ? data : "", len, on_in_reply, proc_ref(p));
+	if (r < 0) {
+		p->writer = NULL;
+		free(w);
+		proc_unref(p);
+	}
+	pthread_mutex_unlock(&p->lock);
+	json_object_put(req);
+	return r < 0 ? -EIO : 0;
+}
