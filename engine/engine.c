@@ -407,6 +407,15 @@ int engine_new(const struct engine_options *opts, struct engine **ret)
 		e->opts.pool_parallel = 1;
 	if (!e->opts.store_size_mib)
 		e->opts.store_size_mib = 32768;
+	{
+		struct capacity_params cp;
+		long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+
+		/* the default budget: a quarter of host memory, at most 64 slots */
+		capacity_params_default(&cp, pages > 0 && psz > 0 ? (uint64_t)pages * (uint64_t)psz >> 20 : 4096);
+		e->pool_budget_mib = e->opts.pool_budget_mib ? e->opts.pool_budget_mib : cp.budget_mib;
+		e->pool_max_slots = e->opts.pool_max_slots ? e->opts.pool_max_slots : cp.max_slots;
+	}
 	pthread_mutex_init(&e->lock, NULL);
 	pthread_mutex_init(&e->cold_lock, NULL);
 	pthread_mutex_init(&e->digest_lock, NULL);

@@ -113,10 +113,20 @@ char *engine_render_metrics(struct engine *e)
 	for (size_t i = 0; i < e->n_templates; i++)
 		put(&b, "emberfs_pool_warm{template=\"%s\"} %u\n", e->templates[i]->name, e->templates[i]->n_slots);
 	put(&b, "# TYPE emberfs_pool_misses counter\n"
-		"# HELP emberfs_pool_misses Creates of a ready template that found no warm slot.\n");
+		"# HELP emberfs_pool_misses Creates not served warm, by reason (templates/T/stats).\n");
 	for (size_t i = 0; i < e->n_templates; i++)
-		put(&b, "emberfs_pool_misses_total{template=\"%s\"} %llu\n", e->templates[i]->name,
-		    (unsigned long long)e->templates[i]->pool_stats.misses);
+		for (int m = 0; m < _MISS_MAX; m++)
+			put(&b, "emberfs_pool_misses_total{template=\"%s\",reason=\"%s\"} %llu\n", e->templates[i]->name,
+			    miss_reason_name((enum miss_reason)m), (unsigned long long)e->templates[i]->miss[m]);
+	put(&b, "# TYPE emberfs_pool_demand gauge\n"
+		"# HELP emberfs_pool_demand Warm slots the capacity controller's demand model asks for, before the budget.\n");
+	for (size_t i = 0; i < e->n_templates; i++)
+		put(&b, "emberfs_pool_demand{template=\"%s\"} %u\n", e->templates[i]->name, e->templates[i]->plan.demand);
+	put(&b, "# TYPE emberfs_pool_arrival_rate gauge\n"
+		"# HELP emberfs_pool_arrival_rate Creates per second the capacity controller sees.\n");
+	for (size_t i = 0; i < e->n_templates; i++)
+		put(&b, "emberfs_pool_arrival_rate{template=\"%s\"} %.4f\n", e->templates[i]->name,
+		    e->templates[i]->plan.rate);
 	put(&b, "# TYPE emberfs_create_seconds histogram\n"
 		"# HELP emberfs_create_seconds From mkdir (or a fork's ctl write) until ready, by path.\n");
 	for (int p = 0; p < 4; p++)

@@ -159,9 +159,28 @@ struct slot *pool_take_unfit(struct template *t)
 	return drop;
 }
 
-struct slot *slot_claim(struct template *t, struct slot **ret_dead)
+const char *miss_reason_name(enum miss_reason r)
+{
+	static const char *const names[] = { "pool_empty", "stale", "no_snapshot", "budget", "unhealthy" };
+
+	return r < _MISS_MAX ? names[r] : "?";
+}
+
+void pool_note_create(struct template *t, bool claimed, enum miss_reason why)
+{
+	uint64_t now = now_ns() / 1000000;
+
+	if (t->demand)
+		capacity_history_push(t->demand, now);
+	t->last_demand_ms = now;
+	if (!claimed)
+		t->miss[why]++;
+}
+
+struct slot *slot_claim(struct template *t, struct slot **ret_dead, enum miss_reason *ret_miss)
 {
 	struct engine *e = t->e;
+	bool stale = false, dead = false;
 
 	while (t->slots) {
 		struct slot *sl = t->slots;
@@ -173,14 +192,125 @@ struct slot *slot_claim(struct template *t, struct slot **ret_dead)
 		if (slot_matches(t, sl) && slot_healthy(e, sl))
 			return sl;
 		/* stale or dead: never handed out */
-		if (slot_matches(t, sl))
+		if (slot_matches(t, sl)) {
 			t->pool_stats.recycled_dead++;
-		else
+			dead = true;
+		} else {
 			t->pool_stats.recycled_stale++;
+			stale = true;
+		}
 		sl->next = *ret_dead;
 		*ret_dead = sl;
 	}
+	*ret_miss = stale ? MISS_STALE : dead ? MISS_UNHEALTHY :
+		    t->plan.target < t->plan.demand && (t->plan.reason == CAPACITY_BUDGET ||
+							t->plan.reason == CAPACITY_PINNED_CLAMPED) ? MISS_BUDGET :
+		    MISS_EMPTY;
 	return NULL;
+}
+
+/* Memory of one of t's slots for the budget: measured, else a guess from the guest's size. */
+static uint32_t slot_mib_of(const struct template *t)
+{
+	return t->slot_mib ? t->slot_mib : 32 + t->cfg.mem_mib / 4;
+}
+
+/* Would one more slot of t stay within the host budget? e->lock held. */
+static bool budget_allows(struct engine *e, struct template *t)
+{
+	uint64_t mib = slot_mib_of(t);
+	unsigned count = 1;
+
+	for (size_t i = 0; i < e->n_templates; i++) {
+		struct template *o = e->templates[i];
+		unsigned n = o->n_slots + (o->preparing ? 1 : 0);
+
+		mib += (uint64_t)n * slot_mib_of(o);
+		count += n;
+	}
+	return mib <= e->pool_budget_mib && count <= e->pool_max_slots;
+}
+
+/* PSS of a process in MiB (what it costs the host, its shared pages split), or 0. */
+static uint32_t pss_mib(pid_t pid)
+{
+	char path[64], buf[4096], *p;
+	_cleanup_close_ int fd = -1;
+	ssize_t n;
+
+	snprintf(path, sizeof(path), "/proc/%d/smaps_rollup", pid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0 || (n = read(fd, buf, sizeof(buf) - 1)) <= 0)
+		return 0;
+	buf[n] = '\0';
+	p = strstr(buf, "\nPss:");
+	return p ? (uint32_t)((strtoull(p + 5, NULL, 10) + 1023) / 1024) : 0;
+}
+
+static uint32_t prepare_p50(const struct template *t)
+{
+	uint32_t v[ARRAY_SIZE(t->prep_ms)];
+	unsigned n = t->n_prep < ARRAY_SIZE(v) ? t->n_prep : ARRAY_SIZE(v);
+
+	memcpy(v, t->prep_ms, n * sizeof(v[0]));
+	for (unsigned i = 1; i < n; i++)
+		for (unsigned j = i; j > 0 && v[j - 1] > v[j]; j--) {
+			uint32_t x = v[j];
+
+			v[j] = v[j - 1];
+			v[j - 1] = x;
+		}
+	return n ? v[n / 2] : 0;
+}
+
+void pool_plan(struct engine *e)
+{
+	struct capacity_params p;
+	struct capacity_input *in;
+	struct capacity_output *out;
+	uint64_t now = now_ns() / 1000000;
+	size_t n;
+
+	capacity_params_default(&p, 0);
+	p.budget_mib = e->pool_budget_mib;
+	p.max_slots = e->pool_max_slots;
+	p.target_miss = e->opts.pool_miss_target > 0 ? e->opts.pool_miss_target : 0.01;
+	p.parallel = e->opts.pool_parallel ? e->opts.pool_parallel : 1;
+	if (e->opts.pool_idle_decay_s)
+		p.idle_decay_ms = e->opts.pool_idle_decay_s * 1000u;
+	pthread_mutex_lock(&e->lock);
+	n = e->n_templates;
+	in = calloc(n ? n : 1, sizeof(*in));
+	out = calloc(n ? n : 1, sizeof(*out));
+	for (size_t i = 0; in && out && i < n; i++) {
+		struct template *t = e->templates[i];
+
+		in[i] = (struct capacity_input){
+			.history = t->demand,
+			/* the filler waits QUIET_MS after a create before it prepares: part of a refill */
+			.prepare_ms = t->n_prep ? prepare_p50(t) + QUIET_MS : 0,
+			.slot_mib = slot_mib_of(t),
+			.warm = t->n_slots + (t->preparing ? 1 : 0),
+			.pinned = t->pool_pinned,
+			.pinned_depth = t->pool_pin,
+			/* a template that cannot use slots asks for none */
+			.last_demand_ms = t->state == TPL_READY ? t->last_demand_ms : 0,
+		};
+	}
+	if (in && out && capacity_plan(&p, in, n, now, out) >= 0) {
+		for (size_t i = 0; i < n; i++) {
+			struct template *t = e->templates[i];
+
+			t->plan = out[i];
+			if (t->pool_target != out[i].target) {
+				t->pool_target = out[i].target;
+				pthread_cond_broadcast(&t->pool_cond);
+			}
+		}
+	}
+	pthread_mutex_unlock(&e->lock);
+	free(in);
+	free(out);
 }
 
 /* Any create of any template still deciding? e->lock held. */
@@ -389,6 +519,7 @@ static void *pool_main(void *arg)
 	while (!t->pool_stop) {
 		struct slot_job j = { 0 };
 		struct slot *sl, *drop = pool_take_unfit(t);
+		uint32_t mib = 0;
 		_cleanup_free_ char *why = NULL;
 		int r;
 
@@ -404,7 +535,7 @@ static void *pool_main(void *arg)
 			continue;
 		}
 		if (t->state != TPL_READY || t->n_slots >= t->pool_target || creates_in_flight(e) ||
-		    e->slots_preparing >= e->opts.pool_parallel) {
+		    e->slots_preparing >= e->opts.pool_parallel || !budget_allows(e, t)) {
 			/* a periodic look: health and age of the slots held */
 			if (t->n_slots > 0)
 				wait_a_while(t, HEALTH_PERIOD_MS);
@@ -427,6 +558,8 @@ static void *pool_main(void *arg)
 
 		r = slot_prepare(t, &j, sl, &why);
 		template_config_clear(&j.cfg);
+		if (r == 0)
+			mib = pss_mib(sl->vmm_pid);
 
 		pthread_mutex_lock(&e->lock);
 		t->preparing = NULL;
@@ -438,6 +571,9 @@ static void *pool_main(void *arg)
 			list_push_tail(&t->slots, sl);
 			t->n_slots++;
 			t->pool_stats.prepared++;
+			t->prep_ms[t->n_prep++ % ARRAY_SIZE(t->prep_ms)] = (uint32_t)timings_total(&sl->timings);
+			if (mib)
+				t->slot_mib = mib;
 			failures = 0;
 			continue;
 		}
@@ -504,34 +640,12 @@ void pool_stop(struct template *t)
 
 /* ---- the pool file and the slots directory ---- */
 
-int template_pool_load(struct template *t)
+/* "N" pins the depth (0..POOL_MAX), "auto" leaves it to the controller. -EINVAL otherwise. */
+static int pool_parse(const char *data, size_t len, bool *pinned, unsigned *depth)
 {
-	_cleanup_free_ char *p = strjoin(t->dir, "/pool", NULL), *txt = NULL;
-	char *end;
-	unsigned long v;
-
-	t->pool_target = t->e->opts.pool_depth;
-	if (!p || read_file(p, 64, &txt, NULL) < 0)
-		return 0;
-	errno = 0;
-	v = strtoul(txt, &end, 10);
-	if (errno || end == txt || (*end && *end != '\n') || v > POOL_MAX) {
-		log_warn("template %s: ignoring a bad pool file (%s)", t->name, p);
-		return 0;
-	}
-	t->pool_target = (unsigned)v;
-	return 0;
-}
-
-/* "N\n": a depth from 0 to POOL_MAX; saved with the template. */
-int template_pool_write(struct template *t, const char *data, size_t len)
-{
-	struct engine *e = t->e;
-	_cleanup_free_ char *p = strjoin(t->dir, "/pool", NULL);
 	char buf[32], *end;
 	unsigned long v;
 	size_t n = len;
-	int r;
 
 	while (n > 0 && (data[n - 1] == '\n' || data[n - 1] == ' '))
 		n--;
@@ -539,6 +653,11 @@ int template_pool_write(struct template *t, const char *data, size_t len)
 		return -EINVAL;
 	memcpy(buf, data, n);
 	buf[n] = '\0';
+	if (strcmp(buf, "auto") == 0) {
+		*pinned = false;
+		*depth = 0;
+		return 0;
+	}
 	for (size_t i = 0; i < n; i++)
 		if (buf[i] < '0' || buf[i] > '9')
 			return -EINVAL;
@@ -546,27 +665,140 @@ int template_pool_write(struct template *t, const char *data, size_t len)
 	v = strtoul(buf, &end, 10);
 	if (errno || *end || v > POOL_MAX)
 		return -EINVAL;
+	*pinned = true;
+	*depth = (unsigned)v;
+	return 0;
+}
+
+/* e->lock held, or the template not yet shared */
+static void pool_set_mode(struct template *t, bool pinned, unsigned depth)
+{
+	t->pool_pinned = pinned;
+	t->pool_pin = depth;
+	if (pinned)
+		t->pool_target = depth; /* at once; the controller only cuts it if pins exceed the budget */
+	pthread_cond_broadcast(&t->pool_cond);
+}
+
+int template_pool_load(struct template *t)
+{
+	_cleanup_free_ char *p = strjoin(t->dir, "/pool", NULL), *txt = NULL;
+	bool pinned;
+	unsigned depth;
+
+	if (!t->demand)
+		t->demand = calloc(1, sizeof(*t->demand));
+	pool_set_mode(t, t->e->opts.pool_pinned, t->e->opts.pool_pinned ? t->e->opts.pool_depth : 0);
+	if (!t->e->opts.pool_pinned)
+		t->pool_target = 0; /* until the controller's first answer (within a second) */
+	if (!p || read_file(p, 64, &txt, NULL) < 0)
+		return 0;
+	if (pool_parse(txt, strlen(txt), &pinned, &depth) < 0) {
+		log_warn("template %s: ignoring a bad pool file (%s)", t->name, p);
+		return 0;
+	}
+	pool_set_mode(t, pinned, depth);
+	return 0;
+}
+
+/* "N\n" (0..POOL_MAX) or "auto\n"; saved with the template. */
+int template_pool_write(struct template *t, const char *data, size_t len)
+{
+	struct engine *e = t->e;
+	_cleanup_free_ char *p = strjoin(t->dir, "/pool", NULL);
+	char buf[32];
+	bool pinned;
+	unsigned depth;
+	int r = pool_parse(data, len, &pinned, &depth);
+
+	if (r < 0)
+		return r;
 	if (!p)
 		return -ENOMEM;
-	snprintf(buf, sizeof(buf), "%lu\n", v);
+	if (pinned)
+		snprintf(buf, sizeof(buf), "%u\n", depth);
+	else
+		snprintf(buf, sizeof(buf), "auto\n");
 	pthread_mutex_lock(&e->lock);
 	r = t->removed ? -ENOENT : write_file_atomic(p, buf, strlen(buf), false);
-	if (r == 0) {
-		t->pool_target = (unsigned)v;
-		pthread_cond_broadcast(&t->pool_cond);
-	}
+	if (r == 0)
+		pool_set_mode(t, pinned, depth);
 	pthread_mutex_unlock(&e->lock);
+	if (r == 0 && !pinned)
+		pool_plan(e); /* the controller's depth now, not within a second */
 	return r;
 }
 
 char *template_render_pool(struct template *t)
 {
 	char *s = NULL;
+	int r;
 
 	pthread_mutex_lock(&t->e->lock);
-	if (asprintf(&s, "%u\n", t->pool_target) < 0)
-		s = NULL;
+	r = t->pool_pinned ? asprintf(&s, "%u\n", t->pool_pin) : asprintf(&s, "auto\n");
 	pthread_mutex_unlock(&t->e->lock);
+	return r < 0 ? NULL : s;
+}
+
+char *template_render_stats(struct template *t)
+{
+	struct engine *e = t->e;
+	_cleanup_json_ json_object *o = json_object_new_object();
+	json_object *miss = json_object_new_object(), *plan = json_object_new_object(), *bud;
+	const struct pool_stats *ps = &t->pool_stats;
+	uint64_t served, misses = 0, used_mib = 0;
+	unsigned used_slots = 0;
+	char *s;
+
+	pthread_mutex_lock(&e->lock);
+	for (int i = 0; i < _MISS_MAX; i++) {
+		json_object_object_add(miss, miss_reason_name((enum miss_reason)i),
+				       json_object_new_int64((int64_t)t->miss[i]));
+		misses += t->miss[i];
+	}
+	served = ps->served_warm + misses;
+	json_object_object_add(o, "mode", json_object_new_string(t->pool_pinned ? "pinned" : "auto"));
+	json_object_object_add(o, "target", json_object_new_int((int)t->pool_target));
+	json_object_object_add(o, "warm", json_object_new_int((int)t->n_slots));
+	json_object_object_add(o, "preparing", json_object_new_int(t->preparing ? 1 : 0));
+	json_object_object_add(o, "creates", json_object_new_int64((int64_t)served));
+	json_object_object_add(o, "hits", json_object_new_int64((int64_t)ps->served_warm));
+	json_object_object_add(o, "hit_rate", served ? json_object_new_double((double)ps->served_warm / (double)served) :
+						       NULL);
+	json_object_object_add(o, "misses", miss);
+	json_object_object_add(plan, "target", json_object_new_int((int)t->plan.target));
+	json_object_object_add(plan, "demand", json_object_new_int((int)t->plan.demand));
+	json_object_object_add(plan, "reason", json_object_new_string(capacity_reason_name(t->plan.reason)));
+	json_object_object_add(plan, "expected_miss", json_object_new_double(t->plan.miss));
+	json_object_object_add(plan, "arrival_rate_per_s", json_object_new_double(t->plan.rate));
+	json_object_object_add(plan, "refill_ms", ms_json(t->plan.prepare_ms));
+	json_object_object_add(o, "controller", plan);
+	json_object_object_add(o, "prepare_ms_p50", t->n_prep ? json_object_new_int((int)prepare_p50(t)) : NULL);
+	json_object_object_add(o, "slot_mib", json_object_new_int((int)slot_mib_of(t)));
+	json_object_object_add(o, "slot_mib_measured", json_object_new_boolean(t->slot_mib != 0));
+	for (size_t i = 0; i < e->n_templates; i++) {
+		struct template *x = e->templates[i];
+		unsigned k = x->n_slots + (x->preparing ? 1 : 0);
+
+		used_slots += k;
+		used_mib += (uint64_t)k * slot_mib_of(x);
+	}
+	bud = json_object_new_object();
+	json_object_object_add(bud, "mib", json_object_new_int64((int64_t)e->pool_budget_mib));
+	json_object_object_add(bud, "used_mib", json_object_new_int64((int64_t)used_mib));
+	json_object_object_add(bud, "max_slots", json_object_new_int((int)e->pool_max_slots));
+	json_object_object_add(bud, "used_slots", json_object_new_int((int)used_slots));
+	json_object_object_add(o, "budget", bud);
+	pthread_mutex_unlock(&e->lock);
+	s = strdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE));
+	if (s) {
+		char *n2 = realloc(s, strlen(s) + 2);
+
+		if (n2) {
+			strcat(n2, "\n");
+			s = n2;
+		}
+	}
 	return s;
 }
 
@@ -576,6 +808,7 @@ json_object *pool_status_json(struct template *t)
 	json_object *o = json_object_new_object(), *rec = json_object_new_object(), *cr = json_object_new_object();
 	const struct pool_stats *s = &t->pool_stats;
 
+	json_object_object_add(o, "mode", json_object_new_string(t->pool_pinned ? "pinned" : "auto"));
 	json_object_object_add(o, "target", json_object_new_int((int)t->pool_target));
 	json_object_object_add(o, "warm", json_object_new_int((int)t->n_slots));
 	json_object_object_add(o, "preparing", json_object_new_int(t->preparing ? 1 : 0));

@@ -34,8 +34,13 @@ static void usage(FILE *out)
 		"      --accel MODE        auto | kvm | tcg (default auto: KVM only where it runs a guest)\n"
 		"      --max-sandboxes N   mkdir fails with ENOSPC beyond N sandboxes (default 64)\n"
 		"      --cold-slots N      cold boots and bakes at once (default 1)\n"
-		"      --pool N            warm slots kept per baked template unless its pool file says\n"
-		"                          otherwise (default 2, 0: none)\n"
+		"      --pool N|auto       warm slots per baked template unless its pool file says otherwise:\n"
+		"                          N pins the depth (0: none); auto (the default) lets the capacity\n"
+		"                          controller follow demand within the budget (docs/capacity.md)\n"
+		"      --pool-budget-mib M memory for warm slots of all templates (default: a quarter of RAM)\n"
+		"      --pool-max-slots N  warm slots of all templates (default 64)\n"
+		"      --pool-miss-target P  wanted chance that a create finds no warm slot (default 0.01)\n"
+		"      --pool-idle-decay S no create for S seconds: no warm slots (auto only; default 600)\n"
 		"      --pool-parallel N   warm slots prepared at once, all templates together (default 1)\n"
 		"      --slot-max-age S    replace warm slots older than S seconds (default 3600, 0: never)\n"
 		"      --warmup-exec       warm slots also run one command ahead: a sandbox's first exec\n"
@@ -73,7 +78,7 @@ static int parse_uint(const char *s, unsigned long max, unsigned long *out)
 
 enum { OPT_STATE = 256, OPT_IMAGE, OPT_NOBAKE, OPT_QEMU, OPT_ACCEL, OPT_MAXSB, OPT_COLD, OPT_STORE, OPT_NOLOOP,
        OPT_LOG, OPT_PID, OPT_POOL, OPT_POOL_PAR, OPT_SLOT_AGE, OPT_WARMUP_EXEC, OPT_NET, OPT_NET_RANGE,
-       OPT_NET_POOL, OPT_NET_NO_EGRESS };
+       OPT_NET_POOL, OPT_NET_NO_EGRESS, OPT_POOL_BUDGET, OPT_POOL_MAXSLOTS, OPT_POOL_MISS, OPT_POOL_DECAY };
 
 static int parse_opt(int c, const char *arg, struct options *o)
 {
@@ -110,9 +115,40 @@ static int parse_opt(int c, const char *arg, struct options *o)
 		o->eng.max_sandboxes = (unsigned)v;
 		return 0;
 	case OPT_POOL:
+		if (strcmp(arg, "auto") == 0) {
+			o->eng.pool_pinned = false;
+			return 0;
+		}
 		if (strcmp(arg, "0") && parse_uint(arg, 256, &v) < 0)
 			return -EINVAL;
 		o->eng.pool_depth = strcmp(arg, "0") ? (unsigned)v : 0;
+		o->eng.pool_pinned = true;
+		return 0;
+	case OPT_POOL_BUDGET:
+		if (parse_uint(arg, 1ul << 30, &v) < 0)
+			return -EINVAL; /* no slots at all is --pool 0 */
+		o->eng.pool_budget_mib = v;
+		return 0;
+	case OPT_POOL_MAXSLOTS:
+		if (parse_uint(arg, 4096, &v) < 0)
+			return -EINVAL;
+		o->eng.pool_max_slots = (unsigned)v;
+		return 0;
+	case OPT_POOL_MISS: {
+		char *end;
+		double d;
+
+		errno = 0;
+		d = strtod(arg, &end);
+		if (errno || end == arg || *end || !(d > 0 && d < 1))
+			return -EINVAL;
+		o->eng.pool_miss_target = d;
+		return 0;
+	}
+	case OPT_POOL_DECAY:
+		if (parse_uint(arg, 30 * 86400, &v) < 0)
+			return -EINVAL;
+		o->eng.pool_idle_decay_s = (unsigned)v;
 		return 0;
 	case OPT_POOL_PAR:
 		if (parse_uint(arg, 16, &v) < 0)
@@ -149,6 +185,10 @@ static int parse_args(int argc, char **argv, struct options *o)
 		{ "cold-slots", required_argument, NULL, OPT_COLD },
 		{ "pool", required_argument, NULL, OPT_POOL },
 		{ "pool-parallel", required_argument, NULL, OPT_POOL_PAR },
+		{ "pool-budget-mib", required_argument, NULL, OPT_POOL_BUDGET },
+		{ "pool-max-slots", required_argument, NULL, OPT_POOL_MAXSLOTS },
+		{ "pool-miss-target", required_argument, NULL, OPT_POOL_MISS },
+		{ "pool-idle-decay", required_argument, NULL, OPT_POOL_DECAY },
 		{ "slot-max-age", required_argument, NULL, OPT_SLOT_AGE },
 		{ "warmup-exec", no_argument, NULL, OPT_WARMUP_EXEC },
 		{ "net", no_argument, NULL, OPT_NET },

@@ -68,7 +68,7 @@ class Pool(PoolTest):
         # an empty write never reaches the daemon (the kernel sends none): nothing changes
         harness.write_file(D.tpl("default", "pool"), "")
         self.assertEqual(harness.read_text(D.tpl("default", "pool")), "1\n")
-        for bad in ("abc", "-1", "257", "\n", "1 2", "0x5", "1.5", "auto", "99999999999999999999"):
+        for bad in ("abc", "-1", "257", "\n", "1 2", "0x5", "1.5", "Auto", "auto 3", "99999999999999999999"):
             with self.subTest(value=bad):
                 self.assertErrno(errno.EINVAL, harness.write_file, D.tpl("default", "pool"), bad)
                 self.assertEqual(harness.read_text(D.tpl("default", "pool")), "1\n")
