@@ -41,8 +41,8 @@
 static const char *const reason_names[_CAPACITY_REASON_MAX] = {
 	[CAPACITY_IDLE] = "idle",	    [CAPACITY_DEMAND] = "demand",
 	[CAPACITY_BURST] = "burst",	    [CAPACITY_SATURATED] = "saturated",
-	[CAPACITY_TOO_DEEP] = "too-deep", [CAPACITY_BUDGET] = "budget",
-	[CAPACITY_PINNED] = "pinned",	    [CAPACITY_PINNED_CLAMPED] = "pinned-clamped",
+	[CAPACITY_TOO_DEEP] = "too_deep", [CAPACITY_BUDGET] = "budget",
+	[CAPACITY_PINNED] = "pinned",	    [CAPACITY_PINNED_CLAMPED] = "pinned_clamped",
 };
 
 const char *capacity_reason_name(enum capacity_reason r)
