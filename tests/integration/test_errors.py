@@ -136,7 +136,14 @@ class Errors(harness.TestCase):
             self.assertErrno(errno.EPERM, os.rmdir, os.path.join(D.mount, "templates"))
             # unlink outside an object directory is refused
             self.assertErrno(errno.EPERM, os.unlink, os.path.join(D.mount, "version"))
-            self.assertEqual(sorted(os.listdir(D.sb("host"))), ["console", "ctl", "exec", "status", "timings", "wait"])
+            self.assertEqual(sorted(os.listdir(D.sb("host"))),
+                             ["console", "ctl", "exec", "procs", "root", "status", "timings", "wait"])
+            # nothing but directories is made by hand outside the guest: files, links, renames
+            self.assertErrno(errno.EPERM, os.open, D.sb("host", "newfile"), os.O_CREAT | os.O_WRONLY)
+            self.assertErrno(errno.EPERM, os.symlink, "x", D.sb("host", "newlink"))
+            self.assertErrno(errno.EPERM, os.rename, D.sb("host", "status"), D.sb("host", "st2"))
+            self.assertErrno(errno.EXDEV, os.rename, D.sb("host", "status"),
+                             os.path.join(D.mount, "live", "host", "status"))
             self.assertEqual(D.status("host")["state"], "ready")
         finally:
             D.destroy("host")
