@@ -798,10 +798,16 @@ TESTS = [t_basics, t_binary_roundtrip, t_errnos, t_namespace, t_readdir, t_spawn
 
 
 def main():
-    if len(sys.argv) != 2:
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    image = sys.argv[1] if len(sys.argv) == 2 else os.environ.get(
+        "EMBERFS_IMAGE_DIR", os.path.join(repo, ".image", "current"))
+    if len(sys.argv) > 2:
         print(__doc__, file=sys.stderr)
         return 2
-    image = sys.argv[1]
+    if os.geteuid() != 0 or not shutil.which("qemu-system-x86_64") or \
+            not os.path.isfile(os.path.join(image, "initrd.cpio")):
+        print("agent_proto_test: SKIP: needs root, qemu-system-x86_64 and a guest image in %s" % image)
+        return 77
     only = os.environ.get("AGENT_TEST_ONLY", "").split(",") if os.environ.get("AGENT_TEST_ONLY") else None
     g = Guest(image)
     failed = []
