@@ -313,6 +313,7 @@ struct sandbox {
 	double hibernate_ms, wake_ms; /* the last ones */
 	uint64_t active_ns;	   /* e->lock: last time it was running and used (ready, an exec's end); idle runs from here */
 	uint64_t idle_hibernations;
+	uint64_t vmm_stopped_ns;   /* e->lock: since when the watchdog has seen its VMM stopped; 0: not */
 	uint64_t wakes;
 	/* a fork's child: its files are made by the parent's ctl write, then it restores them */
 	char *fork_of;	  /* the parent's name; NULL if not a fork */
@@ -412,6 +413,9 @@ void engine_idler_stop(struct engine *e);
 void sandbox_set_state(struct sandbox *s, enum sandbox_state st);
 void template_set_state(struct template *t, enum template_state st);
 void engine_emit(struct engine *e, uint64_t id, json_object *o); /* takes o; adds "time" */
+
+/* The process state letter from /proc/PID/stat ('R', 'S', 'T', 'Z', ...), or 0. */
+char proc_state(pid_t pid);
 
 /* Shared helpers. */
 int engine_file_digest(struct engine *e, const char *path, char out[65]);

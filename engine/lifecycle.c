@@ -26,6 +26,7 @@
 #define AGENT_TIMEOUT_MS 30000
 #define BOOT_TIMEOUT_MS 60000
 #define IDLE_PERIOD_MS 250
+#define WATCHDOG_MS 2000 /* a VMM stopped this long is killed */
 
 static uint64_t realtime_ms(void)
 {
@@ -627,6 +628,55 @@ void sandbox_exec_leave(struct sandbox *s)
 	pthread_mutex_unlock(&s->e->lock);
 }
 
+/* ---- the watchdog ---- */
+
+/*
+ * A VMM that stopped running (SIGSTOP, a debugger's stop) answers nothing:
+ * every access to its sandbox would hang until its own timeout. Seen stopped
+ * for WATCHDOG_MS, it is killed and the sandbox fails with the reason; the
+ * supervisor reaps it like any other death. Runs from the idler, every
+ * IDLE_PERIOD_MS, so it costs one /proc read per running sandbox.
+ */
+static void watchdog_scan(struct engine *e)
+{
+	uint64_t now = now_ns();
+
+	pthread_mutex_lock(&e->lock);
+	for (size_t i = 0; i < e->n_templates; i++) {
+		struct template *t = e->templates[i];
+
+		for (size_t k = 0; k < t->n_sandboxes; k++) {
+			struct sandbox *s = t->sandboxes[k];
+			char st;
+
+			if ((s->state != SB_READY && s->state != SB_PAUSED) || !s->vmm || s->vmm_retiring ||
+			    !s->vmm_pid) {
+				s->vmm_stopped_ns = 0;
+				continue;
+			}
+			st = proc_state(s->vmm_pid);
+			if (st != 'T' && st != 't') {
+				s->vmm_stopped_ns = 0;
+				continue;
+			}
+			if (!s->vmm_stopped_ns) {
+				s->vmm_stopped_ns = now;
+				continue;
+			}
+			if (now - s->vmm_stopped_ns < WATCHDOG_MS * 1000000ull)
+				continue;
+			if (!s->error && asprintf(&s->error, "watchdog: the VMM (pid %d) was stopped for %u ms and answered "
+						  "nothing; killed", s->vmm_pid, WATCHDOG_MS) < 0)
+				s->error = NULL;
+			log_warn("sandbox %s/%s: VMM %d stopped for %u ms: killed by the watchdog", t->name, s->name,
+				 s->vmm_pid, WATCHDOG_MS);
+			e->vmm->kill(s->vmm); /* SIGKILL ends a stopped process too */
+			s->vmm_stopped_ns = 0;
+		}
+	}
+	pthread_mutex_unlock(&e->lock);
+}
+
 /* ---- idle timeout: scale to zero ---- */
 
 /* Hibernates sandboxes idle longer than their template's idle_timeout_s (running ones only). */
@@ -692,6 +742,7 @@ static void *idler_main(void *arg)
 
 		pthread_mutex_unlock(&e->lock);
 		idle_scan(e);
+		watchdog_scan(e);
 		if (now_ns() - e->last_plan_ns >= 1000000000ull) {
 			e->last_plan_ns = now_ns();
 			pool_plan(e); /* the capacity controller, about once a second */

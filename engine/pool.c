@@ -87,7 +87,7 @@ bool slot_matches(const struct template *t, const struct slot *sl)
 }
 
 /* The process state letter from /proc/PID/stat ('R', 'S', 'T', 'Z', ...), or 0. */
-static char proc_state(pid_t pid)
+char proc_state(pid_t pid)
 {
 	char path[64], buf[512], *p;
 	_cleanup_close_ int fd = -1;

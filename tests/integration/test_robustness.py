@@ -6,6 +6,8 @@ that kill things cannot hurt the others:
 - VmmDeath: kill -9 of a ready sandbox's VMM turns its status "failed" with
   an error about the VMM exit within 10 s; wait fails with EIO; rmdir works
   and leaves nothing; the same name can be created again and works.
+- Watchdog: SIGSTOP of a ready sandbox's VMM: within ~2 s the watchdog kills
+  it and the sandbox fails with the reason; another sandbox is not slowed.
 - Shutdown: SIGTERM with two ready sandboxes: exit 0, nothing left.
 - DaemonCrash: kill -9 of the daemon with a ready sandbox (once idle, once
   right after the create, while it still works in the background): the mount
@@ -70,6 +72,40 @@ class VmmDeath(harness.TestCase):
         self.assertNotEqual(vmm_identity(st), (pid, start))
         self.assertEqual(d.sh("victim", "hostname").strip(), "victim")
         d.destroy("victim")
+        d.assert_inventory(self.base)
+
+    def test_sigstop_vmm_watchdog(self):
+        """A stopped VMM answers nothing: the watchdog kills it within ~2 s and the
+        sandbox fails with the reason, while another sandbox goes on unhindered."""
+        d = self.d
+        st = d.create_ready("frozen")
+        d.create_ready("bystander")
+        pid, start = vmm_identity(st)
+        os.kill(pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        try:
+            # the other sandbox is not slowed down meanwhile
+            self.assertEqual(d.sh("bystander", "echo hi").strip(), "hi")
+            harness.wait_for(lambda: d.status("frozen")["state"] == "failed", 10, "the watchdog to fail it")
+            took = time.monotonic() - t0
+            st = d.status("frozen")
+            self.assertRegex(st["error"] or "", r"watchdog.*stopped", st)
+            self.assertLess(took, 6.0)
+            sys.stderr.write("\n  failed after %.0f ms: %s\n" % (took * 1000, st["error"]))
+            harness.wait_for(lambda: not harness.pid_alive(pid, start), 5, "the stopped VMM killed and reaped")
+            self.assertErrno(errno.EIO, d.wait, "frozen")
+            d.destroy("frozen")
+            # the name works again
+            self.assertEqual(d.create_ready("frozen")["state"], "ready")
+            self.assertEqual(d.sh("frozen", "hostname").strip(), "frozen")
+        finally:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+            for n in ("frozen", "bystander"):
+                if n in d.sandboxes():
+                    d.destroy(n)
         d.assert_inventory(self.base)
 
 
