@@ -149,6 +149,8 @@ int engine_spec_init(struct engine *e, const struct template_config *cfg, struct
 		*owned = n;
 	}
 	spec->cmdline = *owned;
+	spec->cgroups = e->cgroups;
+	spec->cgroup_version = e->cgroup_version;
 	return *owned ? 0 : -ENOMEM;
 }
 
@@ -313,20 +315,25 @@ static int engine_setup(struct engine *e, const struct engine_options *o)
 	if (!e->store.reflink)
 		log_warn("store %s cannot reflink: clones are full copies (reported in every status)", e->store.root);
 	sweep_leftovers(e);
-	if (o->net) {
-		struct netpool_options no = { .range = o->net_range, .depth = o->net_pool, .egress = !o->net_no_egress };
-		_cleanup_free_ char *nerr = NULL;
+	{
 		struct sha256_ctx c;
 		uint8_t dg[SHA256_LEN];
-		char d[65], tag[5];
+		char d[65];
 
 		/* the instance tag in every name: 4 hex digits of the state directory's path */
 		sha256_init(&c);
 		sha256_update(&c, e->state_dir, strlen(e->state_dir));
 		sha256_final(&c, dg);
 		sha256_hex(dg, d);
-		memcpy(tag, d, 4);
-		tag[4] = '\0';
+		memcpy(e->tag, d, 4);
+		e->tag[4] = '\0';
+	}
+	cgroups_init(e, e->tag);
+	if (o->net) {
+		struct netpool_options no = { .range = o->net_range, .depth = o->net_pool, .egress = !o->net_no_egress };
+		_cleanup_free_ char *nerr = NULL;
+		const char *tag = e->tag;
+
 		no.tag = tag;
 		r = netpool_new(&no, &e->net, &nerr);
 		if (r < 0) {
@@ -470,6 +477,7 @@ void engine_free(struct engine *e)
 		usleep(1000);
 	free(e->templates);
 	netpool_free(e->net); /* every VMM is gone: no namespace is in use */
+	cgroups_fini(e);
 	if (e->store.root) {
 		_cleanup_free_ char *run = strjoin(e->state_dir, "/run", NULL);
 

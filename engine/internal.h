@@ -105,6 +105,8 @@ struct vmm_spec {
 	const char *log_path;  /* VMM's own stdout/stderr */
 	int incoming_fd;       /* restore device state from this fd; -1 boots cold */
 	int netns_fd;	       /* cfg->net: the network slot's namespace, where the VMM runs (its tap is there) */
+	char *const *cgroups;  /* the instance's cgroup bases (engine.cgroups); NULL or empty: no limits */
+	int cgroup_version;
 };
 struct vmm;
 struct vmm_ops {
@@ -371,6 +373,9 @@ struct engine {
 	bool idler_started, idler_stop;
 
 	atomic_int execs; /* exec threads in flight; engine_free waits for them */
+	char tag[5];		  /* the instance tag: 4 hex digits of sha256(state_dir), in every host name */
+	char *cgroups[3];	  /* per-VMM groups go under these (cgroup.c); NULL-terminated */
+	int cgroup_version;
 	uint64_t pool_budget_mib; /* resolved from the options (host memory) */
 	unsigned pool_max_slots;
 	uint64_t last_plan_ns;	  /* the idler runs the capacity controller about once a second */
@@ -413,6 +418,13 @@ void engine_idler_stop(struct engine *e);
 void sandbox_set_state(struct sandbox *s, enum sandbox_state st);
 void template_set_state(struct template *t, enum template_state st);
 void engine_emit(struct engine *e, uint64_t id, json_object *o); /* takes o; adds "time" */
+
+/* VMM cgroups (cgroup.c). */
+void cgroups_init(struct engine *e, const char *tag);
+void cgroups_fini(struct engine *e);
+/* Makes pid's own groups under bases, with its limits, and moves it in; *ret_dirs for cgroup_remove. */
+int cgroup_place(char *const *bases, int version, pid_t pid, unsigned vcpus, unsigned mem_mib, char ***ret_dirs);
+void cgroup_remove(char **dirs);
 
 /* The process state letter from /proc/PID/stat ('R', 'S', 'T', 'Z', ...), or 0. */
 char proc_state(pid_t pid);

@@ -15,8 +15,11 @@
 #include <spawn.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 
@@ -33,9 +36,18 @@ struct vmm {
 	bool resumed;  /* a RESUME event was seen */
 	int status; /* exit code, or 128 + signal */
 	char *qmp_path;
+	char **cgdirs; /* its cgroups, removed once it is reaped */
 	char buf[65536];
 	size_t len;
 };
+
+static void fds_close_pair(int p[2])
+{
+	if (p[0] >= 0)
+		close(p[0]);
+	if (p[1] >= 0)
+		close(p[1]);
+}
 
 static int pidfd_open_(pid_t pid)
 {
@@ -167,66 +179,151 @@ static void build_args(const char *binary, const struct vmm_spec *s, struct args
 	a->v[a->n] = NULL;
 }
 
+/* The binary's path as execve wants it: as given if it has a '/', else found in PATH. */
+static char *find_binary(const char *binary)
+{
+	const char *path = getenv("PATH");
+	_cleanup_free_ char *copy = NULL;
+	char *dir, *save = NULL;
+
+	if (strchr(binary, '/'))
+		return strdup(binary);
+	copy = strdup(path && *path ? path : "/usr/local/bin:/usr/bin:/bin");
+	for (dir = copy ? strtok_r(copy, ":", &save) : NULL; dir; dir = strtok_r(NULL, ":", &save)) {
+		char *p = strjoin(dir, "/", binary, NULL);
+
+		if (p && access(p, X_OK) == 0)
+			return p;
+		free(p);
+	}
+	errno = ENOENT;
+	return NULL;
+}
+
+/* What the child reports if it fails before exec: the step and its errno. */
+struct spawn_failure {
+	int step;
+	int err;
+};
+static const char *const spawn_steps[] = { "wait for placement", "enter the network namespace",
+					   "make a private mount namespace", "set no_new_privs", "set up stdio",
+					   "exec" };
+
+/*
+ * The child between fork and exec: only system calls (the daemon is
+ * multithreaded). It waits until the parent has placed it in its cgroups,
+ * enters the slot's network namespace, makes its mount namespace private,
+ * sets no_new_privs (so nothing it execs can gain privileges, and the seccomp
+ * filter of -sandbox needs no privilege), resets signals, gets /dev/null as
+ * stdin, the log as stdout and stderr, the snapshot as fd 3, and nothing else:
+ * every other descriptor is close-on-exec.
+ */
+static void __attribute__((noreturn)) spawn_child(const char *path, char **argv, const struct vmm_spec *s,
+						  int sync_r, int err_w)
+{
+	struct spawn_failure f = { 0, 0 };
+	struct sigaction dfl = { .sa_handler = SIG_DFL };
+	sigset_t none;
+	char c;
+	int fd;
+
+	if (read(sync_r, &c, 1) != 1)
+		goto fail;
+	f.step = 1;
+	if (s->cfg->net && setns(s->netns_fd, CLONE_NEWNET) < 0)
+		goto fail;
+	f.step = 2;
+	if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+		goto fail;
+	f.step = 3;
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+		goto fail;
+	f.step = 4;
+	for (int sig = 1; sig < NSIG; sig++)
+		sigaction(sig, &dfl, NULL);
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+	setpgid(0, 0);
+	if (s->incoming_fd >= 0 && (s->incoming_fd == 3 ? fcntl(3, F_SETFD, 0) : dup2(s->incoming_fd, 3)) < 0)
+		goto fail;
+	fd = open("/dev/null", O_RDONLY);
+	if (fd < 0 || dup2(fd, 0) < 0)
+		goto fail;
+	if (fd > 3)
+		close(fd);
+	fd = open(s->log_path, O_WRONLY | O_CREAT | O_APPEND, 0600);
+	if (fd < 0 || dup2(fd, 1) < 0 || dup2(fd, 2) < 0)
+		goto fail;
+	if (fd > 3)
+		close(fd);
+	if (close_range(s->incoming_fd >= 0 ? 4 : 3, ~0U, CLOSE_RANGE_CLOEXEC) < 0)
+		goto fail;
+	f.step = 5;
+	execve(path, argv, environ);
+fail:
+	f.err = errno;
+	if (write(err_w, &f, sizeof(f)) < 0)
+		_exit(126);
+	_exit(127);
+}
+
 static int qemu_spawn(const char *binary, const struct vmm_spec *s, struct vmm **ret)
 {
 	_cleanup_free_ struct vmm *v = calloc(1, sizeof(*v));
+	_cleanup_free_ char *path = find_binary(binary);
 	struct args a = { .n = 0 };
-	posix_spawn_file_actions_t fa;
-	posix_spawnattr_t attr;
-	sigset_t none, def;
-	int saved_ns = -1, r;
+	struct spawn_failure f;
+	int sync_p[2] = { -1, -1 }, err_p[2] = { -1, -1 };
+	ssize_t n;
+	int r;
 
-	if (!v)
-		return -ENOMEM;
+	if (!v || !path)
+		return !v ? -ENOMEM : -ENOENT;
 	v->qmp = -1;
 	v->pidfd = -1;
+	if (pipe2(sync_p, O_CLOEXEC) < 0 || pipe2(err_p, O_CLOEXEC) < 0) {
+		r = -errno;
+		fds_close_pair(sync_p);
+		return r;
+	}
 	build_args(binary, s, &a);
-	posix_spawn_file_actions_init(&fa);
-	posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-	posix_spawn_file_actions_addopen(&fa, 1, s->log_path, O_WRONLY | O_CREAT | O_APPEND, 0600);
-	posix_spawn_file_actions_adddup2(&fa, 1, 2);
-	if (s->incoming_fd >= 0)
-		posix_spawn_file_actions_adddup2(&fa, s->incoming_fd, 3);
-	posix_spawnattr_init(&attr);
-	sigemptyset(&none);
-	sigfillset(&def);
-	posix_spawnattr_setsigmask(&attr, &none);
-	posix_spawnattr_setsigdefault(&attr, &def);
-	posix_spawnattr_setpgroup(&attr, 0);
-	posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP);
-	/*
-	 * A networked VMM runs in its slot's namespace: this thread enters it
-	 * for the spawn (the child inherits the spawning thread's namespaces)
-	 * and leaves it right after.
-	 */
-	if (s->cfg->net) {
-		saved_ns = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
-		if (saved_ns < 0 || setns(s->netns_fd, CLONE_NEWNET) < 0) {
-			r = errno;
-			if (saved_ns >= 0)
-				close(saved_ns);
-			posix_spawnattr_destroy(&attr);
-			posix_spawn_file_actions_destroy(&fa);
-			args_free(&a);
-			return -r;
-		}
-	}
-	r = posix_spawnp(&v->pid, binary, &fa, &attr, a.v, environ);
-	if (saved_ns >= 0) {
-		if (setns(saved_ns, CLONE_NEWNET) < 0)
-			abort(); /* never leave an engine thread in a sandbox's namespace */
-		close(saved_ns);
-	}
-	posix_spawnattr_destroy(&attr);
-	posix_spawn_file_actions_destroy(&fa);
+	v->pid = fork();
+	if (v->pid == 0)
+		spawn_child(path, a.v, s, sync_p[0], err_p[1]);
+	r = v->pid < 0 ? -errno : 0;
 	args_free(&a);
-	if (r)
-		return -r;
+	close(sync_p[0]);
+	close(err_p[1]);
+	if (r < 0) {
+		close(sync_p[1]);
+		close(err_p[0]);
+		return r;
+	}
+	/* its own cgroups before it runs a single instruction of QEMU */
+	r = cgroup_place(s->cgroups, s->cgroup_version, v->pid, s->cfg->vcpus, s->cfg->mem_mib, &v->cgdirs);
+	if (r < 0)
+		log_error("VMM %d: cannot place it in its cgroups: %s", v->pid, strerror(-r));
+	if (r == 0 && write(sync_p[1], "g", 1) != 1)
+		r = -errno;
+	close(sync_p[1]);
+	n = r == 0 ? read(err_p[0], &f, sizeof(f)) : 0;
+	close(err_p[0]);
+	if (r == 0 && n == (ssize_t)sizeof(f)) {
+		r = f.err ? -f.err : -EIO;
+		log_error("VMM: cannot %s: %s", spawn_steps[f.step < 6 ? f.step : 5], strerror(-r));
+	}
+	if (r < 0) {
+		kill(v->pid, SIGKILL);
+		waitpid(v->pid, NULL, 0);
+		cgroup_remove(TAKE_PTR(v->cgdirs));
+		return r;
+	}
 	v->pidfd = pidfd_open_(v->pid);
 	if (v->pidfd < 0) {
 		r = -errno;
 		kill(v->pid, SIGKILL);
 		waitpid(v->pid, NULL, 0);
+		cgroup_remove(TAKE_PTR(v->cgdirs));
 		return r;
 	}
 	v->qmp_path = strdup(s->qmp_path);
@@ -534,6 +631,7 @@ static void qemu_free(struct vmm *v)
 		close(v->qmp);
 	if (v->pidfd >= 0)
 		close(v->pidfd);
+	cgroup_remove(v->cgdirs);
 	free(v->qmp_path);
 	free(v);
 }

@@ -363,13 +363,17 @@ int sandbox_attach(struct sandbox *s, unsigned timeout_ms, int (*then)(void *arg
 	_cleanup_json_ json_object *req = json_object_new_object();
 	_cleanup_free_ char *b64 = NULL;
 	json_object *env = json_object_new_object();
-	uint8_t rnd[64];
+	uint8_t rnd[64], mid[16];
+	char mid_hex[33];
 	struct timespec ts;
 
-	if (getrandom(rnd, sizeof(rnd), 0) != sizeof(rnd) || !(b64 = base64_encode(rnd, sizeof(rnd)))) {
+	if (getrandom(rnd, sizeof(rnd), 0) != sizeof(rnd) || getrandom(mid, sizeof(mid), 0) != sizeof(mid) ||
+	    !(b64 = base64_encode(rnd, sizeof(rnd)))) {
 		json_object_put(env);
 		return -EIO;
 	}
+	for (size_t i = 0; i < sizeof(mid); i++)
+		snprintf(mid_hex + 2 * i, 3, "%02x", mid[i]);
 	clock_gettime(CLOCK_REALTIME, &ts);
 	json_object_object_add(env, "EMBERFS_SANDBOX", json_object_new_string(s->name));
 	json_object_object_add(env, "EMBERFS_TEMPLATE", json_object_new_string(s->tpl->name));
@@ -377,6 +381,8 @@ int sandbox_attach(struct sandbox *s, unsigned timeout_ms, int (*then)(void *arg
 	json_object_object_add(req, "hostname", json_object_new_string(s->name));
 	json_object_object_add(req, "env", env);
 	json_object_object_add(req, "entropy", json_object_new_string(b64));
+	/* its own machine id: clones of one snapshot must not share one */
+	json_object_object_add(req, "machine_id", json_object_new_string(mid_hex));
 	json_object_object_add(req, "time_unix_ns", json_object_new_int64((int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec));
 	return agent_call_then(s->agent, req, timeout_ms, then, arg, NULL);
 }

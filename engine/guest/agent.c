@@ -1691,6 +1691,7 @@ struct attach_spec {
 	size_t entropy_len;
 	bool has_time;
 	uint64_t time_ns;
+	const char *machine_id;	/* 32 lowercase hex digits, for /etc/machine-id */
 };
 
 static void attach_spec_done(struct attach_spec *s)
@@ -1702,6 +1703,7 @@ static void attach_spec_done(struct attach_spec *s)
 /* Everything is checked before anything is applied. */
 static int attach_parse(struct request *rq, struct attach_spec *s)
 {
+	size_t len;
 	int r;
 
 	r = json_get_str(rq->msg, "hostname", &s->hostname, &s->hostname_len);
@@ -1722,6 +1724,40 @@ static int attach_parse(struct request *rq, struct attach_spec *s)
 	if (r == -EINVAL)
 		return request_fail(rq, EINVAL, "\"time_unix_ns\" must be a non-negative integer");
 	s->has_time = r == 0;
+	r = json_get_str(rq->msg, "machine_id", &s->machine_id, &len);
+	if (r == -EINVAL || (r == 0 && (len != 32 || strspn(s->machine_id, "0123456789abcdef") != 32)))
+		return request_fail(rq, EINVAL, "\"machine_id\" must be 32 lowercase hex digits");
+	if (r < 0)
+		s->machine_id = NULL;
+	return 0;
+}
+
+/* /etc/machine-id, replaced whole (a reader never sees half of one). */
+static int machine_id_write(const char *id)
+{
+	static const char tmp[] = "/etc/.machine-id.emberfs";
+	char line[33];
+	int fd;
+
+	memcpy(line, id, 32);
+	line[32] = '\n';
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0444);
+	if (fd < 0)
+		return -errno;
+	if (write(fd, line, sizeof(line)) != (ssize_t)sizeof(line)) {
+		int e = errno ? errno : EIO;
+
+		close(fd);
+		unlink(tmp);
+		return -e;
+	}
+	close(fd);
+	if (rename(tmp, "/etc/machine-id") < 0) {
+		int e = errno;
+
+		unlink(tmp);
+		return -e;
+	}
 	return 0;
 }
 
@@ -1755,6 +1791,8 @@ static int op_attach(struct agent *a, struct request *rq, struct json_object *re
 		if (clock_settime(CLOCK_REALTIME, &ts) < 0)
 			return request_fail(rq, errno, "clock_settime: %m");
 	}
+	if (s.machine_id && (r = machine_id_write(s.machine_id)) < 0)
+		return request_fail(rq, -r, "/etc/machine-id: %s", strerror(-r));
 	return 0;
 }
 

@@ -1,0 +1,152 @@
+#!/usr/bin/env python3
+"""
+VMM confinement and guest identity against a real daemon and real guests:
+
+- Every VMM (sandboxes and warm slots) runs with
+  no_new_privs, QEMU's seccomp filter (-sandbox on: Seccomp 2), its own mount
+  namespace, in its own cgroups under the daemon's instance group with a CPU
+  quota and a memory limit (cgroup v1 cpu and memory where the host mounts
+  them so, else v2), and with no descriptor of the daemon's: stdin is
+  /dev/null, stdout and stderr its log, nothing on /dev/fuse, no pidfd, no
+  file of another VM.
+- Its cgroups go when it does: after the sandbox is destroyed, and at
+  shutdown the instance group too.
+- Ten sandboxes restored from one snapshot (warm slots and restores) each
+  have their own hostname, machine id and random bytes.
+"""
+import os
+import re
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+
+
+def proc_status(pid):
+    out = {}
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            out[k] = v.strip()
+    return out
+
+
+def cgroups_of(pid):
+    out = {}
+    with open("/proc/%d/cgroup" % pid) as f:
+        for line in f:
+            _, ctrl, path = line.rstrip("\n").split(":", 2)
+            out[ctrl] = path
+    return out
+
+
+def read(path):
+    with open(path) as f:
+        return f.read().strip()
+
+
+def fd_targets(pid):
+    out = {}
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            out[int(fd)] = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+        except OSError:
+            pass
+    return out
+
+
+class Confinement(harness.TestCase):
+    def check_vmm(self, d, pid, vm_dir, mem_mib, vcpus):
+        st = proc_status(pid)
+        self.assertEqual(st["NoNewPrivs"], "1", st)
+        self.assertEqual(st["Seccomp"], "2", st)
+        self.assertNotEqual(os.readlink("/proc/%d/ns/mnt" % pid), os.readlink("/proc/self/ns/mnt"))
+        cg = cgroups_of(pid)
+        tag = re.escape("/emberfs-")
+        if "memory" in cg and re.search(tag, cg.get("memory", "")):
+            # cgroup v1: cpu and memory groups of its own, named by its pid
+            mem_dir = "/sys/fs/cgroup/memory" + cg["memory"]
+            cpu_dir = "/sys/fs/cgroup/cpu" + cg["cpu"]
+            self.assertTrue(cg["memory"].endswith("/%d" % pid), cg)
+            self.assertTrue(cg["cpu"].endswith("/%d" % pid), cg)
+            self.assertEqual(int(read(mem_dir + "/memory.limit_in_bytes")), (mem_mib + 256) << 20)
+            self.assertEqual(int(read(cpu_dir + "/cpu.cfs_quota_us")), (vcpus + 1) * 100000)
+            self.assertEqual(int(read(cpu_dir + "/cpu.cfs_period_us")), 100000)
+            groups = [mem_dir, cpu_dir]
+        else:
+            self.assertRegex(cg.get("", ""), tag + r"[0-9a-f]{4}/%d$" % pid, cg)
+            g = "/sys/fs/cgroup" + cg[""]
+            self.assertEqual(int(read(g + "/memory.max")), (mem_mib + 256) << 20)
+            self.assertEqual(read(g + "/cpu.max"), "%d 100000" % ((vcpus + 1) * 100000))
+            groups = [g]
+        fds = fd_targets(pid)
+        self.assertEqual(fds[0], "/dev/null")
+        self.assertTrue(fds[1].endswith("/vmm.log") and fds[2] == fds[1], fds)
+        for fd, target in fds.items():
+            self.assertNotEqual(target, "/dev/fuse", "fd %d" % fd)
+            self.assertNotIn("pidfd", target, "fd %d" % fd)
+            if target.startswith(d.state + "/"):
+                self.assertTrue(target.startswith(vm_dir + "/") or "/run/" in target or
+                                target.startswith(d.state + "/store/templates/"),
+                                "fd %d -> %s is not this VM's" % (fd, target))
+        return groups
+
+    def test_every_vmm_confined(self):
+        d = harness.Daemon(pool=1).start()
+        try:
+            d.wait_pool(1, timeout=60)
+            cfg = harness.read_json(d.tpl("default", "config"))
+            groups = []
+            (sid, slot), = d.slots().items()
+            slot_dir = [os.path.dirname(t) for t in fd_targets(slot["vmm_pid"]).values() if t.endswith("/mem")]
+            for name in ("c1", "c2"):
+                st = d.create_ready(name)
+                groups += self.check_vmm(d, st["vmm_pid"], d.sandbox_vm_dir(name), cfg["mem_mib"], cfg["vcpus"])
+            self.assertEqual(len(slot_dir), 1, fd_targets(slot["vmm_pid"]))
+            slot_groups = self.check_vmm(d, slot["vmm_pid"], slot_dir[0], cfg["mem_mib"], cfg["vcpus"])
+            for name in ("c1", "c2"):
+                d.destroy(name)
+            for g in groups:
+                harness.wait_for(lambda: not os.path.exists(g), 5, "the group %s removed" % g)
+            groups += slot_groups
+            bases = {os.path.dirname(g) for g in groups}
+        except BaseException:
+            d.force_cleanup()
+            raise
+        d.stop()
+        for b in bases:
+            self.assertFalse(os.path.exists(b), "the instance group %s left after shutdown" % b)
+
+
+class Identity(harness.TestCase):
+    def test_ten_clones_share_nothing(self):
+        d = harness.Daemon(pool=4).start()
+        try:
+            d.wait_pool(4, timeout=60)
+            names = ["i%d" % k for k in range(10)]
+            for n in names:
+                d.create(n)
+            seen = {"hostname": set(), "machine-id": set(), "random": set()}
+            paths = set()
+            for n in names:
+                paths.add(d.wait_ready(n)["path"])
+                out = d.sh(n, "hostname; cat /etc/machine-id; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'")
+                host, mid, rnd = out.split("\n")[:3]
+                self.assertEqual(host, n)
+                self.assertRegex(mid, r"^[0-9a-f]{32}$")
+                seen["hostname"].add(host)
+                seen["machine-id"].add(mid)
+                seen["random"].add(rnd)
+            self.assertEqual(paths, {"warm", "restore"})  # both ways of cloning the snapshot
+            for k, v in seen.items():
+                self.assertEqual(len(v), 10, "%s shared between clones: %s" % (k, v))
+            for n in names:
+                d.destroy(n)
+        except BaseException:
+            d.force_cleanup()
+            raise
+        d.stop()
+
+
+if __name__ == "__main__":
+    harness.main()
