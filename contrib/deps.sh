@@ -15,6 +15,8 @@ PKGS=(
 	python3 valgrind iproute2 nftables
 	# the metrics test parses MOUNT/metrics with the reference OpenMetrics parser
 	python3-prometheus-client
+	# libFuzzer targets (contrib/fuzz.sh)
+	clang libclang-rt-14-dev
 )
 
 missing=()

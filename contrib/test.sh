@@ -53,6 +53,10 @@ export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 run "tests" -C build "${suite_args[@]}"
 run "tests under ASan+UBSan" -C build-asan "${suite_args[@]}"
 if [[ " $SUITES " == *" unit "* ]]; then
+	echo "== fuzz (libFuzzer, ${FUZZ_SECONDS:-20} s per target)" >&2
+	if ! contrib/fuzz.sh; then
+		status=1
+	fi
 	run "unit tests under valgrind" -C build --suite unit \
 		--wrap='valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite,indirect -q' \
 		--logbase valgrind

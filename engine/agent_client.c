@@ -223,8 +223,8 @@ int agent_connect(const char *path, unsigned timeout_ms, const atomic_bool *canc
 {
 	uint64_t deadline = now_ns() + (uint64_t)timeout_ms * 1000000;
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	struct agent_client *c;
 	_cleanup_close_ int fd = -1;
+	int r;
 
 	if (strlen(path) >= sizeof(sa.sun_path))
 		return -ENAMETOOLONG;
@@ -241,24 +241,35 @@ int agent_connect(const char *path, unsigned timeout_ms, const atomic_bool *canc
 	}
 	/* a guest that stops reading must not block a sender forever */
 	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &(struct timeval){ .tv_sec = 10 }, sizeof(struct timeval));
+	r = agent_client_from_fd(fd, ret);
+	if (r == 0)
+		fd = -1; /* the client's now */
+	return r;
+}
+
+int agent_client_from_fd(int fd, struct agent_client **ret)
+{
+	struct agent_client *c;
+	pthread_attr_t attr;
+	int r;
+
 	c = calloc(1, sizeof(*c));
 	if (!c)
 		return -ENOMEM;
-	c->fd = TAKE_FD(fd);
+	c->fd = fd;
 	c->next_id = 1;
 	atomic_init(&c->refs, 2);
 	pthread_mutex_init(&c->lock, NULL);
 	pthread_mutex_init(&c->write_lock, NULL);
 	pthread_cond_init(&c->cond, NULL);
-	pthread_attr_t attr;
-	int r;
-
 	pthread_attr_init(&attr);
 	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
 	r = thread_create(&c->reader, &attr, reader_main, c);
 	pthread_attr_destroy(&attr);
 	if (r) {
-		close(c->fd);
+		pthread_mutex_destroy(&c->lock);
+		pthread_mutex_destroy(&c->write_lock);
+		pthread_cond_destroy(&c->cond);
 		free(c);
 		return -EAGAIN;
 	}

@@ -14,6 +14,7 @@
 
 #include "guest.h"
 #include "internal.h"
+#include "parse.h"
 
 #define PROCS_MAX 256
 
@@ -402,51 +403,6 @@ void sandbox_procs_free(struct sandbox *s)
 
 /* ---- start ---- */
 
-static json_object *parse_cmd(const char *text, size_t len)
-{
-	size_t i = 0;
-	json_object *req, *v;
-
-	while (i < len && (text[i] == ' ' || text[i] == '\t' || text[i] == '\n'))
-		i++;
-	if (i == len || memchr(text, '\0', len))
-		return NULL;
-	if (text[i] == '{') {
-		json_tokener *tok = json_tokener_new();
-
-		req = tok ? json_tokener_parse_ex(tok, text, (int)len) : NULL;
-		if (req && (json_tokener_get_error(tok) != json_tokener_success ||
-			    !json_object_is_type(req, json_type_object))) {
-			json_object_put(req);
-			req = NULL;
-		}
-		if (tok)
-			json_tokener_free(tok);
-		if (!req)
-			return NULL;
-		json_object_object_foreach(req, key, val) {
-			(void)val;
-			if (strcmp(key, "argv") && strcmp(key, "sh") && strcmp(key, "env") && strcmp(key, "cwd")) {
-				json_object_put(req);
-				return NULL;
-			}
-		}
-		if (json_object_object_get_ex(req, "sh", &v) ?
-			    !json_object_is_type(v, json_type_string) || json_object_get_string_len(v) == 0 :
-		    !json_object_object_get_ex(req, "argv", &v) || !json_object_is_type(v, json_type_array) ||
-			    json_object_array_length(v) == 0) {
-			json_object_put(req);
-			return NULL;
-		}
-		return req;
-	}
-	while (len > 0 && text[len - 1] == '\n')
-		len--;
-	req = json_object_new_object();
-	json_object_object_add(req, "sh", json_object_new_string_len(text, (int)len));
-	return req;
-}
-
 static void on_exit_reply(void *arg, int result, json_object *resp, const uint8_t *data, size_t len);
 
 static int64_t get_i64(json_object *o, const char *key, int64_t dflt)
@@ -458,7 +414,7 @@ static int64_t get_i64(json_object *o, const char *key, int64_t dflt)
 
 int proc_start(struct proc *p, const char *text, size_t len)
 {
-	_cleanup_json_ json_object *req = parse_cmd(text, len);
+	_cleanup_json_ json_object *req = proc_parse_cmd(text, len);
 	_cleanup_json_ json_object *resp = NULL;
 	struct guest_conn c;
 	json_object *wreq;
@@ -579,45 +535,9 @@ char *proc_render_status(struct proc *p)
 	return s;
 }
 
-/* ---- signals ---- */
-
-static const struct {
-	const char *name;
-	int sig;
-} signals[] = {
-	{ "HUP", SIGHUP },   { "INT", SIGINT },	  { "QUIT", SIGQUIT }, { "KILL", SIGKILL },
-	{ "USR1", SIGUSR1 }, { "USR2", SIGUSR2 }, { "PIPE", SIGPIPE }, { "ALRM", SIGALRM },
-	{ "TERM", SIGTERM }, { "CONT", SIGCONT }, { "STOP", SIGSTOP }, { "TSTP", SIGTSTP },
-	{ "WINCH", SIGWINCH },
-};
-
-static int parse_signal(const char *text, size_t len)
-{
-	char buf[16];
-	char *end;
-	long n;
-
-	while (len > 0 && (text[len - 1] == '\n' || text[len - 1] == ' '))
-		len--;
-	if (len == 0 || len >= sizeof(buf) || memchr(text, '\0', len))
-		return -EINVAL;
-	memcpy(buf, text, len);
-	buf[len] = '\0';
-	if (buf[0] >= '0' && buf[0] <= '9') {
-		errno = 0;
-		n = strtol(buf, &end, 10);
-		return errno || *end || n < 1 || n > 64 ? -EINVAL : (int)n;
-	}
-	for (size_t i = 0; i < ARRAY_SIZE(signals); i++)
-		if (strcasecmp(buf, signals[i].name) == 0 ||
-		    (strncasecmp(buf, "SIG", 3) == 0 && strcasecmp(buf + 3, signals[i].name) == 0))
-			return signals[i].sig;
-	return -EINVAL;
-}
-
 int proc_signal(struct proc *p, const char *text, size_t len)
 {
-	int sig = parse_signal(text, len);
+	int sig = proc_parse_signal(text, len);
 	json_object *req;
 	int r;
 

@@ -55,6 +55,8 @@ int store_clone(const struct store *s, const char *src, const char *dst, enum cl
 struct agent_client;
 /* Connects to a unix socket, retrying until timeout (the VMM may not have made it yet). */
 int agent_connect(const char *path, unsigned timeout_ms, const atomic_bool *cancel, struct agent_client **ret);
+/* A client on a connected stream (takes fd; tests and fuzzers use a socketpair). */
+int agent_client_from_fd(int fd, struct agent_client **ret);
 /* Sends req (an "id" is added) and waits for the reply with that id. */
 int agent_call(struct agent_client *c, json_object *req, unsigned timeout_ms, json_object **ret_resp);
 /*

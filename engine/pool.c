@@ -33,6 +33,7 @@
 #include <sys/random.h>
 
 #include "internal.h"
+#include "parse.h"
 
 #define QMP_TIMEOUT_MS 10000
 #define RESTORE_TIMEOUT_MS 30000
@@ -41,7 +42,7 @@
 #define HEALTH_PERIOD_MS 500
 /* Quiet time after the last create settled before a slot is prepared: a burst finishes first. */
 #define QUIET_MS 100
-#define POOL_MAX 256
+#define POOL_MAX PARSE_POOL_MAX
 
 const char *slot_state_name(enum slot_state s)
 {
@@ -650,36 +651,6 @@ void pool_stop(struct template *t)
 }
 
 /* ---- the pool file and the slots directory ---- */
-
-/* "N" pins the depth (0..POOL_MAX), "auto" leaves it to the controller. -EINVAL otherwise. */
-static int pool_parse(const char *data, size_t len, bool *pinned, unsigned *depth)
-{
-	char buf[32], *end;
-	unsigned long v;
-	size_t n = len;
-
-	while (n > 0 && (data[n - 1] == '\n' || data[n - 1] == ' '))
-		n--;
-	if (n == 0 || n >= sizeof(buf))
-		return -EINVAL;
-	memcpy(buf, data, n);
-	buf[n] = '\0';
-	if (strcmp(buf, "auto") == 0) {
-		*pinned = false;
-		*depth = 0;
-		return 0;
-	}
-	for (size_t i = 0; i < n; i++)
-		if (buf[i] < '0' || buf[i] > '9')
-			return -EINVAL;
-	errno = 0;
-	v = strtoul(buf, &end, 10);
-	if (errno || *end || v > POOL_MAX)
-		return -EINVAL;
-	*pinned = true;
-	*depth = (unsigned)v;
-	return 0;
-}
 
 /* e->lock held, or the template not yet shared */
 static void pool_set_mode(struct template *t, bool pinned, unsigned depth)

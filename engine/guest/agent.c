@@ -22,7 +22,9 @@
  *
  * Build: cc -static -O2 -Wall -Wextra -Werror -o emberfs-agent agent.c -ljson-c
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -2893,7 +2895,12 @@ static void request_dispatch(struct agent *a, struct request *rq)
 		return;
 	json_object_object_add(reply, "id", json_object_new_uint64(rq->id));
 	json_object_object_add(reply, "ok", json_object_new_boolean(true));
+#ifdef AGENT_FUZZ
+	/* tests/fuzz: the framing and dispatch only; ops would touch the fuzzing host */
+	r = 0;
+#else
 	r = op->fn(a, rq, reply);
+#endif
 	if (r < 0)
 		reply_error(a, rq->gen, rq->id, -r, rq->error);
 	else if (r == 0)
