@@ -10,6 +10,17 @@ static bool name_char_ok(char c, bool first)
 	return !first && (c == '_' || c == '-');
 }
 
+/*
+ * The mount's own entry names: an object never has one, so no directory ever
+ * holds an object and an attribute file of the same name, and no flat view
+ * can confuse them.
+ */
+static const char *const reserved[] = {
+	"README", "version", "metrics", "events", "live", "templates", "sandboxes", "slots", "config", "identity",
+	"status", "ctl", "pool", "stats", "wait", "exec", "console", "timings", "procs", "root", "cmd", "stdin",
+	"stdout", "stderr", "signal",
+};
+
 int name_validate(const char *name)
 {
 	size_t n;
@@ -23,6 +34,9 @@ int name_validate(const char *name)
 		return -EINVAL;
 	for (size_t i = 0; i < n; i++)
 		if (!name_char_ok(name[i], i == 0))
+			return -EINVAL;
+	for (size_t i = 0; i < sizeof(reserved) / sizeof(reserved[0]); i++)
+		if (strcmp(name, reserved[i]) == 0)
 			return -EINVAL;
 	return 0;
 }

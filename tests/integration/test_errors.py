@@ -131,6 +131,11 @@ class Errors(harness.TestCase):
                 with self.subTest(path=p):
                     self.assertErrno(errno.EPERM, os.mkdir, p)
             self.assertErrno(errno.EEXIST, os.mkdir, D.sb("host", "status"))
+            # a name equal to one of the mount's own entries is refused everywhere
+            for reserved in ("status", "ctl", "procs", "root", "wait"):
+                self.assertErrno(errno.EINVAL, os.mkdir, D.sb(reserved))
+                self.assertErrno(errno.EINVAL, os.mkdir, D.tpl(reserved))
+                self.assertErrno(errno.EINVAL, os.mkdir, D.sb("host", "procs", reserved))
             self.assertErrno(errno.ENOTDIR, os.mkdir, D.sb("host", "status", "x"))
             # rmdir of the fixed parts of the tree is refused too
             self.assertErrno(errno.EPERM, os.rmdir, os.path.join(D.mount, "templates"))

@@ -14,6 +14,8 @@ static void accepts_valid(void **state)
 	assert_int_equal(name_validate("a"), 0);
 	assert_int_equal(name_validate("A0_-z"), 0);
 	assert_int_equal(name_validate("9lives"), 0);
+	assert_int_equal(name_validate("Status"), 0); /* only the exact names are reserved */
+	assert_int_equal(name_validate("ctl2"), 0);
 	char n64[65];
 	memset(n64, 'x', 64);
 	n64[64] = '\0';
@@ -23,7 +25,9 @@ static void accepts_valid(void **state)
 static void rejects_invalid(void **state)
 {
 	static const char *const bad[] = { "", ".", "..", "a/b", "/a", "-a", "_a", "a b", "a\tb", "a\nb",
-					   "a.b", "a\x7f", "\x01", "é", "a:b", "*", "a\\b" };
+					   "a.b", "a\x7f", "\x01", "é", "a:b", "*", "a\\b", "a%b",
+					   /* the mount's own entry names */
+					   "status", "ctl", "config", "procs", "root", "live", "stdout", "README" };
 
 	(void)state;
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
