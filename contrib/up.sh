@@ -30,9 +30,11 @@ if grep -qs " $MNT fuse.emberfs " /proc/mounts; then
 	exit 1
 fi
 mkdir -p "$MNT" "$STATE"
-# --net: sandboxes get a network slot each (EMBERFS_NET_RANGE, default 10.200.0.0/16)
+# --net: sandboxes get a network slot each (EMBERFS_NET_RANGE, default 10.200.0.0/16).
+# --allow-other: started with sudo, the mount is still usable from your own
+# account (file modes decide: the control files are root's); EMBERFS_OWNER_ONLY=1 leaves it out.
 build/fs/emberfs --state-dir "$STATE" --image-dir "$image" --log "$LOG" --pid-file "$STATE/emberfs.pid" \
-	--net --net-range "${EMBERFS_NET_RANGE:-10.200.0.0/16}" "$MNT"
+	--net --net-range "${EMBERFS_NET_RANGE:-10.200.0.0/16}" $([ -n "${EMBERFS_OWNER_ONLY:-}" ] || echo --allow-other) "$MNT"
 
 # The default template bakes in the background (a few seconds under TCG).
 for _ in $(seq 1 600); do

@@ -959,11 +959,12 @@ int fs_new(struct engine *e, int argc, char **argv, struct fs **ret)
 	f->handles.next = f->handles.prev = &f->handles;
 	/*
 	 * default_permissions: the kernel checks modes itself, so no cached answer
-	 * is reused for another user. No auto_unmount: a crashed daemon leaves a
-	 * mount that answers ENOTCONN, never one that looks empty.
+	 * is reused for another user. Only the mount's owner gets in unless the
+	 * caller passed allow_other (--allow-other). No auto_unmount: a crashed
+	 * daemon leaves a mount that answers ENOTCONN, never one that looks empty.
 	 */
 	if (fuse_opt_add_arg(&args, "-o") < 0 ||
-	    fuse_opt_add_arg(&args, "fsname=emberfs,subtype=emberfs,default_permissions,allow_other") < 0) {
+	    fuse_opt_add_arg(&args, "fsname=emberfs,subtype=emberfs,default_permissions") < 0) {
 		fuse_opt_free_args(&args);
 		free(f);
 		return -ENOMEM;

@@ -17,6 +17,7 @@ struct options {
 	const char *log_file;
 	const char *pid_file;
 	bool foreground;
+	bool allow_other;
 	enum log_level level;
 };
 
@@ -52,6 +53,8 @@ static void usage(FILE *out)
 		"      --net-no-egress     sandboxes reach nothing but their host end (no NAT to the world)\n"
 		"      --store-size MIB    size of the loop-mounted XFS store, when one is needed (default 32768)\n"
 		"      --no-loop-store     never loop-mount a store: clones are then full copies\n"
+		"      --allow-other       let other users in (the kernel then checks every file's mode);\n"
+		"                          default: only the user who mounted it\n"
 		"      --log FILE          log here once detached (default: discard)\n"
 		"      --pid-file FILE     write the daemon's pid here\n"
 		"  -v, --verbose           debug logging\n"
@@ -78,7 +81,8 @@ static int parse_uint(const char *s, unsigned long max, unsigned long *out)
 
 enum { OPT_STATE = 256, OPT_IMAGE, OPT_NOBAKE, OPT_QEMU, OPT_ACCEL, OPT_MAXSB, OPT_COLD, OPT_STORE, OPT_NOLOOP,
        OPT_LOG, OPT_PID, OPT_POOL, OPT_POOL_PAR, OPT_SLOT_AGE, OPT_WARMUP_EXEC, OPT_NET, OPT_NET_RANGE,
-       OPT_NET_POOL, OPT_NET_NO_EGRESS, OPT_POOL_BUDGET, OPT_POOL_MAXSLOTS, OPT_POOL_MISS, OPT_POOL_DECAY };
+       OPT_NET_POOL, OPT_NET_NO_EGRESS, OPT_POOL_BUDGET, OPT_POOL_MAXSLOTS, OPT_POOL_MISS, OPT_POOL_DECAY,
+       OPT_ALLOW_OTHER };
 
 static int parse_opt(int c, const char *arg, struct options *o)
 {
@@ -103,6 +107,7 @@ static int parse_opt(int c, const char *arg, struct options *o)
 		o->eng.net_pool = strcmp(arg, "0") ? (unsigned)v : 0;
 		return 0;
 	case OPT_LOG: o->log_file = arg; return 0;
+	case OPT_ALLOW_OTHER: o->allow_other = true; return 0;
 	case OPT_PID: o->pid_file = arg; return 0;
 	case OPT_ACCEL:
 		if (strcmp(arg, "auto") && strcmp(arg, "kvm") && strcmp(arg, "tcg"))
@@ -197,7 +202,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 		{ "net-no-egress", no_argument, NULL, OPT_NET_NO_EGRESS },
 		{ "store-size", required_argument, NULL, OPT_STORE },
 		{ "no-loop-store", no_argument, NULL, OPT_NOLOOP }, { "log", required_argument, NULL, OPT_LOG },
-		{ "pid-file", required_argument, NULL, OPT_PID }, { "verbose", no_argument, NULL, 'v' },
+		{ "pid-file", required_argument, NULL, OPT_PID }, { "allow-other", no_argument, NULL, OPT_ALLOW_OTHER }, { "verbose", no_argument, NULL, 'v' },
 		{ "quiet", no_argument, NULL, 'q' },	    { "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },	    { NULL, 0, NULL, 0 },
 	};
@@ -283,7 +288,7 @@ int main(int argc, char **argv)
 	struct engine *e = NULL;
 	struct fs *f = NULL;
 	int notify = -1, r;
-	char *fuse_argv[] = { argv[0], NULL };
+	char *fuse_argv[] = { argv[0], "-o", "allow_other", NULL };
 	struct stat st;
 
 	if (parse_args(argc, argv, &o) < 0)
@@ -301,7 +306,7 @@ int main(int argc, char **argv)
 	if (!o.foreground && detach(&notify) < 0)
 		return 1;
 	r = engine_new(&o.eng, &e);
-	if (r == 0 && (r = fs_new(e, 1, fuse_argv, &f)) == 0 && (r = fs_mount(f, o.mountpoint)) < 0)
+	if (r == 0 && (r = fs_new(e, o.allow_other ? 3 : 1, fuse_argv, &f)) == 0 && (r = fs_mount(f, o.mountpoint)) < 0)
 		log_error("cannot mount on %s", o.mountpoint);
 	if (r == 0 && fuse_set_signal_handlers(f->se) != 0)
 		r = -EIO;

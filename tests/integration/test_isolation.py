@@ -11,12 +11,17 @@ VMM confinement and guest identity against a real daemon and real guests:
   file of another VM.
 - Its cgroups go when it does: after the sandbox is destroyed, and at
   shutdown the instance group too.
+- Access: only the mounting user gets in by default; with --allow-other the
+  kernel checks modes (default_permissions): another user reads what is
+  readable, cannot write ctl or mkdir a sandbox, and a guest file's own mode
+  decides in live/, before and after a chmod.
 - Ten sandboxes restored from one snapshot (warm slots and restores) each
   have their own hostname, machine id and random bytes.
 """
 import os
 import re
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
@@ -142,6 +147,64 @@ class Identity(harness.TestCase):
                 self.assertEqual(len(v), 10, "%s shared between clones: %s" % (k, v))
             for n in names:
                 d.destroy(n)
+        except BaseException:
+            d.force_cleanup()
+            raise
+        d.stop()
+
+
+def as_nobody(*cmd):
+    """Runs cmd as nobody:nogroup; (exit code, stderr)."""
+    import subprocess
+
+    def drop():
+        os.setgroups([])
+        os.setgid(65534)
+        os.setuid(65534)
+    p = subprocess.run(cmd, preexec_fn=drop, capture_output=True, text=True, timeout=60)
+    return p.returncode, p.stdout + p.stderr
+
+
+class Access(harness.TestCase):
+    def test_owner_only_by_default(self):
+        d = harness.Daemon().start()
+        try:
+            rc, out = as_nobody("ls", d.mount)
+            self.assertNotEqual(rc, 0, out)
+            self.assertIn("Permission denied", out)
+            rc, out = as_nobody("cat", os.path.join(d.mount, "version"))
+            self.assertNotEqual(rc, 0, out)
+        except BaseException:
+            d.force_cleanup()
+            raise
+        d.stop()
+
+    def test_allow_other_checks_modes(self):
+        d = harness.Daemon(extra_args=["--allow-other"]).start()
+        try:
+            rc, out = as_nobody("cat", os.path.join(d.mount, "version"))
+            self.assertEqual(rc, 0, out)
+            rc, out = as_nobody("ls", d.sbdir())
+            self.assertEqual(rc, 0, out)
+            # write-only root files and root's directories: refused by the kernel
+            rc, out = as_nobody("sh", "-c", "echo bake > %s" % d.tpl("default", "ctl"))
+            self.assertNotEqual(rc, 0, out)
+            rc, out = as_nobody("mkdir", d.sb("intruder"))
+            self.assertNotEqual(rc, 0, out)
+            self.assertNotIn("intruder", d.sandboxes())
+            # a guest file's own mode decides, before and after a chmod through live/
+            d.create_ready("g")
+            d.sh("g", "echo secret > /tmp/s; chmod 600 /tmp/s")
+            path = os.path.join(d.mount, "live", "g", "tmp", "s")
+            rc, out = as_nobody("cat", path)
+            self.assertNotEqual(rc, 0, out)
+            self.assertIn("Permission denied", out)
+            os.chmod(path, 0o644)
+            self.assertEqual(d.sh("g", "stat -c %a /tmp/s").strip(), "644")
+            time.sleep(1.1)  # the kernel caches attributes for 1 s
+            rc, out = as_nobody("cat", path)
+            self.assertEqual((rc, out.strip()), (0, "secret"))
+            d.destroy("g")
         except BaseException:
             d.force_cleanup()
             raise
