@@ -39,6 +39,22 @@
 #   slot     resident memory of idle warm slots (the pool at 8): RSS from
 #            /proc/PID/status and PSS from /proc/PID/smaps_rollup of each
 #            slot's VMM, the median reported.
+#   exec     one sandbox of "default": `true` through its `exec` file (open
+#            O_RDWR, write, read until EOF, close), BENCH_EXEC_N times
+#            (default 300) after 10 warm-up runs; round trip in ms.
+#   live     the live guest filesystem, in a sandbox of template "livebench"
+#            (the default config with mem_mib BENCH_LIVE_MEM, default 1024, so
+#            the guest's /tmp tmpfs, half its RAM, holds the file: with the
+#            default 256 MiB guest /tmp has ~110 MiB and the root disk ~50 MiB):
+#            write_mib_s: BENCH_LIVE_MIB (default 256) MiB of random bytes
+#            written from the host to live/NAME/tmp/big in 1 MiB writes
+#            (open to close, fsync included); read_mib_s: that file read
+#            back through live/NAME in 1 MiB reads (open to EOF), its SHA-256
+#            checked against the guest's sha256sum (untimed); stat: os.stat of
+#            BENCH_STAT_N (default 1000) distinct guest files, each stat-ed once
+#            so every one is a LOOKUP answered by the guest (a repeated stat
+#            is served from the kernel's 1 s attribute cache: reported as
+#            stat_cached_p50_us).
 #            Between samples the script idles BENCH_SETTLE_MS (default 500) so
 #            every create starts from a quiet daemon (destroys finished,
 #            standby VMMs refilled) rather than racing the previous sample's
@@ -63,6 +79,9 @@
 #   {"bench":"netslot","metric":"ratio_build_over_claim","value":..}
 #   {"bench":"netcreate","path":"warm"|"restore","net":true|false,"n":..,"p50_ms":..,"p99_ms":..}
 #   {"bench":"netcreate","path":"warm"|"restore","metric":"net_added_p50_ms","value":..}
+#   {"bench":"exec","metric":"roundtrip","n":..,"p50_ms":..,"p99_ms":..,"mean_ms":..}
+#   {"bench":"live","metric":"write_mib_s"|"read_mib_s","value":..,"mib":..}
+#   {"bench":"live","metric":"stat","n":..,"p50_us":..,"p99_us":..,"cached_p50_us":..}
 #   {"bench":"fork","n":..,"p50_ms":..,"p99_ms":..}, the same for "fork_parent_stopped",
 #   "pause_resume", "hibernate" and "wake"
 # Creates that fail are retried (at most 3 failures per path) and reported as
@@ -76,7 +95,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 top=$PWD
-ALL_BENCHES=(create burst16 slot netslot netcreate lifecycle)
+ALL_BENCHES=(create burst16 slot netslot netcreate lifecycle exec live)
 
 log() { echo "bench: $*" >&2; }
 die() {
@@ -606,6 +625,138 @@ def bench_lifecycle():
     return out
 
 
+def exec_true(d):
+    t0 = time.perf_counter()
+    fd = os.open(d + "/exec", os.O_RDWR)
+    try:
+        os.write(fd, b"true")
+        while os.read(fd, 1 << 16):
+            pass
+    finally:
+        os.close(fd)
+    return (time.perf_counter() - t0) * 1000.0
+
+
+def bench_exec():
+    n = int(os.environ.get("BENCH_EXEC_N", "300"))
+    wait_template("default")
+    d = "%s/templates/default/sandboxes/ex" % mnt
+    os.mkdir(d)
+    try:
+        if read(d + "/wait") != "ready\n":
+            raise SystemExit("bench: error: sandbox for the exec bench failed")
+        for _ in range(10):
+            exec_true(d)
+        v = sorted(exec_true(d) for _ in range(n))
+    finally:
+        os.rmdir(d)
+    r = {"bench": "exec", "metric": "roundtrip", "n": n, "p50_ms": round(nearest_rank(v, 50), 3),
+         "p99_ms": round(nearest_rank(v, 99), 3), "mean_ms": round(statistics.fmean(v), 3)}
+    print("exec: `true` through the exec file, open to close: p50 %.2f ms, p99 %.2f ms, mean %.2f ms (n=%d)"
+          % (r["p50_ms"], r["p99_ms"], r["mean_ms"], n), file=sys.stderr)
+    return [r]
+
+
+def bench_live():
+    import hashlib
+    mib = int(os.environ.get("BENCH_LIVE_MIB", "256"))
+    mem = int(os.environ.get("BENCH_LIVE_MEM", "1024"))
+    stat_n = int(os.environ.get("BENCH_STAT_N", "1000"))
+    wait_template("default")
+    t = "livebench"
+    os.mkdir("%s/templates/%s" % (mnt, t))
+    cfg = json.loads(read("%s/templates/default/config" % mnt))
+    cfg["mem_mib"] = mem
+    write("%s/templates/%s/config" % (mnt, t), json.dumps(cfg))
+    write("%s/templates/%s/ctl" % (mnt, t), "bake\n")
+    wait_template(t)
+    d = "%s/templates/%s/sandboxes/lb" % (mnt, t)
+    live = "%s/live/lb" % mnt
+    os.mkdir(d)
+    try:
+        if read(d + "/wait") != "ready\n":
+            raise SystemExit("bench: error: sandbox for the live bench failed")
+
+        def sh(cmd):
+            fd = os.open(d + "/exec", os.O_RDWR)
+            try:
+                os.write(fd, cmd.encode())
+                out = b""
+                while True:
+                    b = os.read(fd, 1 << 16)
+                    if not b:
+                        return out.decode()
+                    out += b
+            finally:
+                os.close(fd)
+
+        err("live: guest df: " + " | ".join(sh("df -m /tmp /").splitlines()[1:]))
+        chunk = os.urandom(1 << 20)
+        h = hashlib.sha256()
+        t0 = time.perf_counter()
+        fd = os.open(live + "/tmp/big", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            for i in range(mib):
+                block = chunk[i % 997:] + chunk[:i % 997]  # not the same MiB twice
+                h.update(block)
+                view = memoryview(block)
+                while view:
+                    view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        w_s = time.perf_counter() - t0
+        size = os.stat(live + "/tmp/big").st_size
+        if size != mib << 20:
+            raise SystemExit("bench: error: live/lb/tmp/big is %d bytes, expected %d" % (size, mib << 20))
+        t0 = time.perf_counter()
+        got = 0
+        fd = os.open(live + "/tmp/big", os.O_RDONLY)
+        try:
+            while True:
+                b = os.read(fd, 1 << 20)
+                if not b:
+                    break
+                got += len(b)
+        finally:
+            os.close(fd)
+        r_s = time.perf_counter() - t0
+        if got != mib << 20:
+            raise SystemExit("bench: error: read %d bytes of live/lb/tmp/big, expected %d" % (got, mib << 20))
+        gsum = sh("sha256sum /tmp/big").split()[0]
+        if gsum != h.hexdigest():
+            raise SystemExit("bench: error: the guest's /tmp/big differs from what was written")
+        sh("rm -f /tmp/big; mkdir /tmp/st; cd /tmp/st; i=0; while [ $i -lt %d ]; do : > f$i; i=$((i+1)); done"
+           % stat_n)
+        sv = []
+        for i in range(stat_n):
+            p = "%s/tmp/st/f%d" % (live, i)
+            t0 = time.perf_counter()
+            os.stat(p)
+            sv.append((time.perf_counter() - t0) * 1e6)
+        cached = []
+        for i in range(min(stat_n, 200)):
+            p = "%s/tmp/st/f%d" % (live, i)
+            t0 = time.perf_counter()
+            os.stat(p)
+            cached.append((time.perf_counter() - t0) * 1e6)
+    finally:
+        os.rmdir(d)
+        os.rmdir("%s/templates/%s" % (mnt, t))
+    sv.sort()
+    cached.sort()
+    w = mib / w_s
+    r = mib / r_s
+    print("live: %d MiB through live/NAME/tmp/big (guest tmpfs, %d MiB guest), 1 MiB ops: write %.1f MiB/s "
+          "(%.2f s), read %.1f MiB/s (%.2f s)" % (mib, mem, w, w_s, r, r_s), file=sys.stderr)
+    print("live: stat of %d distinct guest files (a LOOKUP each): p50 %.0f us, p99 %.0f us; cached p50 %.1f us"
+          % (stat_n, nearest_rank(sv, 50), nearest_rank(sv, 99), nearest_rank(cached, 50)), file=sys.stderr)
+    return [{"bench": "live", "metric": "write_mib_s", "value": round(w, 1), "mib": mib},
+            {"bench": "live", "metric": "read_mib_s", "value": round(r, 1), "mib": mib},
+            {"bench": "live", "metric": "stat", "n": stat_n, "p50_us": round(nearest_rank(sv, 50), 1),
+             "p99_us": round(nearest_rank(sv, 99), 1), "cached_p50_us": round(nearest_rank(cached, 50), 1)}]
+
+
 def merge_blocks(path, samples):
     res = []
     p50 = {}
@@ -631,7 +782,8 @@ while not mounted():
 
 for b in benches:
     for line in {"create": bench_create, "burst16": bench_burst16, "slot": bench_slot, "netslot": bench_netslot,
-                 "netcreate": bench_netcreate, "lifecycle": bench_lifecycle}[b]():
+                 "netcreate": bench_netcreate, "lifecycle": bench_lifecycle, "exec": bench_exec,
+                 "live": bench_live}[b]():
         print(json.dumps({k: v for k, v in line.items() if not k.startswith("_")}), flush=True)
 PY
 pypid=$!

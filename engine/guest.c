@@ -426,6 +426,8 @@ int proc_start(struct proc *p, const char *text, size_t len)
 	r = p->state != PROC_NEW || p->removed ? -EBUSY : 0;
 	if (r == 0) {
 		p->state = PROC_STARTING;
+		while (len > 0 && (text[len - 1] == '\n' || text[len - 1] == '\r'))
+			len--; /* shown as given, without the newline that ended it */
 		p->cmd = strndup(text, len);
 		p->start_ns = now_ns();
 	}

@@ -27,6 +27,7 @@
 #define BOOT_TIMEOUT_MS 60000
 #define IDLE_PERIOD_MS 250
 #define WATCHDOG_MS 2000 /* a VMM stopped this long is killed */
+#define HIBERNATE_WAIT_MS 1000 /* for accesses in flight to end */
 
 static uint64_t realtime_ms(void)
 {
@@ -304,10 +305,28 @@ static int op_hibernate(struct sandbox *s)
 	if (!state || !(tmp = strjoin(state, ".tmp", NULL)))
 		return -ENOMEM;
 	pthread_mutex_lock(&e->lock);
+	{
+		/*
+		 * Accesses end on their own: a close's release reaches us just
+		 * after close() returned. New ones wait for this operation.
+		 */
+		struct timespec ts;
+
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_sec += HIBERNATE_WAIT_MS / 1000;
+		ts.tv_nsec += (HIBERNATE_WAIT_MS % 1000) * 1000000L;
+		if (ts.tv_nsec >= 1000000000L) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+		while (s->execs_running && !atomic_load(&s->cancel) &&
+		       pthread_cond_timedwait(&s->cond, &e->lock, &ts) == 0)
+			;
+	}
 	r = s->execs_running ? -EBUSY : 0;
 	pthread_mutex_unlock(&e->lock);
 	if (r < 0) {
-		set_ctl_error(s, "hibernate: refused while an exec runs in the sandbox");
+		set_ctl_error(s, "hibernate: refused while an exec, a process or an open live/ file uses the sandbox");
 		return r;
 	}
 	/* device state: migration stops the vCPUs; the RAM is in its file already */
@@ -624,6 +643,8 @@ void sandbox_exec_leave(struct sandbox *s)
 {
 	pthread_mutex_lock(&s->e->lock);
 	s->execs_running--;
+	if (!s->execs_running)
+		pthread_cond_broadcast(&s->cond); /* a hibernate may wait for it */
 	s->active_ns = now_ns();
 	pthread_mutex_unlock(&s->e->lock);
 }

@@ -499,6 +499,7 @@ static void pread_interrupt(fuse_req_t req, void *arg)
 static void pout_read(fuse_req_t req, struct fh *h, size_t size)
 {
 	uint64_t token = 0;
+	bool parked, interrupted;
 	int r;
 
 	fuse_req_interrupt_func(req, pread_interrupt, h);
@@ -521,10 +522,12 @@ static void pout_read(fuse_req_t req, struct fh *h, size_t size)
 		return;
 	}
 	pthread_mutex_lock(&h->lock);
-	if (h->pread_req == req)
+	parked = h->pread_req == req; /* else it was answered already, and req is gone */
+	if (parked)
 		h->pread_token = token;
+	interrupted = parked && fuse_req_interrupted(req);
 	pthread_mutex_unlock(&h->lock);
-	if (fuse_req_interrupted(req))
+	if (interrupted)
 		pread_interrupt(req, h);
 }
 

@@ -794,6 +794,13 @@ struct lfile {
 	struct open_handle oh; /* first */
 	struct guest_conn conn; /* pinned while open: the sandbox stays awake */
 	uint64_t gfh;
+	/*
+	 * io: one read or write at a time (held across guest calls; guards ra).
+	 * lock: the prefetch's fields, which the connection's reader thread
+	 * fills; never held across a guest call, or that thread would wait for
+	 * us while we wait for it.
+	 */
+	pthread_mutex_t io;
 	pthread_mutex_t lock;
 	uint8_t *ra;	/* read-ahead: [ra_off, ra_off + ra_len) of the file */
 	size_t ra_len;
@@ -818,6 +825,7 @@ static void lfile_free(struct lfile *h)
 	guest_conn_put(&h->conn);
 	pthread_cond_destroy(&h->pf_cond);
 	pthread_mutex_destroy(&h->lock);
+	pthread_mutex_destroy(&h->io);
 	free(h->ra);
 	free(h->pf);
 	free(h);
@@ -847,6 +855,7 @@ static void do_open(fuse_req_t req, struct fs *f, uint64_t sb, const char *path,
 		return;
 	}
 	pthread_mutex_init(&h->lock, NULL);
+	pthread_mutex_init(&h->io, NULL);
 	pthread_cond_init(&h->pf_cond, NULL);
 	rq = json_object_new_object();
 	json_object_object_add(rq, "path", json_object_new_string(path));
@@ -948,25 +957,35 @@ static void on_prefetch(void *arg, int result, json_object *resp, const uint8_t 
 	pthread_mutex_unlock(&h->lock);
 }
 
-/* Asks for the chunk after the read-ahead while the reader works through it. lock held. */
+/* Asks for the chunk after the read-ahead while the reader works through it. io held, lock not. */
 static void prefetch(struct lfile *h)
 {
 	json_object *rq;
+	int r;
 
-	if (h->pf_inflight || h->pf || h->ra_eof || !h->ra)
+	pthread_mutex_lock(&h->lock);
+	if (h->pf_inflight || h->pf || h->ra_eof || !h->ra) {
+		pthread_mutex_unlock(&h->lock);
 		return;
-	rq = json_object_new_object();
-	json_object_object_add(rq, "fh", json_object_new_uint64(h->gfh));
+	}
 	h->pf_off = h->ra_off + (off_t)h->ra_len;
 	h->pf_want = READAHEAD;
-	json_object_object_add(rq, "off", json_object_new_int64(h->pf_off));
-	json_object_object_add(rq, "len", json_object_new_uint64(READAHEAD));
 	h->pf_inflight = true;
 	h->pf_len = 0;
 	h->pf_err = 0;
-	if (guest_call_async(&h->conn, "read", rq, on_prefetch, h) < 0)
-		h->pf_inflight = false;
+	pthread_mutex_unlock(&h->lock);
+	rq = json_object_new_object();
+	json_object_object_add(rq, "fh", json_object_new_uint64(h->gfh));
+	json_object_object_add(rq, "off", json_object_new_int64(h->pf_off));
+	json_object_object_add(rq, "len", json_object_new_uint64(READAHEAD));
+	r = guest_call_async(&h->conn, "read", rq, on_prefetch, h);
 	json_object_put(rq);
+	if (r < 0) {
+		pthread_mutex_lock(&h->lock);
+		h->pf_inflight = false;
+		pthread_cond_broadcast(&h->pf_cond);
+		pthread_mutex_unlock(&h->lock);
+	}
 }
 
 static bool ra_covers(const struct lfile *h, off_t off, size_t size)
@@ -986,18 +1005,20 @@ static bool ra_covers(const struct lfile *h, off_t off, size_t size)
 void live_read(fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi)
 {
 	struct lfile *h = (struct lfile *)(uintptr_t)fi->fh;
+	size_t want = size > READAHEAD ? size : READAHEAD;
 	uint8_t *data;
-	size_t got;
+	size_t got, from, n;
 	int r;
 
-	pthread_mutex_lock(&h->lock);
-	for (;;) {
-		if (ra_covers(h, off, size))
-			break;
+	pthread_mutex_lock(&h->io);
+	while (!ra_covers(h, off, size)) {
+		bool swapped = false;
+
+		pthread_mutex_lock(&h->lock);
 		while (h->pf_inflight && off >= h->pf_off && off < h->pf_off + (off_t)h->pf_want)
 			pthread_cond_wait(&h->pf_cond, &h->lock);
-		if (!h->pf_inflight && (h->pf || h->pf_err == 0) && h->pf_off > 0 && off >= h->pf_off &&
-		    off < h->pf_off + (off_t)h->pf_want && h->pf_err == 0 && h->pf_len > 0) {
+		if (!h->pf_inflight && h->pf_err == 0 && h->pf_len > 0 && off >= h->pf_off &&
+		    off < h->pf_off + (off_t)h->pf_want) {
 			/* the prefetched chunk becomes the read-ahead */
 			free(h->ra);
 			h->ra = TAKE_PTR(h->pf);
@@ -1005,18 +1026,18 @@ void live_read(fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi
 			h->ra_off = h->pf_off;
 			h->ra_eof = h->pf_len < h->pf_want;
 			h->pf_len = 0;
-			h->pf_off = 0;
-			continue;
-		}
-		if (!h->pf_inflight) {
+			swapped = true;
+		} else if (!h->pf_inflight) {
 			free(h->pf); /* a prefetch this read does not want */
 			h->pf = NULL;
 			h->pf_len = 0;
-			h->pf_off = 0;
 		}
-		r = read_chunk(h, off, size > READAHEAD ? size : READAHEAD, &data, &got);
+		pthread_mutex_unlock(&h->lock);
+		if (swapped)
+			continue;
+		r = read_chunk(h, off, want, &data, &got);
 		if (r < 0) {
-			pthread_mutex_unlock(&h->lock);
+			pthread_mutex_unlock(&h->io);
 			fuse_reply_err(req, -r);
 			return;
 		}
@@ -1024,19 +1045,16 @@ void live_read(fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi
 		h->ra = data;
 		h->ra_len = got;
 		h->ra_off = off;
-		h->ra_eof = got < (size > READAHEAD ? size : READAHEAD);
+		h->ra_eof = got < want;
 		break;
 	}
 	/* inside the read-ahead, or a short read where it reached the end of the file */
-	{
-		size_t from = (size_t)(off - h->ra_off);
-		size_t n = from >= h->ra_len ? 0 : h->ra_len - from < size ? h->ra_len - from : size;
-
-		if (from + n > h->ra_len / 2)
-			prefetch(h);
-		fuse_reply_buf(req, n ? (const char *)h->ra + from : NULL, n);
-	}
-	pthread_mutex_unlock(&h->lock);
+	from = (size_t)(off - h->ra_off);
+	n = from >= h->ra_len ? 0 : h->ra_len - from < size ? h->ra_len - from : size;
+	if (from + n > h->ra_len / 2)
+		prefetch(h);
+	fuse_reply_buf(req, n ? (const char *)h->ra + from : NULL, n);
+	pthread_mutex_unlock(&h->io);
 }
 
 void live_write(fuse_req_t req, const char *buf, size_t size, off_t off, struct fuse_file_info *fi)
@@ -1047,19 +1065,22 @@ void live_write(fuse_req_t req, const char *buf, size_t size, off_t off, struct 
 
 	if (size > GUEST_BIN_MAX)
 		size = GUEST_BIN_MAX;
+	pthread_mutex_lock(&h->io);
 	pthread_mutex_lock(&h->lock);
 	while (h->pf_inflight)
 		pthread_cond_wait(&h->pf_cond, &h->lock);
-	free(h->ra);
 	free(h->pf);
-	h->ra = h->pf = NULL;
-	h->ra_len = h->pf_len = 0;
-	h->pf_off = 0;
+	h->pf = NULL;
+	h->pf_len = 0;
 	pthread_mutex_unlock(&h->lock);
+	free(h->ra);
+	h->ra = NULL;
+	h->ra_len = 0;
 	rq = json_object_new_object();
 	json_object_object_add(rq, "fh", json_object_new_uint64(h->gfh));
 	json_object_object_add(rq, "off", json_object_new_int64(off));
 	r = guest_call(&h->conn, "write", rq, buf, size, &resp, NULL, NULL);
+	pthread_mutex_unlock(&h->io);
 	json_object_put(rq);
 	if (r < 0)
 		fuse_reply_err(req, -r);

@@ -68,7 +68,7 @@ TEST_TIMEOUT = 300  # per test method (SIGALRM), so a hung FUSE request cannot h
 def missing_capability():
     """The reason the suite cannot run here, or None."""
     if os.geteuid() != 0:
-        return "not root (emberfs mounts FUSE with allow_other, attaches loop devices, mounts XFS)"
+        return "not root (emberfs mounts FUSE, attaches loop devices, mounts XFS, starts VMMs)"
     if not os.path.exists("/dev/fuse"):
         return "/dev/fuse missing"
     if not shutil.which("qemu-system-x86_64"):
