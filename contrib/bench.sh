@@ -95,7 +95,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 top=$PWD
-ALL_BENCHES=(create burst16 slot netslot netcreate lifecycle exec live)
+ALL_BENCHES=(create burst16 slot netslot netcreate lifecycle exec live adaptive)
 
 log() { echo "bench: $*" >&2; }
 die() {
@@ -195,6 +195,19 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+# adaptive runs its own daemons (contrib/bench_adaptive.py); the rest share one
+rest=()
+for b in "${benches[@]}"; do
+	if [ "$b" = adaptive ]; then
+		log "adaptive: contrib/bench_adaptive.py (its own daemons, several minutes)"
+		EMBERFS_IMAGE_DIR=$image EMBERFS_BIN=$bin python3 contrib/bench_adaptive.py || exit 1
+	else
+		rest+=("$b")
+	fi
+done
+[ ${#rest[@]} -gt 0 ] || exit 0
+benches=("${rest[@]}")
 
 net_args=
 case " ${benches[*]} " in

@@ -1195,8 +1195,11 @@ int sandbox_exec_async(struct sandbox *s, const char *request_json, struct exec_
 
 void engine_set_event_fn(struct engine *e, engine_event_fn fn, void *arg)
 {
+	/* events are emitted with the lock held: none is in flight once this returns */
+	pthread_mutex_lock(&e->lock);
 	e->event_fn = fn;
 	e->event_arg = arg;
+	pthread_mutex_unlock(&e->lock);
 }
 
 void engine_emit(struct engine *e, uint64_t id, json_object *o)

@@ -180,6 +180,19 @@ void events_free(struct fs *f)
 	if (!ev)
 		return;
 	engine_set_event_fn(f->e, NULL, NULL);
+	/* subscribers whose file was released but whose read was still parked */
+	pthread_mutex_lock(&ev->lock);
+	while (ev->subs) {
+		struct sub *s = ev->subs;
+
+		if (s->req) {
+			fuse_reply_err(TAKE_PTR(s->req), EINTR);
+			s->refs--;
+		}
+		s->refs = 1;
+		sub_unref_locked(ev, s);
+	}
+	pthread_mutex_unlock(&ev->lock);
 	while (ev->polls) {
 		struct spoll *p = ev->polls;
 
