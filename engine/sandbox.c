@@ -750,8 +750,15 @@ static void *sandbox_main(void *arg)
 	r = atomic_load(&s->cancel) ? -ECANCELED : run_create(&j, &step);
 	job_clear(&j);
 	if (r < 0) {
-		if (!atomic_load(&s->cancel))
+		if (!atomic_load(&s->cancel) && s->vmm && !e->vmm->alive(s->vmm)) {
+			/* the VMM died under the create: say so, not what the next call saw */
+			int st = e->vmm->wait_exit(s->vmm);
+
+			sb_fail(s, "create failed at %s: the VMM exited (%s %d) (see console and %s/vmm.log)", step,
+				st >= 128 ? "signal" : "status", st >= 128 ? st - 128 : st, s->dir);
+		} else if (!atomic_load(&s->cancel)) {
 			sb_fail(s, "create failed at %s: %s (see console and %s/vmm.log)", step, strerror(-r), s->dir);
+		}
 		if (s->vmm)
 			e->vmm->kill(s->vmm);
 	} else {

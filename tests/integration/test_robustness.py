@@ -6,6 +6,9 @@ that kill things cannot hurt the others:
 - VmmDeath: kill -9 of a ready sandbox's VMM turns its status "failed" with
   an error about the VMM exit within 10 s; wait fails with EIO; rmdir works
   and leaves nothing; the same name can be created again and works.
+- Phases: SIGKILL of a create's VMM at delays from 0 to 160 ms after it
+  appears: the create always ends failed with a reason (never stuck), the
+  name works again, nothing is left.
 - Watchdog: SIGSTOP of a ready sandbox's VMM: within ~2 s the watchdog kills
   it and the sandbox fails with the reason; another sandbox is not slowed.
 - Shutdown: SIGTERM with two ready sandboxes: exit 0, nothing left.
@@ -106,6 +109,46 @@ class VmmDeath(harness.TestCase):
             for n in ("frozen", "bystander"):
                 if n in d.sandboxes():
                     d.destroy(n)
+        d.assert_inventory(self.base)
+
+
+    def test_kill9_vmm_at_each_phase_of_a_create(self):
+        """SIGKILL of the new VMM at increasing delays after it appears (spawn, before
+        its control socket, during the snapshot load, before resume, running): the
+        sandbox ends failed with the reason (or ready, if the kill came after) within
+        10 s, never stuck in creating; the same name then works; nothing is left."""
+        d = self.d
+        outcomes = []
+        for delay_ms in (0, 2, 5, 10, 20, 40, 80, 160):
+            known = set(d._qemu_pids())
+            d.create("phase")
+            pid = None
+            deadline = time.monotonic() + 10
+            while pid is None and time.monotonic() < deadline:
+                new = set(d._qemu_pids()) - known
+                pid = min(new) if new else None
+            self.assertIsNotNone(pid, "no VMM appeared for the create")
+            time.sleep(delay_ms / 1000)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            harness.wait_for(lambda: d.status("phase")["state"] in ("failed", "ready"), 10,
+                             "the create decided after the kill at %d ms" % delay_ms)
+            st = d.status("phase")
+            if st["state"] == "failed":
+                self.assertRegex(st["error"] or "", r"VMM exit", st)
+                self.assertErrno(errno.EIO, d.wait, "phase")
+            else:
+                # the kill came after ready: the supervisor fails it right after
+                harness.wait_for(lambda: d.status("phase")["state"] == "failed", 10, "failed after ready")
+            outcomes.append((delay_ms, st["state"], (st["error"] or "")[:60]))
+            d.destroy("phase")
+            harness.wait_for(lambda: not harness.pid_alive(pid), 5, "the killed VMM reaped")
+        sys.stderr.write("\n  " + "\n  ".join("%3d ms: %s %s" % o for o in outcomes) + "\n")
+        # the name works again, and nothing of the failed creates is left
+        self.assertEqual(d.create_ready("phase")["state"], "ready")
+        d.destroy("phase")
         d.assert_inventory(self.base)
 
 
