@@ -122,6 +122,25 @@ char *engine_render_metrics(struct engine *e)
 		"# HELP emberfs_pool_demand Warm slots the capacity controller's demand model asks for, before the budget.\n");
 	for (size_t i = 0; i < e->n_templates; i++)
 		put(&b, "emberfs_pool_demand{template=\"%s\"} %u\n", e->templates[i]->name, e->templates[i]->plan.demand);
+	put(&b, "# TYPE emberfs_pool_hit_ratio gauge\n"
+		"# HELP emberfs_pool_hit_ratio Share of creates served warm since start (NaN before the first).\n");
+	for (size_t i = 0; i < e->n_templates; i++) {
+		const struct template *t = e->templates[i];
+		uint64_t all = t->pool_stats.served_warm;
+
+		for (int m = 0; m < _MISS_MAX; m++)
+			all += t->miss[m];
+		if (all)
+			put(&b, "emberfs_pool_hit_ratio{template=\"%s\"} %.4f\n", t->name,
+			    (double)t->pool_stats.served_warm / (double)all);
+		else
+			put(&b, "emberfs_pool_hit_ratio{template=\"%s\"} NaN\n", t->name);
+	}
+	put(&b, "# TYPE emberfs_pool_refill_seconds gauge\n"
+		"# HELP emberfs_pool_refill_seconds Time to prepare one warm slot as the controller models it (p50 of recent preparations, plus waits).\n");
+	for (size_t i = 0; i < e->n_templates; i++)
+		put(&b, "emberfs_pool_refill_seconds{template=\"%s\"} %.4f\n", e->templates[i]->name,
+		    e->templates[i]->plan.prepare_ms / 1000.0);
 	put(&b, "# TYPE emberfs_pool_arrival_rate gauge\n"
 		"# HELP emberfs_pool_arrival_rate Creates per second the capacity controller sees.\n");
 	for (size_t i = 0; i < e->n_templates; i++)

@@ -41,6 +41,7 @@ struct spoll {
 struct events {
 	pthread_mutex_t lock;
 	struct fs *f;
+	bool detached; /* the engine's hook cleared: it may be gone */
 	struct sub *subs;
 	struct spoll *polls;
 };
@@ -173,13 +174,21 @@ int events_init(struct fs *f)
 	return 0;
 }
 
+void events_detach(struct fs *f)
+{
+	if (f->events && !f->events->detached) {
+		engine_set_event_fn(f->e, NULL, NULL);
+		f->events->detached = true;
+	}
+}
+
 void events_free(struct fs *f)
 {
 	struct events *ev = f->events;
 
 	if (!ev)
 		return;
-	engine_set_event_fn(f->e, NULL, NULL);
+	events_detach(f); /* no-op after fs_release_handles: the engine may be freed by now */
 	/* subscribers whose file was released but whose read was still parked */
 	pthread_mutex_lock(&ev->lock);
 	while (ev->subs) {

@@ -485,6 +485,7 @@ void fs_release_handles(struct fs *f)
 		oh = f->handles.next;
 		if (oh == &f->handles) {
 			pthread_mutex_unlock(&f->handles_lock);
+			events_detach(f); /* the engine goes next */
 			return;
 		}
 		oh->prev->next = oh->next;

@@ -115,6 +115,8 @@ void live_release(fuse_req_t req, struct fs *f, struct fuse_file_info *fi);
 /* events and poll (events.c) */
 int events_init(struct fs *f);
 void events_free(struct fs *f);
+/* Clears the engine's event hook (before the engine goes). */
+void events_detach(struct fs *f);
 /* The events file: a subscriber per open handle. */
 void events_open(struct fs *f, fuse_req_t req, struct fuse_file_info *fi);
 void events_read(fuse_req_t req, size_t size, struct fuse_file_info *fi);
