@@ -750,6 +750,10 @@ static void *sandbox_main(void *arg)
 	r = atomic_load(&s->cancel) ? -ECANCELED : run_create(&j, &step);
 	job_clear(&j);
 	if (r < 0) {
+		/* a connection that broke may be the VMM dying: its exit shows a moment later */
+		for (int i = 0; i < 100 && s->vmm && e->vmm->alive(s->vmm) &&
+				(r == -ECONNRESET || r == -EPIPE || r == -EPROTO || r == -ECHILD); i++)
+			poll(NULL, 0, 5);
 		if (!atomic_load(&s->cancel) && s->vmm && !e->vmm->alive(s->vmm)) {
 			/* the VMM died under the create: say so, not what the next call saw */
 			int st = e->vmm->wait_exit(s->vmm);

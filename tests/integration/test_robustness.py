@@ -133,17 +133,19 @@ class VmmDeath(harness.TestCase):
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            harness.wait_for(lambda: d.status("phase")["state"] in ("failed", "ready"), 10,
-                             "the create decided after the kill at %d ms" % delay_ms)
-            st = d.status("phase")
-            if st["state"] == "failed":
-                self.assertRegex(st["error"] or "", r"VMM exit", st)
-                self.assertErrno(errno.EIO, d.wait, "phase")
-            else:
-                # the kill came after ready: the supervisor fails it right after
-                harness.wait_for(lambda: d.status("phase")["state"] == "failed", 10, "failed after ready")
-            outcomes.append((delay_ms, st["state"], (st["error"] or "")[:60]))
-            d.destroy("phase")
+            try:
+                harness.wait_for(lambda: d.status("phase")["state"] in ("failed", "ready"), 10,
+                                 "the create decided after the kill at %d ms" % delay_ms)
+                st = d.status("phase")
+                if st["state"] == "failed":
+                    self.assertRegex(st["error"] or "", r"VMM exit", st)
+                    self.assertErrno(errno.EIO, d.wait, "phase")
+                else:
+                    # the kill came after ready: the supervisor fails it right after
+                    harness.wait_for(lambda: d.status("phase")["state"] == "failed", 10, "failed after ready")
+                outcomes.append((delay_ms, st["state"], (st["error"] or "")[:60]))
+            finally:
+                d.destroy("phase")
             harness.wait_for(lambda: not harness.pid_alive(pid), 5, "the killed VMM reaped")
         sys.stderr.write("\n  " + "\n  ".join("%3d ms: %s %s" % o for o in outcomes) + "\n")
         # the name works again, and nothing of the failed creates is left
