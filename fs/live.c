@@ -16,6 +16,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -479,18 +480,29 @@ void live_setattr(fuse_req_t req, struct fs *f, fuse_ino_t ino, struct stat *att
 
 /* ---- directories ---- */
 
+/*
+ * A listing, taken at opendir. Reference counted like fs.c's dirbuf: the
+ * caller may close the directory as soon as the kernel has a reply, and the
+ * releasedir must not free the buffer under a reply still being written.
+ */
 struct ldir {
 	struct open_handle oh; /* first */
 	char *p;
 	size_t size;
+	atomic_int refs;
 };
+
+static void ldir_unref(struct ldir *d)
+{
+	if (atomic_fetch_sub(&d->refs, 1) == 1) {
+		free(d->p);
+		free(d);
+	}
+}
 
 static void ldir_release(struct open_handle *oh)
 {
-	struct ldir *d = (struct ldir *)oh;
-
-	free(d->p);
-	free(d);
+	ldir_unref((struct ldir *)oh);
 }
 
 static int ldir_add(fuse_req_t req, struct ldir *d, const char *name, mode_t mode)
@@ -557,6 +569,7 @@ void live_opendir(fuse_req_t req, struct fs *f, fuse_ino_t ino, struct fuse_file
 		fuse_reply_err(req, -r);
 		return;
 	}
+	atomic_init(&d->refs, 1);
 	fs_handle_add(f, &d->oh, ldir_release);
 	fi->fh = (uint64_t)(uintptr_t)d;
 	fuse_reply_open(req, fi);
@@ -567,10 +580,12 @@ void live_readdir(fuse_req_t req, size_t size, off_t off, struct fuse_file_info 
 	struct ldir *d = (struct ldir *)(uintptr_t)fi->fh;
 	size_t o = (size_t)off;
 
+	atomic_fetch_add(&d->refs, 1);
 	if (o >= d->size)
 		fuse_reply_buf(req, NULL, 0);
 	else
 		fuse_reply_buf(req, d->p + o, d->size - o < size ? d->size - o : size);
+	ldir_unref(d);
 }
 
 void live_releasedir(fuse_req_t req, struct fs *f, struct fuse_file_info *fi)
@@ -578,7 +593,7 @@ void live_releasedir(fuse_req_t req, struct fs *f, struct fuse_file_info *fi)
 	struct ldir *d = (struct ldir *)(uintptr_t)fi->fh;
 
 	fs_handle_del(f, &d->oh);
-	ldir_release(&d->oh);
+	ldir_unref(d);
 	fuse_reply_err(req, 0);
 }
 
