@@ -11,6 +11,8 @@ that kill things cannot hurt the others:
   name works again, nothing is left.
 - Watchdog: SIGSTOP of a ready sandbox's VMM: within ~2 s the watchdog kills
   it and the sandbox fails with the reason; another sandbox is not slowed.
+- Saturation: 200 blocking reads (wait, a silent process's stdout) hold no
+  FUSE thread: another sandbox's status and ctl answer at once.
 - Shutdown: SIGTERM with two ready sandboxes: exit 0, nothing left.
 - DaemonCrash: kill -9 of the daemon with a ready sandbox (once idle, once
   right after the create, while it still works in the background): the mount
@@ -152,6 +154,59 @@ class VmmDeath(harness.TestCase):
         self.assertEqual(d.create_ready("phase")["state"], "ready")
         d.destroy("phase")
         d.assert_inventory(self.base)
+
+
+class Saturation(harness.TestCase):
+    def test_blocked_readers_hold_no_fuse_thread(self):
+        """200 blocking reads (wait of a cold-booting sandbox, stdout of a silent
+        process) park their requests: status reads and ctl writes of another
+        sandbox still answer at once (the FUSE loop has at most 64 threads)."""
+        import threading
+        d = harness.Daemon().start()
+        try:
+            d.create_ready("free")
+            d.create_ready("quiet")
+            os.mkdir(d.sb("quiet", "procs", "p"))
+            harness.write_file(d.sb("quiet", "procs", "p", "cmd"), "sleep 30\n")
+            with d.template("slow"):  # never baked: its create boots cold (~2 s)
+                d.create("booting", t="slow")
+                errors = []
+
+                def blocked(path):
+                    try:
+                        with open(path, "rb", buffering=0) as f:
+                            f.read(100)
+                    except OSError as e:
+                        if e.errno not in (errno.EIO,):
+                            errors.append(e)
+                threads = [threading.Thread(target=blocked, daemon=True,
+                                            args=(d.sb("booting", "wait", t="slow") if i % 2 else
+                                                  d.sb("quiet", "procs", "p", "stdout"),)) for i in range(200)]
+                for th in threads:
+                    th.start()
+                time.sleep(0.5)
+                worst = 0.0
+                for _ in range(20):
+                    t0 = time.monotonic()
+                    self.assertEqual(d.status("free")["state"], "ready")
+                    harness.write_file(d.sb("free", "ctl"), "pause\n")
+                    harness.write_file(d.sb("free", "ctl"), "resume\n")
+                    worst = max(worst, time.monotonic() - t0)
+                sys.stderr.write("\n  200 blocked readers: status + pause + resume of another sandbox, worst %.1f ms\n"
+                                 % (worst * 1000))
+                self.assertLess(worst, 2.0)
+                d.wait_ready("booting", t="slow")
+                os.rmdir(d.sb("quiet", "procs", "p"))  # the stdout readers get EOF or EIO
+                for th in threads:
+                    th.join(10)
+                self.assertFalse([th for th in threads if th.is_alive()], "readers still blocked")
+                self.assertEqual(errors, [])
+            d.destroy("free")
+            d.destroy("quiet")
+        except BaseException:
+            d.force_cleanup()
+            raise
+        d.stop()
 
 
 class Shutdown(harness.TestCase):
