@@ -362,7 +362,6 @@ int sandbox_proc_remove(struct sandbox *s, const char *name)
 	struct engine *e = s->e;
 	struct proc *p = NULL;
 	struct pending_cbs pc = { 0 };
-	bool running;
 
 	pthread_mutex_lock(&e->lock);
 	for (size_t i = 0; i < s->n_procs && !p; i++)
@@ -375,7 +374,6 @@ int sandbox_proc_remove(struct sandbox *s, const char *name)
 		return -ENOENT;
 	pthread_mutex_lock(&p->lock);
 	p->removed = true;
-	running = p->state == PROC_RUNNING || p->state == PROC_STARTING;
 	take_waiters(p, -EIO, &pc);
 	pthread_mutex_unlock(&p->lock);
 	run_failed(&pc);
@@ -386,7 +384,6 @@ int sandbox_proc_remove(struct sandbox *s, const char *name)
 		proc_call(p, "release", req);
 		json_object_put(req);
 	}
-	(void)running;
 	proc_unpin(p);
 	proc_unref(p);
 	return 0;

@@ -87,18 +87,28 @@ bool slot_matches(const struct template *t, const struct slot *sl)
 	       strcmp(sl->state_digest, t->bake.state_digest) == 0;
 }
 
-/* The process state letter from /proc/PID/stat ('R', 'S', 'T', 'Z', ...), or 0. */
-char proc_state(pid_t pid)
+/* The start of /proc/PID/NAME, NUL-terminated, in buf; false if unreadable. */
+static bool proc_read(pid_t pid, const char *name, char *buf, size_t size)
 {
-	char path[64], buf[512], *p;
+	char path[64];
 	_cleanup_close_ int fd = -1;
 	ssize_t n;
 
-	snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+	snprintf(path, sizeof(path), "/proc/%d/%s", pid, name);
 	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0 || (n = read(fd, buf, sizeof(buf) - 1)) <= 0)
-		return 0;
+	if (fd < 0 || (n = read(fd, buf, size - 1)) <= 0)
+		return false;
 	buf[n] = '\0';
+	return true;
+}
+
+/* The process state letter from /proc/PID/stat ('R', 'S', 'T', 'Z', ...), or 0. */
+char proc_state(pid_t pid)
+{
+	char buf[512], *p;
+
+	if (!proc_read(pid, "stat", buf, sizeof(buf)))
+		return 0;
 	p = strrchr(buf, ')');
 	return p && p[1] == ' ' ? p[2] : 0;
 }
@@ -235,15 +245,10 @@ static bool budget_allows(struct engine *e, struct template *t)
 /* PSS of a process in MiB (what it costs the host, its shared pages split), or 0. */
 static uint32_t pss_mib(pid_t pid)
 {
-	char path[64], buf[4096], *p;
-	_cleanup_close_ int fd = -1;
-	ssize_t n;
+	char buf[4096], *p;
 
-	snprintf(path, sizeof(path), "/proc/%d/smaps_rollup", pid);
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0 || (n = read(fd, buf, sizeof(buf) - 1)) <= 0)
+	if (!proc_read(pid, "smaps_rollup", buf, sizeof(buf)))
 		return 0;
-	buf[n] = '\0';
 	p = strstr(buf, "\nPss:");
 	return p ? (uint32_t)((strtoull(p + 5, NULL, 10) + 1023) / 1024) : 0;
 }

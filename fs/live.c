@@ -607,10 +607,24 @@ static int parent_and_name(fuse_ino_t parent, const char *name, uint64_t *sb, ch
 	return r < 0 ? r : child_path(pp, name, path);
 }
 
+/* An op that makes the object at path (its reply carries "st"): the new entry, or the guest's errno. Takes rq. */
+static void make_child(fuse_req_t req, struct fs *f, uint64_t sb, const char *op, json_object *rq, const char *path)
+{
+	json_object *resp = NULL;
+	int r = call_sb(f, sb, op, rq, NULL, 0, &resp, NULL, NULL);
+
+	json_object_put(rq);
+	if (r < 0)
+		fuse_reply_err(req, -r);
+	else
+		reply_child(req, sb, path, resp);
+	json_object_put(resp);
+}
+
 void live_mkdir(fuse_req_t req, struct fs *f, fuse_ino_t parent, const char *name, mode_t mode)
 {
 	_cleanup_free_ char *path = NULL;
-	json_object *resp = NULL, *rq;
+	json_object *rq;
 	uint64_t sb;
 	int r = parent_and_name(parent, name, &sb, &path);
 
@@ -621,13 +635,7 @@ void live_mkdir(fuse_req_t req, struct fs *f, fuse_ino_t parent, const char *nam
 	rq = json_object_new_object();
 	json_object_object_add(rq, "path", json_object_new_string(path));
 	json_object_object_add(rq, "mode", json_object_new_int(mode & 07777));
-	r = call_sb(f, sb, "mkdir", rq, NULL, 0, &resp, NULL, NULL);
-	json_object_put(rq);
-	if (r < 0)
-		fuse_reply_err(req, -r);
-	else
-		reply_child(req, sb, path, resp);
-	json_object_put(resp);
+	make_child(req, f, sb, "mkdir", rq, path);
 }
 
 void live_remove(fuse_req_t req, struct fs *f, fuse_ino_t parent, const char *name, bool dir)
@@ -644,7 +652,7 @@ void live_remove(fuse_req_t req, struct fs *f, fuse_ino_t parent, const char *na
 void live_symlink(fuse_req_t req, struct fs *f, const char *target, fuse_ino_t parent, const char *name)
 {
 	_cleanup_free_ char *path = NULL;
-	json_object *resp = NULL, *rq;
+	json_object *rq;
 	uint64_t sb;
 	int r = parent_and_name(parent, name, &sb, &path);
 
@@ -655,19 +663,13 @@ void live_symlink(fuse_req_t req, struct fs *f, const char *target, fuse_ino_t p
 	rq = json_object_new_object();
 	json_object_object_add(rq, "target", json_object_new_string(target));
 	json_object_object_add(rq, "path", json_object_new_string(path));
-	r = call_sb(f, sb, "symlink", rq, NULL, 0, &resp, NULL, NULL);
-	json_object_put(rq);
-	if (r < 0)
-		fuse_reply_err(req, -r);
-	else
-		reply_child(req, sb, path, resp);
-	json_object_put(resp);
+	make_child(req, f, sb, "symlink", rq, path);
 }
 
 void live_link(fuse_req_t req, struct fs *f, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
 {
 	_cleanup_free_ char *from = NULL, *to = NULL;
-	json_object *resp = NULL, *rq;
+	json_object *rq;
 	uint64_t sb, sb2;
 	int r = node_path(ino, &sb, &from);
 
@@ -682,13 +684,7 @@ void live_link(fuse_req_t req, struct fs *f, fuse_ino_t ino, fuse_ino_t newparen
 	rq = json_object_new_object();
 	json_object_object_add(rq, "from", json_object_new_string(from));
 	json_object_object_add(rq, "to", json_object_new_string(to));
-	r = call_sb(f, sb, "link", rq, NULL, 0, &resp, NULL, NULL);
-	json_object_put(rq);
-	if (r < 0)
-		fuse_reply_err(req, -r);
-	else
-		reply_child(req, sb, to, resp);
-	json_object_put(resp);
+	make_child(req, f, sb, "link", rq, to);
 }
 
 void live_rename(fuse_req_t req, struct fs *f, fuse_ino_t parent, const char *name, fuse_ino_t newparent,

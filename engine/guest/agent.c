@@ -2302,19 +2302,24 @@ static int op_utimens(struct agent *a, struct request *rq, struct json_object *r
 	return reply_lstat(rq, reply, path);
 }
 
-static int op_unlink(struct agent *a, struct request *rq, struct json_object *reply)
+/* An op on one path that answers nothing but success: unlink, rmdir. */
+static int path_call(struct request *rq, const char *name, int (*call)(const char *path))
 {
 	const char *path;
-	int r;
+	int r = req_path(rq, "path", &path);
 
-	(void)a;
-	(void)reply;
-	r = req_path(rq, "path", &path);
 	if (r < 0)
 		return r;
-	if (unlink(path) < 0)
-		return sys_fail(rq, "unlink", path);
+	if (call(path) < 0)
+		return sys_fail(rq, name, path);
 	return 0;
+}
+
+static int op_unlink(struct agent *a, struct request *rq, struct json_object *reply)
+{
+	(void)a;
+	(void)reply;
+	return path_call(rq, "unlink", unlink);
 }
 
 static int op_mkdir(struct agent *a, struct request *rq, struct json_object *reply)
@@ -2341,17 +2346,9 @@ static int op_mkdir(struct agent *a, struct request *rq, struct json_object *rep
 
 static int op_rmdir(struct agent *a, struct request *rq, struct json_object *reply)
 {
-	const char *path;
-	int r;
-
 	(void)a;
 	(void)reply;
-	r = req_path(rq, "path", &path);
-	if (r < 0)
-		return r;
-	if (rmdir(path) < 0)
-		return sys_fail(rq, "rmdir", path);
-	return 0;
+	return path_call(rq, "rmdir", rmdir);
 }
 
 static int op_rename(struct agent *a, struct request *rq, struct json_object *reply)

@@ -805,6 +805,19 @@ atexit.register(_cleanup_all)
 # ---------------------------------------------------------------------------
 # test base and runner
 
+@contextlib.contextmanager
+def own_daemon(**kwargs):
+    """A daemon for one test (Daemon(**kwargs), started): stopped cleanly (exit
+    0, nothing left) when the block ends, torn down by force if it raised."""
+    d = Daemon(**kwargs).start()
+    try:
+        yield d
+    except BaseException:
+        d.force_cleanup()
+        raise
+    d.stop()
+
+
 def start_shared():
     """A daemon for a whole test module, and its baseline inventory once it
     is quiet (no VMM of a sandbox, nothing in run/ but slots, no zombies)."""

@@ -40,8 +40,7 @@ def read(path):
 
 class Demand(harness.TestCase):
     def test_burst_grows_idle_shrinks_pin_holds(self):
-        d = harness.Daemon(pool=None, extra_args=["--pool-idle-decay", "10"]).start()
-        try:
+        with harness.own_daemon(pool=None, extra_args=["--pool-idle-decay", "10"]) as d:
             self.assertEqual(read(d.tpl("default", "pool")), "auto\n")
             # a template that just became ready gets the minimum depth, 1
             wait_for(lambda: stats(d)["warm"] == 1, 30, "the first slot")
@@ -89,60 +88,50 @@ class Demand(harness.TestCase):
             m = read(os.path.join(d.mount, "metrics"))
             self.assertIn('emberfs_pool_misses_total{template="default",reason="pool_empty"} %d'
                           % stats(d)["misses"]["pool_empty"], m)
-        except BaseException:
-            d.force_cleanup()
-            raise
-        d.stop()
 
 
 class Budget(harness.TestCase):
     def test_two_templates_share_the_budget(self):
         # measured slots are ~35-40 MiB (PSS); unmeasured ones count 96 MiB: room for 2-3 at most
         budget = 110
-        d = harness.Daemon(pool=None, extra_args=["--pool-budget-mib", str(budget),
-                                                  "--pool-idle-decay", "120"]).start()
-        try:
-            with d.template("b2", bake=True):
-                seen_budget = False
-                over = []
-                deadline = time.monotonic() + 45
-                rounds = 0
-                while time.monotonic() < deadline and (rounds < 3 or not seen_budget):
-                    # demand on both: a burst of 3 each
-                    for t in ("default", "b2"):
-                        for i in range(3):
-                            d.create("%s%d" % (t[0], i), t=t)
-                    for t in ("default", "b2"):
-                        for i in range(3):
-                            d.wait_ready("%s%d" % (t[0], i), t=t)
-                            d.destroy("%s%d" % (t[0], i), t=t)
-                    rounds += 1
-                    end = time.monotonic() + 4
-                    while time.monotonic() < end:
-                        a, b = stats(d), stats(d, "b2")
-                        used = a["budget"]["used_mib"]
-                        if used > budget:
-                            over.append((a["budget"], a["warm"], a["preparing"], b["warm"], b["preparing"]))
-                        for s in (a, b):
-                            if s["controller"]["reason"] == "budget" and \
-                                    s["controller"]["target"] < s["controller"]["demand"]:
-                                seen_budget = True
-                        time.sleep(0.1)
-                self.assertEqual(over, [], "the budget was exceeded")
-                self.assertTrue(seen_budget, "the controller never cut a template for the budget: %s %s"
-                                % (stats(d), stats(d, "b2")))
-                total = stats(d)["budget"]
-                self.assertLessEqual(total["used_mib"], budget, total)
-        except BaseException:
-            d.force_cleanup()
-            raise
-        d.stop()
+        with harness.own_daemon(pool=None, extra_args=["--pool-budget-mib", str(budget),
+                                                       "--pool-idle-decay", "120"]) as d, \
+                d.template("b2", bake=True):
+            seen_budget = False
+            over = []
+            deadline = time.monotonic() + 45
+            rounds = 0
+            while time.monotonic() < deadline and (rounds < 3 or not seen_budget):
+                # demand on both: a burst of 3 each
+                for t in ("default", "b2"):
+                    for i in range(3):
+                        d.create("%s%d" % (t[0], i), t=t)
+                for t in ("default", "b2"):
+                    for i in range(3):
+                        d.wait_ready("%s%d" % (t[0], i), t=t)
+                        d.destroy("%s%d" % (t[0], i), t=t)
+                rounds += 1
+                end = time.monotonic() + 4
+                while time.monotonic() < end:
+                    a, b = stats(d), stats(d, "b2")
+                    used = a["budget"]["used_mib"]
+                    if used > budget:
+                        over.append((a["budget"], a["warm"], a["preparing"], b["warm"], b["preparing"]))
+                    for s in (a, b):
+                        if s["controller"]["reason"] == "budget" and \
+                                s["controller"]["target"] < s["controller"]["demand"]:
+                            seen_budget = True
+                    time.sleep(0.1)
+            self.assertEqual(over, [], "the budget was exceeded")
+            self.assertTrue(seen_budget, "the controller never cut a template for the budget: %s %s"
+                            % (stats(d), stats(d, "b2")))
+            total = stats(d)["budget"]
+            self.assertLessEqual(total["used_mib"], budget, total)
 
 
 class Reasons(harness.TestCase):
     def test_no_snapshot_stale_unhealthy(self):
-        d = harness.Daemon(pool=1).start()
-        try:
+        with harness.own_daemon(pool=1) as d:
             # never baked: no snapshot, a cold boot
             with d.template("nb"):
                 st = d.create_ready("n1", t="nb")
@@ -174,10 +163,6 @@ class Reasons(harness.TestCase):
                 except ProcessLookupError:
                     pass
             self.assertEqual(stats(d)["misses"]["unhealthy"], 1)
-        except BaseException:
-            d.force_cleanup()
-            raise
-        d.stop()
 
 
 if __name__ == "__main__":

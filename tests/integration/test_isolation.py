@@ -97,8 +97,7 @@ class Confinement(harness.TestCase):
         return groups
 
     def test_every_vmm_confined(self):
-        d = harness.Daemon(pool=1).start()
-        try:
+        with harness.own_daemon(pool=1) as d:
             d.wait_pool(1, timeout=60)
             cfg = harness.read_json(d.tpl("default", "config"))
             groups = []
@@ -115,18 +114,13 @@ class Confinement(harness.TestCase):
                 harness.wait_for(lambda: not os.path.exists(g), 5, "the group %s removed" % g)
             groups += slot_groups
             bases = {os.path.dirname(g) for g in groups}
-        except BaseException:
-            d.force_cleanup()
-            raise
-        d.stop()
         for b in bases:
             self.assertFalse(os.path.exists(b), "the instance group %s left after shutdown" % b)
 
 
 class Identity(harness.TestCase):
     def test_ten_clones_share_nothing(self):
-        d = harness.Daemon(pool=4).start()
-        try:
+        with harness.own_daemon(pool=4) as d:
             d.wait_pool(4, timeout=60)
             names = ["i%d" % k for k in range(10)]
             for n in names:
@@ -147,10 +141,6 @@ class Identity(harness.TestCase):
                 self.assertEqual(len(v), 10, "%s shared between clones: %s" % (k, v))
             for n in names:
                 d.destroy(n)
-        except BaseException:
-            d.force_cleanup()
-            raise
-        d.stop()
 
 
 def as_nobody(*cmd):
@@ -167,21 +157,15 @@ def as_nobody(*cmd):
 
 class Access(harness.TestCase):
     def test_owner_only_by_default(self):
-        d = harness.Daemon().start()
-        try:
+        with harness.own_daemon() as d:
             rc, out = as_nobody("ls", d.mount)
             self.assertNotEqual(rc, 0, out)
             self.assertIn("Permission denied", out)
             rc, out = as_nobody("cat", os.path.join(d.mount, "version"))
             self.assertNotEqual(rc, 0, out)
-        except BaseException:
-            d.force_cleanup()
-            raise
-        d.stop()
 
     def test_allow_other_checks_modes(self):
-        d = harness.Daemon(extra_args=["--allow-other"]).start()
-        try:
+        with harness.own_daemon(extra_args=["--allow-other"]) as d:
             rc, out = as_nobody("cat", os.path.join(d.mount, "version"))
             self.assertEqual(rc, 0, out)
             rc, out = as_nobody("ls", d.sbdir())
@@ -205,10 +189,6 @@ class Access(harness.TestCase):
             rc, out = as_nobody("cat", path)
             self.assertEqual((rc, out.strip()), (0, "secret"))
             d.destroy("g")
-        except BaseException:
-            d.force_cleanup()
-            raise
-        d.stop()
 
 
 if __name__ == "__main__":

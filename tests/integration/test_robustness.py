@@ -162,8 +162,7 @@ class Saturation(harness.TestCase):
         process) park their requests: status reads and ctl writes of another
         sandbox still answer at once (the FUSE loop has at most 64 threads)."""
         import threading
-        d = harness.Daemon().start()
-        try:
+        with harness.own_daemon() as d:
             d.create_ready("free")
             d.create_ready("quiet")
             os.mkdir(d.sb("quiet", "procs", "p"))
@@ -203,10 +202,6 @@ class Saturation(harness.TestCase):
                 self.assertEqual(errors, [])
             d.destroy("free")
             d.destroy("quiet")
-        except BaseException:
-            d.force_cleanup()
-            raise
-        d.stop()
 
 
 class Shutdown(harness.TestCase):
