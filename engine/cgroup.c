@@ -9,8 +9,11 @@
  * cgroup v2 where the daemon's own group can delegate cpu and memory. Where
  * neither works, VMMs run without limits and the start-up log says so.
  *
- * A VMM is placed before it execs (the spawner waits for it), so nothing it
- * allocates is charged elsewhere. Its group is removed once it is reaped.
+ * A VMM is placed while it starts, before the spawn returns (so before its
+ * guest's memory is touched by a snapshot load or a boot): a v1 move waits
+ * for an RCU grace period, 10-30 ms here, which QEMU's own start-up hides.
+ * What QEMU allocates in its first milliseconds stays charged to the
+ * daemon's group. Its group is removed once it is reaped.
  * Groups of an earlier run of the same instance (a crash) are swept at
  * start: what is still in them is one of our VMMs by construction, so it is
  * killed and the group removed.

@@ -41,14 +41,6 @@ struct vmm {
 	size_t len;
 };
 
-static void fds_close_pair(int p[2])
-{
-	if (p[0] >= 0)
-		close(p[0]);
-	if (p[1] >= 0)
-		close(p[1]);
-}
-
 static int pidfd_open_(pid_t pid)
 {
 	return (int)syscall(SYS_pidfd_open, pid, 0);
@@ -205,40 +197,35 @@ struct spawn_failure {
 	int step;
 	int err;
 };
-static const char *const spawn_steps[] = { "wait for placement", "enter the network namespace",
-					   "make a private mount namespace", "set no_new_privs", "set up stdio",
-					   "exec" };
+static const char *const spawn_steps[] = { "enter the network namespace", "make a private mount namespace",
+					   "set no_new_privs", "set up stdio", "exec" };
 
 /*
  * The child between fork and exec: only system calls (the daemon is
- * multithreaded). It waits until the parent has placed it in its cgroups,
- * enters the slot's network namespace, makes its mount namespace private,
+ * multithreaded). It enters the slot's network namespace, makes its mount
+ * namespace private,
  * sets no_new_privs (so nothing it execs can gain privileges, and the seccomp
  * filter of -sandbox needs no privilege), resets signals, gets /dev/null as
  * stdin, the log as stdout and stderr, the snapshot as fd 3, and nothing else:
  * every other descriptor is close-on-exec.
  */
 static void __attribute__((noreturn)) spawn_child(const char *path, char **argv, const struct vmm_spec *s,
-						  int sync_r, int err_w)
+						  int err_w)
 {
 	struct spawn_failure f = { 0, 0 };
 	struct sigaction dfl = { .sa_handler = SIG_DFL };
 	sigset_t none;
-	char c;
 	int fd;
 
-	if (read(sync_r, &c, 1) != 1)
-		goto fail;
-	f.step = 1;
 	if (s->cfg->net && setns(s->netns_fd, CLONE_NEWNET) < 0)
 		goto fail;
-	f.step = 2;
+	f.step = 1;
 	if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
 		goto fail;
-	f.step = 3;
+	f.step = 2;
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
 		goto fail;
-	f.step = 4;
+	f.step = 3;
 	for (int sig = 1; sig < NSIG; sig++)
 		sigaction(sig, &dfl, NULL);
 	sigemptyset(&none);
@@ -258,7 +245,7 @@ static void __attribute__((noreturn)) spawn_child(const char *path, char **argv,
 		close(fd);
 	if (close_range(s->incoming_fd >= 0 ? 4 : 3, ~0U, CLOSE_RANGE_CLOEXEC) < 0)
 		goto fail;
-	f.step = 5;
+	f.step = 4;
 	execve(path, argv, environ);
 fail:
 	f.err = errno;
@@ -273,7 +260,7 @@ static int qemu_spawn(const char *binary, const struct vmm_spec *s, struct vmm *
 	_cleanup_free_ char *path = find_binary(binary);
 	struct args a = { .n = 0 };
 	struct spawn_failure f;
-	int sync_p[2] = { -1, -1 }, err_p[2] = { -1, -1 };
+	int err_p[2] = { -1, -1 };
 	ssize_t n;
 	int r;
 
@@ -281,36 +268,34 @@ static int qemu_spawn(const char *binary, const struct vmm_spec *s, struct vmm *
 		return !v ? -ENOMEM : -ENOENT;
 	v->qmp = -1;
 	v->pidfd = -1;
-	if (pipe2(sync_p, O_CLOEXEC) < 0 || pipe2(err_p, O_CLOEXEC) < 0) {
-		r = -errno;
-		fds_close_pair(sync_p);
-		return r;
-	}
+	if (pipe2(err_p, O_CLOEXEC) < 0)
+		return -errno;
 	build_args(binary, s, &a);
 	v->pid = fork();
 	if (v->pid == 0)
-		spawn_child(path, a.v, s, sync_p[0], err_p[1]);
+		spawn_child(path, a.v, s, err_p[1]);
 	r = v->pid < 0 ? -errno : 0;
 	args_free(&a);
-	close(sync_p[0]);
 	close(err_p[1]);
 	if (r < 0) {
-		close(sync_p[1]);
 		close(err_p[0]);
 		return r;
 	}
-	/* its own cgroups before it runs a single instruction of QEMU */
+	/*
+	 * Its own cgroups, while it starts: moving a process between v1 groups
+	 * waits for an RCU grace period (10-30 ms here), which a child waiting
+	 * for it would add to every spawn; QEMU's initialisation overlaps it,
+	 * and the guest's memory is touched only once the snapshot is loaded,
+	 * after this returns.
+	 */
 	r = cgroup_place(s->cgroups, s->cgroup_version, v->pid, s->cfg->vcpus, s->cfg->mem_mib, &v->cgdirs);
 	if (r < 0)
 		log_error("VMM %d: cannot place it in its cgroups: %s", v->pid, strerror(-r));
-	if (r == 0 && write(sync_p[1], "g", 1) != 1)
-		r = -errno;
-	close(sync_p[1]);
 	n = r == 0 ? read(err_p[0], &f, sizeof(f)) : 0;
 	close(err_p[0]);
 	if (r == 0 && n == (ssize_t)sizeof(f)) {
 		r = f.err ? -f.err : -EIO;
-		log_error("VMM: cannot %s: %s", spawn_steps[f.step < 6 ? f.step : 5], strerror(-r));
+		log_error("VMM: cannot %s: %s", spawn_steps[f.step < 5 ? f.step : 4], strerror(-r));
 	}
 	if (r < 0) {
 		kill(v->pid, SIGKILL);

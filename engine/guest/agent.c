@@ -521,6 +521,24 @@ static int root_switch(const char *dev)
 	return 0;
 }
 
+/*
+ * /etc/machine-id is a link to MACHINE_ID_RUN (tmpfs), made once at boot and
+ * so part of every snapshot's disk: an attach then writes its fresh id to
+ * memory, not to the disk journal, on the activation path.
+ */
+#define MACHINE_ID_RUN "/run/machine-id"
+
+static void machine_id_link(void)
+{
+	char target[64];
+	ssize_t n = readlink("/etc/machine-id", target, sizeof(target) - 1);
+
+	if (n == (ssize_t)strlen(MACHINE_ID_RUN) && memcmp(target, MACHINE_ID_RUN, (size_t)n) == 0)
+		return;
+	if ((unlink("/etc/machine-id") < 0 && errno != ENOENT) || symlink(MACHINE_ID_RUN, "/etc/machine-id") < 0)
+		agent_log("/etc/machine-id -> " MACHINE_ID_RUN ": %m");
+}
+
 static void init_root(void)
 {
 	static const struct {
@@ -541,6 +559,7 @@ static void init_root(void)
 		if (mount("tmpfs", tmpfs[i].dir, "tmpfs", MS_NOSUID | MS_NODEV, tmpfs[i].opts) < 0)
 			agent_log("mount %s: %m", tmpfs[i].dir);
 	}
+	machine_id_link();
 }
 
 static int net_lo_up(void)
@@ -1734,10 +1753,10 @@ static int attach_parse(struct request *rq, struct attach_spec *s)
 	return 0;
 }
 
-/* /etc/machine-id, replaced whole (a reader never sees half of one). */
+/* The machine id (MACHINE_ID_RUN, where /etc/machine-id points), replaced whole. */
 static int machine_id_write(const char *id)
 {
-	static const char tmp[] = "/etc/.machine-id.emberfs";
+	static const char tmp[] = MACHINE_ID_RUN ".tmp";
 	char line[33];
 	int fd;
 
@@ -1754,7 +1773,7 @@ static int machine_id_write(const char *id)
 		return -e;
 	}
 	close(fd);
-	if (rename(tmp, "/etc/machine-id") < 0) {
+	if (rename(tmp, MACHINE_ID_RUN) < 0) {
 		int e = errno;
 
 		unlink(tmp);
