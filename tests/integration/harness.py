@@ -300,12 +300,13 @@ class Daemon:
         """Our FUSE mount is there and answers (a stale one left by a crashed daemon does not count)."""
         if not any(mp == self.mount and fs.startswith("fuse") for mp, fs, _ in mounts()):
             return False
-        # mount ids are reused at once, so liveness decides: a stale mount answers ENOTCONN
+        # mount ids are reused at once, so liveness decides: a stale mount answers ENOTCONN.
+        # The device decides too: a stale mount detached between the two reads leaves
+        # the plain directory underneath, which stats fine but is not ours.
         try:
-            os.stat(self.mount)
+            return os.stat(self.mount).st_dev != os.stat(os.path.dirname(self.mount)).st_dev
         except OSError:
             return False
-        return True
 
     def _check_alive(self, what):
         if not self.alive():
