@@ -87,7 +87,8 @@ static void sweep_group(const char *dir)
 		poll(NULL, 0, 5);
 }
 
-static void sweep_base(const char *base)
+/* Sweeps every per-VMM group under base but those of the pids in keep (VMMs being re-adopted). */
+static void sweep_base(const char *base, const pid_t *keep, size_t n_keep)
 {
 	DIR *d = opendir(base);
 	struct dirent *de;
@@ -96,8 +97,13 @@ static void sweep_base(const char *base)
 		return;
 	while ((de = readdir(d))) {
 		_cleanup_free_ char *p = NULL;
+		bool kept = false;
 
 		if (de->d_type != DT_DIR || de->d_name[0] == '.')
+			continue;
+		for (size_t k = 0; k < n_keep && !kept; k++)
+			kept = atoi(de->d_name) == (int)keep[k];
+		if (kept)
 			continue;
 		p = strjoin(base, "/", de->d_name, NULL);
 		if (p)
@@ -149,7 +155,7 @@ static char *v2_base(const char *tag)
 	return base;
 }
 
-void cgroups_init(struct engine *e, const char *tag)
+void cgroups_init(struct engine *e, const char *tag, const pid_t *keep, size_t n_keep)
 {
 	char *cpu = v1_base("cpu", tag), *mem = v1_base("memory", tag);
 	size_t n = 0;
@@ -172,7 +178,7 @@ void cgroups_init(struct engine *e, const char *tag)
 	}
 	e->cgroups[n] = NULL;
 	for (size_t i = 0; i < n; i++)
-		sweep_base(e->cgroups[i]);
+		sweep_base(e->cgroups[i], keep, n_keep);
 	if (n)
 		log_info("VMM limits: cgroup v%d (%s%s%s)", e->cgroup_version, e->cgroups[0], n > 1 ? ", " : "",
 			 n > 1 ? e->cgroups[1] : "");
@@ -184,7 +190,7 @@ void cgroups_init(struct engine *e, const char *tag)
 void cgroups_fini(struct engine *e)
 {
 	for (size_t i = 0; e->cgroups[i]; i++) {
-		sweep_base(e->cgroups[i]);
+		sweep_base(e->cgroups[i], NULL, 0);
 		rmdir(e->cgroups[i]);
 		free(e->cgroups[i]);
 		e->cgroups[i] = NULL;
@@ -246,6 +252,27 @@ int cgroup_place(char *const *bases, int version, pid_t pid, unsigned vcpus, uns
 	}
 	*ret_dirs = dirs;
 	return 0;
+}
+
+char **cgroup_dirs_of(char *const *bases, pid_t pid)
+{
+	size_t n = 0, k = 0;
+	char name[32], **dirs;
+
+	while (bases && bases[n])
+		n++;
+	if (!n || !(dirs = calloc(n + 1, sizeof(*dirs))))
+		return NULL;
+	snprintf(name, sizeof(name), "/%d", (int)pid);
+	for (size_t i = 0; i < n; i++) {
+		char *d = strjoin(bases[i], name, NULL);
+
+		if (d && access(d, F_OK) == 0)
+			dirs[k++] = d;
+		else
+			free(d);
+	}
+	return dirs;
 }
 
 void cgroup_remove(char **dirs)

@@ -197,24 +197,18 @@ static int load_default_config(struct engine *e)
 /* A process recorded by an earlier run is ours only if pid and start time both match. */
 static void reap_recorded_vmm(const char *record)
 {
-	_cleanup_free_ char *text = NULL, *stat = NULL, *spath = NULL;
+	_cleanup_free_ char *text = NULL;
 	_cleanup_json_ json_object *o = NULL;
 	json_object *pv, *sv;
-	unsigned long long start = 0;
-	char *p;
+	unsigned long long start;
 	pid_t pid;
 
 	if (read_file(record, 1 << 16, &text, NULL) < 0 || !(o = json_tokener_parse(text)) ||
 	    !json_object_object_get_ex(o, "vmm_pid", &pv) || !json_object_object_get_ex(o, "vmm_start", &sv))
 		return;
 	pid = (pid_t)json_object_get_int(pv);
-	if (pid <= 1 || asprintf(&spath, "/proc/%d/stat", pid) < 0 || read_file(spath, 1 << 16, &stat, NULL) < 0)
-		return;
-	p = strrchr(stat, ')');
-	/* field 22 (starttime) is the 20th after the ")" */
-	for (int f = 0; p && f < 20; f++)
-		p = strchr(p + 1, ' ');
-	if (p && sscanf(p + 1, "%llu", &start) == 1 && start == (unsigned long long)json_object_get_int64(sv)) {
+	start = pid_start_time(pid);
+	if (pid > 1 && start && start == (unsigned long long)json_object_get_int64(sv)) {
 		log_warn("killing VMM pid %d left by an earlier run (%s)", pid, record);
 		kill(pid, SIGKILL);
 	}
@@ -223,7 +217,8 @@ static void reap_recorded_vmm(const char *record)
 /*
  * A VMM spawned just before a crash may have no record yet. Every VMM this
  * store ever ran names a file in it on its command line (its RAM file), so
- * any process whose command line contains the store's path is one of ours.
+ * any process whose command line contains the store's path is one of ours
+ * (unless it is being re-adopted).
  */
 static void reap_unrecorded_vmms(struct engine *e)
 {
@@ -236,7 +231,7 @@ static void reap_unrecorded_vmms(struct engine *e)
 		pid_t pid = (pid_t)atoi(de->d_name);
 		size_t len = 0;
 
-		if (pid <= 1 || pid == getpid() || asprintf(&path, "/proc/%d/cmdline", pid) < 0 ||
+		if (pid <= 1 || pid == getpid() || adopt_keeps_pid(e, pid) || asprintf(&path, "/proc/%d/cmdline", pid) < 0 ||
 		    read_file(path, 1 << 16, &cmd, &len) < 0)
 			continue;
 		for (size_t i = 0; i + 1 < len; i++)
@@ -251,7 +246,11 @@ static void reap_unrecorded_vmms(struct engine *e)
 		closedir(d);
 }
 
-/* Sandboxes do not outlive the daemon yet: finish what a crashed run left. */
+/*
+ * What a crashed run left and no sandbox is re-adopted with (adopt_scan
+ * decided): creates and destroys in flight, warm slots, files without a
+ * record. Their VMMs are killed, their directories removed.
+ */
 static void sweep_leftovers(struct engine *e)
 {
 	_cleanup_free_ char *vms = strjoin(e->store.root, "/vms", NULL);
@@ -260,18 +259,26 @@ static void sweep_leftovers(struct engine *e)
 	struct dirent *de;
 
 	while (d && (de = readdir(d))) {
-		_cleanup_free_ char *rec = NULL;
+		_cleanup_free_ char *dir = NULL, *rec = NULL;
 
-		if (de->d_name[0] != '.' && (rec = strjoin(vms, "/", de->d_name, "/record.json", NULL)))
+		if (de->d_name[0] == '.' || !(dir = strjoin(vms, "/", de->d_name, NULL)) || adopt_keeps_dir(e, dir))
+			continue;
+		if ((rec = strjoin(dir, "/record.json", NULL)))
 			reap_recorded_vmm(rec);
+		rm_rf(dir);
 	}
 	if (d)
 		closedir(d);
 	reap_unrecorded_vmms(e);
-	if (vms)
-		rm_rf(vms);
-	if (run)
-		rm_rf(run);
+	d = run ? opendir(run) : NULL;
+	while (d && (de = readdir(d))) {
+		_cleanup_free_ char *p = NULL;
+
+		if (de->d_name[0] != '.' && !adopt_keeps_run(e, de->d_name) && (p = strjoin(run, "/", de->d_name, NULL)))
+			rm_rf(p);
+	}
+	if (d)
+		closedir(d);
 }
 
 static void digests_load(struct engine *e);
@@ -314,6 +321,7 @@ static int engine_setup(struct engine *e, const struct engine_options *o)
 	}
 	if (!e->store.reflink)
 		log_warn("store %s cannot reflink: clones are full copies (reported in every status)", e->store.root);
+	adopt_scan(e);
 	sweep_leftovers(e);
 	{
 		struct sha256_ctx c;
@@ -328,13 +336,21 @@ static int engine_setup(struct engine *e, const struct engine_options *o)
 		memcpy(e->tag, d, 4);
 		e->tag[4] = '\0';
 	}
-	cgroups_init(e, e->tag);
+	{
+		_cleanup_free_ pid_t *keep = NULL;
+		size_t n = adopt_pids(e, &keep);
+
+		cgroups_init(e, e->tag, keep, n);
+	}
 	if (o->net) {
 		struct netpool_options no = { .range = o->net_range, .depth = o->net_pool, .egress = !o->net_no_egress };
 		_cleanup_free_ char *nerr = NULL;
+		_cleanup_free_ unsigned *keep = NULL;
 		const char *tag = e->tag;
 
 		no.tag = tag;
+		no.n_keep = adopt_net_indexes(e, &keep);
+		no.keep = keep;
 		r = netpool_new(&no, &e->net, &nerr);
 		if (r < 0) {
 			log_error("networking: %s", nerr ? nerr : strerror(-r));
@@ -432,6 +448,8 @@ int engine_new(const struct engine_options *opts, struct engine **ret)
 	r = engine_setup(e, &e->opts);
 	if (r < 0 || (r = load_templates(e)) < 0)
 		goto fail;
+	/* sandboxes an earlier run left, before anything new starts */
+	adopt_all(e);
 	/* The default template follows --image-dir: a rebuilt image is a new identity. */
 	t = e->default_config ? engine_template_get(e, "default") : NULL;
 	if (t) {
@@ -468,6 +486,7 @@ void engine_free(struct engine *e)
 	pthread_mutex_lock(&e->lock);
 	e->shutting_down = true;
 	pthread_mutex_unlock(&e->lock);
+	adopt_clear(e);
 	engine_idler_stop(e);
 	/* Templates destroy their sandboxes and join their bakes. */
 	for (size_t i = 0; i < e->n_templates; i++)

@@ -20,7 +20,7 @@ static inline void json_object_putp(json_object **o)
 /* ---- timings ---- */
 #define MAX_PHASES 16
 struct phase {
-	const char *name;
+	char name[16];
 	double ms;
 };
 struct timings {
@@ -33,6 +33,8 @@ void timings_start(struct timings *t);
 void timings_lap(struct timings *t, const char *name);
 double timings_total(const struct timings *t);
 json_object *timings_json(const struct timings *t);
+/* The phases of a timings_json object (a record's), in order; the clock mark is now. */
+void timings_from_json(struct timings *t, json_object *o);
 /* A millisecond figure as JSON, printed with 3 decimals. */
 json_object *ms_json(double ms);
 char *timings_lines(const struct timings *t);
@@ -132,13 +134,26 @@ struct vmm_ops {
 	pid_t (*pid)(struct vmm *v);
 	/* False once the process has exited (not reaped yet, or reaped). */
 	bool (*alive)(struct vmm *v);
-	/* Waits for the process to exit (blocking); returns a wait status. */
+	/*
+	 * Waits for the process to exit (blocking); returns its exit code, 128 +
+	 * the signal, or VMM_STATUS_UNKNOWN for an adopted VMM (not our child:
+	 * its status went to whoever reaps it).
+	 */
 	int (*wait_exit)(struct vmm *v);
+	/*
+	 * A VMM an earlier run of the daemon started: pidfd is the process
+	 * (checked against its start time by the caller), taken with cgdirs;
+	 * connect it before use.
+	 */
+	int (*adopt)(pid_t pid, int pidfd, const char *qmp_path, char **cgdirs, struct vmm **ret);
 	/* SIGKILL (idempotent). */
 	void (*kill)(struct vmm *v);
 	void (*free)(struct vmm *v);
 };
 extern const struct vmm_ops qemu_ops;
+#define VMM_STATUS_UNKNOWN 1000
+/* "signal 9", "status 1" or "status unknown (re-adopted VMM)" for messages. */
+const char *vmm_status_str(int st, char *buf, size_t len);
 #define RESTORE_CAPABILITY "qemu-x-ignore-shared-v1"
 
 /* ---- engine objects ---- */
@@ -194,7 +209,40 @@ const char *slot_state_name(enum slot_state s);
 void slot_free(struct engine *e, struct slot *sl);
 void slots_free_list(struct engine *e, struct slot *list);
 bool slot_matches(const struct template *t, const struct slot *sl);
+/* ---- records and re-adoption (record.c) ---- */
+/* A warm slot's record (no sandbox name: never re-adopted). */
 int record_write(const char *dir, const char *tpl, const char *name, pid_t pid, const char *rundir);
+/* The start time of a process (/proc/PID/stat field 22), 0 if it is gone. */
+unsigned long long pid_start_time(pid_t pid);
+/*
+ * Writes the sandbox's record (temporary file + rename) from its current
+ * state; call it after every change that matters to a restart (VMM, state).
+ * e->lock not held.
+ */
+int sandbox_record_save(struct sandbox *s);
+/* Destroy: the directory is going; no record is written after this. */
+void sandbox_record_drop(struct sandbox *s);
+/*
+ * Start-up, before the sweep: reads every record and keeps those a restart
+ * re-adopts (ready and paused sandboxes whose VMM is the same process — pid
+ * and start time —, hibernated, stopped and failed ones).
+ */
+void adopt_scan(struct engine *e);
+/* Is this per-VM directory, run directory or pid kept for re-adoption? */
+bool adopt_keeps_dir(const struct engine *e, const char *dir);
+bool adopt_keeps_run(const struct engine *e, const char *name);
+bool adopt_keeps_pid(const struct engine *e, pid_t pid);
+/* The pids and network slots kept (for the cgroup and netpool sweeps); malloc'd. */
+size_t adopt_pids(const struct engine *e, pid_t **ret);
+size_t adopt_net_indexes(const struct engine *e, unsigned **ret);
+/*
+ * Once the templates are loaded: re-adopts what adopt_scan kept, in
+ * parallel, each within a time budget; what cannot be re-adopted becomes a
+ * failed sandbox with the reason, its VMM killed.
+ */
+void adopt_all(struct engine *e);
+/* Forgets what adopt_scan kept (adopt_all does it when done; an engine failing to start before). */
+void adopt_clear(struct engine *e);
 /* Detaches slots that must not be served (stale, dead, aged, excess). e->lock held. */
 struct slot *pool_take_unfit(struct template *t);
 /*
@@ -326,6 +374,11 @@ struct sandbox {
 	atomic_uint_fast64_t status_seq;
 	size_t n_procs;
 	int fork_result;  /* e->lock: and how it went */
+
+	/* its record (record.c) */
+	pthread_mutex_t record_lock; /* one writer at a time, and none once destroy removed the directory */
+	bool record_gone;
+	unsigned adoptions; /* e->lock: daemon restarts it was re-adopted across */
 };
 
 /* Latency histograms for the metrics file (e->lock). */
@@ -381,6 +434,8 @@ struct engine {
 	uint64_t pool_budget_mib; /* resolved from the options (host memory) */
 	unsigned pool_max_slots;
 	uint64_t last_plan_ns;	  /* the idler runs the capacity controller about once a second */
+	struct adoptee *adoptees; /* start-up only: what an earlier run left to re-adopt (record.c) */
+	size_t n_adoptees;
 	engine_event_fn event_fn; /* set before the mount serves */
 	void *event_arg;
 };
@@ -422,11 +477,14 @@ void template_set_state(struct template *t, enum template_state st);
 void engine_emit(struct engine *e, uint64_t id, json_object *o); /* takes o; adds "time" */
 
 /* VMM cgroups (cgroup.c). */
-void cgroups_init(struct engine *e, const char *tag);
+/* Finds or makes the instance's groups and sweeps an earlier run's, but the groups of the pids in keep. */
+void cgroups_init(struct engine *e, const char *tag, const pid_t *keep, size_t n_keep);
 void cgroups_fini(struct engine *e);
 /* Makes pid's own groups under bases, with its limits, and moves it in; *ret_dirs for cgroup_remove. */
 int cgroup_place(char *const *bases, int version, pid_t pid, unsigned vcpus, unsigned mem_mib, char ***ret_dirs);
 void cgroup_remove(char **dirs);
+/* The existing groups of pid under bases (a re-adopted VMM's), for cgroup_remove; NULL if none. */
+char **cgroup_dirs_of(char *const *bases, pid_t pid);
 
 /* The process state letter from /proc/PID/stat ('R', 'S', 'T', 'Z', ...), or 0. */
 char proc_state(pid_t pid);

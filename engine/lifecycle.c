@@ -73,15 +73,17 @@ void sandbox_supervise(struct sandbox *s)
 	}
 	pthread_mutex_unlock(&e->lock);
 	if (failed) {
+		char how[96];
+
 		pthread_mutex_lock(&e->lock);
 		/* the VMM exiting on its own fails the sandbox, with the reason */
-		if (!s->error && asprintf(&s->error, "VMM exited unexpectedly (%s %d)", st >= 128 ? "signal" : "status",
-					  st >= 128 ? st - 128 : st) < 0)
+		if (!s->error && asprintf(&s->error, "VMM exited unexpectedly (%s)", vmm_status_str(st, how, sizeof(how))) < 0)
 			s->error = NULL;
 		if (sandbox_state_next(s->state, SB_EV_FAILED) == SB_FAILED)
 			sandbox_set_state(s, SB_FAILED);
 		pthread_cond_broadcast(&s->cond);
 		pthread_mutex_unlock(&e->lock);
+		sandbox_record_save(s);
 		log_warn("sandbox %s/%s failed: %s", s->tpl->name, s->name, s->error ? s->error : "?");
 	}
 }
@@ -117,6 +119,8 @@ static int transition(struct sandbox *s, enum sandbox_event ev)
 		pthread_cond_broadcast(&s->cond);
 	}
 	pthread_mutex_unlock(&s->e->lock);
+	if (next >= 0)
+		sandbox_record_save(s);
 	return next < 0 ? next : 0;
 }
 
@@ -169,7 +173,7 @@ static int retire_vmm(struct sandbox *s)
 	agent_shutdown(ac);
 	agent_free(ac);
 	e->vmm->free(v); /* reaped by the supervisor already */
-	record_write(s->dir, s->tpl->name, s->name, 0, s->rundir);
+	sandbox_record_save(s);
 	return 0;
 }
 
@@ -241,7 +245,7 @@ static int run_own_vmm(struct sandbox *s, const char *mem, int state_fd, const c
 		e->vmm->kill(v);
 	pthread_cond_broadcast(&s->cond); /* the supervisor watches it from now on */
 	pthread_mutex_unlock(&e->lock);
-	record_write(s->dir, s->tpl->name, s->name, s->vmm_pid, s->rundir);
+	sandbox_record_save(s);
 	if ((r = e->vmm->connect(v, QMP_TIMEOUT_MS, &s->cancel)) < 0)
 		return r;
 	if (state_fd >= 0) {
@@ -381,6 +385,7 @@ static int op_wake(struct sandbox *s)
 			sandbox_set_state(s, SB_FAILED);
 		pthread_cond_broadcast(&s->cond);
 		pthread_mutex_unlock(&e->lock);
+		sandbox_record_save(s);
 		return r;
 	}
 	unlink(state);

@@ -34,6 +34,7 @@ struct vmm {
 	bool exited;
 	bool incoming; /* restore: started with -incoming defer */
 	bool resumed;  /* a RESUME event was seen */
+	bool adopted;  /* started by an earlier run: not our child */
 	int status; /* exit code, or 128 + signal */
 	char *qmp_path;
 	char **cgdirs; /* its cgroups, removed once it is reaped */
@@ -590,6 +591,13 @@ static int qemu_wait_exit(struct vmm *v)
 
 	if (v->exited)
 		return v->status;
+	if (v->adopted) {
+		while (!vmm_dead(v, -1))
+			;
+		v->status = VMM_STATUS_UNKNOWN;
+		v->exited = true;
+		return v->status;
+	}
 	while (waitid(P_PIDFD, (id_t)v->pidfd, &si, WEXITED) < 0)
 		if (errno != EINTR)
 			return -errno;
@@ -621,6 +629,32 @@ static void qemu_free(struct vmm *v)
 	free(v);
 }
 
+static int qemu_adopt(pid_t pid, int pidfd, const char *qmp_path, char **cgdirs, struct vmm **ret)
+{
+	struct vmm *v = calloc(1, sizeof(*v));
+
+	if (!v || !(v->qmp_path = strdup(qmp_path))) {
+		free(v);
+		return -ENOMEM;
+	}
+	v->pid = pid;
+	v->pidfd = pidfd;
+	v->qmp = -1;
+	v->adopted = true;
+	v->cgdirs = cgdirs;
+	*ret = v;
+	return 0;
+}
+
+const char *vmm_status_str(int st, char *buf, size_t len)
+{
+	if (st == VMM_STATUS_UNKNOWN)
+		snprintf(buf, len, "status unknown: a VMM re-adopted after a daemon restart");
+	else
+		snprintf(buf, len, "%s %d", st >= 128 ? "signal" : "status", st >= 128 ? st - 128 : st);
+	return buf;
+}
+
 const struct vmm_ops qemu_ops = {
 	.name = "qemu",
 	.version = qemu_version,
@@ -637,4 +671,5 @@ const struct vmm_ops qemu_ops = {
 	.wait_exit = qemu_wait_exit,
 	.kill = qemu_kill,
 	.free = qemu_free,
+	.adopt = qemu_adopt,
 };

@@ -94,6 +94,7 @@ void sandbox_unref(struct sandbox *s)
 	free(s->error);
 	pthread_cond_destroy(&s->cond);
 	pthread_mutex_destroy(&s->op_lock);
+	pthread_mutex_destroy(&s->record_lock);
 	free(s->ctl_error);
 	free(s->fork_of);
 	free(s->procs);
@@ -196,6 +197,7 @@ static void sb_fail(struct sandbox *s, const char *fmt, ...)
 		s->error = TAKE_PTR(m);
 	w = apply_event(s, SB_EV_FAILED);
 	pthread_mutex_unlock(&s->e->lock);
+	sandbox_record_save(s);
 	if (w || s->state == SB_FAILED)
 		log_warn("sandbox %s/%s failed: %s", s->tpl->name, s->name, s->error ? s->error : "?");
 	free(m);
@@ -276,40 +278,6 @@ static int job_prepare_cold(struct job *j)
 	return j->disk ? template_clone_rootfs(j->s->tpl, j->cfg.rootfs, j->disk, &j->method) : 0;
 }
 
-static unsigned long long proc_start_time(pid_t pid)
-{
-	_cleanup_free_ char *path = NULL, *stat = NULL;
-	unsigned long long start = 0;
-	char *p;
-
-	if (asprintf(&path, "/proc/%d/stat", pid) < 0 || read_file(path, 1 << 16, &stat, NULL) < 0)
-		return 0;
-	p = strrchr(stat, ')');
-	for (int f = 0; p && f < 20; f++)
-		p = strchr(p + 1, ' ');
-	if (!p || sscanf(p + 1, "%llu", &start) != 1)
-		return 0;
-	return start;
-}
-
-/* The record lets a restarted daemon find (and, for now, reap) what this run left. */
-int record_write(const char *dir, const char *tpl, const char *name, pid_t pid, const char *rundir)
-{
-	_cleanup_free_ char *p = strjoin(dir, "/record.json", NULL);
-	_cleanup_json_ json_object *o = json_object_new_object();
-	const char *txt;
-
-	if (!p || !o)
-		return -ENOMEM;
-	json_object_object_add(o, "template", json_object_new_string(tpl));
-	json_object_object_add(o, "name", name ? json_object_new_string(name) : NULL);
-	json_object_object_add(o, "vmm_pid", json_object_new_int(pid));
-	json_object_object_add(o, "vmm_start", json_object_new_int64((int64_t)proc_start_time(pid)));
-	json_object_object_add(o, "run_dir", json_object_new_string(rundir));
-	txt = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY);
-	return write_file_atomic(p, txt, strlen(txt), false);
-}
-
 static int job_spawn(struct job *j)
 {
 	struct sandbox *s = j->s;
@@ -350,7 +318,7 @@ static int job_spawn(struct job *j)
 	if (atomic_load(&s->cancel))
 		e->vmm->kill(v);
 	pthread_mutex_unlock(&e->lock);
-	record_write(s->dir, s->tpl->name, s->name, s->vmm_pid, s->rundir);
+	sandbox_record_save(s);
 	return e->vmm->connect(v, QMP_TIMEOUT_MS, &s->cancel);
 }
 
@@ -465,7 +433,7 @@ static int job_paths(struct job *j)
 	if (!j->mem || !j->disk || !j->qmp || !j->agent_sock || !j->log)
 		return -ENOMEM;
 	/* the record first (no VMM yet), then what it accounts for */
-	if (mkdir_p(s->dir, 0700) < 0 || record_write(s->dir, s->tpl->name, s->name, 0, s->rundir) < 0 ||
+	if (mkdir_p(s->dir, 0700) < 0 || sandbox_record_save(s) < 0 ||
 	    mkdir_p(s->rundir, 0700) < 0)
 		return -EIO;
 	return 0;
@@ -563,7 +531,7 @@ static int run_warm(struct job *j, const char **step)
 	free(sl->rundir);
 	free(sl);
 	/* the record names the sandbox before the guest is its */
-	record_write(s->dir, s->tpl->name, s->name, s->vmm_pid, s->rundir);
+	sandbox_record_save(s);
 	/* the attach waits in the paused guest's queue; the resume starts it */
 	*step = "activation (resume, attach)";
 	r = sandbox_attach(j->s, AGENT_WARM_TIMEOUT_MS, warm_resume, s);
@@ -756,10 +724,11 @@ static void *sandbox_main(void *arg)
 			poll(NULL, 0, 5);
 		if (!atomic_load(&s->cancel) && s->vmm && !e->vmm->alive(s->vmm)) {
 			/* the VMM died under the create: say so, not what the next call saw */
+			char how[96];
 			int st = e->vmm->wait_exit(s->vmm);
 
-			sb_fail(s, "create failed at %s: the VMM exited (%s %d) (see console and %s/vmm.log)", step,
-				st >= 128 ? "signal" : "status", st >= 128 ? st - 128 : st, s->dir);
+			sb_fail(s, "create failed at %s: the VMM exited (%s) (see console and %s/vmm.log)", step,
+				vmm_status_str(st, how, sizeof(how)), s->dir);
 		} else if (!atomic_load(&s->cancel)) {
 			sb_fail(s, "create failed at %s: %s (see console and %s/vmm.log)", step, strerror(-r), s->dir);
 		}
@@ -788,6 +757,8 @@ static void *sandbox_main(void *arg)
 			}
 		}
 		pthread_mutex_unlock(&e->lock);
+		/* on disk before anyone is told: a restart from here on re-adopts it */
+		sandbox_record_save(s);
 		log_info("sandbox %s/%s ready via %s in %.1f ms", s->tpl->name, s->name, s->path,
 			 timings_total(&s->timings));
 		run_waiters(w, 0);
@@ -828,6 +799,7 @@ int sandbox_create_internal(struct engine *e, struct template *t, const char *na
 	s->state = SB_CREATING;
 	pthread_cond_init(&s->cond, NULL);
 	pthread_mutex_init(&s->op_lock, NULL);
+	pthread_mutex_init(&s->record_lock, NULL);
 	timings_start(&s->timings);
 	clock_gettime(CLOCK_REALTIME, &now);
 	s->created_realtime_ms = (uint64_t)now.tv_sec * 1000 + (uint64_t)now.tv_nsec / 1000000;
@@ -939,6 +911,7 @@ int engine_sandbox_destroy(struct engine *e, struct template *t, const char *nam
 	if (s->net)
 		netpool_release(e->net, TAKE_PTR(s->net));
 	/* the record's directory is the anchor: made first, removed last */
+	sandbox_record_drop(s);
 	rm_rf(s->rundir);
 	rm_rf(s->dir);
 
@@ -1051,6 +1024,7 @@ char *sandbox_render_status(struct sandbox *s)
 				 ms_json(ns_to_ms(now_ns() - s->active_ns)) : NULL);
 	json_object_object_add(o, "idle_hibernations", json_object_new_int64((int64_t)s->idle_hibernations));
 	json_object_object_add(o, "ctl_error", s->ctl_error ? json_object_new_string(s->ctl_error) : NULL);
+	json_object_object_add(o, "adoptions", json_object_new_int((int)s->adoptions));
 	pthread_mutex_unlock(&e->lock);
 	txt = strjoin(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE),
 		      "\n", NULL);

@@ -106,13 +106,8 @@ int template_load_bake(struct template *t)
 		b.mem_size = (uint64_t)json_object_get_int64(v);
 	if (json_object_object_get_ex(o, "baked_at", &v))
 		b.baked_at = strdup(json_object_get_string(v));
-	if (json_object_object_get_ex(o, "timings", &tm)) {
-		static const char *const names[] = { "queue", "prepare", "spawn", "boot", "snapshot", "sync" };
-
-		for (size_t i = 0; i < ARRAY_SIZE(names); i++)
-			if (json_object_object_get_ex(tm, names[i], &v) && b.timings.n < MAX_PHASES)
-				b.timings.p[b.timings.n++] = (struct phase){ names[i], json_object_get_double(v) };
-	}
+	if (json_object_object_get_ex(o, "timings", &tm))
+		timings_from_json(&b.timings, tm);
 	bake_info_clear(&t->bake);
 	t->bake = b;
 	t->has_bake = true;

@@ -16,7 +16,7 @@ void timings_lap(struct timings *t, const char *name)
 	uint64_t now = now_ns();
 
 	if (t->n < MAX_PHASES) {
-		t->p[t->n].name = name;
+		snprintf(t->p[t->n].name, sizeof(t->p[t->n].name), "%s", name);
 		t->p[t->n].ms = ns_to_ms(now - t->mark);
 		t->n++;
 	}
@@ -47,6 +47,20 @@ json_object *timings_json(const struct timings *t)
 	for (unsigned i = 0; i < t->n; i++)
 		json_object_object_add(o, t->p[i].name, ms_json(t->p[i].ms));
 	return o;
+}
+
+void timings_from_json(struct timings *t, json_object *o)
+{
+	timings_start(t);
+	if (!json_object_is_type(o, json_type_object))
+		return;
+	json_object_object_foreach(o, k, v) {
+		if (t->n == MAX_PHASES || (!json_object_is_type(v, json_type_double) && !json_object_is_type(v, json_type_int)))
+			break;
+		snprintf(t->p[t->n].name, sizeof(t->p[t->n].name), "%s", k);
+		t->p[t->n].ms = json_object_get_double(v);
+		t->n++;
+	}
 }
 
 char *timings_lines(const struct timings *t)

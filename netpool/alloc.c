@@ -93,6 +93,15 @@ int np_alloc_put(struct np_alloc *a, unsigned index)
 	return 0;
 }
 
+int np_alloc_take(struct np_alloc *a, unsigned index)
+{
+	if (index >= a->n || (a->bits[index / 64] & (1ull << (index % 64))))
+		return -EINVAL;
+	a->bits[index / 64] |= 1ull << (index % 64);
+	a->used++;
+	return 0;
+}
+
 uint32_t np_alloc_host_addr(const struct np_alloc *a, unsigned index)
 {
 	return a->base + 4 * index + 1;

@@ -58,6 +58,10 @@ struct netpool {
 	uint64_t built, destroyed, claims, claims_built, build_failed;
 	double build_ms_last, claim_ms_last;
 	char *error; /* last build failure */
+	/* slots of an earlier run kept for re-adoption (options.keep): index, and taken yet */
+	unsigned *kept;
+	bool *kept_taken;
+	size_t n_kept;
 };
 
 static pthread_mutex_t nft_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -426,6 +430,15 @@ static int slot_inside(struct netpool *p, struct netslot *s, char **ret_error)
 	return r < 0 ? r : 0;
 }
 
+static void slot_names(struct netpool *p, struct netslot *s, unsigned index)
+{
+	s->index = index;
+	snprintf(s->netns, sizeof(s->netns), "ef%s-%u", p->tag, index);
+	snprintf(s->host_if, sizeof(s->host_if), "ef%sh%u", p->tag, index);
+	addr_str(np_alloc_host_addr(&p->alloc, index), s->host_addr);
+	addr_str(np_alloc_inside_addr(&p->alloc, index), s->addr);
+}
+
 int netpool_build(struct netpool *p, struct netslot **ret, char **ret_error)
 {
 	struct netslot *s = calloc(1, sizeof(*s));
@@ -445,11 +458,7 @@ int netpool_build(struct netpool *p, struct netslot **ret, char **ret_error)
 		free(s);
 		return idx;
 	}
-	s->index = (unsigned)idx;
-	snprintf(s->netns, sizeof(s->netns), "ef%s-%u", p->tag, s->index);
-	snprintf(s->host_if, sizeof(s->host_if), "ef%sh%u", p->tag, s->index);
-	addr_str(np_alloc_host_addr(&p->alloc, s->index), s->host_addr);
-	addr_str(np_alloc_inside_addr(&p->alloc, s->index), s->addr);
+	slot_names(p, s, (unsigned)idx);
 	/* the anchor first: the namespace */
 	r = netns_create(s->netns, &s->netns_fd);
 	if (r < 0)
@@ -567,6 +576,41 @@ int netpool_claim(struct netpool *p, struct netslot **ret, bool *ret_built, char
 	return 0;
 }
 
+int netpool_adopt(struct netpool *p, unsigned index, struct netslot **ret, char **ret_error)
+{
+	struct netslot *s = calloc(1, sizeof(*s));
+	char path[sizeof(NETNS_DIR) + 64];
+	size_t k;
+
+	if (!s)
+		return -ENOMEM; /* the kept slot stays untaken: netpool_free removes it */
+	pthread_mutex_lock(&p->lock);
+	for (k = 0; k < p->n_kept && (p->kept[k] != index || p->kept_taken[k]); k++)
+		;
+	if (k < p->n_kept) {
+		p->kept_taken[k] = true;
+		p->in_use++;
+	}
+	pthread_mutex_unlock(&p->lock);
+	if (k == p->n_kept) {
+		set_error(ret_error, "network slot %u was not kept from the earlier run", index);
+		free(s);
+		return -EINVAL;
+	}
+	slot_names(p, s, index);
+	snprintf(path, sizeof(path), NETNS_DIR "/%s", s->netns);
+	s->netns_fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (s->netns_fd < 0) {
+		int r = -errno;
+
+		set_error(ret_error, "network slot %s of the earlier run: %s", s->netns, strerror(-r));
+		netpool_release(p, s); /* its remains, if any, go */
+		return r;
+	}
+	*ret = s;
+	return 0;
+}
+
 void netpool_release(struct netpool *p, struct netslot *s)
 {
 	if (!s)
@@ -599,7 +643,27 @@ char *netpool_status_json(struct netpool *p)
 
 /* ---- start and stop ---- */
 
-/* What an earlier run of this instance left: namespaces, host links, the host table. */
+static bool is_kept(const struct netpool *p, const char *name, const char *prefix)
+{
+	size_t l = strlen(prefix);
+	char *end;
+	unsigned long i;
+
+	if (strncmp(name, prefix, l) != 0 || !name[l])
+		return false;
+	i = strtoul(name + l, &end, 10);
+	if (*end)
+		return false;
+	for (size_t k = 0; k < p->n_kept; k++)
+		if (p->kept[k] == i)
+			return true;
+	return false;
+}
+
+/*
+ * What an earlier run of this instance left: namespaces, host links, the host
+ * table; the slots kept for re-adoption stay (the host table is made again).
+ */
 static void sweep(struct netpool *p)
 {
 	char prefix[16], hprefix[16], cmd[128];
@@ -614,7 +678,7 @@ static void sweep(struct netpool *p)
 		for (struct nl_object *o = nl_cache_get_first(cache); o; o = nl_cache_get_next(o)) {
 			const char *n = rtnl_link_get_name((struct rtnl_link *)o);
 
-			if (n && strncmp(n, hprefix, strlen(hprefix)) == 0) {
+			if (n && strncmp(n, hprefix, strlen(hprefix)) == 0 && !is_kept(p, n, hprefix)) {
 				fprintf(stderr, "emberfs: netpool: removing link %s left by an earlier run\n", n);
 				link_delete(sk, n);
 			}
@@ -622,7 +686,7 @@ static void sweep(struct netpool *p)
 		nl_cache_free(cache);
 	}
 	while (d && (de = readdir(d)))
-		if (strncmp(de->d_name, prefix, strlen(prefix)) == 0) {
+		if (strncmp(de->d_name, prefix, strlen(prefix)) == 0 && !is_kept(p, de->d_name, prefix)) {
 			fprintf(stderr, "emberfs: netpool: removing netns %s left by an earlier run\n", de->d_name);
 			netns_remove(de->d_name);
 		}
@@ -640,7 +704,16 @@ static void sweep(struct netpool *p)
 	}
 }
 
-/* The range must not overlap any route or address the host has (default routes aside). */
+/* Within the /30 of a slot kept from the earlier run (its host end's routes)? */
+static bool kept_route(const struct netpool *p, uint32_t a, unsigned plen)
+{
+	for (size_t k = 0; plen >= 30 && k < p->n_kept; k++)
+		if ((a & ~3u) == np_alloc_host_addr(&p->alloc, p->kept[k]) - 1)
+			return true;
+	return false;
+}
+
+/* The range must not overlap any route or address the host has (default routes aside, kept slots'). */
 static int check_overlap(struct netpool *p, char **ret_error)
 {
 	struct nl_sock *sk = nl_open();
@@ -663,6 +736,8 @@ static int check_overlap(struct netpool *p, char **ret_error)
 		if (!dst || plen == 0 || nl_addr_get_len(dst) != 4)
 			continue;
 		memcpy(&a, nl_addr_get_binary_addr(dst), 4);
+		if (kept_route(p, ntohl(a), plen))
+			continue; /* a kept slot's own */
 		if (np_overlap(ntohl(a), plen, p->alloc.base, p->alloc.prefix)) {
 			set_error(ret_error, "network range %s overlaps the host's route %s (table %u): choose another with --net-range",
 				  p->range, nl_addr2str(dst, buf, sizeof(buf)), rtnl_route_get_table(rt));
@@ -722,6 +797,19 @@ int netpool_new(const struct netpool_options *o, struct netpool **ret, char **re
 		r = -EINVAL;
 		goto fail;
 	}
+	if (o->n_keep && (!(p->kept = calloc(o->n_keep, sizeof(*p->kept))) ||
+			  !(p->kept_taken = calloc(o->n_keep, sizeof(*p->kept_taken))))) {
+		r = -ENOMEM;
+		goto fail;
+	}
+	for (size_t k = 0; k < o->n_keep; k++)
+		if (np_alloc_take(&p->alloc, o->keep[k]) == 0)
+			p->kept[p->n_kept++] = o->keep[k];
+		else
+			fprintf(stderr, "emberfs: netpool: slot %u of an earlier run is outside %s or kept twice: not kept\n",
+				o->keep[k], p->range);
+	p->o.keep = NULL;
+	p->o.n_keep = 0;
 	if (access("/dev/net/tun", R_OK | W_OK) < 0) {
 		set_error(ret_error, "/dev/net/tun: %s", strerror(errno));
 		r = -errno;
@@ -774,6 +862,13 @@ void netpool_free(struct netpool *p)
 		p->doomed = s->next;
 		netpool_destroy(p, s);
 	}
+	/* kept for re-adoption but never taken */
+	for (size_t k = 0; k < p->n_kept; k++)
+		if (!p->kept_taken[k] && (s = calloc(1, sizeof(*s)))) {
+			s->netns_fd = -1;
+			slot_names(p, s, p->kept[k]);
+			netpool_destroy(p, s);
+		}
 	if (p->alloc.bits) {
 		snprintf(cmd, sizeof(cmd), "delete table ip emberfs_%s\n", p->tag);
 		nft_run(cmd, &ignored);
@@ -782,6 +877,8 @@ void netpool_free(struct netpool *p)
 	if (p->forward_saved == 0)
 		set_ip_forward(0);
 	np_alloc_free(&p->alloc);
+	free(p->kept);
+	free(p->kept_taken);
 	pthread_mutex_destroy(&p->lock);
 	pthread_cond_destroy(&p->cond);
 	free(p->error);

@@ -50,6 +50,8 @@ void np_alloc_free(struct np_alloc *a);
 int np_alloc_get(struct np_alloc *a);
 /* -EINVAL if not in use. */
 int np_alloc_put(struct np_alloc *a, unsigned index);
+/* Marks a given index in use (a slot kept from an earlier run); -EINVAL if out of range or in use. */
+int np_alloc_take(struct np_alloc *a, unsigned index);
 /* Host end (.1) and inside (.2) addresses of a slot, host byte order. */
 uint32_t np_alloc_host_addr(const struct np_alloc *a, unsigned index);
 uint32_t np_alloc_inside_addr(const struct np_alloc *a, unsigned index);
@@ -73,6 +75,13 @@ struct netpool_options {
 	const char *tag;      /* 4 lowercase hex digits naming this instance */
 	unsigned depth;	      /* slots kept ready */
 	bool egress;	      /* slots may reach the world through the host's NAT */
+	/*
+	 * Slots an earlier run of this instance left in use by sandboxes being
+	 * re-adopted: the start-up sweep keeps them, and each must then be
+	 * taken with netpool_adopt (or is lost until the next start).
+	 */
+	const unsigned *keep;
+	size_t n_keep;
 };
 
 struct netpool;
@@ -81,6 +90,12 @@ int netpool_new(const struct netpool_options *o, struct netpool **ret, char **re
 void netpool_free(struct netpool *p);
 /* A ready slot, or one built now (*ret_built true) if none is ready. */
 int netpool_claim(struct netpool *p, struct netslot **ret, bool *ret_built, char **ret_error);
+/*
+ * A slot kept from an earlier run (options.keep), claimed as if built now:
+ * its namespace is opened again. -ENOENT if it is gone, -EINVAL if the
+ * index was not kept. Release it like any other.
+ */
+int netpool_adopt(struct netpool *p, unsigned index, struct netslot **ret, char **ret_error);
 /* Gives a claimed slot back: destroyed in the background. NULL is a no-op. */
 void netpool_release(struct netpool *p, struct netslot *s);
 /* Moves the calling thread into the slot's namespace; *saved restores it with netpool_leave. */

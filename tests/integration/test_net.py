@@ -230,7 +230,7 @@ def netns_inodes(tag):
 
 
 class Restart(harness.TestCase):
-    def test_kill9_then_restart_removes_old_slots(self):
+    def test_kill9_then_restart_keeps_the_sandbox_slot_and_removes_the_others(self):
         args = ["--net", "--net-range", "10.233.0.0/16", "--net-pool", "2"]
         d = harness.Daemon(extra_args=args).start()
         d2 = None
@@ -238,6 +238,9 @@ class Restart(harness.TestCase):
         try:
             st = d.create_ready("k")
             tag = st["net"]["netns"][2:6]
+            serve = d.exec_plain("k", "echo before > /tmp/index.html && httpd -p 8080 -h /tmp")
+            self.assertTrue(serve[1], serve)
+            self.assertEqual(http_get(st["net"]["address"]), "before\n")
             wait_for_netpool(d, 2)
             old = netns_inodes(tag)
             self.assertEqual(len(old), 3)  # the sandbox's and the two ready ones
@@ -245,13 +248,18 @@ class Restart(harness.TestCase):
             d2 = harness.Daemon(reuse=d, extra_args=args).start()
             wait_for_netpool(d2, 2)
             now = netns_inodes(tag)
-            # the earlier run's namespaces went at start; the new pool built its own
-            self.assertEqual(len(now), 2, now)
-            self.assertFalse(now & old, "a namespace of the killed run survived the restart")
+            # the re-adopted sandbox keeps its namespace; the ready ones of the killed run went
+            self.assertEqual(len(now), 3, now)
+            self.assertEqual(len(now & old), 1, "not exactly the sandbox's namespace survived the restart")
+            st2 = d2.status("k")
+            self.assertEqual(st2["net"], st["net"])
+            # its server, started before the crash, still answers through the same forwarding
+            self.assertEqual(http_get(st["net"]["address"]), "before\n")
             st = d2.create_ready("k2")
             serve_d = d2.exec_plain("k2", "echo again > /tmp/index.html && httpd -p 8080 -h /tmp")
             self.assertTrue(serve_d[1], serve_d)
             self.assertEqual(http_get(st["net"]["address"]), "again\n")
+            self.assertNotEqual(st["net"]["netns"], st2["net"]["netns"])
         except BaseException:
             (d2 or d).force_cleanup()
             if tag:
