@@ -1,6 +1,7 @@
 /* The engine object: options, accelerator choice, store, template registry, the cold-work reservation. */
 #include <dirent.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -151,6 +152,8 @@ int engine_spec_init(struct engine *e, const struct template_config *cfg, struct
 	spec->cmdline = *owned;
 	spec->cgroups = e->cgroups;
 	spec->cgroup_version = e->cgroup_version;
+	spec->uid_base = e->vmm_uid_base;
+	spec->extra_gid = e->vmm_extra_gid;
 	return *owned ? 0 : -ENOMEM;
 }
 
@@ -216,9 +219,9 @@ static void reap_recorded_vmm(const char *record)
 
 /*
  * A VMM spawned just before a crash may have no record yet. Every VMM this
- * store ever ran names a file in it on its command line (its RAM file), so
- * any process whose command line contains the store's path is one of ours
- * (unless it is being re-adopted).
+ * store ever ran holds its guest RAM file, a file of the store, as fd
+ * FD_MEM, and has "emberfs-" in its command line (-name): any such process
+ * is one of ours (unless it is being re-adopted).
  */
 static void reap_unrecorded_vmms(struct engine *e)
 {
@@ -227,17 +230,23 @@ static void reap_unrecorded_vmms(struct engine *e)
 	struct dirent *de;
 
 	while (needle && d && (de = readdir(d))) {
-		_cleanup_free_ char *path = NULL, *cmd = NULL;
+		_cleanup_free_ char *path = NULL, *cmd = NULL, *fdpath = NULL;
 		pid_t pid = (pid_t)atoi(de->d_name);
+		char target[PATH_MAX];
+		ssize_t tl;
 		size_t len = 0;
 
 		if (pid <= 1 || pid == getpid() || adopt_keeps_pid(e, pid) || asprintf(&path, "/proc/%d/cmdline", pid) < 0 ||
-		    read_file(path, 1 << 16, &cmd, &len) < 0)
+		    read_file(path, 1 << 16, &cmd, &len) < 0 || asprintf(&fdpath, "/proc/%d/fd/%d", pid, FD_MEM) < 0)
 			continue;
 		for (size_t i = 0; i + 1 < len; i++)
 			if (cmd[i] == '\0')
 				cmd[i] = ' ';
-		if (strstr(cmd, needle) && strstr(cmd, "emberfs-")) {
+		tl = readlink(fdpath, target, sizeof(target) - 1);
+		if (tl <= 0)
+			continue;
+		target[tl] = '\0';
+		if (strncmp(target, needle, strlen(needle)) == 0 && strstr(cmd, "emberfs-")) {
 			log_warn("killing unrecorded VMM pid %d left by an earlier run", pid);
 			kill(pid, SIGKILL);
 		}
@@ -283,6 +292,34 @@ static void sweep_leftovers(struct engine *e)
 
 static void digests_load(struct engine *e);
 
+/*
+ * The VMMs' users: --vmm-uid-base (default VMM_UID_BASE_DEFAULT), one uid per
+ * live VMM. Under KVM the VMM needs /dev/kvm: through its group if that
+ * group may read and write it; if only root may, VMMs stay root (said once).
+ */
+static void vmm_user_init(struct engine *e)
+{
+	int64_t base = e->opts.vmm_uid_base < 0 ? (int64_t)VMM_UID_BASE_DEFAULT : e->opts.vmm_uid_base;
+	struct stat st;
+
+	e->vmm_uid_base = (uid_t)base;
+	if (base && strcmp(e->accel, "kvm") == 0 && stat("/dev/kvm", &st) == 0 && (st.st_mode & 0006) != 0006) {
+		if ((st.st_mode & 0060) == 0060 && st.st_gid) {
+			e->vmm_extra_gid = st.st_gid;
+		} else {
+			log_warn("/dev/kvm is %o %u:%u: only root may use it, so VMMs run as root (give it a group "
+				 "with rw, e.g. kvm and mode 0660, to run them as their own users)",
+				 st.st_mode & 07777, st.st_uid, st.st_gid);
+			e->vmm_uid_base = 0;
+		}
+	}
+	if (e->vmm_uid_base)
+		log_info("VMMs run as their own users: uids %u-%u", e->vmm_uid_base,
+			 e->vmm_uid_base + VMM_UID_RANGE - 1);
+	else
+		log_warn("VMMs run as root (--vmm-uid-base 0)");
+}
+
 static int engine_setup(struct engine *e, const struct engine_options *o)
 {
 	_cleanup_free_ char *err = NULL;
@@ -321,6 +358,7 @@ static int engine_setup(struct engine *e, const struct engine_options *o)
 	}
 	if (!e->store.reflink)
 		log_warn("store %s cannot reflink: clones are full copies (reported in every status)", e->store.root);
+	vmm_user_init(e);
 	adopt_scan(e);
 	sweep_leftovers(e);
 	{
@@ -422,6 +460,7 @@ int engine_new(const struct engine_options *opts, struct engine **ret)
 	if (!e)
 		return -ENOMEM;
 	e->opts = *opts;
+	e->test_hold = getenv("EMBERFS_TEST_HOLD");
 	if (!e->opts.cold_slots)
 		e->opts.cold_slots = 1;
 	if (!e->opts.max_sandboxes)

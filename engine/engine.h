@@ -42,7 +42,10 @@ struct engine_options {
 	const char *net_range;	   /* host range for network slots (default 10.200.0.0/16) */
 	unsigned net_pool;	   /* network slots kept ready */
 	bool net_no_egress;	   /* sandboxes reach nothing beyond their host end */
+	int64_t vmm_uid_base;	   /* VMMs run as users from here on, one each; 0: as root; -1: the default */
 };
+#define VMM_UID_RANGE 65536 /* uids per instance: one per live VMM */
+#define VMM_UID_BASE_DEFAULT 1879048192u /* 0x70000000: above the ranges systemd hands out to containers */
 
 /* Sandbox states; see docs/interface.md for their meaning. */
 enum sandbox_state {

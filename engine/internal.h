@@ -111,7 +111,14 @@ struct vmm_spec {
 	int netns_fd;	       /* cfg->net: the network slot's namespace, where the VMM runs (its tap is there) */
 	char *const *cgroups;  /* the instance's cgroup bases (engine.cgroups); NULL or empty: no limits */
 	int cgroup_version;
+	uid_t uid_base;	       /* the VMM runs as uid_base + a free index < VMM_UID_RANGE (gid alike); 0: as root */
+	gid_t extra_gid;       /* and in this group too (/dev/kvm's); 0: none */
 };
+/*
+ * The descriptors a VMM gets (QEMU opens nothing of ours by path: files go by
+ * /proc/self/fd/N, sockets and the tap by number).
+ */
+enum { FD_INCOMING = 3, FD_MEM, FD_DISK, FD_CONSOLE, FD_QMP, FD_AGENT, FD_TAP, FD_KERNEL, FD_INITRD, FD_FIRST_FREE };
 struct vmm;
 struct vmm_ops {
 	const char *name;
@@ -145,7 +152,7 @@ struct vmm_ops {
 	 * (checked against its start time by the caller), taken with cgdirs;
 	 * connect it before use.
 	 */
-	int (*adopt)(pid_t pid, int pidfd, const char *qmp_path, char **cgdirs, struct vmm **ret);
+	int (*adopt)(pid_t pid, int pidfd, const char *qmp_path, char **cgdirs, uid_t uid_base, struct vmm **ret);
 	/* SIGKILL (idempotent). */
 	void (*kill)(struct vmm *v);
 	void (*free)(struct vmm *v);
@@ -431,11 +438,14 @@ struct engine {
 	char tag[5];		  /* the instance tag: 4 hex digits of sha256(state_dir), in every host name */
 	char *cgroups[3];	  /* per-VMM groups go under these (cgroup.c); NULL-terminated */
 	int cgroup_version;
+	uid_t vmm_uid_base;	  /* resolved --vmm-uid-base (0: VMMs run as root) */
+	gid_t vmm_extra_gid;	  /* /dev/kvm's group, under KVM */
 	uint64_t pool_budget_mib; /* resolved from the options (host memory) */
 	unsigned pool_max_slots;
 	uint64_t last_plan_ns;	  /* the idler runs the capacity controller about once a second */
 	struct adoptee *adoptees; /* start-up only: what an earlier run left to re-adopt (record.c) */
 	size_t n_adoptees;
+	const char *test_hold;	  /* EMBERFS_TEST_HOLD (tests only; sandbox.c test_hold) */
 	engine_event_fn event_fn; /* set before the mount serves */
 	void *event_arg;
 };

@@ -17,6 +17,10 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/ioctl.h>
+#include <grp.h>
+#include <net/if.h>
+#include <linux/if_tun.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -35,6 +39,7 @@ struct vmm {
 	bool incoming; /* restore: started with -incoming defer */
 	bool resumed;  /* a RESUME event was seen */
 	bool adopted;  /* started by an earlier run: not our child */
+	int uid_index; /* runs as uid_base + this; -1: as root */
 	int status; /* exit code, or 128 + signal */
 	char *qmp_path;
 	char **cgdirs; /* its cgroups, removed once it is reaped */
@@ -123,45 +128,47 @@ static void build_args(const char *binary, const struct vmm_spec *s, struct args
 	args_add(a, "-m");
 	args_add(a, "%uM", c->mem_mib);
 	args_add(a, "-object");
-	args_add(a, "memory-backend-file,id=mem,size=%uM,mem-path=%s,share=on", c->mem_mib, s->mem_path);
+	args_add(a, "memory-backend-file,id=mem,size=%uM,mem-path=/proc/self/fd/%d,share=on", c->mem_mib, FD_MEM);
 	args_add(a, "-nodefaults");
 	args_add(a, "-no-reboot"); /* a guest that panics or reboots ends its VMM: the supervisor sees it */
 	args_add(a, "-no-user-config");
 	args_add(a, "-display");
 	args_add(a, "none");
 	args_add(a, "-kernel");
-	args_add(a, "%s", c->kernel);
+	args_add(a, "/proc/self/fd/%d", FD_KERNEL);
 	if (c->initrd) {
 		args_add(a, "-initrd");
-		args_add(a, "%s", c->initrd);
+		args_add(a, "/proc/self/fd/%d", FD_INITRD);
 	}
 	args_add(a, "-append");
 	args_add(a, "%s", s->cmdline);
 	args_add(a, "-chardev");
-	args_add(a, "file,id=con,path=%s,append=on", s->console_path);
+	args_add(a, "file,id=con,path=/proc/self/fd/%d,append=on", FD_CONSOLE);
 	args_add(a, "-serial");
 	args_add(a, "chardev:con");
 	if (s->disk_path) {
 		args_add(a, "-drive");
-		args_add(a, "id=root,file=%s,format=raw,if=none,discard=unmap", s->disk_path);
+		args_add(a, "id=root,file=/proc/self/fd/%d,format=raw,if=none,discard=unmap", FD_DISK);
 		args_add(a, "-device");
 		args_add(a, "virtio-blk-device,drive=root");
 	}
 	if (c->net) {
 		/* the tap of the network slot whose namespace the VMM runs in; MAC as baked */
 		args_add(a, "-netdev");
-		args_add(a, "tap,id=net0,ifname=" NETPOOL_TAP ",script=no,downscript=no");
+		args_add(a, "tap,id=net0,fd=%d", FD_TAP);
 		args_add(a, "-device");
 		args_add(a, "virtio-net-device,netdev=net0,mac=" NETPOOL_GUEST_MAC);
 	}
 	args_add(a, "-device");
 	args_add(a, "virtio-serial-device");
 	args_add(a, "-chardev");
-	args_add(a, "socket,id=agent,path=%s,server=on,wait=off", s->agent_path);
+	args_add(a, "socket,id=agent,fd=%d,server=on,wait=off", FD_AGENT);
 	args_add(a, "-device");
 	args_add(a, "virtserialport,chardev=agent,name=org.emberfs.agent");
-	args_add(a, "-qmp");
-	args_add(a, "unix:%s,server=on,wait=off", s->qmp_path);
+	args_add(a, "-chardev");
+	args_add(a, "socket,id=qmp,fd=%d,server=on,wait=off", FD_QMP);
+	args_add(a, "-mon");
+	args_add(a, "chardev=qmp,mode=control");
 	args_add(a, "-sandbox");
 	args_add(a, "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny");
 	if (s->incoming_fd >= 0) {
@@ -199,25 +206,134 @@ struct spawn_failure {
 	int err;
 };
 static const char *const spawn_steps[] = { "enter the network namespace", "make a private mount namespace",
-					   "set no_new_privs", "set up stdio", "exec" };
+					   "set no_new_privs", "open the guest's files", "bind the control sockets",
+					   "open the tap", "set up stdio", "drop privileges", "exec" };
+
+/* ---- the VMM's user ---- */
+
+/*
+ * Each VMM runs as its own user, uid_base + an index free among the live
+ * VMMs (gid the same), so no VMM can signal, trace or open another's files.
+ */
+static pthread_mutex_t uid_lock = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t uid_used[VMM_UID_RANGE / 64];
+static unsigned uid_next;
+
+static int uid_get(void)
+{
+	int r = -EAGAIN;
+
+	pthread_mutex_lock(&uid_lock);
+	for (unsigned i = 0; i < VMM_UID_RANGE; i++) {
+		unsigned k = (uid_next + i) % VMM_UID_RANGE;
+
+		if (!(uid_used[k / 64] & (1ull << (k % 64)))) {
+			uid_used[k / 64] |= 1ull << (k % 64);
+			uid_next = k + 1; /* the next VMM gets another, recently unused one */
+			r = (int)k;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&uid_lock);
+	return r;
+}
+
+static void uid_put(int k)
+{
+	if (k < 0)
+		return;
+	pthread_mutex_lock(&uid_lock);
+	uid_used[k / 64] &= ~(1ull << (k % 64));
+	pthread_mutex_unlock(&uid_lock);
+}
+
+/* A re-adopted VMM's: in use again. */
+static int uid_take(uid_t uid, uid_t base)
+{
+	int k;
+
+	if (!base || uid < base || uid - base >= VMM_UID_RANGE)
+		return -1;
+	k = (int)(uid - base);
+	pthread_mutex_lock(&uid_lock);
+	uid_used[k / 64] |= 1ull << (k % 64);
+	pthread_mutex_unlock(&uid_lock);
+	return k;
+}
+
+/* What the child needs, prepared before the fork (it may only make system calls). */
+struct child_args {
+	const struct vmm_spec *s;
+	char *path;
+	char **argv;
+	uid_t uid; /* 0: stays root */
+	struct sockaddr_un qmp, agent;
+	struct ifreq tap;
+	int err_w;
+};
+
+/* An fd moved out of the way of the fixed numbers (above them, close-on-exec). */
+static int high(int fd)
+{
+	int h;
+
+	if (fd < 0)
+		return -1;
+	h = fcntl(fd, F_DUPFD_CLOEXEC, FD_FIRST_FREE + 16);
+	close(fd);
+	return h;
+}
+
+static int open_high(const char *path, int flags, uid_t uid)
+{
+	int fd = high(open(path, flags | O_CLOEXEC, 0600));
+
+	/* the VMM's user opens it again through /proc/self/fd: it must be its */
+	if (fd >= 0 && uid && fchown(fd, uid, uid) < 0) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+static int listen_high(const struct sockaddr_un *sa)
+{
+	int fd = high(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+
+	if (fd < 0)
+		return -1;
+	unlink(sa->sun_path); /* an earlier VMM's of this sandbox (before a wake or start) */
+	if (bind(fd, (const struct sockaddr *)sa, sizeof(*sa)) < 0 || listen(fd, 16) < 0) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
 
 /*
  * The child between fork and exec: only system calls (the daemon is
  * multithreaded). It enters the slot's network namespace, makes its mount
- * namespace private,
- * sets no_new_privs (so nothing it execs can gain privileges, and the seccomp
- * filter of -sandbox needs no privilege), resets signals, gets /dev/null as
- * stdin, the log as stdout and stderr, the snapshot as fd 3, and nothing else:
- * every other descriptor is close-on-exec.
+ * namespace private, sets no_new_privs (so nothing it execs can gain
+ * privileges, and the seccomp filter of -sandbox needs no privilege), opens
+ * everything the VMM uses while it is still root — guest RAM, disk, console,
+ * kernel, initrd, the listening QMP and agent sockets, the slot's tap —
+ * each at a fixed descriptor, hands the per-VM files to the VMM's user,
+ * resets signals, gets /dev/null as stdin and the log as stdout and stderr,
+ * the snapshot as fd 3, drops to the VMM's user and execs. Every other
+ * descriptor is close-on-exec. QEMU opens nothing by path of ours: it
+ * needs no access to the state directory.
  */
-static void __attribute__((noreturn)) spawn_child(const char *path, char **argv, const struct vmm_spec *s,
-						  int err_w)
+static void __attribute__((noreturn)) spawn_child(const struct child_args *c)
 {
+	const struct vmm_spec *s = c->s;
 	struct spawn_failure f = { 0, 0 };
 	struct sigaction dfl = { .sa_handler = SIG_DFL };
+	int fds[FD_FIRST_FREE];
 	sigset_t none;
 	int fd;
 
+	for (int i = 0; i < FD_FIRST_FREE; i++)
+		fds[i] = -1;
 	if (s->cfg->net && setns(s->netns_fd, CLONE_NEWNET) < 0)
 		goto fail;
 	f.step = 1;
@@ -227,38 +343,75 @@ static void __attribute__((noreturn)) spawn_child(const char *path, char **argv,
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
 		goto fail;
 	f.step = 3;
+	if (close_range(3, ~0U, CLOSE_RANGE_CLOEXEC) < 0)
+		goto fail;
+	if (s->incoming_fd >= 0 && (fds[FD_INCOMING] = high(dup(s->incoming_fd))) < 0)
+		goto fail;
+	if ((fds[FD_MEM] = open_high(s->mem_path, O_RDWR, c->uid)) < 0 ||
+	    (s->disk_path && (fds[FD_DISK] = open_high(s->disk_path, O_RDWR, c->uid)) < 0) ||
+	    (fds[FD_CONSOLE] = open_high(s->console_path, O_WRONLY | O_APPEND | O_CREAT, c->uid)) < 0 ||
+	    (fds[FD_KERNEL] = high(open(s->cfg->kernel, O_RDONLY | O_CLOEXEC))) < 0 ||
+	    (s->cfg->initrd && (fds[FD_INITRD] = high(open(s->cfg->initrd, O_RDONLY | O_CLOEXEC))) < 0))
+		goto fail;
+	f.step = 4;
+	if ((fds[FD_QMP] = listen_high(&c->qmp)) < 0 || (fds[FD_AGENT] = listen_high(&c->agent)) < 0)
+		goto fail;
+	f.step = 5;
+	if (s->cfg->net) {
+		struct ifreq ifr = c->tap;
+
+		/* the slot's tap, in the namespace entered above */
+		if ((fds[FD_TAP] = high(open("/dev/net/tun", O_RDWR | O_CLOEXEC))) < 0 ||
+		    ioctl(fds[FD_TAP], TUNSETIFF, &ifr) < 0)
+			goto fail;
+	}
+	f.step = 6;
+	for (int i = FD_INCOMING; i < FD_FIRST_FREE; i++)
+		if (fds[i] >= 0 && dup2(fds[i], i) < 0) /* dup2: the copy is not close-on-exec */
+			goto fail;
 	for (int sig = 1; sig < NSIG; sig++)
 		sigaction(sig, &dfl, NULL);
 	sigemptyset(&none);
 	sigprocmask(SIG_SETMASK, &none, NULL);
 	setpgid(0, 0);
-	if (s->incoming_fd >= 0 && (s->incoming_fd == 3 ? fcntl(3, F_SETFD, 0) : dup2(s->incoming_fd, 3)) < 0)
-		goto fail;
-	fd = open("/dev/null", O_RDONLY);
+	fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	if (fd < 0 || dup2(fd, 0) < 0)
 		goto fail;
-	if (fd > 3)
-		close(fd);
-	fd = open(s->log_path, O_WRONLY | O_CREAT | O_APPEND, 0600);
+	fd = open(s->log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
 	if (fd < 0 || dup2(fd, 1) < 0 || dup2(fd, 2) < 0)
 		goto fail;
-	if (fd > 3)
-		close(fd);
-	if (close_range(s->incoming_fd >= 0 ? 4 : 3, ~0U, CLOSE_RANGE_CLOEXEC) < 0)
-		goto fail;
-	f.step = 4;
-	execve(path, argv, environ);
+	f.step = 7;
+	if (c->uid) {
+		gid_t g = s->extra_gid;
+
+		if (setgroups(g ? 1 : 0, &g) < 0 || setresgid(c->uid, c->uid, c->uid) < 0 ||
+		    setresuid(c->uid, c->uid, c->uid) < 0)
+			goto fail;
+	}
+	f.step = 8;
+	execve(c->path, c->argv, environ);
 fail:
 	f.err = errno;
-	if (write(err_w, &f, sizeof(f)) < 0)
+	if (write(c->err_w, &f, sizeof(f)) < 0)
 		_exit(126);
 	_exit(127);
+}
+
+static int sockaddr_for(const char *path, struct sockaddr_un *sa)
+{
+	memset(sa, 0, sizeof(*sa));
+	sa->sun_family = AF_UNIX;
+	if (strlen(path) >= sizeof(sa->sun_path))
+		return -ENAMETOOLONG;
+	strcpy(sa->sun_path, path);
+	return 0;
 }
 
 static int qemu_spawn(const char *binary, const struct vmm_spec *s, struct vmm **ret)
 {
 	_cleanup_free_ struct vmm *v = calloc(1, sizeof(*v));
 	_cleanup_free_ char *path = find_binary(binary);
+	struct child_args c = { .s = s, .path = path };
 	struct args a = { .n = 0 };
 	struct spawn_failure f;
 	int err_p[2] = { -1, -1 };
@@ -269,17 +422,33 @@ static int qemu_spawn(const char *binary, const struct vmm_spec *s, struct vmm *
 		return !v ? -ENOMEM : -ENOENT;
 	v->qmp = -1;
 	v->pidfd = -1;
-	if (pipe2(err_p, O_CLOEXEC) < 0)
-		return -errno;
+	v->uid_index = -1;
+	if ((r = sockaddr_for(s->qmp_path, &c.qmp)) < 0 || (r = sockaddr_for(s->agent_path, &c.agent)) < 0)
+		return r;
+	snprintf(c.tap.ifr_name, IFNAMSIZ, "%s", NETPOOL_TAP);
+	c.tap.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+	if (s->uid_base) {
+		if ((v->uid_index = uid_get()) < 0)
+			return -EAGAIN;
+		c.uid = s->uid_base + (uid_t)v->uid_index;
+	}
+	if (pipe2(err_p, O_CLOEXEC) < 0) {
+		r = -errno;
+		uid_put(v->uid_index);
+		return r;
+	}
 	build_args(binary, s, &a);
+	c.argv = a.v;
+	c.err_w = err_p[1];
 	v->pid = fork();
 	if (v->pid == 0)
-		spawn_child(path, a.v, s, err_p[1]);
+		spawn_child(&c);
 	r = v->pid < 0 ? -errno : 0;
 	args_free(&a);
 	close(err_p[1]);
 	if (r < 0) {
 		close(err_p[0]);
+		uid_put(v->uid_index);
 		return r;
 	}
 	/*
@@ -296,20 +465,16 @@ static int qemu_spawn(const char *binary, const struct vmm_spec *s, struct vmm *
 	close(err_p[0]);
 	if (r == 0 && n == (ssize_t)sizeof(f)) {
 		r = f.err ? -f.err : -EIO;
-		log_error("VMM: cannot %s: %s", spawn_steps[f.step < 5 ? f.step : 4], strerror(-r));
+		log_error("VMM: cannot %s: %s", spawn_steps[f.step < (int)ARRAY_SIZE(spawn_steps) ? f.step : 8],
+			  strerror(-r));
 	}
+	if (r == 0 && (v->pidfd = pidfd_open_(v->pid)) < 0)
+		r = -errno;
 	if (r < 0) {
 		kill(v->pid, SIGKILL);
 		waitpid(v->pid, NULL, 0);
 		cgroup_remove(TAKE_PTR(v->cgdirs));
-		return r;
-	}
-	v->pidfd = pidfd_open_(v->pid);
-	if (v->pidfd < 0) {
-		r = -errno;
-		kill(v->pid, SIGKILL);
-		waitpid(v->pid, NULL, 0);
-		cgroup_remove(TAKE_PTR(v->cgdirs));
+		uid_put(v->uid_index);
 		return r;
 	}
 	v->qmp_path = strdup(s->qmp_path);
@@ -625,11 +790,25 @@ static void qemu_free(struct vmm *v)
 	if (v->pidfd >= 0)
 		close(v->pidfd);
 	cgroup_remove(v->cgdirs);
+	uid_put(v->uid_index);
 	free(v->qmp_path);
 	free(v);
 }
 
-static int qemu_adopt(pid_t pid, int pidfd, const char *qmp_path, char **cgdirs, struct vmm **ret)
+/* The real uid of a process, or 0. */
+static uid_t proc_uid(pid_t pid)
+{
+	_cleanup_free_ char *path = NULL, *text = NULL;
+	const char *u;
+	unsigned long uid = 0;
+
+	if (asprintf(&path, "/proc/%d/status", pid) < 0 || read_file(path, 1 << 16, &text, NULL) < 0 ||
+	    !(u = strstr(text, "\nUid:")) || sscanf(u + 5, "%lu", &uid) != 1)
+		return 0;
+	return (uid_t)uid;
+}
+
+static int qemu_adopt(pid_t pid, int pidfd, const char *qmp_path, char **cgdirs, uid_t uid_base, struct vmm **ret)
 {
 	struct vmm *v = calloc(1, sizeof(*v));
 
@@ -637,6 +816,7 @@ static int qemu_adopt(pid_t pid, int pidfd, const char *qmp_path, char **cgdirs,
 		free(v);
 		return -ENOMEM;
 	}
+	v->uid_index = uid_take(proc_uid(pid), uid_base);
 	v->pid = pid;
 	v->pidfd = pidfd;
 	v->qmp = -1;

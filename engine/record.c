@@ -502,7 +502,7 @@ static void *adopt_main(void *arg)
 		adopt_fail(a, "prepare", -ENOMEM);
 		return NULL;
 	}
-	r = e->vmm->adopt(a->pid, a->pidfd, qmp, cgroup_dirs_of(e->cgroups, a->pid), &v);
+	r = e->vmm->adopt(a->pid, a->pidfd, qmp, cgroup_dirs_of(e->cgroups, a->pid), e->vmm_uid_base, &v);
 	if (r < 0) {
 		adopt_fail(a, step, r);
 		return NULL;

@@ -423,6 +423,9 @@ static int bake_commit(struct bake_ctx *b, const char *mem, const char *disk)
 	const char *txt;
 	int r;
 
+	/* the bake's VMM user had them: the snapshot is root's */
+	if (chown(mem, 0, 0) < 0 || (disk && chown(disk, 0, 0) < 0))
+		return -errno;
 	/* A clone of a file with dirty pages would copy them first: flush once, here. */
 	if ((r = fsync_path(mem)) < 0 || (r = fsync_path(disk)) < 0 || (r = sha256_file(state, sd)) < 0)
 		return r;

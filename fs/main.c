@@ -53,6 +53,8 @@ static void usage(FILE *out)
 		"      --net-no-egress     sandboxes reach nothing but their host end (no NAT to the world)\n"
 		"      --store-size MIB    size of the loop-mounted XFS store, when one is needed (default 32768)\n"
 		"      --no-loop-store     never loop-mount a store: clones are then full copies\n"
+		"      --vmm-uid-base N    each VMM runs as its own user, uid (and gid) N + an index free among\n"
+		"                          the live VMMs, below N + 65536 (default %u; 0: VMMs run as root)\n"
 		"      --allow-other       let other users in (the kernel then checks every file's mode);\n"
 		"                          default: only the user who mounted it\n"
 		"      --log FILE          log here once detached (default: discard)\n"
@@ -63,7 +65,7 @@ static void usage(FILE *out)
 		"  -V, --version           print the version\n\n"
 		"Stop it with SIGINT/SIGTERM or `fusermount3 -u MOUNTPOINT`: sandboxes are destroyed,\n"
 		"the mount and the store are unmounted. See README.md and docs/.\n",
-		QEMU_BINARY);
+		QEMU_BINARY, VMM_UID_BASE_DEFAULT);
 }
 
 static int parse_uint(const char *s, unsigned long max, unsigned long *out)
@@ -82,7 +84,7 @@ static int parse_uint(const char *s, unsigned long max, unsigned long *out)
 enum { OPT_STATE = 256, OPT_IMAGE, OPT_NOBAKE, OPT_QEMU, OPT_ACCEL, OPT_MAXSB, OPT_COLD, OPT_STORE, OPT_NOLOOP,
        OPT_LOG, OPT_PID, OPT_POOL, OPT_POOL_PAR, OPT_SLOT_AGE, OPT_WARMUP_EXEC, OPT_NET, OPT_NET_RANGE,
        OPT_NET_POOL, OPT_NET_NO_EGRESS, OPT_POOL_BUDGET, OPT_POOL_MAXSLOTS, OPT_POOL_MISS, OPT_POOL_DECAY,
-       OPT_ALLOW_OTHER };
+       OPT_ALLOW_OTHER, OPT_VMM_UID };
 
 static int parse_opt(int c, const char *arg, struct options *o)
 {
@@ -108,6 +110,11 @@ static int parse_opt(int c, const char *arg, struct options *o)
 		return 0;
 	case OPT_LOG: o->log_file = arg; return 0;
 	case OPT_ALLOW_OTHER: o->allow_other = true; return 0;
+	case OPT_VMM_UID:
+		if (strcmp(arg, "0") && (parse_uint(arg, 0xFFFFFFFFul - VMM_UID_RANGE, &v) < 0 || v < 1000))
+			return -EINVAL; /* not into the system's or the first users' ids */
+		o->eng.vmm_uid_base = strcmp(arg, "0") ? (int64_t)v : 0;
+		return 0;
 	case OPT_PID: o->pid_file = arg; return 0;
 	case OPT_ACCEL:
 		if (strcmp(arg, "auto") && strcmp(arg, "kvm") && strcmp(arg, "tcg"))
@@ -200,6 +207,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 		{ "net-range", required_argument, NULL, OPT_NET_RANGE },
 		{ "net-pool", required_argument, NULL, OPT_NET_POOL },
 		{ "net-no-egress", no_argument, NULL, OPT_NET_NO_EGRESS },
+		{ "vmm-uid-base", required_argument, NULL, OPT_VMM_UID },
 		{ "store-size", required_argument, NULL, OPT_STORE },
 		{ "no-loop-store", no_argument, NULL, OPT_NOLOOP }, { "log", required_argument, NULL, OPT_LOG },
 		{ "pid-file", required_argument, NULL, OPT_PID }, { "allow-other", no_argument, NULL, OPT_ALLOW_OTHER }, { "verbose", no_argument, NULL, 'v' },
@@ -284,7 +292,8 @@ static int write_pid(const char *path)
 int main(int argc, char **argv)
 {
 	struct options o = { .eng = { .state_dir = "/var/lib/emberfs", .bake_default = true, .pool_depth = 2,
-			      .pool_parallel = 1, .slot_max_age_s = 3600, .net_pool = 4 }, .level = LOG_INFO_ };
+			      .pool_parallel = 1, .slot_max_age_s = 3600, .net_pool = 4,
+			      .vmm_uid_base = -1 }, .level = LOG_INFO_ };
 	struct engine *e = NULL;
 	struct fs *f = NULL;
 	int notify = -1, r;

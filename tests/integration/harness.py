@@ -117,6 +117,17 @@ def proc_cmdline(pid):
         return []
 
 
+VMM_FD_MEM = 4  # the VMM's guest RAM file (engine/internal.h, FD_MEM)
+
+
+def vmm_mem_path(pid):
+    """The guest RAM file a VMM holds, or None."""
+    try:
+        return os.readlink("/proc/%d/fd/%d" % (pid, VMM_FD_MEM))
+    except OSError:
+        return None
+
+
 def all_pids():
     return [int(d) for d in os.listdir("/proc") if d.isdigit()]
 
@@ -420,10 +431,12 @@ class Daemon:
 
     # ---- inventory ----
     def _qemu_pids(self):
+        """QEMU processes holding a file of this state dir as their guest RAM
+        (fd 4: VMMs open nothing of the state dir by path)."""
         pids = []
         for pid in all_pids():
             argv = proc_cmdline(pid)
-            if argv and "qemu" in os.path.basename(argv[0]) and any(self.state + "/" in a for a in argv):
+            if argv and "qemu" in os.path.basename(argv[0]) and _under(vmm_mem_path(pid) or "/", self.state):
                 pids.append(pid)
         return pids
 
@@ -496,8 +509,7 @@ class Daemon:
         for p in self._qemu_pids():
             argv = proc_cmdline(p)
             desc = "%d %s" % (p, " ".join(argv[:3]))
-            m = re.search(r"mem-path=([^,]+)", " ".join(argv))
-            memdir = os.path.dirname(m.group(1)) if m else ""
+            memdir = os.path.dirname(vmm_mem_path(p) or "")
             if p in slot_pids or memdir in slot_dirs:
                 slots.append("qemu " + desc)
             else:

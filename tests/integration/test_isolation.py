@@ -2,8 +2,10 @@
 """
 VMM confinement and guest identity against a real daemon and real guests:
 
-- Every VMM (sandboxes and warm slots) runs with
-  no_new_privs, QEMU's seccomp filter (-sandbox on: Seccomp 2), its own mount
+- Every VMM (sandboxes and warm slots) runs as its own unprivileged user
+  (uid = gid, distinct per VMM, no capability), owns the per-VM files it was
+  handed as descriptors and can open neither them nor another VM's by path;
+  with no_new_privs, QEMU's seccomp filter (-sandbox on: Seccomp 2), its own mount
   namespace, in its own cgroups under the daemon's instance group with a CPU
   quota and a memory limit (cgroup v1 cpu and memory where the host mounts
   them so, else v2), and with no descriptor of the daemon's: stdin is
@@ -20,11 +22,15 @@ VMM confinement and guest identity against a real daemon and real guests:
 """
 import os
 import re
+import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+
+
+VMM_UID_BASE = 1879048192  # --vmm-uid-base's default (engine/engine.h)
 
 
 def proc_status(pid):
@@ -84,6 +90,21 @@ class Confinement(harness.TestCase):
             self.assertEqual(int(read(g + "/memory.max")), (mem_mib + 256) << 20)
             self.assertEqual(read(g + "/cpu.max"), "%d 100000" % ((vcpus + 1) * 100000))
             groups = [g]
+        # its own unprivileged user and group, no capability, no supplementary group (TCG)
+        uids, gids = st["Uid"].split(), st["Gid"].split()
+        self.assertEqual(len(set(uids)), 1, st["Uid"])
+        self.assertEqual(len(set(gids)), 1, st["Gid"])
+        uid = int(uids[0])
+        self.assertGreaterEqual(uid, VMM_UID_BASE)
+        self.assertLess(uid, VMM_UID_BASE + 65536)
+        self.assertEqual(int(gids[0]), uid)
+        self.assertEqual(st["CapEff"], "0000000000000000", st)
+        self.assertEqual(st["CapPrm"], "0000000000000000", st)
+        if d.template_status().get("accel", "tcg") == "tcg" or st["Groups"] == "":
+            self.assertEqual(st["Groups"], "", st)
+        # the per-VM files it writes are its own; it got them as descriptors
+        mem = harness.vmm_mem_path(pid)
+        self.assertEqual(os.stat(mem).st_uid, uid)
         fds = fd_targets(pid)
         self.assertEqual(fds[0], "/dev/null")
         self.assertTrue(fds[1].endswith("/vmm.log") and fds[2] == fds[1], fds)
@@ -94,7 +115,7 @@ class Confinement(harness.TestCase):
                 self.assertTrue(target.startswith(vm_dir + "/") or "/run/" in target or
                                 target.startswith(d.state + "/store/templates/"),
                                 "fd %d -> %s is not this VM's" % (fd, target))
-        return groups
+        return groups, uid
 
     def test_every_vmm_confined(self):
         with harness.own_daemon(pool=1) as d:
@@ -102,12 +123,28 @@ class Confinement(harness.TestCase):
             cfg = harness.read_json(d.tpl("default", "config"))
             groups = []
             (sid, slot), = d.slots().items()
-            slot_dir = [os.path.dirname(t) for t in fd_targets(slot["vmm_pid"]).values() if t.endswith("/mem")]
+            slot_dir = sorted({os.path.dirname(t) for t in fd_targets(slot["vmm_pid"]).values() if t.endswith("/mem")})
+            uids, mems, pids = [], [], []
             for name in ("c1", "c2"):
                 st = d.create_ready(name)
-                groups += self.check_vmm(d, st["vmm_pid"], d.sandbox_vm_dir(name), cfg["mem_mib"], cfg["vcpus"])
+                g, uid = self.check_vmm(d, st["vmm_pid"], d.sandbox_vm_dir(name), cfg["mem_mib"], cfg["vcpus"])
+                groups += g
+                uids.append(uid)
+                mems.append(harness.vmm_mem_path(st["vmm_pid"]))
+                pids.append(st["vmm_pid"])
             self.assertEqual(len(slot_dir), 1, fd_targets(slot["vmm_pid"]))
-            slot_groups = self.check_vmm(d, slot["vmm_pid"], slot_dir[0], cfg["mem_mib"], cfg["vcpus"])
+            slot_groups, slot_uid = self.check_vmm(d, slot["vmm_pid"], slot_dir[0], cfg["mem_mib"], cfg["vcpus"])
+            # c1 took the slot claimed above, c2 restored or took its replacement: one user per process
+            by_pid = {pid: uid for pid, uid in zip(pids + [slot["vmm_pid"]], uids + [slot_uid])}
+            self.assertEqual(len(set(by_pid.values())), len(by_pid), "VMMs share a user: %s" % by_pid)
+            self.assertGreaterEqual(len(by_pid), 2)
+            # as a VMM's user, neither its own files nor another VM's can be opened by path
+            for mem in mems:
+                r = subprocess.run(["/bin/sh", "-c", 'exec 3<"$0" && echo opened', mem], preexec_fn=lambda: (
+                    os.setgroups([]), os.setresgid(uids[0], uids[0], uids[0]), os.setresuid(uids[0], uids[0], uids[0])),
+                    capture_output=True, text=True)
+                self.assertNotEqual(r.returncode, 0, mem)
+                self.assertIn("Permission denied", r.stderr)
             for name in ("c1", "c2"):
                 d.destroy(name)
             for g in groups:
