@@ -161,6 +161,98 @@ class VmmDeath(harness.TestCase):
         d.assert_inventory(self.base)
 
 
+class Phases(harness.TestCase):
+    """SIGKILL of a create's VMM placed exactly at each phase: the daemon holds
+    the create there (EMBERFS_TEST_HOLD) until the test has killed it."""
+
+    PHASES = ("spawn", "connected", "loading", "loaded", "agent")
+
+    def hold_daemon(self, phases, **kw):
+        os.environ["EMBERFS_TEST_HOLD"] = ",".join(phases)
+        try:
+            return harness.Daemon(**kw).start()
+        finally:
+            del os.environ["EMBERFS_TEST_HOLD"]
+
+    def run_to(self, d, name, target, phases):
+        """Creates name, releasing every hold but target's, where the VMM is
+        killed; returns the killed pid."""
+        hold = os.path.join(d.state, "hold")
+        killed = None
+        for p in phases:
+            f = os.path.join(hold, "%s.%s" % (name, p))
+            harness.wait_for(lambda: os.path.exists(f) or d.status(name)["state"] != "creating", 20,
+                             "the create at %s" % p)
+            if not os.path.exists(f):
+                break
+            if p == target:
+                pid = int(harness.read_text(f))
+                st = harness.proc_stat(pid)
+                self.assertIsNotNone(st, "no VMM at %s" % p)
+                os.kill(pid, signal.SIGKILL)
+                killed = pid
+            # later phases may still be reached (what the VMM sent before it died is read first)
+            os.unlink(f)
+        return killed
+
+    def check_failed(self, d, name, target):
+        harness.wait_for(lambda: d.status(name)["state"] != "creating", 15, "the create decided")
+        st = d.status(name)
+        self.assertEqual(st["state"], "failed", "killed at %s: %s" % (target, st))
+        self.assertRegex(st["error"], r"the VMM exited \(signal 9\)", st)
+        self.assertErrno(errno.EIO, d.wait, name)
+        return st["error"]
+
+    def test_kill9_vmm_at_each_phase_of_a_restore(self):
+        d = self.hold_daemon(self.PHASES)
+        try:
+            base = d.core(d.wait_inventory({**d.inventory(), "qemu": [], "run": [], "zombies": []}))
+            errors = {}
+            for target in self.PHASES:
+                d.create("ph")
+                pid = self.run_to(d, "ph", target, self.PHASES)
+                self.assertIsNotNone(pid, "never reached %s" % target)
+                errors[target] = self.check_failed(d, "ph", target)
+                d.destroy("ph")
+                self.assertTrue(harness.wait_pid_gone(pid, timeout=5))
+                d.assert_inventory(base)
+            sys.stderr.write("\n  " + "\n  ".join("%-9s %s" % (k, v[:70]) for k, v in errors.items()) + "\n")
+            # each failure names its step
+            self.assertIn("at spawn", errors["spawn"])
+            self.assertIn("at restore", errors["connected"])
+            self.assertRegex(errors["loading"], "at (restore|agent)")  # the load may be complete already
+            self.assertIn("at agent", errors["loaded"])
+            self.assertIn("at agent", errors["agent"])
+            # the name works again, held at nothing in particular
+            d.create("ph")
+            self.run_to(d, "ph", None, self.PHASES)
+            self.assertEqual(d.wait_ready("ph")["state"], "ready")
+            d.destroy("ph")
+        except BaseException:
+            d.force_cleanup()
+            raise
+        d.stop()
+
+    def test_kill9_warm_slot_vmm_once_claimed(self):
+        # a claimed slot's VMM dies before its resume: the create falls back to a restore
+        d = self.hold_daemon(("claimed",), pool=1)
+        try:
+            d.wait_pool(1, timeout=60)
+            d.create("w")
+            pid = self.run_to(d, "w", "claimed", ("claimed",))
+            self.assertIsNotNone(pid)
+            st = d.wait_ready("w")
+            self.assertEqual(st["path"], "restore", st)
+            self.assertRegex(st["path_reason"], r"warm slot \d+ failed at activation", st)
+            self.assertNotEqual(st["vmm_pid"], pid)
+            self.assertEqual(d.sh("w", "hostname").strip(), "w")
+            self.assertTrue(harness.wait_pid_gone(pid, timeout=5))
+        except BaseException:
+            d.force_cleanup()
+            raise
+        d.stop()
+
+
 class Saturation(harness.TestCase):
     def test_blocked_readers_hold_no_fuse_thread(self):
         """200 blocking reads (wait of a cold-booting sandbox, stdout of a silent
