@@ -93,6 +93,10 @@ void sha256_hex(const uint8_t d[SHA256_LEN], char out[SHA256_HEX_LEN + 1]);
 int sha256_file(const char *path, char out_hex[SHA256_HEX_LEN + 1]);
 int sha256_fd(int fd, char out_hex[SHA256_HEX_LEN + 1]);
 
+/* CRC-32C (crc32c.c): crc32c_update(0, "123456789", 9) == 0xE3069283. */
+uint32_t crc32c_update(uint32_t crc, const void *data, size_t len);
+int crc32c_fd(int fd, uint32_t *ret);
+
 /* Base64 (standard alphabet, padded). Decode returns length or -EINVAL. */
 char *base64_encode(const void *data, size_t len);
 ssize_t base64_decode(const char *in, size_t inlen, uint8_t **ret);

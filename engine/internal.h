@@ -171,10 +171,18 @@ struct waiter {
 	struct waiter *next;
 };
 
+/* A snapshot file as the bake left it: any write since changes its ctime. */
+struct snap_file {
+	bool known; /* recorded (bakes before this check have no record) */
+	uint64_t size;
+	int64_t ctime_ns;
+	uint32_t crc32c;
+};
 struct bake_info {
 	char identity[65];
 	char state_digest[65];
 	uint64_t mem_size;
+	struct snap_file mem, disk;
 	struct timings timings;
 	char *baked_at; /* ISO 8601 */
 };
@@ -286,6 +294,7 @@ struct template {
 	char *dir;	/* store/templates/NAME */
 	char *snapdir;	/* dir/snapshot */
 	pthread_rwlock_t snap_lock; /* held for reading while a create clones the snapshot */
+	atomic_bool snap_checked;   /* the snapshot's checksums were verified since the daemon started (or the bake) */
 
 	/* protected by e->lock */
 	struct template_config cfg;

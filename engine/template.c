@@ -86,6 +86,46 @@ static void bake_info_clear(struct bake_info *b)
 	memset(b, 0, sizeof(*b));
 }
 
+static void snap_file_from_json(json_object *files, const char *name, struct snap_file *f)
+{
+	json_object *o, *sz, *ct, *crc;
+
+	if (json_object_object_get_ex(files, name, &o) && json_object_object_get_ex(o, "size", &sz) &&
+	    json_object_object_get_ex(o, "ctime_ns", &ct) && json_object_object_get_ex(o, "crc32c", &crc) &&
+	    json_object_is_type(crc, json_type_string)) {
+		f->size = (uint64_t)json_object_get_int64(sz);
+		f->ctime_ns = json_object_get_int64(ct);
+		f->crc32c = (uint32_t)strtoul(json_object_get_string(crc), NULL, 16);
+		f->known = true;
+	}
+}
+
+/* Records a snapshot file as it is now (after its last write): size, ctime, CRC-32C. */
+static int snap_file_record(const char *path, json_object *files, const char *name)
+{
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+	json_object *o;
+	struct stat st;
+	uint32_t crc;
+	char hex[9];
+	int r;
+
+	if (fd < 0)
+		return -errno;
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	if ((r = crc32c_fd(fd, &crc)) < 0)
+		return r;
+	snprintf(hex, sizeof(hex), "%08x", crc);
+	o = json_object_new_object();
+	json_object_object_add(o, "size", json_object_new_int64((int64_t)st.st_size));
+	json_object_object_add(o, "ctime_ns", json_object_new_int64((int64_t)st.st_ctim.tv_sec * 1000000000 +
+								      st.st_ctim.tv_nsec));
+	json_object_object_add(o, "crc32c", json_object_new_string(hex));
+	json_object_object_add(files, name, o);
+	return 0;
+}
+
 /* Reads snapshot/bake.json; the snapshot counts only if its identity matches. */
 int template_load_bake(struct template *t)
 {
@@ -108,9 +148,14 @@ int template_load_bake(struct template *t)
 		b.baked_at = strdup(json_object_get_string(v));
 	if (json_object_object_get_ex(o, "timings", &tm))
 		timings_from_json(&b.timings, tm);
+	if (json_object_object_get_ex(o, "files", &v)) {
+		snap_file_from_json(v, "mem", &b.mem);
+		snap_file_from_json(v, "disk.img", &b.disk);
+	}
 	bake_info_clear(&t->bake);
 	t->bake = b;
 	t->has_bake = true;
+	atomic_store(&t->snap_checked, false); /* a full check at its first use */
 	return 0;
 }
 
@@ -211,20 +256,68 @@ void template_free(struct template *t)
 
 /* ---- snapshot clones ---- */
 
-/* Checks the snapshot before any VMM maps it: state digest and RAM file size. */
-static int verify_snapshot(const char *state, const char *mem, uint64_t mem_size, const char *want, char **why)
+static int why_set(char **why, int r, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int why_set(char **why, int r, const char *fmt, ...)
 {
+	va_list ap;
+
+	va_start(ap, fmt);
+	if (vasprintf(why, fmt, ap) < 0)
+		*why = NULL;
+	va_end(ap);
+	return r;
+}
+
+/*
+ * A memory or disk file of the snapshot against its record: present, a
+ * regular file, same size and ctime as the bake left it (any write since
+ * changes the ctime); with full, its CRC-32C too (once per daemon run).
+ */
+static int verify_snap_file(const char *path, const char *name, const struct snap_file *f, bool full, char **why)
+{
+	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+	struct stat st;
+	uint32_t crc;
+	int r;
+
+	if (fd < 0 || fstat(fd, &st) < 0)
+		return why_set(why, -EINVAL, "snapshot %s: %s", name, strerror(errno));
+	if (!S_ISREG(st.st_mode))
+		return why_set(why, -EINVAL, "snapshot %s: not a regular file", name);
+	if (!f->known)
+		return 0;
+	if ((uint64_t)st.st_size != f->size)
+		return why_set(why, -EINVAL, "snapshot %s: %" PRIu64 " bytes, baked with %" PRIu64 " (truncated or replaced)",
+			       name, (uint64_t)st.st_size, f->size);
+	if ((int64_t)st.st_ctim.tv_sec * 1000000000 + st.st_ctim.tv_nsec != f->ctime_ns)
+		return why_set(why, -EINVAL, "snapshot %s: changed since the bake (its ctime)", name);
+	if (full && ((r = crc32c_fd(fd, &crc)) < 0 || crc != f->crc32c))
+		return why_set(why, -EINVAL, "snapshot %s: checksum mismatch (corrupt)", name);
+	return 0;
+}
+
+/*
+ * Checks the snapshot before any VMM maps it: the device state's SHA-256
+ * (every time: it is small), the RAM and disk files' size and ctime (every
+ * time: a stat) and their CRC-32C (the first time after the daemon started).
+ */
+static int verify_snapshot(struct template *t, const char *state, const char *mem, const char *disk,
+			   const struct bake_info *b, char **why)
+{
+	bool full = !atomic_load(&t->snap_checked);
 	char got[65];
 	struct stat st;
+	int r;
 
-	if (stat(mem, &st) < 0 || (uint64_t)st.st_size != mem_size) {
-		*why = strdup("snapshot memory file missing or of the wrong size");
-		return -EINVAL;
-	}
-	if (sha256_file(state, got) < 0 || strcmp(got, want) != 0) {
-		*why = strdup("snapshot state digest mismatch (corrupt or truncated)");
-		return -EINVAL;
-	}
+	if (stat(mem, &st) < 0 || (uint64_t)st.st_size != b->mem_size)
+		return why_set(why, -EINVAL, "snapshot memory file missing or of the wrong size");
+	if (sha256_file(state, got) < 0 || strcmp(got, b->state_digest) != 0)
+		return why_set(why, -EINVAL, "snapshot state digest mismatch (corrupt or truncated)");
+	if ((r = verify_snap_file(mem, "mem", &b->mem, full, why)) < 0 ||
+	    (disk && (r = verify_snap_file(disk, "disk.img", &b->disk, full, why)) < 0))
+		return r;
+	if (full)
+		atomic_store(&t->snap_checked, true);
 	return 0;
 }
 
@@ -235,18 +328,17 @@ int template_snapshot_clone(struct template *t, const char *mem_dst, const char 
 	_cleanup_free_ char *smem = strjoin(t->snapdir, "/mem", NULL);
 	_cleanup_free_ char *sdisk = strjoin(t->snapdir, "/disk.img", NULL);
 	_cleanup_free_ char *sstate = strjoin(t->snapdir, "/state", NULL);
-	char want[65];
-	uint64_t mem_size;
+	struct bake_info b;
 	int r, fd = -1;
 
 	if (!smem || !sdisk || !sstate)
 		return -ENOMEM;
 	pthread_mutex_lock(&e->lock);
-	memcpy(want, t->bake.state_digest, 65);
-	mem_size = t->bake.mem_size;
+	b = t->bake;
+	b.baked_at = NULL; /* not ours */
 	pthread_mutex_unlock(&e->lock);
 	pthread_rwlock_rdlock(&t->snap_lock);
-	r = verify_snapshot(sstate, smem, mem_size, want, ret_why);
+	r = verify_snapshot(t, sstate, smem, disk_dst ? sdisk : NULL, &b, ret_why);
 	if (r == 0)
 		r = store_clone(&e->store, smem, mem_dst, ret_method);
 	if (r == 0 && disk_dst)
@@ -419,6 +511,7 @@ static int bake_commit(struct bake_ctx *b, const char *mem, const char *disk)
 	_cleanup_free_ char *old = strjoin(t->dir, "/snapshot.old", NULL);
 	_cleanup_free_ char *at = iso8601_now();
 	_cleanup_json_ json_object *o = json_object_new_object();
+	json_object *files;
 	char sd[65];
 	const char *txt;
 	int r;
@@ -430,6 +523,10 @@ static int bake_commit(struct bake_ctx *b, const char *mem, const char *disk)
 	if ((r = fsync_path(mem)) < 0 || (r = fsync_path(disk)) < 0 || (r = sha256_file(state, sd)) < 0)
 		return r;
 	timings_lap(&b->tm, "sync");
+	files = json_object_new_object();
+	json_object_object_add(o, "files", files);
+	if ((r = snap_file_record(mem, files, "mem")) < 0 || (disk && (r = snap_file_record(disk, files, "disk.img")) < 0))
+		return r;
 	json_object_object_add(o, "identity", json_object_new_string(b->identity));
 	json_object_object_add(o, "state_sha256", json_object_new_string(sd));
 	json_object_object_add(o, "mem_size", json_object_new_int64((int64_t)b->cfg.mem_mib << 20));
@@ -463,6 +560,7 @@ int template_install_snapshot(struct template *t, const char *newdir, struct tim
 	_cleanup_free_ char *at = iso8601_now();
 	_cleanup_json_ json_object *o = json_object_new_object();
 	struct slot *stale;
+	json_object *files;
 	char sd[65], ident[65];
 	uint64_t mem_size;
 	bool has_disk;
@@ -480,6 +578,10 @@ int template_install_snapshot(struct template *t, const char *newdir, struct tim
 	    (r = sha256_file(state, sd)) < 0)
 		return r;
 	timings_lap(tm, "sync");
+	files = json_object_new_object();
+	json_object_object_add(o, "files", files);
+	if ((r = snap_file_record(mem, files, "mem")) < 0 || (has_disk && (r = snap_file_record(disk, files, "disk.img")) < 0))
+		return r;
 	json_object_object_add(o, "identity", json_object_new_string(ident));
 	json_object_object_add(o, "state_sha256", json_object_new_string(sd));
 	json_object_object_add(o, "mem_size", json_object_new_int64((int64_t)mem_size));

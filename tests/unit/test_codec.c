@@ -86,6 +86,36 @@ static void base64_rejects(void **state)
 		assert_int_equal(base64_decode(bad[i], strlen(bad[i]), &out), -EINVAL);
 }
 
+static void crc32c_vectors(void **state)
+{
+	uint8_t buf[4096];
+	uint32_t whole, parts = 0;
+
+	(void)state;
+	assert_int_equal(crc32c_update(0, "123456789", 9), 0xE3069283u);
+	assert_int_equal(crc32c_update(0, "", 0), 0);
+	/* 32 zero bytes (RFC 3720, B.4) */
+	memset(buf, 0, 32);
+	assert_int_equal(crc32c_update(0, buf, 32), 0x8A9136AAu);
+	memset(buf, 0xff, 32);
+	assert_int_equal(crc32c_update(0, buf, 32), 0x62A8AB43u);
+	/* in pieces, at odd alignments, equals at once; one flipped bit changes it */
+	for (size_t i = 0; i < sizeof(buf); i++)
+		buf[i] = (uint8_t)(i * 131 + 7);
+	whole = crc32c_update(0, buf, sizeof(buf));
+	for (size_t o = 0; o < sizeof(buf);) {
+		size_t n = o % 13 + 1;
+
+		if (n > sizeof(buf) - o)
+			n = sizeof(buf) - o;
+		parts = crc32c_update(parts, buf + o, n);
+		o += n;
+	}
+	assert_int_equal(parts, whole);
+	buf[2049] ^= 0x10;
+	assert_int_not_equal(crc32c_update(0, buf, sizeof(buf)), whole);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -93,6 +123,7 @@ int main(void)
 		cmocka_unit_test(sha256_incremental),
 		cmocka_unit_test(base64_roundtrip),
 		cmocka_unit_test(base64_rejects),
+		cmocka_unit_test(crc32c_vectors),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
