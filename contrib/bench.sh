@@ -39,6 +39,11 @@
 #   slot     resident memory of idle warm slots (the pool at 8): RSS from
 #            /proc/PID/status and PSS from /proc/PID/smaps_rollup of each
 #            slot's VMM, the median reported.
+#   adopt    contrib/bench_adopt.py: BENCH_ADOPT_N sandboxes (default 16, every
+#            fourth paused), kill -9 of the daemon and a restart on the same
+#            state dir, BENCH_ADOPT_ROUNDS times (default 5): time until the
+#            mount answers and until every sandbox answered (status, exec),
+#            against the same restart with no sandbox.
 #   exec     one sandbox of "default": `true` through its `exec` file (open
 #            O_RDWR, write, read until EOF, close), BENCH_EXEC_N times
 #            (default 300) after 10 warm-up runs; round trip in ms.
@@ -95,7 +100,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 top=$PWD
-ALL_BENCHES=(create burst16 slot netslot netcreate lifecycle exec live adaptive)
+ALL_BENCHES=(create burst16 slot netslot netcreate lifecycle exec live adaptive adopt)
 
 log() { echo "bench: $*" >&2; }
 die() {
@@ -202,6 +207,9 @@ for b in "${benches[@]}"; do
 	if [ "$b" = adaptive ]; then
 		log "adaptive: contrib/bench_adaptive.py (its own daemons, several minutes)"
 		EMBERFS_IMAGE_DIR=$image EMBERFS_BIN=$bin python3 contrib/bench_adaptive.py || exit 1
+	elif [ "$b" = adopt ]; then
+		log "adopt: contrib/bench_adopt.py (its own daemon, kill -9 and restarts)"
+		EMBERFS_IMAGE_DIR=$image EMBERFS_BIN=$bin python3 contrib/bench_adopt.py || exit 1
 	else
 		rest+=("$b")
 	fi

@@ -8,6 +8,7 @@
 #include <poll.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/uio.h>
@@ -257,7 +258,13 @@ int agent_client_from_fd(int fd, struct agent_client **ret)
 	if (!c)
 		return -ENOMEM;
 	c->fd = fd;
-	c->next_id = 1;
+	/*
+	 * Ids start at random: a guest that took a previous connection's last
+	 * requests for this one's answers with ids this client never sent.
+	 */
+	if (getrandom(&c->next_id, sizeof(c->next_id), GRND_NONBLOCK) != sizeof(c->next_id))
+		c->next_id = (uint64_t)now_ns();
+	c->next_id = (c->next_id >> 12) | 1; /* well within JSON's exact integers (2^53) */
 	atomic_init(&c->refs, 2);
 	pthread_mutex_init(&c->lock, NULL);
 	pthread_mutex_init(&c->write_lock, NULL);

@@ -35,7 +35,8 @@
 #include "internal.h"
 
 #define RECORD_VERSION 2
-#define ADOPT_BUDGET_MS 5000
+#define ADOPT_BUDGET_MS 10000 /* per sandbox, all in parallel */
+#define ADOPT_PING_MS 1000
 
 struct adoptee {
 	char *dir;    /* store/vms/X */
@@ -525,21 +526,33 @@ static void *adopt_main(void *arg)
 		if (r < 0)
 			log_warn("sandbox %s: the VMM's run state is \"%s\"", s->name, st);
 	}
-	if (r == 0) {
-		step = "agent";
-		r = agent_connect(agent, ADOPT_BUDGET_MS, &s->cancel, &ac);
-	}
-	if (r == 0) {
-		s->agent = ac;
-		if (s->state == SB_READY) {
-			/* a running guest answers; a paused one is asked at its resume (the attach) */
-			_cleanup_json_ json_object *req = json_object_new_object();
-			int64_t left = ((int64_t)deadline - (int64_t)now_ns()) / 1000000;
+	/*
+	 * The agent: a running guest must answer a ping; a paused one is asked
+	 * at its resume (the attach). The guest sees the old connection end and
+	 * this one begin as two events on its port; a ping that goes unanswered
+	 * is tried again on a new connection, within the budget.
+	 */
+	while (r == 0) {
+		_cleanup_json_ json_object *req = json_object_new_object();
+		int64_t left = ((int64_t)deadline - (int64_t)now_ns()) / 1000000;
 
-			json_object_object_add(req, "op", json_object_new_string("ping"));
-			r = agent_call(ac, req, left > 100 ? (unsigned)left : 100, NULL);
-		}
+		step = "agent";
+		r = agent_connect(agent, left > 100 ? (unsigned)left : 100, &s->cancel, &ac);
+		if (r < 0 || s->state != SB_READY)
+			break;
+		json_object_object_add(req, "op", json_object_new_string("ping"));
+		left = ((int64_t)deadline - (int64_t)now_ns()) / 1000000;
+		r = agent_call(ac, req, left < ADOPT_PING_MS ? (left > 100 ? (unsigned)left : 100) : ADOPT_PING_MS, NULL);
+		if (r == 0)
+			break;
+		agent_free(TAKE_PTR(ac));
+		if ((int64_t)deadline - (int64_t)now_ns() <= 0 || atomic_load(&s->cancel))
+			break;
+		log_warn("sandbox %s: its agent did not answer (%s): connecting again", s->name, strerror(-r));
+		r = 0;
 	}
+	if (r == 0)
+		s->agent = ac;
 	if (r < 0) {
 		adopt_fail(a, step, r);
 		return NULL;

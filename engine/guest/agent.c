@@ -3196,14 +3196,23 @@ static size_t poll_fill(struct agent *a, struct pollfd *pfd, struct poll_slot *s
 	return n;
 }
 
+/*
+ * A host that goes and a new one that comes reach the port as two events,
+ * and the new host's first bytes can arrive before the second: the port
+ * then reports POLLIN with POLLHUP. The hangup is the old host's, so it is
+ * handled first; what is readable is kept for the next host (it may also be
+ * the old host's last words: their replies then carry ids the next host
+ * never used, and the host side starts its ids at random).
+ */
 static void port_service(struct agent *a, short revents)
 {
-	if (revents & POLLIN)
-		port_read(a);
 	if (revents & (POLLHUP | POLLERR | POLLNVAL)) {
 		port_hangup(a);
-		return;
+		if (!(revents & POLLIN))
+			return;
 	}
+	if (revents & POLLIN)
+		port_read(a);
 	if (revents & POLLOUT)
 		port_connected(a);
 }
