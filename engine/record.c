@@ -36,7 +36,7 @@
 
 #define RECORD_VERSION 2
 #define ADOPT_BUDGET_MS 10000 /* per sandbox, all in parallel */
-#define ADOPT_PING_MS 1000
+#define ADOPT_PING_MS 100
 
 struct adoptee {
 	char *dir;    /* store/vms/X */
@@ -527,30 +527,36 @@ static void *adopt_main(void *arg)
 			log_warn("sandbox %s: the VMM's run state is \"%s\"", s->name, st);
 	}
 	/*
-	 * The agent: a running guest must answer a ping; a paused one is asked
-	 * at its resume (the attach). The guest sees the old connection end and
-	 * this one begin as two events on its port; a ping that goes unanswered
-	 * is tried again on a new connection, within the budget.
+	 * The agent: a running guest answers a ping; a paused one is asked at
+	 * its resume (the attach). The guest learns that the old connection
+	 * ended and this one began from control messages that are not ordered
+	 * with the data: a first request can be taken for the old connection's
+	 * and its answer dropped with it. So the ping is sent again, on this
+	 * connection, every ADOPT_PING_MS until one is answered.
 	 */
-	while (r == 0) {
-		_cleanup_json_ json_object *req = json_object_new_object();
+	if (r == 0) {
 		int64_t left = ((int64_t)deadline - (int64_t)now_ns()) / 1000000;
 
 		step = "agent";
 		r = agent_connect(agent, left > 100 ? (unsigned)left : 100, &s->cancel, &ac);
-		if (r < 0 || s->state != SB_READY)
-			break;
+	}
+	for (unsigned tries = 1; r == 0 && s->state == SB_READY; tries++) {
+		_cleanup_json_ json_object *req = json_object_new_object();
+		int64_t left = ((int64_t)deadline - (int64_t)now_ns()) / 1000000;
+
 		json_object_object_add(req, "op", json_object_new_string("ping"));
-		left = ((int64_t)deadline - (int64_t)now_ns()) / 1000000;
-		r = agent_call(ac, req, left < ADOPT_PING_MS ? (left > 100 ? (unsigned)left : 100) : ADOPT_PING_MS, NULL);
-		if (r == 0)
+		r = agent_call(ac, req, left < ADOPT_PING_MS ? (unsigned)(left > 0 ? left : 1) : ADOPT_PING_MS, NULL);
+		if (r == 0) {
+			if (tries > 1)
+				log_info("sandbox %s: its agent answered ping %u", s->name, tries);
 			break;
-		agent_free(TAKE_PTR(ac));
-		if ((int64_t)deadline - (int64_t)now_ns() <= 0 || atomic_load(&s->cancel))
+		}
+		if (r != -ETIMEDOUT || (int64_t)deadline - (int64_t)now_ns() <= 0 || atomic_load(&s->cancel))
 			break;
-		log_warn("sandbox %s: its agent did not answer (%s): connecting again", s->name, strerror(-r));
 		r = 0;
 	}
+	if (r < 0 && ac)
+		agent_free(TAKE_PTR(ac));
 	if (r == 0)
 		s->agent = ac;
 	if (r < 0) {
