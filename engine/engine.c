@@ -153,6 +153,7 @@ int engine_spec_init(struct engine *e, const struct template_config *cfg, struct
 	spec->cgroups = e->cgroups;
 	spec->cgroup_version = e->cgroup_version;
 	spec->uid_base = e->vmm_uid_base;
+	spec->tag = e->tag;
 	spec->extra_gid = e->vmm_extra_gid;
 	return *owned ? 0 : -ENOMEM;
 }
@@ -220,15 +221,18 @@ static void reap_recorded_vmm(const char *record)
 /*
  * A VMM spawned just before a crash may have no record yet. Every VMM this
  * store ever ran holds its guest RAM file, a file of the store, as fd
- * FD_MEM, and has "emberfs-" in its command line (-name): any such process
- * is one of ours (unless it is being re-adopted).
+ * FD_MEM, and names the instance in its command line (-name
+ * emberfs-TAG-NAME): any such process is one of ours (unless it is being
+ * re-adopted).
  */
 static void reap_unrecorded_vmms(struct engine *e)
 {
 	_cleanup_free_ char *needle = strjoin(e->store.root, "/", NULL);
+	char marker[32];
 	DIR *d = opendir("/proc");
 	struct dirent *de;
 
+	snprintf(marker, sizeof(marker), "emberfs-%s-", e->tag);
 	while (needle && d && (de = readdir(d))) {
 		_cleanup_free_ char *path = NULL, *cmd = NULL, *fdpath = NULL;
 		pid_t pid = (pid_t)atoi(de->d_name);
@@ -246,7 +250,7 @@ static void reap_unrecorded_vmms(struct engine *e)
 		if (tl <= 0)
 			continue;
 		target[tl] = '\0';
-		if (strncmp(target, needle, strlen(needle)) == 0 && strstr(cmd, "emberfs-")) {
+		if (strncmp(target, needle, strlen(needle)) == 0 && strstr(cmd, marker)) {
 			log_warn("killing unrecorded VMM pid %d left by an earlier run", pid);
 			kill(pid, SIGKILL);
 		}
@@ -358,9 +362,6 @@ static int engine_setup(struct engine *e, const struct engine_options *o)
 	}
 	if (!e->store.reflink)
 		log_warn("store %s cannot reflink: clones are full copies (reported in every status)", e->store.root);
-	vmm_user_init(e);
-	adopt_scan(e);
-	sweep_leftovers(e);
 	{
 		struct sha256_ctx c;
 		uint8_t dg[SHA256_LEN];
@@ -374,6 +375,9 @@ static int engine_setup(struct engine *e, const struct engine_options *o)
 		memcpy(e->tag, d, 4);
 		e->tag[4] = '\0';
 	}
+	vmm_user_init(e);
+	adopt_scan(e);
+	sweep_leftovers(e);
 	{
 		_cleanup_free_ pid_t *keep = NULL;
 		size_t n = adopt_pids(e, &keep);

@@ -101,6 +101,7 @@ struct vmm_spec {
 	const char *accel;     /* "kvm" or "tcg" */
 	const char *cmdline;   /* the kernel command line as booted (engine_spec_init) */
 	const char *name;      /* for the process name */
+	const char *tag;       /* the instance tag (engine.tag): -name emberfs-TAG-NAME */
 	const char *mem_path;  /* guest RAM file (shared mapping) */
 	const char *disk_path;
 	const char *qmp_path;

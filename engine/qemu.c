@@ -115,7 +115,7 @@ static void build_args(const char *binary, const struct vmm_spec *s, struct args
 
 	args_add(a, "%s", binary);
 	args_add(a, "-name");
-	args_add(a, "emberfs-%s", s->name);
+	args_add(a, "emberfs-%s-%s", s->tag ? s->tag : "", s->name);
 	args_add(a, "-M");
 	args_add(a, "microvm,rtc=on,memory-backend=mem");
 	args_add(a, "-accel");
