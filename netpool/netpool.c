@@ -666,7 +666,7 @@ static bool is_kept(const struct netpool *p, const char *name, const char *prefi
  */
 static void sweep(struct netpool *p)
 {
-	char prefix[16], hprefix[16], cmd[128];
+	char prefix[16], hprefix[16];
 	struct nl_sock *sk = nl_open();
 	struct nl_cache *cache = NULL;
 	DIR *d = opendir(NETNS_DIR);
@@ -694,14 +694,7 @@ static void sweep(struct netpool *p)
 		closedir(d);
 	if (sk)
 		nl_socket_free(sk);
-	/* ("destroy" would ignore a missing table, but needs nftables >= 1.0.8) */
-	snprintf(cmd, sizeof(cmd), "delete table ip emberfs_%s\n", p->tag);
-	{
-		char *ignored = NULL;
-
-		nft_run(cmd, &ignored);
-		free(ignored);
-	}
+	/* the host table an earlier run left is replaced by host_table, in one transaction */
 }
 
 /* Within the /30 of a slot kept from the earlier run (its host end's routes)? */
@@ -753,7 +746,15 @@ static int host_table(struct netpool *p, char **ret_error)
 {
 	char nft[2048];
 
+	/*
+	 * One transaction: an earlier run's table (if any; "add" first so the
+	 * delete always has one) is replaced at once, so the sandboxes of
+	 * network slots kept for re-adoption are never without their filter.
+	 * ("destroy" would ignore a missing table, but needs nftables >= 1.0.8.)
+	 */
 	snprintf(nft, sizeof(nft),
+		 "add table ip emberfs_%1$s\n"
+		 "delete table ip emberfs_%1$s\n"
 		 "add table ip emberfs_%1$s\n"
 		 "add chain ip emberfs_%1$s input { type filter hook input priority filter; policy accept; }\n"
 		 "add chain ip emberfs_%1$s forward { type filter hook forward priority filter; policy accept; }\n"
