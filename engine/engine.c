@@ -465,6 +465,7 @@ int engine_new(const struct engine_options *opts, struct engine **ret)
 		return -ENOMEM;
 	e->opts = *opts;
 	e->test_hold = getenv("EMBERFS_TEST_HOLD");
+	e->console_max_kib = opts->console_max_kib ? opts->console_max_kib : 1024;
 	if (!e->opts.cold_slots)
 		e->opts.cold_slots = 1;
 	if (!e->opts.max_sandboxes)

@@ -396,6 +396,7 @@ struct sandbox {
 	pthread_mutex_t record_lock; /* one writer at a time, and none once destroy removed the directory */
 	bool record_gone;
 	unsigned adoptions; /* e->lock: daemon restarts it was re-adopted across */
+	uint64_t console_dropped; /* e->lock: bytes of console output dropped to keep within the cap */
 };
 
 /* Latency histograms for the metrics file (e->lock). */
@@ -449,6 +450,7 @@ struct engine {
 	char *cgroups[3];	  /* per-VMM groups go under these (cgroup.c); NULL-terminated */
 	int cgroup_version;
 	uid_t vmm_uid_base;	  /* resolved --vmm-uid-base (0: VMMs run as root) */
+	unsigned console_max_kib; /* a sandbox's console log stays within this (lifecycle.c console_scan) */
 	gid_t vmm_extra_gid;	  /* /dev/kvm's group, under KVM */
 	uint64_t pool_budget_mib; /* resolved from the options (host memory) */
 	unsigned pool_max_slots;

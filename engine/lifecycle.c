@@ -15,6 +15,8 @@
  * that sets the clock.
  */
 #include <fcntl.h>
+#include <linux/falloc.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -703,6 +705,86 @@ static void watchdog_scan(struct engine *e)
 	pthread_mutex_unlock(&e->lock);
 }
 
+/* ---- the console's size ---- */
+
+/*
+ * Drops the oldest part of a console log grown beyond max bytes, keeping the
+ * newest max/2 (rounded to the block size). The VMM appends (O_APPEND) all
+ * the while: collapsing the head (XFS, ext4) is atomic with its writes;
+ * elsewhere the tail is copied to the front and the file cut, and what the
+ * guest wrote in between may be lost. Returns the bytes dropped.
+ */
+static uint64_t console_trim(const char *path, uint64_t max)
+{
+	_cleanup_close_ int fd = open(path, O_RDWR | O_CLOEXEC);
+	_cleanup_free_ char *buf = NULL;
+	struct stat st;
+	uint64_t keep = max / 2, cut;
+	ssize_t n;
+
+	if (fd < 0 || fstat(fd, &st) < 0 || (uint64_t)st.st_size <= max || !st.st_blksize)
+		return 0;
+	cut = ((uint64_t)st.st_size - keep) / (uint64_t)st.st_blksize * (uint64_t)st.st_blksize;
+	if (cut && fallocate(fd, FALLOC_FL_COLLAPSE_RANGE, 0, (off_t)cut) == 0)
+		return cut;
+	/* no collapse here: copy the tail to the front */
+	if (!(buf = malloc(keep)) || (n = pread(fd, buf, keep, st.st_size - (off_t)keep)) < 0 ||
+	    pwrite(fd, buf, (size_t)n, 0) != n || ftruncate(fd, n) < 0)
+		return 0;
+	return (uint64_t)st.st_size - (uint64_t)n;
+}
+
+/*
+ * Every running sandbox's console stays within --console-max-kib (plus what
+ * the guest writes in one idler period): a guest flooding its serial port
+ * cannot fill the host's disk.
+ */
+static void console_scan(struct engine *e)
+{
+	uint64_t max = (uint64_t)e->console_max_kib << 10;
+	struct sandbox **v = NULL;
+	size_t n = 0, cap = 0;
+
+	if (!max)
+		return;
+	pthread_mutex_lock(&e->lock);
+	for (size_t i = 0; i < e->n_templates; i++)
+		for (size_t k = 0; k < e->templates[i]->n_sandboxes; k++) {
+			struct sandbox *s = e->templates[i]->sandboxes[k];
+
+			if (!s->vmm)
+				continue;
+			if (n == cap) {
+				struct sandbox **nv = realloc(v, (cap = cap ? cap * 2 : 16) * sizeof(*nv));
+
+				if (!nv)
+					break;
+				v = nv;
+			}
+			atomic_fetch_add(&s->refs, 1);
+			v[n++] = s;
+		}
+	pthread_mutex_unlock(&e->lock);
+	for (size_t i = 0; i < n; i++) {
+		struct sandbox *s = v[i];
+		struct stat st;
+		uint64_t dropped;
+
+		/* one stat per sandbox and period; the work only when over */
+		if (stat(s->console_path, &st) == 0 && (uint64_t)st.st_size > max &&
+		    (dropped = console_trim(s->console_path, max))) {
+			pthread_mutex_lock(&e->lock);
+			if (!s->console_dropped)
+				log_warn("sandbox %s/%s: console over %u KiB: its oldest output is dropped from now on",
+					 s->tpl->name, s->name, e->console_max_kib);
+			s->console_dropped += dropped;
+			pthread_mutex_unlock(&e->lock);
+		}
+		sandbox_unref(s);
+	}
+	free(v);
+}
+
 /* ---- idle timeout: scale to zero ---- */
 
 /* Hibernates sandboxes idle longer than their template's idle_timeout_s (running ones only). */
@@ -769,6 +851,7 @@ static void *idler_main(void *arg)
 		pthread_mutex_unlock(&e->lock);
 		idle_scan(e);
 		watchdog_scan(e);
+		console_scan(e);
 		if (now_ns() - e->last_plan_ns >= 1000000000ull) {
 			e->last_plan_ns = now_ns();
 			pool_plan(e); /* the capacity controller, about once a second */

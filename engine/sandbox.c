@@ -1068,6 +1068,7 @@ char *sandbox_render_status(struct sandbox *s)
 	json_object_object_add(o, "idle_hibernations", json_object_new_int64((int64_t)s->idle_hibernations));
 	json_object_object_add(o, "ctl_error", s->ctl_error ? json_object_new_string(s->ctl_error) : NULL);
 	json_object_object_add(o, "adoptions", json_object_new_int((int)s->adoptions));
+	json_object_object_add(o, "console_dropped_bytes", json_object_new_int64((int64_t)s->console_dropped));
 	pthread_mutex_unlock(&e->lock);
 	txt = strjoin(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE),
 		      "\n", NULL);

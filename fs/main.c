@@ -55,6 +55,8 @@ static void usage(FILE *out)
 		"      --no-loop-store     never loop-mount a store: clones are then full copies\n"
 		"      --vmm-uid-base N    each VMM runs as its own user, uid (and gid) N + an index free among\n"
 		"                          the live VMMs, below N + 65536 (default %u; 0: VMMs run as root)\n"
+		"      --console-max-kib K a sandbox's console log keeps its newest output within K KiB\n"
+		"                          (default 1024, at least 16)\n"
 		"      --allow-other       let other users in (the kernel then checks every file's mode);\n"
 		"                          default: only the user who mounted it\n"
 		"      --log FILE          log here once detached (default: discard)\n"
@@ -84,7 +86,7 @@ static int parse_uint(const char *s, unsigned long max, unsigned long *out)
 enum { OPT_STATE = 256, OPT_IMAGE, OPT_NOBAKE, OPT_QEMU, OPT_ACCEL, OPT_MAXSB, OPT_COLD, OPT_STORE, OPT_NOLOOP,
        OPT_LOG, OPT_PID, OPT_POOL, OPT_POOL_PAR, OPT_SLOT_AGE, OPT_WARMUP_EXEC, OPT_NET, OPT_NET_RANGE,
        OPT_NET_POOL, OPT_NET_NO_EGRESS, OPT_POOL_BUDGET, OPT_POOL_MAXSLOTS, OPT_POOL_MISS, OPT_POOL_DECAY,
-       OPT_ALLOW_OTHER, OPT_VMM_UID };
+       OPT_ALLOW_OTHER, OPT_VMM_UID, OPT_CONSOLE_MAX };
 
 static int parse_opt(int c, const char *arg, struct options *o)
 {
@@ -110,6 +112,11 @@ static int parse_opt(int c, const char *arg, struct options *o)
 		return 0;
 	case OPT_LOG: o->log_file = arg; return 0;
 	case OPT_ALLOW_OTHER: o->allow_other = true; return 0;
+	case OPT_CONSOLE_MAX:
+		if (parse_uint(arg, 1u << 22, &v) < 0 || v < 16)
+			return -EINVAL;
+		o->eng.console_max_kib = (unsigned)v;
+		return 0;
 	case OPT_VMM_UID:
 		if (strcmp(arg, "0") && (parse_uint(arg, 0xFFFFFFFFul - VMM_UID_RANGE, &v) < 0 || v < 1000))
 			return -EINVAL; /* not into the system's or the first users' ids */
@@ -208,6 +215,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 		{ "net-pool", required_argument, NULL, OPT_NET_POOL },
 		{ "net-no-egress", no_argument, NULL, OPT_NET_NO_EGRESS },
 		{ "vmm-uid-base", required_argument, NULL, OPT_VMM_UID },
+		{ "console-max-kib", required_argument, NULL, OPT_CONSOLE_MAX },
 		{ "store-size", required_argument, NULL, OPT_STORE },
 		{ "no-loop-store", no_argument, NULL, OPT_NOLOOP }, { "log", required_argument, NULL, OPT_LOG },
 		{ "pid-file", required_argument, NULL, OPT_PID }, { "allow-other", no_argument, NULL, OPT_ALLOW_OTHER }, { "verbose", no_argument, NULL, 'v' },

@@ -11,6 +11,9 @@ that kill things cannot hurt the others:
   name works again, nothing is left.
 - Watchdog: SIGSTOP of a ready sandbox's VMM: within ~2 s the watchdog kills
   it and the sandbox fails with the reason; another sandbox is not slowed.
+- ConsoleFlood: a guest writing 2 MiB to its serial console: the log stays
+  within --console-max-kib plus one idler period's output, keeps the newest
+  output, status says how much was dropped.
 - Saturation: 200 blocking reads (wait, a silent process's stdout) hold no
   FUSE thread: another sandbox's status and ctl answer at once.
 - Shutdown: SIGTERM with two ready sandboxes: exit 0, nothing left.
@@ -29,6 +32,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -251,6 +255,52 @@ class Phases(harness.TestCase):
             d.force_cleanup()
             raise
         d.stop()
+
+
+class ConsoleFlood(harness.TestCase):
+    def test_console_stays_within_its_cap(self):
+        # a guest writing 2 MiB to its serial console: the log stays within
+        # --console-max-kib (plus one idler period's output), keeps the newest
+        # output, and says how much it dropped
+        cap_kib = 64
+        with harness.own_daemon(extra_args=["--console-max-kib", str(cap_kib)]) as d:
+            d.create_ready("fl")
+            log = os.path.join(d.sandbox_vm_dir("fl"), "console.log")
+            biggest = [0]
+            stop = False
+
+            def watch():
+                while not stop:
+                    try:
+                        biggest[0] = max(biggest[0], os.path.getsize(log))
+                    except OSError:
+                        pass
+                    time.sleep(0.01)
+
+            th = threading.Thread(target=watch)
+            th.start()
+            try:
+                t0 = time.monotonic()
+                out, ok = d.exec_plain("fl", "head -c 2097152 /dev/zero | tr '\\0' x > /dev/ttyS0; "
+                                             "echo the-last-line > /dev/ttyS0")
+                secs = time.monotonic() - t0
+                self.assertTrue(ok, out)
+                time.sleep(0.6)  # two idler periods
+            finally:
+                stop = True
+                th.join()
+            st = d.status("fl")
+            size = os.path.getsize(log)
+            sys.stderr.write("\n  2 MiB to the console in %.1f s: log now %d KiB, at most %d KiB, dropped %d KiB\n" % (
+                secs, size >> 10, biggest[0] >> 10, st["console_dropped_bytes"] >> 10))
+            self.assertLessEqual(size, cap_kib << 10)
+            self.assertGreater(st["console_dropped_bytes"], 1 << 20)
+            # bounded by the cap plus what one period (250 ms) lets through at the rate measured
+            self.assertLess(biggest[0], (cap_kib << 10) + int(2.5 * (1 << 20) / max(secs, 0.25) * 0.5) + (64 << 10))
+            with open(log, "rb") as f:
+                self.assertIn(b"the-last-line", f.read())
+            self.assertIn("the-last-line", harness.read_text(d.sb("fl", "console")))
+            self.assertEqual(d.sh("fl", "echo alive").strip(), "alive")
 
 
 class Saturation(harness.TestCase):
