@@ -1,11 +1,13 @@
 /* The engine object: options, accelerator choice, store, template registry, the cold-work reservation. */
 #include <dirent.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 
 #include "config.h"
 #include "internal.h"
@@ -156,6 +158,31 @@ int engine_spec_init(struct engine *e, const struct template_config *cfg, struct
 	spec->tag = e->tag;
 	spec->extra_gid = e->vmm_extra_gid;
 	return *owned ? 0 : -ENOMEM;
+}
+
+/*
+ * Admission on the store's space: a new VM (create, fork, start, bake, warm
+ * slot) needs its guest's RAM in free space (its memory file's pages become
+ * its own as it writes them) plus --store-reserve-mib, the headroom that
+ * keeps the running guests' own copy-on-write from hitting a full store
+ * (their VMMs would die of SIGBUS). Refused with ENOSPC before anything is
+ * written; *ret_why says the figures.
+ */
+int engine_store_admit(struct engine *e, unsigned mem_mib, char **ret_why)
+{
+	struct statvfs sv;
+	uint64_t free_mib, need_mib = (uint64_t)mem_mib + e->store_reserve_mib;
+
+	if (statvfs(e->store.root, &sv) < 0)
+		return 0; /* cannot tell: the write itself will say */
+	free_mib = (uint64_t)sv.f_bavail * sv.f_frsize >> 20;
+	if (free_mib >= need_mib)
+		return 0;
+	if (ret_why && asprintf(ret_why, "the store has %" PRIu64 " MiB free; a VM of %u MiB needs %" PRIu64
+				" (its RAM and the %u MiB reserve for the running ones, --store-reserve-mib)", free_mib,
+				mem_mib, need_mib, e->store_reserve_mib) < 0)
+		*ret_why = NULL;
+	return -ENOSPC;
 }
 
 /* The default template's config, from the image's manifest. */
@@ -466,6 +493,7 @@ int engine_new(const struct engine_options *opts, struct engine **ret)
 	e->opts = *opts;
 	e->test_hold = getenv("EMBERFS_TEST_HOLD");
 	e->console_max_kib = opts->console_max_kib ? opts->console_max_kib : 1024;
+	e->store_reserve_mib = opts->store_reserve_mib < 0 ? 512 : (unsigned)opts->store_reserve_mib;
 	if (!e->opts.cold_slots)
 		e->opts.cold_slots = 1;
 	if (!e->opts.max_sandboxes)

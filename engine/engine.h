@@ -44,6 +44,7 @@ struct engine_options {
 	bool net_no_egress;	   /* sandboxes reach nothing beyond their host end */
 	int64_t vmm_uid_base;	   /* VMMs run as users from here on, one each; 0: as root; -1: the default */
 	unsigned console_max_kib;  /* a sandbox's console log is kept within this; 0: 1024 */
+	int64_t store_reserve_mib; /* store space kept free for running guests; -1: 512 */
 };
 #define VMM_UID_RANGE 65536 /* uids per instance: one per live VMM */
 #define VMM_UID_BASE_DEFAULT 1879048192u /* 0x70000000: above the ranges systemd hands out to containers */

@@ -451,6 +451,7 @@ struct engine {
 	int cgroup_version;
 	uid_t vmm_uid_base;	  /* resolved --vmm-uid-base (0: VMMs run as root) */
 	unsigned console_max_kib; /* a sandbox's console log stays within this (lifecycle.c console_scan) */
+	unsigned store_reserve_mib; /* store headroom kept for running guests (engine_store_admit) */
 	gid_t vmm_extra_gid;	  /* /dev/kvm's group, under KVM */
 	uint64_t pool_budget_mib; /* resolved from the options (host memory) */
 	unsigned pool_max_slots;
@@ -479,6 +480,8 @@ struct digest_entry {
  * guesses hangs in calibrate_delay). Free *owned after the spawn.
  */
 int engine_spec_init(struct engine *e, const struct template_config *cfg, struct vmm_spec *spec, char **owned);
+/* -ENOSPC (with the figures in *ret_why) if a new VM of mem_mib would leave the store below its reserve. */
+int engine_store_admit(struct engine *e, unsigned mem_mib, char **ret_why);
 
 /* engine_sandbox_create, or (fork_src set) the reservation of a fork's child, which then waits for fork_ready. */
 int sandbox_create_internal(struct engine *e, struct template *t, const char *name, struct sandbox *fork_src,

@@ -17,6 +17,7 @@
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -281,6 +282,14 @@ static int op_start(struct sandbox *s)
 	pthread_mutex_lock(&e->lock);
 	mem_mib = s->tpl->cfg.mem_mib;
 	pthread_mutex_unlock(&e->lock);
+	{
+		_cleanup_free_ char *why = NULL;
+
+		if ((r = engine_store_admit(e, mem_mib, &why)) < 0) {
+			set_ctl_error(s, "start: %s", why ? why : "the store is full");
+			return r;
+		}
+	}
 	if ((r = cold_acquire(e, &s->cancel)) < 0)
 		return r;
 	/* a fresh, zeroed memory file */
@@ -340,7 +349,12 @@ static int op_hibernate(struct sandbox *s)
 	if (r == 0 && rename(tmp, state) < 0)
 		r = -errno;
 	if (r < 0) {
+		struct statvfs sv;
+
 		unlink(tmp);
+		/* the VMM only says its migration failed: a full store is the likely why */
+		if (statvfs(s->dir, &sv) == 0 && (uint64_t)sv.f_bavail * sv.f_frsize < (16u << 20))
+			r = -ENOSPC;
 		set_ctl_error(s, "hibernate: snapshot failed: %s", strerror(-r));
 		/* a migration that stopped the vCPUs leaves them stopped: start them again if it was running */
 		if (s->state == SB_READY)
@@ -419,6 +433,18 @@ static int op_fork(struct sandbox *s, const char *name)
 	bool was_running, has_disk;
 	int r;
 
+	{
+		_cleanup_free_ char *why = NULL;
+		unsigned mem_mib;
+
+		pthread_mutex_lock(&e->lock);
+		mem_mib = t->cfg.mem_mib;
+		pthread_mutex_unlock(&e->lock);
+		if ((r = engine_store_admit(e, mem_mib, &why)) < 0) {
+			set_ctl_error(s, "fork %s: %s", name, why ? why : "the store is full");
+			return r;
+		}
+	}
 	r = sandbox_create_internal(e, t, name, s, &c);
 	if (r < 0) {
 		set_ctl_error(s, "fork %s: %s", name, r == -EEXIST ? "a sandbox of that name exists" :

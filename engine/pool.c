@@ -560,6 +560,15 @@ static void *pool_main(void *arg)
 				pthread_cond_wait(&t->pool_cond, &e->lock);
 			continue;
 		}
+		if (engine_store_admit(e, t->cfg.mem_mib, &why) < 0) {
+			/* no room in the store: look again in a while, no failure counted */
+			if (!t->pool_error || strcmp(t->pool_error, why) != 0) {
+				free(t->pool_error);
+				t->pool_error = TAKE_PTR(why);
+			}
+			wait_a_while(t, 1000);
+			continue;
+		}
 		if (!(sl = slot_new(t)) || template_config_copy(&t->cfg, &j.cfg) < 0) {
 			free(sl);
 			wait_a_while(t, 1000);

@@ -825,6 +825,7 @@ int sandbox_create_internal(struct engine *e, struct template *t, const char *na
 			    struct sandbox **ret)
 {
 	enum miss_reason miss = MISS_EMPTY;
+	_cleanup_free_ char *full = NULL;
 	struct sandbox *s, **n;
 	struct slot *dead = NULL;
 	struct timespec now;
@@ -861,6 +862,8 @@ int sandbox_create_internal(struct engine *e, struct template *t, const char *na
 		r = -ENOENT;
 	else if (e->n_sandboxes >= e->opts.max_sandboxes)
 		r = -ENOSPC;
+	else if (!fork_src && engine_store_admit(e, t->cfg.mem_mib, &full) < 0)
+		r = -ENOSPC; /* a fork's parent checks for its child */
 	/* names are unique across templates: live/NAME and the guest's network names use them */
 	for (size_t k = 0; r == 0 && k < e->n_templates; k++)
 		for (size_t i = 0; r == 0 && i < e->templates[k]->n_sandboxes; i++)
@@ -903,6 +906,8 @@ int sandbox_create_internal(struct engine *e, struct template *t, const char *na
 	}
 	pthread_mutex_unlock(&e->lock);
 	slots_free_list(e, dead);
+	if (full)
+		log_warn("sandbox %s/%s refused: %s", t->name, name, full);
 	if (r < 0)
 		goto free;
 	*ret = s;

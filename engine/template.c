@@ -874,10 +874,20 @@ int template_ctl(struct template *t, const char *cmd, size_t len)
 		free(t->error);
 		t->error = strdup("bake: refused: this template was made from a sandbox (derived_from); its snapshot cannot be rebuilt by booting");
 		r = -EINVAL;
-	} else if (t->bake_running || t->bake_joinable || e->shutting_down)
+	} else if (t->bake_running || t->bake_joinable || e->shutting_down) {
 		r = -EBUSY;
-	else if (force || t->state != TPL_READY)
-		template_start_bake(t);
+	} else if (force || t->state != TPL_READY) {
+		char *why = NULL;
+
+		/* a bake needs its guest's RAM in the store: refused before anything, the snapshot in place kept */
+		if ((r = engine_store_admit(e, t->cfg.mem_mib, &why)) < 0) {
+			free(t->error);
+			t->error = why ? strjoin("bake: refused: ", why, NULL) : NULL;
+			free(why);
+		} else {
+			template_start_bake(t);
+		}
+	}
 	pthread_mutex_unlock(&e->lock);
 	return r;
 }

@@ -53,6 +53,8 @@ static void usage(FILE *out)
 		"      --net-no-egress     sandboxes reach nothing but their host end (no NAT to the world)\n"
 		"      --store-size MIB    size of the loop-mounted XFS store, when one is needed (default 32768)\n"
 		"      --no-loop-store     never loop-mount a store: clones are then full copies\n"
+		"      --store-reserve-mib M  a new VM needs its RAM plus M MiB free in the store, kept for\n"
+		"                          the running guests' copy-on-write (default 512; else ENOSPC)\n"
 		"      --vmm-uid-base N    each VMM runs as its own user, uid (and gid) N + an index free among\n"
 		"                          the live VMMs, below N + 65536 (default %u; 0: VMMs run as root)\n"
 		"      --console-max-kib K a sandbox's console log keeps its newest output within K KiB\n"
@@ -86,7 +88,7 @@ static int parse_uint(const char *s, unsigned long max, unsigned long *out)
 enum { OPT_STATE = 256, OPT_IMAGE, OPT_NOBAKE, OPT_QEMU, OPT_ACCEL, OPT_MAXSB, OPT_COLD, OPT_STORE, OPT_NOLOOP,
        OPT_LOG, OPT_PID, OPT_POOL, OPT_POOL_PAR, OPT_SLOT_AGE, OPT_WARMUP_EXEC, OPT_NET, OPT_NET_RANGE,
        OPT_NET_POOL, OPT_NET_NO_EGRESS, OPT_POOL_BUDGET, OPT_POOL_MAXSLOTS, OPT_POOL_MISS, OPT_POOL_DECAY,
-       OPT_ALLOW_OTHER, OPT_VMM_UID, OPT_CONSOLE_MAX };
+       OPT_ALLOW_OTHER, OPT_VMM_UID, OPT_CONSOLE_MAX, OPT_STORE_RESERVE };
 
 static int parse_opt(int c, const char *arg, struct options *o)
 {
@@ -112,6 +114,11 @@ static int parse_opt(int c, const char *arg, struct options *o)
 		return 0;
 	case OPT_LOG: o->log_file = arg; return 0;
 	case OPT_ALLOW_OTHER: o->allow_other = true; return 0;
+	case OPT_STORE_RESERVE:
+		if (strcmp(arg, "0") && parse_uint(arg, 1u << 30, &v) < 0)
+			return -EINVAL;
+		o->eng.store_reserve_mib = strcmp(arg, "0") ? (int64_t)v : 0;
+		return 0;
 	case OPT_CONSOLE_MAX:
 		if (parse_uint(arg, 1u << 22, &v) < 0 || v < 16)
 			return -EINVAL;
@@ -216,6 +223,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 		{ "net-no-egress", no_argument, NULL, OPT_NET_NO_EGRESS },
 		{ "vmm-uid-base", required_argument, NULL, OPT_VMM_UID },
 		{ "console-max-kib", required_argument, NULL, OPT_CONSOLE_MAX },
+		{ "store-reserve-mib", required_argument, NULL, OPT_STORE_RESERVE },
 		{ "store-size", required_argument, NULL, OPT_STORE },
 		{ "no-loop-store", no_argument, NULL, OPT_NOLOOP }, { "log", required_argument, NULL, OPT_LOG },
 		{ "pid-file", required_argument, NULL, OPT_PID }, { "allow-other", no_argument, NULL, OPT_ALLOW_OTHER }, { "verbose", no_argument, NULL, 'v' },
@@ -301,7 +309,7 @@ int main(int argc, char **argv)
 {
 	struct options o = { .eng = { .state_dir = "/var/lib/emberfs", .bake_default = true, .pool_depth = 2,
 			      .pool_parallel = 1, .slot_max_age_s = 3600, .net_pool = 4,
-			      .vmm_uid_base = -1 }, .level = LOG_INFO_ };
+			      .vmm_uid_base = -1, .store_reserve_mib = -1 }, .level = LOG_INFO_ };
 	struct engine *e = NULL;
 	struct fs *f = NULL;
 	int notify = -1, r;
