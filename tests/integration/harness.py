@@ -15,8 +15,15 @@ everything the daemon creates on the host:
              record.json names the sandbox (older layout:
              STATE/store/sandboxes/T/NAME), listed as "T/NAME"
   zombies    zombie children of the daemon
+  cgroups    per-VMM cgroups under the instance's groups (emberfs-TAG); once
+             the daemon has exited, the instance groups themselves
+  net        after exit only: network namespaces efTAG-*, host links
+             efTAGh*, the nft table emberfs_TAG (while the daemon runs its
+             network pool keeps slots ready on its own; test_net.py compares
+             namespaces, links, routes and nft rules around a daemon)
   slots     the daemon's warm slots, if it keeps any: per-VM dirs whose
-             record names no sandbox, their run dirs and QEMU processes
+             record names no sandbox, their run dirs, QEMU processes and
+             cgroups
 
 Teardown sends SIGTERM, waits (bounded), requires exit code 0, no mount left
 (so `fusermount3 -u` is never needed), an empty inventory, and no line with
@@ -38,6 +45,7 @@ import contextlib
 import base64
 import ctypes
 import errno
+import hashlib
 import json
 import os
 import re
@@ -430,6 +438,39 @@ class Daemon:
             _logs.add(self.log_path)  # main() removes the logs when every test passed
 
     # ---- inventory ----
+    @property
+    def tag(self):
+        """The instance tag the daemon puts in every host name: 4 hex digits of sha256(state dir)."""
+        return hashlib.sha256(self.state.encode()).hexdigest()[:4]
+
+    def _cgroup_bases(self):
+        """The instance's cgroup groups (found from the daemon's own groups while it runs, then kept)."""
+        if getattr(self, "_cg_bases", None) is None and self.alive():
+            bases = []
+            try:
+                with open("/proc/%d/cgroup" % self.pid) as f:
+                    for line in f:
+                        _, ctrls, path = line.rstrip("\n").split(":", 2)
+                        path = "" if path == "/" else path
+                        if ctrls == "":
+                            bases.append("/sys/fs/cgroup%s/emberfs-%s" % (path, self.tag))
+                        for c in ("cpu", "memory"):
+                            if c in ctrls.split(","):
+                                bases.append("/sys/fs/cgroup/%s%s/emberfs-%s" % (c, path, self.tag))
+            except OSError:
+                return []
+            self._cg_bases = bases
+        return getattr(self, "_cg_bases", None) or []
+
+    def _net_leftovers(self):
+        """Namespaces, host links and the nft table of this instance (the netpool's own while it runs)."""
+        out = ["netns " + n for n in _listdir("/run/netns") if n.startswith("ef%s-" % self.tag)]
+        out += ["link " + n for n in _listdir("/sys/class/net") if n.startswith("ef%sh" % self.tag)]
+        if shutil.which("nft"):
+            r = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True)
+            out += ["nft " + t.strip() for t in r.stdout.splitlines() if t.strip().endswith(" emberfs_" + self.tag)]
+        return sorted(out)
+
     def _qemu_pids(self):
         """QEMU processes holding a file of this state dir as their guest RAM
         (fd 4: VMMs open nothing of the state dir by path)."""
@@ -528,6 +569,24 @@ class Daemon:
                 if st and st[0] == "Z" and st[1] == self.pid:
                     zombies.append(str(pid))
         inv["zombies"] = sorted(zombies)
+        # per-VMM cgroups (a slot's go with the slots); once the daemon is gone, its groups too
+        cgs = []
+        for b in self._cgroup_bases():
+            for pid in _listdir(b):
+                if not os.path.isdir(os.path.join(b, pid)):
+                    continue
+                parts = b.split("/")
+                desc = "%s/%s" % (parts[4] if parts[4] in ("cpu", "memory") else "unified", pid)
+                if pid.isdigit() and int(pid) in slot_pids:
+                    slots.append("cgroup " + desc)
+                else:
+                    cgs.append(desc)
+            if not self.alive() and os.path.isdir(b):
+                cgs.append(b)
+        inv["cgroups"] = sorted(cgs)
+        # network objects: the pool keeps slots ready on its own while the daemon runs (test_net.py
+        # compares them around a daemon); after exit none may be left
+        inv["net"] = [] if self.alive() else self._net_leftovers()
         inv["slots"] = sorted(slots + ["run/" + r for r in run_entries if r in slot_runs])
         return inv
 
@@ -742,7 +801,8 @@ class Daemon:
         return time.monotonic() - t0
 
 
-EMPTY_INVENTORY = {"qemu": [], "mounts": [], "loops": [], "run": [], "sandboxes": [], "zombies": [], "slots": []}
+EMPTY_INVENTORY = {"qemu": [], "mounts": [], "loops": [], "run": [], "sandboxes": [], "zombies": [], "cgroups": [],
+                   "net": [], "slots": []}
 
 
 def describe_inventory(inv):
