@@ -39,6 +39,11 @@
 #   slot     resident memory of idle warm slots (the pool at 8): RSS from
 #            /proc/PID/status and PSS from /proc/PID/smaps_rollup of each
 #            slot's VMM, the median reported.
+#   soak     contrib/bench_soak.py (tests/integration/test_soak.py's Soak): 8
+#            workers create, exec in and destroy sandboxes, 312 cycles in 3
+#            rounds with a kill -9 and a SIGTERM restart between them, against
+#            the ASan build if there is one; the leak inventory, the daemon's
+#            descriptors and its RSS are compared in every round.
 #   adopt    contrib/bench_adopt.py: BENCH_ADOPT_N sandboxes (default 16, every
 #            fourth paused), kill -9 of the daemon and a restart on the same
 #            state dir, BENCH_ADOPT_ROUNDS times (default 5): time until the
@@ -100,7 +105,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 top=$PWD
-ALL_BENCHES=(create burst16 slot netslot netcreate lifecycle exec live adaptive adopt)
+ALL_BENCHES=(create burst16 slot netslot netcreate lifecycle exec live adaptive adopt soak)
 
 log() { echo "bench: $*" >&2; }
 die() {
@@ -207,6 +212,14 @@ for b in "${benches[@]}"; do
 	if [ "$b" = adaptive ]; then
 		log "adaptive: contrib/bench_adaptive.py (its own daemons, several minutes)"
 		EMBERFS_IMAGE_DIR=$image EMBERFS_BIN=$bin python3 contrib/bench_adaptive.py || exit 1
+	elif [ "$b" = soak ]; then
+		sbin=$bin
+		if [ -z "${EMBERFS_BIN:-}" ] && [ -x build-asan/fs/emberfs ]; then
+			sbin=$top/build-asan/fs/emberfs
+		fi
+		log "soak: contrib/bench_soak.py with $sbin (its own daemons, several minutes)"
+		ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0} EMBERFS_IMAGE_DIR=$image EMBERFS_BIN=$sbin \
+			python3 contrib/bench_soak.py || exit 1
 	elif [ "$b" = adopt ]; then
 		log "adopt: contrib/bench_adopt.py (its own daemon, kill -9 and restarts)"
 		EMBERFS_IMAGE_DIR=$image EMBERFS_BIN=$bin python3 contrib/bench_adopt.py || exit 1
