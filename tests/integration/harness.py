@@ -21,6 +21,9 @@ everything the daemon creates on the host:
              efTAGh*, the nft table emberfs_TAG (while the daemon runs its
              network pool keeps slots ready on its own; test_net.py compares
              namespaces, links, routes and nft rules around a daemon)
+  orphans    objects no record accounts for: a VMM whose RAM file's
+             directory has no record naming its pid, a cgroup of no VMM, a
+             run directory no record names (persisting over 0.3 s)
   slots     the daemon's warm slots, if it keeps any: per-VM dirs whose
              record names no sandbox, their run dirs, QEMU processes and
              cgroups
@@ -588,7 +591,41 @@ class Daemon:
         # compares them around a daemon); after exit none may be left
         inv["net"] = [] if self.alive() else self._net_leftovers()
         inv["slots"] = sorted(slots + ["run/" + r for r in run_entries if r in slot_runs])
+        inv["orphans"] = self._orphans()
         return inv
+
+    def _orphans_once(self):
+        """Objects of this daemon that no record accounts for: a VMM whose RAM file's directory has no
+        record naming its pid (a bake's VMM excepted: templates/T/ is its record), a cgroup of no VMM
+        of ours, a run directory no record names."""
+        recs = self.vm_dirs()
+        pids = set(self._qemu_pids())
+        out = []
+        for p in pids:
+            mem = vmm_mem_path(p) or ""
+            d = os.path.dirname(mem)
+            if _under(d, os.path.join(self.state, "store", "templates")):
+                continue
+            rec = recs.get(d)
+            if not rec or rec.get("vmm_pid") != p:
+                out.append("qemu %d (%s): no record names it" % (p, d))
+        for b in self._cgroup_bases():
+            for pid in _listdir(b):
+                if pid.isdigit() and os.path.isdir(os.path.join(b, pid)) and int(pid) not in pids:
+                    out.append("cgroup %s/%s: of no VMM" % (b, pid))
+        named = {os.path.basename((r or {}).get("run_dir", "").rstrip("/")) for r in recs.values()}
+        for r in _listdir(os.path.join(self.state, "run")):
+            if r not in named and r not in {os.path.basename(d) for d in recs}:
+                out.append("run/%s: no record names it" % r)
+        return set(out)
+
+    def _orphans(self):
+        """_orphans_once, of what stays so for 0.3 s (a VMM is spawned before its record names it)."""
+        first = self._orphans_once()
+        if not first:
+            return []
+        time.sleep(0.3)
+        return sorted(first & self._orphans_once())
 
     def wait_quiet(self, quiet_for=1.0, timeout=15.0):
         """Waits until the inventory (slots included) stays unchanged for
@@ -802,7 +839,7 @@ class Daemon:
 
 
 EMPTY_INVENTORY = {"qemu": [], "mounts": [], "loops": [], "run": [], "sandboxes": [], "zombies": [], "cgroups": [],
-                   "net": [], "slots": []}
+                   "net": [], "orphans": [], "slots": []}
 
 
 def describe_inventory(inv):
