@@ -25,11 +25,14 @@ fi
 ninja -C build >/dev/null
 image=$(contrib/build-image.sh build/engine/guest/emberfs-agent .image | tail -n 1)
 
-if grep -qs " $MNT fuse.emberfs " /proc/mounts; then
+# A live mount is refused; a stale one (the daemon was killed: it answers ENOTCONN) is what a
+# restart replaces, re-adopting the sandboxes (docs/operations.md).
+if grep -qs " $MNT fuse.emberfs " /proc/mounts && ls "$MNT" >/dev/null 2>&1; then
 	echo "up.sh: emberfs is already mounted on $MNT (stop it: fusermount3 -u $MNT)" >&2
 	exit 1
 fi
-mkdir -p "$MNT" "$STATE"
+mkdir -p "$STATE"
+grep -qs " $MNT fuse.emberfs " /proc/mounts || mkdir -p "$MNT"
 # --net: sandboxes get a network slot each (EMBERFS_NET_RANGE, default 10.200.0.0/16).
 # --allow-other: started with sudo, the mount is still usable from your own
 # account (file modes decide: the control files are root's); EMBERFS_OWNER_ONLY=1 leaves it out.
