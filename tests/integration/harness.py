@@ -426,6 +426,17 @@ class Daemon:
         for dev in loop_devices_backed_by(os.path.join(self.state, "store.xfs")):
             subprocess.run(["losetup", "-d", dev], stderr=subprocess.DEVNULL)
         reap_orphans()
+        # a killed daemon's cgroups: its VMMs are gone, the groups are empty (the next start would sweep them)
+        for b in self._cgroup_bases():
+            for c in [os.path.join(b, c) for c in _listdir(b) if c.isdigit()] + [b]:
+                for _ in range(100):  # a group empties a moment after its last process is reaped
+                    try:
+                        os.rmdir(c)
+                        break
+                    except FileNotFoundError:
+                        break
+                    except OSError:
+                        time.sleep(0.01)
         if self in _live:
             _live.remove(self)
         if keep:
@@ -448,10 +459,11 @@ class Daemon:
 
     def _cgroup_bases(self):
         """The instance's cgroup groups (found from the daemon's own groups while it runs, then kept)."""
-        if getattr(self, "_cg_bases", None) is None and self.alive():
+        if getattr(self, "_cg_bases", None) is None:
             bases = []
             try:
-                with open("/proc/%d/cgroup" % self.pid) as f:
+                # the daemon's groups; once it is gone, ours (it was started in them)
+                with open("/proc/%s/cgroup" % (self.pid if self.alive() else "self")) as f:
                     for line in f:
                         _, ctrls, path = line.rstrip("\n").split(":", 2)
                         path = "" if path == "/" else path
