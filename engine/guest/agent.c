@@ -15,8 +15,9 @@
  * (exec, out, in, wait).  Ops: ping, exec, attach; file ops on guest paths
  * and per-connection file handles; streaming processes (spawn, out, in,
  * signal, status, wait, release).  Replies only go to the connection that
- * carried the request; a hangup closes that connection's file handles and
- * kills its spawned processes.  Memory stays bounded: requests are not read
+ * carried the request; a hangup closes that connection's file handles; its
+ * spawned processes run on until the next host's attach keeps them (by
+ * handle) or releases them.  Memory stays bounded: requests are not read
  * while the output queue is full, process output is not read while its
  * buffer is full (back-pressure onto the process).
  *
@@ -788,6 +789,7 @@ struct agent {
 	size_t spawn_in_bytes;		/* in_data of all spawned jobs */
 	int fh[MAX_FH];			/* open handles: fh N is fh[N - 1] */
 	struct strv extra_env;		/* from the last attach */
+	uint64_t session;		/* from the last attach that had one */
 };
 
 struct request {
@@ -1713,12 +1715,42 @@ struct attach_spec {
 	bool has_time;
 	uint64_t time_ns;
 	const char *machine_id;	/* 32 lowercase hex digits, for /etc/machine-id */
+	uint64_t *jobs;		/* spawned jobs to keep (an earlier host's) */
+	size_t n_jobs;
+	bool has_session;
+	uint64_t session;	/* the host's name for its connection */
 };
 
 static void attach_spec_done(struct attach_spec *s)
 {
 	strv_free(&s->env);
 	free(s->entropy);
+	free(s->jobs);
+}
+
+/* "jobs": an array of at most MAX_SPAWN job handles; absent: none. */
+static int attach_parse_jobs(struct request *rq, struct attach_spec *s)
+{
+	struct json_object *v;
+	size_t n;
+
+	if (!json_object_object_get_ex(rq->msg, "jobs", &v))
+		return 0;
+	if (!json_object_is_type(v, json_type_array) || (n = json_object_array_length(v)) > MAX_SPAWN)
+		return request_fail(rq, EINVAL, "\"jobs\" must be an array of at most %d job handles", MAX_SPAWN);
+	s->jobs = calloc(n ? n : 1, sizeof(*s->jobs));
+	if (!s->jobs)
+		return -ENOMEM;
+	for (size_t i = 0; i < n; i++) {
+		struct json_object *e = json_object_array_get_idx(v, i);
+
+		if (!json_object_is_type(e, json_type_int) || json_object_get_int64(e) < 0)
+			return request_fail(rq, EINVAL, "\"jobs\" must be an array of at most %d job handles",
+					    MAX_SPAWN);
+		s->jobs[i] = json_object_get_uint64(e);
+	}
+	s->n_jobs = n;
+	return 0;
 }
 
 /* Everything is checked before anything is applied. */
@@ -1750,6 +1782,13 @@ static int attach_parse(struct request *rq, struct attach_spec *s)
 		return request_fail(rq, EINVAL, "\"machine_id\" must be 32 lowercase hex digits");
 	if (r < 0)
 		s->machine_id = NULL;
+	r = attach_parse_jobs(rq, s);
+	if (r < 0)
+		return r;
+	r = json_get_u64(rq->msg, "session", &s->session);
+	if (r == -EINVAL)
+		return request_fail(rq, EINVAL, "\"session\" must be a non-negative integer");
+	s->has_session = r == 0;
 	return 0;
 }
 
@@ -1782,12 +1821,58 @@ static int machine_id_write(const char *id)
 	return 0;
 }
 
+static void spawn_status(struct job *j, struct json_object *o);
+static void spawn_release(struct agent *a, struct job *j, bool reply);
+
+/*
+ * The spawned jobs the attach names become this connection's (what an
+ * earlier host started, kept over its hangup: a daemon restarted, a sandbox
+ * woken); every other job an earlier host left is released (killed): one of
+ * an earlier connection, or any not named when the attach brings a session
+ * new to the agent (a restored snapshot or a fork sees no hangup: the
+ * connection state is part of the snapshot). The reply's "jobs" has the
+ * status of each one kept; a handle the agent does not know is left out.
+ */
+static int attach_jobs(struct agent *a, struct request *rq, struct attach_spec *s, struct json_object *reply)
+{
+	struct json_object *kept = json_object_new_array();
+	bool new_host = s->has_session && s->session != a->session;
+
+	if (!kept)
+		return -ENOMEM;
+	for (size_t i = 0; i < JOB_SLOTS; i++) {
+		struct job *j = a->jobs[i];
+		bool keep = false;
+
+		if (!j || !j->spawned)
+			continue;
+		for (size_t k = 0; k < s->n_jobs && !keep; k++)
+			keep = s->jobs[k] == j->id;
+		if (keep) {
+			struct json_object *o = json_object_new_object();
+
+			j->gen = rq->gen;
+			if (!o)
+				continue;
+			json_object_object_add(o, "job", json_object_new_uint64(j->id));
+			spawn_status(j, o);
+			json_object_object_add(o, "stdin_closed", json_object_new_boolean(j->in_fd < 0));
+			json_object_array_add(kept, o);
+		} else if (j->gen != rq->gen || new_host) {
+			spawn_release(a, j, false);
+		}
+	}
+	if (s->has_session)
+		a->session = s->session;
+	json_object_object_add(reply, "jobs", kept);
+	return 0;
+}
+
 static int op_attach(struct agent *a, struct request *rq, struct json_object *reply)
 {
 	_cleanup_(attach_spec_done) struct attach_spec s = { 0 };
 	int r;
 
-	(void)reply;
 	r = attach_parse(rq, &s);
 	if (r < 0)
 		return r;
@@ -1814,7 +1899,7 @@ static int op_attach(struct agent *a, struct request *rq, struct json_object *re
 	}
 	if (s.machine_id && (r = machine_id_write(s.machine_id)) < 0)
 		return request_fail(rq, -r, "/etc/machine-id: %s", strerror(-r));
-	return 0;
+	return attach_jobs(a, rq, &s, reply);
 }
 
 /* ------------------------------------------------------------------ */
@@ -2470,8 +2555,12 @@ static int spawn_get(struct agent *a, struct request *rq, struct job **ret)
 	if (json_get_u64(rq->msg, "job", &id) < 0)
 		return request_fail(rq, EINVAL, "\"job\" must be a job handle");
 	for (size_t i = 0; i < JOB_SLOTS; i++) {
-		if (a->jobs[i] && a->jobs[i]->spawned && a->jobs[i]->id == id) {
-			*ret = a->jobs[i];
+		struct job *j = a->jobs[i];
+
+		if (j && j->spawned && j->id == id && j->gen != rq->gen)
+			return request_fail(rq, EBADF, "job %" PRIu64 " is an earlier connection's (attach with it)", id);
+		if (j && j->spawned && j->id == id) {
+			*ret = j;
 			return 0;
 		}
 	}
@@ -2625,7 +2714,27 @@ static void spawn_release(struct agent *a, struct job *j, bool reply)
 	job_free(j);
 }
 
-/* The host hung up: its handles and its processes go. */
+/*
+ * A spawned job whose host hung up: what it had deferred is dropped (the
+ * replies had nowhere to go; stdin not yet written is not written), the
+ * process runs on and its output waits, for the next host to keep it with
+ * an attach naming it.
+ */
+static void spawn_detach(struct agent *a, struct job *j)
+{
+	for (int s = 0; s < 2; s++)
+		j->out[s].out_pending = false;
+	if (j->in_pending) {
+		a->spawn_in_bytes -= j->in_len;
+		free(j->in_data);
+		j->in_data = NULL;
+		j->in_len = j->in_off = 0;
+		j->in_pending = false;
+	}
+	j->n_waits = 0;
+}
+
+/* The host hung up: its handles go, its processes wait for the next one. */
 static void conn_release(struct agent *a)
 {
 	json_object_put(a->pend_msg);
@@ -2637,7 +2746,7 @@ static void conn_release(struct agent *a)
 	fh_close_all(a);
 	for (size_t i = 0; i < JOB_SLOTS; i++)
 		if (a->jobs[i] && a->jobs[i]->spawned)
-			spawn_release(a, a->jobs[i], false);
+			spawn_detach(a, a->jobs[i]);
 }
 
 static int op_spawn(struct agent *a, struct request *rq, struct json_object *reply)

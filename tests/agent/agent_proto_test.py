@@ -754,19 +754,63 @@ def t_malformed(g, c):
         expect_errno(c3.error("read", fh=fh, off=0, len=1), errno.EBADF, "handles gone after hangup")
 
 
+def poll_until(pred, timeout=5.0):
+    end = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def t_hangup(g, c):
     c2 = g.reconnect()
     fhs = [c2.call("open", path="/tmp", flags=O_RDONLY | O_DIRECTORY)["fh"] for _ in range(5)]
     r = c2.call("spawn", sh="exec sleep 1000")
     r2 = c2.call("spawn", sh="sleep 1000 & sleep 1000 & wait")
+    r3 = c2.call("spawn", sh="sleep 1; echo detached; exit 3")
     time.sleep(0.3)
     c2.send("wait", job=r["job"])
+    c2.send("out", job=r3["job"], stream=1, max=100)
     c3 = g.reconnect()
+    # the processes run on; the jobs are no longer this (new) connection's
     for p in (r["pid"], r2["pid"]):
-        expect(c3.exec("test -e /proc/%d" % p)["exit_code"] != 0, "spawned process %d killed at hangup" % p)
-    expect(c3.exec("pgrep sleep || true")["out"] == b"", "no sleep left: its group was killed")
-    expect_errno(c3.error("status", job=r["job"]), errno.EBADF, "job gone after hangup")
+        expect(c3.exec("test -e /proc/%d" % p)["exit_code"] == 0, "spawned process %d runs on after a hangup" % p)
+    expect_errno(c3.error("status", job=r["job"]), errno.EBADF, "a job of an earlier connection")
     expect_errno(c3.error("close", fh=fhs[0]), errno.EBADF, "fh gone after hangup")
+    time.sleep(1.0)
+    # an attach keeps the jobs it names, releases the others an earlier host left
+    kept = {j["job"]: j for j in c3.call("attach", jobs=[r["job"], r3["job"], 999999])["jobs"]}
+    expect(sorted(kept) == sorted([r["job"], r3["job"]]), "kept %s" % kept)
+    expect(kept[r["job"]]["running"] and kept[r["job"]]["pid"] == r["pid"], "still running %s" % kept)
+    expect(not kept[r3["job"]]["running"] and kept[r3["job"]]["exit_code"] == 3, "exited detached %s" % kept)
+    # (SIGKILLed processes are gone once the agent reaped them)
+    expect(poll_until(lambda: c3.exec("test -e /proc/%d" % r2["pid"])["exit_code"] != 0), "an unnamed job released")
+    left = lambda: c3.exec("pidof sleep || true")["out"].split()
+    expect(poll_until(lambda: left() == [b"%d" % r["pid"]]), "only the kept job's sleep left: %r" % left())
+    out = drain(c3, r3["job"])[0]
+    expect(out == b"detached\n", "output kept over the hangup: %r" % out)
+    expect(c3.call("status", job=r["job"])["running"], "a kept job is this connection's")
+    # a new host that names none: everything of the earlier one goes
+    c4 = g.reconnect()
+    expect(c4.call("attach")["jobs"] == [], "nothing kept")
+    expect(poll_until(lambda: c4.exec("pidof sleep || true")["out"] == b""), "no sleep left: its group was killed")
+    expect_errno(c4.error("status", job=r["job"]), errno.EBADF, "job gone after an attach without it")
+    # a session new to the agent is a new host even without a hangup (a
+    # restored snapshot, a fork): what it does not name goes; the same
+    # session attaching again (a resume) keeps its own jobs
+    x = c4.call("spawn", argv=["sleep", "1004"])
+    c4.call("attach", session=11, jobs=[])
+    expect_errno(c4.error("status", job=x["job"]), errno.EBADF, "a new session releases what it does not name")
+    y = c4.call("spawn", argv=["sleep", "1005"])
+    expect(c4.call("attach", session=11, jobs=[])["jobs"] == [], "nothing named")
+    expect(c4.call("status", job=y["job"])["running"], "the same session keeps its connection's jobs")
+    c4.call("release", job=y["job"])
+    c3 = c4
+    expect_errno(c3.error("attach", session=-1), errno.EINVAL, "a negative session")
+    expect_errno(c3.error("attach", jobs="1"), errno.EINVAL, "jobs not an array")
+    expect_errno(c3.error("attach", jobs=[-1]), errno.EINVAL, "a negative job")
+    expect_errno(c3.error("attach", jobs=list(range(257))), errno.EINVAL, "too many jobs")
     # handles cap
     fhs = []
     try:
