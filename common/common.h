@@ -52,6 +52,8 @@ void log_msg(enum log_level lvl, const char *fmt, ...) __attribute__((format(pri
 
 /* Monotonic time in nanoseconds and milliseconds (as double). */
 uint64_t now_ns(void);
+/* Wall-clock time in milliseconds since the epoch. */
+uint64_t realtime_ms(void);
 static inline double ns_to_ms(uint64_t ns)
 {
 	return (double)ns / 1e6;

@@ -45,6 +45,7 @@ struct agent_client {
 	 * per call in flight on another thread. The last one frees.
 	 */
 	atomic_int refs;
+	uint64_t session; /* names this connection to the guest in an attach */
 };
 
 static void unlink_pending(struct agent_client *c, struct pending *p)
@@ -265,6 +266,9 @@ int agent_client_from_fd(int fd, struct agent_client **ret)
 	if (getrandom(&c->next_id, sizeof(c->next_id), GRND_NONBLOCK) != sizeof(c->next_id))
 		c->next_id = (uint64_t)now_ns();
 	c->next_id = (c->next_id >> 12) | 1; /* well within JSON's exact integers (2^53) */
+	if (getrandom(&c->session, sizeof(c->session), GRND_NONBLOCK) != sizeof(c->session))
+		c->session = (uint64_t)now_ns() ^ (uint64_t)(uintptr_t)c;
+	c->session = (c->session >> 12) | 1;
 	atomic_init(&c->refs, 2);
 	pthread_mutex_init(&c->lock, NULL);
 	pthread_mutex_init(&c->write_lock, NULL);
@@ -451,6 +455,11 @@ void agent_shutdown(struct agent_client *c)
 {
 	if (c)
 		shutdown(c->fd, SHUT_RDWR);
+}
+
+uint64_t agent_session(const struct agent_client *c)
+{
+	return c->session;
 }
 
 struct agent_client *agent_ref(struct agent_client *c)

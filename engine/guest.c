@@ -140,6 +140,7 @@ struct writer {
 	void *arg;
 	size_t len;
 	bool eof;
+	uint8_t *held; /* the bytes, while the process waits to be reattached */
 };
 
 struct proc {
@@ -161,10 +162,23 @@ struct proc {
 	char *error; /* why it failed or was lost */
 	bool removed;
 	bool stdin_closed;
+	/*
+	 * From a record after a daemon restart: its job is the guest's, on no
+	 * connection of ours until an attach keeps it (sandbox_procs_attached);
+	 * meanwhile reads wait and a stdin write is held.
+	 */
+	bool reattach;
 	struct pstream out[2];
 	struct writer *writer; /* the stdin write in flight */
 	uint64_t next_token;
 };
+
+static void writer_free(struct writer *w)
+{
+	if (w)
+		free(w->held);
+	free(w);
+}
 
 static void proc_free(struct proc *p)
 {
@@ -173,7 +187,7 @@ static void proc_free(struct proc *p)
 	free(p->name);
 	free(p->cmd);
 	free(p->error);
-	free(p->writer);
+	writer_free(p->writer);
 	agent_unref(p->agent);
 	sandbox_unref(p->s);
 	pthread_mutex_destroy(&p->lock);
@@ -242,8 +256,10 @@ int sandbox_proc_create(struct sandbox *s, const char *name, struct proc **ret)
 		pthread_mutex_destroy(&p->lock);
 		free(p->name);
 		free(p);
+		return r;
 	}
-	return r;
+	sandbox_record_save(s);
+	return 0;
 }
 
 struct proc *sandbox_proc_get(struct sandbox *s, const char *name)
@@ -323,7 +339,7 @@ static void run_failed(struct pending_cbs *pc)
 	}
 	if (pc->writer) {
 		pc->writer->cb(pc->writer->arg, pc->err);
-		free(pc->writer);
+		writer_free(pc->writer);
 	}
 }
 
@@ -384,8 +400,10 @@ int sandbox_proc_remove(struct sandbox *s, const char *name)
 		proc_call(p, "release", req);
 		json_object_put(req);
 	}
+	/* one the guest still has for a restarted daemon goes at the next attach, which no longer names it */
 	proc_unpin(p);
 	proc_unref(p);
+	sandbox_record_save(s);
 	return 0;
 }
 
@@ -461,6 +479,7 @@ int proc_start(struct proc *p, const char *text, size_t len)
 		return -ENOENT;
 	}
 	pthread_mutex_unlock(&p->lock);
+	sandbox_record_save(p->s); /* its job: a restarted daemon takes it over */
 
 	/* told when it exits: the status is the host's own from then on */
 	wreq = json_object_new_object();
@@ -543,10 +562,10 @@ int proc_signal(struct proc *p, const char *text, size_t len)
 	if (sig < 0)
 		return sig;
 	pthread_mutex_lock(&p->lock);
-	r = p->state == PROC_RUNNING ? 0 : -ESRCH;
+	r = p->state != PROC_RUNNING ? -ESRCH : p->reattach || !p->agent ? -EAGAIN : 0;
 	pthread_mutex_unlock(&p->lock);
 	if (r < 0)
-		return r;
+		return r; /* EAGAIN: re-adopted paused, not reattached until the sandbox resumes */
 	req = json_object_new_object();
 	json_object_object_add(req, "sig", json_object_new_int(sig));
 	r = proc_call(p, "signal", req);
@@ -670,6 +689,10 @@ static void out_call(struct proc *p, int stream)
 	int r;
 
 	pthread_mutex_lock(&p->lock);
+	if (p->reattach) {
+		pthread_mutex_unlock(&p->lock);
+		return; /* the readers wait for the reattach */
+	}
 	if (st->inflight || !p->agent) {
 		if (!st->inflight && !p->agent && p->state != PROC_STARTING)
 			st->error = st->error ? st->error : -EIO; /* never started, or it failed to */
@@ -683,7 +706,12 @@ static void out_call(struct proc *p, int stream)
 	json_object_object_add(req, "op", json_object_new_string("out"));
 	json_object_object_add(req, "job", json_object_new_uint64(p->job));
 	json_object_object_add(req, "stream", json_object_new_int(stream));
-	json_object_object_add(req, "max", json_object_new_int64(AGENT_BIN_MAX));
+	/*
+	 * What the first reader asks for: the daemon holds no more than it hands
+	 * on at once (output it holds is lost if it crashes; the guest's is not)
+	 */
+	json_object_object_add(req, "max", json_object_new_int64(st->readers && st->readers->max < AGENT_BIN_MAX ?
+									 (int64_t)st->readers->max : AGENT_BIN_MAX));
 	oc = malloc(sizeof(*oc));
 	if (oc) {
 		*oc = (struct out_call){ proc_ref(p), stream };
@@ -776,15 +804,34 @@ static void on_in_reply(void *arg, int result, json_object *resp, const uint8_t 
 	if (w) {
 		w->cb(w->arg, result < 0 ? (result == -ECONNRESET ? -EIO : result) :
 					   (ssize_t)get_i64(resp, "written", (int64_t)w->len));
-		free(w);
+		writer_free(w);
 	}
 	proc_unref(p);
+}
+
+/* The "in" call for the writer in p->writer; lock held. */
+static int send_in(struct proc *p, const void *data)
+{
+	struct writer *w = p->writer;
+	json_object *req = json_object_new_object();
+	int r;
+
+	json_object_object_add(req, "op", json_object_new_string("in"));
+	json_object_object_add(req, "job", json_object_new_uint64(p->job));
+	if (w->eof)
+		json_object_object_add(req, "eof", json_object_new_boolean(true));
+	r = agent_call_async(p->agent, req, data ? data : "", w->len, on_in_reply, proc_ref(p));
+	json_object_put(req);
+	if (r < 0) {
+		p->writer = NULL;
+		proc_unref(p);
+	}
+	return r;
 }
 
 int proc_write(struct proc *p, const void *data, size_t len, bool eof, proc_write_fn cb, void *arg)
 {
 	struct writer *w;
-	json_object *req;
 	int r;
 
 	if (len > AGENT_BIN_MAX)
@@ -795,26 +842,312 @@ int proc_write(struct proc *p, const void *data, size_t len, bool eof, proc_writ
 	*w = (struct writer){ .cb = cb, .arg = arg, .len = len, .eof = eof };
 	pthread_mutex_lock(&p->lock);
 	r = p->state == PROC_NEW ? -EAGAIN :
-	    p->state != PROC_RUNNING || !p->agent || p->stdin_closed ? -EPIPE :
+	    p->state != PROC_RUNNING || (!p->agent && !p->reattach) || p->stdin_closed ? -EPIPE :
 	    p->writer ? -EBUSY : 0;
+	if (r == 0 && p->reattach && !(w->held = malloc(len ? len : 1)))
+		r = -ENOMEM;
 	if (r < 0) {
 		pthread_mutex_unlock(&p->lock);
 		free(w);
 		return r;
 	}
 	p->writer = w;
-	req = json_object_new_object();
-	json_object_object_add(req, "op", json_object_new_string("in"));
-	json_object_object_add(req, "job", json_object_new_uint64(p->job));
-	if (eof)
-		json_object_object_add(req, "eof", json_object_new_boolean(true));
-	r = agent_call_async(p->agent, req, data ? data : "", len, on_in_reply, proc_ref(p));
-	if (r < 0) {
-		p->writer = NULL;
-		free(w);
+	if (p->reattach) {
+		memcpy(w->held, data ? data : "", len);
+		pthread_mutex_unlock(&p->lock);
+		return 0; /* sent once reattached */
+	}
+	r = send_in(p, data);
+	pthread_mutex_unlock(&p->lock);
+	if (r < 0)
+		writer_free(w);
+	return r < 0 ? -EIO : 0;
+}
+
+/* ---- over a daemon restart, a wake ---- */
+
+/* The record's "procs"; e->lock held. */
+json_object *sandbox_procs_json(struct sandbox *s)
+{
+	json_object *a = json_object_new_array();
+
+	for (size_t i = 0; a && i < s->n_procs; i++) {
+		struct proc *p = s->procs[i];
+		json_object *o = json_object_new_object();
+
+		if (!o)
+			continue;
+		pthread_mutex_lock(&p->lock);
+		json_object_object_add(o, "name", json_object_new_string(p->name));
+		json_object_object_add(o, "state", json_object_new_string(proc_state_names[p->state]));
+		json_object_object_add(o, "cmd", p->cmd ? json_object_new_string(p->cmd) : NULL);
+		json_object_object_add(o, "job", json_object_new_int64((int64_t)p->job));
+		json_object_object_add(o, "pid", json_object_new_int64(p->pid));
+		json_object_object_add(o, "start_unix_ms", json_object_new_int64((int64_t)p->start_unix_ms));
+		json_object_object_add(o, "exit_code", json_object_new_int(p->exit_code));
+		json_object_object_add(o, "signal", json_object_new_int(p->signal));
+		json_object_object_add(o, "duration_ms", json_object_new_double(p->duration_ms));
+		json_object_object_add(o, "stdin_closed", json_object_new_boolean(p->stdin_closed));
+		json_object_object_add(o, "error", p->error ? json_object_new_string(p->error) : NULL);
+		pthread_mutex_unlock(&p->lock);
+		json_object_array_add(a, o);
+	}
+	return a;
+}
+
+static const char *jstr(json_object *o, const char *key)
+{
+	json_object *v;
+
+	return json_object_object_get_ex(o, key, &v) && json_object_is_type(v, json_type_string) ?
+		       json_object_get_string(v) : NULL;
+}
+
+/*
+ * The processes of a sandbox rebuilt from its record (not registered yet, its
+ * state set): a job that may still run in the guest waits to be reattached
+ * (the next attach), one that cannot has ended for us.
+ */
+void sandbox_procs_from_json(struct sandbox *s, json_object *arr)
+{
+	bool guest = s->state == SB_READY || s->state == SB_PAUSED || s->state == SB_HIBERNATED;
+	size_t n = json_object_is_type(arr, json_type_array) ? json_object_array_length(arr) : 0;
+
+	for (size_t i = 0; i < n && s->n_procs < PROCS_MAX; i++) {
+		json_object *o = json_object_array_get_idx(arr, i);
+		const char *name = jstr(o, "name"), *state = jstr(o, "state"), *cmd = jstr(o, "cmd"),
+			   *err = jstr(o, "error");
+		struct proc *p, **v;
+		int st = -1;
+
+		for (int k = 0; state && k <= PROC_LOST; k++)
+			if (strcmp(state, proc_state_names[k]) == 0)
+				st = k;
+		if (!name || name_validate(name) < 0 || st < 0)
+			continue;
+		p = calloc(1, sizeof(*p));
+		v = p ? realloc(s->procs, (s->n_procs + 1) * sizeof(*v)) : NULL;
+		if (v)
+			s->procs = v;
+		if (!v || !(p->name = strdup(name))) {
+			free(p);
+			continue;
+		}
+		atomic_init(&p->refs, 1);
+		pthread_mutex_init(&p->lock, NULL);
+		p->id = atomic_fetch_add(&s->e->next_id, 1);
+		p->state = (enum proc_state)st;
+		p->cmd = cmd ? strdup(cmd) : NULL;
+		p->error = err ? strdup(err) : NULL;
+		p->job = (uint64_t)get_i64(o, "job", 0);
+		p->pid = get_i64(o, "pid", 0);
+		p->start_unix_ms = (uint64_t)get_i64(o, "start_unix_ms", 0);
+		p->exit_code = (int)get_i64(o, "exit_code", -1);
+		p->signal = (int)get_i64(o, "signal", 0);
+		{
+			json_object *d;
+			int64_t ago_ms = (int64_t)realtime_ms() - (int64_t)p->start_unix_ms;
+
+			p->duration_ms = json_object_object_get_ex(o, "duration_ms", &d) ? json_object_get_double(d) : 0;
+			/* "so far" goes on from the guest's start time */
+			p->start_ns = now_ns() - (ago_ms > 0 && p->start_unix_ms ? (uint64_t)ago_ms * 1000000 : 0);
+		}
+		{
+			json_object *b;
+
+			p->stdin_closed = json_object_object_get_ex(o, "stdin_closed", &b) && json_object_get_boolean(b);
+		}
+		if (p->state == PROC_STARTING) {
+			p->state = PROC_LOST;
+			free(p->error);
+			p->error = strdup("the daemon restarted while it started");
+		} else if ((p->state == PROC_RUNNING || p->state == PROC_EXITED) && p->job && guest) {
+			p->reattach = true;
+		} else if (p->state == PROC_RUNNING) {
+			p->state = PROC_LOST;
+			free(p->error);
+			p->error = strdup("the guest connection ended (the sandbox was stopped, or its VMM died)");
+		}
+		atomic_fetch_add(&s->refs, 1);
+		p->s = s;
+		s->procs[s->n_procs++] = p;
+	}
+}
+
+/* The jobs an attach keeps: every process the guest may still have for us. */
+json_object *sandbox_procs_keep(struct sandbox *s)
+{
+	json_object *a = json_object_new_array();
+
+	pthread_mutex_lock(&s->e->lock);
+	for (size_t i = 0; a && i < s->n_procs; i++) {
+		struct proc *p = s->procs[i];
+
+		pthread_mutex_lock(&p->lock);
+		if (p->job && !p->removed && (p->state == PROC_RUNNING || p->state == PROC_EXITED))
+			json_object_array_add(a, json_object_new_int64((int64_t)p->job));
+		pthread_mutex_unlock(&p->lock);
+	}
+	pthread_mutex_unlock(&s->e->lock);
+	return a;
+}
+
+static struct proc **procs_snapshot(struct sandbox *s, size_t *n)
+{
+	struct proc **v;
+
+	pthread_mutex_lock(&s->e->lock);
+	v = calloc(s->n_procs + 1, sizeof(*v));
+	*n = v ? s->n_procs : 0;
+	for (size_t i = 0; i < *n; i++)
+		v[i] = proc_ref(s->procs[i]);
+	pthread_mutex_unlock(&s->e->lock);
+	return v;
+}
+
+/* Holds the sandbox awake for a running process taken over (guest_conn_get without its resume). */
+static void pin_running(struct proc *p, struct agent_client *ac)
+{
+	struct sandbox *s = p->s;
+
+	pthread_mutex_lock(&s->e->lock);
+	s->execs_running++;
+	pthread_mutex_unlock(&s->e->lock);
+	atomic_fetch_add(&s->refs, 1);
+	pthread_mutex_lock(&p->lock);
+	p->conn = (struct guest_conn){ .s = s, .agent = agent_ref(ac) };
+	pthread_mutex_unlock(&p->lock);
+}
+
+static json_object *find_job(json_object *jobs, uint64_t job)
+{
+	size_t n = json_object_is_type(jobs, json_type_array) ? json_object_array_length(jobs) : 0;
+
+	for (size_t i = 0; i < n; i++) {
+		json_object *o = json_object_array_get_idx(jobs, i);
+
+		if ((uint64_t)get_i64(o, "job", 0) == job)
+			return o;
+	}
+	return NULL;
+}
+
+/*
+ * After an attach on connection ac answered resp: each process whose job was
+ * on no connection of ours (re-adopted, or woken with the sandbox) is on ac
+ * now, with the guest's word on whether it still runs; held reads and a held
+ * stdin write go out. A job the guest no longer has is lost.
+ */
+void sandbox_procs_attached(struct sandbox *s, struct agent_client *ac, json_object *resp)
+{
+	json_object *jobs = NULL;
+	size_t n;
+	struct proc **v = procs_snapshot(s, &n);
+
+	json_object_object_get_ex(resp, "jobs", &jobs);
+	for (size_t i = 0; i < n; i++) {
+		struct proc *p = v[i];
+		struct agent_client *old = NULL;
+		struct pending_cbs pc = { 0 };
+		bool wait = false, pin = false, unpin = false, kick[2] = { false, false };
+		json_object *j;
+
+		pthread_mutex_lock(&p->lock);
+		if (!p->job || p->removed || (!p->reattach && p->agent == ac) ||
+		    (p->state != PROC_RUNNING && p->state != PROC_EXITED)) {
+			pthread_mutex_unlock(&p->lock);
+			continue;
+		}
+		j = find_job(jobs, p->job);
+		old = TAKE_PTR(p->agent);
+		p->reattach = false;
+		if (j) {
+			json_object *b;
+
+			p->agent = agent_ref(ac);
+			if (json_object_object_get_ex(j, "stdin_closed", &b) && json_object_get_boolean(b))
+				p->stdin_closed = true;
+			if (p->state == PROC_RUNNING && json_object_object_get_ex(j, "running", &b) &&
+			    !json_object_get_boolean(b)) {
+				p->state = PROC_EXITED;
+				p->exit_code = (int)get_i64(j, "exit_code", -1);
+				p->signal = (int)get_i64(j, "signal", 0);
+				p->duration_ms = (double)get_i64(j, "duration_ms", 0);
+				unpin = true;
+			} else if (p->state == PROC_RUNNING) {
+				wait = true;
+				pin = !p->conn.s; /* (a re-adopted one: not pinned yet) */
+			}
+			if (p->writer && p->writer->held) {
+				struct writer *w = p->writer;
+
+				if (send_in(p, w->held) < 0)
+					pc.writer = w; /* failed below, alone */
+				pc.err = -EIO;
+			}
+			for (int k = 0; k < 2; k++)
+				kick[k] = p->out[k].readers != NULL;
+		} else {
+			set_lost(p, "the guest no longer had it when the daemon took it over");
+			unpin = true;
+			take_waiters(p, -EIO, &pc);
+		}
+		pthread_mutex_unlock(&p->lock);
+		agent_unref(old);
+		run_failed(&pc);
+		for (int k = 0; k < 2; k++)
+			if (kick[k])
+				out_call(p, k + 1);
+		if (wait) {
+			json_object *wreq = json_object_new_object();
+
+			if (pin)
+				pin_running(p, ac);
+			json_object_object_add(wreq, "op", json_object_new_string("wait"));
+			json_object_object_add(wreq, "job", json_object_new_uint64(p->job));
+			if (agent_call_async(ac, wreq, NULL, 0, on_exit_reply, proc_ref(p)) < 0) {
+				pthread_mutex_lock(&p->lock);
+				set_lost(p, "the guest connection ended");
+				pthread_mutex_unlock(&p->lock);
+				proc_unpin(p);
+				proc_unref(p);
+			}
+			json_object_put(wreq);
+		}
+		if (unpin)
+			proc_unpin(p);
+	}
+	for (size_t i = 0; i < n; i++)
+		proc_unref(v[i]);
+	free(v);
+}
+
+/* A sandbox with no guest any more (stopped, failed): what waited to be reattached is lost. */
+void sandbox_procs_settle(struct sandbox *s)
+{
+	size_t n;
+	struct proc **v;
+	enum sandbox_state st;
+
+	pthread_mutex_lock(&s->e->lock);
+	st = s->state;
+	pthread_mutex_unlock(&s->e->lock);
+	if (st == SB_READY || st == SB_PAUSED || st == SB_HIBERNATED || st == SB_CREATING)
+		return;
+	v = procs_snapshot(s, &n);
+	for (size_t i = 0; i < n; i++) {
+		struct proc *p = v[i];
+		struct pending_cbs pc = { 0 };
+
+		pthread_mutex_lock(&p->lock);
+		if (p->reattach) {
+			p->reattach = false;
+			set_lost(p, "the guest connection ended (the sandbox was stopped, or its VMM died)");
+			take_waiters(p, -EIO, &pc);
+		}
+		pthread_mutex_unlock(&p->lock);
+		run_failed(&pc);
 		proc_unref(p);
 	}
-	pthread_mutex_unlock(&p->lock);
-	json_object_put(req);
-	return r < 0 ? -EIO : 0;
+	free(v);
 }

@@ -88,3 +88,14 @@ int proc_write(struct proc *p, const void *data, size_t len, bool eof, proc_writ
 
 /* All of a sandbox's processes go with it (destroy). */
 void sandbox_procs_free(struct sandbox *s);
+
+/*
+ * Over a daemon restart and a wake (guest.c): the record's "procs" (e->lock
+ * held); the processes rebuilt from it; the jobs an attach keeps; what its
+ * answer on connection ac means for them; a sandbox left without a guest.
+ */
+json_object *sandbox_procs_json(struct sandbox *s);
+void sandbox_procs_from_json(struct sandbox *s, json_object *arr);
+json_object *sandbox_procs_keep(struct sandbox *s);
+void sandbox_procs_attached(struct sandbox *s, struct agent_client *ac, json_object *resp);
+void sandbox_procs_settle(struct sandbox *s);

@@ -87,6 +87,12 @@ int agent_call_full(struct agent_client *c, json_object *req, const void *bin, s
 typedef void (*agent_async_fn)(void *arg, int result, json_object *resp, const uint8_t *data, size_t len);
 int agent_call_async(struct agent_client *c, json_object *req, const void *bin, size_t bin_len, agent_async_fn cb,
 		     void *arg);
+/*
+ * A random number naming this connection (at most 2^52): an attach carries
+ * it, so the guest knows a new host from the same one attaching again even
+ * when it saw no hangup (a restored snapshot, a fork).
+ */
+uint64_t agent_session(const struct agent_client *c);
 /* Makes every pending and later call fail with -ECONNRESET; safe from any thread. */
 void agent_shutdown(struct agent_client *c);
 /* Shuts the connection down and drops the owner's reference. */
@@ -488,6 +494,8 @@ int sandbox_create_internal(struct engine *e, struct template *t, const char *na
 			    struct sandbox **ret);
 /* Identity attach (hostname, env, fresh entropy, clock); then(arg) runs once it is sent. */
 int sandbox_attach(struct sandbox *s, unsigned timeout_ms, int (*then)(void *arg), void *arg);
+/* An attach with no identity, only the processes' jobs (a re-adopted running guest). */
+int sandbox_reattach(struct sandbox *s, unsigned timeout_ms);
 /* Lifecycle (lifecycle.c): the VMM supervisor loop, and making sure a guest runs for an access. */
 void sandbox_supervise(struct sandbox *s);
 /* Resumes or wakes the sandbox if it sleeps and counts an exec in; 0 or -EIO. */

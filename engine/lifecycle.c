@@ -22,6 +22,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "guest.h"
 #include "internal.h"
 
 #define QMP_TIMEOUT_MS 10000
@@ -31,14 +32,6 @@
 #define IDLE_PERIOD_MS 250
 #define WATCHDOG_MS 2000 /* a VMM stopped this long is killed */
 #define HIBERNATE_WAIT_MS 1000 /* for accesses in flight to end */
-
-static uint64_t realtime_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 /* ---- the supervisor ---- */
 
@@ -86,6 +79,7 @@ void sandbox_supervise(struct sandbox *s)
 			sandbox_set_state(s, SB_FAILED);
 		pthread_cond_broadcast(&s->cond);
 		pthread_mutex_unlock(&e->lock);
+		sandbox_procs_settle(s);
 		sandbox_record_save(s);
 		log_warn("sandbox %s/%s failed: %s", s->tpl->name, s->name, s->error ? s->error : "?");
 	}
@@ -122,8 +116,10 @@ static int transition(struct sandbox *s, enum sandbox_event ev)
 		pthread_cond_broadcast(&s->cond);
 	}
 	pthread_mutex_unlock(&s->e->lock);
-	if (next >= 0)
+	if (next >= 0) {
+		sandbox_procs_settle(s);
 		sandbox_record_save(s);
+	}
 	return next < 0 ? next : 0;
 }
 
@@ -401,6 +397,7 @@ static int op_wake(struct sandbox *s)
 			sandbox_set_state(s, SB_FAILED);
 		pthread_cond_broadcast(&s->cond);
 		pthread_mutex_unlock(&e->lock);
+		sandbox_procs_settle(s);
 		sandbox_record_save(s);
 		return r;
 	}

@@ -32,6 +32,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "guest.h"
 #include "internal.h"
 
 #define RECORD_VERSION 2
@@ -133,6 +134,7 @@ static json_object *sandbox_record_json(struct sandbox *s)
 	json_object_object_add(o, "wakes", json_object_new_int64((int64_t)s->wakes));
 	json_object_object_add(o, "idle_hibernations", json_object_new_int64((int64_t)s->idle_hibernations));
 	json_object_object_add(o, "adoptions", json_object_new_int((int)s->adoptions));
+	json_object_object_add(o, "procs", sandbox_procs_json(s));
 	return o;
 }
 
@@ -441,6 +443,7 @@ static struct sandbox *sandbox_from_record(struct engine *e, struct template *t,
 	s->active_ns = now_ns();
 	atomic_fetch_add(&t->refs, 1);
 	s->tpl = t;
+	sandbox_procs_from_json(s, json_object_object_get_ex(o, "procs", &tv) ? tv : NULL);
 	if (!s->dir || !s->rundir || !s->console_path) {
 		sandbox_unref(s);
 		return NULL;
@@ -482,6 +485,7 @@ static void adopt_fail(struct adoptee *a, const char *step, int err)
 	}
 	if (v)
 		e->vmm->free(v); /* kills it and waits for its end */
+	sandbox_procs_settle(s);
 }
 
 /* One sandbox whose VMM runs: QMP, its run state, the agent. */
@@ -559,6 +563,13 @@ static void *adopt_main(void *arg)
 		agent_free(TAKE_PTR(ac));
 	if (r == 0)
 		s->agent = ac;
+	if (r == 0 && s->state == SB_READY) {
+		/* its processes: a paused guest is asked at its resume (the attach) */
+		int64_t left = ((int64_t)deadline - (int64_t)now_ns()) / 1000000;
+
+		step = "processes";
+		r = sandbox_reattach(s, left > 100 ? (unsigned)left : 100);
+	}
 	if (r < 0) {
 		adopt_fail(a, step, r);
 		return NULL;

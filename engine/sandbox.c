@@ -361,6 +361,29 @@ static int job_spawn(struct job *j)
 }
 
 /*
+ * Every attach names the jobs of this sandbox's processes the guest may still
+ * have (a connection's processes outlive it in the guest) and the connection's
+ * session: the guest keeps those jobs and, for a session new to it, releases
+ * every other (what an earlier host left: a fork parent's, a crashed daemon's
+ * that no record names).
+ */
+static int attach_call(struct sandbox *s, json_object *req, unsigned timeout_ms, int (*then)(void *arg), void *arg)
+{
+	_cleanup_json_ json_object *resp = NULL;
+	json_object *jobs = sandbox_procs_keep(s);
+	int r;
+
+	if (!jobs)
+		return -ENOMEM;
+	json_object_object_add(req, "jobs", jobs);
+	json_object_object_add(req, "session", json_object_new_int64((int64_t)agent_session(s->agent)));
+	r = agent_call_then(s->agent, req, timeout_ms, then, arg, &resp);
+	if (r == 0)
+		sandbox_procs_attached(s, s->agent, resp);
+	return r;
+}
+
+/*
  * Hostname, environment, fresh entropy and the clock: what makes this clone
  * itself. then(arg), if given, runs once the request is sent.
  */
@@ -390,7 +413,19 @@ int sandbox_attach(struct sandbox *s, unsigned timeout_ms, int (*then)(void *arg
 	/* its own machine id: clones of one snapshot must not share one */
 	json_object_object_add(req, "machine_id", json_object_new_string(mid_hex));
 	json_object_object_add(req, "time_unix_ns", json_object_new_int64((int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec));
-	return agent_call_then(s->agent, req, timeout_ms, then, arg, NULL);
+	return attach_call(s, req, timeout_ms, then, arg);
+}
+
+/*
+ * A re-adopted running guest: only its processes (every field of an attach
+ * is optional; the identity stays as it is).
+ */
+int sandbox_reattach(struct sandbox *s, unsigned timeout_ms)
+{
+	_cleanup_json_ json_object *req = json_object_new_object();
+
+	json_object_object_add(req, "op", json_object_new_string("attach"));
+	return attach_call(s, req, timeout_ms, NULL, NULL);
 }
 
 /*

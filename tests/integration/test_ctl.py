@@ -156,6 +156,10 @@ class Ctl(harness.TestCase):
         D.create_ready("f")
         D.sh("f", "echo before > /tmp/x; echo diskbefore > /root/d; sync; "
                   "(i=0; while true; do i=$((i+1)); echo $i > /tmp/c; sleep 0.1; done) >/dev/null 2>&1 &")
+        # a procs/ process is the parent's: the copy's attach ends it in the copy
+        os.mkdir(D.sb("f", "procs", "j"))
+        harness.write_file(D.sb("f", "procs", "j", "cmd"), "exec sleep 1003\n")
+        jpid = harness.wait_for(lambda: harness.read_json(D.sb("f", "procs", "j", "status"))["pid"], 10, "j's pid")
         ctl("f", "fork f2\n")
         st = D.status("f")
         self.assertEqual((st["state"], st["last_op"]), ("ready", "fork"))
@@ -171,6 +175,12 @@ class Ctl(harness.TestCase):
             time.sleep(0.5)
             b = int(D.sh(n, "cat /tmp/c").strip())
             self.assertGreater(b, a, "the loop started before the fork does not run in %s" % n)
+        self.assertEqual(os.listdir(D.sb("f2", "procs")), [])
+        alive = lambda n: D.exec_plain(n, "test -e /proc/%d" % jpid)[1]
+        harness.wait_for(lambda: not alive("f2"), 10, "the parent's procs/ process gone in the copy")
+        self.assertTrue(alive("f"))
+        self.assertEqual(harness.read_json(D.sb("f", "procs", "j", "status"))["state"], "running")
+        os.rmdir(D.sb("f", "procs", "j"))
         # after the fork, memory and disk are each their own
         D.sh("f", "echo parent > /tmp/x; echo parentdisk > /root/d; sync")
         D.sh("f2", "echo child > /tmp/x")

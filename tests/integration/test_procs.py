@@ -358,6 +358,20 @@ class Procs(harness.TestCase):
         os.mkdir(P("k"))
         os.rmdir(P("k"))
 
+    def test_output_kept_over_hibernation(self):
+        # an ended process's unread output is the guest's: after a hibernate
+        # and a wake (a new VMM, a new agent connection) it is still there
+        start("h", "echo before-sleep; echo err >&2; exit 4\n")
+        self.assertEqual(wait_exited("h")["exit_code"], 4)
+        harness.write_file(D.sb(SB, "ctl"), b"hibernate")
+        self.assertEqual(D.status(SB)["state"], "hibernated")
+        self.assertEqual(pstatus("h")["state"], "exited")
+        harness.write_file(D.sb(SB, "ctl"), b"resume")
+        self.assertEqual(D.status(SB)["state"], "ready")
+        self.assertEqual(read_all(P("h", "stdout")), b"before-sleep\n")
+        self.assertEqual(read_all(P("h", "stderr")), b"err\n")
+        self.assertEqual(pstatus("h")["exit_code"], 4)
+
     def test_refusals(self):
         for bad in ("a b", ".x", "-x", "x" * 65):
             with self.subTest(name=bad):

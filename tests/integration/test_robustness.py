@@ -495,6 +495,100 @@ class DaemonCrash(harness.TestCase):
                 sleeper.wait()
         d3.stop()  # everything gone, the crashed runs' included
 
+    def test_kill9_daemon_keeps_procs(self):
+        # procs/ processes live in the guest and are taken over by the
+        # restarted daemon: running ones go on (output, stdin, exit code),
+        # ones that ended keep their unread output, a slot never started stays
+        # new; one the records no longer name is killed by the attach; in a
+        # sandbox re-adopted paused they are reattached at its resume
+        d = harness.Daemon().start()
+        d2 = None
+        try:
+            d.create_ready("run")
+            d.create_ready("paus")
+
+            def P(sb, pid, *rest):
+                return (d2 or d).sb(sb, "procs", pid, *rest)
+
+            def start(sb, pid, cmd):
+                os.mkdir(P(sb, pid))
+                harness.write_file(P(sb, pid, "cmd"), cmd)
+
+            def pstatus(sb, pid):
+                return harness.read_json(P(sb, pid, "status"))
+
+            def read_to_eof(path):
+                with open(path, "rb") as f:
+                    return f.read()
+
+            start("run", "a", b"i=0; while [ $i -lt 30 ]; do echo line$i; i=$((i+1)); sleep 0.1; done; "
+                              b"read x; echo got:$x; exit 7\n")
+            start("run", "b", b"echo quick; exit 3\n")
+            start("run", "c", b"exec sleep 1001\n")
+            start("run", "gone", b"exec sleep 1002\n")
+            os.mkdir(P("run", "e"))
+            start("paus", "p", b"sleep 1; echo paused-job; exit 5\n")
+            harness.wait_for(lambda: pstatus("run", "b")["state"] == "exited", 20, "b to exit")
+            fd = os.open(P("run", "a", "stdout"), os.O_RDONLY)
+            try:
+                first = os.read(fd, 1 << 20)
+            finally:
+                os.close(fd)
+            self.assertTrue(first.startswith(b"line0\n"), first)
+            before = {n: pstatus("run", n) for n in ("a", "b", "c", "e")}
+            gone_pid = pstatus("run", "gone")["pid"]
+            harness.write_file(d.sb("paus", "ctl"), b"pause")
+            d.kill9()
+            # "gone" is no longer in the record: the restarted daemon's attach kills it
+            rec_path = os.path.join(d.sandbox_vm_dir("run"), "record.json")
+            rec = harness.read_json(rec_path)
+            self.assertEqual(sorted(p["name"] for p in rec["procs"]), ["a", "b", "c", "e", "gone"])
+            rec["procs"] = [p for p in rec["procs"] if p["name"] != "gone"]
+            with open(rec_path, "w") as f:
+                json.dump(rec, f)
+
+            d2 = harness.Daemon(reuse=d).start()
+            self.assertEqual(sorted(os.listdir(d2.sb("run", "procs"))), ["a", "b", "c", "e"])
+            after = {n: pstatus("run", n) for n in ("a", "b", "c", "e")}
+            for n in ("a", "b", "c", "e"):
+                for k in ("name", "cmd", "pid", "start_unix_ms"):
+                    self.assertEqual(after[n][k], before[n][k], (n, k))
+            self.assertEqual(after["a"]["state"], "running")
+            self.assertEqual((after["b"]["state"], after["b"]["exit_code"]), ("exited", 3))
+            self.assertEqual(after["c"]["state"], "running")
+            self.assertEqual(after["e"]["state"], "new")
+            alive = lambda pid: d2.exec_plain("run", "test -e /proc/%d" % pid)[1]
+            harness.wait_for(lambda: not alive(gone_pid), 10, "the unrecorded job to be killed")
+            self.assertTrue(alive(before["c"]["pid"]))
+            # the running one: its output from where the reader stopped, stdin, its exit code
+            harness.write_file(P("run", "a", "stdin"), b"hello\n")
+            rest = read_to_eof(P("run", "a", "stdout"))
+            self.assertEqual(first + rest,
+                             b"".join(b"line%d\n" % i for i in range(30)) + b"got:hello\n")
+            harness.wait_for(lambda: pstatus("run", "a")["state"] == "exited", 20, "a to exit")
+            self.assertEqual(pstatus("run", "a")["exit_code"], 7)
+            self.assertEqual(read_to_eof(P("run", "b", "stdout")), b"quick\n")
+            harness.write_file(P("run", "c", "signal"), b"TERM")
+            harness.wait_for(lambda: pstatus("run", "c")["state"] == "exited", 20, "c to exit")
+            self.assertEqual(pstatus("run", "c")["signal"], 15)
+            harness.write_file(P("run", "e", "cmd"), b"echo late\n")
+            self.assertEqual(read_to_eof(P("run", "e", "stdout")), b"late\n")
+            # re-adopted paused: running per the record until its resume reattaches it
+            self.assertEqual(d2.status("paus")["state"], "paused")
+            self.assertEqual(pstatus("paus", "p")["state"], "running")
+            self.assertErrno(errno.EAGAIN, harness.write_file, P("paus", "p", "signal"), b"TERM")
+            harness.write_file(d2.sb("paus", "ctl"), b"resume")
+            self.assertEqual(read_to_eof(P("paus", "p", "stdout")), b"paused-job\n")
+            harness.wait_for(lambda: pstatus("paus", "p")["state"] == "exited", 20, "p to exit")
+            self.assertEqual(pstatus("paus", "p")["exit_code"], 5)
+            for n in ("a", "b", "c", "e"):
+                os.rmdir(P("run", n))
+            harness.wait_for(lambda: d2.sh("run", "pidof sleep || true").strip() == "", 10, "no sleep left")
+        except BaseException:
+            (d2 or d).force_cleanup()
+            raise
+        d2.stop()
+
     def test_kill9_daemon_right_after_a_create(self):
         # dies while it still works in the background (e.g. the capacity
         # controller starting standby VMMs after a create): slots are not
