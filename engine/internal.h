@@ -363,6 +363,7 @@ struct sandbox {
 	char *error;
 	struct timings timings;
 	uint64_t created_realtime_ms;
+	char machine_id[33]; /* its /etc/machine-id: the same over pause, hibernate and restarts */
 	const char *clone_method;
 	uint64_t slot_id;      /* the warm slot it was activated from; 0: none */
 	double slot_age_ms;    /* how long that slot had waited */
@@ -494,6 +495,8 @@ int sandbox_create_internal(struct engine *e, struct template *t, const char *na
 			    struct sandbox **ret);
 /* Identity attach (hostname, env, fresh entropy, clock); then(arg) runs once it is sent. */
 int sandbox_attach(struct sandbox *s, unsigned timeout_ms, int (*then)(void *arg), void *arg);
+/* A new machine id (32 lowercase hex digits): -EIO. */
+int machine_id_new(char out[static 33]);
 /* An attach with no identity, only the processes' jobs (a re-adopted running guest). */
 int sandbox_reattach(struct sandbox *s, unsigned timeout_ms);
 /* Lifecycle (lifecycle.c): the VMM supervisor loop, and making sure a guest runs for an access. */

@@ -134,6 +134,7 @@ static json_object *sandbox_record_json(struct sandbox *s)
 	json_object_object_add(o, "wakes", json_object_new_int64((int64_t)s->wakes));
 	json_object_object_add(o, "idle_hibernations", json_object_new_int64((int64_t)s->idle_hibernations));
 	json_object_object_add(o, "adoptions", json_object_new_int((int)s->adoptions));
+	json_object_object_add(o, "machine_id", json_object_new_string(s->machine_id));
 	json_object_object_add(o, "procs", sandbox_procs_json(s));
 	return o;
 }
@@ -424,6 +425,15 @@ static struct sandbox *sandbox_from_record(struct engine *e, struct template *t,
 	s->path_reason = dup_or_null(get_str(o, "path_reason"));
 	s->miss_reason = miss_intern(get_str(o, "pool_miss"));
 	snprintf(s->identity, sizeof(s->identity), "%s", idn ? idn : "");
+	{
+		const char *mid = get_str(o, "machine_id");
+
+		/* a record from before machine ids were kept: a new one, given at the next attach */
+		if (mid && strlen(mid) == 32 && strspn(mid, "0123456789abcdef") == 32)
+			memcpy(s->machine_id, mid, 33);
+		else if (machine_id_new(s->machine_id) < 0)
+			memset(s->machine_id, '0', 32);
+	}
 	s->clone_method = clone_intern(get_str(o, "clone"));
 	s->slot_id = (uint64_t)get_int(o, "slot_id", 0);
 	s->slot_age_ms = get_double(o, "slot_age_ms");

@@ -360,6 +360,18 @@ static int job_spawn(struct job *j)
 	return r;
 }
 
+/* 32 lowercase hex digits from the kernel's random numbers. */
+int machine_id_new(char out[static 33])
+{
+	uint8_t mid[16];
+
+	if (getrandom(mid, sizeof(mid), 0) != sizeof(mid))
+		return -EIO;
+	for (size_t i = 0; i < sizeof(mid); i++)
+		snprintf(out + 2 * i, 3, "%02x", mid[i]);
+	return 0;
+}
+
 /*
  * Every attach names the jobs of this sandbox's processes the guest may still
  * have (a connection's processes outlive it in the guest) and the connection's
@@ -392,17 +404,17 @@ int sandbox_attach(struct sandbox *s, unsigned timeout_ms, int (*then)(void *arg
 	_cleanup_json_ json_object *req = json_object_new_object();
 	_cleanup_free_ char *b64 = NULL;
 	json_object *env = json_object_new_object();
-	uint8_t rnd[64], mid[16];
+	uint8_t rnd[64];
 	char mid_hex[33];
 	struct timespec ts;
 
-	if (getrandom(rnd, sizeof(rnd), 0) != sizeof(rnd) || getrandom(mid, sizeof(mid), 0) != sizeof(mid) ||
-	    !(b64 = base64_encode(rnd, sizeof(rnd)))) {
+	if (getrandom(rnd, sizeof(rnd), 0) != sizeof(rnd) || !(b64 = base64_encode(rnd, sizeof(rnd)))) {
 		json_object_put(env);
 		return -EIO;
 	}
-	for (size_t i = 0; i < sizeof(mid); i++)
-		snprintf(mid_hex + 2 * i, 3, "%02x", mid[i]);
+	pthread_mutex_lock(&s->e->lock);
+	memcpy(mid_hex, s->machine_id, sizeof(mid_hex));
+	pthread_mutex_unlock(&s->e->lock);
 	clock_gettime(CLOCK_REALTIME, &ts);
 	json_object_object_add(env, "EMBERFS_SANDBOX", json_object_new_string(s->name));
 	json_object_object_add(env, "EMBERFS_TEMPLATE", json_object_new_string(s->tpl->name));
@@ -410,7 +422,7 @@ int sandbox_attach(struct sandbox *s, unsigned timeout_ms, int (*then)(void *arg
 	json_object_object_add(req, "hostname", json_object_new_string(s->name));
 	json_object_object_add(req, "env", env);
 	json_object_object_add(req, "entropy", json_object_new_string(b64));
-	/* its own machine id: clones of one snapshot must not share one */
+	/* its own machine id (clones of one snapshot must not share one), the same at every attach */
 	json_object_object_add(req, "machine_id", json_object_new_string(mid_hex));
 	json_object_object_add(req, "time_unix_ns", json_object_new_int64((int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec));
 	return attach_call(s, req, timeout_ms, then, arg);
@@ -882,7 +894,7 @@ int sandbox_create_internal(struct engine *e, struct template *t, const char *na
 	timings_start(&s->timings);
 	clock_gettime(CLOCK_REALTIME, &now);
 	s->created_realtime_ms = (uint64_t)now.tv_sec * 1000 + (uint64_t)now.tv_nsec / 1000000;
-	if ((r = sandbox_set_dirs(s, NULL)) < 0)
+	if ((r = machine_id_new(s->machine_id)) < 0 || (r = sandbox_set_dirs(s, NULL)) < 0)
 		goto free;
 	if (fork_src) {
 		s->fork_of = strdup(fork_src->name);

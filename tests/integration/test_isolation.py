@@ -157,7 +157,9 @@ class Confinement(harness.TestCase):
 
 class Identity(harness.TestCase):
     def test_ten_clones_share_nothing(self):
-        with harness.own_daemon(pool=4) as d:
+        d = harness.Daemon(pool=4).start()
+        d2 = None
+        try:
             d.wait_pool(4, timeout=60)
             names = ["i%d" % k for k in range(10)]
             for n in names:
@@ -176,8 +178,27 @@ class Identity(harness.TestCase):
             self.assertEqual(paths, {"warm", "restore"})  # both ways of cloning the snapshot
             for k, v in seen.items():
                 self.assertEqual(len(v), 10, "%s shared between clones: %s" % (k, v))
-            for n in names:
+            # a sandbox keeps its machine id over pause, hibernate and a daemon restart; a fork has its own
+            mid = lambda dd, n="i0": dd.sh(n, "cat /etc/machine-id").strip()
+            first = mid(d)
+            for op in ("pause", "resume", "hibernate", "resume"):
+                harness.write_file(d.sb("i0", "ctl"), op)
+            self.assertEqual(mid(d), first)
+            for n in names[1:]:
                 d.destroy(n)
+            d.kill9()
+            d2 = harness.Daemon(reuse=d).start()
+            self.assertEqual(mid(d2), first)
+            harness.write_file(d2.sb("i0", "ctl"), "fork i1")
+            d2.wait_ready("i1")
+            self.assertNotEqual(mid(d2, "i1"), first)
+            harness.write_file(d2.sb("i0", "ctl"), "pause")
+            harness.write_file(d2.sb("i0", "ctl"), "resume")
+            self.assertEqual(mid(d2), first)
+        except BaseException:
+            (d2 or d).force_cleanup()
+            raise
+        d2.stop()
 
 
 def as_nobody(*cmd):
