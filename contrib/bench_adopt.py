@@ -4,12 +4,13 @@ Re-adoption after a daemon crash, against real guests: `contrib/bench.sh
 adopt` runs this (it can also run alone, from the repository, as root).
 
 One daemon (--pool 0) gets BENCH_ADOPT_N sandboxes (default 16; every
-fourth paused), then BENCH_ADOPT_ROUNDS times (default 5): kill -9 of the
+fourth paused; each with one procs/ process that runs throughout), then BENCH_ADOPT_ROUNDS times (default 5): kill -9 of the
 daemon, a restart on the same state dir and mount point, timed from the
 start of the new process until
 
   mounted   the mount answers (the harness's check),
-  all       every sandbox's status was read and every running one answered
+  all       every sandbox's status was read, its procs/ process still
+            running with the same guest pid, and every running one answered
             an exec of `true` (the guests are taken over, not restarted:
             their VMM pids must not change),
 
@@ -49,6 +50,7 @@ def log(msg):
 def restart(d, names, paused):
     """kill -9, restart; returns (new daemon, mounted ms, all ms, the daemon's adopt ms or None)."""
     pids = {n: d.status(n)["vmm_pid"] for n in names}
+    jobs = {n: harness.read_json(d.sb(n, "procs", "p", "status"))["pid"] for n in names}
     d.kill9()
     d2 = harness.Daemon(reuse=d)
     t0 = time.perf_counter()
@@ -59,6 +61,9 @@ def restart(d, names, paused):
         want = "paused" if n in paused else "ready"
         if st["state"] != want or st["vmm_pid"] != pids[n]:
             raise AssertionError("%s after the restart: %s, VMM %s (was %s)" % (n, st["state"], st["vmm_pid"], pids[n]))
+        pst = harness.read_json(d2.sb(n, "procs", "p", "status"))
+        if pst["state"] != "running" or pst["pid"] != jobs[n]:
+            raise AssertionError("%s's procs/p after the restart: %s" % (n, pst))
         if n not in paused:
             out, ok = d2.exec_plain(n, "true")
             if not ok:
@@ -81,6 +86,9 @@ def main():
             d.create(n)
         for n in names:
             d.wait_ready(n)
+            os.mkdir(d.sb(n, "procs", "p"))
+            harness.write_file(d.sb(n, "procs", "p", "cmd"), b"exec sleep 100000\n")
+            harness.wait_for(lambda: harness.read_json(d.sb(n, "procs", "p", "status"))["pid"], 10, "procs/p")
         for n in paused:
             harness.write_file(d.sb(n, "ctl"), b"pause")
         rows = []
