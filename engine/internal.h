@@ -403,6 +403,11 @@ struct sandbox {
 	pthread_mutex_t record_lock; /* one writer at a time, and none once destroy removed the directory */
 	bool record_gone;
 	unsigned adoptions; /* e->lock: daemon restarts it was re-adopted across */
+	/*
+	 * Re-adopted paused, its agent connection new and never answered: the
+	 * resume pings until the guest answers before it attaches (op_lock).
+	 */
+	bool agent_unsettled;
 	uint64_t console_dropped; /* e->lock: bytes of console output dropped to keep within the cap */
 };
 
@@ -497,6 +502,13 @@ int sandbox_create_internal(struct engine *e, struct template *t, const char *na
 int sandbox_attach(struct sandbox *s, unsigned timeout_ms, int (*then)(void *arg), void *arg);
 /* A new machine id (32 lowercase hex digits): -EIO. */
 int machine_id_new(char out[static 33]);
+/*
+ * Pings on a connection new to a running guest until one is answered (again
+ * every 100 ms: the guest may take the first requests for the previous
+ * connection's and drop their answers), until deadline (now_ns) or cancel.
+ * Returns the number of pings sent, or -errno.
+ */
+int agent_settle(struct agent_client *ac, uint64_t deadline, const atomic_bool *cancel);
 /* An attach with no identity, only the processes' jobs (a re-adopted running guest). */
 int sandbox_reattach(struct sandbox *s, unsigned timeout_ms);
 /* Lifecycle (lifecycle.c): the VMM supervisor loop, and making sure a guest runs for an access. */

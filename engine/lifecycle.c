@@ -137,11 +137,28 @@ static int do_resume(void *arg)
 	return s->e->vmm->resume(s->vmm, QMP_TIMEOUT_MS);
 }
 
-/* The attach is queued, then the vCPUs start; its answer sets the clock. */
+/*
+ * The attach is queued, then the vCPUs start; its answer sets the clock. A
+ * sandbox re-adopted paused has a connection the guest has not seen yet: it
+ * runs first and answers a ping (agent_settle), then the attach is sent.
+ */
 static int op_resume(struct sandbox *s)
 {
-	int r = sandbox_attach(s, AGENT_TIMEOUT_MS, do_resume, s);
+	int r;
 
+	if (s->agent_unsettled) {
+		r = do_resume(s);
+		if (r == 0)
+			r = agent_settle(s->agent, now_ns() + (uint64_t)AGENT_TIMEOUT_MS * 1000000, &s->cancel);
+		if (r > 1)
+			log_info("sandbox %s: its agent answered ping %d after the resume", s->name, r);
+		if (r > 0)
+			r = sandbox_attach(s, AGENT_TIMEOUT_MS, NULL, NULL);
+		if (r == 0)
+			s->agent_unsettled = false;
+	} else {
+		r = sandbox_attach(s, AGENT_TIMEOUT_MS, do_resume, s);
+	}
 	return r < 0 ? r : transition(s, SB_EV_RESUME);
 }
 
@@ -166,6 +183,7 @@ static int retire_vmm(struct sandbox *s)
 	s->vmm = NULL;
 	s->vmm_pid = 0;
 	s->vmm_exited = false;
+	s->agent_unsettled = false; /* the next VMM's connection is a new one */
 	ac = TAKE_PTR(s->agent);
 	pthread_cond_broadcast(&s->cond);
 	pthread_mutex_unlock(&e->lock);

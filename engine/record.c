@@ -498,6 +498,22 @@ static void adopt_fail(struct adoptee *a, const char *step, int err)
 	sandbox_procs_settle(s);
 }
 
+int agent_settle(struct agent_client *ac, uint64_t deadline, const atomic_bool *cancel)
+{
+	for (int tries = 1;; tries++) {
+		_cleanup_json_ json_object *req = json_object_new_object();
+		int64_t left = ((int64_t)deadline - (int64_t)now_ns()) / 1000000;
+		int r;
+
+		json_object_object_add(req, "op", json_object_new_string("ping"));
+		r = agent_call(ac, req, left < ADOPT_PING_MS ? (unsigned)(left > 0 ? left : 1) : ADOPT_PING_MS, NULL);
+		if (r == 0)
+			return tries;
+		if (r != -ETIMEDOUT || (int64_t)deadline - (int64_t)now_ns() <= 0 || (cancel && atomic_load(cancel)))
+			return r;
+	}
+}
+
 /* One sandbox whose VMM runs: QMP, its run state, the agent. */
 static void *adopt_main(void *arg)
 {
@@ -554,20 +570,11 @@ static void *adopt_main(void *arg)
 		step = "agent";
 		r = agent_connect(agent, left > 100 ? (unsigned)left : 100, &s->cancel, &ac);
 	}
-	for (unsigned tries = 1; r == 0 && s->state == SB_READY; tries++) {
-		_cleanup_json_ json_object *req = json_object_new_object();
-		int64_t left = ((int64_t)deadline - (int64_t)now_ns()) / 1000000;
-
-		json_object_object_add(req, "op", json_object_new_string("ping"));
-		r = agent_call(ac, req, left < ADOPT_PING_MS ? (unsigned)(left > 0 ? left : 1) : ADOPT_PING_MS, NULL);
-		if (r == 0) {
-			if (tries > 1)
-				log_info("sandbox %s: its agent answered ping %u", s->name, tries);
-			break;
-		}
-		if (r != -ETIMEDOUT || (int64_t)deadline - (int64_t)now_ns() <= 0 || atomic_load(&s->cancel))
-			break;
-		r = 0;
+	if (r == 0 && s->state == SB_READY) {
+		r = agent_settle(ac, deadline, &s->cancel);
+		if (r > 1)
+			log_info("sandbox %s: its agent answered ping %d", s->name, r);
+		r = r < 0 ? r : 0;
 	}
 	if (r < 0 && ac)
 		agent_free(TAKE_PTR(ac));
@@ -586,6 +593,7 @@ static void *adopt_main(void *arg)
 	}
 	if (s->state == SB_PAUSED && !s->sleeping_since_ms)
 		s->sleeping_since_ms = (uint64_t)time(NULL) * 1000;
+	s->agent_unsettled = s->state == SB_PAUSED;
 	return NULL;
 }
 
