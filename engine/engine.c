@@ -171,7 +171,7 @@ int engine_spec_init(struct engine *e, const struct template_config *cfg, struct
 int engine_store_admit(struct engine *e, unsigned mem_mib, char **ret_why)
 {
 	struct statvfs sv;
-	uint64_t free_mib, need_mib = (uint64_t)mem_mib + e->store_reserve_mib;
+	uint64_t free_mib, need_mib = (uint64_t)mem_mib + (uint64_t)e->opts.store_reserve_mib;
 
 	if (statvfs(e->store.root, &sv) < 0)
 		return 0; /* cannot tell: the write itself will say */
@@ -179,8 +179,8 @@ int engine_store_admit(struct engine *e, unsigned mem_mib, char **ret_why)
 	if (free_mib >= need_mib)
 		return 0;
 	if (ret_why && asprintf(ret_why, "the store has %" PRIu64 " MiB free; a VM of %u MiB needs %" PRIu64
-				" (its RAM and the %u MiB reserve for the running ones, --store-reserve-mib)", free_mib,
-				mem_mib, need_mib, e->store_reserve_mib) < 0)
+				" (its RAM and the %" PRId64 " MiB reserve for the running ones, --store-reserve-mib)",
+				free_mib, mem_mib, need_mib, e->opts.store_reserve_mib) < 0)
 		*ret_why = NULL;
 	return -ENOSPC;
 }
@@ -492,8 +492,10 @@ int engine_new(const struct engine_options *opts, struct engine **ret)
 		return -ENOMEM;
 	e->opts = *opts;
 	e->test_hold = getenv("EMBERFS_TEST_HOLD");
-	e->console_max_kib = opts->console_max_kib ? opts->console_max_kib : 1024;
-	e->store_reserve_mib = opts->store_reserve_mib < 0 ? 512 : (unsigned)opts->store_reserve_mib;
+	if (!e->opts.console_max_kib)
+		e->opts.console_max_kib = 1024;
+	if (e->opts.store_reserve_mib < 0)
+		e->opts.store_reserve_mib = 512;
 	if (!e->opts.cold_slots)
 		e->opts.cold_slots = 1;
 	if (!e->opts.max_sandboxes)

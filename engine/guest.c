@@ -216,6 +216,22 @@ struct sandbox *proc_sandbox(const struct proc *p)
 	return p->s;
 }
 
+/* A new slot, new and of no sandbox yet. */
+static struct proc *proc_alloc(struct engine *e, const char *name)
+{
+	struct proc *p = calloc(1, sizeof(*p));
+
+	if (!p || !(p->name = strdup(name))) {
+		free(p);
+		return NULL;
+	}
+	atomic_init(&p->refs, 1);
+	pthread_mutex_init(&p->lock, NULL);
+	p->id = atomic_fetch_add(&e->next_id, 1);
+	p->exit_code = -1;
+	return p;
+}
+
 int sandbox_proc_create(struct sandbox *s, const char *name, struct proc **ret)
 {
 	struct engine *e = s->e;
@@ -224,15 +240,8 @@ int sandbox_proc_create(struct sandbox *s, const char *name, struct proc **ret)
 
 	if (r < 0)
 		return r;
-	p = calloc(1, sizeof(*p));
-	if (!p || !(p->name = strdup(name))) {
-		free(p);
+	if (!(p = proc_alloc(e, name)))
 		return -ENOMEM;
-	}
-	atomic_init(&p->refs, 1);
-	pthread_mutex_init(&p->lock, NULL);
-	p->id = atomic_fetch_add(&e->next_id, 1);
-	p->exit_code = -1;
 	pthread_mutex_lock(&e->lock);
 	if (s->state == SB_DESTROYING || s->state == SB_FAILED)
 		r = -ENOENT;
@@ -420,13 +429,6 @@ void sandbox_procs_free(struct sandbox *s)
 
 static void on_exit_reply(void *arg, int result, json_object *resp, const uint8_t *data, size_t len);
 
-static int64_t get_i64(json_object *o, const char *key, int64_t dflt)
-{
-	json_object *v;
-
-	return json_object_object_get_ex(o, key, &v) ? json_object_get_int64(v) : dflt;
-}
-
 int proc_start(struct proc *p, const char *text, size_t len)
 {
 	_cleanup_json_ json_object *req = proc_parse_cmd(text, len);
@@ -464,9 +466,9 @@ int proc_start(struct proc *p, const char *text, size_t len)
 	}
 	p->conn = c;
 	p->agent = agent_ref(c.agent);
-	p->job = (uint64_t)get_i64(resp, "job", 0);
-	p->pid = get_i64(resp, "pid", 0);
-	p->start_unix_ms = (uint64_t)get_i64(resp, "start_unix_ms", 0);
+	p->job = (uint64_t)jget_int(resp, "job", 0);
+	p->pid = jget_int(resp, "pid", 0);
+	p->start_unix_ms = (uint64_t)jget_int(resp, "start_unix_ms", 0);
 	p->state = PROC_RUNNING;
 	if (p->removed) {
 		/* an rmdir came while it started: it must not run on */
@@ -505,9 +507,9 @@ static void on_exit_reply(void *arg, int result, json_object *resp, const uint8_
 	pthread_mutex_lock(&p->lock);
 	if (result == 0 && p->state == PROC_RUNNING) {
 		p->state = PROC_EXITED;
-		p->exit_code = (int)get_i64(resp, "exit_code", -1);
-		p->signal = (int)get_i64(resp, "signal", 0);
-		p->duration_ms = (double)get_i64(resp, "duration_ms", 0);
+		p->exit_code = (int)jget_int(resp, "exit_code", -1);
+		p->signal = (int)jget_int(resp, "signal", 0);
+		p->duration_ms = (double)jget_int(resp, "duration_ms", 0);
 	} else if (result < 0 && !p->removed) {
 		set_lost(p, "the guest connection ended (the sandbox was stopped, or its VMM died)");
 	}
@@ -803,7 +805,7 @@ static void on_in_reply(void *arg, int result, json_object *resp, const uint8_t 
 	pthread_mutex_unlock(&p->lock);
 	if (w) {
 		w->cb(w->arg, result < 0 ? (result == -ECONNRESET ? -EIO : result) :
-					   (ssize_t)get_i64(resp, "written", (int64_t)w->len));
+					   (ssize_t)jget_int(resp, "written", (int64_t)w->len));
 		writer_free(w);
 	}
 	proc_unref(p);
@@ -895,14 +897,6 @@ json_object *sandbox_procs_json(struct sandbox *s)
 	return a;
 }
 
-static const char *jstr(json_object *o, const char *key)
-{
-	json_object *v;
-
-	return json_object_object_get_ex(o, key, &v) && json_object_is_type(v, json_type_string) ?
-		       json_object_get_string(v) : NULL;
-}
-
 /*
  * The processes of a sandbox rebuilt from its record (not registered yet, its
  * state set): a job that may still run in the guest waits to be reattached
@@ -915,8 +909,8 @@ void sandbox_procs_from_json(struct sandbox *s, json_object *arr)
 
 	for (size_t i = 0; i < n && s->n_procs < PROCS_MAX; i++) {
 		json_object *o = json_object_array_get_idx(arr, i);
-		const char *name = jstr(o, "name"), *state = jstr(o, "state"), *cmd = jstr(o, "cmd"),
-			   *err = jstr(o, "error");
+		const char *name = jget_str(o, "name"), *state = jget_str(o, "state"), *cmd = jget_str(o, "cmd"),
+			   *err = jget_str(o, "error");
 		struct proc *p, **v;
 		int st = -1;
 
@@ -925,37 +919,26 @@ void sandbox_procs_from_json(struct sandbox *s, json_object *arr)
 				st = k;
 		if (!name || name_validate(name) < 0 || st < 0)
 			continue;
-		p = calloc(1, sizeof(*p));
-		v = p ? realloc(s->procs, (s->n_procs + 1) * sizeof(*v)) : NULL;
-		if (v)
-			s->procs = v;
-		if (!v || !(p->name = strdup(name))) {
-			free(p);
+		if (!(v = realloc(s->procs, (s->n_procs + 1) * sizeof(*v))))
 			continue;
-		}
-		atomic_init(&p->refs, 1);
-		pthread_mutex_init(&p->lock, NULL);
-		p->id = atomic_fetch_add(&s->e->next_id, 1);
+		s->procs = v;
+		if (!(p = proc_alloc(s->e, name)))
+			continue;
 		p->state = (enum proc_state)st;
 		p->cmd = cmd ? strdup(cmd) : NULL;
 		p->error = err ? strdup(err) : NULL;
-		p->job = (uint64_t)get_i64(o, "job", 0);
-		p->pid = get_i64(o, "pid", 0);
-		p->start_unix_ms = (uint64_t)get_i64(o, "start_unix_ms", 0);
-		p->exit_code = (int)get_i64(o, "exit_code", -1);
-		p->signal = (int)get_i64(o, "signal", 0);
+		p->job = (uint64_t)jget_int(o, "job", 0);
+		p->pid = jget_int(o, "pid", 0);
+		p->start_unix_ms = (uint64_t)jget_int(o, "start_unix_ms", 0);
+		p->exit_code = (int)jget_int(o, "exit_code", -1);
+		p->signal = (int)jget_int(o, "signal", 0);
+		p->duration_ms = jget_double(o, "duration_ms");
+		p->stdin_closed = jget_bool(o, "stdin_closed");
 		{
-			json_object *d;
 			int64_t ago_ms = (int64_t)realtime_ms() - (int64_t)p->start_unix_ms;
 
-			p->duration_ms = json_object_object_get_ex(o, "duration_ms", &d) ? json_object_get_double(d) : 0;
 			/* "so far" goes on from the guest's start time */
 			p->start_ns = now_ns() - (ago_ms > 0 && p->start_unix_ms ? (uint64_t)ago_ms * 1000000 : 0);
-		}
-		{
-			json_object *b;
-
-			p->stdin_closed = json_object_object_get_ex(o, "stdin_closed", &b) && json_object_get_boolean(b);
 		}
 		if (p->state == PROC_STARTING) {
 			p->state = PROC_LOST;
@@ -1026,7 +1009,7 @@ static json_object *find_job(json_object *jobs, uint64_t job)
 	for (size_t i = 0; i < n; i++) {
 		json_object *o = json_object_array_get_idx(jobs, i);
 
-		if ((uint64_t)get_i64(o, "job", 0) == job)
+		if ((uint64_t)jget_int(o, "job", 0) == job)
 			return o;
 	}
 	return NULL;
@@ -1062,17 +1045,13 @@ void sandbox_procs_attached(struct sandbox *s, struct agent_client *ac, json_obj
 		old = TAKE_PTR(p->agent);
 		p->reattach = false;
 		if (j) {
-			json_object *b;
-
 			p->agent = agent_ref(ac);
-			if (json_object_object_get_ex(j, "stdin_closed", &b) && json_object_get_boolean(b))
-				p->stdin_closed = true;
-			if (p->state == PROC_RUNNING && json_object_object_get_ex(j, "running", &b) &&
-			    !json_object_get_boolean(b)) {
+			p->stdin_closed = p->stdin_closed || jget_bool(j, "stdin_closed");
+			if (p->state == PROC_RUNNING && !jget_bool(j, "running")) {
 				p->state = PROC_EXITED;
-				p->exit_code = (int)get_i64(j, "exit_code", -1);
-				p->signal = (int)get_i64(j, "signal", 0);
-				p->duration_ms = (double)get_i64(j, "duration_ms", 0);
+				p->exit_code = (int)jget_int(j, "exit_code", -1);
+				p->signal = (int)jget_int(j, "signal", 0);
+				p->duration_ms = (double)jget_int(j, "duration_ms", 0);
 				unpin = true;
 			} else if (p->state == PROC_RUNNING) {
 				wait = true;

@@ -462,8 +462,6 @@ struct engine {
 	char *cgroups[3];	  /* per-VMM groups go under these (cgroup.c); NULL-terminated */
 	int cgroup_version;
 	uid_t vmm_uid_base;	  /* resolved --vmm-uid-base (0: VMMs run as root) */
-	unsigned console_max_kib; /* a sandbox's console log stays within this (lifecycle.c console_scan) */
-	unsigned store_reserve_mib; /* store headroom kept for running guests (engine_store_admit) */
 	gid_t vmm_extra_gid;	  /* /dev/kvm's group, under KVM */
 	uint64_t pool_budget_mib; /* resolved from the options (host memory) */
 	unsigned pool_max_slots;

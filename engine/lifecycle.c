@@ -162,6 +162,17 @@ static int op_resume(struct sandbox *s)
 	return r < 0 ? r : transition(s, SB_EV_RESUME);
 }
 
+/* A new VM of mem_mib for operation what: ENOSPC (the figures in ctl_error) if the store has no room. */
+static int admit_vm(struct sandbox *s, unsigned mem_mib, const char *what)
+{
+	_cleanup_free_ char *why = NULL;
+	int r = engine_store_admit(s->e, mem_mib, &why);
+
+	if (r < 0)
+		set_ctl_error(s, "%s: %s", what, why ? why : "the store is full");
+	return r;
+}
+
 /* Ends the VMM on purpose (the supervisor hands it back) and drops the agent connection. */
 static int retire_vmm(struct sandbox *s)
 {
@@ -296,14 +307,8 @@ static int op_start(struct sandbox *s)
 	pthread_mutex_lock(&e->lock);
 	mem_mib = s->tpl->cfg.mem_mib;
 	pthread_mutex_unlock(&e->lock);
-	{
-		_cleanup_free_ char *why = NULL;
-
-		if ((r = engine_store_admit(e, mem_mib, &why)) < 0) {
-			set_ctl_error(s, "start: %s", why ? why : "the store is full");
-			return r;
-		}
-	}
+	if ((r = admit_vm(s, mem_mib, "start")) < 0)
+		return r;
 	if ((r = cold_acquire(e, &s->cancel)) < 0)
 		return r;
 	/* a fresh, zeroed memory file */
@@ -449,16 +454,14 @@ static int op_fork(struct sandbox *s, const char *name)
 	int r;
 
 	{
-		_cleanup_free_ char *why = NULL;
+		_cleanup_free_ char *what = strjoin("fork ", name, NULL);
 		unsigned mem_mib;
 
 		pthread_mutex_lock(&e->lock);
 		mem_mib = t->cfg.mem_mib;
 		pthread_mutex_unlock(&e->lock);
-		if ((r = engine_store_admit(e, mem_mib, &why)) < 0) {
-			set_ctl_error(s, "fork %s: %s", name, why ? why : "the store is full");
+		if ((r = admit_vm(s, mem_mib, what ? what : "fork")) < 0)
 			return r;
-		}
 	}
 	r = sandbox_create_internal(e, t, name, s, &c);
 	if (r < 0) {
@@ -746,6 +749,55 @@ static void watchdog_scan(struct engine *e)
 	pthread_mutex_unlock(&e->lock);
 }
 
+/* ---- periodic scans ---- */
+
+/*
+ * The sandboxes want(s, arg) picks (e->lock held), each with a reference the
+ * caller drops; *n of them. Scans take their work out of the engine lock.
+ */
+static struct sandbox **sandboxes_where(struct engine *e, bool (*want)(const struct sandbox *s, uint64_t arg),
+					uint64_t arg, size_t *n)
+{
+	struct sandbox **v = NULL;
+	size_t cap = 0;
+
+	*n = 0;
+	pthread_mutex_lock(&e->lock);
+	for (size_t i = 0; i < e->n_templates; i++)
+		for (size_t k = 0; k < e->templates[i]->n_sandboxes; k++) {
+			struct sandbox *s = e->templates[i]->sandboxes[k];
+
+			if (!want(s, arg))
+				continue;
+			if (*n == cap) {
+				struct sandbox **nv = realloc(v, (cap = cap ? cap * 2 : 16) * sizeof(*nv));
+
+				if (!nv)
+					goto out; /* the next scan does the rest */
+				v = nv;
+			}
+			atomic_fetch_add(&s->refs, 1);
+			v[(*n)++] = s;
+		}
+out:
+	pthread_mutex_unlock(&e->lock);
+	return v;
+}
+
+static bool has_vmm(const struct sandbox *s, uint64_t arg)
+{
+	(void)arg;
+	return s->vmm != NULL;
+}
+
+/* Running, no access in flight, and idle past its template's idle_timeout_s (0: never) at now. */
+static bool is_idle(const struct sandbox *s, uint64_t now)
+{
+	uint64_t limit = (uint64_t)s->tpl->cfg.idle_timeout_s * 1000000000ull;
+
+	return limit && s->state == SB_READY && !s->execs_running && now - s->active_ns >= limit;
+}
+
 /* ---- the console's size ---- */
 
 /*
@@ -782,30 +834,13 @@ static uint64_t console_trim(const char *path, uint64_t max)
  */
 static void console_scan(struct engine *e)
 {
-	uint64_t max = (uint64_t)e->console_max_kib << 10;
-	struct sandbox **v = NULL;
-	size_t n = 0, cap = 0;
+	uint64_t max = (uint64_t)e->opts.console_max_kib << 10;
+	struct sandbox **v;
+	size_t n;
 
 	if (!max)
 		return;
-	pthread_mutex_lock(&e->lock);
-	for (size_t i = 0; i < e->n_templates; i++)
-		for (size_t k = 0; k < e->templates[i]->n_sandboxes; k++) {
-			struct sandbox *s = e->templates[i]->sandboxes[k];
-
-			if (!s->vmm)
-				continue;
-			if (n == cap) {
-				struct sandbox **nv = realloc(v, (cap = cap ? cap * 2 : 16) * sizeof(*nv));
-
-				if (!nv)
-					break;
-				v = nv;
-			}
-			atomic_fetch_add(&s->refs, 1);
-			v[n++] = s;
-		}
-	pthread_mutex_unlock(&e->lock);
+	v = sandboxes_where(e, has_vmm, 0, &n);
 	for (size_t i = 0; i < n; i++) {
 		struct sandbox *s = v[i];
 		struct stat st;
@@ -817,7 +852,7 @@ static void console_scan(struct engine *e)
 			pthread_mutex_lock(&e->lock);
 			if (!s->console_dropped)
 				log_warn("sandbox %s/%s: console over %u KiB: its oldest output is dropped from now on",
-					 s->tpl->name, s->name, e->console_max_kib);
+					 s->tpl->name, s->name, e->opts.console_max_kib);
 			s->console_dropped += dropped;
 			pthread_mutex_unlock(&e->lock);
 		}
@@ -831,32 +866,9 @@ static void console_scan(struct engine *e)
 /* Hibernates sandboxes idle longer than their template's idle_timeout_s (running ones only). */
 static void idle_scan(struct engine *e)
 {
-	uint64_t now = now_ns();
-	struct sandbox **due = NULL;
-	size_t n = 0, cap = 0;
+	size_t n;
+	struct sandbox **due = sandboxes_where(e, is_idle, now_ns(), &n);
 
-	pthread_mutex_lock(&e->lock);
-	for (size_t i = 0; i < e->n_templates; i++) {
-		struct template *t = e->templates[i];
-		uint64_t limit = (uint64_t)t->cfg.idle_timeout_s * 1000000000ull;
-
-		for (size_t k = 0; limit && k < t->n_sandboxes; k++) {
-			struct sandbox *s = t->sandboxes[k];
-
-			if (s->state != SB_READY || s->execs_running || now - s->active_ns < limit)
-				continue;
-			if (n == cap) {
-				struct sandbox **nd = realloc(due, (cap = cap ? cap * 2 : 8) * sizeof(*nd));
-
-				if (!nd)
-					break;
-				due = nd;
-			}
-			atomic_fetch_add(&s->refs, 1);
-			due[n++] = s;
-		}
-	}
-	pthread_mutex_unlock(&e->lock);
 	for (size_t i = 0; i < n; i++) {
 		struct sandbox *s = due[i];
 

@@ -13,6 +13,38 @@
 #include "common.h"
 #include "parse.h"
 
+const char *jget_str(json_object *o, const char *key)
+{
+	json_object *v;
+
+	return json_object_object_get_ex(o, key, &v) && json_object_is_type(v, json_type_string) ?
+		       json_object_get_string(v) : NULL;
+}
+
+int64_t jget_int(json_object *o, const char *key, int64_t dflt)
+{
+	json_object *v;
+
+	return json_object_object_get_ex(o, key, &v) &&
+			       (json_object_is_type(v, json_type_int) || json_object_is_type(v, json_type_double)) ?
+		       json_object_get_int64(v) : dflt;
+}
+
+double jget_double(json_object *o, const char *key)
+{
+	json_object *v;
+
+	return json_object_object_get_ex(o, key, &v) ? json_object_get_double(v) : 0;
+}
+
+bool jget_bool(json_object *o, const char *key)
+{
+	json_object *v;
+
+	return json_object_object_get_ex(o, key, &v) && json_object_is_type(v, json_type_boolean) &&
+	       json_object_get_boolean(v);
+}
+
 /* "N" pins the depth (0..PARSE_POOL_MAX), "auto" leaves it to the controller. -EINVAL otherwise. */
 int pool_parse(const char *data, size_t len, bool *pinned, unsigned *depth)
 {

@@ -3,10 +3,20 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include <json-c/json.h>
 
 #define PARSE_POOL_MAX 256
+
+/*
+ * Fields of a JSON object read leniently (records, agent replies): the
+ * string, or NULL; the number (an integer or a double), or dflt / 0.
+ */
+const char *jget_str(json_object *o, const char *key);
+int64_t jget_int(json_object *o, const char *key, int64_t dflt);
+double jget_double(json_object *o, const char *key);
+bool jget_bool(json_object *o, const char *key); /* false unless true */
 
 /* A pool file write: "N" (0..256) pins (*pinned true), "auto" does not; -EINVAL otherwise. */
 int pool_parse(const char *data, size_t len, bool *pinned, unsigned *depth);

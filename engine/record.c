@@ -34,6 +34,7 @@
 
 #include "guest.h"
 #include "internal.h"
+#include "parse.h"
 
 #define RECORD_VERSION 2
 #define ADOPT_BUDGET_MS 10000 /* per sandbox, all in parallel */
@@ -182,30 +183,6 @@ void sandbox_record_drop(struct sandbox *s)
 
 /* ---- start-up: what to keep ---- */
 
-static const char *get_str(json_object *o, const char *key)
-{
-	json_object *v;
-
-	return json_object_object_get_ex(o, key, &v) && json_object_is_type(v, json_type_string) ?
-		       json_object_get_string(v) : NULL;
-}
-
-static int64_t get_int(json_object *o, const char *key, int64_t dflt)
-{
-	json_object *v;
-
-	return json_object_object_get_ex(o, key, &v) &&
-			       (json_object_is_type(v, json_type_int) || json_object_is_type(v, json_type_double)) ?
-		       json_object_get_int64(v) : dflt;
-}
-
-static double get_double(json_object *o, const char *key)
-{
-	json_object *v;
-
-	return json_object_object_get_ex(o, key, &v) ? json_object_get_double(v) : 0;
-}
-
 static int state_from_name(const char *n)
 {
 	for (int st = 0; n && st < _SB_STATE_MAX; st++)
@@ -242,12 +219,12 @@ static bool adopt_consider(struct engine *e, const char *dir, struct adoptee *a)
 	a->net_index = -1;
 	if (!path || read_file(path, 1 << 20, &text, NULL) < 0 || !(o = json_tokener_parse(text)))
 		return false;
-	name = get_str(o, "name");
-	tpl = get_str(o, "template");
-	run = get_str(o, "run_dir");
-	st = state_from_name(get_str(o, "state"));
+	name = jget_str(o, "name");
+	tpl = jget_str(o, "template");
+	run = jget_str(o, "run_dir");
+	st = state_from_name(jget_str(o, "state"));
 	runroot = strjoin(e->state_dir, "/run/", NULL);
-	if (get_int(o, "version", 0) != RECORD_VERSION || !name || name_validate(name) < 0 || !tpl ||
+	if (jget_int(o, "version", 0) != RECORD_VERSION || !name || name_validate(name) < 0 || !tpl ||
 	    name_validate(tpl) < 0 || !run || !runroot || strncmp(run, runroot, strlen(runroot)) != 0 ||
 	    strchr(run + strlen(runroot), '/') || !run[strlen(runroot)])
 		return false;
@@ -255,8 +232,8 @@ static bool adopt_consider(struct engine *e, const char *dir, struct adoptee *a)
 		return false; /* a create or destroy in flight: rolled back */
 	a->state = (enum sandbox_state)st;
 	if (st == SB_READY || st == SB_PAUSED) {
-		pid_t pid = (pid_t)get_int(o, "vmm_pid", 0);
-		unsigned long long start = (unsigned long long)get_int(o, "vmm_start", 0);
+		pid_t pid = (pid_t)jget_int(o, "vmm_pid", 0);
+		unsigned long long start = (unsigned long long)jget_int(o, "vmm_start", 0);
 
 		/* the pidfd first, then the start time: it names that process, never a later one with its pid */
 		if (pid > 1 && start && (a->pidfd = pidfd_open_(pid)) >= 0 && pid_start_time(pid) == start) {
@@ -270,8 +247,8 @@ static bool adopt_consider(struct engine *e, const char *dir, struct adoptee *a)
 				a->why = NULL;
 		}
 	}
-	a->net_index = (int)get_int(o, "net", -1);
-	a->id = (uint64_t)get_int(o, "id", 0);
+	a->net_index = (int)jget_int(o, "net", -1);
+	a->id = (uint64_t)jget_int(o, "id", 0);
 	a->dir = strdup(dir);
 	a->rundir = strdup(run);
 	a->rec = TAKE_PTR(o);
@@ -406,13 +383,13 @@ static struct sandbox *sandbox_from_record(struct engine *e, struct template *t,
 {
 	struct sandbox *s = calloc(1, sizeof(*s));
 	json_object *o = a->rec, *tv;
-	const char *idn = get_str(o, "identity");
+	const char *idn = jget_str(o, "identity");
 
 	if (!s)
 		return NULL;
 	atomic_init(&s->refs, 1); /* the template's list */
 	s->id = a->id ? a->id : atomic_fetch_add(&e->next_id, 1);
-	snprintf(s->name, sizeof(s->name), "%s", get_str(o, "name"));
+	snprintf(s->name, sizeof(s->name), "%s", jget_str(o, "name"));
 	s->e = e;
 	s->state = a->state;
 	pthread_cond_init(&s->cond, NULL);
@@ -421,12 +398,12 @@ static struct sandbox *sandbox_from_record(struct engine *e, struct template *t,
 	s->dir = strdup(a->dir);
 	s->rundir = strdup(a->rundir);
 	s->console_path = strjoin(a->dir, "/console.log", NULL);
-	s->path = intern(get_str(o, "path"), PATHS);
-	s->path_reason = dup_or_null(get_str(o, "path_reason"));
-	s->miss_reason = miss_intern(get_str(o, "pool_miss"));
+	s->path = intern(jget_str(o, "path"), PATHS);
+	s->path_reason = dup_or_null(jget_str(o, "path_reason"));
+	s->miss_reason = miss_intern(jget_str(o, "pool_miss"));
 	snprintf(s->identity, sizeof(s->identity), "%s", idn ? idn : "");
 	{
-		const char *mid = get_str(o, "machine_id");
+		const char *mid = jget_str(o, "machine_id");
 
 		/* a record from before machine ids were kept: a new one, given at the next attach */
 		if (mid && strlen(mid) == 32 && strspn(mid, "0123456789abcdef") == 32)
@@ -434,22 +411,22 @@ static struct sandbox *sandbox_from_record(struct engine *e, struct template *t,
 		else if (machine_id_new(s->machine_id) < 0)
 			memset(s->machine_id, '0', 32);
 	}
-	s->clone_method = clone_intern(get_str(o, "clone"));
-	s->slot_id = (uint64_t)get_int(o, "slot_id", 0);
-	s->slot_age_ms = get_double(o, "slot_age_ms");
-	s->slot_prepare_ms = get_double(o, "slot_prepare_ms");
-	s->created_realtime_ms = (uint64_t)get_int(o, "created_at_unix_ms", 0);
+	s->clone_method = clone_intern(jget_str(o, "clone"));
+	s->slot_id = (uint64_t)jget_int(o, "slot_id", 0);
+	s->slot_age_ms = jget_double(o, "slot_age_ms");
+	s->slot_prepare_ms = jget_double(o, "slot_prepare_ms");
+	s->created_realtime_ms = (uint64_t)jget_int(o, "created_at_unix_ms", 0);
 	timings_from_json(&s->timings, json_object_object_get_ex(o, "timings", &tv) ? tv : NULL);
-	s->error = a->why ? TAKE_PTR(a->why) : dup_or_null(get_str(o, "error"));
-	s->fork_of = dup_or_null(get_str(o, "fork_of"));
-	s->sleeping_since_ms = (uint64_t)get_int(o, "sleeping_since_unix_ms", 0);
-	s->last_op = intern(get_str(o, "last_op"), OPS);
-	s->last_op_ms = get_double(o, "last_op_ms");
-	s->hibernate_ms = get_double(o, "hibernate_ms");
-	s->wake_ms = get_double(o, "wake_ms");
-	s->wakes = (uint64_t)get_int(o, "wakes", 0);
-	s->idle_hibernations = (uint64_t)get_int(o, "idle_hibernations", 0);
-	s->adoptions = (unsigned)get_int(o, "adoptions", 0) + 1;
+	s->error = a->why ? TAKE_PTR(a->why) : dup_or_null(jget_str(o, "error"));
+	s->fork_of = dup_or_null(jget_str(o, "fork_of"));
+	s->sleeping_since_ms = (uint64_t)jget_int(o, "sleeping_since_unix_ms", 0);
+	s->last_op = intern(jget_str(o, "last_op"), OPS);
+	s->last_op_ms = jget_double(o, "last_op_ms");
+	s->hibernate_ms = jget_double(o, "hibernate_ms");
+	s->wake_ms = jget_double(o, "wake_ms");
+	s->wakes = (uint64_t)jget_int(o, "wakes", 0);
+	s->idle_hibernations = (uint64_t)jget_int(o, "idle_hibernations", 0);
+	s->adoptions = (unsigned)jget_int(o, "adoptions", 0) + 1;
 	s->active_ns = now_ns();
 	atomic_fetch_add(&t->refs, 1);
 	s->tpl = t;
@@ -557,8 +534,8 @@ static void *adopt_main(void *arg)
 			log_warn("sandbox %s: the VMM's run state is \"%s\"", s->name, st);
 	}
 	/*
-	 * The agent: a running guest answers a ping; a paused one is asked at
-	 * its resume (the attach). The guest learns that the old connection
+	 * The agent: a running guest answers a ping; a paused one at its
+	 * resume (op_resume settles it the same way). The guest learns that the old connection
 	 * ended and this one began from control messages that are not ordered
 	 * with the data: a first request can be taken for the old connection's
 	 * and its answer dropped with it. So the ping is sent again, on this
@@ -581,7 +558,7 @@ static void *adopt_main(void *arg)
 	if (r == 0)
 		s->agent = ac;
 	if (r == 0 && s->state == SB_READY) {
-		/* its processes: a paused guest is asked at its resume (the attach) */
+		/* its processes: a paused guest's at its resume (the attach) */
 		int64_t left = ((int64_t)deadline - (int64_t)now_ns()) / 1000000;
 
 		step = "processes";
@@ -611,7 +588,7 @@ void adopt_all(struct engine *e)
 	/* the objects, their templates and network slots */
 	for (size_t i = 0; i < e->n_adoptees; i++) {
 		struct adoptee *a = &e->adoptees[i];
-		const char *tname = get_str(a->rec, "template");
+		const char *tname = jget_str(a->rec, "template");
 		struct template *t = NULL;
 		_cleanup_free_ char *nerr = NULL;
 

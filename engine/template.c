@@ -270,10 +270,12 @@ static int why_set(char **why, int r, const char *fmt, ...)
 
 /*
  * A memory or disk file of the snapshot against its record: present, a
- * regular file, same size and ctime as the bake left it (any write since
- * changes the ctime); with full, its CRC-32C too (once per daemon run).
+ * regular file, of size (0: the record's, if any), with the ctime the bake
+ * left (any write since changes it); with full, its CRC-32C too (once per
+ * daemon run).
  */
-static int verify_snap_file(const char *path, const char *name, const struct snap_file *f, bool full, char **why)
+static int verify_snap_file(const char *path, const char *name, const struct snap_file *f, uint64_t size, bool full,
+			    char **why)
 {
 	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
 	struct stat st;
@@ -284,11 +286,13 @@ static int verify_snap_file(const char *path, const char *name, const struct sna
 		return why_set(why, -EINVAL, "snapshot %s: %s", name, strerror(errno));
 	if (!S_ISREG(st.st_mode))
 		return why_set(why, -EINVAL, "snapshot %s: not a regular file", name);
+	if (!size && f->known)
+		size = f->size;
+	if (size && (uint64_t)st.st_size != size)
+		return why_set(why, -EINVAL, "snapshot %s: %" PRIu64 " bytes, baked with %" PRIu64 " (truncated or replaced)",
+			       name, (uint64_t)st.st_size, size);
 	if (!f->known)
 		return 0;
-	if ((uint64_t)st.st_size != f->size)
-		return why_set(why, -EINVAL, "snapshot %s: %" PRIu64 " bytes, baked with %" PRIu64 " (truncated or replaced)",
-			       name, (uint64_t)st.st_size, f->size);
 	if ((int64_t)st.st_ctim.tv_sec * 1000000000 + st.st_ctim.tv_nsec != f->ctime_ns)
 		return why_set(why, -EINVAL, "snapshot %s: changed since the bake (its ctime)", name);
 	if (full && ((r = crc32c_fd(fd, &crc)) < 0 || crc != f->crc32c))
@@ -306,15 +310,13 @@ static int verify_snapshot(struct template *t, const char *state, const char *me
 {
 	bool full = !atomic_load(&t->snap_checked);
 	char got[65];
-	struct stat st;
 	int r;
 
-	if (stat(mem, &st) < 0 || (uint64_t)st.st_size != b->mem_size)
-		return why_set(why, -EINVAL, "snapshot memory file missing or of the wrong size");
+	if ((r = verify_snap_file(mem, "mem", &b->mem, b->mem_size, full, why)) < 0)
+		return r;
 	if (sha256_file(state, got) < 0 || strcmp(got, b->state_digest) != 0)
 		return why_set(why, -EINVAL, "snapshot state digest mismatch (corrupt or truncated)");
-	if ((r = verify_snap_file(mem, "mem", &b->mem, full, why)) < 0 ||
-	    (disk && (r = verify_snap_file(disk, "disk.img", &b->disk, full, why)) < 0))
+	if (disk && (r = verify_snap_file(disk, "disk.img", &b->disk, 0, full, why)) < 0)
 		return r;
 	if (full)
 		atomic_store(&t->snap_checked, true);

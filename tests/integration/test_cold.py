@@ -198,7 +198,7 @@ class SnapshotFaults(harness.TestCase):
                 ("state truncated", lambda: self.truncate(self.snap("state"), os.path.getsize(self.snap("state")) // 2),
                  "state digest mismatch"),
                 ("state bit flipped", lambda: self.flip(self.snap("state"), 100), "state digest mismatch"),
-                ("memory truncated", lambda: self.truncate(self.snap("mem"), 1 << 20), "memory file missing or of the wrong size"),
+                ("memory truncated", lambda: self.truncate(self.snap("mem"), 1 << 20), "snapshot mem: 1048576 bytes, baked with"),
                 ("memory bit flipped", lambda: self.flip(self.snap("mem"), 12345), "snapshot mem: changed since the bake"),
                 ("disk missing", lambda: os.unlink(self.snap("disk.img")), "snapshot disk.img: No such file"),
                 ("disk bit flipped", lambda: self.flip(self.snap("disk.img"), 4096), "snapshot disk.img: changed since the bake"),
