@@ -6,10 +6,10 @@
  * opens the virtio-serial port named by emberfs.port= and then serves the
  * host over that port forever.
  *
- * Protocol (version 2, docs/protocol.md is the contract): one JSON object
+ * Protocol (version 3, docs/protocol.md is the contract): one JSON object
  * per '\n'-terminated line in each direction; a line with "bin": N is
  * followed by N raw bytes of payload (file data, process output and input).
- * The first line is {"event":"ready","version":2,"boot_ms":N}.  Every
+ * The first line is {"event":"ready","version":3,"boot_ms":N}.  Every
  * request {"id":N,"op":"..."} gets exactly one reply with its id and "ok",
  * failures {"ok":false,"errno":E,"error":"text"}; some replies are deferred
  * (exec, out, in, wait).  Ops: ping, exec, attach; file ops on guest paths
@@ -44,6 +44,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/inotify.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/resource.h>
@@ -56,11 +57,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <linux/capability.h>
 #include <linux/random.h>
 
 #include <json-c/json.h>
 
-#define AGENT_PROTO_VERSION	2
+#define AGENT_PROTO_VERSION	3
 #define AGENT_DEFAULT_PORT	"org.emberfs.agent"
 #define AGENT_MODULES_LIST	"/etc/emberfs/modules"
 #define AGENT_MODULES_DIR	"/lib/modules/"
@@ -83,7 +85,7 @@
 #define MAX_FH			1024
 #define AGENT_NOFILE		8192		/* handles, pipes and the rest */
 #define READDIR_MAX		1024
-#define PATH_BYTES_MAX		4095
+#define PATH_BYTES_MAX		65535	/* longer than PATH_MAX: see at_resolve */
 #define TIMEOUT_GRACE_MS	200
 #define PORT_RECHECK_MS		1	/* no host: poll the port again after */
 #define PORT_RECHECK_ASYNC_MS	20	/* the same once SIGIO reports connects */
@@ -721,6 +723,16 @@ struct stream {
 	size_t out_max;
 };
 
+/* A watched file (see "Watching the files the host has open"). */
+struct watch {
+	int wd;			/* -1: a free entry */
+	uint64_t dev, ino;
+	uint64_t chg;
+	unsigned refs;		/* open handles of that file */
+	bool dirty;		/* changed since the last push */
+};
+struct cred;
+
 /*
  * A process: an exec (id is its request's, replied to and freed at exit) or
  * a spawned one (id is its job handle, freed by release or hangup).
@@ -788,6 +800,12 @@ struct agent {
 	uint64_t last_job;		/* job handles are never reused */
 	size_t spawn_in_bytes;		/* in_data of all spawned jobs */
 	int fh[MAX_FH];			/* open handles: fh N is fh[N - 1] */
+	int fh_watch[MAX_FH];		/* its entry in watch[], or -1 */
+	struct watch watch[MAX_FH];	/* inotify watches of open files */
+	int ino_fd;			/* inotify */
+	bool watch_dirty;		/* a watched file changed since the last push */
+	bool watch_warned;
+	const struct cred *cred;	/* the identity of the file op running, NULL: root */
 	struct strv extra_env;		/* from the last attach */
 	uint64_t session;		/* from the last attach that had one */
 };
@@ -1905,7 +1923,7 @@ static int op_attach(struct agent *a, struct request *rq, struct json_object *re
 /* ------------------------------------------------------------------ */
 /* Request fields                                                       */
 
-/* An absolute guest path: starts with '/', no NUL, at most 4095 bytes. */
+/* An absolute guest path: starts with '/', no NUL, at most PATH_BYTES_MAX bytes. */
 static int req_path(struct request *rq, const char *key, const char **ret)
 {
 	size_t len;
@@ -1959,12 +1977,382 @@ static int req_bool_opt(struct request *rq, const char *key, bool *ret)
 	return 0;
 }
 
+/* An array of @n unsigned integers, each at most @max. */
+static int json_u64s(struct json_object *v, size_t n, uint64_t max, uint64_t *out)
+{
+	if (!json_object_is_type(v, json_type_array) || json_object_array_length(v) != n)
+		return -EINVAL;
+	for (size_t i = 0; i < n; i++) {
+		struct json_object *x = json_object_array_get_idx(v, i);
+
+		if (!json_object_is_type(x, json_type_int) || json_object_get_int64(x) < 0 ||
+		    json_object_get_uint64(x) > max)
+			return -EINVAL;
+		out[i] = json_object_get_uint64(x);
+	}
+	return 0;
+}
+
+/* A uid or gid: 0..2^32 - 2 (-1 means "none" to the kernel). */
+static int json_u64s_one(struct json_object *x, uint64_t *out)
+{
+	if (!json_object_is_type(x, json_type_int) || json_object_get_int64(x) < 0 ||
+	    json_object_get_int64(x) >= (int64_t)UINT32_MAX)
+		return -EINVAL;
+	*out = json_object_get_uint64(x);
+	return 0;
+}
+
+/* A guest file's identity [dev, ino], if the field is there. */
+static int req_id_opt(struct request *rq, const char *key, bool *has, uint64_t id[2])
+{
+	struct json_object *v = json_field(rq->msg, key);
+
+	*has = v != NULL;
+	if (v && json_u64s(v, 2, UINT64_MAX, id) < 0)
+		return request_fail(rq, EINVAL, "\"%s\" must be [dev, ino]", key);
+	return 0;
+}
+
 /* A failed system call: errno goes back to the host. */
 static int sys_fail(struct request *rq, const char *what, const char *path)
 {
 	int e = errno;
 
 	return request_fail(rq, e, "%s %.200s: %s", what, path, strerror(e));
+}
+
+/* ------------------------------------------------------------------ */
+/* The host user a file op acts for                                     */
+
+/*
+ * "cred": [uid, gid, [groups]] on a file op: the op runs with that user's
+ * file system identity (fsuid, fsgid, supplementary groups) and, for any
+ * user but root, with no capability in effect, so the guest's kernel checks
+ * permissions, owns new files and clears set-id bits as it would for that
+ * user. uids and gids are the same numbers on the host and in the guest.
+ * Without "cred" an op runs as root. The agent has one thread: the
+ * identity is the process's until cred_leave.
+ */
+#define CRED_GROUPS_MAX	256
+
+struct cred {
+	uid_t uid;
+	gid_t gid;
+	size_t ngroups;
+	gid_t groups[CRED_GROUPS_MAX];
+};
+
+static struct __user_cap_data_struct caps_full[_LINUX_CAPABILITY_U32S_3];
+
+static void caps_save(void)
+{
+	struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3 };
+
+	if (syscall(SYS_capget, &h, caps_full) < 0)
+		agent_log("capget: %m");
+}
+
+static void caps_set(bool effective)
+{
+	struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3 };
+	struct __user_cap_data_struct d[_LINUX_CAPABILITY_U32S_3];
+
+	memcpy(d, caps_full, sizeof(d));
+	for (size_t i = 0; !effective && i < _LINUX_CAPABILITY_U32S_3; i++)
+		d[i].effective = 0;
+	syscall(SYS_capset, &h, d);
+}
+
+static int req_cred(struct request *rq, struct cred *c, bool *has)
+{
+	struct json_object *v = json_field(rq->msg, "cred"), *g;
+	uint64_t ids[2];
+
+	*has = v != NULL;
+	if (!v)
+		return 0;
+	if (!json_object_is_type(v, json_type_array) || json_object_array_length(v) != 3)
+		goto bad;
+	for (size_t i = 0; i < 2; i++)
+		if (json_u64s_one(json_object_array_get_idx(v, i), &ids[i]) < 0)
+			goto bad;
+	g = json_object_array_get_idx(v, 2);
+	if (!json_object_is_type(g, json_type_array) || json_object_array_length(g) > CRED_GROUPS_MAX)
+		goto bad;
+	c->uid = (uid_t)ids[0];
+	c->gid = (gid_t)ids[1];
+	c->ngroups = json_object_array_length(g);
+	for (size_t i = 0; i < c->ngroups; i++) {
+		uint64_t x;
+
+		if (json_u64s_one(json_object_array_get_idx(g, i), &x) < 0)
+			goto bad;
+		c->groups[i] = (gid_t)x;
+	}
+	return 0;
+bad:
+	return request_fail(rq, EINVAL, "\"cred\" must be [uid, gid, [gid, ...]] (ids below 2^32 - 1, at most %d groups)",
+			    CRED_GROUPS_MAX);
+}
+
+static void cred_enter(const struct cred *c)
+{
+	syscall(SYS_setgroups, c->ngroups, c->groups);
+	syscall(SYS_setfsgid, c->gid);
+	if (c->uid != 0) {
+		syscall(SYS_setfsuid, c->uid);
+		caps_set(false);
+	}
+}
+
+static void cred_leave(void)
+{
+	syscall(SYS_setfsuid, 0);
+	syscall(SYS_setfsgid, 0);
+	syscall(SYS_setgroups, 0, NULL);
+	caps_set(true);
+}
+
+/* ------------------------------------------------------------------ */
+/* Paths                                                                */
+
+/*
+ * A path as (directory descriptor, the rest): the kernel takes at most
+ * PATH_MAX bytes in one call, but a guest path can be longer (a process
+ * deep in a tree works with relative paths). A longer path is walked in
+ * pieces below PATH_MAX through O_PATH descriptors, as the guest's kernel
+ * resolves them (intermediate symlinks followed).
+ */
+struct at {
+	int fd;		/* AT_FDCWD or an O_PATH directory */
+	const char *rel;
+};
+
+static void at_done(struct at *at)
+{
+	if (at->fd >= 0)
+		close(at->fd);
+	at->fd = AT_FDCWD;
+}
+
+static int at_resolve(const char *path, struct at *at)
+{
+	static char piece[PATH_MAX];
+
+	at->fd = AT_FDCWD;
+	at->rel = path;
+	while (strlen(at->rel) >= PATH_MAX) {
+		const char *p = at->rel, *cut = NULL;
+		int fd;
+
+		for (const char *c = p + 1; c < p + PATH_MAX - 1; c++)
+			if (*c == '/')
+				cut = c;
+		if (!cut) {
+			at_done(at);
+			return -ENAMETOOLONG;
+		}
+		memcpy(piece, p, (size_t)(cut - p));
+		piece[cut - p] = '\0';
+		fd = openat(at->fd, piece, O_PATH | O_DIRECTORY | O_CLOEXEC);
+		if (fd < 0) {
+			int e = errno;
+
+			at_done(at);
+			return -e;
+		}
+		at_done(at);
+		at->fd = fd;
+		while (*cut == '/')
+			cut++;
+		at->rel = *cut ? cut : ".";
+	}
+	return 0;
+}
+
+/* fstatat through at_resolve; -errno. */
+static int stat_path(const char *path, struct stat *st, int flags)
+{
+	struct at at;
+	int r = at_resolve(path, &at);
+
+	if (r < 0)
+		return r;
+	r = fstatat(at.fd, at.rel, st, flags) < 0 ? -errno : 0;
+	at_done(&at);
+	return r;
+}
+
+/*
+ * The host names files by the paths it last saw, and can check that a path
+ * still names the file it means: "expect" [dev, ino] (a final symlink not
+ * followed). A mismatch, or nothing there, is ESTALE: the host's kernel then
+ * looks the path up again, as after a change made on another NFS client.
+ * Names are made and removed in whatever directory the path names now.
+ */
+static int expect_check(struct request *rq, const char *path)
+{
+	uint64_t id[2];
+	struct stat st;
+	bool has;
+	int r = req_id_opt(rq, "expect", &has, id);
+
+	if (r < 0 || !has)
+		return r;
+	r = stat_path(path, &st, AT_SYMLINK_NOFOLLOW);
+	if (r == -EACCES)
+		return request_fail(rq, EACCES, "%.200s: %s", path, strerror(EACCES));
+	if (r < 0 || (uint64_t)st.st_dev != id[0] || (uint64_t)st.st_ino != id[1])
+		return request_fail(rq, ESTALE, "%.200s is no longer the file the host knows", path);
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Watching the files the host has open                                 */
+
+/*
+ * Every regular file the host has open is watched with inotify (IN_MODIFY:
+ * writes and truncations, by anyone, the agent's own included), and each
+ * change counts. The count goes with every stat of that file ("chg"), and
+ * the files that changed are pushed to the host as an event after each
+ * turn of the loop, so the host can drop what it cached of them (pages
+ * of the host's page cache, mappings included). docs/protocol.md.
+ */
+
+static struct watch *watch_by_wd(struct agent *a, int wd)
+{
+	for (size_t i = 0; i < MAX_FH; i++)
+		if (a->watch[i].wd == wd && wd >= 0)
+			return &a->watch[i];
+	return NULL;
+}
+
+static struct watch *watch_by_id(struct agent *a, uint64_t dev, uint64_t ino)
+{
+	for (size_t i = 0; i < MAX_FH; i++)
+		if (a->watch[i].wd >= 0 && a->watch[i].dev == dev && a->watch[i].ino == ino)
+			return &a->watch[i];
+	return NULL;
+}
+
+/* Reads what inotify has queued: every change the guest completed is counted before a stat is answered. */
+static void watch_drain(struct agent *a)
+{
+	char buf[4096] __attribute__((aligned(__alignof__(struct inotify_event))));
+
+	for (;;) {
+		ssize_t n = read(a->ino_fd, buf, sizeof(buf));
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return;
+		for (ssize_t off = 0; off < n;) {
+			struct inotify_event *ev = (struct inotify_event *)(buf + off);
+			struct watch *w = watch_by_wd(a, ev->wd);
+
+			off += (ssize_t)(sizeof(*ev) + ev->len);
+			if (ev->mask & IN_Q_OVERFLOW) {
+				/* events were lost: every watched file may have changed */
+				for (size_t i = 0; i < MAX_FH; i++)
+					if (a->watch[i].wd >= 0) {
+						a->watch[i].chg++;
+						a->watch[i].dirty = a->watch_dirty = true;
+					}
+			} else if (w && (ev->mask & IN_MODIFY)) {
+				w->chg++;
+				w->dirty = a->watch_dirty = true;
+			}
+		}
+	}
+}
+
+/* Starts watching the file open as @fd (handle @slot); no watch if inotify refuses (its limits). */
+static void watch_add(struct agent *a, size_t slot, int fd, const struct stat *st)
+{
+	char p[40];
+	struct watch *w;
+	int wd;
+
+	a->fh_watch[slot] = -1;
+	if (a->ino_fd < 0 || !S_ISREG(st->st_mode))
+		return;
+	snprintf(p, sizeof(p), "/proc/self/fd/%d", fd);
+	/* as root: a watch needs read permission, a handle open for writing alone has none */
+	if (a->cred)
+		cred_leave();
+	wd = inotify_add_watch(a->ino_fd, p, IN_MODIFY);
+	if (a->cred)
+		cred_enter(a->cred);
+	if (wd < 0) {
+		if (!a->watch_warned)
+			agent_log("inotify_add_watch: %m (files open without a watch are not pushed)");
+		a->watch_warned = true;
+		return;
+	}
+	w = watch_by_wd(a, wd);
+	for (size_t i = 0; !w && i < MAX_FH; i++)
+		if (a->watch[i].wd < 0) {
+			w = &a->watch[i];
+			*w = (struct watch){ .wd = wd, .dev = st->st_dev, .ino = st->st_ino };
+		}
+	if (!w) { /* cannot happen: at most MAX_FH handles */
+		inotify_rm_watch(a->ino_fd, wd);
+		return;
+	}
+	w->refs++;
+	a->fh_watch[slot] = (int)(w - a->watch);
+}
+
+static void watch_put(struct agent *a, size_t slot)
+{
+	struct watch *w;
+
+	if (a->fh_watch[slot] < 0)
+		return;
+	w = &a->watch[a->fh_watch[slot]];
+	a->fh_watch[slot] = -1;
+	if (--w->refs == 0) {
+		inotify_rm_watch(a->ino_fd, w->wd);
+		w->wd = -1;
+	}
+}
+
+/* {"event":"changed","files":[[dev,ino,chg],...]}: the watched files that changed since the last push. */
+static void watch_push(struct agent *a)
+{
+	_cleanup_json_ struct json_object *o = NULL;
+	struct json_object *files;
+
+	if (!a->watch_dirty)
+		return;
+	a->watch_dirty = false;
+	o = json_object_new_object();
+	files = json_object_new_array();
+	if (!o || !files) {
+		json_object_put(files);
+		return;
+	}
+	json_object_object_add(o, "event", json_object_new_string("changed"));
+	json_object_object_add(o, "files", files);
+	for (size_t i = 0; i < MAX_FH; i++) {
+		struct watch *w = &a->watch[i];
+		struct json_object *f;
+
+		if (w->wd < 0 || !w->dirty)
+			continue;
+		w->dirty = false;
+		f = json_object_new_array();
+		if (!f)
+			continue;
+		json_object_array_add(f, json_object_new_uint64(w->dev));
+		json_object_array_add(f, json_object_new_uint64(w->ino));
+		json_object_array_add(f, json_object_new_uint64(w->chg));
+		json_object_array_add(files, f);
+	}
+	if (json_object_array_length(files) > 0)
+		outq_json(a, a->gen, o);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1975,12 +2363,19 @@ static int64_t ts_ns(const struct timespec *ts)
 	return (int64_t)ts->tv_sec * 1000000000 + ts->tv_nsec;
 }
 
-static struct json_object *st_json(const struct stat *st)
+/* A stat object; "chg" when @a watches the file (then the queue is read first). */
+static struct json_object *st_json(struct agent *a, const struct stat *st)
 {
 	struct json_object *o = json_object_new_object();
+	struct watch *w = NULL;
 
 	if (!o)
 		return NULL;
+	if (a && S_ISREG(st->st_mode)) {
+		watch_drain(a);
+		w = watch_by_id(a, st->st_dev, st->st_ino);
+	}
+	json_object_object_add(o, "dev", json_object_new_uint64(st->st_dev));
 	json_object_object_add(o, "ino", json_object_new_uint64(st->st_ino));
 	json_object_object_add(o, "mode", json_object_new_uint64(st->st_mode));
 	json_object_object_add(o, "nlink", json_object_new_uint64(st->st_nlink));
@@ -1993,12 +2388,14 @@ static struct json_object *st_json(const struct stat *st)
 	json_object_object_add(o, "atime_ns", json_object_new_int64(ts_ns(&st->st_atim)));
 	json_object_object_add(o, "mtime_ns", json_object_new_int64(ts_ns(&st->st_mtim)));
 	json_object_object_add(o, "ctime_ns", json_object_new_int64(ts_ns(&st->st_ctim)));
+	if (w)
+		json_object_object_add(o, "chg", json_object_new_uint64(w->chg));
 	return o;
 }
 
-static int reply_st(struct json_object *reply, const struct stat *st)
+static int reply_st(struct agent *a, struct json_object *reply, const struct stat *st)
 {
-	struct json_object *o = st_json(st);
+	struct json_object *o = st_json(a, st);
 
 	if (!o)
 		return -ENOMEM;
@@ -2007,25 +2404,34 @@ static int reply_st(struct json_object *reply, const struct stat *st)
 }
 
 /* After a change to @path: its st, without following a final symlink. */
-static int reply_lstat(struct request *rq, struct json_object *reply, const char *path)
+static int reply_lstat(struct agent *a, struct request *rq, struct json_object *reply, const char *path)
 {
 	struct stat st;
+	int r = stat_path(path, &st, AT_SYMLINK_NOFOLLOW);
 
-	if (lstat(path, &st) < 0)
+	if (r < 0) {
+		errno = -r;
 		return sys_fail(rq, "lstat", path);
-	return reply_st(reply, &st);
+	}
+	return reply_st(a, reply, &st);
+}
+
+/* The path of a request and its "expect" check. */
+static int req_path_checked(struct request *rq, const char **ret)
+{
+	int r = req_path(rq, "path", ret);
+
+	return r < 0 ? r : expect_check(rq, *ret);
 }
 
 static int op_lstat(struct agent *a, struct request *rq, struct json_object *reply)
 {
 	const char *path;
-	int r;
+	int r = req_path_checked(rq, &path);
 
-	(void)a;
-	r = req_path(rq, "path", &path);
 	if (r < 0)
 		return r;
-	return reply_lstat(rq, reply, path);
+	return reply_lstat(a, rq, reply, path);
 }
 
 struct dirent64_raw {
@@ -2051,10 +2457,11 @@ static int op_readdir(struct agent *a, struct request *rq, struct json_object *r
 	size_t count = 0;
 	bool more = false;
 	const char *path;
+	struct at at;
 	int r;
 
 	(void)a;
-	r = req_path(rq, "path", &path);
+	r = req_path_checked(rq, &path);
 	if (r < 0)
 		return r;
 	cookie = 0;
@@ -2063,7 +2470,13 @@ static int op_readdir(struct agent *a, struct request *rq, struct json_object *r
 		if (r < 0)
 			return r;
 	}
-	fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	r = at_resolve(path, &at);
+	if (r < 0) {
+		errno = -r;
+		return sys_fail(rq, "open", path);
+	}
+	fd = openat(at.fd, at.rel, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	at_done(&at);
 	if (fd < 0)
 		return sys_fail(rq, "open", path);
 	if (cookie && lseek(fd, cookie, SEEK_SET) < 0)
@@ -2092,7 +2505,7 @@ static int op_readdir(struct agent *a, struct request *rq, struct json_object *r
 				/* an entry that vanished meanwhile is left out */
 				if (fstatat(fd, d->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
 					e = json_object_new_object();
-					so = st_json(&st);
+					so = st_json(NULL, &st);
 					if (!e || !so) {
 						json_object_put(e);
 						json_object_put(so);
@@ -2126,13 +2539,16 @@ static int fh_get(struct agent *a, struct request *rq, int *fd)
 static void fh_close_all(struct agent *a)
 {
 	for (size_t i = 0; i < MAX_FH; i++) {
-		if (a->fh[i] >= 0)
+		if (a->fh[i] >= 0) {
+			watch_put(a, i);
 			close(a->fh[i]);
+		}
 		a->fh[i] = -1;
 	}
 }
 
-#define OPEN_FLAGS_ALLOWED (O_ACCMODE | O_CREAT | O_EXCL | O_TRUNC | O_APPEND | O_NOFOLLOW | O_DIRECTORY)
+#define OPEN_FLAGS_ALLOWED (O_ACCMODE | O_CREAT | O_EXCL | O_TRUNC | O_APPEND | O_NOFOLLOW | O_DIRECTORY | \
+			    O_SYNC | O_DSYNC | O_NOATIME)
 
 static bool st_openable(const struct stat *st)
 {
@@ -2143,12 +2559,14 @@ static bool st_openable(const struct stat *st)
  * Only regular files and directories: a FIFO, tty or other device could
  * block the agent or act on open.  Refused before the open when it can be
  * seen, and after it (fstat) for one that appeared in between.
+ * "expect" checks the file (not with O_CREAT: the name may be new).
  */
 static int op_open(struct agent *a, struct request *rq, struct json_object *reply)
 {
 	uint64_t flags, mode;
 	const char *path;
 	struct stat st;
+	struct at at;
 	size_t slot;
 	mode_t old;
 	int fd, r;
@@ -2164,16 +2582,24 @@ static int op_open(struct agent *a, struct request *rq, struct json_object *repl
 	r = req_u64_opt(rq, "mode", 07777, 0644, &mode);
 	if (r < 0)
 		return r;
+	if (!(flags & O_CREAT) && (r = expect_check(rq, path)) < 0)
+		return r;
 	for (slot = 0; slot < MAX_FH && a->fh[slot] >= 0; slot++)
 		;
 	if (slot == MAX_FH)
 		return request_fail(rq, EMFILE, "too many open handles (%d)", MAX_FH);
-	if (((flags & O_NOFOLLOW) ? lstat(path, &st) : stat(path, &st)) == 0 &&
+	if (stat_path(path, &st, (flags & O_NOFOLLOW) ? AT_SYMLINK_NOFOLLOW : 0) == 0 &&
 	    !S_ISLNK(st.st_mode) && !st_openable(&st))
 		return request_fail(rq, ENXIO, "%.200s: not a regular file or directory", path);
+	r = at_resolve(path, &at);
+	if (r < 0) {
+		errno = -r;
+		return sys_fail(rq, "open", path);
+	}
 	old = umask(0);		/* the host's mode, exactly */
-	fd = open(path, (int)flags | O_NONBLOCK | O_CLOEXEC | O_NOCTTY, (mode_t)mode);
+	fd = openat(at.fd, at.rel, (int)flags | O_NONBLOCK | O_CLOEXEC | O_NOCTTY, (mode_t)mode);
 	umask(old);
+	at_done(&at);
 	if (fd < 0)
 		return sys_fail(rq, "open", path);
 	if (fstat(fd, &st) < 0) {
@@ -2186,8 +2612,9 @@ static int op_open(struct agent *a, struct request *rq, struct json_object *repl
 		return request_fail(rq, ENXIO, "%.200s: not a regular file or directory", path);
 	}
 	a->fh[slot] = fd;
+	watch_add(a, slot, fd, &st);
 	json_object_object_add(reply, "fh", json_object_new_uint64(slot + 1));
-	return reply_st(reply, &st);
+	return reply_st(a, reply, &st);
 }
 
 /*
@@ -2243,6 +2670,7 @@ static int op_read(struct agent *a, struct request *rq, struct json_object *repl
 	return 1;
 }
 
+/* With the writer's identity (set by dispatch): a write by another user than the owner clears set-id bits. */
 static int op_write(struct agent *a, struct request *rq, struct json_object *reply)
 {
 	uint64_t off;
@@ -2280,6 +2708,7 @@ static int op_close(struct agent *a, struct request *rq, struct json_object *rep
 	fh = fh_get(a, rq, &fd);
 	if (fh < 0)
 		return fh;
+	watch_put(a, (size_t)fh - 1);
 	a->fh[fh - 1] = -1;
 	if (close(fd) < 0 && errno != EINTR)
 		return sys_fail(rq, "close", "");
@@ -2288,15 +2717,49 @@ static int op_close(struct agent *a, struct request *rq, struct json_object *rep
 
 static int op_fsync(struct agent *a, struct request *rq, struct json_object *reply)
 {
+	bool datasync;
 	int fd, r;
 
 	(void)reply;
 	r = fh_get(a, rq, &fd);
 	if (r < 0)
 		return r;
-	if (fsync(fd) < 0)
+	r = req_bool_opt(rq, "datasync", &datasync);
+	if (r < 0)
+		return r;
+	if ((datasync ? fdatasync(fd) : fsync(fd)) < 0)
 		return sys_fail(rq, "fsync", "");
 	return 0;
+}
+
+static int op_fstat(struct agent *a, struct request *rq, struct json_object *reply)
+{
+	struct stat st;
+	int fd, r;
+
+	r = fh_get(a, rq, &fd);
+	if (r < 0)
+		return r;
+	if (fstat(fd, &st) < 0)
+		return sys_fail(rq, "fstat", "");
+	return reply_st(a, reply, &st);
+}
+
+static int op_ftruncate(struct agent *a, struct request *rq, struct json_object *reply)
+{
+	struct stat st;
+	uint64_t size;
+	int fd, r;
+
+	r = fh_get(a, rq, &fd);
+	if (r < 0)
+		return r;
+	r = req_u64(rq, "size", 0, INT64_MAX, &size);
+	if (r < 0)
+		return r;
+	if (ftruncate(fd, (off_t)size) < 0 || fstat(fd, &st) < 0)
+		return sys_fail(rq, "ftruncate", "");
+	return reply_st(a, reply, &st);
 }
 
 /* Regular files only, and not through a final symlink. */
@@ -2305,23 +2768,32 @@ static int op_truncate(struct agent *a, struct request *rq, struct json_object *
 	_cleanup_close_ int fd = -1;
 	const char *path;
 	struct stat st;
+	struct at at;
 	uint64_t size;
 	int r;
 
-	(void)a;
-	r = req_path(rq, "path", &path);
+	r = req_path_checked(rq, &path);
 	if (r < 0)
 		return r;
 	r = req_u64(rq, "size", 0, INT64_MAX, &size);
 	if (r < 0)
 		return r;
-	if (lstat(path, &st) < 0)
+	r = stat_path(path, &st, AT_SYMLINK_NOFOLLOW);
+	if (r < 0) {
+		errno = -r;
 		return sys_fail(rq, "lstat", path);
+	}
 	if (S_ISDIR(st.st_mode))
 		return request_fail(rq, EISDIR, "%.200s: is a directory", path);
 	if (!S_ISREG(st.st_mode))
 		return request_fail(rq, EINVAL, "%.200s: not a regular file", path);
-	fd = open(path, O_WRONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+	r = at_resolve(path, &at);
+	if (r < 0) {
+		errno = -r;
+		return sys_fail(rq, "open", path);
+	}
+	fd = openat(at.fd, at.rel, O_WRONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+	at_done(&at);
 	if (fd < 0)
 		return sys_fail(rq, "open", path);
 	if (fstat(fd, &st) < 0)
@@ -2330,35 +2802,63 @@ static int op_truncate(struct agent *a, struct request *rq, struct json_object *
 		return request_fail(rq, EINVAL, "%.200s: not a regular file", path);
 	if (ftruncate(fd, (off_t)size) < 0 || fstat(fd, &st) < 0)
 		return sys_fail(rq, "truncate", path);
-	return reply_st(reply, &st);
+	return reply_st(a, reply, &st);
+}
+
+/*
+ * A chmod that only clears set-id bits is allowed to any caller: the
+ * host's kernel asks for exactly that when a user who may write a set-id
+ * file writes or truncates it (libfuse 3.14 never tells the kernel that
+ * the filesystem clears them itself), and the guest's kernel would clear
+ * them for that user on the same write. It never grants anything.
+ */
+static bool only_clears_setid(const struct stat *st, mode_t mode)
+{
+	mode_t cur = st->st_mode & 07777;
+
+	return S_ISREG(st->st_mode) && (cur & ~(mode_t)06000) == (mode & ~(mode_t)06000) &&
+	       (mode & 06000 & ~cur) == 0 && mode != cur;
 }
 
 static int op_chmod(struct agent *a, struct request *rq, struct json_object *reply)
 {
 	const char *path;
 	uint64_t mode;
+	struct stat st;
+	struct at at;
 	int r;
 
-	(void)a;
-	r = req_path(rq, "path", &path);
+	r = req_path_checked(rq, &path);
 	if (r < 0)
 		return r;
 	r = req_u64(rq, "mode", 0, 07777, &mode);
 	if (r < 0)
 		return r;
-	if (fchmodat(AT_FDCWD, path, (mode_t)mode, AT_SYMLINK_NOFOLLOW) < 0)
+	r = at_resolve(path, &at);
+	if (r == 0)
+		r = fchmodat(at.fd, at.rel, (mode_t)mode, AT_SYMLINK_NOFOLLOW) < 0 ? -errno : 0;
+	if (r == -EPERM && a->cred && fstatat(at.fd, at.rel, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+	    only_clears_setid(&st, (mode_t)mode)) {
+		cred_leave();
+		r = fchmodat(at.fd, at.rel, (mode_t)mode, AT_SYMLINK_NOFOLLOW) < 0 ? -errno : 0;
+		cred_enter(a->cred);
+	}
+	at_done(&at);
+	if (r < 0) {
+		errno = -r;
 		return sys_fail(rq, "chmod", path);
-	return reply_lstat(rq, reply, path);
+	}
+	return reply_lstat(a, rq, reply, path);
 }
 
 static int op_chown(struct agent *a, struct request *rq, struct json_object *reply)
 {
 	const char *path;
 	int64_t uid, gid;
+	struct at at;
 	int r;
 
-	(void)a;
-	r = req_path(rq, "path", &path);
+	r = req_path_checked(rq, &path);
 	if (r < 0)
 		return r;
 	r = req_i64(rq, "uid", -1, (int64_t)UINT32_MAX - 1, &uid);
@@ -2367,9 +2867,15 @@ static int op_chown(struct agent *a, struct request *rq, struct json_object *rep
 	r = req_i64(rq, "gid", -1, (int64_t)UINT32_MAX - 1, &gid);
 	if (r < 0)
 		return r;
-	if (fchownat(AT_FDCWD, path, (uid_t)uid, (gid_t)gid, AT_SYMLINK_NOFOLLOW) < 0)
+	r = at_resolve(path, &at);
+	if (r == 0)
+		r = fchownat(at.fd, at.rel, (uid_t)uid, (gid_t)gid, AT_SYMLINK_NOFOLLOW) < 0 ? -errno : 0;
+	at_done(&at);
+	if (r < 0) {
+		errno = -r;
 		return sys_fail(rq, "chown", path);
-	return reply_lstat(rq, reply, path);
+	}
+	return reply_lstat(a, rq, reply, path);
 }
 
 /* -1 keeps a time, -2 sets it to now. */
@@ -2385,37 +2891,50 @@ static struct timespec ns_ts(int64_t ns)
 static int op_utimens(struct agent *a, struct request *rq, struct json_object *reply)
 {
 	struct timespec ts[2];
-	int64_t at, mt;
+	int64_t at_ns, mt_ns;
 	const char *path;
+	struct at at;
 	int r;
 
-	(void)a;
-	r = req_path(rq, "path", &path);
+	r = req_path_checked(rq, &path);
 	if (r < 0)
 		return r;
-	r = req_i64(rq, "atime_ns", -2, INT64_MAX, &at);
+	r = req_i64(rq, "atime_ns", -2, INT64_MAX, &at_ns);
 	if (r < 0)
 		return r;
-	r = req_i64(rq, "mtime_ns", -2, INT64_MAX, &mt);
+	r = req_i64(rq, "mtime_ns", -2, INT64_MAX, &mt_ns);
 	if (r < 0)
 		return r;
-	ts[0] = ns_ts(at);
-	ts[1] = ns_ts(mt);
-	if (utimensat(AT_FDCWD, path, ts, AT_SYMLINK_NOFOLLOW) < 0)
+	ts[0] = ns_ts(at_ns);
+	ts[1] = ns_ts(mt_ns);
+	r = at_resolve(path, &at);
+	if (r == 0)
+		r = utimensat(at.fd, at.rel, ts, AT_SYMLINK_NOFOLLOW) < 0 ? -errno : 0;
+	at_done(&at);
+	if (r < 0) {
+		errno = -r;
 		return sys_fail(rq, "utimensat", path);
-	return reply_lstat(rq, reply, path);
+	}
+	return reply_lstat(a, rq, reply, path);
 }
 
-/* An op on one path that answers nothing but success: unlink, rmdir. */
-static int path_call(struct request *rq, const char *name, int (*call)(const char *path))
+/* unlink and rmdir. */
+static int remove_path(struct request *rq, const char *name, int flags)
 {
 	const char *path;
+	struct at at;
 	int r = req_path(rq, "path", &path);
 
 	if (r < 0)
 		return r;
-	if (call(path) < 0)
+	r = at_resolve(path, &at);
+	if (r == 0)
+		r = unlinkat(at.fd, at.rel, flags) < 0 ? -errno : 0;
+	at_done(&at);
+	if (r < 0) {
+		errno = -r;
 		return sys_fail(rq, name, path);
+	}
 	return 0;
 }
 
@@ -2423,117 +2942,299 @@ static int op_unlink(struct agent *a, struct request *rq, struct json_object *re
 {
 	(void)a;
 	(void)reply;
-	return path_call(rq, "unlink", unlink);
-}
-
-static int op_mkdir(struct agent *a, struct request *rq, struct json_object *reply)
-{
-	const char *path;
-	uint64_t mode;
-	mode_t old;
-	int r;
-
-	(void)a;
-	r = req_path(rq, "path", &path);
-	if (r < 0)
-		return r;
-	r = req_u64(rq, "mode", 0, 07777, &mode);
-	if (r < 0)
-		return r;
-	old = umask(0);
-	r = mkdir(path, (mode_t)mode);
-	umask(old);
-	if (r < 0)
-		return sys_fail(rq, "mkdir", path);
-	return reply_lstat(rq, reply, path);
+	return remove_path(rq, "unlink", 0);
 }
 
 static int op_rmdir(struct agent *a, struct request *rq, struct json_object *reply)
 {
 	(void)a;
 	(void)reply;
-	return path_call(rq, "rmdir", rmdir);
+	return remove_path(rq, "rmdir", AT_REMOVEDIR);
+}
+
+/* mkdir and mknod: the mode exactly as given (no umask: the host's kernel applied the caller's). */
+static int make_node(struct agent *a, struct request *rq, struct json_object *reply, bool dir)
+{
+	const char *path;
+	uint64_t mode, rdev = 0;
+	struct at at;
+	mode_t old;
+	int r;
+
+	r = req_path(rq, "path", &path);
+	if (r < 0)
+		return r;
+	r = req_u64(rq, "mode", 0, dir ? 07777 : (S_IFMT | 07777), &mode);
+	if (r < 0)
+		return r;
+	if (!dir) {
+		r = req_u64_opt(rq, "rdev", UINT32_MAX, 0, &rdev);
+		if (r < 0)
+			return r;
+	}
+	r = at_resolve(path, &at);
+	if (r == 0) {
+		old = umask(0);
+		r = (dir ? mkdirat(at.fd, at.rel, (mode_t)mode)
+			 : mknodat(at.fd, at.rel, (mode_t)mode, (dev_t)rdev)) < 0 ? -errno : 0;
+		umask(old);
+	}
+	at_done(&at);
+	if (r < 0) {
+		errno = -r;
+		return sys_fail(rq, dir ? "mkdir" : "mknod", path);
+	}
+	return reply_lstat(a, rq, reply, path);
+}
+
+static int op_mkdir(struct agent *a, struct request *rq, struct json_object *reply)
+{
+	return make_node(a, rq, reply, true);
+}
+
+static int op_mknod(struct agent *a, struct request *rq, struct json_object *reply)
+{
+	return make_node(a, rq, reply, false);
+}
+
+/* Two paths at once (rename, link). */
+static int at_resolve2(const char *p1, struct at *a1, const char *p2, struct at *a2)
+{
+	int r = at_resolve(p1, a1);
+
+	if (r < 0)
+		return r;
+	r = at_resolve(p2, a2);
+	if (r < 0)
+		at_done(a1);
+	return r;
 }
 
 static int op_rename(struct agent *a, struct request *rq, struct json_object *reply)
 {
 	const char *from, *to;
+	struct at af, at;
 	uint64_t flags;
 	int r;
 
 	(void)a;
 	(void)reply;
 	if ((r = req_path(rq, "from", &from)) < 0 || (r = req_path(rq, "to", &to)) < 0 ||
-	    (r = req_u64_opt(rq, "flags", 3, 0, &flags)) < 0)
+	    (r = req_u64_opt(rq, "flags", RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT, 0, &flags)) < 0)
 		return r;
-	if (syscall(SYS_renameat2, AT_FDCWD, from, AT_FDCWD, to, (unsigned int)flags) < 0)
+	r = at_resolve2(from, &af, to, &at);
+	if (r == 0) {
+		r = syscall(SYS_renameat2, af.fd, af.rel, at.fd, at.rel, (unsigned int)flags) < 0 ? -errno : 0;
+		at_done(&af);
+		at_done(&at);
+	}
+	if (r < 0) {
+		errno = -r;
 		return sys_fail(rq, "rename", from);
+	}
 	return 0;
 }
 
 static int op_symlink(struct agent *a, struct request *rq, struct json_object *reply)
 {
 	const char *target, *path;
+	struct at at;
 	size_t len;
 	int r;
 
-	(void)a;
-	if (json_get_str(rq->msg, "target", &target, &len) < 0 || len == 0 || len > PATH_BYTES_MAX)
-		return request_fail(rq, EINVAL, "\"target\" must be a string of 1..%d bytes",
-				    PATH_BYTES_MAX);
+	if (json_get_str(rq->msg, "target", &target, &len) < 0 || len == 0 || len >= PATH_MAX)
+		return request_fail(rq, EINVAL, "\"target\" must be a string of 1..%d bytes", PATH_MAX - 1);
 	r = req_path(rq, "path", &path);
 	if (r < 0)
 		return r;
-	if (symlink(target, path) < 0)
+	r = at_resolve(path, &at);
+	if (r == 0)
+		r = symlinkat(target, at.fd, at.rel) < 0 ? -errno : 0;
+	at_done(&at);
+	if (r < 0) {
+		errno = -r;
 		return sys_fail(rq, "symlink", path);
-	return reply_lstat(rq, reply, path);
+	}
+	return reply_lstat(a, rq, reply, path);
 }
 
 static int op_link(struct agent *a, struct request *rq, struct json_object *reply)
 {
 	const char *from, *to;
+	struct at af, at;
 	int r;
 
-	(void)a;
-	if ((r = req_path(rq, "from", &from)) < 0 || (r = req_path(rq, "to", &to)) < 0)
+	if ((r = req_path(rq, "from", &from)) < 0 || (r = expect_check(rq, from)) < 0 ||
+	    (r = req_path(rq, "to", &to)) < 0)
 		return r;
-	if (linkat(AT_FDCWD, from, AT_FDCWD, to, 0) < 0)
+	r = at_resolve2(from, &af, to, &at);
+	if (r == 0) {
+		r = linkat(af.fd, af.rel, at.fd, at.rel, 0) < 0 ? -errno : 0;
+		at_done(&af);
+		at_done(&at);
+	}
+	if (r < 0) {
+		errno = -r;
 		return sys_fail(rq, "link", to);
-	return reply_lstat(rq, reply, to);
+	}
+	return reply_lstat(a, rq, reply, to);
 }
 
 static int op_readlink(struct agent *a, struct request *rq, struct json_object *reply)
 {
-	char target[PATH_BYTES_MAX + 1];
+	char target[PATH_MAX];
 	const char *path;
-	ssize_t n;
+	struct at at;
+	ssize_t n = -1;
 	int r;
 
 	(void)a;
-	r = req_path(rq, "path", &path);
+	r = req_path_checked(rq, &path);
 	if (r < 0)
 		return r;
-	n = readlink(path, target, sizeof(target));
-	if (n < 0)
+	r = at_resolve(path, &at);
+	if (r == 0)
+		n = readlinkat(at.fd, at.rel, target, sizeof(target));
+	if (r == 0 && n < 0)
+		r = -errno;
+	at_done(&at);
+	if (r < 0) {
+		errno = -r;
 		return sys_fail(rq, "readlink", path);
+	}
 	if ((size_t)n >= sizeof(target))
 		return request_fail(rq, ENAMETOOLONG, "%.200s: target too long", path);
 	json_object_object_add(reply, "target", json_object_new_string_len(target, (int)n));
 	return 0;
 }
 
-static int op_statfs(struct agent *a, struct request *rq, struct json_object *reply)
+/*
+ * The guest's own resolution of an absolute path, as its kernel would
+ * resolve it from its root: every symlink followed (at most 40), ".." the
+ * parent of the directory reached, "/.." is "/". The host uses it to show
+ * symlinks whose targets climb with "..": docs/interface.md.
+ */
+#define RESOLVE_MAX	(PATH_BYTES_MAX + 40 * PATH_MAX)
+
+static int resolve_path(const char *path, char *out)
 {
+	static char rest[RESOLVE_MAX + 1], tmp[RESOLVE_MAX + 1], target[PATH_MAX];
+	size_t cur = 0, links = 0;
+	int r;
+
+	snprintf(rest, sizeof(rest), "%s", path);
+	out[0] = '\0';
+	for (;;) {
+		char *p = rest, *name, *next;
+		size_t tn, nn;
+		struct stat st;
+		ssize_t n;
+
+		while (*p == '/')
+			p++;
+		if (!*p)
+			break;
+		name = p;
+		next = strchr(p, '/');
+		if (next)
+			*next++ = '\0';
+		else
+			next = p + strlen(p);
+		if (!strcmp(name, ".")) {
+			memmove(rest, next, strlen(next) + 1);
+			continue;
+		}
+		if (!strcmp(name, "..")) {
+			while (cur > 0 && out[--cur] != '/')
+				;
+			out[cur] = '\0';
+			memmove(rest, next, strlen(next) + 1);
+			continue;
+		}
+		if (cur + 1 + strlen(name) > RESOLVE_MAX)
+			return -ENAMETOOLONG;
+		out[cur] = '/';
+		strcpy(out + cur + 1, name);
+		r = stat_path(out, &st, AT_SYMLINK_NOFOLLOW);
+		if (r < 0) {
+			out[cur] = '\0';
+			return r;
+		}
+		if (S_ISLNK(st.st_mode)) {
+			struct at at;
+
+			if (++links > 40)
+				return -ELOOP;
+			r = at_resolve(out, &at);
+			n = r < 0 ? -1 : readlinkat(at.fd, at.rel, target, sizeof(target) - 1);
+			if (r == 0 && n < 0)
+				r = -errno;
+			at_done(&at);
+			if (r < 0)
+				return r;
+			target[n] = '\0';
+			out[cur] = '\0';
+			if (target[0] == '/')
+				cur = 0, out[0] = '\0';
+			tn = strlen(target);
+			nn = strlen(next);
+			if (tn + 1 + nn > RESOLVE_MAX)
+				return -ENAMETOOLONG;
+			memcpy(tmp, target, tn);
+			tmp[tn] = '/';
+			memcpy(tmp + tn + 1, next, nn + 1);
+			memcpy(rest, tmp, tn + nn + 2);
+			continue;
+		}
+		if (*next && !S_ISDIR(st.st_mode))
+			return -ENOTDIR;
+		cur += 1 + strlen(name);
+		memmove(rest, next, strlen(next) + 1);
+	}
+	if (cur == 0)
+		strcpy(out, "/");
+	return 0;
+}
+
+static int op_realpath(struct agent *a, struct request *rq, struct json_object *reply)
+{
+	static char out[RESOLVE_MAX + 2];
 	const char *path;
-	struct statfs sf;
 	int r;
 
 	(void)a;
 	r = req_path(rq, "path", &path);
 	if (r < 0)
 		return r;
-	if (statfs(path, &sf) < 0)
+	r = resolve_path(path, out);
+	if (r < 0)
+		return request_fail(rq, -r, "%.200s: %s", path, strerror(-r));
+	json_object_object_add(reply, "path", json_object_new_string(out));
+	return 0;
+}
+
+static int op_statfs(struct agent *a, struct request *rq, struct json_object *reply)
+{
+	_cleanup_close_ int fd = -1;
+	const char *path;
+	struct statfs sf;
+	struct at at;
+	int r;
+
+	(void)a;
+	r = req_path(rq, "path", &path);
+	if (r < 0)
+		return r;
+	r = at_resolve(path, &at);
+	if (r == 0 && (fd = openat(at.fd, at.rel, O_PATH | O_CLOEXEC)) < 0)
+		r = -errno;
+	at_done(&at);
+	if (r == 0 && fstatfs(fd, &sf) < 0)
+		r = -errno;
+	if (r < 0) {
+		errno = -r;
 		return sys_fail(rq, "statfs", path);
+	}
 	json_object_object_add(reply, "bsize", json_object_new_uint64(sf.f_bsize));
 	json_object_object_add(reply, "frsize", json_object_new_uint64(sf.f_frsize));
 	json_object_object_add(reply, "blocks", json_object_new_uint64(sf.f_blocks));
@@ -2922,36 +3623,41 @@ static const struct agent_op {
 	/* 0: reply now with @reply; 1: replied or replies later; <0: -errno */
 	int (*fn)(struct agent *a, struct request *rq, struct json_object *reply);
 	bool bin;		/* takes a payload */
+	bool cred;		/* a file op: runs as its "cred" */
 } agent_ops[] = {
-	{ "ping", op_ping, false },
-	{ "exec", op_exec, false },
-	{ "attach", op_attach, false },
-	{ "lstat", op_lstat, false },
-	{ "readdir", op_readdir, false },
-	{ "open", op_open, false },
-	{ "read", op_read, false },
-	{ "write", op_write, true },
-	{ "close", op_close, false },
-	{ "fsync", op_fsync, false },
-	{ "truncate", op_truncate, false },
-	{ "chmod", op_chmod, false },
-	{ "chown", op_chown, false },
-	{ "utimens", op_utimens, false },
-	{ "unlink", op_unlink, false },
-	{ "mkdir", op_mkdir, false },
-	{ "rmdir", op_rmdir, false },
-	{ "rename", op_rename, false },
-	{ "symlink", op_symlink, false },
-	{ "link", op_link, false },
-	{ "readlink", op_readlink, false },
-	{ "statfs", op_statfs, false },
-	{ "spawn", op_spawn, false },
-	{ "out", op_out, false },
-	{ "in", op_in, true },
-	{ "signal", op_signal, false },
-	{ "status", op_status, false },
-	{ "wait", op_wait, false },
-	{ "release", op_release, false },
+	{ "ping", op_ping, false, false },
+	{ "exec", op_exec, false, false },
+	{ "attach", op_attach, false, false },
+	{ "lstat", op_lstat, false, true },
+	{ "readdir", op_readdir, false, true },
+	{ "open", op_open, false, true },
+	{ "read", op_read, false, true },
+	{ "write", op_write, true, true },
+	{ "close", op_close, false, false },
+	{ "fsync", op_fsync, false, false },
+	{ "fstat", op_fstat, false, false },
+	{ "ftruncate", op_ftruncate, false, true },
+	{ "truncate", op_truncate, false, true },
+	{ "chmod", op_chmod, false, true },
+	{ "chown", op_chown, false, true },
+	{ "utimens", op_utimens, false, true },
+	{ "unlink", op_unlink, false, true },
+	{ "mkdir", op_mkdir, false, true },
+	{ "mknod", op_mknod, false, true },
+	{ "rmdir", op_rmdir, false, true },
+	{ "rename", op_rename, false, true },
+	{ "symlink", op_symlink, false, true },
+	{ "link", op_link, false, true },
+	{ "readlink", op_readlink, false, true },
+	{ "realpath", op_realpath, false, true },
+	{ "statfs", op_statfs, false, true },
+	{ "spawn", op_spawn, false, false },
+	{ "out", op_out, false, false },
+	{ "in", op_in, true, false },
+	{ "signal", op_signal, false, false },
+	{ "status", op_status, false, false },
+	{ "wait", op_wait, false, false },
+	{ "release", op_release, false, false },
 };
 
 static const struct agent_op *op_find(const char *name)
@@ -2960,6 +3666,31 @@ static const struct agent_op *op_find(const char *name)
 		if (!strcmp(agent_ops[i].name, name))
 			return &agent_ops[i];
 	return NULL;
+}
+
+/* A file op with a "cred" runs as that user, and the agent is root again after it. */
+static int __attribute__((unused)) op_run(struct agent *a, const struct agent_op *op, struct request *rq,
+					  struct json_object *reply)
+{
+	struct cred c;
+	bool has = false;
+	int r;
+
+	if (op->cred) {
+		r = req_cred(rq, &c, &has);
+		if (r < 0)
+			return r;
+	}
+	if (has) {
+		cred_enter(&c);
+		a->cred = &c;
+	}
+	r = op->fn(a, rq, reply);
+	if (has) {
+		a->cred = NULL;
+		cred_leave();
+	}
+	return r;
 }
 
 static bool all_space(const char *s, size_t n)
@@ -3024,7 +3755,7 @@ static void request_dispatch(struct agent *a, struct request *rq)
 	/* tests/fuzz: the framing and dispatch only; ops would touch the fuzzing host */
 	r = 0;
 #else
-	r = op->fn(a, rq, reply);
+	r = op_run(a, op, rq, reply);
 #endif
 	if (r < 0)
 		reply_error(a, rq->gen, rq->id, -r, rq->error);
@@ -3273,9 +4004,11 @@ static int poll_timeout(struct agent *a)
 	return (int)best;
 }
 
+#define POLL_FIXED 3 /* the port, signals, inotify */
+
 static size_t poll_fill(struct agent *a, struct pollfd *pfd, struct poll_slot *slot)
 {
-	size_t n = 2;
+	size_t n = POLL_FIXED;
 
 	/*
 	 * While no host is connected the port reports POLLHUP at once: rest it
@@ -3286,6 +4019,7 @@ static size_t poll_fill(struct agent *a, struct pollfd *pfd, struct poll_slot *s
 				  .events = (a->in_len || outq_full(a) ? 0 : POLLIN) |
 					    (outq_pending(a) ? POLLOUT : 0) };
 	pfd[1] = (struct pollfd){ .fd = a->sig_fd, .events = POLLIN };
+	pfd[2] = (struct pollfd){ .fd = a->ino_fd, .events = POLLIN };
 	for (size_t i = 0; i < JOB_SLOTS; i++) {
 		struct job *j = a->jobs[i];
 
@@ -3328,8 +4062,8 @@ static void port_service(struct agent *a, short revents)
 
 static void __attribute__((noreturn)) agent_loop(struct agent *a)
 {
-	static struct pollfd pfd[2 + 3 * JOB_SLOTS];
-	static struct poll_slot slot[2 + 3 * JOB_SLOTS];
+	static struct pollfd pfd[POLL_FIXED + 3 * JOB_SLOTS];
+	static struct poll_slot slot[POLL_FIXED + 3 * JOB_SLOTS];
 
 	for (;;) {
 		size_t n = poll_fill(a, pfd, slot);
@@ -3345,7 +4079,9 @@ static void __attribute__((noreturn)) agent_loop(struct agent *a)
 		}
 		if (r > 0 && pfd[1].revents)
 			signals_read(a);
-		for (size_t i = 2; r > 0 && i < n; i++) {
+		if (r > 0 && pfd[2].revents)
+			watch_drain(a);
+		for (size_t i = POLL_FIXED; r > 0 && i < n; i++) {
 			struct job *j = slot[i].job;
 
 			if (!pfd[i].revents)
@@ -3365,6 +4101,8 @@ static void __attribute__((noreturn)) agent_loop(struct agent *a)
 		if (a->in_len && !outq_full(a))
 			input_drain(a);
 		jobs_tick(a);
+		if (a->connected)
+			watch_push(a);
 		if (outq_pending(a))
 			outq_flush(a);
 	}
@@ -3375,8 +4113,15 @@ static int agent_setup(struct agent *a, int port_fd)
 	sigset_t mask;
 
 	*a = (struct agent){ .port_fd = port_fd, .sig_fd = -1 };
-	for (size_t i = 0; i < MAX_FH; i++)
+	for (size_t i = 0; i < MAX_FH; i++) {
 		a->fh[i] = -1;
+		a->fh_watch[i] = -1;
+		a->watch[i].wd = -1;
+	}
+	a->ino_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+	if (a->ino_fd < 0)
+		agent_log("inotify: %m (changes to open files are not pushed)");
+	caps_save();
 	sigemptyset(&mask);
 	sigaddset(&mask, SIGCHLD);
 	sigaddset(&mask, SIGIO);

@@ -27,7 +27,7 @@ import traceback
 
 O_RDONLY, O_WRONLY, O_RDWR = 0, 1, 2
 O_CREAT, O_EXCL, O_TRUNC, O_APPEND = 0o100, 0o200, 0o1000, 0o2000
-O_DIRECTORY, O_NOFOLLOW, O_SYNC = 0o200000, 0o400000, 0o4010000
+O_DIRECTORY, O_NOFOLLOW, O_SYNC, O_DIRECT = 0o200000, 0o400000, 0o4010000, 0o40000
 MIB = 1 << 20
 
 FIGURES = {}
@@ -51,6 +51,7 @@ class Conn:
         self.next_id = 1
         self.waiters = {}
         self.events = queue.Queue()
+        self.changes = queue.Queue()  # {"event":"changed"} for the files this connection has open
         self.closed = threading.Event()
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -84,6 +85,8 @@ class Conn:
                     del buf[:n]
                 if "id" in msg and msg["id"] in self.waiters:
                     self.waiters.pop(msg["id"]).put((msg, data))
+                elif msg.get("event") == "changed":
+                    self.changes.put(msg)
                 else:
                     self.events.put(msg)
         except (EOFError, OSError):
@@ -247,7 +250,7 @@ def tsc_khz():
 # ---------------------------------------------------------------------------
 
 def t_basics(g, c):
-    expect(c.ready["version"] == 2, "ready version %s" % c.ready)
+    expect(c.ready["version"] == 3, "ready version %s" % c.ready)
     expect(c.call("ping")["op"] == "pong", "ping")
     r = c.exec("echo hello; echo err >&2; exit 7")
     expect(r["exit_code"] == 7 and r["out"] == b"hello\n" and r["err"] == b"err\n", "exec %s" % r)
@@ -391,12 +394,13 @@ def t_errnos(g, c):
     # field validation
     expect_errno(c.error("lstat", path="tmp"), errno.EINVAL, "relative path")
     expect_errno(c.error("lstat", path=""), errno.EINVAL, "empty path")
-    expect_errno(c.error("lstat", path="/" + "a" * 4095), errno.EINVAL, "4096-byte path")
-    expect_errno(c.error("lstat", path="/" + "a/" * 2047), errno.ENOENT, "4095-byte path")
+    expect_errno(c.error("lstat", path="/" + "a/" * 32768), errno.EINVAL, "65537-byte path")
+    expect_errno(c.error("lstat", path="/" + "a/" * 32767), errno.ENOENT, "65535-byte path")
+    expect_errno(c.error("lstat", path="/" + "a" * 4095), errno.ENAMETOOLONG, "a 4095-byte name")
     expect_errno(c.error("lstat", path="/tmp\u0000x"), errno.EINVAL, "NUL in path")
     expect_errno(c.error("lstat", path=5), errno.EINVAL, "path not a string")
     expect_errno(c.error("lstat"), errno.EINVAL, "no path")
-    expect_errno(c.error("open", path="/tmp/e/y", flags=O_SYNC | O_RDWR), errno.EINVAL, "O_SYNC")
+    expect_errno(c.error("open", path="/tmp/e/y", flags=O_DIRECT | O_RDWR), errno.EINVAL, "O_DIRECT")
     expect_errno(c.error("open", path="/tmp/e/y", flags=3), errno.EINVAL, "O_ACCMODE 3")
     expect_errno(c.error("open", path="/tmp/e/y", flags=O_CREAT | O_RDWR, mode=0o10000), errno.EINVAL,
                  "mode over 07777")
@@ -411,11 +415,96 @@ def t_errnos(g, c):
     c.call("close", fh=fh)
     expect_errno(c.error("chown", path="/tmp/e/y", uid=-2, gid=0), errno.EINVAL, "uid -2")
     expect_errno(c.error("utimens", path="/tmp/e/y", atime_ns=-3, mtime_ns=0), errno.EINVAL, "time -3")
-    expect_errno(c.error("rename", **{"from": "/tmp/e/y", "to": "/tmp/e/z", "flags": 4}), errno.EINVAL,
-                 "rename flags 4")
+    expect_errno(c.error("rename", **{"from": "/tmp/e/y", "to": "/tmp/e/z", "flags": 8}), errno.EINVAL,
+                 "rename flags 8")
+    expect_errno(c.error("lstat", path="/tmp/e/y", cred=[1000]), errno.EINVAL, "cred not [uid, gid, groups]")
+    expect_errno(c.error("lstat", path="/tmp/e/y", cred=[1000, -1, []]), errno.EINVAL, "cred gid -1")
+    expect_errno(c.error("lstat", path="/tmp/e/y", expect=[1]), errno.EINVAL, "expect not [dev, ino]")
     expect_errno(c.error("bogus"), errno.EINVAL, "unknown op")
     # EACCES needs a non-root caller: the agent runs as root, whom DAC does not stop.
     c.exec("rm -rf /tmp/e")
+
+
+def t_files_v3(g, c):
+    """Protocol 3: ops as a host user, identity checks, mknod, realpath, fstat/ftruncate, long paths,
+    and the changes of open files pushed and counted."""
+    U = [1000, 1000, [1000]]
+    c.exec("rm -rf /tmp/v; mkdir -m 1777 /tmp/v; mkdir -m 700 /tmp/v/rootonly")
+    # a user's new file is that user's; root's rules do not apply to it
+    r = c.call("open", path="/tmp/v/u", flags=O_CREAT | O_WRONLY, mode=0o644, cred=U)
+    expect((r["st"]["uid"], r["st"]["gid"]) == (1000, 1000), "owner of a user's file %s" % r["st"])
+    c.call("close", fh=r["fh"])
+    expect((c.call("mkdir", path="/tmp/v/ud", mode=0o755, cred=U)["st"]["uid"]) == 1000, "owner of a user's dir")
+    expect_errno(c.error("lstat", path="/tmp/v/rootonly/x", cred=U), errno.EACCES, "search a 0700 dir as a user")
+    expect_errno(c.error("mkdir", path="/tmp/v/rootonly/x", mode=0o755, cred=U), errno.EACCES, "mkdir in it")
+    expect_errno(c.error("chown", path="/tmp/v/u", uid=0, gid=-1, cred=U), errno.EPERM, "give a file away")
+    # set-id bits: a user's write clears them; a chmod that only clears them is allowed to a writer
+    c.exec("echo x > /tmp/v/s; chmod 4777 /tmp/v/s")
+    fh = c.call("open", path="/tmp/v/s", flags=O_WRONLY | O_APPEND, cred=U)["fh"]
+    c.call("write", fh=fh, off=0, bin=b"y", cred=U)
+    c.call("close", fh=fh)
+    expect(c.call("lstat", path="/tmp/v/s")["st"]["mode"] & 0o7777 == 0o777, "setuid cleared by a user's write")
+    c.exec("chmod 6777 /tmp/v/s")
+    expect(c.call("chmod", path="/tmp/v/s", mode=0o777, cred=U)["st"]["mode"] & 0o7777 == 0o777, "clearing only")
+    expect_errno(c.error("chmod", path="/tmp/v/s", mode=0o755, cred=U), errno.EPERM, "a real chmod by a non-owner")
+    # identity: a path that names another file now is ESTALE
+    st = c.call("lstat", path="/tmp/v/u")["st"]
+    expect("dev" in st, "st has dev: %s" % st)
+    c.call("lstat", path="/tmp/v/u", expect=[st["dev"], st["ino"]])
+    c.exec("mv /tmp/v/u /tmp/v/u2; echo new > /tmp/v/u")
+    expect_errno(c.error("lstat", path="/tmp/v/u", expect=[st["dev"], st["ino"]]), errno.ESTALE, "replaced file")
+    expect_errno(c.error("open", path="/tmp/v/gone", flags=O_RDONLY, expect=[st["dev"], st["ino"]]),
+                 errno.ESTALE, "vanished file")
+    # mknod: a FIFO and a socket as a user, a device only as root
+    expect(c.call("mknod", path="/tmp/v/fifo", mode=0o10644, cred=U)["st"]["mode"] == 0o10644, "mkfifo")
+    expect(c.call("mknod", path="/tmp/v/sock", mode=0o140644)["st"]["mode"] == 0o140644, "socket node")
+    expect_errno(c.error("mknod", path="/tmp/v/null", mode=0o20666, rdev=(1 << 8) | 3, cred=U), errno.EPERM,
+                 "a device as a user")
+    expect(c.call("mknod", path="/tmp/v/null", mode=0o20666, rdev=(1 << 8) | 3)["st"]["rdev"] == (1 << 8) | 3,
+           "a device as root")
+    # realpath: the guest's own resolution, ".." at the root staying there
+    c.exec("ln -s / /tmp/v/root; ln -s .. /tmp/v/up")
+    for path, want in (("/tmp/v/root/../..", "/"), ("/tmp/v/root/etc/..", "/"), ("/tmp/v/up/..", "/"),
+                       ("/tmp/v/root/tmp/v/up", "/tmp"), ("/..", "/"), ("/tmp/./v//ud", "/tmp/v/ud")):
+        got = c.call("realpath", path=path)["path"]
+        expect(got == want, "realpath %s: %s, want %s" % (path, got, want))
+    expect_errno(c.error("realpath", path="/tmp/v/missing/.."), errno.ENOENT, "realpath through nothing")
+    c.exec("ln -s loop1 /tmp/v/loop2; ln -s loop2 /tmp/v/loop1")
+    expect_errno(c.error("realpath", path="/tmp/v/loop1/.."), errno.ELOOP, "realpath of a loop")
+    # an open file: fstat and ftruncate on the handle, its changes counted and pushed
+    r = c.call("open", path="/tmp/v/w", flags=O_CREAT | O_RDWR, mode=0o666)
+    fh = r["fh"]
+    chg0 = r["st"]["chg"]
+    c.call("write", fh=fh, off=0, bin=b"0123456789")
+    expect(c.call("ftruncate", fh=fh, size=4)["st"]["size"] == 4, "ftruncate")
+    expect(c.call("fstat", fh=fh)["st"]["size"] == 4, "fstat")
+    while not c.changes.empty():
+        c.changes.get()
+    c.exec("echo guest >> /tmp/v/w")
+    ev = c.changes.get(timeout=10)
+    st = c.call("lstat", path="/tmp/v/w")["st"]
+    expect(any(f[:2] == [st["dev"], st["ino"]] for f in ev["files"]), "pushed: %s" % ev)
+    expect(st["chg"] > chg0, "chg moved: %s -> %s" % (chg0, st["chg"]))
+    c.call("close", fh=fh)
+    expect("chg" not in c.call("lstat", path="/tmp/v/w")["st"], "no count once closed")
+    # a path longer than PATH_MAX: walked in pieces
+    deep = "/tmp/v/" + "/".join(["d" * 200] * 25)
+    p = "/tmp/v"
+    for _ in range(25):
+        p += "/" + "d" * 200
+        c.call("mkdir", path=p, mode=0o755)
+    r = c.call("open", path=deep + "/f", flags=O_CREAT | O_WRONLY, mode=0o644)
+    c.call("write", fh=r["fh"], off=0, bin=b"deep")
+    c.call("close", fh=r["fh"])
+    expect(c.call("lstat", path=deep + "/f")["st"]["size"] == 4, "lstat of a %d-byte path" % len(deep))
+    names = [e["name"] for e in c.call("readdir", path=deep)["entries"]]
+    expect(names == ["f"], "readdir deep %s" % names)
+    c.call("rename", **{"from": deep + "/f", "to": deep + "/g"})
+    c.call("unlink", path=deep + "/g")
+    while p != "/tmp/v":  # busybox's rm cannot: its paths would pass PATH_MAX
+        c.call("rmdir", path=p)
+        p = p.rsplit("/", 1)[0]
+    c.exec("rm -rf /tmp/v")
 
 
 def t_namespace(g, c):
@@ -836,7 +925,7 @@ def t_hangup(g, c):
     g.reconnect()
 
 
-TESTS = [t_basics, t_binary_roundtrip, t_errnos, t_namespace, t_readdir, t_spawn_stream,
+TESTS = [t_basics, t_binary_roundtrip, t_errnos, t_files_v3, t_namespace, t_readdir, t_spawn_stream,
          t_spawn_signals, t_two_processes, t_stdin, t_backpressure, t_large_read, t_exec_latency,
          t_malformed, t_hangup]
 
