@@ -46,6 +46,9 @@ struct agent_client {
 	 */
 	atomic_int refs;
 	uint64_t session; /* names this connection to the guest in an attach */
+	agent_event_fn event_fn; /* protected by lock */
+	void *event_arg;
+	uint64_t event_tag;
 };
 
 static void unlink_pending(struct agent_client *c, struct pending *p)
@@ -88,7 +91,19 @@ static void deliver(struct agent_client *c, json_object *o, uint8_t *data, size_
 	uint64_t id;
 
 	if (!json_object_object_get_ex(o, "id", &idv)) {
-		json_object_put(o); /* unsolicited event, e.g. "ready" after a cold boot */
+		/* unsolicited: "ready" after a cold boot, "changed" for files the host has open */
+		agent_event_fn fn;
+		void *arg;
+		uint64_t tag;
+
+		pthread_mutex_lock(&c->lock);
+		fn = c->event_fn;
+		arg = c->event_arg;
+		tag = c->event_tag;
+		pthread_mutex_unlock(&c->lock);
+		if (fn && json_object_is_type(o, json_type_object))
+			fn(arg, tag, o);
+		json_object_put(o);
 		free(data);
 		return;
 	}
@@ -455,6 +470,15 @@ void agent_shutdown(struct agent_client *c)
 {
 	if (c)
 		shutdown(c->fd, SHUT_RDWR);
+}
+
+void agent_set_event_fn(struct agent_client *c, agent_event_fn fn, void *arg, uint64_t tag)
+{
+	pthread_mutex_lock(&c->lock);
+	c->event_fn = fn;
+	c->event_arg = arg;
+	c->event_tag = tag;
+	pthread_mutex_unlock(&c->lock);
 }
 
 uint64_t agent_session(const struct agent_client *c)

@@ -237,3 +237,6 @@ void exec_result_clear(struct exec_result *r);
  */
 int sandbox_exec_async(struct sandbox *s, const char *request_json, struct exec_result *res,
 		       engine_done_fn done, void *arg);
+
+/* The guest's own files (live/). */
+#include "guestfs.h"

@@ -93,6 +93,13 @@ int agent_call_async(struct agent_client *c, json_object *req, const void *bin, 
  * when it saw no hangup (a restored snapshot, a fork).
  */
 uint64_t agent_session(const struct agent_client *c);
+/*
+ * Lines the guest sends on its own ({"event": ...}, no "id"): fn(arg, tag,
+ * the object) from the reader thread; it must not block nor call into this
+ * connection. Replaces an earlier fn.
+ */
+typedef void (*agent_event_fn)(void *arg, uint64_t tag, json_object *ev);
+void agent_set_event_fn(struct agent_client *c, agent_event_fn fn, void *arg, uint64_t tag);
 /* Makes every pending and later call fail with -ECONNRESET; safe from any thread. */
 void agent_shutdown(struct agent_client *c);
 /* Shuts the connection down and drops the owner's reference. */
@@ -341,6 +348,8 @@ struct template {
 	pthread_cond_t cond;
 };
 
+#define SANDBOX_FS_DEVS 15
+
 struct sandbox {
 	atomic_int refs;
 	uint64_t id;
@@ -409,6 +418,8 @@ struct sandbox {
 	 */
 	bool agent_unsettled;
 	uint64_t console_dropped; /* e->lock: bytes of console output dropped to keep within the cap */
+	/* the guest filesystems seen through it, dev + 1 each (guestfs.c: host inode numbers); lock-free */
+	atomic_uint_fast64_t fs_devs[SANDBOX_FS_DEVS];
 };
 
 /* Latency histograms for the metrics file (e->lock). */
@@ -471,6 +482,8 @@ struct engine {
 	const char *test_hold;	  /* EMBERFS_TEST_HOLD (tests only; sandbox.c test_hold) */
 	engine_event_fn event_fn; /* set before the mount serves */
 	void *event_arg;
+	guestfs_change_fn guestfs_change_fn; /* set before the mount serves (guestfs.c) */
+	void *guestfs_change_ctx;
 };
 
 struct digest_entry {
