@@ -276,7 +276,7 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 
 	(void)fi;
 	if (IS_LIVE(ino)) {
-		live_getattr(req, f, ino);
+		live_getattr(req, f, ino, fi);
 		return;
 	}
 	r = node_get(f, ino, &n);
@@ -486,6 +486,10 @@ void fs_release_handles(struct fs *f)
 		if (oh == &f->handles) {
 			pthread_mutex_unlock(&f->handles_lock);
 			events_detach(f); /* the engine goes next */
+			if (!f->changes_detached) {
+				engine_set_guestfs_change_fn(f->e, NULL, NULL);
+				f->changes_detached = true;
+			}
 			return;
 		}
 		oh->prev->next = oh->next;
@@ -754,9 +758,8 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 
 static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
 {
-	(void)datasync;
 	if (IS_LIVE(ino))
-		live_fsync(req, fi);
+		live_fsync(req, datasync, fi);
 	else
 		fuse_reply_err(req, 0);
 }
@@ -826,6 +829,14 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		fuse_reply_err(req, EPERM);
 }
 
+static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev)
+{
+	if (IS_LIVE(parent))
+		live_mknod(req, fuse_req_userdata(req), parent, name, mode, rdev);
+	else
+		fuse_reply_err(req, EPERM);
+}
+
 static void op_symlink(fuse_req_t req, const char *target, fuse_ino_t parent, const char *name)
 {
 	if (IS_LIVE(parent))
@@ -859,9 +870,8 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 	struct stat st;
 	int r;
 
-	(void)fi;
 	if (IS_LIVE(ino)) {
-		live_setattr(req, f, ino, attr, to_set);
+		live_setattr(req, f, ino, attr, to_set, fi);
 		return;
 	}
 	r = node_get(f, ino, &n);
@@ -898,6 +908,12 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 	if (conn->capable & FUSE_CAP_ASYNC_READ)
 		conn->want |= FUSE_CAP_ASYNC_READ;
 	conn->want &= ~(unsigned)FUSE_CAP_WRITEBACK_CACHE;
+	/*
+	 * live/ (live.c): pages dropped when a getattr sees size or mtime move;
+	 * O_TRUNC done by the open itself; set-id bits cleared by the guest,
+	 * which writes, truncates and chowns as the caller.
+	 */
+	conn->want |= conn->capable & (FUSE_CAP_AUTO_INVAL_DATA | FUSE_CAP_ATOMIC_O_TRUNC | FUSE_CAP_HANDLE_KILLPRIV);
 	/* 1 MiB requests (max_pages 256): live/ reads and writes move in the agent's 1 MiB frames */
 	conn->max_write = 1u << 20;
 	conn->max_readahead = 1u << 20;
@@ -926,6 +942,7 @@ static const struct fuse_lowlevel_ops ops = {
 	.forget_multi = op_forget_multi,
 	.readlink = op_readlink,
 	.create = op_create,
+	.mknod = op_mknod,
 	.symlink = op_symlink,
 	.link = op_link,
 	.rename = op_rename,
@@ -976,11 +993,13 @@ int fs_new(struct engine *e, int argc, char **argv, struct fs **ret)
 		free(f);
 		return -EINVAL;
 	}
-	if (events_init(f) < 0) {
+	if (events_init(f) < 0 || inval_new(f->se, &f->inval) < 0) {
+		events_free(f);
 		fuse_session_destroy(f->se);
 		free(f);
 		return -ENOMEM;
 	}
+	engine_set_guestfs_change_fn(e, live_on_change, f);
 	*ret = f;
 	return 0;
 }
@@ -1036,6 +1055,7 @@ void fs_free(struct fs *f)
 	fs_unmount(f);
 	fs_release_handles(f);
 	events_free(f);
+	inval_free(f->inval);
 	fuse_session_destroy(f->se);
 	pthread_mutex_destroy(&f->handles_lock);
 	free(f->mountpoint);

@@ -14,7 +14,7 @@
 #define INO_OBJ(ino) ((uint64_t)(ino) >> 4)
 #define INO_IDX(ino) ((unsigned)((ino)&15))
 
-/* live/NAME/...: path-based inodes of the guest's own files (live.c) */
+/* live/NAME/...: inodes of the guest's own files (live.c) */
 #define LIVE_INO_BIT ((fuse_ino_t)1 << 63)
 #define IS_LIVE(ino) (((fuse_ino_t)(ino)&LIVE_INO_BIT) != 0)
 
@@ -70,6 +70,8 @@ struct fs {
 	pthread_mutex_t handles_lock;
 	struct open_handle handles; /* list head; protected by handles_lock */
 	struct events *events;	    /* events.c */
+	struct inval *inval;	    /* inval.c */
+	bool changes_detached;	    /* the engine's guestfs change hook is cleared (it goes first) */
 };
 
 void fs_handle_add(struct fs *f, struct open_handle *oh, void (*release)(struct open_handle *oh));
@@ -91,12 +93,14 @@ void live_lookup_root(fuse_req_t req, struct fs *f, const char *name);
 void live_list_root(struct fs *f, void (*add)(void *ctx, const char *name, fuse_ino_t ino, bool dir), void *ctx);
 void live_forget(fuse_ino_t ino, uint64_t nlookup);
 void live_lookup(fuse_req_t req, struct fs *f, fuse_ino_t parent, const char *name);
-void live_getattr(fuse_req_t req, struct fs *f, fuse_ino_t ino);
-void live_setattr(fuse_req_t req, struct fs *f, fuse_ino_t ino, struct stat *attr, int to_set);
+void live_getattr(fuse_req_t req, struct fs *f, fuse_ino_t ino, struct fuse_file_info *fi);
+void live_setattr(fuse_req_t req, struct fs *f, fuse_ino_t ino, struct stat *attr, int to_set,
+		  struct fuse_file_info *fi);
 void live_opendir(fuse_req_t req, struct fs *f, fuse_ino_t ino, struct fuse_file_info *fi);
 void live_readdir(fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi);
 void live_releasedir(fuse_req_t req, struct fs *f, struct fuse_file_info *fi);
 void live_mkdir(fuse_req_t req, struct fs *f, fuse_ino_t parent, const char *name, mode_t mode);
+void live_mknod(fuse_req_t req, struct fs *f, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev);
 void live_remove(fuse_req_t req, struct fs *f, fuse_ino_t parent, const char *name, bool dir);
 void live_symlink(fuse_req_t req, struct fs *f, const char *target, fuse_ino_t parent, const char *name);
 void live_link(fuse_req_t req, struct fs *f, fuse_ino_t ino, fuse_ino_t newparent, const char *newname);
@@ -109,8 +113,17 @@ void live_create(fuse_req_t req, struct fs *f, fuse_ino_t parent, const char *na
 		 struct fuse_file_info *fi);
 void live_read(fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi);
 void live_write(fuse_req_t req, const char *buf, size_t size, off_t off, struct fuse_file_info *fi);
-void live_fsync(fuse_req_t req, struct fuse_file_info *fi);
+void live_fsync(fuse_req_t req, int datasync, struct fuse_file_info *fi);
 void live_release(fuse_req_t req, struct fs *f, struct fuse_file_info *fi);
+/* The engine's guestfs change hook: drops the host's cached pages of a file the guest changed. */
+void live_on_change(void *ctx, uint64_t sb, struct guest_id id, uint64_t chg);
+
+/* Kernel cache invalidations: one queue, one thread (inval.c). */
+struct inval;
+int inval_new(struct fuse_session *se, struct inval **ret);
+void inval_free(struct inval *iv);
+/* Drops the kernel's pages and attributes of ino; with wait, returns once done (bounded). */
+void inval_inode(struct inval *iv, fuse_ino_t ino, bool wait);
 
 /* events and poll (events.c) */
 int events_init(struct fs *f);
