@@ -31,6 +31,8 @@ daemon's own status file), loops, dangling links.
   in the file the guest's resolution reaches (checked inside the guest), or
   fail as the guest would (EISDIR, ELOOP); creating through dangling links
   creates the guest's file and nothing on the host or in the other sandbox.
+- symlink() through live/ stores every target shape exactly as given (the
+  guest's readlink), and the host's view of such a link stays inside too.
 - After every test: the host canary's contents, mtime and ctime unchanged,
   no host file with the canary's prefix appeared, the other sandbox's canary
   untouched.
@@ -378,7 +380,7 @@ class Sym(harness.TestCase):
             self.assertLess(time.monotonic() - t0, 120, "os.walk does not end")
         self.assertGreater(len(seen), 5, "os.walk saw almost nothing")
         # find -L, not descending into another file system (-xdev), so a way out is seen without a walk outside
-        p = subprocess.run(["find", "-L", top, "-xdev", "-maxdepth", "6", "(", "-name", "proc", "-o", "-name",
+        p = subprocess.run(["find", "-L", top, "-xdev", "-maxdepth", "4", "(", "-name", "proc", "-o", "-name",
                             "sys", "-o", "-name", "dev", ")", "-prune", "-o", "-printf", "%D %y %p\\n"],
                            capture_output=True, timeout=180)
         lines = p.stdout.decode("utf-8", "replace").splitlines()
@@ -440,6 +442,39 @@ class Sym(harness.TestCase):
             if got[fpath] != want[fpath]:
                 bad.append("guest file %s: %r, expected %r" % (fpath, got[fpath], want[fpath]))
         self.assertFalse(bad, "writes through links (%d):\n  %s" % (len(bad), "\n  ".join(bad)))
+
+    def test_symlink_stored_as_given(self):
+        """symlink() through live/ stores the target exactly as given (the guest's readlink), whatever its shape."""
+        D.sh(SB, "rm -rf /tmp/hs; mkdir -p /tmp/hs/a")
+        targets = ["/etc/passwd", "/", "//", "..", ".", "./..", "../../../../../../tmp/" + C, "a/../../..",
+                   "/../../tmp/" + C, "a//b/", "x" * 4000, "../" * 1300 + "tmp/" + C, "/tmp/hs/a/", "a b%c",
+                   "\u00e9t\u00e9/\x01"]
+        paths = ["tmp/hs/a/l%d" % i for i in range(len(targets))]
+        bad = []
+        for p, t in zip(paths, targets):
+            try:
+                os.symlink(t, L(p))
+            except OSError as e:
+                bad.append("symlink(%r, %s): %s" % (t[:60], p, e))
+        got = livehelp.run_guest(D, SB, "/", ["readlink " + q(p) for p in paths])
+        for p, t, r in zip(paths, targets, got):
+            if r != "ok " + q(t):
+                bad.append("%s: made with target %r, the guest's readlink says %r" % (p, t[:60], r[:80]))
+            try:
+                rp = os.path.realpath(L(p))
+            except OSError:
+                continue
+            if not harness._under(rp, L()):
+                bad.append("%s (-> %r): os.path.realpath leaves live/%s: %s" % (p, t[:60], SB, rp))
+            if stored_as_is(t):
+                try:
+                    shown = os.readlink(L(p))
+                except OSError as e:
+                    bad.append("%s: readlink: %s" % (p, e))
+                    continue
+                if shown != t:
+                    bad.append("%s: the host's readlink shows %r, stored %r" % (p, shown[:60], t[:60]))
+        self.assertFalse(bad, "symlinks made through live/ (%d):\n  %s" % (len(bad), "\n  ".join(bad)))
 
     def test_create_through_dangling(self):
         """O_CREAT through a dangling link creates the file the guest would, never a host file."""
