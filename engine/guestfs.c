@@ -7,6 +7,7 @@
  * field is 0), a stat object that is not one is -EPROTO, strings are
  * checked for what the caller needs of them.
  */
+#include <dirent.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
@@ -228,19 +229,18 @@ int guestfs_readdir(struct sandbox *s, const struct guest_cred *c, const char *p
 			       !json_object_is_type(ents, json_type_array)))
 			r = -EPROTO;
 		for (size_t i = 0; r == 0 && i < json_object_array_length(ents); i++) {
-			json_object *e = json_object_array_get_idx(ents, i), *nm, *st;
+			json_object *e = json_object_array_get_idx(ents, i), *nm;
 			const char *name;
 
-			if (!json_object_object_get_ex(e, "name", &nm) || !json_object_is_type(nm, json_type_string) ||
-			    !json_object_object_get_ex(e, "st", &st))
+			if (!json_object_object_get_ex(e, "name", &nm) || !json_object_is_type(nm, json_type_string))
 				continue;
 			/* a guest's names: one path component, never "." or "..", no NUL */
 			name = json_object_get_string(nm);
 			if (!*name || strchr(name, '/') || strlen(name) != (size_t)json_object_get_string_len(nm) ||
 			    strlen(name) > 255 || !strcmp(name, ".") || !strcmp(name, ".."))
 				continue;
-			r = fn(ctx, name, (mode_t)ju64(st, "mode") & S_IFMT,
-			       guestfs_host_ino(s, (struct guest_id){ ju64(st, "dev"), ju64(st, "ino") }));
+			r = fn(ctx, name, DTTOIF((unsigned)ju64(e, "type") & 15),
+			       guestfs_host_ino(s, (struct guest_id){ ju64(resp, "dev"), ju64(e, "ino") }));
 		}
 		cookie = r == 0 ? ju64(resp, "cookie") : 0;
 		json_object_put(resp);

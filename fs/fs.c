@@ -731,7 +731,7 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		     struct fuse_file_info *fi)
 {
 	if (IS_LIVE(ino))
-		live_write(req, buf, size, off, fi);
+		live_write(req, ino, buf, size, off, fi);
 	else if (events_is(fi))
 		fuse_reply_err(req, EBADF);
 	else

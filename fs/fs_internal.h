@@ -112,7 +112,8 @@ void live_open(fuse_req_t req, struct fs *f, fuse_ino_t ino, struct fuse_file_in
 void live_create(fuse_req_t req, struct fs *f, fuse_ino_t parent, const char *name, mode_t mode,
 		 struct fuse_file_info *fi);
 void live_read(fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi);
-void live_write(fuse_req_t req, const char *buf, size_t size, off_t off, struct fuse_file_info *fi);
+void live_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
+		struct fuse_file_info *fi);
 void live_fsync(fuse_req_t req, int datasync, struct fuse_file_info *fi);
 void live_release(fuse_req_t req, struct fs *f, struct fuse_file_info *fi);
 /* The engine's guestfs change hook: drops the host's cached pages of a file the guest changed. */
@@ -124,6 +125,12 @@ int inval_new(struct fuse_session *se, struct inval **ret);
 void inval_free(struct inval *iv);
 /* Drops the kernel's pages and attributes of ino; with wait, returns once done (bounded). */
 void inval_inode(struct inval *iv, fuse_ino_t ino, bool wait);
+/*
+ * The same, not before due_ns (now_ns()), and only if check(ctx, ino, &later)
+ * says so then (true); check may set later to be asked again at that time.
+ */
+typedef bool (*inval_check_fn)(void *ctx, fuse_ino_t ino, uint64_t *later);
+void inval_inode_at(struct inval *iv, fuse_ino_t ino, uint64_t due_ns, inval_check_fn check, void *ctx);
 
 /* events and poll (events.c) */
 int events_init(struct fs *f);

@@ -54,8 +54,14 @@ struct lnode {
 	uint64_t st_ino;
 	char *path;	    /* the guest path it was last reached by */
 	uint64_t nlookup;
-	bool chg_known;	    /* chg: the change count of the file when last seen open */
+	/* what the kernel was last told of a regular file (coherence, see node_seen) */
+	bool chg_known;	    /* chg: the file's change count when last seen open */
 	uint64_t chg;
+	bool attr_known;
+	off_t size;	    /* also moved by writes that extend the file */
+	struct timespec mtime;
+	uint64_t getattr_ns; /* the last getattr: a reader is active */
+	bool pushed;	     /* a change the guest pushed waits for its invalidation */
 	struct lnode *next_ino, *next_key;
 };
 
@@ -216,29 +222,61 @@ static void move_paths(uint64_t sb, const char *from, const char *to)
 }
 
 /*
- * The change count a getattr saw for a file the host has open: true if it
- * moved since the last look (the file changed in the guest, or through
- * another handle), so the caller drops the pages first.
+ * Coherence with the guest. The kernel drops a regular file's pages itself
+ * when a getattr's reply shows its size or mtime moved (auto_inval_data).
+ * A change that moved neither (a write in the same clock tick as the one
+ * before, of the same size) shows only in the file's change count (chg,
+ * kept by the guest for files the host has open): then the getattr drops
+ * the pages before it answers. Not otherwise: an invalidation makes the
+ * kernel ignore the reply of a getattr in flight, and the read after it
+ * would go on with the size the kernel had before.
+ *
+ * node_seen records what a reply tells the kernel; it returns true if the
+ * getattr must drop the pages first.
  */
-static bool node_changed(fuse_ino_t ino, const struct guest_attr *a)
+static bool node_seen(fuse_ino_t ino, const struct guest_attr *a, bool getattr)
 {
 	struct lnode *n;
-	bool changed = false;
+	bool drop = false;
 
-	if (!a->watched)
+	if (!S_ISREG(a->st.st_mode))
 		return false;
 	pthread_mutex_lock(&live_lock);
 	n = find_ino(ino);
 	if (n) {
-		changed = n->chg_known && n->chg != a->chg;
-		n->chg = a->chg;
-		n->chg_known = true;
+		if (getattr && a->watched && n->chg_known && n->chg != a->chg && n->attr_known &&
+		    n->size == a->st.st_size && n->mtime.tv_sec == a->st.st_mtim.tv_sec &&
+		    n->mtime.tv_nsec == a->st.st_mtim.tv_nsec)
+			drop = true;
+		if (a->watched) {
+			n->chg = a->chg;
+			n->chg_known = true;
+			if (getattr)
+				n->pushed = false; /* this getattr handles it */
+		}
+		n->attr_known = true;
+		n->size = a->st.st_size;
+		n->mtime = a->st.st_mtim;
+		if (getattr)
+			n->getattr_ns = now_ns();
 	}
 	pthread_mutex_unlock(&live_lock);
-	return changed;
+	return drop;
 }
 
-/* At open: the count the open found (its pages are dropped by the open itself). */
+/* A write the kernel applied: the size it now has. */
+static void node_wrote(fuse_ino_t ino, off_t end)
+{
+	struct lnode *n;
+
+	pthread_mutex_lock(&live_lock);
+	n = find_ino(ino);
+	if (n && n->attr_known && end > n->size)
+		n->size = end;
+	pthread_mutex_unlock(&live_lock);
+}
+
+/* At open: the count the open found (the open drops the pages itself). */
 static void node_opened(fuse_ino_t ino, const struct guest_attr *a)
 {
 	struct lnode *n;
@@ -252,21 +290,52 @@ static void node_opened(fuse_ino_t ino, const struct guest_attr *a)
 	pthread_mutex_unlock(&live_lock);
 }
 
-/* Changes the guest pushes (engine reader thread): the pages of a file it changed go, mappings included. */
+/*
+ * Changes the guest pushes (engine reader thread), for files mapped on the
+ * host: their pages go without a read to ask first. Not while a reader is
+ * active (a getattr in the last 100 ms): its getattrs see the change, and an
+ * invalidation racing one of them would make the kernel ignore its reply.
+ * So the invalidation waits until no getattr came for 100 ms, and is
+ * dropped if one has seen the change meanwhile.
+ */
+#define READER_ACTIVE_NS (100 * 1000000ull)
+
+static bool push_due(void *ctx, fuse_ino_t ino, uint64_t *later)
+{
+	struct lnode *n;
+	bool run = false;
+
+	(void)ctx;
+	pthread_mutex_lock(&live_lock);
+	n = find_ino(ino);
+	if (n && n->pushed) {
+		if (n->getattr_ns + READER_ACTIVE_NS > now_ns())
+			*later = n->getattr_ns + READER_ACTIVE_NS;
+		else
+			run = true;
+		n->pushed = run ? false : n->pushed;
+	}
+	pthread_mutex_unlock(&live_lock);
+	return run;
+}
+
 void live_on_change(void *ctx, uint64_t sb, struct guest_id id, uint64_t chg)
 {
 	struct fs *f = ctx;
 	struct lnode *n;
 	fuse_ino_t ino = 0;
+	uint64_t due = 0;
 
-	(void)chg;
 	pthread_mutex_lock(&live_lock);
 	n = find_key(sb, id);
-	if (n)
+	if (n && !n->pushed && (!n->chg_known || n->chg != chg)) {
+		n->pushed = true; /* one invalidation pending at a time */
 		ino = n->ino;
+		due = n->getattr_ns + READER_ACTIVE_NS;
+	}
 	pthread_mutex_unlock(&live_lock);
 	if (ino)
-		inval_inode(f->inval, ino, false);
+		inval_inode_at(f->inval, ino, due, push_due, NULL);
 }
 
 static int child_path(const char *parent, const char *name, char **ret)
@@ -339,6 +408,7 @@ static void reply_entry(fuse_req_t req, uint64_t sb, const char *path, const str
 	ep.attr = a->st;
 	ep.attr_timeout = attr_timeout(a->st.st_mode);
 	ep.entry_timeout = ENTRY_TIMEOUT;
+	node_seen(ino, a, false);
 	if (fuse_reply_entry(req, &ep) == -ENOENT)
 		live_forget(ino, 1); /* the request was interrupted: the kernel never took the entry */
 }
@@ -467,7 +537,7 @@ void live_getattr(fuse_req_t req, struct fs *f, fuse_ino_t ino, struct fuse_file
 		fuse_reply_err(req, -r);
 		return;
 	}
-	if (node_changed(ino, &a))
+	if (node_seen(ino, &a, true))
 		inval_inode(f->inval, ino, true); /* before the kernel reads on: see inval.c */
 	fuse_reply_attr(req, &a.st, attr_timeout(a.st.st_mode));
 }
@@ -532,10 +602,12 @@ void live_setattr(fuse_req_t req, struct fs *f, fuse_ino_t ino, struct stat *att
 	}
 done:
 	lref_done(&n);
-	if (r < 0)
+	if (r < 0) {
 		fuse_reply_err(req, -r);
-	else
-		fuse_reply_attr(req, &a.st, attr_timeout(a.st.st_mode));
+		return;
+	}
+	node_seen(ino, &a, false);
+	fuse_reply_attr(req, &a.st, attr_timeout(a.st.st_mode));
 }
 
 /* ---- directories ---- */
@@ -875,8 +947,10 @@ static void do_open(fuse_req_t req, struct fs *f, fuse_ino_t parent_or_ino, cons
 		ep.attr = a.st;
 		ep.attr_timeout = attr_timeout(a.st.st_mode);
 		ep.entry_timeout = ENTRY_TIMEOUT;
-		if (ep.ino)
+		if (ep.ino) {
+			node_seen(ep.ino, &a, false);
 			node_opened(ep.ino, &a);
+		}
 		if (!ep.ino) {
 			fs_handle_del(f, &h->oh);
 			lfile_release_open(&h->oh);
@@ -922,17 +996,20 @@ void live_read(fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi
 	free(data);
 }
 
-void live_write(fuse_req_t req, const char *buf, size_t size, off_t off, struct fuse_file_info *fi)
+void live_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
+		struct fuse_file_info *fi)
 {
 	struct lfile *h = (struct lfile *)(uintptr_t)fi->fh;
 	struct lcred lc;
 	size_t written = 0;
 	int r = guestfs_write(h->gf, cred_of(req, &lc), off, buf, size, &written);
 
-	if (r < 0)
+	if (r < 0) {
 		fuse_reply_err(req, -r);
-	else
-		fuse_reply_write(req, written);
+		return;
+	}
+	node_wrote(ino, off + (off_t)written);
+	fuse_reply_write(req, written);
 }
 
 void live_fsync(fuse_req_t req, int datasync, struct fuse_file_info *fi)

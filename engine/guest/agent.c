@@ -2185,26 +2185,152 @@ static int stat_path(const char *path, struct stat *st, int flags)
 }
 
 /*
- * The host names files by the paths it last saw, and can check that a path
- * still names the file it means: "expect" [dev, ino] (a final symlink not
- * followed). A mismatch, or nothing there, is ESTALE: the host's kernel then
- * looks the path up again, as after a change made on another NFS client.
- * Names are made and removed in whatever directory the path names now.
+ * Who checks what. The host's kernel walks its own view of the path with
+ * the caller's identity before it asks for anything (the mount is
+ * default_permissions), and a process may also hold a directory it could
+ * not reach any more (its working directory). So the agent finds the
+ * object as root, and only the operation itself runs as the caller: an
+ * operation on a file (open, chmod, truncate, ...) on the file found, one
+ * on a name (create, unlink, rename, ...) on the directory found and the
+ * name, where the guest's kernel checks the directory's permissions.
  */
-static int expect_check(struct request *rq, const char *path)
+static void as_root(struct agent *a)
+{
+	if (a->cred)
+		cred_leave();
+}
+
+static void as_caller(struct agent *a)
+{
+	if (a->cred)
+		cred_enter(a->cred);
+}
+
+/* A name in a directory: an O_PATH descriptor of the directory (found as root) and the name. */
+struct name {
+	int dir;
+	char *name; /* in the request's path */
+};
+
+static void name_done(struct name *n)
+{
+	if (n->dir >= 0)
+		close(n->dir);
+	n->dir = -1;
+}
+
+static int name_get(struct agent *a, const char *path, struct name *ret)
+{
+	const char *slash = strrchr(path, '/');
+	size_t plen = slash > path ? (size_t)(slash - path) : 1;
+	_cleanup_free_ char *parent = strndup(path, plen);
+	struct at at;
+	int r;
+
+	ret->dir = -1;
+	ret->name = (char *)slash + 1;
+	if (!parent)
+		return -ENOMEM;
+	if (!*ret->name)
+		return -EINVAL; /* "/" has no parent */
+	as_root(a);
+	r = at_resolve(parent, &at);
+	if (r == 0 && (ret->dir = openat(at.fd, at.rel, O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0)
+		r = -errno;
+	at_done(&at);
+	as_caller(a);
+	return r;
+}
+
+/* An object by path: an O_PATH descriptor (found as root; a final symlink is not followed) and its stat. */
+static int obj_get(struct agent *a, const char *path, int *ret_fd, struct stat *st)
+{
+	struct name n;
+	int r = 0;
+
+	*ret_fd = -1;
+	if (!strcmp(path, "/")) {
+		as_root(a);
+		if ((*ret_fd = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0)
+			r = -errno;
+		as_caller(a);
+	} else if ((r = name_get(a, path, &n)) == 0) {
+		as_root(a);
+		if ((*ret_fd = openat(n.dir, n.name, O_PATH | O_NOFOLLOW | O_CLOEXEC)) < 0)
+			r = -errno;
+		as_caller(a);
+		name_done(&n);
+	}
+	if (r == 0 && fstat(*ret_fd, st) < 0)
+		r = -errno;
+	if (r < 0 && *ret_fd >= 0) {
+		close(*ret_fd);
+		*ret_fd = -1;
+	}
+	return r;
+}
+
+/* "/proc/self/fd/N": an O_PATH descriptor reopened, or acted on, as the caller. */
+static const char *fd_path(int fd)
+{
+	static char p[40];
+
+	snprintf(p, sizeof(p), "/proc/self/fd/%d", fd);
+	return p;
+}
+
+/*
+ * The host names files by the paths it last saw, and can check that a path
+ * still names the file it means: "expect" [dev, ino]. A mismatch, or
+ * nothing there, is ESTALE: the host's kernel then looks the path up
+ * again, as after a change made on another NFS client. Names are made and
+ * removed in whatever directory the path names now.
+ */
+static int expect_match(struct request *rq, const char *path, int r, const struct stat *st)
 {
 	uint64_t id[2];
-	struct stat st;
 	bool has;
-	int r = req_id_opt(rq, "expect", &has, id);
+	int e = req_id_opt(rq, "expect", &has, id);
 
-	if (r < 0 || !has)
-		return r;
-	r = stat_path(path, &st, AT_SYMLINK_NOFOLLOW);
-	if (r == -EACCES)
-		return request_fail(rq, EACCES, "%.200s: %s", path, strerror(EACCES));
-	if (r < 0 || (uint64_t)st.st_dev != id[0] || (uint64_t)st.st_ino != id[1])
+	if (e < 0)
+		return e;
+	if (has && (r == -ENOENT || r == -ENOTDIR ||
+		    (r == 0 && ((uint64_t)st->st_dev != id[0] || (uint64_t)st->st_ino != id[1]))))
 		return request_fail(rq, ESTALE, "%.200s is no longer the file the host knows", path);
+	if (r < 0) {
+		errno = -r;
+		return sys_fail(rq, "lstat", path);
+	}
+	return 0;
+}
+
+/* The request's "path" as an object (checked against "expect"). */
+static int req_obj(struct agent *a, struct request *rq, const char **path, int *fd, struct stat *st)
+{
+	int r = req_path(rq, "path", path);
+
+	if (r < 0)
+		return r;
+	r = expect_match(rq, *path, obj_get(a, *path, fd, st), st);
+	if (r < 0 && *fd >= 0) {
+		close(*fd);
+		*fd = -1;
+	}
+	return r;
+}
+
+/* The request's path key as a name in a directory. */
+static int req_name(struct agent *a, struct request *rq, const char *key, const char **path, struct name *n)
+{
+	int r = req_path(rq, key, path);
+
+	if (r < 0)
+		return r;
+	r = name_get(a, *path, n);
+	if (r < 0) {
+		errno = -r;
+		return sys_fail(rq, "lookup", *path);
+	}
 	return 0;
 }
 
@@ -2404,11 +2530,16 @@ static int reply_st(struct agent *a, struct json_object *reply, const struct sta
 }
 
 /* After a change to @path: its st, without following a final symlink. */
-static int reply_lstat(struct agent *a, struct request *rq, struct json_object *reply, const char *path)
+/* A name just made in a directory: its st (found as root). */
+static int reply_name_st(struct agent *a, struct request *rq, struct json_object *reply, const struct name *n,
+			 const char *path)
 {
 	struct stat st;
-	int r = stat_path(path, &st, AT_SYMLINK_NOFOLLOW);
+	int r;
 
+	as_root(a);
+	r = fstatat(n->dir, n->name, &st, AT_SYMLINK_NOFOLLOW) < 0 ? -errno : 0;
+	as_caller(a);
 	if (r < 0) {
 		errno = -r;
 		return sys_fail(rq, "lstat", path);
@@ -2416,22 +2547,25 @@ static int reply_lstat(struct agent *a, struct request *rq, struct json_object *
 	return reply_st(a, reply, &st);
 }
 
-/* The path of a request and its "expect" check. */
-static int req_path_checked(struct request *rq, const char **ret)
+/* An object's st after a change. */
+static int reply_obj_st(struct agent *a, struct request *rq, struct json_object *reply, int fd, const char *path)
 {
-	int r = req_path(rq, "path", ret);
+	struct stat st;
 
-	return r < 0 ? r : expect_check(rq, *ret);
+	if (fstat(fd, &st) < 0)
+		return sys_fail(rq, "fstat", path);
+	return reply_st(a, reply, &st);
 }
 
+/* lstat: no permission on the file itself is needed, and the host checked the way to it. */
 static int op_lstat(struct agent *a, struct request *rq, struct json_object *reply)
 {
+	_cleanup_close_ int fd = -1;
 	const char *path;
-	int r = req_path_checked(rq, &path);
+	struct stat st;
+	int r = req_obj(a, rq, &path, &fd, &st);
 
-	if (r < 0)
-		return r;
-	return reply_lstat(a, rq, reply, path);
+	return r < 0 ? r : reply_st(a, reply, &st);
 }
 
 struct dirent64_raw {
@@ -2447,21 +2581,26 @@ static bool is_dot(const char *name)
 	return name[0] == '.' && (!name[1] || (name[1] == '.' && !name[2]));
 }
 
-/* The cookie is the directory offset (d_off) after the last entry sent. */
+/*
+ * The cookie is the directory offset (d_off) after the last entry sent.
+ * Entries carry the type and inode number the directory itself gives
+ * (d_type, d_ino): listing needs only read permission on the directory,
+ * not search permission, as in the guest. An unknown type is asked for
+ * (as root).
+ */
 static int op_readdir(struct agent *a, struct request *rq, struct json_object *reply)
 {
 	static char dbuf[64 << 10];
-	_cleanup_close_ int fd = -1;
+	_cleanup_close_ int fd = -1, ofd = -1;
 	struct json_object *entries;
 	int64_t cookie, last = 0;
 	size_t count = 0;
 	bool more = false;
 	const char *path;
-	struct at at;
+	struct stat st;
 	int r;
 
-	(void)a;
-	r = req_path_checked(rq, &path);
+	r = req_obj(a, rq, &path, &ofd, &st);
 	if (r < 0)
 		return r;
 	cookie = 0;
@@ -2470,13 +2609,9 @@ static int op_readdir(struct agent *a, struct request *rq, struct json_object *r
 		if (r < 0)
 			return r;
 	}
-	r = at_resolve(path, &at);
-	if (r < 0) {
-		errno = -r;
-		return sys_fail(rq, "open", path);
-	}
-	fd = openat(at.fd, at.rel, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-	at_done(&at);
+	if (!S_ISDIR(st.st_mode))
+		return request_fail(rq, ENOTDIR, "%.200s: not a directory", path);
+	fd = open(fd_path(ofd), O_RDONLY | O_DIRECTORY | O_NONBLOCK | O_CLOEXEC);
 	if (fd < 0)
 		return sys_fail(rq, "open", path);
 	if (cookie && lseek(fd, cookie, SEEK_SET) < 0)
@@ -2485,6 +2620,7 @@ static int op_readdir(struct agent *a, struct request *rq, struct json_object *r
 	if (!entries)
 		return -ENOMEM;
 	json_object_object_add(reply, "entries", entries);
+	json_object_object_add(reply, "dev", json_object_new_uint64(st.st_dev));
 	while (!more) {
 		long n = syscall(SYS_getdents64, fd, dbuf, sizeof(dbuf));
 
@@ -2494,28 +2630,29 @@ static int op_readdir(struct agent *a, struct request *rq, struct json_object *r
 			break;
 		for (long off = 0; off < n; off += ((struct dirent64_raw *)(dbuf + off))->d_reclen) {
 			struct dirent64_raw *d = (struct dirent64_raw *)(dbuf + off);
-			struct json_object *e, *so;
-			struct stat st;
+			unsigned type = d->d_type;
+			struct json_object *e;
+			struct stat est;
 
 			if (!is_dot(d->d_name)) {
 				if (count == READDIR_MAX) {
 					more = true;
 					break;
 				}
-				/* an entry that vanished meanwhile is left out */
-				if (fstatat(fd, d->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
-					e = json_object_new_object();
-					so = st_json(NULL, &st);
-					if (!e || !so) {
-						json_object_put(e);
-						json_object_put(so);
-						return -ENOMEM;
-					}
-					json_object_object_add(e, "name", json_object_new_string(d->d_name));
-					json_object_object_add(e, "st", so);
-					json_object_array_add(entries, e);
-					count++;
+				if (type == DT_UNKNOWN) {
+					as_root(a);
+					if (fstatat(ofd, d->d_name, &est, AT_SYMLINK_NOFOLLOW) == 0)
+						type = (unsigned)IFTODT(est.st_mode);
+					as_caller(a);
 				}
+				e = json_object_new_object();
+				if (!e)
+					return -ENOMEM;
+				json_object_object_add(e, "name", json_object_new_string(d->d_name));
+				json_object_object_add(e, "type", json_object_new_int((int)type));
+				json_object_object_add(e, "ino", json_object_new_uint64(d->d_ino));
+				json_object_array_add(entries, e);
+				count++;
 			}
 			last = d->d_off;
 		}
@@ -2561,12 +2698,20 @@ static bool st_openable(const struct stat *st)
  * seen, and after it (fstat) for one that appeared in between.
  * "expect" checks the file (not with O_CREAT: the name may be new).
  */
+/*
+ * An existing file is opened again from the descriptor found as root,
+ * with the caller's identity: the guest checks the caller's permission on
+ * the file itself. A new one (O_CREAT) is made in the directory as the
+ * caller. Only regular files and directories: a FIFO, tty or other device
+ * could block the agent or act on open.
+ */
 static int op_open(struct agent *a, struct request *rq, struct json_object *reply)
 {
+	_cleanup_close_ int ofd = -1;
 	uint64_t flags, mode;
 	const char *path;
+	struct name n = { .dir = -1 };
 	struct stat st;
-	struct at at;
 	size_t slot;
 	mode_t old;
 	int fd, r;
@@ -2582,24 +2727,35 @@ static int op_open(struct agent *a, struct request *rq, struct json_object *repl
 	r = req_u64_opt(rq, "mode", 07777, 0644, &mode);
 	if (r < 0)
 		return r;
-	if (!(flags & O_CREAT) && (r = expect_check(rq, path)) < 0)
-		return r;
 	for (slot = 0; slot < MAX_FH && a->fh[slot] >= 0; slot++)
 		;
 	if (slot == MAX_FH)
 		return request_fail(rq, EMFILE, "too many open handles (%d)", MAX_FH);
-	if (stat_path(path, &st, (flags & O_NOFOLLOW) ? AT_SYMLINK_NOFOLLOW : 0) == 0 &&
-	    !S_ISLNK(st.st_mode) && !st_openable(&st))
-		return request_fail(rq, ENXIO, "%.200s: not a regular file or directory", path);
-	r = at_resolve(path, &at);
-	if (r < 0) {
-		errno = -r;
-		return sys_fail(rq, "open", path);
+	if (flags & O_CREAT) {
+		r = req_name(a, rq, "path", &path, &n);
+		if (r < 0)
+			return r;
+		as_root(a);
+		if (fstatat(n.dir, n.name, &st, (flags & O_NOFOLLOW) ? AT_SYMLINK_NOFOLLOW : 0) == 0 &&
+		    !S_ISLNK(st.st_mode) && !st_openable(&st)) {
+			as_caller(a);
+			name_done(&n);
+			return request_fail(rq, ENXIO, "%.200s: not a regular file or directory", path);
+		}
+		as_caller(a);
+		old = umask(0); /* the host's mode, exactly */
+		fd = openat(n.dir, n.name, (int)flags | O_NONBLOCK | O_CLOEXEC | O_NOCTTY, (mode_t)mode);
+		umask(old);
+		name_done(&n);
+	} else {
+		r = expect_match(rq, path, obj_get(a, path, &ofd, &st), &st);
+		if (r < 0)
+			return r;
+		if (!st_openable(&st))
+			return request_fail(rq, S_ISLNK(st.st_mode) && (flags & O_NOFOLLOW) ? ELOOP : ENXIO,
+					    "%.200s: not a regular file or directory", path);
+		fd = open(fd_path(ofd), (int)(flags & ~(uint64_t)O_NOFOLLOW) | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
 	}
-	old = umask(0);		/* the host's mode, exactly */
-	fd = openat(at.fd, at.rel, (int)flags | O_NONBLOCK | O_CLOEXEC | O_NOCTTY, (mode_t)mode);
-	umask(old);
-	at_done(&at);
 	if (fd < 0)
 		return sys_fail(rq, "open", path);
 	if (fstat(fd, &st) < 0) {
@@ -2763,102 +2919,88 @@ static int op_ftruncate(struct agent *a, struct request *rq, struct json_object 
 }
 
 /* Regular files only, and not through a final symlink. */
+/* Regular files only, and not through a final symlink: opened for writing as the caller. */
 static int op_truncate(struct agent *a, struct request *rq, struct json_object *reply)
 {
-	_cleanup_close_ int fd = -1;
+	_cleanup_close_ int ofd = -1, fd = -1;
 	const char *path;
 	struct stat st;
-	struct at at;
 	uint64_t size;
 	int r;
 
-	r = req_path_checked(rq, &path);
+	r = req_obj(a, rq, &path, &ofd, &st);
 	if (r < 0)
 		return r;
 	r = req_u64(rq, "size", 0, INT64_MAX, &size);
 	if (r < 0)
 		return r;
-	r = stat_path(path, &st, AT_SYMLINK_NOFOLLOW);
-	if (r < 0) {
-		errno = -r;
-		return sys_fail(rq, "lstat", path);
-	}
 	if (S_ISDIR(st.st_mode))
 		return request_fail(rq, EISDIR, "%.200s: is a directory", path);
 	if (!S_ISREG(st.st_mode))
 		return request_fail(rq, EINVAL, "%.200s: not a regular file", path);
-	r = at_resolve(path, &at);
-	if (r < 0) {
-		errno = -r;
-		return sys_fail(rq, "open", path);
-	}
-	fd = openat(at.fd, at.rel, O_WRONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
-	at_done(&at);
+	fd = open(fd_path(ofd), O_WRONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
 	if (fd < 0)
 		return sys_fail(rq, "open", path);
-	if (fstat(fd, &st) < 0)
-		return sys_fail(rq, "fstat", path);
-	if (!S_ISREG(st.st_mode))
-		return request_fail(rq, EINVAL, "%.200s: not a regular file", path);
 	if (ftruncate(fd, (off_t)size) < 0 || fstat(fd, &st) < 0)
 		return sys_fail(rq, "truncate", path);
 	return reply_st(a, reply, &st);
 }
 
 /*
- * A chmod that only clears set-id bits is allowed to any caller: the
- * host's kernel asks for exactly that when a user who may write a set-id
- * file writes or truncates it (libfuse 3.14 never tells the kernel that
- * the filesystem clears them itself), and the guest's kernel would clear
- * them for that user on the same write. It never grants anything.
+ * A chmod that only clears set-id bits (or changes nothing) is allowed to
+ * any caller: the host's kernel asks for exactly that when a user who may
+ * write a set-id file writes or truncates it (libfuse 3.14 never tells the
+ * kernel that the filesystem clears them itself), and the guest's kernel
+ * clears them for that user on the same write anyway. It never grants
+ * anything, and the host's kernel refuses a real chmod by anyone but the
+ * owner before asking.
  */
 static bool only_clears_setid(const struct stat *st, mode_t mode)
 {
 	mode_t cur = st->st_mode & 07777;
 
 	return S_ISREG(st->st_mode) && (cur & ~(mode_t)06000) == (mode & ~(mode_t)06000) &&
-	       (mode & 06000 & ~cur) == 0 && mode != cur;
+	       (mode & 06000 & ~cur) == 0;
 }
 
 static int op_chmod(struct agent *a, struct request *rq, struct json_object *reply)
 {
+	_cleanup_close_ int fd = -1;
 	const char *path;
-	uint64_t mode;
 	struct stat st;
-	struct at at;
+	uint64_t mode;
 	int r;
 
-	r = req_path_checked(rq, &path);
+	r = req_obj(a, rq, &path, &fd, &st);
 	if (r < 0)
 		return r;
 	r = req_u64(rq, "mode", 0, 07777, &mode);
 	if (r < 0)
 		return r;
-	r = at_resolve(path, &at);
-	if (r == 0)
-		r = fchmodat(at.fd, at.rel, (mode_t)mode, AT_SYMLINK_NOFOLLOW) < 0 ? -errno : 0;
-	if (r == -EPERM && a->cred && fstatat(at.fd, at.rel, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-	    only_clears_setid(&st, (mode_t)mode)) {
-		cred_leave();
-		r = fchmodat(at.fd, at.rel, (mode_t)mode, AT_SYMLINK_NOFOLLOW) < 0 ? -errno : 0;
-		cred_enter(a->cred);
+	if (S_ISLNK(st.st_mode))
+		return request_fail(rq, EOPNOTSUPP, "%.200s: a symlink has no mode", path);
+	r = chmod(fd_path(fd), (mode_t)mode) < 0 ? -errno : 0;
+	if (r == -EPERM && a->cred && only_clears_setid(&st, (mode_t)mode)) {
+		as_root(a);
+		r = chmod(fd_path(fd), (mode_t)mode) < 0 ? -errno : 0;
+		as_caller(a);
 	}
-	at_done(&at);
 	if (r < 0) {
 		errno = -r;
 		return sys_fail(rq, "chmod", path);
 	}
-	return reply_lstat(a, rq, reply, path);
+	return reply_obj_st(a, rq, reply, fd, path);
 }
 
 static int op_chown(struct agent *a, struct request *rq, struct json_object *reply)
 {
+	_cleanup_close_ int fd = -1;
 	const char *path;
+	struct stat st;
 	int64_t uid, gid;
-	struct at at;
 	int r;
 
-	r = req_path_checked(rq, &path);
+	r = req_obj(a, rq, &path, &fd, &st);
 	if (r < 0)
 		return r;
 	r = req_i64(rq, "uid", -1, (int64_t)UINT32_MAX - 1, &uid);
@@ -2867,15 +3009,9 @@ static int op_chown(struct agent *a, struct request *rq, struct json_object *rep
 	r = req_i64(rq, "gid", -1, (int64_t)UINT32_MAX - 1, &gid);
 	if (r < 0)
 		return r;
-	r = at_resolve(path, &at);
-	if (r == 0)
-		r = fchownat(at.fd, at.rel, (uid_t)uid, (gid_t)gid, AT_SYMLINK_NOFOLLOW) < 0 ? -errno : 0;
-	at_done(&at);
-	if (r < 0) {
-		errno = -r;
+	if (fchownat(fd, "", (uid_t)uid, (gid_t)gid, AT_EMPTY_PATH) < 0)
 		return sys_fail(rq, "chown", path);
-	}
-	return reply_lstat(a, rq, reply, path);
+	return reply_obj_st(a, rq, reply, fd, path);
 }
 
 /* -1 keeps a time, -2 sets it to now. */
@@ -2888,15 +3024,18 @@ static struct timespec ns_ts(int64_t ns)
 	return (struct timespec){ .tv_sec = ns / 1000000000, .tv_nsec = ns % 1000000000 };
 }
 
+/* Times of the file itself; a symlink's through its name (AT_SYMLINK_NOFOLLOW). */
 static int op_utimens(struct agent *a, struct request *rq, struct json_object *reply)
 {
+	_cleanup_close_ int fd = -1;
 	struct timespec ts[2];
 	int64_t at_ns, mt_ns;
 	const char *path;
-	struct at at;
+	struct name n;
+	struct stat st;
 	int r;
 
-	r = req_path_checked(rq, &path);
+	r = req_obj(a, rq, &path, &fd, &st);
 	if (r < 0)
 		return r;
 	r = req_i64(rq, "atime_ns", -2, INT64_MAX, &at_ns);
@@ -2907,49 +3046,47 @@ static int op_utimens(struct agent *a, struct request *rq, struct json_object *r
 		return r;
 	ts[0] = ns_ts(at_ns);
 	ts[1] = ns_ts(mt_ns);
-	r = at_resolve(path, &at);
-	if (r == 0)
-		r = utimensat(at.fd, at.rel, ts, AT_SYMLINK_NOFOLLOW) < 0 ? -errno : 0;
-	at_done(&at);
+	if (!S_ISLNK(st.st_mode)) {
+		r = utimensat(AT_FDCWD, fd_path(fd), ts, 0) < 0 ? -errno : 0;
+	} else if ((r = name_get(a, path, &n)) == 0) {
+		r = utimensat(n.dir, n.name, ts, AT_SYMLINK_NOFOLLOW) < 0 ? -errno : 0;
+		name_done(&n);
+	}
 	if (r < 0) {
 		errno = -r;
 		return sys_fail(rq, "utimensat", path);
 	}
-	return reply_lstat(a, rq, reply, path);
+	return reply_obj_st(a, rq, reply, fd, path);
 }
 
-/* unlink and rmdir. */
-static int remove_path(struct request *rq, const char *name, int flags)
+/* unlink and rmdir: a name in its directory, as the caller. */
+static int remove_path(struct agent *a, struct request *rq, const char *what, int flags)
 {
 	const char *path;
-	struct at at;
-	int r = req_path(rq, "path", &path);
+	struct name n;
+	int r = req_name(a, rq, "path", &path, &n);
 
 	if (r < 0)
 		return r;
-	r = at_resolve(path, &at);
-	if (r == 0)
-		r = unlinkat(at.fd, at.rel, flags) < 0 ? -errno : 0;
-	at_done(&at);
+	r = unlinkat(n.dir, n.name, flags) < 0 ? -errno : 0;
+	name_done(&n);
 	if (r < 0) {
 		errno = -r;
-		return sys_fail(rq, name, path);
+		return sys_fail(rq, what, path);
 	}
 	return 0;
 }
 
 static int op_unlink(struct agent *a, struct request *rq, struct json_object *reply)
 {
-	(void)a;
 	(void)reply;
-	return remove_path(rq, "unlink", 0);
+	return remove_path(a, rq, "unlink", 0);
 }
 
 static int op_rmdir(struct agent *a, struct request *rq, struct json_object *reply)
 {
-	(void)a;
 	(void)reply;
-	return remove_path(rq, "rmdir", AT_REMOVEDIR);
+	return remove_path(a, rq, "rmdir", AT_REMOVEDIR);
 }
 
 /* mkdir and mknod: the mode exactly as given (no umask: the host's kernel applied the caller's). */
@@ -2957,13 +3094,10 @@ static int make_node(struct agent *a, struct request *rq, struct json_object *re
 {
 	const char *path;
 	uint64_t mode, rdev = 0;
-	struct at at;
+	struct name n;
 	mode_t old;
 	int r;
 
-	r = req_path(rq, "path", &path);
-	if (r < 0)
-		return r;
 	r = req_u64(rq, "mode", 0, dir ? 07777 : (S_IFMT | 07777), &mode);
 	if (r < 0)
 		return r;
@@ -2972,19 +3106,19 @@ static int make_node(struct agent *a, struct request *rq, struct json_object *re
 		if (r < 0)
 			return r;
 	}
-	r = at_resolve(path, &at);
-	if (r == 0) {
-		old = umask(0);
-		r = (dir ? mkdirat(at.fd, at.rel, (mode_t)mode)
-			 : mknodat(at.fd, at.rel, (mode_t)mode, (dev_t)rdev)) < 0 ? -errno : 0;
-		umask(old);
-	}
-	at_done(&at);
-	if (r < 0) {
-		errno = -r;
-		return sys_fail(rq, dir ? "mkdir" : "mknod", path);
-	}
-	return reply_lstat(a, rq, reply, path);
+	r = req_name(a, rq, "path", &path, &n);
+	if (r < 0)
+		return r;
+	old = umask(0);
+	r = (dir ? mkdirat(n.dir, n.name, (mode_t)mode) : mknodat(n.dir, n.name, (mode_t)mode, (dev_t)rdev)) < 0 ?
+		    -errno : 0;
+	umask(old);
+	if (r == 0)
+		r = reply_name_st(a, rq, reply, &n, path);
+	else
+		r = (errno = -r, sys_fail(rq, dir ? "mkdir" : "mknod", path));
+	name_done(&n);
+	return r;
 }
 
 static int op_mkdir(struct agent *a, struct request *rq, struct json_object *reply)
@@ -2997,111 +3131,94 @@ static int op_mknod(struct agent *a, struct request *rq, struct json_object *rep
 	return make_node(a, rq, reply, false);
 }
 
-/* Two paths at once (rename, link). */
-static int at_resolve2(const char *p1, struct at *a1, const char *p2, struct at *a2)
-{
-	int r = at_resolve(p1, a1);
-
-	if (r < 0)
-		return r;
-	r = at_resolve(p2, a2);
-	if (r < 0)
-		at_done(a1);
-	return r;
-}
-
 static int op_rename(struct agent *a, struct request *rq, struct json_object *reply)
 {
 	const char *from, *to;
-	struct at af, at;
+	struct name nf, nt = { .dir = -1 };
 	uint64_t flags;
 	int r;
 
-	(void)a;
 	(void)reply;
-	if ((r = req_path(rq, "from", &from)) < 0 || (r = req_path(rq, "to", &to)) < 0 ||
-	    (r = req_u64_opt(rq, "flags", RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT, 0, &flags)) < 0)
+	r = req_u64_opt(rq, "flags", RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT, 0, &flags);
+	if (r < 0)
 		return r;
-	r = at_resolve2(from, &af, to, &at);
+	r = req_name(a, rq, "from", &from, &nf);
+	if (r < 0)
+		return r;
+	r = req_name(a, rq, "to", &to, &nt);
 	if (r == 0) {
-		r = syscall(SYS_renameat2, af.fd, af.rel, at.fd, at.rel, (unsigned int)flags) < 0 ? -errno : 0;
-		at_done(&af);
-		at_done(&at);
+		r = syscall(SYS_renameat2, nf.dir, nf.name, nt.dir, nt.name, (unsigned int)flags) < 0 ? -errno : 0;
+		if (r < 0)
+			r = (errno = -r, sys_fail(rq, "rename", from));
 	}
-	if (r < 0) {
-		errno = -r;
-		return sys_fail(rq, "rename", from);
-	}
-	return 0;
+	name_done(&nf);
+	name_done(&nt);
+	return r;
 }
 
 static int op_symlink(struct agent *a, struct request *rq, struct json_object *reply)
 {
 	const char *target, *path;
-	struct at at;
+	struct name n;
 	size_t len;
 	int r;
 
 	if (json_get_str(rq->msg, "target", &target, &len) < 0 || len == 0 || len >= PATH_MAX)
 		return request_fail(rq, EINVAL, "\"target\" must be a string of 1..%d bytes", PATH_MAX - 1);
-	r = req_path(rq, "path", &path);
+	r = req_name(a, rq, "path", &path, &n);
 	if (r < 0)
 		return r;
-	r = at_resolve(path, &at);
-	if (r == 0)
-		r = symlinkat(target, at.fd, at.rel) < 0 ? -errno : 0;
-	at_done(&at);
-	if (r < 0) {
-		errno = -r;
-		return sys_fail(rq, "symlink", path);
-	}
-	return reply_lstat(a, rq, reply, path);
+	if (symlinkat(target, n.dir, n.name) == 0)
+		r = reply_name_st(a, rq, reply, &n, path);
+	else
+		r = sys_fail(rq, "symlink", path);
+	name_done(&n);
+	return r;
 }
 
+/* A hard link of the file found (as the caller: the guest's protected_hardlinks rules apply). */
 static int op_link(struct agent *a, struct request *rq, struct json_object *reply)
 {
+	_cleanup_close_ int fd = -1;
 	const char *from, *to;
-	struct at af, at;
+	struct name n;
+	struct stat st;
 	int r;
 
-	if ((r = req_path(rq, "from", &from)) < 0 || (r = expect_check(rq, from)) < 0 ||
-	    (r = req_path(rq, "to", &to)) < 0)
+	r = req_path(rq, "from", &from);
+	if (r < 0)
 		return r;
-	r = at_resolve2(from, &af, to, &at);
-	if (r == 0) {
-		r = linkat(af.fd, af.rel, at.fd, at.rel, 0) < 0 ? -errno : 0;
-		at_done(&af);
-		at_done(&at);
-	}
-	if (r < 0) {
-		errno = -r;
-		return sys_fail(rq, "link", to);
-	}
-	return reply_lstat(a, rq, reply, to);
+	r = expect_match(rq, from, obj_get(a, from, &fd, &st), &st);
+	if (r < 0)
+		return r;
+	r = req_name(a, rq, "to", &to, &n);
+	if (r < 0)
+		return r;
+	if (linkat(AT_FDCWD, fd_path(fd), n.dir, n.name, AT_SYMLINK_FOLLOW) == 0)
+		r = reply_name_st(a, rq, reply, &n, to);
+	else
+		r = sys_fail(rq, "link", to);
+	name_done(&n);
+	return r;
 }
 
 static int op_readlink(struct agent *a, struct request *rq, struct json_object *reply)
 {
+	_cleanup_close_ int fd = -1;
 	char target[PATH_MAX];
 	const char *path;
-	struct at at;
-	ssize_t n = -1;
+	struct stat st;
+	ssize_t n;
 	int r;
 
-	(void)a;
-	r = req_path_checked(rq, &path);
+	r = req_obj(a, rq, &path, &fd, &st);
 	if (r < 0)
 		return r;
-	r = at_resolve(path, &at);
-	if (r == 0)
-		n = readlinkat(at.fd, at.rel, target, sizeof(target));
-	if (r == 0 && n < 0)
-		r = -errno;
-	at_done(&at);
-	if (r < 0) {
-		errno = -r;
+	if (!S_ISLNK(st.st_mode))
+		return request_fail(rq, EINVAL, "%.200s: not a symlink", path);
+	n = readlinkat(fd, "", target, sizeof(target));
+	if (n < 0)
 		return sys_fail(rq, "readlink", path);
-	}
 	if ((size_t)n >= sizeof(target))
 		return request_fail(rq, ENAMETOOLONG, "%.200s: target too long", path);
 	json_object_object_add(reply, "target", json_object_new_string_len(target, (int)n));
@@ -3218,23 +3335,14 @@ static int op_statfs(struct agent *a, struct request *rq, struct json_object *re
 	_cleanup_close_ int fd = -1;
 	const char *path;
 	struct statfs sf;
-	struct at at;
+	struct stat st;
 	int r;
 
-	(void)a;
-	r = req_path(rq, "path", &path);
+	r = req_obj(a, rq, &path, &fd, &st);
 	if (r < 0)
 		return r;
-	r = at_resolve(path, &at);
-	if (r == 0 && (fd = openat(at.fd, at.rel, O_PATH | O_CLOEXEC)) < 0)
-		r = -errno;
-	at_done(&at);
-	if (r == 0 && fstatfs(fd, &sf) < 0)
-		r = -errno;
-	if (r < 0) {
-		errno = -r;
+	if (fstatfs(fd, &sf) < 0)
 		return sys_fail(rq, "statfs", path);
-	}
 	json_object_object_add(reply, "bsize", json_object_new_uint64(sf.f_bsize));
 	json_object_object_add(reply, "frsize", json_object_new_uint64(sf.f_frsize));
 	json_object_object_add(reply, "blocks", json_object_new_uint64(sf.f_blocks));

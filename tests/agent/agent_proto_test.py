@@ -358,7 +358,7 @@ def t_readdir(g, c):
             for e in r["entries"]:
                 names.append(e["name"])
                 if path == "/tmp/d" and e["name"] == "lnk":
-                    expect(e["st"]["mode"] & 0o170000 == 0o120000, "lnk is a symlink in readdir")
+                    expect(e["type"] == 10, "lnk is a symlink (DT_LNK) in readdir: %s" % e)
             cookie = r["cookie"]
             expect(len(r["entries"]) <= 1024, "page over 1024")
             if not cookie:
@@ -395,7 +395,7 @@ def t_errnos(g, c):
     expect_errno(c.error("lstat", path="tmp"), errno.EINVAL, "relative path")
     expect_errno(c.error("lstat", path=""), errno.EINVAL, "empty path")
     expect_errno(c.error("lstat", path="/" + "a/" * 32768), errno.EINVAL, "65537-byte path")
-    expect_errno(c.error("lstat", path="/" + "a/" * 32767), errno.ENOENT, "65535-byte path")
+    expect_errno(c.error("lstat", path="/" + "a/" * 32766 + "a"), errno.ENOENT, "65534-byte path")
     expect_errno(c.error("lstat", path="/" + "a" * 4095), errno.ENAMETOOLONG, "a 4095-byte name")
     expect_errno(c.error("lstat", path="/tmp\u0000x"), errno.EINVAL, "NUL in path")
     expect_errno(c.error("lstat", path=5), errno.EINVAL, "path not a string")
@@ -435,8 +435,12 @@ def t_files_v3(g, c):
     expect((r["st"]["uid"], r["st"]["gid"]) == (1000, 1000), "owner of a user's file %s" % r["st"])
     c.call("close", fh=r["fh"])
     expect((c.call("mkdir", path="/tmp/v/ud", mode=0o755, cred=U)["st"]["uid"]) == 1000, "owner of a user's dir")
-    expect_errno(c.error("lstat", path="/tmp/v/rootonly/x", cred=U), errno.EACCES, "search a 0700 dir as a user")
+    # the way to a file is the host's to check (its path walk, or a working directory it holds); the
+    # operation itself is the guest's: a name made in a directory the user may not write
+    expect_errno(c.error("lstat", path="/tmp/v/rootonly/x", cred=U), errno.ENOENT, "lstat through a 0700 dir")
     expect_errno(c.error("mkdir", path="/tmp/v/rootonly/x", mode=0o755, cred=U), errno.EACCES, "mkdir in it")
+    expect_errno(c.error("open", path="/tmp/v/rootonly", flags=O_RDONLY | O_DIRECTORY, cred=U), errno.EACCES,
+                 "open a 0700 dir as a user")
     expect_errno(c.error("chown", path="/tmp/v/u", uid=0, gid=-1, cred=U), errno.EPERM, "give a file away")
     # set-id bits: a user's write clears them; a chmod that only clears them is allowed to a writer
     c.exec("echo x > /tmp/v/s; chmod 4777 /tmp/v/s")
@@ -535,7 +539,7 @@ def t_namespace(g, c):
     expect(c.call("read", fh=fh, off=0, len=10, data=True)[1] == b"BB", "read after unlink")
     c.call("close", fh=fh)
     expect_errno(c.error("unlink", path="/tmp/n/b"), errno.ENOENT, "unlink twice")
-    # symlink, readlink, lstat does not follow, open does
+    # symlink, readlink; nothing follows a final symlink (the host's kernel follows them itself)
     fh = c.call("open", path="/tmp/n/t", flags=O_CREAT | O_WRONLY, mode=0o600)["fh"]
     c.call("write", fh=fh, off=0, bin=b"target")
     c.call("close", fh=fh)
@@ -543,7 +547,7 @@ def t_namespace(g, c):
     expect(r["st"]["mode"] & 0o170000 == 0o120000 and r["st"]["size"] == 1, "symlink st")
     expect(c.call("readlink", path="/tmp/n/l")["target"] == "t", "readlink")
     expect_errno(c.error("readlink", path="/tmp/n/t"), errno.EINVAL, "readlink a file")
-    expect(content("/tmp/n/l") == b"target", "open follows")
+    expect_errno(c.error("open", path="/tmp/n/l", flags=O_RDONLY), errno.ENXIO, "open of a symlink")
     expect_errno(c.error("open", path="/tmp/n/l", flags=O_RDONLY | O_NOFOLLOW), errno.ELOOP, "O_NOFOLLOW")
     expect_errno(c.error("symlink", target="x", path="/tmp/n/l"), errno.EEXIST, "symlink exists")
     # link
