@@ -14,12 +14,20 @@ real daemon and real guests (run under ASan+UBSan in the suite):
   and template is in a documented state, the template's config and pool
   read back as before, the daemon answers, a sandbox still runs a command,
   and the shutdown is clean.
+- The read side: walkers readdir every directory of the mount, stat every
+  entry, readlink every symlink and read every file that does not block
+  (status, timings, config, console, metrics, ..., and files of the guests'
+  trees under live/), while sandboxes are created and destroyed and others
+  paused, resumed, hibernated, stopped and started. Only documented errors
+  (a file that went away, a guest that is not running), no hang, and the
+  walkers' symlinks never lead out of the mount.
 
 The random seed is printed; EMBERFS_FUZZ_SEED=N repeats a run.
 """
 import errno
 import os
 import random
+import stat
 import sys
 import threading
 import time
@@ -181,6 +189,121 @@ class Fuzz(harness.TestCase):
             self.assertEqual(d.sh("b", "hostname").strip(), "b")
             for k in list(range(1, 8)) + ["sig"]:
                 os.rmdir(d.sb("a", "procs", str(k)))
+
+
+# what a walker may meet while everything changes under it
+WALK_ERRORS = {errno.ENOENT, errno.EIO, errno.ESTALE, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.ELOOP,
+               errno.ENXIO, errno.EINVAL}
+BLOCKING = {"wait", "events", "stdout", "stderr", "exec", "cmd", "stdin", "signal", "ctl"}
+GUEST_SKIP = {"proc", "sys", "dev"}  # endless or live kernel trees of the guest
+
+
+class ReadSide(harness.TestCase):
+    def walk(self, d, root, rng, stats, errors, deadline):
+        """One pass over the tree under root: readdir, lstat, readlink, read (bounded)."""
+        stack = [(root, 0)]
+        while stack and time.monotonic() < deadline:
+            path, depth = stack.pop()
+            try:
+                names = os.listdir(path)
+            except OSError as e:
+                if e.errno not in WALK_ERRORS:
+                    errors.append("readdir %s: %s" % (path, e))
+                stats["readdir_err"] = stats.get("readdir_err", 0) + 1
+                continue
+            stats["readdir"] = stats.get("readdir", 0) + 1
+            rng.shuffle(names)
+            in_guest = "/live/" in path + "/"
+            for name in names[:40]:
+                p = os.path.join(path, name)
+                try:
+                    st = os.lstat(p)
+                except OSError as e:
+                    if e.errno not in WALK_ERRORS:
+                        errors.append("lstat %s: %s" % (p, e))
+                    continue
+                stats["lstat"] = stats.get("lstat", 0) + 1
+                if stat.S_ISLNK(st.st_mode):
+                    try:
+                        t = os.readlink(p)
+                        stats["readlink"] = stats.get("readlink", 0) + 1
+                        real = os.path.realpath(p)
+                        if in_guest and not (real + "/").startswith(d.mount + "/"):
+                            errors.append("symlink %s -> %s leaves the mount (%s)" % (p, t, real))
+                    except OSError as e:
+                        if e.errno not in WALK_ERRORS:
+                            errors.append("readlink %s: %s" % (p, e))
+                elif stat.S_ISDIR(st.st_mode):
+                    if depth < (3 if in_guest else 6) and not (in_guest and depth == 1 and name in GUEST_SKIP):
+                        stack.append((p, depth + 1))
+                elif stat.S_ISREG(st.st_mode) and name not in BLOCKING and (st.st_mode & 0o444):
+                    try:
+                        with open(p, "rb", buffering=0) as f:
+                            f.read(1 << 16)
+                        stats["read"] = stats.get("read", 0) + 1
+                    except OSError as e:
+                        if e.errno not in WALK_ERRORS:
+                            errors.append("read %s: %s" % (p, e))
+
+    def test_walk_while_everything_changes(self):
+        rng = random.Random(SEED)
+        sys.stderr.write("\n  seed %d (EMBERFS_FUZZ_SEED)\n" % SEED)
+        with harness.own_daemon(pool=1) as d:
+            for n in ("r1", "r2"):
+                d.create_ready(n)
+            d.sh("r1", "mkdir -p /tmp/w/a/b; echo x > /tmp/w/a/f; ln -s ../../.. /tmp/w/a/up; ln -s / /tmp/w/root;"
+                       " ln -s /etc/passwd /tmp/w/pw; ln -s w /tmp/w/loop")
+            stop = threading.Event()
+            errors, stats = [], {}
+
+            def lifecycle():
+                r2 = random.Random(SEED + 1)
+                k = 0
+                while not stop.is_set():
+                    verb = r2.choice((b"pause", b"resume", b"hibernate", b"stop", b"start", b"resume"))
+                    try:
+                        harness.write_file(d.sb("r2", "ctl"), verb)
+                    except OSError as e:
+                        if e.errno not in (errno.EBUSY, errno.EINVAL, errno.EIO):
+                            errors.append("lifecycle %s: %s" % (verb, e))
+                    # sandboxes come and go under the walkers
+                    name = "t%d" % (k % 3)
+                    k += 1
+                    try:
+                        if os.path.isdir(d.sb(name)):
+                            d.destroy(name)
+                        else:
+                            d.create(name)
+                    except OSError as e:
+                        if e.errno not in (errno.EEXIST, errno.ENOENT, errno.EBUSY):
+                            errors.append("create/destroy %s: %s" % (name, e))
+                    time.sleep(0.05)
+
+            def walker(k):
+                r3 = random.Random(SEED + 20 + k)
+                deadline = time.monotonic() + 15
+                while time.monotonic() < deadline:
+                    self.walk(d, d.mount if k % 2 == 0 else os.path.join(d.mount, "live"), r3, stats, errors,
+                              deadline)
+
+            th = [threading.Thread(target=lifecycle)] + [threading.Thread(target=walker, args=(k,)) for k in range(4)]
+            for t in th[1:]:
+                t.start()
+            th[0].start()
+            for t in th[1:]:
+                t.join(timeout=120)
+            stop.set()
+            th[0].join(timeout=120)
+            self.assertFalse([t for t in th if t.is_alive()], "a walker hangs")
+            self.assertEqual(errors, [])
+            sys.stderr.write("  " + ", ".join("%s: %d" % kv for kv in sorted(stats.items())) + "\n")
+            self.assertGreater(stats.get("readlink", 0), 0, "the walk met no symlink")
+            # documented states, and the daemon still works
+            for n in d.sandboxes():
+                self.assertIn(d.status(n)["state"], SB_STATES, n)
+            self.assertEqual(d.sh("r1", "echo ok").strip(), "ok")
+            for n in d.sandboxes():
+                d.destroy(n)
 
 
 if __name__ == "__main__":
