@@ -4,6 +4,7 @@
  * answers ENOENT. See docs/interface.md for the contract.
  */
 #include <dirent.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <inttypes.h>
 #include <stdatomic.h>
@@ -11,6 +12,7 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "config.h"
 #include "fs.h"
@@ -1015,6 +1017,35 @@ static void clear_stale_mount(const char *mp)
 	}
 }
 
+/*
+ * The kernel reads ahead at most the mount's bdi read_ahead_kb (128 KiB by
+ * default), whatever max_readahead says: live/ files would be read in
+ * 128 KiB requests, each a round trip into the guest. 1 MiB, the agent's
+ * frame. Found in mountinfo: a stat of the mount would wait for the INIT
+ * only our loop answers. Best effort.
+ */
+static void set_readahead(const char *mountpoint)
+{
+	FILE *mi = fopen("/proc/self/mountinfo", "re");
+	char line[4096], dev[32] = "", mp[PATH_MAX], path[96];
+	_cleanup_close_ int fd = -1;
+
+	while (mi && fgets(line, sizeof(line), mi))
+		if (sscanf(line, "%*s %*s %31s %*s %4095s", dev, mp) == 2 && strcmp(mp, mountpoint) == 0 &&
+		    strstr(line, " - fuse.emberfs "))
+			break;
+		else
+			dev[0] = '\0';
+	if (mi)
+		fclose(mi);
+	if (!dev[0])
+		return;
+	snprintf(path, sizeof(path), "/sys/class/bdi/%s/read_ahead_kb", dev);
+	fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0 || write(fd, "1024\n", 5) != 5)
+		log_debug("%s: read-ahead left as it was", path);
+}
+
 int fs_mount(struct fs *f, const char *mountpoint)
 {
 	clear_stale_mount(mountpoint);
@@ -1022,6 +1053,7 @@ int fs_mount(struct fs *f, const char *mountpoint)
 		return -EIO;
 	f->mountpoint = strdup(mountpoint);
 	f->mounted = true;
+	set_readahead(mountpoint);
 	return 0;
 }
 

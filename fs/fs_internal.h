@@ -125,6 +125,8 @@ int inval_new(struct fuse_session *se, struct inval **ret);
 void inval_free(struct inval *iv);
 /* Drops the kernel's pages and attributes of ino; with wait, returns once done (bounded). */
 void inval_inode(struct inval *iv, fuse_ino_t ino, bool wait);
+/* Drops the kernel's attributes of ino only (its pages stay); returns once done (bounded). */
+void inval_attr(struct inval *iv, fuse_ino_t ino);
 /*
  * The same, not before due_ns (now_ns()), and only if check(ctx, ino, &later)
  * says so then (true); check may set later to be asked again at that time.

@@ -20,6 +20,7 @@
 
 struct item {
 	fuse_ino_t ino;
+	bool attr_only;
 	uint64_t due_ns;		/* not before (monotonic) */
 	inval_check_fn check;		/* asked when due; NULL: always */
 	void *ctx;
@@ -89,7 +90,7 @@ static void *inval_main(void *arg)
 		pthread_mutex_unlock(&iv->lock);
 		/* -ENOENT: the kernel forgot the inode, nothing is cached */
 		if (!it->check || it->check(it->ctx, it->ino, &later))
-			fuse_lowlevel_notify_inval_inode(iv->se, it->ino, 0, 0);
+			fuse_lowlevel_notify_inval_inode(iv->se, it->ino, it->attr_only ? -1 : 0, 0);
 		pthread_mutex_lock(&iv->lock);
 		if (later && !iv->stop) {
 			it->due_ns = later;
@@ -147,15 +148,16 @@ void inval_free(struct inval *iv)
 	free(iv);
 }
 
-static void queue_item(struct inval *iv, fuse_ino_t ino, uint64_t due_ns, inval_check_fn check, void *ctx,
-		       bool wait)
+static void queue_item(struct inval *iv, fuse_ino_t ino, bool attr_only, uint64_t due_ns, inval_check_fn check,
+		       void *ctx, bool wait)
 {
 	struct item *it;
 	struct timespec until;
 
 	if (!iv || !(it = calloc(1, sizeof(*it))))
 		return;
-	*it = (struct item){ .ino = ino, .due_ns = due_ns, .check = check, .ctx = ctx, .refs = wait ? 2 : 1 };
+	*it = (struct item){ .ino = ino, .attr_only = attr_only, .due_ns = due_ns, .check = check, .ctx = ctx,
+			     .refs = wait ? 2 : 1 };
 	until = abs_time(now_ns() + INVAL_WAIT_MS * 1000000ull);
 	pthread_mutex_lock(&iv->lock);
 	if (iv->stop) {
@@ -174,10 +176,15 @@ static void queue_item(struct inval *iv, fuse_ino_t ino, uint64_t due_ns, inval_
 
 void inval_inode(struct inval *iv, fuse_ino_t ino, bool wait)
 {
-	queue_item(iv, ino, 0, NULL, NULL, wait);
+	queue_item(iv, ino, false, 0, NULL, NULL, wait);
+}
+
+void inval_attr(struct inval *iv, fuse_ino_t ino)
+{
+	queue_item(iv, ino, true, 0, NULL, NULL, true);
 }
 
 void inval_inode_at(struct inval *iv, fuse_ino_t ino, uint64_t due_ns, inval_check_fn check, void *ctx)
 {
-	queue_item(iv, ino, due_ns, check, ctx, false);
+	queue_item(iv, ino, false, due_ns, check, ctx, false);
 }

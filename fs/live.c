@@ -19,13 +19,14 @@
  * checks permissions and owns new files as that user.
  *
  * Data. Files go through the host's page cache (so they can be mapped),
- * kept coherent with the guest: a regular file's attributes are never
- * cached, so every read(2) and stat asks the guest first (the kernel
- * drops its pages when size or mtime moved); the guest also counts the
- * changes of every file the host has open (chg), and a getattr that sees
- * the count move drops the pages before it answers. The guest pushes
+ * kept coherent with the guest: the attributes of a regular file the host
+ * has open are never cached, so every read(2) asks the guest first (the
+ * kernel drops its pages when size or mtime moved); the guest also counts
+ * the changes of every file the host has open (chg), and a getattr that
+ * sees the count move drops the pages before it answers. The guest pushes
  * those changes too, so a mapping is refreshed without a read. Writes go
- * through to the guest before write(2) returns.
+ * through to the guest before write(2) returns. Other attributes are
+ * cached for a second.
  *
  * Symlinks are shown through linkpath.c: no target leads out of live/NAME.
  */
@@ -43,7 +44,7 @@
 
 #define LIVE_BUCKETS 4096
 #define ENTRY_TIMEOUT 1.0
-#define DIR_ATTR_TIMEOUT 1.0 /* directories and symlinks; regular files: 0 (see above) */
+#define ATTR_TIMEOUT 1.0 /* but regular files the host has open: 0 (see attr_timeout) */
 #define CRED_GROUPS 64
 
 struct lnode {
@@ -61,6 +62,7 @@ struct lnode {
 	off_t size;	    /* also moved by writes that extend the file */
 	struct timespec mtime;
 	uint64_t getattr_ns; /* the last getattr: a reader is active */
+	unsigned open;	     /* host handles: while any, its attributes are never cached */
 	bool pushed;	     /* a change the guest pushed waits for its invalidation */
 	struct lnode *next_ino, *next_key;
 };
@@ -388,9 +390,39 @@ static struct sandbox *sandbox_of(struct fs *f, uint64_t sb)
 
 /* ---- replies ---- */
 
-static double attr_timeout(mode_t mode)
+/*
+ * How long the kernel may keep attributes: never for a regular file the
+ * host has open (each read(2) asks first, see above), a second for the
+ * rest (a stat of a file nobody has open may be that old).
+ */
+static double attr_timeout(fuse_ino_t ino, mode_t mode)
 {
-	return S_ISREG(mode) ? 0.0 : DIR_ATTR_TIMEOUT;
+	struct lnode *n;
+	bool open = false;
+
+	if (!S_ISREG(mode))
+		return ATTR_TIMEOUT;
+	pthread_mutex_lock(&live_lock);
+	n = find_ino(ino);
+	open = n && n->open > 0;
+	pthread_mutex_unlock(&live_lock);
+	return open ? 0.0 : ATTR_TIMEOUT;
+}
+
+/* A handle opened or released; true for the first one (the kernel may still hold attributes for a second). */
+static bool node_open_count(fuse_ino_t ino, int delta)
+{
+	struct lnode *n;
+	bool first = false;
+
+	pthread_mutex_lock(&live_lock);
+	n = find_ino(ino);
+	if (n) {
+		first = delta > 0 && n->open == 0;
+		n->open = delta > 0 || n->open > 0 ? n->open + (unsigned)delta : 0;
+	}
+	pthread_mutex_unlock(&live_lock);
+	return first;
 }
 
 /* An entry for a guest file reached at path. */
@@ -406,7 +438,7 @@ static void reply_entry(fuse_req_t req, uint64_t sb, const char *path, const str
 	ep.ino = ino;
 	ep.generation = 1;
 	ep.attr = a->st;
-	ep.attr_timeout = attr_timeout(a->st.st_mode);
+	ep.attr_timeout = attr_timeout(ino, a->st.st_mode);
 	ep.entry_timeout = ENTRY_TIMEOUT;
 	node_seen(ino, a, false);
 	if (fuse_reply_entry(req, &ep) == -ENOENT)
@@ -508,6 +540,7 @@ void live_lookup(fuse_req_t req, struct fs *f, fuse_ino_t parent, const char *na
 struct lfile {
 	struct open_handle oh; /* first */
 	struct guest_file *gf;
+	fuse_ino_t ino;
 };
 
 void live_getattr(fuse_req_t req, struct fs *f, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -521,7 +554,7 @@ void live_getattr(fuse_req_t req, struct fs *f, fuse_ino_t ino, struct fuse_file
 	if (r == 0 && n.root) {
 		root_stat(n.st_ino, &a.st);
 		lref_done(&n);
-		fuse_reply_attr(req, &a.st, ENTRY_TIMEOUT);
+		fuse_reply_attr(req, &a.st, ATTR_TIMEOUT);
 		return;
 	}
 	if (r == 0 && fi) {
@@ -539,7 +572,7 @@ void live_getattr(fuse_req_t req, struct fs *f, fuse_ino_t ino, struct fuse_file
 	}
 	if (node_seen(ino, &a, true))
 		inval_inode(f->inval, ino, true); /* before the kernel reads on: see inval.c */
-	fuse_reply_attr(req, &a.st, attr_timeout(a.st.st_mode));
+	fuse_reply_attr(req, &a.st, attr_timeout(ino, a.st.st_mode));
 }
 
 static struct guest_setattr setattr_of(const struct stat *attr, int to_set)
@@ -607,7 +640,7 @@ done:
 		return;
 	}
 	node_seen(ino, &a, false);
-	fuse_reply_attr(req, &a.st, attr_timeout(a.st.st_mode));
+	fuse_reply_attr(req, &a.st, attr_timeout(ino, a.st.st_mode));
 }
 
 /* ---- directories ---- */
@@ -901,6 +934,8 @@ static void lfile_release_open(struct open_handle *oh)
 {
 	struct lfile *h = (struct lfile *)oh;
 
+	if (h->ino)
+		node_open_count(h->ino, -1);
 	guestfs_close(h->gf); /* shutdown: the kernel never released it */
 	free(h);
 }
@@ -945,12 +980,14 @@ static void do_open(fuse_req_t req, struct fs *f, fuse_ino_t parent_or_ino, cons
 		ep.ino = node_ref(n.sb, a.id, a.st.st_mode, path, a.st.st_ino);
 		ep.generation = 1;
 		ep.attr = a.st;
-		ep.attr_timeout = attr_timeout(a.st.st_mode);
-		ep.entry_timeout = ENTRY_TIMEOUT;
 		if (ep.ino) {
+			h->ino = ep.ino;
+			node_open_count(ep.ino, 1);
 			node_seen(ep.ino, &a, false);
 			node_opened(ep.ino, &a);
 		}
+		ep.attr_timeout = attr_timeout(ep.ino, a.st.st_mode);
+		ep.entry_timeout = ENTRY_TIMEOUT;
 		if (!ep.ino) {
 			fs_handle_del(f, &h->oh);
 			lfile_release_open(&h->oh);
@@ -961,7 +998,11 @@ static void do_open(fuse_req_t req, struct fs *f, fuse_ino_t parent_or_ino, cons
 			lfile_release_open(&h->oh);
 		}
 	} else {
+		h->ino = parent_or_ino;
 		node_opened(parent_or_ino, &a);
+		/* attributes the kernel may keep for a second must go: reads ask each time from now on */
+		if (node_open_count(parent_or_ino, 1) && S_ISREG(a.st.st_mode))
+			inval_attr(f->inval, parent_or_ino);
 		if (fuse_reply_open(req, fi) == -ENOENT) {
 			fs_handle_del(f, &h->oh);
 			lfile_release_open(&h->oh);
