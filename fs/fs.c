@@ -9,7 +9,6 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/mount.h>
 #include <sys/stat.h>
 
 #include "config.h"
@@ -985,27 +984,6 @@ int fs_new(struct engine *e, int argc, char **argv, struct fs **ret)
 	return 0;
 }
 
-/* A mount left by a daemon that died answers ENOTCONN: detach it before mounting again. */
-static void clear_stale_mount(const char *mp)
-{
-	struct stat st;
-
-	if (stat(mp, &st) < 0 && errno == ENOTCONN) {
-		log_warn("%s: stale FUSE mount from an earlier run, detaching it", mp);
-		umount2(mp, MNT_DETACH);
-	}
-}
-
-int fs_mount(struct fs *f, const char *mountpoint)
-{
-	clear_stale_mount(mountpoint);
-	if (fuse_session_mount(f->se, mountpoint) != 0)
-		return -EIO;
-	f->mountpoint = strdup(mountpoint);
-	f->mounted = true;
-	return 0;
-}
-
 int fs_loop(struct fs *f)
 {
 	struct fuse_loop_config *cfg = fuse_loop_cfg_create();
@@ -1016,17 +994,11 @@ int fs_loop(struct fs *f)
 	fuse_loop_cfg_set_clone_fd(cfg, 0);
 	fuse_loop_cfg_set_max_threads(cfg, 64);
 	fuse_loop_cfg_set_idle_threads(cfg, 8);
+	fs_watch_start(f);
 	r = fuse_session_loop_mt(f->se, cfg);
+	fs_watch_stop(f);
 	fuse_loop_cfg_destroy(cfg);
 	return r < 0 ? r : 0;
-}
-
-void fs_unmount(struct fs *f)
-{
-	if (f && f->mounted) {
-		fuse_session_unmount(f->se);
-		f->mounted = false;
-	}
 }
 
 void fs_free(struct fs *f)
