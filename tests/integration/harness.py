@@ -266,10 +266,11 @@ def vmm_mounts(pid):
 
 
 def _same_file(a, b):
+    """True or False; None if either cannot be looked at (an exiting process has no root any more)."""
     try:
         sa, sb = os.stat(a), os.stat(b)
     except OSError:
-        return False
+        return None
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
@@ -300,12 +301,14 @@ def vmm_mount_problems(pid):
         elif mp == "/":
             if fstype != "tmpfs":
                 out.append("/ (%s): not a tmpfs" % fstype)
-        elif not _same_file("/proc/%d/root%s" % (pid, mp), exp[mp]):
+        elif _same_file("/proc/%d/root%s" % (pid, mp), exp[mp]) is False:
             out.append("%s (%s): not a bind of the host's %s" % (mp, fstype, exp[mp]))
         if not want <= opts:
             out.append("%s (%s): options %s lack %s" % (mp, fstype, ",".join(sorted(opts)),
                                                         ",".join(sorted(want - opts))))
     out += ["%s: missing" % mp for mp in sorted(set(exp) - set(seen))]
+    if out and not pid_alive(pid):
+        return []  # it exited while we looked
     return ["qemu %d: %s" % (pid, p) for p in out]
 
 

@@ -290,15 +290,18 @@ class Confinement(harness.TestCase):
             host_paths = [d.mount, d.state, d.sb("n2", "status"), os.path.join(d.mount, "live", "n2", "tmp", "s"),
                           os.path.join(d.state, "run"), os.path.dirname(harness.vmm_mem_path(pid)),
                           "/etc/passwd", "/etc", "/tmp", "/root", "/home", "/var", "/run", "/sys", "/dev/fuse",
-                          "/dev/net/tun", "/dev/kvm", "/proc/1", "/proc/%d" % d.pid, "/proc/%d" % os.getpid(),
+                          "/dev/net/tun", "/proc/1", "/proc/%d" % d.pid, "/proc/%d" % os.getpid(),
                           "/proc/%d" % d.status("n2")["vmm_pid"], "/proc/sys", "/proc/kcore", "/proc/mounts",
                           "/usr/../etc", "/lib/../etc/passwd"]
+            if "kvm" not in harness.proc_cmdline(pid):  # -accel kvm: its /dev/kvm is there
+                host_paths.append("/dev/kvm")
             got = in_mount_ns(pid, uid, gid, lambda: probe_from_inside(host_paths, pid))
             self.assertEqual(got["uid"], uid)
             self.assertEqual(got["reached"], {}, "host paths reached from the VMM's namespace")
             # the whole tree: /usr, /proc, /dev/null and the host's /bin, /lib... (symlinks into /usr here)
             tops = {"/" + x for x in harness.VMM_ROOT_DIRS if os.path.lexists("/" + x)}
-            self.assertEqual(sorted(got["tree"]), sorted(tops | {"/usr", "/proc", "/dev", "/dev/null"}))
+            kvm = {"/dev/kvm"} if "kvm" in harness.proc_cmdline(pid) else set()
+            self.assertEqual(sorted(got["tree"]), sorted(tops | kvm | {"/usr", "/proc", "/dev", "/dev/null"}))
             # /proc: the VMM and the probe itself (the same user), nothing of the host
             nums = [int(p) for p in got["proc"] if p.isdigit()]
             self.assertEqual(set(got["proc"]) - {str(n) for n in nums}, {"self", "thread-self"}, got["proc"])
