@@ -9,6 +9,7 @@
  * reused pid.
  */
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -22,6 +23,7 @@
 #include <net/if.h>
 #include <linux/if_tun.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <sys/un.h>
@@ -205,9 +207,10 @@ struct spawn_failure {
 	int step;
 	int err;
 };
-static const char *const spawn_steps[] = { "enter the network namespace", "make a private mount namespace",
-					   "set no_new_privs", "open the guest's files", "bind the control sockets",
-					   "open the tap", "set up stdio", "drop privileges", "exec" };
+static const char *const spawn_steps[] = { "enter the network namespace", "set no_new_privs",
+					   "open the guest's files", "bind the control sockets", "open the tap",
+					   "set up stdio", "make a private mount namespace", "make the VMM's root",
+					   "drop privileges", "exec" };
 
 /* ---- the VMM's user ---- */
 
@@ -261,14 +264,138 @@ static int uid_take(uid_t uid, uid_t base)
 	return k;
 }
 
+/* ---- the VMM's root ---- */
+
+/*
+ * What a VMM sees of the host's file tree, once its child has pivoted into
+ * it: a read-only tmpfs with /usr bound read-only (QEMU, its libraries and
+ * firmware), the host's /bin, /sbin, /lib, /lib64 as the same symlinks (or
+ * read-only binds where they are directories), /dev/null (QEMU probes its
+ * file locks on it; without it, it falls back to locks a close drops),
+ * /dev/kvm under KVM, and a /proc of the VMM's own processes (QEMU opens its
+ * files as /proc/self/fd/N and finds its firmware from /proc/self/exe).
+ * Nothing else: not the state directory, not the FUSE mount, not another
+ * VM's files. QEMU (strace -f, TCG) opens nothing else that it needs: it
+ * also looks at /etc/ld.so.cache, /etc/localtime, /dev/urandom (glib's
+ * seed), /sys/devices/system/{cpu,node}, all optional.
+ */
+static const char *const root_tops[] = { "/bin", "/sbin", "/lib", "/lib64" };
+
+struct vmm_root {
+	char at[sizeof(((struct sockaddr_un *)0)->sun_path)]; /* where the tmpfs goes in the child's namespace */
+	char link[ARRAY_SIZE(root_tops)][PATH_MAX];            /* root_tops[i] is this symlink; "": it is not */
+	bool bind[ARRAY_SIZE(root_tops)];                      /* root_tops[i] is a directory: bound read-only */
+	bool kvm;
+};
+
+/*
+ * Decides the root in the parent: how the host has root_tops, and where the
+ * tmpfs is mounted (the VM's run directory, which exists: its sockets are
+ * bound there). *ret_path is the binary's real path, which the child execs,
+ * so no symlink out of the bound directories is followed; a binary outside
+ * them fails here rather than with more of the host in every VMM's root.
+ */
+static int root_plan(const char *binary, const struct vmm_spec *s, struct vmm_root *r, char **ret_path)
+{
+	_cleanup_free_ char *path = find_binary(binary), *real = path ? realpath(path, NULL) : NULL;
+	bool inside = real && strncmp(real, "/usr/", 5) == 0;
+	const char *slash = strrchr(s->qmp_path, '/');
+
+	if (!real)
+		return errno ? -errno : -ENOENT;
+	for (size_t i = 0; i < ARRAY_SIZE(root_tops); i++) {
+		size_t n = strlen(root_tops[i]);
+		struct stat st;
+		ssize_t l;
+
+		r->link[i][0] = '\0';
+		r->bind[i] = false;
+		if (lstat(root_tops[i], &st) < 0)
+			continue; /* the host has none */
+		if (S_ISLNK(st.st_mode) && (l = readlink(root_tops[i], r->link[i], PATH_MAX - 1)) > 0)
+			r->link[i][l] = '\0';
+		else if (S_ISDIR(st.st_mode))
+			r->bind[i] = true;
+		inside = inside || (r->bind[i] && strncmp(real, root_tops[i], n) == 0 && real[n] == '/');
+	}
+	if (!inside) {
+		log_error("VMM: the QEMU binary %s is outside /usr (and the host's /bin, /sbin, /lib, /lib64 "
+			  "directories): a VMM's root holds nothing else of the host", real);
+		return -ENOENT;
+	}
+	if (!slash || (size_t)(slash - s->qmp_path) >= sizeof(r->at))
+		return -ENAMETOOLONG;
+	memcpy(r->at, s->qmp_path, (size_t)(slash - s->qmp_path));
+	r->at[slash - s->qmp_path] = '\0';
+	r->kvm = strcmp(s->accel, "kvm") == 0;
+	*ret_path = TAKE_PTR(real);
+	return 0;
+}
+
+/* In the child: host path src (a directory or a device node) bound read-only on dst, made empty first. */
+static int bind_ro(const char *src, const char *dst, bool dir)
+{
+	/* a device node must stay a device: noexec instead of nodev */
+	unsigned long flags = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | (dir ? MS_NODEV : MS_NOEXEC);
+	int fd = -1;
+
+	if (dir ? mkdir(dst, 0755) < 0 : (fd = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644)) < 0)
+		return -errno;
+	if (!dir)
+		close(fd);
+	/* not MS_REC: nothing mounted under src comes along */
+	if (mount(src, dst, NULL, MS_BIND, NULL) < 0 || mount(NULL, dst, NULL, flags, NULL) < 0)
+		return -errno;
+	return 0;
+}
+
+/*
+ * In the child, after every descriptor is open and before privileges go:
+ * builds the root (struct vmm_root) on a tmpfs, pivots into it and detaches
+ * the host's tree, so nothing of it stays reachable, nor holds a mount (the
+ * FUSE mount's connection, the store) for as long as the VMM runs. Returns
+ * 0 or -errno (errno still set, for the child's report).
+ */
+static int enter_root(const struct vmm_root *r)
+{
+	const unsigned long proc_flags = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC;
+
+	if (mount("emberfs-vmm", r->at, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+		  "size=64k,nr_inodes=64,mode=0755") < 0 ||
+	    chdir(r->at) < 0 || bind_ro("/usr", "usr", true) < 0)
+		return -errno;
+	for (size_t i = 0; i < ARRAY_SIZE(root_tops); i++)
+		if ((r->link[i][0] && symlink(r->link[i], root_tops[i] + 1) < 0) ||
+		    (r->bind[i] && bind_ro(root_tops[i], root_tops[i] + 1, true) < 0))
+			return -errno;
+	if (mkdir("dev", 0755) < 0 || bind_ro("/dev/null", "dev/null", false) < 0 ||
+	    (r->kvm && bind_ro("/dev/kvm", "dev/kvm", false) < 0) || mkdir("proc", 0555) < 0)
+		return -errno;
+	/*
+	 * Only its own processes (hidepid=invisible), only the per-process part
+	 * (subset=pid): kernel 5.8 and later. An older kernel refuses these
+	 * options: then hidepid=2, though there procfs options belong to the pid
+	 * namespace, not the mount, so this one may not hide other processes.
+	 */
+	if (mount("proc", "proc", "proc", proc_flags, "hidepid=invisible,subset=pid") < 0 &&
+	    (errno != EINVAL || mount("proc", "proc", "proc", proc_flags, "hidepid=2") < 0))
+		return -errno;
+	/* pivot_root(2): the old root goes on top of the new one, and is detached from there */
+	if (syscall(SYS_pivot_root, ".", ".") < 0 || umount2(".", MNT_DETACH) < 0 || chdir("/") < 0 ||
+	    mount(NULL, "/", NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+		return -errno;
+	return 0;
+}
+
 /* What the child needs, prepared before the fork (it may only make system calls). */
 struct child_args {
 	const struct vmm_spec *s;
-	char *path;
+	char *path; /* the binary's real path, inside the VMM's root */
 	char **argv;
 	uid_t uid; /* 0: stays root */
 	struct sockaddr_un qmp, agent;
 	struct ifreq tap;
+	struct vmm_root root;
 	int err_w;
 };
 
@@ -312,16 +439,19 @@ static int listen_high(const struct sockaddr_un *sa)
 
 /*
  * The child between fork and exec: only system calls (the daemon is
- * multithreaded). It enters the slot's network namespace, makes its mount
- * namespace private, sets no_new_privs (so nothing it execs can gain
- * privileges, and the seccomp filter of -sandbox needs no privilege), opens
- * everything the VMM uses while it is still root — guest RAM, disk, console,
- * kernel, initrd, the listening QMP and agent sockets, the slot's tap —
- * each at a fixed descriptor, hands the per-VM files to the VMM's user,
- * resets signals, gets /dev/null as stdin and the log as stdout and stderr,
- * the snapshot as fd 3, drops to the VMM's user and execs. Every other
- * descriptor is close-on-exec. QEMU opens nothing by path of ours: it
- * needs no access to the state directory.
+ * multithreaded). It enters the slot's network namespace, sets
+ * no_new_privs (so nothing it execs can gain privileges, and the seccomp
+ * filter of -sandbox needs no privilege), opens everything the VMM uses
+ * while it is still root — guest RAM, disk, console, kernel, initrd, the
+ * listening QMP and agent sockets, the slot's tap — each at a fixed
+ * descriptor, hands the per-VM files to the VMM's user, resets signals,
+ * gets /dev/null as stdin and the log as stdout and stderr, the snapshot as
+ * fd 3, then makes its own mount namespace with its own root (enter_root),
+ * drops to the VMM's user and execs. The files are opened before the mount
+ * namespace is made, so they are the host's mounts' files: /proc/PID/fd
+ * shows their host paths (the sweep of unrecorded VMMs reads fd 4's).
+ * Every other descriptor is close-on-exec. QEMU opens nothing by path of
+ * ours: it needs no access to the state directory.
  */
 static void __attribute__((noreturn)) spawn_child(const struct child_args *c)
 {
@@ -337,12 +467,9 @@ static void __attribute__((noreturn)) spawn_child(const struct child_args *c)
 	if (s->cfg->net && setns(s->netns_fd, CLONE_NEWNET) < 0)
 		goto fail;
 	f.step = 1;
-	if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
-		goto fail;
-	f.step = 2;
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
 		goto fail;
-	f.step = 3;
+	f.step = 2;
 	if (close_range(3, ~0U, CLOSE_RANGE_CLOEXEC) < 0)
 		goto fail;
 	if (s->incoming_fd >= 0 && (fds[FD_INCOMING] = high(dup(s->incoming_fd))) < 0)
@@ -353,10 +480,10 @@ static void __attribute__((noreturn)) spawn_child(const struct child_args *c)
 	    (fds[FD_KERNEL] = high(open(s->cfg->kernel, O_RDONLY | O_CLOEXEC))) < 0 ||
 	    (s->cfg->initrd && (fds[FD_INITRD] = high(open(s->cfg->initrd, O_RDONLY | O_CLOEXEC))) < 0))
 		goto fail;
-	f.step = 4;
+	f.step = 3;
 	if ((fds[FD_QMP] = listen_high(&c->qmp)) < 0 || (fds[FD_AGENT] = listen_high(&c->agent)) < 0)
 		goto fail;
-	f.step = 5;
+	f.step = 4;
 	if (s->cfg->net) {
 		struct ifreq ifr = c->tap;
 
@@ -365,7 +492,7 @@ static void __attribute__((noreturn)) spawn_child(const struct child_args *c)
 		    ioctl(fds[FD_TAP], TUNSETIFF, &ifr) < 0)
 			goto fail;
 	}
-	f.step = 6;
+	f.step = 5;
 	for (int i = FD_INCOMING; i < FD_FIRST_FREE; i++)
 		if (fds[i] >= 0 && dup2(fds[i], i) < 0) /* dup2: the copy is not close-on-exec */
 			goto fail;
@@ -380,7 +507,13 @@ static void __attribute__((noreturn)) spawn_child(const struct child_args *c)
 	fd = open(s->log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
 	if (fd < 0 || dup2(fd, 1) < 0 || dup2(fd, 2) < 0)
 		goto fail;
+	f.step = 6;
+	if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+		goto fail;
 	f.step = 7;
+	if (enter_root(&c->root) < 0)
+		goto fail;
+	f.step = 8;
 	if (c->uid) {
 		gid_t g = s->extra_gid;
 
@@ -388,7 +521,7 @@ static void __attribute__((noreturn)) spawn_child(const struct child_args *c)
 		    setresuid(c->uid, c->uid, c->uid) < 0)
 			goto fail;
 	}
-	f.step = 8;
+	f.step = 9;
 	execve(c->path, c->argv, environ);
 fail:
 	f.err = errno;
@@ -410,21 +543,23 @@ static int sockaddr_for(const char *path, struct sockaddr_un *sa)
 static int qemu_spawn(const char *binary, const struct vmm_spec *s, struct vmm **ret)
 {
 	_cleanup_free_ struct vmm *v = calloc(1, sizeof(*v));
-	_cleanup_free_ char *path = find_binary(binary);
-	struct child_args c = { .s = s, .path = path };
+	_cleanup_free_ char *path = NULL;
+	struct child_args c = { .s = s };
 	struct args a = { .n = 0 };
 	struct spawn_failure f;
 	int err_p[2] = { -1, -1 };
 	ssize_t n;
 	int r;
 
-	if (!v || !path)
-		return !v ? -ENOMEM : -ENOENT;
+	if (!v)
+		return -ENOMEM;
 	v->qmp = -1;
 	v->pidfd = -1;
 	v->uid_index = -1;
-	if ((r = sockaddr_for(s->qmp_path, &c.qmp)) < 0 || (r = sockaddr_for(s->agent_path, &c.agent)) < 0)
+	if ((r = sockaddr_for(s->qmp_path, &c.qmp)) < 0 || (r = sockaddr_for(s->agent_path, &c.agent)) < 0 ||
+	    (r = root_plan(binary, s, &c.root, &path)) < 0)
 		return r;
+	c.path = path;
 	snprintf(c.tap.ifr_name, IFNAMSIZ, "%s", NETPOOL_TAP);
 	c.tap.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
 	if (s->uid_base) {
@@ -465,7 +600,8 @@ static int qemu_spawn(const char *binary, const struct vmm_spec *s, struct vmm *
 	close(err_p[0]);
 	if (r == 0 && n == (ssize_t)sizeof(f)) {
 		r = f.err ? -f.err : -EIO;
-		log_error("VMM: cannot %s: %s", spawn_steps[f.step < (int)ARRAY_SIZE(spawn_steps) ? f.step : 8],
+		log_error("VMM: cannot %s: %s",
+			  spawn_steps[f.step < (int)ARRAY_SIZE(spawn_steps) ? f.step : (int)ARRAY_SIZE(spawn_steps) - 1],
 			  strerror(-r));
 	}
 	if (r == 0 && (v->pidfd = pidfd_open_(v->pid)) < 0)

@@ -10,7 +10,6 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -1006,57 +1005,6 @@ int fs_new(struct engine *e, int argc, char **argv, struct fs **ret)
 	return 0;
 }
 
-/* A mount left by a daemon that died answers ENOTCONN: detach it before mounting again. */
-static void clear_stale_mount(const char *mp)
-{
-	struct stat st;
-
-	if (stat(mp, &st) < 0 && errno == ENOTCONN) {
-		log_warn("%s: stale FUSE mount from an earlier run, detaching it", mp);
-		umount2(mp, MNT_DETACH);
-	}
-}
-
-/*
- * The kernel reads ahead at most the mount's bdi read_ahead_kb (128 KiB by
- * default), whatever max_readahead says: live/ files would be read in
- * 128 KiB requests, each a round trip into the guest. 1 MiB, the agent's
- * frame. Found in mountinfo: a stat of the mount would wait for the INIT
- * only our loop answers. Best effort.
- */
-static void set_readahead(const char *mountpoint)
-{
-	FILE *mi = fopen("/proc/self/mountinfo", "re");
-	char line[4096], dev[32] = "", mp[PATH_MAX], path[96];
-	_cleanup_close_ int fd = -1;
-
-	while (mi && fgets(line, sizeof(line), mi))
-		if (sscanf(line, "%*s %*s %31s %*s %4095s", dev, mp) == 2 && strcmp(mp, mountpoint) == 0 &&
-		    strstr(line, " - fuse.emberfs "))
-			break;
-		else
-			dev[0] = '\0';
-	if (mi)
-		fclose(mi);
-	if (!dev[0])
-		return;
-	snprintf(path, sizeof(path), "/sys/class/bdi/%s/read_ahead_kb", dev);
-	fd = open(path, O_WRONLY | O_CLOEXEC);
-	if (fd < 0 || write(fd, "1024\n", 5) != 5)
-		log_debug("%s: read-ahead left as it was", path);
-}
-
-int fs_mount(struct fs *f, const char *mountpoint)
-{
-	clear_stale_mount(mountpoint);
-	if (fuse_session_mount(f->se, mountpoint) != 0)
-		return -EIO;
-	f->mountpoint = strdup(mountpoint);
-	f->mounted = true;
-	set_readahead(mountpoint);
-	return 0;
-}
-
 int fs_loop(struct fs *f)
 {
 	struct fuse_loop_config *cfg = fuse_loop_cfg_create();
@@ -1067,17 +1015,11 @@ int fs_loop(struct fs *f)
 	fuse_loop_cfg_set_clone_fd(cfg, 0);
 	fuse_loop_cfg_set_max_threads(cfg, 64);
 	fuse_loop_cfg_set_idle_threads(cfg, 8);
+	fs_watch_start(f);
 	r = fuse_session_loop_mt(f->se, cfg);
+	fs_watch_stop(f);
 	fuse_loop_cfg_destroy(cfg);
 	return r < 0 ? r : 0;
-}
-
-void fs_unmount(struct fs *f)
-{
-	if (f && f->mounted) {
-		fuse_session_unmount(f->se);
-		f->mounted = false;
-	}
 }
 
 void fs_free(struct fs *f)

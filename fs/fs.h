@@ -8,9 +8,15 @@ struct fs;
 
 /* Creates the low-level session (not yet mounted) over the engine. */
 int fs_new(struct engine *e, int argc, char **argv, struct fs **ret);
+/* Mounts (over a stale mount of a dead daemon) and notes which mount is ours. */
 int fs_mount(struct fs *f, const char *mountpoint);
-/* Serves requests until unmounted or a signal handler asked it to stop. */
+/*
+ * Serves requests until unmounted or a signal handler asked it to stop; an
+ * unmount from outside (fusermount3 -u) stops it through SIGTERM even while
+ * another mount namespace keeps a copy of the mount and so the connection.
+ */
 int fs_loop(struct fs *f);
+/* Unmounts, unless the mount is no longer ours (then only ends the connection). */
 void fs_unmount(struct fs *f);
 /* After the loop: releases files and directories still open, and stops taking the engine's events (before the engine goes). */
 void fs_release_handles(struct fs *f);

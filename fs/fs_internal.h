@@ -62,17 +62,35 @@ struct open_handle {
 	void (*release)(struct open_handle *oh);
 };
 
+/* A mount in /proc/self/mountinfo: its id and device (0 if unknown). */
+struct fs_mount_id {
+	int id;
+	unsigned major, minor;
+};
+
 struct fs {
 	struct engine *e;
 	struct fuse_session *se;
 	char *mountpoint;
 	bool mounted;
+	struct fs_mount_id mount_id; /* the mount as made by fs_mount */
+	int watch_pipe[2];	     /* mount.c: tells the watcher to end */
+	pthread_t watcher;
+	bool watching;
 	pthread_mutex_t handles_lock;
 	struct open_handle handles; /* list head; protected by handles_lock */
 	struct events *events;	    /* events.c */
 	struct inval *inval;	    /* inval.c */
 	bool changes_detached;	    /* the engine's guestfs change hook is cleared (it goes first) */
 };
+
+/*
+ * The mount (mount.c): while the session loop runs, a thread watches the
+ * daemon's mount table and sends the daemon SIGTERM once the mount is gone
+ * from it (an external `fusermount3 -u`). Stop it before the signal handlers go.
+ */
+void fs_watch_start(struct fs *f);
+void fs_watch_stop(struct fs *f);
 
 void fs_handle_add(struct fs *f, struct open_handle *oh, void (*release)(struct open_handle *oh));
 void fs_handle_del(struct fs *f, struct open_handle *oh);

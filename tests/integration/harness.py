@@ -24,11 +24,18 @@ everything the daemon creates on the host:
   orphans    objects no record accounts for: a VMM whose RAM file's
              directory has no record naming its pid, a cgroup of no VMM, a
              run directory no record names (persisting over 0.3 s)
+  vmm_mounts what is wrong with the mount namespace of any VMM of the
+             daemon (slots and bakes included): every mount but its own
+             root (a read-only tmpfs, /usr and what the host has of /bin,
+             /lib... bound read-only, a /proc of its own processes, /dev/null
+             and, under KVM, /dev/kvm) is listed, so a VMM that sees the
+             state directory or the mount fails every test
   slots     the daemon's warm slots, if it keeps any: per-VM dirs whose
              record names no sandbox, their run dirs, QEMU processes and
              cgroups
 
-Teardown sends SIGTERM, waits (bounded), requires exit code 0, no mount left
+Teardown sends SIGTERM (or runs a given command, e.g. `fusermount3 -u`),
+waits (bounded), requires exit code 0, no mount left
 (so `fusermount3 -u` is never needed), an empty inventory, and no line with
 "error:" in the daemon log other than those a test declared as expected.
 
@@ -226,6 +233,86 @@ def loop_devices_backed_by(path):
 
 
 # ---------------------------------------------------------------------------
+# a VMM's mount namespace (engine/qemu.c spawn_child: its root)
+
+# top-level names the host has as symlinks into /usr (usrmerge) or as directories: a VMM's root has them alike
+VMM_ROOT_DIRS = ("bin", "sbin", "lib", "lib64")
+
+
+def vmm_expected_mounts(kvm=False):
+    """{mount point: the host path it binds, or None} of a VMM's namespace."""
+    exp = {"/": None, "/proc": None, "/usr": "/usr", "/dev/null": "/dev/null"}
+    for d in VMM_ROOT_DIRS:
+        if os.path.isdir("/" + d) and not os.path.islink("/" + d):
+            exp["/" + d] = "/" + d
+    if kvm:
+        exp["/dev/kvm"] = "/dev/kvm"
+    return exp
+
+
+def vmm_mounts(pid):
+    """[(mount point, fs type, mount options, superblock options)] of a process's namespace; None if gone."""
+    try:
+        with open("/proc/%d/mountinfo" % pid) as f:
+            text = f.read()
+    except OSError:
+        return None
+    out = []
+    for line in text.splitlines():
+        left, _, right = line.partition(" - ")
+        f, r = left.split(), right.split()
+        out.append((_unescape_mountinfo(f[4]), r[0], set(f[5].split(",")), set(r[2].split(",")) if len(r) > 2 else set()))
+    return out
+
+
+def _same_file(a, b):
+    """True or False; None if either cannot be looked at (an exiting process has no root any more)."""
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:
+        return None
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def vmm_mount_problems(pid):
+    """What is wrong with VMM pid's mounts ([] if it is gone or holds exactly its root):
+    a mount not expected or missing, a root or bind not read-only, nosuid (and nodev
+    but on device nodes), a bind of something else than the host's file, a /proc
+    that shows more than the VMM's own processes."""
+    ms = vmm_mounts(pid)
+    argv = proc_cmdline(pid)
+    if ms is None or not argv:
+        return []
+    kvm = "-accel" in argv and argv.index("-accel") + 1 < len(argv) and argv[argv.index("-accel") + 1].startswith("kvm")
+    exp = vmm_expected_mounts(kvm)
+    out, seen = [], []
+    for mp, fstype, opts, sopts in ms:
+        want = {"ro", "nosuid"} | ({"nodev"} if not mp.startswith("/dev/") else set())
+        if mp not in exp:
+            out.append("%s (%s): not expected" % (mp, fstype))
+            continue
+        if mp in seen:
+            out.append("%s: mounted twice" % mp)
+        seen.append(mp)
+        if mp == "/proc":
+            want = {"ro", "nosuid", "nodev", "noexec"}
+            if fstype != "proc" or not ({"hidepid=invisible", "subset=pid"} <= sopts or "hidepid=2" in sopts):
+                out.append("/proc (%s %s): not a procfs of its own processes" % (fstype, ",".join(sorted(sopts))))
+        elif mp == "/":
+            if fstype != "tmpfs":
+                out.append("/ (%s): not a tmpfs" % fstype)
+        elif _same_file("/proc/%d/root%s" % (pid, mp), exp[mp]) is False:
+            out.append("%s (%s): not a bind of the host's %s" % (mp, fstype, exp[mp]))
+        if not want <= opts:
+            out.append("%s (%s): options %s lack %s" % (mp, fstype, ",".join(sorted(opts)),
+                                                        ",".join(sorted(want - opts))))
+    out += ["%s: missing" % mp for mp in sorted(set(exp) - set(seen))]
+    if out and not pid_alive(pid):
+        return []  # it exited while we looked
+    return ["qemu %d: %s" % (pid, p) for p in out]
+
+
+# ---------------------------------------------------------------------------
 # errno assertions
 
 def errno_name(e):
@@ -279,6 +366,7 @@ class Daemon:
             os.close(fd)
         self.owns_dirs = True
         self.proc = None
+        self.vmm_mounts_seen = set()  # what inventory() found wrong with VMM namespaces: stop() fails on it
         self.expected_errors = []  # regexes for "error:" log lines a test provoked on purpose
         self.log_offset = os.path.getsize(self.log_path)  # a restarted daemon appends
         _live.append(self)
@@ -367,17 +455,26 @@ class Daemon:
         if self in _live:
             _live.remove(self)
 
-    def stop(self, check=True):
-        """SIGTERM, bounded wait, then every check of a clean shutdown. Raises on any problem."""
+    def stop(self, check=True, command=None, timeout=STOP_TIMEOUT):
+        """SIGTERM (or, with command, that command run to completion instead, e.g.
+        ["fusermount3", "-u", d.mount]: it must exit 0), a wait bounded by timeout,
+        then every check of a clean shutdown. Raises on any problem."""
         problems = []
         if self.proc is None:
             return
+        how = "SIGTERM" if command is None else " ".join(command)
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            problems += sorted(self.vmm_mounts_seen | set(self._vmm_mount_problems()))
+            if command is None:
+                self.proc.send_signal(signal.SIGTERM)
+            else:
+                r = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+                if r.returncode != 0:
+                    problems.append("%s: exit %d: %s" % (how, r.returncode, r.stderr.strip()))
             try:
-                self.proc.wait(timeout=STOP_TIMEOUT)
+                self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                problems.append("daemon did not exit within %.0f s of SIGTERM" % STOP_TIMEOUT)
+                problems.append("daemon did not exit within %.0f s of %s" % (timeout, how))
                 self.proc.kill()
                 self.proc.wait(timeout=30)
         rc = self.proc.returncode
@@ -388,7 +485,12 @@ class Daemon:
         if self.mounted():
             problems.append("FUSE mount %s still present after exit (fusermount3 -u would be needed)" % self.mount)
         inv = self.wait_inventory(EMPTY_INVENTORY, timeout=5.0, with_slots=True)
-        if inv != EMPTY_INVENTORY:
+        foreign = self.foreign_store_holders() if inv["loops"] else []
+        if foreign and inv == {**EMPTY_INVENTORY, "loops": inv["loops"]}:
+            # not the daemon's: the store's loop device goes once they do (autoclear)
+            sys.stderr.write("note: loop device %s kept after exit by copies of the store's mount in other "
+                             "processes' mount namespaces: %s\n" % (", ".join(inv["loops"]), ", ".join(foreign)))
+        elif inv != EMPTY_INVENTORY:
             problems.append("leaks after exit: %s" % describe_inventory(inv))
         if check:
             bad = self.unexpected_log_errors()
@@ -425,6 +527,13 @@ class Daemon:
                     subprocess.run(["umount", "-l", mp], stderr=subprocess.DEVNULL)
         for dev in loop_devices_backed_by(os.path.join(self.state, "store.xfs")):
             subprocess.run(["losetup", "-d", dev], stderr=subprocess.DEVNULL)
+        # a killed --net daemon's namespaces, links and table (their routes would make the next daemon
+        # on the same range refuse to start)
+        for obj in self._net_leftovers():
+            kind, name = obj.split(" ", 1)
+            argv = {"netns": ["ip", "netns", "del", name], "link": ["ip", "link", "del", name],
+                    "nft": ["nft", "delete"] + name.split()}[kind]
+            subprocess.run(argv, stderr=subprocess.DEVNULL)
         reap_orphans()
         # a killed daemon's cgroups: its VMMs are gone, the groups are empty (the next start would sweep them)
         for b in self._cgroup_bases():
@@ -604,7 +713,26 @@ class Daemon:
         inv["net"] = [] if self.alive() else self._net_leftovers()
         inv["slots"] = sorted(slots + ["run/" + r for r in run_entries if r in slot_runs])
         inv["orphans"] = self._orphans()
+        inv["vmm_mounts"] = self._vmm_mount_problems()
+        self.vmm_mounts_seen.update(inv["vmm_mounts"])
         return inv
+
+    def foreign_store_holders(self):
+        """Processes, none of this daemon's (which has exited), with a copy of the store's mount in a mount
+        namespace of their own: e.g. the VMMs of another daemon that copied the host's whole mount
+        table (older versions), or an `unshare -m` shell. They keep the store's loop device."""
+        store, ours, out = " %s " % os.path.join(self.state, "store"), os.readlink("/proc/self/ns/mnt"), []
+        for pid in all_pids():
+            try:
+                if os.readlink("/proc/%d/ns/mnt" % pid) != ours and store in read_text("/proc/%d/mountinfo" % pid):
+                    out.append("%d %s" % (pid, " ".join(proc_cmdline(pid)[:3])))
+            except OSError:
+                pass
+        return out
+
+    def _vmm_mount_problems(self):
+        """vmm_mount_problems of every VMM of this daemon (sandboxes, slots, bakes)."""
+        return sorted(p for pid in self._qemu_pids() for p in vmm_mount_problems(pid))
 
     def _orphans_once(self):
         """Objects of this daemon that no record accounts for: a VMM whose RAM file's directory has no
@@ -851,7 +979,7 @@ class Daemon:
 
 
 EMPTY_INVENTORY = {"qemu": [], "mounts": [], "loops": [], "run": [], "sandboxes": [], "zombies": [], "cgroups": [],
-                   "net": [], "orphans": [], "slots": []}
+                   "net": [], "orphans": [], "vmm_mounts": [], "slots": []}
 
 
 def describe_inventory(inv):

@@ -11,6 +11,14 @@ VMM confinement and guest identity against a real daemon and real guests:
   them so, else v2), and with no descriptor of the daemon's: stdin is
   /dev/null, stdout and stderr its log, nothing on /dev/fuse, no pidfd, no
   file of another VM.
+- Its mount namespace holds nothing of the host but its own root (a
+  read-only tmpfs with /usr bound read-only, the host's /bin, /lib...
+  symlinks, a /proc of its own processes, /dev/null): every VMM (sandboxes,
+  warm slots, a bake's, VMMs as root) lists exactly those mounts, nothing of
+  the state directory or the mount point; a process in that namespace as the
+  VMM's user (with --allow-other) reaches neither the mount point, the state
+  directory nor any other host path, and can write nowhere. (The harness
+  checks every VMM's mounts in every test: inventory key "vmm_mounts".)
 - Its cgroups go when it does: after the sandbox is destroyed, and at
   shutdown the instance group too.
 - Access: only the mounting user gets in by default; with --allow-other the
@@ -20,10 +28,15 @@ VMM confinement and guest identity against a real daemon and real guests:
 - Ten sandboxes restored from one snapshot (warm slots and restores) each
   have their own hostname, machine id and random bytes.
 """
+import ctypes
+import errno
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -66,7 +79,94 @@ def fd_targets(pid):
     return out
 
 
+CLONE_NEWNS = 0x00020000
+
+
+def in_mount_ns(pid, uid, gid, fn):
+    """fn() in a child that entered pid's mount namespace (setns: root and cwd
+    become the namespace's root) and dropped to uid and gid; returns what fn
+    returned (through JSON)."""
+    ns = os.open("/proc/%d/ns/mnt" % pid, os.O_RDONLY | os.O_CLOEXEC)
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.close(r)
+            if harness._libc.setns(ns, CLONE_NEWNS) != 0:
+                raise OSError(ctypes.get_errno(), "setns")
+            os.setgroups([])
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
+            out = {"result": fn()}
+        except BaseException as e:  # noqa: BLE001 - reported to the parent
+            out = {"exception": repr(e)}
+        os.write(w, json.dumps(out).encode())
+        os._exit(0)
+    os.close(w)
+    os.close(ns)
+    data = b""
+    while True:
+        b = os.read(r, 1 << 16)
+        if not b:
+            break
+        data += b
+    os.close(r)
+    os.waitpid(child, 0)
+    out = json.loads(data.decode())
+    if "exception" in out:
+        raise AssertionError("in the namespace of %d: %s" % (pid, out["exception"]))
+    return out["result"]
+
+
+def probe_from_inside(host_paths, vmm_pid):
+    """Run inside a VMM's namespace as its user: what of host_paths answers,
+    every path of the tree but /usr and /proc, what /proc lists, and every
+    write tried that did not fail."""
+    def err(fn, *a):
+        try:
+            fn(*a)
+            return "ok"
+        except OSError as e:
+            return errno.errorcode.get(e.errno, str(e.errno))
+
+    reached = {p: err(os.stat, p) for p in host_paths}
+    reached = {p: e for p, e in reached.items() if e != "ENOENT"}
+    tree = []
+    for top, dirs, files in os.walk("/"):
+        tree += [os.path.join(top, x) for x in dirs + files]
+        if top == "/":  # not into what is bound from the host, nor /proc
+            dirs[:] = [x for x in dirs if x not in ("usr", "proc") + harness.VMM_ROOT_DIRS]
+    procs = sorted(os.listdir("/proc"))
+    writes = {}
+    for dirpath in ("/", "/dev", "/proc", "/proc/%d" % vmm_pid, "/usr", "/usr/bin", "/usr/lib", "/usr/share",
+                    "/usr/local", "/bin", "/lib"):
+        f = os.path.join(dirpath, ".efprobe")
+        for what, fn in (("create", lambda: os.close(os.open(f, os.O_CREAT | os.O_WRONLY, 0o600))),
+                         ("mkdir", lambda: os.mkdir(f)), ("symlink", lambda: os.symlink("/", f))):
+            e = err(fn)
+            if e == "ok":
+                writes["%s %s" % (what, f)] = e
+    for f in ("/usr/bin/qemu-system-x86_64", "/proc/%d/environ" % vmm_pid):
+        e = err(lambda: os.close(os.open(f, os.O_WRONLY)))
+        if e == "ok":
+            writes["write " + f] = e
+    for src, dst in (("/usr/bin/env", "/env"), ("/usr/bin/env", "/usr/env")):
+        e = err(os.link, src, dst)
+        if e == "ok":
+            writes["link " + dst] = e
+    return {"reached": reached, "tree": sorted(tree), "proc": procs, "writes": writes, "uid": os.getuid()}
+
+
 class Confinement(harness.TestCase):
+    def assert_vmm_root(self, pid):
+        """pid's mount namespace holds exactly its root, each mount as it should be."""
+        ms = harness.vmm_mounts(pid)
+        self.assertIsNotNone(ms, "VMM %d gone" % pid)
+        kvm = "kvm" in " ".join(harness.proc_cmdline(pid)).split("-accel ")[1].split()[0]
+        self.assertEqual(sorted(m[0] for m in ms), sorted(harness.vmm_expected_mounts(kvm)),
+                         "VMM %d mounts:\n%s" % (pid, "\n".join("%s %s" % m[:2] for m in ms)))
+        self.assertEqual(harness.vmm_mount_problems(pid), [])
+
     def check_vmm(self, d, pid, vm_dir, mem_mib, vcpus):
         st = proc_status(pid)
         self.assertEqual(st["NoNewPrivs"], "1", st)
@@ -153,6 +253,93 @@ class Confinement(harness.TestCase):
             bases = {os.path.dirname(g) for g in groups}
         for b in bases:
             self.assertFalse(os.path.exists(b), "the instance group %s left after shutdown" % b)
+
+
+    def test_vmm_root_holds_only_its_own(self):
+        # every VMM of the daemon: a warm slot, a sandbox from a slot, one restored, a bake's
+        with harness.own_daemon(pool=1) as d:
+            d.wait_pool(1, timeout=60)
+            (_, slot), = d.slots().items()
+            self.assert_vmm_root(slot["vmm_pid"])
+            st1 = d.create_ready("m1")
+            d.set_pool(0)
+            d.wait_pool(0)
+            st2 = d.create_ready("m2")
+            self.assertEqual((st1["path"], st2["path"]), ("warm", "restore"))
+            for st in (st1, st2):
+                self.assert_vmm_root(st["vmm_pid"])
+            pids = d._qemu_pids()
+            self.assertEqual(len(pids), 2, pids)
+            d.ctl("rebake\n")
+            bake = harness.wait_for(lambda: [p for p in d._qemu_pids() if "/templates/" in
+                                             (harness.vmm_mem_path(p) or "")], 60, "the bake's VMM")
+            self.assert_vmm_root(bake[0])
+            d.wait_template_ready()
+            for name in ("m1", "m2"):
+                d.destroy(name)
+
+    def test_vmm_user_reaches_nothing_of_the_host(self):
+        # with --allow-other the mount would let any user in: a VMM's namespace must not have it
+        with harness.own_daemon(extra_args=["--allow-other"]) as d:
+            st = d.create_ready("n1")
+            d.create_ready("n2")
+            d.sh("n2", "echo secret > /tmp/s; chmod 644 /tmp/s")
+            pid = st["vmm_pid"]
+            uid = int(proc_status(pid)["Uid"].split()[0])
+            gid = int(proc_status(pid)["Gid"].split()[0])
+            host_paths = [d.mount, d.state, d.sb("n2", "status"), os.path.join(d.mount, "live", "n2", "tmp", "s"),
+                          os.path.join(d.state, "run"), os.path.dirname(harness.vmm_mem_path(pid)),
+                          "/etc/passwd", "/etc", "/tmp", "/root", "/home", "/var", "/run", "/sys", "/dev/fuse",
+                          "/dev/net/tun", "/proc/1", "/proc/%d" % d.pid, "/proc/%d" % os.getpid(),
+                          "/proc/%d" % d.status("n2")["vmm_pid"], "/proc/sys", "/proc/kcore", "/proc/mounts",
+                          "/usr/../etc", "/lib/../etc/passwd"]
+            if "kvm" not in harness.proc_cmdline(pid):  # -accel kvm: its /dev/kvm is there
+                host_paths.append("/dev/kvm")
+            got = in_mount_ns(pid, uid, gid, lambda: probe_from_inside(host_paths, pid))
+            self.assertEqual(got["uid"], uid)
+            self.assertEqual(got["reached"], {}, "host paths reached from the VMM's namespace")
+            # the whole tree: /usr, /proc, /dev/null and the host's /bin, /lib... (symlinks into /usr here)
+            tops = {"/" + x for x in harness.VMM_ROOT_DIRS if os.path.lexists("/" + x)}
+            kvm = {"/dev/kvm"} if "kvm" in harness.proc_cmdline(pid) else set()
+            self.assertEqual(sorted(got["tree"]), sorted(tops | kvm | {"/usr", "/proc", "/dev", "/dev/null"}))
+            # /proc: the VMM and the probe itself (the same user), nothing of the host
+            nums = [int(p) for p in got["proc"] if p.isdigit()]
+            self.assertEqual(set(got["proc"]) - {str(n) for n in nums}, {"self", "thread-self"}, got["proc"])
+            self.assertIn(pid, nums)
+            self.assertNotIn(d.pid, nums)
+            self.assertNotIn(1, nums)
+            self.assertEqual(got["writes"], {}, "writes that worked in the VMM's namespace")
+            for name in ("n1", "n2"):
+                d.destroy(name)
+
+    def test_vmms_as_root_get_the_same_root(self):
+        with harness.own_daemon(extra_args=["--vmm-uid-base", "0"]) as d:
+            st = d.create_ready("r1")
+            self.assertEqual(proc_status(st["vmm_pid"])["Uid"].split()[0], "0")
+            self.assertEqual(d.sh("r1", "echo up").strip(), "up")
+            self.assert_vmm_root(st["vmm_pid"])
+            d.destroy("r1")
+
+    def test_qemu_outside_the_vmm_root_is_refused(self):
+        # a QEMU binary that is not under /usr would not be in the VMM's root: refused with the reason
+        qdir = tempfile.mkdtemp(prefix="efq", dir="/tmp")
+        try:
+            qemu = os.path.join(qdir, "qemu-system-x86_64")
+            shutil.copy2(shutil.which("qemu-system-x86_64"), qemu)
+            d = harness.Daemon(extra_args=["--qemu", qemu])
+            d.expect_log_error(r"VMM: the QEMU binary %s is outside /usr" % re.escape(qemu))
+            d.expect_log_error(r"template default: bake failed at spawn: No such file or directory")
+            d.start(wait_default=False)
+            try:
+                st = harness.wait_for(lambda: d.template_status()["state"] == "failed" and d.template_status(),
+                                      60, "the bake refused")
+                self.assertIn("No such file or directory", st.get("error", ""), st)
+                self.assertIn("is outside /usr", d.log_text())
+                self.assertEqual(d._qemu_pids(), [])
+            finally:
+                d.stop()
+        finally:
+            shutil.rmtree(qdir, ignore_errors=True)
 
 
 class Identity(harness.TestCase):

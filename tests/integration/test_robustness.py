@@ -17,6 +17,14 @@ that kill things cannot hurt the others:
 - Saturation: 200 blocking reads (wait, a silent process's stdout) hold no
   FUSE thread: another sandbox's status and ctl answer at once.
 - Shutdown: SIGTERM with two ready sandboxes: exit 0, nothing left.
+- Unmount: the README's stop command, `fusermount3 -u MOUNT`, with
+  sandboxes ready and paused, a procs/ process running, two warm slots and
+  (where the host can) network slots: the daemon exits 0 within 30 s and
+  leaves nothing (processes, mounts, loop devices, cgroups, network
+  objects), with no "failed to unmount" in its log; the same with another
+  process holding a copy of the mount in a mount namespace of its own. A
+  cwd and a file in the mount make `fusermount3 -u` fail with EBUSY (the
+  daemon serves on); `fusermount3 -uz` then stops it.
 - DaemonCrash: kill -9 of the daemon with sandboxes ready, paused,
   hibernated, stopped and one being created: the mount answers ENOTCONN; a
   daemon restarted on the same state dir re-adopts the four (same VMM
@@ -392,6 +400,119 @@ class Shutdown(harness.TestCase):
                     os.close(fd)
                 except OSError:
                     pass
+
+
+def have_net():
+    return os.path.exists("/dev/net/tun") and subprocess.run(["nft", "list", "tables"],
+                                                             capture_output=True).returncode == 0
+
+
+class Unmount(harness.TestCase):
+    """`fusermount3 -u MOUNT` stops the daemon as SIGTERM does."""
+
+    BOUND = 30.0  # seconds from the unmount to the daemon's exit
+
+    def busy_daemon(self):
+        """A daemon with a ready sandbox running a procs/ process, a paused one, 2 warm slots and, where
+        the host can, network slots; returns it and the identities of its VMMs."""
+        args = ["--net", "--net-range", "10.237.0.0/16", "--net-pool", "2"] if have_net() else []
+        d = harness.Daemon(pool=2, extra_args=args).start()
+        try:
+            d.wait_pool(2)
+            vmms = [vmm_identity(d.create_ready(n)) for n in ("up", "paused")]
+            harness.write_file(d.sb("paused", "ctl"), "pause")
+            self.assertEqual(d.status("paused")["state"], "paused")
+            os.mkdir(d.sb("up", "procs", "p"))
+            harness.write_file(d.sb("up", "procs", "p", "cmd"), "sleep 1000")
+            harness.wait_for(lambda: harness.read_json(d.sb("up", "procs", "p", "status"))["state"] == "running",
+                             30, "the procs/ process running")
+            d.wait_pool(2)
+            vmms += [vmm_identity(st) for st in d.slots().values()]
+            self.assertEqual(len(d.inventory()["qemu"]), 2)
+            if args:
+                self.assertTrue(d._net_leftovers(), "no network object to check")
+        except BaseException:
+            d.force_cleanup()
+            raise
+        return d, vmms
+
+    def stop_by_unmount(self, d, vmms):
+        t0 = time.monotonic()
+        d.stop(command=["fusermount3", "-u", d.mount], timeout=self.BOUND)  # exit 0, the full inventory empty
+        took = time.monotonic() - t0
+        self.assertNotIn("failed to unmount", d.log_text())
+        for p, s in vmms:
+            self.assertFalse(harness.pid_alive(p, s), "VMM %d survived the daemon" % p)
+        return took
+
+    def test_fusermount_u_stops_the_daemon(self):
+        d, vmms = self.busy_daemon()
+        # no process of the daemon's (its VMMs, any child) holds a copy of the mount that would keep
+        # the kernel's connection up after the unmount
+        ours = os.readlink("/proc/self/ns/mnt")
+        holders = []
+        for pid in harness.all_pids():
+            st = harness.proc_stat(pid)
+            try:
+                if st and st[1] == d.pid and os.readlink("/proc/%d/ns/mnt" % pid) != ours and \
+                        " %s " % d.mount in harness.read_text("/proc/%d/mountinfo" % pid):
+                    holders.append("%d %s" % (pid, " ".join(harness.proc_cmdline(pid)[:3])))
+            except OSError:
+                pass  # gone meanwhile
+        self.assertEqual(holders, [])
+        self.stop_by_unmount(d, vmms)
+
+    def test_fusermount_u_with_a_copy_of_the_mount_elsewhere(self):
+        # a process in a mount namespace of its own (unshare -m: private, nothing propagates back to
+        # it) holds a copy of the mount: the kernel keeps the connection, the daemon still stops
+        d, vmms = self.busy_daemon()
+        holder = None
+        try:
+            # its copy of the store goes (so the loop device can), the mount's stays
+            store = os.path.join(d.state, "store")
+            holder = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                                       'umount -l "$0" 2>/dev/null; exec sleep 1000', store])
+            harness.wait_for(lambda: " %s " % d.mount in harness.read_text("/proc/%d/mountinfo" % holder.pid) and
+                             " %s " % store not in harness.read_text("/proc/%d/mountinfo" % holder.pid) and
+                             harness.proc_cmdline(holder.pid)[:1] == ["sleep"], 10, "the holder in its namespace")
+            self.stop_by_unmount(d, vmms)
+        finally:
+            if holder:
+                holder.kill()
+                holder.wait()
+
+    def test_busy_mount_then_lazy_unmount(self):
+        # a process with its cwd in the mount and an open file: `fusermount3 -u` fails with EBUSY (the
+        # user's, documented) and the daemon serves on; `fusermount3 -uz` detaches it and the daemon stops
+        d = harness.Daemon().start()
+        shell = fd = None
+        try:
+            d.create_ready("b")
+            shell = subprocess.Popen(["sleep", "1000"], cwd=d.sb("b"))
+            fd = os.open(d.sb("b", "status"), os.O_RDONLY)
+            r = subprocess.run(["fusermount3", "-u", d.mount], capture_output=True, text=True)
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn("Device or resource busy", r.stderr)
+            time.sleep(0.5)
+            self.assertTrue(d.alive())
+            self.assertEqual(d.status("b")["state"], "ready")
+        except BaseException:
+            d.force_cleanup()
+            raise
+        finally:
+            if shell:
+                shell.kill()
+                shell.wait()
+        try:
+            d.stop(command=["fusermount3", "-uz", d.mount], timeout=self.BOUND)
+            self.assertNotIn("failed to unmount", d.log_text())
+            # the open file's connection is gone with the daemon
+            self.assertErrno(errno.ENOTCONN, os.read, fd, 100)
+        finally:
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # ENOTCONN: its flush has no daemon to go to
 
 
 STABLE = ("template", "path", "path_reason", "pool_miss", "identity", "clone", "created_at_unix_ms", "timings",
