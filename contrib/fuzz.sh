@@ -9,7 +9,8 @@
 #
 # Targets: config (template config JSON), parse (pool file, procs cmd and
 # signal, names), agent_reader (the host reading an untrusted guest),
-# agent_guest (the agent's framing and dispatch). A crash, a leak or a
+# agent_guest (the agent's framing and dispatch), dockerfile (the template
+# Dockerfile parser and its variable expansion). A crash, a leak or a
 # sanitizer report fails the run; the input that did it is kept in
 # build-fuzz/crash-NAME-*.
 set -euo pipefail
@@ -19,7 +20,7 @@ out=$top/build-fuzz
 mkdir -p "$out"
 seconds=${FUZZ_SECONDS:-20}
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(config parse agent_reader agent_guest)
+[ ${#targets[@]} -gt 0 ] || targets=(config parse agent_reader agent_guest dockerfile)
 
 command -v clang >/dev/null || { echo "contrib/fuzz.sh: clang missing (contrib/deps.sh installs it)" >&2; exit 1; }
 [ -f build/config.h ] || { meson setup build >/dev/null; }
@@ -37,6 +38,7 @@ for t in "${targets[@]}"; do
 	parse) srcs=("$top/tests/fuzz/fuzz_parse.c" "$top/engine/parse.c" "${common[@]}") ;;
 	agent_reader) srcs=("$top/tests/fuzz/fuzz_agent_reader.c" "$top/engine/agent_client.c" "${common[@]}") ;;
 	agent_guest) srcs=("$top/tests/fuzz/fuzz_agent_guest.c" -DAGENT_FUZZ) ;;
+	dockerfile) srcs=("$top/tests/fuzz/fuzz_dockerfile.c" "$top/engine/dockerfile.c" "${common[@]}") ;;
 	*) echo "contrib/fuzz.sh: unknown target $t" >&2; exit 2 ;;
 	esac
 	echo "== fuzz $t (${seconds} s)" >&2

@@ -379,6 +379,8 @@ static int cook_dollar(struct cook *c, unsigned depth)
 	if (q == c->end || (*q != '{' && !is_name_start(*q))) {
 		if (q < c->end && is_special_param(*q))
 			return fail(c->ps, -EOPNOTSUPP, "$%c is not supported", *q);
+		if (q < c->end && (unsigned char)*q >= 0x80)
+			return fail(c->ps, -EOPNOTSUPP, "non-ASCII variable names are not supported");
 		c->p = q;
 		return cook_lit(c, '$', false);
 	}
@@ -988,7 +990,7 @@ static int parse_flags(struct parser *ps, struct df_instr *in, const char **args
 		if ((in->op != DF_COPY && in->op != DF_ADD) ||
 		    !(is_chmod || (nlen == 7 && strncmp(s, "--chown", 7) == 0)))
 			return fail(ps, -EOPNOTSUPP, "%s %s is not supported%s", df_op_name(in->op), shown,
-				    strncmp(s, "--from", nlen) == 0 && nlen == 6 ? " (multi-stage builds are not supported)" : "");
+				    nlen == 6 && strncmp(s, "--from", 6) == 0 ? " (multi-stage builds are not supported)" : "");
 		if (s[nlen] != '=')
 			return fail(ps, -EINVAL, "%s needs a value (%s=...)", shown, shown);
 		if (is_chmod ? in->chmod >= 0 : in->chown != NULL)
@@ -1219,6 +1221,21 @@ static int read_continuation(struct parser *ps, struct buf *b)
 	return 0;
 }
 
+/* The logical line that starts with s (neither blank nor a comment) into b. */
+static int read_logical(struct parser *ps, const char *s, size_t n, struct buf *b)
+{
+	bool more;
+	int r;
+
+	while (is_blank(*s))
+		s++, n--;
+	more = continues(ps, s, &n);
+	r = buf_add(b, s, n); /* b->s is set from here on, even for n == 0 */
+	if (r < 0 || !more)
+		return r;
+	return read_continuation(ps, b);
+}
+
 /* The whole text, line by line. */
 static int parse_lines(struct parser *ps)
 {
@@ -1227,7 +1244,7 @@ static int parse_lines(struct parser *ps)
 	int r;
 
 	while ((r = next_line(ps, &s, &n)) > 0) {
-		struct buf b = { 0 };
+		_cleanup_(buf_done) struct buf b = { 0 };
 		unsigned start = ps->lineno;
 
 		if (!ps->directives_done) {
@@ -1241,16 +1258,9 @@ static int parse_lines(struct parser *ps)
 		}
 		if (is_comment_or_blank(s, n))
 			continue;
-		while (is_blank(*s))
-			s++, n--;
-		r = buf_add(&b, "", 0);
-		if (r >= 0 && continues(ps, s, &n))
-			r = buf_add(&b, s, n) < 0 ? -ENOMEM : read_continuation(ps, &b);
-		else if (r >= 0)
-			r = buf_add(&b, s, n);
+		r = read_logical(ps, s, n, &b);
 		if (r >= 0 && b.s[strspn(b.s, " \t\v\f\r")])
 			r = parse_instruction(ps, start, b.s);
-		buf_done(&b);
 		if (r < 0)
 			return r;
 	}

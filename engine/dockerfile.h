@@ -22,7 +22,13 @@
  *    a second FROM or COPY --from (multi-stage builds) is refused.
  *  - Exec form: the arguments are a JSON array of strings (strict JSON);
  *    anything else starting with "[" is shell form, as in Docker.
- *  - Flags (leading "--name[=value]" words): only COPY/ADD --chown and --chmod.
+ *  - Flags (leading "--name=value" words): only COPY/ADD --chown and --chmod
+ *    (an octal mode, 0..7777).
+ *  - Arguments split as Docker splits them: FROM, COPY/ADD (shell form) and
+ *    EXPOSE on blanks only (quotes do not hold blanks: use COPY's JSON form);
+ *    ENV, ARG and LABEL into shell-like KEY=VALUE words; WORKDIR, USER and
+ *    the legacy "ENV KEY VALUE" / "LABEL KEY VALUE" value are the rest of the
+ *    line, blanks included.
  *
  * Refused (-EOPNOTSUPP, "line N: X is not supported"): HEALTHCHECK, ONBUILD,
  * STOPSIGNAL, SHELL, VOLUME, MAINTAINER and unknown instructions; every other
@@ -31,7 +37,11 @@
  * unquoted "<<" in RUN's shell form, a COPY/ADD word starting with "<<");
  * ADD from a URL; EXPOSE port ranges and protocols other than tcp and udp;
  * substitutions other than $VAR, ${VAR}, ${VAR:-word} and ${VAR:+word}
- * ($1, $@, ${VAR-word}, ${VAR:?word}, ${VAR#pattern}, ...).
+ * ($1, $@, ${VAR-word}, ${VAR:?word}, ${VAR#pattern}, ..., and a "$"
+ * before a non-ASCII byte, which Docker may read as a name); variables in
+ * EXPOSE, --chmod and LABEL keys (they are checked here, so must be literal).
+ * Also refused where Docker silently does something else: an escape
+ * character ending a blank-split word ("COPY a\ b /d" would copy a and b).
  * Syntax errors are -EINVAL; a Dockerfile over DOCKERFILE_SIZE_MAX, more than
  * DOCKERFILE_INSTR_MAX instructions or a line over DOCKERFILE_LINE_MAX are
  * -E2BIG; a NUL byte is -EINVAL.
@@ -47,6 +57,13 @@
  * "$" or "\" is its own value. RUN, CMD and ENTRYPOINT are not words: the
  * shell (or the program) sees them as written, with ARG and ENV in its
  * environment, as in Docker.
+ *
+ * For the build pipeline (Docker's rules, not checked here): ARGs before FROM
+ * are visible to FROM only, an ARG after FROM (re)declares one for the rest;
+ * all values of one ENV (or ARG, LABEL) are expanded with what was in effect
+ * before it ("ENV a=new b=$a" gives b the old a); a cache key needs the
+ * expanded values of what a step uses (ARG and ENV in effect for RUN), not
+ * only its text.
  */
 #pragma once
 

@@ -374,7 +374,9 @@ static void env(void **state)
 	refused("FROM x\nENV A=${B#x}\n", -EOPNOTSUPP, "line 2: this substitution is not supported");
 	refused("FROM x\nENV A=$1\n", -EOPNOTSUPP, "line 2: $1 is not supported");
 	refused("FROM x\nENV A=$@\n", -EOPNOTSUPP, "line 2: $@ is not supported");
-	refused("FROM x\nENV A=${A:-${A:-${A:-${A:-${A:-${A:-${A:-${A:-${A:-${A:-${A:-${A:-${A:-${A:-${A:-${A:-${A:-x}}}}}}}}}}}}}}}}}\n",
+	refused("FROM x\nENV A=\"$\xc3\xa9\"\n", -EOPNOTSUPP, "line 2: non-ASCII variable names are not supported");
+	refused("FROM x\nENV A=${A:-${A:-${A:-${A:-${A:-${A:-${A:-${A:-${A:-${A:-${A:-${A:-${A:-${A:-${A:-${A:-"
+		"${A:-x}}}}}}}}}}}}}}}}}\n",
 		-EINVAL, "line 2: substitutions nested more than 16 deep");
 }
 
