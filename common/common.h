@@ -11,6 +11,7 @@
 
 #define _cleanup_(f) __attribute__((cleanup(f)))
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define container_of(ptr, type, member) ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
 
 static inline void freep(void *p)
 {
@@ -50,6 +51,13 @@ void log_msg(enum log_level lvl, const char *fmt, ...) __attribute__((format(pri
 #define log_info(...) log_msg(LOG_INFO_, __VA_ARGS__)
 #define log_debug(...) log_msg(LOG_DEBUG_, __VA_ARGS__)
 
+/*
+ * Error messages for a caller. error_set replaces *slot; error_first keeps a
+ * message already there (the first cause wins; slot may be NULL) and returns r.
+ */
+void error_set(char **slot, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int error_first(char **slot, int r, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 /* Monotonic time in nanoseconds and milliseconds (as double). */
 uint64_t now_ns(void);
 /* Wall-clock time in milliseconds since the epoch. */
@@ -76,6 +84,8 @@ int name_validate(const char *name);
 int write_file_atomic(const char *path, const void *data, size_t len, bool durable);
 int read_file(const char *path, size_t max, char **ret_data, size_t *ret_len);
 int mkdir_p(const char *path, mode_t mode);
+/* Lexical normalization of a path taken as absolute: no ".", no "..", no "//"; ".." at "/" stays at "/". */
+int path_normalize(const char *path, char **ret);
 int rm_rf(const char *path);
 char *strjoin(const char *a, ...) __attribute__((sentinel));
 

@@ -149,3 +149,40 @@ int rm_rf(const char *path)
 		return errno == ENOENT ? 0 : -errno;
 	return r;
 }
+
+int path_normalize(const char *path, char **ret)
+{
+	size_t out_len = 0;
+	char *out = malloc(strlen(path) + 2);
+	const char *p = path;
+
+	if (!out)
+		return -ENOMEM;
+	for (;;) {
+		const char *c;
+		size_t n;
+
+		while (*p == '/')
+			p++;
+		c = p;
+		n = strcspn(p, "/");
+		p += n;
+		if (n == 0)
+			break;
+		if (n == 1 && c[0] == '.')
+			continue;
+		if (n == 2 && c[0] == '.' && c[1] == '.') {
+			while (out_len > 0 && out[--out_len] != '/')
+				;
+			continue;
+		}
+		out[out_len++] = '/';
+		memcpy(out + out_len, c, n);
+		out_len += n;
+	}
+	if (out_len == 0)
+		out[out_len++] = '/';
+	out[out_len] = '\0';
+	*ret = out;
+	return 0;
+}

@@ -26,34 +26,6 @@ static bool is_dots(const char *c, size_t n, size_t dots)
 	return n == dots && strncmp(c, "..", dots) == 0;
 }
 
-int linkpath_normalize(const char *path, char **ret)
-{
-	size_t len = strlen(path), out_len = 0;
-	char *out = malloc(len + 2);
-	const char *p = path, *c;
-	size_t n;
-
-	if (!out)
-		return -ENOMEM;
-	while ((n = next_component(&p, &c)) > 0) {
-		if (is_dots(c, n, 1))
-			continue;
-		if (is_dots(c, n, 2)) {
-			while (out_len > 0 && out[--out_len] != '/')
-				;
-			continue;
-		}
-		out[out_len++] = '/';
-		memcpy(out + out_len, c, n);
-		out_len += n;
-	}
-	if (out_len == 0)
-		out[out_len++] = '/';
-	out[out_len] = '\0';
-	*ret = out;
-	return 0;
-}
-
 /* Components of a normalized absolute path ("/" has none). */
 static size_t depth_of(const char *path)
 {
@@ -161,14 +133,14 @@ int linkpath_show(const char *link_path, const char *target, linkpath_resolve_fn
 	if (cut == 0 || !resolve || resolve(ctx, base, &resolved) < 0 || resolved[0] != '/') {
 		free(resolved);
 		resolved = NULL;
-		r = linkpath_normalize(base, &resolved); /* the guest could not: lexically */
+		r = path_normalize(base, &resolved); /* the guest could not: lexically */
 		if (r < 0)
 			return r;
 	}
 	/* the rest has no ".."; whatever the guest answered is normalized again */
 	if (asprintf(&joined, "%s/%s", resolved, target + cut) < 0)
 		return -ENOMEM;
-	r = linkpath_normalize(joined, &norm);
+	r = path_normalize(joined, &norm);
 	if (r == 0)
 		r = linkpath_relative(dir, norm, &out);
 	if (r < 0)

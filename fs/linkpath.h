@@ -25,8 +25,7 @@
 
 #define LINKPATH_MAX 4095 /* what readlink can return through FUSE (a page, less the NUL) */
 
-/* Lexical normalization of an absolute path: no ".", no "..", no "//"; ".." at "/" stays at "/". */
-int linkpath_normalize(const char *path, char **ret);
+/* (Lexical normalization of an absolute path: path_normalize() in common.h.) */
 /* The path from directory from_dir to to (both absolute, normalized): "../.." and names, or ".". */
 int linkpath_relative(const char *from_dir, const char *to, char **ret);
 

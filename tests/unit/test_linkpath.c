@@ -13,13 +13,14 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include "common.h"
 #include "linkpath.h"
 
 static void check_norm(const char *in, const char *want)
 {
 	char *out = NULL;
 
-	assert_int_equal(linkpath_normalize(in, &out), 0);
+	assert_int_equal(path_normalize(in, &out), 0);
 	assert_string_equal(out, want);
 	free(out);
 }
@@ -74,10 +75,10 @@ static int fake_guest(void *ctx, const char *path, char **ret)
 
 		if (asprintf(&p, "/%s", path + 7) < 0)
 			return -ENOMEM;
-		r = linkpath_normalize(p, &norm);
+		r = path_normalize(p, &norm);
 		free(p);
 	} else {
-		r = linkpath_normalize(path, &norm);
+		r = path_normalize(path, &norm);
 	}
 	if (r == 0)
 		*ret = norm;
