@@ -11,6 +11,9 @@ PKGS=(
 	fuse3 qemu-system-x86 xfsprogs util-linux
 	# guest image (contrib/build-image.sh)
 	busybox-static e2fsprogs cpio dpkg apt lz4
+	# OCI images: the python image (contrib/build-python-image.sh) is made with
+	# mmdebstrap and umoci; the daemon reads registry and docker-archive images with skopeo
+	mmdebstrap umoci skopeo
 	# tests (ip and nft count namespaces, links and rules before and after)
 	python3 valgrind iproute2 nftables
 	# the metrics test parses MOUNT/metrics with the reference OpenMetrics parser
