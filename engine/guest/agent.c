@@ -54,6 +54,9 @@
 #include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <grp.h>
+#include <pwd.h>
+#include <netinet/in.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -514,6 +517,7 @@ static int root_switch(const char *dev)
 		return r;
 	for (size_t i = 0; i < 3; i++) {
 		snprintf(dst, sizeof(dst), AGENT_NEWROOT "%s", moves[i]);
+		mkdir(dst, 0755); /* an image may lack them (a distroless one) */
 		r = mount_at(moves[i], dst, NULL, MS_MOVE, NULL);
 		if (r < 0)
 			return r;
@@ -557,6 +561,7 @@ static void init_root(void)
 			agent_log("root %s: %s (staying in the initramfs)", dev, strerror(-r));
 	}
 	for (size_t i = 0; i < 2; i++) {
+		mkdir(tmpfs[i].dir, 0755); /* an image may lack them */
 		if (stat(tmpfs[i].dir, &st) < 0 || !S_ISDIR(st.st_mode))
 			continue;
 		if (mount("tmpfs", tmpfs[i].dir, "tmpfs", MS_NOSUID | MS_NODEV, tmpfs[i].opts) < 0)
@@ -807,6 +812,9 @@ struct agent {
 	bool watch_warned;
 	const struct cred *cred;	/* the identity of the file op running, NULL: root */
 	struct strv extra_env;		/* from the last attach */
+	struct strv image_env;		/* from configure (the image's, at bake) */
+	char *default_cwd;		/* from configure: exec's and spawn's cwd and user */
+	char *default_user;
 	uint64_t session;		/* from the last attach that had one */
 };
 
@@ -1088,6 +1096,8 @@ static int json_get_b64(struct json_object *o, const char *key, unsigned char **
 /* ------------------------------------------------------------------ */
 /* exec                                                                 */
 
+#define USER_GROUPS_MAX 64
+
 struct exec_spec {
 	struct strv argv;
 	struct strv env;
@@ -1095,6 +1105,12 @@ struct exec_spec {
 	unsigned char *stdin_data;
 	size_t stdin_len;
 	uint64_t timeout_ms;
+	bool as_user;		/* run as uid/gid/groups, not root */
+	uid_t uid;
+	gid_t gid;
+	size_t ngroups;
+	gid_t groups[USER_GROUPS_MAX];
+	char *home;		/* the user's, for HOME */
 };
 
 static void exec_spec_done(struct exec_spec *s)
@@ -1102,6 +1118,7 @@ static void exec_spec_done(struct exec_spec *s)
 	strv_free(&s->argv);
 	strv_free(&s->env);
 	free(s->stdin_data);
+	free(s->home);
 }
 
 static int exec_parse_argv(struct request *rq, struct strv *argv)
@@ -1113,6 +1130,9 @@ static int exec_parse_argv(struct request *rq, struct strv *argv)
 	if (r == -EINVAL || (r == 0) == (arr != NULL))
 		return request_fail(rq, EINVAL, "exec needs exactly one of \"sh\" (string) and \"argv\"");
 	if (r == 0) {
+		if (access("/bin/sh", X_OK) < 0)
+			return request_fail(rq, ENOENT, "a shell line needs /bin/sh, and this guest has none (%s): "
+					    "give \"argv\" instead", strerror(errno));
 		if (strv_push(argv, strdup("/bin/sh")) < 0 || strv_push(argv, strdup("-c")) < 0 ||
 		    strv_push(argv, strdup(sh)) < 0)
 			return -ENOMEM;
@@ -1133,21 +1153,28 @@ static int exec_parse_argv(struct request *rq, struct strv *argv)
 	return 0;
 }
 
-/* Environment: the fixed base, then the last attach's, then the request's. */
-static int exec_build_env(struct agent *a, struct request *rq, struct strv *env)
+/*
+ * Environment: the fixed base (HOME the user's), then the image's (a
+ * configure at bake), then the last attach's, then the request's.
+ */
+static int exec_build_env(struct agent *a, struct request *rq, const char *home, struct strv *env)
 {
 	static const char *const base[] = {
 		"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-		"HOME=/root",
 		"TERM=linux",
 	};
 	struct strv req = { 0 };
+	char *h;
 	int r;
 
-	for (size_t i = 0; i < 3; i++)
+	for (size_t i = 0; i < 2; i++)
 		if (strv_push(env, strdup(base[i])) < 0)
 			return -ENOMEM;
-	r = env_merge(env, &a->extra_env);
+	if (asprintf(&h, "HOME=%s", home ? home : "/root") < 0 || strv_push(env, h) < 0)
+		return -ENOMEM;
+	r = env_merge(env, &a->image_env);
+	if (r == 0)
+		r = env_merge(env, &a->extra_env);
 	if (r < 0)
 		return r;
 	r = json_get_env(rq->msg, "env", &req);
@@ -1161,19 +1188,94 @@ static int exec_build_env(struct agent *a, struct request *rq, struct strv *env)
 	return r;
 }
 
-/* What exec and spawn share: argv or sh, env, cwd. */
+/*
+ * A user as the image or a request names it: "name", "uid", "name:group",
+ * "uid:gid", looked up in the guest's /etc/passwd and /etc/group (fgetpwent
+ * and fgetgrent: no NSS in a static agent); supplementary groups from
+ * /etc/group, as initgroups would.
+ */
+static int user_resolve(const char *spec, struct exec_spec *s, char *why, size_t why_len)
+{
+	_cleanup_free_ char *name = strdup(spec);
+	char *grp = name ? strchr(name, ':') : NULL, *end;
+	struct passwd *pw = NULL;
+	struct group *gr;
+	FILE *f;
+	bool numeric;
+	unsigned long n;
+
+	if (!name)
+		return -ENOMEM;
+	if (grp)
+		*grp++ = '\0';
+	n = strtoul(name, &end, 10);
+	numeric = *name && !*end;
+	if ((f = fopen("/etc/passwd", "re"))) {
+		while ((pw = fgetpwent(f)))
+			if (numeric ? pw->pw_uid == (uid_t)n : strcmp(pw->pw_name, name) == 0)
+				break;
+		if (pw) {
+			s->uid = pw->pw_uid;
+			s->gid = pw->pw_gid;
+			s->home = strdup(pw->pw_dir);
+		}
+		fclose(f);
+	}
+	if (!pw && !numeric) {
+		snprintf(why, why_len, "user %.64s is not in the guest's /etc/passwd", name);
+		return -EINVAL;
+	}
+	if (!pw)
+		s->uid = s->gid = (uid_t)n; /* a uid with no entry: its own group, as Docker does */
+	if (grp) {
+		n = strtoul(grp, &end, 10);
+		if (*grp && !*end) {
+			s->gid = (gid_t)n;
+		} else {
+			gr = NULL;
+			if ((f = fopen("/etc/group", "re"))) {
+				while ((gr = fgetgrent(f)) && strcmp(gr->gr_name, grp) != 0)
+					;
+				if (gr)
+					s->gid = gr->gr_gid;
+				fclose(f);
+			}
+			if (!gr) {
+				snprintf(why, why_len, "group %.64s is not in the guest's /etc/group", grp);
+				return -EINVAL;
+			}
+		}
+	} else if (pw && (f = fopen("/etc/group", "re"))) {
+		while ((gr = fgetgrent(f)) && s->ngroups < USER_GROUPS_MAX)
+			for (char **m = gr->gr_mem; m && *m; m++)
+				if (strcmp(*m, pw->pw_name) == 0 && gr->gr_gid != s->gid)
+					s->groups[s->ngroups++] = gr->gr_gid;
+		fclose(f);
+	}
+	s->as_user = s->uid != 0 || s->gid != 0 || s->ngroups > 0;
+	return 0;
+}
+
+/* What exec and spawn share: argv or sh, user, env, cwd (each defaulting to the image's, see configure). */
 static int proc_parse(struct agent *a, struct request *rq, struct exec_spec *s)
 {
+	const char *user = a->default_user;
 	struct stat st;
+	char why[160];
 	int r;
 
 	r = exec_parse_argv(rq, &s->argv);
 	if (r < 0)
 		return r;
-	r = exec_build_env(a, rq, &s->env);
+	r = json_get_str(rq->msg, "user", &user, NULL);
+	if (r == -EINVAL)
+		return request_fail(rq, EINVAL, "\"user\" must be a string");
+	if (user && *user && (r = user_resolve(user, s, why, sizeof(why))) < 0)
+		return r == -EINVAL ? request_fail(rq, EINVAL, "%s", why) : r;
+	r = exec_build_env(a, rq, s->home, &s->env);
 	if (r < 0)
 		return r;
-	s->cwd = "/";
+	s->cwd = a->default_cwd ? a->default_cwd : "/";
 	r = json_get_str(rq->msg, "cwd", &s->cwd, NULL);
 	if (r == -EINVAL)
 		return request_fail(rq, EINVAL, "\"cwd\" must be a string");
@@ -1318,6 +1420,12 @@ static void __attribute__((noreturn)) child_exec(int in, int out, int err, struc
 	if (dup2(in, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0)
 		_exit(127);
 	close_fds_from(3);
+	if (s->as_user &&
+	    (syscall(SYS_setgroups, s->ngroups, s->groups) < 0 || syscall(SYS_setresgid, s->gid, s->gid, s->gid) < 0 ||
+	     syscall(SYS_setresuid, s->uid, s->uid, s->uid) < 0)) {
+		child_msg("setuid", "", errno);
+		_exit(126);
+	}
 	if (chdir(s->cwd) < 0) {
 		child_msg("chdir", s->cwd, errno);
 		_exit(127);
@@ -3355,6 +3463,68 @@ static int op_statfs(struct agent *a, struct request *rq, struct json_object *re
 }
 
 /* ------------------------------------------------------------------ */
+/* Guest-wide settings and probes                                      */
+
+/*
+ * configure {env?, cwd?, user?}: what every later exec and spawn gets unless
+ * it says otherwise (an image's ENV, WORKDIR and USER). Sent once at a
+ * template's bake, so it is in the snapshot of every sandbox. The user is
+ * looked up at each exec (the guest may add it later).
+ */
+static int op_configure(struct agent *a, struct request *rq, struct json_object *reply)
+{
+	struct strv env = { 0 };
+	const char *cwd = NULL, *user = NULL;
+	int r;
+
+	(void)reply;
+	r = json_get_env(rq->msg, "env", &env);
+	if (r == -EINVAL)
+		return request_fail(rq, EINVAL, "\"env\" must be an object of strings with valid names");
+	if ((r = json_get_str(rq->msg, "cwd", &cwd, NULL)) == -EINVAL || (cwd && cwd[0] != '/'))
+		return strv_free(&env), request_fail(rq, EINVAL, "\"cwd\" must be an absolute path");
+	if ((r = json_get_str(rq->msg, "user", &user, NULL)) == -EINVAL)
+		return strv_free(&env), request_fail(rq, EINVAL, "\"user\" must be a string");
+	strv_free(&a->image_env);
+	a->image_env = env;
+	free(a->default_cwd);
+	free(a->default_user);
+	a->default_cwd = cwd && *cwd ? strdup(cwd) : NULL;
+	a->default_user = user && *user ? strdup(user) : NULL;
+	return 0;
+}
+
+/* probe {tcp}: whether a TCP connect to the guest's own port succeeds now (a start command's readiness). */
+static int op_probe(struct agent *a, struct request *rq, struct json_object *reply)
+{
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	_cleanup_close_ int fd = -1;
+	uint64_t port;
+	int r;
+
+	(void)a;
+	(void)reply;
+	r = req_u64(rq, "tcp", 1, 65535, &port);
+	if (r < 0)
+		return r;
+	sa.sin_port = htons((uint16_t)port);
+	fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+		return sys_fail(rq, "connect", "127.0.0.1");
+	return 0;
+}
+
+/* sync: everything the guest wrote is on its disks (before the host copies one). */
+static int op_sync(struct agent *a, struct request *rq, struct json_object *reply)
+{
+	(void)a;
+	(void)rq;
+	(void)reply;
+	sync();
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
 /* Streaming processes                                                  */
 
 static int spawn_get(struct agent *a, struct request *rq, struct job **ret)
@@ -3736,6 +3906,9 @@ static const struct agent_op {
 	{ "ping", op_ping, false, false },
 	{ "exec", op_exec, false, false },
 	{ "attach", op_attach, false, false },
+	{ "configure", op_configure, false, false },
+	{ "probe", op_probe, false, false },
+	{ "sync", op_sync, false, false },
 	{ "lstat", op_lstat, false, true },
 	{ "readdir", op_readdir, false, true },
 	{ "open", op_open, false, true },

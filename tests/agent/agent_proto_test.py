@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Protocol test of the guest agent (docs/protocol.md, version 2).
+"""Protocol test of the guest agent (docs/protocol.md, version 3).
 
 Boots the image's guest under QEMU (TCG, -M microvm, as engine/qemu.c does),
 talks to the agent over the virtio-serial chardev socket and exercises every
@@ -929,9 +929,99 @@ def t_hangup(g, c):
     g.reconnect()
 
 
+def t_users(g, c):
+    """exec and spawn as another user: by name (passwd, group membership, HOME), by number, refusals."""
+    r = c.exec("grep -q '^tuser:' /etc/passwd || { echo 'tuser:x:1500:1600:t:/home/t:/bin/sh' >> /etc/passwd;"
+               " echo 'tg:x:1600:' >> /etc/group; echo 'extra:x:1700:root,tuser' >> /etc/group; };"
+               " mkdir -p /home/t && chown 1500:1600 /home/t")
+    expect(r["exit_code"] == 0, "setup %s" % r)
+    r = c.exec("id -u; id -g; id -G; echo $HOME; touch /home/t/mine && stat -c %u:%g /home/t/mine", user="tuser")
+    expect(r["out"] == b"1500\n1600\n1600 1700\n/home/t\n1500:1600\n", "as tuser: %r" % r["out"])
+    r = c.exec("id -u; id -g; id -G", user="4242")
+    expect(r["out"] == b"4242\n4242\n4242\n", "a uid without an entry: its own group, no others: %r" % r["out"])
+    r = c.exec("id -u; id -g", user="tuser:0")
+    expect(r["out"] == b"1500\n0\n", "user:gid %r" % r["out"])
+    r = c.exec("cat /etc/shadow 2>/dev/null || echo denied; touch /root/x 2>/dev/null || echo denied2", user="tuser")
+    expect(r["out"] == b"denied\ndenied2\n", "no privilege as tuser: %r" % r["out"])
+    job = c.call("spawn", sh="id -u; echo $HOME", user="tuser")["job"]
+    expect(drain(c, job)[0] == b"1500\n/home/t\n", "spawn as tuser")
+    c.call("release", job=job)
+    for bad, what in (("nosuch", "/etc/passwd"), ("tuser:nogroup", "/etc/group")):
+        try:
+            c.call("exec", sh="true", user=bad)
+            raise AssertionError("user %s accepted" % bad)
+        except AgentError as e:
+            expect(e.errno == errno.EINVAL and what in str(e), "user %s: %s" % (bad, e))
+    expect_errno(c.error("exec", sh="true", user=5), errno.EINVAL, "user not a string")
+
+
+def t_configure(g, c):
+    """configure: the defaults of every later exec and spawn (an image's ENV, WORKDIR, USER)."""
+    c.exec("grep -q '^tuser:' /etc/passwd || echo 'tuser:x:1500:1600:t:/home/t:/bin/sh' >> /etc/passwd;"
+           " mkdir -p /home/t /srv/app")
+    try:
+        c.call("configure", env={"IMG": "1", "BOTH": "image"}, cwd="/srv/app", user="tuser")
+        r = c.exec("pwd; echo $IMG $BOTH; id -u; echo $HOME")
+        expect(r["out"] == b"/srv/app\n1 image\n1500\n/home/t\n", "defaults: %r" % r["out"])
+        r = c.exec("pwd; echo $IMG $BOTH; id -u", env={"BOTH": "request"}, cwd="/", user="0")
+        expect(r["out"] == b"/\n1 request\n0\n", "a request's own values win: %r" % r["out"])
+        job = c.call("spawn", sh="pwd; echo $IMG; id -u")["job"]
+        expect(drain(c, job)[0] == b"/srv/app\n1\n1500\n", "spawn gets the defaults")
+        c.call("release", job=job)
+        expect_errno(c.error("configure", cwd="relative"), errno.EINVAL, "relative cwd")
+        expect_errno(c.error("configure", env={"A=B": "x"}), errno.EINVAL, "env name with =")
+        expect_errno(c.error("configure", env={"": "x"}), errno.EINVAL, "empty env name")
+        expect_errno(c.error("configure", env=["A=1"]), errno.EINVAL, "env not an object")
+        expect_errno(c.error("configure", user=7), errno.EINVAL, "user not a string")
+        r = c.exec("pwd; echo $IMG; id -u")
+        expect(r["out"] == b"/srv/app\n1\n1500\n", "a refused configure changes nothing: %r" % r["out"])
+        # a default user that is gone from the guest: the exec says so
+        c.call("configure", user="ghost")
+        try:
+            c.call("exec", sh="true")
+            raise AssertionError("exec as a missing default user ran")
+        except AgentError as e:
+            expect(e.errno == errno.EINVAL and "ghost" in str(e), "missing default user: %s" % e)
+    finally:
+        c.call("configure")
+    r = c.exec("pwd; echo x$IMG; id -u")
+    expect(r["out"] == b"/\nx\n0\n", "configure {} resets: %r" % r["out"])
+
+
+def t_probe_sync(g, c):
+    """probe {tcp}: a start command's readiness; sync; a shell-line exec in a guest without /bin/sh."""
+    expect_errno(c.error("probe", tcp=7777), errno.ECONNREFUSED, "nothing listening")
+    for bad in (0, 65536, "80", -1):
+        expect_errno(c.error("probe", tcp=bad), errno.EINVAL, "probe tcp=%r" % (bad,))
+    expect_errno(c.error("probe"), errno.EINVAL, "probe without tcp")
+    job = c.call("spawn", argv=["nc", "-l", "-p", "7777"])["job"]
+    t0 = time.monotonic()
+    while True:
+        try:
+            c.call("probe", tcp=7777)
+            break
+        except AgentError as e:
+            expect(e.errno == errno.ECONNREFUSED and time.monotonic() - t0 < 20, "probe: %s" % e)
+            time.sleep(0.1)
+    c.call("release", job=job)
+    c.call("sync")
+    # an image without a shell: argv still runs, a shell line fails with the cause
+    c.exec("mv /bin/sh /bin/sh.away")
+    try:
+        r = c.call("exec", argv=["/bin/busybox", "echo", "argv ok"])
+        expect(base64.b64decode(r["stdout"]) == b"argv ok\n", "argv without a shell")
+        try:
+            c.call("exec", sh="echo hi")
+            raise AssertionError("a shell line ran without /bin/sh")
+        except AgentError as e:
+            expect(e.errno == errno.ENOENT and "/bin/sh" in str(e), "no shell: %s" % e)
+    finally:
+        c.call("exec", argv=["/bin/busybox", "mv", "/bin/sh.away", "/bin/sh"])
+
+
 TESTS = [t_basics, t_binary_roundtrip, t_errnos, t_files_v3, t_namespace, t_readdir, t_spawn_stream,
          t_spawn_signals, t_two_processes, t_stdin, t_backpressure, t_large_read, t_exec_latency,
-         t_malformed, t_hangup]
+         t_malformed, t_users, t_configure, t_probe_sync, t_hangup]
 
 
 def main():
