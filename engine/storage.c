@@ -121,12 +121,43 @@ static int make_image(const char *image, uint64_t size_mib)
 	return r;
 }
 
+/*
+ * A loop device already backing the image (an earlier daemon's store, still
+ * mounted in some mount namespace or being torn down): its number, or -1.
+ */
+static int loop_find(const struct stat *img)
+{
+	for (int n = 0; n < 1024; n++) {
+		char dev[32];
+		struct loop_info64 li;
+		_cleanup_close_ int fd = -1;
+
+		snprintf(dev, sizeof(dev), "/dev/loop%d", n);
+		fd = open(dev, O_RDONLY | O_CLOEXEC);
+		if (fd < 0) {
+			if (errno == ENOENT)
+				break;
+			continue;
+		}
+		if (ioctl(fd, LOOP_GET_STATUS64, &li) == 0 && li.lo_inode == img->st_ino &&
+		    li.lo_device == img->st_dev)
+			return n;
+	}
+	return -1;
+}
+
+/*
+ * Mounts the image. If an instance of its XFS is still alive (a copy of an
+ * earlier daemon's mount in another mount namespace, or one being torn
+ * down), a second loop device over the same file would make two instances of
+ * one filesystem: XFS refuses (duplicate UUID). So the device already
+ * backing the image is mounted instead (the kernel shares its superblock);
+ * one being detached is waited for, up to 5 s.
+ */
 static int mount_loop_store(struct store *s, uint64_t size_mib, char **ret_error)
 {
-	char dev[64];
 	struct stat st;
-	_cleanup_close_ int lfd = -1;
-	int r;
+	int r = 0;
 
 	if (stat(s->image, &st) < 0) {
 		r = make_image(s->image, size_mib);
@@ -134,19 +165,36 @@ static int mount_loop_store(struct store *s, uint64_t size_mib, char **ret_error
 			*ret_error = strdup("store: mkfs.xfs of the loop image failed (is xfsprogs installed?)");
 			return r;
 		}
+		if (stat(s->image, &st) < 0)
+			return -errno;
 	}
-	r = lfd = loop_attach(s->image, dev, sizeof(dev));
-	if (r < 0) {
-		*ret_error = strdup("store: cannot attach a loop device to the store image");
-		return r;
-	}
-	if (mount(dev, s->root, "xfs", MS_NOATIME, NULL) < 0) {
+	for (int tries = 0; tries < 50; tries++) {
+		_cleanup_close_ int lfd = -1;
+		char dev[64];
+		int n = loop_find(&st);
+
+		if (tries > 0)
+			usleep(100 * 1000);
+		if (n >= 0) {
+			snprintf(dev, sizeof(dev), "/dev/loop%d", n);
+		} else if ((r = lfd = loop_attach(s->image, dev, sizeof(dev))) < 0) {
+			*ret_error = strdup("store: cannot attach a loop device to the store image");
+			return r;
+		}
+		if (mount(dev, s->root, "xfs", MS_NOATIME, NULL) == 0) {
+			if (n >= 0)
+				log_info("store: %s still backed the store image (an earlier instance's); mounted it", dev);
+			s->mounted = true;
+			return 0;
+		}
 		r = -errno;
-		*ret_error = strdup("store: cannot mount the XFS store image");
-		return r;
+		if (r != -EINVAL && r != -ENXIO && r != -ENODEV)
+			break;
 	}
-	s->mounted = true;
-	return 0;
+	*ret_error = strdup(r == -EINVAL ? "store: cannot mount the XFS store image: an instance of it is still "
+					   "mounted and cannot be shared (see the kernel log)"
+					 : "store: cannot mount the XFS store image");
+	return r;
 }
 
 int store_open(const char *state_dir, uint64_t size_mib, bool no_loop, struct store *s, char **ret_error)
@@ -177,8 +225,10 @@ int store_open(const char *state_dir, uint64_t size_mib, bool no_loop, struct st
 
 void store_close(struct store *s)
 {
-	if (s->mounted && umount2(s->root, 0) < 0 && errno == EBUSY)
+	if (s->mounted && umount2(s->root, 0) < 0 && errno == EBUSY) {
+		log_warn("store: %s is busy; detached (it goes when its last user does)", s->root);
 		umount2(s->root, MNT_DETACH);
+	}
 	free(s->root);
 	free(s->image);
 	memset(s, 0, sizeof(*s));
