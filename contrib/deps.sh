@@ -6,7 +6,7 @@ set -euo pipefail
 PKGS=(
 	# build
 	meson ninja-build pkg-config gcc libc6-dev
-	libfuse3-dev libjson-c-dev libcmocka-dev libnl-3-dev libnl-route-3-dev libnftables-dev
+	libfuse3-dev libjson-c-dev libcmocka-dev libnl-3-dev libnl-route-3-dev libnftables-dev libarchive-dev
 	# run
 	fuse3 qemu-system-x86 xfsprogs util-linux
 	# guest image (contrib/build-image.sh)

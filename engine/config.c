@@ -17,21 +17,12 @@ void template_config_clear(struct template_config *cfg)
 	free(cfg->cmdline);
 	free(cfg->backend);
 	free(cfg->derived_from);
+	free(cfg->image);
+	free(cfg->context);
+	free(cfg->start);
+	free(cfg->warm);
+	free(cfg->ready_cmd);
 	memset(cfg, 0, sizeof(*cfg));
-}
-
-static int fail(char **ret_error, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int fail(char **ret_error, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (ret_error) {
-		va_start(ap, fmt);
-		if (vasprintf(ret_error, fmt, ap) < 0)
-			*ret_error = NULL;
-		va_end(ap);
-	}
-	return -EINVAL;
 }
 
 static int get_path(json_object *o, const char *key, bool required, char **dst, char **ret_error)
@@ -40,12 +31,12 @@ static int get_path(json_object *o, const char *key, bool required, char **dst, 
 	const char *s;
 
 	if (!json_object_object_get_ex(o, key, &v))
-		return required ? fail(ret_error, "config: \"%s\" is required", key) : 0;
+		return required ? error_first(ret_error, -EINVAL, "config: \"%s\" is required", key) : 0;
 	if (!json_object_is_type(v, json_type_string))
-		return fail(ret_error, "config: \"%s\" must be a string", key);
+		return error_first(ret_error, -EINVAL, "config: \"%s\" must be a string", key);
 	s = json_object_get_string(v);
 	if (s[0] != '/' || strlen(s) >= 4096 || strstr(s, "/../") || strchr(s, ','))
-		return fail(ret_error, "config: \"%s\" must be an absolute path without \"..\" or \",\"", key);
+		return error_first(ret_error, -EINVAL, "config: \"%s\" must be an absolute path without \"..\" or \",\"", key);
 	*dst = strdup(s);
 	return *dst ? 0 : -ENOMEM;
 }
@@ -58,10 +49,10 @@ static int get_uint(json_object *o, const char *key, unsigned lo, unsigned hi, u
 	if (!json_object_object_get_ex(o, key, &v))
 		return 0;
 	if (!json_object_is_type(v, json_type_int))
-		return fail(ret_error, "config: \"%s\" must be an integer", key);
+		return error_first(ret_error, -EINVAL, "config: \"%s\" must be an integer", key);
 	n = json_object_get_int64(v);
 	if (n < lo || n > hi)
-		return fail(ret_error, "config: \"%s\" must be between %u and %u", key, lo, hi);
+		return error_first(ret_error, -EINVAL, "config: \"%s\" must be between %u and %u", key, lo, hi);
 	*dst = (unsigned)n;
 	return 0;
 }
@@ -70,7 +61,8 @@ static int check_keys(json_object *o, char **ret_error)
 {
 	static const char *const known[] = { "kernel", "initrd", "rootfs", "cmdline", "vcpus",
 					     "mem_mib", "backend", "accel", "net", "ready_tcp_port",
-					     "idle_timeout_s", "derived_from" };
+					     "idle_timeout_s", "derived_from", "image", "disk_mib", "context",
+					     "start", "ready", "warm" };
 
 	json_object_object_foreach(o, key, val) {
 		bool ok = false;
@@ -79,7 +71,7 @@ static int check_keys(json_object *o, char **ret_error)
 		for (size_t i = 0; i < ARRAY_SIZE(known); i++)
 			ok = ok || strcmp(key, known[i]) == 0;
 		if (!ok)
-			return fail(ret_error, "config: unknown key \"%s\"", key);
+			return error_first(ret_error, -EINVAL, "config: unknown key \"%s\"", key);
 	}
 	return 0;
 }
@@ -97,28 +89,83 @@ static int parse_strings(json_object *o, struct template_config *cfg, char **ret
 	s = "";
 	if (json_object_object_get_ex(o, "cmdline", &v)) {
 		if (!json_object_is_type(v, json_type_string))
-			return fail(ret_error, "config: \"cmdline\" must be a string");
+			return error_first(ret_error, -EINVAL, "config: \"cmdline\" must be a string");
 		s = json_object_get_string(v);
 		if (strlen(s) > MAX_CMDLINE || strpbrk(s, "\n\r\t"))
-			return fail(ret_error, "config: \"cmdline\" too long or has control characters");
+			return error_first(ret_error, -EINVAL, "config: \"cmdline\" too long or has control characters");
 	}
 	cfg->cmdline = strdup(s);
 	s = "qemu";
 	if (json_object_object_get_ex(o, "backend", &v)) {
 		s = json_object_get_string(v);
 		if (!json_object_is_type(v, json_type_string) || strcmp(s, "qemu") != 0)
-			return fail(ret_error, "config: \"backend\" must be \"qemu\" (the only driver built)");
+			return error_first(ret_error, -EINVAL, "config: \"backend\" must be \"qemu\" (the only driver built)");
 	}
 	cfg->backend = strdup(s);
 	if (json_object_object_get_ex(o, "derived_from", &v)) {
 		const char *d = json_object_is_type(v, json_type_string) ? json_object_get_string(v) : NULL;
 
 		if (!d || !*d || strlen(d) > 256 || strpbrk(d, "\n\r\t"))
-			return fail(ret_error, "config: \"derived_from\" must be a short string");
+			return error_first(ret_error, -EINVAL, "config: \"derived_from\" must be a short string");
 		if (!(cfg->derived_from = strdup(d)))
 			return -ENOMEM;
 	}
 	return cfg->cmdline && cfg->backend ? 0 : -ENOMEM;
+}
+
+/* A command for the guest's shell: a string without NUL, at most 4 KiB. */
+static int get_command(json_object *v, const char *key, char **dst, char **ret_error)
+{
+	const char *s = json_object_is_type(v, json_type_string) ? json_object_get_string(v) : NULL;
+
+	if (!s || !*s || strlen(s) > 4096 || strlen(s) != (size_t)json_object_get_string_len(v))
+		return error_first(ret_error, -EINVAL, "config: \"%s\" must be a shell command of 1..4096 bytes", key);
+	*dst = strdup(s);
+	return *dst ? 0 : -ENOMEM;
+}
+
+/*
+ * image, disk_mib, context, start, ready and warm: a root disk built from an
+ * image, a process started at bake, a command run ahead of any create.
+ */
+static int parse_build(json_object *o, struct template_config *cfg, char **ret_error)
+{
+	json_object *v, *tcp, *cmd;
+	int r;
+
+	if (json_object_object_get_ex(o, "image", &v)) {
+		if (!json_object_is_type(v, json_type_string))
+			return error_first(ret_error, -EINVAL, "config: \"image\" must be a string");
+		if ((r = image_ref_check(json_object_get_string(v), ret_error)) < 0)
+			return r;
+		if (cfg->rootfs)
+			return error_first(ret_error, -EINVAL, "config: \"image\" and \"rootfs\" exclude each other (the image is the root disk)");
+		if (!(cfg->image = strdup(json_object_get_string(v))))
+			return -ENOMEM;
+	}
+	if ((r = get_uint(o, "disk_mib", 64, 1024 * 1024, &cfg->disk_mib, ret_error)) < 0 ||
+	    (r = get_path(o, "context", false, &cfg->context, ret_error)) < 0)
+		return r;
+	if (json_object_object_get_ex(o, "start", &v) && (r = get_command(v, "start", &cfg->start, ret_error)) < 0)
+		return r;
+	if (json_object_object_get_ex(o, "warm", &v) && (r = get_command(v, "warm", &cfg->warm, ret_error)) < 0)
+		return r;
+	if (!json_object_object_get_ex(o, "ready", &v))
+		return 0;
+	if (!cfg->start)
+		return error_first(ret_error, -EINVAL, "config: \"ready\" needs \"start\"");
+	if (!json_object_is_type(v, json_type_object) || json_object_object_length(v) != 1)
+		return error_first(ret_error, -EINVAL, "config: \"ready\" must be {\"tcp\": PORT} or {\"cmd\": COMMAND}");
+	if (json_object_object_get_ex(v, "tcp", &tcp)) {
+		if (!json_object_is_type(tcp, json_type_int) || json_object_get_int64(tcp) < 1 ||
+		    json_object_get_int64(tcp) > 65535)
+			return error_first(ret_error, -EINVAL, "config: \"ready\": \"tcp\" must be a port 1..65535");
+		cfg->ready_tcp = (unsigned)json_object_get_int64(tcp);
+		return 0;
+	}
+	if (json_object_object_get_ex(v, "cmd", &cmd))
+		return get_command(cmd, "ready.cmd", &cfg->ready_cmd, ret_error);
+	return error_first(ret_error, -EINVAL, "config: \"ready\" must be {\"tcp\": PORT} or {\"cmd\": COMMAND}");
 }
 
 static int parse_accel(json_object *o, struct template_config *cfg, char **ret_error)
@@ -137,7 +184,7 @@ static int parse_accel(json_object *o, struct template_config *cfg, char **ret_e
 	else if (strcmp(s, "tcg") == 0)
 		cfg->accel = ACCEL_TCG;
 	else
-		return fail(ret_error, "config: \"accel\" must be \"auto\", \"kvm\" or \"tcg\"");
+		return error_first(ret_error, -EINVAL, "config: \"accel\" must be \"auto\", \"kvm\" or \"tcg\"");
 	return 0;
 }
 
@@ -148,11 +195,11 @@ static int parse_net(json_object *o, struct template_config *cfg, char **ret_err
 	cfg->net = false;
 	if (json_object_object_get_ex(o, "net", &v)) {
 		if (!json_object_is_type(v, json_type_boolean))
-			return fail(ret_error, "config: \"net\" must be true or false");
+			return error_first(ret_error, -EINVAL, "config: \"net\" must be true or false");
 		cfg->net = json_object_get_boolean(v);
 	}
 	if (cfg->ready_tcp_port && !cfg->net)
-		return fail(ret_error, "config: \"ready_tcp_port\" needs \"net\": true");
+		return error_first(ret_error, -EINVAL, "config: \"ready_tcp_port\" needs \"net\": true");
 	return 0;
 }
 
@@ -164,7 +211,7 @@ int template_config_parse(const char *json, size_t len, struct template_config *
 	int r;
 
 	if (len > 65536)
-		return fail(ret_error, "config: larger than 64 KiB");
+		return error_first(ret_error, -EINVAL, "config: larger than 64 KiB");
 	tok = json_tokener_new();
 	if (!tok)
 		return -ENOMEM;
@@ -175,10 +222,10 @@ int template_config_parse(const char *json, size_t len, struct template_config *
 		jerr = json_tokener_error_parse_unexpected;
 	json_tokener_free(tok);
 	if (!o || jerr != json_tokener_success)
-		return fail(ret_error, "config: malformed JSON (%s)",
+		return error_first(ret_error, -EINVAL, "config: malformed JSON (%s)",
 			    jerr == json_tokener_continue ? "unexpected end" : json_tokener_error_desc(jerr));
 	if (!json_object_is_type(o, json_type_object))
-		return fail(ret_error, "config: must be a JSON object");
+		return error_first(ret_error, -EINVAL, "config: must be a JSON object");
 	cfg->vcpus = 1;
 	cfg->mem_mib = 256;
 	if ((r = check_keys(o, ret_error)) < 0 || (r = parse_strings(o, cfg, ret_error)) < 0 ||
@@ -187,7 +234,7 @@ int template_config_parse(const char *json, size_t len, struct template_config *
 	    (r = parse_accel(o, cfg, ret_error)) < 0 ||
 	    (r = get_uint(o, "ready_tcp_port", 0, 65535, &cfg->ready_tcp_port, ret_error)) < 0 ||
 	    (r = get_uint(o, "idle_timeout_s", 0, 30 * 86400, &cfg->idle_timeout_s, ret_error)) < 0 ||
-	    (r = parse_net(o, cfg, ret_error)) < 0) {
+	    (r = parse_net(o, cfg, ret_error)) < 0 || (r = parse_build(o, cfg, ret_error)) < 0) {
 		template_config_clear(cfg);
 		return r;
 	}
@@ -223,6 +270,25 @@ char *template_config_render(const struct template_config *cfg)
 		json_object_object_add(o, "idle_timeout_s", json_object_new_int((int)cfg->idle_timeout_s));
 	if (cfg->derived_from)
 		json_object_object_add(o, "derived_from", json_object_new_string(cfg->derived_from));
+	if (cfg->image)
+		json_object_object_add(o, "image", json_object_new_string(cfg->image));
+	if (cfg->disk_mib)
+		json_object_object_add(o, "disk_mib", json_object_new_int((int)cfg->disk_mib));
+	if (cfg->context)
+		json_object_object_add(o, "context", json_object_new_string(cfg->context));
+	if (cfg->start)
+		json_object_object_add(o, "start", json_object_new_string(cfg->start));
+	if (cfg->warm)
+		json_object_object_add(o, "warm", json_object_new_string(cfg->warm));
+	if (cfg->ready_tcp || cfg->ready_cmd) {
+		json_object *rd = json_object_new_object();
+
+		if (cfg->ready_tcp)
+			json_object_object_add(rd, "tcp", json_object_new_int((int)cfg->ready_tcp));
+		else
+			json_object_object_add(rd, "cmd", json_object_new_string(cfg->ready_cmd));
+		json_object_object_add(o, "ready", rd);
+	}
 	s = strjoin(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE),
 		    "\n", NULL);
 	return s;

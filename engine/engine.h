@@ -101,6 +101,14 @@ struct template_config {
 	unsigned ready_tcp_port; /* also wait for a TCP connect to this guest port (needs net); 0: no */
 	unsigned idle_timeout_s; /* hibernate a sandbox after this long without an exec; 0: never */
 	char *derived_from;	 /* set by ctl "template NEW": the snapshot came from a sandbox, not a boot */
+	/* a root disk built from an OCI image (instead of rootfs), or by the template's Dockerfile */
+	char *image;		 /* "oci:/PATH[:NAME]", "docker-archive:/PATH", "docker://REF"; NULL: none */
+	unsigned disk_mib;	 /* the built disk's size; 0: the image plus room */
+	char *context;		 /* a Dockerfile's COPY and ADD sources are under this host directory */
+	char *start;		 /* a shell command started at bake, running in every sandbox (procs/start) */
+	unsigned ready_tcp;	 /* with start: the snapshot waits until this guest port accepts... */
+	char *ready_cmd;	 /* ...or until this command exits 0 in the guest */
+	char *warm;		 /* a shell command run at bake before the snapshot and in each warm slot before it is offered */
 };
 /* Parse JSON text into *cfg (which must be zeroed); on error sets *ret_error. */
 int template_config_parse(const char *json, size_t len, struct template_config *cfg, char **ret_error);
@@ -125,6 +133,12 @@ struct identity_inputs {
 	const char *vmm_version;
 	const char *restore_capability;
 	const char *derived; /* a template made from a sandbox: where its snapshot came from; NULL otherwise */
+	/* built root disks and start commands; NULL (absent) otherwise, so other identities stay as they were */
+	const char *image;   /* the config's image reference */
+	const char *build;   /* what the last build made: an image's manifest digest, a Dockerfile's last step */
+	const char *disk;    /* the built disk's size as configured */
+	const char *start;   /* the start command and its readiness check */
+	const char *warm;    /* the warm command */
 };
 void identity_digest(const struct identity_inputs *in, char out[65]);
 
@@ -168,6 +182,12 @@ char *template_render_status(struct template *t);
 char *template_render_config(struct template *t);
 char *template_render_identity(struct template *t);
 int template_write_config(struct template *t, const char *data, size_t len);
+/* templates/T/Dockerfile: its text ("" when none); written whole (empty removes it). */
+char *template_render_dockerfile(struct template *t);
+int template_write_dockerfile(struct template *t, const char *data, size_t len);
+/* templates/T/build.log: the last bake's log (-ENOENT before the first), and whether fd is still growing. */
+int template_build_log_open(struct template *t);
+bool template_build_log_live(struct template *t, int fd);
 /* ctl: "bake" or "rebake". */
 int template_ctl(struct template *t, const char *cmd, size_t len);
 

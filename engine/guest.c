@@ -902,59 +902,104 @@ json_object *sandbox_procs_json(struct sandbox *s)
  * state set): a job that may still run in the guest waits to be reattached
  * (the next attach), one that cannot has ended for us.
  */
+/* One process from a record (or a template's start command), not registered yet. */
+static struct proc *proc_from_json(struct sandbox *s, json_object *o, bool guest)
+{
+	const char *name = jget_str(o, "name"), *state = jget_str(o, "state"), *cmd = jget_str(o, "cmd"),
+		   *err = jget_str(o, "error");
+	struct proc *p;
+	int st = -1;
+
+	for (int k = 0; state && k <= PROC_LOST; k++)
+		if (strcmp(state, proc_state_names[k]) == 0)
+			st = k;
+	if (!name || name_validate(name) < 0 || st < 0 || !(p = proc_alloc(s->e, name)))
+		return NULL;
+	p->state = (enum proc_state)st;
+	p->cmd = cmd ? strdup(cmd) : NULL;
+	p->error = err ? strdup(err) : NULL;
+	p->job = (uint64_t)jget_int(o, "job", 0);
+	p->pid = jget_int(o, "pid", 0);
+	p->start_unix_ms = (uint64_t)jget_int(o, "start_unix_ms", 0);
+	p->exit_code = (int)jget_int(o, "exit_code", -1);
+	p->signal = (int)jget_int(o, "signal", 0);
+	p->duration_ms = jget_double(o, "duration_ms");
+	p->stdin_closed = jget_bool(o, "stdin_closed");
+	{
+		int64_t ago_ms = (int64_t)realtime_ms() - (int64_t)p->start_unix_ms;
+
+		/* "so far" goes on from the guest's start time */
+		p->start_ns = now_ns() - (ago_ms > 0 && p->start_unix_ms ? (uint64_t)ago_ms * 1000000 : 0);
+	}
+	if (p->state == PROC_STARTING) {
+		p->state = PROC_LOST;
+		free(p->error);
+		p->error = strdup("the daemon restarted while it started");
+	} else if ((p->state == PROC_RUNNING || p->state == PROC_EXITED) && p->job && guest) {
+		p->reattach = true;
+	} else if (p->state == PROC_RUNNING) {
+		p->state = PROC_LOST;
+		free(p->error);
+		p->error = strdup("the guest connection ended (the sandbox was stopped, or its VMM died)");
+	}
+	atomic_fetch_add(&s->refs, 1);
+	p->s = s;
+	return p;
+}
+
+static void procs_register(struct sandbox *s, struct proc *p)
+{
+	struct proc **v = realloc(s->procs, (s->n_procs + 1) * sizeof(*v));
+
+	if (!v) {
+		proc_unref(p);
+		return;
+	}
+	s->procs = v;
+	s->procs[s->n_procs++] = p;
+}
+
+/*
+ * The processes of a sandbox rebuilt from its record (not registered yet, its
+ * state set): a job that may still run in the guest waits to be reattached
+ * (the next attach), one that cannot has ended for us.
+ */
 void sandbox_procs_from_json(struct sandbox *s, json_object *arr)
 {
 	bool guest = s->state == SB_READY || s->state == SB_PAUSED || s->state == SB_HIBERNATED;
 	size_t n = json_object_is_type(arr, json_type_array) ? json_object_array_length(arr) : 0;
 
 	for (size_t i = 0; i < n && s->n_procs < PROCS_MAX; i++) {
-		json_object *o = json_object_array_get_idx(arr, i);
-		const char *name = jget_str(o, "name"), *state = jget_str(o, "state"), *cmd = jget_str(o, "cmd"),
-			   *err = jget_str(o, "error");
-		struct proc *p, **v;
-		int st = -1;
+		struct proc *p = proc_from_json(s, json_object_array_get_idx(arr, i), guest);
 
-		for (int k = 0; state && k <= PROC_LOST; k++)
-			if (strcmp(state, proc_state_names[k]) == 0)
-				st = k;
-		if (!name || name_validate(name) < 0 || st < 0)
-			continue;
-		if (!(v = realloc(s->procs, (s->n_procs + 1) * sizeof(*v))))
-			continue;
-		s->procs = v;
-		if (!(p = proc_alloc(s->e, name)))
-			continue;
-		p->state = (enum proc_state)st;
-		p->cmd = cmd ? strdup(cmd) : NULL;
-		p->error = err ? strdup(err) : NULL;
-		p->job = (uint64_t)jget_int(o, "job", 0);
-		p->pid = jget_int(o, "pid", 0);
-		p->start_unix_ms = (uint64_t)jget_int(o, "start_unix_ms", 0);
-		p->exit_code = (int)jget_int(o, "exit_code", -1);
-		p->signal = (int)jget_int(o, "signal", 0);
-		p->duration_ms = jget_double(o, "duration_ms");
-		p->stdin_closed = jget_bool(o, "stdin_closed");
-		{
-			int64_t ago_ms = (int64_t)realtime_ms() - (int64_t)p->start_unix_ms;
-
-			/* "so far" goes on from the guest's start time */
-			p->start_ns = now_ns() - (ago_ms > 0 && p->start_unix_ms ? (uint64_t)ago_ms * 1000000 : 0);
-		}
-		if (p->state == PROC_STARTING) {
-			p->state = PROC_LOST;
-			free(p->error);
-			p->error = strdup("the daemon restarted while it started");
-		} else if ((p->state == PROC_RUNNING || p->state == PROC_EXITED) && p->job && guest) {
-			p->reattach = true;
-		} else if (p->state == PROC_RUNNING) {
-			p->state = PROC_LOST;
-			free(p->error);
-			p->error = strdup("the guest connection ended (the sandbox was stopped, or its VMM died)");
-		}
-		atomic_fetch_add(&s->refs, 1);
-		p->s = s;
-		s->procs[s->n_procs++] = p;
+		if (p)
+			procs_register(s, p);
 	}
+}
+
+/*
+ * A template's start command in a sandbox restored from its snapshot: the
+ * snapshot's process, procs/start, taken over by the sandbox's first attach
+ * like a process of a record. e->lock held.
+ */
+void sandbox_procs_add_start(struct sandbox *s, const struct start_info *si)
+{
+	_cleanup_json_ json_object *o = json_object_new_object();
+	struct proc *p;
+
+	if (!o || !si->job || !si->cmd)
+		return;
+	json_object_object_add(o, "name", json_object_new_string("start"));
+	json_object_object_add(o, "state", json_object_new_string("running"));
+	json_object_object_add(o, "cmd", json_object_new_string(si->cmd));
+	json_object_object_add(o, "job", json_object_new_int64((int64_t)si->job));
+	json_object_object_add(o, "pid", json_object_new_int64(si->pid));
+	json_object_object_add(o, "start_unix_ms", json_object_new_int64((int64_t)si->start_unix_ms));
+	for (size_t i = 0; i < s->n_procs; i++)
+		if (strcmp(s->procs[i]->name, "start") == 0)
+			return;
+	if ((p = proc_from_json(s, o, true)))
+		procs_register(s, p);
 }
 
 /* The jobs an attach keeps: every process the guest may still have for us. */

@@ -96,6 +96,8 @@ void sandbox_procs_free(struct sandbox *s);
  */
 json_object *sandbox_procs_json(struct sandbox *s);
 void sandbox_procs_from_json(struct sandbox *s, json_object *arr);
+struct start_info;
+void sandbox_procs_add_start(struct sandbox *s, const struct start_info *si);
 json_object *sandbox_procs_keep(struct sandbox *s);
 void sandbox_procs_attached(struct sandbox *s, struct agent_client *ac, json_object *resp);
 void sandbox_procs_settle(struct sandbox *s);

@@ -138,7 +138,7 @@ static int attr_of(struct sandbox *s, json_object *resp, struct guest_attr *ret)
 	ret->id.ino = ju64(o, "ino");
 	ret->watched = json_object_object_get_ex(o, "chg", &chg);
 	ret->chg = ret->watched ? (uint64_t)json_object_get_int64(chg) : 0;
-	st->st_ino = guestfs_host_ino(s, ret->id);
+	st->st_ino = s ? guestfs_host_ino(s, ret->id) : ret->id.ino;
 	st->st_mode = (mode_t)ju64(o, "mode");
 	st->st_nlink = (nlink_t)ju64(o, "nlink");
 	st->st_uid = (uid_t)ju64(o, "uid");
@@ -153,23 +153,40 @@ static int attr_of(struct sandbox *s, json_object *resp, struct guest_attr *ret)
 	return 0;
 }
 
-/* One call on a connection pinned for it; takes req. */
-static int call(struct sandbox *s, const char *op, json_object *req, json_object **resp)
-{
-	int r = sandbox_guest_call(s, op, req, NULL, 0, resp, NULL, NULL);
+/*
+ * Where a call goes: a sandbox's connection (pinned for the call), or an
+ * agent connection of the engine's own (a template build's guest).
+ */
+struct target {
+	struct sandbox *s;
+	struct agent_client *ac;
+};
 
+/* One call; takes req. */
+static int call(const struct target *g, const char *op, json_object *req, json_object **resp)
+{
+	int r;
+
+	if (g->s) {
+		r = sandbox_guest_call(g->s, op, req, NULL, 0, resp, NULL, NULL);
+	} else {
+		json_object_object_add(req, "op", json_object_new_string(op));
+		r = agent_call_full(g->ac, req, NULL, 0, GUEST_CALL_TIMEOUT_MS, NULL, NULL, resp, NULL, NULL);
+		if (r == -ECONNRESET || r == -EPIPE || r == -EPROTO || r == -ETIMEDOUT)
+			r = -EIO;
+	}
 	json_object_put(req);
 	return r;
 }
 
 /* A call whose reply carries "st"; takes req. */
-static int call_attr(struct sandbox *s, const char *op, json_object *req, struct guest_attr *ret)
+static int call_attr(const struct target *g, const char *op, json_object *req, struct guest_attr *ret)
 {
 	json_object *resp = NULL;
-	int r = call(s, op, req, &resp);
+	int r = call(g, op, req, &resp);
 
 	if (r == 0 && ret)
-		r = attr_of(s, resp, ret);
+		r = attr_of(g->s, resp, ret);
 	json_object_put(resp);
 	return r;
 }
@@ -202,7 +219,7 @@ int guestfs_lstat(struct sandbox *s, const struct guest_cred *c, const char *pat
 	req = req_new(c);
 	add_path(req, "path", path);
 	add_id(req, "expect", expect);
-	return call_attr(s, "lstat", req, ret);
+	return call_attr(&(struct target){ s, NULL }, "lstat", req, ret);
 }
 
 int guestfs_readdir(struct sandbox *s, const struct guest_cred *c, const char *path, const struct guest_id *expect,
@@ -250,7 +267,7 @@ int guestfs_readdir(struct sandbox *s, const struct guest_cred *c, const char *p
 }
 
 /* mkdir, mknod, symlink: req (taken) gets the path. */
-static int make(struct sandbox *s, const char *op, const char *path, json_object *req, struct guest_attr *ret)
+static int make(const struct target *g, const char *op, const char *path, json_object *req, struct guest_attr *ret)
 {
 	int r = check_path(path);
 
@@ -259,7 +276,7 @@ static int make(struct sandbox *s, const char *op, const char *path, json_object
 		return r;
 	}
 	add_path(req, "path", path);
-	return call_attr(s, op, req, ret);
+	return call_attr(g, op, req, ret);
 }
 
 int guestfs_mkdir(struct sandbox *s, const struct guest_cred *c, const char *path, mode_t mode,
@@ -268,7 +285,7 @@ int guestfs_mkdir(struct sandbox *s, const struct guest_cred *c, const char *pat
 	json_object *req = req_new(c);
 
 	json_object_object_add(req, "mode", json_object_new_int(mode & 07777));
-	return make(s, "mkdir", path, req, ret);
+	return make(&(struct target){ s, NULL }, "mkdir", path, req, ret);
 }
 
 int guestfs_mknod(struct sandbox *s, const struct guest_cred *c, const char *path, mode_t mode, dev_t rdev,
@@ -278,7 +295,7 @@ int guestfs_mknod(struct sandbox *s, const struct guest_cred *c, const char *pat
 
 	json_object_object_add(req, "mode", json_object_new_int((int)(mode & (S_IFMT | 07777))));
 	json_object_object_add(req, "rdev", json_object_new_uint64((uint64_t)rdev & 0xffffffffu));
-	return make(s, "mknod", path, req, ret);
+	return make(&(struct target){ s, NULL }, "mknod", path, req, ret);
 }
 
 int guestfs_symlink(struct sandbox *s, const struct guest_cred *c, const char *target, const char *path,
@@ -287,7 +304,7 @@ int guestfs_symlink(struct sandbox *s, const struct guest_cred *c, const char *t
 	json_object *req = req_new(c);
 
 	json_object_object_add(req, "target", json_object_new_string(target));
-	return make(s, "symlink", path, req, ret);
+	return make(&(struct target){ s, NULL }, "symlink", path, req, ret);
 }
 
 int guestfs_link(struct sandbox *s, const struct guest_cred *c, const char *from, const struct guest_id *from_id,
@@ -304,7 +321,7 @@ int guestfs_link(struct sandbox *s, const struct guest_cred *c, const char *from
 	add_path(req, "from", from);
 	add_id(req, "expect", from_id);
 	add_path(req, "to", to);
-	return call_attr(s, "link", req, ret);
+	return call_attr(&(struct target){ s, NULL }, "link", req, ret);
 }
 
 static int remove_name(struct sandbox *s, const struct guest_cred *c, const char *op, const char *path)
@@ -316,7 +333,7 @@ static int remove_name(struct sandbox *s, const struct guest_cred *c, const char
 		return r;
 	req = req_new(c);
 	add_path(req, "path", path);
-	return call(s, op, req, NULL);
+	return call(&(struct target){ s, NULL }, op, req, NULL);
 }
 
 int guestfs_unlink(struct sandbox *s, const struct guest_cred *c, const char *path)
@@ -342,7 +359,7 @@ int guestfs_rename(struct sandbox *s, const struct guest_cred *c, const char *fr
 	add_path(req, "from", from);
 	add_path(req, "to", to);
 	json_object_object_add(req, "flags", json_object_new_int((int)flags));
-	return call(s, "rename", req, NULL);
+	return call(&(struct target){ s, NULL }, "rename", req, NULL);
 }
 
 int guestfs_readlink(struct sandbox *s, const struct guest_cred *c, const char *path, const struct guest_id *expect,
@@ -356,7 +373,7 @@ int guestfs_readlink(struct sandbox *s, const struct guest_cred *c, const char *
 	req = req_new(c);
 	add_path(req, "path", path);
 	add_id(req, "expect", expect);
-	r = call(s, "readlink", req, &resp);
+	r = call(&(struct target){ s, NULL }, "readlink", req, &resp);
 	if (r == 0)
 		r = reply_string(resp, "target", 4095, ret);
 	json_object_put(resp);
@@ -372,7 +389,7 @@ int guestfs_realpath(struct sandbox *s, const struct guest_cred *c, const char *
 		return r;
 	req = req_new(c);
 	add_path(req, "path", path);
-	r = call(s, "realpath", req, &resp);
+	r = call(&(struct target){ s, NULL }, "realpath", req, &resp);
 	if (r == 0)
 		r = reply_string(resp, "path", GUESTFS_PATH_MAX, ret);
 	json_object_put(resp);
@@ -388,7 +405,7 @@ int guestfs_statfs(struct sandbox *s, const struct guest_cred *c, const char *pa
 		return r;
 	req = req_new(c);
 	add_path(req, "path", path);
-	r = call(s, "statfs", req, &resp);
+	r = call(&(struct target){ s, NULL }, "statfs", req, &resp);
 	if (r == 0) {
 		memset(ret, 0, sizeof(*ret));
 		ret->f_bsize = (unsigned long)ju64(resp, "bsize");
@@ -405,16 +422,16 @@ int guestfs_statfs(struct sandbox *s, const struct guest_cred *c, const char *pa
 }
 
 /* One attribute change by path; takes req. */
-static int set_one(struct sandbox *s, const char *op, const char *path, const struct guest_id *expect,
+static int set_one(const struct target *g, const char *op, const char *path, const struct guest_id *expect,
 		   json_object *req, struct guest_attr *ret)
 {
 	add_path(req, "path", path);
 	add_id(req, "expect", expect);
-	return call_attr(s, op, req, ret);
+	return call_attr(g, op, req, ret);
 }
 
-int guestfs_setattr(struct sandbox *s, const struct guest_cred *c, const char *path, const struct guest_id *expect,
-		    const struct guest_setattr *sa, struct guest_attr *ret)
+static int setattr_at(const struct target *g, const struct guest_cred *c, const char *path,
+		      const struct guest_id *expect, const struct guest_setattr *sa, struct guest_attr *ret)
 {
 	json_object *req;
 	int r = check_path(path);
@@ -422,29 +439,39 @@ int guestfs_setattr(struct sandbox *s, const struct guest_cred *c, const char *p
 	if (r == 0 && (sa->what & GUESTFS_SET_MODE)) {
 		req = req_new(c);
 		json_object_object_add(req, "mode", json_object_new_int(sa->mode & 07777));
-		r = set_one(s, "chmod", path, expect, req, ret);
+		r = set_one(g, "chmod", path, expect, req, ret);
 	}
 	if (r == 0 && (sa->what & (GUESTFS_SET_UID | GUESTFS_SET_GID))) {
 		req = req_new(c);
 		json_object_object_add(req, "uid", json_object_new_int64(sa->what & GUESTFS_SET_UID ? (int64_t)sa->uid : -1));
 		json_object_object_add(req, "gid", json_object_new_int64(sa->what & GUESTFS_SET_GID ? (int64_t)sa->gid : -1));
-		r = set_one(s, "chown", path, expect, req, ret);
+		r = set_one(g, "chown", path, expect, req, ret);
 	}
 	if (r == 0 && (sa->what & GUESTFS_SET_SIZE)) {
 		req = req_new(c);
 		json_object_object_add(req, "size", json_object_new_int64(sa->size));
-		r = set_one(s, "truncate", path, expect, req, ret);
+		r = set_one(g, "truncate", path, expect, req, ret);
 	}
 	if (r == 0 && (sa->what & (GUESTFS_SET_ATIME | GUESTFS_SET_MTIME))) {
 		req = req_new(c);
 		json_object_object_add(req, "atime_ns", json_object_new_int64(sa->what & GUESTFS_SET_ATIME ? sa->atime_ns : -1));
 		json_object_object_add(req, "mtime_ns", json_object_new_int64(sa->what & GUESTFS_SET_MTIME ? sa->mtime_ns : -1));
-		r = set_one(s, "utimens", path, expect, req, ret);
+		r = set_one(g, "utimens", path, expect, req, ret);
 	}
 	if (r == 0 && !(sa->what & (GUESTFS_SET_MODE | GUESTFS_SET_UID | GUESTFS_SET_GID | GUESTFS_SET_SIZE |
-				    GUESTFS_SET_ATIME | GUESTFS_SET_MTIME)))
-		r = guestfs_lstat(s, c, path, expect, ret);
+				    GUESTFS_SET_ATIME | GUESTFS_SET_MTIME))) {
+		req = req_new(c);
+		add_path(req, "path", path);
+		add_id(req, "expect", expect);
+		r = call_attr(g, "lstat", req, ret);
+	}
 	return r;
+}
+
+int guestfs_setattr(struct sandbox *s, const struct guest_cred *c, const char *path, const struct guest_id *expect,
+		    const struct guest_setattr *sa, struct guest_attr *ret)
+{
+	return setattr_at(&(struct target){ s, NULL }, c, path, expect, sa, ret);
 }
 
 /* ---- open files ---- */
@@ -624,4 +651,197 @@ static void on_event(void *arg, uint64_t sandbox_id, json_object *ev)
 				      (uint64_t)json_object_get_int64(json_object_array_get_idx(f, 1)) },
 		   (uint64_t)json_object_get_int64(json_object_array_get_idx(f, 2)));
 	}
+}
+
+/* ---- the same on an engine-owned connection (a template build's guest), as root ---- */
+
+int guestfs_ac_lstat(struct agent_client *ac, const char *path, struct stat *st)
+{
+	struct guest_attr a;
+	json_object *req;
+	int r = check_path(path);
+
+	if (r < 0)
+		return r;
+	req = req_new(NULL);
+	add_path(req, "path", path);
+	r = call_attr(&(struct target){ NULL, ac }, "lstat", req, &a);
+	if (r == 0)
+		*st = a.st;
+	return r;
+}
+
+int guestfs_ac_mknod(struct agent_client *ac, const char *path, mode_t mode, dev_t rdev)
+{
+	json_object *req = req_new(NULL);
+	const char *op = S_ISDIR(mode) ? "mkdir" : "mknod";
+
+	json_object_object_add(req, "mode", json_object_new_int((int)(mode & (S_ISDIR(mode) ? 07777 : (S_IFMT | 07777)))));
+	if (!S_ISDIR(mode))
+		json_object_object_add(req, "rdev", json_object_new_uint64((uint64_t)rdev & 0xffffffffu));
+	return make(&(struct target){ NULL, ac }, op, path, req, NULL);
+}
+
+int guestfs_ac_symlink(struct agent_client *ac, const char *target, const char *path)
+{
+	json_object *req = req_new(NULL);
+
+	json_object_object_add(req, "target", json_object_new_string(target));
+	return make(&(struct target){ NULL, ac }, "symlink", path, req, NULL);
+}
+
+int guestfs_ac_link(struct agent_client *ac, const char *from, const char *to)
+{
+	json_object *req;
+	int r = check_path(from);
+
+	if (r == 0)
+		r = check_path(to);
+	if (r < 0)
+		return r;
+	req = req_new(NULL);
+	add_path(req, "from", from);
+	add_path(req, "to", to);
+	return call(&(struct target){ NULL, ac }, "link", req, NULL);
+}
+
+int guestfs_ac_setattr(struct agent_client *ac, const char *path, const struct guest_setattr *sa)
+{
+	return setattr_at(&(struct target){ NULL, ac }, NULL, path, NULL, sa, NULL);
+}
+
+int guestfs_ac_unlink(struct agent_client *ac, const char *path)
+{
+	json_object *req;
+	int r = check_path(path);
+
+	if (r < 0)
+		return r;
+	req = req_new(NULL);
+	add_path(req, "path", path);
+	return call(&(struct target){ NULL, ac }, "unlink", req, NULL);
+}
+
+/* An fh of the agent's, opened with flags; closed by fh_close. */
+static int ac_open(struct agent_client *ac, const char *path, int flags, mode_t mode, uint64_t *fh)
+{
+	json_object *req = req_new(NULL), *resp = NULL;
+	int r;
+
+	add_path(req, "path", path);
+	json_object_object_add(req, "flags", json_object_new_int(flags));
+	json_object_object_add(req, "mode", json_object_new_int(mode & 07777));
+	r = call(&(struct target){ NULL, ac }, "open", req, &resp);
+	if (r == 0 && !(*fh = ju64(resp, "fh")))
+		r = -EPROTO;
+	json_object_put(resp);
+	return r;
+}
+
+static void ac_close(struct agent_client *ac, uint64_t fh)
+{
+	json_object *req = req_new(NULL);
+
+	json_object_object_add(req, "fh", json_object_new_uint64(fh));
+	call(&(struct target){ NULL, ac }, "close", req, NULL);
+}
+
+static ssize_t read_fd(void *ctx, void *buf, size_t len)
+{
+	ssize_t n;
+
+	do
+		n = read(*(int *)ctx, buf, len);
+	while (n < 0 && errno == EINTR);
+	return n < 0 ? -errno : n;
+}
+
+int guestfs_ac_write_file(struct agent_client *ac, const char *path, mode_t mode, int src_fd)
+{
+	return guestfs_ac_write_from(ac, path, mode, read_fd, &src_fd);
+}
+
+int guestfs_ac_write_from(struct agent_client *ac, const char *path, mode_t mode,
+			  ssize_t (*readfn)(void *ctx, void *buf, size_t len), void *ctx)
+{
+	_cleanup_free_ uint8_t *buf = malloc(GUESTFS_IO_MAX);
+	uint64_t fh = 0;
+	off_t off = 0;
+	int r = check_path(path);
+
+	if (r == 0 && !buf)
+		r = -ENOMEM;
+	if (r == 0)
+		r = ac_open(ac, path, O_CREAT | O_WRONLY | O_TRUNC, mode, &fh);
+	while (r == 0) {
+		json_object *req, *resp = NULL;
+		ssize_t n = readfn(ctx, buf, GUESTFS_IO_MAX);
+		size_t done = 0;
+
+		if (n <= 0) {
+			r = n < 0 ? (int)n : 0;
+			break;
+		}
+		while (r == 0 && done < (size_t)n) {
+			req = req_new(NULL);
+			json_object_object_add(req, "op", json_object_new_string("write"));
+			json_object_object_add(req, "fh", json_object_new_uint64(fh));
+			json_object_object_add(req, "off", json_object_new_int64(off + (off_t)done));
+			r = agent_call_full(ac, req, buf + done, (size_t)n - done, GUEST_CALL_TIMEOUT_MS, NULL, NULL,
+					    &resp, NULL, NULL);
+			json_object_put(req);
+			if (r == 0 && ju64(resp, "written") == 0)
+				r = -EIO;
+			done += r == 0 ? (size_t)ju64(resp, "written") : 0;
+			json_object_put(resp);
+		}
+		off += n;
+	}
+	if (fh)
+		ac_close(ac, fh);
+	return r;
+}
+
+int guestfs_ac_read_file(struct agent_client *ac, const char *path, size_t max, char **ret, size_t *ret_len)
+{
+	_cleanup_free_ char *data = NULL;
+	uint64_t fh = 0;
+	size_t len = 0;
+	int r = check_path(path);
+
+	if (r == 0)
+		r = ac_open(ac, path, O_RDONLY, 0, &fh);
+	while (r == 0 && len < max) {
+		json_object *req = req_new(NULL);
+		uint8_t *d = NULL;
+		size_t got = 0;
+		char *nd;
+
+		json_object_object_add(req, "op", json_object_new_string("read"));
+		json_object_object_add(req, "fh", json_object_new_uint64(fh));
+		json_object_object_add(req, "off", json_object_new_int64((int64_t)len));
+		json_object_object_add(req, "len", json_object_new_uint64(max - len < GUESTFS_IO_MAX ? max - len : GUESTFS_IO_MAX));
+		r = agent_call_full(ac, req, NULL, 0, GUEST_CALL_TIMEOUT_MS, NULL, NULL, NULL, &d, &got);
+		json_object_put(req);
+		if (r == 0 && got > 0 && (nd = realloc(data, len + got + 1))) {
+			data = nd;
+			memcpy(data + len, d, got);
+			len += got;
+		} else if (r == 0 && got > 0) {
+			r = -ENOMEM;
+		}
+		free(d);
+		if (got == 0)
+			break;
+	}
+	if (fh)
+		ac_close(ac, fh);
+	if (r == 0 && !data && !(data = strdup("")))
+		r = -ENOMEM;
+	if (r == 0) {
+		data[len] = '\0';
+		*ret = TAKE_PTR(data);
+		*ret_len = len;
+	}
+	return r;
 }

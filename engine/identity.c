@@ -37,8 +37,19 @@ void identity_digest(const struct identity_inputs *in, char out[65])
 	put(&c, "accel", in->accel);
 	put(&c, "vmm", in->vmm_version);
 	put(&c, "restore", in->restore_capability);
-	if (in->derived) /* only then: the identities of ordinary templates stay what they were */
+	/* only when set: the identities of other templates stay what they were */
+	if (in->derived)
 		put(&c, "derived", in->derived);
+	if (in->image)
+		put(&c, "image", in->image);
+	if (in->build)
+		put(&c, "build", in->build);
+	if (in->disk)
+		put(&c, "disk", in->disk);
+	if (in->start)
+		put(&c, "start", in->start);
+	if (in->warm)
+		put(&c, "warm", in->warm);
 	sha256_final(&c, d);
 	sha256_hex(d, out);
 }

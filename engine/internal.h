@@ -7,6 +7,7 @@
 
 #include "common.h"
 #include "engine.h"
+#include "image.h"
 #include "capacity.h"
 #include "netpool.h"
 
@@ -192,6 +193,14 @@ struct snap_file {
 	int64_t ctime_ns;
 	uint32_t crc32c;
 };
+/* A template's start command as the bake left it running in the snapshot (config "start"). */
+struct start_info {
+	uint64_t job;	/* the guest agent's handle; 0: none */
+	int64_t pid;
+	uint64_t start_unix_ms;
+	char *cmd;
+};
+
 struct bake_info {
 	char identity[65];
 	char state_digest[65];
@@ -199,7 +208,72 @@ struct bake_info {
 	struct snap_file mem, disk;
 	struct timings timings;
 	char *baked_at; /* ISO 8601 */
+	struct start_info start;
 };
+
+/* What a template's build made (build.c): its root disk and the config it runs with. */
+struct build_result {
+	char *disk;		 /* in the store; a clone source */
+	struct image_config cfg; /* cfg.digest: the image's manifest, or the Dockerfile's last step */
+	json_object *steps;	 /* a Dockerfile's: [{line, instruction, cached, ms}], or NULL */
+	char dockerfile[SHA256_HEX_LEN + 1]; /* the Dockerfile's digest it was built from; "": none */
+};
+void build_result_clear(struct build_result *b);
+char *template_dockerfile_path(struct template *t);
+bool template_has_dockerfile(struct template *t);
+/* Whether cfg makes the template build a root disk first (an image, or a Dockerfile in its directory). */
+bool template_builds(struct template *t, const struct template_config *cfg);
+int template_build(struct template *t, const struct template_config *cfg, int log_fd, const atomic_bool *cancel,
+		   struct timings *tm, struct build_result *ret, char **ret_error);
+int build_record_save(struct template *t, const struct build_result *b);
+/* e->lock held: whether its VMs have a root disk; the config they run with (the build's disk as rootfs). */
+bool template_has_disk(struct template *t);
+int template_config_vm(struct template *t, struct template_config *dst);
+int build_record_load(struct template *t, struct build_result *ret);
+void build_record_drop(struct template *t);
+/* e->lock held: the Dockerfile is not the one the build in service was made from (added, changed, removed). */
+bool template_dockerfile_moved(struct template *t);
+/* A new, empty build log for a bake starting now (readers of the previous one keep theirs); -1 on failure. */
+int build_log_create(struct template *t);
+/*
+ * A cold boot of cfg's kernel with disk as its root (boot.c), up to the
+ * agent's first answer: files in dir (mem, console.log, vmm.log), sockets in
+ * rundir, a network slot if cfg->net. The VMM is published in *slot (e->lock)
+ * while it runs. On failure *ret_step names the step, nothing is left.
+ */
+struct booted {
+	struct vmm *v;
+	struct agent_client *ac;
+	struct netslot *net;
+};
+int boot_cold(struct engine *e, const struct template_config *cfg, const char *name, const char *dir,
+	      const char *rundir, const char *disk, const atomic_bool *cancel, struct vmm **slot, struct booted *ret,
+	      const char **ret_step, char **ret_error);
+void booted_stop(struct engine *e, struct booted *b, struct vmm **slot);
+/*
+ * A shell line run to its end in a guest (exec): its output into log_fd if
+ * >= 0; 0 if it exited 0, else -EIO with the exit status in *ret_error.
+ */
+#define WARM_TIMEOUT_MS (120 * 1000)
+int guest_run(struct agent_client *ac, const char *sh, unsigned timeout_ms, int log_fd, char **ret_error);
+
+/* guestfs.c's calls on an engine-owned agent connection (a build's guest), as root; -errno. */
+int guestfs_ac_lstat(struct agent_client *ac, const char *path, struct stat *st);
+int guestfs_ac_mknod(struct agent_client *ac, const char *path, mode_t mode, dev_t rdev); /* S_IFDIR: mkdir */
+int guestfs_ac_symlink(struct agent_client *ac, const char *target, const char *path);
+int guestfs_ac_link(struct agent_client *ac, const char *from, const char *to);
+int guestfs_ac_unlink(struct agent_client *ac, const char *path);
+int guestfs_ac_setattr(struct agent_client *ac, const char *path, const struct guest_setattr *sa);
+/* A file made (or emptied) with mode and filled from src_fd to its end. */
+int guestfs_ac_write_file(struct agent_client *ac, const char *path, mode_t mode, int src_fd);
+/* The same from readfn(ctx, buf, len): bytes read, 0 at the end, or -errno. */
+int guestfs_ac_write_from(struct agent_client *ac, const char *path, mode_t mode,
+			  ssize_t (*readfn)(void *ctx, void *buf, size_t len), void *ctx);
+/* At most max bytes of a file, NUL-terminated (malloc'd). */
+int guestfs_ac_read_file(struct agent_client *ac, const char *path, size_t max, char **ret, size_t *ret_len);
+/* A Dockerfile's build (buildsteps.c): each step cached by its digest. */
+int dockerfile_build(struct template *t, const struct template_config *cfg, const char *dockerfile, int log_fd,
+		     const atomic_bool *cancel, struct timings *tm, struct build_result *ret, char **ret_error);
 
 /*
  * A warm slot: a VMM restored from a template's snapshot ahead of any request
@@ -317,6 +391,8 @@ struct template {
 	char *error;
 	bool has_bake;
 	struct bake_info bake;
+	bool has_build;
+	struct build_result build; /* the last build's (build.json) */
 	struct sandbox **sandboxes;
 	size_t n_sandboxes;
 	bool removed;
@@ -341,6 +417,7 @@ struct template {
 	pthread_t pool_thread;
 	pthread_cond_t pool_cond;
 	bool bake_running;
+	char bake_phase[32];	/* while baking: build, queue, boot, snapshot */
 	bool bake_joinable;
 	atomic_bool bake_cancel;
 	struct vmm *bake_vmm;

@@ -249,7 +249,7 @@ static int run_own_vmm(struct sandbox *s, const char *mem, int state_fd, const c
 	if (!disk || !log || !qmp || !agent)
 		return -ENOMEM;
 	pthread_mutex_lock(&e->lock);
-	r = template_config_copy(&s->tpl->cfg, &cfg);
+	r = template_config_vm(s->tpl, &cfg);
 	pthread_mutex_unlock(&e->lock);
 	if (r < 0)
 		return r;
@@ -476,7 +476,7 @@ static int op_fork(struct sandbox *s, const char *name)
 	cdisk = strjoin(c->dir, "/disk.img", NULL);
 	pthread_mutex_lock(&e->lock);
 	was_running = s->state == SB_READY;
-	has_disk = s->tpl->cfg.rootfs != NULL;
+	has_disk = template_has_disk(s->tpl);
 	pthread_mutex_unlock(&e->lock);
 	r = !state || !mem || !cmem || !disk || !cdisk ? -ENOMEM : mkdir_p(c->dir, 0700);
 	if (r == 0 && (r = e->vmm->snapshot(s->vmm, state, QMP_TIMEOUT_MS)) < 0)
@@ -523,12 +523,16 @@ static int op_template(struct sandbox *s, const char *name)
 
 	timings_start(&tm);
 	pthread_mutex_lock(&e->lock);
-	r = template_config_copy(&s->tpl->cfg, &cfg);
+	r = template_config_vm(s->tpl, &cfg);
 	was_running = s->state == SB_READY;
 	pthread_mutex_unlock(&e->lock);
 	if (r < 0)
 		return r;
 	free(cfg.derived_from);
+	/* what the template built from is in the snapshot's disk now (template_config_vm named it as rootfs) */
+	free(TAKE_PTR(cfg.image));
+	free(TAKE_PTR(cfg.context));
+	cfg.disk_mib = 0;
 	at = iso8601_now();
 	if (asprintf(&cfg.derived_from, "%s/%s@%s", s->tpl->name, s->name, at ? at : "?") < 0)
 		cfg.derived_from = NULL;

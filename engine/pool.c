@@ -375,12 +375,10 @@ static int warmup_attach(struct slot *sl, const char *tpl)
 	return agent_call(sl->agent, req, AGENT_TIMEOUT_MS, NULL);
 }
 
-static int warmup_exec(struct slot *sl)
+/* The template's warm command (config "warm"), else with --warmup-exec an exec of true. */
+static int warmup_exec(struct slot *sl, const char *warm, char **ret_why)
 {
-	_cleanup_json_ json_object *req = json_tokener_parse("{\"op\":\"exec\",\"sh\":\"true\"}");
-	_cleanup_json_ json_object *resp = NULL;
-
-	return req ? agent_call(sl->agent, req, AGENT_TIMEOUT_MS, &resp) : -ENOMEM;
+	return guest_run(sl->agent, warm ? warm : "true", warm ? WARM_TIMEOUT_MS : AGENT_TIMEOUT_MS, -1, ret_why);
 }
 
 struct slot_job {
@@ -480,9 +478,9 @@ static int slot_prepare(struct template *t, struct slot_job *j, struct slot *sl,
 	slot_publish(t, sl, NULL, ac);
 	for (int i = 0; r == 0 && i < WARMUP_ROUNDS; i++) {
 		r = warmup_attach(sl, t->name);
-		/* optional: fork and exec translated too; the attach path stays the freshest */
-		if (r == 0 && i == WARMUP_ROUNDS - 2 && e->opts.warmup_exec)
-			r = warmup_exec(sl);
+		/* optional: fork and exec (and the warm command's code) translated too; the attach path stays the freshest */
+		if (r == 0 && i == WARMUP_ROUNDS - 2 && (j->cfg.warm || e->opts.warmup_exec))
+			r = warmup_exec(sl, j->cfg.warm, ret_why);
 	}
 	slot_lap(t, sl, "warmup");
 	if (r < 0)
@@ -569,7 +567,7 @@ static void *pool_main(void *arg)
 			wait_a_while(t, 1000);
 			continue;
 		}
-		if (!(sl = slot_new(t)) || template_config_copy(&t->cfg, &j.cfg) < 0) {
+		if (!(sl = slot_new(t)) || template_config_vm(t, &j.cfg) < 0) {
 			free(sl);
 			wait_a_while(t, 1000);
 			continue;

@@ -266,7 +266,7 @@ static void job_decide(struct job *j)
 	const char *why = NULL;
 
 	pthread_mutex_lock(&s->e->lock);
-	template_config_copy(&t->cfg, &j->cfg);
+	template_config_vm(t, &j->cfg);
 	memcpy(s->identity, t->identity, 65);
 	if (t->state == TPL_READY && strcmp(t->bake.identity, t->identity) == 0)
 		j->restore = true;
@@ -595,6 +595,13 @@ static int warm_resume(void *arg)
 	return r;
 }
 
+/* Restored from the template's snapshot: its start command runs in it (procs/start). e->lock held. */
+static void restored_start(struct sandbox *s)
+{
+	if (s->tpl->has_bake && s->tpl->bake.start.cmd)
+		sandbox_procs_add_start(s, &s->tpl->bake.start);
+}
+
 static int run_warm(struct job *j, const char **step)
 {
 	struct sandbox *s = j->s;
@@ -604,6 +611,7 @@ static int run_warm(struct job *j, const char **step)
 
 	j->restore = true;
 	pthread_mutex_lock(&e->lock);
+	restored_start(s);
 	sl = TAKE_PTR(s->slot);
 	s->vmm = TAKE_PTR(sl->vmm);
 	s->agent = TAKE_PTR(sl->agent);
@@ -702,7 +710,7 @@ static int run_fork(struct job *j, const char **step)
 	r = atomic_load(&s->cancel) ? -ECANCELED : s->fork_result;
 	if (r == 0) {
 		timings_lap(&s->timings, "parent");
-		r = template_config_copy(&s->tpl->cfg, &j->cfg);
+		r = template_config_vm(s->tpl, &j->cfg);
 		memcpy(s->identity, s->tpl->identity, 65);
 		s->clone_method = clone_method_name(e->store.reflink ? CLONE_REFLINK : CLONE_COPY);
 	}
@@ -754,6 +762,11 @@ static int run_create(struct job *j, const char **step)
 		job_clone_snapshot(j);
 		sb_lap(s, "clone");
 	}
+	if (j->restore) {
+		pthread_mutex_lock(&e->lock);
+		restored_start(s);
+		pthread_mutex_unlock(&e->lock);
+	}
 	if (!j->restore && j->cfg.derived_from) {
 		/* its state came from a sandbox: booting the base image would silently lose it */
 		*step = "restore (a template made from a sandbox never boots cold; its snapshot is unusable)";
@@ -791,6 +804,25 @@ static int run_create(struct job *j, const char **step)
 	if (cold_held)
 		cold_release(e);
 	return r;
+}
+
+/* Booted cold: the template's start command is started now, as procs/start (the snapshot's is not there). */
+static void cold_start(struct sandbox *s)
+{
+	_cleanup_free_ char *cmd = NULL;
+	struct proc *p = NULL;
+	bool cold;
+
+	pthread_mutex_lock(&s->e->lock);
+	cold = s->path && strcmp(s->path, "cold") == 0;
+	if (cold && s->tpl->cfg.start)
+		cmd = strdup(s->tpl->cfg.start);
+	pthread_mutex_unlock(&s->e->lock);
+	if (!cmd || sandbox_proc_create(s, "start", &p) < 0)
+		return;
+	if (proc_start(p, cmd, strlen(cmd)) < 0)
+		log_warn("sandbox %s/%s: the start command did not start", s->tpl->name, s->name);
+	proc_unref(p);
 }
 
 static void *sandbox_main(void *arg)
@@ -852,6 +884,7 @@ static void *sandbox_main(void *arg)
 		log_info("sandbox %s/%s ready via %s in %.1f ms", s->tpl->name, s->name, s->path,
 			 timings_total(&s->timings));
 		run_waiters(w, 0);
+		cold_start(s);
 	}
 	if (r < 0) {
 		if (s->vmm)

@@ -5,15 +5,17 @@
  * {mem, disk.img, state, bake.json}. A bake writes snapshot.new/ and swaps it
  * in under snap_lock, so a create never clones half of two snapshots.
  */
+#include <dirent.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 
+#include "dockerfile.h"
 #include "internal.h"
+#include "parse.h"
 
-#define BAKE_BOOT_TIMEOUT_MS 60000
 #define QMP_TIMEOUT_MS 10000
 
 const char *template_state_name(enum template_state s)
@@ -28,54 +30,52 @@ uint64_t template_id(const struct template *t)
 	return t->id;
 }
 
-static void set_error(char **slot, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void set_error(char **slot, const char *fmt, ...)
+/*
+ * Identity of cfg, computed without the engine lock (hashing takes time).
+ * A template that builds its root disk (an image, a Dockerfile) has no
+ * rootfs to hash: what its last build made (build, a digest) stands for it.
+ */
+static int compute_identity(struct engine *e, const struct template_config *cfg, const char *build, char out[65],
+			    char **ret_error)
 {
-	va_list ap;
-	char *m = NULL;
-
-	va_start(ap, fmt);
-	if (vasprintf(&m, fmt, ap) < 0)
-		m = NULL;
-	va_end(ap);
-	free(*slot);
-	*slot = m;
-}
-
-/* Identity of cfg, computed without the engine lock (hashing takes time). */
-static int compute_identity(struct engine *e, const struct template_config *cfg, char out[65], char **ret_error)
-{
-	char dk[65] = "", di[65] = "", dr[65] = "";
-	_cleanup_free_ char *cmdline = NULL;
+	char dk[65] = "", di[65] = "", dr[65] = "", disk[16] = "";
+	_cleanup_free_ char *cmdline = NULL, *start = NULL;
 	struct vmm_spec spec = { 0 };
 	struct identity_inputs in;
 	int r;
 
 	if ((r = engine_file_digest(e, cfg->kernel, dk)) < 0) {
-		set_error(ret_error, "kernel %s: %s", cfg->kernel, strerror(-r));
+		error_set(ret_error, "kernel %s: %s", cfg->kernel, strerror(-r));
 		return r;
 	}
 	if (cfg->initrd && (r = engine_file_digest(e, cfg->initrd, di)) < 0) {
-		set_error(ret_error, "initrd %s: %s", cfg->initrd, strerror(-r));
+		error_set(ret_error, "initrd %s: %s", cfg->initrd, strerror(-r));
 		return r;
 	}
 	if (cfg->rootfs && (r = engine_file_digest(e, cfg->rootfs, dr)) < 0) {
-		set_error(ret_error, "rootfs %s: %s", cfg->rootfs, strerror(-r));
+		error_set(ret_error, "rootfs %s: %s", cfg->rootfs, strerror(-r));
 		return r;
 	}
 	if (cfg->net && !e->net) {
-		set_error(ret_error, "\"net\": networking is off (start emberfs with --net)");
+		error_set(ret_error, "\"net\": networking is off (start emberfs with --net)");
 		return -EINVAL;
 	}
 	if ((r = engine_spec_init(e, cfg, &spec, &cmdline)) < 0) {
-		set_error(ret_error, "accel kvm requested but /dev/kvm is not usable");
+		error_set(ret_error, "accel kvm requested but /dev/kvm is not usable");
 		return r;
 	}
+	if (cfg->disk_mib)
+		snprintf(disk, sizeof(disk), "%u", cfg->disk_mib);
+	if (cfg->start && asprintf(&start, "%s\n%u\n%s", cfg->start, cfg->ready_tcp,
+				   cfg->ready_cmd ? cfg->ready_cmd : "") < 0)
+		return -ENOMEM;
 	/* the command line as booted: what this host adds changes start-up too */
 	in = (struct identity_inputs){ .kernel_digest = dk, .initrd_digest = di, .rootfs_digest = dr,
 				       .cmdline = spec.cmdline, .vcpus = cfg->vcpus, .mem_mib = cfg->mem_mib,
 				       .backend = cfg->backend, .accel = spec.accel, .vmm_version = e->vmm_version,
-				       .restore_capability = RESTORE_CAPABILITY, .derived = cfg->derived_from };
+				       .restore_capability = RESTORE_CAPABILITY, .derived = cfg->derived_from,
+				       .image = cfg->image, .build = build && *build ? build : NULL,
+				       .disk = cfg->disk_mib ? disk : NULL, .start = start, .warm = cfg->warm };
 	identity_digest(&in, out);
 	return 0;
 }
@@ -83,6 +83,7 @@ static int compute_identity(struct engine *e, const struct template_config *cfg,
 static void bake_info_clear(struct bake_info *b)
 {
 	free(b->baked_at);
+	free(b->start.cmd);
 	memset(b, 0, sizeof(*b));
 }
 
@@ -152,6 +153,12 @@ int template_load_bake(struct template *t)
 		snap_file_from_json(v, "mem", &b.mem);
 		snap_file_from_json(v, "disk.img", &b.disk);
 	}
+	if (json_object_object_get_ex(o, "start", &v) && jget_str(v, "cmd")) {
+		b.start.job = (uint64_t)jget_int(v, "job", 0);
+		b.start.pid = jget_int(v, "pid", 0);
+		b.start.start_unix_ms = (uint64_t)jget_int(v, "start_unix_ms", 0);
+		b.start.cmd = strdup(jget_str(v, "cmd"));
+	}
 	bake_info_clear(&t->bake);
 	t->bake = b;
 	t->has_bake = true;
@@ -193,7 +200,8 @@ int template_new(struct engine *e, const char *name, const char *config, bool pe
 		template_unref(t); /* no thread started yet */
 		return r < 0 ? r : -ENOMEM;
 	}
-	if (compute_identity(e, &t->cfg, t->identity, &t->error) < 0) {
+	t->has_build = build_record_load(t, &t->build) == 0;
+	if (compute_identity(e, &t->cfg, t->has_build ? t->build.cfg.digest : NULL, t->identity, &t->error) < 0) {
 		template_set_state(t, TPL_FAILED);
 	} else if (template_load_bake(t) == 0) {
 		template_set_state(t, strcmp(t->bake.identity, t->identity) == 0 ? TPL_READY : TPL_STALE);
@@ -212,6 +220,7 @@ void template_unref(struct template *t)
 	if (t && atomic_fetch_sub(&t->refs, 1) == 1) {
 		template_config_clear(&t->cfg);
 		bake_info_clear(&t->bake);
+		build_result_clear(&t->build);
 		free(t->error);
 		free(t->sandboxes);
 		free(t->dir);
@@ -360,10 +369,18 @@ int template_snapshot_clone(struct template *t, const char *mem_dst, const char 
 	return 0;
 }
 
+static bool in_store(struct engine *e, const char *path)
+{
+	size_t n = strlen(e->store.root);
+
+	return strncmp(path, e->store.root, n) == 0 && path[n] == '/';
+}
+
 /*
- * A pristine disk clone for a cold boot or a bake. The rootfs usually lives
- * outside the store (no reflink across filesystems), so it is copied into the
- * store once, under a name that carries its digest, and cloned from there.
+ * A pristine disk clone for a cold boot or a bake. A config's rootfs usually
+ * lives outside the store (no reflink across filesystems), so it is copied
+ * into the store once, under a name that carries its digest, and cloned from
+ * there; a built disk is in the store already.
  */
 int template_clone_rootfs(struct template *t, const char *rootfs, const char *dst, enum clone_method *ret_method)
 {
@@ -371,25 +388,70 @@ int template_clone_rootfs(struct template *t, const char *rootfs, const char *ds
 	_cleanup_free_ char *base = NULL, *tmp = NULL;
 	char digest[65];
 	enum clone_method m;
-	int r = engine_file_digest(e, rootfs, digest);
+	int r;
 
-	if (r < 0)
+	if (in_store(e, rootfs))
+		return store_clone(&e->store, rootfs, dst, ret_method);
+	if ((r = engine_file_digest(e, rootfs, digest)) < 0)
 		return r;
 	base = strjoin(t->dir, "/rootfs-", digest, ".img", NULL);
 	tmp = strjoin(t->dir, "/rootfs-", digest, ".tmp", NULL);
 	if (!base || !tmp)
 		return -ENOMEM;
-	pthread_mutex_lock(&e->base_lock);
-	if (access(base, F_OK) < 0) {
-		unlink(tmp);
-		r = mkdir_p(t->dir, 0700);
-		if (r == 0 && (r = store_clone(&e->store, rootfs, tmp, &m)) == 0 && rename(tmp, base) < 0)
-			r = -errno;
-		if (r < 0)
+	/* twice: a bake's prune_rootfs_copies may remove the copy between the two clones */
+	for (int attempt = 0; attempt < 2; attempt++) {
+		pthread_mutex_lock(&e->base_lock);
+		if (access(base, F_OK) < 0) {
 			unlink(tmp);
+			r = mkdir_p(t->dir, 0700);
+			if (r == 0 && (r = store_clone(&e->store, rootfs, tmp, &m)) == 0 && rename(tmp, base) < 0)
+				r = -errno;
+			if (r < 0)
+				unlink(tmp);
+		}
+		pthread_mutex_unlock(&e->base_lock);
+		if (r < 0 || (r = store_clone(&e->store, base, dst, ret_method)) != -ENOENT)
+			break;
+	}
+	return r;
+}
+
+/* After a bake: the copies of other root disks than the one it booted go (sandboxes have their own clones). */
+static void prune_rootfs_copies(struct template *t, const char *rootfs)
+{
+	struct engine *e = t->e;
+	_cleanup_free_ char *keep = NULL;
+	char digest[65];
+	struct dirent *de;
+	DIR *d;
+
+	if (rootfs && !in_store(e, rootfs) && engine_file_digest(e, rootfs, digest) == 0 &&
+	    !(keep = strjoin("rootfs-", digest, ".img", NULL)))
+		return;
+	pthread_mutex_lock(&e->base_lock);
+	if ((d = opendir(t->dir))) {
+		while ((de = readdir(d)))
+			if (strncmp(de->d_name, "rootfs-", 7) == 0 && (!keep || strcmp(de->d_name, keep) != 0))
+				unlinkat(dirfd(d), de->d_name, 0);
+		closedir(d);
 	}
 	pthread_mutex_unlock(&e->base_lock);
-	return r < 0 ? r : store_clone(&e->store, base, dst, ret_method);
+}
+
+/* ---- what a VM of the template runs with ---- */
+
+bool template_has_disk(struct template *t)
+{
+	return t->cfg.rootfs || t->has_build;
+}
+
+int template_config_vm(struct template *t, struct template_config *dst)
+{
+	int r = template_config_copy(&t->cfg, dst);
+
+	if (r == 0 && !dst->rootfs && t->has_build && !(dst->rootfs = strdup(t->build.disk)))
+		r = -ENOMEM;
+	return r;
 }
 
 /* ---- bake ---- */
@@ -401,97 +463,178 @@ struct bake_ctx {
 	char *newdir, *rundir;
 	struct timings tm;
 	char *error;
+	bool built;		  /* the root disk was built (an image, a Dockerfile) */
+	struct build_result build;
+	int log_fd;		  /* the build log, while building and baking; -1: none */
+	struct start_info start;  /* the start command, as left running for the snapshot */
 };
+
+/* The root disk the bake clones: the build's, or the config's rootfs. */
+static const char *bake_rootfs(const struct bake_ctx *b)
+{
+	return b->built ? b->build.disk : b->cfg.rootfs;
+}
 
 static int bake_prepare(struct bake_ctx *b, char **mem, char **disk)
 {
 	enum clone_method m;
-	_cleanup_close_ int fd = -1;
 	int r;
 
 	rm_rf(b->newdir);
 	if ((r = mkdir_p(b->newdir, 0700)) < 0 || (r = mkdir_p(b->rundir, 0700)) < 0)
 		return r;
-	*mem = strjoin(b->newdir, "/mem", NULL);
-	*disk = b->cfg.rootfs ? strjoin(b->newdir, "/disk.img", NULL) : NULL;
-	if (!*mem || (b->cfg.rootfs && !*disk))
+	*mem = strjoin(b->newdir, "/mem", NULL); /* boot_cold makes it */
+	*disk = bake_rootfs(b) ? strjoin(b->newdir, "/disk.img", NULL) : NULL;
+	if (!*mem || (bake_rootfs(b) && !*disk))
 		return -ENOMEM;
-	fd = open(*mem, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-	if (fd < 0 || ftruncate(fd, (off_t)b->cfg.mem_mib << 20) < 0)
-		return -errno;
-	if (*disk && (r = template_clone_rootfs(b->t, b->cfg.rootfs, *disk, &m)) < 0)
-		set_error(&b->error, "copy of rootfs %s failed: %s", b->cfg.rootfs, strerror(-r));
+	if (*disk && (r = template_clone_rootfs(b->t, bake_rootfs(b), *disk, &m)) < 0)
+		error_set(&b->error, "copy of rootfs %s failed: %s", bake_rootfs(b), strerror(-r));
 	return r;
 }
 
-static int bake_boot_and_snapshot(struct bake_ctx *b, const char *mem, const char *disk)
+#define START_READY_TIMEOUT_MS (5 * 60 * 1000)
+
+/* The image's env, workdir and user: the defaults of every exec and process, in the snapshot. */
+static int bake_configure(struct bake_ctx *b, struct agent_client *ac)
+{
+	_cleanup_json_ json_object *req = json_object_new_object();
+	json_object *env = json_object_new_object();
+	const struct image_config *c = &b->build.cfg;
+
+	if (!req || !env) {
+		json_object_put(env);
+		return -ENOMEM;
+	}
+	for (char **p = c->env; p && *p; p++) {
+		const char *eq = strchr(*p, '=');
+		_cleanup_free_ char *k = eq ? strndup(*p, (size_t)(eq - *p)) : NULL;
+
+		if (k && *k)
+			json_object_object_add(env, k, json_object_new_string(eq + 1));
+	}
+	json_object_object_add(req, "op", json_object_new_string("configure"));
+	json_object_object_add(req, "env", env);
+	if (c->workdir)
+		json_object_object_add(req, "cwd", json_object_new_string(c->workdir));
+	if (c->user)
+		json_object_object_add(req, "user", json_object_new_string(c->user));
+	return agent_call(ac, req, QMP_TIMEOUT_MS, NULL);
+}
+
+/* A call that answers ok or an error; the reply kept in *resp. */
+static int call_op(struct agent_client *ac, json_object *req, unsigned timeout_ms, json_object **resp)
+{
+	int r = agent_call(ac, req, timeout_ms, resp);
+
+	json_object_put(req);
+	return r;
+}
+
+/* Whether the start command answers: its port accepts, or its check exits 0. */
+static bool start_ready(struct bake_ctx *b, struct agent_client *ac)
+{
+	_cleanup_json_ json_object *resp = NULL;
+	json_object *req = json_object_new_object();
+
+	if (b->cfg.ready_tcp) {
+		json_object_object_add(req, "op", json_object_new_string("probe"));
+		json_object_object_add(req, "tcp", json_object_new_int((int)b->cfg.ready_tcp));
+		return call_op(ac, req, QMP_TIMEOUT_MS, NULL) == 0;
+	}
+	json_object_object_add(req, "op", json_object_new_string("exec"));
+	json_object_object_add(req, "sh", json_object_new_string(b->cfg.ready_cmd));
+	json_object_object_add(req, "timeout_ms", json_object_new_int(10000));
+	return call_op(ac, req, 20000, &resp) == 0 && jget_int(resp, "exit_code", -1) == 0;
+}
+
+/*
+ * config "start": spawned in the bake's guest (as a process of the bake's
+ * connection: every sandbox's first attach names its job and keeps it),
+ * then, with "ready", the snapshot waits until it answers. A start command
+ * that exits first fails the bake with its exit status and its output.
+ */
+static int bake_start(struct bake_ctx *b, struct agent_client *ac)
+{
+	_cleanup_json_ json_object *resp = NULL, *st = NULL;
+	json_object *req = json_object_new_object();
+	uint64_t deadline = now_ns() + (uint64_t)START_READY_TIMEOUT_MS * 1000000;
+	int r;
+
+	json_object_object_add(req, "op", json_object_new_string("spawn"));
+	json_object_object_add(req, "sh", json_object_new_string(b->cfg.start));
+	r = call_op(ac, req, QMP_TIMEOUT_MS, &resp);
+	if (r < 0) {
+		error_set(&b->error, "start command: %s", jget_str(resp, "error") ? jget_str(resp, "error") : strerror(-r));
+		return r;
+	}
+	b->start = (struct start_info){ .job = (uint64_t)jget_int(resp, "job", 0), .pid = jget_int(resp, "pid", 0),
+				       .start_unix_ms = (uint64_t)jget_int(resp, "start_unix_ms", 0),
+				       .cmd = strdup(b->cfg.start) };
+	blog(b->log_fd, "start: %s (pid %" PRId64 ")", b->cfg.start, b->start.pid);
+	while (b->cfg.ready_tcp || b->cfg.ready_cmd) {
+		json_object_put(st);
+		st = NULL;
+		req = json_object_new_object();
+		json_object_object_add(req, "op", json_object_new_string("status"));
+		json_object_object_add(req, "job", json_object_new_int64((int64_t)b->start.job));
+		if ((r = call_op(ac, req, QMP_TIMEOUT_MS, &st)) < 0 || !jget_bool(st, "running")) {
+			error_set(&b->error, "start command exited before it was ready (exit code %" PRId64 ", signal %" PRId64
+					     "); see the build log",
+				  jget_int(st, "exit_code", -1), jget_int(st, "signal", 0));
+			return r < 0 ? r : -EIO;
+		}
+		if (start_ready(b, ac))
+			break;
+		if (now_ns() > deadline || atomic_load(&b->t->bake_cancel)) {
+			error_set(&b->error, "start command not ready after %u s (ready: %s)", START_READY_TIMEOUT_MS / 1000,
+				  b->cfg.ready_tcp ? "tcp" : b->cfg.ready_cmd);
+			return -ETIMEDOUT;
+		}
+		usleep(200 * 1000);
+	}
+	return 0;
+}
+
+static int bake_boot_and_snapshot(struct bake_ctx *b, const char *disk)
 {
 	struct template *t = b->t;
 	struct engine *e = t->e;
-	_cleanup_free_ char *qmp = strjoin(b->rundir, "/qmp.sock", NULL);
-	_cleanup_free_ char *agent = strjoin(b->rundir, "/agent.sock", NULL);
-	_cleanup_free_ char *con = strjoin(b->newdir, "/console.log", NULL);
-	_cleanup_free_ char *log = strjoin(b->newdir, "/vmm.log", NULL);
 	_cleanup_free_ char *state = strjoin(b->newdir, "/state", NULL);
-	_cleanup_json_ json_object *ping = json_object_new_object();
-	struct agent_client *ac = NULL;
-	struct netslot *net = NULL;
-	struct vmm *v = NULL;
-	struct vmm_spec spec = { .cfg = &b->cfg, .accel = e->accel, .name = t->name, .mem_path = mem,
-				 .disk_path = disk, .qmp_path = qmp, .agent_path = agent, .console_path = con,
-				 .log_path = log, .incoming_fd = -1 };
-	_cleanup_free_ char *cmdline = NULL;
-	const char *step = "spawn";
+	struct booted vm;
+	const char *step = "prepare";
 	int r;
 
-	if (!qmp || !agent || !con || !log || !state || !ping)
+	if (!state)
 		return -ENOMEM;
-	r = engine_spec_init(e, &b->cfg, &spec, &cmdline);
-	if (r == 0 && b->cfg.net) {
-		bool built;
-
-		step = "network slot";
-		r = netpool_claim(e->net, &net, &built, &b->error);
-		if (r == 0) {
-			spec.netns_fd = net->netns_fd;
-			step = "spawn";
-		}
+	r = boot_cold(e, &b->cfg, t->name, b->newdir, b->rundir, disk, &t->bake_cancel, &t->bake_vmm, &vm, &step,
+		      &b->error);
+	timings_lap(&b->tm, "boot");
+	if (r == 0 && b->built) {
+		step = "configure";
+		r = bake_configure(b, vm.ac);
 	}
-	if (r == 0)
-		r = e->vmm->spawn(e->qemu_binary, &spec, &v);
-	if (r == 0) {
-		pthread_mutex_lock(&e->lock);
-		t->bake_vmm = v;
-		if (atomic_load(&t->bake_cancel))
-			e->vmm->kill(v);
-		pthread_mutex_unlock(&e->lock);
-		r = e->vmm->connect(v, QMP_TIMEOUT_MS, &t->bake_cancel);
+	if (r == 0 && b->cfg.warm) {
+		step = "warm";
+		blog(b->log_fd, "warm: %s", b->cfg.warm);
+		r = guest_run(vm.ac, b->cfg.warm, WARM_TIMEOUT_MS, b->log_fd, &b->error);
+		if (r < 0)
+			error_first(&b->error, r, "warm command: %s", strerror(-r));
+		timings_lap(&b->tm, "warm");
 	}
-	timings_lap(&b->tm, "spawn");
-	if (r == 0) {
-		step = "boot (agent)";
-		json_object_object_add(ping, "op", json_object_new_string("ping"));
-		r = agent_connect(agent, QMP_TIMEOUT_MS, &t->bake_cancel, &ac);
-		if (r == 0)
-			r = agent_call(ac, ping, BAKE_BOOT_TIMEOUT_MS, NULL);
-		timings_lap(&b->tm, "boot");
+	if (r == 0 && b->cfg.start) {
+		step = "start";
+		r = bake_start(b, vm.ac);
+		timings_lap(&b->tm, "start");
 	}
 	if (r == 0) {
 		step = "snapshot";
-		r = e->vmm->snapshot(v, state, QMP_TIMEOUT_MS);
+		r = e->vmm->snapshot(vm.v, state, QMP_TIMEOUT_MS);
 		timings_lap(&b->tm, "snapshot");
 	}
-	if (r < 0)
-		set_error(&b->error, "bake failed at %s: %s (see %s/bake-console.log and %s/bake-vmm.log)", step,
+	if (r < 0 && !b->error)
+		error_set(&b->error, "bake failed at %s: %s (see %s/bake-console.log and %s/bake-vmm.log)", step,
 			  strerror(-r), t->dir, t->dir);
-	agent_free(ac);
-	pthread_mutex_lock(&e->lock);
-	t->bake_vmm = NULL;
-	pthread_mutex_unlock(&e->lock);
-	if (v)
-		e->vmm->free(v); /* kills the paused VMM: RAM file and state are complete */
-	if (net)
-		netpool_release(e->net, net);
+	booted_stop(e, &vm, &t->bake_vmm); /* kills the paused VMM: RAM file and state are complete */
 	return r;
 }
 
@@ -534,8 +677,21 @@ static int bake_commit(struct bake_ctx *b, const char *mem, const char *disk)
 	json_object_object_add(o, "mem_size", json_object_new_int64((int64_t)b->cfg.mem_mib << 20));
 	json_object_object_add(o, "baked_at", json_object_new_string(at ? at : ""));
 	json_object_object_add(o, "timings", timings_json(&b->tm));
+	if (b->start.cmd) {
+		json_object *so = json_object_new_object();
+
+		json_object_object_add(so, "cmd", json_object_new_string(b->start.cmd));
+		json_object_object_add(so, "job", json_object_new_int64((int64_t)b->start.job));
+		json_object_object_add(so, "pid", json_object_new_int64(b->start.pid));
+		json_object_object_add(so, "start_unix_ms", json_object_new_int64((int64_t)b->start.start_unix_ms));
+		json_object_object_add(o, "start", so);
+	}
+	if (b->built)
+		json_object_object_add(o, "image", image_config_json(&b->build.cfg));
 	txt = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY);
 	if ((r = write_file_atomic(bj, txt, strlen(txt), true)) < 0)
+		return r;
+	if (b->built && (r = build_record_save(t, &b->build)) < 0)
 		return r;
 	pthread_rwlock_wrlock(&t->snap_lock);
 	rm_rf(old);
@@ -574,7 +730,7 @@ int template_install_snapshot(struct template *t, const char *newdir, struct tim
 	pthread_mutex_lock(&e->lock);
 	memcpy(ident, t->identity, 65);
 	mem_size = (uint64_t)t->cfg.mem_mib << 20;
-	has_disk = t->cfg.rootfs != NULL;
+	has_disk = template_has_disk(t);
 	pthread_mutex_unlock(&e->lock);
 	if ((r = fsync_path(mem)) < 0 || (has_disk && (r = fsync_path(disk)) < 0) || (r = fsync_path(state)) < 0 ||
 	    (r = sha256_file(state, sd)) < 0)
@@ -621,44 +777,68 @@ static void keep_log(struct bake_ctx *b, const char *from, const char *to)
 		rename(src, dst);
 }
 
-static void *bake_main(void *arg)
+/*
+ * A bake's progress: the template's status shows the phase, MOUNT/events
+ * gets a line, the build log too.
+ */
+static void bake_phase(struct bake_ctx *b, const char *phase)
 {
-	struct bake_ctx *b = arg;
 	struct template *t = b->t;
-	struct engine *e = t->e;
-	_cleanup_free_ char *mem = NULL, *disk = NULL;
-	struct slot *stale = NULL;
+	json_object *ev;
+
+	blog(b->log_fd, "== %s", phase);
+	pthread_mutex_lock(&t->e->lock);
+	snprintf(t->bake_phase, sizeof(t->bake_phase), "%s", phase);
+	ev = json_object_new_object();
+	json_object_object_add(ev, "type", json_object_new_string("template"));
+	json_object_object_add(ev, "template", json_object_new_string(t->name));
+	json_object_object_add(ev, "state", json_object_new_string("baking"));
+	json_object_object_add(ev, "phase", json_object_new_string(phase));
+	engine_emit(t->e, t->id, ev);
+	pthread_mutex_unlock(&t->e->lock);
+}
+
+/* The root disk first (an image, a Dockerfile); the identity then names what it made. */
+static int bake_build(struct bake_ctx *b)
+{
+	struct template *t = b->t;
 	int r;
 
-	timings_start(&b->tm);
-	r = cold_acquire(e, &t->bake_cancel);
-	timings_lap(&b->tm, "queue");
-	if (r < 0) {
-		/* cancelled while queued: nothing to release */
-		pthread_mutex_lock(&e->lock);
-		t->bake_running = false;
-		template_set_state(t, t->has_bake && strcmp(t->bake.identity, t->identity) == 0 ? TPL_READY : TPL_NEW);
-		pthread_cond_broadcast(&t->cond);
-		pthread_mutex_unlock(&e->lock);
-		goto out;
+	bake_phase(b, "build");
+	r = template_build(t, &b->cfg, b->log_fd, &t->bake_cancel, &b->tm, &b->build, &b->error);
+	if (r == 0) {
+		b->built = true;
+		r = compute_identity(t->e, &b->cfg, b->build.cfg.digest, b->identity, &b->error);
+		blog(b->log_fd, "built: %s", b->build.cfg.digest);
+	} else {
+		blog(b->log_fd, "build failed: %s", b->error ? b->error : strerror(-r));
 	}
-	r = bake_prepare(b, &mem, &disk);
-	timings_lap(&b->tm, "prepare");
-	if (r == 0)
-		r = bake_boot_and_snapshot(b, mem, disk);
-	if (r == 0)
-		r = bake_commit(b, mem, disk);
-	cold_release(e);
-	rm_rf(b->rundir);
-	if (r < 0) {
-		keep_log(b, "console.log", "bake-console.log");
-		keep_log(b, "vmm.log", "bake-vmm.log");
-		rm_rf(b->newdir);
-	}
+	return r;
+}
+
+/*
+ * The bake's outcome. A failure keeps a snapshot that still fits the
+ * template's identity in service (a rebake or a build that failed replaces
+ * nothing); without one the template is failed and creates boot cold.
+ */
+static void bake_finish(struct bake_ctx *b, int r)
+{
+	struct template *t = b->t;
+	struct engine *e = t->e;
+	struct slot *stale;
+	bool fits;
 
 	pthread_mutex_lock(&e->lock);
 	t->bake_running = false;
+	t->bake_phase[0] = '\0';
 	if (r == 0 && template_load_bake(t) == 0) {
+		if (b->built) {
+			build_result_clear(&t->build);
+			t->build = b->build;
+			memset(&b->build, 0, sizeof(b->build));
+			t->has_build = true;
+			memcpy(t->identity, b->identity, 65); /* what the build made is part of it */
+		}
 		template_set_state(t, strcmp(t->bake.identity, t->identity) == 0 ? TPL_READY : TPL_STALE);
 		free(t->error);
 		t->error = NULL;
@@ -668,19 +848,68 @@ static void *bake_main(void *arg)
 		template_set_state(t, t->has_bake && strcmp(t->bake.identity, t->identity) == 0 ? TPL_READY : TPL_NEW);
 		log_info("template %s: bake cancelled", t->name);
 	} else {
-		template_set_state(t, TPL_FAILED);
+		fits = t->has_bake && strcmp(t->bake.identity, t->identity) == 0;
+		template_set_state(t, fits ? TPL_READY : TPL_FAILED);
 		if (!b->error)
-			set_error(&b->error, "bake failed: %s", strerror(r < 0 ? -r : EIO));
+			error_set(&b->error, "bake failed: %s", strerror(r < 0 ? -r : EIO));
 		free(t->error);
 		t->error = TAKE_PTR(b->error);
-		log_error("template %s: %s", t->name, t->error ? t->error : "bake failed");
+		log_error("template %s: %s%s", t->name, t->error ? t->error : "bake failed",
+			  fits ? " (the previous snapshot stays in service)" : "");
 	}
 	stale = pool_take_unfit(t); /* a new snapshot: the old one's slots go now */
 	pthread_cond_broadcast(&t->cond);
 	pthread_cond_broadcast(&t->pool_cond);
 	pthread_mutex_unlock(&e->lock);
 	slots_free_list(e, stale);
+}
+
+static void *bake_main(void *arg)
+{
+	struct bake_ctx *b = arg;
+	struct template *t = b->t;
+	struct engine *e = t->e;
+	_cleanup_free_ char *mem = NULL, *disk = NULL;
+	int r = 0;
+
+	timings_start(&b->tm);
+	if (template_builds(t, &b->cfg))
+		r = bake_build(b); /* before the cold place: building is no boot */
+	if (r == 0) {
+		bake_phase(b, "queue");
+		r = cold_acquire(e, &t->bake_cancel);
+		timings_lap(&b->tm, "queue");
+		if (r < 0) {
+			/* cancelled while queued: nothing to release */
+			bake_finish(b, r);
+			goto out;
+		}
+		bake_phase(b, "boot");
+		r = bake_prepare(b, &mem, &disk);
+		timings_lap(&b->tm, "prepare");
+		if (r == 0)
+			r = bake_boot_and_snapshot(b, disk);
+		if (r == 0) {
+			bake_phase(b, "snapshot");
+			r = bake_commit(b, mem, disk);
+		}
+		if (r == 0)
+			prune_rootfs_copies(t, bake_rootfs(b));
+		cold_release(e);
+		rm_rf(b->rundir);
+		if (r < 0) {
+			keep_log(b, "console.log", "bake-console.log");
+			keep_log(b, "vmm.log", "bake-vmm.log");
+			rm_rf(b->newdir);
+		}
+	}
+	blog(b->log_fd, r == 0 ? "== baked" : "== failed: %s", b->error ? b->error : strerror(r < 0 ? -r : EIO));
+	bake_finish(b, r);
 out:
+	if (b->log_fd >= 0)
+		close(b->log_fd);
+	build_result_clear(&b->build);
+	free(b->start.cmd);
 	template_config_clear(&b->cfg);
 	free(b->newdir);
 	free(b->rundir);
@@ -699,12 +928,13 @@ void template_start_bake(struct template *t)
 
 	if (!b || template_config_copy(&t->cfg, &b->cfg) < 0) {
 		free(b);
-		set_error(&t->error, "bake: out of memory");
+		error_set(&t->error, "bake: out of memory");
 		template_set_state(t, TPL_FAILED);
 		return;
 	}
 	snprintf(idbuf, sizeof(idbuf), "%" PRIu64, t->id);
 	b->t = t;
+	b->log_fd = build_log_create(t);
 	memcpy(b->identity, t->identity, 65);
 	b->newdir = strjoin(t->dir, "/snapshot.new", NULL);
 	b->rundir = strjoin(e->state_dir, "/run/", idbuf, NULL);
@@ -715,10 +945,12 @@ void template_start_bake(struct template *t)
 	if (!b->newdir || !b->rundir || thread_create(&t->bake_thread, NULL, bake_main, b)) {
 		t->bake_running = false;
 		template_set_state(t, TPL_FAILED);
-		set_error(&t->error, "bake: cannot start");
+		error_set(&t->error, "bake: cannot start");
 		template_config_clear(&b->cfg);
 		free(b->newdir);
 		free(b->rundir);
+		if (b->log_fd >= 0)
+			close(b->log_fd);
 		free(b);
 		atomic_fetch_sub(&t->refs, 1);
 		return;
@@ -746,8 +978,29 @@ char *template_render_status(struct template *t)
 		json_object_object_add(b, "baked_at", json_object_new_string(t->bake.baked_at ? t->bake.baked_at : ""));
 		json_object_object_add(b, "state_sha256", json_object_new_string(t->bake.state_digest));
 		json_object_object_add(b, "timings", timings_json(&t->bake.timings));
+		if (t->bake.start.cmd) {
+			json_object *so = json_object_new_object();
+
+			json_object_object_add(so, "cmd", json_object_new_string(t->bake.start.cmd));
+			json_object_object_add(so, "pid", json_object_new_int64(t->bake.start.pid));
+			json_object_object_add(b, "start", so);
+		}
 		json_object_object_add(o, "bake", b);
 	}
+	if (t->bake_running && t->bake_phase[0])
+		json_object_object_add(o, "phase", json_object_new_string(t->bake_phase));
+	if (t->has_build) {
+		json_object *bo = image_config_json(&t->build.cfg);
+
+		json_object_object_add(bo, "disk", json_object_new_string(t->build.disk));
+		if (t->build.steps)
+			json_object_object_add(bo, "steps", json_object_get(t->build.steps));
+		json_object_object_add(o, "build", bo);
+	}
+	/* a Dockerfile written since the build in service: the next "bake" builds it */
+	if (template_has_dockerfile(t))
+		json_object_object_add(o, "dockerfile",
+				       json_object_new_string(template_dockerfile_moved(t) ? "changed" : "built"));
 	json_object_object_add(o, "pool", pool_status_json(t));
 	if (e->net) {
 		_cleanup_free_ char *ns = netpool_status_json(e->net);
@@ -783,51 +1036,172 @@ char *template_render_identity(struct template *t)
 }
 
 /* A new config: parsed and checked first, so a bad one changes nothing. */
+/*
+ * A config that names no kernel runs on the default guest's: its kernel,
+ * initrd and command line are filled in (the root disk is the config's own
+ * image or rootfs). NULL: the text as written (not an object, or with a
+ * kernel, or no default guest).
+ */
+static char *with_default_guest(struct engine *e, const char *data, size_t len)
+{
+	static const char *const keys[] = { "kernel", "initrd", "cmdline" };
+	_cleanup_json_ json_object *o = NULL, *d = NULL;
+	json_tokener *tok;
+	json_object *v;
+
+	if (!e->default_config || len > 65536 || !(tok = json_tokener_new()))
+		return NULL;
+	o = json_tokener_parse_ex(tok, data, (int)len);
+	json_tokener_free(tok);
+	if (!o || !json_object_is_type(o, json_type_object) || json_object_object_get_ex(o, "kernel", NULL) ||
+	    !(d = json_tokener_parse(e->default_config)))
+		return NULL;
+	for (size_t i = 0; i < ARRAY_SIZE(keys); i++)
+		if (!json_object_object_get_ex(o, keys[i], NULL) && json_object_object_get_ex(d, keys[i], &v))
+			json_object_object_add(o, keys[i], json_object_get(v));
+	return strdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
+}
+
+/*
+ * e->lock held: the template's identity is now ident (its config, or what it
+ * builds, changed). A template that no longer builds drops its build; the
+ * snapshot fits or goes stale; warm slots of another identity go (returned).
+ */
+static struct slot *identity_changed(struct template *t, const char ident[65])
+{
+	if (!template_builds(t, &t->cfg))
+		build_record_drop(t);
+	memcpy(t->identity, ident, 65);
+	free(t->error);
+	t->error = NULL;
+	if (t->has_bake)
+		template_set_state(t, strcmp(t->bake.identity, ident) == 0 ? TPL_READY : TPL_STALE);
+	else if (t->state == TPL_FAILED)
+		template_set_state(t, TPL_NEW);
+	pthread_cond_broadcast(&t->pool_cond); /* ready again: the filler may start */
+	return pool_take_unfit(t);
+}
+
+/* e->lock held: why t's build inputs cannot be written now, as -errno with t->error set; 0 if they can. */
+static int inputs_writable(struct template *t, const char *what)
+{
+	if (t->removed)
+		return -ENOENT;
+	if (t->bake_running) {
+		error_set(&t->error, "%s: refused while a bake runs", what);
+		return -EBUSY;
+	}
+	return 0;
+}
+
 int template_write_config(struct template *t, const char *data, size_t len)
 {
+	_cleanup_free_ char *merged = with_default_guest(t->e, data, len);
 	struct engine *e = t->e;
 	_cleanup_free_ char *err = NULL, *cpath = strjoin(t->dir, "/config.json", NULL), *txt = NULL;
 	struct template_config cfg = { 0 };
 	struct slot *stale = NULL;
-	char ident[65];
+	char ident[65], build[80];
+	bool builds;
 	int r;
 
 	if (!cpath)
 		return -ENOMEM;
-	r = template_config_parse(data, len, &cfg, &err);
-	if (r == 0 && compute_identity(e, &cfg, ident, &err) < 0) {
-		template_config_clear(&cfg);
-		r = -EINVAL; /* a missing file or an unusable accelerator is a bad value */
+	if (merged) {
+		data = merged;
+		len = strlen(merged);
 	}
+	r = template_config_parse(data, len, &cfg, &err);
 	pthread_mutex_lock(&e->lock);
-	if (r == 0 && t->removed) {
-		template_config_clear(&cfg);
-		r = -ENOENT;
-	} else if (r < 0) {
-		free(t->error);
-		t->error = TAKE_PTR(err);
-	} else if (t->bake_running) {
-		template_config_clear(&cfg);
-		free(t->error);
-		t->error = strdup("config: refused while a bake runs");
-		r = -EBUSY;
+	builds = r == 0 && template_builds(t, &cfg);
+	snprintf(build, sizeof(build), "%s", builds && t->has_build ? t->build.cfg.digest : "");
+	pthread_mutex_unlock(&e->lock);
+	if (r == 0 && compute_identity(e, &cfg, build, ident, &err) < 0)
+		r = -EINVAL; /* a missing file or an unusable accelerator is a bad value */
+	pthread_mutex_lock(&e->lock);
+	if (r < 0) {
+		if (!t->removed) {
+			free(t->error);
+			t->error = TAKE_PTR(err);
+		}
+	} else if ((r = inputs_writable(t, "config")) < 0) {
+		/* t->error says why */
+	} else if (cfg.image && template_has_dockerfile(t)) {
+		error_set(&t->error, "config: refused: the template has a Dockerfile (its FROM names the image); "
+				     "empty the Dockerfile first");
+		r = -EINVAL;
 	} else if (!(txt = template_config_render(&cfg)) || (r = write_file_atomic(cpath, txt, strlen(txt), true)) < 0) {
-		template_config_clear(&cfg);
 		r = r < 0 ? r : -ENOMEM;
 	} else {
 		template_config_clear(&t->cfg);
 		t->cfg = cfg;
-		memcpy(t->identity, ident, 65);
-		free(t->error);
-		t->error = NULL;
-		if (t->has_bake)
-			template_set_state(t, strcmp(t->bake.identity, ident) == 0 ? TPL_READY : TPL_STALE);
-		else if (t->state == TPL_FAILED)
-			template_set_state(t, TPL_NEW);
-		stale = pool_take_unfit(t); /* a new identity: the old one's slots go now */
-		pthread_cond_broadcast(&t->pool_cond); /* ready again: the filler may start */
+		memset(&cfg, 0, sizeof(cfg));
+		stale = identity_changed(t, ident);
 	}
 	pthread_mutex_unlock(&e->lock);
+	template_config_clear(&cfg);
+	slots_free_list(e, stale);
+	return r;
+}
+
+/*
+ * templates/T/Dockerfile, written whole: parsed first (one that does not
+ * parse changes nothing and leaves its reason in status), then stored. The
+ * snapshot in service stays (it is what the Dockerfile built before); the
+ * next bake builds the new one and replaces it only if the build succeeds.
+ * Empty content removes it: the template then boots its config's guest (its
+ * identity changes with the build gone).
+ */
+int template_write_dockerfile(struct template *t, const char *data, size_t len)
+{
+	struct engine *e = t->e;
+	_cleanup_free_ char *df = template_dockerfile_path(t), *err = NULL;
+	struct template_config cfg = { 0 };
+	struct dockerfile parsed = { 0 };
+	struct slot *stale = NULL;
+	char ident[65];
+	int r = 0;
+
+	if (!df)
+		return -ENOMEM;
+	if (len > 0 && dockerfile_parse(data, len, &parsed, &err) < 0) {
+		r = -EINVAL; /* unsupported and too big alike: this content is refused */
+		error_set(&err, "Dockerfile: %s", err ? err : "does not parse");
+	}
+	dockerfile_clear(&parsed);
+	if (r == 0 && len == 0) {
+		/* what the template's identity will be without the build */
+		pthread_mutex_lock(&e->lock);
+		r = template_config_copy(&t->cfg, &cfg);
+		pthread_mutex_unlock(&e->lock);
+		if (r == 0 && compute_identity(e, &cfg, NULL, ident, &err) < 0)
+			r = -EINVAL;
+	}
+	pthread_mutex_lock(&e->lock);
+	if (r < 0) {
+		if (!t->removed) {
+			free(t->error);
+			t->error = TAKE_PTR(err);
+		}
+	} else if ((r = inputs_writable(t, "Dockerfile")) < 0) {
+		/* t->error says why */
+	} else if (t->cfg.derived_from) {
+		error_set(&t->error, "Dockerfile: refused: this template was made from a sandbox (derived_from)");
+		r = -EINVAL;
+	} else if (t->cfg.image) {
+		error_set(&t->error, "Dockerfile: refused: the config names an \"image\" (a Dockerfile's FROM does): "
+				     "remove it from the config first");
+		r = -EINVAL;
+	} else if (len > 0 && (r = write_file_atomic(df, data, len, true)) == 0) {
+		free(t->error);
+		t->error = NULL;
+		if (t->state == TPL_FAILED)
+			template_set_state(t, TPL_NEW);
+	} else if (len == 0 && (r = unlink(df) < 0 && errno != ENOENT ? -errno : 0) == 0) {
+		stale = identity_changed(t, ident);
+	}
+	pthread_mutex_unlock(&e->lock);
+	template_config_clear(&cfg);
 	slots_free_list(e, stale);
 	return r;
 }
@@ -852,7 +1226,10 @@ void template_reap_bake(struct template *t)
 		pthread_join(th, NULL);
 }
 
-/* ctl: "bake" bakes unless a matching snapshot exists; "rebake" always bakes. */
+/*
+ * ctl: "bake" bakes unless a matching snapshot exists and the Dockerfile is
+ * the one it was built from; "rebake" always bakes.
+ */
 int template_ctl(struct template *t, const char *cmd, size_t len)
 {
 	struct engine *e = t->e;
@@ -878,7 +1255,7 @@ int template_ctl(struct template *t, const char *cmd, size_t len)
 		r = -EINVAL;
 	} else if (t->bake_running || t->bake_joinable || e->shutting_down) {
 		r = -EBUSY;
-	} else if (force || t->state != TPL_READY) {
+	} else if (force || t->state != TPL_READY || template_dockerfile_moved(t)) {
 		char *why = NULL;
 
 		/* a bake needs its guest's RAM in the store: refused before anything, the snapshot in place kept */

@@ -1,0 +1,124 @@
+/*
+ * A cold boot of a template's kernel with a given root disk, up to its
+ * agent's first answer: what a bake snapshots and what a Dockerfile build
+ * runs its steps in. The VMM is published in *slot (under e->lock) while it
+ * runs, so a shutdown can kill it.
+ */
+#include <fcntl.h>
+#include <inttypes.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "parse.h"
+
+#define BOOT_QMP_TIMEOUT_MS 10000
+#define BOOT_AGENT_TIMEOUT_MS 60000
+
+void booted_stop(struct engine *e, struct booted *b, struct vmm **slot)
+{
+	if (b->ac) {
+		agent_shutdown(b->ac);
+		agent_free(b->ac);
+	}
+	if (slot) {
+		pthread_mutex_lock(&e->lock);
+		*slot = NULL;
+		pthread_mutex_unlock(&e->lock);
+	}
+	if (b->v)
+		e->vmm->free(b->v); /* kills it */
+	if (b->net)
+		netpool_release(e->net, b->net);
+	memset(b, 0, sizeof(*b));
+}
+
+int boot_cold(struct engine *e, const struct template_config *cfg, const char *name, const char *dir,
+	      const char *rundir, const char *disk, const atomic_bool *cancel, struct vmm **slot, struct booted *ret,
+	      const char **ret_step, char **ret_error)
+{
+	_cleanup_free_ char *qmp = strjoin(rundir, "/qmp.sock", NULL), *agent = strjoin(rundir, "/agent.sock", NULL);
+	_cleanup_free_ char *con = strjoin(dir, "/console.log", NULL), *log = strjoin(dir, "/vmm.log", NULL);
+	_cleanup_free_ char *mem = strjoin(dir, "/mem", NULL), *cmdline = NULL;
+	_cleanup_json_ json_object *ping = json_object_new_object();
+	_cleanup_close_ int fd = -1;
+	struct vmm_spec spec = { .cfg = cfg, .accel = e->accel, .name = name, .mem_path = mem, .disk_path = disk,
+				 .qmp_path = qmp, .agent_path = agent, .console_path = con, .log_path = log,
+				 .incoming_fd = -1 };
+	int r;
+
+	memset(ret, 0, sizeof(*ret));
+	*ret_step = "prepare";
+	if (!qmp || !agent || !con || !log || !mem || !ping)
+		return -ENOMEM;
+	if ((r = mkdir_p(dir, 0700)) < 0 || (r = mkdir_p(rundir, 0700)) < 0)
+		return r;
+	fd = open(mem, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0 || ftruncate(fd, (off_t)cfg->mem_mib << 20) < 0)
+		return -errno;
+	r = engine_spec_init(e, cfg, &spec, &cmdline);
+	if (r == 0 && cfg->net) {
+		bool built;
+
+		*ret_step = "network slot";
+		r = netpool_claim(e->net, &ret->net, &built, ret_error);
+		if (r == 0)
+			spec.netns_fd = ret->net->netns_fd;
+	}
+	if (r == 0) {
+		*ret_step = "spawn";
+		r = e->vmm->spawn(e->qemu_binary, &spec, &ret->v);
+	}
+	if (r == 0) {
+		pthread_mutex_lock(&e->lock);
+		if (slot)
+			*slot = ret->v;
+		if (cancel && atomic_load(cancel))
+			e->vmm->kill(ret->v);
+		pthread_mutex_unlock(&e->lock);
+		r = e->vmm->connect(ret->v, BOOT_QMP_TIMEOUT_MS, cancel);
+	}
+	if (r == 0) {
+		*ret_step = "boot (agent)";
+		json_object_object_add(ping, "op", json_object_new_string("ping"));
+		r = agent_connect(agent, BOOT_QMP_TIMEOUT_MS, cancel, &ret->ac);
+		if (r == 0)
+			r = agent_call(ret->ac, ping, BOOT_AGENT_TIMEOUT_MS, NULL);
+	}
+	if (r < 0)
+		booted_stop(e, ret, slot);
+	return r;
+}
+
+int guest_run(struct agent_client *ac, const char *sh, unsigned timeout_ms, int log_fd, char **ret_error)
+{
+	_cleanup_json_ json_object *req = json_object_new_object(), *resp = NULL;
+	int64_t code, sig;
+	int r;
+
+	if (!req)
+		return -ENOMEM;
+	json_object_object_add(req, "op", json_object_new_string("exec"));
+	json_object_object_add(req, "sh", json_object_new_string(sh));
+	json_object_object_add(req, "timeout_ms", json_object_new_int64(timeout_ms));
+	r = agent_call(ac, req, timeout_ms + 10000, &resp);
+	if (r < 0)
+		return error_first(ret_error, r, "%s: %s", sh, jget_str(resp, "error") ? jget_str(resp, "error") : strerror(-r));
+	for (const char *const *k = (const char *const[]){ "stdout", "stderr", NULL }; log_fd >= 0 && *k; k++) {
+		const char *b64 = jget_str(resp, *k);
+		_cleanup_free_ uint8_t *data = NULL;
+		ssize_t n = b64 ? base64_decode(b64, strlen(b64), &data) : 0;
+
+		if (n > 0 && write(log_fd, data, (size_t)n) < 0) {
+			/* a log that cannot be written loses lines, not the run */
+		}
+	}
+	code = jget_int(resp, "exit_code", -1);
+	sig = jget_int(resp, "signal", 0);
+	if (jget_bool(resp, "timed_out"))
+		return error_first(ret_error, -ETIMEDOUT, "%s: still running after %u s", sh, timeout_ms / 1000);
+	if (code != 0 || sig != 0)
+		return error_first(ret_error, -EIO, "%s: %s %" PRId64, sh, sig ? "killed by signal" : "exit code",
+				   sig ? sig : code);
+	return 0;
+}
