@@ -135,6 +135,7 @@ static void on_event(void *arg, uint64_t id, const char *line)
 	struct events *ev = arg;
 	size_t n = strlen(line);
 
+	follow_kick(ev->f); /* a bake that ended ends its log's readers */
 	pthread_mutex_lock(&ev->lock);
 	for (struct sub *s = ev->subs, *next; s; s = next) {
 		next = s->next;

@@ -31,6 +31,8 @@ static const struct file_def tpl_files[] = {
 	{ "ctl", 4, 0200, F_CTL, NULL, NULL, NULL, NULL },
 	{ "pool", 7, 0644, F_POOL, template_render_pool, NULL, NULL, NULL },
 	{ "stats", 8, 0444, F_RENDER, template_render_stats, NULL, NULL, NULL },
+	{ "Dockerfile", 9, 0644, F_DOCKERFILE, NULL, NULL, NULL, NULL },
+	{ "build.log", 10, 0444, F_BUILDLOG, NULL, NULL, NULL, NULL },
 };
 
 static const struct file_def sb_files[] = {
@@ -487,6 +489,7 @@ void fs_release_handles(struct fs *f)
 		if (oh == &f->handles) {
 			pthread_mutex_unlock(&f->handles_lock);
 			events_detach(f); /* the engine goes next */
+			follow_stop(f);
 			if (!f->changes_detached) {
 				engine_set_guestfs_change_fn(f->e, NULL, NULL);
 				f->changes_detached = true;
@@ -881,6 +884,8 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 		r = -EPERM;
 	if (r == 0 && (to_set & FUSE_SET_ATTR_SIZE) && (is_dir(&n) || !(n.file->mode & 0200)))
 		r = -EACCES;
+	if (r == 0 && (to_set & FUSE_SET_ATTR_SIZE) && n.file && n.file->type == F_DOCKERFILE)
+		r = fi ? fh_truncate(fi, attr->st_size) : dockerfile_truncate(n.t, attr->st_size);
 	if (r < 0) {
 		node_put(&n);
 		fuse_reply_err(req, -r);
@@ -994,7 +999,8 @@ int fs_new(struct engine *e, int argc, char **argv, struct fs **ret)
 		free(f);
 		return -EINVAL;
 	}
-	if (events_init(f) < 0 || inval_new(f->se, &f->inval) < 0) {
+	if (events_init(f) < 0 || follow_init(f) < 0 || inval_new(f->se, &f->inval) < 0) {
+		follow_free(f);
 		events_free(f);
 		fuse_session_destroy(f->se);
 		free(f);
@@ -1028,6 +1034,7 @@ void fs_free(struct fs *f)
 		return;
 	fs_unmount(f);
 	fs_release_handles(f);
+	follow_free(f);
 	events_free(f);
 	inval_free(f->inval);
 	fuse_session_destroy(f->se);

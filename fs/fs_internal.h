@@ -23,7 +23,7 @@ enum { IDX_ROOT = 1, IDX_TEMPLATES = 2, IDX_README = 3, IDX_VERSION = 4, IDX_MET
 enum { IDX_DIR = 0, IDX_TPL_SANDBOXES = 5, IDX_TPL_SLOTS = 6, IDX_SB_PROCS = 8, IDX_SB_ROOT = 9 };
 
 enum ftype { F_STATIC, F_RENDER, F_CONFIG, F_CTL, F_POOL, F_WAIT, F_EXEC, F_CONSOLE, F_SBCTL, F_EVENTS,
-	     F_PCMD, F_PSTDIN, F_POUT, F_PERR, F_PSIGNAL };
+	     F_PCMD, F_PSTDIN, F_POUT, F_PERR, F_PSIGNAL, F_DOCKERFILE, F_BUILDLOG };
 
 struct file_def {
 	const char *name;
@@ -80,6 +80,7 @@ struct fs {
 	pthread_mutex_t handles_lock;
 	struct open_handle handles; /* list head; protected by handles_lock */
 	struct events *events;	    /* events.c */
+	struct follow *follow;	    /* follow.c */
 	struct inval *inval;	    /* inval.c */
 	bool changes_detached;	    /* the engine's guestfs change hook is cleared (it goes first) */
 };
@@ -103,6 +104,8 @@ void fh_open(struct fs *f, fuse_req_t req, struct node *n, struct fuse_file_info
 void fh_read(fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi);
 void fh_write(fuse_req_t req, const char *buf, size_t size, off_t off, struct fuse_file_info *fi);
 void fh_flush(fuse_req_t req, struct fuse_file_info *fi);
+int fh_truncate(struct fuse_file_info *fi, off_t size); /* ftruncate of an open Dockerfile */
+int dockerfile_truncate(struct template *t, off_t size);
 void fh_release(fuse_req_t req, struct fuse_file_info *fi);
 extern const char fs_readme[];
 
@@ -136,6 +139,30 @@ void live_fsync(fuse_req_t req, int datasync, struct fuse_file_info *fi);
 void live_release(fuse_req_t req, struct fs *f, struct fuse_file_info *fi);
 /* The engine's guestfs change hook: drops the host's cached pages of a file the guest changed. */
 void live_on_change(void *ctx, uint64_t sb, struct guest_id id, uint64_t chg);
+
+/*
+ * Reads that follow a growing file (follow.c). A follower is one open file's
+ * parked read: fd is read at off; live says whether the file still grows;
+ * done drops what the parked read held (called once per follow_read, after
+ * the answer).
+ */
+struct follower {
+	struct follower *prev, *next; /* the follow's list; protected by its lock */
+	int fd;
+	bool watched;
+	bool (*live)(struct follower *w);
+	void (*done)(struct follower *w);
+	struct follow *fl;
+	fuse_req_t req;
+	size_t size;
+	off_t off;
+};
+int follow_init(struct fs *f);
+void follow_read(struct fs *f, struct follower *w, fuse_req_t req, size_t size, off_t off);
+void follow_interrupt(fuse_req_t req, void *arg);
+void follow_kick(struct fs *f); /* lock-free: the engine reported an event */
+void follow_stop(struct fs *f);
+void follow_free(struct fs *f);
 
 /* Kernel cache invalidations: one queue, one thread (inval.c). */
 struct inval;

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "dockerfile.h"
 #include "fs_internal.h"
 
 #define WRITE_MAX (64 * 1024)
@@ -25,7 +26,7 @@ struct fh {
 	char *buf; /* rendered content, or bytes written */
 	size_t len;
 	int fd;	   /* console */
-	int accmode;
+	int accmode, oflags;
 	bool partial; /* config: bytes written that do not form a whole JSON value yet */
 
 	pthread_mutex_t lock;
@@ -54,6 +55,14 @@ struct fh {
 	bool pwritten;	       /* stdin: written to (a close then sends EOF) */
 	/* status: the sandbox's status_seq when rendered */
 	uint64_t seq;
+	/*
+	 * Dockerfile: the content as this handle has it (buf, len); dirty: written
+	 * since the last apply; emptied: opened with O_TRUNC, nothing applied yet
+	 * (the last close removes the Dockerfile: an earlier one may be a dup's)
+	 */
+	bool dirty, emptied, append;
+	/* build.log: a read at the end waits for the bake to write more */
+	struct follower fol;
 };
 
 const char fs_readme[] =
@@ -63,6 +72,8 @@ const char fs_readme[] =
 	"  templates/T/identity        digest over everything that changes start-up\n"
 	"  templates/T/status          JSON: state (new|baking|ready|failed|stale), bake timings, error\n"
 	"  templates/T/ctl             write: bake | rebake\n"
+	"  templates/T/Dockerfile      what the template's root disk is built from (written whole, at close)\n"
+	"  templates/T/build.log       the last bake's log; follows a bake that runs\n"
 	"  templates/T/sandboxes/NAME  mkdir = create (returns at once), rmdir or rm -rf = destroy\n"
 	"    status   JSON: state, path (warm|restore|cold|fork), identity, timings, error; poll wakes on change\n"
 	"    timings  one \"phase milliseconds\" line per phase\n"
@@ -121,6 +132,16 @@ static int render(struct fh *h)
 {
 	const struct file_def *d = h->node.file;
 
+	if (h->type == F_DOCKERFILE) {
+		/* opened to replace it: starts empty (and an empty Dockerfile, if nothing is written, is none) */
+		if (h->accmode != O_RDONLY && (h->oflags & O_TRUNC)) {
+			h->emptied = true;
+			return 0;
+		}
+		h->buf = template_render_dockerfile(h->node.t);
+		h->len = h->buf ? strlen(h->buf) : 0;
+		return h->buf ? 0 : -ENOMEM;
+	}
 	if (h->accmode == O_WRONLY)
 		return 0; /* written whole: nothing to render */
 	if (d->idx == IDX_VERSION && h->node.kind == K_STATIC_FILE)
@@ -147,6 +168,45 @@ static int render(struct fh *h)
 	return 0;
 }
 
+/* ---- build.log ---- */
+
+static bool buildlog_live(struct follower *w)
+{
+	struct fh *h = container_of(w, struct fh, fol);
+
+	return template_build_log_live(h->node.t, h->fd);
+}
+
+static void buildlog_done(struct follower *w)
+{
+	fh_unref(container_of(w, struct fh, fol)); /* the parked read's */
+}
+
+/* No log yet (never baked): an empty file. */
+static int buildlog_open(struct fh *h)
+{
+	int fd = template_build_log_open(h->node.t);
+
+	if (fd < 0 && fd != -ENOENT)
+		return fd;
+	h->fd = fd;
+	h->fol.fd = fd;
+	h->fol.prev = h->fol.next = &h->fol;
+	h->fol.live = buildlog_live;
+	h->fol.done = buildlog_done;
+	return 0;
+}
+
+static void buildlog_read(fuse_req_t req, struct fh *h, size_t size, off_t off)
+{
+	if (h->fd < 0) {
+		fuse_reply_buf(req, NULL, 0);
+		return;
+	}
+	fh_ref(h); /* the parked read's, dropped by buildlog_done */
+	follow_read(h->fs, &h->fol, req, size, off);
+}
+
 void fh_open(struct fs *f, fuse_req_t req, struct node *n, struct fuse_file_info *fi)
 {
 	struct fh *h = calloc(1, sizeof(*h));
@@ -164,6 +224,7 @@ void fh_open(struct fs *f, fuse_req_t req, struct node *n, struct fuse_file_info
 	h->fd = -1;
 	h->refs = 1;
 	h->accmode = fi->flags & O_ACCMODE;
+	h->oflags = fi->flags;
 	pthread_mutex_init(&h->lock, NULL);
 	if (h->accmode != O_RDONLY && !(n->file->mode & 0200))
 		r = -EACCES;
@@ -171,6 +232,8 @@ void fh_open(struct fs *f, fuse_req_t req, struct node *n, struct fuse_file_info
 		r = -EACCES;
 	else if (h->type == F_CONSOLE)
 		h->fd = open(sandbox_console_path(n->s), O_RDONLY | O_CLOEXEC); /* absent until the VMM starts */
+	else if (h->type == F_BUILDLOG)
+		r = buildlog_open(h);
 	else
 		r = render(h);
 	if (r < 0) {
@@ -184,6 +247,7 @@ void fh_open(struct fs *f, fuse_req_t req, struct node *n, struct fuse_file_info
 	fi->keep_cache = 0;
 	fi->nonseekable = h->type == F_WAIT || h->type == F_EXEC || h->type == F_POUT || h->type == F_PERR ||
 			  h->type == F_PSTDIN;
+	h->append = (fi->flags & O_APPEND) != 0;
 	fuse_reply_open(req, fi);
 }
 
@@ -661,6 +725,9 @@ void fh_read(fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi)
 	case F_PERR:
 		pout_read(req, h, size);
 		break;
+	case F_BUILDLOG:
+		buildlog_read(req, h, size, off);
+		break;
 	case F_CONSOLE:
 		if (h->fd < 0) {
 			fuse_reply_buf(req, NULL, 0);
@@ -707,6 +774,59 @@ static int append(struct fh *h, const char *buf, size_t size)
 	h->len += size;
 	h->buf[h->len] = '\0';
 	return 0;
+}
+
+/* Dockerfile: bytes go where they are written (at the end with O_APPEND); applied at close. */
+static int dockerfile_place(struct fh *h, const char *buf, size_t size, off_t off)
+{
+	size_t at = h->append ? h->len : (size_t)off, end = at + size;
+	char *nb;
+
+	if (off < 0 || end > DOCKERFILE_SIZE_MAX)
+		return -EFBIG;
+	if (end > h->len) {
+		if (!(nb = realloc(h->buf, end + 1)))
+			return -ENOMEM;
+		h->buf = nb;
+		if (at > h->len)
+			memset(h->buf + h->len, 0, at - h->len); /* a hole reads as NULs, which do not parse */
+		h->len = end;
+		h->buf[end] = '\0';
+	}
+	memcpy(h->buf + at, buf, size);
+	h->dirty = true;
+	return 0;
+}
+
+/* truncate(2) of a Dockerfile no handle has open: applied at once (growing it adds NULs, which do not parse). */
+int dockerfile_truncate(struct template *t, off_t size)
+{
+	_cleanup_free_ char *text = template_render_dockerfile(t);
+	size_t len = text ? strlen(text) : 0;
+
+	if (!text)
+		return -ENOMEM;
+	if (size < 0 || (size_t)size > len)
+		return size < 0 || (size_t)size > DOCKERFILE_SIZE_MAX ? -EFBIG : -EINVAL;
+	return (size_t)size == len ? 0 : template_write_dockerfile(t, text, (size_t)size);
+}
+
+int fh_truncate(struct fuse_file_info *fi, off_t size)
+{
+	struct fh *h = fh_of(fi);
+	int r = 0;
+
+	if (h->type != F_DOCKERFILE)
+		return 0; /* written whole: truncation means nothing */
+	pthread_mutex_lock(&h->lock);
+	if (size < 0 || (size_t)size > DOCKERFILE_SIZE_MAX)
+		r = -EFBIG;
+	else if ((size_t)size < h->len)
+		h->len = (size_t)size, h->buf[size] = '\0', h->dirty = true;
+	else if ((size_t)size > h->len)
+		r = dockerfile_place(h, "", 0, size);
+	pthread_mutex_unlock(&h->lock);
+	return r;
 }
 
 /* config is applied when the bytes written so far form a whole JSON value. */
@@ -757,6 +877,11 @@ void fh_write(fuse_req_t req, const char *buf, size_t size, off_t off, struct fu
 		r = config_write(h, buf, size, off);
 		pthread_mutex_unlock(&h->lock);
 		break;
+	case F_DOCKERFILE:
+		pthread_mutex_lock(&h->lock);
+		r = dockerfile_place(h, buf, size, off);
+		pthread_mutex_unlock(&h->lock);
+		break;
 	case F_EXEC:
 		pthread_mutex_lock(&h->lock);
 		r = h->phase == EX_IDLE ? append(h, buf, size) : -EBUSY;
@@ -803,6 +928,17 @@ void fh_flush(fuse_req_t req, struct fuse_file_info *fi)
 		fuse_reply_err(req, -r);
 		return;
 	}
+	if (h->type == F_DOCKERFILE) {
+		/* every close of a handle that wrote applies what it has (the error goes to that close) */
+		pthread_mutex_lock(&h->lock);
+		if (h->dirty) {
+			h->dirty = h->emptied = false;
+			r = template_write_dockerfile(h->node.t, h->buf ? h->buf : "", h->len);
+		}
+		pthread_mutex_unlock(&h->lock);
+		fuse_reply_err(req, -r);
+		return;
+	}
 	if (h->type != F_EXEC) {
 		fuse_reply_err(req, 0);
 		return;
@@ -834,6 +970,8 @@ void fh_release(fuse_req_t req, struct fuse_file_info *fi)
 	pthread_mutex_unlock(&h->lock);
 	if (token && sandbox_wait_cancel(h->node.s, token))
 		wait_answer(h, wait_take(h), -EINTR);
+	if (h->type == F_DOCKERFILE && h->emptied && template_write_dockerfile(h->node.t, "", 0) < 0)
+		log_debug("emptying a Dockerfile: refused (see the template's status)");
 	/* closing a stdin opened for writing sends EOF */
 	if (h->type == F_PSTDIN && (h->pwritten || h->accmode != O_RDONLY))
 		proc_write(h->node.p, NULL, 0, true, eof_done, NULL);
