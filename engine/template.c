@@ -1035,16 +1035,18 @@ char *template_render_identity(struct template *t)
 	return s;
 }
 
-/* A new config: parsed and checked first, so a bad one changes nothing. */
 /*
- * A config that names no kernel runs on the default guest's: its kernel,
- * initrd and command line are filled in (the root disk is the config's own
- * image or rootfs). NULL: the text as written (not an object, or with a
- * kernel, or no default guest).
+ * A template that builds its root disk (its config names an "image" or a
+ * build "context", or it has a Dockerfile) and names no kernel runs on the
+ * default guest's: its kernel, initrd and command line are filled in (the
+ * image is only the root file system; the kernel and the agent stay
+ * emberfs's). NULL: the text as written (any other config: "kernel" stays
+ * required).
  */
-static char *with_default_guest(struct engine *e, const char *data, size_t len)
+static char *with_default_guest(struct template *t, const char *data, size_t len)
 {
 	static const char *const keys[] = { "kernel", "initrd", "cmdline" };
+	struct engine *e = t->e;
 	_cleanup_json_ json_object *o = NULL, *d = NULL;
 	json_tokener *tok;
 	json_object *v;
@@ -1054,6 +1056,8 @@ static char *with_default_guest(struct engine *e, const char *data, size_t len)
 	o = json_tokener_parse_ex(tok, data, (int)len);
 	json_tokener_free(tok);
 	if (!o || !json_object_is_type(o, json_type_object) || json_object_object_get_ex(o, "kernel", NULL) ||
+	    !(json_object_object_get_ex(o, "image", NULL) || json_object_object_get_ex(o, "context", NULL) ||
+	      template_has_dockerfile(t)) ||
 	    !(d = json_tokener_parse(e->default_config)))
 		return NULL;
 	for (size_t i = 0; i < ARRAY_SIZE(keys); i++)
@@ -1094,9 +1098,10 @@ static int inputs_writable(struct template *t, const char *what)
 	return 0;
 }
 
+/* A new config: parsed and checked first, so a bad one changes nothing. */
 int template_write_config(struct template *t, const char *data, size_t len)
 {
-	_cleanup_free_ char *merged = with_default_guest(t->e, data, len);
+	_cleanup_free_ char *merged = with_default_guest(t, data, len);
 	struct engine *e = t->e;
 	_cleanup_free_ char *err = NULL, *cpath = strjoin(t->dir, "/config.json", NULL), *txt = NULL;
 	struct template_config cfg = { 0 };
