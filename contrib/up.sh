@@ -2,7 +2,11 @@
 # One command from a fresh Debian machine to a running emberfs:
 # installs dependencies, builds, builds the default guest image, starts the
 # daemon on MOUNTPOINT (default /tmp/emberfs) and waits until the template
-# `default` is baked and ready.
+# `default` is baked and ready. The template `python` (Debian 12 with
+# Python, docs/templates.md) is made in the background: its image is built
+# from Debian's packages (contrib/build-python-image.sh, ~1.5 min the first
+# time, cached in /var/cache/emberfs/images), then it is baked; follow it in
+# MOUNTPOINT/templates/python/status, its build.log and MOUNTPOINT/events.
 #
 #   contrib/up.sh [MOUNTPOINT]     (as root)
 #
@@ -58,6 +62,28 @@ if [ "$state" != ready ]; then
 	exit 1
 fi
 
+# The python template: defined now (its status shows where it is), its image
+# built and its bake started in the background. Its config names the cache's
+# `python` link, so it stays the same when the image is rebuilt; a new image
+# (another manifest than the one baked) is baked again.
+PYLOG=$STATE/python-image.log
+PYREF="oci:${EMBERFS_IMAGE_CACHE:-/var/cache/emberfs/images}/python/oci:latest"
+T=$MNT/templates/python
+[ -d "$T" ] || mkdir "$T"
+printf '{"image": "%s", "mem_mib": 512, "warm": "python3 -c '"'"'import os, sys, json, re, subprocess'"'"'"}\n' \
+	"$PYREF" >"$T/config"
+(
+	if ! contrib/build-python-image.sh >"$PYLOG" 2>&1; then
+		echo "up.sh: the python image was not built (see above); template python not baked" >>"$PYLOG"
+		exit 0
+	fi
+	want=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["manifests"][0]["digest"])' \
+		"${EMBERFS_IMAGE_CACHE:-/var/cache/emberfs/images}/python/oci/index.json" 2>/dev/null || true)
+	have=$(python3 -c 'import json,sys; print((json.load(open(sys.argv[1])).get("build") or {}).get("digest", ""))' \
+		"$T/status" 2>/dev/null || true)
+	if [ -n "$have" ] && [ -n "$want" ] && [ "$have" != "$want" ]; then echo rebake; else echo bake; fi >"$T/ctl"
+) </dev/null >/dev/null 2>&1 &
+
 cat <<MSG
 emberfs is running on $MNT (pid $(cat "$STATE/emberfs.pid"), log $LOG), template default ready.
 
@@ -68,6 +94,11 @@ emberfs is running on $MNT (pid $(cat "$STATE/emberfs.pid"), log $LOG), template
   exec 3<>$MNT/templates/default/sandboxes/a/exec; printf 'uname -r' >&3; cat <&3; exec 3>&-
   cat $MNT/templates/default/sandboxes/a/status
   rm -rf $MNT/templates/default/sandboxes/a     # destroy
+
+Template python (Debian 12, python3, pip, git, curl) is being built in the background
+(image: $PYLOG; bake: cat $MNT/templates/python/build.log, which ends with it):
+  mkdir $MNT/templates/python/sandboxes/p && cat $MNT/templates/python/sandboxes/p/wait
+  exec 3<>$MNT/templates/python/sandboxes/p/exec; printf 'python3 -c "import sys; print(sys.version)"' >&3; cat <&3; exec 3>&-
 
 Stop: fusermount3 -u $MNT
 MSG
