@@ -41,8 +41,8 @@ bool template_builds(struct template *t, const struct template_config *cfg)
 	return cfg->image || template_has_dockerfile(t);
 }
 
-int template_build(struct template *t, const struct template_config *cfg, int log_fd, const atomic_bool *cancel,
-		   struct timings *tm, struct build_result *ret, char **ret_error)
+int template_build(struct template *t, const struct template_config *cfg, const struct build_run *run,
+		   struct build_result *ret, char **ret_error)
 {
 	_cleanup_free_ char *df = template_dockerfile_path(t);
 	int r;
@@ -57,9 +57,9 @@ int template_build(struct template *t, const struct template_config *cfg, int lo
 		}
 		r = sha256_file(df, ret->dockerfile);
 		if (r == 0)
-			r = dockerfile_build(t, cfg, df, log_fd, cancel, tm, ret, ret_error);
+			r = dockerfile_build(t, cfg, df, run, ret, ret_error);
 	} else {
-		r = image_make_disk(t->e, cfg->image, cfg->disk_mib, log_fd, cancel, tm, &ret->disk, &ret->cfg,
+		r = image_make_disk(t->e, cfg->image, cfg->disk_mib, run, &ret->disk, &ret->cfg,
 				    ret_error);
 	}
 	if (r < 0)

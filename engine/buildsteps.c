@@ -54,8 +54,7 @@ struct builder {
 	char *dir, *rundir, *work;
 	struct booted vm;
 	bool up;
-	int log_fd;
-	const atomic_bool *cancel;
+	const struct build_run *run;
 	char **error;
 };
 
@@ -242,7 +241,7 @@ static int builder_up(struct builder *b, const struct bstate *s)
 
 	if (b->up)
 		return 0;
-	blog(b->log_fd, "-- booting the build's guest");
+	blog(b->run->log_fd, "-- booting the build's guest");
 	rm_rf(b->dir);
 	if ((r = mkdir_p(b->dir, 0700)) < 0 || (r = store_clone(&b->e->store, s->disk, b->work, &m)) < 0)
 		return error_first(b->error, r, "build: cannot prepare the build's disk: %s", strerror(-r));
@@ -252,7 +251,7 @@ static int builder_up(struct builder *b, const struct bstate *s)
 		vmcfg.mem_mib = BUILD_MEM_MIB;
 	vmcfg.net = b->e->net != NULL; /* RUN steps fetch things when the host lets sandboxes out */
 	vmcfg.ready_tcp_port = 0;
-	r = boot_cold(b->e, &vmcfg, b->t->name, b->dir, b->rundir, b->work, b->cancel, &b->t->bake_vmm, &b->vm,
+	r = boot_cold(b->e, &vmcfg, b->t->name, b->dir, b->rundir, b->work, b->run->cancel, &b->t->bake_vmm, &b->vm,
 		      &step, b->error);
 	template_config_clear(&vmcfg);
 	if (r < 0)
@@ -407,7 +406,7 @@ static json_object *env_json(char **env)
 static int step_run(struct builder *b, const struct bstate *s, const struct df_instr *in)
 {
 	_cleanup_json_ json_object *req = json_object_new_object(), *resp = NULL;
-	struct run rn = { .log_fd = b->log_fd, .ac = b->vm.ac };
+	struct run rn = { .log_fd = b->run->log_fd, .ac = b->vm.ac };
 	char **vars = vars_of(s);
 	uint64_t deadline = now_ns() + (uint64_t)RUN_TIMEOUT_MS * 1000000;
 	int r;
@@ -455,13 +454,13 @@ static int step_run(struct builder *b, const struct bstate *s, const struct df_i
 	while (rn.pending > 0 && !rn.err && !(rn.exited && rn.eof[0] && rn.eof[1])) {
 		struct timespec ts;
 
-		if (atomic_load(b->cancel) || now_ns() > deadline)
+		if (atomic_load(b->run->cancel) || now_ns() > deadline)
 			break;
 		clock_gettime(CLOCK_REALTIME, &ts);
 		ts.tv_sec += 1;
 		pthread_cond_timedwait(&rn.cond, &rn.lock, &ts);
 	}
-	r = rn.err ? rn.err : !rn.exited ? (atomic_load(b->cancel) ? -ECANCELED : -ETIMEDOUT) : 0;
+	r = rn.err ? rn.err : !rn.exited ? (atomic_load(b->run->cancel) ? -ECANCELED : -ETIMEDOUT) : 0;
 	pthread_mutex_unlock(&rn.lock);
 	if (r < 0 || rn.pending > 0) {
 		/* the guest goes with the failed build: its connection's end answers what is still pending */
@@ -976,7 +975,7 @@ static int step_copy(struct builder *b, const struct bstate *s, const struct df_
 
 /* FROM: an image (oci:, docker-archive:, docker://), another template, or a registry image by name. */
 static int step_from(struct template *t, const struct template_config *cfg, struct bstate *s,
-		     const struct df_instr *in, int log_fd, const atomic_bool *cancel, struct timings *tm,
+		     const struct df_instr *in, const struct build_run *run,
 		     char **ret_error)
 {
 	struct engine *e = t->e;
@@ -1004,14 +1003,14 @@ static int step_from(struct template *t, const struct template_config *cfg, stru
 		template_unref(base);
 		if (r < 0)
 			return r;
-		blog(log_fd, "FROM template %s (its root disk %s)", ref, s->disk);
+		blog(run->log_fd, "FROM template %s (its root disk %s)", ref, s->disk);
 	} else {
 		image = strstr(ref, "://") || !strncmp(ref, "oci:", 4) || !strncmp(ref, "docker-archive:", 15) ?
 				strdup(ref) :
 				strjoin("docker://", ref, NULL);
 		if (!image)
 			return -ENOMEM;
-		r = image_make_disk(e, image, cfg->disk_mib, log_fd, cancel, tm, &s->disk, &s->cfg, ret_error);
+		r = image_make_disk(e, image, cfg->disk_mib, run, &s->disk, &s->cfg, ret_error);
 		if (r < 0)
 			return r;
 		if (asprintf(&what, "image:%s:%u", s->cfg.digest, cfg->disk_mib) < 0)
@@ -1082,14 +1081,14 @@ static bool changes_files(enum df_op op)
 	return op == DF_RUN || op == DF_COPY || op == DF_ADD || op == DF_WORKDIR;
 }
 
-int dockerfile_build(struct template *t, const struct template_config *cfg, const char *dockerfile, int log_fd,
-		     const atomic_bool *cancel, struct timings *tm, struct build_result *ret, char **ret_error)
+int dockerfile_build(struct template *t, const struct template_config *cfg, const char *dockerfile,
+		     const struct build_run *run, struct build_result *ret, char **ret_error)
 {
 	struct engine *e = t->e;
 	_cleanup_free_ char *text = NULL, *perr = NULL, *id = NULL;
 	struct dockerfile df = { 0 };
 	struct bstate s = { 0 };
-	struct builder b = { .t = t, .e = e, .cfg = cfg, .log_fd = log_fd, .cancel = cancel, .error = ret_error };
+	struct builder b = { .t = t, .e = e, .cfg = cfg, .run = run, .error = ret_error };
 	json_object *steps = json_object_new_array();
 	size_t len, from = 0, n_cached = 0;
 	int r;
@@ -1113,8 +1112,8 @@ int dockerfile_build(struct template *t, const struct template_config *cfg, cons
 	if (r == 0) {
 		char **pre = TAKE_PTR(s.args);
 
-		blog(log_fd, "[1/%zu] %s", df.n - from, df.v[from].text);
-		r = step_from(t, cfg, &s, &df.v[from], log_fd, cancel, tm, ret_error);
+		blog(run->log_fd, "[1/%zu] %s", df.n - from, df.v[from].text);
+		r = step_from(t, cfg, &s, &df.v[from], run, ret_error);
 		s.args = calloc(1, sizeof(char *));
 		for (size_t i = from + 1; r == 0 && s.args && i < df.n; i++)
 			for (size_t k = 0; df.v[i].op == DF_ARG && k < df.v[i].n_kvs; k++)
@@ -1135,7 +1134,7 @@ int dockerfile_build(struct template *t, const struct template_config *cfg, cons
 		uint64_t t0 = now_ns();
 		json_object *so;
 
-		if (atomic_load(cancel)) {
+		if (atomic_load(run->cancel)) {
 			r = -ECANCELED;
 			break;
 		}
@@ -1149,10 +1148,14 @@ int dockerfile_build(struct template *t, const struct template_config *cfg, cons
 			bstate_clear(&s);
 			s = cached;
 			n_cached++;
-			blog(log_fd, "[%zu/%zu] CACHED %s", i - from + 1, df.n - from, in->text);
+			blog(run->log_fd, "[%zu/%zu] CACHED %s", i - from + 1, df.n - from, in->text);
 			json_object_object_add(so, "cached", json_object_new_boolean(true));
 		} else {
-			blog(log_fd, "[%zu/%zu] %s", i - from + 1, df.n - from, in->text);
+			char phase[32];
+
+			snprintf(phase, sizeof(phase), "step %zu/%zu", i - from + 1, df.n - from);
+			build_phase(run, phase);
+			blog(run->log_fd, "[%zu/%zu] %s", i - from + 1, df.n - from, in->text);
 			memcpy(s.key, key, sizeof(key));
 			if (!changes_files(in->op)) {
 				r = step_meta(&s, in, ret_error);
@@ -1183,10 +1186,10 @@ int dockerfile_build(struct template *t, const struct template_config *cfg, cons
 	}
 	builder_down(&b);
 	rm_rf(b.dir);
-	timings_lap(tm, "steps");
+	timings_lap(run->tm, "steps");
 	if (r < 0)
 		goto out;
-	blog(log_fd, "%zu steps, %zu from the cache", df.n - from - 1, n_cached);
+	blog(run->log_fd, "%zu steps, %zu from the cache", df.n - from - 1, n_cached);
 	ret->disk = TAKE_PTR(s.disk);
 	r = copy_config(&s.cfg, &ret->cfg);
 	if (r == 0) {

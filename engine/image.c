@@ -44,6 +44,12 @@ void image_config_clear(struct image_config *c)
 
 /* ---- the build log ---- */
 
+void build_phase(const struct build_run *run, const char *phase)
+{
+	if (run->phase)
+		run->phase(run->ctx, phase);
+}
+
 void blog(int fd, const char *fmt, ...)
 {
 	char buf[2048];
@@ -275,7 +281,7 @@ static int tree_size(const char *dir, uint64_t *bytes, uint64_t *inodes)
 /* ---- the disk ---- */
 
 static int unpack_and_mkfs(struct engine *e, const char *layout, const char *tag, unsigned disk_mib, const char *dst,
-			   int log_fd, const atomic_bool *cancel, struct timings *tm, unsigned *ret_mib,
+			   const struct build_run *run, unsigned *ret_mib,
 			   char **ret_error)
 {
 	_cleanup_free_ char *tmp = strjoin(dst, ".tmp", NULL), *bundle = NULL, *rootfs = NULL, *img = NULL;
@@ -296,13 +302,14 @@ static int unpack_and_mkfs(struct engine *e, const char *layout, const char *tag
 		return -ENOMEM;
 	if ((r = mkdir_p(tmp, 0700)) < 0)
 		return r;
-	blog(log_fd, "unpack: umoci unpack --image %s", image_arg);
+	build_phase(run, "unpack");
+	blog(run->log_fd, "unpack: umoci unpack --image %s", image_arg);
 	{
 		char *argv[] = { "umoci", "unpack", "--image", image_arg, bundle, NULL };
 
-		r = tool_run(argv, log_fd, UMOCI_TIMEOUT_MS, cancel, &why);
+		r = tool_run(argv, run->log_fd, UMOCI_TIMEOUT_MS, run->cancel, &why);
 	}
-	timings_lap(tm, "unpack");
+	timings_lap(run->tm, "unpack");
 	if (r < 0)
 		goto out;
 	if ((r = tree_size(rootfs, &bytes, &inodes)) < 0) {
@@ -321,16 +328,17 @@ static int unpack_and_mkfs(struct engine *e, const char *layout, const char *tag
 		r = -ENOMEM;
 		goto out;
 	}
-	blog(log_fd, "mkfs: %" PRIu64 " MiB, %" PRIu64 " inodes in the image; a %u MiB ext4 disk", bytes >> 20, inodes,
+	build_phase(run, "mkfs");
+	blog(run->log_fd, "mkfs: %" PRIu64 " MiB, %" PRIu64 " inodes in the image; a %u MiB ext4 disk", bytes >> 20, inodes,
 	     mib);
 	{
 		/* inode tables and journal written now: else the guest's ext4lazyinit does it, in every sandbox, under TCG */
 		char *argv[] = { "mkfs.ext4", "-q", "-F", "-L", "emberfs-root", "-N", inodes_arg, "-E",
 				 "root_owner=0:0,lazy_itable_init=0,lazy_journal_init=0", "-d", rootfs, img, size_arg, NULL };
 
-		r = tool_run(argv, log_fd, MKFS_TIMEOUT_MS, cancel, &why);
+		r = tool_run(argv, run->log_fd, MKFS_TIMEOUT_MS, run->cancel, &why);
 	}
-	timings_lap(tm, "mkfs");
+	timings_lap(run->tm, "mkfs");
 	if (r == 0 && rename(img, dst) < 0)
 		r = -errno;
 	if (r == 0)
@@ -357,7 +365,7 @@ static char *layout_cache(struct engine *e, const char *what)
 }
 
 /* docker:// and docker-archive: into an OCI layout of the store (tag "img"); skopeo reuses blobs it has. */
-static int fetch(struct engine *e, const struct image_ref *r, int log_fd, const atomic_bool *cancel, char **ret_layout,
+static int fetch(struct engine *e, const struct image_ref *r, const struct build_run *run, char **ret_layout,
 		 char **ret_error)
 {
 	_cleanup_free_ char *layout = NULL, *src = NULL, *dst = NULL, *why = NULL;
@@ -384,11 +392,11 @@ static int fetch(struct engine *e, const struct image_ref *r, int log_fd, const 
 	dst = layout ? strjoin("oci:", layout, ":img", NULL) : NULL;
 	if (!layout || !src || !dst || (ret = mkdir_p(layout, 0700)) < 0)
 		return -ENOMEM;
-	blog(log_fd, "pull: skopeo copy %s %s", src, dst);
+	blog(run->log_fd, "pull: skopeo copy %s %s", src, dst);
 	{
 		char *argv[] = { "skopeo", "copy", "--retry-times", "2", "--quiet", src, dst, NULL };
 
-		ret = tool_run(argv, log_fd, SKOPEO_TIMEOUT_MS, cancel, &why);
+		ret = tool_run(argv, run->log_fd, SKOPEO_TIMEOUT_MS, run->cancel, &why);
 	}
 	if (ret < 0)
 		return error_first(ret_error, ret, "image: cannot fetch %s: %s (build log has skopeo's output)", src,
@@ -409,8 +417,8 @@ static int config_save(const char *path, const struct image_config *c, unsigned 
 	return write_file_atomic(path, txt, strlen(txt), true);
 }
 
-int image_make_disk(struct engine *e, const char *image, unsigned disk_mib, int log_fd, const atomic_bool *cancel,
-		    struct timings *tm, char **ret_disk, struct image_config *ret, char **ret_error)
+int image_make_disk(struct engine *e, const char *image, unsigned disk_mib, const struct build_run *run,
+		    char **ret_disk, struct image_config *ret, char **ret_error)
 {
 	_cleanup_free_ char *layout = NULL, *dir = NULL, *disk = NULL, *meta = NULL;
 	const char *tag;
@@ -426,15 +434,16 @@ int image_make_disk(struct engine *e, const char *image, unsigned disk_mib, int 
 		layout = strdup(rf.path);
 		r = layout ? 0 : -ENOMEM;
 	} else {
-		r = fetch(e, &rf, log_fd, cancel, &layout, ret_error);
+		build_phase(run, "pull");
+		r = fetch(e, &rf, run, &layout, ret_error);
 	}
-	timings_lap(tm, "pull");
+	timings_lap(run->tm, "pull");
 	tag = rf.kind == REF_OCI ? rf.tag : "img";
 	if (r == 0)
 		r = layout_read(layout, tag, ret, ret_error);
 	if (r < 0)
 		goto out;
-	blog(log_fd, "image: %s is %s", image, ret->digest);
+	blog(run->log_fd, "image: %s is %s", image, ret->digest);
 	dir = strjoin(e->store.root, "/images/disks", NULL);
 	if (!dir || (r = mkdir_p(dir, 0700)) < 0)
 		goto out;
@@ -444,8 +453,8 @@ int image_make_disk(struct engine *e, const char *image, unsigned disk_mib, int 
 		goto out;
 	}
 	if (stat(disk, &st) == 0 && access(meta, R_OK) == 0) {
-		blog(log_fd, "disk: %s (made before for this image)", disk);
-		timings_lap(tm, "cached");
+		blog(run->log_fd, "disk: %s (made before for this image)", disk);
+		timings_lap(run->tm, "cached");
 	} else {
 		/* umoci needs a name: the layout's only image is named by what it is called there */
 		_cleanup_free_ char *named = NULL;
@@ -466,7 +475,7 @@ int image_make_disk(struct engine *e, const char *image, unsigned disk_mib, int 
 				goto out;
 			}
 		}
-		r = unpack_and_mkfs(e, layout, tag ? tag : named, disk_mib, disk, log_fd, cancel, tm, &mib, ret_error);
+		r = unpack_and_mkfs(e, layout, tag ? tag : named, disk_mib, disk, run, &mib, ret_error);
 		if (r == 0)
 			r = config_save(meta, ret, mib);
 		if (r < 0) {

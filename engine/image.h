@@ -31,13 +31,27 @@ void image_ref_clear(struct image_ref *r);
 int image_ref_check(const char *image, char **ret_error);
 
 /*
+ * What the parts of one build share: the build log (-1: none), the flag
+ * that cancels it (a shutdown), its timings, and who hears of each phase as
+ * it begins (the bake: status "phase" and MOUNT/events; may be NULL).
+ */
+struct build_run {
+	int log_fd;
+	const atomic_bool *cancel;
+	struct timings *tm;
+	void (*phase)(void *ctx, const char *phase);
+	void *ctx;
+};
+void build_phase(const struct build_run *run, const char *phase);
+
+/*
  * The root disk of image (fetched, unpacked and made, or found made before
- * in the store), disk_mib its size (0: the image plus room). Progress goes
- * to log_fd as lines, timings get pull, unpack and mkfs (or cached).
+ * in the store), disk_mib its size (0: the image plus room). Phases pull,
+ * unpack and mkfs (or cached) go to the run's timings and phase hook.
  * *ret_disk: the disk's path in the store (a clone source); *ret: its config.
  */
-int image_make_disk(struct engine *e, const char *image, unsigned disk_mib, int log_fd, const atomic_bool *cancel,
-		    struct timings *tm, char **ret_disk, struct image_config *ret, char **ret_error);
+int image_make_disk(struct engine *e, const char *image, unsigned disk_mib, const struct build_run *run,
+		    char **ret_disk, struct image_config *ret, char **ret_error);
 
 /* A line for a build log (fd < 0: nowhere). */
 void blog(int fd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

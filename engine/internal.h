@@ -223,8 +223,8 @@ char *template_dockerfile_path(struct template *t);
 bool template_has_dockerfile(struct template *t);
 /* Whether cfg makes the template build a root disk first (an image, or a Dockerfile in its directory). */
 bool template_builds(struct template *t, const struct template_config *cfg);
-int template_build(struct template *t, const struct template_config *cfg, int log_fd, const atomic_bool *cancel,
-		   struct timings *tm, struct build_result *ret, char **ret_error);
+int template_build(struct template *t, const struct template_config *cfg, const struct build_run *run,
+		   struct build_result *ret, char **ret_error);
 int build_record_save(struct template *t, const struct build_result *b);
 /* e->lock held: whether its VMs have a root disk; the config they run with (the build's disk as rootfs). */
 bool template_has_disk(struct template *t);
@@ -272,8 +272,8 @@ int guestfs_ac_write_from(struct agent_client *ac, const char *path, mode_t mode
 /* At most max bytes of a file, NUL-terminated (malloc'd). */
 int guestfs_ac_read_file(struct agent_client *ac, const char *path, size_t max, char **ret, size_t *ret_len);
 /* A Dockerfile's build (buildsteps.c): each step cached by its digest. */
-int dockerfile_build(struct template *t, const struct template_config *cfg, const char *dockerfile, int log_fd,
-		     const atomic_bool *cancel, struct timings *tm, struct build_result *ret, char **ret_error);
+int dockerfile_build(struct template *t, const struct template_config *cfg, const char *dockerfile,
+		     const struct build_run *run, struct build_result *ret, char **ret_error);
 
 /*
  * A warm slot: a VMM restored from a template's snapshot ahead of any request
@@ -417,7 +417,7 @@ struct template {
 	pthread_t pool_thread;
 	pthread_cond_t pool_cond;
 	bool bake_running;
-	char bake_phase[32];	/* while baking: build, queue, boot, snapshot */
+	char bake_phase[32];	/* while baking: build (pull, unpack, mkfs, step N/M), queue, boot, snapshot */
 	bool bake_joinable;
 	atomic_bool bake_cancel;
 	struct vmm *bake_vmm;

@@ -779,14 +779,14 @@ static void keep_log(struct bake_ctx *b, const char *from, const char *to)
 
 /*
  * A bake's progress: the template's status shows the phase, MOUNT/events
- * gets a line, the build log too.
+ * gets a line. The build's own phases (pull, unpack, mkfs, step N/M) come
+ * through the build's hook: their lines in the build log are the build's.
  */
-static void bake_phase(struct bake_ctx *b, const char *phase)
+static void bake_phase_note(struct bake_ctx *b, const char *phase)
 {
 	struct template *t = b->t;
 	json_object *ev;
 
-	blog(b->log_fd, "== %s", phase);
 	pthread_mutex_lock(&t->e->lock);
 	snprintf(t->bake_phase, sizeof(t->bake_phase), "%s", phase);
 	ev = json_object_new_object();
@@ -798,14 +798,27 @@ static void bake_phase(struct bake_ctx *b, const char *phase)
 	pthread_mutex_unlock(&t->e->lock);
 }
 
+static void bake_phase(struct bake_ctx *b, const char *phase)
+{
+	blog(b->log_fd, "== %s", phase);
+	bake_phase_note(b, phase);
+}
+
+static void build_phase_hook(void *ctx, const char *phase)
+{
+	bake_phase_note(ctx, phase);
+}
+
 /* The root disk first (an image, a Dockerfile); the identity then names what it made. */
 static int bake_build(struct bake_ctx *b)
 {
 	struct template *t = b->t;
+	struct build_run run = { .log_fd = b->log_fd, .cancel = &t->bake_cancel, .tm = &b->tm,
+				 .phase = build_phase_hook, .ctx = b };
 	int r;
 
 	bake_phase(b, "build");
-	r = template_build(t, &b->cfg, b->log_fd, &t->bake_cancel, &b->tm, &b->build, &b->error);
+	r = template_build(t, &b->cfg, &run, &b->build, &b->error);
 	if (r == 0) {
 		b->built = true;
 		r = compute_identity(t->e, &b->cfg, b->build.cfg.digest, b->identity, &b->error);
