@@ -25,7 +25,8 @@ Measured:
                BENCH_PY_N samples from a full pool, for python and for
                nowarm in alternating blocks of 5: the ratio nowarm/python
                is what the warm command buys.
-  slot         RSS and PSS of the idle warm slots' VMMs (python, pool full).
+  slot         RSS and PSS of the idle warm slots' VMMs (python and nowarm,
+               pools full).
 
 Output: a table on stderr; JSON lines on stdout:
 {"bench":"python","metric":"bake","cold_ms":..,"cached_ms":..,"rebake_ms":..}
@@ -33,7 +34,7 @@ Output: a table on stderr; JSON lines on stdout:
 {"bench":"python","metric":"first_output","n":..,"p50_ms":..,"p99_ms":..}
 {"bench":"python","metric":"first_output_nowarm","n":..,"p50_ms":..,"p99_ms":..}
 {"bench":"python","metric":"ratio_first_output_nowarm_over_warm","value":..}
-{"bench":"python","metric":"slot","n":..,"rss_mib":..,"pss_mib":..}
+{"bench":"python","metric":"slot"|"slot_nowarm","n":..,"rss_mib":..,"pss_mib":..}
 Percentiles: nearest rank (always one of the samples).
 """
 import json
@@ -154,16 +155,19 @@ def main():
             if d.status(name, t="python")["path"] != "warm":
                 raise AssertionError("%s did not come from a warm slot" % name)
             d.destroy(name, t="python")
-        d.wait_pool(POOL, t="python", timeout=300)
-        d.set_pool(0, t="nowarm")
+        mem = {}
+        for t in ("python", "nowarm"):
+            d.wait_pool(POOL, t=t, timeout=300)
         time.sleep(2)  # the slots idle
-        rss, pss = [], []
-        for s in d.slots("python").values():
-            pid = s.get("vmm_pid")
-            with open("/proc/%d/status" % pid) as f:
-                rss += [int(l.split()[1]) / 1024 for l in f if l.startswith("VmRSS:")]
-            with open("/proc/%d/smaps_rollup" % pid) as f:
-                pss += [int(l.split()[1]) / 1024 for l in f if l.startswith("Pss:")]
+        for t in ("python", "nowarm"):
+            rss, pss = [], []
+            for s in d.slots(t).values():
+                pid = s.get("vmm_pid")
+                with open("/proc/%d/status" % pid) as f:
+                    rss += [int(l.split()[1]) / 1024 for l in f if l.startswith("VmRSS:")]
+                with open("/proc/%d/smaps_rollup" % pid) as f:
+                    pss += [int(l.split()[1]) / 1024 for l in f if l.startswith("Pss:")]
+            mem[t] = (rss, pss)
         res.append({"bench": "python", "metric": "warm_create", "n": N, "p50_ms": round(pct(creates, 50), 1),
                     "p99_ms": round(pct(creates, 99), 1)})
         for t, m in (("python", "first_output"), ("nowarm", "first_output_nowarm")):
@@ -171,8 +175,10 @@ def main():
                         "p99_ms": round(pct(outs[t], 99), 1)})
         res.append({"bench": "python", "metric": "ratio_first_output_nowarm_over_warm",
                     "value": round(pct(outs["nowarm"], 50) / pct(outs["python"], 50), 2)})
-        res.append({"bench": "python", "metric": "slot", "n": len(rss), "rss_mib": round(pct(rss, 50), 1),
-                    "pss_mib": round(pct(pss, 50), 1)})
+        for t, m in (("python", "slot"), ("nowarm", "slot_nowarm")):
+            rss, pss = mem[t]
+            res.append({"bench": "python", "metric": m, "n": len(rss), "rss_mib": round(pct(rss, 50), 1),
+                        "pss_mib": round(pct(pss, 50), 1)})
         for t in ("python", "nowarm"):
             d.set_pool(0, t=t)
         d.stop()
@@ -185,8 +191,9 @@ def main():
             sys.stderr.write("  %-22s %8.1f %8.1f\n" % (r["metric"], r["p50_ms"], r["p99_ms"]))
     b = res[0]
     sys.stderr.write("  bake: cold %.0f, cached %.0f, rebake %.0f\n" % (b["cold_ms"], b["cached_ms"], b["rebake_ms"]))
-    sys.stderr.write("  slot: RSS %.1f MiB, PSS %.1f MiB (median of %d)\n" % (res[-1]["rss_mib"], res[-1]["pss_mib"],
-                                                                          res[-1]["n"]))
+    for r in res[-2:]:
+        sys.stderr.write("  %s: RSS %.1f MiB, PSS %.1f MiB (median of %d)\n" % (r["metric"], r["rss_mib"], r["pss_mib"],
+                                                                              r["n"]))
     for r in res:
         print(json.dumps(r))
     return 0
