@@ -491,7 +491,6 @@ int engine_new(const struct engine_options *opts, struct engine **ret)
 	if (!e)
 		return -ENOMEM;
 	e->opts = *opts;
-	e->test_hold = getenv("EMBERFS_TEST_HOLD");
 	if (!e->opts.console_max_kib)
 		e->opts.console_max_kib = 1024;
 	if (e->opts.store_reserve_mib < 0)

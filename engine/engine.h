@@ -8,6 +8,7 @@
  */
 #pragma once
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -18,6 +19,22 @@ struct template;
 struct sandbox;
 
 enum accel_mode { ACCEL_AUTO = 0, ACCEL_KVM, ACCEL_TCG };
+
+/*
+ * Seams for what embeds the engine (none in the shipped daemon): the
+ * integration tests' daemon (tests/integration/holdd.c) sets create_phase to
+ * hold a create at a named phase while the test acts (kills its VMM).
+ * Called on the sandbox's thread, outside every lock; phases: spawn (the
+ * VMM exists, QMP not connected), connected, loading (the snapshot load
+ * started), loaded (the guest runs, the agent not connected), agent
+ * (connected, before the attach), claimed (a warm slot, before its resume).
+ * cancel turns true when the sandbox is destroyed meanwhile.
+ */
+struct engine_hooks {
+	void (*create_phase)(void *ctx, const char *state_dir, const char *sandbox, const char *phase, int vmm_pid,
+			     const atomic_bool *cancel);
+	void *ctx;
+};
 
 struct engine_options {
 	const char *state_dir;	   /* persistent artifacts, records, sockets */
@@ -45,6 +62,7 @@ struct engine_options {
 	int64_t vmm_uid_base;	   /* VMMs run as users from here on, one each; 0: as root; -1: the default */
 	unsigned console_max_kib;  /* a sandbox's console log is kept within this; 0: 1024 */
 	int64_t store_reserve_mib; /* store space kept free for running guests; -1: 512 */
+	const struct engine_hooks *hooks; /* NULL: none */
 };
 #define VMM_UID_RANGE 65536 /* uids per instance: one per live VMM */
 #define VMM_UID_BASE_DEFAULT 1879048192u /* 0x70000000: above the ranges systemd hands out to containers */

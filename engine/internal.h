@@ -556,7 +556,6 @@ struct engine {
 	uint64_t last_plan_ns;	  /* the idler runs the capacity controller about once a second */
 	struct adoptee *adoptees; /* start-up only: what an earlier run left to re-adopt (record.c) */
 	size_t n_adoptees;
-	const char *test_hold;	  /* EMBERFS_TEST_HOLD (tests only; sandbox.c test_hold) */
 	engine_event_fn event_fn; /* set before the mount serves */
 	void *event_arg;
 	guestfs_change_fn guestfs_change_fn; /* set before the mount serves (guestfs.c) */

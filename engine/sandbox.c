@@ -181,36 +181,13 @@ static void sb_lap(struct sandbox *s, const char *phase)
 	pthread_mutex_unlock(&s->e->lock);
 }
 
-/*
- * Test hook: with EMBERFS_TEST_HOLD=PHASE[,PHASE...] in the daemon's
- * environment, a create reaching PHASE writes STATE/hold/NAME.PHASE (its
- * VMM's pid) and waits until that file is gone (30 s at most), so a test can
- * act exactly there, e.g. kill the VMM. Phases: spawn (the VMM exists, QMP
- * not connected), connected, loading (the snapshot load started), loaded
- * (the guest runs, the agent not connected), agent (connected, before the
- * attach), claimed (a warm slot, before its resume). Without the variable
- * this is one pointer test.
- */
-static void test_hold(struct sandbox *s, const char *phase)
+/* The embedder's seam at a create's phase (engine_hooks; none in the shipped daemon). */
+static void create_phase(struct sandbox *s, const char *phase)
 {
-	const char *list = s->e->test_hold;
-	_cleanup_free_ char *dir = NULL, *path = NULL;
-	size_t n = strlen(phase);
-	char pid[32];
-	bool listed = false;
+	const struct engine_hooks *h = s->e->opts.hooks;
 
-	for (const char *p = list; p && *p && !listed; p += strcspn(p, ","), p += *p == ',')
-		listed = strncmp(p, phase, n) == 0 && (p[n] == ',' || p[n] == '\0');
-	if (!listed || !(dir = strjoin(s->e->state_dir, "/hold", NULL)) ||
-	    !(path = strjoin(dir, "/", s->name, ".", phase, NULL)) || mkdir_p(dir, 0700) < 0)
-		return;
-	snprintf(pid, sizeof(pid), "%d\n", (int)s->vmm_pid);
-	if (write_file_atomic(path, pid, strlen(pid), false) < 0)
-		return;
-	log_info("test hold: sandbox %s at %s (VMM %d)", s->name, phase, (int)s->vmm_pid);
-	for (int i = 0; i < 3000 && access(path, F_OK) == 0 && !atomic_load(&s->cancel); i++)
-		poll(NULL, 0, 10);
-	unlink(path);
+	if (h && h->create_phase)
+		h->create_phase(h->ctx, s->e->state_dir, s->name, phase, (int)s->vmm_pid, &s->cancel);
 }
 
 static void sb_fail(struct sandbox *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -353,10 +330,10 @@ static int job_spawn(struct job *j)
 		e->vmm->kill(v);
 	pthread_mutex_unlock(&e->lock);
 	sandbox_record_save(s);
-	test_hold(s, "spawn");
+	create_phase(s, "spawn");
 	r = e->vmm->connect(v, QMP_TIMEOUT_MS, &s->cancel);
 	if (r == 0)
-		test_hold(s, "connected");
+		create_phase(s, "connected");
 	return r;
 }
 
@@ -489,7 +466,7 @@ static int job_agent(struct job *j)
 	if (atomic_load(&s->cancel))
 		agent_shutdown(ac);
 	pthread_mutex_unlock(&s->e->lock);
-	test_hold(s, "agent");
+	create_phase(s, "agent");
 	return sandbox_attach(j->s, j->restore ? AGENT_RESTORE_TIMEOUT_MS : AGENT_BOOT_TIMEOUT_MS, NULL, NULL);
 }
 
@@ -564,12 +541,12 @@ static int job_restore(struct job *j, const char **step)
 	console_note(s, s->fork_of ? "forked" : "restored");
 	r = e->vmm->restore(s->vmm, QMP_TIMEOUT_MS);
 	if (r == 0) {
-		test_hold(s, "loading");
+		create_phase(s, "loading");
 		r = e->vmm->wait_running(s->vmm, RESTORE_TIMEOUT_MS);
 	}
 	sb_lap(s, "restore");
 	if (r == 0) {
-		test_hold(s, "loaded");
+		create_phase(s, "loaded");
 		*step = "agent";
 		r = job_agent(j);
 		sb_lap(s, "agent");
@@ -629,7 +606,7 @@ static int run_warm(struct job *j, const char **step)
 	free(sl);
 	/* the record names the sandbox before the guest is its */
 	sandbox_record_save(s);
-	test_hold(s, "claimed");
+	create_phase(s, "claimed");
 	/* the attach waits in the paused guest's queue; the resume starts it */
 	*step = "activation (resume, attach)";
 	r = sandbox_attach(j->s, AGENT_WARM_TIMEOUT_MS, warm_resume, s);

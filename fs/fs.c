@@ -1042,3 +1042,13 @@ void fs_free(struct fs *f)
 	free(f->mountpoint);
 	free(f);
 }
+
+int fs_set_signal_handlers(struct fs *f)
+{
+	return fuse_set_signal_handlers(f->se) != 0 ? -EIO : 0;
+}
+
+void fs_remove_signal_handlers(struct fs *f)
+{
+	fuse_remove_signal_handlers(f->se);
+}

@@ -21,3 +21,9 @@ void fs_unmount(struct fs *f);
 /* After the loop: releases files and directories still open, and stops taking the engine's events (before the engine goes). */
 void fs_release_handles(struct fs *f);
 void fs_free(struct fs *f);
+/* SIGTERM, SIGINT and SIGHUP end fs_loop (libfuse's handlers). */
+int fs_set_signal_handlers(struct fs *f);
+void fs_remove_signal_handlers(struct fs *f);
+
+/* The whole daemon (fs/daemon.c): options, engine, mount, serve, teardown; an exit status. */
+int emberfs_daemon(int argc, char **argv, const struct engine_hooks *hooks);

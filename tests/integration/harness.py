@@ -69,6 +69,9 @@ import unittest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.environ.get("EMBERFS_BIN") or os.path.join(REPO, "build", "fs", "emberfs")
+# the daemon with the tests' create-phase hook (tests/integration/holdd.c), built next to the tests
+HOLDD = os.environ.get("EMBERFS_HOLDD") or os.path.join(os.path.dirname(os.path.dirname(BIN)),
+                                                        "tests", "integration", "emberfs-holdd")
 IMAGE_DIR = os.environ.get("EMBERFS_IMAGE_DIR") or os.path.join(REPO, ".image", "current")
 IMAGE_FILES = ("vmlinuz", "initrd.cpio", "rootfs.ext4", "manifest.json")
 SKIP_EXIT = 77
@@ -352,10 +355,11 @@ class Daemon:
     the last daemon started on them.
     """
 
-    def __init__(self, extra_args=(), reuse=None, pool=0):
+    def __init__(self, extra_args=(), reuse=None, pool=0, binary=None):
         # pool: --pool for the daemon. 0 by default, so tests that check the
         # restore path get it; test_warm.py sets pools through the pool file.
         self.extra_args = (["--pool", str(pool)] if pool is not None else []) + list(extra_args)
+        self.binary = binary or (reuse.binary if reuse is not None else BIN)
         if reuse is not None:
             self.mount, self.state, self.log_path = reuse.mount, reuse.state, reuse.log_path
             reuse.owns_dirs = False
@@ -392,7 +396,7 @@ class Daemon:
     def start(self, wait_default=True):
         become_subreaper()
         self.log_file = open(self.log_path, "ab")
-        argv = [BIN, "-f", "--state-dir", self.state, "--image-dir", IMAGE_DIR] + self.extra_args + [self.mount]
+        argv = [self.binary, "-f", "--state-dir", self.state, "--image-dir", IMAGE_DIR] + self.extra_args + [self.mount]
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.log_file, stderr=self.log_file)
         _popen_pids.add(self.proc.pid)
         deadline = time.monotonic() + START_TIMEOUT

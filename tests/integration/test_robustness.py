@@ -174,15 +174,16 @@ class VmmDeath(harness.TestCase):
 
 
 class Phases(harness.TestCase):
-    """SIGKILL of a create's VMM placed exactly at each phase: the daemon holds
-    the create there (EMBERFS_TEST_HOLD) until the test has killed it."""
+    """SIGKILL of a create's VMM placed exactly at each phase: the tests' daemon
+    (tests/integration/holdd.c: the shipped one plus a create-phase hook, set
+    by EMBERFS_TEST_HOLD) holds the create there until the test has killed it."""
 
     PHASES = ("spawn", "connected", "loading", "loaded", "agent")
 
     def hold_daemon(self, phases, **kw):
         os.environ["EMBERFS_TEST_HOLD"] = ",".join(phases)
         try:
-            return harness.Daemon(**kw).start()
+            return harness.Daemon(binary=harness.HOLDD, **kw).start()
         finally:
             del os.environ["EMBERFS_TEST_HOLD"]
 
