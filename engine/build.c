@@ -124,6 +124,8 @@ int build_record_load(struct template *t, struct build_result *ret)
 
 /* ---- the template's files: Dockerfile, build.log ---- */
 
+_Static_assert(TEMPLATE_DOCKERFILE_MAX == DOCKERFILE_SIZE_MAX, "the Dockerfile's size limit is the parser's");
+
 bool template_dockerfile_moved(struct template *t)
 {
 	_cleanup_free_ char *df = template_dockerfile_path(t);

@@ -200,7 +200,8 @@ char *template_render_status(struct template *t);
 char *template_render_config(struct template *t);
 char *template_render_identity(struct template *t);
 int template_write_config(struct template *t, const char *data, size_t len);
-/* templates/T/Dockerfile: its text ("" when none); written whole (empty removes it). */
+/* templates/T/Dockerfile: its text ("" when none); written whole (empty removes it), at most this many bytes. */
+#define TEMPLATE_DOCKERFILE_MAX (1024u * 1024u)
 char *template_render_dockerfile(struct template *t);
 int template_write_dockerfile(struct template *t, const char *data, size_t len);
 /* templates/T/build.log: the last bake's log (-ENOENT before the first), and whether fd is still growing. */
@@ -269,12 +270,15 @@ struct exec_result {
 };
 void exec_result_clear(struct exec_result *r);
 /*
- * request: a JSON object with "sh" or "argv" (and optional env, cwd,
- * timeout_ms), as the agent protocol defines. done(arg, 0) with *res filled,
- * or done(arg, -errno). res must stay valid until done runs.
+ * cmd (len bytes): a shell line, or a JSON object with "sh" or "argv" and
+ * optional env, cwd, user, timeout_ms (docs/interface.md, exec): what a
+ * front end was given. done(arg, 0) with *res filled, or done(arg, -errno);
+ * -EINVAL at once for a bad request. res must stay valid until done runs.
  */
-int sandbox_exec_async(struct sandbox *s, const char *request_json, struct exec_result *res,
-		       engine_done_fn done, void *arg);
+int sandbox_exec_async(struct sandbox *s, const char *cmd, size_t len, struct exec_result *res, engine_done_fn done,
+		       void *arg);
 
 /* The guest's own files (live/). */
 #include "guestfs.h"
+/* Streaming processes (procs/). */
+#include "procs.h"

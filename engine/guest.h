@@ -1,7 +1,8 @@
 /*
- * Inside a sandbox: calls into its guest agent for the live filesystem
- * (live/NAME) and streaming processes (procs/ID). See docs/protocol.md for
- * the ops and docs/interface.md for the files built on them.
+ * Inside the engine: calls into a sandbox's guest agent, on which the typed
+ * calls for the live filesystem (guestfs.h) and streaming processes
+ * (procs.h) are built. See docs/protocol.md for the ops and
+ * docs/interface.md for the files built on them.
  *
  * Every access that needs the guest waits for readiness, and resumes a
  * paused or wakes a hibernated sandbox first (as exec does); a failed,
@@ -47,44 +48,6 @@ int guest_call_async(struct guest_conn *c, const char *op, json_object *req, gue
 /* The same, pinning and unpinning around one call. */
 int sandbox_guest_call(struct sandbox *s, const char *op, json_object *req, const void *bin, size_t bin_len,
 		       json_object **resp, uint8_t **data, size_t *data_len);
-
-/* ---- processes (procs/ID) ---- */
-struct proc;
-
-/* Names: the sandbox naming rule. -EEXIST, -EINVAL, -ENOSPC (at most 256 per sandbox). */
-int sandbox_proc_create(struct sandbox *s, const char *name, struct proc **ret);
-struct proc *sandbox_proc_get(struct sandbox *s, const char *name); /* ref'd or NULL */
-struct proc *engine_proc_by_id(struct engine *e, uint64_t id);	    /* ref'd or NULL */
-char **sandbox_proc_list(struct sandbox *s);			    /* strv_free */
-/* rmdir: kills the process if it runs and frees it; -ENOENT. */
-int sandbox_proc_remove(struct sandbox *s, const char *name);
-void proc_unref(struct proc *p);
-uint64_t proc_id(const struct proc *p);
-struct sandbox *proc_sandbox(const struct proc *p); /* not ref'd: valid while p is */
-
-/*
- * Starts the process: text is a shell command line (run with /bin/sh -c, a
- * trailing newline dropped) or a JSON object {"argv":[..]|"sh":..,"env":{..},
- * "cwd":..}. -EBUSY if already started, -EINVAL for bad input, -EIO.
- */
-int proc_start(struct proc *p, const char *text, size_t len);
-char *proc_render_status(struct proc *p);
-/* A signal name (TERM, SIGTERM, term) or number. -EINVAL, -ESRCH (not running), -EIO. */
-int proc_signal(struct proc *p, const char *text, size_t len);
-
-/*
- * Reads stdout (stream 1) or stderr (2): cb(arg, 0, data, len) as soon as
- * anything is available (len 0: end of the stream, everything read), or
- * cb(arg, -errno, NULL, 0). Called at once from this thread if decided, else
- * later from another thread. The token cancels a read not yet answered
- * (nothing is lost: the data stays for the next read).
- */
-typedef void (*proc_read_fn)(void *arg, int result, const uint8_t *data, size_t len);
-int proc_read(struct proc *p, int stream, size_t max, proc_read_fn cb, void *arg, uint64_t *token);
-bool proc_read_cancel(struct proc *p, uint64_t token);
-/* stdin: cb(arg, written or -errno) once every byte is in the pipe; eof closes it after. */
-typedef void (*proc_write_fn)(void *arg, ssize_t result);
-int proc_write(struct proc *p, const void *data, size_t len, bool eof, proc_write_fn cb, void *arg);
 
 /* All of a sandbox's processes go with it (destroy). */
 void sandbox_procs_free(struct sandbox *s);

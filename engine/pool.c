@@ -88,7 +88,7 @@ bool slot_matches(const struct template *t, const struct slot *sl)
 }
 
 /* The start of /proc/PID/NAME, NUL-terminated, in buf; false if unreadable. */
-static bool proc_read(pid_t pid, const char *name, char *buf, size_t size)
+static bool proc_file_read(pid_t pid, const char *name, char *buf, size_t size)
 {
 	char path[64];
 	_cleanup_close_ int fd = -1;
@@ -107,7 +107,7 @@ char proc_state(pid_t pid)
 {
 	char buf[512], *p;
 
-	if (!proc_read(pid, "stat", buf, sizeof(buf)))
+	if (!proc_file_read(pid, "stat", buf, sizeof(buf)))
 		return 0;
 	p = strrchr(buf, ')');
 	return p && p[1] == ' ' ? p[2] : 0;
@@ -247,7 +247,7 @@ static uint32_t pss_mib(pid_t pid)
 {
 	char buf[4096], *p;
 
-	if (!proc_read(pid, "smaps_rollup", buf, sizeof(buf)))
+	if (!proc_file_read(pid, "smaps_rollup", buf, sizeof(buf)))
 		return 0;
 	p = strstr(buf, "\nPss:");
 	return p ? (uint32_t)((strtoull(p + 5, NULL, 10) + 1023) / 1024) : 0;

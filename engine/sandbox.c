@@ -1248,15 +1248,27 @@ static int exec_validate(json_object *req)
 	return -EINVAL;
 }
 
-int sandbox_exec_async(struct sandbox *s, const char *request_json, struct exec_result *res, engine_done_fn done,
+int sandbox_exec_async(struct sandbox *s, const char *cmd, size_t len, struct exec_result *res, engine_done_fn done,
 		       void *arg)
 {
 	struct exec_job *x;
-	json_object *req = json_tokener_parse(request_json);
+	json_object *req = NULL;
 	pthread_attr_t attr;
 	pthread_t th;
 	int r;
 
+	if (len > 0 && cmd[0] == '{') {
+		json_tokener *tok = json_tokener_new();
+
+		req = tok ? json_tokener_parse_ex(tok, cmd, (int)len) : NULL;
+		if (tok && json_tokener_get_error(tok) != json_tokener_success) {
+			json_object_put(req);
+			req = NULL;
+		}
+		json_tokener_free(tok);
+	} else if (len > 0 && (req = json_object_new_object())) {
+		json_object_object_add(req, "sh", json_object_new_string_len(cmd, (int)len));
+	}
 	if (!req || exec_validate(req) < 0) {
 		json_object_put(req);
 		return -EINVAL;

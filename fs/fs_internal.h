@@ -7,7 +7,6 @@
 
 #include "common.h"
 #include "engine.h"
-#include "guest.h"
 
 /* Inode numbers: (object id << 4) | index. Object 0 is the static tree. */
 #define INO(obj, idx) (((fuse_ino_t)(obj) << 4) | (idx))

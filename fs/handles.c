@@ -11,7 +11,6 @@
 #include <string.h>
 
 #include "config.h"
-#include "dockerfile.h"
 #include "fs_internal.h"
 
 #define WRITE_MAX (64 * 1024)
@@ -453,7 +452,6 @@ static bool exec_park(struct fh *h, fuse_req_t *slot, fuse_req_t req)
 /* Starts the command written so far. h->lock held. */
 static int exec_start(struct fh *h)
 {
-	_cleanup_free_ char *req = NULL;
 	size_t n = h->len;
 	int r;
 
@@ -463,19 +461,8 @@ static int exec_start(struct fh *h)
 		return -EINVAL;
 	h->buf[n] = '\0';
 	h->json_mode = h->buf[0] == '{';
-	if (h->json_mode) {
-		req = strdup(h->buf);
-	} else {
-		json_object *s = json_object_new_string_len(h->buf, (int)n);
-
-		if (asprintf(&req, "{\"sh\":%s}", json_object_to_json_string_ext(s, JSON_C_TO_STRING_PLAIN)) < 0)
-			req = NULL;
-		json_object_put(s);
-	}
-	if (!req)
-		return -ENOMEM;
 	h->refs++;
-	r = sandbox_exec_async(h->node.s, req, &h->res, exec_done, h);
+	r = sandbox_exec_async(h->node.s, h->buf, n, &h->res, exec_done, h);
 	if (r == 0)
 		h->phase = EX_RUNNING;
 	else
@@ -782,7 +769,7 @@ static int dockerfile_place(struct fh *h, const char *buf, size_t size, off_t of
 	size_t at = h->append ? h->len : (size_t)off, end = at + size;
 	char *nb;
 
-	if (off < 0 || end > DOCKERFILE_SIZE_MAX)
+	if (off < 0 || end > TEMPLATE_DOCKERFILE_MAX)
 		return -EFBIG;
 	if (end > h->len) {
 		if (!(nb = realloc(h->buf, end + 1)))
@@ -807,7 +794,7 @@ int dockerfile_truncate(struct template *t, off_t size)
 	if (!text)
 		return -ENOMEM;
 	if (size < 0 || (size_t)size > len)
-		return size < 0 || (size_t)size > DOCKERFILE_SIZE_MAX ? -EFBIG : -EINVAL;
+		return size < 0 || (size_t)size > TEMPLATE_DOCKERFILE_MAX ? -EFBIG : -EINVAL;
 	return (size_t)size == len ? 0 : template_write_dockerfile(t, text, (size_t)size);
 }
 
@@ -819,7 +806,7 @@ int fh_truncate(struct fuse_file_info *fi, off_t size)
 	if (h->type != F_DOCKERFILE)
 		return 0; /* written whole: truncation means nothing */
 	pthread_mutex_lock(&h->lock);
-	if (size < 0 || (size_t)size > DOCKERFILE_SIZE_MAX)
+	if (size < 0 || (size_t)size > TEMPLATE_DOCKERFILE_MAX)
 		r = -EFBIG;
 	else if ((size_t)size < h->len)
 		h->len = (size_t)size, h->buf[size] = '\0', h->dirty = true;
