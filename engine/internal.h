@@ -8,6 +8,7 @@
 #include "common.h"
 #include "engine.h"
 #include "capacity.h"
+#include "exitcause.h"
 #include "netpool.h"
 
 static inline void json_object_putp(json_object **o)
@@ -163,11 +164,28 @@ struct vmm_ops {
 	/* SIGKILL (idempotent). */
 	void (*kill)(struct vmm *v);
 	void (*free)(struct vmm *v);
+	/*
+	 * Once the VMM has exited: its own account of why, in its words
+	 * ("guest-reset", "guest-shutdown", "host-signal", ...), or -ENOENT.
+	 */
+	int (*shutdown_reason)(struct vmm *v, char *buf, size_t len);
 };
 extern const struct vmm_ops qemu_ops;
-#define VMM_STATUS_UNKNOWN 1000
-/* "signal 9", "status 1" or "status unknown (re-adopted VMM)" for messages. */
-const char *vmm_status_str(int st, char *buf, size_t len);
+#define VMM_STATUS_UNKNOWN EXIT_STATUS_UNKNOWN
+/*
+ * Why a VMM that has exited (it must have: this reaps it) did, in one line
+ * for a status "error" (malloc'd, NULL without memory): its exit status,
+ * its own shutdown reason, and the last lines of the console at
+ * console_path and of its log at log_path (exitcause.h). Reads at most
+ * EXIT_TAIL_BYTES of each file.
+ */
+char *vmm_exit_cause(struct engine *e, struct vmm *v, const char *console_path, const char *log_path);
+/*
+ * For the thread that owns a VMM's waits, after a call into it or its guest
+ * failed with err: if the VMM exited (given up to 500 ms to show it when err
+ * is a broken connection), why, as vmm_exit_cause; NULL if it still runs.
+ */
+char *vmm_death_cause(struct engine *e, struct vmm *v, int err, const char *console_path, const char *log_path);
 #define RESTORE_CAPABILITY "qemu-x-ignore-shared-v1"
 
 /* ---- engine objects ---- */

@@ -481,9 +481,13 @@ static int bake_boot_and_snapshot(struct bake_ctx *b, const char *mem, const cha
 		r = e->vmm->snapshot(v, state, QMP_TIMEOUT_MS);
 		timings_lap(&b->tm, "snapshot");
 	}
-	if (r < 0)
-		set_error(&b->error, "bake failed at %s: %s (see %s/bake-console.log and %s/bake-vmm.log)", step,
-			  strerror(-r), t->dir, t->dir);
+	if (r < 0 && !atomic_load(&t->bake_cancel)) {
+		/* a guest that died (a panic at boot) says why better than the call that broke */
+		_cleanup_free_ char *cause = v ? vmm_death_cause(e, v, r, con, log) : NULL;
+
+		set_error(&b->error, "bake failed at %s (see %s/bake-console.log and %s/bake-vmm.log): %s", step,
+			  t->dir, t->dir, cause ? cause : strerror(-r));
+	}
 	agent_free(ac);
 	pthread_mutex_lock(&e->lock);
 	t->bake_vmm = NULL;
