@@ -175,6 +175,7 @@ int engine_spec_init(struct engine *e, const struct template_config *cfg, struct
 	spec->cmdline = *owned;
 	spec->cgroups = e->cgroups;
 	spec->cgroup_version = e->cgroup_version;
+	spec->cgroup_ncpus = e->cgroup_ncpus;
 	spec->uid_base = e->vmm_uid_base;
 	spec->tag = e->tag;
 	spec->extra_gid = e->vmm_extra_gid;

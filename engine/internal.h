@@ -119,6 +119,7 @@ struct vmm_spec {
 	int netns_fd;	       /* cfg->net: the network slot's namespace, where the VMM runs (its tap is there) */
 	char *const *cgroups;  /* the instance's cgroup bases (engine.cgroups); NULL or empty: no limits */
 	int cgroup_version;
+	unsigned cgroup_ncpus;
 	uid_t uid_base;	       /* the VMM runs as uid_base + a free index < VMM_UID_RANGE (gid alike); 0: as root */
 	gid_t extra_gid;       /* and in this group too (/dev/kvm's); 0: none */
 };
@@ -479,6 +480,8 @@ struct engine {
 	char tag[5];		  /* the instance tag: 4 hex digits of sha256(state_dir), in every host name */
 	char *cgroups[3];	  /* per-VMM groups go under these (cgroup.c); NULL-terminated */
 	int cgroup_version;
+	unsigned cgroup_ncpus;	  /* the CPUs the daemon may use, for the VMMs' CPU figures */
+	char *cgroup_daemon;	  /* the daemon's own group (v2, when it had to leave its own), NULL if none */
 	uid_t vmm_uid_base;	  /* resolved --vmm-uid-base (0: VMMs run as root) */
 	gid_t vmm_extra_gid;	  /* /dev/kvm's group, under KVM */
 	uint64_t pool_budget_mib; /* resolved from the options (host memory) */
@@ -544,8 +547,28 @@ void engine_emit(struct engine *e, uint64_t id, json_object *o); /* takes o; add
 /* Finds or makes the instance's groups and sweeps an earlier run's, but the groups of the pids in keep. */
 void cgroups_init(struct engine *e, const char *tag, const pid_t *keep, size_t n_keep);
 void cgroups_fini(struct engine *e);
-/* Makes pid's own groups under bases, with its limits, and moves it in; *ret_dirs for cgroup_remove. */
-int cgroup_place(char *const *bases, int version, pid_t pid, unsigned vcpus, unsigned mem_mib, char ***ret_dirs);
+/*
+ * Makes pid's own groups under bases, with its limits (its CPU figures for
+ * a host of ncpus), and moves it in; *ret_dirs for cgroup_remove.
+ */
+int cgroup_place(char *const *bases, int version, pid_t pid, unsigned vcpus, unsigned mem_mib, unsigned ncpus,
+		 char ***ret_dirs);
+/*
+ * CPU figures (pure): a weight (v1 cpu.shares, v2 cpu.weight) and a quota
+ * per period (0: none). All VMMs together: half the default weight, no
+ * quota. One VMM: the default weight, whatever its vCPUs; vcpus + 1
+ * cores, but at most the host's ncpus less half a core (a quarter of a 1-CPU
+ * host). The
+ * daemon's own group (v2, when it needs one): the default weight.
+ */
+struct cg_cpu {
+	unsigned long weight;
+	unsigned long quota_us;
+	unsigned long period_us;
+};
+struct cg_cpu cgroup_cpu_all_vmms(int version);
+struct cg_cpu cgroup_cpu_vmm(int version, unsigned vcpus, unsigned ncpus);
+struct cg_cpu cgroup_cpu_daemon(int version);
 void cgroup_remove(char **dirs);
 /* The existing groups of pid under bases (a re-adopted VMM's), for cgroup_remove; NULL if none. */
 char **cgroup_dirs_of(char *const *bases, pid_t pid);

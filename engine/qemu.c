@@ -465,7 +465,8 @@ static int qemu_spawn(const char *binary, const struct vmm_spec *s, struct vmm *
 	 * and the guest's memory is touched only once the snapshot is loaded,
 	 * after this returns.
 	 */
-	r = cgroup_place(s->cgroups, s->cgroup_version, v->pid, s->cfg->vcpus, s->cfg->mem_mib, &v->cgdirs);
+	r = cgroup_place(s->cgroups, s->cgroup_version, v->pid, s->cfg->vcpus, s->cfg->mem_mib, s->cgroup_ncpus,
+			 &v->cgdirs);
 	if (r < 0)
 		log_error("VMM %d: cannot place it in its cgroups: %s", v->pid, strerror(-r));
 	n = r == 0 ? read(err_p[0], &f, sizeof(f)) : 0;
