@@ -49,6 +49,20 @@
 #            state dir, BENCH_ADOPT_ROUNDS times (default 5): time until the
 #            mount answers and until every sandbox answered (status, exec),
 #            against the same restart with no sandbox.
+#   noisy    a noisy neighbour: sandboxes of "default" (256 MiB guests),
+#            "quiet" and "noisy"; `exec` of `true` in quiet (as for exec, one
+#            after another, or BENCH_NOISY_GAP_MS apart), then a read of its
+#            `status`, BENCH_NOISY_N times (default 200) unloaded, with noisy
+#            idle, and as many loaded, while noisy's guest runs a fork bomb and a
+#            memory hog (dd of 96 MiB of zeros into its tmpfs, over and over:
+#            its RAM file's pages dirtied and written back on the host),
+#            BENCH_NOISY_RAMP_S (default 5) after the load started; in
+#            BENCH_NOISY_ROUNDS rounds (default 4), each with a new noisy
+#            sandbox, so drift of the host's other work falls on both alike.
+#            The `status` read is the daemon alone (no guest); the host CPU
+#            noisy's VMM used while loaded (its utime+stime) is reported too.
+#            BENCH_NOISY_VCPUS (default 1) gives noisy more vCPUs (template
+#            "noisybench": the default config with that many, baked first).
 #   exec     one sandbox of "default": `true` through its `exec` file (open
 #            O_RDWR, write, read until EOF, close), BENCH_EXEC_N times
 #            (default 300) after 10 warm-up runs; round trip in ms.
@@ -96,6 +110,9 @@
 #   {"bench":"netcreate","path":"warm"|"restore","net":true|false,"n":..,"p50_ms":..,"p99_ms":..}
 #   {"bench":"netcreate","path":"warm"|"restore","metric":"net_added_p50_ms","value":..}
 #   {"bench":"exec","metric":"roundtrip","n":..,"p50_ms":..,"p99_ms":..,"mean_ms":..}
+#   {"bench":"noisy","metric":"neighbour_exec","n":..,"noisy_vcpus":..,"unloaded_p50_ms":..,"unloaded_p99_ms":..,
+#    "loaded_p50_ms":..,"loaded_p99_ms":..,"loaded_max_ms":..,"ratio_p50":..,"noisy_cpu_pct":..}
+#   {"bench":"noisy","metric":"neighbour_status","unloaded_p50_ms":..,"loaded_p50_ms":..,"loaded_p99_ms":..}
 #   {"bench":"live","metric":"write_mib_s"|"read_mib_s","value":..,"mib":..}
 #   {"bench":"live","metric":"stat","n":..,"p50_us":..,"p99_us":..,"cached_p50_us":..}
 #   {"bench":"python","metric":"bake"|"warm_create"|"first_output"|"slot",...} (contrib/bench_python.py)
@@ -112,7 +129,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 top=$PWD
-ALL_BENCHES=(create burst16 slot netslot netcreate lifecycle exec live adaptive adopt soak python)
+ALL_BENCHES=(create burst16 slot netslot netcreate lifecycle exec noisy live adaptive adopt soak python)
 
 log() { echo "bench: $*" >&2; }
 die() {
@@ -141,7 +158,8 @@ else
 	meson setup build >&2
 	ninja -C build >&2
 fi
-bin=$top/build/fs/emberfs
+# EMBERFS_BIN: another build's daemon (e.g. an older commit's, for before/after figures)
+bin=${EMBERFS_BIN:-$top/build/fs/emberfs}
 [ -x "$bin" ] || die "$bin was not built"
 if [ -n "${EMBERFS_IMAGE_DIR:-}" ]; then
 	image=$(readlink -f "$EMBERFS_IMAGE_DIR")
@@ -703,6 +721,111 @@ def bench_exec():
     return [r]
 
 
+def vmm_cpu_s(pid):
+    """utime + stime of a process and its threads, in seconds."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# The noisy guest's load, detached from the exec that starts it: a memory hog
+# (96 MiB of zeros into its tmpfs, over and over) and a fork bomb.
+NOISY_LOAD = ("setsid sh -c 'while :; do dd if=/dev/zero of=/tmp/hog bs=1M count=96 2>/dev/null; rm -f /tmp/hog; done' "
+              "</dev/null >/dev/null 2>&1 & "
+              "setsid sh -c 'f() { f | f & }; f' </dev/null >/dev/null 2>&1 & echo started")
+
+
+def bench_noisy():
+    n = int(os.environ.get("BENCH_NOISY_N", "200"))
+    rounds = max(1, int(os.environ.get("BENCH_NOISY_ROUNDS", "4")))
+    ramp = float(os.environ.get("BENCH_NOISY_RAMP_S", "5"))
+    gap = float(os.environ.get("BENCH_NOISY_GAP_MS", "0")) / 1000.0
+    vcpus = int(os.environ.get("BENCH_NOISY_VCPUS", "1"))
+    wait_template("default")
+    nt = "default"
+    if vcpus != 1:
+        # the noisy neighbour wider than the host's share: its own template
+        nt = "noisybench"
+        os.mkdir("%s/templates/%s" % (mnt, nt))
+        cfg = json.loads(read("%s/templates/default/config" % mnt))
+        cfg["vcpus"] = vcpus
+        write("%s/templates/%s/config" % (mnt, nt), json.dumps(cfg))
+        write("%s/templates/%s/ctl" % (mnt, nt), "bake\n")
+        wait_template(nt)
+    quiet = "%s/templates/default/sandboxes/quiet" % mnt
+    noisy = "%s/templates/%s/sandboxes/noisy" % (mnt, nt)
+    un, un_st, lo, lo_st = [], [], [], []
+    cpu_s = wall_s = 0.0
+
+    def samples(k, ex, st):
+        for _ in range(k):
+            ex.append(exec_true(quiet))
+            t0 = time.perf_counter()
+            read(quiet + "/status")
+            st.append((time.perf_counter() - t0) * 1000.0)
+            if gap:
+                time.sleep(gap)
+
+    def ready(d):
+        os.mkdir(d)
+        if read(d + "/wait") != "ready\n":
+            raise SystemExit("bench: error: sandbox %s failed: %s" % (d, read(d + "/status")))
+
+    ready(quiet)
+    try:
+        for _ in range(10):
+            exec_true(quiet)
+        # each round a new noisy neighbour: quiet, then loaded; the host's own drift
+        # (other work on it) falls on both alike
+        for r in range(rounds):
+            k = n // rounds + (1 if r < n % rounds else 0)
+            ready(noisy)
+            try:
+                samples(k, un, un_st)
+                pid = json.loads(read(noisy + "/status"))["vmm_pid"]
+                fd = os.open(noisy + "/exec", os.O_RDWR)
+                try:
+                    os.write(fd, NOISY_LOAD.encode())
+                    out = b""
+                    while True:
+                        b = os.read(fd, 1 << 16)
+                        if not b:
+                            break
+                        out += b
+                finally:
+                    os.close(fd)
+                if b"started" not in out:
+                    raise SystemExit("bench: error: the noisy load did not start: %r" % out)
+                time.sleep(ramp)
+                c0, t0 = vmm_cpu_s(pid), time.monotonic()
+                samples(k, lo, lo_st)
+                cpu_s += vmm_cpu_s(pid) - c0
+                wall_s += time.monotonic() - t0
+            finally:
+                os.rmdir(noisy)
+    finally:
+        os.rmdir(quiet)
+        if nt != "default":
+            os.rmdir("%s/templates/%s" % (mnt, nt))
+    for v in (un, un_st, lo, lo_st):
+        v.sort()
+    cpu = cpu_s / wall_s * 100.0
+    r = {"bench": "noisy", "metric": "neighbour_exec", "n": n, "noisy_vcpus": vcpus,
+         "unloaded_p50_ms": round(nearest_rank(un, 50), 3), "unloaded_p99_ms": round(nearest_rank(un, 99), 3),
+         "loaded_p50_ms": round(nearest_rank(lo, 50), 3), "loaded_p99_ms": round(nearest_rank(lo, 99), 3),
+         "loaded_max_ms": round(lo[-1], 3), "ratio_p50": round(nearest_rank(lo, 50) / nearest_rank(un, 50), 2),
+         "noisy_cpu_pct": round(cpu, 1)}
+    s = {"bench": "noisy", "metric": "neighbour_status", "unloaded_p50_ms": round(nearest_rank(un_st, 50), 3),
+         "loaded_p50_ms": round(nearest_rank(lo_st, 50), 3), "loaded_p99_ms": round(nearest_rank(lo_st, 99), 3)}
+    print("noisy: neighbour exec `true`, n=%d each: unloaded p50 %.2f ms p99 %.2f ms; loaded (fork bomb + memory "
+          "hog next door, %d vCPU, its VMM at %.0f%% CPU) p50 %.2f ms p99 %.2f ms max %.2f ms; ratio p50 %.2f"
+          % (n, r["unloaded_p50_ms"], r["unloaded_p99_ms"], vcpus, cpu, r["loaded_p50_ms"], r["loaded_p99_ms"],
+             r["loaded_max_ms"], r["ratio_p50"]), file=sys.stderr)
+    print("noisy: neighbour status read: unloaded p50 %.2f ms; loaded p50 %.2f ms p99 %.2f ms"
+          % (s["unloaded_p50_ms"], s["loaded_p50_ms"], s["loaded_p99_ms"]), file=sys.stderr)
+    return [r, s]
+
+
 def bench_live():
     import hashlib
     mib = int(os.environ.get("BENCH_LIVE_MIB", "256"))
@@ -829,7 +952,7 @@ while not mounted():
 for b in benches:
     for line in {"create": bench_create, "burst16": bench_burst16, "slot": bench_slot, "netslot": bench_netslot,
                  "netcreate": bench_netcreate, "lifecycle": bench_lifecycle, "exec": bench_exec,
-                 "live": bench_live}[b]():
+                 "noisy": bench_noisy, "live": bench_live}[b]():
         print(json.dumps({k: v for k, v in line.items() if not k.startswith("_")}), flush=True)
 PY
 pypid=$!

@@ -85,6 +85,13 @@ int boot_cold(struct engine *e, const struct template_config *cfg, const char *n
 		if (r == 0)
 			r = agent_call(ret->ac, ping, BOOT_AGENT_TIMEOUT_MS, NULL);
 	}
+	if (r < 0 && ret->v && !(cancel && atomic_load(cancel))) {
+		/* a guest that died while it booted (a panic) says why */
+		_cleanup_free_ char *cause = vmm_death_cause(e, ret->v, r, con, log);
+
+		if (cause && ret_error)
+			error_set(ret_error, "%s", cause);
+	}
 	if (r < 0)
 		booted_stop(e, ret, slot);
 	return r;

@@ -132,17 +132,38 @@ static char *host_tsc_khz(void)
 	return strdup(buf);
 }
 
+/* Does the kernel command line have a parameter starting with key ("panic=")? */
+static bool cmdline_has(const char *cmdline, const char *key)
+{
+	size_t n = strlen(key);
+
+	for (const char *p = cmdline; *p; p += strcspn(p, " "), p += strspn(p, " "))
+		if (strncmp(p + strspn(p, " "), key, n) == 0)
+			return true;
+	return false;
+}
+
 int engine_spec_init(struct engine *e, const struct template_config *cfg, struct vmm_spec *spec, char **owned)
 {
 	int r = engine_resolve_accel(cfg->accel, &spec->accel);
+	/*
+	 * A guest kernel that panics resets at once (panic=-1; the default
+	 * image's command line has it): with -no-reboot that ends the VMM and
+	 * the sandbox fails with the cause. Without it the guest would spin in
+	 * its panic loop, a sandbox ready in name whose every call times out.
+	 * A command line that sets panic= itself keeps its choice.
+	 */
+	const char *panic = cmdline_has(cfg->cmdline, "panic=") ? "" : " panic=-1";
 
 	*owned = NULL;
 	if (r < 0)
 		return r;
 	if (strcmp(spec->accel, "tcg") == 0 && e->tsc_khz && !strstr(cfg->cmdline, "tsc_early_khz="))
-		*owned = strjoin(cfg->cmdline, cfg->cmdline[0] ? " " : "", "tsc_early_khz=", e->tsc_khz, NULL);
+		*owned = strjoin(cfg->cmdline, panic, " tsc_early_khz=", e->tsc_khz, NULL);
 	else
-		*owned = strdup(cfg->cmdline);
+		*owned = strjoin(cfg->cmdline, panic, NULL);
+	if (*owned && (*owned)[0] == ' ')
+		memmove(*owned, *owned + 1, strlen(*owned)); /* an empty config command line */
 	/* the guest's fixed address, configured by its agent at boot (so it is in every snapshot) */
 	if (*owned && cfg->net) {
 		char *n = strjoin(*owned, (*owned)[0] ? " " : "", "emberfs.net=" NETPOOL_GUEST_CIDR "," NETPOOL_GW_ADDR,
@@ -154,6 +175,7 @@ int engine_spec_init(struct engine *e, const struct template_config *cfg, struct
 	spec->cmdline = *owned;
 	spec->cgroups = e->cgroups;
 	spec->cgroup_version = e->cgroup_version;
+	spec->cgroup_ncpus = e->cgroup_ncpus;
 	spec->uid_base = e->vmm_uid_base;
 	spec->tag = e->tag;
 	spec->extra_gid = e->vmm_extra_gid;

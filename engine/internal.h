@@ -9,6 +9,7 @@
 #include "engine.h"
 #include "image.h"
 #include "capacity.h"
+#include "exitcause.h"
 #include "netpool.h"
 
 static inline void json_object_putp(json_object **o)
@@ -126,6 +127,7 @@ struct vmm_spec {
 	int netns_fd;	       /* cfg->net: the network slot's namespace, where the VMM runs (its tap is there) */
 	char *const *cgroups;  /* the instance's cgroup bases (engine.cgroups); NULL or empty: no limits */
 	int cgroup_version;
+	unsigned cgroup_ncpus;
 	uid_t uid_base;	       /* the VMM runs as uid_base + a free index < VMM_UID_RANGE (gid alike); 0: as root */
 	gid_t extra_gid;       /* and in this group too (/dev/kvm's); 0: none */
 };
@@ -171,11 +173,28 @@ struct vmm_ops {
 	/* SIGKILL (idempotent). */
 	void (*kill)(struct vmm *v);
 	void (*free)(struct vmm *v);
+	/*
+	 * Once the VMM has exited: its own account of why, in its words
+	 * ("guest-reset", "guest-shutdown", "host-signal", ...), or -ENOENT.
+	 */
+	int (*shutdown_reason)(struct vmm *v, char *buf, size_t len);
 };
 extern const struct vmm_ops qemu_ops;
-#define VMM_STATUS_UNKNOWN 1000
-/* "signal 9", "status 1" or "status unknown (re-adopted VMM)" for messages. */
-const char *vmm_status_str(int st, char *buf, size_t len);
+#define VMM_STATUS_UNKNOWN EXIT_STATUS_UNKNOWN
+/*
+ * Why a VMM that has exited (it must have: this reaps it) did, in one line
+ * for a status "error" (malloc'd, NULL without memory): its exit status,
+ * its own shutdown reason, and the last lines of the console at
+ * console_path and of its log at log_path (exitcause.h). Reads at most
+ * EXIT_TAIL_BYTES of each file.
+ */
+char *vmm_exit_cause(struct engine *e, struct vmm *v, const char *console_path, const char *log_path);
+/*
+ * For the thread that owns a VMM's waits, after a call into it or its guest
+ * failed with err: if the VMM exited (given up to 500 ms to show it when err
+ * is a broken connection), why, as vmm_exit_cause; NULL if it still runs.
+ */
+char *vmm_death_cause(struct engine *e, struct vmm *v, int err, const char *console_path, const char *log_path);
 #define RESTORE_CAPABILITY "qemu-x-ignore-shared-v1"
 
 /* ---- engine objects ---- */
@@ -549,6 +568,8 @@ struct engine {
 	char tag[5];		  /* the instance tag: 4 hex digits of sha256(state_dir), in every host name */
 	char *cgroups[3];	  /* per-VMM groups go under these (cgroup.c); NULL-terminated */
 	int cgroup_version;
+	unsigned cgroup_ncpus;	  /* the CPUs the daemon may use, for the VMMs' CPU figures */
+	char *cgroup_daemon;	  /* the daemon's own group (v2, when it had to leave its own), NULL if none */
 	uid_t vmm_uid_base;	  /* resolved --vmm-uid-base (0: VMMs run as root) */
 	gid_t vmm_extra_gid;	  /* /dev/kvm's group, under KVM */
 	uint64_t pool_budget_mib; /* resolved from the options (host memory) */
@@ -615,8 +636,28 @@ void engine_emit(struct engine *e, uint64_t id, json_object *o); /* takes o; add
 /* Finds or makes the instance's groups and sweeps an earlier run's, but the groups of the pids in keep. */
 void cgroups_init(struct engine *e, const char *tag, const pid_t *keep, size_t n_keep);
 void cgroups_fini(struct engine *e);
-/* Makes pid's own groups under bases, with its limits, and moves it in; *ret_dirs for cgroup_remove. */
-int cgroup_place(char *const *bases, int version, pid_t pid, unsigned vcpus, unsigned mem_mib, char ***ret_dirs);
+/*
+ * Makes pid's own groups under bases, with its limits (its CPU figures for
+ * a host of ncpus), and moves it in; *ret_dirs for cgroup_remove.
+ */
+int cgroup_place(char *const *bases, int version, pid_t pid, unsigned vcpus, unsigned mem_mib, unsigned ncpus,
+		 char ***ret_dirs);
+/*
+ * CPU figures (pure): a weight (v1 cpu.shares, v2 cpu.weight) and a quota
+ * per period (0: none). All VMMs together: half the default weight, no
+ * quota. One VMM: the default weight, whatever its vCPUs; vcpus + 1
+ * cores, but at most the host's ncpus less half a core (a quarter of a 1-CPU
+ * host). The
+ * daemon's own group (v2, when it needs one): the default weight.
+ */
+struct cg_cpu {
+	unsigned long weight;
+	unsigned long quota_us;
+	unsigned long period_us;
+};
+struct cg_cpu cgroup_cpu_all_vmms(int version);
+struct cg_cpu cgroup_cpu_vmm(int version, unsigned vcpus, unsigned ncpus);
+struct cg_cpu cgroup_cpu_daemon(int version);
 void cgroup_remove(char **dirs);
 /* The existing groups of pid under bases (a re-adopted VMM's), for cgroup_remove; NULL if none. */
 char **cgroup_dirs_of(char *const *bases, pid_t pid);

@@ -16,6 +16,7 @@
  */
 #include <fcntl.h>
 #include <linux/falloc.h>
+#include <poll.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <stdio.h>
@@ -33,25 +34,79 @@
 #define WATCHDOG_MS 2000 /* a VMM stopped this long is killed */
 #define HIBERNATE_WAIT_MS 1000 /* for accesses in flight to end */
 
+/* ---- why a VMM ended ---- */
+
+/* The last max bytes of a regular file (malloc'd; NULL if unreadable) and whether that is all of it. */
+static char *read_tail(const char *path, size_t max, size_t *ret_len, bool *ret_whole)
+{
+	_cleanup_close_ int fd = path ? open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY) : -1;
+	_cleanup_free_ char *buf = NULL;
+	struct stat st;
+	off_t from;
+	ssize_t n;
+
+	*ret_len = 0;
+	*ret_whole = true;
+	if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || !(buf = malloc(max)))
+		return NULL;
+	from = st.st_size > (off_t)max ? st.st_size - (off_t)max : 0;
+	if ((n = pread(fd, buf, max, from)) < 0)
+		return NULL;
+	*ret_len = (size_t)n;
+	*ret_whole = from == 0;
+	return TAKE_PTR(buf);
+}
+
+char *vmm_exit_cause(struct engine *e, struct vmm *v, const char *console_path, const char *log_path)
+{
+	struct exit_facts f = { .status = e->vmm->wait_exit(v) };
+	_cleanup_free_ char *con = read_tail(console_path, EXIT_TAIL_BYTES, &f.console_len, &f.console_whole);
+	_cleanup_free_ char *log = read_tail(log_path, EXIT_TAIL_BYTES, &f.vmm_log_len, &f.vmm_log_whole);
+	char why[32];
+
+	if (f.status < 0)
+		f.status = EXIT_STATUS_UNKNOWN;
+	if (e->vmm->shutdown_reason && e->vmm->shutdown_reason(v, why, sizeof(why)) == 0)
+		f.shutdown = why;
+	f.console = con;
+	f.vmm_log = log;
+	return exit_cause_describe(&f);
+}
+
+char *vmm_death_cause(struct engine *e, struct vmm *v, int err, const char *console_path, const char *log_path)
+{
+	/* a connection that broke may be the VMM dying: its exit shows a moment later */
+	for (int i = 0; i < 100 && e->vmm->alive(v) &&
+			(err == -ECONNRESET || err == -EPIPE || err == -EPROTO || err == -ECHILD); i++)
+		poll(NULL, 0, 5);
+	return e->vmm->alive(v) ? NULL : vmm_exit_cause(e, v, console_path, log_path);
+}
+
+/* The same for a sandbox's VMM, from its own console and log. */
+static char *sandbox_exit_cause(struct sandbox *s, struct vmm *v)
+{
+	_cleanup_free_ char *log = strjoin(s->dir, "/vmm.log", NULL);
+
+	return vmm_exit_cause(s->e, v, s->console_path, log);
+}
+
 /* ---- the supervisor ---- */
 
 void sandbox_supervise(struct sandbox *s)
 {
 	struct engine *e = s->e;
-	int st = 0;
+	struct vmm *v = NULL;
 	bool failed = false;
 
 	pthread_mutex_lock(&e->lock);
 	for (;;) {
-		struct vmm *v;
-
 		while (!s->vmm && !atomic_load(&s->cancel))
 			pthread_cond_wait(&s->cond, &e->lock); /* hibernated: until a wake spawns one */
 		if (!s->vmm)
 			break;
 		v = s->vmm;
 		pthread_mutex_unlock(&e->lock);
-		st = e->vmm->wait_exit(v);
+		e->vmm->wait_exit(v);
 		pthread_mutex_lock(&e->lock);
 		if (atomic_load(&s->cancel))
 			break;
@@ -69,12 +124,14 @@ void sandbox_supervise(struct sandbox *s)
 	}
 	pthread_mutex_unlock(&e->lock);
 	if (failed) {
-		char how[96];
+		/* v stays until destroy, which joins this thread first */
+		char *cause = sandbox_exit_cause(s, v);
 
 		pthread_mutex_lock(&e->lock);
 		/* the VMM exiting on its own fails the sandbox, with the reason */
-		if (!s->error && asprintf(&s->error, "VMM exited unexpectedly (%s)", vmm_status_str(st, how, sizeof(how))) < 0)
-			s->error = NULL;
+		if (!s->error)
+			s->error = TAKE_PTR(cause);
+		free(cause);
 		if (sandbox_state_next(s->state, SB_EV_FAILED) == SB_FAILED)
 			sandbox_set_state(s, SB_FAILED);
 		pthread_cond_broadcast(&s->cond);

@@ -416,7 +416,7 @@ static void slot_lap(struct template *t, struct slot *sl, const char *phase)
 }
 
 /* Builds t->preparing into a warm, paused slot. Not under the lock. */
-static int slot_prepare(struct template *t, struct slot_job *j, struct slot *sl, char **ret_why)
+static int slot_prepare_steps(struct template *t, struct slot_job *j, struct slot *sl, char **ret_why)
 {
 	struct engine *e = t->e;
 	_cleanup_free_ char *mem = NULL, *disk = NULL, *qmp = NULL, *agent = NULL, *con = NULL, *log = NULL;
@@ -487,6 +487,21 @@ static int slot_prepare(struct template *t, struct slot_job *j, struct slot *sl,
 		return r;
 	r = e->vmm->pause(v, QMP_TIMEOUT_MS);
 	slot_lap(t, sl, "pause");
+	return r;
+}
+
+/* The same; a VMM that died meanwhile (its guest panicked during the warm-up) says why. */
+static int slot_prepare(struct template *t, struct slot_job *j, struct slot *sl, char **ret_why)
+{
+	int r = slot_prepare_steps(t, j, sl, ret_why);
+
+	if (r < 0 && !*ret_why && sl->vmm && !atomic_load(&t->pool_cancel)) {
+		_cleanup_free_ char *con = strjoin(sl->dir, "/console.log", NULL), *log = strjoin(sl->dir, "/vmm.log", NULL);
+		_cleanup_free_ char *cause = vmm_death_cause(t->e, sl->vmm, r, con, log);
+
+		if (cause && asprintf(ret_why, "its VMM exited during the preparation: %s", cause) < 0)
+			*ret_why = NULL;
+	}
 	return r;
 }
 

@@ -43,6 +43,12 @@ struct vmm {
 	bool adopted;  /* started by an earlier run: not our child */
 	int uid_index; /* runs as uid_base + this; -1: as root */
 	int status; /* exit code, or 128 + signal */
+	/*
+	 * The QMP connection's reads and writes (buf, len): a command's caller,
+	 * and the reader of what a dead VMM left in the socket (its SHUTDOWN).
+	 */
+	pthread_mutex_t qmp_lock;
+	char shutdown[32]; /* qmp_lock: the reason of its SHUTDOWN event ("guest-reset", ...); "" if none seen */
 	char *qmp_path;
 	char **cgdirs; /* its cgroups, removed once it is reaped */
 	char buf[65536];
@@ -553,6 +559,7 @@ static int qemu_spawn(const char *binary, const struct vmm_spec *s, struct vmm *
 
 	if (!v)
 		return -ENOMEM;
+	pthread_mutex_init(&v->qmp_lock, NULL);
 	v->qmp = -1;
 	v->pidfd = -1;
 	v->uid_index = -1;
@@ -593,7 +600,8 @@ static int qemu_spawn(const char *binary, const struct vmm_spec *s, struct vmm *
 	 * and the guest's memory is touched only once the snapshot is loaded,
 	 * after this returns.
 	 */
-	r = cgroup_place(s->cgroups, s->cgroup_version, v->pid, s->cfg->vcpus, s->cfg->mem_mib, &v->cgdirs);
+	r = cgroup_place(s->cgroups, s->cgroup_version, v->pid, s->cfg->vcpus, s->cfg->mem_mib, s->cgroup_ncpus,
+			 &v->cgdirs);
 	if (r < 0)
 		log_error("VMM %d: cannot place it in its cgroups: %s", v->pid, strerror(-r));
 	n = r == 0 ? read(err_p[0], &f, sizeof(f)) : 0;
@@ -664,11 +672,39 @@ static int read_line(struct vmm *v, uint64_t deadline, char **ret)
 	}
 }
 
-/* The next JSON object from QMP, noting a RESUME event on the way. */
+/*
+ * Events the driver keeps: RESUME (a restore's vCPUs run) and SHUTDOWN,
+ * whose reason is QEMU's own account of why it is ending (guest-reset,
+ * guest-shutdown, host-signal, ...): with -no-reboot a guest's reset or
+ * power-off ends the process, and only this tells them apart from the host.
+ */
+static void note_event(struct vmm *v, json_object *o)
+{
+	json_object *x, *data, *reason;
+	const char *ev;
+	size_t k = 0;
+
+	if (!json_object_object_get_ex(o, "event", &x) || !(ev = json_object_get_string(x)))
+		return;
+	if (strcmp(ev, "RESUME") == 0) {
+		v->resumed = true;
+		return;
+	}
+	if (strcmp(ev, "SHUTDOWN") != 0 || !json_object_object_get_ex(o, "data", &data) ||
+	    !json_object_object_get_ex(data, "reason", &reason) || !json_object_is_type(reason, json_type_string))
+		return;
+	/* an enum of QEMU's: keep its letters and dashes only */
+	for (const char *p = json_object_get_string(reason); *p && k < sizeof(v->shutdown) - 1; p++)
+		if ((*p >= 'a' && *p <= 'z') || *p == '-')
+			v->shutdown[k++] = *p;
+	v->shutdown[k] = '\0';
+}
+
+/* The next JSON object from QMP, noting the events the driver keeps. qmp_lock held. */
 static int qmp_next(struct vmm *v, uint64_t deadline, json_object **ret)
 {
 	_cleanup_free_ char *line = NULL;
-	json_object *o, *x;
+	json_object *o;
 	int r = read_line(v, deadline, &line);
 
 	if (r < 0)
@@ -676,14 +712,13 @@ static int qmp_next(struct vmm *v, uint64_t deadline, json_object **ret)
 	o = json_tokener_parse(line);
 	if (!o)
 		return -EPROTO;
-	if (json_object_object_get_ex(o, "event", &x) && strcmp(json_object_get_string(x), "RESUME") == 0)
-		v->resumed = true;
+	note_event(v, o);
 	*ret = o;
 	return 0;
 }
 
-/* Sends one command (optionally with an fd) and returns its "return" value. */
-static int qmp_exec(struct vmm *v, const char *cmd, int pass_fd, unsigned timeout_ms, json_object **ret)
+/* Sends one command (optionally with an fd) and returns its "return" value. qmp_lock held. */
+static int qmp_exec_locked(struct vmm *v, const char *cmd, int pass_fd, unsigned timeout_ms, json_object **ret)
 {
 	uint64_t deadline = now_ns() + (uint64_t)timeout_ms * 1000000;
 	size_t len = strlen(cmd);
@@ -724,6 +759,16 @@ static int qmp_exec(struct vmm *v, const char *cmd, int pass_fd, unsigned timeou
 	}
 }
 
+static int qmp_exec(struct vmm *v, const char *cmd, int pass_fd, unsigned timeout_ms, json_object **ret)
+{
+	int r;
+
+	pthread_mutex_lock(&v->qmp_lock);
+	r = qmp_exec_locked(v, cmd, pass_fd, timeout_ms, ret);
+	pthread_mutex_unlock(&v->qmp_lock);
+	return r;
+}
+
 static int qemu_connect(struct vmm *v, unsigned timeout_ms, const atomic_bool *cancel)
 {
 	uint64_t deadline = now_ns() + (uint64_t)timeout_ms * 1000000;
@@ -748,7 +793,10 @@ static int qemu_connect(struct vmm *v, unsigned timeout_ms, const atomic_bool *c
 		if (now_ns() > deadline)
 			return -ETIMEDOUT;
 	}
-	if (read_line(v, deadline, &greeting) < 0 || !strstr(greeting, "\"QMP\""))
+	pthread_mutex_lock(&v->qmp_lock);
+	r = read_line(v, deadline, &greeting);
+	pthread_mutex_unlock(&v->qmp_lock);
+	if (r < 0 || !strstr(greeting, "\"QMP\""))
 		return vmm_dead(v, 0) ? -ECHILD : -EPROTO;
 	r = qmp_exec(v, "{\"execute\":\"qmp_capabilities\"}", -1, timeout_ms, NULL);
 	/* RAM is in a shared file: migrate device state only, in both directions. */
@@ -786,15 +834,16 @@ static int query_string(struct vmm *v, const char *cmd, const char *key, unsigne
 static int wait_resume_event(struct vmm *v, unsigned slice_ms)
 {
 	uint64_t deadline = now_ns() + (uint64_t)slice_ms * 1000000;
+	int r = 0;
 
-	while (!v->resumed) {
+	pthread_mutex_lock(&v->qmp_lock);
+	while (!v->resumed && r == 0) {
 		_cleanup_json_ json_object *o = NULL;
-		int r = qmp_next(v, deadline, &o);
 
-		if (r < 0)
-			return r;
+		r = qmp_next(v, deadline, &o);
 	}
-	return 0;
+	pthread_mutex_unlock(&v->qmp_lock);
+	return r;
 }
 
 static int qemu_query(struct vmm *v, char *state, size_t len, unsigned timeout_ms)
@@ -927,8 +976,54 @@ static void qemu_free(struct vmm *v)
 		close(v->pidfd);
 	cgroup_remove(v->cgdirs);
 	uid_put(v->uid_index);
+	pthread_mutex_destroy(&v->qmp_lock);
 	free(v->qmp_path);
 	free(v);
+}
+
+/*
+ * QEMU's reason for ending (its SHUTDOWN event), once it has exited: what
+ * it sent before the end still waits in the socket, read here (at most
+ * 1 MiB, no waiting). A command in flight at the exit saw its end already.
+ */
+static int qemu_shutdown_reason(struct vmm *v, char *buf, size_t len)
+{
+	size_t total = 0;
+	int r;
+
+	pthread_mutex_lock(&v->qmp_lock);
+	while (v->qmp >= 0 && total < (1u << 20)) {
+		char *nl = memchr(v->buf, '\n', v->len);
+		ssize_t n;
+
+		if (nl) {
+			size_t l = (size_t)(nl - v->buf);
+			json_object *o;
+
+			*nl = '\0';
+			if ((o = json_tokener_parse(v->buf))) {
+				note_event(v, o);
+				json_object_put(o);
+			}
+			memmove(v->buf, nl + 1, v->len - l - 1);
+			v->len -= l + 1;
+			continue;
+		}
+		if (v->len == sizeof(v->buf))
+			v->len = 0; /* a line longer than any event: not one */
+		n = recv(v->qmp, v->buf + v->len, sizeof(v->buf) - v->len, MSG_DONTWAIT);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		v->len += (size_t)n;
+		total += (size_t)n;
+	}
+	r = v->shutdown[0] ? 0 : -ENOENT;
+	if (r == 0)
+		snprintf(buf, len, "%s", v->shutdown);
+	pthread_mutex_unlock(&v->qmp_lock);
+	return r;
 }
 
 /* The real uid of a process, or 0. */
@@ -952,6 +1047,7 @@ static int qemu_adopt(pid_t pid, int pidfd, const char *qmp_path, char **cgdirs,
 		free(v);
 		return -ENOMEM;
 	}
+	pthread_mutex_init(&v->qmp_lock, NULL);
 	v->uid_index = uid_take(proc_uid(pid), uid_base);
 	v->pid = pid;
 	v->pidfd = pidfd;
@@ -960,15 +1056,6 @@ static int qemu_adopt(pid_t pid, int pidfd, const char *qmp_path, char **cgdirs,
 	v->cgdirs = cgdirs;
 	*ret = v;
 	return 0;
-}
-
-const char *vmm_status_str(int st, char *buf, size_t len)
-{
-	if (st == VMM_STATUS_UNKNOWN)
-		snprintf(buf, len, "status unknown: a VMM re-adopted after a daemon restart");
-	else
-		snprintf(buf, len, "%s %d", st >= 128 ? "signal" : "status", st >= 128 ? st - 128 : st);
-	return buf;
 }
 
 const struct vmm_ops qemu_ops = {
@@ -988,4 +1075,5 @@ const struct vmm_ops qemu_ops = {
 	.kill = qemu_kill,
 	.free = qemu_free,
 	.adopt = qemu_adopt,
+	.shutdown_reason = qemu_shutdown_reason,
 };

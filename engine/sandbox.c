@@ -817,17 +817,14 @@ static void *sandbox_main(void *arg)
 	r = atomic_load(&s->cancel) ? -ECANCELED : run_create(&j, &step);
 	job_clear(&j);
 	if (r < 0) {
-		/* a connection that broke may be the VMM dying: its exit shows a moment later */
-		for (int i = 0; i < 100 && s->vmm && e->vmm->alive(s->vmm) &&
-				(r == -ECONNRESET || r == -EPIPE || r == -EPROTO || r == -ECHILD); i++)
-			poll(NULL, 0, 5);
-		if (!atomic_load(&s->cancel) && s->vmm && !e->vmm->alive(s->vmm)) {
-			/* the VMM died under the create: say so, not what the next call saw */
-			char how[96];
-			int st = e->vmm->wait_exit(s->vmm);
+		_cleanup_free_ char *log = strjoin(s->dir, "/vmm.log", NULL);
+		/* the supervisor is not running yet: this thread owns the VMM's waits */
+		_cleanup_free_ char *cause = s->vmm && !atomic_load(&s->cancel) ?
+						     vmm_death_cause(e, s->vmm, r, s->console_path, log) : NULL;
 
-			sb_fail(s, "create failed at %s: the VMM exited (%s) (see console and %s/vmm.log)", step,
-				vmm_status_str(st, how, sizeof(how)), s->dir);
+		if (!atomic_load(&s->cancel) && cause) {
+			/* the VMM died under the create: say why, not what the next call saw */
+			sb_fail(s, "create failed at %s (see console and %s/vmm.log): %s", step, s->dir, cause);
 		} else if (!atomic_load(&s->cancel)) {
 			sb_fail(s, "create failed at %s: %s (see console and %s/vmm.log)", step, strerror(-r), s->dir);
 		}

@@ -631,9 +631,14 @@ static int bake_boot_and_snapshot(struct bake_ctx *b, const char *disk)
 		r = e->vmm->snapshot(vm.v, state, QMP_TIMEOUT_MS);
 		timings_lap(&b->tm, "snapshot");
 	}
-	if (r < 0 && !b->error)
-		error_set(&b->error, "bake failed at %s: %s (see %s/bake-console.log and %s/bake-vmm.log)", step,
-			  strerror(-r), t->dir, t->dir);
+	if (r < 0 && !atomic_load(&t->bake_cancel)) {
+		/* a guest that died (a panic) says why better than the call that broke */
+		_cleanup_free_ char *con = strjoin(b->newdir, "/console.log", NULL), *log = strjoin(b->newdir, "/vmm.log", NULL);
+		_cleanup_free_ char *cause = vm.v && con && log ? vmm_death_cause(e, vm.v, r, con, log) : NULL;
+
+		error_set(&b->error, "bake failed at %s (see %s/bake-console.log and %s/bake-vmm.log): %s", step, t->dir,
+			  t->dir, cause ? cause : b->error ? b->error : strerror(-r));
+	}
 	booted_stop(e, &vm, &t->bake_vmm); /* kills the paused VMM: RAM file and state are complete */
 	return r;
 }

@@ -16,7 +16,8 @@ everything the daemon creates on the host:
              STATE/store/sandboxes/T/NAME), listed as "T/NAME"
   zombies    zombie children of the daemon
   cgroups    per-VMM cgroups under the instance's groups (emberfs-TAG); once
-             the daemon has exited, the instance groups themselves
+             the daemon has exited, the instance groups themselves and the
+             daemon's own (emberfs-TAG-daemon)
   net        after exit only: network namespaces efTAG-*, host links
              efTAGh*, the nft table emberfs_TAG (while the daemon runs its
              network pool keeps slots ready on its own; test_net.py compares
@@ -540,7 +541,7 @@ class Daemon:
             subprocess.run(argv, stderr=subprocess.DEVNULL)
         reap_orphans()
         # a killed daemon's cgroups: its VMMs are gone, the groups are empty (the next start would sweep them)
-        for b in self._cgroup_bases():
+        for b in self._cgroup_bases() + self.cgroup_daemon_groups():
             for c in [os.path.join(b, c) for c in _listdir(b) if c.isdigit()] + [b]:
                 for _ in range(100):  # a group empties a moment after its last process is reaped
                     try:
@@ -579,6 +580,9 @@ class Daemon:
                 with open("/proc/%s/cgroup" % (self.pid if self.alive() else "self")) as f:
                     for line in f:
                         _, ctrls, path = line.rstrip("\n").split(":", 2)
+                        # the daemon runs in a group of its own next to the instance group
+                        if path.endswith("/emberfs-%s-daemon" % self.tag):
+                            path = path[:-len("/emberfs-%s-daemon" % self.tag)]
                         path = "" if path == "/" else path
                         if ctrls == "":
                             bases.append("/sys/fs/cgroup%s/emberfs-%s" % (path, self.tag))
@@ -589,6 +593,11 @@ class Daemon:
                 return []
             self._cg_bases = bases
         return getattr(self, "_cg_bases", None) or []
+
+    def cgroup_daemon_groups(self):
+        """The daemon's own groups (next to the instance groups with the cpu
+        controller), which must be gone once it has exited."""
+        return [b + "-daemon" for b in self._cgroup_bases() if "/sys/fs/cgroup/memory/" not in b]
 
     def _net_leftovers(self):
         """Namespaces, host links and the nft table of this instance (the netpool's own while it runs)."""
@@ -711,6 +720,8 @@ class Daemon:
                     cgs.append(desc)
             if not self.alive() and os.path.isdir(b):
                 cgs.append(b)
+        if not self.alive():
+            cgs += [g for g in self.cgroup_daemon_groups() if os.path.isdir(g)]
         inv["cgroups"] = sorted(cgs)
         # network objects: the pool keeps slots ready on its own while the daemon runs (test_net.py
         # compares them around a daemon); after exit none may be left

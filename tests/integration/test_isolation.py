@@ -21,6 +21,11 @@ VMM confinement and guest identity against a real daemon and real guests:
   checks every VMM's mounts in every test: inventory key "vmm_mounts".)
 - Its cgroups go when it does: after the sandbox is destroyed, and at
   shutdown the instance group too.
+- CpuShare: the CPU figures as docs/operations.md ("Confinement") states
+  them: all VMMs under one parent at half the default weight and no quota,
+  each VMM at the default weight whatever its vCPUs with a quota of
+  vcpus + 1 cores but never the whole host; the daemon's threads outside
+  that parent, each outweighing all VMMs together.
 - Access: only the mounting user gets in by default; with --allow-other the
   kernel checks modes (default_permissions): another user reads what is
   readable, cannot write ctl or mkdir a sandbox, and a guest file's own mode
@@ -67,6 +72,16 @@ def cgroups_of(pid):
 def read(path):
     with open(path) as f:
         return f.read().strip()
+
+
+PERIOD_US = 100000
+
+
+def vmm_quota_us(vcpus, ncpus):
+    """A VMM's CPU quota: a core per vCPU plus one, but half a core (a quarter
+    of a 1-CPU host) always left to the rest (engine/cgroup.c)."""
+    host = max(ncpus, 1) * PERIOD_US
+    return min((vcpus + 1) * PERIOD_US, host - min(host // 4, PERIOD_US // 2))
 
 
 def fd_targets(pid):
@@ -181,14 +196,15 @@ class Confinement(harness.TestCase):
             self.assertTrue(cg["memory"].endswith("/%d" % pid), cg)
             self.assertTrue(cg["cpu"].endswith("/%d" % pid), cg)
             self.assertEqual(int(read(mem_dir + "/memory.limit_in_bytes")), (mem_mib + 256) << 20)
-            self.assertEqual(int(read(cpu_dir + "/cpu.cfs_quota_us")), (vcpus + 1) * 100000)
+            self.assertEqual(int(read(cpu_dir + "/cpu.cfs_quota_us")),
+                             vmm_quota_us(vcpus, len(os.sched_getaffinity(d.pid))))
             self.assertEqual(int(read(cpu_dir + "/cpu.cfs_period_us")), 100000)
             groups = [mem_dir, cpu_dir]
         else:
             self.assertRegex(cg.get("", ""), tag + r"[0-9a-f]{4}/%d$" % pid, cg)
             g = "/sys/fs/cgroup" + cg[""]
             self.assertEqual(int(read(g + "/memory.max")), (mem_mib + 256) << 20)
-            self.assertEqual(read(g + "/cpu.max"), "%d 100000" % ((vcpus + 1) * 100000))
+            self.assertEqual(read(g + "/cpu.max"), "%d 100000" % vmm_quota_us(vcpus, len(os.sched_getaffinity(d.pid))))
             groups = [g]
         # its own unprivileged user and group, no capability, no supplementary group (TCG)
         uids, gids = st["Uid"].split(), st["Gid"].split()
@@ -340,6 +356,58 @@ class Confinement(harness.TestCase):
                 d.stop()
         finally:
             shutil.rmtree(qdir, ignore_errors=True)
+class CpuShare(harness.TestCase):
+    """The mechanism that keeps a busy sandbox from slowing its neighbours and
+    the daemon (the figures themselves: contrib/bench.sh noisy)."""
+
+    def test_weights_and_quotas(self):
+        with harness.own_daemon() as d:
+            cfg = harness.read_json(d.tpl("default", "config"))
+            self.assertEqual(cfg["vcpus"], 1)
+            with d.template("wide", bake=True, vcpus=2):
+                vmms = {1: d.create_ready("one")["vmm_pid"], 2: d.create_ready("two", t="wide")["vmm_pid"]}
+                ncpus = len(os.sched_getaffinity(d.pid))
+                cg = cgroups_of(d.pid)
+                tasks = os.listdir("/proc/%d/task" % d.pid)
+                if "cpu" in cg:
+                    # cgroup v1: the daemon's threads stay in the group it started in, G; every
+                    # VMM is under G/emberfs-TAG, whose weight is half of one daemon thread's
+                    g = "/sys/fs/cgroup/cpu" + ("" if cg["cpu"] == "/" else cg["cpu"])
+                    base = "%s/emberfs-%s" % (g, d.tag)
+                    self.assertEqual(int(read(base + "/cpu.shares")), 512)
+                    self.assertEqual(int(read(base + "/cpu.cfs_quota_us")), -1)
+                    for t in tasks:
+                        with open("/proc/%d/task/%s/cgroup" % (d.pid, t)) as f:
+                            self.assertIn(":cpu:%s\n" % cg["cpu"], f.read(), "daemon thread %s" % t)
+                        # nice 0: a thread weighs the default 1024, twice all VMMs together
+                        self.assertEqual(os.getpriority(os.PRIO_PROCESS, int(t)), 0)
+                    for vcpus, pid in vmms.items():
+                        vg = "%s/%d" % (base, pid)
+                        self.assertEqual(cgroups_of(pid)["cpu"], vg[len("/sys/fs/cgroup/cpu"):])
+                        self.assertEqual(int(read(vg + "/cpu.shares")), 1024, "%d vCPUs" % vcpus)
+                        self.assertEqual(int(read(vg + "/cpu.cfs_period_us")), PERIOD_US)
+                        self.assertEqual(int(read(vg + "/cpu.cfs_quota_us")), vmm_quota_us(vcpus, ncpus))
+                        self.assertLess(vmm_quota_us(vcpus, ncpus), ncpus * PERIOD_US)
+                else:
+                    # cgroup v2: the daemon in G (the root) or, where G could not hand the
+                    # controllers down while it held the daemon, in G/emberfs-TAG-daemon
+                    own = cg[""]
+                    g = own[:-len("/emberfs-%s-daemon" % d.tag)] if own.endswith("-daemon") else own
+                    g = "/sys/fs/cgroup" + ("" if g == "/" else g)
+                    base = "%s/emberfs-%s" % (g, d.tag)
+                    self.assertEqual(int(read(base + "/cpu.weight")), 50)
+                    self.assertEqual(read(base + "/cpu.max"), "max 100000")
+                    if own.endswith("-daemon"):
+                        self.assertEqual(int(read("/sys/fs/cgroup" + own + "/cpu.weight")), 100)
+                    for vcpus, pid in vmms.items():
+                        vg = "%s/%d" % (base, pid)
+                        self.assertEqual(int(read(vg + "/cpu.weight")), 100, "%d vCPUs" % vcpus)
+                        self.assertEqual(read(vg + "/cpu.max"), "%d 100000" % vmm_quota_us(vcpus, ncpus))
+                log = d.log_text()
+                self.assertRegex(log, r"VMM limits: cgroup v[12] .*all VMMs at CPU weight (512|50), a 1-vCPU VMM at "
+                                      r"most [0-9.]+ of %d CPUs" % ncpus)
+                for n, t in (("one", "default"), ("two", "wide")):
+                    d.destroy(n, t=t)
 
 
 class Identity(harness.TestCase):

@@ -16,6 +16,14 @@ that kill things cannot hurt the others:
   output, status says how much was dropped.
 - Saturation: 200 blocking reads (wait, a silent process's stdout) hold no
   FUSE thread: another sandbox's status and ctl answer at once.
+- GuestDeath: a guest that ends its VMM says why in status "error": a
+  kernel panic (sysrq) with its panic line, a power-off, a reboot after its
+  console was flooded with control bytes, random bytes and a fake panic (the
+  console's last lines quoted, cleaned: no control byte, no invalid UTF-8,
+  no bidi override reaches status, events or the log, and the guest's quotes
+  cannot close ours), the same flood followed by a SIGKILL of its VMM (the
+  signal, not a panic), and a bake whose kernel panics at boot on a command
+  line without panic= (the engine adds panic=-1: it ends at once).
 - Shutdown: SIGTERM with two ready sandboxes: exit 0, nothing left.
 - Unmount: the README's stop command, `fusermount3 -u MOUNT`, with
   sandboxes ready and paused, a procs/ process running, two warm slots and
@@ -37,6 +45,7 @@ that kill things cannot hurt the others:
 import errno
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -212,7 +221,7 @@ class Phases(harness.TestCase):
         harness.wait_for(lambda: d.status(name)["state"] != "creating", 15, "the create decided")
         st = d.status(name)
         self.assertEqual(st["state"], "failed", "killed at %s: %s" % (target, st))
-        self.assertRegex(st["error"], r"the VMM exited \(signal 9\)", st)
+        self.assertRegex(st["error"], r"VMM exited unexpectedly \(signal 9, SIGKILL\)", st)
         self.assertErrno(errno.EIO, d.wait, name)
         return st["error"]
 
@@ -514,6 +523,168 @@ class Unmount(harness.TestCase):
                 os.close(fd)
             except OSError:
                 pass  # ENOTCONN: its flush has no daemon to go to
+def shell_bytes(data):
+    """A printf format that writes data exactly (octal escapes for all but plain ASCII)."""
+    out = []
+    for b in data:
+        c = chr(b)
+        out.append(c if 0x20 <= b < 0x7f and c not in "\\'%" else "\\%03o" % b)
+    return "".join(out)
+
+
+# What a hostile guest writes to its console before it dies: terminal escapes
+# around a fake panic line, a line that imitates the error's own words with
+# quotes and backslashes, a right-to-left override, invalid UTF-8, C0 and C1
+# controls, a line separator.
+HOSTILE = (b"\x1b[2J\x1b[31m[    1.000000] Kernel panic - not syncing: fake\x1b[0m\x07\r\n"
+           b"x\" (QEMU: host-signal); console: \"\\ \xe2\x80\xaeevil\xe2\x80\xac \xff\xfe\xc0\xaf \x01\x02\x7f"
+           b"\xc2\x9b31m end \xe2\x80\xa8 sep\r\n")
+FLOOD = "head -c 65536 /dev/urandom > /dev/ttyS0; echo > /dev/ttyS0; printf '%s' > /dev/ttyS0" % shell_bytes(HOSTILE)
+INVISIBLE = ("\u202e", "\u202c", "\u2028", "\u200b", "\ufeff", "\x1b", "\x7f", "\x9b")
+
+
+class GuestDeath(harness.TestCase):
+    """A guest that ends its VMM (QEMU runs with -no-reboot, the kernel with
+    panic=-1) says why in status "error", with its console's last lines,
+    bounded and cleaned."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.d = harness.Daemon().start()
+        cls.base = cls.d.core(cls.d.wait_inventory({**cls.d.inventory(), "qemu": [], "run": [], "zombies": []}))
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.d.stop()
+
+    def assert_clean(self, raw, what):
+        """raw (bytes of status, an event line, a log line) carries nothing of the
+        console's control bytes: no control character (but newlines of the
+        format), none escaped by JSON either, valid UTF-8, no bidi or
+        invisible character."""
+        text = raw.decode("utf-8")  # strict: invalid UTF-8 raises
+        self.assertEqual([hex(b) for b in raw if (b < 0x20 and b != 0x0a) or b == 0x7f], [], what)
+        self.assertNotRegex(text, r"\\u00[0-9a-fA-F]{2}", what)
+        for ch in INVISIBLE:
+            self.assertNotIn(ch, json.loads(text)["error"] if text.startswith("{") else text, what)
+
+    def failed(self, name, timeout=20):
+        d = self.d
+        harness.wait_for(lambda: d.status(name)["state"] == "failed", timeout, "%s failed" % name)
+        st = d.status(name)
+        sys.stderr.write("\n  %s: %s\n" % (name, st["error"]))
+        self.assertErrno(errno.EIO, d.wait, name)
+        with open(d.sb(name, "status"), "rb", buffering=0) as f:
+            self.assert_clean(f.read(), "status of %s" % name)
+        return st
+
+    def reuse(self, name):
+        """The name is free again, a new sandbox under it works, nothing is left."""
+        d = self.d
+        d.destroy(name)
+        d.assert_inventory(self.base)
+        self.assertEqual(d.create_ready(name)["error"], None)
+        self.assertEqual(d.sh(name, "hostname").strip(), name)
+        d.destroy(name)
+        d.assert_inventory(self.base)
+
+    def test_kernel_panic(self):
+        d = self.d
+        d.create_ready("gpanic")
+        out, ok = d.exec_plain("gpanic", "echo c > /proc/sysrq-trigger")
+        self.assertFalse(ok, out)
+        st = self.failed("gpanic")
+        self.assertTrue(st["error"].startswith(
+            'the guest kernel panicked: "Kernel panic - not syncing: sysrq triggered crash" (QEMU: guest-reset)'),
+            st["error"])
+        # the console's lines up to the panic, quoted
+        self.assertIn('"sysrq: Trigger a crash" "Kernel panic - not syncing: sysrq triggered crash"', st["error"])
+        self.assertIn("Kernel panic - not syncing: sysrq triggered crash", harness.read_text(d.sb("gpanic", "console")))
+        self.reuse("gpanic")
+
+    def test_poweroff(self):
+        d = self.d
+        d.create_ready("goff")
+        d.exec_plain("goff", "poweroff -f")
+        st = self.failed("goff")
+        self.assertTrue(st["error"].startswith("the guest powered off (QEMU: guest-shutdown); console, last "),
+                        st["error"])
+        self.assertTrue(st["error"].endswith('"reboot: Power down"'), st["error"])
+        self.reuse("goff")
+
+    def test_hostile_console_then_reboot(self):
+        d = self.d
+        d.create_ready("grb")
+        ev = os.open(os.path.join(d.mount, "events"), os.O_RDONLY)
+        try:
+            self.assertTrue(d.sh("grb", FLOOD + "; echo flooded").endswith("flooded\n"))
+            d.exec_plain("grb", "reboot -f")
+            st = self.failed("grb")
+            err = st["error"]
+            # the kernel's reboot came last: a reboot, the fake panic only quoted
+            self.assertTrue(err.startswith("the guest rebooted (QEMU: guest-reset); console, last "), err)
+            self.assertTrue(err.endswith('"reboot: Restarting system"'), err)
+            self.assertIn('"Kernel panic - not syncing: fake"', err)
+            # its quotes and backslashes escaped, controls and invalid bytes gone
+            self.assertIn('"x\\" (QEMU: host-signal); console: \\"\\\\ evil \ufffd 31m end  sep"', err)
+            self.assertLessEqual(len(err.encode()), 1600)
+            # the failed event and the daemon's log line carry the same, clean
+            buf = b""
+            p = select.poll()
+            p.register(ev, select.POLLIN)
+            deadline = time.monotonic() + 10
+            while b'"failed"' not in buf and time.monotonic() < deadline:
+                if p.poll(500):
+                    buf += os.read(ev, 1 << 20)
+            line = [l for l in buf.split(b"\n") if b'"grb"' in l and b'"failed"' in l]
+            self.assertEqual(len(line), 1, buf)
+            self.assertEqual(json.loads(line[0])["error"], err)
+            self.assert_clean(line[0], "the failed event")
+        finally:
+            os.close(ev)
+        with open(d.log_path, "rb") as f:
+            f.seek(d.log_offset)
+            logged = [l for l in f.read().split(b"\n") if b"default/grb failed" in l]
+        self.assertEqual(len(logged), 1, logged)
+        self.assert_clean(logged[0], "the log line")
+        self.reuse("grb")
+
+    def test_hostile_console_then_sigkill(self):
+        d = self.d
+        st = d.create_ready("gkill")
+        self.assertTrue(d.sh("gkill", FLOOD + "; echo flooded").endswith("flooded\n"))
+        time.sleep(1)  # long after the fake panic line
+        os.kill(st["vmm_pid"], signal.SIGKILL)
+        st = self.failed("gkill")
+        # the host's signal, whatever the console says
+        self.assertEqual(st["error"], "VMM exited unexpectedly (signal 9, SIGKILL)")
+        self.reuse("gkill")
+
+    def test_bake_panics(self):
+        """A kernel that panics at boot, on a command line without panic=: the
+        engine adds panic=-1, so the bake ends at the panic (not at its 60 s
+        boot timeout) and the template's error says it; a create from the
+        failed template boots cold and says the same."""
+        d = self.d
+        cfg = harness.read_json(d.tpl("default", "config"))
+        cmdline = " ".join(w for w in cfg["cmdline"].split() if not w.startswith("panic=")) + " rdinit=/nonexistent"
+        d.expect_log_error(r"template gbake: bake failed at boot \(agent\).*the guest kernel panicked")
+        with d.template("gbake", cmdline=cmdline):
+            d.ctl("bake\n", t="gbake")
+            harness.wait_for(lambda: d.template_status("gbake")["state"] == "failed", 50, "the bake to fail")
+            err = d.template_status("gbake")["error"]
+            sys.stderr.write("\n  bake: %s\n" % err)
+            self.assertRegex(err, r'^bake failed at boot \(agent\) \(see .*\): the guest kernel panicked: '
+                                  r'"Kernel panic - not syncing: [^"]+" \(QEMU: guest-reset\); console, last \d+ lines? '
+                                  r'up to the panic: ')
+            with open(d.tpl("gbake", "status"), "rb", buffering=0) as f:
+                self.assert_clean(f.read(), "template status")
+            d.create("gcold", t="gbake")
+            harness.wait_for(lambda: d.status("gcold", t="gbake")["state"] == "failed", 50, "the cold create to fail")
+            st = d.status("gcold", t="gbake")
+            self.assertEqual(st["path"], "cold", st)
+            self.assertRegex(st["error"], r'^create failed at boot \(see .*\): the guest kernel panicked: "Kernel panic')
+        d.assert_inventory(self.base)
 
 
 STABLE = ("template", "path", "path_reason", "pool_miss", "identity", "clone", "created_at_unix_ms", "timings",
