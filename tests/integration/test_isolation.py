@@ -344,7 +344,7 @@ class Confinement(harness.TestCase):
             shutil.copy2(shutil.which("qemu-system-x86_64"), qemu)
             d = harness.Daemon(extra_args=["--qemu", qemu])
             d.expect_log_error(r"VMM: the QEMU binary %s is outside /usr" % re.escape(qemu))
-            d.expect_log_error(r"template default: bake failed at spawn: No such file or directory")
+            d.expect_log_error(r"template default: bake failed at spawn \(see [^)]*\): No such file or directory")
             d.start(wait_default=False)
             try:
                 st = harness.wait_for(lambda: d.template_status()["state"] == "failed" and d.template_status(),
