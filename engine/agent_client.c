@@ -413,7 +413,8 @@ int agent_call_full(struct agent_client *c, json_object *req, const void *bin, s
 	pthread_mutex_unlock(&c->lock);
 	if (r == 0)
 		r = reply_result(p.resp);
-	if (r == 0 && ret_resp)
+	/* a failed request's reply too (NULL if none came): its "error" says why */
+	if (ret_resp)
 		*ret_resp = TAKE_PTR(p.resp);
 	if (r == 0 && ret_data) {
 		*ret_data = TAKE_PTR(p.data);

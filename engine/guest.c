@@ -458,7 +458,8 @@ int proc_start(struct proc *p, const char *text, size_t len)
 	if (r < 0) {
 		p->state = PROC_LOST;
 		free(p->error);
-		if (asprintf(&p->error, "start failed: %s", strerror(-r)) < 0)
+		if (asprintf(&p->error, "start failed: %s",
+			     jget_str(resp, "error") ? jget_str(resp, "error") : strerror(-r)) < 0)
 			p->error = NULL;
 		pthread_mutex_unlock(&p->lock);
 		guest_conn_put(&c);

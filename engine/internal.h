@@ -61,7 +61,11 @@ struct agent_client;
 int agent_connect(const char *path, unsigned timeout_ms, const atomic_bool *cancel, struct agent_client **ret);
 /* A client on a connected stream (takes fd; tests and fuzzers use a socketpair). */
 int agent_client_from_fd(int fd, struct agent_client **ret);
-/* Sends req (an "id" is added) and waits for the reply with that id. */
+/*
+ * Sends req (an "id" is added) and waits for the reply with that id. *ret_resp
+ * (if given) is the reply, also when the request failed (its "error" says
+ * why), or NULL when none came; the caller puts it either way.
+ */
 int agent_call(struct agent_client *c, json_object *req, unsigned timeout_ms, json_object **ret_resp);
 /*
  * The same, calling then(arg) between sending and waiting (its error ends the
