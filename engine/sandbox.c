@@ -20,12 +20,6 @@
 #include "guest.h"
 #include "internal.h"
 
-#define QMP_TIMEOUT_MS 10000
-#define RESTORE_TIMEOUT_MS 30000
-#define AGENT_RESTORE_TIMEOUT_MS 30000
-#define AGENT_WARM_TIMEOUT_MS 10000
-#define AGENT_BOOT_TIMEOUT_MS 60000
-#define EXEC_DEFAULT_TIMEOUT_MS 600000
 
 const char *sandbox_state_name(enum sandbox_state s)
 {
@@ -488,11 +482,11 @@ static int job_paths(struct job *j)
 	struct sandbox *s = j->s;
 
 	j->state_fd = -1;
-	j->mem = strjoin(s->dir, "/mem", NULL);
-	j->disk = strjoin(s->dir, "/disk.img", NULL);
-	j->qmp = strjoin(s->rundir, "/qmp.sock", NULL);
-	j->agent_sock = strjoin(s->rundir, "/agent.sock", NULL);
-	j->log = strjoin(s->dir, "/vmm.log", NULL);
+	j->mem = vm_file(s->dir, VM_MEM);
+	j->disk = vm_file(s->dir, VM_DISK);
+	j->qmp = vm_file(s->rundir, VM_QMP);
+	j->agent_sock = vm_file(s->rundir, VM_AGENT);
+	j->log = vm_file(s->dir, VM_LOG);
 	if (!j->mem || !j->disk || !j->qmp || !j->agent_sock || !j->log)
 		return -ENOMEM;
 	/* the record first (no VMM yet), then what it accounts for */
@@ -514,7 +508,7 @@ static int sandbox_set_dirs(struct sandbox *s, const struct slot *sp)
 	snprintf(idbuf, sizeof(idbuf), "%" PRIu64, s->id);
 	dir = sp ? strdup(sp->dir) : strjoin(s->e->store.root, "/vms/", idbuf, NULL);
 	rundir = sp ? strdup(sp->rundir) : strjoin(s->e->state_dir, "/run/", idbuf, NULL);
-	con = dir ? strjoin(dir, "/console.log", NULL) : NULL;
+	con = dir ? vm_file(dir, VM_CONSOLE) : NULL;
 	if (!dir || !rundir || !con) {
 		free(dir);
 		free(rundir);
@@ -817,7 +811,7 @@ static void *sandbox_main(void *arg)
 	r = atomic_load(&s->cancel) ? -ECANCELED : run_create(&j, &step);
 	job_clear(&j);
 	if (r < 0) {
-		_cleanup_free_ char *log = strjoin(s->dir, "/vmm.log", NULL);
+		_cleanup_free_ char *log = vm_file(s->dir, VM_LOG);
 		/* the supervisor is not running yet: this thread owns the VMM's waits */
 		_cleanup_free_ char *cause = s->vmm && !atomic_load(&s->cancel) ?
 						     vmm_death_cause(e, s->vmm, r, s->console_path, log) : NULL;
