@@ -637,6 +637,12 @@ void engine_idler_stop(struct engine *e);
 
 /* Events: every sandbox and template state change goes through these (e->lock held). */
 void sandbox_set_state(struct sandbox *s, enum sandbox_state st);
+/*
+ * The one way a sandbox fails: the first reason is kept (status "error"),
+ * the state turns failed if it can, every waiter is answered EIO, its
+ * processes settle, the record is saved and the reason logged once.
+ */
+void sandbox_fail(struct sandbox *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void template_set_state(struct template *t, enum template_state st);
 void engine_emit(struct engine *e, uint64_t id, json_object *o); /* takes o; adds "time" */
 

@@ -120,21 +120,10 @@ void sandbox_supervise(struct sandbox *s)
 	}
 	pthread_mutex_unlock(&e->lock);
 	if (failed) {
-		/* v stays until destroy, which joins this thread first */
-		char *cause = sandbox_exit_cause(s, v);
+		/* v stays until destroy, which joins this thread first; the VMM exiting on its own fails the sandbox */
+		_cleanup_free_ char *cause = sandbox_exit_cause(s, v);
 
-		pthread_mutex_lock(&e->lock);
-		/* the VMM exiting on its own fails the sandbox, with the reason */
-		if (!s->error)
-			s->error = TAKE_PTR(cause);
-		free(cause);
-		if (sandbox_state_next(s->state, SB_EV_FAILED) == SB_FAILED)
-			sandbox_set_state(s, SB_FAILED);
-		pthread_cond_broadcast(&s->cond);
-		pthread_mutex_unlock(&e->lock);
-		sandbox_procs_settle(s);
-		sandbox_record_save(s);
-		log_warn("sandbox %s/%s failed: %s", s->tpl->name, s->name, s->error ? s->error : "?");
+		sandbox_fail(s, "%s", cause ? cause : "its VMM exited");
 	}
 }
 
@@ -465,16 +454,10 @@ static int op_wake(struct sandbox *s)
 		set_ctl_error(s, "wake failed at %s: %s (see console and %s/vmm.log)", step, strerror(-r), s->dir);
 		/* a sandbox that cannot wake is failed; its files stay until rmdir */
 		pthread_mutex_lock(&e->lock);
-		if (!s->error && asprintf(&s->error, "wake from hibernation failed at %s: %s", step, strerror(-r)) < 0)
-			s->error = NULL;
 		if (s->vmm)
 			e->vmm->kill(s->vmm);
-		if (sandbox_state_next(s->state, SB_EV_FAILED) == SB_FAILED)
-			sandbox_set_state(s, SB_FAILED);
-		pthread_cond_broadcast(&s->cond);
 		pthread_mutex_unlock(&e->lock);
-		sandbox_procs_settle(s);
-		sandbox_record_save(s);
+		sandbox_fail(s, "wake from hibernation failed at %s: %s", step, strerror(-r));
 		return r;
 	}
 	unlink(state);

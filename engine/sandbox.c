@@ -184,12 +184,12 @@ static void create_phase(struct sandbox *s, const char *phase)
 		h->create_phase(h->ctx, s->e->state_dir, s->name, phase, (int)s->vmm_pid, &s->cancel);
 }
 
-static void sb_fail(struct sandbox *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void sb_fail(struct sandbox *s, const char *fmt, ...)
+void sandbox_fail(struct sandbox *s, const char *fmt, ...)
 {
 	va_list ap;
 	char *m = NULL;
 	struct waiter *w;
+	bool failed;
 
 	va_start(ap, fmt);
 	if (vasprintf(&m, fmt, ap) < 0)
@@ -199,11 +199,14 @@ static void sb_fail(struct sandbox *s, const char *fmt, ...)
 	if (!s->error)
 		s->error = TAKE_PTR(m);
 	w = apply_event(s, SB_EV_FAILED);
+	failed = s->state == SB_FAILED;
 	pthread_mutex_unlock(&s->e->lock);
-	sandbox_record_save(s);
-	if (w || s->state == SB_FAILED)
-		log_warn("sandbox %s/%s failed: %s", s->tpl->name, s->name, s->error ? s->error : "?");
 	free(m);
+	if (failed) {
+		sandbox_procs_settle(s);
+		sandbox_record_save(s);
+		log_warn("sandbox %s/%s failed: %s", s->tpl->name, s->name, s->error ? s->error : "?");
+	}
 	run_waiters(w, -EIO);
 }
 
@@ -818,9 +821,9 @@ static void *sandbox_main(void *arg)
 
 		if (!atomic_load(&s->cancel) && cause) {
 			/* the VMM died under the create: say why, not what the next call saw */
-			sb_fail(s, "create failed at %s (see console and %s/vmm.log): %s", step, s->dir, cause);
+			sandbox_fail(s, "create failed at %s (see console and %s/vmm.log): %s", step, s->dir, cause);
 		} else if (!atomic_load(&s->cancel)) {
-			sb_fail(s, "create failed at %s: %s (see console and %s/vmm.log)", step, strerror(-r), s->dir);
+			sandbox_fail(s, "create failed at %s: %s (see console and %s/vmm.log)", step, strerror(-r), s->dir);
 		}
 		if (s->vmm)
 			e->vmm->kill(s->vmm);
