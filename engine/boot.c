@@ -12,8 +12,6 @@
 #include "internal.h"
 #include "parse.h"
 
-#define BOOT_QMP_TIMEOUT_MS 10000
-#define BOOT_AGENT_TIMEOUT_MS 60000
 
 void booted_stop(struct engine *e, struct booted *b, struct vmm **slot)
 {
@@ -37,9 +35,9 @@ int boot_cold(struct engine *e, const struct template_config *cfg, const char *n
 	      const char *rundir, const char *disk, const atomic_bool *cancel, struct vmm **slot, struct booted *ret,
 	      const char **ret_step, char **ret_error)
 {
-	_cleanup_free_ char *qmp = strjoin(rundir, "/qmp.sock", NULL), *agent = strjoin(rundir, "/agent.sock", NULL);
-	_cleanup_free_ char *con = strjoin(dir, "/console.log", NULL), *log = strjoin(dir, "/vmm.log", NULL);
-	_cleanup_free_ char *mem = strjoin(dir, "/mem", NULL), *cmdline = NULL;
+	_cleanup_free_ char *qmp = vm_file(rundir, VM_QMP), *agent = vm_file(rundir, VM_AGENT);
+	_cleanup_free_ char *con = vm_file(dir, VM_CONSOLE), *log = vm_file(dir, VM_LOG);
+	_cleanup_free_ char *mem = vm_file(dir, VM_MEM), *cmdline = NULL;
 	_cleanup_json_ json_object *ping = json_object_new_object();
 	_cleanup_close_ int fd = -1;
 	struct vmm_spec spec = { .cfg = cfg, .accel = e->accel, .name = name, .mem_path = mem, .disk_path = disk,
@@ -76,14 +74,14 @@ int boot_cold(struct engine *e, const struct template_config *cfg, const char *n
 		if (cancel && atomic_load(cancel))
 			e->vmm->kill(ret->v);
 		pthread_mutex_unlock(&e->lock);
-		r = e->vmm->connect(ret->v, BOOT_QMP_TIMEOUT_MS, cancel);
+		r = e->vmm->connect(ret->v, QMP_TIMEOUT_MS, cancel);
 	}
 	if (r == 0) {
 		*ret_step = "boot (agent)";
 		json_object_object_add(ping, "op", json_object_new_string("ping"));
-		r = agent_connect(agent, BOOT_QMP_TIMEOUT_MS, cancel, &ret->ac);
+		r = agent_connect(agent, QMP_TIMEOUT_MS, cancel, &ret->ac);
 		if (r == 0)
-			r = agent_call(ret->ac, ping, BOOT_AGENT_TIMEOUT_MS, NULL);
+			r = agent_call(ret->ac, ping, AGENT_BOOT_TIMEOUT_MS, NULL);
 	}
 	if (r < 0 && ret->v && !(cancel && atomic_load(cancel))) {
 		/* a guest that died while it booted (a panic) says why */

@@ -14,7 +14,6 @@
 
 #include "engine.h"
 
-#define GUEST_CALL_TIMEOUT_MS 30000
 #define GUEST_BIN_MAX (1u << 20) /* the largest payload of one call (AGENT_BIN_MAX) */
 
 struct agent_client;

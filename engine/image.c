@@ -25,9 +25,6 @@
 #include "internal.h"
 #include "parse.h"
 
-#define SKOPEO_TIMEOUT_MS (10 * 60 * 1000)
-#define UMOCI_TIMEOUT_MS (20 * 60 * 1000)
-#define MKFS_TIMEOUT_MS (20 * 60 * 1000)
 #define BLOB_MAX (4u << 20) /* an index, manifest or config blob */
 #define DISK_MIN_MIB 64
 #define DISK_ALIGN_MIB 64

@@ -8,6 +8,7 @@
 #include "common.h"
 #include "engine.h"
 #include "image.h"
+#include "timeouts.h"
 #include "capacity.h"
 #include "exitcause.h"
 #include "netpool.h"
@@ -44,6 +45,14 @@ char *timings_lines(const struct timings *t);
 /* ---- storage: copy-on-write clones ---- */
 enum clone_method { CLONE_REFLINK = 0, CLONE_COPY };
 const char *clone_method_name(enum clone_method m);
+/*
+ * The files of one VM: in its directory (store/vms/ID, a bake's or a
+ * snapshot's directory) its memory, disk, logs and hibernation state; in
+ * its run directory (run/ID) its sockets. Malloc'd, NULL on ENOMEM.
+ */
+enum vm_file { VM_MEM, VM_DISK, VM_CONSOLE, VM_LOG, VM_HIBERNATE, VM_QMP, VM_AGENT };
+char *vm_file(const char *dir, enum vm_file f);
+
 struct store {
 	char *root;	 /* directory artifacts live in */
 	char *image;	 /* loop image file, if we mounted one */
@@ -277,7 +286,6 @@ void booted_stop(struct engine *e, struct booted *b, struct vmm **slot);
  * A shell line run to its end in a guest (exec): its output into log_fd if
  * >= 0; 0 if it exited 0, else -EIO with the exit status in *ret_error.
  */
-#define WARM_TIMEOUT_MS (120 * 1000)
 int guest_run(struct agent_client *ac, const char *sh, unsigned timeout_ms, int log_fd, char **ret_error);
 
 /* guestfs.c's calls on an engine-owned agent connection (a build's guest), as root; -errno. */
@@ -633,6 +641,12 @@ void engine_idler_stop(struct engine *e);
 
 /* Events: every sandbox and template state change goes through these (e->lock held). */
 void sandbox_set_state(struct sandbox *s, enum sandbox_state st);
+/*
+ * The one way a sandbox fails: the first reason is kept (status "error"),
+ * the state turns failed if it can, every waiter is answered EIO, its
+ * processes settle, the record is saved and the reason logged once.
+ */
+void sandbox_fail(struct sandbox *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void template_set_state(struct template *t, enum template_state st);
 void engine_emit(struct engine *e, uint64_t id, json_object *o); /* takes o; adds "time" */
 

@@ -26,10 +26,6 @@
 #include "guest.h"
 #include "internal.h"
 
-#define QMP_TIMEOUT_MS 10000
-#define RESTORE_TIMEOUT_MS 30000
-#define AGENT_TIMEOUT_MS 30000
-#define BOOT_TIMEOUT_MS 60000
 #define IDLE_PERIOD_MS 250
 #define WATCHDOG_MS 2000 /* a VMM stopped this long is killed */
 #define HIBERNATE_WAIT_MS 1000 /* for accesses in flight to end */
@@ -85,7 +81,7 @@ char *vmm_death_cause(struct engine *e, struct vmm *v, int err, const char *cons
 /* The same for a sandbox's VMM, from its own console and log. */
 static char *sandbox_exit_cause(struct sandbox *s, struct vmm *v)
 {
-	_cleanup_free_ char *log = strjoin(s->dir, "/vmm.log", NULL);
+	_cleanup_free_ char *log = vm_file(s->dir, VM_LOG);
 
 	return vmm_exit_cause(s->e, v, s->console_path, log);
 }
@@ -124,21 +120,10 @@ void sandbox_supervise(struct sandbox *s)
 	}
 	pthread_mutex_unlock(&e->lock);
 	if (failed) {
-		/* v stays until destroy, which joins this thread first */
-		char *cause = sandbox_exit_cause(s, v);
+		/* v stays until destroy, which joins this thread first; the VMM exiting on its own fails the sandbox */
+		_cleanup_free_ char *cause = sandbox_exit_cause(s, v);
 
-		pthread_mutex_lock(&e->lock);
-		/* the VMM exiting on its own fails the sandbox, with the reason */
-		if (!s->error)
-			s->error = TAKE_PTR(cause);
-		free(cause);
-		if (sandbox_state_next(s->state, SB_EV_FAILED) == SB_FAILED)
-			sandbox_set_state(s, SB_FAILED);
-		pthread_cond_broadcast(&s->cond);
-		pthread_mutex_unlock(&e->lock);
-		sandbox_procs_settle(s);
-		sandbox_record_save(s);
-		log_warn("sandbox %s/%s failed: %s", s->tpl->name, s->name, s->error ? s->error : "?");
+		sandbox_fail(s, "%s", cause ? cause : "its VMM exited");
 	}
 }
 
@@ -206,15 +191,15 @@ static int op_resume(struct sandbox *s)
 	if (s->agent_unsettled) {
 		r = do_resume(s);
 		if (r == 0)
-			r = agent_settle(s->agent, now_ns() + (uint64_t)AGENT_TIMEOUT_MS * 1000000, &s->cancel);
+			r = agent_settle(s->agent, now_ns() + (uint64_t)AGENT_RESTORE_TIMEOUT_MS * 1000000, &s->cancel);
 		if (r > 1)
 			log_info("sandbox %s: its agent answered ping %d after the resume", s->name, r);
 		if (r > 0)
-			r = sandbox_attach(s, AGENT_TIMEOUT_MS, NULL, NULL);
+			r = sandbox_attach(s, AGENT_RESTORE_TIMEOUT_MS, NULL, NULL);
 		if (r == 0)
 			s->agent_unsettled = false;
 	} else {
-		r = sandbox_attach(s, AGENT_TIMEOUT_MS, do_resume, s);
+		r = sandbox_attach(s, AGENT_RESTORE_TIMEOUT_MS, do_resume, s);
 	}
 	return r < 0 ? r : transition(s, SB_EV_RESUME);
 }
@@ -272,7 +257,7 @@ static void mark_active(struct sandbox *s)
 /* stop: the VMM ends, the disk stays; memory (and a hibernation image) are dropped. */
 static int op_stop(struct sandbox *s)
 {
-	_cleanup_free_ char *state = strjoin(s->dir, "/hibernate.state", NULL), *mem = strjoin(s->dir, "/mem", NULL);
+	_cleanup_free_ char *state = vm_file(s->dir, VM_HIBERNATE), *mem = vm_file(s->dir, VM_MEM);
 	int r = 0;
 
 	if (!state || !mem)
@@ -295,9 +280,9 @@ static int run_own_vmm(struct sandbox *s, const char *mem, int state_fd, const c
 {
 	struct engine *e = s->e;
 	struct template_config cfg = { 0 };
-	_cleanup_free_ char *disk = strjoin(s->dir, "/disk.img", NULL), *log = strjoin(s->dir, "/vmm.log", NULL);
-	_cleanup_free_ char *qmp = strjoin(s->rundir, "/qmp.sock", NULL);
-	_cleanup_free_ char *agent = strjoin(s->rundir, "/agent.sock", NULL), *cmdline = NULL;
+	_cleanup_free_ char *disk = vm_file(s->dir, VM_DISK), *log = vm_file(s->dir, VM_LOG);
+	_cleanup_free_ char *qmp = vm_file(s->rundir, VM_QMP);
+	_cleanup_free_ char *agent = vm_file(s->rundir, VM_AGENT), *cmdline = NULL;
 	struct agent_client *ac = NULL;
 	struct vmm *v = NULL;
 	int r;
@@ -346,14 +331,14 @@ static int run_own_vmm(struct sandbox *s, const char *mem, int state_fd, const c
 	if (atomic_load(&s->cancel))
 		agent_shutdown(ac);
 	pthread_mutex_unlock(&e->lock);
-	return sandbox_attach(s, state_fd >= 0 ? AGENT_TIMEOUT_MS : BOOT_TIMEOUT_MS, NULL, NULL);
+	return sandbox_attach(s, state_fd >= 0 ? AGENT_RESTORE_TIMEOUT_MS : AGENT_BOOT_TIMEOUT_MS, NULL, NULL);
 }
 
 /* start: a cold boot from the sandbox's own disk, in its own network slot, in the cold-work place. */
 static int op_start(struct sandbox *s)
 {
 	struct engine *e = s->e;
-	_cleanup_free_ char *mem = strjoin(s->dir, "/mem", NULL);
+	_cleanup_free_ char *mem = vm_file(s->dir, VM_MEM);
 	_cleanup_close_ int memfd = -1;
 	const char *step = "prepare";
 	unsigned mem_mib;
@@ -389,7 +374,7 @@ static int op_start(struct sandbox *s)
 static int op_hibernate(struct sandbox *s)
 {
 	struct engine *e = s->e;
-	_cleanup_free_ char *state = strjoin(s->dir, "/hibernate.state", NULL), *tmp = NULL;
+	_cleanup_free_ char *state = vm_file(s->dir, VM_HIBERNATE), *tmp = NULL;
 	uint64_t t0 = now_ns();
 	int r;
 
@@ -450,7 +435,7 @@ static int op_hibernate(struct sandbox *s)
 static int op_wake(struct sandbox *s)
 {
 	struct engine *e = s->e;
-	_cleanup_free_ char *state = strjoin(s->dir, "/hibernate.state", NULL), *mem = strjoin(s->dir, "/mem", NULL);
+	_cleanup_free_ char *state = vm_file(s->dir, VM_HIBERNATE), *mem = vm_file(s->dir, VM_MEM);
 	_cleanup_close_ int state_fd = -1;
 	uint64_t t0 = now_ns();
 	const char *step = "spawn";
@@ -469,16 +454,10 @@ static int op_wake(struct sandbox *s)
 		set_ctl_error(s, "wake failed at %s: %s (see console and %s/vmm.log)", step, strerror(-r), s->dir);
 		/* a sandbox that cannot wake is failed; its files stay until rmdir */
 		pthread_mutex_lock(&e->lock);
-		if (!s->error && asprintf(&s->error, "wake from hibernation failed at %s: %s", step, strerror(-r)) < 0)
-			s->error = NULL;
 		if (s->vmm)
 			e->vmm->kill(s->vmm);
-		if (sandbox_state_next(s->state, SB_EV_FAILED) == SB_FAILED)
-			sandbox_set_state(s, SB_FAILED);
-		pthread_cond_broadcast(&s->cond);
 		pthread_mutex_unlock(&e->lock);
-		sandbox_procs_settle(s);
-		sandbox_record_save(s);
+		sandbox_fail(s, "wake from hibernation failed at %s: %s", step, strerror(-r));
 		return r;
 	}
 	unlink(state);
@@ -527,10 +506,10 @@ static int op_fork(struct sandbox *s, const char *name)
 		return r;
 	}
 	state = strjoin(c->dir, "/fork.state", NULL);
-	mem = strjoin(s->dir, "/mem", NULL);
-	cmem = strjoin(c->dir, "/mem", NULL);
-	disk = strjoin(s->dir, "/disk.img", NULL);
-	cdisk = strjoin(c->dir, "/disk.img", NULL);
+	mem = vm_file(s->dir, VM_MEM);
+	cmem = vm_file(c->dir, VM_MEM);
+	disk = vm_file(s->dir, VM_DISK);
+	cdisk = vm_file(c->dir, VM_DISK);
 	pthread_mutex_lock(&e->lock);
 	was_running = s->state == SB_READY;
 	has_disk = template_has_disk(s->tpl);
@@ -602,10 +581,10 @@ static int op_template(struct sandbox *s, const char *name)
 	}
 	newdir = strjoin(nt->dir, "/snapshot.new", NULL);
 	state = newdir ? strjoin(newdir, "/state", NULL) : NULL;
-	mem = strjoin(s->dir, "/mem", NULL);
-	cmem = newdir ? strjoin(newdir, "/mem", NULL) : NULL;
-	disk = strjoin(s->dir, "/disk.img", NULL);
-	cdisk = newdir ? strjoin(newdir, "/disk.img", NULL) : NULL;
+	mem = vm_file(s->dir, VM_MEM);
+	cmem = newdir ? vm_file(newdir, VM_MEM) : NULL;
+	disk = vm_file(s->dir, VM_DISK);
+	cdisk = newdir ? vm_file(newdir, VM_DISK) : NULL;
 	r = !newdir || !state || !mem || !cmem || !disk || !cdisk ? -ENOMEM : mkdir_p(newdir, 0700);
 	if (r == 0 && (r = e->vmm->snapshot(s->vmm, state, QMP_TIMEOUT_MS)) < 0)
 		set_ctl_error(s, "template %s: snapshot failed: %s", name, strerror(-r));

@@ -35,9 +35,6 @@
 #include "internal.h"
 #include "parse.h"
 
-#define QMP_TIMEOUT_MS 10000
-#define RESTORE_TIMEOUT_MS 30000
-#define AGENT_TIMEOUT_MS 30000
 #define WARMUP_ROUNDS 4
 #define HEALTH_PERIOD_MS 500
 /* Quiet time after the last create settled before a slot is prepared: a burst finishes first. */
@@ -372,13 +369,13 @@ static int warmup_attach(struct slot *sl, const char *tpl)
 			snprintf(mid + 2 * i, 3, "%02x", raw[i]);
 		json_object_object_add(req, "machine_id", json_object_new_string(mid));
 	}
-	return agent_call(sl->agent, req, AGENT_TIMEOUT_MS, NULL);
+	return agent_call(sl->agent, req, AGENT_RESTORE_TIMEOUT_MS, NULL);
 }
 
 /* The template's warm command (config "warm"), else with --warmup-exec an exec of true. */
 static int warmup_exec(struct slot *sl, const char *warm, char **ret_why)
 {
-	return guest_run(sl->agent, warm ? warm : "true", warm ? WARM_TIMEOUT_MS : AGENT_TIMEOUT_MS, -1, ret_why);
+	return guest_run(sl->agent, warm ? warm : "true", warm ? WARM_TIMEOUT_MS : AGENT_RESTORE_TIMEOUT_MS, -1, ret_why);
 }
 
 struct slot_job {
@@ -426,12 +423,12 @@ static int slot_prepare_steps(struct template *t, struct slot_job *j, struct slo
 	struct vmm *v = NULL;
 	int r;
 
-	mem = strjoin(sl->dir, "/mem", NULL);
-	disk = j->cfg.rootfs ? strjoin(sl->dir, "/disk.img", NULL) : NULL;
-	qmp = strjoin(sl->rundir, "/qmp.sock", NULL);
-	agent = strjoin(sl->rundir, "/agent.sock", NULL);
-	con = strjoin(sl->dir, "/console.log", NULL);
-	log = strjoin(sl->dir, "/vmm.log", NULL);
+	mem = vm_file(sl->dir, VM_MEM);
+	disk = j->cfg.rootfs ? vm_file(sl->dir, VM_DISK) : NULL;
+	qmp = vm_file(sl->rundir, VM_QMP);
+	agent = vm_file(sl->rundir, VM_AGENT);
+	con = vm_file(sl->dir, VM_CONSOLE);
+	log = vm_file(sl->dir, VM_LOG);
 	if (!mem || !qmp || !agent || !con || !log || (j->cfg.rootfs && !disk))
 		return -ENOMEM;
 	/* the record first (no VMM yet), then what it accounts for */
@@ -496,7 +493,7 @@ static int slot_prepare(struct template *t, struct slot_job *j, struct slot *sl,
 	int r = slot_prepare_steps(t, j, sl, ret_why);
 
 	if (r < 0 && !*ret_why && sl->vmm && !atomic_load(&t->pool_cancel)) {
-		_cleanup_free_ char *con = strjoin(sl->dir, "/console.log", NULL), *log = strjoin(sl->dir, "/vmm.log", NULL);
+		_cleanup_free_ char *con = vm_file(sl->dir, VM_CONSOLE), *log = vm_file(sl->dir, VM_LOG);
 		_cleanup_free_ char *cause = vmm_death_cause(t->e, sl->vmm, r, con, log);
 
 		if (cause && asprintf(ret_why, "its VMM exited during the preparation: %s", cause) < 0)

@@ -37,7 +37,6 @@
 #include "parse.h"
 
 #define RECORD_VERSION 2
-#define ADOPT_BUDGET_MS 10000 /* per sandbox, all in parallel */
 #define ADOPT_PING_MS 100
 
 struct adoptee {
@@ -397,7 +396,7 @@ static struct sandbox *sandbox_from_record(struct engine *e, struct template *t,
 	pthread_mutex_init(&s->record_lock, NULL);
 	s->dir = strdup(a->dir);
 	s->rundir = strdup(a->rundir);
-	s->console_path = strjoin(a->dir, "/console.log", NULL);
+	s->console_path = vm_file(a->dir, VM_CONSOLE);
 	s->path = intern(jget_str(o, "path"), PATHS);
 	s->path_reason = dup_or_null(jget_str(o, "path_reason"));
 	s->miss_reason = miss_intern(jget_str(o, "pool_miss"));
@@ -497,8 +496,8 @@ static void *adopt_main(void *arg)
 	struct adoptee *a = arg;
 	struct sandbox *s = a->s;
 	struct engine *e = s->e;
-	_cleanup_free_ char *qmp = strjoin(a->rundir, "/qmp.sock", NULL);
-	_cleanup_free_ char *agent = strjoin(a->rundir, "/agent.sock", NULL);
+	_cleanup_free_ char *qmp = vm_file(a->rundir, VM_QMP);
+	_cleanup_free_ char *agent = vm_file(a->rundir, VM_AGENT);
 	uint64_t deadline = now_ns() + (uint64_t)ADOPT_BUDGET_MS * 1000000;
 	struct agent_client *ac = NULL;
 	struct vmm *v = NULL;

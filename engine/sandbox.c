@@ -20,12 +20,6 @@
 #include "guest.h"
 #include "internal.h"
 
-#define QMP_TIMEOUT_MS 10000
-#define RESTORE_TIMEOUT_MS 30000
-#define AGENT_RESTORE_TIMEOUT_MS 30000
-#define AGENT_WARM_TIMEOUT_MS 10000
-#define AGENT_BOOT_TIMEOUT_MS 60000
-#define EXEC_DEFAULT_TIMEOUT_MS 600000
 
 const char *sandbox_state_name(enum sandbox_state s)
 {
@@ -190,12 +184,12 @@ static void create_phase(struct sandbox *s, const char *phase)
 		h->create_phase(h->ctx, s->e->state_dir, s->name, phase, (int)s->vmm_pid, &s->cancel);
 }
 
-static void sb_fail(struct sandbox *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void sb_fail(struct sandbox *s, const char *fmt, ...)
+void sandbox_fail(struct sandbox *s, const char *fmt, ...)
 {
 	va_list ap;
 	char *m = NULL;
 	struct waiter *w;
+	bool failed;
 
 	va_start(ap, fmt);
 	if (vasprintf(&m, fmt, ap) < 0)
@@ -205,11 +199,14 @@ static void sb_fail(struct sandbox *s, const char *fmt, ...)
 	if (!s->error)
 		s->error = TAKE_PTR(m);
 	w = apply_event(s, SB_EV_FAILED);
+	failed = s->state == SB_FAILED;
 	pthread_mutex_unlock(&s->e->lock);
-	sandbox_record_save(s);
-	if (w || s->state == SB_FAILED)
-		log_warn("sandbox %s/%s failed: %s", s->tpl->name, s->name, s->error ? s->error : "?");
 	free(m);
+	if (failed) {
+		sandbox_procs_settle(s);
+		sandbox_record_save(s);
+		log_warn("sandbox %s/%s failed: %s", s->tpl->name, s->name, s->error ? s->error : "?");
+	}
 	run_waiters(w, -EIO);
 }
 
@@ -488,11 +485,11 @@ static int job_paths(struct job *j)
 	struct sandbox *s = j->s;
 
 	j->state_fd = -1;
-	j->mem = strjoin(s->dir, "/mem", NULL);
-	j->disk = strjoin(s->dir, "/disk.img", NULL);
-	j->qmp = strjoin(s->rundir, "/qmp.sock", NULL);
-	j->agent_sock = strjoin(s->rundir, "/agent.sock", NULL);
-	j->log = strjoin(s->dir, "/vmm.log", NULL);
+	j->mem = vm_file(s->dir, VM_MEM);
+	j->disk = vm_file(s->dir, VM_DISK);
+	j->qmp = vm_file(s->rundir, VM_QMP);
+	j->agent_sock = vm_file(s->rundir, VM_AGENT);
+	j->log = vm_file(s->dir, VM_LOG);
 	if (!j->mem || !j->disk || !j->qmp || !j->agent_sock || !j->log)
 		return -ENOMEM;
 	/* the record first (no VMM yet), then what it accounts for */
@@ -514,7 +511,7 @@ static int sandbox_set_dirs(struct sandbox *s, const struct slot *sp)
 	snprintf(idbuf, sizeof(idbuf), "%" PRIu64, s->id);
 	dir = sp ? strdup(sp->dir) : strjoin(s->e->store.root, "/vms/", idbuf, NULL);
 	rundir = sp ? strdup(sp->rundir) : strjoin(s->e->state_dir, "/run/", idbuf, NULL);
-	con = dir ? strjoin(dir, "/console.log", NULL) : NULL;
+	con = dir ? vm_file(dir, VM_CONSOLE) : NULL;
 	if (!dir || !rundir || !con) {
 		free(dir);
 		free(rundir);
@@ -817,16 +814,16 @@ static void *sandbox_main(void *arg)
 	r = atomic_load(&s->cancel) ? -ECANCELED : run_create(&j, &step);
 	job_clear(&j);
 	if (r < 0) {
-		_cleanup_free_ char *log = strjoin(s->dir, "/vmm.log", NULL);
+		_cleanup_free_ char *log = vm_file(s->dir, VM_LOG);
 		/* the supervisor is not running yet: this thread owns the VMM's waits */
 		_cleanup_free_ char *cause = s->vmm && !atomic_load(&s->cancel) ?
 						     vmm_death_cause(e, s->vmm, r, s->console_path, log) : NULL;
 
 		if (!atomic_load(&s->cancel) && cause) {
 			/* the VMM died under the create: say why, not what the next call saw */
-			sb_fail(s, "create failed at %s (see console and %s/vmm.log): %s", step, s->dir, cause);
+			sandbox_fail(s, "create failed at %s (see console and %s/vmm.log): %s", step, s->dir, cause);
 		} else if (!atomic_load(&s->cancel)) {
-			sb_fail(s, "create failed at %s: %s (see console and %s/vmm.log)", step, strerror(-r), s->dir);
+			sandbox_fail(s, "create failed at %s: %s (see console and %s/vmm.log)", step, strerror(-r), s->dir);
 		}
 		if (s->vmm)
 			e->vmm->kill(s->vmm);

@@ -304,3 +304,13 @@ int store_clone(const struct store *s, const char *src, const char *dst, enum cl
 	*ret_method = CLONE_COPY;
 	return 0;
 }
+
+char *vm_file(const char *dir, enum vm_file f)
+{
+	static const char *const names[] = { [VM_MEM] = "/mem",		  [VM_DISK] = "/disk.img",
+					     [VM_CONSOLE] = "/console.log", [VM_LOG] = "/vmm.log",
+					     [VM_HIBERNATE] = "/hibernate.state", [VM_QMP] = "/qmp.sock",
+					     [VM_AGENT] = "/agent.sock" };
+
+	return dir ? strjoin(dir, names[f], NULL) : NULL;
+}

@@ -16,7 +16,6 @@
 #include "internal.h"
 #include "parse.h"
 
-#define QMP_TIMEOUT_MS 10000
 
 const char *template_state_name(enum template_state s)
 {
@@ -336,8 +335,8 @@ int template_snapshot_clone(struct template *t, const char *mem_dst, const char 
 			    enum clone_method *ret_method, int *ret_state_fd, char **ret_why)
 {
 	struct engine *e = t->e;
-	_cleanup_free_ char *smem = strjoin(t->snapdir, "/mem", NULL);
-	_cleanup_free_ char *sdisk = strjoin(t->snapdir, "/disk.img", NULL);
+	_cleanup_free_ char *smem = vm_file(t->snapdir, VM_MEM);
+	_cleanup_free_ char *sdisk = vm_file(t->snapdir, VM_DISK);
 	_cleanup_free_ char *sstate = strjoin(t->snapdir, "/state", NULL);
 	struct bake_info b;
 	int r, fd = -1;
@@ -483,16 +482,14 @@ static int bake_prepare(struct bake_ctx *b, char **mem, char **disk)
 	rm_rf(b->newdir);
 	if ((r = mkdir_p(b->newdir, 0700)) < 0 || (r = mkdir_p(b->rundir, 0700)) < 0)
 		return r;
-	*mem = strjoin(b->newdir, "/mem", NULL); /* boot_cold makes it */
-	*disk = bake_rootfs(b) ? strjoin(b->newdir, "/disk.img", NULL) : NULL;
+	*mem = vm_file(b->newdir, VM_MEM); /* boot_cold makes it */
+	*disk = bake_rootfs(b) ? vm_file(b->newdir, VM_DISK) : NULL;
 	if (!*mem || (bake_rootfs(b) && !*disk))
 		return -ENOMEM;
 	if (*disk && (r = template_clone_rootfs(b->t, bake_rootfs(b), *disk, &m)) < 0)
 		error_set(&b->error, "copy of rootfs %s failed: %s", bake_rootfs(b), strerror(-r));
 	return r;
 }
-
-#define START_READY_TIMEOUT_MS (5 * 60 * 1000)
 
 /* The image's env, workdir and user: the defaults of every exec and process, in the snapshot. */
 static int bake_configure(struct bake_ctx *b, struct agent_client *ac)
@@ -633,7 +630,7 @@ static int bake_boot_and_snapshot(struct bake_ctx *b, const char *disk)
 	}
 	if (r < 0 && !atomic_load(&t->bake_cancel)) {
 		/* a guest that died (a panic) says why better than the call that broke */
-		_cleanup_free_ char *con = strjoin(b->newdir, "/console.log", NULL), *log = strjoin(b->newdir, "/vmm.log", NULL);
+		_cleanup_free_ char *con = vm_file(b->newdir, VM_CONSOLE), *log = vm_file(b->newdir, VM_LOG);
 		_cleanup_free_ char *cause = vm.v && con && log ? vmm_death_cause(e, vm.v, r, con, log) : NULL;
 
 		error_set(&b->error, "bake failed at %s (see %s/bake-console.log and %s/bake-vmm.log): %s", step, t->dir,
@@ -719,7 +716,7 @@ int template_install_snapshot(struct template *t, const char *newdir, struct tim
 {
 	struct engine *e = t->e;
 	_cleanup_free_ char *state = strjoin(newdir, "/state", NULL), *bj = strjoin(newdir, "/bake.json", NULL);
-	_cleanup_free_ char *mem = strjoin(newdir, "/mem", NULL), *disk = strjoin(newdir, "/disk.img", NULL);
+	_cleanup_free_ char *mem = vm_file(newdir, VM_MEM), *disk = vm_file(newdir, VM_DISK);
 	_cleanup_free_ char *at = iso8601_now();
 	_cleanup_json_ json_object *o = json_object_new_object();
 	struct slot *stale;
