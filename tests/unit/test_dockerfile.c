@@ -534,12 +534,12 @@ static void not_heredocs(void **state)
 static void bounds(void **state)
 {
 	struct dockerfile df = { 0 };
-	size_t cap = 2 * DOCKERFILE_SIZE_MAX, len;
-	char *s = malloc(cap);
+	/* static: GCC's -Warray-bounds under ASan takes a malloc it cannot see fail-checked for size 0 */
+	static char s[2 * DOCKERFILE_SIZE_MAX];
+	size_t len;
 	char want[64];
 
 	(void)state;
-	assert_non_null(s);
 	/* 1000 instructions pass, 1001 do not */
 	len = (size_t)sprintf(s, "FROM x\n");
 	for (unsigned i = 1; i < DOCKERFILE_INSTR_MAX; i++)
@@ -574,7 +574,6 @@ static void bounds(void **state)
 	s[len] = '\0';
 	snprintf(want, sizeof(want), "the Dockerfile is larger than %u bytes", DOCKERFILE_SIZE_MAX);
 	refused(s, -E2BIG, want);
-	free(s);
 }
 
 static void expansion(void **state)

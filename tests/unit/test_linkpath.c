@@ -95,6 +95,8 @@ static void show(const char *link, const char *target, const char *want)
 	free(out);
 }
 
+static char long_target[5000];
+
 static void shapes(void **state)
 {
 	char *out = NULL, *t;
@@ -127,8 +129,7 @@ static void shapes(void **state)
 	show("/tmp/x", "missing/../../..", "..");
 	show("/a/b/c/x", "missing/../../../../../../y", "../../../y");
 	/* very long: a 4000-byte name run shown within the limit, one that grows past it refused */
-	t = malloc(5000);
-	assert_non_null(t);
+	t = long_target; /* static: GCC's -Warray-bounds under ASan flags a malloc'd one */
 	memset(t, 'a', 4000);
 	strcpy(t + 4000, "/..");
 	show("/l", t, ".");
@@ -136,7 +137,6 @@ static void shapes(void **state)
 	t[0] = '/';
 	t[4090] = '\0';
 	assert_int_equal(linkpath_show("/1/2/3/4/5/l", t, fake_guest, NULL, &out), -ENAMETOOLONG);
-	free(t);
 }
 
 static void contained(void **state)
