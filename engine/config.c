@@ -125,6 +125,38 @@ static int get_command(json_object *v, const char *key, char **dst, char **ret_e
 }
 
 /*
+ * "start": a shell line as for "warm", or an argv (an array of 1..256 strings
+ * without NUL, 4 KiB in all: for images without a shell), kept as the text
+ * a procs/ID/cmd takes ({"argv": [...]}).
+ */
+static int get_start(json_object *v, struct template_config *cfg, char **ret_error)
+{
+	_cleanup_json_ json_object *req = NULL;
+	size_t n = json_object_is_type(v, json_type_array) ? json_object_array_length(v) : 0, total = 0;
+
+	if (!json_object_is_type(v, json_type_array))
+		return get_command(v, "start", &cfg->start, ret_error);
+	for (size_t i = 0; i < n; i++) {
+		json_object *a = json_object_array_get_idx(v, i);
+		const char *s = json_object_is_type(a, json_type_string) ? json_object_get_string(a) : NULL;
+
+		if (!s || strlen(s) != (size_t)json_object_get_string_len(a))
+			n = 0;
+		else
+			total += strlen(s) + 1;
+	}
+	if (n == 0 || n > 256 || total > 4096)
+		return error_first(ret_error, -EINVAL,
+				   "config: \"start\" must be a shell command or an argv: 1..256 strings, 4 KiB in all");
+	if (!(req = json_object_new_object()))
+		return -ENOMEM;
+	json_object_object_add(req, "argv", json_object_get(v));
+	cfg->start = strdup(json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
+	cfg->start_argv = true;
+	return cfg->start ? 0 : -ENOMEM;
+}
+
+/*
  * image, disk_mib, context, start, ready and warm: a root disk built from an
  * image, a process started at bake, a command run ahead of any create.
  */
@@ -146,7 +178,7 @@ static int parse_build(json_object *o, struct template_config *cfg, char **ret_e
 	if ((r = get_uint(o, "disk_mib", 64, 1024 * 1024, &cfg->disk_mib, ret_error)) < 0 ||
 	    (r = get_path(o, "context", false, &cfg->context, ret_error)) < 0)
 		return r;
-	if (json_object_object_get_ex(o, "start", &v) && (r = get_command(v, "start", &cfg->start, ret_error)) < 0)
+	if (json_object_object_get_ex(o, "start", &v) && (r = get_start(v, cfg, ret_error)) < 0)
 		return r;
 	if (json_object_object_get_ex(o, "warm", &v) && (r = get_command(v, "warm", &cfg->warm, ret_error)) < 0)
 		return r;
@@ -276,8 +308,15 @@ char *template_config_render(const struct template_config *cfg)
 		json_object_object_add(o, "disk_mib", json_object_new_int((int)cfg->disk_mib));
 	if (cfg->context)
 		json_object_object_add(o, "context", json_object_new_string(cfg->context));
-	if (cfg->start)
+	if (cfg->start && cfg->start_argv) {
+		json_object *req = json_tokener_parse(cfg->start), *argv;
+
+		if (req && json_object_object_get_ex(req, "argv", &argv))
+			json_object_object_add(o, "start", json_object_get(argv));
+		json_object_put(req);
+	} else if (cfg->start) {
 		json_object_object_add(o, "start", json_object_new_string(cfg->start));
+	}
 	if (cfg->warm)
 		json_object_object_add(o, "warm", json_object_new_string(cfg->warm));
 	if (cfg->ready_tcp || cfg->ready_cmd) {

@@ -123,7 +123,8 @@ struct template_config {
 	char *image;		 /* "oci:/PATH[:NAME]", "docker-archive:/PATH", "docker://REF"; NULL: none */
 	unsigned disk_mib;	 /* the built disk's size; 0: the image plus room */
 	char *context;		 /* a Dockerfile's COPY and ADD sources are under this host directory */
-	char *start;		 /* a shell command started at bake, running in every sandbox (procs/start) */
+	char *start;		 /* started at bake, running in every sandbox (procs/start): a shell line or {"argv":[..]} */
+	bool start_argv;	 /* start was given as an argv (rendered back as one) */
 	unsigned ready_tcp;	 /* with start: the snapshot waits until this guest port accepts... */
 	char *ready_cmd;	 /* ...or until this command exits 0 in the guest */
 	char *warm;		 /* a shell command run at bake before the snapshot and in each warm slot before it is offered */
@@ -267,6 +268,7 @@ struct exec_result {
 	uint8_t *err;
 	size_t err_len;
 	double duration_ms;
+	char *error; /* when the command did not run (done gets -errno): the guest's reason, or NULL */
 };
 void exec_result_clear(struct exec_result *r);
 /*

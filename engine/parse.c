@@ -99,7 +99,8 @@ json_object *proc_parse_cmd(const char *text, size_t len)
 			return NULL;
 		json_object_object_foreach(req, key, val) {
 			(void)val;
-			if (strcmp(key, "argv") && strcmp(key, "sh") && strcmp(key, "env") && strcmp(key, "cwd")) {
+			if (strcmp(key, "argv") && strcmp(key, "sh") && strcmp(key, "env") && strcmp(key, "cwd") &&
+			    strcmp(key, "user")) {
 				json_object_put(req);
 				return NULL;
 			}

@@ -19,6 +19,7 @@
 
 #include "guest.h"
 #include "internal.h"
+#include "parse.h"
 
 
 const char *sandbox_state_name(enum sandbox_state s)
@@ -1147,6 +1148,7 @@ void exec_result_clear(struct exec_result *r)
 {
 	free(r->out);
 	free(r->err);
+	free(r->error);
 	memset(r, 0, sizeof(*r));
 }
 
@@ -1219,6 +1221,8 @@ static void *exec_main(void *arg)
 	}
 	if (r == 0)
 		r = exec_parse(resp, x->res);
+	else if (resp && jget_str(resp, "error") && !x->res->error)
+		x->res->error = strdup(jget_str(resp, "error")); /* the guest could not run it: why */
 	if (r == -ECONNRESET || r == -EPROTO || r == -EPIPE)
 		r = -EIO; /* the guest went away: destroyed, or its VMM died */
 	x->done(x->arg, r);

@@ -553,12 +553,13 @@ static bool start_ready(struct bake_ctx *b, struct agent_client *ac)
 static int bake_start(struct bake_ctx *b, struct agent_client *ac)
 {
 	_cleanup_json_ json_object *resp = NULL, *st = NULL;
-	json_object *req = json_object_new_object();
+	json_object *req = proc_parse_cmd(b->cfg.start, strlen(b->cfg.start)); /* the config's parser made it */
 	uint64_t deadline = now_ns() + (uint64_t)START_READY_TIMEOUT_MS * 1000000;
 	int r;
 
+	if (!req)
+		return -EINVAL;
 	json_object_object_add(req, "op", json_object_new_string("spawn"));
-	json_object_object_add(req, "sh", json_object_new_string(b->cfg.start));
 	r = call_op(ac, req, QMP_TIMEOUT_MS, &resp);
 	if (r < 0) {
 		error_set(&b->error, "start command: %s", jget_str(resp, "error") ? jget_str(resp, "error") : strerror(-r));

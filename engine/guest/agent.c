@@ -1225,8 +1225,10 @@ static int user_resolve(const char *spec, struct exec_spec *s, char *why, size_t
 		snprintf(why, why_len, "user %.64s is not in the guest's /etc/passwd", name);
 		return -EINVAL;
 	}
-	if (!pw)
-		s->uid = s->gid = (uid_t)n; /* a uid with no entry: its own group, as Docker does */
+	if (!pw) {
+		s->uid = s->gid = (uid_t)n; /* a uid with no entry: its own group and HOME=/, as Docker does */
+		s->home = strdup("/");
+	}
 	if (grp) {
 		n = strtoul(grp, &end, 10);
 		if (*grp && !*end) {

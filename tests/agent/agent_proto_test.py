@@ -937,8 +937,9 @@ def t_users(g, c):
     expect(r["exit_code"] == 0, "setup %s" % r)
     r = c.exec("id -u; id -g; id -G; echo $HOME; touch /home/t/mine && stat -c %u:%g /home/t/mine", user="tuser")
     expect(r["out"] == b"1500\n1600\n1600 1700\n/home/t\n1500:1600\n", "as tuser: %r" % r["out"])
-    r = c.exec("id -u; id -g; id -G", user="4242")
-    expect(r["out"] == b"4242\n4242\n4242\n", "a uid without an entry: its own group, no others: %r" % r["out"])
+    r = c.exec("id -u; id -g; id -G; echo $HOME", user="4242")
+    expect(r["out"] == b"4242\n4242\n4242\n/\n",
+           "a uid without an entry: its own group, no others, HOME=/ (Docker's rule): %r" % r["out"])
     r = c.exec("id -u; id -g", user="tuser:0")
     expect(r["out"] == b"1500\n0\n", "user:gid %r" % r["out"])
     r = c.exec("cat /etc/shadow 2>/dev/null || echo denied; touch /root/x 2>/dev/null || echo denied2", user="tuser")

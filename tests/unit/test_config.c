@@ -118,6 +118,24 @@ static void rejects(void **state)
 		"{\"kernel\":\"/k\",\"idle_timeout_s\":-5}",
 		"{\"kernel\":\"/k\",\"derived_from\":\"\"}",
 		"{\"kernel\":\"/k\",\"derived_from\":7}",
+		/* building templates */
+		"{\"kernel\":\"/k\",\"image\":\"\"}",
+		"{\"kernel\":\"/k\",\"image\":\"nosuchtransport:x\"}",
+		"{\"kernel\":\"/k\",\"image\":\"oci:relative/path\"}",
+		"{\"kernel\":\"/k\",\"image\":\"oci:/l:t\",\"rootfs\":\"/r\"}",
+		"{\"kernel\":\"/k\",\"image\":5}",
+		"{\"kernel\":\"/k\",\"disk_mib\":63}",
+		"{\"kernel\":\"/k\",\"context\":\"rel\"}",
+		"{\"kernel\":\"/k\",\"start\":\"\"}",
+		"{\"kernel\":\"/k\",\"start\":[]}",
+		"{\"kernel\":\"/k\",\"start\":[\"/a\",5]}",
+		"{\"kernel\":\"/k\",\"start\":{\"argv\":[\"/a\"]}}",
+		"{\"kernel\":\"/k\",\"ready\":{\"tcp\":80}}",
+		"{\"kernel\":\"/k\",\"start\":\"s\",\"ready\":{\"tcp\":0}}",
+		"{\"kernel\":\"/k\",\"start\":\"s\",\"ready\":{\"tcp\":80,\"cmd\":\"c\"}}",
+		"{\"kernel\":\"/k\",\"start\":\"s\",\"ready\":{\"http\":80}}",
+		"{\"kernel\":\"/k\",\"warm\":\"\"}",
+		"{\"kernel\":\"/k\",\"warm\":[\"python3\"]}",
 	};
 	(void)state;
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -131,6 +149,37 @@ static void rejects(void **state)
 	}
 }
 
+/* start as a shell line or an argv, ready, warm, image: parsed, copied and rendered back as written */
+static void building(void **state)
+{
+	struct template_config c, d;
+	char *err, *s;
+
+	(void)state;
+	assert_int_equal(parse("{\"kernel\":\"/k\",\"image\":\"oci:/l:t\",\"disk_mib\":128,\"context\":\"/ctx\","
+			       "\"start\":[\"/srv\",\"--port\",\"8080\"],\"ready\":{\"tcp\":8080},\"warm\":\"true\"}",
+			       &c, &err),
+			 0);
+	assert_true(c.start_argv);
+	assert_string_equal(c.start, "{\"argv\":[\"/srv\",\"--port\",\"8080\"]}"); /* what procs/ID/cmd takes */
+	assert_int_equal(c.ready_tcp, 8080);
+	assert_string_equal(c.warm, "true");
+	assert_int_equal(c.disk_mib, 128);
+	s = template_config_render(&c);
+	assert_non_null(strstr(s, "\"start\":[\n"));
+	free(s);
+	assert_int_equal(template_config_copy(&c, &d), 0);
+	assert_true(d.start_argv);
+	assert_string_equal(d.start, c.start);
+	template_config_clear(&c);
+	template_config_clear(&d);
+	assert_int_equal(parse("{\"kernel\":\"/k\",\"start\":\"srv --port 8080\",\"ready\":{\"cmd\":\"true\"}}", &c, &err), 0);
+	assert_false(c.start_argv);
+	assert_string_equal(c.start, "srv --port 8080");
+	assert_string_equal(c.ready_cmd, "true");
+	template_config_clear(&c);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -139,6 +188,7 @@ int main(void)
 		cmocka_unit_test(roundtrip),
 		cmocka_unit_test(rejects),
 		cmocka_unit_test(net),
+		cmocka_unit_test(building),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
