@@ -8,8 +8,8 @@ guest through exec and procs/:
 - musl: an Alpine-like image, a dynamically linked musl program (its
   interpreter /lib/ld-musl-x86_64.so.1, nothing of glibc, no /bin/sh). An
   argv exec runs it with the image's User (a name from its /etc/passwd),
-  WorkingDir and Env, output exact; a shell line (plain or {"sh"}) fails
-  with ENOENT; procs/ with {"argv"} runs it, a shell line there is lost with
+  WorkingDir and Env, output exact; a shell line fails with ENOENT (in
+  JSON mode: {"errno": "ENOENT", "error": the guest's reason}); procs/ with {"argv"} runs it, a shell line there is lost with
   the agent's reason (a shell line needs /bin/sh). Skipped when musl-gcc is
   missing (Debian: musl-tools).
 - static: a scratch image holding one static binary and nothing else (no
@@ -238,6 +238,21 @@ def exec_read_errno(sb, t, cmd):
         os.close(fd)
 
 
+def exec_json_error(sb, t, req):
+    """A JSON exec that cannot run: the response line {"errno", "error"}."""
+    fd = os.open(D.sb(sb, "exec", t=t), os.O_RDWR)
+    try:
+        os.write(fd, json.dumps(req).encode())
+        out = b""
+        while True:
+            b = os.read(fd, 65536)
+            if not b:
+                return json.loads(out)
+            out += b
+    finally:
+        os.close(fd)
+
+
 def read_all(path):
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -340,9 +355,12 @@ class Musl(harness.TestCase):
         code, out, err = argv_exec(self.SB, self.T, ["ls"])
         self.assertEqual((code, out, err), (127, "", "emberfs-agent: exec ls: No such file or directory\n"))
 
-        # a shell line needs /bin/sh: the exec file's read fails with ENOENT, plain and {"sh"} alike
+        # a shell line needs /bin/sh: the exec file's read fails with ENOENT; in JSON mode the
+        # response says so, with the guest's reason
         self.assertEqual(exec_read_errno(self.SB, self.T, "hello-musl"), errno.ENOENT)
-        self.assertEqual(exec_read_errno(self.SB, self.T, '{"sh": "hello-musl"}'), errno.ENOENT)
+        resp = exec_json_error(self.SB, self.T, {"sh": "hello-musl"})
+        self.assertEqual(resp["errno"], "ENOENT", resp)
+        self.assertIn("a shell line needs /bin/sh", resp["error"])
 
         # procs/: argv runs; a shell line cannot start and says why
         st, out, err = proc_run(self.SB, self.T, "p1", '{"argv": ["hello-musl", "proc"]}')
@@ -416,9 +434,10 @@ class Static(harness.TestCase):
         # the image's workdir is 0700 of uid 1234: another uid cannot enter it
         code, out, err = argv_exec(self.SB, self.T, ["whoami-static"], user="77")
         self.assertEqual((code, out, err), (127, "", "emberfs-agent: chdir /data: Permission denied\n"))
-        # a name needs /etc/passwd: the exec is refused
-        self.assertEqual(exec_read_errno(self.SB, self.T, json.dumps({"argv": ["whoami-static"], "user": "app"})),
-                         errno.EINVAL)
+        # a name needs /etc/passwd: the exec is refused, and says why
+        resp = exec_json_error(self.SB, self.T, {"argv": ["whoami-static"], "user": "app"})
+        self.assertEqual(resp["errno"], "EINVAL", resp)
+        self.assertIn("/etc/passwd", resp["error"])
         # no shell
         self.assertEqual(exec_read_errno(self.SB, self.T, "whoami-static"), errno.ENOENT)
 
@@ -538,7 +557,8 @@ class WrongArch(harness.TestCase):
 
 
 class Start(harness.TestCase):
-    """config "start" is a shell line: in an image without /bin/sh the bake fails and says why."""
+    """config "start" as a shell line needs /bin/sh: in an image without one the bake fails and says
+    why; as an argv it runs there."""
 
     T = "ikstart"
 
@@ -552,15 +572,26 @@ class Start(harness.TestCase):
     def test_start_needs_shell(self):
         ref = static_image()
         left_before = state_leftovers()
-        D.expect_log_error(r"template %s: start command" % self.T)
+        D.expect_log_error(r"template %s: bake failed at start .*start command: a shell line needs /bin/sh" % self.T)
         st, log = bake(self.T, {"image": ref, "start": "whoami-static"})
         self.assertEqual(st["state"], "failed", st)
         err = st["error"] or ""
-        self.assertTrue(err.startswith("start command: a shell line needs /bin/sh"),
-                        "the bake's error does not name the missing shell: %r" % err)
+        self.assertIn("start command: a shell line needs /bin/sh", err,
+                      "the bake's error does not name the missing shell: %r" % err)
         self.assertEqual(state_leftovers(), left_before)
         self.assertFalse(os.path.exists(os.path.join(D.state, "store", "templates", self.T, "snapshot.new")))
         D.assert_inventory(BASE)
+
+
+    def test_start_as_argv(self):
+        ref = static_image()
+        st, log = bake(self.T, {"image": ref, "start": ["/app/bin/whoami-static", "from", "start"]})
+        self.assertEqual(st["state"], "ready", st)
+        self.assertEqual(harness.read_json(D.tpl(self.T, "config"))["start"], ["/app/bin/whoami-static", "from", "start"])
+        D.create_ready("iks1", t=self.T)
+        self.assertEqual(read_all(D.sb("iks1", "procs", "start", "stdout", t=self.T)).decode(),
+                         "uid=1234 gid=2345 groups=0 cwd=/data GREETING=hi there [from] [start]\n")
+        D.destroy("iks1", t=self.T)
 
 
 if __name__ == "__main__":
