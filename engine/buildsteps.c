@@ -183,6 +183,8 @@ static int cache_load(struct engine *e, const char *key, struct bstate *ret)
 		return -ENOENT;
 	if (!jget_str(o, "disk") || stat(jget_str(o, "disk"), &st) < 0 || !json_object_object_get_ex(o, "config", &cfg))
 		return -ENOENT; /* its disk went: not cached after all */
+	cache_touch(dir);
+	cache_touch(jget_str(o, "disk"));
 	memset(ret, 0, sizeof(*ret));
 	snprintf(ret->key, sizeof(ret->key), "%s", key);
 	if (image_config_from_json(cfg, &ret->cfg) < 0 || !(ret->disk = strdup(jget_str(o, "disk"))) ||
@@ -699,6 +701,8 @@ static int guest_mkdirs(struct builder *b, const char *path)
 
 	if (!p)
 		return -ENOMEM;
+	if (strcmp(p, "/") == 0)
+		return 0; /* the root is there (and the agent takes no "/" to make) */
 	for (char *c = p + 1; r == 0; c++) {
 		bool end = !*c;
 

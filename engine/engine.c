@@ -538,6 +538,7 @@ int engine_new(const struct engine_options *opts, struct engine **ret)
 	pthread_mutex_init(&e->cold_lock, NULL);
 	pthread_mutex_init(&e->digest_lock, NULL);
 	pthread_mutex_init(&e->base_lock, NULL);
+	pthread_cond_init(&e->cache_cond, NULL);
 	pthread_cond_init(&e->cold_cond, NULL);
 	atomic_init(&e->next_id, 1);
 	r = engine_setup(e, &e->opts);
@@ -545,6 +546,7 @@ int engine_new(const struct engine_options *opts, struct engine **ret)
 		goto fail;
 	/* sandboxes an earlier run left, before anything new starts */
 	adopt_all(e);
+	cache_prune(e);
 	/* The default template follows --image-dir: a rebuilt image is a new identity. */
 	t = e->default_config ? engine_template_get(e, "default") : NULL;
 	if (t) {
@@ -614,6 +616,7 @@ void engine_free(struct engine *e)
 	}
 	pthread_mutex_destroy(&e->digest_lock);
 	pthread_mutex_destroy(&e->base_lock);
+	pthread_cond_destroy(&e->cache_cond);
 	pthread_mutex_destroy(&e->lock);
 	pthread_mutex_destroy(&e->cold_lock);
 	pthread_cond_destroy(&e->cold_cond);

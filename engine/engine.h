@@ -62,6 +62,7 @@ struct engine_options {
 	int64_t vmm_uid_base;	   /* VMMs run as users from here on, one each; 0: as root; -1: the default */
 	unsigned console_max_kib;  /* a sandbox's console log is kept within this; 0: 1024 */
 	int64_t store_reserve_mib; /* store space kept free for running guests; -1: 512 */
+	unsigned cache_max_age_s;  /* build cache entries no template uses go after this long unused (0: at once) */
 	const struct engine_hooks *hooks; /* NULL: none */
 };
 #define VMM_UID_RANGE 65536 /* uids per instance: one per live VMM */

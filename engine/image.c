@@ -398,6 +398,7 @@ static int fetch(struct engine *e, const struct image_ref *r, const struct build
 	if (ret < 0)
 		return error_first(ret_error, ret, "image: cannot fetch %s: %s (build log has skopeo's output)", src,
 			    why ? why : strerror(-ret));
+	cache_touch(layout);
 	*ret_layout = TAKE_PTR(layout);
 	return 0;
 }
@@ -451,6 +452,8 @@ int image_make_disk(struct engine *e, const char *image, unsigned disk_mib, cons
 	}
 	if (stat(disk, &st) == 0 && access(meta, R_OK) == 0) {
 		blog(run->log_fd, "disk: %s (made before for this image)", disk);
+		cache_touch(disk);
+		cache_touch(meta);
 		timings_lap(run->tm, "cached");
 	} else {
 		/* umoci needs a name: the layout's only image is named by what it is called there */

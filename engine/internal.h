@@ -263,6 +263,10 @@ bool template_has_disk(struct template *t);
 int template_config_vm(struct template *t, struct template_config *dst);
 int build_record_load(struct template *t, struct build_result *ret);
 void build_record_drop(struct template *t);
+/* The store's build caches (cache.c): an entry used now; removing what nobody uses; a bake's wait (e->lock held). */
+void cache_touch(const char *path);
+void cache_prune(struct engine *e);
+void cache_wait(struct engine *e);
 /* e->lock held: the Dockerfile is not the one the build in service was made from (added, changed, removed). */
 bool template_dockerfile_moved(struct template *t);
 /* A new, empty build log for a bake starting now (readers of the previous one keep theirs); -1 on failure. */
@@ -561,6 +565,8 @@ struct engine {
 	bool shutting_down;
 
 	pthread_mutex_t base_lock; /* serializes making the store's rootfs copies */
+	bool cache_pruning;	   /* cache.c: a prune runs (e->lock); bakes wait for it */
+	pthread_cond_t cache_cond;
 	pthread_mutex_t digest_lock;
 	struct digest_entry *digests; /* protected by digest_lock */
 

@@ -888,6 +888,9 @@ static void *bake_main(void *arg)
 	_cleanup_free_ char *mem = NULL, *disk = NULL;
 	int r = 0;
 
+	pthread_mutex_lock(&e->lock);
+	cache_wait(e); /* a prune of the build caches finishes first */
+	pthread_mutex_unlock(&e->lock);
 	timings_start(&b->tm);
 	if (template_builds(t, &b->cfg))
 		r = bake_build(b); /* before the cold place: building is no boot */
@@ -924,6 +927,7 @@ static void *bake_main(void *arg)
 out:
 	if (b->log_fd >= 0)
 		close(b->log_fd);
+	cache_prune(e); /* what this bake made unused, and what nothing used for long */
 	build_result_clear(&b->build);
 	free(b->start.cmd);
 	template_config_clear(&b->cfg);

@@ -48,6 +48,8 @@ static void usage(FILE *out)
 		"      --pool-idle-decay S no create for S seconds: no warm slots (auto only; default 600)\n"
 		"      --pool-parallel N   warm slots prepared at once, all templates together (default 1)\n"
 		"      --slot-max-age S    replace warm slots older than S seconds (default 3600, 0: never)\n"
+		"      --cache-max-age S   build cache entries (fetched images, built disks, Dockerfile steps)\n"
+		"                          that no template uses go after S seconds unused (default 604800)\n"
 		"      --warmup-exec       warm slots also run one command ahead: a sandbox's first exec\n"
 		"                          is fast too, at ~15 MiB more memory per idle slot under TCG\n"
 		"      --net               networking: network slots (netns, veth, tap, NAT) built ahead;\n"
@@ -90,7 +92,7 @@ static int parse_uint(const char *s, unsigned long max, unsigned long *out)
 }
 
 enum { OPT_STATE = 256, OPT_IMAGE, OPT_NOBAKE, OPT_QEMU, OPT_ACCEL, OPT_MAXSB, OPT_COLD, OPT_STORE, OPT_NOLOOP,
-       OPT_LOG, OPT_PID, OPT_POOL, OPT_POOL_PAR, OPT_SLOT_AGE, OPT_WARMUP_EXEC, OPT_NET, OPT_NET_RANGE,
+       OPT_LOG, OPT_PID, OPT_POOL, OPT_POOL_PAR, OPT_SLOT_AGE, OPT_CACHE_AGE, OPT_WARMUP_EXEC, OPT_NET, OPT_NET_RANGE,
        OPT_NET_POOL, OPT_NET_NO_EGRESS, OPT_POOL_BUDGET, OPT_POOL_MAXSLOTS, OPT_POOL_MISS, OPT_POOL_DECAY,
        OPT_ALLOW_OTHER, OPT_VMM_UID, OPT_CONSOLE_MAX, OPT_STORE_RESERVE };
 
@@ -190,6 +192,11 @@ static int parse_opt(int c, const char *arg, struct options *o)
 			return -EINVAL;
 		o->eng.slot_max_age_s = strcmp(arg, "0") ? (unsigned)v : 0;
 		return 0;
+	case OPT_CACHE_AGE:
+		if (strcmp(arg, "0") && parse_uint(arg, 3650 * 86400, &v) < 0)
+			return -EINVAL;
+		o->eng.cache_max_age_s = strcmp(arg, "0") ? (unsigned)v : 0;
+		return 0;
 	case OPT_COLD:
 		if (parse_uint(arg, 64, &v) < 0)
 			return -EINVAL;
@@ -220,6 +227,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 		{ "pool-miss-target", required_argument, NULL, OPT_POOL_MISS },
 		{ "pool-idle-decay", required_argument, NULL, OPT_POOL_DECAY },
 		{ "slot-max-age", required_argument, NULL, OPT_SLOT_AGE },
+		{ "cache-max-age", required_argument, NULL, OPT_CACHE_AGE },
 		{ "warmup-exec", no_argument, NULL, OPT_WARMUP_EXEC },
 		{ "net", no_argument, NULL, OPT_NET },
 		{ "net-range", required_argument, NULL, OPT_NET_RANGE },
@@ -312,7 +320,7 @@ static int write_pid(const char *path)
 int emberfs_daemon(int argc, char **argv, const struct engine_hooks *hooks)
 {
 	struct options o = { .eng = { .state_dir = "/var/lib/emberfs", .bake_default = true, .pool_depth = 2,
-			      .pool_parallel = 1, .slot_max_age_s = 3600, .net_pool = 4,
+			      .pool_parallel = 1, .slot_max_age_s = 3600, .net_pool = 4, .cache_max_age_s = 604800,
 			      .vmm_uid_base = -1, .store_reserve_mib = -1 }, .level = LOG_INFO_ };
 	struct engine *e = NULL;
 	struct fs *f = NULL;

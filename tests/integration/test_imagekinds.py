@@ -594,5 +594,61 @@ class Start(harness.TestCase):
         D.destroy("iks1", t=self.T)
 
 
+class CacheGC(harness.TestCase):
+    """The build caches keep what templates use and drop the rest (a daemon with --cache-max-age 0:
+    an entry no template's build uses goes at the next bake's end)."""
+
+    def test_unused_entries_go(self):
+        ref1 = static_image()
+        prog = compile_c("gc-static", STATIC_SRC, "gcc", "-static")
+        ref2, _ = make_image("gc2", lambda r: put(r, "/app/bin/whoami-static", src=prog, mode=0o755),
+                             ["--config.env", "PATH=/app/bin"])
+        d = harness.Daemon(extra_args=["--cache-max-age", "0"]).start()
+        try:
+            disks = os.path.join(d.state, "store", "images", "disks")
+            steps = os.path.join(d.state, "store", "build-cache")
+
+            def bake_gc(t, **kw):
+                if "config" in kw:
+                    harness.write_file(d.tpl(t, "config"), json.dumps(kw["config"]))
+                if "dockerfile" in kw:
+                    harness.write_file(d.tpl(t, "Dockerfile"), kw["dockerfile"])
+                d.ctl("rebake\n", t=t)
+                harness.read_text(d.tpl(t, "build.log"))
+                st = d.template_status(t)
+                self.assertEqual(st["state"], "ready", st)
+                return st
+
+            def listing(p):
+                return sorted(os.listdir(p)) if os.path.isdir(p) else []
+
+            os.mkdir(d.tpl("gca"))
+            st = bake_gc("gca", config={"image": ref1})
+            first = os.path.basename(st["build"]["disk"])
+            self.assertEqual(listing(disks), sorted([first, first[:-4] + ".json"]))
+            # another image: the first one's disk is no template's any more
+            st = bake_gc("gca", config={"image": ref2})
+            second = os.path.basename(st["build"]["disk"])
+            self.assertNotEqual(first, second)
+            self.assertEqual(listing(disks), sorted([second, second[:-4] + ".json"]))
+            # a Dockerfile's steps: the old chain goes when it is rebuilt, what the build uses stays
+            os.mkdir(d.tpl("gcb"))
+            harness.write_file(d.tpl("gcb", "config"), json.dumps({"context": WORK}))
+            st = bake_gc("gcb", dockerfile="FROM gca\nCOPY gc-static.c /one\n")
+            old = listing(steps)
+            self.assertTrue(old and st["build"]["disk"].startswith(steps + "/"), (old, st["build"]))
+            st = bake_gc("gcb", dockerfile="FROM gca\nCOPY gc-static.c /two\n")
+            new = listing(steps)
+            self.assertTrue(st["build"]["disk"].startswith(steps + "/"), st["build"])
+            self.assertEqual(new, [st["build"]["disk"][len(steps) + 1:].split("/")[0]], (old, new))
+            # the sandboxes of both still work (their disks are their own clones)
+            self.assertEqual(d.create_ready("gcs", t="gcb")["state"], "ready")
+            d.destroy("gcs", t="gcb")
+            for t in ("gcb", "gca"):
+                os.rmdir(d.tpl(t))
+        finally:
+            d.stop()
+
+
 if __name__ == "__main__":
     harness.main()
