@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: unit tests (also under valgrind), and the
-# integration tests against real QEMU guests and a real FUSE mount, both in a
-# normal build and in an AddressSanitizer + UndefinedBehaviorSanitizer build.
+# Runs the whole test suite: unit tests (in the normal build, under ASan+UBSan
+# and under valgrind), the fuzzers, and the integration tests against real
+# QEMU guests and a real FUSE mount in the AddressSanitizer +
+# UndefinedBehaviorSanitizer build (a smoke set of them in the normal build;
+# FULL=1: all of them in both).
 # Installs what it needs first (contrib/deps.sh). Needs root (FUSE mounts,
 # loop devices, QEMU).
 #
@@ -50,7 +52,18 @@ run() { # name, meson test args...
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 
-run "tests" -C build "${suite_args[@]}"
+# The integration suite runs once, against the ASan+UBSan build (a memory or
+# undefined-behaviour error anywhere in the daemon fails it, and it is the same
+# code); the shipped build runs the unit tests and a smoke set of integration
+# tests. Both builds through the whole suite took ~55 min on the 2-core
+# machine, and CI has 40. FULL=1 runs the whole suite against both builds.
+smoke=(integration-lifecycle integration-errors integration-procs integration-live)
+if [ -n "${FULL:-}" ] || [[ " $SUITES " != *" integration "* ]]; then
+	run "tests" -C build "${suite_args[@]}"
+else
+	[[ " $SUITES " == *" unit "* ]] && run "unit tests" -C build --suite unit
+	run "integration smoke tests (the shipped build)" -C build "${smoke[@]}"
+fi
 run "tests under ASan+UBSan" -C build-asan "${suite_args[@]}"
 if [[ " $SUITES " == *" unit "* ]]; then
 	echo "== fuzz (libFuzzer, ${FUZZ_SECONDS:-20} s per target)" >&2
