@@ -1091,6 +1091,17 @@ def start_shared():
     return d, base
 
 
+def stop_shared(d, base):
+    """The end of start_shared's daemon: every sandbox destroyed, the inventory back to base, stopped."""
+    if d:
+        try:
+            for n in d.sandboxes():
+                d.destroy(n)
+            d.assert_inventory(base, timeout=15)
+        finally:
+            d.stop()
+
+
 class _Timeout(Exception):
     pass
 

@@ -50,13 +50,7 @@ def setUpModule():
 
 
 def tearDownModule():
-    if D:
-        try:
-            for n in D.sandboxes():
-                D.destroy(n)
-            D.assert_inventory(BASE, timeout=15)
-        finally:
-            D.stop()
+    harness.stop_shared(D, BASE)
 
 
 def L(*rest, name=SB):

@@ -184,13 +184,7 @@ def setUpModule():
 
 def tearDownModule():
     try:
-        if D:
-            try:
-                for n in D.sandboxes():
-                    D.destroy(n)
-                D.assert_inventory(BASE, timeout=15)
-            finally:
-                D.stop()
+        harness.stop_shared(D, BASE)
     finally:
         for n in [C] + NEW:
             try:

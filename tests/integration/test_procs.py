@@ -42,13 +42,7 @@ def setUpModule():
 
 
 def tearDownModule():
-    if D:
-        try:
-            for n in D.sandboxes():
-                D.destroy(n)
-            D.assert_inventory(BASE, timeout=15)
-        finally:
-            D.stop()
+    harness.stop_shared(D, BASE)
 
 
 def P(pid, *rest):
