@@ -244,10 +244,17 @@ class Restart(harness.TestCase):
             wait_for_netpool(d, 2)
             old = netns_inodes(tag)
             self.assertEqual(len(old), 3)  # the sandbox's and the two ready ones
-            d.kill9()
-            d2 = harness.Daemon(reuse=d, extra_args=args).start()
-            wait_for_netpool(d2, 2)
-            now = netns_inodes(tag)
+            # held open, the old namespaces keep their inode numbers: a new one cannot be given one of them
+            held = [os.open(os.path.join("/run/netns", n), os.O_RDONLY) for n in os.listdir("/run/netns")
+                    if n.startswith("ef%s-" % tag)]
+            try:
+                d.kill9()
+                d2 = harness.Daemon(reuse=d, extra_args=args).start()
+                wait_for_netpool(d2, 2)
+                now = netns_inodes(tag)
+            finally:
+                for fd in held:
+                    os.close(fd)
             # the re-adopted sandbox keeps its namespace; the ready ones of the killed run went
             self.assertEqual(len(now), 3, now)
             self.assertEqual(len(now & old), 1, "not exactly the sandbox's namespace survived the restart")
