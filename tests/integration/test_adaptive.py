@@ -154,6 +154,9 @@ class Reasons(harness.TestCase):
             (sid, slot), = d.slots().items()
             os.kill(slot["vmm_pid"], signal.SIGSTOP)
             try:
+                # the stop lands when the VMM's threads next run: only a stopped one is unhealthy
+                harness.wait_for(lambda: (harness.proc_stat(slot["vmm_pid"]) or ("?",))[0] == "T", 10,
+                                 "the slot's VMM stopped")
                 st = d.create_ready("u1")
                 self.assertEqual((st["path"], st["pool_miss"]), ("restore", "unhealthy"), st)
                 d.destroy("u1")
