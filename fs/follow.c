@@ -50,6 +50,8 @@ static void try_serve(struct follower *w)
 
 	if (n == 0 && w->live(w))
 		goto out;
+	if (n == 0 && buf) /* it stopped growing after that read: what it wrote last is there now */
+		n = pread(w->fd, buf, w->size, w->off);
 	req = TAKE_PTR(w->req);
 	list_del(w);
 	if (n < 0)
