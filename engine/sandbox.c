@@ -772,6 +772,12 @@ static int run_create(struct job *j, const char **step)
 		*step = "restore (a template made from a sandbox never boots cold; its snapshot is unusable)";
 		return -EIO;
 	}
+	if (!j->restore && !j->cfg.rootfs && (j->cfg.image || template_has_dockerfile(s->tpl))) {
+		/* its root disk is what a build makes: booting without one would run the initramfs, not the image */
+		*step = "prepare (the template's root disk is built from its image or Dockerfile and no build succeeded: "
+			"bake it)";
+		return -EIO;
+	}
 	if (!j->restore) {
 		/* The one reserved place for cold work: cold boots queue rather than race. */
 		if ((r = cold_acquire(e, &s->cancel)) < 0)
