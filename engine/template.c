@@ -494,12 +494,11 @@ static int bake_prepare(struct bake_ctx *b, char **mem, char **disk)
 
 #define START_READY_TIMEOUT_MS (5 * 60 * 1000)
 
-/* The image's env, workdir and user: the defaults of every exec and process, in the snapshot. */
-static int bake_configure(struct bake_ctx *b, struct agent_client *ac)
+/* The image's env, workdir and user: the defaults of every exec and process (agent op "configure"). */
+int template_agent_configure(struct agent_client *ac, const struct image_config *c)
 {
 	_cleanup_json_ json_object *req = json_object_new_object();
 	json_object *env = json_object_new_object();
-	const struct image_config *c = &b->build.cfg;
 
 	if (!req || !env) {
 		json_object_put(env);
@@ -611,7 +610,7 @@ static int bake_boot_and_snapshot(struct bake_ctx *b, const char *disk)
 	timings_lap(&b->tm, "boot");
 	if (r == 0 && b->built) {
 		step = "configure";
-		r = bake_configure(b, vm.ac);
+		r = template_agent_configure(vm.ac, &b->build.cfg); /* in the snapshot: every restored guest has it */
 	}
 	if (r == 0 && b->cfg.warm) {
 		step = "warm";
