@@ -1111,10 +1111,11 @@ int dockerfile_build(struct template *t, const struct template_config *cfg, cons
 	for (; from < df.n && df.v[from].op == DF_ARG && r == 0; from++)
 		r = step_meta(&s, &df.v[from], ret_error);
 	if (r == 0) {
-		char **pre = TAKE_PTR(s.args);
+		char **pre;
 
 		blog(log_fd, "[1/%zu] %s", df.n - from, df.v[from].text);
-		r = step_from(t, cfg, &s, &df.v[from], log_fd, cancel, tm, ret_error);
+		r = step_from(t, cfg, &s, &df.v[from], log_fd, cancel, tm, ret_error); /* FROM ${X}: those ARGs */
+		pre = TAKE_PTR(s.args);
 		s.args = calloc(1, sizeof(char *));
 		for (size_t i = from + 1; r == 0 && s.args && i < df.n; i++)
 			for (size_t k = 0; df.v[i].op == DF_ARG && k < df.v[i].n_kvs; k++)
