@@ -1028,8 +1028,25 @@ static int step_meta(struct bstate *s, const struct df_instr *in, char **ret_err
 	int r = 0;
 
 	switch (in->op) {
+	case DF_ENV: {
+		/* every value as the variables were before this instruction: "ENV a=bye b=$a" gives b the old a (Docker) */
+		char **before = vars_of(s);
+
+		if (!before) {
+			r = -ENOMEM;
+			break;
+		}
+		for (size_t i = 0; r == 0 && i < in->n_kvs; i++) {
+			_cleanup_free_ char *val = NULL;
+
+			r = dockerfile_expand(in->kvs[i].value ? in->kvs[i].value : "", before, &val);
+			if (r == 0)
+				r = strv_setenv(&s->cfg.env, in->kvs[i].key, val);
+		}
+		strv_free(before);
+		break;
+	}
 	case DF_ARG:
-	case DF_ENV:
 		for (size_t i = 0; r == 0 && i < in->n_kvs; i++) {
 			_cleanup_free_ char *val = NULL;
 
