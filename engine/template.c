@@ -646,11 +646,13 @@ static int bake_boot_and_snapshot(struct bake_ctx *b, const char *disk)
 		r = template_agent_configure(vm.ac, &b->build.cfg); /* in the snapshot: every restored guest has it */
 	}
 	if (r == 0 && b->cfg.warm) {
+		_cleanup_free_ char *why = NULL;
+
 		step = "warm";
 		blog(b->log_fd, "warm: %s", b->cfg.warm);
-		r = guest_run(vm.ac, b->cfg.warm, WARM_TIMEOUT_MS, b->log_fd, &b->error);
+		r = guest_run(vm.ac, b->cfg.warm, WARM_TIMEOUT_MS, b->log_fd, &why);
 		if (r < 0)
-			error_first(&b->error, r, "warm command: %s", strerror(-r));
+			error_first(&b->error, r, "warm command: %s", why ? why : strerror(-r));
 		timings_lap(&b->tm, "warm");
 	}
 	if (r == 0 && b->cfg.start) {
