@@ -536,6 +536,38 @@ class StartCommand(harness.TestCase):
             remove_template(t)
 
 
+    def test_warm_command_runs_at_bake_and_in_each_warm_slot(self):
+        t = "warmt"
+        os.mkdir(D.tpl(t))
+        try:
+            cmd = "echo warm $(id -un) $(pwd) >> /home/app/warm.log"
+            write_config(t, {"image": "oci:%s:t" % LAYOUT, "warm": cmd})
+            log, st = bake_ready(t)
+            self.assertIn("warm: %s\n" % cmd, log)
+            self.assertIn("warm", st["bake"]["timings"])
+            # restored: the bake's run only (as the image's user, in its workdir)
+            D.create_ready("wr", t=t)
+            self.assertEqual(D.sh("wr", "cat /home/app/warm.log", t=t), "warm app /data\n")
+            # a warm slot ran it once more before it was offered
+            D.set_pool(1, t=t)
+            D.wait_pool(1, t=t)
+            s = D.create_ready("ww", t=t)
+            self.assertEqual(s["path"], "warm", s)
+            self.assertEqual(D.sh("ww", "cat /home/app/warm.log", t=t), "warm app /data\nwarm app /data\n")
+            D.set_pool(0, t=t)
+            D.wait_pool(0, t=t)
+            # a warm command that fails fails the bake, and says which command it was
+            D.expect_log_error(r"template warmt: warm command: ")
+            write_config(t, {"image": "oci:%s:t" % LAYOUT, "warm": "echo warming; exit 4"})
+            log, st = bake(t)
+            self.assertEqual(st["state"], "failed", st)
+            self.assertIn("warm command: ", st["error"])
+            self.assertIn("exit code 4", st["error"])
+            self.assertIn("warming\n", log)
+        finally:
+            remove_template(t)
+
+
 class DockerArchive(harness.TestCase):
     """The same image as a docker-archive tarball; its bake's log streams."""
 
@@ -590,6 +622,17 @@ class DockerArchive(harness.TestCase):
         harness.write_file(D.tpl(cls.T, "ctl"), "bake\n")
         tl = threading.Thread(target=read_log, daemon=True)
         tl.start()
+        # while it bakes (seconds: a fetch, an unpack, a mkfs, a boot), its inputs and ctl are refused
+        cls.busy = []
+        for what, fn in (("config", lambda: write_config(cls.T, {"image": "docker-archive:" + cls.archive,
+                                                                  "mem_mib": 300})),
+                         ("Dockerfile", lambda: write_dockerfile(cls.T, "FROM %s\n" % IMG)),
+                         ("ctl", lambda: harness.write_file(D.tpl(cls.T, "ctl"), "rebake\n"))):
+            try:
+                fn()
+                cls.busy.append((what, None))
+            except OSError as e:
+                cls.busy.append((what, e.errno))
         tl.join(harness.BAKE_TIMEOUT)
         te.join(10)
         ev.close()
@@ -618,6 +661,13 @@ class DockerArchive(harness.TestCase):
         self.assertEqual([p for p in phases if p in ("build", "boot", "snapshot")], ["build", "boot", "snapshot"],
                          self.events)
         self.assertEqual(self.events[-1]["state"], "ready", self.events)
+        self.assertEqual(self.busy, [("config", errno.EBUSY), ("Dockerfile", errno.EBUSY), ("ctl", errno.EBUSY)])
+        # "bake" of a ready template with unchanged inputs bakes nothing: the log stays, a read of it ends at once
+        baked_at = self.status["bake"]["baked_at"]
+        t0 = time.monotonic()
+        log2, st = bake(self.T)
+        self.assertLess(time.monotonic() - t0, 10)
+        self.assertEqual((log2, st["bake"]["baked_at"], st["state"]), (log, baked_at, "ready"))
 
     def test_b_same_tree_and_config(self):
         D.create_ready(self.SB, t=self.T)
@@ -659,22 +709,28 @@ class Dockerfile(harness.TestCase):
     """templates/T/Dockerfile: steps, the step cache, a failed build, a refused instruction."""
 
     T = "df"
+    N = 14  # instructions from FROM on: "[i/14]" in build.log
+    LAST = 16  # the line of the last RUN
 
     @classmethod
     def dockerfile(cls, last_run):
         return ("# built by test_images.py\n"
-                "FROM oci:%s:t\n"            # 2
-                "USER root\n"                # 3
-                "ENV STAGE=build\n"          # 4
-                "WORKDIR /app\n"             # 5
-                "COPY hello.txt ./\n"        # 6
-                "COPY dir /app/dir\n"        # 7
-                "RUN echo \"uid=$(id -u) cwd=$(pwd) stage=$STAGE greeting=$GREETING\" > /app/run1.txt && "
-                "rm /data/layer2.txt\n"      # 8
-                "ENV FINAL=yes\n"            # 9
-                "USER app\n"                 # 10
-                "WORKDIR /home/app\n"        # 11
-                "RUN %s\n" % (LAYOUT, last_run))  # 12
+                "ARG BASE=oci:%s:t\n"                                    # 2
+                "FROM ${BASE}\n"                                         # 3
+                "USER root\n"                                            # 4
+                "ARG WHO=world\n"                                        # 5
+                "ENV STAGE=build PREV=${STAGE:-unset} GREET2=\"$GREETING from $WHO\"\n"  # 6
+                "WORKDIR /app\n"                                         # 7
+                "COPY hello.txt ./\n"                                    # 8
+                "COPY dir /app/dir\n"                                    # 9
+                "ADD arch.tar.gz /opt/\n"                                # 10
+                "COPY --chown=app:extra --chmod=0640 own.txt /opt/own.txt\n"  # 11
+                "RUN echo \"uid=$(id -u) cwd=$(pwd) stage=$STAGE who=$WHO\" > /app/run1.txt && "
+                "rm /data/layer2.txt\n"                                  # 12
+                "ENV FINAL=yes\n"                                        # 13
+                "USER app\n"                                             # 14
+                "WORKDIR /home/app\n"                                    # 15
+                "RUN %s\n" % (LAYOUT, last_run))                         # 16
 
     @classmethod
     def setUpClass(cls):
@@ -685,6 +741,17 @@ class Dockerfile(harness.TestCase):
         os.symlink("../a", ctx + "/dir/sub/lnk")
         put(ctx + "/dir/h1", "hard\n")
         os.link(ctx + "/dir/h1", ctx + "/dir/h2")
+        put(ctx + "/own.txt", "own\n")
+        with tarfile.open(ctx + "/arch.tar.gz", "w:gz") as t:
+            for name, data, typ, uid in (("d", None, tarfile.DIRTYPE, 0), ("d/f", b"inner\n", tarfile.REGTYPE, 1001),
+                                         ("d/l", None, tarfile.SYMTYPE, 0)):
+                i = tarfile.TarInfo(name)
+                i.type, i.uid, i.gid, i.mode, i.mtime = typ, uid, uid, 0o755 if data is None else 0o644, 1700000000
+                if typ == tarfile.SYMTYPE:
+                    i.linkname = "f"
+                if data is not None:
+                    i.size = len(data)
+                t.addfile(i, io.BytesIO(data) if data is not None else None)
         os.mkdir(D.tpl(cls.T))
         # no "image": the Dockerfile's FROM names it; COPY needs the context
         write_config(cls.T, {"context": ctx})
@@ -695,6 +762,7 @@ class Dockerfile(harness.TestCase):
     @classmethod
     def tearDownClass(cls):
         remove_template(cls.T)
+        remove_template("dfbase")
 
     def test_a_built_image(self):
         st = self.st1
@@ -702,17 +770,20 @@ class Dockerfile(harness.TestCase):
         self.assertEqual(harness.read_text(D.tpl(self.T, "Dockerfile")), self.v1)
         b = st["build"]
         self.assertEqual((b["user"], b["workdir"]), ("app", "/home/app"))
-        self.assertEqual(b["env"], ["GREETING=hello world", "PATH=/bin", "STAGE=build", "FINAL=yes"])
-        self.assertEqual([s["line"] for s in b["steps"]], list(range(3, 13)))
-        self.assertEqual([s["cached"] for s in b["steps"]], [False] * 10)
-        self.assertIn("[1/11] FROM oci:%s:t" % LAYOUT, self.log1)
+        # ARG values are not in the image; ENV values see the variables from before their instruction
+        self.assertEqual(b["env"], ["GREETING=hello world", "PATH=/bin", "STAGE=build", "PREV=unset",
+                                    "GREET2=hello world from world", "FINAL=yes"])
+        self.assertEqual([s["line"] for s in b["steps"]], list(range(4, self.LAST + 1)))
+        self.assertEqual([s["cached"] for s in b["steps"]], [False] * (self.N - 1))
+        self.assertIn("[1/%d] FROM ${BASE}\n" % self.N, self.log1)
+        self.assertIn("image: oci:%s:t is sha256:" % LAYOUT, self.log1)  # the ARG's value
         name = "dfa"
         D.create_ready(name, t=self.T)
         try:
             sh = lambda c: D.sh(name, c, t=self.T)  # noqa: E731
-            self.assertEqual(sh("id -un; pwd; echo $STAGE $FINAL; echo \"$GREETING\""),
-                             "app\n/home/app\nbuild yes\nhello world\n")
-            self.assertEqual(sh("cat /app/run1.txt"), "uid=0 cwd=/app stage=build greeting=hello world\n")
+            self.assertEqual(sh("id -un; pwd; echo $STAGE $FINAL $PREV ${WHO:-noarg}; echo \"$GREET2\""),
+                             "app\n/home/app\nbuild yes unset noarg\nhello world from world\n")
+            self.assertEqual(sh("cat /app/run1.txt"), "uid=0 cwd=/app stage=build who=world\n")
             self.assertEqual(sh("cat /home/app/last.txt; stat -c '%U %a' /home/app/last.txt"), "last-v1\napp 644\n")
             self.assertEqual(sh("test -e /data/layer2.txt || echo removed by RUN"), "removed by RUN\n")
             self.assertEqual(sh("cat /data/file.txt"), "hello v2\n")  # the base image's file
@@ -729,6 +800,12 @@ class Dockerfile(harness.TestCase):
             self.assertEqual(sh("ls -a /app/dir | sort; ls -a /app/dir/sub | sort"),
                              ".\n..\na\nh1\nh2\nsub\n.\n..\nb\nlnk\n")
             self.assertEqual(sh("ls /app | sort"), "dir\nhello.txt\nrun1.txt\n")
+            # ADD extracted the archive (owners, links as in it); COPY --chown/--chmod
+            self.assertEqual(sh("stat -c '%n %F %a %u:%g' /opt/d /opt/d/f /opt/d/l /opt/own.txt; cat /opt/d/l; "
+                                "readlink /opt/d/l; ls /opt | sort"),
+                             "/opt/d directory 755 0:0\n/opt/d/f regular file 644 1001:1001\n"
+                             "/opt/d/l symbolic link 777 0:0\n/opt/own.txt regular file 640 1000:2000\n"
+                             "inner\nf\nd\nown.txt\n")
         finally:
             D.destroy(name, t=self.T)
 
@@ -740,19 +817,20 @@ class Dockerfile(harness.TestCase):
         log, st = bake_ready(self.T)
         self.assertEqual(st["dockerfile"], "built")
         self.assertNotEqual(st["bake"]["identity"], before)
-        steps = [l for l in log.splitlines() if re.match(r"\[\d+/11\] ", l)]
-        self.assertEqual(len(steps), 11, log)
-        self.assertFalse(steps[0].startswith("[1/11] CACHED"), steps[0])  # FROM: the image's disk, not a step
-        for i, l in enumerate(steps[1:10], start=2):
-            self.assertTrue(l.startswith("[%d/11] CACHED " % i), l)
-        self.assertEqual(steps[10], "[11/11] RUN echo last-v2 > /home/app/last.txt")
-        self.assertIn("10 steps, 9 from the cache", log)
-        self.assertEqual([s["cached"] for s in st["build"]["steps"]], [True] * 9 + [False])
+        n = self.N
+        steps = [l for l in log.splitlines() if re.match(r"\[\d+/%d\] " % n, l)]
+        self.assertEqual(len(steps), n, log)
+        self.assertFalse(steps[0].startswith("[1/%d] CACHED" % n), steps[0])  # FROM: the image's disk, not a step
+        for i, l in enumerate(steps[1:n - 1], start=2):
+            self.assertTrue(l.startswith("[%d/%d] CACHED " % (i, n)), l)
+        self.assertEqual(steps[n - 1], "[%d/%d] RUN echo last-v2 > /home/app/last.txt" % (n, n))
+        self.assertIn("%d steps, %d from the cache" % (n - 1, n - 2), log)
+        self.assertEqual([s["cached"] for s in st["build"]["steps"]], [True] * (n - 2) + [False])
         name = "dfb"
         D.create_ready(name, t=self.T)
         try:
             self.assertEqual(D.sh(name, "cat /home/app/last.txt /app/run1.txt", t=self.T),
-                             "last-v2\nuid=0 cwd=/app stage=build greeting=hello world\n")
+                             "last-v2\nuid=0 cwd=/app stage=build who=world\n")
         finally:
             D.destroy(name, t=self.T)
 
@@ -762,17 +840,18 @@ class Dockerfile(harness.TestCase):
         self.assertIn("last-v2", good)  # test_b's
         bad = self.dockerfile("echo broken > /home/app/last.txt && exit 3")
         write_dockerfile(self.T, bad)
-        D.expect_log_error(r"template df: line 12 \(RUN echo broken.*exit code 3")
+        D.expect_log_error(r"template df: line %d \(RUN echo broken.*exit code 3" % self.LAST)
         log, st = bake(self.T)
         self.assertEqual(st["state"], "ready", st)
-        self.assertIn("line 12", st["error"])
+        self.assertIn("line %d" % self.LAST, st["error"])
         self.assertIn("exit code 3", st["error"])
         self.assertEqual(st["dockerfile"], "changed")
         self.assertEqual(st["bake"]["identity"], st0["bake"]["identity"])
         self.assertEqual(st["bake"]["baked_at"], st0["bake"]["baked_at"])
         self.assertEqual(st["build"]["digest"], st0["build"]["digest"])
-        self.assertIn("[11/11] RUN echo broken", log)
+        self.assertIn("[%d/%d] RUN echo broken" % (self.N, self.N), log)
         self.assertIn("== failed", log)
+        # restore and warm creates both get the old snapshot
         name = "dfc"
         s = D.create_ready(name, t=self.T)
         try:
@@ -780,18 +859,53 @@ class Dockerfile(harness.TestCase):
             self.assertEqual(D.sh(name, "cat /home/app/last.txt", t=self.T), "last-v2\n")
         finally:
             D.destroy(name, t=self.T)
+        D.set_pool(1, t=self.T)
+        try:
+            D.wait_pool(1, t=self.T)
+            s = D.create_ready("dfw", t=self.T)
+            self.assertEqual(s["path"], "warm", s)
+            self.assertEqual(D.sh("dfw", "cat /home/app/last.txt", t=self.T), "last-v2\n")
+        finally:
+            D.set_pool(0, t=self.T)
+            D.destroy("dfw", t=self.T)
+            D.wait_pool(0, t=self.T)
 
     def test_d_unsupported_instruction_changes_nothing(self):
         stored = harness.read_text(D.tpl(self.T, "Dockerfile"))
         st0 = D.template_status(self.T)
-        e = self.assertErrno(errno.EINVAL, write_dockerfile, self.T, stored + "VOLUME /data\n")
+        self.assertErrno(errno.EINVAL, write_dockerfile, self.T, stored + "VOLUME /data\n")
         st = D.template_status(self.T)
         self.assertIn("VOLUME", st["error"])
-        self.assertIn("line 13", st["error"])  # the line appended
+        self.assertIn("line %d" % (self.LAST + 1), st["error"])  # the line appended
         self.assertEqual(harness.read_text(D.tpl(self.T, "Dockerfile")), stored)
         self.assertEqual((st["state"], st["identity"], st["dockerfile"]),
                          (st0["state"], st0["identity"], st0["dockerfile"]))
-        del e
+
+    def test_e_from_another_template(self):
+        t = "dfbase"
+        os.mkdir(D.tpl(t))
+        write_dockerfile(t, "FROM %s\nENV X=from-template\n" % IMG)
+        log, st = bake_ready(t)
+        self.assertIn("[1/2] FROM %s\n" % IMG, log)
+        self.assertEqual(st["build"]["env"], ["GREETING=hello world", "PATH=/bin", "X=from-template"])
+        self.assertEqual((st["build"]["user"], st["build"]["workdir"]), ("app", "/data"))
+        D.create_ready("dfe", t=t)
+        try:
+            self.assertEqual(D.sh("dfe", "id -un; pwd; echo $X; cat /data/file.txt", t=t),
+                             "app\n/data\nfrom-template\nhello v2\n")
+        finally:
+            D.destroy("dfe", t=t)
+
+    def test_f_empty_dockerfile_removes_it(self):
+        st0 = D.template_status(self.T)
+        self.assertIn("dockerfile", st0)
+        harness.write_file(D.tpl(self.T, "Dockerfile"), "", flags=os.O_WRONLY | os.O_TRUNC)  # `: > Dockerfile`
+        st = D.template_status(self.T)
+        self.assertEqual(harness.read_text(D.tpl(self.T, "Dockerfile")), "")
+        self.assertNotIn("dockerfile", st)
+        self.assertNotIn("build", st)
+        self.assertNotEqual(st["identity"], st0["identity"])
+        self.assertEqual(st["state"], "stale")
 
 
 class BadInputs(harness.TestCase):
