@@ -350,6 +350,10 @@ def tearDownModule():
                 for n in D.sandboxes():
                     D.destroy(n)
                 D.assert_inventory(BASE, timeout=30)
+                # removed templates leave nothing of theirs (build.log, build.json, snapshots)
+                tdir = os.path.join(D.state, "store", "templates")
+                if sorted(os.listdir(tdir)) != ["default"]:
+                    raise AssertionError("templates left in the store: %s" % sorted(os.listdir(tdir)))
                 left = temp_leftovers()
                 if left:
                     raise AssertionError("half-made files left in the state dir: %s" % left)
@@ -445,6 +449,9 @@ class ImageTree(harness.TestCase):
             ({"user": "1001:2000"}, "other\n1001\n2000\n/data\nhello world\n"),  # HOME: see below
             ({"user": "root", "cwd": "/www", "env": {"GREETING": "over"}}, "root\n0\n0\n/www\nover\n/root\n"),
         ]
+        # a uid no passwd entry names: gid = uid, no other group (Docker's rule)
+        r = D.exec_json(self.SB, {"sh": "id -u; id -g; id -G; pwd", "user": "4242"}, t=IMG)
+        self.assertEqual((r["exit_code"], r["stdout"]), (0, b"4242\n4242\n4242\n/data\n"), r)
         for extra, want in cases:
             req = dict({"sh": "id -un; id -u; id -G; pwd; echo \"$GREETING\"; echo \"$HOME\""}, **extra)
             r = D.exec_json(self.SB, req, t=IMG)
@@ -579,7 +586,7 @@ class DockerArchive(harness.TestCase):
         cls.archive = os.path.join(WORK, "image.tar")
         run("skopeo", "copy", "--quiet", "oci:%s:t" % LAYOUT, "docker-archive:%s:t:latest" % cls.archive)
         os.mkdir(D.tpl(cls.T))
-        write_config(cls.T, {"image": "docker-archive:" + cls.archive})
+        write_config(cls.T, {"image": "docker-archive:" + cls.archive, "disk_mib": 192})
         # events from before the bake, build.log right after the ctl write: both read in threads
         cls.events, cls.chunks, cls.eof_state, cls.reader_error = [], [], None, None
         ev = open(os.path.join(D.mount, "events"), "rb", buffering=0)
@@ -627,7 +634,8 @@ class DockerArchive(harness.TestCase):
         for what, fn in (("config", lambda: write_config(cls.T, {"image": "docker-archive:" + cls.archive,
                                                                   "mem_mib": 300})),
                          ("Dockerfile", lambda: write_dockerfile(cls.T, "FROM %s\n" % IMG)),
-                         ("ctl", lambda: harness.write_file(D.tpl(cls.T, "ctl"), "rebake\n"))):
+                         ("ctl", lambda: harness.write_file(D.tpl(cls.T, "ctl"), "rebake\n")),
+                         ("rmdir", lambda: os.rmdir(D.tpl(cls.T)))):
             try:
                 fn()
                 cls.busy.append((what, None))
@@ -661,7 +669,8 @@ class DockerArchive(harness.TestCase):
         self.assertEqual([p for p in phases if p in ("build", "boot", "snapshot")], ["build", "boot", "snapshot"],
                          self.events)
         self.assertEqual(self.events[-1]["state"], "ready", self.events)
-        self.assertEqual(self.busy, [("config", errno.EBUSY), ("Dockerfile", errno.EBUSY), ("ctl", errno.EBUSY)])
+        self.assertEqual(self.busy, [("config", errno.EBUSY), ("Dockerfile", errno.EBUSY), ("ctl", errno.EBUSY),
+                                     ("rmdir", errno.EBUSY)])
         # "bake" of a ready template with unchanged inputs bakes nothing: the log stays, a read of it ends at once
         baked_at = self.status["bake"]["baked_at"]
         t0 = time.monotonic()
@@ -681,6 +690,10 @@ class DockerArchive(harness.TestCase):
             for k in ("env", "workdir", "user", "cmd", "entrypoint"):
                 self.assertEqual(a[k], b[k], k)
             self.assertEqual(D.sh(self.SB, "id -un; pwd; echo \"$GREETING\"", t=self.T), "app\n/data\nhello world\n")
+            # "disk_mib": 192 is the root file system's size (less ext4's own overhead)
+            blocks, bsize = map(int, D.sh(self.SB, "stat -f -c '%b %S' /", t=self.T).split())
+            self.assertLessEqual(blocks * bsize, 192 << 20)
+            self.assertGreater(blocks * bsize, 170 << 20)
         finally:
             D.destroy(self.SB, t=self.T)
 
