@@ -24,6 +24,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import unittest
 import zipfile
 
@@ -32,6 +33,7 @@ import harness  # noqa: E402
 
 SCRIPT = os.path.join(harness.REPO, "contrib", "build-python-image.sh")
 BUILD_TIMEOUT = 1200  # a cold image build: about 80 s here, bounded by the script itself (900 s)
+BAKE_TIMEOUT = 600  # the first bake unpacks and formats about 250 MiB
 T = "py"
 SB = "py1"
 PKG, VERSION = "emberfs_wheeltest", "1.0"
@@ -60,7 +62,14 @@ def python_image_ref():
 
 def bake(verb):
     harness.write_file(D.tpl(T, "ctl"), verb + "\n")
-    log = harness.read_text(D.tpl(T, "build.log"))  # returns when the bake is over
+    out = {}
+    th = threading.Thread(target=lambda: out.update(log=harness.read_text(D.tpl(T, "build.log"))), daemon=True)
+    th.start()
+    th.join(BAKE_TIMEOUT)  # `cat build.log` returns when the bake is over; a bake that hangs fails the test
+    if "log" not in out:
+        raise AssertionError("bake of %s: build.log unreadable or still open after %d s: %s\n%s" % (
+            T, BAKE_TIMEOUT, D.template_status(T), D.log_tail()))
+    log = out["log"]
     st = D.template_status(T)
     if st["state"] != "ready" or st["error"] is not None:
         raise AssertionError("bake of %s: %s, %s\n--- build.log ---\n%s\n%s" % (
