@@ -702,6 +702,8 @@ static int guest_mkdirs(struct builder *b, const char *path)
 
 	if (!p)
 		return -ENOMEM;
+	if (strcmp(p, "/") == 0)
+		return 0; /* the root is there (the agent refuses to make it: not EEXIST) */
 	for (char *c = p + 1; r == 0; c++) {
 		bool end = !*c;
 
