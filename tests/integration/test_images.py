@@ -755,8 +755,8 @@ class Dockerfile(harness.TestCase):
     """templates/T/Dockerfile: steps, the step cache, a failed build, a refused instruction."""
 
     T = "df"
-    N = 14  # instructions from FROM on: "[i/14]" in build.log
-    LAST = 16  # the line of the last RUN
+    N = 15  # instructions from FROM on: "[i/15]" in build.log
+    LAST = 17  # the line of the last RUN
 
     @classmethod
     def dockerfile(cls, last_run):
@@ -771,12 +771,13 @@ class Dockerfile(harness.TestCase):
                 "COPY dir /app/dir\n"                                    # 9
                 "ADD arch.tar.gz /opt/\n"                                # 10
                 "COPY --chown=app:extra --chmod=0640 own.txt /opt/own.txt\n"  # 11
+                "COPY own.txt /\n"                                       # 12
                 "RUN echo \"uid=$(id -u) cwd=$(pwd) stage=$STAGE who=$WHO\" > /app/run1.txt && "
-                "rm /data/layer2.txt\n"                                  # 12
-                "ENV FINAL=yes\n"                                        # 13
-                "USER app\n"                                             # 14
-                "WORKDIR /home/app\n"                                    # 15
-                "RUN %s\n" % (LAYOUT, last_run))                         # 16
+                "rm /data/layer2.txt && echo visible output of RUN\n"    # 13
+                "ENV FINAL=yes\n"                                        # 14
+                "USER app\n"                                             # 15
+                "WORKDIR /home/app\n"                                    # 16
+                "RUN %s\n" % (LAYOUT, last_run))                         # 17
 
     @classmethod
     def setUpClass(cls):
@@ -823,6 +824,7 @@ class Dockerfile(harness.TestCase):
         self.assertEqual([s["cached"] for s in b["steps"]], [False] * (self.N - 1))
         self.assertIn("[1/%d] FROM ${BASE}\n" % self.N, self.log1)
         self.assertIn("image: oci:%s:t is sha256:" % LAYOUT, self.log1)  # the ARG's value
+        self.assertIn("\nvisible output of RUN\n", self.log1)  # RUN's output goes to the build log
         name = "dfa"
         D.create_ready(name, t=self.T)
         try:
@@ -853,6 +855,8 @@ class Dockerfile(harness.TestCase):
                              "/opt/d directory 755 0:0\n/opt/d/f regular file 644 1001:1001\n"
                              "/opt/d/l symbolic link 777 0:0\n/opt/own.txt regular file 640 1000:2000\n"
                              "inner\nf\nd\nown.txt\n")
+            # a destination right under the root
+            self.assertEqual(sh("cat /own.txt; stat -c '%a %u:%g' /own.txt"), "own\n644 0:0\n")
         finally:
             D.destroy(name, t=self.T)
 
