@@ -743,6 +743,30 @@ static int guest_path(const struct bstate *s, const char *word, char **ret)
 	return path_normalize(v, ret); /* the guest's agent takes no "." or ".." */
 }
 
+/*
+ * A match of a source in the context is inside it: the context itself, or
+ * a name in a directory that resolves under the context (a symlink in the
+ * context to a directory elsewhere, /etc say, would copy host files). The
+ * last component is copied as it is (a link as a link), so only its
+ * directory is resolved.
+ */
+static bool inside_context(const char *context, const char *path)
+{
+	_cleanup_free_ char *root = realpath(context, NULL), *rp = NULL, *dir = strdup(path), *rdir = NULL;
+	char *slash = dir ? strrchr(dir, '/') : NULL;
+	size_t rl;
+
+	if (!root || !slash)
+		return false;
+	if ((rp = realpath(path, NULL)) && strcmp(rp, root) == 0)
+		return true;
+	*slash = '\0';
+	if (!(rdir = realpath(*dir ? dir : "/", NULL)))
+		return false;
+	rl = strlen(root);
+	return strcmp(root, "/") == 0 || (strncmp(rdir, root, rl) == 0 && (rdir[rl] == '\0' || rdir[rl] == '/'));
+}
+
 /* The sources of a COPY or ADD, matched in the context (globs too), sorted. */
 static int sources(const struct template_config *cfg, const struct bstate *s, const struct df_instr *in,
 		   glob_t *g, char **ret_error)
@@ -765,6 +789,10 @@ static int sources(const struct template_config *cfg, const struct bstate *s, co
 		if (r == 0 && g->gl_pathc == before)
 			r = error_first(ret_error, -ENOENT, "line %u (%s): %s: nothing there in the context %s", in->line,
 				  in->text, v, cfg->context);
+		for (size_t i = before; r == 0 && i < g->gl_pathc; i++)
+			if (!inside_context(cfg->context, g->gl_pathv[i]))
+				r = error_first(ret_error, -EPERM, "line %u (%s): %s: leads out of the context %s (a symbolic "
+					  "link on the way)", in->line, in->text, g->gl_pathv[i], cfg->context);
 	}
 	return r;
 }
