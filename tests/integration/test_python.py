@@ -182,5 +182,45 @@ class Python(harness.TestCase):
             D.destroy("py3", t=T)
 
 
+class Crash(harness.TestCase):
+    def test_killed_daemon_leaves_no_build_behind(self):
+        """kill -9 of the daemon while umoci unpacks the image (about 250 MiB): the tool dies with the daemon,
+        and the next start on the state dir removes the half-made disk."""
+        d = harness.Daemon().start()
+        d2 = None
+        try:
+            os.mkdir(d.tpl("pyk"))
+            harness.write_file(d.tpl("pyk", "config"), json.dumps({"image": REF, "mem_mib": 512}))
+            harness.write_file(d.tpl("pyk", "ctl"), "bake\n")
+            fd = os.open(d.tpl("pyk", "build.log"), os.O_RDONLY)  # follows the bake
+            log = b""
+            try:
+                while b"unpack: umoci unpack" not in log:
+                    b = os.read(fd, 65536)
+                    if not b:
+                        raise AssertionError("the bake ended before the unpack: %r" % log)
+                    log += b
+            finally:
+                os.close(fd)
+            tools = harness.wait_for(lambda: [p for p in harness.all_pids()
+                                              if os.path.basename((harness.proc_cmdline(p) or [""])[0]) == "umoci"
+                                              and any(d.state in a for a in harness.proc_cmdline(p))],
+                                     20, "umoci unpacking into the store")
+            disks = os.path.join(d.state, "store", "images", "disks")
+            self.assertEqual(len([n for n in os.listdir(disks) if n.endswith(".tmp")]), 1, os.listdir(disks))
+            d.kill9()
+            for p in tools:  # at once: its unpack takes about 10 s more
+                self.assertTrue(harness.wait_pid_gone(p, timeout=2), "umoci %d outlived the daemon" % p)
+            d2 = harness.Daemon(reuse=d).start()
+            self.assertEqual(os.listdir(disks), [])
+            st = d2.template_status("pyk")
+            self.assertEqual((st["state"], st.get("phase")), ("new", None), st)
+            os.rmdir(d2.tpl("pyk"))
+        except BaseException:
+            (d2 or d).force_cleanup()
+            raise
+        d2.stop()
+
+
 if __name__ == "__main__":
     harness.main()
