@@ -16,6 +16,9 @@ and this test then skips with its reason), as a template
 - A second bake with unchanged inputs reuses the disk made for the image:
   its status timings have "cached" and neither "unpack" nor "mkfs", and the
   build part takes less than the first bake's unpack and mkfs.
+- A daemon killed (kill -9) while umoci unpacks the image (a wide window:
+  about 10 s): umoci dies with it, and the next start on the same state dir
+  removes the half-made disk (images/disks/*.tmp); the template is "new".
 """
 import base64
 import hashlib
