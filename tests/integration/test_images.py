@@ -46,7 +46,8 @@ file and adds one. The image's config: Env, WorkingDir /data, User app
   COPY (a file, a directory with a symlink and a hard link), ADD of a tar.gz
   (owners, links), COPY --chown/--chmod, RUN; the guest shows the results;
   editing the last RUN rebuilds that step only (build.log CACHED lines,
-  status build.steps "cached"); a failing RUN keeps the old snapshot serving
+  status build.steps "cached"); new content in a context file rebuilds
+  from its COPY on; a failing RUN keeps the old snapshot serving
   (state ready, error names the line and the exit code, restore and warm
   creates see the old content); VOLUME fails close() with EINVAL, status
   error names it, the stored Dockerfile is unchanged; FROM another
@@ -883,6 +884,24 @@ class Dockerfile(harness.TestCase):
         try:
             self.assertEqual(D.sh(name, "cat /home/app/last.txt /app/run1.txt", t=self.T),
                              "last-v2\nuid=0 cwd=/app stage=build who=world\n")
+        finally:
+            D.destroy(name, t=self.T)
+
+    def test_bb_changed_context_file_rebuilds_from_its_copy(self):
+        # the step cache keys a COPY by what it copies: new content in hello.txt rebuilds that COPY and every
+        # step after it (their parent changed), and nothing before it
+        put(self.ctx + "/hello.txt", "hello, changed\n", 0o600)
+        self.assertEqual(D.template_status(self.T)["dockerfile"], "built")  # the Dockerfile itself is the same
+        log, st = bake_ready(self.T, "rebake")
+        copy_at = 8 - 4  # the steps start at line 4; COPY hello.txt is line 8
+        self.assertEqual([s["cached"] for s in st["build"]["steps"]],
+                         [True] * copy_at + [False] * (self.N - 1 - copy_at))
+        self.assertIn("[%d/%d] COPY hello.txt ./\n" % (copy_at + 2, self.N), log)
+        name = "dfbb"
+        D.create_ready(name, t=self.T)
+        try:
+            r = D.exec_json(name, {"sh": "cat /app/hello.txt /home/app/last.txt", "user": "root"}, t=self.T)
+            self.assertEqual((r["exit_code"], r["stdout"]), (0, b"hello, changed\nlast-v2\n"), r)
         finally:
             D.destroy(name, t=self.T)
 
