@@ -742,6 +742,30 @@ static int guest_path(const struct bstate *s, const char *word, char **ret)
 	return path_normalize(v, ret); /* the guest's agent takes no "." or ".." */
 }
 
+/*
+ * A match of a source in the context is inside it: the context itself, or
+ * a name in a directory that resolves under the context (a symlink in the
+ * context to a directory elsewhere, /etc say, would copy host files). The
+ * last component is copied as it is (a link as a link), so only its
+ * directory is resolved.
+ */
+static bool inside_context(const char *context, const char *path)
+{
+	_cleanup_free_ char *root = realpath(context, NULL), *rp = NULL, *dir = strdup(path), *rdir = NULL;
+	char *slash = dir ? strrchr(dir, '/') : NULL;
+	size_t rl;
+
+	if (!root || !slash)
+		return false;
+	if ((rp = realpath(path, NULL)) && strcmp(rp, root) == 0)
+		return true;
+	*slash = '\0';
+	if (!(rdir = realpath(*dir ? dir : "/", NULL)))
+		return false;
+	rl = strlen(root);
+	return strcmp(root, "/") == 0 || (strncmp(rdir, root, rl) == 0 && (rdir[rl] == '\0' || rdir[rl] == '/'));
+}
+
 /* The sources of a COPY or ADD, matched in the context (globs too), sorted. */
 static int sources(const struct template_config *cfg, const struct bstate *s, const struct df_instr *in,
 		   glob_t *g, char **ret_error)
@@ -764,6 +788,10 @@ static int sources(const struct template_config *cfg, const struct bstate *s, co
 		if (r == 0 && g->gl_pathc == before)
 			r = error_first(ret_error, -ENOENT, "line %u (%s): %s: nothing there in the context %s", in->line,
 				  in->text, v, cfg->context);
+		for (size_t i = before; r == 0 && i < g->gl_pathc; i++)
+			if (!inside_context(cfg->context, g->gl_pathv[i]))
+				r = error_first(ret_error, -EPERM, "line %u (%s): %s: leads out of the context %s (a symbolic "
+					  "link on the way)", in->line, in->text, g->gl_pathv[i], cfg->context);
 	}
 	return r;
 }
@@ -1029,8 +1057,25 @@ static int step_meta(struct bstate *s, const struct df_instr *in, char **ret_err
 	int r = 0;
 
 	switch (in->op) {
+	case DF_ENV: {
+		/* every value as the variables were before this instruction: "ENV a=bye b=$a" gives b the old a (Docker) */
+		char **before = vars_of(s);
+
+		if (!before) {
+			r = -ENOMEM;
+			break;
+		}
+		for (size_t i = 0; r == 0 && i < in->n_kvs; i++) {
+			_cleanup_free_ char *val = NULL;
+
+			r = dockerfile_expand(in->kvs[i].value ? in->kvs[i].value : "", before, &val);
+			if (r == 0)
+				r = strv_setenv(&s->cfg.env, in->kvs[i].key, val);
+		}
+		strv_free(before);
+		break;
+	}
 	case DF_ARG:
-	case DF_ENV:
 		for (size_t i = 0; r == 0 && i < in->n_kvs; i++) {
 			_cleanup_free_ char *val = NULL;
 
@@ -1112,10 +1157,11 @@ int dockerfile_build(struct template *t, const struct template_config *cfg, cons
 	for (; from < df.n && df.v[from].op == DF_ARG && r == 0; from++)
 		r = step_meta(&s, &df.v[from], ret_error);
 	if (r == 0) {
-		char **pre = TAKE_PTR(s.args);
+		char **pre;
 
 		blog(run->log_fd, "[1/%zu] %s", df.n - from, df.v[from].text);
-		r = step_from(t, cfg, &s, &df.v[from], run, ret_error);
+		r = step_from(t, cfg, &s, &df.v[from], run, ret_error); /* FROM ${X}: those ARGs */
+		pre = TAKE_PTR(s.args);
 		s.args = calloc(1, sizeof(char *));
 		for (size_t i = from + 1; r == 0 && s.args && i < df.n; i++)
 			for (size_t k = 0; df.v[i].op == DF_ARG && k < df.v[i].n_kvs; k++)

@@ -309,6 +309,43 @@ static void reap_unrecorded_vmms(struct engine *e)
 }
 
 /*
+ * Scratch of builds a crashed run left: an image's unpacked bundle and disk
+ * being made (images/disks/NAME.tmp, hundreds of MiB for a distribution
+ * image), a step's disk being cloned (build-cache/KEY/disk.img.tmp), a
+ * Dockerfile build's guest directory (templates/T/build). No build runs yet.
+ */
+static void sweep_build_scratch(struct engine *e)
+{
+	static const char *const dirs[] = { "/images/disks", "/build-cache", "/templates" };
+
+	for (size_t i = 0; i < ARRAY_SIZE(dirs); i++) {
+		_cleanup_free_ char *dir = strjoin(e->store.root, dirs[i], NULL);
+		DIR *d = dir ? opendir(dir) : NULL;
+		struct dirent *de;
+
+		while (d && (de = readdir(d))) {
+			_cleanup_free_ char *p = NULL;
+			size_t n = strlen(de->d_name);
+
+			if (de->d_name[0] == '.')
+				continue;
+			if (i == 0 && n > 4 && strcmp(de->d_name + n - 4, ".tmp") == 0)
+				p = strjoin(dir, "/", de->d_name, NULL);
+			else if (i == 1)
+				p = strjoin(dir, "/", de->d_name, "/disk.img.tmp", NULL);
+			else if (i == 2)
+				p = strjoin(dir, "/", de->d_name, "/build", NULL);
+			if (p && access(p, F_OK) == 0) {
+				log_warn("removing %s, left by a build an earlier run did not finish", p);
+				rm_rf(p);
+			}
+		}
+		if (d)
+			closedir(d);
+	}
+}
+
+/*
  * What a crashed run left and no sandbox is re-adopted with (adopt_scan
  * decided): creates and destroys in flight, warm slots, files without a
  * record. Their VMMs are killed, their directories removed.
@@ -332,6 +369,7 @@ static void sweep_leftovers(struct engine *e)
 	if (d)
 		closedir(d);
 	reap_unrecorded_vmms(e);
+	sweep_build_scratch(e);
 	d = run ? opendir(run) : NULL;
 	while (d && (de = readdir(d))) {
 		_cleanup_free_ char *p = NULL;

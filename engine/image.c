@@ -367,6 +367,7 @@ static int fetch(struct engine *e, const struct image_ref *r, const struct build
 {
 	_cleanup_free_ char *layout = NULL, *src = NULL, *dst = NULL, *why = NULL;
 	struct stat st;
+	bool made;
 	int ret;
 
 	if (r->kind == REF_ARCHIVE) {
@@ -387,17 +388,23 @@ static int fetch(struct engine *e, const struct image_ref *r, const struct build
 		src = strjoin("docker://", r->path, NULL);
 	}
 	dst = layout ? strjoin("oci:", layout, ":img", NULL) : NULL;
-	if (!layout || !src || !dst || (ret = mkdir_p(layout, 0700)) < 0)
+	if (!layout || !src || !dst)
 		return -ENOMEM;
+	made = access(layout, F_OK) < 0; /* a layout fetched before stays the cache it is */
+	if ((ret = mkdir_p(layout, 0700)) < 0)
+		return error_first(ret_error, ret, "image: %s: %s", layout, strerror(-ret));
 	blog(run->log_fd, "pull: skopeo copy %s %s", src, dst);
 	{
 		char *argv[] = { "skopeo", "copy", "--retry-times", "2", "--quiet", src, dst, NULL };
 
 		ret = tool_run(argv, run->log_fd, SKOPEO_TIMEOUT_MS, run->cancel, &why);
 	}
-	if (ret < 0)
+	if (ret < 0) {
+		if (made)
+			rm_rf(layout); /* a failed fetch leaves no layout behind */
 		return error_first(ret_error, ret, "image: cannot fetch %s: %s (build log has skopeo's output)", src,
 			    why ? why : strerror(-ret));
+	}
 	cache_touch(layout);
 	*ret_layout = TAKE_PTR(layout);
 	return 0;

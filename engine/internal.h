@@ -261,6 +261,8 @@ int build_record_save(struct template *t, const struct build_result *b);
 /* e->lock held: whether its VMs have a root disk; the config they run with (the build's disk as rootfs). */
 bool template_has_disk(struct template *t);
 int template_config_vm(struct template *t, struct template_config *dst);
+/* The image's env, workdir and user as the defaults of every exec and process in the guest of ac. */
+int template_agent_configure(struct agent_client *ac, const struct image_config *c);
 int build_record_load(struct template *t, struct build_result *ret);
 void build_record_drop(struct template *t);
 /* The store's build caches (cache.c): an entry used now; removing what nobody uses; a bake's wait (e->lock held). */
@@ -626,6 +628,8 @@ int sandbox_create_internal(struct engine *e, struct template *t, const char *na
 			    struct sandbox **ret);
 /* Identity attach (hostname, env, fresh entropy, clock); then(arg) runs once it is sent. */
 int sandbox_attach(struct sandbox *s, unsigned timeout_ms, int (*then)(void *arg), void *arg);
+/* After a cold boot of a built root disk: the build's env, workdir and user (a restored guest has them). */
+int sandbox_configure_image(struct sandbox *s);
 /* A new machine id (32 lowercase hex digits): -EIO. */
 int machine_id_new(char out[static 33]);
 /*

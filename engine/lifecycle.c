@@ -331,7 +331,10 @@ static int run_own_vmm(struct sandbox *s, const char *mem, int state_fd, const c
 	if (atomic_load(&s->cancel))
 		agent_shutdown(ac);
 	pthread_mutex_unlock(&e->lock);
-	return sandbox_attach(s, state_fd >= 0 ? AGENT_RESTORE_TIMEOUT_MS : AGENT_BOOT_TIMEOUT_MS, NULL, NULL);
+	r = sandbox_attach(s, state_fd >= 0 ? AGENT_RESTORE_TIMEOUT_MS : AGENT_BOOT_TIMEOUT_MS, NULL, NULL);
+	if (r == 0 && state_fd < 0)
+		r = sandbox_configure_image(s); /* a cold boot: the guest's defaults are not in its memory */
+	return r;
 }
 
 /* start: a cold boot from the sandbox's own disk, in its own network slot, in the cold-work place. */

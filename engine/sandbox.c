@@ -451,6 +451,26 @@ static int job_tcp_ready(struct sandbox *s)
 	return 0;
 }
 
+int sandbox_configure_image(struct sandbox *s)
+{
+	_cleanup_json_ json_object *o = NULL;
+	struct image_config c = { 0 };
+	int r;
+
+	pthread_mutex_lock(&s->e->lock);
+	if (s->tpl->has_build)
+		o = image_config_json(&s->tpl->build.cfg);
+	r = s->tpl->has_build && !o ? -ENOMEM : 0;
+	pthread_mutex_unlock(&s->e->lock);
+	if (r < 0 || !o)
+		return r;
+	r = image_config_from_json(o, &c);
+	if (r == 0)
+		r = template_agent_configure(s->agent, &c);
+	image_config_clear(&c);
+	return r;
+}
+
 static int job_agent(struct job *j)
 {
 	struct sandbox *s = j->s;
@@ -465,7 +485,10 @@ static int job_agent(struct job *j)
 		agent_shutdown(ac);
 	pthread_mutex_unlock(&s->e->lock);
 	create_phase(s, "agent");
-	return sandbox_attach(j->s, j->restore ? AGENT_RESTORE_TIMEOUT_MS : AGENT_BOOT_TIMEOUT_MS, NULL, NULL);
+	r = sandbox_attach(j->s, j->restore ? AGENT_RESTORE_TIMEOUT_MS : AGENT_BOOT_TIMEOUT_MS, NULL, NULL);
+	if (r == 0 && !j->restore)
+		r = sandbox_configure_image(s);
+	return r;
 }
 
 /* A restored guest prints nothing until it does something: say where it came from. */
@@ -745,6 +768,12 @@ static int run_create(struct job *j, const char **step)
 	if (!j->restore && j->cfg.derived_from) {
 		/* its state came from a sandbox: booting the base image would silently lose it */
 		*step = "restore (a template made from a sandbox never boots cold; its snapshot is unusable)";
+		return -EIO;
+	}
+	if (!j->restore && !j->cfg.rootfs && (j->cfg.image || template_has_dockerfile(s->tpl))) {
+		/* its root disk is what a build makes: booting without one would run the initramfs, not the image */
+		*step = "prepare (the template's root disk is built from its image or Dockerfile and no build succeeded: "
+			"bake it)";
 		return -EIO;
 	}
 	if (!j->restore) {

@@ -491,12 +491,11 @@ static int bake_prepare(struct bake_ctx *b, char **mem, char **disk)
 	return r;
 }
 
-/* The image's env, workdir and user: the defaults of every exec and process, in the snapshot. */
-static int bake_configure(struct bake_ctx *b, struct agent_client *ac)
+/* The image's env, workdir and user: the defaults of every exec and process (agent op "configure"). */
+int template_agent_configure(struct agent_client *ac, const struct image_config *c)
 {
 	_cleanup_json_ json_object *req = json_object_new_object();
 	json_object *env = json_object_new_object();
-	const struct image_config *c = &b->build.cfg;
 
 	if (!req || !env) {
 		json_object_put(env);
@@ -544,6 +543,37 @@ static bool start_ready(struct bake_ctx *b, struct agent_client *ac)
 	return call_op(ac, req, 20000, &resp) == 0 && jget_int(resp, "exit_code", -1) == 0;
 }
 
+/* What a start command that ended printed, into the build log: stdout, then stderr (64 KiB of each at most). */
+static void start_output_to_log(struct bake_ctx *b, struct agent_client *ac)
+{
+	for (int stream = 1; stream <= 2 && b->log_fd >= 0; stream++) {
+		size_t total = 0;
+
+		while (total < 65536) {
+			_cleanup_json_ json_object *resp = NULL;
+			_cleanup_free_ uint8_t *data = NULL;
+			json_object *req = json_object_new_object();
+			size_t len = 0;
+			int r;
+
+			if (!req)
+				return;
+			json_object_object_add(req, "op", json_object_new_string("out"));
+			json_object_object_add(req, "job", json_object_new_int64((int64_t)b->start.job));
+			json_object_object_add(req, "stream", json_object_new_int(stream));
+			json_object_object_add(req, "max", json_object_new_int(65536));
+			/* bounded: a child of the command may still hold the pipe open */
+			r = agent_call_full(ac, req, NULL, 0, 2000, NULL, NULL, &resp, &data, &len);
+			json_object_put(req);
+			if (r < 0 || len == 0 || write(b->log_fd, data, len) < 0)
+				break;
+			total += len;
+			if (jget_bool(resp, "eof"))
+				break;
+		}
+	}
+}
+
 /*
  * config "start": spawned in the bake's guest (as a process of the bake's
  * connection: every sandbox's first attach names its job and keeps it),
@@ -576,6 +606,8 @@ static int bake_start(struct bake_ctx *b, struct agent_client *ac)
 		json_object_object_add(req, "op", json_object_new_string("status"));
 		json_object_object_add(req, "job", json_object_new_int64((int64_t)b->start.job));
 		if ((r = call_op(ac, req, QMP_TIMEOUT_MS, &st)) < 0 || !jget_bool(st, "running")) {
+			if (r == 0)
+				start_output_to_log(b, ac);
 			error_set(&b->error, "start command exited before it was ready (exit code %" PRId64 ", signal %" PRId64
 					     "); see the build log",
 				  jget_int(st, "exit_code", -1), jget_int(st, "signal", 0));
@@ -609,14 +641,16 @@ static int bake_boot_and_snapshot(struct bake_ctx *b, const char *disk)
 	timings_lap(&b->tm, "boot");
 	if (r == 0 && b->built) {
 		step = "configure";
-		r = bake_configure(b, vm.ac);
+		r = template_agent_configure(vm.ac, &b->build.cfg); /* in the snapshot: every restored guest has it */
 	}
 	if (r == 0 && b->cfg.warm) {
+		_cleanup_free_ char *why = NULL;
+
 		step = "warm";
 		blog(b->log_fd, "warm: %s", b->cfg.warm);
-		r = guest_run(vm.ac, b->cfg.warm, WARM_TIMEOUT_MS, b->log_fd, &b->error);
+		r = guest_run(vm.ac, b->cfg.warm, WARM_TIMEOUT_MS, b->log_fd, &why);
 		if (r < 0)
-			error_first(&b->error, r, "warm command: %s", strerror(-r));
+			error_first(&b->error, r, "warm command: %s", why ? why : strerror(-r));
 		timings_lap(&b->tm, "warm");
 	}
 	if (r == 0 && b->cfg.start) {

@@ -2,51 +2,72 @@
  * Running the host tools the engine builds images with (skopeo, umoci,
  * mkfs.ext4): fork and exec with no shell, stdin /dev/null, stdout and
  * stderr into a log, a bounded wait that a cancel flag ends early, and the
- * tool killed (its process group) when either runs out.
+ * tool killed (its process group) when either runs out, or when the daemon
+ * dies.
  */
 #include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <poll.h>
 
 #include "internal.h"
 
-extern char **environ;
-
 static int pidfd_open_(pid_t pid)
 {
 	return (int)syscall(SYS_pidfd_open, pid, 0);
 }
 
+/*
+ * The child: dies with the thread that started it (PR_SET_PDEATHSIG: a
+ * crashed daemon leaves no unpack or pull writing into its store, which the
+ * next start sweeps), in a process group of its own (a timeout kills what
+ * it started too), stdin /dev/null, stdout and stderr into the log. Only
+ * async-signal-safe calls; an exec failure's errno goes back through err.
+ */
+static void tool_child(char *const argv[], int log_fd, pid_t parent, int err)
+{
+	int e, fd;
+
+	if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent || setpgid(0, 0) < 0)
+		goto fail;
+	if ((fd = open("/dev/null", O_RDWR)) < 0 || dup2(fd, 0) < 0 || dup2(log_fd >= 0 ? log_fd : fd, 1) < 0 ||
+	    dup2(log_fd >= 0 ? log_fd : fd, 2) < 0)
+		goto fail;
+	execvp(argv[0], argv);
+fail:
+	e = errno;
+	if (write(err, &e, sizeof(e)) < 0) {
+		/* the parent sees the exit status alone */
+	}
+	_exit(127);
+}
+
 int tool_run(char *const argv[], int log_fd, unsigned timeout_ms, const atomic_bool *cancel, char **ret_why)
 {
-	posix_spawn_file_actions_t fa;
-	posix_spawnattr_t at;
 	_cleanup_close_ int pfd = -1;
 	uint64_t deadline = now_ns() + (uint64_t)timeout_ms * 1000000;
-	pid_t pid;
-	int st, r;
+	pid_t pid, parent = getpid();
+	int st, r, err[2], e = 0;
 
-	posix_spawn_file_actions_init(&fa);
-	posix_spawnattr_init(&at);
-	posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-	if (log_fd >= 0) {
-		posix_spawn_file_actions_adddup2(&fa, log_fd, 1);
-		posix_spawn_file_actions_adddup2(&fa, log_fd, 2);
+	if (pipe2(err, O_CLOEXEC) < 0)
+		return -errno;
+	pid = fork();
+	if (pid == 0)
+		tool_child(argv, log_fd, parent, err[1]);
+	close(err[1]);
+	if (pid > 0 && read(err[0], &e, sizeof(e)) == (ssize_t)sizeof(e)) {
+		/* it never ran: reap it, say why */
+		while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+			;
+		r = e ? e : EIO;
 	} else {
-		posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-		posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
+		r = pid < 0 ? errno : 0;
 	}
-	/* its own process group: a timeout kills what it started too */
-	posix_spawnattr_setpgroup(&at, 0);
-	posix_spawnattr_setflags(&at, POSIX_SPAWN_SETPGROUP);
-	r = posix_spawnp(&pid, argv[0], &fa, &at, argv, environ);
-	posix_spawn_file_actions_destroy(&fa);
-	posix_spawnattr_destroy(&at);
+	close(err[0]);
 	if (r) {
 		if (ret_why && asprintf(ret_why, "%s: %s", argv[0], strerror(r)) < 0)
 			*ret_why = NULL;

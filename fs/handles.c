@@ -372,7 +372,11 @@ static int build_output(struct fh *h)
 	return 0;
 }
 
-/* Reads return the response from the handle's own cursor (writes moved the file offset). */
+/*
+ * Reads return the response from the handle's own cursor (writes moved the
+ * file offset). A command that could not run fails the read with its errno;
+ * in JSON mode a guest's reason is the response instead ({"errno", "error"}).
+ */
 static void exec_serve(fuse_req_t req, struct fh *h, size_t size)
 {
 	if (h->exec_err) {
@@ -391,6 +395,24 @@ static void exec_serve(fuse_req_t req, struct fh *h, size_t size)
 	h->rpos += size;
 }
 
+/* JSON mode: why the command did not run, as the response. */
+static int error_output(struct fh *h, int err)
+{
+	json_object *o = json_object_new_object();
+	int n;
+
+	if (!o)
+		return -ENOMEM;
+	json_object_object_add(o, "errno", json_object_new_string(strerrorname_np(err) ? strerrorname_np(err) : "EIO"));
+	json_object_object_add(o, "error", json_object_new_string(h->res.error));
+	n = asprintf(&h->out, "%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
+	json_object_put(o);
+	if (n < 0)
+		return -ENOMEM;
+	h->out_len = (size_t)n;
+	return 0;
+}
+
 static void exec_done(void *arg, int result)
 {
 	struct fh *h = arg;
@@ -399,7 +421,9 @@ static void exec_done(void *arg, int result)
 
 	pthread_mutex_lock(&h->lock);
 	h->exec_err = result < 0 ? -result : 0;
-	if (!h->exec_err && build_output(h) < 0)
+	if (h->exec_err && h->json_mode && h->res.error && error_output(h, h->exec_err) == 0)
+		h->exec_err = 0;
+	else if (!h->exec_err && build_output(h) < 0)
 		h->exec_err = ENOMEM;
 	if (h->exec_err)
 		log_debug("exec in %s failed: %s", sandbox_name(h->node.s), strerror(h->exec_err));

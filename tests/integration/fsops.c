@@ -47,6 +47,7 @@
  *   mknod P c|b|p|f|s MODE [MAJ MIN] | mkfifo P MODE
  *   bind-unix P -> hN (bound, listening) | connect-unix P
  *   access P [r][w][x]|f | readdir P -> sorted names | echo ARGS -> ARGS
+ *   getxattr P NAME -> LEN DATA | listxattr P -> sorted names (neither follows a final symlink)
  *   sleep MS | inoreset
  */
 #ifndef _GNU_SOURCE
@@ -55,6 +56,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <sys/xattr.h>
 #include <dirent.h>
 #include <limits.h>
 #include <stdarg.h>
@@ -766,6 +768,33 @@ static int op(void)
 		SYS(n = readlink(f[1], t, sizeof(t)));
 		outf("ok ");
 		out_esc((unsigned char *)t, (size_t)n);
+		return 0;
+	}
+	if (strcmp(o, "getxattr") == 0) {
+		char v[65536];
+		ssize_t n;
+
+		NEED(3);
+		SYS(n = lgetxattr(f[1], f[2], v, sizeof(v)));
+		outf("ok");
+		out_data((unsigned char *)v, (size_t)n);
+		return 0;
+	}
+	if (strcmp(o, "listxattr") == 0) {
+		char l[65536], *names[1024];
+		ssize_t n;
+		size_t k = 0;
+
+		NEED(2);
+		SYS(n = llistxattr(f[1], l, sizeof(l)));
+		for (char *p = l; p < l + n && k < 1024; p += strlen(p) + 1)
+			names[k++] = p;
+		qsort(names, k, sizeof(names[0]), strcmp_ptr);
+		outf("ok");
+		for (size_t i = 0; i < k; i++) {
+			outf(" ");
+			out_esc((unsigned char *)names[i], strlen(names[i]));
+		}
 		return 0;
 	}
 	if (strcmp(o, "realpath") == 0) {

@@ -1153,9 +1153,11 @@ def main():
     ran_and_failed = {getattr(t, "test_case", t).id() for t, _ in result.failures + result.errors
                       if isinstance(t, unittest.TestCase)}
     n_pass = max(0, result.testsRun - len(ran_and_failed) - n_skip)
-    verdict = "FAIL" if n_fail else ("SKIP" if result.testsRun == n_skip else "PASS")
-    print("%s: %s: %d passed, %d failed, %d skipped in %.1f s" % (
-        name, verdict, n_pass, n_fail, n_skip, time.monotonic() - t0))
+    # a SkipTest from setUpModule/setUpClass skips without running a test (testsRun 0): a skip, not a pass
+    verdict = "FAIL" if n_fail else ("SKIP" if n_skip and n_pass == 0 else "PASS")
+    print("%s: %s: %d passed, %d failed, %d skipped in %.1f s%s" % (
+        name, verdict, n_pass, n_fail, n_skip, time.monotonic() - t0,
+        "" if verdict != "SKIP" else " (%s)" % "; ".join(sorted({str(why) for _, why in result.skipped}))))
     if n_fail:
         for path in sorted(_logs):
             sys.stderr.write("daemon log kept: %s\n" % path)
