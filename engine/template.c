@@ -888,6 +888,9 @@ static void bake_finish(struct bake_ctx *b, int r)
 			memset(&b->build, 0, sizeof(b->build));
 			t->has_build = true;
 			memcpy(t->identity, b->identity, 65); /* what the build made is part of it */
+		} else if (t->has_build) {
+			build_record_drop(t); /* it no longer builds (no image, no Dockerfile): its build goes now */
+			memcpy(t->identity, b->identity, 65);
 		}
 		template_set_state(t, strcmp(t->bake.identity, t->identity) == 0 ? TPL_READY : TPL_STALE);
 		free(t->error);
@@ -928,6 +931,8 @@ static void *bake_main(void *arg)
 	timings_start(&b->tm);
 	if (template_builds(t, &b->cfg))
 		r = bake_build(b); /* before the cold place: building is no boot */
+	else if (t->has_build)
+		r = compute_identity(e, &b->cfg, NULL, b->identity, &b->error); /* its build goes with this bake */
 	if (r == 0) {
 		bake_phase(b, "queue");
 		r = cold_acquire(e, &t->bake_cancel);
@@ -1055,6 +1060,8 @@ char *template_render_status(struct template *t)
 	if (template_has_dockerfile(t))
 		json_object_object_add(o, "dockerfile",
 				       json_object_new_string(template_dockerfile_moved(t) ? "changed" : "built"));
+	else if (t->has_build && t->build.dockerfile[0])
+		json_object_object_add(o, "dockerfile", json_object_new_string("removed"));
 	json_object_object_add(o, "pool", pool_status_json(t));
 	if (e->net) {
 		_cleanup_free_ char *ns = netpool_status_json(e->net);
@@ -1122,13 +1129,11 @@ static char *with_default_guest(struct template *t, const char *data, size_t len
 
 /*
  * e->lock held: the template's identity is now ident (its config, or what it
- * builds, changed). A template that no longer builds drops its build; the
- * snapshot fits or goes stale; warm slots of another identity go (returned).
+ * builds, changed). The snapshot fits or goes stale; warm slots of another
+ * identity go (returned).
  */
 static struct slot *identity_changed(struct template *t, const char ident[65])
 {
-	if (!template_builds(t, &t->cfg))
-		build_record_drop(t);
 	memcpy(t->identity, ident, 65);
 	free(t->error);
 	t->error = NULL;
@@ -1208,17 +1213,14 @@ int template_write_config(struct template *t, const char *data, size_t len)
  * parse changes nothing and leaves its reason in status), then stored. The
  * snapshot in service stays (it is what the Dockerfile built before); the
  * next bake builds the new one and replaces it only if the build succeeds.
- * Empty content removes it: the template then boots its config's guest (its
- * identity changes with the build gone).
+ * Empty content removes the file, with the same rule: the next bake boots
+ * the config's own guest, and its success drops the build.
  */
 int template_write_dockerfile(struct template *t, const char *data, size_t len)
 {
 	struct engine *e = t->e;
 	_cleanup_free_ char *df = template_dockerfile_path(t), *err = NULL;
-	struct template_config cfg = { 0 };
 	struct dockerfile parsed = { 0 };
-	struct slot *stale = NULL;
-	char ident[65];
 	int r = 0;
 
 	if (!df)
@@ -1228,14 +1230,6 @@ int template_write_dockerfile(struct template *t, const char *data, size_t len)
 		error_set(&err, "Dockerfile: %s", err ? err : "does not parse");
 	}
 	dockerfile_clear(&parsed);
-	if (r == 0 && len == 0) {
-		/* what the template's identity will be without the build */
-		pthread_mutex_lock(&e->lock);
-		r = template_config_copy(&t->cfg, &cfg);
-		pthread_mutex_unlock(&e->lock);
-		if (r == 0 && compute_identity(e, &cfg, NULL, ident, &err) < 0)
-			r = -EINVAL;
-	}
 	pthread_mutex_lock(&e->lock);
 	if (r < 0) {
 		if (!t->removed) {
@@ -1244,24 +1238,21 @@ int template_write_dockerfile(struct template *t, const char *data, size_t len)
 		}
 	} else if ((r = inputs_writable(t, "Dockerfile")) < 0) {
 		/* t->error says why */
-	} else if (t->cfg.derived_from) {
+	} else if (len > 0 && t->cfg.derived_from) {
 		error_set(&t->error, "Dockerfile: refused: this template was made from a sandbox (derived_from)");
 		r = -EINVAL;
-	} else if (t->cfg.image) {
+	} else if (len > 0 && t->cfg.image) {
 		error_set(&t->error, "Dockerfile: refused: the config names an \"image\" (a Dockerfile's FROM does): "
 				     "remove it from the config first");
 		r = -EINVAL;
-	} else if (len > 0 && (r = write_file_atomic(df, data, len, true)) == 0) {
+	} else if ((r = len > 0 ? write_file_atomic(df, data, len, true) : unlink(df) < 0 && errno != ENOENT ? -errno : 0) ==
+		   0) {
 		free(t->error);
 		t->error = NULL;
 		if (t->state == TPL_FAILED)
 			template_set_state(t, TPL_NEW);
-	} else if (len == 0 && (r = unlink(df) < 0 && errno != ENOENT ? -errno : 0) == 0) {
-		stale = identity_changed(t, ident);
 	}
 	pthread_mutex_unlock(&e->lock);
-	template_config_clear(&cfg);
-	slots_free_list(e, stale);
 	return r;
 }
 

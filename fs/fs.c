@@ -679,6 +679,9 @@ static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 					    !is_dir(&c) ?
 				    0 :
 				    -EPERM;
+			/* rm of a Dockerfile removes it; of any other object file it is a no-op (rm -rf works) */
+			if (r == 0 && c.file && c.file->type == F_DOCKERFILE)
+				r = template_write_dockerfile(c.t, "", 0);
 			node_put(&c);
 		}
 		node_put(&p);

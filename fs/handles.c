@@ -57,7 +57,8 @@ struct fh {
 	/*
 	 * Dockerfile: the content as this handle has it (buf, len); dirty: written
 	 * since the last apply; emptied: opened with O_TRUNC, nothing applied yet
-	 * (the last close removes the Dockerfile: an earlier one may be a dup's)
+	 * (the last close removes it: an earlier close may be a dup's, as a
+	 * shell's redirection of a builtin makes, with the writes still to come)
 	 */
 	bool dirty, emptied, append;
 	/* build.log: a read at the end waits for the bake to write more */
@@ -982,7 +983,7 @@ void fh_release(fuse_req_t req, struct fuse_file_info *fi)
 	if (token && sandbox_wait_cancel(h->node.s, token))
 		wait_answer(h, wait_take(h), -EINTR);
 	if (h->type == F_DOCKERFILE && h->emptied && template_write_dockerfile(h->node.t, "", 0) < 0)
-		log_debug("emptying a Dockerfile: refused (see the template's status)");
+		log_debug("emptying a Dockerfile: refused (the template's status says why)");
 	/* closing a stdin opened for writing sends EOF */
 	if (h->type == F_PSTDIN && (h->pwritten || h->accmode != O_RDONLY))
 		proc_write(h->node.p, NULL, 0, true, eof_done, NULL);

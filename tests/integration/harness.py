@@ -980,6 +980,9 @@ class Daemon:
         if len(lines) != 1:
             raise AssertionError("JSON exec answered %d lines: %r" % (len(lines), data[:500]))
         r = json.loads(lines[0])
+        if "exit_code" not in r and "errno" in r:
+            # the command could not run: the response is the guest's errno and reason
+            raise OSError(getattr(errno, r["errno"], errno.EIO), r.get("error"))
         r["stdout"] = base64.b64decode(r["stdout"])
         r["stderr"] = base64.b64decode(r["stderr"])
         return r

@@ -559,7 +559,7 @@ class StartCommand(harness.TestCase):
         t = "badstart"
         os.mkdir(D.tpl(t))
         try:
-            D.expect_log_error(r"template badstart: start command exited before it was ready")
+            D.expect_log_error(r"template badstart: bake failed at start .*: start command exited before it was ready")
             write_config(t, {"image": "oci:%s:t" % LAYOUT, "start": "echo dying; echo because >&2; exit 7",
                              "ready": {"tcp": PORT}})
             t0 = time.monotonic()
@@ -598,7 +598,7 @@ class StartCommand(harness.TestCase):
             D.set_pool(0, t=t)
             D.wait_pool(0, t=t)
             # a warm command that fails fails the bake, and says which command it was
-            D.expect_log_error(r"template warmt: warm command: ")
+            D.expect_log_error(r"template warmt: bake failed at warm .*: warm command: ")
             write_config(t, {"image": "oci:%s:t" % LAYOUT, "warm": "echo warming; exit 4"})
             log, st = bake(t)
             self.assertEqual(st["state"], "failed", st)
@@ -971,12 +971,26 @@ class Dockerfile(harness.TestCase):
         st0 = D.template_status(self.T)
         self.assertIn("dockerfile", st0)
         harness.write_file(D.tpl(self.T, "Dockerfile"), "", flags=os.O_WRONLY | os.O_TRUNC)  # `: > Dockerfile`
+        # removed at the last close: the release comes a moment after close returned
+        harness.wait_for(lambda: harness.read_text(D.tpl(self.T, "Dockerfile")) == "", 5, "the Dockerfile removed")
         st = D.template_status(self.T)
-        self.assertEqual(harness.read_text(D.tpl(self.T, "Dockerfile")), "")
+        # removed, but nothing in service changes until a bake: the build and the snapshot stay
+        self.assertEqual(st["dockerfile"], "removed")
+        self.assertEqual(st["build"], st0["build"])
+        self.assertEqual((st["identity"], st["state"]), (st0["identity"], st0["state"]))
+        # the next bake boots the config's own guest and drops the build
+        log, st = bake(self.T)
+        self.assertEqual(st["state"], "ready", st)
         self.assertNotIn("dockerfile", st)
         self.assertNotIn("build", st)
         self.assertNotEqual(st["identity"], st0["identity"])
-        self.assertEqual(st["state"], "stale")
+        self.assertFalse(os.path.exists(os.path.join(D.state, "store", "templates", self.T, "build.json")))
+        # rm removes it at once (and removing what is not there is no error)
+        harness.write_file(D.tpl(self.T, "Dockerfile"), "FROM img\n")
+        self.assertEqual(D.template_status(self.T)["dockerfile"], "changed")
+        os.unlink(D.tpl(self.T, "Dockerfile"))
+        self.assertNotIn("dockerfile", D.template_status(self.T))
+        os.unlink(D.tpl(self.T, "Dockerfile"))
 
 
 class BadInputs(harness.TestCase):
