@@ -31,57 +31,51 @@ void booted_stop(struct engine *e, struct booted *b, struct vmm **slot)
 	memset(b, 0, sizeof(*b));
 }
 
+struct boot_pub {
+	struct booted *b;
+	struct vmm **slot;
+};
+
+static void boot_publish(void *arg, struct vmm *v, struct agent_client *ac)
+{
+	struct boot_pub *p = arg;
+
+	if (v) {
+		p->b->v = v;
+		if (p->slot)
+			*p->slot = v;
+	}
+	if (ac)
+		p->b->ac = ac;
+}
+
 int boot_cold(struct engine *e, const struct template_config *cfg, const char *name, const char *dir,
 	      const char *rundir, const char *disk, const atomic_bool *cancel, struct vmm **slot, struct booted *ret,
 	      const char **ret_step, char **ret_error)
 {
-	_cleanup_free_ char *qmp = vm_file(rundir, VM_QMP), *agent = vm_file(rundir, VM_AGENT);
 	_cleanup_free_ char *con = vm_file(dir, VM_CONSOLE), *log = vm_file(dir, VM_LOG);
-	_cleanup_free_ char *mem = vm_file(dir, VM_MEM), *cmdline = NULL;
+	_cleanup_free_ char *mem = vm_file(dir, VM_MEM);
 	_cleanup_json_ json_object *ping = json_object_new_object();
 	_cleanup_close_ int fd = -1;
-	struct vmm_spec spec = { .cfg = cfg, .accel = e->accel, .name = name, .mem_path = mem, .disk_path = disk,
-				 .qmp_path = qmp, .agent_path = agent, .console_path = con, .log_path = log,
-				 .incoming_fd = -1 };
+	struct boot_pub pub = { .b = ret, .slot = slot };
+	const struct vm_launch l = { .cfg = cfg, .name = name, .dir = dir, .rundir = rundir, .disk = disk,
+				     .state_fd = -1, .net = &ret->net, .cancel = cancel, .boot_step = "boot (agent)",
+				     .publish = boot_publish, .arg = &pub };
 	int r;
 
 	memset(ret, 0, sizeof(*ret));
 	*ret_step = "prepare";
-	if (!qmp || !agent || !con || !log || !mem || !ping)
+	if (!con || !log || !mem || !ping)
 		return -ENOMEM;
 	if ((r = mkdir_p(dir, 0700)) < 0 || (r = mkdir_p(rundir, 0700)) < 0)
 		return r;
 	fd = open(mem, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (fd < 0 || ftruncate(fd, (off_t)cfg->mem_mib << 20) < 0)
 		return -errno;
-	r = engine_spec_init(e, cfg, &spec, &cmdline);
-	if (r == 0 && cfg->net) {
-		bool built;
-
-		*ret_step = "network slot";
-		r = netpool_claim(e->net, &ret->net, &built, ret_error);
-		if (r == 0)
-			spec.netns_fd = ret->net->netns_fd;
-	}
+	r = vm_start(e, &l, ret_step, ret_error);
 	if (r == 0) {
-		*ret_step = "spawn";
-		r = e->vmm->spawn(e->qemu_binary, &spec, &ret->v);
-	}
-	if (r == 0) {
-		pthread_mutex_lock(&e->lock);
-		if (slot)
-			*slot = ret->v;
-		if (cancel && atomic_load(cancel))
-			e->vmm->kill(ret->v);
-		pthread_mutex_unlock(&e->lock);
-		r = e->vmm->connect(ret->v, QMP_TIMEOUT_MS, cancel);
-	}
-	if (r == 0) {
-		*ret_step = "boot (agent)";
 		json_object_object_add(ping, "op", json_object_new_string("ping"));
-		r = agent_connect(agent, QMP_TIMEOUT_MS, cancel, &ret->ac);
-		if (r == 0)
-			r = agent_call(ret->ac, ping, AGENT_BOOT_TIMEOUT_MS, NULL);
+		r = agent_call(ret->ac, ping, AGENT_BOOT_TIMEOUT_MS, NULL);
 	}
 	if (r < 0 && ret->v && !(cancel && atomic_load(cancel))) {
 		/* a guest that died while it booted (a panic) says why */

@@ -279,6 +279,44 @@ int build_log_create(struct template *t);
  * rundir, a network slot if cfg->net. The VMM is published in *slot (e->lock)
  * while it runs. On failure *ret_step names the step, nothing is left.
  */
+/*
+ * vm_start (vm.c): the one start sequence of a VMM, for every path that needs
+ * a new one. Files: memory, console and log in dir, sockets in rundir (as
+ * vm_file names them), disk as given (NULL: none). The memory file (and a
+ * disk, a snapshot's state) are the caller's to prepare.
+ */
+enum vm_event {
+	VM_EV_NET,	 /* a network slot claimed from the ready pool */
+	VM_EV_NET_BUILT, /* one built on demand */
+	VM_EV_SPAWNED,	 /* the process runs and is published */
+	VM_EV_CONNECTED, /* its control channel answers */
+	VM_EV_LOADING,	 /* a restore started */
+	VM_EV_RESTORED,	 /* the restored guest runs */
+};
+struct vm_launch {
+	const struct template_config *cfg;
+	const char *name; /* for the process name */
+	const char *dir, *rundir, *disk;
+	int state_fd;	   /* device state to restore; -1 boots cold */
+	struct netslot **net; /* cfg->net: the slot to run in; claimed into it (under e->lock) if NULL */
+	const atomic_bool *cancel;
+	const char *boot_step; /* a cold boot's agent step (default "boot") */
+	/*
+	 * Under e->lock: the VMM once spawned (ac NULL), then its agent
+	 * connection (v NULL) are the caller's. vm_start kills the VMM, shuts
+	 * the connection down, if *cancel turned true.
+	 */
+	void (*publish)(void *arg, struct vmm *v, struct agent_client *ac);
+	void (*event)(void *arg, enum vm_event ev); /* optional; not under the lock */
+	void *arg;
+};
+/*
+ * Network slot, spawn, connect, for a state_fd the restore until the guest
+ * runs, then the agent's connection (no call made on it yet). *ret_step says
+ * where it failed; *ret_why may say why (a network slot that could not be had).
+ */
+int vm_start(struct engine *e, const struct vm_launch *l, const char **ret_step, char **ret_why);
+
 struct booted {
 	struct vmm *v;
 	struct agent_client *ac;
@@ -627,6 +665,9 @@ int engine_store_admit(struct engine *e, unsigned mem_mib, char **ret_why);
 int sandbox_create_internal(struct engine *e, struct template *t, const char *name, struct sandbox *fork_src,
 			    struct sandbox **ret);
 /* Identity attach (hostname, env, fresh entropy, clock); then(arg) runs once it is sent. */
+/* vm_start's publish and events for a sandbox's own VMM (its start and wake; a create adds its phases). */
+void sandbox_publish(void *arg, struct vmm *v, struct agent_client *ac);
+void sandbox_vm_event(void *arg, enum vm_event ev);
 int sandbox_attach(struct sandbox *s, unsigned timeout_ms, int (*then)(void *arg), void *arg);
 /* After a cold boot of a built root disk: the build's env, workdir and user (a restored guest has them). */
 int sandbox_configure_image(struct sandbox *s);

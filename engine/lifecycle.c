@@ -276,61 +276,33 @@ static int op_stop(struct sandbox *s)
  * and the identity attach, which also sets the clock. On failure *step says
  * where; a VMM already published stays in s->vmm for the caller.
  */
-static int run_own_vmm(struct sandbox *s, const char *mem, int state_fd, const char **step)
+static int run_own_vmm(struct sandbox *s, int state_fd, const char **step)
 {
 	struct engine *e = s->e;
 	struct template_config cfg = { 0 };
-	_cleanup_free_ char *disk = vm_file(s->dir, VM_DISK), *log = vm_file(s->dir, VM_LOG);
-	_cleanup_free_ char *qmp = vm_file(s->rundir, VM_QMP);
-	_cleanup_free_ char *agent = vm_file(s->rundir, VM_AGENT), *cmdline = NULL;
-	struct agent_client *ac = NULL;
-	struct vmm *v = NULL;
+	_cleanup_free_ char *disk = vm_file(s->dir, VM_DISK);
 	int r;
 
 	*step = "spawn";
-	if (!disk || !log || !qmp || !agent)
+	if (!disk)
 		return -ENOMEM;
 	pthread_mutex_lock(&e->lock);
 	r = template_config_vm(s->tpl, &cfg);
 	pthread_mutex_unlock(&e->lock);
-	if (r < 0)
-		return r;
-	{
-		struct vmm_spec spec = { .cfg = &cfg, .accel = e->accel, .name = s->name, .mem_path = mem,
-					 .disk_path = cfg.rootfs ? disk : NULL, .qmp_path = qmp, .agent_path = agent,
-					 .console_path = s->console_path, .log_path = log, .incoming_fd = state_fd,
-					 .netns_fd = s->net ? s->net->netns_fd : -1 };
+	if (r == 0) {
+		const struct vm_launch l = { .cfg = &cfg, .name = s->name, .dir = s->dir, .rundir = s->rundir,
+					     .disk = cfg.rootfs ? disk : NULL, .state_fd = state_fd, .net = &s->net,
+					     .cancel = &s->cancel, .publish = sandbox_publish, .event = sandbox_vm_event,
+					     .arg = s };
+		_cleanup_free_ char *why = NULL;
 
-		r = engine_spec_init(e, &cfg, &spec, &cmdline);
-		if (r == 0)
-			r = e->vmm->spawn(e->qemu_binary, &spec, &v);
+		r = vm_start(e, &l, step, &why);
+		if (why)
+			log_warn("sandbox %s/%s: %s", s->tpl->name, s->name, why);
 	}
 	template_config_clear(&cfg);
 	if (r < 0)
 		return r;
-	pthread_mutex_lock(&e->lock);
-	s->vmm = v;
-	s->vmm_pid = e->vmm->pid(v);
-	if (atomic_load(&s->cancel))
-		e->vmm->kill(v);
-	pthread_cond_broadcast(&s->cond); /* the supervisor watches it from now on */
-	pthread_mutex_unlock(&e->lock);
-	sandbox_record_save(s);
-	if ((r = e->vmm->connect(v, QMP_TIMEOUT_MS, &s->cancel)) < 0)
-		return r;
-	if (state_fd >= 0) {
-		*step = "restore";
-		if ((r = e->vmm->restore(v, QMP_TIMEOUT_MS)) < 0 || (r = e->vmm->wait_running(v, RESTORE_TIMEOUT_MS)) < 0)
-			return r;
-	}
-	*step = state_fd >= 0 ? "agent" : "boot";
-	if ((r = agent_connect(agent, QMP_TIMEOUT_MS, &s->cancel, &ac)) < 0)
-		return r;
-	pthread_mutex_lock(&e->lock);
-	s->agent = ac;
-	if (atomic_load(&s->cancel))
-		agent_shutdown(ac);
-	pthread_mutex_unlock(&e->lock);
 	r = sandbox_attach(s, state_fd >= 0 ? AGENT_RESTORE_TIMEOUT_MS : AGENT_BOOT_TIMEOUT_MS, NULL, NULL);
 	if (r == 0 && state_fd < 0)
 		r = sandbox_configure_image(s); /* a cold boot: the guest's defaults are not in its memory */
@@ -362,7 +334,7 @@ static int op_start(struct sandbox *s)
 	if (memfd < 0 || ftruncate(memfd, (off_t)mem_mib << 20) < 0)
 		r = -errno;
 	if (r == 0)
-		r = run_own_vmm(s, mem, -1, &step);
+		r = run_own_vmm(s, -1, &step);
 	cold_release(e);
 	if (r < 0) {
 		set_ctl_error(s, "start failed at %s: %s (see console and %s/vmm.log)", step, strerror(-r), s->dir);
@@ -452,7 +424,7 @@ static int op_wake(struct sandbox *s)
 		set_ctl_error(s, "wake: %s: %s", state, strerror(-r));
 		return r;
 	}
-	r = run_own_vmm(s, mem, state_fd, &step);
+	r = run_own_vmm(s, state_fd, &step);
 	if (r < 0) {
 		set_ctl_error(s, "wake failed at %s: %s (see console and %s/vmm.log)", step, strerror(-r), s->dir);
 		/* a sandbox that cannot wake is failed; its files stay until rmdir */

@@ -385,24 +385,22 @@ struct slot_job {
 };
 
 /* Publishes what the shutdown path must be able to kill. */
-static void slot_publish(struct template *t, struct slot *sl, struct vmm *v, struct agent_client *ac)
-{
-	struct engine *e = t->e;
+struct slot_start {
+	struct template *t;
+	struct slot *sl;
+};
 
-	pthread_mutex_lock(&e->lock);
+/* vm_start's publish: e->lock held */
+static void slot_publish(void *arg, struct vmm *v, struct agent_client *ac)
+{
+	struct slot_start *p = arg;
+
 	if (v) {
-		sl->vmm = v;
-		sl->vmm_pid = e->vmm->pid(v);
+		p->sl->vmm = v;
+		p->sl->vmm_pid = p->t->e->vmm->pid(v);
 	}
 	if (ac)
-		sl->agent = ac;
-	if (t->pool_stop) {
-		if (sl->vmm)
-			e->vmm->kill(sl->vmm);
-		if (sl->agent)
-			agent_shutdown(sl->agent);
-	}
-	pthread_mutex_unlock(&e->lock);
+		p->sl->agent = ac;
 }
 
 static void slot_lap(struct template *t, struct slot *sl, const char *phase)
@@ -412,24 +410,33 @@ static void slot_lap(struct template *t, struct slot *sl, const char *phase)
 	pthread_mutex_unlock(&t->e->lock);
 }
 
+static void slot_event(void *arg, enum vm_event ev)
+{
+	struct slot_start *p = arg;
+
+	if (ev == VM_EV_NET || ev == VM_EV_NET_BUILT)
+		slot_lap(p->t, p->sl, "net");
+	else if (ev == VM_EV_SPAWNED)
+		record_write(p->sl->dir, p->t->name, NULL, p->sl->vmm_pid, p->sl->rundir);
+	else if (ev == VM_EV_CONNECTED)
+		slot_lap(p->t, p->sl, "spawn");
+	else if (ev == VM_EV_RESTORED)
+		slot_lap(p->t, p->sl, "restore");
+}
+
 /* Builds t->preparing into a warm, paused slot. Not under the lock. */
 static int slot_prepare_steps(struct template *t, struct slot_job *j, struct slot *sl, char **ret_why)
 {
 	struct engine *e = t->e;
-	_cleanup_free_ char *mem = NULL, *disk = NULL, *qmp = NULL, *agent = NULL, *con = NULL, *log = NULL;
+	_cleanup_free_ char *mem = vm_file(sl->dir, VM_MEM), *disk = NULL;
 	_cleanup_close_ int state_fd = -1;
 	enum clone_method m = CLONE_COPY;
-	struct agent_client *ac = NULL;
-	struct vmm *v = NULL;
+	struct slot_start st = { .t = t, .sl = sl };
+	const char *step;
 	int r;
 
-	mem = vm_file(sl->dir, VM_MEM);
 	disk = j->cfg.rootfs ? vm_file(sl->dir, VM_DISK) : NULL;
-	qmp = vm_file(sl->rundir, VM_QMP);
-	agent = vm_file(sl->rundir, VM_AGENT);
-	con = vm_file(sl->dir, VM_CONSOLE);
-	log = vm_file(sl->dir, VM_LOG);
-	if (!mem || !qmp || !agent || !con || !log || (j->cfg.rootfs && !disk))
+	if (!mem || (j->cfg.rootfs && !disk))
 		return -ENOMEM;
 	/* the record first (no VMM yet), then what it accounts for */
 	if ((r = mkdir_p(sl->dir, 0700)) < 0 || (r = record_write(sl->dir, t->name, NULL, 0, sl->rundir)) < 0 ||
@@ -441,38 +448,15 @@ static int slot_prepare_steps(struct template *t, struct slot_job *j, struct slo
 		return r;
 	sl->clone_method = clone_method_name(m);
 	slot_lap(t, sl, "clone");
-	if (j->cfg.net) {
-		bool built;
-
-		if ((r = netpool_claim(e->net, &sl->net, &built, ret_why)) < 0)
-			return r;
-		slot_lap(t, sl, "net");
-	}
 	{
-		struct vmm_spec spec = { .cfg = &j->cfg, .accel = e->accel, .name = t->name, .mem_path = mem,
-					 .disk_path = disk, .qmp_path = qmp, .agent_path = agent,
-					 .console_path = con, .log_path = log, .incoming_fd = state_fd,
-					 .netns_fd = sl->net ? sl->net->netns_fd : -1 };
-		_cleanup_free_ char *cmdline = NULL;
+		const struct vm_launch l = { .cfg = &j->cfg, .name = t->name, .dir = sl->dir, .rundir = sl->rundir,
+					     .disk = disk, .state_fd = state_fd, .net = &sl->net,
+					     .cancel = &t->pool_cancel, .publish = slot_publish, .event = slot_event,
+					     .arg = &st };
 
-		r = engine_spec_init(e, &j->cfg, &spec, &cmdline);
-		if (r == 0)
-			r = e->vmm->spawn(e->qemu_binary, &spec, &v);
+		if ((r = vm_start(e, &l, &step, ret_why)) < 0)
+			return r;
 	}
-	if (r < 0)
-		return r;
-	slot_publish(t, sl, v, NULL);
-	record_write(sl->dir, t->name, NULL, sl->vmm_pid, sl->rundir);
-	r = e->vmm->connect(v, QMP_TIMEOUT_MS, &t->pool_cancel);
-	slot_lap(t, sl, "spawn");
-	if (r == 0 && (r = e->vmm->restore(v, QMP_TIMEOUT_MS)) == 0)
-		r = e->vmm->wait_running(v, RESTORE_TIMEOUT_MS);
-	slot_lap(t, sl, "restore");
-	if (r < 0)
-		return r;
-	if ((r = agent_connect(agent, QMP_TIMEOUT_MS, &t->pool_cancel, &ac)) < 0)
-		return r;
-	slot_publish(t, sl, NULL, ac);
 	for (int i = 0; r == 0 && i < WARMUP_ROUNDS; i++) {
 		r = warmup_attach(sl, t->name);
 		/* optional: fork and exec (and the warm command's code) translated too; the attach path stays the freshest */
@@ -482,7 +466,7 @@ static int slot_prepare_steps(struct template *t, struct slot_job *j, struct slo
 	slot_lap(t, sl, "warmup");
 	if (r < 0)
 		return r;
-	r = e->vmm->pause(v, QMP_TIMEOUT_MS);
+	r = e->vmm->pause(sl->vmm, QMP_TIMEOUT_MS);
 	slot_lap(t, sl, "pause");
 	return r;
 }

@@ -215,7 +215,7 @@ struct job {
 	struct sandbox *s;
 	bool restore;
 	struct template_config cfg;
-	char *mem, *disk, *state_path, *qmp, *agent_sock, *log;
+	char *mem, *disk, *state_path;
 	int state_fd;
 	enum clone_method method;
 };
@@ -226,9 +226,6 @@ static void job_clear(struct job *j)
 	free(j->mem);
 	free(j->disk);
 	free(j->state_path);
-	free(j->qmp);
-	free(j->agent_sock);
-	free(j->log);
 	if (j->state_fd >= 0)
 		close(j->state_fd);
 }
@@ -287,52 +284,25 @@ static int job_prepare_cold(struct job *j)
 	return j->disk ? template_clone_rootfs(j->s->tpl, j->cfg.rootfs, j->disk, &j->method) : 0;
 }
 
-static int job_spawn(struct job *j)
+/* vm_start's publish for a sandbox's own VMM (create, fork, start, wake); e->lock held. */
+void sandbox_publish(void *arg, struct vmm *v, struct agent_client *ac)
 {
-	struct sandbox *s = j->s;
-	struct engine *e = s->e;
-	struct vmm_spec spec = { .cfg = &j->cfg, .accel = e->accel, .name = s->name, .mem_path = j->mem,
-				 .disk_path = j->disk, .qmp_path = j->qmp, .agent_path = j->agent_sock,
-				 .console_path = s->console_path, .log_path = j->log,
-				 .incoming_fd = j->restore ? j->state_fd : -1, .netns_fd = -1 };
-	_cleanup_free_ char *cmdline = NULL;
-	struct vmm *v = NULL;
-	int r = engine_spec_init(e, &j->cfg, &spec, &cmdline);
+	struct sandbox *s = arg;
 
-	if (r == 0 && j->cfg.net) {
-		if (!s->net) {
-			struct netslot *ns = NULL;
-			_cleanup_free_ char *why = NULL;
-			bool built;
-
-			r = netpool_claim(e->net, &ns, &built, &why);
-			if (r < 0) {
-				log_warn("sandbox %s/%s: no network slot: %s", s->tpl->name, s->name, why ? why : strerror(-r));
-				return r;
-			}
-			pthread_mutex_lock(&e->lock);
-			s->net = ns;
-			timings_lap(&s->timings, built ? "net_build" : "net");
-			pthread_mutex_unlock(&e->lock);
-		}
-		spec.netns_fd = s->net->netns_fd;
+	if (v) {
+		s->vmm = v;
+		s->vmm_pid = s->e->vmm->pid(v);
+		pthread_cond_broadcast(&s->cond); /* the supervisor watches it from now on */
 	}
-	if (r == 0)
-		r = e->vmm->spawn(e->qemu_binary, &spec, &v);
-	if (r < 0)
-		return r;
-	pthread_mutex_lock(&e->lock);
-	s->vmm = v;
-	s->vmm_pid = e->vmm->pid(v);
-	if (atomic_load(&s->cancel))
-		e->vmm->kill(v);
-	pthread_mutex_unlock(&e->lock);
-	sandbox_record_save(s);
-	create_phase(s, "spawn");
-	r = e->vmm->connect(v, QMP_TIMEOUT_MS, &s->cancel);
-	if (r == 0)
-		create_phase(s, "connected");
-	return r;
+	if (ac)
+		s->agent = ac;
+}
+
+/* vm_start's events outside a create: the record names the VMM as soon as it runs. */
+void sandbox_vm_event(void *arg, enum vm_event ev)
+{
+	if (ev == VM_EV_SPAWNED)
+		sandbox_record_save(arg);
 }
 
 /* 32 lowercase hex digits from the kernel's random numbers. */
@@ -471,23 +441,13 @@ int sandbox_configure_image(struct sandbox *s)
 	return r;
 }
 
-static int job_agent(struct job *j)
+/* The identity attach; a cold boot's guest also gets the image's defaults (they are not in its memory). */
+static int job_attach(struct job *j)
 {
-	struct sandbox *s = j->s;
-	struct agent_client *ac = NULL;
-	int r = agent_connect(j->agent_sock, QMP_TIMEOUT_MS, &s->cancel, &ac);
+	int r = sandbox_attach(j->s, j->restore ? AGENT_RESTORE_TIMEOUT_MS : AGENT_BOOT_TIMEOUT_MS, NULL, NULL);
 
-	if (r < 0)
-		return r;
-	pthread_mutex_lock(&s->e->lock);
-	s->agent = ac;
-	if (atomic_load(&s->cancel))
-		agent_shutdown(ac);
-	pthread_mutex_unlock(&s->e->lock);
-	create_phase(s, "agent");
-	r = sandbox_attach(j->s, j->restore ? AGENT_RESTORE_TIMEOUT_MS : AGENT_BOOT_TIMEOUT_MS, NULL, NULL);
 	if (r == 0 && !j->restore)
-		r = sandbox_configure_image(s);
+		r = sandbox_configure_image(j->s);
 	return r;
 }
 
@@ -511,10 +471,7 @@ static int job_paths(struct job *j)
 	j->state_fd = -1;
 	j->mem = vm_file(s->dir, VM_MEM);
 	j->disk = vm_file(s->dir, VM_DISK);
-	j->qmp = vm_file(s->rundir, VM_QMP);
-	j->agent_sock = vm_file(s->rundir, VM_AGENT);
-	j->log = vm_file(s->dir, VM_LOG);
-	if (!j->mem || !j->disk || !j->qmp || !j->agent_sock || !j->log)
+	if (!j->mem || !j->disk)
 		return -ENOMEM;
 	/* the record first (no VMM yet), then what it accounts for */
 	if (mkdir_p(s->dir, 0700) < 0 || sandbox_record_save(s) < 0 ||
@@ -551,27 +508,62 @@ static int sandbox_set_dirs(struct sandbox *s, const struct slot *sp)
 	return 0;
 }
 
-/* Loads device state into the VMM (up and connected), then the agent attach. */
-static int job_restore(struct job *j, const char **step)
+static void create_publish(void *arg, struct vmm *v, struct agent_client *ac)
+{
+	sandbox_publish(((struct job *)arg)->s, v, ac);
+}
+
+/* A create's phases: its timings, the record, the engine hooks (engine_hooks.create_phase). */
+static void create_event(void *arg, enum vm_event ev)
+{
+	struct job *j = arg;
+	struct sandbox *s = j->s;
+
+	switch (ev) {
+	case VM_EV_NET:
+	case VM_EV_NET_BUILT:
+		sb_lap(s, ev == VM_EV_NET_BUILT ? "net_build" : "net");
+		break;
+	case VM_EV_SPAWNED:
+		sandbox_record_save(s);
+		create_phase(s, "spawn");
+		break;
+	case VM_EV_CONNECTED:
+		create_phase(s, "connected");
+		sb_lap(s, "spawn");
+		if (j->restore)
+			console_note(s, s->fork_of ? "forked" : "restored");
+		break;
+	case VM_EV_LOADING:
+		create_phase(s, "loading");
+		break;
+	case VM_EV_RESTORED:
+		sb_lap(s, "restore");
+		create_phase(s, "loaded");
+		break;
+	}
+}
+
+/*
+ * The create's VMM (restored from j->state_fd or booted cold) up to a ready
+ * guest: vm_start, then the agent's attach and the ready check.
+ */
+static int job_start(struct job *j, const char **step)
 {
 	struct sandbox *s = j->s;
-	struct engine *e = s->e;
-	int r;
+	_cleanup_free_ char *why = NULL;
+	const struct vm_launch l = { .cfg = &j->cfg, .name = s->name, .dir = s->dir, .rundir = s->rundir,
+				     .disk = j->disk, .state_fd = j->restore ? j->state_fd : -1, .net = &s->net,
+				     .cancel = &s->cancel, .publish = create_publish, .event = create_event, .arg = j };
+	int r = vm_start(s->e, &l, step, &why);
 
-	*step = "restore";
-	console_note(s, s->fork_of ? "forked" : "restored");
-	r = e->vmm->restore(s->vmm, QMP_TIMEOUT_MS);
-	if (r == 0) {
-		create_phase(s, "loading");
-		r = e->vmm->wait_running(s->vmm, RESTORE_TIMEOUT_MS);
-	}
-	sb_lap(s, "restore");
-	if (r == 0) {
-		create_phase(s, "loaded");
-		*step = "agent";
-		r = job_agent(j);
-		sb_lap(s, "agent");
-	}
+	if (why)
+		log_warn("sandbox %s/%s: no network slot: %s", s->tpl->name, s->name, why);
+	if (r < 0)
+		return r;
+	create_phase(s, "agent");
+	r = job_attach(j);
+	sb_lap(s, j->restore ? "agent" : "boot");
 	if (r == 0) {
 		*step = "tcp";
 		r = job_tcp_ready(s);
@@ -723,11 +715,7 @@ static int run_fork(struct job *j, const char **step)
 	j->state_fd = state ? open(state, O_RDONLY | O_CLOEXEC) : -1;
 	if (j->state_fd < 0)
 		return -errno;
-	*step = "spawn";
-	r = job_spawn(j);
-	sb_lap(s, "spawn");
-	if (r == 0)
-		r = job_restore(j, step);
+	r = job_start(j, step);
 	if (r == 0)
 		unlink(state);
 	return r;
@@ -789,22 +777,8 @@ static int run_create(struct job *j, const char **step)
 	pthread_mutex_lock(&e->lock);
 	s->clone_method = j->disk || j->restore ? clone_method_name(j->method) : "none";
 	pthread_mutex_unlock(&e->lock);
-	if (r == 0) {
-		*step = "spawn";
-		r = job_spawn(j);
-		sb_lap(s, "spawn");
-	}
-	if (r == 0 && j->restore) {
-		r = job_restore(j, step);
-	} else if (r == 0) {
-		*step = "boot";
-		r = job_agent(j);
-		sb_lap(s, "boot");
-		if (r == 0) {
-			*step = "tcp";
-			r = job_tcp_ready(s);
-		}
-	}
+	if (r == 0)
+		r = job_start(j, step);
 	if (cold_held)
 		cold_release(e);
 	return r;

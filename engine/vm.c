@@ -1,0 +1,89 @@
+/*
+ * The one way a VMM is started, for every path that needs a new one: a
+ * create (restore or cold boot), a warm slot's preparation, start, wake,
+ * fork, a bake's boot and a Dockerfile build's guest. The caller prepares
+ * the files (memory, disk, a snapshot's device state) and attaches the
+ * guest afterwards; in between it is always the same sequence:
+ *
+ *   network slot -> spawn -> publish -> connect -> [restore -> running] -> agent -> publish
+ *
+ * The caller owns what is published from the moment it is (its teardown
+ * frees it, whether this returns an error or not).
+ */
+#include <string.h>
+
+#include "internal.h"
+
+static void event(const struct vm_launch *l, enum vm_event ev)
+{
+	if (l->event)
+		l->event(l->arg, ev);
+}
+
+int vm_start(struct engine *e, const struct vm_launch *l, const char **ret_step, char **ret_why)
+{
+	_cleanup_free_ char *qmp = vm_file(l->rundir, VM_QMP), *agent = vm_file(l->rundir, VM_AGENT);
+	_cleanup_free_ char *mem = vm_file(l->dir, VM_MEM), *con = vm_file(l->dir, VM_CONSOLE);
+	_cleanup_free_ char *log = vm_file(l->dir, VM_LOG), *cmdline = NULL;
+	const bool restore = l->state_fd >= 0;
+	struct vmm_spec spec = { .cfg = l->cfg, .accel = e->accel, .name = l->name, .mem_path = mem,
+				 .disk_path = l->disk, .qmp_path = qmp, .agent_path = agent, .console_path = con,
+				 .log_path = log, .incoming_fd = l->state_fd, .netns_fd = -1 };
+	struct agent_client *ac = NULL;
+	struct vmm *v = NULL;
+	int r;
+
+	*ret_step = "spawn";
+	if (!qmp || !agent || !mem || !con || !log)
+		return -ENOMEM;
+	if ((r = engine_spec_init(e, l->cfg, &spec, &cmdline)) < 0)
+		return r;
+	if (l->cfg->net) {
+		pthread_mutex_lock(&e->lock);
+		struct netslot *ns = *l->net;
+		pthread_mutex_unlock(&e->lock);
+
+		if (!ns) {
+			bool built;
+
+			*ret_step = "network slot";
+			if ((r = netpool_claim(e->net, &ns, &built, ret_why)) < 0)
+				return r;
+			pthread_mutex_lock(&e->lock);
+			*l->net = ns;
+			pthread_mutex_unlock(&e->lock);
+			event(l, built ? VM_EV_NET_BUILT : VM_EV_NET);
+			*ret_step = "spawn";
+		}
+		spec.netns_fd = ns->netns_fd;
+	}
+	if ((r = e->vmm->spawn(e->qemu_binary, &spec, &v)) < 0)
+		return r;
+	pthread_mutex_lock(&e->lock);
+	l->publish(l->arg, v, NULL);
+	if (l->cancel && atomic_load(l->cancel))
+		e->vmm->kill(v);
+	pthread_mutex_unlock(&e->lock);
+	event(l, VM_EV_SPAWNED);
+	if ((r = e->vmm->connect(v, QMP_TIMEOUT_MS, l->cancel)) < 0)
+		return r;
+	event(l, VM_EV_CONNECTED);
+	if (restore) {
+		*ret_step = "restore";
+		if ((r = e->vmm->restore(v, QMP_TIMEOUT_MS)) < 0)
+			return r;
+		event(l, VM_EV_LOADING);
+		if ((r = e->vmm->wait_running(v, RESTORE_TIMEOUT_MS)) < 0)
+			return r;
+		event(l, VM_EV_RESTORED);
+	}
+	*ret_step = restore ? "agent" : l->boot_step ? l->boot_step : "boot";
+	if ((r = agent_connect(agent, QMP_TIMEOUT_MS, l->cancel, &ac)) < 0)
+		return r;
+	pthread_mutex_lock(&e->lock);
+	l->publish(l->arg, NULL, ac);
+	if (l->cancel && atomic_load(l->cancel))
+		agent_shutdown(ac);
+	pthread_mutex_unlock(&e->lock);
+	return 0;
+}
