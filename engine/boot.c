@@ -25,7 +25,7 @@ void booted_stop(struct engine *e, struct booted *b, struct vmm **slot)
 		pthread_mutex_unlock(&e->lock);
 	}
 	if (b->v)
-		e->vmm->free(b->v); /* kills it */
+		vmm_free(b->v); /* kills it */
 	if (b->net)
 		netpool_release(e->net, b->net);
 	memset(b, 0, sizeof(*b));

@@ -281,10 +281,10 @@ static int builder_keep(struct builder *b, struct bstate *s)
 		return -ENOMEM;
 	json_object_object_add(req, "op", json_object_new_string("sync"));
 	r = agent_call(b->vm.ac, req, RUN_TIMEOUT_MS, NULL);
-	if (r == 0 && (r = mkdir_p(dir, 0700)) == 0 && (r = b->e->vmm->pause(b->vm.v, QMP_TIMEOUT_MS)) == 0) {
+	if (r == 0 && (r = mkdir_p(dir, 0700)) == 0 && (r = vmm_pause(b->vm.v, QMP_TIMEOUT_MS)) == 0) {
 		unlink(tmp);
 		r = store_clone(&b->e->store, b->work, tmp, &m);
-		r2 = b->e->vmm->resume(b->vm.v, QMP_TIMEOUT_MS);
+		r2 = vmm_resume(b->vm.v, QMP_TIMEOUT_MS);
 		r = r < 0 ? r : r2;
 	}
 	if (r == 0 && rename(tmp, disk) < 0)

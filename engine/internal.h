@@ -12,6 +12,7 @@
 #include "capacity.h"
 #include "exitcause.h"
 #include "netpool.h"
+#include "driver.h"
 
 static inline void json_object_putp(json_object **o)
 {
@@ -123,76 +124,7 @@ void agent_free(struct agent_client *c);
 struct agent_client *agent_ref(struct agent_client *c);
 void agent_unref(struct agent_client *c);
 
-/* ---- VMM drivers ---- */
-struct vmm_spec {
-	const struct template_config *cfg;
-	const char *accel;     /* "kvm" or "tcg" */
-	const char *cmdline;   /* the kernel command line as booted (engine_spec_init) */
-	const char *name;      /* for the process name */
-	const char *tag;       /* the instance tag (engine.tag): -name emberfs-TAG-NAME */
-	const char *mem_path;  /* guest RAM file (shared mapping) */
-	const char *disk_path;
-	const char *qmp_path;
-	const char *agent_path;
-	const char *console_path;
-	const char *log_path;  /* VMM's own stdout/stderr */
-	int incoming_fd;       /* restore device state from this fd; -1 boots cold */
-	int netns_fd;	       /* cfg->net: the network slot's namespace, where the VMM runs (its tap is there) */
-	char *const *cgroups;  /* the instance's cgroup bases (engine.cgroups); NULL or empty: no limits */
-	int cgroup_version;
-	unsigned cgroup_ncpus;
-	uid_t uid_base;	       /* the VMM runs as uid_base + a free index < VMM_UID_RANGE (gid alike); 0: as root */
-	gid_t extra_gid;       /* and in this group too (/dev/kvm's); 0: none */
-};
-/*
- * The descriptors a VMM gets (QEMU opens nothing of ours by path: files go by
- * /proc/self/fd/N, sockets and the tap by number).
- */
-enum { FD_INCOMING = 3, FD_MEM, FD_DISK, FD_CONSOLE, FD_QMP, FD_AGENT, FD_TAP, FD_KERNEL, FD_INITRD, FD_FIRST_FREE };
-struct vmm;
-struct vmm_ops {
-	const char *name;
-	/* Version string of the VMM binary (part of the identity). */
-	int (*version)(const char *binary, char **ret);
-	int (*spawn)(const char *binary, const struct vmm_spec *spec, struct vmm **ret);
-	/* Control channel up; bounded; gives up early if *cancel turns true. */
-	int (*connect)(struct vmm *v, unsigned timeout_ms, const atomic_bool *cancel);
-	/* Starts loading the snapshot (spec.incoming_fd) into a connected VMM. */
-	int (*restore)(struct vmm *v, unsigned timeout_ms);
-	/* Run state as the VMM names it ("running", "paused", ...). */
-	int (*query)(struct vmm *v, char *state, size_t len, unsigned timeout_ms);
-	/* Stops and restarts the vCPUs; memory stays resident. */
-	int (*pause)(struct vmm *v, unsigned timeout_ms);
-	int (*resume)(struct vmm *v, unsigned timeout_ms);
-	/* Waits until the guest's vCPUs run (after a restore). */
-	int (*wait_running)(struct vmm *v, unsigned timeout_ms);
-	/* Pauses and writes device state to state_path (guest RAM stays in mem_path). */
-	int (*snapshot)(struct vmm *v, const char *state_path, unsigned timeout_ms);
-	pid_t (*pid)(struct vmm *v);
-	/* False once the process has exited (not reaped yet, or reaped). */
-	bool (*alive)(struct vmm *v);
-	/*
-	 * Waits for the process to exit (blocking); returns its exit code, 128 +
-	 * the signal, or VMM_STATUS_UNKNOWN for an adopted VMM (not our child:
-	 * its status went to whoever reaps it).
-	 */
-	int (*wait_exit)(struct vmm *v);
-	/*
-	 * A VMM an earlier run of the daemon started: pidfd is the process
-	 * (checked against its start time by the caller), taken with cgdirs;
-	 * connect it before use.
-	 */
-	int (*adopt)(pid_t pid, int pidfd, const char *qmp_path, char **cgdirs, uid_t uid_base, struct vmm **ret);
-	/* SIGKILL (idempotent). */
-	void (*kill)(struct vmm *v);
-	void (*free)(struct vmm *v);
-	/*
-	 * Once the VMM has exited: its own account of why, in its words
-	 * ("guest-reset", "guest-shutdown", "host-signal", ...), or -ENOENT.
-	 */
-	int (*shutdown_reason)(struct vmm *v, char *buf, size_t len);
-};
-extern const struct vmm_ops qemu_ops;
+/* ---- VMM drivers: driver.h ---- */
 #define VMM_STATUS_UNKNOWN EXIT_STATUS_UNKNOWN
 /*
  * Why a VMM that has exited (it must have: this reaps it) did, in one line
@@ -208,7 +140,6 @@ char *vmm_exit_cause(struct engine *e, struct vmm *v, const char *console_path, 
  * is a broken connection), why, as vmm_exit_cause; NULL if it still runs.
  */
 char *vmm_death_cause(struct engine *e, struct vmm *v, int err, const char *console_path, const char *log_path);
-#define RESTORE_CAPABILITY "qemu-x-ignore-shared-v1"
 
 /* ---- engine objects ---- */
 struct waiter {

@@ -55,14 +55,14 @@ static char *read_tail(const char *path, size_t max, size_t *ret_len, bool *ret_
 
 char *vmm_exit_cause(struct engine *e, struct vmm *v, const char *console_path, const char *log_path)
 {
-	struct exit_facts f = { .status = e->vmm->wait_exit(v) };
+	struct exit_facts f = { .status = vmm_wait_exit(v) };
 	_cleanup_free_ char *con = read_tail(console_path, EXIT_TAIL_BYTES, &f.console_len, &f.console_whole);
 	_cleanup_free_ char *log = read_tail(log_path, EXIT_TAIL_BYTES, &f.vmm_log_len, &f.vmm_log_whole);
 	char why[32];
 
 	if (f.status < 0)
 		f.status = EXIT_STATUS_UNKNOWN;
-	if (e->vmm->shutdown_reason && e->vmm->shutdown_reason(v, why, sizeof(why)) == 0)
+	if (e->vmm->shutdown_reason && vmm_shutdown_reason(v, why, sizeof(why)) == 0)
 		f.shutdown = why;
 	f.console = con;
 	f.vmm_log = log;
@@ -72,10 +72,10 @@ char *vmm_exit_cause(struct engine *e, struct vmm *v, const char *console_path, 
 char *vmm_death_cause(struct engine *e, struct vmm *v, int err, const char *console_path, const char *log_path)
 {
 	/* a connection that broke may be the VMM dying: its exit shows a moment later */
-	for (int i = 0; i < 100 && e->vmm->alive(v) &&
+	for (int i = 0; i < 100 && vmm_alive(v) &&
 			(err == -ECONNRESET || err == -EPIPE || err == -EPROTO || err == -ECHILD); i++)
 		poll(NULL, 0, 5);
-	return e->vmm->alive(v) ? NULL : vmm_exit_cause(e, v, console_path, log_path);
+	return vmm_alive(v) ? NULL : vmm_exit_cause(e, v, console_path, log_path);
 }
 
 /* The same for a sandbox's VMM, from its own console and log. */
@@ -102,7 +102,7 @@ void sandbox_supervise(struct sandbox *s)
 			break;
 		v = s->vmm;
 		pthread_mutex_unlock(&e->lock);
-		e->vmm->wait_exit(v);
+		vmm_wait_exit(v);
 		pthread_mutex_lock(&e->lock);
 		if (atomic_load(&s->cancel))
 			break;
@@ -167,7 +167,7 @@ static int transition(struct sandbox *s, enum sandbox_event ev)
 
 static int op_pause(struct sandbox *s)
 {
-	int r = s->e->vmm->pause(s->vmm, QMP_TIMEOUT_MS);
+	int r = vmm_pause(s->vmm, QMP_TIMEOUT_MS);
 
 	return r < 0 ? r : transition(s, SB_EV_PAUSE);
 }
@@ -176,7 +176,7 @@ static int do_resume(void *arg)
 {
 	struct sandbox *s = arg;
 
-	return s->e->vmm->resume(s->vmm, QMP_TIMEOUT_MS);
+	return vmm_resume(s->vmm, QMP_TIMEOUT_MS);
 }
 
 /*
@@ -226,7 +226,7 @@ static int retire_vmm(struct sandbox *s)
 	v = s->vmm;
 	s->vmm_retiring = v;
 	s->vmm_exited = false;
-	e->vmm->kill(v);
+	vmm_kill(v);
 	while (!s->vmm_exited && !atomic_load(&s->cancel))
 		pthread_cond_wait(&s->cond, &e->lock);
 	if (atomic_load(&s->cancel)) {
@@ -242,7 +242,7 @@ static int retire_vmm(struct sandbox *s)
 	pthread_mutex_unlock(&e->lock);
 	agent_shutdown(ac);
 	agent_free(ac);
-	e->vmm->free(v); /* reaped by the supervisor already */
+	vmm_free(v); /* reaped by the supervisor already */
 	sandbox_record_save(s);
 	return 0;
 }
@@ -381,7 +381,7 @@ static int op_hibernate(struct sandbox *s)
 		return r;
 	}
 	/* device state: migration stops the vCPUs; the RAM is in its file already */
-	r = e->vmm->snapshot(s->vmm, tmp, QMP_TIMEOUT_MS);
+	r = vmm_snapshot(s->vmm, tmp, QMP_TIMEOUT_MS);
 	if (r == 0 && rename(tmp, state) < 0)
 		r = -errno;
 	if (r < 0) {
@@ -394,7 +394,7 @@ static int op_hibernate(struct sandbox *s)
 		set_ctl_error(s, "hibernate: snapshot failed: %s", strerror(-r));
 		/* a migration that stopped the vCPUs leaves them stopped: start them again if it was running */
 		if (s->state == SB_READY)
-			e->vmm->resume(s->vmm, QMP_TIMEOUT_MS);
+			vmm_resume(s->vmm, QMP_TIMEOUT_MS);
 		return r;
 	}
 	if ((r = retire_vmm(s)) < 0)
@@ -430,7 +430,7 @@ static int op_wake(struct sandbox *s)
 		/* a sandbox that cannot wake is failed; its files stay until rmdir */
 		pthread_mutex_lock(&e->lock);
 		if (s->vmm)
-			e->vmm->kill(s->vmm);
+			vmm_kill(s->vmm);
 		pthread_mutex_unlock(&e->lock);
 		sandbox_fail(s, "wake from hibernation failed at %s: %s", step, strerror(-r));
 		return r;
@@ -490,14 +490,14 @@ static int op_fork(struct sandbox *s, const char *name)
 	has_disk = template_has_disk(s->tpl);
 	pthread_mutex_unlock(&e->lock);
 	r = !state || !mem || !cmem || !disk || !cdisk ? -ENOMEM : mkdir_p(c->dir, 0700);
-	if (r == 0 && (r = e->vmm->snapshot(s->vmm, state, QMP_TIMEOUT_MS)) < 0)
+	if (r == 0 && (r = vmm_snapshot(s->vmm, state, QMP_TIMEOUT_MS)) < 0)
 		set_ctl_error(s, "fork %s: snapshot failed: %s", name, strerror(-r));
 	/* the parent is stopped now: its memory and disk files are consistent */
 	if (r == 0 && (r = store_clone(&e->store, mem, cmem, &m)) < 0)
 		set_ctl_error(s, "fork %s: cloning memory failed: %s", name, strerror(-r));
 	if (r == 0 && has_disk && (r = store_clone(&e->store, disk, cdisk, &m)) < 0)
 		set_ctl_error(s, "fork %s: cloning the disk failed: %s", name, strerror(-r));
-	if (was_running && e->vmm->resume(s->vmm, QMP_TIMEOUT_MS) < 0 && r == 0) {
+	if (was_running && vmm_resume(s->vmm, QMP_TIMEOUT_MS) < 0 && r == 0) {
 		r = -EIO;
 		set_ctl_error(s, "fork %s: the parent did not resume", name);
 	}
@@ -561,13 +561,13 @@ static int op_template(struct sandbox *s, const char *name)
 	disk = vm_file(s->dir, VM_DISK);
 	cdisk = newdir ? vm_file(newdir, VM_DISK) : NULL;
 	r = !newdir || !state || !mem || !cmem || !disk || !cdisk ? -ENOMEM : mkdir_p(newdir, 0700);
-	if (r == 0 && (r = e->vmm->snapshot(s->vmm, state, QMP_TIMEOUT_MS)) < 0)
+	if (r == 0 && (r = vmm_snapshot(s->vmm, state, QMP_TIMEOUT_MS)) < 0)
 		set_ctl_error(s, "template %s: snapshot failed: %s", name, strerror(-r));
 	if (r == 0 && (r = store_clone(&e->store, mem, cmem, &m)) < 0)
 		set_ctl_error(s, "template %s: cloning memory failed: %s", name, strerror(-r));
 	if (r == 0 && cfg.rootfs && (r = store_clone(&e->store, disk, cdisk, &m)) < 0)
 		set_ctl_error(s, "template %s: cloning the disk failed: %s", name, strerror(-r));
-	if (was_running && e->vmm->resume(s->vmm, QMP_TIMEOUT_MS) < 0 && r == 0) {
+	if (was_running && vmm_resume(s->vmm, QMP_TIMEOUT_MS) < 0 && r == 0) {
 		r = -EIO;
 		set_ctl_error(s, "template %s: the sandbox did not resume", name);
 	}
@@ -757,7 +757,7 @@ static void watchdog_scan(struct engine *e)
 				s->error = NULL;
 			log_warn("sandbox %s/%s: VMM %d stopped for %u ms: killed by the watchdog", t->name, s->name,
 				 s->vmm_pid, WATCHDOG_MS);
-			e->vmm->kill(s->vmm); /* SIGKILL ends a stopped process too */
+			vmm_kill(s->vmm); /* SIGKILL ends a stopped process too */
 			s->vmm_stopped_ns = 0;
 		}
 	}

@@ -55,7 +55,7 @@ void slot_free(struct engine *e, struct slot *sl)
 		agent_free(sl->agent);
 	}
 	if (sl->vmm)
-		e->vmm->free(sl->vmm); /* kills and reaps */
+		vmm_free(sl->vmm); /* kills and reaps */
 	if (sl->net)
 		netpool_release(e->net, sl->net); /* no process is in it any more */
 	/* the record's directory is the anchor: made first, removed last */
@@ -115,7 +115,7 @@ static bool slot_healthy(struct engine *e, struct slot *sl)
 {
 	char st;
 
-	if (!e->vmm->alive(sl->vmm))
+	if (!vmm_alive(sl->vmm))
 		return false;
 	st = proc_state(sl->vmm_pid);
 	return st != 0 && st != 'T' && st != 't' && st != 'Z' && st != 'X';
@@ -397,7 +397,7 @@ static void slot_publish(void *arg, struct vmm *v, struct agent_client *ac)
 
 	if (v) {
 		p->sl->vmm = v;
-		p->sl->vmm_pid = p->t->e->vmm->pid(v);
+		p->sl->vmm_pid = vmm_pid(v);
 	}
 	if (ac)
 		p->sl->agent = ac;
@@ -466,7 +466,7 @@ static int slot_prepare_steps(struct template *t, struct slot_job *j, struct slo
 	slot_lap(t, sl, "warmup");
 	if (r < 0)
 		return r;
-	r = e->vmm->pause(sl->vmm, QMP_TIMEOUT_MS);
+	r = vmm_pause(sl->vmm, QMP_TIMEOUT_MS);
 	slot_lap(t, sl, "pause");
 	return r;
 }
@@ -647,7 +647,7 @@ void pool_stop(struct template *t)
 	t->pool_stop = true;
 	atomic_store(&t->pool_cancel, true);
 	if (t->preparing && t->preparing->vmm)
-		e->vmm->kill(t->preparing->vmm);
+		vmm_kill(t->preparing->vmm);
 	if (t->preparing && t->preparing->agent)
 		agent_shutdown(t->preparing->agent);
 	started = t->pool_thread_started;

@@ -29,11 +29,13 @@
 #include <sys/un.h>
 #include <sys/wait.h>
 
+#include "config.h"
 #include "internal.h"
 
 extern char **environ;
 
-struct vmm {
+struct qemu {
+	struct vmm base; /* first: a struct qemu * is one of these */
 	pid_t pid;
 	int pidfd;
 	int qmp;
@@ -54,6 +56,11 @@ struct vmm {
 	char buf[65536];
 	size_t len;
 };
+
+static struct qemu *to_qemu(struct vmm *vm)
+{
+	return (struct qemu *)vm;
+}
 
 static int pidfd_open_(pid_t pid)
 {
@@ -174,7 +181,7 @@ static void build_args(const char *binary, const struct vmm_spec *s, struct args
 	args_add(a, "-device");
 	args_add(a, "virtserialport,chardev=agent,name=org.emberfs.agent");
 	args_add(a, "-chardev");
-	args_add(a, "socket,id=qmp,fd=%d,server=on,wait=off", FD_QMP);
+	args_add(a, "socket,id=qmp,fd=%d,server=on,wait=off", FD_CONTROL);
 	args_add(a, "-mon");
 	args_add(a, "chardev=qmp,mode=control");
 	args_add(a, "-sandbox");
@@ -305,7 +312,7 @@ static int root_plan(const char *binary, const struct vmm_spec *s, struct vmm_ro
 {
 	_cleanup_free_ char *path = find_binary(binary), *real = path ? realpath(path, NULL) : NULL;
 	bool inside = real && strncmp(real, "/usr/", 5) == 0;
-	const char *slash = strrchr(s->qmp_path, '/');
+	const char *slash = strrchr(s->control_path, '/');
 
 	if (!real)
 		return errno ? -errno : -ENOENT;
@@ -329,10 +336,10 @@ static int root_plan(const char *binary, const struct vmm_spec *s, struct vmm_ro
 			  "directories): a VMM's root holds nothing else of the host", real);
 		return -ENOENT;
 	}
-	if (!slash || (size_t)(slash - s->qmp_path) >= sizeof(r->at))
+	if (!slash || (size_t)(slash - s->control_path) >= sizeof(r->at))
 		return -ENAMETOOLONG;
-	memcpy(r->at, s->qmp_path, (size_t)(slash - s->qmp_path));
-	r->at[slash - s->qmp_path] = '\0';
+	memcpy(r->at, s->control_path, (size_t)(slash - s->control_path));
+	r->at[slash - s->control_path] = '\0';
 	r->kvm = strcmp(s->accel, "kvm") == 0;
 	*ret_path = TAKE_PTR(real);
 	return 0;
@@ -487,7 +494,7 @@ static void __attribute__((noreturn)) spawn_child(const struct child_args *c)
 	    (s->cfg->initrd && (fds[FD_INITRD] = high(open(s->cfg->initrd, O_RDONLY | O_CLOEXEC))) < 0))
 		goto fail;
 	f.step = 3;
-	if ((fds[FD_QMP] = listen_high(&c->qmp)) < 0 || (fds[FD_AGENT] = listen_high(&c->agent)) < 0)
+	if ((fds[FD_CONTROL] = listen_high(&c->qmp)) < 0 || (fds[FD_AGENT] = listen_high(&c->agent)) < 0)
 		goto fail;
 	f.step = 4;
 	if (s->cfg->net) {
@@ -548,7 +555,7 @@ static int sockaddr_for(const char *path, struct sockaddr_un *sa)
 
 static int qemu_spawn(const char *binary, const struct vmm_spec *s, struct vmm **ret)
 {
-	_cleanup_free_ struct vmm *v = calloc(1, sizeof(*v));
+	_cleanup_free_ struct qemu *v = calloc(1, sizeof(*v));
 	_cleanup_free_ char *path = NULL;
 	struct child_args c = { .s = s };
 	struct args a = { .n = 0 };
@@ -563,7 +570,7 @@ static int qemu_spawn(const char *binary, const struct vmm_spec *s, struct vmm *
 	v->qmp = -1;
 	v->pidfd = -1;
 	v->uid_index = -1;
-	if ((r = sockaddr_for(s->qmp_path, &c.qmp)) < 0 || (r = sockaddr_for(s->agent_path, &c.agent)) < 0 ||
+	if ((r = sockaddr_for(s->control_path, &c.qmp)) < 0 || (r = sockaddr_for(s->agent_path, &c.agent)) < 0 ||
 	    (r = root_plan(binary, s, &c.root, &path)) < 0)
 		return r;
 	c.path = path;
@@ -621,20 +628,21 @@ static int qemu_spawn(const char *binary, const struct vmm_spec *s, struct vmm *
 		uid_put(v->uid_index);
 		return r;
 	}
-	v->qmp_path = strdup(s->qmp_path);
+	v->qmp_path = strdup(s->control_path);
 	v->incoming = s->incoming_fd >= 0;
-	*ret = TAKE_PTR(v);
+	v->base.ops = &qemu_ops;
+	*ret = &TAKE_PTR(v)->base;
 	return 0;
 }
 
-static bool vmm_dead(struct vmm *v, int wait_ms)
+static bool vmm_dead(struct qemu *v, int wait_ms)
 {
 	struct pollfd p = { .fd = v->pidfd, .events = POLLIN };
 
 	return poll(&p, 1, wait_ms) > 0;
 }
 
-static int read_line(struct vmm *v, uint64_t deadline, char **ret)
+static int read_line(struct qemu *v, uint64_t deadline, char **ret)
 {
 	for (;;) {
 		char *nl = memchr(v->buf, '\n', v->len);
@@ -678,7 +686,7 @@ static int read_line(struct vmm *v, uint64_t deadline, char **ret)
  * guest-shutdown, host-signal, ...): with -no-reboot a guest's reset or
  * power-off ends the process, and only this tells them apart from the host.
  */
-static void note_event(struct vmm *v, json_object *o)
+static void note_event(struct qemu *v, json_object *o)
 {
 	json_object *x, *data, *reason;
 	const char *ev;
@@ -701,7 +709,7 @@ static void note_event(struct vmm *v, json_object *o)
 }
 
 /* The next JSON object from QMP, noting the events the driver keeps. qmp_lock held. */
-static int qmp_next(struct vmm *v, uint64_t deadline, json_object **ret)
+static int qmp_next(struct qemu *v, uint64_t deadline, json_object **ret)
 {
 	_cleanup_free_ char *line = NULL;
 	json_object *o;
@@ -718,7 +726,7 @@ static int qmp_next(struct vmm *v, uint64_t deadline, json_object **ret)
 }
 
 /* Sends one command (optionally with an fd) and returns its "return" value. qmp_lock held. */
-static int qmp_exec_locked(struct vmm *v, const char *cmd, int pass_fd, unsigned timeout_ms, json_object **ret)
+static int qmp_exec_locked(struct qemu *v, const char *cmd, int pass_fd, unsigned timeout_ms, json_object **ret)
 {
 	uint64_t deadline = now_ns() + (uint64_t)timeout_ms * 1000000;
 	size_t len = strlen(cmd);
@@ -759,7 +767,7 @@ static int qmp_exec_locked(struct vmm *v, const char *cmd, int pass_fd, unsigned
 	}
 }
 
-static int qmp_exec(struct vmm *v, const char *cmd, int pass_fd, unsigned timeout_ms, json_object **ret)
+static int qmp_exec(struct qemu *v, const char *cmd, int pass_fd, unsigned timeout_ms, json_object **ret)
 {
 	int r;
 
@@ -769,8 +777,9 @@ static int qmp_exec(struct vmm *v, const char *cmd, int pass_fd, unsigned timeou
 	return r;
 }
 
-static int qemu_connect(struct vmm *v, unsigned timeout_ms, const atomic_bool *cancel)
+static int qemu_connect(struct vmm *vm, unsigned timeout_ms, const atomic_bool *cancel)
 {
+	struct qemu *v = to_qemu(vm);
 	uint64_t deadline = now_ns() + (uint64_t)timeout_ms * 1000000;
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	_cleanup_free_ char *greeting = NULL;
@@ -807,15 +816,16 @@ static int qemu_connect(struct vmm *v, unsigned timeout_ms, const atomic_bool *c
 }
 
 /* Starts reading the snapshot's device state, which is fd 3 in the VMM. */
-static int qemu_restore(struct vmm *v, unsigned timeout_ms)
+static int qemu_restore(struct vmm *vm, unsigned timeout_ms)
 {
+	struct qemu *v = to_qemu(vm);
 	if (!v->incoming)
 		return -EINVAL;
 	return qmp_exec(v, "{\"execute\":\"migrate-incoming\",\"arguments\":{\"uri\":\"fd:3\"}}", -1,
 			timeout_ms, NULL);
 }
 
-static int query_string(struct vmm *v, const char *cmd, const char *key, unsigned timeout_ms, char *out,
+static int query_string(struct qemu *v, const char *cmd, const char *key, unsigned timeout_ms, char *out,
 			size_t outlen)
 {
 	_cleanup_json_ json_object *r = NULL;
@@ -831,7 +841,7 @@ static int query_string(struct vmm *v, const char *cmd, const char *key, unsigne
 }
 
 /* Waits for the RESUME event the restored VM sends when its vCPUs start. */
-static int wait_resume_event(struct vmm *v, unsigned slice_ms)
+static int wait_resume_event(struct qemu *v, unsigned slice_ms)
 {
 	uint64_t deadline = now_ns() + (uint64_t)slice_ms * 1000000;
 	int r = 0;
@@ -846,23 +856,27 @@ static int wait_resume_event(struct vmm *v, unsigned slice_ms)
 	return r;
 }
 
-static int qemu_query(struct vmm *v, char *state, size_t len, unsigned timeout_ms)
+static int qemu_query(struct vmm *vm, char *state, size_t len, unsigned timeout_ms)
 {
+	struct qemu *v = to_qemu(vm);
 	return query_string(v, "{\"execute\":\"query-status\"}", "status", timeout_ms, state, len);
 }
 
-static int qemu_pause(struct vmm *v, unsigned timeout_ms)
+static int qemu_pause(struct vmm *vm, unsigned timeout_ms)
 {
+	struct qemu *v = to_qemu(vm);
 	return qmp_exec(v, "{\"execute\":\"stop\"}", -1, timeout_ms, NULL);
 }
 
-static int qemu_resume(struct vmm *v, unsigned timeout_ms)
+static int qemu_resume(struct vmm *vm, unsigned timeout_ms)
 {
+	struct qemu *v = to_qemu(vm);
 	return qmp_exec(v, "{\"execute\":\"cont\"}", -1, timeout_ms, NULL);
 }
 
-static int qemu_wait_running(struct vmm *v, unsigned timeout_ms)
+static int qemu_wait_running(struct vmm *vm, unsigned timeout_ms)
 {
+	struct qemu *v = to_qemu(vm);
 	uint64_t deadline = now_ns() + (uint64_t)timeout_ms * 1000000;
 
 	for (;;) {
@@ -874,12 +888,12 @@ static int qemu_wait_running(struct vmm *v, unsigned timeout_ms)
 		if (r != -ETIMEDOUT)
 			return vmm_dead(v, 0) ? -ECHILD : r;
 		/* No event yet: ask, and start a VM that a paused stream left paused. */
-		r = qemu_query(v, st, sizeof(st), timeout_ms);
+		r = qemu_query(&v->base, st, sizeof(st), timeout_ms);
 		if (r < 0)
 			return r;
 		if (strcmp(st, "running") == 0)
 			return 0;
-		if (strcmp(st, "paused") == 0 && (r = qemu_resume(v, timeout_ms)) < 0)
+		if (strcmp(st, "paused") == 0 && (r = qemu_resume(&v->base, timeout_ms)) < 0)
 			return r;
 		if (strcmp(st, "paused") != 0 && strcmp(st, "inmigrate") != 0 && strcmp(st, "prelaunch") != 0 &&
 		    strcmp(st, "restore-vm") != 0) {
@@ -891,8 +905,9 @@ static int qemu_wait_running(struct vmm *v, unsigned timeout_ms)
 	}
 }
 
-static int qemu_snapshot(struct vmm *v, const char *state_path, unsigned timeout_ms)
+static int qemu_snapshot(struct vmm *vm, const char *state_path, unsigned timeout_ms)
 {
+	struct qemu *v = to_qemu(vm);
 	uint64_t deadline = now_ns() + (uint64_t)timeout_ms * 1000000;
 	_cleanup_close_ int fd = open(state_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	int r;
@@ -925,18 +940,21 @@ static int qemu_snapshot(struct vmm *v, const char *state_path, unsigned timeout
 	return fsync(fd) < 0 ? -errno : 0;
 }
 
-static bool qemu_alive(struct vmm *v)
+static bool qemu_alive(struct vmm *vm)
 {
+	struct qemu *v = to_qemu(vm);
 	return !v->exited && !vmm_dead(v, 0);
 }
 
-static pid_t qemu_pid(struct vmm *v)
+static pid_t qemu_pid(struct vmm *vm)
 {
+	struct qemu *v = to_qemu(vm);
 	return v->pid;
 }
 
-static int qemu_wait_exit(struct vmm *v)
+static int qemu_wait_exit(struct vmm *vm)
 {
+	struct qemu *v = to_qemu(vm);
 	siginfo_t si = { 0 };
 
 	if (v->exited)
@@ -956,19 +974,22 @@ static int qemu_wait_exit(struct vmm *v)
 	return v->status;
 }
 
-static void qemu_kill(struct vmm *v)
+static void qemu_kill(struct vmm *vm)
 {
+	struct qemu *v = to_qemu(vm);
 	if (!v->exited && v->pidfd >= 0)
 		syscall(SYS_pidfd_send_signal, v->pidfd, SIGKILL, NULL, 0);
 }
 
-static void qemu_free(struct vmm *v)
+static void qemu_free(struct vmm *vm)
 {
+	struct qemu *v = to_qemu(vm);
+
 	if (!v)
 		return;
 	if (!v->exited) {
-		qemu_kill(v);
-		qemu_wait_exit(v);
+		qemu_kill(vm);
+		qemu_wait_exit(vm);
 	}
 	if (v->qmp >= 0)
 		close(v->qmp);
@@ -986,8 +1007,9 @@ static void qemu_free(struct vmm *v)
  * it sent before the end still waits in the socket, read here (at most
  * 1 MiB, no waiting). A command in flight at the exit saw its end already.
  */
-static int qemu_shutdown_reason(struct vmm *v, char *buf, size_t len)
+static int qemu_shutdown_reason(struct vmm *vm, char *buf, size_t len)
 {
+	struct qemu *v = to_qemu(vm);
 	size_t total = 0;
 	int r;
 
@@ -1039,11 +1061,11 @@ static uid_t proc_uid(pid_t pid)
 	return (uid_t)uid;
 }
 
-static int qemu_adopt(pid_t pid, int pidfd, const char *qmp_path, char **cgdirs, uid_t uid_base, struct vmm **ret)
+static int qemu_adopt(pid_t pid, int pidfd, const char *control_path, char **cgdirs, uid_t uid_base, struct vmm **ret)
 {
-	struct vmm *v = calloc(1, sizeof(*v));
+	struct qemu *v = calloc(1, sizeof(*v));
 
-	if (!v || !(v->qmp_path = strdup(qmp_path))) {
+	if (!v || !(v->qmp_path = strdup(control_path))) {
 		free(v);
 		return -ENOMEM;
 	}
@@ -1054,12 +1076,16 @@ static int qemu_adopt(pid_t pid, int pidfd, const char *qmp_path, char **cgdirs,
 	v->qmp = -1;
 	v->adopted = true;
 	v->cgdirs = cgdirs;
-	*ret = v;
+	v->base.ops = &qemu_ops;
+	*ret = &v->base;
 	return 0;
 }
 
 const struct vmm_ops qemu_ops = {
 	.name = "qemu",
+	.ram = VMM_RAM_SHARED_FILE,
+	.restore_capability = "qemu-x-ignore-shared-v1",
+	.default_binary = QEMU_BINARY,
 	.version = qemu_version,
 	.spawn = qemu_spawn,
 	.connect = qemu_connect,

@@ -470,7 +470,7 @@ static void adopt_fail(struct adoptee *a, const char *step, int err)
 		agent_free(ac);
 	}
 	if (v)
-		e->vmm->free(v); /* kills it and waits for its end */
+		vmm_free(v); /* kills it and waits for its end */
 	sandbox_procs_settle(s);
 }
 
@@ -517,9 +517,9 @@ static void *adopt_main(void *arg)
 	a->pidfd = -1; /* the vmm's */
 	s->vmm = v;
 	s->vmm_pid = a->pid;
-	r = e->vmm->connect(v, ADOPT_BUDGET_MS, &s->cancel);
+	r = vmm_connect(v, ADOPT_BUDGET_MS, &s->cancel);
 	if (r == 0)
-		r = e->vmm->query(v, st, sizeof(st), ADOPT_BUDGET_MS);
+		r = vmm_query(v, st, sizeof(st), ADOPT_BUDGET_MS);
 	if (r == 0) {
 		step = "run state";
 		/* QEMU's word over the record's: an operation may have been cut short */
@@ -657,7 +657,7 @@ void adopt_all(struct engine *e)
 		if (!v) {
 			/* as good as destroyed: nothing of it may stay */
 			if (s->vmm)
-				e->vmm->kill(s->vmm);
+				vmm_kill(s->vmm);
 			rm_rf(s->rundir);
 			rm_rf(s->dir);
 			sandbox_unref(s);

@@ -77,7 +77,7 @@ void sandbox_unref(struct sandbox *s)
 		return;
 	agent_free(s->agent);
 	if (s->vmm)
-		s->e->vmm->free(s->vmm);
+		vmm_free(s->vmm);
 	if (s->net)
 		netpool_release(s->e->net, s->net);
 	slot_free(s->e, s->slot);
@@ -291,7 +291,7 @@ void sandbox_publish(void *arg, struct vmm *v, struct agent_client *ac)
 
 	if (v) {
 		s->vmm = v;
-		s->vmm_pid = s->e->vmm->pid(v);
+		s->vmm_pid = vmm_pid(v);
 		pthread_cond_broadcast(&s->cond); /* the supervisor watches it from now on */
 	}
 	if (ac)
@@ -579,7 +579,7 @@ static int job_start(struct job *j, const char **step)
 static int warm_resume(void *arg)
 {
 	struct sandbox *s = arg;
-	int r = s->e->vmm->resume(s->vmm, QMP_TIMEOUT_MS);
+	int r = vmm_resume(s->vmm, QMP_TIMEOUT_MS);
 
 	sb_lap(s, "resume");
 	return r;
@@ -606,10 +606,10 @@ static int run_warm(struct job *j, const char **step)
 	s->vmm = TAKE_PTR(sl->vmm);
 	s->agent = TAKE_PTR(sl->agent);
 	s->net = TAKE_PTR(sl->net);
-	s->vmm_pid = e->vmm->pid(s->vmm);
+	s->vmm_pid = vmm_pid(s->vmm);
 	s->clone_method = sl->clone_method;
 	if (atomic_load(&s->cancel)) {
-		e->vmm->kill(s->vmm);
+		vmm_kill(s->vmm);
 		agent_shutdown(s->agent);
 	}
 	pthread_mutex_unlock(&e->lock);
@@ -672,7 +672,7 @@ static int warm_fallback(struct sandbox *s, int err, const char *step)
 		agent_free(ac);
 	}
 	if (v)
-		e->vmm->free(v);
+		vmm_free(v);
 	if (ns)
 		netpool_release(e->net, ns);
 	if (rundir)
@@ -830,7 +830,7 @@ static void *sandbox_main(void *arg)
 			sandbox_fail(s, "create failed at %s: %s (see console and %s/vmm.log)", step, strerror(-r), s->dir);
 		}
 		if (s->vmm)
-			e->vmm->kill(s->vmm);
+			vmm_kill(s->vmm);
 	} else {
 		pthread_mutex_lock(&e->lock);
 		w = apply_event(s, SB_EV_CREATED);
@@ -863,7 +863,7 @@ static void *sandbox_main(void *arg)
 	}
 	if (r < 0) {
 		if (s->vmm)
-			e->vmm->wait_exit(s->vmm);
+			vmm_wait_exit(s->vmm);
 		return NULL;
 	}
 	/* Supervise: the VMM exiting on its own fails the sandbox, with the reason. */
@@ -994,7 +994,7 @@ int engine_sandbox_destroy(struct engine *e, struct template *t, const char *nam
 	pool_wake_all(e);
 	atomic_store(&s->cancel, true);
 	if (s->vmm)
-		e->vmm->kill(s->vmm);
+		vmm_kill(s->vmm);
 	agent_shutdown(s->agent);
 	pthread_mutex_unlock(&e->lock);
 	cold_wake(e);
@@ -1010,7 +1010,7 @@ int engine_sandbox_destroy(struct engine *e, struct template *t, const char *nam
 	slot_free(e, TAKE_PTR(s->slot));
 	/* the VMM has exited (the thread reaped it): its network slot is free */
 	if (s->vmm)
-		e->vmm->free(TAKE_PTR(s->vmm));
+		vmm_free(TAKE_PTR(s->vmm));
 	if (s->net)
 		netpool_release(e->net, TAKE_PTR(s->net));
 	/* the record's directory is the anchor: made first, removed last */

@@ -72,7 +72,7 @@ static int compute_identity(struct engine *e, const struct template_config *cfg,
 	in = (struct identity_inputs){ .kernel_digest = dk, .initrd_digest = di, .rootfs_digest = dr,
 				       .cmdline = spec.cmdline, .vcpus = cfg->vcpus, .mem_mib = cfg->mem_mib,
 				       .backend = cfg->backend, .accel = spec.accel, .vmm_version = e->vmm_version,
-				       .restore_capability = RESTORE_CAPABILITY, .derived = cfg->derived_from,
+				       .restore_capability = e->vmm->restore_capability, .derived = cfg->derived_from,
 				       .image = cfg->image, .build = build && *build ? build : NULL,
 				       .disk = cfg->disk_mib ? disk : NULL, .start = start, .warm = cfg->warm };
 	identity_digest(&in, out);
@@ -241,7 +241,7 @@ void template_free(struct template *t)
 	pthread_mutex_lock(&e->lock);
 	atomic_store(&t->bake_cancel, true);
 	if (t->bake_vmm)
-		e->vmm->kill(t->bake_vmm);
+		vmm_kill(t->bake_vmm);
 	pthread_mutex_unlock(&e->lock);
 	cold_wake(e);
 	if (t->bake_joinable)
@@ -660,7 +660,7 @@ static int bake_boot_and_snapshot(struct bake_ctx *b, const char *disk)
 	}
 	if (r == 0) {
 		step = "snapshot";
-		r = e->vmm->snapshot(vm.v, state, QMP_TIMEOUT_MS);
+		r = vmm_snapshot(vm.v, state, QMP_TIMEOUT_MS);
 		timings_lap(&b->tm, "snapshot");
 	}
 	if (r < 0 && !atomic_load(&t->bake_cancel)) {

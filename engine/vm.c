@@ -27,7 +27,7 @@ int vm_start(struct engine *e, const struct vm_launch *l, const char **ret_step,
 	_cleanup_free_ char *log = vm_file(l->dir, VM_LOG), *cmdline = NULL;
 	const bool restore = l->state_fd >= 0;
 	struct vmm_spec spec = { .cfg = l->cfg, .accel = e->accel, .name = l->name, .mem_path = mem,
-				 .disk_path = l->disk, .qmp_path = qmp, .agent_path = agent, .console_path = con,
+				 .disk_path = l->disk, .control_path = qmp, .agent_path = agent, .console_path = con,
 				 .log_path = log, .incoming_fd = l->state_fd, .netns_fd = -1 };
 	struct agent_client *ac = NULL;
 	struct vmm *v = NULL;
@@ -62,18 +62,18 @@ int vm_start(struct engine *e, const struct vm_launch *l, const char **ret_step,
 	pthread_mutex_lock(&e->lock);
 	l->publish(l->arg, v, NULL);
 	if (l->cancel && atomic_load(l->cancel))
-		e->vmm->kill(v);
+		vmm_kill(v);
 	pthread_mutex_unlock(&e->lock);
 	event(l, VM_EV_SPAWNED);
-	if ((r = e->vmm->connect(v, QMP_TIMEOUT_MS, l->cancel)) < 0)
+	if ((r = vmm_connect(v, QMP_TIMEOUT_MS, l->cancel)) < 0)
 		return r;
 	event(l, VM_EV_CONNECTED);
 	if (restore) {
 		*ret_step = "restore";
-		if ((r = e->vmm->restore(v, QMP_TIMEOUT_MS)) < 0)
+		if ((r = vmm_restore(v, QMP_TIMEOUT_MS)) < 0)
 			return r;
 		event(l, VM_EV_LOADING);
-		if ((r = e->vmm->wait_running(v, RESTORE_TIMEOUT_MS)) < 0)
+		if ((r = vmm_wait_running(v, RESTORE_TIMEOUT_MS)) < 0)
 			return r;
 		event(l, VM_EV_RESTORED);
 	}

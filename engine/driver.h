@@ -1,0 +1,187 @@
+/*
+ * The boundary between the engine and a VMM driver (docs/architecture.md,
+ * "Drivers").
+ *
+ * A driver is a `struct vmm_ops` in its own file (qemu.c), listed in
+ * drivers.c; a template's "backend" names the one it uses. The engine asks
+ * a driver only through these calls, and every call on a running VMM goes
+ * through the object's own ops (struct vmm is the first member of each
+ * driver's object), so sandboxes of different drivers can live side by side.
+ *
+ * What the engine does for every driver, in shared code (jail.c): the VMM's
+ * process runs in the sandbox's network namespace, in its own mount
+ * namespace with a root that holds only the host's /usr (and /bin, /sbin,
+ * /lib, /lib64, /dev/null, /dev/kvm under KVM, its own /proc), as its own
+ * unprivileged user, in its own cgroups, with no_new_privs, and gets every
+ * file and socket it needs already open at the fixed descriptors below. The
+ * driver builds its argument vector, talks its control protocol and knows
+ * its snapshot format.
+ */
+#pragma once
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+struct template_config;
+
+struct vmm_spec {
+	const struct template_config *cfg;
+	const char *accel;	  /* "kvm" or "tcg" */
+	const char *cmdline;	  /* the kernel command line as booted (engine_spec_init) */
+	const char *name;	  /* for the process name */
+	const char *tag;	  /* the instance tag (engine.tag): -name emberfs-TAG-NAME */
+	const char *mem_path;	  /* guest RAM file (see enum vmm_ram) */
+	const char *disk_path;	  /* NULL: none */
+	const char *control_path; /* the VMM's control socket (a listening unix socket, FD_CONTROL) */
+	const char *agent_path;	  /* the guest agent's (FD_AGENT) */
+	const char *console_path;
+	const char *log_path;  /* VMM's own stdout/stderr */
+	int incoming_fd;       /* restore device state from this fd; -1 boots cold */
+	int netns_fd;	       /* cfg->net: the network slot's namespace, where the VMM runs (its tap is there) */
+	char *const *cgroups;  /* the instance's cgroup bases (engine.cgroups); NULL or empty: no limits */
+	int cgroup_version;
+	unsigned cgroup_ncpus;
+	uid_t uid_base;	       /* the VMM runs as uid_base + a free index < VMM_UID_RANGE (gid alike); 0: as root */
+	gid_t extra_gid;       /* and in this group too (/dev/kvm's); 0: none */
+};
+/*
+ * The descriptors a VMM gets, opened for it by jail.c while still root (a
+ * VMM opens nothing of ours by path: files go by /proc/self/fd/N, sockets
+ * and the tap by number). -1 where the spec has none.
+ */
+enum { FD_INCOMING = 3, FD_MEM, FD_DISK, FD_CONSOLE, FD_CONTROL, FD_AGENT, FD_TAP, FD_KERNEL, FD_INITRD, FD_FIRST_FREE };
+
+/*
+ * How a driver holds guest RAM, which decides what a snapshot is and how
+ * clones share it:
+ * - VMM_RAM_SHARED_FILE: RAM is mem_path mapped shared; the guest writes
+ *   into the file, a snapshot is the file as it stands plus device state
+ *   (QEMU with x-ignore-shared). A clone is a reflink copy of the file.
+ * - VMM_RAM_PRIVATE_FILE: a restore maps the snapshot's memory file
+ *   privately (copy-on-write in the VMM, the file never written); a
+ *   snapshot writes memory out (Firecracker's file backend).
+ */
+enum vmm_ram { VMM_RAM_SHARED_FILE, VMM_RAM_PRIVATE_FILE };
+
+struct vmm_ops;
+/* The head of every driver's VMM object. */
+struct vmm {
+	const struct vmm_ops *ops;
+};
+
+struct vmm_ops {
+	const char *name; /* a template's "backend" */
+	enum vmm_ram ram;
+	/*
+	 * What a snapshot this driver writes needs to be restored (part of a
+	 * template's identity: a snapshot is used only by the same capability).
+	 */
+	const char *restore_capability;
+	/* The binary it runs when no option names one. */
+	const char *default_binary;
+	/* Version string of the VMM binary (part of the identity); fails if the binary cannot run here. */
+	int (*version)(const char *binary, char **ret);
+	int (*spawn)(const char *binary, const struct vmm_spec *spec, struct vmm **ret);
+	/* Control channel up; bounded; gives up early if *cancel turns true. */
+	int (*connect)(struct vmm *v, unsigned timeout_ms, const atomic_bool *cancel);
+	/* Starts loading the snapshot (spec.incoming_fd) into a connected VMM. */
+	int (*restore)(struct vmm *v, unsigned timeout_ms);
+	/* Run state as the VMM names it ("running", "paused", ...). */
+	int (*query)(struct vmm *v, char *state, size_t len, unsigned timeout_ms);
+	/* Stops and restarts the vCPUs; memory stays resident. */
+	int (*pause)(struct vmm *v, unsigned timeout_ms);
+	int (*resume)(struct vmm *v, unsigned timeout_ms);
+	/* Waits until the guest's vCPUs run (after a restore). */
+	int (*wait_running)(struct vmm *v, unsigned timeout_ms);
+	/* Pauses and writes device state to state_path (guest RAM as enum vmm_ram says). */
+	int (*snapshot)(struct vmm *v, const char *state_path, unsigned timeout_ms);
+	pid_t (*pid)(struct vmm *v);
+	/* False once the process has exited (not reaped yet, or reaped). */
+	bool (*alive)(struct vmm *v);
+	/*
+	 * Waits for the process to exit (blocking); returns its exit code, 128 +
+	 * the signal, or VMM_STATUS_UNKNOWN for an adopted VMM (not our child:
+	 * its status went to whoever reaps it).
+	 */
+	int (*wait_exit)(struct vmm *v);
+	/*
+	 * A VMM an earlier run of the daemon started: pidfd is the process
+	 * (checked against its start time by the caller), taken with cgdirs;
+	 * control_path is the socket its spawn was given. Connect it before use.
+	 */
+	int (*adopt)(pid_t pid, int pidfd, const char *control_path, char **cgdirs, uid_t uid_base, struct vmm **ret);
+	/* SIGKILL (idempotent). */
+	void (*kill)(struct vmm *v);
+	/* Kills it if it runs, reaps it, frees what it held. */
+	void (*free)(struct vmm *v);
+	/*
+	 * Once the VMM has exited: its own account of why, in its words
+	 * ("guest-reset", "guest-shutdown", "host-signal", ...), or -ENOENT.
+	 */
+	int (*shutdown_reason)(struct vmm *v, char *buf, size_t len);
+};
+
+/* The drivers compiled in (drivers.c lists them). */
+extern const struct vmm_ops qemu_ops;
+/* The one of that name; NULL if none is. */
+const struct vmm_ops *vmm_driver(const char *name);
+/* Their names, ", "-separated (for errors). */
+const char *vmm_driver_names(void);
+
+/* Calls on a VMM go to its own driver. */
+static inline int vmm_connect(struct vmm *v, unsigned timeout_ms, const atomic_bool *cancel)
+{
+	return v->ops->connect(v, timeout_ms, cancel);
+}
+static inline int vmm_restore(struct vmm *v, unsigned timeout_ms)
+{
+	return v->ops->restore(v, timeout_ms);
+}
+static inline int vmm_query(struct vmm *v, char *state, size_t len, unsigned timeout_ms)
+{
+	return v->ops->query(v, state, len, timeout_ms);
+}
+static inline int vmm_pause(struct vmm *v, unsigned timeout_ms)
+{
+	return v->ops->pause(v, timeout_ms);
+}
+static inline int vmm_resume(struct vmm *v, unsigned timeout_ms)
+{
+	return v->ops->resume(v, timeout_ms);
+}
+static inline int vmm_wait_running(struct vmm *v, unsigned timeout_ms)
+{
+	return v->ops->wait_running(v, timeout_ms);
+}
+static inline int vmm_snapshot(struct vmm *v, const char *state_path, unsigned timeout_ms)
+{
+	return v->ops->snapshot(v, state_path, timeout_ms);
+}
+static inline pid_t vmm_pid(struct vmm *v)
+{
+	return v->ops->pid(v);
+}
+static inline bool vmm_alive(struct vmm *v)
+{
+	return v->ops->alive(v);
+}
+static inline int vmm_wait_exit(struct vmm *v)
+{
+	return v->ops->wait_exit(v);
+}
+static inline void vmm_kill(struct vmm *v)
+{
+	v->ops->kill(v);
+}
+/* NULL: nothing */
+static inline void vmm_free(struct vmm *v)
+{
+	if (v)
+		v->ops->free(v);
+}
+static inline int vmm_shutdown_reason(struct vmm *v, char *buf, size_t len)
+{
+	return v->ops->shutdown_reason(v, buf, len);
+}
