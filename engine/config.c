@@ -95,11 +95,12 @@ static int parse_strings(json_object *o, struct template_config *cfg, char **ret
 			return error_first(ret_error, -EINVAL, "config: \"cmdline\" too long or has control characters");
 	}
 	cfg->cmdline = strdup(s);
-	s = "qemu";
+	s = TEMPLATE_DEFAULT_BACKEND;
 	if (json_object_object_get_ex(o, "backend", &v)) {
 		s = json_object_get_string(v);
-		if (!json_object_is_type(v, json_type_string) || strcmp(s, "qemu") != 0)
-			return error_first(ret_error, -EINVAL, "config: \"backend\" must be \"qemu\" (the only driver built)");
+		if (!json_object_is_type(v, json_type_string) || !vmm_driver(s))
+			return error_first(ret_error, -EINVAL, "config: \"backend\" must be a driver built in: %s",
+					   vmm_driver_names());
 	}
 	cfg->backend = strdup(s);
 	if (json_object_object_get_ex(o, "derived_from", &v)) {

@@ -127,7 +127,9 @@ struct vmm_ops {
 extern const struct vmm_ops qemu_ops;
 /* The one of that name; NULL if none is. */
 const struct vmm_ops *vmm_driver(const char *name);
-/* Their names, ", "-separated (for errors). */
+/* The i-th (from 0); NULL past the last. */
+const struct vmm_ops *vmm_driver_at(size_t i);
+/* Their names, quoted, ", "-separated (for errors). */
 const char *vmm_driver_names(void);
 
 /* Calls on a VMM go to its own driver. */

@@ -16,6 +16,11 @@ const struct vmm_ops *vmm_driver(const char *name)
 	return NULL;
 }
 
+const struct vmm_ops *vmm_driver_at(size_t i)
+{
+	return i < N_DRIVERS ? drivers[i] : NULL;
+}
+
 static char names[256];
 
 static void names_init(void)

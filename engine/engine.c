@@ -143,6 +143,50 @@ static bool cmdline_has(const char *cmdline, const char *key)
 	return false;
 }
 
+/*
+ * Every compiled driver's binary and version (part of a template's
+ * identity). The default backend must run; another that cannot is refused
+ * where a template names it.
+ */
+static int drivers_probe(struct engine *e, const struct engine_options *o)
+{
+	const struct vmm_ops *ops;
+
+	for (size_t i = 0; i < VMM_DRIVERS_MAX && (ops = vmm_driver_at(i)); i++) {
+		struct engine_driver *d = &e->drivers[i];
+		bool qemu = strcmp(ops->name, "qemu") == 0;
+
+		d->ops = ops;
+		d->binary = strdup(qemu && o->qemu_binary ? o->qemu_binary : ops->default_binary);
+		d->err = d->binary ? ops->version(d->binary, &d->version) : -ENOMEM;
+		if (d->err < 0 && strcmp(ops->name, TEMPLATE_DEFAULT_BACKEND) == 0) {
+			log_error("cannot run %s --version: %s (is qemu-system-x86 installed?)", d->binary,
+				  strerror(-d->err));
+			return d->err;
+		}
+	}
+	return 0;
+}
+
+const struct engine_driver *engine_driver(struct engine *e, const char *name, char **ret_error)
+{
+	for (size_t i = 0; i < VMM_DRIVERS_MAX && e->drivers[i].ops; i++) {
+		const struct engine_driver *d = &e->drivers[i];
+
+		if (strcmp(d->ops->name, name) != 0)
+			continue;
+		if (d->err == 0)
+			return d;
+		if (ret_error)
+			error_set(ret_error, "backend \"%s\" cannot run on this host: %s --version: %s", name, d->binary,
+				  strerror(-d->err));
+		return NULL;
+	}
+	if (ret_error)
+		error_set(ret_error, "backend \"%s\" is not built into this emberfs (built: %s)", name, vmm_driver_names());
+	return NULL;
+}
+
 int engine_spec_init(struct engine *e, const struct template_config *cfg, struct vmm_spec *spec, char **owned)
 {
 	int r = engine_resolve_accel(cfg->accel, &spec->accel);
@@ -429,13 +473,8 @@ static int engine_setup(struct engine *e, const struct engine_options *o)
 		log_error("image directory %s: %s", o->image_dir, strerror(-r));
 		return r;
 	}
-	e->qemu_binary = strdup(o->qemu_binary ? o->qemu_binary : QEMU_BINARY);
-	e->vmm = &qemu_ops;
-	r = e->vmm->version(e->qemu_binary, &e->vmm_version);
-	if (r < 0) {
-		log_error("cannot run %s --version: %s (is qemu-system-x86 installed?)", e->qemu_binary, strerror(-r));
+	if ((r = drivers_probe(e, o)) < 0)
 		return r;
-	}
 	e->tsc_khz = host_tsc_khz();
 	r = engine_resolve_accel(o->accel, &e->accel);
 	if (r < 0) {
@@ -641,8 +680,10 @@ void engine_free(struct engine *e)
 	}
 	free(e->state_dir);
 	free(e->image_dir);
-	free(e->qemu_binary);
-	free(e->vmm_version);
+	for (size_t i = 0; i < VMM_DRIVERS_MAX; i++) {
+		free(e->drivers[i].binary);
+		free(e->drivers[i].version);
+	}
 	free(e->tsc_khz);
 	free(e->default_config);
 	while (e->digests) {

@@ -107,6 +107,7 @@ enum template_state {
 const char *template_state_name(enum template_state s);
 
 /* Template configuration, parsed and validated from JSON. */
+#define TEMPLATE_DEFAULT_BACKEND "qemu" /* a config without "backend" */
 struct template_config {
 	char *kernel;
 	char *initrd;
@@ -114,7 +115,7 @@ struct template_config {
 	char *cmdline;
 	unsigned vcpus;
 	unsigned mem_mib;
-	char *backend; /* "qemu" */
+	char *backend; /* a driver built in (driver.h); default TEMPLATE_DEFAULT_BACKEND */
 	enum accel_mode accel;
 	bool net;		 /* a NIC (virtio-net) on a network slot; see netpool/netpool.h */
 	unsigned ready_tcp_port; /* also wait for a TCP connect to this guest port (needs net); 0: no */

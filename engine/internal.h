@@ -125,6 +125,19 @@ struct agent_client *agent_ref(struct agent_client *c);
 void agent_unref(struct agent_client *c);
 
 /* ---- VMM drivers: driver.h ---- */
+#define VMM_DRIVERS_MAX 4
+/* A compiled driver on this host: the binary it runs and its version, or why it cannot run. */
+struct engine_driver {
+	const struct vmm_ops *ops;
+	char *binary;
+	char *version;
+	int err; /* 0: usable */
+};
+/*
+ * The usable driver of that name (a template's "backend"); NULL with -EINVAL
+ * and why in *ret_error (if given) for one not built or not usable here.
+ */
+const struct engine_driver *engine_driver(struct engine *e, const char *name, char **ret_error);
 #define VMM_STATUS_UNKNOWN EXIT_STATUS_UNKNOWN
 /*
  * Why a VMM that has exited (it must have: this reaps it) did, in one line
@@ -519,11 +532,9 @@ struct engine {
 	struct engine_options opts;
 	char *state_dir;
 	char *image_dir;
-	char *qemu_binary;
-	char *vmm_version;
+	struct engine_driver drivers[VMM_DRIVERS_MAX]; /* the compiled ones, as this host can run them */
 	char *tsc_khz; /* host TSC frequency, for TCG guests; NULL if unknown */
 	const char *accel;
-	const struct vmm_ops *vmm;
 	struct store store;
 	struct netpool *net; /* NULL unless --net */
 	char *default_config; /* JSON text for new templates */

@@ -62,7 +62,7 @@ char *vmm_exit_cause(struct engine *e, struct vmm *v, const char *console_path, 
 
 	if (f.status < 0)
 		f.status = EXIT_STATUS_UNKNOWN;
-	if (e->vmm->shutdown_reason && vmm_shutdown_reason(v, why, sizeof(why)) == 0)
+	if (v->ops->shutdown_reason && vmm_shutdown_reason(v, why, sizeof(why)) == 0)
 		f.shutdown = why;
 	f.console = con;
 	f.vmm_log = log;

@@ -887,7 +887,7 @@ char *template_render_slot(struct template *t, uint64_t slot_id)
 										  "stale" : slot_state_name(sl->state)));
 		json_object_object_add(o, "identity", json_object_new_string(sl->identity));
 		json_object_object_add(o, "state_sha256", json_object_new_string(sl->state_digest));
-		json_object_object_add(o, "backend", json_object_new_string(e->vmm->name));
+		json_object_object_add(o, "backend", json_object_new_string(sl->vmm ? sl->vmm->ops->name : t->cfg.backend));
 		json_object_object_add(o, "accel", json_object_new_string(e->accel));
 		json_object_object_add(o, "age_ms", sl->state == SLOT_WARM ?
 							   ms_json(ns_to_ms(now_ns() - sl->warm_ns)) : NULL);

@@ -105,6 +105,7 @@ static json_object *sandbox_record_json(struct sandbox *s)
 	json_object_object_add(o, "id", json_object_new_int64((int64_t)s->id));
 	json_object_object_add(o, "state", json_object_new_string(sandbox_state_name(s->state)));
 	json_object_object_add(o, "vmm_pid", json_object_new_int(s->vmm_pid));
+	json_object_object_add(o, "backend", json_object_new_string(s->vmm ? s->vmm->ops->name : s->tpl->cfg.backend));
 	json_object_object_add(o, "run_dir", json_object_new_string(s->rundir));
 	json_object_object_add(o, "net", s->net ? json_object_new_int((int)s->net->index) : NULL);
 	json_object_object_add(o, "path", str_or_null(s->path));
@@ -500,6 +501,7 @@ static void *adopt_main(void *arg)
 	_cleanup_free_ char *agent = vm_file(a->rundir, VM_AGENT);
 	uint64_t deadline = now_ns() + (uint64_t)ADOPT_BUDGET_MS * 1000000;
 	struct agent_client *ac = NULL;
+	const struct vmm_ops *d;
 	struct vmm *v = NULL;
 	const char *step = "QMP";
 	char st[64];
@@ -509,7 +511,9 @@ static void *adopt_main(void *arg)
 		adopt_fail(a, "prepare", -ENOMEM);
 		return NULL;
 	}
-	r = e->vmm->adopt(a->pid, a->pidfd, qmp, cgroup_dirs_of(e->cgroups, a->pid), e->vmm_uid_base, &v);
+	/* the driver that started it (records before drivers were named: the default) */
+	d = vmm_driver(jget_str(a->rec, "backend") ? jget_str(a->rec, "backend") : TEMPLATE_DEFAULT_BACKEND);
+	r = d ? d->adopt(a->pid, a->pidfd, qmp, cgroup_dirs_of(e->cgroups, a->pid), e->vmm_uid_base, &v) : -EINVAL;
 	if (r < 0) {
 		adopt_fail(a, step, r);
 		return NULL;

@@ -1083,7 +1083,7 @@ char *sandbox_render_status(struct sandbox *s)
 	json_object_object_add(o, "path_reason", s->path_reason ? json_object_new_string(s->path_reason) : NULL);
 	json_object_object_add(o, "pool_miss", s->miss_reason ? json_object_new_string(s->miss_reason) : NULL);
 	json_object_object_add(o, "identity", json_object_new_string(s->identity));
-	json_object_object_add(o, "backend", json_object_new_string(e->vmm->name));
+	json_object_object_add(o, "backend", json_object_new_string(s->vmm ? s->vmm->ops->name : s->tpl->cfg.backend));
 	json_object_object_add(o, "accel", json_object_new_string(e->accel));
 	json_object_object_add(o, "clone", s->clone_method ? json_object_new_string(s->clone_method) : NULL);
 	if (s->slot_id) {

@@ -40,6 +40,7 @@ static int compute_identity(struct engine *e, const struct template_config *cfg,
 	char dk[65] = "", di[65] = "", dr[65] = "", disk[16] = "";
 	_cleanup_free_ char *cmdline = NULL, *start = NULL;
 	struct vmm_spec spec = { 0 };
+	const struct engine_driver *d;
 	struct identity_inputs in;
 	int r;
 
@@ -59,6 +60,8 @@ static int compute_identity(struct engine *e, const struct template_config *cfg,
 		error_set(ret_error, "\"net\": networking is off (start emberfs with --net)");
 		return -EINVAL;
 	}
+	if (!(d = engine_driver(e, cfg->backend, ret_error)))
+		return -EINVAL;
 	if ((r = engine_spec_init(e, cfg, &spec, &cmdline)) < 0) {
 		error_set(ret_error, "accel kvm requested but /dev/kvm is not usable");
 		return r;
@@ -71,8 +74,8 @@ static int compute_identity(struct engine *e, const struct template_config *cfg,
 	/* the command line as booted: what this host adds changes start-up too */
 	in = (struct identity_inputs){ .kernel_digest = dk, .initrd_digest = di, .rootfs_digest = dr,
 				       .cmdline = spec.cmdline, .vcpus = cfg->vcpus, .mem_mib = cfg->mem_mib,
-				       .backend = cfg->backend, .accel = spec.accel, .vmm_version = e->vmm_version,
-				       .restore_capability = e->vmm->restore_capability, .derived = cfg->derived_from,
+				       .backend = cfg->backend, .accel = spec.accel, .vmm_version = d->version,
+				       .restore_capability = d->ops->restore_capability, .derived = cfg->derived_from,
 				       .image = cfg->image, .build = build && *build ? build : NULL,
 				       .disk = cfg->disk_mib ? disk : NULL, .start = start, .warm = cfg->warm };
 	identity_digest(&in, out);

@@ -29,6 +29,7 @@ int vm_start(struct engine *e, const struct vm_launch *l, const char **ret_step,
 	struct vmm_spec spec = { .cfg = l->cfg, .accel = e->accel, .name = l->name, .mem_path = mem,
 				 .disk_path = l->disk, .control_path = qmp, .agent_path = agent, .console_path = con,
 				 .log_path = log, .incoming_fd = l->state_fd, .netns_fd = -1 };
+	const struct engine_driver *d;
 	struct agent_client *ac = NULL;
 	struct vmm *v = NULL;
 	int r;
@@ -36,6 +37,8 @@ int vm_start(struct engine *e, const struct vm_launch *l, const char **ret_step,
 	*ret_step = "spawn";
 	if (!qmp || !agent || !mem || !con || !log)
 		return -ENOMEM;
+	if (!(d = engine_driver(e, l->cfg->backend, ret_why)))
+		return -EINVAL;
 	if ((r = engine_spec_init(e, l->cfg, &spec, &cmdline)) < 0)
 		return r;
 	if (l->cfg->net) {
@@ -57,7 +60,7 @@ int vm_start(struct engine *e, const struct vm_launch *l, const char **ret_step,
 		}
 		spec.netns_fd = ns->netns_fd;
 	}
-	if ((r = e->vmm->spawn(e->qemu_binary, &spec, &v)) < 0)
+	if ((r = d->ops->spawn(d->binary, &spec, &v)) < 0)
 		return r;
 	pthread_mutex_lock(&e->lock);
 	l->publish(l->arg, v, NULL);

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include "driver.h"
 #include "engine.h"
 
 static int parse(const char *json, struct template_config *cfg, char **err)
@@ -149,6 +150,32 @@ static void rejects(void **state)
 	}
 }
 
+/* "backend" names a driver built in; the refusal lists them; each declares its RAM model and restore capability */
+static void backends(void **state)
+{
+	struct template_config c;
+	const struct vmm_ops *q = vmm_driver("qemu");
+	char *err = NULL;
+
+	(void)state;
+	assert_non_null(q);
+	assert_int_equal(q->ram, VMM_RAM_SHARED_FILE);
+	assert_string_equal(q->restore_capability, "qemu-x-ignore-shared-v1");
+	assert_ptr_equal(vmm_driver_at(0), q);
+	assert_null(vmm_driver_at(1)); /* keep in step with drivers.c */
+	assert_null(vmm_driver("firecracker"));
+	assert_null(vmm_driver(NULL));
+	assert_int_equal(parse("{\"kernel\":\"/k\",\"backend\":\"firecracker\"}", &c, &err), -EINVAL);
+	assert_string_equal(err, "config: \"backend\" must be a driver built in: \"qemu\"");
+	free(err);
+	assert_int_equal(parse("{\"kernel\":\"/k\",\"backend\":\"qemu\"}", &c, &err), 0);
+	assert_string_equal(c.backend, "qemu");
+	template_config_clear(&c);
+	assert_int_equal(parse("{\"kernel\":\"/k\"}", &c, &err), 0);
+	assert_string_equal(c.backend, TEMPLATE_DEFAULT_BACKEND);
+	template_config_clear(&c);
+}
+
 /* start as a shell line or an argv, ready, warm, image: parsed, copied and rendered back as written */
 static void building(void **state)
 {
@@ -189,6 +216,7 @@ int main(void)
 		cmocka_unit_test(rejects),
 		cmocka_unit_test(net),
 		cmocka_unit_test(building),
+		cmocka_unit_test(backends),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
