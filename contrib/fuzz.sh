@@ -37,7 +37,7 @@ for t in "${targets[@]}"; do
 	config) srcs=("$top/tests/fuzz/fuzz_config.c" "$top/engine/config.c" "$top/engine/imageref.c" "${common[@]}") ;;
 	parse) srcs=("$top/tests/fuzz/fuzz_parse.c" "$top/engine/parse.c" "${common[@]}") ;;
 	agent_reader) srcs=("$top/tests/fuzz/fuzz_agent_reader.c" "$top/engine/agent_client.c" "${common[@]}") ;;
-	agent_guest) srcs=("$top/tests/fuzz/fuzz_agent_guest.c" -DAGENT_FUZZ) ;;
+	agent_guest) srcs=("$top/tests/fuzz/fuzz_agent_guest.c") ;;
 	dockerfile) srcs=("$top/tests/fuzz/fuzz_dockerfile.c" "$top/engine/dockerfile.c" "${common[@]}") ;;
 	*) echo "contrib/fuzz.sh: unknown target $t" >&2; exit 2 ;;
 	esac

@@ -770,7 +770,35 @@ struct job {
 	size_t n_waits;
 };
 
+struct agent;
+struct request;
+
+/* One op of the protocol. */
+struct agent_op {
+	const char *name;
+	/* 0: reply now with @reply; 1: replied or replies later; <0: -errno */
+	int (*fn)(struct agent *a, struct request *rq, struct json_object *reply);
+	bool bin;		/* takes a payload */
+	bool cred;		/* a file op: runs as its "cred" */
+};
+
+/*
+ * What the framing and the dispatch call out to: the ops they serve, how an
+ * op runs and what a hangup releases. The agent's own run its ops; a fuzzer
+ * supplies one that answers without running them.
+ */
+struct agent_ops {
+	const struct agent_op *table;
+	size_t n_table;
+	/* run @op for @rq: as struct agent_op's fn */
+	int (*run)(struct agent *a, const struct agent_op *op, struct request *rq,
+		   struct json_object *reply);
+	/* the host hung up: release what was its (handles, deferred replies) */
+	void (*hangup)(struct agent *a);
+};
+
 struct agent {
+	const struct agent_ops *ops;
 	int port_fd;
 	int sig_fd;
 	/*
@@ -945,7 +973,16 @@ static void port_connected(struct agent *a)
 		port_set_async(a, false);
 }
 
-static void conn_release(struct agent *a);
+/* The host hung up: what it sent and had not finished goes. */
+static void conn_reset(struct agent *a)
+{
+	json_object_put(a->pend_msg);
+	a->pend_msg = NULL;
+	a->pend_len = a->skip = 0;
+	buf_free(&a->pend);
+	a->broken = false;
+	a->in_head = a->in_len = 0;
+}
 
 static void port_hangup(struct agent *a)
 {
@@ -955,7 +992,8 @@ static void port_hangup(struct agent *a)
 		a->line.len = 0;
 		a->discarding = false;
 		outq_reset(a);
-		conn_release(a);
+		conn_reset(a);
+		a->ops->hangup(a);
 	}
 	/*
 	 * Arm SIGIO before resting, then look at the port once more: a host
@@ -3718,12 +3756,6 @@ static void spawn_detach(struct agent *a, struct job *j)
 /* The host hung up: its handles go, its processes wait for the next one. */
 static void conn_release(struct agent *a)
 {
-	json_object_put(a->pend_msg);
-	a->pend_msg = NULL;
-	a->pend_len = a->skip = 0;
-	buf_free(&a->pend);
-	a->broken = false;
-	a->in_head = a->in_len = 0;
 	fh_close_all(a);
 	for (size_t i = 0; i < JOB_SLOTS; i++)
 		if (a->jobs[i] && a->jobs[i]->spawned)
@@ -3898,13 +3930,7 @@ static int op_release(struct agent *a, struct request *rq, struct json_object *r
 /* ------------------------------------------------------------------ */
 /* Requests                                                             */
 
-static const struct agent_op {
-	const char *name;
-	/* 0: reply now with @reply; 1: replied or replies later; <0: -errno */
-	int (*fn)(struct agent *a, struct request *rq, struct json_object *reply);
-	bool bin;		/* takes a payload */
-	bool cred;		/* a file op: runs as its "cred" */
-} agent_ops[] = {
+static const struct agent_op agent_op_table[] = {
 	{ "ping", op_ping, false, false },
 	{ "exec", op_exec, false, false },
 	{ "attach", op_attach, false, false },
@@ -3943,17 +3969,17 @@ static const struct agent_op {
 	{ "release", op_release, false, false },
 };
 
-static const struct agent_op *op_find(const char *name)
+static const struct agent_op *op_find(const struct agent_ops *ops, const char *name)
 {
-	for (size_t i = 0; i < sizeof(agent_ops) / sizeof(agent_ops[0]); i++)
-		if (!strcmp(agent_ops[i].name, name))
-			return &agent_ops[i];
+	for (size_t i = 0; i < ops->n_table; i++)
+		if (!strcmp(ops->table[i].name, name))
+			return &ops->table[i];
 	return NULL;
 }
 
 /* A file op with a "cred" runs as that user, and the agent is root again after it. */
-static int __attribute__((unused)) op_run(struct agent *a, const struct agent_op *op, struct request *rq,
-					  struct json_object *reply)
+static int op_run(struct agent *a, const struct agent_op *op, struct request *rq,
+		  struct json_object *reply)
 {
 	struct cred c;
 	bool has = false;
@@ -3975,6 +4001,14 @@ static int __attribute__((unused)) op_run(struct agent *a, const struct agent_op
 	}
 	return r;
 }
+
+/* The agent's ops, run for real. */
+static const struct agent_ops agent_ops_guest = {
+	.table = agent_op_table,
+	.n_table = sizeof(agent_op_table) / sizeof(agent_op_table[0]),
+	.run = op_run,
+	.hangup = conn_release,
+};
 
 static bool all_space(const char *s, size_t n)
 {
@@ -4019,7 +4053,7 @@ static void request_dispatch(struct agent *a, struct request *rq)
 		reply_error(a, rq->gen, rq->id, EINVAL, "missing or invalid \"op\"");
 		return;
 	}
-	op = op_find(name);
+	op = op_find(a->ops, name);
 	if (!op) {
 		request_fail(rq, EINVAL, "unknown op \"%.64s\"", name);
 		reply_error(a, rq->gen, rq->id, EINVAL, rq->error);
@@ -4034,12 +4068,7 @@ static void request_dispatch(struct agent *a, struct request *rq)
 		return;
 	json_object_object_add(reply, "id", json_object_new_uint64(rq->id));
 	json_object_object_add(reply, "ok", json_object_new_boolean(true));
-#ifdef AGENT_FUZZ
-	/* tests/fuzz: the framing and dispatch only; ops would touch the fuzzing host */
-	r = 0;
-#else
-	r = op_run(a, op, rq, reply);
-#endif
+	r = a->ops->run(a, op, rq, reply);
 	if (r < 0)
 		reply_error(a, rq->gen, rq->id, -r, rq->error);
 	else if (r == 0)
@@ -4391,11 +4420,11 @@ static void __attribute__((noreturn)) agent_loop(struct agent *a)
 	}
 }
 
-static int agent_setup(struct agent *a, int port_fd)
+static int agent_setup(struct agent *a, const struct agent_ops *ops, int port_fd)
 {
 	sigset_t mask;
 
-	*a = (struct agent){ .port_fd = port_fd, .sig_fd = -1 };
+	*a = (struct agent){ .ops = ops, .port_fd = port_fd, .sig_fd = -1 };
 	for (size_t i = 0; i < MAX_FH; i++) {
 		a->fh[i] = -1;
 		a->fh_watch[i] = -1;
@@ -4459,7 +4488,7 @@ int main(void)
 		agent_log("eth0: %s", strerror(-r));
 	nofile_raise();
 	port_fd = port_open();
-	r = agent_setup(&agent, port_fd);
+	r = agent_setup(&agent, &agent_ops_guest, port_fd);
 	if (r < 0) {
 		agent_log("setup: %s", strerror(-r));
 		exit(EXIT_FAILURE);
