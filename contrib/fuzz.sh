@@ -32,7 +32,7 @@ CFLAGS=(-g -O1 -std=gnu11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -fno
 LIBS=($(pkg-config --libs json-c) -lpthread)
 common=("$top"/common/*.c)
 # the guest agent's modules below its ops (engine/guest/meson.build: agent_core)
-agent_core=(util.c framing.c dispatch.c transport_virtio.c init.c)
+agent_core=(util.c framing.c dispatch.c transport_virtio.c transport_vsock.c)
 
 status=0
 for t in "${targets[@]}"; do

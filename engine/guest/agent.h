@@ -46,6 +46,8 @@
 
 #include <json-c/json.h>
 
+#include "transport.h"
+
 #define AGENT_PROTO_VERSION	3
 #define AGENT_DEFAULT_PORT	"org.emberfs.agent"
 #define AGENT_MODULES_LIST	"/etc/emberfs/modules"
@@ -204,20 +206,14 @@ struct agent_ops {
 
 struct agent {
 	const struct agent_ops *ops;
-	int port_fd;
+	struct transport tp;		/* the host connection */
 	int sig_fd;
 	/*
-	 * The port reports POLLHUP while no host is connected.  connected is
-	 * what we last saw; gen counts hangups so that replies owed to a
-	 * vanished host are not delivered to the next one.  While no host is
-	 * connected the port rests out of the poll set (port_idle); the
-	 * kernel's SIGIO on a connection change (port_async) ends the rest
-	 * early, so the periodic recheck can be slow.
+	 * connected is whether a host was seen on the connection since the last
+	 * hangup; gen counts hangups so that replies owed to a vanished host
+	 * are not delivered to the next one.
 	 */
 	bool connected;
-	bool port_idle;
-	bool port_async;
-	bool port_async_failed;
 	unsigned int gen;
 	struct buf line;		/* partial request line */
 	bool discarding;		/* rest of an oversized line */
@@ -289,10 +285,6 @@ int cmdline_get(const char *key, char *out, size_t size);
 void init_root(void);
 int net_lo_up(void);
 int net_eth0_setup(void);
-
-/* transport_virtio.c: the virtio-serial port */
-int port_open(void);
-int port_set_async(struct agent *a, bool on);
 
 /* dispatch.c: requests: their fields, the op table lookup, replies */
 /* Record why @rq failed; returns -@err for the handler to pass up. */

@@ -86,12 +86,11 @@ void outq_reset(struct agent *a)
 	}
 }
 
-/* Data or room on the port: a host is there, and SIGIO is not needed. */
+/* Data or room on the connection: a host is there. */
 void port_connected(struct agent *a)
 {
 	a->connected = true;
-	if (a->port_async)
-		port_set_async(a, false);
+	a->tp.ops->connected(&a->tp);
 }
 
 /* The host hung up: what it sent and had not finished goes. */
@@ -116,24 +115,16 @@ void port_hangup(struct agent *a)
 		conn_reset(a);
 		a->ops->hangup(a);
 	}
-	/*
-	 * Arm SIGIO before resting, then look at the port once more: a host
-	 * that connected in between sent no signal.
-	 */
-	if (!a->port_async && !a->port_async_failed) {
-		if (port_set_async(a, true) == 0)
-			return;
-		agent_log("port O_ASYNC: %m (rechecking every %d ms)", PORT_RECHECK_MS);
-		a->port_async_failed = true;
-	}
-	a->port_idle = true;
+	a->tp.ops->hangup(&a->tp);
 }
 
 /* Non-blocking: whatever the port takes now; the rest waits for POLLOUT. */
 void outq_flush(struct agent *a)
 {
+	if (a->tp.fd < 0)
+		return;	/* no host (vsock): the queue waits for the next one */
 	while (outq_pending(a)) {
-		ssize_t n = write(a->port_fd, a->out.data + a->out_head,
+		ssize_t n = write(a->tp.fd, a->out.data + a->out_head,
 				  a->out.len - a->out_head);
 
 		if (n < 0 && errno == EINTR)
@@ -335,8 +326,8 @@ static void port_read(struct agent *a)
 	size_t budget = READ_BUDGET;
 
 	input_drain(a);
-	while (budget > 0 && !a->in_len) {
-		ssize_t n = read(a->port_fd, a->in_chunk, sizeof(a->in_chunk));
+	while (budget > 0 && !a->in_len && a->tp.fd >= 0) {
+		ssize_t n = read(a->tp.fd, a->in_chunk, sizeof(a->in_chunk));
 
 		if (n < 0 && errno == EINTR)
 			continue;
@@ -361,10 +352,13 @@ static void port_read(struct agent *a)
  * then reports POLLIN with POLLHUP. The hangup is the old host's, so it is
  * handled first; what is readable is kept for the next host (it may also be
  * the old host's last words: their replies then carry ids the next host
- * never used, and the host side starts its ids at random).
+ * never used, and the host side starts its ids at random). The transport
+ * sees the events first: it may take them (vsock: a host to accept) or
+ * change them (vsock: a hangup takes the connection's last bytes with it).
  */
 void port_service(struct agent *a, short revents)
 {
+	revents = a->tp.ops->event(&a->tp, revents);
 	if (revents & (POLLHUP | POLLERR | POLLNVAL)) {
 		port_hangup(a);
 		if (!(revents & POLLIN))

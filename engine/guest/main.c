@@ -53,8 +53,7 @@ static int poll_timeout(struct agent *a)
 	uint64_t now = clock_ms(CLOCK_MONOTONIC);
 	int64_t best = -1;
 
-	if (a->port_idle)
-		best = a->port_async ? PORT_RECHECK_ASYNC_MS : PORT_RECHECK_MS;
+	best = a->tp.ops->timeout(&a->tp);
 	if (a->in_len && !outq_full(a))
 		return 0;
 
@@ -78,20 +77,15 @@ static int poll_timeout(struct agent *a)
 	return (int)best;
 }
 
-#define POLL_FIXED 3 /* the port, signals, inotify */
+#define POLL_FIXED 3 /* the transport, signals, inotify */
 
 static size_t poll_fill(struct agent *a, struct pollfd *pfd, struct poll_slot *slot)
 {
 	size_t n = POLL_FIXED;
 
-	/*
-	 * While no host is connected the port reports POLLHUP at once: rest it
-	 * a turn.  No reading while unparsed input waits for room in the
-	 * output queue.
-	 */
-	pfd[0] = (struct pollfd){ .fd = a->port_idle ? -1 : a->port_fd,
-				  .events = (a->in_len || outq_full(a) ? 0 : POLLIN) |
-					    (outq_pending(a) ? POLLOUT : 0) };
+	/* No reading while unparsed input waits for room in the output queue. */
+	pfd[0] = a->tp.ops->poll(&a->tp, (a->in_len || outq_full(a) ? 0 : POLLIN) |
+					 (outq_pending(a) ? POLLOUT : 0));
 	pfd[1] = (struct pollfd){ .fd = a->sig_fd, .events = POLLIN };
 	pfd[2] = (struct pollfd){ .fd = a->ino_fd, .events = POLLIN };
 	for (size_t i = 0; i < JOB_SLOTS; i++) {
@@ -119,11 +113,10 @@ static void __attribute__((noreturn)) agent_loop(struct agent *a)
 	static struct poll_slot slot[POLL_FIXED + 3 * JOB_SLOTS];
 
 	for (;;) {
-		size_t n = poll_fill(a, pfd, slot);
+		/* the timeout first: the transport's poll ends a rest (virtio) */
 		int r = poll_timeout(a);
+		size_t n = poll_fill(a, pfd, slot);
 
-		/* Rested or not, the port is polled again on the next turn. */
-		a->port_idle = false;
 		r = poll(pfd, n, r);
 		if (r < 0 && errno != EINTR) {
 			agent_log("poll: %m");
@@ -161,11 +154,42 @@ static void __attribute__((noreturn)) agent_loop(struct agent *a)
 	}
 }
 
-static int agent_setup(struct agent *a, const struct agent_ops *ops, int port_fd)
+/*
+ * emberfs.transport= picks the transport (transport.h): virtio (the
+ * default) or vsock; emberfs.port= is the virtio-serial port's name or the
+ * vsock port's number. Waits until it can serve: PID 1 must stay.
+ */
+static void transport_open(struct transport *t)
+{
+	char kind[32] = "virtio", port[256] = "";
+	unsigned long n = AGENT_VSOCK_DEFAULT_PORT;
+	char *end;
+
+	cmdline_get("emberfs.transport", kind, sizeof(kind));
+	cmdline_get("emberfs.port", port, sizeof(port));
+	if (!strcmp(kind, "vsock")) {
+		if (*port) {
+			errno = 0;
+			n = strtoul(port, &end, 10);
+			if (errno || *end || n > UINT32_MAX) {
+				agent_log("emberfs.port=%s: not a vsock port, using %d", port,
+					  AGENT_VSOCK_DEFAULT_PORT);
+				n = AGENT_VSOCK_DEFAULT_PORT;
+			}
+		}
+		transport_vsock_open(t, (unsigned int)n);
+		return;
+	}
+	if (strcmp(kind, "virtio"))
+		agent_log("emberfs.transport=%s: unknown, using virtio", kind);
+	transport_virtio_open(t, *port ? port : AGENT_DEFAULT_PORT);
+}
+
+static int agent_setup(struct agent *a, const struct agent_ops *ops, const struct transport *tp)
 {
 	sigset_t mask;
 
-	*a = (struct agent){ .ops = ops, .port_fd = port_fd, .sig_fd = -1 };
+	*a = (struct agent){ .ops = ops, .tp = *tp, .sig_fd = -1 };
 	for (size_t i = 0; i < MAX_FH; i++) {
 		a->fh[i] = -1;
 		a->fh_watch[i] = -1;
@@ -178,8 +202,6 @@ static int agent_setup(struct agent *a, const struct agent_ops *ops, int port_fd
 	sigemptyset(&mask);
 	sigaddset(&mask, SIGCHLD);
 	sigaddset(&mask, SIGIO);
-	if (fcntl(port_fd, F_SETOWN, getpid()) < 0)
-		a->port_async_failed = true;
 	a->sig_fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
 	if (a->sig_fd < 0)
 		return -errno;
@@ -208,7 +230,8 @@ int main(void)
 {
 	static struct agent agent;
 	sigset_t mask;
-	int port_fd, r;
+	struct transport tp;
+	int r;
 
 	/* SIGCHLD and SIGIO are read from a signalfd: never delivered. */
 	sigemptyset(&mask);
@@ -228,8 +251,8 @@ int main(void)
 	if (r < 0)
 		agent_log("eth0: %s", strerror(-r));
 	nofile_raise();
-	port_fd = port_open();
-	r = agent_setup(&agent, &agent_ops_guest, port_fd);
+	transport_open(&tp);
+	r = agent_setup(&agent, &agent_ops_guest, &tp);
 	if (r < 0) {
 		agent_log("setup: %s", strerror(-r));
 		exit(EXIT_FAILURE);

@@ -82,7 +82,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 		if (fd < 0)
 			abort();
-		a = (struct agent){ .ops = &fuzz_ops, .port_fd = fd, .sig_fd = -1, .ino_fd = -1 };
+		a = (struct agent){ .ops = &fuzz_ops, .sig_fd = -1, .ino_fd = -1 };
+		transport_virtio_init(&a.tp, fd);
 		a.tok = json_tokener_new();
 		if (!a.tok)
 			abort();
