@@ -3,8 +3,9 @@
  *
  * As PID 1 it mounts the kernel filesystems, loads the virtio modules named
  * in /etc/emberfs/modules, switches to the root disk given by emberfs.root=,
- * opens the virtio-serial port named by emberfs.port= and then serves the
- * host over that port forever.
+ * opens the virtio-serial port named by emberfs.port= (or, with
+ * emberfs.transport=vsock, listens on vsock port emberfs.port=) and then
+ * serves the host over it forever.
  *
  * Protocol (version 3, docs/protocol.md is the contract): one JSON object
  * per '\n'-terminated line in each direction; a line with "bin": N is
@@ -24,7 +25,9 @@
  * The modules (agent.h declares what they share):
  *   main.c        setup and the event loop
  *   init.c        PID 1 duties: mounts, modules, root switch, network
- *   transport_virtio.c  the virtio-serial port
+ *   transport.h   the transport interface, chosen by emberfs.transport=
+ *   transport_virtio.c  the virtio-serial port (the default)
+ *   transport_vsock.c   a listening vsock socket, one host at a time
  *   framing.c     lines, "bin" payloads, the output queue and flow control
  *   dispatch.c    request fields, op lookup through struct agent_ops, replies
  *   optable.c     the op table and how an op runs (as its "cred")
