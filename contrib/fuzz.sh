@@ -9,7 +9,8 @@
 #
 # Targets: config (template config JSON), parse (pool file, procs cmd and
 # signal, names), agent_reader (the host reading an untrusted guest),
-# agent_guest (the agent's framing and dispatch), dockerfile (the template
+# agent_guest (the agent's framing and dispatch, linked with an op
+# table that answers without running), dockerfile (the template
 # Dockerfile parser and its variable expansion). A crash, a leak or a
 # sanitizer report fails the run; the input that did it is kept in
 # build-fuzz/crash-NAME-*.
@@ -37,7 +38,8 @@ for t in "${targets[@]}"; do
 	config) srcs=("$top/tests/fuzz/fuzz_config.c" "$top/engine/config.c" "$top/engine/imageref.c" "${common[@]}") ;;
 	parse) srcs=("$top/tests/fuzz/fuzz_parse.c" "$top/engine/parse.c" "${common[@]}") ;;
 	agent_reader) srcs=("$top/tests/fuzz/fuzz_agent_reader.c" "$top/engine/agent_client.c" "${common[@]}") ;;
-	agent_guest) srcs=("$top/tests/fuzz/fuzz_agent_guest.c" -DAGENT_FUZZ) ;;
+	agent_guest) srcs=(-I"$top/engine/guest" "$top/tests/fuzz/fuzz_agent_guest.c"
+		$(ls "$top"/engine/guest/*.c | grep -v '/main\.c$')) ;;
 	dockerfile) srcs=("$top/tests/fuzz/fuzz_dockerfile.c" "$top/engine/dockerfile.c" "${common[@]}") ;;
 	*) echo "contrib/fuzz.sh: unknown target $t" >&2; exit 2 ;;
 	esac

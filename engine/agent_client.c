@@ -1,5 +1,5 @@
 /*
- * Host side of the agent protocol (engine/guest/agent.c is the guest side;
+ * Host side of the agent protocol (engine/guest/ is the guest side;
  * docs/protocol.md the contract): one JSON object per line over a byte
  * stream, a line with "bin": N followed by N raw bytes. Calls are
  * multiplexed by "id"; a reader thread hands each reply to the call waiting
