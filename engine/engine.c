@@ -455,6 +455,12 @@ static void vmm_user_init(struct engine *e)
 		log_warn("VMMs run as root (--vmm-uid-base 0)");
 }
 
+/* What the network pool's start-up sweep did, in the daemon's log. */
+static void netpool_note(void *ctx, const char *line)
+{
+	log_info("netpool: %s", line);
+}
+
 static int engine_setup(struct engine *e, const struct engine_options *o)
 {
 	_cleanup_free_ char *err = NULL;
@@ -511,7 +517,8 @@ static int engine_setup(struct engine *e, const struct engine_options *o)
 		cgroups_init(e, e->tag, keep, n);
 	}
 	if (o->net) {
-		struct netpool_options no = { .range = o->net_range, .depth = o->net_pool, .egress = !o->net_no_egress };
+		struct netpool_options no = { .range = o->net_range, .depth = o->net_pool, .egress = !o->net_no_egress,
+					      .note = netpool_note };
 		_cleanup_free_ char *nerr = NULL;
 		_cleanup_free_ unsigned *keep = NULL;
 		const char *tag = e->tag;
@@ -549,6 +556,8 @@ static int register_template(struct engine *e, struct template *t)
 	if (!n)
 		return -ENOMEM;
 	e->templates = n;
+	if (idtable_put(&e->templates_by_id, t->id, t) < 0)
+		return -ENOMEM;
 	e->templates[e->n_templates++] = t;
 	return 0;
 }
@@ -669,6 +678,9 @@ void engine_free(struct engine *e)
 	while (atomic_load(&e->execs) > 0)
 		usleep(1000);
 	free(e->templates);
+	idtable_free(&e->templates_by_id);
+	idtable_free(&e->sandboxes_by_id);
+	idtable_free(&e->procs_by_id);
 	netpool_free(e->net); /* every VMM is gone: no namespace is in use */
 	cgroups_fini(e);
 	if (e->store.root) {
@@ -756,6 +768,7 @@ int engine_template_remove(struct engine *e, const char *name)
 		;
 	memmove(e->templates + i, e->templates + i + 1, (e->n_templates - i - 1) * sizeof(*e->templates));
 	e->n_templates--;
+	idtable_del(&e->templates_by_id, t->id);
 	t->removed = true;
 	pthread_mutex_unlock(&e->lock);
 	template_reap_bake(t);
@@ -782,9 +795,7 @@ struct template *engine_template_by_id(struct engine *e, uint64_t id)
 	struct template *t = NULL;
 
 	pthread_mutex_lock(&e->lock);
-	for (size_t i = 0; i < e->n_templates && !t; i++)
-		if (e->templates[i]->id == id)
-			t = e->templates[i];
+	t = idtable_get(&e->templates_by_id, id);
 	if (t)
 		atomic_fetch_add(&t->refs, 1);
 	pthread_mutex_unlock(&e->lock);
@@ -796,13 +807,7 @@ struct sandbox *engine_sandbox_by_id(struct engine *e, uint64_t id)
 	struct sandbox *s = NULL;
 
 	pthread_mutex_lock(&e->lock);
-	for (size_t i = 0; i < e->n_templates && !s; i++) {
-		struct template *t = e->templates[i];
-
-		for (size_t j = 0; j < t->n_sandboxes && !s; j++)
-			if (t->sandboxes[j]->id == id)
-				s = t->sandboxes[j];
-	}
+	s = idtable_get(&e->sandboxes_by_id, id);
 	if (s)
 		atomic_fetch_add(&s->refs, 1);
 	pthread_mutex_unlock(&e->lock);

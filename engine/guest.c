@@ -252,8 +252,11 @@ int sandbox_proc_create(struct sandbox *s, const char *name, struct proc **ret)
 			r = -EEXIST;
 	if (r == 0 && !(n = realloc(s->procs, (s->n_procs + 1) * sizeof(*n))))
 		r = -ENOMEM;
-	if (r == 0) {
+	else if (r == 0)
 		s->procs = n;
+	if (r == 0 && s->indexed && idtable_put(&e->procs_by_id, p->id, p) < 0)
+		r = -ENOMEM;
+	if (r == 0) {
 		s->procs[s->n_procs++] = p;
 		atomic_fetch_add(&s->refs, 1);
 		p->s = s;
@@ -288,14 +291,9 @@ struct proc *engine_proc_by_id(struct engine *e, uint64_t id)
 	struct proc *p = NULL;
 
 	pthread_mutex_lock(&e->lock);
-	for (size_t i = 0; i < e->n_templates && !p; i++) {
-		struct template *t = e->templates[i];
-
-		for (size_t j = 0; j < t->n_sandboxes && !p; j++)
-			for (size_t k = 0; k < t->sandboxes[j]->n_procs && !p; k++)
-				if (t->sandboxes[j]->procs[k]->id == id)
-					p = proc_ref(t->sandboxes[j]->procs[k]);
-	}
+	p = idtable_get(&e->procs_by_id, id);
+	if (p)
+		p = proc_ref(p);
 	pthread_mutex_unlock(&e->lock);
 	return p;
 }
@@ -393,6 +391,7 @@ int sandbox_proc_remove(struct sandbox *s, const char *name)
 		if (strcmp(s->procs[i]->name, name) == 0) {
 			p = s->procs[i];
 			s->procs[i] = s->procs[--s->n_procs];
+			idtable_del(&e->procs_by_id, p->id);
 		}
 	pthread_mutex_unlock(&e->lock);
 	if (!p)
@@ -948,15 +947,33 @@ static struct proc *proc_from_json(struct sandbox *s, json_object *o, bool guest
 	return p;
 }
 
+int sandbox_procs_index(struct sandbox *s)
+{
+	for (size_t i = 0; i < s->n_procs; i++)
+		if (idtable_put(&s->e->procs_by_id, s->procs[i]->id, s->procs[i]) < 0) {
+			while (i-- > 0)
+				idtable_del(&s->e->procs_by_id, s->procs[i]->id);
+			return -ENOMEM;
+		}
+	return 0;
+}
+
+void sandbox_procs_unindex(struct sandbox *s)
+{
+	for (size_t i = 0; i < s->n_procs; i++)
+		idtable_del(&s->e->procs_by_id, s->procs[i]->id);
+}
+
 static void procs_register(struct sandbox *s, struct proc *p)
 {
 	struct proc **v = realloc(s->procs, (s->n_procs + 1) * sizeof(*v));
 
-	if (!v) {
+	if (v)
+		s->procs = v;
+	if (!v || (s->indexed && idtable_put(&s->e->procs_by_id, p->id, p) < 0)) {
 		proc_unref(p);
 		return;
 	}
-	s->procs = v;
 	s->procs[s->n_procs++] = p;
 }
 

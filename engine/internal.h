@@ -13,6 +13,7 @@
 #include "exitcause.h"
 #include "netpool.h"
 #include "driver.h"
+#include "idtable.h"
 
 static inline void json_object_putp(json_object **o)
 {
@@ -479,6 +480,7 @@ struct sandbox {
 	struct vmm *vmm;
 	struct agent_client *agent;
 	bool thread_started;
+	bool indexed; /* in e->sandboxes_by_id, and its processes in procs_by_id (sandbox_index) */
 	pthread_t thread;
 	pthread_cond_t cond;
 
@@ -530,6 +532,8 @@ void hist_add(struct hist *h, double ms); /* e->lock held */
 
 struct engine {
 	struct engine_options opts;
+	/* objects by id (what FUSE inodes name): registered templates, sandboxes and their processes */
+	struct idtable templates_by_id, sandboxes_by_id, procs_by_id;
 	char *state_dir;
 	char *image_dir;
 	struct engine_driver drivers[VMM_DRIVERS_MAX]; /* the compiled ones, as this host can run them */
@@ -607,6 +611,16 @@ int engine_store_admit(struct engine *e, unsigned mem_mib, char **ret_why);
 int sandbox_create_internal(struct engine *e, struct template *t, const char *name, struct sandbox *fork_src,
 			    struct sandbox **ret);
 /* Identity attach (hostname, env, fresh entropy, clock); then(arg) runs once it is sent. */
+/*
+ * e->lock held: a sandbox joins the id tables with its processes as it
+ * joins its template's list, and leaves them as it leaves it; -ENOMEM
+ * leaves it out of all.
+ */
+int sandbox_index(struct sandbox *s);
+void sandbox_unindex(struct sandbox *s);
+/* Its processes' part of that (guest.c). */
+int sandbox_procs_index(struct sandbox *s);
+void sandbox_procs_unindex(struct sandbox *s);
 /* vm_start's publish and events for a sandbox's own VMM (its start and wake; a create adds its phases). */
 void sandbox_publish(void *arg, struct vmm *v, struct agent_client *ac);
 void sandbox_vm_event(void *arg, enum vm_event ev);

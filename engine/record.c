@@ -652,7 +652,9 @@ void adopt_all(struct engine *e)
 		t = s->tpl;
 		pthread_mutex_lock(&e->lock);
 		v = realloc(t->sandboxes, (t->n_sandboxes + 1) * sizeof(*v));
-		if (v) {
+		if (v && sandbox_index(s) < 0)
+			v = NULL; /* the larger array is t's; the sandbox is not */
+		else if (v) {
 			t->sandboxes = v;
 			t->sandboxes[t->n_sandboxes++] = s;
 			e->n_sandboxes++;

@@ -947,10 +947,13 @@ int sandbox_create_internal(struct engine *e, struct template *t, const char *na
 		if (!s->slot)
 			s->miss_reason = miss_reason_name(miss);
 	}
+	if (r == 0)
+		r = sandbox_index(s);
 	if (r == 0) {
 		atomic_fetch_add(&t->refs, 1);
 		s->tpl = t;
 		if (thread_create(&s->thread, NULL, sandbox_main, s) != 0) {
+			sandbox_unindex(s);
 			r = -EAGAIN;
 		} else {
 			s->thread_started = true;
@@ -1025,6 +1028,7 @@ int engine_sandbox_destroy(struct engine *e, struct template *t, const char *nam
 			t->n_sandboxes--;
 			break;
 		}
+	sandbox_unindex(s);
 	e->n_sandboxes--;
 	{
 		json_object *ev = json_object_new_object();
@@ -1039,6 +1043,31 @@ int engine_sandbox_destroy(struct engine *e, struct template *t, const char *nam
 	log_info("sandbox %s/%s destroyed", t->name, name);
 	sandbox_unref(s);
 	return 0;
+}
+
+int sandbox_index(struct sandbox *s)
+{
+	struct engine *e = s->e;
+
+	if (idtable_put(&e->sandboxes_by_id, s->id, s) < 0)
+		return -ENOMEM;
+	if (sandbox_procs_index(s) < 0) {
+		idtable_del(&e->sandboxes_by_id, s->id);
+		return -ENOMEM;
+	}
+	s->indexed = true;
+	return 0;
+}
+
+void sandbox_unindex(struct sandbox *s)
+{
+	struct engine *e = s->e;
+
+	if (!s->indexed)
+		return;
+	sandbox_procs_unindex(s);
+	idtable_del(&e->sandboxes_by_id, s->id);
+	s->indexed = false;
 }
 
 struct sandbox *template_sandbox_get(struct template *t, const char *name)

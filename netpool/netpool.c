@@ -74,6 +74,24 @@ static uint64_t now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+/* A line for the caller's log (netpool_options.note). */
+static void note(struct netpool *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void note(struct netpool *p, const char *fmt, ...)
+{
+	va_list ap;
+	char *s = NULL;
+
+	if (!p->o.note)
+		return;
+	va_start(ap, fmt);
+	if (vasprintf(&s, fmt, ap) < 0)
+		s = NULL;
+	va_end(ap);
+	if (s)
+		p->o.note(p->o.note_ctx, s);
+	free(s);
+}
+
 static void set_error(char **ret, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void set_error(char **ret, const char *fmt, ...)
 {
@@ -679,7 +697,7 @@ static void sweep(struct netpool *p)
 			const char *n = rtnl_link_get_name((struct rtnl_link *)o);
 
 			if (n && strncmp(n, hprefix, strlen(hprefix)) == 0 && !is_kept(p, n, hprefix)) {
-				fprintf(stderr, "emberfs: netpool: removing link %s left by an earlier run\n", n);
+				note(p, "removing link %s left by an earlier run", n);
 				link_delete(sk, n);
 			}
 		}
@@ -687,7 +705,7 @@ static void sweep(struct netpool *p)
 	}
 	while (d && (de = readdir(d)))
 		if (strncmp(de->d_name, prefix, strlen(prefix)) == 0 && !is_kept(p, de->d_name, prefix)) {
-			fprintf(stderr, "emberfs: netpool: removing netns %s left by an earlier run\n", de->d_name);
+			note(p, "removing netns %s left by an earlier run", de->d_name);
 			netns_remove(de->d_name);
 		}
 	if (d)
@@ -807,8 +825,7 @@ int netpool_new(const struct netpool_options *o, struct netpool **ret, char **re
 		if (np_alloc_take(&p->alloc, o->keep[k]) == 0)
 			p->kept[p->n_kept++] = o->keep[k];
 		else
-			fprintf(stderr, "emberfs: netpool: slot %u of an earlier run is outside %s or kept twice: not kept\n",
-				o->keep[k], p->range);
+			note(p, "slot %u of an earlier run is outside %s or kept twice: not kept", o->keep[k], p->range);
 	p->o.keep = NULL;
 	p->o.n_keep = 0;
 	if (access("/dev/net/tun", R_OK | W_OK) < 0) {

@@ -82,6 +82,12 @@ struct netpool_options {
 	 */
 	const unsigned *keep;
 	size_t n_keep;
+	/*
+	 * What the start-up sweep removed or could not keep, one line each for
+	 * the caller to log (the library writes nowhere itself); NULL: not told.
+	 */
+	void (*note)(void *ctx, const char *line);
+	void *note_ctx;
 };
 
 struct netpool;
