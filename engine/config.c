@@ -347,9 +347,12 @@ char *template_config_render(const struct template_config *cfg)
 int template_config_copy(const struct template_config *src, struct template_config *dst)
 {
 	_cleanup_free_ char *s = template_config_render(src);
+	/* the source's backend was checked against its engine's drivers when it was parsed: it stays */
+	const struct vmm_ops same = { .name = src->backend };
+	const struct vmm_ops *const list[] = { &same, NULL };
 
 	if (!s)
 		return -ENOMEM;
 	memset(dst, 0, sizeof(*dst));
-	return template_config_parse(s, strlen(s), dst, NULL);
+	return template_config_parse_drivers(s, strlen(s), src->backend ? list : NULL, dst, NULL);
 }
