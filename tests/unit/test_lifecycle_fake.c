@@ -196,6 +196,34 @@ static int setup(void **state)
 	return 0;
 }
 
+/* A failed test must not leak its VMMs into the next: every child still running is killed. */
+static void kill_children(void)
+{
+	DIR *d = opendir("/proc/self/task");
+	struct dirent *de;
+
+	while (d && (de = readdir(d))) {
+		char path[300], *text = NULL;
+
+		snprintf(path, sizeof(path), "/proc/self/task/%s/children", de->d_name);
+		if (de->d_name[0] == '.' || read_file(path, 1 << 16, &text, NULL) < 0)
+			continue;
+		for (char *p = text, *end; *p; p = end) {
+			long pid = strtol(p, &end, 10);
+
+			if (end == p)
+				break;
+			if (pid > 1)
+				kill((pid_t)pid, SIGKILL);
+		}
+		free(text);
+	}
+	if (d)
+		closedir(d);
+	while (waitpid(-1, NULL, 0) > 0)
+		;
+}
+
 /* Nothing the engine does not keep by design: no VM directory, no run directory, no process. */
 static void assert_nothing_left(struct fx *f)
 {
@@ -218,8 +246,10 @@ static void assert_nothing_left(struct fx *f)
 	/* adopted VMMs were reparented to us when their daemon "crashed": reap them */
 	while ((pid = waitpid(-1, &st, WNOHANG)) > 0)
 		;
-	if (pid == 0)
+	if (pid == 0) {
+		kill_children();
 		fail_msg("a process is left running");
+	}
 	assert_int_equal(errno, ECHILD);
 }
 
