@@ -76,7 +76,8 @@ static int check_keys(json_object *o, char **ret_error)
 	return 0;
 }
 
-static int parse_strings(json_object *o, struct template_config *cfg, char **ret_error)
+static int parse_strings(json_object *o, const struct vmm_ops *const *drivers, struct template_config *cfg,
+			 char **ret_error)
 {
 	json_object *v;
 	const char *s;
@@ -98,9 +99,12 @@ static int parse_strings(json_object *o, struct template_config *cfg, char **ret
 	s = TEMPLATE_DEFAULT_BACKEND;
 	if (json_object_object_get_ex(o, "backend", &v)) {
 		s = json_object_get_string(v);
-		if (!json_object_is_type(v, json_type_string) || !vmm_driver(s))
-			return error_first(ret_error, -EINVAL, "config: \"backend\" must be a driver built in: %s",
-					   vmm_driver_names());
+		if (!json_object_is_type(v, json_type_string) || !vmm_driver_in(drivers, s)) {
+			char names[256];
+
+			vmm_driver_names_in(drivers, names, sizeof(names));
+			return error_first(ret_error, -EINVAL, "config: \"backend\" must be a driver built in: %s", names);
+		}
 	}
 	cfg->backend = strdup(s);
 	if (json_object_object_get_ex(o, "derived_from", &v)) {
@@ -238,6 +242,12 @@ static int parse_net(json_object *o, struct template_config *cfg, char **ret_err
 
 int template_config_parse(const char *json, size_t len, struct template_config *cfg, char **ret_error)
 {
+	return template_config_parse_drivers(json, len, NULL, cfg, ret_error);
+}
+
+int template_config_parse_drivers(const char *json, size_t len, const struct vmm_ops *const *drivers,
+				  struct template_config *cfg, char **ret_error)
+{
 	_cleanup_json_ json_object *o = NULL;
 	json_tokener *tok;
 	enum json_tokener_error jerr;
@@ -261,7 +271,7 @@ int template_config_parse(const char *json, size_t len, struct template_config *
 		return error_first(ret_error, -EINVAL, "config: must be a JSON object");
 	cfg->vcpus = 1;
 	cfg->mem_mib = 256;
-	if ((r = check_keys(o, ret_error)) < 0 || (r = parse_strings(o, cfg, ret_error)) < 0 ||
+	if ((r = check_keys(o, ret_error)) < 0 || (r = parse_strings(o, drivers, cfg, ret_error)) < 0 ||
 	    (r = get_uint(o, "vcpus", 1, MAX_VCPUS, &cfg->vcpus, ret_error)) < 0 ||
 	    (r = get_uint(o, "mem_mib", MIN_MEM_MIB, MAX_MEM_MIB, &cfg->mem_mib, ret_error)) < 0 ||
 	    (r = parse_accel(o, cfg, ret_error)) < 0 ||
@@ -337,9 +347,12 @@ char *template_config_render(const struct template_config *cfg)
 int template_config_copy(const struct template_config *src, struct template_config *dst)
 {
 	_cleanup_free_ char *s = template_config_render(src);
+	/* the source's backend was checked against its engine's drivers when it was parsed: it stays */
+	const struct vmm_ops same = { .name = src->backend };
+	const struct vmm_ops *const list[] = { &same, NULL };
 
 	if (!s)
 		return -ENOMEM;
 	memset(dst, 0, sizeof(*dst));
-	return template_config_parse(s, strlen(s), dst, NULL);
+	return template_config_parse_drivers(s, strlen(s), src->backend ? list : NULL, dst, NULL);
 }

@@ -131,6 +131,15 @@ const struct vmm_ops *vmm_driver(const char *name);
 const struct vmm_ops *vmm_driver_at(size_t i);
 /* Their names, quoted, ", "-separated (for errors). */
 const char *vmm_driver_names(void);
+/*
+ * A list of drivers is NULL-terminated; an engine uses the built-in one
+ * unless its embedder gives its own (engine_options.drivers: the unit tests'
+ * fake driver). The same lookups on a given list (NULL: the built-in one).
+ */
+const struct vmm_ops *const *vmm_drivers_builtin(void);
+const struct vmm_ops *vmm_driver_in(const struct vmm_ops *const *list, const char *name);
+/* The names into buf, as vmm_driver_names (truncated to len). */
+void vmm_driver_names_in(const struct vmm_ops *const *list, char *buf, size_t len);
 
 /* Calls on a VMM go to its own driver. */
 static inline int vmm_connect(struct vmm *v, unsigned timeout_ms, const atomic_bool *cancel)

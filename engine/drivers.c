@@ -3,30 +3,49 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "common.h"
 #include "driver.h"
 
-static const struct vmm_ops *const drivers[] = { &qemu_ops };
-#define N_DRIVERS (sizeof(drivers) / sizeof(drivers[0]))
+static const struct vmm_ops *const drivers[] = { &qemu_ops, NULL };
+
+const struct vmm_ops *const *vmm_drivers_builtin(void)
+{
+	return drivers;
+}
+
+const struct vmm_ops *vmm_driver_in(const struct vmm_ops *const *list, const char *name)
+{
+	for (size_t i = 0; name && (list ? list : drivers)[i]; i++)
+		if (strcmp((list ? list : drivers)[i]->name, name) == 0)
+			return (list ? list : drivers)[i];
+	return NULL;
+}
 
 const struct vmm_ops *vmm_driver(const char *name)
 {
-	for (size_t i = 0; name && i < N_DRIVERS; i++)
-		if (strcmp(drivers[i]->name, name) == 0)
-			return drivers[i];
-	return NULL;
+	return vmm_driver_in(NULL, name);
 }
 
 const struct vmm_ops *vmm_driver_at(size_t i)
 {
-	return i < N_DRIVERS ? drivers[i] : NULL;
+	return i < ARRAY_SIZE(drivers) ? drivers[i] : NULL;
+}
+
+void vmm_driver_names_in(const struct vmm_ops *const *list, char *buf, size_t len)
+{
+	size_t n = 0;
+
+	if (len)
+		buf[0] = '\0';
+	for (size_t i = 0; (list ? list : drivers)[i] && n < len; i++)
+		n += (size_t)snprintf(buf + n, len - n, "%s\"%s\"", i ? ", " : "", (list ? list : drivers)[i]->name);
 }
 
 static char names[256];
 
 static void names_init(void)
 {
-	for (size_t i = 0, n = 0; i < N_DRIVERS && n < sizeof(names); i++)
-		n += (size_t)snprintf(names + n, sizeof(names) - n, "%s\"%s\"", i ? ", " : "", drivers[i]->name);
+	vmm_driver_names_in(NULL, names, sizeof(names));
 }
 
 const char *vmm_driver_names(void)

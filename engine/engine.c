@@ -144,15 +144,24 @@ static bool cmdline_has(const char *cmdline, const char *key)
 }
 
 /*
- * Every compiled driver's binary and version (part of a template's
- * identity). The default backend must run; another that cannot is refused
- * where a template names it.
+ * Every driver's binary and version (part of a template's identity): the
+ * compiled ones, or the embedder's (engine_options.drivers). The default
+ * backend must run if the list has it; another that cannot is refused where
+ * a template names it.
  */
 static int drivers_probe(struct engine *e, const struct engine_options *o)
 {
+	const struct vmm_ops *const *list = o->drivers ? o->drivers : vmm_drivers_builtin();
 	const struct vmm_ops *ops;
+	size_t n = 0;
 
-	for (size_t i = 0; i < VMM_DRIVERS_MAX && (ops = vmm_driver_at(i)); i++) {
+	while (list[n])
+		n++;
+	if (n > VMM_DRIVERS_MAX) {
+		log_error("%zu VMM drivers given; at most %d", n, VMM_DRIVERS_MAX);
+		return -E2BIG;
+	}
+	for (size_t i = 0; (ops = list[i]); i++) {
 		struct engine_driver *d = &e->drivers[i];
 		bool qemu = strcmp(ops->name, "qemu") == 0;
 
@@ -182,8 +191,20 @@ const struct engine_driver *engine_driver(struct engine *e, const char *name, ch
 				  strerror(-d->err));
 		return NULL;
 	}
-	if (ret_error)
-		error_set(ret_error, "backend \"%s\" is not built into this emberfs (built: %s)", name, vmm_driver_names());
+	if (ret_error) {
+		char names[256];
+
+		vmm_driver_names_in(e->opts.drivers, names, sizeof(names));
+		error_set(ret_error, "backend \"%s\" is not built into this emberfs (built: %s)", name, names);
+	}
+	return NULL;
+}
+
+const struct vmm_ops *engine_driver_ops(struct engine *e, const char *name)
+{
+	for (size_t i = 0; i < VMM_DRIVERS_MAX && e->drivers[i].ops; i++)
+		if (strcmp(e->drivers[i].ops->name, name) == 0)
+			return e->drivers[i].ops;
 	return NULL;
 }
 

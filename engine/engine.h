@@ -36,6 +36,8 @@ struct engine_hooks {
 	void *ctx;
 };
 
+struct vmm_ops; /* engine/driver.h */
+
 struct engine_options {
 	const char *state_dir;	   /* persistent artifacts, records, sockets */
 	const char *image_dir;	   /* default guest image (vmlinuz, initrd.cpio, rootfs.ext4, manifest.json) */
@@ -64,6 +66,12 @@ struct engine_options {
 	int64_t store_reserve_mib; /* store space kept free for running guests; -1: 512 */
 	unsigned cache_max_age_s;  /* build cache entries no template uses go after this long unused (0: at once) */
 	const struct engine_hooks *hooks; /* NULL: none */
+	/*
+	 * The VMM drivers a template's "backend" may name, NULL-terminated;
+	 * NULL: the ones built in (driver.h). The unit tests give the fake
+	 * driver here (tests/unit/fakevmm); the daemon never sets it.
+	 */
+	const struct vmm_ops *const *drivers;
 };
 #define VMM_UID_RANGE 65536 /* uids per instance: one per live VMM */
 #define VMM_UID_BASE_DEFAULT 1879048192u /* 0x70000000: above the ranges systemd hands out to containers */

@@ -139,6 +139,15 @@ struct engine_driver {
  * and why in *ret_error (if given) for one not built or not usable here.
  */
 const struct engine_driver *engine_driver(struct engine *e, const char *name, char **ret_error);
+/* The engine's driver of that name, usable here or not (a re-adoption needs only its ops); NULL if none. */
+const struct vmm_ops *engine_driver_ops(struct engine *e, const char *name);
+/*
+ * template_config_parse with "backend" checked against a list of drivers
+ * (NULL: the built-in ones): the engine parses with its own
+ * (engine_options.drivers).
+ */
+int template_config_parse_drivers(const char *json, size_t len, const struct vmm_ops *const *drivers,
+				  struct template_config *cfg, char **ret_error);
 #define VMM_STATUS_UNKNOWN EXIT_STATUS_UNKNOWN
 /*
  * Why a VMM that has exited (it must have: this reaps it) did, in one line

@@ -512,7 +512,7 @@ static void *adopt_main(void *arg)
 		return NULL;
 	}
 	/* the driver that started it (records before drivers were named: the default) */
-	d = vmm_driver(jget_str(a->rec, "backend") ? jget_str(a->rec, "backend") : TEMPLATE_DEFAULT_BACKEND);
+	d = engine_driver_ops(e, jget_str(a->rec, "backend") ? jget_str(a->rec, "backend") : TEMPLATE_DEFAULT_BACKEND);
 	r = d ? d->adopt(a->pid, a->pidfd, qmp, cgroup_dirs_of(e->cgroups, a->pid), e->vmm_uid_base, &v) : -EINVAL;
 	if (r < 0) {
 		adopt_fail(a, step, r);

@@ -191,7 +191,7 @@ int template_new(struct engine *e, const char *name, const char *config, bool pe
 	cpath = strjoin(t->dir, "/config.json", NULL);
 	if (!t->dir || !t->snapdir || !cpath)
 		goto nomem;
-	r = template_config_parse(config, strlen(config), &t->cfg, &err);
+	r = template_config_parse_drivers(config, strlen(config), e->opts.drivers, &t->cfg, &err);
 	if (r < 0) {
 		log_warn("template %s: %s", name, err ? err : "bad config");
 		template_unref(t); /* no thread started yet */
@@ -1178,7 +1178,7 @@ int template_write_config(struct template *t, const char *data, size_t len)
 		data = merged;
 		len = strlen(merged);
 	}
-	r = template_config_parse(data, len, &cfg, &err);
+	r = template_config_parse_drivers(data, len, e->opts.drivers, &cfg, &err);
 	pthread_mutex_lock(&e->lock);
 	builds = r == 0 && template_builds(t, &cfg);
 	snprintf(build, sizeof(build), "%s", builds && t->has_build ? t->build.cfg.digest : "");

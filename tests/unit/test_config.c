@@ -9,6 +9,7 @@
 
 #include "driver.h"
 #include "engine.h"
+#include "internal.h"
 
 static int parse(const char *json, struct template_config *cfg, char **err)
 {
@@ -176,6 +177,32 @@ static void backends(void **state)
 	template_config_clear(&c);
 }
 
+/* an engine given its own drivers (engine_options.drivers) checks "backend" against those only */
+static void backends_given(void **state)
+{
+	static const struct vmm_ops other = { .name = "other" };
+	const struct vmm_ops *const list[] = { &other, NULL };
+	struct template_config c = { 0 };
+	char names[64], *err = NULL;
+	const char *cfg = "{\"kernel\":\"/k\",\"backend\":\"qemu\"}";
+
+	(void)state;
+	assert_ptr_equal(vmm_driver_in(list, "other"), &other);
+	assert_null(vmm_driver_in(list, "qemu"));
+	assert_ptr_equal(vmm_driver_in(NULL, "qemu"), vmm_driver("qemu"));
+	assert_ptr_equal(vmm_drivers_builtin()[0], vmm_driver("qemu"));
+	vmm_driver_names_in(list, names, sizeof(names));
+	assert_string_equal(names, "\"other\"");
+	assert_int_equal(template_config_parse_drivers(cfg, strlen(cfg), list, &c, &err), -EINVAL);
+	assert_string_equal(err, "config: \"backend\" must be a driver built in: \"other\"");
+	free(err);
+	memset(&c, 0, sizeof(c));
+	cfg = "{\"kernel\":\"/k\",\"backend\":\"other\"}";
+	assert_int_equal(template_config_parse_drivers(cfg, strlen(cfg), list, &c, &err), 0);
+	assert_string_equal(c.backend, "other");
+	template_config_clear(&c);
+}
+
 /* start as a shell line or an argv, ready, warm, image: parsed, copied and rendered back as written */
 static void building(void **state)
 {
@@ -217,6 +244,7 @@ int main(void)
 		cmocka_unit_test(net),
 		cmocka_unit_test(building),
 		cmocka_unit_test(backends),
+		cmocka_unit_test(backends_given),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
