@@ -125,20 +125,16 @@ struct vmm_ops {
 
 /* The drivers compiled in (drivers.c lists them). */
 extern const struct vmm_ops qemu_ops;
-/* The one of that name; NULL if none is. */
-const struct vmm_ops *vmm_driver(const char *name);
-/* The i-th (from 0); NULL past the last. */
-const struct vmm_ops *vmm_driver_at(size_t i);
-/* Their names, quoted, ", "-separated (for errors). */
-const char *vmm_driver_names(void);
 /*
  * A list of drivers is NULL-terminated; an engine uses the built-in one
  * unless its embedder gives its own (engine_options.drivers: the unit tests'
- * fake driver). The same lookups on a given list (NULL: the built-in one).
+ * fake driver). Lookups take a list, NULL meaning the built-in one.
  */
 const struct vmm_ops *const *vmm_drivers_builtin(void);
 const struct vmm_ops *vmm_driver_in(const struct vmm_ops *const *list, const char *name);
-/* The names into buf, as vmm_driver_names (truncated to len). */
+/* A built-in driver by name; NULL if none is. */
+const struct vmm_ops *vmm_driver(const char *name);
+/* The names, quoted and ", "-separated (for errors), into buf (truncated to len). */
 void vmm_driver_names_in(const struct vmm_ops *const *list, char *buf, size_t len);
 
 /* Calls on a VMM go to its own driver. */

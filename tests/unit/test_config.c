@@ -162,8 +162,8 @@ static void backends(void **state)
 	assert_non_null(q);
 	assert_int_equal(q->ram, VMM_RAM_SHARED_FILE);
 	assert_string_equal(q->restore_capability, "qemu-x-ignore-shared-v1");
-	assert_ptr_equal(vmm_driver_at(0), q);
-	assert_null(vmm_driver_at(1)); /* keep in step with drivers.c */
+	assert_ptr_equal(vmm_drivers_builtin()[0], q);
+	assert_null(vmm_drivers_builtin()[1]); /* keep in step with drivers.c */
 	assert_null(vmm_driver("firecracker"));
 	assert_null(vmm_driver(NULL));
 	assert_int_equal(parse("{\"kernel\":\"/k\",\"backend\":\"firecracker\"}", &c, &err), -EINVAL);
