@@ -496,7 +496,8 @@ struct sandbox {
 	/* lifecycle operations (lifecycle.c) */
 	pthread_mutex_t op_lock;   /* one at a time: ctl, a wake on access, destroy */
 	struct vmm *vmm_retiring;  /* e->lock: ended on purpose (hibernate); its exit is no failure */
-	bool vmm_exited;	   /* e->lock: the supervisor saw vmm_retiring exit */
+	bool vmm_starting;	   /* e->lock: s->vmm is a start's or a wake's, which reports its exit itself */
+	bool vmm_exited;	   /* e->lock: the supervisor saw vmm_retiring (or a starting VMM) exit and handed it back */
 	unsigned execs_running;	   /* e->lock: hibernate waits for none */
 	uint64_t sleeping_since_ms; /* e->lock: realtime ms when paused or hibernated */
 	char *ctl_error;	   /* e->lock: why the last ctl write was refused or failed */

@@ -106,8 +106,8 @@ void sandbox_supervise(struct sandbox *s)
 		pthread_mutex_lock(&e->lock);
 		if (atomic_load(&s->cancel))
 			break;
-		if (s->vmm_retiring == v) {
-			/* ended on purpose: the operation takes it away */
+		if (s->vmm_retiring == v || s->vmm_starting) {
+			/* ended on purpose, or during the start or wake that spawned it: the operation takes it away */
 			s->vmm_retiring = NULL;
 			s->vmm_exited = true;
 			pthread_cond_broadcast(&s->cond);
@@ -224,11 +224,12 @@ static int retire_vmm(struct sandbox *s)
 
 	pthread_mutex_lock(&e->lock);
 	v = s->vmm;
-	s->vmm_retiring = v;
-	s->vmm_exited = false;
-	vmm_kill(v);
-	while (!s->vmm_exited && !atomic_load(&s->cancel))
-		pthread_cond_wait(&s->cond, &e->lock);
+	if (!s->vmm_exited) { /* else the supervisor handed it back already (it died during its start) */
+		s->vmm_retiring = v;
+		vmm_kill(v);
+		while (!s->vmm_exited && !atomic_load(&s->cancel))
+			pthread_cond_wait(&s->cond, &e->lock);
+	}
 	if (atomic_load(&s->cancel)) {
 		pthread_mutex_unlock(&e->lock);
 		return -ECANCELED; /* destroy frees the VMM */
@@ -276,6 +277,16 @@ static int op_stop(struct sandbox *s)
  * and the identity attach, which also sets the clock. On failure *step says
  * where; a VMM already published stays in s->vmm for the caller.
  */
+/* vm_start's publish for a start or a wake: until it ends, the VMM's exit is the operation's to report. */
+static void own_publish(void *arg, struct vmm *v, struct agent_client *ac)
+{
+	struct sandbox *s = arg;
+
+	sandbox_publish(s, v, ac);
+	if (v)
+		s->vmm_starting = true;
+}
+
 static int run_own_vmm(struct sandbox *s, int state_fd, const char **step)
 {
 	struct engine *e = s->e;
@@ -292,7 +303,7 @@ static int run_own_vmm(struct sandbox *s, int state_fd, const char **step)
 	if (r == 0) {
 		const struct vm_launch l = { .cfg = &cfg, .name = s->name, .dir = s->dir, .rundir = s->rundir,
 					     .disk = cfg.rootfs ? disk : NULL, .state_fd = state_fd, .net = &s->net,
-					     .cancel = &s->cancel, .publish = sandbox_publish, .event = sandbox_vm_event,
+					     .cancel = &s->cancel, .publish = own_publish, .event = sandbox_vm_event,
 					     .arg = s };
 		_cleanup_free_ char *why = NULL;
 
@@ -306,6 +317,25 @@ static int run_own_vmm(struct sandbox *s, int state_fd, const char **step)
 	r = sandbox_attach(s, state_fd >= 0 ? AGENT_RESTORE_TIMEOUT_MS : AGENT_BOOT_TIMEOUT_MS, NULL, NULL);
 	if (r == 0 && state_fd < 0)
 		r = sandbox_configure_image(s); /* a cold boot: the guest's defaults are not in its memory */
+	return r;
+}
+
+/*
+ * run_own_vmm, then the supervisor watches the VMM as any other. A VMM that
+ * exited meanwhile (the supervisor handed it back: vmm_exited) is a failure
+ * of the operation, which ends it with its own reason (a start stays
+ * stopped, a wake fails the sandbox); before, the supervisor failed the
+ * sandbox for a start too and the start then waited for it forever.
+ */
+static int start_own_vmm(struct sandbox *s, int state_fd, const char **step)
+{
+	int r = run_own_vmm(s, state_fd, step);
+
+	pthread_mutex_lock(&s->e->lock);
+	s->vmm_starting = false;
+	if (r == 0 && s->vmm_exited)
+		r = -ECHILD;
+	pthread_mutex_unlock(&s->e->lock);
 	return r;
 }
 
@@ -334,7 +364,7 @@ static int op_start(struct sandbox *s)
 	if (memfd < 0 || ftruncate(memfd, (off_t)mem_mib << 20) < 0)
 		r = -errno;
 	if (r == 0)
-		r = run_own_vmm(s, -1, &step);
+		r = start_own_vmm(s, -1, &step);
 	cold_release(e);
 	if (r < 0) {
 		set_ctl_error(s, "start failed at %s: %s (see console and %s/vmm.log)", step, strerror(-r), s->dir);
@@ -424,7 +454,7 @@ static int op_wake(struct sandbox *s)
 		set_ctl_error(s, "wake: %s: %s", state, strerror(-r));
 		return r;
 	}
-	r = run_own_vmm(s, state_fd, &step);
+	r = start_own_vmm(s, state_fd, &step);
 	if (r < 0) {
 		set_ctl_error(s, "wake failed at %s: %s (see console and %s/vmm.log)", step, strerror(-r), s->dir);
 		/* a sandbox that cannot wake is failed; its files stay until rmdir */

@@ -389,6 +389,35 @@ static void pause_hibernate_wake(void **state)
 	assert_int_equal(engine_sandbox_destroy(f->e, f->t, "life1"), 0);
 }
 
+/* stop ends the VMM and keeps the disk; start boots it cold again (fresh RAM), in the cold-work place */
+static void stop_start(void **state)
+{
+	struct fx *f = *state;
+	struct sandbox *s;
+
+	bake(f);
+	s = create(f, f->t, "ss1");
+	assert_int_equal(sandbox_wait(s), 0);
+	{
+		_cleanup_free_ char *m = exec_out(s, "mark running");
+	}
+	ctl(s, "stop");
+	assert_sandbox(s, "state", "stopped");
+	{
+		_cleanup_free_ char *pid = field(sandbox_render_status(s), "vmm_pid");
+
+		assert_true(!pid || strcmp(pid, "0") == 0); /* no VMM while stopped */
+	}
+	assert_int_equal(sandbox_ctl(s, "pause", 5), -EBUSY); /* not from stopped (interface.md: any other transition) */
+	ctl(s, "start");
+	assert_sandbox(s, "state", "ready");
+	assert_mark(s, ""); /* a cold boot: its memory is new */
+	ctl(s, "stop");
+	assert_sandbox(s, "state", "stopped");
+	sandbox_unref(s);
+	assert_int_equal(engine_sandbox_destroy(f->e, f->t, "ss1"), 0);
+}
+
 static void fork_and_template(void **state)
 {
 	struct fx *f = *state;
@@ -612,6 +641,36 @@ static void fail_lifecycle(void **state)
 	fakevmm_fail_set(NULL);
 	sandbox_unref(s);
 	assert_int_equal(engine_sandbox_destroy(f->e, f->t, "lf1"), 0);
+
+	/* a VMM that refuses to pause: the sandbox runs on */
+	fakevmm_fail_set("pause");
+	s = create(f, f->t, "lf3");
+	assert_int_equal(sandbox_wait(s), 0);
+	assert_true(sandbox_ctl(s, "pause", 5) < 0);
+	assert_sandbox(s, "state", "ready");
+	fakevmm_fail_set(NULL);
+	/* a start whose VMM dies before it answers: still stopped, and may be started again */
+	ctl(s, "stop");
+	fakevmm_fail_set("connect");
+	assert_true(sandbox_ctl(s, "start", 5) < 0);
+	assert_sandbox(s, "state", "stopped");
+	fakevmm_fail_set(NULL);
+	ctl(s, "start");
+	assert_sandbox(s, "state", "ready");
+	/* a wake whose restore fails: failed with the reason, its files kept until rmdir */
+	ctl(s, "hibernate");
+	fakevmm_fail_set("restore");
+	assert_true(sandbox_ctl(s, "resume", 6) < 0);
+	fakevmm_fail_set(NULL);
+	assert_sandbox(s, "state", "failed");
+	{
+		_cleanup_free_ char *err = field(sandbox_render_status(s), "error");
+
+		assert_non_null(err);
+		assert_non_null(strstr(err, "wake"));
+	}
+	sandbox_unref(s);
+	assert_int_equal(engine_sandbox_destroy(f->e, f->t, "lf3"), 0);
 }
 
 int main(void)
@@ -621,6 +680,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(create_restore, setup, teardown),
 		cmocka_unit_test_setup_teardown(create_warm, setup, teardown),
 		cmocka_unit_test_setup_teardown(pause_hibernate_wake, setup, teardown),
+		cmocka_unit_test_setup_teardown(stop_start, setup, teardown),
 		cmocka_unit_test_setup_teardown(fork_and_template, setup, teardown),
 		cmocka_unit_test_setup_teardown(restart_adopts, setup, teardown),
 		cmocka_unit_test_setup_teardown(fail_cold_phases, setup, teardown),
