@@ -15,20 +15,12 @@
 
 void booted_stop(struct engine *e, struct booted *b, struct vmm **slot)
 {
-	if (b->ac) {
-		agent_shutdown(b->ac);
-		agent_free(b->ac);
-	}
 	if (slot) {
 		pthread_mutex_lock(&e->lock);
 		*slot = NULL;
 		pthread_mutex_unlock(&e->lock);
 	}
-	if (b->v)
-		vmm_free(b->v); /* kills it */
-	if (b->net)
-		netpool_release(e->net, b->net);
-	memset(b, 0, sizeof(*b));
+	vm_release(e, &b->v, &b->ac, &b->net);
 }
 
 struct boot_pub {

@@ -270,6 +270,13 @@ struct vm_launch {
  * where it failed; *ret_why may say why (a network slot that could not be had).
  */
 int vm_start(struct engine *e, const struct vm_launch *l, const char **ret_step, char **ret_why);
+/*
+ * The one teardown of what vm_start gave, in order: the agent connection,
+ * the VMM (killed and reaped), its network slot back to the pool. Any may be
+ * NULL (or point to NULL: nothing); each is set to NULL. Not under e->lock:
+ * it waits for the VMM's end.
+ */
+void vm_release(struct engine *e, struct vmm **v, struct agent_client **ac, struct netslot **net);
 
 struct booted {
 	struct vmm *v;

@@ -241,9 +241,7 @@ static int retire_vmm(struct sandbox *s)
 	ac = TAKE_PTR(s->agent);
 	pthread_cond_broadcast(&s->cond);
 	pthread_mutex_unlock(&e->lock);
-	agent_shutdown(ac);
-	agent_free(ac);
-	vmm_free(v); /* reaped by the supervisor already */
+	vm_release(e, &v, &ac, NULL); /* the VMM reaped by the supervisor already; the network slot stays the sandbox's */
 	sandbox_record_save(s);
 	return 0;
 }
@@ -309,7 +307,7 @@ static int run_own_vmm(struct sandbox *s, int state_fd, const char **step)
 
 		r = vm_start(e, &l, step, &why);
 		if (why)
-			log_warn("sandbox %s/%s: %s", s->tpl->name, s->name, why);
+			log_warn("sandbox %s/%s: %s: %s", s->tpl->name, s->name, *step, why);
 	}
 	template_config_clear(&cfg);
 	if (r < 0)

@@ -50,14 +50,7 @@ void slot_free(struct engine *e, struct slot *sl)
 {
 	if (!sl)
 		return;
-	if (sl->agent) {
-		agent_shutdown(sl->agent);
-		agent_free(sl->agent);
-	}
-	if (sl->vmm)
-		vmm_free(sl->vmm); /* kills and reaps */
-	if (sl->net)
-		netpool_release(e->net, sl->net); /* no process is in it any more */
+	vm_release(e, &sl->vmm, &sl->agent, &sl->net);
 	/* the record's directory is the anchor: made first, removed last */
 	if (sl->rundir)
 		rm_rf(sl->rundir);

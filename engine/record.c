@@ -466,12 +466,7 @@ static void adopt_fail(struct adoptee *a, const char *step, int err)
 	s->state = SB_FAILED;
 	pthread_mutex_unlock(&e->lock);
 	log_warn("sandbox %s/%s: %s", s->tpl->name, s->name, s->error ? s->error : step);
-	if (ac) {
-		agent_shutdown(ac);
-		agent_free(ac);
-	}
-	if (v)
-		vmm_free(v); /* kills it and waits for its end */
+	vm_release(e, &v, &ac, NULL);
 	sandbox_procs_settle(s);
 }
 

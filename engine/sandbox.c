@@ -75,11 +75,7 @@ void sandbox_unref(struct sandbox *s)
 {
 	if (!s || atomic_fetch_sub(&s->refs, 1) != 1)
 		return;
-	agent_free(s->agent);
-	if (s->vmm)
-		vmm_free(s->vmm);
-	if (s->net)
-		netpool_release(s->e->net, s->net);
+	vm_release(s->e, &s->vmm, &s->agent, &s->net);
 	slot_free(s->e, s->slot);
 	template_unref(s->tpl);
 	free(s->dir);
@@ -558,7 +554,7 @@ static int job_start(struct job *j, const char **step)
 	int r = vm_start(s->e, &l, step, &why);
 
 	if (why)
-		log_warn("sandbox %s/%s: no network slot: %s", s->tpl->name, s->name, why);
+		log_warn("sandbox %s/%s: %s: %s", s->tpl->name, s->name, *step, why);
 	if (r < 0)
 		return r;
 	create_phase(s, "agent");
@@ -667,14 +663,7 @@ static int warm_fallback(struct sandbox *s, int err, const char *step)
 	r = sandbox_set_dirs(s, NULL);
 	pthread_mutex_unlock(&e->lock);
 	log_warn("sandbox %s/%s: %s; restoring instead", s->tpl->name, s->name, why ? why : "warm slot failed");
-	if (ac) {
-		agent_shutdown(ac);
-		agent_free(ac);
-	}
-	if (v)
-		vmm_free(v);
-	if (ns)
-		netpool_release(e->net, ns);
+	vm_release(e, &v, &ac, &ns);
 	if (rundir)
 		rm_rf(rundir);
 	if (dir)
@@ -1012,10 +1001,7 @@ int engine_sandbox_destroy(struct engine *e, struct template *t, const char *nam
 	/* a slot claimed in mkdir but never activated (rmdir came first) dies with the sandbox */
 	slot_free(e, TAKE_PTR(s->slot));
 	/* the VMM has exited (the thread reaped it): its network slot is free */
-	if (s->vmm)
-		vmm_free(TAKE_PTR(s->vmm));
-	if (s->net)
-		netpool_release(e->net, TAKE_PTR(s->net));
+	vm_release(e, &s->vmm, NULL, &s->net);
 	/* the record's directory is the anchor: made first, removed last */
 	sandbox_record_drop(s);
 	rm_rf(s->rundir);

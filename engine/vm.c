@@ -7,8 +7,9 @@
  *
  *   network slot -> spawn -> publish -> connect -> [restore -> running] -> agent -> publish
  *
- * The caller owns what is published from the moment it is (its teardown
- * frees it, whether this returns an error or not).
+ * The caller owns what is published from the moment it is, and gives it
+ * back with vm_release, the one teardown, whether this returned an error or
+ * not.
  */
 #include <string.h>
 
@@ -89,4 +90,14 @@ int vm_start(struct engine *e, const struct vm_launch *l, const char **ret_step,
 		agent_shutdown(ac);
 	pthread_mutex_unlock(&e->lock);
 	return 0;
+}
+
+void vm_release(struct engine *e, struct vmm **v, struct agent_client **ac, struct netslot **net)
+{
+	if (ac && *ac)
+		agent_free(TAKE_PTR(*ac)); /* shuts the connection down first */
+	if (v && *v)
+		vmm_free(TAKE_PTR(*v)); /* kills and reaps it */
+	if (net && *net)
+		netpool_release(e->net, TAKE_PTR(*net)); /* no process is in it any more */
 }
