@@ -35,7 +35,8 @@ common=("$top"/common/*.c)
 status=0
 for t in "${targets[@]}"; do
 	case $t in
-	config) srcs=("$top/tests/fuzz/fuzz_config.c" "$top/engine/config.c" "$top/engine/imageref.c" "${common[@]}") ;;
+	config) srcs=("$top/tests/fuzz/fuzz_config.c" "$top/engine/config.c" "$top/engine/drivers.c"
+		"$top/engine/imageref.c" "${common[@]}") ;;
 	parse) srcs=("$top/tests/fuzz/fuzz_parse.c" "$top/engine/parse.c" "${common[@]}") ;;
 	agent_reader) srcs=("$top/tests/fuzz/fuzz_agent_reader.c" "$top/engine/agent_client.c" "${common[@]}") ;;
 	agent_guest) srcs=(-I"$top/engine/guest" "$top/tests/fuzz/fuzz_agent_guest.c"

@@ -69,6 +69,7 @@ if [[ " $SUITES " == *" unit "* ]]; then
 	echo "== fuzz (libFuzzer, ${FUZZ_SECONDS:-20} s per target)" >&2
 	if ! contrib/fuzz.sh; then
 		status=1
+		fuzz_failed=1
 	fi
 	# no-valgrind: tests/unit/meson.build says why
 	run "unit tests under valgrind" -C build --suite unit --no-suite no-valgrind \
@@ -96,4 +97,6 @@ for f in ("build/meson-logs/testlog.json", "build-asan/meson-logs/testlog.json",
         elif res in ("FAIL", "TIMEOUT", "ERROR", "UNEXPECTEDPASS"): failed += 1
 print(f"{passed} passed, {failed} failed, {skipped} skipped")
 PY
+# the fuzzers are no meson test: their failure is said here, not lost above the tally
+[ -z "${fuzz_failed:-}" ] || echo "fuzzers: FAILED (their output is above)" >&2
 exit $status
