@@ -463,6 +463,20 @@ struct template {
 
 #define SANDBOX_FS_DEVS 15
 
+/*
+ * What a user set on one sandbox (settings.c; docs/interface.md, "Settings"):
+ * protected by e->lock, kept in its record, copied by a fork.
+ */
+enum on_timeout { ON_TIMEOUT_DEFAULT = 0, ON_TIMEOUT_DESTROY, ON_TIMEOUT_HIBERNATE };
+struct sandbox_settings {
+	uint64_t deadline_ms;	  /* realtime, unix ms; 0: no timeout */
+	uint64_t timeout_s;	  /* as last set (0: none) */
+	enum on_timeout on_timeout; /* DEFAULT: the template's */
+	json_object *metadata;	  /* an object of strings; NULL: none */
+	char **env;		  /* "KEY=VALUE", NULL-terminated; NULL: none */
+	char *egress;		  /* the outbound policy, normalized text; NULL: the template's */
+};
+
 struct sandbox {
 	atomic_int refs;
 	uint64_t id;
@@ -533,6 +547,7 @@ struct sandbox {
 	 */
 	bool agent_unsettled;
 	uint64_t console_dropped; /* e->lock: bytes of console output dropped to keep within the cap */
+	struct sandbox_settings settings; /* e->lock */
 	/* the guest filesystems seen through it, dev + 1 each (guestfs.c: host inode numbers); lock-free */
 	atomic_uint_fast64_t fs_devs[SANDBOX_FS_DEVS];
 };

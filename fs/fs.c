@@ -18,43 +18,43 @@
 #include "fs_internal.h"
 
 static const struct file_def root_files[] = {
-	{ "README", IDX_README, 0444, F_STATIC, NULL, NULL, NULL, NULL },
-	{ "version", IDX_VERSION, 0444, F_STATIC, NULL, NULL, NULL, NULL },
-	{ "metrics", IDX_METRICS, 0444, F_STATIC, NULL, NULL, NULL, NULL },
-	{ "events", IDX_EVENTS, 0444, F_EVENTS, NULL, NULL, NULL, NULL },
+	{ "README", IDX_README, 0444, F_STATIC, NULL, NULL, NULL, NULL, NULL, NULL },
+	{ "version", IDX_VERSION, 0444, F_STATIC, NULL, NULL, NULL, NULL, NULL, NULL },
+	{ "metrics", IDX_METRICS, 0444, F_STATIC, NULL, NULL, NULL, NULL, NULL, NULL },
+	{ "events", IDX_EVENTS, 0444, F_EVENTS, NULL, NULL, NULL, NULL, NULL, NULL },
 };
 
 static const struct file_def tpl_files[] = {
-	{ "config", 1, 0644, F_CONFIG, template_render_config, NULL, NULL, NULL },
-	{ "identity", 2, 0444, F_RENDER, template_render_identity, NULL, NULL, NULL },
-	{ "status", 3, 0444, F_RENDER, template_render_status, NULL, NULL, NULL },
-	{ "ctl", 4, 0200, F_CTL, NULL, NULL, NULL, NULL },
-	{ "pool", 7, 0644, F_POOL, template_render_pool, NULL, NULL, NULL },
-	{ "stats", 8, 0444, F_RENDER, template_render_stats, NULL, NULL, NULL },
-	{ "Dockerfile", 9, 0644, F_DOCKERFILE, NULL, NULL, NULL, NULL },
-	{ "build.log", 10, 0444, F_BUILDLOG, NULL, NULL, NULL, NULL },
+	{ "config", 1, 0644, F_CONFIG, template_render_config, NULL, NULL, NULL, NULL, NULL },
+	{ "identity", 2, 0444, F_RENDER, template_render_identity, NULL, NULL, NULL, NULL, NULL },
+	{ "status", 3, 0444, F_RENDER, template_render_status, NULL, NULL, NULL, NULL, NULL },
+	{ "ctl", 4, 0200, F_CTL, NULL, NULL, NULL, NULL, NULL, NULL },
+	{ "pool", 7, 0644, F_POOL, template_render_pool, NULL, NULL, NULL, NULL, NULL },
+	{ "stats", 8, 0444, F_RENDER, template_render_stats, NULL, NULL, NULL, NULL, NULL },
+	{ "Dockerfile", 9, 0644, F_DOCKERFILE, NULL, NULL, NULL, NULL, NULL, NULL },
+	{ "build.log", 10, 0444, F_BUILDLOG, NULL, NULL, NULL, NULL, NULL, NULL },
 };
 
 static const struct file_def sb_files[] = {
-	{ "status", 1, 0444, F_RENDER, NULL, sandbox_render_status, NULL, NULL },
-	{ "timings", 2, 0444, F_RENDER, NULL, sandbox_render_timings, NULL, NULL },
-	{ "wait", 3, 0444, F_WAIT, NULL, NULL, NULL, NULL },
-	{ "exec", 4, 0600, F_EXEC, NULL, NULL, NULL, NULL },
-	{ "console", 5, 0444, F_CONSOLE, NULL, NULL, NULL, NULL },
-	{ "ctl", 6, 0200, F_SBCTL, NULL, NULL, NULL, NULL },
+	{ "status", 1, 0444, F_RENDER, NULL, sandbox_render_status, NULL, NULL, NULL, NULL },
+	{ "timings", 2, 0444, F_RENDER, NULL, sandbox_render_timings, NULL, NULL, NULL, NULL },
+	{ "wait", 3, 0444, F_WAIT, NULL, NULL, NULL, NULL, NULL, NULL },
+	{ "exec", 4, 0600, F_EXEC, NULL, NULL, NULL, NULL, NULL, NULL },
+	{ "console", 5, 0444, F_CONSOLE, NULL, NULL, NULL, NULL, NULL, NULL },
+	{ "ctl", 6, 0200, F_SBCTL, NULL, NULL, NULL, NULL, NULL, NULL },
 };
 
 static const struct file_def proc_files[] = {
-	{ "cmd", 1, 0200, F_PCMD, NULL, NULL, NULL, NULL },
-	{ "stdin", 2, 0200, F_PSTDIN, NULL, NULL, NULL, NULL },
-	{ "stdout", 3, 0444, F_POUT, NULL, NULL, NULL, NULL },
-	{ "stderr", 4, 0444, F_PERR, NULL, NULL, NULL, NULL },
-	{ "status", 5, 0444, F_RENDER, NULL, NULL, NULL, proc_render_status },
-	{ "signal", 6, 0200, F_PSIGNAL, NULL, NULL, NULL, NULL },
+	{ "cmd", 1, 0200, F_PCMD, NULL, NULL, NULL, NULL, NULL, NULL },
+	{ "stdin", 2, 0200, F_PSTDIN, NULL, NULL, NULL, NULL, NULL, NULL },
+	{ "stdout", 3, 0444, F_POUT, NULL, NULL, NULL, NULL, NULL, NULL },
+	{ "stderr", 4, 0444, F_PERR, NULL, NULL, NULL, NULL, NULL, NULL },
+	{ "status", 5, 0444, F_RENDER, NULL, NULL, NULL, proc_render_status, NULL, NULL },
+	{ "signal", 6, 0200, F_PSIGNAL, NULL, NULL, NULL, NULL, NULL, NULL },
 };
 
 static const struct file_def slot_files[] = {
-	{ "status", 1, 0444, F_RENDER, NULL, NULL, template_render_slot, NULL },
+	{ "status", 1, 0444, F_RENDER, NULL, NULL, template_render_slot, NULL, NULL, NULL },
 };
 
 static const struct file_def *find_def(const struct file_def *defs, size_t n, const char *name, unsigned idx)
@@ -98,6 +98,8 @@ int node_get(struct fs *f, fuse_ino_t ino, struct node *n)
 		n->kind = idx == IDX_DIR ? K_SB_DIR : idx == IDX_SB_PROCS ? K_SB_PROCS : idx == IDX_SB_ROOT ? K_SB_ROOT :
 			  K_SB_FILE;
 		n->file = n->kind == K_SB_FILE ? find_def(sb_files, ARRAY_SIZE(sb_files), NULL, idx) : NULL;
+		if (n->file && n->file->present_s && !n->file->present_s(n->s))
+			n->file = NULL;
 	} else if ((n->t = engine_slot_template(f->e, obj))) {
 		n->slot_id = obj;
 		n->kind = idx == IDX_DIR ? K_SLOT_DIR : K_SLOT_FILE;
@@ -360,10 +362,13 @@ static void add_procs(fuse_req_t req, struct sandbox *s, struct dirbuf *b)
 	strv_free(names);
 }
 
-static void add_defs(fuse_req_t req, struct dirbuf *b, uint64_t obj, const struct file_def *d, size_t n)
+/* s: the sandbox whose files these are (some are present only for some sandboxes), or NULL */
+static void add_defs(fuse_req_t req, struct dirbuf *b, uint64_t obj, const struct file_def *d, size_t n,
+		     struct sandbox *s)
 {
 	for (size_t i = 0; i < n; i++)
-		dirbuf_add(req, b, d[i].name, INO(obj, d[i].idx), false);
+		if (!s || !d[i].present_s || d[i].present_s(s))
+			dirbuf_add(req, b, d[i].name, INO(obj, d[i].idx), false);
 }
 
 /* Object names listed under a lock, then mapped to inodes. */
@@ -418,7 +423,7 @@ static int build_dir(fuse_req_t req, struct fs *f, struct node *n, struct dirbuf
 	case K_ROOT:
 		dirbuf_add(req, b, "templates", INO(0, IDX_TEMPLATES), true);
 		dirbuf_add(req, b, "live", INO(0, IDX_LIVE), true);
-		add_defs(req, b, 0, root_files, ARRAY_SIZE(root_files));
+		add_defs(req, b, 0, root_files, ARRAY_SIZE(root_files), NULL);
 		return 0;
 	case K_LIVE: {
 		struct add_ctx c = { req, b };
@@ -430,13 +435,13 @@ static int build_dir(fuse_req_t req, struct fs *f, struct node *n, struct dirbuf
 		add_procs(req, n->s, b);
 		return 0;
 	case K_PROC_DIR:
-		add_defs(req, b, proc_id(n->p), proc_files, ARRAY_SIZE(proc_files));
+		add_defs(req, b, proc_id(n->p), proc_files, ARRAY_SIZE(proc_files), NULL);
 		return 0;
 	case K_TEMPLATES:
 		add_templates(req, f, b);
 		return 0;
 	case K_TPL_DIR:
-		add_defs(req, b, template_id(n->t), tpl_files, ARRAY_SIZE(tpl_files));
+		add_defs(req, b, template_id(n->t), tpl_files, ARRAY_SIZE(tpl_files), NULL);
 		dirbuf_add(req, b, "sandboxes", INO(template_id(n->t), IDX_TPL_SANDBOXES), true);
 		dirbuf_add(req, b, "slots", INO(template_id(n->t), IDX_TPL_SLOTS), true);
 		return 0;
@@ -447,10 +452,10 @@ static int build_dir(fuse_req_t req, struct fs *f, struct node *n, struct dirbuf
 		add_slots(req, n->t, b);
 		return 0;
 	case K_SLOT_DIR:
-		add_defs(req, b, n->slot_id, slot_files, ARRAY_SIZE(slot_files));
+		add_defs(req, b, n->slot_id, slot_files, ARRAY_SIZE(slot_files), NULL);
 		return 0;
 	case K_SB_DIR:
-		add_defs(req, b, sandbox_id(n->s), sb_files, ARRAY_SIZE(sb_files));
+		add_defs(req, b, sandbox_id(n->s), sb_files, ARRAY_SIZE(sb_files), n->s);
 		dirbuf_add(req, b, "procs", INO(sandbox_id(n->s), IDX_SB_PROCS), true);
 		dirbuf_add_mode(req, b, "root", INO(sandbox_id(n->s), IDX_SB_ROOT), S_IFLNK);
 		return 0;

@@ -22,7 +22,7 @@ enum { IDX_ROOT = 1, IDX_TEMPLATES = 2, IDX_README = 3, IDX_VERSION = 4, IDX_MET
 enum { IDX_DIR = 0, IDX_TPL_SANDBOXES = 5, IDX_TPL_SLOTS = 6, IDX_SB_PROCS = 8, IDX_SB_ROOT = 9 };
 
 enum ftype { F_STATIC, F_RENDER, F_CONFIG, F_CTL, F_POOL, F_WAIT, F_EXEC, F_CONSOLE, F_SBCTL, F_EVENTS,
-	     F_PCMD, F_PSTDIN, F_POUT, F_PERR, F_PSIGNAL, F_DOCKERFILE, F_BUILDLOG };
+	     F_PCMD, F_PSTDIN, F_POUT, F_PERR, F_PSIGNAL, F_DOCKERFILE, F_BUILDLOG, F_SETTING };
 
 struct file_def {
 	const char *name;
@@ -33,6 +33,10 @@ struct file_def {
 	char *(*render_s)(struct sandbox *s);
 	char *(*render_slot)(struct template *t, uint64_t slot_id);
 	char *(*render_p)(struct proc *p);
+	/* F_SETTING: the whole new value (see handles.c, setting_write); -errno changes nothing */
+	int (*write_s)(struct sandbox *s, const char *data, size_t len);
+	/* a sandbox file that only some sandboxes have (egress: a network); NULL: every one */
+	bool (*present_s)(struct sandbox *s);
 };
 
 enum kind {

@@ -841,32 +841,50 @@ int fh_truncate(struct fuse_file_info *fi, off_t size)
 	return r;
 }
 
-/* config is applied when the bytes written so far form a whole JSON value. */
-static int config_write(struct fh *h, const char *buf, size_t size, off_t off)
+/*
+ * config and the sandbox settings (F_SETTING) take what one open file wrote
+ * from offset 0 as the whole new value: a JSON value is applied once the
+ * bytes written so far form a complete one (a close with an incomplete one
+ * fails with EINVAL); a setting in its line form is applied at every write,
+ * the text written so far being the whole value.
+ */
+static bool json_complete(const char *buf, size_t len)
 {
-	json_tokener *tok;
-	json_object *o;
-	bool complete;
+	json_tokener *tok = json_tokener_new();
+	json_object *o = tok ? json_tokener_parse_ex(tok, buf, (int)len) : NULL;
+	bool complete = !tok || json_tokener_get_error(tok) != json_tokener_continue;
+
+	json_object_put(o);
+	json_tokener_free(tok);
+	return complete;
+}
+
+static int whole_write(struct fh *h, const char *buf, size_t size, off_t off)
+{
+	const char *p;
 	int r;
 
-	if (off == 0 && h->accmode != O_WRONLY) {
-		free(h->buf); /* an O_RDWR handle held the rendered text */
+	if (off == 0) {
+		free(h->buf); /* an O_RDWR handle held the rendered text, or an earlier value was written */
 		h->buf = NULL;
 		h->len = 0;
 	}
 	if ((r = append(h, buf, size)) < 0)
 		return r;
-	tok = json_tokener_new();
-	o = tok ? json_tokener_parse_ex(tok, h->buf, (int)h->len) : NULL;
-	complete = json_tokener_get_error(tok) != json_tokener_continue;
-	json_object_put(o);
-	json_tokener_free(tok);
-	h->partial = !complete;
-	if (!complete)
-		return 0;
-	r = template_write_config(h->node.t, h->buf, h->len);
-	h->len = 0;
-	return r;
+	for (p = h->buf; p < h->buf + h->len && strchr(" \t\r\n", *p); p++)
+		;
+	h->partial = false;
+	if (h->type == F_CONFIG || (p < h->buf + h->len && *p == '{')) {
+		h->partial = !json_complete(h->buf, h->len);
+		if (h->partial)
+			return 0;
+	}
+	if (h->type == F_CONFIG) {
+		r = template_write_config(h->node.t, h->buf, h->len);
+		h->len = 0;
+		return r;
+	}
+	return h->node.file->write_s(h->node.s, h->buf, h->len);
 }
 
 void fh_write(fuse_req_t req, const char *buf, size_t size, off_t off, struct fuse_file_info *fi)
@@ -885,8 +903,9 @@ void fh_write(fuse_req_t req, const char *buf, size_t size, off_t off, struct fu
 		r = sandbox_ctl(h->node.s, buf, size);
 		break;
 	case F_CONFIG:
+	case F_SETTING:
 		pthread_mutex_lock(&h->lock);
-		r = config_write(h, buf, size, off);
+		r = whole_write(h, buf, size, off);
 		pthread_mutex_unlock(&h->lock);
 		break;
 	case F_DOCKERFILE:
@@ -927,7 +946,7 @@ void fh_flush(fuse_req_t req, struct fuse_file_info *fi)
 	struct fh *h = fh_of(fi);
 	int r = 0;
 
-	if (h->type == F_CONFIG && h->partial) {
+	if ((h->type == F_CONFIG || h->type == F_SETTING) && h->partial) {
 		h->partial = false;
 		h->len = 0;
 		fuse_reply_err(req, EINVAL); /* an incomplete JSON value was written */
