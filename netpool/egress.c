@@ -500,7 +500,38 @@ char *egress_render(const struct egress_policy *p)
 
 /* ---- nftables ---- */
 
-#define REJECT "reject with icmp type admin-prohibited"
+/*
+ * Denied: tcp is answered with a reset (the guest's connect fails at once),
+ * anything else with ICMP admin-prohibited (which the kernel rate-limits, so
+ * a tcp connect would otherwise wait for its SYN's retransmission).
+ */
+#define REJECT_TCP "reject with tcp reset"
+#define REJECT_OTHER "reject with icmp type admin-prohibited"
+
+/* One nft rule: the target's match, a protocol clause, the rule's ports, the verdict. */
+static void nft_rule(struct sbuf *b, const char *match, const char *proto, const struct egress_rule *r,
+		     const char *verdict)
+{
+	sb_add(b, "add rule ip " EGRESS_TABLE " out%s%s", match, proto);
+	if (r && r->n_ports) {
+		sb_add(b, " th dport { ");
+		ports_text(b, r, ", ");
+		sb_add(b, " }");
+	}
+	sb_add(b, " %s\n", verdict);
+}
+
+static void nft_deny(struct sbuf *b, const char *match, const struct egress_rule *r)
+{
+	enum egress_proto p = r ? r->proto : EGRESS_PROTO_ANY;
+
+	if (p != EGRESS_UDP)
+		nft_rule(b, match, " meta l4proto tcp", r, REJECT_TCP);
+	if (p == EGRESS_UDP || (r && r->n_ports && p == EGRESS_PROTO_ANY))
+		nft_rule(b, match, " meta l4proto udp", r, REJECT_OTHER);
+	else if (p == EGRESS_PROTO_ANY)
+		nft_rule(b, match, "", r, REJECT_OTHER);
+}
 
 char *egress_nft_script(const struct egress_policy *p, const char *iif)
 {
@@ -517,25 +548,22 @@ char *egress_nft_script(const struct egress_policy *p, const char *iif)
 	sb_add(&b, "add rule %s out ct state established,related accept\n", t);
 	for (unsigned i = 0; i < p->n_rules; i++) {
 		const struct egress_rule *r = &p->rules[i];
-		char a[16];
+		char match[64] = "", a[16];
 
-		sb_add(&b, "add rule %s out", t);
 		if (r->target == EGRESS_CIDR)
-			addr_text(r->addr, a), sb_add(&b, " ip daddr %s/%u", a, r->prefix);
+			addr_text(r->addr, a), snprintf(match, sizeof(match), " ip daddr %s/%u", a, r->prefix);
 		else if (r->target == EGRESS_NAME)
-			sb_add(&b, " ip daddr @n%u", i);
-		if (r->proto)
-			sb_add(&b, " meta l4proto %s", proto_name(r->proto));
-		else if (r->n_ports)
-			sb_add(&b, " meta l4proto { tcp, udp }");
-		if (r->n_ports) {
-			sb_add(&b, " th dport { ");
-			ports_text(&b, r, ", ");
-			sb_add(&b, " }");
-		}
-		sb_add(&b, " %s\n", r->allow ? "accept" : REJECT);
+			snprintf(match, sizeof(match), " ip daddr @n%u", i);
+		if (!r->allow)
+			nft_deny(&b, match, r);
+		else
+			nft_rule(&b, match, r->proto == EGRESS_TCP ? " meta l4proto tcp" : r->proto == EGRESS_UDP ?
+					    " meta l4proto udp" : r->n_ports ? " meta l4proto { tcp, udp }" : "", r, "accept");
 	}
-	sb_add(&b, "add rule %s out %s\n", t, p->default_allow ? "accept" : REJECT);
+	if (p->default_allow)
+		nft_rule(&b, "", "", NULL, "accept");
+	else
+		nft_deny(&b, "", NULL);
 	return sb_take(&b);
 }
 

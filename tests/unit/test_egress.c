@@ -151,10 +151,21 @@ static void test_nft_script(void **state)
 			       "add rule ip emberfs_egress out iifname != \"tap0\" accept\n"
 			       "add rule ip emberfs_egress out ct state established,related accept\n"
 			       "add rule ip emberfs_egress out ip daddr 10.0.0.0/8 meta l4proto tcp th dport { 80 } accept\n"
+			       "add rule ip emberfs_egress out ip daddr @n1 meta l4proto tcp reject with tcp reset\n"
 			       "add rule ip emberfs_egress out ip daddr @n1 reject with icmp type admin-prohibited\n"
 			       "add rule ip emberfs_egress out meta l4proto { tcp, udp } th dport { 53, 5353 } accept\n"
 			       "add rule ip emberfs_egress out ip daddr @n3 meta l4proto udp accept\n"
+			       "add rule ip emberfs_egress out meta l4proto tcp reject with tcp reset\n"
 			       "add rule ip emberfs_egress out reject with icmp type admin-prohibited\n");
+	free(s);
+	egress_free(p);
+	p = parse_ok("deny 1.2.3.4 tcp port 1\ndeny any udp\ndeny any ports 7,9\n");
+	s = egress_nft_script(p, "tap0");
+	assert_non_null(strstr(s, "add rule ip emberfs_egress out ip daddr 1.2.3.4/32 meta l4proto tcp th dport { 1 } reject with tcp reset\n"
+				  "add rule ip emberfs_egress out meta l4proto udp reject with icmp type admin-prohibited\n"
+				  "add rule ip emberfs_egress out meta l4proto tcp th dport { 7, 9 } reject with tcp reset\n"
+				  "add rule ip emberfs_egress out meta l4proto udp th dport { 7, 9 } reject with icmp type admin-prohibited\n"
+				  "add rule ip emberfs_egress out accept\n"));
 	free(s);
 	egress_free(p);
 	p = egress_allow_all();
