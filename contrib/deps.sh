@@ -7,6 +7,8 @@ PKGS=(
 	# build
 	meson ninja-build pkg-config gcc libc6-dev
 	libfuse3-dev libjson-c-dev libcmocka-dev libnl-3-dev libnl-route-3-dev libnftables-dev libarchive-dev
+	# the sandboxes' DNS resolver parses DNS with ldns (netpool/resolver.c)
+	libldns-dev
 	# run
 	fuse3 qemu-system-x86 xfsprogs util-linux
 	# guest image (contrib/build-image.sh)
@@ -18,6 +20,8 @@ PKGS=(
 	mmdebstrap umoci skopeo
 	# tests (ip and nft count namespaces, links and rules before and after)
 	python3 valgrind iproute2 nftables
+	# test_egress.py's own DNS server, in a namespace the test makes
+	dnsmasq-base
 	# the metrics test parses MOUNT/metrics with the reference OpenMetrics parser
 	python3-prometheus-client
 	# libFuzzer targets (contrib/fuzz.sh)

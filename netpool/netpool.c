@@ -34,7 +34,7 @@
 #include <netlink/route/route.h>
 #include <nftables/libnftables.h>
 
-#include "netpool.h"
+#include "internal.h"
 
 #define NETNS_DIR "/run/netns"
 
@@ -62,6 +62,7 @@ struct netpool {
 	unsigned *kept;
 	bool *kept_taken;
 	size_t n_kept;
+	struct np_resolver *resolver; /* every slot's DNS (resolver.c) */
 };
 
 static pthread_mutex_t nft_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -75,8 +76,7 @@ static uint64_t now_ns(void)
 }
 
 /* A line for the caller's log (netpool_options.note). */
-static void note(struct netpool *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void note(struct netpool *p, const char *fmt, ...)
+void np_note(struct netpool *p, const char *fmt, ...)
 {
 	va_list ap;
 	char *s = NULL;
@@ -383,7 +383,58 @@ static int nft_run(const char *cmds, char **ret_error)
 	return r != 0 ? -EIO : 0;
 }
 
+int netpool_nft_in(const struct netslot *s, const char *script, char **ret_error)
+{
+	int saved, r;
+
+	if ((r = netpool_enter(s, &saved)) < 0) {
+		set_error(ret_error, "setns into %s: %s", s->netns, strerror(-r));
+		return r;
+	}
+	r = nft_run(script, ret_error);
+	netpool_leave(saved);
+	return r;
+}
+
+int netpool_egress_apply(struct netpool *p, struct netslot *s, const struct egress_policy *pol, char **ret_error)
+{
+	struct egress_policy *copy = NULL;
+	char *script = NULL;
+	int r = 0;
+
+	(void)p;
+	pthread_mutex_lock(&s->egress_lock);
+	if (s->egress && egress_equal(s->egress, pol))
+		goto out; /* already so: nothing to do */
+	if (!(copy = egress_dup(pol)) || !(script = egress_nft_script(pol, NETPOOL_TAP))) {
+		r = -ENOMEM;
+		goto out;
+	}
+	if ((r = netpool_nft_in(s, script, ret_error)) < 0)
+		goto out;
+	egress_free(s->egress);
+	s->egress = copy;
+	copy = NULL;
+out:
+	pthread_mutex_unlock(&s->egress_lock);
+	egress_free(copy);
+	free(script);
+	return r;
+}
+
 /* ---- slots ---- */
+
+static struct netslot *slot_alloc(void)
+{
+	struct netslot *s = calloc(1, sizeof(*s));
+
+	if (!s)
+		return NULL;
+	s->netns_fd = -1;
+	s->dns_fd = -1;
+	pthread_mutex_init(&s->egress_lock, NULL);
+	return s;
+}
 
 void netpool_destroy(struct netpool *p, struct netslot *s)
 {
@@ -396,6 +447,7 @@ void netpool_destroy(struct netpool *p, struct netslot *s)
 		link_delete(sk, s->host_if);
 		nl_socket_free(sk);
 	}
+	np_resolver_remove(p->resolver, s); /* its socket: no query of the old guest is answered later */
 	if (s->netns_fd >= 0)
 		close(s->netns_fd);
 	netns_remove(s->netns);
@@ -403,12 +455,15 @@ void netpool_destroy(struct netpool *p, struct netslot *s)
 	np_alloc_put(&p->alloc, s->index);
 	p->destroyed++;
 	pthread_mutex_unlock(&p->lock);
+	egress_free(s->egress);
+	pthread_mutex_destroy(&s->egress_lock);
 	free(s);
 }
 
 static int slot_inside(struct netpool *p, struct netslot *s, char **ret_error)
 {
-	char cidr[32], nft[1024];
+	char cidr[32], nft[2048], *egress = NULL;
+	struct egress_policy *all = egress_allow_all();
 	struct nl_sock *sk;
 	int saved, r;
 
@@ -431,16 +486,32 @@ static int slot_inside(struct netpool *p, struct netslot *s, char **ret_error)
 		set_error(ret_error, "%s: tap setup failed: %s", s->netns, strerror(-r));
 	if (r == 0 && (r = set_ip_forward(1)) < 0)
 		set_error(ret_error, "%s: ip_forward: %s", s->netns, strerror(-r));
+	if (r >= 0 && (s->dns_fd = np_resolver_socket()) < 0) {
+		r = s->dns_fd;
+		set_error(ret_error, "%s: resolver socket on " NETPOOL_GW_ADDR ":53: %s", s->netns, strerror(-r));
+	}
+	if (r >= 0 && (!all || !(egress = egress_nft_script(all, NETPOOL_TAP))))
+		r = -ENOMEM;
 	if (r >= 0) {
+		/* one transaction: NAT, the guest's DNS to the resolver, the egress policy (allow-all) */
 		snprintf(nft, sizeof(nft),
 			 "add table ip emberfs\n"
 			 "add chain ip emberfs pre { type nat hook prerouting priority dstnat; }\n"
 			 "add chain ip emberfs post { type nat hook postrouting priority srcnat; }\n"
 			 "add rule ip emberfs pre iifname \"veth0\" ip daddr %s dnat to " NETPOOL_GUEST_ADDR "\n"
-			 "add rule ip emberfs post oifname \"veth0\" ip saddr " NETPOOL_GUEST_ADDR " masquerade\n",
-			 s->addr);
+			 "add rule ip emberfs pre iifname \"" NETPOOL_TAP "\" udp dport 53 dnat to " NETPOOL_GW_ADDR ":53\n"
+			 "add rule ip emberfs pre iifname \"" NETPOOL_TAP "\" tcp dport 53 dnat to " NETPOOL_GW_ADDR ":53\n"
+			 "add rule ip emberfs post oifname \"veth0\" ip saddr " NETPOOL_GUEST_ADDR " masquerade\n"
+			 "%s",
+			 s->addr, egress);
 		r = nft_run(nft, ret_error);
 	}
+	if (r >= 0) {
+		s->egress = all;
+		all = NULL;
+	}
+	egress_free(all);
+	free(egress);
 	if (sk)
 		nl_socket_free(sk);
 	netpool_leave(saved);
@@ -459,7 +530,7 @@ static void slot_names(struct netpool *p, struct netslot *s, unsigned index)
 
 int netpool_build(struct netpool *p, struct netslot **ret, char **ret_error)
 {
-	struct netslot *s = calloc(1, sizeof(*s));
+	struct netslot *s = slot_alloc();
 	struct nl_sock *sk = NULL;
 	uint64_t t0 = now_ns();
 	char cidr[32];
@@ -467,7 +538,6 @@ int netpool_build(struct netpool *p, struct netslot **ret, char **ret_error)
 
 	if (!s)
 		return -ENOMEM;
-	s->netns_fd = -1;
 	pthread_mutex_lock(&p->lock);
 	idx = np_alloc_get(&p->alloc);
 	pthread_mutex_unlock(&p->lock);
@@ -499,6 +569,7 @@ int netpool_build(struct netpool *p, struct netslot **ret, char **ret_error)
 		pthread_mutex_unlock(&p->lock);
 		return r;
 	}
+	np_resolver_add(p->resolver, s);
 	s->build_ms = (double)(now_ns() - t0) / 1e6;
 	pthread_mutex_lock(&p->lock);
 	p->built++;
@@ -596,8 +667,9 @@ int netpool_claim(struct netpool *p, struct netslot **ret, bool *ret_built, char
 
 int netpool_adopt(struct netpool *p, unsigned index, struct netslot **ret, char **ret_error)
 {
-	struct netslot *s = calloc(1, sizeof(*s));
+	struct netslot *s = slot_alloc();
 	char path[sizeof(NETNS_DIR) + 64];
+	int saved, r;
 	size_t k;
 
 	if (!s)
@@ -619,12 +691,21 @@ int netpool_adopt(struct netpool *p, unsigned index, struct netslot **ret, char 
 	snprintf(path, sizeof(path), NETNS_DIR "/%s", s->netns);
 	s->netns_fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (s->netns_fd < 0) {
-		int r = -errno;
-
+		r = -errno;
 		set_error(ret_error, "network slot %s of the earlier run: %s", s->netns, strerror(-r));
 		netpool_release(p, s); /* its remains, if any, go */
 		return r;
 	}
+	/* the earlier run's resolver socket went with it: a new one (the redirect is the namespace's) */
+	if ((r = netpool_enter(s, &saved)) == 0) {
+		s->dns_fd = np_resolver_socket();
+		netpool_leave(saved);
+		r = s->dns_fd < 0 ? s->dns_fd : 0;
+	}
+	if (r < 0)
+		np_note(p, "network slot %s of the earlier run: no resolver socket (%s): its guest's DNS goes unanswered",
+		     s->netns, strerror(-r));
+	np_resolver_add(p->resolver, s);
 	*ret = s;
 	return 0;
 }
@@ -650,10 +731,10 @@ char *netpool_status_json(struct netpool *p)
 		     "{\"range\":\"%s\",\"tag\":\"%s\",\"target\":%u,\"ready\":%u,\"building\":%u,\"in_use\":%u,"
 		     "\"built\":%" PRIu64 ",\"destroyed\":%" PRIu64 ",\"claims\":%" PRIu64
 		     ",\"claims_built_on_demand\":%" PRIu64 ",\"build_failed\":%" PRIu64
-		     ",\"build_ms_last\":%.3f,\"claim_ms_last\":%.3f,\"egress\":%s}",
+		     ",\"build_ms_last\":%.3f,\"claim_ms_last\":%.3f,\"egress\":%s,\"dns\":\"%s\"}",
 		     p->range, p->tag, p->o.depth, p->n_ready, p->building, p->in_use, p->built, p->destroyed,
 		     p->claims, p->claims_built, p->build_failed, p->build_ms_last, p->claim_ms_last,
-		     p->o.egress ? "true" : "false") < 0)
+		     p->o.egress ? "true" : "false", np_resolver_upstream(p->resolver)) < 0)
 		s = NULL;
 	pthread_mutex_unlock(&p->lock);
 	return s;
@@ -697,7 +778,7 @@ static void sweep(struct netpool *p)
 			const char *n = rtnl_link_get_name((struct rtnl_link *)o);
 
 			if (n && strncmp(n, hprefix, strlen(hprefix)) == 0 && !is_kept(p, n, hprefix)) {
-				note(p, "removing link %s left by an earlier run", n);
+				np_note(p, "removing link %s left by an earlier run", n);
 				link_delete(sk, n);
 			}
 		}
@@ -705,7 +786,7 @@ static void sweep(struct netpool *p)
 	}
 	while (d && (de = readdir(d)))
 		if (strncmp(de->d_name, prefix, strlen(prefix)) == 0 && !is_kept(p, de->d_name, prefix)) {
-			note(p, "removing netns %s left by an earlier run", de->d_name);
+			np_note(p, "removing netns %s left by an earlier run", de->d_name);
 			netns_remove(de->d_name);
 		}
 	if (d)
@@ -825,7 +906,7 @@ int netpool_new(const struct netpool_options *o, struct netpool **ret, char **re
 		if (np_alloc_take(&p->alloc, o->keep[k]) == 0)
 			p->kept[p->n_kept++] = o->keep[k];
 		else
-			note(p, "slot %u of an earlier run is outside %s or kept twice: not kept", o->keep[k], p->range);
+			np_note(p, "slot %u of an earlier run is outside %s or kept twice: not kept", o->keep[k], p->range);
 	p->o.keep = NULL;
 	p->o.n_keep = 0;
 	if (access("/dev/net/tun", R_OK | W_OK) < 0) {
@@ -835,6 +916,8 @@ int netpool_new(const struct netpool_options *o, struct netpool **ret, char **re
 	}
 	sweep(p);
 	if ((r = check_overlap(p, ret_error)) < 0 || (r = host_table(p, ret_error)) < 0)
+		goto fail;
+	if ((r = np_resolver_new(p, o->dns, p->alloc.n, &p->resolver, ret_error)) < 0)
 		goto fail;
 	if (o->egress) {
 		r = set_ip_forward(1);
@@ -882,11 +965,12 @@ void netpool_free(struct netpool *p)
 	}
 	/* kept for re-adoption but never taken */
 	for (size_t k = 0; k < p->n_kept; k++)
-		if (!p->kept_taken[k] && (s = calloc(1, sizeof(*s)))) {
-			s->netns_fd = -1;
+		if (!p->kept_taken[k] && (s = slot_alloc())) {
 			slot_names(p, s, p->kept[k]);
 			netpool_destroy(p, s);
 		}
+	np_resolver_free(p->resolver); /* every slot's socket is closed by now */
+	p->resolver = NULL;
 	if (p->alloc.bits) {
 		snprintf(cmd, sizeof(cmd), "delete table ip emberfs_%s\n", p->tag);
 		nft_run(cmd, &ignored);

@@ -10,7 +10,10 @@
  *    (range base + 4 * index + 2); the host end ef<tag>h<index> has +1;
  *  - nftables NAT: what arrives on veth0 for the inside address goes to the
  *    guest (DNAT), what the guest sends out leaves as the inside address
- *    (masquerade).
+ *    (masquerade); what the guest sends to port 53 goes to the daemon's
+ *    resolver (a socket on 172.16.0.1:53 in the namespace; resolver.c);
+ *  - the egress policy (table EGRESS_TABLE, egress.h): allow-all when built,
+ *    replaced in one transaction by netpool_egress_apply.
  * On the host, one table (ip emberfs_<tag>) drops traffic from slots to the
  * host itself and between slots, and masquerades egress (if enabled).
  *
@@ -24,8 +27,11 @@
  */
 #pragma once
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
+
+#include "egress.h"
 
 #define NETPOOL_TAP "tap0"
 #define NETPOOL_TAP_MAC "02:ef:00:00:00:01"
@@ -66,7 +72,10 @@ struct netslot {
 	char host_addr[16]; /* dotted quad */
 	char addr[16];	    /* the guest's host-reachable address (inside end of the veth) */
 	int netns_fd;
+	int dns_fd; /* the resolver's socket in the namespace; -1: none */
 	double build_ms;
+	pthread_mutex_t egress_lock;
+	struct egress_policy *egress; /* as applied (egress_lock); NULL: unknown (a slot adopted) */
 	struct netslot *next;
 };
 
@@ -75,6 +84,7 @@ struct netpool_options {
 	const char *tag;      /* 4 lowercase hex digits naming this instance */
 	unsigned depth;	      /* slots kept ready */
 	bool egress;	      /* slots may reach the world through the host's NAT */
+	const char *dns;      /* the resolver's upstream "ADDR[:PORT]"; NULL: /etc/resolv.conf's first */
 	/*
 	 * Slots an earlier run of this instance left in use by sandboxes being
 	 * re-adopted: the start-up sweep keeps them, and each must then be
@@ -104,6 +114,12 @@ int netpool_claim(struct netpool *p, struct netslot **ret, bool *ret_built, char
 int netpool_adopt(struct netpool *p, unsigned index, struct netslot **ret, char **ret_error);
 /* Gives a claimed slot back: destroyed in the background. NULL is a no-op. */
 void netpool_release(struct netpool *p, struct netslot *s);
+/*
+ * Replaces the slot's egress policy, in one nft transaction: new connections
+ * from the guest follow it once this returns; established ones go on. Costs
+ * nothing when the slot has that policy already.
+ */
+int netpool_egress_apply(struct netpool *p, struct netslot *s, const struct egress_policy *pol, char **ret_error);
 /* Moves the calling thread into the slot's namespace; *saved restores it with netpool_leave. */
 int netpool_enter(const struct netslot *s, int *saved);
 void netpool_leave(int saved);
