@@ -22,6 +22,7 @@ void template_config_clear(struct template_config *cfg)
 	free(cfg->start);
 	free(cfg->warm);
 	free(cfg->ready_cmd);
+	free(cfg->egress);
 	memset(cfg, 0, sizeof(*cfg));
 }
 
@@ -62,7 +63,7 @@ static int check_keys(json_object *o, char **ret_error)
 	static const char *const known[] = { "kernel", "initrd", "rootfs", "cmdline", "vcpus",
 					     "mem_mib", "backend", "accel", "net", "ready_tcp_port",
 					     "idle_timeout_s", "derived_from", "image", "disk_mib", "context",
-					     "start", "ready", "warm" };
+					     "start", "ready", "warm", "egress" };
 
 	json_object_object_foreach(o, key, val) {
 		bool ok = false;
@@ -225,6 +226,28 @@ static int parse_accel(json_object *o, struct template_config *cfg, char **ret_e
 	return 0;
 }
 
+/* "egress": the default outbound policy of the template's sandboxes (netpool/egress.h), kept normalized. */
+static int parse_egress(json_object *o, struct template_config *cfg, char **ret_error)
+{
+	struct egress_policy *pol = NULL;
+	_cleanup_free_ char *why = NULL;
+	json_object *v;
+	int r;
+
+	if (!json_object_object_get_ex(o, "egress", &v))
+		return 0;
+	if (!json_object_is_type(v, json_type_string))
+		return error_first(ret_error, -EINVAL, "config: \"egress\" must be a string (the policy's lines)");
+	if (!cfg->net)
+		return error_first(ret_error, -EINVAL, "config: \"egress\" needs \"net\": true");
+	r = egress_parse(json_object_get_string(v), (size_t)json_object_get_string_len(v), &pol, &why);
+	if (r < 0)
+		return error_first(ret_error, r, "config: \"egress\": %s", why ? why : "out of memory");
+	cfg->egress = egress_render(pol);
+	egress_free(pol);
+	return cfg->egress ? 0 : -ENOMEM;
+}
+
 static int parse_net(json_object *o, struct template_config *cfg, char **ret_error)
 {
 	json_object *v;
@@ -237,7 +260,7 @@ static int parse_net(json_object *o, struct template_config *cfg, char **ret_err
 	}
 	if (cfg->ready_tcp_port && !cfg->net)
 		return error_first(ret_error, -EINVAL, "config: \"ready_tcp_port\" needs \"net\": true");
-	return 0;
+	return parse_egress(o, cfg, ret_error);
 }
 
 int template_config_parse(const char *json, size_t len, struct template_config *cfg, char **ret_error)
@@ -330,6 +353,8 @@ char *template_config_render(const struct template_config *cfg)
 	}
 	if (cfg->warm)
 		json_object_object_add(o, "warm", json_object_new_string(cfg->warm));
+	if (cfg->egress)
+		json_object_object_add(o, "egress", json_object_new_string(cfg->egress));
 	if (cfg->ready_tcp || cfg->ready_cmd) {
 		json_object *rd = json_object_new_object();
 

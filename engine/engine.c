@@ -539,7 +539,7 @@ static int engine_setup(struct engine *e, const struct engine_options *o)
 	}
 	if (o->net) {
 		struct netpool_options no = { .range = o->net_range, .depth = o->net_pool, .egress = !o->net_no_egress,
-					      .note = netpool_note };
+					      .dns = o->dns, .note = netpool_note };
 		_cleanup_free_ char *nerr = NULL;
 		_cleanup_free_ unsigned *keep = NULL;
 		const char *tag = e->tag;

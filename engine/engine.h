@@ -61,6 +61,7 @@ struct engine_options {
 	const char *net_range;	   /* host range for network slots (default 10.200.0.0/16) */
 	unsigned net_pool;	   /* network slots kept ready */
 	bool net_no_egress;	   /* sandboxes reach nothing beyond their host end */
+	const char *dns;	   /* the guests' resolver's upstream "ADDR[:PORT]"; NULL: /etc/resolv.conf's */
 	int64_t vmm_uid_base;	   /* VMMs run as users from here on, one each; 0: as root; -1: the default */
 	unsigned console_max_kib;  /* a sandbox's console log is kept within this; 0: 1024 */
 	int64_t store_reserve_mib; /* store space kept free for running guests; -1: 512 */
@@ -138,6 +139,7 @@ struct template_config {
 	unsigned ready_tcp;	 /* with start: the snapshot waits until this guest port accepts... */
 	char *ready_cmd;	 /* ...or until this command exits 0 in the guest */
 	char *warm;		 /* a shell command run at bake before the snapshot and in each warm slot before it is offered */
+	char *egress;		 /* the sandboxes' default outbound policy, normalized (netpool/egress.h); NULL: allow all. Not in the identity */
 };
 /* Parse JSON text into *cfg (which must be zeroed); on error sets *ret_error. */
 int template_config_parse(const char *json, size_t len, struct template_config *cfg, char **ret_error);
@@ -258,6 +260,17 @@ char *sandbox_render_timings(struct sandbox *s);
 int sandbox_ctl(struct sandbox *s, const char *cmd, size_t len);
 /* Path of the guest serial log file. */
 const char *sandbox_console_path(struct sandbox *s);
+/*
+ * egress (engine/egress.c; docs/interface.md, "Egress policy"): the
+ * sandbox's outbound policy, normalized (its own, or its template's default
+ * with a comment line saying so). A write replaces it whole: -EINVAL (the
+ * reason on a comment line of the next read) changes nothing; 0 once the sandbox's
+ * network slot enforces it (new connections). Present when the template has
+ * "net" and the daemon runs with --net.
+ */
+char *sandbox_render_egress(struct sandbox *s);
+int sandbox_write_egress(struct sandbox *s, const char *data, size_t len);
+bool sandbox_has_egress(struct sandbox *s);
 
 /*
  * Waiting: fn(arg, 0) once the sandbox is ready, fn(arg, -EIO) if it failed

@@ -253,6 +253,7 @@ struct vm_launch {
 	const char *dir, *rundir, *disk;
 	int state_fd;	   /* device state to restore; -1 boots cold */
 	struct netslot **net; /* cfg->net: the slot to run in; claimed into it (under e->lock) if NULL */
+	char *const *egress; /* a claimed slot's policy: *egress (under e->lock; a sandbox's own), else cfg->egress */
 	const atomic_bool *cancel;
 	const char *boot_step; /* a cold boot's agent step (default "boot") */
 	/*
@@ -277,6 +278,19 @@ int vm_start(struct engine *e, const struct vm_launch *l, const char **ret_step,
  * it waits for the VMM's end.
  */
 void vm_release(struct engine *e, struct vmm **v, struct agent_client **ac, struct netslot **net);
+/*
+ * egress.c: the policy applied to a network slot that becomes a VMM's
+ * (egress_apply_claimed: vm_start's claim, own as vm_launch.egress) or a
+ * sandbox's (sandbox_egress_apply: a warm slot's activation, a re-adoption;
+ * nothing to do when the slot has it already). sandbox_egress_clear: the
+ * sandbox's last reference.
+ */
+int egress_apply_claimed(struct engine *e, struct netslot *ns, const struct template_config *cfg,
+			 char *const *own, char **ret_why);
+int sandbox_egress_apply(struct sandbox *s, char **ret_why);
+void sandbox_egress_clear(struct sandbox *s);
+/* Gives *net back to the pool (vm_release), never while a policy is being applied to it. */
+void egress_slot_release(struct engine *e, struct netslot **net);
 
 struct booted {
 	struct vmm *v;
@@ -548,6 +562,7 @@ struct sandbox {
 	bool agent_unsettled;
 	uint64_t console_dropped; /* e->lock: bytes of console output dropped to keep within the cap */
 	struct sandbox_settings settings; /* e->lock */
+	char *egress_error; /* e->lock: why the last write of egress was refused (egress.c); NULL: it was not */
 	/* the guest filesystems seen through it, dev + 1 each (guestfs.c: host inode numbers); lock-free */
 	atomic_uint_fast64_t fs_devs[SANDBOX_FS_DEVS];
 };

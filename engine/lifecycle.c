@@ -301,7 +301,7 @@ static int run_own_vmm(struct sandbox *s, int state_fd, const char **step)
 	if (r == 0) {
 		const struct vm_launch l = { .cfg = &cfg, .name = s->name, .dir = s->dir, .rundir = s->rundir,
 					     .disk = cfg.rootfs ? disk : NULL, .state_fd = state_fd, .net = &s->net,
-					     .cancel = &s->cancel, .publish = own_publish, .event = sandbox_vm_event,
+					     .egress = &s->settings.egress, .cancel = &s->cancel, .publish = own_publish, .event = sandbox_vm_event,
 					     .arg = s };
 		_cleanup_free_ char *why = NULL;
 

@@ -619,6 +619,9 @@ void adopt_all(struct engine *e)
 			if (r < 0) {
 				a->s->state = SB_FAILED;
 				adoptee_kill(e, a);
+			} else if (sandbox_egress_apply(a->s, NULL) < 0) {
+				/* the namespace kept the policy the earlier run applied: it holds */
+				log_warn("%s: egress policy not applied again after the restart", a->dir);
 			}
 		}
 	}

@@ -89,6 +89,7 @@ void sandbox_unref(struct sandbox *s)
 	free(s->ctl_error);
 	free(s->fork_of);
 	free(s->procs);
+	sandbox_egress_clear(s);
 	free(s);
 }
 
@@ -550,7 +551,7 @@ static int job_start(struct job *j, const char **step)
 	_cleanup_free_ char *why = NULL;
 	const struct vm_launch l = { .cfg = &j->cfg, .name = s->name, .dir = s->dir, .rundir = s->rundir,
 				     .disk = j->disk, .state_fd = j->restore ? j->state_fd : -1, .net = &s->net,
-				     .cancel = &s->cancel, .publish = create_publish, .event = create_event, .arg = j };
+				     .egress = &s->settings.egress, .cancel = &s->cancel, .publish = create_publish, .event = create_event, .arg = j };
 	int r = vm_start(s->e, &l, step, &why);
 
 	if (why)
@@ -613,6 +614,10 @@ static int run_warm(struct job *j, const char **step)
 	free(sl->dir);
 	free(sl->rundir);
 	free(sl);
+	/* the slot has the template's default: the paused guest runs again only under the sandbox's own */
+	*step = "egress";
+	if ((r = sandbox_egress_apply(s, NULL)) < 0)
+		return r;
 	/* the record names the sandbox before the guest is its */
 	sandbox_record_save(s);
 	create_phase(s, "claimed");

@@ -5,7 +5,7 @@
  * the files (memory, disk, a snapshot's device state) and attaches the
  * guest afterwards; in between it is always the same sequence:
  *
- *   network slot -> spawn -> publish -> connect -> [restore -> running] -> agent -> publish
+ *   network slot -> egress policy -> spawn -> publish -> connect -> [restore -> running] -> agent -> publish
  *
  * The caller owns what is published from the moment it is, and gives it
  * back with vm_release, the one teardown, whether this returned an error or
@@ -57,6 +57,10 @@ int vm_start(struct engine *e, const struct vm_launch *l, const char **ret_step,
 			*l->net = ns;
 			pthread_mutex_unlock(&e->lock);
 			event(l, built ? VM_EV_NET_BUILT : VM_EV_NET);
+			/* before the guest can send anything: its policy */
+			*ret_step = "egress";
+			if ((r = egress_apply_claimed(e, ns, l->cfg, l->egress, ret_why)) < 0)
+				return r;
 			*ret_step = "spawn";
 		}
 		spec.netns_fd = ns->netns_fd;
@@ -99,5 +103,5 @@ void vm_release(struct engine *e, struct vmm **v, struct agent_client **ac, stru
 	if (v && *v)
 		vmm_free(TAKE_PTR(*v)); /* kills and reaps it */
 	if (net && *net)
-		netpool_release(e->net, TAKE_PTR(*net)); /* no process is in it any more */
+		egress_slot_release(e, net); /* no process is in it any more */
 }

@@ -57,6 +57,8 @@ static void usage(FILE *out)
 		"      --net-range CIDR    host addresses for network slots, one /30 each (default 10.200.0.0/16)\n"
 		"      --net-pool N        network slots kept ready (default 4)\n"
 		"      --net-no-egress     sandboxes reach nothing but their host end (no NAT to the world)\n"
+		"      --dns ADDR[:PORT]   the upstream of the sandboxes' DNS resolver (default: the first\n"
+		"                          IPv4 nameserver of /etc/resolv.conf)\n"
 		"      --store-size MIB    size of the loop-mounted XFS store, when one is needed (default 32768)\n"
 		"      --no-loop-store     never loop-mount a store: clones are then full copies\n"
 		"      --store-reserve-mib M  a new VM needs its RAM plus M MiB free in the store, kept for\n"
@@ -94,7 +96,7 @@ static int parse_uint(const char *s, unsigned long max, unsigned long *out)
 enum { OPT_STATE = 256, OPT_IMAGE, OPT_NOBAKE, OPT_QEMU, OPT_ACCEL, OPT_MAXSB, OPT_COLD, OPT_STORE, OPT_NOLOOP,
        OPT_LOG, OPT_PID, OPT_POOL, OPT_POOL_PAR, OPT_SLOT_AGE, OPT_CACHE_AGE, OPT_WARMUP_EXEC, OPT_NET, OPT_NET_RANGE,
        OPT_NET_POOL, OPT_NET_NO_EGRESS, OPT_POOL_BUDGET, OPT_POOL_MAXSLOTS, OPT_POOL_MISS, OPT_POOL_DECAY,
-       OPT_ALLOW_OTHER, OPT_VMM_UID, OPT_CONSOLE_MAX, OPT_STORE_RESERVE };
+       OPT_ALLOW_OTHER, OPT_VMM_UID, OPT_CONSOLE_MAX, OPT_STORE_RESERVE, OPT_DNS };
 
 static int parse_opt(int c, const char *arg, struct options *o)
 {
@@ -113,6 +115,7 @@ static int parse_opt(int c, const char *arg, struct options *o)
 	case OPT_NET: o->eng.net = true; return 0;
 	case OPT_NET_RANGE: o->eng.net_range = arg; return 0;
 	case OPT_NET_NO_EGRESS: o->eng.net_no_egress = true; return 0;
+	case OPT_DNS: o->eng.dns = arg; return 0;
 	case OPT_NET_POOL:
 		if (strcmp(arg, "0") && parse_uint(arg, 1024, &v) < 0)
 			return -EINVAL;
@@ -233,6 +236,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 		{ "net-range", required_argument, NULL, OPT_NET_RANGE },
 		{ "net-pool", required_argument, NULL, OPT_NET_POOL },
 		{ "net-no-egress", no_argument, NULL, OPT_NET_NO_EGRESS },
+		{ "dns", required_argument, NULL, OPT_DNS },
 		{ "vmm-uid-base", required_argument, NULL, OPT_VMM_UID },
 		{ "console-max-kib", required_argument, NULL, OPT_CONSOLE_MAX },
 		{ "store-reserve-mib", required_argument, NULL, OPT_STORE_RESERVE },

@@ -42,6 +42,7 @@ static const struct file_def sb_files[] = {
 	{ "exec", 4, 0600, F_EXEC, NULL, NULL, NULL, NULL, NULL, NULL },
 	{ "console", 5, 0444, F_CONSOLE, NULL, NULL, NULL, NULL, NULL, NULL },
 	{ "ctl", 6, 0200, F_SBCTL, NULL, NULL, NULL, NULL, NULL, NULL },
+	{ "egress", 12, 0644, F_SETTING, NULL, sandbox_render_egress, NULL, NULL, sandbox_write_egress, sandbox_has_egress },
 };
 
 static const struct file_def proc_files[] = {

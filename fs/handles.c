@@ -81,6 +81,7 @@ const char fs_readme[] =
 	"    exec     write a command, read its output on the same open file\n"
 	"    console  the guest's serial log\n"
 	"    ctl      pause | resume | hibernate | stop | start | fork NEW | template NEW\n"
+	"    egress   outbound policy (with --net): \"default allow|deny\", then \"allow|deny CIDR|NAME|any [tcp|udp] [port N]\" lines\n"
 	"    root     symlink to live/NAME\n"
 	"    procs/ID/  mkdir = process slot: cmd (write to start), stdin, stdout, stderr (stream), status, signal\n"
 	"  live/NAME/  the running guest's own filesystem\n"
