@@ -34,7 +34,7 @@
 #include <netlink/route/route.h>
 #include <nftables/libnftables.h>
 
-#include "internal.h"
+#include "np_internal.h"
 
 #define NETNS_DIR "/run/netns"
 

@@ -20,7 +20,6 @@
  * (per slot and in all) and their time are bounded (below).
  */
 #include <arpa/inet.h>
-#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -36,10 +35,8 @@
 #include <ldns/ldns.h>
 
 #include "egress.h"
-#include "internal.h"
+#include "np_internal.h"
 
-#define QUERY_MAX 1232		 /* bytes of a guest's query (EDNS's safe size; a real query is far smaller) */
-#define ANSWER_MAX 4096		 /* bytes of an answer relayed */
 #define INFLIGHT_MAX 256	 /* queries forwarded and not yet answered, all slots */
 #define SLOT_INFLIGHT_MAX 16	 /* ... of one slot; more are dropped (the guest retries) */
 #define QUERY_TIMEOUT_MS 3000	 /* an unanswered query is forgotten */
@@ -55,9 +52,7 @@ struct query {
 	unsigned slot;		/* index */
 	uint32_t gen;		/* of the slot when asked */
 	struct sockaddr_in guest;
-	ldns_rdf *qname;
-	ldns_rr_type qtype;
-	ldns_rr_class qclass;
+	struct np_dns_question q;
 	uint64_t deadline_ns;
 };
 
@@ -176,7 +171,7 @@ static void query_end(struct np_resolver *r, struct query *q)
 		return;
 	epoll_ctl(r->epfd, EPOLL_CTL_DEL, q->fd, NULL);
 	close(q->fd);
-	ldns_rdf_deep_free(q->qname);
+	np_dns_question_clear(&q->q);
 	if (r->inflight[q->slot])
 		r->inflight[q->slot]--;
 	memset(q, 0, sizeof(*q));
@@ -206,147 +201,83 @@ void np_resolver_remove(struct np_resolver *r, struct netslot *s)
 /* A guest's query: checked, then forwarded from a socket of its own. lock held. */
 static void on_query(struct np_resolver *r, unsigned index, uint8_t *buf, size_t n, const struct sockaddr_in *from)
 {
-	ldns_pkt *pkt = NULL;
-	ldns_rr *qrr;
+	struct np_dns_question question = { 0 };
 	struct query *q = NULL;
 	uint16_t id;
-	int fd;
+	int fd = -1;
 
-	if (!r->have_upstream || n < 12 || n > QUERY_MAX || r->inflight[index] >= SLOT_INFLIGHT_MAX)
+	if (!r->have_upstream || r->inflight[index] >= SLOT_INFLIGHT_MAX || np_dns_query_parse(buf, n, &question) < 0)
 		goto drop;
-	if (ldns_wire2pkt(&pkt, buf, n) != LDNS_STATUS_OK)
-		goto drop;
-	if (ldns_pkt_qr(pkt) || ldns_pkt_get_opcode(pkt) != LDNS_PACKET_QUERY || ldns_pkt_qdcount(pkt) != 1 ||
-	    ldns_rr_list_rr_count(ldns_pkt_question(pkt)) != 1)
-		goto drop;
-	qrr = ldns_rr_list_rr(ldns_pkt_question(pkt), 0);
 	for (unsigned i = 0; i < INFLIGHT_MAX && !q; i++)
 		if (!r->q[i].used)
 			q = &r->q[i];
-	if (!q)
+	if (!q || (fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)) < 0 ||
+	    connect(fd, (struct sockaddr *)&r->upstream, sizeof(r->upstream)) < 0)
 		goto drop;
-	fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		goto drop;
-	if (connect(fd, (struct sockaddr *)&r->upstream, sizeof(r->upstream)) < 0) {
-		close(fd);
-		goto drop;
-	}
 	id = (uint16_t)arc4random_uniform(65536);
 	q->guest_id = (uint16_t)(buf[0] << 8 | buf[1]);
 	buf[0] = (uint8_t)(id >> 8);
 	buf[1] = (uint8_t)id;
-	if (send(fd, buf, n, 0) != (ssize_t)n) {
-		close(fd);
-		goto drop;
-	}
 	struct epoll_event ev = { .events = EPOLLIN, .data.u64 = KEY_UPSTREAM | (uint64_t)(q - r->q) };
 
-	if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, fd, &ev) < 0 || !(q->qname = ldns_rdf_clone(ldns_rr_owner(qrr)))) {
-		close(fd);
+	if (send(fd, buf, n, 0) != (ssize_t)n || epoll_ctl(r->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
 		goto drop;
-	}
 	q->used = true;
 	q->fd = fd;
+	q->up_id = id;
 	q->slot = index;
 	q->gen = r->gens[index];
 	q->guest = *from;
-	q->qtype = ldns_rr_get_type(qrr);
-	q->qclass = ldns_rr_get_class(qrr);
+	q->q = question;
 	q->deadline_ns = now_ns() + (uint64_t)QUERY_TIMEOUT_MS * 1000000u;
-	q->up_id = id;
 	r->inflight[index]++;
-	ldns_pkt_free(pkt);
 	return;
 drop:
+	if (fd >= 0)
+		close(fd);
+	np_dns_question_clear(&question);
 	r->dropped++;
-	ldns_pkt_free(pkt);
-}
-
-/* The question name, lowercased, without the root's dot; NULL if it has bytes no rule could name. */
-static char *qname_text(const ldns_rdf *name)
-{
-	char *s = ldns_rdf2str(name);
-	size_t l;
-
-	if (!s)
-		return NULL;
-	for (char *c = s; *c; c++)
-		*c = (char)tolower((unsigned char)*c);
-	l = strlen(s);
-	if (l && s[l - 1] == '.')
-		s[--l] = '\0';
-	return s;
 }
 
 /* Adds the answer's A records to the sets of the rules naming the question. slot's egress_lock held. */
-static void fill_sets(struct np_resolver *r, struct netslot *s, const struct query *q, ldns_pkt *pkt)
+static void fill_sets(struct np_resolver *r, struct netslot *s, const struct query *q, const ldns_pkt *pkt)
 {
 	struct egress_element el[ELEMENTS_MAX];
-	const struct egress_policy *pol = s->egress;
-	ldns_rr_list *ans = ldns_pkt_answer(pkt);
-	_Bool any_rule = false;
-	size_t n = 0;
-	char *name, *script, *err = NULL;
+	size_t n = np_dns_elements(s->egress, &q->q, pkt, el, ELEMENTS_MAX);
+	char *script, *err = NULL, *name;
 
-	if (!pol || q->qclass != LDNS_RR_CLASS_IN || !(name = qname_text(q->qname)))
+	if (!n || !(script = egress_nft_elements(el, n)))
 		return;
-	for (unsigned i = 0; i < pol->n_rules; i++) {
-		if (pol->rules[i].target != EGRESS_NAME || !egress_name_matches(pol->rules[i].name, name))
-			continue;
-		any_rule = true;
-		for (size_t k = 0; k < ldns_rr_list_rr_count(ans) && n < ELEMENTS_MAX; k++) {
-			const ldns_rr *rr = ldns_rr_list_rr(ans, k);
-			const ldns_rdf *rd = ldns_rr_rd_count(rr) == 1 ? ldns_rr_rdf(rr, 0) : NULL;
-			uint32_t a;
-
-			if (ldns_rr_get_type(rr) != LDNS_RR_TYPE_A || ldns_rr_get_class(rr) != LDNS_RR_CLASS_IN || !rd ||
-			    ldns_rdf_size(rd) != 4)
-				continue;
-			memcpy(&a, ldns_rdf_data(rd), 4);
-			el[n++] = (struct egress_element){ .rule = i, .addr = ntohl(a), .ttl = ldns_rr_ttl(rr) };
-		}
+	if (netpool_nft_in(s, script, &err) < 0) {
+		name = np_dns_name_text(&q->q);
+		np_note(r->p, "resolver: %s: adding the addresses of %s to its egress sets failed: %s", s->netns,
+			name ? name : "?", err ? err : "?");
+		free(name);
 	}
-	if (any_rule && n && (script = egress_nft_elements(el, n))) {
-		if (netpool_nft_in(s, script, &err) < 0)
-			np_note(r->p, "resolver: %s: adding the addresses of %s to its egress sets failed: %s",
-				     s->netns, name, err ? err : "?");
-		free(script);
-	}
+	free(script);
 	free(err);
-	free(name);
 }
 
 /* An upstream's answer to query q: checked, the sets filled, relayed. lock held. */
 static void on_answer(struct np_resolver *r, struct query *q)
 {
-	uint8_t buf[ANSWER_MAX];
+	uint8_t buf[NP_DNS_ANSWER_MAX];
 	ssize_t n = recv(q->fd, buf, sizeof(buf), MSG_TRUNC);
 	ldns_pkt *pkt = NULL;
 	struct netslot *s;
-	ldns_rr *qrr;
 
-	if (n < 12 || n > ANSWER_MAX || (uint16_t)(buf[0] << 8 | buf[1]) != q->up_id)
+	if (n < 0 || np_dns_answer_parse(buf, (size_t)n, q->up_id, &q->q, &pkt) < 0)
 		return; /* not the answer: wait for it (or the timeout) */
-	if (ldns_wire2pkt(&pkt, buf, (size_t)n) != LDNS_STATUS_OK || !ldns_pkt_qr(pkt) || ldns_pkt_qdcount(pkt) != 1 ||
-	    ldns_rr_list_rr_count(ldns_pkt_question(pkt)) != 1)
-		goto out;
-	qrr = ldns_rr_list_rr(ldns_pkt_question(pkt), 0);
-	if (ldns_rr_get_type(qrr) != q->qtype || ldns_rr_get_class(qrr) != q->qclass ||
-	    ldns_dname_compare(ldns_rr_owner(qrr), q->qname) != 0)
-		goto out;
 	s = r->slots[q->slot];
-	if (!s || r->gens[q->slot] != q->gen)
-		goto done; /* the slot went */
-	pthread_mutex_lock(&s->egress_lock);
-	fill_sets(r, s, q, pkt);
-	pthread_mutex_unlock(&s->egress_lock);
-	buf[0] = (uint8_t)(q->guest_id >> 8);
-	buf[1] = (uint8_t)q->guest_id;
-	sendto(s->dns_fd, buf, (size_t)n, 0, (const struct sockaddr *)&q->guest, sizeof(q->guest));
-done:
+	if (s && r->gens[q->slot] == q->gen) {
+		pthread_mutex_lock(&s->egress_lock);
+		fill_sets(r, s, q, pkt);
+		pthread_mutex_unlock(&s->egress_lock);
+		buf[0] = (uint8_t)(q->guest_id >> 8);
+		buf[1] = (uint8_t)q->guest_id;
+		sendto(s->dns_fd, buf, (size_t)n, 0, (const struct sockaddr *)&q->guest, sizeof(q->guest));
+	}
 	query_end(r, q);
-out:
 	ldns_pkt_free(pkt);
 }
 
@@ -355,7 +286,7 @@ static void on_slot(struct np_resolver *r, uint64_t key)
 	unsigned index = (unsigned)(key & 0xffffffffu);
 	uint32_t gen = (uint32_t)(key >> 32);
 	struct netslot *s = index < r->n_slots ? r->slots[index] : NULL;
-	uint8_t buf[QUERY_MAX + 1];
+	uint8_t buf[NP_DNS_QUERY_MAX + 1];
 
 	if (!s || r->gens[index] != gen)
 		return;

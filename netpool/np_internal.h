@@ -1,6 +1,8 @@
 /* netpool's own seams between netpool.c and resolver.c; not part of the library's API. */
 #pragma once
 
+#include <ldns/ldns.h>
+
 #include "netpool.h"
 
 /* Runs an nft script in the slot's namespace (the calling thread enters it and leaves). */
@@ -26,3 +28,25 @@ const char *np_resolver_upstream(const struct np_resolver *r);
 int np_resolver_socket(void);
 void np_resolver_add(struct np_resolver *r, struct netslot *s);
 void np_resolver_remove(struct np_resolver *r, struct netslot *s);
+
+/*
+ * The checks on DNS messages (dnsmsg.c; pure, fuzzed): everything a guest
+ * sends is hostile, and an answer must answer the query asked.
+ */
+#define NP_DNS_QUERY_MAX 1232  /* bytes of a guest's query (EDNS's safe size; a real one is far smaller) */
+#define NP_DNS_ANSWER_MAX 4096 /* bytes of an answer relayed */
+struct np_dns_question {
+	ldns_rdf *name;
+	ldns_rr_type type;
+	ldns_rr_class klass;
+};
+void np_dns_question_clear(struct np_dns_question *q);
+/* A standard query with exactly one question: 0 and its question; -EINVAL otherwise. */
+int np_dns_query_parse(const uint8_t *buf, size_t n, struct np_dns_question *ret);
+/* An answer with this id and the same single question: 0 and the packet (ldns_pkt_free); -EINVAL otherwise. */
+int np_dns_answer_parse(const uint8_t *buf, size_t n, uint16_t id, const struct np_dns_question *q, ldns_pkt **ret);
+/* The question's name, lowercased, no root dot (malloc'd; escapes as ldns writes them). */
+char *np_dns_name_text(const struct np_dns_question *q);
+/* The answer's A records, for each name rule of pol matching the question's name; at most max. */
+size_t np_dns_elements(const struct egress_policy *pol, const struct np_dns_question *q, const ldns_pkt *pkt,
+		       struct egress_element *el, size_t max);
