@@ -457,5 +457,43 @@ class Egress(harness.TestCase):
             os.rmdir(D.tpl("nonet"))
 
 
+class Restart(harness.TestCase):
+    def test_kill9_then_restart_applies_the_policy_again(self):
+        """A re-adopted sandbox's slot gets its policy again and a resolver socket: names still work."""
+        args = ["--net", "--net-range", "10.235.0.0/16", "--net-pool", "1", "--dns", ADDR1]
+        d = harness.Daemon(extra_args=args).start()
+        d2 = None
+        try:
+            pol = "default deny\nallow srv.test tcp port 8001\n"
+            set_hosts({"srv.test": ADDR1, "other.test": ADDR3})
+            with d.template("egr", bake=True, egress=pol):
+                st = d.create_ready("r1", t="egr")
+
+                def conn(dd):
+                    out, ok = dd.exec_plain("r1", "echo x | nc -w 2 %s 8001" % ADDR1, t="egr")
+                    return ok and b"hello 8001" in out
+
+                def lookup(dd):
+                    out, _ = dd.exec_plain("r1", "nslookup srv.test 172.16.0.1", t="egr")
+                    return ADDR1 in out.decode()
+
+                self.assertFalse(conn(d))
+                self.assertTrue(lookup(d))
+                self.assertTrue(conn(d))
+                d.kill9()
+                d2 = harness.Daemon(reuse=d, extra_args=args).start()
+                self.assertEqual(d2.status("r1", t="egr")["net"], st["net"])
+                # the policy holds, the name sets start empty, the resolver answers in the kept namespace
+                out, ok = d2.exec_plain("r1", "echo x | nc -w 2 %s 8002" % ADDR1, t="egr")
+                self.assertFalse(ok and b"hello" in out)
+                self.assertTrue(lookup(d2))
+                self.assertTrue(conn(d2))
+                d = d2
+        except BaseException:
+            (d2 or d).force_cleanup()
+            raise
+        d.stop()
+
+
 if __name__ == "__main__":
     harness.main()
