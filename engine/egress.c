@@ -92,6 +92,35 @@ void egress_slot_release(struct engine *e, struct netslot **net)
 	netpool_release(e->net, ns);
 }
 
+void egress_template_changed(struct template *t)
+{
+	struct engine *e = t->e;
+	struct sandbox **list = NULL;
+	size_t n = 0;
+
+	if (!e->net)
+		return;
+	pthread_mutex_lock(&e->lock);
+	if (t->n_sandboxes && (list = calloc(t->n_sandboxes, sizeof(*list))))
+		for (size_t i = 0; i < t->n_sandboxes; i++)
+			if (t->sandboxes[i]->net && !t->sandboxes[i]->settings.egress) {
+				list[n] = t->sandboxes[i];
+				atomic_fetch_add(&list[n]->refs, 1);
+				n++;
+			}
+	pthread_mutex_unlock(&e->lock);
+	for (size_t i = 0; i < n; i++) {
+		_cleanup_free_ char *why = NULL;
+
+		/* the same policy again costs nothing (netpool compares) */
+		if (sandbox_egress_apply(list[i], &why) < 0)
+			log_warn("sandbox %s/%s: egress: the template's new default not applied: %s", t->name,
+				 list[i]->name, why ? why : "?");
+		sandbox_unref(list[i]);
+	}
+	free(list);
+}
+
 bool sandbox_has_egress(struct sandbox *s)
 {
 	bool net;

@@ -289,6 +289,8 @@ int egress_apply_claimed(struct engine *e, struct netslot *ns, const struct temp
 			 char *const *own, char **ret_why);
 int sandbox_egress_apply(struct sandbox *s, char **ret_why);
 void sandbox_egress_clear(struct sandbox *s);
+/* A template's config changed: its sandboxes without a policy of their own get its default now. */
+void egress_template_changed(struct template *t);
 /* Gives *net back to the pool (vm_release), never while a policy is being applied to it. */
 void egress_slot_release(struct engine *e, struct netslot **net);
 

@@ -1208,6 +1208,8 @@ int template_write_config(struct template *t, const char *data, size_t len)
 	pthread_mutex_unlock(&e->lock);
 	template_config_clear(&cfg);
 	slots_free_list(e, stale);
+	if (r == 0)
+		egress_template_changed(t); /* its default may have changed */
 	return r;
 }
 

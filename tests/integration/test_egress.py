@@ -420,6 +420,14 @@ class Egress(harness.TestCase):
                              "# the template's default\ndefault deny\nallow %s/32 tcp port 8001\n" % ADDR1)
             self.assertTrue(connect("t1", ADDR1, 8001, t="egt"))
             self.assertFalse(connect("t1", ADDR1, 8002, t="egt"))
+            # a new default (not part of the identity: no rebake) applies at once to a sandbox without its own
+            ident = D.template_status("egt")["identity"]
+            harness.write_file(D.tpl("egt", "config"),
+                               json.dumps(dict(cfg, egress="default deny\nallow %s tcp port 8002\n" % ADDR1)))
+            self.assertEqual(D.template_status("egt")["identity"], ident)
+            self.assertEqual(D.template_status("egt")["state"], "ready")
+            self.assertTrue(connect("t1", ADDR1, 8002, t="egt"))
+            self.assertFalse(connect("t1", ADDR1, 8001, t="egt"))
             # its own replaces the default
             write_egress("t1", "default allow\n", t="egt")
             self.assertTrue(connect("t1", ADDR1, 8002, t="egt"))
