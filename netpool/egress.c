@@ -533,13 +533,15 @@ static void nft_deny(struct sbuf *b, const char *match, const struct egress_rule
 		nft_rule(b, match, "", r, REJECT_OTHER);
 }
 
-char *egress_nft_script(const struct egress_policy *p, const char *iif)
+char *egress_nft_script(const struct egress_policy *p, const char *iif, bool replace)
 {
 	struct sbuf b = { .ok = true };
 	const char *t = "ip " EGRESS_TABLE;
 
 	/* replaced whole, atomically: add (so the delete has one), delete, build again */
-	sb_add(&b, "add table %1$s\ndelete table %1$s\nadd table %1$s\n", t);
+	if (replace)
+		sb_add(&b, "add table %1$s\ndelete table %1$s\n", t);
+	sb_add(&b, "add table %s\n", t);
 	sb_add(&b, "add chain %s out { type filter hook forward priority filter; policy accept; }\n", t);
 	for (unsigned i = 0; i < p->n_rules; i++)
 		if (p->rules[i].target == EGRESS_NAME)

@@ -72,13 +72,15 @@ void egress_free(struct egress_policy *p);
 bool egress_equal(const struct egress_policy *a, const struct egress_policy *b);
 
 /*
- * The nftables script that replaces the table EGRESS_TABLE with this policy
- * for what arrives on interface iif (the guest's tap), in one transaction:
+ * The nftables script that makes (replace: replaces) the table EGRESS_TABLE
+ * with this policy for what arrives on interface iif (the guest's tap), in
+ * one transaction (a replacement costs the kernel a table deletion, ~10 ms;
+ * a slot's first policy, built with it, does not need one):
  * other traffic and established/related connections pass, then the rules in
  * order (a name rule matches set "nI", I its rule's index, filled by the
  * resolver), then the default. Denied: rejected (ICMP admin-prohibited).
  */
-char *egress_nft_script(const struct egress_policy *p, const char *iif);
+char *egress_nft_script(const struct egress_policy *p, const char *iif, bool replace);
 
 /* Does a looked-up name (lowercased, no trailing dot) match a name rule's pattern? */
 bool egress_name_matches(const char *pattern, const char *name);

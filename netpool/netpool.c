@@ -406,7 +406,7 @@ int netpool_egress_apply(struct netpool *p, struct netslot *s, const struct egre
 	pthread_mutex_lock(&s->egress_lock);
 	if (s->egress && egress_equal(s->egress, pol))
 		goto out; /* already so: nothing to do */
-	if (!(copy = egress_dup(pol)) || !(script = egress_nft_script(pol, NETPOOL_TAP))) {
+	if (!(copy = egress_dup(pol)) || !(script = egress_nft_script(pol, NETPOOL_TAP, true))) {
 		r = -ENOMEM;
 		goto out;
 	}
@@ -490,7 +490,7 @@ static int slot_inside(struct netpool *p, struct netslot *s, char **ret_error)
 		r = s->dns_fd;
 		set_error(ret_error, "%s: resolver socket on " NETPOOL_GW_ADDR ":53: %s", s->netns, strerror(-r));
 	}
-	if (r >= 0 && (!all || !(egress = egress_nft_script(all, NETPOOL_TAP))))
+	if (r >= 0 && (!all || !(egress = egress_nft_script(all, NETPOOL_TAP, false))))
 		r = -ENOMEM;
 	if (r >= 0) {
 		/* one transaction: NAT, the guest's DNS to the resolver, the egress policy (allow-all) */

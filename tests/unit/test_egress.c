@@ -139,7 +139,7 @@ static void test_nft_script(void **state)
 					   "deny pypi.example.org\n"
 					   "allow any ports 53,5353\n"
 					   "allow *.example.org udp\n");
-	char *s = egress_nft_script(p, "tap0");
+	char *s = egress_nft_script(p, "tap0", true);
 
 	(void)state;
 	assert_string_equal(s, "add table ip emberfs_egress\n"
@@ -160,7 +160,7 @@ static void test_nft_script(void **state)
 	free(s);
 	egress_free(p);
 	p = parse_ok("deny 1.2.3.4 tcp port 1\ndeny any udp\ndeny any ports 7,9\n");
-	s = egress_nft_script(p, "tap0");
+	s = egress_nft_script(p, "tap0", true);
 	assert_non_null(strstr(s, "add rule ip emberfs_egress out ip daddr 1.2.3.4/32 meta l4proto tcp th dport { 1 } reject with tcp reset\n"
 				  "add rule ip emberfs_egress out meta l4proto udp reject with icmp type admin-prohibited\n"
 				  "add rule ip emberfs_egress out meta l4proto tcp th dport { 7, 9 } reject with tcp reset\n"
@@ -169,7 +169,8 @@ static void test_nft_script(void **state)
 	free(s);
 	egress_free(p);
 	p = egress_allow_all();
-	s = egress_nft_script(p, "tap0");
+	s = egress_nft_script(p, "tap0", false);
+	assert_true(strncmp(s, "add table ip emberfs_egress\nadd chain", strlen("add table ip emberfs_egress\nadd chain")) == 0); /* a first policy: nothing to delete */
 	assert_non_null(strstr(s, "established,related accept\nadd rule ip emberfs_egress out accept\n"));
 	free(s);
 	egress_free(p);
