@@ -23,6 +23,7 @@ A sandbox's settings against a real daemon and real guests
 import errno
 import json
 import os
+import select
 import sys
 import time
 
@@ -82,6 +83,8 @@ class Settings(harness.TestCase):
     # ---- timeout ----
 
     def test_timeout_destroys_at_deadline(self):
+        evfd = os.open(os.path.join(D.mount, "events"), os.O_RDONLY)
+        self.addCleanup(os.close, evfd)
         D.create_ready("t1")
         t = json.loads(get("t1", "timeout"))
         self.assertEqual(t, {"timeout_s": 0, "deadline_unix_ms": None, "left_ms": None, "on_timeout": "destroy"})
@@ -98,6 +101,14 @@ class Settings(harness.TestCase):
         self.assertGreater(late, -0.05)
         self.assertLess(late, PRECISION_S)
         self.assertNotIn("t1", os.listdir(os.path.join(D.mount, "live")))
+        evs = []
+        p = select.poll()
+        p.register(evfd, select.POLLIN)
+        while p.poll(300):  # the reads that have something to return
+            evs += [json.loads(line) for line in os.read(evfd, 1 << 16).decode().splitlines()]
+        gone_ev = [e for e in evs if e.get("name") == "t1" and e.get("state") == "destroyed"]
+        self.assertEqual(len(gone_ev), 1, evs)
+        self.assertEqual(gone_ev[0].get("reason"), "timeout")
 
     def test_timeout_hibernates(self):
         D.create_ready("t2")
@@ -203,6 +214,14 @@ class Settings(harness.TestCase):
         put("m1", "metadata", "{}")
         self.assertEqual(sorted(os.listdir(by)), ["team"])
         self.assertFalse(os.path.exists(os.path.join(by, "team", "ml")))
+        # nothing is made or removed there by hand
+        self.assertErrno(errno.EPERM, os.mkdir, os.path.join(by, "new"))
+        self.assertErrno(errno.EPERM, os.mkdir, os.path.join(by, "team", "new"))
+        with self.assertRaises(OSError):
+            os.rmdir(os.path.join(by, "team", "web"))
+        with self.assertRaises(OSError):
+            os.unlink(os.path.join(by, "team", "web", "m2"))
+        self.assertEqual(os.listdir(os.path.join(by, "team", "web")), ["m2"])
         D.destroy("m2")
         self.assertEqual(os.listdir(by), [])
 
