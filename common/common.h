@@ -120,3 +120,13 @@ ssize_t base64_decode(const char *in, size_t inlen, uint8_t **ret);
  */
 #include <pthread.h>
 int thread_create(pthread_t *t, const pthread_attr_t *attr, void *(*fn)(void *), void *arg);
+
+/*
+ * A metadata key or value as one file name (MOUNT/sandboxes-by/KEY/VALUE):
+ * '%', '/', control bytes and DEL as %XX (upper-case hex), "." and ".." as
+ * "%2E" and "%2E%2E", the empty string as "%00" (no key or value holds NUL).
+ * encode: -ENAMETOOLONG past 255 bytes. decode: only a name encode makes
+ * (-EINVAL otherwise); out has room for len + 1 bytes.
+ */
+int meta_name_encode(const char *s, char out[static 256]);
+int meta_name_decode(const char *name, char *out, size_t out_size);

@@ -40,3 +40,72 @@ int name_validate(const char *name)
 			return -EINVAL;
 	return 0;
 }
+
+static bool meta_escaped(unsigned char c)
+{
+	return c == '%' || c == '/' || c < 0x20 || c == 0x7f;
+}
+
+int meta_name_encode(const char *s, char out[static 256])
+{
+	static const char hex[] = "0123456789ABCDEF";
+	size_t o = 0;
+
+	if (!*s || strcmp(s, ".") == 0 || strcmp(s, "..") == 0) {
+		const char *w = !*s ? "%00" : s[1] ? "%2E%2E" : "%2E";
+
+		strcpy(out, w);
+		return 0;
+	}
+	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+		if (o + (meta_escaped(*p) ? 3 : 1) > 255)
+			return -ENAMETOOLONG;
+		if (meta_escaped(*p)) {
+			out[o++] = '%';
+			out[o++] = hex[*p >> 4];
+			out[o++] = hex[*p & 15];
+		} else {
+			out[o++] = (char)*p;
+		}
+	}
+	out[o] = '\0';
+	return 0;
+}
+
+static int hexval(char c)
+{
+	return c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+int meta_name_decode(const char *name, char *out, size_t out_size)
+{
+	char again[256];
+	size_t o = 0;
+
+	if (strcmp(name, "%00") == 0) {
+		if (out_size < 1)
+			return -EINVAL;
+		out[0] = '\0';
+		return 0;
+	}
+	for (const char *p = name; *p; p++) {
+		int c = (unsigned char)*p;
+
+		if (*p == '%') {
+			int hi = hexval(p[1]), lo = hi < 0 ? -1 : hexval(p[2]);
+
+			if (lo < 0)
+				return -EINVAL;
+			c = hi << 4 | lo;
+			p += 2;
+		}
+		if (c == 0 || o + 1 >= out_size)
+			return -EINVAL;
+		out[o++] = (char)c;
+	}
+	out[o] = '\0';
+	/* only the one spelling encode gives names a value */
+	if (meta_name_encode(out, again) < 0 || strcmp(again, name))
+		return -EINVAL;
+	return 0;
+}

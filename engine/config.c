@@ -63,7 +63,7 @@ static int check_keys(json_object *o, char **ret_error)
 	static const char *const known[] = { "kernel", "initrd", "rootfs", "cmdline", "vcpus",
 					     "mem_mib", "backend", "accel", "net", "ready_tcp_port",
 					     "idle_timeout_s", "derived_from", "image", "disk_mib", "context",
-					     "start", "ready", "warm", "egress" };
+					     "start", "ready", "warm", "timeout_s", "on_timeout", "egress" };
 
 	json_object_object_foreach(o, key, val) {
 		bool ok = false;
@@ -226,6 +226,22 @@ static int parse_accel(json_object *o, struct template_config *cfg, char **ret_e
 	return 0;
 }
 
+/* A sandbox's lifetime: docs/interface.md, "Settings". */
+static int parse_timeout(json_object *o, struct template_config *cfg, char **ret_error)
+{
+	json_object *v;
+	int r = get_uint(o, "timeout_s", 0, (unsigned)TIMEOUT_MAX_S, &cfg->timeout_s, ret_error);
+
+	if (r < 0 || !json_object_object_get_ex(o, "on_timeout", &v))
+		return r;
+	if (!json_object_is_type(v, json_type_string) ||
+	    (cfg->on_timeout = timeout_action_from_name(json_object_get_string(v))) < 0) {
+		cfg->on_timeout = TIMEOUT_ACT_DEFAULT;
+		return error_first(ret_error, -EINVAL, "config: \"on_timeout\" must be \"destroy\" or \"hibernate\"");
+	}
+	return 0;
+}
+
 /* "egress": the default outbound policy of the template's sandboxes (netpool/egress.h), kept normalized. */
 static int parse_egress(json_object *o, struct template_config *cfg, char **ret_error)
 {
@@ -300,7 +316,8 @@ int template_config_parse_drivers(const char *json, size_t len, const struct vmm
 	    (r = parse_accel(o, cfg, ret_error)) < 0 ||
 	    (r = get_uint(o, "ready_tcp_port", 0, 65535, &cfg->ready_tcp_port, ret_error)) < 0 ||
 	    (r = get_uint(o, "idle_timeout_s", 0, 30 * 86400, &cfg->idle_timeout_s, ret_error)) < 0 ||
-	    (r = parse_net(o, cfg, ret_error)) < 0 || (r = parse_build(o, cfg, ret_error)) < 0) {
+	    (r = parse_timeout(o, cfg, ret_error)) < 0 || (r = parse_net(o, cfg, ret_error)) < 0 ||
+	    (r = parse_build(o, cfg, ret_error)) < 0) {
 		template_config_clear(cfg);
 		return r;
 	}
@@ -334,6 +351,10 @@ char *template_config_render(const struct template_config *cfg)
 		json_object_object_add(o, "ready_tcp_port", json_object_new_int((int)cfg->ready_tcp_port));
 	if (cfg->idle_timeout_s)
 		json_object_object_add(o, "idle_timeout_s", json_object_new_int((int)cfg->idle_timeout_s));
+	if (cfg->timeout_s)
+		json_object_object_add(o, "timeout_s", json_object_new_int64(cfg->timeout_s));
+	if (cfg->on_timeout != TIMEOUT_ACT_DEFAULT)
+		json_object_object_add(o, "on_timeout", json_object_new_string(timeout_action_name(cfg->on_timeout)));
 	if (cfg->derived_from)
 		json_object_object_add(o, "derived_from", json_object_new_string(cfg->derived_from));
 	if (cfg->image)

@@ -217,8 +217,5 @@ int sandbox_write_egress(struct sandbox *s, const char *data, size_t len)
 void sandbox_egress_clear(struct sandbox *s)
 {
 	free(s->egress_error);
-	s->egress_error = NULL;
-	/* settings.c's clearing of the settings takes this over when it comes */
-	free(s->settings.egress);
-	s->settings.egress = NULL;
+	s->egress_error = NULL; /* the policy itself is the settings' (settings_clear) */
 }

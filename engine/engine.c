@@ -676,6 +676,7 @@ int engine_new(const struct engine_options *opts, struct engine **ret)
 	if (r < 0)
 		goto fail;
 	engine_idler_start(e);
+	engine_deadlines_start(e); /* after re-adoption: a deadline passed while down is applied now */
 	*ret = e;
 	return 0;
 fail:
@@ -691,6 +692,7 @@ void engine_free(struct engine *e)
 	e->shutting_down = true;
 	pthread_mutex_unlock(&e->lock);
 	adopt_clear(e);
+	engine_deadlines_stop(e);
 	engine_idler_stop(e);
 	/* Templates destroy their sandboxes and join their bakes. */
 	for (size_t i = 0; i < e->n_templates; i++)

@@ -129,6 +129,8 @@ struct template_config {
 	bool net;		 /* a NIC (virtio-net) on a network slot; see netpool/netpool.h */
 	unsigned ready_tcp_port; /* also wait for a TCP connect to this guest port (needs net); 0: no */
 	unsigned idle_timeout_s; /* hibernate a sandbox after this long without an exec; 0: never */
+	unsigned timeout_s;	 /* a new sandbox's timeout (its `timeout` file); 0: none */
+	int on_timeout;		 /* TIMEOUT_ACT_* (parse.h): what a sandbox's timeout does; DEFAULT: destroy */
 	char *derived_from;	 /* set by ctl "template NEW": the snapshot came from a sandbox, not a boot */
 	/* a root disk built from an OCI image (instead of rootfs), or by the template's Dockerfile */
 	char *image;		 /* "oci:/PATH[:NAME]", "docker-archive:/PATH", "docker://REF"; NULL: none */
@@ -302,6 +304,28 @@ void exec_result_clear(struct exec_result *r);
  */
 int sandbox_exec_async(struct sandbox *s, const char *cmd, size_t len, struct exec_result *res, engine_done_fn done,
 		       void *arg);
+
+/*
+ * A sandbox's settings (docs/interface.md, "Settings"): files written whole;
+ * a bad value is -EINVAL and changes nothing. Rendered text is malloc'd.
+ */
+char *sandbox_render_timeout(struct sandbox *s);
+int sandbox_write_timeout(struct sandbox *s, const char *data, size_t len);
+char *sandbox_render_metadata(struct sandbox *s);
+int sandbox_write_metadata(struct sandbox *s, const char *data, size_t len);
+char *sandbox_render_env(struct sandbox *s);
+int sandbox_write_env(struct sandbox *s, const char *data, size_t len);
+/*
+ * sandboxes-by/: the metadata keys sandboxes have, the values of one key,
+ * the names of the sandboxes with key = value (strv_free each); and the
+ * template of a sandbox by its name (malloc'd, NULL if none).
+ */
+char **engine_metadata_keys(struct engine *e);
+char **engine_metadata_values(struct engine *e, const char *key);
+char **engine_metadata_match(struct engine *e, const char *key, const char *value);
+char *engine_sandbox_template_name(struct engine *e, const char *name);
+/* A new object id (never reused, never one of the engine's objects): for what the fs layer names itself. */
+uint64_t engine_new_id(struct engine *e);
 
 /* The guest's own files (live/). */
 #include "guestfs.h"

@@ -436,7 +436,7 @@ int proc_start(struct proc *p, const char *text, size_t len)
 	json_object *wreq;
 	int r;
 
-	if (!req)
+	if (!req || settings_env_apply(p->s, req) < 0)
 		return -EINVAL;
 	pthread_mutex_lock(&p->lock);
 	r = p->state != PROC_NEW || p->removed ? -EBUSY : 0;

@@ -15,12 +15,7 @@
 #include "driver.h"
 #include "idtable.h"
 
-static inline void json_object_putp(json_object **o)
-{
-	if (*o)
-		json_object_put(*o);
-}
-#define _cleanup_json_ _cleanup_(json_object_putp)
+#include "parse.h" /* _cleanup_json_ */
 
 /* ---- timings ---- */
 #define MAX_PHASES 16
@@ -483,11 +478,10 @@ struct template {
  * What a user set on one sandbox (settings.c; docs/interface.md, "Settings"):
  * protected by e->lock, kept in its record, copied by a fork.
  */
-enum on_timeout { ON_TIMEOUT_DEFAULT = 0, ON_TIMEOUT_DESTROY, ON_TIMEOUT_HIBERNATE };
 struct sandbox_settings {
 	uint64_t deadline_ms;	  /* realtime, unix ms; 0: no timeout */
 	uint64_t timeout_s;	  /* as last set (0: none) */
-	enum on_timeout on_timeout; /* DEFAULT: the template's */
+	int on_timeout;		  /* TIMEOUT_ACT_* (parse.h); DEFAULT: the template's */
 	json_object *metadata;	  /* an object of strings; NULL: none */
 	char **env;		  /* "KEY=VALUE", NULL-terminated; NULL: none */
 	char *egress;		  /* the outbound policy, normalized text; NULL: the template's */
@@ -613,6 +607,9 @@ struct engine {
 	unsigned slots_preparing; /* across templates, protected by lock; at most opts.pool_parallel */
 	uint64_t last_settled_ns; /* when a create last left `creating` (protected by lock) */
 	struct hist hist[H_MAX];  /* protected by lock */
+	pthread_t deadliner;	  /* sandbox timeouts (settings.c) */
+	pthread_cond_t deadline_cond;
+	bool deadline_started, deadline_stop, deadline_kicked; /* protected by lock */
 	pthread_t idler;	  /* idle timeouts (lifecycle.c) */
 	pthread_cond_t idler_cond;
 	bool idler_started, idler_stop;
@@ -751,3 +748,15 @@ int template_load_bake(struct template *t);
 int cold_acquire(struct engine *e, const atomic_bool *cancel);
 void cold_release(struct engine *e);
 void cold_wake(struct engine *e);
+
+/* ---- a sandbox's settings (settings.c) ---- */
+int settings_init(struct sandbox *s, struct template *t, const struct sandbox *fork_src); /* e->lock held */
+void settings_clear(struct sandbox_settings *st);
+json_object *settings_json(const struct sandbox *s); /* e->lock held */
+void settings_from_json(struct sandbox *s, json_object *o);
+void settings_kick(struct engine *e); /* e->lock held */
+int settings_env_apply(struct sandbox *s, json_object *req);
+void engine_deadlines_start(struct engine *e);
+void engine_deadlines_stop(struct engine *e);
+/* engine_sandbox_destroy, with why in its event ("reason"); NULL: a user's rmdir */
+int sandbox_destroy_why(struct engine *e, struct template *t, const char *name, const char *why);

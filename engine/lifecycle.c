@@ -330,6 +330,14 @@ static int start_own_vmm(struct sandbox *s, int state_fd, const char **step)
 	int r = run_own_vmm(s, state_fd, step);
 
 	pthread_mutex_lock(&s->e->lock);
+	/*
+	 * A failed start's VMM is the operation's to end: marked retiring in
+	 * the same critical section that ends vmm_starting, so a supervisor
+	 * seeing its exit a moment later hands it back instead of calling it a
+	 * crash (and a retire_vmm waiting for the hand-back waited forever).
+	 */
+	if (r < 0 && s->vmm && !s->vmm_exited)
+		s->vmm_retiring = s->vmm;
 	s->vmm_starting = false;
 	if (r == 0 && s->vmm_exited)
 		r = -ECHILD;

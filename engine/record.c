@@ -137,6 +137,7 @@ static json_object *sandbox_record_json(struct sandbox *s)
 	json_object_object_add(o, "adoptions", json_object_new_int((int)s->adoptions));
 	json_object_object_add(o, "machine_id", json_object_new_string(s->machine_id));
 	json_object_object_add(o, "procs", sandbox_procs_json(s));
+	json_object_object_add(o, "settings", settings_json(s));
 	return o;
 }
 
@@ -431,6 +432,7 @@ static struct sandbox *sandbox_from_record(struct engine *e, struct template *t,
 	atomic_fetch_add(&t->refs, 1);
 	s->tpl = t;
 	sandbox_procs_from_json(s, json_object_object_get_ex(o, "procs", &tv) ? tv : NULL);
+	settings_from_json(s, json_object_object_get_ex(o, "settings", &tv) ? tv : NULL);
 	if (!s->dir || !s->rundir || !s->console_path) {
 		sandbox_unref(s);
 		return NULL;

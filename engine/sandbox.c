@@ -89,6 +89,7 @@ void sandbox_unref(struct sandbox *s)
 	free(s->ctl_error);
 	free(s->fork_of);
 	free(s->procs);
+	settings_clear(&s->settings);
 	sandbox_egress_clear(s);
 	free(s);
 }
@@ -942,6 +943,8 @@ int sandbox_create_internal(struct engine *e, struct template *t, const char *na
 			s->miss_reason = miss_reason_name(miss);
 	}
 	if (r == 0)
+		r = settings_init(s, t, fork_src);
+	if (r == 0)
 		r = sandbox_index(s);
 	if (r == 0) {
 		atomic_fetch_add(&t->refs, 1);
@@ -971,6 +974,11 @@ free:
 }
 
 int engine_sandbox_destroy(struct engine *e, struct template *t, const char *name)
+{
+	return sandbox_destroy_why(e, t, name, NULL);
+}
+
+int sandbox_destroy_why(struct engine *e, struct template *t, const char *name, const char *why)
 {
 	struct sandbox *s = NULL;
 	struct waiter *w = NULL;
@@ -1028,6 +1036,8 @@ int engine_sandbox_destroy(struct engine *e, struct template *t, const char *nam
 		json_object_object_add(ev, "template", json_object_new_string(t->name));
 		json_object_object_add(ev, "name", json_object_new_string(s->name));
 		json_object_object_add(ev, "state", json_object_new_string("destroyed"));
+		if (why)
+			json_object_object_add(ev, "reason", json_object_new_string(why));
 		engine_emit(e, s->id, ev);
 	}
 	pthread_mutex_unlock(&e->lock);
@@ -1290,7 +1300,7 @@ int sandbox_exec_async(struct sandbox *s, const char *cmd, size_t len, struct ex
 	} else if (len > 0 && (req = json_object_new_object())) {
 		json_object_object_add(req, "sh", json_object_new_string_len(cmd, (int)len));
 	}
-	if (!req || exec_validate(req) < 0) {
+	if (!req || exec_validate(req) < 0 || settings_env_apply(s, req) < 0) {
 		json_object_put(req);
 		return -EINVAL;
 	}

@@ -42,6 +42,9 @@ static const struct file_def sb_files[] = {
 	{ "exec", 4, 0600, F_EXEC, NULL, NULL, NULL, NULL, NULL, NULL },
 	{ "console", 5, 0444, F_CONSOLE, NULL, NULL, NULL, NULL, NULL, NULL },
 	{ "ctl", 6, 0200, F_SBCTL, NULL, NULL, NULL, NULL, NULL, NULL },
+	{ "timeout", 7, 0644, F_SETTING, NULL, sandbox_render_timeout, NULL, NULL, sandbox_write_timeout, NULL },
+	{ "metadata", 10, 0644, F_SETTING, NULL, sandbox_render_metadata, NULL, NULL, sandbox_write_metadata, NULL },
+	{ "env", 11, 0644, F_SETTING, NULL, sandbox_render_env, NULL, NULL, sandbox_write_env, NULL },
 	{ "egress", 12, 0644, F_SETTING, NULL, sandbox_render_egress, NULL, NULL, sandbox_write_egress, sandbox_has_egress },
 };
 
@@ -74,6 +77,9 @@ void node_put(struct node *n)
 	n->t = NULL;
 	n->s = NULL;
 	n->p = NULL;
+	free(n->by_key);
+	free(n->by_value);
+	n->by_key = n->by_value = NULL;
 }
 
 int node_get(struct fs *f, fuse_ino_t ino, struct node *n)
@@ -87,7 +93,7 @@ int node_get(struct fs *f, fuse_ino_t ino, struct node *n)
 		return -ENOENT; /* live.c's own */
 	if (obj == 0) {
 		n->kind = idx == IDX_ROOT ? K_ROOT : idx == IDX_TEMPLATES ? K_TEMPLATES : idx == IDX_LIVE ? K_LIVE :
-			  K_STATIC_FILE;
+			  idx == IDX_BY ? K_BY : K_STATIC_FILE;
 		n->file = find_def(root_files, ARRAY_SIZE(root_files), NULL, idx);
 		return n->kind != K_STATIC_FILE || n->file ? 0 : -ENOENT;
 	}
@@ -97,7 +103,7 @@ int node_get(struct fs *f, fuse_ino_t ino, struct node *n)
 		n->file = n->kind == K_TPL_FILE ? find_def(tpl_files, ARRAY_SIZE(tpl_files), NULL, idx) : NULL;
 	} else if ((n->s = engine_sandbox_by_id(f->e, obj))) {
 		n->kind = idx == IDX_DIR ? K_SB_DIR : idx == IDX_SB_PROCS ? K_SB_PROCS : idx == IDX_SB_ROOT ? K_SB_ROOT :
-			  K_SB_FILE;
+			  idx == IDX_SB_BYLINK ? K_BY_LINK : K_SB_FILE;
 		n->file = n->kind == K_SB_FILE ? find_def(sb_files, ARRAY_SIZE(sb_files), NULL, idx) : NULL;
 		if (n->file && n->file->present_s && !n->file->present_s(n->s))
 			n->file = NULL;
@@ -109,7 +115,11 @@ int node_get(struct fs *f, fuse_ino_t ino, struct node *n)
 		n->kind = idx == IDX_DIR ? K_PROC_DIR : K_PROC_FILE;
 		n->file = n->kind == K_PROC_FILE ? find_def(proc_files, ARRAY_SIZE(proc_files), NULL, idx) : NULL;
 	} else {
-		return -ENOENT;
+		int r = bymeta_node(f, obj, n);
+
+		if (r < 0)
+			node_put(n);
+		return r;
 	}
 	if ((n->kind == K_TPL_FILE || n->kind == K_SB_FILE || n->kind == K_SLOT_FILE || n->kind == K_PROC_FILE) &&
 	    !n->file) {
@@ -122,7 +132,7 @@ int node_get(struct fs *f, fuse_ino_t ino, struct node *n)
 static bool is_dir(const struct node *n)
 {
 	return n->kind != K_STATIC_FILE && n->kind != K_TPL_FILE && n->kind != K_SB_FILE && n->kind != K_SLOT_FILE &&
-	       n->kind != K_PROC_FILE && n->kind != K_SB_ROOT;
+	       n->kind != K_PROC_FILE && n->kind != K_SB_ROOT && n->kind != K_BY_LINK;
 }
 
 /* templates/T/sandboxes/NAME/root: the sandbox's live/NAME, by a link that rm -rf never follows. */
@@ -133,14 +143,14 @@ static char *root_link(const struct node *n)
 	return asprintf(&t, "../../../../live/%s", sandbox_name(n->s)) < 0 ? NULL : t;
 }
 
-static void fill_attr(const struct node *n, struct stat *st)
+static void fill_attr(struct fs *f, const struct node *n, struct stat *st)
 {
 	memset(st, 0, sizeof(*st));
 	st->st_ino = n->ino;
 	st->st_uid = 0;
 	st->st_gid = 0;
-	if (n->kind == K_SB_ROOT) {
-		char *t = root_link(n);
+	if (n->kind == K_SB_ROOT || n->kind == K_BY_LINK) {
+		char *t = n->kind == K_SB_ROOT ? root_link(n) : bymeta_link(f, n);
 
 		st->st_mode = S_IFLNK | 0777;
 		st->st_nlink = 1;
@@ -158,14 +168,15 @@ static void fill_attr(const struct node *n, struct stat *st)
 }
 
 /* Object directories are not cached: they come and go outside the kernel's sight. */
-static void reply_entry(fuse_req_t req, const struct node *n)
+static void reply_entry(fuse_req_t req, struct fs *f, const struct node *n)
 {
 	struct fuse_entry_param ep = { 0 };
-	bool object_dir = n->kind == K_TPL_DIR || n->kind == K_SB_DIR || n->kind == K_SLOT_DIR || n->kind == K_PROC_DIR;
+	bool object_dir = n->kind == K_TPL_DIR || n->kind == K_SB_DIR || n->kind == K_SLOT_DIR || n->kind == K_PROC_DIR ||
+			  n->kind == K_BY || n->kind == K_BY_KEY || n->kind == K_BY_VALUE || n->kind == K_BY_LINK;
 
 	ep.ino = n->ino;
 	ep.generation = 1;
-	fill_attr(n, &ep.attr);
+	fill_attr(f, n, &ep.attr);
 	ep.attr_timeout = object_dir ? 0.0 : 1.0;
 	ep.entry_timeout = object_dir ? 0.0 : 1.0;
 	fuse_reply_entry(req, &ep);
@@ -185,6 +196,8 @@ static int lookup_child(struct fs *f, const struct node *p, const char *name, st
 			return node_get(f, INO(0, IDX_TEMPLATES), out);
 		if (strcmp(name, "live") == 0)
 			return node_get(f, INO(0, IDX_LIVE), out);
+		if (strcmp(name, "sandboxes-by") == 0)
+			return node_get(f, INO(0, IDX_BY), out);
 		d = find_def(root_files, ARRAY_SIZE(root_files), name, 0);
 		return d ? node_get(f, INO(0, d->idx), out) : -ENOENT;
 	case K_TEMPLATES:
@@ -240,6 +253,10 @@ static int lookup_child(struct fs *f, const struct node *p, const char *name, st
 	case K_PROC_DIR:
 		d = find_def(proc_files, ARRAY_SIZE(proc_files), name, 0);
 		return d ? node_get(f, INO(proc_id(p->p), d->idx), out) : -ENOENT;
+	case K_BY:
+	case K_BY_KEY:
+	case K_BY_VALUE:
+		return bymeta_lookup(f, p, name, out);
 	default:
 		return -ENOTDIR;
 	}
@@ -269,7 +286,7 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		fuse_reply_err(req, -r);
 		return;
 	}
-	reply_entry(req, &c);
+	reply_entry(req, f, &c);
 	node_put(&c);
 }
 
@@ -290,7 +307,7 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		fuse_reply_err(req, -r);
 		return;
 	}
-	fill_attr(&n, &st);
+	fill_attr(f, &n, &st);
 	node_put(&n);
 	fuse_reply_attr(req, &st, 0.0);
 }
@@ -346,6 +363,13 @@ static void add_cb(void *ctx, const char *name, fuse_ino_t ino, bool dir)
 	struct add_ctx *c = ctx;
 
 	dirbuf_add(c->req, c->b, name, ino, dir);
+}
+
+static void add_mode_cb(void *ctx, const char *name, fuse_ino_t ino, mode_t mode)
+{
+	struct add_ctx *c = ctx;
+
+	dirbuf_add_mode(c->req, c->b, name, ino, mode);
 }
 
 static void add_procs(fuse_req_t req, struct sandbox *s, struct dirbuf *b)
@@ -424,8 +448,17 @@ static int build_dir(fuse_req_t req, struct fs *f, struct node *n, struct dirbuf
 	case K_ROOT:
 		dirbuf_add(req, b, "templates", INO(0, IDX_TEMPLATES), true);
 		dirbuf_add(req, b, "live", INO(0, IDX_LIVE), true);
+		dirbuf_add(req, b, "sandboxes-by", INO(0, IDX_BY), true);
 		add_defs(req, b, 0, root_files, ARRAY_SIZE(root_files), NULL);
 		return 0;
+	case K_BY:
+	case K_BY_KEY:
+	case K_BY_VALUE: {
+		struct add_ctx c = { req, b };
+
+		bymeta_list(f, n, add_mode_cb, &c);
+		return 0;
+	}
 	case K_LIVE: {
 		struct add_ctx c = { req, b };
 
@@ -616,7 +649,7 @@ static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 		fuse_reply_err(req, -r);
 		return;
 	}
-	reply_entry(req, &c);
+	reply_entry(req, f, &c);
 	node_put(&c);
 }
 
@@ -717,7 +750,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		events_open(f, req, fi);
 		return;
 	}
-	if (n.kind == K_SB_ROOT) {
+	if (n.kind == K_SB_ROOT || n.kind == K_BY_LINK) {
 		node_put(&n);
 		fuse_reply_err(req, ELOOP);
 		return;
@@ -817,14 +850,14 @@ static void op_readlink(fuse_req_t req, fuse_ino_t ino)
 		return;
 	}
 	r = node_get(f, ino, &n);
-	if (r == 0 && n.kind != K_SB_ROOT)
+	if (r == 0 && n.kind != K_SB_ROOT && n.kind != K_BY_LINK)
 		r = -EINVAL;
 	if (r < 0) {
 		node_put(&n);
 		fuse_reply_err(req, -r);
 		return;
 	}
-	t = root_link(&n);
+	t = n.kind == K_SB_ROOT ? root_link(&n) : bymeta_link(f, &n);
 	node_put(&n);
 	if (t)
 		fuse_reply_readlink(req, t);
@@ -900,7 +933,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 		fuse_reply_err(req, -r);
 		return;
 	}
-	fill_attr(&n, &st);
+	fill_attr(f, &n, &st);
 	node_put(&n);
 	fuse_reply_attr(req, &st, 0.0);
 }
@@ -1008,7 +1041,8 @@ int fs_new(struct engine *e, int argc, char **argv, struct fs **ret)
 		free(f);
 		return -EINVAL;
 	}
-	if (events_init(f) < 0 || follow_init(f) < 0 || inval_new(f->se, &f->inval) < 0) {
+	if (events_init(f) < 0 || follow_init(f) < 0 || inval_new(f->se, &f->inval) < 0 || bymeta_init(f) < 0) {
+		inval_free(f->inval);
 		follow_free(f);
 		events_free(f);
 		fuse_session_destroy(f->se);
@@ -1046,6 +1080,7 @@ void fs_free(struct fs *f)
 	follow_free(f);
 	events_free(f);
 	inval_free(f->inval);
+	bymeta_free(f);
 	fuse_session_destroy(f->se);
 	pthread_mutex_destroy(&f->handles_lock);
 	free(f->mountpoint);

@@ -18,8 +18,9 @@
 #define IS_LIVE(ino) (((fuse_ino_t)(ino)&LIVE_INO_BIT) != 0)
 
 enum { IDX_ROOT = 1, IDX_TEMPLATES = 2, IDX_README = 3, IDX_VERSION = 4, IDX_METRICS = 5, IDX_LIVE = 6,
-       IDX_EVENTS = 7 };
-enum { IDX_DIR = 0, IDX_TPL_SANDBOXES = 5, IDX_TPL_SLOTS = 6, IDX_SB_PROCS = 8, IDX_SB_ROOT = 9 };
+       IDX_EVENTS = 7, IDX_BY = 8 };
+/* IDX_SB_BYLINK: a sandbox's link in sandboxes-by/KEY/VALUE/ */
+enum { IDX_DIR = 0, IDX_TPL_SANDBOXES = 5, IDX_TPL_SLOTS = 6, IDX_SB_PROCS = 8, IDX_SB_ROOT = 9, IDX_SB_BYLINK = 15 };
 
 enum ftype { F_STATIC, F_RENDER, F_CONFIG, F_CTL, F_POOL, F_WAIT, F_EXEC, F_CONSOLE, F_SBCTL, F_EVENTS,
 	     F_PCMD, F_PSTDIN, F_POUT, F_PERR, F_PSIGNAL, F_DOCKERFILE, F_BUILDLOG, F_SETTING };
@@ -42,6 +43,7 @@ struct file_def {
 enum kind {
 	K_ROOT, K_TEMPLATES, K_STATIC_FILE, K_TPL_DIR, K_TPL_FILE, K_TPL_SANDBOXES, K_SB_DIR, K_SB_FILE,
 	K_TPL_SLOTS, K_SLOT_DIR, K_SLOT_FILE, K_LIVE, K_SB_PROCS, K_SB_ROOT, K_PROC_DIR, K_PROC_FILE,
+	K_BY, K_BY_KEY, K_BY_VALUE, K_BY_LINK, /* sandboxes-by/KEY/VALUE/NAME (bymeta.c) */
 };
 
 /* A decoded inode; holds references to its objects. */
@@ -53,6 +55,7 @@ struct node {
 	uint64_t slot_id; /* K_SLOT_*: the slot, within template t */
 	struct proc *p;	  /* K_PROC_* */
 	const struct file_def *file;
+	char *by_key, *by_value; /* K_BY_KEY (key), K_BY_VALUE (both) */
 };
 
 /*
@@ -86,6 +89,7 @@ struct fs {
 	struct follow *follow;	    /* follow.c */
 	struct inval *inval;	    /* inval.c */
 	bool changes_detached;	    /* the engine's guestfs change hook is cleared (it goes first) */
+	struct bymeta *bymeta;	    /* bymeta.c */
 };
 
 /*
@@ -101,6 +105,17 @@ void fs_handle_del(struct fs *f, struct open_handle *oh);
 
 int node_get(struct fs *f, fuse_ino_t ino, struct node *n);
 void node_put(struct node *n);
+
+/* sandboxes-by/ (bymeta.c) */
+int bymeta_init(struct fs *f);
+void bymeta_free(struct fs *f);
+/* node_get of a by-directory's id (n->ino set): -ENOENT if unknown or matching nothing now */
+int bymeta_node(struct fs *f, uint64_t obj, struct node *n);
+/* p: K_BY, K_BY_KEY or K_BY_VALUE */
+int bymeta_lookup(struct fs *f, const struct node *p, const char *name, struct node *out);
+void bymeta_list(struct fs *f, const struct node *n, void (*add)(void *ctx, const char *name, fuse_ino_t ino, mode_t mode),
+		 void *ctx);
+char *bymeta_link(struct fs *f, const struct node *n); /* K_BY_LINK's target, malloc'd */
 
 /* File handle operations (handles.c). */
 void fh_open(struct fs *f, fuse_req_t req, struct node *n, struct fuse_file_info *fi);

@@ -81,10 +81,14 @@ const char fs_readme[] =
 	"    exec     write a command, read its output on the same open file\n"
 	"    console  the guest's serial log\n"
 	"    ctl      pause | resume | hibernate | stop | start | fork NEW | template NEW\n"
+	"    timeout  seconds [destroy|hibernate]; reads the deadline and what is left (JSON)\n"
+	"    metadata JSON object of strings; listed in sandboxes-by/KEY/VALUE/\n"
+	"    env      KEY=VALUE lines (or JSON): every later exec and procs/ process has them\n"
 	"    egress   outbound policy (with --net): \"default allow|deny\", then \"allow|deny CIDR|NAME|any [tcp|udp] [port N]\" lines\n"
 	"    root     symlink to live/NAME\n"
 	"    procs/ID/  mkdir = process slot: cmd (write to start), stdin, stdout, stderr (stream), status, signal\n"
 	"  live/NAME/  the running guest's own filesystem\n"
+	"  sandboxes-by/KEY/VALUE/NAME  links to the sandboxes whose metadata has KEY = VALUE\n"
 	"  events      JSON lines, one per lifecycle event (follows like tail -f)\n";
 
 static struct fh *fh_of(struct fuse_file_info *fi)
@@ -242,6 +246,8 @@ void fh_open(struct fs *f, fuse_req_t req, struct node *n, struct fuse_file_info
 		fuse_reply_err(req, -r);
 		return;
 	}
+	/* a setting opened to replace it and closed without a write (`: > env`) is emptied at the last close */
+	h->emptied = h->emptied || (h->type == F_SETTING && h->accmode != O_RDONLY && (h->oflags & O_TRUNC));
 	fs_handle_add(f, &h->oh, fh_release_open);
 	fi->fh = (uint64_t)(uintptr_t)h;
 	fi->direct_io = 1;
@@ -872,6 +878,7 @@ static int whole_write(struct fh *h, const char *buf, size_t size, off_t off)
 	}
 	if ((r = append(h, buf, size)) < 0)
 		return r;
+	h->emptied = false;
 	for (p = h->buf; p < h->buf + h->len && strchr(" \t\r\n", *p); p++)
 		;
 	h->partial = false;
@@ -1004,6 +1011,8 @@ void fh_release(fuse_req_t req, struct fuse_file_info *fi)
 		wait_answer(h, wait_take(h), -EINTR);
 	if (h->type == F_DOCKERFILE && h->emptied && template_write_dockerfile(h->node.t, "", 0) < 0)
 		log_debug("emptying a Dockerfile: refused (the template's status says why)");
+	if (h->type == F_SETTING && h->emptied && h->node.file->write_s(h->node.s, "", 0) < 0)
+		log_debug("emptying %s of sandbox %s: refused", h->node.file->name, sandbox_name(h->node.s));
 	/* closing a stdin opened for writing sends EOF */
 	if (h->type == F_PSTDIN && (h->pwritten || h->accmode != O_RDONLY))
 		proc_write(h->node.p, NULL, 0, true, eof_done, NULL);

@@ -401,6 +401,21 @@ class Egress(harness.TestCase):
         self.assertEqual(read_egress("i1"), "default deny\n")
         self.assertEqual(read_egress("i2"), "default allow\ndeny %s/32 tcp port 8002\n" % ADDR1)
 
+    def test_fork_has_the_parents_policy(self):
+        D.create_ready("f1")
+        write_egress("f1", "default deny\nallow %s tcp port 8001\n" % ADDR1)
+        harness.write_file(D.sb("f1", "ctl"), "fork f2")
+        st = D.wait_ready("f2")
+        self.assertEqual(read_egress("f2"), "default deny\nallow %s/32 tcp port 8001\n" % ADDR1)
+        self.assertTrue(connect("f2", ADDR1, 8001))
+        self.assertFalse(connect("f2", ADDR1, 8002))
+        # and its own from then on
+        write_egress("f2", "default allow\n")
+        self.assertTrue(connect("f2", ADDR1, 8002))
+        self.assertFalse(connect("f1", ADDR1, 8002))
+        self.assertIn("ip daddr %s" % ADDR1, slot_nft(D.status("f1")))
+        self.assertNotIn("ip daddr %s" % ADDR1, slot_nft(st))
+
     def test_policy_survives_hibernate_and_wake(self):
         D.create_ready("h1")
         write_egress("h1", "default deny\nallow %s tcp port 8001\n" % ADDR1)
@@ -474,8 +489,10 @@ class Restart(harness.TestCase):
         try:
             pol = "default deny\nallow srv.test tcp port 8001\n"
             set_hosts({"srv.test": ADDR1, "other.test": ADDR3})
-            with d.template("egr", bake=True, egress=pol):
+            with d.template("egr", bake=True, egress="default deny\n"):
                 st = d.create_ready("r1", t="egr")
+                # its own policy, kept in its record
+                harness.write_file(d.sb("r1", "egress", t="egr"), pol)
 
                 def conn(dd):
                     out, ok = dd.exec_plain("r1", "echo x | nc -w 2 %s 8001" % ADDR1, t="egr")
@@ -491,6 +508,8 @@ class Restart(harness.TestCase):
                 d.kill9()
                 d2 = harness.Daemon(reuse=d, extra_args=args).start()
                 self.assertEqual(d2.status("r1", t="egr")["net"], st["net"])
+                with open(d2.sb("r1", "egress", t="egr")) as f:
+                    self.assertEqual(f.read(), pol)
                 # the policy holds, the name sets start empty, the resolver answers in the kept namespace
                 out, ok = d2.exec_plain("r1", "echo x | nc -w 2 %s 8002" % ADDR1, t="egr")
                 self.assertFalse(ok and b"hello" in out)

@@ -1,0 +1,512 @@
+/*
+ * A sandbox's settings (docs/interface.md, "Settings"): its lifetime
+ * (timeout), its labels (metadata), the default environment of its commands
+ * (env). The egress policy is egress.c's; what it uses is usage.c's.
+ *
+ * Every setting lives in struct sandbox_settings under e->lock, is written
+ * whole (a parse error changes nothing), kept in the sandbox's record (so a
+ * restarted daemon has it) and copied by a fork. A new sandbox starts from
+ * its template's defaults (timeout_s, on_timeout).
+ *
+ * Deadlines are wall-clock times (unix ms), so one passed while the daemon
+ * was down is still passed at its restart. One thread sleeps until the
+ * nearest deadline and applies it: destroy, or hibernate.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "internal.h"
+
+#define DEADLINE_IDLE_MS 60000u	  /* the thread's longest sleep without a deadline */
+#define DEADLINE_RETRY_MS 50u	  /* a due sandbox still creating: looked at again after this */
+#define DEADLINE_BUSY_RETRY_MS 250u /* a hibernate refused (an exec runs): tried again after this */
+
+/* ---- the settings' life: a new sandbox, a fork, the record ---- */
+
+void settings_clear(struct sandbox_settings *st)
+{
+	json_object_put(st->metadata);
+	strv_free(st->env);
+	free(st->egress);
+	memset(st, 0, sizeof(*st));
+}
+
+static char **strv_dup(char *const *v)
+{
+	size_t n = 0;
+	char **c;
+
+	while (v && v[n])
+		n++;
+	if (!v || !(c = calloc(n + 1, sizeof(*c))))
+		return NULL;
+	for (size_t i = 0; i < n; i++)
+		if (!(c[i] = strdup(v[i]))) {
+			strv_free(c);
+			return NULL;
+		}
+	return c;
+}
+
+static json_object *json_dup(json_object *o)
+{
+	json_object *c = NULL;
+
+	return o && json_object_deep_copy(o, &c, NULL) == 0 ? c : NULL;
+}
+
+/* e->lock held; s is not visible yet. A fork copies its parent's; a new one has its template's defaults. */
+int settings_init(struct sandbox *s, struct template *t, const struct sandbox *fork_src)
+{
+	struct sandbox_settings *st = &s->settings;
+
+	if (fork_src) {
+		const struct sandbox_settings *p = &fork_src->settings;
+
+		st->timeout_s = p->timeout_s;
+		st->on_timeout = p->on_timeout;
+		/* its own deadline, counted from the fork */
+		st->deadline_ms = p->deadline_ms ? realtime_ms() + p->timeout_s * 1000u : 0;
+		st->metadata = json_dup(p->metadata);
+		st->env = strv_dup(p->env);
+		st->egress = p->egress ? strdup(p->egress) : NULL;
+		if ((p->metadata && !st->metadata) || (p->env && !st->env) || (p->egress && !st->egress)) {
+			settings_clear(st);
+			return -ENOMEM;
+		}
+	} else if (t->cfg.timeout_s) {
+		st->timeout_s = t->cfg.timeout_s;
+		st->deadline_ms = realtime_ms() + (uint64_t)t->cfg.timeout_s * 1000u;
+	}
+	if (st->deadline_ms)
+		settings_kick(s->e);
+	return 0;
+}
+
+/* e->lock held: what the record keeps. */
+json_object *settings_json(const struct sandbox *s)
+{
+	const struct sandbox_settings *st = &s->settings;
+	json_object *o = json_object_new_object(), *env = NULL;
+
+	json_object_object_add(o, "timeout_s", json_object_new_int64((int64_t)st->timeout_s));
+	json_object_object_add(o, "deadline_unix_ms", json_object_new_int64((int64_t)st->deadline_ms));
+	json_object_object_add(o, "on_timeout", st->on_timeout ? json_object_new_string(timeout_action_name(st->on_timeout)) : NULL);
+	json_object_object_add(o, "metadata", json_object_get(st->metadata));
+	if (st->env) {
+		env = json_object_new_array();
+		for (char **p = st->env; *p; p++)
+			json_object_array_add(env, json_object_new_string(*p));
+	}
+	json_object_object_add(o, "env", env);
+	json_object_object_add(o, "egress", st->egress ? json_object_new_string(st->egress) : NULL);
+	return o;
+}
+
+/* A re-adopted sandbox's settings from its record; what does not pass today's checks is dropped, with a warning. */
+void settings_from_json(struct sandbox *s, json_object *o)
+{
+	struct sandbox_settings *st = &s->settings;
+	json_object *v;
+	int a;
+
+	if (!o || !json_object_is_type(o, json_type_object))
+		return;
+	st->timeout_s = (uint64_t)jget_int(o, "timeout_s", 0);
+	st->deadline_ms = (uint64_t)jget_int(o, "deadline_unix_ms", 0);
+	if (st->timeout_s > TIMEOUT_MAX_S)
+		st->timeout_s = TIMEOUT_MAX_S;
+	st->on_timeout = (a = timeout_action_from_name(jget_str(o, "on_timeout"))) > 0 ? a : TIMEOUT_ACT_DEFAULT;
+	if (json_object_object_get_ex(o, "metadata", &v) && v) {
+		if (metadata_valid(v) && json_object_object_length(v) > 0)
+			st->metadata = json_object_get(v);
+		else
+			log_warn("sandbox %s: its recorded metadata is not valid: dropped", s->name);
+	}
+	if (json_object_object_get_ex(o, "env", &v) && json_object_is_type(v, json_type_array)) {
+		/* checked as the env file would check it */
+		_cleanup_free_ char *text = NULL, *err = NULL;
+		size_t len = 0;
+		FILE *f = open_memstream(&text, &len);
+
+		for (size_t i = 0; f && i < json_object_array_length(v); i++) {
+			const char *e = json_object_get_string(json_object_array_get_idx(v, i));
+
+			if (e && !strchr(e, '\n'))
+				fprintf(f, "%s\n", e);
+		}
+		if (f && fclose(f) == 0 && env_parse(text, len, &st->env, &err) < 0)
+			log_warn("sandbox %s: its recorded env is not valid (%s): dropped", s->name, err ? err : "");
+	}
+	if (jget_str(o, "egress"))
+		st->egress = strdup(jget_str(o, "egress"));
+	/* the deadline thread starts after re-adoption and looks at every sandbox first */
+}
+
+/* ---- timeout ---- */
+
+static int effective_action(const struct sandbox *s)
+{
+	int a = s->settings.on_timeout ? s->settings.on_timeout : s->tpl->cfg.on_timeout;
+
+	return a ? a : TIMEOUT_ACT_DESTROY;
+}
+
+char *sandbox_render_timeout(struct sandbox *s)
+{
+	struct engine *e = s->e;
+	uint64_t now = realtime_ms(), deadline, secs;
+	int act;
+	char *out;
+
+	pthread_mutex_lock(&e->lock);
+	deadline = s->settings.deadline_ms;
+	secs = s->settings.timeout_s;
+	act = effective_action(s);
+	pthread_mutex_unlock(&e->lock);
+	if (!deadline)
+		return asprintf(&out,
+				"{\"timeout_s\": 0, \"deadline_unix_ms\": null, \"left_ms\": null, \"on_timeout\": \"%s\"}\n",
+				timeout_action_name(act)) < 0 ?
+			       NULL :
+			       out;
+	return asprintf(&out,
+			"{\"timeout_s\": %" PRIu64 ", \"deadline_unix_ms\": %" PRIu64 ", \"left_ms\": %" PRIu64
+			", \"on_timeout\": \"%s\"}\n",
+			secs, deadline, deadline > now ? deadline - now : 0, timeout_action_name(act)) < 0 ?
+		       NULL :
+		       out;
+}
+
+int sandbox_write_timeout(struct sandbox *s, const char *data, size_t len)
+{
+	struct engine *e = s->e;
+	_cleanup_free_ char *err = NULL;
+	uint64_t secs;
+	int act, r;
+
+	if ((r = timeout_parse(data, len, &secs, &act, &err)) < 0) {
+		log_debug("sandbox %s: timeout refused: %s", s->name, err ? err : strerror(-r));
+		return r;
+	}
+	pthread_mutex_lock(&e->lock);
+	if (s->state == SB_DESTROYING) {
+		pthread_mutex_unlock(&e->lock);
+		return -ENOENT;
+	}
+	s->settings.timeout_s = secs;
+	s->settings.on_timeout = act;
+	s->settings.deadline_ms = secs ? realtime_ms() + secs * 1000u : 0;
+	atomic_fetch_add(&s->status_seq, 1);
+	settings_kick(e);
+	pthread_mutex_unlock(&e->lock);
+	sandbox_record_save(s);
+	return 0;
+}
+
+/* Applies s's passed deadline (the deadline thread, outside every lock). */
+static void deadline_fire(struct engine *e, struct sandbox *s)
+{
+	int act, r = 0;
+	enum sandbox_state st;
+
+	pthread_mutex_lock(&e->lock);
+	act = effective_action(s);
+	st = s->state;
+	pthread_mutex_unlock(&e->lock);
+	if (act == TIMEOUT_ACT_DESTROY) {
+		log_info("sandbox %s/%s: its timeout passed: destroyed", s->tpl->name, s->name);
+		r = sandbox_destroy_why(e, s->tpl, s->name, "timeout");
+		if (r < 0 && r != -ENOENT)
+			log_warn("sandbox %s/%s: timeout: destroy failed: %s", s->tpl->name, s->name, strerror(-r));
+		return;
+	}
+	if (st == SB_READY || st == SB_PAUSED) {
+		r = sandbox_ctl(s, "hibernate", strlen("hibernate"));
+		if (r == -EBUSY) {
+			pthread_mutex_lock(&e->lock);
+			r = s->state == SB_READY || s->state == SB_PAUSED ? -EBUSY : 0;
+			if (r == -EBUSY && s->settings.deadline_ms) /* an exec runs: again soon */
+				s->settings.deadline_ms = realtime_ms() + DEADLINE_BUSY_RETRY_MS;
+			pthread_mutex_unlock(&e->lock);
+			if (r == -EBUSY)
+				return;
+		}
+		if (r < 0)
+			log_warn("sandbox %s/%s: timeout: hibernate failed: %s", s->tpl->name, s->name, strerror(-r));
+		else
+			log_info("sandbox %s/%s: its timeout passed: hibernated", s->tpl->name, s->name);
+	}
+	/* done (or nothing to do: hibernated, stopped, failed): no deadline until one is set again */
+	pthread_mutex_lock(&e->lock);
+	s->settings.deadline_ms = 0;
+	s->settings.timeout_s = 0;
+	atomic_fetch_add(&s->status_seq, 1);
+	pthread_mutex_unlock(&e->lock);
+	sandbox_record_save(s);
+}
+
+static void *deadline_main(void *arg)
+{
+	struct engine *e = arg;
+
+	pthread_mutex_lock(&e->lock);
+	while (!e->deadline_stop) {
+		uint64_t now = realtime_ms(), next = now + DEADLINE_IDLE_MS;
+		struct sandbox *due = NULL;
+		struct timespec ts;
+
+		for (size_t i = 0; i < e->n_templates && !due; i++)
+			for (size_t k = 0; k < e->templates[i]->n_sandboxes && !due; k++) {
+				struct sandbox *s = e->templates[i]->sandboxes[k];
+				uint64_t d = s->settings.deadline_ms;
+
+				if (!d || s->state == SB_DESTROYING || atomic_load(&s->cancel))
+					continue;
+				if (d <= now && s->state != SB_CREATING) {
+					atomic_fetch_add(&s->refs, 1);
+					due = s;
+				} else if (d <= now) {
+					next = next < now + DEADLINE_RETRY_MS ? next : now + DEADLINE_RETRY_MS; /* applied once it is decided */
+				} else {
+					next = next < d ? next : d;
+				}
+			}
+		if (due) {
+			pthread_mutex_unlock(&e->lock);
+			deadline_fire(e, due);
+			sandbox_unref(due);
+			pthread_mutex_lock(&e->lock);
+			continue;
+		}
+		ts.tv_sec = (time_t)(next / 1000u);
+		ts.tv_nsec = (long)(next % 1000u) * 1000000L;
+		if (!e->deadline_stop && !e->deadline_kicked)
+			pthread_cond_timedwait(&e->deadline_cond, &e->lock, &ts);
+		e->deadline_kicked = false;
+	}
+	pthread_mutex_unlock(&e->lock);
+	return NULL;
+}
+
+/* A deadline was set or moved: the thread looks again (e->lock held). */
+void settings_kick(struct engine *e)
+{
+	if (!e->deadline_started)
+		return; /* started later: it looks at every sandbox first */
+	e->deadline_kicked = true;
+	pthread_cond_broadcast(&e->deadline_cond);
+}
+
+void engine_deadlines_start(struct engine *e)
+{
+	pthread_cond_init(&e->deadline_cond, NULL); /* CLOCK_REALTIME: deadlines are wall-clock times */
+	pthread_mutex_lock(&e->lock);
+	e->deadline_started = thread_create(&e->deadliner, NULL, deadline_main, e) == 0;
+	pthread_mutex_unlock(&e->lock);
+	if (!e->deadline_started)
+		log_warn("cannot start the timeout thread: sandbox timeouts will not be applied");
+}
+
+void engine_deadlines_stop(struct engine *e)
+{
+	if (!e->deadline_started)
+		return;
+	pthread_mutex_lock(&e->lock);
+	e->deadline_stop = true;
+	pthread_cond_broadcast(&e->deadline_cond);
+	pthread_mutex_unlock(&e->lock);
+	pthread_join(e->deadliner, NULL);
+	e->deadline_started = false;
+	pthread_cond_destroy(&e->deadline_cond);
+}
+
+/* ---- metadata ---- */
+
+char *sandbox_render_metadata(struct sandbox *s)
+{
+	struct engine *e = s->e;
+	char *out;
+
+	pthread_mutex_lock(&e->lock);
+	out = strjoin(s->settings.metadata ? json_object_to_json_string_ext(s->settings.metadata,
+									     JSON_C_TO_STRING_SPACED |
+										     JSON_C_TO_STRING_NOSLASHESCAPE) :
+					     "{}",
+		      "\n", NULL);
+	pthread_mutex_unlock(&e->lock);
+	return out;
+}
+
+int sandbox_write_metadata(struct sandbox *s, const char *data, size_t len)
+{
+	struct engine *e = s->e;
+	_cleanup_free_ char *err = NULL;
+	json_object *o = NULL, *old;
+	int r;
+
+	if ((r = metadata_parse(data, len, &o, &err)) < 0) {
+		log_debug("sandbox %s: metadata refused: %s", s->name, err ? err : strerror(-r));
+		return r;
+	}
+	pthread_mutex_lock(&e->lock);
+	old = s->settings.metadata;
+	s->settings.metadata = o;
+	pthread_mutex_unlock(&e->lock);
+	json_object_put(old);
+	sandbox_record_save(s);
+	return 0;
+}
+
+/* The sandboxes whose metadata has key (and value, unless NULL) as a list of what want collects. */
+static char **metadata_collect(struct engine *e, const char *key, const char *value, bool names)
+{
+	char **v = calloc(1, sizeof(*v));
+	size_t n = 0;
+
+	if (!v)
+		return NULL;
+	pthread_mutex_lock(&e->lock);
+	for (size_t i = 0; i < e->n_templates; i++)
+		for (size_t k = 0; k < e->templates[i]->n_sandboxes; k++) {
+			struct sandbox *s = e->templates[i]->sandboxes[k];
+			json_object *md = s->settings.metadata, *mv;
+			const char *add = NULL;
+			bool dup = false;
+			char **nv;
+
+			if (!md || s->state == SB_DESTROYING)
+				continue;
+			if (!key) {
+				json_object_object_foreach(md, mk, mval) {
+					(void)mval;
+					dup = false;
+					for (size_t j = 0; j < n && !dup; j++)
+						dup = strcmp(v[j], mk) == 0;
+					if (dup || !(nv = realloc(v, (n + 2) * sizeof(*v))))
+						continue;
+					v = nv;
+					if ((v[n] = strdup(mk)))
+						v[++n] = NULL;
+				}
+				continue;
+			}
+			if (!json_object_object_get_ex(md, key, &mv))
+				continue;
+			if (value && strcmp(json_object_get_string(mv), value))
+				continue;
+			add = names ? s->name : json_object_get_string(mv);
+			for (size_t j = 0; j < n && !dup; j++)
+				dup = strcmp(v[j], add) == 0;
+			if (dup || !(nv = realloc(v, (n + 2) * sizeof(*v))))
+				continue;
+			v = nv;
+			if ((v[n] = strdup(add)))
+				v[++n] = NULL;
+		}
+	pthread_mutex_unlock(&e->lock);
+	return v;
+}
+
+char **engine_metadata_keys(struct engine *e)
+{
+	return metadata_collect(e, NULL, NULL, false);
+}
+
+char **engine_metadata_values(struct engine *e, const char *key)
+{
+	return metadata_collect(e, key, NULL, false);
+}
+
+char **engine_metadata_match(struct engine *e, const char *key, const char *value)
+{
+	return metadata_collect(e, key, value, true);
+}
+
+char *engine_sandbox_template_name(struct engine *e, const char *name)
+{
+	char *out = NULL;
+
+	pthread_mutex_lock(&e->lock);
+	for (size_t i = 0; i < e->n_templates && !out; i++)
+		for (size_t k = 0; k < e->templates[i]->n_sandboxes && !out; k++)
+			if (strcmp(e->templates[i]->sandboxes[k]->name, name) == 0)
+				out = strdup(e->templates[i]->name);
+	pthread_mutex_unlock(&e->lock);
+	return out;
+}
+
+uint64_t engine_new_id(struct engine *e)
+{
+	return atomic_fetch_add(&e->next_id, 1);
+}
+
+/* ---- env ---- */
+
+char *sandbox_render_env(struct sandbox *s)
+{
+	struct engine *e = s->e;
+	char *out;
+
+	pthread_mutex_lock(&e->lock);
+	out = env_render(s->settings.env);
+	pthread_mutex_unlock(&e->lock);
+	return out;
+}
+
+int sandbox_write_env(struct sandbox *s, const char *data, size_t len)
+{
+	struct engine *e = s->e;
+	_cleanup_free_ char *err = NULL;
+	char **env = NULL, **old;
+	int r;
+
+	if ((r = env_parse(data, len, &env, &err)) < 0) {
+		log_debug("sandbox %s: env refused: %s", s->name, err ? err : strerror(-r));
+		return r;
+	}
+	pthread_mutex_lock(&e->lock);
+	old = s->settings.env;
+	s->settings.env = env;
+	pthread_mutex_unlock(&e->lock);
+	strv_free(old);
+	sandbox_record_save(s);
+	return 0;
+}
+
+/*
+ * The sandbox's env under a command's request (exec, procs/ID/cmd): what
+ * the request sets itself wins; the guest puts both over the image's.
+ */
+int settings_env_apply(struct sandbox *s, json_object *req)
+{
+	struct engine *e = s->e;
+	json_object *env;
+
+	if (json_object_object_get_ex(req, "env", &env)) {
+		if (!json_object_is_type(env, json_type_object))
+			return -EINVAL;
+	} else {
+		env = NULL;
+	}
+	pthread_mutex_lock(&e->lock);
+	for (char **p = s->settings.env; p && *p; p++) {
+		const char *eq = strchr(*p, '=');
+		char key[ENV_NAME_MAX + 1];
+
+		if (!eq || (size_t)(eq - *p) > ENV_NAME_MAX)
+			continue;
+		memcpy(key, *p, (size_t)(eq - *p));
+		key[eq - *p] = '\0';
+		if (!env) {
+			env = json_object_new_object();
+			json_object_object_add(req, "env", env);
+		}
+		if (!json_object_object_get_ex(env, key, NULL))
+			json_object_object_add(env, key, json_object_new_string(eq + 1));
+	}
+	pthread_mutex_unlock(&e->lock);
+	return 0;
+}
