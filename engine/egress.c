@@ -60,21 +60,27 @@ int egress_apply_claimed(struct engine *e, struct netslot *ns, const struct temp
 	return r;
 }
 
-int sandbox_egress_apply(struct sandbox *s, char **ret_why)
+/* apply_lock held */
+static int sandbox_egress_apply_locked(struct sandbox *s, char **ret_why)
 {
 	struct engine *e = s->e;
 	_cleanup_free_ char *text = NULL;
 	struct netslot *ns;
-	int r = 0;
 
-	pthread_mutex_lock(&apply_lock);
 	pthread_mutex_lock(&e->lock);
 	ns = s->net;
 	if (ns)
 		text = effective_text(&s->tpl->cfg, s->settings.egress);
 	pthread_mutex_unlock(&e->lock);
-	if (ns && e->net)
-		r = apply_text(e, ns, text, ret_why);
+	return ns && e->net ? apply_text(e, ns, text, ret_why) : 0;
+}
+
+int sandbox_egress_apply(struct sandbox *s, char **ret_why)
+{
+	int r;
+
+	pthread_mutex_lock(&apply_lock);
+	r = sandbox_egress_apply_locked(s, ret_why);
 	pthread_mutex_unlock(&apply_lock);
 	return r;
 }
@@ -150,6 +156,14 @@ char *sandbox_render_egress(struct sandbox *s)
 	return r < 0 ? NULL : out;
 }
 
+static bool blank(const char *data, size_t len)
+{
+	for (size_t i = 0; i < len; i++)
+		if (!strchr(" \t\r\n", data[i]) || !data[i])
+			return false;
+	return true;
+}
+
 /* Why a write was refused, for the next read (NULL: a write succeeded). */
 static void set_refused(struct sandbox *s, char *why)
 {
@@ -181,6 +195,28 @@ int sandbox_write_egress(struct sandbox *s, const char *data, size_t len)
 	if ((r = egress_parse(data, len, &pol, &why)) < 0) {
 		set_refused(s, why);
 		return r;
+	}
+	if (blank(data, len)) {
+		/* empty (`: > egress`): no policy of its own, the template's default again */
+		egress_free(pol);
+		pthread_mutex_lock(&apply_lock);
+		pthread_mutex_lock(&e->lock);
+		old = TAKE_PTR(s->settings.egress);
+		pthread_mutex_unlock(&e->lock);
+		r = sandbox_egress_apply_locked(s, &why);
+		if (r < 0) {
+			pthread_mutex_lock(&e->lock);
+			s->settings.egress = TAKE_PTR(old);
+			pthread_mutex_unlock(&e->lock);
+		}
+		pthread_mutex_unlock(&apply_lock);
+		free(old);
+		set_refused(s, r < 0 ? why : NULL);
+		if (r == 0) {
+			free(why);
+			sandbox_record_save(s);
+		}
+		return r < 0 ? -EIO : 0;
 	}
 	text = egress_render(pol);
 	if (!text) {

@@ -443,7 +443,14 @@ class Egress(harness.TestCase):
             self.assertEqual(D.template_status("egt")["state"], "ready")
             self.assertTrue(connect("t1", ADDR1, 8002, t="egt"))
             self.assertFalse(connect("t1", ADDR1, 8001, t="egt"))
-            # its own replaces the default
+            # its own replaces the default; emptied (`: > egress`), the default again
+            write_egress("t1", "default allow\n", t="egt")
+            self.assertTrue(connect("t1", ADDR1, 8001, t="egt"))
+            self.assertEqual(read_egress("t1", t="egt"), "default allow\n")
+            os.close(os.open(D.sb("t1", "egress", t="egt"), os.O_WRONLY | os.O_TRUNC))
+            self.assertEqual(read_egress("t1", t="egt"),
+                             "# the template's default\ndefault deny\nallow %s/32 tcp port 8002\n" % ADDR1)
+            self.assertFalse(connect("t1", ADDR1, 8001, t="egt"))
             write_egress("t1", "default allow\n", t="egt")
             self.assertTrue(connect("t1", ADDR1, 8002, t="egt"))
             ns = st["net"]["netns"]
