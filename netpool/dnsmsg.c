@@ -78,30 +78,42 @@ char *np_dns_name_text(const struct np_dns_question *q)
 	return s;
 }
 
+size_t np_dns_addrs(const ldns_pkt *pkt, uint32_t *addrs, uint32_t *ttls, size_t max)
+{
+	const ldns_rr_list *ans = ldns_pkt_answer(pkt);
+	size_t n = 0;
+
+	/* every A record of the answer: a CNAME chain's end counts for the name asked */
+	for (size_t k = 0; k < ldns_rr_list_rr_count(ans) && n < max; k++) {
+		const ldns_rr *rr = ldns_rr_list_rr(ans, k);
+		const ldns_rdf *rd = ldns_rr_rd_count(rr) == 1 ? ldns_rr_rdf(rr, 0) : NULL;
+		uint32_t a;
+
+		if (ldns_rr_get_type(rr) != LDNS_RR_TYPE_A || ldns_rr_get_class(rr) != LDNS_RR_CLASS_IN || !rd ||
+		    ldns_rdf_size(rd) != 4)
+			continue;
+		memcpy(&a, ldns_rdf_data(rd), 4);
+		addrs[n] = ntohl(a);
+		ttls[n++] = ldns_rr_ttl(rr);
+	}
+	return n;
+}
+
 size_t np_dns_elements(const struct egress_policy *pol, const struct np_dns_question *q, const ldns_pkt *pkt,
 		       struct egress_element *el, size_t max)
 {
-	const ldns_rr_list *ans = ldns_pkt_answer(pkt);
+	uint32_t addrs[64], ttls[64];
+	size_t n = 0, na;
 	char *name;
-	size_t n = 0;
 
 	if (!pol || q->klass != LDNS_RR_CLASS_IN || !(name = np_dns_name_text(q)))
 		return 0;
+	na = np_dns_addrs(pkt, addrs, ttls, 64);
 	for (unsigned i = 0; i < pol->n_rules && n < max; i++) {
 		if (pol->rules[i].target != EGRESS_NAME || !egress_name_matches(pol->rules[i].name, name))
 			continue;
-		/* every A record of the answer: a CNAME chain's end counts for the name asked */
-		for (size_t k = 0; k < ldns_rr_list_rr_count(ans) && n < max; k++) {
-			const ldns_rr *rr = ldns_rr_list_rr(ans, k);
-			const ldns_rdf *rd = ldns_rr_rd_count(rr) == 1 ? ldns_rr_rdf(rr, 0) : NULL;
-			uint32_t a;
-
-			if (ldns_rr_get_type(rr) != LDNS_RR_TYPE_A || ldns_rr_get_class(rr) != LDNS_RR_CLASS_IN || !rd ||
-			    ldns_rdf_size(rd) != 4)
-				continue;
-			memcpy(&a, ldns_rdf_data(rd), 4);
-			el[n++] = (struct egress_element){ .rule = i, .addr = ntohl(a), .ttl = ldns_rr_ttl(rr) };
-		}
+		for (size_t k = 0; k < na && n < max; k++)
+			el[n++] = (struct egress_element){ .rule = i, .addr = addrs[k], .ttl = ttls[k] };
 	}
 	free(name);
 	return n;

@@ -396,6 +396,28 @@ int netpool_nft_in(const struct netslot *s, const char *script, char **ret_error
 	return r;
 }
 
+/* The new policy's name sets start with what their names resolved to lately (egress_lock held). */
+static int with_recent(const struct netslot *s, const struct egress_policy *pol, char **script)
+{
+	struct egress_element el[256];
+	size_t n = np_recent_elements(s, pol, el, 256);
+	char *add, *all;
+
+	if (!n)
+		return 0;
+	if (!(add = egress_nft_elements(el, n)))
+		return -ENOMEM;
+	all = malloc(strlen(*script) + strlen(add) + 1);
+	if (all) {
+		strcpy(all, *script);
+		strcat(all, add);
+		free(*script);
+		*script = all;
+	}
+	free(add);
+	return all ? 0 : -ENOMEM;
+}
+
 int netpool_egress_apply(struct netpool *p, struct netslot *s, const struct egress_policy *pol, char **ret_error)
 {
 	struct egress_policy *copy = NULL;
@@ -406,8 +428,9 @@ int netpool_egress_apply(struct netpool *p, struct netslot *s, const struct egre
 	pthread_mutex_lock(&s->egress_lock);
 	if (s->egress && egress_equal(s->egress, pol))
 		goto out; /* already so: nothing to do */
-	if (!(copy = egress_dup(pol)) || !(script = egress_nft_script(pol, NETPOOL_TAP, true))) {
-		r = -ENOMEM;
+	if (!(copy = egress_dup(pol)) || !(script = egress_nft_script(pol, NETPOOL_TAP, true)) ||
+	    (r = with_recent(s, pol, &script)) < 0) {
+		r = r < 0 ? r : -ENOMEM;
 		goto out;
 	}
 	if ((r = netpool_nft_in(s, script, ret_error)) < 0)
@@ -456,6 +479,7 @@ void netpool_destroy(struct netpool *p, struct netslot *s)
 	p->destroyed++;
 	pthread_mutex_unlock(&p->lock);
 	egress_free(s->egress);
+	free(s->recent);
 	pthread_mutex_destroy(&s->egress_lock);
 	free(s);
 }

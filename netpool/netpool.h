@@ -33,6 +33,8 @@
 
 #include "egress.h"
 
+struct np_recent;
+
 #define NETPOOL_TAP "tap0"
 #define NETPOOL_TAP_MAC "02:ef:00:00:00:01"
 #define NETPOOL_GUEST_MAC "02:ef:00:00:00:02"
@@ -76,6 +78,7 @@ struct netslot {
 	double build_ms;
 	pthread_mutex_t egress_lock;
 	struct egress_policy *egress; /* as applied (egress_lock); NULL: unknown (a slot adopted) */
+	struct np_recent *recent;     /* egress_lock: addresses names resolved to lately (resolver.c) */
 	struct netslot *next;
 };
 

@@ -28,6 +28,17 @@ const char *np_resolver_upstream(const struct np_resolver *r);
 int np_resolver_socket(void);
 void np_resolver_add(struct np_resolver *r, struct netslot *s);
 void np_resolver_remove(struct np_resolver *r, struct netslot *s);
+/*
+ * What the slot's guest looked up lately (the last NP_RECENT_MAX A records
+ * answered, each until its TTL ends): a new policy's name sets start with
+ * the addresses its rules' names resolved to, so a policy write does not
+ * cut a guest off from a name it resolved a moment ago. Under egress_lock.
+ */
+#define NP_RECENT_MAX 128
+struct np_dns_question;
+void np_recent_note(struct netslot *s, const struct np_dns_question *q, const ldns_pkt *pkt);
+size_t np_recent_elements(const struct netslot *s, const struct egress_policy *pol, struct egress_element *el,
+			  size_t max);
 
 /*
  * The checks on DNS messages (dnsmsg.c; pure, fuzzed): everything a guest
@@ -47,6 +58,8 @@ int np_dns_query_parse(const uint8_t *buf, size_t n, struct np_dns_question *ret
 int np_dns_answer_parse(const uint8_t *buf, size_t n, uint16_t id, const struct np_dns_question *q, ldns_pkt **ret);
 /* The question's name, lowercased, no root dot (malloc'd; escapes as ldns writes them). */
 char *np_dns_name_text(const struct np_dns_question *q);
+/* The answer's A records (addresses host order, TTLs); at most max. */
+size_t np_dns_addrs(const ldns_pkt *pkt, uint32_t *addrs, uint32_t *ttls, size_t max);
 /* The answer's A records, for each name rule of pol matching the question's name; at most max. */
 size_t np_dns_elements(const struct egress_policy *pol, const struct np_dns_question *q, const ldns_pkt *pkt,
 		       struct egress_element *el, size_t max);

@@ -272,6 +272,7 @@ static void on_answer(struct np_resolver *r, struct query *q)
 	if (s && r->gens[q->slot] == q->gen) {
 		pthread_mutex_lock(&s->egress_lock);
 		fill_sets(r, s, q, pkt);
+		np_recent_note(s, &q->q, pkt);
 		pthread_mutex_unlock(&s->egress_lock);
 		buf[0] = (uint8_t)(q->guest_id >> 8);
 		buf[1] = (uint8_t)q->guest_id;
@@ -279,6 +280,55 @@ static void on_answer(struct np_resolver *r, struct query *q)
 	}
 	query_end(r, q);
 	ldns_pkt_free(pkt);
+}
+
+struct np_recent {
+	unsigned next; /* the oldest, overwritten next */
+	struct {
+		char name[256]; /* "": unused */
+		uint32_t addr;
+		uint64_t expires_ns;
+	} e[NP_RECENT_MAX];
+};
+
+void np_recent_note(struct netslot *s, const struct np_dns_question *q, const ldns_pkt *pkt)
+{
+	uint32_t addrs[32], ttls[32];
+	size_t n = q->klass == LDNS_RR_CLASS_IN ? np_dns_addrs(pkt, addrs, ttls, 32) : 0;
+	uint64_t now = now_ns();
+	char *name;
+
+	if (!n || (!s->recent && !(s->recent = calloc(1, sizeof(*s->recent)))) || !(name = np_dns_name_text(q)))
+		return;
+	for (size_t k = 0; k < n && strlen(name) < sizeof(s->recent->e[0].name); k++) {
+		unsigned i = s->recent->next;
+		uint32_t ttl = ttls[k] < EGRESS_TTL_MIN ? EGRESS_TTL_MIN : ttls[k] > EGRESS_TTL_MAX ? EGRESS_TTL_MAX : ttls[k];
+
+		s->recent->next = (i + 1) % NP_RECENT_MAX;
+		strcpy(s->recent->e[i].name, name);
+		s->recent->e[i].addr = addrs[k];
+		s->recent->e[i].expires_ns = now + (uint64_t)ttl * 1000000000u;
+	}
+	free(name);
+}
+
+size_t np_recent_elements(const struct netslot *s, const struct egress_policy *pol, struct egress_element *el,
+			  size_t max)
+{
+	uint64_t now = now_ns();
+	size_t n = 0;
+
+	for (unsigned i = 0; s->recent && i < pol->n_rules; i++) {
+		if (pol->rules[i].target != EGRESS_NAME)
+			continue;
+		for (unsigned k = 0; k < NP_RECENT_MAX && n < max; k++)
+			if (s->recent->e[k].name[0] && s->recent->e[k].expires_ns > now &&
+			    egress_name_matches(pol->rules[i].name, s->recent->e[k].name))
+				el[n++] = (struct egress_element){
+					.rule = i, .addr = s->recent->e[k].addr,
+					.ttl = (uint32_t)((s->recent->e[k].expires_ns - now) / 1000000000u) + 1 };
+	}
+	return n;
 }
 
 static void on_slot(struct np_resolver *r, uint64_t key)
