@@ -285,6 +285,7 @@ int cmdline_get(const char *key, char *out, size_t size);
 void init_root(void);
 int net_lo_up(void);
 int net_eth0_setup(void);
+int resolv_conf_setup(const char *gateway); /* net_eth0_setup's: a guest's DNS that leaves it */
 
 /* dispatch.c: requests: their fields, the op table lookup, replies */
 /* Record why @rq failed; returns -@err for the handler to pass up. */

@@ -279,5 +279,48 @@ int net_eth0_setup(void)
 	rt.rt_flags = RTF_UP | RTF_GATEWAY;
 	if (ioctl(fd, SIOCADDRT, &rt) < 0 && errno != EEXIST)
 		return -errno;
-	return 0;
+	return resolv_conf_setup(comma + 1);
+}
+
+/*
+ * The guest's DNS goes to the daemon's resolver: the slot redirects every
+ * port-53 packet the guest sends out, whatever the server's address. Only
+ * a guest that asks itself (no /etc/resolv.conf, an empty one, a dangling
+ * link, or nothing but loopback servers, as an image made for systemd's
+ * stub resolver has) would never send one: it gets "nameserver GATEWAY".
+ * Done at boot, so it is in the snapshot; an image's own servers stay.
+ */
+int resolv_conf_setup(const char *gateway)
+{
+	static const char path[] = "/etc/resolv.conf";
+	char buf[4096], line[64];
+	bool outside = false;
+	ssize_t n = -1;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+	if (fd >= 0) {
+		n = read(fd, buf, sizeof(buf) - 1);
+		close(fd);
+	}
+	if (n > 0) {
+		buf[n] = '\0';
+		for (char *p = buf; p && *p && !outside; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL) {
+			char addr[48];
+
+			if (sscanf(p, "nameserver %47s", addr) == 1)
+				outside = strncmp(addr, "127.", 4) != 0 && strcmp(addr, "::1") != 0;
+		}
+	}
+	if (outside)
+		return 0;
+	if (snprintf(line, sizeof(line), "nameserver %s\n", gateway) >= (int)sizeof(line))
+		return -EINVAL;
+	mkdir("/etc", 0755);
+	unlink(path); /* a dangling link or a loopback-only file */
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+	if (fd < 0)
+		return -errno;
+	n = write(fd, line, strlen(line));
+	close(fd);
+	return n == (ssize_t)strlen(line) ? 0 : -EIO;
 }

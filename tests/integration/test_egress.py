@@ -364,6 +364,12 @@ class Egress(harness.TestCase):
         self.assertIn(ADDR1, out)
         self.assertTrue(connect("n1", ADDR1, 8001))
         self.assertFalse(connect("n1", ADDR1, 8002))  # the rule's port only
+        # the image has no /etc/resolv.conf: the agent gave it the gateway, so a plain lookup leaves the guest
+        out, ok = ex("n1", "cat /etc/resolv.conf")
+        self.assertEqual(out, "nameserver 172.16.0.1\n")
+        out, ok = ex("n1", "nslookup srv.test")
+        self.assertTrue(ok, out)
+        self.assertIn(ADDR1, out)
         sets = slot_nft(st)
         self.assertRegex(sets, r"set n0 \{[^}]*elements = \{ %s timeout 30s" % ADDR1.replace(".", r"\."))
         # a name no rule names: resolved, not allowed
