@@ -254,6 +254,12 @@ const char *sandbox_name(const struct sandbox *s);
 char *sandbox_render_status(struct sandbox *s);
 char *sandbox_render_timings(struct sandbox *s);
 /*
+ * The usage file (usage.c): CPU, memory, disk and network figures, the
+ * host's fresh, the guest's sampled only while it runs (never waking it;
+ * else the last sample and its age). NULL without memory.
+ */
+char *sandbox_render_usage(struct sandbox *s);
+/*
  * ctl: "pause", "resume", "hibernate" (trailing newline allowed). Runs the
  * transition before returning: 0, -EINVAL (unknown verb), -EBUSY (refused
  * in this state; the reason lands in status "ctl_error"), or another errno

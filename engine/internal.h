@@ -14,6 +14,7 @@
 #include "netpool.h"
 #include "driver.h"
 #include "idtable.h"
+#include "usage.h"
 
 #include "parse.h" /* _cleanup_json_ */
 
@@ -559,6 +560,7 @@ struct sandbox {
 	uint64_t console_dropped; /* e->lock: bytes of console output dropped to keep within the cap */
 	struct sandbox_settings settings; /* e->lock */
 	char *egress_error; /* e->lock: why the last write of egress was refused (egress.c); NULL: it was not */
+	struct sandbox_usage usage;	  /* e->lock: the usage file's last figures (usage.c) */
 	/* the guest filesystems seen through it, dev + 1 each (guestfs.c: host inode numbers); lock-free */
 	atomic_uint_fast64_t fs_devs[SANDBOX_FS_DEVS];
 };
@@ -735,6 +737,10 @@ char **cgroup_dirs_of(char *const *bases, pid_t pid);
 
 /* The process state letter from /proc/PID/stat ('R', 'S', 'T', 'Z', ...), or 0. */
 char proc_state(pid_t pid);
+
+/* The usage file's last guest sample in the record (usage.c): e->lock held; NULL if none. */
+json_object *sandbox_usage_record_json(struct sandbox *s);
+void sandbox_usage_from_record(struct sandbox *s, json_object *o);
 
 /* Shared helpers. */
 int engine_file_digest(struct engine *e, const char *path, char out[65]);

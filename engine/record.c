@@ -138,6 +138,7 @@ static json_object *sandbox_record_json(struct sandbox *s)
 	json_object_object_add(o, "machine_id", json_object_new_string(s->machine_id));
 	json_object_object_add(o, "procs", sandbox_procs_json(s));
 	json_object_object_add(o, "settings", settings_json(s));
+	json_object_object_add(o, "usage", sandbox_usage_record_json(s));
 	return o;
 }
 
@@ -433,6 +434,7 @@ static struct sandbox *sandbox_from_record(struct engine *e, struct template *t,
 	s->tpl = t;
 	sandbox_procs_from_json(s, json_object_object_get_ex(o, "procs", &tv) ? tv : NULL);
 	settings_from_json(s, json_object_object_get_ex(o, "settings", &tv) ? tv : NULL);
+	sandbox_usage_from_record(s, json_object_object_get_ex(o, "usage", &tv) ? tv : NULL);
 	if (!s->dir || !s->rundir || !s->console_path) {
 		sandbox_unref(s);
 		return NULL;
