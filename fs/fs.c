@@ -46,6 +46,7 @@ static const struct file_def sb_files[] = {
 	{ "metadata", 10, 0644, F_SETTING, NULL, sandbox_render_metadata, NULL, NULL, sandbox_write_metadata, NULL },
 	{ "env", 11, 0644, F_SETTING, NULL, sandbox_render_env, NULL, NULL, sandbox_write_env, NULL },
 	{ "egress", 12, 0644, F_SETTING, NULL, sandbox_render_egress, NULL, NULL, sandbox_write_egress, sandbox_has_egress },
+	{ "usage", 13, 0444, F_RENDER, NULL, sandbox_render_usage, NULL, NULL, NULL, NULL },
 };
 
 static const struct file_def proc_files[] = {

@@ -85,6 +85,7 @@ const char fs_readme[] =
 	"    metadata JSON object of strings; listed in sandboxes-by/KEY/VALUE/\n"
 	"    env      KEY=VALUE lines (or JSON): every later exec and procs/ process has them\n"
 	"    egress   outbound policy (with --net): \"default allow|deny\", then \"allow|deny CIDR|NAME|any [tcp|udp] [port N]\" lines\n"
+	"    usage    JSON: CPU, memory, disk, network; a sleeping sandbox answers its last guest sample\n"
 	"    root     symlink to live/NAME\n"
 	"    procs/ID/  mkdir = process slot: cmd (write to start), stdin, stdout, stderr (stream), status, signal\n"
 	"  live/NAME/  the running guest's own filesystem\n"
