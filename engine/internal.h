@@ -741,6 +741,8 @@ char proc_state(pid_t pid);
 /* The usage file's last guest sample in the record (usage.c): e->lock held; NULL if none. */
 json_object *sandbox_usage_record_json(struct sandbox *s);
 void sandbox_usage_from_record(struct sandbox *s, json_object *o);
+/* s->op_lock held: a sample of the guest's figures if it is ready (a hibernate's, as it starts); 0 or -errno. */
+int sandbox_usage_sample(struct sandbox *s);
 
 /* Shared helpers. */
 int engine_file_digest(struct engine *e, const char *path, char out[65]);

@@ -416,6 +416,7 @@ static int op_hibernate(struct sandbox *s)
 		set_ctl_error(s, "hibernate: refused while an exec, a process or an open live/ file uses the sandbox");
 		return r;
 	}
+	sandbox_usage_sample(s); /* the figures its usage file shows while it sleeps */
 	/* device state: migration stops the vCPUs; the RAM is in its file already */
 	r = vmm_snapshot(s->vmm, tmp, QMP_TIMEOUT_MS);
 	if (r == 0 && rename(tmp, state) < 0)

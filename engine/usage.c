@@ -12,9 +12,11 @@
  * agent, through ops every agent has (open/read/close and statfs: guests
  * baked or hibernated by an earlier daemon answer them too), and only while
  * the sandbox is ready with no operation running: a read never resumes or
- * wakes a sleeping sandbox, never waits for an operation, and holds a
- * hibernate off for at most USAGE_GUEST_TIMEOUT_MS (it counts as an access).
- * Otherwise the last sample answers, with its age. What the guest sends is
+ * wakes a sleeping sandbox and never waits for an operation; it holds one
+ * off for at most USAGE_GUEST_TIMEOUT_MS (s->op_lock, taken only if free).
+ * A hibernate takes a sample as it starts, so a sleeping sandbox's figures
+ * are those it fell asleep with. Otherwise the last sample answers, with
+ * its age. What the guest sends is
  * untrusted: every figure is bounded and checked against the others, and a
  * sample with any bad one is dropped whole.
  */
@@ -32,6 +34,7 @@
 #include "usage.h"
 
 #define USAGE_GUEST_TIMEOUT_MS 400 /* the whole guest sample */
+#define USAGE_RETRY_MS 1000	   /* after a failed guest sample */
 #define USAGE_CPU_MIN_MS 500	   /* a CPU percent covers at least this much time */
 #define KB_MAX (1ull << 40)	   /* 1 PiB in kB: no figure is larger */
 #define BYTES_MAX (1ull << 50)
@@ -289,34 +292,27 @@ static int guest_query(struct agent_client *ac, struct usage_guest *ret)
 }
 
 /*
- * Samples the guest if it runs and nothing else is under way: an operation
- * (op_lock taken) or another sample answers -EBUSY, a sandbox not ready
- * -EAGAIN; nothing waits. The sample counts as an access (execs_running), so
- * a hibernate waits for it, but not as use (the idle timeout runs on).
+ * s->op_lock held: the guest's figures now into s->usage.guest, if it is
+ * ready (-EAGAIN otherwise, or within USAGE_RETRY_MS of a failed sample: a
+ * guest that does not answer costs one bounded wait a second, not one per
+ * read). The lock keeps every operation (pause, hibernate, fork, stop) from
+ * stopping the guest under the requests, and the idle timeout from
+ * counting the sample as use.
  */
-static int guest_sample(struct sandbox *s)
+int sandbox_usage_sample(struct sandbox *s)
 {
 	struct engine *e = s->e;
 	struct agent_client *ac = NULL;
 	struct usage_guest g;
-	int r;
+	uint64_t now = now_ns();
+	int r = 0;
 
-	if (pthread_mutex_trylock(&s->op_lock) != 0)
-		return -EBUSY;
 	pthread_mutex_lock(&e->lock);
-	if (s->state != SB_READY || !s->agent || atomic_load(&s->cancel))
+	if (s->state != SB_READY || !s->agent || atomic_load(&s->cancel) || now < s->usage.retry_ns)
 		r = -EAGAIN;
-	else if (s->usage.sampling)
-		r = -EBUSY;
 	else
-		r = 0;
-	if (r == 0) {
 		ac = agent_ref(s->agent);
-		s->usage.sampling = true;
-		s->execs_running++;
-	}
 	pthread_mutex_unlock(&e->lock);
-	pthread_mutex_unlock(&s->op_lock);
 	if (r < 0)
 		return r;
 
@@ -326,13 +322,22 @@ static int guest_sample(struct sandbox *s)
 	pthread_mutex_lock(&e->lock);
 	if (r == 0)
 		s->usage.guest = g;
-	s->usage.sampling = false;
-	s->execs_running--;
-	if (!s->execs_running)
-		pthread_cond_broadcast(&s->cond); /* a hibernate may wait for it */
+	s->usage.retry_ns = r < 0 ? now_ns() + (uint64_t)USAGE_RETRY_MS * 1000000 : 0;
 	pthread_mutex_unlock(&e->lock);
 	if (r < 0)
 		log_debug("sandbox %s: usage: guest sample failed: %s", s->name, strerror(-r));
+	return r;
+}
+
+/* A read's sample: never waits for an operation under way (-EBUSY: the last sample answers). */
+static int guest_sample(struct sandbox *s)
+{
+	int r;
+
+	if (pthread_mutex_trylock(&s->op_lock) != 0)
+		return -EBUSY;
+	r = sandbox_usage_sample(s);
+	pthread_mutex_unlock(&s->op_lock);
 	return r;
 }
 

@@ -20,7 +20,7 @@ struct usage_guest {
 /* Protected by e->lock (struct sandbox's usage). */
 struct sandbox_usage {
 	struct usage_guest guest; /* kept in the record */
-	bool sampling;		  /* a guest sample in flight: one at a time, others answer the last */
+	uint64_t retry_ns;	  /* monotonic: no guest sample before (one failed) */
 	/* the CPU reference: the VMM's CPU time at a time (CLOCK_BOOTTIME) */
 	pid_t cpu_pid;		  /* the VMM it is of; 0: none */
 	uint64_t cpu_ref_ns, cpu_ref_ticks;

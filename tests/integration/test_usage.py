@@ -12,8 +12,8 @@ A sandbox's usage file (docs/interface.md, "usage"), against real guests:
   sends to the guest raise rx_bytes.
 - Reading usage never wakes a sleeping sandbox: a paused one stays paused, a
   hibernated one hibernated (no wake counted), and both answer the last
-  guest sample, whose age grows; a read while a hibernate runs neither
-  blocks nor stops it; reads every 300 ms do not keep an idle sandbox from
+  guest sample, whose age grows (a hibernate takes one as it starts); a
+  read while a hibernate runs neither blocks nor stops it; reads every 300 ms do not keep an idle sandbox from
   its idle timeout.
 - After a daemon kill -9 and restart, the hibernated sandbox's last sample
   is still there (its record keeps it).
@@ -58,6 +58,11 @@ def usage(d, name, t="default"):
 
 def ctl(d, name, verb, t="default"):
     harness.write_file(d.sb(name, "ctl", t=t), verb)
+
+
+def note(what):
+    """The figures a run saw, on stderr (the test log), for comparing runs."""
+    sys.stderr.write("  usage: %s\n" % what)
 
 
 def check_shape(tc, u, running=True):
@@ -106,6 +111,9 @@ class Usage(harness.TestCase):
         self.assertGreater(g1["cache_bytes"] - g0["cache_bytes"], 56 * MiB, (g0, g1))
         rss0, rss1 = u0["memory"]["vmm_rss_bytes"], u1["memory"]["vmm_rss_bytes"]
         self.assertGreater(rss1 - rss0, 32 * MiB, (rss0, rss1))
+        note("64 MiB in tmpfs: guest used +%.1f MiB, cache +%.1f MiB, VMM RSS +%.1f MiB" % (
+            (g1["used_bytes"] - g0["used_bytes"]) / MiB, (g1["cache_bytes"] - g0["cache_bytes"]) / MiB,
+            (rss1 - rss0) / MiB))
         D.sh("m", "rm /tmp/big")
         u2 = usage(D, "m")
         self.assertLess(u2["memory"]["guest"]["used_bytes"], g1["used_bytes"] - 48 * MiB)
@@ -125,6 +133,8 @@ class Usage(harness.TestCase):
         self.assertGreater(burn["cpu"]["percent"], 50, burn["cpu"])
         time.sleep(1.5)
         idle = usage(D, "m")
+        note("2 s busy loop: CPU +%d ms in %.0f ms, %.1f%% over %.0f ms; idle after: %.1f%%" % (
+            dt, elapsed * 1000, burn["cpu"]["percent"], burn["cpu"]["interval_ms"], idle["cpu"]["percent"]))
         self.assertLess(idle["cpu"]["percent"], burn["cpu"]["percent"] / 2, (burn["cpu"], idle["cpu"]))
         # two reads closer than the minimum interval: the second answers the first's figure
         again = usage(D, "m")
@@ -136,6 +146,8 @@ class Usage(harness.TestCase):
         D.sh("m", "dd if=/dev/urandom of=/fill bs=1M count=24 2>/dev/null && sync")
         d1 = usage(D, "m")["disk"]
         grew = d1["guest"]["used_bytes"] - d0["guest"]["used_bytes"]
+        note("24 MiB to /: guest used +%.1f MiB, disk file allocated +%.1f MiB" % (
+            grew / MiB, (d1["host_allocated_bytes"] - d0["host_allocated_bytes"]) / MiB))
         self.assertGreater(grew, 22 * MiB, (d0, d1))
         self.assertLess(grew, 28 * MiB, (d0, d1))
         self.assertEqual(d1["guest"]["total_bytes"], d0["guest"]["total_bytes"])
@@ -177,6 +189,9 @@ class Usage(harness.TestCase):
                 break
             time.sleep(0.1)
         self.assertGreater(u2["net"]["rx_bytes"] - u1["net"]["rx_bytes"], 2 * MiB, (u1["net"], u2["net"]))
+        note("2 MiB out: tx +%d rx +%d; 2 MiB in: rx +%d" % (
+            u1["net"]["tx_bytes"] - u0["net"]["tx_bytes"], u1["net"]["rx_bytes"] - u0["net"]["rx_bytes"],
+            u2["net"]["rx_bytes"] - u1["net"]["rx_bytes"]))
 
     def test_sleeping_is_not_woken(self):
         D.create_ready("s")
@@ -213,6 +228,7 @@ class Usage(harness.TestCase):
             except OSError as e:
                 result["err"] = e
 
+        hib_start_ms = time.time() * 1000
         th = threading.Thread(target=hibernate)
         th.start()
         slowest = 0.0
@@ -226,6 +242,7 @@ class Usage(harness.TestCase):
         th.join()
         self.assertEqual(result, {"ok": True})
         self.assertLess(slowest, 1.0, "a usage read took %.2f s during a hibernate" % slowest)
+        note("%d reads during a hibernate, the slowest %.1f ms" % (reads, slowest * 1000))
         self.assertGreater(reads, 0)
 
         h1 = usage(D, "s")
@@ -242,6 +259,9 @@ class Usage(harness.TestCase):
             self.assertGreater(h["memory"]["guest"]["used_bytes"], 16 * MiB)
             self.assertGreater(h["disk"]["host_allocated_bytes"], 0)
         self.assertGreaterEqual(h2["guest_sample"]["age_ms"] - h1["guest_sample"]["age_ms"], 450, (h1, h2))
+        # the hibernate sampled the guest as it started: the figures it fell asleep with
+        self.assertGreaterEqual(h1["guest_sample"]["sampled_at_unix_ms"], hib_start_ms - 5, h1)
+        self.assertEqual(h1["guest_sample"], {**h2["guest_sample"], "age_ms": h1["guest_sample"]["age_ms"]})
         # an exec wakes it (as documented), and the next read samples it again
         self.assertEqual(D.sh("s", "hostname").strip(), "s")
         u2 = usage(D, "s")
@@ -274,6 +294,8 @@ class Restart(harness.TestCase):
             self.assertTrue(u0["guest_sample"]["fresh"])
             ctl(d, "r", "hibernate")
             self.assertEqual(d.status("r")["state"], "hibernated")
+            u0 = usage(d, "r")  # the hibernate's own sample
+            self.assertFalse(u0["guest_sample"]["fresh"])
             d.kill9()
             d2 = harness.Daemon(reuse=d).start()
             st = d2.status("r")
