@@ -12,9 +12,10 @@
 # agent_guest (the agent's framing and dispatch, linked with an op
 # table that answers without running), dockerfile (the template
 # Dockerfile parser and its variable expansion), dnsmsg (the resolver's
-# checks on DNS queries from guests and answers from upstream). A crash, a leak or a
-# sanitizer report fails the run; the input that did it is kept in
-# build-fuzz/crash-NAME-*.
+# checks on DNS queries from guests and answers from upstream), usage
+# (the guest's /proc/meminfo and the host's /proc files the usage file
+# parses). A crash, a leak or a sanitizer report fails the run; the input
+# that did it is kept in build-fuzz/crash-NAME-*.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 top=$PWD
@@ -22,7 +23,7 @@ out=$top/build-fuzz
 mkdir -p "$out"
 seconds=${FUZZ_SECONDS:-20}
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(config parse agent_reader agent_guest dockerfile dnsmsg)
+[ ${#targets[@]} -gt 0 ] || targets=(config parse agent_reader agent_guest dockerfile dnsmsg usage)
 
 command -v clang >/dev/null || { echo "contrib/fuzz.sh: clang missing (contrib/deps.sh installs it)" >&2; exit 1; }
 [ -f build/config.h ] || { meson setup build >/dev/null; }
@@ -44,6 +45,7 @@ for t in "${targets[@]}"; do
 		$(ls "$top"/engine/guest/*.c | grep -v '/main\.c$')) ;;
 	dockerfile) srcs=("$top/tests/fuzz/fuzz_dockerfile.c" "$top/engine/dockerfile.c" "${common[@]}") ;;
 	dnsmsg) srcs=("$top/tests/fuzz/fuzz_dnsmsg.c" "$top/netpool/dnsmsg.c" "$top/netpool/egress.c" -lldns) ;;
+	usage) srcs=("$top/tests/fuzz/fuzz_usage.c" "$top/engine/usage_parse.c" "${common[@]}") ;;
 	*) echo "contrib/fuzz.sh: unknown target $t" >&2; exit 2 ;;
 	esac
 	echo "== fuzz $t (${seconds} s)" >&2

@@ -1,7 +1,7 @@
 /*
  * A sandbox's resource usage (usage.c; docs/interface.md, "usage"): what
  * struct sandbox keeps of it, and the pure parsers of the text it is read
- * from (unit-tested: tests/unit/test_usage.c).
+ * from (usage_parse.c; tests/unit/test_usage.c, tests/fuzz/fuzz_usage.c).
  */
 #pragma once
 

@@ -1,5 +1,5 @@
 /*
- * The usage file's parsers and CPU figure (engine/usage.c), as pure
+ * The usage file's parsers and CPU figure (engine/usage_parse.c), as pure
  * functions: the guest's /proc/meminfo is hostile input, the host's /proc
  * files have names in them that may hold anything.
  */
