@@ -14,6 +14,7 @@
 #define AGENT_WARM_TIMEOUT_MS 10000    /* a warm slot's activation attach */
 #define AGENT_BOOT_TIMEOUT_MS 60000    /* its first answer after a cold boot (a create, a start, a bake, a build) */
 #define GUEST_CALL_TIMEOUT_MS 30000    /* one call for live/ and procs/ */
+#define USAGE_GUEST_TIMEOUT_MS 400     /* a usage read's guest sample, all its calls */
 #define EXEC_DEFAULT_TIMEOUT_MS 600000 /* an exec without its own timeout_ms */
 
 /* templates: bakes and builds */

@@ -33,9 +33,8 @@
 #include "parse.h"
 #include "usage.h"
 
-#define USAGE_GUEST_TIMEOUT_MS 400 /* the whole guest sample */
-#define USAGE_RETRY_MS 1000	   /* after a failed guest sample */
-#define USAGE_CPU_MIN_MS 500	   /* a CPU percent covers at least this much time */
+#define USAGE_RETRY_MS 1000   /* after a failed guest sample */
+#define USAGE_CPU_MIN_MS 500  /* a CPU percent covers at least this much time */
 #define BYTES_MAX (1ull << 50)
 #define MEMINFO_MAX 16384
 
