@@ -15,10 +15,14 @@ A sandbox's usage file (docs/interface.md, "usage"), against real guests:
   guest sample, whose age grows (a hibernate takes one as it starts); a
   read while a hibernate runs neither blocks nor stops it; reads every 300 ms do not keep an idle sandbox from
   its idle timeout.
+- A guest that does not answer (its VMM stopped for a second) costs a read
+  at most the 400 ms bound, and the reads in the next second nothing; the
+  last sample answers meanwhile.
 - After a daemon kill -9 and restart, the hibernated sandbox's last sample
   is still there (its record keeps it).
 """
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -267,6 +271,38 @@ class Usage(harness.TestCase):
         u2 = usage(D, "s")
         self.assertTrue(u2["guest_sample"]["fresh"])
         self.assertEqual(D.status("s")["wakes"], 1)
+
+    def test_unresponsive_guest(self):
+        # a VMM that stops answering (SIGSTOP, shorter than the watchdog's 2 s): a read waits
+        # at most its 400 ms bound, then answers the last sample; the next within a second
+        # does not ask again; once it runs again, a read samples it afresh
+        st = D.create_ready("h")
+        u0 = usage(D, "h")
+        self.assertTrue(u0["guest_sample"]["fresh"])
+        pid = st["vmm_pid"]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            u1 = usage(D, "h")
+            first = time.monotonic() - t0
+            t0 = time.monotonic()
+            u2 = usage(D, "h")
+            second = time.monotonic() - t0
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        note("a stopped VMM: reads took %.0f ms, then %.0f ms" % (first * 1000, second * 1000))
+        for u in (u1, u2):
+            self.assertEqual(u["state"], "ready")
+            self.assertFalse(u["guest_sample"]["fresh"], u)
+            self.assertEqual(u["guest_sample"]["sampled_at_unix_ms"], u0["guest_sample"]["sampled_at_unix_ms"])
+        self.assertGreater(first, 0.35)
+        self.assertLess(first, 0.9)
+        self.assertLess(second, 0.2)
+        time.sleep(1.1)
+        u3 = usage(D, "h")
+        self.assertTrue(u3["guest_sample"]["fresh"], u3)
+        self.assertEqual(D.status("h")["state"], "ready")
+        self.assertEqual(D.sh("h", "hostname").strip(), "h")
 
     def test_reads_do_not_keep_it_awake(self):
         with D.template("idle", bake=True, idle_timeout_s=2):
