@@ -53,7 +53,8 @@ void log_msg(enum log_level lvl, const char *fmt, ...) __attribute__((format(pri
 
 /*
  * Error messages for a caller. error_set replaces *slot; error_first keeps a
- * message already there (the first cause wins; slot may be NULL) and returns r.
+ * message already there (the first cause wins) and returns r. slot may be
+ * NULL (the caller does not want the text).
  */
 void error_set(char **slot, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int error_first(char **slot, int r, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

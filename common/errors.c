@@ -18,6 +18,8 @@ void error_set(char **slot, const char *fmt, ...)
 
 	char *m;
 
+	if (!slot)
+		return; /* the caller does not want it */
 	va_start(ap, fmt);
 	m = vformat(fmt, ap); /* first: an argument may be the old message */
 	va_end(ap);

@@ -44,7 +44,7 @@ for t in "${targets[@]}"; do
 	agent_guest) srcs=(-I"$top/engine/guest" "$top/tests/fuzz/fuzz_agent_guest.c"
 		$(ls "$top"/engine/guest/*.c | grep -v '/main\.c$')) ;;
 	dockerfile) srcs=("$top/tests/fuzz/fuzz_dockerfile.c" "$top/engine/dockerfile.c" "${common[@]}") ;;
-	dnsmsg) srcs=("$top/tests/fuzz/fuzz_dnsmsg.c" "$top/netpool/dnsmsg.c" "$top/netpool/egress.c" -lldns) ;;
+	dnsmsg) srcs=("$top/tests/fuzz/fuzz_dnsmsg.c" "$top/netpool/dnsmsg.c" "$top/netpool/egress.c" "${common[@]}" -lldns) ;;
 	usage) srcs=("$top/tests/fuzz/fuzz_usage.c" "$top/engine/usage_parse.c" "${common[@]}") ;;
 	*) echo "contrib/fuzz.sh: unknown target $t" >&2; exit 2 ;;
 	esac

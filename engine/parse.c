@@ -160,22 +160,6 @@ int proc_parse_signal(const char *text, size_t len)
 
 /* ---- a sandbox's settings ---- */
 
-static int fail(char **ret_error, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int fail(char **ret_error, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (ret_error) {
-		free(*ret_error);
-		*ret_error = NULL;
-		va_start(ap, fmt);
-		if (vasprintf(ret_error, fmt, ap) < 0)
-			*ret_error = NULL;
-		va_end(ap);
-	}
-	return -EINVAL;
-}
-
 /* A JSON value of the whole text, strictly and as UTF-8; NULL (with the reason) otherwise. */
 static json_object *json_whole(const char *text, size_t len, char **ret_error)
 {
@@ -183,18 +167,18 @@ static json_object *json_whole(const char *text, size_t len, char **ret_error)
 	json_object *o;
 
 	if (!tok) {
-		fail(ret_error, "out of memory");
+		error_first(ret_error, -EINVAL, "out of memory");
 		return NULL;
 	}
 	json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
 	o = len > INT32_MAX ? NULL : json_tokener_parse_ex(tok, text, (int)len);
 	if (json_tokener_get_error(tok) != json_tokener_success) {
-		fail(ret_error, "not JSON: %s", json_tokener_error_desc(json_tokener_get_error(tok)));
+		error_first(ret_error, -EINVAL, "not JSON: %s", json_tokener_error_desc(json_tokener_get_error(tok)));
 		json_object_put(o);
 		o = NULL;
 	} else if ((size_t)json_tokener_get_parse_end(tok) < len &&
 		   strspn(text + json_tokener_get_parse_end(tok), " \t\r\n") != len - json_tokener_get_parse_end(tok)) {
-		fail(ret_error, "text after the JSON value");
+		error_first(ret_error, -EINVAL, "text after the JSON value");
 		json_object_put(o);
 		o = NULL;
 	}
@@ -239,13 +223,13 @@ static int seconds_from(const char *p, size_t n, uint64_t *secs, char **ret_erro
 	uint64_t v = 0;
 
 	if (n == 0)
-		return fail(ret_error, "no number of seconds");
+		return error_first(ret_error, -EINVAL, "no number of seconds");
 	for (size_t i = 0; i < n; i++) {
 		if (p[i] < '0' || p[i] > '9')
-			return fail(ret_error, "seconds must be a whole number from 0 to %llu", TIMEOUT_MAX_S);
+			return error_first(ret_error, -EINVAL, "seconds must be a whole number from 0 to %llu", TIMEOUT_MAX_S);
 		v = v * 10 + (uint64_t)(p[i] - '0');
 		if (v > TIMEOUT_MAX_S)
-			return fail(ret_error, "at most %llu seconds", TIMEOUT_MAX_S);
+			return error_first(ret_error, -EINVAL, "at most %llu seconds", TIMEOUT_MAX_S);
 	}
 	*secs = v;
 	return 0;
@@ -258,7 +242,7 @@ int timeout_parse(const char *text, size_t len, uint64_t *secs, int *action, cha
 	int a = TIMEOUT_ACT_DEFAULT, r;
 
 	if (memchr(text, '\0', len))
-		return fail(ret_error, "a NUL byte");
+		return error_first(ret_error, -EINVAL, "a NUL byte");
 	if (p == end) {
 		*secs = 0; /* emptied: none */
 		*action = TIMEOUT_ACT_DEFAULT;
@@ -271,20 +255,20 @@ int timeout_parse(const char *text, size_t len, uint64_t *secs, int *action, cha
 		if (!o)
 			return -EINVAL;
 		if (!json_object_is_type(o, json_type_object))
-			return fail(ret_error, "not a JSON object");
+			return error_first(ret_error, -EINVAL, "not a JSON object");
 		json_object_object_foreach(o, key, val) {
 			(void)val;
 			if (strcmp(key, "timeout_s") && strcmp(key, "on_timeout"))
-				return fail(ret_error, "unknown field \"%s\" (timeout_s, on_timeout)", key);
+				return error_first(ret_error, -EINVAL, "unknown field \"%s\" (timeout_s, on_timeout)", key);
 		}
 		if (!json_object_object_get_ex(o, "timeout_s", &tv) || !json_object_is_type(tv, json_type_int) ||
 		    json_object_get_int64(tv) < 0 || (uint64_t)json_object_get_int64(tv) > TIMEOUT_MAX_S)
-			return fail(ret_error, "timeout_s must be a whole number from 0 to %llu", TIMEOUT_MAX_S);
+			return error_first(ret_error, -EINVAL, "timeout_s must be a whole number from 0 to %llu", TIMEOUT_MAX_S);
 		v = (uint64_t)json_object_get_int64(tv);
 		if (json_object_object_get_ex(o, "on_timeout", &av) &&
 		    (!json_object_is_type(av, json_type_string) ||
 		     (a = timeout_action_from_name(json_object_get_string(av))) < 0))
-			return fail(ret_error, "on_timeout must be \"destroy\" or \"hibernate\"");
+			return error_first(ret_error, -EINVAL, "on_timeout must be \"destroy\" or \"hibernate\"");
 	} else {
 		const char *w = p;
 
@@ -298,17 +282,17 @@ int timeout_parse(const char *text, size_t len, uint64_t *secs, int *action, cha
 			char word[16];
 
 			if (p == w)
-				return fail(ret_error, "seconds must be a whole number from 0 to %llu", TIMEOUT_MAX_S);
+				return error_first(ret_error, -EINVAL, "seconds must be a whole number from 0 to %llu", TIMEOUT_MAX_S);
 			while (we < end && !strchr(" \t\r\n", *we))
 				we++;
 			if ((size_t)(we - p) >= sizeof(word))
-				return fail(ret_error, "after the seconds: destroy or hibernate");
+				return error_first(ret_error, -EINVAL, "after the seconds: destroy or hibernate");
 			memcpy(word, p, (size_t)(we - p));
 			word[we - p] = '\0';
 			if ((a = timeout_action_from_name(word)) < 0)
-				return fail(ret_error, "after the seconds: destroy or hibernate, not \"%s\"", word);
+				return error_first(ret_error, -EINVAL, "after the seconds: destroy or hibernate, not \"%s\"", word);
 			if (!only_space(we, (size_t)(end - we)))
-				return fail(ret_error, "text after the action");
+				return error_first(ret_error, -EINVAL, "text after the action");
 		}
 	}
 	*secs = v;
@@ -330,20 +314,20 @@ static int metadata_check(json_object *o, char **ret_error)
 	size_t n = 0;
 
 	if (!json_object_is_type(o, json_type_object))
-		return fail(ret_error, "not a JSON object");
+		return error_first(ret_error, -EINVAL, "not a JSON object");
 	json_object_object_foreach(o, key, val) {
 		size_t kl = strlen(key);
 
 		if (++n > METADATA_MAX_KEYS)
-			return fail(ret_error, "more than %d keys", METADATA_MAX_KEYS);
+			return error_first(ret_error, -EINVAL, "more than %d keys", METADATA_MAX_KEYS);
 		if (kl == 0 || kl > METADATA_KEY_MAX || has_control(key, kl))
-			return fail(ret_error, "key \"%.40s\": 1 to %d bytes, no control characters", key,
+			return error_first(ret_error, -EINVAL, "key \"%.40s\": 1 to %d bytes, no control characters", key,
 				    METADATA_KEY_MAX);
 		if (!json_object_is_type(val, json_type_string))
-			return fail(ret_error, "key \"%.40s\": the value must be a string", key);
+			return error_first(ret_error, -EINVAL, "key \"%.40s\": the value must be a string", key);
 		if (json_object_get_string_len(val) > METADATA_VALUE_MAX ||
 		    strlen(json_object_get_string(val)) != (size_t)json_object_get_string_len(val))
-			return fail(ret_error, "key \"%.40s\": the value must be at most %d bytes, without NUL", key,
+			return error_first(ret_error, -EINVAL, "key \"%.40s\": the value must be at most %d bytes, without NUL", key,
 				    METADATA_VALUE_MAX);
 	}
 	return 0;
@@ -394,15 +378,15 @@ static int env_add(char ***v, size_t *n, const char *name, size_t nl, const char
 	char **nv, *e;
 
 	if (!env_name_ok(name, nl))
-		return fail(ret_error, "\"%.*s\" is not a variable name ([A-Za-z_][A-Za-z0-9_]*, at most %d bytes)",
+		return error_first(ret_error, -EINVAL, "\"%.*s\" is not a variable name ([A-Za-z_][A-Za-z0-9_]*, at most %d bytes)",
 			    (int)(nl > 40 ? 40 : nl), name, ENV_NAME_MAX);
 	if (memchr(val, '\0', vl))
-		return fail(ret_error, "%.*s: a NUL byte in the value", (int)nl, name);
+		return error_first(ret_error, -EINVAL, "%.*s: a NUL byte in the value", (int)nl, name);
 	for (size_t i = 0; i < *n; i++)
 		if (strncmp((*v)[i], name, nl) == 0 && (*v)[i][nl] == '=')
-			return fail(ret_error, "%.*s is given twice", (int)nl, name);
+			return error_first(ret_error, -EINVAL, "%.*s is given twice", (int)nl, name);
 	if (*n >= ENV_MAX_VARS)
-		return fail(ret_error, "more than %d variables", ENV_MAX_VARS);
+		return error_first(ret_error, -EINVAL, "more than %d variables", ENV_MAX_VARS);
 	if (!(nv = realloc(*v, (*n + 2) * sizeof(*nv))))
 		return -ENOMEM;
 	*v = nv;
@@ -426,10 +410,10 @@ int env_parse(const char *text, size_t len, char ***ret, char **ret_error)
 		if (!o)
 			return -EINVAL;
 		if (!json_object_is_type(o, json_type_object))
-			return fail(ret_error, "not a JSON object");
+			return error_first(ret_error, -EINVAL, "not a JSON object");
 		json_object_object_foreach(o, key, val) {
 			if (!json_object_is_type(val, json_type_string)) {
-				r = fail(ret_error, "%.40s: the value must be a string", key);
+				r = error_first(ret_error, -EINVAL, "%.40s: the value must be a string", key);
 				break;
 			}
 			if ((r = env_add(&v, &n, key, strlen(key), json_object_get_string(val),
@@ -447,7 +431,11 @@ int env_parse(const char *text, size_t len, char ***ret, char **ret_error)
 				le--;
 			if (le > p && *p != '#' && !only_space(p, (size_t)(le - p))) {
 				if (!(eq = memchr(p, '=', (size_t)(le - p))))
-					r = fail(ret_error, "line %u: not NAME=VALUE", line);
+					r = error_first(ret_error, -EINVAL, "line %u: not NAME=VALUE", line);
+				else if (memchr(eq, '\r', (size_t)(le - eq)))
+					r = error_first(ret_error, -EINVAL,
+							"line %u: a carriage return in the value (the JSON form takes one)",
+							line);
 				else
 					r = env_add(&v, &n, p, (size_t)(eq - p), eq + 1, (size_t)(le - eq - 1), ret_error);
 				if (r < 0 && ret_error && *ret_error && strncmp(*ret_error, "line ", 5)) {
@@ -480,7 +468,7 @@ char *env_render(char *const *env)
 	FILE *f;
 
 	for (char *const *p = env; p && *p; p++)
-		if (strchr(*p, '\n'))
+		if (strpbrk(*p, "\n\r")) /* a line's \r\n end would drop a final \r */
 			lines = false;
 	if (!lines) {
 		_cleanup_json_ json_object *o = json_object_new_object();

@@ -58,5 +58,5 @@ bool metadata_valid(json_object *o);
 #define ENV_NAME_MAX 255 /* bytes */
 /* env: KEY=VALUE lines (# comments and blank lines skipped) or a JSON object of strings; *ret NULL when empty. */
 int env_parse(const char *text, size_t len, char ***ret, char **ret_error);
-/* KEY=VALUE lines, or the JSON object when a value holds a newline (what env_parse reads back). */
+/* KEY=VALUE lines, or the JSON object when a value holds a newline or CR (what env_parse reads back). */
 char *env_render(char *const *env);

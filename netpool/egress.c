@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common.h"
 #include "egress.h"
 
 /* A growing string; a failed append leaves ok false. */
@@ -62,22 +63,6 @@ static char *sb_take(struct sbuf *b)
 		return b->ok ? strdup("") : NULL;
 	}
 	return b->s;
-}
-
-static void set_error(char **ret, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void set_error(char **ret, const char *fmt, ...)
-{
-	va_list ap;
-	char *s = NULL;
-
-	if (!ret)
-		return;
-	va_start(ap, fmt);
-	if (vasprintf(&s, fmt, ap) < 0)
-		s = NULL;
-	va_end(ap);
-	free(*ret);
-	*ret = s;
 }
 
 void egress_free(struct egress_policy *p)
@@ -366,16 +351,16 @@ static int parse_line(struct egress_policy *p, char *line, unsigned lineno, bool
 	if ((n = split(line, w)) == 0)
 		return 0;
 	if (n < 0) {
-		set_error(ret_error, "line %u: too many words", lineno);
+		error_set(ret_error, "line %u: too many words", lineno);
 		return -EINVAL;
 	}
 	if (strcmp(w[0], "default") == 0) {
 		if (*seen_default) {
-			set_error(ret_error, "line %u: a second \"default\" line", lineno);
+			error_set(ret_error, "line %u: a second \"default\" line", lineno);
 			return -EINVAL;
 		}
 		if (n != 2 || (strcmp(w[1], "allow") != 0 && strcmp(w[1], "deny") != 0)) {
-			set_error(ret_error, "line %u: expected \"default allow\" or \"default deny\"", lineno);
+			error_set(ret_error, "line %u: expected \"default allow\" or \"default deny\"", lineno);
 			return -EINVAL;
 		}
 		*seen_default = true;
@@ -383,12 +368,12 @@ static int parse_line(struct egress_policy *p, char *line, unsigned lineno, bool
 		return 0;
 	}
 	if (strcmp(w[0], "allow") != 0 && strcmp(w[0], "deny") != 0) {
-		set_error(ret_error, "line %u: unknown word \"%.32s\" (a line is \"default allow|deny\" or \"allow|deny TARGET ...\")",
+		error_set(ret_error, "line %u: unknown word \"%.32s\" (a line is \"default allow|deny\" or \"allow|deny TARGET ...\")",
 			  lineno, w[0]);
 		return -EINVAL;
 	}
 	if (p->n_rules == EGRESS_RULES_MAX) {
-		set_error(ret_error, "line %u: more than %d rules", lineno, EGRESS_RULES_MAX);
+		error_set(ret_error, "line %u: more than %d rules", lineno, EGRESS_RULES_MAX);
 		return -EINVAL;
 	}
 	r.allow = w[0][0] == 'a';
@@ -396,12 +381,12 @@ static int parse_line(struct egress_policy *p, char *line, unsigned lineno, bool
 		free(r.name);
 		if (k == -ENOMEM)
 			return k;
-		set_error(ret_error, "line %u: %s", lineno, why);
+		error_set(ret_error, "line %u: %s", lineno, why);
 		return -EINVAL;
 	}
 	if (r.target == EGRESS_NAME && ++*n_names > EGRESS_NAMES_MAX) {
 		free(r.name);
-		set_error(ret_error, "line %u: more than %d rules naming a host", lineno, EGRESS_NAMES_MAX);
+		error_set(ret_error, "line %u: more than %d rules naming a host", lineno, EGRESS_NAMES_MAX);
 		return -EINVAL;
 	}
 	p->rules[p->n_rules++] = r;
@@ -423,7 +408,7 @@ int egress_parse(const char *text, size_t len, struct egress_policy **ret, char 
 	}
 	p->default_allow = true;
 	if (memchr(text, '\0', len)) {
-		set_error(ret_error, "a NUL byte in the policy");
+		error_set(ret_error, "a NUL byte in the policy");
 		r = -EINVAL;
 	}
 	while (r == 0 && at < len) {
@@ -432,7 +417,7 @@ int egress_parse(const char *text, size_t len, struct egress_policy **ret, char 
 
 		lineno++;
 		if (l > EGRESS_LINE_MAX) {
-			set_error(ret_error, "line %u: longer than %d bytes", lineno, EGRESS_LINE_MAX);
+			error_set(ret_error, "line %u: longer than %d bytes", lineno, EGRESS_LINE_MAX);
 			r = -EINVAL;
 			break;
 		}

@@ -67,14 +67,6 @@ struct netpool {
 
 static pthread_mutex_t nft_lock = PTHREAD_MUTEX_INITIALIZER;
 
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 /* A line for the caller's log (netpool_options.note). */
 void np_note(struct netpool *p, const char *fmt, ...)
 {
@@ -90,22 +82,6 @@ void np_note(struct netpool *p, const char *fmt, ...)
 	if (s)
 		p->o.note(p->o.note_ctx, s);
 	free(s);
-}
-
-static void set_error(char **ret, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void set_error(char **ret, const char *fmt, ...)
-{
-	va_list ap;
-	char *s = NULL;
-
-	if (!ret)
-		return;
-	va_start(ap, fmt);
-	if (vasprintf(&s, fmt, ap) < 0)
-		s = NULL;
-	va_end(ap);
-	free(*ret);
-	*ret = s;
 }
 
 static void addr_str(uint32_t host_order, char out[16])
@@ -377,7 +353,7 @@ static int nft_run(const char *cmds, char **ret_error)
 	nft_ctx_buffer_error(ctx);
 	r = nft_run_cmd_from_buffer(ctx, cmds);
 	if (r != 0)
-		set_error(ret_error, "nftables: %s", nft_ctx_get_error_buffer(ctx));
+		error_set(ret_error, "nftables: %s", nft_ctx_get_error_buffer(ctx));
 	nft_ctx_free(ctx);
 	pthread_mutex_unlock(&nft_lock);
 	return r != 0 ? -EIO : 0;
@@ -388,7 +364,7 @@ int netpool_nft_in(const struct netslot *s, const char *script, char **ret_error
 	int saved, r;
 
 	if ((r = netpool_enter(s, &saved)) < 0) {
-		set_error(ret_error, "setns into %s: %s", s->netns, strerror(-r));
+		error_set(ret_error, "setns into %s: %s", s->netns, strerror(-r));
 		return r;
 	}
 	r = nft_run(script, ret_error);
@@ -492,27 +468,27 @@ static int slot_inside(struct netpool *p, struct netslot *s, char **ret_error)
 	int saved, r;
 
 	if ((r = netpool_enter(s, &saved)) < 0) {
-		set_error(ret_error, "setns into %s: %s", s->netns, strerror(-r));
+		error_set(ret_error, "setns into %s: %s", s->netns, strerror(-r));
 		return r;
 	}
 	sk = nl_open();
 	r = sk ? 0 : -EIO;
 	snprintf(cidr, sizeof(cidr), "%s/30", s->addr);
 	if (r == 0 && (r = link_up(sk, "lo", NULL)) < 0)
-		set_error(ret_error, "%s: lo up failed", s->netns);
+		error_set(ret_error, "%s: lo up failed", s->netns);
 	if (r == 0 && ((r = addr_add(sk, "veth0", cidr)) < 0 || (r = link_up(sk, "veth0", NULL)) < 0 ||
 		       (r = default_route(sk, "veth0", s->host_addr)) < 0))
-		set_error(ret_error, "%s: veth0 setup failed: %s", s->netns, strerror(-r));
+		error_set(ret_error, "%s: veth0 setup failed: %s", s->netns, strerror(-r));
 	if (r == 0 && (r = tap_create(NETPOOL_TAP)) < 0)
-		set_error(ret_error, "%s: tap: %s", s->netns, strerror(-r));
+		error_set(ret_error, "%s: tap: %s", s->netns, strerror(-r));
 	if (r == 0 && ((r = addr_add(sk, NETPOOL_TAP, NETPOOL_GW_ADDR "/30")) < 0 ||
 		       (r = link_up(sk, NETPOOL_TAP, NETPOOL_TAP_MAC)) < 0))
-		set_error(ret_error, "%s: tap setup failed: %s", s->netns, strerror(-r));
+		error_set(ret_error, "%s: tap setup failed: %s", s->netns, strerror(-r));
 	if (r == 0 && (r = set_ip_forward(1)) < 0)
-		set_error(ret_error, "%s: ip_forward: %s", s->netns, strerror(-r));
+		error_set(ret_error, "%s: ip_forward: %s", s->netns, strerror(-r));
 	if (r >= 0 && (s->dns_fd = np_resolver_socket()) < 0) {
 		r = s->dns_fd;
-		set_error(ret_error, "%s: resolver socket on " NETPOOL_GW_ADDR ":53: %s", s->netns, strerror(-r));
+		error_set(ret_error, "%s: resolver socket on " NETPOOL_GW_ADDR ":53: %s", s->netns, strerror(-r));
 	}
 	if (r >= 0 && (!all || !(egress = egress_nft_script(all, NETPOOL_TAP, false))))
 		r = -ENOMEM;
@@ -566,7 +542,7 @@ int netpool_build(struct netpool *p, struct netslot **ret, char **ret_error)
 	idx = np_alloc_get(&p->alloc);
 	pthread_mutex_unlock(&p->lock);
 	if (idx < 0) {
-		set_error(ret_error, "no free address in %s (%u slots)", p->range, p->alloc.n);
+		error_set(ret_error, "no free address in %s (%u slots)", p->range, p->alloc.n);
 		free(s);
 		return idx;
 	}
@@ -574,14 +550,14 @@ int netpool_build(struct netpool *p, struct netslot **ret, char **ret_error)
 	/* the anchor first: the namespace */
 	r = netns_create(s->netns, &s->netns_fd);
 	if (r < 0)
-		set_error(ret_error, "netns %s: %s", s->netns, strerror(-r));
+		error_set(ret_error, "netns %s: %s", s->netns, strerror(-r));
 	if (r == 0 && !(sk = nl_open()))
 		r = -EIO;
 	if (r == 0 && (r = veth_add(sk, s->host_if, s->netns_fd)) < 0)
-		set_error(ret_error, "veth %s: %s", s->host_if, r == -EEXIST ? "a link of that name exists" : strerror(-r));
+		error_set(ret_error, "veth %s: %s", s->host_if, r == -EEXIST ? "a link of that name exists" : strerror(-r));
 	snprintf(cidr, sizeof(cidr), "%s/30", s->host_addr);
 	if (r == 0 && ((r = addr_add(sk, s->host_if, cidr)) < 0 || (r = link_up(sk, s->host_if, NULL)) < 0))
-		set_error(ret_error, "%s: address or up failed", s->host_if);
+		error_set(ret_error, "%s: address or up failed", s->host_if);
 	if (sk)
 		nl_socket_free(sk);
 	if (r == 0)
@@ -707,7 +683,7 @@ int netpool_adopt(struct netpool *p, unsigned index, struct netslot **ret, char 
 	}
 	pthread_mutex_unlock(&p->lock);
 	if (k == p->n_kept) {
-		set_error(ret_error, "network slot %u was not kept from the earlier run", index);
+		error_set(ret_error, "network slot %u was not kept from the earlier run", index);
 		free(s);
 		return -EINVAL;
 	}
@@ -716,7 +692,7 @@ int netpool_adopt(struct netpool *p, unsigned index, struct netslot **ret, char 
 	s->netns_fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (s->netns_fd < 0) {
 		r = -errno;
-		set_error(ret_error, "network slot %s of the earlier run: %s", s->netns, strerror(-r));
+		error_set(ret_error, "network slot %s of the earlier run: %s", s->netns, strerror(-r));
 		netpool_release(p, s); /* its remains, if any, go */
 		return r;
 	}
@@ -839,7 +815,7 @@ static int check_overlap(struct netpool *p, char **ret_error)
 	if (!sk || rtnl_route_alloc_cache(sk, AF_INET, 0, &cache) < 0) {
 		if (sk)
 			nl_socket_free(sk);
-		set_error(ret_error, "cannot read the host's routes");
+		error_set(ret_error, "cannot read the host's routes");
 		return -EIO;
 	}
 	for (struct nl_object *o = nl_cache_get_first(cache); o && r == 0; o = nl_cache_get_next(o)) {
@@ -855,7 +831,7 @@ static int check_overlap(struct netpool *p, char **ret_error)
 		if (kept_route(p, ntohl(a), plen))
 			continue; /* a kept slot's own */
 		if (np_overlap(ntohl(a), plen, p->alloc.base, p->alloc.prefix)) {
-			set_error(ret_error, "network range %s overlaps the host's route %s (table %u): choose another with --net-range",
+			error_set(ret_error, "network range %s overlaps the host's route %s (table %u): choose another with --net-range",
 				  p->range, nl_addr2str(dst, buf, sizeof(buf)), rtnl_route_get_table(rt));
 			r = -EADDRINUSE;
 		}
@@ -909,14 +885,14 @@ int netpool_new(const struct netpool_options *o, struct netpool **ret, char **re
 	pthread_mutex_init(&p->lock, NULL);
 	pthread_cond_init(&p->cond, NULL);
 	if (strlen(p->tag) != 4 || strspn(p->tag, "0123456789abcdef") != 4) {
-		set_error(ret_error, "netpool: bad instance tag \"%s\"", o->tag);
+		error_set(ret_error, "netpool: bad instance tag \"%s\"", o->tag);
 		r = -EINVAL;
 		goto fail;
 	}
 	if ((r = np_alloc_init(&p->alloc, p->range, ret_error)) < 0)
 		goto fail;
 	if (p->alloc.n < o->depth) {
-		set_error(ret_error, "network range %s holds %u slots, fewer than the pool's depth %u", p->range,
+		error_set(ret_error, "network range %s holds %u slots, fewer than the pool's depth %u", p->range,
 			  p->alloc.n, o->depth);
 		r = -EINVAL;
 		goto fail;
@@ -934,7 +910,7 @@ int netpool_new(const struct netpool_options *o, struct netpool **ret, char **re
 	p->o.keep = NULL;
 	p->o.n_keep = 0;
 	if (access("/dev/net/tun", R_OK | W_OK) < 0) {
-		set_error(ret_error, "/dev/net/tun: %s", strerror(errno));
+		error_set(ret_error, "/dev/net/tun: %s", strerror(errno));
 		r = -errno;
 		goto fail;
 	}
@@ -946,14 +922,14 @@ int netpool_new(const struct netpool_options *o, struct netpool **ret, char **re
 	if (o->egress) {
 		r = set_ip_forward(1);
 		if (r < 0) {
-			set_error(ret_error, "host ip_forward: %s", strerror(-r));
+			error_set(ret_error, "host ip_forward: %s", strerror(-r));
 			goto fail;
 		}
 		p->forward_saved = r;
 	}
 	if (o->depth > 0) {
 		if (pthread_create(&p->filler, NULL, filler_main, p) != 0) {
-			set_error(ret_error, "netpool: cannot start its thread");
+			error_set(ret_error, "netpool: cannot start its thread");
 			r = -EAGAIN;
 			goto fail;
 		}

@@ -1,6 +1,8 @@
 /* netpool's own seams between netpool.c and resolver.c; not part of the library's API. */
 #pragma once
 
+#include "common.h" /* error_set */
+
 #include <ldns/ldns.h>
 
 #include "netpool.h"

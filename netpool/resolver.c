@@ -76,14 +76,6 @@ struct np_resolver {
 	uint64_t dropped; /* queries dropped: malformed, over a bound */
 };
 
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
 /* "A.B.C.D[:PORT]" */
 static int parse_upstream(const char *s, struct sockaddr_in *ret)
 {

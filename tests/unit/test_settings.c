@@ -152,7 +152,7 @@ static void env_forms(void **state)
 	assert_string_equal(txt, "");
 	free(txt);
 	{
-		static const char *const bad[] = { "1A=b", "A-B=c", "A B=c", "NOEQ", "=v", "A=1\nA=2",
+		static const char *const bad[] = { "1A=b", "A-B=c", "A B=c", "NOEQ", "=v", "A=1\nA=2", "A=x\ry", "A=x\r\r\n",
 						   "{\"A\": 1}", "{\"1\": \"x\"}", "{\"A\": \"1\"", "[\"A=1\"]" };
 
 		for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
@@ -164,6 +164,12 @@ static void env_forms(void **state)
 			err = NULL;
 		}
 	}
+	/* a value ending in CR (JSON only) renders as JSON, so it reads back whole */
+	assert_int_equal(env_parse("{\"A\": \"x\\r\"}", 12, &env, &err), 0);
+	txt = env_render(env);
+	assert_string_equal(txt, "{\"A\":\"x\\r\"}\n");
+	free(txt);
+	strv_free(env);
 	assert_int_equal(env_parse("A=1\nB", 5, &env, &err), -EINVAL);
 	assert_non_null(strstr(err, "line 2"));
 	free(err);
