@@ -172,6 +172,7 @@ static void set_refused(struct sandbox *s, char *why)
 	/* one comment line: a reason is written on one */
 	while (why && (nl = strchr(why, '\n')))
 		*nl = ' ';
+	settings_refused(s, "egress", why); /* status "settings_error", as the other settings */
 	pthread_mutex_lock(&s->e->lock);
 	free(s->egress_error);
 	s->egress_error = why;

@@ -559,6 +559,7 @@ struct sandbox {
 	bool agent_unsettled;
 	uint64_t console_dropped; /* e->lock: bytes of console output dropped to keep within the cap */
 	struct sandbox_settings settings; /* e->lock */
+	char *settings_error; /* e->lock: "FILE: why" the last refused settings write; NULL once one succeeded */
 	char *egress_error; /* e->lock: why the last write of egress was refused (egress.c); NULL: it was not */
 	struct sandbox_usage usage;	  /* e->lock: the usage file's last figures (usage.c) */
 	/* the guest filesystems seen through it, dev + 1 each (guestfs.c: host inode numbers); lock-free */
@@ -764,6 +765,8 @@ json_object *settings_json(const struct sandbox *s); /* e->lock held */
 void settings_from_json(struct sandbox *s, json_object *o);
 void settings_kick(struct engine *e); /* e->lock held */
 int settings_env_apply(struct sandbox *s, json_object *req);
+/* A settings write to file was refused for why (status "settings_error"), or succeeded (why NULL). */
+void settings_refused(struct sandbox *s, const char *file, const char *why);
 void engine_deadlines_start(struct engine *e);
 void engine_deadlines_stop(struct engine *e);
 /* engine_sandbox_destroy, with why in its event ("reason"); NULL: a user's rmdir */

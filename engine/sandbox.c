@@ -87,6 +87,7 @@ void sandbox_unref(struct sandbox *s)
 	pthread_mutex_destroy(&s->op_lock);
 	pthread_mutex_destroy(&s->record_lock);
 	free(s->ctl_error);
+	free(s->settings_error);
 	free(s->fork_of);
 	free(s->procs);
 	settings_clear(&s->settings);
@@ -1157,6 +1158,7 @@ char *sandbox_render_status(struct sandbox *s)
 				 ms_json(ns_to_ms(now_ns() - s->active_ns)) : NULL);
 	json_object_object_add(o, "idle_hibernations", json_object_new_int64((int64_t)s->idle_hibernations));
 	json_object_object_add(o, "ctl_error", s->ctl_error ? json_object_new_string(s->ctl_error) : NULL);
+	json_object_object_add(o, "settings_error", s->settings_error ? json_object_new_string(s->settings_error) : NULL);
 	json_object_object_add(o, "adoptions", json_object_new_int((int)s->adoptions));
 	json_object_object_add(o, "console_dropped_bytes", json_object_new_int64((int64_t)s->console_dropped));
 	pthread_mutex_unlock(&e->lock);

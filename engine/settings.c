@@ -145,6 +145,19 @@ void settings_from_json(struct sandbox *s, json_object *o)
 	/* the deadline thread starts after re-adoption and looks at every sandbox first */
 }
 
+void settings_refused(struct sandbox *s, const char *file, const char *why)
+{
+	char *m = NULL;
+
+	if (why && asprintf(&m, "%s: %s", file, why) < 0)
+		m = NULL;
+	pthread_mutex_lock(&s->e->lock);
+	free(s->settings_error);
+	s->settings_error = m;
+	atomic_fetch_add(&s->status_seq, 1);
+	pthread_mutex_unlock(&s->e->lock);
+}
+
 /* ---- timeout ---- */
 
 static int effective_action(const struct sandbox *s)
@@ -188,9 +201,10 @@ int sandbox_write_timeout(struct sandbox *s, const char *data, size_t len)
 	int act, r;
 
 	if ((r = timeout_parse(data, len, &secs, &act, &err)) < 0) {
-		log_debug("sandbox %s: timeout refused: %s", s->name, err ? err : strerror(-r));
+		settings_refused(s, "timeout", err ? err : strerror(-r));
 		return r;
 	}
+	settings_refused(s, "timeout", NULL);
 	pthread_mutex_lock(&e->lock);
 	if (s->state == SB_DESTROYING) {
 		pthread_mutex_unlock(&e->lock);
@@ -348,9 +362,10 @@ int sandbox_write_metadata(struct sandbox *s, const char *data, size_t len)
 	int r;
 
 	if ((r = metadata_parse(data, len, &o, &err)) < 0) {
-		log_debug("sandbox %s: metadata refused: %s", s->name, err ? err : strerror(-r));
+		settings_refused(s, "metadata", err ? err : strerror(-r));
 		return r;
 	}
+	settings_refused(s, "metadata", NULL);
 	pthread_mutex_lock(&e->lock);
 	old = s->settings.metadata;
 	s->settings.metadata = o;
@@ -464,9 +479,10 @@ int sandbox_write_env(struct sandbox *s, const char *data, size_t len)
 	int r;
 
 	if ((r = env_parse(data, len, &env, &err)) < 0) {
-		log_debug("sandbox %s: env refused: %s", s->name, err ? err : strerror(-r));
+		settings_refused(s, "env", err ? err : strerror(-r));
 		return r;
 	}
+	settings_refused(s, "env", NULL);
 	pthread_mutex_lock(&e->lock);
 	old = s->settings.env;
 	s->settings.env = env;

@@ -298,11 +298,13 @@ class Egress(harness.TestCase):
                 got = read_egress("b1")
                 self.assertIn("# the last write was refused: " + why, got)
                 self.assertTrue(got.endswith(good), got)
+                self.assertTrue(D.status("b1")["settings_error"].startswith("egress: " + why), D.status("b1"))
         self.assertTrue(connect("b1", ADDR1, 8001))
         self.assertFalse(connect("b1", ADDR1, 8002))
         # a good write clears the reason; too many rules is refused
         write_egress("b1", good)
         self.assertEqual(read_egress("b1"), good)
+        self.assertIsNone(D.status("b1")["settings_error"])
         many = "".join("allow 10.9.%d.%d\n" % (i // 256, i % 256) for i in range(257))
         self.assertErrno(errno.EINVAL, write_egress, "b1", many)
         self.assertIn("line 257: more than 256 rules", read_egress("b1"))

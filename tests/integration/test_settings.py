@@ -242,10 +242,14 @@ class Settings(harness.TestCase):
         for b in bad:
             self.assertErrno(errno.EINVAL, put, "mb", "metadata", b)
             self.assertEqual(json.loads(get("mb", "metadata")), good, b)
-        # the bounds themselves are fine
+            self.assertTrue(D.status("mb")["settings_error"].startswith("metadata: "), D.status("mb"))
+        self.assertErrno(errno.EINVAL, put, "mb", "metadata", bad[7])
+        self.assertEqual(D.status("mb")["settings_error"], "metadata: more than 64 keys")
+        # the bounds themselves are fine; a success clears the reason
         edge = {"k%02d" % i: "v" for i in range(63)}
         edge["K" * 128] = "v" * 1024
         put("mb", "metadata", json.dumps(edge))
+        self.assertIsNone(D.status("mb")["settings_error"])
         self.assertEqual(json.loads(get("mb", "metadata")), edge)
         # a value longer than a file name (255 bytes) is kept but not listed
         self.assertEqual(os.listdir(os.path.join(D.mount, "sandboxes-by", "K" * 128)), [])
@@ -293,6 +297,8 @@ class Settings(harness.TestCase):
         for bad in ("1X=a", "A-B=c", "NOEQUALS", "A=1\nA=2", '{"A": 1}', '{"A": "1"', "=v", "X" * 256 + "=v"):
             self.assertErrno(errno.EINVAL, put, "v", "env", bad)
             self.assertEqual(get("v", "env"), before, bad)
+        self.assertEqual(D.status("v")["settings_error"], "env: line 1: \"%s\" is not a variable name "
+                         "([A-Za-z_][A-Za-z0-9_]*, at most 255 bytes)" % ("X" * 40))
         harness.write_file(D.sb("v", "env"), "", os.O_WRONLY | os.O_TRUNC)  # `: > env`
         self.assertEqual(get("v", "env"), "")
         self.assertEqual(D.sh("v", 'echo "${B-unset}"'), "unset\n")
