@@ -457,6 +457,7 @@ struct template {
 	uint32_t slot_mib;		 /* measured PSS of a warm slot; 0: not yet */
 	struct capacity_output plan;	 /* the controller's last answer */
 	uint64_t miss[_MISS_MAX];	 /* creates not served warm, by reason */
+	uint64_t timeouts[TIMEOUT_ACT_HIBERNATE + 1]; /* sandboxes' timeouts applied, by action (settings.c) */
 	struct pool_stats pool_stats;
 	char *pool_error;	/* the last preparation failure */
 	bool pool_stop;

@@ -106,6 +106,12 @@ char *engine_render_metrics(struct engine *e)
 		put(&b, "emberfs_creates_total{template=\"%s\",path=\"cold\"} %llu\n", t->name,
 		    (unsigned long long)t->pool_stats.served_cold);
 	}
+	put(&b, "# TYPE emberfs_sandbox_timeouts counter\n"
+		"# HELP emberfs_sandbox_timeouts Sandboxes' timeouts applied at their deadline, by action.\n");
+	for (size_t i = 0; i < e->n_templates; i++)
+		for (int a = TIMEOUT_ACT_DESTROY; a <= TIMEOUT_ACT_HIBERNATE; a++)
+			put(&b, "emberfs_sandbox_timeouts_total{template=\"%s\",action=\"%s\"} %llu\n", e->templates[i]->name,
+			    timeout_action_name(a), (unsigned long long)e->templates[i]->timeouts[a]);
 	put(&b, "# TYPE emberfs_pool_target gauge\n# HELP emberfs_pool_target Warm pool target depth.\n");
 	for (size_t i = 0; i < e->n_templates; i++)
 		put(&b, "emberfs_pool_target{template=\"%s\"} %u\n", e->templates[i]->name, e->templates[i]->pool_target);

@@ -223,6 +223,7 @@ int sandbox_write_timeout(struct sandbox *s, const char *data, size_t len)
 /* Applies s's passed deadline (the deadline thread, outside every lock). */
 static void deadline_fire(struct engine *e, struct sandbox *s)
 {
+	bool did = false;
 	int act, r = 0;
 	enum sandbox_state st;
 
@@ -233,12 +234,18 @@ static void deadline_fire(struct engine *e, struct sandbox *s)
 	if (act == TIMEOUT_ACT_DESTROY) {
 		log_info("sandbox %s/%s: its timeout passed: destroyed", s->tpl->name, s->name);
 		r = sandbox_destroy_why(e, s->tpl, s->name, "timeout");
+		if (r == 0) {
+			pthread_mutex_lock(&e->lock);
+			s->tpl->timeouts[TIMEOUT_ACT_DESTROY]++;
+			pthread_mutex_unlock(&e->lock);
+		}
 		if (r < 0 && r != -ENOENT)
 			log_warn("sandbox %s/%s: timeout: destroy failed: %s", s->tpl->name, s->name, strerror(-r));
 		return;
 	}
 	if (st == SB_READY || st == SB_PAUSED) {
 		r = sandbox_ctl(s, "hibernate", strlen("hibernate"));
+		did = r == 0;
 		if (r == -EBUSY) {
 			pthread_mutex_lock(&e->lock);
 			r = s->state == SB_READY || s->state == SB_PAUSED ? -EBUSY : 0;
@@ -250,8 +257,13 @@ static void deadline_fire(struct engine *e, struct sandbox *s)
 		}
 		if (r < 0)
 			log_warn("sandbox %s/%s: timeout: hibernate failed: %s", s->tpl->name, s->name, strerror(-r));
-		else
+		else if (did)
 			log_info("sandbox %s/%s: its timeout passed: hibernated", s->tpl->name, s->name);
+		if (did) {
+			pthread_mutex_lock(&e->lock);
+			s->tpl->timeouts[TIMEOUT_ACT_HIBERNATE]++;
+			pthread_mutex_unlock(&e->lock);
+		}
 	}
 	/* done (or nothing to do: hibernated, stopped, failed): no deadline until one is set again */
 	pthread_mutex_lock(&e->lock);

@@ -51,6 +51,15 @@ def get(name, fname, d=None):
     return harness.read_text((d or D).sb(name, fname))
 
 
+def timeouts_applied(action):
+    """emberfs_sandbox_timeouts_total of the default template for action, from MOUNT/metrics."""
+    text = harness.read_text(os.path.join(D.mount, "metrics"))
+    for line in text.splitlines():
+        if line.startswith('emberfs_sandbox_timeouts_total{template="default",action="%s"} ' % action):
+            return int(line.split()[-1])
+    raise AssertionError("no timeouts counter for %s in metrics" % action)
+
+
 def wait_gone(path, timeout):
     """Polls every 10 ms until path is gone; the monotonic time it went."""
     end = time.monotonic() + timeout
@@ -86,6 +95,7 @@ class Settings(harness.TestCase):
         evfd = os.open(os.path.join(D.mount, "events"), os.O_RDONLY)
         self.addCleanup(os.close, evfd)
         D.create_ready("t1")
+        destroyed0 = timeouts_applied("destroy")
         t = json.loads(get("t1", "timeout"))
         self.assertEqual(t, {"timeout_s": 0, "deadline_unix_ms": None, "left_ms": None, "on_timeout": "destroy"})
         t0 = time.monotonic()
@@ -109,10 +119,12 @@ class Settings(harness.TestCase):
         gone_ev = [e for e in evs if e.get("name") == "t1" and e.get("state") == "destroyed"]
         self.assertEqual(len(gone_ev), 1, evs)
         self.assertEqual(gone_ev[0].get("reason"), "timeout")
+        self.assertEqual(timeouts_applied("destroy"), destroyed0 + 1)
 
     def test_timeout_hibernates(self):
         D.create_ready("t2")
         D.sh("t2", "echo kept > /tmp/f")
+        hibernated0 = timeouts_applied("hibernate")
         t0 = time.monotonic()
         put("t2", "timeout", "2 hibernate")
         self.assertEqual(json.loads(get("t2", "timeout"))["on_timeout"], "hibernate")
@@ -126,6 +138,7 @@ class Settings(harness.TestCase):
         self.assertGreater(left - t0, 1.95)
         # done: no deadline until one is set again; an exec wakes it with its files
         self.assertEqual(json.loads(get("t2", "timeout"))["timeout_s"], 0)
+        self.assertEqual(timeouts_applied("hibernate"), hibernated0 + 1)
         self.assertEqual(D.sh("t2", "cat /tmp/f"), "kept\n")
 
     def test_timeout_template_default(self):
