@@ -38,7 +38,7 @@ status=0
 for t in "${targets[@]}"; do
 	case $t in
 	config) srcs=("$top/tests/fuzz/fuzz_config.c" "$top/engine/config.c" "$top/engine/drivers.c"
-		"$top/engine/imageref.c" "$top/netpool/egress.c" "${common[@]}") ;;
+		"$top/engine/imageref.c" "$top/engine/parse.c" "$top/netpool/egress.c" "${common[@]}") ;;
 	parse) srcs=("$top/tests/fuzz/fuzz_parse.c" "$top/engine/parse.c" "${common[@]}") ;;
 	agent_reader) srcs=("$top/tests/fuzz/fuzz_agent_reader.c" "$top/engine/agent_client.c" "${common[@]}") ;;
 	agent_guest) srcs=(-I"$top/engine/guest" "$top/tests/fuzz/fuzz_agent_guest.c"
