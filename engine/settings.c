@@ -152,9 +152,10 @@ void settings_refused(struct sandbox *s, const char *file, const char *why)
 	if (why && asprintf(&m, "%s: %s", file, why) < 0)
 		m = NULL;
 	pthread_mutex_lock(&s->e->lock);
+	if (m || s->settings_error)
+		atomic_fetch_add(&s->status_seq, 1); /* status shows it: a poller on status hears of a change */
 	free(s->settings_error);
 	s->settings_error = m;
-	atomic_fetch_add(&s->status_seq, 1);
 	pthread_mutex_unlock(&s->e->lock);
 }
 
@@ -213,7 +214,6 @@ int sandbox_write_timeout(struct sandbox *s, const char *data, size_t len)
 	s->settings.timeout_s = secs;
 	s->settings.on_timeout = act;
 	s->settings.deadline_ms = secs ? realtime_ms() + secs * 1000u : 0;
-	atomic_fetch_add(&s->status_seq, 1);
 	settings_kick(e);
 	pthread_mutex_unlock(&e->lock);
 	sandbox_record_save(s);
@@ -269,7 +269,6 @@ static void deadline_fire(struct engine *e, struct sandbox *s)
 	pthread_mutex_lock(&e->lock);
 	s->settings.deadline_ms = 0;
 	s->settings.timeout_s = 0;
-	atomic_fetch_add(&s->status_seq, 1);
 	pthread_mutex_unlock(&e->lock);
 	sandbox_record_save(s);
 }
@@ -387,7 +386,10 @@ int sandbox_write_metadata(struct sandbox *s, const char *data, size_t len)
 	return 0;
 }
 
-/* The sandboxes whose metadata has key (and value, unless NULL) as a list of what want collects. */
+/*
+ * (Takes e->lock.) Without key, every metadata key in use; with key, its values
+ * (value NULL) or, with names, the names of the sandboxes whose key is value.
+ */
 static char **metadata_collect(struct engine *e, const char *key, const char *value, bool names)
 {
 	char **v = calloc(1, sizeof(*v));

@@ -64,7 +64,7 @@ static bool matches(struct fs *f, const char *key, const char *value)
 	return any;
 }
 
-/* Entries that match nothing any more go (lock held; the engine is asked outside no lock of its own). */
+/* Entries that match nothing any more go (b->lock held; the engine takes its own lock for each question). */
 static void sweep(struct fs *f)
 {
 	struct bymeta *b = f->bymeta;
