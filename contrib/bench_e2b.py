@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""
+emberfs-e2b measured from the E2B JavaScript SDK: `contrib/bench.sh e2b` runs
+this (it can also run alone, from the repository, as root).
+
+One daemon (--pool 0), the python template (contrib/build-python-image.sh's
+image, cached machine-wide; its image has /bin/bash, which the SDK runs
+every command with) with its pool pinned at BENCH_E2B_POOL (default 4),
+build/e2b/emberfs-e2b (EMBERFS_E2B) on a loopback port, and the pinned SDK
+(contrib/e2b-sdk.sh) running tests/e2b/bench.mjs, which measures:
+
+  create      Sandbox.create('python') until it resolved, from a full pool
+              (the bench waits for the pool to refill before each sample,
+              untimed), BENCH_E2B_N samples (default 30) after 2 warm-ups
+  run         commands.run('true') round trip, 3 * BENCH_E2B_N samples after
+              10 warm-ups, in one sandbox
+  files_1mib  files.write of 1 MiB + files.read of it back, BENCH_E2B_N
+              samples after 10 warm-ups
+
+Output: a table on stderr; JSON lines on stdout (bench.mjs's):
+{"bench":"e2b","metric":"create","n":..,"p50_ms":..,"p99_ms":..,"mean_ms":..,"pool":..}
+{"bench":"e2b","metric":"run","n":..,"p50_ms":..,"p99_ms":..,"mean_ms":..}
+{"bench":"e2b","metric":"files_1mib","n":..,"p50_ms":..,"p99_ms":..,"write_p50_ms":..,"read_p50_ms":..}
+Exit 77 when the python image cannot be built (no Debian archive) or node
+and npm are missing.
+"""
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tests", "integration"))
+import harness  # noqa: E402
+import e2bhelp  # noqa: E402
+
+T = "python"
+POOL = int(os.environ.get("BENCH_E2B_POOL", "4"))
+
+
+def log(msg):
+    sys.stderr.write("bench: e2b: %s\n" % msg)
+
+
+def main():
+    why = harness.missing_capability()
+    if why:
+        log("cannot run: %s" % why)
+        return 77
+    try:
+        ref = e2bhelp.python_image_ref()
+        sdk = e2bhelp.sdk_ready()
+    except e2bhelp.Unavailable as e:
+        log("skipped: %s" % e)
+        return 77
+    log("image %s, e2b SDK %s" % (ref, sdk))
+    d = harness.Daemon().start()
+    api = None
+    try:
+        e2bhelp.bake_template(d, T, {"image": ref, "mem_mib": 512})
+        d.set_pool(POOL, t=T)
+        api = e2bhelp.Api(d.mount).start()
+        d.wait_pool(POOL, t=T, timeout=300)
+        env = dict(os.environ, **api.env(), E2B_TEMPLATE=T, EMBERFS_MOUNT=d.mount, BENCH_E2B_POOL=str(POOL))
+        r = subprocess.run(["node", "bench.mjs"], cwd=e2bhelp.SDK_DIR, env=env, stdout=subprocess.PIPE, text=True)
+        sys.stdout.write(r.stdout)
+        sys.stdout.flush()
+        if r.returncode != 0:
+            log("bench.mjs failed (exit %d)\n%s" % (r.returncode, api.log_tail()))
+            return 1
+        for n in d.sandboxes(t=T):
+            d.destroy(n, t=T)
+        d.set_pool(0, t=T)
+        rc = api.stop()
+        if rc != 0:
+            log("emberfs-e2b exit %s after SIGTERM" % rc)
+            return 1
+        os.rmdir(d.tpl(T))
+    except BaseException:
+        if api is not None:
+            api.cleanup(keep_log=True)
+            log("emberfs-e2b log kept: %s" % api.log_path)
+        d.force_cleanup()
+        raise
+    api.cleanup()
+    d.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
