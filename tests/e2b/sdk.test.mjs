@@ -174,12 +174,16 @@ describe('emberfs-e2b through the e2b SDK', { concurrency: false }, () => {
     } finally {
       await kill(n)
     }
-    // denyOut everything but one address: "default deny"
+    // denyOut everything but one address: the allow first, then everything denied
+    // (as "default deny" or as a last rule "deny 0.0.0.0/0")
     const m = await create({ network: { denyOut: ['0.0.0.0/0'], allowOut: ['10.9.9.1'] } })
     try {
       const lines = mountText(`${sbDir(m.sandboxId)}/egress`).split('\n').filter((l) => l && !l.startsWith('#'))
-      assert.ok(lines.includes('default deny'), lines.join('\n'))
-      assert.ok(lines.includes('allow 10.9.9.1/32'), lines.join('\n'))
+      const rules = lines.filter((l) => !l.startsWith('default '))
+      assert.equal(rules[0], 'allow 10.9.9.1/32', lines.join('\n'))
+      assert.ok(lines.includes('default deny') || rules[rules.length - 1] === 'deny 0.0.0.0/0', lines.join('\n'))
+      const r = await m.commands.run('timeout 10 bash -c "echo > /dev/tcp/10.9.9.2/80" 2>&1; echo rc=$?', { timeoutMs: 30_000 })
+      assert.match(r.stdout, /Connection refused/)
     } finally {
       await kill(m)
     }
