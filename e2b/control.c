@@ -408,7 +408,7 @@ static int create(struct req *r, bool v2)
 	struct tplinfo t;
 	struct sbx s;
 	char id[21];
-	int replied, k = -EEXIST;
+	int replied, k;
 
 	if (!(body = req_json_object(r, &replied)))
 		return 0;
@@ -438,6 +438,7 @@ static int create(struct req *r, bool v2)
 	e2b_create_done(&c);
 	if (!settings)
 		return reply_api_error(r, 500, "out of memory");
+	k = -EEXIST;
 	for (int i = 0; i < CREATE_ID_TRIES && k == -EEXIST; i++) {
 		random_id(id);
 		free(why);

@@ -375,10 +375,10 @@ int e2b_egress_from(json_object *network, int allow_internet, bool update, char 
 			else if (!strcmp(k, "denyOut"))
 				deny = v;
 			else if (!strcmp(k, "egressProxy") && !is_type(v, json_type_null))
-				list_add(&unsupported, "network.egressProxy");
+				list_add(&unsupported, update ? "egressProxy" : "network.egressProxy");
 			else if (!strcmp(k, "rules") && !(is_type(v, json_type_null) ||
 							   (is_type(v, json_type_object) && !json_object_object_length(v))))
-				list_add(&unsupported, "network.rules");
+				list_add(&unsupported, update ? "rules" : "network.rules");
 			else if (!update && !strcmp(k, "allowPublicTraffic") && !is_type(v, json_type_boolean))
 				list_add(&unsupported, "network.allowPublicTraffic (not a boolean)");
 			else if (!update && !strcmp(k, "allowPublicTraffic") && !json_object_get_boolean(v))
@@ -393,7 +393,7 @@ int e2b_egress_from(json_object *network, int allow_internet, bool update, char 
 					     strcmp(k, "httpsPorts")))) {
 				char *n = NULL;
 
-				if (asprintf(&n, "network.%s", k) >= 0)
+				if (asprintf(&n, "%s%s", update ? "" : "network.", k) >= 0)
 					list_add(&unsupported, n);
 				free(n);
 			}
@@ -521,16 +521,22 @@ int e2b_create_parse(json_object *body, bool v2, struct e2b_create *ret, char **
 			list_add(&unsupported, k);
 		}
 	}
+	if ((r = e2b_egress_from(network, allow_internet, false, &c.egress, &c.egress_allows, why)) < 0 &&
+	    !(r == -EOPNOTSUPP && unsupported))
+		return r;
 	if (unsupported) {
+		/* every field at once, the network's too ("network.maskRequestHost") */
+		if (r == -EOPNOTSUPP && why && *why)
+			list_add(&unsupported, *why + strlen("not implemented by emberfs: "));
 		why_set(why, "not implemented by emberfs: %s", unsupported);
+		free(c.egress);
 		return -EOPNOTSUPP;
 	}
 	if (!c.tpl) {
+		free(c.egress);
 		why_set(why, "templateID is required");
 		return -EINVAL;
 	}
-	if ((r = e2b_egress_from(network, allow_internet, false, &c.egress, &c.egress_allows, why)) < 0)
-		return r;
 	*ret = c;
 	return 0;
 }
