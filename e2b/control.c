@@ -24,13 +24,6 @@
 #define BODY_MAX_SMALL (64 * 1024)
 #define CREATE_ID_TRIES 4
 
-static void json_putp(json_object **o)
-{
-	if (*o)
-		json_object_put(*o);
-}
-#define _cleanup_json_ _cleanup_(json_putp)
-
 static void closedirp(DIR **d)
 {
 	if (*d)
@@ -232,7 +225,7 @@ static json_object *listed_json(const struct sbx *s, json_object *status, const 
 	json_object_object_add(o, "memoryMB", json_object_new_int(t->mem_mib));
 	json_object_object_add(o, "diskSizeMB", json_object_new_int(t->disk_mib));
 	if (!meta || !json_object_is_type(meta, json_type_object)) {
-		json_putp(&meta);
+		json_object_put(meta);
 		meta = json_object_new_object();
 	}
 	json_object_object_add(o, "metadata", meta);
@@ -525,7 +518,8 @@ static unsigned ensure_running(struct req *r, const struct sbx *s, json_object *
 				       0;
 			}
 		}
-		json_putp(&cur);
+		json_object_put(cur);
+		cur = NULL;
 		if (!(cur = sbx_read_json(s, "status")))
 			return reply_not_found(r, s->id), 0;
 	}
@@ -1006,7 +1000,7 @@ static int list(struct req *r, bool v2)
 		while (i < l.n && (asc ? e2b_cursor_cmp(&l.v[i].c, &after) <= 0 : e2b_cursor_cmp(&l.v[i].c, &after) >= 0))
 			i++;
 	if (!(arr = json_object_new_array()) || !(tc = calloc(1, sizeof(*tc)))) {
-		json_putp(&arr);
+		json_object_put(arr);
 		return reply_api_error(r, 500, "out of memory");
 	}
 	for (; i < l.n && (int64_t)taken < limit; i++, taken++) {

@@ -45,9 +45,10 @@ static void list_add(char **list, const char *name)
 	*list = n;
 }
 
+/* json-c's NULL is JSON's null */
 static bool is_type(json_object *o, json_type t)
 {
-	return o && json_object_is_type(o, t);
+	return json_object_is_type(o, t);
 }
 
 /* An object whose every value is a string (metadata, envVars). */
