@@ -470,73 +470,81 @@ static int create_v1(struct req *r)
 
 /* ---- connect, resume ---- */
 
+/* The ctl verb that makes a sandbox in state st run, or NULL (ready, creating, or gone). */
+static const char *wake_verb(const char *st)
+{
+	if (!strcmp(st, "paused") || !strcmp(st, "hibernated"))
+		return "resume";
+	if (!strcmp(st, "stopped"))
+		return "start"; /* paused without memory: a cold boot from its own disk */
+	return NULL;
+}
+
 /*
- * Makes the sandbox run (resuming or starting it) and sets its timeout:
- * only extended for one that was running (E2B: "TTL is only extended"),
- * set for one resumed (its pause cleared it). Returns the HTTP status
- * (200 running, 201 resumed) or 0 with the reply made.
+ * Makes the sandbox run: resumes or starts it, or waits for its create.
+ * 0 once it is ready (*ret_resumed: this request woke it), or 1 with the
+ * reply made. A verb refused with EBUSY means another request moved it:
+ * its state is read again.
  */
-static unsigned ensure_running(struct req *r, const struct sbx *s, json_object *status, int64_t secs, bool memory)
+static int wake(struct req *r, const struct sbx *s, json_object *status, bool memory, bool *ret_resumed)
 {
 	_cleanup_json_ json_object *cur = json_object_get(status);
-	bool resumed = false;
+	const char *st = jstr(cur, "state") ?: "";
+	int k;
 
-	for (int tries = 0; tries < 4; tries++) {
-		const char *st = jstr(cur, "state") ?: "";
-		const char *verb = NULL;
-		int k;
+	*ret_resumed = false;
+	for (int tries = 0; tries < 4 && strcmp(st, "ready"); tries++) {
+		const char *verb = wake_verb(st);
 
 		if (!strcmp(st, "creating")) {
 			if ((k = sbx_wait_ready(s)) < 0)
-				return reply_api_error(r, 500, "the sandbox failed to start: %s", strerror(-k)), 0;
-		} else if (!strcmp(st, "ready")) {
-			break;
-		} else if (!strcmp(st, "paused") || !strcmp(st, "hibernated")) {
-			if (!memory)
-				return reply_api_error(r, 400,
-						       "memory false (resume from disk only) is not implemented by emberfs: the "
-						       "sandbox %s has its memory saved and resumes with it",
-						       s->id),
-				       0;
-			verb = "resume";
-		} else if (!strcmp(st, "stopped")) {
-			verb = "start"; /* paused without memory: a cold boot from its own disk */
-		} else {
-			return reply_not_found(r, s->id), 0;
-		}
-		if (verb) {
-			k = sbx_write(s, "ctl", verb);
-			if (k == 0)
-				resumed = true;
-			else if (k == -ENOENT)
-				return reply_not_found(r, s->id), 0;
-			else if (k != -EBUSY) { /* EBUSY: someone else moved it: look again */
-				_cleanup_json_ json_object *now = sbx_read_json(s, "status");
+				return reply_api_error(r, 500, "the sandbox failed to start: %s", strerror(-k)), 1;
+		} else if (!verb) {
+			return reply_not_found(r, s->id), 1; /* failed or being destroyed meanwhile */
+		} else if (!memory && strcmp(verb, "start")) {
+			reply_api_error(r, 400,
+					"memory false (resume from disk only) is not implemented by emberfs: sandbox %s has "
+					"its memory saved and resumes with it",
+					s->id);
+			return 1;
+		} else if ((k = sbx_write(s, "ctl", verb)) == 0) {
+			*ret_resumed = true;
+		} else if (k == -ENOENT) {
+			return reply_not_found(r, s->id), 1;
+		} else if (k != -EBUSY) {
+			_cleanup_json_ json_object *now = sbx_read_json(s, "status");
 
-				return reply_api_error(r, 500, "%s of sandbox %s failed: %s", verb, s->id,
-						       jstr(now, "ctl_error") ?: jstr(now, "error") ?: strerror(-k)),
-				       0;
-			}
+			reply_api_error(r, 500, "%s of sandbox %s failed: %s", verb, s->id,
+					jstr(now, "ctl_error") ?: jstr(now, "error") ?: strerror(-k));
+			return 1;
 		}
 		json_object_put(cur);
-		cur = NULL;
 		if (!(cur = sbx_read_json(s, "status")))
-			return reply_not_found(r, s->id), 0;
+			return reply_not_found(r, s->id), 1;
+		st = jstr(cur, "state") ?: "";
 	}
-	if (strcmp(jstr(cur, "state") ?: "", "ready"))
-		return reply_api_error(r, 409, "sandbox %s is %s", s->id, jstr(cur, "state") ?: "changing"), 0;
-	{
-		char act[16];
-		int64_t deadline, now = (int64_t)realtime_ms();
-		int k = 0;
+	if (strcmp(st, "ready"))
+		return reply_api_error(r, 409, "sandbox %s is %s", s->id, *st ? st : "changing"), 1;
+	return 0;
+}
 
-		sbx_timeout(s, &deadline, act);
-		if (resumed ? true : deadline && deadline < now + secs * 1000)
-			k = sbx_set_timeout(s, secs);
-		if (k < 0)
-			return reply_api_error(r, 500, "setting the timeout of %s failed: %s", s->id, strerror(-k)), 0;
-	}
-	return resumed ? 201 : 200;
+/*
+ * A connect's timeout: only extended for a sandbox that was running (E2B:
+ * "TTL is only extended"; one without a deadline keeps none), set for one
+ * resumed (its pause cleared it). 0, or 1 with the reply made.
+ */
+static int connect_timeout(struct req *r, const struct sbx *s, int64_t secs, bool resumed)
+{
+	int64_t deadline, now = (int64_t)realtime_ms();
+	char act[16];
+	int k;
+
+	sbx_timeout(s, &deadline, act);
+	if (!resumed && (!deadline || deadline >= now + secs * 1000))
+		return 0;
+	if ((k = sbx_set_timeout(s, secs)) < 0)
+		return reply_api_error(r, 500, "setting the timeout of %s failed: %s", s->id, strerror(-k)), 1;
+	return 0;
 }
 
 /* POST /v2/sandboxes/{id}/connect, /sandboxes/{id}/connect, /sandboxes/{id}/resume. */
@@ -545,8 +553,7 @@ static int connect_common(struct req *r, int64_t secs, bool timeout_required, bo
 {
 	_cleanup_json_ json_object *body = NULL, *status = NULL;
 	json_object *v;
-	bool memory = true;
-	unsigned code;
+	bool memory = true, resumed;
 	struct sbx s;
 	int replied;
 
@@ -567,9 +574,9 @@ static int connect_common(struct req *r, int64_t secs, bool timeout_required, bo
 		return 0;
 	if (resume_route && e2b_state_of(jstr(status, "state")) == E2B_STATE_RUNNING)
 		return reply_api_error(r, 409, "sandbox \"%s\" is already running", s.id);
-	if (!(code = ensure_running(r, &s, status, secs, memory)))
+	if (wake(r, &s, status, memory, &resumed) || connect_timeout(r, &s, secs, resumed))
 		return 0;
-	return reply_json(r, code, sandbox_json(&s));
+	return reply_json(r, resumed ? 201 : 200, sandbox_json(&s));
 }
 
 static int connect_v2(struct req *r)

@@ -602,7 +602,13 @@ json_object *e2b_metric_from_usage(json_object *usage, int vcpus)
 	json_object_object_add(m, "timestampUnix", json_object_new_int64(ts / 1000));
 	json_object_object_add(m, "cpuCount", json_object_new_int(vcpus));
 	/* usage's percent is of one host CPU (200: two busy); E2B's is of the sandbox's CPUs */
-	json_object_object_add(m, "cpuUsedPct", json_object_new_double(pct ? json_object_get_double(pct) / vcpus : 0.0));
+	{
+		double v = pct ? json_object_get_double(pct) / vcpus : 0.0;
+		char txt[32];
+
+		snprintf(txt, sizeof(txt), "%.2f", v); /* not 3.1640000000000001 */
+		json_object_object_add(m, "cpuUsedPct", json_object_new_double_s(v, txt));
+	}
 	json_object_object_add(m, "memUsed", json_object_new_int64(int_at(usage, "memory", "guest", "used_bytes")));
 	json_object_object_add(m, "memTotal", json_object_new_int64(int_at(usage, "memory", "guest", "total_bytes")));
 	json_object_object_add(m, "memCache", json_object_new_int64(int_at(usage, "memory", "guest", "cache_bytes")));
