@@ -1001,7 +1001,8 @@ static int list(struct req *r, bool v2)
 		k = scan_all(&l, &f);
 	if (k < 0)
 		return reply_api_error(r, 500, "listing the sandboxes failed: %s", strerror(-k));
-	qsort_r(l.v, l.n, sizeof(*l.v), entry_cmp, &asc);
+	if (l.n)
+		qsort_r(l.v, l.n, sizeof(*l.v), entry_cmp, &asc);
 	i = 0;
 	if (have_after) /* the first entry after the cursor, in this order */
 		while (i < l.n && (asc ? e2b_cursor_cmp(&l.v[i].c, &after) <= 0 : e2b_cursor_cmp(&l.v[i].c, &after) >= 0))

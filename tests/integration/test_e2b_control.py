@@ -72,7 +72,12 @@ def _up():
 def tearDownModule():
     if SRV:
         SRV.terminate()
-        SRV.wait(10)
+        rc = SRV.wait(10)
+        log = open(os.path.join(TMP, "log"), errors="replace").read()
+        # a sanitizer build (EMBERFS_E2B_BIN) reports here; a clean stop exits 0
+        bad = [ln for ln in log.splitlines() if "Sanitizer" in ln or "runtime error" in ln]
+        if rc != 0 or bad:
+            raise AssertionError("emberfs-e2b exit %s:\n%s" % (rc, "\n".join(bad or log.splitlines()[-20:])))
     if D:
         try:
             for n in D.sandboxes():
