@@ -955,6 +955,44 @@ static int scan_all(struct listing *l, const struct filter *f)
 	return 0;
 }
 
+struct states_arg {
+	unsigned mask;
+	int bad;
+	bool seen;
+};
+
+static enum MHD_Result state_arg(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+	struct states_arg *a = cls;
+	unsigned m;
+
+	if (strcmp(key, "state") || !value || !*value) /* "state=": no filter, as when absent */
+		return MHD_YES;
+	a->seen = true;
+	if (e2b_state_filter_parse(value, &m) < 0)
+		a->bad = 1;
+	else
+		a->mask |= m;
+	return MHD_YES;
+}
+
+/*
+ * The state filter: the JS SDK sends state=running,paused, the Python SDK
+ * repeats the argument (state=running&state=paused); req_query sees only
+ * the first of those, so every one is read here. 0, or -EINVAL.
+ */
+static int state_filter(struct req *r, unsigned *mask)
+{
+	struct states_arg a = {0};
+
+	MHD_get_connection_values(req_conn(r), MHD_GET_ARGUMENT_KIND, state_arg, &a);
+	if (a.bad)
+		return -EINVAL;
+	if (a.seen)
+		*mask = a.mask;
+	return 0;
+}
+
 /* GET /v2/sandboxes (paged) and GET /sandboxes (v1: running ones, one page). */
 static int list(struct req *r, bool v2)
 {
@@ -978,7 +1016,7 @@ static int list(struct req *r, bool v2)
 			f.meta = meta;
 	}
 	if (v2) {
-		if ((q = req_query(r, "state")) && e2b_state_filter_parse(q, &f.states) < 0)
+		if (state_filter(r, &f.states) < 0)
 			return reply_api_error(r, 400, "state must be running, paused or both (comma-separated)");
 		query_int(r, "limit", 1, E2B_LIST_LIMIT_MAX, &limit, &replied);
 		if (replied)
