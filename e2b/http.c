@@ -642,11 +642,12 @@ int http_start(const char *listen)
 			return -EINVAL;
 		}
 	}
-	daemon_ = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, handler, NULL, MHD_OPTION_SOCK_ADDR,
+	daemon_ = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, handler, NULL, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
+				   NULL, MHD_OPTION_SOCK_ADDR,
 				   (struct sockaddr *)&ss, MHD_OPTION_NOTIFY_COMPLETED, completed, NULL,
 				   MHD_OPTION_THREAD_STACK_SIZE, (size_t)THREAD_STACK, MHD_OPTION_CONNECTION_LIMIT,
 				   (unsigned)4096, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)0,
-				   MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_END);
+				   MHD_OPTION_END);
 	if (!daemon_) {
 		log_error("e2b: cannot listen on %s (in use, or not an address of this host)", listen);
 		return -EADDRINUSE;
