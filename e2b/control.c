@@ -8,6 +8,7 @@
  */
 #include <dirent.h>
 #include <inttypes.h>
+#include <stdarg.h>
 #include <microhttpd.h>
 #include <stdio.h>
 #include <string.h>
@@ -660,6 +661,114 @@ static int pause_(struct req *r)
 	return reply_empty(r, 204);
 }
 
+/* ---- fork ---- */
+
+#define FORK_MAX 64
+
+static json_object *fork_error(unsigned code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static json_object *fork_error(unsigned code, const char *fmt, ...)
+{
+	json_object *o = json_object_new_object(), *e = json_object_new_object();
+	char *m = NULL;
+	va_list ap;
+
+	va_start(ap, fmt);
+	if (vasprintf(&m, fmt, ap) < 0)
+		m = NULL;
+	va_end(ap);
+	json_object_object_add(e, "code", json_object_new_int((int)code));
+	json_object_object_add(e, "message", json_object_new_string(m ? m : "error"));
+	free(m);
+	json_object_object_add(o, "error", e);
+	return o;
+}
+
+/* One fork of parent named into id: 0, or an error entry in *ret_err. */
+static int fork_one(const struct sbx *parent, char id[21], json_object **ret_err)
+{
+	char verb[32];
+	int k = -EEXIST;
+
+	for (int i = 0; i < CREATE_ID_TRIES && k == -EEXIST; i++) {
+		random_id(id);
+		snprintf(verb, sizeof(verb), "fork %.20s", id);
+		k = sbx_write(parent, "ctl", verb);
+	}
+	if (k == 0)
+		return 0;
+	if (k == -ENOSPC)
+		*ret_err = fork_error(429, "the sandbox limit of this emberfs is reached (--max-sandboxes)");
+	else {
+		_cleanup_json_ json_object *now = sbx_read_json(parent, "status");
+
+		*ret_err = fork_error(500, "fork of %s failed: %s", parent->id, jstr(now, "ctl_error") ?: strerror(-k));
+	}
+	return k;
+}
+
+/*
+ * POST /sandboxes/{id}/fork: "fork NEW" to the parent's ctl for each of
+ * count (the parent's state is saved once per fork: emberfs has no shared
+ * checkpoint), then each child's timeout, then its readiness. One entry per
+ * fork: {"sandbox": Sandbox} or {"error": {code, message}}.
+ */
+static int fork_(struct req *r)
+{
+	static const char *const f[] = {"timeout", "count", NULL};
+	_cleanup_json_ json_object *body = NULL, *status = NULL;
+	char ids[FORK_MAX][21];
+	json_object *arr, *entries[FORK_MAX] = {0}, *v;
+	int64_t secs = E2B_TIMEOUT_DEFAULT_V1, count = 1;
+	const char *st;
+	struct sbx s;
+	int replied, k;
+
+	if (!(body = body_object(r, &replied)))
+		return replied ? 0 : reply_api_error(r, 500, "out of memory");
+	if (only_fields(r, body, f) || timeout_field(r, body, "timeout", &secs))
+		return 0;
+	if (json_object_object_get_ex(body, "count", &v) && !json_object_is_type(v, json_type_null)) {
+		if (!json_object_is_type(v, json_type_int) || json_object_get_int64(v) < 1 ||
+		    json_object_get_int64(v) > FORK_MAX)
+			return reply_api_error(r, 400, "count must be a whole number from 1 to %d", FORK_MAX);
+		count = json_object_get_int64(v);
+	}
+	if (lookup(r, &s, &status))
+		return 0;
+	st = jstr(status, "state");
+	if (!strcmp(st, "creating") && (k = sbx_wait_ready(&s)) < 0)
+		return reply_api_error(r, 500, "the sandbox failed to start: %s", strerror(-k));
+	if (e2b_state_of(st) != E2B_STATE_RUNNING)
+		return reply_api_error(r, 409, "sandbox \"%s\" is paused: only a running sandbox is forked", s.id);
+	for (int64_t i = 0; i < count; i++) {
+		struct sbx c;
+
+		if (fork_one(&s, ids[i], &entries[i]) < 0)
+			continue;
+		if (sbx_at(s.tpl, ids[i], &c) < 0 || sbx_set_timeout(&c, secs) < 0)
+			entries[i] = fork_error(500, "setting the timeout of fork %s failed", ids[i]);
+	}
+	arr = json_object_new_array();
+	for (int64_t i = 0; i < count; i++) {
+		struct sbx c;
+
+		if (!entries[i] && sbx_at(s.tpl, ids[i], &c) == 0) {
+			if ((k = sbx_wait_ready(&c)) < 0) {
+				_cleanup_json_ json_object *cst = sbx_read_json(&c, "status");
+
+				entries[i] = fork_error(500, "fork %s failed to start: %s", c.id, jstr(cst, "error") ?: strerror(-k));
+				if (rmdir(c.dir) < 0 && errno != ENOENT)
+					log_warn("e2b: fork %s failed, and its rmdir too: %m", c.id);
+			} else {
+				entries[i] = json_object_new_object();
+				json_object_object_add(entries[i], "sandbox", sandbox_json(&c));
+			}
+		}
+		json_object_array_add(arr, entries[i]);
+	}
+	return reply_json(r, 201, arr);
+}
+
 /* ---- kill, info, timeout, metrics ---- */
 
 static int kill_(struct req *r)
@@ -1086,6 +1195,7 @@ const struct route control_routes[] = {
 	ROUTE("POST", "/sandboxes/{id}/connect", BODY_MAX_SMALL, connect_v1),
 	ROUTE("POST", "/sandboxes/{id}/resume", BODY_MAX_SMALL, resume_v1),
 	ROUTE("POST", "/sandboxes/{id}/pause", BODY_MAX_SMALL, pause_),
+	ROUTE("POST", "/sandboxes/{id}/fork", BODY_MAX_SMALL, fork_),
 	ROUTE("POST", "/sandboxes/{id}/timeout", BODY_MAX_SMALL, set_timeout),
 	ROUTE("GET", "/sandboxes/{id}/metrics", 0, metrics),
 	ROUTE("PUT", "/sandboxes/{id}/network", BODY_MAX_SMALL, network),

@@ -12,8 +12,9 @@ it, each answer checked against the mount:
   order, limit and X-Next-Token paging), timeout (the action at the deadline
   kept), pause (hibernate; 409 when paused; the deadline cleared), connect
   (201 resumed, 200 running, TTL only extended), pause without memory
-  (stop) and its connect (start), metrics, network update, kill (204, then
-  404, gone from the mount).
+  (stop) and its connect (start), fork (count children with the parent's
+  settings and their own timeout; 409 when paused), metrics, network
+  update, kill (204, then 404, gone from the mount).
 """
 import json
 import os
@@ -221,6 +222,26 @@ class Lifecycle(harness.TestCase):
             st, o, _ = call(m, "/sandboxes/" + sid + p, {} if m == "POST" else None)
             self.assertEqual((st, o), (404, {"code": 404, "message": 'sandbox "%s" not found' % sid}), (m, p))
         self.assertEqual(call("POST", "/v2/sandboxes/%s/connect" % sid, {})[0], 404)
+
+    def test_fork(self):
+        sid = create(metadata={"who": "parent"})
+        st, o, _ = call("POST", "/sandboxes/%s/fork" % sid, {"count": 2, "timeout": 45})
+        self.assertEqual(st, 201, o)
+        self.assertEqual(len(o), 2)
+        kids = [e["sandbox"]["sandboxID"] for e in o]
+        self.assertEqual(len(set(kids) | {sid}), 3)
+        for k in kids:
+            self.assertEqual(D.status(k)["path"], "fork")
+            self.assertEqual(D.status(k)["state"], "ready")
+            self.assertEqual(harness.read_json(D.sb(k, "metadata")), {"who": "parent"})  # the mount copies settings
+            self.assertEqual(harness.read_json(D.sb(k, "timeout"))["timeout_s"], 45)
+        self.assertEqual(D.status(sid)["state"], "ready")  # the parent runs on
+        self.assertEqual(call("POST", "/sandboxes/%s/fork" % sid, {"count": 0})[0], 400)
+        self.assertEqual(call("POST", "/sandboxes/%s/pause" % sid, {})[0], 204)
+        self.assertEqual(call("POST", "/sandboxes/%s/fork" % sid, {})[0], 409)
+        for k in kids + [sid]:
+            self.assertEqual(call("DELETE", "/sandboxes/" + k)[0], 204)
+        self.assertEqual(call("POST", "/sandboxes/%s/fork" % sid, {})[0], 404)
 
     def test_network_update(self):
         sid = create()
