@@ -246,34 +246,9 @@ static json_object *listed_json(const struct sbx *s, json_object *status, const 
 	return o;
 }
 
-/*
- * A reply with a header (X-Next-Token): the HTTP core has no helper for
- * that, so the response is made here. A core that offers one
- * (reply_json_header) is used instead.
- */
-int reply_json_header(struct req *r, unsigned status, json_object *o, const char *name, const char *value)
-	__attribute__((weak));
-
 static int reply_json_next(struct req *r, json_object *o, const char *next)
 {
-	const char *s;
-	struct MHD_Response *resp;
-	enum MHD_Result ok;
-
-	if (!next)
-		return reply_json(r, 200, o);
-	if (reply_json_header)
-		return reply_json_header(r, 200, o, "X-Next-Token", next);
-	s = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
-	resp = MHD_create_response_from_buffer(strlen(s), (void *)s, MHD_RESPMEM_MUST_COPY);
-	json_object_put(o);
-	if (!resp)
-		return reply_api_error(r, 500, "out of memory");
-	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
-	MHD_add_response_header(resp, "X-Next-Token", next);
-	ok = MHD_queue_response(req_conn(r), 200, resp);
-	MHD_destroy_response(resp);
-	return ok == MHD_YES ? 0 : -1;
+	return next ? reply_json_header(r, 200, o, "X-Next-Token", next) : reply_json(r, 200, o);
 }
 
 static int reply_not_found(struct req *r, const char *id)

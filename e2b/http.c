@@ -162,15 +162,30 @@ int reply_bytes(struct req *r, unsigned status, const char *content_type, void *
 	return queue(r, status, resp, content_type);
 }
 
-int reply_json(struct req *r, unsigned status, json_object *o)
+int reply_json_header(struct req *r, unsigned status, json_object *o, const char *name, const char *value)
 {
 	const char *s = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
 	char *copy = s ? strdup(s) : NULL;
+	struct MHD_Response *resp;
 
 	json_object_put(o);
 	if (!copy)
 		return -1;
-	return reply_bytes(r, status, "application/json", copy, strlen(copy));
+	resp = MHD_create_response_from_buffer(strlen(copy), copy, MHD_RESPMEM_MUST_FREE);
+	if (!resp) {
+		free(copy);
+		return -1;
+	}
+	if (name && MHD_add_response_header(resp, name, value) != MHD_YES) {
+		MHD_destroy_response(resp);
+		return -1;
+	}
+	return queue(r, status, resp, "application/json");
+}
+
+int reply_json(struct req *r, unsigned status, json_object *o)
+{
+	return reply_json_header(r, status, o, NULL, NULL);
 }
 
 int reply_empty(struct req *r, unsigned status)
