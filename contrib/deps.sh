@@ -14,7 +14,7 @@ PKGS=(
 	# run
 	fuse3 qemu-system-x86 xfsprogs util-linux
 	# guest image (contrib/build-image.sh)
-	busybox-static e2fsprogs cpio dpkg apt lz4
+	busybox-static bash-static e2fsprogs cpio dpkg apt lz4
 	# test_imagekinds.py builds a musl image (musl-gcc)
 	musl-tools
 	# OCI images: the python image (contrib/build-python-image.sh) is made with
