@@ -17,7 +17,7 @@ import http.client
 
 import harness
 
-E2B_BIN = os.environ.get("EMBERFS_E2B") or os.path.join(harness.REPO, "build", "e2b", "emberfs-e2b")
+E2B_BIN = os.environ.get("EMBERFS_E2B") or os.environ.get("EMBERFS_E2B_BIN") or os.path.join(harness.REPO, "build", "e2b", "emberfs-e2b")
 SDK_DIR = os.path.join(harness.REPO, "tests", "e2b")
 PY_SCRIPT = os.path.join(harness.REPO, "contrib", "build-python-image.sh")
 SDK_SCRIPT = os.path.join(harness.REPO, "contrib", "e2b-sdk.sh")

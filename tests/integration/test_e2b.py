@@ -309,9 +309,11 @@ class E2B(harness.TestCase):
             s.close()
 
     def test_d_oversized_body(self):
+        got = {}
         for chunked in (False, True):
             line, sent = self.oversized(chunked)
-            self.assertRegex(line, r"^HTTP/1\.[01] 413 ", "chunked=%s: %r after %d bytes" % (chunked, line, sent))
+            got["chunked" if chunked else "content-length"] = "%r after %d bytes sent" % (line, sent)
+        self.assertTrue(all(" 413 " in v for v in got.values()), got)
         self.assertEqual(D.sandboxes(t=T), [])
         st, _, _ = API.request("GET", "/v2/sandboxes")
         self.assertEqual(st, 200)
@@ -395,9 +397,10 @@ class E2B(harness.TestCase):
             kill_sandbox(s)
 
     def test_g_200_concurrent_streams(self):
-        """E2B_TEST_STARTS Start streams (default 40) of a short command and E2B_TEST_CONNECTS Connect
-        streams (default 160) to one running process, all open at once: 200 streams, each answered
-        in full; then nothing of them is left."""
+        """200 streams at once, each answered in full; then nothing of them is left.
+
+        E2B_TEST_STARTS Start streams (default 40) of a short command and E2B_TEST_CONNECTS Connect
+        streams (default 160) to one running process."""
         n_start = int(os.environ.get("E2B_TEST_STARTS", "40"))
         n_conn = int(os.environ.get("E2B_TEST_CONNECTS", "160"))
         n = n_start + n_conn
