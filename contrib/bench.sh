@@ -95,7 +95,9 @@
 #            BENCH_E2B_POOL (default 4): Sandbox.create() until it resolved
 #            (the pool refilled before each sample, untimed),
 #            commands.run('true') round trip, files.write + files.read of
-#            1 MiB; BENCH_E2B_N samples (default 30; run: 3x). Skipped (77)
+#            1 MiB; BENCH_E2B_N samples (default 30; run: 3x); and the
+#            guest's share of run: /bin/bash -l -c true through the mount's
+#            exec file (run_mount_baseline). Skipped (77)
 #            without node and npm or when the python image cannot be built.
 #
 # It builds what it needs (ninja -C build; meson setup build first if there is
@@ -127,6 +129,7 @@
 #   {"bench":"e2b","metric":"create","n":..,"p50_ms":..,"p99_ms":..,"mean_ms":..,"pool":..}
 #   {"bench":"e2b","metric":"run","n":..,"p50_ms":..,"p99_ms":..,"mean_ms":..}
 #   {"bench":"e2b","metric":"files_1mib","n":..,"p50_ms":..,"p99_ms":..,"write_p50_ms":..,"read_p50_ms":..}
+#   {"bench":"e2b","metric":"run_mount_baseline","n":..,"p50_ms":..,"p99_ms":..}
 #   (contrib/bench_e2b.py, tests/e2b/bench.mjs)
 #   {"bench":"fork","n":..,"p50_ms":..,"p99_ms":..}, the same for "fork_parent_stopped",
 #   "pause_resume", "hibernate" and "wake"

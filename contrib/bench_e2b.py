@@ -21,12 +21,18 @@ Output: a table on stderr; JSON lines on stdout (bench.mjs's):
 {"bench":"e2b","metric":"create","n":..,"p50_ms":..,"p99_ms":..,"mean_ms":..,"pool":..}
 {"bench":"e2b","metric":"run","n":..,"p50_ms":..,"p99_ms":..,"mean_ms":..}
 {"bench":"e2b","metric":"files_1mib","n":..,"p50_ms":..,"p99_ms":..,"write_p50_ms":..,"read_p50_ms":..}
+{"bench":"e2b","metric":"run_mount_baseline","n":..,"p50_ms":..,"p99_ms":..}
+  (what commands.run('true') runs in the guest, /bin/bash -l -c true, through
+  the mount's exec file without emberfs-e2b: the guest's share of "run")
 Exit 77 when the python image cannot be built (no Debian archive) or node
 and npm are missing.
 """
+import json
+import math
 import os
 import subprocess
 import sys
+import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests", "integration"))
@@ -39,6 +45,32 @@ POOL = int(os.environ.get("BENCH_E2B_POOL", "4"))
 
 def log(msg):
     sys.stderr.write("bench: e2b: %s\n" % msg)
+
+
+def mount_baseline(d):
+    """What the SDK's commands.run('true') runs in the guest (/bin/bash -l -c true), through the mount's
+    exec file alone: the part of the run figure that is the guest's, not emberfs-e2b's."""
+    n = 3 * int(os.environ.get("BENCH_E2B_N", "30"))
+    d.wait_pool(POOL, t=T, timeout=300)
+    d.create_ready("base", t=T)
+    d.wait_pool(POOL, t=T, timeout=300)
+    req = {"argv": ["/bin/bash", "-l", "-c", "true"]}
+    try:
+        v = []
+        for i in range(10 + n):
+            t0 = time.perf_counter()
+            r = d.exec_json("base", req, t=T)
+            ms = (time.perf_counter() - t0) * 1000
+            if r["exit_code"] != 0:
+                raise AssertionError("bash -l -c true: %r" % r)
+            if i >= 10:
+                v.append(ms)
+    finally:
+        d.destroy("base", t=T)
+    v.sort()
+    p50, p99 = v[max(0, math.ceil(0.5 * n) - 1)], v[max(0, math.ceil(0.99 * n) - 1)]
+    log("baseline: /bin/bash -l -c true through the mount's exec file: p50 %.3f ms, p99 %.3f ms (n=%d)" % (p50, p99, n))
+    return {"bench": "e2b", "metric": "run_mount_baseline", "n": n, "p50_ms": round(p50, 3), "p99_ms": round(p99, 3)}
 
 
 def main():
@@ -69,6 +101,7 @@ def main():
             return 1
         for n in d.sandboxes(t=T):
             d.destroy(n, t=T)
+        print(json.dumps(mount_baseline(d)), flush=True)
         d.set_pool(0, t=T)
         rc = api.stop()
         if rc != 0:
