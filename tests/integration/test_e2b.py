@@ -363,7 +363,8 @@ class E2B(harness.TestCase):
         s = make_sandbox()
         try:
             c, r = s.start_stream("/bin/bash", ["-l", "-c", "sleep 5; echo done > /tmp/vanish.done; echo done"])
-            self.assertEqual(r.status, 200, r.read()[:300])
+            if r.status != 200:
+                self.fail("Start: HTTP %d %r" % (r.status, r.read()[:300]))
             ev = read_frame(r)
             while ev is not None and "keepalive" in ev[1].get("event", {}):
                 ev = read_frame(r)
@@ -412,11 +413,12 @@ class E2B(harness.TestCase):
             # the process the Connect streams attach to: quiet for a while (every stream is
             # attached before it speaks), then three lines, then exit 0
             tc, tr = s.start_stream("/bin/sh", ["-c", "sleep 8; for i in 1 2 3; do echo tick$i; sleep 0.3; done"])
-            self.assertEqual(tr.status, 200, tr.read()[:300])
+            if tr.status != 200:
+                self.fail("Start: HTTP %d %r" % (tr.status, tr.read()[:300]))
             ev = read_frame(tr)
             while ev is not None and "keepalive" in ev[1].get("event", {}):
                 ev = read_frame(tr)
-            self.assertIsNotNone(ev)
+            self.assertIsNotNone(ev, "the Start stream ended without a message (%s)" % tr.getheaders())
             pid = ev[1]["event"]["start"]["pid"]
             ticker = {}
             tt = threading.Thread(target=lambda: ticker.update(rest=tr.read()), daemon=True)
