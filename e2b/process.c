@@ -7,10 +7,12 @@
  * two threads that are the only readers of the slot's stdout and stderr
  * (two readers of one stream would get alternate chunks) and fan each chunk
  * out to the streams attached at that moment; with none attached the chunk
- * is dropped, as envd does, and the process runs on. At the EOF of both the
- * tap reads the exit from status, sends the end event and the end-stream
- * envelope to every stream, and removes the slot if it made it (a sandbox
- * has at most 256). A stream whose client vanishes is only detached.
+ * is dropped, as envd does, and the process runs on. A third thread waits
+ * for the exit in status (at once after the EOF of both outputs, else by
+ * polling: a child left in the background may hold them open), then sends
+ * the end event and the end-stream envelope to every stream; the slot, if
+ * the tap made it, is removed once its outputs reached EOF (a sandbox has
+ * at most 256). A stream whose client vanishes is only detached.
  *
  * Locking: taps_lock protects the table (the list and each tap's
  * deadline_ns); t->lock a tap's subscribers and state; t->stdin_lock its
@@ -56,10 +58,13 @@ struct tap {
 	uint64_t deadline_ns; /* Connect-Timeout-Ms of its Start: KILL then (0: none); protected by taps_lock */
 
 	pthread_mutex_t lock;
+	pthread_cond_t cond; /* a reader ended: the waiter wakes (CLOCK_MONOTONIC) */
 	struct sub *subs;  /* protected by lock */
 	int readers;	   /* reader threads running: protected by lock */
-	bool reading;	   /* the readers were started: protected by lock */
-	bool ended;	   /* the end went out (no more subscribers): protected by lock */
+	bool reading;	   /* the threads were started: protected by lock */
+	bool ended;	   /* the end went out (no more subscribers): protected by lock, set under fanout_lock too */
+	bool removed;	   /* the slot was removed: protected by lock */
+	pthread_mutex_t fanout_lock; /* held around each fan-out and the end: their order in every stream */
 
 	pthread_mutex_t stdin_lock;
 	int stdin_fd;	   /* protected by stdin_lock; -1 when not open */
@@ -94,6 +99,8 @@ static void tap_unref(struct tap *t)
 	json_object_put(t->config);
 	free(t->tag);
 	pthread_mutex_destroy(&t->lock);
+	pthread_cond_destroy(&t->cond);
+	pthread_mutex_destroy(&t->fanout_lock);
 	pthread_mutex_destroy(&t->stdin_lock);
 	free(t);
 }
@@ -102,6 +109,7 @@ static struct tap *tap_new(const struct sbx *sb, const char *slot, uint32_t pid,
 			   bool ours)
 {
 	struct tap *t = calloc(1, sizeof(*t));
+	pthread_condattr_t ca;
 
 	if (!t)
 		return NULL;
@@ -119,6 +127,11 @@ static struct tap *tap_new(const struct sbx *sb, const char *slot, uint32_t pid,
 	t->ours = ours;
 	t->stdin_fd = -1;
 	pthread_mutex_init(&t->lock, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&t->cond, &ca);
+	pthread_condattr_destroy(&ca);
+	pthread_mutex_init(&t->fanout_lock, NULL);
 	pthread_mutex_init(&t->stdin_lock, NULL);
 	return t;
 }
@@ -366,38 +379,27 @@ static json_object *end_event_of(json_object *st, const char *read_error)
 	return event_new("end", end);
 }
 
-/*
- * Both outputs reached EOF: waits for the exit in status (a process may
- * close its outputs and run on), sends the end to every stream, leaves the
- * table and removes the slot if ours.
- */
-static void tap_finish(struct tap *t)
+/* Removes the slot if ours, once the end went out and no reader holds its outputs: lock held. */
+static void slot_remove_locked(struct tap *t)
 {
-	char path[PATH_MAX];
-	json_object *end = NULL;
-	unsigned wait_ms = 20;
+	if (!t->ours || !t->ended || t->readers > 0 || t->removed)
+		return;
+	t->removed = true;
+	if (rmdir(t->dir) < 0 && errno != ENOENT)
+		log_debug("e2b: rmdir %s: %m", t->dir);
+}
+
+/*
+ * The process ended: the end event and the end-stream envelope to every
+ * stream, the tap leaves the table. Takes end.
+ */
+static void tap_finish(struct tap *t, json_object *end)
+{
 	size_t n;
 	struct cstream **v;
 
-	tap_path(t, "status", path);
-	for (;;) {
-		json_object *st = mnt_read_json(path);
-		char why[128];
-
-		if (!st) {
-			snprintf(why, sizeof(why), "its status cannot be read: %s", strerror(errno));
-			end = end_event_of(NULL, why);
-		} else {
-			end = end_event_of(st, NULL);
-			json_object_put(st);
-		}
-		if (end)
-			break;
-		struct timespec ts = {.tv_sec = wait_ms / 1000, .tv_nsec = (long)(wait_ms % 1000) * 1000000};
-		nanosleep(&ts, NULL);
-		if (wait_ms < 1000)
-			wait_ms *= 2;
-	}
+	/* fanout_lock: a reader's chunk is wholly before the end in every stream, or not sent */
+	pthread_mutex_lock(&t->fanout_lock);
 	pthread_mutex_lock(&t->lock);
 	t->ended = true; /* no attach from here on: the subscribers below are all of them */
 	pthread_mutex_unlock(&t->lock);
@@ -406,6 +408,7 @@ static void tap_finish(struct tap *t)
 		connect_stream_push(v[i], end);
 		connect_stream_end(v[i], NULL, NULL);
 	}
+	pthread_mutex_unlock(&t->fanout_lock);
 	subs_release(v, n);
 	json_object_put(end);
 	tap_unregister(t);
@@ -414,14 +417,126 @@ static void tap_finish(struct tap *t)
 		close(t->stdin_fd);
 	t->stdin_fd = -1;
 	pthread_mutex_unlock(&t->stdin_lock);
-	if (t->ours && rmdir(t->dir) < 0 && errno != ENOENT)
-		log_debug("e2b: rmdir %s: %m", t->dir);
+	pthread_mutex_lock(&t->lock);
+	slot_remove_locked(t);
+	pthread_mutex_unlock(&t->lock);
+}
+
+/* The end event if the slot's status says the process ended (or cannot be read), else NULL. */
+static json_object *tap_poll_end(struct tap *t)
+{
+	char path[PATH_MAX], why[160];
+	json_object *st, *end;
+
+	tap_path(t, "status", path);
+	st = mnt_read_json(path);
+	if (!st) {
+		snprintf(why, sizeof(why), "its status cannot be read: %s", strerror(errno));
+		return end_event_of(NULL, why);
+	}
+	end = end_event_of(st, NULL);
+	json_object_put(st);
+	return end;
+}
+
+/* Waits on t->cond until deadline (now_ns clock) or a reader ended: lock held. */
+static void tap_wait_locked(struct tap *t, uint64_t deadline)
+{
+	struct timespec ts = {.tv_sec = (time_t)(deadline / 1000000000ull), .tv_nsec = (long)(deadline % 1000000000ull)};
+
+	pthread_cond_timedwait(&t->cond, &t->lock, &ts);
+}
+
+/*
+ * The tap's third thread: decides when the process ended. envd ends a
+ * stream when its process exits, even while a child it left in the
+ * background holds the outputs open (`cmd &`): so the end is the exit in
+ * status, polled (20 ms, doubling to 250 ms) while the outputs are open;
+ * after the exit the readers get EXIT_GRACE to read what is left. When both
+ * outputs reach EOF first (the usual case) the exit follows at once.
+ */
+#define EXIT_GRACE_NS (100ull * 1000000ull)
+#define POLL_MIN_NS (20ull * 1000000ull)
+#define POLL_MAX_NS (250ull * 1000000ull)
+
+static void *waiter_main(void *arg)
+{
+	struct tap *t = arg;
+	uint64_t interval = POLL_MIN_NS;
+	json_object *end = NULL;
+	unsigned eof_polls = 0;
+
+	for (;;) {
+		bool eof;
+
+		pthread_mutex_lock(&t->lock);
+		if (t->readers > 0)
+			tap_wait_locked(t, now_ns() + interval);
+		eof = t->readers == 0;
+		pthread_mutex_unlock(&t->lock);
+		end = tap_poll_end(t);
+		if (end) {
+			uint64_t grace = now_ns() + EXIT_GRACE_NS;
+
+			pthread_mutex_lock(&t->lock);
+			while (t->readers > 0 && now_ns() < grace)
+				tap_wait_locked(t, grace);
+			pthread_mutex_unlock(&t->lock);
+			break;
+		}
+		if (eof) {
+			/* both outputs closed, the exit not yet in status: it comes within some ms */
+			struct timespec ts = {0, eof_polls++ < 100 ? 2000000 : 50000000};
+
+			nanosleep(&ts, NULL);
+		} else if (interval < POLL_MAX_NS) {
+			interval *= 2;
+		}
+	}
+	tap_finish(t, end);
+	tap_unref(t);
+	return NULL;
 }
 
 struct reader {
 	struct tap *t;
 	const char *name; /* "stdout", "stderr" */
 };
+
+/* One chunk to every stream, unless the end went out already. */
+static void reader_send(struct tap *t, const char *name, const char *buf, size_t len)
+{
+	json_object *data, *msg;
+	char *b64;
+	bool ended;
+
+	pthread_mutex_lock(&t->lock);
+	ended = t->ended;
+	pthread_mutex_unlock(&t->lock);
+	if (ended)
+		return; /* read on and drop: a child left running must not block on a full pipe */
+	b64 = base64_encode(buf, len);
+	if (!b64)
+		return; /* out of memory: that chunk is lost */
+	data = json_object_new_object();
+	json_object_object_add(data, name, json_object_new_string(b64));
+	free(b64);
+	msg = event_new("data", data);
+	pthread_mutex_lock(&t->fanout_lock);
+	if (!t->ended) /* stable under fanout_lock */
+		tap_fanout(t, msg);
+	pthread_mutex_unlock(&t->fanout_lock);
+	json_object_put(msg);
+}
+
+static void reader_done(struct tap *t)
+{
+	pthread_mutex_lock(&t->lock);
+	t->readers--;
+	pthread_cond_broadcast(&t->cond);
+	slot_remove_locked(t);
+	pthread_mutex_unlock(&t->lock);
+}
 
 static void *reader_main(void *arg)
 {
@@ -430,7 +545,6 @@ static void *reader_main(void *arg)
 	char path[PATH_MAX];
 	_cleanup_free_ char *buf = malloc(READ_CHUNK);
 	_cleanup_close_ int fd = -1;
-	bool last;
 
 	tap_path(t, rd->name, path);
 	fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -438,8 +552,6 @@ static void *reader_main(void *arg)
 		log_debug("e2b: %s: %m", path);
 	while (fd >= 0 && buf) {
 		ssize_t k = read(fd, buf, READ_CHUNK);
-		json_object *data, *msg;
-		char *b64;
 
 		if (k < 0 && errno == EINTR)
 			continue;
@@ -448,32 +560,24 @@ static void *reader_main(void *arg)
 				log_debug("e2b: read %s: %m", path);
 			break;
 		}
-		b64 = base64_encode(buf, (size_t)k);
-		if (!b64)
-			continue; /* out of memory: that chunk is lost */
-		data = json_object_new_object();
-		json_object_object_add(data, rd->name, json_object_new_string(b64));
-		free(b64);
-		msg = event_new("data", data);
-		tap_fanout(t, msg);
-		json_object_put(msg);
+		reader_send(t, rd->name, buf, (size_t)k);
 	}
-	pthread_mutex_lock(&t->lock);
-	last = --t->readers == 0;
-	pthread_mutex_unlock(&t->lock);
-	if (last)
-		tap_finish(t);
+	reader_done(t);
 	free(rd);
 	tap_unref(t);
 	return NULL;
 }
 
-/* Starts the two readers once: 0 or -errno (then the tap is finished with an error). */
+/*
+ * Starts the two readers and the waiter, once. 0 or -errno: a reader that
+ * could not start counts as at EOF; without the waiter the tap ends at once.
+ */
 static int tap_run(struct tap *t)
 {
 	static const char *const names[] = {"stdout", "stderr"};
 	pthread_attr_t attr;
-	int r = 0;
+	pthread_t th;
+	int r = 0, e;
 
 	pthread_mutex_lock(&t->lock);
 	if (t->reading) {
@@ -488,9 +592,8 @@ static int tap_run(struct tap *t)
 	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
 	for (size_t i = 0; i < ARRAY_SIZE(names); i++) {
 		struct reader *rd = calloc(1, sizeof(*rd));
-		pthread_t th;
-		int e = rd ? 0 : ENOMEM;
 
+		e = rd ? 0 : ENOMEM;
 		if (rd) {
 			rd->t = tap_ref(t);
 			rd->name = names[i];
@@ -501,16 +604,21 @@ static int tap_run(struct tap *t)
 			}
 		}
 		if (e) {
-			bool last;
-
-			/* that reader never runs: count it done */
 			r = -e;
-			pthread_mutex_lock(&t->lock);
-			last = --t->readers == 0;
-			pthread_mutex_unlock(&t->lock);
-			if (last)
-				tap_finish(t);
+			reader_done(t);
 		}
+	}
+	e = thread_create(&th, &attr, waiter_main, tap_ref(t));
+	if (e) {
+		json_object *o = json_object_new_object();
+
+		tap_unref(t);
+		r = -e;
+		json_object_object_add(o, "exitCode", json_object_new_int(-1));
+		json_object_object_add(o, "exited", json_object_new_boolean(false));
+		json_object_object_add(o, "status", json_object_new_string("unknown"));
+		json_object_object_add(o, "error", json_object_new_string("emberfs-e2b cannot follow it: no thread"));
+		tap_finish(t, event_new("end", o));
 	}
 	pthread_attr_destroy(&attr);
 	return r;
