@@ -45,6 +45,7 @@ struct cstream {
 	uint8_t *keepalive;
 	size_t keepalive_len;
 	uint64_t last_ns; /* when bytes last went out: protected by lock */
+	uint64_t hup_checked_ns; /* when the socket was last checked for a hang-up: protected by lock */
 	int fd;		  /* the client's socket (not ours), -1 if unknown */
 	void (*on_gone)(void *ctx);
 	void *gone_ctx;
@@ -82,7 +83,7 @@ struct cstream *connect_stream_new(unsigned keepalive_ms, const char *keepalive_
 	s->refs = 1;
 	s->tail = &s->head;
 	s->queue_max = queue_max ? queue_max : 1;
-	s->last_ns = now_ns();
+	s->last_ns = s->hup_checked_ns = now_ns();
 	s->fd = -1;
 	return s;
 }
@@ -250,6 +251,21 @@ ssize_t connect_stream_read(void *ctx, char *buf, size_t max)
 			n = -1;
 			break;
 		}
+		if (now - s->hup_checked_ns >= 1000000000ull) {
+			/* also while data flows: a client that went (or a server stopping) is seen within a second */
+			int fd = s->fd;
+			bool hup;
+
+			s->hup_checked_ns = now;
+			pthread_mutex_unlock(&s->lock);
+			hup = client_hung_up(fd);
+			pthread_mutex_lock(&s->lock);
+			if (hup) {
+				n = -1;
+				break;
+			}
+			continue;
+		}
 		if (s->head) {
 			n = (ssize_t)copy_out_locked(s, buf, max);
 			break;
@@ -276,18 +292,7 @@ ssize_t connect_stream_read(void *ctx, char *buf, size_t max)
 		}
 		ts.tv_sec = (time_t)(wake / 1000000000ull);
 		ts.tv_nsec = (long)(wake % 1000000000ull);
-		if (pthread_cond_timedwait(&s->readable, &s->lock, &ts) == ETIMEDOUT && !s->head) {
-			int fd = s->fd;
-			bool hup;
-
-			pthread_mutex_unlock(&s->lock);
-			hup = client_hung_up(fd);
-			pthread_mutex_lock(&s->lock);
-			if (hup) {
-				n = -1;
-				break;
-			}
-		}
+		pthread_cond_timedwait(&s->readable, &s->lock, &ts);
 	}
 	pthread_mutex_unlock(&s->lock);
 	return n;

@@ -968,15 +968,31 @@ static struct tap *tap_get(const struct sbx *sb, const struct selector *sel, int
 	return t;
 }
 
-/* Exited slots of ours nobody follows (left by an earlier run of emberfs-e2b): removed to free room. */
+/* When this run of emberfs-e2b began (realtime ms): slots named for earlier times are not this run's. */
+static uint64_t run_started_ms;
+
+static void __attribute__((constructor)) run_started(void)
+{
+	run_started_ms = realtime_ms();
+}
+
+/*
+ * Ended slots of ours left by an earlier run of emberfs-e2b (which would
+ * have removed them): removed when the sandbox is out of slots. This run's
+ * own are never touched (one may be between its mkdir and its tap).
+ */
 static int sweep_one(const char *slot, json_object *st, void *ctx)
 {
 	const struct sbx *sb = ctx;
 	char path[PATH_MAX];
+	unsigned long long ms;
+	json_object *v;
+	const char *state;
 	bool tapped;
 
-	if (strncmp(slot, "e2b-", 4) != 0 || state_running(st) ||
-	    !json_object_object_get_ex(st, "state", NULL))
+	if (sscanf(slot, "e2b-%llx-", &ms) != 1 || ms >= run_started_ms ||
+	    !json_object_object_get_ex(st, "state", &v) || !(state = json_object_get_string(v)) ||
+	    (strcmp(state, "exited") != 0 && strcmp(state, "lost") != 0 && strcmp(state, "new") != 0))
 		return 0;
 	pthread_mutex_lock(&taps_lock);
 	tapped = tap_find_slot_locked(sb->id, slot) != NULL;
