@@ -71,11 +71,6 @@ struct tap {
 	bool stdin_closed; /* protected by stdin_lock */
 };
 
-static inline void json_object_putp(json_object **o)
-{
-	json_object_put(*o);
-}
-
 static pthread_mutex_t taps_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t taps_cond = PTHREAD_COND_INITIALIZER; /* the watchdog: a new deadline */
 static struct tap *taps;				       /* protected by taps_lock */
@@ -806,7 +801,7 @@ static void closedirp(DIR **d)
 static json_object *config_from_cmd(const char *cmd)
 {
 	json_object *c = json_object_new_object(), *args = json_object_new_array(), *envs = NULL;
-	_cleanup_(json_object_putp) json_object *o = NULL;
+	_cleanup_json_ json_object *o = NULL;
 	json_object *v;
 
 	if (cmd && cmd[0] == '{' && (o = json_tokener_parse(cmd)) && json_object_is_type(o, json_type_object)) {
@@ -1216,7 +1211,7 @@ static uint64_t timeout_header_ms(struct req *r)
 
 static int process_start(struct req *r)
 {
-	_cleanup_(json_object_putp) json_object *msg = NULL;
+	_cleanup_json_ json_object *msg = NULL;
 	_cleanup_free_ char *user = NULL, *perr = NULL;
 	struct start_req sr = {0};
 	char slot[NAME_MAX_LEN + 1], dir[PATH_MAX], why[512], path[PATH_MAX];
@@ -1302,7 +1297,7 @@ out:
 static int process_connect(struct req *r)
 {
 	static const char *const top[] = {"process", NULL};
-	_cleanup_(json_object_putp) json_object *msg = NULL;
+	_cleanup_json_ json_object *msg = NULL;
 	_cleanup_free_ char *perr = NULL;
 	struct selector sel;
 	struct cstream *s;
@@ -1386,7 +1381,7 @@ static int list_one(const char *slot, json_object *st, void *ctx)
 static int process_list(struct req *r)
 {
 	static const char *const top[] = {NULL};
-	_cleanup_(json_object_putp) json_object *msg = unary_body(r);
+	_cleanup_json_ json_object *msg = unary_body(r);
 	json_object *o, *procs;
 	struct list_ctx l;
 	const char *bad;
@@ -1454,7 +1449,7 @@ static int reply_no_process(struct req *r, const struct selector *sel)
 static int process_send_signal(struct req *r)
 {
 	static const char *const keys[] = {"process", "signal", NULL};
-	_cleanup_(json_object_putp) json_object *msg = NULL;
+	_cleanup_json_ json_object *msg = NULL;
 	struct selector sel;
 	struct sbx sb;
 	json_object *v = NULL;
@@ -1507,7 +1502,7 @@ static int stdin_open_locked(struct tap *t)
 static int process_send_input(struct req *r)
 {
 	static const char *const keys[] = {"process", "input", NULL};
-	_cleanup_(json_object_putp) json_object *msg = NULL;
+	_cleanup_json_ json_object *msg = NULL;
 	_cleanup_free_ uint8_t *data = NULL;
 	struct selector sel;
 	struct sbx sb;
@@ -1559,7 +1554,7 @@ static int process_send_input(struct req *r)
 static int process_close_stdin(struct req *r)
 {
 	static const char *const keys[] = {"process", NULL};
-	_cleanup_(json_object_putp) json_object *msg = NULL;
+	_cleanup_json_ json_object *msg = NULL;
 	struct selector sel;
 	struct sbx sb;
 	struct tap *t;
