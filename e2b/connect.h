@@ -85,6 +85,9 @@ void connect_stream_on_gone(struct cstream *s, void (*fn)(void *ctx), void *ctx)
  * queued), -ENOMEM.
  */
 int connect_stream_push(struct cstream *s, json_object *o);
+/* The same with a whole envelope made by connect_frame*: _frame takes f (freed on error too), _copy copies it. */
+int connect_stream_push_frame(struct cstream *s, uint8_t *f, size_t len);
+int connect_stream_push_copy(struct cstream *s, const uint8_t *frame, size_t len);
 
 /*
  * Queue the end-stream envelope (code NULL: success) after what is queued.

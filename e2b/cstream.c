@@ -142,10 +142,26 @@ int connect_stream_push(struct cstream *s, json_object *o)
 {
 	size_t len;
 	uint8_t *f = connect_frame_json(o, &len);
-	int r;
 
 	if (!f)
 		return -ENOMEM;
+	return connect_stream_push_frame(s, f, len);
+}
+
+int connect_stream_push_copy(struct cstream *s, const uint8_t *frame, size_t len)
+{
+	uint8_t *f = malloc(len);
+
+	if (!f)
+		return -ENOMEM;
+	memcpy(f, frame, len);
+	return connect_stream_push_frame(s, f, len);
+}
+
+int connect_stream_push_frame(struct cstream *s, uint8_t *f, size_t len)
+{
+	int r;
+
 	pthread_mutex_lock(&s->lock);
 	while (!s->gone && !s->ended && s->queued >= s->queue_max)
 		pthread_cond_wait(&s->room, &s->lock);

@@ -245,13 +245,15 @@ static json_object *event_new(const char *name, json_object *inner)
 	return o;
 }
 
+/* msg to every attached stream, serialized once. */
 static void tap_fanout(struct tap *t, json_object *msg)
 {
-	size_t n;
+	size_t n, len;
 	struct cstream **v = subs_snapshot(t, &n);
+	_cleanup_free_ uint8_t *f = n ? connect_frame_json(msg, &len) : NULL;
 
-	for (size_t i = 0; i < n; i++)
-		connect_stream_push(v[i], msg); /* -EPIPE: that client is gone, its sub goes at its done */
+	for (size_t i = 0; f && i < n; i++)
+		connect_stream_push_copy(v[i], f, len); /* -EPIPE: that client is gone, its sub goes at its done */
 	subs_release(v, n);
 }
 
