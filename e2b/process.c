@@ -428,7 +428,10 @@ static json_object *tap_poll_end(struct tap *t)
 	tap_path(t, "status", path);
 	st = mnt_read_json(path);
 	if (!st) {
-		snprintf(why, sizeof(why), "its status cannot be read: %s", strerror(errno));
+		if (errno == ENOENT)
+			snprintf(why, sizeof(why), "the process is gone: its slot or its sandbox was removed");
+		else
+			snprintf(why, sizeof(why), "its status cannot be read: %s", strerror(errno));
 		return end_event_of(NULL, why);
 	}
 	end = end_event_of(st, NULL);
