@@ -1,0 +1,1159 @@
+/*
+ * envd's filesystem service over the mount: the Connect RPC
+ * filesystem.Filesystem unary methods (JSON), GET and POST /files, and
+ * /health. Every guest path is MOUNT/live/ID/<path> (docs/interface.md,
+ * "The guest's files"): the mount does the work, this file only maps the
+ * E2B calls onto plain system calls.
+ *
+ * "As the user": the guest checks permissions as the calling host uid,
+ * gid and groups, so each operation runs with the thread's fsuid, fsgid
+ * and supplementary groups switched to the E2B user's, resolved through
+ * the guest's own /etc/passwd and /etc/group. The switch is per thread
+ * (setfsuid/setfsgid and the raw setgroups system call; glibc's setgroups
+ * would change every thread) and is undone before the handler returns:
+ * libmicrohttpd runs each connection on its own thread, and nothing else
+ * runs on it meanwhile.
+ */
+#include <dirent.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <microhttpd.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/fsuid.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "common/common.h"
+#include "fsutil.h"
+#include "http.h"
+#include "mountc.h"
+
+#define RPC_MAX_BODY (64 * 1024)
+#define MAX_GROUPS 64
+#define LIST_MAX_ENTRIES 100000
+#define UPLOAD_PP_BUFFER (64 * 1024)
+
+/* ---- who the caller is in the guest ---- */
+
+struct who {
+	struct sbx sbx;
+	char root[PATH_MAX]; /* realpath of live/ID: symlink targets are shown below it */
+	struct e2bfs_ids ids;
+	struct e2bfs_user user;
+	gid_t groups[MAX_GROUPS];
+	size_t n_groups;
+};
+
+static void fclosep_(FILE **f)
+{
+	if (*f)
+		fclose(*f);
+}
+
+static void who_free(struct who *w)
+{
+	e2bfs_ids_free(&w->ids);
+	free(w->user.name);
+	free(w->user.home);
+	w->user.name = w->user.home = NULL;
+}
+
+static FILE *guest_fopen(const struct who *w, const char *file, int *err)
+{
+	char path[PATH_MAX];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s%s", w->sbx.live, file);
+	f = fopen(path, "re");
+	if (!f && errno != ENOENT)
+		*err = -errno;
+	return f;
+}
+
+/*
+ * Without a user named, envd uses its default user; emberfs's processes run
+ * as the image's user, else root (docs/interface.md, exec): files do the
+ * same, so a file a command makes and one the SDK writes have one owner.
+ */
+static void default_user(const struct sbx *s, char out[static 64])
+{
+	char path[PATH_MAX];
+	json_object *o, *b, *u;
+
+	snprintf(out, 64, "root");
+	snprintf(path, sizeof(path), "%s/templates/%s/status", cfg.mount, s->tpl);
+	if (!(o = mnt_read_json(path)))
+		return;
+	if (json_object_object_get_ex(o, "build", &b) && json_object_object_get_ex(b, "user", &u) &&
+	    json_object_is_type(u, json_type_string) && json_object_get_string_len(u) > 0) {
+		const char *v = json_object_get_string(u);
+		size_t n = strcspn(v, ":");
+
+		if (n > 0 && n < 64) {
+			memcpy(out, v, n);
+			out[n] = 0;
+		}
+	}
+	json_object_put(o);
+}
+
+/*
+ * The sandbox of r and the user username (NULL: the default user) in its
+ * guest. 0, or -errno with *why set: -ENOENT the sandbox is gone, -ESRCH no
+ * such user, or the mount's error reading the guest's files.
+ */
+static int who_load(struct req *r, const char *username, struct who *w, char why[static 256])
+{
+	_cleanup_(fclosep_) FILE *pw = NULL, *gr = NULL;
+	char def[64];
+	const struct e2bfs_user *u;
+	int k = 0;
+
+	memset(w, 0, sizeof(*w));
+	if ((k = sbx_lookup(req_sandbox(r), &w->sbx)) < 0) {
+		snprintf(why, 256, "sandbox %s: %s", req_sandbox(r), strerror(-k));
+		return k;
+	}
+	if (!realpath(w->sbx.live, w->root)) {
+		k = -errno;
+		snprintf(why, 256, "sandbox %s: its files: %s", w->sbx.id, strerror(errno));
+		return k;
+	}
+	if (!username || !*username) {
+		default_user(&w->sbx, def);
+		username = def;
+	}
+	pw = guest_fopen(w, "/etc/passwd", &k);
+	gr = guest_fopen(w, "/etc/group", &k);
+	if (k < 0) {
+		snprintf(why, 256, "reading the guest's /etc/passwd and /etc/group: %s", strerror(-k));
+		return k;
+	}
+	if ((k = e2bfs_ids_load(&w->ids, pw, gr)) < 0) {
+		snprintf(why, 256, "out of memory");
+		return k;
+	}
+	u = e2bfs_ids_user(&w->ids, username);
+	if (u) {
+		w->user = (struct e2bfs_user){.name = strdup(u->name), .uid = u->uid, .gid = u->gid, .home = strdup(u->home)};
+		w->n_groups = e2bfs_ids_groups(&w->ids, u, w->groups, MAX_GROUPS);
+	} else if (strcmp(username, "root") == 0 || strspn(username, "0123456789") == strlen(username)) {
+		/* root, or a number, with no passwd line: as exec takes them (uid N, group 0, home /) */
+		unsigned long id = strtoul(username, NULL, 10);
+
+		w->user = (struct e2bfs_user){.name = strdup(username), .uid = (uid_t)id, .gid = 0,
+					      .home = strdup(id == 0 ? "/root" : "/")};
+		w->groups[0] = 0;
+		w->n_groups = 1;
+	} else {
+		snprintf(why, 256, "invalid username: '%.64s' is not a user in the guest's /etc/passwd", username);
+		return -ESRCH;
+	}
+	if (!w->user.name || !w->user.home) {
+		snprintf(why, 256, "out of memory");
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+struct creds {
+	uid_t fsuid;
+	gid_t fsgid;
+	gid_t groups[MAX_GROUPS * 4];
+	int n_groups;
+	bool switched;
+};
+
+/* This thread acts as w's user until creds_leave. 0 or -errno. */
+static int creds_enter(const struct who *w, struct creds *c)
+{
+	c->switched = false;
+	if (geteuid() != 0) {
+		/* unprivileged server: it can act only as itself */
+		return w->user.uid == geteuid() ? 0 : -EPERM;
+	}
+	c->n_groups = getgroups((int)ARRAY_SIZE(c->groups), c->groups);
+	if (c->n_groups < 0)
+		return -errno;
+	if (syscall(SYS_setgroups, w->n_groups, w->groups) < 0)
+		return -errno;
+	c->fsgid = (gid_t)setfsgid(w->user.gid);
+	c->fsuid = (uid_t)setfsuid(w->user.uid);
+	c->switched = true;
+	return 0;
+}
+
+static void creds_leave(struct creds *c)
+{
+	if (!c->switched)
+		return;
+	/* fsuid back to 0 first: it gives back the capabilities setgroups needs */
+	setfsuid(c->fsuid);
+	setfsgid(c->fsgid);
+	syscall(SYS_setgroups, (size_t)c->n_groups, c->groups);
+	c->switched = false;
+}
+
+/* ---- paths and entries ---- */
+
+/* guest: the normalised guest path of path; host: live/ID + it. 0, -EINVAL, -ENAMETOOLONG, -ENOMEM. */
+static int resolve(const struct who *w, const char *path, char **guest, char **host)
+{
+	_cleanup_free_ char *g = NULL;
+	int k = e2bfs_guest_path(path ? path : "", w->user.home, &g);
+
+	if (k < 0)
+		return k;
+	if (asprintf(host, "%s%s", w->sbx.live, strcmp(g, "/") == 0 ? "" : g) < 0)
+		return -ENOMEM;
+	*guest = TAKE_PTR(g);
+	return 0;
+}
+
+static bool below_root(const struct who *w, const char *real)
+{
+	size_t n = strlen(w->root);
+
+	return strncmp(real, w->root, n) == 0 && (!real[n] || real[n] == '/');
+}
+
+/* The guest path of a host path below w->root, or NULL (outside, or ENOMEM). */
+static char *guest_of(const struct who *w, const char *real)
+{
+	size_t n = strlen(w->root);
+
+	if (!below_root(w, real))
+		return NULL;
+	return strdup(real[n] ? real + n : "/");
+}
+
+/* EntryInfo of one file, as envd's entryInfo. NULL with *err: the lstat's errno, or -ENOMEM. */
+static json_object *entry_at(const struct who *w, const char *guest, const char *host, int *err)
+{
+	_cleanup_free_ char *real = NULL, *target = NULL;
+	struct stat st, tst;
+	char owner[64], group[64];
+	struct e2bfs_entry e = {.name = e2bfs_base(guest), .path = guest, .st = &st, .owner = owner, .group = group};
+	json_object *o;
+
+	if (lstat(host, &st) < 0) {
+		*err = -errno;
+		return NULL;
+	}
+	if (S_ISLNK(st.st_mode)) {
+		/* envd: the fully resolved path, or the link itself when it cannot be resolved */
+		real = realpath(host, NULL);
+		target = real ? guest_of(w, real) : NULL;
+		if (target && stat(host, &tst) == 0)
+			e.target = &tst;
+		if (!target)
+			target = strdup(guest);
+		if (!target) {
+			*err = -ENOMEM;
+			return NULL;
+		}
+		e.symlink_target = target;
+	}
+	e2bfs_ids_owner(&w->ids, st.st_uid, owner);
+	e2bfs_ids_group(&w->ids, st.st_gid, group);
+	if (!(o = e2bfs_entry_json(&e)))
+		*err = -ENOMEM;
+	return o;
+}
+
+/*
+ * mkdir -p of guest directory dir as envd's EnsureDirs: each missing
+ * component made 0755 (the caller's, as the thread's fsuid makes it); a
+ * component that is not a directory: -ENOTDIR. why says which.
+ */
+static int ensure_dirs(const struct who *w, const char *dir, char why[static 256])
+{
+	_cleanup_free_ char *host = NULL;
+	size_t base = strlen(w->sbx.live);
+	struct stat st;
+
+	if (asprintf(&host, "%s%s", w->sbx.live, dir) < 0)
+		return -ENOMEM;
+	for (char *p = host + base + 1;; p++) {
+		bool last = !*p;
+
+		if (*p && *p != '/')
+			continue;
+		*p = 0;
+		if (stat(host, &st) < 0) {
+			if (errno != ENOENT || (mkdir(host, 0755) < 0 && errno != EEXIST)) {
+				int k = -errno;
+
+				snprintf(why, 256, "cannot make directory %.200s: %s", host + base, strerror(errno));
+				return k;
+			}
+		} else if (!S_ISDIR(st.st_mode)) {
+			snprintf(why, 256, "path is a file: %.200s", host + base);
+			return -ENOTDIR;
+		}
+		if (last)
+			return 0;
+		*p = '/';
+	}
+}
+
+/* The parent of a normalised guest path ("/" for "/x"), malloc'd. */
+static char *guest_dirname(const char *guest)
+{
+	const char *s = strrchr(guest, '/');
+
+	return s == guest ? strdup("/") : strndup(guest, (size_t)(s - guest));
+}
+
+/* ---- Connect unary calls ---- */
+
+/*
+ * The request message: a JSON object with only the fields named in allowed
+ * (NULL-terminated). NULL after replying (invalid_argument naming what is
+ * wrong).
+ */
+static json_object *rpc_message(struct req *r, const char *const *allowed)
+{
+	size_t len;
+	const char *body = req_body(r, &len);
+	const char *ct = req_header(r, MHD_HTTP_HEADER_CONTENT_TYPE);
+	json_tokener *tok;
+	json_object *o;
+
+	if (ct && strncmp(ct, "application/json", 16) != 0) {
+		reply_connect_error(r, "unimplemented", "content type %s: emberfs-e2b speaks Connect with JSON only", ct);
+		return NULL;
+	}
+	if (len == 0)
+		return json_object_new_object();
+	if (!(tok = json_tokener_new())) {
+		reply_connect_error(r, "resource_exhausted", "out of memory");
+		return NULL;
+	}
+	o = json_tokener_parse_ex(tok, body, (int)len);
+	if (o && (json_tokener_get_error(tok) != json_tokener_success || (size_t)json_tokener_get_parse_end(tok) != len)) {
+		json_object_put(o);
+		o = NULL;
+	}
+	json_tokener_free(tok);
+	if (!o || !json_object_is_type(o, json_type_object)) {
+		json_object_put(o);
+		reply_connect_error(r, "invalid_argument", "the request is not a JSON object");
+		return NULL;
+	}
+	json_object_object_foreach(o, key, val)
+	{
+		bool ok = false;
+
+		(void)val;
+		for (const char *const *a = allowed; *a; a++)
+			ok |= strcmp(*a, key) == 0;
+		if (!ok) {
+			reply_connect_error(r, "invalid_argument", "%s: field \"%s\" is not implemented by emberfs-e2b",
+					    req_path(r), key);
+			json_object_put(o);
+			return NULL;
+		}
+	}
+	return o;
+}
+
+/* A string field ("" when absent or null); NULL after replying when it is not a string. */
+static const char *rpc_string(struct req *r, json_object *msg, const char *key)
+{
+	json_object *v;
+
+	if (!json_object_object_get_ex(msg, key, &v) || !v)
+		return "";
+	if (!json_object_is_type(v, json_type_string)) {
+		reply_connect_error(r, "invalid_argument", "field \"%s\" must be a string", key);
+		return NULL;
+	}
+	return json_object_get_string(v);
+}
+
+/* The caller of a Connect call: Authorization: Basic base64(user:), else the default user. 0 or replied. */
+static int rpc_who(struct req *r, struct who *w)
+{
+	_cleanup_free_ char *user = NULL;
+	char why[256];
+	int k = e2bfs_basic_user(req_header(r, MHD_HTTP_HEADER_AUTHORIZATION), &user);
+
+	if (k < 0 && k != -ENOENT) {
+		reply_connect_error(r, "invalid_argument", "the Authorization header is not Basic base64(user:)");
+		return -1;
+	}
+	if ((k = who_load(r, user, w, why)) < 0) {
+		reply_connect_error(r, k == -ESRCH ? "invalid_argument" : connect_code_errno(k), "%s", why);
+		return -1;
+	}
+	return 0;
+}
+
+static int rpc_errno(struct req *r, int err, const char *what, const char *guest)
+{
+	if (err == -ENOENT)
+		return reply_connect_error(r, "not_found", "%s: %s does not exist", what, guest);
+	if (err == -E2BIG)
+		return reply_connect_error(r, "resource_exhausted", "%s: %s has more than %d entries at that depth",
+					   what, guest, LIST_MAX_ENTRIES);
+	return reply_connect_error(r, connect_code_errno(err), "%s: %s: %s", what, guest, strerror(-err));
+}
+
+/* Replies {"entry": EntryInfo of guest}. */
+static int rpc_reply_entry(struct req *r, const struct who *w, const char *what, const char *guest, const char *host)
+{
+	int err = 0;
+	json_object *e = entry_at(w, guest, host, &err), *o;
+
+	if (!e)
+		return rpc_errno(r, err, what, guest);
+	o = json_object_new_object();
+	json_object_object_add(o, "entry", e);
+	return reply_json(r, 200, o);
+}
+
+/*
+ * The shared start of every call: the message (fields allowed), the
+ * caller, the path in field key resolved. 0, or -1 when replied.
+ */
+struct call {
+	json_object *msg;
+	struct who who;
+	char *guest, *host;
+	struct creds creds;
+};
+
+static void call_done(struct call *c)
+{
+	creds_leave(&c->creds);
+	json_object_put(c->msg);
+	who_free(&c->who);
+	free(c->guest);
+	free(c->host);
+}
+
+static int call_path(struct req *r, struct call *c, const char *key, char **guest, char **host)
+{
+	const char *p = rpc_string(r, c->msg, key);
+	int k;
+
+	if (!p)
+		return -1;
+	if ((k = resolve(&c->who, p, guest, host)) < 0) {
+		reply_connect_error(r, "invalid_argument", "%s \"%.200s\": %s", key, p,
+				    k == -EINVAL ? "cannot expand another user's home directory" : strerror(-k));
+		return -1;
+	}
+	return 0;
+}
+
+static int call_begin(struct req *r, struct call *c, const char *const *allowed, const char *key)
+{
+	int k;
+
+	if (!(c->msg = rpc_message(r, allowed)))
+		return -1;
+	if (rpc_who(r, &c->who) < 0)
+		return -1;
+	if (key && call_path(r, c, key, &c->guest, &c->host) < 0)
+		return -1;
+	if ((k = creds_enter(&c->who, &c->creds)) < 0) {
+		reply_connect_error(r, "permission_denied", "cannot act as user %s: %s", c->who.user.name, strerror(-k));
+		return -1;
+	}
+	return 0;
+}
+
+static int fs_stat(struct req *r)
+{
+	static const char *const allowed[] = {"path", NULL};
+	_cleanup_(call_done) struct call c = {0};
+
+	if (call_begin(r, &c, allowed, "path") < 0)
+		return 0;
+	return rpc_reply_entry(r, &c.who, "stat", c.guest, c.host);
+}
+
+static int fs_make_dir(struct req *r)
+{
+	static const char *const allowed[] = {"path", NULL};
+	_cleanup_(call_done) struct call c = {0};
+	char why[256];
+	struct stat st;
+	int k;
+
+	if (call_begin(r, &c, allowed, "path") < 0)
+		return 0;
+	if (stat(c.host, &st) == 0)
+		return S_ISDIR(st.st_mode)
+			       ? reply_connect_error(r, "already_exists", "directory already exists: %s", c.guest)
+			       : reply_connect_error(r, "invalid_argument",
+						     "path already exists but it is not a directory: %s", c.guest);
+	if (errno != ENOENT)
+		return rpc_errno(r, -errno, "make_dir", c.guest);
+	if ((k = ensure_dirs(&c.who, c.guest, why)) < 0)
+		return reply_connect_error(r, k == -ENOTDIR ? "invalid_argument" : connect_code_errno(k), "%s", why);
+	return rpc_reply_entry(r, &c.who, "make_dir", c.guest, c.host);
+}
+
+static int fs_move(struct req *r)
+{
+	static const char *const allowed[] = {"source", "destination", NULL};
+	_cleanup_(call_done) struct call c = {0};
+	_cleanup_free_ char *dst_guest = NULL, *dst_host = NULL, *parent = NULL;
+	char why[256];
+	int k;
+
+	if (call_begin(r, &c, allowed, "source") < 0 || call_path(r, &c, "destination", &dst_guest, &dst_host) < 0)
+		return 0;
+	if (strcmp(c.guest, "/") == 0 || strcmp(dst_guest, "/") == 0)
+		return reply_connect_error(r, "invalid_argument", "move: / cannot be moved or replaced");
+	if (!(parent = guest_dirname(dst_guest)))
+		return reply_connect_error(r, "resource_exhausted", "out of memory");
+	if ((k = ensure_dirs(&c.who, parent, why)) < 0)
+		return reply_connect_error(r, k == -ENOTDIR ? "invalid_argument" : connect_code_errno(k), "%s", why);
+	if (rename(c.host, dst_host) < 0) {
+		if (errno == ENOENT)
+			return reply_connect_error(r, "not_found", "source file not found: %s", c.guest);
+		return reply_connect_error(r, connect_code_errno(errno), "move %s to %s: %s", c.guest, dst_guest,
+					   strerror(errno));
+	}
+	return rpc_reply_entry(r, &c.who, "move", dst_guest, dst_host);
+}
+
+static int fs_remove(struct req *r)
+{
+	static const char *const allowed[] = {"path", NULL};
+	_cleanup_(call_done) struct call c = {0};
+	int k;
+
+	if (call_begin(r, &c, allowed, "path") < 0)
+		return 0;
+	/* rm -rf of the guest's / would end with rmdir of live/ID itself */
+	if (strcmp(c.guest, "/") == 0)
+		return reply_connect_error(r, "invalid_argument", "remove: / cannot be removed");
+	/* as os.RemoveAll: recursive, without following symlinks; already gone is success */
+	if ((k = rm_rf(c.host)) < 0)
+		return rpc_errno(r, k, "remove", c.guest);
+	return reply_json(r, 200, json_object_new_object());
+}
+
+/* ---- ListDir ---- */
+
+struct walk {
+	const struct who *w;
+	json_object *entries;
+	size_t n;
+};
+
+static int name_cmp(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void strvp(char ***v)
+{
+	for (char **p = *v; p && *p; p++)
+		free(*p);
+	free(*v);
+}
+
+/* The names in host directory, sorted as Go's os.ReadDir sorts (bytes). NULL-terminated, or NULL with *err. */
+static char **dir_names(const char *host, int *err)
+{
+	DIR *d = opendir(host);
+	struct dirent *de;
+	char **v = NULL;
+	size_t n = 0, cap = 0;
+
+	if (!d) {
+		*err = -errno;
+		return NULL;
+	}
+	errno = 0;
+	while ((de = readdir(d))) {
+		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+			continue;
+		if (n + 2 > cap) {
+			char **nv = reallocarray(v, cap = cap ? 2 * cap : 32, sizeof(*v));
+
+			if (!nv)
+				goto oom;
+			v = nv;
+		}
+		if (!(v[n] = strdup(de->d_name)))
+			goto oom;
+		v[++n] = NULL;
+		if (n > LIST_MAX_ENTRIES) {
+			*err = -E2BIG;
+			goto fail;
+		}
+	}
+	if (errno) {
+		*err = -errno;
+		goto fail;
+	}
+	closedir(d);
+	if (!v && !(v = calloc(1, sizeof(*v)))) {
+		*err = -ENOMEM;
+		return NULL;
+	}
+	qsort(v, n, sizeof(*v), name_cmp);
+	return v;
+oom:
+	*err = -ENOMEM;
+fail:
+	closedir(d);
+	strvp(&v);
+	return NULL;
+}
+
+/* envd's walkDir: depth-first, each directory's entries by name, symlinks not followed. */
+static int walk_dir(struct walk *wk, const char *guest, const char *host, unsigned depth)
+{
+	int err = 0;
+	_cleanup_(strvp) char **names = dir_names(host, &err);
+
+	if (!names)
+		return err;
+	for (char **n = names; *n; n++) {
+		_cleanup_free_ char *cg = NULL, *ch = NULL;
+		json_object *e;
+		struct stat st;
+
+		if (asprintf(&cg, "%s/%s", strcmp(guest, "/") ? guest : "", *n) < 0 ||
+		    asprintf(&ch, "%s/%s", host, *n) < 0)
+			return -ENOMEM;
+		if (!(e = entry_at(wk->w, cg, ch, &err))) {
+			if (err == -ENOENT)
+				continue; /* gone since the readdir, as envd skips it */
+			return err;
+		}
+		if (++wk->n > LIST_MAX_ENTRIES) {
+			json_object_put(e);
+			return -E2BIG;
+		}
+		json_object_array_add(wk->entries, e);
+		if (depth > 1 && lstat(ch, &st) == 0 && S_ISDIR(st.st_mode) && (err = walk_dir(wk, cg, ch, depth - 1)) < 0)
+			return err;
+	}
+	return 0;
+}
+
+static int fs_list_dir(struct req *r)
+{
+	static const char *const allowed[] = {"path", "depth", NULL};
+	_cleanup_(call_done) struct call c = {0};
+	struct walk wk = {0};
+	json_object *v, *o;
+	struct stat st;
+	int64_t depth = 1;
+	int k;
+
+	if (call_begin(r, &c, allowed, "path") < 0)
+		return 0;
+	if (json_object_object_get_ex(c.msg, "depth", &v) && v) {
+		/* uint32: a number, or a string of one as protobuf JSON allows */
+		errno = 0;
+		depth = json_object_get_int64(v);
+		if ((!json_object_is_type(v, json_type_int) && !json_object_is_type(v, json_type_string)) || errno ||
+		    depth < 0 || depth > UINT32_MAX)
+			return reply_connect_error(r, "invalid_argument", "field \"depth\" must be a uint32");
+	}
+	if (depth == 0)
+		depth = 1;
+	if (stat(c.host, &st) < 0)
+		return errno == ENOENT ? reply_connect_error(r, "not_found", "directory not found: %s", c.guest)
+				       : rpc_errno(r, -errno, "list_dir", c.guest);
+	if (!S_ISDIR(st.st_mode))
+		return reply_connect_error(r, "invalid_argument", "path is not a directory: %s", c.guest);
+	wk.w = &c.who;
+	if (!(wk.entries = json_object_new_array()))
+		return reply_connect_error(r, "resource_exhausted", "out of memory");
+	/* the host path of a directory always ends in a name or is live/ID: never a trailing '/' */
+	if ((k = walk_dir(&wk, c.guest, c.host, (unsigned)depth)) < 0) {
+		json_object_put(wk.entries);
+		return rpc_errno(r, k, "list_dir", c.guest);
+	}
+	o = json_object_new_object();
+	json_object_object_add(o, "entries", wk.entries);
+	return reply_json(r, 200, o);
+}
+
+/* ---- watchers: not implemented ---- */
+
+static int fs_unimplemented(struct req *r)
+{
+	return reply_connect_error(r, "unimplemented",
+				   "%s is not implemented by emberfs-e2b (directory watching: WatchDir, CreateWatcher, "
+				   "GetWatcherEvents, RemoveWatcher)",
+				   req_path(r));
+}
+
+/*
+ * WatchDir is server-streaming: Connect clients read a stream's error from
+ * its end-of-stream message (HTTP 200), not from the HTTP status.
+ */
+static int fs_watch_dir(struct req *r)
+{
+	_cleanup_free_ char *json = NULL;
+	char *buf;
+	int n = asprintf(&json,
+			 "{\"error\":{\"code\":\"unimplemented\",\"message\":\"%s is not implemented by emberfs-e2b\"}}",
+			 req_path(r));
+
+	if (n < 0 || !(buf = malloc((size_t)n + 5)))
+		return reply_connect_error(r, "resource_exhausted", "out of memory");
+	buf[0] = 0x02;
+	buf[1] = (char)((n >> 24) & 0xff);
+	buf[2] = (char)((n >> 16) & 0xff);
+	buf[3] = (char)((n >> 8) & 0xff);
+	buf[4] = (char)(n & 0xff);
+	memcpy(buf + 5, json, (size_t)n);
+	return reply_bytes(r, 200, "application/connect+json", buf, (size_t)n + 5);
+}
+
+/* ---- /files ---- */
+
+/* The HTTP status envd answers on /files for an errno. */
+static unsigned files_status(int err)
+{
+	switch (err < 0 ? -err : err) {
+	case ENOENT:
+		return 404;
+	case EACCES:
+	case EPERM:
+	case EROFS:
+		return 403;
+	case ENOTDIR:
+	case EISDIR:
+	case EINVAL:
+	case ENAMETOOLONG:
+	case ELOOP:
+	case ESRCH: /* no such user */
+		return 400;
+	case ENOSPC:
+	case EDQUOT:
+		return 507;
+	default:
+		return 500;
+	}
+}
+
+static int files_who(struct req *r, struct who *w)
+{
+	char why[256];
+	int k = who_load(r, req_query(r, "username"), w, why);
+
+	if (k < 0)
+		reply_api_error(r, files_status(k), "%s", why);
+	return k;
+}
+
+struct download {
+	int fd;
+};
+
+static ssize_t download_read(void *ctx, char *buf, size_t max)
+{
+	struct download *d = ctx;
+
+	for (;;) {
+		ssize_t n = read(d->fd, buf, max);
+
+		if (n >= 0 || errno != EINTR)
+			return n;
+	}
+}
+
+static void download_done(void *ctx)
+{
+	struct download *d = ctx;
+
+	close(d->fd);
+	free(d);
+}
+
+static int files_get(struct req *r)
+{
+	_cleanup_(who_free) struct who w = {0};
+	_cleanup_free_ char *guest = NULL, *host = NULL;
+	_cleanup_close_ int fd = -1;
+	struct creds c;
+	struct download *d;
+	struct stat st;
+	int k;
+
+	if (files_who(r, &w) < 0)
+		return 0;
+	if ((k = resolve(&w, req_query(r, "path"), &guest, &host)) < 0)
+		return reply_api_error(r, 400, "error expanding and resolving path '%s': %s", req_query(r, "path"),
+				       k == -EINVAL ? "cannot expand another user's home directory" : strerror(-k));
+	if ((k = creds_enter(&w, &c)) < 0)
+		return reply_api_error(r, 403, "cannot act as user %s: %s", w.user.name, strerror(-k));
+	/* O_NONBLOCK: a FIFO put there since must not park the thread in open */
+	fd = open(host, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+	k = fd < 0 ? -errno : fstat(fd, &st) < 0 ? -errno : 0;
+	creds_leave(&c);
+	if (k == -ENOENT || k == -ENOTDIR)
+		return reply_api_error(r, 404, "path '%s' does not exist", guest);
+	if (k == -EISDIR || (k == 0 && S_ISDIR(st.st_mode)))
+		return reply_api_error(r, 400, "path '%s' is a directory", guest);
+	if (k < 0)
+		return reply_api_error(r, files_status(k), "error opening file '%s': %s", guest, strerror(-k));
+	if (!S_ISREG(st.st_mode))
+		return reply_api_error(r, 400, "path '%s' is not a regular file", guest);
+	if (fcntl(fd, F_SETFL, 0) < 0)
+		return reply_api_error(r, 500, "error opening file '%s': %s", guest, strerror(errno));
+	if (st.st_size == 0) /* Content-Length: 0, which the SDK reads as empty */
+		return reply_bytes(r, 200, "application/octet-stream", NULL, 0);
+	if (!(d = malloc(sizeof(*d))))
+		return reply_api_error(r, 500, "out of memory");
+	d->fd = TAKE_FD(fd);
+	/* streamed in 64 KiB reads, chunked: a file of any size costs one buffer */
+	return reply_stream(r, 200, "application/octet-stream", download_read, download_done, d);
+}
+
+static int health(struct req *r)
+{
+	return reply_empty(r, 204);
+}
+
+/*
+ * POST /files: one upload, multipart (each "file" part a file, its path the
+ * query's path or the part's filename) or a raw body. Each file is written
+ * to a temporary name in its directory and renamed over the target when
+ * complete, so a failed upload never leaves half a file.
+ */
+struct upload {
+	struct req *r;
+	struct who who;
+	struct MHD_PostProcessor *pp;
+	bool multipart;
+	/* the file being written */
+	int fd;
+	char *guest;  /* its guest path, as answered */
+	char *target; /* the host path renamed over (a symlink's target when the path is one) */
+	char *tmp;    /* the temporary file, while it exists */
+	uint64_t written;
+	char *part_filename; /* the multipart part being written */
+	json_object *done;   /* [{"name","type","path"}] */
+	/* the first failure: replied at once */
+	bool failed;
+};
+
+static int upload_fail(struct upload *up, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int upload_fail(struct upload *up, int err, const char *fmt, ...)
+{
+	_cleanup_free_ char *m = NULL;
+	va_list ap;
+
+	if (up->failed)
+		return -1;
+	up->failed = true;
+	va_start(ap, fmt);
+	if (vasprintf(&m, fmt, ap) < 0)
+		m = NULL;
+	va_end(ap);
+	reply_api_error(up->r, files_status(err), "%s", m ? m : "upload failed");
+	return -1;
+}
+
+/* Drops the file being written (its temporary file removed). */
+static void upload_drop(struct upload *up)
+{
+	struct creds c;
+
+	if (up->fd >= 0)
+		close(up->fd);
+	up->fd = -1;
+	if (up->tmp && creds_enter(&up->who, &c) == 0) {
+		unlink(up->tmp);
+		creds_leave(&c);
+	}
+	free(up->tmp);
+	free(up->target);
+	free(up->guest);
+	up->tmp = up->target = up->guest = NULL;
+}
+
+/* Starts the file at request path path: parents made, a temporary file open. 0 or -1 (replied). */
+static int upload_open(struct upload *up, const char *path)
+{
+	_cleanup_free_ char *host = NULL, *parent = NULL, *real = NULL, *dir = NULL;
+	size_t n = json_object_array_length(up->done);
+	struct creds c;
+	struct stat st;
+	char why[256];
+	bool keep_mode = false;
+	int k;
+
+	if ((k = resolve(&up->who, path, &up->guest, &host)) < 0)
+		return upload_fail(up, k, "error resolving path '%s': %s", path,
+				   k == -EINVAL ? "cannot expand another user's home directory" : strerror(-k));
+	for (size_t i = 0; i < n; i++) {
+		json_object *p;
+
+		if (json_object_object_get_ex(json_object_array_get_idx(up->done, i), "path", &p) &&
+		    strcmp(json_object_get_string(p), up->guest) == 0)
+			return upload_fail(up, EINVAL,
+					   "you cannot upload multiple files to the same path '%s' in one upload request, "
+					   "only the first specified file was uploaded",
+					   up->guest);
+	}
+	if (strcmp(up->guest, "/") == 0)
+		return upload_fail(up, EISDIR, "path is a directory: /");
+	if (!(parent = guest_dirname(up->guest)))
+		return upload_fail(up, ENOMEM, "out of memory");
+	if ((k = creds_enter(&up->who, &c)) < 0)
+		return upload_fail(up, k, "cannot act as user %s: %s", up->who.user.name, strerror(-k));
+	if ((k = ensure_dirs(&up->who, parent, why)) < 0) {
+		creds_leave(&c);
+		return upload_fail(up, k == -ENOTDIR ? EINVAL : k, "error ensuring directories: %s", why);
+	}
+	/* writing to a symlink writes its target, as envd's open does */
+	if (lstat(host, &st) == 0 && S_ISLNK(st.st_mode) && (real = realpath(host, NULL)) && below_root(&up->who, real)) {
+		free(host);
+		host = TAKE_PTR(real);
+	}
+	if (stat(host, &st) == 0) {
+		if (S_ISDIR(st.st_mode)) {
+			creds_leave(&c);
+			return upload_fail(up, EISDIR, "path is a directory: %s", up->guest);
+		}
+		keep_mode = true;
+	}
+	if (!(dir = strndup(host, (size_t)(strrchr(host, '/') - host))) ||
+	    asprintf(&up->tmp, "%s/.e2b-upload-XXXXXX", dir) < 0) {
+		up->tmp = NULL;
+		creds_leave(&c);
+		return upload_fail(up, ENOMEM, "out of memory");
+	}
+	up->fd = mkostemp(up->tmp, O_CLOEXEC);
+	k = up->fd < 0 ? -errno : 0;
+	/* the mode the file had, else envd's 0666 less the usual umask */
+	if (k == 0 && fchmod(up->fd, keep_mode ? st.st_mode & 07777 : 0644) < 0)
+		k = -errno;
+	creds_leave(&c);
+	if (up->fd < 0) {
+		free(up->tmp);
+		up->tmp = NULL;
+	}
+	if (k < 0)
+		return upload_fail(up, k, "error opening file '%s': %s", up->guest, strerror(-k));
+	up->target = TAKE_PTR(host);
+	up->written = 0;
+	return 0;
+}
+
+static int upload_write(struct upload *up, const char *data, size_t len)
+{
+	while (len) {
+		ssize_t n = write(up->fd, data, len);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			int e = errno;
+
+			return e == ENOSPC ? upload_fail(up, e, "not enough disk space available writing '%s'", up->guest)
+					   : upload_fail(up, e, "error writing file '%s': %s", up->guest, strerror(e));
+		}
+		data += n;
+		len -= (size_t)n;
+		up->written += (uint64_t)n;
+	}
+	return 0;
+}
+
+/* The file is complete: closed, renamed over its target, answered. 0 or -1 (replied). */
+static int upload_commit(struct upload *up)
+{
+	json_object *e;
+	struct creds c;
+	int fd = up->fd, k;
+
+	up->fd = -1;
+	/* close reports what the guest could not store (FUSE flush) */
+	if (close(fd) < 0 && errno != EINTR) {
+		int ce = errno;
+
+		return upload_fail(up, ce, "error writing file '%s': %s", up->guest, strerror(ce));
+	}
+	if ((k = creds_enter(&up->who, &c)) < 0)
+		return upload_fail(up, k, "cannot act as user %s: %s", up->who.user.name, strerror(-k));
+	k = rename(up->tmp, up->target) < 0 ? -errno : 0;
+	creds_leave(&c);
+	if (k < 0)
+		return upload_fail(up, k, "error writing file '%s': %s", up->guest, strerror(-k));
+	free(up->tmp);
+	up->tmp = NULL;
+	if (!(e = json_object_new_object()))
+		return upload_fail(up, ENOMEM, "out of memory");
+	json_object_object_add(e, "name", json_object_new_string(e2bfs_base(up->guest)));
+	json_object_object_add(e, "type", json_object_new_string("file"));
+	json_object_object_add(e, "path", json_object_new_string(up->guest));
+	json_object_array_add(up->done, e);
+	free(up->target);
+	free(up->guest);
+	up->target = up->guest = NULL;
+	return 0;
+}
+
+/*
+ * libmicrohttpd's multipart parser calls this with each piece of each part.
+ * A part's first call has off 0 (and may have no data); a call with off 0
+ * after data, or naming another file, starts the next part.
+ */
+static enum MHD_Result upload_part(void *cls, enum MHD_ValueKind kind, const char *key, const char *filename,
+				   const char *content_type, const char *transfer_encoding, const char *data,
+				   uint64_t off, size_t size)
+{
+	struct upload *up = cls;
+	const char *path = req_query(up->r, "path");
+
+	if (up->failed)
+		return MHD_NO;
+	if (strcmp(key, "file") != 0) {
+		/* envd skips other fields; one ends the file part before it */
+		if (up->fd >= 0 && upload_commit(up) < 0)
+			return MHD_NO;
+		return MHD_YES;
+	}
+	if (up->fd < 0 || (off == 0 && (up->written > 0 || !filename || !up->part_filename ||
+					strcmp(filename, up->part_filename) != 0))) {
+		if (up->fd >= 0 && upload_commit(up) < 0)
+			return MHD_NO;
+		if (!path && !filename)
+			return upload_fail(up, EINVAL, "filename not found in Content-Disposition header"), MHD_NO;
+		free(up->part_filename);
+		up->part_filename = filename ? strdup(filename) : NULL;
+		if (upload_open(up, path ? path : filename) < 0)
+			return MHD_NO;
+	}
+	return size && upload_write(up, data, size) < 0 ? MHD_NO : MHD_YES;
+}
+
+struct header_scan {
+	const char *bad;
+};
+
+static enum MHD_Result metadata_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+	struct header_scan *hs = cls;
+
+	if (strncasecmp(key, "X-Metadata-", 11) == 0) {
+		hs->bad = key;
+		return MHD_NO;
+	}
+	return MHD_YES;
+}
+
+static int files_upload_begin(struct req *r, void **ctx)
+{
+	const char *ct = req_header(r, MHD_HTTP_HEADER_CONTENT_TYPE);
+	const char *enc = req_header(r, MHD_HTTP_HEADER_CONTENT_ENCODING);
+	const char *path = req_query(r, "path");
+	struct header_scan hs = {NULL};
+	struct upload *up;
+
+	if (enc && strcasecmp(enc, "identity") != 0)
+		return reply_api_error(r, 400, "Content-Encoding %s is not implemented by emberfs-e2b", enc), 1;
+	MHD_get_connection_values(req_conn(r), MHD_HEADER_KIND, metadata_header, &hs);
+	if (hs.bad)
+		return reply_api_error(r, 400, "file metadata (header %s) is not implemented by emberfs-e2b", hs.bad), 1;
+	if (!ct || (strncasecmp(ct, "multipart/", 10) != 0 && strncasecmp(ct, "application/octet-stream", 24) != 0))
+		return reply_api_error(r, 400,
+				       "unsupported content type: %s, expected multipart/form-data or application/octet-stream",
+				       ct ? ct : "none"),
+		       1;
+	if (!(up = calloc(1, sizeof(*up))))
+		return reply_api_error(r, 500, "out of memory"), 1;
+	*ctx = up;
+	up->r = r;
+	up->fd = -1;
+	up->multipart = strncasecmp(ct, "multipart/", 10) == 0;
+	if (!(up->done = json_object_new_array()))
+		return reply_api_error(r, 500, "out of memory"), 1;
+	if (files_who(r, &up->who) < 0)
+		return 1;
+	if (!up->multipart) {
+		if (!path)
+			return reply_api_error(r, 400, "path query parameter is required for raw body upload"), 1;
+		return upload_open(up, path) < 0 ? 1 : 0;
+	}
+	if (!(up->pp = MHD_create_post_processor(req_conn(r), UPLOAD_PP_BUFFER, upload_part, up)))
+		return reply_api_error(r, 400, "error parsing multipart form: no boundary in %s", ct), 1;
+	return 0;
+}
+
+static int files_upload_data(struct req *r, void *ctx, const char *data, size_t len)
+{
+	struct upload *up = ctx;
+
+	if (up->failed)
+		return -1;
+	if (!up->multipart)
+		return upload_write(up, data, len);
+	if (MHD_post_process(up->pp, data, len) != MHD_YES)
+		return up->failed ? -1 : upload_fail(up, EINVAL, "error reading form: the multipart body is malformed");
+	return 0;
+}
+
+static int files_upload_end(struct req *r, void *ctx)
+{
+	struct upload *up = ctx;
+
+	if (up->failed)
+		return -1;
+	if (up->pp) {
+		struct MHD_PostProcessor *pp = up->pp;
+
+		up->pp = NULL;
+		if (MHD_destroy_post_processor(pp) != MHD_YES && !up->failed)
+			return upload_fail(up, EINVAL, "error reading form: the multipart body ends early");
+		if (up->failed)
+			return -1;
+	}
+	if (up->fd >= 0 && upload_commit(up) < 0)
+		return -1;
+	return reply_json(r, 200, json_object_get(up->done));
+}
+
+static void files_upload_free(void *ctx)
+{
+	struct upload *up = ctx;
+
+	if (!up)
+		return;
+	if (up->pp)
+		MHD_destroy_post_processor(up->pp);
+	upload_drop(up);
+	free(up->part_filename);
+	json_object_put(up->done);
+	who_free(&up->who);
+	free(up);
+}
+
+#define RPC(name, fn) {"POST", "/filesystem.Filesystem/" name, SCOPE_SANDBOX, RPC_MAX_BODY, fn, NULL, NULL, NULL, NULL}
+
+const struct route filesystem_routes[] = {
+	RPC("Stat", fs_stat),
+	RPC("ListDir", fs_list_dir),
+	RPC("MakeDir", fs_make_dir),
+	RPC("Move", fs_move),
+	RPC("Remove", fs_remove),
+	RPC("WatchDir", fs_watch_dir),
+	RPC("CreateWatcher", fs_unimplemented),
+	RPC("GetWatcherEvents", fs_unimplemented),
+	RPC("RemoveWatcher", fs_unimplemented),
+	{"GET", "/files", SCOPE_SANDBOX, 0, files_get, NULL, NULL, NULL, NULL},
+	{"POST", "/files", SCOPE_SANDBOX, 0, NULL, files_upload_begin, files_upload_data, files_upload_end,
+	 files_upload_free},
+	{"GET", "/health", SCOPE_SANDBOX, 0, health, NULL, NULL, NULL, NULL},
+	{NULL, NULL, SCOPE_SANDBOX, 0, NULL, NULL, NULL, NULL, NULL},
+};
