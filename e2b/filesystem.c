@@ -842,24 +842,29 @@ struct upload {
 	uint64_t written;
 	char *part_filename; /* the multipart part being written */
 	json_object *done;   /* [{"name","type","path"}] */
-	/* the first failure: replied at once */
+	/*
+	 * The first failure, answered once the body has been read: libmicrohttpd
+	 * 0.9.75 spins on a connection answered in the middle of its body, and
+	 * fetch clients still sending take an early answer as a network error.
+	 */
 	bool failed;
+	unsigned fail_status;
+	char *fail_msg;
 };
 
 static int upload_fail(struct upload *up, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static int upload_fail(struct upload *up, int err, const char *fmt, ...)
 {
-	_cleanup_free_ char *m = NULL;
 	va_list ap;
 
 	if (up->failed)
 		return -1;
 	up->failed = true;
+	up->fail_status = files_status(err);
 	va_start(ap, fmt);
-	if (vasprintf(&m, fmt, ap) < 0)
-		m = NULL;
+	if (vasprintf(&up->fail_msg, fmt, ap) < 0)
+		up->fail_msg = NULL;
 	va_end(ap);
-	reply_api_error(up->r, files_status(err), "%s", m ? m : "upload failed");
 	return -1;
 }
 
@@ -1060,6 +1065,8 @@ static int files_upload_begin(struct req *r, void **ctx)
 	const char *path = req_query(r, "path");
 	struct header_scan hs = {NULL};
 	struct upload *up;
+	char why[256];
+	int k;
 
 	if (enc && strcasecmp(enc, "identity") != 0)
 		return reply_api_error(r, 400, "Content-Encoding %s is not implemented by emberfs-e2b", enc), 1;
@@ -1079,15 +1086,16 @@ static int files_upload_begin(struct req *r, void **ctx)
 	up->multipart = strncasecmp(ct, "multipart/", 10) == 0;
 	if (!(up->done = json_object_new_array()))
 		return reply_api_error(r, 500, "out of memory"), 1;
-	if (files_who(r, &up->who) < 0)
-		return 1;
+	if ((k = who_load(r, req_query(r, "username"), &up->who, why)) < 0)
+		return upload_fail(up, k, "%s", why), 0;
 	if (!up->multipart) {
 		if (!path)
-			return reply_api_error(r, 400, "path query parameter is required for raw body upload"), 1;
-		return upload_open(up, path) < 0 ? 1 : 0;
+			return upload_fail(up, EINVAL, "path query parameter is required for raw body upload"), 0;
+		upload_open(up, path);
+		return 0;
 	}
 	if (!(up->pp = MHD_create_post_processor(req_conn(r), UPLOAD_PP_BUFFER, upload_part, up)))
-		return reply_api_error(r, 400, "error parsing multipart form: no boundary in %s", ct), 1;
+		upload_fail(up, EINVAL, "error parsing multipart form: no boundary in %s", ct);
 	return 0;
 }
 
@@ -1095,12 +1103,13 @@ static int files_upload_data(struct req *r, void *ctx, const char *data, size_t 
 {
 	struct upload *up = ctx;
 
+	/* after a failure the rest of the body is read and dropped */
 	if (up->failed)
-		return -1;
+		return 0;
 	if (!up->multipart)
-		return upload_write(up, data, len);
-	if (MHD_post_process(up->pp, data, len) != MHD_YES)
-		return up->failed ? -1 : upload_fail(up, EINVAL, "error reading form: the multipart body is malformed");
+		upload_write(up, data, len);
+	else if (MHD_post_process(up->pp, data, len) != MHD_YES && !up->failed)
+		upload_fail(up, EINVAL, "error reading form: the multipart body is malformed");
 	return 0;
 }
 
@@ -1108,19 +1117,17 @@ static int files_upload_end(struct req *r, void *ctx)
 {
 	struct upload *up = ctx;
 
-	if (up->failed)
-		return -1;
-	if (up->pp) {
+	if (up->pp && !up->failed) {
 		struct MHD_PostProcessor *pp = up->pp;
 
 		up->pp = NULL;
-		if (MHD_destroy_post_processor(pp) != MHD_YES && !up->failed)
-			return upload_fail(up, EINVAL, "error reading form: the multipart body ends early");
-		if (up->failed)
-			return -1;
+		if (MHD_destroy_post_processor(pp) != MHD_YES)
+			upload_fail(up, EINVAL, "error reading form: the multipart body ends early");
 	}
-	if (up->fd >= 0 && upload_commit(up) < 0)
-		return -1;
+	if (!up->failed && up->fd >= 0)
+		upload_commit(up);
+	if (up->failed)
+		return reply_api_error(r, up->fail_status, "%s", up->fail_msg ? up->fail_msg : "upload failed");
 	return reply_json(r, 200, json_object_get(up->done));
 }
 
@@ -1134,6 +1141,7 @@ static void files_upload_free(void *ctx)
 		MHD_destroy_post_processor(up->pp);
 	upload_drop(up);
 	free(up->part_filename);
+	free(up->fail_msg);
 	json_object_put(up->done);
 	who_free(&up->who);
 	free(up);

@@ -141,7 +141,9 @@ json_object *e2bfs_entry_json(const struct e2bfs_entry *e)
 	if (add_str(o, "name", e->name) < 0 || add_str(o, "type", type) < 0 || add_str(o, "path", e->path) < 0 ||
 	    add_str(o, "size", size) < 0 || json_object_object_add(o, "mode", json_object_new_int64(mode)) < 0 ||
 	    add_str(o, "permissions", perm) < 0 || add_str(o, "owner", e->owner) < 0 ||
-	    add_str(o, "group", e->group) < 0 || add_str(o, "modifiedTime", mtime) < 0 ||
+	    add_str(o, "group", e->group) < 0 ||
+	    /* envd leaves a zero mtime out */
+	    ((e->st->st_mtim.tv_sec || e->st->st_mtim.tv_nsec) && add_str(o, "modifiedTime", mtime) < 0) ||
 	    (e->symlink_target && add_str(o, "symlinkTarget", e->symlink_target) < 0)) {
 		json_object_put(o);
 		return NULL;

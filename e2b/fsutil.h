@@ -31,7 +31,7 @@ void e2bfs_mode_string(mode_t mode, char out[static 24]);
 /* A protobuf JSON Timestamp: RFC 3339 in UTC with 0, 3, 6 or 9 fraction digits. */
 void e2bfs_rfc3339(const struct timespec *ts, char out[static 48]);
 
-/* One file as envd's EntryInfo describes it. */
+/* One file as envd's EntryInfo describes it (modifiedTime left out for a zero mtime, as envd). */
 struct e2bfs_entry {
 	const char *name;
 	const char *path;	     /* the guest path reported */
