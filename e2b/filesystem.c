@@ -35,6 +35,7 @@
 #define MAX_GROUPS 64
 #define LIST_MAX_ENTRIES 100000
 #define UPLOAD_PP_BUFFER (64 * 1024)
+#define UPLOAD_BUF (1024 * 1024)
 
 /* ---- who the caller is in the guest ---- */
 
@@ -840,6 +841,8 @@ struct upload {
 	char *target; /* the host path renamed over (a symlink's target when the path is one) */
 	char *tmp;    /* the temporary file, while it exists */
 	uint64_t written;
+	char *buf; /* UPLOAD_BUF bytes not written yet */
+	size_t buf_len;
 	char *part_filename; /* the multipart part being written */
 	json_object *done;   /* [{"name","type","path"}] */
 	/*
@@ -876,6 +879,7 @@ static void upload_drop(struct upload *up)
 	if (up->fd >= 0)
 		close(up->fd);
 	up->fd = -1;
+	up->buf_len = 0;
 	if (up->tmp && creds_enter(&up->who, &c) == 0) {
 		unlink(up->tmp);
 		creds_leave(&c);
@@ -955,7 +959,8 @@ static int upload_open(struct upload *up, const char *path)
 	return 0;
 }
 
-static int upload_write(struct upload *up, const char *data, size_t len)
+/* Writes all of data to the file. 0 or -1 (failed). */
+static int upload_flush_bytes(struct upload *up, const char *data, size_t len)
 {
 	while (len) {
 		ssize_t n = write(up->fd, data, len);
@@ -970,7 +975,36 @@ static int upload_write(struct upload *up, const char *data, size_t len)
 		}
 		data += n;
 		len -= (size_t)n;
-		up->written += (uint64_t)n;
+	}
+	return 0;
+}
+
+static int upload_flush(struct upload *up)
+{
+	size_t n = up->buf_len;
+
+	up->buf_len = 0;
+	return n ? upload_flush_bytes(up, up->buf, n) : 0;
+}
+
+/*
+ * The body arrives in pieces of a few KiB: gathered into UPLOAD_BUF bytes
+ * so each write to the mount (a round trip to the guest) carries a lot.
+ */
+static int upload_write(struct upload *up, const char *data, size_t len)
+{
+	up->written += len;
+	while (len) {
+		size_t n = UPLOAD_BUF - up->buf_len;
+
+		if (n > len)
+			n = len;
+		memcpy(up->buf + up->buf_len, data, n);
+		up->buf_len += n;
+		data += n;
+		len -= n;
+		if (up->buf_len == UPLOAD_BUF && upload_flush(up) < 0)
+			return -1;
 	}
 	return 0;
 }
@@ -982,6 +1016,11 @@ static int upload_commit(struct upload *up)
 	struct creds c;
 	int fd = up->fd, k;
 
+	if (upload_flush(up) < 0) {
+		close(fd);
+		up->fd = -1;
+		return -1;
+	}
 	up->fd = -1;
 	/* close reports what the guest could not store (FUSE flush) */
 	if (close(fd) < 0 && errno != EINTR) {
@@ -1084,7 +1123,7 @@ static int files_upload_begin(struct req *r, void **ctx)
 	up->r = r;
 	up->fd = -1;
 	up->multipart = strncasecmp(ct, "multipart/", 10) == 0;
-	if (!(up->done = json_object_new_array()))
+	if (!(up->done = json_object_new_array()) || !(up->buf = malloc(UPLOAD_BUF)))
 		return reply_api_error(r, 500, "out of memory"), 1;
 	if ((k = who_load(r, req_query(r, "username"), &up->who, why)) < 0)
 		return upload_fail(up, k, "%s", why), 0;
@@ -1142,6 +1181,7 @@ static void files_upload_free(void *ctx)
 	upload_drop(up);
 	free(up->part_filename);
 	free(up->fail_msg);
+	free(up->buf);
 	json_object_put(up->done);
 	who_free(&up->who);
 	free(up);
