@@ -755,20 +755,33 @@ static int files_who(struct req *r, struct who *w)
 	return k;
 }
 
+/* A download: read from the mount DOWNLOAD_BUF bytes at a time, handed out in the pieces the HTTP layer asks for. */
+#define DOWNLOAD_BUF (1024 * 1024)
 struct download {
 	int fd;
+	size_t off, len;
+	char buf[DOWNLOAD_BUF];
 };
 
 static ssize_t download_read(void *ctx, char *buf, size_t max)
 {
 	struct download *d = ctx;
 
-	for (;;) {
-		ssize_t n = read(d->fd, buf, max);
+	while (d->off == d->len) {
+		ssize_t n = read(d->fd, d->buf, sizeof(d->buf));
 
-		if (n >= 0 || errno != EINTR)
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
 			return n;
+		d->off = 0;
+		d->len = (size_t)n;
 	}
+	if (max > d->len - d->off)
+		max = d->len - d->off;
+	memcpy(buf, d->buf + d->off, max);
+	d->off += max;
+	return (ssize_t)max;
 }
 
 static void download_done(void *ctx)
@@ -815,7 +828,8 @@ static int files_get(struct req *r)
 	if (!(d = malloc(sizeof(*d))))
 		return reply_api_error(r, 500, "out of memory");
 	d->fd = TAKE_FD(fd);
-	/* streamed in 64 KiB reads, chunked: a file of any size costs one buffer */
+	d->off = d->len = 0;
+	/* streamed, chunked: a file of any size costs one buffer */
 	return reply_stream(r, 200, "application/octet-stream", download_read, download_done, d);
 }
 
