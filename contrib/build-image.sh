@@ -5,12 +5,12 @@
 #
 # Produces OUTDIR/images/<key>/{vmlinuz,vmlinux,initrd.cpio,rootfs.ext4,manifest.json}
 # and points the symlink OUTDIR/current at it.  <key> is a sha256 over the
-# kernel .deb, the agent binary, /bin/busybox and this script, so running it
+# kernel .deb, the agent binary, /bin/busybox, /bin/bash-static and this script, so running it
 # again with the same inputs only re-points OUTDIR/current.  The image
 # directory is printed as the last line on stdout; progress goes to stderr.
 #
 # Needs root (apt-get, root-owned files in the images), apt, dpkg-deb,
-# busybox-static, e2fsprogs, cpio, and the decompressor of the kernel
+# busybox-static, bash-static, e2fsprogs, cpio, and the decompressor of the kernel
 # (lz4 for Debian 12's kernels) to unpack vmlinux.
 #
 # Boot-time choices, measured under QEMU 7.2 TCG, -M microvm, -cpu max,
@@ -43,6 +43,9 @@ set -euo pipefail
 
 readonly KERNEL_META=linux-image-cloud-amd64
 readonly BUSYBOX=/bin/busybox
+# /bin/bash in the guest: Debian's statically linked bash (the guest has no libc).
+# Programs written for other sandboxes run `/bin/bash -l -c CMD` (the E2B SDK does).
+readonly BASH_STATIC=/bin/bash-static
 readonly ROOTFS_SIZE=64M
 readonly PORT_NAME=org.emberfs.agent
 
@@ -89,6 +92,7 @@ check_host() {
 	if ! "$BUSYBOX" --list >/dev/null 2>&1; then
 		die "$BUSYBOX does not run"
 	fi
+	[[ -x $BASH_STATIC ]] || die "$BASH_STATIC not found: apt-get install bash-static"
 	# The dynamic busybox package installs the same path: the guest has no libc.
 	if ! dpkg-query -S "$BUSYBOX" 2>/dev/null | grep -q '^busybox-static:'; then
 		die "$BUSYBOX is not from busybox-static: apt-get install busybox-static"
@@ -276,6 +280,8 @@ build_rootfs() {
 		[[ $applet == busybox || -e $stage/bin/$applet ]] || ln -s busybox "$stage/bin/$applet"
 	done
 	[[ -L $stage/bin/sh ]] || die "busybox has no sh applet"
+	rm -f "$stage/bin/bash"
+	install -m 0755 "$BASH_STATIC" "$stage/bin/bash"
 	echo emberfs >"$stage/etc/hostname"
 	echo 'root:x:0:0:root:/root:/bin/sh' >"$stage/etc/passwd"
 	echo 'root:x:0:' >"$stage/etc/group"
@@ -333,9 +339,9 @@ main() {
 
 	pkg=$(resolve_kernel_package)
 	deb=$(fetch_kernel_deb "$pkg" "$outdir/cache")
-	key=$(printf 'kernel %s\nagent %s\nbusybox %s\nscript %s\n' \
+	key=$(printf 'kernel %s\nagent %s\nbusybox %s\nbash %s\nscript %s\n' \
 		"$(sha256_of "$deb")" "$(sha256_of "$agent")" \
-		"$(sha256_of "$BUSYBOX")" "$(sha256_of "$script")" | sha256sum)
+		"$(sha256_of "$BUSYBOX")" "$(sha256_of "$BASH_STATIC")" "$(sha256_of "$script")" | sha256sum)
 	key=${key%% *}
 	dest=$outdir/images/$key
 	if [[ -f $dest/manifest.json ]]; then

@@ -9,10 +9,12 @@ PKGS=(
 	libfuse3-dev libjson-c-dev libcmocka-dev libnl-3-dev libnl-route-3-dev libnftables-dev libarchive-dev
 	# the sandboxes' DNS resolver parses DNS with ldns (netpool/resolver.c)
 	libldns-dev
+	# emberfs-e2b (docs/e2b.md): its HTTP server
+	libmicrohttpd-dev
 	# run
 	fuse3 qemu-system-x86 xfsprogs util-linux
 	# guest image (contrib/build-image.sh)
-	busybox-static e2fsprogs cpio dpkg apt lz4
+	busybox-static bash-static e2fsprogs cpio dpkg apt lz4
 	# test_imagekinds.py builds a musl image (musl-gcc)
 	musl-tools
 	# OCI images: the python image (contrib/build-python-image.sh) is made with

@@ -84,6 +84,19 @@ printf '{"image": "%s", "mem_mib": 512, "warm": "python3 -c '"'"'import os, sys,
 	if [ -n "$have" ] && [ -n "$want" ] && [ "$have" != "$want" ]; then echo rebake; else echo bake; fi >"$T/ctl"
 ) </dev/null >/dev/null 2>&1 &
 
+# The E2B API (docs/e2b.md): emberfs-e2b on loopback, a client of the mount; it
+# ends when the mount does. An API key is made at the first start.
+E2B_STATE=$STATE/e2b
+E2B_LISTEN=${EMBERFS_E2B_LISTEN:-127.0.0.1:49982}
+mkdir -p -m 0700 "$E2B_STATE"
+if [ ! -s "$E2B_STATE/keys" ]; then
+	(umask 077 && echo "e2b_$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')" >"$E2B_STATE/keys")
+fi
+E2B_KEY=$(grep -m1 '^e2b_' "$E2B_STATE/keys")
+pkill -f "^build/e2b/emberfs-e2b --mount $MNT " 2>/dev/null || true
+setsid build/e2b/emberfs-e2b --mount "$MNT" --listen "$E2B_LISTEN" --state "$E2B_STATE" \
+	</dev/null >>"$STATE/e2b.log" 2>&1 &
+
 cat <<MSG
 emberfs is running on $MNT (pid $(cat "$STATE/emberfs.pid"), log $LOG), template default ready.
 
@@ -100,5 +113,8 @@ Template python (Debian 12, python3, pip, git, curl) is being built in the backg
   mkdir $MNT/templates/python/sandboxes/p && cat $MNT/templates/python/sandboxes/p/wait
   exec 3<>$MNT/templates/python/sandboxes/p/exec; printf 'python3 -c "import sys; print(sys.version)"' >&3; cat <&3; exec 3>&-
 
-Stop: fusermount3 -u $MNT
+The E2B API (the e2b SDK, docs/e2b.md) for templates default and python:
+  export E2B_API_KEY=$E2B_KEY E2B_API_URL=http://$E2B_LISTEN E2B_SANDBOX_URL=http://$E2B_LISTEN
+
+Stop: fusermount3 -u $MNT   (emberfs-e2b ends with it)
 MSG

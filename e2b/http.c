@@ -162,15 +162,30 @@ int reply_bytes(struct req *r, unsigned status, const char *content_type, void *
 	return queue(r, status, resp, content_type);
 }
 
-int reply_json(struct req *r, unsigned status, json_object *o)
+int reply_json_header(struct req *r, unsigned status, json_object *o, const char *name, const char *value)
 {
 	const char *s = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
 	char *copy = s ? strdup(s) : NULL;
+	struct MHD_Response *resp;
 
 	json_object_put(o);
 	if (!copy)
 		return -1;
-	return reply_bytes(r, status, "application/json", copy, strlen(copy));
+	resp = MHD_create_response_from_buffer(strlen(copy), copy, MHD_RESPMEM_MUST_FREE);
+	if (!resp) {
+		free(copy);
+		return -1;
+	}
+	if (name && MHD_add_response_header(resp, name, value) != MHD_YES) {
+		MHD_destroy_response(resp);
+		return -1;
+	}
+	return queue(r, status, resp, "application/json");
+}
+
+int reply_json(struct req *r, unsigned status, json_object *o)
+{
+	return reply_json_header(r, status, o, NULL, NULL);
 }
 
 int reply_empty(struct req *r, unsigned status)
@@ -642,11 +657,12 @@ int http_start(const char *listen)
 			return -EINVAL;
 		}
 	}
-	daemon_ = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, handler, NULL, MHD_OPTION_SOCK_ADDR,
+	daemon_ = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, handler, NULL, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
+				   NULL, MHD_OPTION_SOCK_ADDR,
 				   (struct sockaddr *)&ss, MHD_OPTION_NOTIFY_COMPLETED, completed, NULL,
 				   MHD_OPTION_THREAD_STACK_SIZE, (size_t)THREAD_STACK, MHD_OPTION_CONNECTION_LIMIT,
 				   (unsigned)4096, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)0,
-				   MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_END);
+				   MHD_OPTION_END);
 	if (!daemon_) {
 		log_error("e2b: cannot listen on %s (in use, or not an address of this host)", listen);
 		return -EADDRINUSE;

@@ -42,6 +42,8 @@ struct MHD_Connection *req_conn(struct req *r);
 /* ---- replies ---- */
 int reply_json(struct req *r, unsigned status, json_object *o); /* takes o */
 int reply_empty(struct req *r, unsigned status);		 /* no body, Content-Length: 0 */
+/* reply_json with one more header (a list's X-Next-Token). */
+int reply_json_header(struct req *r, unsigned status, json_object *o, const char *name, const char *value);
 int reply_bytes(struct req *r, unsigned status, const char *content_type, void *data, size_t len); /* takes data (malloc'd) */
 /* Control plane error: {"code": status, "message": "..."} as E2B's API answers. */
 int reply_api_error(struct req *r, unsigned status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

@@ -6,10 +6,14 @@
  *   emberfs-e2b --mount DIR [--listen ADDR:PORT] [--keys FILE] [--state DIR]
  *               [--domain NAME] [--log-level LEVEL]
  */
+#include <fcntl.h>
 #include <getopt.h>
+#include <limits.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/signalfd.h>
 #include <sys/stat.h>
 
 #include "auth.h"
@@ -19,6 +23,74 @@
 
 #define DEFAULT_LISTEN "127.0.0.1:49982"
 #define DEFAULT_STATE "/var/lib/emberfs-e2b"
+
+/* Is path still a mount point (its device differs from its parent's)? */
+static bool still_mounted(const char *path, dev_t dev)
+{
+	struct stat st;
+
+	/* a FUSE mount whose daemon ended answers ENOTCONN; an unmounted one is the directory below */
+	return stat(path, &st) == 0 && st.st_dev == dev;
+}
+
+/*
+ * Waits for SIGTERM/SIGINT, or for the mount to go away (the documented stop
+ * of emberfs is `fusermount3 -u MOUNT`: the API server it serves ends with
+ * it). The kernel marks /proc/self/mountinfo with POLLPRI at every change.
+ */
+static int wait_for_end(const char *mount)
+{
+	struct pollfd p[2];
+	struct signalfd_siginfo si;
+	struct stat st;
+	sigset_t set;
+	int sfd, mfd, r = 0;
+
+	if (stat(mount, &st) < 0)
+		return -errno;
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sfd = signalfd(-1, &set, SFD_CLOEXEC);
+	mfd = open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC);
+	if (sfd < 0 || mfd < 0) {
+		r = -errno;
+		goto out;
+	}
+	p[0] = (struct pollfd){.fd = sfd, .events = POLLIN};
+	p[1] = (struct pollfd){.fd = mfd, .events = POLLPRI};
+	for (;;) {
+		if (poll(p, 2, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			r = -errno;
+			break;
+		}
+		if (p[0].revents & POLLIN) {
+			if (read(sfd, &si, sizeof(si)) == (ssize_t)sizeof(si))
+				log_info("e2b: signal %u: stopping", si.ssi_signo);
+			break;
+		}
+		if (p[1].revents & (POLLPRI | POLLERR)) {
+			char buf[4096];
+
+			/* re-arm: read it through */
+			lseek(mfd, 0, SEEK_SET);
+			while (read(mfd, buf, sizeof(buf)) > 0)
+				;
+			if (!still_mounted(mount, st.st_dev)) {
+				log_info("e2b: %s is no longer mounted: stopping", mount);
+				break;
+			}
+		}
+	}
+out:
+	if (sfd >= 0)
+		close(sfd);
+	if (mfd >= 0)
+		close(mfd);
+	return r;
+}
 
 static void usage(FILE *f)
 {
@@ -47,7 +119,7 @@ int main(int argc, char **argv)
 	_cleanup_free_ char *keys_default = NULL, *secret = NULL;
 	struct stat st;
 	sigset_t set;
-	int c, sig;
+	int c, r;
 
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (c) {
@@ -87,7 +159,7 @@ int main(int argc, char **argv)
 		return 1;
 	if (auth_load(keys ? keys : keys_default, secret) < 0)
 		return 1;
-	/* SIGTERM/SIGINT end it; every thread inherits the mask and sigwait takes them here */
+	/* SIGTERM/SIGINT end it; every thread inherits the mask and wait_for_end reads them */
 	sigemptyset(&set);
 	sigaddset(&set, SIGTERM);
 	sigaddset(&set, SIGINT);
@@ -98,10 +170,10 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	log_info("e2b: serving the E2B API for %s on http://%s", cfg.mount, listen);
-	while (sigwait(&set, &sig) != 0)
-		;
-	log_info("e2b: signal %d: stopping", sig);
+	r = wait_for_end(cfg.mount);
+	if (r < 0)
+		log_error("e2b: waiting for the end: %s", strerror(-r));
 	http_stop();
 	auth_free();
-	return 0;
+	return r < 0 ? 1 : 0;
 }

@@ -129,37 +129,42 @@ int mnt_write(const char *path, const char *data, size_t len)
 
 int mnt_create(const char *tpl, const char *id, json_object *settings, char **why)
 {
+	_cleanup_json_ json_object *req = json_object_new_object();
 	char path[PATH_MAX];
-	int r = 0;
+	const char *text;
+	struct stat st;
+	int r;
 
 	if (why)
 		*why = NULL;
 	if (name_validate(tpl) < 0 || name_validate(id) < 0)
 		return -EINVAL;
-	snprintf(path, sizeof(path), "%s/templates/%s/sandboxes/%s", cfg.mount, tpl, id);
-	if (mkdir(path, 0755) < 0) {
+	snprintf(path, sizeof(path), "%s/templates/%s", cfg.mount, tpl);
+	if (stat(path, &st) < 0) {
 		r = -errno;
-		if (r == -ENOENT)
-			error_set(why, "template %s not found", tpl);
+		error_set(why, "template %s: %s", tpl, r == -ENOENT ? "not found" : strerror(-r));
 		return r;
 	}
-	if (!settings)
-		return 0;
-	json_object_object_foreach(settings, k, v)
-	{
-		char f[PATH_MAX];
-		const char *t = json_object_is_type(v, json_type_string) ? json_object_get_string(v)
-									  : json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN);
-
-		if (snprintf(f, sizeof(f), "%s/%s", path, k) >= (int)sizeof(f))
-			r = -ENAMETOOLONG;
-		else if ((r = mnt_write(f, t, strlen(t))) < 0) {
-			error_set(why, "%s: %s", k, strerror(-r));
-			rmdir(path);
-			return r;
-		}
+	/* the create file takes the settings with the name: in force from the reservation on */
+	json_object_object_add(req, "name", json_object_new_string(id));
+	if (settings) {
+		json_object_object_foreach(settings, k, v)
+			json_object_object_add(req, k, json_object_get(v));
 	}
-	return 0;
+	text = json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+	snprintf(path, sizeof(path), "%s/templates/%s/create", cfg.mount, tpl);
+	r = mnt_write(path, text, strlen(text));
+	if (r < 0 && why) {
+		/* the template's status says why a create was refused */
+		_cleanup_json_ json_object *status = NULL;
+		json_object *ce;
+
+		snprintf(path, sizeof(path), "%s/templates/%s/status", cfg.mount, tpl);
+		status = mnt_read_json(path);
+		if (status && json_object_object_get_ex(status, "create_error", &ce) && ce)
+			*why = strdup(json_object_get_string(ce));
+	}
+	return r;
 }
 
 int sbx_wait_ready(const struct sbx *s)

@@ -9,6 +9,14 @@
 #include <limits.h>
 #include <stddef.h>
 
+#ifndef _cleanup_json_
+static inline void json_object_putp(json_object **o)
+{
+	json_object_put(*o);
+}
+#define _cleanup_json_ __attribute__((cleanup(json_object_putp)))
+#endif
+
 struct sbx {
 	char id[65];		/* the sandbox's name: E2B's sandboxID */
 	char tpl[65];		/* its template: E2B's templateID */

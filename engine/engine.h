@@ -215,6 +215,14 @@ char *template_render_status(struct template *t);
 char *template_render_config(struct template *t);
 char *template_render_identity(struct template *t);
 int template_write_config(struct template *t, const char *data, size_t len);
+/*
+ * The template's create file (docs/interface.md, "Creating with settings"):
+ * a JSON object {"name", "timeout", "metadata", "env", "egress"} makes
+ * sandbox NAME with those settings in force from its reservation on. As
+ * mkdir: returns once reserved (0, -EINVAL, -EEXIST, -ENOSPC, -ENOENT);
+ * a refusal changes nothing and its reason is the status's create_error.
+ */
+int template_write_create(struct template *t, const char *data, size_t len);
 /* templates/T/Dockerfile: its text ("" when none); written whole (empty removes it), at most this many bytes. */
 #define TEMPLATE_DOCKERFILE_MAX (1024u * 1024u)
 char *template_render_dockerfile(struct template *t);

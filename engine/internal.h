@@ -428,6 +428,7 @@ struct template {
 	char name[NAME_MAX_LEN + 1];
 	struct engine *e;
 	char *dir;	/* store/templates/NAME */
+	char *create_error; /* why the last write of its create file was refused (e->lock); NULL: it succeeded */
 	char *snapdir;	/* dir/snapshot */
 	pthread_rwlock_t snap_lock; /* held for reading while a create clones the snapshot */
 	atomic_bool snap_checked;   /* the snapshot's checksums were verified since the daemon started (or the bake) */
@@ -658,8 +659,9 @@ int engine_spec_init(struct engine *e, const struct template_config *cfg, struct
 int engine_store_admit(struct engine *e, unsigned mem_mib, char **ret_why);
 
 /* engine_sandbox_create, or (fork_src set) the reservation of a fork's child, which then waits for fork_ready. */
+/* init: settings it starts with instead of its template's defaults (moved out on success), or NULL. */
 int sandbox_create_internal(struct engine *e, struct template *t, const char *name, struct sandbox *fork_src,
-			    struct sandbox **ret);
+			    struct sandbox_settings *init, struct sandbox **ret);
 /* Identity attach (hostname, env, fresh entropy, clock); then(arg) runs once it is sent. */
 /*
  * e->lock held: a sandbox joins the id tables with its processes as it
@@ -760,7 +762,8 @@ void cold_release(struct engine *e);
 void cold_wake(struct engine *e);
 
 /* ---- a sandbox's settings (settings.c) ---- */
-int settings_init(struct sandbox *s, struct template *t, const struct sandbox *fork_src); /* e->lock held */
+int settings_init(struct sandbox *s, struct template *t, const struct sandbox *fork_src,
+		  struct sandbox_settings *init); /* e->lock held */
 void settings_clear(struct sandbox_settings *st);
 json_object *settings_json(const struct sandbox *s); /* e->lock held */
 void settings_from_json(struct sandbox *s, json_object *o);

@@ -511,7 +511,7 @@ static int op_fork(struct sandbox *s, const char *name)
 		if ((r = admit_vm(s, mem_mib, what ? what : "fork")) < 0)
 			return r;
 	}
-	r = sandbox_create_internal(e, t, name, s, &c);
+	r = sandbox_create_internal(e, t, name, s, NULL, &c);
 	if (r < 0) {
 		set_ctl_error(s, "fork %s: %s", name, r == -EEXIST ? "a sandbox of that name exists" :
 					       r == -EINVAL ? "bad name" : strerror(-r));

@@ -869,11 +869,11 @@ static void *sandbox_main(void *arg)
 
 int engine_sandbox_create(struct engine *e, struct template *t, const char *name, struct sandbox **ret)
 {
-	return sandbox_create_internal(e, t, name, NULL, ret);
+	return sandbox_create_internal(e, t, name, NULL, NULL, ret);
 }
 
 int sandbox_create_internal(struct engine *e, struct template *t, const char *name, struct sandbox *fork_src,
-			    struct sandbox **ret)
+			    struct sandbox_settings *init, struct sandbox **ret)
 {
 	enum miss_reason miss = MISS_EMPTY;
 	_cleanup_free_ char *full = NULL;
@@ -944,7 +944,7 @@ int sandbox_create_internal(struct engine *e, struct template *t, const char *na
 			s->miss_reason = miss_reason_name(miss);
 	}
 	if (r == 0)
-		r = settings_init(s, t, fork_src);
+		r = settings_init(s, t, fork_src, init);
 	if (r == 0)
 		r = sandbox_index(s);
 	if (r == 0) {

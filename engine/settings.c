@@ -58,11 +58,17 @@ static json_object *json_dup(json_object *o)
 }
 
 /* e->lock held; s is not visible yet. A fork copies its parent's; a new one has its template's defaults. */
-int settings_init(struct sandbox *s, struct template *t, const struct sandbox *fork_src)
+int settings_init(struct sandbox *s, struct template *t, const struct sandbox *fork_src,
+		  struct sandbox_settings *init)
 {
 	struct sandbox_settings *st = &s->settings;
 
-	if (fork_src) {
+	if (init) {
+		/* a create file's settings (template_write_create): in force from the reservation on */
+		*st = *init;
+		memset(init, 0, sizeof(*init));
+		st->deadline_ms = st->timeout_s ? realtime_ms() + st->timeout_s * 1000u : 0;
+	} else if (fork_src) {
 		const struct sandbox_settings *p = &fork_src->settings;
 
 		st->timeout_s = p->timeout_s;
@@ -540,3 +546,134 @@ int settings_env_apply(struct sandbox *s, json_object *req)
 	pthread_mutex_unlock(&e->lock);
 	return 0;
 }
+
+/* ---- create with settings ---- */
+
+static void create_refused(struct template *t, const char *name, int r, const char *why)
+{
+	struct engine *e = t->e;
+	char *m = NULL;
+
+	if (r < 0 && asprintf(&m, "%s: %s", name && *name ? name : "(no name)", why ? why : strerror(-r)) < 0)
+		m = NULL;
+	pthread_mutex_lock(&e->lock);
+	free(t->create_error);
+	t->create_error = m;
+	pthread_mutex_unlock(&e->lock);
+}
+
+/* A setting's value as the file takes it: a string is the file's text, an object or a number its JSON. */
+static const char *setting_text(json_object *v, size_t *len)
+{
+	const char *s = json_object_is_type(v, json_type_string) ? json_object_get_string(v)
+								 : json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN);
+
+	*len = strlen(s);
+	return s;
+}
+
+static int create_settings_parse(struct template *t, json_object *o, const char **name,
+				 struct sandbox_settings *st, char **why)
+{
+	struct engine *e = t->e;
+	json_object *v;
+	size_t len;
+	const char *text;
+	int r;
+
+	json_object_object_foreach(o, key, val)
+	{
+		if (strcmp(key, "name") && strcmp(key, "timeout") && strcmp(key, "metadata") && strcmp(key, "env") &&
+		    strcmp(key, "egress"))
+			return error_set(why, "unknown key \"%s\" (name, timeout, metadata, env, egress)", key), -EINVAL;
+		if (!val)
+			return error_set(why, "%s: null", key), -EINVAL;
+	}
+	if (!json_object_object_get_ex(o, "name", &v) || !json_object_is_type(v, json_type_string))
+		return error_set(why, "\"name\" (a string) is required"), -EINVAL;
+	*name = json_object_get_string(v);
+	if (name_validate(*name) < 0)
+		return error_set(why, "not a valid sandbox name"), -EINVAL;
+	if (json_object_object_get_ex(o, "timeout", &v)) {
+		_cleanup_free_ char *err = NULL;
+
+		text = setting_text(v, &len);
+		if ((r = timeout_parse(text, len, &st->timeout_s, &st->on_timeout, &err)) < 0)
+			return error_set(why, "timeout: %s", err ? err : strerror(-r)), r;
+	} else {
+		pthread_mutex_lock(&e->lock);
+		st->timeout_s = t->cfg.timeout_s; /* the template's default, as for mkdir */
+		pthread_mutex_unlock(&e->lock);
+	}
+	if (json_object_object_get_ex(o, "metadata", &v)) {
+		_cleanup_free_ char *err = NULL;
+
+		text = setting_text(v, &len);
+		if ((r = metadata_parse(text, len, &st->metadata, &err)) < 0)
+			return error_set(why, "metadata: %s", err ? err : strerror(-r)), r;
+	}
+	if (json_object_object_get_ex(o, "env", &v)) {
+		_cleanup_free_ char *err = NULL;
+
+		text = setting_text(v, &len);
+		if ((r = env_parse(text, len, &st->env, &err)) < 0)
+			return error_set(why, "env: %s", err ? err : strerror(-r)), r;
+	}
+	if (json_object_object_get_ex(o, "egress", &v)) {
+		_cleanup_free_ char *err = NULL;
+		struct egress_policy *pol = NULL;
+		bool net;
+
+		pthread_mutex_lock(&e->lock);
+		net = t->cfg.net && e->net;
+		pthread_mutex_unlock(&e->lock);
+		if (!net)
+			return error_set(why, "egress: the template's sandboxes have no network"), -EINVAL;
+		if (!json_object_is_type(v, json_type_string))
+			return error_set(why, "egress: a string (the egress file's text) is expected"), -EINVAL;
+		text = setting_text(v, &len);
+		if (len > EGRESS_TEXT_MAX)
+			return error_set(why, "egress: larger than the bound on a policy"), -EINVAL;
+		if ((r = egress_parse(text, len, &pol, &err)) < 0)
+			return error_set(why, "egress: %s", err ? err : strerror(-r)), r;
+		st->egress = egress_render(pol);
+		egress_free(pol);
+		if (!st->egress)
+			return -ENOMEM;
+	}
+	return 0;
+}
+
+int template_write_create(struct template *t, const char *data, size_t len)
+{
+	_cleanup_json_ json_object *o = NULL;
+	_cleanup_free_ char *why = NULL;
+	struct sandbox_settings st = {0};
+	struct sandbox *s = NULL;
+	const char *name = NULL;
+	json_tokener *tok = json_tokener_new();
+	int r;
+
+	if (!tok)
+		return -ENOMEM;
+	json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
+	o = json_tokener_parse_ex(tok, data, (int)len);
+	if (!o || !json_object_is_type(o, json_type_object)) {
+		json_tokener_free(tok);
+		create_refused(t, NULL, -EINVAL, "not a JSON object");
+		return -EINVAL;
+	}
+	json_tokener_free(tok);
+	r = create_settings_parse(t, o, &name, &st, &why);
+	if (r == 0)
+		r = sandbox_create_internal(t->e, t, name, NULL, &st, &s);
+	if (r == -EEXIST && !why)
+		why = strdup("a sandbox of that name exists");
+	settings_clear(&st); /* what the sandbox did not take */
+	create_refused(t, name, r, why);
+	if (r < 0)
+		return r;
+	sandbox_unref(s);
+	return 0;
+}
+

@@ -224,6 +224,7 @@ void template_unref(struct template *t)
 		bake_info_clear(&t->bake);
 		build_result_clear(&t->build);
 		free(t->error);
+		free(t->create_error);
 		free(t->sandboxes);
 		free(t->dir);
 		free(t->snapdir);
@@ -1073,6 +1074,7 @@ char *template_render_status(struct template *t)
 	}
 	json_object_object_add(o, "store", json_object_new_string(engine_store_method(e)));
 	json_object_object_add(o, "error", t->error ? json_object_new_string(t->error) : NULL);
+	json_object_object_add(o, "create_error", t->create_error ? json_object_new_string(t->create_error) : NULL);
 	pthread_mutex_unlock(&e->lock);
 	s = strjoin(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE),
 		    "\n", NULL);

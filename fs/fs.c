@@ -33,6 +33,7 @@ static const struct file_def tpl_files[] = {
 	{ "stats", 8, 0444, F_RENDER, template_render_stats, NULL, NULL, NULL, NULL, NULL },
 	{ "Dockerfile", 9, 0644, F_DOCKERFILE, NULL, NULL, NULL, NULL, NULL, NULL },
 	{ "build.log", 10, 0444, F_BUILDLOG, NULL, NULL, NULL, NULL, NULL, NULL },
+	{ "create", 11, 0200, F_CREATE, NULL, NULL, NULL, NULL, NULL, NULL },
 };
 
 static const struct file_def sb_files[] = {

@@ -883,13 +883,14 @@ static int whole_write(struct fh *h, const char *buf, size_t size, off_t off)
 	for (p = h->buf; p < h->buf + h->len && strchr(" \t\r\n", *p); p++)
 		;
 	h->partial = false;
-	if (h->type == F_CONFIG || (p < h->buf + h->len && *p == '{')) {
+	if (h->type == F_CONFIG || h->type == F_CREATE || (p < h->buf + h->len && *p == '{')) {
 		h->partial = !json_complete(h->buf, h->len);
 		if (h->partial)
 			return 0;
 	}
-	if (h->type == F_CONFIG) {
-		r = template_write_config(h->node.t, h->buf, h->len);
+	if (h->type == F_CONFIG || h->type == F_CREATE) {
+		r = h->type == F_CONFIG ? template_write_config(h->node.t, h->buf, h->len)
+					: template_write_create(h->node.t, h->buf, h->len);
 		h->len = 0;
 		return r;
 	}
@@ -913,6 +914,7 @@ void fh_write(fuse_req_t req, const char *buf, size_t size, off_t off, struct fu
 		break;
 	case F_CONFIG:
 	case F_SETTING:
+	case F_CREATE:
 		pthread_mutex_lock(&h->lock);
 		r = whole_write(h, buf, size, off);
 		pthread_mutex_unlock(&h->lock);
@@ -955,7 +957,7 @@ void fh_flush(fuse_req_t req, struct fuse_file_info *fi)
 	struct fh *h = fh_of(fi);
 	int r = 0;
 
-	if ((h->type == F_CONFIG || h->type == F_SETTING) && h->partial) {
+	if ((h->type == F_CONFIG || h->type == F_SETTING || h->type == F_CREATE) && h->partial) {
 		h->partial = false;
 		h->len = 0;
 		fuse_reply_err(req, EINVAL); /* an incomplete JSON value was written */

@@ -284,6 +284,16 @@ class Egress(harness.TestCase):
         self.assertIn("ct state established,related accept", out)
         self.assertLess(out.index("ip daddr %s accept" % ADDR1), out.index("ip daddr %s.0/24 " % NET), out)
 
+    def test_policy_given_at_create(self):
+        # templates/T/create: the policy is the sandbox's from its reservation, before its guest runs
+        pol = "default deny\nallow %s/32 tcp port 8001\n" % ADDR1
+        harness.write_file(D.tpl("default", "create"), json.dumps({"name": "c1", "egress": pol}))
+        self.assertEqual(read_egress("c1"), pol)
+        self.assertEqual(harness.read_text(D.sb("c1", "wait")), "ready\n")
+        self.assertFalse(connect("c1", ADDR1, 8002))
+        self.assertTrue(connect("c1", ADDR1, 8001))
+        self.assertFalse(udp_reaches("c1", ADDR1))
+
     def test_bad_input_changes_nothing(self):
         D.create_ready("b1")
         write_egress("b1", "default deny\nallow %s tcp port 8001\n" % ADDR1)

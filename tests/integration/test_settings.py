@@ -316,6 +316,69 @@ class Settings(harness.TestCase):
         self.assertEqual(get("v", "env"), "")
         self.assertEqual(D.sh("v", 'echo "${B-unset}"'), "unset\n")
 
+    # ---- creating with settings: templates/T/create ----
+
+    def test_create_file(self):
+        create = D.tpl("default", "create")
+        harness.write_file(create, json.dumps({"name": "cf", "timeout": "300 hibernate",
+                                               "metadata": {"team": "ml", "run": "7"},
+                                               "env": {"MODE": "ci x"}}))
+        # the settings are there when the write returns, before the guest is ready
+        self.assertEqual(json.loads(get("cf", "metadata")), {"team": "ml", "run": "7"})
+        self.assertEqual(os.readlink(os.path.join(D.mount, "sandboxes-by", "team", "ml", "cf")),
+                         "../../../templates/default/sandboxes/cf")
+        t = json.loads(get("cf", "timeout"))
+        self.assertEqual((t["timeout_s"], t["on_timeout"]), (300, "hibernate"))
+        self.assertGreater(t["left_ms"], 295000)
+        self.assertEqual(harness.read_text(D.sb("cf", "wait")), "ready\n")
+        self.assertEqual(D.sh("cf", 'echo "$MODE"'), "ci x\n")
+        self.assertIsNone(json.loads(harness.read_text(D.tpl("default", "status")))["create_error"])
+        # written in pieces through one open file; a number for timeout, env as lines
+        fd = os.open(create, os.O_WRONLY)
+        try:
+            os.write(fd, b'{"name": "cf2", "timeout": 60,')
+            self.assertFalse(os.path.exists(D.sb("cf2")))
+            os.write(fd, b' "env": "A=1\\nB=2\\n"}')
+        finally:
+            os.close(fd)
+        self.assertEqual(json.loads(get("cf2", "timeout"))["timeout_s"], 60)
+        self.assertEqual(get("cf2", "env"), "A=1\nB=2\n")
+        # keys left out: what mkdir gives
+        harness.write_file(create, '{"name": "cf3"}')
+        self.assertEqual(get("cf3", "metadata"), "{}\n")
+        self.assertEqual(json.loads(get("cf3", "timeout"))["timeout_s"], 0)
+
+    def test_create_file_bad_input_creates_nothing(self):
+        create = D.tpl("default", "create")
+        D.create_ready("cx")
+        before = sorted(D.sandboxes())
+        for data, err, why in (
+                ('{"name": "cx"}', errno.EEXIST, "cx: a sandbox of that name exists"),
+                ('{"name": "bad name"}', errno.EINVAL, "bad name: not a valid sandbox name"),
+                ('{"timeout": 5}', errno.EINVAL, "(no name): \"name\" (a string) is required"),
+                ('{"name": "n1", "cpu": 2}', errno.EINVAL, "(no name): unknown key \"cpu\""),
+                ('{"name": "n1", "timeout": "soon"}', errno.EINVAL, "n1: timeout: "),
+                ('{"name": "n1", "metadata": {"k": 1}}', errno.EINVAL, "n1: metadata: "),
+                ('{"name": "n1", "env": {"1X": "a"}}', errno.EINVAL, "n1: env: "),
+                ('{"name": "n1", "egress": "default deny"}', errno.EINVAL,
+                 "n1: egress: the template's sandboxes have no network"),
+                ('["n1"]', errno.EINVAL, "(no name): not a JSON object"),
+                ('{"name": "n1", "timeout": null}', errno.EINVAL, "(no name): timeout: null")):
+            with self.subTest(data=data):
+                self.assertErrno(err, harness.write_file, create, data)
+                self.assertEqual(sorted(D.sandboxes()), before)
+                ce = json.loads(harness.read_text(D.tpl("default", "status")))["create_error"]
+                self.assertTrue(ce.startswith(why), ce)
+        # an incomplete JSON value: the close fails, nothing made
+        fd = os.open(create, os.O_WRONLY)
+        os.write(fd, b'{"name": "n2"')
+        self.assertErrno(errno.EINVAL, os.close, fd)
+        self.assertEqual(sorted(D.sandboxes()), before)
+        # the file cannot be read; a create through it clears create_error
+        self.assertErrno(errno.EACCES, open, create, "r")
+        harness.write_file(create, '{"name": "n3"}')
+        self.assertIsNone(json.loads(harness.read_text(D.tpl("default", "status")))["create_error"])
+
     # ---- what survives ----
 
     def test_survives_hibernate_fork_and_restart(self):
