@@ -745,6 +745,15 @@ static unsigned files_status(int err)
 	}
 }
 
+/* Signed /files URLs (envd's signature, signature_expiration) are not implemented: refused, never ignored. */
+static bool files_signed(struct req *r)
+{
+	if (!req_query(r, "signature") && !req_query(r, "signature_expiration"))
+		return false;
+	reply_api_error(r, 400, "signed file URLs (signature, signature_expiration) are not implemented by emberfs-e2b");
+	return true;
+}
+
 static int files_who(struct req *r, struct who *w)
 {
 	char why[256];
@@ -802,7 +811,7 @@ static int files_get(struct req *r)
 	struct stat st;
 	int k;
 
-	if (files_who(r, &w) < 0)
+	if (files_signed(r) || files_who(r, &w) < 0)
 		return 0;
 	if ((k = resolve(&w, req_query(r, "path"), &guest, &host)) < 0)
 		return reply_api_error(r, 400, "error expanding and resolving path '%s': %s", req_query(r, "path"),
@@ -1121,6 +1130,8 @@ static int files_upload_begin(struct req *r, void **ctx)
 	char why[256];
 	int k;
 
+	if (files_signed(r))
+		return 1;
 	if (enc && strcasecmp(enc, "identity") != 0)
 		return reply_api_error(r, 400, "Content-Encoding %s is not implemented by emberfs-e2b", enc), 1;
 	MHD_get_connection_values(req_conn(r), MHD_HEADER_KIND, metadata_header, &hs);
