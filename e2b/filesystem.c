@@ -18,6 +18,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <microhttpd.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -690,32 +691,405 @@ static int fs_list_dir(struct req *r)
 static int fs_unimplemented(struct req *r)
 {
 	return reply_connect_error(r, "unimplemented",
-				   "%s is not implemented by emberfs-e2b (directory watching: WatchDir, CreateWatcher, "
-				   "GetWatcherEvents, RemoveWatcher)",
+				   "%s is not implemented by emberfs-e2b (the polled watchers CreateWatcher, "
+				   "GetWatcherEvents, RemoveWatcher; WatchDir is)",
 				   req_path(r));
 }
 
 /*
- * WatchDir is server-streaming: Connect clients read a stream's error from
- * its end-of-stream message (HTTP 200), not from the HTTP status.
+ * WatchDir, a server stream, by polling: the mount has no notification of
+ * the guest's file changes (and envd itself refuses to watch a FUSE mount
+ * with inotify), so the directory is listed every WATCH_POLL_MS as the
+ * user and each listing compared with the one before (e2bfs_snap_diff).
+ * Through the mount's 1 s attribute and name cache, an event shows within
+ * about 1.5 s. The stream ends at the client's Connect-Timeout-Ms, when the
+ * directory goes, or when the sandbox stops running: a watch never wakes a
+ * paused sandbox.
  */
-static int fs_watch_dir(struct req *r)
-{
-	_cleanup_free_ char *json = NULL;
-	char *buf;
-	int n = asprintf(&json,
-			 "{\"error\":{\"code\":\"unimplemented\",\"message\":\"%s is not implemented by emberfs-e2b\"}}",
-			 req_path(r));
+#define WATCH_POLL_MS 500
+#define WATCH_MAX_ENTRIES 10000
 
-	if (n < 0 || !(buf = malloc((size_t)n + 5)))
-		return reply_connect_error(r, "resource_exhausted", "out of memory");
-	buf[0] = 0x02;
+/* A Connect stream message: flags, 4-byte big-endian length, JSON. NULL on ENOMEM. */
+static char *envelope(uint8_t flags, const char *json, size_t *len)
+{
+	size_t n = strlen(json);
+	char *buf = malloc(n + 5);
+
+	if (!buf || n > UINT32_MAX) {
+		free(buf);
+		return NULL;
+	}
+	buf[0] = (char)flags;
 	buf[1] = (char)((n >> 24) & 0xff);
 	buf[2] = (char)((n >> 16) & 0xff);
 	buf[3] = (char)((n >> 8) & 0xff);
 	buf[4] = (char)(n & 0xff);
-	memcpy(buf + 5, json, (size_t)n);
-	return reply_bytes(r, 200, "application/connect+json", buf, (size_t)n + 5);
+	memcpy(buf + 5, json, n);
+	*len = n + 5;
+	return buf;
+}
+
+static json_object *end_error_json(const char *code, const char *msg)
+{
+	json_object *o = json_object_new_object(), *e = json_object_new_object();
+
+	json_object_object_add(e, "code", json_object_new_string(code));
+	json_object_object_add(e, "message", json_object_new_string(msg));
+	json_object_object_add(o, "error", e);
+	return o;
+}
+
+/* A stream that ends at once with an error: HTTP 200, the error in the end message (what Connect clients read). */
+static int stream_error(struct req *r, const char *code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int stream_error(struct req *r, const char *code, const char *fmt, ...)
+{
+	_cleanup_free_ char *m = NULL;
+	json_object *o;
+	char *buf;
+	size_t len;
+	va_list ap;
+
+	va_start(ap, fmt);
+	if (vasprintf(&m, fmt, ap) < 0)
+		m = NULL;
+	va_end(ap);
+	o = end_error_json(code, m ? m : code);
+	buf = envelope(0x02, json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN), &len);
+	json_object_put(o);
+	if (!buf)
+		return reply_connect_error(r, "resource_exhausted", "out of memory");
+	return reply_bytes(r, 200, "application/connect+json", buf, len);
+}
+
+struct watch {
+	struct MHD_Connection *conn; /* to see the client leave between events */
+	struct who who;
+	char *guest, *host;
+	bool recursive;
+	struct e2bfs_snap snap;
+	uint64_t deadline_ns;  /* 0: none */
+	uint64_t keepalive_ns, next_keepalive_ns;
+	char *out;	       /* envelopes not handed out yet */
+	size_t out_len, out_off, out_cap;
+	bool started, ended;
+};
+
+static void watch_free(void *ctx)
+{
+	struct watch *w = ctx;
+
+	if (!w)
+		return;
+	who_free(&w->who);
+	e2bfs_snap_free(&w->snap);
+	free(w->guest);
+	free(w->host);
+	free(w->out);
+	free(w);
+}
+
+static int watch_queue(struct watch *w, uint8_t flags, json_object *o)
+{
+	size_t len;
+	char *env = envelope(flags, json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN), &len);
+
+	json_object_put(o);
+	if (!env)
+		return -ENOMEM;
+	if (w->out_len + len > w->out_cap) {
+		size_t cap = (w->out_len + len) * 2;
+		char *n = realloc(w->out, cap);
+
+		if (!n) {
+			free(env);
+			return -ENOMEM;
+		}
+		w->out = n;
+		w->out_cap = cap;
+	}
+	memcpy(w->out + w->out_len, env, len);
+	w->out_len += len;
+	free(env);
+	w->next_keepalive_ns = now_ns() + w->keepalive_ns;
+	return 0;
+}
+
+static void watch_end(struct watch *w, const char *code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void watch_end(struct watch *w, const char *code, const char *fmt, ...)
+{
+	_cleanup_free_ char *m = NULL;
+	va_list ap;
+
+	va_start(ap, fmt);
+	if (fmt && vasprintf(&m, fmt, ap) < 0)
+		m = NULL;
+	va_end(ap);
+	watch_queue(w, 0x02, code ? end_error_json(code, m ? m : code) : json_object_new_object());
+	w->ended = true;
+}
+
+/* One listing of the watched tree into ret. 0 or -errno (-E2BIG past WATCH_MAX_ENTRIES). */
+static int watch_scan_dir(struct e2bfs_snap *s, const char *host, const char *rel, bool recursive)
+{
+	int err = 0;
+	_cleanup_(strvp) char **names = dir_names(host, &err);
+
+	if (!names)
+		return err;
+	for (char **n = names; *n; n++) {
+		_cleanup_free_ char *h = NULL, *name = NULL;
+		struct e2bfs_snap_ent *e;
+		struct stat st;
+
+		if (asprintf(&h, "%s/%s", host, *n) < 0 || asprintf(&name, "%s%s%s", rel, *rel ? "/" : "", *n) < 0)
+			return -ENOMEM;
+		if (lstat(h, &st) < 0)
+			continue; /* gone since the readdir: the next listing tells */
+		if (s->n >= WATCH_MAX_ENTRIES)
+			return -E2BIG;
+		if (!(s->n & (s->n + 1)) || !s->v) {
+			/* grow at 0, 1, 3, 7, ...: capacity n + 1 doubled */
+			e = reallocarray(s->v, 2 * (s->n + 1), sizeof(*s->v));
+			if (!e)
+				return -ENOMEM;
+			s->v = e;
+		}
+		e = &s->v[s->n++];
+		*e = (struct e2bfs_snap_ent){.name = TAKE_PTR(name), .ino = st.st_ino, .mode = st.st_mode,
+					     .uid = st.st_uid, .gid = st.st_gid, .size = st.st_size, .mtime = st.st_mtim};
+		if (recursive && S_ISDIR(st.st_mode) && (err = watch_scan_dir(s, h, e->name, true)) < 0)
+			return err;
+	}
+	return 0;
+}
+
+static int watch_scan(struct watch *w, struct e2bfs_snap *ret)
+{
+	struct e2bfs_snap s = {0};
+	struct creds c;
+	int k;
+
+	if ((k = creds_enter(&w->who, &c)) < 0)
+		return k;
+	k = watch_scan_dir(&s, w->host, "", w->recursive);
+	creds_leave(&c);
+	if (k < 0) {
+		e2bfs_snap_free(&s);
+		return k;
+	}
+	e2bfs_snap_sort(&s);
+	*ret = s;
+	return 0;
+}
+
+static int watch_event(void *ctx, const char *name, enum e2bfs_event ev)
+{
+	struct watch *w = ctx;
+	json_object *o = json_object_new_object(), *f = json_object_new_object();
+
+	json_object_object_add(f, "name", json_object_new_string(name));
+	json_object_object_add(f, "type", json_object_new_string(e2bfs_event_name(ev)));
+	json_object_object_add(o, "filesystem", f);
+	return watch_queue(w, 0, o);
+}
+
+/* Whether the sandbox still runs (its status read: no guest needed, nothing woken). */
+static bool watch_sandbox_running(struct watch *w, char state[static 32])
+{
+	char path[PATH_MAX];
+	json_object *o, *v;
+	bool running = false;
+
+	snprintf(state, 32, "gone");
+	if (sbx_path(&w->who.sbx, "status", path, sizeof(path)) < 0 || !(o = mnt_read_json(path)))
+		return false;
+	if (json_object_object_get_ex(o, "state", &v) && json_object_is_type(v, json_type_string)) {
+		snprintf(state, 32, "%s", json_object_get_string(v));
+		running = strcmp(state, "ready") == 0;
+	}
+	json_object_put(o);
+	return running;
+}
+
+/* The next step of the watch: more envelopes queued, or a poll interval slept. */
+static void watch_step(struct watch *w)
+{
+	struct e2bfs_snap s;
+	char state[32];
+	uint64_t now = now_ns();
+	int k;
+
+	if (!w->started) {
+		json_object *o = json_object_new_object();
+
+		json_object_object_add(o, "start", json_object_new_object());
+		watch_queue(w, 0, o);
+		w->started = true;
+		return;
+	}
+	if (w->deadline_ns && now >= w->deadline_ns)
+		return watch_end(w, "deadline_exceeded", "the watch of %s reached its Connect-Timeout-Ms", w->guest);
+	if (!watch_sandbox_running(w, state))
+		return watch_end(w, "unavailable", "sandbox %s is %s: the watch of %s ends", w->who.sbx.id, state,
+				 w->guest);
+	if ((k = watch_scan(w, &s)) < 0) {
+		if (k == -ENOENT || k == -ENOTDIR)
+			return watch_end(w, "not_found", "the watched directory %s is gone", w->guest);
+		if (k == -E2BIG)
+			return watch_end(w, "resource_exhausted", "more than %d entries below %s: watch a smaller tree",
+					 WATCH_MAX_ENTRIES, w->guest);
+		return watch_end(w, connect_code_errno(k), "watching %s: %s", w->guest, strerror(-k));
+	}
+	k = e2bfs_snap_diff(&w->snap, &s, watch_event, w);
+	e2bfs_snap_free(&w->snap);
+	w->snap = s;
+	if (k < 0)
+		return watch_end(w, "resource_exhausted", "out of memory");
+	if (w->out_len == w->out_off && now_ns() >= w->next_keepalive_ns) {
+		json_object *o = json_object_new_object();
+
+		json_object_object_add(o, "keepalive", json_object_new_object());
+		watch_queue(w, 0, o);
+	}
+	if (w->out_len == w->out_off)
+		usleep(WATCH_POLL_MS * 1000);
+}
+
+/* Whether the client hung up: a watch with nothing to say would not notice until its next keepalive. */
+static bool watch_client_gone(struct watch *w)
+{
+	const union MHD_ConnectionInfo *ci = MHD_get_connection_info(w->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+	struct pollfd p;
+
+	if (!ci)
+		return false;
+	p = (struct pollfd){.fd = ci->connect_fd, .events = POLLRDHUP};
+	return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
+}
+
+static ssize_t watch_read(void *ctx, char *buf, size_t max)
+{
+	struct watch *w = ctx;
+
+	while (w->out_off == w->out_len) {
+		w->out_off = w->out_len = 0;
+		if (w->ended)
+			return 0;
+		if (watch_client_gone(w))
+			return -1;
+		watch_step(w);
+	}
+	if (max > w->out_len - w->out_off)
+		max = w->out_len - w->out_off;
+	memcpy(buf, w->out + w->out_off, max);
+	w->out_off += max;
+	return (ssize_t)max;
+}
+
+/* The one request message of a server stream: its JSON, or NULL after replying. */
+static json_object *stream_message(struct req *r, const char *const *allowed)
+{
+	size_t len;
+	const unsigned char *b = (const unsigned char *)req_body(r, &len);
+	uint32_t n;
+	json_object *o;
+
+	if (len < 5 || (n = (uint32_t)b[1] << 24 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 8 | b[4]) != len - 5) {
+		stream_error(r, "invalid_argument", "the request is not one Connect envelope");
+		return NULL;
+	}
+	if (b[0] != 0) {
+		stream_error(r, "unimplemented", "compressed or flagged request messages are not implemented");
+		return NULL;
+	}
+	if (!(o = json_tokener_parse((const char *)b + 5)) || !json_object_is_type(o, json_type_object)) {
+		json_object_put(o);
+		stream_error(r, "invalid_argument", "the request is not a JSON object");
+		return NULL;
+	}
+	json_object_object_foreach(o, key, val)
+	{
+		bool ok = false;
+
+		(void)val;
+		for (const char *const *a = allowed; *a; a++)
+			ok |= strcmp(*a, key) == 0;
+		if (!ok) {
+			stream_error(r, "invalid_argument", "%s: field \"%s\" is not implemented by emberfs-e2b", req_path(r), key);
+			json_object_put(o);
+			return NULL;
+		}
+	}
+	return o;
+}
+
+static bool json_bool_field(json_object *o, const char *key)
+{
+	json_object *v;
+
+	return json_object_object_get_ex(o, key, &v) && json_object_get_boolean(v);
+}
+
+static int fs_watch_dir(struct req *r)
+{
+	static const char *const allowed[] = {"path", "recursive", "includeEntry", "include_entry",
+					      "allowNetworkMounts", "allow_network_mounts", NULL};
+	_cleanup_(json_object_putp) json_object *msg = stream_message(r, allowed);
+	_cleanup_free_ char *user = NULL;
+	struct watch *w;
+	json_object *v;
+	const char *h, *path = "";
+	char why[256];
+	struct stat st;
+	int k;
+
+	if (!msg)
+		return 0;
+	if (json_bool_field(msg, "includeEntry") || json_bool_field(msg, "include_entry"))
+		return stream_error(r, "unimplemented", "WatchDir: includeEntry is not implemented by emberfs-e2b");
+	if (json_object_object_get_ex(msg, "path", &v) && v) {
+		if (!json_object_is_type(v, json_type_string))
+			return stream_error(r, "invalid_argument", "field \"path\" must be a string");
+		path = json_object_get_string(v);
+	}
+	k = e2bfs_basic_user(req_header(r, MHD_HTTP_HEADER_AUTHORIZATION), &user);
+	if (k < 0 && k != -ENOENT)
+		return stream_error(r, "invalid_argument", "the Authorization header is not Basic base64(user:)");
+	if (!(w = calloc(1, sizeof(*w))))
+		return stream_error(r, "resource_exhausted", "out of memory");
+	if ((k = who_load(r, user, &w->who, why)) < 0) {
+		watch_free(w);
+		return stream_error(r, k == -ESRCH ? "invalid_argument" : connect_code_errno(k), "%s", why);
+	}
+	if ((k = resolve(&w->who, path, &w->guest, &w->host)) < 0) {
+		watch_free(w);
+		return stream_error(r, "invalid_argument", "path \"%.200s\": %s", path,
+				    k == -EINVAL ? "cannot expand another user's home directory" : strerror(-k));
+	}
+	w->conn = req_conn(r);
+	w->recursive = json_bool_field(msg, "recursive");
+	if (stat(w->host, &st) < 0 || !S_ISDIR(st.st_mode)) {
+		k = errno;
+		watch_free(w);
+		return k == ENOENT ? stream_error(r, "not_found", "path %s not found", path)
+				   : stream_error(r, "invalid_argument", "path %s not a directory", path);
+	}
+	/* the first listing is the baseline: only changes after the start are reported */
+	if ((k = watch_scan(w, &w->snap)) < 0) {
+		watch_free(w);
+		return k == -E2BIG ? stream_error(r, "resource_exhausted", "more than %d entries below %s: watch a smaller tree",
+						  WATCH_MAX_ENTRIES, path)
+				   : stream_error(r, connect_code_errno(k), "watching %s: %s", path, strerror(-k));
+	}
+	w->keepalive_ns = (uint64_t)cfg.keepalive_s * 1000000000ull;
+	if ((h = req_header(r, "Keepalive-Ping-Interval")) && strtoul(h, NULL, 10) > 0)
+		w->keepalive_ns = (uint64_t)strtoul(h, NULL, 10) * 1000000000ull;
+	if (!w->keepalive_ns)
+		w->keepalive_ns = 50ull * 1000000000ull;
+	w->next_keepalive_ns = now_ns() + w->keepalive_ns;
+	if ((h = req_header(r, "Connect-Timeout-Ms")) && strtoull(h, NULL, 10) > 0)
+		w->deadline_ns = now_ns() + strtoull(h, NULL, 10) * 1000000ull;
+	return reply_stream(r, 200, "application/connect+json", watch_read, watch_free, w);
 }
 
 /* ---- /files ---- */

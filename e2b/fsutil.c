@@ -319,3 +319,82 @@ size_t e2bfs_ids_groups(const struct e2bfs_ids *ids, const struct e2bfs_user *u,
 	}
 	return n;
 }
+
+/* ---- directory watching by snapshots ---- */
+
+void e2bfs_snap_free(struct e2bfs_snap *s)
+{
+	for (size_t i = 0; i < s->n; i++)
+		free(s->v[i].name);
+	free(s->v);
+	*s = (struct e2bfs_snap){0};
+}
+
+static int snap_cmp(const void *a, const void *b)
+{
+	return strcmp(((const struct e2bfs_snap_ent *)a)->name, ((const struct e2bfs_snap_ent *)b)->name);
+}
+
+void e2bfs_snap_sort(struct e2bfs_snap *s)
+{
+	if (s->n)
+		qsort(s->v, s->n, sizeof(*s->v), snap_cmp);
+}
+
+const char *e2bfs_event_name(enum e2bfs_event ev)
+{
+	switch (ev) {
+	case E2BFS_CREATE: return "EVENT_TYPE_CREATE";
+	case E2BFS_WRITE: return "EVENT_TYPE_WRITE";
+	case E2BFS_REMOVE: return "EVENT_TYPE_REMOVE";
+	case E2BFS_RENAME: return "EVENT_TYPE_RENAME";
+	case E2BFS_CHMOD: return "EVENT_TYPE_CHMOD";
+	}
+	return "EVENT_TYPE_UNSPECIFIED";
+}
+
+/* Whether ino is among the names of s that other lacks (the far side of a rename). */
+static bool ino_only_in(const struct e2bfs_snap *s, const struct e2bfs_snap *other, ino_t ino)
+{
+	for (size_t i = 0; i < s->n; i++) {
+		if (s->v[i].ino != ino)
+			continue;
+		if (!bsearch(&s->v[i], other->v, other->n, sizeof(*other->v), snap_cmp))
+			return true;
+	}
+	return false;
+}
+
+int e2bfs_snap_diff(const struct e2bfs_snap *old, const struct e2bfs_snap *new,
+		    int (*fn)(void *ctx, const char *name, enum e2bfs_event ev), void *ctx)
+{
+	size_t i = 0, j = 0;
+	int k = 0;
+
+	while (k >= 0 && (i < old->n || j < new->n)) {
+		int c = i == old->n ? 1 : j == new->n ? -1 : strcmp(old->v[i].name, new->v[j].name);
+
+		if (c < 0) {
+			const struct e2bfs_snap_ent *o = &old->v[i++];
+
+			k = fn(ctx, o->name, ino_only_in(new, old, o->ino) ? E2BFS_RENAME : E2BFS_REMOVE);
+		} else if (c > 0) {
+			k = fn(ctx, new->v[j++].name, E2BFS_CREATE);
+		} else {
+			const struct e2bfs_snap_ent *o = &old->v[i++], *n = &new->v[j++];
+
+			if (o->ino != n->ino || (o->mode & S_IFMT) != (n->mode & S_IFMT)) {
+				k = fn(ctx, n->name, E2BFS_REMOVE);
+				if (k >= 0)
+					k = fn(ctx, n->name, E2BFS_CREATE);
+				continue;
+			}
+			if (!S_ISDIR(n->mode) && (o->size != n->size || o->mtime.tv_sec != n->mtime.tv_sec ||
+						  o->mtime.tv_nsec != n->mtime.tv_nsec))
+				k = fn(ctx, n->name, E2BFS_WRITE);
+			if (k >= 0 && (o->mode != n->mode || o->uid != n->uid || o->gid != n->gid))
+				k = fn(ctx, n->name, E2BFS_CHMOD);
+		}
+	}
+	return k < 0 ? k : 0;
+}

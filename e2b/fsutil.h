@@ -77,3 +77,35 @@ void e2bfs_ids_group(const struct e2bfs_ids *ids, gid_t gid, char out[static 64]
  * as a member), at most max: the count.
  */
 size_t e2bfs_ids_groups(const struct e2bfs_ids *ids, const struct e2bfs_user *u, gid_t *out, size_t max);
+
+/* ---- directory watching by snapshots ---- */
+/* One file of a watched tree: its name relative to the watched directory and what its lstat said. */
+struct e2bfs_snap_ent {
+	char *name;
+	ino_t ino;
+	mode_t mode;
+	uid_t uid;
+	gid_t gid;
+	off_t size;
+	struct timespec mtime;
+};
+struct e2bfs_snap {
+	struct e2bfs_snap_ent *v; /* sorted by name (bytes) */
+	size_t n;
+};
+void e2bfs_snap_free(struct e2bfs_snap *s);
+/* Sorts s by name; call once it is filled. */
+void e2bfs_snap_sort(struct e2bfs_snap *s);
+/* envd's EventType numbers, named as its JSON names them */
+enum e2bfs_event { E2BFS_CREATE = 1, E2BFS_WRITE = 2, E2BFS_REMOVE = 3, E2BFS_RENAME = 4, E2BFS_CHMOD = 5 };
+const char *e2bfs_event_name(enum e2bfs_event ev); /* "EVENT_TYPE_CREATE", ... */
+/*
+ * What changed from old to new, as inotify (envd's fsnotify) reports it: a
+ * new name CREATE; a gone name REMOVE, or RENAME when its inode shows up
+ * under a new name (which is then a CREATE); the same name with another
+ * inode REMOVE then CREATE; size or mtime moved WRITE; mode or owner
+ * changed CHMOD. fn is called in name order; it returns <0 to stop (the
+ * value is returned).
+ */
+int e2bfs_snap_diff(const struct e2bfs_snap *old, const struct e2bfs_snap *new,
+		    int (*fn)(void *ctx, const char *name, enum e2bfs_event ev), void *ctx);

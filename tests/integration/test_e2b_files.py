@@ -8,7 +8,8 @@ mount's live/ID tree:
 - Stat, ListDir (depth, order, symlinks), MakeDir, Move, Remove with envd's
   answers and error codes; paths relative to the user's home, never above
   the guest's /; unknown fields, users and another user's home refused;
-  the watchers answer unimplemented.
+  WatchDir streams what changed (polled); the other watchers answer
+  unimplemented.
 - GET /files bytes (SHA-256), 404/400 bodies, an empty file; POST /files
   raw and multipart (several parts, paths from the filenames), parents made.
 - As the user: what is written belongs to it, its supplementary groups
@@ -202,15 +203,44 @@ class Rpc(harness.TestCase):
         self.assertEqual(rpc("Remove", {"path": "/"})[1]["code"], "invalid_argument")
         self.assertTrue(os.path.isdir(live("etc")))
 
-    def test_watchers_unimplemented(self):
+    def test_watchers(self):
         for m in ("CreateWatcher", "GetWatcherEvents", "RemoveWatcher"):
             st, o = rpc(m, {})
             self.assertEqual((st, o["code"]), (501, "unimplemented"), m)
-        # WatchDir streams: the error is the end-of-stream message
-        st, h, data = request("POST", "/filesystem.Filesystem/WatchDir", b"\0\0\0\0\x10" + b'{"path":"/root"}',
+        os.makedirs(live("root/w/sub"))
+        with open(live("root/w/old.txt"), "w") as f:
+            f.write("o")
+        # WatchDir streams: start, then what changed (polled), to the end message at Connect-Timeout-Ms
+        msg = json.dumps({"path": "/root/w", "recursive": True}).encode()
+        c = http.client.HTTPConnection("127.0.0.1", PORT, timeout=60)
+        c.request("POST", "/filesystem.Filesystem/WatchDir", len(msg).to_bytes(5, "big") + msg,
+                  {"E2b-Sandbox-Id": SID, "X-Access-Token": TOKEN, "Content-Type": "application/connect+json",
+                   "Connect-Protocol-Version": "1", "Connect-Timeout-Ms": "4000"})
+        r = c.getresponse()
+        self.assertEqual(r.status, 200)
+
+        def message():
+            head = r.read(5)
+            return head[0], json.loads(r.read(int.from_bytes(head[1:], "big")))
+
+        self.assertEqual(message(), (0, {"start": {}}))
+        with open(live("root/w/sub/new.txt"), "w") as f:
+            f.write("n")
+        os.unlink(live("root/w/old.txt"))
+        got = set()
+        while True:
+            flags, m = message()
+            if flags == 2:
+                self.assertEqual(m["error"]["code"], "deadline_exceeded")
+                break
+            if "filesystem" in m:
+                got.add((m["filesystem"]["type"], m["filesystem"]["name"]))
+        c.close()
+        self.assertEqual(got, {("EVENT_TYPE_CREATE", "sub/new.txt"), ("EVENT_TYPE_REMOVE", "old.txt")})
+        msg = b'{"path":"/nowhere"}'
+        st, h, data = request("POST", "/filesystem.Filesystem/WatchDir", len(msg).to_bytes(5, "big") + msg,
                               {"Content-Type": "application/connect+json", "Connect-Protocol-Version": "1"})
-        self.assertEqual((st, data[0]), (200, 2))
-        self.assertEqual(json.loads(data[5:])["error"]["code"], "unimplemented")
+        self.assertEqual((st, data[0], json.loads(data[5:])["error"]["code"]), (200, 2, "not_found"))
 
 
 class Files(harness.TestCase):

@@ -275,6 +275,67 @@ static void ids_many_and_none(void **state)
 	e2bfs_ids_free(&db);
 }
 
+/* ---- snapshot diffs ---- */
+
+struct ev_log {
+	char text[512];
+};
+
+static int log_event(void *ctx, const char *name, enum e2bfs_event ev)
+{
+	struct ev_log *l = ctx;
+	size_t n = strlen(l->text);
+
+	snprintf(l->text + n, sizeof(l->text) - n, "%s%s %s", n ? "," : "", e2bfs_event_name(ev) + 11, name);
+	return 0;
+}
+
+static void snap_add(struct e2bfs_snap *s, const char *name, ino_t ino, mode_t mode, off_t size, time_t mtime)
+{
+	s->v = realloc(s->v, (s->n + 1) * sizeof(*s->v));
+	s->v[s->n++] = (struct e2bfs_snap_ent){.name = strdup(name), .ino = ino, .mode = mode, .size = size,
+					       .mtime = {mtime, 0}};
+}
+
+static void snap_diff(void **state)
+{
+	struct e2bfs_snap a = {0}, b = {0};
+	struct ev_log l = {""};
+
+	(void)state;
+	/* added in any order: sorted before the diff */
+	snap_add(&a, "same", 1, S_IFREG | 0644, 5, 100);
+	snap_add(&a, "dir", 2, S_IFDIR | 0755, 4096, 100);
+	snap_add(&a, "gone", 3, S_IFREG | 0644, 1, 100);
+	snap_add(&a, "moved", 4, S_IFREG | 0644, 1, 100);
+	snap_add(&a, "grown", 5, S_IFREG | 0644, 1, 100);
+	snap_add(&a, "touched", 6, S_IFREG | 0644, 1, 100);
+	snap_add(&a, "chmod", 7, S_IFREG | 0644, 1, 100);
+	snap_add(&a, "replaced", 8, S_IFREG | 0644, 1, 100);
+	e2bfs_snap_sort(&a);
+
+	snap_add(&b, "same", 1, S_IFREG | 0644, 5, 100);
+	snap_add(&b, "dir", 2, S_IFDIR | 0755, 4096, 200); /* a directory's mtime: its entries tell */
+	snap_add(&b, "moved-to", 4, S_IFREG | 0644, 1, 100);
+	snap_add(&b, "grown", 5, S_IFREG | 0644, 9, 100);
+	snap_add(&b, "touched", 6, S_IFREG | 0644, 1, 101);
+	snap_add(&b, "chmod", 7, S_IFREG | 0600, 1, 100);
+	snap_add(&b, "replaced", 9, S_IFREG | 0644, 1, 100);
+	snap_add(&b, "dir/new", 10, S_IFREG | 0644, 0, 100);
+	e2bfs_snap_sort(&b);
+
+	assert_int_equal(e2bfs_snap_diff(&a, &b, log_event, &l), 0);
+	assert_string_equal(l.text, "CHMOD chmod,CREATE dir/new,REMOVE gone,WRITE grown,RENAME moved,CREATE moved-to,"
+				    "REMOVE replaced,CREATE replaced,WRITE touched");
+	/* no change: no event */
+	l.text[0] = 0;
+	assert_int_equal(e2bfs_snap_diff(&b, &b, log_event, &l), 0);
+	assert_string_equal(l.text, "");
+	e2bfs_snap_free(&a);
+	e2bfs_snap_free(&b);
+	e2bfs_snap_free(&b);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -288,6 +349,7 @@ int main(void)
 		cmocka_unit_test(basic_user),
 		cmocka_unit_test(ids),
 		cmocka_unit_test(ids_many_and_none),
+		cmocka_unit_test(snap_diff),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
