@@ -370,8 +370,9 @@ static const char *rpc_string(struct req *r, json_object *msg, const char *key)
 
 	if (!json_object_object_get_ex(msg, key, &v) || !v)
 		return "";
-	if (!json_object_is_type(v, json_type_string)) {
-		reply_connect_error(r, "invalid_argument", "field \"%s\" must be a string", key);
+	if (!json_object_is_type(v, json_type_string) ||
+	    strlen(json_object_get_string(v)) != (size_t)json_object_get_string_len(v)) {
+		reply_connect_error(r, "invalid_argument", "field \"%s\" must be a string without NUL", key);
 		return NULL;
 	}
 	return json_object_get_string(v);
@@ -1048,8 +1049,9 @@ static int fs_watch_dir(struct req *r)
 	if (json_bool_field(msg, "includeEntry") || json_bool_field(msg, "include_entry"))
 		return stream_error(r, "unimplemented", "WatchDir: includeEntry is not implemented by emberfs-e2b");
 	if (json_object_object_get_ex(msg, "path", &v) && v) {
-		if (!json_object_is_type(v, json_type_string))
-			return stream_error(r, "invalid_argument", "field \"path\" must be a string");
+		if (!json_object_is_type(v, json_type_string) ||
+		    strlen(json_object_get_string(v)) != (size_t)json_object_get_string_len(v))
+			return stream_error(r, "invalid_argument", "field \"path\" must be a string without NUL");
 		path = json_object_get_string(v);
 	}
 	k = e2bfs_basic_user(req_header(r, MHD_HTTP_HEADER_AUTHORIZATION), &user);
