@@ -1458,6 +1458,7 @@ static enum MHD_Result upload_part(void *cls, enum MHD_ValueKind kind, const cha
 {
 	struct upload *up = cls;
 	const char *path = req_query(up->r, "path");
+	bool same_name;
 
 	if (up->failed)
 		return MHD_NO;
@@ -1467,8 +1468,9 @@ static enum MHD_Result upload_part(void *cls, enum MHD_ValueKind kind, const cha
 			return MHD_NO;
 		return MHD_YES;
 	}
-	if (up->fd < 0 || (off == 0 && (up->written > 0 || !filename || !up->part_filename ||
-					strcmp(filename, up->part_filename) != 0))) {
+	same_name = filename && up->part_filename ? strcmp(filename, up->part_filename) == 0
+						  : !filename && !up->part_filename;
+	if (up->fd < 0 || (off == 0 && (up->written > 0 || !same_name))) {
 		if (up->fd >= 0 && upload_commit(up) < 0)
 			return MHD_NO;
 		if (!path && !filename)
