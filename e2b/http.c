@@ -347,9 +347,6 @@ int reply_stream(struct req *r, unsigned status, const char *content_type, strea
 
 /* ---- routing ---- */
 
-extern const struct route control_routes[] __attribute__((weak));
-extern const struct route process_routes[] __attribute__((weak));
-extern const struct route filesystem_routes[] __attribute__((weak));
 
 /* pattern "/a/{x}/b" against path: params into r. */
 static bool route_match(const char *pattern, const char *path, struct req *r)
@@ -399,8 +396,6 @@ static int params_fix(struct req *r)
 
 static const struct route *route_find(const struct route *table, struct req *r, bool *path_known)
 {
-	if (!table)
-		return NULL;
 	for (const struct route *rt = table; rt->method; rt++)
 		if (route_match(rt->pattern, r->path, r)) {
 			*path_known = true;
