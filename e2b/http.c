@@ -40,7 +40,19 @@ struct req {
 	void *upload_ctx;
 	bool upload_begun;
 	bool replied; /* a response is queued: what else arrives is dropped */
+	/*
+	 * An answer decided while the body still arrives (too large, a failed
+	 * upload): libmicrohttpd 0.9.75 spins on a connection answered
+	 * mid-body, and fetch clients take an early answer as a network error,
+	 * so the rest is read and dropped, and the answer goes at the end.
+	 */
+	unsigned late_status;
+	char *late_message;
+	size_t dropped;
 };
+
+/* A body this far past what its route takes is not read to its end: the connection is closed. */
+#define DROP_MAX (64u << 20)
 
 /* ---- request accessors ---- */
 
@@ -335,9 +347,6 @@ int reply_stream(struct req *r, unsigned status, const char *content_type, strea
 
 /* ---- routing ---- */
 
-extern const struct route control_routes[] __attribute__((weak));
-extern const struct route process_routes[] __attribute__((weak));
-extern const struct route filesystem_routes[] __attribute__((weak));
 
 /* pattern "/a/{x}/b" against path: params into r. */
 static bool route_match(const char *pattern, const char *path, struct req *r)
@@ -387,8 +396,6 @@ static int params_fix(struct req *r)
 
 static const struct route *route_find(const struct route *table, struct req *r, bool *path_known)
 {
-	if (!table)
-		return NULL;
 	for (const struct route *rt = table; rt->method; rt++)
 		if (route_match(rt->pattern, r->path, r)) {
 			*path_known = true;
@@ -519,7 +526,20 @@ static void req_free(struct req *r)
 		free((char *)r->param_name[i]);
 	free(r->path);
 	free(r->body);
+	free(r->late_message);
 	free(r);
+}
+
+static void late_error(struct req *r, unsigned status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void late_error(struct req *r, unsigned status, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	free(r->late_message);
+	r->late_message = vfmt(fmt, ap);
+	va_end(ap);
+	r->late_status = status;
 }
 
 static int body_append(struct req *r, const char *data, size_t len)
@@ -568,23 +588,42 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
 	}
 	if (*upload_data_size) {
 		size_t n = *upload_data_size;
+		int k;
 
 		*upload_data_size = 0;
-		if (r->replied)
-			return MHD_YES; /* answered already (an error): the rest is dropped */
+		if (r->replied || r->late_status) {
+			/* answered, or to be: the rest is dropped, up to a bound */
+			r->dropped += n;
+			return r->dropped > DROP_MAX ? MHD_NO : MHD_YES;
+		}
 		if (r->route->upload_data) {
 			if (r->route->upload_data(r, r->upload_ctx, upload_data, n) < 0 && !r->replied)
-				reply_api_error(r, 500, "the upload failed");
-		} else if (body_append(r, upload_data, n) < 0) {
-			if (r->route->max_body == 0)
-				reply_api_error(r, 400, "%s %s takes no body", r->method, r->path);
+				late_error(r, 500, "the upload failed");
+		} else if ((k = body_append(r, upload_data, n)) < 0) {
+			if (k == -ENOMEM)
+				late_error(r, 500, "out of memory");
+			else if (r->route->max_body == 0)
+				late_error(r, 400, "%s %s takes no body", r->method, r->path);
 			else
-				reply_api_error(r, 413, "the body is larger than %zu bytes", r->route->max_body);
+				late_error(r, 413, "the body is larger than %zu bytes", r->route->max_body);
 		}
 		return MHD_YES;
 	}
 	if (r->replied)
 		return MHD_YES;
+	if (r->late_status) {
+		const char *p = r->path;
+
+		if (strncmp(p, "/process.", 9) == 0 || strncmp(p, "/filesystem.", 12) == 0)
+			reply_connect_error(r,
+					    r->late_status == 413   ? "resource_exhausted" :
+					    r->late_status == 400 ? "invalid_argument" :
+								    "internal",
+					    "%s", r->late_message ? r->late_message : "error");
+		else
+			reply_api_error(r, r->late_status, "%s", r->late_message ? r->late_message : "error");
+		return MHD_YES;
+	}
 	if (r->route->upload_end)
 		r->route->upload_end(r, r->upload_ctx);
 	else if (r->route->handle)
