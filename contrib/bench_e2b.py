@@ -98,7 +98,7 @@ def main():
         sys.stdout.flush()
         if r.returncode != 0:
             log("bench.mjs failed (exit %d)\n%s" % (r.returncode, api.log_tail()))
-            return 1
+            raise SystemExit(1)  # torn down below
         for n in d.sandboxes(t=T):
             d.destroy(n, t=T)
         print(json.dumps(mount_baseline(d)), flush=True)
@@ -106,16 +106,17 @@ def main():
         rc = api.stop()
         if rc != 0:
             log("emberfs-e2b exit %s after SIGTERM" % rc)
-            return 1
+            raise SystemExit(1)
         os.rmdir(d.tpl(T))
     except BaseException:
         if api is not None:
-            api.cleanup(keep_log=True)
+            api.cleanup()
             log("emberfs-e2b log kept: %s" % api.log_path)
         d.force_cleanup()
         raise
     api.cleanup()
     d.stop()
+    os.unlink(api.log_path)
     return 0
 
 

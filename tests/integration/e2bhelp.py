@@ -105,7 +105,10 @@ class Api:
         with open(self.keys, "w") as f:
             f.write("# the test's key\n%s\n" % self.key)
         self.state = os.path.join(self.dir, "state")
-        self.log_path = os.path.join(self.dir, "e2b.log")
+        # next to the daemon's logs: harness.main() removes them after a clean run, else keeps them
+        fd, self.log_path = tempfile.mkstemp(prefix="eflog-e2b", suffix=".log", dir="/tmp")
+        os.close(fd)
+        harness._logs.add(self.log_path)
         self.port = None
         self.proc = None
 
@@ -175,11 +178,15 @@ class Api:
         self.log.close()
         return rc
 
-    def cleanup(self, keep_log=False):
+    def log_errors(self):
+        """Its log lines that say "error:" (its own errors, ASan and UBSan reports), as the harness
+        checks the daemon's."""
+        return [line for line in self.log_text().splitlines() if "error:" in line.lower()]
+
+    def cleanup(self):
+        """Stopped (if it runs) and its key file and state gone; the log stays for harness.main()."""
         if self.alive():
             self.stop()
-        if keep_log:
-            return
         shutil.rmtree(self.dir, ignore_errors=True)
 
     # ---- raw HTTP (no SDK)

@@ -83,8 +83,7 @@ def teardown():
     if API is not None:
         if API.alive():
             API.stop()
-        API.cleanup(keep_log=True)
-        sys.stderr.write("emberfs-e2b log kept: %s\n" % API.log_path)
+        API.cleanup()
         API = None
     if D is None:
         return
@@ -493,6 +492,7 @@ class E2B(harness.TestCase):
         rc = API.stop()
         self.assertEqual(rc, 0, "emberfs-e2b exit %s after SIGTERM\n%s" % (rc, API.log_tail()))
         self.assertLess(time.monotonic() - t0, 10)
+        self.assertEqual(API.log_errors(), [], "error lines in emberfs-e2b's log (%s)" % API.log_path)
         with self.assertRaises(OSError):
             socket.create_connection(("127.0.0.1", API.port), timeout=1).close()
 
