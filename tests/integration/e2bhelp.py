@@ -17,7 +17,7 @@ import http.client
 
 import harness
 
-E2B_BIN = os.environ.get("EMBERFS_E2B") or os.environ.get("EMBERFS_E2B_BIN") or os.path.join(harness.REPO, "build", "e2b", "emberfs-e2b")
+E2B_BIN = os.environ.get("EMBERFS_E2B_BIN") or os.path.join(harness.REPO, "build", "e2b", "emberfs-e2b")
 SDK_DIR = os.path.join(harness.REPO, "tests", "e2b")
 PY_SCRIPT = os.path.join(harness.REPO, "contrib", "build-python-image.sh")
 SDK_SCRIPT = os.path.join(harness.REPO, "contrib", "e2b-sdk.sh")
@@ -118,7 +118,7 @@ class Api:
 
     def start(self, timeout=10.0):
         if not os.access(self.binary, os.X_OK):
-            raise AssertionError("emberfs-e2b not found at %s (ninja -C build, or set EMBERFS_E2B)" % self.binary)
+            raise AssertionError("emberfs-e2b not found at %s (ninja -C build, or set EMBERFS_E2B_BIN)" % self.binary)
         self.port = free_port()
         self.log = open(self.log_path, "ab")
         argv = [self.binary, "--mount", self.mount, "--listen", "127.0.0.1:%d" % self.port,

@@ -6,7 +6,7 @@ One daemon (with --net where the host can: the SDK's network allow/deny
 flow needs it), the python template (contrib/build-python-image.sh's image,
 cached machine-wide: it has /bin/bash, which the SDK runs every command
 with; the test skips with the script's reason when it cannot be built) with
-a pool of 2 warm slots, and build/e2b/emberfs-e2b (EMBERFS_E2B) on a free
+a pool of 2 warm slots, and build/e2b/emberfs-e2b (EMBERFS_E2B_BIN) on a free
 loopback port with a key file of its own.
 
 - The SDK: tests/e2b/sdk.test.mjs under `node --test`, with the pinned `e2b`
