@@ -271,7 +271,7 @@ for b in "${benches[@]}"; do
 	elif [ "$b" = e2b ]; then
 		log "e2b: contrib/bench_e2b.py (its own daemon and emberfs-e2b, the E2B SDK from tests/e2b)"
 		rc=0
-		EMBERFS_IMAGE_DIR=$image EMBERFS_BIN=$bin EMBERFS_E2B=${EMBERFS_E2B:-$top/build/e2b/emberfs-e2b} \
+		EMBERFS_IMAGE_DIR=$image EMBERFS_BIN=$bin EMBERFS_E2B_BIN=${EMBERFS_E2B_BIN:-$top/build/e2b/emberfs-e2b} \
 			python3 contrib/bench_e2b.py || rc=$?
 		[ "$rc" -eq 0 ] || [ "$rc" -eq 77 ] || exit 1
 	else

@@ -6,7 +6,7 @@ this (it can also run alone, from the repository, as root).
 One daemon (--pool 0), the python template (contrib/build-python-image.sh's
 image, cached machine-wide; its image has /bin/bash, which the SDK runs
 every command with) with its pool pinned at BENCH_E2B_POOL (default 4),
-build/e2b/emberfs-e2b (EMBERFS_E2B) on a loopback port, and the pinned SDK
+build/e2b/emberfs-e2b (EMBERFS_E2B_BIN) on a loopback port, and the pinned SDK
 (contrib/e2b-sdk.sh) running tests/e2b/bench.mjs, which measures:
 
   create      Sandbox.create('python') until it resolved, from a full pool
