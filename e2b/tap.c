@@ -424,13 +424,14 @@ static void tap_wait_locked(struct tap *t, uint64_t deadline)
  * once. Otherwise what the process wrote before its exit is still on its
  * way (outputs are pulled: the guest's agent reads the pipe when a read
  * asks), so the end waits until every open output has had a read, issued
- * after the exit was seen, wait EXIT_QUIET without data: such a read finds
- * whatever the pipe held at the exit. A busy guest answers late, so this
+ * after the exit was seen (or pending since before it), wait EXIT_QUIET
+ * without data: such a read finds whatever the pipe held at the exit. A busy
+ * guest answers late, and a reader may not even have asked yet, so this
  * counts from the read, not from the exit. A child left in the background
  * that keeps writing does not hold the end longer than EXIT_MAX.
  */
-#define EXIT_QUIET_NS (100ull * 1000000ull)
-#define EXIT_MAX_NS (2000ull * 1000000ull)
+#define EXIT_QUIET_NS (500ull * 1000000ull)
+#define EXIT_MAX_NS (3000ull * 1000000ull)
 #define POLL_MIN_NS (20ull * 1000000ull)
 #define POLL_MAX_NS (250ull * 1000000ull)
 
@@ -459,16 +460,23 @@ static void *waiter_main(void *arg)
 				bool quiet = true;
 
 				for (int i = 0; i < 2; i++) {
-					uint64_t since = t->in_read_since[i];
+					uint64_t since = t->in_read_since[i], from;
 
 					if (t->out_eof[i])
 						continue;
-					if (since < exit_seen || now - since < EXIT_QUIET_NS) {
+					if (!since) {
+						/* not waiting in a read (not started yet, or passing a chunk on): look again soon */
 						quiet = false;
-						if (since >= exit_seen && since + EXIT_QUIET_NS < wake)
-							wake = since + EXIT_QUIET_NS;
-						else if (since < exit_seen && now + POLL_MIN_NS < wake)
-							wake = now + POLL_MIN_NS; /* a read still to be issued: look again soon */
+						if (now + POLL_MIN_NS < wake)
+							wake = now + POLL_MIN_NS;
+						continue;
+					}
+					/* a read pending since before the exit asks as well as a later one */
+					from = since > exit_seen ? since : exit_seen;
+					if (now - from < EXIT_QUIET_NS) {
+						quiet = false;
+						if (from + EXIT_QUIET_NS < wake)
+							wake = from + EXIT_QUIET_NS;
 					}
 				}
 				if (quiet || now >= limit)
