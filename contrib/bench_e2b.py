@@ -3,9 +3,12 @@
 emberfs-e2b measured from the E2B JavaScript SDK: `contrib/bench.sh e2b` runs
 this (it can also run alone, from the repository, as root).
 
-One daemon (--pool 0), the python template (contrib/build-python-image.sh's
-image, cached machine-wide; its image has /bin/bash, which the SDK runs
-every command with) with its pool pinned at BENCH_E2B_POOL (default 4),
+One daemon (--pool 0), the template BENCH_E2B_TEMPLATE: `python` (the
+default: contrib/build-python-image.sh's Debian image, cached machine-wide)
+or `default` (the busybox image of EMBERFS_IMAGE_DIR with a static bash);
+both have /bin/bash, which the SDK runs every command with (`bash -l`
+reads Debian's /etc/profile in the python image, nothing in the other),
+with its pool pinned at BENCH_E2B_POOL (default 4),
 build/e2b/emberfs-e2b (EMBERFS_E2B_BIN) on a loopback port, and the pinned SDK
 (contrib/e2b-sdk.sh) running tests/e2b/bench.mjs, which measures:
 
@@ -39,7 +42,7 @@ sys.path.insert(0, os.path.join(REPO, "tests", "integration"))
 import harness  # noqa: E402
 import e2bhelp  # noqa: E402
 
-T = "python"
+T = os.environ.get("BENCH_E2B_TEMPLATE", "python")
 POOL = int(os.environ.get("BENCH_E2B_POOL", "4"))
 
 
@@ -70,7 +73,7 @@ def mount_baseline(d):
     v.sort()
     p50, p99 = v[max(0, math.ceil(0.5 * n) - 1)], v[max(0, math.ceil(0.99 * n) - 1)]
     log("baseline: /bin/bash -l -c true through the mount's exec file: p50 %.3f ms, p99 %.3f ms (n=%d)" % (p50, p99, n))
-    return {"bench": "e2b", "metric": "run_mount_baseline", "n": n, "p50_ms": round(p50, 3), "p99_ms": round(p99, 3)}
+    return {"bench": "e2b", "template": T, "metric": "run_mount_baseline", "n": n, "p50_ms": round(p50, 3), "p99_ms": round(p99, 3)}
 
 
 def main():
@@ -78,17 +81,21 @@ def main():
     if why:
         log("cannot run: %s" % why)
         return 77
+    if T not in ("python", "default"):
+        log("BENCH_E2B_TEMPLATE=%s: python or default" % T)
+        return 2
     try:
-        ref = e2bhelp.python_image_ref()
+        ref = e2bhelp.python_image_ref() if T == "python" else "the default image"
         sdk = e2bhelp.sdk_ready()
     except e2bhelp.Unavailable as e:
         log("skipped: %s" % e)
         return 77
-    log("image %s, e2b SDK %s" % (ref, sdk))
+    log("template %s, image %s, e2b SDK %s" % (T, ref, sdk))
     d = harness.Daemon().start()
     api = None
     try:
-        e2bhelp.bake_template(d, T, {"image": ref, "mem_mib": 512})
+        if T == "python":
+            e2bhelp.bake_template(d, T, {"image": ref, "mem_mib": 512})
         d.set_pool(POOL, t=T)
         api = e2bhelp.Api(d.mount).start()
         d.wait_pool(POOL, t=T, timeout=300)
@@ -107,7 +114,8 @@ def main():
         if rc != 0:
             log("emberfs-e2b exit %s after SIGTERM" % rc)
             raise SystemExit(1)
-        os.rmdir(d.tpl(T))
+        if T == "python":
+            os.rmdir(d.tpl(T))
     except BaseException:
         if api is not None:
             api.cleanup()

@@ -74,14 +74,14 @@ async function benchCreate() {
     if (i >= 2) v.push(ms) // 2 warm-up creates
   }
   log(`create: paths ${JSON.stringify(paths)}`)
-  return { bench: 'e2b', metric: 'create', n: v.length, p50_ms: r3(pct(v, 50)), p99_ms: r3(pct(v, 99)), mean_ms: r3(mean(v)), pool: POOL }
+  return { bench: 'e2b', template: T, metric: 'create', n: v.length, p50_ms: r3(pct(v, 50)), p99_ms: r3(pct(v, 99)), mean_ms: r3(mean(v)), pool: POOL }
 }
 
 async function benchRun(s) {
   for (let i = 0; i < WARMUP; i++) await s.commands.run('true')
   const v = []
   for (let i = 0; i < N * 3; i++) v.push((await timed(() => s.commands.run('true')))[0])
-  return { bench: 'e2b', metric: 'run', n: v.length, p50_ms: r3(pct(v, 50)), p99_ms: r3(pct(v, 99)), mean_ms: r3(mean(v)) }
+  return { bench: 'e2b', template: T, metric: 'run', n: v.length, p50_ms: r3(pct(v, 50)), p99_ms: r3(pct(v, 99)), mean_ms: r3(mean(v)) }
 }
 
 async function benchFiles(s) {
@@ -101,7 +101,7 @@ async function benchFiles(s) {
     both.push(wms + rms)
   }
   return {
-    bench: 'e2b', metric: 'files_1mib', n: both.length, p50_ms: r3(pct(both, 50)), p99_ms: r3(pct(both, 99)),
+    bench: 'e2b', template: T, metric: 'files_1mib', n: both.length, p50_ms: r3(pct(both, 50)), p99_ms: r3(pct(both, 99)),
     write_p50_ms: r3(pct(w, 50)), read_p50_ms: r3(pct(r, 50)),
   }
 }
