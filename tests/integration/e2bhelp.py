@@ -4,6 +4,8 @@ template (its image has /bin/bash, which the E2B SDK runs every command
 with), the E2B SDK installed from tests/e2b/package-lock.json, and an
 emberfs-e2b process on a loopback port in front of a harness daemon's mount.
 """
+import hashlib
+import hmac
 import json
 import os
 import shutil
@@ -96,9 +98,10 @@ def thread_count(pid):
 class Api:
     """emberfs-e2b on a free loopback port, serving mount, with one API key of its own."""
 
-    def __init__(self, mount, binary=E2B_BIN):
+    def __init__(self, mount, binary=E2B_BIN, args=()):
         self.mount = mount
         self.binary = binary
+        self.args = list(args)  # more of emberfs-e2b's options (--log-level warn)
         self.dir = tempfile.mkdtemp(prefix="efe2b", dir="/tmp")
         self.key = "e2b_" + os.urandom(20).hex()
         self.keys = os.path.join(self.dir, "keys")
@@ -122,7 +125,7 @@ class Api:
         self.port = free_port()
         self.log = open(self.log_path, "ab")
         argv = [self.binary, "--mount", self.mount, "--listen", "127.0.0.1:%d" % self.port,
-                "--keys", self.keys, "--state", self.state]
+                "--keys", self.keys, "--state", self.state] + self.args
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
         harness._popen_pids.add(self.proc.pid)
         deadline = time.monotonic() + timeout
@@ -183,6 +186,19 @@ class Api:
         checks the daemon's."""
         return [line for line in self.log_text().splitlines() if "error:" in line.lower()]
 
+    def stop_checked(self):
+        """stop(); AssertionError unless it exited 0 with no error or sanitizer line in its log."""
+        rc = self.stop()
+        bad = [ln for ln in self.log_text().splitlines() if "error:" in ln.lower() or "Sanitizer" in ln]
+        if rc != 0 or bad:
+            raise AssertionError("emberfs-e2b exit %s after SIGTERM, log %s:\n%s" % (
+                rc, self.log_path, "\n".join(bad) if bad else self.log_tail(20)))
+
+    def token(self, sandbox_id):
+        """The sandbox's envd access token: HMAC-SHA256 of its id under STATE/token-secret."""
+        with open(os.path.join(self.state, "token-secret"), "rb") as f:
+            return hmac.new(f.read(), sandbox_id.encode(), hashlib.sha256).hexdigest()
+
     def cleanup(self):
         """Stopped (if it runs) and its key file and state gone; the log stays for harness.main()."""
         if self.alive():
@@ -207,6 +223,23 @@ class Api:
             return r.status, dict(r.getheaders()), r.read()
         finally:
             c.close()
+
+
+def stop_all(api, daemon):
+    """A module's teardown: api stopped (stop_checked) and its files removed, then daemon's
+    sandboxes destroyed and daemon stopped, whichever of them raises; either may be None."""
+    try:
+        if api:
+            api.stop_checked()
+    finally:
+        if api:
+            api.cleanup()
+        if daemon:
+            try:
+                for n in daemon.sandboxes():
+                    daemon.destroy(n)
+            finally:
+                daemon.stop()
 
 
 def skip_if_unavailable(fn):

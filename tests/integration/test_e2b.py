@@ -492,10 +492,8 @@ class E2B(harness.TestCase):
         """emberfs-e2b stops on SIGTERM with exit 0 (the module's teardown then checks the daemon)."""
         self.assertTrue(API.alive(), API.log_tail())
         t0 = time.monotonic()
-        rc = API.stop()
-        self.assertEqual(rc, 0, "emberfs-e2b exit %s after SIGTERM\n%s" % (rc, API.log_tail()))
+        API.stop_checked()
         self.assertLess(time.monotonic() - t0, 10)
-        self.assertEqual(API.log_errors(), [], "error lines in emberfs-e2b's log (%s)" % API.log_path)
         with self.assertRaises(OSError):
             socket.create_connection(("127.0.0.1", API.port), timeout=1).close()
 

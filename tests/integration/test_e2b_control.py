@@ -18,84 +18,39 @@ it, each answer checked against the mount:
 """
 import json
 import os
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import e2bhelp  # noqa: E402
 import harness  # noqa: E402
 from test_net import have_net  # noqa: E402
 
-E2B_BIN = os.environ.get("EMBERFS_E2B_BIN") or os.path.join(harness.REPO, "build", "e2b", "emberfs-e2b")
-KEY = "e2b_" + "5e" * 16
-D = SRV = URL = None
-TMP = None
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+D = API = None
 
 
 def setUpModule():
-    global D, SRV, URL, TMP
+    global D, API
     if not have_net():
         raise __import__("unittest").SkipTest("no /dev/net/tun or nft here")
-    if not os.access(E2B_BIN, os.X_OK):
-        raise AssertionError("emberfs-e2b not built: %s" % E2B_BIN)
     D = harness.Daemon(extra_args=["--net", "--net-range", "10.241.0.0/16", "--net-pool", "2"], pool=1).start()
-    TMP = tempfile.mkdtemp(prefix="efe2b", dir="/tmp")
-    with open(os.path.join(TMP, "keys"), "w") as f:
-        f.write(KEY + "\n")
-    port = free_port()
-    URL = "http://127.0.0.1:%d" % port
-    SRV = subprocess.Popen([E2B_BIN, "--mount", D.mount, "--listen", "127.0.0.1:%d" % port,
-                            "--keys", os.path.join(TMP, "keys"), "--state", TMP, "--log-level", "warn"],
-                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                           stderr=open(os.path.join(TMP, "log"), "wb"))
-    harness.wait_for(lambda: _up(), 10, "emberfs-e2b listening")
-
-
-def _up():
-    try:
-        socket.create_connection(("127.0.0.1", int(URL.rsplit(":", 1)[1])), timeout=0.2).close()
-        return True
-    except OSError:
-        return False
+    API = e2bhelp.Api(D.mount, args=["--log-level", "warn"]).start()
 
 
 def tearDownModule():
-    if SRV:
-        SRV.terminate()
-        rc = SRV.wait(10)
-        log = open(os.path.join(TMP, "log"), errors="replace").read()
-        # a sanitizer build (EMBERFS_E2B_BIN) reports here; a clean stop exits 0
-        bad = [ln for ln in log.splitlines() if "Sanitizer" in ln or "runtime error" in ln]
-        if rc != 0 or bad:
-            raise AssertionError("emberfs-e2b exit %s:\n%s" % (rc, "\n".join(bad or log.splitlines()[-20:])))
-    if D:
-        try:
-            for n in D.sandboxes():
-                D.destroy(n)
-        finally:
-            D.stop()
-    if TMP:
-        subprocess.run(["rm", "-rf", TMP])
+    e2bhelp.stop_all(API, D)
 
 
-def call(method, path, body=None, key=KEY, raw=None, query=None):
-    """(status, parsed JSON or None, headers)."""
-    url = URL + path + ("?" + urllib.parse.urlencode(query) if query else "")
+def call(method, path, body=None, key=True, raw=None, query=None):
+    """(status, parsed JSON or None, headers); key: True for the API's, None for none, else that one."""
+    url = API.url + path + ("?" + urllib.parse.urlencode(query) if query else "")
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
     req = urllib.request.Request(url, data=data, method=method)
     if key:
-        req.add_header("X-API-KEY", key)
+        req.add_header("X-API-KEY", API.key if key is True else key)
     if data is not None:
         req.add_header("Content-Type", "application/json")
     try:

@@ -17,55 +17,27 @@ mount's live/ID tree:
   the old file and no temporary file.
 """
 import hashlib
-import hmac
 import http.client
 import json
 import os
 import socket
-import subprocess
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import e2bhelp  # noqa: E402
 import harness  # noqa: E402
 
-E2B_BIN = os.environ.get("EMBERFS_E2B_BIN") or os.path.join(harness.REPO, "build", "e2b", "emberfs-e2b")
-KEY = "e2b_" + "7f" * 16
 SID = "files1"
-D = SRV = PORT = TMP = TOKEN = None
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _up():
-    try:
-        socket.create_connection(("127.0.0.1", PORT), timeout=0.2).close()
-        return True
-    except OSError:
-        return False
+D = API = PORT = TOKEN = None
 
 
 def setUpModule():
-    global D, SRV, PORT, TMP, TOKEN
-    if not os.access(E2B_BIN, os.X_OK):
-        raise AssertionError("emberfs-e2b not built: %s" % E2B_BIN)
+    global D, API, PORT, TOKEN
     D = harness.Daemon(pool=1).start()
-    TMP = tempfile.mkdtemp(prefix="efe2bf", dir="/tmp")
-    with open(os.path.join(TMP, "keys"), "w") as f:
-        f.write(KEY + "\n")
-    PORT = free_port()
-    SRV = subprocess.Popen([E2B_BIN, "--mount", D.mount, "--listen", "127.0.0.1:%d" % PORT,
-                            "--keys", os.path.join(TMP, "keys"), "--state", TMP, "--log-level", "warn"],
-                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                           stderr=open(os.path.join(TMP, "log"), "wb"))
-    harness.wait_for(_up, 10, "emberfs-e2b listening")
+    API = e2bhelp.Api(D.mount, args=["--log-level", "warn"]).start()
+    PORT = API.port
     D.create_ready(SID)
-    with open(os.path.join(TMP, "token-secret"), "rb") as f:
-        TOKEN = hmac.new(f.read(), SID.encode(), hashlib.sha256).hexdigest()
+    TOKEN = API.token(SID)
     # a user and a group of the guest's own, as a template image would have them
     with open(live("etc/passwd"), "a") as f:
         f.write("user:x:1000:1000::/home/user:/bin/sh\n")
@@ -79,21 +51,7 @@ def setUpModule():
 
 
 def tearDownModule():
-    if SRV:
-        SRV.terminate()
-        rc = SRV.wait(10)
-        log = open(os.path.join(TMP, "log"), errors="replace").read()
-        bad = [ln for ln in log.splitlines() if "Sanitizer" in ln or "runtime error" in ln]
-        if rc != 0 or bad:
-            raise AssertionError("emberfs-e2b exit %s:\n%s" % (rc, "\n".join(bad or log.splitlines()[-20:])))
-    if D:
-        try:
-            for n in D.sandboxes():
-                D.destroy(n)
-        finally:
-            D.stop()
-    if TMP:
-        subprocess.run(["rm", "-rf", TMP])
+    e2bhelp.stop_all(API, D)
 
 
 def live(p=""):

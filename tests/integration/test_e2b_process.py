@@ -24,74 +24,31 @@ import json
 import os
 import socket
 import struct
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import e2bhelp  # noqa: E402
 import harness  # noqa: E402
 
-E2B_BIN = os.environ.get("EMBERFS_E2B_BIN") or os.path.join(harness.REPO, "build", "e2b", "emberfs-e2b")
-KEY = "e2b_" + "7a" * 16
-D = SRV = PORT = TMP = None
+D = API = PORT = None
 SID = TOKEN = None
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _up():
-    try:
-        socket.create_connection(("127.0.0.1", PORT), timeout=0.2).close()
-        return True
-    except OSError:
-        return False
-
-
 def setUpModule():
-    global D, SRV, PORT, TMP, SID, TOKEN
-    if not os.access(E2B_BIN, os.X_OK):
-        raise AssertionError("emberfs-e2b not built: %s" % E2B_BIN)
+    global D, API, PORT, SID, TOKEN
     D = harness.Daemon(pool=1).start()
-    TMP = tempfile.mkdtemp(prefix="efe2bp", dir="/tmp")
-    with open(os.path.join(TMP, "keys"), "w") as f:
-        f.write(KEY + "\n")
-    PORT = free_port()
-    SRV = subprocess.Popen([E2B_BIN, "--mount", D.mount, "--listen", "127.0.0.1:%d" % PORT,
-                            "--keys", os.path.join(TMP, "keys"), "--state", TMP, "--log-level", "warn"],
-                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                           stderr=open(os.path.join(TMP, "log"), "wb"))
-    harness.wait_for(_up, 10, "emberfs-e2b listening")
-    req = urllib.request.Request("http://127.0.0.1:%d/v2/sandboxes" % PORT, method="POST",
-                                 data=json.dumps({"templateID": "default", "timeout": 600}).encode(),
-                                 headers={"X-API-KEY": KEY, "Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=60) as r:
-        o = json.loads(r.read())
+    API = e2bhelp.Api(D.mount, args=["--log-level", "warn"]).start()
+    PORT = API.port
+    st, _, body = API.request("POST", "/v2/sandboxes", {"templateID": "default", "timeout": 600})
+    assert st == 201, (st, body)
+    o = json.loads(body)
     SID, TOKEN = o["sandboxID"], o["envdAccessToken"]
 
 
 def tearDownModule():
-    if SRV:
-        SRV.terminate()
-        rc = SRV.wait(10)
-        log = open(os.path.join(TMP, "log"), errors="replace").read()
-        bad = [ln for ln in log.splitlines() if "Sanitizer" in ln or "runtime error" in ln]
-        if rc != 0 or bad:
-            raise AssertionError("emberfs-e2b exit %s:\n%s" % (rc, "\n".join(bad or log.splitlines()[-20:])))
-    if D:
-        try:
-            for n in D.sandboxes():
-                D.destroy(n)
-        finally:
-            D.stop()
-    if TMP:
-        subprocess.run(["rm", "-rf", TMP])
+    e2bhelp.stop_all(API, D)
 
 
 def envelope(msg, flags=0):
