@@ -878,18 +878,21 @@ static bool watch_step(struct watch *w)
 	return k == 0;
 }
 
-/* The watch's thread: a poll every WATCH_POLL_MS (the last one at the deadline) until the stream is over. */
+/*
+ * The watch's thread: a poll every WATCH_POLL_MS after the baseline (the
+ * last one at the deadline) until the stream is over.
+ */
 static void *watch_main(void *arg)
 {
 	_cleanup_(watch_freep) struct watch *w = arg;
 
-	while (!connect_stream_gone(w->s) && watch_step(w)) {
+	do {
 		uint64_t now = now_ns(), sleep_ns = WATCH_POLL_MS * 1000000ull;
 
 		if (w->deadline_ns && w->deadline_ns < now + sleep_ns)
 			sleep_ns = w->deadline_ns > now ? w->deadline_ns - now : 0;
 		usleep((useconds_t)(sleep_ns / 1000));
-	}
+	} while (!connect_stream_gone(w->s) && watch_step(w));
 	return NULL;
 }
 
