@@ -89,6 +89,16 @@
 #            every create starts from a quiet daemon (destroys finished,
 #            standby VMMs refilled) rather than racing the previous sample's
 #            background work.
+#   e2b      contrib/bench_e2b.py: emberfs-e2b driven by the E2B JavaScript
+#            SDK (tests/e2b/bench.mjs, the pinned SDK installed by
+#            contrib/e2b-sdk.sh) on the python template with a pool pinned at
+#            BENCH_E2B_POOL (default 4): Sandbox.create() until it resolved
+#            (the pool refilled before each sample, untimed),
+#            commands.run('true') round trip, files.write + files.read of
+#            1 MiB; BENCH_E2B_N samples (default 30; run: 3x); and the
+#            guest's share of run: /bin/bash -l -c true through the mount's
+#            exec file (run_mount_baseline). Skipped (77)
+#            without node and npm or when the python image cannot be built.
 #
 # It builds what it needs (ninja -C build; meson setup build first if there is
 # no build/), builds the guest image into .image/ if .image/current is missing
@@ -116,6 +126,11 @@
 #   {"bench":"live","metric":"write_mib_s"|"read_mib_s","value":..,"mib":..}
 #   {"bench":"live","metric":"stat","n":..,"p50_us":..,"p99_us":..,"cached_p50_us":..}
 #   {"bench":"python","metric":"bake"|"warm_create"|"first_output"|"slot",...} (contrib/bench_python.py)
+#   {"bench":"e2b","metric":"create","n":..,"p50_ms":..,"p99_ms":..,"mean_ms":..,"pool":..}
+#   {"bench":"e2b","metric":"run","n":..,"p50_ms":..,"p99_ms":..,"mean_ms":..}
+#   {"bench":"e2b","metric":"files_1mib","n":..,"p50_ms":..,"p99_ms":..,"write_p50_ms":..,"read_p50_ms":..}
+#   {"bench":"e2b","metric":"run_mount_baseline","n":..,"p50_ms":..,"p99_ms":..}
+#   (contrib/bench_e2b.py, tests/e2b/bench.mjs)
 #   {"bench":"fork","n":..,"p50_ms":..,"p99_ms":..}, the same for "fork_parent_stopped",
 #   "pause_resume", "hibernate" and "wake"
 # Creates that fail are retried (at most 3 failures per path) and reported as
@@ -129,7 +144,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 top=$PWD
-ALL_BENCHES=(create burst16 slot netslot netcreate lifecycle exec noisy live adaptive adopt soak python)
+ALL_BENCHES=(create burst16 slot netslot netcreate lifecycle exec noisy live adaptive adopt soak python e2b)
 
 log() { echo "bench: $*" >&2; }
 die() {
@@ -252,6 +267,12 @@ for b in "${benches[@]}"; do
 		log "python: contrib/bench_python.py (its own daemon, the python image, several minutes)"
 		rc=0
 		EMBERFS_IMAGE_DIR=$image EMBERFS_BIN=$bin python3 contrib/bench_python.py || rc=$?
+		[ "$rc" -eq 0 ] || [ "$rc" -eq 77 ] || exit 1
+	elif [ "$b" = e2b ]; then
+		log "e2b: contrib/bench_e2b.py (its own daemon and emberfs-e2b, the E2B SDK from tests/e2b)"
+		rc=0
+		EMBERFS_IMAGE_DIR=$image EMBERFS_BIN=$bin EMBERFS_E2B_BIN=${EMBERFS_E2B_BIN:-$top/build/e2b/emberfs-e2b} \
+			python3 contrib/bench_e2b.py || rc=$?
 		[ "$rc" -eq 0 ] || [ "$rc" -eq 77 ] || exit 1
 	else
 		rest+=("$b")

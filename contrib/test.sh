@@ -35,6 +35,13 @@ echo "== guest image" >&2
 image=$(contrib/build-image.sh build/engine/guest/emberfs-agent .image | tail -n 1)
 export EMBERFS_IMAGE_DIR=$image
 
+# the E2B SDK that integration-e2b drives emberfs-e2b with (npm ci from
+# tests/e2b/package-lock.json into tests/e2b/node_modules), only where node is
+if command -v node >/dev/null && command -v npm >/dev/null; then
+	echo "== E2B SDK (contrib/e2b-sdk.sh)" >&2
+	contrib/e2b-sdk.sh || echo "contrib/e2b-sdk.sh failed: integration-e2b will fail" >&2
+fi
+
 suite_args=()
 for s in $SUITES; do suite_args+=(--suite "$s"); done
 

@@ -419,11 +419,18 @@ static void tap_wait_locked(struct tap *t, uint64_t deadline)
  * The tap's third thread: decides when the process ended. envd ends a
  * stream when its process exits, even while a child it left in the
  * background holds the outputs open (`cmd &`): so the end is the exit in
- * status, polled (20 ms, doubling to 250 ms) while the outputs are open;
- * after the exit the readers get EXIT_GRACE to read what is left. When both
- * outputs reach EOF first (the usual case) the exit follows at once.
+ * status, polled (20 ms, doubling to 250 ms) while the outputs are open.
+ * When both outputs reach EOF first (the usual case) the exit follows at
+ * once. Otherwise what the process wrote before its exit is still on its
+ * way (outputs are pulled: the guest's agent reads the pipe when a read
+ * asks), so the end waits until every open output has had a read, issued
+ * after the exit was seen, wait EXIT_QUIET without data: such a read finds
+ * whatever the pipe held at the exit. A busy guest answers late, so this
+ * counts from the read, not from the exit. A child left in the background
+ * that keeps writing does not hold the end longer than EXIT_MAX.
  */
-#define EXIT_GRACE_NS (100ull * 1000000ull)
+#define EXIT_QUIET_NS (100ull * 1000000ull)
+#define EXIT_MAX_NS (2000ull * 1000000ull)
 #define POLL_MIN_NS (20ull * 1000000ull)
 #define POLL_MAX_NS (250ull * 1000000ull)
 
@@ -444,11 +451,30 @@ static void *waiter_main(void *arg)
 		pthread_mutex_unlock(&t->lock);
 		end = tap_poll_end(t);
 		if (end) {
-			uint64_t grace = now_ns() + EXIT_GRACE_NS;
+			uint64_t exit_seen = now_ns(), limit = exit_seen + EXIT_MAX_NS;
 
 			pthread_mutex_lock(&t->lock);
-			while (t->readers > 0 && now_ns() < grace)
-				tap_wait_locked(t, grace);
+			while (t->readers > 0) {
+				uint64_t now = now_ns(), wake = limit;
+				bool quiet = true;
+
+				for (int i = 0; i < 2; i++) {
+					uint64_t since = t->in_read_since[i];
+
+					if (t->out_eof[i])
+						continue;
+					if (since < exit_seen || now - since < EXIT_QUIET_NS) {
+						quiet = false;
+						if (since >= exit_seen && since + EXIT_QUIET_NS < wake)
+							wake = since + EXIT_QUIET_NS;
+						else if (since < exit_seen && now + POLL_MIN_NS < wake)
+							wake = now + POLL_MIN_NS; /* a read still to be issued: look again soon */
+					}
+				}
+				if (quiet || now >= limit)
+					break;
+				tap_wait_locked(t, wake);
+			}
 			pthread_mutex_unlock(&t->lock);
 			break;
 		}
@@ -469,6 +495,7 @@ static void *waiter_main(void *arg)
 struct reader {
 	struct tap *t;
 	const char *name; /* "stdout", "stderr" */
+	int idx;	  /* 0, 1: its in_read_since and out_eof */
 };
 
 /* One chunk to every stream, unless the end went out already. */
@@ -497,9 +524,11 @@ static void reader_send(struct tap *t, const char *name, const char *buf, size_t
 	json_object_put(msg);
 }
 
-static void reader_done(struct tap *t)
+static void reader_done(struct tap *t, int idx)
 {
 	pthread_mutex_lock(&t->lock);
+	t->out_eof[idx] = true;
+	t->in_read_since[idx] = 0;
 	t->readers--;
 	pthread_cond_broadcast(&t->cond);
 	slot_remove_locked(t);
@@ -519,8 +548,18 @@ static void *reader_main(void *arg)
 	if (fd < 0)
 		log_debug("e2b: %s: %m", path);
 	while (fd >= 0 && buf) {
-		ssize_t k = read(fd, buf, READ_CHUNK);
+		ssize_t k;
 
+		pthread_mutex_lock(&t->lock);
+		t->in_read_since[rd->idx] = now_ns();
+		pthread_mutex_unlock(&t->lock);
+		k = read(fd, buf, READ_CHUNK);
+		if (k > 0) {
+			/* not quiet: the waiter looks again once this chunk is out and the next read waits */
+			pthread_mutex_lock(&t->lock);
+			t->in_read_since[rd->idx] = 0;
+			pthread_mutex_unlock(&t->lock);
+		}
 		if (k < 0 && errno == EINTR)
 			continue;
 		if (k <= 0) {
@@ -530,7 +569,7 @@ static void *reader_main(void *arg)
 		}
 		reader_send(t, rd->name, buf, (size_t)k);
 	}
-	reader_done(t);
+	reader_done(t, rd->idx);
 	free(rd);
 	tap_unref(t);
 	return NULL;
@@ -565,6 +604,7 @@ int tap_run(struct tap *t)
 		if (rd) {
 			rd->t = tap_ref(t);
 			rd->name = names[i];
+			rd->idx = (int)i;
 			e = thread_create(&th, &attr, reader_main, rd);
 			if (e) {
 				tap_unref(t);
@@ -573,7 +613,7 @@ int tap_run(struct tap *t)
 		}
 		if (e) {
 			r = -e;
-			reader_done(t);
+			reader_done(t, (int)i);
 		}
 	}
 	e = thread_create(&th, &attr, waiter_main, tap_ref(t));

@@ -42,6 +42,14 @@ struct tap {
 	pthread_cond_t cond; /* a reader ended: the waiter wakes (CLOCK_MONOTONIC) */
 	struct sub *subs;  /* protected by lock */
 	int readers;	   /* reader threads running: protected by lock */
+	/*
+	 * Per output (stdout, stderr): since when its reader waits in a read()
+	 * that returned nothing yet (0: not in one), and whether it reached EOF.
+	 * The waiter ends a stream after the exit only once every open output
+	 * had a read, issued after the exit, wait EXIT_QUIET (tap.c).
+	 */
+	uint64_t in_read_since[2];
+	bool out_eof[2];
 	bool reading;	   /* the threads were started: protected by lock */
 	bool ended;	   /* the end went out (no more subscribers): protected by lock, set under fanout_lock too */
 	bool removed;	   /* the slot was removed: protected by lock */

@@ -74,6 +74,7 @@ const char fs_readme[] =
 	"  templates/T/ctl             write: bake | rebake\n"
 	"  templates/T/Dockerfile      what the template's root disk is built from (written whole, at close)\n"
 	"  templates/T/build.log       the last bake's log; follows a bake that runs\n"
+	"  templates/T/create          write {\"name\": N, \"timeout\", \"metadata\", \"env\", \"egress\"}: mkdir N with its settings\n"
 	"  templates/T/sandboxes/NAME  mkdir = create (returns at once), rmdir or rm -rf = destroy\n"
 	"    status   JSON: state, path (warm|restore|cold|fork), identity, timings, error; poll wakes on change\n"
 	"    timings  one \"phase milliseconds\" line per phase\n"
