@@ -95,13 +95,23 @@ int connect_stream_push_copy(struct cstream *s, const uint8_t *frame, size_t len
  */
 int connect_stream_end(struct cstream *s, const char *code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
+/*
+ * How often the connection's thread looks for a hang-up of the client's
+ * socket while it waits, in ms (0: the default, CONNECT_HANGUP_MS). A
+ * producer that polls (WatchDir) sets its own interval, so that a client
+ * that hangs up is seen, and the producer stopped, within one interval.
+ */
+#define CONNECT_HANGUP_MS 1000u
+void connect_stream_set_hangup_ms(struct cstream *s, unsigned ms);
+
 /* Is the client gone (the HTTP layer's done ran)? */
 int connect_stream_gone(struct cstream *s);
 
 /*
  * Answer r with s: 200, application/connect+json. The connection's thread
  * stays in the read callback until the end-stream envelope was sent or the
- * client vanished (it checks the socket for a hang-up every second).
+ * client vanished (it checks the socket for a hang-up every second, or as
+ * connect_stream_set_hangup_ms says).
  */
 int connect_stream_reply(struct req *r, struct cstream *s);
 

@@ -5,8 +5,8 @@
  *
  * Threads: any number of producers call push/end; exactly one connection
  * thread calls read and then done. Everything below the lock is protected by
- * s->lock. The connection thread wakes at least once a second to look for a
- * hang-up of the client's socket (libmicrohttpd notices a vanished client
+ * s->lock. The connection thread wakes at least once a second (or every
+ * hangup_ns) to look for a hang-up of the client's socket (libmicrohttpd notices a vanished client
  * only when a write fails, and an idle stream writes only its keepalives).
  */
 #include "connect.h"
@@ -46,6 +46,7 @@ struct cstream {
 	size_t keepalive_len;
 	uint64_t last_ns; /* when bytes last went out: protected by lock */
 	uint64_t hup_checked_ns; /* when the socket was last checked for a hang-up: protected by lock */
+	uint64_t hangup_ns;	 /* how often it is checked: protected by lock */
 	int fd;		  /* the client's socket (not ours), -1 if unknown */
 	void (*on_gone)(void *ctx);
 	void *gone_ctx;
@@ -84,6 +85,7 @@ struct cstream *connect_stream_new(unsigned keepalive_ms, const char *keepalive_
 	s->tail = &s->head;
 	s->queue_max = queue_max ? queue_max : 1;
 	s->last_ns = s->hup_checked_ns = now_ns();
+	s->hangup_ns = CONNECT_HANGUP_MS * 1000000ull;
 	s->fd = -1;
 	return s;
 }
@@ -117,6 +119,14 @@ void connect_stream_on_gone(struct cstream *s, void (*fn)(void *ctx), void *ctx)
 	pthread_mutex_lock(&s->lock);
 	s->on_gone = fn;
 	s->gone_ctx = ctx;
+	pthread_mutex_unlock(&s->lock);
+}
+
+void connect_stream_set_hangup_ms(struct cstream *s, unsigned ms)
+{
+	pthread_mutex_lock(&s->lock);
+	s->hangup_ns = (uint64_t)(ms ? ms : CONNECT_HANGUP_MS) * 1000000ull;
+	pthread_cond_signal(&s->readable); /* a reader asleep for the old period */
 	pthread_mutex_unlock(&s->lock);
 }
 
@@ -260,15 +270,15 @@ ssize_t connect_stream_read(void *ctx, char *buf, size_t max)
 
 	pthread_mutex_lock(&s->lock);
 	for (;;) {
-		uint64_t now = now_ns(), wake = now + 1000000000ull;
+		uint64_t now = now_ns(), wake = now + s->hangup_ns;
 		struct timespec ts;
 
 		if (s->gone) {
 			n = -1;
 			break;
 		}
-		if (now - s->hup_checked_ns >= 1000000000ull) {
-			/* also while data flows: a client that went (or a server stopping) is seen within a second */
+		if (now - s->hup_checked_ns >= s->hangup_ns) {
+			/* also while data flows: a client that went (or a server stopping) is seen within a period */
 			int fd = s->fd;
 			bool hup;
 

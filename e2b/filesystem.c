@@ -18,7 +18,6 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <microhttpd.h>
-#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -28,6 +27,7 @@
 #include <unistd.h>
 
 #include "common/common.h"
+#include "connect.h"
 #include "fsutil.h"
 #include "http.h"
 #include "mountc.h"
@@ -312,6 +312,22 @@ static char *guest_dirname(const char *guest)
 
 /* ---- Connect unary calls ---- */
 
+/* The first key of o not in allowed (NULL-terminated), or NULL: unknown fields are refused, never ignored. */
+static const char *unknown_field(json_object *o, const char *const *allowed)
+{
+	json_object_object_foreach(o, key, val)
+	{
+		bool ok = false;
+
+		(void)val;
+		for (const char *const *a = allowed; *a; a++)
+			ok |= strcmp(*a, key) == 0;
+		if (!ok)
+			return key;
+	}
+	return NULL;
+}
+
 /*
  * The request message: a JSON object with only the fields named in allowed
  * (NULL-terminated). NULL after replying (invalid_argument naming what is
@@ -321,7 +337,7 @@ static json_object *rpc_message(struct req *r, const char *const *allowed)
 {
 	size_t len;
 	const char *body = req_body(r, &len);
-	const char *ct = req_header(r, MHD_HTTP_HEADER_CONTENT_TYPE);
+	const char *ct = req_header(r, MHD_HTTP_HEADER_CONTENT_TYPE), *bad;
 	json_tokener *tok;
 	json_object *o;
 
@@ -346,19 +362,11 @@ static json_object *rpc_message(struct req *r, const char *const *allowed)
 		reply_connect_error(r, "invalid_argument", "the request is not a JSON object");
 		return NULL;
 	}
-	json_object_object_foreach(o, key, val)
-	{
-		bool ok = false;
-
-		(void)val;
-		for (const char *const *a = allowed; *a; a++)
-			ok |= strcmp(*a, key) == 0;
-		if (!ok) {
-			reply_connect_error(r, "invalid_argument", "%s: field \"%s\" is not implemented by emberfs-e2b",
-					    req_path(r), key);
-			json_object_put(o);
-			return NULL;
-		}
+	if ((bad = unknown_field(o, allowed))) {
+		reply_connect_error(r, "invalid_argument", "%s: field \"%s\" is not implemented by emberfs-e2b",
+				    req_path(r), bad);
+		json_object_put(o);
+		return NULL;
 	}
 	return o;
 }
@@ -706,127 +714,43 @@ static int fs_unimplemented(struct req *r)
  * about 1.5 s. The stream ends at the client's Connect-Timeout-Ms, when the
  * directory goes, or when the sandbox stops running: a watch never wakes a
  * paused sandbox.
+ *
+ * The polling runs on a thread of its own that owns the struct watch and
+ * pushes into a Connect response stream (connect.h): keepalives,
+ * back-pressure and a client that hangs up are the stream's. The stream
+ * looks for a hang-up every WATCH_POLL_MS, and the thread stops at its next
+ * poll once the client is gone.
  */
 #define WATCH_POLL_MS 500
 #define WATCH_MAX_ENTRIES 10000
-
-/* A Connect stream message: flags, 4-byte big-endian length, JSON. NULL on ENOMEM. */
-static char *envelope(uint8_t flags, const char *json, size_t *len)
-{
-	size_t n = strlen(json);
-	char *buf = malloc(n + 5);
-
-	if (!buf || n > UINT32_MAX) {
-		free(buf);
-		return NULL;
-	}
-	buf[0] = (char)flags;
-	buf[1] = (char)((n >> 24) & 0xff);
-	buf[2] = (char)((n >> 16) & 0xff);
-	buf[3] = (char)((n >> 8) & 0xff);
-	buf[4] = (char)(n & 0xff);
-	memcpy(buf + 5, json, n);
-	*len = n + 5;
-	return buf;
-}
-
-static json_object *end_error_json(const char *code, const char *msg)
-{
-	json_object *o = json_object_new_object(), *e = json_object_new_object();
-
-	json_object_object_add(e, "code", json_object_new_string(code));
-	json_object_object_add(e, "message", json_object_new_string(msg));
-	json_object_object_add(o, "error", e);
-	return o;
-}
-
-/* A stream that ends at once with an error: HTTP 200, the error in the end message (what Connect clients read). */
-static int stream_error(struct req *r, const char *code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int stream_error(struct req *r, const char *code, const char *fmt, ...)
-{
-	_cleanup_free_ char *m = NULL;
-	json_object *o;
-	char *buf;
-	size_t len;
-	va_list ap;
-
-	va_start(ap, fmt);
-	if (vasprintf(&m, fmt, ap) < 0)
-		m = NULL;
-	va_end(ap);
-	o = end_error_json(code, m ? m : code);
-	buf = envelope(0x02, json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN), &len);
-	json_object_put(o);
-	if (!buf)
-		return reply_connect_error(r, "resource_exhausted", "out of memory");
-	return reply_bytes(r, 200, "application/connect+json", buf, len);
-}
+#define WATCH_QUEUE_MAX (256 * 1024)
+#define WATCH_STACK (256 * 1024)
+#define WATCH_KEEPALIVE_MSG "{\"keepalive\":{}}"
 
 struct watch {
-	struct MHD_Connection *conn; /* to see the client leave between events */
+	struct cstream *s; /* a reference */
 	struct who who;
 	char *guest, *host;
 	bool recursive;
 	struct e2bfs_snap snap;
-	uint64_t deadline_ns;  /* 0: none */
-	uint64_t keepalive_ns, next_keepalive_ns;
-	char *out;	       /* envelopes not handed out yet */
-	size_t out_len, out_off, out_cap;
-	bool started, ended;
+	uint64_t deadline_ns; /* 0: none */
 };
 
-static void watch_free(void *ctx)
+static void watch_free(struct watch *w)
 {
-	struct watch *w = ctx;
-
 	if (!w)
 		return;
+	connect_stream_unref(w->s);
 	who_free(&w->who);
 	e2bfs_snap_free(&w->snap);
 	free(w->guest);
 	free(w->host);
-	free(w->out);
 	free(w);
 }
 
-static int watch_queue(struct watch *w, uint8_t flags, json_object *o)
+static void watch_freep(struct watch **w)
 {
-	size_t len;
-	char *env = envelope(flags, json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN), &len);
-
-	json_object_put(o);
-	if (!env)
-		return -ENOMEM;
-	if (w->out_len + len > w->out_cap) {
-		size_t cap = (w->out_len + len) * 2;
-		char *n = realloc(w->out, cap);
-
-		if (!n) {
-			free(env);
-			return -ENOMEM;
-		}
-		w->out = n;
-		w->out_cap = cap;
-	}
-	memcpy(w->out + w->out_len, env, len);
-	w->out_len += len;
-	free(env);
-	w->next_keepalive_ns = now_ns() + w->keepalive_ns;
-	return 0;
-}
-
-static void watch_end(struct watch *w, const char *code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void watch_end(struct watch *w, const char *code, const char *fmt, ...)
-{
-	_cleanup_free_ char *m = NULL;
-	va_list ap;
-
-	va_start(ap, fmt);
-	if (fmt && vasprintf(&m, fmt, ap) < 0)
-		m = NULL;
-	va_end(ap);
-	watch_queue(w, 0x02, code ? end_error_json(code, m ? m : code) : json_object_new_object());
-	w->ended = true;
+	watch_free(*w);
 }
 
 /* One listing of the watched tree into ret. 0 or -errno (-E2BIG past WATCH_MAX_ENTRIES). */
@@ -883,15 +807,21 @@ static int watch_scan(struct watch *w, struct e2bfs_snap *ret)
 	return 0;
 }
 
+/* One change, pushed as it comes: 0, -EPIPE (the stream is over: the diff stops), -ENOMEM. */
 static int watch_event(void *ctx, const char *name, enum e2bfs_event ev)
 {
 	struct watch *w = ctx;
-	json_object *o = json_object_new_object(), *f = json_object_new_object();
+	_cleanup_(json_object_putp) json_object *o = json_object_new_object();
+	json_object *f = json_object_new_object();
 
+	if (!o || !f) {
+		json_object_put(f);
+		return -ENOMEM;
+	}
 	json_object_object_add(f, "name", json_object_new_string(name));
 	json_object_object_add(f, "type", json_object_new_string(e2bfs_event_name(ev)));
 	json_object_object_add(o, "filesystem", f);
-	return watch_queue(w, 0, o);
+	return connect_stream_push(w->s, o);
 }
 
 /* Whether the sandbox still runs (its status read: no guest needed, nothing woken). */
@@ -912,116 +842,75 @@ static bool watch_sandbox_running(struct watch *w, char state[static 32])
 	return running;
 }
 
-/* The next step of the watch: more envelopes queued, or a poll interval slept. */
-static void watch_step(struct watch *w)
+/* One poll: the changes pushed, or the end. false once the stream is over (ended here, or the client gone). */
+static bool watch_step(struct watch *w)
 {
 	struct e2bfs_snap s;
 	char state[32];
-	uint64_t now = now_ns();
 	int k;
 
-	if (!w->started) {
-		json_object *o = json_object_new_object();
-
-		json_object_object_add(o, "start", json_object_new_object());
-		watch_queue(w, 0, o);
-		w->started = true;
-		return;
+	if (w->deadline_ns && now_ns() >= w->deadline_ns) {
+		connect_stream_end(w->s, "deadline_exceeded", "the watch of %s reached its Connect-Timeout-Ms",
+				   w->guest);
+		return false;
 	}
-	if (w->deadline_ns && now >= w->deadline_ns)
-		return watch_end(w, "deadline_exceeded", "the watch of %s reached its Connect-Timeout-Ms", w->guest);
-	if (!watch_sandbox_running(w, state))
-		return watch_end(w, "unavailable", "sandbox %s is %s: the watch of %s ends", w->who.sbx.id, state,
-				 w->guest);
+	if (!watch_sandbox_running(w, state)) {
+		connect_stream_end(w->s, "unavailable", "sandbox %s is %s: the watch of %s ends", w->who.sbx.id, state,
+				   w->guest);
+		return false;
+	}
 	if ((k = watch_scan(w, &s)) < 0) {
 		if (k == -ENOENT || k == -ENOTDIR)
-			return watch_end(w, "not_found", "the watched directory %s is gone", w->guest);
-		if (k == -E2BIG)
-			return watch_end(w, "resource_exhausted", "more than %d entries below %s: watch a smaller tree",
-					 WATCH_MAX_ENTRIES, w->guest);
-		return watch_end(w, connect_code_errno(k), "watching %s: %s", w->guest, strerror(-k));
+			connect_stream_end(w->s, "not_found", "the watched directory %s is gone", w->guest);
+		else if (k == -E2BIG)
+			connect_stream_end(w->s, "resource_exhausted",
+					   "more than %d entries below %s: watch a smaller tree", WATCH_MAX_ENTRIES,
+					   w->guest);
+		else
+			connect_stream_end(w->s, connect_code_errno(k), "watching %s: %s", w->guest, strerror(-k));
+		return false;
 	}
 	k = e2bfs_snap_diff(&w->snap, &s, watch_event, w);
 	e2bfs_snap_free(&w->snap);
 	w->snap = s;
-	if (k < 0)
-		return watch_end(w, "resource_exhausted", "out of memory");
-	if (w->out_len == w->out_off && now_ns() >= w->next_keepalive_ns) {
-		json_object *o = json_object_new_object();
-
-		json_object_object_add(o, "keepalive", json_object_new_object());
-		watch_queue(w, 0, o);
-	}
-	if (w->out_len == w->out_off)
-		usleep(WATCH_POLL_MS * 1000);
+	if (k < 0 && k != -EPIPE)
+		connect_stream_end(w->s, "resource_exhausted", "out of memory");
+	return k == 0;
 }
 
-/* Whether the client hung up: a watch with nothing to say would not notice until its next keepalive. */
-static bool watch_client_gone(struct watch *w)
+/*
+ * The watch's thread: a poll every WATCH_POLL_MS after the baseline (the
+ * last one at the deadline) until the stream is over.
+ */
+static void *watch_main(void *arg)
 {
-	const union MHD_ConnectionInfo *ci = MHD_get_connection_info(w->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-	struct pollfd p;
+	_cleanup_(watch_freep) struct watch *w = arg;
 
-	if (!ci)
-		return false;
-	p = (struct pollfd){.fd = ci->connect_fd, .events = POLLRDHUP};
-	return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
+	do {
+		uint64_t now = now_ns(), sleep_ns = WATCH_POLL_MS * 1000000ull;
+
+		if (w->deadline_ns && w->deadline_ns < now + sleep_ns)
+			sleep_ns = w->deadline_ns > now ? w->deadline_ns - now : 0;
+		usleep((useconds_t)(sleep_ns / 1000));
+	} while (!connect_stream_gone(w->s) && watch_step(w));
+	return NULL;
 }
 
-static ssize_t watch_read(void *ctx, char *buf, size_t max)
+/* Starts w's thread, which takes w. 0 or -errno (w is freed). */
+static int watch_run(struct watch *w)
 {
-	struct watch *w = ctx;
+	pthread_attr_t attr;
+	pthread_t th;
+	int e;
 
-	while (w->out_off == w->out_len) {
-		w->out_off = w->out_len = 0;
-		if (w->ended)
-			return 0;
-		if (watch_client_gone(w))
-			return -1;
-		watch_step(w);
-	}
-	if (max > w->out_len - w->out_off)
-		max = w->out_len - w->out_off;
-	memcpy(buf, w->out + w->out_off, max);
-	w->out_off += max;
-	return (ssize_t)max;
-}
-
-/* The one request message of a server stream: its JSON, or NULL after replying. */
-static json_object *stream_message(struct req *r, const char *const *allowed)
-{
-	size_t len;
-	const unsigned char *b = (const unsigned char *)req_body(r, &len);
-	uint32_t n;
-	json_object *o;
-
-	if (len < 5 || (n = (uint32_t)b[1] << 24 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 8 | b[4]) != len - 5) {
-		stream_error(r, "invalid_argument", "the request is not one Connect envelope");
-		return NULL;
-	}
-	if (b[0] != 0) {
-		stream_error(r, "unimplemented", "compressed or flagged request messages are not implemented");
-		return NULL;
-	}
-	if (!(o = json_tokener_parse((const char *)b + 5)) || !json_object_is_type(o, json_type_object)) {
-		json_object_put(o);
-		stream_error(r, "invalid_argument", "the request is not a JSON object");
-		return NULL;
-	}
-	json_object_object_foreach(o, key, val)
-	{
-		bool ok = false;
-
-		(void)val;
-		for (const char *const *a = allowed; *a; a++)
-			ok |= strcmp(*a, key) == 0;
-		if (!ok) {
-			stream_error(r, "invalid_argument", "%s: field \"%s\" is not implemented by emberfs-e2b", req_path(r), key);
-			json_object_put(o);
-			return NULL;
-		}
-	}
-	return o;
+	pthread_attr_init(&attr);
+	pthread_attr_setstacksize(&attr, WATCH_STACK);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	e = thread_create(&th, &attr, watch_main, w);
+	pthread_attr_destroy(&attr);
+	if (e)
+		watch_free(w);
+	return -e;
 }
 
 static bool json_bool_field(json_object *o, const char *key)
@@ -1031,67 +920,108 @@ static bool json_bool_field(json_object *o, const char *key)
 	return json_object_object_get_ex(o, key, &v) && json_object_get_boolean(v);
 }
 
-static int fs_watch_dir(struct req *r)
+/* The reason a watch is refused into why: -1. */
+static int watch_refuse(char *why, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int watch_refuse(char *why, size_t n, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(why, n, fmt, ap);
+	va_end(ap);
+	return -1;
+}
+
+/*
+ * The request's message, its user and the watched directory's first
+ * listing into w. 0, or -1 with the Connect code and the reason to answer.
+ */
+static int watch_setup(struct req *r, struct watch *w, const char **code, char *why, size_t n)
 {
 	static const char *const allowed[] = {"path", "recursive", "includeEntry", "include_entry",
 					      "allowNetworkMounts", "allow_network_mounts", NULL};
-	_cleanup_(json_object_putp) json_object *msg = stream_message(r, allowed);
-	_cleanup_free_ char *user = NULL;
-	struct watch *w;
+	_cleanup_(json_object_putp) json_object *msg = NULL;
+	_cleanup_free_ char *user = NULL, *perr = NULL;
+	const char *body, *path = "", *bad;
 	json_object *v;
-	const char *h, *path = "";
-	char why[256];
 	struct stat st;
+	size_t len;
 	int k;
 
-	if (!msg)
-		return 0;
-	if (json_bool_field(msg, "includeEntry") || json_bool_field(msg, "include_entry"))
-		return stream_error(r, "unimplemented", "WatchDir: includeEntry is not implemented by emberfs-e2b");
+	*code = "invalid_argument";
+	body = req_body(r, &len);
+	if ((k = connect_request_parse(body, len, CONNECT_REQUEST_MAX, &msg, &perr)) < 0) {
+		*code = connect_request_code(k);
+		return watch_refuse(why, n, "%s", perr ? perr : "bad request");
+	}
+	if ((bad = unknown_field(msg, allowed)))
+		return watch_refuse(why, n, "%s: field \"%s\" is not implemented by emberfs-e2b", req_path(r), bad);
+	if (json_bool_field(msg, "includeEntry") || json_bool_field(msg, "include_entry")) {
+		*code = "unimplemented";
+		return watch_refuse(why, n, "WatchDir: includeEntry is not implemented by emberfs-e2b");
+	}
 	if (json_object_object_get_ex(msg, "path", &v) && v) {
 		if (!json_object_is_type(v, json_type_string) ||
 		    strlen(json_object_get_string(v)) != (size_t)json_object_get_string_len(v))
-			return stream_error(r, "invalid_argument", "field \"path\" must be a string without NUL");
+			return watch_refuse(why, n, "field \"path\" must be a string without NUL");
 		path = json_object_get_string(v);
 	}
 	k = e2bfs_basic_user(req_header(r, MHD_HTTP_HEADER_AUTHORIZATION), &user);
 	if (k < 0 && k != -ENOENT)
-		return stream_error(r, "invalid_argument", "the Authorization header is not Basic base64(user:)");
-	if (!(w = calloc(1, sizeof(*w))))
-		return stream_error(r, "resource_exhausted", "out of memory");
+		return watch_refuse(why, n, "the Authorization header is not Basic base64(user:)");
 	if ((k = who_load(r, user, &w->who, why)) < 0) {
-		watch_free(w);
-		return stream_error(r, k == -ESRCH ? "invalid_argument" : connect_code_errno(k), "%s", why);
+		*code = k == -ESRCH ? "invalid_argument" : connect_code_errno(k);
+		return -1;
 	}
-	if ((k = resolve(&w->who, path, &w->guest, &w->host)) < 0) {
-		watch_free(w);
-		return stream_error(r, "invalid_argument", "path \"%.200s\": %s", path,
+	if ((k = resolve(&w->who, path, &w->guest, &w->host)) < 0)
+		return watch_refuse(why, n, "path \"%.200s\": %s", path,
 				    k == -EINVAL ? "cannot expand another user's home directory" : strerror(-k));
-	}
-	w->conn = req_conn(r);
 	w->recursive = json_bool_field(msg, "recursive");
-	if (stat(w->host, &st) < 0 || !S_ISDIR(st.st_mode)) {
-		k = errno;
-		watch_free(w);
-		return k == ENOENT ? stream_error(r, "not_found", "path %s not found", path)
-				   : stream_error(r, "invalid_argument", "path %s not a directory", path);
+	k = stat(w->host, &st) < 0 ? -errno : S_ISDIR(st.st_mode) ? 0 : -ENOTDIR;
+	if (k == -ENOENT) {
+		*code = "not_found";
+		return watch_refuse(why, n, "path %s not found", path);
 	}
+	if (k < 0)
+		return watch_refuse(why, n, "path %s not a directory", path);
 	/* the first listing is the baseline: only changes after the start are reported */
 	if ((k = watch_scan(w, &w->snap)) < 0) {
-		watch_free(w);
-		return k == -E2BIG ? stream_error(r, "resource_exhausted", "more than %d entries below %s: watch a smaller tree",
-						  WATCH_MAX_ENTRIES, path)
-				   : stream_error(r, connect_code_errno(k), "watching %s: %s", path, strerror(-k));
+		*code = k == -E2BIG ? "resource_exhausted" : connect_code_errno(k);
+		if (k == -E2BIG)
+			return watch_refuse(why, n, "more than %d entries below %s: watch a smaller tree",
+					    WATCH_MAX_ENTRIES, path);
+		return watch_refuse(why, n, "watching %s: %s", path, strerror(-k));
 	}
-	w->keepalive_ns = (uint64_t)cfg.keepalive_s * 1000000000ull;
-	if ((h = req_header(r, "Keepalive-Ping-Interval")) && strtoul(h, NULL, 10) > 0)
-		w->keepalive_ns = (uint64_t)strtoul(h, NULL, 10) * 1000000000ull;
-	if (!w->keepalive_ns)
-		w->keepalive_ns = 50ull * 1000000000ull;
-	w->next_keepalive_ns = now_ns() + w->keepalive_ns;
+	return 0;
+}
+
+static int fs_watch_dir(struct req *r)
+{
+	_cleanup_(watch_freep) struct watch *w = calloc(1, sizeof(*w));
+	_cleanup_(json_object_putp) json_object *start = json_object_new_object();
+	const char *code, *h;
+	struct cstream *s;
+	char why[512];
+	int ret, k;
+
+	if (!w || !start)
+		return connect_stream_reply_error(r, "resource_exhausted", "out of memory");
+	if (watch_setup(r, w, &code, why, sizeof(why)) < 0)
+		return connect_stream_reply_error(r, code, "%s", why);
 	if ((h = req_header(r, "Connect-Timeout-Ms")) && strtoull(h, NULL, 10) > 0)
 		w->deadline_ns = now_ns() + strtoull(h, NULL, 10) * 1000000ull;
-	return reply_stream(r, 200, "application/connect+json", watch_read, watch_free, w);
+	json_object_object_add(start, "start", json_object_new_object());
+	w->s = connect_stream_new(connect_keepalive_ms(r), WATCH_KEEPALIVE_MSG, WATCH_QUEUE_MAX);
+	if (!w->s || connect_stream_push(w->s, start) < 0)
+		return connect_stream_reply_error(r, "resource_exhausted", "out of memory");
+	connect_stream_set_hangup_ms(w->s, WATCH_POLL_MS);
+	s = connect_stream_ref(w->s);
+	ret = connect_stream_reply(r, s);
+	/* after the reply (a failed one ended the stream: the thread stops at once) */
+	if ((k = watch_run(TAKE_PTR(w))) < 0)
+		connect_stream_end(s, "resource_exhausted", "cannot start the watch: %s", strerror(-k));
+	connect_stream_unref(s);
+	return ret;
 }
 
 /* ---- /files ---- */

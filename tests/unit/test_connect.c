@@ -5,13 +5,16 @@
  * are stubbed here.
  */
 #include <errno.h>
+#include <microhttpd.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -21,17 +24,35 @@
 
 /* ---- stubs of the HTTP layer ---- */
 struct e2b_config cfg = {.keepalive_s = 50};
+/* >= 0: the client's socket the replies see, and reply_stream keeps done for the test to call */
+static int client_fd = -1;
+static stream_done_fn kept_done;
+static void *kept_ctx;
+
 const char *req_header(struct req *r, const char *name)
 {
 	return NULL;
 }
 struct MHD_Connection *req_conn(struct req *r)
 {
-	return NULL;
+	return client_fd >= 0 ? (struct MHD_Connection *)&client_fd : NULL;
+}
+const union MHD_ConnectionInfo *MHD_get_connection_info(struct MHD_Connection *c, enum MHD_ConnectionInfoType type,
+							 ...)
+{
+	static union MHD_ConnectionInfo ci;
+
+	ci.connect_fd = client_fd;
+	return type == MHD_CONNECTION_INFO_CONNECTION_FD ? &ci : NULL;
 }
 int reply_stream(struct req *r, unsigned status, const char *content_type, stream_read_fn read, stream_done_fn done,
 		 void *ctx)
 {
+	if (client_fd >= 0) {
+		kept_done = done;
+		kept_ctx = ctx;
+		return 0;
+	}
 	done(ctx);
 	return 0;
 }
@@ -308,6 +329,29 @@ static void test_stream_backpressure_and_gone(void **state)
 	connect_stream_unref(s);
 }
 
+static void test_stream_hangup_period(void **state)
+{
+	struct cstream *s = connect_stream_new(0, NULL, 1024);
+	char buf[64];
+	uint64_t t0;
+	int sv[2];
+
+	/* a producer that polls every 100 ms sees a client that hung up within that, not the default second */
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	client_fd = sv[0];
+	connect_stream_set_hangup_ms(s, 100);
+	assert_int_equal(connect_stream_reply(NULL, s), 0);
+	close(sv[1]);
+	t0 = now_ns();
+	assert_int_equal(connect_stream_read(s, buf, sizeof(buf)), -1);
+	assert_true(now_ns() - t0 < CONNECT_HANGUP_MS * 1000000ull / 2);
+	kept_done(kept_ctx); /* as the HTTP layer, after the read failed */
+	assert_int_equal(connect_stream_gone(s), 1);
+	client_fd = -1;
+	close(sv[0]);
+	connect_stream_unref(s);
+}
+
 static void test_stream_reply_error(void **state)
 {
 	/* the stub reply_stream ends it at once: nothing leaks (ASan/valgrind runs) */
@@ -329,6 +373,7 @@ int main(void)
 		cmocka_unit_test(test_stream_error_end),
 		cmocka_unit_test(test_stream_keepalive),
 		cmocka_unit_test(test_stream_backpressure_and_gone),
+		cmocka_unit_test(test_stream_hangup_period),
 		cmocka_unit_test(test_stream_reply_error),
 	};
 
