@@ -387,12 +387,17 @@ static void tap_finish(struct tap *t, json_object *end)
 	pthread_mutex_unlock(&t->lock);
 }
 
-/* The end event if the slot's status says the process ended (or cannot be read), else NULL. */
-static json_object *tap_poll_end(struct tap *t)
+/*
+ * The end event if the slot's status says the process ended (or cannot be
+ * read), else NULL; *left_running: processes of its group still ran at its
+ * exit (status "left_running"), so its outputs may stay open.
+ */
+static json_object *tap_poll_end(struct tap *t, bool *left_running)
 {
 	char path[PATH_MAX], why[160];
-	json_object *st, *end;
+	json_object *st, *end, *v;
 
+	*left_running = true; /* unknown: the stream ends at the exit, as for a child left running */
 	tap_path(t, "status", path);
 	st = mnt_read_json(path);
 	if (!st) {
@@ -403,6 +408,8 @@ static json_object *tap_poll_end(struct tap *t)
 		return end_event_of(NULL, why);
 	}
 	end = end_event_of(st, NULL);
+	if (json_object_object_get_ex(st, "left_running", &v) && json_object_is_type(v, json_type_boolean))
+		*left_running = json_object_get_boolean(v);
 	json_object_put(st);
 	return end;
 }
@@ -421,7 +428,10 @@ static void tap_wait_locked(struct tap *t, uint64_t deadline)
  * background holds the outputs open (`cmd &`): so the end is the exit in
  * status, polled (20 ms, doubling to 250 ms) while the outputs are open.
  * When both outputs reach EOF first (the usual case) the exit follows at
- * once. Otherwise what the process wrote before its exit is still on its
+ * once. When the exit comes first but no process of its group still ran at
+ * the exit (status "left_running" false), the outputs reach EOF once what it
+ * wrote was read: the end waits for that (at most EXIT_EOF_MAX, for a holder
+ * that left the group). Otherwise what the process wrote before its exit is still on its
  * way (outputs are pulled: the guest's agent reads the pipe when a read
  * asks), so the end waits until every open output has had a read, issued
  * after the exit was seen (or pending since before it), wait EXIT_QUIET
@@ -432,6 +442,7 @@ static void tap_wait_locked(struct tap *t, uint64_t deadline)
  */
 #define EXIT_QUIET_NS (500ull * 1000000ull)
 #define EXIT_MAX_NS (3000ull * 1000000ull)
+#define EXIT_EOF_MAX_NS (30000ull * 1000000ull)
 #define POLL_MIN_NS (20ull * 1000000ull)
 #define POLL_MAX_NS (250ull * 1000000ull)
 
@@ -443,14 +454,24 @@ static void *waiter_main(void *arg)
 	unsigned eof_polls = 0;
 
 	for (;;) {
-		bool eof;
+		bool eof, left_running;
 
 		pthread_mutex_lock(&t->lock);
 		if (t->readers > 0)
 			tap_wait_locked(t, now_ns() + interval);
 		eof = t->readers == 0;
 		pthread_mutex_unlock(&t->lock);
-		end = tap_poll_end(t);
+		end = tap_poll_end(t, &left_running);
+		if (end && !left_running) {
+			uint64_t limit = now_ns() + EXIT_EOF_MAX_NS;
+
+			/* nothing else holds its outputs: EOF comes once everything it wrote was read */
+			pthread_mutex_lock(&t->lock);
+			while (t->readers > 0 && now_ns() < limit)
+				tap_wait_locked(t, limit);
+			pthread_mutex_unlock(&t->lock);
+			break;
+		}
 		if (end) {
 			uint64_t exit_seen = now_ns(), limit = exit_seen + EXIT_MAX_NS;
 

@@ -157,6 +157,7 @@ struct proc {
 	uint64_t start_unix_ms;
 	uint64_t start_ns;
 	int exit_code, signal;
+	bool left_running; /* lock: once exited, processes of its group still ran (the agent's left_running) */
 	double duration_ms;
 	char *cmd;   /* as given */
 	char *error; /* why it failed or was lost */
@@ -509,6 +510,7 @@ static void on_exit_reply(void *arg, int result, json_object *resp, const uint8_
 		p->state = PROC_EXITED;
 		p->exit_code = (int)jget_int(resp, "exit_code", -1);
 		p->signal = (int)jget_int(resp, "signal", 0);
+		p->left_running = jget_bool(resp, "left_running");
 		p->duration_ms = (double)jget_int(resp, "duration_ms", 0);
 	} else if (result < 0 && !p->removed) {
 		set_lost(p, "the guest connection ended (the sandbox was stopped, or its VMM died)");
@@ -537,6 +539,7 @@ char *proc_render_status(struct proc *p)
 			       p->start_unix_ms ? json_object_new_int64((int64_t)p->start_unix_ms) : NULL);
 	json_object_object_add(o, "exit_code", p->state == PROC_EXITED ? json_object_new_int(p->exit_code) : NULL);
 	json_object_object_add(o, "signal", p->state == PROC_EXITED ? json_object_new_int(p->signal) : NULL);
+	json_object_object_add(o, "left_running", p->state == PROC_EXITED ? json_object_new_boolean(p->left_running) : NULL);
 	json_object_object_add(o, "duration_ms",
 			       p->state == PROC_RUNNING ? ms_json((double)(now_ns() - p->start_ns) / 1e6) :
 			       p->state >= PROC_EXITED ? ms_json(p->duration_ms) : NULL);
@@ -888,6 +891,7 @@ json_object *sandbox_procs_json(struct sandbox *s)
 		json_object_object_add(o, "start_unix_ms", json_object_new_int64((int64_t)p->start_unix_ms));
 		json_object_object_add(o, "exit_code", json_object_new_int(p->exit_code));
 		json_object_object_add(o, "signal", json_object_new_int(p->signal));
+		json_object_object_add(o, "left_running", json_object_new_boolean(p->left_running));
 		json_object_object_add(o, "duration_ms", json_object_new_double(p->duration_ms));
 		json_object_object_add(o, "stdin_closed", json_object_new_boolean(p->stdin_closed));
 		json_object_object_add(o, "error", p->error ? json_object_new_string(p->error) : NULL);
@@ -923,6 +927,7 @@ static struct proc *proc_from_json(struct sandbox *s, json_object *o, bool guest
 	p->start_unix_ms = (uint64_t)jget_int(o, "start_unix_ms", 0);
 	p->exit_code = (int)jget_int(o, "exit_code", -1);
 	p->signal = (int)jget_int(o, "signal", 0);
+	p->left_running = jget_bool(o, "left_running");
 	p->duration_ms = jget_double(o, "duration_ms");
 	p->stdin_closed = jget_bool(o, "stdin_closed");
 	{
@@ -1114,6 +1119,7 @@ void sandbox_procs_attached(struct sandbox *s, struct agent_client *ac, json_obj
 				p->state = PROC_EXITED;
 				p->exit_code = (int)jget_int(j, "exit_code", -1);
 				p->signal = (int)jget_int(j, "signal", 0);
+				p->left_running = jget_bool(j, "left_running");
 				p->duration_ms = (double)jget_int(j, "duration_ms", 0);
 				unpin = true;
 			} else if (p->state == PROC_RUNNING) {

@@ -747,6 +747,12 @@ void spawn_status(struct job *j, struct json_object *o)
 	else if (j->exited && WIFSIGNALED(j->status))
 		sig = WTERMSIG(j->status);
 	json_object_object_add(o, "running", json_object_new_boolean(!j->exited));
+	/*
+	 * Once it exited: whether processes of its group (it is a session and
+	 * group leader) still run, e.g. a child it left in the background that
+	 * may hold its outputs open; without them its outputs reach EOF.
+	 */
+	json_object_object_add(o, "left_running", json_object_new_boolean(j->exited && kill(-j->pid, 0) == 0));
 	json_object_object_add(o, "pid", json_object_new_int(j->pid));
 	json_object_object_add(o, "exit_code", json_object_new_int(code));
 	json_object_object_add(o, "signal", json_object_new_int(sig));

@@ -203,6 +203,19 @@ class Procs(harness.TestCase):
                 st = wait_exited(pid)
                 self.assertEqual((st["state"], st["exit_code"], st["signal"]), ("exited", code, 0), st)
 
+    def test_left_running(self):
+        # status left_running: whether processes of its group still ran at its exit
+        start("lr0", "echo a\n")
+        start("lr1", "sleep 2 & echo b\n")
+        st0 = wait_exited("lr0")
+        st1 = wait_exited("lr1")
+        self.assertIs(st0["left_running"], False, st0)
+        self.assertIs(st1["left_running"], True, st1)
+        # its outputs stay open until the child ends
+        t0 = time.monotonic()
+        self.assertEqual(read_all(P("lr1", "stdout")), b"b\n")
+        self.assertGreater(time.monotonic() - t0, 0.5)
+
     def test_json_cmd(self):
         start("j", json.dumps({"argv": ["/bin/sh", "-c", "echo \"$FOO\"; pwd; printf '%s|' \"$@\"", "x", "a b", "*"],
                                "env": {"FOO": "bar baz"}, "cwd": "/tmp"}))
