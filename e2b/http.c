@@ -28,10 +28,10 @@ struct req {
 	const char *method;
 	char *path;
 	const struct route *route;
-	const char *param_name[MAX_PARAMS];
+	const char *param_name[MAX_PARAMS]; /* into the route's pattern: the text after "{" */
+	size_t param_name_len[MAX_PARAMS];   /* up to the "}" */
 	char *param_val[MAX_PARAMS];
 	size_t n_params;
-	bool names_owned; /* param_name[] are copies (params_fix), not pointers into the pattern */
 	char sandbox[NAME_MAX_LEN + 1];
 	/* buffered body */
 	char *body;
@@ -78,8 +78,10 @@ const char *req_header(struct req *r, const char *name)
 
 const char *req_param(struct req *r, const char *name)
 {
+	size_t n = strlen(name);
+
 	for (size_t i = 0; i < r->n_params; i++)
-		if (strcmp(r->param_name[i], name) == 0)
+		if (r->param_name_len[i] == n && strncmp(r->param_name[i], name, n) == 0)
 			return r->param_val[i];
 	return NULL;
 }
@@ -366,7 +368,8 @@ static bool route_match(const char *pattern, const char *path, struct req *r)
 			if (!r->param_val[r->n_params])
 				return false;
 			/* the name is the pattern's text between the braces: kept as a pointer into a static table */
-			r->param_name[r->n_params++] = p; /* "{name}...": params_fix copies the name out */
+			r->param_name[r->n_params] = p + 1;
+			r->param_name_len[r->n_params++] = (size_t)(pe - p - 1);
 			p = pe + 1;
 			s += n;
 			continue;
@@ -377,21 +380,6 @@ static bool route_match(const char *pattern, const char *path, struct req *r)
 		s++;
 	}
 	return *p == 0 && *s == 0;
-}
-
-/* The {name} segments as plain strings (route_match keeps pointers to "{name}..."). */
-static int params_fix(struct req *r)
-{
-	for (size_t i = 0; i < r->n_params; i++) {
-		const char *b = r->param_name[i] + 1, *e = strchr(b, '}');
-		char *n = strndup(b, (size_t)(e - b));
-
-		if (!n)
-			return -ENOMEM;
-		r->param_name[i] = n;
-	}
-	r->names_owned = true;
-	return 0;
 }
 
 static const struct route *route_find(const struct route *table, struct req *r, bool *path_known)
@@ -470,7 +458,7 @@ static int dispatch(struct req *r)
 			reply_api_error(r, 401, "Invalid API key");
 			return 1;
 		}
-		return params_fix(r) < 0 ? (reply_api_error(r, 500, "out of memory"), 1) : 0;
+		return 0;
 	}
 	if (port && port != ENVD_PORT) {
 		reply_api_error(r, 502, "port %u of sandbox %s is not served: emberfs-e2b answers the sandbox API (port %u) only",
@@ -511,7 +499,7 @@ static int dispatch(struct req *r)
 		}
 	}
 	memcpy(r->sandbox, id, sizeof(r->sandbox));
-	return params_fix(r) < 0 ? (reply_api_error(r, 500, "out of memory"), 1) : 0;
+	return 0;
 }
 
 static void req_free(struct req *r)
@@ -522,8 +510,6 @@ static void req_free(struct req *r)
 		r->route->upload_free(r->upload_ctx);
 	for (size_t i = 0; i < MAX_PARAMS; i++)
 		free(r->param_val[i]);
-	for (size_t i = 0; r->names_owned && i < r->n_params; i++)
-		free((char *)r->param_name[i]);
 	free(r->path);
 	free(r->body);
 	free(r->late_message);
