@@ -66,8 +66,8 @@ class ColdPath(harness.TestCase):
                          json.loads(harness.read_text(D.tpl("default", "config"))))
         ident = harness.read_text(D.tpl(T, "identity")).strip()
         self.assertRegex(ident, r"^[0-9a-f]{64}$")
-        self.assertEqual(sorted(os.listdir(D.tpl(T))), ["Dockerfile", "build.log", "config", "ctl", "identity", "pool",
-                                                        "sandboxes", "slots", "stats", "status"])
+        self.assertEqual(sorted(os.listdir(D.tpl(T))), ["Dockerfile", "build.log", "config", "create", "ctl", "identity",
+                                                        "pool", "sandboxes", "slots", "stats", "status"])
         self.assertEqual(os.listdir(D.sbdir(T)), [])
 
         # ---- cold create; the mount answers quickly meanwhile
