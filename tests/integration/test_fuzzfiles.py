@@ -3,7 +3,7 @@
 Every writable file of the mount fuzzed through the real mount, against a
 real daemon and real guests (run under ASan+UBSan in the suite):
 
-- template config, ctl and pool; sandbox exec and ctl; a process's cmd,
+- template config, ctl, pool and create; sandbox exec and ctl; a process's cmd,
   stdin and signal get random bytes (NUL, newlines, control characters,
   invalid UTF-8), a 1 MiB write, writes in pieces, writes at offsets,
   O_APPEND and O_TRUNC opens, and four concurrent writers, while other
@@ -100,7 +100,7 @@ class Fuzz(harness.TestCase):
         name = os.path.basename(path)
         key = (name, errno.errorcode.get(r, "ok") if r else "ok")
         counts[key] = counts.get(key, 0) + 1
-        if r is None and name in ("pool", "config", "signal"):
+        if r is None and name in ("pool", "config", "signal", "create"):
             self.accepted.append((name, shape, data[:40]))
 
     def test_every_writable_file(self):
@@ -117,7 +117,7 @@ class Fuzz(harness.TestCase):
             os.mkdir(d.sb("a", "procs", "sig"))  # signals go to another process than stdin's
             harness.write_file(d.sb("a", "procs", "sig", "cmd"), "sleep 1000")
             counts = {}
-            targets = [d.tpl("fz", "config"), d.tpl("fz", "ctl"), d.tpl("default", "pool"),
+            targets = [d.tpl("fz", "config"), d.tpl("fz", "ctl"), d.tpl("default", "pool"), d.tpl("fz", "create"),
                        d.sb("b", "ctl"), d.sb("a", "procs", "1", "stdin"), d.sb("a", "procs", "sig", "signal")]
             once = [d.sb("a", "exec")]  # each write runs a guest shell: a few
             stop = threading.Event()
@@ -170,7 +170,8 @@ class Fuzz(harness.TestCase):
                 elif name == "signal":
                     self.assertRegex(text.upper(), r"^(SIG)?[A-Z0-9]+$", (shape, data))
                 else:
-                    self.fail("junk accepted as a config: %r" % ((shape, data),))
+                    self.fail("junk accepted as a %s: %r" % (name, (shape, data)))
+            self.assertEqual(d.sandboxes("fz"), [])  # no create written as junk made a sandbox
             # documented states only; nothing changed where everything was refused
             for n in d.sandboxes():
                 self.assertIn(d.status(n)["state"], SB_STATES, n)
