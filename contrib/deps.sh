@@ -11,6 +11,9 @@ PKGS=(
 	libldns-dev
 	# emberfs-e2b (docs/e2b.md): its HTTP server
 	libmicrohttpd-dev
+	# clusters (docs/cluster.md): etcd's JSON gateway and the peers are reached with libcurl;
+	# the tests and contrib/cluster-up.sh run a real etcd cluster from Debian's etcd-server
+	libcurl4-openssl-dev etcd-server etcd-client
 	# run
 	fuse3 qemu-system-x86 xfsprogs util-linux
 	# guest image (contrib/build-image.sh)
