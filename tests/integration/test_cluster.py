@@ -287,6 +287,22 @@ def etcd_keys(prefix):
     return {(k.decode() if isinstance(k, bytes) else k): v for k, v in ETCD.keys(prefix).items()}
 
 
+def until(pred, timeout, what):
+    """harness.wait_for, with what (a callable) describing the last state seen when it fails."""
+    try:
+        return harness.wait_for(pred, timeout, "")
+    except AssertionError:
+        raise AssertionError("not within %.0f s: %s" % (timeout, what() if callable(what) else what)) from None
+
+
+def state_of(h, name):
+    """The state in h's status of name, or the errno name its read failed with."""
+    try:
+        return h.status(name).get("state")
+    except OSError as e:
+        return harness.errno_name(e.errno)
+
+
 def sb_keys():
     """{key: value} under /emberfs/sb/ (the names held in the cluster)."""
     return {k: json.loads(v) for k, v in etcd_keys("/emberfs/sb/").items()}
@@ -335,8 +351,9 @@ class Cluster(harness.TestCase):
         for h in H:
             h.base = h.d.core(h.d.wait_inventory({**h.d.inventory(), "qemu": [], "run": [], "zombies": []}))
         # every host sees every host alive
-        harness.wait_for(lambda: all((v.host_status(o.name) or {}).get("alive") for v in H for o in H), 30,
-                         "every host alive in every host's view")
+        until(lambda: all((v.host_status(o.name) or {}).get("alive") for v in H for o in H), 30,
+              lambda: "every host alive in every host's view: %s" % {
+                  v.name: {o.name: v.host_status(o.name) for o in H} for v in H})
         sys.stderr.write("cluster up in %.1f s (key option %s, ttl option %s)\n" % (
             time.monotonic() - t0, CLUSTER_OPTS["key"], CLUSTER_OPTS["ttl"]))
 
@@ -384,14 +401,15 @@ class Cluster(harness.TestCase):
         for h in live:
             h.d.wait_pool(0)
             h.d.assert_inventory(h.base, timeout=15)
-        harness.wait_for(lambda: sb_keys() == {}, 10, "no key left under /emberfs/sb/: %s" % sb_keys())
+        until(lambda: sb_keys() == {}, 10, lambda: "no key left under /emberfs/sb/: %s" % sb_keys())
 
     def view_warm(self, viewer, owner, n):
         """Waits until viewer's hosts/OWNER/status advertises n warm slots of the default identity."""
         ident = owner.identity()
-        return harness.wait_for(
+        return until(
             lambda: ((viewer.host_status(owner.name) or {}).get("warm") or {}).get(ident, 0) == n, 15,
-            "%s's view: %d warm slots on %s (%s)" % (viewer.name, n, owner.name, viewer.host_status(owner.name)))
+            lambda: "%s's view: %d warm slots on %s (%s)" % (viewer.name, n, owner.name,
+                                                          viewer.host_status(owner.name)))
 
     def place_on(self, owner, names, via=None):
         """Makes names on host owner: a warm pool of len(names) there only (warm beats cold, test 01), each
@@ -596,8 +614,8 @@ class Cluster(harness.TestCase):
             h.d.expect_log_error(PEER_DOWN)
         b.d.kill9()
         t0 = time.monotonic()
-        harness.wait_for(lambda: all(self.status_lost(a, n, b.name) for n in ("d1", "d2")), ttl() + SLACK,
-                         "A shows B's sandboxes lost (%s)" % [self._try_status(a, n) for n in ("d1", "d2")])
+        until(lambda: all(self.status_lost(a, n, b.name) for n in ("d1", "d2")), ttl() + SLACK,
+              lambda: "A shows B's sandboxes lost: %s" % [self._try_status(a, n) for n in ("d1", "d2")])
         sys.stderr.write("host dies: lost on A after %.1f s (lease TTL %d s)\n" % (time.monotonic() - t0, ttl()))
         self.assertEqual(a.host_of("d1"), b.name)
         # its other files: EHOSTDOWN
@@ -617,10 +635,10 @@ class Cluster(harness.TestCase):
         # B back on its state dir: re-adopts its guests, reconciles with etcd
         b.d.expect_log_error(PEER_DOWN)
         b.restart()
-        harness.wait_for(lambda: b.d.sandbox_vm_dir("d1") is None, 20, "d1 (name freed while B was dead) "
-                         "destroyed on B\n" + b.d.log_tail())
-        harness.wait_for(lambda: (self._try_status(a, "d2") or {}).get("state") == "ready", ttl() + SLACK,
-                         "d2 ready again as A sees it: %s" % self._try_status(a, "d2"))
+        until(lambda: b.d.sandbox_vm_dir("d1") is None, 20,
+              lambda: "d1 (its name freed while B was dead) destroyed on B\n" + b.d.log_tail())
+        until(lambda: state_of(a, "d2") == "ready", ttl() + SLACK,
+              lambda: "d2 ready again as A sees it: %s\n%s" % (self._try_status(a, "d2"), b.d.log_tail()))
         self.assertEqual(b.status("d2")["vmm_pid"], vm_pids["d2"], "d2's guest was not re-adopted")
         self.assertEqual(a.host_of("d2"), b.name)
         self.assertEqual(a.sh("d2", "echo alive"), "alive\n")
@@ -718,8 +736,8 @@ class Cluster(harness.TestCase):
             self.assertEqual(c.status("c2")["state"], "ready")
             # the others see them lost once C's lease expired
             t1 = time.monotonic()
-            harness.wait_for(lambda: all(self.status_lost(a, n, c.name) for n in ("c1", "c2")), ttl() + SLACK,
-                             "A shows C's sandboxes lost: %s" % [self._try_status(a, n) for n in ("c1", "c2")])
+            until(lambda: all(self.status_lost(a, n, c.name) for n in ("c1", "c2")), ttl() + SLACK,
+                  lambda: "A shows C's sandboxes lost: %s" % [self._try_status(a, n) for n in ("c1", "c2")])
             sys.stderr.write("cut off: lost on A after %.1f s\n" % (time.monotonic() - t1))
             self.assertEqual(c.sh("c1", "echo still"), "still\n")  # still served locally
             # A frees c1 and makes that name again: it lands on A or B (C does not take creates)
@@ -732,14 +750,14 @@ class Cluster(harness.TestCase):
         finally:
             NET.restore()
         # C reconciles: its c1 goes (the name is another host's now), c2 is back for everyone
-        harness.wait_for(lambda: c.d.sandbox_vm_dir("c1") is None, ttl() + SLACK,
-                         "C's stale c1 destroyed after the cut ended\n" + c.d.log_tail())
+        until(lambda: c.d.sandbox_vm_dir("c1") is None, ttl() + SLACK,
+              lambda: "C's stale c1 destroyed after the cut ended\n" + c.d.log_tail())
         self.assertFalse(harness.pid_alive(pid1), "C's stale c1 VMM still runs")
-        harness.wait_for(lambda: (self._try_status(a, "c2") or {}).get("state") == "ready", ttl() + SLACK,
-                         "c2 ready as A sees it: %s" % self._try_status(a, "c2"))
+        until(lambda: state_of(a, "c2") == "ready", ttl() + SLACK,
+              lambda: "c2 ready as A sees it: %s\n%s" % (self._try_status(a, "c2"), c.d.log_tail()))
         self.assertEqual(a.sh("c2", "echo back"), "back\n")
-        harness.wait_for(lambda: c.try_host_of("c1") == new_host, 10, "C sees c1 on %s (%s)" % (
-            new_host, c.try_host_of("c1")))
+        until(lambda: c.try_host_of("c1") == new_host, 10,
+              lambda: "C sees c1 on %s (it says %s)" % (new_host, c.try_host_of("c1")))
         self.assertEqual(c.sh("c1", "hostname").strip(), "c1")  # forwarded to the new one
         keys = sb_keys()
         self.assertEqual((keys["/emberfs/sb/c1"]["host"], keys["/emberfs/sb/c2"]["host"]), (new_host, c.name))
