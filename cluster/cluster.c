@@ -620,9 +620,11 @@ static int create_here(struct cluster *c, struct template *t, const char *name, 
 		template_note_create_error(t, name, -EEXIST, "a sandbox of that name exists");
 		return -EEXIST;
 	}
-	if ((r = reserve(c, t, tpl, name, &rev)) < 0)
+	inflight(c, name, true); /* before the reservation: the reconciliation must not take it for stale */
+	if ((r = reserve(c, t, tpl, name, &rev)) < 0) {
+		inflight(c, name, false);
 		return r;
-	inflight(c, name, true);
+	}
 	r = json ? template_write_create(t, json, len) : engine_sandbox_create(c->e, t, name, &s);
 	if (r == 0 && json)
 		s = template_sandbox_get(t, name);
@@ -979,9 +981,11 @@ int cluster_ctl(struct cluster *c, struct sandbox *s, const char *cmd, size_t le
 			return sandbox_ctl(s, cmd, len); /* its own error */
 		if (!(tpl = engine_sandbox_template_name(c->e, sandbox_name(s))))
 			return -ENOENT;
-		if ((r = reserve(c, NULL, tpl, name, &rev)) < 0)
-			return r;
 		inflight(c, name, true);
+		if ((r = reserve(c, NULL, tpl, name, &rev)) < 0) {
+			inflight(c, name, false);
+			return r;
+		}
 		r = sandbox_ctl(s, cmd, len);
 		if (r < 0) {
 			unreserve(c, name, rev);
@@ -1001,6 +1005,23 @@ int cluster_ctl(struct cluster *c, struct sandbox *s, const char *cmd, size_t le
 }
 
 /* ---- reconciliation ---- */
+
+static bool own_key(struct cluster *c, const struct etcd_kv *kv)
+{
+	json_object *o = parse_obj(kv->value, kv->value_len);
+	const char *h = o ? jstr(o, "host") : NULL;
+	bool mine = h && strcmp(h, c->self) == 0;
+
+	json_object_put(o);
+	return mine;
+}
+
+static const char *kvs_key_of(const char *name, char **buf)
+{
+	free(*buf);
+	*buf = sb_key(name);
+	return *buf ? *buf : "";
+}
 
 /*
  * This host's names against etcd: a key of this host's with no sandbox here
@@ -1045,6 +1066,7 @@ static void reconcile(struct cluster *c)
 		for (size_t j = 0; sbs && sbs[j]; j++) {
 			const char *name = sbs[j];
 			const struct etcd_kv *kv = NULL;
+			_cleanup_free_ char *kbuf = NULL;
 			bool busy, was;
 
 			for (size_t i = 0; i < n && !kv; i++)
@@ -1056,6 +1078,16 @@ static void reconcile(struct cluster *c)
 			pthread_mutex_unlock(&c->lock);
 			if (busy)
 				continue;
+			if ((kv && !own_key(c, kv)) || (!kv && was)) {
+				/* a create may have committed since the range read: ask again before destroying */
+				struct etcd_kv now = { 0 };
+				int g = etcd_get(c->etcd, kvs_key_of(name, &kbuf), &now);
+				bool mine = g == 0 && own_key(c, &now);
+
+				etcd_kv_clear(&now);
+				if (mine || (g < 0 && g != -ENOENT))
+					continue;
+			}
 			if (kv) {
 				json_object *o = parse_obj(kv->value, kv->value_len);
 				const char *h = o ? jstr(o, "host") : NULL;
