@@ -83,7 +83,7 @@ RACE_ROUNDS = 100  # issue 20: "the same-name race (100 rounds, exactly one winn
 
 # Options whose names may still move: the first one `emberfs --help` lists is used.
 KEY_OPTS = ("--cluster-key", "--cluster-secret", "--cluster-key-file", "--cluster-secret-file", "--secret-file")
-TTL_OPTS = ("--lease-ttl", "--cluster-lease-ttl", "--cluster-ttl")
+TTL_OPTS = ("--cluster-ttl", "--lease-ttl", "--cluster-lease-ttl")
 LEASE_TTL = 5  # seconds, when the daemon lets us set it (default 10: cluster.h)
 DEFAULT_TTL = 10
 SLACK = 8.0  # on top of the TTL: the lease's expiry reaching every host's view through its watch
@@ -731,6 +731,9 @@ class Cluster(harness.TestCase):
             self.assertErrno(errno.EAGAIN, c.create, "cx")
             sys.stderr.write("cut off: mkdir on C: EAGAIN after %.0f ms\n" % ((time.perf_counter() - t0) * 1000))
             self.assertTrue(c.template_status().get("create_error"), c.template_status())
+            until(lambda: (c.host_status(c.name) or {}).get("etcd") == "unreachable", 10,
+                  lambda: "C's own status says etcd unreachable: %s" % c.host_status(c.name))
+            self.assertFalse(c.host_status(c.name).get("accepting"), c.host_status(c.name))
             # C's own users keep their sandboxes
             self.assertEqual(c.sh("c1", "echo local"), "local\n")
             self.assertEqual(c.status("c2")["state"], "ready")
