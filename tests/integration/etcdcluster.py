@@ -26,9 +26,13 @@ empty, to DIR/mI.out). Every cluster still running when the interpreter
 exits is stopped (atexit), so a failing test leaves no etcd behind.
 
 The same file is a command for contrib/cluster-up.sh, which keeps the members
-running after it returns (their own session, no atexit):
+running after it returns (their own session, no atexit), each member on an
+address of its own in a network namespace of its own if given
+(ADDR@NETNS: started with nsenter --net, as the script's hosts are):
 
-  etcdcluster.py up DIR BASE_CLIENT_PORT BASE_PEER_PORT [N]   prints the URLs
+  etcdcluster.py up DIR BASE_CLIENT_PORT BASE_PEER_PORT [ADDR[@NETNS]...]
+                               starts one member per ADDR (3 on loopback
+                               without), prints the URLs
   etcdcluster.py down DIR      stops the members whose pids DIR records
 """
 
@@ -122,11 +126,16 @@ class EtcdCluster:
     workdir: the directory for the members' data dirs, logs and pid files
     (default: a new temporary one, removed by stop()). detach: the members
     get their own session and outlive this process (contrib/cluster-up.sh);
-    otherwise stop() runs at exit.
+    otherwise stop() runs at exit. addrs, netns: per member, its address
+    (default HOST) and the named network namespace it runs in (default: ours).
     """
 
-    def __init__(self, base_client_port, base_peer_port, n=3, workdir=None, detach=False):
+    def __init__(self, base_client_port, base_peer_port, n=3, workdir=None, detach=False, addrs=None, netns=None):
         self.n = n
+        self.addrs = list(addrs) if addrs else [HOST] * n
+        self.netns = list(netns) if netns else [None] * n
+        if len(self.addrs) != n or len(self.netns) != n:
+            raise ValueError("addrs and netns name one entry per member")
         self.client_ports = [base_client_port + i for i in range(n)]
         self.peer_ports = [base_peer_port + i for i in range(n)]
         self.owns_dir = workdir is None
@@ -144,13 +153,13 @@ class EtcdCluster:
         return "m%d" % i
 
     def url(self, i):
-        return "http://%s:%d" % (HOST, self.client_ports[i])
+        return "http://%s:%d" % (self.addrs[i], self.client_ports[i])
 
     def urls(self):
         return ",".join(self.url(i) for i in range(self.n))
 
     def peer_url(self, i):
-        return "http://%s:%d" % (HOST, self.peer_ports[i])
+        return "http://%s:%d" % (self.addrs[i], self.peer_ports[i])
 
     def data_dir(self, i):
         return os.path.join(self.dir, self.name(i))
@@ -163,7 +172,9 @@ class EtcdCluster:
 
     def argv(self, i):
         initial = ",".join("%s=%s" % (self.name(j), self.peer_url(j)) for j in range(self.n))
-        return [ETCD, "--name", self.name(i), "--data-dir", self.data_dir(i),
+        # nsenter without --fork execs etcd: the pid is etcd's
+        prefix = ["nsenter", "--net=/run/netns/" + self.netns[i]] if self.netns[i] else []
+        return prefix + [ETCD, "--name", self.name(i), "--data-dir", self.data_dir(i),
                 "--listen-client-urls", self.url(i), "--advertise-client-urls", self.url(i),
                 "--listen-peer-urls", self.peer_url(i), "--initial-advertise-peer-urls", self.peer_url(i),
                 "--initial-cluster", initial, "--initial-cluster-token", self.token,
@@ -173,9 +184,10 @@ class EtcdCluster:
 
     # ---- lifecycle ----
     def start(self, timeout=START_TIMEOUT):
-        busy = [p for p in self.client_ports + self.peer_ports if not port_free(p)]
+        busy = ["%s:%d" % (self.addrs[i], p) for i in range(self.n) if not self.netns[i]
+                for p in (self.client_ports[i], self.peer_ports[i]) if not port_free(p, self.addrs[i])]
         if busy:
-            raise EtcdError("etcd ports already in use on %s: %s" % (HOST, ", ".join(map(str, busy))))
+            raise EtcdError("etcd ports already in use: %s" % ", ".join(busy))
         for i in range(self.n):
             self._spawn(i)
         for i in range(self.n):
@@ -328,10 +340,11 @@ atexit.register(_stop_all)
 
 
 def stop_recorded(workdir, timeout=STOP_TIMEOUT):
-    """Stops the members a detached cluster recorded in workdir (mI.pid): SIGTERM,
-    SIGKILL after timeout. A pid is signalled only while its command line is
-    etcd on that member's data dir (the pid may have been reused). Returns the
-    pids that were running."""
+    """Stops the members a detached cluster recorded in workdir (mI.pid), one
+    at a time (all at once, the last ones wait seconds for a leader that is
+    going too): SIGTERM, SIGKILL after timeout. A pid is signalled only while
+    its command line is etcd on that member's data dir (the pid may have been
+    reused). Returns the pids that were running."""
     workdir = os.path.realpath(workdir)
     running = []
     for entry in sorted(os.listdir(workdir)) if os.path.isdir(workdir) else []:
@@ -348,19 +361,19 @@ def stop_recorded(workdir, timeout=STOP_TIMEOUT):
         if argv and os.path.basename(argv[0]) == "etcd" and data_dir in argv:
             running.append(pid)
             os.kill(pid, signal.SIGTERM)
+            if not _wait_exit(pid, timeout):
+                os.kill(pid, signal.SIGKILL)
+                _wait_exit(pid, STOP_TIMEOUT)
         os.unlink(path)
-    for pid in running:
-        if not _wait_exit(pid, timeout):
-            os.kill(pid, signal.SIGKILL)
-            _wait_exit(pid, STOP_TIMEOUT)
     return running
 
 
 def _main(argv):
-    usage = "usage: etcdcluster.py up DIR BASE_CLIENT_PORT BASE_PEER_PORT [N] | down DIR"
-    if len(argv) in (5, 6) and argv[1] == "up":
-        c = EtcdCluster(int(argv[3]), int(argv[4]), n=int(argv[5]) if len(argv) == 6 else 3,
-                        workdir=argv[2], detach=True)
+    usage = "usage: etcdcluster.py up DIR BASE_CLIENT_PORT BASE_PEER_PORT [ADDR[@NETNS]...] | down DIR"
+    if len(argv) >= 5 and argv[1] == "up":
+        members = [m.partition("@") for m in argv[5:]]
+        c = EtcdCluster(int(argv[3]), int(argv[4]), n=len(members) or 3, workdir=argv[2], detach=True,
+                        addrs=[m[0] for m in members], netns=[m[2] or None for m in members])
         try:
             c.start()
         except EtcdError as e:
