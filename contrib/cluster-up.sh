@@ -14,7 +14,8 @@
 # routes and masquerades the namespaces to the world: the sandboxes' egress).
 # Etcd member N listens on 10.250.0.1N:2379+N-1 (peers 2479+N-1) inside
 # efc-H, with the flags of tests/integration/etcdcluster.py (which starts
-# it); emberfs on H advertises 10.250.0.1N:7070 for its peers. So host
+# it); emberfs on H advertises 10.250.0.1N:4701 for its peers, all three
+# with the one key $EMBERFS_CLUSTER_DIR/cluster.key (made here). So host
 # traffic really crosses a network: `ip link set efc-H-br down` cuts H
 # off from etcd and from the other hosts (a partition), `up` heals it.
 #
@@ -38,7 +39,7 @@ MNTROOT=${EMBERFS_CLUSTER_MNT:-/tmp/emberfs-cluster}
 HOSTS=(a b c)
 BRIDGE=efcbr0
 NET=10.250.0          # .1 the bridge, .11 .12 .13 the hosts
-PEER_PORT=7070
+PEER_PORT=4701
 ETCD_CLIENT=2379      # member N: 2379 + N - 1 (etcdcluster.py: base + index)
 ETCD_PEER=2479
 NFT_TABLE=emberfs_cluster
@@ -143,7 +144,8 @@ host_up() { # index, image dir
 	nsenter --net="/run/netns/$(ns_of "$h")" \
 		build/fs/emberfs --state-dir "$state" --image-dir "$image" --log "$state/emberfs.log" \
 		--pid-file "$state/emberfs.pid" "${opts[@]}" \
-		--cluster "$(etcd_urls)" --host-name "$h" --advertise "$(addr_of "$i"):$PEER_PORT" "$mnt"
+		--cluster "$(etcd_urls)" --host-name "$h" --advertise "$(addr_of "$i"):$PEER_PORT" \
+		--cluster-key "$ROOT/cluster.key" "$mnt"
 }
 
 # Unmounts host h and waits (60 s) for its daemon to exit; 1 if it did not.
@@ -232,6 +234,11 @@ cmd_up() {
 			"the sandboxes get no DNS unless EMBERFS_CLUSTER_DNS=ADDR names one they do"
 	fi
 	start_etcd_part up
+	# the key the hosts authenticate each other with: one for all three (each
+	# host would make its own in its state dir otherwise)
+	if [ ! -s "$ROOT/cluster.key" ]; then
+		(umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$ROOT/cluster.key" && echo >>"$ROOT/cluster.key")
+	fi
 	for i in "${!HOSTS[@]}"; do
 		if ! host_up "$i" "$image"; then
 			h=${HOSTS[$i]}
@@ -252,7 +259,7 @@ A three-host emberfs cluster is up (etcd $(etcd_urls)):
 $(for i in "${!HOSTS[@]}"; do h=${HOSTS[$i]}; echo "  host $h: mount $MNTROOT/$h, namespace $(ns_of "$h") at $(addr_of "$i"), state $ROOT/$h, log $ROOT/$h/emberfs.log"; done)
 
   ls $MNTROOT/a/hosts/                                  # every host, from any of them
-  cat $MNTROOT/a/hosts/b/*                              # b's capacity, load, warm slots, health
+  cat $MNTROOT/a/hosts/b/status                         # b's capacity, load, warm slots, health
   mkdir $MNTROOT/a/templates/default/sandboxes/s1       # create on a: placed somewhere
   cat $MNTROOT/b/templates/default/sandboxes/s1/host    # from b: where it runs
   cat $MNTROOT/b/templates/default/sandboxes/s1/wait
