@@ -87,3 +87,11 @@ struct etcd_watch;
 int etcd_watch_start(struct etcd *e, const char *prefix, const struct etcd_watch_cb *cb, struct etcd_watch **ret);
 /* Stops the thread (bounded: the stream is aborted), no callback after it returns. */
 void etcd_watch_stop(struct etcd_watch *w);
+
+/*
+ * etcd_watch_start for a caller that already has the state at rev (> 0):
+ * no first range read, events from rev + 1 on. If the store was compacted
+ * past rev, it falls back to a range read and reset() (after state(false)).
+ */
+int etcd_watch_start_from(struct etcd *e, const char *prefix, int64_t rev, const struct etcd_watch_cb *cb,
+			  struct etcd_watch **ret);
