@@ -45,7 +45,7 @@ static void member_url(int i, char *buf, size_t size)
 
 static pid_t member_start(int i)
 {
-	char name[8], dir[128], log[128], curl[64], purl[64], cluster[256];
+	char name[16], dir[128], log[128], curl[64], purl[64], cluster[256];
 	pid_t pid;
 
 	snprintf(name, sizeof(name), "m%d", i + 1);
