@@ -221,6 +221,13 @@ static int jpush(json_object *a, json_object *val)
 	return 0;
 }
 
+/*
+ * JSON only (no comments, no single quotes, ...): json-c's default eats a
+ * comment after an object as whitespace, which would hold a complete
+ * message back until more bytes come; what follows an object is ours.
+ */
+#define TOKENER_FLAGS (JSON_TOKENER_STRICT | JSON_TOKENER_ALLOW_TRAILING_CHARS)
+
 /* Parses one whole JSON object from body (trailing whitespace allowed). */
 static int parse_body(const char *body, size_t len, json_object **ret)
 {
@@ -233,6 +240,7 @@ static int parse_body(const char *body, size_t len, json_object **ret)
 	tok = json_tokener_new();
 	if (!tok)
 		return -ENOMEM;
+	json_tokener_set_flags(tok, TOKENER_FLAGS);
 	o = json_tokener_parse_ex(tok, body, (int)len);
 	end = json_tokener_get_parse_end(tok);
 	if (!o || json_tokener_get_error(tok) != json_tokener_success) {
@@ -323,7 +331,10 @@ int etcd_wdec_init(struct etcd_wdec *d, void (*event)(void *ctx, const struct et
 {
 	*d = (struct etcd_wdec){ .event = event, .ctx = ctx };
 	d->tok = json_tokener_new();
-	return d->tok ? 0 : -ENOMEM;
+	if (!d->tok)
+		return -ENOMEM;
+	json_tokener_set_flags(d->tok, TOKENER_FLAGS);
+	return 0;
 }
 
 void etcd_wdec_done(struct etcd_wdec *d)
@@ -605,18 +616,72 @@ static int answer_decode(const char *url, long status, struct buf *b, json_objec
 	return 0;
 }
 
+/* Appends "; what" to the reasons of a round (truncated, never overrun). */
+static void reason_add(char *buf, size_t size, size_t *len, const char *url, const char *what)
+{
+	int n = snprintf(buf + *len, size - *len, "%s%s: %s", *len ? "; " : "", url, what);
+
+	if (n > 0)
+		*len = *len + (size_t)n >= size ? size - 1 : *len + (size_t)n;
+}
+
+/*
+ * One POST of body to one member, within share_ms. Returns what
+ * answer_decode does, or -EAGAIN when the member did not answer
+ * (*ret_unsent: and the request surely was not executed: no connection,
+ * or a member without a leader, which refuses before anything).
+ */
+static int call_one(struct etcd *e, CURL *h, size_t idx, const char *path, const char *body, size_t len,
+		    unsigned share_ms, json_object **ret, char *reasons, size_t rsize, size_t *rlen, bool *ret_unsent)
+{
+	_cleanup_free_ char *url = strjoin(e->urls[idx], path, NULL);
+	struct buf b = { 0 };
+	long status = 0;
+	CURLcode cc;
+	int r;
+
+	if (!url)
+		return -ENOMEM;
+	if (request_setup(e, h, url, body, len, share_ms, buf_write, &b) < 0)
+		return set_error(-EINVAL, "etcd: curl refused the options of %s", url);
+	cc = curl_easy_perform(h);
+	if (cc == CURLE_WRITE_ERROR) {
+		free(b.data);
+		return set_error(-EPROTO, "etcd: %s answered more than %u bytes", e->urls[idx], ETCD_MAX_ANSWER);
+	}
+	if (cc != CURLE_OK) {
+		free(b.data);
+		*ret_unsent = cc == CURLE_COULDNT_CONNECT || cc == CURLE_COULDNT_RESOLVE_HOST;
+		reason_add(reasons, rsize, rlen, e->urls[idx], curl_easy_strerror(cc));
+		return -EAGAIN;
+	}
+	curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+	r = answer_decode(e->urls[idx], status, &b, ret);
+	free(b.data);
+	if (r == -EAGAIN) {
+		const char *why = tl_error + strlen("etcd: ") + strlen(e->urls[idx]) + 2;
+
+		*ret_unsent = strstr(why, "no leader") != NULL;
+		reason_add(reasons, rsize, rlen, e->urls[idx], why);
+	}
+	return r;
+}
+
 /*
  * POSTs req to path on the members in turn, from the last good one, each
- * given its share of what is left of the timeout. -EAGAIN when none
- * answered (or each said it cannot serve now).
+ * given its share of what is left of the timeout. While every member
+ * failed in a way that surely left the request undone (no connection, no
+ * leader: an election), the round is tried again until the timeout;
+ * after a timeout (the request may have been done) it is not. -EAGAIN
+ * when no member answered, etcd_error() listing why for each.
  */
 static int etcd_call(struct etcd *e, const char *path, json_object *req, size_t raw_size, json_object **ret)
 {
-	const char *body;
-	size_t len, start = atomic_load(&e->good);
 	uint64_t deadline = now_ns() + (uint64_t)e->timeout_ms * 1000000u;
 	char reasons[sizeof(tl_error)] = "";
-	size_t rl = 0;
+	size_t len, rl = 0;
+	bool again = true;
+	const char *body;
 	CURL *h;
 	int r = -EAGAIN;
 
@@ -629,55 +694,40 @@ static int etcd_call(struct etcd *e, const char *path, json_object *req, size_t 
 	h = pool_get(e);
 	if (!h)
 		return -ENOMEM;
-	for (size_t i = 0; i < e->n_urls; i++) {
-		size_t idx = (start + i) % e->n_urls;
-		_cleanup_free_ char *url = strjoin(e->urls[idx], path, NULL);
-		struct buf b = { 0 };
+	for (unsigned round = 0; again && r == -EAGAIN; round++) {
+		size_t start = atomic_load(&e->good);
 		uint64_t now = now_ns();
-		unsigned share;
-		long status = 0;
-		CURLcode cc;
 
-		if (!url) {
-			r = -ENOMEM;
-			break;
+		if (round > 0) {
+			/* an election takes about a second: look again soon */
+			if (now + 50000000u >= deadline)
+				break;
+			usleep(50000);
 		}
-		if (now >= deadline)
-			break;
-		share = (unsigned)((deadline - now) / 1000000u / (e->n_urls - i));
-		if (share == 0)
-			share = 1;
-		if (request_setup(e, h, url, body, len, share, buf_write, &b) < 0) {
-			r = set_error(-EINVAL, "etcd: curl refused the options of %s", url);
-			break;
-		}
-		cc = curl_easy_perform(h);
-		if (cc == CURLE_OK) {
-			curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
-			r = answer_decode(e->urls[idx], status, &b, ret);
-			free(b.data);
+		rl = 0;
+		reasons[0] = 0;
+		for (size_t i = 0; i < e->n_urls && r == -EAGAIN; i++) {
+			size_t idx = (start + i) % e->n_urls;
+			bool unsent = false;
+			unsigned share;
+
+			now = now_ns();
+			if (now >= deadline) {
+				again = false;
+				break;
+			}
+			share = (unsigned)((deadline - now) / 1000000u / (e->n_urls - i));
+			r = call_one(e, h, idx, path, body, len, share ? share : 1, ret, reasons, sizeof(reasons), &rl,
+				     &unsent);
 			if (r != -EAGAIN) {
 				atomic_store(&e->good, idx);
 				break;
 			}
-			rl += (size_t)snprintf(reasons + rl, sizeof(reasons) - rl, "%s%s", rl ? "; " : "",
-					       tl_error + strlen("etcd: "));
-		} else {
-			free(b.data);
-			if (cc == CURLE_WRITE_ERROR) {
-				r = set_error(-EPROTO, "etcd: %s answered more than %u bytes", e->urls[idx],
-					      ETCD_MAX_ANSWER);
-				break;
-			}
-			rl += (size_t)snprintf(reasons + rl, sizeof(reasons) - rl, "%s%s: %s", rl ? "; " : "",
-					       e->urls[idx], curl_easy_strerror(cc));
+			again = again && unsent;
+			/* the next call starts with the next member */
+			size_t expect = idx;
+			atomic_compare_exchange_strong(&e->good, &expect, (idx + 1) % e->n_urls);
 		}
-		if (rl >= sizeof(reasons))
-			rl = sizeof(reasons) - 1;
-		r = -EAGAIN;
-		/* the next call starts with the next member */
-		if (idx == atomic_load(&e->good))
-			atomic_store(&e->good, (idx + 1) % e->n_urls);
 	}
 	pool_put(e, h);
 	if (r == -EAGAIN)
@@ -734,8 +784,14 @@ int etcd_new(const char *urls, unsigned timeout_ms, struct etcd **ret)
 	e->headers = curl_slist_append(NULL, "Content-Type: application/json");
 	if (!e->headers)
 		goto fail_nomem;
-	/* no 100-continue round trip for big bodies */
-	if (!curl_slist_append(e->headers, "Expect:"))
+	/*
+	 * no 100-continue round trip for big bodies; and the gateway passes
+	 * Grpc-Metadata-* on as gRPC metadata: "hasleader" makes a member
+	 * that has no leader (lost quorum) say so (UNAVAILABLE) instead of
+	 * holding the request, and cancel a watch it serves once it loses it
+	 */
+	if (!curl_slist_append(e->headers, "Expect:") ||
+	    !curl_slist_append(e->headers, "Grpc-Metadata-hasleader: true"))
 		goto fail_nomem;
 	*ret = e;
 	return 0;
