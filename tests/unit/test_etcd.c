@@ -797,8 +797,22 @@ static void test_quorum_lost(void **state)
 	uint64_t t0;
 	double ms;
 
+	struct rec r = { .lock = PTHREAD_MUTEX_INITIALIZER };
+	struct etcd_watch_cb cb = { rec_reset, rec_event, rec_state, &r };
+	struct etcd_watch *w;
+	struct etcd *e3;
+	char u3[64];
+
 	NEED_ETCD();
+	/* a watch served by m3, which is about to lose its leader */
+	member_url(2, u3, sizeof(u3));
+	assert_int_equal(etcd_new(u3, 1000, &e3), 0);
+	assert_int_equal(etcd_watch_start(e3, "/t/q/", &cb, &w), 0);
+	assert_true(WAIT_FOR(&r, 5000, r.connected));
 	member_kill(1);
+	t0 = now_ns();
+	assert_true(WAIT_FOR(&r, 10000, r.downs >= 1));
+	print_message("the watch on m3 said it lost its leader after %.0f ms: %s\n", ns_to_ms(now_ns() - t0), r.reason);
 	assert_int_equal(etcd_new(urls, 1000, &e), 0);
 	t0 = now_ns();
 	assert_int_equal(etcd_create(e, "/t/q/a", "1", 1, 0, NULL), -EAGAIN);
@@ -811,6 +825,10 @@ static void test_quorum_lost(void **state)
 	assert_true(ns_to_ms(now_ns() - t0) < 1300);
 	assert_true(strlen(etcd_error()) > 0);
 	etcd_free(e);
+	t0 = now_ns();
+	etcd_watch_stop(w);
+	assert_true(ns_to_ms(now_ns() - t0) < 200);
+	etcd_free(e3);
 }
 
 int main(void)
