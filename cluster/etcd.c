@@ -463,6 +463,9 @@ int etcd_watch_feed(struct etcd_wdec *d, const void *data, size_t len)
 			len--;
 			continue;
 		}
+		/* every message is an object (json-c ends a bare number differently by chunk) */
+		if (d->pending == 0 && *p != '{')
+			return wdec_fail(d, -EPROTO, "etcd watch: a message that is no object");
 		msg = json_tokener_parse_ex(d->tok, p, (int)chunk);
 		jerr = json_tokener_get_error(d->tok);
 		used = json_tokener_get_parse_end(d->tok);
