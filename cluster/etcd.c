@@ -940,50 +940,90 @@ int etcd_put(struct etcd *e, const char *key, const void *val, size_t len, int64
 	return 0;
 }
 
-/*
- * A txn of one comparison of key's target (CREATE or MOD) revision and one
- * operation (op_name: request_put, request_delete_range) on success.
- * Returns 1 if it succeeded, 0 if the comparison failed.
- */
-static int txn_one(struct etcd *e, const char *key, const char *target, int64_t rev, const char *op_name,
-		   json_object *op, size_t raw_size, int64_t *ret_rev)
+static json_object *cmp_json(const struct etcd_cmp *c)
+{
+	_cleanup_json_ json_object *o = json_object_new_object();
+	bool create = c->target == ETCD_CMP_CREATE;
+
+	if (!o || !c->key || !*c->key || (c->target != ETCD_CMP_CREATE && c->target != ETCD_CMP_MOD))
+		return NULL;
+	if (jadd(o, "key", jbytes(c->key, strlen(c->key))) < 0 ||
+	    jadd(o, "result", json_object_new_string("EQUAL")) < 0 ||
+	    jadd(o, "target", json_object_new_string(create ? "CREATE" : "MOD")) < 0 ||
+	    jadd(o, create ? "create_revision" : "mod_revision", jint64(c->rev)) < 0)
+		return NULL;
+	return TAKE_PTR(o);
+}
+
+static json_object *op_json(const struct etcd_op *op)
+{
+	_cleanup_json_ json_object *o = json_object_new_object();
+	json_object *inner;
+
+	if (!o || !op->key || !*op->key)
+		return NULL;
+	switch (op->type) {
+	case ETCD_OP_PUT:
+		inner = put_op(op->key, op->val, op->len, op->lease);
+		return jadd(o, "request_put", inner) < 0 ? NULL : TAKE_PTR(o);
+	case ETCD_OP_DELETE:
+		inner = key_op(op->key);
+		return jadd(o, "request_delete_range", inner) < 0 ? NULL : TAKE_PTR(o);
+	}
+	return NULL;
+}
+
+/* What the request weighs in protobuf, about (etcd's limit is on that, not on the JSON). */
+static size_t txn_raw_size(const struct etcd_cmp *cmps, size_t n_cmps, const struct etcd_op *ops, size_t n_ops)
+{
+	size_t raw = 16;
+
+	for (size_t i = 0; i < n_cmps; i++)
+		raw += (cmps[i].key ? strlen(cmps[i].key) : 0) + 24;
+	for (size_t i = 0; i < n_ops; i++)
+		raw += (ops[i].key ? strlen(ops[i].key) : 0) + (ops[i].type == ETCD_OP_PUT ? ops[i].len : 0) + 24;
+	return raw;
+}
+
+int etcd_txn(struct etcd *e, const struct etcd_cmp *cmps, size_t n_cmps, const struct etcd_op *ops, size_t n_ops,
+	     int64_t *ret_rev)
 {
 	_cleanup_json_ json_object *req = json_object_new_object(), *ans = NULL;
-	json_object *cmp = json_object_new_object(), *cmps = json_object_new_array(), *succ = json_object_new_array(),
-		    *wrap = json_object_new_object();
-	int64_t hrev;
-	int r = -ENOMEM;
+	json_object *arr;
+	int64_t rev;
+	int r;
 
-	/* each piece is owned by its parent once added; on failure jadd frees it */
-	if (!req || !cmp || !cmps || !succ || !wrap || !op)
-		goto fail;
-	if (jadd(cmp, "key", jbytes(key, strlen(key))) < 0 || jadd(cmp, "result", json_object_new_string("EQUAL")) < 0 ||
-	    jadd(cmp, "target", json_object_new_string(target)) < 0 ||
-	    jadd(cmp, !strcmp(target, "CREATE") ? "create_revision" : "mod_revision", jint64(rev)) < 0)
-		goto fail;
-	if (jpush(cmps, TAKE_PTR(cmp)) < 0 || jadd(req, "compare", TAKE_PTR(cmps)) < 0)
-		goto fail;
-	if (jadd(wrap, op_name, TAKE_PTR(op)) < 0 || jpush(succ, TAKE_PTR(wrap)) < 0 ||
-	    jadd(req, "success", TAKE_PTR(succ)) < 0)
-		goto fail;
-	r = etcd_call(e, "/v3/kv/txn", req, raw_size + strlen(key) + 48, &ans);
+	if (n_cmps > ETCD_MAX_TXN_OPS || n_ops > ETCD_MAX_TXN_OPS)
+		return set_error(-E2BIG, "etcd: a txn of %zu comparisons and %zu operations (the limit is %u each)",
+				 n_cmps, n_ops, ETCD_MAX_TXN_OPS);
+	if (!req)
+		return -ENOMEM;
+	if (n_cmps) {
+		arr = json_object_new_array();
+		if (jadd(req, "compare", arr) < 0)
+			return -ENOMEM;
+		for (size_t i = 0; i < n_cmps; i++)
+			if (jpush(arr, cmp_json(&cmps[i])) < 0)
+				return -EINVAL; /* or ENOMEM: the bad comparison is the likelier */
+	}
+	if (n_ops) {
+		arr = json_object_new_array();
+		if (jadd(req, "success", arr) < 0)
+			return -ENOMEM;
+		for (size_t i = 0; i < n_ops; i++)
+			if (jpush(arr, op_json(&ops[i])) < 0)
+				return -EINVAL;
+	}
+	r = etcd_call(e, "/v3/kv/txn", req, txn_raw_size(cmps, n_cmps, ops, n_ops), &ans);
 	if (r < 0)
 		return r;
-	if (header_revision(ans, &hrev) < 0)
+	if (header_revision(ans, &rev) < 0)
 		return set_error(-EPROTO, "etcd: a txn answer without a revision");
 	if (!jget_bool(ans, "succeeded"))
-		return 0;
+		return -ESTALE;
 	if (ret_rev)
-		*ret_rev = hrev;
-	return 1;
-
-fail:
-	json_object_put(cmp);
-	json_object_put(cmps);
-	json_object_put(succ);
-	json_object_put(wrap);
-	json_object_put(op);
-	return r;
+		*ret_rev = rev;
+	return 0;
 }
 
 int etcd_create(struct etcd *e, const char *key, const void *val, size_t len, int64_t lease, int64_t *ret_rev)
@@ -992,20 +1032,18 @@ int etcd_create(struct etcd *e, const char *key, const void *val, size_t len, in
 
 	if (!*key)
 		return -EINVAL;
-	r = txn_one(e, key, "CREATE", 0, "request_put", put_op(key, val, len, lease), strlen(key) + len + 32, ret_rev);
-	return r < 0 ? r : r ? 0 : -EEXIST;
+	r = etcd_txn(e, &(struct etcd_cmp){ key, ETCD_CMP_CREATE, 0 }, 1,
+		     &(struct etcd_op){ ETCD_OP_PUT, key, val, len, lease }, 1, ret_rev);
+	return r == -ESTALE ? -EEXIST : r;
 }
 
 int etcd_put_fenced(struct etcd *e, const char *key, const void *val, size_t len, int64_t lease, int64_t mod_rev,
 		    int64_t *ret_rev)
 {
-	int r;
-
 	if (!*key)
 		return -EINVAL;
-	r = txn_one(e, key, "MOD", mod_rev, "request_put", put_op(key, val, len, lease), strlen(key) + len + 32,
-		    ret_rev);
-	return r < 0 ? r : r ? 0 : -ESTALE;
+	return etcd_txn(e, &(struct etcd_cmp){ key, ETCD_CMP_MOD, mod_rev }, 1,
+			&(struct etcd_op){ ETCD_OP_PUT, key, val, len, lease }, 1, ret_rev);
 }
 
 int etcd_delete(struct etcd *e, const char *key, int64_t *ret_deleted)
@@ -1031,12 +1069,10 @@ int etcd_delete(struct etcd *e, const char *key, int64_t *ret_deleted)
 
 int etcd_delete_fenced(struct etcd *e, const char *key, int64_t mod_rev)
 {
-	int r;
-
 	if (!*key)
 		return -EINVAL;
-	r = txn_one(e, key, "MOD", mod_rev, "request_delete_range", key_op(key), strlen(key) + 16, NULL);
-	return r < 0 ? r : r ? 0 : -ESTALE;
+	return etcd_txn(e, &(struct etcd_cmp){ key, ETCD_CMP_MOD, mod_rev }, 1,
+			&(struct etcd_op){ ETCD_OP_DELETE, key, NULL, 0, 0 }, 1, NULL);
 }
 
 /* A range request's body: key alone, or [key, end) when end is given. */

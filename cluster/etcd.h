@@ -25,7 +25,7 @@ struct etcd;
 
 /* urls: comma-separated "http://HOST:PORT" of the members; timeout_ms bounds each call. */
 int etcd_new(const char *urls, unsigned timeout_ms, struct etcd **ret);
-void etcd_free(struct etcd *e);
+void etcd_free(struct etcd *e); /* after every watch of it is stopped */
 /* The reason of the calling thread's last -EAGAIN/-EPROTO (thread-local; never NULL). */
 const char *etcd_error(void);
 
@@ -50,6 +50,29 @@ int etcd_create(struct etcd *e, const char *key, const void *val, size_t len, in
 /* A put fenced by MOD revision == mod_rev (-ESTALE otherwise). */
 int etcd_put_fenced(struct etcd *e, const char *key, const void *val, size_t len, int64_t lease, int64_t mod_rev,
 		    int64_t *ret_rev);
+/*
+ * A transaction: if every comparison holds (key's CREATE or MOD revision
+ * EQUAL to rev; a CREATE revision of 0: the key is absent), every op is
+ * done, atomically. -ESTALE if a comparison failed (nothing done);
+ * -E2BIG beyond 128 comparisons or operations, or 1.5 MiB, before
+ * anything is sent. *ret_rev (may be NULL): the revision of the txn.
+ */
+enum etcd_cmp_target { ETCD_CMP_CREATE, ETCD_CMP_MOD };
+struct etcd_cmp {
+	const char *key;
+	enum etcd_cmp_target target;
+	int64_t rev;
+};
+enum etcd_op_type { ETCD_OP_PUT, ETCD_OP_DELETE };
+struct etcd_op {
+	enum etcd_op_type type;
+	const char *key;
+	const void *val; /* PUT only */
+	size_t len;
+	int64_t lease;	 /* PUT only; 0: none */
+};
+int etcd_txn(struct etcd *e, const struct etcd_cmp *cmps, size_t n_cmps, const struct etcd_op *ops, size_t n_ops,
+	     int64_t *ret_rev);
 /* Deletes key (0 even if it was absent); *ret_deleted (may be NULL): how many. */
 int etcd_delete(struct etcd *e, const char *key, int64_t *ret_deleted);
 /* A delete fenced by MOD revision == mod_rev (-ESTALE otherwise). */
@@ -85,7 +108,7 @@ struct etcd_watch_cb {
 };
 struct etcd_watch;
 int etcd_watch_start(struct etcd *e, const char *prefix, const struct etcd_watch_cb *cb, struct etcd_watch **ret);
-/* Stops the thread (bounded: the stream is aborted), no callback after it returns. */
+/* Stops the thread (bounded: the stream is aborted), no callback after it returns. Not from a callback. */
 void etcd_watch_stop(struct etcd_watch *w);
 
 /*

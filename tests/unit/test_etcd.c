@@ -285,6 +285,48 @@ static void test_limits(void **state)
 	free(v);
 }
 
+static void test_txn(void **state)
+{
+	static struct etcd_op many[129];
+	struct etcd_kv kv = { 0 };
+	int64_t rev, rev2;
+
+	NEED_ETCD();
+	assert_int_equal(etcd_put(E, "/t/tx/a", "1", 1, 0, &rev), 0);
+	/* a commit: the reservation fenced, a second key written with it */
+	assert_int_equal(etcd_txn(E,
+				  (struct etcd_cmp[]){ { "/t/tx/a", ETCD_CMP_MOD, rev }, { "/t/tx/b", ETCD_CMP_CREATE, 0 } },
+				  2,
+				  (struct etcd_op[]){ { ETCD_OP_PUT, "/t/tx/b", "2", 1, 0 },
+						      { ETCD_OP_DELETE, "/t/tx/a", NULL, 0, 0 } },
+				  2, &rev2),
+			 0);
+	assert_true(rev2 > rev);
+	assert_int_equal(etcd_get(E, "/t/tx/a", &kv), -ENOENT);
+	assert_int_equal(etcd_get(E, "/t/tx/b", &kv), 0);
+	assert_int_equal(kv.mod_rev, rev2);
+	etcd_kv_clear(&kv);
+	/* a comparison fails: nothing done */
+	assert_int_equal(etcd_txn(E, (struct etcd_cmp[]){ { "/t/tx/b", ETCD_CMP_CREATE, 0 } }, 1,
+				  (struct etcd_op[]){ { ETCD_OP_PUT, "/t/tx/c", "3", 1, 0 } }, 1, NULL),
+			 -ESTALE);
+	assert_int_equal(etcd_get(E, "/t/tx/c", &kv), -ENOENT);
+	/* 128 operations go, 129 are refused before sending */
+	for (size_t i = 0; i < ARRAY_SIZE(many); i++) {
+		char *k = NULL;
+
+		assert_true(asprintf(&k, "/t/tx/many/%03zu", i) > 0);
+		many[i] = (struct etcd_op){ ETCD_OP_PUT, k, "x", 1, 0 };
+	}
+	assert_int_equal(etcd_txn(E, NULL, 0, many, 129, NULL), -E2BIG);
+	assert_non_null(strstr(etcd_error(), "128"));
+	assert_int_equal(etcd_txn(E, NULL, 0, many, 128, NULL), 0);
+	for (size_t i = 0; i < ARRAY_SIZE(many); i++)
+		free((char *)many[i].key);
+	/* a bad comparison */
+	assert_int_equal(etcd_txn(E, (struct etcd_cmp[]){ { "", ETCD_CMP_MOD, 1 } }, 1, NULL, 0, NULL), -EINVAL);
+}
+
 /* ---- the race: exactly one create wins ---- */
 
 struct racer {
@@ -843,6 +885,7 @@ int main(void)
 		cmocka_unit_test(test_fenced),
 		cmocka_unit_test(test_lease),
 		cmocka_unit_test(test_limits),
+		cmocka_unit_test(test_txn),
 		cmocka_unit_test(test_race),
 		cmocka_unit_test(test_create_latency),
 		cmocka_unit_test(test_watch),
