@@ -1340,7 +1340,7 @@ static void *watch_main(void *arg)
 	size_t idx = atomic_load(&e->good);
 	unsigned backoff = BACKOFF_MIN_MS;
 	int64_t rev = w->start_rev;
-	bool need_reset = rev == 0, said = false;
+	bool need_reset = rev == 0, said = false, compacted = false;
 
 	while (!atomic_load(&w->stop)) {
 		const char *url = e->urls[idx % e->n_urls];
@@ -1360,8 +1360,12 @@ static void *watch_main(void *arg)
 			watch_say(w, false, w->why);
 		said = true;
 		need_reset = true;
-		if (r == -ESTALE)
-			continue; /* compacted: read the state again now */
+		/* compacted: read the state again now (once: a member that says so again waits) */
+		if (r == -ESTALE && !compacted) {
+			compacted = true;
+			continue;
+		}
+		compacted = false;
 		idx++;
 		watch_sleep(w, backoff);
 		backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;

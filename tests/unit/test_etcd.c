@@ -497,6 +497,20 @@ static void test_watch_feed(void **state)
 		assert_string_equal(r.evs, "P a=c;D a prev=c;");
 		etcd_wdec_done(&d);
 	}
+	/* a message is handed over as soon as its last byte is in, newline or not */
+	{
+		struct rec r = { .lock = PTHREAD_MUTEX_INITIALIZER };
+		const char *second = strchr(recorded, '\n') + 1, *end = strchr(second, '\n');
+
+		assert_int_equal(etcd_wdec_init(&d, rec_event, &r), 0);
+		assert_int_equal(etcd_watch_feed(&d, recorded, (size_t)(second - recorded)), 0);
+		assert_true(d.created);
+		assert_int_equal(etcd_watch_feed(&d, second, (size_t)(end - second)), 0);
+		assert_int_equal(r.events, 1);
+		assert_int_equal(etcd_watch_feed(&d, "\n", 1), 0);
+		assert_int_equal(r.events, 1);
+		etcd_wdec_done(&d);
+	}
 	/* compaction, as 3.4 says it */
 	static const char compacted[] = "{\"result\":{\"header\":{\"raft_term\":\"2\"},\"created\":true}}\n"
 					"{\"result\":{\"header\":{\"raft_term\":\"2\"},\"canceled\":true,"
