@@ -662,7 +662,9 @@ static int call_one(struct etcd *e, CURL *h, size_t idx, const char *path, const
 	r = answer_decode(e->urls[idx], status, &b, ret);
 	free(b.data);
 	if (r == -EAGAIN) {
-		const char *why = tl_error + strlen("etcd: ") + strlen(e->urls[idx]) + 2;
+		/* answer_decode said "etcd: URL: why" (maybe truncated) */
+		size_t skip = strlen("etcd: ") + strlen(e->urls[idx]) + 2, have = strlen(tl_error);
+		const char *why = tl_error + (skip < have ? skip : have);
 
 		*ret_unsent = strstr(why, "no leader") != NULL;
 		reason_add(reasons, rsize, rlen, e->urls[idx], why);
