@@ -90,6 +90,19 @@ static int group_teardown(void **state)
 	return 0;
 }
 
+/* Nothing else may answer on our ports (a foreign etcd would pass for ours). */
+static bool port_free(int port)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(port),
+				 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	bool ok = fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
+
+	if (fd >= 0)
+		close(fd);
+	return ok;
+}
+
 static int group_setup(void **state)
 {
 	uint64_t deadline;
@@ -97,6 +110,11 @@ static int group_setup(void **state)
 	have_etcd = access(ETCD_BIN, X_OK) == 0;
 	if (!have_etcd)
 		return 0;
+	for (int i = 0; i < N_MEMBERS; i++)
+		if (!port_free(23791 + i) || !port_free(23891 + i)) {
+			print_error("etcd: port %d or %d on 127.0.0.1 is taken\n", 23791 + i, 23891 + i);
+			return -1;
+		}
 	if (!mkdtemp(tmpdir))
 		return -1;
 	for (int i = 0; i < N_MEMBERS; i++) {
