@@ -14,6 +14,12 @@
  *   -EPROTO     an answer that is not what the gateway sends
  * Thread-safe: each call uses its own curl handle from a small pool, so
  * connections are kept alive between calls.
+ * Every request asks for a leader (gRPC metadata "hasleader", passed on by
+ * the gateway): a member without one (an election, or quorum lost) refuses
+ * at once and the next member is asked; while every member refused so
+ * (or could not be reached), the round is tried again until the timeout.
+ * After a member timed out the request may have been done: a retried
+ * create can then answer -EEXIST for the caller's own key.
  */
 #pragma once
 
