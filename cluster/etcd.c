@@ -619,10 +619,10 @@ static int answer_decode(const char *url, long status, struct buf *b, json_objec
 	return 0;
 }
 
-/* Appends "; what" to the reasons of a round (truncated, never overrun). */
+/* Appends "; url: what" (url may be NULL) to the reasons of a round (truncated, never overrun). */
 static void reason_add(char *buf, size_t size, size_t *len, const char *url, const char *what)
 {
-	int n = snprintf(buf + *len, size - *len, "%s%s: %s", *len ? "; " : "", url, what);
+	int n = snprintf(buf + *len, size - *len, "%s%s%s%s", *len ? "; " : "", url ? url : "", url ? ": " : "", what);
 
 	if (n > 0)
 		*len = *len + (size_t)n >= size ? size - 1 : *len + (size_t)n;
@@ -677,10 +677,14 @@ static int call_one(struct etcd *e, CURL *h, size_t idx, const char *path, const
  * given its share of what is left of the timeout. While every member
  * failed in a way that surely left the request undone (no connection, no
  * leader: an election), the round is tried again until the timeout;
- * after a timeout (the request may have been done) it is not. -EAGAIN
- * when no member answered, etcd_error() listing why for each.
+ * after a timeout (the request may have been done) it is not, and a
+ * request that is not retry_safe (a txn: done twice, its comparison
+ * fails the second time) goes to no other member either, as etcd's own
+ * client does. -EAGAIN when no member answered, etcd_error() listing why
+ * for each.
  */
-static int etcd_call(struct etcd *e, const char *path, json_object *req, size_t raw_size, json_object **ret)
+static int etcd_call(struct etcd *e, const char *path, json_object *req, size_t raw_size, bool retry_safe,
+		     json_object **ret)
 {
 	uint64_t deadline = now_ns() + (uint64_t)e->timeout_ms * 1000000u;
 	char reasons[sizeof(tl_error)] = "";
@@ -728,10 +732,15 @@ static int etcd_call(struct etcd *e, const char *path, json_object *req, size_t 
 				atomic_store(&e->good, idx);
 				break;
 			}
-			again = again && unsent;
 			/* the next call starts with the next member */
 			size_t expect = idx;
 			atomic_compare_exchange_strong(&e->good, &expect, (idx + 1) % e->n_urls);
+			again = again && unsent;
+			if (!unsent && !retry_safe) {
+				reason_add(reasons, sizeof(reasons), &rl, NULL,
+					   "not sent again: the member may have done it");
+				break;
+			}
 		}
 	}
 	pool_put(e, h);
@@ -847,7 +856,7 @@ int etcd_lease_grant(struct etcd *e, unsigned ttl_s, int64_t *ret_id)
 		return -EINVAL;
 	if (!req)
 		return -ENOMEM;
-	r = etcd_call(e, "/v3/lease/grant", req, 32, &ans);
+	r = etcd_call(e, "/v3/lease/grant", req, 32, true, &ans);
 	if (r < 0)
 		return r;
 	if (json_object_object_get_ex(ans, "error", &err))
@@ -869,7 +878,7 @@ int etcd_lease_keepalive(struct etcd *e, int64_t id, int64_t *ret_ttl)
 		return -EINVAL;
 	if (!req)
 		return -ENOMEM;
-	r = etcd_call(e, "/v3/lease/keepalive", req, 32, &ans);
+	r = etcd_call(e, "/v3/lease/keepalive", req, 32, true, &ans);
 	if (r < 0)
 		return r;
 	/* a stream of one message: {"result":{"header","ID","TTL"}} */
@@ -891,7 +900,7 @@ int etcd_lease_revoke(struct etcd *e, int64_t id)
 		return -EINVAL;
 	if (!req)
 		return -ENOMEM;
-	return etcd_call(e, "/v3/lease/revoke", req, 32, &ans);
+	return etcd_call(e, "/v3/lease/revoke", req, 32, false, &ans);
 }
 
 /* ---- keys ---- */
@@ -932,7 +941,7 @@ int etcd_put(struct etcd *e, const char *key, const void *val, size_t len, int64
 	req = put_op(key, val, len, lease);
 	if (!req)
 		return -ENOMEM;
-	r = etcd_call(e, "/v3/kv/put", req, strlen(key) + len + 32, &ans);
+	r = etcd_call(e, "/v3/kv/put", req, strlen(key) + len + 32, true, &ans);
 	if (r < 0)
 		return r;
 	if (header_revision(ans, &rev) < 0)
@@ -1016,7 +1025,7 @@ int etcd_txn(struct etcd *e, const struct etcd_cmp *cmps, size_t n_cmps, const s
 			if (jpush(arr, op_json(&ops[i])) < 0)
 				return -EINVAL;
 	}
-	r = etcd_call(e, "/v3/kv/txn", req, txn_raw_size(cmps, n_cmps, ops, n_ops), &ans);
+	r = etcd_call(e, "/v3/kv/txn", req, txn_raw_size(cmps, n_cmps, ops, n_ops), false, &ans);
 	if (r < 0)
 		return r;
 	if (header_revision(ans, &rev) < 0)
@@ -1059,7 +1068,7 @@ int etcd_delete(struct etcd *e, const char *key, int64_t *ret_deleted)
 	req = key_op(key);
 	if (!req)
 		return -ENOMEM;
-	r = etcd_call(e, "/v3/kv/deleterange", req, strlen(key) + 16, &ans);
+	r = etcd_call(e, "/v3/kv/deleterange", req, strlen(key) + 16, true, &ans);
 	if (r < 0)
 		return r;
 	if (json_int64(ans, "deleted", &n) < 0 || n < 0)
@@ -1098,7 +1107,7 @@ static int range_call(struct etcd *e, json_object *req, size_t raw, struct etcd_
 	_cleanup_json_ json_object *ans = NULL;
 	int r;
 
-	r = etcd_call(e, "/v3/kv/range", req, raw, &ans);
+	r = etcd_call(e, "/v3/kv/range", req, raw, true, &ans);
 	if (r < 0)
 		return r;
 	r = range_from_json(ans, ret_kvs, ret_n, ret_rev);

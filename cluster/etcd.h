@@ -18,8 +18,11 @@
  * the gateway): a member without one (an election, or quorum lost) refuses
  * at once and the next member is asked; while every member refused so
  * (or could not be reached), the round is tried again until the timeout.
- * After a member timed out the request may have been done: a retried
- * create can then answer -EEXIST for the caller's own key.
+ * After a member timed out the request may have been done: a read, a
+ * put, a delete, a grant or a keepalive goes on to the next member; a txn
+ * (create, the fenced calls, etcd_txn) or a revoke does not (done twice,
+ * it would fail the second time: -EEXIST for the caller's own key) and
+ * answers -EAGAIN, as etcd's own client does.
  */
 #pragma once
 

@@ -626,14 +626,17 @@ static void *fake_main(void *arg)
 			if (hend && cl && got >= (size_t)(hend + 4 - buf) + strtoul(cl + 15, NULL, 10))
 				break;
 		}
-		if (write(c, f->answer, strlen(f->answer)) < 0)
+		/* no answer: hold the connection until the client gives up */
+		while (!f->answer[0] && read(c, buf, sizeof(buf)) > 0)
+			;
+		if (f->answer[0] && write(c, f->answer, strlen(f->answer)) < 0)
 			break;
 		close(c);
 	}
 	return NULL;
 }
 
-/* status: "200 OK"; body: the answer's body */
+/* status: "200 OK"; body: the answer's body; status NULL: a member that never answers */
 static void fake_start(struct fake *f, const char *status, const char *body, int conns)
 {
 	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
@@ -645,8 +648,11 @@ static void fake_start(struct fake *f, const char *status, const char *body, int
 	assert_int_equal(listen(f->fd, 8), 0);
 	assert_int_equal(getsockname(f->fd, (struct sockaddr *)&a, &al), 0);
 	f->port = ntohs(a.sin_port);
-	snprintf(f->answer, sizeof(f->answer), "HTTP/1.1 %s\r\nConnection: close\r\nContent-Length: %zu\r\n\r\n%s",
-		 status, strlen(body), body);
+	if (status)
+		snprintf(f->answer, sizeof(f->answer),
+			 "HTTP/1.1 %s\r\nConnection: close\r\nContent-Length: %zu\r\n\r\n%s", status, strlen(body), body);
+	else
+		f->answer[0] = 0;
 	f->conns = conns;
 	assert_int_equal(pthread_create(&f->t, NULL, fake_main, f), 0);
 }
@@ -865,6 +871,47 @@ static void test_member_killed(void **state)
 	etcd_free(e1);
 }
 
+/*
+ * A member that takes the request and never answers (lost in a partition):
+ * a read goes on to the next member; a create is not sent twice.
+ */
+static void test_member_hangs(void **state)
+{
+	struct fake f;
+	struct etcd *e;
+	struct etcd_kv kv = { 0 };
+	char u[128], m2[64];
+	uint64_t t0;
+	double ms;
+
+	NEED_ETCD();
+	fake_start(&f, NULL, NULL, 3);
+	member_url(1, m2, sizeof(m2));
+	snprintf(u, sizeof(u), "http://127.0.0.1:%d,%s", f.port, m2);
+	assert_int_equal(etcd_put(E, "/t/hang/a", "1", 1, 0, NULL), 0);
+	assert_int_equal(etcd_new(u, 1000, &e), 0);
+	t0 = now_ns();
+	assert_int_equal(etcd_get(e, "/t/hang/a", &kv), 0);
+	ms = ns_to_ms(now_ns() - t0);
+	print_message("a get past a member that hangs: %.0f ms\n", ms);
+	assert_true(ms >= 400 && ms < 1000);
+	etcd_kv_clear(&kv);
+	/* the hanging member was passed over: the next call starts at m2 */
+	assert_int_equal(etcd_create(e, "/t/hang/b", "1", 1, 0, NULL), 0);
+	etcd_free(e);
+	/* the create starts at the member that hangs: -EAGAIN, not sent again */
+	assert_int_equal(etcd_new(u, 1000, &e), 0);
+	t0 = now_ns();
+	assert_int_equal(etcd_create(e, "/t/hang/c", "1", 1, 0, NULL), -EAGAIN);
+	ms = ns_to_ms(now_ns() - t0);
+	print_message("a create at a member that hangs: -EAGAIN after %.0f ms: %s\n", ms, etcd_error());
+	assert_true(ms < 1000);
+	assert_non_null(strstr(etcd_error(), "not sent again"));
+	assert_int_equal(etcd_get(E, "/t/hang/c", &kv), -ENOENT);
+	etcd_free(e);
+	fake_stop(&f);
+}
+
 /* Two of three killed: no quorum, -EAGAIN within the timeout, with the reason. */
 static void test_quorum_lost(void **state)
 {
@@ -924,6 +971,7 @@ int main(void)
 		cmocka_unit_test(test_create_latency),
 		cmocka_unit_test(test_watch),
 		cmocka_unit_test(test_watch_compacted),
+		cmocka_unit_test(test_member_hangs),
 		cmocka_unit_test(test_member_killed),
 		cmocka_unit_test(test_quorum_lost),
 	};
