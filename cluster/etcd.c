@@ -22,6 +22,8 @@
 #define ETCD_MAX_TXN_OPS 128
 /* Easy handles kept for reuse (each keeps its connection). */
 #define POOL_MAX 16
+/* One attempt of a request that may be sent again: a quarter of the timeout, at least 500 ms. */
+#define RETRY_ATTEMPT_MS(e) ((e)->timeout_ms / 4 > 500 ? (e)->timeout_ms / 4 : 500)
 #define BACKOFF_MIN_MS 50
 #define BACKOFF_MAX_MS 1000
 
@@ -676,8 +678,9 @@ static int call_one(struct etcd *e, CURL *h, size_t idx, const char *path, const
  * POSTs req to path on the members in turn, from the last good one, each
  * given its share of what is left of the timeout. While every member
  * failed in a way that surely left the request undone (no connection, no
- * leader: an election), the round is tried again until the timeout;
- * after a timeout (the request may have been done) it is not, and a
+ * leader: an election), or the request is retry_safe, the round is tried
+ * again until the timeout; after a timeout (the request may have been
+ * done) a request that is not retry_safe is not, and a
  * request that is not retry_safe (a txn: done twice, its comparison
  * fails the second time) goes to no other member either, as etcd's own
  * client does. -EAGAIN when no member answered, etcd_error() listing why
@@ -726,6 +729,13 @@ static int etcd_call(struct etcd *e, const char *path, json_object *req, size_t 
 				break;
 			}
 			share = (unsigned)((deadline - now) / 1000000u / (e->n_urls - i));
+			/*
+			 * A request a follower forwarded to a leader that just
+			 * died is lost: it hangs to etcd's own timeout (7 s).
+			 * What may be sent again is, after a shorter wait.
+			 */
+			if (retry_safe && share > RETRY_ATTEMPT_MS(e))
+				share = RETRY_ATTEMPT_MS(e);
 			r = call_one(e, h, idx, path, body, len, share ? share : 1, ret, reasons, sizeof(reasons), &rl,
 				     &unsent);
 			if (r != -EAGAIN) {
@@ -735,7 +745,8 @@ static int etcd_call(struct etcd *e, const char *path, json_object *req, size_t 
 			/* the next call starts with the next member */
 			size_t expect = idx;
 			atomic_compare_exchange_strong(&e->good, &expect, (idx + 1) % e->n_urls);
-			again = again && unsent;
+			/* a request that may be done twice is tried until the timeout */
+			again = again && (unsent || retry_safe);
 			if (!unsent && !retry_safe) {
 				reason_add(reasons, sizeof(reasons), &rl, NULL,
 					   "not sent again: the member may have done it");

@@ -17,7 +17,8 @@
  * Every request asks for a leader (gRPC metadata "hasleader", passed on by
  * the gateway): a member without one (an election, or quorum lost) refuses
  * at once and the next member is asked; while every member refused so
- * (or could not be reached), the round is tried again until the timeout.
+ * (or could not be reached), the round is tried again until the timeout
+ * (a read, a put, a delete, a grant, a keepalive: whatever went wrong).
  * After a member timed out the request may have been done: a read, a
  * put, a delete, a grant or a keepalive goes on to the next member; a txn
  * (create, the fenced calls, etcd_txn) or a revoke does not (done twice,

@@ -777,28 +777,86 @@ static void test_watch(void **state)
 	assert_true(ns_to_ms(now_ns() - t0) < 200);
 }
 
-static size_t discard(char *p, size_t size, size_t n, void *ud)
+static size_t collect(char *p, size_t size, size_t n, void *ud)
 {
-	return size * n;
+	char *buf = ud;
+	size_t have = strlen(buf), k = size * n;
+
+	if (have + k >= 4096)
+		return 0;
+	memcpy(buf + have, p, k);
+	buf[have + k] = 0;
+	return k;
 }
 
-static int compact(int64_t rev)
+/* POSTs body to member i's path; the answer in out[4096]. */
+static int member_post(int i, const char *path, const char *body, char *out)
 {
-	char body[128], u[64];
+	char u[128];
 	CURL *h = curl_easy_init();
 	CURLcode cc;
 	long status = 0;
 
-	member_url(1, u, sizeof(u));
-	strcat(u, "/v3/kv/compaction");
-	snprintf(body, sizeof(body), "{\"revision\":\"%" PRId64 "\",\"physical\":true}", rev);
+	member_url(i, u, sizeof(u));
+	strcat(u, path);
+	out[0] = 0;
 	curl_easy_setopt(h, CURLOPT_URL, u);
 	curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
-	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, discard);
+	curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 3000L);
+	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, collect);
+	curl_easy_setopt(h, CURLOPT_WRITEDATA, out);
 	cc = curl_easy_perform(h);
 	curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
 	curl_easy_cleanup(h);
 	return cc == CURLE_OK && status == 200 ? 0 : -EIO;
+}
+
+static int compact(int64_t rev)
+{
+	char body[128], out[4096];
+
+	snprintf(body, sizeof(body), "{\"revision\":\"%" PRId64 "\",\"physical\":true}", rev);
+	return member_post(1, "/v3/kv/compaction", body, out);
+}
+
+/* Member i's id and the leader it knows, from its status. */
+static int member_status(int i, char id[32], char leader[32])
+{
+	char out[4096];
+	json_object *o, *h, *v;
+	int r = -EIO;
+
+	if (member_post(i, "/v3/maintenance/status", "{}", out) < 0)
+		return -EIO;
+	o = json_tokener_parse(out);
+	if (o && json_object_object_get_ex(o, "header", &h) && json_object_object_get_ex(h, "member_id", &v)) {
+		snprintf(id, 32, "%s", json_object_get_string(v));
+		if (json_object_object_get_ex(o, "leader", &v)) {
+			snprintf(leader, 32, "%s", json_object_get_string(v));
+			r = 0;
+		}
+	}
+	json_object_put(o);
+	return r;
+}
+
+/* Makes m1 the leader (so that killing it is the hard case: an election too). */
+static void make_m1_leader(void)
+{
+	char id1[32], leader[32], id[32], l[32], body[128], out[4096];
+	uint64_t end = now_ns() + 5000000000ull;
+
+	assert_int_equal(member_status(0, id1, leader), 0);
+	if (strcmp(id1, leader)) {
+		for (int i = 1; i < N_MEMBERS; i++)
+			if (member_status(i, id, l) == 0 && !strcmp(id, leader)) {
+				snprintf(body, sizeof(body), "{\"targetID\":\"%s\"}", id1);
+				assert_int_equal(member_post(i, "/v3/maintenance/transfer-leadership", body, out), 0);
+			}
+	}
+	while (now_ns() < end && !(member_status(0, id1, leader) == 0 && !strcmp(id1, leader)))
+		usleep(20000);
+	assert_string_equal(id1, leader);
 }
 
 /* A watch from a revision that was compacted away: it says so, reads the state again, goes on. */
@@ -839,7 +897,7 @@ static void test_watch_compacted(void **state)
 	etcd_watch_stop(w);
 }
 
-/* One member killed: every call works, the watch moves to another member. */
+/* One member killed, the leader: every call works (after the election), the watch moves to another member. */
 static void test_member_killed(void **state)
 {
 	struct rec r = { .lock = PTHREAD_MUTEX_INITIALIZER };
@@ -848,6 +906,7 @@ static void test_member_killed(void **state)
 	struct etcd_kv kv = { 0 };
 	struct etcd *e1;
 	uint64_t t0;
+	int r1;
 
 	NEED_ETCD();
 	/* the watch's client starts at m1 */
@@ -855,10 +914,17 @@ static void test_member_killed(void **state)
 	assert_int_equal(etcd_put(E, "/t/k/a", "1", 1, 0, NULL), 0);
 	assert_int_equal(etcd_watch_start(e1, "/t/k/", &cb, &w), 0);
 	assert_true(WAIT_FOR(&r, 5000, r.ups == 1));
+	make_m1_leader();
 	member_kill(0);
 	t0 = now_ns();
-	assert_int_equal(etcd_put(e1, "/t/k/b", "2", 1, 0, NULL), 0);
-	assert_int_equal(etcd_create(E, "/t/k/c", "3", 1, 0, NULL), 0);
+	r1 = etcd_put(e1, "/t/k/b", "2", 1, 0, NULL);
+	if (r1 < 0)
+		print_error("put: %s\n", etcd_error());
+	assert_int_equal(r1, 0);
+	r1 = etcd_create(E, "/t/k/c", "3", 1, 0, NULL);
+	if (r1 < 0)
+		print_error("create: %s\n", etcd_error());
+	assert_int_equal(r1, 0);
 	assert_int_equal(etcd_get(e1, "/t/k/c", &kv), 0);
 	etcd_kv_clear(&kv);
 	print_message("m1 killed: the first calls took %.1f ms\n", ns_to_ms(now_ns() - t0));
@@ -885,7 +951,7 @@ static void test_member_hangs(void **state)
 	double ms;
 
 	NEED_ETCD();
-	fake_start(&f, NULL, NULL, 3);
+	fake_start(&f, NULL, NULL, 4);
 	member_url(1, m2, sizeof(m2));
 	snprintf(u, sizeof(u), "http://127.0.0.1:%d,%s", f.port, m2);
 	assert_int_equal(etcd_put(E, "/t/hang/a", "1", 1, 0, NULL), 0);
@@ -909,6 +975,25 @@ static void test_member_hangs(void **state)
 	assert_non_null(strstr(etcd_error(), "not sent again"));
 	assert_int_equal(etcd_get(E, "/t/hang/c", &kv), -ENOENT);
 	etcd_free(e);
+
+	/* a watch whose range read hangs stops at once all the same */
+	{
+		struct rec r = { .lock = PTHREAD_MUTEX_INITIALIZER };
+		struct etcd_watch_cb cb = { rec_reset, rec_event, rec_state, &r };
+		struct etcd_watch *w;
+
+		snprintf(u, sizeof(u), "http://127.0.0.1:%d", f.port);
+		assert_int_equal(etcd_new(u, 5000, &e), 0);
+		assert_int_equal(etcd_watch_start(e, "/t/hang/", &cb, &w), 0);
+		usleep(200000);
+		t0 = now_ns();
+		etcd_watch_stop(w);
+		ms = ns_to_ms(now_ns() - t0);
+		print_message("etcd_watch_stop during a hanging range read: %.1f ms\n", ms);
+		assert_true(ms < 100);
+		assert_int_equal(r.resets + r.ups, 0);
+		etcd_free(e);
+	}
 	fake_stop(&f);
 }
 
