@@ -273,7 +273,8 @@ static int exchange(struct peer_client *pc, const char *addr, const char *uri, c
 		return fail(-EINVAL, "%s: the address is too long", addr);
 	snprintf(tstr, sizeof(tstr), "%lld", (long long)time(NULL));
 	sha256_init(&c);
-	sha256_update(&c, body, blen);
+	if (blen)
+		sha256_update(&c, body, blen);
 	sha256_final(&c, sha);
 	peer_wire_mac(pc->secret, pc->secret_len, pc->self, "POST", uri, tstr, sha, mac);
 	snprintf(h[0], sizeof(h[0]), PEER_HDR_HOST ": %s", pc->self);
