@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -505,6 +506,33 @@ static void test_forget(void **state)
 	peer_server_forget(srv, "nobody-at-all");
 }
 
+static void test_handle_limit(void **state)
+{
+	struct peer_client *cc;
+	struct rlimit rl;
+	uint64_t h;
+
+	assert_int_equal(getrlimit(RLIMIT_NOFILE, &rl), 0);
+	if (rl.rlim_max < 5000) {
+		fprintf(stderr, "test_handle_limit: skipped: RLIMIT_NOFILE's hard limit is below 5000\n");
+		skip();
+	}
+	rl.rlim_cur = rl.rlim_max;
+	assert_int_equal(setrlimit(RLIMIT_NOFILE, &rl), 0);
+	put("many", "m", 0644);
+	assert_int_equal(peer_client_new("host-c", secret, sizeof(secret), &cc), 0);
+	for (int i = 0; i < 4096; i++)
+		assert_int_equal(peer_open(cc, addr, &root_cr, "many", O_RDONLY, 0, &h), 0);
+	assert_int_equal(peer_open(cc, addr, &root_cr, "many", O_RDONLY, 0, &h), -EMFILE);
+	/* a limit per host: another host still opens */
+	assert_int_equal(peer_open(cb, addr, &root_cr, "many", O_RDONLY, 0, &h), 0);
+	assert_int_equal(peer_release(cb, addr, h), 0);
+	peer_server_forget(srv, "host-c");
+	assert_int_equal(peer_open(cc, addr, &root_cr, "many", O_RDONLY, 0, &h), 0);
+	assert_int_equal(peer_release(cc, addr, h), 0);
+	peer_client_free(cc);
+}
+
 static void test_unknown_handle(void **state)
 {
 	char buf[8];
@@ -660,6 +688,7 @@ int main(void)
 		cmocka_unit_test(test_fifo),	       cmocka_unit_test(test_ops),
 		cmocka_unit_test(test_errno),	       cmocka_unit_test(test_hostile_paths),
 		cmocka_unit_test(test_bad_auth),       cmocka_unit_test(test_forget),
+		cmocka_unit_test(test_handle_limit),
 		cmocka_unit_test(test_unknown_handle), cmocka_unit_test(test_create),
 		cmocka_unit_test(test_oversized),      cmocka_unit_test(test_stop_blocked),
 		cmocka_unit_test(test_latency),
