@@ -83,6 +83,13 @@
 struct handle {
 	uint64_t id;
 	int fd;
+	/*
+	 * A pipe, socket or device: a read waits in poll, with the server's
+	 * stop fd beside it. Not a regular file: on the mount that poll would
+	 * be one more FUSE request per read, and a read blocked there ends
+	 * with the mount (peer.h).
+	 */
+	bool wait_in_poll;
 	char *host;
 	char *path;      /* for logs */
 	unsigned refs;   /* protected by ps->lock: the table's one, plus one per request using it */
@@ -307,6 +314,7 @@ static int handle_add(struct peer_server *ps, const char *host, const char *path
 {
 	struct handle *h = calloc(1, sizeof(*h));
 	struct host_count *hc;
+	struct stat st;
 	int r = 0;
 
 	if (!h) {
@@ -315,6 +323,8 @@ static int handle_add(struct peer_server *ps, const char *host, const char *path
 	}
 	h->fd = fd;
 	h->refs = 1;
+	if (fstat(fd, &st) == 0)
+		h->wait_in_poll = S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode) || S_ISCHR(st.st_mode);
 	if (!(h->host = strdup(host)) || !(h->path = strdup(path))) {
 		handle_free(h);
 		return -ENOMEM;
@@ -622,12 +632,15 @@ static int op_setattr(struct op_ctx *c, json_object **ret)
 	return r < 0 ? -errno : 0;
 }
 
-/* Waits until fd is readable or the server stops (a read that may block for minutes ends with the server). */
-static int wait_readable(struct peer_server *ps, int fd)
+/* Waits until a pipe-like handle is readable or the server stops (a read that may block for minutes ends with it). */
+static int wait_readable(struct peer_server *ps, const struct handle *h)
 {
-	struct pollfd p[2] = {{.fd = fd, .events = POLLIN}, {.fd = ps->stop_fd, .events = POLLIN}};
-	int fl = fcntl(fd, F_GETFL);
+	struct pollfd p[2] = {{.fd = h->fd, .events = POLLIN}, {.fd = ps->stop_fd, .events = POLLIN}};
+	int fl;
 
+	if (!h->wait_in_poll)
+		return 0;
+	fl = fcntl(h->fd, F_GETFL);
 	if (fl >= 0 && (fl & O_NONBLOCK))
 		return 0; /* opened non-blocking: the caller wants EAGAIN, not a wait */
 	for (;;) {
@@ -657,7 +670,7 @@ static enum MHD_Result op_read(struct op_ctx *c)
 		handle_put(c->ps, h);
 		return reply_error(c->conn, 0, -ENOMEM, NULL);
 	}
-	r = wait_readable(c->ps, h->fd);
+	r = wait_readable(c->ps, h);
 	if (r == 0) {
 		do
 			n = pread(h->fd, buf, size, (off_t)c->w->off);

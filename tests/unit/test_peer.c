@@ -393,6 +393,9 @@ static void test_errno(void **state)
 	assert_int_equal(peer_open(ca, addr, &nobody, "ed/open", O_RDONLY, 0, &h), 0);
 	assert_int_equal(peer_read(ca, addr, h, 0, b, sizeof(b)), 1);
 	assert_int_equal(peer_release(ca, addr, h), 0);
+	put("ed/w", "0123", 0666);
+	assert_int_equal(peer_truncate(ca, addr, &nobody, "ed/w", 1), 0);
+	assert_int_equal(peer_truncate(ca, addr, &nobody, "ed/open", 0), -EACCES);
 	assert_int_equal(chmod(at("ed"), 0777), 0);
 	assert_int_equal(peer_mkdir(ca, addr, &nobody, "ed/x", 0755), 0);
 	assert_int_equal(stat(at("ed/x"), &st), 0);
