@@ -23,7 +23,8 @@
  *   at most 8 MiB; fewer than SIZE is not end of file, empty is),
  *   write/HANDLE/OFF (body: the bytes; answer {"n": COUNT}),
  *   fsync/HANDLE, release/HANDLE (answer {}). A handle belongs to the host
- *   that opened it; another host's handle is EBADF.
+ *   that opened it; another host's handle is EBADF. Reads, writes and
+ *   fsyncs run as the uid/gid that opened the handle.
  *
  *   Every other op takes a JSON object (at most 1 MiB) with exactly its keys:
  *     all but create: "uid", "gid" (the caller's credentials), "path"
@@ -90,6 +91,9 @@ struct handle {
 	 * with the mount (peer.h).
 	 */
 	bool wait_in_poll;
+	/* the opener's credentials: its reads and writes reach the mount as it (FUSE sees every request's uid) */
+	uid_t uid;
+	gid_t gid;
 	char *host;
 	char *path;      /* for logs */
 	unsigned refs;   /* protected by ps->lock: the table's one, plus one per request using it */
@@ -310,7 +314,8 @@ static void handle_free(struct handle *h)
 }
 
 /* Adds an open fd to the table (taking it, also on failure). */
-static int handle_add(struct peer_server *ps, const char *host, const char *path, int fd, uint64_t *ret_id)
+static int handle_add(struct peer_server *ps, const struct peer_wire_req *w, const char *host, int fd,
+		      uint64_t *ret_id)
 {
 	struct handle *h = calloc(1, sizeof(*h));
 	struct host_count *hc;
@@ -323,9 +328,11 @@ static int handle_add(struct peer_server *ps, const char *host, const char *path
 	}
 	h->fd = fd;
 	h->refs = 1;
+	h->uid = w->uid;
+	h->gid = w->gid;
 	if (fstat(fd, &st) == 0)
 		h->wait_in_poll = S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode) || S_ISCHR(st.st_mode);
-	if (!(h->host = strdup(host)) || !(h->path = strdup(path))) {
+	if (!(h->host = strdup(host)) || !(h->path = strdup(w->path))) {
 		handle_free(h);
 		return -ENOMEM;
 	}
@@ -539,7 +546,7 @@ static int op_open(struct op_ctx *c, json_object **ret)
 
 	if (fd < 0)
 		return fd;
-	r = handle_add(c->ps, c->host, c->w->path, fd, &id);
+	r = handle_add(c->ps, c->w, c->host, fd, &id);
 	if (r < 0)
 		return r;
 	if (!(*ret = json_object_new_object()))
@@ -659,6 +666,7 @@ static enum MHD_Result op_read(struct op_ctx *c)
 {
 	struct handle *h = handle_get(c->ps, c->host, c->w->handle);
 	size_t size = c->w->size < PEER_BODY_MAX ? (size_t)c->w->size : PEER_BODY_MAX;
+	struct saved_cred s = {0};
 	char *buf;
 	ssize_t n = 0;
 	int r;
@@ -671,6 +679,8 @@ static enum MHD_Result op_read(struct op_ctx *c)
 		return reply_error(c->conn, 0, -ENOMEM, NULL);
 	}
 	r = wait_readable(c->ps, h);
+	if (r == 0)
+		r = cred_enter(c->ps, h->uid, h->gid, &s);
 	if (r == 0) {
 		do
 			n = pread(h->fd, buf, size, (off_t)c->w->off);
@@ -680,6 +690,7 @@ static enum MHD_Result op_read(struct op_ctx *c)
 				n = read(h->fd, buf, size);
 			while (n < 0 && errno == EINTR);
 		r = n < 0 ? -errno : 0;
+		cred_leave(c->ps, &s);
 	}
 	handle_put(c->ps, h);
 	if (r < 0) {
@@ -692,10 +703,16 @@ static enum MHD_Result op_read(struct op_ctx *c)
 static int op_write(struct op_ctx *c, json_object **ret)
 {
 	struct handle *h = handle_get(c->ps, c->host, c->w->handle);
+	struct saved_cred s = {0};
 	ssize_t n;
+	int r;
 
 	if (!h)
 		return -EBADF;
+	if ((r = cred_enter(c->ps, h->uid, h->gid, &s)) < 0) {
+		handle_put(c->ps, h);
+		return r;
+	}
 	do
 		n = pwrite(h->fd, c->body, c->len, (off_t)c->w->off);
 	while (n < 0 && errno == EINTR);
@@ -703,6 +720,7 @@ static int op_write(struct op_ctx *c, json_object **ret)
 		do
 			n = write(h->fd, c->body, c->len);
 		while (n < 0 && errno == EINTR);
+	cred_leave(c->ps, &s);
 	handle_put(c->ps, h);
 	if (n < 0)
 		return -errno;
@@ -715,11 +733,16 @@ static int op_write(struct op_ctx *c, json_object **ret)
 static int op_fsync(struct op_ctx *c, json_object **ret)
 {
 	struct handle *h = handle_get(c->ps, c->host, c->w->handle);
+	struct saved_cred s = {0};
 	int r;
 
 	if (!h)
 		return -EBADF;
-	r = fsync(h->fd) < 0 && errno != EINVAL ? -errno : 0; /* EINVAL: a pipe or special file, nothing to sync */
+	if ((r = cred_enter(c->ps, h->uid, h->gid, &s)) == 0) {
+		/* EINVAL: a pipe or special file, nothing to sync */
+		r = fsync(h->fd) < 0 && errno != EINVAL ? -errno : 0;
+		cred_leave(c->ps, &s);
+	}
 	handle_put(c->ps, h);
 	return r;
 }
