@@ -91,6 +91,7 @@ struct handle {
 	 * with the mount (peer.h).
 	 */
 	bool wait_in_poll;
+	int wake_fd; /* pipe-like handles: an eventfd written when the handle leaves the table, ending a waiting read */
 	/* the opener's credentials: its reads and writes reach the mount as it (FUSE sees every request's uid) */
 	uid_t uid;
 	gid_t gid;
@@ -308,6 +309,8 @@ static void handle_free(struct handle *h)
 		return;
 	if (h->fd >= 0)
 		close(h->fd);
+	if (h->wake_fd >= 0)
+		close(h->wake_fd);
 	free(h->host);
 	free(h->path);
 	free(h);
@@ -327,11 +330,17 @@ static int handle_add(struct peer_server *ps, const struct peer_wire_req *w, con
 		return -ENOMEM;
 	}
 	h->fd = fd;
+	h->wake_fd = -1;
 	h->refs = 1;
 	h->uid = w->uid;
 	h->gid = w->gid;
 	if (fstat(fd, &st) == 0)
 		h->wait_in_poll = S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode) || S_ISCHR(st.st_mode);
+	if (h->wait_in_poll && (h->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0) {
+		r = -errno;
+		handle_free(h);
+		return r;
+	}
 	if (!(h->host = strdup(host)) || !(h->path = strdup(w->path))) {
 		handle_free(h);
 		return -ENOMEM;
@@ -392,6 +401,8 @@ static void handle_unlink_locked(struct peer_server *ps, struct handle *h)
 		pp = &(*pp)->next;
 	*pp = h->next;
 	h->gone = true;
+	if (h->wake_fd >= 0)
+		eventfd_write(h->wake_fd, 1);
 	if (hc)
 		hc->n--;
 }
@@ -639,10 +650,20 @@ static int op_setattr(struct op_ctx *c, json_object **ret)
 	return r < 0 ? -errno : 0;
 }
 
-/* Waits until a pipe-like handle is readable or the server stops (a read that may block for minutes ends with it). */
-static int wait_readable(struct peer_server *ps, const struct handle *h)
+/*
+ * Waits until a pipe-like handle is readable (a read that may block for
+ * minutes), or ends the wait: the server stops (-ESHUTDOWN), the handle is
+ * released or its host forgotten (-EBADF), the caller hangs up (sock, the
+ * request's connection: -ECONNABORTED).
+ */
+static int wait_readable(struct peer_server *ps, const struct handle *h, int sock)
 {
-	struct pollfd p[2] = {{.fd = h->fd, .events = POLLIN}, {.fd = ps->stop_fd, .events = POLLIN}};
+	struct pollfd p[4] = {
+		{.fd = h->fd, .events = POLLIN},
+		{.fd = ps->stop_fd, .events = POLLIN},
+		{.fd = h->wake_fd, .events = POLLIN},
+		{.fd = sock, .events = POLLRDHUP},
+	};
 	int fl;
 
 	if (!h->wait_in_poll)
@@ -650,16 +671,16 @@ static int wait_readable(struct peer_server *ps, const struct handle *h)
 	fl = fcntl(h->fd, F_GETFL);
 	if (fl >= 0 && (fl & O_NONBLOCK))
 		return 0; /* opened non-blocking: the caller wants EAGAIN, not a wait */
-	for (;;) {
-		if (poll(p, 2, -1) < 0) {
-			if (errno == EINTR)
-				continue;
+	while (poll(p, ARRAY_SIZE(p), -1) < 0)
+		if (errno != EINTR)
 			return -errno;
-		}
-		if (p[1].revents)
-			return -ESHUTDOWN;
-		return 0; /* readable, or an error or hang-up the read reports */
-	}
+	if (p[1].revents)
+		return -ESHUTDOWN;
+	if (p[2].revents)
+		return -EBADF;
+	if (p[3].revents & (POLLRDHUP | POLLHUP | POLLERR))
+		return -ECONNABORTED;
+	return 0; /* readable, or an error or hang-up the read reports */
 }
 
 static enum MHD_Result op_read(struct op_ctx *c)
@@ -667,6 +688,7 @@ static enum MHD_Result op_read(struct op_ctx *c)
 	struct handle *h = handle_get(c->ps, c->host, c->w->handle);
 	size_t size = c->w->size < PEER_BODY_MAX ? (size_t)c->w->size : PEER_BODY_MAX;
 	struct saved_cred s = {0};
+	const union MHD_ConnectionInfo *info;
 	char *buf;
 	ssize_t n = 0;
 	int r;
@@ -678,7 +700,8 @@ static enum MHD_Result op_read(struct op_ctx *c)
 		handle_put(c->ps, h);
 		return reply_error(c->conn, 0, -ENOMEM, NULL);
 	}
-	r = wait_readable(c->ps, h);
+	info = MHD_get_connection_info(c->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+	r = wait_readable(c->ps, h, info ? info->connect_fd : -1);
 	if (r == 0)
 		r = cred_enter(c->ps, h->uid, h->gid, &s);
 	if (r == 0) {

@@ -307,6 +307,24 @@ static void *writer_run(void *arg)
 	return NULL;
 }
 
+struct blocked_read {
+	struct peer_client *pc;
+	const char *addr;
+	uint64_t h;
+	ssize_t r;
+	uint64_t done_ns;
+};
+
+static void *reader_run(void *arg)
+{
+	struct blocked_read *b = arg;
+	char buf[16];
+
+	b->r = peer_read(b->pc, b->addr, b->h, 0, buf, sizeof(buf));
+	b->done_ns = now_ns();
+	return NULL;
+}
+
 static void test_fifo(void **state)
 {
 	struct writer w = {.path = at("fifo"), .delay_ms = 300, .data = "hello\n"};
@@ -536,6 +554,48 @@ static void test_handle_limit(void **state)
 	peer_client_free(cc);
 }
 
+/* A read waiting on a FIFO ends with EBADF when its handle goes (released, or its host forgotten). */
+static void test_forget_blocked(void **state)
+{
+	int rel[2];
+	struct writer w = {.delay_ms = 0, .data = NULL};
+	struct blocked_read b = {.pc = ca, .addr = addr};
+	pthread_t tw, tr;
+	uint64_t t0, h2;
+
+	w.path = strdup(at("fifo3"));
+	assert_int_equal(mkfifo(w.path, 0600), 0);
+	assert_int_equal(pipe2(rel, O_CLOEXEC), 0);
+	w.release_fd = rel[0];
+	assert_int_equal(pthread_create(&tw, NULL, writer_run, &w), 0);
+	assert_int_equal(peer_open(ca, addr, &root_cr, "fifo3", O_RDONLY, 0, &b.h), 0);
+	assert_int_equal(peer_open(ca, addr, &root_cr, "fifo3", O_RDONLY, 0, &h2), 0);
+	assert_int_equal(pthread_create(&tr, NULL, reader_run, &b), 0);
+	usleep(200 * 1000);
+	assert_int_equal(b.done_ns, 0);
+	t0 = now_ns();
+	peer_server_forget(srv, "host-a");
+	pthread_join(tr, NULL);
+	assert_int_equal(b.r, -EBADF);
+	assert_true(b.done_ns - t0 < 1000 * 1000000ull);
+	assert_int_equal(peer_release(ca, addr, h2), -EBADF);
+	/* released from another thread while a read waits */
+	b.done_ns = 0;
+	assert_int_equal(peer_open(ca, addr, &root_cr, "fifo3", O_RDONLY, 0, &b.h), 0);
+	assert_int_equal(pthread_create(&tr, NULL, reader_run, &b), 0);
+	usleep(200 * 1000);
+	assert_int_equal(b.done_ns, 0);
+	assert_int_equal(peer_release(ca, addr, b.h), 0);
+	pthread_join(tr, NULL);
+	assert_int_equal(b.r, -EBADF);
+	assert_int_equal(write(rel[1], "x", 1), 1);
+	pthread_join(tw, NULL);
+	close(rel[0]);
+	close(rel[1]);
+	unlink(w.path);
+	free((char *)w.path);
+}
+
 static void test_unknown_handle(void **state)
 {
 	char buf[8];
@@ -586,24 +646,6 @@ static void test_oversized(void **state)
 	assert_int_equal(stat(at("big"), &st), 0);
 	assert_int_equal(st.st_size, (off_t)size - 1);
 	assert_int_equal(unlink(at("big")), 0);
-}
-
-struct blocked_read {
-	struct peer_client *pc;
-	const char *addr;
-	uint64_t h;
-	ssize_t r;
-	uint64_t done_ns;
-};
-
-static void *reader_run(void *arg)
-{
-	struct blocked_read *b = arg;
-	char buf[16];
-
-	b->r = peer_read(b->pc, b->addr, b->h, 0, buf, sizeof(buf));
-	b->done_ns = now_ns();
-	return NULL;
 }
 
 static void test_stop_blocked(void **state)
@@ -692,6 +734,7 @@ int main(void)
 		cmocka_unit_test(test_errno),	       cmocka_unit_test(test_hostile_paths),
 		cmocka_unit_test(test_bad_auth),       cmocka_unit_test(test_forget),
 		cmocka_unit_test(test_handle_limit),
+		cmocka_unit_test(test_forget_blocked),
 		cmocka_unit_test(test_unknown_handle), cmocka_unit_test(test_create),
 		cmocka_unit_test(test_oversized),      cmocka_unit_test(test_stop_blocked),
 		cmocka_unit_test(test_latency),
