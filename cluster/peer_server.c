@@ -18,13 +18,19 @@
  *   and the time (within 30 s of its clock) before it looks at anything
  *   else: 401 on failure. URI is the request's path as sent (no query).
  *
- *   Handle ops take their arguments in the URI (decimal numbers) and no
- *   JSON: read/HANDLE/OFF/SIZE (answer: the bytes, application/octet-stream,
- *   at most 8 MiB; fewer than SIZE is not end of file, empty is),
- *   write/HANDLE/OFF (body: the bytes; answer {"n": COUNT}),
- *   fsync/HANDLE, release/HANDLE (answer {}). A handle belongs to the host
- *   that opened it; another host's handle is EBADF. Reads, writes and
- *   fsyncs run as the uid/gid that opened the handle.
+ *   Handle ops take their arguments in the URI (decimal numbers), no JSON:
+ *     read/HANDLE/OFF/SIZE   -> the bytes (application/octet-stream, at most
+ *                               8 MiB; fewer than SIZE is not end of file,
+ *                               none is): pread at OFF, read(2) on a stream
+ *     write/HANDLE/OFF       body: the bytes -> {"n": COUNT}
+ *     fsync/HANDLE, release/HANDLE -> {}
+ *   A handle belongs to the host that opened it (another host's is EBADF);
+ *   ids are never reused (a random start, then a counter). Reads, writes
+ *   and fsyncs run as the uid/gid that opened it. A read on a pipe, socket
+ *   or device waits in poll and ends early when the server stops, the
+ *   handle is released or forgotten (EBADF) or the caller hangs up; on a
+ *   regular file (the mount's blocking files are) it is a plain pread,
+ *   which ends with the mount.
  *
  *   Every other op takes a JSON object (at most 1 MiB) with exactly its keys:
  *     all but create: "uid", "gid" (the caller's credentials), "path"
@@ -49,8 +55,9 @@
  *
  *   Success is 200. An error is a non-200 status (400 EINVAL, 401 the
  *   authentication, 403 EACCES/EPERM, 404 ENOENT/ENOSYS, 409 EEXIST, 413
- *   E2BIG, 500 otherwise) with {"errno": N, "error": "text"}; the client
- *   returns -N. The channel is not encrypted.
+ *   E2BIG, 500 otherwise) with {"errno": N, "error": "text"} (Linux's
+ *   errno numbers); the client returns -N (-EACCES for a 401). The channel
+ *   is not encrypted.
  */
 #include <arpa/inet.h>
 #include <dirent.h>

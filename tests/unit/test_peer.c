@@ -683,6 +683,60 @@ static void test_stop_blocked(void **state)
 	free((char *)w.path);
 }
 
+struct worker {
+	int i;
+	int bad;
+};
+
+static void *worker_run(void *arg)
+{
+	struct worker *w = arg;
+	struct peer_client *pc = w->i % 2 ? ca : cb;
+	char name[32], want[32], buf[64];
+	struct stat st;
+	uint64_t h;
+
+	snprintf(name, sizeof(name), "cc%d", w->i);
+	snprintf(want, sizeof(want), "worker %d", w->i);
+	for (int k = 0; k < 100; k++) {
+		ssize_t n;
+
+		if (peer_stat(pc, addr, &root_cr, name, &st) != 0 || st.st_size != (off_t)strlen(want) ||
+		    peer_open(pc, addr, &root_cr, name, O_RDONLY, 0, &h) != 0) {
+			w->bad++;
+			continue;
+		}
+		n = peer_read(pc, addr, h, 0, buf, sizeof(buf));
+		if (n != (ssize_t)strlen(want) || memcmp(buf, want, (size_t)n) != 0)
+			w->bad++;
+		if (peer_release(pc, addr, h) != 0)
+			w->bad++;
+	}
+	return NULL;
+}
+
+/* Eight threads over two clients at once: the pools hand each request its own connection. */
+static void test_concurrent(void **state)
+{
+	struct worker w[8];
+	pthread_t t[8];
+	char name[32], data[32];
+
+	for (int i = 0; i < 8; i++) {
+		snprintf(name, sizeof(name), "cc%d", i);
+		snprintf(data, sizeof(data), "worker %d", i);
+		put(name, data, 0644);
+		w[i] = (struct worker){.i = i};
+		assert_int_equal(pthread_create(&t[i], NULL, worker_run, &w[i]), 0);
+	}
+	for (int i = 0; i < 8; i++) {
+		pthread_join(t[i], NULL);
+		assert_int_equal(w[i].bad, 0);
+		snprintf(name, sizeof(name), "cc%d", i);
+		assert_int_equal(unlink(at(name)), 0);
+	}
+}
+
 static int cmp_u64(const void *a, const void *b)
 {
 	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
@@ -737,7 +791,7 @@ int main(void)
 		cmocka_unit_test(test_forget_blocked),
 		cmocka_unit_test(test_unknown_handle), cmocka_unit_test(test_create),
 		cmocka_unit_test(test_oversized),      cmocka_unit_test(test_stop_blocked),
-		cmocka_unit_test(test_latency),
+		cmocka_unit_test(test_concurrent),     cmocka_unit_test(test_latency),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
