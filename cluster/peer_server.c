@@ -105,7 +105,6 @@ struct handle {
 	char *host;
 	char *path;      /* for logs */
 	unsigned refs;   /* protected by ps->lock: the table's one, plus one per request using it */
-	bool gone;       /* protected by ps->lock: out of the table (released, forgotten) */
 	struct handle *next; /* protected by ps->lock: the bucket's chain */
 };
 
@@ -407,7 +406,6 @@ static void handle_unlink_locked(struct peer_server *ps, struct handle *h)
 	while (*pp != h)
 		pp = &(*pp)->next;
 	*pp = h->next;
-	h->gone = true;
 	if (h->wake_fd >= 0)
 		eventfd_write(h->wake_fd, 1);
 	if (hc)
