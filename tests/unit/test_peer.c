@@ -120,6 +120,9 @@ static size_t sink_data(char *d, size_t size, size_t n, void *arg)
 	return size * n;
 }
 
+/* A raw request's total timeout (0: none); one that times out returns -1. */
+static long raw_timeout_ms;
+
 /* POSTs body to uri, signed as host-a (or spoiled as how says); returns the HTTP status, the answer in *s. */
 static long raw(const char *uri, const char *body, size_t len, int how, struct sink *s)
 {
@@ -155,8 +158,11 @@ static long raw(const char *uri, const char *body, size_t len, int how, struct s
 	curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)(len + (how == RAW_TAMPERED)));
 	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, sink_data);
 	curl_easy_setopt(e, CURLOPT_WRITEDATA, s);
-	assert_int_equal(curl_easy_perform(e), CURLE_OK);
-	curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
+	curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, raw_timeout_ms);
+	if (curl_easy_perform(e) == CURLE_OK)
+		curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
+	else
+		status = -1;
 	curl_slist_free_all(h);
 	curl_easy_cleanup(e);
 	return status;
@@ -596,6 +602,72 @@ static void test_forget_blocked(void **state)
 	free((char *)w.path);
 }
 
+/*
+ * A caller that hangs up while its read waits on a FIFO ends that read on
+ * the server: nothing is left to steal the bytes that come later.
+ */
+static void test_hangup(void **state)
+{
+	struct writer w = {.delay_ms = 0, .data = NULL};
+	char uri[96], buf[16];
+	struct sink s;
+	pthread_t tw;
+	uint64_t h;
+	int rel[2], fd;
+
+	w.path = strdup(at("fifo4"));
+	assert_int_equal(mkfifo(w.path, 0600), 0);
+	assert_int_equal(pipe2(rel, O_CLOEXEC), 0);
+	w.release_fd = rel[0];
+	assert_int_equal(pthread_create(&tw, NULL, writer_run, &w), 0);
+	assert_int_equal(peer_open(ca, addr, &root_cr, "fifo4", O_RDONLY, 0, &h), 0);
+	snprintf(uri, sizeof(uri), "/v1/read/%llu/0/16", (unsigned long long)h);
+	raw_timeout_ms = 300;
+	assert_int_equal(raw(uri, "", 0, RAW_OK, &s), -1);
+	raw_timeout_ms = 0;
+	usleep(200 * 1000);
+	/* a second writer: the first one holds the FIFO open without writing */
+	fd = open(w.path, O_WRONLY | O_CLOEXEC);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, "later", 5), 5);
+	close(fd);
+	assert_int_equal(write(rel[1], "x", 1), 1);
+	pthread_join(tw, NULL);
+	/* no writer now: the bytes, or end of file had a left-over read taken them */
+	assert_int_equal(peer_read(ca, addr, h, 0, buf, sizeof(buf)), 5);
+	assert_memory_equal(buf, "later", 5);
+	assert_int_equal(peer_release(ca, addr, h), 0);
+	close(rel[0]);
+	close(rel[1]);
+	unlink(w.path);
+	free((char *)w.path);
+}
+
+static void test_listen(void **state)
+{
+	static const char *const bad[] = {"nohost", "1.2.3.4", "x:1", "127.0.0.1:99999", ":80", "127.0.0.1:", "[::1:0"};
+	struct peer_server *s6;
+	struct peer_client *c6;
+	struct stat st;
+	char a6[64];
+
+	for (size_t i = 0; i < ARRAY_SIZE(bad); i++)
+		assert_int_equal(peer_server_start(bad[i], dir, secret, sizeof(secret), NULL, &s6), -EINVAL);
+	assert_int_equal(peer_server_start("127.0.0.1:0", "/nonexistent-dir", secret, sizeof(secret), NULL, &s6),
+			 -ENOENT);
+	assert_int_equal(peer_server_start("127.0.0.1:0", dir, secret, 0, NULL, &s6), -EINVAL);
+	assert_int_equal(peer_client_new("bad name", secret, sizeof(secret), &c6), -EINVAL);
+	if (peer_server_start("[::1]:0", dir, secret, sizeof(secret), NULL, &s6) < 0) {
+		fprintf(stderr, "test_listen: no IPv6 loopback here: its part skipped\n");
+		return;
+	}
+	snprintf(a6, sizeof(a6), "[::1]:%u", peer_server_port(s6));
+	assert_int_equal(peer_stat(ca, a6, &root_cr, "", &st), 0);
+	assert_true(S_ISDIR(st.st_mode));
+	peer_server_stop(s6);
+	assert_int_equal(peer_stat(ca, a6, &root_cr, "", &st), -EHOSTUNREACH);
+}
+
 static void test_unknown_handle(void **state)
 {
 	char buf[8];
@@ -788,7 +860,8 @@ int main(void)
 		cmocka_unit_test(test_errno),	       cmocka_unit_test(test_hostile_paths),
 		cmocka_unit_test(test_bad_auth),       cmocka_unit_test(test_forget),
 		cmocka_unit_test(test_handle_limit),
-		cmocka_unit_test(test_forget_blocked),
+		cmocka_unit_test(test_forget_blocked), cmocka_unit_test(test_hangup),
+		cmocka_unit_test(test_listen),
 		cmocka_unit_test(test_unknown_handle), cmocka_unit_test(test_create),
 		cmocka_unit_test(test_oversized),      cmocka_unit_test(test_stop_blocked),
 		cmocka_unit_test(test_concurrent),     cmocka_unit_test(test_latency),
