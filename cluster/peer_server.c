@@ -13,10 +13,13 @@
  *   X-Peer-Mac: HEX                HMAC-SHA256(secret, "NAME\nPOST\nURI\nSECONDS\n"
  *                                  + hex(sha256(body))), 64 lower-case hex digits
  *
- *   The server reads the body (at most 8 MiB; beyond, it only hashes it, and
- *   closes the connection past 64 MiB), then checks the MAC (constant time)
- *   and the time (within 30 s of its clock) before it looks at anything
- *   else: 401 on failure. URI is the request's path as sent (no query).
+ *   The server reads the body (keeps at most 8 MiB; beyond, or without the
+ *   three headers, or past 256 MiB kept over all requests, it only hashes
+ *   it; it closes the connection past 64 MiB), then checks the MAC
+ *   (constant time) and the time (within 30 s of its clock) before it looks
+ *   at anything else: 401 on failure. Then 413 (E2BIG) for a body it did
+ *   not keep for its size, 503 (EAGAIN) for one over the budget. URI is the
+ *   request's path as sent (no query string).
  *
  *   Handle ops take their arguments in the URI (decimal numbers), no JSON:
  *     read/HANDLE/OFF/SIZE   -> the bytes (application/octet-stream, at most
@@ -85,6 +88,8 @@
 #define HANDLE_BUCKETS 256
 /* an unauthenticated body this large is not read to its end: the connection is closed */
 #define DROP_MAX (64u << 20)
+/* request bodies held at once, over every connection: what unauthenticated callers can make the server keep */
+#define BUFFER_BUDGET (256u << 20)
 #define MAX_GROUPS 256
 #define IDLE_TIMEOUT_S 120
 
@@ -122,6 +127,7 @@ struct peer_server {
 	size_t secret_len;
 	struct peer_server_hooks hooks;
 	unsigned port;
+	size_t buffered; /* atomic: bytes of request bodies held (BUFFER_BUDGET) */
 	/* the daemon's supplementary groups, restored after each operation (when it may set them) */
 	gid_t groups[MAX_GROUPS];
 	int n_groups;
@@ -137,7 +143,12 @@ struct req {
 	struct sha256_ctx sha;
 	char *body;
 	size_t len, cap, total;
-	bool too_big;
+	/*
+	 * The body is hashed, not kept: 401 (the authentication headers are
+	 * missing, the answer will be 401), 413 (larger than PEER_BODY_MAX),
+	 * 503 (the server holds BUFFER_BUDGET already).
+	 */
+	unsigned not_kept;
 };
 
 /* ---- replies ---- */
@@ -853,8 +864,11 @@ static enum MHD_Result serve(struct peer_server *ps, struct MHD_Connection *conn
 		log_debug("peer: %s %s from %s refused: %s", method, url, host ? host : "?", why);
 		return reply_error(conn, MHD_HTTP_UNAUTHORIZED, -EACCES, why);
 	}
-	if (q->too_big)
+	if (q->not_kept == MHD_HTTP_CONTENT_TOO_LARGE)
 		return reply_error(conn, 0, -E2BIG, "the body is larger than 8 MiB");
+	if (q->not_kept)
+		return reply_error(conn, MHD_HTTP_SERVICE_UNAVAILABLE, -EAGAIN,
+				   "the server holds too many request bodies: try again");
 	if (strcmp(method, MHD_HTTP_METHOD_POST) != 0)
 		return reply_error(conn, MHD_HTTP_METHOD_NOT_ALLOWED, -EINVAL, "every request is a POST");
 	r = peer_wire_req_decode(url, q->body, q->len, &w, &why);
@@ -870,15 +884,46 @@ static enum MHD_Result serve(struct peer_server *ps, struct MHD_Connection *conn
 	return res;
 }
 
+/* Keeps n more bytes of q's body, within the server's budget: 0, or the status that refuses the body. */
+static unsigned body_keep(struct peer_server *ps, struct req *q, const char *data, size_t n)
+{
+	if (q->len + n > PEER_BODY_MAX)
+		return MHD_HTTP_CONTENT_TOO_LARGE;
+	if (q->len + n > q->cap) {
+		size_t cap = q->cap ? q->cap : 4096, more;
+		char *b;
+
+		while (cap < q->len + n)
+			cap *= 2;
+		more = cap - q->cap;
+		if (__atomic_add_fetch(&ps->buffered, more, __ATOMIC_RELAXED) > BUFFER_BUDGET ||
+		    !(b = realloc(q->body, cap))) {
+			__atomic_sub_fetch(&ps->buffered, more, __ATOMIC_RELAXED);
+			return MHD_HTTP_SERVICE_UNAVAILABLE;
+		}
+		q->body = b;
+		q->cap = cap;
+	}
+	memcpy(q->body + q->len, data, n);
+	q->len += n;
+	return 0;
+}
+
 static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
 			       const char *version, const char *upload_data, size_t *upload_data_size, void **con_cls)
 {
+	struct peer_server *ps = cls;
 	struct req *q = *con_cls;
 
 	if (!q) {
 		if (!(q = calloc(1, sizeof(*q))))
 			return MHD_NO;
 		sha256_init(&q->sha);
+		/* no body is kept for a request that cannot pass (the MAC waits for the body) */
+		if (!peer_wire_host_ok(MHD_lookup_connection_value(conn, MHD_HEADER_KIND, PEER_HDR_HOST)) ||
+		    !MHD_lookup_connection_value(conn, MHD_HEADER_KIND, PEER_HDR_TIME) ||
+		    !MHD_lookup_connection_value(conn, MHD_HEADER_KIND, PEER_HDR_MAC))
+			q->not_kept = MHD_HTTP_UNAUTHORIZED;
 		*con_cls = q;
 		return MHD_YES;
 	}
@@ -890,35 +935,23 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *conn, const cha
 		if (q->total > DROP_MAX)
 			return MHD_NO;
 		sha256_update(&q->sha, upload_data, n);
-		if (q->too_big || q->len + n > PEER_BODY_MAX) {
-			/* hashed, not kept: the answer (after the MAC is checked) is 413 */
-			q->too_big = true;
-			return MHD_YES;
-		}
-		if (q->len + n > q->cap) {
-			size_t cap = q->cap ? q->cap : 4096;
-			char *b;
-
-			while (cap < q->len + n)
-				cap *= 2;
-			if (!(b = realloc(q->body, cap)))
-				return MHD_NO;
-			q->body = b;
-			q->cap = cap;
-		}
-		memcpy(q->body + q->len, upload_data, n);
-		q->len += n;
+		/* hashed, and kept if it may be: the answer comes once the MAC is checked */
+		if (!q->not_kept)
+			q->not_kept = body_keep(ps, q, upload_data, n);
 		return MHD_YES;
 	}
-	return serve(cls, conn, url, method, q);
+	return serve(ps, conn, url, method, q);
 }
 
 static void completed(void *cls, struct MHD_Connection *conn, void **con_cls, enum MHD_RequestTerminationCode toe)
 {
+	struct peer_server *ps = cls;
 	struct req *q = *con_cls;
 
-	if (q)
+	if (q) {
+		__atomic_sub_fetch(&ps->buffered, q->cap, __ATOMIC_RELAXED);
 		free(q->body);
+	}
 	free(q);
 	*con_cls = NULL;
 }
@@ -1029,7 +1062,7 @@ int peer_server_start(const char *listen_addr, const char *root, const void *sec
 		flags |= MHD_USE_IPv6;
 	ps->mhd = MHD_start_daemon(flags, 0, NULL, NULL, handler, ps, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
 				   MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_NOTIFY_COMPLETED,
-				   completed, NULL, MHD_OPTION_THREAD_STACK_SIZE, (size_t)THREAD_STACK,
+				   completed, ps, MHD_OPTION_THREAD_STACK_SIZE, (size_t)THREAD_STACK,
 				   MHD_OPTION_CONNECTION_LIMIT, (unsigned)4096, MHD_OPTION_CONNECTION_TIMEOUT,
 				   (unsigned)IDLE_TIMEOUT_S, MHD_OPTION_END);
 	if (!ps->mhd) {
