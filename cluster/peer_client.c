@@ -358,12 +358,12 @@ static int call_json(struct peer_client *pc, const char *addr, enum peer_op op, 
 	return k;
 }
 
-/* {"path": path} plus one more key (NULL: none). */
+/* {"path": path} plus one more key (NULL: none). A NULL path goes as null: the server's EINVAL. */
 static json_object *args_path(const char *path, const char *key, json_object *val)
 {
 	json_object *a = json_object_new_object();
 
-	if (!a || !path || json_object_object_add(a, "path", json_object_new_string(path)) < 0) {
+	if (!a || json_object_object_add(a, "path", path ? json_object_new_string(path) : NULL) < 0) {
 		json_object_put(a);
 		json_object_put(val);
 		return NULL;

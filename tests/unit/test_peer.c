@@ -264,6 +264,7 @@ static void test_read_write(void **state)
 	assert_int_equal(peer_write(ca, addr, h, 0, data, size), (ssize_t)size);
 	for (size_t off = 0; off < size; off += chunk)
 		assert_int_equal(peer_write(ca, addr, h, (off_t)off, data + off, chunk), (ssize_t)chunk);
+	assert_int_equal(peer_write(ca, addr, h, 0, data, 0), 0);
 	assert_int_equal(peer_fsync(ca, addr, h), 0);
 	assert_int_equal(peer_release(ca, addr, h), 0);
 	assert_int_equal(peer_release(ca, addr, h), -EBADF);
@@ -285,6 +286,8 @@ static void test_read_write(void **state)
 	assert_memory_equal(back, data + size - 10, 10);
 	assert_int_equal(peer_read(ca, addr, h, (off_t)size, back, 100), 0);
 	assert_int_equal(peer_read(ca, addr, h, -1, back, 100), -EINVAL);
+	assert_int_equal(peer_read(ca, addr, h, 0, back, 0), 0);
+	assert_int_equal(peer_write(ca, addr, h, 0, data, 0), -EBADF); /* opened read-only */
 	assert_int_equal(peer_release(ca, addr, h), 0);
 }
 
@@ -450,6 +453,8 @@ static void test_hostile_paths(void **state)
 	memset(big, 'a', 5000);
 	big[5000] = 0;
 	assert_int_equal(peer_stat(ca, addr, &root_cr, big, &st), -EINVAL);
+	assert_int_equal(peer_stat(ca, addr, &root_cr, NULL, &st), -EINVAL);
+	assert_int_equal(peer_rename(ca, addr, &root_cr, "x", NULL), -EINVAL);
 	assert_int_equal(peer_mkdir(ca, addr, &root_cr, big, 0755), -EINVAL);
 	/* a NUL inside the path, as only the wire can carry it */
 	status = raw("/v1/stat", nul, strlen(nul), RAW_OK, &s);
