@@ -262,13 +262,17 @@ static int exchange(struct peer_client *pc, const char *addr, const char *uri, c
 		    struct reply *r, char **ret_reason)
 {
 	char url[512], tstr[24], mac[SHA256_HEX_LEN + 1], h[3][PEER_HOST_MAX + 64], errbuf[CURL_ERROR_SIZE] = "";
+	/* "Expect:" off: no wait for a 100 Continue before a large write's body */
+	const char *lines[] = {h[0], h[1], h[2], "Expect:", "Content-Type: application/octet-stream"};
 	struct curl_slist *hdrs = NULL, *l;
 	struct sha256_ctx c;
 	uint8_t sha[SHA256_LEN];
 	struct pooled *p;
 	CURLcode cc;
-	int k;
 
+	/* HOST:PORT or [V6]:PORT, nothing that would make another URL (a user, a path) */
+	if (!addr || !*addr || addr[strspn(addr, "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:[]")])
+		return fail(-EINVAL, "%s: not HOST:PORT", addr ? addr : "(null)");
 	if (snprintf(url, sizeof(url), "http://%s%s", addr, uri) >= (int)sizeof(url))
 		return fail(-EINVAL, "%s: the address is too long", addr);
 	snprintf(tstr, sizeof(tstr), "%lld", (long long)time(NULL));
@@ -280,8 +284,6 @@ static int exchange(struct peer_client *pc, const char *addr, const char *uri, c
 	snprintf(h[0], sizeof(h[0]), PEER_HDR_HOST ": %s", pc->self);
 	snprintf(h[1], sizeof(h[1]), PEER_HDR_TIME ": %s", tstr);
 	snprintf(h[2], sizeof(h[2]), PEER_HDR_MAC ": %s", mac);
-	/* "Expect:" off: no wait for a 100 Continue before a large write's body */
-	const char *lines[] = {h[0], h[1], h[2], "Expect:", "Content-Type: application/octet-stream"};
 	for (size_t i = 0; i < ARRAY_SIZE(lines); i++) {
 		if (!(l = curl_slist_append(hdrs, lines[i]))) {
 			curl_slist_free_all(hdrs);
@@ -313,10 +315,8 @@ static int exchange(struct peer_client *pc, const char *addr, const char *uri, c
 		return fail(-EHOSTUNREACH, "%s: %s: the answer is larger than asked for", addr, uri);
 	if (cc != CURLE_OK)
 		return fail(-EHOSTUNREACH, "%s: %s: %s", addr, uri, errbuf[0] ? errbuf : curl_easy_strerror(cc));
-	if (r->status != 200) {
-		k = answer_error(addr, uri, r, ret_reason);
-		return k;
-	}
+	if (r->status != 200)
+		return answer_error(addr, uri, r, ret_reason);
 	return 0;
 }
 

@@ -662,6 +662,8 @@ static void test_listen(void **state)
 			 -ENOENT);
 	assert_int_equal(peer_server_start("127.0.0.1:0", dir, secret, 0, NULL, &s6), -EINVAL);
 	assert_int_equal(peer_client_new("bad name", secret, sizeof(secret), &c6), -EINVAL);
+	assert_int_equal(peer_stat(ca, "user@127.0.0.1:1", &root_cr, "", &st), -EINVAL);
+	assert_int_equal(peer_stat(ca, "127.0.0.1:1/x", &root_cr, "", &st), -EINVAL);
 	if (peer_server_start("[::1]:0", dir, secret, sizeof(secret), NULL, &s6) < 0) {
 		fprintf(stderr, "test_listen: no IPv6 loopback here: its part skipped\n");
 		return;
