@@ -861,7 +861,8 @@ static enum MHD_Result serve(struct peer_server *ps, struct MHD_Connection *conn
 				 MHD_lookup_connection_value(conn, MHD_HEADER_KIND, PEER_HDR_MAC), sha,
 				 (int64_t)time(NULL), &why);
 	if (r < 0) {
-		log_debug("peer: %s %s from %s refused: %s", method, url, host ? host : "?", why);
+		/* the URI and a bad name are the caller's bytes: not into the log */
+		log_debug("peer: a request from %s refused: %s", peer_wire_host_ok(host) ? host : "?", why);
 		return reply_error(conn, MHD_HTTP_UNAUTHORIZED, -EACCES, why);
 	}
 	if (q->not_kept == MHD_HTTP_CONTENT_TOO_LARGE)
