@@ -808,8 +808,9 @@ static void test_concurrent(void **state)
 		w[i] = (struct worker){.i = i};
 		assert_int_equal(pthread_create(&t[i], NULL, worker_run, &w[i]), 0);
 	}
-	for (int i = 0; i < 8; i++) {
+	for (int i = 0; i < 8; i++)
 		pthread_join(t[i], NULL);
+	for (int i = 0; i < 8; i++) {
 		assert_int_equal(w[i].bad, 0);
 		snprintf(name, sizeof(name), "cc%d", i);
 		assert_int_equal(unlink(at(name)), 0);
