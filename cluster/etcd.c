@@ -770,14 +770,20 @@ int etcd_new(const char *urls, unsigned timeout_ms, struct etcd **ret)
 
 	if (!urls || !*urls || timeout_ms == 0)
 		return -EINVAL;
-	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
-		return -ENOMEM;
 	e = calloc(1, sizeof(*e));
-	copy = strdup(urls);
-	if (!e || !copy)
-		goto fail_nomem;
-	e->timeout_ms = timeout_ms;
+	if (!e)
+		return -ENOMEM;
+	/* from here on etcd_free undoes it all (it calls curl_global_cleanup) */
 	pthread_mutex_init(&e->lock, NULL);
+	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+		pthread_mutex_destroy(&e->lock);
+		free(e);
+		return -ENOMEM;
+	}
+	e->timeout_ms = timeout_ms;
+	copy = strdup(urls);
+	if (!copy)
+		goto fail_nomem;
 	for (const char *p = urls; *p; p++)
 		n += *p == ',';
 	e->urls = calloc(n + 1, sizeof(*e->urls));
