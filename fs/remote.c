@@ -574,7 +574,7 @@ void remote_getattr(fuse_req_t req, struct fs *f, fuse_ino_t ino, struct fuse_fi
 /*
  * size: peer_truncate; mode: peer_chmod; times are accepted and ignored
  * (the peer has no call for them; the mount's own files do the same, so
- * `touch` works); owners: EPERM (no call either).
+ * `touch` works); owners: EPERM unless unchanged (no call either).
  */
 void remote_setattr(fuse_req_t req, struct fs *f, fuse_ino_t ino, struct stat *attr, int to_set,
 		    struct fuse_file_info *fi)
@@ -586,8 +586,11 @@ void remote_setattr(fuse_req_t req, struct fs *f, fuse_ino_t ino, struct stat *a
 	int r = resolve(f, ino, &n, &w);
 
 	(void)fi; /* ftruncate goes by the open file's path too */
-	if (r == 0 && (to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)))
-		r = -EPERM;
+	if (r == 0 && (to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) &&
+	    (r = peer_stat(pc_of(f), w.addr, &cr, n.path, &st)) == 0 &&
+	    (((to_set & FUSE_SET_ATTR_UID) && attr->st_uid != st.st_uid) ||
+	     ((to_set & FUSE_SET_ATTR_GID) && attr->st_gid != st.st_gid)))
+		r = -EPERM; /* only a chown to the owners it has (cp -p, install) */
 	if (r == 0 && (to_set & FUSE_SET_ATTR_SIZE))
 		r = peer_truncate(pc_of(f), w.addr, &cr, n.path, attr->st_size);
 	if (r == 0 && (to_set & FUSE_SET_ATTR_MODE))
