@@ -33,13 +33,19 @@ struct cluster_options {
 	const char *secret_file; /* the shared key (default STATE/cluster.key, made 0600 if absent) */
 	unsigned lease_ttl_s;	 /* default 10 */
 	const char *mountpoint;	 /* the peer server serves this mount's files */
+	const char *state_dir;	 /* the key's default place, and STATE/cluster-names */
+	unsigned max_sandboxes;	 /* advertised: what placement counts as this host's room */
 };
 
 int cluster_new(struct engine *e, const struct cluster_options *o, struct cluster **ret);
 /* After the mount answers: joins (lease, host key), starts the watch, the heartbeat and the server. */
 int cluster_start(struct cluster *c);
-/* Before the engine goes: leaves (revokes the lease), stops the server and the threads. */
+/* After the FUSE loop ended: stops the server, the watch and the heartbeat. */
 void cluster_stop(struct cluster *c);
+/*
+ * After the engine went (with its sandboxes): deletes this host's names
+ * from etcd and revokes its lease (others see it leave at once), frees.
+ */
 void cluster_free(struct cluster *c);
 
 const char *cluster_self(struct cluster *c);

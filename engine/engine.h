@@ -210,6 +210,7 @@ char **engine_template_list(struct engine *e);
 void strv_free(char **v);
 void template_unref(struct template *t);
 uint64_t template_id(const struct template *t);
+const char *template_name(const struct template *t); /* fixed for the template's life */
 /* Rendered files: malloc'd strings. */
 char *template_render_status(struct template *t);
 char *template_render_config(struct template *t);
@@ -223,6 +224,8 @@ int template_write_config(struct template *t, const char *data, size_t len);
  * a refusal changes nothing and its reason is the status's create_error.
  */
 int template_write_create(struct template *t, const char *data, size_t len);
+/* A refusal decided outside the engine (a cluster's placement): the status's create_error (r 0 clears it). */
+void template_note_create_error(struct template *t, const char *name, int r, const char *why);
 /* templates/T/Dockerfile: its text ("" when none); written whole (empty removes it), at most this many bytes. */
 #define TEMPLATE_DOCKERFILE_MAX (1024u * 1024u)
 char *template_render_dockerfile(struct template *t);

@@ -562,6 +562,11 @@ static void create_refused(struct template *t, const char *name, int r, const ch
 	pthread_mutex_unlock(&e->lock);
 }
 
+void template_note_create_error(struct template *t, const char *name, int r, const char *why)
+{
+	create_refused(t, name, r, why);
+}
+
 /* A setting's value as the file takes it: a string is the file's text, an object or a number its JSON. */
 static const char *setting_text(json_object *v, size_t *len)
 {

@@ -24,6 +24,11 @@ const char *template_state_name(enum template_state s)
 	return s <= TPL_STALE ? n[s] : "unknown";
 }
 
+const char *template_name(const struct template *t)
+{
+	return t->name;
+}
+
 uint64_t template_id(const struct template *t)
 {
 	return t->id;
