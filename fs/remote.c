@@ -19,7 +19,8 @@
  *
  * Lost sandboxes (their host's lease is gone): every operation answers
  * EHOSTDOWN but the sandbox directory's own stat and listing (one file,
- * status) and that status file, rendered here (cluster_render_lost).
+ * status) and that status file, rendered here (cluster_render_lost);
+ * live/N stats as a directory too (so listing live/ shows it) and lists EHOSTDOWN.
  *
  * Not forwarded:
  *  - poll: every remote file answers always ready (the read itself blocks
@@ -164,6 +165,12 @@ static void rref_done(struct rref *r)
 	free(r->sb);
 	free(r->path);
 	memset(r, 0, sizeof(*r));
+}
+
+/* templates/T/sandboxes/N or live/N itself */
+static bool is_root(const struct rref *r)
+{
+	return r->path[r->root_len] == '\0';
 }
 
 /* The sandbox directory itself (templates/T/sandboxes/N), and its status file: what a lost sandbox still shows. */
@@ -553,8 +560,8 @@ void remote_getattr(fuse_req_t req, struct fs *f, fuse_ino_t ino, struct fuse_fi
 	(void)fi; /* an open file is stat-ed by its path too: the peer has no fstat */
 	if (r == 0)
 		r = where_get(f, &n, &w);
-	if (r == 0 && w.lost && is_sbdir(&n))
-		synth_stat(S_IFDIR | 0755, &st);
+	if (r == 0 && w.lost && is_root(&n))
+		synth_stat(S_IFDIR | 0755, &st); /* it shows (live/N too, as its lookup did), with its status saying lost */
 	else if (r == 0 && w.lost && is_sbstatus(&n))
 		synth_stat(S_IFREG | 0444, &st);
 	else if (r == 0 && w.lost)
