@@ -23,8 +23,9 @@
  * live/N stats as a directory too (so listing live/ shows it) and lists EHOSTDOWN.
  *
  * Not forwarded:
- *  - poll: every remote file answers always ready (the read itself blocks
- *    on the peer); a poll that waits for a status change does not wait.
+ *  - poll: every remote file answers always readable and writable (the
+ *    read itself blocks on the peer); POLLPRI, a local status file's
+ *    "changed", never comes.
  *  - flush: peer.h has none; the peer's file is closed at our release, so
  *    what a local close reports (an exec written write-only runs at close
  *    and its close waits, an incomplete JSON value is EINVAL) happens on the
@@ -33,9 +34,11 @@
  *    times (accepted and ignored, as the mount's own files do); rename
  *    flags (EINVAL).
  *  - interrupts: a read blocked on the peer (a process's output, wait)
- *    holds its FUSE worker until the peer answers; an interrupt answers
- *    EINTR at once, and what that peer read returns later is kept for the
- *    next read at the same offset (so a stream loses nothing).
+ *    holds its FUSE worker until the peer answers (peer.h has no cancel;
+ *    so many such readers can use up the session's 64 workers); an
+ *    interrupt answers EINTR at once, and what that peer read returns later
+ *    is kept for the next read at the same offset (so a stream loses
+ *    nothing). Other calls are short and not interruptible.
  */
 #include <fcntl.h>
 #include <poll.h>
