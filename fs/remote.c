@@ -47,6 +47,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <unistd.h>
 
 #include "fs_internal.h"
 
@@ -344,21 +345,40 @@ static void where_done(struct rwhere *w)
 	memset(w, 0, sizeof(*w));
 }
 
-/* Asked at every call: a sandbox that moved or was lost is seen at once. -ENOENT: the cluster has it no more. */
-static int where_get(struct fs *f, const struct rref *r, struct rwhere *w)
+/*
+ * A request of this daemon's own peer server, serving another host: the
+ * caller's thread is one of ours (FUSE names the calling thread).
+ */
+static bool from_peer_server(fuse_req_t req)
+{
+	char p[64];
+
+	snprintf(p, sizeof(p), "/proc/self/task/%d", (int)fuse_req_ctx(req)->pid);
+	return access(p, F_OK) == 0;
+}
+
+/*
+ * Asked at every call: a sandbox that moved or was lost is seen at once.
+ * -ENOENT: the cluster has it no more, or another host asked us for a
+ * sandbox we do not run (forwarded once, never again: two views that
+ * disagree for a moment would pass it around in a loop).
+ */
+static int where_get(fuse_req_t req, struct fs *f, const struct rref *r, struct rwhere *w)
 {
 	memset(w, 0, sizeof(*w));
+	if (from_peer_server(req))
+		return -ENOENT;
 	return cluster_sandbox_where(f->cluster, r->tpl, r->sb, &w->host, &w->addr, &w->lost);
 }
 
 /* The node and where it runs; a lost sandbox is -EHOSTDOWN (the callers that show something check lost first). */
-static int resolve(struct fs *f, fuse_ino_t ino, struct rref *r, struct rwhere *w)
+static int resolve(fuse_req_t req, struct fs *f, fuse_ino_t ino, struct rref *r, struct rwhere *w)
 {
 	int ret = rref_get(f, ino, r);
 
 	memset(w, 0, sizeof(*w));
 	if (ret == 0)
-		ret = where_get(f, r, w);
+		ret = where_get(req, f, r, w);
 	if (ret == 0 && w->lost)
 		ret = -EHOSTDOWN;
 	if (ret < 0) {
@@ -369,13 +389,13 @@ static int resolve(struct fs *f, fuse_ino_t ino, struct rref *r, struct rwhere *
 }
 
 /* A directory node, where it runs and the reference of a name in it. */
-static int resolve_child(struct fs *f, fuse_ino_t parent, const char *name, struct rref *c, struct rwhere *w)
+static int resolve_child(fuse_req_t req, struct fs *f, fuse_ino_t parent, const char *name, struct rref *c, struct rwhere *w)
 {
 	struct rref dir;
 	int ret;
 
 	memset(c, 0, sizeof(*c));
-	ret = resolve(f, parent, &dir, w);
+	ret = resolve(req, f, parent, &dir, w);
 
 	if (ret == 0) {
 		ret = rref_child(&dir, name, c);
@@ -454,7 +474,7 @@ void remote_reply_root(fuse_req_t req, struct fs *f, const char *tpl, const char
 	struct rref r = { 0 };
 	struct rwhere w = { 0 };
 	struct stat st;
-	int ret = f->cluster ? where_get(f, &(struct rref){ .tpl = (char *)tpl, .sb = (char *)name }, &w) : -ENOENT;
+	int ret = f->cluster ? where_get(req, f, &(struct rref){ .tpl = (char *)tpl, .sb = (char *)name }, &w) : -ENOENT;
 
 	if (ret == 0) {
 		r.tpl = tpl ? strdup(tpl) : NULL;
@@ -534,7 +554,7 @@ void remote_lookup(fuse_req_t req, struct fs *f, fuse_ino_t parent, const char *
 	int r = rref_get(f, parent, &dir);
 
 	if (r == 0)
-		r = where_get(f, &dir, &w);
+		r = where_get(req, f, &dir, &w);
 	if (r == 0)
 		r = rref_child(&dir, name, &c);
 	if (r == 0 && w.lost)
@@ -562,7 +582,7 @@ void remote_getattr(fuse_req_t req, struct fs *f, fuse_ino_t ino, struct fuse_fi
 
 	(void)fi; /* an open file is stat-ed by its path too: the peer has no fstat */
 	if (r == 0)
-		r = where_get(f, &n, &w);
+		r = where_get(req, f, &n, &w);
 	if (r == 0 && w.lost && is_root(&n))
 		synth_stat(S_IFDIR | 0755, &st); /* it shows (live/N too, as its lookup did), with its status saying lost */
 	else if (r == 0 && w.lost && is_sbstatus(&n))
@@ -593,7 +613,7 @@ void remote_setattr(fuse_req_t req, struct fs *f, fuse_ino_t ino, struct stat *a
 	struct rref n;
 	struct rwhere w;
 	struct stat st;
-	int r = resolve(f, ino, &n, &w);
+	int r = resolve(req, f, ino, &n, &w);
 
 	(void)fi; /* ftruncate goes by the open file's path too */
 	if (r == 0 && (to_set & (FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) &&
@@ -684,7 +704,7 @@ void remote_opendir(fuse_req_t req, struct fs *f, fuse_ino_t ino, struct fuse_fi
 	int r = d ? rref_get(f, ino, &n) : -ENOMEM;
 
 	if (r == 0)
-		r = where_get(f, &n, &w);
+		r = where_get(req, f, &n, &w);
 	if (r == 0 && w.lost && !is_sbdir(&n))
 		r = -EHOSTDOWN;
 	if (r == 0) {
@@ -744,7 +764,7 @@ void remote_mkdir(fuse_req_t req, struct fs *f, fuse_ino_t parent, const char *n
 	struct peer_cred cr = cred_of(req);
 	struct rref c;
 	struct rwhere w;
-	int r = resolve_child(f, parent, name, &c, &w);
+	int r = resolve_child(req, f, parent, name, &c, &w);
 
 	if (r < 0) {
 		fuse_reply_err(req, -r);
@@ -760,7 +780,7 @@ void remote_symlink(fuse_req_t req, struct fs *f, const char *target, fuse_ino_t
 	struct peer_cred cr = cred_of(req);
 	struct rref c;
 	struct rwhere w;
-	int r = resolve_child(f, parent, name, &c, &w);
+	int r = resolve_child(req, f, parent, name, &c, &w);
 
 	if (r < 0) {
 		fuse_reply_err(req, -r);
@@ -785,7 +805,7 @@ void remote_mknod(fuse_req_t req, struct fs *f, fuse_ino_t parent, const char *n
 		fuse_reply_err(req, EPERM);
 		return;
 	}
-	if ((r = resolve_child(f, parent, name, &c, &w)) < 0) {
+	if ((r = resolve_child(req, f, parent, name, &c, &w)) < 0) {
 		fuse_reply_err(req, -r);
 		return;
 	}
@@ -798,7 +818,7 @@ void remote_mknod(fuse_req_t req, struct fs *f, fuse_ino_t parent, const char *n
 }
 
 /* A lost sandbox's own status is a no-op to unlink, as a local sandbox's files are: so rm -rf reaches its rmdir. */
-static bool lost_status_unlink(struct fs *f, fuse_ino_t parent, const char *name)
+static bool lost_status_unlink(fuse_req_t req, struct fs *f, fuse_ino_t parent, const char *name)
 {
 	struct rref dir;
 	struct rwhere w = { 0 };
@@ -806,7 +826,7 @@ static bool lost_status_unlink(struct fs *f, fuse_ino_t parent, const char *name
 
 	if (strcmp(name, "status") != 0 || rref_get(f, parent, &dir) < 0)
 		return false;
-	if (is_sbdir(&dir) && where_get(f, &dir, &w) == 0)
+	if (is_sbdir(&dir) && where_get(req, f, &dir, &w) == 0)
 		yes = w.lost;
 	where_done(&w);
 	rref_done(&dir);
@@ -820,11 +840,11 @@ void remote_remove(fuse_req_t req, struct fs *f, fuse_ino_t parent, const char *
 	struct rwhere w;
 	int r;
 
-	if (!dir && lost_status_unlink(f, parent, name)) {
+	if (!dir && lost_status_unlink(req, f, parent, name)) {
 		fuse_reply_err(req, 0);
 		return;
 	}
-	r = resolve_child(f, parent, name, &c, &w);
+	r = resolve_child(req, f, parent, name, &c, &w);
 
 	if (r == 0) {
 		r = dir ? peer_rmdir(pc_of(f), w.addr, &cr, c.path) : peer_unlink(pc_of(f), w.addr, &cr, c.path);
@@ -843,10 +863,10 @@ void remote_rename(fuse_req_t req, struct fs *f, fuse_ino_t parent, const char *
 	struct peer_cred cr = cred_of(req);
 	struct rref from = { 0 }, to = { 0 };
 	struct rwhere w = { 0 }, w2 = { 0 };
-	int r = resolve_child(f, parent, name, &from, &w);
+	int r = resolve_child(req, f, parent, name, &from, &w);
 
 	if (r == 0)
-		r = resolve_child(f, newparent, newname, &to, &w2);
+		r = resolve_child(req, f, newparent, newname, &to, &w2);
 	if (r == 0 && (from.root_len != to.root_len || strncmp(from.path, to.path, from.root_len) != 0))
 		r = -EXDEV;
 	if (r == 0 && flags)
@@ -869,7 +889,7 @@ void remote_readlink(fuse_req_t req, struct fs *f, fuse_ino_t ino)
 	_cleanup_free_ char *target = NULL;
 	struct rref n;
 	struct rwhere w;
-	int r = resolve(f, ino, &n, &w);
+	int r = resolve(req, f, ino, &n, &w);
 
 	if (r == 0) {
 		r = peer_readlink(pc_of(f), w.addr, &cr, n.path, &target);
@@ -991,7 +1011,7 @@ void remote_open(fuse_req_t req, struct fs *f, fuse_ino_t ino, struct fuse_file_
 	int r = h ? rref_get(f, ino, &n) : -ENOMEM;
 
 	if (r == 0)
-		r = where_get(f, &n, &w);
+		r = where_get(req, f, &n, &w);
 	if (r == 0 && w.lost)
 		r = open_lost(f, &n, fi, h);
 	else if (r == 0 && (r = peer_open(pc_of(f), w.addr, &cr, n.path, fi->flags & OPEN_FLAGS, 0, &h->handle)) == 0)
@@ -1017,7 +1037,7 @@ void remote_create(fuse_req_t req, struct fs *f, fuse_ino_t parent, const char *
 	struct rfile *h = rfile_new(f);
 	struct rref c = { 0 };
 	struct rwhere w = { 0 };
-	int r = h ? resolve_child(f, parent, name, &c, &w) : -ENOMEM, r2;
+	int r = h ? resolve_child(req, f, parent, name, &c, &w) : -ENOMEM, r2;
 
 	if (r == 0)
 		r = peer_open(pc_of(f), w.addr, &cr, c.path, (fi->flags & OPEN_FLAGS) | O_CREAT | (fi->flags & O_EXCL),
