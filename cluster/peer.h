@@ -21,6 +21,16 @@
  * Client calls return 0 (or a count) or a negative errno: the server's own
  * errno of the operation, or, when the call did not reach the server or
  * its answer did not come, -EHOSTUNREACH (reason: peer_error()).
+ *
+ * Details (the wire format is at the top of peer_server.c): the path ""
+ * is root itself (stat, readdir, open, chmod; -EINVAL for the ops that act
+ * on a name); a symlink is never followed out of root (openat2
+ * RESOLVE_BENEATH): a path through one that leads out is -EXDEV; a request
+ * the server's authentication refuses is -EACCES (peer_error() says why);
+ * a body over 8 MiB (a write) is -E2BIG; a host holds at most 4096 open
+ * handles on a peer (-EMFILE beyond); a handle another host opened, or one
+ * released or forgotten, is -EBADF. peer_error() holds the reason of every
+ * failed call, not only -EHOSTUNREACH.
  */
 #pragma once
 
@@ -101,6 +111,8 @@ struct peer_server_hooks {
 /*
  * Listens on listen_addr ("HOST:PORT"; PORT 0 picks one: peer_server_port),
  * serves root's files. One thread per connection (reads may block).
+ * root is opened once, here: start the server once the mount is up (an
+ * fd taken before would be the directory under the mount).
  */
 int peer_server_start(const char *listen_addr, const char *root, const void *secret, size_t secret_len,
 		      const struct peer_server_hooks *hooks, struct peer_server **ret);

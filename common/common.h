@@ -105,6 +105,8 @@ void sha256_final(struct sha256_ctx *c, uint8_t out[SHA256_LEN]);
 void sha256_hex(const uint8_t d[SHA256_LEN], char out[SHA256_HEX_LEN + 1]);
 int sha256_file(const char *path, char out_hex[SHA256_HEX_LEN + 1]);
 int sha256_fd(int fd, char out_hex[SHA256_HEX_LEN + 1]);
+/* HMAC-SHA256 (RFC 2104) of msg under key (any length). */
+void hmac_sha256(const void *key, size_t klen, const void *msg, size_t mlen, uint8_t out[SHA256_LEN]);
 
 /* CRC-32C (crc32c.c): crc32c_update(0, "123456789", 9) == 0xE3069283. */
 uint32_t crc32c_update(uint32_t crc, const void *data, size_t len);

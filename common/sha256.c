@@ -137,3 +137,30 @@ int sha256_file(const char *path, char out_hex[SHA256_HEX_LEN + 1])
 		return -errno;
 	return sha256_fd(fd, out_hex);
 }
+
+/* HMAC-SHA256 (RFC 2104): a key longer than the block is hashed first. */
+void hmac_sha256(const void *key, size_t klen, const void *msg, size_t mlen, uint8_t out[SHA256_LEN])
+{
+	uint8_t k[64] = {0}, inner[SHA256_LEN];
+	struct sha256_ctx c;
+
+	if (klen > sizeof(k)) {
+		sha256_init(&c);
+		sha256_update(&c, key, klen);
+		sha256_final(&c, k);
+	} else if (klen) {
+		memcpy(k, key, klen);
+	}
+	for (size_t i = 0; i < sizeof(k); i++)
+		k[i] ^= 0x36;
+	sha256_init(&c);
+	sha256_update(&c, k, sizeof(k));
+	sha256_update(&c, msg, mlen);
+	sha256_final(&c, inner);
+	for (size_t i = 0; i < sizeof(k); i++)
+		k[i] ^= 0x36 ^ 0x5c;
+	sha256_init(&c);
+	sha256_update(&c, k, sizeof(k));
+	sha256_update(&c, inner, sizeof(inner));
+	sha256_final(&c, out);
+}

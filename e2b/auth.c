@@ -152,22 +152,9 @@ bool auth_api_key_ok(const char *key)
 /* HMAC-SHA256 (RFC 2104) of the id under the secret. */
 void auth_sandbox_token(const char *id, char out[65])
 {
-	uint8_t k[64] = {0}, inner[SHA256_LEN], mac[SHA256_LEN];
-	struct sha256_ctx c;
+	uint8_t mac[SHA256_LEN];
 
-	memcpy(k, secret, SECRET_LEN);
-	for (size_t i = 0; i < sizeof(k); i++)
-		k[i] ^= 0x36;
-	sha256_init(&c);
-	sha256_update(&c, k, sizeof(k));
-	sha256_update(&c, id, strlen(id));
-	sha256_final(&c, inner);
-	for (size_t i = 0; i < sizeof(k); i++)
-		k[i] ^= 0x36 ^ 0x5c;
-	sha256_init(&c);
-	sha256_update(&c, k, sizeof(k));
-	sha256_update(&c, inner, sizeof(inner));
-	sha256_final(&c, mac);
+	hmac_sha256(secret, SECRET_LEN, id, strlen(id), mac);
 	sha256_hex(mac, out);
 }
 
