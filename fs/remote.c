@@ -418,10 +418,12 @@ static struct peer_client *pc_of(struct fs *f)
 	return cluster_peer(f->cluster);
 }
 
-/* Why a peer call failed, for the debug log: the peer's errno, or why it was not reached. */
+/* Why a peer call failed, for the debug log (peer_error: the reason of the thread's last failed call). */
 static const char *peer_reason(int r)
 {
-	return r == -EHOSTUNREACH ? peer_error() : strerror(-r);
+	const char *e = peer_error();
+
+	return e && *e ? e : strerror(-r);
 }
 
 /* ---- replies ---- */
