@@ -14,6 +14,16 @@
  *   -EPROTO     an answer that is not what the gateway sends
  * Thread-safe: each call uses its own curl handle from a small pool, so
  * connections are kept alive between calls.
+ * Every request asks for a leader (gRPC metadata "hasleader", passed on by
+ * the gateway): a member without one (an election, or quorum lost) refuses
+ * at once and the next member is asked; while every member refused so
+ * (or could not be reached), the round is tried again until the timeout
+ * (a read, a put, a delete, a grant, a keepalive: whatever went wrong).
+ * After a member timed out the request may have been done: a read, a
+ * put, a delete, a grant or a keepalive goes on to the next member; a txn
+ * (create, the fenced calls, etcd_txn) or a revoke does not (done twice,
+ * it would fail the second time: -EEXIST for the caller's own key) and
+ * answers -EAGAIN, as etcd's own client does.
  */
 #pragma once
 
@@ -25,7 +35,7 @@ struct etcd;
 
 /* urls: comma-separated "http://HOST:PORT" of the members; timeout_ms bounds each call. */
 int etcd_new(const char *urls, unsigned timeout_ms, struct etcd **ret);
-void etcd_free(struct etcd *e);
+void etcd_free(struct etcd *e); /* after every watch of it is stopped */
 /* The reason of the calling thread's last -EAGAIN/-EPROTO (thread-local; never NULL). */
 const char *etcd_error(void);
 
@@ -50,6 +60,29 @@ int etcd_create(struct etcd *e, const char *key, const void *val, size_t len, in
 /* A put fenced by MOD revision == mod_rev (-ESTALE otherwise). */
 int etcd_put_fenced(struct etcd *e, const char *key, const void *val, size_t len, int64_t lease, int64_t mod_rev,
 		    int64_t *ret_rev);
+/*
+ * A transaction: if every comparison holds (key's CREATE or MOD revision
+ * EQUAL to rev; a CREATE revision of 0: the key is absent), every op is
+ * done, atomically. -ESTALE if a comparison failed (nothing done);
+ * -E2BIG beyond 128 comparisons or operations, or 1.5 MiB, before
+ * anything is sent. *ret_rev (may be NULL): the revision of the txn.
+ */
+enum etcd_cmp_target { ETCD_CMP_CREATE, ETCD_CMP_MOD };
+struct etcd_cmp {
+	const char *key;
+	enum etcd_cmp_target target;
+	int64_t rev;
+};
+enum etcd_op_type { ETCD_OP_PUT, ETCD_OP_DELETE };
+struct etcd_op {
+	enum etcd_op_type type;
+	const char *key;
+	const void *val; /* PUT only */
+	size_t len;
+	int64_t lease;	 /* PUT only; 0: none */
+};
+int etcd_txn(struct etcd *e, const struct etcd_cmp *cmps, size_t n_cmps, const struct etcd_op *ops, size_t n_ops,
+	     int64_t *ret_rev);
 /* Deletes key (0 even if it was absent); *ret_deleted (may be NULL): how many. */
 int etcd_delete(struct etcd *e, const char *key, int64_t *ret_deleted);
 /* A delete fenced by MOD revision == mod_rev (-ESTALE otherwise). */
@@ -85,5 +118,13 @@ struct etcd_watch_cb {
 };
 struct etcd_watch;
 int etcd_watch_start(struct etcd *e, const char *prefix, const struct etcd_watch_cb *cb, struct etcd_watch **ret);
-/* Stops the thread (bounded: the stream is aborted), no callback after it returns. */
+/* Stops the thread (bounded: the stream is aborted), no callback after it returns. Not from a callback. */
 void etcd_watch_stop(struct etcd_watch *w);
+
+/*
+ * etcd_watch_start for a caller that already has the state at rev (> 0):
+ * no first range read, events from rev + 1 on. If the store was compacted
+ * past rev, it falls back to a range read and reset() (after state(false)).
+ */
+int etcd_watch_start_from(struct etcd *e, const char *prefix, int64_t rev, const struct etcd_watch_cb *cb,
+			  struct etcd_watch **ret);

@@ -111,8 +111,8 @@ struct peer_server_hooks {
 /*
  * Listens on listen_addr ("HOST:PORT"; PORT 0 picks one: peer_server_port),
  * serves root's files. One thread per connection (reads may block).
- * root is opened once, here: start the server once the mount is up (an
- * fd taken before would be the directory under the mount).
+ * root is opened for each operation (a descriptor kept on a mount would
+ * make `fusermount3 -u` of it fail with EBUSY); it must exist at start.
  */
 int peer_server_start(const char *listen_addr, const char *root, const void *secret, size_t secret_len,
 		      const struct peer_server_hooks *hooks, struct peer_server **ret);

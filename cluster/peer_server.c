@@ -121,7 +121,7 @@ struct host_count {
 
 struct peer_server {
 	struct MHD_Daemon *mhd;
-	int root_fd;
+	char *root; /* opened per operation: a descriptor kept on the mount would make `fusermount3 -u` fail (EBUSY) */
 	int stop_fd; /* an eventfd: readable once the server stops (a poll on it ends a blocked read) */
 	uint8_t *secret;
 	size_t secret_len;
@@ -269,13 +269,18 @@ static int open_beneath(struct peer_server *ps, const char *path, int flags, mod
 		.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS,
 	};
 	long fd;
+	int root = open(ps->root, O_PATH | O_DIRECTORY | O_CLOEXEC), err;
 
+	if (root < 0)
+		return -errno;
 	if (!*path)
 		path = ".";
 	do
-		fd = syscall(SYS_openat2, ps->root_fd, path, &how, sizeof(how));
+		fd = syscall(SYS_openat2, root, path, &how, sizeof(how));
 	while (fd < 0 && errno == EINTR);
-	return fd < 0 ? -errno : (int)fd;
+	err = errno;
+	close(root);
+	return fd < 0 ? -err : (int)fd;
 }
 
 /*
@@ -1011,9 +1016,15 @@ static int server_init(struct peer_server *ps, const char *root, const void *sec
 
 	if (secret_len == 0)
 		return -EINVAL;
-	ps->root_fd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
-	if (ps->root_fd < 0)
-		return -errno;
+	{
+		int fd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+
+		if (fd < 0)
+			return -errno;
+		close(fd);
+	}
+	if (!(ps->root = strdup(root)))
+		return -ENOMEM;
 	ps->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (ps->stop_fd < 0)
 		return -errno;
@@ -1050,7 +1061,7 @@ int peer_server_start(const char *listen_addr, const char *root, const void *sec
 
 	if (!ps)
 		return -ENOMEM;
-	ps->root_fd = ps->stop_fd = -1;
+	ps->stop_fd = -1;
 	pthread_mutex_init(&ps->lock, NULL);
 	r = addr_parse(listen_addr, &ss, &v6);
 	if (r == 0)
@@ -1098,8 +1109,7 @@ void peer_server_stop(struct peer_server *ps)
 		free(h->host);
 		free(h);
 	}
-	if (ps->root_fd >= 0)
-		close(ps->root_fd);
+	free(ps->root);
 	if (ps->stop_fd >= 0)
 		close(ps->stop_fd);
 	free(ps->secret);

@@ -16,9 +16,10 @@
 # (the guest's /proc/meminfo and the host's /proc files the usage file
 # parses), connect (emberfs-e2b's Connect envelope parser: a streaming
 # request's body from the network), peer (the peer server's request
-# decoding and authentication: cluster/peer_wire.c). A crash, a leak or a sanitizer
-# report fails the run; the input that did it is kept in
-# build-fuzz/crash-NAME-*.
+# decoding and authentication: cluster/peer_wire.c), etcdwatch (the etcd
+# client's watch stream decoder, fed in chunks, and its range answer
+# decoder). A crash, a leak or a sanitizer report fails the run; the
+# input that did it is kept in build-fuzz/crash-NAME-*.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 top=$PWD
@@ -26,7 +27,7 @@ out=$top/build-fuzz
 mkdir -p "$out"
 seconds=${FUZZ_SECONDS:-20}
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(config parse agent_reader agent_guest dockerfile dnsmsg usage connect peer)
+[ ${#targets[@]} -gt 0 ] || targets=(config parse agent_reader agent_guest dockerfile dnsmsg usage connect peer etcdwatch)
 
 command -v clang >/dev/null || { echo "contrib/fuzz.sh: clang missing (contrib/deps.sh installs it)" >&2; exit 1; }
 [ -f build/config.h ] || { meson setup build >/dev/null; }
@@ -51,6 +52,7 @@ for t in "${targets[@]}"; do
 	usage) srcs=("$top/tests/fuzz/fuzz_usage.c" "$top/engine/usage_parse.c" "${common[@]}") ;;
 	connect) srcs=(-I"$top" -I"$top/e2b" "$top/tests/fuzz/fuzz_connect.c" "$top/e2b/connect.c" "${common[@]}") ;;
 	peer) srcs=(-I"$top" -I"$top/cluster" "$top/tests/fuzz/fuzz_peer.c" "$top/cluster/peer_wire.c" "${common[@]}") ;;
+	etcdwatch) srcs=(-I"$top/cluster" "$top/tests/fuzz/fuzz_etcdwatch.c" "$top/cluster/etcd.c" "${common[@]}" -lcurl) ;;
 	*) echo "contrib/fuzz.sh: unknown target $t" >&2; exit 2 ;;
 	esac
 	echo "== fuzz $t (${seconds} s)" >&2
