@@ -79,6 +79,10 @@ struct cluster {
 	pthread_t hb;
 	bool hb_running, stopping;
 	pthread_cond_t hb_cond;
+	pthread_t committer;
+	bool committer_running;
+	pthread_cond_t commit_cond;
+	struct pending *pending; /* commits to make, in order */
 };
 
 /* ---- small string vectors ---- */
@@ -602,7 +606,117 @@ static char *json_name(const char *json, size_t len)
 	return r;
 }
 
-/* A create that runs on this host: reserve, create, commit (or roll back). */
+static bool own_key(struct cluster *c, const struct etcd_kv *kv)
+{
+	json_object *o = parse_obj(kv->value, kv->value_len);
+	const char *h = o ? jstr(o, "host") : NULL;
+	bool mine = h && strcmp(h, c->self) == 0;
+
+	json_object_put(o);
+	return mine;
+}
+
+/*
+ * Commits behind the creates (one thread, in order): a commit that fails
+ * because the reservation expired (the host was cut off past its lease)
+ * rolls the create back: the sandbox is destroyed (if it is still the one
+ * this create made), its name left to whoever holds it now.
+ */
+struct pending {
+	struct pending *next;
+	char *tpl, *name;
+	int64_t rev;
+	uint64_t sandbox;
+};
+
+static int commit_queue(struct cluster *c, const char *tpl, const char *name, int64_t rev, uint64_t sandbox)
+{
+	struct pending *p = calloc(1, sizeof(*p)), **tail;
+
+	if (!p || !(p->tpl = strdup(tpl)) || !(p->name = strdup(name))) {
+		if (p)
+			free(p->tpl);
+		free(p);
+		return -ENOMEM;
+	}
+	p->rev = rev;
+	p->sandbox = sandbox;
+	pthread_mutex_lock(&c->lock);
+	for (tail = &c->pending; *tail; tail = &(*tail)->next)
+		;
+	*tail = p;
+	pthread_cond_broadcast(&c->commit_cond);
+	pthread_mutex_unlock(&c->lock);
+	return 0;
+}
+
+static void commit_one(struct cluster *c, struct pending *p)
+{
+	int r = commit(c, p->tpl, p->name, p->rev);
+	struct template *t;
+	struct sandbox *s;
+
+	if (r == -EAGAIN) {
+		/* unknown whether it landed (etcd.c never sends a txn twice): ask once more */
+		struct etcd_kv kv = { 0 };
+		_cleanup_free_ char *key = sb_key(p->name);
+
+		if (key && etcd_get(c->etcd, key, &kv) == 0) {
+			json_object *o = parse_obj(kv.value, kv.value_len);
+			const char *st = o ? jstr(o, "state") : NULL;
+
+			if (own_key(c, &kv) && st && strcmp(st, "placed") == 0)
+				r = 0, committed_set(c, p->name, true);
+			else if (own_key(c, &kv) && kv.mod_rev == p->rev)
+				r = commit(c, p->tpl, p->name, p->rev);
+			json_object_put(o);
+		}
+		etcd_kv_clear(&kv);
+	}
+	if (r < 0 && (t = engine_template_get(c->e, p->tpl))) {
+		log_warn("create %s rolled back: its reservation %s", p->name,
+			 r == -ESTALE ? "expired before the commit (the host's lease went)" : "could not be committed");
+		if ((s = template_sandbox_get(t, p->name))) {
+			bool same = sandbox_id(s) == p->sandbox;
+
+			sandbox_unref(s);
+			if (same)
+				engine_sandbox_destroy(c->e, t, p->name);
+		}
+		unreserve(c, p->name, p->rev);
+		template_note_create_error(t, p->name, -EAGAIN, "the reservation in etcd expired before the commit");
+		template_unref(t);
+	}
+	inflight(c, p->name, false);
+}
+
+static void *committer_main(void *arg)
+{
+	struct cluster *c = arg;
+
+	pthread_mutex_lock(&c->lock);
+	for (;;) {
+		struct pending *p = c->pending;
+
+		if (!p && c->stopping)
+			break;
+		if (!p) {
+			pthread_cond_wait(&c->commit_cond, &c->lock);
+			continue;
+		}
+		c->pending = p->next;
+		pthread_mutex_unlock(&c->lock);
+		commit_one(c, p);
+		free(p->tpl);
+		free(p->name);
+		free(p);
+		pthread_mutex_lock(&c->lock);
+	}
+	pthread_mutex_unlock(&c->lock);
+	return NULL;
+}
+
+/* A create that runs on this host: reserve, create, commit behind (or roll back). */
 static int create_here(struct cluster *c, struct template *t, const char *name, const char *json, size_t len,
 		       struct sandbox **ret)
 {
@@ -633,19 +747,14 @@ static int create_here(struct cluster *c, struct template *t, const char *name, 
 		inflight(c, name, false);
 		return r;
 	}
-	if ((r = commit(c, tpl, name, rev)) < 0) {
-		log_warn("create %s rolled back: its reservation %s (%s)", name,
-			 r == -ESTALE ? "expired before the commit" : "could not be committed",
-			 r == -ESTALE ? "the host's lease went" : etcd_error());
+	/* the commit runs behind, as the rest of the create does: mkdir pays for one round trip to etcd */
+	if ((r = commit_queue(c, tpl, name, rev, s ? sandbox_id(s) : 0)) < 0) {
 		engine_sandbox_destroy(c->e, t, name);
 		sandbox_unref(s);
-		s = NULL;
 		unreserve(c, name, rev);
-		template_note_create_error(t, name, -EAGAIN, "the reservation in etcd expired before the commit");
 		inflight(c, name, false);
-		return -EAGAIN;
+		return r;
 	}
-	inflight(c, name, false);
 	if (ret)
 		*ret = s;
 	else
@@ -1006,16 +1115,6 @@ int cluster_ctl(struct cluster *c, struct sandbox *s, const char *cmd, size_t le
 
 /* ---- reconciliation ---- */
 
-static bool own_key(struct cluster *c, const struct etcd_kv *kv)
-{
-	json_object *o = parse_obj(kv->value, kv->value_len);
-	const char *h = o ? jstr(o, "host") : NULL;
-	bool mine = h && strcmp(h, c->self) == 0;
-
-	json_object_put(o);
-	return mine;
-}
-
 static const char *kvs_key_of(const char *name, char **buf)
 {
 	free(*buf);
@@ -1238,6 +1337,7 @@ int cluster_new(struct engine *e, const struct cluster_options *o, struct cluste
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&c->hb_cond, &ca);
+	pthread_cond_init(&c->commit_cond, NULL);
 	pthread_condattr_destroy(&ca);
 	c->ttl_s = o->lease_ttl_s ? o->lease_ttl_s : 10;
 	c->max_sandboxes = o->max_sandboxes;
@@ -1284,6 +1384,9 @@ int cluster_start(struct cluster *c)
 		log_error("cluster: cannot watch etcd: %s", strerror(-r));
 		return r;
 	}
+	if ((r = thread_create(&c->committer, NULL, committer_main, c)) < 0)
+		return r;
+	c->committer_running = true;
 	if ((r = thread_create(&c->hb, NULL, heartbeat_main, c)) < 0)
 		return r;
 	c->hb_running = true;
@@ -1299,10 +1402,14 @@ void cluster_stop(struct cluster *c)
 	pthread_mutex_lock(&c->lock);
 	c->stopping = true;
 	pthread_cond_broadcast(&c->hb_cond);
+	pthread_cond_broadcast(&c->commit_cond);
 	pthread_mutex_unlock(&c->lock);
 	if (c->hb_running)
 		pthread_join(c->hb, NULL);
 	c->hb_running = false;
+	if (c->committer_running)
+		pthread_join(c->committer, NULL); /* after the commits queued: the sandboxes they name are there */
+	c->committer_running = false;
 	if (c->watch)
 		etcd_watch_stop(c->watch);
 	c->watch = NULL;
@@ -1358,6 +1465,7 @@ void cluster_free(struct cluster *c)
 	free(c->names_path);
 	free(c->etcd_urls);
 	pthread_cond_destroy(&c->hb_cond);
+	pthread_cond_destroy(&c->commit_cond);
 	pthread_mutex_destroy(&c->lock);
 	explicit_bzero(c->secret, sizeof(c->secret));
 	free(c);

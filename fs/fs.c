@@ -18,49 +18,55 @@
 #include "fs_internal.h"
 
 static const struct file_def root_files[] = {
-	{ "README", IDX_README, 0444, F_STATIC, NULL, NULL, NULL, NULL, NULL, NULL },
-	{ "version", IDX_VERSION, 0444, F_STATIC, NULL, NULL, NULL, NULL, NULL, NULL },
-	{ "metrics", IDX_METRICS, 0444, F_STATIC, NULL, NULL, NULL, NULL, NULL, NULL },
-	{ "events", IDX_EVENTS, 0444, F_EVENTS, NULL, NULL, NULL, NULL, NULL, NULL },
+	{ "README", IDX_README, 0444, F_STATIC, NULL, NULL, NULL, NULL, NULL, NULL, false },
+	{ "version", IDX_VERSION, 0444, F_STATIC, NULL, NULL, NULL, NULL, NULL, NULL, false },
+	{ "metrics", IDX_METRICS, 0444, F_STATIC, NULL, NULL, NULL, NULL, NULL, NULL, false },
+	{ "events", IDX_EVENTS, 0444, F_EVENTS, NULL, NULL, NULL, NULL, NULL, NULL, false },
 };
 
 static const struct file_def tpl_files[] = {
-	{ "config", 1, 0644, F_CONFIG, template_render_config, NULL, NULL, NULL, NULL, NULL },
-	{ "identity", 2, 0444, F_RENDER, template_render_identity, NULL, NULL, NULL, NULL, NULL },
-	{ "status", 3, 0444, F_RENDER, template_render_status, NULL, NULL, NULL, NULL, NULL },
-	{ "ctl", 4, 0200, F_CTL, NULL, NULL, NULL, NULL, NULL, NULL },
-	{ "pool", 7, 0644, F_POOL, template_render_pool, NULL, NULL, NULL, NULL, NULL },
-	{ "stats", 8, 0444, F_RENDER, template_render_stats, NULL, NULL, NULL, NULL, NULL },
-	{ "Dockerfile", 9, 0644, F_DOCKERFILE, NULL, NULL, NULL, NULL, NULL, NULL },
-	{ "build.log", 10, 0444, F_BUILDLOG, NULL, NULL, NULL, NULL, NULL, NULL },
-	{ "create", 11, 0200, F_CREATE, NULL, NULL, NULL, NULL, NULL, NULL },
+	{ "config", 1, 0644, F_CONFIG, template_render_config, NULL, NULL, NULL, NULL, NULL, false },
+	{ "identity", 2, 0444, F_RENDER, template_render_identity, NULL, NULL, NULL, NULL, NULL, false },
+	{ "status", 3, 0444, F_RENDER, template_render_status, NULL, NULL, NULL, NULL, NULL, false },
+	{ "ctl", 4, 0200, F_CTL, NULL, NULL, NULL, NULL, NULL, NULL, false },
+	{ "pool", 7, 0644, F_POOL, template_render_pool, NULL, NULL, NULL, NULL, NULL, false },
+	{ "stats", 8, 0444, F_RENDER, template_render_stats, NULL, NULL, NULL, NULL, NULL, false },
+	{ "Dockerfile", 9, 0644, F_DOCKERFILE, NULL, NULL, NULL, NULL, NULL, NULL, false },
+	{ "build.log", 10, 0444, F_BUILDLOG, NULL, NULL, NULL, NULL, NULL, NULL, false },
+	{ "create", 11, 0200, F_CREATE, NULL, NULL, NULL, NULL, NULL, NULL, false },
 };
 
 static const struct file_def sb_files[] = {
-	{ "status", 1, 0444, F_RENDER, NULL, sandbox_render_status, NULL, NULL, NULL, NULL },
-	{ "timings", 2, 0444, F_RENDER, NULL, sandbox_render_timings, NULL, NULL, NULL, NULL },
-	{ "wait", 3, 0444, F_WAIT, NULL, NULL, NULL, NULL, NULL, NULL },
-	{ "exec", 4, 0600, F_EXEC, NULL, NULL, NULL, NULL, NULL, NULL },
-	{ "console", 5, 0444, F_CONSOLE, NULL, NULL, NULL, NULL, NULL, NULL },
-	{ "ctl", 6, 0200, F_SBCTL, NULL, NULL, NULL, NULL, NULL, NULL },
-	{ "timeout", 7, 0644, F_SETTING, NULL, sandbox_render_timeout, NULL, NULL, sandbox_write_timeout, NULL },
-	{ "metadata", 10, 0644, F_SETTING, NULL, sandbox_render_metadata, NULL, NULL, sandbox_write_metadata, NULL },
-	{ "env", 11, 0644, F_SETTING, NULL, sandbox_render_env, NULL, NULL, sandbox_write_env, NULL },
-	{ "egress", 12, 0644, F_SETTING, NULL, sandbox_render_egress, NULL, NULL, sandbox_write_egress, sandbox_has_egress },
-	{ "usage", 13, 0444, F_RENDER, NULL, sandbox_render_usage, NULL, NULL, NULL, NULL },
+	{ "status", 1, 0444, F_RENDER, NULL, sandbox_render_status, NULL, NULL, NULL, NULL, false },
+	{ "timings", 2, 0444, F_RENDER, NULL, sandbox_render_timings, NULL, NULL, NULL, NULL, false },
+	{ "wait", 3, 0444, F_WAIT, NULL, NULL, NULL, NULL, NULL, NULL, false },
+	{ "exec", 4, 0600, F_EXEC, NULL, NULL, NULL, NULL, NULL, NULL, false },
+	{ "console", 5, 0444, F_CONSOLE, NULL, NULL, NULL, NULL, NULL, NULL, false },
+	{ "ctl", 6, 0200, F_SBCTL, NULL, NULL, NULL, NULL, NULL, NULL, false },
+	{ "timeout", 7, 0644, F_SETTING, NULL, sandbox_render_timeout, NULL, NULL, sandbox_write_timeout, NULL, false },
+	{ "metadata", 10, 0644, F_SETTING, NULL, sandbox_render_metadata, NULL, NULL, sandbox_write_metadata, NULL, false },
+	{ "env", 11, 0644, F_SETTING, NULL, sandbox_render_env, NULL, NULL, sandbox_write_env, NULL, false },
+	{ "egress", 12, 0644, F_SETTING, NULL, sandbox_render_egress, NULL, NULL, sandbox_write_egress, sandbox_has_egress, false },
+	{ "usage", 13, 0444, F_RENDER, NULL, sandbox_render_usage, NULL, NULL, NULL, NULL, false },
+	{ "host", 14, 0444, F_HOST, NULL, NULL, NULL, NULL, NULL, NULL, true }, /* where it runs: cluster mode */
 };
 
 static const struct file_def proc_files[] = {
-	{ "cmd", 1, 0200, F_PCMD, NULL, NULL, NULL, NULL, NULL, NULL },
-	{ "stdin", 2, 0200, F_PSTDIN, NULL, NULL, NULL, NULL, NULL, NULL },
-	{ "stdout", 3, 0444, F_POUT, NULL, NULL, NULL, NULL, NULL, NULL },
-	{ "stderr", 4, 0444, F_PERR, NULL, NULL, NULL, NULL, NULL, NULL },
-	{ "status", 5, 0444, F_RENDER, NULL, NULL, NULL, proc_render_status, NULL, NULL },
-	{ "signal", 6, 0200, F_PSIGNAL, NULL, NULL, NULL, NULL, NULL, NULL },
+	{ "cmd", 1, 0200, F_PCMD, NULL, NULL, NULL, NULL, NULL, NULL, false },
+	{ "stdin", 2, 0200, F_PSTDIN, NULL, NULL, NULL, NULL, NULL, NULL, false },
+	{ "stdout", 3, 0444, F_POUT, NULL, NULL, NULL, NULL, NULL, NULL, false },
+	{ "stderr", 4, 0444, F_PERR, NULL, NULL, NULL, NULL, NULL, NULL, false },
+	{ "status", 5, 0444, F_RENDER, NULL, NULL, NULL, proc_render_status, NULL, NULL, false },
+	{ "signal", 6, 0200, F_PSIGNAL, NULL, NULL, NULL, NULL, NULL, NULL, false },
+};
+
+/* hosts/H/ (hosts.c; rendered by handles.c from the cluster) */
+static const struct file_def host_files[] = {
+	{ "status", 1, 0444, F_RENDER, NULL, NULL, NULL, NULL, NULL, NULL, false },
 };
 
 static const struct file_def slot_files[] = {
-	{ "status", 1, 0444, F_RENDER, NULL, NULL, template_render_slot, NULL, NULL, NULL },
+	{ "status", 1, 0444, F_RENDER, NULL, NULL, template_render_slot, NULL, NULL, NULL, false },
 };
 
 static const struct file_def *find_def(const struct file_def *defs, size_t n, const char *name, unsigned idx)
@@ -82,6 +88,8 @@ void node_put(struct node *n)
 	free(n->by_key);
 	free(n->by_value);
 	n->by_key = n->by_value = NULL;
+	free(n->host);
+	n->host = NULL;
 }
 
 int node_get(struct fs *f, fuse_ino_t ino, struct node *n)
@@ -91,11 +99,13 @@ int node_get(struct fs *f, fuse_ino_t ino, struct node *n)
 
 	memset(n, 0, sizeof(*n));
 	n->ino = ino;
-	if (IS_LIVE(ino))
-		return -ENOENT; /* live.c's own */
+	if (IS_LIVE(ino) || IS_REMOTE(ino))
+		return -ENOENT; /* live.c's and remote.c's own */
 	if (obj == 0) {
+		if (idx == IDX_HOSTS && !f->cluster)
+			return -ENOENT;
 		n->kind = idx == IDX_ROOT ? K_ROOT : idx == IDX_TEMPLATES ? K_TEMPLATES : idx == IDX_LIVE ? K_LIVE :
-			  idx == IDX_BY ? K_BY : K_STATIC_FILE;
+			  idx == IDX_BY ? K_BY : idx == IDX_HOSTS ? K_HOSTS : K_STATIC_FILE;
 		n->file = find_def(root_files, ARRAY_SIZE(root_files), NULL, idx);
 		return n->kind != K_STATIC_FILE || n->file ? 0 : -ENOENT;
 	}
@@ -109,6 +119,8 @@ int node_get(struct fs *f, fuse_ino_t ino, struct node *n)
 		n->file = n->kind == K_SB_FILE ? find_def(sb_files, ARRAY_SIZE(sb_files), NULL, idx) : NULL;
 		if (n->file && n->file->present_s && !n->file->present_s(n->s))
 			n->file = NULL;
+		if (n->file && n->file->cluster_only && !f->cluster)
+			n->file = NULL;
 	} else if ((n->t = engine_slot_template(f->e, obj))) {
 		n->slot_id = obj;
 		n->kind = idx == IDX_DIR ? K_SLOT_DIR : K_SLOT_FILE;
@@ -117,8 +129,12 @@ int node_get(struct fs *f, fuse_ino_t ino, struct node *n)
 		n->kind = idx == IDX_DIR ? K_PROC_DIR : K_PROC_FILE;
 		n->file = n->kind == K_PROC_FILE ? find_def(proc_files, ARRAY_SIZE(proc_files), NULL, idx) : NULL;
 	} else {
-		int r = bymeta_node(f, obj, n);
+		int r = hosts_node(f, obj, n);
 
+		if (r == -ENOENT)
+			r = bymeta_node(f, obj, n);
+		if (r == 0 && n->kind == K_HOST_FILE)
+			n->file = find_def(host_files, ARRAY_SIZE(host_files), NULL, idx);
 		if (r < 0)
 			node_put(n);
 		return r;
@@ -134,7 +150,7 @@ int node_get(struct fs *f, fuse_ino_t ino, struct node *n)
 static bool is_dir(const struct node *n)
 {
 	return n->kind != K_STATIC_FILE && n->kind != K_TPL_FILE && n->kind != K_SB_FILE && n->kind != K_SLOT_FILE &&
-	       n->kind != K_PROC_FILE && n->kind != K_SB_ROOT && n->kind != K_BY_LINK;
+	       n->kind != K_PROC_FILE && n->kind != K_SB_ROOT && n->kind != K_BY_LINK && n->kind != K_HOST_FILE;
 }
 
 /* templates/T/sandboxes/NAME/root: the sandbox's live/NAME, by a link that rm -rf never follows. */
@@ -174,7 +190,8 @@ static void reply_entry(fuse_req_t req, struct fs *f, const struct node *n)
 {
 	struct fuse_entry_param ep = { 0 };
 	bool object_dir = n->kind == K_TPL_DIR || n->kind == K_SB_DIR || n->kind == K_SLOT_DIR || n->kind == K_PROC_DIR ||
-			  n->kind == K_BY || n->kind == K_BY_KEY || n->kind == K_BY_VALUE || n->kind == K_BY_LINK;
+			  n->kind == K_BY || n->kind == K_BY_KEY || n->kind == K_BY_VALUE || n->kind == K_BY_LINK ||
+			  n->kind == K_HOSTS || n->kind == K_HOST_DIR;
 
 	ep.ino = n->ino;
 	ep.generation = 1;
@@ -200,6 +217,8 @@ static int lookup_child(struct fs *f, const struct node *p, const char *name, st
 			return node_get(f, INO(0, IDX_LIVE), out);
 		if (strcmp(name, "sandboxes-by") == 0)
 			return node_get(f, INO(0, IDX_BY), out);
+		if (strcmp(name, "hosts") == 0)
+			return node_get(f, INO(0, IDX_HOSTS), out); /* ENOENT in single-host mode */
 		d = find_def(root_files, ARRAY_SIZE(root_files), name, 0);
 		return d ? node_get(f, INO(0, d->idx), out) : -ENOENT;
 	case K_TEMPLATES:
@@ -259,6 +278,9 @@ static int lookup_child(struct fs *f, const struct node *p, const char *name, st
 	case K_BY_KEY:
 	case K_BY_VALUE:
 		return bymeta_lookup(f, p, name, out);
+	case K_HOSTS:
+	case K_HOST_DIR:
+		return hosts_lookup(f, p, name, out);
 	default:
 		return -ENOTDIR;
 	}
@@ -274,6 +296,10 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		live_lookup(req, f, parent, name);
 		return;
 	}
+	if (IS_REMOTE(parent)) {
+		remote_lookup(req, f, parent, name);
+		return;
+	}
 	r = node_get(f, parent, &p);
 	if (r == 0 && p.kind == K_LIVE) {
 		node_put(&p);
@@ -282,6 +308,17 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	}
 	if (r == 0) {
 		r = lookup_child(f, &p, name, &c);
+		if (r == -ENOENT && p.kind == K_TPL_SANDBOXES && f->cluster) {
+			/* not here: a sandbox of this template on another host (or ENOENT) */
+			_cleanup_free_ char *tpl = fs_template_name(f, p.t);
+
+			node_put(&p);
+			if (tpl)
+				remote_reply_root(req, f, tpl, name);
+			else
+				fuse_reply_err(req, ENOENT);
+			return;
+		}
 		node_put(&p);
 	}
 	if (r < 0) {
@@ -302,6 +339,10 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	(void)fi;
 	if (IS_LIVE(ino)) {
 		live_getattr(req, f, ino, fi);
+		return;
+	}
+	if (IS_REMOTE(ino)) {
+		remote_getattr(req, f, ino, fi);
 		return;
 	}
 	r = node_get(f, ino, &n);
@@ -389,12 +430,15 @@ static void add_procs(fuse_req_t req, struct sandbox *s, struct dirbuf *b)
 	strv_free(names);
 }
 
-/* s: the sandbox whose files these are (some are present only for some sandboxes), or NULL */
+/*
+ * s: the sandbox whose files these are (some are present only for some
+ * sandboxes), or NULL; cluster: whether the files of cluster mode are present.
+ */
 static void add_defs(fuse_req_t req, struct dirbuf *b, uint64_t obj, const struct file_def *d, size_t n,
-		     struct sandbox *s)
+		     struct sandbox *s, bool cluster)
 {
 	for (size_t i = 0; i < n; i++)
-		if (!s || !d[i].present_s || d[i].present_s(s))
+		if ((!s || !d[i].present_s || d[i].present_s(s)) && (cluster || !d[i].cluster_only))
 			dirbuf_add(req, b, d[i].name, INO(obj, d[i].idx), false);
 }
 
@@ -451,7 +495,9 @@ static int build_dir(fuse_req_t req, struct fs *f, struct node *n, struct dirbuf
 		dirbuf_add(req, b, "templates", INO(0, IDX_TEMPLATES), true);
 		dirbuf_add(req, b, "live", INO(0, IDX_LIVE), true);
 		dirbuf_add(req, b, "sandboxes-by", INO(0, IDX_BY), true);
-		add_defs(req, b, 0, root_files, ARRAY_SIZE(root_files), NULL);
+		if (f->cluster)
+			dirbuf_add(req, b, "hosts", INO(0, IDX_HOSTS), true);
+		add_defs(req, b, 0, root_files, ARRAY_SIZE(root_files), NULL, false);
 		return 0;
 	case K_BY:
 	case K_BY_KEY:
@@ -467,31 +513,47 @@ static int build_dir(fuse_req_t req, struct fs *f, struct node *n, struct dirbuf
 		live_list_root(f, add_cb, &c);
 		return 0;
 	}
+	case K_HOSTS: {
+		struct add_ctx c = { req, b };
+
+		hosts_list(f, add_cb, &c);
+		return 0;
+	}
+	case K_HOST_DIR:
+		add_defs(req, b, INO_OBJ(n->ino), host_files, ARRAY_SIZE(host_files), NULL, false);
+		return 0;
 	case K_SB_PROCS:
 		add_procs(req, n->s, b);
 		return 0;
 	case K_PROC_DIR:
-		add_defs(req, b, proc_id(n->p), proc_files, ARRAY_SIZE(proc_files), NULL);
+		add_defs(req, b, proc_id(n->p), proc_files, ARRAY_SIZE(proc_files), NULL, false);
 		return 0;
 	case K_TEMPLATES:
 		add_templates(req, f, b);
 		return 0;
 	case K_TPL_DIR:
-		add_defs(req, b, template_id(n->t), tpl_files, ARRAY_SIZE(tpl_files), NULL);
+		add_defs(req, b, template_id(n->t), tpl_files, ARRAY_SIZE(tpl_files), NULL, false);
 		dirbuf_add(req, b, "sandboxes", INO(template_id(n->t), IDX_TPL_SANDBOXES), true);
 		dirbuf_add(req, b, "slots", INO(template_id(n->t), IDX_TPL_SLOTS), true);
 		return 0;
 	case K_TPL_SANDBOXES:
 		add_sandboxes(req, n->t, b);
+		if (f->cluster) {
+			struct add_ctx c = { req, b };
+			_cleanup_free_ char *tpl = fs_template_name(f, n->t);
+
+			if (tpl)
+				remote_list_root(f, tpl, add_cb, &c); /* this template's sandboxes on other hosts */
+		}
 		return 0;
 	case K_TPL_SLOTS:
 		add_slots(req, n->t, b);
 		return 0;
 	case K_SLOT_DIR:
-		add_defs(req, b, n->slot_id, slot_files, ARRAY_SIZE(slot_files), NULL);
+		add_defs(req, b, n->slot_id, slot_files, ARRAY_SIZE(slot_files), NULL, false);
 		return 0;
 	case K_SB_DIR:
-		add_defs(req, b, sandbox_id(n->s), sb_files, ARRAY_SIZE(sb_files), n->s);
+		add_defs(req, b, sandbox_id(n->s), sb_files, ARRAY_SIZE(sb_files), n->s, f->cluster != NULL);
 		dirbuf_add(req, b, "procs", INO(sandbox_id(n->s), IDX_SB_PROCS), true);
 		dirbuf_add_mode(req, b, "root", INO(sandbox_id(n->s), IDX_SB_ROOT), S_IFLNK);
 		return 0;
@@ -562,6 +624,10 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		live_opendir(req, f, ino, fi);
 		return;
 	}
+	if (IS_REMOTE(ino)) {
+		remote_opendir(req, f, ino, fi);
+		return;
+	}
 	b = calloc(1, sizeof(*b));
 	r = b ? node_get(f, ino, &n) : -ENOMEM;
 
@@ -592,6 +658,10 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, s
 		live_readdir(req, size, off, fi);
 		return;
 	}
+	if (IS_REMOTE(ino)) {
+		remote_readdir(req, size, off, fi);
+		return;
+	}
 	atomic_fetch_add(&b->refs, 1);
 	if (o >= b->size)
 		fuse_reply_buf(req, NULL, 0);
@@ -608,12 +678,47 @@ static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info 
 		live_releasedir(req, fuse_req_userdata(req), fi);
 		return;
 	}
+	if (IS_REMOTE(ino)) {
+		remote_releasedir(req, fuse_req_userdata(req), fi);
+		return;
+	}
 	fs_handle_del(fuse_req_userdata(req), &b->oh);
 	dirbuf_unref(b);
 	fuse_reply_err(req, 0);
 }
 
 /* ---- mkdir / rmdir / unlink ---- */
+
+/*
+ * A create placed by the cluster: here (the local sandbox, as without a
+ * cluster) or on another host (its remote directory, stat-ed there).
+ */
+static void mkdir_cluster(fuse_req_t req, struct fs *f, struct node *p, const char *name)
+{
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	struct sandbox *s = NULL;
+	struct node c;
+	int r = cluster_create(f->cluster, p->t, name, NULL, 0, ctx->uid, ctx->gid, &s);
+
+	if (r == 0 && !s) {
+		_cleanup_free_ char *tpl = fs_template_name(f, p->t);
+
+		if (tpl)
+			remote_reply_root(req, f, tpl, name);
+		else
+			fuse_reply_err(req, ENOENT); /* the template went meanwhile */
+		return;
+	}
+	if (r == 0)
+		r = node_get(f, INO(sandbox_id(s), IDX_DIR), &c);
+	sandbox_unref(s);
+	if (r < 0) {
+		fuse_reply_err(req, -r);
+		return;
+	}
+	reply_entry(req, f, &c);
+	node_put(&c);
+}
 
 static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
 {
@@ -628,9 +733,18 @@ static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 		live_mkdir(req, f, parent, name, mode);
 		return;
 	}
+	if (IS_REMOTE(parent)) {
+		remote_mkdir(req, f, parent, name, mode);
+		return;
+	}
 	r = node_get(f, parent, &p);
 	if (r < 0) {
 		fuse_reply_err(req, -r);
+		return;
+	}
+	if (p.kind == K_TPL_SANDBOXES && f->cluster) {
+		mkdir_cluster(req, f, &p, name);
+		node_put(&p);
 		return;
 	}
 	if (p.kind == K_TEMPLATES)
@@ -665,6 +779,10 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 		live_remove(req, f, parent, name, true);
 		return;
 	}
+	if (IS_REMOTE(parent)) {
+		remote_remove(req, f, parent, name, true);
+		return;
+	}
 	r = node_get(f, parent, &p);
 	if (r < 0) {
 		fuse_reply_err(req, -r);
@@ -676,7 +794,12 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 		r = sandbox_proc_remove(p.s, name);
 	else if (p.kind == K_SB_DIR && strcmp(name, "procs") == 0)
 		r = 0; /* part of the sandbox: goes with it */
-	else if (p.kind == K_TPL_SANDBOXES)
+	else if (p.kind == K_TPL_SANDBOXES && f->cluster) {
+		const struct fuse_ctx *ctx = fuse_req_ctx(req);
+
+		/* here, on its host, or a lost one's name freed */
+		r = cluster_destroy(f->cluster, p.t, name, ctx->uid, ctx->gid);
+	} else if (p.kind == K_TPL_SANDBOXES)
 		r = engine_sandbox_destroy(f->e, p.t, name);
 	else if (p.kind == K_TPL_SLOTS) {
 		struct node c;
@@ -712,6 +835,10 @@ static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 		live_remove(req, f, parent, name, false);
 		return;
 	}
+	if (IS_REMOTE(parent)) {
+		remote_remove(req, f, parent, name, false);
+		return;
+	}
 	r = node_get(f, parent, &p);
 	if (r == 0) {
 		r = lookup_child(f, &p, name, &c);
@@ -742,6 +869,10 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		live_open(req, f, ino, fi);
 		return;
 	}
+	if (IS_REMOTE(ino)) {
+		remote_open(req, f, ino, fi);
+		return;
+	}
 	r = node_get(f, ino, &n);
 	if (r < 0) {
 		fuse_reply_err(req, -r);
@@ -769,6 +900,8 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, stru
 {
 	if (IS_LIVE(ino))
 		live_read(req, size, off, fi);
+	else if (IS_REMOTE(ino))
+		remote_read(req, size, off, fi);
 	else if (events_is(fi))
 		events_read(req, size, fi);
 	else
@@ -780,6 +913,8 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 {
 	if (IS_LIVE(ino))
 		live_write(req, ino, buf, size, off, fi);
+	else if (IS_REMOTE(ino))
+		remote_write(req, buf, size, off, fi);
 	else if (events_is(fi))
 		fuse_reply_err(req, EBADF);
 	else
@@ -788,8 +923,8 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 
 static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	if (IS_LIVE(ino) || events_is(fi))
-		fuse_reply_err(req, 0);
+	if (IS_LIVE(ino) || IS_REMOTE(ino) || events_is(fi))
+		fuse_reply_err(req, 0); /* remote: peer.h has no flush (remote.c) */
 	else
 		fh_flush(req, fi);
 }
@@ -798,6 +933,8 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 {
 	if (IS_LIVE(ino))
 		live_release(req, fuse_req_userdata(req), fi);
+	else if (IS_REMOTE(ino))
+		remote_release(req, fuse_req_userdata(req), fi);
 	else if (events_is(fi))
 		events_release(req, fi);
 	else
@@ -808,6 +945,8 @@ static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_f
 {
 	if (IS_LIVE(ino))
 		live_fsync(req, datasync, fi);
+	else if (IS_REMOTE(ino))
+		remote_fsync(req, fi);
 	else
 		fuse_reply_err(req, 0);
 }
@@ -818,6 +957,8 @@ static void op_poll(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi, s
 		if (ph)
 			fuse_pollhandle_destroy(ph);
 		fuse_reply_poll(req, POLLIN | POLLOUT | POLLRDNORM | POLLWRNORM); /* regular files: always ready */
+	} else if (IS_REMOTE(ino)) {
+		remote_poll(req, ph);
 	} else if (events_is(fi)) {
 		events_poll(req, fi, ph);
 	} else {
@@ -829,6 +970,8 @@ static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
 {
 	if (IS_LIVE(ino))
 		live_forget(ino, nlookup);
+	else if (IS_REMOTE(ino))
+		remote_forget(fuse_req_userdata(req), ino, nlookup);
 	fuse_reply_none(req);
 }
 
@@ -837,6 +980,8 @@ static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_dat
 	for (size_t i = 0; i < count; i++)
 		if (IS_LIVE(forgets[i].ino))
 			live_forget(forgets[i].ino, forgets[i].nlookup);
+		else if (IS_REMOTE(forgets[i].ino))
+			remote_forget(fuse_req_userdata(req), forgets[i].ino, forgets[i].nlookup);
 	fuse_reply_none(req);
 }
 
@@ -849,6 +994,10 @@ static void op_readlink(fuse_req_t req, fuse_ino_t ino)
 
 	if (IS_LIVE(ino)) {
 		live_readlink(req, f, ino);
+		return;
+	}
+	if (IS_REMOTE(ino)) {
+		remote_readlink(req, f, ino);
 		return;
 	}
 	r = node_get(f, ino, &n);
@@ -868,11 +1017,16 @@ static void op_readlink(fuse_req_t req, fuse_ino_t ino)
 	free(t);
 }
 
-/* Creating files, links and renames: only inside a guest (live/); the rest of the tree is made by mkdir. */
+/*
+ * Creating files, links and renames: only inside a guest (live/), or on
+ * another host (remote.c: its mount decides); the rest of the tree is made by mkdir.
+ */
 static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode, struct fuse_file_info *fi)
 {
 	if (IS_LIVE(parent))
 		live_create(req, fuse_req_userdata(req), parent, name, mode, fi);
+	else if (IS_REMOTE(parent))
+		remote_create(req, fuse_req_userdata(req), parent, name, mode, fi);
 	else
 		fuse_reply_err(req, EPERM);
 }
@@ -881,6 +1035,8 @@ static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 {
 	if (IS_LIVE(parent))
 		live_mknod(req, fuse_req_userdata(req), parent, name, mode, rdev);
+	else if (IS_REMOTE(parent))
+		remote_mknod(req, fuse_req_userdata(req), parent, name, mode, rdev);
 	else
 		fuse_reply_err(req, EPERM);
 }
@@ -889,25 +1045,35 @@ static void op_symlink(fuse_req_t req, const char *target, fuse_ino_t parent, co
 {
 	if (IS_LIVE(parent))
 		live_symlink(req, fuse_req_userdata(req), target, parent, name);
+	else if (IS_REMOTE(parent))
+		remote_symlink(req, fuse_req_userdata(req), target, parent, name);
 	else
 		fuse_reply_err(req, EPERM);
 }
 
 static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
 {
+	bool foreign = IS_LIVE(ino) || IS_LIVE(newparent) || IS_REMOTE(ino) || IS_REMOTE(newparent);
+
 	if (IS_LIVE(ino) && IS_LIVE(newparent))
 		live_link(req, fuse_req_userdata(req), ino, newparent, newname);
+	else if (IS_REMOTE(ino) && IS_REMOTE(newparent))
+		fuse_reply_err(req, EPERM); /* peer.h has no link */
 	else
-		fuse_reply_err(req, IS_LIVE(ino) || IS_LIVE(newparent) ? EXDEV : EPERM);
+		fuse_reply_err(req, foreign ? EXDEV : EPERM);
 }
 
 static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name, fuse_ino_t newparent, const char *newname,
 		      unsigned int flags)
 {
+	bool foreign = IS_LIVE(parent) || IS_LIVE(newparent) || IS_REMOTE(parent) || IS_REMOTE(newparent);
+
 	if (IS_LIVE(parent) && IS_LIVE(newparent))
 		live_rename(req, fuse_req_userdata(req), parent, name, newparent, newname, flags);
+	else if (IS_REMOTE(parent) && IS_REMOTE(newparent))
+		remote_rename(req, fuse_req_userdata(req), parent, name, newparent, newname, flags);
 	else
-		fuse_reply_err(req, IS_LIVE(parent) || IS_LIVE(newparent) ? EXDEV : EPERM);
+		fuse_reply_err(req, foreign ? EXDEV : EPERM);
 }
 
 /* Truncation only makes sense for files that are written whole (config, ctl, exec). */
@@ -920,6 +1086,10 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 
 	if (IS_LIVE(ino)) {
 		live_setattr(req, f, ino, attr, to_set, fi);
+		return;
+	}
+	if (IS_REMOTE(ino)) {
+		remote_setattr(req, f, ino, attr, to_set, fi);
 		return;
 	}
 	r = node_get(f, ino, &n);
@@ -946,6 +1116,10 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 
 	if (IS_LIVE(ino)) {
 		live_statfs(req, fuse_req_userdata(req), ino);
+		return;
+	}
+	if (IS_REMOTE(ino)) {
+		remote_statfs(req);
 		return;
 	}
 	fuse_reply_statfs(req, &sv);
@@ -1043,7 +1217,11 @@ int fs_new(struct engine *e, int argc, char **argv, struct fs **ret)
 		free(f);
 		return -EINVAL;
 	}
-	if (events_init(f) < 0 || follow_init(f) < 0 || inval_new(f->se, &f->inval) < 0 || bymeta_init(f) < 0) {
+	if (events_init(f) < 0 || follow_init(f) < 0 || inval_new(f->se, &f->inval) < 0 || bymeta_init(f) < 0 ||
+	    remote_init(f) < 0 || hosts_init(f) < 0) {
+		hosts_free(f);
+		remote_free(f);
+		bymeta_free(f);
 		inval_free(f->inval);
 		follow_free(f);
 		events_free(f);
@@ -1054,6 +1232,27 @@ int fs_new(struct engine *e, int argc, char **argv, struct fs **ret)
 	engine_set_guestfs_change_fn(e, live_on_change, f);
 	*ret = f;
 	return 0;
+}
+
+void fs_set_cluster(struct fs *f, struct cluster *c)
+{
+	f->cluster = c;
+}
+
+char *fs_template_name(struct fs *f, struct template *t)
+{
+	char **names = engine_template_list(f->e);
+	char *name = NULL;
+
+	for (char **p = names; p && *p && !name; p++) {
+		struct template *o = engine_template_get(f->e, *p);
+
+		if (o && template_id(o) == template_id(t))
+			name = strdup(*p);
+		template_unref(o);
+	}
+	strv_free(names);
+	return name;
 }
 
 int fs_loop(struct fs *f)
@@ -1083,6 +1282,8 @@ void fs_free(struct fs *f)
 	events_free(f);
 	inval_free(f->inval);
 	bymeta_free(f);
+	remote_free(f);
+	hosts_free(f);
 	fuse_session_destroy(f->se);
 	pthread_mutex_destroy(&f->handles_lock);
 	free(f->mountpoint);

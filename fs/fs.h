@@ -5,9 +5,16 @@
 
 struct fuse_session;
 struct fs;
+struct cluster;
 
 /* Creates the low-level session (not yet mounted) over the engine. */
 int fs_new(struct engine *e, int argc, char **argv, struct fs **ret);
+/*
+ * Cluster mode (NULL, the default: single-host, nothing changes): the
+ * sandboxes of other hosts show and are forwarded to their hosts, creates
+ * are placed by the cluster, hosts/ appears. Call after fs_new, before fs_loop.
+ */
+void fs_set_cluster(struct fs *f, struct cluster *c);
 /* Mounts (over a stale mount of a dead daemon) and notes which mount is ours. */
 int fs_mount(struct fs *f, const char *mountpoint);
 /*

@@ -5,6 +5,7 @@
 #include <fuse_lowlevel.h>
 #include <pthread.h>
 
+#include "cluster.h"
 #include "common.h"
 #include "engine.h"
 
@@ -16,14 +17,26 @@
 /* live/NAME/...: inodes of the guest's own files (live.c) */
 #define LIVE_INO_BIT ((fuse_ino_t)1 << 63)
 #define IS_LIVE(ino) (((fuse_ino_t)(ino)&LIVE_INO_BIT) != 0)
+/*
+ * The files of sandboxes that run on other hosts of a cluster (remote.c).
+ * Disjoint from both others: live.c numbers its nodes from 1 up under bit
+ * 63 (never reaching bit 62), and engine ids stay below 2^58, so INO() of
+ * any engine object stays below bit 62 (engine ids are a 64-bit counter
+ * from 1: 2^58 ids is beyond any daemon's life).
+ */
+#define REMOTE_INO_BIT ((fuse_ino_t)1 << 62)
+#define IS_REMOTE(ino) (((fuse_ino_t)(ino) & (LIVE_INO_BIT | REMOTE_INO_BIT)) == REMOTE_INO_BIT)
+_Static_assert(INO(((uint64_t)1 << 58) - 1, 15) < REMOTE_INO_BIT, "engine inodes must stay below REMOTE_INO_BIT");
+_Static_assert((REMOTE_INO_BIT & LIVE_INO_BIT) == 0, "remote and live inode bits differ");
 
 enum { IDX_ROOT = 1, IDX_TEMPLATES = 2, IDX_README = 3, IDX_VERSION = 4, IDX_METRICS = 5, IDX_LIVE = 6,
-       IDX_EVENTS = 7, IDX_BY = 8 };
+       IDX_EVENTS = 7, IDX_BY = 8, IDX_HOSTS = 9 /* cluster mode only */ };
 /* IDX_SB_BYLINK: a sandbox's link in sandboxes-by/KEY/VALUE/ */
 enum { IDX_DIR = 0, IDX_TPL_SANDBOXES = 5, IDX_TPL_SLOTS = 6, IDX_SB_PROCS = 8, IDX_SB_ROOT = 9, IDX_SB_BYLINK = 15 };
 
 enum ftype { F_STATIC, F_RENDER, F_CONFIG, F_CTL, F_POOL, F_WAIT, F_EXEC, F_CONSOLE, F_SBCTL, F_EVENTS,
-	     F_PCMD, F_PSTDIN, F_POUT, F_PERR, F_PSIGNAL, F_DOCKERFILE, F_BUILDLOG, F_SETTING, F_CREATE };
+	     F_PCMD, F_PSTDIN, F_POUT, F_PERR, F_PSIGNAL, F_DOCKERFILE, F_BUILDLOG, F_SETTING, F_CREATE,
+	     F_HOST /* a sandbox's host (cluster mode) */ };
 
 struct file_def {
 	const char *name;
@@ -38,12 +51,14 @@ struct file_def {
 	int (*write_s)(struct sandbox *s, const char *data, size_t len);
 	/* a sandbox file that only some sandboxes have (egress: a network); NULL: every one */
 	bool (*present_s)(struct sandbox *s);
+	bool cluster_only; /* present only in cluster mode (host) */
 };
 
 enum kind {
 	K_ROOT, K_TEMPLATES, K_STATIC_FILE, K_TPL_DIR, K_TPL_FILE, K_TPL_SANDBOXES, K_SB_DIR, K_SB_FILE,
 	K_TPL_SLOTS, K_SLOT_DIR, K_SLOT_FILE, K_LIVE, K_SB_PROCS, K_SB_ROOT, K_PROC_DIR, K_PROC_FILE,
 	K_BY, K_BY_KEY, K_BY_VALUE, K_BY_LINK, /* sandboxes-by/KEY/VALUE/NAME (bymeta.c) */
+	K_HOSTS, K_HOST_DIR, K_HOST_FILE,      /* hosts/H/status (hosts.c; cluster mode only) */
 };
 
 /* A decoded inode; holds references to its objects. */
@@ -56,6 +71,7 @@ struct node {
 	struct proc *p;	  /* K_PROC_* */
 	const struct file_def *file;
 	char *by_key, *by_value; /* K_BY_KEY (key), K_BY_VALUE (both) */
+	char *host;		 /* K_HOST_DIR, K_HOST_FILE */
 };
 
 /*
@@ -90,6 +106,9 @@ struct fs {
 	struct inval *inval;	    /* inval.c */
 	bool changes_detached;	    /* the engine's guestfs change hook is cleared (it goes first) */
 	struct bymeta *bymeta;	    /* bymeta.c */
+	struct cluster *cluster;    /* NULL: single-host mode (fs_set_cluster) */
+	struct remote *remote;	    /* remote.c */
+	struct hosts *hosts;	    /* hosts.c */
 };
 
 /*
@@ -116,6 +135,18 @@ int bymeta_lookup(struct fs *f, const struct node *p, const char *name, struct n
 void bymeta_list(struct fs *f, const struct node *n, void (*add)(void *ctx, const char *name, fuse_ino_t ino, mode_t mode),
 		 void *ctx);
 char *bymeta_link(struct fs *f, const struct node *n); /* K_BY_LINK's target, malloc'd */
+
+/* hosts/ (hosts.c; cluster mode only): each host of the view, by a stable engine id. */
+int hosts_init(struct fs *f);
+void hosts_free(struct fs *f);
+/* node_get of a host directory's id (n->ino set): -ENOENT if unknown or no longer in the view */
+int hosts_node(struct fs *f, uint64_t obj, struct node *n);
+/* p: K_HOSTS or K_HOST_DIR */
+int hosts_lookup(struct fs *f, const struct node *p, const char *name, struct node *out);
+void hosts_list(struct fs *f, void (*add)(void *ctx, const char *name, fuse_ino_t ino, bool dir), void *ctx);
+
+/* The name of a template (malloc'd; NULL if it is gone). */
+char *fs_template_name(struct fs *f, struct template *t);
 
 /* File handle operations (handles.c). */
 void fh_open(struct fs *f, fuse_req_t req, struct node *n, struct fuse_file_info *fi);
@@ -181,6 +212,43 @@ void follow_interrupt(fuse_req_t req, void *arg);
 void follow_kick(struct fs *f); /* lock-free: the engine reported an event */
 void follow_stop(struct fs *f);
 void follow_free(struct fs *f);
+
+/*
+ * Sandboxes on other hosts (remote.c): every inode with REMOTE_INO_BIT,
+ * each operation forwarded to the peer that runs the sandbox (cluster/peer.h).
+ * Only called with f->cluster set.
+ */
+int remote_init(struct fs *f);
+void remote_free(struct fs *f);
+/* Replies with the entry of templates/TPL/sandboxes/NAME (tpl NULL: live/NAME), or ENOENT. */
+void remote_reply_root(fuse_req_t req, struct fs *f, const char *tpl, const char *name);
+/* The names of templates/TPL/sandboxes/ on other hosts (tpl NULL: of every template, for live/). */
+void remote_list_root(struct fs *f, const char *tpl, void (*add)(void *ctx, const char *name, fuse_ino_t ino, bool dir),
+		      void *ctx);
+void remote_forget(struct fs *f, fuse_ino_t ino, uint64_t nlookup);
+void remote_lookup(fuse_req_t req, struct fs *f, fuse_ino_t parent, const char *name);
+void remote_getattr(fuse_req_t req, struct fs *f, fuse_ino_t ino, struct fuse_file_info *fi);
+void remote_setattr(fuse_req_t req, struct fs *f, fuse_ino_t ino, struct stat *attr, int to_set,
+		    struct fuse_file_info *fi);
+void remote_opendir(fuse_req_t req, struct fs *f, fuse_ino_t ino, struct fuse_file_info *fi);
+void remote_readdir(fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi);
+void remote_releasedir(fuse_req_t req, struct fs *f, struct fuse_file_info *fi);
+void remote_mkdir(fuse_req_t req, struct fs *f, fuse_ino_t parent, const char *name, mode_t mode);
+void remote_mknod(fuse_req_t req, struct fs *f, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev);
+void remote_remove(fuse_req_t req, struct fs *f, fuse_ino_t parent, const char *name, bool dir);
+void remote_symlink(fuse_req_t req, struct fs *f, const char *target, fuse_ino_t parent, const char *name);
+void remote_rename(fuse_req_t req, struct fs *f, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
+		   const char *newname, unsigned int flags);
+void remote_readlink(fuse_req_t req, struct fs *f, fuse_ino_t ino);
+void remote_statfs(fuse_req_t req);
+void remote_open(fuse_req_t req, struct fs *f, fuse_ino_t ino, struct fuse_file_info *fi);
+void remote_create(fuse_req_t req, struct fs *f, fuse_ino_t parent, const char *name, mode_t mode,
+		   struct fuse_file_info *fi);
+void remote_read(fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi);
+void remote_write(fuse_req_t req, const char *buf, size_t size, off_t off, struct fuse_file_info *fi);
+void remote_fsync(fuse_req_t req, struct fuse_file_info *fi);
+void remote_release(fuse_req_t req, struct fs *f, struct fuse_file_info *fi);
+void remote_poll(fuse_req_t req, struct fuse_pollhandle *ph);
 
 /* Kernel cache invalidations: one queue, one thread (inval.c). */
 struct inval;

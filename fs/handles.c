@@ -89,9 +89,11 @@ const char fs_readme[] =
 	"    usage    JSON: CPU, memory, disk, network; a sleeping sandbox answers its last guest sample\n"
 	"    root     symlink to live/NAME\n"
 	"    procs/ID/  mkdir = process slot: cmd (write to start), stdin, stdout, stderr (stream), status, signal\n"
+	"    host     cluster mode: the host it runs on (files of a sandbox on another host are forwarded there)\n"
 	"  live/NAME/  the running guest's own filesystem\n"
 	"  sandboxes-by/KEY/VALUE/NAME  links to the sandboxes whose metadata has KEY = VALUE\n"
-	"  events      JSON lines, one per lifecycle event (follows like tail -f)\n";
+	"  events      JSON lines, one per lifecycle event (follows like tail -f)\n"
+	"  hosts/H/status  cluster mode: each host's capacity, load, warm slots by identity, health (JSON)\n";
 
 static struct fh *fh_of(struct fuse_file_info *fi)
 {
@@ -135,6 +137,14 @@ static void fh_release_open(struct open_handle *oh)
 	fh_unref((struct fh *)oh);
 }
 
+/* A local sandbox's host file (cluster mode): this host's name. */
+static char *host_line(struct cluster *c)
+{
+	char *t;
+
+	return asprintf(&t, "%s\n", cluster_self(c)) < 0 ? NULL : t;
+}
+
 static int render(struct fh *h)
 {
 	const struct file_def *d = h->node.file;
@@ -157,6 +167,10 @@ static int render(struct fh *h)
 		h->buf = engine_render_metrics(h->fs->e);
 	else if (h->node.kind == K_STATIC_FILE)
 		h->buf = strdup(fs_readme);
+	else if (h->type == F_HOST)
+		h->buf = host_line(h->fs->cluster);
+	else if (h->node.kind == K_HOST_FILE)
+		h->buf = cluster_render_host(h->fs->cluster, h->node.host);
 	else if (d->render_slot)
 		h->buf = d->render_slot(h->node.t, h->node.slot_id);
 	else if (d->render_t)
@@ -167,8 +181,8 @@ static int render(struct fh *h)
 		h->buf = d->render_p(h->node.p);
 	else
 		return 0;
-	if (!h->buf)
-		return d->render_slot ? -ENOENT : -ENOMEM; /* a slot claimed or recycled meanwhile */
+	if (!h->buf) /* a slot claimed or recycled meanwhile, a host gone from the view */
+		return d->render_slot || h->node.kind == K_HOST_FILE ? -ENOENT : -ENOMEM;
 	if (h->node.s)
 		h->seq = sandbox_status_seq(h->node.s);
 	h->len = strlen(h->buf);
@@ -868,7 +882,20 @@ static bool json_complete(const char *buf, size_t len)
 	return complete;
 }
 
-static int whole_write(struct fh *h, const char *buf, size_t size, off_t off)
+/* The template's create file: placed by the cluster in cluster mode (the sandbox may run elsewhere). */
+static int create_write(struct fh *h, uid_t uid, gid_t gid)
+{
+	struct sandbox *s = NULL;
+	int r;
+
+	if (!h->fs->cluster)
+		return template_write_create(h->node.t, h->buf, h->len);
+	r = cluster_create(h->fs->cluster, h->node.t, NULL, h->buf, h->len, uid, gid, &s);
+	sandbox_unref(s);
+	return r;
+}
+
+static int whole_write(struct fh *h, const char *buf, size_t size, off_t off, uid_t uid, gid_t gid)
 {
 	const char *p;
 	int r;
@@ -890,8 +917,7 @@ static int whole_write(struct fh *h, const char *buf, size_t size, off_t off)
 			return 0;
 	}
 	if (h->type == F_CONFIG || h->type == F_CREATE) {
-		r = h->type == F_CONFIG ? template_write_config(h->node.t, h->buf, h->len)
-					: template_write_create(h->node.t, h->buf, h->len);
+		r = h->type == F_CONFIG ? template_write_config(h->node.t, h->buf, h->len) : create_write(h, uid, gid);
 		h->len = 0;
 		return r;
 	}
@@ -911,13 +937,14 @@ void fh_write(fuse_req_t req, const char *buf, size_t size, off_t off, struct fu
 		r = template_pool_write(h->node.t, buf, size);
 		break;
 	case F_SBCTL:
-		r = sandbox_ctl(h->node.s, buf, size);
+		/* cluster mode: a fork's new name is reserved cluster-wide */
+		r = h->fs->cluster ? cluster_ctl(h->fs->cluster, h->node.s, buf, size) : sandbox_ctl(h->node.s, buf, size);
 		break;
 	case F_CONFIG:
 	case F_SETTING:
 	case F_CREATE:
 		pthread_mutex_lock(&h->lock);
-		r = whole_write(h, buf, size, off);
+		r = whole_write(h, buf, size, off, fuse_req_ctx(req)->uid, fuse_req_ctx(req)->gid);
 		pthread_mutex_unlock(&h->lock);
 		break;
 	case F_DOCKERFILE:

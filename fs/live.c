@@ -479,6 +479,10 @@ void live_lookup_root(fuse_req_t req, struct fs *f, const char *name)
 	struct fuse_entry_param ep = { 0 };
 	uint64_t st_ino;
 
+	if (!s && f->cluster) {
+		remote_reply_root(req, f, NULL, name); /* a sandbox on another host (remote.c), or ENOENT */
+		return;
+	}
 	if (!s) {
 		fuse_reply_err(req, ENOENT);
 		return;
@@ -512,6 +516,7 @@ void live_list_root(struct fs *f, void (*add)(void *ctx, const char *name, fuse_
 		template_unref(t);
 	}
 	strv_free(tpls);
+	remote_list_root(f, NULL, add, ctx); /* cluster mode: the sandboxes of other hosts */
 }
 
 /* ---- lookup, getattr, setattr ---- */
