@@ -14,6 +14,7 @@
 #include "common.h"
 #include "config.h"
 #include "fs.h"
+#include "cluster.h"
 
 struct options {
 	struct engine_options eng;
@@ -23,6 +24,7 @@ struct options {
 	bool foreground;
 	bool allow_other;
 	enum log_level level;
+	struct cluster_options cl; /* cl.etcd_urls NULL: single-host mode */
 };
 
 static void usage(FILE *out)
@@ -67,6 +69,14 @@ static void usage(FILE *out)
 		"                          the live VMMs, below N + 65536 (default %u; 0: VMMs run as root)\n"
 		"      --console-max-kib K a sandbox's console log keeps its newest output within K KiB\n"
 		"                          (default 1024, at least 16)\n"
+		"      --cluster URLS      join a cluster (docs/cluster.md): etcd's client URLs, comma-separated;\n"
+		"                          needs --host-name and --advertise\n"
+		"      --host-name H       this host's name in the cluster (unique; letters, digits, . _ -)\n"
+		"      --advertise H:P     where the other hosts reach this one (its peer server)\n"
+		"      --cluster-listen H:P  where the peer server listens (default: --advertise)\n"
+		"      --cluster-key FILE  the hosts' shared key (default STATE/cluster.key, made if absent)\n"
+		"      --cluster-ttl S     this host's lease in etcd: it shows lost S seconds after it died\n"
+		"                          (default 10)\n"
 		"      --allow-other       let other users in (the kernel then checks every file's mode);\n"
 		"                          default: only the user who mounted it\n"
 		"      --log FILE          log here once detached (default: discard)\n"
@@ -96,7 +106,8 @@ static int parse_uint(const char *s, unsigned long max, unsigned long *out)
 enum { OPT_STATE = 256, OPT_IMAGE, OPT_NOBAKE, OPT_QEMU, OPT_ACCEL, OPT_MAXSB, OPT_COLD, OPT_STORE, OPT_NOLOOP,
        OPT_LOG, OPT_PID, OPT_POOL, OPT_POOL_PAR, OPT_SLOT_AGE, OPT_CACHE_AGE, OPT_WARMUP_EXEC, OPT_NET, OPT_NET_RANGE,
        OPT_NET_POOL, OPT_NET_NO_EGRESS, OPT_POOL_BUDGET, OPT_POOL_MAXSLOTS, OPT_POOL_MISS, OPT_POOL_DECAY,
-       OPT_ALLOW_OTHER, OPT_VMM_UID, OPT_CONSOLE_MAX, OPT_STORE_RESERVE, OPT_DNS };
+       OPT_ALLOW_OTHER, OPT_VMM_UID, OPT_CONSOLE_MAX, OPT_STORE_RESERVE, OPT_DNS,
+       OPT_CLUSTER, OPT_HOST_NAME, OPT_ADVERTISE, OPT_CLUSTER_LISTEN, OPT_CLUSTER_KEY, OPT_CLUSTER_TTL };
 
 static int parse_opt(int c, const char *arg, struct options *o)
 {
@@ -116,6 +127,20 @@ static int parse_opt(int c, const char *arg, struct options *o)
 	case OPT_NET_RANGE: o->eng.net_range = arg; return 0;
 	case OPT_NET_NO_EGRESS: o->eng.net_no_egress = true; return 0;
 	case OPT_DNS: o->eng.dns = arg; return 0;
+	case OPT_CLUSTER: o->cl.etcd_urls = arg; return 0;
+	case OPT_HOST_NAME:
+		if (name_validate(arg) < 0)
+			return -EINVAL;
+		o->cl.host_name = arg;
+		return 0;
+	case OPT_ADVERTISE: o->cl.advertise = arg; return 0;
+	case OPT_CLUSTER_LISTEN: o->cl.listen = arg; return 0;
+	case OPT_CLUSTER_KEY: o->cl.secret_file = arg; return 0;
+	case OPT_CLUSTER_TTL:
+		if (parse_uint(arg, 3600, &v) < 0 || v < 2)
+			return -EINVAL;
+		o->cl.lease_ttl_s = (unsigned)v;
+		return 0;
 	case OPT_NET_POOL:
 		if (strcmp(arg, "0") && parse_uint(arg, 1024, &v) < 0)
 			return -EINVAL;
@@ -237,6 +262,12 @@ static int parse_args(int argc, char **argv, struct options *o)
 		{ "net-pool", required_argument, NULL, OPT_NET_POOL },
 		{ "net-no-egress", no_argument, NULL, OPT_NET_NO_EGRESS },
 		{ "dns", required_argument, NULL, OPT_DNS },
+		{ "cluster", required_argument, NULL, OPT_CLUSTER },
+		{ "host-name", required_argument, NULL, OPT_HOST_NAME },
+		{ "advertise", required_argument, NULL, OPT_ADVERTISE },
+		{ "cluster-listen", required_argument, NULL, OPT_CLUSTER_LISTEN },
+		{ "cluster-key", required_argument, NULL, OPT_CLUSTER_KEY },
+		{ "cluster-ttl", required_argument, NULL, OPT_CLUSTER_TTL },
 		{ "vmm-uid-base", required_argument, NULL, OPT_VMM_UID },
 		{ "console-max-kib", required_argument, NULL, OPT_CONSOLE_MAX },
 		{ "store-reserve-mib", required_argument, NULL, OPT_STORE_RESERVE },
@@ -269,6 +300,15 @@ static int parse_args(int argc, char **argv, struct options *o)
 		return -EINVAL;
 	}
 	o->mountpoint = argv[optind];
+	if ((o->cl.host_name || o->cl.advertise || o->cl.listen || o->cl.secret_file || o->cl.lease_ttl_s) &&
+	    !o->cl.etcd_urls) {
+		fprintf(stderr, "emberfs: --host-name, --advertise and the other cluster options need --cluster\n");
+		return -EINVAL;
+	}
+	if (o->cl.etcd_urls && (!o->cl.host_name || !o->cl.advertise)) {
+		fprintf(stderr, "emberfs: --cluster needs --host-name and --advertise\n");
+		return -EINVAL;
+	}
 	return 0;
 }
 
@@ -328,6 +368,7 @@ int emberfs_daemon(int argc, char **argv, const struct engine_hooks *hooks)
 			      .vmm_uid_base = -1, .store_reserve_mib = -1 }, .level = LOG_INFO_ };
 	struct engine *e = NULL;
 	struct fs *f = NULL;
+	struct cluster *cl = NULL;
 	int notify = -1, r;
 	char *fuse_argv[] = { argv[0], "-o", "allow_other", NULL };
 	struct stat st;
@@ -350,12 +391,23 @@ int emberfs_daemon(int argc, char **argv, const struct engine_hooks *hooks)
 	r = engine_new(&o.eng, &e);
 	if (r == 0 && (r = fs_new(e, o.allow_other ? 3 : 1, fuse_argv, &f)) == 0 && (r = fs_mount(f, o.mountpoint)) < 0)
 		log_error("cannot mount on %s", o.mountpoint);
+	if (r == 0 && o.cl.etcd_urls) {
+		o.cl.mountpoint = o.mountpoint;
+		o.cl.state_dir = o.eng.state_dir;
+		o.cl.max_sandboxes = o.eng.max_sandboxes ? o.eng.max_sandboxes : 64;
+		if ((r = cluster_new(e, &o.cl, &cl)) == 0) {
+			fs_set_cluster(f, cl);
+			r = cluster_start(cl);
+		}
+	}
 	if (r == 0)
 		r = fs_set_signal_handlers(f);
 	if (r < 0) {
 		log_error("start-up failed: %s", strerror(-r));
+		cluster_stop(cl);
 		fs_free(f);
 		engine_free(e);
+		cluster_free(cl);
 		return 1;
 	}
 	write_pid(o.pid_file);
@@ -373,8 +425,10 @@ int emberfs_daemon(int argc, char **argv, const struct engine_hooks *hooks)
 	log_info("shutting down");
 	fs_remove_signal_handlers(f);
 	fs_unmount(f);
+	cluster_stop(cl); /* the peer server's reads on the mount ended with it */
 	fs_release_handles(f); /* they hold sandboxes: before the engine goes */
 	engine_free(e);
+	cluster_free(cl); /* this host's names and lease leave etcd */
 	fs_free(f);
 	if (o.pid_file)
 		unlink(o.pid_file);
