@@ -88,11 +88,8 @@ LEASE_TTL = 5  # seconds, when the daemon lets us set it (default 10: cluster.h)
 DEFAULT_TTL = 10
 SLACK = 8.0  # on top of the TTL: the lease's expiry reaching every host's view through its watch
 
-# the "error:" lines a failure test provokes on purpose (a host unreachable, etcd down), declared by the
-# test that provokes them (harness.Daemon.expect_log_error: they then hold for the rest of the run);
-# to be narrowed to the daemon's exact wording
-ETCD_DOWN = r"(?i)etcd"
-PEER_DOWN = r"(?i)(peer|host (ha|hb|hc)|unreachable|EHOSTDOWN|EHOSTUNREACH|connect)"
+# No "error:" log line is expected anywhere, failures included: the daemon logs a host or etcd going away
+# as warnings (harness.Daemon.stop(check=True) fails on any "error:" line).
 
 
 def emberfs_help():
@@ -540,14 +537,17 @@ class Cluster(harness.TestCase):
         a, b, c = H
         self.place_on(b, ["fw"], via=b)
         o, v = b, a  # the owner and a host that does not own it
-        # status, byte-exact: the owner's own reads bracket the viewer's
-        for _ in range(20):
-            s1 = harness.read_text(o.sb("fw", "status"))
-            sv = harness.read_text(v.sb("fw", "status"))
-            s2 = harness.read_text(o.sb("fw", "status"))
-            if s1 == s2:
-                break
-        self.assertEqual(sv, s1, "status read through %s differs from %s's" % (v.name, o.name))
+        # status, byte-exact but for "idle_ms" (the time since the last use, new at every read): the owner's
+        # own reads bracket the viewer's, and the viewer's idle_ms lies between theirs
+        s1 = harness.read_text(o.sb("fw", "status"))
+        sv = harness.read_text(v.sb("fw", "status"))
+        s2 = harness.read_text(o.sb("fw", "status"))
+        idle = [json.loads(x)["idle_ms"] for x in (s1, sv, s2)]
+        self.assertTrue(idle[0] <= idle[1] <= idle[2], "idle_ms read on %s, %s, %s: %s" % (o.name, v.name, o.name,
+                                                                                        idle))
+        masked = [re.sub(r'"idle_ms":\s*[0-9.]+', '"idle_ms":X', x) for x in (s1, sv, s2)]
+        self.assertEqual(masked[0], masked[2], "the status changed between two reads on the owner")
+        self.assertEqual(masked[1], masked[0], "status read through %s differs from %s's" % (v.name, o.name))
         self.assertEqual(harness.read_text(v.sb("fw", "timings")), harness.read_text(o.sb("fw", "timings")))
         self.assertEqual(v.wait("fw"), "ready\n")
         # exec: plain, a failing command's EIO, binary output
@@ -610,8 +610,6 @@ class Cluster(harness.TestCase):
         a, b, c = H
         self.place_on(b, ["d1", "d2"], via=a)
         vm_pids = {n: b.status(n)["vmm_pid"] for n in ("d1", "d2")}
-        for h in (a, c):
-            h.d.expect_log_error(PEER_DOWN)
         b.d.kill9()
         t0 = time.monotonic()
         until(lambda: all(self.status_lost(a, n, b.name) for n in ("d1", "d2")), ttl() + SLACK,
@@ -633,7 +631,6 @@ class Cluster(harness.TestCase):
         self.assertNotIn("d1", a.sandboxes())
         self.assertTrue(self.status_lost(c, "d2", b.name))
         # B back on its state dir: re-adopts its guests, reconciles with etcd
-        b.d.expect_log_error(PEER_DOWN)
         b.restart()
         until(lambda: b.d.sandbox_vm_dir("d1") is None, 20,
               lambda: "d1 (its name freed while B was dead) destroyed on B\n" + b.d.log_tail())
@@ -657,8 +654,6 @@ class Cluster(harness.TestCase):
         a, b, c = H
         ETCD.stop_member(0)  # the first URL of every host
         try:
-            for h in H:
-                h.d.expect_log_error(ETCD_DOWN)
             t0 = time.perf_counter()
             a.create("m1")
             mk_ms = (time.perf_counter() - t0) * 1000
@@ -681,8 +676,6 @@ class Cluster(harness.TestCase):
         a, b, c = H
         a.create("q1")
         a.wait_ready("q1")
-        for h in H:
-            h.d.expect_log_error(ETCD_DOWN)
         ETCD.kill(1)
         ETCD.kill(2)
         try:
@@ -722,18 +715,25 @@ class Cluster(harness.TestCase):
         a, b, c = H
         self.place_on(c, ["c1", "c2"], via=c)
         pid1 = c.status("c1")["vmm_pid"]
-        c.d.expect_log_error(ETCD_DOWN)
-        for h in (a, b):
-            h.d.expect_log_error(PEER_DOWN)
+        deviations = []  # failed checks that do not stop the rest of the test (reported at its end)
         NET.cut()  # the fake network cut: C no longer reaches any etcd member
         try:
             t0 = time.perf_counter()
-            self.assertErrno(errno.EAGAIN, c.create, "cx")
-            sys.stderr.write("cut off: mkdir on C: EAGAIN after %.0f ms\n" % ((time.perf_counter() - t0) * 1000))
+            try:
+                self.assertErrno(errno.EAGAIN, c.create, "cx")
+                sys.stderr.write("cut off: mkdir on C: EAGAIN after %.0f ms\n" % ((time.perf_counter() - t0) * 1000))
+            except AssertionError as e:
+                # the spec (issue 20, docs/cluster.md "Failures"): a host cut off from etcd refuses creates
+                deviations.append("mkdir on C while cut off from etcd: %s; it was placed on %s" % (
+                    e, c.try_host_of("cx")))
+                c.destroy("cx")
             self.assertTrue(c.template_status().get("create_error"), c.template_status())
             until(lambda: (c.host_status(c.name) or {}).get("etcd") == "unreachable", 10,
                   lambda: "C's own status says etcd unreachable: %s" % c.host_status(c.name))
-            self.assertFalse(c.host_status(c.name).get("accepting"), c.host_status(c.name))
+            if c.host_status(c.name).get("accepting") is not False:
+                # docs/cluster.md: "accepting (it reaches etcd and takes creates)"
+                deviations.append("C's own hosts/hc/status while cut off: accepting is not false: %s" %
+                                  c.host_status(c.name))
             # C's own users keep their sandboxes
             self.assertEqual(c.sh("c1", "echo local"), "local\n")
             self.assertEqual(c.status("c2")["state"], "ready")
@@ -769,12 +769,18 @@ class Cluster(harness.TestCase):
         # and C takes creates again
         c.create("cy")
         c.wait_ready("cy")
+        self.assertFalse(deviations, "\n".join(deviations))
 
     # ---- 99 ----
     def test_99_clean_stop(self):
         # tearDown of the last test emptied the cluster; stop every host cleanly, then look at etcd
         for h in H:
             self.assertEqual(Cluster._host_problems(h), [])
+        # STATE/cluster-names (the names a host committed: what its reconciliation trusts after a crash) is
+        # saved from several threads; a save that lost a race says so in the log
+        for h in H:
+            bad = [l for l in h.d.log_text().splitlines() if "cannot save" in l]
+            self.assertEqual(bad, [], "%s could not save its state" % h.name)
         for h in H:
             h.d.stop(check=True)  # exit 0, no mount, empty inventory, no unexpected error line
         self.assertEqual(etcd_keys("/emberfs/sb/"), {})
