@@ -99,6 +99,17 @@
 #            guest's share of run: /bin/bash -l -c true through the mount's
 #            exec file (run_mount_baseline). Skipped (77)
 #            without node and npm or when the python image cannot be built.
+#   cluster  contrib/bench_cluster.py: a three-member etcd cluster (Debian's
+#            etcd-server, tests/integration/etcdcluster.py) and three cluster
+#            hosts A, B, C on one machine, plus a single-host daemon S:
+#            placement_overhead (a warm create from a local slot on A minus
+#            the same on S, mkdir until `wait`, p50/p99), remote_warm_create
+#            (mkdir on A served by a warm slot on B, until A's `wait`),
+#            remote exec `true` from A against the same on B (ratio of the
+#            p50s), spread64 (BENCH_SPREAD_N concurrent creates, default 64,
+#            made on A, B, C in turn: wall time and where they ran). BENCH_N,
+#            BENCH_POOL, BENCH_EXEC_N (default 100), BENCH_SETTLE_MS (default
+#            300). Skipped (77) without etcd-server.
 #
 # It builds what it needs (ninja -C build; meson setup build first if there is
 # no build/), builds the guest image into .image/ if .image/current is missing
@@ -131,6 +142,10 @@
 #   {"bench":"e2b","metric":"files_1mib","n":..,"p50_ms":..,"p99_ms":..,"write_p50_ms":..,"read_p50_ms":..}
 #   {"bench":"e2b","metric":"run_mount_baseline","n":..,"p50_ms":..,"p99_ms":..}
 #   (contrib/bench_e2b.py, tests/e2b/bench.mjs)
+#   {"bench":"cluster","metric":"placement_overhead","p50_ms":..,"p99_ms":..,...}
+#   {"bench":"cluster","metric":"remote_warm_create","p50_ms":..,"p99_ms":..,...}
+#   {"bench":"cluster","metric":"remote_exec_over_local","value":..,...}
+#   {"bench":"cluster","metric":"spread64","wall_ms":..,"per_host":[..],...}   (contrib/bench_cluster.py)
 #   {"bench":"fork","n":..,"p50_ms":..,"p99_ms":..}, the same for "fork_parent_stopped",
 #   "pause_resume", "hibernate" and "wake"
 # Creates that fail are retried (at most 3 failures per path) and reported as
@@ -144,7 +159,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 top=$PWD
-ALL_BENCHES=(create burst16 slot netslot netcreate lifecycle exec noisy live adaptive adopt soak python e2b)
+ALL_BENCHES=(create burst16 slot netslot netcreate lifecycle exec noisy live adaptive adopt soak python e2b cluster)
 
 log() { echo "bench: $*" >&2; }
 die() {
@@ -267,6 +282,11 @@ for b in "${benches[@]}"; do
 		log "python: contrib/bench_python.py (its own daemon, the python image, several minutes)"
 		rc=0
 		EMBERFS_IMAGE_DIR=$image EMBERFS_BIN=$bin python3 contrib/bench_python.py || rc=$?
+		[ "$rc" -eq 0 ] || [ "$rc" -eq 77 ] || exit 1
+	elif [ "$b" = cluster ]; then
+		log "cluster: contrib/bench_cluster.py (its own etcd cluster, three cluster hosts and a single host)"
+		rc=0
+		EMBERFS_IMAGE_DIR=$image EMBERFS_BIN=$bin python3 contrib/bench_cluster.py || rc=$?
 		[ "$rc" -eq 0 ] || [ "$rc" -eq 77 ] || exit 1
 	elif [ "$b" = e2b ]; then
 		log "e2b: contrib/bench_e2b.py (its own daemon and emberfs-e2b, the E2B SDK from tests/e2b)"
