@@ -46,6 +46,8 @@ struct peer_client;
 /* self: this host's name (sent with each request); secret: the shared key. */
 int peer_client_new(const char *self, const void *secret, size_t secret_len, struct peer_client **ret);
 void peer_client_free(struct peer_client *pc);
+/* Ends every call in flight (within a second) and refuses later ones (-ESHUTDOWN): a host stopping. */
+void peer_client_abort(struct peer_client *pc);
 const char *peer_error(void); /* thread-local reason of the last -EHOSTUNREACH */
 
 struct peer_cred {
@@ -79,6 +81,8 @@ int peer_open(struct peer_client *pc, const char *addr, const struct peer_cred *
 ssize_t peer_read(struct peer_client *pc, const char *addr, uint64_t handle, off_t off, void *buf, size_t size);
 ssize_t peer_write(struct peer_client *pc, const char *addr, uint64_t handle, off_t off, const void *buf, size_t size);
 int peer_fsync(struct peer_client *pc, const char *addr, uint64_t handle);
+/* What close(2) of the file does on the peer's mount (a settings file applied, an exec run), the file kept open. */
+int peer_flush(struct peer_client *pc, const char *addr, uint64_t handle);
 int peer_release(struct peer_client *pc, const char *addr, uint64_t handle);
 
 int peer_mkdir(struct peer_client *pc, const char *addr, const struct peer_cred *cr, const char *path, mode_t mode);

@@ -12,6 +12,7 @@
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -41,7 +42,22 @@ struct peer_client {
 	pthread_mutex_t lock;
 	struct pooled *idle; /* protected by lock */
 	unsigned n_idle;     /* protected by lock */
+	atomic_bool aborted; /* peer_client_abort: every call ends */
 };
+
+/* libcurl calls this at least once a second while a transfer waits: an aborted client ends it. */
+static int on_progress(void *arg, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
+{
+	struct peer_client *pc = arg;
+
+	(void)dt, (void)dn, (void)ut, (void)un;
+	return atomic_load(&pc->aborted) ? 1 : 0;
+}
+
+void peer_client_abort(struct peer_client *pc)
+{
+	atomic_store(&pc->aborted, true);
+}
 
 static __thread char last_error[256];
 
@@ -270,6 +286,8 @@ static int exchange(struct peer_client *pc, const char *addr, const char *uri, c
 	struct pooled *p;
 	CURLcode cc;
 
+	if (atomic_load(&pc->aborted))
+		return fail(-ESHUTDOWN, "%s: %s: this host is stopping", addr ? addr : "", uri);
 	/* HOST:PORT or [V6]:PORT, nothing that would make another URL (a user, a path) */
 	if (!addr || !*addr || addr[strspn(addr, "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:[]")])
 		return fail(-EINVAL, "%s: not HOST:PORT", addr ? addr : "(null)");
@@ -303,6 +321,9 @@ static int exchange(struct peer_client *pc, const char *addr, const char *uri, c
 	curl_easy_setopt(p->easy, CURLOPT_WRITEFUNCTION, on_data);
 	curl_easy_setopt(p->easy, CURLOPT_WRITEDATA, r);
 	curl_easy_setopt(p->easy, CURLOPT_ERRORBUFFER, errbuf);
+	curl_easy_setopt(p->easy, CURLOPT_NOPROGRESS, 0L);
+	curl_easy_setopt(p->easy, CURLOPT_XFERINFOFUNCTION, on_progress);
+	curl_easy_setopt(p->easy, CURLOPT_XFERINFODATA, pc);
 	cc = curl_easy_perform(p->easy);
 	curl_easy_setopt(p->easy, CURLOPT_HTTPHEADER, NULL);
 	curl_easy_setopt(p->easy, CURLOPT_ERRORBUFFER, NULL);
@@ -313,6 +334,8 @@ static int exchange(struct peer_client *pc, const char *addr, const char *uri, c
 	r->easy = NULL;
 	if (r->overflow)
 		return fail(-EHOSTUNREACH, "%s: %s: the answer is larger than asked for", addr, uri);
+	if (cc == CURLE_ABORTED_BY_CALLBACK)
+		return fail(-ESHUTDOWN, "%s: %s: this host is stopping", addr, uri);
 	if (cc != CURLE_OK)
 		return fail(-EHOSTUNREACH, "%s: %s: %s", addr, uri, errbuf[0] ? errbuf : curl_easy_strerror(cc));
 	if (r->status != 200)
@@ -525,6 +548,11 @@ static int call_handle(struct peer_client *pc, const char *addr, enum peer_op op
 int peer_fsync(struct peer_client *pc, const char *addr, uint64_t handle)
 {
 	return call_handle(pc, addr, PEER_OP_FSYNC, handle);
+}
+
+int peer_flush(struct peer_client *pc, const char *addr, uint64_t handle)
+{
+	return call_handle(pc, addr, PEER_OP_FLUSH, handle);
 }
 
 int peer_release(struct peer_client *pc, const char *addr, uint64_t handle)

@@ -26,7 +26,7 @@
  *                               8 MiB; fewer than SIZE is not end of file,
  *                               none is): pread at OFF, read(2) on a stream
  *     write/HANDLE/OFF       body: the bytes -> {"n": COUNT}
- *     fsync/HANDLE, release/HANDLE -> {}
+ *     fsync/HANDLE, flush/HANDLE, release/HANDLE -> {}
  *   A handle belongs to the host that opened it (another host's is EBADF);
  *   ids are never reused (a random start, then a counter). Reads, writes
  *   and fsyncs run as the uid/gid that opened it. A read on a pipe, socket
@@ -791,6 +791,28 @@ static int op_fsync(struct op_ctx *c, json_object **ret)
 	return r;
 }
 
+/*
+ * flush: what close(2) does to the mount's file, without closing it: a
+ * close of a duplicate makes the kernel send FLUSH (a settings file is
+ * applied, a write-only exec runs) and returns its error.
+ */
+static int op_flush(struct op_ctx *c, json_object **ret)
+{
+	struct handle *h = handle_get(c->ps, c->host, c->w->handle);
+	struct saved_cred s = {0};
+	int r, d;
+
+	if (!h)
+		return -EBADF;
+	if ((r = cred_enter(c->ps, h->uid, h->gid, &s)) == 0) {
+		d = fcntl(h->fd, F_DUPFD_CLOEXEC, 0);
+		r = d < 0 ? -errno : close(d) < 0 && errno != EINTR ? -errno : 0;
+		cred_leave(c->ps, &s);
+	}
+	handle_put(c->ps, h);
+	return r;
+}
+
 static int op_release(struct op_ctx *c, json_object **ret)
 {
 	return handle_remove(c->ps, c->host, c->w->handle);
@@ -817,7 +839,7 @@ static const struct {
 } op_table[PEER_OP__N] = {
 	[PEER_OP_STAT] = {op_stat, true},	  [PEER_OP_READDIR] = {op_readdir, true},
 	[PEER_OP_OPEN] = {op_open, true},	  [PEER_OP_WRITE] = {op_write, false},
-	[PEER_OP_FSYNC] = {op_fsync, false},	  [PEER_OP_RELEASE] = {op_release, false},
+	[PEER_OP_FSYNC] = {op_fsync, false},	  [PEER_OP_FLUSH] = {op_flush, false},	  [PEER_OP_RELEASE] = {op_release, false},
 	[PEER_OP_MKDIR] = {op_mkdir, true},	  [PEER_OP_RMDIR] = {op_unlink, true},
 	[PEER_OP_UNLINK] = {op_unlink, true},	  [PEER_OP_RENAME] = {op_rename, true},
 	[PEER_OP_SYMLINK] = {op_symlink, true},	  [PEER_OP_READLINK] = {op_readlink, true},

@@ -19,6 +19,7 @@ static const struct {
 	[PEER_OP_RENAME] = {"rename", 0, true},	    [PEER_OP_SYMLINK] = {"symlink", 0, true},
 	[PEER_OP_READLINK] = {"readlink", 0, true}, [PEER_OP_TRUNCATE] = {"truncate", 0, true},
 	[PEER_OP_CHMOD] = {"chmod", 0, true},	    [PEER_OP_CREATE] = {"create", 0, true},
+	[PEER_OP_FLUSH] = {"flush", 1, false},
 };
 
 const char *peer_op_name(enum peer_op op)

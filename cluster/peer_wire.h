@@ -49,6 +49,7 @@ enum peer_op {
 	PEER_OP_TRUNCATE,
 	PEER_OP_CHMOD,
 	PEER_OP_CREATE,
+	PEER_OP_FLUSH,
 	PEER_OP__N,
 };
 

@@ -584,6 +584,7 @@ void fs_handle_del(struct fs *f, struct open_handle *oh)
 
 void fs_release_handles(struct fs *f)
 {
+	remote_stop(f); /* its reads hold open files */
 	for (;;) {
 		struct open_handle *oh;
 
@@ -923,8 +924,10 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 
 static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	if (IS_LIVE(ino) || IS_REMOTE(ino) || events_is(fi))
-		fuse_reply_err(req, 0); /* remote: peer.h has no flush (remote.c) */
+	if (IS_REMOTE(ino))
+		remote_flush(req, fi); /* what a close on the peer's mount does, reported to this closer */
+	else if (IS_LIVE(ino) || events_is(fi))
+		fuse_reply_err(req, 0);
 	else
 		fh_flush(req, fi);
 }

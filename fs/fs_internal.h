@@ -4,6 +4,7 @@
 #define FUSE_USE_VERSION 312
 #include <fuse_lowlevel.h>
 #include <pthread.h>
+#include <stdatomic.h>
 
 #include "cluster.h"
 #include "common.h"
@@ -106,6 +107,7 @@ struct fs {
 	struct inval *inval;	    /* inval.c */
 	bool changes_detached;	    /* the engine's guestfs change hook is cleared (it goes first) */
 	struct bymeta *bymeta;	    /* bymeta.c */
+	atomic_int remote_reads;    /* remote.c: reads on their own threads */
 	struct cluster *cluster;    /* NULL: single-host mode (fs_set_cluster) */
 	struct remote *remote;	    /* remote.c */
 	struct hosts *hosts;	    /* hosts.c */
@@ -247,6 +249,9 @@ void remote_create(fuse_req_t req, struct fs *f, fuse_ino_t parent, const char *
 void remote_read(fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi);
 void remote_write(fuse_req_t req, const char *buf, size_t size, off_t off, struct fuse_file_info *fi);
 void remote_fsync(fuse_req_t req, struct fuse_file_info *fi);
+void remote_flush(fuse_req_t req, struct fuse_file_info *fi);
+/* After the loop: ends the reads still waiting on other hosts (their threads answer and go). */
+void remote_stop(struct fs *f);
 void remote_release(fuse_req_t req, struct fs *f, struct fuse_file_info *fi);
 void remote_poll(fuse_req_t req, struct fuse_pollhandle *ph);
 

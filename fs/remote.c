@@ -26,10 +26,6 @@
  *  - poll: every remote file answers always readable and writable (the
  *    read itself blocks on the peer); POLLPRI, a local status file's
  *    "changed", never comes.
- *  - flush: peer.h has none; the peer's file is closed at our release, so
- *    what a local close reports (an exec written write-only runs at close
- *    and its close waits, an incomplete JSON value is EINVAL) happens on the
- *    peer after close(2) returned here, unseen by the closer.
  *  - hard links, mknod of anything but a regular file, chown (EPERM);
  *    times (accepted and ignored, as the mount's own files do); rename
  *    flags (EINVAL).
@@ -914,7 +910,7 @@ void remote_statfs(fuse_req_t req)
 
 /* ---- open files ---- */
 
-/* A read waiting on the peer (on its thread's stack); an interrupt answers it and leaves the data to the next. */
+/* A read waiting on the peer (in its job, read_main); an interrupt answers it and leaves the data to the next. */
 struct rread {
 	struct rread *next;
 	fuse_req_t req;
@@ -1116,13 +1112,76 @@ static void read_unlist(struct rfile *h, struct rread *rd)
 }
 
 /* May block as long as the peer's read does (a process's output, wait): FUSE runs this on one of its threads. */
-void remote_read(fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi)
+/*
+ * A read of a peer's file: on a thread of its own, so a read that waits on
+ * the peer (a process's output, wait) holds no FUSE worker (64 such reads
+ * would otherwise stall the whole mount). The thread answers the request.
+ */
+struct rread_job {
+	struct rfile *h;
+	struct rread rd;
+	size_t size;
+	off_t off;
+};
+
+static void *read_main(void *arg)
 {
-	struct rfile *h = rfile_ref(rfile_of(fi)); /* a release may arrive while this runs */
-	struct rread rd = { .req = req };
+	struct rread_job *j = arg;
+	struct rfile *h = j->h;
+	struct fs *f;
 	char *buf = NULL;
 	ssize_t n = 0;
 	bool answered;
+
+	pthread_mutex_lock(&h->lock);
+	answered = j->rd.answered;
+	pthread_mutex_unlock(&h->lock);
+	if (!answered) {
+		buf = malloc(j->size ? j->size : 1);
+		n = buf ? peer_read(pc_of(h->fs), h->addr, h->handle, j->off, buf, j->size) : -ENOMEM;
+	}
+	pthread_mutex_lock(&h->lock);
+	read_unlist(h, &j->rd);
+	answered = j->rd.answered;
+	if (answered && n > 0) {
+		free(h->kept);
+		h->kept = TAKE_PTR(buf);
+		h->kept_len = (size_t)n;
+		h->kept_off = j->off;
+	}
+	pthread_mutex_unlock(&h->lock);
+	if (!answered && n < 0)
+		fuse_reply_err(j->rd.req, (int)-n);
+	else if (!answered)
+		fuse_reply_buf(j->rd.req, buf, (size_t)n);
+	free(buf);
+	f = h->fs;
+	rfile_unref(h);
+	free(j);
+	atomic_fetch_sub(&f->remote_reads, 1);
+	return NULL;
+}
+
+void remote_stop(struct fs *f)
+{
+	uint64_t until = now_ns() + 5000000000ull;
+
+	if (!f->cluster)
+		return;
+	peer_client_abort(cluster_peer(f->cluster));
+	while (atomic_load(&f->remote_reads) > 0 && now_ns() < until)
+		usleep(2000);
+	if (atomic_load(&f->remote_reads) > 0)
+		log_warn("remote: %d reads of other hosts' files did not end", atomic_load(&f->remote_reads));
+}
+
+void remote_read(fuse_req_t req, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	struct rfile *h = rfile_ref(rfile_of(fi)); /* a release may arrive while this runs */
+	struct rread_job *j;
+	pthread_attr_t attr;
+	pthread_t t;
+	bool started;
 
 	if (h->text) {
 		if ((size_t)off >= h->len)
@@ -1138,33 +1197,28 @@ void remote_read(fuse_req_t req, size_t size, off_t off, struct fuse_file_info *
 		rfile_unref(h);
 		return;
 	}
-	rd.next = h->reads;
-	h->reads = &rd;
+	if (!(j = calloc(1, sizeof(*j)))) {
+		pthread_mutex_unlock(&h->lock);
+		fuse_reply_err(req, ENOMEM);
+		rfile_unref(h);
+		return;
+	}
+	j->h = h;
+	j->rd.req = req;
+	j->size = size;
+	j->off = off;
+	j->rd.next = h->reads;
+	h->reads = &j->rd;
 	pthread_mutex_unlock(&h->lock);
 	fuse_req_interrupt_func(req, read_interrupt, h); /* may answer at once */
-	pthread_mutex_lock(&h->lock);
-	answered = rd.answered;
-	pthread_mutex_unlock(&h->lock);
-	if (!answered) {
-		buf = malloc(size ? size : 1);
-		n = buf ? peer_read(pc_of(h->fs), h->addr, h->handle, off, buf, size) : -ENOMEM;
-	}
-	pthread_mutex_lock(&h->lock);
-	read_unlist(h, &rd);
-	answered = rd.answered;
-	if (answered && n > 0) {
-		free(h->kept);
-		h->kept = TAKE_PTR(buf);
-		h->kept_len = (size_t)n;
-		h->kept_off = off;
-	}
-	pthread_mutex_unlock(&h->lock);
-	if (!answered && n < 0)
-		fuse_reply_err(req, (int)-n);
-	else if (!answered)
-		fuse_reply_buf(req, buf, (size_t)n);
-	free(buf);
-	rfile_unref(h);
+	atomic_fetch_add(&h->fs->remote_reads, 1);
+	pthread_attr_init(&attr);
+	pthread_attr_setstacksize(&attr, 256 * 1024);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	started = thread_create(&t, &attr, read_main, j) == 0;
+	pthread_attr_destroy(&attr);
+	if (!started)
+		read_main(j); /* no thread to be had: on this worker */
 }
 
 void remote_write(fuse_req_t req, const char *buf, size_t size, off_t off, struct fuse_file_info *fi)
@@ -1184,6 +1238,14 @@ void remote_fsync(fuse_req_t req, struct fuse_file_info *fi)
 	struct rfile *h = rfile_ref(rfile_of(fi));
 
 	fuse_reply_err(req, h->text ? 0 : -peer_fsync(pc_of(h->fs), h->addr, h->handle));
+	rfile_unref(h);
+}
+
+void remote_flush(fuse_req_t req, struct fuse_file_info *fi)
+{
+	struct rfile *h = rfile_ref(rfile_of(fi));
+
+	fuse_reply_err(req, h->text ? 0 : -peer_flush(pc_of(h->fs), h->addr, h->handle));
 	rfile_unref(h);
 }
 
