@@ -79,6 +79,7 @@ struct cluster {
 	pthread_t hb;
 	bool hb_running, stopping;
 	pthread_cond_t hb_cond;
+	pthread_mutex_t save_lock; /* one write of STATE/cluster-names at a time (its one .tmp) */
 	pthread_t committer;
 	bool committer_running;
 	pthread_cond_t commit_cond;
@@ -470,6 +471,7 @@ static void committed_save(struct cluster *c)
 	size_t cap = 1;
 	char *buf, *p;
 
+	pthread_mutex_lock(&c->save_lock); /* a later save writes a later list, never one mixed with another */
 	pthread_mutex_lock(&c->lock);
 	for (size_t i = 0; c->committed && c->committed[i]; i++)
 		cap += strlen(c->committed[i]) + 1;
@@ -481,6 +483,7 @@ static void committed_save(struct cluster *c)
 	pthread_mutex_unlock(&c->lock);
 	if (!buf || write_file_atomic(c->names_path, buf, strlen(buf), true) < 0)
 		log_warn("cluster: cannot save %s", c->names_path);
+	pthread_mutex_unlock(&c->save_lock);
 	free(buf);
 }
 
@@ -800,6 +803,27 @@ static int hook_create(void *ctx, const char *tpl, const char *json, size_t len,
 	return r;
 }
 
+static int destroy_here(struct cluster *c, struct template *t, const char *name);
+
+static int hook_destroy(void *ctx, const char *tpl, const char *json, size_t len, uid_t uid, gid_t gid,
+			char **reason)
+{
+	struct cluster *c = ctx;
+	struct template *t = engine_template_get(c->e, tpl);
+	_cleanup_free_ char *name = json_name(json, len);
+	int r;
+
+	(void)uid;
+	(void)gid;
+	if (!t || !name) {
+		template_unref(t);
+		return -ENOENT;
+	}
+	r = destroy_here(c, t, name);
+	template_unref(t);
+	return r;
+}
+
 /* ---- placement ---- */
 
 struct candidates {
@@ -943,6 +967,8 @@ int cluster_create(struct cluster *c, struct template *t, const char *name, cons
 
 		if (strcmp(h->name, c->self) == 0) {
 			r = create_here(c, t, name, json, len, local);
+			if (r == -EAGAIN)
+				break; /* this host cannot reach etcd: it takes no creates, not even to pass on */
 		} else {
 			struct peer_cred cr = { uid, gid };
 
@@ -1006,6 +1032,24 @@ static int delete_own_key(struct cluster *c, const char *name)
 	return r;
 }
 
+/* A sandbox of this host: destroyed, its name freed (-ENOENT if it is not here). */
+static int destroy_here(struct cluster *c, struct template *t, const char *name)
+{
+	struct sandbox *s = template_sandbox_get(t, name);
+	int r;
+
+	if (!s)
+		return -ENOENT;
+	sandbox_unref(s);
+	if ((r = engine_sandbox_destroy(c->e, t, name)) < 0)
+		return r;
+	committed_set(c, name, false);
+	if (delete_own_key(c, name) < 0)
+		log_info("cluster: %s destroyed; its name is freed in etcd by the reconciliation (%s)", name,
+			 etcd_error());
+	return 0;
+}
+
 int cluster_destroy(struct cluster *c, struct template *t, const char *name, uid_t uid, gid_t gid)
 {
 	struct sandbox *s = template_sandbox_get(t, name);
@@ -1015,13 +1059,7 @@ int cluster_destroy(struct cluster *c, struct template *t, const char *name, uid
 
 	if (s) {
 		sandbox_unref(s);
-		if ((r = engine_sandbox_destroy(c->e, t, name)) < 0)
-			return r;
-		committed_set(c, name, false);
-		if (delete_own_key(c, name) < 0)
-			log_info("cluster: %s destroyed; its name is freed in etcd by the reconciliation (%s)", name,
-				 etcd_error());
-		return 0;
+		return destroy_here(c, t, name);
 	}
 	if (!tpl)
 		return -ENOMEM;
@@ -1054,11 +1092,8 @@ int cluster_destroy(struct cluster *c, struct template *t, const char *name, uid
 	}
 	{
 		struct peer_cred cr = { uid, gid };
-		_cleanup_free_ char *path = strjoin("templates/", tpl, "/sandboxes/", name, NULL);
 
-		if (!path)
-			return -ENOMEM;
-		r = peer_rmdir(c->pc, addr, &cr, path);
+		r = peer_destroy(c->pc, addr, &cr, tpl, name);
 		if (r == 0) {
 			_cleanup_free_ char *key = sb_key(name);
 
@@ -1334,6 +1369,7 @@ int cluster_new(struct engine *e, const struct cluster_options *o, struct cluste
 		return -ENOMEM;
 	c->e = e;
 	pthread_mutex_init(&c->lock, NULL);
+	pthread_mutex_init(&c->save_lock, NULL);
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&c->hb_cond, &ca);
@@ -1370,7 +1406,7 @@ int cluster_new(struct engine *e, const struct cluster_options *o, struct cluste
 
 int cluster_start(struct cluster *c)
 {
-	static const struct peer_server_hooks hooks_tmpl = { .create = hook_create };
+	static const struct peer_server_hooks hooks_tmpl = { .create = hook_create, .destroy = hook_destroy };
 	struct peer_server_hooks hooks = hooks_tmpl;
 	struct etcd_watch_cb cb = { .reset = on_reset, .event = on_event, .state = on_state, .ctx = c };
 	int r;
@@ -1467,6 +1503,7 @@ void cluster_free(struct cluster *c)
 	pthread_cond_destroy(&c->hb_cond);
 	pthread_cond_destroy(&c->commit_cond);
 	pthread_mutex_destroy(&c->lock);
+	pthread_mutex_destroy(&c->save_lock);
 	explicit_bzero(c->secret, sizeof(c->secret));
 	free(c);
 }
@@ -1586,6 +1623,8 @@ char *cluster_render_host(struct cluster *c, const char *host)
 	struct vhost *h;
 	unsigned nsb = 0;
 	bool self = strcmp(host, c->self) == 0, known;
+	/* this host's own figures are read now, not as last written to etcd (a cut-off host writes none) */
+	json_object *fresh = self ? host_advert(c) : NULL;
 	char *out;
 
 	pthread_mutex_lock(&c->lock);
@@ -1597,7 +1636,10 @@ char *cluster_render_host(struct cluster *c, const char *host)
 	if (known) {
 		o = json_object_new_object();
 		json_object_object_add(o, "name", json_object_new_string(host));
-		if (h) {
+		if (fresh) {
+			json_object_object_foreach(fresh, k, v)
+				json_object_object_add(o, k, json_object_get(v));
+		} else if (h) {
 			json_object_object_foreach(h->info, k, v)
 				json_object_object_add(o, k, json_object_get(v));
 		}
@@ -1615,6 +1657,7 @@ char *cluster_render_host(struct cluster *c, const char *host)
 		}
 	}
 	pthread_mutex_unlock(&c->lock);
+	json_object_put(fresh);
 	if (!o)
 		return NULL;
 	out = strdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_SPACED));

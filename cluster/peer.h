@@ -105,11 +105,21 @@ int peer_chmod(struct peer_client *pc, const char *addr, const struct peer_cred 
 int peer_create(struct peer_client *pc, const char *addr, const struct peer_cred *cr, const char *tpl,
 		const char *json, size_t len, char **ret_reason);
 
+/*
+ * rmdir of a sandbox the peer runs, done there without its mount (a
+ * forwarded rmdir walking the peer's mount would wait on its directory lock
+ * while that host's own mkdir or rmdir waits on this one: a cycle).
+ */
+int peer_destroy(struct peer_client *pc, const char *addr, const struct peer_cred *cr, const char *tpl,
+		 const char *name);
+
 /* ---- serving side ---- */
 struct peer_server;
 struct peer_server_hooks {
 	/* peer_create's work on this host: 0 or -errno, *reason malloc'd on a refusal */
 	int (*create)(void *ctx, const char *tpl, const char *json, size_t len, uid_t uid, gid_t gid, char **reason);
+	/* peer_destroy's: json is {"name": N}; a sandbox not on this host is -ENOENT (never forwarded again) */
+	int (*destroy)(void *ctx, const char *tpl, const char *json, size_t len, uid_t uid, gid_t gid, char **reason);
 	void *ctx;
 };
 /*

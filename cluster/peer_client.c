@@ -621,6 +621,20 @@ int peer_chmod(struct peer_client *pc, const char *addr, const struct peer_cred 
 			 NULL, NULL);
 }
 
+int peer_destroy(struct peer_client *pc, const char *addr, const struct peer_cred *cr, const char *tpl,
+		 const char *name)
+{
+	json_object *a = json_object_new_object(), *j = json_object_new_object();
+	int r;
+
+	json_object_object_add(j, "name", json_object_new_string(name));
+	json_object_object_add(a, "tpl", json_object_new_string(tpl));
+	json_object_object_add(a, "json", json_object_new_string(json_object_to_json_string_ext(j, JSON_C_TO_STRING_PLAIN)));
+	json_object_put(j);
+	r = call_json(pc, addr, PEER_OP_DESTROY, cr, a, NULL, NULL);
+	return r;
+}
+
 int peer_create(struct peer_client *pc, const char *addr, const struct peer_cred *cr, const char *tpl,
 		const char *json, size_t len, char **ret_reason)
 {

@@ -48,6 +48,7 @@
  *                   symlink is not followed)
  *     readdir   -> {"entries": [{"name": N, "mode": M}, ...]} (no . and ..)
  *     readlink  -> {"target": T}
+ *     destroy:  as create, json {"name": N}: the sandbox destroyed there (hooks.destroy)
  *     create:   "uid", "gid", "tpl" (a template name), "json" (the create
  *               file's text as a string) -> {} or an error with the reason
  *   Paths are relative to root: at most 4096 bytes, no NUL, no leading "/",
@@ -823,10 +824,12 @@ static enum MHD_Result op_create(struct op_ctx *c)
 	_cleanup_free_ char *reason = NULL;
 	int r;
 
-	if (!c->ps->hooks.create)
-		return reply_error(c->conn, 0, -ENOSYS, "this host takes no creates");
-	r = c->ps->hooks.create(c->ps->hooks.ctx, c->w->tpl, c->w->json, c->w->json_len, c->w->uid, c->w->gid,
-				&reason);
+	int (*fn)(void *, const char *, const char *, size_t, uid_t, gid_t, char **) =
+		c->w->op == PEER_OP_DESTROY ? c->ps->hooks.destroy : c->ps->hooks.create;
+
+	if (!fn)
+		return reply_error(c->conn, 0, -ENOSYS, "this host takes no creates or destroys");
+	r = fn(c->ps->hooks.ctx, c->w->tpl, c->w->json, c->w->json_len, c->w->uid, c->w->gid, &reason);
 	if (r < 0)
 		return reply_error(c->conn, 0, r, reason);
 	return reply_ok(c->conn, json_object_new_object());
@@ -855,7 +858,7 @@ static enum MHD_Result run(struct op_ctx *c)
 
 	if (c->w->op == PEER_OP_READ)
 		return op_read(c);
-	if (c->w->op == PEER_OP_CREATE)
+	if (c->w->op == PEER_OP_CREATE || c->w->op == PEER_OP_DESTROY)
 		return op_create(c);
 	if (op_table[c->w->op].as_caller && (r = cred_enter(c->ps, c->w->uid, c->w->gid, &s)) < 0)
 		return reply_error(c->conn, 0, r, "cannot take the caller's credentials");

@@ -19,7 +19,7 @@ static const struct {
 	[PEER_OP_RENAME] = {"rename", 0, true},	    [PEER_OP_SYMLINK] = {"symlink", 0, true},
 	[PEER_OP_READLINK] = {"readlink", 0, true}, [PEER_OP_TRUNCATE] = {"truncate", 0, true},
 	[PEER_OP_CHMOD] = {"chmod", 0, true},	    [PEER_OP_CREATE] = {"create", 0, true},
-	[PEER_OP_FLUSH] = {"flush", 1, false},
+	[PEER_OP_FLUSH] = {"flush", 1, false},	    [PEER_OP_DESTROY] = {"destroy", 0, true},
 };
 
 const char *peer_op_name(enum peer_op op)
@@ -222,6 +222,7 @@ static const unsigned op_keys[PEER_OP__N] = {
 	[PEER_OP_TRUNCATE] = K_CRED | K_PATH | K_SIZE,
 	[PEER_OP_CHMOD] = K_CRED | K_PATH | K_MODE,
 	[PEER_OP_CREATE] = K_CRED | K_CREATE,
+	[PEER_OP_DESTROY] = K_CRED | K_CREATE, /* json: {"name": N} */
 };
 
 static int args_decode(json_object *o, struct peer_wire_req *r, const char **reason)

@@ -50,6 +50,7 @@ enum peer_op {
 	PEER_OP_CHMOD,
 	PEER_OP_CREATE,
 	PEER_OP_FLUSH,
+	PEER_OP_DESTROY,
 	PEER_OP__N,
 };
 

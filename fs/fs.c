@@ -314,7 +314,7 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 
 			node_put(&p);
 			if (tpl)
-				remote_reply_root(req, f, tpl, name);
+				remote_reply_root(req, f, tpl, name, false);
 			else
 				fuse_reply_err(req, ENOENT);
 			return;
@@ -705,7 +705,7 @@ static void mkdir_cluster(fuse_req_t req, struct fs *f, struct node *p, const ch
 		_cleanup_free_ char *tpl = fs_template_name(f, p->t);
 
 		if (tpl)
-			remote_reply_root(req, f, tpl, name);
+			remote_reply_root(req, f, tpl, name, true);
 		else
 			fuse_reply_err(req, ENOENT); /* the template went meanwhile */
 		return;

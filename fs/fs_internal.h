@@ -223,7 +223,12 @@ void follow_free(struct fs *f);
 int remote_init(struct fs *f);
 void remote_free(struct fs *f);
 /* Replies with the entry of templates/TPL/sandboxes/NAME (tpl NULL: live/NAME), or ENOENT. */
-void remote_reply_root(fuse_req_t req, struct fs *f, const char *tpl, const char *name);
+/*
+ * made: the entry of a sandbox this mkdir just placed on another host, its
+ * attributes made here: a stat through the peer's mount would wait on its
+ * directory lock while that host's own mkdir may wait on this one (a cycle).
+ */
+void remote_reply_root(fuse_req_t req, struct fs *f, const char *tpl, const char *name, bool made);
 /* The names of templates/TPL/sandboxes/ on other hosts (tpl NULL: of every template, for live/). */
 void remote_list_root(struct fs *f, const char *tpl, void (*add)(void *ctx, const char *name, fuse_ino_t ino, bool dir),
 		      void *ctx);

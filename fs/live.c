@@ -480,7 +480,7 @@ void live_lookup_root(fuse_req_t req, struct fs *f, const char *name)
 	uint64_t st_ino;
 
 	if (!s && f->cluster) {
-		remote_reply_root(req, f, NULL, name); /* a sandbox on another host (remote.c), or ENOENT */
+		remote_reply_root(req, f, NULL, name, false); /* a sandbox on another host (remote.c), or ENOENT */
 		return;
 	}
 	if (!s) {

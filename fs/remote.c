@@ -466,7 +466,7 @@ static void reply_made(fuse_req_t req, struct fs *f, int r, const struct rref *c
 
 /* ---- templates/T/sandboxes/NAME and live/NAME ---- */
 
-void remote_reply_root(fuse_req_t req, struct fs *f, const char *tpl, const char *name)
+void remote_reply_root(fuse_req_t req, struct fs *f, const char *tpl, const char *name, bool made)
 {
 	struct peer_cred cr = cred_of(req);
 	struct rref r = { 0 };
@@ -482,8 +482,8 @@ void remote_reply_root(fuse_req_t req, struct fs *f, const char *tpl, const char
 		ret = r.sb && r.path && (!tpl || r.tpl) ? 0 : -ENOMEM;
 		r.root_len = r.path ? strlen(r.path) : 0;
 	}
-	if (ret == 0 && w.lost)
-		synth_stat(S_IFDIR | 0755, &st); /* it shows, with its status saying lost */
+	if (ret == 0 && (w.lost || made))
+		synth_stat(S_IFDIR | 0755, &st); /* lost: it shows, its status saying so; made: see fs_internal.h */
 	else if (ret == 0)
 		ret = peer_stat(pc_of(f), w.addr, &cr, r.path, &st);
 	if (ret < 0)
