@@ -451,11 +451,13 @@ static char *sb_key(const char *name)
 	return strjoin(SBS, name, NULL);
 }
 
-static char *sb_value(struct cluster *c, const char *tpl, const char *state)
+static char *sb_value(struct cluster *c, const char *tpl, const char *state, const char *id)
 {
 	json_object *o = json_object_new_object();
 	char *s;
 
+	if (id) /* a reservation's own mark: this create's, not another's of the same name */
+		json_object_object_add(o, "id", json_object_new_string(id));
 	json_object_object_add(o, "host", json_object_new_string(c->self));
 	json_object_object_add(o, "template", json_object_new_string(tpl));
 	json_object_object_add(o, "state", json_object_new_string(state));
@@ -559,15 +561,44 @@ static int no_etcd(struct cluster *c, struct template *t, const char *name)
 /* Reserves name for this host (under its lease): 0 with *rev, -EEXIST, -EAGAIN. */
 static int reserve(struct cluster *c, struct template *t, const char *tpl, const char *name, int64_t *rev)
 {
-	_cleanup_free_ char *key = sb_key(name), *val = sb_value(c, tpl, "reserved");
+	_cleanup_free_ char *key = sb_key(name), *val = NULL;
+	char id[33];
+	uint8_t rnd[16];
 	int64_t lease;
 	int r;
 
 	if (lease_now(c, &lease) < 0)
 		return no_etcd(c, t, name);
-	if (!key || !val)
+	if (getrandom(rnd, sizeof(rnd), 0) != sizeof(rnd))
+		return -EIO;
+	for (size_t i = 0; i < sizeof(rnd); i++)
+		sprintf(id + 2 * i, "%02x", rnd[i]);
+	if (!key || !(val = sb_value(c, tpl, "reserved", id)))
 		return -ENOMEM;
 	r = etcd_create(c->etcd, key, val, strlen(val), lease, rev);
+	for (int again = 0; r == -EAGAIN && again < 2; again++) {
+		/*
+		 * etcd.c never sends a transaction twice (a member that died with it may
+		 * have done it): read the key, and create again only if it is absent.
+		 */
+		struct etcd_kv kv = { 0 };
+		int g = etcd_get(c->etcd, key, &kv);
+
+		if (g == 0) {
+			json_object *o = parse_obj(kv.value, kv.value_len);
+			const char *kid = o ? jstr(o, "id") : NULL;
+
+			r = kid && strcmp(kid, id) == 0 ? 0 : -EEXIST;
+			if (r == 0)
+				*rev = kv.mod_rev;
+			json_object_put(o);
+		} else if (g == -ENOENT) {
+			r = etcd_create(c->etcd, key, val, strlen(val), lease, rev);
+		}
+		etcd_kv_clear(&kv);
+		if (g != 0 && g != -ENOENT)
+			break;
+	}
 	if (r == -EAGAIN || r == -ENOENT) {
 		set_reason(c, etcd_error());
 		return no_etcd(c, t, name);
@@ -580,7 +611,7 @@ static int reserve(struct cluster *c, struct template *t, const char *tpl, const
 /* The reservation becomes the name's key (no lease), fenced by its revision: -ESTALE if it expired meanwhile. */
 static int commit(struct cluster *c, const char *tpl, const char *name, int64_t rev)
 {
-	_cleanup_free_ char *key = sb_key(name), *val = sb_value(c, tpl, "placed");
+	_cleanup_free_ char *key = sb_key(name), *val = sb_value(c, tpl, "placed", NULL);
 	int r;
 
 	if (!key || !val)
@@ -620,9 +651,11 @@ static bool own_key(struct cluster *c, const struct etcd_kv *kv)
 }
 
 /*
- * Commits behind the creates (one thread, in order): a commit that fails
- * because the reservation expired (the host was cut off past its lease)
- * rolls the create back: the sandbox is destroyed (if it is still the one
+ * Commits behind the creates (one thread, in order): a commit that cannot
+ * reach etcd is tried again every half second (the sandbox runs meanwhile,
+ * its name reserved under the host's lease); one that fails because the
+ * reservation expired (the host was cut off past its lease) rolls the
+ * create back: the sandbox is destroyed (if it is still the one
  * this create made), its name left to whoever holds it now.
  */
 struct pending {
@@ -653,7 +686,8 @@ static int commit_queue(struct cluster *c, const char *tpl, const char *name, in
 	return 0;
 }
 
-static void commit_one(struct cluster *c, struct pending *p)
+/* false: etcd could not be asked; the commit is to be tried again (the reservation may still hold) */
+static bool commit_one(struct cluster *c, struct pending *p, bool last_try)
 {
 	int r = commit(c, p->tpl, p->name, p->rev);
 	struct template *t;
@@ -676,6 +710,8 @@ static void commit_one(struct cluster *c, struct pending *p)
 		}
 		etcd_kv_clear(&kv);
 	}
+	if (r == -EAGAIN && !last_try)
+		return false; /* unreachable: rolled back only once the reservation is known gone (-ESTALE) */
 	if (r < 0 && (t = engine_template_get(c->e, p->tpl))) {
 		log_warn("create %s rolled back: its reservation %s", p->name,
 			 r == -ESTALE ? "expired before the commit (the host's lease went)" : "could not be committed");
@@ -691,11 +727,13 @@ static void commit_one(struct cluster *c, struct pending *p)
 		template_unref(t);
 	}
 	inflight(c, p->name, false);
+	return true;
 }
 
 static void *committer_main(void *arg)
 {
 	struct cluster *c = arg;
+	bool last;
 
 	pthread_mutex_lock(&c->lock);
 	for (;;) {
@@ -708,8 +746,25 @@ static void *committer_main(void *arg)
 			continue;
 		}
 		c->pending = p->next;
+		p->next = NULL;
+		last = c->stopping;
 		pthread_mutex_unlock(&c->lock);
-		commit_one(c, p);
+		if (!commit_one(c, p, last)) {
+			struct pending **tail;
+			struct timespec ts;
+
+			pthread_mutex_lock(&c->lock);
+			for (tail = &c->pending; *tail; tail = &(*tail)->next)
+				;
+			*tail = p; /* again after the others, in half a second */
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_nsec += 500000000L;
+			ts.tv_sec += ts.tv_nsec / 1000000000L;
+			ts.tv_nsec %= 1000000000L;
+			if (!c->stopping)
+				pthread_cond_timedwait(&c->commit_cond, &c->lock, &ts);
+			continue;
+		}
 		free(p->tpl);
 		free(p->name);
 		free(p);
@@ -955,6 +1010,10 @@ int cluster_create(struct cluster *c, struct template *t, const char *name, cons
 	}
 	getrandom(&req.seed, sizeof(req.seed), 0);
 	n = place_rank(cd.h, cd.n, &req, ch);
+	for (size_t i = 0; i < n; i++)
+		log_debug("create %s: candidate %zu: %s (%s, warm %u, load %.2f, creating %u)", name, i,
+			  cd.h[ch[i].host].name, place_tier_name(ch[i].tier), cd.h[ch[i].host].warm, cd.h[ch[i].host].load,
+			  cd.h[ch[i].host].creating);
 	r = n ? 0 : -ENOSPC;
 	if (!n) {
 		/* the view may not have this host yet (its first heartbeat): a create here is still right */
