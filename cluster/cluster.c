@@ -1286,13 +1286,13 @@ static void reconcile(struct cluster *c)
 				const char *h = o ? jstr(o, "host") : NULL;
 				bool other = !h || strcmp(h, c->self) != 0;
 
-				json_object_put(o);
 				if (other) {
 					log_warn("cluster: %s runs here but its name is %s's now: destroyed here", name,
 						 h ? h : "another host's");
 					engine_sandbox_destroy(c->e, t, name);
 					committed_set(c, name, false);
 				}
+				json_object_put(o); /* h is its */
 			} else if (was) {
 				log_warn("cluster: %s's name was freed while this host was away (removed as lost): destroyed here",
 					 name);
@@ -1318,7 +1318,8 @@ static void *heartbeat_main(void *arg)
 {
 	struct cluster *c = arg;
 	unsigned tick = 0;
-	bool was_ok = false;
+	bool was_ok = false, retry_soon = false;
+	uint64_t last_ok = now_ns();
 
 	pthread_mutex_lock(&c->lock);
 	while (!c->stopping) {
@@ -1347,6 +1348,7 @@ static void *heartbeat_main(void *arg)
 			r = put_host_key(c, lease);
 		}
 		if (r == 0) {
+			last_ok = now_ns();
 			set_reason(c, NULL);
 			if (!was_ok)
 				log_info("cluster: joined as %s (lease %" PRIx64 ", ttl %us)", c->self, (uint64_t)lease,
@@ -1355,23 +1357,38 @@ static void *heartbeat_main(void *arg)
 				reconcile(c);
 			was_ok = true;
 		} else {
+			/*
+			 * One failed beat is not a cut: a member going away fails the call
+			 * in flight (one etcd member down must change nothing). The host
+			 * stops taking creates once its lease is gone, or no beat went
+			 * through for half its TTL (it may be gone by now).
+			 */
+			bool cut = r == -ENOENT || now_ns() - last_ok > (uint64_t)c->ttl_s * 500000000ull;
+
 			set_reason(c, r == -EAGAIN ? etcd_error() : strerror(-r));
 			pthread_mutex_lock(&c->lock);
-			c->lease_ok = false;
+			if (cut)
+				c->lease_ok = false;
 			if (r == -ENOENT)
 				c->lease = 0;
 			pthread_mutex_unlock(&c->lock);
-			if (was_ok)
+			if (was_ok && cut)
 				log_warn("cluster: cut off from etcd (%s): no creates here; running sandboxes keep running",
 					 r == -EAGAIN ? etcd_error() : strerror(-r));
-			was_ok = false;
+			else if (!cut)
+				log_info("cluster: a heartbeat failed (%s): trying again",
+					 r == -EAGAIN ? etcd_error() : strerror(-r));
+			if (cut)
+				was_ok = false;
+			retry_soon = !cut;
 		}
 		pthread_mutex_lock(&c->lock);
 		if (!c->stopping) {
 			struct timespec ts;
 
 			clock_gettime(CLOCK_MONOTONIC, &ts);
-			ts.tv_nsec += (long)HEARTBEAT_MS * 1000000L;
+			ts.tv_nsec += (long)(retry_soon ? HEARTBEAT_MS / 5 : HEARTBEAT_MS) * 1000000L;
+			retry_soon = false;
 			ts.tv_sec += ts.tv_nsec / 1000000000L;
 			ts.tv_nsec %= 1000000000L;
 			pthread_cond_timedwait(&c->hb_cond, &c->lock, &ts);

@@ -428,7 +428,8 @@ int emberfs_daemon(int argc, char **argv, const struct engine_hooks *hooks)
 	cluster_stop(cl); /* the peer server's reads on the mount ended with it */
 	fs_release_handles(f); /* they hold sandboxes: before the engine goes */
 	engine_free(e);
-	cluster_free(cl); /* this host's names and lease leave etcd */
+	fs_set_cluster(f, NULL); /* fs_free looks no further */
+	cluster_free(cl);	 /* this host's names and lease leave etcd */
 	fs_free(f);
 	if (o.pid_file)
 		unlink(o.pid_file);
