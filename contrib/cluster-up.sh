@@ -225,9 +225,6 @@ cmd_up() {
 		meson setup build >/dev/null
 	fi
 	ninja -C build >/dev/null
-	if ! build/fs/emberfs --help 2>&1 | grep -q -- '--cluster'; then
-		die "build/fs/emberfs has no --cluster option yet (cluster mode is not in this tree); '$0 etcd' starts the network and etcd alone"
-	fi
 	image=${EMBERFS_IMAGE_DIR:-$(contrib/build-image.sh build/engine/guest/emberfs-agent .image | tail -n 1)}
 	if [ -z "${EMBERFS_CLUSTER_DNS:-}" ] && awk '/^nameserver/ { print $2; exit }' /etc/resolv.conf | grep -q '^127\.'; then
 		say "warning: the resolver in /etc/resolv.conf is on loopback, which the hosts' namespaces do not reach:" \
