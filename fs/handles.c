@@ -262,7 +262,7 @@ void fh_open(struct fs *f, fuse_req_t req, struct node *n, struct fuse_file_info
 		fuse_reply_err(req, -r);
 		return;
 	}
-	/* a setting opened to replace it and closed without a write (`: > env`) is emptied at the last close */
+	/* a setting opened to replace it and closed without a write (`: > env`) is emptied at its close (fh_flush) */
 	h->emptied = h->emptied || (h->type == F_SETTING && h->accmode != O_RDONLY && (h->oflags & O_TRUNC));
 	fs_handle_add(f, &h->oh, fh_release_open);
 	fi->fh = (uint64_t)(uintptr_t)h;
@@ -1009,6 +1009,19 @@ void fh_flush(fuse_req_t req, struct fuse_file_info *fi)
 		fuse_reply_err(req, -r);
 		return;
 	}
+	if (h->type == F_SETTING) {
+		/* opened to replace it and nothing written (`: > env`): emptied by the close itself, so a read after it sees it */
+		bool emptied;
+
+		pthread_mutex_lock(&h->lock);
+		emptied = h->emptied;
+		h->emptied = false;
+		pthread_mutex_unlock(&h->lock);
+		if (emptied)
+			r = h->node.file->write_s(h->node.s, "", 0);
+		fuse_reply_err(req, -r);
+		return;
+	}
 	if (h->type != F_EXEC) {
 		fuse_reply_err(req, 0);
 		return;
@@ -1042,7 +1055,7 @@ void fh_release(fuse_req_t req, struct fuse_file_info *fi)
 		wait_answer(h, wait_take(h), -EINTR);
 	if (h->type == F_DOCKERFILE && h->emptied && template_write_dockerfile(h->node.t, "", 0) < 0)
 		log_debug("emptying a Dockerfile: refused (the template's status says why)");
-	if (h->type == F_SETTING && h->emptied && h->node.file->write_s(h->node.s, "", 0) < 0)
+	if (h->type == F_SETTING && h->emptied && h->node.file->write_s(h->node.s, "", 0) < 0) /* no flush came */
 		log_debug("emptying %s of sandbox %s: refused", h->node.file->name, sandbox_name(h->node.s));
 	/* closing a stdin opened for writing sends EOF */
 	if (h->type == F_PSTDIN && (h->pwritten || h->accmode != O_RDONLY))
