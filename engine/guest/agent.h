@@ -329,6 +329,11 @@ void jobs_tick(struct agent *a);
 void spawn_status(struct job *j, struct json_object *o);
 void spawn_feed_stdin(struct agent *a, struct job *j);
 void spawn_release(struct agent *a, struct job *j, bool reply);
+/*
+ * A job whose host went away (a hangup, or an attach from a host new to a
+ * restored snapshot): its deferred replies are dropped, the process runs on.
+ */
+void spawn_detach(struct agent *a, struct job *j);
 void conn_release(struct agent *a);
 int op_spawn(struct agent *a, struct request *rq, struct json_object *reply);
 int op_out(struct agent *a, struct request *rq, struct json_object *reply);

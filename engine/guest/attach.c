@@ -182,6 +182,14 @@ static int attach_jobs(struct agent *a, struct request *rq, struct attach_spec *
 		if (keep) {
 			struct json_object *o = json_object_new_object();
 
+			/*
+			 * Kept for another connection, or for a host new to this
+			 * snapshot (a rollback, a wake): what it had deferred was
+			 * asked by a connection that is gone, and answering it now
+			 * would hand output to nobody. The new host asks again.
+			 */
+			if (j->gen != rq->gen || new_host)
+				spawn_detach(a, j);
 			j->gen = rq->gen;
 			if (!o)
 				continue;

@@ -884,7 +884,7 @@ void spawn_release(struct agent *a, struct job *j, bool reply)
  * process runs on and its output waits, for the next host to keep it with
  * an attach naming it.
  */
-static void spawn_detach(struct agent *a, struct job *j)
+void spawn_detach(struct agent *a, struct job *j)
 {
 	for (int s = 0; s < 2; s++)
 		j->out[s].out_pending = false;
