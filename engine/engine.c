@@ -628,6 +628,8 @@ int engine_new(const struct engine_options *opts, struct engine **ret)
 		e->opts.cold_slots = 1;
 	if (!e->opts.max_sandboxes)
 		e->opts.max_sandboxes = 64;
+	if (!e->opts.max_checkpoints)
+		e->opts.max_checkpoints = 16;
 	if (!e->opts.pool_parallel)
 		e->opts.pool_parallel = 1;
 	if (!e->opts.store_size_mib)
@@ -704,6 +706,8 @@ void engine_free(struct engine *e)
 	idtable_free(&e->templates_by_id);
 	idtable_free(&e->sandboxes_by_id);
 	idtable_free(&e->procs_by_id);
+	idtable_free(&e->ckdirs_by_id);
+	idtable_free(&e->ckpts_by_id);
 	netpool_free(e->net); /* every VMM is gone: no namespace is in use */
 	cgroups_fini(e);
 	if (e->store.root) {

@@ -28,6 +28,9 @@ enum accel_mode { ACCEL_AUTO = 0, ACCEL_KVM, ACCEL_TCG };
  * VMM exists, QMP not connected), connected, loading (the snapshot load
  * started), loaded (the guest runs, the agent not connected), agent
  * (connected, before the attach), claimed (a warm slot, before its resume).
+ * Operations: checkpoint (ctl checkpoint's files saved, not yet published;
+ * the operation lock held), rollback (the old VMM ended, the new one not
+ * spawned yet).
  * cancel turns true when the sandbox is destroyed meanwhile.
  */
 struct engine_hooks {
@@ -66,6 +69,7 @@ struct engine_options {
 	unsigned console_max_kib;  /* a sandbox's console log is kept within this; 0: 1024 */
 	int64_t store_reserve_mib; /* store space kept free for running guests; -1: 512 */
 	unsigned cache_max_age_s;  /* build cache entries no template uses go after this long unused (0: at once) */
+	unsigned max_checkpoints;  /* per sandbox (ctl checkpoint); 0: 16 */
 	const struct engine_hooks *hooks; /* NULL: none */
 	/*
 	 * The VMM drivers a template's "backend" may name, NULL-terminated;
@@ -99,6 +103,7 @@ enum sandbox_event {
 	SB_EV_WAKE,	   /* ctl resume or start of a hibernated one (or an access that needs the guest) */
 	SB_EV_STOP,	   /* ctl stop */
 	SB_EV_START,	   /* ctl start of a stopped one: a cold boot from its disk */
+	SB_EV_ROLLBACK,	   /* ctl rollback C: a new VMM restores checkpoint C (checkpoint.c) */
 	_SB_EV_MAX,
 };
 
@@ -343,6 +348,24 @@ char **engine_metadata_match(struct engine *e, const char *key, const char *valu
 char *engine_sandbox_template_name(struct engine *e, const char *name);
 /* A new object id (never reused, never one of the engine's objects): for what the fs layer names itself. */
 uint64_t engine_new_id(struct engine *e);
+
+/*
+ * Checkpoints (checkpoint.c; docs/interface.md, "Checkpoints"): made by
+ * ctl "checkpoint C", used by "rollback C" and "fork NEW from C". A
+ * sandbox's checkpoints/ directory has an id of its own; each checkpoint is
+ * an object with its own id, listed by name.
+ */
+struct checkpoint;
+uint64_t sandbox_checkpoints_id(const struct sandbox *s);
+struct sandbox *engine_checkpoints_dir_by_id(struct engine *e, uint64_t id); /* its sandbox, ref'd, or NULL */
+char **sandbox_checkpoint_list(struct sandbox *s);				      /* strv_free */
+struct checkpoint *sandbox_checkpoint_get(struct sandbox *s, const char *name);      /* ref'd or NULL */
+struct checkpoint *engine_checkpoint_by_id(struct engine *e, uint64_t id);	      /* ref'd or NULL */
+void checkpoint_unref(struct checkpoint *c);
+uint64_t checkpoint_id(const struct checkpoint *c);
+char *checkpoint_render_status(struct checkpoint *c);
+/* rmdir checkpoints/C: frees it (waits for an operation in flight); 0 or -ENOENT. */
+int sandbox_checkpoint_remove(struct sandbox *s, const char *name);
 
 /* The guest's own files (live/). */
 #include "guestfs.h"

@@ -871,33 +871,74 @@ int proc_write(struct proc *p, const void *data, size_t len, bool eof, proc_writ
 
 /* ---- over a daemon restart, a wake ---- */
 
-/* The record's "procs"; e->lock held. */
-json_object *sandbox_procs_json(struct sandbox *s)
+/* One process as the record keeps it, and a checkpoint with its unread output (with_output); p->lock held. */
+static json_object *proc_json(struct proc *p, bool with_output)
+{
+	json_object *o = json_object_new_object();
+
+	if (!o)
+		return NULL;
+	json_object_object_add(o, "name", json_object_new_string(p->name));
+	json_object_object_add(o, "state", json_object_new_string(proc_state_names[p->state]));
+	json_object_object_add(o, "cmd", p->cmd ? json_object_new_string(p->cmd) : NULL);
+	json_object_object_add(o, "job", json_object_new_int64((int64_t)p->job));
+	json_object_object_add(o, "pid", json_object_new_int64(p->pid));
+	json_object_object_add(o, "start_unix_ms", json_object_new_int64((int64_t)p->start_unix_ms));
+	json_object_object_add(o, "exit_code", json_object_new_int(p->exit_code));
+	json_object_object_add(o, "signal", json_object_new_int(p->signal));
+	json_object_object_add(o, "left_running", json_object_new_boolean(p->left_running));
+	json_object_object_add(o, "duration_ms", json_object_new_double(p->duration_ms));
+	json_object_object_add(o, "stdin_closed", json_object_new_boolean(p->stdin_closed));
+	json_object_object_add(o, "error", p->error ? json_object_new_string(p->error) : NULL);
+	for (int k = 0; with_output && k < 2; k++) {
+		const struct pstream *ps = &p->out[k];
+		_cleanup_free_ char *b64 = base64_encode(ps->buf ? ps->buf + ps->off : (const uint8_t *)"",
+							 ps->buf ? ps->len - ps->off : 0);
+
+		if (!b64) {
+			json_object_put(o);
+			return NULL;
+		}
+		json_object_object_add(o, k ? "stderr_unread" : "stdout_unread", json_object_new_string(b64));
+		json_object_object_add(o, k ? "stderr_eof" : "stdout_eof", json_object_new_boolean(ps->eof));
+	}
+	return o;
+}
+
+static json_object *procs_json(struct sandbox *s, bool with_output)
 {
 	json_object *a = json_object_new_array();
 
 	for (size_t i = 0; a && i < s->n_procs; i++) {
 		struct proc *p = s->procs[i];
-		json_object *o = json_object_new_object();
+		json_object *o;
 
-		if (!o)
-			continue;
 		pthread_mutex_lock(&p->lock);
-		json_object_object_add(o, "name", json_object_new_string(p->name));
-		json_object_object_add(o, "state", json_object_new_string(proc_state_names[p->state]));
-		json_object_object_add(o, "cmd", p->cmd ? json_object_new_string(p->cmd) : NULL);
-		json_object_object_add(o, "job", json_object_new_int64((int64_t)p->job));
-		json_object_object_add(o, "pid", json_object_new_int64(p->pid));
-		json_object_object_add(o, "start_unix_ms", json_object_new_int64((int64_t)p->start_unix_ms));
-		json_object_object_add(o, "exit_code", json_object_new_int(p->exit_code));
-		json_object_object_add(o, "signal", json_object_new_int(p->signal));
-		json_object_object_add(o, "left_running", json_object_new_boolean(p->left_running));
-		json_object_object_add(o, "duration_ms", json_object_new_double(p->duration_ms));
-		json_object_object_add(o, "stdin_closed", json_object_new_boolean(p->stdin_closed));
-		json_object_object_add(o, "error", p->error ? json_object_new_string(p->error) : NULL);
+		o = proc_json(p, with_output);
 		pthread_mutex_unlock(&p->lock);
-		json_object_array_add(a, o);
+		if (!o && with_output) {
+			json_object_put(a); /* a checkpoint is whole or not at all */
+			return NULL;
+		}
+		if (o)
+			json_object_array_add(a, o);
 	}
+	return a;
+}
+
+/* The record's "procs"; e->lock held. */
+json_object *sandbox_procs_json(struct sandbox *s)
+{
+	return procs_json(s, false);
+}
+
+json_object *sandbox_procs_checkpoint(struct sandbox *s)
+{
+	json_object *a;
+
+	pthread_mutex_lock(&s->e->lock);
+	a = procs_json(s, true);
+	pthread_mutex_unlock(&s->e->lock);
 	return a;
 }
 
@@ -998,6 +1039,72 @@ void sandbox_procs_from_json(struct sandbox *s, json_object *arr)
 		if (p)
 			procs_register(s, p);
 	}
+}
+
+/* A checkpoint's unread output of one stream, back in the process's buffer (not registered yet). */
+static void pstream_restore(struct pstream *ps, json_object *o, const char *data_key, const char *eof_key)
+{
+	const char *b64 = jget_str(o, data_key);
+	uint8_t *buf = NULL;
+	ssize_t n = b64 ? base64_decode(b64, strlen(b64), &buf) : 0;
+
+	if (n > 0) {
+		ps->buf = buf;
+		ps->len = (size_t)n;
+		ps->off = 0;
+	} else {
+		free(buf);
+	}
+	ps->eof = jget_bool(o, eof_key);
+}
+
+/*
+ * A rollback: every current process leaves (its waiting readers and writer
+ * answered EIO, its handles EIO from now on: the objects are gone, the
+ * names come back as new ones), and the checkpoint's processes take their
+ * place, each waiting for the next attach to take its job over. Nothing is
+ * asked of the guest: the VMM these ran in has ended.
+ */
+void sandbox_procs_replace(struct sandbox *s, json_object *arr)
+{
+	struct engine *e = s->e;
+	size_t n_old, n = json_object_is_type(arr, json_type_array) ? json_object_array_length(arr) : 0;
+	struct proc **old;
+
+	pthread_mutex_lock(&e->lock);
+	old = TAKE_PTR(s->procs);
+	n_old = s->n_procs;
+	s->n_procs = 0;
+	for (size_t i = 0; i < n_old; i++)
+		idtable_del(&e->procs_by_id, old[i]->id);
+	pthread_mutex_unlock(&e->lock);
+	for (size_t i = 0; i < n_old; i++) {
+		struct proc *p = old[i];
+		struct pending_cbs pc = { 0 };
+
+		pthread_mutex_lock(&p->lock);
+		p->removed = true;
+		set_lost(p, "rolled back");
+		take_waiters(p, -EIO, &pc);
+		pthread_mutex_unlock(&p->lock);
+		run_failed(&pc);
+		proc_unpin(p);
+		proc_unref(p);
+	}
+	free(old);
+	for (size_t i = 0; i < n && i < PROCS_MAX; i++) {
+		json_object *o = json_object_array_get_idx(arr, i);
+		struct proc *p = proc_from_json(s, o, true);
+
+		if (!p)
+			continue;
+		pstream_restore(&p->out[0], o, "stdout_unread", "stdout_eof");
+		pstream_restore(&p->out[1], o, "stderr_unread", "stderr_eof");
+		pthread_mutex_lock(&e->lock);
+		procs_register(s, p);
+		pthread_mutex_unlock(&e->lock);
+	}
+	sandbox_record_save(s);
 }
 
 /*

@@ -549,6 +549,11 @@ struct sandbox {
 	atomic_uint_fast64_t status_seq;
 	size_t n_procs;
 	int fork_result;  /* e->lock: and how it went */
+	/* checkpoints (checkpoint.c): its checkpoints/ directory's id, and the checkpoints by name */
+	uint64_t ckdir_id;
+	struct checkpoint **ckpts; /* e->lock */
+	size_t n_ckpts;
+	const char *op_running; /* e->lock: the ctl operation in flight (run_op), named in an EBUSY */
 
 	/* its record (record.c) */
 	pthread_mutex_t record_lock; /* one writer at a time, and none once destroy removed the directory */
@@ -575,13 +580,14 @@ struct hist {
 	uint64_t count;
 	double sum_s;
 };
-enum { H_CREATE_WARM, H_CREATE_RESTORE, H_CREATE_COLD, H_CREATE_FORK, H_FORK, H_HIBERNATE, H_WAKE, H_MAX };
+enum { H_CREATE_WARM, H_CREATE_RESTORE, H_CREATE_COLD, H_CREATE_FORK, H_FORK, H_HIBERNATE, H_WAKE, H_CHECKPOINT, H_ROLLBACK, H_MAX };
 void hist_add(struct hist *h, double ms); /* e->lock held */
 
 struct engine {
 	struct engine_options opts;
 	/* objects by id (what FUSE inodes name): registered templates, sandboxes and their processes */
 	struct idtable templates_by_id, sandboxes_by_id, procs_by_id;
+	struct idtable ckdirs_by_id, ckpts_by_id; /* sandboxes by their checkpoints/ id; checkpoints (checkpoint.c) */
 	char *state_dir;
 	char *image_dir;
 	struct engine_driver drivers[VMM_DRIVERS_MAX]; /* the compiled ones, as this host can run them */
@@ -690,6 +696,47 @@ int machine_id_new(char out[static 33]);
 int agent_settle(struct agent_client *ac, uint64_t deadline, const atomic_bool *cancel);
 /* An attach with no identity, only the processes' jobs (a re-adopted running guest). */
 int sandbox_reattach(struct sandbox *s, unsigned timeout_ms);
+/*
+ * Lifecycle operations' parts (lifecycle.c), for the operations kept in a
+ * file of their own (checkpoint.c); s->op_lock held.
+ */
+void set_ctl_error(struct sandbox *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Moves to the state ev leads to, if it still does (saves the record); 0 or -EBUSY. */
+int sandbox_transition(struct sandbox *s, enum sandbox_event ev);
+/* A new VM of mem_mib for operation what: -ENOSPC (the figures in ctl_error) if the store has no room. */
+int sandbox_admit_vm(struct sandbox *s, unsigned mem_mib, const char *what);
+/* Ends the VMM on purpose (the supervisor hands it back) and drops the agent connection. */
+int sandbox_retire_vmm(struct sandbox *s);
+/* A VMM for the sandbox's own files: restores state_fd (a wake, a rollback) or boots (-1), then the attach. */
+int sandbox_start_own_vmm(struct sandbox *s, int state_fd, const char **step);
+/* The test seam (engine_hooks.create_phase) for a phase of an operation. */
+void sandbox_phase(struct sandbox *s, const char *phase);
+
+/*
+ * Checkpoints (checkpoint.c; docs/interface.md, "Checkpoints"). The
+ * operations run from run_op with s->op_lock held and the state checked.
+ */
+int op_checkpoint(struct sandbox *s, const char *name);
+int op_rollback(struct sandbox *s, const char *name);
+int op_fork_from(struct sandbox *s, const char *child, const char *ckpt);
+/* Its checkpoints from its directory (a re-adopted sandbox, not registered yet); drops half-made ones. */
+void sandbox_checkpoints_load(struct sandbox *s);
+/* e->lock held: the id tables (sandbox_index's part). */
+int sandbox_checkpoints_index(struct sandbox *s);
+void sandbox_checkpoints_unindex(struct sandbox *s);
+/* Drops its references to its checkpoint objects (sandbox_unref; the files go with its directory). */
+void sandbox_checkpoints_free(struct sandbox *s);
+/* The status's "checkpoints" and "checkpoints_bytes" (outside e->lock). */
+void sandbox_checkpoints_status(struct sandbox *s, json_object *o);
+/*
+ * The processes as a checkpoint holds them (the record's form plus each
+ * stream's unread output); and, at a rollback, every current process
+ * replaced by those (their handles answer EIO), to be reattached by the
+ * next attach.
+ */
+json_object *sandbox_procs_checkpoint(struct sandbox *s);
+void sandbox_procs_replace(struct sandbox *s, json_object *arr);
+
 /* Lifecycle (lifecycle.c): the VMM supervisor loop, and making sure a guest runs for an access. */
 void sandbox_supervise(struct sandbox *s);
 /* Resumes or wakes the sandbox if it sleeps and counts an exec in; 0 or -EIO. */

@@ -129,8 +129,7 @@ void sandbox_supervise(struct sandbox *s)
 
 /* ---- operations (s->op_lock held) ---- */
 
-static void set_ctl_error(struct sandbox *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void set_ctl_error(struct sandbox *s, const char *fmt, ...)
+void set_ctl_error(struct sandbox *s, const char *fmt, ...)
 {
 	va_list ap;
 	char *m = NULL;
@@ -145,8 +144,7 @@ static void set_ctl_error(struct sandbox *s, const char *fmt, ...)
 	pthread_mutex_unlock(&s->e->lock);
 }
 
-/* Moves to the state ev leads to, if it still does. */
-static int transition(struct sandbox *s, enum sandbox_event ev)
+int sandbox_transition(struct sandbox *s, enum sandbox_event ev)
 {
 	int next;
 
@@ -169,7 +167,7 @@ static int op_pause(struct sandbox *s)
 {
 	int r = vmm_pause(s->vmm, QMP_TIMEOUT_MS);
 
-	return r < 0 ? r : transition(s, SB_EV_PAUSE);
+	return r < 0 ? r : sandbox_transition(s, SB_EV_PAUSE);
 }
 
 static int do_resume(void *arg)
@@ -201,11 +199,10 @@ static int op_resume(struct sandbox *s)
 	} else {
 		r = sandbox_attach(s, AGENT_RESTORE_TIMEOUT_MS, do_resume, s);
 	}
-	return r < 0 ? r : transition(s, SB_EV_RESUME);
+	return r < 0 ? r : sandbox_transition(s, SB_EV_RESUME);
 }
 
-/* A new VM of mem_mib for operation what: ENOSPC (the figures in ctl_error) if the store has no room. */
-static int admit_vm(struct sandbox *s, unsigned mem_mib, const char *what)
+int sandbox_admit_vm(struct sandbox *s, unsigned mem_mib, const char *what)
 {
 	_cleanup_free_ char *why = NULL;
 	int r = engine_store_admit(s->e, mem_mib, &why);
@@ -215,8 +212,7 @@ static int admit_vm(struct sandbox *s, unsigned mem_mib, const char *what)
 	return r;
 }
 
-/* Ends the VMM on purpose (the supervisor hands it back) and drops the agent connection. */
-static int retire_vmm(struct sandbox *s)
+int sandbox_retire_vmm(struct sandbox *s)
 {
 	struct engine *e = s->e;
 	struct agent_client *ac;
@@ -261,11 +257,11 @@ static int op_stop(struct sandbox *s)
 
 	if (!state || !mem)
 		return -ENOMEM;
-	if (s->vmm && (r = retire_vmm(s)) < 0)
+	if (s->vmm && (r = sandbox_retire_vmm(s)) < 0)
 		return r;
 	unlink(state);
 	unlink(mem);
-	return transition(s, SB_EV_STOP);
+	return sandbox_transition(s, SB_EV_STOP);
 }
 
 /*
@@ -325,7 +321,7 @@ static int run_own_vmm(struct sandbox *s, int state_fd, const char **step)
  * stopped, a wake fails the sandbox); before, the supervisor failed the
  * sandbox for a start too and the start then waited for it forever.
  */
-static int start_own_vmm(struct sandbox *s, int state_fd, const char **step)
+int sandbox_start_own_vmm(struct sandbox *s, int state_fd, const char **step)
 {
 	int r = run_own_vmm(s, state_fd, step);
 
@@ -360,7 +356,7 @@ static int op_start(struct sandbox *s)
 	pthread_mutex_lock(&e->lock);
 	mem_mib = s->tpl->cfg.mem_mib;
 	pthread_mutex_unlock(&e->lock);
-	if ((r = admit_vm(s, mem_mib, "start")) < 0)
+	if ((r = sandbox_admit_vm(s, mem_mib, "start")) < 0)
 		return r;
 	if ((r = cold_acquire(e, &s->cancel)) < 0)
 		return r;
@@ -370,16 +366,16 @@ static int op_start(struct sandbox *s)
 	if (memfd < 0 || ftruncate(memfd, (off_t)mem_mib << 20) < 0)
 		r = -errno;
 	if (r == 0)
-		r = start_own_vmm(s, -1, &step);
+		r = sandbox_start_own_vmm(s, -1, &step);
 	cold_release(e);
 	if (r < 0) {
 		set_ctl_error(s, "start failed at %s: %s (see console and %s/vmm.log)", step, strerror(-r), s->dir);
 		/* still stopped, and may be tried again: its VMM is ended on purpose, not as a crash */
 		if (s->vmm)
-			retire_vmm(s);
+			sandbox_retire_vmm(s);
 		return r;
 	}
-	return transition(s, SB_EV_START);
+	return sandbox_transition(s, SB_EV_START);
 }
 
 static int op_hibernate(struct sandbox *s)
@@ -434,9 +430,9 @@ static int op_hibernate(struct sandbox *s)
 			vmm_resume(s->vmm, QMP_TIMEOUT_MS);
 		return r;
 	}
-	if ((r = retire_vmm(s)) < 0)
+	if ((r = sandbox_retire_vmm(s)) < 0)
 		return r;
-	r = transition(s, SB_EV_HIBERNATE);
+	r = sandbox_transition(s, SB_EV_HIBERNATE);
 	pthread_mutex_lock(&e->lock);
 	s->hibernate_ms = ns_to_ms(now_ns() - t0);
 	hist_add(&e->hist[H_HIBERNATE], s->hibernate_ms);
@@ -461,7 +457,7 @@ static int op_wake(struct sandbox *s)
 		set_ctl_error(s, "wake: %s: %s", state, strerror(-r));
 		return r;
 	}
-	r = start_own_vmm(s, state_fd, &step);
+	r = sandbox_start_own_vmm(s, state_fd, &step);
 	if (r < 0) {
 		set_ctl_error(s, "wake failed at %s: %s (see console and %s/vmm.log)", step, strerror(-r), s->dir);
 		/* a sandbox that cannot wake is failed; its files stay until rmdir */
@@ -473,7 +469,7 @@ static int op_wake(struct sandbox *s)
 		return r;
 	}
 	unlink(state);
-	r = transition(s, SB_EV_WAKE);
+	r = sandbox_transition(s, SB_EV_WAKE);
 	pthread_mutex_lock(&e->lock);
 	s->wake_ms = ns_to_ms(now_ns() - t0);
 	s->wakes++;
@@ -508,7 +504,7 @@ static int op_fork(struct sandbox *s, const char *name)
 		pthread_mutex_lock(&e->lock);
 		mem_mib = t->cfg.mem_mib;
 		pthread_mutex_unlock(&e->lock);
-		if ((r = admit_vm(s, mem_mib, what ? what : "fork")) < 0)
+		if ((r = sandbox_admit_vm(s, mem_mib, what ? what : "fork")) < 0)
 			return r;
 	}
 	r = sandbox_create_internal(e, t, name, s, NULL, &c);
@@ -620,8 +616,66 @@ static int op_template(struct sandbox *s, const char *name)
 	return r;
 }
 
+/* The first word of a verb that passed sandbox_ctl's checks, as a static string. */
+static const char *verb_word(const char *verb)
+{
+	static const char *const words[] = { "pause", "resume", "hibernate", "stop", "start", "fork", "template",
+					     "checkpoint", "rollback", NULL };
+	size_t n = strcspn(verb, " ");
+
+	for (size_t i = 0; words[i]; i++)
+		if (strlen(words[i]) == n && strncmp(words[i], verb, n) == 0)
+			return words[i];
+	return "ctl";
+}
+
+/* "fork NEW from C": NEW and C (in buf), or false for any other verb. */
+static bool parse_fork_from(const char *verb, char *child, char *ckpt, size_t size)
+{
+	const char *from;
+
+	if (strncmp(verb, "fork ", 5) != 0 || !(from = strstr(verb + 5, " from ")))
+		return false;
+	snprintf(child, size, "%.*s", (int)(from - (verb + 5)), verb + 5);
+	snprintf(ckpt, size, "%s", from + 6);
+	return true;
+}
+
+/* checkpoint C, rollback C, fork NEW from C: s->op_lock held. */
+static int run_checkpoint_op(struct sandbox *s, const char *verb, enum sandbox_state st, uint64_t t0)
+{
+	struct engine *e = s->e;
+	const char *word = verb_word(verb);
+	char child[NAME_MAX_LEN + 1], ckpt[NAME_MAX_LEN + 1];
+	bool fork_from = parse_fork_from(verb, child, ckpt, sizeof(child));
+	bool rollback = word[0] == 'r';
+	bool allowed = rollback ? sandbox_state_next(st, SB_EV_ROLLBACK) >= 0 :
+		       st == SB_READY || st == SB_PAUSED || st == SB_HIBERNATED || (fork_from && st == SB_STOPPED);
+	int r;
+
+	if (atomic_load(&s->cancel) || !allowed) {
+		set_ctl_error(s, "%s: refused while the sandbox is %s", word, sandbox_state_name(st));
+		return -EBUSY;
+	}
+	r = fork_from ? op_fork_from(s, child, ckpt) :
+	    rollback ? op_rollback(s, verb + 9) : op_checkpoint(s, verb + 11);
+	if (r == 0 && rollback)
+		mark_active(s);
+	pthread_mutex_lock(&e->lock);
+	s->last_op = word;
+	s->last_op_ms = ns_to_ms(now_ns() - t0);
+	if (r == 0 && !fork_from)
+		hist_add(&e->hist[rollback ? H_ROLLBACK : H_CHECKPOINT], s->last_op_ms);
+	if (r == 0) {
+		free(s->ctl_error);
+		s->ctl_error = NULL;
+	}
+	pthread_mutex_unlock(&e->lock);
+	return r;
+}
+
 /* Runs the verb with s->op_lock held; the state check is in the op's transition and here. */
-static int run_op(struct sandbox *s, const char *verb)
+static int run_op_locked(struct sandbox *s, const char *verb)
 {
 	struct engine *e = s->e;
 	enum sandbox_state st;
@@ -632,6 +686,8 @@ static int run_op(struct sandbox *s, const char *verb)
 	pthread_mutex_lock(&e->lock);
 	st = s->state;
 	pthread_mutex_unlock(&e->lock);
+	if (strncmp(verb, "checkpoint ", 11) == 0 || strncmp(verb, "rollback ", 9) == 0 || strstr(verb, " from "))
+		return run_checkpoint_op(s, verb, st, t0);
 	if (strncmp(verb, "fork ", 5) == 0 || strncmp(verb, "template ", 9) == 0) {
 		bool fork = verb[0] == 'f';
 
@@ -686,31 +742,80 @@ static int run_op(struct sandbox *s, const char *verb)
 	return r;
 }
 
+/* run_op_locked, with the operation named while it runs (what an EBUSY of checkpoint or rollback names). */
+static int run_op(struct sandbox *s, const char *verb)
+{
+	int r;
+
+	pthread_mutex_lock(&s->e->lock);
+	s->op_running = verb_word(verb);
+	pthread_mutex_unlock(&s->e->lock);
+	r = run_op_locked(s, verb);
+	pthread_mutex_lock(&s->e->lock);
+	s->op_running = NULL;
+	pthread_mutex_unlock(&s->e->lock);
+	return r;
+}
+
+#define CTL_VERBS "pause, resume, hibernate, stop, start, fork NEW, template NEW, checkpoint C, rollback C or fork NEW from C"
+#define BAD_NAME "bad name (allowed: [A-Za-z0-9][A-Za-z0-9_-]{0,63})"
+
 int sandbox_ctl(struct sandbox *s, const char *cmd, size_t len)
 {
-	char verb[128];
+	char verb[160], child[NAME_MAX_LEN + 1], ckpt[NAME_MAX_LEN + 1];
+	bool refuse_busy = false;
 	int r;
 
 	while (len > 0 && (cmd[len - 1] == '\n' || cmd[len - 1] == ' '))
 		len--;
 	if (len == 0 || len >= sizeof(verb) || memchr(cmd, '\0', len)) {
-		set_ctl_error(s, "ctl: expected pause, resume, hibernate, stop, start, fork NAME or template NAME");
+		set_ctl_error(s, "ctl: expected " CTL_VERBS);
 		return -EINVAL;
 	}
 	memcpy(verb, cmd, len);
 	verb[len] = '\0';
-	if (strncmp(verb, "fork ", 5) == 0 || strncmp(verb, "template ", 9) == 0) {
+	if (strncmp(verb, "fork ", 5) == 0 && strstr(verb + 5, " from ")) {
+		/* both names checked whole: a name is never cut to fit */
+		const char *from = strstr(verb + 5, " from ");
+
+		if ((size_t)(from - (verb + 5)) > NAME_MAX_LEN || strlen(from + 6) > NAME_MAX_LEN ||
+		    !parse_fork_from(verb, child, ckpt, sizeof(child)) || name_validate(child) < 0 ||
+		    name_validate(ckpt) < 0) {
+			set_ctl_error(s, "fork NEW from C: " BAD_NAME);
+			return -EINVAL;
+		}
+		refuse_busy = true;
+	} else if (strncmp(verb, "checkpoint ", 11) == 0 || strncmp(verb, "rollback ", 9) == 0) {
 		if (name_validate(strchr(verb, ' ') + 1) < 0) {
-			set_ctl_error(s, "%.8s: bad name (allowed: [A-Za-z0-9][A-Za-z0-9_-]{0,63})", verb);
+			set_ctl_error(s, "%s: " BAD_NAME, verb_word(verb));
+			return -EINVAL;
+		}
+		refuse_busy = true;
+	} else if (strncmp(verb, "fork ", 5) == 0 || strncmp(verb, "template ", 9) == 0) {
+		if (name_validate(strchr(verb, ' ') + 1) < 0) {
+			set_ctl_error(s, "%.8s: " BAD_NAME, verb);
 			return -EINVAL;
 		}
 	} else if (strcmp(verb, "pause") && strcmp(verb, "resume") && strcmp(verb, "hibernate") && strcmp(verb, "stop") &&
 		   strcmp(verb, "start")) {
-		set_ctl_error(s, "ctl: unknown verb \"%.31s\" (expected pause, resume, hibernate, stop, start, fork NAME or template NAME)",
-			      verb);
+		set_ctl_error(s, "ctl: unknown verb \"%.31s\" (expected " CTL_VERBS ")", verb);
 		return -EINVAL;
 	}
-	pthread_mutex_lock(&s->op_lock);
+	if (refuse_busy && pthread_mutex_trylock(&s->op_lock) != 0) {
+		/* these refuse rather than wait behind another operation (an access only passing through waits) */
+		const char *busy;
+
+		pthread_mutex_lock(&s->e->lock);
+		busy = s->op_running;
+		pthread_mutex_unlock(&s->e->lock);
+		if (busy) {
+			set_ctl_error(s, "%s: refused while %s runs on the sandbox", verb_word(verb), busy);
+			return -EBUSY;
+		}
+		pthread_mutex_lock(&s->op_lock);
+	} else if (!refuse_busy) {
+		pthread_mutex_lock(&s->op_lock);
+	}
 	r = run_op(s, verb);
 	pthread_mutex_unlock(&s->op_lock);
 	return r;

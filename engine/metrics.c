@@ -80,7 +80,7 @@ static void put_hist(struct buf *b, const char *name, const char *label, const c
 char *engine_render_metrics(struct engine *e)
 {
 	static const char *const paths[] = { "warm", "restore", "cold", "fork" };
-	static const char *const ops[] = { "fork", "hibernate", "wake" };
+	static const char *const ops[] = { "fork", "hibernate", "wake", "checkpoint", "rollback" };
 	struct buf b = { 0 };
 
 	pthread_mutex_lock(&e->lock);
@@ -157,8 +157,8 @@ char *engine_render_metrics(struct engine *e)
 	for (int p = 0; p < 4; p++)
 		put_hist(&b, "emberfs_create_seconds", "path", paths[p], &e->hist[H_CREATE_WARM + p]);
 	put(&b, "# TYPE emberfs_operation_seconds histogram\n"
-		"# HELP emberfs_operation_seconds Lifecycle operations: the parent's part of a fork, hibernate, wake.\n");
-	for (int o = 0; o < 3; o++)
+		"# HELP emberfs_operation_seconds Lifecycle operations: the parent's part of a fork, hibernate, wake, checkpoint, rollback.\n");
+	for (int o = 0; o < 5; o++)
 		put_hist(&b, "emberfs_operation_seconds", "op", ops[o], &e->hist[H_FORK + o]);
 	pthread_mutex_unlock(&e->lock);
 	put(&b, "# EOF\n");

@@ -355,7 +355,8 @@ static const char *intern(const char *s, const char *const *known)
 }
 
 static const char *const PATHS[] = { "warm", "restore", "cold", "fork", NULL };
-static const char *const OPS[] = { "pause", "resume", "hibernate", "stop", "start", "wake", "fork", "template", NULL };
+static const char *const OPS[] = { "pause", "resume", "hibernate", "stop", "start", "wake", "fork", "template",
+				   "checkpoint", "rollback", NULL };
 
 static const char *miss_intern(const char *s)
 {
@@ -391,6 +392,7 @@ static struct sandbox *sandbox_from_record(struct engine *e, struct template *t,
 		return NULL;
 	atomic_init(&s->refs, 1); /* the template's list */
 	s->id = a->id ? a->id : atomic_fetch_add(&e->next_id, 1);
+	s->ckdir_id = atomic_fetch_add(&e->next_id, 1);
 	snprintf(s->name, sizeof(s->name), "%s", jget_str(o, "name"));
 	s->e = e;
 	s->state = a->state;
@@ -439,6 +441,7 @@ static struct sandbox *sandbox_from_record(struct engine *e, struct template *t,
 		sandbox_unref(s);
 		return NULL;
 	}
+	sandbox_checkpoints_load(s);
 	return s;
 }
 

@@ -51,6 +51,8 @@ int sandbox_state_next(enum sandbox_state s, enum sandbox_event ev)
 		return s == SB_READY || s == SB_PAUSED || s == SB_HIBERNATED ? SB_STOPPED : -EBUSY;
 	case SB_EV_START:
 		return s == SB_STOPPED ? SB_READY : -EBUSY;
+	case SB_EV_ROLLBACK:
+		return s == SB_READY || s == SB_PAUSED || s == SB_HIBERNATED || s == SB_STOPPED ? SB_READY : -EBUSY;
 	default:
 		return -EINVAL;
 	}
@@ -90,6 +92,7 @@ void sandbox_unref(struct sandbox *s)
 	free(s->settings_error);
 	free(s->fork_of);
 	free(s->procs);
+	sandbox_checkpoints_free(s);
 	settings_clear(&s->settings);
 	sandbox_egress_clear(s);
 	free(s);
@@ -175,8 +178,8 @@ static void sb_lap(struct sandbox *s, const char *phase)
 	pthread_mutex_unlock(&s->e->lock);
 }
 
-/* The embedder's seam at a create's phase (engine_hooks; none in the shipped daemon). */
-static void create_phase(struct sandbox *s, const char *phase)
+/* The embedder's seam at a create's or an operation's phase (engine_hooks; none in the shipped daemon). */
+void sandbox_phase(struct sandbox *s, const char *phase)
 {
 	const struct engine_hooks *h = s->e->opts.hooks;
 
@@ -525,20 +528,20 @@ static void create_event(void *arg, enum vm_event ev)
 		break;
 	case VM_EV_SPAWNED:
 		sandbox_record_save(s);
-		create_phase(s, "spawn");
+		sandbox_phase(s, "spawn");
 		break;
 	case VM_EV_CONNECTED:
-		create_phase(s, "connected");
+		sandbox_phase(s, "connected");
 		sb_lap(s, "spawn");
 		if (j->restore)
 			console_note(s, s->fork_of ? "forked" : "restored");
 		break;
 	case VM_EV_LOADING:
-		create_phase(s, "loading");
+		sandbox_phase(s, "loading");
 		break;
 	case VM_EV_RESTORED:
 		sb_lap(s, "restore");
-		create_phase(s, "loaded");
+		sandbox_phase(s, "loaded");
 		break;
 	}
 }
@@ -560,7 +563,7 @@ static int job_start(struct job *j, const char **step)
 		log_warn("sandbox %s/%s: %s: %s", s->tpl->name, s->name, *step, why);
 	if (r < 0)
 		return r;
-	create_phase(s, "agent");
+	sandbox_phase(s, "agent");
 	r = job_attach(j);
 	sb_lap(s, j->restore ? "agent" : "boot");
 	if (r == 0) {
@@ -622,7 +625,7 @@ static int run_warm(struct job *j, const char **step)
 		return r;
 	/* the record names the sandbox before the guest is its */
 	sandbox_record_save(s);
-	create_phase(s, "claimed");
+	sandbox_phase(s, "claimed");
 	/* the attach waits in the paused guest's queue; the resume starts it */
 	*step = "activation (resume, attach)";
 	r = sandbox_attach(j->s, AGENT_WARM_TIMEOUT_MS, warm_resume, s);
@@ -898,6 +901,7 @@ int sandbox_create_internal(struct engine *e, struct template *t, const char *na
 	timings_start(&s->timings);
 	clock_gettime(CLOCK_REALTIME, &now);
 	s->created_realtime_ms = (uint64_t)now.tv_sec * 1000 + (uint64_t)now.tv_nsec / 1000000;
+	s->ckdir_id = atomic_fetch_add(&e->next_id, 1);
 	if ((r = machine_id_new(s->machine_id)) < 0 || (r = sandbox_set_dirs(s, NULL)) < 0)
 		goto free;
 	if (fork_src) {
@@ -1057,6 +1061,11 @@ int sandbox_index(struct sandbox *s)
 		idtable_del(&e->sandboxes_by_id, s->id);
 		return -ENOMEM;
 	}
+	if (sandbox_checkpoints_index(s) < 0) {
+		sandbox_procs_unindex(s);
+		idtable_del(&e->sandboxes_by_id, s->id);
+		return -ENOMEM;
+	}
 	s->indexed = true;
 	return 0;
 }
@@ -1067,6 +1076,7 @@ void sandbox_unindex(struct sandbox *s)
 
 	if (!s->indexed)
 		return;
+	sandbox_checkpoints_unindex(s);
 	sandbox_procs_unindex(s);
 	idtable_del(&e->sandboxes_by_id, s->id);
 	s->indexed = false;
@@ -1162,6 +1172,7 @@ char *sandbox_render_status(struct sandbox *s)
 	json_object_object_add(o, "adoptions", json_object_new_int((int)s->adoptions));
 	json_object_object_add(o, "console_dropped_bytes", json_object_new_int64((int64_t)s->console_dropped));
 	pthread_mutex_unlock(&e->lock);
+	sandbox_checkpoints_status(s, o);
 	txt = strjoin(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE),
 		      "\n", NULL);
 	return txt;

@@ -40,6 +40,7 @@ static void usage(FILE *out)
 		"      --qemu PATH         QEMU binary (default %s)\n"
 		"      --accel MODE        auto | kvm | tcg (default auto: KVM only where it runs a guest)\n"
 		"      --max-sandboxes N   mkdir fails with ENOSPC beyond N sandboxes (default 64)\n"
+		"      --max-checkpoints N  ctl checkpoint fails with ENOSPC beyond N per sandbox (default 16)\n"
 		"      --cold-slots N      cold boots and bakes at once (default 1)\n"
 		"      --pool N|auto       warm slots per baked template unless its pool file says otherwise:\n"
 		"                          N pins the depth (0: none); auto (the default) lets the capacity\n"
@@ -107,7 +108,7 @@ enum { OPT_STATE = 256, OPT_IMAGE, OPT_NOBAKE, OPT_QEMU, OPT_ACCEL, OPT_MAXSB, O
        OPT_LOG, OPT_PID, OPT_POOL, OPT_POOL_PAR, OPT_SLOT_AGE, OPT_CACHE_AGE, OPT_WARMUP_EXEC, OPT_NET, OPT_NET_RANGE,
        OPT_NET_POOL, OPT_NET_NO_EGRESS, OPT_POOL_BUDGET, OPT_POOL_MAXSLOTS, OPT_POOL_MISS, OPT_POOL_DECAY,
        OPT_ALLOW_OTHER, OPT_VMM_UID, OPT_CONSOLE_MAX, OPT_STORE_RESERVE, OPT_DNS,
-       OPT_CLUSTER, OPT_HOST_NAME, OPT_ADVERTISE, OPT_CLUSTER_LISTEN, OPT_CLUSTER_KEY, OPT_CLUSTER_TTL };
+       OPT_CLUSTER, OPT_HOST_NAME, OPT_ADVERTISE, OPT_CLUSTER_LISTEN, OPT_CLUSTER_KEY, OPT_CLUSTER_TTL, OPT_MAXCK };
 
 static int parse_opt(int c, const char *arg, struct options *o)
 {
@@ -173,6 +174,11 @@ static int parse_opt(int c, const char *arg, struct options *o)
 		if (parse_uint(arg, 100000, &v) < 0)
 			return -EINVAL;
 		o->eng.max_sandboxes = (unsigned)v;
+		return 0;
+	case OPT_MAXCK:
+		if (parse_uint(arg, 4096, &v) < 0 || v == 0)
+			return -EINVAL;
+		o->eng.max_checkpoints = (unsigned)v;
 		return 0;
 	case OPT_POOL:
 		if (strcmp(arg, "auto") == 0) {
@@ -247,6 +253,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 		{ "image-dir", required_argument, NULL, OPT_IMAGE }, { "no-bake", no_argument, NULL, OPT_NOBAKE },
 		{ "qemu", required_argument, NULL, OPT_QEMU }, { "accel", required_argument, NULL, OPT_ACCEL },
 		{ "max-sandboxes", required_argument, NULL, OPT_MAXSB },
+		{ "max-checkpoints", required_argument, NULL, OPT_MAXCK },
 		{ "cold-slots", required_argument, NULL, OPT_COLD },
 		{ "pool", required_argument, NULL, OPT_POOL },
 		{ "pool-parallel", required_argument, NULL, OPT_POOL_PAR },

@@ -65,6 +65,11 @@ static const struct file_def host_files[] = {
 	{ "status", 1, 0444, F_RENDER, NULL, NULL, NULL, NULL, NULL, NULL, false },
 };
 
+/* checkpoints/C/ (rendered by handles.c from the checkpoint) */
+static const struct file_def ckpt_files[] = {
+	{ "status", 1, 0444, F_RENDER, NULL, NULL, NULL, NULL, NULL, NULL, false },
+};
+
 static const struct file_def slot_files[] = {
 	{ "status", 1, 0444, F_RENDER, NULL, NULL, template_render_slot, NULL, NULL, NULL, false },
 };
@@ -82,9 +87,11 @@ void node_put(struct node *n)
 	template_unref(n->t);
 	sandbox_unref(n->s);
 	proc_unref(n->p);
+	checkpoint_unref(n->ck);
 	n->t = NULL;
 	n->s = NULL;
 	n->p = NULL;
+	n->ck = NULL;
 	free(n->by_key);
 	free(n->by_value);
 	n->by_key = n->by_value = NULL;
@@ -128,6 +135,15 @@ int node_get(struct fs *f, fuse_ino_t ino, struct node *n)
 	} else if ((n->p = engine_proc_by_id(f->e, obj))) {
 		n->kind = idx == IDX_DIR ? K_PROC_DIR : K_PROC_FILE;
 		n->file = n->kind == K_PROC_FILE ? find_def(proc_files, ARRAY_SIZE(proc_files), NULL, idx) : NULL;
+	} else if ((n->s = engine_checkpoints_dir_by_id(f->e, obj))) {
+		n->kind = K_SB_CKPTS;
+		if (idx != IDX_DIR) {
+			node_put(n);
+			return -ENOENT;
+		}
+	} else if ((n->ck = engine_checkpoint_by_id(f->e, obj))) {
+		n->kind = idx == IDX_DIR ? K_CKPT_DIR : K_CKPT_FILE;
+		n->file = n->kind == K_CKPT_FILE ? find_def(ckpt_files, ARRAY_SIZE(ckpt_files), NULL, idx) : NULL;
 	} else {
 		int r = hosts_node(f, obj, n);
 
@@ -139,8 +155,8 @@ int node_get(struct fs *f, fuse_ino_t ino, struct node *n)
 			node_put(n);
 		return r;
 	}
-	if ((n->kind == K_TPL_FILE || n->kind == K_SB_FILE || n->kind == K_SLOT_FILE || n->kind == K_PROC_FILE) &&
-	    !n->file) {
+	if ((n->kind == K_TPL_FILE || n->kind == K_SB_FILE || n->kind == K_SLOT_FILE || n->kind == K_PROC_FILE ||
+	     n->kind == K_CKPT_FILE) && !n->file) {
 		node_put(n);
 		return -ENOENT;
 	}
@@ -150,7 +166,8 @@ int node_get(struct fs *f, fuse_ino_t ino, struct node *n)
 static bool is_dir(const struct node *n)
 {
 	return n->kind != K_STATIC_FILE && n->kind != K_TPL_FILE && n->kind != K_SB_FILE && n->kind != K_SLOT_FILE &&
-	       n->kind != K_PROC_FILE && n->kind != K_SB_ROOT && n->kind != K_BY_LINK && n->kind != K_HOST_FILE;
+	       n->kind != K_PROC_FILE && n->kind != K_SB_ROOT && n->kind != K_BY_LINK && n->kind != K_HOST_FILE &&
+	       n->kind != K_CKPT_FILE;
 }
 
 /* templates/T/sandboxes/NAME/root: the sandbox's live/NAME, by a link that rm -rf never follows. */
@@ -191,7 +208,7 @@ static void reply_entry(fuse_req_t req, struct fs *f, const struct node *n)
 	struct fuse_entry_param ep = { 0 };
 	bool object_dir = n->kind == K_TPL_DIR || n->kind == K_SB_DIR || n->kind == K_SLOT_DIR || n->kind == K_PROC_DIR ||
 			  n->kind == K_BY || n->kind == K_BY_KEY || n->kind == K_BY_VALUE || n->kind == K_BY_LINK ||
-			  n->kind == K_HOSTS || n->kind == K_HOST_DIR;
+			  n->kind == K_HOSTS || n->kind == K_HOST_DIR || n->kind == K_SB_CKPTS || n->kind == K_CKPT_DIR;
 
 	ep.ino = n->ino;
 	ep.generation = 1;
@@ -260,6 +277,8 @@ static int lookup_child(struct fs *f, const struct node *p, const char *name, st
 			return node_get(f, INO(sandbox_id(p->s), IDX_SB_PROCS), out);
 		if (strcmp(name, "root") == 0)
 			return node_get(f, INO(sandbox_id(p->s), IDX_SB_ROOT), out);
+		if (strcmp(name, "checkpoints") == 0)
+			return node_get(f, INO(sandbox_checkpoints_id(p->s), IDX_DIR), out);
 		d = find_def(sb_files, ARRAY_SIZE(sb_files), name, 0);
 		return d ? node_get(f, INO(sandbox_id(p->s), d->idx), out) : -ENOENT;
 	case K_SB_PROCS: {
@@ -274,6 +293,18 @@ static int lookup_child(struct fs *f, const struct node *p, const char *name, st
 	case K_PROC_DIR:
 		d = find_def(proc_files, ARRAY_SIZE(proc_files), name, 0);
 		return d ? node_get(f, INO(proc_id(p->p), d->idx), out) : -ENOENT;
+	case K_SB_CKPTS: {
+		struct checkpoint *ck = sandbox_checkpoint_get(p->s, name);
+
+		if (!ck)
+			return -ENOENT;
+		r = node_get(f, INO(checkpoint_id(ck), IDX_DIR), out);
+		checkpoint_unref(ck);
+		return r;
+	}
+	case K_CKPT_DIR:
+		d = find_def(ckpt_files, ARRAY_SIZE(ckpt_files), name, 0);
+		return d ? node_get(f, INO(checkpoint_id(p->ck), d->idx), out) : -ENOENT;
 	case K_BY:
 	case K_BY_KEY:
 	case K_BY_VALUE:
@@ -430,6 +461,21 @@ static void add_procs(fuse_req_t req, struct sandbox *s, struct dirbuf *b)
 	strv_free(names);
 }
 
+static void add_checkpoints(fuse_req_t req, struct sandbox *s, struct dirbuf *b)
+{
+	char **names = sandbox_checkpoint_list(s);
+
+	for (char **p = names; p && *p; p++) {
+		struct checkpoint *ck = sandbox_checkpoint_get(s, *p);
+
+		if (ck) {
+			dirbuf_add(req, b, *p, INO(checkpoint_id(ck), IDX_DIR), true);
+			checkpoint_unref(ck);
+		}
+	}
+	strv_free(names);
+}
+
 /*
  * s: the sandbox whose files these are (some are present only for some
  * sandboxes), or NULL; cluster: whether the files of cluster mode are present.
@@ -528,6 +574,12 @@ static int build_dir(fuse_req_t req, struct fs *f, struct node *n, struct dirbuf
 	case K_PROC_DIR:
 		add_defs(req, b, proc_id(n->p), proc_files, ARRAY_SIZE(proc_files), NULL, false);
 		return 0;
+	case K_SB_CKPTS:
+		add_checkpoints(req, n->s, b);
+		return 0;
+	case K_CKPT_DIR:
+		add_defs(req, b, checkpoint_id(n->ck), ckpt_files, ARRAY_SIZE(ckpt_files), NULL, false);
+		return 0;
 	case K_TEMPLATES:
 		add_templates(req, f, b);
 		return 0;
@@ -555,6 +607,7 @@ static int build_dir(fuse_req_t req, struct fs *f, struct node *n, struct dirbuf
 	case K_SB_DIR:
 		add_defs(req, b, sandbox_id(n->s), sb_files, ARRAY_SIZE(sb_files), n->s, f->cluster != NULL);
 		dirbuf_add(req, b, "procs", INO(sandbox_id(n->s), IDX_SB_PROCS), true);
+		dirbuf_add(req, b, "checkpoints", INO(sandbox_checkpoints_id(n->s), IDX_DIR), true);
 		dirbuf_add_mode(req, b, "root", INO(sandbox_id(n->s), IDX_SB_ROOT), S_IFLNK);
 		return 0;
 	default:
@@ -793,7 +846,9 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 		r = engine_template_remove(f->e, name);
 	else if (p.kind == K_SB_PROCS)
 		r = sandbox_proc_remove(p.s, name);
-	else if (p.kind == K_SB_DIR && strcmp(name, "procs") == 0)
+	else if (p.kind == K_SB_CKPTS)
+		r = sandbox_checkpoint_remove(p.s, name);
+	else if (p.kind == K_SB_DIR && (strcmp(name, "procs") == 0 || strcmp(name, "checkpoints") == 0))
 		r = 0; /* part of the sandbox: goes with it */
 	else if (p.kind == K_TPL_SANDBOXES && f->cluster) {
 		const struct fuse_ctx *ctx = fuse_req_ctx(req);
@@ -844,7 +899,8 @@ static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 	if (r == 0) {
 		r = lookup_child(f, &p, name, &c);
 		if (r == 0) {
-			r = (p.kind == K_SB_DIR || p.kind == K_TPL_DIR || p.kind == K_SLOT_DIR || p.kind == K_PROC_DIR) &&
+			r = (p.kind == K_SB_DIR || p.kind == K_TPL_DIR || p.kind == K_SLOT_DIR || p.kind == K_PROC_DIR ||
+			     p.kind == K_CKPT_DIR) &&
 					    !is_dir(&c) ?
 				    0 :
 				    -EPERM;

@@ -60,6 +60,7 @@ enum kind {
 	K_TPL_SLOTS, K_SLOT_DIR, K_SLOT_FILE, K_LIVE, K_SB_PROCS, K_SB_ROOT, K_PROC_DIR, K_PROC_FILE,
 	K_BY, K_BY_KEY, K_BY_VALUE, K_BY_LINK, /* sandboxes-by/KEY/VALUE/NAME (bymeta.c) */
 	K_HOSTS, K_HOST_DIR, K_HOST_FILE,      /* hosts/H/status (hosts.c; cluster mode only) */
+	K_SB_CKPTS, K_CKPT_DIR, K_CKPT_FILE,   /* a sandbox's checkpoints/C/status */
 };
 
 /* A decoded inode; holds references to its objects. */
@@ -70,6 +71,7 @@ struct node {
 	struct sandbox *s;
 	uint64_t slot_id; /* K_SLOT_*: the slot, within template t */
 	struct proc *p;	  /* K_PROC_* */
+	struct checkpoint *ck; /* K_CKPT_* */
 	const struct file_def *file;
 	char *by_key, *by_value; /* K_BY_KEY (key), K_BY_VALUE (both) */
 	char *host;		 /* K_HOST_DIR, K_HOST_FILE */

@@ -171,6 +171,8 @@ static int render(struct fh *h)
 		h->buf = host_line(h->fs->cluster);
 	else if (h->node.kind == K_HOST_FILE)
 		h->buf = cluster_render_host(h->fs->cluster, h->node.host);
+	else if (h->node.kind == K_CKPT_FILE)
+		h->buf = checkpoint_render_status(h->node.ck);
 	else if (d->render_slot)
 		h->buf = d->render_slot(h->node.t, h->node.slot_id);
 	else if (d->render_t)

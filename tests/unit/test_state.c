@@ -30,6 +30,11 @@ static void transitions(void **state)
 	assert_int_equal(sandbox_state_next(SB_HIBERNATED, SB_EV_STOP), SB_STOPPED);
 	assert_int_equal(sandbox_state_next(SB_STOPPED, SB_EV_START), SB_READY);
 	assert_int_equal(sandbox_state_next(SB_STOPPED, SB_EV_DESTROY), SB_DESTROYING);
+	/* a rollback comes back ready from every state with files to restore into */
+	assert_int_equal(sandbox_state_next(SB_READY, SB_EV_ROLLBACK), SB_READY);
+	assert_int_equal(sandbox_state_next(SB_PAUSED, SB_EV_ROLLBACK), SB_READY);
+	assert_int_equal(sandbox_state_next(SB_HIBERNATED, SB_EV_ROLLBACK), SB_READY);
+	assert_int_equal(sandbox_state_next(SB_STOPPED, SB_EV_ROLLBACK), SB_READY);
 }
 
 static void refusals(void **state)
@@ -59,10 +64,13 @@ static void refusals(void **state)
 	assert_int_equal(sandbox_state_next(SB_FAILED, SB_EV_PAUSE), -EBUSY);
 	assert_int_equal(sandbox_state_next(SB_DESTROYING, SB_EV_WAKE), -EBUSY);
 	for (int ev = SB_EV_PAUSE; ev < _SB_EV_MAX; ev++)
-		if (ev != SB_EV_START)
+		if (ev != SB_EV_START && ev != SB_EV_ROLLBACK)
 			assert_int_equal(sandbox_state_next(SB_STOPPED, (enum sandbox_event)ev), -EBUSY);
 	assert_int_equal(sandbox_state_next(SB_READY, SB_EV_START), -EBUSY);
 	assert_int_equal(sandbox_state_next(SB_STOPPED, SB_EV_STOP), -EBUSY);
+	assert_int_equal(sandbox_state_next(SB_CREATING, SB_EV_ROLLBACK), -EBUSY);
+	assert_int_equal(sandbox_state_next(SB_FAILED, SB_EV_ROLLBACK), -EBUSY);
+	assert_int_equal(sandbox_state_next(SB_DESTROYING, SB_EV_ROLLBACK), -EBUSY);
 }
 
 static void names(void **state)
