@@ -84,6 +84,8 @@ int name_validate(const char *name);
  */
 int write_file_atomic(const char *path, const void *data, size_t len, bool durable);
 int read_file(const char *path, size_t max, char **ret_data, size_t *ret_len);
+/* fsync of a file by path: 0 or -errno. */
+int fsync_file(const char *path);
 int mkdir_p(const char *path, mode_t mode);
 /* Lexical normalization of a path taken as absolute: no ".", no "..", no "//"; ".." at "/" stays at "/". */
 int path_normalize(const char *path, char **ret);

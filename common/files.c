@@ -47,6 +47,18 @@ static int write_all(int fd, const void *data, size_t len)
 	return 0;
 }
 
+int fsync_file(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC), r = 0;
+
+	if (fd < 0)
+		return -errno;
+	if (fsync(fd) < 0)
+		r = -errno;
+	close(fd);
+	return r;
+}
+
 int write_file_atomic(const char *path, const void *data, size_t len, bool durable)
 {
 	_cleanup_free_ char *tmp = strjoin(path, ".tmp", NULL);

@@ -95,7 +95,12 @@ struct vmm_ops {
 	int (*resume)(struct vmm *v, unsigned timeout_ms);
 	/* Waits until the guest's vCPUs run (after a restore). */
 	int (*wait_running)(struct vmm *v, unsigned timeout_ms);
-	/* Pauses and writes device state to state_path (guest RAM as enum vmm_ram says). */
+	/*
+	 * Pauses and writes device state to state_path (guest RAM as enum
+	 * vmm_ram says): complete when it returns, not synced (the vCPUs stay
+	 * stopped until a resume: a caller that needs it on disk past a power
+	 * loss syncs it, fsync_file, outside that stop where it can).
+	 */
 	int (*snapshot)(struct vmm *v, const char *state_path, unsigned timeout_ms);
 	pid_t (*pid)(struct vmm *v);
 	/* False once the process has exited (not reaped yet, or reaped). */

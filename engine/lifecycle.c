@@ -415,6 +415,8 @@ static int op_hibernate(struct sandbox *s)
 	sandbox_usage_sample(s); /* the figures its usage file shows while it sleeps */
 	/* device state: migration stops the vCPUs; the RAM is in its file already */
 	r = vmm_snapshot(s->vmm, tmp, QMP_TIMEOUT_MS);
+	if (r == 0)
+		r = fsync_file(tmp); /* the only copy of its device state from now on */
 	if (r == 0 && rename(tmp, state) < 0)
 		r = -errno;
 	if (r < 0) {
@@ -594,7 +596,7 @@ static int op_template(struct sandbox *s, const char *name)
 	disk = vm_file(s->dir, VM_DISK);
 	cdisk = newdir ? vm_file(newdir, VM_DISK) : NULL;
 	r = !newdir || !state || !mem || !cmem || !disk || !cdisk ? -ENOMEM : mkdir_p(newdir, 0700);
-	if (r == 0 && (r = vmm_snapshot(s->vmm, state, QMP_TIMEOUT_MS)) < 0)
+	if (r == 0 && ((r = vmm_snapshot(s->vmm, state, QMP_TIMEOUT_MS)) < 0 || (r = fsync_file(state)) < 0))
 		set_ctl_error(s, "template %s: snapshot failed: %s", name, strerror(-r));
 	if (r == 0 && (r = store_clone(&e->store, mem, cmem, &m)) < 0)
 		set_ctl_error(s, "template %s: cloning memory failed: %s", name, strerror(-r));

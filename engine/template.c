@@ -670,6 +670,8 @@ static int bake_boot_and_snapshot(struct bake_ctx *b, const char *disk)
 	if (r == 0) {
 		step = "snapshot";
 		r = vmm_snapshot(vm.v, state, QMP_TIMEOUT_MS);
+		if (r == 0)
+			r = fsync_file(state);
 		timings_lap(&b->tm, "snapshot");
 	}
 	if (r < 0 && !atomic_load(&t->bake_cancel)) {
