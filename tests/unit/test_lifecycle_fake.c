@@ -457,6 +457,153 @@ static void fork_and_template(void **state)
 	assert_int_equal(engine_template_remove(f->e, "t2"), 0);
 }
 
+/* ---- checkpoints ---- */
+
+static int ctl_err(struct sandbox *s, const char *cmd)
+{
+	return sandbox_ctl(s, cmd, strlen(cmd));
+}
+
+static size_t n_checkpoints(struct sandbox *s)
+{
+	char **v = sandbox_checkpoint_list(s);
+	size_t n = 0;
+
+	while (v && v[n])
+		n++;
+	strv_free(v);
+	return n;
+}
+
+/* A half-made checkpoint's directory (.new-C) must never stay behind. */
+static void assert_no_half_made(struct sandbox *s)
+{
+	_cleanup_free_ char *root = strjoin(s->dir, "/checkpoints", NULL);
+	DIR *d = opendir(root);
+	struct dirent *de;
+
+	if (!d)
+		return;
+	while ((de = readdir(d)))
+		if (strncmp(de->d_name, ".new-", 5) == 0)
+			fail_msg("%s/%s left behind", root, de->d_name);
+	closedir(d);
+}
+
+/* Checkpoint, roll back (twice), branch, from a hibernated one, rmdir; the bad inputs change nothing. */
+static void checkpoints(void **state)
+{
+	struct fx *f = *state;
+	struct sandbox *s, *k;
+	struct checkpoint *c;
+	char name[32];
+
+	s = create(f, f->t, "ck1");
+	assert_int_equal(sandbox_wait(s), 0);
+	{
+		_cleanup_free_ char *m = exec_out(s, "mark one");
+	}
+	ctl(s, "checkpoint c1");
+	assert_int_equal(n_checkpoints(s), 1);
+	c = sandbox_checkpoint_get(s, "c1");
+	assert_non_null(c);
+	{
+		_cleanup_free_ char *from = field(checkpoint_render_status(c), "from_state");
+
+		assert_string_equal(from, "ready");
+	}
+	checkpoint_unref(c);
+	{
+		_cleanup_free_ char *m = exec_out(s, "mark two");
+	}
+	ctl(s, "rollback c1");
+	assert_sandbox(s, "state", "ready");
+	assert_mark(s, "one");
+	{
+		_cleanup_free_ char *m = exec_out(s, "mark three");
+	}
+	ctl(s, "rollback c1"); /* the checkpoint is as it was: again */
+	assert_mark(s, "one");
+	assert_sandbox(s, "last_op", "rollback");
+
+	/* branching: the child has the checkpoint's state, the parent goes on as it was */
+	{
+		_cleanup_free_ char *m = exec_out(s, "mark four");
+	}
+	ctl(s, "fork br1 from c1");
+	k = template_sandbox_get(f->t, "br1");
+	assert_non_null(k);
+	assert_int_equal(sandbox_wait(k), 0);
+	assert_mark(k, "one");
+	assert_mark(s, "four");
+	sandbox_unref(k);
+	assert_int_equal(engine_sandbox_destroy(f->e, f->t, "br1"), 0);
+
+	/* a hibernated one is checkpointed from its image, not woken */
+	ctl(s, "hibernate");
+	ctl(s, "checkpoint h1");
+	assert_sandbox(s, "state", "hibernated");
+	ctl(s, "rollback c1");
+	assert_mark(s, "one");
+	ctl(s, "rollback h1");
+	assert_mark(s, "four");
+	/* and a stopped one rolls back too */
+	ctl(s, "stop");
+	ctl(s, "rollback h1");
+	assert_sandbox(s, "state", "ready");
+	assert_mark(s, "four");
+
+	/* bad input: refused, nothing changes */
+	assert_int_equal(ctl_err(s, "checkpoint c1"), -EEXIST);
+	assert_int_equal(ctl_err(s, "rollback nope"), -ENOENT);
+	assert_int_equal(ctl_err(s, "fork br2 from nope"), -ENOENT);
+	assert_null(template_sandbox_get(f->t, "br2"));
+	assert_int_equal(ctl_err(s, "checkpoint ../x"), -EINVAL);
+	assert_int_equal(ctl_err(s, "checkpoint a b"), -EINVAL);
+	assert_int_equal(ctl_err(s, "checkpoint "), -EINVAL);
+	assert_int_equal(ctl_err(s, "fork a/b from c1"), -EINVAL);
+	assert_int_equal(ctl_err(s, "fork ck1 from c1"), -EEXIST);
+	assert_int_equal(n_checkpoints(s), 2);
+	assert_mark(s, "four");
+
+	/* a failed save leaves nothing (the fake fails what VMMs spawned after this do) */
+	fakevmm_fail_set("snapshot");
+	k = create(f, f->t, "ck2");
+	assert_int_equal(sandbox_wait(k), 0);
+	assert_true(ctl_err(k, "checkpoint bad") < 0);
+	fakevmm_fail_set(NULL);
+	assert_null(sandbox_checkpoint_get(k, "bad"));
+	assert_no_half_made(k);
+	assert_sandbox(k, "state", "ready");
+	sandbox_unref(k);
+	assert_int_equal(engine_sandbox_destroy(f->e, f->t, "ck2"), 0);
+
+	/* the limit (16 by default) */
+	for (int i = (int)n_checkpoints(s); i < 16; i++) {
+		snprintf(name, sizeof(name), "checkpoint n%d", i);
+		ctl(s, name);
+	}
+	assert_int_equal(ctl_err(s, "checkpoint over"), -ENOSPC);
+	{
+		_cleanup_free_ char *why = field(sandbox_render_status(s), "ctl_error");
+
+		assert_non_null(why);
+		assert_non_null(strstr(why, "--max-checkpoints"));
+	}
+	assert_int_equal(sandbox_checkpoint_remove(s, "h1"), 0);
+	assert_int_equal(sandbox_checkpoint_remove(s, "h1"), -ENOENT);
+	ctl(s, "checkpoint over");
+
+	/* a rollback whose restore fails: failed with the reason, as a failed wake (its VMM is a new one) */
+	fakevmm_fail_set("restore");
+	assert_true(ctl_err(s, "rollback c1") < 0);
+	fakevmm_fail_set(NULL);
+	assert_sandbox(s, "state", "failed");
+	assert_int_equal(ctl_err(s, "rollback c1"), -EBUSY);
+	sandbox_unref(s);
+	assert_int_equal(engine_sandbox_destroy(f->e, f->t, "ck1"), 0);
+}
+
 /* ---- a daemon restart ---- */
 
 /*
@@ -682,6 +829,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(pause_hibernate_wake, setup, teardown),
 		cmocka_unit_test_setup_teardown(stop_start, setup, teardown),
 		cmocka_unit_test_setup_teardown(fork_and_template, setup, teardown),
+		cmocka_unit_test_setup_teardown(checkpoints, setup, teardown),
 		cmocka_unit_test_setup_teardown(restart_adopts, setup, teardown),
 		cmocka_unit_test_setup_teardown(fail_cold_phases, setup, teardown),
 		cmocka_unit_test_setup_teardown(fail_restore_phases, setup, teardown),
