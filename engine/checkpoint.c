@@ -514,12 +514,14 @@ int op_checkpoint(struct sandbox *s, const char *name)
 	if (r == 0) {
 		const char *txt;
 
-		json_object *ph = json_object_new_object();
+		json_object *ph = st == SB_HIBERNATED ? NULL : json_object_new_object();
 
-		json_object_object_add(ph, "state", json_object_new_double(phase_ms[0]));
-		json_object_object_add(ph, "memory", json_object_new_double(phase_ms[1]));
-		json_object_object_add(ph, "disk", json_object_new_double(phase_ms[2]));
-		json_object_object_add(meta, "phases_ms", ph);
+		if (ph) {
+			json_object_object_add(ph, "state", json_object_new_double(phase_ms[0]));
+			json_object_object_add(ph, "memory", json_object_new_double(phase_ms[1]));
+			json_object_object_add(ph, "disk", json_object_new_double(phase_ms[2]));
+			json_object_object_add(meta, "phases_ms", ph);
+		}
 		json_object_object_add(meta, "paused_ms", json_object_new_double(paused_ms));
 		json_object_object_add(meta, "save_ms", json_object_new_double(ns_to_ms(now_ns() - t0)));
 		txt = json_object_to_json_string_ext(meta, JSON_C_TO_STRING_PLAIN);
