@@ -142,7 +142,7 @@ class Errors(harness.TestCase):
             # unlink outside an object directory is refused
             self.assertErrno(errno.EPERM, os.unlink, os.path.join(D.mount, "version"))
             self.assertEqual(sorted(os.listdir(D.sb("host"))),
-                             ["console", "ctl", "env", "exec", "metadata", "procs", "root", "status", "timeout", "timings", "usage", "wait"])
+                             ["checkpoints", "console", "ctl", "env", "exec", "metadata", "procs", "root", "status", "timeout", "timings", "usage", "wait"])
             # nothing but directories is made by hand outside the guest: files, links, renames
             self.assertErrno(errno.EPERM, os.open, D.sb("host", "newfile"), os.O_CREAT | os.O_WRONLY)
             self.assertErrno(errno.EPERM, os.symlink, "x", D.sb("host", "newlink"))

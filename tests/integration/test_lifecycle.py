@@ -23,7 +23,7 @@ D = None
 BASE = None
 STATUS_FIELDS = ("name", "template", "state", "path", "path_reason", "identity", "backend", "accel", "clone",
                  "vmm_pid", "created_at_unix_ms", "timings", "ready_ms", "error")
-SB_FILES = ["console", "ctl", "env", "exec", "metadata", "procs", "root", "status", "timeout", "timings", "usage", "wait"]
+SB_FILES = ["checkpoints", "console", "ctl", "env", "exec", "metadata", "procs", "root", "status", "timeout", "timings", "usage", "wait"]
 
 
 def setUpModule():
