@@ -80,6 +80,21 @@ static struct checkpoint *checkpoint_new(struct engine *e, const char *name, con
 	return c;
 }
 
+/* A checkpoint event in MOUNT/events: made or removed. */
+static void ckpt_event(struct sandbox *s, const char *name, const char *state)
+{
+	json_object *ev = json_object_new_object();
+
+	json_object_object_add(ev, "type", json_object_new_string("checkpoint"));
+	json_object_object_add(ev, "template", json_object_new_string(s->tpl->name));
+	json_object_object_add(ev, "sandbox", json_object_new_string(s->name));
+	json_object_object_add(ev, "name", json_object_new_string(name));
+	json_object_object_add(ev, "state", json_object_new_string(state));
+	pthread_mutex_lock(&s->e->lock);
+	engine_emit(s->e, s->id, ev);
+	pthread_mutex_unlock(&s->e->lock);
+}
+
 static char *ckpt_root(const struct sandbox *s)
 {
 	return strjoin(s->dir, "/" CKPT_DIR, NULL);
@@ -555,6 +570,7 @@ int op_checkpoint(struct sandbox *s, const char *name)
 		set_ctl_error(s, "checkpoint %s: out of memory", name);
 		return r;
 	}
+	ckpt_event(s, name, "made");
 	log_info("sandbox %s/%s: checkpoint %s in %.1f ms (vCPUs stopped %.1f ms)", s->tpl->name, s->name, name,
 		 ns_to_ms(now_ns() - t0), paused_ms);
 	return 0;
@@ -722,6 +738,7 @@ int sandbox_checkpoint_remove(struct sandbox *s, const char *name)
 	pthread_mutex_unlock(&s->op_lock);
 	if (!c)
 		return -ENOENT;
+	ckpt_event(s, name, "removed");
 	checkpoint_unref(c);
 	return 0;
 }
