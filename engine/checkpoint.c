@@ -29,7 +29,8 @@
 #define CKPT_DIR "checkpoints"
 #define CKPT_NEW ".new-"
 #define CKPT_META "meta.json"
-#define CKPT_META_MAX (64u << 20) /* the procs' unread output is at most 2 MiB each, 256 of them */
+/* what one can hold: 256 processes' unread output, 1 MiB a stream (one agent reply), in base64 */
+#define CKPT_META_MAX ((size_t)256 * 2 * (1u << 20) / 3 * 4 + (1u << 20))
 
 struct checkpoint {
 	atomic_int refs;
