@@ -28,9 +28,9 @@ enum accel_mode { ACCEL_AUTO = 0, ACCEL_KVM, ACCEL_TCG };
  * VMM exists, QMP not connected), connected, loading (the snapshot load
  * started), loaded (the guest runs, the agent not connected), agent
  * (connected, before the attach), claimed (a warm slot, before its resume).
- * Operations: checkpoint (ctl checkpoint's files saved, not yet published;
- * the operation lock held), rollback (the old VMM ended, the new one not
- * spawned yet).
+ * Operations (the operation lock held): checkpoint (ctl checkpoint's files
+ * saved, not yet published), rollback (the old VMM ended, the new one not
+ * spawned yet), wake (a hibernated one's wake, before its VMM is spawned).
  * cancel turns true when the sandbox is destroyed meanwhile.
  */
 struct engine_hooks {

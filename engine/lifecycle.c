@@ -453,6 +453,7 @@ static int op_wake(struct sandbox *s)
 
 	if (!state || !mem)
 		return -ENOMEM;
+	sandbox_phase(s, "wake");
 	state_fd = open(state, O_RDONLY | O_CLOEXEC);
 	if (state_fd < 0) {
 		r = -errno;
