@@ -291,6 +291,8 @@ static uint64_t extents_union(struct extents *all)
 {
 	uint64_t total = 0, end = 0;
 
+	if (!all->n)
+		return 0; /* (qsort of no array: undefined) */
 	qsort(all->v, all->n, sizeof(*all->v), cmp_extent);
 	for (size_t i = 0; i < all->n; i++) {
 		uint64_t a = all->v[i].physical, b = a + all->v[i].length;
