@@ -44,6 +44,12 @@
 #            rounds with a kill -9 and a SIGTERM restart between them, against
 #            the ASan build if there is one; the leak inventory, the daemon's
 #            descriptors and its RSS are compared in every round.
+#   checkpoint contrib/bench_checkpoint.py: one sandbox with a counting
+#            process; BENCH_N times: `checkpoint` (ctl write timed; the vCPUs'
+#            stop from its status), `rollback` (ctl write until an exec
+#            answered, and the write alone), the space of each checkpoint;
+#            in the same run BENCH_N wakes (hibernate, resume timed), the
+#            baseline a rollback is made of.
 #   adopt    contrib/bench_adopt.py: BENCH_ADOPT_N sandboxes (default 16, every
 #            fourth paused), kill -9 of the daemon and a restart on the same
 #            state dir, BENCH_ADOPT_ROUNDS times (default 5): time until the
@@ -159,7 +165,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 top=$PWD
-ALL_BENCHES=(create burst16 slot netslot netcreate lifecycle exec noisy live adaptive adopt soak python e2b cluster)
+ALL_BENCHES=(create burst16 slot netslot netcreate lifecycle exec noisy live adaptive adopt soak python e2b cluster checkpoint)
 
 log() { echo "bench: $*" >&2; }
 die() {
@@ -278,6 +284,9 @@ for b in "${benches[@]}"; do
 	elif [ "$b" = adopt ]; then
 		log "adopt: contrib/bench_adopt.py (its own daemon, kill -9 and restarts)"
 		EMBERFS_IMAGE_DIR=$image EMBERFS_BIN=$bin python3 contrib/bench_adopt.py || exit 1
+	elif [ "$b" = checkpoint ]; then
+		log "checkpoint: contrib/bench_checkpoint.py (its own daemon)"
+		EMBERFS_IMAGE_DIR=$image EMBERFS_BIN=$bin python3 contrib/bench_checkpoint.py || exit 1
 	elif [ "$b" = python ]; then
 		log "python: contrib/bench_python.py (its own daemon, the python image, several minutes)"
 		rc=0
