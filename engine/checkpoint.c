@@ -707,15 +707,7 @@ int op_fork_from(struct sandbox *s, const char *child, const char *ckpt)
 	if (r < 0)
 		set_ctl_error(s, "fork %s from %s: cloning the checkpoint failed: %s", child, ckpt, strerror(-r));
 	checkpoint_unref(c);
-	pthread_mutex_lock(&e->lock);
-	k->fork_result = r;
-	k->fork_ready = true;
-	pthread_cond_broadcast(&k->cond);
-	pthread_mutex_unlock(&e->lock);
-	sandbox_unref(k);
-	if (r < 0)
-		engine_sandbox_destroy(e, t, child); /* nothing half-made is left */
-	return r;
+	return sandbox_fork_handoff(k, r);
 }
 
 /* ---- rmdir, and loading at a restart ---- */

@@ -709,6 +709,12 @@ int sandbox_admit_vm(struct sandbox *s, unsigned mem_mib, const char *what);
 int sandbox_retire_vmm(struct sandbox *s);
 /* A VMM for the sandbox's own files: restores state_fd (a wake, a rollback) or boots (-1), then the attach. */
 int sandbox_start_own_vmm(struct sandbox *s, int state_fd, const char **step);
+/*
+ * The end of a fork's parent part (fork NEW, fork NEW from C): the child's
+ * create thread is told how it went (r), and on failure the child is
+ * destroyed; drops the caller's reference to the child. Returns r.
+ */
+int sandbox_fork_handoff(struct sandbox *child, int r);
 /* The test seam (engine_hooks.create_phase) for a phase of an operation. */
 void sandbox_phase(struct sandbox *s, const char *phase);
 

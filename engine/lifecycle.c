@@ -537,14 +537,24 @@ static int op_fork(struct sandbox *s, const char *name)
 		r = -EIO;
 		set_ctl_error(s, "fork %s: the parent did not resume", name);
 	}
+	return sandbox_fork_handoff(c, r);
+}
+
+int sandbox_fork_handoff(struct sandbox *c, int r)
+{
+	struct engine *e = c->e;
+	struct template *t = c->tpl;
+	char name[NAME_MAX_LEN + 1];
+
+	snprintf(name, sizeof(name), "%s", c->name);
 	pthread_mutex_lock(&e->lock);
 	c->fork_result = r;
 	c->fork_ready = true;
 	pthread_cond_broadcast(&c->cond);
 	pthread_mutex_unlock(&e->lock);
-	sandbox_unref(c);
 	if (r < 0)
 		engine_sandbox_destroy(e, t, name); /* nothing half-made is left */
+	sandbox_unref(c);
 	return r;
 }
 
