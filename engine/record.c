@@ -245,7 +245,10 @@ static bool adopt_consider(struct engine *e, const char *dir, struct adoptee *a)
 				close(a->pidfd);
 			a->pidfd = -1;
 			a->state = SB_FAILED;
-			if (asprintf(&a->why, "its VMM (pid %d) was gone when the daemon restarted", pid) < 0)
+			/* no pid recorded: the daemon died between an operation's end of one VMM and its next (a rollback, a start) */
+			if ((pid > 1 ? asprintf(&a->why, "its VMM (pid %d) was gone when the daemon restarted", pid) :
+				       asprintf(&a->why, "it had no VMM when the daemon restarted: the daemon died during an "
+						 "operation that replaces it (a rollback, a wake, a start)")) < 0)
 				a->why = NULL;
 		}
 	}

@@ -7,22 +7,33 @@ Checkpoints against real guests (docs/interface.md, "Checkpoints"):
   process runs again and its output goes on from the checkpoint (what the
   host had read before it is not read again), the machine id and hostname
   are the sandbox's, the clock is now; a handle opened before the rollback
-  answers EIO. Twice to the same checkpoint.
+  answers EIO (on the process's stdout and on a live/ file), and a reader
+  blocked on a stream when the rollback comes gets EIO at once. Twice to the
+  same checkpoint.
 - fork NEW from C twice: both branches start from C and diverge; the
   sandbox itself runs on untouched.
-- a checkpoint of a hibernated sandbox does not wake it; checkpoints survive
-  hibernate/wake and a kill -9 of the daemon and its restart.
+- a checkpoint of a hibernated sandbox, or a fork from one of its
+  checkpoints, does not wake it; checkpoints survive
+  hibernate/wake and a kill -9 of the daemon and its restart; rollback from
+  ready after a wake, from hibernated, stopped and paused.
+- a kill -9 of the daemon while a rollback is held half-way (its old VMM
+  ended, the new one not started): the restarted daemon comes up, the
+  sandbox is settled (running or failed with a reason, never stuck) with its
+  checkpoints, and its destroy leaves nothing.
 - bad input changes nothing: unknown checkpoint (ENOENT), bad names
   (EINVAL), a taken name (EEXIST), over --max-checkpoints (ENOSPC, the
   figures in ctl_error), checkpoint, rollback and fork-from while a create
   runs and while a wake on access is held half-way (EBUSY, at once); a
-  checkpoint held half-way is not listed.
+  checkpoint held half-way is not listed, and a rollback written to the same
+  ctl meanwhile waits for it (the kernel serializes writes to one FUSE file)
+  and then runs.
 - rmdir frees one (its blocks too); destroy takes every checkpoint with the
   sandbox: nothing of them is left in the store.
 
 The daemon is the integration tests' holdd (tests/integration/holdd.c) with
-holds at "agent" (a create), "checkpoint" (ctl checkpoint half-way) and
-"wake" (a hibernated sandbox's wake, before its VMM starts); a
+holds at "agent" (a create), "checkpoint" (ctl checkpoint half-way),
+"rollback" (ctl rollback half-way) and "wake" (a hibernated sandbox's wake,
+before its VMM starts); a
 thread releases every hold at once but those a test asks to keep, so the
 other tests run as with the shipped daemon.
 """
@@ -64,7 +75,7 @@ class Releaser(threading.Thread):
 
 
 def start_daemon(reuse=None):
-    os.environ["EMBERFS_TEST_HOLD"] = "agent,checkpoint,wake"
+    os.environ["EMBERFS_TEST_HOLD"] = "agent,checkpoint,rollback,wake"
     try:
         return harness.Daemon(extra_args=["--max-checkpoints", str(MAX_CKPT)], reuse=reuse,
                               binary=harness.HOLDD).start()
@@ -120,7 +131,19 @@ def read_numbers(fd, want):
 
 
 def ckpt_files(state_dir):
-    return [p for p in glob.glob(os.path.join(state_dir, "store", "**", "checkpoints", "*"), recursive=True)]
+    """Every file or directory below a checkpoints/ directory of the store (.new-C ones too),
+    and every rollback clone (NAME.rollback) left anywhere in it."""
+    out = []
+    for root, dirs, files in os.walk(os.path.join(state_dir, "store")):
+        parts = root.split(os.sep)
+        if "checkpoints" in parts:
+            out += [os.path.join(root, n) for n in dirs + files]
+        out += [os.path.join(root, n) for n in files if n.endswith(".rollback")]
+    return out
+
+
+def live(name, *rest):
+    return os.path.join(D.mount, "live", name, *rest)
 
 
 class Checkpoints(harness.TestCase):
@@ -168,11 +191,31 @@ class Checkpoints(harness.TestCase):
         os.rmdir(D.sb("r1", "procs", "cnt"))
         start_proc("r1", "later", "sleep 1000")
         old = os.open(D.sb("r1", "procs", "later", "stdout"), os.O_RDONLY)
+        # a reader blocked on that stream (sleep writes nothing) when the rollback comes
+        blocked = {}
+
+        def blocked_read():
+            fd2 = os.open(D.sb("r1", "procs", "later", "stdout"), os.O_RDONLY)
+            try:
+                blocked["data"] = os.read(fd2, 10)
+            except OSError as e:
+                blocked["errno"] = e.errno
+            finally:
+                os.close(fd2)
+
+        reader = threading.Thread(target=blocked_read, daemon=True)
+        reader.start()
+        time.sleep(0.3)
+        self.assertTrue(reader.is_alive(), "a read of a silent process's stdout returned: %r" % blocked)
         try:
             for rnd in range(2):  # the checkpoint stays as it was: twice
                 t0 = time.monotonic()
                 ctl("r1", "rollback c1")
                 took = time.monotonic() - t0
+                if rnd == 0:
+                    reader.join(10)
+                    self.assertFalse(reader.is_alive(), "a reader blocked across the rollback still waits")
+                    self.assertEqual(blocked, {"errno": errno.EIO})
                 self.assertEqual(status("r1")["state"], "ready")
                 self.assertEqual(status("r1")["last_op"], "rollback")
                 self.assertEqual(sorted(os.listdir(D.sb("r1", "procs"))), ["cnt"])
@@ -193,6 +236,20 @@ class Checkpoints(harness.TestCase):
                     # a handle of a process that is gone answers EIO
                     self.assertErrno(errno.EIO, os.read, old, 10)
                     D.sh("r1", "echo three > /root/f")
+                    # handles opened before the second rollback: the counter's stdout, a live/ file
+                    os.close(old)
+                    old = os.open(D.sb("r1", "procs", "cnt", "stdout"), os.O_RDONLY)
+                    lf = os.open(live("r1", "root", "f"), os.O_RDONLY)
+                    self.assertEqual(os.pread(lf, 10, 0), b"three\n")
+                else:
+                    # a process of the same name, but a new inode: the old handle answers EIO
+                    self.assertErrno(errno.EIO, os.read, old, 10)
+                    try:
+                        self.assertErrno(errno.EIO, os.pread, lf, 10, 0)
+                    finally:
+                        os.close(lf)
+                    with open(live("r1", "root", "f")) as f:  # opened again: C's content
+                        self.assertEqual(f.read(), "one\n")
         finally:
             os.close(old)
 
@@ -216,6 +273,8 @@ class Checkpoints(harness.TestCase):
         self.assertNotEqual(D.sh("b1", "cat /etc/machine-id"), D.sh("b2", "cat /etc/machine-id"))
         self.assertEqual(D.sh("b1", "hostname").strip(), "b1")
         self.assertEqual(checkpoints("b1"), [])  # a branch starts with none of its own
+        self.assertEqual(checkpoints("p1"), ["base"])
+        self.assertEqual(status("p1")["state"], "ready")
 
     def test_bad_input_changes_nothing(self):
         D.create_ready("e1")
@@ -284,19 +343,49 @@ class Checkpoints(harness.TestCase):
         self.assertEqual(box.get("out"), "woke\n")
         self.assertEqual(checkpoints("held1"), ["c0"])
         self.assertNotIn("held2", D.sandboxes())
-        # a checkpoint half-way is not listed, and nothing of it shows
+        # a checkpoint half-way is not listed, and nothing of it shows; a rollback written to the
+        # same ctl meanwhile waits for it in the kernel (one write at a time), then runs
+        D.sh("held1", "echo c1 > /root/f")
         HELD.add("held1.checkpoint")
-        t = threading.Thread(target=lambda: ctl("held1", "checkpoint c1"))
+        errs = {}
+
+        def write(key, verb):
+            try:
+                ctl("held1", verb)
+                errs[key] = 0
+            except OSError as e:
+                errs[key] = e.errno
+
+        t = threading.Thread(target=write, args=("ck", "checkpoint c1"))
         t.start()
         hold = os.path.join(D.state, "hold", "held1.checkpoint")
+        t2 = None
         try:
             harness.wait_for(lambda: os.path.exists(hold), 30, "the checkpoint held")
             self.assertEqual(checkpoints("held1"), ["c0"])
+            t0 = time.monotonic()
+            self.assertEqual(status("held1")["state"], "ready")  # status answers during it
+            self.assertLess(time.monotonic() - t0, 2.0, "a status read waited for the checkpoint")
+            t2 = threading.Thread(target=write, args=("rb", "rollback c0"))
+            t2.start()
+            time.sleep(1.0)
+            self.assertNotIn("rb", errs, "a rollback written while a checkpoint runs returned before it")
+            self.assertTrue(os.path.exists(hold))
         finally:
             HELD.discard("held1.checkpoint")
-            os.unlink(hold)
+            try:
+                os.unlink(hold)
+            except FileNotFoundError:
+                pass
             t.join(30)
+            if t2:
+                t2.join(60)
+        self.assertEqual(errs, {"ck": 0, "rb": 0})
         self.assertEqual(checkpoints("held1"), ["c0", "c1"])
+        self.assertEqual(status("held1")["state"], "ready")
+        self.assertEqual(D.sh("held1", "cat /root/f 2>/dev/null || echo none"), "none\n")  # c0's
+        ctl("held1", "rollback c1")
+        self.assertEqual(D.sh("held1", "cat /root/f"), "c1\n")
 
     def test_hibernated_and_stopped(self):
         D.create_ready("h1")
@@ -304,13 +393,34 @@ class Checkpoints(harness.TestCase):
         ctl("h1", "checkpoint a")
         D.sh("h1", "echo b > /root/f")
         ctl("h1", "hibernate")
+        wakes = status("h1")["wakes"]
         ctl("h1", "checkpoint b")  # from the hibernation image: not woken
         self.assertEqual(status("h1")["state"], "hibernated")
-        self.assertEqual(ck_status("h1", "b")["from_state"], "hibernated")
+        self.assertEqual(status("h1")["wakes"], wakes)
+        st = ck_status("h1", "b")
+        self.assertEqual(st["from_state"], "hibernated")
+        self.assertEqual(st["paused_ms"], 0)
         self.assertEqual(checkpoints("h1"), ["a", "b"])
-        ctl("h1", "rollback a")  # a hibernated one rolls back to ready
+        # a branch of a hibernated sandbox: it is not woken either
+        ctl("h1", "fork h2 from a")
+        D.wait_ready("h2")
+        self.assertEqual(D.sh("h2", "cat /root/f"), "a\n")
+        self.assertEqual(status("h1")["state"], "hibernated")
+        self.assertEqual(status("h1")["wakes"], wakes)
+        D.destroy("h2")
+        # a wake: the checkpoints are still there, and a rollback after it works
+        ctl("h1", "resume")
+        self.assertEqual(status("h1")["state"], "ready")
+        self.assertEqual(checkpoints("h1"), ["a", "b"])
+        self.assertEqual(D.sh("h1", "cat /root/f"), "b\n")
+        ctl("h1", "rollback a")
         self.assertEqual(status("h1")["state"], "ready")
         self.assertEqual(D.sh("h1", "cat /root/f"), "a\n")
+        ctl("h1", "hibernate")
+        ctl("h1", "rollback b")  # a hibernated one rolls back to ready
+        self.assertEqual(status("h1")["state"], "ready")
+        self.assertEqual(D.sh("h1", "cat /root/f"), "b\n")
+        ctl("h1", "rollback a")
         ctl("h1", "stop")
         ctl("h1", "rollback b")
         self.assertEqual(status("h1")["state"], "ready")
@@ -318,9 +428,63 @@ class Checkpoints(harness.TestCase):
         ctl("h1", "pause")
         ctl("h1", "checkpoint p")
         self.assertEqual(ck_status("h1", "p")["from_state"], "paused")
+        self.assertEqual(ck_status("h1", "p")["paused_ms"], 0)
         self.assertEqual(status("h1")["state"], "paused")  # a paused one stays paused
         ctl("h1", "rollback p")
         self.assertEqual(status("h1")["state"], "ready")
+
+    def test_y_kill9_mid_rollback(self):
+        global D
+        D.create_ready("m1")
+        D.sh("m1", "echo kept > /root/f")
+        ctl("m1", "checkpoint k")
+        D.sh("m1", "echo later > /root/f")
+        HELD.add("m1.rollback")
+        hold = os.path.join(D.state, "hold", "m1.rollback")
+        box = {}
+
+        def rollback():
+            try:
+                ctl("m1", "rollback k")
+                box["errno"] = 0
+            except OSError as e:
+                box["errno"] = e.errno
+
+        t = threading.Thread(target=rollback, daemon=True)
+        t.start()
+        try:
+            harness.wait_for(lambda: os.path.exists(hold), 30, "the rollback held")
+            D.kill9()
+            t.join(30)
+            self.assertFalse(t.is_alive(), "the ctl write did not return once the daemon was killed")
+            self.assertNotEqual(box.get("errno"), 0, "the rollback succeeded with its daemon killed half-way")
+        finally:
+            HELD.discard("m1.rollback")
+        D = start_daemon(reuse=D)
+        self.assertEqual(D.sandboxes(), ["m1"])
+        self.assertEqual(checkpoints("m1"), ["k"])
+        settled = ("ready", "paused", "hibernated", "stopped", "failed")
+        harness.wait_for(lambda: status("m1")["state"] in settled, 30, "m1 settled after the restart")
+        st = status("m1")
+        if st["state"] == "failed":
+            # its own state was gone: failed with a reason, its checkpoints kept until rmdir
+            # A failed sandbox refuses every verb (EBUSY), rollback and fork-from included
+            self.assertIn("died during an operation that replaces it", st["error"] or "", st)
+            self.assertErrno(errno.EBUSY, ctl, "m1", "rollback k")
+            self.assertErrno(errno.EBUSY, ctl, "m1", "fork m2 from k")
+            self.assertEqual(status("m1")["state"], "failed")
+            self.assertEqual(checkpoints("m1"), ["k"])
+            self.assertEqual(D.sandboxes(), ["m1"])
+        else:
+            # re-adopted: it must work (an exec answers, and C can be rolled back to)
+            out = D.sh("m1", "cat /root/f")
+            self.assertIn(out, ("kept\n", "later\n"))
+            ctl("m1", "rollback k")
+            self.assertEqual(D.sh("m1", "cat /root/f"), "kept\n")
+            self.assertEqual(status("m1")["state"], "ready")
+        D.destroy("m1")
+        self.assertEqual(D.sandboxes(), [])
+        self.assertEqual(ckpt_files(D.state), [], "checkpoint or rollback files left after the destroy")
 
     def test_z_restart_and_destroy(self):
         global D
@@ -336,11 +500,14 @@ class Checkpoints(harness.TestCase):
         ctl("k1", "rollback k")
         self.assertEqual(D.sh("k1", "cat /root/f"), "kept\n")
         self.assertEqual(harness.read_json(D.sb("k1", "procs", "cnt", "status"))["state"], "running")
+        self.assertEqual(status("k1")["state"], "ready")
         ctl("k1", "checkpoint k2")
         self.assertTrue(ckpt_files(D.state))
+        d = D.sandbox_vm_dir("k1")
         subprocess.run(["rm", "-rf", D.sb("k1")], check=True)
         self.assertEqual(D.sandboxes(), [])
         self.assertEqual(ckpt_files(D.state), [], "checkpoint files left after the sandbox's destroy")
+        self.assertFalse(d and os.path.exists(d), "the sandbox's VM directory is left")
 
 
 if __name__ == "__main__":
