@@ -897,7 +897,15 @@ static void candidates_free(struct candidates *cd)
 	free(cd->addrs);
 }
 
-static int candidates_get(struct cluster *c, const char *tpl, const char *identity, struct candidates *cd)
+/*
+ * The hosts of the view as placement candidates. This host's own creates in
+ * flight and warm slots (self_warm) are its fresh figures, not what its
+ * last heartbeat published: the mount's hosts/SELF/status shows the fresh
+ * ones, and a create placed by a second-old count of its own slots went
+ * elsewhere right after the pool filled (test_cluster's place_on, seen in CI).
+ */
+static int candidates_get(struct cluster *c, const char *tpl, const char *identity, unsigned self_warm,
+			  struct candidates *cd)
 {
 	memset(cd, 0, sizeof(*cd));
 	pthread_mutex_lock(&c->lock);
@@ -932,8 +940,10 @@ static int candidates_get(struct cluster *c, const char *tpl, const char *identi
 		p->max_sandboxes = (unsigned)jint(v->info, "max_sandboxes");
 		p->creating = (unsigned)jint(v->info, "creating");
 		p->load = json_object_object_get_ex(v->info, "load", &x) ? json_object_get_double(x) : 1;
-		if (strcmp(v->name, c->self) == 0)
+		if (strcmp(v->name, c->self) == 0) {
 			p->creating = c->creating; /* this host's own, fresh */
+			p->warm = identity ? self_warm : 0;
+		}
 		cd->n++;
 	}
 	pthread_mutex_unlock(&c->lock);
@@ -1002,8 +1012,13 @@ int cluster_create(struct cluster *c, struct template *t, const char *name, cons
 		return -EINVAL;
 	if (lease_now(c, &lease) < 0)
 		return no_etcd(c, t, name);
-	if ((r = candidates_get(c, tpl, identity, &cd)) < 0)
-		return r;
+	{
+		size_t nslots = 0;
+
+		free(template_slot_ids(t, &nslots));
+		if ((r = candidates_get(c, tpl, identity, (unsigned)nslots, &cd)) < 0)
+			return r;
+	}
 	if (!(ch = calloc(cd.n + 1, sizeof(*ch)))) {
 		candidates_free(&cd);
 		return -ENOMEM;
