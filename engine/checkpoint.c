@@ -122,6 +122,7 @@ static int add_locked(struct sandbox *s, struct checkpoint *c)
 	if (s->indexed && idtable_put(&s->e->ckpts_by_id, c->id, c) < 0)
 		return -ENOMEM;
 	s->ckpts[s->n_ckpts++] = c;
+	s->ckpts_gen++;
 	return 0;
 }
 
@@ -371,27 +372,48 @@ char *checkpoint_render_status(struct checkpoint *c)
 		       "\n", NULL);
 }
 
+/*
+ * The union of the checkpoints' extents is read once per set (status is
+ * read often, and a set of 16 is 48 FIEMAP walks): kept with the set's
+ * generation, read again only when a checkpoint came or went.
+ */
 void sandbox_checkpoints_status(struct sandbox *s, json_object *o)
 {
 	struct extents all = { 0 };
 	char **dirs = NULL;
 	size_t n;
-	bool space = true;
+	uint64_t gen;
+	int64_t bytes;
 
 	pthread_mutex_lock(&s->e->lock);
 	n = s->n_ckpts;
-	dirs = calloc(n + 1, sizeof(*dirs));
+	gen = s->ckpts_gen;
+	bytes = n == 0 ? 0 : s->ckpts_bytes_gen == gen ? s->ckpts_bytes : -2;
+	dirs = bytes == -2 ? calloc(n + 1, sizeof(*dirs)) : NULL;
 	for (size_t i = 0; dirs && i < n; i++)
 		dirs[i] = strdup(s->ckpts[i]->dir);
 	pthread_mutex_unlock(&s->e->lock);
-	for (size_t i = 0; dirs && i < n && space; i++) {
-		uint64_t a, b, c;
+	if (bytes == -2) {
+		bool oom = !dirs;
+		int r = 0;
 
-		space = dirs[i] && ckpt_space(dirs[i], &a, &b, &c, &all) == 0;
+		for (size_t i = 0; !oom && i < n && r == 0; i++) {
+			uint64_t a, b, c;
+
+			oom = !dirs[i];
+			r = oom ? -ENOMEM : ckpt_space(dirs[i], &a, &b, &c, &all);
+		}
+		oom = oom || r == -ENOMEM;
+		bytes = r == 0 && !oom ? (int64_t)extents_union(&all) : -1;
+		pthread_mutex_lock(&s->e->lock);
+		if (s->ckpts_gen == gen && !oom) { /* not kept after an allocation failure: try again next time */
+			s->ckpts_bytes = bytes;
+			s->ckpts_bytes_gen = gen;
+		}
+		pthread_mutex_unlock(&s->e->lock);
 	}
 	json_object_object_add(o, "checkpoints", json_object_new_int64((int64_t)n));
-	json_object_object_add(o, "checkpoints_bytes",
-			       dirs && space ? json_object_new_int64((int64_t)extents_union(&all)) : NULL);
+	json_object_object_add(o, "checkpoints_bytes", bytes >= 0 ? json_object_new_int64(bytes) : NULL);
 	free(all.v);
 	strv_free(dirs);
 }
@@ -725,6 +747,7 @@ int sandbox_checkpoint_remove(struct sandbox *s, const char *name)
 			c = s->ckpts[i];
 			memmove(s->ckpts + i, s->ckpts + i + 1, (s->n_ckpts - i - 1) * sizeof(*s->ckpts));
 			s->n_ckpts--;
+			s->ckpts_gen++;
 			idtable_del(&e->ckpts_by_id, c->id);
 		}
 	pthread_mutex_unlock(&e->lock);

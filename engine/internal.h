@@ -553,6 +553,13 @@ struct sandbox {
 	uint64_t ckdir_id;
 	struct checkpoint **ckpts; /* e->lock */
 	size_t n_ckpts;
+	/*
+	 * e->lock: the status's checkpoints_bytes for the set as of ckpts_gen
+	 * (a checkpoint's blocks never move: it changes only with the set);
+	 * ckpts_bytes_gen != ckpts_gen: not computed yet, -1: the store cannot say
+	 */
+	uint64_t ckpts_gen, ckpts_bytes_gen;
+	int64_t ckpts_bytes;
 	const char *op_running; /* e->lock: the ctl operation in flight (run_op), named in an EBUSY */
 
 	/* its record (record.c) */

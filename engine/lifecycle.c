@@ -699,8 +699,13 @@ static int run_op_locked(struct sandbox *s, const char *verb)
 	pthread_mutex_lock(&e->lock);
 	st = s->state;
 	pthread_mutex_unlock(&e->lock);
-	if (strncmp(verb, "checkpoint ", 11) == 0 || strncmp(verb, "rollback ", 9) == 0 || strstr(verb, " from "))
-		return run_checkpoint_op(s, verb, st, t0);
+	{
+		char child[NAME_MAX_LEN + 1], ckpt[NAME_MAX_LEN + 1];
+
+		if (strncmp(verb, "checkpoint ", 11) == 0 || strncmp(verb, "rollback ", 9) == 0 ||
+		    parse_fork_from(verb, child, ckpt, sizeof(child)))
+			return run_checkpoint_op(s, verb, st, t0);
+	}
 	if (strncmp(verb, "fork ", 5) == 0 || strncmp(verb, "template ", 9) == 0) {
 		bool fork = verb[0] == 'f';
 
