@@ -1023,7 +1023,9 @@ int cluster_create(struct cluster *c, struct template *t, const char *name, cons
 		candidates_free(&cd);
 		return -ENOMEM;
 	}
-	getrandom(&req.seed, sizeof(req.seed), 0);
+	/* the tie-break among equal hosts: any seed will do, the clock when no entropy answers */
+	if (getrandom(&req.seed, sizeof(req.seed), GRND_NONBLOCK) != (ssize_t)sizeof(req.seed))
+		req.seed = now_ns() ^ (uint64_t)getpid();
 	n = place_rank(cd.h, cd.n, &req, ch);
 	for (size_t i = 0; i < n; i++)
 		log_debug("create %s: candidate %zu: %s (%s, warm %u, load %.2f, creating %u)", name, i,
