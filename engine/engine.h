@@ -310,6 +310,7 @@ struct exec_result {
 	int exit_code; /* -1 if killed by a signal */
 	int signal;
 	bool truncated;
+	bool timed_out; /* killed at its timeout_ms */
 	uint8_t *out;
 	size_t out_len;
 	uint8_t *err;

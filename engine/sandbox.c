@@ -1231,6 +1231,7 @@ static int exec_parse(json_object *resp, struct exec_result *res)
 	res->exit_code = json_object_object_get_ex(resp, "exit_code", &v) ? json_object_get_int(v) : -1;
 	res->signal = json_object_object_get_ex(resp, "signal", &v) ? json_object_get_int(v) : 0;
 	res->truncated = json_object_object_get_ex(resp, "truncated", &v) && json_object_get_boolean(v);
+	res->timed_out = json_object_object_get_ex(resp, "timed_out", &v) && json_object_get_boolean(v);
 	res->duration_ms = json_object_object_get_ex(resp, "duration_ms", &v) ? json_object_get_double(v) : 0;
 	return 0;
 }

@@ -377,9 +377,10 @@ static int build_output(struct fh *h)
 		o = base64_encode(r->out ? r->out : (uint8_t *)"", r->out_len);
 		e = base64_encode(r->err ? r->err : (uint8_t *)"", r->err_len);
 		n = o && e ? asprintf(&h->out,
-				      "{\"exit_code\":%d,\"signal\":%d,\"truncated\":%s,\"duration_ms\":%.3f,"
-				      "\"stdout\":\"%s\",\"stderr\":\"%s\"}\n",
-				      r->exit_code, r->signal, r->truncated ? "true" : "false", r->duration_ms, o, e)
+				      "{\"exit_code\":%d,\"signal\":%d,\"truncated\":%s,\"timed_out\":%s,"
+				      "\"duration_ms\":%.3f,\"stdout\":\"%s\",\"stderr\":\"%s\"}\n",
+				      r->exit_code, r->signal, r->truncated ? "true" : "false",
+				      r->timed_out ? "true" : "false", r->duration_ms, o, e)
 				: -1;
 		free(o);
 		free(e);

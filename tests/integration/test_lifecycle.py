@@ -286,8 +286,8 @@ class Exec(harness.TestCase):
 
     def test_json_mode(self):
         r = D.exec_json("ex", {"sh": "exit 3"})
-        self.assertEqual(set(r), {"exit_code", "signal", "truncated", "duration_ms", "stdout", "stderr"})
-        self.assertEqual((r["exit_code"], r["signal"], r["truncated"]), (3, 0, False))
+        self.assertEqual(set(r), {"exit_code", "signal", "truncated", "timed_out", "duration_ms", "stdout", "stderr"})
+        self.assertEqual((r["exit_code"], r["signal"], r["truncated"], r["timed_out"]), (3, 0, False, False))
         self.assertIsInstance(r["duration_ms"], (int, float))
         r = D.exec_json("ex", {"sh": "echo to-out; echo to-err >&2"})
         self.assertEqual((r["exit_code"], r["stdout"], r["stderr"]), (0, b"to-out\n", b"to-err\n"))
@@ -308,7 +308,7 @@ class Exec(harness.TestCase):
         t0 = time.monotonic()
         r = D.exec_json("ex", {"sh": "sleep 30", "timeout_ms": 300})
         self.assertLess(time.monotonic() - t0, 15)
-        self.assertTrue(r["signal"] != 0 or r["exit_code"] != 0, r)
+        self.assertEqual((r["exit_code"], r["signal"], r["timed_out"]), (-1, 9, True), r)
 
     def test_stderr_captured_plain(self):
         out, ok = D.exec_plain("ex", "ls /does-not-exist")
