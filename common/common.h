@@ -45,6 +45,11 @@ static inline void closep(int *fd)
 /* Logging: the daemon sets the level and sink once; libraries log at debug. */
 enum log_level { LOG_ERR_ = 0, LOG_WARN_ = 1, LOG_INFO_ = 2, LOG_DEBUG_ = 3 };
 void log_set_level(enum log_level lvl);
+/*
+ * Where stderr is the journal (systemd's JOURNAL_STREAM names its device and
+ * inode), lines carry the syslog priority as "<N>" and no timestamp.
+ */
+void log_detect_journal(void);
 void log_msg(enum log_level lvl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 #define log_error(...) log_msg(LOG_ERR_, __VA_ARGS__)
 #define log_warn(...) log_msg(LOG_WARN_, __VA_ARGS__)

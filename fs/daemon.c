@@ -45,10 +45,10 @@ static void usage(FILE *out)
 		"      --pool N|auto       warm slots per baked template unless its pool file says otherwise:\n"
 		"                          N pins the depth (0: none); auto (the default) lets the capacity\n"
 		"                          controller follow demand within the budget (docs/capacity.md)\n"
-		"      --pool-budget-mib M memory for warm slots of all templates (default: a quarter of RAM)\n"
+		"      --pool-budget-mib M  memory for warm slots of all templates (default: a quarter of RAM)\n"
 		"      --pool-max-slots N  warm slots of all templates (default 64)\n"
 		"      --pool-miss-target P  wanted chance that a create finds no warm slot (default 0.01)\n"
-		"      --pool-idle-decay S no create for S seconds: no warm slots (auto only; default 600)\n"
+		"      --pool-idle-decay S  no create for S seconds: no warm slots (auto only; default 600)\n"
 		"      --pool-parallel N   warm slots prepared at once, all templates together (default 1)\n"
 		"      --slot-max-age S    replace warm slots older than S seconds (default 3600, 0: never)\n"
 		"      --cache-max-age S   build cache entries (fetched images, built disks, Dockerfile steps)\n"
@@ -68,7 +68,7 @@ static void usage(FILE *out)
 		"                          the running guests' copy-on-write (default 512; else ENOSPC)\n"
 		"      --vmm-uid-base N    each VMM runs as its own user, uid (and gid) N + an index free among\n"
 		"                          the live VMMs, below N + 65536 (default %u; 0: VMMs run as root)\n"
-		"      --console-max-kib K a sandbox's console log keeps its newest output within K KiB\n"
+		"      --console-max-kib K  a sandbox's console log keeps its newest output within K KiB\n"
 		"                          (default 1024, at least 16)\n"
 		"      --cluster URLS      join a cluster (docs/cluster.md): etcd's client URLs, comma-separated;\n"
 		"                          needs --host-name and --advertise\n"
@@ -80,7 +80,8 @@ static void usage(FILE *out)
 		"                          (default 10)\n"
 		"      --allow-other       let other users in (the kernel then checks every file's mode);\n"
 		"                          default: only the user who mounted it\n"
-		"      --log FILE          log here once detached (default: discard)\n"
+		"      --log FILE          log here once detached (default: discard); in the foreground the\n"
+		"                          log is stderr (the journal under systemd, with priorities)\n"
 		"      --pid-file FILE     write the daemon's pid here\n"
 		"  -v, --verbose           debug logging\n"
 		"  -q, --quiet             warnings and errors only\n"
@@ -376,6 +377,7 @@ int emberfs_daemon(int argc, char **argv, const struct engine_hooks *hooks)
 	struct engine *e = NULL;
 	struct fs *f = NULL;
 	struct cluster *cl = NULL;
+	struct service *sv = NULL;
 	int notify = -1, r;
 	char *fuse_argv[] = { argv[0], "-o", "allow_other", NULL };
 	struct stat st;
@@ -384,6 +386,8 @@ int emberfs_daemon(int argc, char **argv, const struct engine_hooks *hooks)
 		return 2;
 	o.eng.hooks = hooks;
 	log_set_level(o.level);
+	if (o.foreground)
+		log_detect_journal(); /* systemd: priority prefixes, the journal stamps the time */
 	if (stat(o.mountpoint, &st) == 0 && !S_ISDIR(st.st_mode)) {
 		fprintf(stderr, "emberfs: %s is not a directory\n", o.mountpoint);
 		return 1;
@@ -409,6 +413,8 @@ int emberfs_daemon(int argc, char **argv, const struct engine_hooks *hooks)
 	}
 	if (r == 0)
 		r = fs_set_signal_handlers(f);
+	if (r == 0)
+		r = service_start(e, o.mountpoint, o.eng.bake_default, &sv);
 	if (r < 0) {
 		log_error("start-up failed: %s", strerror(-r));
 		cluster_stop(cl);
@@ -430,7 +436,17 @@ int emberfs_daemon(int argc, char **argv, const struct engine_hooks *hooks)
 	}
 	r = fs_loop(f);
 	log_info("shutting down");
+	service_stopping(sv);
 	fs_remove_signal_handlers(f);
+	/*
+	 * The stop has begun: a SIGTERM now (systemd sends one right after
+	 * ExecStop's unmount; an impatient user a second one) must not end
+	 * the teardown half-way, leaving VMMs, the store's mount and cgroups
+	 * behind. SIGKILL still does, as anything can.
+	 */
+	signal(SIGTERM, SIG_IGN);
+	signal(SIGINT, SIG_IGN);
+	signal(SIGHUP, SIG_IGN);
 	fs_unmount(f);
 	cluster_stop(cl); /* the peer server's reads on the mount ended with it */
 	fs_release_handles(f); /* they hold sandboxes: before the engine goes */

@@ -30,6 +30,16 @@ void fs_release_handles(struct fs *f);
 void fs_free(struct fs *f);
 /* SIGTERM, SIGINT and SIGHUP end fs_loop (libfuse's handlers). */
 int fs_set_signal_handlers(struct fs *f);
+
+/*
+ * systemd's readiness protocol (service.c; nothing without NOTIFY_SOCKET):
+ * service_start after the mount, before fs_loop: READY=1 once the mount
+ * answers and the template default is baked (or failed, or not wanted);
+ * service_stopping when fs_loop returned, before the engine goes.
+ */
+struct service;
+int service_start(struct engine *e, const char *mountpoint, bool bake_default, struct service **ret);
+void service_stopping(struct service *sv);
 void fs_remove_signal_handlers(struct fs *f);
 
 /* The whole daemon (fs/daemon.c): options, engine, mount, serve, teardown; an exit status. */

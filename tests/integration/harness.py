@@ -356,11 +356,12 @@ class Daemon:
     the last daemon started on them.
     """
 
-    def __init__(self, extra_args=(), reuse=None, pool=0, binary=None):
+    def __init__(self, extra_args=(), reuse=None, pool=0, binary=None, env=None):
         # pool: --pool for the daemon. 0 by default, so tests that check the
         # restore path get it; test_warm.py sets pools through the pool file.
         self.extra_args = (["--pool", str(pool)] if pool is not None else []) + list(extra_args)
         self.binary = binary or (reuse.binary if reuse is not None else BIN)
+        self.env = dict(os.environ, **env) if env else None  # the daemon's environment (None: ours)
         if reuse is not None:
             self.mount, self.state, self.log_path = reuse.mount, reuse.state, reuse.log_path
             reuse.owns_dirs = False
@@ -398,7 +399,8 @@ class Daemon:
         become_subreaper()
         self.log_file = open(self.log_path, "ab")
         argv = [self.binary, "-f", "--state-dir", self.state, "--image-dir", IMAGE_DIR] + self.extra_args + [self.mount]
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.log_file, stderr=self.log_file)
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self.log_file, stderr=self.log_file,
+                                     env=self.env)
         _popen_pids.add(self.proc.pid)
         deadline = time.monotonic() + START_TIMEOUT
         while not self.mounted():
