@@ -29,6 +29,12 @@ PKGS=(
 	dnsmasq-base
 	# the metrics test parses MOUNT/metrics with the reference OpenMetrics parser
 	python3-prometheus-client
+	# contrib/plot.py draws docs/plots/*.svg from the benchmarks' JSON
+	python3-matplotlib
+	# the systemd unit's readiness (sd_notify); man pages from --help and docs/ (dist/meson.build)
+	libsystemd-dev help2man go-md2man
+	# the package and its test in a clean Debian 12 root (debian/, tests/package/)
+	dpkg-dev debhelper dh-python systemd
 	# libFuzzer targets (contrib/fuzz.sh)
 	clang libclang-rt-14-dev
 )
