@@ -95,15 +95,16 @@ out:
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: emberfs-e2b --mount DIR [options]\n"
-		"Serves the E2B API (https://e2b.dev) over HTTP/1.1 for the sandboxes of an emberfs mount.\n"
-		"  --mount DIR        the emberfs mount point (required)\n"
-		"  --listen ADDR:PORT where to listen (default " DEFAULT_LISTEN "; [::1]:PORT for IPv6)\n"
-		"  --keys FILE        API keys, one e2b_<hex> per line (default STATE/keys)\n"
-		"  --state DIR        the token secret lives here (default " DEFAULT_STATE ")\n"
-		"  --domain NAME      the domain answered in sandbox objects (default localhost)\n"
-		"  --log-level L      error, warn, info (default) or debug\n"
-		"  --version, --help\n");
+		"Usage: emberfs-e2b --mount DIR [OPTIONS]\n"
+		"Serves the E2B API (https://e2b.dev) over HTTP/1.1 for the sandboxes of an emberfs mount.\n\n"
+		"  --mount DIR         the emberfs mount point (required)\n"
+		"  --listen ADDR:PORT  where to listen (default " DEFAULT_LISTEN "; [::1]:PORT for IPv6)\n"
+		"  --keys FILE         API keys, one e2b_<hex> per line (default STATE/keys)\n"
+		"  --state DIR         the token secret lives here (default " DEFAULT_STATE ")\n"
+		"  --domain NAME       the domain answered in sandbox objects (default localhost)\n"
+		"  --log-level L       error, warn, info (default) or debug\n"
+		"  --help              this text\n"
+		"  --version           print the version\n");
 }
 
 int main(int argc, char **argv)
@@ -121,6 +122,7 @@ int main(int argc, char **argv)
 	sigset_t set;
 	int c, r;
 
+	log_detect_journal(); /* under systemd (emberfs-e2b.service): priorities, no timestamps */
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		switch (c) {
 		case 'm': cfg.mount = optarg; break;

@@ -31,6 +31,7 @@ Exit 0 pass, 77 skip (a tool or root missing), 1 fail.
 """
 
 import glob
+import json
 import os
 import re
 import shutil
@@ -39,6 +40,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEB_CACHE = os.environ.get("EMBERFS_TEST_DEB_CACHE", "/var/cache/emberfs-test/debs")
@@ -219,13 +222,14 @@ def main():
         mounts.release()
         log("installed it with apt-get")
         for f in ("/usr/bin/emberfs", "/usr/bin/emberfs-e2b", "/usr/libexec/emberfs/emberfs-agent",
-                  "/usr/libexec/emberfs/build-image", "/lib/systemd/system/emberfs.service",
+                  "/usr/libexec/emberfs/build-image", "/usr/libexec/emberfs/e2b-key",
+                  "/lib/systemd/system/emberfs.service", "/lib/systemd/system/emberfs-e2b.service",
                   "/etc/emberfs/emberfs.conf", "/usr/share/man/man8/emberfs.8.gz",
-                  "/usr/share/man/man5/emberfs.5.gz"):
+                  "/usr/share/man/man8/emberfs-e2b.8.gz", "/usr/share/man/man5/emberfs.5.gz"):
             check(os.path.exists(root + f), f"installed {f}")
         pyinit = glob.glob(root + "/usr/lib/python3/dist-packages/emberfs/__init__.py")
         check(len(pyinit) == 1, "the Python module is in /usr/lib/python3/dist-packages")
-        r = run(["systemd-analyze", "verify", f"--root={root}", "emberfs.service"],
+        r = run(["systemd-analyze", "verify", f"--root={root}", "emberfs.service", "emberfs-e2b.service"],
                 capture_output=True, text=True, check=False)
         # man pages are looked up with man(1), which a clean root does not have
         problems = [l for l in (r.stdout + r.stderr).splitlines() if l.strip() and "man emberfs" not in l]
@@ -287,6 +291,40 @@ def main():
         check(re.fullmatch(r"0 hi from \S+-cloud-amd64", out.stdout.strip()) is not None,
               "a sandbox made with the installed client ran a command")
         check(not os.path.exists(root + mnt + "/templates/default/sandboxes/pkg"), "and was destroyed")
+
+        # emberfs-e2b.service, on a free port (as if set in emberfs.conf)
+        e2b = SystemdStandIn(root, "/lib/systemd/system/emberfs-e2b.service")
+        check(e2b.lines.get("BindsTo") == ["emberfs.service"], "emberfs-e2b.service is bound to emberfs.service")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        e2b.env["EMBERFS_E2B_LISTEN"] = f"127.0.0.1:{port}"
+        e2b.exec("ExecStartPre", stdout=subprocess.DEVNULL)
+        key = open(root + "/var/lib/emberfs-e2b/keys").read().split()[0]
+        check(re.fullmatch(r"e2b_[0-9a-f]{32}", key) is not None, "its ExecStartPre made an API key")
+        ignore, argv = e2b.argv(e2b.lines["ExecStart"][0])
+        log(f"ExecStart: {' '.join(argv)}")
+        e2blog = open(os.path.join(work, "e2b.log"), "w+")
+        st = os.fstat(e2blog.fileno())
+        e2b.env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
+        api = subprocess.Popen(["chroot", root, *argv], env=e2b.env, stdout=e2blog, stderr=e2blog)
+        try:
+            listed = None
+            for _ in range(100):
+                try:
+                    req = urllib.request.Request(f"http://127.0.0.1:{port}/sandboxes", headers={"X-API-Key": key})
+                    with urllib.request.urlopen(req, timeout=5) as resp:
+                        listed = (resp.status, json.load(resp))
+                    break
+                except (ConnectionError, urllib.error.URLError):
+                    time.sleep(0.1)
+            check(listed == (200, []), f"emberfs-e2b answers GET /sandboxes with the key: {listed}")
+        finally:
+            api.terminate()
+            api.wait(timeout=30)
+        e2blog.seek(0)
+        check(re.search(r"^<6>info: e2b: serving the E2B API for ", e2blog.read(), re.M) is not None,
+              "emberfs-e2b logs with syslog priorities too")
 
         unit.exec("ExecStop")
         rc = daemon.wait(timeout=120)
