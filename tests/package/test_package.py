@@ -19,7 +19,10 @@ The Debian package, built and installed the way an operator would
      The daemon must send READY=1 only once MOUNT/templates/default/status
      says ready, log with syslog priorities, and send STOPPING=1;
   5. a sandbox made with the installed Python client (`import emberfs`),
-     a command run in it, destroyed; the man pages are there;
+     a command run in it, destroyed; the man pages are there; a kill -9 of
+     the daemon and the unit's lines again (Restart=on-failure): a sandbox
+     made before is re-adopted as it was; emberfs-e2b.service's lines, the
+     API answering with the key its ExecStartPre made;
   6. the documented stop (ExecStop: fusermount3 -u), then
      `apt-get purge --autoremove emberfs`: nothing of emberfs is left in the
      root (no path naming it, /var/lib/emberfs and /var/cache/emberfs gone),
@@ -261,24 +264,30 @@ def main():
         errlog = open(os.path.join(work, "daemon.log"), "w+")
         st = os.fstat(errlog.fileno())
         unit.env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
-        ignore, argv = unit.argv(unit.lines["ExecStart"][0])
-        log(f"ExecStart: {' '.join(argv)}")
-        daemon = subprocess.Popen(["chroot", root, *argv], env=unit.env, stdout=errlog, stderr=errlog)
         msgs = []
-        deadline = time.monotonic() + 300
-        while not any("READY=1" in m for m in msgs):
-            if daemon.poll() is not None:
-                raise Failure(f"the daemon exited {daemon.returncode} before READY=1")
-            if time.monotonic() > deadline:
-                raise Failure(f"no READY=1 in 300 s: {msgs}")
-            try:
-                msgs.append(sock.recv(4096).decode())
-            except socket.timeout:
-                continue
-            if "READY=1" in msgs[-1]:
-                status = open(root + mnt + "/templates/default/status").read()
-                check('"state":"ready"' in status.replace(" ", ""),
-                      "READY=1 came once the template default was ready")
+
+        def start():
+            """ExecStart, then its notify messages until READY=1: the daemon."""
+            ignore, argv = unit.argv(unit.lines["ExecStart"][0])
+            log(f"ExecStart: {' '.join(argv)}")
+            d = subprocess.Popen(["chroot", root, *argv], env=unit.env, stdout=errlog, stderr=errlog)
+            deadline = time.monotonic() + 300
+            while True:
+                if d.poll() is not None:
+                    raise Failure(f"the daemon exited {d.returncode} before READY=1")
+                if time.monotonic() > deadline:
+                    raise Failure(f"no READY=1 in 300 s: {msgs}")
+                try:
+                    msgs.append(sock.recv(4096).decode())
+                except socket.timeout:
+                    continue
+                if "READY=1" in msgs[-1]:
+                    status = open(root + mnt + "/templates/default/status").read()
+                    check('"state":"ready"' in status.replace(" ", ""),
+                          "READY=1 came once the template default was ready")
+                    return d
+
+        daemon = start()
         log(f"notify messages: {msgs}")
 
         client = ("import emberfs\n"
@@ -291,6 +300,26 @@ def main():
         check(re.fullmatch(r"0 hi from \S+-cloud-amd64", out.stdout.strip()) is not None,
               "a sandbox made with the installed client ran a command")
         check(not os.path.exists(root + mnt + "/templates/default/sandboxes/pkg"), "and was destroyed")
+
+        # Restart=on-failure: the daemon dies (kill -9), the restart runs the
+        # unit's lines again, and the sandbox is re-adopted as it was
+        sb = root + mnt + "/templates/default/sandboxes/keep"
+        os.mkdir(sb)
+        check(open(sb + "/wait").read().strip() == "ready", "a sandbox made with mkdir is ready")
+        with open(sb + "/exec", "w") as f:
+            f.write("echo kept > /root/mark")
+        daemon.kill()
+        daemon.wait()
+        unit.exec("ExecStartPre", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        daemon = start()
+        fd = os.open(sb + "/exec", os.O_RDWR)
+        try:
+            os.write(fd, b"cat /root/mark")
+            out = os.read(fd, 4096)
+        finally:
+            os.close(fd)
+        check(out == b"kept\n", f"after kill -9 and the restart the sandbox is back, its guest as it was: {out!r}")
+        os.rmdir(sb)
 
         # emberfs-e2b.service, on a free port (as if set in emberfs.conf)
         e2b = SystemdStandIn(root, "/lib/systemd/system/emberfs-e2b.service")
