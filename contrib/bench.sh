@@ -125,7 +125,9 @@
 #
 # Output: a human-readable table on stderr; on stdout one JSON object per line:
 #   {"bench":"create","path":"warm","n":30,"p50_ms":..,"p99_ms":..,"mean_ms":..,"min_ms":..,"max_ms":..,
-#    "first_exec_p50_ms":..,"first_exec_p99_ms":..}
+#    "first_exec_p50_ms":..,"first_exec_p99_ms":..,"samples_ms":[..]}
+#   (samples_ms: the n counted samples in the order they were taken, ms rounded
+#   to 0.01, warm-ups and failed creates left out; contrib/plot.py draws them)
 #   {"bench":"create","path":"warm","phases_p50_ms":{"claim":..,...}}
 #   the same two for "restore" and "cold", then
 #   {"bench":"create","metric":"ratio_restore_over_warm","value":..}   (p50 restore / p50 warm)
@@ -543,6 +545,9 @@ def bench_create():
             label, ", ".join("%s %.1f" % kv for kv in ph.items())), file=sys.stderr)
     print("", file=sys.stderr)
 
+    # the raw samples, for distributions (contrib/plot.py); the summary keys stay as they were
+    for r in (res_w, res_r, res_c):
+        r["samples_ms"] = [round(v, 2) for v in r["_samples"]]
     out.append(res_w)
     out.append({"bench": "create", "path": "warm", "phases_p50_ms": ph_w})
     out.append(res_r)

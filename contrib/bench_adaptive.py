@@ -25,9 +25,15 @@ or episode). A fixed pool is full between bursts whatever the trace, so its
 run replays one episode and its slot-MiB-s are scaled to the adaptive run's
 duration (said so in the output: "fixed_scaled": true).
 
+Timeline: the sampler also keeps the adaptive run's timeline, one point
+every TIMELINE_S (1 s): [t_s, target, warm, creates]; t_s from the start of
+the trace, target and warm from the stats file at that moment, creates those
+counted since the previous point (contrib/plot.py draws it).
+
 Output: a table on stderr and one JSON line on stdout:
 {"bench":"adaptive","trace":"bursty","hit_rate":..,"slot_mib_s":..,"fixed_depth":K,
- "fixed_hit_rate":..,"fixed_slot_mib_s":..,"ratio":..,...}
+ "fixed_hit_rate":..,"fixed_slot_mib_s":..,"ratio":..,...,
+ "timeline":[[t_s,target,warm,creates],...]}
 """
 import json
 import os
@@ -45,6 +51,7 @@ SIZE = int(os.environ.get("BENCH_ADAPT_SIZE", "4"))
 EVERY = float(os.environ.get("BENCH_ADAPT_EVERY", "6"))
 GAP = float(os.environ.get("BENCH_ADAPT_GAP", "240"))
 DECAY = int(os.environ.get("BENCH_ADAPT_DECAY", "30"))
+TIMELINE_S = 1.0  # the controller decides about once a second
 
 
 def log(msg):
@@ -52,14 +59,17 @@ def log(msg):
 
 
 class Sampler(threading.Thread):
-    """Integrates slots x MiB over time from the stats file."""
+    """Integrates slots x MiB over time from the stats file and keeps a timeline:
+    every TIMELINE_S [t_s, target, warm, creates since the previous point]."""
 
     def __init__(self, d):
         super().__init__(daemon=True)
         self.d, self.stop_flag, self.mib_s, self.peak_slots = d, False, 0.0, 0
         self.last = None
+        self.timeline = []
 
     def run(self):
+        start = next_point = creates0 = s = None
         while not self.stop_flag:
             try:
                 s = harness.read_json(self.d.tpl("default", "stats"))
@@ -72,7 +82,19 @@ class Sampler(threading.Thread):
                 t0, mib0 = self.last
                 self.mib_s += mib0 * (now - t0)
             self.last = (now, slots * s["slot_mib"])
+            if start is None:
+                start, next_point, creates0 = now, now, s["creates"]
+            if now >= next_point:
+                self.point(now - start, s, creates0)
+                creates0 = s["creates"]
+                while next_point <= now:  # a slow read skips points rather than bunching them
+                    next_point += TIMELINE_S
             time.sleep(0.25)
+        if s is not None and s["creates"] != creates0:
+            self.point(time.monotonic() - start, s, creates0)  # the creates after the last point
+
+    def point(self, t, s, creates0):
+        self.timeline.append([round(t, 2), s["target"], s["warm"], s["creates"] - creates0])
 
 
 def burst(d, k, tag):
@@ -123,7 +145,7 @@ def run(extra, episodes, gap_after_last, wait_pool=None):
         d.force_cleanup()
         raise
     d.stop()
-    return creates, hits, secs, s.mib_s, s.peak_slots, st
+    return creates, hits, secs, s.mib_s, s.peak_slots, st, s.timeline
 
 
 def main():
@@ -133,10 +155,10 @@ def main():
         return 77
     log("adaptive: %d episodes x %d bursts of %d every %.0f s, gaps %.0f s, idle decay %d s"
         % (EPISODES, BURSTS, SIZE, EVERY, GAP, DECAY))
-    a_creates, a_hits, a_secs, a_mib_s, a_peak, a_st = run(
+    a_creates, a_hits, a_secs, a_mib_s, a_peak, a_st, a_timeline = run(
         ["--pool", "auto", "--pool-idle-decay", str(DECAY)], EPISODES, True)
     log("fixed: --pool %d, one episode" % SIZE)
-    f_creates, f_hits, f_secs, f_mib_s, f_peak, f_st = run(["--pool", str(SIZE)], 1, False, wait_pool=SIZE)
+    f_creates, f_hits, f_secs, f_mib_s, f_peak, f_st, _ = run(["--pool", str(SIZE)], 1, False, wait_pool=SIZE)
     f_scaled = f_mib_s / f_secs * a_secs
     out = {
         "bench": "adaptive", "trace": "bursty",
@@ -148,6 +170,7 @@ def main():
         "fixed_slot_mib_s": round(f_scaled), "fixed_scaled": True,
         "ratio": round(a_mib_s / f_scaled, 3) if f_scaled else None,
         "seconds": round(a_secs, 1),
+        "timeline": a_timeline,
     }
     log("%-10s %9s %12s %6s" % ("pool", "hit rate", "slot-MiB-s", "peak"))
     log("%-10s %9.3f %12.0f %6d" % ("adaptive", out["hit_rate"], a_mib_s, a_peak))
