@@ -75,8 +75,9 @@ static bool look(struct service *sv)
 		return true;
 	}
 	if (!strcmp(state, "failed")) {
-		sd_notifyf(0, "READY=1\nSTATUS=Serving; template default failed: %s", error[0] ? error : "see the log");
+		/* the log line first: whoever reacts to READY=1 finds the reason already written */
 		log_warn("service: ready, but the template default failed: %s", error[0] ? error : "see its status");
+		sd_notifyf(0, "READY=1\nSTATUS=Serving; template default failed: %s", error[0] ? error : "see the log");
 		return true;
 	}
 	if (strcmp(state, sv->said)) {

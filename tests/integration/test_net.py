@@ -45,7 +45,8 @@ def host_net_state():
         return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
 
     return {
-        "netns": sorted(run("ip", "netns", "list").split("\n")) if os.path.isdir("/run/netns") else [],
+        # an empty /run/netns (iproute2 makes it on first use) is no named namespace
+        "netns": sorted(line.split()[0] for line in run("ip", "netns", "list").splitlines() if line.strip()) if os.path.isdir("/run/netns") else [],
         "links": sorted(line.split()[0].split("@")[0] for line in run("ip", "-br", "link").splitlines()),
         "addrs": sorted(run("ip", "-br", "-4", "addr").splitlines()),
         "routes": sorted(run("ip", "-4", "route", "show", "table", "all").splitlines()),
