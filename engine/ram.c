@@ -1,0 +1,185 @@
+/*
+ * Guest RAM shared between the clones of one snapshot: the sealed base and
+ * the write-back of a VMM's own pages (ram.h).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common.h"
+#include "ram.h"
+
+#define PAGE 4096u
+#define PM_PRESENT (1ull << 63)
+#define PM_SWAPPED (1ull << 62)
+#define PM_FILE (1ull << 61) /* a file page or shared anonymous: not copied on write */
+#define BATCH 512u	     /* pagemap entries read at once (2 MiB of guest RAM) */
+
+static void fclosep(FILE **f)
+{
+	if (*f)
+		fclose(*f);
+}
+
+static int write_all(int fd, const uint8_t *p, size_t n, off_t off)
+{
+	while (n > 0) {
+		ssize_t w = pwrite(fd, p, n, off);
+
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			return w < 0 ? -errno : -EIO;
+		p += w;
+		n -= (size_t)w;
+		off += w;
+	}
+	return 0;
+}
+
+static int read_all(int fd, uint8_t *p, size_t n, off_t off)
+{
+	while (n > 0) {
+		ssize_t r = pread(fd, p, n, off);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return r < 0 ? -errno : -EIO;
+		p += r;
+		n -= (size_t)r;
+		off += r;
+	}
+	return 0;
+}
+
+int ram_base_create(const char *src, uint64_t size, int *ret_fd, uint64_t *ret_copied)
+{
+	_cleanup_close_ int in = open(src, O_RDONLY | O_CLOEXEC);
+	_cleanup_close_ int fd = -1;
+	_cleanup_free_ uint8_t *buf = NULL;
+	uint64_t copied = 0;
+	off_t off = 0;
+	struct stat st;
+	int r;
+
+	if (in < 0)
+		return -errno;
+	if (fstat(in, &st) < 0)
+		return -errno;
+	if (size && (uint64_t)st.st_size != size)
+		return -EINVAL;
+	size = (uint64_t)st.st_size;
+	fd = memfd_create(RAM_BASE_NAME, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (fd < 0 || ftruncate(fd, (off_t)size) < 0)
+		return -errno;
+	if (!(buf = malloc(1u << 20)))
+		return -ENOMEM;
+	while ((uint64_t)off < size) {
+		off_t data = lseek(in, off, SEEK_DATA), hole;
+
+		if (data < 0) {
+			if (errno == ENXIO)
+				break; /* a hole to the end */
+			return -errno;
+		}
+		if ((hole = lseek(in, data, SEEK_HOLE)) < 0)
+			return -errno;
+		for (off = data; off < hole;) {
+			size_t n = (size_t)(hole - off) < (1u << 20) ? (size_t)(hole - off) : (1u << 20);
+
+			if ((r = read_all(in, buf, n, off)) < 0 || (r = write_all(fd, buf, n, off)) < 0)
+				return r;
+			off += (off_t)n;
+			copied += n;
+		}
+	}
+	/* nothing can change it from now on: not we, not a VMM that opens it again */
+	if (fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) < 0)
+		return -errno;
+	*ret_fd = TAKE_FD(fd);
+	if (ret_copied)
+		*ret_copied = copied;
+	return 0;
+}
+
+int ram_base_find(pid_t pid, uint64_t *ret_addr, uint64_t *ret_len)
+{
+	char path[64], line[4096];
+	_cleanup_(fclosep) FILE *f = NULL;
+	const char *want = "/memfd:" RAM_BASE_NAME " (deleted)";
+	int found = 0;
+
+	snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
+	if (!(f = fopen(path, "re")))
+		return -errno;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long long a, b;
+		int name = 0;
+		char *nl = strchr(line, '\n');
+
+		if (nl)
+			*nl = '\0';
+		/* start-end perms offset dev inode   path */
+		if (sscanf(line, "%llx-%llx %*s %*s %*s %*s %n", &a, &b, &name) < 2 || name == 0)
+			continue;
+		if (strcmp(line + name, want) != 0)
+			continue;
+		if (found++)
+			return -EEXIST;
+		*ret_addr = a;
+		*ret_len = b - a;
+	}
+	return found ? 0 : -ENOENT;
+}
+
+int ram_write_private(pid_t pid, uint64_t addr, uint64_t len, int out, uint64_t *ret_pages)
+{
+	char path[64];
+	_cleanup_close_ int pm = -1, mem = -1;
+	_cleanup_free_ uint8_t *buf = malloc((size_t)BATCH * PAGE);
+	uint64_t ents[BATCH], pages = 0, npages = len / PAGE;
+	int r;
+
+	if (!buf)
+		return -ENOMEM;
+	if (addr % PAGE || len % PAGE)
+		return -EINVAL;
+	snprintf(path, sizeof(path), "/proc/%d/pagemap", (int)pid);
+	if ((pm = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+		return -errno;
+	snprintf(path, sizeof(path), "/proc/%d/mem", (int)pid);
+	if ((mem = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+		return -errno;
+	for (uint64_t i = 0; i < npages; i += BATCH) {
+		size_t n = npages - i < BATCH ? (size_t)(npages - i) : BATCH;
+
+		if ((r = read_all(pm, (uint8_t *)ents, n * sizeof(uint64_t), (off_t)((addr / PAGE + i) * 8))) < 0)
+			return r;
+		/* runs of the VMM's own pages, each read and written at once */
+		for (size_t j = 0; j < n;) {
+			size_t k = j;
+
+			while (k < n && ((ents[k] & PM_SWAPPED) || ((ents[k] & PM_PRESENT) && !(ents[k] & PM_FILE))))
+				k++;
+			if (k == j) {
+				j++;
+				continue;
+			}
+			if ((r = read_all(mem, buf, (k - j) * PAGE, (off_t)(addr + (i + j) * PAGE))) < 0 ||
+			    (r = write_all(out, buf, (k - j) * PAGE, (off_t)((i + j) * PAGE))) < 0)
+				return r;
+			pages += k - j;
+			j = k;
+		}
+	}
+	if (ret_pages)
+		*ret_pages = pages;
+	return 0;
+}

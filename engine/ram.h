@@ -1,0 +1,39 @@
+/*
+ * Guest RAM shared between the clones of one snapshot (docs/architecture.md,
+ * "Guest RAM shared between clones").
+ *
+ * A template's snapshot memory is copied once into a sealed memfd (the
+ * "base": no write, grow or shrink can ever reach it). Every VMM restored
+ * from that snapshot maps the base privately: pages the guest has not
+ * written are the base's page-cache pages, one copy for all clones; a write
+ * copies the page into the VMM's own anonymous memory. A snapshot of such a
+ * VMM writes those anonymous pages (found through /proc/PID/pagemap, read
+ * through /proc/PID/mem while its vCPUs are stopped) into the sandbox's own
+ * memory file, a clone of the same snapshot memory, so that file is the
+ * guest's RAM as it stands.
+ */
+#pragma once
+
+#include <stdint.h>
+#include <sys/types.h>
+
+/* The name a base memfd carries (it shows in a VMM's /proc/PID/maps as "/memfd:NAME (deleted)"). */
+#define RAM_BASE_NAME "emberfs-ram-base"
+
+/*
+ * A sealed memfd holding src's contents (size bytes; 0: src's size) (holes stay holes:
+ * only src's data extents are copied). *ret_copied: bytes copied. Close it
+ * when done; VMMs keep their own references.
+ */
+int ram_base_create(const char *src, uint64_t size, int *ret_fd, uint64_t *ret_copied);
+
+/* Where a base is mapped in process pid: exactly one mapping of it, else -ENOENT (none) or -EEXIST (several). */
+int ram_base_find(pid_t pid, uint64_t *ret_addr, uint64_t *ret_len);
+
+/*
+ * Writes every page of [addr, addr + len) in process pid that is no longer
+ * the mapped file's (copied on write: anonymous, present or swapped) into
+ * out at the same offset from addr. The process must not run meanwhile.
+ * *ret_pages: pages written.
+ */
+int ram_write_private(pid_t pid, uint64_t addr, uint64_t len, int out, uint64_t *ret_pages);
