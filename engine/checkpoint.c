@@ -513,7 +513,7 @@ int op_checkpoint(struct sandbox *s, const char *name)
 		else if (!(procs = sandbox_procs_checkpoint(s)))
 			r = -ENOMEM;
 	} else {
-		_cleanup_free_ char *state = vm_file(tmp, VM_HIBERNATE);
+		_cleanup_free_ char *state = vm_file(tmp, VM_HIBERNATE), *mem = vm_file(s->dir, VM_MEM);
 		bool was_running = st == SB_READY;
 
 		/*
@@ -529,7 +529,7 @@ int op_checkpoint(struct sandbox *s, const char *name)
 		 */
 		flush_file(s->dir, VM_MEM);
 		tp = now_ns();
-		r = state ? vmm_snapshot(s->vmm, state, QMP_TIMEOUT_MS) : -ENOMEM;
+		r = state && mem ? vmm_snapshot(s->vmm, state, mem, QMP_TIMEOUT_MS) : -ENOMEM;
 		phase_ms[0] = ns_to_ms(now_ns() - tp);
 		if (r < 0)
 			set_ctl_error(s, "checkpoint %s: saving the device state failed: %s", name, strerror(-r));

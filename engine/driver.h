@@ -32,7 +32,8 @@ struct vmm_spec {
 	const char *cmdline;	  /* the kernel command line as booted (engine_spec_init) */
 	const char *name;	  /* for the process name */
 	const char *tag;	  /* the instance tag (engine.tag): -name emberfs-TAG-NAME */
-	const char *mem_path;	  /* guest RAM file (see enum vmm_ram) */
+	const char *mem_path;	  /* guest RAM file (see "Guest RAM is a file" below) */
+	int ram_fd;		  /* >= 0: the sealed base to map privately instead (ram_base drivers); -1: none */
 	const char *disk_path;	  /* NULL: none */
 	const char *control_path; /* the VMM's control socket (a listening unix socket, FD_CONTROL) */
 	const char *agent_path;	  /* the guest agent's (FD_AGENT) */
@@ -54,16 +55,15 @@ struct vmm_spec {
 enum { FD_INCOMING = 3, FD_MEM, FD_DISK, FD_CONSOLE, FD_CONTROL, FD_AGENT, FD_TAP, FD_KERNEL, FD_INITRD, FD_FIRST_FREE };
 
 /*
- * How a driver holds guest RAM, which decides what a snapshot is and how
- * clones share it:
- * - VMM_RAM_SHARED_FILE: RAM is mem_path mapped shared; the guest writes
- *   into the file, a snapshot is the file as it stands plus device state
- *   (QEMU with x-ignore-shared). A clone is a reflink copy of the file.
- * - VMM_RAM_PRIVATE_FILE: a restore maps the snapshot's memory file
- *   privately (copy-on-write in the VMM, the file never written); a
- *   snapshot writes memory out (Firecracker's file backend).
+ * Guest RAM is a file. A VMM booted cold, or restored from a sandbox's own
+ * files (a wake, a fork's child, a rollback), maps mem_path shared: the
+ * guest writes into the file, and a snapshot is that file as it stands plus
+ * device state. A VMM restored from a template's snapshot, where the driver
+ * declares ram_base, is given the snapshot memory as a sealed base
+ * (spec.ram_fd, ram.h) and maps it privately: clones of one snapshot share
+ * the pages none of them wrote; its snapshot writes the pages the guest did
+ * write into mem_path (a clone of the same snapshot memory) first.
  */
-enum vmm_ram { VMM_RAM_SHARED_FILE, VMM_RAM_PRIVATE_FILE };
 
 struct vmm_ops;
 /* The head of every driver's VMM object. */
@@ -73,7 +73,7 @@ struct vmm {
 
 struct vmm_ops {
 	const char *name; /* a template's "backend" */
-	enum vmm_ram ram;
+	bool ram_base; /* restores can map a sealed base privately (spec.ram_fd) */
 	/*
 	 * What a snapshot this driver writes needs to be restored (part of a
 	 * template's identity: a snapshot is used only by the same capability).
@@ -96,12 +96,14 @@ struct vmm_ops {
 	/* Waits until the guest's vCPUs run (after a restore). */
 	int (*wait_running)(struct vmm *v, unsigned timeout_ms);
 	/*
-	 * Pauses and writes device state to state_path (guest RAM as enum
-	 * vmm_ram says): complete when it returns, not synced (the vCPUs stay
-	 * stopped until a resume: a caller that needs it on disk past a power
-	 * loss syncs it, fsync_file, outside that stop where it can).
+	 * Pauses and writes device state to state_path; afterwards mem_path
+	 * (the file the VMM was given) holds the guest's RAM as it stands (a
+	 * VMM on a private base writes the pages the guest changed into it).
+	 * Complete when it returns, not synced (the vCPUs stay stopped until a
+	 * resume: a caller that needs it on disk past a power loss syncs it,
+	 * fsync_file, outside that stop where it can).
 	 */
-	int (*snapshot)(struct vmm *v, const char *state_path, unsigned timeout_ms);
+	int (*snapshot)(struct vmm *v, const char *state_path, const char *mem_path, unsigned timeout_ms);
 	pid_t (*pid)(struct vmm *v);
 	/* False once the process has exited (not reaped yet, or reaped). */
 	bool (*alive)(struct vmm *v);
@@ -167,9 +169,9 @@ static inline int vmm_wait_running(struct vmm *v, unsigned timeout_ms)
 {
 	return v->ops->wait_running(v, timeout_ms);
 }
-static inline int vmm_snapshot(struct vmm *v, const char *state_path, unsigned timeout_ms)
+static inline int vmm_snapshot(struct vmm *v, const char *state_path, const char *mem_path, unsigned timeout_ms)
 {
-	return v->ops->snapshot(v, state_path, timeout_ms);
+	return v->ops->snapshot(v, state_path, mem_path, timeout_ms);
 }
 static inline pid_t vmm_pid(struct vmm *v)
 {

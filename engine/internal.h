@@ -248,6 +248,12 @@ struct vm_launch {
 	const char *name; /* for the process name */
 	const char *dir, *rundir, *disk;
 	int state_fd;	   /* device state to restore; -1 boots cold */
+	/*
+	 * A restore from a template's snapshot: the snapshot memory's sealed base
+	 * (template_snapshot_clone's ram_fd) for the VMM to map privately. 0 (a
+	 * launch that leaves it out) or -1: none, the VMM maps dir's memory file.
+	 */
+	int ram_fd;
 	struct netslot **net; /* cfg->net: the slot to run in; claimed into it (under e->lock) if NULL */
 	char *const *egress; /* a claimed slot's policy: *egress (under e->lock; a sandbox's own), else cfg->egress */
 	const atomic_bool *cancel;
@@ -416,8 +422,14 @@ json_object *pool_status_json(struct template *t);
  * Clones the template's snapshot (checked first: state digest, memory size)
  * into mem_dst and disk_dst (disk_dst may be NULL), and opens its device state.
  */
+/*
+ * Checks the template's snapshot and clones its memory and disk to mem_dst
+ * and disk_dst (NULL: none); *ret_state_fd reads its device state and
+ * *ret_ram_fd is its memory's sealed base for the VMM to map (-1 where the
+ * template's driver maps its own file). Both the caller's to close.
+ */
 int template_snapshot_clone(struct template *t, const char *mem_dst, const char *disk_dst,
-			    enum clone_method *ret_method, int *ret_state_fd, char **ret_why);
+			    enum clone_method *ret_method, int *ret_state_fd, int *ret_ram_fd, char **ret_why);
 
 int template_clone_rootfs(struct template *t, const char *rootfs, const char *dst, enum clone_method *ret_method);
 int template_install_snapshot(struct template *t, const char *newdir, struct timings *tm);
@@ -432,6 +444,14 @@ struct template {
 	char *snapdir;	/* dir/snapshot */
 	pthread_rwlock_t snap_lock; /* held for reading while a create clones the snapshot */
 	atomic_bool snap_checked;   /* the snapshot's checksums were verified since the daemon started (or the bake) */
+	/*
+	 * The snapshot memory's sealed base (ram.h) that restores map privately,
+	 * made at the first restore of a snapshot (ram_digest: its state's
+	 * SHA-256); -1: none yet. ram_lock: its making and swapping.
+	 */
+	pthread_mutex_t ram_lock;
+	int ram_fd;
+	char ram_digest[65];
 
 	/* protected by e->lock */
 	struct template_config cfg;
@@ -667,6 +687,12 @@ struct digest_entry {
  * microvm gives the guest nothing to calibrate against, and a guest that
  * guesses hangs in calibrate_delay). Free *owned after the spawn.
  */
+/*
+ * qemu.c: the length of a QEMU migration stream's header and configuration
+ * section in b (n bytes, a section must follow it); -EPROTO if it is not one
+ * or holds a field the driver does not know.
+ */
+int qemu_stream_head_len(const uint8_t *b, size_t n, size_t *ret);
 int engine_spec_init(struct engine *e, const struct template_config *cfg, struct vmm_spec *spec, char **owned);
 /* -ENOSPC (with the figures in *ret_why) if a new VM of mem_mib would leave the store below its reserve. */
 int engine_store_admit(struct engine *e, unsigned mem_mib, char **ret_why);

@@ -331,7 +331,8 @@ static void __attribute__((noreturn)) spawn_child(const struct child_args *c)
 		goto fail;
 	if (s->incoming_fd >= 0 && (fds[FD_INCOMING] = high(dup(s->incoming_fd))) < 0)
 		goto fail;
-	if ((fds[FD_MEM] = open_high(s->mem_path, O_RDWR, c->uid)) < 0 ||
+	/* a sealed base is opened again by the VMM's user too: a memfd's mode lets it, its seals keep it unwritten */
+	if ((fds[FD_MEM] = s->ram_fd >= 0 ? high(dup(s->ram_fd)) : open_high(s->mem_path, O_RDWR, c->uid)) < 0 ||
 	    (s->disk_path && (fds[FD_DISK] = open_high(s->disk_path, O_RDWR, c->uid)) < 0) ||
 	    (fds[FD_CONSOLE] = open_high(s->console_path, O_WRONLY | O_APPEND | O_CREAT, c->uid)) < 0 ||
 	    (fds[FD_KERNEL] = high(open(s->cfg->kernel, O_RDONLY | O_CLOEXEC))) < 0 ||

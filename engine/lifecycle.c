@@ -381,11 +381,11 @@ static int op_start(struct sandbox *s)
 static int op_hibernate(struct sandbox *s)
 {
 	struct engine *e = s->e;
-	_cleanup_free_ char *state = vm_file(s->dir, VM_HIBERNATE), *tmp = NULL;
+	_cleanup_free_ char *state = vm_file(s->dir, VM_HIBERNATE), *tmp = NULL, *mem = vm_file(s->dir, VM_MEM);
 	uint64_t t0 = now_ns();
 	int r;
 
-	if (!state || !(tmp = strjoin(state, ".tmp", NULL)))
+	if (!state || !mem || !(tmp = strjoin(state, ".tmp", NULL)))
 		return -ENOMEM;
 	pthread_mutex_lock(&e->lock);
 	{
@@ -413,8 +413,8 @@ static int op_hibernate(struct sandbox *s)
 		return r;
 	}
 	sandbox_usage_sample(s); /* the figures its usage file shows while it sleeps */
-	/* device state: migration stops the vCPUs; the RAM is in its file already */
-	r = vmm_snapshot(s->vmm, tmp, QMP_TIMEOUT_MS);
+	/* device state (the vCPUs stop); the RAM is in its file already, or written there (a private base) */
+	r = vmm_snapshot(s->vmm, tmp, mem, QMP_TIMEOUT_MS);
 	if (r == 0)
 		r = fsync_file(tmp); /* the only copy of its device state from now on */
 	if (r == 0 && rename(tmp, state) < 0)
@@ -526,7 +526,7 @@ static int op_fork(struct sandbox *s, const char *name)
 	has_disk = template_has_disk(s->tpl);
 	pthread_mutex_unlock(&e->lock);
 	r = !state || !mem || !cmem || !disk || !cdisk ? -ENOMEM : mkdir_p(c->dir, 0700);
-	if (r == 0 && (r = vmm_snapshot(s->vmm, state, QMP_TIMEOUT_MS)) < 0)
+	if (r == 0 && (r = vmm_snapshot(s->vmm, state, mem, QMP_TIMEOUT_MS)) < 0)
 		set_ctl_error(s, "fork %s: snapshot failed: %s", name, strerror(-r));
 	/* the parent is stopped now: its memory and disk files are consistent */
 	if (r == 0 && (r = store_clone(&e->store, mem, cmem, &m)) < 0)
@@ -607,7 +607,7 @@ static int op_template(struct sandbox *s, const char *name)
 	disk = vm_file(s->dir, VM_DISK);
 	cdisk = newdir ? vm_file(newdir, VM_DISK) : NULL;
 	r = !newdir || !state || !mem || !cmem || !disk || !cdisk ? -ENOMEM : mkdir_p(newdir, 0700);
-	if (r == 0 && ((r = vmm_snapshot(s->vmm, state, QMP_TIMEOUT_MS)) < 0 || (r = fsync_file(state)) < 0))
+	if (r == 0 && ((r = vmm_snapshot(s->vmm, state, mem, QMP_TIMEOUT_MS)) < 0 || (r = fsync_file(state)) < 0))
 		set_ctl_error(s, "template %s: snapshot failed: %s", name, strerror(-r));
 	if (r == 0 && (r = store_clone(&e->store, mem, cmem, &m)) < 0)
 		set_ctl_error(s, "template %s: cloning memory failed: %s", name, strerror(-r));

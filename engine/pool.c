@@ -422,7 +422,7 @@ static int slot_prepare_steps(struct template *t, struct slot_job *j, struct slo
 {
 	struct engine *e = t->e;
 	_cleanup_free_ char *mem = vm_file(sl->dir, VM_MEM), *disk = NULL;
-	_cleanup_close_ int state_fd = -1;
+	_cleanup_close_ int state_fd = -1, ram_fd = -1;
 	enum clone_method m = CLONE_COPY;
 	struct slot_start st = { .t = t, .sl = sl };
 	const char *step;
@@ -437,13 +437,13 @@ static int slot_prepare_steps(struct template *t, struct slot_job *j, struct slo
 		*ret_why = strdup("cannot make its directories");
 		return r;
 	}
-	if ((r = template_snapshot_clone(t, mem, disk, &m, &state_fd, ret_why)) < 0)
+	if ((r = template_snapshot_clone(t, mem, disk, &m, &state_fd, &ram_fd, ret_why)) < 0)
 		return r;
 	sl->clone_method = clone_method_name(m);
 	slot_lap(t, sl, "clone");
 	{
 		const struct vm_launch l = { .cfg = &j->cfg, .name = t->name, .dir = sl->dir, .rundir = sl->rundir,
-					     .disk = disk, .state_fd = state_fd, .net = &sl->net,
+					     .disk = disk, .state_fd = state_fd, .ram_fd = ram_fd, .net = &sl->net,
 					     .cancel = &t->pool_cancel, .publish = slot_publish, .event = slot_event,
 					     .arg = &st };
 

@@ -5,6 +5,12 @@
  * Guest RAM lives in a file mapped shared (memory-backend-file, share=on) and
  * migration runs with x-ignore-shared, so a snapshot carries only device state
  * (tens of KiB) and a restore maps the RAM file lazily instead of reading it.
+ * A restore from a template's snapshot maps the snapshot memory's sealed base
+ * privately instead (share=off: clones share what they did not write, ram.h);
+ * its snapshot saves device state alone (xen-save-devices-state, which leaves
+ * RAM out whatever its mapping) and writes the guest's own pages into the
+ * sandbox's memory file, and the stream gets the configuration section the
+ * stream it was restored from began with (kept next to its control socket).
  * The process is started, confined and tracked by jail.c, as every driver's.
  */
 #include <fcntl.h>
@@ -21,6 +27,7 @@
 #include "config.h"
 #include "internal.h"
 #include "jail.h"
+#include "ram.h"
 
 extern char **environ;
 
@@ -122,7 +129,8 @@ static void build_args(const char *binary, const struct vmm_spec *s, struct args
 	args_add(a, "-m");
 	args_add(a, "%uM", c->mem_mib);
 	args_add(a, "-object");
-	args_add(a, "memory-backend-file,id=mem,size=%uM,mem-path=/proc/self/fd/%d,share=on", c->mem_mib, FD_MEM);
+	args_add(a, "memory-backend-file,id=mem,size=%uM,mem-path=/proc/self/fd/%d,share=%s", c->mem_mib, FD_MEM,
+		 s->ram_fd >= 0 ? "off" : "on");
 	args_add(a, "-nodefaults");
 	args_add(a, "-no-reboot"); /* a guest that panics or reboots ends its VMM: the supervisor sees it */
 	args_add(a, "-no-user-config");
@@ -173,6 +181,80 @@ static void build_args(const char *binary, const struct vmm_spec *s, struct args
 	a->v[a->n] = NULL;
 }
 
+static uint32_t be32(const uint8_t *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+int qemu_stream_head_len(const uint8_t *b, size_t n, size_t *ret)
+{
+	size_t p = 9;
+
+	if (n < 13 || memcmp(b, "QEVM\0\0\0\3", 8) != 0 || b[8] != 0x07 /* QEMU_VM_CONFIGURATION */)
+		return -EPROTO;
+	p += 4 + (size_t)be32(b + 9); /* the machine type's name */
+	while (p < n && b[p] == 0x05 /* QEMU_VM_SUBSECTION: id length, id, version, fields */) {
+		char id[256];
+		size_t l;
+
+		if (p + 2 > n || p + 2 + (l = b[p + 1]) + 4 > n)
+			return -EPROTO;
+		memcpy(id, b + p + 2, l);
+		id[l] = '\0';
+		p += 2 + l + 4;
+		if (strcmp(id, "configuration/capabilities") == 0) {
+			uint32_t count;
+
+			if (p + 4 > n || (count = be32(b + p)) > 64)
+				return -EPROTO;
+			p += 4;
+			for (uint32_t i = 0; i < count; i++) {
+				if (p >= n)
+					return -EPROTO;
+				p += 1 + (size_t)b[p];
+			}
+		} else if (strcmp(id, "configuration/target-page-bits") == 0) {
+			p += 4;
+		} else if (strcmp(id, "configuration/uuid") == 0) {
+			p += 16;
+		} else {
+			return -EPROTO; /* a field this driver does not know: never guess its length */
+		}
+	}
+	if (p >= n) /* a section follows the configuration */
+		return -EPROTO;
+	*ret = p;
+	return 0;
+}
+
+static char *head_path(const char *control_path)
+{
+	return strjoin(control_path, ".head", NULL);
+}
+
+/*
+ * A VMM on a private base: the stream's header and configuration section,
+ * kept next to its control socket (an adopting daemon finds it there too),
+ * what its device-state-only snapshots are prefixed with.
+ */
+static int keep_stream_head(const struct vmm_spec *s)
+{
+	_cleanup_free_ char *path = head_path(s->control_path);
+	uint8_t b[4096];
+	ssize_t n = pread(s->incoming_fd, b, sizeof(b), 0);
+	size_t len;
+
+	if (!path)
+		return -ENOMEM;
+	if (n < 0)
+		return -errno;
+	if (qemu_stream_head_len(b, (size_t)n, &len) < 0) {
+		log_warn("qemu: the snapshot's stream does not begin with a configuration section this driver reads");
+		return -EPROTO;
+	}
+	return write_file_atomic(path, (const char *)b, len, false);
+}
+
 static int qemu_spawn(const char *binary, const struct vmm_spec *s, struct vmm **ret)
 {
 	_cleanup_free_ struct qemu *v = calloc(1, sizeof(*v));
@@ -181,6 +263,12 @@ static int qemu_spawn(const char *binary, const struct vmm_spec *s, struct vmm *
 
 	if (!v)
 		return -ENOMEM;
+	if (s->ram_fd >= 0) { /* a private base is only ever restored onto */
+		if (s->incoming_fd < 0)
+			return -EINVAL;
+		if ((r = keep_stream_head(s)) < 0)
+			return r;
+	}
 	build_args(binary, s, &a);
 	r = jail_spawn("QEMU", binary, s, a.v, &v->proc);
 	args_free(&a);
@@ -458,14 +546,117 @@ static int qemu_wait_running(struct vmm *vm, unsigned timeout_ms)
 	}
 }
 
-static int qemu_snapshot(struct vmm *vm, const char *state_path, unsigned timeout_ms)
+#define DEVICE_STATE_MAX (64u << 20)
+
+/*
+ * The device state alone, as xen-save-devices-state writes it (a stream of
+ * its own: header, device sections, end), to path through an fd set (the
+ * VMM opens nothing of ours by path). The vCPUs are stopped.
+ */
+static int save_device_state(struct qemu *v, const char *path, unsigned timeout_ms)
 {
-	struct qemu *v = to_qemu(vm);
-	uint64_t deadline = now_ns() + (uint64_t)timeout_ms * 1000000;
-	_cleanup_close_ int fd = open(state_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	int r;
+	_cleanup_close_ int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	_cleanup_json_ json_object *added = NULL;
+	json_object *x;
+	char cmd[160];
+	int set, r, r2;
 
 	if (fd < 0)
+		return -errno;
+	if ((r = qmp_exec(v, "{\"execute\":\"add-fd\"}", fd, timeout_ms, &added)) < 0)
+		return r;
+	if (!json_object_object_get_ex(added, "fdset-id", &x))
+		return -EPROTO;
+	set = json_object_get_int(x);
+	/* live=false: true would also give up the disk's locks, for another host's QEMU to take */
+	snprintf(cmd, sizeof(cmd),
+		 "{\"execute\":\"xen-save-devices-state\",\"arguments\":{\"filename\":\"/dev/fdset/%d\",\"live\":false}}", set);
+	r = qmp_exec(v, cmd, -1, timeout_ms, NULL);
+	snprintf(cmd, sizeof(cmd), "{\"execute\":\"remove-fd\",\"arguments\":{\"fdset-id\":%d}}", set);
+	r2 = qmp_exec(v, cmd, -1, timeout_ms, NULL);
+	return r < 0 ? r : r2;
+}
+
+/* head (the configuration the VMM was restored with) + the device sections of dev (after its own header) */
+static int compose_state(const char *head, const char *dev, const char *state_path)
+{
+	_cleanup_free_ char *h = NULL, *d = NULL;
+	_cleanup_free_ uint8_t *all = NULL;
+	size_t hl, dl, got;
+	int r;
+
+	if ((r = read_file(head, 4096, &h, &hl)) < 0 || (r = read_file(dev, DEVICE_STATE_MAX, &d, &dl)) < 0)
+		return r;
+	if (dl < 9 || memcmp(d, "QEVM\0\0\0\3", 8) != 0)
+		return -EPROTO;
+	if (!(all = malloc(hl + dl - 8)))
+		return -ENOMEM;
+	memcpy(all, h, hl);
+	memcpy(all + hl, d + 8, dl - 8);
+	/* the head is a whole configuration section, and only that */
+	if (qemu_stream_head_len(all, hl + dl - 8, &got) < 0 || got != hl)
+		return -EPROTO;
+	{
+		_cleanup_close_ int out = open(state_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+		size_t n = hl + dl - 8;
+
+		if (out < 0)
+			return -errno;
+		for (const uint8_t *p = all; n > 0;) {
+			ssize_t w = write(out, p, n);
+
+			if (w < 0 && errno == EINTR)
+				continue;
+			if (w <= 0)
+				return w < 0 ? -errno : -EIO;
+			p += w;
+			n -= (size_t)w;
+		}
+	}
+	return 0;
+}
+
+/*
+ * A VMM on a private base (mapped at addr, len bytes): stop, device state,
+ * the guest's own pages into mem_path, the stream composed.
+ */
+static int snapshot_private(struct qemu *v, uint64_t addr, uint64_t len, const char *state_path, const char *mem_path,
+			    unsigned timeout_ms)
+{
+	_cleanup_free_ char *dev = strjoin(state_path, ".dev", NULL), *head = head_path(v->qmp_path);
+	_cleanup_close_ int mem = -1;
+	uint64_t pages = 0;
+	int r;
+
+	if (!dev || !head)
+		return -ENOMEM;
+	if ((r = qmp_exec(v, "{\"execute\":\"stop\"}", -1, timeout_ms, NULL)) < 0)
+		return r;
+	r = save_device_state(v, dev, timeout_ms);
+	if (r == 0 && (mem = open(mem_path, O_WRONLY | O_CLOEXEC)) < 0)
+		r = -errno;
+	if (r == 0)
+		r = ram_write_private(v->proc.pid, addr, len, mem, &pages);
+	if (r == 0)
+		r = compose_state(head, dev, state_path);
+	unlink(dev);
+	if (r == 0)
+		log_debug("qemu: snapshot of a private base: %" PRIu64 " pages of the guest's own", pages);
+	return r;
+}
+
+static int qemu_snapshot(struct vmm *vm, const char *state_path, const char *mem_path, unsigned timeout_ms)
+{
+	struct qemu *v = to_qemu(vm);
+	uint64_t deadline = now_ns() + (uint64_t)timeout_ms * 1000000, addr, len;
+	_cleanup_close_ int fd = -1;
+	int r;
+
+	if ((r = ram_base_find(v->proc.pid, &addr, &len)) == 0)
+		return snapshot_private(v, addr, len, state_path, mem_path, timeout_ms);
+	if (r != -ENOENT)
+		return r;
+	if ((fd = open(state_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) < 0)
 		return -errno;
 	/*
 	 * No "stop" first: migration stops the vCPUs itself before it saves device
@@ -593,7 +784,7 @@ static int qemu_adopt(pid_t pid, int pidfd, const char *control_path, char **cgd
 
 const struct vmm_ops qemu_ops = {
 	.name = "qemu",
-	.ram = VMM_RAM_SHARED_FILE,
+	.ram_base = true,
 	.restore_capability = "qemu-x-ignore-shared-v1",
 	.default_binary = QEMU_BINARY,
 	.version = qemu_version,

@@ -219,6 +219,7 @@ struct job {
 	struct template_config cfg;
 	char *mem, *disk, *state_path;
 	int state_fd;
+	int ram_fd; /* a restore from the template's snapshot: its memory's sealed base, or -1 */
 	enum clone_method method;
 };
 
@@ -230,6 +231,8 @@ static void job_clear(struct job *j)
 	free(j->state_path);
 	if (j->state_fd >= 0)
 		close(j->state_fd);
+	if (j->ram_fd >= 0)
+		close(j->ram_fd);
 }
 
 /* Picks restore or cold under the lock, with the reason. */
@@ -262,7 +265,7 @@ static int job_clone_snapshot(struct job *j)
 	struct engine *e = s->e;
 	char *why = NULL;
 
-	if (template_snapshot_clone(s->tpl, j->mem, j->disk, &j->method, &j->state_fd, &why) < 0) {
+	if (template_snapshot_clone(s->tpl, j->mem, j->disk, &j->method, &j->state_fd, &j->ram_fd, &why) < 0) {
 		/* A bad snapshot is a reason to boot cold, never to fail the create. */
 		pthread_mutex_lock(&e->lock);
 		free(s->path_reason);
@@ -471,6 +474,7 @@ static int job_paths(struct job *j)
 	struct sandbox *s = j->s;
 
 	j->state_fd = -1;
+	j->ram_fd = -1;
 	j->mem = vm_file(s->dir, VM_MEM);
 	j->disk = vm_file(s->dir, VM_DISK);
 	if (!j->mem || !j->disk)
@@ -555,7 +559,8 @@ static int job_start(struct job *j, const char **step)
 	struct sandbox *s = j->s;
 	_cleanup_free_ char *why = NULL;
 	const struct vm_launch l = { .cfg = &j->cfg, .name = s->name, .dir = s->dir, .rundir = s->rundir,
-				     .disk = j->disk, .state_fd = j->restore ? j->state_fd : -1, .net = &s->net,
+				     .disk = j->disk, .state_fd = j->restore ? j->state_fd : -1,
+				     .ram_fd = j->restore ? j->ram_fd : -1, .net = &s->net,
 				     .egress = &s->settings.egress, .cancel = &s->cancel, .publish = create_publish, .event = create_event, .arg = j };
 	int r = vm_start(s->e, &l, step, &why);
 
@@ -806,7 +811,7 @@ static void *sandbox_main(void *arg)
 {
 	struct sandbox *s = arg;
 	struct engine *e = s->e;
-	struct job j = { .s = s, .state_fd = -1 };
+	struct job j = { .s = s, .state_fd = -1, .ram_fd = -1 };
 	const char *step = "start";
 	struct waiter *w;
 	int r;

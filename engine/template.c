@@ -14,6 +14,7 @@
 
 #include "dockerfile.h"
 #include "internal.h"
+#include "ram.h"
 #include "parse.h"
 
 
@@ -189,6 +190,8 @@ int template_new(struct engine *e, const char *name, const char *config, bool pe
 	snprintf(t->name, sizeof(t->name), "%s", name);
 	t->e = e;
 	pthread_rwlock_init(&t->snap_lock, NULL);
+	pthread_mutex_init(&t->ram_lock, NULL);
+	t->ram_fd = -1;
 	pthread_cond_init(&t->cond, NULL);
 	pthread_cond_init(&t->pool_cond, NULL);
 	t->dir = strjoin(e->store.root, "/templates/", name, NULL);
@@ -234,6 +237,9 @@ void template_unref(struct template *t)
 		free(t->dir);
 		free(t->snapdir);
 		pthread_rwlock_destroy(&t->snap_lock);
+		if (t->ram_fd >= 0)
+			close(t->ram_fd);
+		pthread_mutex_destroy(&t->ram_lock);
 		pthread_cond_destroy(&t->cond);
 		pthread_cond_destroy(&t->pool_cond);
 		free(t->pool_error);
@@ -340,32 +346,68 @@ static int verify_snapshot(struct template *t, const char *state, const char *me
 	return 0;
 }
 
+/*
+ * A new reference to the sealed base of the snapshot whose state has digest
+ * (made from mem the first time). Under snap_lock (read): the snapshot does
+ * not change meanwhile.
+ */
+static int snapshot_ram_base(struct template *t, const char *mem, uint64_t size, const char *digest, int *ret_fd)
+{
+	uint64_t t0 = now_ns(), copied = 0;
+	int r = 0, fd;
+
+	pthread_mutex_lock(&t->ram_lock);
+	if (t->ram_fd < 0 || strcmp(t->ram_digest, digest) != 0) {
+		if (t->ram_fd >= 0) /* an earlier snapshot's: its VMMs hold their own references */
+			close(t->ram_fd);
+		t->ram_fd = -1;
+		if ((r = ram_base_create(mem, size, &fd, &copied)) == 0) {
+			t->ram_fd = fd;
+			snprintf(t->ram_digest, sizeof(t->ram_digest), "%s", digest);
+			log_info("template %s: the snapshot's memory is shared by its clones (%" PRIu64 " MiB in %.1f ms)",
+				 t->name, copied >> 20, (double)(now_ns() - t0) / 1e6);
+		}
+	}
+	if (r == 0 && (*ret_fd = fcntl(t->ram_fd, F_DUPFD_CLOEXEC, 3)) < 0)
+		r = -errno;
+	pthread_mutex_unlock(&t->ram_lock);
+	return r;
+}
+
 int template_snapshot_clone(struct template *t, const char *mem_dst, const char *disk_dst,
-			    enum clone_method *ret_method, int *ret_state_fd, char **ret_why)
+			    enum clone_method *ret_method, int *ret_state_fd, int *ret_ram_fd, char **ret_why)
 {
 	struct engine *e = t->e;
 	_cleanup_free_ char *smem = vm_file(t->snapdir, VM_MEM);
 	_cleanup_free_ char *sdisk = vm_file(t->snapdir, VM_DISK);
 	_cleanup_free_ char *sstate = strjoin(t->snapdir, "/state", NULL);
+	const struct engine_driver *d;
 	struct bake_info b;
-	int r, fd = -1;
+	bool base;
+	int r, fd = -1, ram = -1;
 
 	if (!smem || !sdisk || !sstate)
 		return -ENOMEM;
 	pthread_mutex_lock(&e->lock);
 	b = t->bake;
 	b.baked_at = NULL; /* not ours */
+	base = (d = engine_driver(e, t->cfg.backend, NULL)) && d->ops->ram_base;
 	pthread_mutex_unlock(&e->lock);
 	pthread_rwlock_rdlock(&t->snap_lock);
 	r = verify_snapshot(t, sstate, smem, disk_dst ? sdisk : NULL, &b, ret_why);
+	/* the memory file too: what a snapshot of the restored VMM writes the guest's own pages into */
 	if (r == 0)
 		r = store_clone(&e->store, smem, mem_dst, ret_method);
 	if (r == 0 && disk_dst)
 		r = store_clone(&e->store, sdisk, disk_dst, ret_method);
 	if (r == 0 && (fd = open(sstate, O_RDONLY | O_CLOEXEC)) < 0)
 		r = -errno;
+	if (r == 0 && base && (r = snapshot_ram_base(t, smem, b.mem_size, b.state_digest, &ram)) < 0)
+		why_set(ret_why, r, "snapshot memory: cannot make its shared base: %s", strerror(-r));
 	pthread_rwlock_unlock(&t->snap_lock);
 	if (r < 0) {
+		if (fd >= 0)
+			close(fd);
 		unlink(mem_dst);
 		if (disk_dst)
 			unlink(disk_dst);
@@ -374,6 +416,7 @@ int template_snapshot_clone(struct template *t, const char *mem_dst, const char 
 		return r;
 	}
 	*ret_state_fd = fd;
+	*ret_ram_fd = ram;
 	return 0;
 }
 
@@ -638,12 +681,12 @@ static int bake_boot_and_snapshot(struct bake_ctx *b, const char *disk)
 {
 	struct template *t = b->t;
 	struct engine *e = t->e;
-	_cleanup_free_ char *state = strjoin(b->newdir, "/state", NULL);
+	_cleanup_free_ char *state = strjoin(b->newdir, "/state", NULL), *mem = vm_file(b->newdir, VM_MEM);
 	struct booted vm;
 	const char *step = "prepare";
 	int r;
 
-	if (!state)
+	if (!state || !mem)
 		return -ENOMEM;
 	r = boot_cold(e, &b->cfg, t->name, b->newdir, b->rundir, disk, &t->bake_cancel, &t->bake_vmm, &vm, &step,
 		      &b->error);
@@ -669,7 +712,7 @@ static int bake_boot_and_snapshot(struct bake_ctx *b, const char *disk)
 	}
 	if (r == 0) {
 		step = "snapshot";
-		r = vmm_snapshot(vm.v, state, QMP_TIMEOUT_MS);
+		r = vmm_snapshot(vm.v, state, mem, QMP_TIMEOUT_MS);
 		if (r == 0)
 			r = fsync_file(state);
 		timings_lap(&b->tm, "snapshot");

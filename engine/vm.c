@@ -29,7 +29,8 @@ int vm_start(struct engine *e, const struct vm_launch *l, const char **ret_step,
 	const bool restore = l->state_fd >= 0;
 	struct vmm_spec spec = { .cfg = l->cfg, .accel = e->accel, .name = l->name, .mem_path = mem,
 				 .disk_path = l->disk, .control_path = qmp, .agent_path = agent, .console_path = con,
-				 .log_path = log, .incoming_fd = l->state_fd, .netns_fd = -1 };
+				 .log_path = log, .incoming_fd = l->state_fd, .netns_fd = -1,
+				 .ram_fd = l->ram_fd > 0 && restore ? l->ram_fd : -1 };
 	const struct engine_driver *d;
 	struct agent_client *ac = NULL;
 	struct vmm *v = NULL;
@@ -40,6 +41,8 @@ int vm_start(struct engine *e, const struct vm_launch *l, const char **ret_step,
 		return -ENOMEM;
 	if (!(d = engine_driver(e, l->cfg->backend, ret_why)))
 		return -EINVAL;
+	if (!d->ops->ram_base)
+		spec.ram_fd = -1;
 	if ((r = engine_spec_init(e, l->cfg, &spec, &cmdline)) < 0)
 		return r;
 	if (l->cfg->net) {

@@ -160,7 +160,7 @@ static void backends(void **state)
 
 	(void)state;
 	assert_non_null(q);
-	assert_int_equal(q->ram, VMM_RAM_SHARED_FILE);
+	assert_true(q->ram_base);
 	assert_string_equal(q->restore_capability, "qemu-x-ignore-shared-v1");
 	assert_ptr_equal(vmm_drivers_builtin()[0], q);
 	assert_null(vmm_drivers_builtin()[1]); /* keep in step with drivers.c */

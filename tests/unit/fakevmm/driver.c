@@ -384,7 +384,7 @@ static int fake_wait_running(struct vmm *vm, unsigned timeout_ms)
 }
 
 /* The VMM pauses and answers its device state; written here as the state file. */
-static int fake_snapshot(struct vmm *vm, const char *state_path, unsigned timeout_ms)
+static int fake_snapshot(struct vmm *vm, const char *state_path, const char *mem_path, unsigned timeout_ms)
 {
 	_cleanup_close_ int fd = -1;
 	char state[512];
@@ -485,7 +485,7 @@ static int fake_adopt(pid_t pid, int pidfd, const char *control_path, char **cgd
 
 const struct vmm_ops fake_vmm_ops = {
 	.name = "fake",
-	.ram = VMM_RAM_SHARED_FILE,
+	.ram_base = false,
 	.restore_capability = "fakevmm-state-v1",
 	.default_binary = FAKEVMM_BINARY,
 	.version = fake_version,

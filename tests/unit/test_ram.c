@@ -1,0 +1,256 @@
+/*
+ * Guest RAM shared between clones (engine/ram.c): the sealed base, finding
+ * it in a process, writing back the pages a process copied on write; and
+ * the QEMU stream head a device-state-only snapshot is prefixed with.
+ */
+#include <fcntl.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "internal.h"
+#include "ram.h"
+
+#define PG 4096
+#define SIZE (4u << 20)
+
+static char src[] = "/tmp/emberfs-test-ram-XXXXXX";
+
+/* A 4 MiB file: page 0 and pages 256..258 hold data, the rest is a hole. */
+static int setup(void **state)
+{
+	int fd = mkstemp(src);
+	uint8_t page[PG];
+
+	(void)state;
+	assert_true(fd >= 0);
+	assert_int_equal(ftruncate(fd, SIZE), 0);
+	memset(page, 0x11, sizeof(page));
+	assert_int_equal(pwrite(fd, page, PG, 0), PG);
+	for (int i = 256; i < 259; i++) {
+		memset(page, i & 0xff, sizeof(page));
+		assert_int_equal(pwrite(fd, page, PG, (off_t)i * PG), PG);
+	}
+	close(fd);
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	(void)state;
+	unlink(src);
+	return 0;
+}
+
+static void same_as_src(int fd)
+{
+	int s = open(src, O_RDONLY);
+	static uint8_t a[SIZE], b[SIZE];
+
+	assert_true(s >= 0);
+	assert_int_equal(pread(s, a, SIZE, 0), SIZE);
+	assert_int_equal(pread(fd, b, SIZE, 0), SIZE);
+	assert_memory_equal(a, b, SIZE);
+	close(s);
+}
+
+/* The base holds the file's bytes, copies only its data, and nothing can change it. */
+static void base_sealed(void **state)
+{
+	uint64_t copied = 0;
+	int fd = -1;
+	void *p;
+
+	(void)state;
+	assert_int_equal(ram_base_create(src, SIZE, &fd, &copied), 0);
+	assert_int_equal(copied, 4 * PG);
+	same_as_src(fd);
+	assert_int_equal(write(fd, "x", 1), -1);
+	assert_int_equal(errno, EPERM);
+	assert_int_equal(ftruncate(fd, SIZE / 2), -1);
+	assert_int_equal(ftruncate(fd, SIZE * 2), -1);
+	assert_true(mmap(NULL, SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) == MAP_FAILED);
+	/* a private writable mapping is what a VMM makes: allowed, and its writes stay its own */
+	p = mmap(NULL, SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+	assert_true(p != MAP_FAILED);
+	memset(p, 0x77, PG);
+	munmap(p, SIZE);
+	same_as_src(fd);
+	close(fd);
+	/* 0: the file's own size; a wrong size is refused */
+	assert_int_equal(ram_base_create(src, 0, &fd, NULL), 0);
+	close(fd);
+	assert_int_equal(ram_base_create(src, SIZE + PG, &fd, NULL), -EINVAL);
+	assert_int_equal(ram_base_create("/nonexistent/emberfs", SIZE, &fd, NULL), -ENOENT);
+}
+
+/*
+ * A child maps the base privately (as QEMU does with share=off), writes
+ * pages 3 and 10..12, reads page 256 and stops: its own pages, and only
+ * those, are written back.
+ */
+static void write_back(void **state)
+{
+	static uint8_t want[SIZE], got[SIZE];
+	uint64_t addr = 0, len = 0, pages = 0;
+	int base = -1, out, st, pfd[2];
+	char tmp[] = "/tmp/emberfs-test-ramout-XXXXXX";
+	pid_t pid;
+
+	(void)state;
+	assert_int_equal(ram_base_create(src, SIZE, &base, NULL), 0);
+	assert_int_equal(pipe(pfd), 0);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		volatile uint8_t *p = mmap(NULL, SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE, base, 0);
+		uint8_t sum = 0;
+
+		if (p == MAP_FAILED)
+			_exit(1);
+		memset((void *)(p + 3 * PG), 0xa3, PG);
+		for (int i = 10; i < 13; i++)
+			memset((void *)(p + i * PG), 0xa0 + i, PG);
+		sum = p[256 * PG];
+		if (write(pfd[1], &sum, 1) != 1)
+			_exit(1);
+		for (;;)
+			pause();
+	}
+	close(pfd[1]);
+	{
+		uint8_t c;
+		assert_int_equal(read(pfd[0], &c, 1), 1);
+		assert_int_equal(c, 0);
+	}
+	close(pfd[0]);
+	kill(pid, SIGSTOP);
+	assert_int_equal(waitpid(pid, &st, WUNTRACED), pid);
+	assert_int_equal(ram_base_find(pid, &addr, &len), 0);
+	assert_int_equal(len, SIZE);
+	out = mkstemp(tmp);
+	assert_true(out >= 0);
+	{
+		int s = open(src, O_RDONLY);
+		assert_int_equal(pread(s, want, SIZE, 0), SIZE);
+		assert_int_equal(pwrite(out, want, SIZE, 0), SIZE);
+		close(s);
+	}
+	assert_int_equal(ram_write_private(pid, addr, len, out, &pages), 0);
+	assert_int_equal(pages, 4);
+	memset(want + 3 * PG, 0xa3, PG);
+	for (int i = 10; i < 13; i++)
+		memset(want + i * PG, 0xa0 + i, PG);
+	assert_int_equal(pread(out, got, SIZE, 0), SIZE);
+	assert_memory_equal(want, got, SIZE);
+	/* bad ranges */
+	assert_int_equal(ram_write_private(pid, addr + 1, len, out, NULL), -EINVAL);
+	assert_int_equal(ram_write_private(pid, addr, len - 1, out, NULL), -EINVAL);
+	kill(pid, SIGKILL);
+	waitpid(pid, &st, 0);
+	assert_int_equal(ram_write_private(pid, addr, len, out, NULL), -ENOENT);
+	close(out);
+	unlink(tmp);
+	close(base);
+}
+
+/* None mapped, or more than one: never a guess. */
+static void find_exactly_one(void **state)
+{
+	uint64_t addr, len;
+	int base = -1;
+	void *a, *b;
+
+	(void)state;
+	assert_int_equal(ram_base_find(getpid(), &addr, &len), -ENOENT);
+	assert_int_equal(ram_base_create(src, SIZE, &base, NULL), 0);
+	a = mmap(NULL, SIZE, PROT_READ, MAP_PRIVATE, base, 0);
+	assert_true(a != MAP_FAILED);
+	assert_int_equal(ram_base_find(getpid(), &addr, &len), 0);
+	assert_int_equal(addr, (uint64_t)(uintptr_t)a);
+	assert_int_equal(len, SIZE);
+	b = mmap(NULL, PG, PROT_READ, MAP_PRIVATE, base, 0);
+	assert_true(b != MAP_FAILED);
+	assert_int_equal(ram_base_find(getpid(), &addr, &len), -EEXIST);
+	munmap(a, SIZE);
+	munmap(b, PG);
+	close(base);
+	assert_int_equal(ram_base_find(999999999, &addr, &len), -ENOENT);
+}
+
+/* The head of a QEMU 7.2 stream with x-ignore-shared, as a bake writes it, then a section. */
+static const uint8_t head[] = { 'Q', 'E', 'V', 'M', 0, 0, 0, 3, 0x07, 0, 0, 0, 7, 'm', 'i', 'c', 'r', 'o', 'v', 'm',
+				0x05, 26, 'c', 'o', 'n', 'f', 'i', 'g', 'u', 'r', 'a', 't', 'i', 'o', 'n', '/',
+				'c', 'a', 'p', 'a', 'b', 'i', 'l', 'i', 't', 'i', 'e', 's', 0, 0, 0, 1, 0, 0, 0, 1,
+				15, 'x', '-', 'i', 'g', 'n', 'o', 'r', 'e', '-', 's', 'h', 'a', 'r', 'e', 'd', 0x01 };
+
+static void stream_head(void **state)
+{
+	uint8_t b[256];
+	size_t n = 0;
+
+	(void)state;
+	assert_int_equal(qemu_stream_head_len(head, sizeof(head), &n), 0);
+	assert_int_equal(n, sizeof(head) - 1);
+	/* no section after it, or cut anywhere: not a head */
+	for (size_t cut = 0; cut < sizeof(head); cut++)
+		assert_int_equal(qemu_stream_head_len(head, cut, &n), -EPROTO);
+	/* another magic or version, no configuration section */
+	memcpy(b, head, sizeof(head));
+	b[7] = 2;
+	assert_int_equal(qemu_stream_head_len(b, sizeof(head), &n), -EPROTO);
+	memcpy(b, head, sizeof(head));
+	b[8] = 0x01;
+	assert_int_equal(qemu_stream_head_len(b, sizeof(head), &n), -EPROTO);
+	/* a subsection it does not know: its length is not guessed */
+	memcpy(b, head, sizeof(head));
+	b[22] = 'C';
+	assert_int_equal(qemu_stream_head_len(b, sizeof(head), &n), -EPROTO);
+	/* a machine name longer than the stream, a capability count too large */
+	memcpy(b, head, sizeof(head));
+	b[9] = 0xff;
+	assert_int_equal(qemu_stream_head_len(b, sizeof(head), &n), -EPROTO);
+	memcpy(b, head, sizeof(head));
+	b[55] = 200;
+	assert_int_equal(qemu_stream_head_len(b, sizeof(head), &n), -EPROTO);
+	/* the page-bits and uuid subsections are read by their sizes */
+	{
+		static const char pb[] = "configuration/target-page-bits";
+		size_t k = sizeof(head) - 1, l = strlen(pb);
+
+		memcpy(b, head, k);
+		b[k++] = 0x05;
+		b[k++] = (uint8_t)l;
+		memcpy(b + k, pb, l);
+		k += l;
+		memset(b + k, 0, 4); /* version */
+		k += 4;
+		memset(b + k, 0, 4); /* bits */
+		b[k + 3] = 12;
+		k += 4;
+		b[k++] = 0x04;
+		assert_int_equal(qemu_stream_head_len(b, k, &n), 0);
+		assert_int_equal(n, k - 1);
+	}
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(base_sealed),
+		cmocka_unit_test(write_back),
+		cmocka_unit_test(find_exactly_one),
+		cmocka_unit_test(stream_head),
+	};
+
+	return cmocka_run_group_tests(tests, setup, teardown);
+}
