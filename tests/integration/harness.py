@@ -139,13 +139,22 @@ def proc_cmdline(pid):
         return []
 
 
-VMM_FD_MEM = 4  # the VMM's guest RAM file (engine/internal.h, FD_MEM)
+VMM_FD_MEM = 4  # the VMM's guest RAM: its file, or a snapshot's sealed base (engine/driver.h, FD_MEM)
+VMM_FD_CONSOLE = 6  # its console file, always in its VM directory (FD_CONSOLE)
 
 
 def vmm_mem_path(pid):
-    """The guest RAM file a VMM holds, or None."""
+    """What a VMM's guest RAM descriptor is (its file, or "/memfd:emberfs-ram-base (deleted)"), or None."""
     try:
         return os.readlink("/proc/%d/fd/%d" % (pid, VMM_FD_MEM))
+    except OSError:
+        return None
+
+
+def vmm_dir(pid):
+    """The VM directory a VMM's files are in (its console's), or None."""
+    try:
+        return os.path.dirname(os.readlink("/proc/%d/fd/%d" % (pid, VMM_FD_CONSOLE)))
     except OSError:
         return None
 
@@ -616,7 +625,7 @@ class Daemon:
         pids = []
         for pid in all_pids():
             argv = proc_cmdline(pid)
-            if argv and "qemu" in os.path.basename(argv[0]) and _under(vmm_mem_path(pid) or "/", self.state):
+            if argv and "qemu" in os.path.basename(argv[0]) and _under(vmm_dir(pid) or "/", self.state):
                 pids.append(pid)
         return pids
 
@@ -689,7 +698,7 @@ class Daemon:
         for p in self._qemu_pids():
             argv = proc_cmdline(p)
             desc = "%d %s" % (p, " ".join(argv[:3]))
-            memdir = os.path.dirname(vmm_mem_path(p) or "")
+            memdir = vmm_dir(p) or ""
             if p in slot_pids or memdir in slot_dirs:
                 slots.append("qemu " + desc)
             else:
@@ -752,15 +761,14 @@ class Daemon:
         return sorted(p for pid in self._qemu_pids() for p in vmm_mount_problems(pid))
 
     def _orphans_once(self):
-        """Objects of this daemon that no record accounts for: a VMM whose RAM file's directory has no
+        """Objects of this daemon that no record accounts for: a VMM whose VM directory has no
         record naming its pid (a bake's VMM excepted: templates/T/ is its record), a cgroup of no VMM
         of ours, a run directory no record names."""
         recs = self.vm_dirs()
         pids = set(self._qemu_pids())
         out = []
         for p in pids:
-            mem = vmm_mem_path(p) or ""
-            d = os.path.dirname(mem)
+            d = vmm_dir(p) or ""
             if _under(d, os.path.join(self.state, "store", "templates")):
                 continue
             rec = recs.get(d)

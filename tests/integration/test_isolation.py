@@ -219,8 +219,24 @@ class Confinement(harness.TestCase):
         if d.template_status().get("accel", "tcg") == "tcg" or st["Groups"] == "":
             self.assertEqual(st["Groups"], "", st)
         # the per-VM files it writes are its own; it got them as descriptors
+        con = os.readlink("/proc/%d/fd/%d" % (pid, harness.VMM_FD_CONSOLE))
+        self.assertEqual(os.stat(con).st_uid, uid)
         mem = harness.vmm_mem_path(pid)
-        self.assertEqual(os.stat(mem).st_uid, uid)
+        if mem.startswith("/memfd:"):
+            # restored from a template's snapshot: its sealed base, mapped privately; it can
+            # open it again (QEMU does) but nobody, root included, can write it
+            self.assertEqual(mem, "/memfd:emberfs-ram-base (deleted)")
+            maps = [l.split() for l in open("/proc/%d/maps" % pid) if l.rstrip().endswith("emberfs-ram-base (deleted)")]
+            self.assertEqual(len(maps), 1, maps)
+            self.assertEqual(maps[0][1][3], "p", maps)  # private: its writes are its own
+            fd = os.open("/proc/%d/fd/%d" % (pid, harness.VMM_FD_MEM), os.O_RDWR)
+            try:
+                with self.assertRaises(PermissionError):
+                    os.write(fd, b"x")
+            finally:
+                os.close(fd)
+        else:
+            self.assertEqual(os.stat(mem).st_uid, uid)
         fds = fd_targets(pid)
         self.assertEqual(fds[0], "/dev/null")
         self.assertTrue(fds[1].endswith("/vmm.log") and fds[2] == fds[1], fds)
@@ -239,14 +255,14 @@ class Confinement(harness.TestCase):
             cfg = harness.read_json(d.tpl("default", "config"))
             groups = []
             (sid, slot), = d.slots().items()
-            slot_dir = sorted({os.path.dirname(t) for t in fd_targets(slot["vmm_pid"]).values() if t.endswith("/mem")})
+            slot_dir = [harness.vmm_dir(slot["vmm_pid"])]
             uids, mems, pids = [], [], []
             for name in ("c1", "c2"):
                 st = d.create_ready(name)
                 g, uid = self.check_vmm(d, st["vmm_pid"], d.sandbox_vm_dir(name), cfg["mem_mib"], cfg["vcpus"])
                 groups += g
                 uids.append(uid)
-                mems.append(harness.vmm_mem_path(st["vmm_pid"]))
+                mems.append(os.path.join(d.sandbox_vm_dir(name), "mem"))
                 pids.append(st["vmm_pid"])
             self.assertEqual(len(slot_dir), 1, fd_targets(slot["vmm_pid"]))
             slot_groups, slot_uid = self.check_vmm(d, slot["vmm_pid"], slot_dir[0], cfg["mem_mib"], cfg["vcpus"])
@@ -288,7 +304,7 @@ class Confinement(harness.TestCase):
             self.assertEqual(len(pids), 2, pids)
             d.ctl("rebake\n")
             bake = harness.wait_for(lambda: [p for p in d._qemu_pids() if "/templates/" in
-                                             (harness.vmm_mem_path(p) or "")], 60, "the bake's VMM")
+                                             (harness.vmm_dir(p) or "")], 60, "the bake's VMM")
             self.assert_vmm_root(bake[0])
             d.wait_template_ready()
             for name in ("m1", "m2"):
@@ -304,7 +320,7 @@ class Confinement(harness.TestCase):
             uid = int(proc_status(pid)["Uid"].split()[0])
             gid = int(proc_status(pid)["Gid"].split()[0])
             host_paths = [d.mount, d.state, d.sb("n2", "status"), os.path.join(d.mount, "live", "n2", "tmp", "s"),
-                          os.path.join(d.state, "run"), os.path.dirname(harness.vmm_mem_path(pid)),
+                          os.path.join(d.state, "run"), harness.vmm_dir(pid),
                           "/etc/passwd", "/etc", "/tmp", "/root", "/home", "/var", "/run", "/sys", "/dev/fuse",
                           "/dev/net/tun", "/proc/1", "/proc/%d" % d.pid, "/proc/%d" % os.getpid(),
                           "/proc/%d" % d.status("n2")["vmm_pid"], "/proc/sys", "/proc/kcore", "/proc/mounts",

@@ -83,7 +83,7 @@ class Lifecycle(harness.TestCase):
         pid = st["vmm_pid"]
         self.assertIsInstance(pid, int)
         self.assertTrue(harness.pid_alive(pid))
-        self.assertTrue(harness.vmm_mem_path(pid).startswith(D.state + "/"))
+        self.assertTrue(harness.vmm_dir(pid).startswith(D.state + "/"))
         # created_at is wall-clock ms of the mkdir (the daemon may round down to the second)
         self.assertGreaterEqual(st["created_at_unix_ms"], int(t0 * 1000) - 1000)
         self.assertLessEqual(st["created_at_unix_ms"], int(t1 * 1000) + 1000)
@@ -351,6 +351,16 @@ class Entropy(harness.TestCase):
             self.assertEqual((len(ra["stdout"]), len(rb["stdout"])), (32, 32))
             self.assertNotEqual(ra["stdout"], rb["stdout"],
                                 "two clones of one snapshot read the same /dev/urandom bytes")
+            # one sealed base of the snapshot's memory, mapped privately by both: what one writes
+            # (here into /tmp, a tmpfs: guest RAM) the other never sees
+            pa, pb = sa["vmm_pid"], sb["vmm_pid"]
+            self.assertEqual(harness.vmm_mem_path(pa), "/memfd:emberfs-ram-base (deleted)")
+            base = [os.stat("/proc/%d/fd/%d" % (p, harness.VMM_FD_MEM)) for p in (pa, pb)]
+            self.assertEqual((base[0].st_dev, base[0].st_ino), (base[1].st_dev, base[1].st_ino))
+            for n in ("ent-a", "ent-b"):
+                self.assertEqual(D.sh(n, "echo %s > /tmp/who" % n), "")
+            for n in ("ent-a", "ent-b"):
+                self.assertEqual(D.sh(n, "cat /tmp/who").strip(), n)
         finally:
             D.destroy("ent-a")
             D.destroy("ent-b")

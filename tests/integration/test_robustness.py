@@ -765,6 +765,10 @@ class DaemonCrash(harness.TestCase):
             harness.write_file(d2.sb("run", "ctl"), b"pause")
             harness.write_file(d2.sb("run", "ctl"), b"resume")
             self.assertEqual(d2.sh("run", "hostname").strip(), "run")
+            # an adopted VMM restored on its template's shared memory saves the guest's own pages
+            harness.write_file(d2.sb("run", "ctl"), b"hibernate")
+            harness.write_file(d2.sb("run", "ctl"), b"resume")
+            self.assertEqual(d2.sh("run", "cat /tmp/x /tmp/job").strip(), "before\nfinished")
             # a new create and the crashed create's name
             self.assertEqual(d2.create_ready("mid")["state"], "ready")
             os.rmdir(d2.sb("gone"))
