@@ -21,6 +21,15 @@
 #   burst16  16 concurrent mkdirs (one thread each, released together) against
 #            a full pool of 16 warm slots, until all 16 `wait` reads returned;
 #            BENCH_BURST_RUNS runs (default 5), the median wall time reported.
+#   density  idle sandboxes of "default" added BENCH_DENSITY_STEP at a time (default
+#            25, up to BENCH_DENSITY_MAX, 400) until a warm create's p50
+#            (BENCH_DENSITY_PROBES probes, default 10, the pool at BENCH_POOL and
+#            refilled before each) is over 2x its p50 with none idle, or
+#            MemAvailable falls below BENCH_DENSITY_RESERVE_MIB (2048); at each
+#            step also the idle VMMs' PSS (median), the CPU each burns
+#            (utime+stime over BENCH_DENSITY_CPU_S, default 5 s), the host
+#            memory taken per sandbox (MemAvailable's fall / idle: what PSS
+#            cannot see, such as a snapshot's shared base) and the daemon's RSS.
 #   netslot  build/netpool/netpool-bench: BENCH_N network slots built one
 #            after another (namespace, veth pair, tap, addresses, routes, NAT
 #            rules), then BENCH_N claims from a ready pool of 8; its own
@@ -134,6 +143,8 @@
 #   {"bench":"create","metric":"ratio_cold_over_restore","value":..}   (p50 cold / p50 restore)
 #   {"bench":"burst16","path":"warm","wall_ms":..,"runs_ms":[..],"warm_served":[..]}
 #   {"bench":"slot","metric":"rss_mib","value":..,"pss_mib":..,"n":..}
+#   {"bench":"density","n":..,"create_p50_ms_loaded":..,"create_p50_ms_unloaded":..,"pss_mib_median":..,
+#    "daemon_rss_mib":..,"host_mib_per_sandbox":..,"idle_cpu_pct_median":..,"steps":[{"idle":..,..},..]}
 #   {"bench":"netslot","metric":"claim"|"build","n":..,"p50_ms":..,"p99_ms":..}
 #   {"bench":"netslot","metric":"ratio_build_over_claim","value":..}
 #   {"bench":"netcreate","path":"warm"|"restore","net":true|false,"n":..,"p50_ms":..,"p99_ms":..}
@@ -167,7 +178,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 top=$PWD
-ALL_BENCHES=(create burst16 slot netslot netcreate lifecycle exec noisy live adaptive adopt soak python e2b cluster checkpoint)
+ALL_BENCHES=(create burst16 slot density netslot netcreate lifecycle exec noisy live adaptive adopt soak python e2b cluster checkpoint)
 
 log() { echo "bench: $*" >&2; }
 die() {
@@ -643,6 +654,110 @@ def bench_slot():
     return [r]
 
 
+def meminfo():
+    out = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            k, v = line.split(":")
+            out[k] = int(v.split()[0]) // 1024
+    return out
+
+
+def vmm_cpu_ticks(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime
+    except OSError:
+        return None
+
+
+def smaps_mib(pid, key):
+    try:
+        with open("/proc/%d/smaps_rollup" % pid) as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def bench_density():
+    """Idle sandboxes of default added in steps; at each step a warm create's p50 (pool refilled before
+    each probe), the idle VMMs' PSS and CPU, the host memory they take, the daemon's RSS."""
+    step = int(os.environ.get("BENCH_DENSITY_STEP", "25"))
+    top_n = int(os.environ.get("BENCH_DENSITY_MAX", "400"))
+    probes = int(os.environ.get("BENCH_DENSITY_PROBES", "10"))
+    reserve = int(os.environ.get("BENCH_DENSITY_RESERVE_MIB", "2048"))
+    cpu_s = float(os.environ.get("BENCH_DENSITY_CPU_S", "5"))
+    hz = os.sysconf("SC_CLK_TCK")
+    wait_template("default")
+    set_pool("default", POOL)
+
+    def probe(tag):
+        vals = []
+        for i in range(probes):
+            wait_pool("default", POOL, timeout=600)
+            time.sleep(SETTLE)
+            ms, st, _ = create_once("default", "dp%s_%d" % (tag, i))
+            if st["path"] != "warm":
+                raise SystemExit("bench: error: density probe served %s (%s)" % (st["path"], st.get("path_reason")))
+            vals.append(ms)
+        return nearest_rank(sorted(vals), 50)
+
+    unloaded = probe("u")
+    wait_pool("default", POOL, timeout=600)
+    time.sleep(2)
+    base_mem = meminfo()  # the pool full, the snapshot's shared base made: what each idle sandbox adds is the rest
+    err("density: unloaded warm create p50 %.1f ms (%d probes)" % (unloaded, probes))
+    idle, steps, pids = 0, [], []
+    sdir = "%s/templates/default/sandboxes" % mnt
+    while idle < top_n:
+        for i in range(idle, min(idle + step, top_n)):
+            name = "di%d" % i
+            os.mkdir("%s/%s" % (sdir, name))
+            if read("%s/%s/wait" % (sdir, name)) != "ready\n":
+                raise SystemExit("bench: error: idle sandbox %s: %s" % (name, json.loads(read("%s/%s/status" % (sdir, name)))["error"]))
+            pids.append(json.loads(read("%s/%s/status" % (sdir, name)))["vmm_pid"])
+        idle = len(pids)
+        wait_pool("default", POOL, timeout=600)
+        time.sleep(2)  # idle: nothing touches them
+        t0 = [vmm_cpu_ticks(p) for p in pids]
+        time.sleep(cpu_s)
+        t1 = [vmm_cpu_ticks(p) for p in pids]
+        cpu = sorted((b - a) / hz / cpu_s * 100.0 for a, b in zip(t0, t1) if a is not None and b is not None)
+        pss = sorted(v for v in (smaps_mib(p, "Pss") for p in pids) if v is not None)
+        mi = meminfo()
+        used = (base_mem["MemAvailable"] - mi["MemAvailable"]) / float(idle)
+        loaded = probe("l%d" % idle)
+        row = {"idle": idle, "create_p50_ms": round(loaded, 3), "pss_mib": round(nearest_rank(pss, 50), 1),
+               "host_mib_per_sandbox": round(used, 1), "idle_cpu_pct_median": round(nearest_rank(cpu, 50), 2),
+               "idle_cpu_pct_total": round(sum(cpu), 1), "daemon_rss_mib": round(smaps_mib(daemon_pid, "Rss") or 0, 1),
+               "mem_available_mib": mi["MemAvailable"]}
+        steps.append(row)
+        err("density: %d idle: warm create p50 %.1f ms (%.2fx), PSS median %.1f MiB, host %.1f MiB each, "
+            "CPU %.2f%% each (%.0f%% in all), daemon RSS %.1f MiB, %d MiB available"
+            % (idle, loaded, loaded / unloaded, row["pss_mib"], used, row["idle_cpu_pct_median"],
+               row["idle_cpu_pct_total"], row["daemon_rss_mib"], mi["MemAvailable"]))
+        if loaded > 2 * unloaded or mi["MemAvailable"] < reserve:
+            break
+    fit = [r for r in steps if r["create_p50_ms"] <= 2 * unloaded]
+    best = fit[-1] if fit else {"idle": 0, "create_p50_ms": None, "pss_mib": None, "daemon_rss_mib": None}
+    for i in range(idle):  # not timed
+        os.rmdir("%s/di%d" % (sdir, i))
+    set_pool("default", 0)
+    print("density: %d idle sandboxes of default with a warm create within 2x its unloaded p50 (%.1f ms); "
+          "stopped at %d (%s)" % (best["idle"], unloaded, idle,
+                                  "create over 2x" if steps and steps[-1]["create_p50_ms"] > 2 * unloaded else
+                                  "memory reserve" if steps and steps[-1]["mem_available_mib"] < reserve else
+                                  "BENCH_DENSITY_MAX"), file=sys.stderr)
+    return [{"bench": "density", "n": best["idle"], "create_p50_ms_loaded": best["create_p50_ms"],
+             "create_p50_ms_unloaded": round(unloaded, 3), "pss_mib_median": best["pss_mib"],
+             "daemon_rss_mib": best["daemon_rss_mib"], "host_mib_per_sandbox": best.get("host_mib_per_sandbox"),
+             "idle_cpu_pct_median": best.get("idle_cpu_pct_median"), "steps": steps}]
+
+
 def bench_netslot():
     import subprocess
     exe = os.path.join(os.environ.get("BENCH_TOP", "."), "build", "netpool", "netpool-bench")
@@ -1005,7 +1120,8 @@ while not mounted():
     time.sleep(0.05)
 
 for b in benches:
-    for line in {"create": bench_create, "burst16": bench_burst16, "slot": bench_slot, "netslot": bench_netslot,
+    for line in {"create": bench_create, "burst16": bench_burst16, "slot": bench_slot, "density": bench_density,
+                 "netslot": bench_netslot,
                  "netcreate": bench_netcreate, "lifecycle": bench_lifecycle, "exec": bench_exec,
                  "noisy": bench_noisy, "live": bench_live}[b]():
         print(json.dumps({k: v for k, v in line.items() if not k.startswith("_")}), flush=True)
