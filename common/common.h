@@ -87,6 +87,8 @@ int name_validate(const char *name);
  * durable also fsyncs (survives power loss); records that only need to
  * survive a daemon crash skip it, the page cache outlives the process.
  */
+/* all of data to fd (write(2) again after a short write or EINTR); 0 or -errno */
+int write_all(int fd, const void *data, size_t len);
 int write_file_atomic(const char *path, const void *data, size_t len, bool durable);
 int read_file(const char *path, size_t max, char **ret_data, size_t *ret_len);
 /* fsync of a file by path: 0 or -errno. */

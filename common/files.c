@@ -30,7 +30,7 @@ char *strjoin(const char *a, ...)
 	return r;
 }
 
-static int write_all(int fd, const void *data, size_t len)
+int write_all(int fd, const void *data, size_t len)
 {
 	const char *p = data;
 

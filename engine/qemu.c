@@ -582,6 +582,7 @@ static int compose_state(const char *head, const char *dev, const char *state_pa
 {
 	_cleanup_free_ char *h = NULL, *d = NULL;
 	_cleanup_free_ uint8_t *all = NULL;
+	_cleanup_close_ int out = -1;
 	size_t hl, dl, got;
 	int r;
 
@@ -596,24 +597,9 @@ static int compose_state(const char *head, const char *dev, const char *state_pa
 	/* the head is a whole configuration section, and only that */
 	if (qemu_stream_head_len(all, hl + dl - 8, &got) < 0 || got != hl)
 		return -EPROTO;
-	{
-		_cleanup_close_ int out = open(state_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-		size_t n = hl + dl - 8;
-
-		if (out < 0)
-			return -errno;
-		for (const uint8_t *p = all; n > 0;) {
-			ssize_t w = write(out, p, n);
-
-			if (w < 0 && errno == EINTR)
-				continue;
-			if (w <= 0)
-				return w < 0 ? -errno : -EIO;
-			p += w;
-			n -= (size_t)w;
-		}
-	}
-	return 0;
+	if ((out = open(state_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) < 0)
+		return -errno;
+	return write_all(out, all, hl + dl - 8);
 }
 
 /*

@@ -27,7 +27,7 @@ static void fclosep(FILE **f)
 		fclose(*f);
 }
 
-static int write_all(int fd, const uint8_t *p, size_t n, off_t off)
+static int pwrite_all(int fd, const uint8_t *p, size_t n, off_t off)
 {
 	while (n > 0) {
 		ssize_t w = pwrite(fd, p, n, off);
@@ -43,7 +43,7 @@ static int write_all(int fd, const uint8_t *p, size_t n, off_t off)
 	return 0;
 }
 
-static int read_all(int fd, uint8_t *p, size_t n, off_t off)
+static int pread_all(int fd, uint8_t *p, size_t n, off_t off)
 {
 	while (n > 0) {
 		ssize_t r = pread(fd, p, n, off);
@@ -94,7 +94,7 @@ int ram_base_create(const char *src, uint64_t size, int *ret_fd, uint64_t *ret_c
 		for (off = data; off < hole;) {
 			size_t n = (size_t)(hole - off) < (1u << 20) ? (size_t)(hole - off) : (1u << 20);
 
-			if ((r = read_all(in, buf, n, off)) < 0 || (r = write_all(fd, buf, n, off)) < 0)
+			if ((r = pread_all(in, buf, n, off)) < 0 || (r = pwrite_all(fd, buf, n, off)) < 0)
 				return r;
 			off += (off_t)n;
 			copied += n;
@@ -160,7 +160,7 @@ int ram_write_private(pid_t pid, uint64_t addr, uint64_t len, int out, uint64_t 
 	for (uint64_t i = 0; i < npages; i += BATCH) {
 		size_t n = npages - i < BATCH ? (size_t)(npages - i) : BATCH;
 
-		if ((r = read_all(pm, (uint8_t *)ents, n * sizeof(uint64_t), (off_t)((addr / PAGE + i) * 8))) < 0)
+		if ((r = pread_all(pm, (uint8_t *)ents, n * sizeof(uint64_t), (off_t)((addr / PAGE + i) * 8))) < 0)
 			return r;
 		/* runs of the VMM's own pages, each read and written at once */
 		for (size_t j = 0; j < n;) {
@@ -172,8 +172,8 @@ int ram_write_private(pid_t pid, uint64_t addr, uint64_t len, int out, uint64_t 
 				j++;
 				continue;
 			}
-			if ((r = read_all(mem, buf, (k - j) * PAGE, (off_t)(addr + (i + j) * PAGE))) < 0 ||
-			    (r = write_all(out, buf, (k - j) * PAGE, (off_t)((i + j) * PAGE))) < 0)
+			if ((r = pread_all(mem, buf, (k - j) * PAGE, (off_t)(addr + (i + j) * PAGE))) < 0 ||
+			    (r = pwrite_all(out, buf, (k - j) * PAGE, (off_t)((i + j) * PAGE))) < 0)
 				return r;
 			pages += k - j;
 			j = k;
