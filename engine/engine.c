@@ -208,27 +208,53 @@ const struct vmm_ops *engine_driver_ops(struct engine *e, const char *name)
 	return NULL;
 }
 
+/* Append " param" to *cmd (freed) unless the command line already sets key. */
+static int cmdline_add(char **cmd, const char *key, const char *param)
+{
+	char *n;
+
+	if (!*cmd || cmdline_has(*cmd, key))
+		return *cmd ? 0 : -ENOMEM;
+	n = strjoin(*cmd, (*cmd)[0] ? " " : "", param, NULL);
+	free(*cmd);
+	*cmd = n;
+	return n ? 0 : -ENOMEM;
+}
+
 int engine_spec_init(struct engine *e, const struct template_config *cfg, struct vmm_spec *spec, char **owned)
 {
 	int r = engine_resolve_accel(cfg->accel, &spec->accel);
+	_cleanup_free_ char *khz = NULL;
+
+	*owned = NULL;
+	if (r < 0)
+		return r;
+	*owned = strdup(cfg->cmdline);
 	/*
 	 * A guest kernel that panics resets at once (panic=-1; the default
 	 * image's command line has it): with -no-reboot that ends the VMM and
 	 * the sandbox fails with the cause. Without it the guest would spin in
 	 * its panic loop, a sandbox ready in name whose every call times out.
-	 * A command line that sets panic= itself keeps its choice.
+	 * A command line that sets panic= itself keeps its choice, as it keeps
+	 * every parameter below.
 	 */
-	const char *panic = cmdline_has(cfg->cmdline, "panic=") ? "" : " panic=-1";
-
-	*owned = NULL;
-	if (r < 0)
-		return r;
-	if (strcmp(spec->accel, "tcg") == 0 && e->tsc_khz && !strstr(cfg->cmdline, "tsc_early_khz="))
-		*owned = strjoin(cfg->cmdline, panic, " tsc_early_khz=", e->tsc_khz, NULL);
-	else
-		*owned = strjoin(cfg->cmdline, panic, NULL);
-	if (*owned && (*owned)[0] == ' ')
-		memmove(*owned, *owned + 1, strlen(*owned)); /* an empty config command line */
+	cmdline_add(owned, "panic=", "panic=-1");
+	if (strcmp(spec->accel, "tcg") == 0) {
+		/*
+		 * The emulated platform (docs/architecture.md, "Booting under
+		 * TCG"): the clock the guest cannot calibrate, and the periodic
+		 * work an idle guest would wake its VMM for: the clocksource
+		 * watchdog checking the TSC (twice a second), the lockup
+		 * detectors, kcompactd's proactive compaction (twice a second).
+		 */
+		if (e->tsc_khz && !(khz = strjoin("tsc_early_khz=", e->tsc_khz, NULL)))
+			return -ENOMEM;
+		if (khz)
+			cmdline_add(owned, "tsc_early_khz=", khz);
+		cmdline_add(owned, "tsc=", "tsc=reliable");
+		cmdline_add(owned, "nowatchdog", "nowatchdog");
+		cmdline_add(owned, "sysctl.vm.compaction_proactiveness=", "sysctl.vm.compaction_proactiveness=0");
+	}
 	/* the guest's fixed address, configured by its agent at boot (so it is in every snapshot) */
 	if (*owned && cfg->net) {
 		char *n = strjoin(*owned, (*owned)[0] ? " " : "", "emberfs.net=" NETPOOL_GUEST_CIDR "," NETPOOL_GW_ADDR,
