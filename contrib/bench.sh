@@ -672,13 +672,16 @@ def meminfo():
     return out
 
 
-def vmm_cpu_ticks(pid):
+def vmm_cpu_ns(pid):
+    """CPU time of all a process's threads, in ns (schedstat: clock ticks are too coarse for an idle VMM)."""
+    total = 0
     try:
-        with open("/proc/%d/stat" % pid) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])  # utime + stime
-    except OSError:
+        for tid in os.listdir("/proc/%d/task" % pid):
+            with open("/proc/%d/task/%s/schedstat" % (pid, tid)) as f:
+                total += int(f.read().split()[0])
+    except (OSError, ValueError):
         return None
+    return total
 
 
 def smaps_mib(pid, key):
@@ -700,7 +703,6 @@ def bench_density():
     probes = int(os.environ.get("BENCH_DENSITY_PROBES", "10"))
     reserve = int(os.environ.get("BENCH_DENSITY_RESERVE_MIB", "2048"))
     cpu_s = float(os.environ.get("BENCH_DENSITY_CPU_S", "5"))
-    hz = os.sysconf("SC_CLK_TCK")
     wait_template("default")
     set_pool("default", POOL)
 
@@ -729,20 +731,20 @@ def bench_density():
         idle = len(pids)
         wait_pool("default", POOL, timeout=600)
         time.sleep(2)  # idle: nothing touches them
-        t0 = [vmm_cpu_ticks(p) for p in pids]
+        t0 = [vmm_cpu_ns(p) for p in pids]
         time.sleep(cpu_s)
-        t1 = [vmm_cpu_ticks(p) for p in pids]
-        cpu = sorted((b - a) / hz / cpu_s * 100.0 for a, b in zip(t0, t1) if a is not None and b is not None)
+        t1 = [vmm_cpu_ns(p) for p in pids]
+        cpu = sorted((b - a) / 1e9 / cpu_s * 100.0 for a, b in zip(t0, t1) if a is not None and b is not None)
         pss = sorted(v for v in (smaps_mib(p, "Pss") for p in pids) if v is not None)
         mi = meminfo()
         loaded = probe("l%d" % idle)
         row = {"idle": idle, "create_p50_ms": round(loaded, 3), "pss_mib": round(nearest_rank(pss, 50), 1),
-               "pss_mib_total": round(sum(pss), 1), "idle_cpu_pct_median": round(nearest_rank(cpu, 50), 2),
+               "pss_mib_total": round(sum(pss), 1), "idle_cpu_pct_median": round(nearest_rank(cpu, 50), 3),
                "idle_cpu_pct_total": round(sum(cpu), 1), "daemon_rss_mib": round(smaps_mib(daemon_pid, "Rss") or 0, 1),
                "mem_available_mib": mi["MemAvailable"]}
         steps.append(row)
         err("density: %d idle: warm create p50 %.1f ms (%.2fx), PSS median %.1f MiB (%.0f MiB in all), "
-            "CPU %.2f%% each (%.0f%% in all), daemon RSS %.1f MiB, %d MiB available"
+            "CPU %.3f%% each (%.0f%% in all), daemon RSS %.1f MiB, %d MiB available"
             % (idle, loaded, loaded / unloaded, row["pss_mib"], row["pss_mib_total"], row["idle_cpu_pct_median"],
                row["idle_cpu_pct_total"], row["daemon_rss_mib"], mi["MemAvailable"]))
         if loaded > 2 * unloaded or mi["MemAvailable"] < reserve:

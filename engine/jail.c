@@ -298,7 +298,10 @@ static int listen_high(const struct sockaddr_un *sa)
  * The child between fork and exec: only system calls (the daemon is
  * multithreaded). It enters the slot's network namespace, sets
  * no_new_privs (so nothing it execs can gain privileges, and the seccomp
- * filter of -sandbox needs no privilege), opens everything the VMM uses
+ * filter of -sandbox needs no privilege) and no transparent huge pages
+ * (QEMU asks for them on its translation buffer: a few 2 MiB pages of
+ * which a microVM's translated code fills a fraction, ~3 MiB of every idle
+ * VMM's PSS; docs/benchmarks.md), opens everything the VMM uses
  * while it is still root — guest RAM, disk, console, kernel, initrd, the
  * listening QMP and agent sockets, the slot's tap — each at a fixed
  * descriptor, hands the per-VM files to the VMM's user, resets signals,
@@ -324,7 +327,7 @@ static void __attribute__((noreturn)) spawn_child(const struct child_args *c)
 	if (s->cfg->net && setns(s->netns_fd, CLONE_NEWNET) < 0)
 		goto fail;
 	f.step = 1;
-	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 || prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) < 0)
 		goto fail;
 	f.step = 2;
 	if (close_range(3, ~0U, CLOSE_RANGE_CLOEXEC) < 0)
