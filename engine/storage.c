@@ -234,10 +234,16 @@ void store_close(struct store *s)
 	memset(s, 0, sizeof(*s));
 }
 
-/* Copies [o, end) with copy_file_range, or read/write across filesystems. */
+/*
+ * Copies [o, end) with copy_file_range, or read/write across filesystems.
+ * The fallback's buffer is the heap's: a thread-local one was in every
+ * thread's static TLS, 64 KiB touched at each of the daemon's threads'
+ * start (two per sandbox).
+ */
 static int copy_range(int in, int out, off_t o, off_t end)
 {
-	static __thread char buf[1 << 16];
+	enum { BUF = 1 << 16 };
+	_cleanup_free_ char *buf = NULL;
 
 	while (o < end) {
 		loff_t io = o, oo = o;
@@ -245,7 +251,9 @@ static int copy_range(int in, int out, off_t o, off_t end)
 		ssize_t n = copy_file_range(in, &io, out, &oo, want, 0);
 
 		if (n < 0 && (errno == EXDEV || errno == EINVAL || errno == EOPNOTSUPP || errno == ENOSYS)) {
-			n = pread(in, buf, want < sizeof(buf) ? want : sizeof(buf), o);
+			if (!buf && !(buf = malloc(BUF)))
+				return -ENOMEM;
+			n = pread(in, buf, want < BUF ? want : BUF, o);
 			if (n > 0 && pwrite(out, buf, (size_t)n, o) != n)
 				return -EIO;
 		}
