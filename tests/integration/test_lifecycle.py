@@ -257,6 +257,16 @@ class Exec(harness.TestCase):
         out = D.sh("ex", "uname -r").strip()
         self.assertRegex(out, r"^6\.1\.\d+")
 
+    def test_tcg_guest_has_no_periodic_checks(self):
+        """The emulated platform's parameters (architecture.md, "Booting under TCG") took effect in the guest:
+        no clocksource watchdog over the TSC, no lockup detectors, no proactive compaction."""
+        line = D.sh("ex", "cat /proc/cmdline").split()
+        for p in ("tsc=reliable", "nowatchdog", "sysctl.vm.compaction_proactiveness=0"):
+            self.assertIn(p, line)
+        out = D.sh("ex", "cat /sys/devices/system/clocksource/clocksource0/current_clocksource "
+                         "/proc/sys/kernel/watchdog /proc/sys/vm/compaction_proactiveness").split()
+        self.assertEqual(out, ["tsc", "0", "0"])
+
     def test_hostname_and_env_name_the_sandbox(self):
         self.assertEqual(D.sh("ex", "hostname").strip(), "ex")
         self.assertEqual(D.sh("ex", "cat /proc/sys/kernel/hostname").strip(), "ex")

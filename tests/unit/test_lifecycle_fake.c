@@ -771,6 +771,45 @@ static void fail_bake(void **state)
 	fakevmm_fail_set(NULL);
 }
 
+/*
+ * A TCG guest's command line: the emulated platform's parameters are added
+ * (docs/architecture.md, "Booting under TCG"), each unless the template's
+ * own command line sets it.
+ */
+static void tcg_command_line(void **state)
+{
+	struct fx *f = *state;
+	_cleanup_free_ char *config = NULL;
+	struct template *k = NULL;
+	struct sandbox *s;
+	char line[4096];
+
+	bake(f);
+	fakevmm_last_cmdline(line, sizeof(line));
+	for (const char *const *p = (const char *const[]){ "panic=-1", "tsc=reliable", "nowatchdog",
+							   "sysctl.vm.compaction_proactiveness=0", NULL };
+	     *p; p++)
+		if (!strstr(line, *p))
+			fail_msg("\"%s\" not in the command line \"%s\"", *p, line);
+
+	assert_true(asprintf(&config,
+			     "{\"kernel\":\"%s/vmlinux\",\"rootfs\":\"%s/rootfs.ext4\",\"backend\":\"fake\","
+			     "\"mem_mib\":32,\"accel\":\"tcg\",\"cmdline\":\"console=ttyS0 tsc=unstable panic=5 watchdog_thresh=20\"}",
+			     f->dir, f->dir) > 0);
+	assert_int_equal(engine_template_create_config(f->e, "k", config, &k), 0);
+	s = create(f, k, "k1"); /* cold: k is not baked */
+	assert_int_equal(sandbox_wait(s), 0);
+	fakevmm_last_cmdline(line, sizeof(line));
+	assert_non_null(strstr(line, "tsc=unstable"));
+	assert_null(strstr(line, "tsc=reliable"));
+	assert_non_null(strstr(line, "panic=5"));
+	assert_null(strstr(line, "panic=-1"));
+	assert_non_null(strstr(line, "nowatchdog")); /* watchdog_thresh= is not nowatchdog: added */
+	sandbox_unref(s);
+	assert_int_equal(engine_sandbox_destroy(f->e, k, "k1"), 0);
+	template_unref(k);
+}
+
 /* A failed hibernate (the snapshot refused) leaves the sandbox as it was. */
 static void fail_lifecycle(void **state)
 {
@@ -836,6 +875,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(fail_warm_falls_back, setup, teardown),
 		cmocka_unit_test_setup_teardown(fail_bake, setup, teardown),
 		cmocka_unit_test_setup_teardown(fail_lifecycle, setup, teardown),
+		cmocka_unit_test_setup_teardown(tcg_command_line, setup, teardown),
 	};
 
 	/* every fake VMM whose engine "crashes" is reparented to us: a leaked one stays visible */

@@ -40,6 +40,7 @@ struct fake {
 
 static pthread_mutex_t fail_lock = PTHREAD_MUTEX_INITIALIZER;
 static char fail_at[32]; /* protected by fail_lock */
+static char last_cmdline[4096]; /* protected by fail_lock: the last spawn's kernel command line */
 static atomic_uint spawned;
 
 void fakevmm_fail_set(const char *where)
@@ -52,6 +53,13 @@ void fakevmm_fail_set(const char *where)
 unsigned fakevmm_spawned(void)
 {
 	return atomic_load(&spawned);
+}
+
+void fakevmm_last_cmdline(char *buf, size_t len)
+{
+	pthread_mutex_lock(&fail_lock);
+	snprintf(buf, len, "%s", last_cmdline);
+	pthread_mutex_unlock(&fail_lock);
 }
 
 static struct fake *to_fake(struct vmm *v)
@@ -205,6 +213,7 @@ static int fake_spawn(const char *binary, const struct vmm_spec *s, struct vmm *
 	snprintf(name, sizeof(name), "emberfs-%s-%s", s->tag, s->name);
 	pthread_mutex_lock(&fail_lock);
 	snprintf(fail, sizeof(fail), "%s", fail_at[0] ? fail_at : "none");
+	snprintf(last_cmdline, sizeof(last_cmdline), "%s", s->cmdline ? s->cmdline : "");
 	pthread_mutex_unlock(&fail_lock);
 	if ((r = sockaddr_for(s->control_path, &c.ctl)) < 0 || (r = sockaddr_for(s->agent_path, &c.agent)) < 0)
 		return r;

@@ -19,3 +19,6 @@ void fakevmm_fail_set(const char *where);
 
 /* How many fake VMMs this process spawned (adopted ones not counted). */
 unsigned fakevmm_spawned(void);
+
+/* The kernel command line the last fake VMM spawned was given (engine_spec_init's). */
+void fakevmm_last_cmdline(char *buf, size_t len);
