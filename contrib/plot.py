@@ -17,9 +17,10 @@ several files may be given, e.g. one per benchmark run. Written to DIR
                 One figure per adaptive line: adaptive.svg, adaptive-2.svg, ...
   density.svg   create p50 and PSS against the number of idle sandboxes,
                 from {"bench":"density","steps":[{"idle":N,"create_p50_ms":..,
-                "pss_mib":..},...]} or one {"bench":"density","idle":N,...}
-                line per step ("create_p99_ms" and "pss_per_sandbox_mib" are
-                drawn when present). No density line: skipped, said on stderr.
+                "pss_mib":..,"pss_mib_total":..},...]} (bench.sh's: the idle
+                VMMs' median PSS and their sum) or one {"bench":"density",
+                "idle":N,...} line per step ("create_p99_ms" is drawn when
+                present). No density line: skipped, said on stderr.
 
 The machine is noted in the titles from a line's "machine" field, or from
 --machine when the lines have none (bench.sh's lines do not say it yet).
@@ -306,8 +307,8 @@ def plot_density(plt, lines, outdir, machine):
         x = density_x(s)
         if x is not None:
             pts.append((x, first(s, "create_p50_ms", "p50_ms"), first(s, "create_p99_ms", "p99_ms"),
-                        first(s, "pss_mib", "pss_total_mib", "host_pss_mib"),
-                        first(s, "pss_per_sandbox_mib", "pss_each_mib")))
+                        first(s, "pss_mib_total", "pss_total_mib", "host_pss_mib"),
+                        first(s, "pss_mib", "pss_per_sandbox_mib", "pss_each_mib")))
     pts.sort(key=lambda p: p[0])
     has_ms = any(p[1] is not None for p in pts)
     has_pss = any(p[3] is not None or p[4] is not None for p in pts)
@@ -340,8 +341,8 @@ def plot_density(plt, lines, outdir, machine):
         total = line(bx, 3, "#7570b3", "PSS of all sandboxes")
         if any(p[4] is not None for p in pts):
             cx = bx.twinx() if total else bx
-            line(cx, 4, "#1b9e77", "PSS per sandbox", "s--")
-            cx.set_ylabel("PSS per sandbox (MiB)")
+            line(cx, 4, "#1b9e77", "PSS per idle sandbox (median)", "s--")
+            cx.set_ylabel("PSS per idle sandbox (MiB)")
             cx.set_ylim(bottom=0)
             cx.grid(total is False)
             cx.legend(loc="lower right", fontsize=8)
