@@ -186,6 +186,8 @@ class Confinement(harness.TestCase):
         st = proc_status(pid)
         self.assertEqual(st["NoNewPrivs"], "1", st)
         self.assertEqual(st["Seccomp"], "2", st)
+        if "THP_enabled" in st:  # no huge pages for its translation buffer (benchmarks.md, issue 22's second pass)
+            self.assertEqual(st["THP_enabled"], "0", st)
         self.assertNotEqual(os.readlink("/proc/%d/ns/mnt" % pid), os.readlink("/proc/self/ns/mnt"))
         cg = cgroups_of(pid)
         tag = re.escape("/emberfs-")
