@@ -208,17 +208,16 @@ const struct vmm_ops *engine_driver_ops(struct engine *e, const char *name)
 	return NULL;
 }
 
-/* Append " param" to *cmd (freed) unless the command line already sets key. */
-static int cmdline_add(char **cmd, const char *key, const char *param)
+/* Appends " param" to *cmd unless the command line already sets key; out of memory, *cmd is NULL. */
+static void cmdline_add(char **cmd, const char *key, const char *param)
 {
 	char *n;
 
 	if (!*cmd || cmdline_has(*cmd, key))
-		return *cmd ? 0 : -ENOMEM;
+		return;
 	n = strjoin(*cmd, (*cmd)[0] ? " " : "", param, NULL);
 	free(*cmd);
 	*cmd = n;
-	return n ? 0 : -ENOMEM;
 }
 
 int engine_spec_init(struct engine *e, const struct template_config *cfg, struct vmm_spec *spec, char **owned)
