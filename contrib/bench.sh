@@ -27,7 +27,7 @@
 #            refilled before each) is over 2x its p50 with none idle, or
 #            MemAvailable falls below BENCH_DENSITY_RESERVE_MIB (2048); at each
 #            step also the idle VMMs' PSS (median), the CPU each burns
-#            (utime+stime over BENCH_DENSITY_CPU_S, default 5 s) and the
+#            (all its threads' schedstat run time over BENCH_DENSITY_CPU_S, default 5 s) and the
 #            daemon's RSS. PSS is the per-sandbox memory figure: it divides
 #            what VMMs share (a snapshot's base, the binary) among them.
 #            MemFree and MemAvailable are not used: the loop-mounted store
