@@ -42,11 +42,14 @@ static void decode(const char *in, size_t size)
 	} else {
 		if (r.op >= PEER_OP__N || r.off > INT64_MAX)
 			abort();
-		if (peer_wire_op_has_json(r.op) && r.op != PEER_OP_CREATE && !r.path)
+		/* create and destroy name a template and carry JSON ({"name": N}); every other JSON op a path */
+		bool by_tpl = r.op == PEER_OP_CREATE || r.op == PEER_OP_DESTROY;
+
+		if (peer_wire_op_has_json(r.op) && !by_tpl && !r.path)
 			abort();
 		check_path(r.path);
 		check_path(r.to);
-		if (r.op == PEER_OP_CREATE && (!r.tpl || !r.json || name_validate(r.tpl) != 0))
+		if (by_tpl && (!r.tpl || !r.json || name_validate(r.tpl) != 0))
 			abort();
 		if (r.op == PEER_OP_OPEN && peer_wire_flags_decode(peer_wire_flags_encode(r.flags), &k) != 0)
 			abort();
