@@ -14,6 +14,8 @@ PKGS=(
 	# clusters (docs/cluster.md): etcd's JSON gateway and the peers are reached with libcurl;
 	# the tests and contrib/cluster-up.sh run a real etcd cluster from Debian's etcd-server
 	libcurl4-openssl-dev etcd-server etcd-client
+	# the snapshot store (objstore/): SHA-256 of its chunks with OpenSSL's libcrypto
+	libssl-dev
 	# run
 	fuse3 qemu-system-x86 xfsprogs util-linux
 	# guest image (contrib/build-image.sh)
@@ -27,6 +29,9 @@ PKGS=(
 	python3 valgrind iproute2 nftables
 	# test_egress.py's own DNS server, in a namespace the test makes
 	dnsmasq-base
+	# the chunk store's tests and benchmark (test_store.py, contrib/bench_store.py) serve the store
+	# with nginx (its WebDAV module takes the PUTs) in a namespace they make
+	nginx
 	# the metrics test parses MOUNT/metrics with the reference OpenMetrics parser
 	python3-prometheus-client
 	# contrib/plot.py draws docs/plots/*.svg from the benchmarks' JSON
