@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -612,6 +613,7 @@ static int snapshot_private(struct qemu *v, uint64_t addr, uint64_t len, const c
 	_cleanup_free_ char *dev = strjoin(state_path, ".dev", NULL), *head = head_path(v->qmp_path);
 	_cleanup_close_ int mem = -1;
 	uint64_t pages = 0;
+	struct stat st;
 	int r;
 
 	if (!dev || !head)
@@ -621,8 +623,12 @@ static int snapshot_private(struct qemu *v, uint64_t addr, uint64_t len, const c
 	r = save_device_state(v, dev, timeout_ms);
 	if (r == 0 && (mem = open(mem_path, O_WRONLY | O_CLOEXEC)) < 0)
 		r = -errno;
+	/* empty: restored from a lazy file, nothing of the base in it yet (template.c, lazy_clone) */
+	if (r == 0 && fstat(mem, &st) < 0)
+		r = -errno;
 	if (r == 0)
-		r = ram_write_private(v->proc.pid, addr, len, mem, &pages);
+		r = st.st_size == 0 ? ram_write_all(v->proc.pid, addr, len, mem, &pages)
+				    : ram_write_private(v->proc.pid, addr, len, mem, &pages);
 	if (r == 0)
 		r = compose_state(head, dev, state_path);
 	unlink(dev);

@@ -114,6 +114,7 @@ int ram_base_find(pid_t pid, uint64_t *ret_addr, uint64_t *ret_len)
 	char path[64], line[4096];
 	_cleanup_(fclosep) FILE *f = NULL;
 	const char *want = "/memfd:" RAM_BASE_NAME " (deleted)";
+	const size_t suffix = strlen(RAM_LAZY_SUFFIX);
 	int found = 0;
 
 	snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
@@ -129,7 +130,9 @@ int ram_base_find(pid_t pid, uint64_t *ret_addr, uint64_t *ret_len)
 		/* start-end perms offset dev inode   path */
 		if (sscanf(line, "%llx-%llx %*s %*s %*s %*s %n", &a, &b, &name) < 2 || name == 0)
 			continue;
-		if (strcmp(line + name, want) != 0)
+		if (strcmp(line + name, want) != 0 &&
+		    !(strlen(line + name) > suffix && line[name] == '/' &&
+		      strcmp(line + name + strlen(line + name) - suffix, RAM_LAZY_SUFFIX) == 0))
 			continue;
 		if (found++)
 			return -EEXIST;
@@ -174,6 +177,75 @@ int ram_write_private(pid_t pid, uint64_t addr, uint64_t len, int out, uint64_t 
 			}
 			if ((r = pread_all(mem, buf, (k - j) * PAGE, (off_t)(addr + (i + j) * PAGE))) < 0 ||
 			    (r = pwrite_all(out, buf, (k - j) * PAGE, (off_t)((i + j) * PAGE))) < 0)
+				return r;
+			pages += k - j;
+			j = k;
+		}
+	}
+	if (ret_pages)
+		*ret_pages = pages;
+	return 0;
+}
+
+bool ram_maps_lazy(pid_t pid)
+{
+	char path[64], line[4096];
+	_cleanup_(fclosep) FILE *f = NULL;
+	const size_t suffix = strlen(RAM_LAZY_SUFFIX);
+
+	snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
+	if (!(f = fopen(path, "re")))
+		return false;
+	while (fgets(line, sizeof(line), f)) {
+		size_t n = strcspn(line, "\n");
+
+		line[n] = '\0';
+		if (n > suffix && strcmp(line + n - suffix, RAM_LAZY_SUFFIX) == 0)
+			return true;
+	}
+	return false;
+}
+
+static bool page_zero(const uint8_t *p)
+{
+	static const uint8_t z[PAGE];
+
+	return memcmp(p, z, PAGE) == 0;
+}
+
+int ram_write_all(pid_t pid, uint64_t addr, uint64_t len, int out, uint64_t *ret_pages)
+{
+	char path[64];
+	_cleanup_close_ int mem = -1;
+	_cleanup_free_ uint8_t *buf = malloc((size_t)BATCH * PAGE);
+	uint64_t pages = 0, npages = len / PAGE;
+	int r;
+
+	if (!buf)
+		return -ENOMEM;
+	if (addr % PAGE || len % PAGE)
+		return -EINVAL;
+	snprintf(path, sizeof(path), "/proc/%d/mem", (int)pid);
+	if ((mem = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+		return -errno;
+	if (ftruncate(out, (off_t)len) < 0)
+		return -errno;
+	for (uint64_t i = 0; i < npages; i += BATCH) {
+		size_t n = npages - i < BATCH ? (size_t)(npages - i) : BATCH;
+
+		if ((r = pread_all(mem, buf, n * PAGE, (off_t)(addr + i * PAGE))) < 0)
+			return r;
+		/* runs of pages that are not all zeros, each written at once */
+		for (size_t j = 0; j < n;) {
+			size_t k = j;
+
+			while (k < n && !page_zero(buf + k * PAGE))
+				k++;
+			if (k == j) {
+				j++;
+				continue;
+			}
+			if ((r = pwrite_all(out, buf + j * PAGE, (k - j) * PAGE, (off_t)((i + j) * PAGE))) < 0)
 				return r;
 			pages += k - j;
 			j = k;

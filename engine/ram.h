@@ -14,11 +14,14 @@
  */
 #pragma once
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
 
 /* The name a base memfd carries (it shows in a VMM's /proc/PID/maps as "/memfd:NAME (deleted)"). */
 #define RAM_BASE_NAME "emberfs-ram-base"
+/* A base that is a lazy file of the snapshot store (snapstore.c names them so): its path ends in this. */
+#define RAM_LAZY_SUFFIX ".emberfs-ram"
 
 /*
  * A sealed memfd holding src's contents (size bytes; 0: src's size) (holes stay holes:
@@ -27,7 +30,10 @@
  */
 int ram_base_create(const char *src, uint64_t size, int *ret_fd, uint64_t *ret_copied);
 
-/* Where a base is mapped in process pid: exactly one mapping of it, else -ENOENT (none) or -EEXIST (several). */
+/*
+ * Where a base (a memfd or a lazy file) is mapped in process pid: exactly
+ * one mapping of it, else -ENOENT (none) or -EEXIST (several).
+ */
 int ram_base_find(pid_t pid, uint64_t *ret_addr, uint64_t *ret_len);
 
 /*
@@ -37,3 +43,14 @@ int ram_base_find(pid_t pid, uint64_t *ret_addr, uint64_t *ret_len);
  * *ret_pages: pages written.
  */
 int ram_write_private(pid_t pid, uint64_t addr, uint64_t len, int out, uint64_t *ret_pages);
+
+/* Whether process pid maps a lazy file (its guest RAM is served by the daemon that started it). */
+bool ram_maps_lazy(pid_t pid);
+
+/*
+ * Writes every page of [addr, addr + len) in process pid that is not all
+ * zeros into out (made len bytes long first; zero pages stay holes): the
+ * whole guest RAM, for a memory file that holds nothing of the base yet (a
+ * restore from a lazy file). The process must not run meanwhile.
+ */
+int ram_write_all(pid_t pid, uint64_t addr, uint64_t len, int out, uint64_t *ret_pages);

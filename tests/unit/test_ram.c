@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <cmocka.h>
@@ -187,6 +188,82 @@ static void find_exactly_one(void **state)
 	assert_int_equal(ram_base_find(999999999, &addr, &len), -ENOENT);
 }
 
+/*
+ * A lazy file (a path ending in RAM_LAZY_SUFFIX) mapped privately is a base
+ * too; a child that wrote pages 3 and 10 and read page 256: ram_write_all
+ * writes the whole RAM into an empty file, every page that is not all
+ * zeros, holes elsewhere.
+ */
+static void lazy_write_all(void **state)
+{
+	static uint8_t want[SIZE], got[SIZE];
+	char lazy[] = "/tmp/emberfs-test-lazy-XXXXXX" RAM_LAZY_SUFFIX;
+	char tmp[] = "/tmp/emberfs-test-ramall-XXXXXX";
+	uint64_t addr = 0, len = 0, pages = 0;
+	int lfd, out, st, pfd[2];
+	struct stat sb;
+	pid_t pid;
+
+	(void)state;
+	lfd = mkstemps(lazy, (int)strlen(RAM_LAZY_SUFFIX));
+	assert_true(lfd >= 0);
+	{
+		int s = open(src, O_RDONLY);
+		assert_int_equal(pread(s, want, SIZE, 0), SIZE);
+		assert_int_equal(pwrite(lfd, want, SIZE, 0), SIZE);
+		close(s);
+	}
+	assert_false(ram_maps_lazy(getpid()));
+	assert_int_equal(pipe(pfd), 0);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		volatile uint8_t *p = mmap(NULL, SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE, lfd, 0);
+		uint8_t c;
+
+		if (p == MAP_FAILED)
+			_exit(1);
+		memset((void *)(p + 3 * PG), 0xa3, PG);
+		memset((void *)(p + 10 * PG), 0xaa, PG);
+		c = p[256 * PG];
+		if (write(pfd[1], &c, 1) != 1)
+			_exit(1);
+		for (;;)
+			pause();
+	}
+	close(pfd[1]);
+	{
+		uint8_t c;
+		assert_int_equal(read(pfd[0], &c, 1), 1);
+	}
+	close(pfd[0]);
+	kill(pid, SIGSTOP);
+	assert_int_equal(waitpid(pid, &st, WUNTRACED), pid);
+	assert_true(ram_maps_lazy(pid));
+	assert_int_equal(ram_base_find(pid, &addr, &len), 0);
+	assert_int_equal(len, SIZE);
+	out = mkstemp(tmp);
+	assert_true(out >= 0);
+	assert_int_equal(ram_write_all(pid, addr, len, out, &pages), 0);
+	memset(want + 3 * PG, 0xa3, PG);
+	memset(want + 10 * PG, 0xaa, PG);
+	/* the pages that are not all zeros: page 0, 257 and 258 of the source (256 holds zeros) and the two written */
+	assert_int_equal(pages, 5);
+	assert_int_equal(fstat(out, &sb), 0);
+	assert_int_equal(sb.st_size, SIZE);
+	assert_true((uint64_t)sb.st_blocks * 512 < SIZE / 2); /* sparse: zero pages are holes */
+	assert_int_equal(pread(out, got, SIZE, 0), SIZE);
+	assert_memory_equal(want, got, SIZE);
+	assert_int_equal(ram_write_all(pid, addr + 1, len, out, NULL), -EINVAL);
+	kill(pid, SIGKILL);
+	waitpid(pid, &st, 0);
+	assert_false(ram_maps_lazy(pid));
+	close(out);
+	unlink(tmp);
+	close(lfd);
+	unlink(lazy);
+}
+
 /* The head of a QEMU 7.2 stream with x-ignore-shared, as a bake writes it, then a section. */
 static const uint8_t head[] = { 'Q', 'E', 'V', 'M', 0, 0, 0, 3, 0x07, 0, 0, 0, 7, 'm', 'i', 'c', 'r', 'o', 'v', 'm',
 				0x05, 26, 'c', 'o', 'n', 'f', 'i', 'g', 'u', 'r', 'a', 't', 'i', 'o', 'n', '/',
@@ -249,6 +326,7 @@ int main(void)
 		cmocka_unit_test(base_sealed),
 		cmocka_unit_test(write_back),
 		cmocka_unit_test(find_exactly_one),
+		cmocka_unit_test(lazy_write_all),
 		cmocka_unit_test(stream_head),
 	};
 
