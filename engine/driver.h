@@ -69,6 +69,7 @@ struct vmm_ops;
 /* The head of every driver's VMM object. */
 struct vmm {
 	const struct vmm_ops *ops;
+	bool lazy_ram; /* its guest RAM is a lazy file of the snapshot store (vm_start) */
 };
 
 struct vmm_ops {

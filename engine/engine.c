@@ -636,6 +636,37 @@ static int load_templates(struct engine *e)
 	return r;
 }
 
+/* --store: the chunk cache in STATE/cache, the lazy files at STATE/lazy. */
+static int engine_objstore_open(struct engine *e)
+{
+	_cleanup_free_ char *cache = strjoin(e->state_dir, "/cache", NULL), *lazy = strjoin(e->state_dir, "/lazy", NULL);
+	_cleanup_free_ char *why = NULL;
+	const struct objstore_options o = { .url = e->opts.store_url, .cache_dir = cache, .lazy_dir = lazy,
+					    .limit_bytes = (e->opts.cache_mib ? e->opts.cache_mib : 4096) << 20,
+					    .prefetch = !e->opts.no_prefetch, .retries = 3,
+					    .chunk = e->opts.store_chunk_kib << 10 };
+	int r;
+
+	if (!cache || !lazy)
+		return -ENOMEM;
+	if ((r = objstore_new(&o, &e->objstore, &why)) < 0)
+		log_error("--store %s: %s", e->opts.store_url, why ? why : strerror(-r));
+	return r;
+}
+
+char *engine_render_cache_status(struct engine *e)
+{
+	_cleanup_json_ json_object *o = e->objstore ? objstore_stats_json(e->objstore) : json_object_new_object();
+	char *s;
+
+	if (!o)
+		return NULL;
+	if (!e->objstore)
+		json_object_object_add(o, "store", NULL);
+	s = strjoin(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY), "\n", NULL);
+	return s;
+}
+
 int engine_new(const struct engine_options *opts, struct engine **ret)
 {
 	struct engine *e = calloc(1, sizeof(*e));
@@ -676,6 +707,8 @@ int engine_new(const struct engine_options *opts, struct engine **ret)
 	pthread_cond_init(&e->cold_cond, NULL);
 	atomic_init(&e->next_id, 1);
 	r = engine_setup(e, &e->opts);
+	if (r == 0 && e->opts.store_url)
+		r = engine_objstore_open(e);
 	if (r < 0 || (r = load_templates(e)) < 0)
 		goto fail;
 	/* sandboxes an earlier run left, before anything new starts */
@@ -734,6 +767,7 @@ void engine_free(struct engine *e)
 	idtable_free(&e->ckdirs_by_id);
 	idtable_free(&e->ckpts_by_id);
 	netpool_free(e->net); /* every VMM is gone: no namespace is in use */
+	objstore_free(e->objstore); /* nor maps a lazy file */
 	cgroups_fini(e);
 	if (e->store.root) {
 		_cleanup_free_ char *run = strjoin(e->state_dir, "/run", NULL);

@@ -70,6 +70,10 @@ struct engine_options {
 	int64_t store_reserve_mib; /* store space kept free for running guests; -1: 512 */
 	unsigned cache_max_age_s;  /* build cache entries no template uses go after this long unused (0: at once) */
 	unsigned max_checkpoints;  /* per sandbox (ctl checkpoint); 0: 16 */
+	const char *store_url;	   /* --store: the snapshot store (objstore.h); NULL: none */
+	uint64_t cache_mib;	   /* the chunk cache's limit (STATE/cache); 0: 4096 */
+	bool no_prefetch;	   /* restores from the store do not prefetch the hot chunks */
+	unsigned store_chunk_kib;  /* what a publish cuts files into; 0: objstore's default */
 	const struct engine_hooks *hooks; /* NULL: none */
 	/*
 	 * The VMM drivers a template's "backend" may name, NULL-terminated;
@@ -202,6 +206,8 @@ uint64_t sandbox_status_seq(struct sandbox *s);
 
 /* OpenMetrics text (MOUNT/metrics); malloc'd. */
 char *engine_render_metrics(struct engine *e);
+/* MOUNT/cache/status: the chunk cache and the store (JSON text, "store": null without --store); malloc'd. */
+char *engine_render_cache_status(struct engine *e);
 
 /* Templates. */
 int engine_template_create(struct engine *e, const char *name, struct template **ret);

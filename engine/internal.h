@@ -12,6 +12,7 @@
 #include "capacity.h"
 #include "exitcause.h"
 #include "netpool.h"
+#include "objstore.h"
 #include "driver.h"
 #include "idtable.h"
 #include "usage.h"
@@ -191,6 +192,11 @@ struct bake_info {
 	struct timings timings;
 	char *baked_at; /* ISO 8601 */
 	struct start_info start;
+	/*
+	 * Installed from the store (snapstore.c): no memory file here, the
+	 * memory's manifest, served lazily (objstore.h); NULL: a local snapshot.
+	 */
+	struct manifest *lazy_mem;
 };
 
 /* What a template's build made (build.c): its root disk and the config it runs with. */
@@ -201,6 +207,20 @@ struct build_result {
 	char dockerfile[SHA256_HEX_LEN + 1]; /* the Dockerfile's digest it was built from; "": none */
 };
 void build_result_clear(struct build_result *b);
+/* bake.json's size limit (a snapshot from the store lists its chunks in it) */
+#define BAKE_RECORD_MAX (4u << 20)
+/* Records a snapshot file as it is now in files[name]: size, ctime, CRC-32C (bake.json). */
+int snap_file_record(const char *path, json_object *files, const char *name);
+/*
+ * snapstore.c: a template's snapshot in the store. install: the snapshot of
+ * identity from the store into newdir (state, disk.img, bake.json; -ENOENT:
+ * the store has none). publish: the template's snapshot to the store, with
+ * the hot list a trial restore read. lazy_name: a lazy memory file's name.
+ */
+int snapstore_install(struct engine *e, const char *identity, const char *newdir, bool want_disk, uint64_t mem_size,
+		      struct timings *tm, char **why);
+int snapstore_publish(struct template *t, const struct template_config *cfg, char **why);
+char *snapstore_lazy_name(const char *state_digest, bool trial);
 char *template_dockerfile_path(struct template *t);
 bool template_has_dockerfile(struct template *t);
 /* Whether cfg makes the template build a root disk first (an image, or a Dockerfile in its directory). */
@@ -462,6 +482,10 @@ struct template {
 	struct bake_info bake;
 	bool has_build;
 	struct build_result build; /* the last build's (build.json) */
+	/* --store: the last bake's exchange with it (snapstore.c); "": none yet */
+	char store_state[16];	  /* "installed", "baking here", "publishing", "published", "failed" (the publish) */
+	char *store_error;	  /* why the last publish failed; NULL: none */
+	char *store_install_error; /* why the last bake could not install from the store; NULL: it did, or none */
 	struct sandbox **sandboxes;
 	size_t n_sandboxes;
 	bool removed;
@@ -622,6 +646,7 @@ struct engine {
 	const char *accel;
 	struct store store;
 	struct netpool *net; /* NULL unless --net */
+	struct objstore *objstore; /* NULL unless --store: the snapshot store and this host's chunk cache */
 	char *default_config; /* JSON text for new templates */
 
 	pthread_mutex_t lock;

@@ -17,6 +17,7 @@
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <stdio.h>
@@ -66,6 +67,18 @@ char *vmm_exit_cause(struct engine *e, struct vmm *v, const char *console_path, 
 		f.shutdown = why;
 	f.console = con;
 	f.vmm_log = log;
+	if (v->lazy_ram && f.status == 128 + SIGBUS && e->objstore) {
+		/* a page of its memory the store could not give (the lazy file answered EIO) */
+		_cleanup_free_ char *cause = exit_cause_describe(&f);
+		struct objstore_stats st;
+		char *s;
+
+		objstore_get_stats(e->objstore, &st);
+		if (asprintf(&s, "%s; its memory could not be read from the store (last store error: %s)",
+			     cause ? cause : "VMM exited (SIGBUS)", st.last_error[0] ? st.last_error : "none") < 0)
+			return NULL;
+		return s;
+	}
 	return exit_cause_describe(&f);
 }
 

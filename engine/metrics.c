@@ -161,6 +161,23 @@ char *engine_render_metrics(struct engine *e)
 	for (int o = 0; o < 5; o++)
 		put_hist(&b, "emberfs_operation_seconds", "op", ops[o], &e->hist[H_FORK + o]);
 	pthread_mutex_unlock(&e->lock);
+	if (e->objstore) {
+		struct objstore_stats st;
+
+		objstore_get_stats(e->objstore, &st);
+		put(&b, "# TYPE emberfs_cache_hits counter\n# HELP emberfs_cache_hits Chunk cache lookups answered from this host.\n"
+			"emberfs_cache_hits_total %llu\n", (unsigned long long)st.hits);
+		put(&b, "# TYPE emberfs_cache_misses counter\n# HELP emberfs_cache_misses Chunk cache lookups that fetched from the store.\n"
+			"emberfs_cache_misses_total %llu\n", (unsigned long long)st.misses);
+		put(&b, "# TYPE emberfs_cache_fetched_bytes counter\n# HELP emberfs_cache_fetched_bytes Bytes fetched from the store (checked).\n"
+			"emberfs_cache_fetched_bytes_total %llu\n", (unsigned long long)st.fetched_bytes);
+		put(&b, "# TYPE emberfs_cache_evictions counter\n# HELP emberfs_cache_evictions Chunks evicted to keep the cache within its limit.\n"
+			"emberfs_cache_evictions_total %llu\n", (unsigned long long)st.evictions);
+		put(&b, "# TYPE emberfs_cache_errors counter\n# HELP emberfs_cache_errors Fetches and checks that failed.\n"
+			"emberfs_cache_errors_total %llu\n", (unsigned long long)st.errors);
+		put(&b, "# TYPE emberfs_cache_used_bytes gauge\n# HELP emberfs_cache_used_bytes Bytes the chunk cache holds.\n"
+			"emberfs_cache_used_bytes %llu\n", (unsigned long long)st.used_bytes);
+	}
 	put(&b, "# EOF\n");
 	if (b.oom) {
 		free(b.p);

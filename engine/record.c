@@ -35,6 +35,7 @@
 #include "guest.h"
 #include "internal.h"
 #include "parse.h"
+#include "ram.h"
 
 #define RECORD_VERSION 2
 #define ADOPT_PING_MS 100
@@ -459,7 +460,7 @@ static void adoptee_kill(struct engine *e, struct adoptee *a)
 	close(TAKE_FD(a->pidfd));
 }
 
-static void adopt_fail(struct adoptee *a, const char *step, int err)
+static void adopt_fail_why(struct adoptee *a, const char *step, const char *why)
 {
 	struct sandbox *s = a->s;
 	struct engine *e = s->e;
@@ -471,13 +472,18 @@ static void adopt_fail(struct adoptee *a, const char *step, int err)
 	ac = TAKE_PTR(s->agent);
 	s->vmm_pid = 0;
 	free(s->error);
-	if (asprintf(&s->error, "not re-adopted after a daemon restart: %s: %s", step, strerror(-err)) < 0)
+	if (asprintf(&s->error, "not re-adopted after a daemon restart: %s: %s", step, why) < 0)
 		s->error = NULL;
 	s->state = SB_FAILED;
 	pthread_mutex_unlock(&e->lock);
 	log_warn("sandbox %s/%s: %s", s->tpl->name, s->name, s->error ? s->error : step);
 	vm_release(e, &v, &ac, NULL);
 	sandbox_procs_settle(s);
+}
+
+static void adopt_fail(struct adoptee *a, const char *step, int err)
+{
+	adopt_fail_why(a, step, strerror(-err));
 }
 
 int agent_settle(struct agent_client *ac, uint64_t deadline, const atomic_bool *cancel)
@@ -514,6 +520,13 @@ static void *adopt_main(void *arg)
 
 	if (!qmp || !agent) {
 		adopt_fail(a, "prepare", -ENOMEM);
+		return NULL;
+	}
+	if (ram_maps_lazy(a->pid)) {
+		/* its memory came from the lazy files the last run served: the next page it lacks would end it */
+		adoptee_kill(e, a);
+		adopt_fail_why(a, "memory", "its guest memory was served from the store by the daemon that ended "
+					    "(a restore from --store needs the daemon until its memory is its own); killed");
 		return NULL;
 	}
 	/* the driver that started it (records before drivers were named: the default) */

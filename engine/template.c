@@ -92,6 +92,9 @@ static void bake_info_clear(struct bake_info *b)
 {
 	free(b->baked_at);
 	free(b->start.cmd);
+	if (b->lazy_mem)
+		manifest_clear(b->lazy_mem);
+	free(b->lazy_mem);
 	memset(b, 0, sizeof(*b));
 }
 
@@ -110,7 +113,7 @@ static void snap_file_from_json(json_object *files, const char *name, struct sna
 }
 
 /* Records a snapshot file as it is now (after its last write): size, ctime, CRC-32C. */
-static int snap_file_record(const char *path, json_object *files, const char *name)
+int snap_file_record(const char *path, json_object *files, const char *name)
 {
 	_cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
 	json_object *o;
@@ -143,7 +146,8 @@ int template_load_bake(struct template *t)
 	json_object *v, *tm;
 	struct bake_info b = { 0 };
 
-	if (!p || read_file(p, 1 << 16, &text, NULL) < 0 || !(o = json_tokener_parse(text)))
+	/* a snapshot from the store lists its chunks: 4 MiB holds 60,000 of them */
+	if (!p || read_file(p, BAKE_RECORD_MAX, &text, NULL) < 0 || !(o = json_tokener_parse(text)))
 		return -ENOENT;
 	if (!json_object_object_get_ex(o, "identity", &v) || strlen(json_object_get_string(v)) != 64)
 		return -EINVAL;
@@ -160,6 +164,18 @@ int template_load_bake(struct template *t)
 	if (json_object_object_get_ex(o, "files", &v)) {
 		snap_file_from_json(v, "mem", &b.mem);
 		snap_file_from_json(v, "disk.img", &b.disk);
+	}
+	if (json_object_object_get_ex(o, "source", &v) && strcmp(json_object_get_string(v), "store") == 0) {
+		json_object *st, *mem;
+		_cleanup_free_ char *why = NULL;
+
+		/* its memory is in the store: the manifest the restores serve it from */
+		if (!json_object_object_get_ex(o, "store", &st) || !json_object_object_get_ex(st, "mem", &mem) ||
+		    !(b.lazy_mem = calloc(1, sizeof(*b.lazy_mem))) || manifest_from_json(mem, b.lazy_mem, &why) < 0) {
+			log_error("template %s: %s: the store's memory manifest: %s", t->name, p, why ? why : "missing");
+			bake_info_clear(&b);
+			return -EINVAL;
+		}
 	}
 	if (json_object_object_get_ex(o, "start", &v) && jget_str(v, "cmd")) {
 		b.start.job = (uint64_t)jget_int(v, "job", 0);
@@ -233,6 +249,8 @@ void template_unref(struct template *t)
 		build_result_clear(&t->build);
 		free(t->error);
 		free(t->create_error);
+		free(t->store_error);
+		free(t->store_install_error);
 		free(t->sandboxes);
 		free(t->dir);
 		free(t->snapdir);
@@ -374,6 +392,32 @@ static int snapshot_ram_base(struct template *t, const char *mem, uint64_t size,
 	return r;
 }
 
+/*
+ * A snapshot installed from the store: its memory a lazy file (objstore.h),
+ * its hot chunks in the cache first (a store that cannot give them fails the
+ * restore here, with the reason, before any VMM maps it). The sandbox's own
+ * memory file starts empty: its first snapshot writes every page
+ * (qemu.c, snapshot_private).
+ */
+static int lazy_clone(struct template *t, const struct manifest *m, const char *digest, const char *mem_dst,
+		      int *ret_fd, char **why)
+{
+	struct engine *e = t->e;
+	_cleanup_free_ char *name = snapstore_lazy_name(digest, false);
+	_cleanup_close_ int fd = -1;
+	int r;
+
+	if (!name)
+		return -ENOMEM;
+	if (!e->objstore)
+		return why_set(why, -EINVAL, "snapshot memory is in a store, and the daemon runs without --store");
+	if ((r = objstore_prefetch(e->objstore, m, why)) < 0)
+		return r;
+	if ((fd = open(mem_dst, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) < 0)
+		return why_set(why, -errno, "%s: %s", mem_dst, strerror(errno));
+	return objstore_lazy_open(e->objstore, name, m, ret_fd, why);
+}
+
 int template_snapshot_clone(struct template *t, const char *mem_dst, const char *disk_dst,
 			    enum clone_method *ret_method, int *ret_state_fd, int *ret_ram_fd, char **ret_why)
 {
@@ -382,29 +426,53 @@ int template_snapshot_clone(struct template *t, const char *mem_dst, const char 
 	_cleanup_free_ char *sdisk = vm_file(t->snapdir, VM_DISK);
 	_cleanup_free_ char *sstate = strjoin(t->snapdir, "/state", NULL);
 	const struct engine_driver *d;
+	struct manifest lazy = { 0 };
 	struct bake_info b;
-	bool base;
-	int r, fd = -1, ram = -1;
+	bool base, is_lazy;
+	int r = 0, fd = -1, ram = -1;
 
 	if (!smem || !sdisk || !sstate)
 		return -ENOMEM;
 	pthread_mutex_lock(&e->lock);
 	b = t->bake;
 	b.baked_at = NULL; /* not ours */
+	b.lazy_mem = NULL;
+	is_lazy = t->bake.lazy_mem != NULL;
+	if (is_lazy)
+		r = manifest_copy(t->bake.lazy_mem, &lazy); /* a bake may replace the template's meanwhile */
 	base = (d = engine_driver(e, t->cfg.backend, NULL)) && d->ops->ram_base;
 	pthread_mutex_unlock(&e->lock);
+	if (r < 0)
+		return r;
+	if (is_lazy && !base) {
+		manifest_clear(&lazy);
+		return why_set(ret_why, -EINVAL, "snapshot memory from the store needs a VMM driver that maps a base");
+	}
 	pthread_rwlock_rdlock(&t->snap_lock);
-	r = verify_snapshot(t, sstate, smem, disk_dst ? sdisk : NULL, &b, ret_why);
-	/* the memory file too: what a snapshot of the restored VMM writes the guest's own pages into */
-	if (r == 0)
-		r = store_clone(&e->store, smem, mem_dst, ret_method);
+	if (is_lazy) {
+		char got[65];
+
+		if (sha256_file(sstate, got) < 0 || strcmp(got, b.state_digest) != 0)
+			r = why_set(ret_why, -EINVAL, "snapshot state digest mismatch (corrupt or truncated)");
+		if (r == 0 && disk_dst && (r = verify_snap_file(sdisk, "disk.img", &b.disk, 0, !atomic_load(&t->snap_checked),
+								  ret_why)) == 0)
+			atomic_store(&t->snap_checked, true);
+	} else {
+		r = verify_snapshot(t, sstate, smem, disk_dst ? sdisk : NULL, &b, ret_why);
+		/* the memory file too: what a snapshot of the restored VMM writes the guest's own pages into */
+		if (r == 0)
+			r = store_clone(&e->store, smem, mem_dst, ret_method);
+	}
 	if (r == 0 && disk_dst)
 		r = store_clone(&e->store, sdisk, disk_dst, ret_method);
 	if (r == 0 && (fd = open(sstate, O_RDONLY | O_CLOEXEC)) < 0)
 		r = -errno;
-	if (r == 0 && base && (r = snapshot_ram_base(t, smem, b.mem_size, b.state_digest, &ram)) < 0)
+	if (r == 0 && is_lazy)
+		r = lazy_clone(t, &lazy, b.state_digest, mem_dst, &ram, ret_why);
+	else if (r == 0 && base && (r = snapshot_ram_base(t, smem, b.mem_size, b.state_digest, &ram)) < 0)
 		why_set(ret_why, r, "snapshot memory: cannot make its shared base: %s", strerror(-r));
 	pthread_rwlock_unlock(&t->snap_lock);
+	manifest_clear(&lazy);
 	if (r < 0) {
 		if (fd >= 0)
 			close(fd);
@@ -738,13 +806,31 @@ static int fsync_path(const char *path)
 	return fd < 0 || fsync(fd) < 0 ? -errno : 0;
 }
 
+/* newdir becomes the snapshot, atomically for every create (snap_lock). */
+static int snapshot_swap(struct template *t, const char *newdir)
+{
+	_cleanup_free_ char *old = strjoin(t->dir, "/snapshot.old", NULL);
+	int r = 0;
+
+	if (!old)
+		return -ENOMEM;
+	pthread_rwlock_wrlock(&t->snap_lock);
+	rm_rf(old);
+	if (rename(t->snapdir, old) < 0 && errno != ENOENT)
+		r = -errno;
+	if (r == 0 && rename(newdir, t->snapdir) < 0)
+		r = -errno;
+	pthread_rwlock_unlock(&t->snap_lock);
+	rm_rf(old);
+	return r;
+}
+
 /* Flush and digest the artifacts, write bake.json, swap the snapshot in. */
 static int bake_commit(struct bake_ctx *b, const char *mem, const char *disk)
 {
 	struct template *t = b->t;
 	_cleanup_free_ char *state = strjoin(b->newdir, "/state", NULL);
 	_cleanup_free_ char *bj = strjoin(b->newdir, "/bake.json", NULL);
-	_cleanup_free_ char *old = strjoin(t->dir, "/snapshot.old", NULL);
 	_cleanup_free_ char *at = iso8601_now();
 	_cleanup_json_ json_object *o = json_object_new_object();
 	json_object *files;
@@ -784,15 +870,7 @@ static int bake_commit(struct bake_ctx *b, const char *mem, const char *disk)
 		return r;
 	if (b->built && (r = build_record_save(t, &b->build)) < 0)
 		return r;
-	pthread_rwlock_wrlock(&t->snap_lock);
-	rm_rf(old);
-	if (rename(t->snapdir, old) < 0 && errno != ENOENT)
-		r = -errno;
-	if (r == 0 && rename(b->newdir, t->snapdir) < 0)
-		r = -errno;
-	pthread_rwlock_unlock(&t->snap_lock);
-	rm_rf(old);
-	return r;
+	return snapshot_swap(t, b->newdir);
 }
 
 /*
@@ -971,6 +1049,78 @@ static void bake_finish(struct bake_ctx *b, int r)
 	slots_free_list(e, stale);
 }
 
+/* The template's exchange with the store: state, and why (taken) a publish or an install failed. */
+static void store_note(struct template *t, const char *state, char *why, bool install)
+{
+	pthread_mutex_lock(&t->e->lock);
+	snprintf(t->store_state, sizeof(t->store_state), "%s", state);
+	free(install ? t->store_install_error : t->store_error);
+	if (install)
+		t->store_install_error = why;
+	else
+		t->store_error = why;
+	pthread_mutex_unlock(&t->e->lock);
+}
+
+/*
+ * --store: the snapshot of this identity from the store, if it has one
+ * (0); else (-ENOENT, or why it could not be installed in the template's
+ * store error) the bake boots here.
+ */
+static int bake_install(struct bake_ctx *b)
+{
+	struct template *t = b->t;
+	char *why = NULL;
+	int r;
+
+	bake_phase(b, "fetch");
+	r = snapstore_install(t->e, b->identity, b->newdir, bake_rootfs(b) != NULL, (uint64_t)b->cfg.mem_mib << 20,
+			      &b->tm, &why);
+	if (r == 0 && b->built)
+		r = build_record_save(t, &b->build);
+	if (r == 0)
+		r = snapshot_swap(t, b->newdir);
+	if (r == 0) {
+		blog(b->log_fd, "== installed from the store");
+		log_info("template %s: snapshot installed from the store in %.0f ms", t->name, timings_total(&b->tm));
+		store_note(t, "installed", NULL, true);
+		free(why);
+		return 0;
+	}
+	rm_rf(b->newdir);
+	if (r == -ENOENT) {
+		blog(b->log_fd, "store: no snapshot of this identity yet");
+		store_note(t, "baking here", NULL, true);
+		free(why);
+	} else {
+		blog(b->log_fd, "store: not installed: %s; baking here", why ? why : strerror(-r));
+		log_warn("template %s: not installed from the store: %s; baking here", t->name, why ? why : strerror(-r));
+		store_note(t, "baking here", why ? why : strdup(strerror(-r)), true);
+	}
+	return r;
+}
+
+/* After a bake here: its snapshot to the store, for the other hosts. The template is ready meanwhile. */
+static void bake_publish(struct bake_ctx *b)
+{
+	struct template *t = b->t;
+	uint64_t t0 = now_ns();
+	char *why = NULL;
+	int r;
+
+	store_note(t, "publishing", NULL, false);
+	r = snapstore_publish(t, &b->cfg, &why);
+	if (r == 0) {
+		blog(b->log_fd, "== published in %.0f ms", ns_to_ms(now_ns() - t0));
+		store_note(t, "published", NULL, false);
+		free(why);
+	} else {
+		blog(b->log_fd, "== not published: %s", why ? why : strerror(-r));
+		log_error("template %s: not published to the store: %s", t->name, why ? why : strerror(-r));
+		store_note(t, "failed", why ? why : strdup(strerror(-r)), false);
+	}
+}
+
 static void *bake_main(void *arg)
 {
 	struct bake_ctx *b = arg;
@@ -987,6 +1137,10 @@ static void *bake_main(void *arg)
 		r = bake_build(b); /* before the cold place: building is no boot */
 	else if (t->has_build)
 		r = compute_identity(e, &b->cfg, NULL, b->identity, &b->error); /* its build goes with this bake */
+	if (r == 0 && e->objstore && bake_install(b) == 0) {
+		bake_finish(b, 0); /* from the store: no boot */
+		goto out;
+	}
 	if (r == 0) {
 		bake_phase(b, "queue");
 		r = cold_acquire(e, &t->bake_cancel);
@@ -1017,6 +1171,8 @@ static void *bake_main(void *arg)
 	}
 	blog(b->log_fd, r == 0 ? "== baked" : "== failed: %s", b->error ? b->error : strerror(r < 0 ? -r : EIO));
 	bake_finish(b, r);
+	if (r == 0 && e->objstore && !atomic_load(&t->bake_cancel))
+		bake_publish(b);
 out:
 	if (b->log_fd >= 0)
 		close(b->log_fd);
@@ -1090,6 +1246,7 @@ char *template_render_status(struct template *t)
 		json_object_object_add(b, "identity", json_object_new_string(t->bake.identity));
 		json_object_object_add(b, "baked_at", json_object_new_string(t->bake.baked_at ? t->bake.baked_at : ""));
 		json_object_object_add(b, "state_sha256", json_object_new_string(t->bake.state_digest));
+		json_object_object_add(b, "source", json_object_new_string(t->bake.lazy_mem ? "store" : "local"));
 		json_object_object_add(b, "timings", timings_json(&t->bake.timings));
 		if (t->bake.start.cmd) {
 			json_object *so = json_object_new_object();
@@ -1123,6 +1280,17 @@ char *template_render_status(struct template *t)
 		json_object_object_add(o, "netpool", ns ? json_tokener_parse(ns) : NULL);
 	}
 	json_object_object_add(o, "store", json_object_new_string(engine_store_method(e)));
+	if (e->objstore) {
+		json_object *so = json_object_new_object();
+
+		json_object_object_add(so, "url", json_object_new_string(objstore_url(e->objstore)));
+		json_object_object_add(so, "state", json_object_new_string(t->store_state));
+		json_object_object_add(so, "published", json_object_new_boolean(strcmp(t->store_state, "published") == 0));
+		json_object_object_add(so, "error", t->store_error ? json_object_new_string(t->store_error) : NULL);
+		json_object_object_add(so, "install_error",
+				       t->store_install_error ? json_object_new_string(t->store_install_error) : NULL);
+		json_object_object_add(o, "snapshot_store", so);
+	}
 	json_object_object_add(o, "error", t->error ? json_object_new_string(t->error) : NULL);
 	json_object_object_add(o, "create_error", t->create_error ? json_object_new_string(t->create_error) : NULL);
 	pthread_mutex_unlock(&e->lock);

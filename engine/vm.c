@@ -13,7 +13,26 @@
  */
 #include <string.h>
 
+#include <limits.h>
+#include <stdio.h>
+#include <unistd.h>
+
 #include "internal.h"
+#include "ram.h"
+
+/* Whether fd is a lazy file of the snapshot store (its name says so: ram.h). */
+static bool fd_is_lazy_ram(int fd)
+{
+	char link[64], target[PATH_MAX];
+	ssize_t n;
+	size_t sl = strlen(RAM_LAZY_SUFFIX);
+
+	snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+	if ((n = readlink(link, target, sizeof(target) - 1)) <= 0)
+		return false;
+	target[n] = '\0';
+	return (size_t)n > sl && strcmp(target + n - sl, RAM_LAZY_SUFFIX) == 0;
+}
 
 static void event(const struct vm_launch *l, enum vm_event ev)
 {
@@ -70,6 +89,7 @@ int vm_start(struct engine *e, const struct vm_launch *l, const char **ret_step,
 	}
 	if ((r = d->ops->spawn(d->binary, &spec, &v)) < 0)
 		return r;
+	v->lazy_ram = spec.ram_fd >= 0 && fd_is_lazy_ram(spec.ram_fd);
 	pthread_mutex_lock(&e->lock);
 	l->publish(l->arg, v, NULL);
 	if (l->cancel && atomic_load(l->cancel))

@@ -53,6 +53,13 @@ static void usage(FILE *out)
 		"      --slot-max-age S    replace warm slots older than S seconds (default 3600, 0: never)\n"
 		"      --cache-max-age S   build cache entries (fetched images, built disks, Dockerfile steps)\n"
 		"                          that no template uses go after S seconds unused (default 604800)\n"
+		"      --store URL         snapshot store shared by hosts (HTTP PUT and GET, e.g. nginx's\n"
+		"                          WebDAV): bakes publish there; a template the store has is\n"
+		"                          installed from it, its memory fetched by chunks as guests read it\n"
+		"      --cache-mib N       this host's chunk cache of the store (STATE/cache; default 4096)\n"
+		"      --no-prefetch       restores from the store fetch only what the guest reads (no hot list)\n"
+		"      --store-chunk-kib N  a publish cuts memory and disk into chunks of N KiB (a power of\n"
+		"                          two, 4 to 4096; default 256)\n"
 		"      --warmup-exec       warm slots also run one command ahead: a sandbox's first exec\n"
 		"                          is fast too, at ~15 MiB more memory per idle slot under TCG\n"
 		"      --net               networking: network slots (netns, veth, tap, NAT) built ahead;\n"
@@ -109,7 +116,8 @@ enum { OPT_STATE = 256, OPT_IMAGE, OPT_NOBAKE, OPT_QEMU, OPT_ACCEL, OPT_MAXSB, O
        OPT_LOG, OPT_PID, OPT_POOL, OPT_POOL_PAR, OPT_SLOT_AGE, OPT_CACHE_AGE, OPT_WARMUP_EXEC, OPT_NET, OPT_NET_RANGE,
        OPT_NET_POOL, OPT_NET_NO_EGRESS, OPT_POOL_BUDGET, OPT_POOL_MAXSLOTS, OPT_POOL_MISS, OPT_POOL_DECAY,
        OPT_ALLOW_OTHER, OPT_VMM_UID, OPT_CONSOLE_MAX, OPT_STORE_RESERVE, OPT_DNS,
-       OPT_CLUSTER, OPT_HOST_NAME, OPT_ADVERTISE, OPT_CLUSTER_LISTEN, OPT_CLUSTER_KEY, OPT_CLUSTER_TTL, OPT_MAXCK };
+       OPT_CLUSTER, OPT_HOST_NAME, OPT_ADVERTISE, OPT_CLUSTER_LISTEN, OPT_CLUSTER_KEY, OPT_CLUSTER_TTL, OPT_MAXCK,
+       OPT_SNAPSTORE, OPT_CACHE_MIB, OPT_NO_PREFETCH, OPT_STORE_CHUNK };
 
 static int parse_opt(int c, const char *arg, struct options *o)
 {
@@ -129,6 +137,22 @@ static int parse_opt(int c, const char *arg, struct options *o)
 	case OPT_NET_RANGE: o->eng.net_range = arg; return 0;
 	case OPT_NET_NO_EGRESS: o->eng.net_no_egress = true; return 0;
 	case OPT_DNS: o->eng.dns = arg; return 0;
+	case OPT_SNAPSTORE:
+		if (strncmp(arg, "http://", 7) != 0 && strncmp(arg, "https://", 8) != 0)
+			return -EINVAL;
+		o->eng.store_url = arg;
+		return 0;
+	case OPT_CACHE_MIB:
+		if (parse_uint(arg, 1ul << 24, &v) < 0 || v < 1)
+			return -EINVAL;
+		o->eng.cache_mib = v;
+		return 0;
+	case OPT_NO_PREFETCH: o->eng.no_prefetch = true; return 0;
+	case OPT_STORE_CHUNK:
+		if (parse_uint(arg, 4096, &v) < 0 || v < 4 || (v & (v - 1)))
+			return -EINVAL;
+		o->eng.store_chunk_kib = (unsigned)v;
+		return 0;
 	case OPT_CLUSTER: o->cl.etcd_urls = arg; return 0;
 	case OPT_HOST_NAME:
 		if (name_validate(arg) < 0)
@@ -270,6 +294,10 @@ static int parse_args(int argc, char **argv, struct options *o)
 		{ "net-pool", required_argument, NULL, OPT_NET_POOL },
 		{ "net-no-egress", no_argument, NULL, OPT_NET_NO_EGRESS },
 		{ "dns", required_argument, NULL, OPT_DNS },
+		{ "store", required_argument, NULL, OPT_SNAPSTORE },
+		{ "cache-mib", required_argument, NULL, OPT_CACHE_MIB },
+		{ "no-prefetch", no_argument, NULL, OPT_NO_PREFETCH },
+		{ "store-chunk-kib", required_argument, NULL, OPT_STORE_CHUNK },
 		{ "cluster", required_argument, NULL, OPT_CLUSTER },
 		{ "host-name", required_argument, NULL, OPT_HOST_NAME },
 		{ "advertise", required_argument, NULL, OPT_ADVERTISE },

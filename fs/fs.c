@@ -24,6 +24,11 @@ static const struct file_def root_files[] = {
 	{ "events", IDX_EVENTS, 0444, F_EVENTS, NULL, NULL, NULL, NULL, NULL, NULL, false },
 };
 
+/* cache/ (rendered by handles.c from the engine) */
+static const struct file_def cache_files[] = {
+	{ "status", IDX_CACHE_STATUS, 0444, F_STATIC, NULL, NULL, NULL, NULL, NULL, NULL, false },
+};
+
 static const struct file_def tpl_files[] = {
 	{ "config", 1, 0644, F_CONFIG, template_render_config, NULL, NULL, NULL, NULL, NULL, false },
 	{ "identity", 2, 0444, F_RENDER, template_render_identity, NULL, NULL, NULL, NULL, NULL, false },
@@ -112,8 +117,8 @@ int node_get(struct fs *f, fuse_ino_t ino, struct node *n)
 		if (idx == IDX_HOSTS && !f->cluster)
 			return -ENOENT;
 		n->kind = idx == IDX_ROOT ? K_ROOT : idx == IDX_TEMPLATES ? K_TEMPLATES : idx == IDX_LIVE ? K_LIVE :
-			  idx == IDX_BY ? K_BY : idx == IDX_HOSTS ? K_HOSTS : K_STATIC_FILE;
-		n->file = find_def(root_files, ARRAY_SIZE(root_files), NULL, idx);
+			  idx == IDX_BY ? K_BY : idx == IDX_HOSTS ? K_HOSTS : idx == IDX_CACHE ? K_CACHE : K_STATIC_FILE;
+		n->file = idx == IDX_CACHE_STATUS ? &cache_files[0] : find_def(root_files, ARRAY_SIZE(root_files), NULL, idx);
 		return n->kind != K_STATIC_FILE || n->file ? 0 : -ENOENT;
 	}
 	if ((n->t = engine_template_by_id(f->e, obj))) {
@@ -236,6 +241,8 @@ static int lookup_child(struct fs *f, const struct node *p, const char *name, st
 			return node_get(f, INO(0, IDX_BY), out);
 		if (strcmp(name, "hosts") == 0)
 			return node_get(f, INO(0, IDX_HOSTS), out); /* ENOENT in single-host mode */
+		if (strcmp(name, "cache") == 0)
+			return node_get(f, INO(0, IDX_CACHE), out);
 		d = find_def(root_files, ARRAY_SIZE(root_files), name, 0);
 		return d ? node_get(f, INO(0, d->idx), out) : -ENOENT;
 	case K_TEMPLATES:
@@ -312,6 +319,8 @@ static int lookup_child(struct fs *f, const struct node *p, const char *name, st
 	case K_HOSTS:
 	case K_HOST_DIR:
 		return hosts_lookup(f, p, name, out);
+	case K_CACHE:
+		return strcmp(name, "status") == 0 ? node_get(f, INO(0, IDX_CACHE_STATUS), out) : -ENOENT;
 	default:
 		return -ENOTDIR;
 	}
@@ -543,7 +552,11 @@ static int build_dir(fuse_req_t req, struct fs *f, struct node *n, struct dirbuf
 		dirbuf_add(req, b, "sandboxes-by", INO(0, IDX_BY), true);
 		if (f->cluster)
 			dirbuf_add(req, b, "hosts", INO(0, IDX_HOSTS), true);
+		dirbuf_add(req, b, "cache", INO(0, IDX_CACHE), true);
 		add_defs(req, b, 0, root_files, ARRAY_SIZE(root_files), NULL, false);
+		return 0;
+	case K_CACHE:
+		add_defs(req, b, 0, cache_files, ARRAY_SIZE(cache_files), NULL, false);
 		return 0;
 	case K_BY:
 	case K_BY_KEY:

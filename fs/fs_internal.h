@@ -31,7 +31,8 @@ _Static_assert(INO(((uint64_t)1 << 58) - 1, 15) < REMOTE_INO_BIT, "engine inodes
 _Static_assert((REMOTE_INO_BIT & LIVE_INO_BIT) == 0, "remote and live inode bits differ");
 
 enum { IDX_ROOT = 1, IDX_TEMPLATES = 2, IDX_README = 3, IDX_VERSION = 4, IDX_METRICS = 5, IDX_LIVE = 6,
-       IDX_EVENTS = 7, IDX_BY = 8, IDX_HOSTS = 9 /* cluster mode only */ };
+       IDX_EVENTS = 7, IDX_BY = 8, IDX_HOSTS = 9 /* cluster mode only */, IDX_CACHE = 10,
+       IDX_CACHE_STATUS = 11 /* cache/status */ };
 /* IDX_SB_BYLINK: a sandbox's link in sandboxes-by/KEY/VALUE/ */
 enum { IDX_DIR = 0, IDX_TPL_SANDBOXES = 5, IDX_TPL_SLOTS = 6, IDX_SB_PROCS = 8, IDX_SB_ROOT = 9, IDX_SB_BYLINK = 15 };
 
@@ -61,6 +62,7 @@ enum kind {
 	K_BY, K_BY_KEY, K_BY_VALUE, K_BY_LINK, /* sandboxes-by/KEY/VALUE/NAME (bymeta.c) */
 	K_HOSTS, K_HOST_DIR, K_HOST_FILE,      /* hosts/H/status (hosts.c; cluster mode only) */
 	K_SB_CKPTS, K_CKPT_DIR, K_CKPT_FILE,   /* a sandbox's checkpoints/C/status */
+	K_CACHE, /* cache/: status (the chunk cache and the snapshot store) is a K_STATIC_FILE */
 };
 
 /* A decoded inode; holds references to its objects. */

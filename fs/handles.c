@@ -167,6 +167,8 @@ static int render(struct fh *h)
 		h->buf = strdup("emberfs " EMBERFS_VERSION "\n");
 	else if (d->idx == IDX_METRICS && h->node.kind == K_STATIC_FILE)
 		h->buf = engine_render_metrics(h->fs->e);
+	else if (d->idx == IDX_CACHE_STATUS && h->node.kind == K_STATIC_FILE)
+		h->buf = engine_render_cache_status(h->fs->e);
 	else if (h->node.kind == K_STATIC_FILE)
 		h->buf = strdup(fs_readme);
 	else if (h->type == F_HOST)
