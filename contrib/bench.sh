@@ -128,6 +128,14 @@
 #            made on A, B, C in turn: wall time and where they ran). BENCH_N,
 #            BENCH_POOL, BENCH_EXEC_N (default 100), BENCH_SETTLE_MS (default
 #            300). Skipped (77) without etcd-server.
+#   store    contrib/bench_store.py: the chunk store (--store; Debian's nginx
+#            with WebDAV in a network namespace, tests/integration/storehelp.py):
+#            a daemon bakes and publishes, then BENCH_N local restores (p50/p99);
+#            BENCH_N fresh daemons (empty caches, default 10) each install the
+#            template from the store (install time from bake.timings) and
+#            restore a first sandbox (empty cache) and a second (warm cache);
+#            the same with --no-prefetch; MiB fetched per first restore over
+#            the guest's memory. Skipped (77) without nginx.
 #
 # It builds what it needs (ninja -C build; meson setup build first if there is
 # no build/), builds the guest image into .image/ if .image/current is missing
@@ -168,6 +176,9 @@
 #   {"bench":"cluster","metric":"remote_warm_create","p50_ms":..,"p99_ms":..,...}
 #   {"bench":"cluster","metric":"remote_exec_over_local","value":..,...}
 #   {"bench":"cluster","metric":"spread64","wall_ms":..,"per_host":[..],...}   (contrib/bench_cluster.py)
+#   {"bench":"store","metric":"local_restore_p50_ms"|"empty_cache_restore_p50_ms"|"warm_cache_restore_p50_ms"|
+#    "empty_cache_restore_p50_ms_noprefetch" (and the _p99_ms ones)|"empty_cache_over_local"|"fetched_fraction",
+#    "value":..}, ... (contrib/bench_store.py)
 #   {"bench":"fork","n":..,"p50_ms":..,"p99_ms":..}, the same for "fork_parent_stopped",
 #   "pause_resume", "hibernate" and "wake"
 # Creates that fail are retried (at most 3 failures per path) and reported as
@@ -181,7 +192,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 top=$PWD
-ALL_BENCHES=(create burst16 slot density netslot netcreate lifecycle exec noisy live adaptive adopt soak python e2b cluster checkpoint)
+ALL_BENCHES=(create burst16 slot density netslot netcreate lifecycle exec noisy live adaptive adopt soak python e2b cluster checkpoint store)
 
 log() { echo "bench: $*" >&2; }
 die() {
@@ -312,6 +323,11 @@ for b in "${benches[@]}"; do
 		log "cluster: contrib/bench_cluster.py (its own etcd cluster, three cluster hosts and a single host)"
 		rc=0
 		EMBERFS_IMAGE_DIR=$image EMBERFS_BIN=$bin python3 contrib/bench_cluster.py || rc=$?
+		[ "$rc" -eq 0 ] || [ "$rc" -eq 77 ] || exit 1
+	elif [ "$b" = store ]; then
+		log "store: contrib/bench_store.py (its own nginx store and daemons, fresh caches)"
+		rc=0
+		EMBERFS_IMAGE_DIR=$image EMBERFS_BIN=$bin python3 contrib/bench_store.py || rc=$?
 		[ "$rc" -eq 0 ] || [ "$rc" -eq 77 ] || exit 1
 	elif [ "$b" = e2b ]; then
 		log "e2b: contrib/bench_e2b.py (its own daemon and emberfs-e2b, the E2B SDK from tests/e2b)"
