@@ -26,6 +26,12 @@
 # network namespace only: the mount lands in your mount namespace, where
 # `ls MOUNT` sees it. (Both tried on Debian 12.)
 #
+# The snapshot store (issue 21, docs/operations.md "The snapshot store"):
+# Debian's nginx with WebDAV on the bridge address $NET.1:8080 (the machine's
+# namespace, which every host reaches), objects under $EMBERFS_CLUSTER_DIR/store.
+# Host a starts first and bakes `default` and publishes it; b and c then
+# install it from the store instead of booting it.
+#
 # Per host: state dir $EMBERFS_CLUSTER_DIR/H (default /var/lib/emberfs-cluster),
 # mount point $EMBERFS_CLUSTER_MNT/H (default /tmp/emberfs-cluster), sandbox
 # network range 10.20N.0.0/16 (10.201, 10.202, 10.203), log H/emberfs.log.
@@ -44,6 +50,7 @@ ETCD_CLIENT=2379      # member N: 2379 + N - 1 (etcdcluster.py: base + index)
 ETCD_PEER=2479
 NFT_TABLE=emberfs_cluster
 ETCDCLUSTER=tests/integration/etcdcluster.py
+STORE_PORT=8080
 
 say() { echo "cluster-up.sh: $*" >&2; }
 die() {
@@ -128,6 +135,45 @@ etcd_down() {
 	python3 "$ETCDCLUSTER" down "$ROOT/etcd"
 }
 
+# ---- the snapshot store ----
+
+store_url() { echo "http://$NET.1:$STORE_PORT/store/"; }
+
+store_up() {
+	local d=$ROOT/store
+	mkdir -p "$d/www/store" "$d/tmp" "$d/logs"
+	cat >"$d/nginx.conf" <<CONF
+user root;
+pid $d/nginx.pid;
+error_log $d/logs/error.log;
+events { worker_connections 512; }
+http {
+	access_log $d/logs/access.log;
+	client_body_temp_path $d/tmp;
+	server {
+		listen $NET.1:$STORE_PORT;
+		location /store/ {
+			root $d/www;
+			dav_methods PUT DELETE;
+			create_full_put_path on;
+			client_max_body_size 64m;
+		}
+	}
+}
+CONF
+	nginx -e "$d/logs/error.log" -c "$d/nginx.conf" -p "$d/"
+}
+
+store_down() {
+	local pidf=$ROOT/store/nginx.pid
+	[ -s "$pidf" ] || return 0
+	kill "$(cat "$pidf")" 2>/dev/null || true
+	for _ in $(seq 1 50); do
+		[ -e "$pidf" ] || break
+		sleep 0.1
+	done
+}
+
 # ---- the hosts ----
 
 host_up() { # index, image dir
@@ -138,7 +184,7 @@ host_up() { # index, image dir
 	mkdir -p "$state" "$mnt"
 	# as contrib/up.sh, plus the cluster options; --dns when the machine's
 	# resolver is on loopback, which a host's namespace cannot reach
-	local opts=(--net --net-range "10.20$((i + 1)).0.0/16")
+	local opts=(--net --net-range "10.20$((i + 1)).0.0/16" --store "$(store_url)")
 	[ -n "${EMBERFS_CLUSTER_DNS:-}" ] && opts+=(--dns "$EMBERFS_CLUSTER_DNS")
 	[ -n "${EMBERFS_OWNER_ONLY:-}" ] || opts+=(--allow-other)
 	nsenter --net="/run/netns/$(ns_of "$h")" \
@@ -191,6 +237,7 @@ undo_etcd_part() {
 	trap - ERR
 	say "$1 failed: taking the network and etcd down"
 	etcd_down || true
+	store_down || true
 	net_down
 }
 
@@ -236,13 +283,22 @@ cmd_up() {
 	if [ ! -s "$ROOT/cluster.key" ]; then
 		(umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$ROOT/cluster.key" && echo >>"$ROOT/cluster.key")
 	fi
+	command -v nginx >/dev/null || die "nginx missing (apt-get install nginx; contrib/deps.sh does)"
+	store_up || die "the snapshot store (nginx) did not start (log $ROOT/store/logs/error.log)"
 	for i in "${!HOSTS[@]}"; do
 		if ! host_up "$i" "$image"; then
 			h=${HOSTS[$i]}
 			die "host $h did not start (log $ROOT/$h/emberfs.log); '$0 down' removes what is up"
 		fi
+		if [ "$i" -eq 0 ]; then
+			# a bakes and publishes default first: b and c install it from the store
+			for _ in $(seq 1 600); do
+				grep -qs '"state": *"\(published\|failed\)"' "$MNTROOT/a/templates/default/status" && break
+				sleep 0.2
+			done
+		fi
 	done
-	# every host's default template (each bakes its own until snapshots move between hosts)
+	# every host's default template (a's bake, the others' install from the store)
 	for h in "${HOSTS[@]}"; do
 		for _ in $(seq 1 600); do
 			grep -qs '"state": *"ready"' "$MNTROOT/$h/templates/default/status" && break
@@ -265,6 +321,8 @@ $(for i in "${!HOSTS[@]}"; do h=${HOSTS[$i]}; echo "  host $h: mount $MNTROOT/$h
   rm -rf $MNTROOT/c/templates/default/sandboxes/s1
   ip link set $(ns_of b)-br down                        # cut b off (etcd and peers); 'up' heals
   ETCDCTL_API=3 etcdctl --endpoints $(etcd_urls) get --prefix / --keys-only
+  grep -o '"source":"[a-z]*"' $MNTROOT/b/templates/default/status   # "store": installed, not booted
+  cat $MNTROOT/b/cache/status                           # what b fetched from the store ($(store_url))
 
 A sandbox's address is reached from its host's namespace: nsenter --net=/run/netns/$(ns_of a) ...
 Stop: $0 down   (--purge also removes $ROOT and $MNTROOT)
@@ -281,6 +339,7 @@ cmd_down() {
 		host_down "$h" || failed=1
 	done
 	etcd_down
+	store_down
 	net_down
 	if [ "$failed" -ne 0 ]; then
 		die "a host did not stop (above): its state is kept, even with --purge"
