@@ -36,6 +36,9 @@ namespace of its own (storehelp.py), reached over a veth pair.
   the create fails with a reason, or (if its guest got ready) the store
   served no corrupt chunk to it: never a guest on wrong memory. With the
   chunks repaired the next create works: nothing bad was cached.
+- The store stopped between an install (--no-prefetch) and a restore: the
+  create fails with the reason (the store's connection error), and once the
+  store is back the next one works.
 - Memory that becomes the sandbox's own (daemon G): a sandbox restored from
   the store writes to its RAM (/tmp, a tmpfs), is forked (the child sees the
   write, the two diverge), hibernated and woken (its write kept, the guest
@@ -731,6 +734,50 @@ class Store(harness.TestCase):
         finally:
             for n, data in saved.items():
                 STORE.restore(os.path.join(STORE.store_dir, "chunks", n), data)
+        stop_checked(d)
+
+    # ---- E2: the store stopped between the install and a restore -------------------------------
+    def test_5b_store_stopped_at_restore(self):
+        # --no-prefetch: the restore itself needs the store for the memory the guest touches
+        d = daemon("--no-prefetch")
+        d.expect_log_error(r"(?i)store|chunk|connect|fetch|restore|create|cache|sandbox|vmm|qemu")
+        try:
+            d.start()
+            st = d.wait_template_ready()
+            self.assertEqual(st["bake"].get("source"), "store", st["bake"])
+            c0 = cache_status(d)
+            STORE.stop()
+            try:
+                d.create("s1")
+                answer = d.wait("s1")
+            except OSError as e:
+                answer = "failed: %s" % harness.errno_name(e.errno)
+            try:
+                est = d.status("s1")
+            except FileNotFoundError:
+                est = None
+            c1 = cache_status(d)
+            sys.stderr.write("\n  store stopped before a restore: %r; status %s; last_error %r\n" % (
+                answer, est and (est.get("state"), est.get("error")), c1["last_error"]))
+            self.assertNotEqual(answer, "ready\n", "a restore got ready with its memory's store down")
+            self.assertTrue(est is None or est["state"] == "failed", est)
+            if est is not None:
+                self.assertRegex(est.get("error") or "", r"(?i)store", est)
+            self.assertGreater(c1["errors"], c0["errors"], c1)
+            self.assertRegex(c1["last_error"] or "", r"(?i)connect|refused", c1)
+            if "s1" in d.sandboxes():
+                d.destroy("s1")
+            # the store back: restores work again, from what is cached and what is fetched now
+            STORE.start()
+            d.create_ready("s2")
+            self.assertEqual(run_ref(d, "s2"), A["ref"])
+            d.destroy("s2")
+        except BaseException:
+            d.force_cleanup()
+            raise
+        finally:
+            if not STORE.running():
+                STORE.start()
         stop_checked(d)
 
     # ---- G: a store-restored sandbox's memory becomes its own: fork, hibernate, wake, restart ----
