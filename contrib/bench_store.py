@@ -26,6 +26,9 @@ with --pool 0 (every create restores) and its own state dir and mount point.
              that exec.
   warm       in each of those rounds, a second sandbox on the same daemon
              (its chunks now cached): mkdir until ready.
+  base       then (the second restore fetches the rest of the memory in the
+             background) sandboxes until snapshot_store.memory says "base",
+             and one more: a restore from the base built from the cache.
   noprefetch the empty round again, BENCH_N daemons with --no-prefetch (the
              restore's hot-chunk prefetch off).
 
@@ -43,6 +46,7 @@ and on stdout one JSON object per line, among them:
 {"bench":"store","metric":"local_restore_p50_ms","value":..}   (and _p99_ms)
 {"bench":"store","metric":"empty_cache_restore_p50_ms","value":..}   (and _p99_ms)
 {"bench":"store","metric":"warm_cache_restore_p50_ms","value":..}   (and _p99_ms)
+{"bench":"store","metric":"cached_base_restore_p50_ms","value":..}   (and _p99_ms)
 {"bench":"store","metric":"empty_cache_restore_p50_ms_noprefetch","value":..}   (and _p99_ms_noprefetch)
 {"bench":"store","metric":"template_install_p50_ms","value":..,"from":"timings"|"wall"}   (and _noprefetch)
 {"bench":"store","metric":"empty_cache_over_local","value":..}   (p50 over p50)
@@ -52,7 +56,7 @@ and on stdout one JSON object per line, among them:
  "noprefetch_value":..}
 {"bench":"store","metric":"fetched_fraction","value":..,"mem_mib":..}
 {"bench":"store","metric":"published","chunks":..,"mib":..,"publish_ms":..}
-{"bench":"store","metric":"restore","kind":"local"|"empty"|"warm"|"empty_noprefetch","n":..,"p50_ms":..,
+{"bench":"store","metric":"restore","kind":"local"|"empty"|"warm"|"base"|"empty_noprefetch","n":..,"p50_ms":..,
  "p99_ms":..,"samples_ms":[..]}
 Exit 77 (skipped) when nginx (with WebDAV) is not installed.
 """
@@ -185,13 +189,30 @@ def bench_empty(store, prefetch):
             d.destroy("e0")  # the warm sample alone on the host, as the first one was
             time.sleep(SETTLE)
             warm = timed_create(d, "e1") if prefetch else None
+            based = None
             if warm is not None:
                 d.destroy("e1")
+                # the second restore started fetching the rest of the memory: once it is all cached a
+                # restore maps a base built from it (templates/T/status snapshot_store.memory "base")
+                deadline = time.monotonic() + 60
+                time.sleep(SETTLE)
+                while True:
+                    based = timed_create(d, "e2")
+                    d.destroy("e2")
+                    so = store_obj(d.template_status()) or {}
+                    if so.get("memory") == "base" or time.monotonic() > deadline:
+                        break
+                    time.sleep(SETTLE)
+                if so.get("memory") != "base":
+                    raise SystemExit("bench: store: error: no base built from the cache after 60 s: %s" % so)
+                time.sleep(SETTLE)
+                based = timed_create(d, "e3")  # on the base for sure (the status said so before it)
+                d.destroy("e3")
         except BaseException:
             d.force_cleanup()
             raise
         d.stop()
-        r = {"install_ms": ims, "install_from": src, "first_ms": first, "warm_ms": warm,
+        r = {"install_ms": ims, "install_from": src, "first_ms": first, "warm_ms": warm, "base_ms": based,
              "install_bytes": c0["fetched_bytes"], "ready_bytes": c1["fetched_bytes"] - c0["fetched_bytes"],
              "restore_bytes": c2["fetched_bytes"] - c0["fetched_bytes"], "total_bytes": c2["fetched_bytes"]}
         rounds.append(r)
@@ -199,7 +220,8 @@ def bench_empty(store, prefetch):
             "with its first exec)%s" % ("prefetch" if prefetch else "no-prefetch", i + 1, ims, src,
                                         r["install_bytes"] / MiB, first, r["ready_bytes"] / MiB,
                                         r["restore_bytes"] / MiB,
-                                        "" if warm is None else ", warm-cache restore %.1f ms" % warm))
+                                        "" if warm is None else ", warm-cache restore %.1f ms, on the base %.1f ms" % (
+                                            warm, based)))
     return rounds
 
 
@@ -236,6 +258,7 @@ def main():
 
     empty = [r["first_ms"] for r in on]
     warm = [r["warm_ms"] for r in on]
+    based = [r["base_ms"] for r in on]
     empty_off = [r["first_ms"] for r in off]
     inst = [r["install_ms"] for r in on]
     inst_off = [r["install_ms"] for r in off]
@@ -245,10 +268,11 @@ def main():
     # without prefetch the install takes the device state and the disk only: the rest is memory
     base = pct([r["install_bytes"] / MiB for r in off], 50)
     out = []
-    for kind, v in (("local", local), ("empty", empty), ("warm", warm), ("empty_noprefetch", empty_off)):
+    for kind, v in (("local", local), ("empty", empty), ("warm", warm), ("base", based), ("empty_noprefetch", empty_off)):
         out.append({"bench": "store", "metric": "restore", "kind": kind, "n": len(v), "p50_ms": round(pct(v, 50), 3),
                     "p99_ms": round(pct(v, 99), 3), "samples_ms": [round(x, 2) for x in v]})
-    for name, v in (("local_restore", local), ("empty_cache_restore", empty), ("warm_cache_restore", warm)):
+    for name, v in (("local_restore", local), ("empty_cache_restore", empty), ("warm_cache_restore", warm),
+                    ("cached_base_restore", based)):
         out.append({"bench": "store", "metric": name + "_p50_ms", "value": round(pct(v, 50), 3), "n": len(v)})
         out.append({"bench": "store", "metric": name + "_p99_ms", "value": round(pct(v, 99), 3), "n": len(v)})
     out.append({"bench": "store", "metric": "empty_cache_restore_p50_ms_noprefetch", "value": round(pct(empty_off, 50), 3),
@@ -285,6 +309,7 @@ def main():
     row("empty cache (first, prefetch)", empty)
     row("empty cache (first, no prefetch)", empty_off)
     row("warm cache (second sandbox)", warm)
+    row("on the base built from the cache", based)
     row("template install (prefetch)", inst)
     row("template install (no prefetch)", inst_off)
     sys.stderr.write("  empty over local (p50): %.2f; warm over local: %.2f; install + first restore over local: %.2f\n" % (

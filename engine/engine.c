@@ -752,6 +752,7 @@ void engine_free(struct engine *e)
 	e->shutting_down = true;
 	pthread_mutex_unlock(&e->lock);
 	adopt_clear(e);
+	objstore_stop(e->objstore); /* a bake waiting on the store ends now */
 	engine_deadlines_stop(e);
 	engine_idler_stop(e);
 	/* Templates destroy their sandboxes and join their bakes. */

@@ -221,6 +221,13 @@ int snapstore_install(struct engine *e, const char *identity, const char *newdir
 		      struct timings *tm, char **why);
 int snapstore_publish(struct template *t, const struct template_config *cfg, char **why);
 char *snapstore_lazy_name(const char *state_digest, bool trial);
+/*
+ * The memory of manifest m as a sealed base (ram.h) built from this host's
+ * cache: -EAGAIN while the cache lacks a chunk of it. fill: fetches what it
+ * lacks.
+ */
+int snapstore_ram_base(struct engine *e, const struct manifest *m, int *ret_fd, char **why);
+int snapstore_fill(struct engine *e, const struct manifest *m, char **why);
 char *template_dockerfile_path(struct template *t);
 bool template_has_dockerfile(struct template *t);
 /* Whether cfg makes the template build a root disk first (an image, or a Dockerfile in its directory). */
@@ -472,6 +479,15 @@ struct template {
 	pthread_mutex_t ram_lock;
 	int ram_fd;
 	char ram_digest[65];
+	/*
+	 * A snapshot from the store (ram_lock): restores of it so far, and the
+	 * background fetch of what its memory lacks here, started at its second
+	 * restore (template.c, lazy_clone); joined by template_free.
+	 */
+	unsigned lazy_restores;
+	char lazy_digest[65];
+	pthread_t fill_thread;
+	bool fill_started, fill_joinable;
 
 	/* protected by e->lock */
 	struct template_config cfg;

@@ -59,6 +59,28 @@ static int pread_all(int fd, uint8_t *p, size_t n, off_t off)
 	return 0;
 }
 
+int ram_base_new(uint64_t size, int *ret_fd)
+{
+	int fd = memfd_create(RAM_BASE_NAME, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+
+	if (fd < 0)
+		return -errno;
+	if (ftruncate(fd, (off_t)size) < 0) {
+		int r = -errno;
+
+		close(fd);
+		return r;
+	}
+	*ret_fd = fd;
+	return 0;
+}
+
+int ram_base_seal(int fd)
+{
+	/* nothing can change it from now on: not we, not a VMM that opens it again */
+	return fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) < 0 ? -errno : 0;
+}
+
 int ram_base_create(const char *src, uint64_t size, int *ret_fd, uint64_t *ret_copied)
 {
 	_cleanup_close_ int in = open(src, O_RDONLY | O_CLOEXEC);
@@ -76,9 +98,8 @@ int ram_base_create(const char *src, uint64_t size, int *ret_fd, uint64_t *ret_c
 	if (size && (uint64_t)st.st_size != size)
 		return -EINVAL;
 	size = (uint64_t)st.st_size;
-	fd = memfd_create(RAM_BASE_NAME, MFD_CLOEXEC | MFD_ALLOW_SEALING);
-	if (fd < 0 || ftruncate(fd, (off_t)size) < 0)
-		return -errno;
+	if ((r = ram_base_new(size, &fd)) < 0)
+		return r;
 	if (!(buf = malloc(1u << 20)))
 		return -ENOMEM;
 	while ((uint64_t)off < size) {
@@ -100,9 +121,8 @@ int ram_base_create(const char *src, uint64_t size, int *ret_fd, uint64_t *ret_c
 			copied += n;
 		}
 	}
-	/* nothing can change it from now on: not we, not a VMM that opens it again */
-	if (fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) < 0)
-		return -errno;
+	if ((r = ram_base_seal(fd)) < 0)
+		return r;
 	*ret_fd = TAKE_FD(fd);
 	if (ret_copied)
 		*ret_copied = copied;

@@ -29,6 +29,9 @@
  * when done; VMMs keep their own references.
  */
 int ram_base_create(const char *src, uint64_t size, int *ret_fd, uint64_t *ret_copied);
+/* The same in two steps, for a base written by the caller: an empty one of size bytes; then its seals. */
+int ram_base_new(uint64_t size, int *ret_fd);
+int ram_base_seal(int fd);
 
 /*
  * Where a base (a memfd or a lazy file) is mapped in process pid: exactly

@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "internal.h"
 #include "objstore.h"
@@ -299,4 +300,48 @@ int snapstore_publish(struct template *t, const struct template_config *cfg, cha
 	manifest_clear(&mm);
 	manifest_clear(&md);
 	return r;
+}
+
+/* ---- a snapshot's memory whole on this host ---- */
+
+int snapstore_ram_base(struct engine *e, const struct manifest *m, int *ret_fd, char **why)
+{
+	_cleanup_free_ const char **missing = NULL;
+	_cleanup_free_ uint8_t *buf = malloc(m->chunk);
+	_cleanup_close_ int fd = -1;
+	int r;
+
+	if (!buf)
+		return -ENOMEM;
+	if (objstore_missing(e->objstore, m, &missing) > 0)
+		return -EAGAIN;
+	if ((r = ram_base_new(m->size, &fd)) < 0)
+		return r;
+	for (size_t i = 0; i < m->n; i++) {
+		size_t len = i + 1 < m->n ? m->chunk : (size_t)(m->size - (uint64_t)i * m->chunk);
+
+		if (!m->digests[i][0])
+			continue;
+		/* each chunk checked again if it came from an earlier run; fetched if evicted meanwhile */
+		if ((r = objstore_read_chunk(e->objstore, m->digests[i], 0, buf, len)) < 0) {
+			error_set(why, "chunk %s: %s", m->digests[i], strerror(-r));
+			return r;
+		}
+		if (pwrite(fd, buf, len, (off_t)i * m->chunk) != (ssize_t)len)
+			return -errno;
+	}
+	if ((r = ram_base_seal(fd)) < 0)
+		return r;
+	*ret_fd = TAKE_FD(fd);
+	return 0;
+}
+
+int snapstore_fill(struct engine *e, const struct manifest *m, char **why)
+{
+	_cleanup_free_ const char **missing = NULL;
+	size_t n = objstore_missing(e->objstore, m, &missing);
+
+	if (!missing)
+		return -ENOMEM;
+	return objstore_fetch(e->objstore, missing, n, why);
 }

@@ -280,6 +280,15 @@ void template_free(struct template *t)
 	if (t->bake_joinable)
 		pthread_join(t->bake_thread, NULL);
 	pool_stop(t);
+	/* a fill started by a restore (ended early by objstore_stop at shutdown) */
+	pthread_mutex_lock(&t->ram_lock);
+	if (t->fill_joinable) {
+		t->fill_joinable = false;
+		pthread_mutex_unlock(&t->ram_lock);
+		pthread_join(t->fill_thread, NULL);
+	} else {
+		pthread_mutex_unlock(&t->ram_lock);
+	}
 	for (;;) {
 		char name[NAME_MAX_LEN + 1];
 
@@ -399,6 +408,95 @@ static int snapshot_ram_base(struct template *t, const char *mem, uint64_t size,
  * memory file starts empty: its first snapshot writes every page
  * (qemu.c, snapshot_private).
  */
+struct fill_job {
+	struct template *t;
+	struct manifest m;
+};
+
+/* The rest of a store snapshot's memory into the cache: the next restores map it whole from memory. */
+static void *fill_main(void *arg)
+{
+	struct fill_job *j = arg;
+	uint64_t t0 = now_ns();
+	char *why = NULL;
+	int r = snapstore_fill(j->t->e, &j->m, &why);
+
+	if (r == 0)
+		log_info("template %s: the snapshot's memory is all in this host's cache (%.0f ms): restores map it "
+			 "from memory now", j->t->name, ns_to_ms(now_ns() - t0));
+	else if (r != -ECANCELED)
+		log_warn("template %s: the rest of the snapshot's memory was not fetched: %s (restores go on lazily)",
+			 j->t->name, why ? why : strerror(-r));
+	free(why);
+	manifest_clear(&j->m);
+	free(j);
+	return NULL;
+}
+
+/*
+ * Whether a restore of the store snapshot with state digest maps a sealed
+ * base built from the cache (*ret_fd; 0), or the lazy file (-EAGAIN). Once
+ * the cache holds all of the snapshot's memory a base is built (once per
+ * snapshot, as for a local snapshot) which every later restore maps: as
+ * fast as a local one, and independent of the daemon's lazy files. The
+ * first restore on a host is lazy, fetching what a restore touches; from
+ * the second on the template is in use here, and what its memory still
+ * lacks is fetched in the background.
+ */
+static int lazy_base(struct template *t, const struct manifest *m, const char *digest, int *ret_fd)
+{
+	_cleanup_free_ char *why = NULL;
+	struct fill_job *j = NULL;
+	bool start_fill = false;
+	int r = -EAGAIN, fd;
+
+	struct objstore_stats st;
+
+	objstore_get_stats(t->e->objstore, &st);
+	pthread_mutex_lock(&t->ram_lock);
+	if (t->fill_joinable && pthread_tryjoin_np(t->fill_thread, NULL) == 0)
+		t->fill_joinable = false; /* an earlier snapshot's, done */
+	if (strcmp(t->lazy_digest, digest) != 0) {
+		snprintf(t->lazy_digest, sizeof(t->lazy_digest), "%s", digest);
+		t->lazy_restores = 0;
+		t->fill_started = false;
+	}
+	t->lazy_restores++;
+	if (t->ram_fd >= 0 && strcmp(t->ram_digest, digest) == 0) {
+		r = 0;
+	} else if ((r = snapstore_ram_base(t->e, m, &fd, &why)) == 0) {
+		if (t->ram_fd >= 0)
+			close(t->ram_fd);
+		t->ram_fd = fd;
+		snprintf(t->ram_digest, sizeof(t->ram_digest), "%s", digest);
+		log_info("template %s: the store's snapshot memory is all in this host's cache: a base in memory now",
+			 t->name);
+	} else if (r == -EAGAIN && t->lazy_restores > 1 && !t->fill_started && !t->fill_joinable &&
+		   manifest_data_bytes(m) <= st.limit_bytes / 2 && !atomic_load(&t->bake_cancel)) {
+		/* (a cache that cannot hold it twice over would only churn) */
+		start_fill = t->fill_started = true;
+	} else if (r < 0 && r != -EAGAIN) {
+		log_warn("template %s: no base from the cache (%s): restores stay lazy", t->name,
+			 why ? why : strerror(-r));
+		r = -EAGAIN;
+	}
+	if (r == 0 && (*ret_fd = fcntl(t->ram_fd, F_DUPFD_CLOEXEC, 3)) < 0)
+		r = -errno;
+	if (start_fill && (j = calloc(1, sizeof(*j))) && manifest_copy(m, &j->m) == 0) {
+		j->t = t;
+		if (thread_create(&t->fill_thread, NULL, fill_main, j) == 0) {
+			t->fill_joinable = true;
+			j = NULL;
+		}
+	}
+	if (j) {
+		manifest_clear(&j->m);
+		free(j);
+	}
+	pthread_mutex_unlock(&t->ram_lock);
+	return r;
+}
+
 static int lazy_clone(struct template *t, const struct manifest *m, const char *digest, const char *mem_dst,
 		      int *ret_fd, char **why)
 {
@@ -411,10 +509,13 @@ static int lazy_clone(struct template *t, const struct manifest *m, const char *
 		return -ENOMEM;
 	if (!e->objstore)
 		return why_set(why, -EINVAL, "snapshot memory is in a store, and the daemon runs without --store");
-	if ((r = objstore_prefetch(e->objstore, m, why)) < 0)
-		return r;
+	/* the sandbox's own memory file: empty, its first snapshot writes every page (qemu.c) */
 	if ((fd = open(mem_dst, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) < 0)
 		return why_set(why, -errno, "%s: %s", mem_dst, strerror(errno));
+	if ((r = lazy_base(t, m, digest, ret_fd)) != -EAGAIN)
+		return r;
+	if ((r = objstore_prefetch(e->objstore, m, why)) < 0)
+		return r;
 	return objstore_lazy_open(e->objstore, name, m, ret_fd, why);
 }
 
@@ -1114,6 +1215,10 @@ static void bake_publish(struct bake_ctx *b)
 		blog(b->log_fd, "== published in %.0f ms", ns_to_ms(now_ns() - t0));
 		store_note(t, "published", NULL, false);
 		free(why);
+	} else if (atomic_load(&t->bake_cancel) || r == -ECANCELED) {
+		/* shutting down (or the template removed): not a failure of the store */
+		log_info("template %s: publish cancelled", t->name);
+		store_note(t, "failed", why ? why : strdup(strerror(-r)), false);
 	} else {
 		blog(b->log_fd, "== not published: %s", why ? why : strerror(-r));
 		log_error("template %s: not published to the store: %s", t->name, why ? why : strerror(-r));
@@ -1289,6 +1394,16 @@ char *template_render_status(struct template *t)
 		json_object_object_add(so, "error", t->store_error ? json_object_new_string(t->store_error) : NULL);
 		json_object_object_add(so, "install_error",
 				       t->store_install_error ? json_object_new_string(t->store_install_error) : NULL);
+		if (t->has_bake && t->bake.lazy_mem) {
+			bool base;
+
+			/* lock order: e->lock, then ram_lock (lazy_base takes no e->lock under it) */
+			pthread_mutex_lock(&t->ram_lock);
+			base = t->ram_fd >= 0 && strcmp(t->ram_digest, t->bake.state_digest) == 0;
+			pthread_mutex_unlock(&t->ram_lock);
+			/* where the next restore maps the memory from: the lazy file, or a base built from the cache */
+			json_object_object_add(so, "memory", json_object_new_string(base ? "base" : "lazy"));
+		}
 		json_object_object_add(o, "snapshot_store", so);
 	}
 	json_object_object_add(o, "error", t->error ? json_object_new_string(t->error) : NULL);

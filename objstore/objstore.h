@@ -65,6 +65,8 @@ struct objstore;
 
 /* Scans the cache (kept across restarts) and mounts lazy_dir. */
 int objstore_new(const struct objstore_options *o, struct objstore **ret, char **ret_error);
+/* Ends requests in flight and refuses new ones (a shutdown: a bake waiting on a store that hangs stops now). */
+void objstore_stop(struct objstore *s);
 /* Unmounts lazy_dir (files still mapped then fail), stops the workers. */
 void objstore_free(struct objstore *s);
 const char *objstore_url(const struct objstore *s);
@@ -87,6 +89,8 @@ int objstore_fetch(struct objstore *s, const char *const *digests, size_t n, cha
 int objstore_prefetch(struct objstore *s, const struct manifest *m, char **why);
 /* Writes the file m describes at path (sparse: zero pieces are holes); its pieces fetched first. */
 int objstore_assemble(struct objstore *s, const struct manifest *m, const char *path, char **why);
+/* The manifest's stored pieces this cache does not hold (their digests, each once); 0 when it holds them all. */
+size_t objstore_missing(struct objstore *s, const struct manifest *m, const char ***ret);
 /* One chunk's bytes [off, off+len) into buf, fetched first if needed. */
 int objstore_read_chunk(struct objstore *s, const char *digest, uint64_t off, void *buf, size_t len);
 

@@ -3,6 +3,7 @@
 
 #include <curl/curl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 
 #include "objstore.h"
 
@@ -21,6 +22,7 @@ struct objstore {
 	CURL *idle[32];
 	unsigned n_idle;
 	struct lazyfs *lazy;
+	atomic_bool stopping; /* objstore_stop: requests end at once, none is tried again */
 };
 
 /* SHA-256 of data as lower-case hex (OpenSSL's, with the CPU's SHA extensions where it has them). */

@@ -220,6 +220,19 @@ static size_t on_upload(char *dst, size_t sz, size_t n, void *arg)
 	return len;
 }
 
+static int on_progress(void *arg, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal, curl_off_t ulnow)
+{
+	struct objstore *s = arg;
+
+	return atomic_load(&s->stopping) ? 1 : 0; /* non-zero: curl aborts the transfer */
+}
+
+void objstore_stop(struct objstore *s)
+{
+	if (s)
+		atomic_store(&s->stopping, true);
+}
+
 static CURL *handle_take(struct objstore *s)
 {
 	CURL *c = NULL;
@@ -265,6 +278,11 @@ static int http(struct objstore *s, const char *key, const void *data, size_t le
 		long code = 0;
 		CURLcode cr;
 
+		if (atomic_load(&s->stopping)) {
+			error_set(why, "store: %s: the daemon is stopping", key);
+			r = -ECANCELED;
+			break;
+		}
 		if (attempt) /* 50, 200, 800 ms */
 			usleep((useconds_t)(50000u << (2 * (attempt - 1))));
 		if (body) {
@@ -279,6 +297,9 @@ static int http(struct objstore *s, const char *key, const void *data, size_t le
 		curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, 2000L);
 		curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, (long)s->o.timeout_ms);
 		curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+		curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+		curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, on_progress);
+		curl_easy_setopt(c, CURLOPT_XFERINFODATA, s);
 		if (data) {
 			curl_easy_setopt(c, CURLOPT_UPLOAD, 1L);
 			curl_easy_setopt(c, CURLOPT_READFUNCTION, on_upload);
@@ -534,6 +555,30 @@ int objstore_read_chunk(struct objstore *s, const char *d, uint64_t off, void *b
 	if (r < 0)
 		log_error("objstore: %s", why ? why : strerror(-r));
 	return r;
+}
+
+size_t objstore_missing(struct objstore *s, const struct manifest *m, const char ***ret)
+{
+	const char **v = calloc(m->n ? m->n : 1, sizeof(*v));
+	size_t n = 0;
+
+	*ret = v;
+	if (!v)
+		return 0;
+	pthread_mutex_lock(&s->lock);
+	for (size_t i = 0; i < m->n; i++) {
+		const char *d = m->digests[i];
+		bool seen = false;
+
+		if (!d[0] || find(s, d))
+			continue;
+		for (size_t k = 0; k < n && !seen; k++)
+			seen = strcmp(v[k], d) == 0;
+		if (!seen)
+			v[n++] = d;
+	}
+	pthread_mutex_unlock(&s->lock);
+	return n;
 }
 
 /* ---- parallel work ---- */
@@ -847,6 +892,7 @@ int objstore_new(const struct objstore_options *o, struct objstore **ret, char *
 		s->o.timeout_ms = 10000;
 	pthread_mutex_init(&s->lock, NULL);
 	pthread_cond_init(&s->cond, NULL);
+	atomic_init(&s->stopping, false);
 	s->st.limit_bytes = o->limit_bytes;
 	if (!s->url || !s->chunk_dir) {
 		objstore_free(s);

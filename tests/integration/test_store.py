@@ -42,9 +42,11 @@ namespace of its own (storehelp.py), reached over a veth pair.
 - Memory that becomes the sandbox's own (daemon G): a sandbox restored from
   the store writes to its RAM (/tmp, a tmpfs), is forked (the child sees the
   write, the two diverge), hibernated and woken (its write kept, the guest
-  still A's); after a kill -9 of the daemon and a restart, the woken one
-  and the fork child (their memory their own files) are re-adopted ready,
-  while one still on the lazily served memory is failed with the reason.
+  still A's); with the whole memory then in the cache, a restore maps a
+  base built from it; after a kill -9 of the daemon and a restart, the
+  woken one, the fork child (their memory their own files) and the one on
+  the base are re-adopted ready, while the first (on the lazily served
+  memory) is failed with the reason.
 - Eviction: --cache-mib 8: the install and a restore still work (a small
   cache costs fetches, not correctness); the cache holds at most 8 MiB
   (what cache/status says and what its directory holds), evictions > 0,
@@ -789,6 +791,9 @@ class Store(harness.TestCase):
             d.start()
             st = d.wait_template_ready()
             self.assertEqual(st["bake"].get("source"), "store", st["bake"])
+            # the first restore here maps the lazily served memory (what it touched is all that was fetched)
+            d.create_ready("g0")
+            self.assertEqual(d.sh("g0", "echo hi"), "hi\n")
             d.create_ready("g1")
             self.assertEqual(d.sh("g1", "echo parent >/tmp/mark; cat /tmp/mark"), "parent\n")
             # fork: the parent's whole RAM is written out (its memory file held nothing of the base yet)
@@ -806,22 +811,31 @@ class Store(harness.TestCase):
             harness.write_file(d.sb("g1", "ctl"), "resume")
             self.assertEqual(d.sh("g1", "cat /tmp/mark"), "parent\nafter-fork\n")
             self.assertEqual(run_ref(d, "g1"), A["ref"])
-            # one still on the lazy memory
-            d.create_ready("g3")
-            self.assertEqual(d.sh("g3", "echo hi"), "hi\n")
-            # a crash: what has its own memory survives; the lazy one cannot and says so
+            # the fork read all of g1's memory (and a second restore fetches the rest in the background):
+            # with all of it in the cache, a restore maps a base built from it, not the lazy file
+            deadline = time.monotonic() + 60
+            while "a base in memory now" not in d.log_text() and time.monotonic() < deadline:
+                d.create_ready("g3")
+                if "a base in memory now" not in d.log_text():
+                    d.destroy("g3")
+                    time.sleep(0.5)
+            self.assertIn("a base in memory now", d.log_text(), "no restore mapped a base built from the cache")
+            self.assertEqual(store_info(d.template_status()).get("memory"), "base", store_info(d.template_status()))
+            self.assertEqual(run_ref(d, "g3"), A["ref"])
+            # a crash: what has its own memory (or the base) survives; the lazy one cannot and says so
             d.kill9()
             d2 = daemon(reuse=d)
             d2.expect_log_error(r"(?i)not re-adopted|served from the store")
             d2.start()
-            for n in ("g1", "g2"):
+            for n in ("g1", "g2", "g3"):
                 self.assertEqual(d2.status(n)["state"], "ready", d2.status(n))
             self.assertEqual(d2.sh("g1", "cat /tmp/mark"), "parent\nafter-fork\n")
             self.assertEqual(d2.sh("g2", "cat /tmp/mark"), "child\n")
-            g3 = d2.status("g3")
-            self.assertEqual(g3["state"], "failed", g3)
-            self.assertRegex(g3.get("error") or "", r"served from the store", g3)
-            for n in ("g1", "g2", "g3"):
+            self.assertEqual(run_ref(d2, "g3"), A["ref"])
+            g0 = d2.status("g0")
+            self.assertEqual(g0["state"], "failed", g0)
+            self.assertRegex(g0.get("error") or "", r"served from the store", g0)
+            for n in ("g0", "g1", "g2", "g3"):
                 d2.destroy(n)
         except BaseException:
             (d2 or d).force_cleanup()
