@@ -18,8 +18,9 @@
 # request's body from the network), peer (the peer server's request
 # decoding and authentication: cluster/peer_wire.c), etcdwatch (the etcd
 # client's watch stream decoder, fed in chunks, and its range answer
-# decoder). A crash, a leak or a sanitizer report fails the run; the
-# input that did it is kept in build-fuzz/crash-NAME-*.
+# decoder), manifest (a snapshot store record's chunk list:
+# objstore/manifest.c). A crash, a leak or a sanitizer report fails the
+# run; the input that did it is kept in build-fuzz/crash-NAME-*.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 top=$PWD
@@ -27,13 +28,13 @@ out=$top/build-fuzz
 mkdir -p "$out"
 seconds=${FUZZ_SECONDS:-20}
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(config parse agent_reader agent_guest dockerfile dnsmsg usage connect peer etcdwatch)
+[ ${#targets[@]} -gt 0 ] || targets=(config parse agent_reader agent_guest dockerfile dnsmsg usage connect peer etcdwatch manifest)
 
 command -v clang >/dev/null || { echo "contrib/fuzz.sh: clang missing (contrib/deps.sh installs it)" >&2; exit 1; }
 [ -f build/config.h ] || { meson setup build >/dev/null; }
 
 CFLAGS=(-g -O1 -std=gnu11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
-	-Wall -Wextra -Wno-unused-parameter -I"$top/build" -I"$top/common" -I"$top/engine" -I"$top/netpool"
+	-Wall -Wextra -Wno-unused-parameter -I"$top/build" -I"$top/common" -I"$top/engine" -I"$top/netpool" -I"$top/objstore"
 	$(pkg-config --cflags json-c))
 LIBS=($(pkg-config --libs json-c) -lpthread)
 common=("$top"/common/*.c)
@@ -53,6 +54,7 @@ for t in "${targets[@]}"; do
 	connect) srcs=(-I"$top" -I"$top/e2b" "$top/tests/fuzz/fuzz_connect.c" "$top/e2b/connect.c" "${common[@]}") ;;
 	peer) srcs=(-I"$top" -I"$top/cluster" "$top/tests/fuzz/fuzz_peer.c" "$top/cluster/peer_wire.c" "${common[@]}") ;;
 	etcdwatch) srcs=(-I"$top/cluster" "$top/tests/fuzz/fuzz_etcdwatch.c" "$top/cluster/etcd.c" "${common[@]}" -lcurl) ;;
+	manifest) srcs=("$top/tests/fuzz/fuzz_manifest.c" "$top/objstore/manifest.c" "${common[@]}") ;;
 	*) echo "contrib/fuzz.sh: unknown target $t" >&2; exit 2 ;;
 	esac
 	echo "== fuzz $t (${seconds} s)" >&2

@@ -73,7 +73,7 @@ else
 fi
 run "tests under ASan+UBSan" -C build-asan "${suite_args[@]}"
 if [[ " $SUITES " == *" unit "* ]]; then
-	# 10 targets: 12 s each keeps the suite within CI's budget (FUZZ_SECONDS=N for longer runs)
+	# 11 targets: 12 s each keeps the suite within CI's budget (FUZZ_SECONDS=N for longer runs)
 	export FUZZ_SECONDS=${FUZZ_SECONDS:-12}
 	echo "== fuzz (libFuzzer, $FUZZ_SECONDS s per target)" >&2
 	if ! contrib/fuzz.sh; then
