@@ -909,8 +909,13 @@ static void test_member_killed(void **state)
 	int r1;
 
 	NEED_ETCD();
-	/* the watch's client starts at m1 */
-	assert_int_equal(etcd_new(urls, 3000, &e1), 0);
+	/*
+	 * The watch's client starts at m1. Its calls wait for the election
+	 * (1.5 s here, idle): a split vote costs another randomized election
+	 * timeout (1-2 s), a loaded machine more; a clean-clone CI saw 3 s of
+	 * "no leader" from m2 and m3.
+	 */
+	assert_int_equal(etcd_new(urls, 10000, &e1), 0);
 	assert_int_equal(etcd_put(E, "/t/k/a", "1", 1, 0, NULL), 0);
 	assert_int_equal(etcd_watch_start(e1, "/t/k/", &cb, &w), 0);
 	assert_true(WAIT_FOR(&r, 5000, r.ups == 1));
