@@ -58,6 +58,7 @@ struct engine_options {
 	double pool_miss_target;   /* wanted chance that a create finds no warm slot; 0: 0.01 */
 	unsigned pool_idle_decay_s; /* no create for this long: no slots (auto only); 0: 600 */
 	unsigned pool_parallel;	   /* warm slots prepared at once across all templates (default 1) */
+	unsigned spares;	   /* spare VMMs (spawned, waiting for the snapshot's state) per ready template */
 	unsigned slot_max_age_s;   /* warm slots older than this are replaced; 0: never */
 	bool warmup_exec;	   /* warm slots also run one exec ahead (first exec fast, ~15 MiB more each) */
 	bool net;		   /* networking: templates may set "net"; the default template does */

@@ -301,6 +301,14 @@ struct vm_launch {
  */
 int vm_start(struct engine *e, const struct vm_launch *l, const char **ret_step, char **ret_why);
 /*
+ * vm_start in two halves: vm_spawn up to a connected VMM (*ret, published),
+ * waiting for its state if l->state_fd was given; vm_load from there (the
+ * restore when `restore`, then the agent's connection, published). A spare
+ * is a VMM between the two.
+ */
+int vm_spawn(struct engine *e, const struct vm_launch *l, struct vmm **ret, const char **ret_step, char **ret_why);
+int vm_load(struct engine *e, const struct vm_launch *l, struct vmm *v, bool restore, const char **ret_step);
+/*
  * The one teardown of what vm_start gave, in order: the agent connection,
  * the VMM (killed and reaped), its network slot back to the pool. Any may be
  * NULL (or point to NULL: nothing); each is set to NULL. Not under e->lock:
@@ -362,7 +370,7 @@ int dockerfile_build(struct template *t, const struct template_config *cfg, cons
  * guest agent and paused. A create claims one in mkdir and only resumes it
  * and attaches identity. See pool.c.
  */
-enum slot_state { SLOT_PREPARING = 0, SLOT_WARM };
+enum slot_state { SLOT_PREPARING = 0, SLOT_WARM, SLOT_SPARE };
 struct slot {
 	uint64_t id;
 	enum slot_state state;
@@ -375,7 +383,8 @@ struct slot {
 	char state_digest[65];
 	const char *clone_method;
 	struct timings timings; /* how it was prepared */
-	uint64_t warm_ns;	/* when it became claimable */
+	uint64_t warm_ns;	/* when it became claimable (warm or spare) */
+	double spare_ms;	/* a promoted spare: what making the spare took (its timings restart) */
 	struct netslot *net;	/* its network slot, if the template has "net" */
 	struct slot *next;
 };
@@ -388,6 +397,8 @@ struct pool_stats {
 	uint64_t served_warm, served_restore, served_cold;
 	uint64_t misses; /* creates of a ready template that found no warm slot */
 	uint64_t recycled_stale, recycled_dead, recycled_aged, recycled_excess, recycled_removed;
+	uint64_t spares_spawned, spares_promoted; /* spares made; spares the filler made warm slots of */
+	uint64_t served_spare;	 /* restores that claimed a spare (counted in served_restore too) */
 };
 const char *slot_state_name(enum slot_state s);
 void slot_free(struct engine *e, struct slot *sl);
@@ -435,6 +446,12 @@ struct slot *pool_take_unfit(struct template *t);
  * for the capacity controller. e->lock held.
  */
 struct slot *slot_claim(struct template *t, struct slot **ret_dead, enum miss_reason *ret_miss);
+/*
+ * Pops the oldest healthy spare matching the current snapshot (a VMM spawned
+ * on clones of it, waiting for its state), or NULL; unfit ones go to
+ * *ret_dead. e->lock held.
+ */
+struct slot *spare_claim(struct template *t, struct slot **ret_dead);
 /* A create that could not even try a slot (template not ready): counts the miss. e->lock held. */
 void pool_note_create(struct template *t, bool claimed, enum miss_reason why);
 /* The capacity controller: new targets for every template (about once a second). e->lock not held. */
@@ -508,6 +525,9 @@ struct template {
 	struct slot *slots;	/* warm, claimable, oldest first */
 	unsigned n_slots;
 	struct slot *preparing; /* being prepared by the filler: listed, not claimable */
+	struct slot *spares;	/* spawned VMMs waiting for the snapshot's state, oldest first */
+	unsigned n_spares;
+	uint32_t spare_mib;	/* PSS of the last spare made, MiB (0: not measured yet) */
 	unsigned pool_target;	/* in force: the pin, or the controller's answer */
 	bool pool_pinned;	/* a number in force (pool file or --pool N); else the controller's */
 	unsigned pool_pin;
@@ -574,8 +594,9 @@ struct sandbox {
 	uint64_t created_realtime_ms;
 	char machine_id[33]; /* its /etc/machine-id: the same over pause, hibernate and restarts */
 	const char *clone_method;
-	uint64_t slot_id;      /* the warm slot it was activated from; 0: none */
+	uint64_t slot_id;      /* the warm slot (or spare) it was activated from; 0: none */
 	double slot_age_ms;    /* how long that slot had waited */
+	bool slot_spare;       /* the slot was a spare (a restore on its VMM), not a warm slot */
 	double slot_prepare_ms;
 	pid_t vmm_pid;
 	struct waiter *waiters;

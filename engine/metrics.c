@@ -118,6 +118,14 @@ char *engine_render_metrics(struct engine *e)
 	put(&b, "# TYPE emberfs_pool_warm gauge\n# HELP emberfs_pool_warm Warm slots ready to claim.\n");
 	for (size_t i = 0; i < e->n_templates; i++)
 		put(&b, "emberfs_pool_warm{template=\"%s\"} %u\n", e->templates[i]->name, e->templates[i]->n_slots);
+	put(&b, "# TYPE emberfs_pool_spares gauge\n# HELP emberfs_pool_spares Spare VMMs (spawned, waiting for the snapshot's state).\n");
+	for (size_t i = 0; i < e->n_templates; i++)
+		put(&b, "emberfs_pool_spares{template=\"%s\"} %u\n", e->templates[i]->name, e->templates[i]->n_spares);
+	put(&b, "# TYPE emberfs_pool_spare_claims counter\n"
+		"# HELP emberfs_pool_spare_claims Restores that ran on a spare VMM (counted in emberfs_creates_total too).\n");
+	for (size_t i = 0; i < e->n_templates; i++)
+		put(&b, "emberfs_pool_spare_claims_total{template=\"%s\"} %llu\n", e->templates[i]->name,
+		    (unsigned long long)e->templates[i]->pool_stats.served_spare);
 	put(&b, "# TYPE emberfs_pool_misses counter\n"
 		"# HELP emberfs_pool_misses Creates not served warm, by reason (templates/T/stats).\n");
 	for (size_t i = 0; i < e->n_templates; i++)

@@ -25,6 +25,17 @@
  * Claiming (slot_claim) pops the oldest warm slot under the engine lock, so
  * no slot is handed out twice. All slot fields are protected by e->lock while
  * the slot is on a template's list; a claimed slot belongs to its sandbox.
+ *
+ * Spares: a slot's first half. Its VMM is spawned on clones of the snapshot
+ * (memory on the sealed base, disk, the state file as its incoming stream,
+ * network slot) and connected, then waits: no guest code has run in it. A
+ * QEMU spawn is ~40% dynamic loading and ~50% machine init, nothing an
+ * option removes, so a create that finds no warm slot claims a spare
+ * (spare_claim) and only restores and attaches (vm_load). Once the warm
+ * target is met the filler keeps --spares of them per ready template (they
+ * cost a few MiB: QEMU before any guest code); a warm slot it prepares
+ * starts from a spare when there is one (promotion). Both count against the
+ * pool's budget, each kind at its own measured PSS.
  */
 #include <fcntl.h>
 #include <inttypes.h>
@@ -43,7 +54,7 @@
 
 const char *slot_state_name(enum slot_state s)
 {
-	return s == SLOT_WARM ? "warm" : "preparing";
+	return s == SLOT_WARM ? "warm" : s == SLOT_SPARE ? "spare" : "preparing";
 }
 
 void slot_free(struct engine *e, struct slot *sl)
@@ -122,16 +133,19 @@ static void list_push_tail(struct slot **head, struct slot *sl)
 	*head = sl;
 }
 
-/*
- * Detaches every slot that must not be served: stale, dead or stopped, too
- * old, or beyond the target (the oldest go first). e->lock held.
- */
-struct slot *pool_take_unfit(struct template *t)
+/* The spares a ready template keeps. e->lock held. */
+static unsigned spare_target(const struct template *t)
+{
+	return t->state == TPL_READY ? t->e->opts.spares : 0;
+}
+
+/* Moves the unfit slots of one list to *drop: stale, dead or stopped, too old, beyond target. */
+static void take_unfit(struct template *t, struct slot **list, unsigned *n, unsigned target, struct slot **drop)
 {
 	struct engine *e = t->e;
-	struct slot *drop = NULL, **pp = &t->slots;
+	struct slot **pp = list;
 	uint64_t now = now_ns(), max_age = (uint64_t)e->opts.slot_max_age_s * 1000000000ull;
-	unsigned excess = t->n_slots > t->pool_target ? t->n_slots - t->pool_target : 0;
+	unsigned excess = *n > target ? *n - target : 0;
 
 	while (*pp) {
 		struct slot *sl = *pp;
@@ -153,10 +167,22 @@ struct slot *pool_take_unfit(struct template *t)
 			excess--; /* whatever goes counts toward the target */
 		(*counter)++;
 		*pp = sl->next;
-		sl->next = drop;
-		drop = sl;
-		t->n_slots--;
+		sl->next = *drop;
+		*drop = sl;
+		(*n)--;
 	}
+}
+
+/*
+ * Detaches every slot and spare that must not be served: stale, dead or
+ * stopped, too old, or beyond the target (the oldest go first). e->lock held.
+ */
+struct slot *pool_take_unfit(struct template *t)
+{
+	struct slot *drop = NULL;
+
+	take_unfit(t, &t->slots, &t->n_slots, t->pool_target, &drop);
+	take_unfit(t, &t->spares, &t->n_spares, spare_target(t), &drop);
 	return drop;
 }
 
@@ -210,26 +236,67 @@ struct slot *slot_claim(struct template *t, struct slot **ret_dead, enum miss_re
 	return NULL;
 }
 
+struct slot *spare_claim(struct template *t, struct slot **ret_dead)
+{
+	while (t->spares) {
+		struct slot *sl = t->spares;
+
+		t->spares = sl->next;
+		t->n_spares--;
+		sl->next = NULL;
+		pthread_cond_broadcast(&t->pool_cond); /* the filler makes the next one */
+		if (slot_matches(t, sl) && slot_healthy(t->e, sl))
+			return sl;
+		if (slot_matches(t, sl))
+			t->pool_stats.recycled_dead++;
+		else
+			t->pool_stats.recycled_stale++;
+		sl->next = *ret_dead;
+		*ret_dead = sl;
+	}
+	return NULL;
+}
+
 /* Memory of one of t's slots for the budget: measured, else a guess from the guest's size. */
 static uint32_t slot_mib_of(const struct template *t)
 {
 	return t->slot_mib ? t->slot_mib : 32 + t->cfg.mem_mib / 4;
 }
 
-/* Would one more slot of t stay within the host budget? e->lock held. */
-static bool budget_allows(struct engine *e, struct template *t)
+/* Of one of its spares: measured, else a guess (QEMU before any guest code). */
+static uint32_t spare_mib_of(const struct template *t)
 {
-	uint64_t mib = slot_mib_of(t);
-	unsigned count = 1;
+	return t->spare_mib ? t->spare_mib : 8;
+}
+
+/* What the pool holds across templates: VMMs and their memory for the budget. e->lock held. */
+static void budget_used(struct engine *e, unsigned *ret_count, uint64_t *ret_mib)
+{
+	uint64_t mib = 0;
+	unsigned count = 0;
 
 	for (size_t i = 0; i < e->n_templates; i++) {
 		struct template *o = e->templates[i];
 		unsigned n = o->n_slots + (o->preparing ? 1 : 0);
 
-		mib += (uint64_t)n * slot_mib_of(o);
-		count += n;
+		mib += (uint64_t)n * slot_mib_of(o) + (uint64_t)o->n_spares * spare_mib_of(o);
+		count += n + o->n_spares;
 	}
-	return mib <= e->pool_budget_mib && count <= e->pool_max_slots;
+	*ret_count = count;
+	*ret_mib = mib;
+}
+
+/*
+ * Would the pool stay within the host budget with add_mib more (and one VMM
+ * more if new_vmm)? e->lock held.
+ */
+static bool budget_allows(struct engine *e, uint64_t add_mib, bool new_vmm)
+{
+	uint64_t mib;
+	unsigned count;
+
+	budget_used(e, &count, &mib);
+	return mib + add_mib <= e->pool_budget_mib && count + (new_vmm ? 1 : 0) <= e->pool_max_slots;
 }
 
 /* PSS of a process in MiB (what it costs the host, its shared pages split), or 0. */
@@ -417,8 +484,8 @@ static void slot_event(void *arg, enum vm_event ev)
 		slot_lap(p->t, p->sl, "restore");
 }
 
-/* Builds t->preparing into a warm, paused slot. Not under the lock. */
-static int slot_prepare_steps(struct template *t, struct slot_job *j, struct slot *sl, char **ret_why)
+/* t->preparing's first half: its VMM spawned on clones of the snapshot, waiting for the state. Not under the lock. */
+static int slot_spawn_steps(struct template *t, struct slot_job *j, struct slot *sl, char **ret_why)
 {
 	struct engine *e = t->e;
 	_cleanup_free_ char *mem = vm_file(sl->dir, VM_MEM), *disk = NULL;
@@ -426,6 +493,7 @@ static int slot_prepare_steps(struct template *t, struct slot_job *j, struct slo
 	enum clone_method m = CLONE_COPY;
 	struct slot_start st = { .t = t, .sl = sl };
 	const char *step;
+	struct vmm *v;
 	int r;
 
 	disk = j->cfg.rootfs ? vm_file(sl->dir, VM_DISK) : NULL;
@@ -442,14 +510,27 @@ static int slot_prepare_steps(struct template *t, struct slot_job *j, struct slo
 	sl->clone_method = clone_method_name(m);
 	slot_lap(t, sl, "clone");
 	{
+		/* the VMM holds the state file as its incoming stream and maps the base: the daemon's copies go */
 		const struct vm_launch l = { .cfg = &j->cfg, .name = t->name, .dir = sl->dir, .rundir = sl->rundir,
 					     .disk = disk, .state_fd = state_fd, .ram_fd = ram_fd, .net = &sl->net,
 					     .cancel = &t->pool_cancel, .publish = slot_publish, .event = slot_event,
 					     .arg = &st };
 
-		if ((r = vm_start(e, &l, &step, ret_why)) < 0)
-			return r;
+		return vm_spawn(e, &l, &v, &step, ret_why);
 	}
+}
+
+/* Its second half: the spawned VMM restored, warmed up and paused. Not under the lock. */
+static int slot_warm_steps(struct template *t, struct slot_job *j, struct slot *sl, char **ret_why)
+{
+	struct engine *e = t->e;
+	struct slot_start st = { .t = t, .sl = sl };
+	const struct vm_launch l = { .cfg = &j->cfg, .name = t->name, .dir = sl->dir, .rundir = sl->rundir,
+				     .state_fd = -1, .net = &sl->net, .cancel = &t->pool_cancel,
+				     .publish = slot_publish, .event = slot_event, .arg = &st };
+	const char *step;
+	int r = vm_load(e, &l, sl->vmm, true, &step);
+
 	for (int i = 0; r == 0 && i < WARMUP_ROUNDS; i++) {
 		r = warmup_attach(sl, t->name);
 		/* optional: fork and exec (and the warm command's code) translated too; the attach path stays the freshest */
@@ -464,10 +545,20 @@ static int slot_prepare_steps(struct template *t, struct slot_job *j, struct slo
 	return r;
 }
 
-/* The same; a VMM that died meanwhile (its guest panicked during the warm-up) says why. */
-static int slot_prepare(struct template *t, struct slot_job *j, struct slot *sl, char **ret_why)
+/* Builds t->preparing into a spare (warm false), or a warm, paused slot (from its spare if it was one). */
+static int slot_prepare_steps(struct template *t, struct slot_job *j, struct slot *sl, bool warm, char **ret_why)
 {
-	int r = slot_prepare_steps(t, j, sl, ret_why);
+	int r = 0;
+
+	if (!sl->vmm)
+		r = slot_spawn_steps(t, j, sl, ret_why);
+	return r < 0 || !warm ? r : slot_warm_steps(t, j, sl, ret_why);
+}
+
+/* The same; a VMM that died meanwhile (its guest panicked during the warm-up) says why. */
+static int slot_prepare(struct template *t, struct slot_job *j, struct slot *sl, bool warm, char **ret_why)
+{
+	int r = slot_prepare_steps(t, j, sl, warm, ret_why);
 
 	if (r < 0 && !*ret_why && sl->vmm && !atomic_load(&t->pool_cancel)) {
 		_cleanup_free_ char *con = vm_file(sl->dir, VM_CONSOLE), *log = vm_file(sl->dir, VM_LOG);
@@ -513,6 +604,19 @@ static void wait_a_while(struct template *t, unsigned ms)
 	pthread_cond_timedwait(&t->pool_cond, &t->e->lock, &ts);
 }
 
+/* The oldest spare, for the filler to make a warm slot of (pool_take_unfit just ran). e->lock held. */
+static struct slot *spare_pop(struct template *t)
+{
+	struct slot *sl = t->spares;
+
+	if (sl) {
+		t->spares = sl->next;
+		t->n_spares--;
+		sl->next = NULL;
+	}
+	return sl;
+}
+
 static void *pool_main(void *arg)
 {
 	struct template *t = arg;
@@ -523,8 +627,9 @@ static void *pool_main(void *arg)
 	while (!t->pool_stop) {
 		struct slot_job j = { 0 };
 		struct slot *sl, *drop = pool_take_unfit(t);
-		uint32_t mib = 0;
+		uint32_t mib = 0, add_mib;
 		_cleanup_free_ char *why = NULL;
+		bool warm, spare_ok, promote;
 		int r;
 
 		if (drop) {
@@ -533,21 +638,27 @@ static void *pool_main(void *arg)
 			pthread_mutex_lock(&e->lock);
 			continue;
 		}
-		if (t->state == TPL_READY && t->n_slots < t->pool_target && !creates_in_flight(e) &&
-		    now_ns() - e->last_settled_ns < QUIET_MS * 1000000ull) {
+		/* warm slots first; spares once the warm target is met */
+		warm = t->state == TPL_READY && t->n_slots < t->pool_target;
+		spare_ok = t->state == TPL_READY && !warm && t->n_spares < spare_target(t);
+		promote = warm && t->spares; /* a warm slot from a spare: it costs a slot less a spare */
+		if ((warm || spare_ok) && !creates_in_flight(e) && now_ns() - e->last_settled_ns < QUIET_MS * 1000000ull) {
 			wait_a_while(t, QUIET_MS);
 			continue;
 		}
-		if (t->state != TPL_READY || t->n_slots >= t->pool_target || creates_in_flight(e) ||
-		    e->slots_preparing >= e->opts.pool_parallel || !budget_allows(e, t)) {
-			/* a periodic look: health and age of the slots held */
-			if (t->n_slots > 0)
+		add_mib = !warm ? spare_mib_of(t) : slot_mib_of(t);
+		if (promote)
+			add_mib -= add_mib > spare_mib_of(t) ? spare_mib_of(t) : add_mib;
+		if ((!warm && !spare_ok) || creates_in_flight(e) || e->slots_preparing >= e->opts.pool_parallel ||
+		    !budget_allows(e, add_mib, !promote)) {
+			/* a periodic look: health and age of the slots and spares held */
+			if (t->n_slots > 0 || t->n_spares > 0)
 				wait_a_while(t, HEALTH_PERIOD_MS);
 			else
 				pthread_cond_wait(&t->pool_cond, &e->lock);
 			continue;
 		}
-		if (engine_store_admit(e, t->cfg.mem_mib, &why) < 0) {
+		if (!promote && engine_store_admit(e, t->cfg.mem_mib, &why) < 0) {
 			/* no room in the store: look again in a while, no failure counted */
 			if (!t->pool_error || strcmp(t->pool_error, why) != 0) {
 				free(t->pool_error);
@@ -556,20 +667,31 @@ static void *pool_main(void *arg)
 			wait_a_while(t, 1000);
 			continue;
 		}
-		if (!(sl = slot_new(t)) || template_config_vm(t, &j.cfg) < 0) {
-			free(sl);
+		if (template_config_vm(t, &j.cfg) < 0) {
 			wait_a_while(t, 1000);
 			continue;
 		}
+		if (promote) {
+			sl = spare_pop(t);
+			sl->state = SLOT_PREPARING;
+			sl->spare_ms = timings_total(&sl->timings);
+			timings_start(&sl->timings); /* its laps: the second half's */
+			t->pool_stats.spares_promoted++;
+		} else if (!(sl = slot_new(t))) {
+			template_config_clear(&j.cfg);
+			wait_a_while(t, 1000);
+			continue;
+		} else {
+			memcpy(sl->identity, t->identity, 65);
+			memcpy(sl->state_digest, t->bake.state_digest, 65);
+		}
 		memcpy(j.identity, t->identity, 65);
 		memcpy(j.state_digest, t->bake.state_digest, 65);
-		memcpy(sl->identity, t->identity, 65);
-		memcpy(sl->state_digest, t->bake.state_digest, 65);
 		t->preparing = sl;
 		e->slots_preparing++;
 		pthread_mutex_unlock(&e->lock);
 
-		r = slot_prepare(t, &j, sl, &why);
+		r = slot_prepare(t, &j, sl, warm, &why);
 		template_config_clear(&j.cfg);
 		if (r == 0)
 			mib = pss_mib(sl->vmm_pid);
@@ -579,24 +701,34 @@ static void *pool_main(void *arg)
 		e->slots_preparing--;
 		pool_wake_all(e);
 		if (r == 0 && slot_matches(t, sl) && !t->pool_stop) {
-			sl->state = SLOT_WARM;
+			sl->state = warm ? SLOT_WARM : SLOT_SPARE;
 			sl->warm_ns = now_ns();
+			failures = 0;
+			if (!warm) {
+				list_push_tail(&t->spares, sl);
+				t->n_spares++;
+				t->pool_stats.spares_spawned++;
+				if (mib)
+					t->spare_mib = mib;
+				continue;
+			}
 			list_push_tail(&t->slots, sl);
 			t->n_slots++;
 			t->pool_stats.prepared++;
-			t->prep_ms[t->n_prep++ % ARRAY_SIZE(t->prep_ms)] = (uint32_t)timings_total(&sl->timings);
+			/* a slot's refill time from nothing: a promoted spare's own making counts (the next one is spawned) */
+			t->prep_ms[t->n_prep++ % ARRAY_SIZE(t->prep_ms)] = (uint32_t)(sl->spare_ms + timings_total(&sl->timings));
 			if (mib)
 				t->slot_mib = mib;
-			failures = 0;
 			continue;
 		}
 		if (r < 0 && !t->pool_stop) {
 			t->pool_stats.prepare_failed++;
 			free(t->pool_error);
-			if (asprintf(&t->pool_error, "slot %" PRIu64 ": %s", sl->id, why ? why : strerror(-r)) < 0)
+			if (asprintf(&t->pool_error, "%s %" PRIu64 ": %s", warm ? "slot" : "spare", sl->id,
+				     why ? why : strerror(-r)) < 0)
 				t->pool_error = NULL;
-			log_warn("template %s: cannot prepare warm slot %" PRIu64 ": %s", t->name, sl->id,
-				 why ? why : strerror(-r));
+			log_warn("template %s: cannot prepare %s %" PRIu64 ": %s", t->name, warm ? "warm slot" : "spare",
+				 sl->id, why ? why : strerror(-r));
 		}
 		pthread_mutex_unlock(&e->lock);
 		slot_free(e, sl);
@@ -608,11 +740,13 @@ static void *pool_main(void *arg)
 		}
 	}
 	{
-		struct slot *drop = TAKE_PTR(t->slots);
+		struct slot *drop = TAKE_PTR(t->slots), *spares = TAKE_PTR(t->spares);
 
 		t->n_slots = 0;
+		t->n_spares = 0;
 		pthread_mutex_unlock(&e->lock);
 		slots_free_list(e, drop);
+		slots_free_list(e, spares);
 	}
 	return NULL;
 }
@@ -759,13 +893,9 @@ char *template_render_stats(struct template *t)
 	json_object_object_add(o, "prepare_ms_p50", t->n_prep ? json_object_new_int((int)prepare_p50(t)) : NULL);
 	json_object_object_add(o, "slot_mib", json_object_new_int((int)slot_mib_of(t)));
 	json_object_object_add(o, "slot_mib_measured", json_object_new_boolean(t->slot_mib != 0));
-	for (size_t i = 0; i < e->n_templates; i++) {
-		struct template *x = e->templates[i];
-		unsigned k = x->n_slots + (x->preparing ? 1 : 0);
-
-		used_slots += k;
-		used_mib += (uint64_t)k * slot_mib_of(x);
-	}
+	budget_used(e, &used_slots, &used_mib);
+	json_object_object_add(o, "spares", json_object_new_int((int)t->n_spares));
+	json_object_object_add(o, "spare_mib", json_object_new_int((int)spare_mib_of(t)));
 	bud = json_object_new_object();
 	json_object_object_add(bud, "mib", json_object_new_int64((int64_t)e->pool_budget_mib));
 	json_object_object_add(bud, "used_mib", json_object_new_int64((int64_t)used_mib));
@@ -795,10 +925,15 @@ json_object *pool_status_json(struct template *t)
 	json_object_object_add(o, "target", json_object_new_int((int)t->pool_target));
 	json_object_object_add(o, "warm", json_object_new_int((int)t->n_slots));
 	json_object_object_add(o, "preparing", json_object_new_int(t->preparing ? 1 : 0));
+	json_object_object_add(o, "spares", json_object_new_int((int)t->n_spares));
+	json_object_object_add(o, "spare_target", json_object_new_int((int)spare_target(t)));
+	json_object_object_add(o, "spares_spawned", json_object_new_int64((int64_t)s->spares_spawned));
+	json_object_object_add(o, "spares_promoted", json_object_new_int64((int64_t)s->spares_promoted));
 	json_object_object_add(o, "prepared", json_object_new_int64((int64_t)s->prepared));
 	json_object_object_add(o, "prepare_failed", json_object_new_int64((int64_t)s->prepare_failed));
 	json_object_object_add(cr, "warm", json_object_new_int64((int64_t)s->served_warm));
 	json_object_object_add(cr, "restore", json_object_new_int64((int64_t)s->served_restore));
+	json_object_object_add(cr, "restore_on_spare", json_object_new_int64((int64_t)s->served_spare));
 	json_object_object_add(cr, "cold", json_object_new_int64((int64_t)s->served_cold));
 	json_object_object_add(o, "creates", cr);
 	json_object_object_add(o, "misses", json_object_new_int64((int64_t)s->misses));
@@ -818,6 +953,9 @@ static struct slot *find_slot(struct template *t, uint64_t id)
 	if (t->preparing && t->preparing->id == id)
 		return t->preparing;
 	for (struct slot *sl = t->slots; sl; sl = sl->next)
+		if (sl->id == id)
+			return sl;
+	for (struct slot *sl = t->spares; sl; sl = sl->next)
 		if (sl->id == id)
 			return sl;
 	return NULL;
@@ -853,10 +991,12 @@ uint64_t *template_slot_ids(struct template *t, size_t *ret_n)
 	size_t n = 0;
 
 	pthread_mutex_lock(&t->e->lock);
-	v = calloc(t->n_slots + 2, sizeof(*v));
+	v = calloc(t->n_slots + t->n_spares + 2, sizeof(*v));
 	if (v && t->preparing)
 		v[n++] = t->preparing->id;
 	for (struct slot *sl = t->slots; v && sl; sl = sl->next)
+		v[n++] = sl->id;
+	for (struct slot *sl = t->spares; v && sl; sl = sl->next)
 		v[n++] = sl->id;
 	pthread_mutex_unlock(&t->e->lock);
 	*ret_n = n;
@@ -876,22 +1016,23 @@ char *template_render_slot(struct template *t, uint64_t slot_id)
 		o = json_object_new_object();
 		json_object_object_add(o, "id", json_object_new_int64((int64_t)sl->id));
 		json_object_object_add(o, "template", json_object_new_string(t->name));
-		json_object_object_add(o, "state", json_object_new_string(sl->state == SLOT_WARM && !slot_matches(t, sl) ?
+		json_object_object_add(o, "state", json_object_new_string(sl->state != SLOT_PREPARING && !slot_matches(t, sl) ?
 										  "stale" : slot_state_name(sl->state)));
 		json_object_object_add(o, "identity", json_object_new_string(sl->identity));
 		json_object_object_add(o, "state_sha256", json_object_new_string(sl->state_digest));
 		json_object_object_add(o, "backend", json_object_new_string(sl->vmm ? sl->vmm->ops->name : t->cfg.backend));
 		json_object_object_add(o, "accel", json_object_new_string(e->accel));
-		json_object_object_add(o, "age_ms", sl->state == SLOT_WARM ?
+		json_object_object_add(o, "age_ms", sl->state != SLOT_PREPARING ?
 							   ms_json(ns_to_ms(now_ns() - sl->warm_ns)) : NULL);
 		json_object_object_add(o, "vmm_pid", sl->vmm_pid ? json_object_new_int(sl->vmm_pid) : NULL);
 		json_object_object_add(o, "clone", sl->clone_method ? json_object_new_string(sl->clone_method) : NULL);
 		json_object_object_add(o, "prepared_by", json_object_new_string(
+			sl->state == SLOT_SPARE ? "spawn on clones of the snapshot, waiting for its state (a spare)" :
 			e->opts.warmup_exec ? "restore from the snapshot, agent warm-up (attach x4, exec x1), pause" :
 					      "restore from the snapshot, agent warm-up (attach x4), pause"));
 		json_object_object_add(o, "timings", timings_json(&sl->timings));
-		json_object_object_add(o, "prepare_ms", sl->state == SLOT_WARM ?
-							       ms_json(timings_total(&sl->timings)) : NULL);
+		json_object_object_add(o, "prepare_ms", sl->state != SLOT_PREPARING ?
+							       ms_json(sl->spare_ms + timings_total(&sl->timings)) : NULL);
 		txt = strjoin(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE),
 			      "\n", NULL);
 	}
@@ -899,7 +1040,7 @@ char *template_render_slot(struct template *t, uint64_t slot_id)
 	return txt;
 }
 
-/* rmdir slots/ID: the slot is recycled (the filler replaces it); one being prepared: EBUSY. */
+/* rmdir slots/ID: the slot or spare is recycled (the filler replaces it); one being prepared: EBUSY. */
 int template_slot_drop(struct template *t, uint64_t slot_id)
 {
 	struct engine *e = t->e;
@@ -909,16 +1050,17 @@ int template_slot_drop(struct template *t, uint64_t slot_id)
 	pthread_mutex_lock(&e->lock);
 	if (t->preparing && t->preparing->id == slot_id)
 		r = -EBUSY;
-	for (struct slot **pp = &t->slots; *pp && r == -ENOENT; pp = &(*pp)->next)
-		if ((*pp)->id == slot_id) {
-			found = *pp;
-			*pp = found->next;
-			found->next = NULL;
-			t->n_slots--;
-			t->pool_stats.recycled_removed++;
-			pthread_cond_broadcast(&t->pool_cond);
-			r = 0;
-		}
+	for (int k = 0; k < 2 && r == -ENOENT; k++)
+		for (struct slot **pp = k ? &t->spares : &t->slots; *pp && r == -ENOENT; pp = &(*pp)->next)
+			if ((*pp)->id == slot_id) {
+				found = *pp;
+				*pp = found->next;
+				found->next = NULL;
+				(*(k ? &t->n_spares : &t->n_slots))--;
+				t->pool_stats.recycled_removed++;
+				pthread_cond_broadcast(&t->pool_cond);
+				r = 0;
+			}
 	pthread_mutex_unlock(&e->lock);
 	slot_free(e, found);
 	return r;

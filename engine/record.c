@@ -117,6 +117,7 @@ static json_object *sandbox_record_json(struct sandbox *s)
 	json_object_object_add(o, "slot_id", json_object_new_int64((int64_t)s->slot_id));
 	json_object_object_add(o, "slot_age_ms", json_object_new_double(s->slot_age_ms));
 	json_object_object_add(o, "slot_prepare_ms", json_object_new_double(s->slot_prepare_ms));
+	json_object_object_add(o, "slot_spare", json_object_new_boolean(s->slot_spare));
 	json_object_object_add(o, "created_at_unix_ms", json_object_new_int64((int64_t)s->created_realtime_ms));
 	{
 		/* full precision (status shows 3 decimals): ready_ms, their sum, stays the same */
@@ -423,6 +424,7 @@ static struct sandbox *sandbox_from_record(struct engine *e, struct template *t,
 	s->slot_id = (uint64_t)jget_int(o, "slot_id", 0);
 	s->slot_age_ms = jget_double(o, "slot_age_ms");
 	s->slot_prepare_ms = jget_double(o, "slot_prepare_ms");
+	s->slot_spare = jget_bool(o, "slot_spare");
 	s->created_realtime_ms = (uint64_t)jget_int(o, "created_at_unix_ms", 0);
 	timings_from_json(&s->timings, json_object_object_get_ex(o, "timings", &tv) ? tv : NULL);
 	s->error = a->why ? TAKE_PTR(a->why) : dup_or_null(jget_str(o, "error"));

@@ -245,9 +245,9 @@ static void job_decide(struct job *j)
 	pthread_mutex_lock(&s->e->lock);
 	template_config_vm(t, &j->cfg);
 	memcpy(s->identity, t->identity, 65);
-	if (t->state == TPL_READY && strcmp(t->bake.identity, t->identity) == 0)
-		j->restore = true;
-	else
+	/* (a warm slot or spare that failed its activation left j->restore set: decided again here) */
+	j->restore = t->state == TPL_READY && strcmp(t->bake.identity, t->identity) == 0;
+	if (!j->restore)
 		why = t->state == TPL_BAKING ? "template is baking" :
 		      t->state == TPL_STALE  ? "snapshot is stale (identity changed)" :
 		      t->state == TPL_FAILED ? "template bake failed" : "template not baked";
@@ -551,10 +551,12 @@ static void create_event(void *arg, enum vm_event ev)
 }
 
 /*
- * The create's VMM (restored from j->state_fd or booted cold) up to a ready
- * guest: vm_start, then the agent's attach and the ready check.
+ * The create's VMM (restored from j->state_fd or booted cold; or `spare`, a
+ * VMM spawned on the snapshot's clones and waiting for its state) up to a
+ * ready guest: vm_start (vm_load for a spare), then the agent's attach and
+ * the ready check.
  */
-static int job_start(struct job *j, const char **step)
+static int job_start(struct job *j, struct vmm *spare, const char **step)
 {
 	struct sandbox *s = j->s;
 	_cleanup_free_ char *why = NULL;
@@ -562,7 +564,7 @@ static int job_start(struct job *j, const char **step)
 				     .disk = j->disk, .state_fd = j->restore ? j->state_fd : -1,
 				     .ram_fd = j->restore ? j->ram_fd : -1, .net = &s->net,
 				     .egress = &s->settings.egress, .cancel = &s->cancel, .publish = create_publish, .event = create_event, .arg = j };
-	int r = vm_start(s->e, &l, step, &why);
+	int r = spare ? vm_load(s->e, &l, spare, true, step) : vm_start(s->e, &l, step, &why);
 
 	if (why)
 		log_warn("sandbox %s/%s: %s: %s", s->tpl->name, s->name, *step, why);
@@ -599,7 +601,13 @@ static void restored_start(struct sandbox *s)
 		sandbox_procs_add_start(s, &s->tpl->bake.start);
 }
 
-static int run_warm(struct job *j, const char **step)
+/*
+ * The claimed slot's (or spare's) process, agent, network slot and
+ * directories become the sandbox's, under its own egress policy (the slot
+ * had the template's default), and its record names the sandbox before the
+ * guest runs for it.
+ */
+static int slot_adopt(struct job *j, const char **step)
 {
 	struct sandbox *s = j->s;
 	struct engine *e = s->e;
@@ -617,20 +625,43 @@ static int run_warm(struct job *j, const char **step)
 	s->clone_method = sl->clone_method;
 	if (atomic_load(&s->cancel)) {
 		vmm_kill(s->vmm);
-		agent_shutdown(s->agent);
+		if (s->agent)
+			agent_shutdown(s->agent);
 	}
 	pthread_mutex_unlock(&e->lock);
-	/* the slot's process, agent and directories are the sandbox's now */
 	free(sl->dir);
 	free(sl->rundir);
 	free(sl);
-	/* the slot has the template's default: the paused guest runs again only under the sandbox's own */
 	*step = "egress";
 	if ((r = sandbox_egress_apply(s, NULL)) < 0)
 		return r;
-	/* the record names the sandbox before the guest is its */
 	sandbox_record_save(s);
 	sandbox_phase(s, "claimed");
+	return 0;
+}
+
+/*
+ * A restore on the spare claimed in mkdir: its VMM was spawned on clones of
+ * the snapshot and waits for the state; load it, attach, check readiness.
+ */
+static int run_spare(struct job *j, const char **step)
+{
+	struct sandbox *s = j->s;
+	int r = slot_adopt(j, step);
+
+	if (r < 0)
+		return r;
+	console_note(s, "restored (on a spare VMM)");
+	return job_start(j, s->vmm, step);
+}
+
+static int run_warm(struct job *j, const char **step)
+{
+	struct sandbox *s = j->s;
+	int r;
+
+	if ((r = slot_adopt(j, step)) < 0)
+		return r;
 	/* the attach waits in the paused guest's queue; the resume starts it */
 	*step = "activation (resume, attach)";
 	r = sandbox_attach(j->s, AGENT_WARM_TIMEOUT_MS, warm_resume, s);
@@ -651,7 +682,7 @@ static int run_warm(struct job *j, const char **step)
  * the create takes the restore path in the sandbox's own directories, with
  * the reason.
  */
-static int warm_fallback(struct sandbox *s, int err, const char *step)
+static int warm_fallback(struct sandbox *s, bool spare, int err, const char *step)
 {
 	struct engine *e = s->e;
 	struct vmm *v;
@@ -667,11 +698,13 @@ static int warm_fallback(struct sandbox *s, int err, const char *step)
 	ns = TAKE_PTR(s->net);
 	s->vmm_pid = 0;
 	s->path = "restore";
-	if (asprintf(&why, "warm slot %" PRIu64 " failed at %s: %s", s->slot_id, step, strerror(-err)) < 0)
+	if (asprintf(&why, "%s %" PRIu64 " failed at %s: %s", spare ? "spare" : "warm slot", s->slot_id, step,
+		     strerror(-err)) < 0)
 		why = NULL;
 	free(s->path_reason);
 	s->path_reason = why;
 	s->slot_id = 0;
+	s->slot_spare = false;
 	s->tpl->pool_stats.recycled_dead++; /* it failed its activation: as good as dead */
 	dir = strdup(s->dir);
 	rundir = strdup(s->rundir);
@@ -719,7 +752,7 @@ static int run_fork(struct job *j, const char **step)
 	j->state_fd = state ? open(state, O_RDONLY | O_CLOEXEC) : -1;
 	if (j->state_fd < 0)
 		return -errno;
-	r = job_start(j, step);
+	r = job_start(j, NULL, step);
 	if (r == 0)
 		unlink(state);
 	return r;
@@ -735,8 +768,10 @@ static int run_create(struct job *j, const char **step)
 	if (s->fork_of)
 		return run_fork(j, step);
 	if (s->slot) {
-		r = run_warm(j, step);
-		if (r == 0 || atomic_load(&s->cancel) || (r = warm_fallback(s, r, *step)) < 0)
+		bool spare = s->slot->state == SLOT_SPARE;
+
+		r = spare ? run_spare(j, step) : run_warm(j, step);
+		if (r == 0 || atomic_load(&s->cancel) || (r = warm_fallback(s, spare, r, *step)) < 0)
 			return r;
 	}
 	*step = "prepare";
@@ -782,7 +817,7 @@ static int run_create(struct job *j, const char **step)
 	s->clone_method = j->disk || j->restore ? clone_method_name(j->method) : "none";
 	pthread_mutex_unlock(&e->lock);
 	if (r == 0)
-		r = job_start(j, step);
+		r = job_start(j, NULL, step);
 	if (cold_held)
 		cold_release(e);
 	return r;
@@ -849,6 +884,7 @@ static void *sandbox_main(void *arg)
 				hist_add(&e->hist[H_CREATE_WARM], ms);
 			} else if (strcmp(s->path, "restore") == 0) {
 				ps->served_restore++;
+				ps->served_spare += s->slot_spare;
 				hist_add(&e->hist[H_CREATE_RESTORE], ms);
 			} else if (strcmp(s->path, "cold") == 0) {
 				ps->served_cold++;
@@ -939,11 +975,22 @@ int sandbox_create_internal(struct engine *e, struct template *t, const char *na
 		s->path = "warm";
 		s->slot_id = s->slot->id;
 		s->slot_age_ms = ns_to_ms(now_ns() - s->slot->warm_ns);
-		s->slot_prepare_ms = timings_total(&s->slot->timings);
+		s->slot_prepare_ms = s->slot->spare_ms + timings_total(&s->slot->timings);
 		memcpy(s->identity, s->slot->identity, 65);
 		timings_lap(&s->timings, "claim");
 	} else if (r == 0 && !fork_src && t->state == TPL_READY) {
 		t->pool_stats.misses++;
+		if ((s->slot = spare_claim(t, &dead))) {
+			/* no warm slot: a VMM already spawned on clones of the snapshot restores it */
+			r = sandbox_set_dirs(s, s->slot);
+			s->path = "restore";
+			s->slot_id = s->slot->id;
+			s->slot_spare = true;
+			s->slot_age_ms = ns_to_ms(now_ns() - s->slot->warm_ns);
+			s->slot_prepare_ms = timings_total(&s->slot->timings);
+			memcpy(s->identity, s->slot->identity, 65);
+			timings_lap(&s->timings, "claim");
+		}
 	} else if (r == 0 && !fork_src) {
 		miss = t->state == TPL_STALE ? MISS_STALE : MISS_NO_SNAPSHOT;
 	}
@@ -1136,6 +1183,7 @@ char *sandbox_render_status(struct sandbox *s)
 		json_object *sl = json_object_new_object();
 
 		json_object_object_add(sl, "id", json_object_new_int64((int64_t)s->slot_id));
+		json_object_object_add(sl, "kind", json_object_new_string(s->slot_spare ? "spare" : "warm"));
 		json_object_object_add(sl, "age_ms", ms_json(s->slot_age_ms));
 		json_object_object_add(sl, "prepare_ms", ms_json(s->slot_prepare_ms));
 		json_object_object_add(o, "slot", sl);

@@ -6,7 +6,10 @@
  * guest afterwards; in between it is always the same sequence:
  *
  *   network slot -> egress policy -> spawn -> publish -> connect -> [restore -> running] -> agent -> publish
+ *   '------------------------ vm_spawn ----------------------'    '-------------- vm_load -------------'
  *
+ * A spare (pool.c) is a VMM taken through vm_spawn ahead of any request,
+ * waiting for its incoming state; the create that claims it runs vm_load.
  * The caller owns what is published from the moment it is, and gives it
  * back with vm_release, the one teardown, whether this returned an error or
  * not.
@@ -40,7 +43,7 @@ static void event(const struct vm_launch *l, enum vm_event ev)
 		l->event(l->arg, ev);
 }
 
-int vm_start(struct engine *e, const struct vm_launch *l, const char **ret_step, char **ret_why)
+int vm_spawn(struct engine *e, const struct vm_launch *l, struct vmm **ret, const char **ret_step, char **ret_why)
 {
 	_cleanup_free_ char *qmp = vm_file(l->rundir, VM_QMP), *agent = vm_file(l->rundir, VM_AGENT);
 	_cleanup_free_ char *mem = vm_file(l->dir, VM_MEM), *con = vm_file(l->dir, VM_CONSOLE);
@@ -51,10 +54,10 @@ int vm_start(struct engine *e, const struct vm_launch *l, const char **ret_step,
 				 .log_path = log, .incoming_fd = l->state_fd, .netns_fd = -1,
 				 .ram_fd = l->ram_fd > 0 && restore ? l->ram_fd : -1 };
 	const struct engine_driver *d;
-	struct agent_client *ac = NULL;
 	struct vmm *v = NULL;
 	int r;
 
+	*ret = NULL;
 	*ret_step = "spawn";
 	if (!qmp || !agent || !mem || !con || !log)
 		return -ENOMEM;
@@ -99,6 +102,18 @@ int vm_start(struct engine *e, const struct vm_launch *l, const char **ret_step,
 	if ((r = vmm_connect(v, QMP_TIMEOUT_MS, l->cancel)) < 0)
 		return r;
 	event(l, VM_EV_CONNECTED);
+	*ret = v;
+	return 0;
+}
+
+int vm_load(struct engine *e, const struct vm_launch *l, struct vmm *v, bool restore, const char **ret_step)
+{
+	_cleanup_free_ char *agent = vm_file(l->rundir, VM_AGENT);
+	struct agent_client *ac = NULL;
+	int r;
+
+	if (!agent)
+		return -ENOMEM;
 	if (restore) {
 		*ret_step = "restore";
 		if ((r = vmm_restore(v, QMP_TIMEOUT_MS)) < 0)
@@ -117,6 +132,14 @@ int vm_start(struct engine *e, const struct vm_launch *l, const char **ret_step,
 		agent_shutdown(ac);
 	pthread_mutex_unlock(&e->lock);
 	return 0;
+}
+
+int vm_start(struct engine *e, const struct vm_launch *l, const char **ret_step, char **ret_why)
+{
+	struct vmm *v;
+	int r = vm_spawn(e, l, &v, ret_step, ret_why);
+
+	return r < 0 ? r : vm_load(e, l, v, l->state_fd >= 0, ret_step);
 }
 
 void vm_release(struct engine *e, struct vmm **v, struct agent_client **ac, struct netslot **net)

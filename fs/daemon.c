@@ -50,6 +50,9 @@ static void usage(FILE *out)
 		"      --pool-miss-target P  wanted chance that a create finds no warm slot (default 0.01)\n"
 		"      --pool-idle-decay S  no create for S seconds: no warm slots (auto only; default 600)\n"
 		"      --pool-parallel N   warm slots prepared at once, all templates together (default 1)\n"
+		"      --spares N          spare VMMs per baked template: spawned, waiting for the snapshot's\n"
+		"                          state, so a create that finds no warm slot restores without a spawn\n"
+		"                          (default 1, 0: none; within the pool's budget)\n"
 		"      --slot-max-age S    replace warm slots older than S seconds (default 3600, 0: never)\n"
 		"      --cache-max-age S   build cache entries (fetched images, built disks, Dockerfile steps)\n"
 		"                          that no template uses go after S seconds unused (default 604800)\n"
@@ -113,7 +116,7 @@ static int parse_uint(const char *s, unsigned long max, unsigned long *out)
 }
 
 enum { OPT_STATE = 256, OPT_IMAGE, OPT_NOBAKE, OPT_QEMU, OPT_ACCEL, OPT_MAXSB, OPT_COLD, OPT_STORE, OPT_NOLOOP,
-       OPT_LOG, OPT_PID, OPT_POOL, OPT_POOL_PAR, OPT_SLOT_AGE, OPT_CACHE_AGE, OPT_WARMUP_EXEC, OPT_NET, OPT_NET_RANGE,
+       OPT_LOG, OPT_PID, OPT_POOL, OPT_POOL_PAR, OPT_SPARES, OPT_SLOT_AGE, OPT_CACHE_AGE, OPT_WARMUP_EXEC, OPT_NET, OPT_NET_RANGE,
        OPT_NET_POOL, OPT_NET_NO_EGRESS, OPT_POOL_BUDGET, OPT_POOL_MAXSLOTS, OPT_POOL_MISS, OPT_POOL_DECAY,
        OPT_ALLOW_OTHER, OPT_VMM_UID, OPT_CONSOLE_MAX, OPT_STORE_RESERVE, OPT_DNS,
        OPT_CLUSTER, OPT_HOST_NAME, OPT_ADVERTISE, OPT_CLUSTER_LISTEN, OPT_CLUSTER_KEY, OPT_CLUSTER_TTL, OPT_MAXCK,
@@ -246,6 +249,11 @@ static int parse_opt(int c, const char *arg, struct options *o)
 			return -EINVAL;
 		o->eng.pool_parallel = (unsigned)v;
 		return 0;
+	case OPT_SPARES:
+		if (strcmp(arg, "0") && parse_uint(arg, 16, &v) < 0)
+			return -EINVAL;
+		o->eng.spares = strcmp(arg, "0") ? (unsigned)v : 0;
+		return 0;
 	case OPT_SLOT_AGE:
 		if (strcmp(arg, "0") && parse_uint(arg, 30 * 86400, &v) < 0)
 			return -EINVAL;
@@ -282,6 +290,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 		{ "cold-slots", required_argument, NULL, OPT_COLD },
 		{ "pool", required_argument, NULL, OPT_POOL },
 		{ "pool-parallel", required_argument, NULL, OPT_POOL_PAR },
+		{ "spares", required_argument, NULL, OPT_SPARES },
 		{ "pool-budget-mib", required_argument, NULL, OPT_POOL_BUDGET },
 		{ "pool-max-slots", required_argument, NULL, OPT_POOL_MAXSLOTS },
 		{ "pool-miss-target", required_argument, NULL, OPT_POOL_MISS },
@@ -400,7 +409,7 @@ static int write_pid(const char *path)
 int emberfs_daemon(int argc, char **argv, const struct engine_hooks *hooks)
 {
 	struct options o = { .eng = { .state_dir = "/var/lib/emberfs", .bake_default = true, .pool_depth = 2,
-			      .pool_parallel = 1, .slot_max_age_s = 3600, .net_pool = 4, .cache_max_age_s = 604800,
+			      .pool_parallel = 1, .spares = 1, .slot_max_age_s = 3600, .net_pool = 4, .cache_max_age_s = 604800,
 			      .vmm_uid_base = -1, .store_reserve_mib = -1 }, .level = LOG_INFO_ };
 	struct engine *e = NULL;
 	struct fs *f = NULL;

@@ -36,7 +36,11 @@ struct fx {
 	struct template *t;
 	struct engine_hooks hooks;
 	const char *kill_at; /* the create hook kills the VMM at this phase */
+	unsigned spares;     /* --spares */
 };
+
+/* --spares of the next fixture (setup_spares) */
+static unsigned next_spares;
 
 /* ---- waiting ---- */
 
@@ -154,7 +158,8 @@ static void hook_phase(void *ctx, const char *state_dir, const char *sandbox, co
 static int engine_open(struct fx *f)
 {
 	struct engine_options o = { .state_dir = f->state, .accel = ACCEL_TCG, .no_loop_store = true,
-				    .pool_pinned = true, .pool_depth = 0, .vmm_uid_base = 0, .store_reserve_mib = 0,
+				    .pool_pinned = true, .pool_depth = 0, .spares = f->spares, .vmm_uid_base = 0,
+				    .store_reserve_mib = 0,
 				    .hooks = &f->hooks, .drivers = fake_drivers };
 
 	return engine_new(&o, &f->e);
@@ -189,6 +194,7 @@ static int setup(void **state)
 		 "{\"kernel\":\"%s\",\"rootfs\":\"%s\",\"backend\":\"fake\",\"mem_mib\":32,\"accel\":\"tcg\","
 		 "\"warm\":\"mark baked\"}", k, r);
 	f->hooks = (struct engine_hooks){ .create_phase = hook_phase, .ctx = f };
+	f->spares = next_spares;
 	fakevmm_fail_set(NULL);
 	assert_int_equal(engine_open(f), 0);
 	assert_int_equal(engine_template_create_config(f->e, "t", f->config, &f->t), 0);
@@ -320,23 +326,105 @@ static void create_restore(void **state)
 	assert_int_equal(engine_sandbox_destroy(f->e, f->t, "rest1"), 0);
 }
 
-/* want slots, all warm (prepared, paused, offered). */
-static void wait_slots(struct template *t, size_t want)
+/* want slots, all in state `what` ("warm": prepared, paused, offered; "spare"); the first one's id. */
+static uint64_t wait_slots_in(struct template *t, size_t want, const char *what)
 {
 	for (int i = 0; i < 2000; i++) {
-		size_t n = 0, warm = 0;
+		size_t n = 0, in = 0;
 		_cleanup_free_ uint64_t *ids = template_slot_ids(t, &n);
 
 		for (size_t k = 0; k < n; k++) {
 			_cleanup_free_ char *st = field(template_render_slot(t, ids[k]), "state");
 
-			warm += st && strcmp(st, "warm") == 0;
+			in += st && strcmp(st, what) == 0;
 		}
-		if (n == want && warm == want)
-			return;
+		if (n == want && in == want)
+			return n ? ids[0] : 0;
 		usleep(10 * 1000);
 	}
-	fail_msg("never %zu warm slots", want);
+	fail_msg("never %zu slots %s", want, what);
+	return 0;
+}
+
+static void wait_slots(struct template *t, size_t want)
+{
+	wait_slots_in(t, want, "warm");
+}
+
+static int setup_spares(void **state)
+{
+	int r;
+
+	next_spares = 1;
+	r = setup(state);
+	next_spares = 0;
+	return r;
+}
+
+/* "slot" of a sandbox's status: {"id", "kind", ...}; its kind, or NULL. */
+static char *slot_kind(struct sandbox *s)
+{
+	return field(field(sandbox_render_status(s), "slot"), "kind");
+}
+
+/* No warm slot, a spare: the create restores on the spare's VMM; a new spare follows. */
+static void create_on_spare(void **state)
+{
+	struct fx *f = *state;
+	struct sandbox *s;
+	_cleanup_free_ char *kind = NULL, *id = NULL;
+	uint64_t sp, next;
+
+	bake(f);
+	sp = wait_slots_in(f->t, 1, "spare");
+	s = create(f, f->t, "sp1");
+	assert_int_equal(sandbox_wait(s), 0);
+	assert_sandbox(s, "path", "restore");
+	kind = slot_kind(s);
+	assert_non_null(kind);
+	assert_string_equal(kind, "spare");
+	id = field(field(sandbox_render_status(s), "slot"), "id");
+	assert_non_null(id);
+	assert_int_equal(strtoull(id, NULL, 10), sp);
+	assert_mark(s, "baked"); /* its RAM is the snapshot's */
+	next = wait_slots_in(f->t, 1, "spare");
+	assert_int_not_equal(next, sp);
+	sandbox_unref(s);
+	assert_int_equal(engine_sandbox_destroy(f->e, f->t, "sp1"), 0);
+}
+
+/* A warm slot wanted while a spare waits: the filler finishes the spare (promotion), then spawns another. */
+static void spare_promoted(void **state)
+{
+	struct fx *f = *state;
+	struct sandbox *s;
+	uint64_t sp;
+	size_t n = 0;
+
+	bake(f);
+	sp = wait_slots_in(f->t, 1, "spare");
+	assert_int_equal(template_pool_write(f->t, "1\n", 2), 0);
+	for (int i = 0; i < 2000; i++) {
+		_cleanup_free_ uint64_t *ids = template_slot_ids(f->t, &n);
+		_cleanup_free_ char *st = n == 2 ? field(template_render_slot(f->t, sp), "state") : NULL;
+
+		if (st && strcmp(st, "warm") == 0)
+			break;
+		usleep(10 * 1000);
+	}
+	{
+		_cleanup_free_ char *st = field(template_render_slot(f->t, sp), "state");
+
+		assert_non_null(st);
+		assert_string_equal(st, "warm");
+	}
+	s = create(f, f->t, "pr1");
+	assert_int_equal(sandbox_wait(s), 0);
+	assert_sandbox(s, "path", "warm");
+	assert_mark(s, "baked");
+	sandbox_unref(s);
+	assert_int_equal(template_pool_write(f->t, "0\n", 2), 0);
+	assert_int_equal(engine_sandbox_destroy(f->e, f->t, "pr1"), 0);
 }
 
 static void create_warm(void **state)
@@ -753,6 +841,30 @@ static void fail_warm_falls_back(void **state)
 	assert_int_equal(engine_sandbox_destroy(f->e, f->t, "wf1"), 0);
 }
 
+/* The same for a spare: its VMM killed once claimed, the create restores in a VMM of its own, with the reason. */
+static void fail_spare_falls_back(void **state)
+{
+	struct fx *f = *state;
+	struct sandbox *s;
+	_cleanup_free_ char *why = NULL, *kind = NULL;
+
+	bake(f);
+	wait_slots_in(f->t, 1, "spare");
+	f->kill_at = "claimed";
+	s = create(f, f->t, "sf1");
+	assert_int_equal(sandbox_wait(s), 0);
+	f->kill_at = NULL;
+	assert_sandbox(s, "path", "restore");
+	why = field(sandbox_render_status(s), "path_reason");
+	assert_non_null(why);
+	assert_non_null(strstr(why, "spare"));
+	kind = slot_kind(s);
+	assert_null(kind);
+	assert_mark(s, "baked");
+	sandbox_unref(s);
+	assert_int_equal(engine_sandbox_destroy(f->e, f->t, "sf1"), 0);
+}
+
 /* A bake whose guest does not answer, or whose snapshot fails: the template fails, creates boot cold. */
 static void fail_bake(void **state)
 {
@@ -865,6 +977,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(create_cold, setup, teardown),
 		cmocka_unit_test_setup_teardown(create_restore, setup, teardown),
 		cmocka_unit_test_setup_teardown(create_warm, setup, teardown),
+		cmocka_unit_test_setup_teardown(create_on_spare, setup_spares, teardown),
+		cmocka_unit_test_setup_teardown(spare_promoted, setup_spares, teardown),
 		cmocka_unit_test_setup_teardown(pause_hibernate_wake, setup, teardown),
 		cmocka_unit_test_setup_teardown(stop_start, setup, teardown),
 		cmocka_unit_test_setup_teardown(fork_and_template, setup, teardown),
@@ -873,6 +987,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(fail_cold_phases, setup, teardown),
 		cmocka_unit_test_setup_teardown(fail_restore_phases, setup, teardown),
 		cmocka_unit_test_setup_teardown(fail_warm_falls_back, setup, teardown),
+		cmocka_unit_test_setup_teardown(fail_spare_falls_back, setup_spares, teardown),
 		cmocka_unit_test_setup_teardown(fail_bake, setup, teardown),
 		cmocka_unit_test_setup_teardown(fail_lifecycle, setup, teardown),
 		cmocka_unit_test_setup_teardown(tcg_command_line, setup, teardown),
