@@ -995,8 +995,11 @@ int sandbox_create_internal(struct engine *e, struct template *t, const char *na
 		miss = t->state == TPL_STALE ? MISS_STALE : MISS_NO_SNAPSHOT;
 	}
 	if (r == 0 && !fork_src) {
-		pool_note_create(t, s->slot != NULL, miss);
-		if (!s->slot)
+		/* a restore on a spare is still a miss of the warm pool */
+		bool warm = s->slot && !s->slot_spare;
+
+		pool_note_create(t, warm, miss);
+		if (!warm)
 			s->miss_reason = miss_reason_name(miss);
 	}
 	if (r == 0)

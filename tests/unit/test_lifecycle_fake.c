@@ -380,6 +380,7 @@ static void create_on_spare(void **state)
 	s = create(f, f->t, "sp1");
 	assert_int_equal(sandbox_wait(s), 0);
 	assert_sandbox(s, "path", "restore");
+	assert_sandbox(s, "pool_miss", "pool_empty"); /* still a miss of the warm pool */
 	kind = slot_kind(s);
 	assert_non_null(kind);
 	assert_string_equal(kind, "spare");
