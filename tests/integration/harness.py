@@ -365,10 +365,13 @@ class Daemon:
     the last daemon started on them.
     """
 
-    def __init__(self, extra_args=(), reuse=None, pool=0, binary=None, env=None):
+    def __init__(self, extra_args=(), reuse=None, pool=0, binary=None, env=None, spares=0):
         # pool: --pool for the daemon. 0 by default, so tests that check the
         # restore path get it; test_warm.py sets pools through the pool file.
-        self.extra_args = (["--pool", str(pool)] if pool is not None else []) + list(extra_args)
+        # spares: --spares, 0 by default for the same reason (a restore then
+        # spawns its VMM); test_warm.py's Spares tests turn them on.
+        self.extra_args = (["--pool", str(pool)] if pool is not None else []) + \
+            (["--spares", str(spares)] if spares is not None else []) + list(extra_args)
         self.binary = binary or (reuse.binary if reuse is not None else BIN)
         self.env = dict(os.environ, **env) if env else None  # the daemon's environment (None: ours)
         if reuse is not None:

@@ -19,6 +19,13 @@ slots"):
 - Age and restart (own daemons): --slot-max-age replaces old slots (and
   --warmup-exec slots work); kill -9
   of the daemon with warm slots, then a restart, leaves nothing of them.
+- Spares (own daemon, --spares 1): a VMM spawned on the snapshot's clones
+  and waiting for its state (`-incoming defer`, no guest code run) is listed
+  in slots/ as "spare"; a create that finds no warm slot restores on it (the
+  sandbox's VMM is that process, no spawn phase) and the next spare follows;
+  a killed spare is replaced and never claimed; a warm slot wanted is made
+  from the spare (same id); a rebake replaces it; kill -9 of the daemon and
+  a restart leave nothing of the old one; the stop leaves nothing at all.
 """
 import errno
 import os
@@ -312,6 +319,125 @@ class OwnDaemons(harness.TestCase):
             self.assertEqual(len(d2.inventory()["slots"]) > 0, True)
             st = d2.create_ready("r")
             self.assertEqual(st["path"], "warm")
+            d2.destroy("r")
+        except BaseException:
+            (d2 or d).force_cleanup()
+            raise
+        d2.stop()
+
+
+
+class Spares(harness.TestCase):
+    """One daemon with --spares 1 and no warm slots, for the whole class."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.d = harness.Daemon(spares=1).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.d.stop()  # checks that nothing is left, spares included
+
+    def spares(self, n=1):
+        """Waits for n spares (and nothing being prepared); {id: status} of them."""
+        d = self.d
+
+        def got():
+            p = d.pool()
+            sp = {k: v for k, v in d.slots().items() if v["state"] == "spare"}
+            return sp if p["spares"] == n and len(sp) == n and p["preparing"] == 0 else None
+        return wait_for(got, 60, "%d spare(s): %s" % (n, d.pool()))
+
+    def test_restore_on_spare(self):
+        d = self.d
+        (sid, sp), = self.spares().items()
+        self.assertEqual(sp["prepared_by"], "spawn on clones of the snapshot, waiting for its state (a spare)")
+        self.assertEqual(list(sp["timings"]), ["clone", "spawn"])
+        argv = harness.proc_cmdline(sp["vmm_pid"])
+        self.assertIn("-incoming", argv)
+        self.assertEqual(argv[argv.index("-incoming") + 1], "defer")
+        before = d.pool()["creates"]
+        st = d.create_ready("sp1")
+        try:
+            self.assertEqual(st["path"], "restore")
+            self.assertEqual((st["slot"]["id"], st["slot"]["kind"]), (int(sid), "spare"))
+            self.assertEqual(st["vmm_pid"], sp["vmm_pid"], "the sandbox runs in the spare's process")
+            self.assertEqual(st["pool_miss"], "pool_empty")  # a miss of the warm pool all the same
+            self.assertNotIn("spawn", st["timings"])
+            self.assertIn("restore", st["timings"])
+            self.assertEqual(d.sh("sp1", "echo hi; hostname").split(), ["hi", "sp1"])
+            after = d.pool()["creates"]
+            self.assertEqual(after["restore_on_spare"] - before["restore_on_spare"], 1)
+            self.assertEqual(after["restore"] - before["restore"], 1)
+            (nid, _), = self.spares().items()
+            self.assertNotEqual(nid, sid)
+            self.assertIn("sp1 restored (on a spare VMM)", harness.read_text(d.sb("sp1", "console")))
+        finally:
+            d.destroy("sp1")
+
+    def test_killed_spare_replaced(self):
+        d = self.d
+        (sid, sp), = self.spares().items()
+        os.kill(sp["vmm_pid"], signal.SIGKILL)
+        wait_for(lambda: sid not in d.slots(), 10, "the killed spare recycled")
+        (nid, _), = self.spares().items()
+        self.assertNotEqual(nid, sid)
+        self.assertGreaterEqual(d.pool()["recycled"]["dead"], 1)
+        st = d.create_ready("sp2")
+        try:
+            self.assertEqual((st["path"], st["slot"]["id"]), ("restore", int(nid)))
+            self.assertEqual(d.sh("sp2", "echo ok").strip(), "ok")
+        finally:
+            d.destroy("sp2")
+
+    def test_warm_slot_from_spare(self):
+        d = self.d
+        (sid, _), = self.spares().items()
+        promoted = d.pool()["spares_promoted"]
+        d.set_pool(1)
+        try:
+            d.wait_pool(1)
+            self.assertEqual(d.slots()[sid]["state"], "warm")
+            self.assertEqual(d.pool()["spares_promoted"], promoted + 1)
+            self.spares()  # and a new spare beside it
+            st = d.create_ready("sp3")
+            self.assertEqual((st["path"], st["slot"]["id"], st["slot"]["kind"]), ("warm", int(sid), "warm"))
+            d.destroy("sp3")
+        finally:
+            d.set_pool(0)
+            d.wait_pool(0)
+
+    def test_rebake_replaces_spare(self):
+        d = self.d
+        (sid, sp), = self.spares().items()
+        d.ctl("rebake\n")
+        d.wait_template_ready()
+        wait_for(lambda: sid not in d.slots(), 10, "the old snapshot's spare recycled")
+        self.assertFalse(harness.pid_alive(sp["vmm_pid"]))
+        (nid, nsp), = self.spares().items()
+        self.assertEqual(nsp["state_sha256"], d.template_status()["bake"]["state_sha256"])
+        st = d.create_ready("sp4")
+        try:
+            self.assertEqual(st["slot"]["id"], int(nid))
+            self.assertEqual(d.sh("sp4", "echo ok").strip(), "ok")
+        finally:
+            d.destroy("sp4")
+
+
+class SpareRestart(harness.TestCase):
+    def test_daemon_kill9_with_spare(self):
+        d = harness.Daemon(spares=1).start()
+        d2 = None
+        try:
+            sp = wait_for(lambda: [v for v in d.slots().values() if v["state"] == "spare"], 60, "a spare")
+            pid = sp[0]["vmm_pid"]
+            old_dirs = set(d.vm_dirs())
+            d.kill9()
+            d2 = harness.Daemon(reuse=d, spares=1).start()
+            wait_for(lambda: not harness.pid_alive(pid), 10, "the old spare's VMM %d reaped" % pid)
+            wait_for(lambda: not (set(d2.vm_dirs()) & old_dirs), 10, "the old spare's files removed")
+            st = wait_for(lambda: d2.pool()["spares"] == 1 and d2.create_ready("r"), 60, "a create on a new spare")
+            self.assertEqual((st["path"], st["slot"]["kind"]), ("restore", "spare"))
             d2.destroy("r")
         except BaseException:
             (d2 or d).force_cleanup()
