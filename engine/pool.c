@@ -33,7 +33,7 @@
  * option removes, so a create that finds no warm slot claims a spare
  * (spare_claim) and only restores and attaches (vm_load). Once the warm
  * target is met the filler keeps --spares of them per ready template (they
- * cost a few MiB: QEMU before any guest code); a warm slot it prepares
+ * cost ~14 MiB PSS: QEMU before any guest code); a warm slot it prepares
  * starts from a spare when there is one (promotion). Both count against the
  * pool's budget, each kind at its own measured PSS.
  */
@@ -263,10 +263,10 @@ static uint32_t slot_mib_of(const struct template *t)
 	return t->slot_mib ? t->slot_mib : 32 + t->cfg.mem_mib / 4;
 }
 
-/* Of one of its spares: measured, else a guess (QEMU before any guest code). */
+/* Of one of its spares: measured, else a guess (QEMU before any guest code: 14 MiB PSS beside 8 slots here). */
 static uint32_t spare_mib_of(const struct template *t)
 {
-	return t->spare_mib ? t->spare_mib : 8;
+	return t->spare_mib ? t->spare_mib : 16;
 }
 
 /* What the pool holds across templates: VMMs and their memory for the budget. e->lock held. */
@@ -286,17 +286,35 @@ static void budget_used(struct engine *e, unsigned *ret_count, uint64_t *ret_mib
 	*ret_mib = mib;
 }
 
+/* Memory of the warm slots every template still lacks for its target: spares must leave it free. e->lock held. */
+static uint64_t warm_deficit_mib(struct engine *e, unsigned *ret_count)
+{
+	uint64_t mib = 0;
+	unsigned count = 0;
+
+	for (size_t i = 0; i < e->n_templates; i++) {
+		struct template *o = e->templates[i];
+		unsigned have = o->n_slots + (o->preparing ? 1 : 0);
+		unsigned lack = o->state == TPL_READY && o->pool_target > have ? o->pool_target - have : 0;
+
+		mib += (uint64_t)lack * slot_mib_of(o);
+		count += lack;
+	}
+	*ret_count = count;
+	return mib;
+}
+
 /*
  * Would the pool stay within the host budget with add_mib more (and one VMM
- * more if new_vmm)? e->lock held.
+ * more if new_vmm, and more_vmms)? e->lock held.
  */
-static bool budget_allows(struct engine *e, uint64_t add_mib, bool new_vmm)
+static bool budget_allows(struct engine *e, uint64_t add_mib, bool new_vmm, unsigned more_vmms)
 {
 	uint64_t mib;
 	unsigned count;
 
 	budget_used(e, &count, &mib);
-	return mib + add_mib <= e->pool_budget_mib && count + (new_vmm ? 1 : 0) <= e->pool_max_slots;
+	return mib + add_mib <= e->pool_budget_mib && count + (new_vmm ? 1 : 0) + more_vmms <= e->pool_max_slots;
 }
 
 /* PSS of a process in MiB (what it costs the host, its shared pages split), or 0. */
@@ -627,7 +645,9 @@ static void *pool_main(void *arg)
 	while (!t->pool_stop) {
 		struct slot_job j = { 0 };
 		struct slot *sl, *drop = pool_take_unfit(t);
-		uint32_t mib = 0, add_mib;
+		uint32_t mib = 0;
+		uint64_t add_mib;
+		unsigned lack;
 		_cleanup_free_ char *why = NULL;
 		bool warm, spare_ok, promote;
 		int r;
@@ -649,8 +669,11 @@ static void *pool_main(void *arg)
 		add_mib = !warm ? spare_mib_of(t) : slot_mib_of(t);
 		if (promote)
 			add_mib -= add_mib > spare_mib_of(t) ? spare_mib_of(t) : add_mib;
+		lack = 0;
+		if (!warm) /* a spare only in what every template's warm target leaves */
+			add_mib += warm_deficit_mib(e, &lack);
 		if ((!warm && !spare_ok) || creates_in_flight(e) || e->slots_preparing >= e->opts.pool_parallel ||
-		    !budget_allows(e, add_mib, !promote)) {
+		    !budget_allows(e, add_mib, !promote, lack)) {
 			/* a periodic look: health and age of the slots and spares held */
 			if (t->n_slots > 0 || t->n_spares > 0)
 				wait_a_while(t, HEALTH_PERIOD_MS);

@@ -37,10 +37,11 @@ struct fx {
 	struct engine_hooks hooks;
 	const char *kill_at; /* the create hook kills the VMM at this phase */
 	unsigned spares;     /* --spares */
+	unsigned max_slots;  /* --pool-max-slots (0: the default) */
 };
 
-/* --spares of the next fixture (setup_spares) */
-static unsigned next_spares;
+/* --spares and --pool-max-slots of the next fixture (setup_spares, setup_spare_one_vmm) */
+static unsigned next_spares, next_max_slots;
 
 /* ---- waiting ---- */
 
@@ -158,7 +159,8 @@ static void hook_phase(void *ctx, const char *state_dir, const char *sandbox, co
 static int engine_open(struct fx *f)
 {
 	struct engine_options o = { .state_dir = f->state, .accel = ACCEL_TCG, .no_loop_store = true,
-				    .pool_pinned = true, .pool_depth = 0, .spares = f->spares, .vmm_uid_base = 0,
+				    .pool_pinned = true, .pool_depth = 0, .spares = f->spares,
+				    .pool_max_slots = f->max_slots, .vmm_uid_base = 0,
 				    .store_reserve_mib = 0,
 				    .hooks = &f->hooks, .drivers = fake_drivers };
 
@@ -195,6 +197,7 @@ static int setup(void **state)
 		 "\"warm\":\"mark baked\"}", k, r);
 	f->hooks = (struct engine_hooks){ .create_phase = hook_phase, .ctx = f };
 	f->spares = next_spares;
+	f->max_slots = next_max_slots;
 	fakevmm_fail_set(NULL);
 	assert_int_equal(engine_open(f), 0);
 	assert_int_equal(engine_template_create_config(f->e, "t", f->config, &f->t), 0);
@@ -358,6 +361,17 @@ static int setup_spares(void **state)
 	next_spares = 1;
 	r = setup(state);
 	next_spares = 0;
+	return r;
+}
+
+/* One VMM for the whole pool (--pool-max-slots 1) */
+static int setup_spare_one_vmm(void **state)
+{
+	int r;
+
+	next_max_slots = 1;
+	r = setup_spares(state);
+	next_max_slots = 0;
 	return r;
 }
 
@@ -842,6 +856,27 @@ static void fail_warm_falls_back(void **state)
 	assert_int_equal(engine_sandbox_destroy(f->e, f->t, "wf1"), 0);
 }
 
+/*
+ * The budget holds one VMM: the spare is made while no warm slot is wanted;
+ * a warm slot wanted takes it over (the count stays 1) and no spare follows,
+ * since it would not leave room for the warm target.
+ */
+static void spare_within_budget(void **state)
+{
+	struct fx *f = *state;
+	uint64_t sp;
+
+	bake(f);
+	sp = wait_slots_in(f->t, 1, "spare");
+	assert_int_equal(template_pool_write(f->t, "1\n", 2), 0);
+	assert_int_equal(wait_slots_in(f->t, 1, "warm"), sp);
+	usleep(1500 * 1000); /* the filler looks at least every 500 ms */
+	assert_int_equal(wait_slots_in(f->t, 1, "warm"), sp);
+	/* the target back to 0: the slot goes as excess, a spare comes back */
+	assert_int_equal(template_pool_write(f->t, "0\n", 2), 0);
+	assert_int_not_equal(wait_slots_in(f->t, 1, "spare"), sp);
+}
+
 /* The same for a spare: its VMM killed once claimed, the create restores in a VMM of its own, with the reason. */
 static void fail_spare_falls_back(void **state)
 {
@@ -980,6 +1015,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(create_warm, setup, teardown),
 		cmocka_unit_test_setup_teardown(create_on_spare, setup_spares, teardown),
 		cmocka_unit_test_setup_teardown(spare_promoted, setup_spares, teardown),
+		cmocka_unit_test_setup_teardown(spare_within_budget, setup_spare_one_vmm, teardown),
 		cmocka_unit_test_setup_teardown(pause_hibernate_wake, setup, teardown),
 		cmocka_unit_test_setup_teardown(stop_start, setup, teardown),
 		cmocka_unit_test_setup_teardown(fork_and_template, setup, teardown),
