@@ -10,7 +10,11 @@
 #            warm path: template "default" (baked at start) with its pool at
 #            BENCH_POOL (default 4); before each sample the script waits until
 #            the pool is full again, so every sample claims a warm slot.
-#            restore path: the same template with its pool set to 0.
+#            restore path: the same template with its pool set to 0, on a
+#            spare VMM (--spares 1, the default), the spare back before each
+#            sample; restore_spawn: the same without a spare (a decoy sandbox
+#            takes it just before the timed create, destroyed after), so each
+#            restore spawns its VMM: the baseline, in the same run.
 #            Both: BENCH_N samples (default 30) after 2 warm-up creates that
 #            are not counted. After each sample (untimed as a create) the
 #            first `exec` of `true` in the new sandbox is timed on its own.
@@ -48,9 +52,9 @@
 #            `resume` written to its ctl (timed together), `hibernate`
 #            (timed), `resume` of the hibernated sandbox until its guest
 #            answered (timed: the wake).
-#   slot     resident memory of idle warm slots (the pool at 8): RSS from
-#            /proc/PID/status and PSS from /proc/PID/smaps_rollup of each
-#            slot's VMM, the median reported.
+#   slot     resident memory of idle warm slots (the pool at 8) and of the
+#            template's spare VMM: RSS from /proc/PID/status and PSS from
+#            /proc/PID/smaps_rollup of each one's VMM, the medians reported.
 #   soak     contrib/bench_soak.py (tests/integration/test_soak.py's Soak): 8
 #            workers create, exec in and destroy sandboxes, 312 cycles in 3
 #            rounds with a kill -9 and a SIGTERM restart between them, against
@@ -149,11 +153,13 @@
 #   (samples_ms: the n counted samples in the order they were taken, ms rounded
 #   to 0.01, warm-ups and failed creates left out; contrib/plot.py draws them)
 #   {"bench":"create","path":"warm","phases_p50_ms":{"claim":..,...}}
-#   the same two for "restore" and "cold", then
+#   the same two for "restore" (on a spare), "restore_spawn" and "cold", then
 #   {"bench":"create","metric":"ratio_restore_over_warm","value":..}   (p50 restore / p50 warm)
 #   {"bench":"create","metric":"ratio_cold_over_restore","value":..}   (p50 cold / p50 restore)
+#   {"bench":"create","metric":"ratio_restore_spawn_over_spare","value":..} (p50 restore_spawn / p50 restore)
 #   {"bench":"burst16","path":"warm","wall_ms":..,"runs_ms":[..],"warm_served":[..]}
-#   {"bench":"slot","metric":"rss_mib","value":..,"pss_mib":..,"n":..}
+#   {"bench":"slot","metric":"rss_mib","value":..,"pss_mib":..,"n":..}   (idle warm slots)
+#   {"bench":"slot","metric":"rss_mib","kind":"spare","value":..,"pss_mib":..,"n":1}   (the spare VMM)
 #   {"bench":"density","n":..,"create_p50_ms_loaded":..,"create_p50_ms_unloaded":..,"pss_mib_median":..,
 #    "daemon_rss_mib":..,"idle_cpu_pct_median":..,"steps":[{"idle":..,..},..]}
 #   {"bench":"netslot","metric":"claim"|"build","n":..,"p50_ms":..,"p99_ms":..}
@@ -460,6 +466,20 @@ def wait_pool(t, n, timeout=120):
         time.sleep(0.05)
 
 
+def wait_spares(t, n, timeout=120):
+    """Waits until t keeps n spare VMMs and prepares nothing."""
+    deadline = time.monotonic() + timeout
+    while True:
+        p = pool_status(t)
+        if p["spares"] == n and p["preparing"] == 0:
+            return
+        if not alive():
+            raise SystemExit("bench: error: the daemon died")
+        if time.monotonic() > deadline:
+            raise SystemExit("bench: error: %s not at %d spares after %d s: %s" % (t, n, timeout, p))
+        time.sleep(0.02)
+
+
 def nearest_rank(sorted_vals, p):
     """Nearest-rank percentile: the ceil(p/100 * n)-th smallest value (1-based)."""
     k = max(1, math.ceil(p / 100.0 * len(sorted_vals)))
@@ -508,26 +528,33 @@ def create_once(t, name):
     return ms, status, phases
 
 
-def run_path(t, path, n, warmup, before=None):
+def run_path(t, path, n, warmup, before=None, after=None, label=None, slot=None):
+    """label: the result's name (default path); slot: the kind of slot each
+    sample must have claimed ("warm", "spare"), "none", or None (any)."""
+    label = label or path
     samples, phase_samples, errors = [], {}, []
     i = 0
     while len(samples) < n:
         if before:
             before()
-        name = "b%s%d" % (path[0], i)
+        name = "b%s%d" % (label[0] + label[-1], i)
         i += 1
         try:
             ms, st, ph = create_once(t, name)
         except RuntimeError as e:
             errors.append(str(e))
-            err("%s create failed: %s" % (path, e))
+            err("%s create failed: %s" % (label, e))
             if len(errors) > MAX_FAILURES:
-                raise SystemExit("bench: error: %d %s creates failed" % (len(errors), path))
+                raise SystemExit("bench: error: %d %s creates failed" % (len(errors), label))
             time.sleep(SETTLE)
             continue
-        if st["path"] != path:
-            raise SystemExit("bench: error: %s: expected path %s, got %s (%s)" % (
-                name, path, st["path"], st.get("path_reason")))
+        finally:
+            if after:
+                after()
+        kind = (st.get("slot") or {}).get("kind", "none")
+        if st["path"] != path or (slot and kind != slot):
+            raise SystemExit("bench: error: %s: expected path %s (slot %s), got %s (slot %s; %s)" % (
+                name, path, slot, st["path"], kind, st.get("path_reason")))
         if warmup > 0:
             warmup -= 1
             err("%s warm-up %.1f ms (not counted)" % (path, ms))
@@ -538,7 +565,7 @@ def run_path(t, path, n, warmup, before=None):
         time.sleep(SETTLE)
     first = sorted(phase_samples.pop("first_exec"))
     s = sorted(samples)
-    res = {"bench": "create", "path": path, "n": len(s),
+    res = {"bench": "create", "path": label, "n": len(s),
            "p50_ms": round(nearest_rank(s, 50), 3), "p99_ms": round(nearest_rank(s, 99), 3),
            "mean_ms": round(statistics.fmean(s), 3), "min_ms": round(s[0], 3), "max_ms": round(s[-1], 3)}
     phases = {k: round(nearest_rank(sorted(v), 50), 3) for k, v in phase_samples.items()}
@@ -554,7 +581,22 @@ def bench_create():
     set_pool("default", POOL)
     res_w, ph_w, err_w = run_path("default", "warm", N, WARMUP, lambda: wait_pool("default", POOL))
     set_pool("default", 0)
-    res_r, ph_r, err_r = run_path("default", "restore", N, WARMUP)
+    # restore: on a spare VMM (the daemon's default, --spares 1), the spare back before each
+    res_r, ph_r, err_r = run_path("default", "restore", N, WARMUP, lambda: wait_spares("default", 1),
+                                  slot="spare")
+    # the baseline in the same run: a restore that spawns its VMM. A decoy sandbox takes the spare
+    # first; the filler makes the next one only 100 ms after the creates settle, so the timed create
+    # finds none. The decoy is destroyed after the sample.
+    decoy = "%s/templates/default/sandboxes/bdecoy" % mnt
+
+    def take_spare():
+        wait_spares("default", 1)
+        os.mkdir(decoy)
+        if read(decoy + "/wait") != "ready\n":
+            raise SystemExit("bench: error: the decoy sandbox did not come up: %s" % read(decoy + "/status"))
+
+    res_s, ph_s, err_s = run_path("default", "restore", N, WARMUP, take_spare, lambda: os.rmdir(decoy),
+                                  label="restore_spawn", slot="none")
     os.mkdir("%s/templates/coldbench" % mnt)  # never baked: every create boots cold
     st = json.loads(read("%s/templates/coldbench/status" % mnt))
     if st["state"] != "new":
@@ -563,36 +605,43 @@ def bench_create():
     os.rmdir("%s/templates/coldbench" % mnt)
     ratio = res_c["p50_ms"] / res_r["p50_ms"]
     ratio_w = res_r["p50_ms"] / res_w["p50_ms"]
+    ratio_s = res_s["p50_ms"] / res_r["p50_ms"]
 
     print("", file=sys.stderr)
     print("create: mkdir until `wait` answers, timed outside the daemon (ms; p50/p99 nearest-rank)",
           file=sys.stderr)
-    print("  %-8s %4s %9s %9s %9s %9s %9s %11s" % ("path", "n", "p50", "p99", "mean", "min", "max", "1st exec"),
+    print("  %-13s %4s %9s %9s %9s %9s %9s %11s" % ("path", "n", "p50", "p99", "mean", "min", "max", "1st exec"),
           file=sys.stderr)
-    for r in (res_w, res_r, res_c):
-        print("  %-8s %4d %9.1f %9.1f %9.1f %9.1f %9.1f %11.1f" % (
+    for r in (res_w, res_r, res_s, res_c):
+        print("  %-13s %4d %9.1f %9.1f %9.1f %9.1f %9.1f %11.1f" % (
             r["path"], r["n"], r["p50_ms"], r["p99_ms"], r["mean_ms"], r["min_ms"], r["max_ms"],
             r["first_exec_p50_ms"]), file=sys.stderr)
     print("  warm and restore: %d warm-up creates each, not counted; warm with a pool of %d, full before each"
           % (WARMUP, POOL), file=sys.stderr)
-    print("  restore/warm p50 ratio: %.1f, cold/restore p50 ratio: %.1f" % (ratio_w, ratio), file=sys.stderr)
-    for label, ph in (("warm", ph_w), ("restore", ph_r), ("cold", ph_c)):
+    print("  restore: on a spare VMM, the spare back before each; restore_spawn: none (a decoy took it)",
+          file=sys.stderr)
+    print("  restore/warm p50 ratio: %.1f, cold/restore p50 ratio: %.1f, restore_spawn/restore: %.2f" % (
+        ratio_w, ratio, ratio_s), file=sys.stderr)
+    for label, ph in (("warm", ph_w), ("restore", ph_r), ("restore_spawn", ph_s), ("cold", ph_c)):
         print("  %s phases, p50 (from the sandboxes' timings files): %s" % (
             label, ", ".join("%s %.1f" % kv for kv in ph.items())), file=sys.stderr)
     print("", file=sys.stderr)
 
     # the raw samples, for distributions (contrib/plot.py); the summary keys stay as they were
-    for r in (res_w, res_r, res_c):
+    for r in (res_w, res_r, res_s, res_c):
         r["samples_ms"] = [round(v, 2) for v in r["_samples"]]
     out.append(res_w)
     out.append({"bench": "create", "path": "warm", "phases_p50_ms": ph_w})
     out.append(res_r)
     out.append({"bench": "create", "path": "restore", "phases_p50_ms": ph_r})
+    out.append(res_s)
+    out.append({"bench": "create", "path": "restore_spawn", "phases_p50_ms": ph_s})
     out.append(res_c)
     out.append({"bench": "create", "path": "cold", "phases_p50_ms": ph_c})
     out.append({"bench": "create", "metric": "ratio_restore_over_warm", "value": round(ratio_w, 3)})
     out.append({"bench": "create", "metric": "ratio_cold_over_restore", "value": round(ratio, 3)})
-    for path, errs in (("warm", err_w), ("restore", err_r), ("cold", err_c)):
+    out.append({"bench": "create", "metric": "ratio_restore_spawn_over_spare", "value": round(ratio_s, 3)})
+    for path, errs in (("warm", err_w), ("restore", err_r), ("restore_spawn", err_s), ("cold", err_c)):
         if errs:
             out.append({"bench": "create", "path": path, "failed_creates": len(errs), "errors": errs})
     return out
@@ -647,36 +696,54 @@ def bench_burst16():
     return [{"bench": "burst16", "path": "warm", "wall_ms": med, "runs_ms": runs, "warm_served": warm_served}]
 
 
+def vmm_mem(pid):
+    """(RSS, PSS) of a process in MiB (PSS None if smaps_rollup cannot be read)."""
+    rss = pss = None
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1]) / 1024.0
+    try:
+        with open("/proc/%d/smaps_rollup" % pid) as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    pss = int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return rss, pss
+
+
 def bench_slot():
     wait_template("default")
     set_pool("default", 8, timeout=300)
+    wait_spares("default", 1)
     time.sleep(2)  # idle: nothing touches the slots
-    rss, pss = [], []
+    mem = {"warm": ([], []), "spare": ([], [])}
     base = "%s/templates/default/slots" % mnt
     for sid in os.listdir(base):
         st = json.loads(read("%s/%s/status" % (base, sid)))
-        pid = st["vmm_pid"]
-        with open("/proc/%d/status" % pid) as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    rss.append(int(line.split()[1]) / 1024.0)
-        try:
-            with open("/proc/%d/smaps_rollup" % pid) as f:
-                for line in f:
-                    if line.startswith("Pss:"):
-                        pss.append(int(line.split()[1]) / 1024.0)
-        except OSError:
-            pass
+        if st["state"] not in mem:
+            continue
+        rss, pss = vmm_mem(st["vmm_pid"])
+        mem[st["state"]][0].append(rss)
+        if pss is not None:
+            mem[st["state"]][1].append(pss)
     set_pool("default", 0)
-    rss.sort()
-    pss.sort()
-    r = {"bench": "slot", "metric": "rss_mib", "value": round(nearest_rank(rss, 50), 1), "n": len(rss),
-         "max_mib": round(rss[-1], 1)}
-    if pss:
-        r["pss_mib"] = round(nearest_rank(pss, 50), 1)
-    print("slot: idle warm slot (256 MiB guest), %d slots: RSS median %.1f MiB (max %.1f), PSS median %s MiB"
-          % (len(rss), r["value"], r["max_mib"], r.get("pss_mib")), file=sys.stderr)
-    return [r]
+    out = []
+    for kind, (rss, pss) in mem.items():
+        rss.sort()
+        pss.sort()
+        r = {"bench": "slot", "metric": "rss_mib", "value": round(nearest_rank(rss, 50), 1), "n": len(rss),
+             "max_mib": round(rss[-1], 1)}
+        if kind == "spare":
+            r["kind"] = "spare"
+        if pss:
+            r["pss_mib"] = round(nearest_rank(pss, 50), 1)
+        print("slot: idle %s (256 MiB guest), %d of them: RSS median %.1f MiB (max %.1f), PSS median %s MiB"
+              % ("warm slot" if kind == "warm" else "spare VMM", len(rss), r["value"], r["max_mib"],
+                 r.get("pss_mib")), file=sys.stderr)
+        out.append(r)
+    return out
 
 
 def meminfo():

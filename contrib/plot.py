@@ -8,7 +8,7 @@ FILE is the stdout of `contrib/bench.sh NAME...` (one JSON object per line);
 several files may be given, e.g. one per benchmark run. Written to DIR
 (default docs/plots), each only when its lines are there:
 
-  create.svg    create latency by path (warm, restore, cold) from the raw
+  create.svg    create latency by path (warm, restore, restore_spawn, cold) from the raw
                 samples (`samples_ms` of the create lines): empirical CDFs on a
                 log time axis with p50 and p99 marked (nearest-rank, as
                 bench.sh), and box plots of the same samples below.
@@ -37,8 +37,8 @@ import math
 import os
 import sys
 
-PATHS = ("warm", "restore", "cold")
-COLOURS = {"warm": "#d95f02", "restore": "#1b9e77", "cold": "#7570b3"}  # ColorBrewer Dark2
+PATHS = ("warm", "restore", "restore_spawn", "cold")
+COLOURS = {"warm": "#d95f02", "restore": "#1b9e77", "restore_spawn": "#e7298a", "cold": "#7570b3"}  # ColorBrewer Dark2
 STYLES = ("-", "--", ":", "-.")  # one per input file when several runs are drawn together
 
 
