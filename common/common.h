@@ -82,13 +82,15 @@ static inline double ns_to_ms(uint64_t ns)
 int name_validate(const char *name);
 
 /* Files. All return 0 or a negative errno. */
+/* all of data to fd (write(2) again after a short write or EINTR); 0 or -errno */
+int write_all(int fd, const void *data, size_t len);
+/* Whether n bytes at p are all zero (a guest page, a chunk of a snapshot file). */
+bool mem_is_zero(const void *p, size_t n);
 /*
  * Temp file + rename: readers see the old or the new content, never a mix.
  * durable also fsyncs (survives power loss); records that only need to
  * survive a daemon crash skip it, the page cache outlives the process.
  */
-/* all of data to fd (write(2) again after a short write or EINTR); 0 or -errno */
-int write_all(int fd, const void *data, size_t len);
 int write_file_atomic(const char *path, const void *data, size_t len, bool durable);
 int read_file(const char *path, size_t max, char **ret_data, size_t *ret_len);
 /* fsync of a file by path: 0 or -errno. */

@@ -30,6 +30,17 @@ char *strjoin(const char *a, ...)
 	return r;
 }
 
+bool mem_is_zero(const void *p, size_t n)
+{
+	static const uint8_t z[4096];
+	const uint8_t *b = p;
+
+	for (; n >= sizeof(z); b += sizeof(z), n -= sizeof(z))
+		if (memcmp(b, z, sizeof(z)) != 0)
+			return false;
+	return n == 0 || memcmp(b, z, n) == 0;
+}
+
 int write_all(int fd, const void *data, size_t len)
 {
 	const char *p = data;

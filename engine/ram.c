@@ -226,13 +226,6 @@ bool ram_maps_lazy(pid_t pid)
 	return false;
 }
 
-static bool page_zero(const uint8_t *p)
-{
-	static const uint8_t z[PAGE];
-
-	return memcmp(p, z, PAGE) == 0;
-}
-
 int ram_write_all(pid_t pid, uint64_t addr, uint64_t len, int out, uint64_t *ret_pages)
 {
 	char path[64];
@@ -259,7 +252,7 @@ int ram_write_all(pid_t pid, uint64_t addr, uint64_t len, int out, uint64_t *ret
 		for (size_t j = 0; j < n;) {
 			size_t k = j;
 
-			while (k < n && !page_zero(buf + k * PAGE))
+			while (k < n && !mem_is_zero(buf + k * PAGE, PAGE))
 				k++;
 			if (k == j) {
 				j++;

@@ -57,16 +57,6 @@ int objstore_digest(const void *data, size_t len, char out[OBJSTORE_DIGEST_HEX +
 	return 0;
 }
 
-static bool all_zero(const uint8_t *p, size_t n)
-{
-	static const uint8_t z[4096];
-
-	for (; n >= sizeof(z); p += sizeof(z), n -= sizeof(z))
-		if (memcmp(p, z, sizeof(z)) != 0)
-			return false;
-	return n == 0 || memcmp(p, z, n) == 0;
-}
-
 /* ---- the index (s->lock held) ---- */
 
 static unsigned bucket(const char *d)
@@ -701,7 +691,7 @@ static int publish_one(struct job *j, size_t i, char **why)
 		error_set(why, "publish: read of chunk %zu: %s", i, got < 0 ? strerror(errno) : "short read");
 		return got < 0 ? -errno : -EIO;
 	}
-	if (all_zero(buf, len))
+	if (mem_is_zero(buf, len))
 		return 0; /* never stored */
 	if ((r = objstore_digest(buf, len, d)) < 0)
 		return r;
