@@ -453,31 +453,22 @@ def set_pool(t, n, timeout=120):
     wait_pool(t, n, timeout)
 
 
-def wait_pool(t, n, timeout=120):
+def wait_pool(t, n, timeout=120, what="warm"):
+    """Waits until t's pool holds exactly n of `what` ("warm" slots, "spares") and prepares nothing."""
     deadline = time.monotonic() + timeout
     while True:
         p = pool_status(t)
-        if p["warm"] == n and p["preparing"] == 0:
+        if p[what] == n and p["preparing"] == 0:
             return
         if not alive():
             raise SystemExit("bench: error: the daemon died")
         if time.monotonic() > deadline:
-            raise SystemExit("bench: error: pool of %s not at %d after %d s: %s" % (t, n, timeout, p))
-        time.sleep(0.05)
+            raise SystemExit("bench: error: pool of %s not at %d %s after %d s: %s" % (t, n, what, timeout, p))
+        time.sleep(0.02)
 
 
 def wait_spares(t, n, timeout=120):
-    """Waits until t keeps n spare VMMs and prepares nothing."""
-    deadline = time.monotonic() + timeout
-    while True:
-        p = pool_status(t)
-        if p["spares"] == n and p["preparing"] == 0:
-            return
-        if not alive():
-            raise SystemExit("bench: error: the daemon died")
-        if time.monotonic() > deadline:
-            raise SystemExit("bench: error: %s not at %d spares after %d s: %s" % (t, n, timeout, p))
-        time.sleep(0.02)
+    wait_pool(t, n, timeout, "spares")
 
 
 def nearest_rank(sorted_vals, p):
