@@ -268,3 +268,75 @@ int ram_write_all(pid_t pid, uint64_t addr, uint64_t len, int out, uint64_t *ret
 		*ret_pages = pages;
 	return 0;
 }
+
+int ram_code_buffer_find(pid_t pid, uint64_t *ret_addr, uint64_t *ret_len)
+{
+	char path[64], line[4096];
+	_cleanup_(fclosep) FILE *f = NULL;
+	int found = 0;
+
+	snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
+	if (!(f = fopen(path, "re")))
+		return -errno;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long long a, b, inode;
+		char perms[8];
+		int name = 0;
+
+		line[strcspn(line, "\n")] = '\0';
+		/* start-end perms offset dev inode   [path]: anonymous has inode 0 and no path */
+		if (sscanf(line, "%llx-%llx %7s %*s %*s %llu %n", &a, &b, perms, &inode, &name) < 4 || name == 0)
+			continue;
+		if (strcmp(perms, "rwxp") != 0 || inode != 0 || line[name] != '\0')
+			continue;
+		if (found++)
+			return -EEXIST;
+		*ret_addr = a;
+		*ret_len = b - a;
+	}
+	return found ? 0 : -ENOENT;
+}
+
+int ram_populate_anon(pid_t pid, uint64_t addr, uint64_t len, uint64_t *ret_pages)
+{
+	static const uint8_t zeros[16 * PAGE];
+	char path[64];
+	_cleanup_close_ int pm = -1, mem = -1;
+	uint64_t ents[BATCH], pages = 0, npages = len / PAGE;
+	int r;
+
+	if (addr % PAGE || len % PAGE)
+		return -EINVAL;
+	snprintf(path, sizeof(path), "/proc/%d/pagemap", (int)pid);
+	if ((pm = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+		return -errno;
+	snprintf(path, sizeof(path), "/proc/%d/mem", (int)pid);
+	if ((mem = open(path, O_WRONLY | O_CLOEXEC)) < 0)
+		return -errno;
+	for (uint64_t i = 0; i < npages; i += BATCH) {
+		size_t n = npages - i < BATCH ? (size_t)(npages - i) : BATCH;
+
+		if ((r = pread_all(pm, (uint8_t *)ents, n * sizeof(uint64_t), (off_t)((addr / PAGE + i) * 8))) < 0)
+			return r;
+		/* runs of pages not there yet, each written at once */
+		for (size_t j = 0; j < n;) {
+			size_t k = j;
+
+			while (k < n && !(ents[k] & (PM_PRESENT | PM_SWAPPED)))
+				k++;
+			if (k == j) {
+				j++;
+				continue;
+			}
+			for (size_t w; j < k; j += w) {
+				w = k - j < sizeof(zeros) / PAGE ? k - j : sizeof(zeros) / PAGE;
+				if ((r = pwrite_all(mem, zeros, w * PAGE, (off_t)(addr + (i + j) * PAGE))) < 0)
+					return r;
+				pages += w;
+			}
+		}
+	}
+	if (ret_pages)
+		*ret_pages = pages;
+	return 0;
+}

@@ -57,3 +57,19 @@ bool ram_maps_lazy(pid_t pid);
  * restore from a lazy file). The process must not run meanwhile.
  */
 int ram_write_all(pid_t pid, uint64_t addr, uint64_t len, int out, uint64_t *ret_pages);
+
+/*
+ * Where QEMU's TCG translation buffer is in process pid: its one private
+ * anonymous mapping that is readable, writable and executable (-ENOENT: none,
+ * as under KVM; -EEXIST: several).
+ */
+int ram_code_buffer_find(pid_t pid, uint64_t *ret_addr, uint64_t *ret_len);
+
+/*
+ * Faults in at once the pages of [addr, addr + len) in process pid that are
+ * neither present nor swapped, by writing the zeros they read as through
+ * /proc/PID/mem; a page that is present or swapped is left alone. The range
+ * must be private anonymous memory that nothing in the process writes
+ * meanwhile. *ret_pages: pages faulted in.
+ */
+int ram_populate_anon(pid_t pid, uint64_t addr, uint64_t len, uint64_t *ret_pages);

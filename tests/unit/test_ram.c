@@ -1,6 +1,7 @@
 /*
  * Guest RAM shared between clones (engine/ram.c): the sealed base, finding
- * it in a process, writing back the pages a process copied on write; and
+ * it in a process, writing back the pages a process copied on write; a
+ * VMM's translation buffer faulted in before its first run; and
  * the QEMU stream head a device-state-only snapshot is prefixed with.
  */
 #include <fcntl.h>
@@ -13,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -265,6 +267,97 @@ static void lazy_write_all(void **state)
 }
 
 /* The head of a QEMU 7.2 stream with x-ignore-shared, as a bake writes it, then a section. */
+/*
+ * A process with a translation buffer (one private anonymous rwx mapping of
+ * 64 pages, tests/unit/rwxproc.c) whose pages 0 and 7 hold code:
+ * ram_code_buffer_find finds it, and ram_populate_anon over its first 32
+ * pages faults in the 30 others there, zero, and leaves the two with code as
+ * they were; a second pass finds nothing to do. Two such mappings are not
+ * guessed between.
+ */
+static pid_t rwx_child(const char *n_maps, uint64_t *ret_addr)
+{
+	char line[64] = "";
+	int pfd[2];
+	ssize_t n;
+	pid_t pid;
+
+	assert_int_equal(pipe(pfd), 0);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL); /* a failed assertion leaves no process behind */
+		if (dup2(pfd[1], 1) < 0)
+			_exit(127);
+		execl(RWXPROC_BINARY, RWXPROC_BINARY, n_maps, (char *)NULL);
+		_exit(127);
+	}
+	close(pfd[1]);
+	n = read(pfd[0], line, sizeof(line) - 1);
+	close(pfd[0]);
+	assert_true(n > 0);
+	*ret_addr = strtoull(line, NULL, 16);
+	return pid;
+}
+
+static uint64_t pagemap_entry(pid_t pid, uint64_t addr)
+{
+	char path[64];
+	uint64_t e = 0;
+	int fd;
+
+	snprintf(path, sizeof(path), "/proc/%d/pagemap", (int)pid);
+	fd = open(path, O_RDONLY);
+	assert_true(fd >= 0);
+	assert_int_equal(pread(fd, &e, sizeof(e), (off_t)(addr / PG * 8)), sizeof(e));
+	close(fd);
+	return e;
+}
+
+static void populate_code_buffer(void **state)
+{
+	static uint8_t got[64 * PG];
+	uint64_t addr = 0, len = 0, pages = 0, where = 0;
+	int st, mem;
+	char path[64];
+	pid_t pid;
+
+	(void)state;
+	pid = rwx_child("1", &where);
+	assert_int_equal(ram_code_buffer_find(pid, &addr, &len), 0);
+	assert_int_equal(addr, where);
+	assert_int_equal(len, 64 * PG);
+	assert_false(pagemap_entry(pid, addr + 1 * PG) >> 63);
+	assert_int_equal(ram_populate_anon(pid, addr, 32 * PG, &pages), 0);
+	assert_int_equal(pages, 30);
+	for (int i = 0; i < 64; i++)
+		assert_int_equal(pagemap_entry(pid, addr + (uint64_t)i * PG) >> 63, i < 32);
+	snprintf(path, sizeof(path), "/proc/%d/mem", (int)pid);
+	mem = open(path, O_RDONLY);
+	assert_true(mem >= 0);
+	assert_int_equal(pread(mem, got, sizeof(got), (off_t)addr), sizeof(got));
+	close(mem);
+	for (int i = 0; i < 64; i++) {
+		uint8_t want = i == 0 ? 0xc3 : i == 7 ? 0x90 : 0;
+
+		for (int b = 0; b < PG; b += 511)
+			assert_int_equal(got[i * PG + b], want);
+	}
+	assert_int_equal(ram_populate_anon(pid, addr, 32 * PG, &pages), 0);
+	assert_int_equal(pages, 0);
+	assert_int_equal(ram_populate_anon(pid, addr + 1, 32 * PG, NULL), -EINVAL);
+	assert_int_equal(ram_populate_anon(pid, addr, 32 * PG - 1, NULL), -EINVAL);
+	kill(pid, SIGKILL);
+	waitpid(pid, &st, 0);
+	assert_int_equal(ram_code_buffer_find(pid, &addr, &len), -ENOENT);
+	assert_int_equal(ram_populate_anon(pid, addr, PG, NULL), -ENOENT);
+
+	pid = rwx_child("2", &where);
+	assert_int_equal(ram_code_buffer_find(pid, &addr, &len), -EEXIST);
+	kill(pid, SIGKILL);
+	waitpid(pid, &st, 0);
+}
+
 static const uint8_t head[] = { 'Q', 'E', 'V', 'M', 0, 0, 0, 3, 0x07, 0, 0, 0, 7, 'm', 'i', 'c', 'r', 'o', 'v', 'm',
 				0x05, 26, 'c', 'o', 'n', 'f', 'i', 'g', 'u', 'r', 'a', 't', 'i', 'o', 'n', '/',
 				'c', 'a', 'p', 'a', 'b', 'i', 'l', 'i', 't', 'i', 'e', 's', 0, 0, 0, 1, 0, 0, 0, 1,
@@ -327,6 +420,7 @@ int main(void)
 		cmocka_unit_test(write_back),
 		cmocka_unit_test(find_exactly_one),
 		cmocka_unit_test(lazy_write_all),
+		cmocka_unit_test(populate_code_buffer),
 		cmocka_unit_test(stream_head),
 	};
 
