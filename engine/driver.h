@@ -87,6 +87,12 @@ struct vmm_ops {
 	int (*spawn)(const char *binary, const struct vmm_spec *spec, struct vmm **ret);
 	/* Control channel up; bounded; gives up early if *cancel turns true. */
 	int (*connect)(struct vmm *v, unsigned timeout_ms, const atomic_bool *cancel);
+	/*
+	 * Optional. Once, on a VMM just spawned and connected, before any of
+	 * its vCPUs has run: ready in one pass what its first run would fault
+	 * in a page at a time. A failure costs only speed.
+	 */
+	int (*prepare)(struct vmm *v);
 	/* Starts loading the snapshot (spec.incoming_fd) into a connected VMM. */
 	int (*restore)(struct vmm *v, unsigned timeout_ms);
 	/* Run state as the VMM names it ("running", "paused", ...). */
@@ -149,6 +155,11 @@ void vmm_driver_names_in(const struct vmm_ops *const *list, char *buf, size_t le
 static inline int vmm_connect(struct vmm *v, unsigned timeout_ms, const atomic_bool *cancel)
 {
 	return v->ops->connect(v, timeout_ms, cancel);
+}
+/* 0 for a driver without it */
+static inline int vmm_prepare(struct vmm *v)
+{
+	return v->ops->prepare ? v->ops->prepare(v) : 0;
 }
 static inline int vmm_restore(struct vmm *v, unsigned timeout_ms)
 {

@@ -37,6 +37,7 @@ struct qemu {
 	struct jail proc; /* the process, as jail.c started or adopted it */
 	int qmp;
 	bool incoming; /* restore: started with -incoming defer */
+	bool tcg;      /* spawned here under TCG (an adopted VMM is not prepared) */
 	bool resumed;  /* a RESUME event was seen */
 	/*
 	 * The QMP connection's reads and writes (buf, len): a command's caller,
@@ -279,6 +280,7 @@ static int qemu_spawn(const char *binary, const struct vmm_spec *s, struct vmm *
 	v->qmp = -1;
 	v->qmp_path = strdup(s->control_path);
 	v->incoming = s->incoming_fd >= 0;
+	v->tcg = strcmp(s->accel, "kvm") != 0;
 	v->base.ops = &qemu_ops;
 	*ret = &TAKE_PTR(v)->base;
 	return 0;
@@ -455,6 +457,32 @@ static int qemu_connect(struct vmm *vm, unsigned timeout_ms, const atomic_bool *
 		r = qmp_exec(v, "{\"execute\":\"migrate-set-capabilities\",\"arguments\":{\"capabilities\":"
 				"[{\"capability\":\"x-ignore-shared\",\"state\":true}]}}", -1, timeout_ms, NULL);
 	return r;
+}
+
+/*
+ * What a VMM's first run translates, faulted in before it runs. TCG writes
+ * the code it translates into its buffer from the start upwards, and every
+ * new 4 KiB page of it is a page fault, which costs ~11 us on a host that is
+ * itself a VM (this project's machines, PVM) against ~0.6 us a page faulted
+ * in by the kernel in one pass. A restore and its attach fill ~5.25 MiB of
+ * it (the default template); so much is faulted in, no more: an idle warm
+ * slot holds what it translated, and only that (docs/architecture.md,
+ * "A VMM's first run").
+ */
+#define TB_PREFAULT_BYTES (5ull << 20)
+
+/* No vCPU has run: nothing writes the buffer but the prologue, which TCG wrote at start-up. */
+static int qemu_prepare(struct vmm *vm)
+{
+	struct qemu *v = to_qemu(vm);
+	uint64_t addr, len;
+	int r;
+
+	if (!v->tcg)
+		return 0;
+	if ((r = ram_code_buffer_find(v->proc.pid, &addr, &len)) < 0)
+		return r;
+	return ram_populate_anon(v->proc.pid, addr, len < TB_PREFAULT_BYTES ? len : TB_PREFAULT_BYTES, NULL);
 }
 
 /* Starts reading the snapshot's device state, which is fd 3 in the VMM. */
@@ -782,6 +810,7 @@ const struct vmm_ops qemu_ops = {
 	.version = qemu_version,
 	.spawn = qemu_spawn,
 	.connect = qemu_connect,
+	.prepare = qemu_prepare,
 	.restore = qemu_restore,
 	.wait_running = qemu_wait_running,
 	.query = qemu_query,
