@@ -464,10 +464,10 @@ static int qemu_connect(struct vmm *vm, unsigned timeout_ms, const atomic_bool *
  * the code it translates into its buffer from the start upwards, and every
  * new 4 KiB page of it is a page fault, which costs ~11 us on a host that is
  * itself a VM (this project's machines, PVM) against ~0.6 us a page faulted
- * in by the kernel in one pass. A restore and its attach fill ~5.25 MiB of
- * it (the default template); so much is faulted in, no more: an idle warm
- * slot holds what it translated, and only that (docs/architecture.md,
- * "A VMM's first run").
+ * in by the kernel in one pass. A restore and its attach fill ~4.9 MiB of
+ * it (the default template); about so much is faulted in, no more: an idle
+ * warm slot holds what it translated and ~0.2 MiB besides
+ * (docs/architecture.md, "A VMM's first run").
  */
 #define TB_PREFAULT_BYTES (5ull << 20)
 

@@ -29,6 +29,7 @@ slots"):
 """
 import errno
 import os
+import re
 import signal
 import sys
 import threading
@@ -327,6 +328,19 @@ class OwnDaemons(harness.TestCase):
 
 
 
+def code_buffer_rss_kib(pid):
+    """Rss (KiB) of each private anonymous rwx mapping of process pid (QEMU's TCG translation buffer)."""
+    out, cur = [], None
+    with open("/proc/%d/smaps" % pid) as f:
+        for line in f:
+            head = line.split()
+            if re.match(r"^[0-9a-f]+-[0-9a-f]+$", head[0]):
+                cur = len(head) == 5 and head[1] == "rwxp" and head[4] == "0"
+            elif cur and head[0] == "Rss:":
+                out.append(int(head[1]))
+    return out
+
+
 class Spares(harness.TestCase):
     """One daemon with --spares 1 and no warm slots, for the whole class."""
 
@@ -357,6 +371,9 @@ class Spares(harness.TestCase):
         argv = harness.proc_cmdline(sp["vmm_pid"])
         self.assertIn("-incoming", argv)
         self.assertEqual(argv[argv.index("-incoming") + 1], "defer")
+        # prepared for its first run (architecture.md, "A VMM's first run"): the start of its
+        # translation buffer (its one private anonymous rwx mapping) is resident, 5 MiB of 64
+        self.assertEqual(code_buffer_rss_kib(sp["vmm_pid"]), [5120])
         before = d.pool()["creates"]
         st = d.create_ready("sp1")
         try:
