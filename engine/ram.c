@@ -162,48 +162,98 @@ int ram_base_find(pid_t pid, uint64_t *ret_addr, uint64_t *ret_len)
 	return found ? 0 : -ENOENT;
 }
 
-int ram_write_private(pid_t pid, uint64_t addr, uint64_t len, int out, uint64_t *ret_pages)
+/*
+ * Calls fn(arg, first, n) for each run of pages of [addr, addr + len) in
+ * process pid whose pagemap entries `want` accepts (first: the run's first
+ * page, counted from addr); stops at fn's first error.
+ */
+static int pagemap_runs(pid_t pid, uint64_t addr, uint64_t len, bool (*want)(uint64_t ent),
+			int (*fn)(void *arg, uint64_t first, uint64_t n), void *arg)
 {
 	char path[64];
-	_cleanup_close_ int pm = -1, mem = -1;
-	_cleanup_free_ uint8_t *buf = malloc((size_t)BATCH * PAGE);
-	uint64_t ents[BATCH], pages = 0, npages = len / PAGE;
+	_cleanup_close_ int pm = -1;
+	uint64_t ents[BATCH], npages = len / PAGE;
 	int r;
 
-	if (!buf)
-		return -ENOMEM;
 	if (addr % PAGE || len % PAGE)
 		return -EINVAL;
 	snprintf(path, sizeof(path), "/proc/%d/pagemap", (int)pid);
 	if ((pm = open(path, O_RDONLY | O_CLOEXEC)) < 0)
-		return -errno;
-	snprintf(path, sizeof(path), "/proc/%d/mem", (int)pid);
-	if ((mem = open(path, O_RDONLY | O_CLOEXEC)) < 0)
 		return -errno;
 	for (uint64_t i = 0; i < npages; i += BATCH) {
 		size_t n = npages - i < BATCH ? (size_t)(npages - i) : BATCH;
 
 		if ((r = pread_all(pm, (uint8_t *)ents, n * sizeof(uint64_t), (off_t)((addr / PAGE + i) * 8))) < 0)
 			return r;
-		/* runs of the VMM's own pages, each read and written at once */
 		for (size_t j = 0; j < n;) {
 			size_t k = j;
 
-			while (k < n && ((ents[k] & PM_SWAPPED) || ((ents[k] & PM_PRESENT) && !(ents[k] & PM_FILE))))
+			while (k < n && want(ents[k]))
 				k++;
 			if (k == j) {
 				j++;
 				continue;
 			}
-			if ((r = pread_all(mem, buf, (k - j) * PAGE, (off_t)(addr + (i + j) * PAGE))) < 0 ||
-			    (r = pwrite_all(out, buf, (k - j) * PAGE, (off_t)((i + j) * PAGE))) < 0)
+			if ((r = fn(arg, i + j, k - j)) < 0)
 				return r;
-			pages += k - j;
 			j = k;
 		}
 	}
+	return 0;
+}
+
+static int proc_mem_open(pid_t pid, int flags, int *ret)
+{
+	char path[64];
+
+	snprintf(path, sizeof(path), "/proc/%d/mem", (int)pid);
+	*ret = open(path, flags | O_CLOEXEC);
+	return *ret < 0 ? -errno : 0;
+}
+
+/* copied on write: anonymous, present or swapped */
+static bool page_is_own(uint64_t ent)
+{
+	return (ent & PM_SWAPPED) || ((ent & PM_PRESENT) && !(ent & PM_FILE));
+}
+
+struct copy_run {
+	int mem, out;
+	uint64_t addr, pages;
+	uint8_t *buf; /* BATCH pages */
+};
+
+/* a run is at most BATCH pages: read and written at once */
+static int copy_run(void *arg, uint64_t first, uint64_t n)
+{
+	struct copy_run *c = arg;
+	int r;
+
+	if ((r = pread_all(c->mem, c->buf, n * PAGE, (off_t)(c->addr + first * PAGE))) < 0 ||
+	    (r = pwrite_all(c->out, c->buf, n * PAGE, (off_t)(first * PAGE))) < 0)
+		return r;
+	c->pages += n;
+	return 0;
+}
+
+int ram_write_private(pid_t pid, uint64_t addr, uint64_t len, int out, uint64_t *ret_pages)
+{
+	_cleanup_free_ uint8_t *buf = malloc((size_t)BATCH * PAGE);
+	_cleanup_close_ int mem = -1;
+	struct copy_run c = { .out = out, .addr = addr, .buf = buf };
+	int r;
+
+	if (!buf)
+		return -ENOMEM;
+	if (addr % PAGE || len % PAGE)
+		return -EINVAL;
+	if ((r = proc_mem_open(pid, O_RDONLY, &mem)) < 0)
+		return r;
+	c.mem = mem;
+	if ((r = pagemap_runs(pid, addr, len, page_is_own, copy_run, &c)) < 0)
+		return r;
 	if (ret_pages)
-		*ret_pages = pages;
+		*ret_pages = c.pages;
 	return 0;
 }
 
@@ -297,46 +347,46 @@ int ram_code_buffer_find(pid_t pid, uint64_t *ret_addr, uint64_t *ret_len)
 	return found ? 0 : -ENOENT;
 }
 
-int ram_populate_anon(pid_t pid, uint64_t addr, uint64_t len, uint64_t *ret_pages)
+/* neither present nor swapped */
+static bool page_is_absent(uint64_t ent)
+{
+	return !(ent & (PM_PRESENT | PM_SWAPPED));
+}
+
+struct zero_run {
+	int mem;
+	uint64_t addr, pages;
+};
+
+static int zero_run(void *arg, uint64_t first, uint64_t n)
 {
 	static const uint8_t zeros[16 * PAGE];
-	char path[64];
-	_cleanup_close_ int pm = -1, mem = -1;
-	uint64_t ents[BATCH], pages = 0, npages = len / PAGE;
+	struct zero_run *z = arg;
+	int r;
+
+	for (uint64_t w; n > 0; first += w, n -= w) {
+		w = n < sizeof(zeros) / PAGE ? n : sizeof(zeros) / PAGE;
+		if ((r = pwrite_all(z->mem, zeros, w * PAGE, (off_t)(z->addr + first * PAGE))) < 0)
+			return r;
+		z->pages += w;
+	}
+	return 0;
+}
+
+int ram_populate_anon(pid_t pid, uint64_t addr, uint64_t len, uint64_t *ret_pages)
+{
+	_cleanup_close_ int mem = -1;
+	struct zero_run z = { .addr = addr };
 	int r;
 
 	if (addr % PAGE || len % PAGE)
 		return -EINVAL;
-	snprintf(path, sizeof(path), "/proc/%d/pagemap", (int)pid);
-	if ((pm = open(path, O_RDONLY | O_CLOEXEC)) < 0)
-		return -errno;
-	snprintf(path, sizeof(path), "/proc/%d/mem", (int)pid);
-	if ((mem = open(path, O_WRONLY | O_CLOEXEC)) < 0)
-		return -errno;
-	for (uint64_t i = 0; i < npages; i += BATCH) {
-		size_t n = npages - i < BATCH ? (size_t)(npages - i) : BATCH;
-
-		if ((r = pread_all(pm, (uint8_t *)ents, n * sizeof(uint64_t), (off_t)((addr / PAGE + i) * 8))) < 0)
-			return r;
-		/* runs of pages not there yet, each written at once */
-		for (size_t j = 0; j < n;) {
-			size_t k = j;
-
-			while (k < n && !(ents[k] & (PM_PRESENT | PM_SWAPPED)))
-				k++;
-			if (k == j) {
-				j++;
-				continue;
-			}
-			for (size_t w; j < k; j += w) {
-				w = k - j < sizeof(zeros) / PAGE ? k - j : sizeof(zeros) / PAGE;
-				if ((r = pwrite_all(mem, zeros, w * PAGE, (off_t)(addr + (i + j) * PAGE))) < 0)
-					return r;
-				pages += w;
-			}
-		}
-	}
+	if ((r = proc_mem_open(pid, O_WRONLY, &mem)) < 0)
+		return r;
+	z.mem = mem;
+	if ((r = pagemap_runs(pid, addr, len, page_is_absent, zero_run, &z)) < 0)
+		return r;
 	if (ret_pages)
-		*ret_pages = pages;
+		*ret_pages = z.pages;
 	return 0;
 }
