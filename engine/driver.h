@@ -88,9 +88,10 @@ struct vmm_ops {
 	/* Control channel up; bounded; gives up early if *cancel turns true. */
 	int (*connect)(struct vmm *v, unsigned timeout_ms, const atomic_bool *cancel);
 	/*
-	 * Optional. Once, on a VMM just spawned and connected, before any of
-	 * its vCPUs has run: ready in one pass what its first run would fault
-	 * in a page at a time. A failure costs only speed.
+	 * Optional. Once, on a VMM just spawned and connected: ready in one
+	 * pass what its first run would fault in a page at a time, if its
+	 * vCPUs have not run yet (the driver knows: QEMU's wait for an
+	 * incoming state). A failure costs only speed.
 	 */
 	int (*prepare)(struct vmm *v);
 	/* Starts loading the snapshot (spec.incoming_fd) into a connected VMM. */

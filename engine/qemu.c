@@ -38,6 +38,7 @@ struct qemu {
 	int qmp;
 	bool incoming; /* restore: started with -incoming defer */
 	bool tcg;      /* spawned here under TCG (an adopted VMM is not prepared) */
+	unsigned vcpus;
 	bool resumed;  /* a RESUME event was seen */
 	/*
 	 * The QMP connection's reads and writes (buf, len): a command's caller,
@@ -281,6 +282,7 @@ static int qemu_spawn(const char *binary, const struct vmm_spec *s, struct vmm *
 	v->qmp_path = strdup(s->control_path);
 	v->incoming = s->incoming_fd >= 0;
 	v->tcg = strcmp(s->accel, "kvm") != 0;
+	v->vcpus = s->cfg->vcpus ? s->cfg->vcpus : 1;
 	v->base.ops = &qemu_ops;
 	*ret = &TAKE_PTR(v)->base;
 	return 0;
@@ -471,18 +473,33 @@ static int qemu_connect(struct vmm *vm, unsigned timeout_ms, const atomic_bool *
  */
 #define TB_PREFAULT_BYTES (5ull << 20)
 
-/* No vCPU has run: nothing writes the buffer but the prologue, which TCG wrote at start-up. */
+/*
+ * Only a VMM started with -incoming defer: no vCPU runs before its state is
+ * loaded, so nothing writes the buffer but the prologue, which TCG wrote at
+ * start-up. (A cold boot's vCPUs run from the start: translating while its
+ * pages were written here would lose code; not prepared.) With several vCPUs the buffer is cut into regions and
+ * each vCPU starts translating at the start of its own (the first ones, in
+ * the order their threads came up): the bytes are shared between those.
+ */
 static int qemu_prepare(struct vmm *vm)
 {
 	struct qemu *v = to_qemu(vm);
-	uint64_t addr, len;
+	uint64_t regions[64][2], each;
+	size_t n;
 	int r;
 
-	if (!v->tcg)
+	if (!v->tcg || !v->incoming)
 		return 0;
-	if ((r = ram_code_buffer_find(v->proc.pid, &addr, &len)) < 0)
+	if ((r = ram_code_buffer_find(v->proc.pid, regions, ARRAY_SIZE(regions), &n)) < 0)
 		return r;
-	return ram_populate_anon(v->proc.pid, addr, len < TB_PREFAULT_BYTES ? len : TB_PREFAULT_BYTES, NULL);
+	if (n > v->vcpus)
+		n = v->vcpus;
+	each = TB_PREFAULT_BYTES / n / 4096 * 4096;
+	for (size_t i = 0; i < n; i++)
+		if ((r = ram_populate_anon(v->proc.pid, regions[i][0], regions[i][1] < each ? regions[i][1] : each,
+					   NULL)) < 0)
+			return r;
+	return 0;
 }
 
 /* Starts reading the snapshot's device state, which is fd 3 in the VMM. */

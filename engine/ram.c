@@ -319,11 +319,12 @@ int ram_write_all(pid_t pid, uint64_t addr, uint64_t len, int out, uint64_t *ret
 	return 0;
 }
 
-int ram_code_buffer_find(pid_t pid, uint64_t *ret_addr, uint64_t *ret_len)
+int ram_code_buffer_find(pid_t pid, uint64_t (*ret)[2], size_t max, size_t *ret_n)
 {
 	char path[64], line[4096];
 	_cleanup_(fclosep) FILE *f = NULL;
-	int found = 0;
+	uint64_t end = 0;
+	size_t n = 0;
 
 	snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
 	if (!(f = fopen(path, "re")))
@@ -339,12 +340,20 @@ int ram_code_buffer_find(pid_t pid, uint64_t *ret_addr, uint64_t *ret_len)
 			continue;
 		if (strcmp(perms, "rwxp") != 0 || inode != 0 || line[name] != '\0')
 			continue;
-		if (found++)
+		/* the next region starts one guard page after the last one ended */
+		if (n > 0 && a != end + PAGE)
 			return -EEXIST;
-		*ret_addr = a;
-		*ret_len = b - a;
+		if (n < max) {
+			ret[n][0] = a;
+			ret[n][1] = b - a;
+		}
+		n++;
+		end = b;
 	}
-	return found ? 0 : -ENOENT;
+	if (n == 0)
+		return -ENOENT;
+	*ret_n = n < max ? n : max;
+	return 0;
 }
 
 /* neither present nor swapped */

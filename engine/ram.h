@@ -59,11 +59,14 @@ bool ram_maps_lazy(pid_t pid);
 int ram_write_all(pid_t pid, uint64_t addr, uint64_t len, int out, uint64_t *ret_pages);
 
 /*
- * Where QEMU's TCG translation buffer is in process pid: its one private
- * anonymous mapping that is readable, writable and executable (-ENOENT: none,
- * as under KVM; -EEXIST: several).
+ * QEMU's TCG translation buffer in process pid: its regions, one private
+ * anonymous rwx mapping each (a VMM with one vCPU has one; with more, the
+ * buffer is cut into up to 8 per vCPU), lowest first, each followed by a
+ * one-page guard. Up to max of them into ret (start, length pairs);
+ * *ret_n: how many. -ENOENT: none (as under KVM); -EEXIST: rwx mappings that
+ * are not one such run (never guessed between).
  */
-int ram_code_buffer_find(pid_t pid, uint64_t *ret_addr, uint64_t *ret_len);
+int ram_code_buffer_find(pid_t pid, uint64_t (*ret)[2], size_t max, size_t *ret_n);
 
 /*
  * Faults in at once the pages of [addr, addr + len) in process pid that are

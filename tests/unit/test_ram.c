@@ -268,14 +268,15 @@ static void lazy_write_all(void **state)
 
 /* The head of a QEMU 7.2 stream with x-ignore-shared, as a bake writes it, then a section. */
 /*
- * A process with a translation buffer (one private anonymous rwx mapping of
- * 64 pages, tests/unit/rwxproc.c) whose pages 0 and 7 hold code:
- * ram_code_buffer_find finds it, and ram_populate_anon over its first 32
- * pages faults in the 30 others there, zero, and leaves the two with code as
- * they were; a second pass finds nothing to do. Two such mappings are not
- * guessed between.
+ * A process with a translation buffer (private anonymous rwx mappings of
+ * 64 pages, tests/unit/rwxproc.c) whose first region's pages 0 and 7 hold
+ * code: ram_code_buffer_find finds its regions, and ram_populate_anon over
+ * the first 32 pages faults in the 30 others there, zero, and leaves the two
+ * with code as they were; a second pass finds nothing to do. rwx mappings
+ * that are not one run of regions with one-page guards are not guessed
+ * between.
  */
-static pid_t rwx_child(const char *n_maps, uint64_t *ret_addr)
+static pid_t rwx_child(const char *n_maps, const char *gap, uint64_t *ret_addr)
 {
 	char line[64] = "";
 	int pfd[2];
@@ -289,7 +290,7 @@ static pid_t rwx_child(const char *n_maps, uint64_t *ret_addr)
 		prctl(PR_SET_PDEATHSIG, SIGKILL); /* a failed assertion leaves no process behind */
 		if (dup2(pfd[1], 1) < 0)
 			_exit(127);
-		execl(RWXPROC_BINARY, RWXPROC_BINARY, n_maps, (char *)NULL);
+		execl(RWXPROC_BINARY, RWXPROC_BINARY, n_maps, gap, (char *)NULL);
 		_exit(127);
 	}
 	close(pfd[1]);
@@ -317,16 +318,19 @@ static uint64_t pagemap_entry(pid_t pid, uint64_t addr)
 static void populate_code_buffer(void **state)
 {
 	static uint8_t got[64 * PG];
-	uint64_t addr = 0, len = 0, pages = 0, where = 0;
+	uint64_t regions[2][2], addr, pages = 0, where = 0;
+	size_t n = 0;
 	int st, mem;
 	char path[64];
 	pid_t pid;
 
 	(void)state;
-	pid = rwx_child("1", &where);
-	assert_int_equal(ram_code_buffer_find(pid, &addr, &len), 0);
-	assert_int_equal(addr, where);
-	assert_int_equal(len, 64 * PG);
+	pid = rwx_child("1", "1", &where);
+	assert_int_equal(ram_code_buffer_find(pid, regions, 2, &n), 0);
+	assert_int_equal(n, 1);
+	assert_int_equal(regions[0][0], where);
+	assert_int_equal(regions[0][1], 64 * PG);
+	addr = where;
 	assert_false(pagemap_entry(pid, addr + 1 * PG) >> 63);
 	assert_int_equal(ram_populate_anon(pid, addr, 32 * PG, &pages), 0);
 	assert_int_equal(pages, 30);
@@ -349,11 +353,23 @@ static void populate_code_buffer(void **state)
 	assert_int_equal(ram_populate_anon(pid, addr, 32 * PG - 1, NULL), -EINVAL);
 	kill(pid, SIGKILL);
 	waitpid(pid, &st, 0);
-	assert_int_equal(ram_code_buffer_find(pid, &addr, &len), -ENOENT);
+	assert_int_equal(ram_code_buffer_find(pid, regions, 2, &n), -ENOENT);
 	assert_int_equal(ram_populate_anon(pid, addr, PG, NULL), -ENOENT);
 
-	pid = rwx_child("2", &where);
-	assert_int_equal(ram_code_buffer_find(pid, &addr, &len), -EEXIST);
+	/* a buffer cut into three regions (a VMM with several vCPUs): the first two asked for */
+	pid = rwx_child("3", "1", &where);
+	assert_int_equal(ram_code_buffer_find(pid, regions, 2, &n), 0);
+	assert_int_equal(n, 2);
+	for (int i = 0; i < 2; i++) {
+		assert_int_equal(regions[i][0], where + (uint64_t)i * 65 * PG);
+		assert_int_equal(regions[i][1], 64 * PG);
+	}
+	kill(pid, SIGKILL);
+	waitpid(pid, &st, 0);
+
+	/* two rwx mappings two pages apart: not one buffer */
+	pid = rwx_child("2", "2", &where);
+	assert_int_equal(ram_code_buffer_find(pid, regions, 2, &n), -EEXIST);
 	kill(pid, SIGKILL);
 	waitpid(pid, &st, 0);
 }
