@@ -393,6 +393,23 @@ class Spares(harness.TestCase):
         finally:
             d.destroy("sp1")
 
+    def test_two_vcpus(self):
+        """TCG cuts a 2-vCPU VMM's buffer into regions (their own mappings): the first of each
+        vCPU is prepared, 2.5 MiB each; a restore on that spare runs both vCPUs."""
+        d = self.d
+        with d.template("two", bake=True, vcpus=2) as t:
+            def spare():
+                sp = [v for v in d.slots(t=t).values() if v["state"] == "spare"]
+                return sp[0] if sp and d.pool(t=t)["preparing"] == 0 else None
+            sp = wait_for(spare, 60, "a spare of %s: %s" % (t, d.pool(t=t)))
+            rss = code_buffer_rss_kib(sp["vmm_pid"])
+            self.assertGreater(len(rss), 2)
+            self.assertEqual(rss[:2], [2560, 2560])
+            self.assertEqual(sum(rss[2:]), 0)
+            st = d.create_ready("two1", t=t)
+            self.assertEqual((st["path"], st["slot"]["kind"]), ("restore", "spare"))
+            self.assertEqual(d.sh("two1", "grep -c ^processor /proc/cpuinfo", t=t).split(), ["2"])
+
     def test_killed_spare_replaced(self):
         d = self.d
         (sid, sp), = self.spares().items()
