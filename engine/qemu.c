@@ -476,10 +476,11 @@ static int qemu_connect(struct vmm *vm, unsigned timeout_ms, const atomic_bool *
 /*
  * Only a VMM started with -incoming defer: no vCPU runs before its state is
  * loaded, so nothing writes the buffer but the prologue, which TCG wrote at
- * start-up. (A cold boot's vCPUs run from the start: translating while its
- * pages were written here would lose code; not prepared.) With several vCPUs the buffer is cut into regions and
- * each vCPU starts translating at the start of its own (the first ones, in
- * the order their threads came up): the bytes are shared between those.
+ * start-up. (A cold boot's vCPUs run from the start: code translated into a
+ * page while it was written here would be lost; not prepared.) With several
+ * vCPUs the buffer is cut into regions and each vCPU starts translating at
+ * the start of its own (the first ones, in the order their threads came up):
+ * the bytes are shared between those.
  */
 static int qemu_prepare(struct vmm *vm)
 {

@@ -101,7 +101,8 @@ int vm_spawn(struct engine *e, const struct vm_launch *l, struct vmm **ret, cons
 	event(l, VM_EV_SPAWNED);
 	if ((r = vmm_connect(v, QMP_TIMEOUT_MS, l->cancel)) < 0)
 		return r;
-	if ((r = vmm_prepare(v)) < 0)
+	/* a VMM that died or was killed meanwhile fails its next step, with its own reason */
+	if ((r = vmm_prepare(v)) < 0 && vmm_alive(v))
 		log_warn("%s: preparing the VMM for its first run: %s (it runs, slower)", l->name, strerror(-r));
 	event(l, VM_EV_CONNECTED);
 	*ret = v;
