@@ -24,6 +24,7 @@
 #include <sys/stat.h>
 
 #include "internal.h"
+#include "ram.h"
 #include "parse.h"
 
 #define CKPT_DIR "checkpoints"
@@ -529,7 +530,7 @@ int op_checkpoint(struct sandbox *s, const char *name)
 		 */
 		flush_file(s->dir, VM_MEM);
 		tp = now_ns();
-		r = state && mem ? vmm_snapshot(s->vmm, state, mem, QMP_TIMEOUT_MS) : -ENOMEM;
+		r = state && mem ? vmm_snapshot(s->vmm, state, mem, QMP_TIMEOUT_MS, NULL) : -ENOMEM;
 		phase_ms[0] = ns_to_ms(now_ns() - tp);
 		if (r < 0)
 			set_ctl_error(s, "checkpoint %s: saving the device state failed: %s", name, strerror(-r));
@@ -657,6 +658,7 @@ int op_rollback(struct sandbox *s, const char *name)
 	if (rename(nmem, mem) < 0 || (had_disk && rename(ndisk, disk) < 0))
 		r = -errno;
 	unlink(hib); /* a hibernated one's image is not its state any more */
+	ram_delta_drop(&s->hib_delta); /* nor is what its memory was known to be */
 	if (r == 0) {
 		json_object_object_get_ex(c->meta, "procs", &procs);
 		sandbox_procs_replace(s, procs);

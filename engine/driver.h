@@ -19,12 +19,14 @@
  */
 #pragma once
 
+#include <errno.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
 
 struct template_config;
+struct ram_delta;
 
 struct vmm_spec {
 	const struct template_config *cfg;
@@ -94,8 +96,20 @@ struct vmm_ops {
 	 * incoming state). A failure costs only speed.
 	 */
 	int (*prepare)(struct vmm *v);
-	/* Starts loading the snapshot (spec.incoming_fd) into a connected VMM. */
-	int (*restore)(struct vmm *v, unsigned timeout_ms);
+	/*
+	 * Starts loading the snapshot into a connected VMM: the one it was
+	 * spawned for (spec.incoming_fd) when state_fd is -1, else the one at
+	 * state_fd (a snapshot of the same template's VMMs: a spare taken for
+	 * a fork's child), which the VMM is given.
+	 */
+	int (*restore)(struct vmm *v, int state_fd, unsigned timeout_ms);
+	/*
+	 * Optional (a ram_base driver's). Before the restore: gives the VMM's
+	 * private mapping of its base the pages of delta (a snapshot's own
+	 * pages, ram.h) read from mem_fd, the snapshot's memory file. -EXDEV if
+	 * the VMM maps another base than the delta's; -EOPNOTSUPP without it.
+	 */
+	int (*load_delta)(struct vmm *v, const struct ram_delta *delta, int mem_fd);
 	/* Run state as the VMM names it ("running", "paused", ...). */
 	int (*query)(struct vmm *v, char *state, size_t len, unsigned timeout_ms);
 	/* Stops and restarts the vCPUs; memory stays resident. */
@@ -109,9 +123,12 @@ struct vmm_ops {
 	 * VMM on a private base writes the pages the guest changed into it).
 	 * Complete when it returns, not synced (the vCPUs stay stopped until a
 	 * resume: a caller that needs it on disk past a power loss syncs it,
-	 * fsync_file, outside that stop where it can).
+	 * fsync_file, outside that stop where it can). delta (NULL: not
+	 * wanted): for a VMM on a private base, its base and the pages written
+	 * (ram.h); left empty (no runs, base 0) otherwise.
 	 */
-	int (*snapshot)(struct vmm *v, const char *state_path, const char *mem_path, unsigned timeout_ms);
+	int (*snapshot)(struct vmm *v, const char *state_path, const char *mem_path, unsigned timeout_ms,
+			struct ram_delta *delta);
 	pid_t (*pid)(struct vmm *v);
 	/* False once the process has exited (not reaped yet, or reaped). */
 	bool (*alive)(struct vmm *v);
@@ -162,9 +179,13 @@ static inline int vmm_prepare(struct vmm *v)
 {
 	return v->ops->prepare ? v->ops->prepare(v) : 0;
 }
-static inline int vmm_restore(struct vmm *v, unsigned timeout_ms)
+static inline int vmm_restore(struct vmm *v, int state_fd, unsigned timeout_ms)
 {
-	return v->ops->restore(v, timeout_ms);
+	return v->ops->restore(v, state_fd, timeout_ms);
+}
+static inline int vmm_load_delta(struct vmm *v, const struct ram_delta *delta, int mem_fd)
+{
+	return v->ops->load_delta ? v->ops->load_delta(v, delta, mem_fd) : -EOPNOTSUPP;
 }
 static inline int vmm_query(struct vmm *v, char *state, size_t len, unsigned timeout_ms)
 {
@@ -182,9 +203,10 @@ static inline int vmm_wait_running(struct vmm *v, unsigned timeout_ms)
 {
 	return v->ops->wait_running(v, timeout_ms);
 }
-static inline int vmm_snapshot(struct vmm *v, const char *state_path, const char *mem_path, unsigned timeout_ms)
+static inline int vmm_snapshot(struct vmm *v, const char *state_path, const char *mem_path, unsigned timeout_ms,
+			       struct ram_delta *delta)
 {
-	return v->ops->snapshot(v, state_path, mem_path, timeout_ms);
+	return v->ops->snapshot(v, state_path, mem_path, timeout_ms, delta);
 }
 static inline pid_t vmm_pid(struct vmm *v)
 {

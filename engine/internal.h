@@ -62,6 +62,12 @@ int store_open(const char *state_dir, uint64_t size_mib, bool no_loop, struct st
 void store_close(struct store *s);
 /* Clone src to dst (reflink if possible, else a full sparse copy); reports the method. */
 int store_clone(const struct store *s, const char *src, const char *dst, enum clone_method *ret_method);
+/*
+ * The same into dst, an existing file, whose inode stays (a VMM may hold it
+ * open): emptied, then src's contents. A failure leaves it empty or partly
+ * written.
+ */
+int store_clone_into(const struct store *s, const char *src, const char *dst, enum clone_method *ret_method);
 
 /* ---- host side of the agent protocol ---- */
 struct agent_client;
@@ -238,6 +244,15 @@ int build_record_save(struct template *t, const struct build_result *b);
 /* e->lock held: whether its VMs have a root disk; the config they run with (the build's disk as rootfs). */
 bool template_has_disk(struct template *t);
 int template_config_vm(struct template *t, struct template_config *dst);
+/*
+ * Whether a sandbox's memory, d (its last snapshot's delta, ram.h), is a
+ * delta over the base of t's snapshot (the one its spares map) small
+ * enough to be worth writing into a VMM on that base (architecture.md,
+ * "Spares"); if so and ret_fd, a new reference to the base. -ENOENT if not.
+ * e->lock not held.
+ */
+struct ram_delta;
+int template_delta_base(struct template *t, const struct ram_delta *d, int *ret_fd);
 /* The image's env, workdir and user as the defaults of every exec and process in the guest of ac. */
 int template_agent_configure(struct agent_client *ac, const struct image_config *c);
 int build_record_load(struct template *t, struct build_result *ret);
@@ -267,6 +282,7 @@ enum vm_event {
 	VM_EV_NET_BUILT, /* one built on demand */
 	VM_EV_SPAWNED,	 /* the process runs and is published */
 	VM_EV_CONNECTED, /* its control channel answers */
+	VM_EV_PAGES,	 /* a delta's pages given to the VMM (vm_launch.delta) */
 	VM_EV_LOADING,	 /* a restore started */
 	VM_EV_RESTORED,	 /* the restored guest runs */
 };
@@ -281,6 +297,19 @@ struct vm_launch {
 	 * launch that leaves it out) or -1: none, the VMM maps dir's memory file.
 	 */
 	int ram_fd;
+	/*
+	 * vm_load on a spare: the state to load instead of the one it was
+	 * spawned for (a fork's child, a wake); -1 (or 0, left out): that one.
+	 */
+	int load_fd;
+	/*
+	 * A restore onto a private base (ram_fd, or the spare's) of a sandbox's
+	 * own memory: its delta over that base (ram.h), whose pages vm_load
+	 * gives the VMM from delta_fd (the memory file) before the state is
+	 * loaded. NULL: none (the base's pages are the guest's RAM).
+	 */
+	const struct ram_delta *delta;
+	int delta_fd;
 	struct netslot **net; /* cfg->net: the slot to run in; claimed into it (under e->lock) if NULL */
 	char *const *egress; /* a claimed slot's policy: *egress (under e->lock; a sandbox's own), else cfg->egress */
 	const atomic_bool *cancel;
@@ -399,6 +428,7 @@ struct pool_stats {
 	uint64_t recycled_stale, recycled_dead, recycled_aged, recycled_excess, recycled_removed;
 	uint64_t spares_spawned, spares_promoted; /* spares made; spares the filler made warm slots of */
 	uint64_t served_spare;	 /* restores that claimed a spare (counted in served_restore too) */
+	uint64_t forks_spare, wakes_spare; /* forks' children and wakes that ran on a spare */
 };
 const char *slot_state_name(enum slot_state s);
 void slot_free(struct engine *e, struct slot *sl);
@@ -452,6 +482,7 @@ struct slot *slot_claim(struct template *t, struct slot **ret_dead, enum miss_re
  * *ret_dead. e->lock held.
  */
 struct slot *spare_claim(struct template *t, struct slot **ret_dead);
+
 /* A create that could not even try a slot (template not ready): counts the miss. e->lock held. */
 void pool_note_create(struct template *t, bool claimed, enum miss_reason why);
 /* The capacity controller: new targets for every template (about once a second). e->lock not held. */
@@ -459,6 +490,13 @@ void pool_plan(struct engine *e);
 void pool_start(struct template *t);
 void pool_stop(struct template *t);
 void pool_wake_all(struct engine *e);
+/*
+ * Around an operation that brings a sandbox's VMM up outside a create (a
+ * wake, a start, a rollback): fillers wait for it as for a create, so their
+ * spawns do not take the CPUs its guest's first run needs. e->lock not held.
+ */
+void pool_hold(struct engine *e);
+void pool_release(struct engine *e);
 int template_pool_load(struct template *t);
 json_object *pool_status_json(struct template *t);
 
@@ -619,6 +657,12 @@ struct sandbox {
 	const char *last_op;	   /* e->lock */
 	double last_op_ms;
 	double hibernate_ms, wake_ms; /* the last ones */
+	/*
+	 * op_lock: while hibernated, its memory file as the base and the pages
+	 * its last VMM wrote (a spare can wake it, ram.h); NULL: none known
+	 * (its memory was mapped shared, or the daemon restarted since).
+	 */
+	struct ram_delta *hib_delta;
 	uint64_t active_ns;	   /* e->lock: last time it was running and used (ready, an exec's end); idle runs from here */
 	uint64_t idle_hibernations;
 	uint64_t vmm_stopped_ns;   /* e->lock: since when the watchdog has seen its VMM stopped; 0: not */
@@ -630,6 +674,7 @@ struct sandbox {
 	atomic_uint_fast64_t status_seq;
 	size_t n_procs;
 	int fork_result;  /* e->lock: and how it went */
+	struct ram_delta *fork_delta; /* the parent's snapshot as its base and own pages (a spare can take it); NULL: none */
 	/* checkpoints (checkpoint.c): its checkpoints/ directory's id, and the checkpoints by name */
 	uint64_t ckdir_id;
 	struct checkpoint **ckpts; /* e->lock */
@@ -705,7 +750,8 @@ struct engine {
 	unsigned cold_busy; /* protected by cold_lock */
 
 	unsigned slots_preparing; /* across templates, protected by lock; at most opts.pool_parallel */
-	uint64_t last_settled_ns; /* when a create last left `creating` (protected by lock) */
+	uint64_t last_settled_ns; /* when a create (or a pool_hold) last ended (protected by lock) */
+	unsigned vmm_ops_in_flight; /* wakes, starts, rollbacks bringing a VMM up (pool_hold; protected by lock) */
 	struct hist hist[H_MAX];  /* protected by lock */
 	pthread_t deadliner;	  /* sandbox timeouts (settings.c) */
 	pthread_cond_t deadline_cond;
@@ -777,6 +823,8 @@ void sandbox_procs_unindex(struct sandbox *s);
 /* vm_start's publish and events for a sandbox's own VMM (its start and wake; a create adds its phases). */
 void sandbox_publish(void *arg, struct vmm *v, struct agent_client *ac);
 void sandbox_vm_event(void *arg, enum vm_event ev);
+/* A line on the sandbox's console saying how its guest came to run (a restored guest prints nothing itself). */
+void sandbox_console_note(struct sandbox *s, const char *how);
 int sandbox_attach(struct sandbox *s, unsigned timeout_ms, int (*then)(void *arg), void *arg);
 /* After a cold boot of a built root disk: the build's env, workdir and user (a restored guest has them). */
 int sandbox_configure_image(struct sandbox *s);
@@ -802,7 +850,10 @@ int sandbox_transition(struct sandbox *s, enum sandbox_event ev);
 int sandbox_admit_vm(struct sandbox *s, unsigned mem_mib, const char *what);
 /* Ends the VMM on purpose (the supervisor hands it back) and drops the agent connection. */
 int sandbox_retire_vmm(struct sandbox *s);
-/* A VMM for the sandbox's own files: restores state_fd (a wake, a rollback) or boots (-1), then the attach. */
+/*
+ * A VMM spawned on the sandbox's own files, its memory file mapped shared: restores state_fd (a
+ * rollback) or boots (-1), then the attach. What its memory was known to be (hib_delta) is dropped.
+ */
 int sandbox_start_own_vmm(struct sandbox *s, int state_fd, const char **step);
 /*
  * The end of a fork's parent part (fork NEW, fork NEW from C): the child's

@@ -15,6 +15,7 @@
  * that sets the clock.
  */
 #include <fcntl.h>
+#include <inttypes.h>
 #include <linux/falloc.h>
 #include <poll.h>
 #include <signal.h>
@@ -26,6 +27,7 @@
 
 #include "guest.h"
 #include "internal.h"
+#include "ram.h"
 
 #define IDLE_PERIOD_MS 250
 #define WATCHDOG_MS 2000 /* a VMM stopped this long is killed */
@@ -294,22 +296,28 @@ static void own_publish(void *arg, struct vmm *v, struct agent_client *ac)
 		s->vmm_starting = true;
 }
 
-static int run_own_vmm(struct sandbox *s, int state_fd, const char **step)
+static int run_own_vmm(struct sandbox *s, int state_fd, const struct ram_delta *delta, const char **step)
 {
 	struct engine *e = s->e;
 	struct template_config cfg = { 0 };
-	_cleanup_free_ char *disk = vm_file(s->dir, VM_DISK);
+	_cleanup_free_ char *disk = vm_file(s->dir, VM_DISK), *mem = vm_file(s->dir, VM_MEM);
+	_cleanup_close_ int ram_fd = -1, delta_fd = -1;
 	int r;
 
 	*step = "spawn";
-	if (!disk)
+	if (!disk || !mem)
 		return -ENOMEM;
+	/* a wake of memory that is a delta over the template's base: on that base, the delta's pages given */
+	if (state_fd < 0 || template_delta_base(s->tpl, delta, &ram_fd) < 0 ||
+	    (delta_fd = open(mem, O_RDONLY | O_CLOEXEC)) < 0)
+		delta = NULL;
 	pthread_mutex_lock(&e->lock);
 	r = template_config_vm(s->tpl, &cfg);
 	pthread_mutex_unlock(&e->lock);
 	if (r == 0) {
 		const struct vm_launch l = { .cfg = &cfg, .name = s->name, .dir = s->dir, .rundir = s->rundir,
-					     .disk = cfg.rootfs ? disk : NULL, .state_fd = state_fd, .net = &s->net,
+					     .disk = cfg.rootfs ? disk : NULL, .state_fd = state_fd,
+					     .ram_fd = delta ? ram_fd : -1, .delta = delta, .delta_fd = delta_fd, .net = &s->net,
 					     .egress = &s->settings.egress, .cancel = &s->cancel, .publish = own_publish, .event = sandbox_vm_event,
 					     .arg = s };
 		_cleanup_free_ char *why = NULL;
@@ -328,16 +336,15 @@ static int run_own_vmm(struct sandbox *s, int state_fd, const char **step)
 }
 
 /*
- * run_own_vmm, then the supervisor watches the VMM as any other. A VMM that
- * exited meanwhile (the supervisor handed it back: vmm_exited) is a failure
- * of the operation, which ends it with its own reason (a start stays
- * stopped, a wake fails the sandbox); before, the supervisor failed the
- * sandbox for a start too and the start then waited for it forever.
+ * The end of a start or a wake (r: how it went): from here the supervisor
+ * watches the VMM as any other. A VMM that exited meanwhile (the supervisor
+ * handed it back: vmm_exited) is a failure of the operation, which ends it
+ * with its own reason (a start stays stopped, a wake fails the sandbox);
+ * before, the supervisor failed the sandbox for a start too and the start
+ * then waited for it forever.
  */
-int sandbox_start_own_vmm(struct sandbox *s, int state_fd, const char **step)
+static int own_vmm_end(struct sandbox *s, int r)
 {
-	int r = run_own_vmm(s, state_fd, step);
-
 	pthread_mutex_lock(&s->e->lock);
 	/*
 	 * A failed start's VMM is the operation's to end: marked retiring in
@@ -352,6 +359,98 @@ int sandbox_start_own_vmm(struct sandbox *s, int state_fd, const char **step)
 		r = -ECHILD;
 	pthread_mutex_unlock(&s->e->lock);
 	return r;
+}
+
+int sandbox_start_own_vmm(struct sandbox *s, int state_fd, const char **step)
+{
+	ram_delta_drop(&s->hib_delta); /* its memory file is the VMM's from here: what it was known to be is not */
+	return own_vmm_end(s, run_own_vmm(s, state_fd, NULL, step));
+}
+
+/*
+ * Appends the file at path to the one at into (a spare's console or log,
+ * which its VMM appends to), then renames into over path: what the
+ * sandbox's file held is kept, and the VMM writes there from now on.
+ */
+static int take_file_over(const char *into, const char *path)
+{
+	_cleanup_close_ int in = open(path, O_RDONLY | O_CLOEXEC), out = -1;
+	char buf[65536];
+	ssize_t n;
+
+	if (in < 0 && errno != ENOENT)
+		return -errno;
+	if ((out = open(into, O_WRONLY | O_APPEND | O_CLOEXEC)) < 0)
+		return -errno;
+	while (in >= 0 && (n = read(in, buf, sizeof(buf))) != 0) {
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return -errno;
+		if (write_all(out, buf, (size_t)n) < 0)
+			return -EIO;
+	}
+	return rename(into, path) < 0 ? -errno : 0;
+}
+
+/*
+ * A wake on the spare sl, claimed for it (architecture.md, "Spares"): its
+ * VMM maps the base the sandbox's memory is a delta over. It becomes the
+ * sandbox's (published: the supervisor watches it, its exit is this
+ * operation's to report), its run directory (sockets) the sandbox's; the
+ * sandbox's disk is cloned into the spare's disk file (the inode the VMM
+ * holds) and the spare's disk, console and log take the sandbox's places
+ * (console and log appended first), the rest of the spare's files go; then
+ * the delta's pages from the sandbox's memory file, the hibernated device
+ * state, and the attach as after any wake.
+ */
+static int wake_on_spare(struct sandbox *s, struct slot *sl, const struct ram_delta *delta, int state_fd,
+			 const char **step)
+{
+	struct engine *e = s->e;
+	struct template_config cfg = { 0 };
+	_cleanup_free_ char *mem = vm_file(s->dir, VM_MEM), *disk = vm_file(s->dir, VM_DISK);
+	_cleanup_free_ char *log = vm_file(s->dir, VM_LOG), *sdisk = vm_file(sl->dir, VM_DISK);
+	_cleanup_free_ char *scon = vm_file(sl->dir, VM_CONSOLE), *slog = vm_file(sl->dir, VM_LOG);
+	_cleanup_free_ char *oldrun = NULL;
+	_cleanup_close_ int memfd = -1;
+	enum clone_method m;
+	bool has_disk;
+	int r;
+
+	*step = "spare";
+	pthread_mutex_lock(&e->lock);
+	own_publish(s, TAKE_PTR(sl->vmm), NULL);
+	if (atomic_load(&s->cancel))
+		vmm_kill(s->vmm);
+	oldrun = s->rundir;
+	s->rundir = TAKE_PTR(sl->rundir);
+	has_disk = template_has_disk(s->tpl);
+	r = template_config_vm(s->tpl, &cfg);
+	pthread_mutex_unlock(&e->lock);
+	sandbox_record_save(s);
+	rm_rf(oldrun);
+	if (r == 0 && (!mem || !disk || !log || !sdisk || !scon || !slog))
+		r = -ENOMEM;
+	if (r == 0 && has_disk && (r = store_clone_into(&e->store, disk, sdisk, &m)) == 0 && rename(sdisk, disk) < 0)
+		r = -errno;
+	if (r == 0 && (r = take_file_over(scon, s->console_path)) == 0)
+		r = take_file_over(slog, log);
+	if (r == 0 && (memfd = open(mem, O_RDONLY | O_CLOEXEC)) < 0)
+		r = -errno;
+	if (r == 0) {
+		const struct vm_launch l = { .cfg = &cfg, .name = s->name, .dir = s->dir, .rundir = s->rundir,
+					     .state_fd = state_fd, .load_fd = state_fd, .delta = delta, .delta_fd = memfd,
+					     .net = &s->net, .egress = &s->settings.egress, .cancel = &s->cancel,
+					     .publish = own_publish, .event = sandbox_vm_event, .arg = s };
+
+		sandbox_console_note(s, "woke (on a spare VMM)");
+		r = vm_load(e, &l, s->vmm, true, step);
+	}
+	template_config_clear(&cfg);
+	if (r < 0)
+		return r;
+	return sandbox_attach(s, AGENT_RESTORE_TIMEOUT_MS, NULL, NULL);
 }
 
 /* start: a cold boot from the sandbox's own disk, in its own network slot, in the cold-work place. */
@@ -395,6 +494,7 @@ static int op_hibernate(struct sandbox *s)
 {
 	struct engine *e = s->e;
 	_cleanup_free_ char *state = vm_file(s->dir, VM_HIBERNATE), *tmp = NULL, *mem = vm_file(s->dir, VM_MEM);
+	struct ram_delta *delta = NULL;
 	uint64_t t0 = now_ns();
 	int r;
 
@@ -426,8 +526,10 @@ static int op_hibernate(struct sandbox *s)
 		return r;
 	}
 	sandbox_usage_sample(s); /* the figures its usage file shows while it sleeps */
+	ram_delta_drop(&s->hib_delta);
+	delta = calloc(1, sizeof(*delta));
 	/* device state (the vCPUs stop); the RAM is in its file already, or written there (a private base) */
-	r = vmm_snapshot(s->vmm, tmp, mem, QMP_TIMEOUT_MS);
+	r = vmm_snapshot(s->vmm, tmp, mem, QMP_TIMEOUT_MS, delta);
 	if (r == 0)
 		r = fsync_file(tmp); /* the only copy of its device state from now on */
 	if (r == 0 && rename(tmp, state) < 0)
@@ -443,10 +545,17 @@ static int op_hibernate(struct sandbox *s)
 		/* a migration that stopped the vCPUs leaves them stopped: start them again if it was running */
 		if (s->state == SB_READY)
 			vmm_resume(s->vmm, QMP_TIMEOUT_MS);
+		ram_delta_drop(&delta);
 		return r;
 	}
-	if ((r = sandbox_retire_vmm(s)) < 0)
+	if ((r = sandbox_retire_vmm(s)) < 0) {
+		ram_delta_drop(&delta);
 		return r;
+	}
+	/* a wake may take a spare if it is a delta over the spares' base (memory permitting: else none) */
+	if (delta && delta->len)
+		s->hib_delta = TAKE_PTR(delta);
+	ram_delta_drop(&delta);
 	r = sandbox_transition(s, SB_EV_HIBERNATE);
 	pthread_mutex_lock(&e->lock);
 	s->hibernate_ms = ns_to_ms(now_ns() - t0);
@@ -455,11 +564,57 @@ static int op_hibernate(struct sandbox *s)
 	return r;
 }
 
+/*
+ * A wake on a spare, where one fits: the template's spares map the base its
+ * memory is a delta over (hib_delta), and it has no network (its slot and
+ * address are its own; a spare's VMM is bound to the spare's). 0: woken on
+ * it; 1: not (no spare, or it failed: retired, its reason logged, and
+ * *state_fd opened again for a spawn); < 0: the wake failed (cancelled).
+ */
+static int wake_spare(struct sandbox *s, const struct ram_delta *delta, int *state_fd, const char **step)
+{
+	struct engine *e = s->e;
+	struct template *t = s->tpl;
+	_cleanup_free_ char *state = vm_file(s->dir, VM_HIBERNATE);
+	struct slot *sl = NULL, *dead = NULL;
+	uint64_t id;
+	int r;
+
+	if (t->cfg.net || template_delta_base(t, delta, NULL) < 0)
+		return 1;
+	pthread_mutex_lock(&e->lock);
+	sl = spare_claim(t, &dead);
+	pthread_mutex_unlock(&e->lock);
+	slots_free_list(e, dead);
+	if (!sl)
+		return 1;
+	id = sl->id;
+	r = own_vmm_end(s, wake_on_spare(s, sl, delta, *state_fd, step));
+	slot_free(e, sl); /* what is left of it: its record, its clones of the snapshot's memory and state */
+	if (r == 0) {
+		pthread_mutex_lock(&e->lock);
+		t->pool_stats.wakes_spare++;
+		pthread_mutex_unlock(&e->lock);
+		return 0;
+	}
+	if (atomic_load(&s->cancel))
+		return r;
+	log_warn("sandbox %s/%s: waking on spare %" PRIu64 " failed at %s: %s; spawning instead", t->name, s->name,
+		 id, *step, strerror(-r));
+	if (s->vmm && (r = sandbox_retire_vmm(s)) < 0)
+		return r;
+	close(*state_fd); /* the spare's VMM read from it: from the start again */
+	if (!state || (*state_fd = open(state, O_RDONLY | O_CLOEXEC)) < 0)
+		return state ? -errno : -ENOMEM;
+	return 1;
+}
+
 static int op_wake(struct sandbox *s)
 {
 	struct engine *e = s->e;
 	_cleanup_free_ char *state = vm_file(s->dir, VM_HIBERNATE), *mem = vm_file(s->dir, VM_MEM);
 	_cleanup_close_ int state_fd = -1;
+	struct ram_delta *delta = NULL;
 	uint64_t t0 = now_ns();
 	const char *step = "spawn";
 	int r;
@@ -473,7 +628,11 @@ static int op_wake(struct sandbox *s)
 		set_ctl_error(s, "wake: %s: %s", state, strerror(-r));
 		return r;
 	}
-	r = sandbox_start_own_vmm(s, state_fd, &step);
+	delta = TAKE_PTR(s->hib_delta);
+	r = wake_spare(s, delta, &state_fd, &step);
+	if (r == 1) /* no spare for it, or the spare failed and went: a VMM spawned for it */
+		r = own_vmm_end(s, run_own_vmm(s, state_fd, delta, &step));
+	ram_delta_drop(&delta);
 	if (r < 0) {
 		set_ctl_error(s, "wake failed at %s: %s (see console and %s/vmm.log)", step, strerror(-r), s->dir);
 		/* a sandbox that cannot wake is failed; its files stay until rmdir */
@@ -539,7 +698,10 @@ static int op_fork(struct sandbox *s, const char *name)
 	has_disk = template_has_disk(s->tpl);
 	pthread_mutex_unlock(&e->lock);
 	r = !state || !mem || !cmem || !disk || !cdisk ? -ENOMEM : mkdir_p(c->dir, 0700);
-	if (r == 0 && (r = vmm_snapshot(s->vmm, state, mem, QMP_TIMEOUT_MS)) < 0)
+	/* the child's alone until fork_ready: what the parent's memory is beyond its base, for a spare to take */
+	if (r == 0 && !(c->fork_delta = calloc(1, sizeof(*c->fork_delta))))
+		r = -ENOMEM;
+	if (r == 0 && (r = vmm_snapshot(s->vmm, state, mem, QMP_TIMEOUT_MS, c->fork_delta)) < 0)
 		set_ctl_error(s, "fork %s: snapshot failed: %s", name, strerror(-r));
 	/* the parent is stopped now: its memory and disk files are consistent */
 	if (r == 0 && (r = store_clone(&e->store, mem, cmem, &m)) < 0)
@@ -620,7 +782,7 @@ static int op_template(struct sandbox *s, const char *name)
 	disk = vm_file(s->dir, VM_DISK);
 	cdisk = newdir ? vm_file(newdir, VM_DISK) : NULL;
 	r = !newdir || !state || !mem || !cmem || !disk || !cdisk ? -ENOMEM : mkdir_p(newdir, 0700);
-	if (r == 0 && ((r = vmm_snapshot(s->vmm, state, mem, QMP_TIMEOUT_MS)) < 0 || (r = fsync_file(state)) < 0))
+	if (r == 0 && ((r = vmm_snapshot(s->vmm, state, mem, QMP_TIMEOUT_MS, NULL)) < 0 || (r = fsync_file(state)) < 0))
 		set_ctl_error(s, "template %s: snapshot failed: %s", name, strerror(-r));
 	if (r == 0 && (r = store_clone(&e->store, mem, cmem, &m)) < 0)
 		set_ctl_error(s, "template %s: cloning memory failed: %s", name, strerror(-r));
@@ -715,8 +877,13 @@ static int run_op_locked(struct sandbox *s, const char *verb)
 	{
 		char child[NAME_MAX_LEN + 1], ckpt[NAME_MAX_LEN + 1];
 
-		if (strncmp(verb, "checkpoint ", 11) == 0 || strncmp(verb, "rollback ", 9) == 0 ||
-		    parse_fork_from(verb, child, ckpt, sizeof(child)))
+		if (strncmp(verb, "rollback ", 9) == 0) { /* its VMM comes up again: a start's rules */
+			pool_hold(e);
+			r = run_checkpoint_op(s, verb, st, t0);
+			pool_release(e);
+			return r;
+		}
+		if (strncmp(verb, "checkpoint ", 11) == 0 || parse_fork_from(verb, child, ckpt, sizeof(child)))
 			return run_checkpoint_op(s, verb, st, t0);
 	}
 	if (strncmp(verb, "fork ", 5) == 0 || strncmp(verb, "template ", 9) == 0) {
@@ -756,9 +923,13 @@ static int run_op_locked(struct sandbox *s, const char *verb)
 		set_ctl_error(s, "%s: refused while the sandbox is %s", verb, sandbox_state_name(st));
 		return -EBUSY;
 	}
+	if (ev == SB_EV_START || ev == SB_EV_WAKE)
+		pool_hold(e);
 	r = ev == SB_EV_PAUSE ? op_pause(s) : ev == SB_EV_RESUME ? op_resume(s) :
 	    ev == SB_EV_HIBERNATE ? op_hibernate(s) : ev == SB_EV_STOP ? op_stop(s) :
 	    ev == SB_EV_START ? op_start(s) : op_wake(s);
+	if (ev == SB_EV_START || ev == SB_EV_WAKE)
+		pool_release(e);
 	if (r == 0 && (ev == SB_EV_RESUME || ev == SB_EV_WAKE || ev == SB_EV_START))
 		mark_active(s);
 	pthread_mutex_lock(&e->lock);

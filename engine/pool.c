@@ -45,6 +45,7 @@
 #include <sys/random.h>
 
 #include "internal.h"
+#include "ram.h"
 #include "parse.h"
 
 #define WARMUP_ROUNDS 4
@@ -398,9 +399,11 @@ void pool_plan(struct engine *e)
 	free(out);
 }
 
-/* Any create of any template still deciding? e->lock held. */
+/* Any create of any template still deciding, or any other VMM coming up (pool_hold)? e->lock held. */
 static bool creates_in_flight(struct engine *e)
 {
+	if (e->vmm_ops_in_flight > 0)
+		return true;
 	for (size_t i = 0; i < e->n_templates; i++) {
 		struct template *t = e->templates[i];
 
@@ -412,6 +415,22 @@ static bool creates_in_flight(struct engine *e)
 }
 
 /* Wakes every filler: a create settled, or a preparation slot came free. e->lock held. */
+void pool_hold(struct engine *e)
+{
+	pthread_mutex_lock(&e->lock);
+	e->vmm_ops_in_flight++;
+	pthread_mutex_unlock(&e->lock);
+}
+
+void pool_release(struct engine *e)
+{
+	pthread_mutex_lock(&e->lock);
+	e->vmm_ops_in_flight--;
+	e->last_settled_ns = now_ns();
+	pool_wake_all(e);
+	pthread_mutex_unlock(&e->lock);
+}
+
 void pool_wake_all(struct engine *e)
 {
 	for (size_t i = 0; i < e->n_templates; i++)
@@ -963,6 +982,8 @@ json_object *pool_status_json(struct template *t)
 	json_object_object_add(cr, "restore_on_spare", json_object_new_int64((int64_t)s->served_spare));
 	json_object_object_add(cr, "cold", json_object_new_int64((int64_t)s->served_cold));
 	json_object_object_add(o, "creates", cr);
+	json_object_object_add(o, "forks_on_spare", json_object_new_int64((int64_t)s->forks_spare));
+	json_object_object_add(o, "wakes_on_spare", json_object_new_int64((int64_t)s->wakes_spare));
 	json_object_object_add(o, "misses", json_object_new_int64((int64_t)s->misses));
 	json_object_object_add(rec, "stale", json_object_new_int64((int64_t)s->recycled_stale));
 	json_object_object_add(rec, "dead", json_object_new_int64((int64_t)s->recycled_dead));

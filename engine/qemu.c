@@ -240,11 +240,11 @@ static char *head_path(const char *control_path)
  * kept next to its control socket (an adopting daemon finds it there too),
  * what its device-state-only snapshots are prefixed with.
  */
-static int keep_stream_head(const struct vmm_spec *s)
+static int keep_stream_head(const char *control_path, int fd)
 {
-	_cleanup_free_ char *path = head_path(s->control_path);
+	_cleanup_free_ char *path = head_path(control_path);
 	uint8_t b[4096];
-	ssize_t n = pread(s->incoming_fd, b, sizeof(b), 0);
+	ssize_t n = pread(fd, b, sizeof(b), 0);
 	size_t len;
 
 	if (!path)
@@ -269,7 +269,7 @@ static int qemu_spawn(const char *binary, const struct vmm_spec *s, struct vmm *
 	if (s->ram_fd >= 0) { /* a private base is only ever restored onto */
 		if (s->incoming_fd < 0)
 			return -EINVAL;
-		if ((r = keep_stream_head(s)) < 0)
+		if ((r = keep_stream_head(s->control_path, s->incoming_fd)) < 0)
 			return r;
 	}
 	build_args(binary, s, &a);
@@ -503,14 +503,48 @@ static int qemu_prepare(struct vmm *vm)
 	return 0;
 }
 
-/* Starts reading the snapshot's device state, which is fd 3 in the VMM. */
-static int qemu_restore(struct vmm *vm, unsigned timeout_ms)
+/*
+ * Starts reading the snapshot's device state: fd 3 in the VMM, or state_fd
+ * given to it (getfd) when it is another snapshot's, whose stream head it
+ * then keeps instead (what its own snapshots are composed with).
+ */
+static int qemu_restore(struct vmm *vm, int state_fd, unsigned timeout_ms)
 {
 	struct qemu *v = to_qemu(vm);
+	int r;
+
 	if (!v->incoming)
 		return -EINVAL;
-	return qmp_exec(v, "{\"execute\":\"migrate-incoming\",\"arguments\":{\"uri\":\"fd:3\"}}", -1,
-			timeout_ms, NULL);
+	if (state_fd < 0)
+		return qmp_exec(v, "{\"execute\":\"migrate-incoming\",\"arguments\":{\"uri\":\"fd:3\"}}", -1,
+				timeout_ms, NULL);
+	if ((r = keep_stream_head(v->qmp_path, state_fd)) < 0 ||
+	    (r = qmp_exec(v, "{\"execute\":\"getfd\",\"arguments\":{\"fdname\":\"state\"}}", state_fd, timeout_ms,
+			  NULL)) < 0)
+		return r;
+	return qmp_exec(v, "{\"execute\":\"migrate-incoming\",\"arguments\":{\"uri\":\"fd:state\"}}", -1, timeout_ms,
+			NULL);
+}
+
+/*
+ * A delta's pages into the private mapping of the base, before any vCPU
+ * runs (only a VMM waiting for its incoming state), the base checked to be
+ * the delta's.
+ */
+static int qemu_load_delta(struct vmm *vm, const struct ram_delta *d, int mem_fd)
+{
+	struct qemu *v = to_qemu(vm);
+	struct ram_base_id id;
+	uint64_t addr, len;
+	int r;
+
+	if (!v->incoming)
+		return -EINVAL;
+	if ((r = ram_base_find(v->proc.pid, &addr, &len, &id)) < 0)
+		return r == -ENOENT ? -EXDEV : r;
+	if (id.dev != d->base.dev || id.ino != d->base.ino)
+		return -EXDEV;
+	return ram_load_delta(v->proc.pid, addr, len, mem_fd, d);
 }
 
 static int query_string(struct qemu *v, const char *cmd, const char *key, unsigned timeout_ms, char *out,
@@ -654,7 +688,7 @@ static int compose_state(const char *head, const char *dev, const char *state_pa
  * the guest's own pages into mem_path, the stream composed.
  */
 static int snapshot_private(struct qemu *v, uint64_t addr, uint64_t len, const char *state_path, const char *mem_path,
-			    unsigned timeout_ms)
+			    unsigned timeout_ms, struct ram_delta *delta)
 {
 	_cleanup_free_ char *dev = strjoin(state_path, ".dev", NULL), *head = head_path(v->qmp_path);
 	_cleanup_close_ int mem = -1;
@@ -672,9 +706,13 @@ static int snapshot_private(struct qemu *v, uint64_t addr, uint64_t len, const c
 	/* empty: restored from a lazy file, nothing of the base in it yet (template.c, lazy_clone) */
 	if (r == 0 && fstat(mem, &st) < 0)
 		r = -errno;
-	if (r == 0)
-		r = st.st_size == 0 ? ram_write_all(v->proc.pid, addr, len, mem, &pages)
-				    : ram_write_private(v->proc.pid, addr, len, mem, &pages);
+	if (r == 0 && st.st_size == 0) {
+		r = ram_write_all(v->proc.pid, addr, len, mem, &pages);
+		if (delta) /* the file is all of it: no delta */
+			ram_delta_free(delta);
+	} else if (r == 0) {
+		r = ram_write_private(v->proc.pid, addr, len, mem, &pages, delta);
+	}
 	if (r == 0)
 		r = compose_state(head, dev, state_path);
 	unlink(dev);
@@ -683,15 +721,25 @@ static int snapshot_private(struct qemu *v, uint64_t addr, uint64_t len, const c
 	return r;
 }
 
-static int qemu_snapshot(struct vmm *vm, const char *state_path, const char *mem_path, unsigned timeout_ms)
+static int qemu_snapshot(struct vmm *vm, const char *state_path, const char *mem_path, unsigned timeout_ms,
+			 struct ram_delta *delta)
 {
 	struct qemu *v = to_qemu(vm);
 	uint64_t deadline = now_ns() + (uint64_t)timeout_ms * 1000000, addr, len;
+	struct ram_base_id id;
 	_cleanup_close_ int fd = -1;
 	int r;
 
-	if ((r = ram_base_find(v->proc.pid, &addr, &len)) == 0)
-		return snapshot_private(v, addr, len, state_path, mem_path, timeout_ms);
+	if (delta)
+		ram_delta_free(delta);
+	if ((r = ram_base_find(v->proc.pid, &addr, &len, &id)) == 0) {
+		if (delta)
+			delta->base = id;
+		r = snapshot_private(v, addr, len, state_path, mem_path, timeout_ms, delta);
+		if (r < 0 && delta)
+			ram_delta_free(delta);
+		return r;
+	}
 	if (r != -ENOENT)
 		return r;
 	if ((fd = open(state_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) < 0)
@@ -830,6 +878,7 @@ const struct vmm_ops qemu_ops = {
 	.connect = qemu_connect,
 	.prepare = qemu_prepare,
 	.restore = qemu_restore,
+	.load_delta = qemu_load_delta,
 	.wait_running = qemu_wait_running,
 	.query = qemu_query,
 	.pause = qemu_pause,

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "common.h"
@@ -129,7 +130,7 @@ int ram_base_create(const char *src, uint64_t size, int *ret_fd, uint64_t *ret_c
 	return 0;
 }
 
-int ram_base_find(pid_t pid, uint64_t *ret_addr, uint64_t *ret_len)
+int ram_base_find(pid_t pid, uint64_t *ret_addr, uint64_t *ret_len, struct ram_base_id *ret_id)
 {
 	char path[64], line[4096];
 	_cleanup_(fclosep) FILE *f = NULL;
@@ -141,14 +142,15 @@ int ram_base_find(pid_t pid, uint64_t *ret_addr, uint64_t *ret_len)
 	if (!(f = fopen(path, "re")))
 		return -errno;
 	while (fgets(line, sizeof(line), f)) {
-		unsigned long long a, b;
+		unsigned long long a, b, ino;
+		unsigned maj, min;
 		int name = 0;
 		char *nl = strchr(line, '\n');
 
 		if (nl)
 			*nl = '\0';
 		/* start-end perms offset dev inode   path */
-		if (sscanf(line, "%llx-%llx %*s %*s %*s %*s %n", &a, &b, &name) < 2 || name == 0)
+		if (sscanf(line, "%llx-%llx %*s %*s %x:%x %llu %n", &a, &b, &maj, &min, &ino, &name) < 5 || name == 0)
 			continue;
 		if (strcmp(line + name, want) != 0 &&
 		    !(strlen(line + name) > suffix && line[name] == '/' &&
@@ -158,8 +160,60 @@ int ram_base_find(pid_t pid, uint64_t *ret_addr, uint64_t *ret_len)
 			return -EEXIST;
 		*ret_addr = a;
 		*ret_len = b - a;
+		if (ret_id)
+			*ret_id = (struct ram_base_id){ .dev = makedev(maj, min), .ino = ino };
 	}
 	return found ? 0 : -ENOENT;
+}
+
+int ram_base_id_of(int fd, struct ram_base_id *ret)
+{
+	struct stat st;
+
+	if (fstat(fd, &st) < 0)
+		return -errno;
+	*ret = (struct ram_base_id){ .dev = st.st_dev, .ino = st.st_ino };
+	return 0;
+}
+
+void ram_delta_free(struct ram_delta *d)
+{
+	if (!d)
+		return;
+	free(d->runs);
+	*d = (struct ram_delta){ 0 };
+}
+
+void ram_delta_drop(struct ram_delta **d)
+{
+	if (*d) {
+		ram_delta_free(*d);
+		free(*d);
+		*d = NULL;
+	}
+}
+
+/* Appends pages [first, first + n) to d, merged with the last run when adjacent. */
+static int delta_add(struct ram_delta *d, uint64_t first, uint64_t n)
+{
+	if (d->n > 0 && d->runs[d->n - 1][0] + d->runs[d->n - 1][1] == first) {
+		d->runs[d->n - 1][1] += n;
+	} else {
+		if (d->n == d->cap) {
+			size_t cap = d->cap ? d->cap * 2 : 64;
+			void *p = realloc(d->runs, cap * sizeof(*d->runs));
+
+			if (!p)
+				return -ENOMEM;
+			d->runs = p;
+			d->cap = cap;
+		}
+		d->runs[d->n][0] = first;
+		d->runs[d->n][1] = n;
+		d->n++;
+	}
+	d->pages += n;
+	return 0;
 }
 
 /*
@@ -221,6 +275,7 @@ struct copy_run {
 	int mem, out;
 	uint64_t addr, pages;
 	uint8_t *buf; /* BATCH pages */
+	struct ram_delta *delta; /* NULL: not wanted */
 };
 
 /* a run is at most BATCH pages: read and written at once */
@@ -232,15 +287,17 @@ static int copy_run(void *arg, uint64_t first, uint64_t n)
 	if ((r = pread_all(c->mem, c->buf, n * PAGE, (off_t)(c->addr + first * PAGE))) < 0 ||
 	    (r = pwrite_all(c->out, c->buf, n * PAGE, (off_t)(first * PAGE))) < 0)
 		return r;
+	if (c->delta && (r = delta_add(c->delta, first, n)) < 0)
+		return r;
 	c->pages += n;
 	return 0;
 }
 
-int ram_write_private(pid_t pid, uint64_t addr, uint64_t len, int out, uint64_t *ret_pages)
+int ram_write_private(pid_t pid, uint64_t addr, uint64_t len, int out, uint64_t *ret_pages, struct ram_delta *delta)
 {
 	_cleanup_free_ uint8_t *buf = malloc((size_t)BATCH * PAGE);
 	_cleanup_close_ int mem = -1;
-	struct copy_run c = { .out = out, .addr = addr, .buf = buf };
+	struct copy_run c = { .out = out, .addr = addr, .buf = buf, .delta = delta };
 	int r;
 
 	if (!buf)
@@ -254,6 +311,41 @@ int ram_write_private(pid_t pid, uint64_t addr, uint64_t len, int out, uint64_t 
 		return r;
 	if (ret_pages)
 		*ret_pages = c.pages;
+	if (delta)
+		delta->len = len;
+	return 0;
+}
+
+int ram_load_delta(pid_t pid, uint64_t addr, uint64_t len, int in, const struct ram_delta *delta)
+{
+	_cleanup_free_ uint8_t *buf = malloc((size_t)BATCH * PAGE);
+	_cleanup_close_ int mem = -1;
+	int r;
+
+	if (!buf)
+		return -ENOMEM;
+	if (addr % PAGE || len % PAGE)
+		return -EINVAL;
+	if (len != delta->len)
+		return -EXDEV;
+	for (size_t i = 0; i < delta->n; i++) /* all of it checked before anything is written */
+		if (delta->runs[i][0] > len / PAGE || delta->runs[i][1] > len / PAGE - delta->runs[i][0])
+			return -EINVAL;
+	if ((r = proc_mem_open(pid, O_WRONLY, &mem)) < 0)
+		return r;
+	for (size_t i = 0; i < delta->n; i++) {
+		uint64_t first = delta->runs[i][0], left = delta->runs[i][1];
+
+		while (left > 0) {
+			size_t n = left < BATCH ? (size_t)left : BATCH;
+
+			if ((r = pread_all(in, buf, n * PAGE, (off_t)(first * PAGE))) < 0 ||
+			    (r = pwrite_all(mem, buf, n * PAGE, (off_t)(addr + first * PAGE))) < 0)
+				return r;
+			first += n;
+			left -= n;
+		}
+	}
 	return 0;
 }
 

@@ -33,19 +33,55 @@ int ram_base_create(const char *src, uint64_t size, int *ret_fd, uint64_t *ret_c
 int ram_base_new(uint64_t size, int *ret_fd);
 int ram_base_seal(int fd);
 
+/* Which base a process maps: its file's device and inode, as /proc/PID/maps shows them. */
+struct ram_base_id {
+	uint64_t dev; /* makedev(major, minor) */
+	uint64_t ino;
+};
+
 /*
  * Where a base (a memfd or a lazy file) is mapped in process pid: exactly
- * one mapping of it, else -ENOENT (none) or -EEXIST (several).
+ * one mapping of it, else -ENOENT (none) or -EEXIST (several). *ret_id:
+ * which file it is (NULL: not wanted).
  */
-int ram_base_find(pid_t pid, uint64_t *ret_addr, uint64_t *ret_len);
+int ram_base_find(pid_t pid, uint64_t *ret_addr, uint64_t *ret_len, struct ram_base_id *ret_id);
+/* The id of the base open at fd (the template's), to compare with a process's. */
+int ram_base_id_of(int fd, struct ram_base_id *ret);
+
+/*
+ * A guest's RAM as a base and the pages that are not the base's (its own):
+ * what a snapshot of a VMM on a private base wrote into its memory file, so
+ * a VMM mapping the same base privately can be given the same RAM by
+ * writing only those pages (ram_load_delta). runs: (first page, pages),
+ * ascending, adjacent runs merged.
+ */
+struct ram_delta {
+	struct ram_base_id base;
+	uint64_t len;	/* the mapping's length */
+	uint64_t pages; /* the sum of the runs */
+	size_t n, cap;
+	uint64_t (*runs)[2];
+};
+void ram_delta_free(struct ram_delta *d); /* its runs; the struct emptied */
+void ram_delta_drop(struct ram_delta **d); /* a heap one: freed, *d NULL */
 
 /*
  * Writes every page of [addr, addr + len) in process pid that is no longer
  * the mapped file's (copied on write: anonymous, present or swapped) into
  * out at the same offset from addr. The process must not run meanwhile.
- * *ret_pages: pages written.
+ * *ret_pages: pages written. delta (NULL: not wanted): the runs written are
+ * appended to it.
  */
-int ram_write_private(pid_t pid, uint64_t addr, uint64_t len, int out, uint64_t *ret_pages);
+int ram_write_private(pid_t pid, uint64_t addr, uint64_t len, int out, uint64_t *ret_pages, struct ram_delta *delta);
+
+/*
+ * The reverse, into another process: the delta's pages, read from in (a
+ * memory file the delta describes), written through /proc/PID/mem into
+ * [addr, addr + len) of process pid, a private mapping of the delta's base
+ * (copied on write there, as the guest's own writes are). -EXDEV: len is
+ * not the delta's. The process must not run meanwhile.
+ */
+int ram_load_delta(pid_t pid, uint64_t addr, uint64_t len, int in, const struct ram_delta *delta);
 
 /* Whether process pid maps a lazy file (its guest RAM is served by the daemon that started it). */
 bool ram_maps_lazy(pid_t pid);

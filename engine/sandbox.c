@@ -20,6 +20,7 @@
 #include "guest.h"
 #include "internal.h"
 #include "parse.h"
+#include "ram.h"
 
 
 const char *sandbox_state_name(enum sandbox_state s)
@@ -91,6 +92,8 @@ void sandbox_unref(struct sandbox *s)
 	free(s->ctl_error);
 	free(s->settings_error);
 	free(s->fork_of);
+	ram_delta_drop(&s->fork_delta);
+	ram_delta_drop(&s->hib_delta);
 	free(s->procs);
 	sandbox_checkpoints_free(s);
 	settings_clear(&s->settings);
@@ -220,6 +223,8 @@ struct job {
 	char *mem, *disk, *state_path;
 	int state_fd;
 	int ram_fd; /* a restore from the template's snapshot: its memory's sealed base, or -1 */
+	const struct ram_delta *delta; /* a fork's child on that base: its parent's pages (delta_fd, its memory file) */
+	int delta_fd;
 	enum clone_method method;
 };
 
@@ -233,6 +238,8 @@ static void job_clear(struct job *j)
 		close(j->state_fd);
 	if (j->ram_fd >= 0)
 		close(j->ram_fd);
+	if (j->delta_fd >= 0)
+		close(j->delta_fd);
 }
 
 /* Picks restore or cold under the lock, with the reason. */
@@ -457,7 +464,7 @@ static int job_attach(struct job *j)
 }
 
 /* A restored guest prints nothing until it does something: say where it came from. */
-static void console_note(struct sandbox *s, const char *how)
+void sandbox_console_note(struct sandbox *s, const char *how)
 {
 	_cleanup_close_ int fd = open(s->console_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
 	char line[256];
@@ -538,7 +545,10 @@ static void create_event(void *arg, enum vm_event ev)
 		sandbox_phase(s, "connected");
 		sb_lap(s, "spawn");
 		if (j->restore)
-			console_note(s, s->fork_of ? "forked" : "restored");
+			sandbox_console_note(s, s->fork_of ? "forked" : "restored");
+		break;
+	case VM_EV_PAGES:
+		sb_lap(s, "pages");
 		break;
 	case VM_EV_LOADING:
 		sandbox_phase(s, "loading");
@@ -562,7 +572,8 @@ static int job_start(struct job *j, struct vmm *spare, const char **step)
 	_cleanup_free_ char *why = NULL;
 	const struct vm_launch l = { .cfg = &j->cfg, .name = s->name, .dir = s->dir, .rundir = s->rundir,
 				     .disk = j->disk, .state_fd = j->restore ? j->state_fd : -1,
-				     .ram_fd = j->restore ? j->ram_fd : -1, .net = &s->net,
+				     .ram_fd = j->restore ? j->ram_fd : -1, .load_fd = spare && s->fork_of ? j->state_fd : -1,
+				     .delta = j->restore ? j->delta : NULL, .delta_fd = j->delta_fd, .net = &s->net,
 				     .egress = &s->settings.egress, .cancel = &s->cancel, .publish = create_publish, .event = create_event, .arg = j };
 	int r = spare ? vm_load(s->e, &l, spare, true, step) : vm_start(s->e, &l, step, &why);
 
@@ -616,7 +627,8 @@ static int slot_adopt(struct job *j, const char **step)
 
 	j->restore = true;
 	pthread_mutex_lock(&e->lock);
-	restored_start(s);
+	if (!s->fork_of) /* a fork's child runs what its parent ran */
+		restored_start(s);
 	sl = TAKE_PTR(s->slot);
 	s->vmm = TAKE_PTR(sl->vmm);
 	s->agent = TAKE_PTR(sl->agent);
@@ -651,7 +663,7 @@ static int run_spare(struct job *j, const char **step)
 
 	if (r < 0)
 		return r;
-	console_note(s, "restored (on a spare VMM)");
+	sandbox_console_note(s, "restored (on a spare VMM)");
 	return job_start(j, s->vmm, step);
 }
 
@@ -672,7 +684,7 @@ static int run_warm(struct job *j, const char **step)
 		r = job_tcp_ready(s);
 	}
 	if (r == 0)
-		console_note(s, "activated from warm slot");
+		sandbox_console_note(s, "activated from warm slot");
 	return r;
 }
 
@@ -697,7 +709,7 @@ static int warm_fallback(struct sandbox *s, bool spare, int err, const char *ste
 	ac = TAKE_PTR(s->agent);
 	ns = TAKE_PTR(s->net);
 	s->vmm_pid = 0;
-	s->path = "restore";
+	s->path = s->fork_of ? "fork" : "restore";
 	if (asprintf(&why, "%s %" PRIu64 " failed at %s: %s", spare ? "spare" : "warm slot", s->slot_id, step,
 		     strerror(-err)) < 0)
 		why = NULL;
@@ -719,15 +731,67 @@ static int warm_fallback(struct sandbox *s, bool spare, int err, const char *ste
 	return r;
 }
 
+/* A spare for a fork's child (its parent's memory a delta over the spares' base: j->delta). e->lock held. */
+static struct slot *fork_spare_claim(struct sandbox *s, struct slot **ret_dead)
+{
+	struct slot *sl = spare_claim(s->tpl, ret_dead);
+
+	if (!sl)
+		return NULL;
+	s->slot = sl;
+	s->slot_id = sl->id;
+	s->slot_spare = true;
+	s->slot_age_ms = ns_to_ms(now_ns() - sl->warm_ns);
+	s->slot_prepare_ms = timings_total(&sl->timings);
+	return sl;
+}
+
+/*
+ * A fork's child on the spare just claimed, whose directories are the
+ * child's now (architecture.md, "Spares"): the spare's VMM maps the base
+ * the parent's memory is a delta over, and holds its own disk and console.
+ * The files the parent made stay in the child's own directory until it
+ * runs (a failure goes back to them): their disk cloned into the spare's
+ * disk file (the inode its VMM holds), their memory file linked in place of
+ * the spare's (its VMM does not map it); then the load (vm_load: the
+ * parent's pages, its device state).
+ */
+static int run_fork_spare(struct job *j, const char **step)
+{
+	struct sandbox *s = j->s;
+	struct engine *e = s->e;
+	_cleanup_free_ char *smem = vm_file(s->dir, VM_MEM), *sdisk = vm_file(s->dir, VM_DISK);
+	enum clone_method m;
+	int r;
+
+	if ((r = slot_adopt(j, step)) < 0)
+		return r;
+	if (!smem || !sdisk)
+		return -ENOMEM;
+	*step = "fork on a spare (disk)";
+	if (j->disk && (r = store_clone_into(&e->store, j->disk, sdisk, &m)) < 0)
+		return r;
+	*step = "fork on a spare (memory)";
+	if ((unlink(smem) < 0 && errno != ENOENT) || link(j->mem, smem) < 0)
+		return -errno;
+	sandbox_console_note(s, "forked (on a spare VMM)");
+	return job_start(j, s->vmm, step);
+}
+
 /*
  * A fork's child: the parent's ctl write saved its device state and cloned
- * its memory and disk into this sandbox's directory; restore them here.
+ * its memory and disk into this sandbox's directory; restore them here. A
+ * parent that ran on its template's base (a clone of the snapshot) left a
+ * delta over it: the child runs on the same base with the parent's pages
+ * given to it, in a spare if there is one, else in a VMM spawned for it;
+ * otherwise in a VMM spawned on its memory file.
  */
 static int run_fork(struct job *j, const char **step)
 {
 	struct sandbox *s = j->s;
 	struct engine *e = s->e;
-	_cleanup_free_ char *state = strjoin(s->dir, "/fork.state", NULL);
+	_cleanup_free_ char *state = strjoin(s->dir, "/fork.state", NULL), *own = NULL, *own_run = NULL;
+	struct slot *dead = NULL;
 	int r;
 
 	*step = "fork (the parent's snapshot)";
@@ -742,16 +806,41 @@ static int run_fork(struct job *j, const char **step)
 		s->clone_method = clone_method_name(e->store.reflink ? CLONE_REFLINK : CLONE_COPY);
 	}
 	pthread_mutex_unlock(&e->lock);
-	if (r < 0 || (r = job_paths(j)) < 0)
-		return r;
+	if (r < 0 || !state || (r = job_paths(j)) < 0)
+		return r < 0 ? r : -ENOMEM;
 	if (!j->cfg.rootfs) {
 		free(j->disk);
 		j->disk = NULL;
 	}
 	j->restore = true;
-	j->state_fd = state ? open(state, O_RDONLY | O_CLOEXEC) : -1;
+	j->state_fd = open(state, O_RDONLY | O_CLOEXEC);
 	if (j->state_fd < 0)
 		return -errno;
+	if (template_delta_base(s->tpl, s->fork_delta, &j->ram_fd) == 0 &&
+	    (j->delta_fd = open(j->mem, O_RDONLY | O_CLOEXEC)) >= 0)
+		j->delta = s->fork_delta;
+	pthread_mutex_lock(&e->lock);
+	if (j->delta && fork_spare_claim(s, &dead) &&
+	    (!(own = strdup(s->dir)) || !(own_run = strdup(s->rundir)) || sandbox_set_dirs(s, s->slot) < 0))
+		r = -ENOMEM; /* the spare is freed with the sandbox */
+	pthread_mutex_unlock(&e->lock);
+	slots_free_list(e, dead);
+	if (r < 0)
+		return r;
+	if (s->slot) { /* the spare's directories are the child's now; j->mem and j->disk still name its own files */
+		r = run_fork_spare(j, step);
+		if (r == 0 || atomic_load(&s->cancel)) {
+			rm_rf(own); /* what the parent made is the spare's now, or was copied there */
+			rm_rf(own_run);
+			return r;
+		}
+		if ((r = warm_fallback(s, true, r, *step)) < 0)
+			return r;
+		/* back in its own directory, as the parent left it; the state read from the start again */
+		close(j->state_fd);
+		if ((j->state_fd = open(state, O_RDONLY | O_CLOEXEC)) < 0 || sandbox_record_save(s) < 0)
+			return j->state_fd < 0 ? -errno : -EIO;
+	}
 	r = job_start(j, NULL, step);
 	if (r == 0)
 		unlink(state);
@@ -846,7 +935,7 @@ static void *sandbox_main(void *arg)
 {
 	struct sandbox *s = arg;
 	struct engine *e = s->e;
-	struct job j = { .s = s, .state_fd = -1, .ram_fd = -1 };
+	struct job j = { .s = s, .state_fd = -1, .ram_fd = -1, .delta_fd = -1 };
 	const char *step = "start";
 	struct waiter *w;
 	int r;
@@ -890,6 +979,7 @@ static void *sandbox_main(void *arg)
 				ps->served_cold++;
 				hist_add(&e->hist[H_CREATE_COLD], ms);
 			} else {
+				ps->forks_spare += s->slot_spare;
 				hist_add(&e->hist[H_CREATE_FORK], ms);
 			}
 		}

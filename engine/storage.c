@@ -289,6 +289,21 @@ static int copy_sparse(int in, int out)
 	return 0;
 }
 
+/* in's contents into out (empty): a reflink if the store makes them and this one works, else a sparse copy */
+static int clone_fd(const struct store *s, int in, int out, enum clone_method *ret_method)
+{
+	int r;
+
+	if (s->reflink && ioctl(out, FICLONE, in) == 0) {
+		*ret_method = CLONE_REFLINK;
+		return 0;
+	}
+	if ((r = copy_sparse(in, out)) < 0)
+		return r;
+	*ret_method = CLONE_COPY;
+	return 0;
+}
+
 int store_clone(const struct store *s, const char *src, const char *dst, enum clone_method *ret_method)
 {
 	_cleanup_close_ int in = open(src, O_RDONLY | O_CLOEXEC);
@@ -300,17 +315,24 @@ int store_clone(const struct store *s, const char *src, const char *dst, enum cl
 	out = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (out < 0)
 		return -errno;
-	if (s->reflink && ioctl(out, FICLONE, in) == 0) {
-		*ret_method = CLONE_REFLINK;
-		return 0;
-	}
-	r = copy_sparse(in, out);
-	if (r < 0) {
+	if ((r = clone_fd(s, in, out, ret_method)) < 0)
 		unlink(dst);
-		return r;
-	}
-	*ret_method = CLONE_COPY;
-	return 0;
+	return r;
+}
+
+int store_clone_into(const struct store *s, const char *src, const char *dst, enum clone_method *ret_method)
+{
+	_cleanup_close_ int in = open(src, O_RDONLY | O_CLOEXEC);
+	_cleanup_close_ int out = -1;
+
+	if (in < 0)
+		return -errno;
+	out = open(dst, O_WRONLY | O_CLOEXEC);
+	if (out < 0)
+		return -errno;
+	if (ftruncate(out, 0) < 0)
+		return -errno;
+	return clone_fd(s, in, out, ret_method);
 }
 
 char *vm_file(const char *dir, enum vm_file f)

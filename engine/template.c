@@ -402,6 +402,28 @@ static int snapshot_ram_base(struct template *t, const char *mem, uint64_t size,
 }
 
 /*
+ * Past this many pages of its own (64 MiB) a sandbox's memory is given to a
+ * VMM on the base more slowly than a VMM maps its whole file.
+ */
+#define DELTA_MAX_PAGES ((64u << 20) / 4096)
+
+int template_delta_base(struct template *t, const struct ram_delta *d, int *ret_fd)
+{
+	struct ram_base_id id;
+	int r = 0;
+
+	if (!d || d->len == 0 || d->pages > DELTA_MAX_PAGES)
+		return -ENOENT;
+	pthread_mutex_lock(&t->ram_lock);
+	if (t->ram_fd < 0 || ram_base_id_of(t->ram_fd, &id) < 0 || id.dev != d->base.dev || id.ino != d->base.ino)
+		r = -ENOENT;
+	else if (ret_fd && (*ret_fd = fcntl(t->ram_fd, F_DUPFD_CLOEXEC, 3)) < 0)
+		r = -errno;
+	pthread_mutex_unlock(&t->ram_lock);
+	return r;
+}
+
+/*
  * A snapshot installed from the store: its memory a lazy file (objstore.h),
  * its hot chunks in the cache first (a store that cannot give them fails the
  * restore here, with the reason, before any VMM maps it). The sandbox's own
@@ -881,7 +903,7 @@ static int bake_boot_and_snapshot(struct bake_ctx *b, const char *disk)
 	}
 	if (r == 0) {
 		step = "snapshot";
-		r = vmm_snapshot(vm.v, state, mem, QMP_TIMEOUT_MS);
+		r = vmm_snapshot(vm.v, state, mem, QMP_TIMEOUT_MS, NULL);
 		if (r == 0)
 			r = fsync_file(state);
 		timings_lap(&b->tm, "snapshot");

@@ -5,8 +5,8 @@
  * the files (memory, disk, a snapshot's device state) and attaches the
  * guest afterwards; in between it is always the same sequence:
  *
- *   network slot -> egress policy -> spawn -> publish -> connect -> [restore -> running] -> agent -> publish
- *   '------------------------ vm_spawn ----------------------'    '-------------- vm_load -------------'
+ *   network slot -> egress policy -> spawn -> publish -> connect -> [pages -> restore -> running] -> agent -> publish
+ *   '------------------------ vm_spawn ----------------------'    '----------------- vm_load -----------------'
  *
  * A spare (pool.c) is a VMM taken through vm_spawn ahead of any request,
  * waiting for its incoming state; the create that claims it runs vm_load.
@@ -117,9 +117,15 @@ int vm_load(struct engine *e, const struct vm_launch *l, struct vmm *v, bool res
 
 	if (!agent)
 		return -ENOMEM;
+	if (restore && l->delta) {
+		*ret_step = "memory";
+		if ((r = vmm_load_delta(v, l->delta, l->delta_fd)) < 0)
+			return r;
+		event(l, VM_EV_PAGES);
+	}
 	if (restore) {
 		*ret_step = "restore";
-		if ((r = vmm_restore(v, QMP_TIMEOUT_MS)) < 0)
+		if ((r = vmm_restore(v, l->load_fd > 0 ? l->load_fd : -1, QMP_TIMEOUT_MS)) < 0)
 			return r;
 		event(l, VM_EV_LOADING);
 		if ((r = vmm_wait_running(v, RESTORE_TIMEOUT_MS)) < 0)

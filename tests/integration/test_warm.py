@@ -26,6 +26,16 @@ slots"):
   a killed spare is replaced and never claimed; a warm slot wanted is made
   from the spare (same id); a rebake replaces it; kill -9 of the daemon and
   a restart leave nothing of the old one; the stop leaves nothing at all.
+  A fork's child takes the spare too (its parent ran on the same base): it
+  runs in the spare's process with its parent's memory, disk and running
+  processes, then diverges; its hibernation wakes on the next spare with its
+  own memory, disk and console history, twice; without a spare a fork's
+  child and a wake are spawned on the base with the pages given all the
+  same; a child of a child on a spare works alike; a parent from before a
+  rebake (another base) forks into a VMM on its own file and leaves the
+  spare. After kill -9 of the daemon, sandboxes that took spares are
+  re-adopted, and their next wake (nothing known of their pages) maps
+  their memory file.
 """
 import errno
 import os
@@ -341,6 +351,12 @@ def code_buffer_rss_kib(pid):
     return out
 
 
+def maps_base(pid):
+    """Whether process pid maps a template snapshot's sealed memory base (its guest RAM on the base)."""
+    with open("/proc/%d/maps" % pid) as f:
+        return "/memfd:emberfs-ram-base" in f.read()
+
+
 class Spares(harness.TestCase):
     """One daemon with --spares 1 and no warm slots, for the whole class."""
 
@@ -392,6 +408,115 @@ class Spares(harness.TestCase):
             self.assertIn("sp1 restored (on a spare VMM)", harness.read_text(d.sb("sp1", "console")))
         finally:
             d.destroy("sp1")
+
+    def test_fork_on_spare(self):
+        d = self.d
+
+        def sb(n, f):
+            return d.sb(n, f)
+        d.create_ready("pf")  # on the spare; the next one follows
+        try:
+            d.sh("pf", "echo before > /tmp/x; head -c 3000000 /dev/urandom > /tmp/big; md5sum /tmp/big > /tmp/sum; "
+                       "echo diskbefore > /root/d; sync; "
+                       "(i=0; while true; do i=$((i+1)); echo $i > /tmp/c; sleep 0.1; done) >/dev/null 2>&1 &")
+            (sid, sp), = self.spares().items()
+            forks = d.pool()["forks_on_spare"]
+            harness.write_file(sb("pf", "ctl"), "fork pf2\n")
+            c = d.wait_ready("pf2")
+            self.assertEqual((c["path"], c["path_reason"]), ("fork", "fork of pf"))
+            self.assertEqual((c["slot"]["id"], c["slot"]["kind"]), (int(sid), "spare"))
+            self.assertEqual(c["vmm_pid"], sp["vmm_pid"], "the child runs in the spare's process")
+            self.assertNotIn("spawn", c["timings"])
+            self.assertIn("pages", c["timings"])
+            self.assertEqual(d.pool()["forks_on_spare"], forks + 1)
+            self.assertIn("pf2 forked (on a spare VMM)", harness.read_text(sb("pf2", "console")))
+            self.assertEqual(d.sh("pf2", "hostname").strip(), "pf2")
+            for n in ("pf", "pf2"):
+                self.assertEqual(d.sh(n, "cat /tmp/x; cat /root/d").split(), ["before", "diskbefore"])
+                self.assertEqual(d.sh(n, "md5sum -c /tmp/sum >/dev/null && echo same").strip(), "same")
+                a = int(d.sh(n, "cat /tmp/c").strip())
+                time.sleep(0.5)
+                self.assertGreater(int(d.sh(n, "cat /tmp/c").strip()), a, "the loop does not run in %s" % n)
+            # each its own from here; the child's writes survive its hibernation
+            d.sh("pf", "echo parent > /tmp/x; echo parentdisk > /root/d; sync")
+            d.sh("pf2", "echo child > /tmp/x; echo childdisk > /root/d; sync")
+            harness.write_file(sb("pf2", "ctl"), "hibernate")
+            self.assertEqual(d.status("pf2")["state"], "hibernated")
+            # the wake takes the next spare: the spare's process, disk and console are the sandbox's
+            (sid, sp), = self.spares().items()
+            wakes = d.pool()["wakes_on_spare"]
+            harness.write_file(sb("pf2", "ctl"), "resume")
+            st = d.status("pf2")
+            self.assertEqual((st["state"], st["vmm_pid"]), ("ready", sp["vmm_pid"]))
+            self.assertEqual(d.pool()["wakes_on_spare"], wakes + 1)
+            self.assertNotIn(sid, d.slots())
+            con = harness.read_text(sb("pf2", "console"))
+            self.assertIn("pf2 forked (on a spare VMM)", con)  # its history kept
+            self.assertIn("pf2 woke (on a spare VMM)", con)
+            self.assertEqual(d.sh("pf2", "cat /tmp/x; cat /root/d").split(), ["child", "childdisk"])
+            self.assertEqual(d.sh("pf2", "md5sum -c /tmp/sum >/dev/null && echo same").strip(), "same")
+            d.sh("pf2", "echo again > /tmp/x; echo diskagain > /root/d; sync")
+            self.spares()
+            harness.write_file(sb("pf2", "ctl"), "hibernate")  # and again, from a VMM that woke on a spare
+            harness.write_file(sb("pf2", "ctl"), "resume")
+            self.assertEqual(d.pool()["wakes_on_spare"], wakes + 2)
+            self.assertEqual(d.sh("pf2", "cat /tmp/x; cat /root/d").split(), ["again", "diskagain"])
+            self.assertEqual(d.sh("pf2", "md5sum -c /tmp/sum >/dev/null && echo same").strip(), "same")
+            self.assertEqual(d.sh("pf", "cat /tmp/x; cat /root/d").split(), ["parent", "parentdisk"])
+            # no spare (a decoy took it): the child's VMM is spawned, on the base all the same
+            self.spares()
+            d.create_ready("decoy")
+            harness.write_file(sb("pf", "ctl"), "fork pfs\n")
+            c = d.wait_ready("pfs")
+            self.assertIsNone(c.get("slot"))
+            self.assertIn("spawn", c["timings"])
+            self.assertIn("pages", c["timings"])
+            self.assertTrue(maps_base(c["vmm_pid"]))
+            self.assertEqual(d.sh("pfs", "cat /tmp/x; cat /root/d").split(), ["parent", "parentdisk"])
+            self.assertEqual(d.sh("pfs", "md5sum -c /tmp/sum >/dev/null && echo same").strip(), "same")
+            # and a wake without a spare: spawned on the base, the delta's pages given
+            self.spares()
+            harness.write_file(sb("pfs", "ctl"), "hibernate")
+            d.destroy("decoy")
+            d.create_ready("decoy")
+            harness.write_file(sb("pfs", "ctl"), "resume")
+            self.assertTrue(maps_base(d.status("pfs")["vmm_pid"]))
+            self.assertEqual(d.sh("pfs", "cat /tmp/x; cat /root/d").split(), ["parent", "parentdisk"])
+            for n in ("pfs", "decoy"):
+                d.destroy(n)
+            # a fork of a child that ran on a spare: on the next spare, with the child's memory
+            d.destroy("pf2")
+            (sid, sp), = self.spares().items()
+            harness.write_file(sb("pf", "ctl"), "fork pf3\n")
+            c = d.wait_ready("pf3")
+            self.assertEqual(c["vmm_pid"], sp["vmm_pid"])
+            d.sh("pf3", "echo three > /tmp/x")
+            self.spares()
+            harness.write_file(sb("pf3", "ctl"), "fork pf4\n")
+            c4 = d.wait_ready("pf4")
+            self.assertEqual(c4["slot"]["kind"], "spare")
+            self.assertEqual(d.sh("pf4", "cat /tmp/x; cat /root/d").split(), ["three", "parentdisk"])
+            self.assertEqual(d.sh("pf4", "md5sum -c /tmp/sum >/dev/null && echo same").strip(), "same")
+            for n in ("pf3", "pf4"):
+                d.destroy(n)
+            # a parent on an older snapshot's base: the spare (the new base) is left alone
+            d.ctl("rebake\n")
+            d.wait_template_ready()
+            (sid, sp), = self.spares().items()
+            harness.write_file(sb("pf", "ctl"), "fork pf5\n")
+            c = d.wait_ready("pf5")
+            self.assertIn("spawn", c["timings"])
+            self.assertNotIn("pages", c["timings"])
+            self.assertIsNone(c.get("slot"))
+            self.assertFalse(maps_base(c["vmm_pid"]))  # its own memory file, mapped shared
+            self.assertEqual(d.sh("pf5", "cat /tmp/x").strip(), "parent")
+            self.assertIn(sid, d.slots())
+            self.assertEqual(d.slots()[sid]["state"], "spare")
+            d.destroy("pf5")
+        finally:
+            for n in ("pf2", "pf3", "pf4", "pf5", "pfs", "decoy", "pf"):
+                if os.path.exists(sb(n, "status")):
+                    d.destroy(n)
 
     def test_two_vcpus(self):
         """TCG cuts a 2-vCPU VMM's buffer into regions (their own mappings): the first of each
@@ -474,6 +599,47 @@ class SpareRestart(harness.TestCase):
             st = wait_for(lambda: d2.pool()["spares"] == 1 and d2.create_ready("r"), 60, "a create on a new spare")
             self.assertEqual((st["path"], st["slot"]["kind"]), ("restore", "spare"))
             d2.destroy("r")
+        except BaseException:
+            (d2 or d).force_cleanup()
+            raise
+        d2.stop()
+
+    def test_daemon_kill9_after_fork_and_wake_on_spares(self):
+        """A sandbox woken on a spare and a fork's child on one are re-adopted after kill -9 of the
+        daemon (their records name the run directories they took over; nothing of the spares is
+        left), and wake later by a spawn (what their memory was beyond the base is not known to a
+        new daemon) with their memory."""
+        d = harness.Daemon(spares=1).start()
+        d2 = None
+
+        def spare(dd):
+            wait_for(lambda: dd.pool()["spares"] == 1 and dd.pool()["preparing"] == 0, 60, "a spare")
+        try:
+            d.create_ready("a")
+            d.sh("a", "echo mem > /tmp/x")
+            spare(d)
+            harness.write_file(d.sb("a", "ctl"), "hibernate")
+            harness.write_file(d.sb("a", "ctl"), "resume")
+            self.assertEqual(d.pool()["wakes_on_spare"], 1)
+            spare(d)
+            harness.write_file(d.sb("a", "ctl"), "fork b\n")
+            self.assertEqual(d.wait_ready("b")["slot"]["kind"], "spare")
+            self.assertEqual(d.pool()["forks_on_spare"], 1)
+            pids = {n: d.status(n)["vmm_pid"] for n in ("a", "b")}
+            d.kill9()
+            d2 = harness.Daemon(reuse=d, spares=1).start()
+            for n in ("a", "b"):
+                st = d2.status(n)
+                self.assertEqual((st["state"], st["vmm_pid"]), ("ready", pids[n]))
+                self.assertEqual(d2.sh(n, "cat /tmp/x").strip(), "mem")
+            spare(d2)
+            harness.write_file(d2.sb("a", "ctl"), "hibernate")
+            harness.write_file(d2.sb("a", "ctl"), "resume")
+            self.assertEqual(d2.pool()["wakes_on_spare"], 0)
+            self.assertFalse(maps_base(d2.status("a")["vmm_pid"]))
+            self.assertEqual(d2.sh("a", "cat /tmp/x").strip(), "mem")
+            for n in ("a", "b"):
+                d2.destroy(n)
         except BaseException:
             (d2 or d).force_cleanup()
             raise

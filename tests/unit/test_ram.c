@@ -138,7 +138,7 @@ static void write_back(void **state)
 	close(pfd[0]);
 	kill(pid, SIGSTOP);
 	assert_int_equal(waitpid(pid, &st, WUNTRACED), pid);
-	assert_int_equal(ram_base_find(pid, &addr, &len), 0);
+	assert_int_equal(ram_base_find(pid, &addr, &len, NULL), 0);
 	assert_int_equal(len, SIZE);
 	out = mkstemp(tmp);
 	assert_true(out >= 0);
@@ -148,7 +148,7 @@ static void write_back(void **state)
 		assert_int_equal(pwrite(out, want, SIZE, 0), SIZE);
 		close(s);
 	}
-	assert_int_equal(ram_write_private(pid, addr, len, out, &pages), 0);
+	assert_int_equal(ram_write_private(pid, addr, len, out, &pages, NULL), 0);
 	assert_int_equal(pages, 4);
 	memset(want + 3 * PG, 0xa3, PG);
 	for (int i = 10; i < 13; i++)
@@ -156,11 +156,151 @@ static void write_back(void **state)
 	assert_int_equal(pread(out, got, SIZE, 0), SIZE);
 	assert_memory_equal(want, got, SIZE);
 	/* bad ranges */
-	assert_int_equal(ram_write_private(pid, addr + 1, len, out, NULL), -EINVAL);
-	assert_int_equal(ram_write_private(pid, addr, len - 1, out, NULL), -EINVAL);
+	assert_int_equal(ram_write_private(pid, addr + 1, len, out, NULL, NULL), -EINVAL);
+	assert_int_equal(ram_write_private(pid, addr, len - 1, out, NULL, NULL), -EINVAL);
 	kill(pid, SIGKILL);
 	waitpid(pid, &st, 0);
-	assert_int_equal(ram_write_private(pid, addr, len, out, NULL), -ENOENT);
+	assert_int_equal(ram_write_private(pid, addr, len, out, NULL, NULL), -ENOENT);
+	close(out);
+	unlink(tmp);
+	close(base);
+}
+
+/* A child that maps base privately, reads it (pages present from the file), and stops. */
+static pid_t stopped_mapper(int base)
+{
+	int st, pfd[2];
+	pid_t pid;
+	uint8_t c;
+
+	assert_int_equal(pipe(pfd), 0);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		volatile uint8_t *p = mmap(NULL, SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE, base, 0);
+		uint8_t sum = 0;
+
+		if (p == MAP_FAILED)
+			_exit(1);
+		for (size_t i = 0; i < SIZE; i += PG)
+			sum += p[i];
+		if (write(pfd[1], &sum, 1) != 1)
+			_exit(1);
+		for (;;)
+			pause();
+	}
+	close(pfd[1]);
+	assert_int_equal(read(pfd[0], &c, 1), 1);
+	close(pfd[0]);
+	kill(pid, SIGSTOP);
+	assert_int_equal(waitpid(pid, &st, WUNTRACED), pid);
+	return pid;
+}
+
+/*
+ * A fork on a spare: the pages one process wrote on the base (its delta,
+ * noted while they are written back) are written into another process
+ * mapping the same base, which then reads exactly the first one's RAM; a
+ * delta of another base or size is refused, and the second process's pages
+ * that were not in it stay the base's.
+ */
+static void load_delta(void **state)
+{
+	static uint8_t want[SIZE], got[SIZE];
+	uint64_t addr = 0, len = 0, addr2 = 0, len2 = 0, pages = 0;
+	struct ram_delta d = { 0 }, bad;
+	struct ram_base_id id, id2, of;
+	int base = -1, other = -1, out, mem, st;
+	char tmp[] = "/tmp/emberfs-test-ramdelta-XXXXXX";
+	pid_t a, b;
+
+	(void)state;
+	assert_int_equal(ram_base_create(src, SIZE, &base, NULL), 0);
+	a = fork();
+	assert_true(a >= 0);
+	if (a == 0) {
+		uint8_t *p = mmap(NULL, SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE, base, 0);
+
+		if (p == MAP_FAILED)
+			_exit(1);
+		memset(p + 1 * PG, 0xb1, PG);
+		for (int i = 255; i < 258; i++) /* across data and hole */
+			memset(p + i * PG, 0xc0 + (i & 0xf), PG);
+		memset(p + (SIZE - PG), 0xee, PG); /* the last page */
+		raise(SIGSTOP);
+		_exit(0);
+	}
+	assert_int_equal(waitpid(a, &st, WUNTRACED), a);
+	assert_int_equal(ram_base_find(a, &addr, &len, &id), 0);
+	assert_int_equal(ram_base_id_of(base, &of), 0);
+	assert_true(id.dev == of.dev && id.ino == of.ino);
+	out = mkstemp(tmp);
+	assert_true(out >= 0);
+	{
+		int s = open(src, O_RDONLY);
+		assert_int_equal(pread(s, want, SIZE, 0), SIZE);
+		assert_int_equal(pwrite(out, want, SIZE, 0), SIZE);
+		close(s);
+	}
+	d.base = id;
+	assert_int_equal(ram_write_private(a, addr, len, out, &pages, &d), 0);
+	assert_int_equal(pages, 5);
+	assert_int_equal(d.pages, 5);
+	assert_int_equal(d.len, SIZE);
+	assert_int_equal(d.n, 3);
+	assert_true(d.runs[0][0] == 1 && d.runs[0][1] == 1);
+	assert_true(d.runs[1][0] == 255 && d.runs[1][1] == 3);
+	assert_true(d.runs[2][0] == SIZE / PG - 1 && d.runs[2][1] == 1);
+	kill(a, SIGKILL);
+	waitpid(a, &st, 0);
+
+	/* another process on the same base: given the delta from the file, it reads what a had */
+	b = stopped_mapper(base);
+	assert_int_equal(ram_base_find(b, &addr2, &len2, &id2), 0);
+	assert_true(id2.dev == id.dev && id2.ino == id.ino);
+	bad = d;
+	bad.len = SIZE / 2;
+	assert_int_equal(ram_load_delta(b, addr2, len2, out, &bad), -EXDEV);
+	assert_int_equal(ram_load_delta(b, addr2, len2, out, &d), 0);
+	assert_int_equal(pread(out, want, SIZE, 0), SIZE);
+	{
+		char path[64];
+
+		snprintf(path, sizeof(path), "/proc/%d/mem", (int)b);
+		mem = open(path, O_RDONLY);
+		assert_true(mem >= 0);
+		assert_int_equal(pread(mem, got, SIZE, (off_t)addr2), SIZE);
+		close(mem);
+	}
+	assert_memory_equal(want, got, SIZE);
+	/* written on write: those pages are its own now, the others still the base's */
+	{
+		struct ram_delta d2 = { 0 };
+		char tmp2[] = "/tmp/emberfs-test-ramdelta2-XXXXXX";
+		int out2 = mkstemp(tmp2);
+
+		assert_true(out2 >= 0);
+		assert_int_equal(ftruncate(out2, SIZE), 0);
+		assert_int_equal(ram_write_private(b, addr2, len2, out2, NULL, &d2), 0);
+		assert_int_equal(d2.pages, 5);
+		assert_int_equal(d2.n, 3);
+		ram_delta_free(&d2);
+		close(out2);
+		unlink(tmp2);
+	}
+	/* a run past the mapping is refused */
+	bad.len = SIZE;
+	bad.runs[2][0] = SIZE / PG;
+	assert_int_equal(ram_load_delta(b, addr2, len2, out, &bad), -EINVAL);
+	kill(b, SIGKILL);
+	waitpid(b, &st, 0);
+	/* a different base: another id */
+	assert_int_equal(ram_base_create(src, SIZE, &other, NULL), 0);
+	assert_int_equal(ram_base_id_of(other, &of), 0);
+	assert_true(of.ino != id.ino);
+	ram_delta_free(&d);
+	assert_int_equal(d.n, 0);
+	close(other);
 	close(out);
 	unlink(tmp);
 	close(base);
@@ -174,20 +314,20 @@ static void find_exactly_one(void **state)
 	void *a, *b;
 
 	(void)state;
-	assert_int_equal(ram_base_find(getpid(), &addr, &len), -ENOENT);
+	assert_int_equal(ram_base_find(getpid(), &addr, &len, NULL), -ENOENT);
 	assert_int_equal(ram_base_create(src, SIZE, &base, NULL), 0);
 	a = mmap(NULL, SIZE, PROT_READ, MAP_PRIVATE, base, 0);
 	assert_true(a != MAP_FAILED);
-	assert_int_equal(ram_base_find(getpid(), &addr, &len), 0);
+	assert_int_equal(ram_base_find(getpid(), &addr, &len, NULL), 0);
 	assert_int_equal(addr, (uint64_t)(uintptr_t)a);
 	assert_int_equal(len, SIZE);
 	b = mmap(NULL, PG, PROT_READ, MAP_PRIVATE, base, 0);
 	assert_true(b != MAP_FAILED);
-	assert_int_equal(ram_base_find(getpid(), &addr, &len), -EEXIST);
+	assert_int_equal(ram_base_find(getpid(), &addr, &len, NULL), -EEXIST);
 	munmap(a, SIZE);
 	munmap(b, PG);
 	close(base);
-	assert_int_equal(ram_base_find(999999999, &addr, &len), -ENOENT);
+	assert_int_equal(ram_base_find(999999999, &addr, &len, NULL), -ENOENT);
 }
 
 /*
@@ -242,7 +382,7 @@ static void lazy_write_all(void **state)
 	kill(pid, SIGSTOP);
 	assert_int_equal(waitpid(pid, &st, WUNTRACED), pid);
 	assert_true(ram_maps_lazy(pid));
-	assert_int_equal(ram_base_find(pid, &addr, &len), 0);
+	assert_int_equal(ram_base_find(pid, &addr, &len, NULL), 0);
 	assert_int_equal(len, SIZE);
 	out = mkstemp(tmp);
 	assert_true(out >= 0);
@@ -434,6 +574,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(base_sealed),
 		cmocka_unit_test(write_back),
+		cmocka_unit_test(load_delta),
 		cmocka_unit_test(find_exactly_one),
 		cmocka_unit_test(lazy_write_all),
 		cmocka_unit_test(populate_code_buffer),

@@ -22,6 +22,7 @@
 
 #include "fakevmm.h"
 #include "internal.h"
+#include "ram.h"
 
 struct fake {
 	struct vmm base; /* first */
@@ -354,8 +355,11 @@ static int fake_connect(struct vmm *vm, unsigned timeout_ms, const atomic_bool *
 	return strncmp(greeting, "fakevmm 1 ", 10) == 0 ? 0 : -EPROTO;
 }
 
-static int fake_restore(struct vmm *vm, unsigned timeout_ms)
+/* Only the state it was spawned with: its snapshots carry no delta, so no spare is given another's. */
+static int fake_restore(struct vmm *vm, int state_fd, unsigned timeout_ms)
 {
+	if (state_fd >= 0)
+		return -EOPNOTSUPP;
 	return command(to_fake(vm), "restore", timeout_ms, NULL, 0);
 }
 
@@ -393,13 +397,16 @@ static int fake_wait_running(struct vmm *vm, unsigned timeout_ms)
 }
 
 /* The VMM pauses and answers its device state; written here as the state file. */
-static int fake_snapshot(struct vmm *vm, const char *state_path, const char *mem_path, unsigned timeout_ms)
+static int fake_snapshot(struct vmm *vm, const char *state_path, const char *mem_path, unsigned timeout_ms,
+			 struct ram_delta *delta)
 {
 	_cleanup_close_ int fd = -1;
 	char state[512];
 	size_t n;
 	int r = command(to_fake(vm), "snapshot", timeout_ms, state, sizeof(state) - 1);
 
+	if (delta) /* its memory file is all of it */
+		ram_delta_free(delta);
 	if (r < 0)
 		return r;
 	n = strlen(state);
