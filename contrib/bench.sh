@@ -47,11 +47,15 @@
 #            "default" (net) against "nonet" (the same config without
 #            "net"), BENCH_N samples each, in alternating blocks of 5.
 #   lifecycle one sandbox of "default", BENCH_N times each: `fork NAME` until
-#            the child's wait answered (timed; also how long the parent's
-#            ctl write took: "fork_parent_stopped"), `pause` then
+#            the child's wait answered (timed; on a spare VMM, the spare
+#            back before each; also how long the parent's ctl write took:
+#            "fork_parent_stopped"), the same without a spare (a decoy
+#            sandbox took it: "fork_spawn", the baseline), `pause` then
 #            `resume` written to its ctl (timed together), `hibernate`
 #            (timed), `resume` of the hibernated sandbox until its guest
-#            answered (timed: the wake).
+#            answered (timed: the wake, on a spare), a hibernate and a wake
+#            without a spare ("wake_spawn"); fork and wake carry
+#            "spawn_ratio", the baseline's p50 over theirs.
 #   slot     resident memory of idle warm slots (the pool at 8) and of the
 #            template's spare VMM: RSS from /proc/PID/status and PSS from
 #            /proc/PID/smaps_rollup of each one's VMM, the medians reported.
@@ -471,6 +475,24 @@ def wait_spares(t, n, timeout=120):
     wait_pool(t, n, timeout, "spares")
 
 
+DECOY = "bdecoy"
+
+
+def take_spare():
+    """For a baseline without a spare: a decoy sandbox of "default" takes its spare (the filler makes
+    the next one only 100 ms after creates settle, so the timed operation finds none). drop_decoy
+    after the sample."""
+    decoy = "%s/templates/default/sandboxes/%s" % (mnt, DECOY)
+    wait_spares("default", 1)
+    os.mkdir(decoy)
+    if read(decoy + "/wait") != "ready\n":
+        raise SystemExit("bench: error: the decoy sandbox did not come up: %s" % read(decoy + "/status"))
+
+
+def drop_decoy():
+    os.rmdir("%s/templates/default/sandboxes/%s" % (mnt, DECOY))
+
+
 def nearest_rank(sorted_vals, p):
     """Nearest-rank percentile: the ceil(p/100 * n)-th smallest value (1-based)."""
     k = max(1, math.ceil(p / 100.0 * len(sorted_vals)))
@@ -578,15 +600,7 @@ def bench_create():
     # the baseline in the same run: a restore that spawns its VMM. A decoy sandbox takes the spare
     # first; the filler makes the next one only 100 ms after the creates settle, so the timed create
     # finds none. The decoy is destroyed after the sample.
-    decoy = "%s/templates/default/sandboxes/bdecoy" % mnt
-
-    def take_spare():
-        wait_spares("default", 1)
-        os.mkdir(decoy)
-        if read(decoy + "/wait") != "ready\n":
-            raise SystemExit("bench: error: the decoy sandbox did not come up: %s" % read(decoy + "/status"))
-
-    res_s, ph_s, err_s = run_path("default", "restore", N, WARMUP, take_spare, lambda: os.rmdir(decoy),
+    res_s, ph_s, err_s = run_path("default", "restore", N, WARMUP, take_spare, drop_decoy,
                                   label="restore_spawn", slot="none")
     os.mkdir("%s/templates/coldbench" % mnt)  # never baked: every create boots cold
     st = json.loads(read("%s/templates/coldbench/status" % mnt))
@@ -907,36 +921,75 @@ def bench_lifecycle():
             write(d + "/ctl", v)
         return (time.perf_counter() - t0) * 1000.0
 
-    pr, hib, wake, fork, fork_parent = [], [], [], [], []
-    for i in range(N):
-        child = "%s/templates/default/sandboxes/fk%d" % (mnt, i)
+    def fork_once(i, suffix, kind):
+        child = "%s/templates/default/sandboxes/fk%d%s" % (mnt, i, suffix)
         t0 = time.perf_counter()
-        write(d + "/ctl", "fork fk%d" % i)
+        write(d + "/ctl", "fork fk%d%s" % (i, suffix))
         ok = read(child + "/wait") == "ready\n"
-        fork.append((time.perf_counter() - t0) * 1000.0)
-        fork_parent.append(json.loads(read(d + "/status"))["last_op_ms"])
+        ms = (time.perf_counter() - t0) * 1000.0
+        cst = json.loads(read(child + "/status"))
         os.rmdir(child)
         if not ok:
-            raise SystemExit("bench: error: fork %d failed" % i)
+            raise SystemExit("bench: error: fork %d%s failed: %s" % (i, suffix, cst.get("error")))
+        got = (cst.get("slot") or {}).get("kind", "none")
+        if got != kind:
+            raise SystemExit("bench: error: fork %d%s ran on %s, expected %s (%s)" % (i, suffix, got, kind,
+                                                                                   cst.get("path_reason")))
+        return ms
+
+    def wake_once(on_spare):
+        before = pool_status("default")["wakes_on_spare"]
+        ms = timed("resume")
+        took = pool_status("default")["wakes_on_spare"] - before
+        if took != (1 if on_spare else 0):
+            raise SystemExit("bench: error: a wake %s a spare" % ("without" if on_spare else "on"))
+        return ms
+
+    # each fork and wake on a spare (the daemon's default, --spares 1; the spare back before each), and
+    # in the same run the baseline: the same without a spare (a decoy took it), a VMM spawned for it
+    pr, hib, wake, wake_s, fork, fork_s, fork_parent = [], [], [], [], [], [], []
+    for i in range(N):
+        wait_spares("default", 1)
+        fork.append(fork_once(i, "", "spare"))
+        fork_parent.append(json.loads(read(d + "/status"))["last_op_ms"])
+        time.sleep(SETTLE)
+        take_spare()
+        try:
+            fork_s.append(fork_once(i, "s", "none"))
+        finally:
+            drop_decoy()
         time.sleep(SETTLE)
         pr.append(timed("pause", "resume"))
         time.sleep(SETTLE / 5)
         hib.append(timed("hibernate"))
+        wait_spares("default", 1)
         time.sleep(SETTLE / 5)
-        wake.append(timed("resume"))
+        wake.append(wake_once(True))
+        time.sleep(SETTLE / 5)
+        timed("hibernate")
+        take_spare()
+        try:
+            wake_s.append(wake_once(False))
+        finally:
+            drop_decoy()
         time.sleep(SETTLE / 5)
     st = json.loads(read(d + "/status"))
     os.rmdir(d)
     if st["state"] != "ready":
         raise SystemExit("bench: error: the lifecycle sandbox ended %s: %s" % (st["state"], st.get("error")))
     out = []
-    for name, v in (("fork", fork), ("fork_parent_stopped", fork_parent), ("pause_resume", pr),
-                    ("hibernate", hib), ("wake", wake)):
+    for name, v in (("fork", fork), ("fork_spawn", fork_s), ("fork_parent_stopped", fork_parent),
+                    ("pause_resume", pr), ("hibernate", hib), ("wake", wake), ("wake_spawn", wake_s)):
         v.sort()
         out.append({"bench": name, "n": len(v), "p50_ms": round(nearest_rank(v, 50), 3),
                     "p99_ms": round(nearest_rank(v, 99), 3)})
         print("%s: p50 %.2f ms, p99 %.2f ms (n=%d)" % (name, nearest_rank(v, 50), nearest_rank(v, 99), len(v)),
               file=sys.stderr)
+    by = {o["bench"]: o for o in out}
+    for name in ("fork", "wake"):
+        # the same run's ratio: the path that spawns its VMM against the one on a spare
+        by[name]["spawn_ratio"] = round(by[name + "_spawn"]["p50_ms"] / by[name]["p50_ms"], 2)
+        print("%s_spawn / %s p50: %.2fx" % (name, name, by[name]["spawn_ratio"]), file=sys.stderr)
     return out
 
 

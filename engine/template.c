@@ -402,8 +402,10 @@ static int snapshot_ram_base(struct template *t, const char *mem, uint64_t size,
 }
 
 /*
- * Past this many pages of its own (64 MiB) a sandbox's memory is given to a
- * VMM on the base more slowly than a VMM maps its whole file.
+ * Past this many pages of its own (64 MiB) a sandbox's memory is not given
+ * to a VMM on the base page by page: 64 MiB took ~31 ms from the page cache
+ * (docs/benchmarks.md, "Fifth pass"), more from a cold one, against a
+ * spawn's ~90-100 ms that then maps the whole file.
  */
 #define DELTA_MAX_PAGES ((64u << 20) / 4096)
 
