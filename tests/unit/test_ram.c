@@ -96,6 +96,60 @@ static void base_sealed(void **state)
 	assert_int_equal(ram_base_create("/nonexistent/emberfs", SIZE, &fd, NULL), -ENOENT);
 }
 
+/* A new file from template tmp holding src's bytes (a sandbox's memory file: a clone of the snapshot's); also into want. */
+static int copy_of_src(char *tmp, uint8_t *want)
+{
+	int out = mkstemp(tmp), s = open(src, O_RDONLY);
+
+	assert_true(out >= 0 && s >= 0);
+	assert_int_equal(pread(s, want, SIZE, 0), SIZE);
+	assert_int_equal(pwrite(out, want, SIZE, 0), SIZE);
+	close(s);
+	return out;
+}
+
+/*
+ * A child that maps base privately (as QEMU does with share=off), runs
+ * touch on the mapping, sends the byte touch returns (*ret) and is then
+ * stopped; its pid.
+ */
+static pid_t stopped_child(int base, uint8_t (*touch)(volatile uint8_t *p), uint8_t *ret)
+{
+	int st, pfd[2];
+	pid_t pid;
+
+	assert_int_equal(pipe(pfd), 0);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		volatile uint8_t *p = mmap(NULL, SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE, base, 0);
+		uint8_t b;
+
+		if (p == MAP_FAILED)
+			_exit(1);
+		b = touch(p);
+		if (write(pfd[1], &b, 1) != 1)
+			_exit(1);
+		for (;;)
+			pause();
+	}
+	close(pfd[1]);
+	assert_int_equal(read(pfd[0], ret, 1), 1);
+	close(pfd[0]);
+	kill(pid, SIGSTOP);
+	assert_int_equal(waitpid(pid, &st, WUNTRACED), pid);
+	return pid;
+}
+
+/* pages 3 and 10..12 written, page 256 read */
+static uint8_t touch_write_back(volatile uint8_t *p)
+{
+	memset((void *)(p + 3 * PG), 0xa3, PG);
+	for (int i = 10; i < 13; i++)
+		memset((void *)(p + i * PG), 0xa0 + i, PG);
+	return p[256 * PG];
+}
+
 /*
  * A child maps the base privately (as QEMU does with share=off), writes
  * pages 3 and 10..12, reads page 256 and stops: its own pages, and only
@@ -105,49 +159,18 @@ static void write_back(void **state)
 {
 	static uint8_t want[SIZE], got[SIZE];
 	uint64_t addr = 0, len = 0, pages = 0;
-	int base = -1, out, st, pfd[2];
+	int base = -1, out, st;
 	char tmp[] = "/tmp/emberfs-test-ramout-XXXXXX";
+	uint8_t c;
 	pid_t pid;
 
 	(void)state;
 	assert_int_equal(ram_base_create(src, SIZE, &base, NULL), 0);
-	assert_int_equal(pipe(pfd), 0);
-	pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		volatile uint8_t *p = mmap(NULL, SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE, base, 0);
-		uint8_t sum = 0;
-
-		if (p == MAP_FAILED)
-			_exit(1);
-		memset((void *)(p + 3 * PG), 0xa3, PG);
-		for (int i = 10; i < 13; i++)
-			memset((void *)(p + i * PG), 0xa0 + i, PG);
-		sum = p[256 * PG];
-		if (write(pfd[1], &sum, 1) != 1)
-			_exit(1);
-		for (;;)
-			pause();
-	}
-	close(pfd[1]);
-	{
-		uint8_t c;
-		assert_int_equal(read(pfd[0], &c, 1), 1);
-		assert_int_equal(c, 0);
-	}
-	close(pfd[0]);
-	kill(pid, SIGSTOP);
-	assert_int_equal(waitpid(pid, &st, WUNTRACED), pid);
+	pid = stopped_child(base, touch_write_back, &c);
+	assert_int_equal(c, 0);
 	assert_int_equal(ram_base_find(pid, &addr, &len, NULL), 0);
 	assert_int_equal(len, SIZE);
-	out = mkstemp(tmp);
-	assert_true(out >= 0);
-	{
-		int s = open(src, O_RDONLY);
-		assert_int_equal(pread(s, want, SIZE, 0), SIZE);
-		assert_int_equal(pwrite(out, want, SIZE, 0), SIZE);
-		close(s);
-	}
+	out = copy_of_src(tmp, want);
 	assert_int_equal(ram_write_private(pid, addr, len, out, &pages, NULL), 0);
 	assert_int_equal(pages, 4);
 	memset(want + 3 * PG, 0xa3, PG);
@@ -166,35 +189,24 @@ static void write_back(void **state)
 	close(base);
 }
 
-/* A child that maps base privately, reads it (pages present from the file), and stops. */
-static pid_t stopped_mapper(int base)
+/* every page read (present from the file) */
+static uint8_t touch_read_all(volatile uint8_t *p)
 {
-	int st, pfd[2];
-	pid_t pid;
-	uint8_t c;
+	uint8_t sum = 0;
 
-	assert_int_equal(pipe(pfd), 0);
-	pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		volatile uint8_t *p = mmap(NULL, SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE, base, 0);
-		uint8_t sum = 0;
+	for (size_t i = 0; i < SIZE; i += PG)
+		sum += p[i];
+	return sum;
+}
 
-		if (p == MAP_FAILED)
-			_exit(1);
-		for (size_t i = 0; i < SIZE; i += PG)
-			sum += p[i];
-		if (write(pfd[1], &sum, 1) != 1)
-			_exit(1);
-		for (;;)
-			pause();
-	}
-	close(pfd[1]);
-	assert_int_equal(read(pfd[0], &c, 1), 1);
-	close(pfd[0]);
-	kill(pid, SIGSTOP);
-	assert_int_equal(waitpid(pid, &st, WUNTRACED), pid);
-	return pid;
+/* page 1, 255..257 (across data and hole) and the last page written */
+static uint8_t touch_delta(volatile uint8_t *p)
+{
+	memset((void *)(p + 1 * PG), 0xb1, PG);
+	for (int i = 255; i < 258; i++)
+		memset((void *)(p + i * PG), 0xc0 + (i & 0xf), PG);
+	memset((void *)(p + (SIZE - PG)), 0xee, PG);
+	return 0;
 }
 
 /*
@@ -212,36 +224,16 @@ static void load_delta(void **state)
 	struct ram_base_id id, id2, of;
 	int base = -1, other = -1, out, mem, st;
 	char tmp[] = "/tmp/emberfs-test-ramdelta-XXXXXX";
+	uint8_t c;
 	pid_t a, b;
 
 	(void)state;
 	assert_int_equal(ram_base_create(src, SIZE, &base, NULL), 0);
-	a = fork();
-	assert_true(a >= 0);
-	if (a == 0) {
-		uint8_t *p = mmap(NULL, SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE, base, 0);
-
-		if (p == MAP_FAILED)
-			_exit(1);
-		memset(p + 1 * PG, 0xb1, PG);
-		for (int i = 255; i < 258; i++) /* across data and hole */
-			memset(p + i * PG, 0xc0 + (i & 0xf), PG);
-		memset(p + (SIZE - PG), 0xee, PG); /* the last page */
-		raise(SIGSTOP);
-		_exit(0);
-	}
-	assert_int_equal(waitpid(a, &st, WUNTRACED), a);
+	a = stopped_child(base, touch_delta, &c);
 	assert_int_equal(ram_base_find(a, &addr, &len, &id), 0);
 	assert_int_equal(ram_base_id_of(base, &of), 0);
 	assert_true(id.dev == of.dev && id.ino == of.ino);
-	out = mkstemp(tmp);
-	assert_true(out >= 0);
-	{
-		int s = open(src, O_RDONLY);
-		assert_int_equal(pread(s, want, SIZE, 0), SIZE);
-		assert_int_equal(pwrite(out, want, SIZE, 0), SIZE);
-		close(s);
-	}
+	out = copy_of_src(tmp, want);
 	d.base = id;
 	assert_int_equal(ram_write_private(a, addr, len, out, &pages, &d), 0);
 	assert_int_equal(pages, 5);
@@ -255,7 +247,7 @@ static void load_delta(void **state)
 	waitpid(a, &st, 0);
 
 	/* another process on the same base: given the delta from the file, it reads what a had */
-	b = stopped_mapper(base);
+	b = stopped_child(base, touch_read_all, &c);
 	assert_int_equal(ram_base_find(b, &addr2, &len2, &id2), 0);
 	assert_true(id2.dev == id.dev && id2.ino == id.ino);
 	bad = d;
