@@ -816,9 +816,15 @@ static int run_fork(struct job *j, const char **step)
 	j->state_fd = open(state, O_RDONLY | O_CLOEXEC);
 	if (j->state_fd < 0)
 		return -errno;
-	if (template_delta_base(s->tpl, s->fork_delta, &j->ram_fd) == 0 &&
-	    (j->delta_fd = open(j->mem, O_RDONLY | O_CLOEXEC)) >= 0)
-		j->delta = s->fork_delta;
+	/* on the base only with the pages given: a base alone would be the template's memory, not the parent's */
+	if (template_delta_base(s->tpl, s->fork_delta, &j->ram_fd) == 0) {
+		if ((j->delta_fd = open(j->mem, O_RDONLY | O_CLOEXEC)) >= 0) {
+			j->delta = s->fork_delta;
+		} else {
+			close(j->ram_fd);
+			j->ram_fd = -1;
+		}
+	}
 	pthread_mutex_lock(&e->lock);
 	if (j->delta && fork_spare_claim(s, &dead) &&
 	    (!(own = strdup(s->dir)) || !(own_run = strdup(s->rundir)) || sandbox_set_dirs(s, s->slot) < 0))
