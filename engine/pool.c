@@ -414,7 +414,6 @@ static bool creates_in_flight(struct engine *e)
 	return false;
 }
 
-/* Wakes every filler: a create settled, or a preparation slot came free. e->lock held. */
 void pool_hold(struct engine *e)
 {
 	pthread_mutex_lock(&e->lock);
@@ -431,6 +430,7 @@ void pool_release(struct engine *e)
 	pthread_mutex_unlock(&e->lock);
 }
 
+/* Wakes every filler: a create settled, or a preparation slot came free. e->lock held. */
 void pool_wake_all(struct engine *e)
 {
 	for (size_t i = 0; i < e->n_templates; i++)

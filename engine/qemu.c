@@ -542,7 +542,7 @@ static int qemu_load_delta(struct vmm *vm, const struct ram_delta *d, int mem_fd
 		return -EINVAL;
 	if ((r = ram_base_find(v->proc.pid, &addr, &len, &id)) < 0)
 		return r == -ENOENT ? -EXDEV : r;
-	if (id.dev != d->base.dev || id.ino != d->base.ino)
+	if (!ram_base_id_equal(&id, &d->base))
 		return -EXDEV;
 	return ram_load_delta(v->proc.pid, addr, len, mem_fd, d);
 }

@@ -47,6 +47,10 @@ struct ram_base_id {
 int ram_base_find(pid_t pid, uint64_t *ret_addr, uint64_t *ret_len, struct ram_base_id *ret_id);
 /* The id of the base open at fd (the template's), to compare with a process's. */
 int ram_base_id_of(int fd, struct ram_base_id *ret);
+static inline bool ram_base_id_equal(const struct ram_base_id *a, const struct ram_base_id *b)
+{
+	return a->dev == b->dev && a->ino == b->ino;
+}
 
 /*
  * A guest's RAM as a base and the pages that are not the base's (its own):

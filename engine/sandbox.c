@@ -493,6 +493,15 @@ static int job_paths(struct job *j)
 	return 0;
 }
 
+/* The slot (a warm one or a spare) claimed for s, as its status shows it. e->lock held, or s not published yet. */
+static void slot_note(struct sandbox *s, const struct slot *sl)
+{
+	s->slot_id = sl->id;
+	s->slot_spare = sl->state == SLOT_SPARE;
+	s->slot_age_ms = ns_to_ms(now_ns() - sl->warm_ns);
+	s->slot_prepare_ms = sl->spare_ms + timings_total(&sl->timings); /* a promoted spare's making counts */
+}
+
 /*
  * The sandbox's files live in its warm slot's directories if it has one (the
  * VMM has them open), else in its own. e->lock held, or s not published yet.
@@ -731,21 +740,6 @@ static int warm_fallback(struct sandbox *s, bool spare, int err, const char *ste
 	return r;
 }
 
-/* A spare for a fork's child (its parent's memory a delta over the spares' base: j->delta). e->lock held. */
-static struct slot *fork_spare_claim(struct sandbox *s, struct slot **ret_dead)
-{
-	struct slot *sl = spare_claim(s->tpl, ret_dead);
-
-	if (!sl)
-		return NULL;
-	s->slot = sl;
-	s->slot_id = sl->id;
-	s->slot_spare = true;
-	s->slot_age_ms = ns_to_ms(now_ns() - sl->warm_ns);
-	s->slot_prepare_ms = timings_total(&sl->timings);
-	return sl;
-}
-
 /*
  * A fork's child on the spare just claimed, whose directories are the
  * child's now (architecture.md, "Spares"): the spare's VMM maps the base
@@ -826,9 +820,11 @@ static int run_fork(struct job *j, const char **step)
 		}
 	}
 	pthread_mutex_lock(&e->lock);
-	if (j->delta && fork_spare_claim(s, &dead) &&
-	    (!(own = strdup(s->dir)) || !(own_run = strdup(s->rundir)) || sandbox_set_dirs(s, s->slot) < 0))
-		r = -ENOMEM; /* the spare is freed with the sandbox */
+	if (j->delta && (s->slot = spare_claim(s->tpl, &dead))) {
+		slot_note(s, s->slot);
+		if (!(own = strdup(s->dir)) || !(own_run = strdup(s->rundir)) || sandbox_set_dirs(s, s->slot) < 0)
+			r = -ENOMEM; /* the spare is freed with the sandbox */
+	}
 	pthread_mutex_unlock(&e->lock);
 	slots_free_list(e, dead);
 	if (r < 0)
@@ -1067,23 +1063,18 @@ int sandbox_create_internal(struct engine *e, struct template *t, const char *na
 		t->sandboxes = n;
 	if (r == 0 && !fork_src && t->state == TPL_READY && (s->slot = slot_claim(t, &dead, &miss))) {
 		/* the reservation: a warm slot of this exact identity, or none and a restore later */
+		slot_note(s, s->slot);
 		r = sandbox_set_dirs(s, s->slot);
 		s->path = "warm";
-		s->slot_id = s->slot->id;
-		s->slot_age_ms = ns_to_ms(now_ns() - s->slot->warm_ns);
-		s->slot_prepare_ms = s->slot->spare_ms + timings_total(&s->slot->timings);
 		memcpy(s->identity, s->slot->identity, 65);
 		timings_lap(&s->timings, "claim");
 	} else if (r == 0 && !fork_src && t->state == TPL_READY) {
 		t->pool_stats.misses++;
 		if ((s->slot = spare_claim(t, &dead))) {
 			/* no warm slot: a VMM already spawned on clones of the snapshot restores it */
+			slot_note(s, s->slot);
 			r = sandbox_set_dirs(s, s->slot);
 			s->path = "restore";
-			s->slot_id = s->slot->id;
-			s->slot_spare = true;
-			s->slot_age_ms = ns_to_ms(now_ns() - s->slot->warm_ns);
-			s->slot_prepare_ms = timings_total(&s->slot->timings);
 			memcpy(s->identity, s->slot->identity, 65);
 			timings_lap(&s->timings, "claim");
 		}

@@ -417,7 +417,7 @@ int template_delta_base(struct template *t, const struct ram_delta *d, int *ret_
 	if (!d || d->len == 0 || d->pages > DELTA_MAX_PAGES)
 		return -ENOENT;
 	pthread_mutex_lock(&t->ram_lock);
-	if (t->ram_fd < 0 || ram_base_id_of(t->ram_fd, &id) < 0 || id.dev != d->base.dev || id.ino != d->base.ino)
+	if (t->ram_fd < 0 || ram_base_id_of(t->ram_fd, &id) < 0 || !ram_base_id_equal(&id, &d->base))
 		r = -ENOENT;
 	else if (ret_fd && (*ret_fd = fcntl(t->ram_fd, F_DUPFD_CLOEXEC, 3)) < 0)
 		r = -errno;

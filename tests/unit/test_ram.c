@@ -232,7 +232,7 @@ static void load_delta(void **state)
 	a = stopped_child(base, touch_delta, &c);
 	assert_int_equal(ram_base_find(a, &addr, &len, &id), 0);
 	assert_int_equal(ram_base_id_of(base, &of), 0);
-	assert_true(id.dev == of.dev && id.ino == of.ino);
+	assert_true(ram_base_id_equal(&id, &of));
 	out = copy_of_src(tmp, want);
 	d.base = id;
 	assert_int_equal(ram_write_private(a, addr, len, out, &pages, &d), 0);
@@ -249,7 +249,7 @@ static void load_delta(void **state)
 	/* another process on the same base: given the delta from the file, it reads what a had */
 	b = stopped_child(base, touch_read_all, &c);
 	assert_int_equal(ram_base_find(b, &addr2, &len2, &id2), 0);
-	assert_true(id2.dev == id.dev && id2.ino == id.ino);
+	assert_true(ram_base_id_equal(&id2, &id));
 	bad = d;
 	bad.len = SIZE / 2;
 	assert_int_equal(ram_load_delta(b, addr2, len2, out, &bad), -EXDEV);
