@@ -18,18 +18,31 @@ static void hold(void *ctx, const char *state_dir, const char *sandbox, const ch
 		 const atomic_bool *cancel)
 {
 	const char *list = ctx;
-	_cleanup_free_ char *dir = strjoin(state_dir, "/hold", NULL), *path = NULL;
+	_cleanup_free_ char *dir = strjoin(state_dir, "/hold", NULL), *path = NULL, *hidden = NULL;
 	size_t n = strlen(phase);
 	char pid[32];
 	bool listed = false;
+	int r;
 
 	for (const char *p = list; *p && !listed; p += strcspn(p, ","), p += *p == ',')
 		listed = strncmp(p, phase, n) == 0 && (p[n] == ',' || p[n] == '\0');
-	if (!listed || !dir || !(path = strjoin(dir, "/", sandbox, ".", phase, NULL)) || mkdir_p(dir, 0700) < 0)
+	if (!listed || !dir || !(path = strjoin(dir, "/", sandbox, ".", phase, NULL)) ||
+	    !(hidden = strjoin(dir, "/.", sandbox, ".", phase, NULL)) || mkdir_p(dir, 0700) < 0)
 		return;
+	/*
+	 * Written under a dot name (write_file_atomic's NAME.tmp too), then renamed:
+	 * a test's releaser deletes every file in STATE/hold it does not keep, and one that
+	 * saw the .tmp would make the hold silently not happen.
+	 */
 	snprintf(pid, sizeof(pid), "%d\n", vmm_pid);
-	if (write_file_atomic(path, pid, strlen(pid), false) < 0)
+	r = write_file_atomic(hidden, pid, strlen(pid), false);
+	if (r == 0 && rename(hidden, path) < 0)
+		r = -errno;
+	if (r < 0) {
+		log_error("test hold: sandbox %s at %s: %s", sandbox, phase, strerror(-r));
+		unlink(hidden);
 		return;
+	}
 	log_info("test hold: sandbox %s at %s (VMM %d)", sandbox, phase, vmm_pid);
 	for (int i = 0; i < 3000 && access(path, F_OK) == 0 && !atomic_load(cancel); i++)
 		poll(NULL, 0, 10);
