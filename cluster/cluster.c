@@ -79,6 +79,7 @@ struct cluster {
 	pthread_t hb;
 	bool hb_running, stopping;
 	pthread_cond_t hb_cond;
+	pthread_cond_t view_cond; /* the watch changed the view (CLOCK_MONOTONIC) */
 	pthread_mutex_t save_lock; /* one write of STATE/cluster-names at a time (its one .tmp) */
 	pthread_t committer;
 	bool committer_running;
@@ -310,6 +311,7 @@ static void on_reset(void *ctx, const struct etcd_kv *kvs, size_t n, int64_t rev
 	view_clear(c);
 	for (size_t i = 0; i < n; i++)
 		view_put(c, &kvs[i]);
+	pthread_cond_broadcast(&c->view_cond);
 	pthread_mutex_unlock(&c->lock);
 	/* hosts gone while the watch was down: their handles on this host's server go */
 	for (size_t i = 0; before && before[i]; i++) {
@@ -335,6 +337,7 @@ static void on_event(void *ctx, const struct etcd_event *ev)
 		view_put(c, &ev->kv);
 	else
 		view_del(c, ev->kv.key);
+	pthread_cond_broadcast(&c->view_cond);
 	pthread_mutex_unlock(&c->lock);
 	if (host_gone) {
 		const char *h = ev->kv.key + strlen(HOSTS);
@@ -353,6 +356,7 @@ static void on_state(void *ctx, bool connected, const char *reason)
 
 	pthread_mutex_lock(&c->lock);
 	c->watching = connected;
+	pthread_cond_broadcast(&c->view_cond);
 	pthread_mutex_unlock(&c->lock);
 	if (connected)
 		log_info("cluster: watching etcd");
@@ -559,6 +563,30 @@ static int no_etcd(struct cluster *c, struct template *t, const char *name)
 }
 
 /* Reserves name for this host (under its lease): 0 with *rev, -EEXIST, -EAGAIN. */
+/*
+ * etcd said another create has NAME: wait until the watch shows it here too
+ * (bounded: VIEW_CATCHUP_MS), so that what the EEXIST promises (the name is
+ * the cluster's; look it up) holds when the caller looks. The watch is
+ * milliseconds behind etcd; a watch that is down keeps its last view.
+ */
+#define VIEW_CATCHUP_MS 2000
+
+static void view_wait_name(struct cluster *c, const char *name)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	ts.tv_sec += VIEW_CATCHUP_MS / 1000;
+	ts.tv_nsec += (VIEW_CATCHUP_MS % 1000) * 1000000L;
+	ts.tv_sec += ts.tv_nsec / 1000000000L;
+	ts.tv_nsec %= 1000000000L;
+	pthread_mutex_lock(&c->lock);
+	while (!view_sb(c, name) && c->watching && !c->stopping)
+		if (pthread_cond_timedwait(&c->view_cond, &c->lock, &ts) == ETIMEDOUT)
+			break;
+	pthread_mutex_unlock(&c->lock);
+}
+
 static int reserve(struct cluster *c, struct template *t, const char *tpl, const char *name, int64_t *rev)
 {
 	_cleanup_free_ char *key = sb_key(name), *val = NULL;
@@ -603,8 +631,11 @@ static int reserve(struct cluster *c, struct template *t, const char *tpl, const
 		set_reason(c, etcd_error());
 		return no_etcd(c, t, name);
 	}
-	if (r == -EEXIST && t)
-		template_note_create_error(t, name, -EEXIST, "a sandbox of that name exists in the cluster");
+	if (r == -EEXIST) {
+		view_wait_name(c, name);
+		if (t)
+			template_note_create_error(t, name, -EEXIST, "a sandbox of that name exists in the cluster");
+	}
 	return r;
 }
 
@@ -778,7 +809,7 @@ static void *committer_main(void *arg)
 static int create_here(struct cluster *c, struct template *t, const char *name, const char *json, size_t len,
 		       struct sandbox **ret)
 {
-	_cleanup_free_ char *tpl = NULL;
+	_cleanup_free_ char *tpl = NULL, *other = NULL;
 	struct sandbox *s = NULL;
 	int64_t rev = 0;
 	int r;
@@ -786,7 +817,7 @@ static int create_here(struct cluster *c, struct template *t, const char *name, 
 	tpl = strdup(template_name(t));
 	if (!tpl)
 		return -ENOMEM;
-	if ((s = template_sandbox_get(t, name)) || engine_sandbox_template_name(c->e, name)) {
+	if ((s = template_sandbox_get(t, name)) || (other = engine_sandbox_template_name(c->e, name))) {
 		/* (the engine says EEXIST itself; asking etcd first would hold a name this host already has) */
 		sandbox_unref(s);
 		template_note_create_error(t, name, -EEXIST, "a sandbox of that name exists");
@@ -1466,6 +1497,7 @@ int cluster_new(struct engine *e, const struct cluster_options *o, struct cluste
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&c->hb_cond, &ca);
+	pthread_cond_init(&c->view_cond, &ca);
 	pthread_cond_init(&c->commit_cond, NULL);
 	pthread_condattr_destroy(&ca);
 	c->ttl_s = o->lease_ttl_s ? o->lease_ttl_s : 10;
@@ -1531,6 +1563,7 @@ void cluster_stop(struct cluster *c)
 	pthread_mutex_lock(&c->lock);
 	c->stopping = true;
 	pthread_cond_broadcast(&c->hb_cond);
+	pthread_cond_broadcast(&c->view_cond);
 	pthread_cond_broadcast(&c->commit_cond);
 	pthread_mutex_unlock(&c->lock);
 	if (c->hb_running)
@@ -1594,6 +1627,7 @@ void cluster_free(struct cluster *c)
 	free(c->names_path);
 	free(c->etcd_urls);
 	pthread_cond_destroy(&c->hb_cond);
+	pthread_cond_destroy(&c->view_cond);
 	pthread_cond_destroy(&c->commit_cond);
 	pthread_mutex_destroy(&c->lock);
 	pthread_mutex_destroy(&c->save_lock);
