@@ -562,7 +562,6 @@ static int no_etcd(struct cluster *c, struct template *t, const char *name)
 	return -EAGAIN;
 }
 
-/* Reserves name for this host (under its lease): 0 with *rev, -EEXIST, -EAGAIN. */
 /*
  * etcd said another create has NAME: wait until the watch shows it here too
  * (bounded: VIEW_CATCHUP_MS), so that what the EEXIST promises (the name is
@@ -587,6 +586,7 @@ static void view_wait_name(struct cluster *c, const char *name)
 	pthread_mutex_unlock(&c->lock);
 }
 
+/* Reserves name for this host (under its lease): 0 with *rev, -EEXIST, -EAGAIN. */
 static int reserve(struct cluster *c, struct template *t, const char *tpl, const char *name, int64_t *rev)
 {
 	_cleanup_free_ char *key = sb_key(name), *val = NULL;
