@@ -400,11 +400,9 @@ static int take_file_over(const char *into, const char *path)
  * operation's to report), its run directory (sockets) the sandbox's; the
  * sandbox's disk is cloned into the spare's disk file (the inode the VMM
  * holds) and the spare's disk, console and log take the sandbox's places
- * (console and log appended first), the rest of the spare's files go; with
- * networking, the spare's tap (its VMM's NIC) moves into the sandbox's
- * network slot, which the sandbox keeps (netpool_tap_move; the spare's slot
- * goes with the spare); then the delta's pages from the sandbox's memory
- * file, the hibernated device state, and the attach as after any wake.
+ * (console and log appended first), the rest of the spare's files go; then
+ * the delta's pages from the sandbox's memory file, the hibernated device
+ * state, and the attach as after any wake.
  */
 static int wake_on_spare(struct sandbox *s, struct slot *sl, const struct ram_delta *delta, int state_fd,
 			 const char **step)
@@ -434,16 +432,6 @@ static int wake_on_spare(struct sandbox *s, struct slot *sl, const struct ram_de
 	rm_rf(oldrun);
 	if (r == 0 && (!mem || !disk || !log || !sdisk || !scon || !slog))
 		r = -ENOMEM;
-	if (r == 0 && !s->net != !sl->net) /* (the template's "net" changed: its identity, so never a spare of it) */
-		r = -EXDEV;
-	if (r == 0 && s->net) {
-		_cleanup_free_ char *why = NULL;
-
-		/* the sandbox keeps its network slot and address: the spare's tap (its VMM's NIC) joins it */
-		*step = "spare (its tap into the sandbox's network slot)";
-		if ((r = netpool_tap_move(e->net, sl->net, s->net, &why)) < 0)
-			log_warn("sandbox %s/%s: %s", s->tpl->name, s->name, why ? why : strerror(-r));
-	}
 	if (r == 0 && has_disk && (r = store_clone_into(&e->store, disk, sdisk, &m)) == 0 && rename(sdisk, disk) < 0)
 		r = -errno;
 	if (r == 0 && (r = take_file_over(scon, s->console_path)) == 0)
@@ -578,7 +566,8 @@ static int op_hibernate(struct sandbox *s)
 
 /*
  * A wake on a spare, where one fits: the template's spares map the base its
- * memory is a delta over (hib_delta). 0: woken on
+ * memory is a delta over (hib_delta), and it has no network (its slot and
+ * address are its own; a spare's VMM is bound to the spare's). 0: woken on
  * it; 1: not (no spare, or it failed: retired, its reason logged, and
  * *state_fd opened again for a spawn); < 0: the wake failed (cancelled).
  */
@@ -591,7 +580,7 @@ static int wake_spare(struct sandbox *s, const struct ram_delta *delta, int *sta
 	uint64_t id;
 	int r;
 
-	if (template_delta_base(t, delta, NULL) < 0)
+	if (t->cfg.net || template_delta_base(t, delta, NULL) < 0)
 		return 1;
 	pthread_mutex_lock(&e->lock);
 	sl = spare_claim(t, &dead);

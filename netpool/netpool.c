@@ -48,7 +48,6 @@ struct netpool {
 	struct netslot *ready; /* protected by lock */
 	unsigned n_ready;
 	struct netslot *doomed; /* released, to destroy */
-	struct old_tap *old_taps; /* taps replaced by netpool_tap_move, to delete */
 	unsigned in_use;
 	unsigned building;
 	bool stop;
@@ -67,12 +66,6 @@ struct netpool {
 };
 
 static pthread_mutex_t nft_lock = PTHREAD_MUTEX_INITIALIZER;
-
-/* A slot's namespace (its own descriptor) whose replaced tap, TAP_OLD, is left for the filler to delete. */
-struct old_tap {
-	int netns_fd;
-	struct old_tap *next;
-};
 
 /* A line for the caller's log (netpool_options.note). */
 void np_note(struct netpool *p, const char *fmt, ...)
@@ -442,158 +435,6 @@ static struct netslot *slot_alloc(void)
 	return s;
 }
 
-#define TAP_PASSING NETPOOL_TAP "m" /* a tap on its way in (IFNAMSIZ: short) */
-
-/* In from's namespace: its tap into to's, named TAP_PASSING there. */
-static int tap_send(struct netslot *from, struct netslot *to)
-{
-	struct rtnl_link *l = NULL, *chg = rtnl_link_alloc();
-	struct nl_sock *sk = NULL;
-	int saved = -1, r;
-
-	if (!chg)
-		return -ENOMEM;
-	if ((r = netpool_enter(from, &saved)) == 0) {
-		r = (sk = nl_open()) ? 0 : -EIO;
-		if (r == 0 && rtnl_link_get_kernel(sk, 0, NETPOOL_TAP, &l) < 0)
-			r = -ENODEV;
-		if (r == 0) {
-			rtnl_link_set_ns_fd(chg, to->netns_fd);
-			rtnl_link_set_name(chg, TAP_PASSING);
-			r = rtnl_link_change(sk, l, chg, 0) < 0 ? -EIO : 0;
-		}
-		if (sk)
-			nl_socket_free(sk);
-		netpool_leave(saved);
-	}
-	if (l)
-		rtnl_link_put(l);
-	rtnl_link_put(chg);
-	return r;
-}
-
-/* A tap as a slot is built with: the gateway address, the MAC every tap has, up. */
-static int tap_configure(struct nl_sock *sk)
-{
-	int r = addr_add(sk, NETPOOL_TAP, NETPOOL_GW_ADDR "/30");
-
-	return r < 0 ? r : link_up(sk, NETPOOL_TAP, NETPOOL_TAP_MAC);
-}
-
-#define TAP_OLD NETPOOL_TAP "o" /* a tap replaced, until the filler deletes it */
-
-/* In the namespace at netns_fd: its replaced tap deleted (~20-35 ms here: the kernel waits for RCU). */
-static void old_tap_delete(int netns_fd)
-{
-	struct netslot at = { .netns_fd = netns_fd };
-	struct nl_sock *sk;
-	int saved = -1;
-
-	if (netpool_enter(&at, &saved) < 0)
-		return;
-	if ((sk = nl_open())) {
-		link_delete(sk, TAP_OLD);
-		nl_socket_free(sk);
-	}
-	netpool_leave(saved);
-}
-
-static int link_rename(struct nl_sock *sk, const char *from, const char *to)
-{
-	struct rtnl_link *l = NULL, *chg = rtnl_link_alloc();
-	int r;
-
-	if (!chg)
-		return -ENOMEM;
-	r = rtnl_link_get_kernel(sk, 0, from, &l) < 0 ? -ENODEV : 0;
-	if (r == 0) {
-		rtnl_link_set_name(chg, to);
-		r = rtnl_link_change(sk, l, chg, 0) < 0 ? -EIO : 0;
-	}
-	if (l)
-		rtnl_link_put(l);
-	rtnl_link_put(chg);
-	return r;
-}
-
-/*
- * In to's namespace: its tap renamed out of the way (TAP_OLD; *ret_old: it
- * has one to delete), the passing one renamed and configured. If that
- * fails, to's own tap is back (or a new one made as a slot's is), so a VMM
- * spawned for it is served.
- */
-static int tap_settle(struct netslot *to, bool *ret_old)
-{
-	struct nl_sock *sk = NULL;
-	bool old = false, moved = false;
-	int saved = -1, r;
-
-	*ret_old = false;
-	if ((r = netpool_enter(to, &saved)) < 0)
-		return r;
-	r = (sk = nl_open()) ? 0 : -EIO;
-	if (r == 0 && link_index(sk, TAP_OLD) >= 0) /* one the filler has not deleted yet */
-		link_delete(sk, TAP_OLD);
-	if (r == 0 && link_index(sk, NETPOOL_TAP) >= 0)
-		old = (r = link_rename(sk, NETPOOL_TAP, TAP_OLD)) == 0;
-	if (r == 0)
-		moved = (r = link_rename(sk, TAP_PASSING, NETPOOL_TAP)) == 0;
-	if (r == 0)
-		r = tap_configure(sk);
-	if (r < 0 && sk) {
-		if (moved)
-			link_delete(sk, NETPOOL_TAP);
-		else
-			link_delete(sk, TAP_PASSING);
-		if (old && link_rename(sk, TAP_OLD, NETPOOL_TAP) == 0)
-			old = false;
-		else if (link_index(sk, NETPOOL_TAP) < 0 && tap_create(NETPOOL_TAP) == 0)
-			tap_configure(sk);
-	}
-	*ret_old = old;
-	if (sk)
-		nl_socket_free(sk);
-	netpool_leave(saved);
-	return r;
-}
-
-int netpool_tap_move(struct netpool *p, struct netslot *from, struct netslot *to, char **ret_error)
-{
-	struct old_tap *o;
-	bool old = false;
-	int r;
-
-	if ((r = tap_send(from, to)) < 0 || (r = tap_settle(to, &old)) < 0) {
-		error_set(ret_error, "moving the tap of %s into %s: %s", from->netns, to->netns, strerror(-r));
-		return r;
-	}
-	/* the old tap's deletion off the caller's path (its slot may go first: the descriptor keeps the namespace) */
-	if (old && (o = calloc(1, sizeof(*o)))) {
-		if ((o->netns_fd = fcntl(to->netns_fd, F_DUPFD_CLOEXEC, 3)) < 0) {
-			free(o);
-			return 0;
-		}
-		pthread_mutex_lock(&p->lock);
-		o->next = p->old_taps;
-		p->old_taps = o;
-		pthread_cond_broadcast(&p->cond);
-		pthread_mutex_unlock(&p->lock);
-	}
-	return 0;
-}
-
-static void old_taps_delete(struct old_tap *list)
-{
-	while (list) {
-		struct old_tap *n = list->next;
-
-		old_tap_delete(list->netns_fd);
-		close(list->netns_fd);
-		free(list);
-		list = n;
-	}
-}
-
 void netpool_destroy(struct netpool *p, struct netslot *s)
 {
 	struct nl_sock *sk;
@@ -640,7 +481,8 @@ static int slot_inside(struct netpool *p, struct netslot *s, char **ret_error)
 		error_set(ret_error, "%s: veth0 setup failed: %s", s->netns, strerror(-r));
 	if (r == 0 && (r = tap_create(NETPOOL_TAP)) < 0)
 		error_set(ret_error, "%s: tap: %s", s->netns, strerror(-r));
-	if (r == 0 && (r = tap_configure(sk)) < 0)
+	if (r == 0 && ((r = addr_add(sk, NETPOOL_TAP, NETPOOL_GW_ADDR "/30")) < 0 ||
+		       (r = link_up(sk, NETPOOL_TAP, NETPOOL_TAP_MAC)) < 0))
 		error_set(ret_error, "%s: tap setup failed: %s", s->netns, strerror(-r));
 	if (r == 0 && (r = set_ip_forward(1)) < 0)
 		error_set(ret_error, "%s: ip_forward: %s", s->netns, strerror(-r));
@@ -754,14 +596,6 @@ static void *filler_main(void *arg)
 			p->doomed = s->next;
 			pthread_mutex_unlock(&p->lock);
 			netpool_destroy(p, s);
-			pthread_mutex_lock(&p->lock);
-			continue;
-		}
-		if (p->old_taps) {
-			struct old_tap *list = TAKE_PTR(p->old_taps);
-
-			pthread_mutex_unlock(&p->lock);
-			old_taps_delete(list);
 			pthread_mutex_lock(&p->lock);
 			continue;
 		}
@@ -1129,7 +963,6 @@ void netpool_free(struct netpool *p)
 		p->doomed = s->next;
 		netpool_destroy(p, s);
 	}
-	old_taps_delete(TAKE_PTR(p->old_taps));
 	/* kept for re-adoption but never taken */
 	for (size_t k = 0; k < p->n_kept; k++)
 		if (!p->kept_taken[k] && (s = slot_alloc())) {

@@ -123,19 +123,6 @@ void netpool_release(struct netpool *p, struct netslot *s);
  * nothing when the slot has that policy already.
  */
 int netpool_egress_apply(struct netpool *p, struct netslot *s, const struct egress_policy *pol, char **ret_error);
-/*
- * The tap of slot `from` (a VMM spawned ahead holds it) becomes the tap of
- * slot `to`, whose own tap no VMM holds any more (its sandbox slept): it
- * moves into to's namespace under a passing name (~15-25 ms here: the
- * kernel waits for RCU), to's tap is renamed out of the way (the filler
- * deletes it later), and it takes the name, the gateway address and the MAC
- * every tap has, so to's rules and resolver (which name the tap and its
- * address) serve it. from is left without a tap: release it. On an error
- * (the reason in *ret_error) to still has a tap as a slot is built with
- * (its own, or a new one), for a VMM spawned for it instead; from's may be
- * gone.
- */
-int netpool_tap_move(struct netpool *p, struct netslot *from, struct netslot *to, char **ret_error);
 /* Moves the calling thread into the slot's namespace; *saved restores it with netpool_leave. */
 int netpool_enter(const struct netslot *s, int *saved);
 void netpool_leave(int saved);
