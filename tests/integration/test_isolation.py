@@ -468,6 +468,20 @@ class Identity(harness.TestCase):
             harness.write_file(d2.sb("i0", "ctl"), "pause")
             harness.write_file(d2.sb("i0", "ctl"), "resume")
             self.assertEqual(mid(d2), first)
+            # the agent writes the id in place through the file it last wrote; what the guest does to that
+            # file does not outlive the next attach: grown (cut back), or replaced (replaced in turn)
+            d2.sh("i0", "echo junk >> /run/machine-id")
+            for op in ("hibernate", "resume"):
+                harness.write_file(d2.sb("i0", "ctl"), op)
+            self.assertEqual(d2.sh("i0", "cat /etc/machine-id"), first + "\n")
+            d2.sh("i0", "echo junk > /run/m && mv /run/m /run/machine-id")
+            harness.write_file(d2.sb("i0", "ctl"), "fork i2")
+            d2.wait_ready("i2")
+            self.assertRegex(mid(d2, "i2"), r"^[0-9a-f]{32}$")
+            self.assertNotIn(mid(d2, "i2"), (first, mid(d2, "i1")))
+            for op in ("hibernate", "resume"):
+                harness.write_file(d2.sb("i0", "ctl"), op)
+            self.assertEqual(d2.sh("i0", "cat /etc/machine-id"), first + "\n")
         except BaseException:
             (d2 or d).force_cleanup()
             raise
