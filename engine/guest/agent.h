@@ -245,13 +245,6 @@ struct agent {
 	char *default_cwd;		/* from configure: exec's and spawn's cwd and user */
 	char *default_user;
 	uint64_t session;		/* from the last attach that had one */
-	/*
-	 * Kept open over snapshots, so that an attach on a VMM that has run
-	 * nothing yet (a fork, a wake, a restore) opens, creates and renames
-	 * nothing: each of those is kernel code translated anew under TCG.
-	 */
-	int urandom_fd;			/* /dev/urandom, or -1: opened per attach */
-	int machine_id_fd;		/* MACHINE_ID_RUN as last written, or -1 */
 };
 
 struct request {

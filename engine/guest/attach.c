@@ -14,18 +14,18 @@ int op_ping(struct agent *a, struct request *rq, struct json_object *reply)
 }
 
 /* Crediting the entropy is what makes clones of one snapshot diverge. */
-static int rng_add_entropy(struct agent *a, const unsigned char *data, size_t len)
+static int rng_add_entropy(const unsigned char *data, size_t len)
 {
 	_cleanup_free_ struct rand_pool_info *info = malloc(sizeof(*info) + len);
-	_cleanup_close_ int own = -1;
-	int fd = a->urandom_fd;
+	_cleanup_close_ int fd = -1;
 
 	if (!info)
 		return -ENOMEM;
 	info->entropy_count = (int)len * 8;
 	info->buf_size = (int)len;
 	memcpy(info->buf, data, len);
-	if (fd < 0 && (fd = own = open("/dev/urandom", O_WRONLY | O_CLOEXEC)) < 0)
+	fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
 		return -errno;
 	if (ioctl(fd, RNDADDENTROPY, info) < 0)
 		return -errno;
@@ -126,50 +126,32 @@ static int attach_parse(struct request *rq, struct attach_spec *s)
 	return 0;
 }
 
-/*
- * The machine id (MACHINE_ID_RUN, where /etc/machine-id points). The first
- * time, and whenever the file is no longer the one last written (the guest
- * removed or replaced it), it is replaced whole (a temporary file renamed
- * over it) and its descriptor kept; otherwise the id is written over the old
- * one in place through that descriptor: no path is created, renamed or
- * freed on an attach, which on a fork or a wake is the guest's first run.
- * The id has a fixed length, so a process reading it during the write sees
- * 32 hex digits (possibly a mix of the old and the new id), never a missing
- * file.
- */
-static int machine_id_replace(struct agent *a, const char *line, size_t len)
+/* The machine id (MACHINE_ID_RUN, where /etc/machine-id points), replaced whole. */
+static int machine_id_write(const char *id)
 {
 	static const char tmp[] = MACHINE_ID_RUN ".tmp";
-	_cleanup_close_ int fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0444);
+	char line[33];
+	int fd;
 
+	memcpy(line, id, 32);
+	line[32] = '\n';
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0444);
 	if (fd < 0)
 		return -errno;
-	if (write(fd, line, len) != (ssize_t)len || rename(tmp, MACHINE_ID_RUN) < 0) {
+	if (write(fd, line, sizeof(line)) != (ssize_t)sizeof(line)) {
 		int e = errno ? errno : EIO;
+
+		close(fd);
+		unlink(tmp);
+		return -e;
+	}
+	close(fd);
+	if (rename(tmp, MACHINE_ID_RUN) < 0) {
+		int e = errno;
 
 		unlink(tmp);
 		return -e;
 	}
-	if (a->machine_id_fd >= 0)
-		close(a->machine_id_fd);
-	a->machine_id_fd = fd;
-	fd = -1; /* kept */
-	return 0;
-}
-
-static int machine_id_write(struct agent *a, const char *id)
-{
-	char line[33];
-	struct stat kept, named;
-
-	memcpy(line, id, 32);
-	line[32] = '\n';
-	if (a->machine_id_fd < 0 || fstat(a->machine_id_fd, &kept) < 0 || stat(MACHINE_ID_RUN, &named) < 0 ||
-	    kept.st_dev != named.st_dev || kept.st_ino != named.st_ino)
-		return machine_id_replace(a, line, sizeof(line));
-	if (pwrite(a->machine_id_fd, line, sizeof(line), 0) != (ssize_t)sizeof(line) ||
-	    (kept.st_size != (off_t)sizeof(line) && ftruncate(a->machine_id_fd, sizeof(line)) < 0))
-		return machine_id_replace(a, line, sizeof(line));
 	return 0;
 }
 
@@ -241,7 +223,7 @@ int op_attach(struct agent *a, struct request *rq, struct json_object *reply)
 		s.env = (struct strv){ 0 };
 	}
 	if (s.entropy) {
-		r = rng_add_entropy(a, s.entropy, s.entropy_len);
+		r = rng_add_entropy(s.entropy, s.entropy_len);
 		if (r < 0)
 			return request_fail(rq, -r, "RNDADDENTROPY: %s", strerror(-r));
 	}
@@ -254,7 +236,7 @@ int op_attach(struct agent *a, struct request *rq, struct json_object *reply)
 		if (clock_settime(CLOCK_REALTIME, &ts) < 0)
 			return request_fail(rq, errno, "clock_settime: %m");
 	}
-	if (s.machine_id && (r = machine_id_write(a, s.machine_id)) < 0)
+	if (s.machine_id && (r = machine_id_write(s.machine_id)) < 0)
 		return request_fail(rq, -r, "/etc/machine-id: %s", strerror(-r));
 	return attach_jobs(a, rq, &s, reply);
 }

@@ -192,7 +192,7 @@ static int agent_setup(struct agent *a, const struct agent_ops *ops, const struc
 {
 	sigset_t mask;
 
-	*a = (struct agent){ .ops = ops, .tp = *tp, .sig_fd = -1, .machine_id_fd = -1 };
+	*a = (struct agent){ .ops = ops, .tp = *tp, .sig_fd = -1 };
 	for (size_t i = 0; i < MAX_FH; i++) {
 		a->fh[i] = -1;
 		a->fh_watch[i] = -1;
@@ -201,7 +201,6 @@ static int agent_setup(struct agent *a, const struct agent_ops *ops, const struc
 	a->ino_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
 	if (a->ino_fd < 0)
 		agent_log("inotify: %m (changes to open files are not pushed)");
-	a->urandom_fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
 	caps_save();
 	sigemptyset(&mask);
 	sigaddset(&mask, SIGCHLD);

@@ -468,8 +468,8 @@ class Identity(harness.TestCase):
             harness.write_file(d2.sb("i0", "ctl"), "pause")
             harness.write_file(d2.sb("i0", "ctl"), "resume")
             self.assertEqual(mid(d2), first)
-            # the agent writes the id in place through the file it last wrote; what the guest does to that
-            # file does not outlive the next attach: grown (cut back), or replaced (replaced in turn)
+            # what the guest does to its id's file does not outlive the next attach: grown, or replaced
+            # by another file
             d2.sh("i0", "echo junk >> /run/machine-id")
             for op in ("hibernate", "resume"):
                 harness.write_file(d2.sb("i0", "ctl"), op)
