@@ -81,6 +81,16 @@ int boot_cold(struct engine *e, const struct template_config *cfg, const char *n
 	return r;
 }
 
+int guest_sync(struct agent_client *ac, unsigned timeout_ms)
+{
+	_cleanup_json_ json_object *req = json_object_new_object();
+
+	if (!req)
+		return -ENOMEM;
+	json_object_object_add(req, "op", json_object_new_string("sync"));
+	return agent_call(ac, req, timeout_ms, NULL);
+}
+
 int guest_run(struct agent_client *ac, const char *sh, unsigned timeout_ms, int log_fd, char **ret_error)
 {
 	_cleanup_json_ json_object *req = json_object_new_object(), *resp = NULL;

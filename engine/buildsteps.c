@@ -272,15 +272,13 @@ static void builder_down(struct builder *b)
 /* The guest's disk as it is now, as step key's: synced, the guest paused for a reflink clone. */
 static int builder_keep(struct builder *b, struct bstate *s)
 {
-	_cleanup_json_ json_object *req = json_object_new_object();
 	_cleanup_free_ char *dir = cache_dir(b->e, s->key), *disk = NULL, *tmp = NULL;
 	enum clone_method m;
 	int r, r2;
 
-	if (!req || !dir || !(disk = strjoin(dir, "/disk.img", NULL)) || !(tmp = strjoin(dir, "/disk.img.tmp", NULL)))
+	if (!dir || !(disk = strjoin(dir, "/disk.img", NULL)) || !(tmp = strjoin(dir, "/disk.img.tmp", NULL)))
 		return -ENOMEM;
-	json_object_object_add(req, "op", json_object_new_string("sync"));
-	r = agent_call(b->vm.ac, req, RUN_TIMEOUT_MS, NULL);
+	r = guest_sync(b->vm.ac, RUN_TIMEOUT_MS);
 	if (r == 0 && (r = mkdir_p(dir, 0700)) == 0 && (r = vmm_pause(b->vm.v, QMP_TIMEOUT_MS)) == 0) {
 		unlink(tmp);
 		r = store_clone(&b->e->store, b->work, tmp, &m);

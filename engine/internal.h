@@ -374,6 +374,8 @@ void booted_stop(struct engine *e, struct booted *b, struct vmm **slot);
  * >= 0; 0 if it exited 0, else -EIO with the exit status in *ret_error.
  */
 int guest_run(struct agent_client *ac, const char *sh, unsigned timeout_ms, int log_fd, char **ret_error);
+/* What a guest wrote is on its disks (sync(2) in it); -errno. */
+int guest_sync(struct agent_client *ac, unsigned timeout_ms);
 
 /* guestfs.c's calls on an engine-owned agent connection (a build's guest), as root; -errno. */
 int guestfs_ac_lstat(struct agent_client *ac, const char *path, struct stat *st);

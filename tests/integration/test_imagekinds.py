@@ -16,7 +16,8 @@ guest through exec and procs/:
   /etc at all): argv exec and procs/ honour User (numeric uid:gid without
   /etc/passwd), WorkingDir (a 0700 directory of that uid) and Env (PATH
   included); a request's user, cwd and env override them; a user name
-  cannot be resolved without /etc/passwd (EINVAL).
+  cannot be resolved without /etc/passwd (EINVAL). It bakes without the
+  exec path read ahead (no shell: the build log says so).
 - usr-merged vs classic: busybox (busybox-static) with /bin, /sbin, /lib,
   /lib64 as symlinks into /usr (Debian 12 style) and the classic layout;
   both bake and run shell lines (/bin/sh found through the /bin link).
@@ -413,6 +414,8 @@ class Static(harness.TestCase):
     def test_static_image(self):
         st, log = bake(self.T, {"image": static_image()})
         assert_baked(self.T, st, log)
+        # the bake reads the shell's exec path into the snapshot's page cache where there is a shell
+        self.assertIn("exec path not read ahead", log)
         self.assertEqual((st["build"]["user"], st["build"]["workdir"], st["build"]["env"]),
                          ("1234:2345", "/data", ["PATH=/app/bin", "GREETING=hi there"]), st["build"])
         D.create_ready(self.SB, t=self.T)

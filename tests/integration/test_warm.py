@@ -10,6 +10,9 @@ slots"):
   lookups of ids that are not slots fail with ENOENT.
 - Claims: 32 concurrent creates against a pool of 8 are served exactly 8 warm
   (by 8 distinct slots) and 24 restore, all ready, nothing left afterwards.
+- Page cache: the bake's snapshot holds the shell's exec path (the bake
+  ran `true` and synced): a sandbox's first exec, from a warm slot or a
+  restore, reads nothing from its disk (the guest's block counters).
 - Identity: two sandboxes activated from slots of one snapshot read different
   bytes from /dev/urandom; hostname and environment are each its own.
 - Staleness: a rebake or an identity change recycles the old slots at once
@@ -38,6 +41,7 @@ slots"):
   their memory file.
 """
 import errno
+import json
 import os
 import re
 import signal
@@ -206,6 +210,30 @@ class Claims(PoolTest):
         finally:
             D.destroy("ea")
             D.destroy("eb")
+        D.assert_inventory(BASE, timeout=10)
+
+
+class SnapshotPageCache(PoolTest):
+    def test_first_exec_reads_nothing_from_disk(self):
+        """The bake ran `true` and synced before its snapshot: the shell is in every sandbox's page cache."""
+        timings = json.loads(harness.read_text(D.tpl("default", "status")))["bake"]["timings"]
+        self.assertIn("exec_path", timings)
+        self.assertIn("guest_sync", timings)
+        made = []
+        try:
+            for name, pool, path in (("pcw", 1, "warm"), ("pcr", 0, "restore")):
+                D.set_pool(pool)
+                D.wait_pool(pool)
+                made.append(name)
+                self.assertEqual(D.create_ready(name)["path"], path)
+                # the block device's counters (reads: I/Os, merges, sectors, ms), read without an exec
+                reads = lambda: harness.read_text(D.sb(name, "root/sys/block/vda/stat")).split()[:4]
+                before = reads()
+                self.assertEqual(D.sh(name, "true"), "")
+                self.assertEqual(reads(), before, "the first exec in a sandbox from the %s path read the disk" % path)
+        finally:
+            for name in made:
+                D.destroy(name)
         D.assert_inventory(BASE, timeout=10)
 
 
