@@ -871,19 +871,22 @@ static int bake_start(struct bake_ctx *b, struct agent_client *ac)
 }
 
 /*
- * Without a warm command, one exec of `true` before the snapshot: the
- * shell, the C library and the exec path's files are then in the snapshot's
- * page cache, which every sandbox's guest maps from the one memory file,
- * instead of read from each sandbox's disk at its first command (measured:
- * docs/benchmarks.md, "Seventh pass"). Only the guest's memory holds it: no
- * VMM translates anything ahead for it. An image without /bin/sh bakes all
- * the same (the bake's log says so).
+ * Before the snapshot, `true` run by the two shells commands come through:
+ * /bin/sh (every shell line an exec or a process slot runs) and, where the
+ * image has it, `/bin/bash -l` (the E2B SDK runs each command with it). The
+ * shells, the C library and what a login shell reads are then in the
+ * snapshot's page cache, which every sandbox's guest maps from the one
+ * memory file, instead of read from each sandbox's disk at its first
+ * command (docs/benchmarks.md, "Seventh pass"). Only the guest's memory
+ * holds it: no VMM translates anything ahead for it. An image without a
+ * shell bakes all the same (the bake's log says so).
  */
 static void bake_exec_path(struct bake_ctx *b, struct agent_client *ac)
 {
 	_cleanup_free_ char *why = NULL;
 
-	if (guest_run(ac, "true", WARM_TIMEOUT_MS, b->log_fd, &why) < 0)
+	if (guest_run(ac, "true; if [ -x /bin/bash ]; then /bin/bash -l -c true; fi", WARM_TIMEOUT_MS, b->log_fd,
+		      &why) < 0)
 		blog(b->log_fd, "exec path not read ahead: %s", why ? why : "failed");
 	timings_lap(&b->tm, "exec_path");
 }
@@ -906,6 +909,8 @@ static int bake_boot_and_snapshot(struct bake_ctx *b, const char *disk)
 		step = "configure";
 		r = template_agent_configure(vm.ac, &b->build.cfg); /* in the snapshot: every restored guest has it */
 	}
+	if (r == 0)
+		bake_exec_path(b, vm.ac);
 	if (r == 0 && b->cfg.warm) {
 		_cleanup_free_ char *why = NULL;
 
@@ -915,8 +920,6 @@ static int bake_boot_and_snapshot(struct bake_ctx *b, const char *disk)
 		if (r < 0)
 			error_first(&b->error, r, "warm command: %s", why ? why : strerror(-r));
 		timings_lap(&b->tm, "warm");
-	} else if (r == 0) {
-		bake_exec_path(b, vm.ac);
 	}
 	if (r == 0 && b->cfg.start) {
 		step = "start";
