@@ -879,14 +879,15 @@ static int bake_start(struct bake_ctx *b, struct agent_client *ac)
  * memory file, instead of read from each sandbox's disk at its first
  * command (docs/benchmarks.md, "Seventh pass"). Only the guest's memory
  * holds it: no VMM translates anything ahead for it. An image without a
- * shell bakes all the same (the bake's log says so).
+ * shell, or whose login profile fails or waits, bakes all the same (the
+ * bake's log says so).
  */
 static void bake_exec_path(struct bake_ctx *b, struct agent_client *ac)
 {
 	_cleanup_free_ char *why = NULL;
 
-	if (guest_run(ac, "true; if [ -x /bin/bash ]; then /bin/bash -l -c true; fi", WARM_TIMEOUT_MS, b->log_fd,
-		      &why) < 0)
+	if (guest_run(ac, "true; if [ -x /bin/bash ]; then /bin/bash -l -c true; fi", EXEC_PATH_TIMEOUT_MS,
+		      b->log_fd, &why) < 0)
 		blog(b->log_fd, "exec path not read ahead: %s", why ? why : "failed");
 	timings_lap(&b->tm, "exec_path");
 }

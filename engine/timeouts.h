@@ -19,6 +19,7 @@
 
 /* templates: bakes and builds */
 #define WARM_TIMEOUT_MS (120 * 1000)	      /* the template's warm command, at bake and in each warm slot */
+#define EXEC_PATH_TIMEOUT_MS (10 * 1000)      /* the bake's `true` in its shells (~0.1 s; a profile that waits: skipped) */
 #define START_READY_TIMEOUT_MS (5 * 60 * 1000) /* a start command until its ready check answers */
 #define RUN_TIMEOUT_MS (60 * 60 * 1000u)      /* one Dockerfile RUN step */
 #define SKOPEO_TIMEOUT_MS (10 * 60 * 1000)    /* fetching an image */
