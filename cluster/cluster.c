@@ -563,6 +563,26 @@ static int no_etcd(struct cluster *c, struct template *t, const char *name)
 }
 
 /*
+ * A create this host passes on needs no etcd call of its own (the host that
+ * takes it reserves the name), yet a host cut off from etcd takes no creates,
+ * not even to pass on (docs/cluster.md "Failures"), and its lease looks good
+ * for up to half its TTL after a cut. One keepalive of the lease says whether
+ * etcd answers now (renewing it when it does): 0, or the refusal.
+ */
+static int etcd_confirm(struct cluster *c, struct template *t, const char *name)
+{
+	int64_t lease, ttl;
+	int r;
+
+	if (lease_now(c, &lease) < 0)
+		return no_etcd(c, t, name);
+	if ((r = etcd_lease_keepalive(c->etcd, lease, &ttl)) == 0)
+		return 0;
+	set_reason(c, r == -EAGAIN ? etcd_error() : strerror(-r));
+	return no_etcd(c, t, name);
+}
+
+/*
  * etcd said another create has NAME: wait until the watch shows it here too
  * (bounded: VIEW_CATCHUP_MS), so that what the EEXIST promises (the name is
  * the cluster's; look it up) holds when the caller looks. The watch is
@@ -1029,6 +1049,7 @@ int cluster_create(struct cluster *c, struct template *t, const char *name, cons
 	size_t n;
 	int r = -ENOSPC, tries = 0;
 	int64_t lease;
+	bool confirmed = false;
 
 	*local = NULL;
 	if (!tpl)
@@ -1079,6 +1100,9 @@ int cluster_create(struct cluster *c, struct template *t, const char *name, cons
 		} else {
 			struct peer_cred cr = { uid, gid };
 
+			if (!confirmed && (r = etcd_confirm(c, t, name)) < 0)
+				break;
+			confirmed = true;
 			if (!json && !body) {
 				json_object *o = json_object_new_object();
 
