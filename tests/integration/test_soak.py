@@ -21,7 +21,9 @@ and the quiet daemon after the C cycles:
 A failed cycle is counted; any fails the test.
 """
 import collections
+import json
 import os
+import re
 import sys
 import threading
 import time
@@ -75,7 +77,7 @@ class Soak:
 
     def __init__(self, workers, cycles, rounds, log=sys.stderr.write):
         self.workers, self.cycles, self.rounds, self.log = workers, cycles, rounds, log
-        self.failures, self.leaks = [], []
+        self.failures, self.leaks, self.evidence = [], [], []
         self.done = 0
         self.rss_growth_kib = 0
         self.seconds = 0.0
@@ -85,8 +87,12 @@ class Soak:
         try:
             os.mkdir(d.sb(name))
             try:
-                if d.wait(name) != "ready\n":
-                    raise AssertionError("wait: %s" % d.status(name))
+                try:
+                    got = d.wait(name)
+                except OSError as e:
+                    got = "wait: %s" % e
+                if got != "ready\n":
+                    raise AssertionError("%s (evidence: %s)" % (got.strip(), self.keep_evidence(d, name)))
                 out, ok = d.exec_plain(name, "echo %s" % name)
                 if not ok or out.strip() != name.encode():
                     raise AssertionError("exec answered %r" % out)
@@ -97,6 +103,29 @@ class Soak:
         except Exception as e:  # counted; the soak goes on
             with self.lock:
                 self.failures.append("%s: %s" % (name, e))
+
+    def keep_evidence(self, d, name):
+        """A failed create's status, console and VMM log, copied before the rmdir takes them; returns the file."""
+        path = "%s.%s.txt" % (d.log_path[:-len(".log")], name)
+        parts = []
+        try:
+            st = d.status(name)
+            parts.append(("status", json.dumps(st, indent=1)))
+        except OSError as e:
+            st, _ = {}, parts.append(("status", "unreadable: %s" % e))
+        m = re.search(r"and (/\S+/vmm\.log)", json.dumps(st))
+        for what, p in (("console", d.sb(name, "console")), ("vmm.log", m.group(1) if m else None)):
+            try:
+                with open(p, "rb") as f:
+                    parts.append((what, f.read().decode(errors="replace")))
+            except (OSError, TypeError) as e:
+                parts.append((what, "unreadable: %s" % e))
+        with open(path, "w") as f:
+            for what, text in parts:
+                f.write("==== %s ====\n%s\n" % (what, text))
+        with self.lock:
+            self.evidence.append(path)
+        return path
 
     def parallel(self, d, r, first, n):
         def worker(k):
@@ -187,6 +216,11 @@ class SoakTest(harness.TestCase):
         sys.stderr.write("\n  %s\n" % s.result())
         for f in s.failures + s.leaks:
             sys.stderr.write("  %s\n" % f)
+        for path in s.evidence:  # CI shows only this output: the newest lines of each part
+            with open(path) as f:
+                for part in f.read().split("==== ")[1:]:
+                    head, _, body = part.partition("\n")
+                    sys.stderr.write("  ---- %s %s\n%s\n" % (os.path.basename(path), head, "\n".join(body.splitlines()[-40:])))
         self.assertEqual(s.failures, [])
         self.assertEqual(s.leaks, [])
         self.assertEqual(s.done, 8 * (s.cycles + 1) * 3)
