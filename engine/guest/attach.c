@@ -160,7 +160,7 @@ static int machine_id_write(const char *id)
  * earlier host started, kept over its hangup: a daemon restarted, a sandbox
  * woken); every other job an earlier host left is released (killed): one of
  * an earlier connection, or any not named when the attach brings a session
- * new to the agent (a restored snapshot or a fork sees no hangup: the
+ * new to the agent (a restored snapshot or a fork may see no hangup: the
  * connection state is part of the snapshot). The reply's "jobs" has the
  * status of each one kept; a handle the agent does not know is left out.
  */

@@ -339,7 +339,7 @@ static void port_read(struct agent *a)
 			port_hangup(a);
 			return;
 		}
-		port_connected(a);
+		/* bytes to read are no proof of a host: see port_service */
 		a->in_len = n;
 		input_drain(a);
 		budget -= MIN((size_t)n, budget);
@@ -355,6 +355,14 @@ static void port_read(struct agent *a)
  * never used, and the host side starts its ids at random). The transport
  * sees the events first: it may take them (vsock: a host to accept) or
  * change them (vsock: a hangup takes the connection's last bytes with it).
+ *
+ * So only the port itself says a host is there: events without a hangup, or
+ * a write it took. Bytes read while it still reports the hangup (every
+ * restore: the snapshot's host leaves, the next comes, and the guest may
+ * see the next one's request first) are the next host's, and so are the
+ * replies queued for them: the same hangup reported again, until the port
+ * hears of the new host, is not another one (it would drop those replies:
+ * a restored sandbox's attach then went unanswered).
  */
 void port_service(struct agent *a, short revents)
 {
@@ -363,9 +371,9 @@ void port_service(struct agent *a, short revents)
 		port_hangup(a);
 		if (!(revents & POLLIN))
 			return;
+	} else if (revents & (POLLIN | POLLOUT)) {
+		port_connected(a);
 	}
 	if (revents & POLLIN)
 		port_read(a);
-	if (revents & POLLOUT)
-		port_connected(a);
 }

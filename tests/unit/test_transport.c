@@ -282,12 +282,78 @@ static void virtio_over_socketpair(void **state)
 	agent_stop(&a);
 }
 
+/*
+ * A restore as the guest sees it: the snapshot's host leaves, the next one
+ * comes, and its first request can be read before the port hears that it
+ * came. The port reports the hangup with the request readable, then the
+ * same hangup again while the reply cannot be written yet; only then does
+ * it report room. The reply must reach the new host: the repeated hangup
+ * is not a second one. (The port's two states are played by hand here: a
+ * socketpair has no "host not there yet".)
+ */
+static void virtio_hangup_reported_twice(void **state)
+{
+	static const char req[] = "{\"id\":7,\"op\":\"ping\"}\n";
+	static const char rep[] = "{\"id\":7,\"ok\":true,\"op\":\"pong\"}\n";
+	struct transport tp;
+	struct agent a;
+	char junk[4096], got[sizeof(rep)];
+	size_t filled = 0;
+	int sv[2], sndbuf = 4096;
+	ssize_t n;
+
+	(void)state;
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv), 0);
+	transport_virtio_init(&tp, sv[0]);
+	agent_start(&a, &tp);
+	expect(&a, sv[1], "{\"event\":\"ready\"}\n");
+	assert_true(a.connected);
+
+	/* the port takes no writes (the new host is not there yet for the guest) */
+	assert_int_equal(setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf)), 0);
+	memset(junk, 'x', sizeof(junk));
+	while ((n = write(sv[0], junk, sizeof(junk))) > 0 || (n < 0 && errno == EINTR))
+		filled += n > 0 ? (size_t)n : 0;
+	assert_int_equal(errno, EAGAIN);
+
+	/* the old host's hangup with the new host's request readable */
+	send_all(sv[1], req, sizeof(req) - 1);
+	port_service(&a, POLLHUP | POLLIN);
+	assert_int_equal(hangups, 1);
+	assert_int_equal(a.gen, 1);
+	outq_flush(&a);
+	assert_true(outq_pending(&a)); /* the reply waits */
+	assert_false(a.connected);
+
+	/* the same hangup, reported again before the port hears of the new host */
+	port_service(&a, POLLHUP);
+	assert_int_equal(hangups, 1);
+	assert_int_equal(a.gen, 1);
+	assert_true(outq_pending(&a));
+
+	/* the new host is there: the reply comes after what filled the port */
+	while (filled > 0) {
+		n = read(sv[1], junk, filled < sizeof(junk) ? filled : sizeof(junk));
+		assert_true(n > 0);
+		filled -= (size_t)n;
+	}
+	port_service(&a, POLLOUT);
+	assert_true(a.connected);
+	outq_flush(&a);
+	assert_false(outq_pending(&a));
+	assert_int_equal(read(sv[1], got, sizeof(got)), (ssize_t)sizeof(rep) - 1);
+	assert_memory_equal(got, rep, sizeof(rep) - 1);
+	agent_stop(&a);
+	close(sv[1]);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(vsock_over_unix),
 		cmocka_unit_test(vsock_loopback),
 		cmocka_unit_test(virtio_over_socketpair),
+		cmocka_unit_test(virtio_hangup_reported_twice),
 	};
 	sigset_t mask;
 
