@@ -425,6 +425,91 @@ int agent_call_full(struct agent_client *c, json_object *req, const void *bin, s
 	return r;
 }
 
+/* Waits (c->lock held) until one of p[0..n) is answered or @until_ns (CLOCK_MONOTONIC) passes: its index, or -errno. */
+static int wait_any(struct agent_client *c, struct pending *p, size_t n, uint64_t until_ns)
+{
+	for (;;) {
+		struct timespec ts;
+		uint64_t now = now_ns();
+
+		for (size_t i = 0; i < n; i++)
+			if (p[i].done)
+				return (int)i;
+		if (c->broken)
+			return -ECONNRESET;
+		if (now >= until_ns)
+			return -ETIMEDOUT;
+		/* the condition variable keeps CLOCK_REALTIME: wait at most the rest, from now */
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_sec += (time_t)((until_ns - now) / 1000000000u);
+		ts.tv_nsec += (long)((until_ns - now) % 1000000000u);
+		if (ts.tv_nsec >= 1000000000) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000;
+		}
+		pthread_cond_timedwait(&c->cond, &c->lock, &ts);
+	}
+}
+
+int agent_call_resend(struct agent_client *c, json_object *(*build)(void *arg), void *arg, unsigned timeout_ms,
+		      int (*then)(void *arg), void *then_arg, json_object **ret_resp)
+{
+	struct pending p[AGENT_RESEND_COPIES] = { 0 };
+	uint64_t deadline = now_ns() + (uint64_t)timeout_ms * 1000000u;
+	uint64_t wait_ms = AGENT_RESEND_FIRST_MS;
+	size_t n = 0;
+	int r = 0, won = -1;
+
+	while (won < 0 && n < AGENT_RESEND_COPIES) {
+		json_object *req = build(arg), *op;
+		uint64_t until;
+
+		if (n > 0)
+			log_info("agent: %s not answered within %" PRIu64 " ms: sent again (copy %zu of at most %d)",
+				 req && json_object_object_get_ex(req, "op", &op) ? json_object_get_string(op) : "a request",
+				 wait_ms / 2, n + 1, AGENT_RESEND_COPIES);
+		if (!req) {
+			r = -ENOMEM;
+			break;
+		}
+		r = register_pending(c, &p[n]);
+		if (r == 0) {
+			json_object_object_add(req, "id", json_object_new_int64((int64_t)p[n].id));
+			n++;
+			r = send_request(c, req, NULL, 0);
+		}
+		json_object_put(req);
+		if (r == 0 && n == 1 && then)
+			r = then(then_arg);
+		if (r < 0)
+			break;
+		until = now_ns() + wait_ms * 1000000u;
+		if (n == AGENT_RESEND_COPIES || until > deadline)
+			until = deadline;
+		pthread_mutex_lock(&c->lock);
+		won = wait_any(c, p, n, until);
+		pthread_mutex_unlock(&c->lock);
+		if (won == -ECONNRESET || (won == -ETIMEDOUT && now_ns() >= deadline)) {
+			r = won;
+			break;
+		}
+		wait_ms *= 2;
+	}
+	pthread_mutex_lock(&c->lock);
+	for (size_t i = 0; i < n; i++)
+		unlink_pending(c, &p[i]);
+	pthread_mutex_unlock(&c->lock);
+	if (won >= 0)
+		r = reply_result(p[won].resp);
+	if (ret_resp)
+		*ret_resp = won >= 0 ? TAKE_PTR(p[won].resp) : NULL;
+	for (size_t i = 0; i < n; i++) {
+		json_object_put(p[i].resp);
+		free(p[i].data);
+	}
+	return r;
+}
+
 int agent_call_async(struct agent_client *c, json_object *req, const void *bin, size_t bin_len, agent_async_fn cb,
 		     void *arg)
 {

@@ -8,6 +8,7 @@
 #include <inttypes.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/random.h>
 
 #include "internal.h"
 #include "parse.h"
@@ -89,6 +90,34 @@ int guest_sync(struct agent_client *ac, unsigned timeout_ms)
 		return -ENOMEM;
 	json_object_object_add(req, "op", json_object_new_string("sync"));
 	return agent_call(ac, req, timeout_ms, NULL);
+}
+
+json_object *guest_attach_new(const char *hostname, json_object *env, const char *machine_id, bool clock)
+{
+	json_object *req = json_object_new_object();
+	_cleanup_free_ char *b64 = NULL;
+	uint8_t rnd[64];
+
+	if (!req || getrandom(rnd, sizeof(rnd), 0) != sizeof(rnd) || !(b64 = base64_encode(rnd, sizeof(rnd)))) {
+		json_object_put(req);
+		json_object_put(env);
+		return NULL;
+	}
+	json_object_object_add(req, "op", json_object_new_string("attach"));
+	json_object_object_add(req, "hostname", json_object_new_string(hostname));
+	if (env)
+		json_object_object_add(req, "env", env);
+	json_object_object_add(req, "entropy", json_object_new_string(b64));
+	if (machine_id)
+		json_object_object_add(req, "machine_id", json_object_new_string(machine_id));
+	if (clock) {
+		struct timespec ts;
+
+		clock_gettime(CLOCK_REALTIME, &ts);
+		json_object_object_add(req, "time_unix_ns",
+				       json_object_new_int64((int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec));
+	}
+	return req;
 }
 
 int guest_run(struct agent_client *ac, const char *sh, unsigned timeout_ms, int log_fd, char **ret_error)

@@ -97,6 +97,22 @@ int agent_call_then(struct agent_client *c, json_object *req, unsigned timeout_m
 int agent_call_full(struct agent_client *c, json_object *req, const void *bin, size_t bin_len, unsigned timeout_ms,
 		    int (*then)(void *arg), void *arg, json_object **ret_resp, uint8_t **ret_data, size_t *ret_len);
 /*
+ * A new connection's first request, where the guest may take it for the last
+ * connection's and drop its answer with that one (a restore: the guest hears
+ * of the old host going and the new one coming by control messages that are
+ * not ordered with the data; engine/guest/framing.c port_service): built by
+ * build(arg) and sent, and sent again, built anew (a fresh clock), when no
+ * copy is answered within AGENT_RESEND_FIRST_MS, then twice that, up to
+ * AGENT_RESEND_COPIES copies within timeout_ms. The first copy answered is
+ * the reply; the request must be idempotent (an attach is: the guest takes
+ * the copies in order, before anything sent after). then(then_arg) runs once,
+ * after the first copy is sent. build returns a new object (NULL: -ENOMEM).
+ */
+#define AGENT_RESEND_FIRST_MS 1000
+#define AGENT_RESEND_COPIES 5
+int agent_call_resend(struct agent_client *c, json_object *(*build)(void *arg), void *arg, unsigned timeout_ms,
+		      int (*then)(void *arg), void *then_arg, json_object **ret_resp);
+/*
  * Asynchronous: cb runs once, from the reader thread, with the result (0 or
  * -errno; -ECONNRESET when the connection ends first) and, on success, the
  * reply and its payload, both owned by the caller of cb only during the call.
@@ -376,6 +392,13 @@ void booted_stop(struct engine *e, struct booted *b, struct vmm **slot);
 int guest_run(struct agent_client *ac, const char *sh, unsigned timeout_ms, int log_fd, char **ret_error);
 /* What a guest wrote is on its disks (sync(2) in it); -errno. */
 int guest_sync(struct agent_client *ac, unsigned timeout_ms);
+/*
+ * An attach that makes a restored guest someone: hostname, env (taken; NULL:
+ * none), fresh entropy, machine_id (NULL: unchanged) and, with clock, the
+ * host's time. NULL if out of memory or entropy. The caller adds what else
+ * it attaches (processes to keep, the session).
+ */
+json_object *guest_attach_new(const char *hostname, json_object *env, const char *machine_id, bool clock);
 
 /* guestfs.c's calls on an engine-owned agent connection (a build's guest), as root; -errno. */
 int guestfs_ac_lstat(struct agent_client *ac, const char *path, struct stat *st);

@@ -437,40 +437,35 @@ void pool_wake_all(struct engine *e)
 		pthread_cond_broadcast(&e->templates[i]->pool_cond);
 }
 
+struct warmup_req {
+	const struct slot *sl;
+	const char *tpl;
+};
+
+/* One copy of a warm slot's attach: a machine id of its own, so the claim's attach runs warm code that writes one too. */
+static json_object *warmup_attach_build(void *arg)
+{
+	const struct warmup_req *w = arg;
+	json_object *env = json_object_new_object();
+	char host[64], mid[33];
+	uint8_t raw[16];
+
+	if (!env || getrandom(raw, sizeof(raw), 0) != sizeof(raw)) {
+		json_object_put(env);
+		return NULL;
+	}
+	for (size_t i = 0; i < sizeof(raw); i++)
+		snprintf(mid + 2 * i, 3, "%02x", raw[i]);
+	snprintf(host, sizeof(host), "slot-%" PRIu64, w->sl->id);
+	json_object_object_add(env, "EMBERFS_TEMPLATE", json_object_new_string(w->tpl));
+	return guest_attach_new(host, env, mid, true);
+}
+
 static int warmup_attach(struct slot *sl, const char *tpl)
 {
-	_cleanup_json_ json_object *req = json_object_new_object();
-	_cleanup_free_ char *b64 = NULL;
-	json_object *env = json_object_new_object();
-	char host[64];
-	uint8_t rnd[64];
-	struct timespec ts;
+	struct warmup_req w = { sl, tpl };
 
-	if (getrandom(rnd, sizeof(rnd), 0) != sizeof(rnd) || !(b64 = base64_encode(rnd, sizeof(rnd))) || !req ||
-	    !env) {
-		json_object_put(env);
-		return -EIO;
-	}
-	snprintf(host, sizeof(host), "slot-%" PRIu64, sl->id);
-	clock_gettime(CLOCK_REALTIME, &ts);
-	json_object_object_add(env, "EMBERFS_TEMPLATE", json_object_new_string(tpl));
-	json_object_object_add(req, "op", json_object_new_string("attach"));
-	json_object_object_add(req, "hostname", json_object_new_string(host));
-	json_object_object_add(req, "env", env);
-	json_object_object_add(req, "entropy", json_object_new_string(b64));
-	json_object_object_add(req, "time_unix_ns", json_object_new_int64((int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec));
-	{
-		/* a machine id of its own, so the claim's attach runs warm code that writes one too */
-		uint8_t raw[16];
-		char mid[33];
-
-		if (getrandom(raw, sizeof(raw), 0) != sizeof(raw))
-			return -EIO;
-		for (size_t i = 0; i < sizeof(raw); i++)
-			snprintf(mid + 2 * i, 3, "%02x", raw[i]);
-		json_object_object_add(req, "machine_id", json_object_new_string(mid));
-	}
-	return agent_call(sl->agent, req, AGENT_RESTORE_TIMEOUT_MS, NULL);
+	return agent_call_resend(sl->agent, warmup_attach_build, &w, AGENT_RESTORE_TIMEOUT_MS, NULL, NULL, NULL);
 }
 
 /* The template's warm command (config "warm"), else with --warmup-exec an exec of true. */

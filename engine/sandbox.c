@@ -336,17 +336,51 @@ int machine_id_new(char out[static 33])
  * every other (what an earlier host left: a fork parent's, a crashed daemon's
  * that no record names).
  */
-static int attach_call(struct sandbox *s, json_object *req, unsigned timeout_ms, int (*then)(void *arg), void *arg)
-{
-	_cleanup_json_ json_object *resp = NULL;
-	json_object *jobs = sandbox_procs_keep(s);
-	int r;
+struct attach_req {
+	struct sandbox *s;
+	bool identity; /* hostname, environment, entropy, machine id, clock: not for a re-adopted guest */
+};
 
-	if (!jobs)
-		return -ENOMEM;
+/* One copy of a sandbox's attach (agent_call_resend builds one per copy: each its own entropy and clock). */
+static json_object *attach_build(void *arg)
+{
+	const struct attach_req *a = arg;
+	struct sandbox *s = a->s;
+	json_object *req, *jobs;
+
+	if (a->identity) {
+		json_object *env = json_object_new_object();
+		char mid_hex[33];
+
+		if (!env)
+			return NULL;
+		json_object_object_add(env, "EMBERFS_SANDBOX", json_object_new_string(s->name));
+		json_object_object_add(env, "EMBERFS_TEMPLATE", json_object_new_string(s->tpl->name));
+		pthread_mutex_lock(&s->e->lock);
+		memcpy(mid_hex, s->machine_id, sizeof(mid_hex));
+		pthread_mutex_unlock(&s->e->lock);
+		/* its own machine id (clones of one snapshot must not share one), the same at every attach */
+		req = guest_attach_new(s->name, env, mid_hex, true);
+	} else {
+		req = json_object_new_object();
+		if (req)
+			json_object_object_add(req, "op", json_object_new_string("attach"));
+	}
+	if (!req || !(jobs = sandbox_procs_keep(s))) {
+		json_object_put(req);
+		return NULL;
+	}
 	json_object_object_add(req, "jobs", jobs);
 	json_object_object_add(req, "session", json_object_new_int64((int64_t)agent_session(s->agent)));
-	r = agent_call_then(s->agent, req, timeout_ms, then, arg, &resp);
+	return req;
+}
+
+static int attach_call(struct sandbox *s, bool identity, unsigned timeout_ms, int (*then)(void *arg), void *arg)
+{
+	_cleanup_json_ json_object *resp = NULL;
+	struct attach_req a = { s, identity };
+	int r = agent_call_resend(s->agent, attach_build, &a, timeout_ms, then, arg, &resp);
+
 	if (r == 0)
 		sandbox_procs_attached(s, s->agent, resp);
 	return r;
@@ -358,31 +392,7 @@ static int attach_call(struct sandbox *s, json_object *req, unsigned timeout_ms,
  */
 int sandbox_attach(struct sandbox *s, unsigned timeout_ms, int (*then)(void *arg), void *arg)
 {
-	_cleanup_json_ json_object *req = json_object_new_object();
-	_cleanup_free_ char *b64 = NULL;
-	json_object *env = json_object_new_object();
-	uint8_t rnd[64];
-	char mid_hex[33];
-	struct timespec ts;
-
-	if (getrandom(rnd, sizeof(rnd), 0) != sizeof(rnd) || !(b64 = base64_encode(rnd, sizeof(rnd)))) {
-		json_object_put(env);
-		return -EIO;
-	}
-	pthread_mutex_lock(&s->e->lock);
-	memcpy(mid_hex, s->machine_id, sizeof(mid_hex));
-	pthread_mutex_unlock(&s->e->lock);
-	clock_gettime(CLOCK_REALTIME, &ts);
-	json_object_object_add(env, "EMBERFS_SANDBOX", json_object_new_string(s->name));
-	json_object_object_add(env, "EMBERFS_TEMPLATE", json_object_new_string(s->tpl->name));
-	json_object_object_add(req, "op", json_object_new_string("attach"));
-	json_object_object_add(req, "hostname", json_object_new_string(s->name));
-	json_object_object_add(req, "env", env);
-	json_object_object_add(req, "entropy", json_object_new_string(b64));
-	/* its own machine id (clones of one snapshot must not share one), the same at every attach */
-	json_object_object_add(req, "machine_id", json_object_new_string(mid_hex));
-	json_object_object_add(req, "time_unix_ns", json_object_new_int64((int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec));
-	return attach_call(s, req, timeout_ms, then, arg);
+	return attach_call(s, true, timeout_ms, then, arg);
 }
 
 /*
@@ -391,10 +401,7 @@ int sandbox_attach(struct sandbox *s, unsigned timeout_ms, int (*then)(void *arg
  */
 int sandbox_reattach(struct sandbox *s, unsigned timeout_ms)
 {
-	_cleanup_json_ json_object *req = json_object_new_object();
-
-	json_object_object_add(req, "op", json_object_new_string("attach"));
-	return attach_call(s, req, timeout_ms, NULL, NULL);
+	return attach_call(s, false, timeout_ms, NULL, NULL);
 }
 
 /*

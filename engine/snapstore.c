@@ -156,21 +156,19 @@ static void trial_publish(void *arg, struct vmm *v, struct agent_client *ac)
 		p->ac = ac;
 }
 
+static json_object *trial_attach_build(void *arg)
+{
+	(void)arg;
+	return guest_attach_new("trial", NULL, NULL, false);
+}
+
 /* What a sandbox's first moments run in a restored guest: the attach, one command. */
 static int trial_attach_and_exec(struct agent_client *ac)
 {
-	_cleanup_json_ json_object *req = json_object_new_object();
-	uint8_t rnd[64];
-	_cleanup_free_ char *b64 = NULL;
 	_cleanup_free_ char *why = NULL;
 	int r;
 
-	if (!req || getrandom(rnd, sizeof(rnd), 0) != sizeof(rnd) || !(b64 = base64_encode(rnd, sizeof(rnd))))
-		return -ENOMEM;
-	json_object_object_add(req, "op", json_object_new_string("attach"));
-	json_object_object_add(req, "hostname", json_object_new_string("trial"));
-	json_object_object_add(req, "entropy", json_object_new_string(b64));
-	if ((r = agent_call(ac, req, AGENT_RESTORE_TIMEOUT_MS, NULL)) < 0)
+	if ((r = agent_call_resend(ac, trial_attach_build, NULL, AGENT_RESTORE_TIMEOUT_MS, NULL, NULL, NULL)) < 0)
 		return r;
 	return guest_run(ac, "echo hi", AGENT_RESTORE_TIMEOUT_MS, -1, &why);
 }
