@@ -501,6 +501,10 @@ int agent_call_resend(struct agent_client *c, json_object *(*build)(void *arg), 
 	pthread_mutex_unlock(&c->lock);
 	if (won >= 0)
 		r = reply_result(p[won].resp);
+	if (won >= 0 && n > 1)
+		log_info("agent: copy %d of %zu answered first: %s", won + 1, n,
+			 won > 0 ? "the guest dropped the answer before it (copies are answered in order)"
+				 : "it was slow, not lost");
 	if (ret_resp)
 		*ret_resp = won >= 0 ? TAKE_PTR(p[won].resp) : NULL;
 	for (size_t i = 0; i < n; i++) {

@@ -108,8 +108,8 @@ int agent_call_full(struct agent_client *c, json_object *req, const void *bin, s
  * the copies in order, before anything sent after). then(then_arg) runs once,
  * after the first copy is sent. build returns a new object (NULL: -ENOMEM).
  */
-#define AGENT_RESEND_FIRST_MS 1000
-#define AGENT_RESEND_COPIES 5
+#define AGENT_RESEND_FIRST_MS 2000
+#define AGENT_RESEND_COPIES 4
 int agent_call_resend(struct agent_client *c, json_object *(*build)(void *arg), void *arg, unsigned timeout_ms,
 		      int (*then)(void *arg), void *then_arg, json_object **ret_resp);
 /*
