@@ -148,7 +148,28 @@ static void answered_at_once(void **state)
 	close(sv[1]);
 }
 
-/* The first copy's answer lost (the guest took it for the last connection's): the second, built anew, is. */
+/* A call started on a new socketpair, and its first two copies as the guest reads them: the second not too soon. */
+static void two_copies(struct call *k, int sv[2], json_object **r1, json_object **r2)
+{
+	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+	call_start(k, sv[0], 10000);
+	assert_non_null(*r1 = next_request(sv[1], 2000));
+	assert_null(next_request(sv[1], AGENT_RESEND_FIRST_MS - 300));
+	assert_non_null(*r2 = next_request(sv[1], 1000));
+	assert_int_equal(field(*r1, "copy"), 1);
+	assert_int_equal(field(*r2, "copy"), 2); /* built anew */
+	assert_true(field(*r2, "id") != field(*r1, "id"));
+}
+
+static void two_copies_done(struct call *k, int sv[2], json_object *r1, json_object *r2)
+{
+	json_object_put(k->resp);
+	json_object_put(r1);
+	json_object_put(r2);
+	close(sv[1]);
+}
+
+/* The first copy's answer lost (the guest took it for the last connection's): the second's is the reply. */
 static void second_copy_answered(void **state)
 {
 	struct call k;
@@ -156,23 +177,14 @@ static void second_copy_answered(void **state)
 	int sv[2];
 
 	(void)state;
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-	call_start(&k, sv[0], 10000);
-	assert_non_null(r1 = next_request(sv[1], 2000));
-	assert_null(next_request(sv[1], AGENT_RESEND_FIRST_MS - 300)); /* not sent again too soon */
-	assert_non_null(r2 = next_request(sv[1], 1000));
-	assert_int_equal(field(r2, "copy"), 2);
-	assert_true(field(r2, "id") != field(r1, "id"));
+	two_copies(&k, sv, &r1, &r2);
 	answer(sv[1], r2, "two");
 	call_end(&k);
 	assert_int_equal(k.r, 0);
 	assert_string_equal(said(k.resp), "two");
 	assert_int_equal(atomic_load(&k.thens), 1); /* after the first copy only */
 	assert_true(k.took_ms >= AGENT_RESEND_FIRST_MS);
-	json_object_put(k.resp);
-	json_object_put(r1);
-	json_object_put(r2);
-	close(sv[1]);
+	two_copies_done(&k, sv, r1, r2);
 }
 
 /* A copy answered late is still the reply, when it comes first. */
@@ -183,19 +195,13 @@ static void late_first_copy_taken(void **state)
 	int sv[2];
 
 	(void)state;
-	assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-	call_start(&k, sv[0], 10000);
-	assert_non_null(r1 = next_request(sv[1], 2000));
-	assert_non_null(r2 = next_request(sv[1], AGENT_RESEND_FIRST_MS + 1000));
+	two_copies(&k, sv, &r1, &r2);
 	answer(sv[1], r1, "one");
 	answer(sv[1], r2, "two"); /* after the first: nobody waits for it, the reader drops it */
 	call_end(&k);
 	assert_int_equal(k.r, 0);
 	assert_string_equal(said(k.resp), "one");
-	json_object_put(k.resp);
-	json_object_put(r1);
-	json_object_put(r2);
-	close(sv[1]);
+	two_copies_done(&k, sv, r1, r2);
 }
 
 /* Never answered: ETIMEDOUT at the timeout, the copies AGENT_RESEND_FIRST_MS, then twice that ... apart */
