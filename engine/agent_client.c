@@ -456,7 +456,7 @@ int agent_call_resend(struct agent_client *c, json_object *(*build)(void *arg), 
 {
 	struct pending p[AGENT_RESEND_COPIES] = { 0 };
 	uint64_t deadline = now_ns() + (uint64_t)timeout_ms * 1000000u;
-	uint64_t wait_ms = AGENT_RESEND_FIRST_MS;
+	uint64_t wait_ms = AGENT_RESEND_FIRST_MS, waited_ms = 0;
 	size_t n = 0;
 	int r = 0, won = -1;
 
@@ -467,7 +467,7 @@ int agent_call_resend(struct agent_client *c, json_object *(*build)(void *arg), 
 		if (n > 0)
 			log_info("agent: %s not answered within %" PRIu64 " ms: sent again (copy %zu of at most %d)",
 				 req && json_object_object_get_ex(req, "op", &op) ? json_object_get_string(op) : "a request",
-				 wait_ms / 2, n + 1, AGENT_RESEND_COPIES);
+				 waited_ms, n + 1, AGENT_RESEND_COPIES);
 		if (!req) {
 			r = -ENOMEM;
 			break;
@@ -493,6 +493,7 @@ int agent_call_resend(struct agent_client *c, json_object *(*build)(void *arg), 
 			r = won;
 			break;
 		}
+		waited_ms = wait_ms;
 		wait_ms *= 2;
 	}
 	pthread_mutex_lock(&c->lock);

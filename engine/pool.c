@@ -42,7 +42,6 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/random.h>
 
 #include "internal.h"
 #include "ram.h"
@@ -448,14 +447,11 @@ static json_object *warmup_attach_build(void *arg)
 	const struct warmup_req *w = arg;
 	json_object *env = json_object_new_object();
 	char host[64], mid[33];
-	uint8_t raw[16];
 
-	if (!env || getrandom(raw, sizeof(raw), 0) != sizeof(raw)) {
+	if (!env || machine_id_new(mid) < 0) {
 		json_object_put(env);
 		return NULL;
 	}
-	for (size_t i = 0; i < sizeof(raw); i++)
-		snprintf(mid + 2 * i, 3, "%02x", raw[i]);
 	snprintf(host, sizeof(host), "slot-%" PRIu64, w->sl->id);
 	json_object_object_add(env, "EMBERFS_TEMPLATE", json_object_new_string(w->tpl));
 	return guest_attach_new(host, env, mid, true);

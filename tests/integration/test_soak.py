@@ -105,15 +105,15 @@ class Soak:
                 self.failures.append("%s: %s" % (name, e))
 
     def keep_evidence(self, d, name):
-        """A failed create's status, console and VMM log, copied before the rmdir takes them; returns the file."""
+        """A failed create's status, console and VMM log, copied before the rmdir takes them (kept in
+        self.evidence and written next to the daemon's log); returns the file."""
         path = "%s.%s.txt" % (d.log_path[:-len(".log")], name)
-        parts = []
         try:
             st = d.status(name)
-            parts.append(("status", json.dumps(st, indent=1)))
+            parts = [("status", json.dumps(st, indent=1))]
         except OSError as e:
-            st, _ = {}, parts.append(("status", "unreadable: %s" % e))
-        m = re.search(r"and (/\S+/vmm\.log)", json.dumps(st))
+            st, parts = {}, [("status", "unreadable: %s" % e)]
+        m = re.search(r"and (/\S+/vmm\.log)", st.get("error") or "")
         for what, p in (("console", d.sb(name, "console")), ("vmm.log", m.group(1) if m else None)):
             try:
                 with open(p, "rb") as f:
@@ -124,7 +124,7 @@ class Soak:
             for what, text in parts:
                 f.write("==== %s ====\n%s\n" % (what, text))
         with self.lock:
-            self.evidence.append(path)
+            self.evidence.append((name, parts))
         return path
 
     def parallel(self, d, r, first, n):
@@ -216,11 +216,9 @@ class SoakTest(harness.TestCase):
         sys.stderr.write("\n  %s\n" % s.result())
         for f in s.failures + s.leaks:
             sys.stderr.write("  %s\n" % f)
-        for path in s.evidence:  # CI shows only this output: the newest lines of each part
-            with open(path) as f:
-                for part in f.read().split("==== ")[1:]:
-                    head, _, body = part.partition("\n")
-                    sys.stderr.write("  ---- %s %s\n%s\n" % (os.path.basename(path), head, "\n".join(body.splitlines()[-40:])))
+        for name, parts in s.evidence:  # CI shows only this output: the newest lines of each part
+            for what, text in parts:
+                sys.stderr.write("  ---- %s: %s\n%s\n" % (name, what, "\n".join(text.splitlines()[-40:])))
         self.assertEqual(s.failures, [])
         self.assertEqual(s.leaks, [])
         self.assertEqual(s.done, 8 * (s.cycles + 1) * 3)
